@@ -1,0 +1,322 @@
+"""Server wiring: database, change hub, services, servicers, health, reflection, sweeper, shutdown.
+
+``create_server(config)`` starts everything on ``config.port`` (0 picks a free port)
+and returns a running ``App``; ``run(config)`` serves until SIGTERM/SIGINT, drains,
+and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from sqlalchemy.engine import make_url
+
+from jobpulse.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+from . import repository as repo
+from .auth import Authenticator, is_loopback
+from .clock import Clock, now_us
+from .config import Config
+from .db import Database, current_schema_version
+from .domain import JobState
+from .jobs import JobService
+from .leases import WorkerService
+from .observability import JsonFormatter, Metrics, Observer
+from .pg_notify import Listener
+from .ratelimit import RateLimiter
+from .reflection_docs import DocumentedReflectionServicer
+from .servicers import AdminServicer, JobServicer, WorkerServicer
+from .watch import FeedService, WatchService
+from .watch_hub import ChangeHub
+from .webhooks import Deliverer, outbox_backlog
+
+log = logging.getLogger("jobpulse")
+
+SERVICE_NAMES = (
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class App:
+    """A running server and the parts tests may want to reach."""
+
+    config: Config
+    server: grpc.aio.Server
+    port: int
+    db: Database
+    hub: ChangeHub
+    jobs: JobService
+    workers: WorkerService
+    health: health.aio.HealthServicer
+    auth: Authenticator
+    metrics: Metrics
+    metrics_port: int | None = None
+    serving: bool = False
+    listener: Listener | None = None
+    deliverer: Deliverer | None = None
+    _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def count_jobs(self) -> None:
+        """Refreshes the jobs-by-state gauge every few seconds (for /metrics)."""
+        while not self._stop_background.is_set():
+            try:
+                async with self.db.read() as conn:
+                    counts = await repo.count_by_state(conn)
+                for state in JobState:
+                    self.metrics.jobs.labels(state.name).set(counts.get(state, 0))
+            except Exception:
+                log.debug("could not count jobs for metrics", exc_info=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop_background.wait(), timeout=5.0)
+
+    async def health_report(self) -> admin_service_pb2.GetServerHealthResponse:
+        """The detail behind grpc health: database, schema, sweeper, outbox, streams, disk."""
+        out = admin_service_pb2.GetServerHealthResponse(
+            database_kind=self.db.dialect, open_streams=self.hub.open_streams, serving=self.serving
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with self.db.read() as conn:
+                out.schema_version = await conn.run_sync(_schema_version)
+                pending, oldest_due = await outbox_backlog(conn, now_us())
+            out.database_reachable = True
+            out.database_latency.FromNanoseconds(int((loop.time() - started) * 1e9))
+            out.outbox_pending = pending
+            if oldest_due is not None:
+                out.outbox_lag.FromNanoseconds(max(0, now_us() - oldest_due) * 1000)
+        except Exception as exc:
+            log.warning("health report: database unreachable: %s", exc)
+        if self.workers.last_sweep is not None:
+            out.sweeper_lag.FromNanoseconds(int((loop.time() - self.workers.last_sweep) * 1e9))
+        if self.db.dialect == "sqlite":
+            path = make_url(self.db.url).database or "."
+            folder = await asyncio.to_thread(lambda: os.path.dirname(os.path.abspath(path)))
+            out.free_disk_bytes = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+        return out
+
+    async def set_serving(self, serving: bool) -> None:
+        self.serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def watch_database(self) -> None:
+        """Probes the database; grpc health says NOT_SERVING while it cannot be reached."""
+        serving = True
+        while not self._stop_background.is_set():
+            try:
+                await asyncio.wait_for(self._stop_background.wait(), timeout=self.config.health_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await asyncio.wait_for(self.db.ping(), timeout=max(1.0, self.config.health_interval))
+                ok = True
+            except Exception as exc:
+                ok = False
+                if serving:
+                    log.error("database unreachable (%s): health is NOT_SERVING until it is back", exc)
+            if ok != serving and not self._stop_background.is_set():
+                serving = ok
+                if ok:
+                    log.info("database reachable again: health is SERVING")
+                await self.set_serving(ok)
+
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """Drains: stops taking calls, gives in-flight ones ``drain_seconds``, ends streams
+        with UNAVAILABLE, then closes the database."""
+        grace = self.config.drain_seconds if drain_seconds is None else drain_seconds
+        self._stop_background.set()
+        await self.set_serving(False)
+        stopping = asyncio.ensure_future(self.server.stop(grace + 1.0))
+        if self.hub.open_streams and grace > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), timeout=grace)
+        self.hub.close()
+        await stopping
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.db.close()
+
+
+def _tls_credentials(config: Config) -> grpc.ServerCredentials:
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    with open(config.tls_key, "rb") as key, open(config.tls_cert, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def open_mode_problem(config: Config, keys_exist: bool) -> str | None:
+    """Why the server must not start without keys here, or None."""
+    if keys_exist or config.insecure or is_loopback(config.host):
+        return None
+    return (
+        f"refusing to serve {config.host} with no API keys: anyone who can reach it could do anything. "
+        "Create a key (jobpulse keys create --database-url URL --name NAME --role admin), "
+        "listen on 127.0.0.1, or pass --insecure"
+    )
+
+
+async def create_server(config: Config, *, clock: Clock = now_us) -> App:
+    """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
+    hub = ChangeHub()
+    db = Database(config.database_url, on_commit=hub.publish)
+    await db.start()
+    jobs = JobService(db, config, clock)
+    metrics = Metrics()
+    metrics.open_streams.set_function(lambda: hub.open_streams)
+    observer = Observer(metrics)
+    workers = WorkerService(db, hub, config, clock, metrics)
+    watches = WatchService(db, hub, config)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    authenticator = Authenticator(
+        db,
+        RateLimiter(
+            {
+                "client": config.rate_limit_client,
+                "worker": config.rate_limit_worker,
+                "admin": config.rate_limit_admin,
+            }
+        ),
+        refresh_seconds=config.key_refresh_interval,
+    )
+    await authenticator.refresh()
+    problem = open_mode_problem(config, not authenticator.open)
+    if problem is not None:
+        await db.close()
+        raise PermissionError(problem)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        JobServicer(authenticator, jobs, watches, FeedService(db, hub, config), clock, observer), server
+    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServicer(authenticator, workers, clock, observer), server
+    )
+    admin = AdminServicer(authenticator, observer)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        DocumentedReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server
+    )
+    try:
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert or config.tls_key:
+            port = server.add_secure_port(address, _tls_credentials(config))
+        else:
+            port = server.add_insecure_port(address)
+    except (RuntimeError, OSError, ValueError) as exc:
+        await db.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
+    await server.start()
+
+    app = App(config, server, port, db, hub, jobs, workers, health_servicer, authenticator, metrics)
+    admin.report = app.health_report
+    if config.metrics_port >= 0:
+        app.metrics_port = metrics.serve(config.host, config.metrics_port)
+        app._background.append(asyncio.create_task(app.count_jobs(), name="jobpulse-job-gauges"))
+    app._background.append(
+        asyncio.create_task(workers.run_sweeper(app._stop_background), name="jobpulse-sweeper")
+    )
+    app._background.append(asyncio.create_task(authenticator.run(app._stop_background), name="jobpulse-keys"))
+    app.deliverer = Deliverer(db, hub, config, clock)
+    app.deliverer.metrics = metrics
+    app._background.append(
+        asyncio.create_task(app.deliverer.run(app._stop_background), name="jobpulse-webhooks")
+    )
+    await app.set_serving(True)
+    app._background.append(asyncio.create_task(app.watch_database(), name="jobpulse-db-health"))
+    if db.dialect == "postgresql":
+        app.listener = Listener(db.url, hub, db.replica_id)
+        app._background.append(
+            asyncio.create_task(app.listener.run(app._stop_background), name="jobpulse-listener")
+        )
+    return app
+
+
+async def serve(config: Config) -> int:
+    """Serves until SIGTERM or SIGINT, then drains. Returns the process exit code."""
+    try:
+        app = await create_server(config)
+    except (OSError, ValueError) as exc:  # PermissionError is an OSError
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info(
+        "jobpulse serving on %s%s (database %s)",
+        app.address,
+        " with TLS" if config.tls_cert else "",
+        _safe_url(config.database_url),
+    )
+    if app.auth.open:
+        log.warning(
+            "open mode: no API keys exist, so every caller is an anonymous admin%s",
+            "" if is_loopback(config.host) else " (--insecure on a non-loopback address)",
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", config.drain_seconds)
+    await app.stop()
+    log.info("stopped")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid url>"
+
+
+def run(config: Config) -> int:
+    """Blocking entry point used by ``jobpulse serve``."""
+    handler = logging.StreamHandler()
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO), handlers=[handler])
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return asyncio.run(serve(config))
+
+
+def _schema_version(sync_conn: Any) -> str:
+    return current_schema_version(sync_conn) or ""

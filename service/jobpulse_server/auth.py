@@ -1,0 +1,106 @@
+"""Who is calling: API keys in ``authorization: Bearer <key>`` metadata, roles, open mode.
+
+Keys are read from the database and refreshed every few seconds, so a key
+created or revoked with ``jobpulse keys`` takes effect on running servers
+(every replica) within ``key_refresh_interval``. With no active key at all the
+server is in open mode: every caller is the anonymous admin (allowed only on a
+loopback address unless ``--insecure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from . import keys
+from .db import Database
+from .errors import PermissionDenied, Unauthenticated
+from .jobs import ANONYMOUS, Principal
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("jobpulse_principal", default=ANONYMOUS)
+
+CLIENT_ROLES = frozenset({"client", "admin"})
+WORKER_ROLES = frozenset({"worker", "admin"})
+ADMIN_ROLES = frozenset({"admin"})
+
+
+def current() -> Principal:
+    """The principal of the call being served."""
+    return _current.get()
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    """Checks each call's key and role, and applies the rate limits."""
+
+    def __init__(self, db: Database, limiter: RateLimiter, refresh_seconds: float = 2.0) -> None:
+        self.db = db
+        self.limiter = limiter
+        self.refresh_seconds = refresh_seconds
+        self._keys: dict[str, keys.KeyInfo] = {}
+
+    @property
+    def open(self) -> bool:
+        return not self._keys
+
+    async def refresh(self) -> None:
+        async with self.db.read() as conn:
+            found = await keys.active_keys(conn)
+        if bool(found) != bool(self._keys):
+            log.warning(
+                "API keys %s: %s",
+                "present" if found else "gone",
+                "calls now need a key" if found else "open mode",
+            )
+        self._keys = found
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.refresh_seconds)
+            except asyncio.TimeoutError:
+                try:
+                    await self.refresh()
+                except Exception:  # keep the last known keys while the database is away
+                    log.warning("could not refresh API keys; keeping the last known set", exc_info=True)
+
+    def authenticate(self, metadata: Iterable[Any] | None, roles: frozenset[str], method: str) -> Principal:
+        """The caller for these metadata, allowed ``roles``; sets it as the current principal."""
+        if self.open:
+            principal = ANONYMOUS
+        else:
+            token = ""
+            for key, value in metadata or ():
+                if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
+                    token = value[7:].strip()
+            if not token:
+                raise Unauthenticated("this server needs an API key: send 'authorization: Bearer <key>'")
+            info = self._keys.get(keys.hash_key(token))
+            if info is None:
+                raise Unauthenticated("unknown or revoked API key")
+            if info.role not in roles:
+                raise PermissionDenied(
+                    f"a {info.role} key may not call {method}; it needs one of: {', '.join(sorted(roles))}",
+                    role=info.role,
+                )
+            principal = Principal(
+                info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url
+            )
+            self.limiter.admit(info.name, info.role)
+        _current.set(principal)
+        return principal

@@ -1,0 +1,96 @@
+"""Server configuration, from command-line flags and JOBPULSE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Config:
+    """Everything the server needs to start.
+
+    Each field can also be set by an environment variable named ``JOBPULSE_<FIELD>``
+    (for example ``JOBPULSE_PORT``); explicit arguments win over the environment.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    database_url: str = "sqlite:///jobpulse.db"
+    log_level: str = "INFO"
+    # Seconds between idle-stream heartbeats on WatchJob.
+    heartbeat_interval: float = 15.0
+    # Shortest time between two CHANGE messages of one WatchJob stream; changes in between are folded.
+    watch_min_interval: float = 0.2
+    # Seconds between scans for expired leases and overdue cancels.
+    sweep_interval: float = 1.0
+    # Seconds a cancelled job's running chunks get to stop before they are force-cancelled.
+    cancel_deadline: float = 60.0
+    # First retry backoff after a retryable FailChunk; doubles per attempt, with jitter.
+    retry_backoff: float = 1.0
+    # Upper bound for the retry backoff.
+    retry_backoff_max: float = 300.0
+    # Seconds given to in-flight calls and open streams on SIGTERM before they are ended.
+    drain_seconds: float = 5.0
+    # Largest number of chunks one job may have.
+    max_chunks_per_job: int = 100_000
+    # Serve without API keys on a non-loopback address (refused otherwise).
+    insecure: bool = False
+    # PEM files for TLS; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Calls per second per key, by role (bursts of twice that); 0 means unlimited.
+    rate_limit_client: float = 50.0
+    rate_limit_worker: float = 200.0
+    rate_limit_admin: float = 0.0
+    # Seconds between re-reads of the API keys (how soon a revoke takes effect).
+    key_refresh_interval: float = 2.0
+    # Seconds between database probes behind grpc health (NOT_SERVING while it fails).
+    health_interval: float = 2.0
+    # Port for Prometheus metrics (/metrics) on the same host; -1 turns them off, 0 picks a free port.
+    metrics_port: int = -1
+    # "text" or "json" (one JSON object per line).
+    log_format: str = "text"
+    # Signs webhooks of jobs whose owner has no key of its own (open mode).
+    webhook_secret: str = ""
+    # Comma-separated hosts webhooks may go to; empty allows any host.
+    webhook_allowed_hosts: str = ""
+    # Seconds a webhook event is retried (exponential backoff from webhook_retry_base) before it is dead.
+    webhook_retry_period: float = 86_400.0
+    webhook_retry_base: float = 1.0
+    # Seconds between job.progress events of one job, and the per-POST timeout.
+    webhook_progress_interval: float = 5.0
+    webhook_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
+        """Builds a config from ``JOBPULSE_*`` variables, then applies non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"JOBPULSE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            default = getattr(cls, f.name)
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = _boolean(raw)
+                    continue
+                values[f.name] = type(default)(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"JOBPULSE_{f.name.upper()}={raw!r} is not a valid {type(default).__name__}"
+                ) from exc
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

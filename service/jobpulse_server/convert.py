@@ -1,0 +1,104 @@
+"""Domain objects -> jobpulse.v1 messages."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from jobpulse.v1 import job_pb2
+
+from .domain import Artifact, Chunk, Job
+
+
+def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
+    if us is None:
+        return None
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def artifact_pb(a: Artifact) -> job_pb2.Artifact:
+    return job_pb2.Artifact(
+        name=a.name, uri=a.uri, media_type=a.media_type, size_bytes=a.size_bytes, chunk_index=a.chunk_index
+    )
+
+
+def chunk_pb(c: Chunk) -> job_pb2.Chunk:
+    msg = job_pb2.Chunk(
+        id=c.id,
+        job_id=c.job_id,
+        index=c.index,
+        state=int(c.state),  # type: ignore[arg-type]
+        item_start=c.item_start,
+        item_count=c.item_count,
+        items_done=c.items_done,
+        attempt=c.attempt,
+        max_attempts=c.max_attempts,
+        worker_id=c.worker_id,
+        external_task_id=c.external_task_id,
+        artifacts=[artifact_pb(a) for a in c.artifacts],
+        revision=c.revision,
+        start_time=timestamp(c.start_time),
+        end_time=timestamp(c.end_time),
+        next_attempt_time=timestamp(c.next_attempt_time),
+    )
+    if c.error_reason or c.error_message:
+        msg.error.reason = c.error_reason
+        msg.error.message = c.error_message
+    return msg
+
+
+def job_pb(
+    job: Job, now: int, chunks: list[Chunk] | None = None, chunks_next_page_token: str = ""
+) -> job_pb2.Job:
+    s = job.summary
+    metadata = struct_pb2.Struct()
+    metadata.update(job.metadata)
+    msg = job_pb2.Job(
+        id=job.id,
+        display_name=job.display_name,
+        kind=job.kind,
+        owner=job.owner,
+        state=int(job.state),  # type: ignore[arg-type]
+        stage=job.stage,
+        message=job.message,
+        priority=job.priority,
+        labels=job.labels,
+        metadata=metadata,
+        progress=job_pb2.JobProgress(
+            percent=job.percent, items_total=job.total_items, items_done=job.items_done
+        ),
+        chunks_summary=job_pb2.ChunksSummary(
+            total=s.total,
+            pending=s.pending,
+            processing=s.processing,
+            completed=s.completed,
+            failed=s.failed,
+            cancelled=s.cancelled,
+        ),
+        chunks=[chunk_pb(c) for c in chunks or ()],
+        chunks_next_page_token=chunks_next_page_token,
+        artifacts=[artifact_pb(a) for a in job.artifacts],
+        revision=job.revision,
+        create_time=timestamp(job.create_time),
+        update_time=timestamp(job.update_time),
+        start_time=timestamp(job.start_time),
+        end_time=timestamp(job.end_time),
+        cancel_reason=job.cancel_reason,
+        total_items=job.total_items,
+        chunk_size=job.chunk_size,
+        max_attempts=job.max_attempts,
+        webhook_url=job.webhook_url,
+    )
+    eta = job.eta_seconds(now)
+    if eta is not None:
+        msg.progress.eta.CopyFrom(duration(eta))
+    if job.error_chunk_index is not None:
+        msg.error.reason = job.error_reason
+        msg.error.message = job.error_message
+        msg.error.chunk_index = job.error_chunk_index
+    return msg

@@ -1,0 +1,194 @@
+"""Engine, transactions and schema migrations for SQLite (default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """Maps the user-facing URL forms to async drivers.
+
+    ``sqlite:///path`` -> aiosqlite; ``postgresql://`` (or ``postgres://``) -> asyncpg;
+    explicit ``postgresql+asyncpg://`` and ``postgresql+psycopg://`` are kept.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError("sqlite needs a file path, e.g. sqlite:///jobpulse.db")
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend in ("postgresql", "postgres"):
+        driver = driver or "asyncpg"
+        if driver not in ("asyncpg", "psycopg"):
+            raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use asyncpg or psycopg")
+        return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://...")
+
+
+@dataclass
+class Changes:
+    """What a committed write changed, for the change hub."""
+
+    jobs: dict[str, int] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    new_work: bool = False
+    # Seconds from now at which retried chunks become claimable.
+    work_later: list[float] = field(default_factory=list)
+    # Webhook events were written to the outbox.
+    webhooks: bool = False
+
+
+@dataclass
+class UnitOfWork:
+    """One write transaction and the changes it will publish once committed."""
+
+    conn: AsyncConnection
+    changes: Changes
+    dialect: str
+
+    def changed(self, job_id: str, revision: int) -> None:
+        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
+
+
+class Database:
+    """Owns the engine; hands out read snapshots and serialised write transactions."""
+
+    def __init__(self, url: str, on_commit: Callable[[Changes], None] | None = None) -> None:
+        self.url = normalize_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        self._on_commit = on_commit
+        self._engine: AsyncEngine | None = None
+        # SQLite has one writer at a time: queue writers here instead of on the file lock.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # Names this server in change notifications (several replicas may share a database).
+        self.replica_id = secrets.token_hex(6)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("database not started")
+        return self._engine
+
+    async def start(self, migrate: bool = True) -> None:
+        """Creates the engine and brings the schema to the newest migration."""
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            assert path is not None
+            Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up only)
+            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            _configure_sqlite(engine)
+        else:
+            engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self._engine = engine
+        if migrate:
+            await self.migrate()
+
+    async def migrate(self) -> None:
+        """Applies pending Alembic migrations (idempotent)."""
+        async with self.engine.connect() as conn:
+            await conn.run_sync(_upgrade_to_head)
+            await conn.commit()
+
+    async def ping(self) -> None:
+        """Raises unless the database answers a trivial query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction that sees one consistent snapshot."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[UnitOfWork]:
+        """A write transaction; its changes are published after it commits."""
+        changes = Changes()
+        async with self._write_ctx(changes) as uow:
+            yield uow
+        if self._on_commit is not None and (
+            changes.jobs or changes.deleted or changes.new_work or changes.webhooks
+        ):
+            self._on_commit(changes)
+
+    @asynccontextmanager
+    async def _write_ctx(self, changes: Changes) -> AsyncIterator[UnitOfWork]:
+        lock = self._write_lock
+        if lock is not None:
+            await lock.acquire()
+        try:
+            async with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn = await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+                async with conn.begin():
+                    yield UnitOfWork(conn=conn, changes=changes, dialect=self.dialect)
+                    if self.dialect == "postgresql" and (changes.jobs or changes.deleted or changes.new_work):
+                        # Other replicas learn of the change when (and only if) it commits.
+                        from .pg_notify import send
+
+                        await send(conn, changes, self.replica_id)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writers."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+def _upgrade_to_head(sync_conn: Any) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def current_schema_version(sync_conn: Any) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(sync_conn).get_current_revision()

@@ -1,0 +1,255 @@
+"""The job/chunk state machine, free of I/O.
+
+A job keeps counts of its chunks by state. Every chunk change goes through
+``Job.move_chunk`` so the counts, the items done and the derived job state can
+never drift from the chunks; ``derive_state`` is the one definition of a job's
+state in terms of those counts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobState(enum.IntEnum):
+    """Mirrors jobpulse.v1.JobState (same numbers)."""
+
+    PENDING = 1
+    PROCESSING = 2
+    CANCELLING = 3
+    COMPLETED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+class ChunkState(enum.IntEnum):
+    """Mirrors jobpulse.v1.ChunkState (same numbers)."""
+
+    PENDING = 1
+    PROCESSING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ChunkState.COMPLETED, ChunkState.FAILED, ChunkState.CANCELLED)
+
+
+DEFAULT_CHUNK_SIZE = 500
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_PRIORITY = 5
+FULL_VIEW_CHUNK_LIMIT = 1000
+
+
+@dataclass
+class Summary:
+    """Chunk counts by state."""
+
+    pending: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.processing + self.completed + self.failed + self.cancelled
+
+    def add(self, state: ChunkState, n: int) -> None:
+        name = state.name.lower()
+        setattr(self, name, getattr(self, name) + n)
+
+    @classmethod
+    def recount(cls, states: list[ChunkState]) -> Summary:
+        s = cls()
+        for st in states:
+            s.add(st, 1)
+        return s
+
+
+def derive_state(summary: Summary, *, cancel_requested: bool, started: bool) -> JobState:
+    """The job state implied by its chunk counts.
+
+    Args:
+        summary: chunk counts by state.
+        cancel_requested: CancelJob was called (and not undone by RetryJob).
+        started: at least one chunk has ever been claimed.
+    """
+    active = summary.pending + summary.processing
+    if active:
+        if cancel_requested:
+            return JobState.CANCELLING
+        if started or summary.completed or summary.failed:
+            return JobState.PROCESSING
+        return JobState.PENDING
+    if cancel_requested:
+        return JobState.CANCELLED
+    if summary.failed:
+        return JobState.FAILED
+    if summary.cancelled:
+        return JobState.CANCELLED
+    return JobState.COMPLETED
+
+
+def split_items(total_items: int, chunk_size: int) -> list[tuple[int, int]]:
+    """(item_start, item_count) of each chunk: ceil(total / size) chunks."""
+    n = math.ceil(total_items / chunk_size)
+    return [(i * chunk_size, min(chunk_size, total_items - i * chunk_size)) for i in range(n)]
+
+
+@dataclass
+class Chunk:
+    """One chunk as stored."""
+
+    id: str
+    job_id: str
+    index: int
+    state: ChunkState
+    item_start: int
+    item_count: int
+    items_done: int = 0
+    attempt: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    worker_id: str = ""
+    external_task_id: str = ""
+    error_reason: str = ""
+    error_message: str = ""
+    lease_token: str | None = None
+    lease_expire_time: int | None = None
+    lease_duration: int | None = None
+    next_attempt_time: int | None = None
+    revision: int = 0
+    priority: int = DEFAULT_PRIORITY
+    kind: str = ""
+    start_time: int | None = None
+    end_time: int | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+@dataclass
+class Artifact:
+    """Something a chunk produced, by reference."""
+
+    name: str
+    uri: str
+    media_type: str = ""
+    size_bytes: int = 0
+    chunk_index: int = 0
+
+
+@dataclass
+class Job:
+    """One job as stored, with its chunk counts."""
+
+    id: str
+    owner: str
+    kind: str
+    display_name: str = ""
+    state: JobState = JobState.PENDING
+    stage: str = ""
+    message: str = ""
+    priority: int = DEFAULT_PRIORITY
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    total_items: int = 0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    request_id: str | None = None
+    revision: int = 1
+    summary: Summary = field(default_factory=Summary)
+    items_done: int = 0
+    error_reason: str = ""
+    error_message: str = ""
+    error_chunk_index: int | None = None
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    cancel_time: int | None = None
+    create_time: int = 0
+    update_time: int = 0
+    start_time: int | None = None
+    end_time: int | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    # Position of the job's last change in the WatchJobs order (set by the database).
+    change_seq: int = 0
+    webhook_url: str = ""
+    webhook_progress: bool = False
+    last_progress_event: int | None = None
+    # The state when this copy was read, to tell which transition a save makes.
+    loaded_state: JobState | None = None
+    # True once this in-memory copy has had its revision bumped for the current change.
+    bumped: bool = field(default=False, repr=False, compare=False)
+
+    # --- transitions -------------------------------------------------
+    def touch(self, now: int) -> int:
+        """Starts a change: bumps the revision once per transaction and returns it."""
+        if not self.bumped:
+            self.revision += 1
+            self.bumped = True
+        self.update_time = max(self.update_time, now)
+        return self.revision
+
+    def move_chunk(
+        self, chunk: Chunk, new_state: ChunkState, now: int, items_done: int | None = None
+    ) -> None:
+        """Moves one chunk to ``new_state`` keeping counts, items and state consistent."""
+        rev = self.touch(now)
+        if new_state != chunk.state:
+            self.summary.add(chunk.state, -1)
+            self.summary.add(new_state, 1)
+        if items_done is not None and items_done != chunk.items_done:
+            self.items_done += items_done - chunk.items_done
+            chunk.items_done = items_done
+        if new_state == ChunkState.PROCESSING and self.start_time is None:
+            self.start_time = now
+        chunk.state = new_state
+        chunk.revision = rev
+        if new_state.terminal:
+            chunk.end_time = now
+            chunk.lease_token = None
+            chunk.lease_expire_time = None
+        elif new_state == ChunkState.PENDING:
+            chunk.priority = self.priority
+            chunk.end_time = None
+            chunk.lease_token = None
+            chunk.lease_expire_time = None
+        if new_state == ChunkState.FAILED and self.error_chunk_index is None:
+            self.error_chunk_index = chunk.index
+            self.error_reason = chunk.error_reason or "CHUNK_FAILED"
+            self.error_message = chunk.error_message
+        self.refresh_state(now)
+
+    def refresh_state(self, now: int) -> None:
+        """Recomputes the job state from the counts; stamps end_time on terminal."""
+        self.state = derive_state(
+            self.summary, cancel_requested=self.cancel_requested, started=self.start_time is not None
+        )
+        if self.state.terminal:
+            if self.end_time is None:
+                self.end_time = now
+        else:
+            self.end_time = None
+
+    # --- progress ----------------------------------------------------
+    @property
+    def percent(self) -> float:
+        if self.total_items <= 0:
+            return 0.0
+        return min(100.0, 100.0 * self.items_done / self.total_items)
+
+    def eta_seconds(self, now: int) -> float | None:
+        """Time left at the average rate since the first claim; None without enough data."""
+        if self.state.terminal or self.start_time is None or self.items_done <= 0:
+            return None
+        elapsed = (now - self.start_time) / 1e6
+        if elapsed < 1.0:
+            return None
+        rate = self.items_done / elapsed
+        return max(0.0, (self.total_items - self.items_done) / rate)

@@ -1,0 +1,384 @@
+"""JobService use cases: create, read, list, cancel, retry, update, delete, stats.
+
+Inputs arrive validated for shape (validation.py); the rules that need the
+stored state live here. Every change runs in one ``Database.write()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from . import ids, outbox, pagination
+from . import repository as repo
+from .clock import Clock, now_us
+from .config import Config
+from .db import Database, UnitOfWork
+from .domain import (
+    FULL_VIEW_CHUNK_LIMIT,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    split_items,
+)
+from .errors import (
+    FieldViolation,
+    InvalidArgument,
+    InvalidPageToken,
+    JobAlreadyTerminal,
+    JobNotFound,
+    JobNotRetryable,
+    JobNotTerminal,
+    WebhookSecretMissing,
+)
+
+
+@dataclass
+class NewJob:
+    """A validated CreateJob request."""
+
+    kind: str
+    total_items: int
+    chunk_size: int
+    max_attempts: int
+    priority: int
+    display_name: str = ""
+    labels: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None
+    request_id: str = ""
+    webhook_url: str = ""
+    webhook_progress: bool = False
+
+
+@dataclass
+class JobPage:
+    """A job with (some of) its chunks."""
+
+    job: Job
+    chunks: list[Chunk] | None = None
+    chunks_next_page_token: str = ""
+
+
+@dataclass
+class Principal:
+    """Who is calling. ``sees_all`` callers are not limited to their own jobs."""
+
+    name: str
+    sees_all: bool = True
+    role: str = "admin"
+    # The key's default webhook URL, if any.
+    webhook_url: str = ""
+
+    @property
+    def owner_filter(self) -> str | None:
+        return None if self.sees_all else self.name
+
+
+ANONYMOUS = Principal("anonymous", sees_all=True)
+
+
+def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
+    return pagination.fingerprint({"job": job_id, "states": sorted(int(s) for s in states)})
+
+
+class JobService:
+    """The caller-facing use cases."""
+
+    def __init__(self, db: Database, config: Config, clock: Clock = now_us) -> None:
+        self.db = db
+        self.config = config
+        self.clock = clock
+
+    async def _save(self, uow: UnitOfWork, job: Job, now: int) -> None:
+        await outbox.save_job(uow, job, now, int(self.config.webhook_progress_interval * 1e6))
+
+    # --- create --------------------------------------------------------
+    async def create_job(self, who: Principal, req: NewJob) -> JobPage:
+        n_chunks = -(-req.total_items // req.chunk_size)
+        if n_chunks > self.config.max_chunks_per_job:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "total_items",
+                        f"makes {n_chunks} chunks of {req.chunk_size}; at most "
+                        f"{self.config.max_chunks_per_job} chunks per job (raise chunk_size)",
+                    )
+                ]
+            )
+        if req.webhook_url:
+            from .webhooks import check_url
+
+            check_url(req.webhook_url, self.config)
+        if (req.webhook_url or who.webhook_url) and who is ANONYMOUS and not self.config.webhook_secret:
+            raise WebhookSecretMissing(
+                "webhooks need a signing secret: set JOBPULSE_WEBHOOK_SECRET on the server, or use API keys"
+            )
+        if req.request_id:
+            async with self.db.read() as conn:
+                earlier = await repo.find_job_by_request(conn, who.name, req.request_id)
+            if earlier is not None:
+                return await self.get_job(who, earlier.id, full=True)
+        now = self.clock()
+        job = Job(
+            id=ids.new_job_id(),
+            owner=who.name,
+            kind=req.kind,
+            display_name=req.display_name,
+            priority=req.priority,
+            labels=dict(req.labels or {}),
+            metadata=dict(req.metadata or {}),
+            total_items=req.total_items,
+            chunk_size=req.chunk_size,
+            max_attempts=req.max_attempts,
+            request_id=req.request_id or None,
+            webhook_url=req.webhook_url or who.webhook_url,
+            webhook_progress=req.webhook_progress,
+            revision=1,
+            create_time=now,
+            update_time=now,
+        )
+        new_chunks = [
+            Chunk(
+                id=ids.chunk_id(job.id, i),
+                job_id=job.id,
+                index=i,
+                state=ChunkState.PENDING,
+                item_start=start,
+                item_count=count,
+                max_attempts=req.max_attempts,
+                revision=1,
+                priority=req.priority,
+                kind=req.kind,
+            )
+            for i, (start, count) in enumerate(split_items(req.total_items, req.chunk_size))
+        ]
+        job.summary.pending = len(new_chunks)
+        job.refresh_state(now)
+        try:
+            async with self.db.write() as uow:
+                await repo.insert_job(uow.conn, job, new_chunks)
+                uow.changed(job.id, job.revision)
+                uow.changes.new_work = True
+        except IntegrityError:
+            # Lost a race with the same request_id: the first one wins.
+            if not req.request_id:
+                raise
+            async with self.db.read() as conn:
+                earlier = await repo.find_job_by_request(conn, who.name, req.request_id)
+            if earlier is None:
+                raise
+            return await self.get_job(who, earlier.id, full=True)
+        return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job, new_chunks))
+
+    def _chunks_token(self, job: Job, shown: list[Chunk]) -> str:
+        if job.summary.total <= FULL_VIEW_CHUNK_LIMIT or len(shown) < FULL_VIEW_CHUNK_LIMIT:
+            return ""
+        last = shown[FULL_VIEW_CHUNK_LIMIT - 1].index
+        return pagination.encode("chunks", chunk_filters(job.id, []), [last])
+
+    # --- read ----------------------------------------------------------
+    async def get_job(self, who: Principal, job_id: str, *, full: bool) -> JobPage:
+        async with self.db.read() as conn:
+            job = await self._load(conn, who, job_id)
+            return await self._page(conn, job, full)
+
+    async def _page(self, conn: Any, job: Job, full: bool) -> JobPage:
+        if not full:
+            return JobPage(job)
+        job.artifacts = await repo.job_artifacts(conn, job.id)
+        shown = await repo.list_chunks(conn, job.id, limit=FULL_VIEW_CHUNK_LIMIT)
+        return JobPage(job, shown, self._chunks_token(job, shown))
+
+    async def _load(self, conn: Any, who: Principal, job_id: str, for_update: bool = False) -> Job:
+        job = await repo.get_job(conn, job_id, who.owner_filter, for_update=for_update)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def batch_get(self, who: Principal, job_ids: list[str], *, full: bool) -> list[JobPage]:
+        async with self.db.read() as conn:
+            found = await repo.get_jobs(conn, job_ids, who.owner_filter)
+            missing = [j for j in job_ids if j not in found]
+            if missing:
+                raise JobNotFound(missing[0])
+            pages = {}
+            for job_id, job in found.items():
+                pages[job_id] = await self._page(conn, job, full)
+        return [pages[j] for j in job_ids]
+
+    async def list_jobs(
+        self,
+        who: Principal,
+        f: repo.JobFilter,
+        *,
+        order_by: str,
+        page_size: int,
+        page_token: str,
+        full: bool,
+    ) -> tuple[list[JobPage], str, int, int]:
+        """One page of jobs, the next page token, the total, and the WatchJobs change horizon."""
+        f.owner = who.owner_filter
+        filters = pagination.fingerprint(
+            {
+                "owner": f.owner,
+                "states": sorted(int(s) for s in f.states),
+                "kind": f.kind,
+                "min": f.min_priority,
+                "max": f.max_priority,
+                "after": f.created_after,
+                "before": f.created_before,
+                "search": f.search,
+                "labels": f.labels,
+                "order": order_by,
+            }
+        )
+        # A token holds the sort key of the last job shown and the total counted for
+        # the first page: total_size is counted once per listing, not once per page.
+        after: list[Any] | None = None
+        total: int | None = None
+        if page_token:
+            key = pagination.decode(page_token, "jobs", filters)
+            _check_key(key, order_by)
+            after, total = key[:-1], key[-1]
+        async with self.db.read() as conn:
+            horizon = await repo.change_horizon(conn)
+            found = await repo.list_jobs(conn, f, order_by, after, page_size + 1)
+            if total is None:
+                total = await repo.count_jobs(conn, f)
+            more = len(found) > page_size
+            found = found[:page_size]
+            pages = [await self._page(conn, job, full) for job in found]
+        token = ""
+        if more and found:
+            token = pagination.encode("jobs", filters, [*repo.job_sort_key(found[-1], order_by), total])
+        return pages, token, total, horizon
+
+    async def list_chunks(
+        self, who: Principal, job_id: str, states: list[ChunkState], page_size: int, page_token: str
+    ) -> tuple[list[Chunk], str, int]:
+        filters = chunk_filters(job_id, states)
+        after = -1
+        if page_token:
+            key = pagination.decode(page_token, "chunks", filters)
+            if len(key) != 1 or not isinstance(key[0], int):
+                raise InvalidPageToken("page_token is malformed")
+            after = key[0]
+        async with self.db.read() as conn:
+            await self._load(conn, who, job_id)
+            found = await repo.list_chunks(
+                conn, job_id, after_index=after, limit=page_size + 1, states=states
+            )
+            total = await repo.count_chunks(conn, job_id, states)
+        token = ""
+        if len(found) > page_size:
+            found = found[:page_size]
+            token = pagination.encode("chunks", filters, [found[-1].index])
+        return found, token, total
+
+    # --- steer ---------------------------------------------------------
+    async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
+        async with self.db.write() as uow:
+            job = await self._load(uow.conn, who, job_id, for_update=True)
+            if job.state in (JobState.COMPLETED, JobState.FAILED):
+                raise JobAlreadyTerminal(
+                    f"job {job_id} is already {job.state.name}; only running jobs can be cancelled",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
+            if not job.cancel_requested and job.state != JobState.CANCELLED:
+                now = self.clock()
+                rev = job.touch(now)
+                job.cancel_requested = True
+                job.cancel_reason = reason
+                job.cancel_time = now
+                moved = await repo.cancel_pending_chunks(uow.conn, job.id, rev, now)
+                job.summary.pending -= moved
+                job.summary.cancelled += moved
+                job.refresh_state(now)
+                await self._save(uow, job, now)
+        return JobPage(job)
+
+    async def retry_job(self, who: Principal, job_id: str) -> JobPage:
+        async with self.db.write() as uow:
+            job = await self._load(uow.conn, who, job_id, for_update=True)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise JobNotRetryable(
+                    f"job {job_id} is {job.state.name}; only FAILED or CANCELLED jobs can be retried",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
+            now = self.clock()
+            rev = job.touch(now)
+            failed, cancelled, items = await repo.reset_for_retry(uow.conn, job.id, rev)
+            job.summary.failed -= failed
+            job.summary.cancelled -= cancelled
+            job.summary.pending += failed + cancelled
+            job.items_done -= items
+            job.cancel_requested = False
+            job.cancel_reason = ""
+            job.cancel_time = None
+            job.error_reason = job.error_message = ""
+            job.error_chunk_index = None
+            job.refresh_state(now)
+            await self._save(uow, job, now)
+            uow.changes.new_work = True
+        return JobPage(job)
+
+    async def update_job(
+        self,
+        who: Principal,
+        job_id: str,
+        *,
+        priority: int | None,
+        labels: dict[str, str] | None,
+        display_name: str | None,
+    ) -> JobPage:
+        async with self.db.write() as uow:
+            job = await self._load(uow.conn, who, job_id, for_update=True)
+            now = self.clock()
+            changed = False
+            if priority is not None and priority != job.priority:
+                job.priority = priority
+                await repo.set_pending_priority(uow.conn, job.id, priority)
+                changed = True
+                uow.changes.new_work = True
+            if labels is not None and labels != job.labels:
+                job.labels = dict(labels)
+                changed = True
+            if display_name is not None and display_name != job.display_name:
+                job.display_name = display_name
+                changed = True
+            if changed:
+                job.touch(now)
+                await self._save(uow, job, now)
+        return JobPage(job)
+
+    async def delete_job(self, who: Principal, job_id: str, force: bool) -> None:
+        async with self.db.write() as uow:
+            job = await self._load(uow.conn, who, job_id, for_update=True)
+            if not job.state.terminal and not force:
+                raise JobNotTerminal(
+                    f"job {job_id} is {job.state.name}; cancel it first or pass force",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
+            await repo.delete_job(uow.conn, job.id)
+            uow.changes.deleted.add(job.id)
+
+    async def stats(self, who: Principal, f: repo.JobFilter) -> tuple[repo.StatsRow, list[repo.StatsRow]]:
+        f.owner = who.owner_filter
+        async with self.db.read() as conn:
+            return await repo.job_stats(conn, f)
+
+
+def _check_key(key: list[Any], order_by: str) -> None:
+    cols, _ = repo.ORDERS[order_by]
+    cols = (*cols, "total")
+    types = {"id": str, "priority": int, "update_time": int, "total": int}
+    if len(key) != len(cols) or not all(
+        isinstance(v, types[c]) and not isinstance(v, bool) for v, c in zip(key, cols, strict=True)
+    ):
+        raise InvalidPageToken("page_token is malformed")

@@ -1,0 +1,115 @@
+"""Metrics (Prometheus text on --metrics-port) and one log line per RPC (text or JSON)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+rpc_log = logging.getLogger("jobpulse.rpc")
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of their own (one per server)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "jobpulse_rpcs", "RPCs handled, by method and status code", ["method", "code"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "jobpulse_rpc_duration_seconds",
+            "RPC latency by method and status code (streams: their whole life)",
+            ["method", "code"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Gauge(
+            "jobpulse_jobs", "Jobs by state (refreshed every few seconds)", ["state"], registry=r
+        )
+        self.chunks = Counter(
+            "jobpulse_chunks",
+            "Chunk events: claimed, completed, failed, retried, rescued, cancelled",
+            ["event"],
+            registry=r,
+        )
+        self.open_streams = Gauge("jobpulse_open_streams", "Open WatchJob and WatchJobs streams", registry=r)
+        self.webhooks = Counter(
+            "jobpulse_webhook_deliveries",
+            "Webhook attempts by outcome: delivered, failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhooks_dead = Counter("jobpulse_webhook_dead", "Webhook deliveries given up on", registry=r)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serves /metrics on a thread of its own; returns the port (0 picks one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the RPC fields when present."""
+
+    FIELDS = ("method", "code", "duration_ms", "job_id", "request_id", "peer")
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                out[name] = getattr(record, name)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+def job_id_of(request: Any) -> str:
+    """The job an RPC is about, when its request says (job_id, or a chunk id's job part)."""
+    job_id = getattr(request, "job_id", "")
+    if not job_id:
+        chunk_id = getattr(request, "chunk_id", "")
+        job_id = chunk_id.rsplit("-", 1)[0] if chunk_id else ""
+    return str(job_id)[:64]
+
+
+def request_id_of(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            return str(value)[:128]
+    return ""
+
+
+class Observer:
+    """Records each RPC's outcome in the metrics and the log."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def record(self, method: str, code: str, started: float, request: Any, context: Any) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.rpcs.labels(method, code).inc()
+        self.metrics.rpc_seconds.labels(method, code).observe(elapsed)
+        if rpc_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": method,
+                "code": code,
+                "duration_ms": round(elapsed * 1000, 3),
+                "job_id": job_id_of(request),
+                "request_id": request_id_of(context.invocation_metadata()),
+            }
+            rpc_log.info(
+                "%s %s %.1fms%s", method, code, elapsed * 1000,
+                f" job={fields['job_id']}" if fields["job_id"] else "", extra=fields,
+            )  # fmt: skip

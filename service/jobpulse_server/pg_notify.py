@@ -1,0 +1,163 @@
+"""Changes across replicas on PostgreSQL: NOTIFY on commit, LISTEN on every replica.
+
+Each write transaction sends, inside the transaction (so it is delivered only if
+it commits), which jobs changed to which revision and whether work appeared.
+Every replica listens and wakes its own watchers and waiting claims; a watcher
+then reads the delta from the database itself, so a notification carries no
+state that could be lost. If the listening connection drops, notifications
+sent meanwhile are gone: on reconnecting, the replica wakes every local
+watcher and claim once (a catch-up read), so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .db import Changes
+from .watch_hub import ChangeHub
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "jobpulse_changes"
+# NOTIFY payloads must stay under 8000 bytes.
+_MAX_PAYLOAD = 7000
+
+
+def encode(changes: Changes, replica: str) -> list[str]:
+    """The changes as one or more NOTIFY payloads."""
+    payloads: list[str] = []
+    base: dict[str, Any] = {"r": replica}
+    if changes.new_work:
+        base["w"] = 1
+    if changes.work_later:
+        base["l"] = sorted(set(round(d, 3) for d in changes.work_later))[:20]
+    items = [("j", job_id, rev) for job_id, rev in changes.jobs.items()]
+    items += [("d", job_id, 0) for job_id in changes.deleted]
+    current: dict[str, Any] = dict(base, j={}, d=[])
+    for kind, job_id, rev in items:
+        if kind == "j":
+            current["j"][job_id] = rev
+        else:
+            current["d"].append(job_id)
+        if len(json.dumps(current)) > _MAX_PAYLOAD:
+            payloads.append(json.dumps(current, separators=(",", ":")))
+            current = {"r": replica, "j": {}, "d": []}
+    payloads.append(json.dumps(current, separators=(",", ":")))
+    return payloads
+
+
+def decode(payload: str) -> tuple[str, Changes]:
+    """(sending replica, changes) from a payload."""
+    body = json.loads(payload)
+    changes = Changes(
+        jobs={str(k): int(v) for k, v in body.get("j", {}).items()},
+        deleted=set(body.get("d", [])),
+        new_work=bool(body.get("w")),
+        work_later=[float(x) for x in body.get("l", [])],
+    )
+    return str(body.get("r", "")), changes
+
+
+async def send(conn: AsyncConnection, changes: Changes, replica: str) -> None:
+    """NOTIFY inside the caller's transaction."""
+    for payload in encode(changes, replica):
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+        )
+
+
+class Listener:
+    """LISTENs on a dedicated asyncpg connection and feeds the local change hub."""
+
+    def __init__(self, database_url: str, hub: ChangeHub, replica: str, retry_seconds: float = 1.0) -> None:
+        url = make_url(database_url)
+        self._connect_args = {
+            "host": url.host or "localhost",
+            "port": url.port or 5432,
+            "user": url.username,
+            "password": url.password,
+            "database": url.database,
+            "server_settings": {"application_name": "jobpulse-listener"},
+        }
+        self.hub = hub
+        self.replica = replica
+        self.retry_seconds = retry_seconds
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            sender, changes = decode(payload)
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignoring a malformed change notification")
+            return
+        if sender != self.replica:  # our own commits were published locally already
+            self.hub.publish(changes)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listens until ``stop`` is set, reconnecting (and catching up) after any loss."""
+        import asyncpg
+
+        first = True
+        while not stop.is_set():
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(**self._connect_args, timeout=10)
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                log.warning("change listener cannot connect (%s); retrying", exc)
+                await _sleep_or_stop(stop, self.retry_seconds)
+                continue
+            try:
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                if not first:
+                    self.reconnects += 1
+                    log.info("change listener reconnected; waking every watcher for a catch-up read")
+                    self.hub.wake_all()
+                first = False
+                self.connected.set()
+                await _first_of(stop.wait(), lost.wait(), _watch_connection(conn, lost))
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("change listener lost its connection (%s)", exc)
+            finally:
+                self.connected.clear()
+                if not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(conn.close(), timeout=2)
+                    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                        conn.terminate()
+            if not stop.is_set():
+                await _sleep_or_stop(stop, self.retry_seconds)
+
+
+async def _watch_connection(conn: Any, lost: asyncio.Event, every: float = 5.0) -> None:
+    """Pings the connection so a silently dead one is noticed."""
+    while not lost.is_set():
+        await asyncio.sleep(every)
+        try:
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout=every)
+        except Exception:
+            lost.set()
+
+
+async def _first_of(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,694 @@
+"""Reads and writes of jobs, chunks and artifacts (SQLAlchemy Core, one connection per call).
+
+Functions here neither commit nor decide anything: the services do, inside a
+``Database.write()`` unit of work. Whatever changes a chunk also saves its job,
+so counts, state and revision land in the same transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, literal, literal_column, or_, select, tuple_, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement, Select
+
+from .domain import Artifact, Chunk, ChunkState, Job, JobState, Summary
+from .tables import artifacts, chunks, jobs
+
+# --- mapping ---------------------------------------------------------------
+
+_JOB_COUNTS = ("n_pending", "n_processing", "n_completed", "n_failed", "n_cancelled")
+
+
+def _job_from_row(r: Row[Any]) -> Job:
+    m = r._mapping
+    return Job(
+        id=m["id"],
+        owner=m["owner"],
+        request_id=m["request_id"],
+        display_name=m["display_name"],
+        kind=m["kind"],
+        state=JobState(m["state"]),
+        stage=m["stage"],
+        message=m["message"],
+        priority=m["priority"],
+        labels=dict(m["labels"] or {}),
+        metadata=dict(m["job_metadata"] or {}),
+        total_items=m["total_items"],
+        chunk_size=m["chunk_size"],
+        max_attempts=m["max_attempts"],
+        revision=m["revision"],
+        summary=Summary(
+            pending=m["n_pending"],
+            processing=m["n_processing"],
+            completed=m["n_completed"],
+            failed=m["n_failed"],
+            cancelled=m["n_cancelled"],
+        ),
+        items_done=m["items_done"],
+        error_reason=m["error_reason"],
+        error_message=m["error_message"],
+        error_chunk_index=m["error_chunk_index"],
+        cancel_requested=bool(m["cancel_requested"]),
+        cancel_reason=m["cancel_reason"],
+        cancel_time=m["cancel_time"],
+        create_time=m["create_time"],
+        update_time=m["update_time"],
+        start_time=m["start_time"],
+        end_time=m["end_time"],
+        change_seq=m["change_seq"],
+        webhook_url=m["webhook_url"],
+        webhook_progress=bool(m["webhook_progress"]),
+        last_progress_event=m["last_progress_event"],
+        loaded_state=JobState(m["state"]),
+    )
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {
+        "owner": job.owner,
+        "request_id": job.request_id,
+        "display_name": job.display_name,
+        "kind": job.kind,
+        "state": int(job.state),
+        "stage": job.stage,
+        "message": job.message,
+        "priority": job.priority,
+        "labels": job.labels,
+        "job_metadata": job.metadata,
+        "total_items": job.total_items,
+        "chunk_size": job.chunk_size,
+        "max_attempts": job.max_attempts,
+        "revision": job.revision,
+        "n_pending": job.summary.pending,
+        "n_processing": job.summary.processing,
+        "n_completed": job.summary.completed,
+        "n_failed": job.summary.failed,
+        "n_cancelled": job.summary.cancelled,
+        "items_done": job.items_done,
+        "error_reason": job.error_reason,
+        "error_message": job.error_message,
+        "error_chunk_index": job.error_chunk_index,
+        "cancel_requested": job.cancel_requested,
+        "cancel_reason": job.cancel_reason,
+        "cancel_time": job.cancel_time,
+        "create_time": job.create_time,
+        "update_time": job.update_time,
+        "start_time": job.start_time,
+        "end_time": job.end_time,
+        "webhook_url": job.webhook_url,
+        "webhook_progress": job.webhook_progress,
+        "last_progress_event": job.last_progress_event,
+    }
+
+
+def _chunk_from_row(r: Row[Any]) -> Chunk:
+    m = r._mapping
+    return Chunk(
+        id=m["id"],
+        job_id=m["job_id"],
+        index=m["idx"],
+        state=ChunkState(m["state"]),
+        item_start=m["item_start"],
+        item_count=m["item_count"],
+        items_done=m["items_done"],
+        attempt=m["attempt"],
+        max_attempts=m["max_attempts"],
+        worker_id=m["worker_id"],
+        external_task_id=m["external_task_id"],
+        error_reason=m["error_reason"],
+        error_message=m["error_message"],
+        lease_token=m["lease_token"],
+        lease_expire_time=m["lease_expire_time"],
+        lease_duration=m["lease_duration"],
+        next_attempt_time=m["next_attempt_time"],
+        revision=m["revision"],
+        priority=m["priority"],
+        kind=m["kind"],
+        start_time=m["start_time"],
+        end_time=m["end_time"],
+    )
+
+
+_CHUNK_MUTABLE = (
+    "state",
+    "items_done",
+    "attempt",
+    "worker_id",
+    "external_task_id",
+    "error_reason",
+    "error_message",
+    "lease_token",
+    "lease_expire_time",
+    "lease_duration",
+    "next_attempt_time",
+    "revision",
+    "priority",
+    "start_time",
+    "end_time",
+)
+
+
+def _chunk_values(c: Chunk) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "job_id": c.job_id,
+        "idx": c.index,
+        "state": int(c.state),
+        "item_start": c.item_start,
+        "item_count": c.item_count,
+        "items_done": c.items_done,
+        "attempt": c.attempt,
+        "max_attempts": c.max_attempts,
+        "worker_id": c.worker_id,
+        "external_task_id": c.external_task_id,
+        "error_reason": c.error_reason,
+        "error_message": c.error_message,
+        "lease_token": c.lease_token,
+        "lease_expire_time": c.lease_expire_time,
+        "lease_duration": c.lease_duration,
+        "next_attempt_time": c.next_attempt_time,
+        "revision": c.revision,
+        "priority": c.priority,
+        "kind": c.kind,
+        "start_time": c.start_time,
+        "end_time": c.end_time,
+    }
+
+
+# --- jobs ------------------------------------------------------------------
+
+
+def _next_change_seq(conn: AsyncConnection) -> Any:
+    """The change_seq of a job written now (see WatchJobs).
+
+    PostgreSQL: the writing transaction's id, read back only once every older
+    transaction has ended (change_horizon). SQLite: one more than the largest,
+    which is commit order because SQLite has one writer at a time.
+    """
+    if conn.dialect.name == "postgresql":
+        return literal_column("pg_current_xact_id()::text::bigint")
+    other = jobs.alias("seq_jobs")
+    return select(func.coalesce(func.max(other.c.change_seq), 0) + 1).scalar_subquery()
+
+
+async def change_horizon(conn: AsyncConnection) -> int:
+    """Every job change with change_seq below this is committed and visible to this transaction."""
+    if conn.dialect.name == "postgresql":
+        q: Select[Any] = select(literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    else:
+        q = select(func.coalesce(func.max(jobs.c.change_seq), 0) + 1)
+    return int((await conn.execute(q)).scalar_one())
+
+
+async def changed_jobs(
+    conn: AsyncConnection, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+) -> tuple[list[Job], bool]:
+    """Jobs matching ``f`` changed after ``after`` (change_seq, id) and below ``horizon``, in change order.
+
+    Also says whether changes at or beyond the horizon exist (committed but not yet safe to hand out).
+    """
+    q = (
+        select(jobs)
+        .where(
+            *_filter_clauses(conn, f),
+            tuple_(jobs.c.change_seq, jobs.c.id) > tuple_(literal(after[0]), literal(after[1])),
+            jobs.c.change_seq < horizon,
+        )
+        .order_by(jobs.c.change_seq, jobs.c.id)
+        .limit(limit)
+    )
+    found = [_job_from_row(r) for r in (await conn.execute(q)).all()]
+    beyond = (
+        await conn.execute(select(jobs.c.id).where(jobs.c.change_seq >= horizon).limit(1))
+    ).first() is not None
+    return found, beyond
+
+
+async def insert_job(conn: AsyncConnection, job: Job, new_chunks: Sequence[Chunk]) -> None:
+    await conn.execute(insert(jobs).values(id=job.id, change_seq=_next_change_seq(conn), **_job_values(job)))
+    batch = 2000
+    for start in range(0, len(new_chunks), batch):
+        await conn.execute(insert(chunks), [_chunk_values(c) for c in new_chunks[start : start + batch]])
+
+
+async def get_job(
+    conn: AsyncConnection, job_id: str, owner: str | None = None, *, for_update: bool = False
+) -> Job | None:
+    q = select(jobs).where(jobs.c.id == job_id)
+    if owner is not None:
+        q = q.where(jobs.c.owner == owner)
+    if for_update and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = (await conn.execute(q)).first()
+    return _job_from_row(row) if row else None
+
+
+async def lock_jobs_skip_locked(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, Job]:
+    """Locks and returns the given jobs, leaving out any another transaction holds (PostgreSQL)."""
+    if not job_ids:
+        return {}
+    q = select(jobs).where(jobs.c.id.in_(list(job_ids))).order_by(jobs.c.id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return {j.id: j for j in (_job_from_row(r) for r in (await conn.execute(q)).all())}
+
+
+async def job_id_of_chunk(conn: AsyncConnection, chunk_id: str) -> str | None:
+    value = (await conn.execute(select(chunks.c.job_id).where(chunks.c.id == chunk_id))).scalar_one_or_none()
+    return str(value) if value is not None else None
+
+
+async def get_jobs(conn: AsyncConnection, job_ids: Sequence[str], owner: str | None = None) -> dict[str, Job]:
+    q = select(jobs).where(jobs.c.id.in_(list(set(job_ids))))
+    if owner is not None:
+        q = q.where(jobs.c.owner == owner)
+    return {j.id: j for j in (_job_from_row(r) for r in (await conn.execute(q)).all())}
+
+
+async def find_job_by_request(conn: AsyncConnection, owner: str, request_id: str) -> Job | None:
+    q = select(jobs).where(jobs.c.owner == owner, jobs.c.request_id == request_id)
+    row = (await conn.execute(q)).first()
+    return _job_from_row(row) if row else None
+
+
+@functools.cache
+def _save_job_statement(dialect: str) -> Any:
+    # Built once per dialect: building a 35-column UPDATE per save cost more than running it.
+    names = list(_job_values(Job(id="", owner="", kind="")))
+    values: dict[str, Any] = {name: bindparam(f"b_{name}") for name in names}
+    if dialect == "postgresql":
+        values["change_seq"] = literal_column("pg_current_xact_id()::text::bigint")
+    else:
+        other = jobs.alias("seq_jobs")
+        values["change_seq"] = select(func.coalesce(func.max(other.c.change_seq), 0) + 1).scalar_subquery()
+    return update(jobs).where(jobs.c.id == bindparam("b_id")).values(values)
+
+
+async def save_job(conn: AsyncConnection, job: Job) -> None:
+    params = {f"b_{name}": value for name, value in _job_values(job).items()}
+    params["b_id"] = job.id
+    await conn.execute(_save_job_statement(conn.dialect.name), params)
+    job.bumped = False
+
+
+async def delete_job(conn: AsyncConnection, job_id: str) -> None:
+    await conn.execute(delete(artifacts).where(artifacts.c.job_id == job_id))
+    await conn.execute(delete(chunks).where(chunks.c.job_id == job_id))
+    await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+
+
+# --- chunks ----------------------------------------------------------------
+
+
+async def list_chunks(
+    conn: AsyncConnection,
+    job_id: str,
+    *,
+    after_index: int = -1,
+    limit: int | None = None,
+    states: Iterable[ChunkState] = (),
+    after_revision: int | None = None,
+) -> list[Chunk]:
+    q = select(chunks).where(chunks.c.job_id == job_id, chunks.c.idx > after_index)
+    st = [int(s) for s in states]
+    if st:
+        q = q.where(chunks.c.state.in_(st))
+    if after_revision is not None:
+        q = q.where(chunks.c.revision > after_revision)
+    q = q.order_by(chunks.c.idx)
+    if limit is not None:
+        q = q.limit(limit)
+    found = [_chunk_from_row(r) for r in (await conn.execute(q)).all()]
+    await _attach_artifacts(conn, job_id, found)
+    return found
+
+
+async def count_chunks(conn: AsyncConnection, job_id: str, states: Iterable[ChunkState] = ()) -> int:
+    q = select(func.count()).select_from(chunks).where(chunks.c.job_id == job_id)
+    st = [int(s) for s in states]
+    if st:
+        q = q.where(chunks.c.state.in_(st))
+    return int((await conn.execute(q)).scalar_one())
+
+
+async def get_chunk(conn: AsyncConnection, chunk_id: str, *, for_update: bool = False) -> Chunk | None:
+    q = select(chunks).where(chunks.c.id == chunk_id)
+    if for_update and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = (await conn.execute(q)).first()
+    return _chunk_from_row(row) if row else None
+
+
+async def save_chunks(conn: AsyncConnection, changed: Sequence[Chunk]) -> None:
+    if not changed:
+        return
+    params = []
+    for c in changed:
+        values = _chunk_values(c)
+        row = {f"b_{name}": values[name] for name in _CHUNK_MUTABLE}
+        row["b_id"] = c.id
+        params.append(row)
+    await conn.execute(_SAVE_CHUNKS, params)
+
+
+_SAVE_CHUNKS = (
+    update(chunks)
+    .where(chunks.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _CHUNK_MUTABLE})
+)
+
+
+async def pick_claimable(conn: AsyncConnection, *, kinds: Sequence[str], now: int, limit: int) -> list[Chunk]:
+    """Pending chunks ready to run: highest priority, then oldest job, then index."""
+    q = select(chunks).where(
+        chunks.c.state == int(ChunkState.PENDING),
+        or_(chunks.c.next_attempt_time.is_(None), chunks.c.next_attempt_time <= now),
+    )
+    if kinds:
+        q = q.where(chunks.c.kind.in_(list(kinds)))
+    q = q.order_by(chunks.c.priority.desc(), chunks.c.job_id, chunks.c.idx).limit(limit)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return [_chunk_from_row(r) for r in (await conn.execute(q)).all()]
+
+
+async def expired_leases(conn: AsyncConnection, now: int, limit: int = 500) -> list[Chunk]:
+    q = (
+        select(chunks)
+        .where(chunks.c.state == int(ChunkState.PROCESSING), chunks.c.lease_expire_time < now)
+        .order_by(chunks.c.lease_expire_time)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return [_chunk_from_row(r) for r in (await conn.execute(q)).all()]
+
+
+async def overdue_cancels(conn: AsyncConnection, cancel_before: int, limit: int = 100) -> list[str]:
+    """Jobs still CANCELLING whose cancel was asked before ``cancel_before``."""
+    q = (
+        select(jobs.c.id)
+        .where(jobs.c.state == int(JobState.CANCELLING), jobs.c.cancel_time < cancel_before)
+        .limit(limit)
+    )
+    return [r[0] for r in (await conn.execute(q)).all()]
+
+
+async def cancel_pending_chunks(conn: AsyncConnection, job_id: str, revision: int, now: int) -> int:
+    """Moves every PENDING chunk of a job to CANCELLED; returns how many."""
+    result = await conn.execute(
+        update(chunks)
+        .where(chunks.c.job_id == job_id, chunks.c.state == int(ChunkState.PENDING))
+        .values(
+            state=int(ChunkState.CANCELLED),
+            revision=revision,
+            end_time=now,
+            next_attempt_time=None,
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+async def reset_for_retry(conn: AsyncConnection, job_id: str, revision: int) -> tuple[int, int, int]:
+    """FAILED and CANCELLED chunks back to PENDING with fresh attempts.
+
+    Returns (failed moved, cancelled moved, items_done those chunks had).
+    """
+    retryable = [int(ChunkState.FAILED), int(ChunkState.CANCELLED)]
+    rows = (
+        await conn.execute(
+            select(chunks.c.state, func.count(), func.coalesce(func.sum(chunks.c.items_done), 0))
+            .where(chunks.c.job_id == job_id, chunks.c.state.in_(retryable))
+            .group_by(chunks.c.state)
+        )
+    ).all()
+    counts = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    await conn.execute(
+        update(chunks)
+        .where(chunks.c.job_id == job_id, chunks.c.state.in_(retryable))
+        .values(
+            state=int(ChunkState.PENDING),
+            attempt=0,
+            items_done=0,
+            error_reason="",
+            error_message="",
+            worker_id="",
+            lease_token=None,
+            lease_expire_time=None,
+            next_attempt_time=None,
+            start_time=None,
+            end_time=None,
+            revision=revision,
+        )
+    )
+    failed = counts.get(int(ChunkState.FAILED), (0, 0))
+    cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
+    return failed[0], cancelled[0], failed[1] + cancelled[1]
+
+
+async def set_pending_priority(conn: AsyncConnection, job_id: str, priority: int) -> None:
+    # Only pending chunks: running ones are locked by their workers, and a chunk that
+    # goes back to PENDING takes its job's priority then (Job.move_chunk).
+    await conn.execute(
+        update(chunks)
+        .where(chunks.c.job_id == job_id, chunks.c.state == int(ChunkState.PENDING))
+        .values(priority=priority)
+    )
+
+
+# --- artifacts -------------------------------------------------------------
+
+
+async def insert_artifacts(conn: AsyncConnection, job_id: str, items: Sequence[Artifact]) -> None:
+    if not items:
+        return
+    await conn.execute(
+        insert(artifacts),
+        [
+            {
+                "job_id": job_id,
+                "chunk_index": a.chunk_index,
+                "name": a.name,
+                "uri": a.uri,
+                "media_type": a.media_type,
+                "size_bytes": a.size_bytes,
+            }
+            for a in items
+        ],
+    )
+
+
+async def job_artifacts(conn: AsyncConnection, job_id: str) -> list[Artifact]:
+    q = (
+        select(artifacts)
+        .where(artifacts.c.job_id == job_id)
+        .order_by(artifacts.c.chunk_index, artifacts.c.id)
+    )
+    return [_artifact(r) for r in (await conn.execute(q)).all()]
+
+
+def _artifact(r: Row[Any]) -> Artifact:
+    m = r._mapping
+    return Artifact(
+        name=m["name"],
+        uri=m["uri"],
+        media_type=m["media_type"],
+        size_bytes=m["size_bytes"],
+        chunk_index=m["chunk_index"],
+    )
+
+
+async def _attach_artifacts(conn: AsyncConnection, job_id: str, found: list[Chunk]) -> None:
+    done = [c for c in found if c.state == ChunkState.COMPLETED]
+    if not done:
+        return
+    lo, hi = done[0].index, done[-1].index
+    q = (
+        select(artifacts)
+        .where(artifacts.c.job_id == job_id, artifacts.c.chunk_index.between(lo, hi))
+        .order_by(artifacts.c.chunk_index, artifacts.c.id)
+    )
+    by_index: dict[int, list[Artifact]] = {}
+    for r in (await conn.execute(q)).all():
+        a = _artifact(r)
+        by_index.setdefault(a.chunk_index, []).append(a)
+    for c in done:
+        c.artifacts = by_index.get(c.index, [])
+
+
+# --- listing ---------------------------------------------------------------
+
+
+@dataclass
+class JobFilter:
+    """ListJobs / GetJobStats filters, already validated."""
+
+    owner: str | None = None
+    states: list[JobState] = field(default_factory=list)
+    kind: str = ""
+    min_priority: int | None = None
+    max_priority: int | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    search: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+# order_by value -> (columns, descending)
+ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "create_time desc": (("id",), True),
+    "create_time": (("id",), False),
+    "priority desc": (("priority", "id"), True),
+    "update_time desc": (("update_time", "id"), True),
+}
+
+
+def _filter_clauses(conn: AsyncConnection, f: JobFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if f.owner is not None:
+        where.append(jobs.c.owner == f.owner)
+    if f.states:
+        where.append(jobs.c.state.in_([int(s) for s in f.states]))
+    if f.kind:
+        where.append(jobs.c.kind == f.kind)
+    if f.min_priority is not None:
+        where.append(jobs.c.priority >= f.min_priority)
+    if f.max_priority is not None:
+        where.append(jobs.c.priority <= f.max_priority)
+    if f.created_after is not None:
+        where.append(jobs.c.create_time >= f.created_after)
+    if f.created_before is not None:
+        where.append(jobs.c.create_time < f.created_before)
+    if f.search:
+        pattern = "%" + f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(func.lower(jobs.c.display_name).like(pattern, escape="\\"))
+    for key, value in sorted(f.labels.items()):
+        if conn.dialect.name == "postgresql":
+            where.append(jobs.c.labels[key].as_string() == value)
+        else:
+            where.append(func.json_extract(jobs.c.labels, literal("$." + _json_key(key))) == value)
+    return where
+
+
+def _json_key(key: str) -> str:
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def list_jobs(
+    conn: AsyncConnection, f: JobFilter, order_by: str, after: list[Any] | None, limit: int
+) -> list[Job]:
+    cols, desc = ORDERS[order_by]
+    q: Select[Any] = select(jobs).where(*_filter_clauses(conn, f))
+    if after is not None:
+        keys = [jobs.c[name] for name in cols]
+        q = q.where(_keyset_after(keys, after, desc))
+    q = q.order_by(*[(jobs.c[name].desc() if desc else jobs.c[name]) for name in cols]).limit(limit)
+    return [_job_from_row(r) for r in (await conn.execute(q)).all()]
+
+
+def _keyset_after(keys: list[Any], values: list[Any], desc: bool) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in (keys...) order, as one row-value comparison.
+
+    Both databases seek an index on a row value; the OR-of-ANDs spelling made
+    PostgreSQL filter every earlier row instead (885 ms against 0.14 ms, 900,000 deep).
+    """
+    row = tuple_(*keys)
+    bound = tuple_(*[literal(v) for v in values])
+    return row < bound if desc else row > bound
+
+
+async def count_jobs(conn: AsyncConnection, f: JobFilter) -> int:
+    q = select(func.count()).select_from(jobs).where(*_filter_clauses(conn, f))
+    return int((await conn.execute(q)).scalar_one())
+
+
+def job_sort_key(job: Job, order_by: str) -> list[Any]:
+    cols, _ = ORDERS[order_by]
+    return [getattr(job, name) for name in cols]
+
+
+# --- stats -----------------------------------------------------------------
+
+
+@dataclass
+class StatsRow:
+    kind: str
+    total: int
+    by_state: dict[JobState, int]
+    items_done: int
+    durations: dict[str, int | None]  # p50/p95/p99/max in microseconds
+    first_start: int | None = None
+    last_update: int | None = None
+
+    @property
+    def items_per_second(self) -> float:
+        if self.first_start is None or self.last_update is None or self.last_update <= self.first_start:
+            return 0.0
+        return self.items_done / ((self.last_update - self.first_start) / 1e6)
+
+
+async def job_stats(conn: AsyncConnection, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+    """Counts by state and duration percentiles, computed in SQL, overall and per kind."""
+    where = _filter_clauses(conn, f)
+    rows = (
+        await conn.execute(
+            select(
+                jobs.c.kind,
+                jobs.c.state,
+                func.count(),
+                func.coalesce(func.sum(jobs.c.items_done), 0),
+                func.min(jobs.c.start_time),
+                func.max(jobs.c.update_time),
+            )
+            .where(*where)
+            .group_by(jobs.c.kind, jobs.c.state)
+        )
+    ).all()
+    per_kind: dict[str, StatsRow] = {}
+    overall = StatsRow("", 0, {}, 0, {})
+    for kind, state, n, items, first_start, last_update in rows:
+        row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
+        for target in (row, overall):
+            target.total += int(n)
+            target.by_state[JobState(state)] = target.by_state.get(JobState(state), 0) + int(n)
+            target.items_done += int(items)
+            if first_start is not None:
+                target.first_start = min(filter(None, (target.first_start, int(first_start))))
+                target.last_update = max(target.last_update or 0, int(last_update))
+    overall.durations = await _durations(conn, where)
+    for kind, row in per_kind.items():
+        row.durations = await _durations(conn, [*where, jobs.c.kind == kind])
+    return overall, [per_kind[k] for k in sorted(per_kind)]
+
+
+async def _durations(conn: AsyncConnection, where: list[ColumnElement[bool]]) -> dict[str, int | None]:
+    finished = [*where, jobs.c.end_time.is_not(None)]
+    duration = (jobs.c.end_time - jobs.c.create_time).label("d")
+    n = int((await conn.execute(select(func.count()).select_from(jobs).where(*finished))).scalar_one())
+    out: dict[str, int | None] = {"p50": None, "p95": None, "p99": None, "max": None}
+    if n == 0:
+        return out
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
+        # Nearest-rank percentile: the ceil(q*n)-th smallest duration.
+        rank = min(n, max(1, _ceil(q * n)))
+        value = (
+            await conn.execute(select(duration).where(*finished).order_by(duration).offset(rank - 1).limit(1))
+        ).scalar_one()
+        out[name] = int(value)
+    return out
+
+
+def _ceil(x: float) -> int:
+    i = int(x)
+    return i if i == x else i + 1
+
+
+async def count_by_state(conn: AsyncConnection) -> dict[JobState, int]:
+    rows = (await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))).all()
+    return {JobState(state): int(n) for state, n in rows}

@@ -1,0 +1,561 @@
+"""gRPC servicers: parse and check requests, call the services, build responses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import json_format
+
+from jobpulse.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+from . import auth, webhooks
+from . import repository as repo
+from .clock import Clock
+from .convert import chunk_pb, job_pb, timestamp
+from .domain import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Artifact, ChunkState, JobState
+from .error_mapping import rpc
+from .jobs import JobPage, JobService, NewJob, Principal
+from .leases import WorkerService
+from .observability import Observer
+from .validation import MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, Checker, duration_us, timestamp_us
+from .watch import FeedService, WatchService, horizon_cursor
+
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_JOB_STATES = [int(s) for s in JobState]
+_CHUNK_STATES = [int(s) for s in ChunkState]
+_VIEWS = [job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL]
+MAX_PAGE_JOBS = 100
+DEFAULT_PAGE_JOBS = 20
+MAX_PAGE_CHUNKS = 1000
+DEFAULT_PAGE_CHUNKS = 100
+MAX_CLAIM = 100
+
+
+def who(context: Ctx) -> Principal:
+    """The caller, as authenticated by the ``rpc`` decorator."""
+    return auth.current()
+
+
+def _full(view: int, default_full: bool) -> bool:
+    return default_full if view == job_pb2.JOB_VIEW_UNSPECIFIED else view == job_pb2.JOB_VIEW_FULL
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """jobpulse.v1.JobService."""
+
+    ROLES = auth.CLIENT_ROLES
+
+    def __init__(
+        self,
+        authenticator: auth.Authenticator,
+        jobs: JobService,
+        watches: WatchService,
+        feeds: FeedService,
+        clock: Clock,
+        observer: Observer,
+    ) -> None:
+        self.auth = authenticator
+        self.observer = observer
+        self.jobs = jobs
+        self.watches = watches
+        self.feeds = feeds
+        self.clock = clock
+
+    def _job(self, page: JobPage) -> job_pb2.Job:
+        return job_pb(page.job, self.clock(), page.chunks, page.chunks_next_page_token)
+
+    @rpc
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Ctx
+    ) -> job_service_pb2.CreateJobResponse:
+        c = Checker()
+        c.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
+        c.text(request.kind, "kind", MAX_ID)
+        c.text(request.request_id, "request_id", MAX_ID)
+        c.text(request.webhook_url, "webhook_url", 2048)
+        c.check(request.total_items > 0, "total_items", f"must be at least 1 (got {request.total_items})")
+        c.check(request.chunk_size >= 0, "chunk_size", f"must be 0 (default {DEFAULT_CHUNK_SIZE}) or more")
+        c.check(
+            0 <= request.max_attempts <= 100,
+            "max_attempts",
+            f"must be between 0 (default {DEFAULT_MAX_ATTEMPTS}) and 100 (got {request.max_attempts})",
+        )
+        if request.HasField("priority"):
+            c.priority(request.priority, "priority")
+        c.labels(dict(request.labels))
+        metadata: dict[str, Any] = {}
+        if request.HasField("metadata"):
+            try:
+                metadata = json_format.MessageToDict(request.metadata)
+            except ValueError:  # NaN or infinity: not representable in JSON
+                c.fail("metadata", "numbers must be finite (no NaN or infinity)")
+        c.metadata(metadata)
+        c.done()
+        page = await self.jobs.create_job(
+            who(context),
+            NewJob(
+                kind=request.kind or "default",
+                total_items=request.total_items,
+                chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
+                max_attempts=request.max_attempts or DEFAULT_MAX_ATTEMPTS,
+                priority=request.priority if request.HasField("priority") else DEFAULT_PRIORITY,
+                display_name=request.display_name,
+                labels=dict(request.labels),
+                metadata=metadata,
+                request_id=request.request_id,
+                webhook_url=request.webhook_url,
+                webhook_progress=request.webhook_progress,
+            ),
+        )
+        return job_service_pb2.CreateJobResponse(job=self._job(page))
+
+    @rpc
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Ctx
+    ) -> job_service_pb2.GetJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.enums([request.view], _VIEWS, "view")
+        c.done()
+        page = await self.jobs.get_job(who(context), request.job_id, full=_full(request.view, True))
+        return job_service_pb2.GetJobResponse(job=self._job(page))
+
+    @rpc
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Ctx
+    ) -> job_service_pb2.ListJobsResponse:
+        c = Checker()
+        c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
+        c.enums([request.view], _VIEWS, "view")
+        order_by = " ".join(request.order_by.lower().split()) or "create_time desc"
+        if order_by == "create_time asc":
+            order_by = "create_time"
+        c.check(
+            order_by in repo.ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in repo.ORDERS)}"
+        )
+        f = _job_filter(request, c)
+        c.done()
+        page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
+        pages, token, total, horizon = await self.jobs.list_jobs(
+            who(context),
+            f,
+            order_by=order_by,
+            page_size=page_size,
+            page_token=request.page_token,
+            full=_full(request.view, False),
+        )
+        return job_service_pb2.ListJobsResponse(
+            jobs=[self._job(p) for p in pages],
+            next_page_token=token,
+            total_size=total,
+            watch_cursor=horizon_cursor(horizon),
+        )
+
+    @rpc
+    async def ListJobChunks(
+        self, request: job_service_pb2.ListJobChunksRequest, context: Ctx
+    ) -> job_service_pb2.ListJobChunksResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
+        c.enums(request.states, _CHUNK_STATES, "states")
+        c.done()
+        page_size = min(request.page_size or DEFAULT_PAGE_CHUNKS, MAX_PAGE_CHUNKS)
+        found, token, total = await self.jobs.list_chunks(
+            who(context),
+            request.job_id,
+            [ChunkState(s) for s in request.states],
+            page_size,
+            request.page_token,
+        )
+        return job_service_pb2.ListJobChunksResponse(
+            chunks=[chunk_pb(ch) for ch in found], next_page_token=token, total_size=total
+        )
+
+    @rpc
+    async def BatchGetJobs(
+        self, request: job_service_pb2.BatchGetJobsRequest, context: Ctx
+    ) -> job_service_pb2.BatchGetJobsResponse:
+        c = Checker()
+        c.check(
+            len(request.job_ids) <= MAX_BATCH,
+            "job_ids",
+            f"at most {MAX_BATCH} ids (got {len(request.job_ids)})",
+        )
+        for i, job_id in enumerate(request.job_ids):
+            c.text(job_id, f"job_ids[{i}]", MAX_ID, required=True)
+        c.enums([request.view], _VIEWS, "view")
+        c.done()
+        pages = await self.jobs.batch_get(who(context), list(request.job_ids), full=_full(request.view, True))
+        return job_service_pb2.BatchGetJobsResponse(jobs=[self._job(p) for p in pages])
+
+    @rpc
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Ctx
+    ) -> job_service_pb2.CancelJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.text(request.reason, "reason", 1024)
+        c.done()
+        page = await self.jobs.cancel_job(who(context), request.job_id, request.reason)
+        return job_service_pb2.CancelJobResponse(job=self._job(page))
+
+    @rpc
+    async def RetryJob(
+        self, request: job_service_pb2.RetryJobRequest, context: Ctx
+    ) -> job_service_pb2.RetryJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.done()
+        page = await self.jobs.retry_job(who(context), request.job_id)
+        return job_service_pb2.RetryJobResponse(job=self._job(page))
+
+    @rpc
+    async def UpdateJob(
+        self, request: job_service_pb2.UpdateJobRequest, context: Ctx
+    ) -> job_service_pb2.UpdateJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        paths = set(request.update_mask.paths)
+        allowed = {"priority", "labels", "display_name"}
+        for p in paths - allowed:
+            c.fail("update_mask", f"unknown path {p!r}; allowed: display_name, labels, priority")
+        if not paths:
+            paths = {
+                name
+                for name, present in (
+                    ("priority", request.HasField("priority")),
+                    ("labels", bool(request.labels)),
+                    ("display_name", bool(request.display_name)),
+                )
+                if present
+            }
+            c.check(bool(paths), "update_mask", "nothing to update: set priority, labels or display_name")
+        if "priority" in paths:
+            c.check(request.HasField("priority"), "priority", "is in update_mask but not set")
+            c.priority(request.priority, "priority")
+        c.labels(dict(request.labels))
+        c.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
+        c.done()
+        page = await self.jobs.update_job(
+            who(context),
+            request.job_id,
+            priority=request.priority if "priority" in paths else None,
+            labels=dict(request.labels) if "labels" in paths else None,
+            display_name=request.display_name if "display_name" in paths else None,
+        )
+        return job_service_pb2.UpdateJobResponse(job=self._job(page))
+
+    @rpc
+    async def DeleteJob(
+        self, request: job_service_pb2.DeleteJobRequest, context: Ctx
+    ) -> job_service_pb2.DeleteJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.done()
+        await self.jobs.delete_job(who(context), request.job_id, request.force)
+        return job_service_pb2.DeleteJobResponse()
+
+    @rpc
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: Ctx
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.check(request.after_revision >= 0, "after_revision", "must not be negative")
+        c.done()
+        async for msg in self.watches.watch(who(context), request.job_id, request.after_revision):
+            if msg.encoded is None:
+                msg.encoded = job_service_pb2.WatchJobResponse(
+                    type=int(msg.type),  # type: ignore[arg-type]
+                    revision=msg.revision,
+                    job=job_pb(msg.job, self.clock()) if msg.job is not None else None,
+                    chunks=[chunk_pb(ch) for ch in msg.chunks],
+                    more=msg.more,
+                )
+            yield msg.encoded
+
+    @rpc
+    async def ListWebhookDeliveries(
+        self, request: job_service_pb2.ListWebhookDeliveriesRequest, context: Ctx
+    ) -> job_service_pb2.ListWebhookDeliveriesResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.done()
+        found = await webhooks.list_deliveries(self.jobs.db, who(context), request.job_id)
+        return job_service_pb2.ListWebhookDeliveriesResponse(deliveries=[_delivery_pb(d) for d in found])
+
+    @rpc
+    async def RedeliverWebhook(
+        self, request: job_service_pb2.RedeliverWebhookRequest, context: Ctx
+    ) -> job_service_pb2.RedeliverWebhookResponse:
+        c = Checker()
+        c.text(request.delivery_id, "delivery_id", MAX_ID, required=True)
+        c.done()
+        delivery = await webhooks.redeliver(self.jobs.db, who(context), request.delivery_id, self.clock())
+        return job_service_pb2.RedeliverWebhookResponse(delivery=_delivery_pb(delivery))
+
+    @rpc
+    async def WatchJobs(
+        self, request: job_service_pb2.WatchJobsRequest, context: Ctx
+    ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
+        c = Checker()
+        f = _job_filter(request, c)
+        c.done()
+        async for msg in self.feeds.watch(who(context), f, request.cursor):
+            now = self.clock()
+            yield job_service_pb2.WatchJobsResponse(
+                type=int(msg.type),  # type: ignore[arg-type]
+                jobs=[job_pb(j, now) for j in msg.jobs],
+                cursor=msg.cursor,
+            )
+
+    @rpc
+    async def GetJobStats(
+        self, request: job_service_pb2.GetJobStatsRequest, context: Ctx
+    ) -> job_service_pb2.GetJobStatsResponse:
+        c = Checker()
+        f = repo.JobFilter(kind=request.kind)
+        _time_range(request, c, f)
+        c.done()
+        overall, kinds = await self.jobs.stats(who(context), f)
+        return job_service_pb2.GetJobStatsResponse(
+            stats=_stats_pb(overall), kinds=[_stats_pb(k) for k in kinds]
+        )
+
+
+def _delivery_pb(d: webhooks.Delivery) -> job_service_pb2.WebhookDelivery:
+    return job_service_pb2.WebhookDelivery(
+        id=d.id,
+        job_id=d.job_id,
+        event_type=d.event_type,
+        url=d.url,
+        state=d.state,  # type: ignore[arg-type]
+        attempts=d.attempts,
+        last_status=d.last_status or 0,
+        last_error=d.last_error,
+        create_time=timestamp(d.create_time),
+        delivered_time=timestamp(d.delivered_time),
+        next_attempt_time=timestamp(d.next_attempt_time) if d.state == 1 else None,
+    )
+
+
+def _job_filter(
+    request: job_service_pb2.ListJobsRequest | job_service_pb2.WatchJobsRequest, c: Checker
+) -> repo.JobFilter:
+    """The ListJobs-style filters of a request, checked."""
+    c.enums(request.states, _JOB_STATES, "states")
+    f = repo.JobFilter(states=[JobState(s) for s in request.states if s in _JOB_STATES], kind=request.kind)
+    c.text(request.kind, "kind", MAX_ID)
+    if request.HasField("min_priority"):
+        c.priority(request.min_priority, "min_priority")
+        f.min_priority = request.min_priority
+    if request.HasField("max_priority"):
+        c.priority(request.max_priority, "max_priority")
+        f.max_priority = request.max_priority
+    if f.min_priority is not None and f.max_priority is not None and f.min_priority > f.max_priority:
+        c.fail("min_priority", "must not be greater than max_priority")
+    _time_range(request, c, f)
+    c.text(request.search, "search", MAX_DISPLAY_NAME)
+    f.search = request.search
+    c.labels(dict(request.labels))
+    f.labels = dict(request.labels)
+    return f
+
+
+def _time_range(
+    request: job_service_pb2.ListJobsRequest
+    | job_service_pb2.WatchJobsRequest
+    | job_service_pb2.GetJobStatsRequest,
+    c: Checker,
+    f: repo.JobFilter,
+) -> None:
+    if request.HasField("created_after"):
+        f.created_after = timestamp_us(request.created_after, "created_after", c)
+    if request.HasField("created_before"):
+        f.created_before = timestamp_us(request.created_before, "created_before", c)
+    if f.created_after is not None and f.created_before is not None and f.created_after > f.created_before:
+        c.fail("created_after", "must not be later than created_before")
+
+
+def _stats_pb(row: repo.StatsRow) -> job_service_pb2.JobStats:
+    from .convert import duration
+
+    finished = sum(row.by_state.get(s, 0) for s in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED))
+    msg = job_service_pb2.JobStats(
+        kind=row.kind,
+        total_jobs=row.total,
+        state_counts=[
+            job_service_pb2.JobStateCount(state=int(s), count=row.by_state.get(s, 0))  # type: ignore[arg-type]
+            for s in JobState
+        ],
+        success_rate=(row.by_state.get(JobState.COMPLETED, 0) / finished) if finished else 0.0,
+        items_done=row.items_done,
+        items_per_second=row.items_per_second,
+    )
+    for name in ("p50", "p95", "p99", "max"):
+        value = row.durations.get(name)
+        if value is not None:
+            getattr(msg, f"duration_{name}").CopyFrom(duration(value / 1e6))
+    return msg
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """jobpulse.v1.WorkerService."""
+
+    ROLES = auth.WORKER_ROLES
+
+    def __init__(
+        self, authenticator: auth.Authenticator, work: WorkerService, clock: Clock, observer: Observer
+    ) -> None:
+        self.auth = authenticator
+        self.observer = observer
+        self.work = work
+        self.clock = clock
+
+    @rpc
+    async def ClaimChunks(
+        self, request: worker_service_pb2.ClaimChunksRequest, context: Ctx
+    ) -> worker_service_pb2.ClaimChunksResponse:
+        c = Checker()
+        c.text(request.worker_id, "worker_id", MAX_ID, required=True)
+        c.check(
+            0 <= request.max_chunks <= MAX_CLAIM, "max_chunks", f"must be between 0 (means 1) and {MAX_CLAIM}"
+        )
+        lease_us = 60_000_000
+        if request.HasField("lease_duration"):
+            lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
+        wait_s = 0.0
+        if request.HasField("wait"):
+            wait_s = duration_us(request.wait, "wait", c, lo_s=0, hi_s=60) / 1e6
+        for i, kind in enumerate(request.kinds):
+            c.text(kind, f"kinds[{i}]", MAX_ID, required=True)
+        c.done()
+        claims = await self.work.claim(
+            request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s
+        )
+        out = worker_service_pb2.ClaimChunksResponse()
+        for cl in claims:
+            claim = out.claims.add(
+                job_id=cl.job.id,
+                job_kind=cl.job.kind,
+                chunk=chunk_pb(cl.chunk),
+                lease_token=cl.lease_token,
+                lease_expire_time=timestamp(cl.lease_expire_time),
+            )
+            claim.job_metadata.update(cl.job.metadata)
+        return out
+
+    @rpc
+    async def ReportChunkProgress(
+        self, request: worker_service_pb2.ReportChunkProgressRequest, context: Ctx
+    ) -> worker_service_pb2.ReportChunkProgressResponse:
+        c = Checker()
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
+        c.check(request.items_done >= 0, "items_done", "must not be negative")
+        c.text(request.stage, "stage", 256)
+        c.text(request.message, "message", 4096)
+        c.text(request.external_task_id, "external_task_id", 256)
+        lease_us = None
+        if request.HasField("lease_duration"):
+            lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
+        c.done()
+        cancel, expire = await self.work.report_progress(
+            request.chunk_id,
+            request.lease_token,
+            items_done=request.items_done,
+            stage=request.stage,
+            message=request.message,
+            external_task_id=request.external_task_id,
+            lease_us=lease_us,
+        )
+        return worker_service_pb2.ReportChunkProgressResponse(
+            cancel_requested=cancel, lease_expire_time=timestamp(expire)
+        )
+
+    @rpc
+    async def CompleteChunk(
+        self, request: worker_service_pb2.CompleteChunkRequest, context: Ctx
+    ) -> worker_service_pb2.CompleteChunkResponse:
+        c = Checker()
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
+        c.text(request.external_task_id, "external_task_id", 256)
+        c.check(len(request.artifacts) <= 100, "artifacts", "at most 100 artifacts per chunk")
+        for i, a in enumerate(request.artifacts):
+            c.text(a.name, f"artifacts[{i}].name", 256, required=True)
+            c.text(a.uri, f"artifacts[{i}].uri", 2048, required=True)
+            c.text(a.media_type, f"artifacts[{i}].media_type", 128)
+            c.check(a.size_bytes >= 0, f"artifacts[{i}].size_bytes", "must not be negative")
+        c.done()
+        state = await self.work.complete(
+            request.chunk_id,
+            request.lease_token,
+            [Artifact(a.name, a.uri, a.media_type, a.size_bytes) for a in request.artifacts],
+            request.external_task_id,
+        )
+        return worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
+
+    @rpc
+    async def FailChunk(
+        self, request: worker_service_pb2.FailChunkRequest, context: Ctx
+    ) -> worker_service_pb2.FailChunkResponse:
+        c = Checker()
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
+        c.text(request.error.reason, "error.reason", 128)
+        c.text(request.error.message, "error.message", 4096)
+        c.done()
+        outcome = await self.work.fail(
+            request.chunk_id,
+            request.lease_token,
+            request.error.reason,
+            request.error.message,
+            request.retryable,
+        )
+        return worker_service_pb2.FailChunkResponse(
+            will_retry=outcome.will_retry, next_attempt_time=timestamp(outcome.next_attempt_time)
+        )
+
+
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+    """jobpulse.v1.AdminService."""
+
+    ROLES = auth.ADMIN_ROLES
+
+    def __init__(self, authenticator: auth.Authenticator, observer: Observer) -> None:
+        self.auth = authenticator
+        self.observer = observer
+        # Set by the app once it exists: builds the GetServerHealth answer.
+        self.report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]] | None = None
+
+    @rpc
+    async def GetServerHealth(
+        self, request: admin_service_pb2.GetServerHealthRequest, context: Ctx
+    ) -> admin_service_pb2.GetServerHealthResponse:
+        assert self.report is not None, "the app wires the health report at start"
+        return await self.report()
+
+    @rpc
+    async def GetUsage(
+        self, request: admin_service_pb2.GetUsageRequest, context: Ctx
+    ) -> admin_service_pb2.GetUsageResponse:
+        usage = self.auth.limiter.usage
+        return admin_service_pb2.GetUsageResponse(
+            usage=[
+                admin_service_pb2.KeyUsage(key_name=name, role=u.role, calls=u.calls, rejected=u.rejected)
+                for name, u in sorted(usage.items())
+            ]
+        )

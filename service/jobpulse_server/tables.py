@@ -1,0 +1,162 @@
+"""The schema, as SQLAlchemy Core tables. Times are integer microseconds since the Unix epoch (UTC).
+
+Migrations under ``migrations/versions`` create exactly this schema; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("display_name", String(256), nullable=False, default=""),
+    Column("kind", String(128), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("stage", String(256), nullable=False, default=""),
+    Column("message", Text, nullable=False, default=""),
+    Column("priority", SmallInteger, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("job_metadata", JSON, nullable=False),
+    Column("total_items", BigInteger, nullable=False),
+    Column("chunk_size", BigInteger, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("n_pending", BigInteger, nullable=False),
+    Column("n_processing", BigInteger, nullable=False),
+    Column("n_completed", BigInteger, nullable=False),
+    Column("n_failed", BigInteger, nullable=False),
+    Column("n_cancelled", BigInteger, nullable=False),
+    Column("items_done", BigInteger, nullable=False),
+    Column("error_reason", String(128), nullable=False, default=""),
+    Column("error_message", Text, nullable=False, default=""),
+    Column("error_chunk_index", BigInteger, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("cancel_reason", Text, nullable=False, default=""),
+    Column("cancel_time", BigInteger, nullable=True),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("start_time", BigInteger, nullable=True),
+    Column("end_time", BigInteger, nullable=True),
+    # Orders job changes for WatchJobs: a counter on SQLite, the writing transaction's id on PostgreSQL.
+    Column("change_seq", BigInteger, nullable=False, default=0),
+    Column("webhook_url", Text, nullable=False, server_default=""),
+    Column("webhook_progress", Boolean, nullable=False, server_default=false()),
+    Column("last_progress_event", BigInteger, nullable=True),
+    Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
+    Index("ix_jobs_state_id", "state", "id"),
+    Index("ix_jobs_kind_id", "kind", "id"),
+    Index("ix_jobs_priority_id", "priority", "id"),
+    Index("ix_jobs_update_time_id", "update_time", "id"),
+    # A states filter with the other sort orders: seek within the state instead of sorting it.
+    Index("ix_jobs_state_priority_id", "state", "priority", "id"),
+    Index("ix_jobs_state_update_time_id", "state", "update_time", "id"),
+    Index("ix_jobs_create_time", "create_time"),
+    Index("ix_jobs_change_seq", "change_seq", "id"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", String(48), primary_key=True),
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("item_start", BigInteger, nullable=False),
+    Column("item_count", BigInteger, nullable=False),
+    Column("items_done", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker_id", String(128), nullable=False, default=""),
+    Column("external_task_id", String(256), nullable=False, default=""),
+    Column("error_reason", String(128), nullable=False, default=""),
+    Column("error_message", Text, nullable=False, default=""),
+    Column("lease_token", String(64), nullable=True),
+    Column("lease_expire_time", BigInteger, nullable=True),
+    Column("lease_duration", BigInteger, nullable=True),
+    Column("next_attempt_time", BigInteger, nullable=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("kind", String(128), nullable=False),
+    Column("start_time", BigInteger, nullable=True),
+    Column("end_time", BigInteger, nullable=True),
+    Index("ux_chunks_job_idx", "job_id", "idx", unique=True),
+    Index("ix_chunks_job_revision", "job_id", "revision"),
+    Index("ix_chunks_lease", "state", "lease_expire_time"),
+)
+
+# Matches the claim order (priority DESC, job_id, idx): a claim reads the first rows, no sort.
+Index("ix_chunks_claim", chunks.c.state, chunks.c.priority.desc(), chunks.c.job_id, chunks.c.idx)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("chunk_index", BigInteger, nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("media_type", String(128), nullable=False, default=""),
+    Column("size_bytes", BigInteger, nullable=False, default=0),
+    Index("ix_artifacts_job_chunk", "job_id", "chunk_index"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False),
+    Column("role", String(16), nullable=False),
+    # SHA-256 of the key: keys are 240 random bits, so a fast hash is enough and lookups stay cheap.
+    Column("key_hash", String(64), nullable=False),
+    # The first characters of the key, to tell keys apart in listings.
+    Column("key_prefix", String(16), nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("revoke_time", BigInteger, nullable=True),
+    # Where this key's jobs report by default, and the secret their webhooks are signed with.
+    Column("webhook_url", Text, nullable=False, server_default=""),
+    Column("webhook_secret", String(64), nullable=False, server_default=""),
+    Index("ux_api_keys_name", "name", unique=True),
+    Index("ux_api_keys_key_hash", "key_hash", unique=True),
+)
+
+# The webhook outbox: rows are written in the transaction that changed the job,
+# then delivered (at least once) by webhooks.Deliverer.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("job_id", String(32), nullable=False),
+    Column("owner", String(128), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_time", BigInteger, nullable=False),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("delivered_time", BigInteger, nullable=True),
+    Index("ix_webhook_deliveries_due", "state", "next_attempt_time"),
+    Index("ix_webhook_deliveries_job", "job_id", "create_time"),
+)

@@ -1,0 +1,263 @@
+"""WatchJob: a snapshot (or everything after a revision), then changes, heartbeats, and the end.
+
+Resume is computed from current state: every chunk remembers the job revision
+of its own last change, so "what changed after R" is one indexed query however
+long ago R was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import pagination
+from . import repository as repo
+from .config import Config
+from .db import Database
+from .domain import Chunk, Job
+from .errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
+from .jobs import Principal
+from .watch_hub import ChangeHub
+
+# A message carries at most this many chunks; bigger deltas span several messages.
+CHUNKS_PER_MESSAGE = 1000
+
+
+class EventType(enum.IntEnum):
+    """Mirrors jobpulse.v1.WatchEventType."""
+
+    SNAPSHOT = 1
+    CHANGE = 2
+    HEARTBEAT = 3
+
+
+@dataclass
+class WatchMessage:
+    """One message of a watch stream."""
+
+    type: EventType
+    revision: int
+    job: Job | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    more: bool = False
+    # The wire form, built once by the edge and reused by every watcher sharing this message.
+    encoded: Any = None
+
+
+@dataclass
+class _Delta:
+    """One read of a job and the chunks changed after a revision, shared by every watcher that needs it."""
+
+    job: Job
+    chunks: list[Chunk]
+    _messages: dict[EventType, list[WatchMessage]] = field(default_factory=dict)
+
+    def messages(self, kind: EventType) -> list[WatchMessage]:
+        if kind not in self._messages:
+            self._messages[kind] = _split(kind, self.job, self.chunks)
+        return self._messages[kind]
+
+
+class WatchService:
+    """Streams a job's changes to its watchers.
+
+    Watchers woken by the same commit usually stand at the same revision; they
+    share one database read and one encoding of each message instead of doing
+    the same work once each.
+    """
+
+    def __init__(self, db: Database, hub: ChangeHub, config: Config) -> None:
+        self.db = db
+        self.hub = hub
+        self.config = config
+        self._reads: dict[tuple[str, int, str | None, int], asyncio.Future[_Delta]] = {}
+
+    async def watch(self, who: Principal, job_id: str, after_revision: int) -> AsyncIterator[WatchMessage]:
+        # Subscribe before the first read so nothing committed in between is missed.
+        with self.hub.subscribe(job_id) as changed:
+            delta = await self._read(who, job_id, after_revision)
+            job = delta.job
+            if after_revision > job.revision:
+                raise RevisionAhead(
+                    f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
+                    job_id=job_id,
+                    revision=str(job.revision),
+                )
+            if after_revision == 0:
+                for msg in delta.messages(EventType.SNAPSHOT):
+                    yield msg
+            elif after_revision < job.revision or job.state.terminal:
+                for msg in delta.messages(EventType.CHANGE):
+                    yield msg
+            else:
+                yield WatchMessage(EventType.HEARTBEAT, job.revision)
+            last = job.revision
+            loop = asyncio.get_running_loop()
+            last_sent = loop.time()
+            while not job.state.terminal:
+                woke = await self._wait(changed)
+                if not woke:
+                    yield WatchMessage(EventType.HEARTBEAT, last)
+                    continue
+                # At most one message per watch_min_interval: changes committed meanwhile fold into
+                # it, so a watcher that reads slower than changes happen never builds a backlog.
+                gap = self.config.watch_min_interval - (loop.time() - last_sent)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                changed.clear()
+                delta = await self._read(who, job_id, last)
+                job = delta.job
+                if job.revision > last:
+                    for msg in delta.messages(EventType.CHANGE):
+                        yield msg
+                    last = job.revision
+                    last_sent = loop.time()
+
+    async def _wait(self, changed: asyncio.Event) -> bool:
+        """True when the job changed; False after an idle heartbeat interval."""
+        return await wait_for_change(self.hub, changed, self.config.heartbeat_interval)
+
+    async def _read(self, who: Principal, job_id: str, after: int) -> _Delta:
+        """The job and its chunks changed after ``after``, joining an identical read already under way.
+
+        Only a read started since the job was last announced as changed may be
+        joined: an older one may predate the change that woke this watcher, and
+        the watcher, its wake-up already spent, would then miss it.
+        """
+        key = (job_id, after, who.owner_filter, self.hub.generation(job_id))
+        pending = self._reads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_now(who, job_id, after))
+            self._reads[key] = pending
+            pending.add_done_callback(lambda fut: self._forget(key, fut))
+        # shield: one watcher going away must not cancel the read the others wait for.
+        return await asyncio.shield(pending)
+
+    def _forget(self, key: tuple[str, int, str | None, int], fut: asyncio.Future[_Delta]) -> None:
+        if self._reads.get(key) is fut:
+            del self._reads[key]
+        if not fut.cancelled():
+            fut.exception()  # mark retrieved: a failed shared read is re-raised to each waiter
+
+    async def _read_now(self, who: Principal, job_id: str, after: int) -> _Delta:
+        async with self.db.read() as conn:
+            job = await repo.get_job(conn, job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            if after > job.revision:
+                return _Delta(job, [])
+            delta = await repo.list_chunks(conn, job_id, after_revision=after if after else None)
+            return _Delta(job, delta)
+
+
+def _split(kind: EventType, job: Job, chunks: list[Chunk]) -> list[WatchMessage]:
+    if not chunks:
+        return [WatchMessage(kind, job.revision, job, [])]
+    parts = [chunks[i : i + CHUNKS_PER_MESSAGE] for i in range(0, len(chunks), CHUNKS_PER_MESSAGE)]
+    return [
+        WatchMessage(kind, job.revision, job, part, more=i < len(parts) - 1) for i, part in enumerate(parts)
+    ]
+
+
+# --- WatchJobs: a feed of job-level changes ---------------------------------------
+
+JOBS_PER_MESSAGE = 500
+# While changes exist past the horizon (PostgreSQL: a transaction older than them is
+# still open), look again this often instead of waiting for the next notification.
+_HORIZON_RECHECK = 0.1
+_END = "~"  # sorts after every job id: (seq, _END) means "all of seq delivered"
+
+
+def encode_cursor(position: tuple[int, str]) -> str:
+    return pagination.encode("feed", "any", [position[0], position[1]])
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    key = pagination.decode(cursor, "feed", "any")
+    seq_ok = len(key) == 2 and isinstance(key[0], int) and not isinstance(key[0], bool)
+    if not seq_ok or not isinstance(key[1], str):
+        raise InvalidPageToken("cursor is malformed")
+    return key[0], key[1]
+
+
+def horizon_cursor(horizon: int) -> str:
+    """The cursor meaning "every change below ``horizon`` was seen"."""
+    return encode_cursor((horizon - 1, _END))
+
+
+@dataclass
+class FeedMessage:
+    """One message of a WatchJobs stream."""
+
+    type: EventType
+    jobs: list[Job]
+    cursor: str
+
+
+class FeedService:
+    """WatchJobs: job-level changes of every matching job, resumable by cursor.
+
+    Each job row carries a change_seq; a change is handed out only once it is
+    below the change horizon, i.e. once no transaction that could still commit
+    a smaller change_seq is open. So a cursor never skips a change that commits late.
+    """
+
+    def __init__(self, db: Database, hub: ChangeHub, config: Config) -> None:
+        self.db = db
+        self.hub = hub
+        self.config = config
+
+    async def watch(self, who: Principal, f: repo.JobFilter, cursor: str) -> AsyncIterator[FeedMessage]:
+        f.owner = who.owner_filter
+        with self.hub.subscribe_all() as changed:
+            if cursor:
+                position = decode_cursor(cursor)
+            else:
+                async with self.db.read() as conn:
+                    horizon = await repo.change_horizon(conn)
+                position = (horizon - 1, _END)
+                yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
+            while True:
+                changed.clear()
+                beyond = False
+                while True:
+                    async with self.db.read() as conn:
+                        horizon = await repo.change_horizon(conn)
+                        found, beyond = await repo.changed_jobs(
+                            conn, f, position, horizon, JOBS_PER_MESSAGE + 1
+                        )
+                    more = len(found) > JOBS_PER_MESSAGE
+                    found = found[:JOBS_PER_MESSAGE]
+                    if more:
+                        position = (found[-1].change_seq, found[-1].id)
+                    elif horizon - 1 > position[0]:
+                        position = (horizon - 1, _END)
+                    if found:
+                        yield FeedMessage(EventType.CHANGE, found, encode_cursor(position))
+                    if not more:
+                        break
+                if not await self._wait(changed, _HORIZON_RECHECK if beyond else None):
+                    if not beyond:
+                        yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
+
+    async def _wait(self, changed: asyncio.Event, timeout: float | None) -> bool:
+        return await wait_for_change(self.hub, changed, timeout or self.config.heartbeat_interval)
+
+
+async def wait_for_change(hub: ChangeHub, changed: asyncio.Event, timeout: float) -> bool:
+    """True when ``changed`` is set, False after ``timeout``; ShuttingDown if the server is closing."""
+    if changed.is_set():
+        return True
+    closing = asyncio.ensure_future(hub.closing.wait())
+    waiting = asyncio.ensure_future(changed.wait())
+    try:
+        done, _ = await asyncio.wait({closing, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+        waiting.cancel()
+    if hub.closing.is_set():
+        raise ShuttingDown("the server is shutting down; resume from the last revision or cursor you saw")
+    return bool(done)

@@ -1,0 +1,256 @@
+"""Webhook delivery from the outbox: signed POSTs, at least once, with backoff, then dead letters.
+
+Each POST carries the event's JSON body and ``X-Jobpulse-Signature: t=<unix
+seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, keyed with the job owner's
+webhook secret (or the server's, in open mode). A delivery is retried with
+exponential backoff and jitter until ``webhook_retry_period`` has passed since
+the event, then marked DEAD. Replicas share the outbox safely: a batch is
+claimed with SKIP LOCKED and leased for the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+
+from .clock import Clock, now_us
+from .config import Config
+from .db import Database
+from .errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
+from .jobs import Principal
+from .observability import Metrics
+from .outbox import DEAD, DELIVERED, PENDING
+from .tables import api_keys, jobs, webhook_deliveries
+from .watch_hub import ChangeHub
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Jobpulse-Signature"
+BATCH = 20
+# An attempt in flight holds its delivery this long before another replica may retry it.
+_ATTEMPT_LEASE_US = 120_000_000
+
+
+def sign(secret: str, body: str, timestamp: int) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def check_url(url: str, config: Config) -> None:
+    """INVALID_ARGUMENT unless ``url`` is an http(s) URL to an allowed host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(
+            [FieldViolation("webhook_url", "must be an http:// or https:// URL with a host")]
+        )
+    allowed = {h.strip().lower() for h in config.webhook_allowed_hosts.split(",") if h.strip()}
+    if allowed and parts.hostname.lower() not in allowed:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "webhook_url", f"host {parts.hostname!r} is not in the server's webhook allow-list"
+                )
+            ]
+        )
+
+
+@dataclass
+class Delivery:
+    """One row of the outbox."""
+
+    id: str
+    job_id: str
+    owner: str
+    event_type: str
+    url: str
+    payload: str
+    state: int
+    attempts: int
+    next_attempt_time: int
+    last_status: int | None
+    last_error: str
+    create_time: int
+    delivered_time: int | None
+
+
+def _delivery(row: Any) -> Delivery:
+    m = row._mapping
+    return Delivery(**{k: m[k] for k in Delivery.__dataclass_fields__})
+
+
+class Deliverer:
+    """Sends due deliveries; woken by new outbox rows, else looks every ``poll_seconds``."""
+
+    def __init__(
+        self, db: Database, hub: ChangeHub, config: Config, clock: Clock = now_us, poll_seconds: float = 1.0
+    ) -> None:
+        self.db = db
+        self.hub = hub
+        self.config = config
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.metrics: Metrics | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=self.config.webhook_timeout, follow_redirects=False) as http:
+            while not stop.is_set():
+                try:
+                    busy = await self.deliver_due(http)
+                except Exception:  # the database may be away; try again later
+                    log.warning("webhook delivery pass failed", exc_info=True)
+                    busy = 0
+                if busy:
+                    continue
+                self.hub.webhooks.clear()
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.hub.webhooks.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+
+    async def deliver_due(self, http: httpx.AsyncClient) -> int:
+        """One pass: claims up to BATCH due deliveries, sends them, records the outcomes."""
+        now = self.clock()
+        async with self.db.write() as uow:
+            q = (
+                select(webhook_deliveries, api_keys.c.webhook_secret)
+                .outerjoin(api_keys, api_keys.c.name == webhook_deliveries.c.owner)
+                .where(webhook_deliveries.c.state == PENDING, webhook_deliveries.c.next_attempt_time <= now)
+                .order_by(webhook_deliveries.c.next_attempt_time)
+                .limit(BATCH)
+            )
+            if uow.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True, of=webhook_deliveries)
+            rows = (await uow.conn.execute(q)).all()
+            due = [(_delivery(r), r._mapping["webhook_secret"] or self.config.webhook_secret) for r in rows]
+            if due:
+                await uow.conn.execute(
+                    update(webhook_deliveries)
+                    .where(webhook_deliveries.c.id.in_([d.id for d, _ in due]))
+                    .values(next_attempt_time=now + _ATTEMPT_LEASE_US)
+                )
+        if not due:
+            return 0
+        outcomes = await asyncio.gather(*(self._post(http, d, secret) for d, secret in due))
+        async with self.db.write() as uow:
+            for (delivery, _), (status, error) in zip(due, outcomes, strict=True):
+                await uow.conn.execute(
+                    update(webhook_deliveries)
+                    .where(webhook_deliveries.c.id == delivery.id)
+                    .values(**self._outcome(delivery, status, error))
+                )
+        return len(due)
+
+    async def _post(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> tuple[int, str]:
+        if not secret:
+            return 0, "no webhook secret to sign with (set JOBPULSE_WEBHOOK_SECRET)"
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "jobpulse-webhooks/1",
+            SIGNATURE_HEADER: sign(secret, delivery.payload, int(time.time())),
+            "X-Jobpulse-Event": delivery.event_type,
+            "X-Jobpulse-Delivery": delivery.id,
+        }
+        try:
+            response = await http.post(delivery.url, content=delivery.payload.encode(), headers=headers)
+        except httpx.HTTPError as exc:
+            return 0, f"{type(exc).__name__}: {exc}"[:500]
+        if 200 <= response.status_code < 300:
+            return response.status_code, ""
+        return response.status_code, f"HTTP {response.status_code}"
+
+    def _outcome(self, delivery: Delivery, status: int, error: str) -> dict[str, Any]:
+        now = self.clock()
+        attempts = delivery.attempts + 1
+        if self.metrics is not None:
+            self.metrics.webhooks.labels("failed" if error else "delivered").inc()
+        if not error:
+            return {"state": DELIVERED, "attempts": attempts, "last_status": status, "last_error": "",
+                    "delivered_time": now}  # fmt: skip
+        ceiling = min(600.0, self.config.webhook_retry_base * 2 ** (attempts - 1))
+        delay_us = int((ceiling / 2 + random.random() * ceiling / 2) * 1e6)
+        expired = now + delay_us - delivery.create_time > int(self.config.webhook_retry_period * 1e6)
+        if expired and self.metrics is not None:
+            self.metrics.webhooks_dead.inc()
+        log.warning(
+            "webhook %s to %s failed (%s)%s", delivery.id, delivery.url, error, "; dead" if expired else ""
+        )
+        return {
+            "state": DEAD if expired else PENDING,
+            "attempts": attempts,
+            "last_status": status or None,
+            "last_error": error,
+            "next_attempt_time": now + delay_us,
+        }
+
+
+async def list_deliveries(db: Database, who: Principal, job_id: str) -> list[Delivery]:
+    async with db.read() as conn:
+        q = select(jobs.c.id).where(jobs.c.id == job_id)
+        if who.owner_filter is not None:
+            q = q.where(jobs.c.owner == who.owner_filter)
+        if (await conn.execute(q)).first() is None:
+            raise JobNotFound(job_id)
+        rows = (
+            await conn.execute(
+                select(webhook_deliveries)
+                .where(webhook_deliveries.c.job_id == job_id)
+                .order_by(webhook_deliveries.c.create_time.desc(), webhook_deliveries.c.id.desc())
+                .limit(1000)
+            )
+        ).all()
+    return [_delivery(r) for r in rows]
+
+
+async def redeliver(db: Database, who: Principal, delivery_id: str, now: int) -> Delivery:
+    async with db.write() as uow:
+        q = select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
+        if who.owner_filter is not None:
+            q = q.where(webhook_deliveries.c.owner == who.owner_filter)
+        row = (await uow.conn.execute(q)).first()
+        if row is None:
+            raise DeliveryNotFound(delivery_id)
+        await uow.conn.execute(
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.id == delivery_id)
+            .values(state=PENDING, next_attempt_time=now)
+        )
+        uow.changes.webhooks = True
+        delivery = _delivery(row)
+    delivery.state, delivery.next_attempt_time = PENDING, now
+    return delivery
+
+
+async def outbox_backlog(conn: Any, now: int) -> tuple[int, int | None]:
+    """(deliveries pending, create time of the oldest one that is due) for the health report."""
+    from sqlalchemy import func
+
+    pending = int(
+        (
+            await conn.execute(
+                select(func.count())
+                .select_from(webhook_deliveries)
+                .where(webhook_deliveries.c.state == PENDING)
+            )
+        ).scalar_one()
+    )
+    oldest = (
+        await conn.execute(
+            select(func.min(webhook_deliveries.c.create_time)).where(
+                webhook_deliveries.c.state == PENDING, webhook_deliveries.c.next_attempt_time <= now
+            )
+        )
+    ).scalar_one_or_none()
+    return pending, int(oldest) if oldest is not None else None
