@@ -1,0 +1,27 @@
+"""Connection settings shared by the sync and async clients: target, credentials, metadata."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+TARGET_ENV = "JOBPULSE_TARGET"
+API_KEY_ENV = "JOBPULSE_API_KEY"
+
+#: Channel arguments for every channel the SDK opens itself.
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.primary_user_agent", "jobpulse-python/0.1"),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def resolve_target(target: str | None) -> str:
+    """Returns ``target``, else ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``."""
+    return target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
+def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """Returns the metadata sent with every call: a bearer token when an API key is set."""
+    if not api_key:
+        return None
+    return (("authorization", f"Bearer {api_key}"),)

@@ -1,0 +1,716 @@
+"""The synchronous jobpulse client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+
+from jobpulse import _requests, _retry
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_target
+from jobpulse._convert import (
+    ChunkStateLike,
+    JobStateLike,
+    JobViewLike,
+    TimeLike,
+    is_terminal,
+    job_view,
+)
+from jobpulse._requests import ArtifactLike
+from jobpulse._watch import DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, IdleWatchdog, WatchCursor
+from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
+from jobpulse.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """A blocking client for the jobpulse JobService and WorkerService.
+
+    Every RPC error is raised as a subclass of :class:`jobpulse.errors.JobpulseError`. Reads and other calls
+    that are safe to repeat are retried on ``UNAVAILABLE`` with capped exponential backoff within the call's
+    deadline; ``create_job`` is retried only when it carries a ``request_id``. The client is thread-safe.
+
+    Example::
+
+        with jobpulse.Client("127.0.0.1:50051") as client:
+            job = client.create_job("thumbnails", 2500, chunk_size=500)
+            final = client.wait(job.id, timeout=600)
+
+    Args:
+        target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
+        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call.
+        secure: Use TLS instead of a plaintext connection.
+        root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
+            (``None``: the system's roots).
+        timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
+        channel: A ready ``grpc.Channel`` to use instead of opening one (for tests and custom setups);
+            the client does not close a channel it was given.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        secure: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = resolve_target(target)
+        self.timeout = timeout
+        self._metadata = call_metadata(api_key)
+        self._owns_channel = channel is None
+        if channel is None:
+            if secure:
+                credentials = grpc.ssl_channel_credentials(root_certificates)
+                channel = grpc.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(self.target, CHANNEL_OPTIONS)
+        self._channel = channel
+        self._jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        self._workers = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel (unless it was passed in). Calls in flight are cancelled."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., _T], request: Any, *, timeout: float | None, retry: bool) -> _T:
+        budget = self.timeout if timeout is None else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        backoff = _retry.Backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if not (retry and _retry.is_retryable(error)) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
+                    raise error from rpc_error
+                delay = backoff.next_delay(error.retry_delay)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise error from rpc_error
+                time.sleep(delay)
+
+    # -- JobService ------------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        kind: str,
+        total_items: int,
+        *,
+        display_name: str = "",
+        chunk_size: int = 0,
+        priority: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | Struct | None = None,
+        max_attempts: int = 0,
+        request_id: str = "",
+        webhook_url: str = "",
+        webhook_progress: bool = False,
+        timeout: float | None = None,
+    ) -> job_pb2.Job:
+        """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
+
+        Args:
+            kind: The type of work; workers claim by kind.
+            total_items: Number of items to process (at least 1).
+            display_name: Human-readable name.
+            chunk_size: Items per chunk; 0 means the server default (500).
+            priority: 0..10; ``None`` means the server default (5).
+            labels: Labels usable as list filters.
+            metadata: JSON-like data handed to workers with every claim.
+            max_attempts: Claims allowed per chunk; 0 means the server default (3).
+            request_id: Idempotency key. When set, the call is retried on ``UNAVAILABLE`` and a repeat
+                returns the first job instead of creating another.
+            webhook_url: Where to POST the job's events (empty: the API key's default, if any).
+            webhook_progress: Also send throttled ``job.progress`` events.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The new (or, for a repeated ``request_id``, the earlier) job in FULL view.
+        """
+        request = _requests.create_job(
+            kind,
+            total_items,
+            display_name=display_name,
+            chunk_size=chunk_size,
+            priority=priority,
+            labels=labels,
+            metadata=metadata,
+            max_attempts=max_attempts,
+            request_id=request_id,
+            webhook_url=webhook_url,
+            webhook_progress=webhook_progress,
+        )
+        response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
+        return response.job
+
+    def get_job(
+        self, job_id: str, *, view: JobViewLike = "full", timeout: float | None = None
+    ) -> job_pb2.Job:
+        """Returns one job.
+
+        Args:
+            job_id: The job's id.
+            view: ``"full"`` (chunks inline, up to 1000) or ``"basic"`` (summary and progress only).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.NotFound: The job does not exist or belongs to another owner.
+        """
+        response = self._call(self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout, retry=True)
+        return response.job
+
+    def list_jobs_page(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
+        view: JobViewLike = 0,
+        timeout: float | None = None,
+    ) -> job_service_pb2.ListJobsResponse:
+        """Returns one page of jobs with ``next_page_token`` and ``total_size``.
+
+        Args:
+            page_size: Jobs per page (server default 20, at most 100).
+            page_token: ``next_page_token`` of the previous page; the filters must be the same.
+            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time (datetime; naive means UTC).
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            order_by: ``"create_time desc"`` (default), ``"create_time"``, ``"priority desc"`` or
+                ``"update_time desc"``.
+            view: ``"basic"`` (default) or ``"full"``.
+            timeout: Deadline in seconds; defaults to the client's.
+        """
+        request = _requests.list_jobs(
+            page_size=page_size,
+            page_token=page_token,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            order_by=order_by,
+            view=view,
+        )
+        return self._call(self._jobs.ListJobs, request, timeout=timeout, retry=True)
+
+    def list_jobs(
+        self,
+        *,
+        page_size: int = 0,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
+        view: JobViewLike = 0,
+    ) -> Iterator[job_pb2.Job]:
+        """Iterates over every matching job, fetching pages lazily as the iteration proceeds.
+
+        Takes the same filters as :meth:`list_jobs_page`; one page is held in memory at a time.
+        """
+        request = _requests.list_jobs(
+            page_size=page_size,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            order_by=order_by,
+            view=view,
+        )
+        return self._pages(self._jobs.ListJobs, request, lambda r: r.jobs)
+
+    def _pages(
+        self, method: Callable[..., Any], request: Any, items: Callable[[Any], Iterable[_T]]
+    ) -> Iterator[_T]:
+        while True:
+            response = self._call(method, request, timeout=None, retry=True)
+            yield from items(response)
+            if not response.next_page_token:
+                return
+            following = type(request)()
+            following.CopyFrom(request)
+            following.page_token = response.next_page_token
+            request = following
+
+    def list_job_chunks(
+        self,
+        job_id: str,
+        states: Iterable[ChunkStateLike] | None = None,
+        page_size: int = 0,
+        *,
+        page_token: str = "",
+    ) -> Iterator[job_pb2.Chunk]:
+        """Iterates over a job's chunks in index order, fetching pages lazily.
+
+        Args:
+            job_id: The job's id.
+            states: Only chunks in one of these states (``"failed"``, ``CHUNK_STATE_FAILED``, ...).
+            page_size: Chunks per page (server default 100, at most 1000).
+            page_token: Where to start, e.g. a job's ``chunks_next_page_token``.
+        """
+        request = _requests.list_job_chunks(job_id, states, page_size, page_token)
+        return self._pages(self._jobs.ListJobChunks, request, lambda r: r.chunks)
+
+    def batch_get_jobs(
+        self, job_ids: Iterable[str], *, view: JobViewLike = "full", timeout: float | None = None
+    ) -> list[job_pb2.Job]:
+        """Returns up to 100 jobs in the order asked.
+
+        Raises:
+            jobpulse.errors.NotFound: If any of the jobs is missing.
+        """
+        request = _requests.batch_get_jobs(job_ids, view)
+        return list(self._call(self._jobs.BatchGetJobs, request, timeout=timeout, retry=True).jobs)
+
+    def cancel_job(self, job_id: str, reason: str = "", *, timeout: float | None = None) -> job_pb2.Job:
+        """Cancels a job: pending chunks at once, running ones through their workers' leases.
+
+        Returns:
+            The job, CANCELLING (workers still stopping) or CANCELLED.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job already completed or failed
+                (``JOB_ALREADY_TERMINAL``).
+        """
+        request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        return self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True).job
+
+    def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
+        """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to PENDING.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job is not FAILED or CANCELLED (``JOB_NOT_RETRYABLE``).
+        """
+        request = job_service_pb2.RetryJobRequest(job_id=job_id)
+        return self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False).job
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        priority: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        display_name: str | None = None,
+        timeout: float | None = None,
+    ) -> job_pb2.Job:
+        """Changes the given fields of a job; ``update_mask`` lists exactly the arguments passed.
+
+        Args:
+            job_id: The job's id.
+            priority: New priority 0..10.
+            labels: New labels, replacing all existing ones (``{}`` clears them).
+            display_name: New display name.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            ValueError: If none of ``priority``, ``labels`` and ``display_name`` is given.
+        """
+        request = _requests.update_job(job_id, priority=priority, labels=labels, display_name=display_name)
+        return self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True).job
+
+    def delete_job(self, job_id: str, force: bool = False, *, timeout: float | None = None) -> None:
+        """Deletes a terminal job; with ``force``, cancels a running job first.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job is not terminal and ``force`` is false.
+        """
+        request = job_service_pb2.DeleteJobRequest(job_id=job_id, force=force)
+        self._call(self._jobs.DeleteJob, request, timeout=timeout, retry=False)
+
+    def list_webhook_deliveries(
+        self, job_id: str, *, timeout: float | None = None
+    ) -> list[job_service_pb2.WebhookDelivery]:
+        """The webhook deliveries of a job, newest first."""
+        request = job_service_pb2.ListWebhookDeliveriesRequest(job_id=job_id)
+        return list(
+            self._call(self._jobs.ListWebhookDeliveries, request, timeout=timeout, retry=True).deliveries
+        )
+
+    def redeliver_webhook(
+        self, delivery_id: str, *, timeout: float | None = None
+    ) -> job_service_pb2.WebhookDelivery:
+        """Sends a webhook delivery again as soon as possible (dead or delivered ones too)."""
+        request = job_service_pb2.RedeliverWebhookRequest(delivery_id=delivery_id)
+        return self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True).delivery
+
+    def get_server_health(self, *, timeout: float | None = None) -> admin_service_pb2.GetServerHealthResponse:
+        """Database reachability and latency, schema, sweeper and outbox lag, streams, disk (admin key)."""
+        request = admin_service_pb2.GetServerHealthRequest()
+        return self._call(self._admin.GetServerHealth, request, timeout=timeout, retry=True)
+
+    def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
+        """Calls admitted and rejected per API key since the server started (needs an admin key)."""
+        return self._call(
+            self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout, retry=True
+        )
+
+    def get_job_stats(
+        self,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        kind: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> job_service_pb2.GetJobStatsResponse:
+        """Returns job counts by state, success rate and duration percentiles, overall and per kind."""
+        request = _requests.get_job_stats(created_after, created_before, kind)
+        return self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
+
+    def watch_job(
+        self,
+        job_id: str,
+        after_revision: int = 0,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> Iterator[job_service_pb2.WatchJobResponse]:
+        """Streams a job's changes until it reaches a terminal state.
+
+        The first message is a SNAPSHOT (with ``after_revision=0``) or everything changed after
+        ``after_revision``; then CHANGE messages and idle HEARTBEATs follow. The iteration ends right after
+        the message carrying COMPLETED, FAILED or CANCELLED. When the stream breaks (``UNAVAILABLE``, a lost
+        connection, or no message at all for ``idle_timeout``), the iterator reconnects with backoff from the
+        last complete revision it yielded, so nothing is missed or repeated (except the parts of a revision
+        split over several messages with ``more`` set, when the stream broke between them). Breaking out of
+        the loop cancels the stream.
+
+        Args:
+            job_id: The job's id.
+            after_revision: 0 for a snapshot first, else the last revision already seen.
+            timeout: Overall deadline of the whole watch in seconds (``None``: none).
+            idle_timeout: Seconds without any message after which the stream is presumed dead.
+            reconnect_timeout: Give up after failing to reconnect for this many seconds.
+
+        Raises:
+            jobpulse.errors.JobpulseError: For failures a reconnect cannot fix (e.g. ``NotFound``),
+                ``DeadlineExceeded`` once ``timeout`` passes, or the last error after ``reconnect_timeout``.
+        """
+        cursor = WatchCursor(job_id, after_revision)
+
+        def observe(event: job_service_pb2.WatchJobResponse) -> bool:
+            cursor.observe(event)
+            return cursor.finished
+
+        return self._resumable(
+            self._jobs.WatchJob,
+            cursor.request,
+            observe,
+            f"watch of job {job_id}",
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            reconnect_timeout=reconnect_timeout,
+        )
+
+    def watch_jobs(
+        self,
+        *,
+        cursor: str = "",
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> Iterator[job_service_pb2.WatchJobsResponse]:
+        """Streams job-level changes of every job matching the filters (a dashboard feed).
+
+        Each CHANGE carries the jobs (BASIC view) changed since the previous message and a ``cursor``;
+        HEARTBEATs come when idle. The stream never ends by itself: stop iterating to end it. When it
+        breaks, the iterator reconnects from the last cursor it yielded, so no change is missed. To
+        start from a listing, pass ``cursor=list_jobs_page(...).watch_cursor``.
+
+        Args:
+            cursor: Resume after this cursor; empty starts from now.
+            states: Only jobs now in one of these states.
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time.
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all these labels.
+            timeout: Overall deadline of the whole feed in seconds (``None``: none).
+            idle_timeout: Seconds without any message after which the stream is presumed dead.
+            reconnect_timeout: Give up after failing to reconnect for this many seconds.
+        """
+        request = _requests.watch_jobs(
+            cursor=cursor,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+        )
+
+        def observe(event: job_service_pb2.WatchJobsResponse) -> bool:
+            request.cursor = event.cursor
+            return False
+
+        return self._resumable(
+            self._jobs.WatchJobs,
+            lambda: request,
+            observe,
+            "job feed",
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            reconnect_timeout=reconnect_timeout,
+        )
+
+    def _resumable(
+        self,
+        method: Callable[..., Any],
+        make_request: Callable[[], Any],
+        observe: Callable[[Any], bool],
+        what: str,
+        *,
+        timeout: float | None,
+        idle_timeout: float | None,
+        reconnect_timeout: float,
+    ) -> Iterator[Any]:
+        """Runs a server stream, resuming it from ``make_request()`` whenever it breaks.
+
+        ``observe`` sees each message before it is yielded and returns True once the stream is done.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = _retry.Backoff(initial=0.2, maximum=5.0)
+        failing_since: float | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
+            call = method(make_request(), timeout=remaining, metadata=self._metadata)
+            watchdog = IdleWatchdog(idle_timeout, call.cancel) if idle_timeout else None
+            error: JobpulseError
+            try:
+                for event in call:
+                    if watchdog is not None:
+                        watchdog.kick()
+                    finished = observe(event)
+                    failing_since = None
+                    backoff.reset()
+                    yield event
+                    if finished:
+                        return
+                error = Unavailable(f"{what}: the stream ended early")
+            except grpc.RpcError as rpc_error:
+                if watchdog is not None and watchdog.fired:
+                    error = Unavailable(f"{what}: no message for {idle_timeout:g}s")
+                else:
+                    error = from_rpc_error(rpc_error)
+                    if not _retry.is_transport_failure(error):
+                        raise error from rpc_error
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
+                call.cancel()
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= reconnect_timeout:
+                raise error
+            delay = backoff.next_delay(error.retry_delay)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - now))
+            time.sleep(delay)
+
+    def wait(self, job_id: str, timeout: float | None = None, *, view: JobViewLike = "basic") -> job_pb2.Job:
+        """Blocks until a job is COMPLETED, FAILED or CANCELLED, and returns it.
+
+        Built on :meth:`watch_job`, so it survives server restarts and dropped connections.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds to wait at most (``None``: forever).
+            view: ``"basic"`` returns the job from the final watch message; ``"full"`` fetches it again
+                with its chunks.
+
+        Raises:
+            jobpulse.errors.WaitTimeout: The job was not finished after ``timeout`` seconds; its
+                ``last_job`` attribute holds the last state seen.
+        """
+        cursor_job: job_pb2.Job | None = None
+        try:
+            for event in self.watch_job(job_id, timeout=timeout):
+                if event.HasField("job"):
+                    cursor_job = event.job
+        except DeadlineExceeded as exc:
+            if timeout is None:
+                raise
+            raise WaitTimeout(job_id, timeout, cursor_job) from exc
+        if cursor_job is None or not is_terminal(cursor_job.state):  # pragma: no cover - watch guarantees it
+            raise Unavailable(f"watch of job {job_id} ended without a final state")
+        if job_view(view) == job_pb2.JOB_VIEW_FULL:
+            return self.get_job(job_id, view="full")
+        return cursor_job
+
+    # -- WorkerService ---------------------------------------------------------------------------------
+
+    def claim_chunks(
+        self,
+        worker_id: str,
+        kinds: Iterable[str] | None = None,
+        max_chunks: int = 1,
+        lease_duration: float | timedelta = 60.0,
+        wait: float | timedelta = 0.0,
+        *,
+        timeout: float | None = None,
+    ) -> list[worker_service_pb2.ChunkClaim]:
+        """Claims up to ``max_chunks`` pending chunks under a lease.
+
+        Not retried automatically: a lost response would leave claimed chunks to run out their leases.
+
+        Args:
+            worker_id: Who is claiming; recorded on the chunks.
+            kinds: Only chunks of jobs of these kinds; empty or ``None`` means any.
+            max_chunks: At most this many chunks (1..100).
+            lease_duration: Seconds the lease lasts without a heartbeat.
+            wait: Seconds to block on the server for work to appear (long poll, at most 60).
+            timeout: Deadline in seconds; defaults to the client's plus ``wait``.
+
+        Returns:
+            The claims; an empty list when there is no work.
+        """
+        request = _requests.claim_chunks(worker_id, kinds, max_chunks, lease_duration, wait)
+        if timeout is None and self.timeout is not None:
+            waited = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+            timeout = self.timeout + waited
+        return list(self._call(self._workers.ClaimChunks, request, timeout=timeout, retry=False).claims)
+
+    def report_chunk_progress(
+        self,
+        chunk_id: str,
+        lease_token: str,
+        items_done: int = 0,
+        stage: str = "",
+        message: str = "",
+        external_task_id: str = "",
+        lease_duration: float | timedelta | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> worker_service_pb2.ReportChunkProgressResponse:
+        """Reports a chunk's progress and extends its lease (a heartbeat).
+
+        Returns:
+            The response; ``cancel_requested`` tells the worker to stop.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current: drop the chunk.
+        """
+        request = _requests.report_chunk_progress(
+            chunk_id,
+            lease_token,
+            items_done=items_done,
+            stage=stage,
+            message=message,
+            external_task_id=external_task_id,
+            lease_duration=lease_duration,
+        )
+        return self._call(self._workers.ReportChunkProgress, request, timeout=timeout, retry=True)
+
+    def complete_chunk(
+        self,
+        chunk_id: str,
+        lease_token: str,
+        artifacts: Iterable[ArtifactLike] | None = None,
+        external_task_id: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> worker_service_pb2.CompleteChunkResponse:
+        """Marks a chunk done (the server records CANCELLED if its job was cancelled meanwhile).
+
+        Args:
+            chunk_id: The chunk's id.
+            lease_token: The token of the claim.
+            artifacts: What the chunk produced, as ``Artifact`` messages or dicts of their fields.
+            external_task_id: The id of the work in an outside system, if any.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current.
+        """
+        request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id)
+        return self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
+
+    def fail_chunk(
+        self,
+        chunk_id: str,
+        lease_token: str,
+        reason: str = "",
+        message: str = "",
+        retryable: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> worker_service_pb2.FailChunkResponse:
+        """Marks a chunk attempt failed; it is retried later if ``retryable`` and attempts remain.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current.
+        """
+        request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable)
+        return self._call(self._workers.FailChunk, request, timeout=timeout, retry=False)

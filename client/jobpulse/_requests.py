@@ -1,0 +1,264 @@
+"""Request builders shared by the sync and async clients, so both send exactly the same messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.struct_pb2 import Struct
+
+from jobpulse import _convert
+from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike
+from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
+
+ArtifactLike = job_pb2.Artifact | Mapping[str, Any]
+
+
+def create_job(
+    kind: str,
+    total_items: int,
+    *,
+    display_name: str,
+    chunk_size: int,
+    priority: int | None,
+    labels: Mapping[str, str] | None,
+    metadata: Mapping[str, Any] | Struct | None,
+    max_attempts: int,
+    request_id: str,
+    webhook_url: str = "",
+    webhook_progress: bool = False,
+) -> job_service_pb2.CreateJobRequest:
+    """Builds a CreateJobRequest."""
+    request = job_service_pb2.CreateJobRequest(
+        kind=kind,
+        total_items=total_items,
+        display_name=display_name,
+        chunk_size=chunk_size,
+        labels=dict(labels or {}),
+        max_attempts=max_attempts,
+        request_id=request_id,
+        webhook_url=webhook_url,
+        webhook_progress=webhook_progress,
+    )
+    if priority is not None:
+        request.priority = priority
+    struct = _convert.to_struct(metadata)
+    if struct is not None:
+        request.metadata.CopyFrom(struct)
+    return request
+
+
+def get_job(job_id: str, view: JobViewLike) -> job_service_pb2.GetJobRequest:
+    """Builds a GetJobRequest."""
+    return job_service_pb2.GetJobRequest(job_id=job_id, view=_convert.job_view(view))
+
+
+def list_jobs(
+    *,
+    states: Iterable[JobStateLike] | None = None,
+    kind: str = "",
+    min_priority: int | None = None,
+    max_priority: int | None = None,
+    created_after: TimeLike | None = None,
+    created_before: TimeLike | None = None,
+    search: str = "",
+    labels: Mapping[str, str] | None = None,
+    order_by: str = "",
+    view: JobViewLike = 0,
+    page_size: int = 0,
+    page_token: str = "",
+) -> job_service_pb2.ListJobsRequest:
+    """Builds a ListJobsRequest from keyword filters."""
+    request = job_service_pb2.ListJobsRequest(
+        page_size=page_size, page_token=page_token, order_by=order_by, view=_convert.job_view(view)
+    )
+    return _with_filters(
+        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
+    )
+
+
+def watch_jobs(
+    *,
+    cursor: str = "",
+    states: Iterable[JobStateLike] | None = None,
+    kind: str = "",
+    min_priority: int | None = None,
+    max_priority: int | None = None,
+    created_after: TimeLike | None = None,
+    created_before: TimeLike | None = None,
+    search: str = "",
+    labels: Mapping[str, str] | None = None,
+) -> job_service_pb2.WatchJobsRequest:
+    """Builds a WatchJobsRequest (the same filters as ListJobs, plus a cursor)."""
+    request = job_service_pb2.WatchJobsRequest(cursor=cursor)
+    return _with_filters(
+        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
+    )
+
+
+_R = TypeVar("_R", job_service_pb2.ListJobsRequest, job_service_pb2.WatchJobsRequest)
+
+
+def _with_filters(
+    request: _R,
+    states: Iterable[JobStateLike] | None,
+    kind: str,
+    min_priority: int | None,
+    max_priority: int | None,
+    created_after: TimeLike | None,
+    created_before: TimeLike | None,
+    search: str,
+    labels: Mapping[str, str] | None,
+) -> _R:
+    """Sets the ListJobs-style filter fields shared by ListJobs and WatchJobs."""
+    request.states.extend(_convert.job_states(states))
+    request.kind = kind
+    request.search = search
+    request.labels.update(dict(labels or {}))
+    if min_priority is not None:
+        request.min_priority = min_priority
+    if max_priority is not None:
+        request.max_priority = max_priority
+    after = _convert.to_timestamp(created_after)
+    if after is not None:
+        request.created_after.CopyFrom(after)
+    before = _convert.to_timestamp(created_before)
+    if before is not None:
+        request.created_before.CopyFrom(before)
+    return request
+
+
+def list_job_chunks(
+    job_id: str, states: Iterable[ChunkStateLike] | None, page_size: int, page_token: str
+) -> job_service_pb2.ListJobChunksRequest:
+    """Builds a ListJobChunksRequest."""
+    return job_service_pb2.ListJobChunksRequest(
+        job_id=job_id, states=_convert.chunk_states(states), page_size=page_size, page_token=page_token
+    )
+
+
+def batch_get_jobs(job_ids: Iterable[str], view: JobViewLike) -> job_service_pb2.BatchGetJobsRequest:
+    """Builds a BatchGetJobsRequest."""
+    return job_service_pb2.BatchGetJobsRequest(job_ids=list(job_ids), view=_convert.job_view(view))
+
+
+def update_job(
+    job_id: str,
+    *,
+    priority: int | None,
+    labels: Mapping[str, str] | None,
+    display_name: str | None,
+) -> job_service_pb2.UpdateJobRequest:
+    """Builds an UpdateJobRequest whose update_mask names exactly the arguments that are not None.
+
+    Raises:
+        ValueError: If no field to change was given.
+    """
+    request = job_service_pb2.UpdateJobRequest(job_id=job_id)
+    paths: list[str] = []
+    if priority is not None:
+        request.priority = priority
+        paths.append("priority")
+    if labels is not None:
+        request.labels.update(labels)
+        paths.append("labels")
+    if display_name is not None:
+        request.display_name = display_name
+        paths.append("display_name")
+    if not paths:
+        raise ValueError("update_job needs at least one of priority, labels or display_name")
+    request.update_mask.CopyFrom(FieldMask(paths=paths))
+    return request
+
+
+def get_job_stats(
+    created_after: TimeLike | None, created_before: TimeLike | None, kind: str
+) -> job_service_pb2.GetJobStatsRequest:
+    """Builds a GetJobStatsRequest."""
+    request = job_service_pb2.GetJobStatsRequest(kind=kind)
+    after = _convert.to_timestamp(created_after)
+    if after is not None:
+        request.created_after.CopyFrom(after)
+    before = _convert.to_timestamp(created_before)
+    if before is not None:
+        request.created_before.CopyFrom(before)
+    return request
+
+
+def claim_chunks(
+    worker_id: str,
+    kinds: Iterable[str] | None,
+    max_chunks: int,
+    lease_duration: float | timedelta | None,
+    wait: float | timedelta | None,
+) -> worker_service_pb2.ClaimChunksRequest:
+    """Builds a ClaimChunksRequest; a zero ``wait`` is left unset (answer at once)."""
+    request = worker_service_pb2.ClaimChunksRequest(
+        worker_id=worker_id, kinds=list(kinds or ()), max_chunks=max_chunks
+    )
+    lease = _convert.to_duration(lease_duration)
+    if lease is not None:
+        request.lease_duration.CopyFrom(lease)
+    if wait:
+        waiting = _convert.to_duration(wait)
+        assert waiting is not None
+        request.wait.CopyFrom(waiting)
+    return request
+
+
+def report_chunk_progress(
+    chunk_id: str,
+    lease_token: str,
+    *,
+    items_done: int,
+    stage: str,
+    message: str,
+    external_task_id: str,
+    lease_duration: float | timedelta | None,
+) -> worker_service_pb2.ReportChunkProgressRequest:
+    """Builds a ReportChunkProgressRequest."""
+    request = worker_service_pb2.ReportChunkProgressRequest(
+        chunk_id=chunk_id,
+        lease_token=lease_token,
+        items_done=items_done,
+        stage=stage,
+        message=message,
+        external_task_id=external_task_id,
+    )
+    lease = _convert.to_duration(lease_duration)
+    if lease is not None:
+        request.lease_duration.CopyFrom(lease)
+    return request
+
+
+def artifact(value: ArtifactLike) -> job_pb2.Artifact:
+    """Returns an Artifact message from a message or a dict of its fields."""
+    if isinstance(value, job_pb2.Artifact):
+        return value
+    return job_pb2.Artifact(**dict(value))
+
+
+def complete_chunk(
+    chunk_id: str, lease_token: str, artifacts: Iterable[ArtifactLike] | None, external_task_id: str
+) -> worker_service_pb2.CompleteChunkRequest:
+    """Builds a CompleteChunkRequest."""
+    return worker_service_pb2.CompleteChunkRequest(
+        chunk_id=chunk_id,
+        lease_token=lease_token,
+        artifacts=[artifact(a) for a in artifacts or ()],
+        external_task_id=external_task_id,
+    )
+
+
+def fail_chunk(
+    chunk_id: str, lease_token: str, reason: str, message: str, retryable: bool
+) -> worker_service_pb2.FailChunkRequest:
+    """Builds a FailChunkRequest."""
+    return worker_service_pb2.FailChunkRequest(
+        chunk_id=chunk_id,
+        lease_token=lease_token,
+        error=job_pb2.ChunkError(reason=reason, message=message),
+        retryable=retryable,
+    )

@@ -1,0 +1,705 @@
+"""The ``jobpulse`` command line: run the server, create and inspect jobs, watch them, run sample workers.
+
+Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). Errors from
+the server are printed as ``error: <CODE> <reason>: <message>`` and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from jobpulse import _render
+from jobpulse._channel import API_KEY_ENV, DEFAULT_TARGET, TARGET_ENV
+from jobpulse._client import Client
+from jobpulse._convert import job_state, job_state_name, parse_datetime
+from jobpulse._sample_worker import sample_handler
+from jobpulse.errors import JobpulseError
+from jobpulse.v1 import job_pb2
+from jobpulse.worker import Worker
+
+__all__ = ["build_parser", "exit_code_for", "format_error", "main"]
+
+ORDER_BY_CHOICES = ("create_time desc", "create_time", "priority desc", "update_time desc")
+
+_EXIT_CODES = {
+    job_pb2.JOB_STATE_COMPLETED: 0,
+    job_pb2.JOB_STATE_FAILED: 1,
+    job_pb2.JOB_STATE_CANCELLED: 2,
+}
+
+
+# -- argument types ----------------------------------------------------------------------------------------
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _job_state(text: str) -> job_pb2.JobState.ValueType:
+    try:
+        return job_state(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_datetime(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2024-05-01T12:00:00Z, got {text!r}"
+        ) from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("metadata must be a JSON object")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+# -- parser ------------------------------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The options are accepted before and after the subcommand; the subcommand's copy only overrides
+    # when given, hence SUPPRESS there.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--target",
+        default=default(os.environ.get(TARGET_ENV) or DEFAULT_TARGET),
+        help=f"server address host:port (env {TARGET_ENV}, default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--api-key", default=default(os.environ.get(API_KEY_ENV)), help=f"API key (env {API_KEY_ENV})"
+    )
+    parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
+    parser.add_argument(
+        "--tls-ca",
+        default=default(os.environ.get("JOBPULSE_TLS_CA", "")),
+        metavar="PEM",
+        help="CA certificate that signed the server's (implies --tls; env JOBPULSE_TLS_CA)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print machine-readable JSON"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``jobpulse`` command."""
+    parser = argparse.ArgumentParser(prog="jobpulse", description="jobpulse: job status over gRPC")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", _cmd_serve, "run the jobpulse server until SIGTERM or Ctrl-C")
+    p.add_argument("--host", default=os.environ.get("JOBPULSE_HOST", "127.0.0.1"), help="env JOBPULSE_HOST")
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("JOBPULSE_PORT", "50051")), help="env JOBPULSE_PORT"
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("JOBPULSE_DATABASE_URL", "sqlite:///jobpulse.db"),
+        help="env JOBPULSE_DATABASE_URL",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("JOBPULSE_LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="env JOBPULSE_LOG_LEVEL",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address even with no API keys (env JOBPULSE_INSECURE)",
+    )
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate (env JOBPULSE_TLS_CERT)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics here (env JOBPULSE_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text or JSON (env JOBPULSE_LOG_FORMAT)",
+    )
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key (env JOBPULSE_TLS_KEY)")
+
+    p = command("keys", _cmd_keys, "manage API keys in the database (create, list, revoke)")
+    p.add_argument("action", choices=("create", "list", "revoke"))
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("JOBPULSE_DATABASE_URL", "sqlite:///jobpulse.db"),
+        help="env JOBPULSE_DATABASE_URL",
+    )
+    p.add_argument("--name", default="", help="the key's name (create, revoke); it becomes the owner of jobs")
+    p.add_argument("--role", default="client", choices=("client", "worker", "admin"), help="create only")
+    p.add_argument("--webhook-url", default="", help="create only: default webhook URL of the key's jobs")
+
+    command("usage", _cmd_usage, "calls and rate-limit rejections per API key (admin)")
+    command("health", _cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)")
+
+    p = command("create", _cmd_create, "create a job")
+    p.add_argument("--kind", required=True, help="type of work; workers claim by kind")
+    p.add_argument("--items", type=_positive_int, required=True, help="number of items")
+    p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
+    p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")
+    p.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument(
+        "--metadata", type=_json_object, default=None, metavar="JSON", help="JSON object for workers"
+    )
+    p.add_argument("--name", default="", help="display name")
+    p.add_argument("--max-attempts", type=int, default=0, help="claims per chunk (server default 3)")
+    p.add_argument("--request-id", default="", help="idempotency key")
+
+    p = command("get", _cmd_get, "show a job and its chunks")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--basic", action="store_true", help="without chunks")
+
+    p = command("list", _cmd_list, "list jobs, newest first")
+    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable, e.g. completed")
+    p.add_argument("--kind", default="")
+    p.add_argument("--search", default="", help="substring of the display name")
+    p.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument("--order-by", default="", choices=ORDER_BY_CHOICES)
+    p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
+
+    p = command(
+        "watch",
+        _cmd_watch,
+        "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
+        "exit 0 completed, 1 failed, 2 cancelled",
+    )
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("cancel", _cmd_cancel, "cancel a job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--reason", default="")
+
+    p = command("retry", _cmd_retry, "retry the failed and cancelled chunks of a job")
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("delete", _cmd_delete, "delete a finished job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="cancel it first if it is still running")
+
+    p = command("stats", _cmd_stats, "job counts, success rate and durations")
+    p.add_argument("--kind", default="")
+    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
+    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+
+    p = command("export", _cmd_export, "write every matching job to stdout as CSV or JSON lines")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable")
+    p.add_argument("--kind", default="")
+    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
+    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+
+    p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
+    p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
+    p.add_argument("--concurrency", type=_positive_int, default=1)
+    p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
+    p.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
+    )
+    p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS", help="lease duration")
+
+    p = command("demo", _cmd_demo, "create a demo job, process it with in-process workers, watch it")
+    p.add_argument("--chunks", type=_positive_int, default=10)
+    p.add_argument("--items-per-chunk", type=_positive_int, default=50)
+    p.add_argument("--workers", type=_positive_int, default=3)
+    p.add_argument("--item-delay", type=float, default=0.02, metavar="SECONDS", help="seconds per item")
+    p.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
+    )
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def format_error(error: JobpulseError) -> str:
+    """Returns ``error: <CODE> <reason>: <message>`` plus one line per field violation."""
+    head = error.code.name + (f" {error.reason}" if error.reason else "")
+    lines = [f"error: {head}: {error.message}" if error.message else f"error: {head}"]
+    lines += [f"  {field}: {description}" for field, description in error.field_violations]
+    return "\n".join(lines)
+
+
+def exit_code_for(state: int) -> int:
+    """Returns the exit status for a job's final state: 0 completed, 1 failed, 2 cancelled."""
+    return _EXIT_CODES.get(job_pb2.JobState.ValueType(state), 1)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    roots = None
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            roots = f.read()
+    return Client(args.target, api_key=args.api_key, secure=args.tls or bool(roots), root_certificates=roots)
+
+
+def _print_json(value: Any) -> None:
+    print(_render.to_json(value))
+
+
+def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
+    """Returns the job with every chunk inline, following chunks_next_page_token past the first 1000."""
+    if job.chunks_next_page_token:
+        job.chunks.extend(client.list_job_chunks(job.id, page_token=job.chunks_next_page_token))
+        job.chunks_next_page_token = ""
+    return job
+
+
+def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream: TextIO) -> job_pb2.Job:
+    """Follows a job to its end, showing progress on ``stream``, and returns the final job.
+
+    Args:
+        client: The client to watch with.
+        job_id: The job to follow.
+        json_lines: Print each watch message as one JSON line instead of a progress display.
+        stream: Where to write.
+    """
+    display = _render.ProgressDisplay(stream, live=stream.isatty())
+    job = job_pb2.Job()
+    try:
+        for event in client.watch_job(job_id):
+            if event.HasField("job"):
+                job = event.job
+            if json_lines:
+                stream.write(json.dumps(_render.to_dict(event), separators=(",", ":")) + "\n")
+                stream.flush()
+            else:
+                display.update(event, job)
+    finally:
+        display.finish()
+    return job
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from jobpulse_server.app import run
+        from jobpulse_server.config import Config
+    except ImportError as exc:
+        print(f"error: the jobpulse server is not installed ({exc})", file=sys.stderr)
+        return 1
+    try:
+        config = Config.from_env(
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            log_level=args.log_level,
+            insecure=args.insecure,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            metrics_port=args.metrics_port,
+            log_format=args.log_format,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(run(config))
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    try:
+        from jobpulse_server.keys_cli import run_keys_command
+    except ImportError as exc:
+        print(f"error: the jobpulse server is not installed ({exc})", file=sys.stderr)
+        return 1
+    return run_keys_command(
+        args.action, args.database_url, args.name, args.role, as_json=args.json, webhook_url=args.webhook_url
+    )
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.get_server_health()
+    if args.json:
+        _print_json(report)
+    else:
+
+        def secs(d: Any) -> str:
+            return f"{d.seconds + d.nanos / 1e9:.3f}s"
+
+        rows = [
+            ["serving", "yes" if report.serving else "NO"],
+            [
+                "database",
+                f"{report.database_kind}, {'reachable' if report.database_reachable else 'UNREACHABLE'}",
+            ],
+            ["database latency", secs(report.database_latency)],
+            ["schema version", report.schema_version or "?"],
+            ["sweeper lag", secs(report.sweeper_lag)],
+            ["outbox", f"{report.outbox_pending} pending, oldest due {secs(report.outbox_lag)} ago"],
+            ["open streams", str(report.open_streams)],
+        ]
+        if report.database_kind == "sqlite":
+            rows.append(["free disk", f"{report.free_disk_bytes / 2**30:.1f} GiB"])
+        for name, value in rows:
+            print(f"{name:<18}{value}")
+    return 0 if report.serving and report.database_reachable else 1
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        usage = client.get_usage().usage
+    if args.json:
+        _print_json(list(usage))
+        return 0
+    rows = [[u.key_name, u.role, str(u.calls), str(u.rejected)] for u in usage]
+    print(_render.table(["KEY", "ROLE", "CALLS", "REJECTED"], rows))
+    return 0
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.create_job(
+            args.kind,
+            args.items,
+            display_name=args.name,
+            chunk_size=args.chunk_size,
+            priority=args.priority,
+            labels=dict(args.label),
+            metadata=args.metadata,
+            max_attempts=args.max_attempts,
+            request_id=args.request_id,
+        )
+    if args.json:
+        _print_json(job)
+    else:
+        chunks = job.chunks_summary.total
+        plural = "s" if chunks != 1 else ""
+        print(f"created job {job.id} ({chunks} chunk{plural} of up to {job.chunk_size} items)")
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job_id, view="basic" if args.basic else "full")
+        if not args.basic:
+            job = _all_chunks(client, job)
+    if args.json:
+        _print_json(job)
+        return 0
+    print(_render.job_details(job))
+    if job.chunks:
+        print()
+        print(_render.chunks_table(job.chunks))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    jobs: list[job_pb2.Job] = []
+    total = 0
+    token = ""
+    with _client(args) as client:
+        while len(jobs) < args.limit:
+            page = client.list_jobs_page(
+                page_size=min(100, args.limit - len(jobs)),
+                page_token=token,
+                states=args.state,
+                kind=args.kind,
+                search=args.search,
+                labels=dict(args.label),
+                order_by=args.order_by,
+            )
+            total = page.total_size
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+    jobs = jobs[: args.limit]
+    if args.json:
+        _print_json({"jobs": [_render.to_dict(j) for j in jobs], "totalSize": str(total)})
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    print(_render.jobs_table(jobs))
+    if total > len(jobs):
+        print(f"({len(jobs)} of {total}; use --limit to see more)")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = watch_with_display(client, args.job_id, json_lines=args.json, stream=sys.stdout)
+    if not args.json:
+        print(f"job {job.id} {job_state_name(job.state)}")
+    return exit_code_for(job.state)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel_job(args.job_id, args.reason)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job_state_name(job.state)}")
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.retry_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job_state_name(job.state)} ({_render.summary_text(job.chunks_summary)})")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_job(args.job_id, force=args.force)
+    if args.json:
+        _print_json({"deleted": args.job_id})
+    else:
+        print(f"deleted job {args.job_id}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.get_job_stats(args.created_after, args.created_before, args.kind)
+    if args.json:
+        _print_json(stats)
+    else:
+        print(_render.stats_text(stats))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    writer = csv.writer(out) if args.format == "csv" else None
+    if writer is not None:
+        writer.writerow(_render.EXPORT_COLUMNS)
+    show_progress = sys.stderr.isatty()
+    done = 0
+    with _client(args) as client:
+        token = ""
+        while True:
+            # One page in memory at a time: constant memory whatever the number of jobs.
+            page = client.list_jobs_page(
+                page_size=100,
+                page_token=token,
+                states=args.state,
+                kind=args.kind,
+                created_after=args.created_after,
+                created_before=args.created_before,
+                order_by="create_time",
+            )
+            for job in page.jobs:
+                if writer is not None:
+                    writer.writerow(_render.export_row(job))
+                else:
+                    out.write(json.dumps(_render.to_dict(job), separators=(",", ":")) + "\n")
+            done += len(page.jobs)
+            if show_progress and page.total_size:
+                percent = 100.0 * done / page.total_size
+                bar = _render.progress_bar(percent, 24)
+                sys.stderr.write(f"\r{bar} {percent:5.1f}% | {done}/{page.total_size} jobs exported")
+                sys.stderr.flush()
+            token = page.next_page_token
+            if not token:
+                break
+    if show_progress:
+        sys.stderr.write("\n")
+    out.flush()
+    return 0
+
+
+def _log_to_stderr(level: int) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    _log_to_stderr(logging.INFO)
+    with _client(args) as client:
+        worker = Worker(
+            client,
+            kinds=args.kind,
+            concurrency=args.concurrency,
+            lease_duration=args.lease,
+            poll_wait=5.0,
+        )
+        kinds = ", ".join(args.kind) or "any kind"
+        print(
+            f"worker {worker.worker_id} on {args.target} ({kinds}, {args.concurrency} threads); "
+            "Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        stop = threading.Event()
+        # SIGTERM stops as gracefully as a first Ctrl-C: no new claims, chunks in hand are finished.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        try:
+            handled = worker.run(sample_handler(args.item_delay, args.fail_rate), stop_event=stop)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"worker stopped after {handled} chunks", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _log_to_stderr(logging.ERROR)  # worker chatter would tear the progress line
+    total = args.chunks * args.items_per_chunk
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    with _client(args) as client:
+        job = client.create_job(
+            "demo",
+            total,
+            display_name=f"demo {args.chunks}x{args.items_per_chunk}",
+            chunk_size=args.items_per_chunk,
+            labels={"source": "jobpulse-demo"},
+        )
+        print(
+            f"created job {job.id}: {total} items in {args.chunks} chunks; starting {args.workers} workers",
+            file=sys.stderr,
+        )
+        handler = sample_handler(args.item_delay, args.fail_rate)
+
+        def run_worker(n: int) -> None:
+            worker = Worker(
+                client,
+                kinds=["demo"],
+                worker_id=f"demo-worker-{n}-{os.getpid()}",
+                lease_duration=10.0,
+                poll_wait=1.0,
+            )
+            try:
+                worker.run(handler, stop_event=stop)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [
+            threading.Thread(target=run_worker, args=(n,), daemon=True) for n in range(1, args.workers + 1)
+        ]
+        for thread in threads:
+            thread.start()
+        started = time.monotonic()
+        try:
+            if args.json:
+                final = client.wait(job.id)
+            else:
+                final = watch_with_display(client, job.id, json_lines=False, stream=sys.stdout)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=5.0)
+        elapsed = time.monotonic() - started
+        full = _all_chunks(client, client.get_job(job.id, view="full"))
+    for failure in failures:
+        if isinstance(failure, JobpulseError):
+            print(format_error(failure), file=sys.stderr)
+    if args.json:
+        _print_json(full)
+    else:
+        _print_demo_summary(full, elapsed)
+    return exit_code_for(final.state)
+
+
+def _print_demo_summary(job: job_pb2.Job, elapsed: float) -> None:
+    attempts = sum(c.attempt for c in job.chunks)
+    per_worker = Counter(c.worker_id for c in job.chunks if c.state == job_pb2.CHUNK_STATE_COMPLETED)
+    print(
+        f"job {job.id} {job_state_name(job.state)} in {_render.format_seconds(elapsed)}: "
+        f"{job.progress.items_done}/{job.progress.items_total} items, "
+        f"{_render.summary_text(job.chunks_summary)}, {attempts} attempts, {len(job.artifacts)} artifacts"
+    )
+    if per_worker:
+        print(_render.table(("WORKER", "CHUNKS"), sorted(per_worker.items())))
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``jobpulse`` command and returns its exit status.
+
+    Args:
+        argv: The arguments, without the program name; ``None`` means ``sys.argv[1:]``.
+
+    Returns:
+        0 on success; 1 on an error (printed to stderr, never as a traceback); for ``watch`` and ``demo``,
+        0/1/2 for a completed/failed/cancelled job; 130 after Ctrl-C.
+    """
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except JobpulseError as exc:
+        print(format_error(exc), file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `jobpulse export | head`): not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
