@@ -1,0 +1,165 @@
+"""Shared fixtures: a real jobpulse server on port 0 over a real SQLite file.
+
+The server runs its own event loop in a background thread, so both the sync
+SDK and async tests can talk to it over a real channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from jobpulse_server.app import App, create_server
+from jobpulse_server.config import Config
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """A jobpulse server in a thread of its own; ``restart()`` keeps the same database."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="jobpulse-test-server", daemon=True
+        )
+        self._thread.start()
+        self.app: App | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.app is not None
+        return self.app.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self.app = self.call(create_server(self.config))
+        return self
+
+    def stop(self, drain_seconds: float = 0.0) -> None:
+        if self.app is not None:
+            self.call(self.app.stop(drain_seconds))
+            self.app = None
+
+    def restart(self, same_port: bool = True) -> None:
+        """Stops and starts again on the same database (and, by default, the same port)."""
+        port = self.port
+        self.stop()
+        if same_port:
+            self.config.port = port
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+# Which databases the suite runs on: every server-backed test runs once per entry.
+DATABASES = [
+    d.strip() for d in os.environ.get("JOBPULSE_TEST_DATABASES", "sqlite,postgresql").split(",") if d
+]
+# The PostgreSQL server tests make their databases on (trust auth; a fresh database per test).
+POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Set (as .ci/run does) to fail instead of skip when PostgreSQL does not answer.
+REQUIRE_POSTGRES = os.environ.get("JOBPULSE_REQUIRE_POSTGRES") == "1"
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    url = make_url(POSTGRES_URL)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            database=url.database,
+            timeout=5,
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@functools.cache
+def _postgres_problem() -> str | None:
+    try:
+        _pg_admin("SELECT 1")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobpulse.db'}"
+        return
+    problem = _postgres_problem()
+    if problem is not None:
+        message = (
+            f"PostgreSQL at {POSTGRES_URL} does not answer ({problem}); start it, or point "
+            "JOBPULSE_TEST_POSTGRES_URL at one, or set JOBPULSE_TEST_DATABASES=sqlite to run SQLite only"
+        )
+        if REQUIRE_POSTGRES:
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"jobpulse_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def make_server(database_url: str) -> Iterator[Callable[..., ServerThread]]:
+    """Starts servers with config overrides, e.g. ``make_server(heartbeat_interval=0.2)``."""
+    started: list[ServerThread] = []
+
+    def make(**overrides: Any) -> ServerThread:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "database_url": database_url,
+            "drain_seconds": 0.0,
+        }
+        values.update(overrides)
+        srv = ServerThread(Config(**values)).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.close()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., ServerThread]) -> ServerThread:
+    """A running server with default settings on a fresh SQLite file."""
+    return make_server()

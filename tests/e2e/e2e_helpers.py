@@ -1,0 +1,116 @@
+"""Helpers shared by the end-to-end tests: polling with a deadline, chunk recounts, small worker loops."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jobpulse
+from jobpulse.v1 import job_pb2
+
+T = TypeVar("T")
+
+SUMMARY_FIELDS = {
+    job_pb2.CHUNK_STATE_PENDING: "pending",
+    job_pb2.CHUNK_STATE_PROCESSING: "processing",
+    job_pb2.CHUNK_STATE_COMPLETED: "completed",
+    job_pb2.CHUNK_STATE_FAILED: "failed",
+    job_pb2.CHUNK_STATE_CANCELLED: "cancelled",
+}
+
+
+def eventually(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Calls ``fn`` until it returns a truthy value without raising AssertionError; returns that value.
+
+    Fails with the last AssertionError (or a plain timeout message) once ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+            last: AssertionError = AssertionError(f"condition still false after {timeout}s (last: {value!r})")
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise last
+        time.sleep(interval)
+
+
+def recount(client: jobpulse.Client, job_id: str) -> dict[str, int]:
+    """Counts a job's chunks by state from ListJobChunks (all pages)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for chunk in client.list_job_chunks(job_id, page_size=1000):
+        counts[SUMMARY_FIELDS[chunk.state]] += 1
+    out = {name: counts[name] for name in SUMMARY_FIELDS.values()}
+    out["total"] = sum(counts.values())
+    return out
+
+
+def summary_dict(summary: job_pb2.ChunksSummary) -> dict[str, int]:
+    return {name: getattr(summary, name) for name in (*SUMMARY_FIELDS.values(), "total")}
+
+
+def assert_summary_matches(client: jobpulse.Client, job_id: str) -> job_pb2.Job:
+    """Asserts the job's chunks_summary equals a recount of its chunks and sums to total; returns the job."""
+    job = client.get_job(job_id, view="basic")
+    counted = recount(client, job_id)
+    assert summary_dict(job.chunks_summary) == counted, f"job {job_id}: summary disagrees with its chunks"
+    s = job.chunks_summary
+    assert s.pending + s.processing + s.completed + s.failed + s.cancelled == s.total
+    return job
+
+
+def chunks_by_index(client: jobpulse.Client, job_id: str) -> dict[int, job_pb2.Chunk]:
+    return {c.index: c for c in client.list_job_chunks(job_id, page_size=1000)}
+
+
+def claim_one(client: jobpulse.Client, kind: str, worker: str = "w1", **kwargs: Any) -> Any:
+    """Claims exactly one chunk of ``kind`` (failing the test if there is none) and returns the claim."""
+    claims = client.claim_chunks(worker, kinds=[kind], max_chunks=1, **kwargs)
+    assert len(claims) == 1, f"expected one claim of kind {kind!r}, got {len(claims)}"
+    return claims[0]
+
+
+def run_all(client: jobpulse.Client, kind: str, worker: str = "w1") -> int:
+    """Claims and completes every claimable chunk of ``kind``; returns how many were completed."""
+    done = 0
+    while True:
+        claims = client.claim_chunks(worker, kinds=[kind], max_chunks=100)
+        if not claims:
+            return done
+        for claim in claims:
+            client.complete_chunk(claim.chunk.id, claim.lease_token)
+            done += 1
+
+
+def check_all_summaries(client: jobpulse.Client) -> None:
+    for job in client.list_jobs(page_size=100):
+        assert_summary_matches(client, job.id)
+
+
+class BackgroundThread:
+    """Runs ``fn`` in a thread and re-raises its exception on ``join``."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "e2e-helper") -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float = 20.0) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "background thread did not finish in time"
+        if self.error is not None:
+            raise self.error
+        return self.result

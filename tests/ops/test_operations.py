@@ -1,0 +1,160 @@
+"""Operations: Prometheus metrics, the detailed health report, JSON logs, stats throughput, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import jobpulse
+from jobpulse import errors
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
+
+
+def _metrics(srv: Any) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.app.metrics_port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _complete_all(client: jobpulse.Client, kind: str) -> None:
+    for claim in client.claim_chunks("w", kinds=[kind], max_chunks=50):
+        client.complete_chunk(claim.chunk.id, claim.lease_token)
+
+
+def test_metrics_count_rpcs_chunks_jobs_and_streams(make_server: Any) -> None:
+    srv = make_server(metrics_port=0)
+    with jobpulse.Client(srv.address) as client:
+        job = client.create_job("m", 3, chunk_size=1)
+        _complete_all(client, "m")
+        try:
+            client.get_job("01NOSUCHJOB0000000000000000")
+        except errors.NotFound:
+            pass
+        stream = client.watch_job(client.create_job("m2", 1).id, timeout=30)
+        next(stream)
+        text = _metrics(srv)
+        assert _value(text, "jobpulse_rpcs_total", method="CreateJob", code="OK") == 2
+        assert _value(text, "jobpulse_rpcs_total", method="GetJob", code="NOT_FOUND") == 1
+        assert _value(text, "jobpulse_rpc_duration_seconds_count", method="CompleteChunk", code="OK") == 3
+        assert _value(text, "jobpulse_chunks_total", event="claimed") == 3
+        assert _value(text, "jobpulse_chunks_total", event="completed") == 3
+        assert _value(text, "jobpulse_open_streams") == 1
+        stream.close()
+        deadline = time.monotonic() + 15
+        while _value(_metrics(srv), "jobpulse_jobs", state="COMPLETED") != 1:
+            assert time.monotonic() < deadline, "jobs-by-state gauge never showed the completed job"
+            time.sleep(0.1)
+        assert client.get_job(job.id).state == jobpulse.JobState.JOB_STATE_COMPLETED
+
+
+def test_detailed_health_reports_database_schema_streams_and_disk(
+    make_server: Any, database_url: str
+) -> None:
+    srv = make_server(sweep_interval=0.05)
+    with jobpulse.Client(srv.address) as client:
+        stream = client.watch_job(client.create_job("h", 1).id, timeout=30)
+        next(stream)
+        deadline = time.monotonic() + 10
+        while not (report := client.get_server_health()).HasField("sweeper_lag"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stream.close()
+    assert report.serving and report.database_reachable
+    assert report.schema_version == "0003"
+    assert report.database_kind == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
+    assert report.open_streams == 1
+    assert report.sweeper_lag.seconds < 5
+    assert report.outbox_pending == 0
+    assert (report.free_disk_bytes > 0) == database_url.startswith("sqlite")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_json_logs_have_one_object_per_rpc(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobpulse.cli", "serve", "--port", str(port), "--log-format", "json",
+         "--database-url", f"sqlite:///{tmp_path / 'logs.db'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JOBPULSE_DRAIN_SECONDS": "0"},
+    )  # fmt: skip
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        job = stub.CreateJob(job_service_pb2.CreateJobRequest(kind="log", total_items=1), timeout=10).job
+        stub.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job.id), metadata=(("x-request-id", "req-42"),), timeout=10
+        )
+        channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines and len(lines) == len([x for x in err.splitlines() if x.strip()]), "a log line was not JSON"
+    rpc = [x for x in lines if x.get("method") == "GetJob"]
+    assert rpc, err
+    assert rpc[0]["code"] == "OK" and rpc[0]["job_id"] == job.id and rpc[0]["request_id"] == "req-42"
+    assert isinstance(rpc[0]["duration_ms"], float)
+
+
+def test_stats_report_items_and_throughput_per_kind(server: Any) -> None:
+    with jobpulse.Client(server.address) as client:
+        for kind in ("a", "b"):
+            client.create_job(kind, 4, chunk_size=2)
+            _complete_all(client, kind)
+        stats = client.get_job_stats()
+    assert stats.stats.items_done == 8 and stats.stats.items_per_second > 0
+    assert [k.kind for k in stats.kinds] == ["a", "b"]
+    assert all(k.items_done == 4 and k.success_rate == 1.0 for k in stats.kinds)
+
+
+def test_export_streams_every_matching_job(server: Any) -> None:
+    with jobpulse.Client(server.address) as client:
+        ids = [client.create_job("x", 1).id for _ in range(230)]  # more than two pages of 100
+        client.create_job("other", 1)
+    run = [sys.executable, "-m", "jobpulse.cli", "--target", server.address, "export", "--kind", "x"]
+    out = subprocess.run(
+        [*run, "--format", "csv"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][0] == "id" and [r[0] for r in rows[1:]] == ids
+    out = subprocess.run(
+        [*run, "--format", "jsonl"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ids
+
+
+async def test_the_async_client_reaches_admin_and_webhook_rpcs(server: Any) -> None:
+    async with jobpulse.AsyncClient(server.address) as client:
+        job = await client.create_job("a", 1)
+        assert await client.list_webhook_deliveries(job.id) == []
+        report = await client.get_server_health()
+        assert report.database_reachable and report.serving
+        assert (await client.get_usage()).usage == []  # open mode: no keys, nothing counted
+        with pytest.raises(errors.NotFound):
+            await client.redeliver_webhook("no-such-delivery")

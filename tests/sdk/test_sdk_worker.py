@@ -1,0 +1,139 @@
+"""jobpulse.Worker against a scripted fake server: completion, failure, cancellation, lost leases."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from google.protobuf.struct_pb2 import Struct
+
+import jobpulse
+from jobpulse.v1 import job_pb2, worker_service_pb2
+
+RESULT_TIMEOUT = 5.0
+
+
+def _claim(item_start: int = 100, item_count: int = 4) -> worker_service_pb2.ChunkClaim:
+    metadata = Struct()
+    metadata.update({"bucket": "media", "sizes": [64]})
+    return worker_service_pb2.ChunkClaim(
+        job_id="j1",
+        job_kind="thumbnails",
+        job_metadata=metadata,
+        chunk=job_pb2.Chunk(id="c1", job_id="j1", index=2, item_start=item_start, item_count=item_count),
+        lease_token="lease-1",
+    )
+
+
+def _start(fake, client, handler, **worker_kwargs):
+    worker = jobpulse.Worker(
+        client, kinds=["thumbnails"], worker_id="w1", progress_interval=0.0, **worker_kwargs
+    )
+    pending = fake.run(worker.run, handler, max_chunks=1)
+    request = fake.answer(
+        "WorkerService.ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()])
+    )
+    assert (request.worker_id, list(request.kinds)) == ("w1", ["thumbnails"])
+    return pending
+
+
+def test_handler_return_completes_the_chunk_with_its_artifacts(fake, client):
+    seen = {}
+
+    def handler(task: jobpulse.Task) -> None:
+        seen.update(items=list(task.items), kind=task.job_kind, metadata=task.job_metadata)
+        task.add_artifact("thumbs.zip", "s3://media/thumbs.zip", "application/zip", 2048)
+
+    pending = _start(fake, client, handler)
+    request = fake.answer("WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse())
+    assert pending.result(RESULT_TIMEOUT) == 1
+    assert seen == {
+        "items": [100, 101, 102, 103],
+        "kind": "thumbnails",
+        "metadata": {"bucket": "media", "sizes": [64]},
+    }
+    assert (request.chunk_id, request.lease_token) == ("c1", "lease-1")
+    assert [(a.name, a.uri, a.size_bytes, a.chunk_index) for a in request.artifacts] == [
+        ("thumbs.zip", "s3://media/thumbs.zip", 2048, 2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "retryable"),
+    [
+        (ValueError("bad pixel"), "ValueError", True),
+        (jobpulse.PermanentError("corrupt input"), "PermanentError", False),
+    ],
+)
+def test_handler_exception_fails_the_chunk(fake, client, error, reason, retryable):
+    def handler(task: jobpulse.Task) -> None:
+        raise error
+
+    pending = _start(fake, client, handler)
+    request = fake.answer(
+        "WorkerService.FailChunk", worker_service_pb2.FailChunkResponse(will_retry=retryable)
+    )
+    assert pending.result(RESULT_TIMEOUT) == 1
+    assert (request.error.reason, request.error.message, request.retryable) == (reason, str(error), retryable)
+
+
+def test_cancel_from_heartbeat_stops_the_handler_then_completes(fake, client):
+    stopped = threading.Event()
+
+    def handler(task: jobpulse.Task) -> None:
+        task.progress(2, stage="resizing")
+        if task.cancel_event.wait(RESULT_TIMEOUT):
+            stopped.set()
+
+    pending = _start(fake, client, handler)
+    beat = fake.answer(
+        "WorkerService.ReportChunkProgress",
+        worker_service_pb2.ReportChunkProgressResponse(cancel_requested=True),
+    )
+    assert (beat.items_done, beat.stage, beat.lease_token) == (2, "resizing", "lease-1")
+    fake.answer("WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse())
+    assert pending.result(RESULT_TIMEOUT) == 1
+    assert stopped.is_set()
+
+
+def test_lost_lease_drops_the_chunk_without_completing_it(fake, client):
+    observed = {}
+
+    def handler(task: jobpulse.Task) -> None:
+        task.progress(1)
+        observed["cancelled"] = task.cancel_event.wait(RESULT_TIMEOUT)
+
+    pending = _start(fake, client, handler)
+    fake.fail(
+        "WorkerService.ReportChunkProgress",
+        grpc.StatusCode.ABORTED,
+        "lease token is stale",
+        reason="LEASE_LOST",
+    )
+    # A CompleteChunk would block the worker waiting for an answer that never comes; run() returning proves
+    # none was sent.
+    assert pending.result(RESULT_TIMEOUT) == 1
+    assert observed == {"cancelled": True}
+
+
+def test_unavailable_claims_are_retried(fake, client):
+    def handler(task: jobpulse.Task) -> None:
+        return None
+
+    worker = jobpulse.Worker(client, worker_id="w1")
+    pending = fake.run(worker.run, handler, max_chunks=1)
+    fake.fail("WorkerService.ClaimChunks", grpc.StatusCode.UNAVAILABLE, "connection refused")
+    fake.answer("WorkerService.ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()]))
+    fake.answer("WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse())
+    assert pending.result(RESULT_TIMEOUT) == 1
+
+
+def test_a_claim_error_retrying_cannot_fix_stops_the_worker(fake, client):
+    worker = jobpulse.Worker(client, worker_id="w1")
+    pending = fake.run(worker.run, lambda task: None, max_chunks=1)
+    fake.fail(
+        "WorkerService.ClaimChunks", grpc.StatusCode.UNAUTHENTICATED, "bad key", reason="UNAUTHENTICATED"
+    )
+    with pytest.raises(jobpulse.errors.Unauthenticated):
+        pending.result(RESULT_TIMEOUT)

@@ -1,0 +1,198 @@
+"""Properties of the job/chunk state machine, driven through the real services on real SQLite.
+
+For any sequence of creates, claims, progress reports, completions, failures,
+cancels, retries and lease expiries: every job's summary sums to its total and
+equals a recount of its chunks, its state is the one its chunks imply, its
+items_done equals the sum over its chunks, and its revision never goes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from jobpulse_server import repository as repo
+from jobpulse_server.config import Config
+from jobpulse_server.db import Database
+from jobpulse_server.domain import ChunkState, JobState, Summary, derive_state
+from jobpulse_server.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
+from jobpulse_server.jobs import ANONYMOUS, JobService, NewJob
+from jobpulse_server.leases import WorkerService
+from jobpulse_server.watch_hub import ChangeHub
+
+
+class FakeClock:
+    """Time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class JobLifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.clock = FakeClock()
+        self.config = Config(retry_backoff=0.0, retry_backoff_max=0.0, cancel_deadline=5.0)
+        self.hub = ChangeHub()
+        self.db = Database(f"sqlite:///{Path(self.tmp.name) / 'sm.db'}")
+        self.run(self.db.start())
+        self.jobs = JobService(self.db, self.config, self.clock)
+        self.workers = WorkerService(self.db, self.hub, self.config, self.clock)
+        self.job_ids: list[str] = []
+        self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
+        # job id -> (revision, what the job and its chunks looked like at that revision)
+        self.seen: dict[str, tuple[int, object]] = {}
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        self.run(self.db.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    # --- rules ------------------------------------------------------------
+    @rule(
+        items=st.integers(1, 40),
+        size=st.integers(1, 12),
+        attempts=st.integers(1, 3),
+        priority=st.integers(0, 10),
+    )
+    def create(self, items: int, size: int, attempts: int, priority: int) -> None:
+        page = self.run(
+            self.jobs.create_job(
+                ANONYMOUS,
+                NewJob(
+                    kind="k", total_items=items, chunk_size=size, max_attempts=attempts, priority=priority
+                ),
+            )
+        )
+        self.job_ids.append(page.job.id)
+
+    @precondition(lambda self: self.job_ids)
+    @rule(n=st.integers(1, 4))
+    def claim(self, n: int) -> None:
+        for c in self.run(self.workers.claim("w", [], n, 10_000_000, 0)):
+            assert c.chunk.state == ChunkState.PROCESSING
+            self.leases.append((c.chunk.id, c.lease_token))
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data(), done=st.integers(0, 12))
+    def report(self, data: st.DataObject, done: int) -> None:
+        chunk_id, token = data.draw(st.sampled_from(self.leases))
+        try:
+            self.run(
+                self.workers.report_progress(
+                    chunk_id,
+                    token,
+                    items_done=done,
+                    stage="s",
+                    message="m",
+                    external_task_id="",
+                    lease_us=None,
+                )
+            )
+        except (LeaseLost, InvalidArgument):  # a stale lease, or items_done over the chunk's item_count
+            pass
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        lease = data.draw(st.sampled_from(self.leases))
+        try:
+            self.run(self.workers.complete(lease[0], lease[1], [], ""))
+        except LeaseLost:
+            pass
+        self.leases.remove(lease)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data(), retryable=st.booleans())
+    def fail(self, data: st.DataObject, retryable: bool) -> None:
+        lease = data.draw(st.sampled_from(self.leases))
+        try:
+            self.run(self.workers.fail(lease[0], lease[1], "E", "boom", retryable))
+        except LeaseLost:
+            pass
+        self.leases.remove(lease)
+
+    @precondition(lambda self: self.job_ids)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self.job_ids))
+        try:
+            self.run(self.jobs.cancel_job(ANONYMOUS, job_id, "test"))
+        except JobAlreadyTerminal:
+            pass
+
+    @precondition(lambda self: self.job_ids)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self.job_ids))
+        try:
+            self.run(self.jobs.retry_job(ANONYMOUS, job_id))
+        except JobNotRetryable:
+            pass
+
+    @rule(seconds=st.sampled_from([1, 11, 61]))
+    def time_passes_and_sweep(self, seconds: int) -> None:
+        self.clock.now += seconds * 1_000_000
+        self.run(self.workers.sweep())
+
+    # --- invariants ---------------------------------------------------------
+    @invariant()
+    def jobs_agree_with_their_chunks(self) -> None:
+        async def check() -> None:
+            async with self.db.read() as conn:
+                for job_id in self.job_ids:
+                    job = await repo.get_job(conn, job_id)
+                    assert job is not None
+                    chunks = await repo.list_chunks(conn, job_id)
+                    recount = Summary.recount([c.state for c in chunks])
+                    assert job.summary == recount
+                    assert job.summary.total == len(chunks)
+                    expected = derive_state(
+                        recount, cancel_requested=job.cancel_requested, started=job.start_time is not None
+                    )
+                    assert job.state == expected
+                    assert job.items_done == sum(c.items_done for c in chunks)
+                    assert 0 <= job.items_done <= job.total_items
+                    assert all(c.revision <= job.revision for c in chunks)
+                    assert all(0 <= c.items_done <= c.item_count for c in chunks)
+                    assert all(c.attempt <= c.max_attempts for c in chunks)
+                    if job.state == JobState.COMPLETED:
+                        assert job.items_done == job.total_items
+                    if job.state.terminal:
+                        assert job.end_time is not None
+                    seen = (
+                        job.state,
+                        job.items_done,
+                        job.stage,
+                        tuple((c.state, c.items_done, c.attempt, c.lease_token) for c in chunks),
+                    )
+                    before = self.seen.get(job_id)
+                    if before is not None:
+                        assert job.revision >= before[0], "revision went back"
+                        if seen != before[1]:
+                            assert job.revision > before[0], "the job changed but its revision did not grow"
+                    self.seen[job_id] = (job.revision, seen)
+
+        self.run(check())
+
+
+JobLifecycle.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestJobLifecycle = JobLifecycle.TestCase

@@ -1,0 +1,89 @@
+"""Watchers share reads, but never one that started before the change that woke them.
+
+A watcher spends its wake-up when it clears its event; if it then joined a read
+whose database snapshot predates the change, it would show stale state and wait
+for a change that already happened (a stream stuck until its deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import jobpulse
+from jobpulse_server.jobs import ANONYMOUS
+from jobpulse_server.watch import WatchService, _Delta
+
+KIND = "watch-shared"
+
+
+def test_a_read_started_before_a_change_is_not_shared_with_watchers_it_woke(
+    make_server: Callable[..., Any],
+) -> None:
+    srv = make_server()
+    app = srv.app
+    with jobpulse.Client(srv.address, timeout=30) as client:
+        job = client.create_job(KIND, 2, chunk_size=1)
+
+    async def scenario() -> tuple[int, int, int]:
+        svc = WatchService(app.db, app.hub, app.config)
+        real_read = svc._read_now
+        snapshot_taken = asyncio.Event()
+        release = asyncio.Event()
+        calls = 0
+
+        async def gated_read(who: Any, job_id: str, after: int) -> _Delta:
+            nonlocal calls
+            calls += 1
+            delta = await real_read(who, job_id, after)
+            if calls == 1:
+                # The first read has its snapshot; hold it until the change is committed.
+                snapshot_taken.set()
+                await release.wait()
+            return delta
+
+        svc._read_now = gated_read  # type: ignore[method-assign]
+        with app.hub.subscribe(job.id) as changed:
+            first = asyncio.ensure_future(svc._read(ANONYMOUS, job.id, job.revision))
+            await asyncio.wait_for(snapshot_taken.wait(), 30)
+            await app.jobs.update_job(ANONYMOUS, job.id, priority=7, labels=None, display_name=None)
+            assert changed.is_set(), "the commit must wake the job's watchers"
+            changed.clear()
+            second = asyncio.ensure_future(svc._read(ANONYMOUS, job.id, job.revision))
+            await asyncio.sleep(0)  # let the second read start (or join the first)
+            release.set()
+            stale, fresh = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        return stale.job.revision, fresh.job.revision, calls
+
+    stale_revision, fresh_revision, reads = srv.call(scenario())
+    assert stale_revision == job.revision
+    assert fresh_revision > job.revision, "the woken watcher was handed a read from before its change"
+    assert reads == 2
+
+
+def test_watchers_woken_by_the_same_change_share_one_read(make_server: Callable[..., Any]) -> None:
+    srv = make_server()
+    app = srv.app
+    with jobpulse.Client(srv.address, timeout=30) as client:
+        job = client.create_job(KIND, 2, chunk_size=1)
+
+    async def scenario() -> tuple[list[int], int]:
+        svc = WatchService(app.db, app.hub, app.config)
+        real_read = svc._read_now
+        calls = 0
+
+        async def counted_read(who: Any, job_id: str, after: int) -> _Delta:
+            nonlocal calls
+            calls += 1
+            return await real_read(who, job_id, after)
+
+        svc._read_now = counted_read  # type: ignore[method-assign]
+        with app.hub.subscribe(job.id):
+            await app.jobs.update_job(ANONYMOUS, job.id, priority=3, labels=None, display_name=None)
+            deltas = await asyncio.gather(*(svc._read(ANONYMOUS, job.id, job.revision) for _ in range(50)))
+        return [d.job.revision for d in deltas], calls
+
+    revisions, reads = srv.call(scenario())
+    assert len(set(revisions)) == 1 and revisions[0] > job.revision
+    assert reads == 1
