@@ -1,0 +1,73 @@
+"""The baseline: a bare grpc.aio JobService whose GetJob returns a pre-built response, no database.
+
+Responses are parsed once when registered and handed back as the same message object on every
+call, so a call costs what grpc.aio itself costs: the transport, request parsing and response
+serialization. The server options match jobpulse's (``jobpulse_server.app.create_server``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
+
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class BareJobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """GetJob answers from a dict keyed by job id; every other RPC is UNIMPLEMENTED (inherited).
+
+    Registered with the generated ``add_JobServiceServicer_to_server``, as jobpulse's servicer is, so
+    both servers take the same registered-method path through grpc.aio.
+    """
+
+    def __init__(self) -> None:
+        self._responses: dict[str, job_service_pb2.GetJobResponse] = {}
+
+    def set_response(self, job_id: str, payload: bytes) -> None:
+        self._responses[job_id] = job_service_pb2.GetJobResponse.FromString(payload)
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> job_service_pb2.GetJobResponse:
+        response = self._responses.get(request.job_id)
+        if response is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no response registered for {request.job_id!r}")
+            raise AssertionError("abort returned")
+        return response
+
+
+async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
+    """Starts the bare server on 127.0.0.1, any free port."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # The generated stubs mark every RPC abstract; the ones not overridden answer UNIMPLEMENTED.
+    servicer = BareJobServicer()  # type: ignore[abstract]
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port, servicer
+
+
+def padded_get_job_response(size: int, job_id: str) -> bytes:
+    """A serialized GetJobResponse of ``size`` bytes (a job whose message is padding).
+
+    Exact, except next to a varint boundary where no message has that size: then one byte over.
+    """
+    msg = job_service_pb2.GetJobResponse()
+    msg.job.id = job_id
+    room = size - msg.ByteSize()
+    for target in (size, size + 1):
+        # Tag and length varints grow with the padding, so some sizes need a second padded field.
+        for extra in range(4):
+            msg.job.display_name = "y" * extra
+            for pad in range(max(0, room - 16), room + 1):
+                msg.job.message = "x" * pad
+                if msg.ByteSize() == target:
+                    return msg.SerializeToString()
+    raise ValueError(f"cannot pad a GetJobResponse to {size} bytes")

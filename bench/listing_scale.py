@@ -1,0 +1,803 @@
+"""ListJobs at scale: first page vs a page ~90% deep, on PostgreSQL and on SQLite.
+
+    python -m bench.listing_scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
+    python -m bench.listing_scale --quick         # 100,000 / 50,000
+    python -m bench.listing_scale --pg-jobs 0     # SQLite only (0 skips a backend)
+
+Jobs are bulk-loaded straight into the schema the migrations create (COPY on PostgreSQL,
+executemany on SQLite; secondary indexes dropped during the load and re-created from their own
+definitions afterwards). A jobpulse server then runs in a process of its own and this process
+pages through ListJobs over gRPC: the deep page is reached by following next_page_token from the
+first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
+
+Then, with SQL captured from jobpulse_server.repository itself (the statements SQLAlchemy emits,
+with their parameters), it times the page query, the COUNT(*) behind total_size and a row-value
+form of the keyset predicate, and writes EXPLAIN (ANALYZE, BUFFERS) plans, also of the
+ClaimChunks query over 200,000 chunks, to bench/plans.txt.
+
+PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
+its own is created for the run and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from sqlalchemy import event, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bench import report
+from bench.procs import ServerProcess
+from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from jobpulse_server import repository as repo
+from jobpulse_server.db import Database
+from jobpulse_server.domain import ChunkState, JobState
+from jobpulse_server.tables import chunks as chunks_table
+from jobpulse_server.tables import jobs as jobs_table
+
+PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PLANS = Path(__file__).resolve().parent / "plans.txt"
+ORDERS = ("create_time desc", "priority desc", "update_time desc")
+FILTERS: dict[str, list[JobState]] = {"all": [], "COMPLETED": [JobState.COMPLETED]}
+PAGE = 100
+DEPTH = 0.9
+TIMEOUT = 120.0
+
+# --- synthetic jobs ----------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_B32_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
+KINDS = (("ingest", 30), ("transcode", 20), ("thumbnail", 15), ("report", 10), ("export", 10))
+KINDS += (("reindex", 6), ("ocr", 5), ("backup", 4))
+OWNERS = ("anonymous", "svc-ingest", "svc-reports", "alice", "bob")
+TEAMS = ("media", "search", "billing", "data")
+PRIORITY_WEIGHTS = (3, 2, 3, 5, 7, 50, 7, 6, 5, 4, 8)  # priorities 0..10
+# The columns job_rows fills, in its tuple order; other NOT NULL columns get _extra_value.
+_FILLED = (
+    "id owner request_id display_name kind state stage message priority labels job_metadata total_items "
+    "chunk_size max_attempts revision n_pending n_processing n_completed n_failed n_cancelled items_done "
+    "error_reason error_message error_chunk_index cancel_requested cancel_reason cancel_time create_time "
+    "update_time start_time end_time"
+).split()
+_EXTRA = [c for c in jobs_table.columns if c.name not in _FILLED and not c.nullable]
+JOB_COLUMNS = _FILLED + [c.name for c in _EXTRA]
+CHUNK_COLUMNS = [c.name for c in chunks_table.columns]
+
+
+def _extra_value(column: Any, i: int) -> Any:
+    """A value for a NOT NULL jobs column this file does not know (the schema is still moving)."""
+    if column.name == "change_seq":
+        return i + 1
+    default = getattr(column.default, "arg", None)
+    if default is not None and not callable(default):
+        return default
+    python_type = column.type.python_type
+    return python_type() if python_type in (str, bool, int, float) else 0
+
+
+def _ulid(ms: int, rng: random.Random) -> str:
+    """A ULID like jobpulse_server.ids makes: 48-bit milliseconds then 80 random bits."""
+    head = []
+    for _ in range(10):
+        head.append(_CROCKFORD[ms & 31])
+        ms >>= 5
+    tail = base64.b32encode(rng.randbytes(10)).decode().translate(_B32_TO_CROCKFORD)
+    return "".join(reversed(head)) + tail
+
+
+def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+    """``n`` jobs in creation order over the last 30 days, as tuples in JOB_COLUMNS order.
+
+    The newest 2% are PENDING or PROCESSING; older ones COMPLETED (88%), FAILED (7%) or
+    CANCELLED (5%). Counts, items, times and error/cancel fields agree with the state.
+    """
+    rng = random.Random(seed)
+    span = 30 * 86_400 * 1_000_000
+    kinds = [k for k, _ in KINDS]
+    kind_w = [w for _, w in KINDS]
+    creates = sorted(now_us - span + rng.randrange(span - 3_600_000_000) for _ in range(n))
+    active_from = int(n * 0.98)
+    out: list[tuple[Any, ...]] = []
+    for i, create in enumerate(creates):
+        kind = rng.choices(kinds, kind_w)[0]
+        owner = OWNERS[i % len(OWNERS)]
+        priority = rng.choices(range(11), PRIORITY_WEIGHTS)[0]
+        chunk_size = rng.choice((100, 500, 1000))
+        total = rng.randint(1, 200_000)
+        n_chunks = -(-total // chunk_size)
+        pending = processing = completed = failed = cancelled = 0
+        items_done = 0
+        stage = message = error_reason = error_message = cancel_reason = ""
+        error_chunk = cancel_time = start = end = None
+        cancel_requested = False
+        if i >= active_from:
+            state = JobState.PENDING if rng.random() < 0.6 else JobState.PROCESSING
+        else:
+            r = rng.random()
+            state = JobState.COMPLETED if r < 0.88 else JobState.FAILED if r < 0.95 else JobState.CANCELLED
+        if state == JobState.PENDING:
+            pending = n_chunks
+            update = create
+        elif state == JobState.PROCESSING:
+            processing = min(4, n_chunks)
+            completed = rng.randint(0, n_chunks - processing)
+            pending = n_chunks - processing - completed
+            items_done = min(total, completed * chunk_size)
+            start = create + rng.randint(10_000, 5_000_000)
+            update = max(start, now_us - rng.randint(0, 60_000_000))
+            stage, message = "processing", f"{completed}/{n_chunks} chunks"
+        else:
+            start = create + rng.randint(10_000, 5_000_000)
+            end = start + int(rng.lognormvariate(17.0, 1.2))  # median ~24 s of work
+            update = end
+            if state == JobState.COMPLETED:
+                completed, items_done, stage = n_chunks, total, "done"
+            elif state == JobState.FAILED:
+                failed = rng.randint(1, min(3, n_chunks))
+                completed = n_chunks - failed
+                items_done = min(total, completed * chunk_size)
+                error_chunk = rng.randrange(n_chunks)
+                error_reason, error_message = "CHUNK_FAILED", "worker error: exit status 1"
+            else:
+                completed = rng.randint(0, n_chunks - 1)
+                cancelled = n_chunks - completed
+                items_done = min(total, completed * chunk_size)
+                cancel_requested, cancel_reason, cancel_time = True, "cancelled by user", end - 1_000
+        team = TEAMS[i % len(TEAMS)]
+        out.append(
+            (
+                _ulid(create // 1000, rng),  # id
+                owner,
+                f"req-{i:08d}" if i % 3 == 0 else None,  # request_id
+                f"{kind} {team} {i:07d}",  # display_name
+                kind,
+                int(state),
+                stage,
+                message,
+                priority,
+                json.dumps({"team": team, "env": "prod" if i % 4 else "staging"}),  # labels
+                json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner}),
+                total,
+                chunk_size,
+                3,  # max_attempts
+                1 + 2 * (completed + failed) + processing + (1 if cancelled else 0),  # revision
+                pending,
+                processing,
+                completed,
+                failed,
+                cancelled,
+                items_done,
+                error_reason,
+                error_message,
+                error_chunk,
+                cancel_requested,
+                cancel_reason,
+                cancel_time,
+                create,
+                update,
+                start,
+                end,
+                *(_extra_value(c, i) for c in _EXTRA),
+            )
+        )
+        if len(out) >= batch:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+def chunk_rows(job_ids: list[str], per_job: int, now_us: int, seed: int = 11) -> list[tuple[Any, ...]]:
+    """Chunks for the ClaimChunks plan: 60% COMPLETED, 30% PENDING (a tenth backed off), 10% PROCESSING.
+
+    PROCESSING leases end a day from now so the server's sweeper leaves them alone.
+    """
+    rng = random.Random(seed)
+    out = []
+    for job_id in job_ids:
+        priority = rng.choices(range(11), PRIORITY_WEIGHTS)[0]
+        kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
+        for idx in range(per_job):
+            r = rng.random()
+            state = (
+                ChunkState.COMPLETED if r < 0.6 else ChunkState.PENDING if r < 0.9 else ChunkState.PROCESSING
+            )
+            lease = token = next_attempt = start = end = None
+            attempt, done = 0, 0
+            if state == ChunkState.COMPLETED:
+                attempt, done, start, end = 1, 100, now_us - 3_600_000_000, now_us - 3_000_000_000
+            elif state == ChunkState.PROCESSING:
+                attempt, start = 1, now_us - 10_000_000
+                lease, token = now_us + 86_400_000_000, f"tok-{job_id}-{idx}"
+            elif rng.random() < 0.1:
+                attempt, next_attempt = 1, now_us + rng.randint(-60_000_000, 60_000_000)
+            out.append(
+                (
+                    f"{job_id}-{idx}",
+                    job_id,
+                    idx,
+                    int(state),
+                    idx * 100,  # item_start
+                    100,  # item_count
+                    done,
+                    attempt,
+                    3,  # max_attempts
+                    "bench-worker" if attempt else "",
+                    "",  # external_task_id
+                    "",  # error_reason
+                    "",  # error_message
+                    token,
+                    lease,
+                    60_000_000 if lease else None,  # lease_duration
+                    next_attempt,
+                    1 + attempt,  # revision
+                    priority,
+                    kind,
+                    start,
+                    end,
+                )
+            )
+    return out
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+def _dsn(database: str) -> str:
+    base, _, _ = PG_ADMIN.rpartition("/")
+    return f"{base}/{database}"
+
+
+@dataclass
+class Backend:
+    name: str  # "postgresql" | "sqlite"
+    url: str  # for the server and SQLAlchemy
+    n_jobs: int
+    tmpdir: str = ""
+    pg_db: str = ""
+    load: dict[str, float] = field(default_factory=dict)
+
+
+async def create_backend(name: str, n_jobs: int) -> Backend:
+    if name == "postgresql":
+        db = f"jobpulse_listing_{os.getpid()}"
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+            await admin.execute(f'CREATE DATABASE "{db}"')
+        finally:
+            await admin.close()
+        return Backend(name, _dsn(db), n_jobs, pg_db=db)
+    tmp = tempfile.mkdtemp(prefix="jobpulse-listing-")
+    return Backend(name, f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
+
+
+async def drop_backend(b: Backend) -> None:
+    if b.pg_db:
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{b.pg_db}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    if b.tmpdir:
+        shutil.rmtree(b.tmpdir, ignore_errors=True)
+
+
+async def migrate(b: Backend) -> None:
+    db = Database(b.url)
+    await db.start()  # runs the Alembic migrations
+    await db.close()
+
+
+async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int) -> list[str]:
+    """COPYs the jobs (and chunks of ``chunk_jobs`` of the newest jobs); returns those job ids."""
+    conn = await asyncpg.connect(_dsn(b.pg_db))
+    try:
+        t0 = time.perf_counter()
+        indexes = await conn.fetch(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+            "AND tablename IN ('jobs', 'chunks') AND indexname NOT LIKE '%_pkey'"
+        )
+        for r in indexes:
+            await conn.execute(f'DROP INDEX "{r["indexname"]}"')
+        gen = 0.0
+        last_ids: list[str] = []
+        g0 = time.perf_counter()
+        for rows in job_rows(b.n_jobs, now_us):
+            gen += time.perf_counter() - g0
+            await conn.copy_records_to_table("jobs", records=rows, columns=JOB_COLUMNS)
+            last_ids = [r[0] for r in rows[-chunk_jobs:]]
+            g0 = time.perf_counter()
+        t_jobs = time.perf_counter() - t0
+        picked = last_ids[-chunk_jobs:] if chunk_jobs else []
+        if picked:
+            await conn.copy_records_to_table(
+                "chunks", records=chunk_rows(picked, chunks_per_job, now_us), columns=CHUNK_COLUMNS
+            )
+        t1 = time.perf_counter()
+        for r in indexes:
+            await conn.execute(r["indexdef"])
+        t_idx = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        await conn.execute("VACUUM ANALYZE jobs")
+        await conn.execute("VACUUM ANALYZE chunks")
+        b.load = {
+            "copy_jobs_s": t_jobs,
+            "python_generate_s": gen,
+            "indexes_s": t_idx,
+            "vacuum_analyze_s": time.perf_counter() - t2,
+            "total_s": time.perf_counter() - t0,
+        }
+        size = await conn.fetchval("SELECT pg_total_relation_size('jobs')")
+        b.load["jobs_mb"] = size / 1e6
+        return picked
+    finally:
+        await conn.close()
+
+
+def load_sqlite(b: Backend, now_us: int) -> None:
+    path = b.url.removeprefix("sqlite:///")
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        t0 = time.perf_counter()
+        indexes = con.execute(
+            "SELECT name, sql FROM sqlite_master "
+            "WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _ in indexes:
+            con.execute(f'DROP INDEX "{name}"')
+        sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+        con.execute("BEGIN")
+        for rows in job_rows(b.n_jobs, now_us):
+            con.executemany(sql, rows)
+        con.execute("COMMIT")
+        t_rows = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _, ddl in indexes:
+            con.execute(ddl)
+        b.load = {
+            "insert_jobs_s": t_rows,
+            "indexes_s": time.perf_counter() - t1,
+            "total_s": time.perf_counter() - t0,
+        }
+    finally:
+        con.close()  # checkpoints the WAL
+    b.load["db_mb"] = os.path.getsize(path) / 1e6
+
+
+# --- gRPC: walk and time -----------------------------------------------------------------------
+
+
+def _p50(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _key_of(job: job_pb2.Job, order: str) -> list[Any]:
+    """The sort key of a listed job, from the response (to run the same page in SQL)."""
+    if order == "priority desc":
+        return [job.priority, job.id]
+    if order == "update_time desc":
+        return [job.update_time.seconds * 1_000_000 + job.update_time.nanos // 1000, job.id]
+    return [job.id]
+
+
+@dataclass
+class Listing:
+    order: str
+    filter_name: str
+    states: list[JobState]
+    total: int = 0
+    target_rows: int = 0
+    deep_rows: int = 0  # rows before the deep page
+    pages_walked: int = 0
+    walk_s: float = 0.0
+    reached: bool = False
+    token: str = ""
+    deep_key: list[Any] | None = None  # key of the last row before the deep page
+    first_ms: float = 0.0
+    deep_ms: float = 0.0
+    sql: dict[str, float] = field(default_factory=dict)  # p50 ms per query
+    deep90_key: list[Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.order}, {self.filter_name}"
+
+
+def _request(lst: Listing, token: str = "") -> job_service_pb2.ListJobsRequest:
+    return job_service_pb2.ListJobsRequest(
+        page_size=PAGE,
+        page_token=token,
+        order_by=lst.order,
+        states=[int(s) for s in lst.states],  # type: ignore[misc]
+        view=job_pb2.JOB_VIEW_BASIC,
+    )
+
+
+async def walk(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, deadline: float) -> None:
+    """Follows next_page_token from the first page until ~DEPTH deep (or the time budget is spent)."""
+    t0 = time.perf_counter()
+    first = await stub.ListJobs(_request(lst), timeout=TIMEOUT)
+    lst.total = first.total_size
+    lst.target_rows = int(lst.total * DEPTH) // PAGE * PAGE
+    resp, rows, pages = first, len(first.jobs), 1
+    while resp.next_page_token and rows < lst.target_rows and time.perf_counter() < deadline:
+        lst.token, lst.deep_key = resp.next_page_token, _key_of(resp.jobs[-1], lst.order)
+        resp = await stub.ListJobs(_request(lst, lst.token), timeout=TIMEOUT)
+        rows += len(resp.jobs)
+        pages += 1
+    if resp.next_page_token:  # the page after the last one fetched is the deep page
+        lst.token, lst.deep_key = resp.next_page_token, _key_of(resp.jobs[-1], lst.order)
+        lst.deep_rows = rows
+    else:
+        lst.deep_rows = rows - len(resp.jobs)
+    lst.reached = lst.deep_rows >= lst.target_rows
+    lst.pages_walked = pages
+    lst.walk_s = time.perf_counter() - t0
+
+
+async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, repeats: int) -> None:
+    first_req, deep_req = _request(lst), _request(lst, lst.token)
+    for req in (first_req, deep_req):  # warm-up: caches, prepared statements
+        await stub.ListJobs(req, timeout=TIMEOUT)
+    first, deep = [], []
+    for _ in range(repeats):
+        for req, out in ((first_req, first), (deep_req, deep)):
+            t = time.perf_counter()
+            await stub.ListJobs(req, timeout=TIMEOUT)
+            out.append(time.perf_counter() - t)
+    lst.first_ms, lst.deep_ms = _p50(first) * 1e3, _p50(deep) * 1e3
+
+
+async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
+    server = ServerProcess("jobpulse", b.url)
+    try:
+        server.wait_ready()
+        async with grpc.aio.insecure_channel(
+            server.target, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+        ) as channel:
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            deadline = time.perf_counter() + walk_seconds if walk_seconds > 0 else math.inf
+            await asyncio.gather(*(walk(stub, lst, deadline) for lst in listings))
+            for lst in listings:
+                await time_pages(stub, lst, repeats)
+    finally:
+        server.stop()
+
+
+# --- SQL: the statements the repository emits ---------------------------------------------------
+
+
+class Capture:
+    """Records the (statement, parameters) SQLAlchemy sends to the driver while ``on``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.on = False
+        self.seen: list[tuple[str, Any]] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, _conn: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+        if self.on:
+            self.seen.append((statement, parameters))
+
+    async def of(self, coro: Any) -> tuple[str, Any]:
+        self.seen.clear()
+        self.on = True
+        try:
+            await coro
+        finally:
+            self.on = False
+        assert len(self.seen) == 1, self.seen
+        return self.seen[0]
+
+
+async def _run(conn: AsyncConnection, stmt: tuple[str, Any]) -> int:
+    return len((await conn.exec_driver_sql(stmt[0], stmt[1])).all())
+
+
+async def _time_sql(conn: AsyncConnection, stmt: tuple[str, Any], repeats: int) -> float:
+    await _run(conn, stmt)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        await _run(conn, stmt)
+        times.append(time.perf_counter() - t)
+    return _p50(times) * 1e3
+
+
+async def _explain(conn: AsyncConnection, dialect: str, stmt: tuple[str, Any]) -> str:
+    prefix = "EXPLAIN (ANALYZE, BUFFERS) " if dialect == "postgresql" else "EXPLAIN QUERY PLAN "
+    rows = (await conn.exec_driver_sql(prefix + stmt[0], stmt[1])).all()
+    if dialect == "postgresql":
+        return "\n".join(r[0] for r in rows)
+    return "\n".join(f"{r[0]:>3} {r[1]:>3}  {r[-1]}" for r in rows)
+
+
+def _row_value_page(conn: AsyncConnection, f: repo.JobFilter, order: str, after: list[Any]) -> Any:
+    """The page query with ``(k1, k2) < (v1, v2)`` in place of the OR-of-ANDs keyset predicate."""
+    cols, desc = repo.ORDERS[order]
+    keys = [jobs_table.c[c] for c in cols]
+    pred = tuple_(*keys) < tuple_(*after) if desc else tuple_(*keys) > tuple_(*after)
+    return (
+        select(jobs_table)
+        .where(*repo._filter_clauses(conn, f), pred)
+        .order_by(*[(k.desc() if desc else k) for k in keys])
+        .limit(PAGE + 1)
+    )
+
+
+async def _nth_key(conn: AsyncConnection, f: repo.JobFilter, order: str, n: int) -> list[Any]:
+    """The sort key of the n-th row (1-based) of a listing, by OFFSET: SQL-side only."""
+    cols, desc = repo.ORDERS[order]
+    keys = [jobs_table.c[c] for c in cols]
+    q = (
+        select(*keys)
+        .where(*repo._filter_clauses(conn, f))
+        .order_by(*[(k.desc() if desc else k) for k in keys])
+        .offset(n - 1)
+        .limit(1)
+    )
+    return list((await conn.execute(q)).one())
+
+
+_ALL_JOB_COLUMNS = ", ".join(f"jobs.{c.name}" for c in jobs_table.columns)
+
+
+def _fmt_stmt(stmt: tuple[str, Any]) -> str:
+    sql = stmt[0].replace(_ALL_JOB_COLUMNS, "<all jobs columns>")
+    return f"{sql.strip()}\n-- parameters: {list(stmt[1]) if stmt[1] is not None else []}"
+
+
+async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> dict[str, Any]:
+    """Times count / first / deep (as walked and at 90%) / row-value deep; EXPLAINs them."""
+    engine = create_async_engine(Database(b.url).url)
+    cap = Capture(engine)
+    dialect = b.name
+    out: dict[str, Any] = {}
+    add = plans.append
+    add("#" * 110)
+    add(
+        f"# {b.name}: {b.n_jobs:,} jobs; "
+        + ("EXPLAIN (ANALYZE, BUFFERS)" if dialect == "postgresql" else "EXPLAIN QUERY PLAN")
+        + "; SELECT <all jobs columns> stands for the column list"
+    )
+    add("#" * 110)
+    try:
+        async with engine.connect() as conn:
+            counted: set[str] = set()
+            for lst in listings:
+                f = repo.JobFilter(states=list(lst.states))
+                first = await cap.of(repo.list_jobs(conn, f, lst.order, None, PAGE + 1))
+                count = await cap.of(repo.count_jobs(conn, f))
+                lst.deep90_key = await _nth_key(conn, f, lst.order, lst.target_rows)
+                deep90 = await cap.of(repo.list_jobs(conn, f, lst.order, lst.deep90_key, PAGE + 1))
+                rowval = await cap.of(conn.execute(_row_value_page(conn, f, lst.order, lst.deep90_key)))
+                walked = None
+                if lst.deep_key is not None:
+                    walked = await cap.of(repo.list_jobs(conn, f, lst.order, lst.deep_key, PAGE + 1))
+                lst.sql = {
+                    "count": await _time_sql(conn, count, repeats),
+                    "first": await _time_sql(conn, first, repeats),
+                    "deep90_or": await _time_sql(conn, deep90, repeats),
+                    "deep90_rowvalue": await _time_sql(conn, rowval, repeats),
+                }
+                if walked is not None:
+                    lst.sql["walked_or"] = await _time_sql(conn, walked, repeats)
+                sections = [
+                    (f"ListJobs first page [{lst.label}]", first),
+                    (
+                        f"ListJobs page {lst.target_rows:,} rows deep, as emitted [{lst.label}]",
+                        deep90,
+                    ),
+                    (f"same page, row-value keyset (alternative, not emitted) [{lst.label}]", rowval),
+                ]
+                if lst.filter_name not in counted:
+                    counted.add(lst.filter_name)
+                    sections.append((f"ListJobs total_size COUNT(*) [{lst.filter_name}]", count))
+                for title, stmt in sections:
+                    add("")
+                    add(f"=== {title}")
+                    add(_fmt_stmt(stmt))
+                    add("--- plan")
+                    add(await _explain(conn, dialect, stmt))
+            if dialect == "postgresql":
+                out["claim"] = await _claim_plans(conn, cap, repeats, plans)
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    return out
+
+
+async def _claim_plans(conn: AsyncConnection, cap: Capture, repeats: int, plans: list[str]) -> dict[str, Any]:
+    n_chunks = (await conn.exec_driver_sql("SELECT count(*) FROM chunks")).scalar_one()
+    pending = (await conn.exec_driver_sql("SELECT count(*) FROM chunks WHERE state = 1")).scalar_one()
+    now = time.time_ns() // 1000
+    res: dict[str, Any] = {"chunks": n_chunks, "pending": pending}
+    for limit, kinds in ((1, []), (10, []), (10, ["ocr"])):
+        await conn.rollback()
+        stmt = await cap.of(repo.pick_claimable(conn, kinds=kinds, now=now, limit=limit))
+        await conn.rollback()
+        res[f"limit={limit} kinds={kinds}"] = await _time_sql(conn, stmt, repeats)
+        await conn.rollback()
+        plans.append("")
+        plans.append(
+            f"=== ClaimChunks pick (repository.pick_claimable, limit={limit}, kinds={kinds}); "
+            f"{n_chunks:,} chunks, {pending:,} PENDING"
+        )
+        plans.append(_fmt_stmt(stmt))
+        plans.append("--- plan")
+        plans.append(await _explain(conn, "postgresql", stmt))
+        await conn.rollback()
+    return res
+
+
+# --- run and print -----------------------------------------------------------------------------
+
+
+async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: list[str]) -> dict[str, Any]:
+    b = await create_backend(name, n_jobs)
+    listings = [Listing(o, fname, states) for o in ORDERS for fname, states in FILTERS.items()]
+    res: dict[str, Any] = {"backend": b, "listings": listings}
+    try:
+        await migrate(b)
+        now = time.time_ns() // 1000
+        print(f"[{name}] loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
+        if name == "postgresql":
+            await load_pg(b, now, args.claim_chunks // 500, 500)
+        else:
+            await asyncio.to_thread(load_sqlite, b, now)
+        print(f"[{name}] loaded in {b.load['total_s']:.1f} s; walking ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        walk_s = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
+        await grpc_phase(b, listings, walk_s, args.repeats)
+        res["grpc_s"] = time.perf_counter() - t0
+        print(f"[{name}] gRPC phase {res['grpc_s']:.1f} s; SQL ...", file=sys.stderr, flush=True)
+        t1 = time.perf_counter()
+        res.update(await sql_phase(b, listings, args.sql_repeats, plans))
+        res["sql_s"] = time.perf_counter() - t1
+    finally:
+        await drop_backend(b)
+    return res
+
+
+def _est90(lst: Listing) -> float:
+    return lst.deep_ms - lst.sql.get("walked_or", 0.0) + lst.sql["deep90_or"]
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
+    m = report.machine_facts()
+    lines: list[str] = []
+    add = lines.append
+    add("=" * 110)
+    add(
+        f"ListJobs at scale ({'quick' if args.quick else 'full'} run, {elapsed:.0f} s); "
+        f"page_size {PAGE}, BASIC view"
+    )
+    add(f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | {m['cpu_model']}")
+    for res in results:
+        b: Backend = res["backend"]
+        add("-" * 110)
+        load = ", ".join(f"{k} {v:,.1f}" for k, v in b.load.items())
+        add(f"{b.name}: {b.n_jobs:,} jobs ({load})")
+        add(
+            f"  gRPC ListJobs, server in its own process; p50 of {args.repeats} calls (ms); deep page "
+            f"reached by following next_page_token (6 walks side by side, budget {res['walk_budget']})"
+        )
+        add(
+            f"  {'order, filter':<30}{'total':>10}{'deep at row':>13}{'pages/s walked':>16}"
+            f"{'first':>9}{'deep':>9}{'deep/first':>12}{'<=1.5':>7}"
+        )
+        for lst in res["listings"]:
+            depth = f"{lst.deep_rows:,}" + ("" if lst.reached else "*")
+            walk = f"{lst.pages_walked:,}/{lst.walk_s:.0f}s"
+            ratio = lst.deep_ms / lst.first_ms
+            add(
+                f"  {lst.label:<30}{lst.total:>10,}{depth:>13}{walk:>16}"
+                f"{lst.first_ms:>9.1f}{lst.deep_ms:>9.1f}{ratio:>12.2f}{'yes' if ratio <= 1.5 else 'NO':>7}"
+            )
+        short = [lst for lst in res["listings"] if not lst.reached]
+        if short:
+            add(f"  * walk budget spent before {DEPTH:.0%} depth; at the pace seen, reaching it would take:")
+            for lst in short:
+                est = lst.walk_s * lst.target_rows / max(1, lst.deep_rows)  # linear: optimistic
+                add(
+                    f"      {lst.label:<30} {lst.target_rows:,} rows: ~{est:,.0f} s "
+                    f"({lst.walk_s:.0f} s for {lst.deep_rows:,})"
+                )
+        add(f"  SQL alone (statements from jobpulse_server.repository), p50 of {args.sql_repeats} (ms);")
+        add(
+            f"  '90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; "
+            "'walked' = the page the gRPC walk reached"
+        )
+        add(
+            f"  {'order, filter':<30}{'COUNT(*)':>9}{'first':>8}{'walked OR':>11}{'90% OR':>9}"
+            f"{'90% rowval':>12}{'90%OR/first':>13}{'rowval/first':>14}"
+        )
+        for lst in res["listings"]:
+            s = lst.sql
+            walked = f"{s['walked_or']:.1f}" if "walked_or" in s else "-"
+            add(
+                f"  {lst.label:<30}{s['count']:>9.1f}{s['first']:>8.1f}{walked:>11}{s['deep90_or']:>9.1f}"
+                f"{s['deep90_rowvalue']:>12.1f}{s['deep90_or'] / s['first']:>13.1f}"
+                f"{s['deep90_rowvalue'] / s['first']:>14.1f}"
+            )
+        if short:
+            add(
+                "  estimated gRPC page 90% deep where the walk fell short (gRPC deep - SQL walked + SQL 90%):"
+            )
+            for lst in short:
+                add(
+                    f"      {lst.label:<30} ~{_est90(lst):,.0f} ms = "
+                    f"{_est90(lst) / lst.first_ms:.1f}x the first page"
+                )
+        add(
+            "  COUNT(*) share of a gRPC first page: "
+            + ", ".join(f"{lst.label} {lst.sql['count'] / lst.first_ms:.0%}" for lst in res["listings"])
+        )
+        if "claim" in res:
+            c = res["claim"]
+            add(
+                f"  ClaimChunks pick (repository.pick_claimable, FOR UPDATE SKIP LOCKED), "
+                f"{c['chunks']:,} chunks ({c['pending']:,} PENDING), p50 ms: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in c.items() if k.startswith("limit"))
+            )
+    add("=" * 110)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="100k jobs on PostgreSQL, 50k on SQLite")
+    p.add_argument("--pg-jobs", type=int, default=None, help="jobs on PostgreSQL (0: skip)")
+    p.add_argument("--sqlite-jobs", type=int, default=None, help="jobs on SQLite (0: skip)")
+    p.add_argument("--repeats", type=int, default=20, help="gRPC calls per timed page")
+    p.add_argument("--sql-repeats", type=int, default=10, help="executions per timed SQL statement")
+    p.add_argument("--pg-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
+    p.add_argument("--sqlite-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
+    p.add_argument("--claim-chunks", type=int, default=200_000, help="chunks loaded for the claim plan")
+    p.add_argument("--plans", type=Path, default=PLANS, help="where to write the plans")
+    args = p.parse_args(argv)
+    if args.pg_jobs is None:
+        args.pg_jobs = 100_000 if args.quick else 1_000_000
+    if args.sqlite_jobs is None:
+        args.sqlite_jobs = 50_000 if args.quick else 200_000
+    if args.pg_walk_seconds is None:
+        args.pg_walk_seconds = 60.0 if args.quick else 90.0
+    if args.sqlite_walk_seconds is None:
+        args.sqlite_walk_seconds = 60.0 if args.quick else 45.0
+    plans: list[str] = []
+    results = []
+    t0 = time.perf_counter()
+    for name, n in (("postgresql", args.pg_jobs), ("sqlite", args.sqlite_jobs)):
+        if n > 0:
+            res = asyncio.run(run_backend(name, n, args, plans))
+            budget = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
+            res["walk_budget"] = f"{budget:.0f} s" if budget > 0 else "none"
+            results.append(res)
+            args.plans.write_text("\n".join(plans) + "\n")
+            print(render([res], args, time.perf_counter() - t0), flush=True)
+    elapsed = time.perf_counter() - t0
+    print(f"all done in {elapsed:.0f} s; plans written to {args.plans}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

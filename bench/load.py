@@ -1,0 +1,96 @@
+"""Load generation helpers: closed-loop rate at a fixed concurrency, sequential latency, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.procs import ServerProcess
+
+Call = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Rate:
+    """Calls completed in a closed loop, and the CPU time the server and this process used meanwhile."""
+
+    calls: int
+    seconds: float
+    server_cpu_seconds: float | None
+    client_cpu_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_cpu_us_per_call(self) -> float | None:
+        if self.server_cpu_seconds is None or not self.calls:
+            return None
+        return self.server_cpu_seconds / self.calls * 1e6
+
+    @property
+    def client_cpu_us_per_call(self) -> float | None:
+        return self.client_cpu_seconds / self.calls * 1e6 if self.calls else None
+
+    def __add__(self, other: Rate) -> Rate:
+        cpu = None
+        if self.server_cpu_seconds is not None and other.server_cpu_seconds is not None:
+            cpu = self.server_cpu_seconds + other.server_cpu_seconds
+        return Rate(
+            self.calls + other.calls,
+            self.seconds + other.seconds,
+            cpu,
+            self.client_cpu_seconds + other.client_cpu_seconds,
+        )
+
+
+async def closed_loop(
+    call: Call, *, concurrency: int, seconds: float, server: ServerProcess | None = None
+) -> Rate:
+    """Keeps ``concurrency`` calls in flight for ``seconds``; counts the calls that completed.
+
+    Calls started before the deadline are awaited and counted, and the elapsed time runs until the
+    last of them returns, so the rate is not skewed by the stragglers.
+    """
+    done = 0
+    deadline = 0.0
+
+    async def one_lane() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+
+    cpu0 = server.cpu_seconds() if server else None
+    own0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + seconds
+    await asyncio.gather(*(one_lane() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    own = time.process_time() - own0
+    cpu1 = server.cpu_seconds() if server else None
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return Rate(done, elapsed, cpu, own)
+
+
+async def sequential_latencies(call: Call, count: int) -> list[float]:
+    """Seconds taken by each of ``count`` calls made one after another."""
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))
+    return ordered[int(rank) - 1]

@@ -1,0 +1,273 @@
+"""Runs every jobpulse benchmark, prints a table and writes bench/results.json.
+
+    python -m bench.run_all            # full run, about 1.5 minutes
+    python -m bench.run_all --quick    # smoke run for CI, about 20 seconds
+
+Three server processes are started on 127.0.0.1, each on a port of its own: a jobpulse server
+holding the read data, a jobpulse server for the worker throughput runs (so the two data sets do
+not disturb each other) and the bare grpc.aio baseline. This process is the only client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import report, scenarios, seed
+from bench.bare import padded_get_job_response
+from bench.procs import ServerProcess
+from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+
+# Bare server keys (the job_id of a baseline GetJob request).
+BARE_SMALL_BASIC = "bare-small-basic"
+BARE_BIG_BASIC = "bare-big-basic"
+BARE_BIG_FULL = "bare-big-full"
+BARE_LIST_PAGE = "bare-list-page"
+
+
+@dataclass
+class Settings:
+    mode: str
+    list_jobs: int
+    concurrency: int
+    rate_rounds: int
+    rate_seconds: float
+    rate_warmup: float
+    latency_calls: int
+    latency_blocks: int
+    latency_warmup: int
+    list_page_size: int
+    chunk_workers: int
+    chunk_backlog: int
+    chunk_seconds: float
+    chunk_rounds: int
+    sensitivity_backlogs: tuple[int, ...]
+    sensitivity_seconds: float
+
+
+FULL = Settings(
+    mode="full",
+    list_jobs=2_000,
+    concurrency=16,
+    rate_rounds=4,
+    rate_seconds=3.0,
+    rate_warmup=0.5,
+    latency_calls=300,
+    latency_blocks=6,
+    latency_warmup=10,
+    list_page_size=20,
+    chunk_workers=4,
+    chunk_backlog=5_000,
+    chunk_seconds=8.0,
+    chunk_rounds=2,
+    sensitivity_backlogs=(500, 20_000),
+    sensitivity_seconds=3.0,
+)
+
+QUICK = Settings(
+    mode="quick",
+    list_jobs=300,
+    concurrency=16,
+    rate_rounds=2,
+    rate_seconds=1.0,
+    rate_warmup=0.3,
+    latency_calls=60,
+    latency_blocks=2,
+    latency_warmup=5,
+    list_page_size=20,
+    chunk_workers=4,
+    chunk_backlog=5_000,
+    chunk_seconds=2.5,
+    chunk_rounds=1,
+    sensitivity_backlogs=(),
+    sensitivity_seconds=0.0,
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def _run(
+    settings: Settings, reader: ServerProcess, worker: ServerProcess, bare: ServerProcess
+) -> dict[str, Any]:
+    s = settings
+    results: dict[str, Any] = {}
+    jp = scenarios.Target.open(reader)
+    bt = scenarios.Target.open(bare)
+    try:
+        _log(f"seeding: a 10-chunk job, a 1,000-chunk job part-way through, {s.list_jobs:,} jobs to list")
+        t0 = time.perf_counter()
+        workers_stub = worker_service_pb2_grpc.WorkerServiceStub(jp.channel)
+        data = await seed.seed_read_data(jp.jobs, workers_stub, s.list_jobs)
+        results["seed_seconds"] = time.perf_counter() - t0
+
+        # The baselines answer with responses of exactly the size jobpulse sends.
+        small_basic = await jp.get_job(data.small_job_id, job_pb2.JOB_VIEW_BASIC)()
+        big_basic = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC)()
+        big_full = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
+        list_page = await jp.list_jobs(s.list_page_size)()
+        if len(big_full.job.chunks) != 1000 or len(list_page.jobs) != s.list_page_size:
+            raise RuntimeError("seeded data does not look as expected")
+        bare.set_response(BARE_SMALL_BASIC, small_basic.SerializeToString())
+        bare.set_response(BARE_BIG_BASIC, big_basic.SerializeToString())
+        bare.set_response(BARE_BIG_FULL, big_full.SerializeToString())
+        bare.set_response(BARE_LIST_PAGE, padded_get_job_response(list_page.ByteSize(), BARE_LIST_PAGE))
+
+        _log("1. GetJob BASIC rate")
+        rate = await scenarios.getjob_rate(
+            jp,
+            bt,
+            job_id=data.small_job_id,
+            bare_key=BARE_SMALL_BASIC,
+            concurrency=s.concurrency,
+            rounds=s.rate_rounds,
+            seconds=s.rate_seconds,
+            warmup=s.rate_warmup,
+        )
+        rate["response_bytes"] = small_basic.ByteSize()
+        results["getjob_rate"] = rate
+        results["bare_rate_4"] = await scenarios.bare_rate(
+            bt, bare_key=BARE_SMALL_BASIC, concurrency=s.chunk_workers, seconds=s.rate_seconds
+        )
+
+        _log("2. latency")
+        cases = [
+            scenarios.LatencyCase(
+                "getjob_basic_1000",
+                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
+                bt.get_job(BARE_BIG_BASIC, job_pb2.JOB_VIEW_BASIC),
+                big_basic.ByteSize(),
+            ),
+            scenarios.LatencyCase(
+                "getjob_full_1000",
+                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
+                bt.get_job(BARE_BIG_FULL, job_pb2.JOB_VIEW_BASIC),
+                big_full.ByteSize(),
+            ),
+            scenarios.LatencyCase(
+                "listjobs_20",
+                jp.list_jobs(s.list_page_size),
+                bt.get_job(BARE_LIST_PAGE, job_pb2.JOB_VIEW_BASIC),
+                list_page.ByteSize(),
+            ),
+        ]
+        results["latency"] = await scenarios.latencies(
+            cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+        )
+    finally:
+        await jp.channel.close()
+        await bt.channel.close()
+
+    _log("3. chunk throughput")
+    runs: dict[str, list[dict[str, Any]]] = {"one_by_one": [], "batched": []}
+    for r in range(s.chunk_rounds):
+        order = [("one_by_one", 1), ("batched", 10)]
+        for key, max_chunks in order if r % 2 == 0 else reversed(order):
+            runs[key].append(
+                await scenarios.chunk_throughput(
+                    worker,
+                    max_chunks=max_chunks,
+                    workers=s.chunk_workers,
+                    backlog=s.chunk_backlog,
+                    seconds=s.chunk_seconds,
+                )
+            )
+    results["chunks"] = {key: _merge_chunk_runs(rows) for key, rows in runs.items()}
+    results["backlog_sensitivity"] = []
+    for backlog in s.sensitivity_backlogs:
+        _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
+        results["backlog_sensitivity"].append(
+            await scenarios.chunk_throughput(
+                worker, max_chunks=1, workers=s.chunk_workers, backlog=backlog, seconds=s.sensitivity_seconds
+            )
+        )
+    return results
+
+
+def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    seconds = sum(r["seconds"] for r in rows)
+    chunks = sum(r["chunks"] for r in rows)
+    rpcs = sum(r["rpcs"] for r in rows)
+    cpu = [
+        r["server_cpu_us_per_chunk"] * r["chunks"] for r in rows if r["server_cpu_us_per_chunk"] is not None
+    ]
+    return {
+        "max_chunks": rows[0]["max_chunks"],
+        "workers": rows[0]["workers"],
+        "backlog": rows[0]["backlog"],
+        "seconds": seconds,
+        "chunks": chunks,
+        "rpcs": rpcs,
+        "chunks_per_second": chunks / seconds,
+        "rpcs_per_second": rpcs / seconds,
+        "server_cpu_us_per_chunk": sum(cpu) / chunks if len(cpu) == len(rows) and chunks else None,
+        "ran_dry": any(r["ran_dry"] for r in rows),
+        "rounds": rows,
+    }
+
+
+async def _check_ready(server: ServerProcess) -> None:
+    """Waits for the server to answer (the port is bound before the first call is served)."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        if server.kind == "jobpulse":
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            await stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=1), timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 20 s), e.g. for CI")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
+    )
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+
+    started = time.perf_counter()
+    load_before = report.load_average()
+    with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
+        _log(f"{settings.mode} run; starting servers (databases under {tmp})")
+        servers = [
+            ServerProcess("jobpulse", f"sqlite:///{tmp}/read.db"),
+            ServerProcess("jobpulse", f"sqlite:///{tmp}/work.db"),
+            ServerProcess("bare"),
+        ]
+        try:
+            for server in servers:
+                server.wait_ready()
+
+            async def go() -> dict[str, Any]:
+                await asyncio.gather(*(_check_ready(server) for server in servers))
+                return await _run(settings, *servers)
+
+            results = asyncio.run(go())
+        finally:
+            for server in servers:
+                server.stop()
+
+    results["settings"] = asdict(settings)
+    results["machine"] = report.machine_facts()
+    results["load_before"] = load_before
+    results["load_after"] = report.load_average()
+    results["elapsed_seconds"] = time.perf_counter() - started
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    print(report.render(results), flush=True)
+    report.write_json(results, args.json)
+    _log(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

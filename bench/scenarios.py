@@ -1,0 +1,232 @@
+"""The three measurements. Each returns plain dicts (seconds, counts) that report.py formats."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from bench.load import Call, Rate, closed_loop, percentile, sequential_latencies
+from bench.procs import ServerProcess
+from jobpulse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+TIMEOUT = 30.0
+WORK_LEASE = duration_pb2.Duration(seconds=600)
+
+
+@dataclass
+class Target:
+    """A server under test and a JobService stub on a channel of its own."""
+
+    server: ServerProcess
+    channel: grpc.aio.Channel
+    jobs: job_service_pb2_grpc.JobServiceStub
+
+    @classmethod
+    def open(cls, server: ServerProcess) -> Target:
+        channel = grpc.aio.insecure_channel(
+            server.target, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+        )
+        return cls(server, channel, job_service_pb2_grpc.JobServiceStub(channel))
+
+    def get_job(self, job_id: str, view: int) -> Call:
+        request = job_service_pb2.GetJobRequest(job_id=job_id, view=view)  # type: ignore[arg-type]
+        stub = self.jobs
+        return lambda: stub.GetJob(request, timeout=TIMEOUT)
+
+    def list_jobs(self, page_size: int) -> Call:
+        request = job_service_pb2.ListJobsRequest(page_size=page_size, view=job_pb2.JOB_VIEW_BASIC)
+        stub = self.jobs
+        return lambda: stub.ListJobs(request, timeout=TIMEOUT)
+
+
+# --- 1. GetJob rate ------------------------------------------------------------------
+
+
+async def getjob_rate(
+    jobpulse: Target,
+    bare: Target,
+    *,
+    job_id: str,
+    bare_key: str,
+    concurrency: int,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+) -> dict[str, Any]:
+    """Closed-loop GetJob(BASIC) at ``concurrency`` in flight, alternating servers round by round."""
+    calls = {
+        "jobpulse": (jobpulse, jobpulse.get_job(job_id, job_pb2.JOB_VIEW_BASIC)),
+        "bare": (bare, bare.get_job(bare_key, job_pb2.JOB_VIEW_BASIC)),
+    }
+    for _target, call in calls.values():
+        await closed_loop(call, concurrency=concurrency, seconds=warmup)
+    totals: dict[str, Rate] = {}
+    round_ratios = []
+    for r in range(rounds):
+        order = ["bare", "jobpulse"] if r % 2 == 0 else ["jobpulse", "bare"]
+        this: dict[str, Rate] = {}
+        for name in order:
+            target, call = calls[name]
+            this[name] = await closed_loop(
+                call, concurrency=concurrency, seconds=seconds, server=target.server
+            )
+            totals[name] = totals[name] + this[name] if name in totals else this[name]
+        round_ratios.append(this["jobpulse"].per_second / this["bare"].per_second)
+    return {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "seconds_per_round": seconds,
+        "jobpulse": _rate_dict(totals["jobpulse"]),
+        "bare": _rate_dict(totals["bare"]),
+        "ratio": totals["jobpulse"].per_second / totals["bare"].per_second,
+        "server_cpu_ratio": _cpu_ratio(totals["jobpulse"], totals["bare"]),
+        "round_ratios": round_ratios,
+    }
+
+
+async def bare_rate(bare: Target, *, bare_key: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    call = bare.get_job(bare_key, job_pb2.JOB_VIEW_BASIC)
+    return _rate_dict(await closed_loop(call, concurrency=concurrency, seconds=seconds, server=bare.server))
+
+
+def _cpu_ratio(a: Rate, b: Rate) -> float | None:
+    x, y = a.server_cpu_us_per_call, b.server_cpu_us_per_call
+    return x / y if x is not None and y else None
+
+
+def _rate_dict(rate: Rate) -> dict[str, Any]:
+    return {
+        "calls": rate.calls,
+        "seconds": rate.seconds,
+        "per_second": rate.per_second,
+        "server_cpu_us_per_call": rate.server_cpu_us_per_call,
+        "client_cpu_us_per_call": rate.client_cpu_us_per_call,
+    }
+
+
+# --- 2. latency ----------------------------------------------------------------------
+
+
+@dataclass
+class LatencyCase:
+    """One jobpulse call and the bare GetJob of the same response size that is its baseline."""
+
+    name: str
+    jobpulse: Call
+    bare: Call
+    response_bytes: int
+
+
+async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup: int) -> dict[str, Any]:
+    """``calls`` sequential calls per case and server, in ``blocks`` interleaved blocks."""
+    samples: dict[str, dict[str, list[float]]] = {c.name: {"jobpulse": [], "bare": []} for c in cases}
+    for case in cases:
+        await sequential_latencies(case.jobpulse, warmup)
+        await sequential_latencies(case.bare, warmup)
+    per_block = max(1, calls // blocks)
+    for b in range(blocks):
+        for case in cases:
+            pair = [("bare", case.bare), ("jobpulse", case.jobpulse)]
+            for name, call in pair if b % 2 == 0 else reversed(pair):
+                samples[case.name][name].extend(await sequential_latencies(call, per_block))
+    out: dict[str, Any] = {}
+    for case in cases:
+        row: dict[str, Any] = {"response_bytes": case.response_bytes}
+        for name in ("jobpulse", "bare"):
+            s = samples[case.name][name]
+            row[name] = {"calls": len(s), "p50": percentile(s, 50), "p99": percentile(s, 99)}
+        row["ratio_p50"] = row["jobpulse"]["p50"] / row["bare"]["p50"]
+        row["ratio_p99"] = row["jobpulse"]["p99"] / row["bare"]["p99"]
+        out[case.name] = row
+    return out
+
+
+# --- 3. chunk throughput -------------------------------------------------------------
+
+
+async def chunk_throughput(
+    target: ServerProcess,
+    *,
+    max_chunks: int,
+    workers: int,
+    backlog: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """``workers`` asyncio workers claim ``max_chunks`` at a time and complete each claimed chunk.
+
+    A fresh job of ``backlog`` one-item chunks is the only pending work; what is left of it when
+    time is up is cancelled so it does not weigh on the next measurement.
+    """
+    async with grpc.aio.insecure_channel(target.target) as channel:
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        job = (
+            await jobs.CreateJob(
+                job_service_pb2.CreateJobRequest(
+                    display_name=f"bench work max_chunks={max_chunks}",
+                    kind="bench-work",
+                    total_items=backlog,
+                    chunk_size=1,
+                ),
+                timeout=TIMEOUT,
+            )
+        ).job
+        chunks = 0
+        rpcs = 0
+        ran_dry = False
+        deadline = 0.0
+
+        async def worker(n: int) -> None:
+            nonlocal chunks, rpcs, ran_dry
+            request = worker_service_pb2.ClaimChunksRequest(
+                worker_id=f"bench-worker-{n}", max_chunks=max_chunks, lease_duration=WORK_LEASE
+            )
+            while time.perf_counter() < deadline:
+                claims = (await stub.ClaimChunks(request, timeout=TIMEOUT)).claims
+                rpcs += 1
+                if not claims:
+                    ran_dry = True
+                    return
+                for claim in claims:
+                    await stub.CompleteChunk(
+                        worker_service_pb2.CompleteChunkRequest(
+                            chunk_id=claim.chunk.id, lease_token=claim.lease_token
+                        ),
+                        timeout=TIMEOUT,
+                    )
+                    rpcs += 1
+                    chunks += 1
+
+        cpu0 = target.cpu_seconds()
+        start = time.perf_counter()
+        deadline = start + seconds
+        await asyncio.gather(*(worker(n) for n in range(workers)))
+        elapsed = time.perf_counter() - start
+        cpu1 = target.cpu_seconds()
+        await jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done"), timeout=TIMEOUT
+        )
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return {
+        "max_chunks": max_chunks,
+        "workers": workers,
+        "backlog": backlog,
+        "seconds": elapsed,
+        "chunks": chunks,
+        "rpcs": rpcs,
+        "chunks_per_second": chunks / elapsed,
+        "rpcs_per_second": rpcs / elapsed,
+        "server_cpu_us_per_chunk": cpu / chunks * 1e6 if cpu is not None and chunks else None,
+        "ran_dry": ran_dry,
+    }

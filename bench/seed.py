@@ -1,0 +1,124 @@
+"""Test data, created through the public API of a running jobpulse server."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from google.protobuf import duration_pb2, struct_pb2
+
+from jobpulse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+TIMEOUT = 60.0
+KINDS = ("thumbnails", "transcribe", "export", "index")
+# Longer than any run, so the sweeper never moves the seeded PROCESSING chunks mid-measurement.
+SEED_LEASE = duration_pb2.Duration(seconds=3600)
+
+
+@dataclass
+class ReadData:
+    """Ids of the jobs the read benchmarks ask for."""
+
+    small_job_id: str  # 10 chunks, PENDING
+    big_job_id: str  # 1,000 chunks: 300 COMPLETED (one artifact each), 100 PROCESSING, 600 PENDING
+    list_jobs: int  # jobs in the table besides the two above
+
+
+def _metadata(**values: str | int) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def seed_read_data(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    workers: worker_service_pb2_grpc.WorkerServiceStub,
+    list_jobs: int,
+) -> ReadData:
+    """A 10-chunk job, a 1,000-chunk job part-way through, and ``list_jobs`` small jobs to list."""
+    small = await jobs.CreateJob(
+        job_service_pb2.CreateJobRequest(
+            display_name="bench small job",
+            kind="thumbnails",
+            labels={"team": "bench", "tier": "gold"},
+            metadata=_metadata(source="bench", bucket="s3://bench-in"),
+            total_items=5_000,
+            chunk_size=500,
+        ),
+        timeout=TIMEOUT,
+    )
+    big = await jobs.CreateJob(
+        job_service_pb2.CreateJobRequest(
+            display_name="bench big job",
+            kind="transcribe",
+            priority=10,
+            labels={"team": "bench", "tier": "gold"},
+            metadata=_metadata(source="bench", bucket="s3://bench-in"),
+            total_items=100_000,
+            chunk_size=100,
+        ),
+        timeout=TIMEOUT,
+    )
+    await _advance_big_job(workers, big.job.id)
+    await _create_list_jobs(jobs, list_jobs)
+    return ReadData(small.job.id, big.job.id, list_jobs)
+
+
+async def _advance_big_job(workers: worker_service_pb2_grpc.WorkerServiceStub, job_id: str) -> None:
+    """Claims 400 chunks of the big job (it has the top priority) and completes 300 of them."""
+    claimed: list[worker_service_pb2.ChunkClaim] = []
+    for _ in range(4):
+        resp = await workers.ClaimChunks(
+            worker_service_pb2.ClaimChunksRequest(
+                worker_id="bench-seed-worker", kinds=["transcribe"], max_chunks=100, lease_duration=SEED_LEASE
+            ),
+            timeout=TIMEOUT,
+        )
+        claimed.extend(resp.claims)
+    if len(claimed) != 400 or any(c.job_id != job_id for c in claimed):
+        raise RuntimeError(f"seeding: expected 400 claims on job {job_id}, got {len(claimed)}")
+    for claim in claimed[:300]:
+        index = claim.chunk.index
+        await workers.CompleteChunk(
+            worker_service_pb2.CompleteChunkRequest(
+                chunk_id=claim.chunk.id,
+                lease_token=claim.lease_token,
+                external_task_id=f"gpu-task-{index:06d}",
+                artifacts=[
+                    job_pb2.Artifact(
+                        name=f"part-{index:05d}.json",
+                        uri=f"s3://bench-out/{job_id}/part-{index:05d}.json",
+                        media_type="application/json",
+                        size_bytes=4096 + index,
+                    )
+                ],
+            ),
+            timeout=TIMEOUT,
+        )
+
+
+async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: int) -> None:
+    """``count`` two-chunk jobs, eight CreateJob calls in flight."""
+    queue = iter(range(count))
+
+    async def lane() -> None:
+        for i in queue:
+            await jobs.CreateJob(
+                job_service_pb2.CreateJobRequest(
+                    display_name=f"bench list job {i:05d}",
+                    kind=KINDS[i % len(KINDS)],
+                    labels={"team": "bench", "batch": str(i // 100)},
+                    metadata=_metadata(source="bench", n=i),
+                    total_items=1_000,
+                    chunk_size=500,
+                ),
+                timeout=TIMEOUT,
+            )
+
+    await asyncio.gather(*(lane() for _ in range(8)))

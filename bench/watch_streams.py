@@ -1,0 +1,736 @@
+"""WatchJob fan-out: change-to-delivery latency and server memory per idle stream, against a bare
+grpc.aio fan-out server measured the same way in the same run.
+
+    python -m bench.watch_streams            # full run, about 2 minutes
+    python -m bench.watch_streams --quick    # smoke run, about 30 seconds
+
+Every server runs in a process of its own on 127.0.0.1 (jobpulse on SQLite via ``bench.procs``; the
+baseline is ``FanoutServicer`` below). This process opens all the streams (grpc.aio, several channels)
+and makes the changes, so sending and arrival times come from one clock. A fresh pair of servers is
+started for every stream count, so each memory figure starts from the same point.
+
+* one job, N streams: each round makes one change (jobpulse: ReportChunkProgress; baseline: a unary
+  poke) and times its arrival on every stream (the CHANGE carrying a newer revision).
+* memory: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle, minus RSS before, over N.
+* many jobs: one stream per job, one change per job (a few changes in flight at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from bench import report
+from bench.bare import SERVER_OPTIONS
+from bench.load import percentile
+from bench.procs import ServerProcess
+from jobpulse.v1 import (
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+CHANGE = job_service_pb2.WATCH_EVENT_TYPE_CHANGE
+STREAMS_PER_CHANNEL = 250
+TIMEOUT = 60.0
+LEASE = duration_pb2.Duration(seconds=3600)
+TARGET_P99_MS = 100.0
+TARGET_P99_AT = 1000
+TARGET_KIB_PER_STREAM = 20.0
+# Seconds to wait for N streams to open (each got its first message).
+OPEN_TIMEOUT = 20.0
+
+
+@dataclass
+class Settings:
+    mode: str
+    stream_counts: tuple[int, ...]
+    rounds: tuple[int, ...]  # rounds per stream count
+    many_jobs: int
+    many_in_flight: int
+    chunks_per_job: int
+
+
+FULL = Settings("full", (100, 1000, 5000), (30, 20, 8), 1000, 4, 10)
+QUICK = Settings("quick", (100, 1000), (10, 6), 200, 4, 10)
+
+
+def _log(msg: str) -> None:
+    print(f"[watch-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- the baseline: a bare grpc.aio fan-out -----------------------------------------------------------
+
+
+class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
+    """WatchJob without a database: a stream gets the registered snapshot, then the latest change of its
+    key each time UpdateJob(job_id=key) pokes it. One shared message per change, a wake-up flag per
+    stream: the same shape as jobpulse's hub, minus the database read."""
+
+    def __init__(self) -> None:
+        self.snapshot = job_service_pb2.WatchJobResponse()
+        self.change = job_service_pb2.WatchJobResponse()
+        self._latest: dict[str, job_service_pb2.WatchJobResponse] = {}
+        self._subs: dict[str, set[asyncio.Event]] = {}
+
+    def set_templates(self, snapshot: bytes, change: bytes) -> None:
+        self.snapshot = job_service_pb2.WatchJobResponse.FromString(snapshot)
+        self.change = job_service_pb2.WatchJobResponse.FromString(change)
+
+    async def WatchJob(self, request: Any, context: Any) -> Any:
+        key = request.job_id
+        wake = asyncio.Event()
+        self._subs.setdefault(key, set()).add(wake)
+        try:
+            latest = self._latest.get(key)
+            last = latest.revision if latest is not None else 1
+            first = job_service_pb2.WatchJobResponse()
+            first.CopyFrom(self.snapshot)
+            first.revision = last
+            yield first
+            while True:
+                await wake.wait()
+                wake.clear()
+                msg = self._latest[key]
+                if msg.revision > last:
+                    last = msg.revision
+                    yield msg
+        finally:
+            self._subs[key].discard(wake)
+
+    async def UpdateJob(self, request: Any, context: Any) -> Any:
+        key = request.job_id
+        previous = self._latest.get(key)
+        msg = job_service_pb2.WatchJobResponse()
+        msg.CopyFrom(self.change)
+        msg.revision = (previous.revision if previous is not None else 1) + 1
+        self._latest[key] = msg
+        for wake in self._subs.get(key, ()):
+            wake.set()
+        return job_service_pb2.UpdateJobResponse()
+
+
+def _fanout_main(conn: Connection) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        asyncio.run(_fanout_serve(conn))
+    finally:
+        conn.close()
+
+
+async def _fanout_serve(conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    servicer = FanoutServicer()  # type: ignore[abstract]
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    conn.send(("port", port))
+    while True:
+        try:
+            msg = await loop.run_in_executor(None, conn.recv)
+        except (EOFError, OSError):
+            break
+        if msg[0] == "stop":
+            break
+        if msg[0] == "templates":
+            servicer.set_templates(msg[1], msg[2])
+            conn.send(("ok",))
+    await server.stop(0.0)
+
+
+class FanoutProcess:
+    """The baseline server in a child process (same interface as ``bench.procs.ServerProcess``)."""
+
+    kind = "fanout"
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_fanout_main, args=(child,), name="bench-fanout", daemon=True)
+        self._proc.start()
+        child.close()
+        self.port = 0
+
+    def wait_ready(self) -> int:
+        if not self._conn.poll(60):
+            self.stop()
+            raise RuntimeError("fan-out server did not start")
+        tag, self.port = self._conn.recv()
+        assert tag == "port"
+        return self.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    def set_templates(self, snapshot: bytes, change: bytes) -> None:
+        self._conn.send(("templates", snapshot, change))
+        assert self._conn.recv()[0] == "ok"
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+
+
+# --- the client side ---------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Channels:
+    """Enough channels (each its own TCP connection) for ``streams`` streams."""
+
+    def __init__(self, target: str, streams: int) -> None:
+        count = max(1, -(-streams // STREAMS_PER_CHANNEL))
+        self.channels = [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(count)
+        ]
+        self.jobs = [job_service_pb2_grpc.JobServiceStub(c) for c in self.channels]
+        self.control = self.channels[0]
+
+    def stub(self, i: int) -> Any:
+        return self.jobs[i % len(self.jobs)]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.channels))
+
+
+class Streams:
+    """N open WatchJob streams; records, per stream, the revision and arrival time of each CHANGE."""
+
+    def __init__(self, channels: Channels, keys: list[str]) -> None:
+        self.keys = keys
+        self.revision = [0] * len(keys)
+        self.arrival = [0.0] * len(keys)
+        self.first = 0
+        self._first_done = asyncio.Event()
+        self._want: int | None = None
+        self._waiting: dict[int, asyncio.Event] = {}  # stream index -> set when it passes _target[i]
+        self._target: dict[int, int] = {}
+        self.calls = [
+            channels.stub(i).WatchJob(job_service_pb2.WatchJobRequest(job_id=key), timeout=3600)
+            for i, key in enumerate(keys)
+        ]
+        self.tasks = [asyncio.ensure_future(self._read(i, call)) for i, call in enumerate(self.calls)]
+
+    async def _read(self, i: int, call: Any) -> None:
+        try:
+            async for msg in call:
+                now = time.perf_counter()
+                if self.revision[i] == 0:
+                    self.first += 1
+                    if self.first == len(self.keys):
+                        self._first_done.set()
+                elif msg.type != CHANGE:
+                    continue
+                self.revision[i] = msg.revision
+                self.arrival[i] = now
+                target = self._target.get(i)
+                if target is not None and msg.revision >= target:
+                    del self._target[i]
+                    self._waiting.pop(i).set()
+        except asyncio.CancelledError:
+            pass
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+    async def opened(self, timeout: float = TIMEOUT) -> bool:
+        """Waits until every stream got its first message; False if some had not after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._first_done.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def expect(self, i: int, revision: int) -> asyncio.Event:
+        """An event set once stream ``i`` got a CHANGE of ``revision`` or newer."""
+        ev = asyncio.Event()
+        if self.revision[i] >= revision:
+            ev.set()
+        else:
+            self._waiting[i] = ev
+            self._target[i] = revision
+        return ev
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class Side:
+    """One server under test: how to make its jobs and how to change one."""
+
+    name: str
+    server: Any
+
+    async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
+        raise NotImplementedError
+
+    def poke(self, channels: Channels, key: str) -> Callable[[], Awaitable[Any]]:
+        raise NotImplementedError
+
+
+class JobpulseSide(Side):
+    def __init__(self, server: ServerProcess) -> None:
+        self.name = "jobpulse"
+        self.server = server
+        self._claims: dict[str, Any] = {}
+        self._items: dict[str, int] = {}
+        self._prefix = uuid.uuid4().hex[:8]
+
+    async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
+        jobs = job_service_pb2_grpc.JobServiceStub(channels.control)
+        workers = worker_service_pb2_grpc.WorkerServiceStub(channels.control)
+        ids: list[str] = []
+        sem = asyncio.Semaphore(8)
+
+        async def create(i: int) -> None:
+            async with sem:
+                req = job_service_pb2.CreateJobRequest(
+                    kind="watch-bench",
+                    total_items=chunks * 10,
+                    chunk_size=10,
+                    request_id=f"wb-{self._prefix}-{i}",
+                )
+                ids.append((await jobs.CreateJob(req, timeout=TIMEOUT)).job.id)
+
+        await asyncio.gather(*(create(i) for i in range(count)))
+        # Claim one chunk of every job (highest priority, then oldest: the first chunk of each job in turn
+        # is not guaranteed, so claim everything and keep one claim per job).
+        while len(self._claims) < count:
+            got = await workers.ClaimChunks(
+                worker_service_pb2.ClaimChunksRequest(
+                    worker_id="bench", kinds=["watch-bench"], max_chunks=100, lease_duration=LEASE
+                ),
+                timeout=TIMEOUT,
+            )
+            if not got.claims:
+                raise RuntimeError("ran out of chunks to claim")
+            for claim in got.claims:
+                self._claims.setdefault(claim.job_id, claim)
+        return ids
+
+    def poke(self, channels: Channels, key: str) -> Callable[[], Awaitable[Any]]:
+        workers = worker_service_pb2_grpc.WorkerServiceStub(channels.control)
+        claim = self._claims[key]
+
+        async def call() -> Any:
+            self._items[key] = self._items.get(key, 0) + 1
+            req = worker_service_pb2.ReportChunkProgressRequest(
+                chunk_id=claim.chunk.id,
+                lease_token=claim.lease_token,
+                items_done=min(self._items[key], claim.chunk.item_count),
+                stage=f"round-{self._items[key]}",
+            )
+            return await workers.ReportChunkProgress(req, timeout=TIMEOUT)
+
+        return call
+
+
+class FanoutSide(Side):
+    def __init__(self, server: FanoutProcess) -> None:
+        self.name = "bare fan-out"
+        self.server = server
+
+    async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
+        return [f"job-{i}" for i in range(count)]
+
+    def poke(self, channels: Channels, key: str) -> Callable[[], Awaitable[Any]]:
+        jobs = job_service_pb2_grpc.JobServiceStub(channels.control)
+        req = job_service_pb2.UpdateJobRequest(job_id=key)
+        return lambda: jobs.UpdateJob(req, timeout=TIMEOUT)
+
+
+async def capture_templates(server: ServerProcess, chunks: int) -> tuple[bytes, bytes]:
+    """A real snapshot and a real one-chunk CHANGE, for the baseline to send (same sizes)."""
+    side = JobpulseSide(server)
+    channels = Channels(server.target, 1)
+    try:
+        [job_id] = await side.make_jobs(channels, 1, chunks)
+        call = channels.stub(0).WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=TIMEOUT)
+        snapshot = await call.read()
+        await side.poke(channels, job_id)()
+        change = await call.read()
+        call.cancel()
+        return snapshot.SerializeToString(), change.SerializeToString()
+    finally:
+        await channels.close()
+
+
+def _latency_stats(samples: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(samples),
+        "p50": percentile(samples, 50),
+        "p99": percentile(samples, 99),
+        "max": max(samples),
+    }
+
+
+async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
+    """N streams on one job: memory per idle stream, then ``rounds`` timed changes."""
+    channels = Channels(side.server.target, streams_n)
+    try:
+        [key] = await side.make_jobs(channels, 1, chunks)
+        poke = side.poke(channels, key)
+        # Warm up: a few streams and a change, so lazy set-up is not counted as per-stream memory.
+        warm = Streams(channels, [key] * 10)
+        await warm.opened()
+        warmed = [warm.expect(i, warm.revision[i] + 1) for i in range(10)]
+        await poke()
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in warmed)), TIMEOUT)
+        await warm.close()
+        await asyncio.sleep(0.5)
+        before = rss_kib(side.server.pid)
+        t0 = time.perf_counter()
+        streams = Streams(channels, [key] * streams_n)
+        all_open = await streams.opened(OPEN_TIMEOUT)
+        open_seconds = time.perf_counter() - t0
+        await asyncio.sleep(1.0)  # idle
+        after = rss_kib(side.server.pid)
+        if not all_open:
+            # Seen on grpcio 1.85 here: both servers stop answering new streams at about 3,000 open ones.
+            _log(f"{side.name}: only {streams.first:,} of {streams_n:,} streams opened in {OPEN_TIMEOUT:g}s")
+            await streams.close()
+            return {
+                "streams": streams_n,
+                "opened": streams.first,
+                "stalled": True,
+                "rounds": 0,
+                "open_seconds": open_seconds,
+                "rss_before_kib": before,
+                "rss_after_kib": after,
+                "kib_per_stream": (after - before) / max(1, streams.first),
+                "latency": None,
+            }
+        latencies: list[float] = []
+        round_max: list[float] = []
+        for _ in range(rounds):
+            base = max(streams.revision)
+            events = [streams.expect(i, base + 1) for i in range(streams_n)]
+            sent = time.perf_counter()
+            await poke()
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), TIMEOUT)
+            these = [streams.arrival[i] - sent for i in range(streams_n)]
+            latencies += these
+            round_max.append(max(these))
+            await asyncio.sleep(0.05)
+        await streams.close()
+        return {
+            "streams": streams_n,
+            "opened": streams_n,
+            "stalled": False,
+            "rounds": rounds,
+            "open_seconds": open_seconds,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_stream": (after - before) / streams_n,
+            "latency": _latency_stats(latencies),
+            "round_max_p50": percentile(round_max, 50),
+        }
+    finally:
+        await channels.close()
+
+
+async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
+    """One stream per job, one change per job; up to ``in_flight`` changes under way at once."""
+    channels = Channels(side.server.target, jobs_n)
+    try:
+        t0 = time.perf_counter()
+        keys = await side.make_jobs(channels, jobs_n, chunks)
+        setup_seconds = time.perf_counter() - t0
+        streams = Streams(channels, keys)
+        await streams.opened()
+        await asyncio.sleep(0.5)
+        latencies: list[float] = []
+        sem = asyncio.Semaphore(in_flight)
+
+        async def change(i: int) -> None:
+            async with sem:
+                done = streams.expect(i, streams.revision[i] + 1)
+                sent = time.perf_counter()
+                await side.poke(channels, keys[i])()
+                await asyncio.wait_for(done.wait(), TIMEOUT)
+                latencies.append(streams.arrival[i] - sent)
+
+        t1 = time.perf_counter()
+        await asyncio.gather(*(change(i) for i in range(jobs_n)))
+        elapsed = time.perf_counter() - t1
+        await streams.close()
+        return {
+            "jobs": jobs_n,
+            "in_flight": in_flight,
+            "setup_seconds": setup_seconds,
+            "changes_per_second": jobs_n / elapsed,
+            "latency": _latency_stats(latencies),
+        }
+    finally:
+        await channels.close()
+
+
+# --- running and reporting ---------------------------------------------------------------------------
+
+
+def _start_pair(
+    tmp: str, tag: str, templates: tuple[bytes, bytes] | None
+) -> tuple[ServerProcess, FanoutProcess]:
+    jp = ServerProcess("jobpulse", f"sqlite:///{tmp}/{tag}.db")
+    bare = FanoutProcess()
+    jp.wait_ready()
+    bare.wait_ready()
+    if templates is not None:
+        bare.set_templates(*templates)
+    return jp, bare
+
+
+async def _ready(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+
+
+def run(settings: Settings, tmp: str) -> dict[str, Any]:
+    s = settings
+    results: dict[str, Any] = {"one_job": [], "many_jobs": None}
+    templates: tuple[bytes, bytes] | None = None
+    for n, rounds in zip(s.stream_counts, s.rounds, strict=True):
+        _log(f"one job, {n:,} streams, {rounds} changes")
+        jp, bare = _start_pair(tmp, f"one-{n}", templates)
+        try:
+
+            async def go(
+                jp: ServerProcess = jp, bare: FanoutProcess = bare, n: int = n, r: int = rounds
+            ) -> Any:
+                nonlocal templates
+                await asyncio.gather(_ready(jp.target), _ready(bare.target))
+                if templates is None:
+                    templates = await capture_templates(jp, s.chunks_per_job)
+                    bare.set_templates(*templates)
+                return {
+                    "jobpulse": await one_job(JobpulseSide(jp), n, r, s.chunks_per_job),
+                    "bare": await one_job(FanoutSide(bare), n, r, s.chunks_per_job),
+                }
+
+            results["one_job"].append(asyncio.run(go()))
+        finally:
+            jp.stop()
+            bare.stop()
+    _log(f"{s.many_jobs:,} jobs, one stream and one change each")
+    jp, bare = _start_pair(tmp, "many", templates)
+    try:
+
+        async def go_many() -> Any:
+            await asyncio.gather(_ready(jp.target), _ready(bare.target))
+            return {
+                "jobpulse": await many_jobs(
+                    JobpulseSide(jp), s.many_jobs, s.many_in_flight, s.chunks_per_job
+                ),
+                "bare": await many_jobs(FanoutSide(bare), s.many_jobs, s.many_in_flight, s.chunks_per_job),
+            }
+
+        results["many_jobs"] = asyncio.run(go_many())
+    finally:
+        jp.stop()
+        bare.stop()
+    assert templates is not None
+    results["message_bytes"] = {"snapshot": len(templates[0]), "change": len(templates[1])}
+    return results
+
+
+def _pair(a: float, b: float, ms: bool = True) -> str:
+    f = report._ms if ms else (lambda v: f"{v:.1f}")
+    return f"{f(a)} / {f(b)}"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    lines: list[str] = []
+    add = lines.append
+    add("=" * 104)
+    add(f"jobpulse WatchJob fan-out, {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
+    add(
+        "baseline: a bare grpc.aio server-streaming fan-out (no database), measured the same way in the same "
+        "run;"
+    )
+    add("each server in a process of its own (jobpulse on SQLite); all streams in this one client process")
+    add(
+        f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
+        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
+    )
+    add(f"         load average before {results['load_before']} after {results['load_after']}")
+    mb = results["message_bytes"]
+    add(
+        f"         messages: snapshot {mb['snapshot']:,} B ({s['chunks_per_job']} chunks), "
+        f"change {mb['change']:,} B"
+    )
+    add("-" * 104)
+    add("1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream")
+    add(
+        f"   {'N':>6} {'rounds':>6} {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'KiB/idle stream':>17}{'open s':>8}"
+    )
+    stalled = False
+    for row in results["one_job"]:
+        for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
+            r = row[name]
+            lat = r["latency"]
+            if lat is None:  # the server stopped opening streams
+                stalled = True
+                note = f"only {r['opened']:,} opened*"
+                add(
+                    f"   {r['streams']:>6,} {'-':>6} {label:<14}{note:>27}"
+                    f"{r['kib_per_stream']:>17.1f}{r['open_seconds']:>8.2f}"
+                )
+                continue
+            add(
+                f"   {r['streams']:>6,} {r['rounds']:>6} {label:<14}{report._ms(lat['p50']):>9}"
+                f"{report._ms(lat['p99']):>9}{report._ms(lat['max']):>9}{r['kib_per_stream']:>17.1f}"
+                f"{r['open_seconds']:>8.2f}"
+            )
+        jp, bare = row["jobpulse"], row["bare"]
+        mem = (
+            report._x(jp["kib_per_stream"] / bare["kib_per_stream"]) if bare["kib_per_stream"] > 0 else "n/a"
+        )
+        if jp["latency"] is None or bare["latency"] is None:
+            add(f"   {'':>6} {'':>6} {'ratio':<14}{'':>27}{mem:>17}")
+            continue
+        add(
+            f"   {'':>6} {'':>6} {'ratio':<14}{report._x(jp['latency']['p50'] / bare['latency']['p50']):>9}"
+            f"{report._x(jp['latency']['p99'] / bare['latency']['p99']):>9}"
+            f"{report._x(jp['latency']['max'] / bare['latency']['max']):>9}{mem:>17}"
+        )
+    if stalled:
+        add(
+            f"   * not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is "
+            "per opened stream"
+        )
+    mj = results["many_jobs"]
+    add("-" * 104)
+    add(
+        f"2. {mj['jobpulse']['jobs']:,} jobs, one stream each, one change per job "
+        f"({mj['jobpulse']['in_flight']} changes in flight)"
+    )
+    add(f"   {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'changes/s':>11}")
+    for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
+        r = mj[name]
+        add(
+            f"   {label:<14}{report._ms(r['latency']['p50']):>9}{report._ms(r['latency']['p99']):>9}"
+            f"{report._ms(r['latency']['max']):>9}{r['changes_per_second']:>11,.0f}"
+        )
+    jp, bare = mj["jobpulse"], mj["bare"]
+    add(
+        f"   {'ratio':<14}{report._x(jp['latency']['p50'] / bare['latency']['p50']):>9}"
+        f"{report._x(jp['latency']['p99'] / bare['latency']['p99']):>9}"
+        f"{report._x(jp['latency']['max'] / bare['latency']['max']):>9}"
+        f"{report._x(jp['changes_per_second'] / bare['changes_per_second']):>11}"
+    )
+    add("-" * 104)
+    add("targets (issue: WatchJob that never loses an event)")
+    for line in targets(results):
+        add(f"   {line}")
+    add("=" * 104)
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    at = [r["jobpulse"] for r in results["one_job"] if r["jobpulse"]["streams"] == TARGET_P99_AT]
+    if at and at[0]["latency"] is not None:
+        p99 = at[0]["latency"]["p99"] * 1e3
+        verdict = "MET" if p99 < TARGET_P99_MS else "NOT MET"
+        out.append(
+            f"p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT:,} watchers of one job: "
+            f"{p99:.1f} ms -> {verdict}"
+        )
+    many = results["many_jobs"]["jobpulse"]
+    if many["jobs"] == TARGET_P99_AT:
+        p99 = many["latency"]["p99"] * 1e3
+        verdict = "MET" if p99 < TARGET_P99_MS else "NOT MET"
+        out.append(
+            f"p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT:,} watchers of {many['jobs']:,} jobs: "
+            f"{p99:.1f} ms -> {verdict}"
+        )
+    for r in results["one_job"]:
+        jp = r["jobpulse"]
+        if jp["streams"] >= TARGET_P99_AT:
+            kib = jp["kib_per_stream"]
+            verdict = "MET" if kib < TARGET_KIB_PER_STREAM else "NOT MET"
+            if jp["stalled"]:
+                verdict += f" (over the {jp['opened']:,} streams that opened)"
+            out.append(
+                f"< {TARGET_KIB_PER_STREAM:.0f} KiB server memory per idle stream at "
+                f"{jp['streams']:,} streams: {kib:.1f} KiB -> {verdict}"
+            )
+    return out
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.watch_streams", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    _raise_nofile()
+    started = time.perf_counter()
+    load_before = report.load_average()
+    with tempfile.TemporaryDirectory(prefix="jobpulse-watch-bench-") as tmp:
+        results = run(settings, tmp)
+    results["settings"] = asdict(settings)
+    results["machine"] = report.machine_facts()
+    results["load_before"] = load_before
+    results["load_after"] = report.load_average()
+    results["elapsed_seconds"] = time.perf_counter() - started
+    print(render(results), flush=True)
+    if args.json is not None:
+        report.write_json(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
