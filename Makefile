@@ -1,0 +1,88 @@
+# jobpulse developer commands. Every target creates .venv first if it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+PROTO_FILES := $(wildcard protos/jobpulse/v1/*.proto)
+PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
+JOBPULSE_HOST ?= 127.0.0.1
+JOBPULSE_PORT ?= 50051
+JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
+export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
+
+.PHONY: install gen check-generated lint breaking test bench bench-scale bench-pg bench-watch run buf clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --no-audit --no-fund --silent
+
+buf: $(BUF)
+
+gen: install
+	$(PROTOC) \
+	  --python_out=client --grpc_python_out=client \
+	  --mypy_out=client --mypy_grpc_out=client $(PROTO_FILES)
+	$(PROTOC) --include_imports --include_source_info \
+	  --descriptor_set_out=client/jobpulse/v1/jobpulse.binpb $(PROTO_FILES)
+
+check-generated: install
+	rm -rf .gen-check && mkdir -p .gen-check
+	$(PROTOC) \
+	  --python_out=.gen-check --grpc_python_out=.gen-check \
+	  --mypy_out=.gen-check --mypy_grpc_out=.gen-check $(PROTO_FILES)
+	$(PROTOC) --include_imports --include_source_info \
+	  --descriptor_set_out=.gen-check/jobpulse/v1/jobpulse.binpb $(PROTO_FILES)
+	@for f in .gen-check/jobpulse/v1/*; do \
+	  cmp -s $$f client/jobpulse/v1/$$(basename $$f) || { echo "stale generated file: client/jobpulse/v1/$$(basename $$f) (run make gen)"; exit 1; }; \
+	done
+	rm -rf .gen-check
+	@echo "generated stubs are current"
+
+lint: install $(BUF)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(VENV)/bin/ruff check client service tests bench
+	$(VENV)/bin/ruff format --check client service tests bench
+	$(VENV)/bin/mypy
+
+# The contract is public once landed: compare it with the first commit that published it.
+BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
+breaking: $(BUF)
+	@if [ -z "$(BREAKING_AGAINST)" ]; then echo "no git history: skipping buf breaking"; \
+	else $(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST),subdir=.' && echo "no breaking change since $(BREAKING_AGAINST)"; fi
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.run_all
+
+# The bench extra (PgQueuer, the peer measured beside jobpulse on PostgreSQL).
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+# ListJobs first vs deep pages at 1,000,000 jobs (PostgreSQL) and 200,000 (SQLite), with plans.
+bench-scale: install
+	$(PY) -m bench.listing_scale
+
+# WatchJob streams: change-to-delivery latency and memory per stream at 100 / 1,000 / 5,000 streams.
+bench-watch: install
+	$(PY) -m bench.watch_streams
+
+# Claim + complete throughput on PostgreSQL beside PgQueuer on the same server.
+bench-pg: $(VENV)/.bench-installed
+	$(PY) -m bench.pg_peer
+
+run: install
+	$(VENV)/bin/jobpulse serve
+
+clean:
+	rm -rf .gen-check .pytest_cache .mypy_cache .ruff_cache
