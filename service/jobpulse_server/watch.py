@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from .db import Database
 from .domain import Chunk, Job
 from .errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
 from .jobs import Principal
-from .watch_hub import ChangeHub
+from .watch_hub import ChangeHub, Waker
 
 # A message carries at most this many chunks; bigger deltas span several messages.
 CHUNKS_PER_MESSAGE = 1000
@@ -61,6 +62,19 @@ class _Delta:
         return self._messages[kind]
 
 
+_ReadKey = tuple[str, int, "str | None", int]
+
+
+class _SharedRead:
+    """A read under way and the watchers waiting for it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Future[_Delta]) -> None:
+        self.task = task
+        self.waiters: list[asyncio.Future[None]] = []
+
+
 class WatchService:
     """Streams a job's changes to its watchers.
 
@@ -73,7 +87,7 @@ class WatchService:
         self.db = db
         self.hub = hub
         self.config = config
-        self._reads: dict[tuple[str, int, str | None, int], asyncio.Future[_Delta]] = {}
+        self._reads: dict[_ReadKey, _SharedRead] = {}
 
     async def watch(self, who: Principal, job_id: str, after_revision: int) -> AsyncIterator[WatchMessage]:
         # Subscribe before the first read so nothing committed in between is missed.
@@ -116,7 +130,7 @@ class WatchService:
                     last = job.revision
                     last_sent = loop.time()
 
-    async def _wait(self, changed: asyncio.Event) -> bool:
+    async def _wait(self, changed: Waker) -> bool:
         """True when the job changed; False after an idle heartbeat interval."""
         return await wait_for_change(self.hub, changed, self.config.heartbeat_interval)
 
@@ -128,19 +142,29 @@ class WatchService:
         the watcher, its wake-up already spent, would then miss it.
         """
         key = (job_id, after, who.owner_filter, self.hub.generation(job_id))
-        pending = self._reads.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._read_now(who, job_id, after))
-            self._reads[key] = pending
-            pending.add_done_callback(lambda fut: self._forget(key, fut))
-        # shield: one watcher going away must not cancel the read the others wait for.
-        return await asyncio.shield(pending)
+        shared = self._reads.get(key)
+        if shared is None:
+            shared = _SharedRead(asyncio.ensure_future(self._read_now(who, job_id, after)))
+            self._reads[key] = shared
+            shared.task.add_done_callback(functools.partial(self._finish, key, shared))
+        task = shared.task
+        if not task.done():
+            # Each watcher waits on a future of its own: one going away cancels only that,
+            # never the read the others wait for. (Cheaper than asyncio.shield per watcher.)
+            waiter = asyncio.get_running_loop().create_future()
+            shared.waiters.append(waiter)
+            await waiter
+        return task.result()
 
-    def _forget(self, key: tuple[str, int, str | None, int], fut: asyncio.Future[_Delta]) -> None:
-        if self._reads.get(key) is fut:
+    def _finish(self, key: _ReadKey, shared: _SharedRead, task: asyncio.Future[_Delta]) -> None:
+        if self._reads.get(key) is shared:
             del self._reads[key]
-        if not fut.cancelled():
-            fut.exception()  # mark retrieved: a failed shared read is re-raised to each waiter
+        for waiter in shared.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        shared.waiters.clear()
+        if not task.cancelled():
+            task.exception()  # mark retrieved: a failed shared read is re-raised to each waiter
 
     async def _read_now(self, who: Principal, job_id: str, after: int) -> _Delta:
         async with self.db.read() as conn:
@@ -243,21 +267,16 @@ class FeedService:
                     if not beyond:
                         yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
 
-    async def _wait(self, changed: asyncio.Event, timeout: float | None) -> bool:
+    async def _wait(self, changed: Waker, timeout: float | None) -> bool:
         return await wait_for_change(self.hub, changed, timeout or self.config.heartbeat_interval)
 
 
-async def wait_for_change(hub: ChangeHub, changed: asyncio.Event, timeout: float) -> bool:
-    """True when ``changed`` is set, False after ``timeout``; ShuttingDown if the server is closing."""
-    if changed.is_set():
-        return True
-    closing = asyncio.ensure_future(hub.closing.wait())
-    waiting = asyncio.ensure_future(changed.wait())
-    try:
-        done, _ = await asyncio.wait({closing, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        closing.cancel()
-        waiting.cancel()
+async def wait_for_change(hub: ChangeHub, changed: Waker, timeout: float) -> bool:
+    """True when ``changed`` is set, False after ``timeout``; ShuttingDown if the server is closing.
+
+    The hub sets every subscriber's flag when it closes, so one wait covers both.
+    """
+    woke = hub.closing.is_set() or await changed.wait(timeout)
     if hub.closing.is_set():
         raise ShuttingDown("the server is shutting down; resume from the last revision or cursor you saw")
-    return bool(done)
+    return woke

@@ -15,13 +15,60 @@ from contextlib import contextmanager
 from .db import Changes
 
 
+class Waker:
+    """A wake-up flag one task waits on, with a timeout.
+
+    Cheaper than an ``asyncio.Event`` raced against a timeout and a shutdown
+    event: a wait costs one future and one timer, and creates no task. With
+    thousands of streams woken by every change, that is most of the hub's cost.
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self, timeout: float) -> bool:
+        """True once set; False if ``timeout`` seconds pass first."""
+        if self._flag:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return self._flag
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Topic:
     """The watchers of one job, and how many times the job was announced as changed."""
 
     __slots__ = ("events", "generation")
 
     def __init__(self, generation: int) -> None:
-        self.events: set[asyncio.Event] = set()
+        self.events: set[Waker] = set()
         self.generation = generation
 
     def wake(self, generation: int) -> None:
@@ -38,7 +85,7 @@ class ChangeHub:
         # Generations come from one counter, so a job watched again later never
         # reuses a number from before (see generation()).
         self._tick = itertools.count(1)
-        self._feeds: set[asyncio.Event] = set()
+        self._feeds: set[Waker] = set()
         # Set when webhook events were committed (wakes the deliverer).
         self.webhooks = asyncio.Event()
         self._work = asyncio.Event()
@@ -81,9 +128,9 @@ class ChangeHub:
 
     # --- watching ------------------------------------------------------------
     @contextmanager
-    def subscribe(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the job changes, for as long as the block runs."""
-        ev = asyncio.Event()
+    def subscribe(self, job_id: str) -> Iterator[Waker]:
+        """A flag set whenever the job changes (and at shutdown), for as long as the block runs."""
+        ev = Waker()
         topic = self._watchers.get(job_id)
         if topic is None:
             topic = self._watchers[job_id] = _Topic(next(self._tick))
@@ -105,9 +152,9 @@ class ChangeHub:
         return topic.generation if topic is not None else next(self._tick)
 
     @contextmanager
-    def subscribe_all(self) -> Iterator[asyncio.Event]:
-        """An event set whenever any job changes (for WatchJobs feeds)."""
-        ev = asyncio.Event()
+    def subscribe_all(self) -> Iterator[Waker]:
+        """A flag set whenever any job changes, and at shutdown (for WatchJobs feeds)."""
+        ev = Waker()
         self._feeds.add(ev)
         try:
             yield ev
@@ -129,6 +176,11 @@ class ChangeHub:
     def close(self) -> None:
         """Tells every stream the server is going away."""
         self.closing.set()
+        for topic in self._watchers.values():
+            for ev in topic.events:
+                ev.set()
+        for ev in self._feeds:
+            ev.set()
         for t in self._timers:
             t.cancel()
         self._timers.clear()
