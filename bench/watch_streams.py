@@ -10,7 +10,11 @@ and makes the changes, so sending and arrival times come from one clock. A fresh
 started for every stream count, so each memory figure starts from the same point.
 
 * one job, N streams: each round makes one change (jobpulse: ReportChunkProgress; baseline: a unary
-  poke) and times its arrival on every stream (the CHANGE carrying a newer revision).
+  poke) and times its arrival on every stream (the CHANGE carrying a newer revision). Rounds are spaced
+  a little more than jobpulse's ``watch_min_interval`` apart, so each change finds its streams free to
+  send at once (the pacing only delays changes that follow each other faster than that).
+* bursts: ``BURST`` changes back to back, timed until every stream shows the last of them. jobpulse folds
+  them (a stream sends at most one CHANGE per ``watch_min_interval``); the baseline sends every one.
 * memory: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle, minus RSS before, over N.
 * many jobs: one stream per job, one change per job (a few changes in flight at once).
 """
@@ -54,7 +58,17 @@ TARGET_P99_MS = 100.0
 TARGET_P99_AT = 1000
 TARGET_KIB_PER_STREAM = 20.0
 # Seconds to wait for N streams to open (each got its first message).
-OPEN_TIMEOUT = 20.0
+OPEN_TIMEOUT = 60.0
+# Changes per burst, and bursts per stream count.
+BURST = 10
+BURSTS = 3
+
+
+def watch_min_interval() -> float:
+    """The pacing the jobpulse server under test will use (its JOBPULSE_* environment, or the default)."""
+    from jobpulse_server.config import Config
+
+    return Config.from_env(host="127.0.0.1", port=0, database_url="sqlite://").watch_min_interval
 
 
 @dataclass
@@ -442,7 +456,9 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             }
         latencies: list[float] = []
         round_max: list[float] = []
+        spacing = watch_min_interval() + 0.05
         for _ in range(rounds):
+            await asyncio.sleep(spacing)
             base = max(streams.revision)
             events = [streams.expect(i, base + 1) for i in range(streams_n)]
             sent = time.perf_counter()
@@ -451,7 +467,17 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             these = [streams.arrival[i] - sent for i in range(streams_n)]
             latencies += these
             round_max.append(max(these))
-            await asyncio.sleep(0.05)
+        # Bursts: BURST changes back to back; time until every stream shows the last one.
+        bursts: list[float] = []
+        for _ in range(BURSTS):
+            await asyncio.sleep(spacing)
+            base = max(streams.revision)
+            events = [streams.expect(i, base + BURST) for i in range(streams_n)]
+            sent = time.perf_counter()
+            for _ in range(BURST):
+                await poke()
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), TIMEOUT)
+            bursts.append(max(streams.arrival) - sent)
         await streams.close()
         return {
             "streams": streams_n,
@@ -464,6 +490,8 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             "kib_per_stream": (after - before) / streams_n,
             "latency": _latency_stats(latencies),
             "round_max_p50": percentile(round_max, 50),
+            "spacing_seconds": spacing,
+            "burst_settle_p50": percentile(bursts, 50),
         }
     finally:
         await channels.close()
@@ -601,10 +629,14 @@ def render(results: dict[str, Any]) -> str:
         f"change {mb['change']:,} B"
     )
     add("-" * 104)
-    add("1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream")
+    add("1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream;")
+    add(
+        f"   rounds {results['one_job'][0]['jobpulse'].get('spacing_seconds', 0):.2f} s apart. burst: "
+        f"{BURST} changes back to back until every stream has the last (p50 of {BURSTS})"
+    )
     add(
         f"   {'N':>6} {'rounds':>6} {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'KiB/idle stream':>17}{'open s':>8}"
+        f"{'KiB/idle stream':>17}{'open s':>8}{'burst ms':>10}"
     )
     stalled = False
     for row in results["one_job"]:
@@ -622,7 +654,7 @@ def render(results: dict[str, Any]) -> str:
             add(
                 f"   {r['streams']:>6,} {r['rounds']:>6} {label:<14}{report._ms(lat['p50']):>9}"
                 f"{report._ms(lat['p99']):>9}{report._ms(lat['max']):>9}{r['kib_per_stream']:>17.1f}"
-                f"{r['open_seconds']:>8.2f}"
+                f"{r['open_seconds']:>8.2f}{report._ms(r['burst_settle_p50']):>10}"
             )
         jp, bare = row["jobpulse"], row["bare"]
         mem = (
