@@ -57,6 +57,10 @@ SERVICE_NAMES = (
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
+# Probes in a row that must time out before a silent database is reported down.
+SLOW_PROBES_BEFORE_DOWN = 3
+
+
 @dataclass
 class App:
     """A running server and the parts tests may want to reach."""
@@ -132,19 +136,33 @@ class App:
     async def watch_database(self) -> None:
         """Probes the database; grpc health says NOT_SERVING while it cannot be reached."""
         serving = True
+        slow = 0
         while not self._stop_background.is_set():
             try:
                 await asyncio.wait_for(self._stop_background.wait(), timeout=self.config.health_interval)
                 return
             except asyncio.TimeoutError:
                 pass
+            limit = max(1.0, self.config.health_interval)
             try:
-                await asyncio.wait_for(self.db.ping(), timeout=max(1.0, self.config.health_interval))
-                ok = True
+                await asyncio.wait_for(self.db.ping(), timeout=limit)
+                ok, slow = True, 0
+            except asyncio.TimeoutError:
+                # A busy server answers late; only a database that stays silent is reported down,
+                # so that load alone does not make health flap.
+                slow += 1
+                ok = slow < SLOW_PROBES_BEFORE_DOWN
+                if not ok and serving:
+                    log.error(
+                        "database did not answer %d probes in a row (%.0fs each): health is NOT_SERVING "
+                        "until it does",
+                        slow,
+                        limit,
+                    )
             except Exception as exc:
                 ok = False
                 if serving:
-                    log.error("database unreachable (%s): health is NOT_SERVING until it is back", exc)
+                    log.error("database unreachable (%r): health is NOT_SERVING until it is back", exc)
             if ok != serving and not self._stop_background.is_set():
                 serving = ok
                 if ok:
@@ -188,7 +206,7 @@ def open_mode_problem(config: Config, keys_exist: bool) -> str | None:
 async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
     hub = ChangeHub()
-    db = Database(config.database_url, on_commit=hub.publish)
+    db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
     await db.start()
     jobs = JobService(db, config, clock)
     metrics = Metrics()
