@@ -62,7 +62,7 @@ class _Delta:
         return self._messages[kind]
 
 
-_ReadKey = tuple[str, int, "str | None", int]
+_ReadKey = tuple[int, "str | None"]  # (after revision, owner filter)
 
 
 class _SharedRead:
@@ -73,6 +73,16 @@ class _SharedRead:
     def __init__(self, task: asyncio.Future[_Delta]) -> None:
         self.task = task
         self.waiters: list[asyncio.Future[None]] = []
+
+
+class _JobReads:
+    """The reads of one job made since it was last announced as changed (one generation)."""
+
+    __slots__ = ("generation", "reads")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.reads: dict[_ReadKey, _SharedRead] = {}
 
 
 class WatchService:
@@ -87,48 +97,51 @@ class WatchService:
         self.db = db
         self.hub = hub
         self.config = config
-        self._reads: dict[_ReadKey, _SharedRead] = {}
+        self._reads: dict[str, _JobReads] = {}
 
     async def watch(self, who: Principal, job_id: str, after_revision: int) -> AsyncIterator[WatchMessage]:
         # Subscribe before the first read so nothing committed in between is missed.
-        with self.hub.subscribe(job_id) as changed:
-            delta = await self._read(who, job_id, after_revision)
-            job = delta.job
-            if after_revision > job.revision:
-                raise RevisionAhead(
-                    f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
-                    job_id=job_id,
-                    revision=str(job.revision),
-                )
-            if after_revision == 0:
-                for msg in delta.messages(EventType.SNAPSHOT):
-                    yield msg
-            elif after_revision < job.revision or job.state.terminal:
-                for msg in delta.messages(EventType.CHANGE):
-                    yield msg
-            else:
-                yield WatchMessage(EventType.HEARTBEAT, job.revision)
-            last = job.revision
-            loop = asyncio.get_running_loop()
-            last_sent = loop.time()
-            while not job.state.terminal:
-                woke = await self._wait(changed)
-                if not woke:
-                    yield WatchMessage(EventType.HEARTBEAT, last)
-                    continue
-                # At most one message per watch_min_interval: changes committed meanwhile fold into
-                # it, so a watcher that reads slower than changes happen never builds a backlog.
-                gap = self.config.watch_min_interval - (loop.time() - last_sent)
-                if gap > 0:
-                    await asyncio.sleep(gap)
-                changed.clear()
-                delta = await self._read(who, job_id, last)
+        try:
+            with self.hub.subscribe(job_id) as changed:
+                delta = await self._read(who, job_id, after_revision)
                 job = delta.job
-                if job.revision > last:
+                if after_revision > job.revision:
+                    raise RevisionAhead(
+                        f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
+                        job_id=job_id,
+                        revision=str(job.revision),
+                    )
+                if after_revision == 0:
+                    for msg in delta.messages(EventType.SNAPSHOT):
+                        yield msg
+                elif after_revision < job.revision or job.state.terminal:
                     for msg in delta.messages(EventType.CHANGE):
                         yield msg
-                    last = job.revision
-                    last_sent = loop.time()
+                else:
+                    yield WatchMessage(EventType.HEARTBEAT, job.revision)
+                last = job.revision
+                loop = asyncio.get_running_loop()
+                last_sent = loop.time()
+                while not job.state.terminal:
+                    woke = await self._wait(changed)
+                    if not woke:
+                        yield WatchMessage(EventType.HEARTBEAT, last)
+                        continue
+                    # At most one message per watch_min_interval: changes committed meanwhile fold into
+                    # it, so a watcher that reads slower than changes happen never builds a backlog.
+                    gap = self.config.watch_min_interval - (loop.time() - last_sent)
+                    if gap > 0:
+                        await asyncio.sleep(gap)
+                    changed.clear()
+                    delta = await self._read(who, job_id, last)
+                    job = delta.job
+                    if job.revision > last:
+                        for msg in delta.messages(EventType.CHANGE):
+                            yield msg
+                        last = job.revision
+                        last_sent = loop.time()
+        finally:
+            self._forget_unwatched(job_id)
 
     async def _wait(self, changed: Waker) -> bool:
         """True when the job changed; False after an idle heartbeat interval."""
@@ -141,12 +154,17 @@ class WatchService:
         joined: an older one may predate the change that woke this watcher, and
         the watcher, its wake-up already spent, would then miss it.
         """
-        key = (job_id, after, who.owner_filter, self.hub.generation(job_id))
-        shared = self._reads.get(key)
+        generation = self.hub.generation(job_id)
+        job_reads = self._reads.get(job_id)
+        if job_reads is None or job_reads.generation != generation:
+            # The job changed since those reads started: they may miss it. Start afresh.
+            job_reads = self._reads[job_id] = _JobReads(generation)
+        key = (after, who.owner_filter)
+        shared = job_reads.reads.get(key)
         if shared is None:
             shared = _SharedRead(asyncio.ensure_future(self._read_now(who, job_id, after)))
-            self._reads[key] = shared
-            shared.task.add_done_callback(functools.partial(self._finish, key, shared))
+            job_reads.reads[key] = shared
+            shared.task.add_done_callback(functools.partial(self._finish, job_reads, key, shared))
         task = shared.task
         if not task.done():
             # Each watcher waits on a future of its own: one going away cancels only that,
@@ -156,15 +174,23 @@ class WatchService:
             await waiter
         return task.result()
 
-    def _finish(self, key: _ReadKey, shared: _SharedRead, task: asyncio.Future[_Delta]) -> None:
-        if self._reads.get(key) is shared:
-            del self._reads[key]
+    def _finish(
+        self, job_reads: _JobReads, key: _ReadKey, shared: _SharedRead, task: asyncio.Future[_Delta]
+    ) -> None:
         for waiter in shared.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         shared.waiters.clear()
-        if not task.cancelled():
-            task.exception()  # mark retrieved: a failed shared read is re-raised to each waiter
+        # A finished read stays shared until the job changes (watchers that open later at the same
+        # generation reuse it: with SQLite on the loop a read finishes before the next stream
+        # arrives). A failed one is not kept: the next watcher tries again.
+        if task.cancelled() or task.exception() is not None:
+            if job_reads.reads.get(key) is shared:
+                del job_reads.reads[key]
+
+    def _forget_unwatched(self, job_id: str) -> None:
+        if not self.hub.watched(job_id):
+            self._reads.pop(job_id, None)
 
     async def _read_now(self, who: Principal, job_id: str, after: int) -> _Delta:
         async with self.db.read() as conn:

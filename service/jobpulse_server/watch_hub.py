@@ -142,6 +142,10 @@ class ChangeHub:
             if not topic.events and self._watchers.get(job_id) is topic:
                 del self._watchers[job_id]
 
+    def watched(self, job_id: str) -> bool:
+        """Whether the job has a watcher in this server."""
+        return job_id in self._watchers
+
     def generation(self, job_id: str) -> int:
         """How many times the job was announced as changed while it had watchers.
 

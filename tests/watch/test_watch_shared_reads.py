@@ -87,3 +87,41 @@ def test_watchers_woken_by_the_same_change_share_one_read(make_server: Callable[
     revisions, reads = srv.call(scenario())
     assert len(set(revisions)) == 1 and revisions[0] > job.revision
     assert reads == 1
+
+
+def test_watchers_arriving_later_reuse_a_finished_read_until_the_job_changes(
+    make_server: Callable[..., Any],
+) -> None:
+    """Streams opened one after another on an unchanged job cost one read between them, not one each."""
+    srv = make_server()
+    app = srv.app
+    with jobpulse.Client(srv.address, timeout=30) as client:
+        job = client.create_job(KIND, 2, chunk_size=1)
+
+    async def scenario() -> tuple[int, int, int, bool]:
+        svc = WatchService(app.db, app.hub, app.config)
+        real_read = svc._read_now
+        calls = 0
+
+        async def counted_read(who: Any, job_id: str, after: int) -> _Delta:
+            nonlocal calls
+            calls += 1
+            return await real_read(who, job_id, after)
+
+        svc._read_now = counted_read  # type: ignore[method-assign]
+        with app.hub.subscribe(job.id):
+            for _ in range(20):  # one at a time, each read finished before the next starts
+                assert (await svc._read(ANONYMOUS, job.id, 0)).job.revision == job.revision
+            before_change = calls
+            # Jobs start at priority 5 (the contract's default): 9 is a change.
+            await app.jobs.update_job(ANONYMOUS, job.id, priority=9, labels=None, display_name=None)
+            fresh = await svc._read(ANONYMOUS, job.id, 0)
+            assert fresh.job.revision > job.revision
+            after_change = calls
+        svc._forget_unwatched(job.id)
+        return before_change, after_change, len(svc._reads), app.hub.watched(job.id)
+
+    before_change, after_change, cached_jobs, still_watched = srv.call(scenario())
+    assert before_change == 1
+    assert after_change == 2, "a change must start a new read"
+    assert not still_watched and cached_jobs == 0, "reads of a job nobody watches must not be kept"
