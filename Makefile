@@ -10,7 +10,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated lint breaking test bench bench-scale bench-pg bench-watch run buf clean
+.PHONY: install gen check-generated lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite run buf clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,10 @@ bench-scale: install
 # WatchJob streams: change-to-delivery latency and memory per stream at 100 / 1,000 / 5,000 streams.
 bench-watch: install
 	$(PY) -m bench.watch_streams
+
+# SQLite statements on the event loop vs on aiosqlite's worker thread, same run.
+bench-sqlite: install
+	$(PY) -m bench.sqlite_driver
 
 # Claim + complete throughput on PostgreSQL beside PgQueuer on the same server.
 bench-pg: $(VENV)/.bench-installed

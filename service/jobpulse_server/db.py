@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,16 @@ class UnitOfWork:
 class Database:
     """Owns the engine; hands out read snapshots and serialised write transactions."""
 
-    def __init__(self, url: str, on_commit: Callable[[Changes], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_commit: Callable[[Changes], None] | None = None,
+        *,
+        sqlite_on_loop: bool = True,
+    ) -> None:
         self.url = normalize_url(url)
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        self.sqlite_on_loop = sqlite_on_loop and self.dialect == "sqlite"
         self._on_commit = on_commit
         self._engine: AsyncEngine | None = None
         # SQLite has one writer at a time: queue writers here instead of on the file lock.
@@ -93,8 +101,19 @@ class Database:
             path = make_url(self.url).database
             assert path is not None
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up only)
-            engine = create_async_engine(self.url, connect_args={"timeout": 30})
-            _configure_sqlite(engine)
+            if self.sqlite_on_loop:
+                from . import sqlite_inline
+
+                async def open_inline() -> Any:
+                    return await sqlite_inline.connect(str(path))
+
+                engine = create_async_engine(self.url, async_creator=open_inline)
+                # A lock held by another process must not stall the event loop: wait briefly
+                # in SQLite, and let writers retry BEGIN IMMEDIATE asynchronously (_begin_write).
+                _configure_sqlite(engine, busy_timeout_ms=SQLITE_LOOP_BUSY_MS)
+            else:
+                engine = create_async_engine(self.url, connect_args={"timeout": 30})
+                _configure_sqlite(engine, busy_timeout_ms=30_000)
         else:
             engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self._engine = engine
@@ -146,19 +165,50 @@ class Database:
             async with self.engine.connect() as conn:
                 if self.dialect == "sqlite":
                     conn = await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-                async with conn.begin():
+                trans = await self._begin_write(conn)
+                try:
                     yield UnitOfWork(conn=conn, changes=changes, dialect=self.dialect)
                     if self.dialect == "postgresql" and (changes.jobs or changes.deleted or changes.new_work):
                         # Other replicas learn of the change when (and only if) it commits.
                         from .pg_notify import send
 
                         await send(conn, changes, self.replica_id)
+                except BaseException as exc:
+                    await trans.__aexit__(type(exc), exc, exc.__traceback__)  # rolls back
+                    raise
+                await trans.__aexit__(None, None, None)  # commits
         finally:
             if lock is not None:
                 lock.release()
 
+    async def _begin_write(self, conn: AsyncConnection) -> AsyncTransaction:
+        """Starts a write transaction; on SQLite, waits (without blocking the loop) while another
+        process holds the database's write lock, for up to SQLITE_WRITE_WAIT seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SQLITE_WRITE_WAIT
+        delay = 0.002
+        while True:
+            trans = conn.begin()
+            try:
+                await trans.start()
+                return trans
+            except OperationalError as exc:
+                locked = self.dialect == "sqlite" and "locked" in str(exc.orig).lower()
+                if not locked or loop.time() + delay > deadline:
+                    raise
+            if conn.in_transaction():
+                await conn.rollback()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+
+# SQLite: how long a statement on the event loop may wait for another process's lock (ms), and
+# how long a writer keeps retrying BEGIN IMMEDIATE, asynchronously, before giving up (s).
+SQLITE_LOOP_BUSY_MS = 20
+SQLITE_WRITE_WAIT = 30.0
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writers."""
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -166,9 +216,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Take transaction control away from the driver so BEGIN is ours to emit.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
