@@ -17,6 +17,10 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
+    # The same pending-call limits as jobpulse (service/jobpulse_server/app.py), so that both open
+    # thousands of streams at once.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 

@@ -220,6 +220,11 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
+            # Calls that arrived but are not yet taken up by the event loop. gRPC's own limits
+            # (1,000, hard 3,000) refused streams beyond about 3,000 when thousands of watchers
+            # connected at once (a restart): see README, "How it behaves", Watch.
+            ("grpc.server.max_pending_requests", config.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
         ]
     )
     authenticator = Authenticator(
