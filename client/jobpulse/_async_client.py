@@ -366,30 +366,107 @@ class AsyncClient:
         See :meth:`jobpulse.Client.watch_job` for the arguments and the resumption rules.
         """
         cursor = WatchCursor(job_id, after_revision)
+
+        def observe(event: job_service_pb2.WatchJobResponse) -> bool:
+            cursor.observe(event)
+            return cursor.finished
+
+        async for event in self._resumable(
+            self._jobs.WatchJob,
+            cursor.request,
+            observe,
+            f"watch stream of job {job_id}",
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            reconnect_timeout=reconnect_timeout,
+        ):
+            yield event
+
+    async def watch_jobs(
+        self,
+        *,
+        cursor: str = "",
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
+        """Async-iterates over job-level changes of every matching job (a dashboard feed), resuming
+        from the last cursor across broken streams; see :meth:`jobpulse.Client.watch_jobs`."""
+        request = _requests.watch_jobs(
+            cursor=cursor,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+        )
+
+        def observe(event: job_service_pb2.WatchJobsResponse) -> bool:
+            request.cursor = event.cursor
+            return False
+
+        async for event in self._resumable(
+            self._jobs.WatchJobs,
+            lambda: request,
+            observe,
+            "job feed stream",
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            reconnect_timeout=reconnect_timeout,
+        ):
+            yield event
+
+    async def _resumable(
+        self,
+        method: Any,
+        make_request: Callable[[], Any],
+        observe: Callable[[Any], bool],
+        what: str,
+        *,
+        timeout: float | None,
+        idle_timeout: float | None,
+        reconnect_timeout: float,
+    ) -> AsyncIterator[Any]:
+        """Yields a server stream's messages, reconnecting with backoff after transport failures.
+
+        ``observe`` sees each message before it is yielded (to move the resume point) and returns
+        True once the stream is complete; ``make_request`` builds the request to (re)connect with.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
         failing_since: float | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded(f"watch of job {job_id} exceeded its {timeout:g}s deadline")
-            call = self._jobs.WatchJob(cursor.request(), timeout=remaining, metadata=self._metadata)
+                raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
+            call = method(make_request(), timeout=remaining, metadata=self._metadata)
             error: JobpulseError
             try:
                 while True:
                     try:
                         event = await asyncio.wait_for(call.read(), idle_timeout)
                     except asyncio.TimeoutError:
-                        error = Unavailable(f"no message on the watch stream for {idle_timeout:g}s")
+                        error = Unavailable(f"no message on the {what} for {idle_timeout:g}s")
                         break
                     if event is grpc.aio.EOF:
-                        error = Unavailable("watch stream ended before the job finished")
+                        error = Unavailable(f"the {what} ended before it was complete")
                         break
-                    cursor.observe(event)
+                    finished = observe(event)
                     failing_since = None
                     backoff.reset()
                     yield event
-                    if cursor.finished:
+                    if finished:
                         return
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)

@@ -154,3 +154,31 @@ def test_a_change_that_commits_late_is_not_skipped(server: Any, database_url: st
         channel.close()
     late = [j for j in seen if j.id == a.id]
     assert late[-1].display_name == "late"
+
+
+async def test_async_feed_follows_changes_across_a_server_restart(make_server: Any) -> None:
+    """AsyncClient.watch_jobs: filtered changes, and after the server restarts on the same port the
+    iterator reconnects from its last cursor and reports what changed meanwhile."""
+    srv = make_server()
+    async with jobpulse.AsyncClient(srv.address, timeout=20) as client:
+        start = (await client.list_jobs_page(kind="afeed")).watch_cursor
+        first = await client.create_job("afeed", 1)
+        await client.create_job("other", 1)
+        feed = client.watch_jobs(cursor=start, kind="afeed", timeout=60, reconnect_timeout=30)
+        seen: list[Any] = []
+
+        async def until(job_id: str) -> None:
+            async for msg in feed:
+                seen.append(msg)
+                if any(j.id == job_id for j in msg.jobs):
+                    return
+
+        await asyncio.wait_for(until(first.id), 20)
+        # Restart on the same port (the server thread's loop does it); the feed is mid-stream.
+        await asyncio.get_running_loop().run_in_executor(None, srv.restart)
+        second = await client.create_job("afeed", 1)
+        await asyncio.wait_for(until(second.id), 30)
+        await feed.aclose()
+    reported = [j for m in seen for j in m.jobs]
+    assert {j.kind for j in reported} == {"afeed"}
+    assert [j.id for j in reported] == [first.id, second.id], "a change was missed or repeated"
