@@ -365,7 +365,7 @@ class JobService:
                     job_id=job_id,
                     state=job.state.name,
                 )
-            await repo.delete_job(uow.conn, job.id)
+            await repo.delete_job(uow.conn, job.id, self.clock())
             uow.changes.deleted.add(job.id)
 
     async def stats(self, who: Principal, f: repo.JobFilter) -> tuple[repo.StatsRow, list[repo.StatsRow]]:

@@ -12,13 +12,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal, literal_column, or_, select, tuple_, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
 from .domain import Artifact, Chunk, ChunkState, Job, JobState, Summary
-from .tables import artifacts, chunks, jobs
+from .tables import artifacts, chunks, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
 
@@ -193,8 +205,19 @@ def _next_change_seq(conn: AsyncConnection) -> Any:
     """
     if conn.dialect.name == "postgresql":
         return literal_column("pg_current_xact_id()::text::bigint")
+    return _sqlite_next_seq()
+
+
+def _sqlite_largest_seq() -> Any:
+    """The largest change_seq handed out on SQLite, by a job change or by a delete (tombstone)."""
     other = jobs.alias("seq_jobs")
-    return select(func.coalesce(func.max(other.c.change_seq), 0) + 1).scalar_subquery()
+    largest_job = select(func.coalesce(func.max(other.c.change_seq), 0)).scalar_subquery()
+    largest_tomb = select(func.coalesce(func.max(job_tombstones.c.change_seq), 0)).scalar_subquery()
+    return func.max(largest_job, largest_tomb)  # SQLite's two-argument max() is the larger value
+
+
+def _sqlite_next_seq() -> Any:
+    return select(_sqlite_largest_seq() + 1).scalar_subquery()
 
 
 async def change_horizon(conn: AsyncConnection) -> int:
@@ -202,32 +225,52 @@ async def change_horizon(conn: AsyncConnection) -> int:
     if conn.dialect.name == "postgresql":
         q: Select[Any] = select(literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
     else:
-        q = select(func.coalesce(func.max(jobs.c.change_seq), 0) + 1)
+        q = select(_sqlite_largest_seq() + 1)
     return int((await conn.execute(q)).scalar_one())
+
+
+@dataclass
+class FeedEntry:
+    """One change in a WatchJobs feed: a job as it is now, or the deletion of one (``job`` None)."""
+
+    change_seq: int
+    job_id: str
+    job: Job | None
 
 
 async def changed_jobs(
     conn: AsyncConnection, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
-) -> tuple[list[Job], bool]:
-    """Jobs matching ``f`` changed after ``after`` (change_seq, id) and below ``horizon``, in change order.
+) -> tuple[list[FeedEntry], bool]:
+    """Jobs matching ``f`` changed or deleted after ``after`` (change_seq, id) and below ``horizon``, in
+    change order.
 
     Also says whether changes at or beyond the horizon exist (committed but not yet safe to hand out).
     """
-    q = (
-        select(jobs)
-        .where(
-            *_filter_clauses(conn, f),
-            tuple_(jobs.c.change_seq, jobs.c.id) > tuple_(literal(after[0]), literal(after[1])),
-            jobs.c.change_seq < horizon,
+    found: list[FeedEntry] = []
+    beyond = False
+    for table in (jobs, job_tombstones):
+        q = (
+            select(table)
+            .where(
+                *_filter_clauses(conn, f, table),
+                tuple_(table.c.change_seq, table.c.id) > tuple_(literal(after[0]), literal(after[1])),
+                table.c.change_seq < horizon,
+            )
+            .order_by(table.c.change_seq, table.c.id)
+            .limit(limit)
         )
-        .order_by(jobs.c.change_seq, jobs.c.id)
-        .limit(limit)
-    )
-    found = [_job_from_row(r) for r in (await conn.execute(q)).all()]
-    beyond = (
-        await conn.execute(select(jobs.c.id).where(jobs.c.change_seq >= horizon).limit(1))
-    ).first() is not None
-    return found, beyond
+        rows = (await conn.execute(q)).all()
+        if table is jobs:
+            found += [FeedEntry(r.change_seq, r.id, _job_from_row(r)) for r in rows]
+        else:
+            found += [FeedEntry(r.change_seq, r.id, None) for r in rows]
+        beyond = (
+            beyond
+            or (await conn.execute(select(table.c.id).where(table.c.change_seq >= horizon).limit(1))).first()
+            is not None
+        )
+    found.sort(key=lambda e: (e.change_seq, e.job_id))
+    return found[:limit], beyond
 
 
 async def insert_job(conn: AsyncConnection, job: Job, new_chunks: Sequence[Chunk]) -> None:
@@ -285,8 +328,7 @@ def _save_job_statement(dialect: str) -> Any:
     if dialect == "postgresql":
         values["change_seq"] = literal_column("pg_current_xact_id()::text::bigint")
     else:
-        other = jobs.alias("seq_jobs")
-        values["change_seq"] = select(func.coalesce(func.max(other.c.change_seq), 0) + 1).scalar_subquery()
+        values["change_seq"] = _sqlite_next_seq()
     return update(jobs).where(jobs.c.id == bindparam("b_id")).values(values)
 
 
@@ -297,7 +339,16 @@ async def save_job(conn: AsyncConnection, job: Job) -> None:
     job.bumped = False
 
 
-async def delete_job(conn: AsyncConnection, job_id: str) -> None:
+async def delete_job(conn: AsyncConnection, job_id: str, now: int) -> None:
+    # The tombstone takes its change_seq before the job's row goes (on SQLite the next one is one more
+    # than the largest in either table, the job's own included).
+    cols = ["id", "owner", "display_name", "kind", "state", "priority", "labels", "create_time"]
+    source = select(
+        *[jobs.c[c] for c in cols],
+        literal(now).label("delete_time"),
+        _next_change_seq(conn).label("change_seq"),
+    ).where(jobs.c.id == job_id)
+    await conn.execute(insert(job_tombstones).from_select([*cols, "delete_time", "change_seq"], source))
     await conn.execute(delete(artifacts).where(artifacts.c.job_id == job_id))
     await conn.execute(delete(chunks).where(chunks.c.job_id == job_id))
     await conn.execute(delete(jobs).where(jobs.c.id == job_id))
@@ -549,30 +600,32 @@ ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 
 
-def _filter_clauses(conn: AsyncConnection, f: JobFilter) -> list[ColumnElement[bool]]:
+def _filter_clauses(conn: AsyncConnection, f: JobFilter, table: Table = jobs) -> list[ColumnElement[bool]]:
+    """ListJobs' filters as WHERE clauses on ``jobs`` (or on ``job_tombstones``, which has the same
+    filtered columns)."""
     where: list[ColumnElement[bool]] = []
     if f.owner is not None:
-        where.append(jobs.c.owner == f.owner)
+        where.append(table.c.owner == f.owner)
     if f.states:
-        where.append(jobs.c.state.in_([int(s) for s in f.states]))
+        where.append(table.c.state.in_([int(s) for s in f.states]))
     if f.kind:
-        where.append(jobs.c.kind == f.kind)
+        where.append(table.c.kind == f.kind)
     if f.min_priority is not None:
-        where.append(jobs.c.priority >= f.min_priority)
+        where.append(table.c.priority >= f.min_priority)
     if f.max_priority is not None:
-        where.append(jobs.c.priority <= f.max_priority)
+        where.append(table.c.priority <= f.max_priority)
     if f.created_after is not None:
-        where.append(jobs.c.create_time >= f.created_after)
+        where.append(table.c.create_time >= f.created_after)
     if f.created_before is not None:
-        where.append(jobs.c.create_time < f.created_before)
+        where.append(table.c.create_time < f.created_before)
     if f.search:
         pattern = "%" + f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append(func.lower(jobs.c.display_name).like(pattern, escape="\\"))
+        where.append(func.lower(table.c.display_name).like(pattern, escape="\\"))
     for key, value in sorted(f.labels.items()):
         if conn.dialect.name == "postgresql":
-            where.append(jobs.c.labels[key].as_string() == value)
+            where.append(table.c.labels[key].as_string() == value)
         else:
-            where.append(func.json_extract(jobs.c.labels, literal("$." + _json_key(key))) == value)
+            where.append(func.json_extract(table.c.labels, literal("$." + _json_key(key))) == value)
     return where
 
 

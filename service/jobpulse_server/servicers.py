@@ -319,6 +319,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 type=int(msg.type),  # type: ignore[arg-type]
                 jobs=[job_pb(j, now) for j in msg.jobs],
                 cursor=msg.cursor,
+                deleted_job_ids=msg.deleted,
             )
 
     @rpc

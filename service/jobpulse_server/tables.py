@@ -74,6 +74,23 @@ jobs = Table(
     Index("ix_jobs_change_seq", "change_seq", "id"),
 )
 
+# A deleted job, kept for WatchJobs: the columns its filters test, and the change_seq of the delete.
+job_tombstones = Table(
+    "job_tombstones",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("display_name", String(256), nullable=False),
+    Column("kind", String(128), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("delete_time", BigInteger, nullable=False),
+    Column("change_seq", BigInteger, nullable=False),
+    Index("ix_job_tombstones_change_seq", "change_seq", "id"),
+)
+
 chunks = Table(
     "chunks",
     metadata,

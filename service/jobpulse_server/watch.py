@@ -245,6 +245,8 @@ class FeedMessage:
     type: EventType
     jobs: list[Job]
     cursor: str
+    # Ids of matching jobs deleted since the previous message.
+    deleted: list[str] = field(default_factory=list)
 
 
 class FeedService:
@@ -282,11 +284,16 @@ class FeedService:
                     more = len(found) > JOBS_PER_MESSAGE
                     found = found[:JOBS_PER_MESSAGE]
                     if more:
-                        position = (found[-1].change_seq, found[-1].id)
+                        position = (found[-1].change_seq, found[-1].job_id)
                     elif horizon - 1 > position[0]:
                         position = (horizon - 1, _END)
                     if found:
-                        yield FeedMessage(EventType.CHANGE, found, encode_cursor(position))
+                        yield FeedMessage(
+                            EventType.CHANGE,
+                            [e.job for e in found if e.job is not None],
+                            encode_cursor(position),
+                            [e.job_id for e in found if e.job is None],
+                        )
                     if not more:
                         break
                 if not await self._wait(changed, _HORIZON_RECHECK if beyond else None):

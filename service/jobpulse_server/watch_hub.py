@@ -98,7 +98,7 @@ class ChangeHub:
             topic = self._watchers.get(job_id)
             if topic is not None:
                 topic.wake(next(self._tick))
-        if changes.jobs:
+        if changes.jobs or changes.deleted:
             for ev in self._feeds:
                 ev.set()
         if changes.new_work:

@@ -182,3 +182,54 @@ async def test_async_feed_follows_changes_across_a_server_restart(make_server: A
     reported = [j for m in seen for j in m.jobs]
     assert {j.kind for j in reported} == {"afeed"}
     assert [j.id for j in reported] == [first.id, second.id], "a change was missed or repeated"
+
+
+def test_feed_reports_deletions_that_match_its_filters_in_change_order(server: Any) -> None:
+    with jobpulse.Client(server.address, timeout=20) as client:
+        start = client.list_jobs_page(kind="gone").watch_cursor
+        doomed = client.create_job("gone", 1)
+        other = client.create_job("other", 1)
+        keep = client.create_job("gone", 1)
+        client.cancel_job(doomed.id)
+        client.delete_job(doomed.id)
+        client.delete_job(other.id, force=True)  # another kind: not this feed's business
+
+        stream = client.watch_jobs(cursor=start, kind="gone", timeout=30)
+        seen: list[Any] = []
+        deadline = time.monotonic() + 20
+        for msg in stream:
+            seen.append(msg)
+            if any(doomed.id in m.deleted_job_ids for m in seen):
+                break
+            assert time.monotonic() < deadline, "the deletion was not reported"
+        # A change made after the feed passed the deletion is still reported: on SQLite a job's
+        # change_seq must stay above the tombstones' (the deleted job had the largest one).
+        updated = client.update_job(keep.id, priority=9)
+        for msg in stream:
+            seen.append(msg)
+            if any(j.id == keep.id and j.revision == updated.revision for j in msg.jobs):
+                break
+            assert time.monotonic() < deadline, "a change after the deletion was missed"
+        stream.close()
+        # Resuming from the start again reports the deletion again: tombstones are kept.
+        again = client.watch_jobs(cursor=start, kind="gone", timeout=30)
+        replay: list[Any] = []
+        for msg in again:
+            replay.append(msg)
+            if any(j.id == keep.id and j.revision == updated.revision for m in replay for j in m.jobs):
+                break
+            assert time.monotonic() < deadline + 20, "the replay did not reach the last change"
+        again.close()
+
+    for messages in (seen, replay):
+        deleted = [d for m in messages for d in m.deleted_job_ids]
+        assert deleted == [doomed.id], "only the matching job's deletion, once"
+        # In change order: the deletion comes after every report of the doomed job, and before the
+        # later change of the job that stayed.
+        order = [(i, "del") for i, m in enumerate(messages) if m.deleted_job_ids] + [
+            (i, j.id) for i, m in enumerate(messages) for j in m.jobs
+        ]
+        del_at = next(i for i, what in order if what == "del")
+        assert all(i <= del_at for i, what in order if what == doomed.id)
+        assert any(i >= del_at for i, what in order if what == keep.id)
+        assert other.id not in {j.id for m in messages for j in m.jobs}

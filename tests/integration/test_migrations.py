@@ -20,6 +20,6 @@ async def test_migrated_schema_matches_tables(database_url: str) -> None:
                 return compare_metadata(MigrationContext.configure(sync_conn), metadata)
 
             assert await conn.run_sync(diff) == []
-            assert await conn.run_sync(current_schema_version) == "0003"
+            assert await conn.run_sync(current_schema_version) == "0004"
     finally:
         await db.close()

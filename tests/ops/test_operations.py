@@ -80,7 +80,7 @@ def test_detailed_health_reports_database_schema_streams_and_disk(
             time.sleep(0.05)
         stream.close()
     assert report.serving and report.database_reachable
-    assert report.schema_version == "0003"
+    assert report.schema_version == "0004"
     assert report.database_kind == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
     assert report.open_streams == 1
     assert report.sweeper_lag.seconds < 5

@@ -1075,6 +1075,7 @@ class WatchJobsResponse(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    DELETED_JOB_IDS_FIELD_NUMBER: _builtins.int
     type: Global___WatchEventType.ValueType
     """CHANGE, or HEARTBEAT when nothing changed for a while."""
     cursor: _builtins.str
@@ -1083,16 +1084,23 @@ class WatchJobsResponse(_message.Message):
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
         """The jobs that changed since the previous message, each once, in BASIC view."""
 
+    @_builtins.property
+    def deleted_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of matching jobs deleted since the previous message (filters apply to the job as it was
+        when deleted).
+        """
+
     def __init__(
         self,
         *,
         type: Global___WatchEventType.ValueType = ...,
         jobs: _abc.Iterable[_job_pb2.Job] | None = ...,
         cursor: _builtins.str = ...,
+        deleted_job_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "jobs", b"jobs", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "deleted_job_ids", b"deleted_job_ids", "jobs", b"jobs", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
