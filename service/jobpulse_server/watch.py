@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,13 +65,19 @@ _ReadKey = tuple[int, "str | None"]  # (after revision, owner filter)
 
 
 class _SharedRead:
-    """A read under way and the watchers waiting for it."""
+    """A read (under way or done) and the watchers waiting for it."""
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("result", "waiters")
 
-    def __init__(self, task: asyncio.Future[_Delta]) -> None:
-        self.task = task
+    def __init__(self, result: asyncio.Future[_Delta]) -> None:
+        self.result = result
         self.waiters: list[asyncio.Future[None]] = []
+
+    def release(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
 
 
 class _JobReads:
@@ -162,31 +167,46 @@ class WatchService:
         key = (after, who.owner_filter)
         shared = job_reads.reads.get(key)
         if shared is None:
-            shared = _SharedRead(asyncio.ensure_future(self._read_now(who, job_id, after)))
-            job_reads.reads[key] = shared
-            shared.task.add_done_callback(functools.partial(self._finish, job_reads, key, shared))
-        task = shared.task
-        if not task.done():
+            # This watcher reads for everyone of this generation. Reading here, not in a task of
+            # its own, saves a loop turn per watcher when the read does not yield (SQLite on the
+            # loop): the watchers woken after it find the result ready.
+            result: asyncio.Future[_Delta] = asyncio.get_running_loop().create_future()
+            shared = job_reads.reads[key] = _SharedRead(result)
+            try:
+                delta = await self._read_now(who, job_id, after)
+            except asyncio.CancelledError:
+                # This watcher went away mid-read; its waiters must not inherit that: they wake,
+                # find no result, and read again themselves.
+                self._drop(job_reads, key, shared)
+                shared.release()
+                raise
+            except Exception as exc:
+                # A failed read is handed to its waiters but not kept for later watchers.
+                self._drop(job_reads, key, shared)
+                result.set_exception(exc)
+                result.exception()  # retrieved: each waiter re-raises it
+                shared.release()
+                raise
+            # A finished read stays shared until the job changes: watchers that open later at
+            # the same generation reuse it instead of reading and encoding their own copy.
+            result.set_result(delta)
+            shared.release()
+            return delta
+        result = shared.result
+        if not result.done():
             # Each watcher waits on a future of its own: one going away cancels only that,
-            # never the read the others wait for. (Cheaper than asyncio.shield per watcher.)
+            # never the read the others wait for.
             waiter = asyncio.get_running_loop().create_future()
             shared.waiters.append(waiter)
             await waiter
-        return task.result()
+            if not result.done():  # the reader went away: read again (or join a newer read)
+                return await self._read(who, job_id, after)
+        return result.result()
 
-    def _finish(
-        self, job_reads: _JobReads, key: _ReadKey, shared: _SharedRead, task: asyncio.Future[_Delta]
-    ) -> None:
-        for waiter in shared.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        shared.waiters.clear()
-        # A finished read stays shared until the job changes (watchers that open later at the same
-        # generation reuse it: with SQLite on the loop a read finishes before the next stream
-        # arrives). A failed one is not kept: the next watcher tries again.
-        if task.cancelled() or task.exception() is not None:
-            if job_reads.reads.get(key) is shared:
-                del job_reads.reads[key]
+    @staticmethod
+    def _drop(job_reads: _JobReads, key: _ReadKey, shared: _SharedRead) -> None:
+        if job_reads.reads.get(key) is shared:
+            del job_reads.reads[key]
 
     def _forget_unwatched(self, job_id: str) -> None:
         if not self.hub.watched(job_id):

@@ -125,3 +125,44 @@ def test_watchers_arriving_later_reuse_a_finished_read_until_the_job_changes(
     assert before_change == 1
     assert after_change == 2, "a change must start a new read"
     assert not still_watched and cached_jobs == 0, "reads of a job nobody watches must not be kept"
+
+
+def test_watchers_waiting_on_a_reader_that_goes_away_read_for_themselves(
+    make_server: Callable[..., Any],
+) -> None:
+    """The watcher doing the shared read is cancelled (its client left) mid-read: the watchers waiting on
+    it are not cancelled with it and get the job all the same."""
+    srv = make_server()
+    app = srv.app
+    with jobpulse.Client(srv.address, timeout=30) as client:
+        job = client.create_job(KIND, 2, chunk_size=1)
+
+    async def scenario() -> tuple[bool, list[int], int]:
+        svc = WatchService(app.db, app.hub, app.config)
+        real_read = svc._read_now
+        entered = asyncio.Event()
+        never = asyncio.Event()
+        calls = 0
+
+        async def stuck_first_read(who: Any, job_id: str, after: int) -> _Delta:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                entered.set()
+                await never.wait()  # the first reader never finishes on its own
+            return await real_read(who, job_id, after)
+
+        svc._read_now = stuck_first_read  # type: ignore[method-assign]
+        with app.hub.subscribe(job.id):
+            reader = asyncio.ensure_future(svc._read(ANONYMOUS, job.id, 0))
+            await asyncio.wait_for(entered.wait(), 30)
+            waiting = [asyncio.ensure_future(svc._read(ANONYMOUS, job.id, 0)) for _ in range(3)]
+            await asyncio.sleep(0)  # let them join the read under way
+            reader.cancel()
+            deltas = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+        return reader.cancelled(), [d.job.revision for d in deltas], calls
+
+    cancelled, revisions, calls = srv.call(scenario())
+    assert cancelled
+    assert revisions == [job.revision] * 3
+    assert calls == 2, "one of the waiters reads again; the others share that read"
