@@ -18,6 +18,20 @@ from jobpulse_server.watch import WatchService, _Delta
 KIND = "watch-shared"
 
 
+def counted_service(app: Any) -> tuple[WatchService, list[int]]:
+    """A WatchService on the app's database and hub whose database reads are counted (in ``[0]``)."""
+    svc = WatchService(app.db, app.hub, app.config)
+    real_read = svc._read_now
+    reads = [0]
+
+    async def counted_read(who: Any, job_id: str, after: int) -> _Delta:
+        reads[0] += 1
+        return await real_read(who, job_id, after)
+
+    svc._read_now = counted_read  # type: ignore[method-assign]
+    return svc, reads
+
+
 def test_a_read_started_before_a_change_is_not_shared_with_watchers_it_woke(
     make_server: Callable[..., Any],
 ) -> None:
@@ -69,20 +83,11 @@ def test_watchers_woken_by_the_same_change_share_one_read(make_server: Callable[
         job = client.create_job(KIND, 2, chunk_size=1)
 
     async def scenario() -> tuple[list[int], int]:
-        svc = WatchService(app.db, app.hub, app.config)
-        real_read = svc._read_now
-        calls = 0
-
-        async def counted_read(who: Any, job_id: str, after: int) -> _Delta:
-            nonlocal calls
-            calls += 1
-            return await real_read(who, job_id, after)
-
-        svc._read_now = counted_read  # type: ignore[method-assign]
+        svc, reads = counted_service(app)
         with app.hub.subscribe(job.id):
             await app.jobs.update_job(ANONYMOUS, job.id, priority=3, labels=None, display_name=None)
             deltas = await asyncio.gather(*(svc._read(ANONYMOUS, job.id, job.revision) for _ in range(50)))
-        return [d.job.revision for d in deltas], calls
+        return [d.job.revision for d in deltas], reads[0]
 
     revisions, reads = srv.call(scenario())
     assert len(set(revisions)) == 1 and revisions[0] > job.revision
@@ -99,25 +104,16 @@ def test_watchers_arriving_later_reuse_a_finished_read_until_the_job_changes(
         job = client.create_job(KIND, 2, chunk_size=1)
 
     async def scenario() -> tuple[int, int, int, bool]:
-        svc = WatchService(app.db, app.hub, app.config)
-        real_read = svc._read_now
-        calls = 0
-
-        async def counted_read(who: Any, job_id: str, after: int) -> _Delta:
-            nonlocal calls
-            calls += 1
-            return await real_read(who, job_id, after)
-
-        svc._read_now = counted_read  # type: ignore[method-assign]
+        svc, reads = counted_service(app)
         with app.hub.subscribe(job.id):
             for _ in range(20):  # one at a time, each read finished before the next starts
                 assert (await svc._read(ANONYMOUS, job.id, 0)).job.revision == job.revision
-            before_change = calls
+            before_change = reads[0]
             # Jobs start at priority 5 (the contract's default): 9 is a change.
             await app.jobs.update_job(ANONYMOUS, job.id, priority=9, labels=None, display_name=None)
             fresh = await svc._read(ANONYMOUS, job.id, 0)
             assert fresh.job.revision > job.revision
-            after_change = calls
+            after_change = reads[0]
         svc._forget_unwatched(job.id)
         return before_change, after_change, len(svc._reads), app.hub.watched(job.id)
 
