@@ -56,7 +56,16 @@ def test_every_chunk_completes_once_despite_kill_9(make_server, tmp_path: Path) 
                 while sum(1 for log in logs for parts in _lines(log) if parts[0] == "D") < goal:
                     assert time.monotonic() < deadline, "workers made no progress"
                     time.sleep(0.05)  # poll interval while waiting for progress, not an assertion on timing
-                victim = rng.randrange(WORKERS)
+                # Kill a worker that is holding a chunk right now (its last line is "C"): a kill
+                # between chunks proves nothing about rescue, and with victims picked blindly all
+                # eight kills sometimes landed between chunks (a CI run failed that way).
+                while True:
+                    busy = [i for i in range(WORKERS) if (lines := _lines(logs[i])) and lines[-1][0] == "C"]
+                    if busy:
+                        break
+                    assert time.monotonic() < deadline, "no worker was ever seen holding a chunk"
+                    time.sleep(0.001)  # poll interval while waiting for a busy worker
+                victim = rng.choice(busy)
                 procs[victim].send_signal(signal.SIGKILL)
                 procs[victim].wait()
                 last = _lines(logs[victim])[-1]
