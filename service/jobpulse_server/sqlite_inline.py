@@ -2,7 +2,7 @@
 
 aiosqlite runs every call (execute, fetch, commit, cursor close...) on a worker
 thread and wakes the event loop when it is done: two thread hand-offs per call.
-A GetJob is a dozen or more such calls, and on the 2-core VMs this project is
+A GetJob is about ten such calls, and on the 2-core VMs this project is
 measured on a hand-off pair costs 0.15-0.25 ms (``make bench-sqlite``), ten times
 what SQLite needs for the statement itself. Running the statements on the loop
 thread removes the hand-offs; see the README ("SQLite on the event loop") for the
