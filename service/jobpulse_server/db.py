@@ -237,6 +237,15 @@ def _upgrade_to_head(sync_conn: Any) -> None:
     command.upgrade(cfg, "head")
 
 
+def head_schema_version() -> str:
+    """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None
+    return head
+
+
 def current_schema_version(sync_conn: Any) -> str | None:
     """The Alembic revision the database is at (None before the first migration)."""
     from alembic.runtime.migration import MigrationContext

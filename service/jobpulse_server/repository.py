@@ -264,11 +264,10 @@ async def changed_jobs(
             found += [FeedEntry(r.change_seq, r.id, _job_from_row(r)) for r in rows]
         else:
             found += [FeedEntry(r.change_seq, r.id, None) for r in rows]
-        beyond = (
-            beyond
-            or (await conn.execute(select(table.c.id).where(table.c.change_seq >= horizon).limit(1))).first()
-            is not None
-        )
+        if conn.dialect.name == "postgresql" and not beyond:
+            # (On SQLite the horizon is one past the largest change_seq in this same snapshot.)
+            found_beyond = select(table.c.id).where(table.c.change_seq >= horizon).limit(1)
+            beyond = (await conn.execute(found_beyond)).first() is not None
     found.sort(key=lambda e: (e.change_seq, e.job_id))
     return found[:limit], beyond
 

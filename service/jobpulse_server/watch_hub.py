@@ -63,7 +63,7 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class _Topic:
-    """The watchers of one job, and how many times the job was announced as changed."""
+    """The watchers of one job, and the generation of its latest change announcement."""
 
     __slots__ = ("events", "generation")
 
@@ -147,7 +147,7 @@ class ChangeHub:
         return job_id in self._watchers
 
     def generation(self, job_id: str) -> int:
-        """How many times the job was announced as changed while it had watchers.
+        """A number that grows each time the job is announced as changed (or newly watched).
 
         A read of the job started at generation G sees every change announced up
         to G; a watcher woken later (at a higher generation) must not reuse it.
@@ -180,11 +180,7 @@ class ChangeHub:
     def close(self) -> None:
         """Tells every stream the server is going away."""
         self.closing.set()
-        for topic in self._watchers.values():
-            for ev in topic.events:
-                ev.set()
-        for ev in self._feeds:
-            ev.set()
+        self.wake_all()  # every waiting stream sees `closing` and ends
         for t in self._timers:
             t.cancel()
         self._timers.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from jobpulse_server.db import Database, current_schema_version
+from jobpulse_server.db import Database, current_schema_version, head_schema_version
 from jobpulse_server.tables import metadata
 
 
@@ -20,6 +20,6 @@ async def test_migrated_schema_matches_tables(database_url: str) -> None:
                 return compare_metadata(MigrationContext.configure(sync_conn), metadata)
 
             assert await conn.run_sync(diff) == []
-            assert await conn.run_sync(current_schema_version) == "0004"
+            assert await conn.run_sync(current_schema_version) == head_schema_version()
     finally:
         await db.close()

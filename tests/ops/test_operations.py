@@ -21,6 +21,7 @@ import pytest
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
+from jobpulse_server.db import head_schema_version
 
 
 def _metrics(srv: Any) -> str:
@@ -80,7 +81,7 @@ def test_detailed_health_reports_database_schema_streams_and_disk(
             time.sleep(0.05)
         stream.close()
     assert report.serving and report.database_reachable
-    assert report.schema_version == "0004"
+    assert report.schema_version == head_schema_version()
     assert report.database_kind == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
     assert report.open_streams == 1
     assert report.sweeper_lag.seconds < 5
