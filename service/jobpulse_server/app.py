@@ -30,6 +30,7 @@ from jobpulse.v1 import (
     worker_service_pb2_grpc,
 )
 
+from . import gc_tuning
 from . import repository as repo
 from .auth import Authenticator, is_loopback
 from .clock import Clock, now_us
@@ -283,6 +284,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     )
     await app.set_serving(True)
     app._background.append(asyncio.create_task(app.watch_database(), name="jobpulse-db-health"))
+    gc_tuning.tune(config.gc_threshold)
     if db.dialect == "postgresql":
         app.listener = Listener(db.url, hub, db.replica_id)
         app._background.append(
