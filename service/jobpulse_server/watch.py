@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from .watch_hub import ChangeHub, Waker
 
 # A message carries at most this many chunks; bigger deltas span several messages.
 CHUNKS_PER_MESSAGE = 1000
+SHUTDOWN_MESSAGE = "the server is shutting down; resume from the last revision or cursor you saw"
 
 
 class EventType(enum.IntEnum):
@@ -104,53 +105,78 @@ class WatchService:
         self.config = config
         self._reads: dict[str, _JobReads] = {}
 
-    async def watch(self, who: Principal, job_id: str, after_revision: int) -> AsyncIterator[WatchMessage]:
+    async def watch(
+        self,
+        who: Principal,
+        job_id: str,
+        after_revision: int,
+        send: Callable[[WatchMessage], Awaitable[object]],
+    ) -> None:
+        """Streams the job to ``send`` until it is terminal (then returns) or the server closes.
+
+        One flat coroutine per stream, not a stack of generators: with thousands of streams woken
+        by one change, every frame resumed per message and kept per stream shows in the fan-out's
+        CPU and in the memory of each idle stream.
+        """
+        hub = self.hub
+        heartbeat = self.config.heartbeat_interval
+        min_interval = self.config.watch_min_interval
         # Subscribe before the first read so nothing committed in between is missed.
+        changed = hub.add_watcher(job_id)
         try:
-            with self.hub.subscribe(job_id) as changed:
-                delta = await self._read(who, job_id, after_revision)
+            delta = await self._read(who, job_id, after_revision)
+            job = delta.job
+            if after_revision > job.revision:
+                raise RevisionAhead(
+                    f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
+                    job_id=job_id,
+                    revision=str(job.revision),
+                )
+            if after_revision == 0:
+                for msg in delta.messages(EventType.SNAPSHOT):
+                    await send(msg)
+            elif after_revision < job.revision or job.state.terminal:
+                for msg in delta.messages(EventType.CHANGE):
+                    await send(msg)
+            else:
+                await send(WatchMessage(EventType.HEARTBEAT, job.revision))
+            last = job.revision
+            loop = asyncio.get_running_loop()
+            last_sent = loop.time()
+            while not job.state.terminal:
+                # hub.close() sets every flag, so this one wait also covers shutdown.
+                woke = hub.closing.is_set() or await changed.wait(heartbeat)
+                if hub.closing.is_set():
+                    raise ShuttingDown(SHUTDOWN_MESSAGE)
+                if not woke:
+                    await send(WatchMessage(EventType.HEARTBEAT, last))
+                    continue
+                # At most one message per watch_min_interval: changes committed meanwhile fold into
+                # it, so a watcher that reads slower than changes happen never builds a backlog.
+                gap = min_interval - (loop.time() - last_sent)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                changed.clear()
+                delta = self._shared(who, job_id, last) or await self._read(who, job_id, last)
                 job = delta.job
-                if after_revision > job.revision:
-                    raise RevisionAhead(
-                        f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
-                        job_id=job_id,
-                        revision=str(job.revision),
-                    )
-                if after_revision == 0:
-                    for msg in delta.messages(EventType.SNAPSHOT):
-                        yield msg
-                elif after_revision < job.revision or job.state.terminal:
+                if job.revision > last:
                     for msg in delta.messages(EventType.CHANGE):
-                        yield msg
-                else:
-                    yield WatchMessage(EventType.HEARTBEAT, job.revision)
-                last = job.revision
-                loop = asyncio.get_running_loop()
-                last_sent = loop.time()
-                while not job.state.terminal:
-                    woke = await self._wait(changed)
-                    if not woke:
-                        yield WatchMessage(EventType.HEARTBEAT, last)
-                        continue
-                    # At most one message per watch_min_interval: changes committed meanwhile fold into
-                    # it, so a watcher that reads slower than changes happen never builds a backlog.
-                    gap = self.config.watch_min_interval - (loop.time() - last_sent)
-                    if gap > 0:
-                        await asyncio.sleep(gap)
-                    changed.clear()
-                    delta = await self._read(who, job_id, last)
-                    job = delta.job
-                    if job.revision > last:
-                        for msg in delta.messages(EventType.CHANGE):
-                            yield msg
-                        last = job.revision
-                        last_sent = loop.time()
+                        await send(msg)
+                    last = job.revision
+                    last_sent = loop.time()
         finally:
+            hub.remove_watcher(job_id, changed)
             self._forget_unwatched(job_id)
 
-    async def _wait(self, changed: Waker) -> bool:
-        """True when the job changed; False after an idle heartbeat interval."""
-        return await wait_for_change(self.hub, changed, self.config.heartbeat_interval)
+    def _shared(self, who: Principal, job_id: str, after: int) -> _Delta | None:
+        """A finished read of the current generation, if there is one (no coroutine needed)."""
+        job_reads = self._reads.get(job_id)
+        if job_reads is None or job_reads.generation != self.hub.generation(job_id):
+            return None
+        shared = job_reads.reads.get((after, who.owner_filter))
+        if shared is None or not shared.result.done() or shared.result.exception() is not None:
+            return None
+        return shared.result.result()
 
     async def _read(self, who: Principal, job_id: str, after: int) -> _Delta:
         """The job and its chunks changed after ``after``, joining an identical read already under way.
@@ -331,5 +357,5 @@ async def wait_for_change(hub: ChangeHub, changed: Waker, timeout: float) -> boo
     """
     woke = hub.closing.is_set() or await changed.wait(timeout)
     if hub.closing.is_set():
-        raise ShuttingDown("the server is shutting down; resume from the last revision or cursor you saw")
+        raise ShuttingDown(SHUTDOWN_MESSAGE)
     return woke

@@ -127,20 +127,35 @@ class ChangeHub:
         return self._work
 
     # --- watching ------------------------------------------------------------
-    @contextmanager
-    def subscribe(self, job_id: str) -> Iterator[Waker]:
-        """A flag set whenever the job changes (and at shutdown), for as long as the block runs."""
+    def add_watcher(self, job_id: str) -> Waker:
+        """A flag set whenever the job changes (and at shutdown), until ``remove_watcher``.
+
+        The pair costs less per stream than ``subscribe`` (no generator kept for
+        the life of the stream), which counts with thousands of streams open.
+        """
         ev = Waker()
         topic = self._watchers.get(job_id)
         if topic is None:
             topic = self._watchers[job_id] = _Topic(next(self._tick))
         topic.events.add(ev)
+        return ev
+
+    def remove_watcher(self, job_id: str, ev: Waker) -> None:
+        topic = self._watchers.get(job_id)
+        if topic is None:
+            return
+        topic.events.discard(ev)
+        if not topic.events:
+            del self._watchers[job_id]
+
+    @contextmanager
+    def subscribe(self, job_id: str) -> Iterator[Waker]:
+        """``add_watcher`` for as long as the block runs."""
+        ev = self.add_watcher(job_id)
         try:
             yield ev
         finally:
-            topic.events.discard(ev)
-            if not topic.events and self._watchers.get(job_id) is topic:
-                del self._watchers[job_id]
+            self.remove_watcher(job_id, ev)
 
     def watched(self, job_id: str) -> bool:
         """Whether the job has a watcher in this server."""
