@@ -43,7 +43,7 @@ from .observability import JsonFormatter, Metrics, Observer
 from .pg_notify import Listener
 from .ratelimit import RateLimiter
 from .reflection_docs import DocumentedReflectionServicer
-from .servicers import AdminServicer, JobServicer, WorkerServicer
+from .servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
 from .watch import FeedService, WatchService
 from .watch_hub import ChangeHub
 from .webhooks import Deliverer, outbox_backlog
@@ -214,7 +214,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     metrics.open_streams.set_function(lambda: hub.open_streams)
     observer = Observer(metrics)
     workers = WorkerService(db, hub, config, clock, metrics)
-    watches = WatchService(db, hub, config)
+    watches = WatchService(db, hub, config, watch_encoder(clock))
 
     server = grpc.aio.server(
         options=[

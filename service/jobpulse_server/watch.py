@@ -62,6 +62,10 @@ class _Delta:
         return self._messages[kind]
 
 
+def _as_is(msg: WatchMessage) -> Any:
+    return msg
+
+
 _ReadKey = tuple[int, "str | None"]  # (after revision, owner filter)
 
 
@@ -99,28 +103,39 @@ class WatchService:
     the same work once each.
     """
 
-    def __init__(self, db: Database, hub: ChangeHub, config: Config) -> None:
+    def __init__(
+        self, db: Database, hub: ChangeHub, config: Config, encode: Callable[[WatchMessage], Any] = _as_is
+    ) -> None:
         self.db = db
         self.hub = hub
         self.config = config
+        # Turns a message into what ``write`` takes (the servicer: a WatchJobResponse).
+        self.encode = encode
         self._reads: dict[str, _JobReads] = {}
 
-    async def watch(
-        self,
-        who: Principal,
-        job_id: str,
-        after_revision: int,
-        send: Callable[[WatchMessage], Awaitable[object]],
-    ) -> None:
-        """Streams the job to ``send`` until it is terminal (then returns) or the server closes.
+    def _wire(self, msg: WatchMessage) -> Any:
+        # Encoded once, then shared by every watcher the message goes to.
+        wire = msg.encoded
+        if wire is None:
+            wire = msg.encoded = self.encode(msg)
+        return wire
 
-        One flat coroutine per stream, not a stack of generators: with thousands of streams woken
-        by one change, every frame resumed per message and kept per stream shows in the fan-out's
-        CPU and in the memory of each idle stream.
+    async def watch(
+        self, who: Principal, job_id: str, after_revision: int, write: Callable[[Any], Awaitable[object]]
+    ) -> None:
+        """Writes the job's messages (encoded) with ``write`` until it is terminal (then returns) or
+        the server closes.
+
+        One flat coroutine per stream, not a stack of generators, and an idle stream waits on one
+        future with no timer of its own: with thousands of streams woken by one change, every frame
+        resumed per message and every object kept per stream shows in the fan-out's CPU and in the
+        memory of each idle stream.
         """
         hub = self.hub
+        closing = hub.closing
         heartbeat = self.config.heartbeat_interval
         min_interval = self.config.watch_min_interval
+        wire = self._wire
         # Subscribe before the first read so nothing committed in between is missed.
         changed = hub.add_watcher(job_id)
         try:
@@ -134,22 +149,26 @@ class WatchService:
                 )
             if after_revision == 0:
                 for msg in delta.messages(EventType.SNAPSHOT):
-                    await send(msg)
+                    await write(wire(msg))
             elif after_revision < job.revision or job.state.terminal:
                 for msg in delta.messages(EventType.CHANGE):
-                    await send(msg)
+                    await write(wire(msg))
             else:
-                await send(WatchMessage(EventType.HEARTBEAT, job.revision))
+                await write(wire(WatchMessage(EventType.HEARTBEAT, job.revision)))
             last = job.revision
             loop = asyncio.get_running_loop()
             last_sent = loop.time()
             while not job.state.terminal:
                 # hub.close() sets every flag, so this one wait also covers shutdown.
-                woke = hub.closing.is_set() or await changed.wait(heartbeat)
-                if hub.closing.is_set():
+                if not closing.is_set():
+                    waiter = changed.arm(heartbeat)
+                    if waiter is not None:
+                        await waiter
+                        changed.disarm()
+                if closing.is_set():
                     raise ShuttingDown(SHUTDOWN_MESSAGE)
-                if not woke:
-                    await send(WatchMessage(EventType.HEARTBEAT, last))
+                if not changed.is_set():
+                    await write(wire(WatchMessage(EventType.HEARTBEAT, last)))
                     continue
                 # At most one message per watch_min_interval: changes committed meanwhile fold into
                 # it, so a watcher that reads slower than changes happen never builds a backlog.
@@ -161,7 +180,7 @@ class WatchService:
                 job = delta.job
                 if job.revision > last:
                     for msg in delta.messages(EventType.CHANGE):
-                        await send(msg)
+                        await write(wire(msg))
                     last = job.revision
                     last_sent = loop.time()
         finally:

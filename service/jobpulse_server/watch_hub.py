@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,15 +20,18 @@ class Waker:
     """A wake-up flag one task waits on, with a timeout.
 
     Cheaper than an ``asyncio.Event`` raced against a timeout and a shutdown
-    event: a wait costs one future and one timer, and creates no task. With
+    event: waiting costs one future and creates no task, no coroutine and no
+    timer of its own (timeouts come from a shared ``TimeoutWheel``). With
     thousands of streams woken by every change, that is most of the hub's cost.
     """
 
-    __slots__ = ("_flag", "_waiter")
+    __slots__ = ("_flag", "_slot", "_waiter", "_wheel")
 
-    def __init__(self) -> None:
+    def __init__(self, wheel: TimeoutWheel) -> None:
         self._flag = False
         self._waiter: asyncio.Future[None] | None = None
+        self._slot: set[Waker] | None = None
+        self._wheel = wheel
 
     def set(self) -> None:
         self._flag = True
@@ -41,25 +45,77 @@ class Waker:
     def is_set(self) -> bool:
         return self._flag
 
-    async def wait(self, timeout: float) -> bool:
-        """True once set; False if ``timeout`` seconds pass first."""
+    def arm(self, timeout: float) -> asyncio.Future[None] | None:
+        """A future done once the flag is set or about ``timeout`` seconds have passed (at most
+        an eighth more); None if the flag is already set. Call ``disarm`` after awaiting it."""
         if self._flag:
-            return True
+            return None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiter = waiter
-        timer = loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        self._slot = self._wheel.add(self, timeout, loop)
+        return waiter
+
+    def disarm(self) -> None:
+        """Ends the current wait (if any): the wheel forgets this waker."""
+        slot = self._slot
+        if slot is not None:
+            slot.discard(self)
+            self._slot = None
+        self._waiter = None
+
+    def expire(self) -> None:
+        """The wait timed out: wakes the waiter without setting the flag."""
+        self._slot = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """True once set; False if ``timeout`` seconds (at most an eighth more) pass first."""
+        waiter = self.arm(timeout)
+        if waiter is not None:
+            try:
+                await waiter
+            finally:
+                self.disarm()
         return self._flag
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class TimeoutWheel:
+    """Timeouts for many waiting wakers, with one loop timer per moment instead of one per wait.
+
+    A wait of T seconds ends at the next multiple of T/8 after T has passed, so the
+    waits started within the same eighth share one slot and one timer. Arming and
+    ending a wait are then a set insertion and removal; an asyncio timer per wait
+    costs an object, a heap push of Python-level comparisons, and heap rebuilds
+    as thousands of them are cancelled by every change.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[float, set[Waker]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def add(self, waker: Waker, timeout: float, loop: asyncio.AbstractEventLoop) -> set[Waker]:
+        quantum = max(timeout, 0.001) / 8
+        when = math.ceil((loop.time() + timeout) / quantum) * quantum
+        slot = self._slots.get(when)
+        if slot is None:
+            slot = self._slots[when] = set()
+            self._timers[when] = loop.call_at(when, self._fire, when)
+        slot.add(waker)
+        return slot
+
+    def _fire(self, when: float) -> None:
+        self._timers.pop(when, None)
+        for waker in self._slots.pop(when, ()):
+            waker.expire()
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._slots.clear()
 
 
 class _Topic:
@@ -91,6 +147,7 @@ class ChangeHub:
         self._work = asyncio.Event()
         self.closing = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._wheel = TimeoutWheel()
 
     # --- publishing (called after commit) ----------------------------------
     def publish(self, changes: Changes) -> None:
@@ -133,7 +190,7 @@ class ChangeHub:
         The pair costs less per stream than ``subscribe`` (no generator kept for
         the life of the stream), which counts with thousands of streams open.
         """
-        ev = Waker()
+        ev = Waker(self._wheel)
         topic = self._watchers.get(job_id)
         if topic is None:
             topic = self._watchers[job_id] = _Topic(next(self._tick))
@@ -141,6 +198,7 @@ class ChangeHub:
         return ev
 
     def remove_watcher(self, job_id: str, ev: Waker) -> None:
+        ev.disarm()
         topic = self._watchers.get(job_id)
         if topic is None:
             return
@@ -173,11 +231,12 @@ class ChangeHub:
     @contextmanager
     def subscribe_all(self) -> Iterator[Waker]:
         """A flag set whenever any job changes, and at shutdown (for WatchJobs feeds)."""
-        ev = Waker()
+        ev = Waker(self._wheel)
         self._feeds.add(ev)
         try:
             yield ev
         finally:
+            ev.disarm()
             self._feeds.discard(ev)
 
     def wake_all(self) -> None:
@@ -199,3 +258,4 @@ class ChangeHub:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
+        self._wheel.close()
