@@ -18,6 +18,10 @@ from .errors import ChunkNotFound, FieldViolation, InvalidArgument, LeaseLost
 from .observability import Metrics
 from .watch_hub import ChangeHub
 
+# Retry jitter from a generator of our own: the process-wide `random` state is left to the
+# application (and to tests that seed it).
+_jitter = random.Random()
+
 log = logging.getLogger(__name__)
 
 LEASE_EXPIRED = "LEASE_EXPIRED"
@@ -228,7 +232,7 @@ class WorkerService:
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter over the upper half: base * 2^(attempt-1)."""
         ceiling = min(self.config.retry_backoff_max, self.config.retry_backoff * (2 ** max(0, attempt - 1)))
-        return ceiling / 2 + random.random() * ceiling / 2
+        return ceiling / 2 + _jitter.random() * ceiling / 2
 
     # --- rescue ------------------------------------------------------------
     async def sweep(self) -> int:

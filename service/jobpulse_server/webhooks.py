@@ -33,6 +33,10 @@ from .outbox import DEAD, DELIVERED, PENDING
 from .tables import api_keys, jobs, webhook_deliveries
 from .watch_hub import ChangeHub
 
+# Retry jitter from a generator of our own: the process-wide `random` state is left to the
+# application (and to tests that seed it).
+_jitter = random.Random()
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Jobpulse-Signature"
@@ -180,7 +184,7 @@ class Deliverer:
             return {"state": DELIVERED, "attempts": attempts, "last_status": status, "last_error": "",
                     "delivered_time": now}  # fmt: skip
         ceiling = min(600.0, self.config.webhook_retry_base * 2 ** (attempts - 1))
-        delay_us = int((ceiling / 2 + random.random() * ceiling / 2) * 1e6)
+        delay_us = int((ceiling / 2 + _jitter.random() * ceiling / 2) * 1e6)
         expired = now + delay_us - delivery.create_time > int(self.config.webhook_retry_period * 1e6)
         if expired and self.metrics is not None:
             self.metrics.webhooks_dead.inc()
