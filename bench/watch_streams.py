@@ -16,6 +16,8 @@ started for every stream count, so each memory figure starts from the same point
 * bursts: ``BURST`` changes back to back, timed until every stream shows the last of them. jobpulse folds
   them (a stream sends at most one CHANGE per ``watch_min_interval``); the baseline sends every one.
 * memory: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle, minus RSS before, over N.
+  The same is measured, in a fresh server process, for the least a grpc.aio stream can be (a handler
+  that writes one message and waits): grpc.aio's own floor, below which no handler can go.
 * many jobs: one stream per job, one change per job (a few changes in flight at once).
 """
 
@@ -129,6 +131,16 @@ class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
                     yield msg
         finally:
             self._subs[key].discard(wake)
+
+    async def WatchJobs(self, request: Any, context: Any) -> None:
+        """The floor: what grpc.aio itself keeps per idle server stream. The handler writes one
+        message, then waits on a future of its own, the least an idle stream can wait on. (Not one
+        future shared by all: a cancelled stream cancels the future its task waits on, which would
+        end every other stream.)"""
+        await context.write(
+            job_service_pb2.WatchJobsResponse(type=job_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT)
+        )
+        await asyncio.get_running_loop().create_future()
 
     async def UpdateJob(self, request: Any, context: Any) -> Any:
         key = request.job_id
@@ -530,6 +542,44 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         await channels.close()
 
 
+async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
+    """Server memory per idle stream of the minimal grpc.aio handler (``FanoutServicer.WatchJobs``),
+    measured as ``one_job`` measures it, in a server process of its own."""
+    channels = Channels(server.target, streams_n)
+
+    async def open_streams(n: int) -> tuple[list[Any], bool]:
+        calls = [
+            channels.stub(i).WatchJobs(job_service_pb2.WatchJobsRequest(), timeout=3600) for i in range(n)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), OPEN_TIMEOUT)
+            return calls, True
+        except asyncio.TimeoutError:
+            return calls, False
+
+    try:
+        warm, _ = await open_streams(10)
+        for call in warm:
+            call.cancel()
+        await asyncio.sleep(0.5)
+        before = rss_kib(server.pid)
+        calls, all_open = await open_streams(streams_n)
+        await asyncio.sleep(1.0)  # idle
+        after = rss_kib(server.pid)
+        # Every stream must still be open, or the figure is not one of idle streams.
+        ended = sum(1 for call in calls if call.done())
+        for call in calls:
+            call.cancel()
+        return {
+            "streams": streams_n,
+            "opened": all_open,
+            "ended": ended,
+            "kib_per_stream": (after - before) / streams_n,
+        }
+    finally:
+        await channels.close()
+
+
 async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
     """One stream per job, one change per job; up to ``in_flight`` changes under way at once."""
     channels = Channels(side.server.target, jobs_n)
@@ -612,6 +662,17 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
         finally:
             jp.stop()
             bare.stop()
+        floor = FanoutProcess()
+        try:
+            floor.wait_ready()
+
+            async def go_floor(floor: FanoutProcess = floor, n: int = n) -> dict[str, Any]:
+                await _ready(floor.target)
+                return await floor_memory(floor, n)
+
+            results["one_job"][-1]["floor"] = asyncio.run(go_floor())
+        finally:
+            floor.stop()
     _log(f"{s.many_jobs:,} jobs, one stream and one change each")
     jp, bare = _start_pair(tmp, "many", templates)
     try:
@@ -704,6 +765,17 @@ def render(results: dict[str, Any]) -> str:
             f"{report._x(jp['latency']['max'] / bare['latency']['max']):>9}{mem:>17}{'':>18}"
             f"{report._x(jp['server_cpu_per_change'] / bare['server_cpu_per_change']):>16}"
         )
+    add(
+        "   grpc.aio alone (a handler that writes one message, then waits on a future), KiB per "
+        "idle stream: "
+        + ", ".join(
+            f"{row['floor']['kib_per_stream']:.1f} at {row['floor']['streams']:,}"
+            + ("" if row["floor"]["opened"] else " (not all opened)")
+            + (f" ({row['floor']['ended']:,} ended early)" if row["floor"].get("ended") else "")
+            for row in results["one_job"]
+            if "floor" in row
+        )
+    )
     if stalled:
         add(
             f"   * not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is "
@@ -762,6 +834,9 @@ def targets(results: dict[str, Any]) -> list[str]:
             verdict = "MET" if kib < TARGET_KIB_PER_STREAM else "NOT MET"
             if jp["stalled"]:
                 verdict += f" (over the {jp['opened']:,} streams that opened)"
+            floor = r.get("floor")
+            if floor is not None:
+                verdict += f" (grpc.aio alone: {floor['kib_per_stream']:.1f} KiB)"
             out.append(
                 f"< {TARGET_KIB_PER_STREAM:.0f} KiB server memory per idle stream at "
                 f"{jp['streams']:,} streams: {kib:.1f} KiB -> {verdict}"
