@@ -1,7 +1,7 @@
 """WatchJob fan-out: change-to-delivery latency and server memory per idle stream, against a bare
 grpc.aio fan-out server measured the same way in the same run.
 
-    python -m bench.watch_streams            # full run, about 2 minutes
+    python -m bench.watch_streams            # full run, about 3 minutes
     python -m bench.watch_streams --quick    # smoke run, about 30 seconds
 
 Every server runs in a process of its own on 127.0.0.1 (jobpulse on SQLite via ``bench.procs``; the
