@@ -35,9 +35,7 @@ class Waker:
 
     def set(self) -> None:
         self._flag = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def clear(self) -> None:
         self._flag = False
@@ -67,6 +65,9 @@ class Waker:
     def expire(self) -> None:
         """The wait timed out: wakes the waiter without setting the flag."""
         self._slot = None
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
