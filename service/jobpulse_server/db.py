@@ -139,6 +139,18 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction that sees one consistent snapshot."""
+        if self.sqlite_on_loop:
+            # Closing runs on this thread and never suspends, so it needs none of the shielded close
+            # task SQLAlchemy's ``async with`` makes to survive cancellation. Without that task a
+            # read is done in the caller's own step: watchers woken by one change then find the
+            # shared read finished instead of each waiting for it (one wake-up per stream, not two).
+            conn = await self.engine.connect()
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                await conn.close()
+            return
         async with self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
