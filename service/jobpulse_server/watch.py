@@ -44,7 +44,7 @@ class WatchMessage:
     job: Job | None = None
     chunks: list[Chunk] = field(default_factory=list)
     more: bool = False
-    # The wire form, built once by the edge and reused by every watcher sharing this message.
+    # The wire form, built once by WatchService's encoder and reused by every watcher sharing this message.
     encoded: Any = None
 
 

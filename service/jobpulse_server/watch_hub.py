@@ -94,28 +94,28 @@ class TimeoutWheel:
     """
 
     def __init__(self) -> None:
-        self._slots: dict[float, set[Waker]] = {}
-        self._timers: dict[float, asyncio.TimerHandle] = {}
+        # Each moment's wakers and the one loop timer that ends their waits.
+        self._slots: dict[float, tuple[set[Waker], asyncio.TimerHandle]] = {}
 
     def add(self, waker: Waker, timeout: float, loop: asyncio.AbstractEventLoop) -> set[Waker]:
         quantum = max(timeout, 0.001) / 8
         when = math.ceil((loop.time() + timeout) / quantum) * quantum
-        slot = self._slots.get(when)
-        if slot is None:
-            slot = self._slots[when] = set()
-            self._timers[when] = loop.call_at(when, self._fire, when)
+        entry = self._slots.get(when)
+        if entry is None:
+            entry = self._slots[when] = (set(), loop.call_at(when, self._fire, when))
+        slot = entry[0]
         slot.add(waker)
         return slot
 
     def _fire(self, when: float) -> None:
-        self._timers.pop(when, None)
-        for waker in self._slots.pop(when, ()):
-            waker.expire()
+        entry = self._slots.pop(when, None)
+        if entry is not None:
+            for waker in entry[0]:
+                waker.expire()
 
     def close(self) -> None:
-        for timer in self._timers.values():
+        for _, timer in self._slots.values():
             timer.cancel()
-        self._timers.clear()
         self._slots.clear()
 
 

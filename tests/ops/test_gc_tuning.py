@@ -20,12 +20,10 @@ def restore_gc() -> Iterator[None]:
 
 def test_tune_freezes_what_exists_and_raises_the_threshold(restore_gc: None) -> None:
     gc.unfreeze()
-    alive_before = [object() for _ in range(3)]  # something that exists before tuning
     gc.set_threshold(700, 10, 10)
     gc_tuning.tune(12_345)
     assert gc.get_threshold() == (12_345, 10, 10)
     assert gc.get_freeze_count() > 0, "objects alive at start-up must be frozen (never scanned again)"
-    del alive_before
 
 
 def test_zero_leaves_the_collector_alone(restore_gc: None) -> None:
