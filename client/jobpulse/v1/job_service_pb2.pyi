@@ -363,6 +363,8 @@ class ListJobsResponse(_message.Message):
     total_size: _builtins.int
     """Number of jobs matching the filters, over all pages, as counted when the
     first page was read (later pages carry that count on; start over to recount).
+    On PostgreSQL the count is exact up to 10,000; above that it is the query
+    planner's estimate (AIP-158), so a first page never counts a million rows.
     """
     watch_cursor: _builtins.str
     """A WatchJobs cursor taken before this page was read: WatchJobs from it

@@ -224,6 +224,80 @@ class CompleteChunkRequest(_message.Message):
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     EXTERNAL_TASK_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_NEXT_FIELD_NUMBER: _builtins.int
+    chunk_id: _builtins.str
+    """The chunk's id."""
+    lease_token: _builtins.str
+    """The lease token of the claim."""
+    external_task_id: _builtins.str
+    """The id of the work in an outside system, if not empty."""
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]:
+        """What the chunk produced."""
+
+    @_builtins.property
+    def claim_next(self) -> Global___ClaimChunksRequest:
+        """When set, also claim the next chunks (same fields and defaults as
+        ClaimChunks), in the same transaction as the completion. If none is
+        ready and wait is set, the call waits for work after the completion has
+        committed. A completion that fails (e.g. LEASE_LOST) claims nothing.
+        """
+
+    def __init__(
+        self,
+        *,
+        chunk_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        artifacts: _abc.Iterable[_job_pb2.Artifact] | None = ...,
+        external_task_id: _builtins.str = ...,
+        claim_next: Global___ClaimChunksRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_next", b"claim_next"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "chunk_id", b"chunk_id", "claim_next", b"claim_next", "external_task_id", b"external_task_id", "lease_token", b"lease_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteChunkRequest: _TypeAlias = CompleteChunkRequest  # noqa: Y015
+
+@_typing.final
+class CompleteChunkResponse(_message.Message):
+    """CompleteChunkResponse tells the job's state after the completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_STATE_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    job_state: _job_pb2.JobState.ValueType
+    """The job's state now."""
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkClaim]:
+        """The chunks claimed for claim_next; empty when it was unset or there is no work."""
+
+    def __init__(
+        self,
+        *,
+        job_state: _job_pb2.JobState.ValueType = ...,
+        claims: _abc.Iterable[Global___ChunkClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims", "job_state", b"job_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteChunkResponse: _TypeAlias = CompleteChunkResponse  # noqa: Y015
+
+@_typing.final
+class ChunkCompletion(_message.Message):
+    """ChunkCompletion is one item of CompleteChunksRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_TASK_ID_FIELD_NUMBER: _builtins.int
     chunk_id: _builtins.str
     """The chunk's id."""
     lease_token: _builtins.str
@@ -248,29 +322,115 @@ class CompleteChunkRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CompleteChunkRequest: _TypeAlias = CompleteChunkRequest  # noqa: Y015
+Global___ChunkCompletion: _TypeAlias = ChunkCompletion  # noqa: Y015
 
 @_typing.final
-class CompleteChunkResponse(_message.Message):
-    """CompleteChunkResponse tells the job's state after the completion."""
+class CompleteChunksRequest(_message.Message):
+    """CompleteChunksRequest completes several chunks at once."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    JOB_STATE_FIELD_NUMBER: _builtins.int
-    job_state: _job_pb2.JobState.ValueType
-    """The job's state now."""
+    COMPLETIONS_FIELD_NUMBER: _builtins.int
+    CLAIM_NEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def completions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkCompletion]:
+        """The completions, at most 100; each chunk at most once. May be empty
+        only when claim_next is set.
+        """
+
+    @_builtins.property
+    def claim_next(self) -> Global___ClaimChunksRequest:
+        """When set, also claim the next chunks (same fields and defaults as
+        ClaimChunks), in the same transaction as the valid completions, whatever
+        became of the items. If none is ready and wait is set, the call waits for
+        work after the completions have committed.
+        """
+
     def __init__(
         self,
         *,
+        completions: _abc.Iterable[Global___ChunkCompletion] | None = ...,
+        claim_next: Global___ClaimChunksRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_next", b"claim_next"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_next", b"claim_next", "completions", b"completions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteChunksRequest: _TypeAlias = CompleteChunksRequest  # noqa: Y015
+
+@_typing.final
+class ChunkCompletionResult(_message.Message):
+    """ChunkCompletionResult is what happened to one item of CompleteChunksRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    JOB_STATE_FIELD_NUMBER: _builtins.int
+    chunk_id: _builtins.str
+    """The chunk's id, as sent."""
+    ok: _builtins.bool
+    """The completion committed (the chunk is COMPLETED, or CANCELLED if its job
+    was cancelled meanwhile).
+    """
+    reason: _builtins.str
+    """Why not, when ok is false: LEASE_LOST (the token is not the chunk's
+    current one, or the lease expired) or CHUNK_NOT_FOUND. Nothing changed.
+    """
+    message: _builtins.str
+    """A human-readable explanation, when ok is false."""
+    job_state: _job_pb2.JobState.ValueType
+    """The job's state after this call, when ok."""
+    def __init__(
+        self,
+        *,
+        chunk_id: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
         job_state: _job_pb2.JobState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_state", b"job_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "job_state", b"job_state", "message", b"message", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CompleteChunkResponse: _TypeAlias = CompleteChunkResponse  # noqa: Y015
+Global___ChunkCompletionResult: _TypeAlias = ChunkCompletionResult  # noqa: Y015
+
+@_typing.final
+class CompleteChunksResponse(_message.Message):
+    """CompleteChunksResponse has one result per completion, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkCompletionResult]:
+        """The results, in the order of the request's completions."""
+
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkClaim]:
+        """The chunks claimed for claim_next; empty when it was unset or there is no work."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ChunkCompletionResult] | None = ...,
+        claims: _abc.Iterable[Global___ChunkClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteChunksResponse: _TypeAlias = CompleteChunksResponse  # noqa: Y015
 
 @_typing.final
 class FailChunkRequest(_message.Message):

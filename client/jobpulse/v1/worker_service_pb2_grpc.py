@@ -56,6 +56,11 @@ class WorkerServiceStub:
                 request_serializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkResponse.FromString,
                 _registered_method=True)
+        self.CompleteChunks = channel.unary_unary(
+                '/jobpulse.v1.WorkerService/CompleteChunks',
+                request_serializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksResponse.FromString,
+                _registered_method=True)
         self.FailChunk = channel.unary_unary(
                 '/jobpulse.v1.WorkerService/FailChunk',
                 request_serializer=jobpulse_dot_v1_dot_worker__service__pb2.FailChunkRequest.SerializeToString,
@@ -90,6 +95,18 @@ class WorkerServiceServicer:
 
     def CompleteChunk(self, request, context):
         """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile).
+        With claim_next set, the same call then claims the worker's next chunks,
+        so a busy worker makes one call per chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteChunks(self, request, context):
+        """Completes several chunks in one call. Each item is judged on its own:
+        items with a current lease commit even when others are stale (their
+        result says why, e.g. LEASE_LOST), and a stale item changes nothing.
+        With claim_next set, the response also carries the next claims.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +137,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.CompleteChunk,
                     request_deserializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkResponse.SerializeToString,
+            ),
+            'CompleteChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteChunks,
+                    request_deserializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksResponse.SerializeToString,
             ),
             'FailChunk': grpc.unary_unary_rpc_method_handler(
                     servicer.FailChunk,
@@ -215,6 +237,33 @@ class WorkerService:
             '/jobpulse.v1.WorkerService/CompleteChunk',
             jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkRequest.SerializeToString,
             jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobpulse.v1.WorkerService/CompleteChunks',
+            jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksRequest.SerializeToString,
+            jobpulse_dot_v1_dot_worker__service__pb2.CompleteChunksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,7 +47,16 @@ class WorkerServiceStub:
     ReportChunkProgress: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ReportChunkProgressRequest, _worker_service_pb2.ReportChunkProgressResponse]
     """Reports progress, extends the lease and tells whether cancel was asked."""
     CompleteChunk: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.CompleteChunkRequest, _worker_service_pb2.CompleteChunkResponse]
-    """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile)."""
+    """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile).
+    With claim_next set, the same call then claims the worker's next chunks,
+    so a busy worker makes one call per chunk.
+    """
+    CompleteChunks: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.CompleteChunksRequest, _worker_service_pb2.CompleteChunksResponse]
+    """Completes several chunks in one call. Each item is judged on its own:
+    items with a current lease commit even when others are stale (their
+    result says why, e.g. LEASE_LOST), and a stale item changes nothing.
+    With claim_next set, the response also carries the next claims.
+    """
     FailChunk: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FailChunkRequest, _worker_service_pb2.FailChunkResponse]
     """Marks a chunk attempt failed: retried with backoff if retryable and
     attempts remain, otherwise failed for good.
@@ -72,7 +81,16 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     ReportChunkProgress: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ReportChunkProgressRequest, _worker_service_pb2.ReportChunkProgressResponse]  # type: ignore[assignment]
     """Reports progress, extends the lease and tells whether cancel was asked."""
     CompleteChunk: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.CompleteChunkRequest, _worker_service_pb2.CompleteChunkResponse]  # type: ignore[assignment]
-    """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile)."""
+    """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile).
+    With claim_next set, the same call then claims the worker's next chunks,
+    so a busy worker makes one call per chunk.
+    """
+    CompleteChunks: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.CompleteChunksRequest, _worker_service_pb2.CompleteChunksResponse]  # type: ignore[assignment]
+    """Completes several chunks in one call. Each item is judged on its own:
+    items with a current lease commit even when others are stale (their
+    result says why, e.g. LEASE_LOST), and a stale item changes nothing.
+    With claim_next set, the response also carries the next claims.
+    """
     FailChunk: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FailChunkRequest, _worker_service_pb2.FailChunkResponse]  # type: ignore[assignment]
     """Marks a chunk attempt failed: retried with backoff if retryable and
     attempts remain, otherwise failed for good.
@@ -112,7 +130,22 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.CompleteChunkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.CompleteChunkResponse, _abc.Awaitable[_worker_service_pb2.CompleteChunkResponse]]:
-        """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile)."""
+        """Marks a chunk done (or CANCELLED if its job was cancelled meanwhile).
+        With claim_next set, the same call then claims the worker's next chunks,
+        so a busy worker makes one call per chunk.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteChunks(
+        self,
+        request: _worker_service_pb2.CompleteChunksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.CompleteChunksResponse, _abc.Awaitable[_worker_service_pb2.CompleteChunksResponse]]:
+        """Completes several chunks in one call. Each item is judged on its own:
+        items with a current lease commit even when others are stale (their
+        result says why, e.g. LEASE_LOST), and a stale item changes nothing.
+        With claim_next set, the response also carries the next claims.
+        """
 
     @_abc_1.abstractmethod
     def FailChunk(
