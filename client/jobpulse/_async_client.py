@@ -557,11 +557,23 @@ class AsyncClient:
         artifacts: Iterable[ArtifactLike] | None = None,
         external_task_id: str = "",
         *,
+        claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
         timeout: float | None = None,
     ) -> worker_service_pb2.CompleteChunkResponse:
         """Marks a chunk done; see :meth:`jobpulse.Client.complete_chunk`."""
-        request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id)
+        request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id, claim_next)
         return await self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
+
+    async def complete_chunks(
+        self,
+        completions: Iterable[_requests.CompletionLike],
+        *,
+        claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
+        timeout: float | None = None,
+    ) -> worker_service_pb2.CompleteChunksResponse:
+        """Completes several chunks in one call; see :meth:`jobpulse.Client.complete_chunks`."""
+        request = _requests.complete_chunks(completions, claim_next)
+        return await self._call(self._workers.CompleteChunks, request, timeout=timeout, retry=False)
 
     async def fail_chunk(
         self,

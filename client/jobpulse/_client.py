@@ -680,6 +680,7 @@ class Client:
         artifacts: Iterable[ArtifactLike] | None = None,
         external_task_id: str = "",
         *,
+        claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
         timeout: float | None = None,
     ) -> worker_service_pb2.CompleteChunkResponse:
         """Marks a chunk done (the server records CANCELLED if its job was cancelled meanwhile).
@@ -689,13 +690,37 @@ class Client:
             lease_token: The token of the claim.
             artifacts: What the chunk produced, as ``Artifact`` messages or dicts of their fields.
             external_task_id: The id of the work in an outside system, if any.
+            claim_next: Claim the next chunks in the same call (complete-and-claim): they come back
+                in the response's ``claims``. Not retried automatically, like :meth:`claim_chunks`.
             timeout: Deadline in seconds; defaults to the client's.
 
         Raises:
-            jobpulse.errors.LeaseLost: The lease token is no longer current.
+            jobpulse.errors.LeaseLost: The lease token is no longer current (nothing is claimed then).
         """
-        request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id)
+        request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id, claim_next)
         return self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
+
+    def complete_chunks(
+        self,
+        completions: Iterable[_requests.CompletionLike],
+        *,
+        claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
+        timeout: float | None = None,
+    ) -> worker_service_pb2.CompleteChunksResponse:
+        """Completes several chunks in one call; each stands or falls on its own lease.
+
+        Args:
+            completions: ``ChunkCompletion`` messages, or ``(chunk_id, lease_token)`` /
+                ``(chunk_id, lease_token, artifacts)`` tuples; at most 100.
+            claim_next: Claim the next chunks in the same call (see :meth:`complete_chunk`).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The response: ``results`` (one per completion, in order: ``ok``, or ``reason`` such as
+            ``LEASE_LOST``) and ``claims``.
+        """
+        request = _requests.complete_chunks(completions, claim_next)
+        return self._call(self._workers.CompleteChunks, request, timeout=timeout, retry=False)
 
     def fail_chunk(
         self,

@@ -241,7 +241,11 @@ def artifact(value: ArtifactLike) -> job_pb2.Artifact:
 
 
 def complete_chunk(
-    chunk_id: str, lease_token: str, artifacts: Iterable[ArtifactLike] | None, external_task_id: str
+    chunk_id: str,
+    lease_token: str,
+    artifacts: Iterable[ArtifactLike] | None,
+    external_task_id: str,
+    claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
 ) -> worker_service_pb2.CompleteChunkRequest:
     """Builds a CompleteChunkRequest."""
     return worker_service_pb2.CompleteChunkRequest(
@@ -249,7 +253,32 @@ def complete_chunk(
         lease_token=lease_token,
         artifacts=[artifact(a) for a in artifacts or ()],
         external_task_id=external_task_id,
+        claim_next=claim_next,
     )
+
+
+# One item of complete_chunks: a ChunkCompletion, or (chunk_id, lease_token[, artifacts]).
+CompletionLike = Any
+
+
+def complete_chunks(
+    completions: Iterable[CompletionLike], claim_next: worker_service_pb2.ClaimChunksRequest | None
+) -> worker_service_pb2.CompleteChunksRequest:
+    """Builds a CompleteChunksRequest."""
+    items = []
+    for c in completions:
+        if isinstance(c, worker_service_pb2.ChunkCompletion):
+            items.append(c)
+        else:
+            chunk_id, lease_token, *rest = c
+            items.append(
+                worker_service_pb2.ChunkCompletion(
+                    chunk_id=chunk_id,
+                    lease_token=lease_token,
+                    artifacts=[artifact(a) for a in (rest[0] if rest else None) or ()],
+                )
+            )
+    return worker_service_pb2.CompleteChunksRequest(completions=items, claim_next=claim_next)
 
 
 def fail_chunk(

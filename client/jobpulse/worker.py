@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jobpulse import _requests
 from jobpulse._client import Client
 from jobpulse._convert import struct_to_dict
 from jobpulse._retry import Backoff
@@ -212,7 +213,9 @@ class Worker:
     retryable unless the exception is a :class:`jobpulse.PermanentError`. When the job is cancelled,
     ``task.cancelled`` becomes true; the handler should return early, after which the chunk is completed and
     the server records it CANCELLED. A lost lease (``LeaseLost``) drops the chunk silently. ``UNAVAILABLE``
-    from the server is waited out with backoff.
+    from the server is waited out with backoff. While there is work, each completion also claims the
+    thread's next chunk (``claim_next``), so a busy worker makes one call per chunk; it long-polls
+    with ClaimChunks only when a completion brought no new chunk.
 
     Example::
 
@@ -342,36 +345,50 @@ class Worker:
 
     def _loop(self, handler: Handler, stop: threading.Event, failures: list[BaseException]) -> None:
         backoff = Backoff(initial=0.2, maximum=10.0)
-        while not stop.is_set():
-            if not self._take_slot():
-                return
-            try:
-                claims = self.client.claim_chunks(
-                    self.worker_id,
-                    kinds=self.kinds,
-                    max_chunks=1,
-                    lease_duration=self.lease_duration,
-                    wait=self.poll_wait,
-                )
-            except _TRANSIENT as exc:
-                self._give_back_slot()
-                delay = backoff.next_delay(exc.retry_delay)
-                _log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
-                stop.wait(delay)
-                continue
-            except BaseException as exc:
-                self._give_back_slot()
-                failures.append(exc)
-                stop.set()
-                return
-            backoff.reset()
+        # Claims in hand, each with a budget slot taken: the next ones come back with the completion
+        # of the previous chunk (complete-and-claim), so a busy worker makes one call per chunk.
+        claims: list[worker_service_pb2.ChunkClaim] = []
+        while not stop.is_set() or claims:
             if not claims:
+                if not self._take_slot():
+                    return
+                try:
+                    claims = list(
+                        self.client.claim_chunks(
+                            self.worker_id,
+                            kinds=self.kinds,
+                            max_chunks=1,
+                            lease_duration=self.lease_duration,
+                            wait=self.poll_wait,
+                        )
+                    )
+                except _TRANSIENT as exc:
+                    self._give_back_slot()
+                    delay = backoff.next_delay(exc.retry_delay)
+                    _log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                    stop.wait(delay)
+                    continue
+                except BaseException as exc:
+                    self._give_back_slot()
+                    failures.append(exc)
+                    stop.set()
+                    return
+                backoff.reset()
+                if not claims:
+                    self._give_back_slot()
+                    continue
+            claim = claims.pop(0)
+            ask_next = not claims and not stop.is_set() and self._take_slot()
+            got = self._process(handler, Task(claim, self.worker_id), ask_next)
+            if ask_next and not got:
                 self._give_back_slot()
-                continue
-            for claim in claims:
-                self._process(handler, Task(claim, self.worker_id))
+            claims += got
 
-    def _process(self, handler: Handler, task: Task) -> None:
+    def _process(
+        self, handler: Handler, task: Task, ask_next: bool = False
+    ) -> list[worker_service_pb2.ChunkClaim]:
+        """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
+        completion also claims the worker's next chunk, which is returned."""
         _log.info(
             "chunk %s of job %s: items %d..%d",
             task.chunk_id,
@@ -388,44 +405,54 @@ class Worker:
         with self._budget_lock:
             self._processed += 1
         if task.lease_lost:
-            return
+            return []
         if error is None:
             _, _, _, external_task_id = task._snapshot()
-            self._finish(
+            claim_next = (
+                _requests.claim_chunks(self.worker_id, self.kinds, 1, self.lease_duration, None)
+                if ask_next
+                else None
+            )
+            done = self._finish(
                 task,
                 lambda: self.client.complete_chunk(
-                    task.chunk_id, task.lease_token, task.artifacts, external_task_id=external_task_id
+                    task.chunk_id,
+                    task.lease_token,
+                    task.artifacts,
+                    external_task_id=external_task_id,
+                    claim_next=claim_next,
                 ),
             )
-        else:
-            retryable = not isinstance(error, PermanentError)
-            _log.warning(
-                "chunk %s failed: %s: %s (retryable=%s)",
-                task.chunk_id,
-                type(error).__name__,
-                error,
-                retryable,
-            )
-            self._finish(
-                task,
-                lambda: self.client.fail_chunk(
-                    task.chunk_id, task.lease_token, type(error).__name__, str(error), retryable
-                ),
-            )
+            return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+        retryable = not isinstance(error, PermanentError)
+        _log.warning(
+            "chunk %s failed: %s: %s (retryable=%s)",
+            task.chunk_id,
+            type(error).__name__,
+            error,
+            retryable,
+        )
+        self._finish(
+            task,
+            lambda: self.client.fail_chunk(
+                task.chunk_id, task.lease_token, type(error).__name__, str(error), retryable
+            ),
+        )
+        return []
 
-    def _finish(self, task: Task, send: Callable[[], object]) -> None:
-        """Sends the completion or failure, retrying transient errors while the lease can still be valid."""
+    def _finish(self, task: Task, send: Callable[[], object]) -> object:
+        """Sends the completion or failure, retrying transient errors while the lease can still be valid.
+        Returns the server's answer, or None when the outcome could not be delivered."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         give_up = time.monotonic() + self.lease_duration
         while True:
             try:
-                send()
-                return
+                return send()
             except (LeaseLost, NotFound) as exc:
                 _log.warning(
                     "chunk %s: lease lost before it could be finished (%s); dropping it", task.chunk_id, exc
                 )
-                return
+                return None
             except _TRANSIENT as exc:
                 delay = backoff.next_delay(exc.retry_delay)
                 if time.monotonic() + delay > give_up:
@@ -434,8 +461,8 @@ class Worker:
                         task.chunk_id,
                         exc,
                     )
-                    return
+                    return None
                 time.sleep(delay)
             except JobpulseError as exc:
                 _log.error("chunk %s: the server refused its outcome: %s", task.chunk_id, exc)
-                return
+                return None

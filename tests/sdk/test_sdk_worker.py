@@ -137,3 +137,48 @@ def test_a_claim_error_retrying_cannot_fix_stops_the_worker(fake, client):
     )
     with pytest.raises(jobpulse.errors.Unauthenticated):
         pending.result(RESULT_TIMEOUT)
+
+
+def test_a_busy_worker_gets_its_next_chunk_with_the_completion(fake, client):
+    """Complete-and-claim: after the first claim, each completion asks for the next chunk in the same
+    call, so a busy worker makes one call per chunk; the last one (budget spent) asks for nothing."""
+    worker = jobpulse.Worker(client, kinds=["thumbnails"], worker_id="w1", progress_interval=0.0)
+    handled: list[str] = []
+    pending = fake.run(worker.run, lambda task: handled.append(task.chunk_id), max_chunks=2)
+    fake.answer("WorkerService.ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()]))
+    second = _claim()
+    second.chunk.id, second.lease_token = "c2", "lease-2"
+    first_done = fake.answer(
+        "WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse(claims=[second])
+    )
+    assert first_done.HasField("claim_next")
+    assert (first_done.claim_next.worker_id, list(first_done.claim_next.kinds)) == ("w1", ["thumbnails"])
+    assert first_done.claim_next.max_chunks == 1
+    last_done = fake.answer("WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse())
+    assert (last_done.chunk_id, last_done.lease_token) == ("c2", "lease-2")
+    assert not last_done.HasField("claim_next")
+    assert pending.result(RESULT_TIMEOUT) == 2
+    assert handled == ["c1", "c2"]
+
+
+def test_complete_chunks_sends_every_item_in_one_call(fake, client):
+    """Client.complete_chunks takes (chunk_id, lease_token[, artifacts]) tuples and returns the results."""
+    pending = fake.run(
+        client.complete_chunks,
+        [("c1", "t1"), ("c2", "t2", [{"name": "out", "uri": "s3://b/out"}])],
+        claim_next=worker_service_pb2.ClaimChunksRequest(worker_id="w1"),
+    )
+    answer = worker_service_pb2.CompleteChunksResponse(
+        results=[
+            worker_service_pb2.ChunkCompletionResult(chunk_id="c1", ok=True),
+            worker_service_pb2.ChunkCompletionResult(chunk_id="c2", ok=False, reason="LEASE_LOST"),
+        ]
+    )
+    request = fake.answer("WorkerService.CompleteChunks", answer)
+    assert [(c.chunk_id, c.lease_token) for c in request.completions] == [("c1", "t1"), ("c2", "t2")]
+    assert [a.uri for a in request.completions[1].artifacts] == ["s3://b/out"]
+    assert request.claim_next.worker_id == "w1"
+    assert [(r.ok, r.reason) for r in pending.result(RESULT_TIMEOUT).results] == [
+        (True, ""),
+        (False, "LEASE_LOST"),
+    ]
