@@ -37,13 +37,15 @@ from .clock import Clock, now_us
 from .config import Config
 from .db import Database, current_schema_version
 from .domain import JobState
+from .encoded_jobs import EncodedJobs
 from .jobs import JobService
 from .leases import WorkerService
-from .observability import JsonFormatter, Metrics, Observer
+from .observability import JsonFormatter, Metrics, Observer, log_off_the_loop
 from .pg_notify import Listener
 from .ratelimit import RateLimiter
 from .reflection_docs import DocumentedReflectionServicer
 from .servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
+from .store import Store, open_store
 from .watch import FeedService, WatchService
 from .watch_hub import ChangeHub
 from .webhooks import Deliverer, outbox_backlog
@@ -70,6 +72,7 @@ class App:
     server: grpc.aio.Server
     port: int
     db: Database
+    store: Store
     hub: ChangeHub
     jobs: JobService
     workers: WorkerService
@@ -183,6 +186,7 @@ class App:
         self.hub.close()
         await stopping
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.store.close()
         await self.db.close()
 
 
@@ -209,12 +213,18 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     hub = ChangeHub()
     db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
     await db.start()
-    jobs = JobService(db, config, clock)
     metrics = Metrics()
     metrics.open_streams.set_function(lambda: hub.open_streams)
+    store = open_store(db, on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc())
+    try:
+        await store.start()
+    except BaseException:
+        await db.close()
+        raise
+    jobs = JobService(db, store, config, clock)
     observer = Observer(metrics)
-    workers = WorkerService(db, hub, config, clock, metrics)
-    watches = WatchService(db, hub, config, watch_encoder(clock))
+    workers = WorkerService(store, db, hub, config, clock, metrics)
+    watches = WatchService(store, hub, config, watch_encoder(clock))
 
     server = grpc.aio.server(
         options=[
@@ -242,10 +252,14 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     await authenticator.refresh()
     problem = open_mode_problem(config, not authenticator.open)
     if problem is not None:
+        await store.close()
         await db.close()
         raise PermissionError(problem)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(authenticator, jobs, watches, FeedService(db, hub, config), clock, observer), server
+        JobServicer(
+            authenticator, jobs, watches, FeedService(db, hub, config), clock, observer, EncodedJobs()
+        ),
+        server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(authenticator, workers, clock, observer), server
@@ -264,11 +278,12 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         else:
             port = server.add_insecure_port(address)
     except (RuntimeError, OSError, ValueError) as exc:
+        await store.close()
         await db.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     await server.start()
 
-    app = App(config, server, port, db, hub, jobs, workers, health_servicer, authenticator, metrics)
+    app = App(config, server, port, db, store, hub, jobs, workers, health_servicer, authenticator, metrics)
     admin.report = app.health_report
     if config.metrics_port >= 0:
         app.metrics_port = metrics.serve(config.host, config.metrics_port)
@@ -338,9 +353,13 @@ def run(config: Config) -> int:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO), handlers=[handler])
+    # Records are formatted and written on a thread of their own (one access-log line per call).
+    listener = log_off_the_loop(handler, getattr(logging, config.log_level.upper(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    finally:
+        listener.stop()
 
 
 def _schema_version(sync_conn: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from jobpulse.v1 import job_pb2
@@ -27,34 +29,56 @@ def artifact_pb(a: Artifact) -> job_pb2.Artifact:
     )
 
 
+def _ts(us: int | None) -> dict[str, int] | None:
+    """A Timestamp as constructor keywords (cheaper than building a Timestamp and copying it)."""
+    if us is None:
+        return None
+    return {"seconds": us // 1_000_000, "nanos": (us % 1_000_000) * 1000}
+
+
+def chunk_kwargs(c: Chunk) -> dict[str, Any]:
+    """A Chunk message's fields as constructor keywords: ``repeated.add(**chunk_kwargs(c))`` builds
+    1,000 chunks in about half the time of building each Chunk and copying it in."""
+    return {
+        "id": c.id,
+        "job_id": c.job_id,
+        "index": c.index,
+        "state": int(c.state),
+        "item_start": c.item_start,
+        "item_count": c.item_count,
+        "items_done": c.items_done,
+        "attempt": c.attempt,
+        "max_attempts": c.max_attempts,
+        "worker_id": c.worker_id,
+        "external_task_id": c.external_task_id,
+        "artifacts": [
+            {
+                "name": a.name,
+                "uri": a.uri,
+                "media_type": a.media_type,
+                "size_bytes": a.size_bytes,
+                "chunk_index": a.chunk_index,
+            }
+            for a in c.artifacts
+        ],
+        "revision": c.revision,
+        "start_time": _ts(c.start_time),
+        "end_time": _ts(c.end_time),
+        "next_attempt_time": _ts(c.next_attempt_time),
+        "error": {"reason": c.error_reason, "message": c.error_message}
+        if c.error_reason or c.error_message
+        else None,
+    }
+
+
 def chunk_pb(c: Chunk) -> job_pb2.Chunk:
-    msg = job_pb2.Chunk(
-        id=c.id,
-        job_id=c.job_id,
-        index=c.index,
-        state=int(c.state),  # type: ignore[arg-type]
-        item_start=c.item_start,
-        item_count=c.item_count,
-        items_done=c.items_done,
-        attempt=c.attempt,
-        max_attempts=c.max_attempts,
-        worker_id=c.worker_id,
-        external_task_id=c.external_task_id,
-        artifacts=[artifact_pb(a) for a in c.artifacts],
-        revision=c.revision,
-        start_time=timestamp(c.start_time),
-        end_time=timestamp(c.end_time),
-        next_attempt_time=timestamp(c.next_attempt_time),
-    )
-    if c.error_reason or c.error_message:
-        msg.error.reason = c.error_reason
-        msg.error.message = c.error_message
-    return msg
+    return job_pb2.Chunk(**chunk_kwargs(c))
 
 
 def job_pb(
-    job: Job, now: int, chunks: list[Chunk] | None = None, chunks_next_page_token: str = ""
+    job: Job, now: int | None, chunks: list[Chunk] | None = None, chunks_next_page_token: str = ""
 ) -> job_pb2.Job:
+    """The Job message; ``now`` None leaves progress.eta out (for encodings kept across time)."""
     s = job.summary
     metadata = struct_pb2.Struct()
     metadata.update(job.metadata)
@@ -80,7 +104,6 @@ def job_pb(
             failed=s.failed,
             cancelled=s.cancelled,
         ),
-        chunks=[chunk_pb(c) for c in chunks or ()],
         chunks_next_page_token=chunks_next_page_token,
         artifacts=[artifact_pb(a) for a in job.artifacts],
         revision=job.revision,
@@ -94,7 +117,10 @@ def job_pb(
         max_attempts=job.max_attempts,
         webhook_url=job.webhook_url,
     )
-    eta = job.eta_seconds(now)
+    add = msg.chunks.add
+    for c in chunks or ():
+        add(**chunk_kwargs(c))
+    eta = job.eta_seconds(now) if now is not None else None
     if eta is not None:
         msg.progress.eta.CopyFrom(duration(eta))
     if job.error_chunk_index is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -110,7 +111,8 @@ class Database:
                 engine = create_async_engine(self.url, async_creator=open_inline)
                 # A lock held by another process must not stall the event loop: wait briefly
                 # in SQLite, and let writers retry BEGIN IMMEDIATE asynchronously (_begin_write).
-                _configure_sqlite(engine, busy_timeout_ms=SQLITE_LOOP_BUSY_MS)
+                # Checkpoints run on the store's thread (store.sqlite), not in commits on the loop.
+                _configure_sqlite(engine, busy_timeout_ms=SQLITE_LOOP_BUSY_MS, autocheckpoint=0)
             else:
                 engine = create_async_engine(self.url, connect_args={"timeout": 30})
                 _configure_sqlite(engine, busy_timeout_ms=30_000)
@@ -157,16 +159,28 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    def write_lock(self) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """What serialises this process's writers (SQLite); nothing on PostgreSQL."""
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    def write_locked(self) -> bool:
+        """Whether a writer of this process is in a transaction (SQLite)."""
+        return self._write_lock is not None and self._write_lock.locked()
+
+    def publish(self, changes: Changes) -> None:
+        """Hands what a committed write changed to the change hub."""
+        if self._on_commit is not None and (
+            changes.jobs or changes.deleted or changes.new_work or changes.webhooks
+        ):
+            self._on_commit(changes)
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[UnitOfWork]:
         """A write transaction; its changes are published after it commits."""
         changes = Changes()
         async with self._write_ctx(changes) as uow:
             yield uow
-        if self._on_commit is not None and (
-            changes.jobs or changes.deleted or changes.new_work or changes.webhooks
-        ):
-            self._on_commit(changes)
+        self.publish(changes)
 
     @asynccontextmanager
     async def _write_ctx(self, changes: Changes) -> AsyncIterator[UnitOfWork]:
@@ -220,7 +234,7 @@ SQLITE_LOOP_BUSY_MS = 20
 SQLITE_WRITE_WAIT = 30.0
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, autocheckpoint: int = 1000) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writers."""
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -232,6 +246,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -11,10 +11,12 @@ import asyncio
 import functools
 import inspect
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -127,6 +129,23 @@ def translate(exc: BaseException) -> DomainError | None:
     ):
         return DatabaseUnavailable("the database is unavailable; retry shortly")
     if isinstance(exc, (ConnectionError, OSError)):
+        return DatabaseUnavailable("the database is unavailable; retry shortly")
+    return _translate_driver(exc)
+
+
+def _translate_driver(exc: BaseException) -> DomainError | None:
+    """The same mapping for errors of the drivers the store uses directly (sqlite3, asyncpg)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        # Locked beyond the wait, disk full or unreadable: nothing was committed.
+        return DatabaseUnavailable("the database is unavailable; retry shortly")
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state in ("40001", "40P01"):
+            return DatabaseUnavailable("the database aborted the transaction under contention; retry")
+        if state[:2] in ("08", "53", "57") or state == "55000":
+            return DatabaseUnavailable("the database is unavailable; retry shortly")
+        return None
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError)):
         return DatabaseUnavailable("the database is unavailable; retry shortly")
     return None
 

@@ -6,6 +6,7 @@ stored state live here. Every change runs in one ``Database.write()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from .errors import (
     JobNotTerminal,
     WebhookSecretMissing,
 )
+from .store import ReadTx, Store
 
 
 @dataclass
@@ -55,11 +57,15 @@ class NewJob:
 
 @dataclass
 class JobPage:
-    """A job with (some of) its chunks."""
+    """A job with (some of) its chunks.
+
+    ``delta_after`` set: ``chunks`` holds only the shown chunks changed after that revision (the
+    caller holds the others, see ``Known``)."""
 
     job: Job
     chunks: list[Chunk] | None = None
     chunks_next_page_token: str = ""
+    delta_after: int | None = None
 
 
 @dataclass
@@ -80,6 +86,11 @@ class Principal:
 ANONYMOUS = Principal("anonymous", sees_all=True)
 
 
+# The revision at which the caller already holds a job's shown chunks, if any (see encoded_jobs):
+# at the job's own revision none are read, at an older one only those changed since.
+Known = Callable[[Job], int | None] | None
+
+
 def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
     return pagination.fingerprint({"job": job_id, "states": sorted(int(s) for s in states)})
 
@@ -87,8 +98,9 @@ def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
 class JobService:
     """The caller-facing use cases."""
 
-    def __init__(self, db: Database, config: Config, clock: Clock = now_us) -> None:
+    def __init__(self, db: Database, store: Store, config: Config, clock: Clock = now_us) -> None:
         self.db = db
+        self.store = store
         self.config = config
         self.clock = clock
 
@@ -171,26 +183,40 @@ class JobService:
             if earlier is None:
                 raise
             return await self.get_job(who, earlier.id, full=True)
-        return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job, new_chunks))
+        await self.store.chunks_added(len(new_chunks))
+        return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job))
 
-    def _chunks_token(self, job: Job, shown: list[Chunk]) -> str:
-        if job.summary.total <= FULL_VIEW_CHUNK_LIMIT or len(shown) < FULL_VIEW_CHUNK_LIMIT:
+    def _chunks_token(self, job: Job) -> str:
+        # A job's chunks are numbered 0..total-1 and never removed one by one: FULL shows the
+        # first FULL_VIEW_CHUNK_LIMIT, and the rest continue after the last of them.
+        if job.summary.total <= FULL_VIEW_CHUNK_LIMIT:
             return ""
-        last = shown[FULL_VIEW_CHUNK_LIMIT - 1].index
-        return pagination.encode("chunks", chunk_filters(job.id, []), [last])
+        return pagination.encode("chunks", chunk_filters(job.id, []), [FULL_VIEW_CHUNK_LIMIT - 1])
 
     # --- read ----------------------------------------------------------
-    async def get_job(self, who: Principal, job_id: str, *, full: bool) -> JobPage:
-        async with self.db.read() as conn:
-            job = await self._load(conn, who, job_id)
-            return await self._page(conn, job, full)
+    async def get_job(self, who: Principal, job_id: str, *, full: bool, known: Known = None) -> JobPage:
+        """The job, with its first chunks when ``full``. ``known(job)`` true means the caller already
+        has the chunks of this revision: they are not read (``chunks`` is None)."""
+        # BASIC is one statement, which needs no transaction around it.
+        async with self.store.read(consistent=full) as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            return await self._page(tx, job, full, known)
 
-    async def _page(self, conn: Any, job: Job, full: bool) -> JobPage:
+    async def _page(self, tx: ReadTx, job: Job, full: bool, known: Known = None) -> JobPage:
         if not full:
             return JobPage(job)
-        job.artifacts = await repo.job_artifacts(conn, job.id)
-        shown = await repo.list_chunks(conn, job.id, limit=FULL_VIEW_CHUNK_LIMIT)
-        return JobPage(job, shown, self._chunks_token(job, shown))
+        held = known(job) if known is not None else None
+        if held == job.revision:
+            return JobPage(job, [], self._chunks_token(job), delta_after=held)
+        job.artifacts = await tx.job_artifacts(job.id)
+        if held is not None:
+            changed = await tx.list_chunks(job.id, after_revision=held)
+            changed = [c for c in changed if c.index < FULL_VIEW_CHUNK_LIMIT]
+            return JobPage(job, changed, self._chunks_token(job), delta_after=held)
+        shown = await tx.list_chunks(job.id, limit=FULL_VIEW_CHUNK_LIMIT)
+        return JobPage(job, shown, self._chunks_token(job))
 
     async def _load(self, conn: Any, who: Principal, job_id: str, for_update: bool = False) -> Job:
         job = await repo.get_job(conn, job_id, who.owner_filter, for_update=for_update)
@@ -198,15 +224,17 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def batch_get(self, who: Principal, job_ids: list[str], *, full: bool) -> list[JobPage]:
-        async with self.db.read() as conn:
-            found = await repo.get_jobs(conn, job_ids, who.owner_filter)
+    async def batch_get(
+        self, who: Principal, job_ids: list[str], *, full: bool, known: Known = None
+    ) -> list[JobPage]:
+        async with self.store.read() as tx:
+            found = await tx.get_jobs(job_ids, who.owner_filter)
             missing = [j for j in job_ids if j not in found]
             if missing:
                 raise JobNotFound(missing[0])
             pages = {}
             for job_id, job in found.items():
-                pages[job_id] = await self._page(conn, job, full)
+                pages[job_id] = await self._page(tx, job, full, known)
         return [pages[j] for j in job_ids]
 
     async def list_jobs(
@@ -218,6 +246,7 @@ class JobService:
         page_size: int,
         page_token: str,
         full: bool,
+        known: Known = None,
     ) -> tuple[list[JobPage], str, int, int]:
         """One page of jobs, the next page token, the total, and the WatchJobs change horizon."""
         f.owner = who.owner_filter
@@ -243,14 +272,14 @@ class JobService:
             key = pagination.decode(page_token, "jobs", filters)
             _check_key(key, order_by)
             after, total = key[:-1], key[-1]
-        async with self.db.read() as conn:
-            horizon = await repo.change_horizon(conn)
-            found = await repo.list_jobs(conn, f, order_by, after, page_size + 1)
+        async with self.store.read() as tx:
+            horizon = await tx.change_horizon()
+            found = await tx.list_jobs(f, order_by, after, page_size + 1)
             if total is None:
-                total = await repo.count_jobs(conn, f)
+                total = await tx.count_jobs(f)
             more = len(found) > page_size
             found = found[:page_size]
-            pages = [await self._page(conn, job, full) for job in found]
+            pages = [await self._page(tx, job, full, known) for job in found]
         token = ""
         if more and found:
             token = pagination.encode("jobs", filters, [*repo.job_sort_key(found[-1], order_by), total])
@@ -266,12 +295,14 @@ class JobService:
             if len(key) != 1 or not isinstance(key[0], int):
                 raise InvalidPageToken("page_token is malformed")
             after = key[0]
-        async with self.db.read() as conn:
-            await self._load(conn, who, job_id)
-            found = await repo.list_chunks(
-                conn, job_id, after_index=after, limit=page_size + 1, states=states
-            )
-            total = await repo.count_chunks(conn, job_id, states)
+        async with self.store.read() as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            found = await tx.list_chunks(job_id, after_index=after, limit=page_size + 1, states=states)
+        # The job's counts are its chunks by state, read in the same snapshot: no COUNT(*) needed.
+        s = job.summary
+        total = sum(getattr(s, st.name.lower()) for st in set(states)) if states else s.total
         token = ""
         if len(found) > page_size:
             found = found[:page_size]

@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import ids, outbox
 from . import repository as repo
 from .clock import Clock, now_us
 from .config import Config
-from .db import Database, UnitOfWork
+from .db import Changes, Database
 from .domain import Artifact, Chunk, ChunkState, Job, JobState
-from .errors import ChunkNotFound, FieldViolation, InvalidArgument, LeaseLost
+from .errors import ChunkNotFound, DomainError, FieldViolation, InvalidArgument, LeaseLost
 from .observability import Metrics
+from .store import Store, WriteTx, chunk_job_id
 from .watch_hub import ChangeHub
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
@@ -25,6 +27,8 @@ _jitter = random.Random()
 log = logging.getLogger(__name__)
 
 LEASE_EXPIRED = "LEASE_EXPIRED"
+# Claim transactions in a row that found work but lost it to other claims before giving up.
+CLAIM_TRIES = 3
 CANCEL_DEADLINE = "CANCEL_DEADLINE"
 
 
@@ -36,6 +40,40 @@ class Claim:
     chunk: Chunk
     lease_token: str
     lease_expire_time: int
+
+
+@dataclass
+class ClaimAsk:
+    """What a worker asks for when it claims."""
+
+    worker_id: str
+    kinds: list[str]
+    limit: int
+    lease_us: int
+    wait_s: float = 0.0
+
+    def args(self) -> tuple[str, list[str], int, int, float]:
+        return self.worker_id, self.kinds, self.limit, self.lease_us, self.wait_s
+
+
+@dataclass
+class Completion:
+    """One chunk to complete."""
+
+    chunk_id: str
+    lease_token: str
+    artifacts: list[Artifact]
+    external_task_id: str = ""
+
+
+@dataclass
+class CompletionResult:
+    """What happened to one completion: ``error`` None and the job's state after the call, or the
+    error that left the chunk unchanged."""
+
+    chunk_id: str
+    error: DomainError | None
+    job_state: JobState | None
 
 
 @dataclass
@@ -51,17 +89,20 @@ class WorkerService:
 
     def __init__(
         self,
+        store: Store,
         db: Database,
         hub: ChangeHub,
         config: Config,
         clock: Clock = now_us,
         metrics: Metrics | None = None,
     ) -> None:
+        self.store = store
         self.db = db
         self.hub = hub
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self._progress_interval_us = int(config.webhook_progress_interval * 1e6)
         # When the sweeper last finished a pass (monotonic seconds), for the health report.
         self.last_sweep: float | None = None
 
@@ -88,64 +129,113 @@ class WorkerService:
                 return []
 
     async def _claim_once(self, worker_id: str, kinds: list[str], limit: int, lease_us: int) -> list[Claim]:
-        async with self.db.write() as uow:
+        ask = ClaimAsk(worker_id, kinds, limit, lease_us)
+        fast = await self.store.claim_one_statement(worker_id, kinds, limit, lease_us, self.clock())
+        if fast is not None:
+            if fast:
+                self._count("claimed", len(fast))
+            return [
+                Claim(job, chunk, chunk.lease_token or "", chunk.lease_expire_time or 0)
+                for job, chunk in fast
+            ]
+
+        async def body(tx: WriteTx) -> list[Claim] | None:
             now = self.clock()
-            picked = await repo.pick_claimable(uow.conn, kinds=kinds, now=now, limit=limit)
-            if not picked:
-                return []
-            jobs, picked = await self._jobs_for(uow, picked)
-            claims = []
-            for chunk in picked:
-                job = jobs[chunk.job_id]
-                chunk.attempt += 1
-                chunk.worker_id = worker_id
-                chunk.start_time = now
-                chunk.end_time = None
-                chunk.next_attempt_time = None
-                job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
-                chunk.lease_token = ids.new_lease_token()
-                chunk.lease_expire_time = now + lease_us
-                chunk.lease_duration = lease_us
-                claims.append(Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time))
-            await self._save(uow, jobs, picked)
-        self._count("claimed", len(claims))
+            jobs: dict[str, Job] = {}
+            claims = await self._claim_in(tx, ask, now, jobs, wait_for_jobs=True)
+            if claims:
+                await self._save(tx, jobs.values(), [c.chunk for c in claims], now)
+            # None: there was work, but other claims took it while this one waited for its jobs.
+            return claims if claims or not jobs else None
+
+        for _ in range(CLAIM_TRIES):
+            claims = await self.store.write(body)
+            if claims is None:
+                continue  # look again
+            if claims:
+                self._count("claimed", len(claims))
+            return claims
+        return []
+
+    async def _claim_in(
+        self, tx: WriteTx, ask: ClaimAsk, now: int, jobs: dict[str, Job], *, wait_for_jobs: bool
+    ) -> list[Claim]:
+        """Claims inside ``tx``; ``jobs`` holds the jobs this transaction already has (and gets the
+        jobs of the claims). The caller saves.
+
+        The jobs of the first ready chunks are locked first, then the chunks are picked from those
+        jobs: jobs before chunks is the order every writer that waits uses. With ``wait_for_jobs``
+        false (the transaction holds other jobs already), jobs another transaction holds are
+        skipped rather than waited for, so two such transactions cannot deadlock.
+        """
+        found, picked = await tx.claim(ask.kinds, now, ask.limit, skip_locked=not wait_for_jobs)
+        for job_id, job in found.items():
+            jobs.setdefault(job_id, job)  # a job this transaction changed already keeps its changes
+        claims = []
+        for chunk in picked:
+            job = jobs[chunk.job_id]
+            chunk.attempt += 1
+            chunk.worker_id = ask.worker_id
+            chunk.start_time = now
+            chunk.end_time = None
+            chunk.next_attempt_time = None
+            job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
+            chunk.lease_token = ids.new_lease_token()
+            chunk.lease_expire_time = now + ask.lease_us
+            chunk.lease_duration = ask.lease_us
+            claims.append(Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time))
         return claims
 
-    async def _jobs_for(self, uow: UnitOfWork, picked: list[Chunk]) -> tuple[dict[str, Job], list[Chunk]]:
-        """Locks the jobs of chunks already locked, skipping jobs another transaction holds.
-
-        Lock order is job before chunk everywhere else; here the chunks come first, so
-        waiting for a job could deadlock. Chunks of a busy job are left for the next try.
-        """
-        jobs = await repo.lock_jobs_skip_locked(uow.conn, sorted({c.job_id for c in picked}))
-        return jobs, [c for c in picked if c.job_id in jobs]
-
-    async def _save(self, uow: UnitOfWork, jobs: dict[str, Job], changed: list[Chunk]) -> None:
-        await repo.save_chunks(uow.conn, changed)
-        now = self.clock()
-        for job in jobs.values():
-            await outbox.save_job(uow, job, now, int(self.config.webhook_progress_interval * 1e6))
+    async def _save(self, tx: WriteTx, jobs: Iterable[Job], changed: list[Chunk], now: int) -> None:
+        """Saves the chunks and their jobs with the webhook events the jobs' changes make."""
+        jobs = list(jobs)
+        for job in jobs:
+            rows = outbox.rows_for(job, now, self._progress_interval_us)
+            if rows:
+                tx.add_outbox(rows)
+        await tx.save(jobs, changed)
+        for job in jobs:
+            job.loaded_state = job.state
 
     # --- leased calls ----------------------------------------------------
-    async def _leased(self, uow: UnitOfWork, chunk_id: str, token: str) -> tuple[Job, Chunk]:
-        # Lock the job, then the chunk (the order every writer that waits uses).
-        job_id = await repo.job_id_of_chunk(uow.conn, chunk_id)
-        job = await repo.get_job(uow.conn, job_id, for_update=True) if job_id else None
-        chunk = await repo.get_chunk(uow.conn, chunk_id, for_update=True) if job else None
-        if job is None or chunk is None:
-            raise ChunkNotFound(chunk_id)
+    async def _leased(
+        self, tx: WriteTx, items: Sequence[tuple[str, str]]
+    ) -> tuple[dict[str, tuple[Job, Chunk] | DomainError], int]:
+        """Locks the jobs, then the chunks, of (chunk id, lease token) pairs, and judges each lease
+        by the clock read once the locks are held (a call that waited for a lock past its lease's
+        end is refused). Returns the verdicts and that time."""
+        wanted = {chunk_id: chunk_job_id(chunk_id) for chunk_id, _ in items}
+        jobs, chunks = await tx.lock_leased(
+            [j for j in wanted.values() if j], [c for c, j in wanted.items() if j]
+        )
         now = self.clock()
-        if (
-            chunk.state != ChunkState.PROCESSING
-            or not token
-            or chunk.lease_token != token
-            or (chunk.lease_expire_time is not None and chunk.lease_expire_time < now)
-        ):
-            raise LeaseLost(
-                f"the lease on chunk {chunk_id} is no longer yours (expired, or the chunk was claimed again)",
-                chunk_id=chunk_id,
-            )
-        return job, chunk
+        out: dict[str, tuple[Job, Chunk] | DomainError] = {}
+        for chunk_id, token in items:
+            chunk = chunks.get(chunk_id)
+            job = jobs.get(wanted[chunk_id])
+            if chunk is None or job is None or chunk.job_id != job.id:
+                out[chunk_id] = ChunkNotFound(chunk_id)
+            elif (
+                chunk.state != ChunkState.PROCESSING
+                or not token
+                or chunk.lease_token != token
+                or (chunk.lease_expire_time is not None and chunk.lease_expire_time < now)
+            ):
+                out[chunk_id] = LeaseLost(
+                    f"the lease on chunk {chunk_id} is no longer yours "
+                    "(expired, or the chunk was claimed again)",
+                    chunk_id=chunk_id,
+                )
+            else:
+                out[chunk_id] = (job, chunk)
+        return out, now
+
+    async def _leased_one(self, tx: WriteTx, chunk_id: str, token: str) -> tuple[Job, Chunk, int]:
+        found, now = await self._leased(tx, [(chunk_id, token)])
+        got = found[chunk_id]
+        if isinstance(got, DomainError):
+            raise got
+        return (*got, now)
 
     async def report_progress(
         self,
@@ -159,8 +249,9 @@ class WorkerService:
         lease_us: int | None,
     ) -> tuple[bool, int]:
         """Heartbeat: records progress, extends the lease; returns (cancel_requested, lease_expire_time)."""
-        async with self.db.write() as uow:
-            job, chunk = await self._leased(uow, chunk_id, token)
+
+        async def body(tx: WriteTx) -> tuple[bool, int]:
+            job, chunk, now = await self._leased_one(tx, chunk_id, token)
             if items_done > chunk.item_count:
                 raise InvalidArgument(
                     [
@@ -169,7 +260,6 @@ class WorkerService:
                         )
                     ]
                 )
-            now = self.clock()
             if lease_us:
                 chunk.lease_duration = lease_us
             chunk.lease_expire_time = now + (chunk.lease_duration or lease_us or 60_000_000)
@@ -180,42 +270,118 @@ class WorkerService:
             if message:
                 job.message = message
             job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=max(items_done, chunk.items_done))
-            await self._save(uow, {job.id: job}, [chunk])
+            await self._save(tx, [job], [chunk], now)
             return job.cancel_requested, chunk.lease_expire_time
 
+        return await self.store.write(body)
+
     async def complete(
-        self, chunk_id: str, token: str, artifacts: list[Artifact], external_task_id: str
-    ) -> JobState:
-        async with self.db.write() as uow:
-            job, chunk = await self._leased(uow, chunk_id, token)
-            now = self.clock()
-            if external_task_id:
-                chunk.external_task_id = external_task_id
-            if job.cancel_requested:
-                job.move_chunk(chunk, ChunkState.CANCELLED, now)
+        self,
+        chunk_id: str,
+        token: str,
+        artifacts: list[Artifact],
+        external_task_id: str,
+        claim_next: ClaimAsk | None = None,
+    ) -> tuple[JobState, list[Claim]]:
+        """Completes one chunk (LeaseLost / ChunkNotFound when its lease is not current), then claims
+        ``claim_next`` (in the same transaction, where the one-statement completion does not apply)."""
+        job_id = chunk_job_id(chunk_id)
+        if job_id and token:
+            done = await self.store.complete_one(
+                chunk_id, job_id, token, self.clock(), external_task_id, artifacts
+            )
+            if done is not None:
+                self._count("completed" if done.chunk_state == ChunkState.COMPLETED else "cancelled")
+                claims = await self.claim(*claim_next.args()) if claim_next is not None else []
+                return done.job_state, claims
+        results, claims = await self.complete_many(
+            [Completion(chunk_id, token, artifacts, external_task_id)], claim_next, all_or_nothing=True
+        )
+        if results[0].error is not None:
+            raise results[0].error
+        assert results[0].job_state is not None
+        return results[0].job_state, claims
+
+    async def complete_many(
+        self, items: Sequence[Completion], claim_next: ClaimAsk | None = None, *, all_or_nothing: bool = False
+    ) -> tuple[list[CompletionResult], list[Claim]]:
+        """Completes several chunks in one transaction; each item stands or falls on its own lease.
+
+        With ``claim_next``, the next chunks are claimed in the same transaction, whatever became
+        of the items; with ``all_or_nothing`` (CompleteChunk: its error answer cannot carry claims)
+        only when the completion went through. If none is ready and ``claim_next`` waits, the wait
+        starts once the completions have committed.
+        """
+        counts: dict[str, int] = {}
+
+        async def body(tx: WriteTx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
+            if items:
+                found, now = await self._leased(tx, [(i.chunk_id, i.lease_token) for i in items])
             else:
-                job.move_chunk(chunk, ChunkState.COMPLETED, now, items_done=chunk.item_count)
-                for a in artifacts:
-                    a.chunk_index = chunk.index
-                await repo.insert_artifacts(uow.conn, job.id, artifacts)
-            await self._save(uow, {job.id: job}, [chunk])
-        self._count("completed" if chunk.state == ChunkState.COMPLETED else "cancelled")
-        return job.state
+                found, now = {}, self.clock()
+            outcome: list[tuple[Completion, DomainError | Job]] = []
+            jobs: dict[str, Job] = {}
+            changed: list[Chunk] = []
+            for item in items:
+                got = found[item.chunk_id]
+                if isinstance(got, DomainError):
+                    outcome.append((item, got))
+                    continue
+                job, chunk = got
+                if item.external_task_id:
+                    chunk.external_task_id = item.external_task_id
+                if job.cancel_requested:
+                    job.move_chunk(chunk, ChunkState.CANCELLED, now)
+                else:
+                    job.move_chunk(chunk, ChunkState.COMPLETED, now, items_done=chunk.item_count)
+                    for a in item.artifacts:
+                        a.chunk_index = chunk.index
+                    tx.add_artifacts(job.id, item.artifacts)
+                jobs[job.id] = job
+                changed.append(chunk)
+                outcome.append((item, job))
+            claims: list[Claim] = []
+            if claim_next is not None and not (all_or_nothing and not changed):
+                claims = await self._claim_in(tx, claim_next, now, jobs, wait_for_jobs=False)
+            if changed or claims:
+                await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now)
+            completed = sum(1 for c in changed if c.state == ChunkState.COMPLETED)
+            counts.update(completed=completed, cancelled=len(changed) - completed, claimed=len(claims))
+            return outcome, claims
+
+        outcome, claims = await self.store.write(body)
+        for event, n in counts.items():
+            if n:
+                self._count(event, n)
+        results = [
+            CompletionResult(item.chunk_id, got, None)
+            if isinstance(got, DomainError)
+            else CompletionResult(item.chunk_id, None, got.state)
+            for item, got in outcome
+        ]
+        refused = all_or_nothing and results[0].error is not None
+        if claim_next is not None and not claims and not refused:
+            # Nothing ready among jobs free to lock in that transaction: claim (and wait, if asked)
+            # on its own now that the completions are committed.
+            claims = await self.claim(*claim_next.args())
+        return results, claims
 
     async def fail(
         self, chunk_id: str, token: str, reason: str, message: str, retryable: bool
     ) -> FailOutcome:
-        async with self.db.write() as uow:
-            job, chunk = await self._leased(uow, chunk_id, token)
-            now = self.clock()
+        async def body(tx: WriteTx) -> tuple[FailOutcome, Chunk]:
+            job, chunk, now = await self._leased_one(tx, chunk_id, token)
             chunk.error_reason = reason or "WORKER_ERROR"
             chunk.error_message = message
-            outcome = self._settle(uow, job, chunk, now, retryable=retryable)
-            await self._save(uow, {job.id: job}, [chunk])
+            outcome = self._settle(tx.changes, job, chunk, now, retryable=retryable)
+            await self._save(tx, [job], [chunk], now)
+            return outcome, chunk
+
+        outcome, chunk = await self.store.write(body)
         self._count("retried" if outcome.will_retry else chunk.state.name.lower())
         return outcome
 
-    def _settle(self, uow: UnitOfWork, job: Job, chunk: Chunk, now: int, *, retryable: bool) -> FailOutcome:
+    def _settle(self, changes: Changes, job: Job, chunk: Chunk, now: int, *, retryable: bool) -> FailOutcome:
         """Ends a failed or expired attempt: cancelled, retried later, or failed for good."""
         if job.cancel_requested:
             job.move_chunk(chunk, ChunkState.CANCELLED, now)
@@ -224,7 +390,7 @@ class WorkerService:
             delay = self._backoff(chunk.attempt)
             chunk.next_attempt_time = now + int(delay * 1e6)
             job.move_chunk(chunk, ChunkState.PENDING, now, items_done=0)
-            uow.changes.work_later.append(delay)
+            changes.work_later.append(delay)
             return FailOutcome(True, chunk.next_attempt_time)
         job.move_chunk(chunk, ChunkState.FAILED, now)
         return FailOutcome(False, None)
@@ -237,19 +403,26 @@ class WorkerService:
     # --- rescue ------------------------------------------------------------
     async def sweep(self) -> int:
         """Rescues expired leases and force-cancels overdue cancels. Returns chunks moved."""
-        moved = 0
-        async with self.db.write() as uow:
+
+        async def rescue(tx: WriteTx) -> int:
             now = self.clock()
-            expired = await repo.expired_leases(uow.conn, now)
-            if expired:
-                jobs, expired = await self._jobs_for(uow, expired)
-                for chunk in expired:
-                    chunk.error_reason = LEASE_EXPIRED
-                    chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
-                    self._settle(uow, jobs[chunk.job_id], chunk, now, retryable=True)
-                await self._save(uow, jobs, expired)
-                moved += len(expired)
-                self._count("rescued", len(expired))
+            expired = await tx.expired_leases(now, 500)
+            if not expired:
+                return 0
+            # Chunks are locked first here (skipping those a worker is completing), so jobs
+            # another transaction holds are skipped too rather than waited for.
+            jobs = await tx.lock_jobs([c.job_id for c in expired], skip_locked=True)
+            expired = [c for c in expired if c.job_id in jobs]
+            for chunk in expired:
+                chunk.error_reason = LEASE_EXPIRED
+                chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
+                self._settle(tx.changes, jobs[chunk.job_id], chunk, now, retryable=True)
+            await self._save(tx, jobs.values(), expired, now)
+            return len(expired)
+
+        moved = await self.store.write(rescue)
+        if moved:
+            self._count("rescued", moved)
         # A transaction of its own: it locks jobs before chunks, the other way round from above.
         async with self.db.write() as uow:
             now = self.clock()
@@ -263,7 +436,8 @@ class WorkerService:
                     chunk.error_reason = CANCEL_DEADLINE
                     chunk.error_message = "the worker did not stop within the cancel deadline"
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
-                await self._save(uow, {job.id: job}, running)
+                await repo.save_chunks(uow.conn, running)
+                await outbox.save_job(uow, job, now, self._progress_interval_us)
                 moved += len(running)
         return moved
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -47,11 +49,35 @@ class Metrics:
             registry=r,
         )
         self.webhooks_dead = Counter("jobpulse_webhook_dead", "Webhook deliveries given up on", registry=r)
+        self.db_retries = Counter(
+            "jobpulse_db_retries",
+            "Write transactions run again after a deadlock or serialization failure, by SQLSTATE",
+            ["sqlstate"],
+            registry=r,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics on a thread of its own; returns the port (0 picks one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+
+class HandOff(QueueHandler):
+    """Puts log records on a queue as they are, for a QueueListener thread to format and write:
+    the event loop pays for the record, not for formatting it or for the write to stderr."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def log_off_the_loop(handler: logging.Handler, level: int) -> QueueListener:
+    """Routes the root logger through ``HandOff`` to ``handler`` on a thread; returns the started
+    listener (stop it to flush)."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, handler, respect_handler_level=True)
+    logging.basicConfig(level=level, handlers=[HandOff(records)], force=True)
+    listener.start()
+    return listener
 
 
 class JsonFormatter(logging.Formatter):
@@ -96,11 +122,19 @@ class Observer:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # The labelled children of each (method, code), looked up once instead of on every call.
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def record(self, method: str, code: str, started: float, request: Any, context: Any) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.rpcs.labels(method, code).inc()
-        self.metrics.rpc_seconds.labels(method, code).observe(elapsed)
+        children = self._children.get((method, code))
+        if children is None:
+            children = self._children[(method, code)] = (
+                self.metrics.rpcs.labels(method, code),
+                self.metrics.rpc_seconds.labels(method, code),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
         if rpc_log.isEnabledFor(logging.INFO):
             fields = {
                 "method": method,

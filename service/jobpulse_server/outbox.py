@@ -63,32 +63,37 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def rows_for(job: Job, now: int, progress_interval_us: int) -> list[dict[str, Any]]:
+    """The outbox rows (webhook_deliveries) this save of ``job`` makes; updates last_progress_event."""
+    rows = []
+    for event_type in events_for(job, now, progress_interval_us):
+        delivery_id = ids.new_job_id()
+        rows.append(
+            {
+                "id": delivery_id,
+                "job_id": job.id,
+                "owner": job.owner,
+                "event_type": event_type,
+                "url": job.webhook_url,
+                "payload": event_body(delivery_id, event_type, job, now),
+                "state": PENDING,
+                "attempts": 0,
+                "next_attempt_time": now,
+                "last_status": None,
+                "last_error": "",
+                "create_time": now,
+                "delivered_time": None,
+            }
+        )
+    return rows
+
+
 async def save_job(uow: UnitOfWork, job: Job, now: int, progress_interval_us: int) -> None:
     """Writes the job, records its webhook events, and marks it changed for watchers."""
-    events = events_for(job, now, progress_interval_us)
+    rows = rows_for(job, now, progress_interval_us)
     await repo.save_job(uow.conn, job)
     uow.changed(job.id, job.revision)
-    if events:
-        rows = []
-        for event_type in events:
-            delivery_id = ids.new_job_id()
-            rows.append(
-                {
-                    "id": delivery_id,
-                    "job_id": job.id,
-                    "owner": job.owner,
-                    "event_type": event_type,
-                    "url": job.webhook_url,
-                    "payload": event_body(delivery_id, event_type, job, now),
-                    "state": PENDING,
-                    "attempts": 0,
-                    "next_attempt_time": now,
-                    "last_status": None,
-                    "last_error": "",
-                    "create_time": now,
-                    "delivered_time": None,
-                }
-            )
+    if rows:
         await uow.conn.execute(insert(webhook_deliveries), rows)
         uow.changes.webhooks = True
     job.loaded_state = job.state

@@ -29,7 +29,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
-from .domain import Artifact, Chunk, ChunkState, Job, JobState, Summary
+from .domain import Artifact, Chunk, ChunkState, Job, JobState
+from .store import rows as store_rows
 from .tables import artifacts, chunks, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
@@ -38,132 +39,19 @@ _JOB_COUNTS = ("n_pending", "n_processing", "n_completed", "n_failed", "n_cancel
 
 
 def _job_from_row(r: Row[Any]) -> Job:
-    m = r._mapping
-    return Job(
-        id=m["id"],
-        owner=m["owner"],
-        request_id=m["request_id"],
-        display_name=m["display_name"],
-        kind=m["kind"],
-        state=JobState(m["state"]),
-        stage=m["stage"],
-        message=m["message"],
-        priority=m["priority"],
-        labels=dict(m["labels"] or {}),
-        metadata=dict(m["job_metadata"] or {}),
-        total_items=m["total_items"],
-        chunk_size=m["chunk_size"],
-        max_attempts=m["max_attempts"],
-        revision=m["revision"],
-        summary=Summary(
-            pending=m["n_pending"],
-            processing=m["n_processing"],
-            completed=m["n_completed"],
-            failed=m["n_failed"],
-            cancelled=m["n_cancelled"],
-        ),
-        items_done=m["items_done"],
-        error_reason=m["error_reason"],
-        error_message=m["error_message"],
-        error_chunk_index=m["error_chunk_index"],
-        cancel_requested=bool(m["cancel_requested"]),
-        cancel_reason=m["cancel_reason"],
-        cancel_time=m["cancel_time"],
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-        start_time=m["start_time"],
-        end_time=m["end_time"],
-        change_seq=m["change_seq"],
-        webhook_url=m["webhook_url"],
-        webhook_progress=bool(m["webhook_progress"]),
-        last_progress_event=m["last_progress_event"],
-        loaded_state=JobState(m["state"]),
-    )
+    # select(jobs) yields the table's columns in the order store.rows.JOB_COLUMNS names them.
+    return store_rows.job_from_row(tuple(r))
 
 
 def _job_values(job: Job) -> dict[str, Any]:
-    return {
-        "owner": job.owner,
-        "request_id": job.request_id,
-        "display_name": job.display_name,
-        "kind": job.kind,
-        "state": int(job.state),
-        "stage": job.stage,
-        "message": job.message,
-        "priority": job.priority,
-        "labels": job.labels,
-        "job_metadata": job.metadata,
-        "total_items": job.total_items,
-        "chunk_size": job.chunk_size,
-        "max_attempts": job.max_attempts,
-        "revision": job.revision,
-        "n_pending": job.summary.pending,
-        "n_processing": job.summary.processing,
-        "n_completed": job.summary.completed,
-        "n_failed": job.summary.failed,
-        "n_cancelled": job.summary.cancelled,
-        "items_done": job.items_done,
-        "error_reason": job.error_reason,
-        "error_message": job.error_message,
-        "error_chunk_index": job.error_chunk_index,
-        "cancel_requested": job.cancel_requested,
-        "cancel_reason": job.cancel_reason,
-        "cancel_time": job.cancel_time,
-        "create_time": job.create_time,
-        "update_time": job.update_time,
-        "start_time": job.start_time,
-        "end_time": job.end_time,
-        "webhook_url": job.webhook_url,
-        "webhook_progress": job.webhook_progress,
-        "last_progress_event": job.last_progress_event,
-    }
+    return dict(zip(store_rows.JOB_SAVED, store_rows.job_saved_values(job, json_text=False), strict=True))
 
 
 def _chunk_from_row(r: Row[Any]) -> Chunk:
-    m = r._mapping
-    return Chunk(
-        id=m["id"],
-        job_id=m["job_id"],
-        index=m["idx"],
-        state=ChunkState(m["state"]),
-        item_start=m["item_start"],
-        item_count=m["item_count"],
-        items_done=m["items_done"],
-        attempt=m["attempt"],
-        max_attempts=m["max_attempts"],
-        worker_id=m["worker_id"],
-        external_task_id=m["external_task_id"],
-        error_reason=m["error_reason"],
-        error_message=m["error_message"],
-        lease_token=m["lease_token"],
-        lease_expire_time=m["lease_expire_time"],
-        lease_duration=m["lease_duration"],
-        next_attempt_time=m["next_attempt_time"],
-        revision=m["revision"],
-        priority=m["priority"],
-        kind=m["kind"],
-        start_time=m["start_time"],
-        end_time=m["end_time"],
-    )
+    return store_rows.chunk_from_row(tuple(r))
 
 
-_CHUNK_MUTABLE = (
-    "state",
-    "items_done",
-    "attempt",
-    "worker_id",
-    "external_task_id",
-    "error_reason",
-    "error_message",
-    "lease_token",
-    "lease_expire_time",
-    "lease_duration",
-    "next_attempt_time",
-    "revision",
-    "priority",
-    "start_time",
-    "end_time",
-)
+_CHUNK_MUTABLE = store_rows.CHUNK_SAVED
 
 
 def _chunk_values(c: Chunk) -> dict[str, Any]:
@@ -322,7 +210,7 @@ async def find_job_by_request(conn: AsyncConnection, owner: str, request_id: str
 @functools.cache
 def _save_job_statement(dialect: str) -> Any:
     # Built once per dialect: building a 35-column UPDATE per save cost more than running it.
-    names = list(_job_values(Job(id="", owner="", kind="")))
+    names = store_rows.JOB_SAVED
     values: dict[str, Any] = {name: bindparam(f"b_{name}") for name in names}
     if dialect == "postgresql":
         values["change_seq"] = literal_column("pg_current_xact_id()::text::bigint")
@@ -414,15 +302,38 @@ _SAVE_CHUNKS = (
 )
 
 
-async def pick_claimable(conn: AsyncConnection, *, kinds: Sequence[str], now: int, limit: int) -> list[Chunk]:
-    """Pending chunks ready to run: highest priority, then oldest job, then index."""
-    q = select(chunks).where(
+def _ready_chunks(kinds: Sequence[str], now: int) -> list[ColumnElement[bool]]:
+    where = [
         chunks.c.state == int(ChunkState.PENDING),
         or_(chunks.c.next_attempt_time.is_(None), chunks.c.next_attempt_time <= now),
-    )
+    ]
     if kinds:
-        q = q.where(chunks.c.kind.in_(list(kinds)))
-    q = q.order_by(chunks.c.priority.desc(), chunks.c.job_id, chunks.c.idx).limit(limit)
+        where.append(chunks.c.kind.in_(list(kinds)))
+    return where
+
+
+_CLAIM_ORDER = (chunks.c.priority.desc(), chunks.c.job_id, chunks.c.idx)
+
+
+async def claim_jobs(
+    conn: AsyncConnection, *, kinds: Sequence[str], now: int, limit: int, skip_locked: bool
+) -> dict[str, Job]:
+    """Locks and reads the jobs of the first ``limit`` ready chunks (see store.sql.claim_jobs)."""
+    first = select(chunks.c.job_id).where(*_ready_chunks(kinds, now)).order_by(*_CLAIM_ORDER).limit(limit)
+    q = select(jobs).where(jobs.c.id.in_(first.scalar_subquery())).order_by(jobs.c.id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=skip_locked)
+    return {j.id: j for j in (_job_from_row(r) for r in (await conn.execute(q)).all())}
+
+
+async def pick_claimable(
+    conn: AsyncConnection, *, kinds: Sequence[str], now: int, limit: int, job_ids: Sequence[str] | None = None
+) -> list[Chunk]:
+    """Ready chunks (of ``job_ids``, unless None): highest priority, then oldest job, then index."""
+    where = _ready_chunks(kinds, now)
+    if job_ids is not None:
+        where.append(chunks.c.job_id.in_(list(job_ids)))
+    q = select(chunks).where(*where).order_by(*_CLAIM_ORDER).limit(limit)
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     return [_chunk_from_row(r) for r in (await conn.execute(q)).all()]

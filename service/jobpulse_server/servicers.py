@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -23,14 +23,17 @@ from . import repository as repo
 from .clock import Clock
 from .convert import chunk_pb, job_pb, timestamp
 from .domain import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Artifact, ChunkState, JobState
+from .encoded_jobs import EncodedJobs
 from .error_mapping import rpc
-from .jobs import JobPage, JobService, NewJob, Principal
-from .leases import WorkerService
+from .jobs import JobPage, JobService, Known, NewJob, Principal
+from .leases import Claim, ClaimAsk, Completion, WorkerService
 from .observability import Observer
 from .validation import MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, Checker, duration_us, timestamp_us
 from .watch import FeedService, WatchMessage, WatchService, horizon_cursor
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+T = TypeVar("T")
+R = TypeVar("R")
 
 _JOB_STATES = [int(s) for s in JobState]
 _CHUNK_STATES = [int(s) for s in ChunkState]
@@ -40,6 +43,8 @@ DEFAULT_PAGE_JOBS = 20
 MAX_PAGE_CHUNKS = 1000
 DEFAULT_PAGE_CHUNKS = 100
 MAX_CLAIM = 100
+MAX_COMPLETIONS = 100
+DEFAULT_LEASE_US = 60_000_000
 
 
 def who(context: Ctx) -> Principal:
@@ -64,6 +69,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         feeds: FeedService,
         clock: Clock,
         observer: Observer,
+        encoded: EncodedJobs,
     ) -> None:
         self.auth = authenticator
         self.observer = observer
@@ -71,9 +77,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.watches = watches
         self.feeds = feeds
         self.clock = clock
+        self.encoded = encoded
 
     def _job(self, page: JobPage) -> job_pb2.Job:
         return job_pb(page.job, self.clock(), page.chunks, page.chunks_next_page_token)
+
+    async def _reusing(
+        self, full: bool, fetch: Callable[[Known], Awaitable[T]], build: Callable[[T], R]
+    ) -> R:
+        """Reads with the encoded-job cache's help; should an entry it relied on be evicted in the
+        meantime (a read that suspended while many others filled the cache), reads again in full."""
+        found = await fetch(self.encoded.held_revision if full else None)
+        try:
+            return build(found)
+        except LookupError:
+            return build(await fetch(None))
 
     @rpc
     async def CreateJob(
@@ -128,8 +146,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.text(request.job_id, "job_id", MAX_ID, required=True)
         c.enums([request.view], _VIEWS, "view")
         c.done()
-        page = await self.jobs.get_job(who(context), request.job_id, full=_full(request.view, True))
-        return job_service_pb2.GetJobResponse(job=self._job(page))
+        full = _full(request.view, True)
+        caller = who(context)
+
+        def build(page: JobPage) -> job_service_pb2.GetJobResponse:
+            out = job_service_pb2.GetJobResponse()
+            self.encoded.fill(out.job, page, full, self.clock())
+            return out
+
+        return await self._reusing(
+            full, lambda known: self.jobs.get_job(caller, request.job_id, full=full, known=known), build
+        )
 
     @rpc
     async def ListJobs(
@@ -147,19 +174,31 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         f = _job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
-        pages, token, total, horizon = await self.jobs.list_jobs(
-            who(context),
-            f,
-            order_by=order_by,
-            page_size=page_size,
-            page_token=request.page_token,
-            full=_full(request.view, False),
-        )
-        return job_service_pb2.ListJobsResponse(
-            jobs=[self._job(p) for p in pages],
-            next_page_token=token,
-            total_size=total,
-            watch_cursor=horizon_cursor(horizon),
+        full = _full(request.view, False)
+        caller = who(context)
+
+        def build(found: tuple[list[JobPage], str, int, int]) -> job_service_pb2.ListJobsResponse:
+            pages, token, total, horizon = found
+            out = job_service_pb2.ListJobsResponse(
+                next_page_token=token, total_size=total, watch_cursor=horizon_cursor(horizon)
+            )
+            now = self.clock()
+            for page in pages:
+                self.encoded.fill(out.jobs.add(), page, full, now)
+            return out
+
+        return await self._reusing(
+            full,
+            lambda known: self.jobs.list_jobs(
+                caller,
+                f,
+                order_by=order_by,
+                page_size=page_size,
+                page_token=request.page_token,
+                full=full,
+                known=known,
+            ),
+            build,
         )
 
     @rpc
@@ -197,8 +236,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             c.text(job_id, f"job_ids[{i}]", MAX_ID, required=True)
         c.enums([request.view], _VIEWS, "view")
         c.done()
-        pages = await self.jobs.batch_get(who(context), list(request.job_ids), full=_full(request.view, True))
-        return job_service_pb2.BatchGetJobsResponse(jobs=[self._job(p) for p in pages])
+        full = _full(request.view, True)
+        caller = who(context)
+
+        def build(pages: list[JobPage]) -> job_service_pb2.BatchGetJobsResponse:
+            out = job_service_pb2.BatchGetJobsResponse()
+            now = self.clock()
+            for page in pages:
+                self.encoded.fill(out.jobs.add(), page, full, now)
+            return out
+
+        return await self._reusing(
+            full,
+            lambda known: self.jobs.batch_get(caller, list(request.job_ids), full=full, known=known),
+            build,
+        )
 
     @rpc
     async def CancelJob(
@@ -443,32 +495,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.ClaimChunksRequest, context: Ctx
     ) -> worker_service_pb2.ClaimChunksResponse:
         c = Checker()
-        c.text(request.worker_id, "worker_id", MAX_ID, required=True)
-        c.check(
-            0 <= request.max_chunks <= MAX_CLAIM, "max_chunks", f"must be between 0 (means 1) and {MAX_CLAIM}"
-        )
-        lease_us = 60_000_000
-        if request.HasField("lease_duration"):
-            lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
-        wait_s = 0.0
-        if request.HasField("wait"):
-            wait_s = duration_us(request.wait, "wait", c, lo_s=0, hi_s=60) / 1e6
-        for i, kind in enumerate(request.kinds):
-            c.text(kind, f"kinds[{i}]", MAX_ID, required=True)
+        ask = _claim_request(request, c, "")
         c.done()
-        claims = await self.work.claim(
-            request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s
-        )
         out = worker_service_pb2.ClaimChunksResponse()
-        for cl in claims:
-            claim = out.claims.add(
-                job_id=cl.job.id,
-                job_kind=cl.job.kind,
-                chunk=chunk_pb(cl.chunk),
-                lease_token=cl.lease_token,
-                lease_expire_time=timestamp(cl.lease_expire_time),
-            )
-            claim.job_metadata.update(cl.job.metadata)
+        _add_claims(out.claims, await self.work.claim(*ask.args()))
         return out
 
     @rpc
@@ -504,23 +534,45 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.CompleteChunkRequest, context: Ctx
     ) -> worker_service_pb2.CompleteChunkResponse:
         c = Checker()
-        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
-        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
-        c.text(request.external_task_id, "external_task_id", 256)
-        c.check(len(request.artifacts) <= 100, "artifacts", "at most 100 artifacts per chunk")
-        for i, a in enumerate(request.artifacts):
-            c.text(a.name, f"artifacts[{i}].name", 256, required=True)
-            c.text(a.uri, f"artifacts[{i}].uri", 2048, required=True)
-            c.text(a.media_type, f"artifacts[{i}].media_type", 128)
-            c.check(a.size_bytes >= 0, f"artifacts[{i}].size_bytes", "must not be negative")
+        item = _completion(request, c, "")
+        ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
         c.done()
-        state = await self.work.complete(
-            request.chunk_id,
-            request.lease_token,
-            [Artifact(a.name, a.uri, a.media_type, a.size_bytes) for a in request.artifacts],
-            request.external_task_id,
+        state, claims = await self.work.complete(
+            item.chunk_id, item.lease_token, item.artifacts, item.external_task_id, ask
         )
-        return worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
+        out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
+        _add_claims(out.claims, claims)
+        return out
+
+    @rpc
+    async def CompleteChunks(
+        self, request: worker_service_pb2.CompleteChunksRequest, context: Ctx
+    ) -> worker_service_pb2.CompleteChunksResponse:
+        c = Checker()
+        n = len(request.completions)
+        c.check(n <= MAX_COMPLETIONS, "completions", f"at most {MAX_COMPLETIONS} per call (got {n})")
+        c.check(
+            n > 0 or request.HasField("claim_next"),
+            "completions",
+            "must not be empty (unless claim_next is set)",
+        )
+        items = [_completion(item, c, f"completions[{i}].") for i, item in enumerate(request.completions)]
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.chunk_id in seen:
+                c.fail(f"completions[{i}].chunk_id", f"chunk {item.chunk_id} appears more than once")
+            seen.add(item.chunk_id)
+        ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
+        c.done()
+        out = worker_service_pb2.CompleteChunksResponse()
+        results, claims = await self.work.complete_many(items, ask)
+        for r in results:
+            if r.error is None:
+                out.results.add(chunk_id=r.chunk_id, ok=True, job_state=int(r.job_state or 0))  # type: ignore[arg-type]
+            else:
+                out.results.add(chunk_id=r.chunk_id, ok=False, reason=r.error.reason, message=r.error.message)
+        _add_claims(out.claims, claims)
+        return out
 
     @rpc
     async def FailChunk(
@@ -542,6 +594,63 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         return worker_service_pb2.FailChunkResponse(
             will_retry=outcome.will_retry, next_attempt_time=timestamp(outcome.next_attempt_time)
         )
+
+
+def _claim_request(request: worker_service_pb2.ClaimChunksRequest, c: Checker, prefix: str) -> ClaimAsk:
+    """ClaimChunks' arguments, checked."""
+    c.text(request.worker_id, prefix + "worker_id", MAX_ID, required=True)
+    c.check(
+        0 <= request.max_chunks <= MAX_CLAIM,
+        prefix + "max_chunks",
+        f"must be between 0 (means 1) and {MAX_CLAIM}",
+    )
+    lease_us = DEFAULT_LEASE_US
+    if request.HasField("lease_duration"):
+        lease_us = duration_us(
+            request.lease_duration, prefix + "lease_duration", c, lo_s=0.001, hi_s=24 * 3600
+        )
+    wait_s = 0.0
+    if request.HasField("wait"):
+        wait_s = duration_us(request.wait, prefix + "wait", c, lo_s=0, hi_s=60) / 1e6
+    for i, kind in enumerate(request.kinds):
+        c.text(kind, f"{prefix}kinds[{i}]", MAX_ID, required=True)
+    return ClaimAsk(request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s)
+
+
+def _completion(
+    request: worker_service_pb2.CompleteChunkRequest | worker_service_pb2.ChunkCompletion,
+    c: Checker,
+    prefix: str,
+) -> Completion:
+    """One completion, checked."""
+    c.text(request.chunk_id, prefix + "chunk_id", MAX_ID, required=True)
+    c.text(request.lease_token, prefix + "lease_token", MAX_ID, required=True)
+    c.text(request.external_task_id, prefix + "external_task_id", 256)
+    c.check(len(request.artifacts) <= 100, prefix + "artifacts", "at most 100 artifacts per chunk")
+    for i, a in enumerate(request.artifacts):
+        c.text(a.name, f"{prefix}artifacts[{i}].name", 256, required=True)
+        c.text(a.uri, f"{prefix}artifacts[{i}].uri", 2048, required=True)
+        c.text(a.media_type, f"{prefix}artifacts[{i}].media_type", 128)
+        c.check(a.size_bytes >= 0, f"{prefix}artifacts[{i}].size_bytes", "must not be negative")
+    return Completion(
+        request.chunk_id,
+        request.lease_token,
+        [Artifact(a.name, a.uri, a.media_type, a.size_bytes) for a in request.artifacts],
+        request.external_task_id,
+    )
+
+
+def _add_claims(out: Any, claims: list[Claim]) -> None:
+    """Appends claims to a repeated ChunkClaim field."""
+    for cl in claims:
+        claim = out.add(
+            job_id=cl.job.id,
+            job_kind=cl.job.kind,
+            chunk=chunk_pb(cl.chunk),
+            lease_token=cl.lease_token,
+            lease_expire_time=timestamp(cl.lease_expire_time),
+        )
+        claim.job_metadata.update(cl.job.metadata)
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):

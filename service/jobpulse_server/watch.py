@@ -20,6 +20,7 @@ from .db import Database
 from .domain import Chunk, Job
 from .errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
 from .jobs import Principal
+from .store import Store
 from .watch_hub import ChangeHub, Waker
 
 # A message carries at most this many chunks; bigger deltas span several messages.
@@ -104,9 +105,13 @@ class WatchService:
     """
 
     def __init__(
-        self, db: Database, hub: ChangeHub, config: Config, encode: Callable[[WatchMessage], Any] = _as_is
+        self,
+        store: Store,
+        hub: ChangeHub,
+        config: Config,
+        encode: Callable[[WatchMessage], Any] = _as_is,
     ) -> None:
-        self.db = db
+        self.store = store
         self.hub = hub
         self.config = config
         # Turns a message into what ``write`` takes (the servicer: a WatchJobResponse).
@@ -258,13 +263,13 @@ class WatchService:
             self._reads.pop(job_id, None)
 
     async def _read_now(self, who: Principal, job_id: str, after: int) -> _Delta:
-        async with self.db.read() as conn:
-            job = await repo.get_job(conn, job_id, who.owner_filter)
+        async with self.store.read() as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
             if job is None:
                 raise JobNotFound(job_id)
             if after > job.revision:
                 return _Delta(job, [])
-            delta = await repo.list_chunks(conn, job_id, after_revision=after if after else None)
+            delta = await tx.list_chunks(job_id, after_revision=after if after else None)
             return _Delta(job, delta)
 
 

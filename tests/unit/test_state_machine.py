@@ -23,6 +23,7 @@ from jobpulse_server.domain import ChunkState, JobState, Summary, derive_state
 from jobpulse_server.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.jobs import ANONYMOUS, JobService, NewJob
 from jobpulse_server.leases import WorkerService
+from jobpulse_server.store import open_store
 from jobpulse_server.watch_hub import ChangeHub
 
 
@@ -46,8 +47,10 @@ class JobLifecycle(RuleBasedStateMachine):
         self.hub = ChangeHub()
         self.db = Database(f"sqlite:///{Path(self.tmp.name) / 'sm.db'}")
         self.run(self.db.start())
-        self.jobs = JobService(self.db, self.config, self.clock)
-        self.workers = WorkerService(self.db, self.hub, self.config, self.clock)
+        self.store = open_store(self.db)
+        self.run(self.store.start())
+        self.jobs = JobService(self.db, self.store, self.config, self.clock)
+        self.workers = WorkerService(self.store, self.db, self.hub, self.config, self.clock)
         self.job_ids: list[str] = []
         self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
         # job id -> (revision, what the job and its chunks looked like at that revision)
@@ -57,6 +60,7 @@ class JobLifecycle(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
+        self.run(self.store.close())
         self.run(self.db.close())
         self.loop.close()
         self.tmp.cleanup()

@@ -20,7 +20,7 @@ KIND = "watch-shared"
 
 def counted_service(app: Any) -> tuple[WatchService, list[int]]:
     """A WatchService on the app's database and hub whose database reads are counted (in ``[0]``)."""
-    svc = WatchService(app.db, app.hub, app.config)
+    svc = WatchService(app.store, app.hub, app.config)
     real_read = svc._read_now
     reads = [0]
 
@@ -41,7 +41,7 @@ def test_a_read_started_before_a_change_is_not_shared_with_watchers_it_woke(
         job = client.create_job(KIND, 2, chunk_size=1)
 
     async def scenario() -> tuple[int, int, int]:
-        svc = WatchService(app.db, app.hub, app.config)
+        svc = WatchService(app.store, app.hub, app.config)
         real_read = svc._read_now
         snapshot_taken = asyncio.Event()
         release = asyncio.Event()
@@ -134,7 +134,7 @@ def test_watchers_waiting_on_a_reader_that_goes_away_read_for_themselves(
         job = client.create_job(KIND, 2, chunk_size=1)
 
     async def scenario() -> tuple[bool, list[int], int]:
-        svc = WatchService(app.db, app.hub, app.config)
+        svc = WatchService(app.store, app.hub, app.config)
         real_read = svc._read_now
         entered = asyncio.Event()
         never = asyncio.Event()

@@ -1,0 +1,257 @@
+"""Column lists of the hot-path statements and the mapping between their rows and domain objects.
+
+Rows arrive as plain tuples in the order of ``JOB_COLUMNS`` / ``CHUNK_COLUMNS`` (sqlite3 and
+asyncpg both hand out positional rows), so mapping a row is one constructor call with no
+per-column name lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..domain import Artifact, Chunk, ChunkState, Job, JobState, Summary
+
+JOB_COLUMNS = (
+    "id",
+    "owner",
+    "request_id",
+    "display_name",
+    "kind",
+    "state",
+    "stage",
+    "message",
+    "priority",
+    "labels",
+    "job_metadata",
+    "total_items",
+    "chunk_size",
+    "max_attempts",
+    "revision",
+    "n_pending",
+    "n_processing",
+    "n_completed",
+    "n_failed",
+    "n_cancelled",
+    "items_done",
+    "error_reason",
+    "error_message",
+    "error_chunk_index",
+    "cancel_requested",
+    "cancel_reason",
+    "cancel_time",
+    "create_time",
+    "update_time",
+    "start_time",
+    "end_time",
+    "change_seq",
+    "webhook_url",
+    "webhook_progress",
+    "last_progress_event",
+)
+
+# What a save writes (all but the id, which selects the row, and change_seq, which the database sets).
+JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq"))
+
+CHUNK_COLUMNS = (
+    "id",
+    "job_id",
+    "idx",
+    "state",
+    "item_start",
+    "item_count",
+    "items_done",
+    "attempt",
+    "max_attempts",
+    "worker_id",
+    "external_task_id",
+    "error_reason",
+    "error_message",
+    "lease_token",
+    "lease_expire_time",
+    "lease_duration",
+    "next_attempt_time",
+    "revision",
+    "priority",
+    "kind",
+    "start_time",
+    "end_time",
+)
+
+# The columns a chunk's change may touch.
+CHUNK_SAVED = (
+    "state",
+    "items_done",
+    "attempt",
+    "worker_id",
+    "external_task_id",
+    "error_reason",
+    "error_message",
+    "lease_token",
+    "lease_expire_time",
+    "lease_duration",
+    "next_attempt_time",
+    "revision",
+    "priority",
+    "start_time",
+    "end_time",
+)
+
+ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes")
+
+JOB_SELECT = ", ".join(JOB_COLUMNS)
+CHUNK_SELECT = ", ".join(CHUNK_COLUMNS)
+ARTIFACT_SELECT = ", ".join(ARTIFACT_COLUMNS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(text: str | bytes) -> dict[str, Any]:
+    loaded = json.loads(text)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """A JSON column as a dict. Labels and metadata repeat across jobs and reads, so decoded texts
+    are kept (decoding was a quarter of a ListJobs call); each job gets a copy of its own."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, bytes)):
+        return dict(_decoded(value))
+    return dict(value)
+
+
+def job_from_row(r: Sequence[Any]) -> Job:
+    """A job from a row in JOB_COLUMNS order."""
+    state = JobState(r[5])
+    return Job(
+        id=r[0],
+        owner=r[1],
+        request_id=r[2],
+        display_name=r[3],
+        kind=r[4],
+        state=state,
+        stage=r[6],
+        message=r[7],
+        priority=r[8],
+        labels=_json(r[9]),
+        metadata=_json(r[10]),
+        total_items=r[11],
+        chunk_size=r[12],
+        max_attempts=r[13],
+        revision=r[14],
+        summary=Summary(pending=r[15], processing=r[16], completed=r[17], failed=r[18], cancelled=r[19]),
+        items_done=r[20],
+        error_reason=r[21],
+        error_message=r[22],
+        error_chunk_index=r[23],
+        cancel_requested=bool(r[24]),
+        cancel_reason=r[25],
+        cancel_time=r[26],
+        create_time=r[27],
+        update_time=r[28],
+        start_time=r[29],
+        end_time=r[30],
+        change_seq=r[31],
+        webhook_url=r[32],
+        webhook_progress=bool(r[33]),
+        last_progress_event=r[34],
+        loaded_state=state,
+    )
+
+
+def job_saved_values(job: Job, *, json_text: bool = True) -> tuple[Any, ...]:
+    """The JOB_SAVED values of a job, in order; JSON columns as text, or as the objects themselves
+    for a driver layer that encodes them (SQLAlchemy's JSON type)."""
+    s = job.summary
+    encode = json.dumps if json_text else (lambda v: v)
+    return (
+        job.owner,
+        job.request_id,
+        job.display_name,
+        job.kind,
+        int(job.state),
+        job.stage,
+        job.message,
+        job.priority,
+        encode(job.labels),
+        encode(job.metadata),
+        job.total_items,
+        job.chunk_size,
+        job.max_attempts,
+        job.revision,
+        s.pending,
+        s.processing,
+        s.completed,
+        s.failed,
+        s.cancelled,
+        job.items_done,
+        job.error_reason,
+        job.error_message,
+        job.error_chunk_index,
+        job.cancel_requested,
+        job.cancel_reason,
+        job.cancel_time,
+        job.create_time,
+        job.update_time,
+        job.start_time,
+        job.end_time,
+        job.webhook_url,
+        job.webhook_progress,
+        job.last_progress_event,
+    )
+
+
+def chunk_from_row(r: Sequence[Any]) -> Chunk:
+    """A chunk from a row in CHUNK_COLUMNS order."""
+    return Chunk(
+        r[0],
+        r[1],
+        r[2],
+        ChunkState(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        r[15],
+        r[16],
+        r[17],
+        r[18],
+        r[19],
+        r[20],
+        r[21],
+    )
+
+
+def chunk_saved_values(c: Chunk) -> tuple[Any, ...]:
+    """The CHUNK_SAVED values of a chunk, in order."""
+    return (
+        int(c.state),
+        c.items_done,
+        c.attempt,
+        c.worker_id,
+        c.external_task_id,
+        c.error_reason,
+        c.error_message,
+        c.lease_token,
+        c.lease_expire_time,
+        c.lease_duration,
+        c.next_attempt_time,
+        c.revision,
+        c.priority,
+        c.start_time,
+        c.end_time,
+    )
+
+
+def artifact_from_row(r: Sequence[Any]) -> Artifact:
+    """An artifact from a row in ARTIFACT_COLUMNS order."""
+    return Artifact(name=r[1], uri=r[2], media_type=r[3], size_bytes=r[4], chunk_index=r[0])
