@@ -65,7 +65,13 @@ TIMEOUT = 120.0
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _B32_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
-KINDS = (("ingest", 30), ("transcode", 20), ("thumbnail", 15), ("report", 10), ("export", 10))
+KINDS: tuple[tuple[str, int], ...] = (
+    ("ingest", 30),
+    ("transcode", 20),
+    ("thumbnail", 15),
+    ("report", 10),
+    ("export", 10),
+)
 KINDS += (("reindex", 6), ("ocr", 5), ("backup", 4))
 OWNERS = ("anonymous", "svc-ingest", "svc-reports", "alice", "bob")
 TEAMS = ("media", "search", "billing", "data")
@@ -458,7 +464,8 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
     first_req, deep_req = _request(lst), _request(lst, lst.token)
     for req in (first_req, deep_req):  # warm-up: caches, prepared statements
         await stub.ListJobs(req, timeout=TIMEOUT)
-    first, deep = [], []
+    first: list[float] = []
+    deep: list[float] = []
     for _ in range(repeats):
         for req, out in ((first_req, first), (deep_req, deep)):
             t = time.perf_counter()
@@ -525,7 +532,7 @@ async def _time_sql(conn: AsyncConnection, stmt: tuple[str, Any], repeats: int) 
 
 async def _explain(conn: AsyncConnection, dialect: str, stmt: tuple[str, Any]) -> str:
     prefix = "EXPLAIN (ANALYZE, BUFFERS) " if dialect == "postgresql" else "EXPLAIN QUERY PLAN "
-    rows = (await conn.exec_driver_sql(prefix + stmt[0], stmt[1])).all()
+    rows: list[Any] = list((await conn.exec_driver_sql(prefix + stmt[0], stmt[1])).all())
     if dialect == "postgresql":
         return "\n".join(r[0] for r in rows)
     return "\n".join(f"{r[0]:>3} {r[1]:>3}  {r[-1]}" for r in rows)

@@ -77,10 +77,13 @@ async def closed_loop(
     return Rate(done, elapsed, cpu, own)
 
 
-async def sequential_latencies(call: Call, count: int) -> list[float]:
-    """Seconds taken by each of ``count`` calls made one after another."""
+async def sequential_latencies(call: Call, count: int, prepare: Call | None = None) -> list[float]:
+    """Seconds taken by each of ``count`` calls made one after another (``prepare``, if set, is
+    awaited before each call and not timed)."""
     out = []
     for _ in range(count):
+        if prepare is not None:
+            await prepare()
         t0 = time.perf_counter()
         await call()
         out.append(time.perf_counter() - t0)

@@ -5,8 +5,13 @@
 
 jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
 (spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
-channel, each looping ClaimChunks(max_chunks=k) then CompleteChunk per chunk until a claim comes
-back empty. PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
+channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
+  * one-by-one: ClaimChunks(max_chunks=1), then CompleteChunk;
+  * complete-and-claim: CompleteChunk with claim_next (max_chunks=1), which returns the next claim;
+  * ClaimChunks(max_chunks=10), then CompleteChunk for each (the protocol of the PgQueuer loops);
+  * batched: ClaimChunks(max_chunks=10) once, then CompleteChunks of the 10 with claim_next
+    (max_chunks=10), which returns the next 10.
+PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
 ``Queries.install()``, N jobs enqueued in one batch (not timed), then drained with a no-op
 entrypoint by
   * W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
@@ -14,6 +19,12 @@ entrypoint by
   * W bare loops over the same Queries API, ``dequeue(batch_size=k)`` then ``log_jobs`` per job
     (the same protocol as the jobpulse workers: one round trip per claim and one per completion).
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
+Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
+The floor row sends jobpulse's own one-statement claim and completion straight from asyncpg (no
+gRPC, no server): what one by one could reach if the server cost nothing.
+CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
+processes of this machine (all of them, background ones included), from /proc.
+The printout ends with the targets and whether each is met; the rows go to a JSON file too.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG).
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -30,21 +42,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
 
-from bench import report
-from bench.procs import ServerProcess
-from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from bench import report, work
+from bench.procs import ServerProcess, _cpu_seconds
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TIMEOUT = 60.0
 LEASE = duration_pb2.Duration(seconds=600)
 JOBS_PER_RUN = 10
 ENTRYPOINT = "noop"
+DEFAULT_JSON = Path(__file__).resolve().parent / "results-pg.json"
+
+# jobpulse rows: key -> bench.work mode, and the row's name.
+JOBPULSE_ROWS = {
+    "jp1": ("one_by_one", "jobpulse, ClaimChunks(1) + CompleteChunk"),
+    "jpcc": ("complete_and_claim", "jobpulse, CompleteChunk + claim_next(1)"),
+    "jp10": ("batched", "jobpulse, ClaimChunks(10) + CompleteChunk x10"),
+    "jpb10": ("batched_complete_chunks", "jobpulse, CompleteChunks(10) + claim_next(10)"),
+}
 
 
 def _dsn(database: str) -> str:
@@ -72,6 +94,30 @@ async def fresh_database(tag: str) -> AsyncIterator[str]:
             await admin.close()
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by the PostgreSQL processes of this machine that are alive now
+    (None if there are none to see, e.g. PostgreSQL runs elsewhere)."""
+    total = 0.0
+    seen = False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        cpu = _cpu_seconds(int(proc.name))
+        if cpu is not None:
+            total += cpu
+            seen = True
+    return total if seen else None
+
+
+def _per_unit_us(before: float | None, after: float | None, n: int) -> float | None:
+    return (after - before) / n * 1e6 if before is not None and after is not None and n else None
+
+
 def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -86,14 +132,18 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
 # --- jobpulse ----------------------------------------------------------------------------------
 
 
-async def jobpulse_drain(n: int, workers: int, max_chunks: int) -> dict[str, Any]:
-    async with fresh_database(f"jp{max_chunks}") as dsn:
+async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
+    mode_key, name = JOBPULSE_ROWS[key]
+    mode = work.MODES[mode_key]
+    async with fresh_database(key) as dsn:
         server = ServerProcess("jobpulse", dsn)
         try:
             server.wait_ready()
             async with grpc.aio.insecure_channel(server.target) as channel:
                 jobs = job_service_pb2_grpc.JobServiceStub(channel)
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+                if not await work.supported(stub, mode, TIMEOUT):
+                    return {"name": name, "n": n, "unimplemented": True}
                 for j in range(JOBS_PER_RUN):
                     await jobs.CreateJob(
                         job_service_pb2.CreateJobRequest(
@@ -104,48 +154,139 @@ async def jobpulse_drain(n: int, workers: int, max_chunks: int) -> dict[str, Any
                         ),
                         timeout=TIMEOUT,
                     )
-                done = 0
-                rpcs = 0
-
-                async def worker(w: int) -> None:
-                    nonlocal done, rpcs
-                    request = worker_service_pb2.ClaimChunksRequest(
-                        worker_id=f"peer-{w}", max_chunks=max_chunks, lease_duration=LEASE
-                    )
-                    while True:
-                        claims = (await stub.ClaimChunks(request, timeout=TIMEOUT)).claims
-                        rpcs += 1
-                        if not claims:
-                            return
-                        for claim in claims:
-                            await stub.CompleteChunk(
-                                worker_service_pb2.CompleteChunkRequest(
-                                    chunk_id=claim.chunk.id, lease_token=claim.lease_token
-                                ),
-                                timeout=TIMEOUT,
-                            )
-                            rpcs += 1
-                            done += 1
-
-                cpu0 = server.cpu_seconds()
+                counts = work.Counts()
+                cpu0, db0 = server.cpu_seconds(), postgres_cpu_seconds()
                 t0 = time.perf_counter()
-                await asyncio.gather(*(worker(w) for w in range(workers)))
+                await asyncio.gather(
+                    *(
+                        work.worker(
+                            stub,
+                            mode,
+                            worker_id=f"peer-{w}",
+                            lease=LEASE,
+                            keep_going=lambda: True,
+                            counts=counts,
+                            timeout=TIMEOUT,
+                        )
+                        for w in range(workers)
+                    )
+                )
                 elapsed = time.perf_counter() - t0
-                cpu1 = server.cpu_seconds()
+                cpu1, db1 = server.cpu_seconds(), postgres_cpu_seconds()
                 listed = await jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT)
                 left = sum(j.chunks_summary.pending + j.chunks_summary.processing for j in listed.jobs)
                 completed = sum(j.chunks_summary.completed for j in listed.jobs)
         finally:
             server.stop()
-    if done != n or completed != n or left:
-        raise RuntimeError(f"jobpulse drained {done}/{n} (completed {completed}, left {left})")
-    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    if counts.chunks != n or completed != n or left:
+        raise RuntimeError(f"jobpulse drained {counts.chunks}/{n} (completed {completed}, left {left})")
     return _row(
-        f"jobpulse, ClaimChunks(max_chunks={max_chunks}) + CompleteChunk",
+        name,
         n,
         elapsed,
-        rpcs,
-        server_cpu_us=cpu / n * 1e6 if cpu is not None else None,
+        counts.rpcs,
+        server_cpu_us=_per_unit_us(cpu0, cpu1, n),
+        db_cpu_us=_per_unit_us(db0, db1, n),
+        counts=counts.as_dict(),
+    )
+
+
+async def statements_floor(n: int, workers: int) -> dict[str, Any]:
+    """The floor under jobpulse's worker path on this PostgreSQL: its own one-statement claim and
+    one-statement completion (the SQL the server sends for jobs without webhooks: fencing, the job's
+    counts, state and revision, NOTIFY), sent straight from asyncpg by W workers, one connection
+    each, with no gRPC and no server process in between. The jobs are made by a server, which is
+    stopped before the clock starts. Whatever the server does, one by one cannot beat this."""
+    from jobpulse_server.clock import now_us
+    from jobpulse_server.domain import ChunkState
+    from jobpulse_server.pg_notify import CHANNEL
+    from jobpulse_server.store import sql
+    from jobpulse_server.store.rows import chunk_from_row
+
+    claim_sql = sql.pg_claim_one_statement(0)
+    lease_us = LEASE.seconds * 1_000_000
+    async with fresh_database("floor") as dsn:
+        server = ServerProcess("jobpulse", dsn)
+        try:
+            server.wait_ready()
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                jobs = job_service_pb2_grpc.JobServiceStub(channel)
+                for j in range(JOBS_PER_RUN):
+                    await jobs.CreateJob(
+                        job_service_pb2.CreateJobRequest(
+                            display_name=f"floor {j}",
+                            kind="bench-work",
+                            total_items=n // JOBS_PER_RUN + (1 if j < n % JOBS_PER_RUN else 0),
+                            chunk_size=1,
+                        ),
+                        timeout=TIMEOUT,
+                    )
+        finally:
+            server.stop()
+        conns = [await asyncpg.connect(dsn) for _ in range(workers)]
+        done = [0]
+        retries = [0]
+
+        async def retrying(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+            while True:
+                try:
+                    return await conn.fetchrow(query, *args)
+                except asyncpg.PostgresError as exc:
+                    if getattr(exc, "sqlstate", "") not in ("40001", "40P01"):
+                        raise
+                    retries[0] += 1
+
+        async def worker(conn: asyncpg.Connection, name: str) -> None:
+            while True:
+                now = now_us()
+                ready = [*sql.ready_params(sql.POSTGRES, [], now), 1]
+                args = (*ready, *ready, name, now, now, lease_us, lease_us, now, now)
+                n_jobs, chunk_rows, _, _ = await retrying(conn, claim_sql, *args, CHANNEL, "floor")
+                if not chunk_rows:
+                    if not n_jobs:
+                        return
+                    continue  # other workers took the work of the jobs this one locked
+                chunk = chunk_from_row(chunk_rows[0])
+                row = await retrying(
+                    conn,
+                    sql.PG_COMPLETE_ONE,
+                    chunk.id,
+                    chunk.job_id,
+                    chunk.lease_token,
+                    now_us(),
+                    "",
+                    [],
+                    [],
+                    [],
+                    [],
+                    CHANNEL,
+                    "floor",
+                )
+                if row is None:
+                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
+                done[0] += 1
+
+        try:
+            db0 = postgres_cpu_seconds()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(c, f"floor-{i}") for i, c in enumerate(conns)))
+            elapsed = time.perf_counter() - t0
+            db1 = postgres_cpu_seconds()
+            left = await conns[0].fetchval(
+                "SELECT count(*) FROM chunks WHERE state <> $1", int(ChunkState.COMPLETED)
+            )
+        finally:
+            for c in conns:
+                await c.close()
+    if done[0] != n or left:
+        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
+    return _row(
+        "floor: the same SQL from asyncpg, no gRPC (1 + 1 stmt)",
+        n,
+        elapsed,
+        2 * n,
+        db_cpu_us=_per_unit_us(db0, db1, n),
+        deadlock_retries=retries[0],
     )
 
 
@@ -197,6 +338,7 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
                     handled += 1
 
                 managers.append(qm)
+            db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
             await asyncio.gather(
                 *(
@@ -209,13 +351,20 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
                 )
             )
             elapsed = time.perf_counter() - t0
+            db1 = postgres_cpu_seconds()
         finally:
             for conn in conns:
                 await conn.close()
         await _pgq_check(dsn, n)
     if handled != n:
         raise RuntimeError(f"pgqueuer handled {handled}/{n}")
-    return _row(f"pgqueuer, {workers} QueueManager drain, batch_size={batch_size}", n, elapsed, 0)
+    return _row(
+        f"pgqueuer, {workers} QueueManager drain, batch_size={batch_size}",
+        n,
+        elapsed,
+        0,
+        db_cpu_us=_per_unit_us(db0, db1, n),
+    )
 
 
 async def pgqueuer_loops(n: int, workers: int, batch_size: int) -> dict[str, Any]:
@@ -252,16 +401,24 @@ async def pgqueuer_loops(n: int, workers: int, batch_size: int) -> dict[str, Any
                     done += 1
 
         try:
+            db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(c) for c in conns))
             elapsed = time.perf_counter() - t0
+            db1 = postgres_cpu_seconds()
         finally:
             for conn in conns:
                 await conn.close()
         await _pgq_check(dsn, n)
     if done != n:
         raise RuntimeError(f"pgqueuer loops did {done}/{n}")
-    return _row(f"pgqueuer, dequeue(batch_size={batch_size}) + log_jobs per job", n, elapsed, trips)
+    return _row(
+        f"pgqueuer, dequeue(batch_size={batch_size}) + log_jobs per job",
+        n,
+        elapsed,
+        trips,
+        db_cpu_us=_per_unit_us(db0, db1, n),
+    )
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -271,7 +428,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
     m = report.machine_facts()
     lines: list[str] = []
     add = lines.append
-    add("=" * 100)
+    width = 110
+    add("=" * width)
     add(
         f"Chunk claim + complete on PostgreSQL: jobpulse next to PgQueuer "
         f"({'quick' if args.quick else 'full'} run, {elapsed:.0f} s)"
@@ -282,30 +440,116 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
     )
     add(f"machine: nproc {m['nproc']} | Python {m['python']} | {pg} | pgqueuer {_pgq_version()}")
     add(f"         {m['cpu_model']}; load average {report.load_average()}")
-    add("-" * 100)
-    add(f"   {'':<56}{'jobs/s':>10}{'seconds':>9}{'round trips':>13}{'srv CPU us/job':>16}")
+    add("-" * width)
+    add(
+        f"   {'':<52}{'jobs/s':>9}{'seconds':>9}{'round trips':>13}"
+        f"{'srv CPU us/job':>16}{'db CPU us/job':>15}"
+    )
     for r in rows:
-        cpu = r.get("server_cpu_us")
-        trips = f"{r['round_trips']:,}" if r["round_trips"] else "-"
-        add(
-            f"   {r['name']:<56}{r['per_second']:>10,.0f}{r['seconds']:>9.2f}{trips:>13}"
-            f"{(f'{cpu:,.0f}' if cpu is not None else '-'):>16}"
-        )
-    add("-" * 100)
-    by = {r["key"]: r["per_second"] for r in rows}
-    for k in (1, 10):
-        jp = by.get(f"jp{k}")
-        qm, lp = by.get(f"qm{k}"), by.get(f"lp{k}")
-        if jp is None:
+        if r.get("unimplemented"):
+            add(f"   {r['name']:<52}{'n/a (server: UNIMPLEMENTED)':>31}")
             continue
-        parts = []
-        if qm:
-            parts.append(f"vs QueueManager {jp / qm:.2f}")
-        if lp:
-            parts.append(f"vs dequeue+log_jobs loops {lp and jp / lp:.2f}")
-        add(f"   ratio jobpulse/pgqueuer, batch {k:>2}: " + ", ".join(parts))
-    add("=" * 100)
+        trips = f"{r['round_trips']:,}" if r["round_trips"] else "-"
+        note = _note(r)
+        add(
+            f"   {r['name']:<52}{r['per_second']:>9,.0f}{r['seconds']:>9.2f}{trips:>13}"
+            f"{_us(r.get('server_cpu_us')):>16}{_us(r.get('db_cpu_us')):>15}"
+            + (f"  ({note})" if note else "")
+        )
+    add("   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine")
+    add("-" * width)
+    by = {r["key"]: r.get("per_second") for r in rows}
+    add(
+        f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}{'vs dequeue+log_jobs loops':>28}"
+    )
+    for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("jp10", 10), ("jpb10", 10)):
+        if key not in by:
+            continue
+        name = "floor: the same SQL, no gRPC" if key == "floor" else JOBPULSE_ROWS[key][1]
+        label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
+        add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}{_ratio(by[key], by.get(f'lp{k}')):>28}")
+    add("-" * width)
+    add("Targets (PostgreSQL)")
+    lines.extend(report.render_goals(goals(rows)))
+    add("=" * width)
     return "\n".join(lines)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+def _note(row: dict[str, Any]) -> str:
+    counts = row.get("counts")
+    if counts is None:
+        return ""
+    mode = work.MODES[JOBPULSE_ROWS[row["key"]][0]]
+    if mode.claim_next and not counts["claimed_next"]:
+        return "claim_next returned no claims"
+    return ""
+
+
+def goals(rows: list[dict[str, Any]]) -> list[report.Goal]:
+    by = {r["key"]: r for r in rows}
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = by.get(a, {}).get("per_second"), by.get(b, {}).get("per_second")
+        return x / y if x is not None and y else None
+
+    def note(key: str) -> str:
+        row = by.get(key)
+        if row is None:
+            return "not measured"
+        return "server: UNIMPLEMENTED" if row.get("unimplemented") else _note(row)
+
+    out: list[report.Goal] = []
+    peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
+    for key, what in (("jp1", "one by one"), ("jpcc", "complete-and-claim")):
+        for peer, peer_name in peers:
+            floor = ratio("floor", f"{peer}1")
+            floor_note = f"the same SQL without gRPC: {floor:.2f}" if floor is not None else ""
+            out.append(
+                report.Goal(
+                    f"PostgreSQL {what} / PgQueuer batch 1 ({peer_name})",
+                    ratio(key, f"{peer}1"),
+                    True,
+                    0.5,
+                    1.0,
+                    note="; ".join(n for n in (note(key), floor_note) if n),
+                )
+            )
+    for peer, peer_name in peers:
+        out.append(
+            report.Goal(
+                f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
+                ratio("jpb10", f"{peer}10"),
+                True,
+                1.0,
+                2.0,
+                note=note("jpb10"),
+            )
+        )
+    for key, what in (
+        ("jp1", "one by one"),
+        ("jpcc", "complete-and-claim"),
+        ("jpb10", "CompleteChunks of 10"),
+    ):
+        out.append(
+            report.Goal(
+                f"PostgreSQL server CPU per chunk, {what}",
+                by.get(key, {}).get("server_cpu_us"),
+                False,
+                1500,
+                800,
+                "us",
+                note=note(key),
+            )
+        )
+    return out
 
 
 def _pgq_version() -> str:
@@ -324,21 +568,26 @@ async def _pg_version() -> str:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    n, w = args.n, args.workers
     cases: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = []
-    for k in (1, 10):
-        cases.append((f"jp{k}", lambda k=k: jobpulse_drain(args.n, args.workers, k)))
-        cases.append((f"qm{k}", lambda k=k: pgqueuer_managers(args.n, args.workers, k)))
-        cases.append((f"lp{k}", lambda k=k: pgqueuer_loops(args.n, args.workers, k)))
+    for k, jobpulse_keys in ((1, ("jp1", "jpcc")), (10, ("jp10", "jpb10"))):
+        for key in jobpulse_keys:
+            cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
+        if k == 1 and not args.no_floor:
+            cases.append(("floor", functools.partial(statements_floor, n, w)))
+        cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
+        cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     results: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.rounds):  # rounds interleave the systems, so drift hits all alike
         for key, case in cases:
             row = await case()
             row["key"] = key
             results.setdefault(key, []).append(row)
-            print(f"  {row['name']}: {row['per_second']:,.0f}/s", file=sys.stderr, flush=True)
+            rate = "UNIMPLEMENTED" if row.get("unimplemented") else f"{row['per_second']:,.0f}/s"
+            print(f"  {row['name']}: {rate}", file=sys.stderr, flush=True)
     out = []
     for key, _ in cases:
-        rs = sorted(results[key], key=lambda r: r["per_second"])
+        rs = sorted(results[key], key=lambda r: r.get("per_second", 0.0))
         out.append(rs[len(rs) // 2])
     return out
 
@@ -348,16 +597,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--no-floor", action="store_true", help="skip the row of jobpulse's SQL without gRPC")
     p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
     if args.n is None:
         args.n = 1_000 if args.quick else 5_000
     if args.rounds is None:
         args.rounds = 1
     t0 = time.perf_counter()
+    load_before = report.load_average()
     pg = asyncio.run(_pg_version())
     rows = asyncio.run(run(args))
-    print(render(rows, args, time.perf_counter() - t0, pg))
+    elapsed = time.perf_counter() - t0
+    print(render(rows, args, elapsed, pg), flush=True)
+    report.write_json(
+        {
+            "settings": {
+                "mode": "quick" if args.quick else "full",
+                "n": args.n,
+                "workers": args.workers,
+                "rounds": args.rounds,
+            },
+            "postgres": pg,
+            "pgqueuer": _pgq_version(),
+            "machine": report.machine_facts(),
+            "load_before": load_before,
+            "load_after": report.load_average(),
+            "elapsed_seconds": elapsed,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rows": rows,
+            "targets": [goal.as_dict() for goal in goals(rows)],
+        },
+        args.json,
+    )
+    print(f"results written to {args.json}", file=sys.stderr, flush=True)
     return 0
 
 

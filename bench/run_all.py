@@ -1,17 +1,20 @@
 """Runs every jobpulse benchmark, prints a table and writes bench/results.json.
 
-    python -m bench.run_all            # full run, about 1.5 minutes
-    python -m bench.run_all --quick    # smoke run for CI, about 20 seconds
+    python -m bench.run_all            # full run, about 2.5 minutes
+    python -m bench.run_all --quick    # smoke run for CI, about 40 seconds
 
 Three server processes are started on 127.0.0.1, each on a port of its own: a jobpulse server
 holding the read data, a jobpulse server for the worker throughput runs (so the two data sets do
-not disturb each other) and the bare grpc.aio baseline. This process is the only client.
+not disturb each other) and the bare grpc.aio baseline. This process is the only client. Once they
+are stopped, the watch row runs with servers of its own (``bench.watch_streams.run_many_jobs``).
+The printout ends with the targets and whether each is met.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import tempfile
 import time
@@ -20,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 
-from bench import report, scenarios, seed
+from bench import report, scenarios, seed, watch_streams, work
 from bench.bare import padded_get_job_response
+from bench.load import Call
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
+from jobpulse_server import gc_tuning
+from jobpulse_server.config import Config
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -32,6 +39,7 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 BARE_SMALL_BASIC = "bare-small-basic"
 BARE_BIG_BASIC = "bare-big-basic"
 BARE_BIG_FULL = "bare-big-full"
+BARE_BIG_FULL_NEW_REVISION = "bare-big-full-new-revision"
 BARE_LIST_PAGE = "bare-list-page"
 
 
@@ -53,6 +61,9 @@ class Settings:
     chunk_rounds: int
     sensitivity_backlogs: tuple[int, ...]
     sensitivity_seconds: float
+    watch_jobs: int
+    watch_in_flight: int
+    watch_chunks_per_job: int
 
 
 FULL = Settings(
@@ -67,11 +78,16 @@ FULL = Settings(
     latency_warmup=10,
     list_page_size=20,
     chunk_workers=4,
-    chunk_backlog=5_000,
+    # Enough that the fastest mode (CompleteChunks of 10, some 5,000 chunks/s here) does not run dry;
+    # the rows at other backlogs (sensitivity_backlogs) show whether the size matters.
+    chunk_backlog=50_000,
     chunk_seconds=8.0,
     chunk_rounds=2,
-    sensitivity_backlogs=(500, 20_000),
+    sensitivity_backlogs=(500, 5_000),
     sensitivity_seconds=3.0,
+    watch_jobs=1_000,
+    watch_in_flight=4,
+    watch_chunks_per_job=10,
 )
 
 QUICK = Settings(
@@ -86,12 +102,20 @@ QUICK = Settings(
     latency_warmup=5,
     list_page_size=20,
     chunk_workers=4,
-    chunk_backlog=5_000,
+    chunk_backlog=20_000,
     chunk_seconds=2.5,
     chunk_rounds=1,
     sensitivity_backlogs=(),
     sensitivity_seconds=0.0,
+    watch_jobs=400,
+    watch_in_flight=4,
+    watch_chunks_per_job=10,
 )
+
+# Section 3: the modes in the order of the first round (later rounds alternate it).
+CHUNK_MODES = ("one_by_one", "complete_and_claim", "batched", "batched_complete_chunks")
+# Label values that keep the same width, so every new revision answers with the same size.
+FIRST_REVISION_LABEL = 100_000
 
 
 def _log(msg: str) -> None:
@@ -148,36 +172,75 @@ async def _run(
                 jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
                 bt.get_job(BARE_BIG_BASIC, job_pb2.JOB_VIEW_BASIC),
                 big_basic.ByteSize(),
+                reader,
+                bare,
             ),
             scenarios.LatencyCase(
                 "getjob_full_1000",
                 jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
                 bt.get_job(BARE_BIG_FULL, job_pb2.JOB_VIEW_BASIC),
                 big_full.ByteSize(),
+                reader,
+                bare,
             ),
             scenarios.LatencyCase(
                 "listjobs_20",
                 jp.list_jobs(s.list_page_size),
                 bt.get_job(BARE_LIST_PAGE, job_pb2.JOB_VIEW_BASIC),
                 list_page.ByteSize(),
+                reader,
+                bare,
             ),
         ]
         results["latency"] = await scenarios.latencies(
             cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+        )
+
+        # After the rows above, which must not see the job change under them.
+        _log("2b. GetJob FULL, a new revision before each call")
+        relabel = _relabel(jp, data.big_job_id)
+        await relabel()
+        big_full_rev = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
+        bare.set_response(BARE_BIG_FULL_NEW_REVISION, big_full_rev.SerializeToString())
+        new_revision = scenarios.LatencyCase(
+            "getjob_full_1000_new_revision",
+            jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
+            bt.get_job(BARE_BIG_FULL_NEW_REVISION, job_pb2.JOB_VIEW_BASIC),
+            big_full_rev.ByteSize(),
+            reader,
+            bare,
+            prepare=relabel,
+        )
+        results["latency"].update(
+            await scenarios.latencies(
+                [new_revision], calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+            )
+        )
+        last = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
+        # The size may move by a byte or two: timestamps are varints.
+        if (
+            abs(last.ByteSize() - big_full_rev.ByteSize()) > 16
+            or last.job.revision <= big_full_rev.job.revision
+        ):
+            raise RuntimeError(
+                f"GetJob FULL after the relabelling: {last.ByteSize():,} B at revision {last.job.revision}, "
+                f"before {big_full_rev.ByteSize():,} B at revision {big_full_rev.job.revision}"
+            )
+        results["latency"]["getjob_full_1000_new_revision"]["revisions"] = (
+            last.job.revision - big_full_rev.job.revision
         )
     finally:
         await jp.channel.close()
         await bt.channel.close()
 
     _log("3. chunk throughput")
-    runs: dict[str, list[dict[str, Any]]] = {"one_by_one": [], "batched": []}
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in CHUNK_MODES}
     for r in range(s.chunk_rounds):
-        order = [("one_by_one", 1), ("batched", 10)]
-        for key, max_chunks in order if r % 2 == 0 else reversed(order):
+        for key in CHUNK_MODES if r % 2 == 0 else reversed(CHUNK_MODES):
             runs[key].append(
                 await scenarios.chunk_throughput(
                     worker,
-                    max_chunks=max_chunks,
+                    mode=work.MODES[key],
                     workers=s.chunk_workers,
                     backlog=s.chunk_backlog,
                     seconds=s.chunk_seconds,
@@ -189,13 +252,40 @@ async def _run(
         _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
         results["backlog_sensitivity"].append(
             await scenarios.chunk_throughput(
-                worker, max_chunks=1, workers=s.chunk_workers, backlog=backlog, seconds=s.sensitivity_seconds
+                worker,
+                mode=work.MODES["one_by_one"],
+                workers=s.chunk_workers,
+                backlog=backlog,
+                seconds=s.sensitivity_seconds,
             )
         )
     return results
 
 
+def _relabel(target: scenarios.Target, job_id: str) -> Call:
+    """UpdateJob of one label to the next counter value: a new revision of the job, same size."""
+    counter = FIRST_REVISION_LABEL
+    stub = target.jobs
+
+    async def call() -> Any:
+        nonlocal counter
+        counter += 1
+        return await stub.UpdateJob(
+            job_service_pb2.UpdateJobRequest(
+                job_id=job_id,
+                labels={"team": "bench", "tier": "gold", "rev": str(counter)},
+                update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+            ),
+            timeout=scenarios.TIMEOUT,
+        )
+
+    return call
+
+
 def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    head = {k: rows[0][k] for k in ("mode", "max_chunks", "workers", "backlog")}
+    if any(r.get("unimplemented") for r in rows):
+        return {**head, "unimplemented": True, "rounds": rows}
     seconds = sum(r["seconds"] for r in rows)
     chunks = sum(r["chunks"] for r in rows)
     rpcs = sum(r["rpcs"] for r in rows)
@@ -203,18 +293,33 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
         r["server_cpu_us_per_chunk"] * r["chunks"] for r in rows if r["server_cpu_us_per_chunk"] is not None
     ]
     return {
-        "max_chunks": rows[0]["max_chunks"],
-        "workers": rows[0]["workers"],
-        "backlog": rows[0]["backlog"],
+        **head,
         "seconds": seconds,
         "chunks": chunks,
         "rpcs": rpcs,
+        **{k: sum(r[k] for r in rows) for k in ("claim_calls", "claimed_next", "claim_next_empty", "not_ok")},
         "chunks_per_second": chunks / seconds,
         "rpcs_per_second": rpcs / seconds,
         "server_cpu_us_per_chunk": sum(cpu) / chunks if len(cpu) == len(rows) and chunks else None,
         "ran_dry": any(r["ran_dry"] for r in rows),
         "rounds": rows,
     }
+
+
+def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
+    """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there."""
+    s = settings
+    _log(f"4. watch: {s.watch_jobs:,} jobs, one watcher and one change each")
+    watch_streams._raise_nofile()
+    # As bench.watch_streams does: the client holding the streams gets the server's collector settings,
+    # so its pauses do not land in either server's latency. Put back afterwards.
+    threshold = gc.get_threshold()
+    gc_tuning.tune(Config.gc_threshold)
+    try:
+        return watch_streams.run_many_jobs(tmp, s.watch_jobs, s.watch_in_flight, s.watch_chunks_per_job)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 async def _check_ready(server: ServerProcess) -> None:
@@ -228,7 +333,7 @@ async def _check_ready(server: ServerProcess) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 20 s), e.g. for CI")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 40 s), e.g. for CI")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
     )
@@ -256,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers:
                 server.stop()
+        results["watch"] = _watch(settings, tmp)
 
     results["settings"] = asdict(settings)
     results["machine"] = report.machine_facts()
@@ -263,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = report.load_average()
     results["elapsed_seconds"] = time.perf_counter() - started
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["targets"] = [goal.as_dict() for goal in report.goals(results)]
     print(report.render(results), flush=True)
     report.write_json(results, args.json)
     _log(f"results written to {args.json}")

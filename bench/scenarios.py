@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
+from bench import work
 from bench.load import Call, Rate, closed_loop, percentile, sequential_latencies
 from bench.procs import ServerProcess
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
-    worker_service_pb2,
     worker_service_pb2_grpc,
 )
 
@@ -120,32 +120,69 @@ def _rate_dict(rate: Rate) -> dict[str, Any]:
 
 @dataclass
 class LatencyCase:
-    """One jobpulse call and the bare GetJob of the same response size that is its baseline."""
+    """One jobpulse call and the bare GetJob of the same response size that is its baseline.
+
+    ``prepare``, if set, is called (untimed) before each timed jobpulse call, e.g. to give the job a
+    new revision. The server CPU of the prepare calls is measured on its own and taken off the row's.
+    """
 
     name: str
     jobpulse: Call
     bare: Call
     response_bytes: int
+    jobpulse_server: ServerProcess | None = None
+    bare_server: ServerProcess | None = None
+    prepare: Call | None = None
+
+
+async def _timed_block(
+    call: Call, count: int, server: ServerProcess | None, prepare: Call | None = None
+) -> tuple[list[float], float | None]:
+    """Latencies of ``count`` sequential calls, and the server CPU seconds they took (None if unknown)."""
+    cpu0 = server.cpu_seconds() if server else None
+    samples = await sequential_latencies(call, count, prepare=prepare)
+    cpu1 = server.cpu_seconds() if server else None
+    return samples, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
 
 
 async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup: int) -> dict[str, Any]:
     """``calls`` sequential calls per case and server, in ``blocks`` interleaved blocks."""
     samples: dict[str, dict[str, list[float]]] = {c.name: {"jobpulse": [], "bare": []} for c in cases}
+    cpu: dict[str, dict[str, float | None]] = {c.name: {"jobpulse": 0.0, "bare": 0.0} for c in cases}
     for case in cases:
-        await sequential_latencies(case.jobpulse, warmup)
+        await sequential_latencies(case.jobpulse, warmup, prepare=case.prepare)
         await sequential_latencies(case.bare, warmup)
     per_block = max(1, calls // blocks)
     for b in range(blocks):
         for case in cases:
-            pair = [("bare", case.bare), ("jobpulse", case.jobpulse)]
-            for name, call in pair if b % 2 == 0 else reversed(pair):
-                samples[case.name][name].extend(await sequential_latencies(call, per_block))
+            pair = [
+                ("bare", case.bare, case.bare_server, None),
+                ("jobpulse", case.jobpulse, case.jobpulse_server, case.prepare),
+            ]
+            for name, call, server, prepare in pair if b % 2 == 0 else reversed(pair):
+                got, used = await _timed_block(call, per_block, server, prepare)
+                samples[case.name][name].extend(got)
+                so_far = cpu[case.name][name]
+                cpu[case.name][name] = so_far + used if so_far is not None and used is not None else None
     out: dict[str, Any] = {}
     for case in cases:
         row: dict[str, Any] = {"response_bytes": case.response_bytes}
+        if case.prepare is not None and cpu[case.name]["jobpulse"] is not None:
+            # The prepare calls alone, as many as the timed ones, for their share of the server CPU.
+            n = len(samples[case.name]["jobpulse"])
+            _, prep = await _timed_block(case.prepare, n, case.jobpulse_server)
+            row["prepare_server_cpu_us_per_call"] = prep / n * 1e6 if prep is not None else None
+            used = cpu[case.name]["jobpulse"]
+            cpu[case.name]["jobpulse"] = used - prep if used is not None and prep is not None else None
         for name in ("jobpulse", "bare"):
             s = samples[case.name][name]
-            row[name] = {"calls": len(s), "p50": percentile(s, 50), "p99": percentile(s, 99)}
+            used = cpu[case.name][name]
+            row[name] = {
+                "calls": len(s),
+                "p50": percentile(s, 50),
+                "p99": percentile(s, 99),
+                "server_cpu_us_per_call": used / len(s) * 1e6 if used is not None else None,
+            }
         row["ratio_p50"] = row["jobpulse"]["p50"] / row["bare"]["p50"]
         row["ratio_p99"] = row["jobpulse"]["p99"] / row["bare"]["p99"]
         out[case.name] = row
@@ -158,23 +195,33 @@ async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup
 async def chunk_throughput(
     target: ServerProcess,
     *,
-    max_chunks: int,
+    mode: work.Mode,
     workers: int,
     backlog: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """``workers`` asyncio workers claim ``max_chunks`` at a time and complete each claimed chunk.
+    """``workers`` asyncio workers claim and complete chunks as ``mode`` says, for ``seconds``.
 
     A fresh job of ``backlog`` one-item chunks is the only pending work; what is left of it when
-    time is up is cancelled so it does not weigh on the next measurement.
+    time is up is cancelled so it does not weigh on the next measurement. Workers started before the
+    deadline finish what they hold (without claiming more), and the clock runs until the last one has.
+    The job's COMPLETED count is checked against the completions counted.
     """
     async with grpc.aio.insecure_channel(target.target) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        row: dict[str, Any] = {
+            "mode": mode.key,
+            "max_chunks": mode.max_chunks,
+            "workers": workers,
+            "backlog": backlog,
+        }
+        if not await work.supported(stub, mode, TIMEOUT):
+            return {**row, "unimplemented": True}
         job = (
             await jobs.CreateJob(
                 job_service_pb2.CreateJobRequest(
-                    display_name=f"bench work max_chunks={max_chunks}",
+                    display_name=f"bench work {mode.key}",
                     kind="bench-work",
                     total_items=backlog,
                     chunk_size=1,
@@ -182,51 +229,49 @@ async def chunk_throughput(
                 timeout=TIMEOUT,
             )
         ).job
-        chunks = 0
-        rpcs = 0
-        ran_dry = False
+        counts = work.Counts()
         deadline = 0.0
 
-        async def worker(n: int) -> None:
-            nonlocal chunks, rpcs, ran_dry
-            request = worker_service_pb2.ClaimChunksRequest(
-                worker_id=f"bench-worker-{n}", max_chunks=max_chunks, lease_duration=WORK_LEASE
-            )
-            while time.perf_counter() < deadline:
-                claims = (await stub.ClaimChunks(request, timeout=TIMEOUT)).claims
-                rpcs += 1
-                if not claims:
-                    ran_dry = True
-                    return
-                for claim in claims:
-                    await stub.CompleteChunk(
-                        worker_service_pb2.CompleteChunkRequest(
-                            chunk_id=claim.chunk.id, lease_token=claim.lease_token
-                        ),
-                        timeout=TIMEOUT,
-                    )
-                    rpcs += 1
-                    chunks += 1
+        def keep_going() -> bool:
+            return time.perf_counter() < deadline
 
         cpu0 = target.cpu_seconds()
         start = time.perf_counter()
         deadline = start + seconds
-        await asyncio.gather(*(worker(n) for n in range(workers)))
+        await asyncio.gather(
+            *(
+                work.worker(
+                    stub,
+                    mode,
+                    worker_id=f"bench-worker-{n}",
+                    lease=WORK_LEASE,
+                    keep_going=keep_going,
+                    counts=counts,
+                    timeout=TIMEOUT,
+                )
+                for n in range(workers)
+            )
+        )
         elapsed = time.perf_counter() - start
         cpu1 = target.cpu_seconds()
-        await jobs.CancelJob(
-            job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done"), timeout=TIMEOUT
+        after = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id), timeout=TIMEOUT)
+        if not counts.ran_dry:  # a job whose chunks are all done is COMPLETED and cannot be cancelled
+            await jobs.CancelJob(
+                job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done"), timeout=TIMEOUT
+            )
+    summary = after.job.chunks_summary
+    if summary.completed != counts.chunks or summary.processing:
+        raise RuntimeError(
+            f"{mode.key}: counted {counts.chunks} completions, the job shows {summary.completed} "
+            f"COMPLETED and {summary.processing} PROCESSING"
         )
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    chunks = counts.chunks
     return {
-        "max_chunks": max_chunks,
-        "workers": workers,
-        "backlog": backlog,
+        **row,
+        **counts.as_dict(),
         "seconds": elapsed,
-        "chunks": chunks,
-        "rpcs": rpcs,
         "chunks_per_second": chunks / elapsed,
-        "rpcs_per_second": rpcs / elapsed,
+        "rpcs_per_second": counts.rpcs / elapsed,
         "server_cpu_us_per_chunk": cpu / chunks * 1e6 if cpu is not None and chunks else None,
-        "ran_dry": ran_dry,
     }

@@ -132,7 +132,7 @@ class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
         finally:
             self._subs[key].discard(wake)
 
-    async def WatchJobs(self, request: Any, context: Any) -> None:
+    async def WatchJobs(self, request: Any, context: Any) -> None:  # type: ignore[override]
         """The floor: what grpc.aio itself keeps per idle server stream. The handler writes one
         message, then waits on a future of its own, the least an idle stream can wait on. (Not one
         future shared by all: a cancelled stream cancels the future its task waits on, which would
@@ -601,9 +601,11 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
                 await asyncio.wait_for(done.wait(), TIMEOUT)
                 latencies.append(streams.arrival[i] - sent)
 
+        cpu0 = _cpu_seconds(side.server.pid)
         t1 = time.perf_counter()
         await asyncio.gather(*(change(i) for i in range(jobs_n)))
         elapsed = time.perf_counter() - t1
+        cpu1 = _cpu_seconds(side.server.pid)
         await streams.close()
         return {
             "jobs": jobs_n,
@@ -611,6 +613,10 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
             "setup_seconds": setup_seconds,
             "changes_per_second": jobs_n / elapsed,
             "latency": _latency_stats(latencies),
+            # Server CPU (all threads) per change, from the first poke to the last delivery.
+            "server_cpu_us_per_change": (
+                (cpu1 - cpu0) / jobs_n * 1e6 if cpu0 is not None and cpu1 is not None else None
+            ),
         }
     finally:
         await channels.close()
@@ -693,6 +699,28 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
     assert templates is not None
     results["message_bytes"] = {"snapshot": len(templates[0]), "change": len(templates[1])}
     return results
+
+
+def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
+    """The many-jobs scenario on its own (a fresh jobpulse and a fresh fan-out server, stopped after):
+    jobpulse first, then the bare fan-out, whose messages are the sizes of jobpulse's."""
+    jp, bare = _start_pair(tmp, "many-only", None)
+    try:
+
+        async def go() -> dict[str, Any]:
+            await asyncio.gather(_ready(jp.target), _ready(bare.target))
+            templates = await capture_templates(jp, chunks)
+            bare.set_templates(*templates)
+            return {
+                "jobpulse": await many_jobs(JobpulseSide(jp), jobs_n, in_flight, chunks),
+                "bare": await many_jobs(FanoutSide(bare), jobs_n, in_flight, chunks),
+                "message_bytes": {"snapshot": len(templates[0]), "change": len(templates[1])},
+            }
+
+        return asyncio.run(go())
+    finally:
+        jp.stop()
+        bare.stop()
 
 
 def _pair(a: float, b: float, ms: bool = True) -> str:
@@ -787,12 +815,13 @@ def render(results: dict[str, Any]) -> str:
         f"2. {mj['jobpulse']['jobs']:,} jobs, one stream each, one change per job "
         f"({mj['jobpulse']['in_flight']} changes in flight)"
     )
-    add(f"   {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'changes/s':>11}")
+    add(f"   {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'changes/s':>11}{'srv CPU us/change':>19}")
     for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
         r = mj[name]
         add(
             f"   {label:<14}{report._ms(r['latency']['p50']):>9}{report._ms(r['latency']['p99']):>9}"
             f"{report._ms(r['latency']['max']):>9}{r['changes_per_second']:>11,.0f}"
+            f"{report._us(r.get('server_cpu_us_per_change')):>19}"
         )
     jp, bare = mj["jobpulse"], mj["bare"]
     add(
