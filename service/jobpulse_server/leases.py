@@ -132,12 +132,7 @@ class WorkerService:
         ask = ClaimAsk(worker_id, kinds, limit, lease_us)
         fast = await self.store.claim_one_statement(worker_id, kinds, limit, lease_us, self.clock())
         if fast is not None:
-            if fast:
-                self._count("claimed", len(fast))
-            return [
-                Claim(job, chunk, chunk.lease_token or "", chunk.lease_expire_time or 0)
-                for job, chunk in fast
-            ]
+            return self._claimed(fast)
 
         async def body(tx: WriteTx) -> list[Claim] | None:
             now = self.clock()
@@ -156,6 +151,14 @@ class WorkerService:
                 self._count("claimed", len(claims))
             return claims
         return []
+
+    def _claimed(self, fast: list[tuple[Job, Chunk]]) -> list[Claim]:
+        """Claims made by a one-statement claim, counted."""
+        if fast:
+            self._count("claimed", len(fast))
+        return [
+            Claim(job, chunk, chunk.lease_token or "", chunk.lease_expire_time or 0) for job, chunk in fast
+        ]
 
     async def _claim_in(
         self, tx: WriteTx, ask: ClaimAsk, now: int, jobs: dict[str, Job], *, wait_for_jobs: bool
@@ -286,6 +289,25 @@ class WorkerService:
         """Completes one chunk (LeaseLost / ChunkNotFound when its lease is not current), then claims
         ``claim_next`` (in the same transaction, where the one-statement completion does not apply)."""
         job_id = chunk_job_id(chunk_id)
+        if job_id and token and claim_next is not None:
+            both = await self.store.complete_and_claim(
+                chunk_id,
+                job_id,
+                token,
+                self.clock(),
+                external_task_id,
+                artifacts,
+                (claim_next.worker_id, claim_next.kinds, claim_next.limit, claim_next.lease_us),
+            )
+            if both is not None:
+                finished, fast = both
+                self._count("completed" if finished.chunk_state == ChunkState.COMPLETED else "cancelled")
+                if fast:
+                    return finished.job_state, self._claimed(fast)
+                if fast is None or claim_next.wait_s > 0:
+                    # Work taken by others meanwhile, or none yet and the worker will wait for it.
+                    return finished.job_state, await self.claim(*claim_next.args())
+                return finished.job_state, []
         if job_id and token:
             done = await self.store.complete_one(
                 chunk_id, job_id, token, self.clock(), external_task_id, artifacts

@@ -187,6 +187,23 @@ def _stale_complete(s: Stubs, claim: W.ChunkClaim) -> None:
     )
 
 
+def _stale_complete_and_claim(s: Stubs, claim: W.ChunkClaim) -> None:
+    """Complete-and-claim runs the completion and the claim in one round trip on PostgreSQL: a late
+    completion must claim nothing either (the job's other chunk stays PENDING)."""
+    _lease_lost(
+        lambda: s.workers.CompleteChunk(
+            W.CompleteChunkRequest(
+                chunk_id=claim.chunk.id,
+                lease_token=claim.lease_token,
+                artifacts=[job_pb2.Artifact(name="late.bin", uri="s3://out/late.bin")],
+                external_task_id="late-ext",
+                claim_next=W.ClaimChunksRequest(worker_id="late-worker", lease_duration=_duration(60)),
+            ),
+            timeout=20,
+        )
+    )
+
+
 def _stale_progress(s: Stubs, claim: W.ChunkClaim) -> None:
     _lease_lost(
         lambda: s.workers.ReportChunkProgress(
@@ -241,8 +258,8 @@ def _stale_complete_chunks(s: Stubs, claim: W.ChunkClaim) -> None:
 
 @pytest.mark.parametrize(
     "late_call",
-    [_stale_complete, _stale_progress, _stale_fail, _stale_complete_chunks],
-    ids=["CompleteChunk", "ReportChunkProgress", "FailChunk", "CompleteChunks"],
+    [_stale_complete, _stale_complete_and_claim, _stale_progress, _stale_fail, _stale_complete_chunks],
+    ids=["CompleteChunk", "CompleteChunk+claim_next", "ReportChunkProgress", "FailChunk", "CompleteChunks"],
 )
 def test_expired_lease_not_yet_swept_is_lease_lost_and_changes_nothing(
     make_server: Callable[..., Any],
@@ -518,6 +535,11 @@ def test_complete_chunk_with_claim_next_hands_out_every_chunk_once(
         assert claim.chunk.attempt == 1
         assert claim.chunk.worker_id == "w"
         handed_out.append(claim.chunk.id)
+        # The completion and the next claim are of the same job: both must count in its summary.
+        mid = s.get(job.id)
+        assert mid.chunks_summary.processing == 1
+        assert mid.chunks_summary.completed == len(handed_out) - 1
+        _assert_consistent(mid)
     else:
         pytest.fail("claim_next kept handing out chunks")
 

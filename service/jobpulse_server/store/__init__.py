@@ -138,6 +138,23 @@ class Store(Protocol):
         chunk or job is not as required): the caller then takes the general path."""
         ...
 
+    async def complete_and_claim(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        external_task_id: str,
+        artifacts: Sequence[Artifact],
+        claim: tuple[str, Sequence[str], int, int],
+    ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
+        """``complete_one``, then, if it went through, a claim (``claim``: worker id, kinds, limit,
+        lease in us) that sees it, in one round trip where the store can (PostgreSQL); publishes the
+        change. None when the completion did nothing (the caller takes the general path for both);
+        otherwise the completion and the claims as ``claim_one_statement`` gives them (None: the
+        caller claims on the general path)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -201,6 +218,18 @@ class GeneralPathsOnly:
         external_task_id: str,
         artifacts: Sequence[Artifact],
     ) -> CompletedOne | None:
+        return None
+
+    async def complete_and_claim(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        external_task_id: str,
+        artifacts: Sequence[Artifact],
+        claim: tuple[str, Sequence[str], int, int],
+    ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
         return None
 
 

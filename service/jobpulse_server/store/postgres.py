@@ -262,6 +262,21 @@ class PgWrite(PgRead):
             self.changes.webhooks = True
 
 
+async def define_functions(conn: asyncpg.Connection) -> None:
+    """Creates this session's complete-and-claim functions (see
+    ``sql.pg_complete_and_claim_function``), with the parameter types PostgreSQL infers for the two
+    statements they run."""
+
+    async def types(query: str) -> list[str]:
+        stmt = await conn.prepare(query)
+        return [f"{t.schema}.{t.name}" for t in stmt.get_parameters()]
+
+    complete = await types(sql.PG_COMPLETE_ONE)
+    for n_kinds in (0, 1):
+        claim = await types(sql.pg_claim_one_statement(n_kinds))
+        await conn.execute(sql.pg_complete_and_claim_function(n_kinds, complete, claim))
+
+
 async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
 
@@ -326,6 +341,7 @@ class PgStore:
             # The store leaves no session state behind (no LISTEN, advisory locks, SET or cursors), so
             # the reset asyncpg runs on every release, a round trip of its own, is not needed.
             reset=_no_reset,
+            init=define_functions,
         )
 
     async def close(self) -> None:
@@ -345,7 +361,30 @@ class PgStore:
         external_task_id: str,
         artifacts: Sequence[Artifact],
     ) -> CompletedOne | None:
-        args = (
+        args = self._complete_args(chunk_id, job_id, token, now, external_task_id, artifacts)
+
+        async def run() -> Any:
+            async with self.pool.acquire() as conn:
+                return await conn.fetchrow(sql.PG_COMPLETE_ONE, *args)
+
+        row = await self._retrying(run)
+        if row is None:
+            return None
+        done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]))
+        self.db.publish(Changes(jobs={job_id: done.revision}))
+        return done
+
+    def _complete_args(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        external_task_id: str,
+        artifacts: Sequence[Artifact],
+    ) -> tuple[Any, ...]:
+        """PG_COMPLETE_ONE's parameters."""
+        return (
             chunk_id,
             job_id,
             token,
@@ -359,16 +398,53 @@ class PgStore:
             self.db.replica_id,
         )
 
+    async def complete_and_claim(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        external_task_id: str,
+        artifacts: Sequence[Artifact],
+        claim: tuple[str, Sequence[str], int, int],
+    ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
+        worker_id, kinds, limit, lease_us = claim
+        ready = [*sql.ready_params(sql.POSTGRES, kinds, now), limit]
+        args = (
+            *self._complete_args(chunk_id, job_id, token, now, external_task_id, artifacts),
+            *ready,
+            *ready,
+            worker_id,
+            now,
+            now,
+            lease_us,
+            lease_us,
+            now,
+            now,
+            pg_notify.CHANNEL,
+            self.db.replica_id,
+        )
+        query = sql.pg_complete_and_claim_call(len(kinds), len(args))
+
         async def run() -> Any:
             async with self.pool.acquire() as conn:
-                return await conn.fetchrow(sql.PG_COMPLETE_ONE, *args)
+                return await conn.fetchval(query, *args)
 
-        row = await self._retrying(run)
-        if row is None:
+        found = await self._retrying(run)
+        if found is None:
             return None
-        done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]))
-        self.db.publish(Changes(jobs={job_id: done.revision}))
-        return done
+        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows) = json.loads(found)
+        completed = CompletedOne(JobState(job_state), int(revision), ChunkState(chunk_state))
+        revisions = {job_id: completed.revision}
+        claims: list[tuple[Job, Chunk]] | None = []
+        if chunk_rows:
+            jobs = {j.id: j for j in map(job_from_row, job_rows)}
+            revisions.update((j.id, j.revision) for j in jobs.values())
+            claims = [(jobs[c.job_id], c) for c in map(chunk_from_row, chunk_rows)]
+        elif n_jobs:
+            claims = None  # other claims took the work of the jobs this one locked
+        self.db.publish(Changes(jobs=revisions))
+        return completed, claims
 
     async def claim_one_statement(
         self, worker_id: str, kinds: Sequence[str], limit: int, lease_us: int, now: int

@@ -27,11 +27,12 @@ POSTGRES = "postgresql"
 
 
 @functools.cache
-def numbered(sql: str) -> str:
-    """``?`` placeholders as ``$1, $2, ...`` (none of our statements has a literal ``?``)."""
+def numbered(sql: str, start: int = 1) -> str:
+    """``?`` placeholders as ``$1, $2, ...`` (none of our statements has a literal ``?``), or
+    from ``$start`` on."""
     parts = sql.split("?")
     out = [parts[0]]
-    for n, part in enumerate(parts[1:], 1):
+    for n, part in enumerate(parts[1:], start):
         out.append(f"${n}{part}")
     return "".join(out)
 
@@ -332,9 +333,12 @@ PG_COMPLETE_ONE = (
     "SELECT $2, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1, "
     "unnest($6::text[], $7::text[], $8::text[], $9::bigint[]) AS u(name, uri, media_type, size_bytes) "
     f"WHERE c1.state = {int(ChunkState.COMPLETED)}) "
-    "SELECT j1.state, j1.revision, c1.state, pg_notify($10, json_build_object('r', $11::text, "
-    "'j', json_build_object(j1.id, j1.revision), 'd', json_build_array())::text) FROM j1, c1"
+    "SELECT j1.state AS job_state, j1.revision AS revision, c1.state AS chunk_state, "
+    "pg_notify($10, json_build_object('r', $11::text, "
+    "'j', json_build_object(j1.id, j1.revision), 'd', json_build_array())::text) AS notified FROM j1, c1"
 )
+# How many parameters PG_COMPLETE_ONE takes.
+PG_COMPLETE_ONE_PARAMS = 11
 
 
 def _prefixed(columns: Sequence[str], alias: str) -> str:
@@ -342,6 +346,11 @@ def _prefixed(columns: Sequence[str], alias: str) -> str:
 
 
 def pg_claim_one_statement(n_kinds: int) -> str:
+    """PostgreSQL: a whole claim as one statement; see ``_pg_claim``."""
+    return numbered(_pg_claim(n_kinds))
+
+
+def _pg_claim(n_kinds: int, *, as_json: bool = False) -> str:
     """PostgreSQL: a whole claim as one statement, for jobs without webhooks (see PG_COMPLETE_ONE).
 
     Locks the jobs of the first ready chunks (jobs before chunks), takes those jobs' ready chunks
@@ -364,7 +373,17 @@ def pg_claim_one_statement(n_kinds: int) -> str:
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
-    sql = (
+    chunks = f"array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) ORDER BY c1.priority DESC, c1.job_id, c1.idx)"
+    jobs = "array_agg(j1)"
+    if as_json:
+        # Rows as JSON arrays in CHUNK_COLUMNS / JOB_COLUMNS order: a PL/pgSQL function cannot hand
+        # back arrays of anonymous rows.
+        chunks = (
+            f"json_agg(json_build_array({_prefixed(CHUNK_COLUMNS, 'c1')}) "
+            "ORDER BY c1.priority DESC, c1.job_id, c1.idx)"
+        )
+        jobs = f"json_agg(json_build_array({_prefixed(JOB_COLUMNS, 'j1')}))"
+    return (
         f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
         "ORDER BY id FOR UPDATE), "
         f"c AS ({picked}), "
@@ -380,11 +399,46 @@ def pg_claim_one_statement(n_kinds: int) -> str:
         "items_done = jj.items_done - agg.lost, start_time = coalesce(jj.start_time, ?), "
         f"state = {state}, end_time = NULL, change_seq = {PG_NEXT_SEQ} "
         f"FROM agg WHERE jj.id = agg.job_id RETURNING {_prefixed(JOB_COLUMNS, 'jj')}) "
-        "SELECT (SELECT count(*) FROM j), "
-        f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) "
-        "ORDER BY c1.priority DESC, c1.job_id, c1.idx) FROM c1), "
-        "(SELECT array_agg(j1) FROM j1), "
+        f"SELECT (SELECT count(*) FROM j) AS n_jobs, (SELECT {chunks} FROM c1) AS chunk_rows, "
+        f"(SELECT {jobs} FROM j1) AS job_rows, "
         "(SELECT pg_notify(?, json_build_object('r', ?::text, 'j', json_object_agg(j1.id, j1.revision), "
-        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0)"
+        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0) AS notified"
     )
-    return numbered(sql)
+
+
+def pg_complete_and_claim_function(
+    n_kinds: int, complete_types: Sequence[str], claim_types: Sequence[str]
+) -> str:
+    """PostgreSQL: a session-local function (``pg_temp``) that runs PG_COMPLETE_ONE and then, if the
+    completion went through, the one-statement claim, in one round trip and one transaction; each
+    statement sees the one before. It returns NULL when the completion did nothing (the caller
+    takes the general path), else JSON ``[job state, revision, chunk state, [n_jobs, chunks, jobs]]``.
+
+    Why a function: one statement cannot do both, since the next claim is usually of the same job,
+    and a statement may update a row only once. Why in ``pg_temp``: it is created on each of the
+    store's connections as it opens, so it always matches this code, needs no migration, and
+    replicas of different versions never share it.
+    The parameters are PG_COMPLETE_ONE's, then the claim's (see ``pg_claim_one_statement``), with
+    the types PostgreSQL inferred for them when the two statements were prepared."""
+    params = ", ".join([*complete_types, *claim_types])
+    claim = numbered(_pg_claim(n_kinds, as_json=True), start=len(complete_types) + 1)
+    return (
+        f"CREATE FUNCTION {pg_complete_and_claim_name(n_kinds)}({params}) RETURNS json "
+        "LANGUAGE plpgsql AS $jobpulse$ DECLARE done record; claimed record; BEGIN "
+        f"{PG_COMPLETE_ONE} INTO done; "
+        "IF NOT FOUND THEN RETURN NULL; END IF; "
+        f"{claim} INTO claimed; "
+        "RETURN json_build_array(done.job_state, done.revision, done.chunk_state, "
+        "json_build_array(claimed.n_jobs, claimed.chunk_rows, claimed.job_rows)); "
+        "END $jobpulse$"
+    )
+
+
+def pg_complete_and_claim_name(n_kinds: int) -> str:
+    return f"pg_temp.jobpulse_complete_and_claim_{1 if n_kinds else 0}"
+
+
+def pg_complete_and_claim_call(n_kinds: int, n_params: int) -> str:
+    return (
+        f"SELECT {pg_complete_and_claim_name(n_kinds)}({', '.join(f'${i}' for i in range(1, n_params + 1))})"
+    )
