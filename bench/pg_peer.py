@@ -20,8 +20,8 @@ entrypoint by
     (the same protocol as the jobpulse workers: one round trip per claim and one per completion).
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-The floor row sends jobpulse's own one-statement claim and completion straight from asyncpg (no
-gRPC, no server): what one by one could reach if the server cost nothing.
+The floor rows send jobpulse's own SQL straight from asyncpg (no gRPC, no server): what one by one
+and complete-and-claim could reach if the server cost nothing.
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
 processes of this machine (all of them, background ones included), from /proc.
 The printout ends with the targets and whether each is met; the rows go to a JSON file too.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import sys
 import time
@@ -191,21 +192,31 @@ async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
     )
 
 
-async def statements_floor(n: int, workers: int) -> dict[str, Any]:
-    """The floor under jobpulse's worker path on this PostgreSQL: its own one-statement claim and
-    one-statement completion (the SQL the server sends for jobs without webhooks: fencing, the job's
-    counts, state and revision, NOTIFY), sent straight from asyncpg by W workers, one connection
-    each, with no gRPC and no server process in between. The jobs are made by a server, which is
-    stopped before the clock starts. Whatever the server does, one by one cannot beat this."""
+FLOOR_ROWS = {
+    "floor": "floor: one by one's SQL from asyncpg, no gRPC",
+    "floorcc": "floor: complete-and-claim's SQL, no gRPC",
+}
+
+
+async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
+    """The floor under jobpulse's worker path on this PostgreSQL: the SQL the server sends for jobs
+    without webhooks (fencing, the job's counts, state and revision, NOTIFY), sent straight from
+    asyncpg by W workers, one connection each, with no gRPC and no server process in between:
+      * ``floor``: the one-statement claim, then the one-statement completion (one by one);
+      * ``floorcc``: one claim, then the complete-and-claim function, which completes and claims
+        the next chunk in one round trip (complete-and-claim).
+    The jobs are made by a server, which is stopped before the clock starts. Whatever the server
+    does, the mode cannot beat its floor."""
     from jobpulse_server.clock import now_us
     from jobpulse_server.domain import ChunkState
     from jobpulse_server.pg_notify import CHANNEL
     from jobpulse_server.store import sql
+    from jobpulse_server.store.postgres import define_functions
     from jobpulse_server.store.rows import chunk_from_row
 
     claim_sql = sql.pg_claim_one_statement(0)
     lease_us = LEASE.seconds * 1_000_000
-    async with fresh_database("floor") as dsn:
+    async with fresh_database(key) as dsn:
         server = ServerProcess("jobpulse", dsn)
         try:
             server.wait_ready()
@@ -224,11 +235,15 @@ async def statements_floor(n: int, workers: int) -> dict[str, Any]:
         finally:
             server.stop()
         conns = [await asyncpg.connect(dsn) for _ in range(workers)]
+        for conn in conns:
+            await define_functions(conn)
         done = [0]
+        trips = [0]
         retries = [0]
 
         async def retrying(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
             while True:
+                trips[0] += 1
                 try:
                     return await conn.fetchrow(query, *args)
                 except asyncpg.PostgresError as exc:
@@ -236,36 +251,44 @@ async def statements_floor(n: int, workers: int) -> dict[str, Any]:
                         raise
                     retries[0] += 1
 
-        async def worker(conn: asyncpg.Connection, name: str) -> None:
+        def claim_args(name: str, now: int) -> tuple[Any, ...]:
+            ready = [*sql.ready_params(sql.POSTGRES, [], now), 1]
+            return (*ready, *ready, name, now, now, lease_us, lease_us, now, now, CHANNEL, "floor")
+
+        def complete_args(chunk: Any) -> tuple[Any, ...]:
+            return (chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], [], [], [], CHANNEL, "floor")
+
+        async def claim(conn: asyncpg.Connection, name: str) -> Any:
+            """The next chunk, or None when no work is left."""
             while True:
-                now = now_us()
-                ready = [*sql.ready_params(sql.POSTGRES, [], now), 1]
-                args = (*ready, *ready, name, now, now, lease_us, lease_us, now, now)
-                n_jobs, chunk_rows, _, _ = await retrying(conn, claim_sql, *args, CHANNEL, "floor")
-                if not chunk_rows:
-                    if not n_jobs:
-                        return
-                    continue  # other workers took the work of the jobs this one locked
-                chunk = chunk_from_row(chunk_rows[0])
-                row = await retrying(
-                    conn,
-                    sql.PG_COMPLETE_ONE,
-                    chunk.id,
-                    chunk.job_id,
-                    chunk.lease_token,
-                    now_us(),
-                    "",
-                    [],
-                    [],
-                    [],
-                    [],
-                    CHANNEL,
-                    "floor",
-                )
-                if row is None:
+                n_jobs, chunk_rows, _, _ = await retrying(conn, claim_sql, *claim_args(name, now_us()))
+                if chunk_rows:
+                    return chunk_from_row(chunk_rows[0])
+                if not n_jobs:
+                    return None
+                # else: other workers took the work of the jobs this one locked; look again
+
+        async def one_by_one(conn: asyncpg.Connection, name: str) -> None:
+            while (chunk := await claim(conn, name)) is not None:
+                if await retrying(conn, sql.PG_COMPLETE_ONE, *complete_args(chunk)) is None:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
 
+        async def complete_and_claim(conn: asyncpg.Connection, name: str) -> None:
+            chunk = await claim(conn, name)
+            while chunk is not None:
+                args = (*complete_args(chunk), *claim_args(name, now_us()))
+                row = await retrying(conn, sql.pg_complete_and_claim_call(0, len(args)), *args)
+                if row[0] is None:
+                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
+                done[0] += 1
+                _, _, _, (n_jobs, chunk_rows, _) = json.loads(row[0])
+                if chunk_rows:
+                    chunk = chunk_from_row(chunk_rows[0])
+                else:
+                    chunk = await claim(conn, name) if n_jobs else None
+
+        worker = one_by_one if key == "floor" else complete_and_claim
         try:
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
@@ -281,10 +304,10 @@ async def statements_floor(n: int, workers: int) -> dict[str, Any]:
     if done[0] != n or left:
         raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
     return _row(
-        "floor: the same SQL from asyncpg, no gRPC (1 + 1 stmt)",
+        FLOOR_ROWS[key],
         n,
         elapsed,
-        2 * n,
+        trips[0],
         db_cpu_us=_per_unit_us(db0, db1, n),
         deadlock_retries=retries[0],
     )
@@ -462,10 +485,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
     add(
         f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}{'vs dequeue+log_jobs loops':>28}"
     )
-    for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("jp10", 10), ("jpb10", 10)):
+    for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1), ("jp10", 10), ("jpb10", 10)):
         if key not in by:
             continue
-        name = "floor: the same SQL, no gRPC" if key == "floor" else JOBPULSE_ROWS[key][1]
+        name = FLOOR_ROWS[key] if key in FLOOR_ROWS else JOBPULSE_ROWS[key][1]
         label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
         add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}{_ratio(by[key], by.get(f'lp{k}')):>28}")
     add("-" * width)
@@ -508,9 +531,9 @@ def goals(rows: list[dict[str, Any]]) -> list[report.Goal]:
 
     out: list[report.Goal] = []
     peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
-    for key, what in (("jp1", "one by one"), ("jpcc", "complete-and-claim")):
+    for key, what, floor_key in (("jp1", "one by one", "floor"), ("jpcc", "complete-and-claim", "floorcc")):
         for peer, peer_name in peers:
-            floor = ratio("floor", f"{peer}1")
+            floor = ratio(floor_key, f"{peer}1")
             floor_note = f"the same SQL without gRPC: {floor:.2f}" if floor is not None else ""
             out.append(
                 report.Goal(
@@ -574,7 +597,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for key in jobpulse_keys:
             cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
         if k == 1 and not args.no_floor:
-            cases.append(("floor", functools.partial(statements_floor, n, w)))
+            for key in FLOOR_ROWS:
+                cases.append((key, functools.partial(statements_floor, n, w, key)))
         cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
         cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     results: dict[str, list[dict[str, Any]]] = {}
@@ -597,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--no-floor", action="store_true", help="skip the row of jobpulse's SQL without gRPC")
+    p.add_argument("--no-floor", action="store_true", help="skip the rows of jobpulse's SQL without gRPC")
     p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
