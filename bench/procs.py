@@ -21,11 +21,23 @@ _STOP_TIMEOUT = 15.0
 
 
 def _child_main(kind: ServerKind, database_url: str, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
+    listener = None
+    if kind == "jobpulse":
+        # Logging as `jobpulse serve` sets it up (at the default level an access-log line per call,
+        # formatted and written on a thread of its own), written to /dev/null: what the log costs
+        # is part of every figure, as it is for users.
+        from jobpulse_server.app import configure_logging
+        from jobpulse_server.config import Config
+
+        listener = configure_logging(Config.from_env(), open(os.devnull, "w"))
+    else:
+        logging.basicConfig(level=logging.WARNING)
     try:
         asyncio.run(_child_serve(kind, database_url, conn))
     finally:
         conn.close()
+        if listener is not None:
+            listener.stop()
 
 
 async def _child_serve(kind: ServerKind, database_url: str, conn: Connection) -> None:

@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,7 +40,7 @@ from .domain import JobState
 from .encoded_jobs import EncodedJobs
 from .jobs import JobService
 from .leases import WorkerService
-from .observability import JsonFormatter, Metrics, Observer, log_off_the_loop
+from .observability import JsonFormatter, LogWriter, Metrics, Observer, log_off_the_loop
 from .pg_notify import Listener
 from .ratelimit import RateLimiter
 from .reflection_docs import DocumentedReflectionServicer
@@ -346,16 +346,23 @@ def _safe_url(url: str) -> str:
         return "<invalid url>"
 
 
-def run(config: Config) -> int:
-    """Blocking entry point used by ``jobpulse serve``."""
-    handler = logging.StreamHandler()
+def configure_logging(config: Config, stream: TextIO | None = None) -> LogWriter:
+    """The server's logging: ``config``'s level and format, to ``stream`` (default stderr).
+    Records are formatted and written on a thread of their own (at INFO, one access-log line per
+    call); returns that thread's writer (stop it to flush)."""
+    handler = logging.StreamHandler(stream)
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    # Records are formatted and written on a thread of their own (one access-log line per call).
     listener = log_off_the_loop(handler, getattr(logging, config.log_level.upper(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    return listener
+
+
+def run(config: Config) -> int:
+    """Blocking entry point used by ``jobpulse serve``."""
+    listener = configure_logging(config)
     try:
         return asyncio.run(serve(config))
     finally:
