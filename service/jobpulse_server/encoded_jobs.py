@@ -17,9 +17,8 @@ about 15 ms here; parsing kept bytes into the response takes a fraction of a mil
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
-
-from google.protobuf.message import Message
 
 from jobpulse.v1 import job_pb2
 
@@ -46,6 +45,13 @@ def _varint(n: int) -> bytes:
 
 
 _CHUNK_TAG = _varint((_CHUNKS_FIELD << 3) | 2)
+
+
+def message_fields(number: int, payloads: Iterable[bytes]) -> bytes:
+    """Serialized messages as message field ``number`` on the wire: the elements of a repeated
+    field, or (one payload) a singular one."""
+    tag = _varint((number << 3) | 2)
+    return b"".join(tag + _varint(len(p)) + p for p in payloads)
 
 
 def chunk_field(c: Chunk) -> bytes:
@@ -95,10 +101,11 @@ class EncodedJobs:
             return int(block[1][0])
         return None
 
-    def fill(self, out: Message, page: JobPage, full: bool, now: int) -> None:
-        """Merges the job of ``page`` into ``out`` (an empty jobpulse.v1.Job) from kept bytes where
-        possible, encoding and keeping what is new. LookupError when ``page`` relies on kept bytes
-        that have gone meanwhile (the caller reads again in full)."""
+    def job_bytes(self, page: JobPage, full: bool, now: int) -> bytes:
+        """The job of ``page`` as a serialized jobpulse.v1.Job, from kept bytes where possible,
+        encoding and keeping what is new. The ETA of this moment, if any, follows the kept bytes
+        as a second ``progress`` field, which a parser merges into the first. LookupError when
+        ``page`` relies on kept bytes that have gone meanwhile (the caller reads again in full)."""
         job = page.job
         key = (job.id, job.revision, full)
         data = self._messages.get(key)
@@ -113,10 +120,10 @@ class EncodedJobs:
             else:
                 data = job_pb(job, None).SerializeToString()
             self._keep(self._messages, key, data, len(data))
-        out.MergeFromString(data)
         eta = job.eta_seconds(now)
-        if eta is not None:
-            out.progress.eta.CopyFrom(duration(eta))  # type: ignore[attr-defined]
+        if eta is None:
+            return data
+        return data + job_pb2.Job(progress=job_pb2.JobProgress(eta=duration(eta))).SerializeToString()
 
     def _chunk_fields(self, page: JobPage) -> list[bytes]:
         job = page.job

@@ -23,7 +23,7 @@ from . import repository as repo
 from .clock import Clock
 from .convert import chunk_pb, job_pb, timestamp
 from .domain import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Artifact, ChunkState, JobState
-from .encoded_jobs import EncodedJobs
+from .encoded_jobs import EncodedJobs, message_fields
 from .error_mapping import rpc
 from .jobs import JobPage, JobService, Known, NewJob, Principal
 from .leases import Claim, ClaimAsk, Completion, WorkerService
@@ -35,6 +35,10 @@ Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Responses are parsed whole from kept job bytes (one parse, not a message merged per job).
+_GET_JOB_FIELD = job_service_pb2.GetJobResponse.DESCRIPTOR.fields_by_name["job"].number
+_LIST_JOBS_FIELD = job_service_pb2.ListJobsResponse.DESCRIPTOR.fields_by_name["jobs"].number
+_BATCH_JOBS_FIELD = job_service_pb2.BatchGetJobsResponse.DESCRIPTOR.fields_by_name["jobs"].number
 _JOB_STATES = [int(s) for s in JobState]
 _CHUNK_STATES = [int(s) for s in ChunkState]
 _VIEWS = [job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL]
@@ -150,9 +154,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         caller = who(context)
 
         def build(page: JobPage) -> job_service_pb2.GetJobResponse:
-            out = job_service_pb2.GetJobResponse()
-            self.encoded.fill(out.job, page, full, self.clock())
-            return out
+            return job_service_pb2.GetJobResponse.FromString(
+                message_fields(_GET_JOB_FIELD, [self.encoded.job_bytes(page, full, self.clock())])
+            )
 
         return await self._reusing(
             full, lambda known: self.jobs.get_job(caller, request.job_id, full=full, known=known), build
@@ -179,12 +183,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
         def build(found: tuple[list[JobPage], str, int, int]) -> job_service_pb2.ListJobsResponse:
             pages, token, total, horizon = found
-            out = job_service_pb2.ListJobsResponse(
-                next_page_token=token, total_size=total, watch_cursor=horizon_cursor(horizon)
-            )
             now = self.clock()
-            for page in pages:
-                self.encoded.fill(out.jobs.add(), page, full, now)
+            out = job_service_pb2.ListJobsResponse.FromString(
+                message_fields(_LIST_JOBS_FIELD, [self.encoded.job_bytes(p, full, now) for p in pages])
+            )
+            out.next_page_token = token
+            out.total_size = total
+            out.watch_cursor = horizon_cursor(horizon)
             return out
 
         return await self._reusing(
@@ -240,11 +245,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         caller = who(context)
 
         def build(pages: list[JobPage]) -> job_service_pb2.BatchGetJobsResponse:
-            out = job_service_pb2.BatchGetJobsResponse()
             now = self.clock()
-            for page in pages:
-                self.encoded.fill(out.jobs.add(), page, full, now)
-            return out
+            return job_service_pb2.BatchGetJobsResponse.FromString(
+                message_fields(_BATCH_JOBS_FIELD, [self.encoded.job_bytes(p, full, now) for p in pages])
+            )
 
         return await self._reusing(
             full,
