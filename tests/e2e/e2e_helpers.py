@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,25 +19,6 @@ SUMMARY_FIELDS = {
     job_pb2.CHUNK_STATE_FAILED: "failed",
     job_pb2.CHUNK_STATE_CANCELLED: "cancelled",
 }
-
-
-def eventually(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
-    """Calls ``fn`` until it returns a truthy value without raising AssertionError; returns that value.
-
-    Fails with the last AssertionError (or a plain timeout message) once ``timeout`` seconds have passed.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last: AssertionError = AssertionError(f"condition still false after {timeout}s (last: {value!r})")
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise last
-        time.sleep(interval)
 
 
 def recount(client: jobpulse.Client, job_id: str) -> dict[str, int]:

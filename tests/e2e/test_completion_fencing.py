@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import eventually
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from support.polling import eventually
 
 from jobpulse.v1 import (
     job_pb2,

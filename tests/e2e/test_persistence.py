@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from e2e_helpers import assert_summary_matches, claim_one, eventually
+from e2e_helpers import assert_summary_matches, claim_one
+from support.polling import eventually
 
 import jobpulse
 from jobpulse.v1 import job_pb2

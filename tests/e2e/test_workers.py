@@ -9,15 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import (
-    BackgroundThread,
-    assert_summary_matches,
-    chunks_by_index,
-    claim_one,
-    eventually,
-    run_all,
-)
+from e2e_helpers import BackgroundThread, assert_summary_matches, chunks_by_index, claim_one, run_all
 from google.protobuf.timestamp_pb2 import Timestamp
+from support.polling import eventually
 
 import jobpulse
 from jobpulse import errors

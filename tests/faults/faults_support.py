@@ -1,16 +1,9 @@
-"""Helpers for the fault tests: polling with deadlines, raw stubs, rich-status reasons, a server process."""
+"""Helpers for the fault tests: raw stubs and rich-status reasons (polling and the server process are in
+``support``)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -22,25 +15,6 @@ from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_s
 T = TypeVar("T")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def eventually(
-    fn: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    expect: Any = None,
-) -> T:
-    """Polls ``fn`` until it returns something truthy (or equal to ``expect``); fails after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = fn()
-        if (last == expect) if expect is not None else last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 class Stubs:
@@ -103,65 +77,3 @@ def reason_of(exc: grpc.RpcError) -> str:
             detail.Unpack(info)
             return info.reason
     return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``python -m jobpulse_server`` in a subprocess, configured through JOBPULSE_* variables."""
-
-    def __init__(self, database_url: str, log: Path, **settings: object) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "JOBPULSE_HOST": "127.0.0.1",
-            "JOBPULSE_PORT": str(self.port),
-            "JOBPULSE_DATABASE_URL": database_url,
-            "JOBPULSE_LOG_LEVEL": "WARNING",
-            **{f"JOBPULSE_{k.upper()}": str(v) for k, v in settings.items()},
-        }
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobpulse_server"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        stubs = Stubs(self.address)
-        try:
-            eventually(
-                lambda: self._check_alive() and stubs.health_status(0.5) == SERVING,
-                timeout,
-                f"the server on {self.address} to serve (log: {self.log})",
-            )
-        finally:
-            stubs.close()
-        return self
-
-    def _check_alive(self) -> bool:
-        assert self.proc is not None
-        code = self.proc.poll()
-        assert code is None, f"the server exited with {code}: {self.log.read_text()[-2000:]}"
-        return True
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        assert self.proc.returncode == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)

@@ -15,8 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import Stubs, eventually
+from faults_support import Stubs
 from google.protobuf import duration_pb2
+from support.polling import eventually
 
 from jobpulse.v1 import job_pb2
 from jobpulse.v1 import job_service_pb2 as J

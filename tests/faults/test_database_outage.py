@@ -24,8 +24,9 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import NOT_SERVING, SERVING, Stubs, eventually, reason_of
+from faults_support import NOT_SERVING, SERVING, Stubs, reason_of
 from sqlalchemy.engine import make_url
+from support.polling import eventually
 
 from jobpulse.v1 import job_service_pb2 as J
 from jobpulse.v1 import worker_service_pb2 as W

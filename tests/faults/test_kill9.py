@@ -12,8 +12,10 @@ import threading
 from pathlib import Path
 
 import grpc
-from faults_support import ServerProcess, Stubs, eventually
+from faults_support import Stubs
 from google.protobuf import duration_pb2
+from support.polling import eventually
+from support.servers import ServerProcess
 
 from jobpulse.v1 import job_pb2, worker_service_pb2_grpc
 from jobpulse.v1 import job_service_pb2 as J
@@ -92,7 +94,7 @@ def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Pat
         workers = Workers(first.address)
         workers.start()
         eventually(lambda: workers.acknowledged() >= KILL_AFTER, 60, f"{KILL_AFTER} acknowledged completions")
-        first.kill9()
+        first.kill()
         workers.stop()
         acked = set(workers.acked)
         assert KILL_AFTER <= len(acked) < CHUNKS, "the kill did not land in the middle"
@@ -113,6 +115,6 @@ def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Pat
         finally:
             stubs.close()
     finally:
-        first.stop()
+        first.close()
         if second is not None:
-            second.stop()
+            second.close()

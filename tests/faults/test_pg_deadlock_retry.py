@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 import pytest
-from faults_support import Stubs, eventually
+from faults_support import Stubs
 from sqlalchemy.engine import make_url
+from support.polling import eventually
 
 from jobpulse.v1 import job_pb2
 from jobpulse.v1 import job_service_pb2 as J

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from support.servers import free_port
 
 import jobpulse
 from jobpulse import errors
@@ -89,14 +89,8 @@ def test_detailed_health_reports_database_schema_streams_and_disk(
     assert (report.free_disk_bytes > 0) == database_url.startswith("sqlite")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_json_logs_have_one_object_per_rpc(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobpulse.cli", "serve", "--port", str(port), "--log-format", "json",
          "--database-url", f"sqlite:///{tmp_path / 'logs.db'}"],

@@ -11,7 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from watch_helpers import CHANGE, HEARTBEAT, SNAPSHOT, ServerProcess
+from support.servers import ServerProcess
+from watch_helpers import CHANGE, HEARTBEAT, SNAPSHOT
 
 from jobpulse import errors
 from jobpulse.v1 import (

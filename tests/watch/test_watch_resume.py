@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from support.polling import eventually
+from support.servers import ServerProcess
 from watch_helpers import (
     FAST_RECONNECT,
     HEARTBEAT,
     Recorder,
-    ServerProcess,
     WatchCallCounter,
     assert_matches_final,
     check_stream,
     counted_channel,
-    eventually,
     final_state,
     iter_claims,
     ready,

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from watch_helpers import Recorder, assert_matches_final, check_stream, eventually, final_state
+from support.polling import eventually
+from watch_helpers import Recorder, assert_matches_final, check_stream, final_state
 
 import jobpulse
 from jobpulse.v1 import job_pb2

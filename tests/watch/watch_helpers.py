@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jobpulse
 from jobpulse.v1 import job_pb2, job_service_pb2
@@ -27,18 +20,6 @@ TERMINAL = {job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_S
 WATCH_METHOD = "/jobpulse.v1.JobService/WatchJob"
 
 T = TypeVar("T")
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Polls ``fn`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- counting the SDK's WatchJob calls -----------------------------------------------------------
@@ -227,80 +208,6 @@ def final_state(client: jobpulse.Client, job_id: str) -> tuple[job_pb2.Job, list
 
 
 # --- a server as a separate process ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """``python -m jobpulse_server`` in a child process, restartable on the same port and database."""
-
-    def __init__(self, database_url: str, log_dir: Path, **settings: Any) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "JOBPULSE_HOST": "127.0.0.1",
-            "JOBPULSE_PORT": str(self.port),
-            "JOBPULSE_DATABASE_URL": database_url,
-            "JOBPULSE_LOG_LEVEL": "WARNING",
-            **{f"JOBPULSE_{k.upper()}": str(v) for k, v in settings.items()},
-        }
-        self.log_path = log_dir / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobpulse_server"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_serving(self.address, timeout, self.proc)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no goodbye."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM; returns the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def wait_serving(address: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Blocks until the server at ``address`` answers its health check with SERVING."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"server process exited with {proc.returncode} during start-up")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server at {address} not serving after {timeout:g}s")
-            time.sleep(0.02)
 
 
 def ready(channel: grpc.Channel, timeout: float = 20.0) -> None:
