@@ -45,7 +45,8 @@ from .pg_notify import Listener
 from .ratelimit import RateLimiter
 from .reflection_docs import DocumentedReflectionServicer
 from .servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
-from .store import Store, open_store
+from .store import Store
+from .store.factory import open_store
 from .watch import FeedService, WatchService
 from .watch_hub import ChangeHub
 from .webhooks import Deliverer, outbox_backlog

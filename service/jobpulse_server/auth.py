@@ -19,7 +19,7 @@ from typing import Any
 from . import keys
 from .db import Database
 from .errors import PermissionDenied, Unauthenticated
-from .jobs import ANONYMOUS, Principal
+from .principal import ANONYMOUS, Principal
 from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
+
+from . import sqlite_inline
+from .changes import Changes
+from .pg_notify import send
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +47,6 @@ def normalize_url(url: str) -> str:
             raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use asyncpg or psycopg")
         return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://...")
-
-
-@dataclass
-class Changes:
-    """What a committed write changed, for the change hub."""
-
-    jobs: dict[str, int] = field(default_factory=dict)
-    deleted: set[str] = field(default_factory=set)
-    new_work: bool = False
-    # Seconds from now at which retried chunks become claimable.
-    work_later: list[float] = field(default_factory=list)
-    # Webhook events were written to the outbox.
-    webhooks: bool = False
 
 
 @dataclass
@@ -103,7 +94,6 @@ class Database:
             assert path is not None
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up only)
             if self.sqlite_on_loop:
-                from . import sqlite_inline
 
                 async def open_inline() -> Any:
                     return await sqlite_inline.connect(str(path))
@@ -196,7 +186,6 @@ class Database:
                     yield UnitOfWork(conn=conn, changes=changes, dialect=self.dialect)
                     if self.dialect == "postgresql" and (changes.jobs or changes.deleted or changes.new_work):
                         # Other replicas learn of the change when (and only if) it commits.
-                        from .pg_notify import send
 
                         await send(conn, changes, self.replica_id)
                 except BaseException as exc:

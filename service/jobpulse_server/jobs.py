@@ -35,7 +35,9 @@ from .errors import (
     JobNotTerminal,
     WebhookSecretMissing,
 )
+from .principal import ANONYMOUS, Principal
 from .store import ReadTx, Store
+from .webhooks import check_url
 
 
 @dataclass
@@ -66,24 +68,6 @@ class JobPage:
     chunks: list[Chunk] | None = None
     chunks_next_page_token: str = ""
     delta_after: int | None = None
-
-
-@dataclass
-class Principal:
-    """Who is calling. ``sees_all`` callers are not limited to their own jobs."""
-
-    name: str
-    sees_all: bool = True
-    role: str = "admin"
-    # The key's default webhook URL, if any.
-    webhook_url: str = ""
-
-    @property
-    def owner_filter(self) -> str | None:
-        return None if self.sees_all else self.name
-
-
-ANONYMOUS = Principal("anonymous", sees_all=True)
 
 
 # The revision at which the caller already holds a job's shown chunks, if any (see encoded_jobs):
@@ -121,8 +105,6 @@ class JobService:
                 ]
             )
         if req.webhook_url:
-            from .webhooks import check_url
-
             check_url(req.webhook_url, self.config)
         if (req.webhook_url or who.webhook_url) and who is ANONYMOUS and not self.config.webhook_secret:
             raise WebhookSecretMissing(

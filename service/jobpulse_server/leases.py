@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from . import ids, outbox
 from . import repository as repo
+from .changes import Changes
 from .clock import Clock, now_us
 from .config import Config
-from .db import Changes, Database
+from .db import Database
 from .domain import Artifact, Chunk, ChunkState, Job, JobState
 from .errors import ChunkNotFound, DomainError, FieldViolation, InvalidArgument, LeaseLost
 from .observability import Metrics

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import Changes
+from .changes import Changes
 from .watch_hub import ChangeHub
 
 log = logging.getLogger(__name__)

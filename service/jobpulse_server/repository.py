@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
 from .domain import Artifact, Chunk, ChunkState, Job, JobState
+from .filters import JobFilter
 from .store import rows as store_rows
 from .tables import artifacts, chunks, job_tombstones, jobs
 
@@ -484,21 +485,6 @@ async def _attach_artifacts(conn: AsyncConnection, job_id: str, found: list[Chun
 
 
 # --- listing ---------------------------------------------------------------
-
-
-@dataclass
-class JobFilter:
-    """ListJobs / GetJobStats filters, already validated."""
-
-    owner: str | None = None
-    states: list[JobState] = field(default_factory=list)
-    kind: str = ""
-    min_priority: int | None = None
-    max_priority: int | None = None
-    created_after: int | None = None
-    created_before: int | None = None
-    search: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 # order_by value -> (columns, descending)

@@ -21,13 +21,14 @@ from jobpulse.v1 import (
 from . import auth, webhooks
 from . import repository as repo
 from .clock import Clock
-from .convert import chunk_pb, job_pb, timestamp
+from .convert import chunk_pb, duration, job_pb, timestamp
 from .domain import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Artifact, ChunkState, JobState
 from .encoded_jobs import EncodedJobs, message_fields
 from .error_mapping import rpc
-from .jobs import JobPage, JobService, Known, NewJob, Principal
+from .jobs import JobPage, JobService, Known, NewJob
 from .leases import Claim, ClaimAsk, Completion, WorkerService
 from .observability import Observer
+from .principal import Principal
 from .validation import MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, Checker, duration_us, timestamp_us
 from .watch import FeedService, WatchMessage, WatchService, horizon_cursor
 
@@ -460,8 +461,6 @@ def _time_range(
 
 
 def _stats_pb(row: repo.StatsRow) -> job_service_pb2.JobStats:
-    from .convert import duration
-
     finished = sum(row.by_state.get(s, 0) for s in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED))
     msg = job_service_pb2.JobStats(
         kind=row.kind,

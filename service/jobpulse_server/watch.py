@@ -19,7 +19,7 @@ from .config import Config
 from .db import Database
 from .domain import Chunk, Job
 from .errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
-from .jobs import Principal
+from .principal import Principal
 from .store import Store
 from .watch_hub import ChangeHub, Waker
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .db import Changes
+from .changes import Changes
 
 
 class Waker:

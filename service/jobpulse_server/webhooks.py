@@ -27,9 +27,9 @@ from .clock import Clock, now_us
 from .config import Config
 from .db import Database
 from .errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
-from .jobs import Principal
 from .observability import Metrics
 from .outbox import DEAD, DELIVERED, PENDING
+from .principal import Principal
 from .tables import api_keys, jobs, webhook_deliveries
 from .watch_hub import ChangeHub
 

@@ -21,9 +21,10 @@ from jobpulse_server.config import Config
 from jobpulse_server.db import Database
 from jobpulse_server.domain import ChunkState, JobState, Summary, derive_state
 from jobpulse_server.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
-from jobpulse_server.jobs import ANONYMOUS, JobService, NewJob
+from jobpulse_server.jobs import JobService, NewJob
 from jobpulse_server.leases import WorkerService
-from jobpulse_server.store import open_store
+from jobpulse_server.principal import ANONYMOUS
+from jobpulse_server.store.factory import open_store
 from jobpulse_server.watch_hub import ChangeHub
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jobpulse
-from jobpulse_server.jobs import ANONYMOUS
+from jobpulse_server.principal import ANONYMOUS
 from jobpulse_server.watch import WatchService, _Delta
 
 KIND = "watch-shared"

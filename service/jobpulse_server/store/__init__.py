@@ -23,13 +23,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ..db import Changes, Database
+from ..changes import Changes
 from ..domain import Artifact, Chunk, ChunkState, Job, JobState
-
-if TYPE_CHECKING:  # repository imports this package's rows module
-    from ..repository import JobFilter
+from ..filters import JobFilter
 
 T = TypeVar("T")
 
@@ -177,21 +175,6 @@ class Store(Protocol):
         commit. ``body`` may be run more than once (a deadlock or serialization failure rolls
         back and runs it again), so it must not act outside the transaction."""
         ...
-
-
-def open_store(db: Database, on_retry: Callable[[str], None] | None = None) -> Store:
-    """The fastest store for ``db``'s database and driver."""
-    if db.sqlite_on_loop:
-        from .sqlite import SqliteStore
-
-        return SqliteStore(db)
-    if db.dialect == "postgresql" and db.url.startswith("postgresql+asyncpg"):
-        from .postgres import PgStore
-
-        return PgStore(db, on_retry=on_retry)
-    from .portable import PortableStore
-
-    return PortableStore(db, on_retry=on_retry)
 
 
 def chunk_job_id(chunk_id: str) -> str:

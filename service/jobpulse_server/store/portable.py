@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import repository as repo
 from ..db import Database, UnitOfWork
 from ..domain import Artifact, Chunk, ChunkState, Job
-from ..repository import JobFilter
+from ..filters import JobFilter
 from ..tables import chunks, jobs, webhook_deliveries
 from . import WRITE_ATTEMPTS, GeneralPathsOnly, TwoStepLocks, WriteTx
 

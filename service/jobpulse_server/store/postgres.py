@@ -24,9 +24,10 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from .. import pg_notify
-from ..db import Changes, Database
+from ..changes import Changes
+from ..db import Database
 from ..domain import Artifact, Chunk, ChunkState, Job, JobState
-from ..repository import JobFilter
+from ..filters import JobFilter
 from . import WRITE_ATTEMPTS, CompletedOne, WriteTx, sql
 from .rows import (
     CHUNK_SAVED,

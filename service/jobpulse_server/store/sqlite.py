@@ -24,9 +24,10 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 
-from ..db import SQLITE_LOOP_BUSY_MS, SQLITE_WRITE_WAIT, Changes, Database
+from ..changes import Changes
+from ..db import SQLITE_LOOP_BUSY_MS, SQLITE_WRITE_WAIT, Database
 from ..domain import Artifact, Chunk, ChunkState, Job
-from ..repository import JobFilter
+from ..filters import JobFilter
 from . import GeneralPathsOnly, TwoStepLocks, WriteTx, sql
 from .rows import (
     artifact_from_row,
