@@ -10,14 +10,16 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite run buf clean
+.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite run buf clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Both distributions, editable: the SDK `jobpulse` (client/) and the server `jobpulse-server` (service/),
+# each a plain path entry in the venv, so a user's mypy follows `import jobpulse`.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml service/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev]'
 	touch $@
 
 $(BUF):
@@ -65,8 +67,8 @@ bench: install
 	$(PY) -m bench.run_all
 
 # The bench extra (PgQueuer, the peer measured beside jobpulse on PostgreSQL).
-$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,bench]'
+$(VENV)/.bench-installed: service/pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev,bench]'
 	touch $@
 
 # ListJobs first vs deep pages at 1,000,000 jobs (PostgreSQL) and 200,000 (SQLite), with plans.
@@ -86,7 +88,19 @@ bench-pg: $(VENV)/.bench-installed
 	$(PY) -m bench.pg_peer
 
 run: install
-	$(VENV)/bin/jobpulse serve
+	$(VENV)/bin/jobpulse-server serve
+
+# The SDK installs thin: `pip install ./client` into an empty venv pulls nothing of the server.
+SERVER_ONLY := sqlalchemy|aiosqlite|asyncpg|psycopg|psycopg-binary|alembic|httpx|prometheus-client|grpcio-health-checking|grpcio-reflection|jobpulse-server
+check-sdk:
+	rm -rf .sdk-check && python3 -m venv .sdk-check
+	.sdk-check/bin/python -m pip install -q ./client
+	.sdk-check/bin/python -m pip list --format=freeze > .sdk-check/installed.txt
+	@if grep -iE '^($(SERVER_ONLY))==' .sdk-check/installed.txt; then \
+	  echo "the SDK distribution pulls server packages (above)"; exit 1; fi
+	.sdk-check/bin/python -c "import jobpulse; jobpulse.Client; jobpulse.Worker; import jobpulse.v1.job_service_pb2_grpc"
+	@echo "SDK alone installs: $$(tr '\n' ' ' < .sdk-check/installed.txt)"
+	rm -rf .sdk-check
 
 clean:
-	rm -rf .gen-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .gen-check .sdk-check .pytest_cache .mypy_cache .ruff_cache

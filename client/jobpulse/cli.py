@@ -119,9 +119,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Returns the argument parser of the ``jobpulse`` command."""
-    parser = argparse.ArgumentParser(prog="jobpulse", description="jobpulse: job status over gRPC")
+# The commands that need the server distribution (jobpulse-server) installed.
+SERVER_COMMANDS = ("serve", "keys")
+
+
+def build_parser(
+    only: Sequence[str] | None = None,
+    prog: str = "jobpulse",
+    description: str = "jobpulse: job status over gRPC",
+) -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``jobpulse`` command, or, with ``only``, of a command that
+    has just those subcommands (``jobpulse-server`` has ``serve`` and ``keys``, with the same flags)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -130,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, func: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
+        if only is not None and name not in only:
+            return argparse.ArgumentParser(add_help=False)  # defined, but not offered here
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
@@ -335,7 +346,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from jobpulse_server.app import run
         from jobpulse_server.config import Config
     except ImportError as exc:
-        print(f"error: the jobpulse server is not installed ({exc})", file=sys.stderr)
+        print(
+            f"error: the jobpulse server is not installed ({exc}); pip install jobpulse-server",
+            file=sys.stderr,
+        )
         return 1
     try:
         config = Config.from_env(
@@ -359,7 +373,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     try:
         from jobpulse_server.keys_cli import run_keys_command
     except ImportError as exc:
-        print(f"error: the jobpulse server is not installed ({exc})", file=sys.stderr)
+        print(
+            f"error: the jobpulse server is not installed ({exc}); pip install jobpulse-server",
+            file=sys.stderr,
+        )
         return 1
     return run_keys_command(
         args.action, args.database_url, args.name, args.role, as_json=args.json, webhook_url=args.webhook_url
@@ -681,7 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success; 1 on an error (printed to stderr, never as a traceback); for ``watch`` and ``demo``,
         0/1/2 for a completed/failed/cancelled job; 130 after Ctrl-C.
     """
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs a parsed command (see ``main``) and returns its exit status."""
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

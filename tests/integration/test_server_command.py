@@ -1,0 +1,67 @@
+"""The server distribution's own command, ``jobpulse-server``: ``serve`` and ``keys`` with the same flags
+as ``jobpulse serve`` / ``jobpulse keys``, run as a user would (a console script in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.servers import free_port, wait_serving
+
+import jobpulse
+
+COMMAND = shutil.which("jobpulse-server", path=str(Path(sys.executable).parent)) or "jobpulse-server"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    return subprocess.run([COMMAND, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_offers_serve_and_keys_only() -> None:
+    out = _run("--help")
+    assert out.returncode == 0, out.stderr
+    assert "serve" in out.stdout and "keys" in out.stdout
+    for client_command in ("create", "watch", "demo", "export"):
+        assert f" {client_command} " not in out.stdout and f"{{{client_command}" not in out.stdout
+
+
+def test_keys_create_then_list_on_a_database_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    created = _run("keys", "create", "--name", "ci-bot", "--role", "worker", "--database-url", url, "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert (key["name"], key["role"]) == ("ci-bot", "worker") and key["key"]
+    listed = _run("keys", "list", "--database-url", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "ci-bot" in listed.stdout
+
+
+@pytest.mark.timeout(90)
+def test_serve_answers_the_sdk_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    proc = subprocess.Popen(
+        [COMMAND, "serve", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'serve.db'}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, proc)  # type: ignore[arg-type]
+        with jobpulse.Client(f"127.0.0.1:{port}", timeout=10) as client:
+            job = client.create_job("server-command", 4, chunk_size=2)
+            assert client.get_job(job.id).chunks_summary.total == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
