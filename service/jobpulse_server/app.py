@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import (
-    admin_service_pb2,
     admin_service_pb2_grpc,
-    job_service_pb2,
     job_service_pb2_grpc,
-    worker_service_pb2,
     worker_service_pb2_grpc,
 )
 
@@ -35,7 +30,7 @@ from . import repository as repo
 from .auth import Authenticator, is_loopback
 from .clock import Clock, now_us
 from .config import Config
-from .db import Database, current_schema_version
+from .db import Database
 from .domain import JobState
 from .encoded_jobs import EncodedJobs
 from .jobs import JobService
@@ -44,25 +39,17 @@ from .observability import JsonFormatter, LogWriter, Metrics, Observer, log_off_
 from .pg_notify import Listener
 from .ratelimit import RateLimiter
 from .reflection_docs import DocumentedReflectionServicer
+from .server_health import SERVICE_NAMES, ServerHealth
 from .servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
 from .store import Store
 from .store.factory import open_store
 from .watch import FeedService, WatchService
 from .watch_hub import ChangeHub
-from .webhooks import Deliverer, outbox_backlog
+from .webhooks import Deliverer
 
 log = logging.getLogger("jobpulse")
 
-SERVICE_NAMES = (
-    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
-    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-
-
-# Probes in a row that must time out before a silent database is reported down.
-SLOW_PROBES_BEFORE_DOWN = 3
 
 
 @dataclass
@@ -77,11 +64,10 @@ class App:
     hub: ChangeHub
     jobs: JobService
     workers: WorkerService
-    health: health.aio.HealthServicer
+    health: ServerHealth
     auth: Authenticator
     metrics: Metrics
     metrics_port: int | None = None
-    serving: bool = False
     listener: Listener | None = None
     deliverer: Deliverer | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,82 +90,12 @@ class App:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_background.wait(), timeout=5.0)
 
-    async def health_report(self) -> admin_service_pb2.GetServerHealthResponse:
-        """The detail behind grpc health: database, schema, sweeper, outbox, streams, disk."""
-        out = admin_service_pb2.GetServerHealthResponse(
-            database_kind=self.db.dialect, open_streams=self.hub.open_streams, serving=self.serving
-        )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with self.db.read() as conn:
-                out.schema_version = await conn.run_sync(_schema_version)
-                pending, oldest_due = await outbox_backlog(conn, now_us())
-            out.database_reachable = True
-            out.database_latency.FromNanoseconds(int((loop.time() - started) * 1e9))
-            out.outbox_pending = pending
-            if oldest_due is not None:
-                out.outbox_lag.FromNanoseconds(max(0, now_us() - oldest_due) * 1000)
-        except Exception as exc:
-            log.warning("health report: database unreachable: %s", exc)
-        if self.workers.last_sweep is not None:
-            out.sweeper_lag.FromNanoseconds(int((loop.time() - self.workers.last_sweep) * 1e9))
-        if self.db.dialect == "sqlite":
-            path = make_url(self.db.url).database or "."
-            folder = await asyncio.to_thread(lambda: os.path.dirname(os.path.abspath(path)))
-            out.free_disk_bytes = (await asyncio.to_thread(shutil.disk_usage, folder)).free
-        return out
-
-    async def set_serving(self, serving: bool) -> None:
-        self.serving = serving
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
-
-    async def watch_database(self) -> None:
-        """Probes the database; grpc health says NOT_SERVING while it cannot be reached."""
-        serving = True
-        slow = 0
-        while not self._stop_background.is_set():
-            try:
-                await asyncio.wait_for(self._stop_background.wait(), timeout=self.config.health_interval)
-                return
-            except asyncio.TimeoutError:
-                pass
-            limit = max(1.0, self.config.health_interval)
-            try:
-                await asyncio.wait_for(self.db.ping(), timeout=limit)
-                ok, slow = True, 0
-            except asyncio.TimeoutError:
-                # A busy server answers late; only a database that stays silent is reported down,
-                # so that load alone does not make health flap.
-                slow += 1
-                ok = slow < SLOW_PROBES_BEFORE_DOWN
-                if not ok and serving:
-                    log.error(
-                        "database did not answer %d probes in a row (%.0fs each): health is NOT_SERVING "
-                        "until it does",
-                        slow,
-                        limit,
-                    )
-            except Exception as exc:
-                ok = False
-                if serving:
-                    log.error("database unreachable (%r): health is NOT_SERVING until it is back", exc)
-            if ok != serving and not self._stop_background.is_set():
-                serving = ok
-                if ok:
-                    log.info("database reachable again: health is SERVING")
-                await self.set_serving(ok)
-
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Drains: stops taking calls, gives in-flight ones ``drain_seconds``, ends streams
         with UNAVAILABLE, then closes the database."""
         grace = self.config.drain_seconds if drain_seconds is None else drain_seconds
         self._stop_background.set()
-        await self.set_serving(False)
+        await self.health.set_serving(False)
         stopping = asyncio.ensure_future(self.server.stop(grace + 1.0))
         if self.hub.open_streams and grace > 0:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -265,10 +181,12 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(authenticator, workers, clock, observer), server
     )
-    admin = AdminServicer(authenticator, observer)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    stop_background = asyncio.Event()
+    server_health = ServerHealth(db, hub, workers, health_servicer, config, stop_background)
+    admin = AdminServicer(authenticator, observer, server_health.report)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         DocumentedReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server
     )
@@ -284,8 +202,20 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     await server.start()
 
-    app = App(config, server, port, db, store, hub, jobs, workers, health_servicer, authenticator, metrics)
-    admin.report = app.health_report
+    app = App(
+        config,
+        server,
+        port,
+        db,
+        store,
+        hub,
+        jobs,
+        workers,
+        server_health,
+        authenticator,
+        metrics,
+        _stop_background=stop_background,
+    )
     if config.metrics_port >= 0:
         app.metrics_port = metrics.serve(config.host, config.metrics_port)
         app._background.append(asyncio.create_task(app.count_jobs(), name="jobpulse-job-gauges"))
@@ -293,13 +223,12 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         asyncio.create_task(workers.run_sweeper(app._stop_background), name="jobpulse-sweeper")
     )
     app._background.append(asyncio.create_task(authenticator.run(app._stop_background), name="jobpulse-keys"))
-    app.deliverer = Deliverer(db, hub, config, clock)
-    app.deliverer.metrics = metrics
+    app.deliverer = Deliverer(db, hub, config, clock, metrics=metrics)
     app._background.append(
         asyncio.create_task(app.deliverer.run(app._stop_background), name="jobpulse-webhooks")
     )
-    await app.set_serving(True)
-    app._background.append(asyncio.create_task(app.watch_database(), name="jobpulse-db-health"))
+    await server_health.set_serving(True)
+    app._background.append(asyncio.create_task(server_health.watch_database(), name="jobpulse-db-health"))
     gc_tuning.tune(config.gc_threshold)
     if db.dialect == "postgresql":
         app.listener = Listener(db.url, hub, db.replica_id)
@@ -339,7 +268,6 @@ async def serve(config: Config) -> int:
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -368,7 +296,3 @@ def run(config: Config) -> int:
         return asyncio.run(serve(config))
     finally:
         listener.stop()
-
-
-def _schema_version(sync_conn: Any) -> str:
-    return current_schema_version(sync_conn) or ""

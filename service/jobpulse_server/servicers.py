@@ -661,17 +661,20 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
 
     ROLES = auth.ADMIN_ROLES
 
-    def __init__(self, authenticator: auth.Authenticator, observer: Observer) -> None:
+    def __init__(
+        self,
+        authenticator: auth.Authenticator,
+        observer: Observer,
+        report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]],
+    ) -> None:
         self.auth = authenticator
         self.observer = observer
-        # Set by the app once it exists: builds the GetServerHealth answer.
-        self.report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]] | None = None
+        self.report = report  # builds the GetServerHealth answer
 
     @rpc
     async def GetServerHealth(
         self, request: admin_service_pb2.GetServerHealthRequest, context: Ctx
     ) -> admin_service_pb2.GetServerHealthResponse:
-        assert self.report is not None, "the app wires the health report at start"
         return await self.report()
 
     @rpc

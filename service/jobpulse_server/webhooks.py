@@ -97,14 +97,20 @@ class Deliverer:
     """Sends due deliveries; woken by new outbox rows, else looks every ``poll_seconds``."""
 
     def __init__(
-        self, db: Database, hub: ChangeHub, config: Config, clock: Clock = now_us, poll_seconds: float = 1.0
+        self,
+        db: Database,
+        hub: ChangeHub,
+        config: Config,
+        clock: Clock = now_us,
+        poll_seconds: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.hub = hub
         self.config = config
         self.clock = clock
         self.poll_seconds = poll_seconds
-        self.metrics: Metrics | None = None
+        self.metrics = metrics
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(timeout=self.config.webhook_timeout, follow_redirects=False) as http:

@@ -1,0 +1,128 @@
+"""The server's health: the grpc health statuses, which follow a database probe, and the detailed
+report behind AdminService.GetServerHealth."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+from sqlalchemy.engine import make_url
+
+from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
+
+from .clock import now_us
+from .config import Config
+from .db import Database, current_schema_version
+from .leases import WorkerService
+from .watch_hub import ChangeHub
+from .webhooks import outbox_backlog
+
+log = logging.getLogger("jobpulse")
+
+SERVICE_NAMES = (
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+# Probes in a row that must time out before a silent database is reported down.
+SLOW_PROBES_BEFORE_DOWN = 3
+
+
+class ServerHealth:
+    """Owns the serving flag: sets the grpc health statuses, probes the database until ``stop`` is
+    set, and builds the detailed report."""
+
+    def __init__(
+        self,
+        db: Database,
+        hub: ChangeHub,
+        workers: WorkerService,
+        statuses: health.aio.HealthServicer,
+        config: Config,
+        stop: asyncio.Event,
+    ) -> None:
+        self.db = db
+        self.hub = hub
+        self.workers = workers
+        self.statuses = statuses
+        self.config = config
+        self.stop = stop
+        self.serving = False
+
+    async def report(self) -> admin_service_pb2.GetServerHealthResponse:
+        """The detail behind grpc health: database, schema, sweeper, outbox, streams, disk."""
+        out = admin_service_pb2.GetServerHealthResponse(
+            database_kind=self.db.dialect, open_streams=self.hub.open_streams, serving=self.serving
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with self.db.read() as conn:
+                out.schema_version = await conn.run_sync(_schema_version)
+                pending, oldest_due = await outbox_backlog(conn, now_us())
+            out.database_reachable = True
+            out.database_latency.FromNanoseconds(int((loop.time() - started) * 1e9))
+            out.outbox_pending = pending
+            if oldest_due is not None:
+                out.outbox_lag.FromNanoseconds(max(0, now_us() - oldest_due) * 1000)
+        except Exception as exc:
+            log.warning("health report: database unreachable: %s", exc)
+        if self.workers.last_sweep is not None:
+            out.sweeper_lag.FromNanoseconds(int((loop.time() - self.workers.last_sweep) * 1e9))
+        if self.db.dialect == "sqlite":
+            path = make_url(self.db.url).database or "."
+            folder = await asyncio.to_thread(lambda: os.path.dirname(os.path.abspath(path)))
+            out.free_disk_bytes = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+        return out
+
+    async def set_serving(self, serving: bool) -> None:
+        self.serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.statuses.set(name, status)
+
+    async def watch_database(self) -> None:
+        """Probes the database; grpc health says NOT_SERVING while it cannot be reached."""
+        serving = True
+        slow = 0
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=self.config.health_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            limit = max(1.0, self.config.health_interval)
+            try:
+                await asyncio.wait_for(self.db.ping(), timeout=limit)
+                ok, slow = True, 0
+            except asyncio.TimeoutError:
+                # A busy server answers late; only a database that stays silent is reported down,
+                # so that load alone does not make health flap.
+                slow += 1
+                ok = slow < SLOW_PROBES_BEFORE_DOWN
+                if not ok and serving:
+                    log.error(
+                        "database did not answer %d probes in a row (%.0fs each): health is NOT_SERVING "
+                        "until it does",
+                        slow,
+                        limit,
+                    )
+            except Exception as exc:
+                ok = False
+                if serving:
+                    log.error("database unreachable (%r): health is NOT_SERVING until it is back", exc)
+            if ok != serving and not self.stop.is_set():
+                serving = ok
+                if ok:
+                    log.info("database reachable again: health is SERVING")
+                await self.set_serving(ok)
+
+
+def _schema_version(sync_conn: Any) -> str:
+    return current_schema_version(sync_conn) or ""
