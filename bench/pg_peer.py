@@ -252,8 +252,7 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
                     retries[0] += 1
 
         def claim_args(name: str, now: int) -> tuple[Any, ...]:
-            ready = [*sql.ready_params(sql.POSTGRES, [], now), 1]
-            return (*ready, *ready, name, now, now, lease_us, lease_us, now, now, CHANNEL, "floor")
+            return (*sql.pg_claim_params([], 1, name, now, lease_us), CHANNEL, "floor")
 
         def complete_args(chunk: Any) -> tuple[Any, ...]:
             return (chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], [], [], [], CHANNEL, "floor")

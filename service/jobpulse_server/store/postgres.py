@@ -263,6 +263,20 @@ class PgWrite(PgRead):
             self.changes.webhooks = True
 
 
+def _claimed(
+    n_jobs: int, chunk_rows: Sequence[Sequence[Any]] | None, job_rows: Sequence[Sequence[Any]] | None
+) -> tuple[list[tuple[Job, Chunk]] | None, dict[str, int]]:
+    """What a one-statement claim returned: the claimed chunks with their jobs ([] when no chunk was
+    ready, None when other claims took the work of the jobs it locked: the caller claims on the
+    general path), and the claimed jobs' new revisions."""
+    if not chunk_rows:
+        return ([] if not n_jobs else None), {}
+    jobs = {j.id: j for j in map(job_from_row, job_rows or ())}
+    return [(jobs[c.job_id], c) for c in map(chunk_from_row, chunk_rows)], {
+        j.id: j.revision for j in jobs.values()
+    }
+
+
 async def define_functions(conn: asyncpg.Connection) -> None:
     """Creates this session's complete-and-claim functions (see
     ``sql.pg_complete_and_claim_function``), with the parameter types PostgreSQL infers for the two
@@ -363,12 +377,7 @@ class PgStore:
         artifacts: Sequence[Artifact],
     ) -> CompletedOne | None:
         args = self._complete_args(chunk_id, job_id, token, now, external_task_id, artifacts)
-
-        async def run() -> Any:
-            async with self.pool.acquire() as conn:
-                return await conn.fetchrow(sql.PG_COMPLETE_ONE, *args)
-
-        row = await self._retrying(run)
+        row = await self._statement(sql.PG_COMPLETE_ONE, *args)
         if row is None:
             return None
         done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]))
@@ -410,60 +419,44 @@ class PgStore:
         claim: tuple[str, Sequence[str], int, int],
     ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
         worker_id, kinds, limit, lease_us = claim
-        ready = [*sql.ready_params(sql.POSTGRES, kinds, now), limit]
         args = (
             *self._complete_args(chunk_id, job_id, token, now, external_task_id, artifacts),
-            *ready,
-            *ready,
-            worker_id,
-            now,
-            now,
-            lease_us,
-            lease_us,
-            now,
-            now,
+            *sql.pg_claim_params(kinds, limit, worker_id, now, lease_us),
             pg_notify.CHANNEL,
             self.db.replica_id,
         )
-        query = sql.pg_complete_and_claim_call(len(kinds), len(args))
-
-        async def run() -> Any:
-            async with self.pool.acquire() as conn:
-                return await conn.fetchval(query, *args)
-
-        found = await self._retrying(run)
-        if found is None:
+        row = await self._statement(sql.pg_complete_and_claim_call(len(kinds), len(args)), *args)
+        if row[0] is None:
             return None
-        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows) = json.loads(found)
+        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows) = json.loads(row[0])
         completed = CompletedOne(JobState(job_state), int(revision), ChunkState(chunk_state))
-        revisions = {job_id: completed.revision}
-        claims: list[tuple[Job, Chunk]] | None = []
-        if chunk_rows:
-            jobs = {j.id: j for j in map(job_from_row, job_rows)}
-            revisions.update((j.id, j.revision) for j in jobs.values())
-            claims = [(jobs[c.job_id], c) for c in map(chunk_from_row, chunk_rows)]
-        elif n_jobs:
-            claims = None  # other claims took the work of the jobs this one locked
-        self.db.publish(Changes(jobs=revisions))
+        claims, revisions = _claimed(n_jobs, chunk_rows, job_rows)
+        self.db.publish(Changes(jobs={job_id: completed.revision, **revisions}))
         return completed, claims
 
     async def claim_one_statement(
         self, worker_id: str, kinds: Sequence[str], limit: int, lease_us: int, now: int
     ) -> list[tuple[Job, Chunk]] | None:
-        ready = [*sql.ready_params(sql.POSTGRES, kinds, now), limit]
-        args = (*ready, *ready, worker_id, now, now, lease_us, lease_us, now, now)
-        query = sql.pg_claim_one_statement(len(kinds))
+        n_jobs, chunk_rows, job_rows, _ = await self._statement(
+            sql.pg_claim_one_statement(len(kinds)),
+            *sql.pg_claim_params(kinds, limit, worker_id, now, lease_us),
+            pg_notify.CHANNEL,
+            self.db.replica_id,
+        )
+        claims, revisions = _claimed(n_jobs, chunk_rows, job_rows)
+        if revisions:
+            self.db.publish(Changes(jobs=revisions))
+        return claims
+
+    async def _statement(self, query: str, *args: Any) -> Any:
+        """One statement (its own transaction) on a pooled connection, run again after a deadlock
+        or serialization failure; its first row, or None."""
 
         async def run() -> Any:
             async with self.pool.acquire() as conn:
-                return await conn.fetchrow(query, *args, pg_notify.CHANNEL, self.db.replica_id)
+                return await conn.fetchrow(query, *args)
 
-        n_jobs, chunk_rows, job_rows, _ = await self._retrying(run)
-        if not chunk_rows:
-            return [] if not n_jobs else None
-        jobs = {j.id: j for j in map(job_from_row, job_rows)}
-        self.db.publish(Changes(jobs={j.id: j.revision for j in jobs.values()}))
-        return [(jobs[c.job_id], c) for c in map(chunk_from_row, chunk_rows)]
+        return await self._retrying(run)
 
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         """Runs ``run`` again after a deadlock or serialization failure, up to WRITE_ATTEMPTS times."""

@@ -345,6 +345,13 @@ def _prefixed(columns: Sequence[str], alias: str) -> str:
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
+def pg_claim_params(kinds: Sequence[str], limit: int, worker_id: str, now: int, lease_us: int) -> list[Any]:
+    """The parameters of ``pg_claim_one_statement`` but the last two (the NOTIFY channel and the
+    replica id)."""
+    ready = [*ready_params(POSTGRES, kinds, now), limit]
+    return [*ready, *ready, worker_id, now, now, lease_us, lease_us, now, now]
+
+
 def pg_claim_one_statement(n_kinds: int) -> str:
     """PostgreSQL: a whole claim as one statement; see ``_pg_claim``."""
     return numbered(_pg_claim(n_kinds))
