@@ -53,6 +53,7 @@ lint: install $(BUF)
 	$(VENV)/bin/ruff check client service tests bench
 	$(VENV)/bin/ruff format --check client service tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The contract is public once landed: compare it with the first commit that published it.
 BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)

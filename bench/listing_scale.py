@@ -10,7 +10,7 @@ definitions afterwards). A jobpulse server then runs in a process of its own and
 pages through ListJobs over gRPC: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
-Then, with SQL captured from jobpulse_server.repository itself (the statements SQLAlchemy emits,
+Then, with SQL captured from jobpulse_server.store.repository itself (the statements SQLAlchemy emits,
 with their parameters), it times the page query, the COUNT(*) behind total_size and a row-value
 form of the keyset predicate, and writes EXPLAIN (ANALYZE, BUFFERS) plans, also of the
 ClaimChunks query over 200,000 chunks, to bench/plans.txt.
@@ -47,11 +47,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bench import report
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from jobpulse_server import repository as repo
-from jobpulse_server.db import Database
-from jobpulse_server.domain import ChunkState, JobState
-from jobpulse_server.tables import chunks as chunks_table
-from jobpulse_server.tables import jobs as jobs_table
+from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.tables import chunks as chunks_table
+from jobpulse_server.store.tables import jobs as jobs_table
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PLANS = Path(__file__).resolve().parent / "plans.txt"
@@ -100,7 +100,7 @@ def _extra_value(column: Any, i: int) -> Any:
 
 
 def _ulid(ms: int, rng: random.Random) -> str:
-    """A ULID like jobpulse_server.ids makes: 48-bit milliseconds then 80 random bits."""
+    """A ULID like jobpulse_server.domain.ids makes: 48-bit milliseconds then 80 random bits."""
     head = []
     for _ in range(10):
         head.append(_CROCKFORD[ms & 31])
@@ -729,7 +729,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
                     f"      {lst.label:<30} {lst.target_rows:,} rows: ~{est:,.0f} s "
                     f"({lst.walk_s:.0f} s for {lst.deep_rows:,})"
                 )
-        add(f"  SQL alone (statements from jobpulse_server.repository), p50 of {args.sql_repeats} (ms);")
+        add(
+            f"  SQL alone (statements from jobpulse_server.store.repository), p50 of {args.sql_repeats} (ms);"
+        )
         add(
             f"  '90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; "
             "'walked' = the page the gRPC walk reached"

@@ -207,9 +207,9 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
         the next chunk in one round trip (complete-and-claim).
     The jobs are made by a server, which is stopped before the clock starts. Whatever the server
     does, the mode cannot beat its floor."""
-    from jobpulse_server.clock import now_us
-    from jobpulse_server.domain import ChunkState
-    from jobpulse_server.pg_notify import CHANNEL
+    from jobpulse_server.domain.changes import CHANNEL
+    from jobpulse_server.domain.clock import now_us
+    from jobpulse_server.domain.model import ChunkState
     from jobpulse_server.store import sql
     from jobpulse_server.store.postgres import define_functions
     from jobpulse_server.store.rows import chunk_from_row

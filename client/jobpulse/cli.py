@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import logging
 import os
@@ -119,18 +120,20 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-# The commands that need the server distribution (jobpulse-server) installed.
-SERVER_COMMANDS = ("serve", "keys")
+# The commands of the server distribution (jobpulse-server): ``jobpulse serve ...`` runs
+# ``jobpulse-server serve ...`` where the server is installed.
+SERVER_COMMANDS = {
+    "serve": "run the jobpulse server until SIGTERM or Ctrl-C",
+    "keys": "manage API keys in the database (create, list, revoke)",
+    "migrate": "bring the database schema to the server's version",
+}
+SERVER_MODULE = "jobpulse_server.cli"
 
 
-def build_parser(
-    only: Sequence[str] | None = None,
-    prog: str = "jobpulse",
-    description: str = "jobpulse: job status over gRPC",
-) -> argparse.ArgumentParser:
-    """Returns the argument parser of the ``jobpulse`` command, or, with ``only``, of a command that
-    has just those subcommands (``jobpulse-server`` has ``serve`` and ``keys``, with the same flags)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
+    ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
+    parser = argparse.ArgumentParser(prog="jobpulse", description="jobpulse: job status over gRPC")
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -139,60 +142,14 @@ def build_parser(
     def command(
         name: str, func: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        if only is not None and name not in only:
-            return argparse.ArgumentParser(add_help=False)  # defined, but not offered here
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
 
-    p = command("serve", _cmd_serve, "run the jobpulse server until SIGTERM or Ctrl-C")
-    p.add_argument("--host", default=os.environ.get("JOBPULSE_HOST", "127.0.0.1"), help="env JOBPULSE_HOST")
-    p.add_argument(
-        "--port", type=int, default=int(os.environ.get("JOBPULSE_PORT", "50051")), help="env JOBPULSE_PORT"
-    )
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("JOBPULSE_DATABASE_URL", "sqlite:///jobpulse.db"),
-        help="env JOBPULSE_DATABASE_URL",
-    )
-    p.add_argument(
-        "--log-level",
-        default=os.environ.get("JOBPULSE_LOG_LEVEL", "INFO"),
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="env JOBPULSE_LOG_LEVEL",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=None,
-        help="serve a non-loopback address even with no API keys (env JOBPULSE_INSECURE)",
-    )
-    p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate (env JOBPULSE_TLS_CERT)")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="serve Prometheus /metrics here (env JOBPULSE_METRICS_PORT)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=None,
-        help="log lines as text or JSON (env JOBPULSE_LOG_FORMAT)",
-    )
-    p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key (env JOBPULSE_TLS_KEY)")
-
-    p = command("keys", _cmd_keys, "manage API keys in the database (create, list, revoke)")
-    p.add_argument("action", choices=("create", "list", "revoke"))
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("JOBPULSE_DATABASE_URL", "sqlite:///jobpulse.db"),
-        help="env JOBPULSE_DATABASE_URL",
-    )
-    p.add_argument("--name", default="", help="the key's name (create, revoke); it becomes the owner of jobs")
-    p.add_argument("--role", default="client", choices=("client", "worker", "admin"), help="create only")
-    p.add_argument("--webhook-url", default="", help="create only: default webhook URL of the key's jobs")
+    for name, help_text in SERVER_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text + " (needs jobpulse-server)", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_cmd_server)
 
     command("usage", _cmd_usage, "calls and rate-limit rejections per API key (admin)")
     command("health", _cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)")
@@ -341,46 +298,22 @@ def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream:
 # -- commands ----------------------------------------------------------------------------------------------
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _server_command(argv: Sequence[str]) -> int:
+    """Hands a server subcommand to ``jobpulse-server``'s own parser. The server is looked up by name,
+    so the SDK neither depends on it nor imports it unless a server command is asked for."""
     try:
-        from jobpulse_server.app import run
-        from jobpulse_server.config import Config
+        server_cli = importlib.import_module(SERVER_MODULE)
     except ImportError as exc:
         print(
             f"error: the jobpulse server is not installed ({exc}); pip install jobpulse-server",
             file=sys.stderr,
         )
         return 1
-    try:
-        config = Config.from_env(
-            host=args.host,
-            port=args.port,
-            database_url=args.database_url,
-            log_level=args.log_level,
-            insecure=args.insecure,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            metrics_port=args.metrics_port,
-            log_format=args.log_format,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return int(run(config))
+    return int(server_cli.main(list(argv), prog="jobpulse"))
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
-    try:
-        from jobpulse_server.keys_cli import run_keys_command
-    except ImportError as exc:
-        print(
-            f"error: the jobpulse server is not installed ({exc}); pip install jobpulse-server",
-            file=sys.stderr,
-        )
-        return 1
-    return run_keys_command(
-        args.action, args.database_url, args.name, args.role, as_json=args.json, webhook_url=args.webhook_url
-    )
+def _cmd_server(args: argparse.Namespace) -> int:
+    return _server_command([args.command, *args.rest])
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -698,7 +631,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success; 1 on an error (printed to stderr, never as a traceback); for ``watch`` and ``demo``,
         0/1/2 for a completed/failed/cancelled job; 130 after Ctrl-C.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _first_command(argv) in SERVER_COMMANDS:
+        return _server_command(argv)
     return run(build_parser().parse_args(argv))
+
+
+def _first_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is neither an option nor its value)."""
+    words = iter(argv)
+    for arg in words:
+        if not arg.startswith("-"):
+            return arg
+        if arg in ("--target", "--api-key", "--tls-ca"):
+            next(words, None)  # that option's value
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

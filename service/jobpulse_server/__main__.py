@@ -2,7 +2,7 @@
 
 import sys
 
-from .app import run
-from .config import Config
+from jobpulse_server.app import run
+from jobpulse_server.config import Config
 
 sys.exit(run(Config.from_env()))

@@ -24,28 +24,29 @@ from jobpulse.v1 import (
     job_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
-
-from . import gc_tuning
-from . import repository as repo
-from .auth import Authenticator, is_loopback
-from .clock import Clock, now_us
-from .config import Config
-from .db import Database
-from .domain import JobState
-from .encoded_jobs import EncodedJobs
-from .jobs import JobService
-from .leases import WorkerService
-from .observability import JsonFormatter, LogWriter, Metrics, Observer, log_off_the_loop
-from .pg_notify import Listener
-from .ratelimit import RateLimiter
-from .reflection_docs import DocumentedReflectionServicer
-from .server_health import SERVICE_NAMES, ServerHealth
-from .servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
-from .store import Store
-from .store.factory import open_store
-from .watch import FeedService, WatchService
-from .watch_hub import ChangeHub
-from .webhooks import Deliverer
+from jobpulse_server import gc_tuning
+from jobpulse_server.api.convert import webhook_job
+from jobpulse_server.api.encoded_jobs import EncodedJobs
+from jobpulse_server.api.reflection import DocumentedReflectionServicer
+from jobpulse_server.api.servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
+from jobpulse_server.config import Config
+from jobpulse_server.domain.clock import Clock, now_us
+from jobpulse_server.domain.model import JobState
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.events.pg_listener import Listener
+from jobpulse_server.health import SERVICE_NAMES, ServerHealth
+from jobpulse_server.observability import JsonFormatter, LogWriter, Metrics, Observer, log_off_the_loop
+from jobpulse_server.services.auth import Authenticator, is_loopback
+from jobpulse_server.services.jobs import JobService
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.ratelimit import RateLimiter
+from jobpulse_server.services.watch import FeedService, WatchService
+from jobpulse_server.services.webhooks import Deliverer
+from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.store import Store
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.factory import open_store
 
 log = logging.getLogger("jobpulse")
 
@@ -138,9 +139,10 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     except BaseException:
         await db.close()
         raise
-    jobs = JobService(db, store, config, clock)
+    outbox = Outbox(webhook_job, int(config.webhook_progress_interval * 1e6))
+    jobs = JobService(db, store, outbox, config, clock)
     observer = Observer(metrics)
-    workers = WorkerService(store, db, hub, config, clock, metrics)
+    workers = WorkerService(store, db, hub, outbox, config, clock, metrics)
     watches = WatchService(store, hub, config, watch_encoder(clock))
 
     server = grpc.aio.server(

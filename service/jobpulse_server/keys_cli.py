@@ -7,8 +7,8 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from . import keys
-from .db import Database
+from jobpulse_server.store import keys
+from jobpulse_server.store.engine import Database
 
 
 def _when(us: int | None) -> str:

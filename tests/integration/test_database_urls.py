@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import jobpulse
-from jobpulse_server.db import normalize_url
+from jobpulse_server.store.engine import normalize_url
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from jobpulse_server.db import Database, current_schema_version, head_schema_version
-from jobpulse_server.tables import metadata
+from jobpulse_server.store.engine import Database, current_schema_version, head_schema_version
+from jobpulse_server.store.tables import metadata
 
 
 async def test_migrated_schema_matches_tables(database_url: str) -> None:

@@ -15,6 +15,8 @@ import pytest
 from support.servers import free_port, wait_serving
 
 import jobpulse
+from jobpulse import cli as sdk_cli
+from jobpulse_server import cli as server_cli
 
 COMMAND = shutil.which("jobpulse-server", path=str(Path(sys.executable).parent)) or "jobpulse-server"
 
@@ -65,3 +67,49 @@ def test_serve_answers_the_sdk_and_exits_0_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_serve_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBPULSE_HOST", "0.0.0.0")
+    monkeypatch.setenv("JOBPULSE_PORT", "6000")
+    monkeypatch.setenv("JOBPULSE_DATABASE_URL", "sqlite:///x.db")
+    args = server_cli.build_parser().parse_args(["serve", "--log-level", "debug"])
+    assert (args.host, args.port, args.database_url, args.log_level) == (
+        "0.0.0.0",
+        6000,
+        "sqlite:///x.db",
+        "DEBUG",
+    )
+
+
+def test_jobpulse_serve_help_is_the_servers_and_lists_no_client_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        sdk_cli.main(["serve", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jobpulse serve")
+    assert "--port" in out and "--database-url" in out
+    assert "--target" not in out and "--api-key" not in out and "--tls-ca" not in out
+
+
+def test_jobpulse_keys_through_the_sdk_command_reaches_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    assert sdk_cli.main(["--json", "keys", "create", "--name", "ops", "--database-url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "ops"
+    assert sdk_cli.main(["keys", "list", "--database-url", url, "--json"]) == 0
+    assert [k["name"] for k in json.loads(capsys.readouterr().out)] == ["ops"]
+
+
+def test_migrate_brings_an_empty_database_to_the_newest_schema_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    first = _run("migrate", "--database-url", url, "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["before"] is None and report["after"] == report["head"]
+    again = _run("migrate", "--database-url", url)
+    assert again.returncode == 0, again.stderr
+    assert "already at" in again.stdout and report["head"] in again.stdout

@@ -90,19 +90,6 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_serve_defaults_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("JOBPULSE_HOST", "0.0.0.0")
-    monkeypatch.setenv("JOBPULSE_PORT", "6000")
-    monkeypatch.setenv("JOBPULSE_DATABASE_URL", "sqlite:///x.db")
-    args = cli.build_parser().parse_args(["serve", "--log-level", "debug"])
-    assert (args.host, args.port, args.database_url, args.log_level) == (
-        "0.0.0.0",
-        6000,
-        "sqlite:///x.db",
-        "DEBUG",
-    )
-
-
 def test_error_text_names_code_reason_message_and_field_violations():
     error = errors.InvalidArgument(
         "1 field is invalid",

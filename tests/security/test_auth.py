@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server import keys
 from jobpulse_server.app import open_mode_problem
 from jobpulse_server.config import Config
+from jobpulse_server.store import keys
 
 
 def _key(srv: Any, name: str, role: str) -> str:
@@ -126,7 +126,7 @@ def test_keys_are_stored_hashed(secured: Any, database_url: str) -> None:
 async def _dump_keys(srv: Any) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from jobpulse_server.tables import api_keys
+    from jobpulse_server.store.tables import api_keys
 
     async with srv.app.db.read() as conn:
         return [dict(r._mapping) for r in (await conn.execute(select(api_keys))).all()]

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobpulse_server.db import Database
+from jobpulse_server.store.engine import Database
 
 
 def _run_without_the_loop(coro: Any) -> tuple[bool, Any]:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobpulse_server import pagination
-from jobpulse_server.domain import JobState, Summary, derive_state, split_items
-from jobpulse_server.errors import InvalidPageToken
+from jobpulse_server.domain.errors import InvalidPageToken
+from jobpulse_server.domain.model import JobState, Summary, derive_state, split_items
+from jobpulse_server.services import pagination
 
 
 def test_contract_example_2500_items_of_500() -> None:

@@ -16,16 +16,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from jobpulse_server import repository as repo
+from jobpulse_server.api.convert import webhook_job
 from jobpulse_server.config import Config
-from jobpulse_server.db import Database
-from jobpulse_server.domain import ChunkState, JobState, Summary, derive_state
-from jobpulse_server.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
-from jobpulse_server.jobs import JobService, NewJob
-from jobpulse_server.leases import WorkerService
-from jobpulse_server.principal import ANONYMOUS
+from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
+from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
+from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.services.jobs import JobService, NewJob
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
-from jobpulse_server.watch_hub import ChangeHub
 
 
 class FakeClock:
@@ -50,8 +52,9 @@ class JobLifecycle(RuleBasedStateMachine):
         self.run(self.db.start())
         self.store = open_store(self.db)
         self.run(self.store.start())
-        self.jobs = JobService(self.db, self.store, self.config, self.clock)
-        self.workers = WorkerService(self.store, self.db, self.hub, self.config, self.clock)
+        outbox = Outbox(webhook_job, 0)
+        self.jobs = JobService(self.db, self.store, outbox, self.config, self.clock)
+        self.workers = WorkerService(self.store, self.db, self.hub, outbox, self.config, self.clock)
         self.job_ids: list[str] = []
         self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
         # job id -> (revision, what the job and its chunks looked like at that revision)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from jobpulse_server.watch_hub import ChangeHub, TimeoutWheel, Waker
+from jobpulse_server.events.hub import ChangeHub, TimeoutWheel, Waker
 
 DEADLINE = 10.0  # seconds a test waits for something that must happen, before it fails
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jobpulse
-from jobpulse_server.principal import ANONYMOUS
-from jobpulse_server.watch import WatchService, _Delta
+from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.services.watch import WatchService, _Delta
 
 KIND = "watch-shared"
 

@@ -16,7 +16,7 @@ import pytest
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2
-from jobpulse_server import keys
+from jobpulse_server.store import keys
 
 SECRET = "whsec_test_server_secret"
 

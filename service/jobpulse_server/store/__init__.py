@@ -25,9 +25,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ..changes import Changes
-from ..domain import Artifact, Chunk, ChunkState, Job, JobState
-from ..filters import JobFilter
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 
 T = TypeVar("T")
 

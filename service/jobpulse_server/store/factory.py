@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..db import Database
-from . import Store
-from .portable import PortableStore
-from .postgres import PgStore
-from .sqlite import SqliteStore
+from jobpulse_server.store import Store
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.portable import PortableStore
+from jobpulse_server.store.postgres import PgStore
+from jobpulse_server.store.sqlite import SqliteStore
 
 
 def open_store(db: Database, on_retry: Callable[[str], None] | None = None) -> Store:

@@ -16,12 +16,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .. import repository as repo
-from ..db import Database, UnitOfWork
-from ..domain import Artifact, Chunk, ChunkState, Job
-from ..filters import JobFilter
-from ..tables import chunks, jobs, webhook_deliveries
-from . import WRITE_ATTEMPTS, GeneralPathsOnly, TwoStepLocks, WriteTx
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job
+from jobpulse_server.store import WRITE_ATTEMPTS, GeneralPathsOnly, TwoStepLocks, WriteTx
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database, UnitOfWork
+from jobpulse_server.store.tables import chunks, jobs, webhook_deliveries
 
 T = TypeVar("T")
 _jitter = random.Random()

@@ -23,13 +23,12 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from .. import pg_notify
-from ..changes import Changes
-from ..db import Database
-from ..domain import Artifact, Chunk, ChunkState, Job, JobState
-from ..filters import JobFilter
-from . import WRITE_ATTEMPTS, CompletedOne, WriteTx, sql
-from .rows import (
+from jobpulse_server.domain.changes import CHANNEL, Changes, encode
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.store import WRITE_ATTEMPTS, CompletedOne, WriteTx, sql
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.rows import (
     CHUNK_SAVED,
     JOB_SAVED,
     artifact_from_row,
@@ -38,7 +37,7 @@ from .rows import (
     job_from_row,
     job_saved_values,
 )
-from .sqlite import attach_artifacts
+from jobpulse_server.store.sqlite import attach_artifacts
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -239,18 +238,18 @@ class PgWrite(PgRead):
         jobs = list(jobs)
         for job in jobs:
             self.changes.jobs[job.id] = max(job.revision, self.changes.jobs.get(job.id, 0))
-        payloads = pg_notify.encode(self.changes, self.replica)
+        payloads = encode(self.changes, self.replica)
         chunk_rows = [(c.id, *chunk_saved_values(c)) for c in chunks]
         job_rows = [(j.id, *job_saved_values(j)) for j in jobs]
         await self.conn.fetchval(
             SAVE,
             *_columns(chunk_rows, _N_CHUNK),
             *_columns(job_rows, _N_JOB),
-            pg_notify.CHANNEL,
+            CHANNEL,
             payloads[0],
         )
         for payload in payloads[1:]:
-            await self.conn.execute("SELECT pg_notify($1, $2)", pg_notify.CHANNEL, payload)
+            await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         self.notified = True
         for job in jobs:
             job.bumped = False
@@ -404,7 +403,7 @@ class PgStore:
             [a.uri for a in artifacts],
             [a.media_type for a in artifacts],
             [a.size_bytes for a in artifacts],
-            pg_notify.CHANNEL,
+            CHANNEL,
             self.db.replica_id,
         )
 
@@ -422,7 +421,7 @@ class PgStore:
         args = (
             *self._complete_args(chunk_id, job_id, token, now, external_task_id, artifacts),
             *sql.pg_claim_params(kinds, limit, worker_id, now, lease_us),
-            pg_notify.CHANNEL,
+            CHANNEL,
             self.db.replica_id,
         )
         row = await self._statement(sql.pg_complete_and_claim_call(len(kinds), len(args)), *args)
@@ -440,7 +439,7 @@ class PgStore:
         n_jobs, chunk_rows, job_rows, _ = await self._statement(
             sql.pg_claim_one_statement(len(kinds)),
             *sql.pg_claim_params(kinds, limit, worker_id, now, lease_us),
-            pg_notify.CHANNEL,
+            CHANNEL,
             self.db.replica_id,
         )
         claims, revisions = _claimed(n_jobs, chunk_rows, job_rows)
@@ -504,8 +503,8 @@ class PgStore:
                 tx = PgWrite(conn, changes, self.db.replica_id)
                 result = await body(tx)
                 if not tx.notified and (changes.jobs or changes.deleted or changes.new_work):
-                    for payload in pg_notify.encode(changes, self.db.replica_id):
-                        await conn.execute("SELECT pg_notify($1, $2)", pg_notify.CHANNEL, payload)
+                    for payload in encode(changes, self.db.replica_id):
+                        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             return result, changes
 
         result, changes = await self._retrying(run)

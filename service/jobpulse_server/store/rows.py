@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..domain import Artifact, Chunk, ChunkState, Job, JobState, Summary
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary
 
 JOB_COLUMNS = (
     "id",

@@ -10,9 +10,9 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..domain import ChunkState, JobState
-from ..repository import ORDERS, JobFilter
-from .rows import (
+from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.store.repository import ORDERS, JobFilter
+from jobpulse_server.store.rows import (
     ARTIFACT_SELECT,
     CHUNK_COLUMNS,
     CHUNK_SAVED,

@@ -24,12 +24,12 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 
-from ..changes import Changes
-from ..db import SQLITE_LOOP_BUSY_MS, SQLITE_WRITE_WAIT, Database
-from ..domain import Artifact, Chunk, ChunkState, Job
-from ..filters import JobFilter
-from . import GeneralPathsOnly, TwoStepLocks, WriteTx, sql
-from .rows import (
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job
+from jobpulse_server.store import GeneralPathsOnly, TwoStepLocks, WriteTx, sql
+from jobpulse_server.store.engine import SQLITE_LOOP_BUSY_MS, SQLITE_WRITE_WAIT, Database
+from jobpulse_server.store.rows import (
     artifact_from_row,
     chunk_from_row,
     chunk_saved_values,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from jobpulse_server.tables import metadata
+from jobpulse_server.store.tables import metadata
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -1,4 +1,4 @@
-"""Changes across replicas on PostgreSQL: NOTIFY on commit, LISTEN on every replica.
+"""Changes across replicas on PostgreSQL: the store NOTIFYs on commit, every replica LISTENs here.
 
 Each write transaction sends, inside the transaction (so it is delivered only if
 it commits), which jobs changed to which revision and whether work appeared.
@@ -12,65 +12,15 @@ watcher and claim once (a catch-up read), so nothing is missed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .changes import Changes
-from .watch_hub import ChangeHub
+from jobpulse_server.domain.changes import CHANNEL, decode
+from jobpulse_server.events.hub import ChangeHub
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "jobpulse_changes"
-# NOTIFY payloads must stay under 8000 bytes.
-_MAX_PAYLOAD = 7000
-
-
-def encode(changes: Changes, replica: str) -> list[str]:
-    """The changes as one or more NOTIFY payloads."""
-    payloads: list[str] = []
-    base: dict[str, Any] = {"r": replica}
-    if changes.new_work:
-        base["w"] = 1
-    if changes.work_later:
-        base["l"] = sorted(set(round(d, 3) for d in changes.work_later))[:20]
-    items = [("j", job_id, rev) for job_id, rev in changes.jobs.items()]
-    items += [("d", job_id, 0) for job_id in changes.deleted]
-    current: dict[str, Any] = dict(base, j={}, d=[])
-    for kind, job_id, rev in items:
-        if kind == "j":
-            current["j"][job_id] = rev
-        else:
-            current["d"].append(job_id)
-        if len(json.dumps(current)) > _MAX_PAYLOAD:
-            payloads.append(json.dumps(current, separators=(",", ":")))
-            current = {"r": replica, "j": {}, "d": []}
-    payloads.append(json.dumps(current, separators=(",", ":")))
-    return payloads
-
-
-def decode(payload: str) -> tuple[str, Changes]:
-    """(sending replica, changes) from a payload."""
-    body = json.loads(payload)
-    changes = Changes(
-        jobs={str(k): int(v) for k, v in body.get("j", {}).items()},
-        deleted=set(body.get("d", [])),
-        new_work=bool(body.get("w")),
-        work_later=[float(x) for x in body.get("l", [])],
-    )
-    return str(body.get("r", "")), changes
-
-
-async def send(conn: AsyncConnection, changes: Changes, replica: str) -> None:
-    """NOTIFY inside the caller's transaction."""
-    for payload in encode(changes, replica):
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
-        )
 
 
 class Listener:

@@ -23,7 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy import exc as sa_exc
 
-from .errors import (
+from jobpulse_server.domain.errors import (
     ChunkNotFound,
     DatabaseUnavailable,
     DeliveryNotFound,

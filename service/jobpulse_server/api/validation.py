@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from .errors import FieldViolation, InvalidArgument
+from jobpulse_server.domain.errors import FieldViolation, InvalidArgument
 
 MAX_DISPLAY_NAME = 256
 MAX_LABELS = 64

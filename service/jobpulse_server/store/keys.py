@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .clock import now_us
-from .db import Database
-from .tables import api_keys
+from jobpulse_server.domain.clock import now_us
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.tables import api_keys
 
 ROLES = ("client", "worker", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

@@ -13,13 +13,12 @@ from grpc_health.v1 import health, health_pb2
 from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
-
-from .clock import now_us
-from .config import Config
-from .db import Database, current_schema_version
-from .leases import WorkerService
-from .watch_hub import ChangeHub
-from .webhooks import outbox_backlog
+from jobpulse_server.config import Config
+from jobpulse_server.domain.clock import now_us
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.services.webhooks import outbox_backlog
+from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.store.engine import Database, current_schema_version
 
 log = logging.getLogger("jobpulse")
 

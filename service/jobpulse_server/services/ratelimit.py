@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .errors import RateLimited
+from jobpulse_server.domain.errors import RateLimited
 
 
 @dataclass

@@ -21,10 +21,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from jobpulse.v1 import job_pb2
-
-from .convert import chunk_kwargs, duration, job_pb
-from .domain import Chunk, Job
-from .jobs import JobPage
+from jobpulse_server.api.convert import chunk_kwargs, duration, job_pb
+from jobpulse_server.domain.model import Chunk, Job
+from jobpulse_server.services.jobs import JobPage
 
 # Total bytes kept (whole messages and chunk blocks together); least recently used go first.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

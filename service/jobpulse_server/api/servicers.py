@@ -17,20 +17,33 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-
-from . import auth, webhooks
-from . import repository as repo
-from .clock import Clock
-from .convert import chunk_pb, duration, job_pb, timestamp
-from .domain import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Artifact, ChunkState, JobState
-from .encoded_jobs import EncodedJobs, message_fields
-from .error_mapping import rpc
-from .jobs import JobPage, JobService, Known, NewJob
-from .leases import Claim, ClaimAsk, Completion, WorkerService
-from .observability import Observer
-from .principal import Principal
-from .validation import MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, Checker, duration_us, timestamp_us
-from .watch import FeedService, WatchMessage, WatchService, horizon_cursor
+from jobpulse_server.api.convert import chunk_pb, duration, job_pb, timestamp
+from jobpulse_server.api.encoded_jobs import EncodedJobs, message_fields
+from jobpulse_server.api.error_mapping import rpc
+from jobpulse_server.api.validation import (
+    MAX_BATCH,
+    MAX_DISPLAY_NAME,
+    MAX_ID,
+    Checker,
+    duration_us,
+    timestamp_us,
+)
+from jobpulse_server.domain.clock import Clock
+from jobpulse_server.domain.model import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PRIORITY,
+    Artifact,
+    ChunkState,
+    JobState,
+)
+from jobpulse_server.domain.principal import Principal
+from jobpulse_server.observability import Observer
+from jobpulse_server.services import auth, webhooks
+from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
+from jobpulse_server.services.watch import FeedService, WatchMessage, WatchService, horizon_cursor
+from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
+from jobpulse_server.store import repository as repo
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 T = TypeVar("T")

@@ -23,15 +23,15 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import select, update
 
-from .clock import Clock, now_us
-from .config import Config
-from .db import Database
-from .errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
-from .observability import Metrics
-from .outbox import DEAD, DELIVERED, PENDING
-from .principal import Principal
-from .tables import api_keys, jobs, webhook_deliveries
-from .watch_hub import ChangeHub
+from jobpulse_server.config import Config
+from jobpulse_server.domain.clock import Clock, now_us
+from jobpulse_server.domain.errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
+from jobpulse_server.domain.principal import Principal
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.observability import Metrics
+from jobpulse_server.services.outbox import DEAD, DELIVERED, PENDING
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.tables import api_keys, jobs, webhook_deliveries
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jobpulse.v1 import job_pb2
-
-from .domain import Artifact, Chunk, Job
+from jobpulse_server.domain.model import Artifact, Chunk, Job
 
 
 def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
@@ -128,3 +127,8 @@ def job_pb(
         msg.error.message = job.error_message
         msg.error.chunk_index = job.error_chunk_index
     return msg
+
+
+def webhook_job(job: Job, now: int) -> dict[str, Any]:
+    """The job in a webhook body: the Job message (BASIC view) in the contract's JSON mapping."""
+    return json_format.MessageToDict(job_pb(job, now))

@@ -9,17 +9,24 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from . import ids, outbox
-from . import repository as repo
-from .changes import Changes
-from .clock import Clock, now_us
-from .config import Config
-from .db import Database
-from .domain import Artifact, Chunk, ChunkState, Job, JobState
-from .errors import ChunkNotFound, DomainError, FieldViolation, InvalidArgument, LeaseLost
-from .observability import Metrics
-from .store import Store, WriteTx, chunk_job_id
-from .watch_hub import ChangeHub
+from jobpulse_server.config import Config
+from jobpulse_server.domain import ids
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.domain.clock import Clock, now_us
+from jobpulse_server.domain.errors import (
+    ChunkNotFound,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    LeaseLost,
+)
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.observability import Metrics
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.store import Store, WriteTx, chunk_job_id
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -93,6 +100,7 @@ class WorkerService:
         store: Store,
         db: Database,
         hub: ChangeHub,
+        outbox: Outbox,
         config: Config,
         clock: Clock = now_us,
         metrics: Metrics | None = None,
@@ -100,10 +108,10 @@ class WorkerService:
         self.store = store
         self.db = db
         self.hub = hub
+        self.outbox = outbox
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self._progress_interval_us = int(config.webhook_progress_interval * 1e6)
         # When the sweeper last finished a pass (monotonic seconds), for the health report.
         self.last_sweep: float | None = None
 
@@ -194,7 +202,7 @@ class WorkerService:
         """Saves the chunks and their jobs with the webhook events the jobs' changes make."""
         jobs = list(jobs)
         for job in jobs:
-            rows = outbox.rows_for(job, now, self._progress_interval_us)
+            rows = self.outbox.rows_for(job, now)
             if rows:
                 tx.add_outbox(rows)
         await tx.save(jobs, changed)
@@ -460,7 +468,7 @@ class WorkerService:
                     chunk.error_message = "the worker did not stop within the cancel deadline"
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
                 await repo.save_chunks(uow.conn, running)
-                await outbox.save_job(uow, job, now, self._progress_interval_us)
+                await self.outbox.save_job(uow, job, now)
                 moved += len(running)
         return moved
 

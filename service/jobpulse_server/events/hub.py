@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .changes import Changes
+from jobpulse_server.domain.changes import Changes
 
 
 class Waker:

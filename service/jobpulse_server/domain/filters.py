@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .domain import JobState
+from jobpulse_server.domain.model import JobState
 
 
 @dataclass

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pagination
-from . import repository as repo
-from .config import Config
-from .db import Database
-from .domain import Chunk, Job
-from .errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
-from .principal import Principal
-from .store import Store
-from .watch_hub import ChangeHub, Waker
+from jobpulse_server.config import Config
+from jobpulse_server.domain.errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
+from jobpulse_server.domain.model import Chunk, Job
+from jobpulse_server.domain.principal import Principal
+from jobpulse_server.events.hub import ChangeHub, Waker
+from jobpulse_server.services import pagination
+from jobpulse_server.store import Store
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database
 
 # A message carries at most this many chunks; bigger deltas span several messages.
 CHUNKS_PER_MESSAGE = 1000

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from . import keys
-from .db import Database
-from .errors import PermissionDenied, Unauthenticated
-from .principal import ANONYMOUS, Principal
-from .ratelimit import RateLimiter
+from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
+from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.services.ratelimit import RateLimiter
+from jobpulse_server.store import keys
+from jobpulse_server.store.engine import Database
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from .errors import InvalidPageToken
+from jobpulse_server.domain.errors import InvalidPageToken
 
 _VERSION = 1
 _INT64 = (-(2**63), 2**63 - 1)

@@ -12,20 +12,10 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from . import ids, outbox, pagination
-from . import repository as repo
-from .clock import Clock, now_us
-from .config import Config
-from .db import Database, UnitOfWork
-from .domain import (
-    FULL_VIEW_CHUNK_LIMIT,
-    Chunk,
-    ChunkState,
-    Job,
-    JobState,
-    split_items,
-)
-from .errors import (
+from jobpulse_server.config import Config
+from jobpulse_server.domain import ids
+from jobpulse_server.domain.clock import Clock, now_us
+from jobpulse_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     InvalidPageToken,
@@ -35,9 +25,21 @@ from .errors import (
     JobNotTerminal,
     WebhookSecretMissing,
 )
-from .principal import ANONYMOUS, Principal
-from .store import ReadTx, Store
-from .webhooks import check_url
+from jobpulse_server.domain.model import (
+    FULL_VIEW_CHUNK_LIMIT,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    split_items,
+)
+from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.services import pagination
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.webhooks import check_url
+from jobpulse_server.store import ReadTx, Store
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store.engine import Database, UnitOfWork
 
 
 @dataclass
@@ -82,14 +84,17 @@ def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
 class JobService:
     """The caller-facing use cases."""
 
-    def __init__(self, db: Database, store: Store, config: Config, clock: Clock = now_us) -> None:
+    def __init__(
+        self, db: Database, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us
+    ) -> None:
         self.db = db
         self.store = store
+        self.outbox = outbox
         self.config = config
         self.clock = clock
 
     async def _save(self, uow: UnitOfWork, job: Job, now: int) -> None:
-        await outbox.save_job(uow, job, now, int(self.config.webhook_progress_interval * 1e6))
+        await self.outbox.save_job(uow, job, now)
 
     # --- create --------------------------------------------------------
     async def create_job(self, who: Principal, req: NewJob) -> JobPage:

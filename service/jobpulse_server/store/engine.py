@@ -17,9 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
-from . import sqlite_inline
-from .changes import Changes
-from .pg_notify import send
+from jobpulse_server.domain.changes import CHANNEL, Changes, encode
+from jobpulse_server.store import sqlite_inline
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,14 @@ def normalize_url(url: str) -> str:
             raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use asyncpg or psycopg")
         return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://...")
+
+
+async def send(conn: AsyncConnection, changes: Changes, replica: str) -> None:
+    """NOTIFY inside the caller's transaction."""
+    for payload in encode(changes, replica):
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+        )
 
 
 @dataclass
