@@ -1,8 +1,10 @@
-"""Servers under test, each in a process of its own, driven over a pipe.
+"""Servers under test, each in a process of its own.
 
-A child process starts its server on 127.0.0.1 port 0, sends the port back, then obeys commands
-from the pipe: ``("set", key, payload)`` (bare server only: the response to return for that job
-id) and ``("stop",)``. If the parent goes away the pipe reads EOF and the child stops too.
+jobpulse runs as users run it, ``python -m jobpulse_server`` (the test suite's
+``support.servers.ServerProcess``), logging at INFO as ``jobpulse serve`` does, to /dev/null. The bare
+grpc.aio server runs in a child process driven over a pipe: it starts on 127.0.0.1 port 0, sends the
+port back, then obeys ``("set", key, payload)`` (the response to return for that job id) and
+``("stop",)``; if the parent goes away the pipe reads EOF and the child stops too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import logging
 import multiprocessing as mp
 import os
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
+
+from support.servers import ServerProcess as CommandServer
 
 ServerKind = Literal["jobpulse", "bare"]
 
@@ -20,43 +25,22 @@ _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 15.0
 
 
-def _child_main(kind: ServerKind, database_url: str, conn: Connection) -> None:
-    listener = None
-    if kind == "jobpulse":
-        # Logging as `jobpulse serve` sets it up (at the default level an access-log line per call,
-        # formatted and written on a thread of its own), written to /dev/null: what the log costs
-        # is part of every figure, as it is for users.
-        from jobpulse_server.app import configure_logging
-        from jobpulse_server.config import Config
-
-        listener = configure_logging(Config.from_env(), open(os.devnull, "w"))
-    else:
-        logging.basicConfig(level=logging.WARNING)
+def _child_main(conn: Connection) -> None:
+    logging.basicConfig(level=logging.WARNING)
     try:
-        asyncio.run(_child_serve(kind, database_url, conn))
+        asyncio.run(_child_serve(conn))
     finally:
         conn.close()
-        if listener is not None:
-            listener.stop()
 
 
-async def _child_serve(kind: ServerKind, database_url: str, conn: Connection) -> None:
+async def _child_serve(conn: Connection) -> None:
+    from bench.bare import start_bare_server
+
     loop = asyncio.get_running_loop()
-    if kind == "jobpulse":
-        from jobpulse_server.app import create_server
-        from jobpulse_server.config import Config
-
-        app = await create_server(Config.from_env(host="127.0.0.1", port=0, database_url=database_url))
-        conn.send(("port", app.port))
-        await _obey(loop, conn, None)
-        await app.stop(0.0)
-    else:
-        from bench.bare import start_bare_server
-
-        server, port, servicer = await start_bare_server()
-        conn.send(("port", port))
-        await _obey(loop, conn, servicer)
-        await server.stop(0.0)
+    server, port, servicer = await start_bare_server()
+    conn.send(("port", port))
+    await _obey(loop, conn, servicer)
+    await server.stop(0.0)
 
 
 async def _obey(loop: asyncio.AbstractEventLoop, conn: Connection, servicer: Any) -> None:
@@ -87,21 +71,27 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 class ServerProcess:
-    """One server under test in a child process."""
+    """One server under test in a process of its own."""
 
     def __init__(self, kind: ServerKind, database_url: str = "") -> None:
         self.kind = kind
+        self.port = 0
+        self._command: CommandServer | None = None
+        if kind == "jobpulse":
+            self._command = CommandServer(database_url, Path(os.devnull), log_level="INFO", drain_seconds=0)
+            return
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_child_main, args=(kind, database_url, child_conn), name=f"bench-{kind}", daemon=True
-        )
+        self._proc = ctx.Process(target=_child_main, args=(child_conn,), name=f"bench-{kind}", daemon=True)
         self._proc.start()
         child_conn.close()
-        self.port = 0
 
     def wait_ready(self) -> int:
-        """Blocks until the child reports its port."""
+        """Blocks until the server answers (jobpulse: its health check says SERVING)."""
+        if self._command is not None:
+            self._command.start(timeout=_START_TIMEOUT)
+            self.port = self._command.port
+            return self.port
         if not self._conn.poll(_START_TIMEOUT):
             self.kill()
             raise RuntimeError(f"{self.kind} server did not start within {_START_TIMEOUT:.0f}s")
@@ -119,6 +109,9 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        if self._command is not None:
+            assert self._command.proc is not None
+            return self._command.proc.pid
         assert self._proc.pid is not None
         return self._proc.pid
 
@@ -127,12 +120,16 @@ class ServerProcess:
 
     def set_response(self, key: str, payload: bytes) -> None:
         """Bare server only: GetJob(job_id=key) will answer with this serialized GetJobResponse."""
+        assert self._command is None, "the bare server only"
         self._conn.send(("set", key, payload))
         reply = self._conn.recv()
         if reply[0] != "ok":
             raise RuntimeError(f"bare server refused {key!r}: {reply}")
 
     def stop(self) -> None:
+        if self._command is not None:
+            self._command.close()
+            return
         if not self._proc.is_alive():
             return
         try:
@@ -144,6 +141,11 @@ class ServerProcess:
             self.kill()
 
     def kill(self) -> None:
+        if self._command is not None:
+            if self._command.proc is not None and self._command.proc.poll() is None:
+                self._command.proc.kill()
+                self._command.proc.wait(10)
+            return
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5)

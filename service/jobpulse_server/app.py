@@ -25,10 +25,13 @@ from jobpulse.v1 import (
     worker_service_pb2_grpc,
 )
 from jobpulse_server import gc_tuning
+from jobpulse_server.api.admin import AdminServicer
 from jobpulse_server.api.convert import webhook_job
 from jobpulse_server.api.encoded_jobs import EncodedJobs
+from jobpulse_server.api.interceptors import CallGuard
+from jobpulse_server.api.jobs import JobServicer, watch_encoder
 from jobpulse_server.api.reflection import DocumentedReflectionServicer
-from jobpulse_server.api.servicers import AdminServicer, JobServicer, WorkerServicer, watch_encoder
+from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.model import JobState
@@ -41,7 +44,7 @@ from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import RateLimiter
 from jobpulse_server.services.watch import FeedService, WatchService
-from jobpulse_server.services.webhooks import Deliverer
+from jobpulse_server.services.webhooks import Deliverer, WebhookService
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store import Store
 from jobpulse_server.store import repository as repo
@@ -145,7 +148,31 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     workers = WorkerService(store, db, hub, outbox, config, clock, metrics)
     watches = WatchService(store, hub, config, watch_encoder(clock))
 
+    limiter = RateLimiter(
+        {
+            "client": config.rate_limit_client,
+            "worker": config.rate_limit_worker,
+            "admin": config.rate_limit_admin,
+        }
+    )
+    authenticator = Authenticator(db, limiter, refresh_seconds=config.key_refresh_interval)
+    await authenticator.refresh()
+    problem = open_mode_problem(config, not authenticator.open)
+    if problem is not None:
+        await store.close()
+        await db.close()
+        raise PermissionError(problem)
+    guard = CallGuard(
+        authenticator,
+        observer,
+        {
+            SERVICE_NAMES[0]: JobServicer.ROLES,
+            SERVICE_NAMES[1]: WorkerServicer.ROLES,
+            SERVICE_NAMES[2]: AdminServicer.ROLES,
+        },
+    )
     server = grpc.aio.server(
+        interceptors=[guard],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -155,39 +182,20 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             # connected at once (a restart): see README, "How it behaves", Watch.
             ("grpc.server.max_pending_requests", config.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
-        ]
+        ],
     )
-    authenticator = Authenticator(
-        db,
-        RateLimiter(
-            {
-                "client": config.rate_limit_client,
-                "worker": config.rate_limit_worker,
-                "admin": config.rate_limit_admin,
-            }
-        ),
-        refresh_seconds=config.key_refresh_interval,
-    )
-    await authenticator.refresh()
-    problem = open_mode_problem(config, not authenticator.open)
-    if problem is not None:
-        await store.close()
-        await db.close()
-        raise PermissionError(problem)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(
-            authenticator, jobs, watches, FeedService(db, hub, config), clock, observer, EncodedJobs()
+            jobs, watches, FeedService(db, hub, config), WebhookService(db, clock), clock, EncodedJobs()
         ),
         server,
     )
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(authenticator, workers, clock, observer), server
-    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(workers, clock), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     stop_background = asyncio.Event()
     server_health = ServerHealth(db, hub, workers, health_servicer, config, stop_background)
-    admin = AdminServicer(authenticator, observer, server_health.report)
+    admin = AdminServicer(limiter, server_health.report)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         DocumentedReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server

@@ -16,9 +16,9 @@ from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.services.webhooks import outbox_backlog
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.engine import Database, current_schema_version
+from jobpulse_server.store.webhooks import backlog as outbox_backlog
 
 log = logging.getLogger("jobpulse")
 

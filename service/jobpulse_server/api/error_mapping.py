@@ -7,14 +7,9 @@ else is INTERNAL with a generic message and a logged traceback, never a repr.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import logging
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import grpc
@@ -155,7 +150,8 @@ def _sqlstate(exc: sa_exc.DBAPIError) -> str:
     return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
 
 
-def _status_for(exc: BaseException, method: str) -> grpc.Status:
+def status_for(exc: BaseException, method: str) -> grpc.Status:
+    """The status a call that raised ``exc`` ends with; unexpected errors are logged in full."""
     err = translate(exc)
     if err is None:
         log.error("unhandled error in %s", method, exc_info=exc)
@@ -163,58 +159,6 @@ def _status_for(exc: BaseException, method: str) -> grpc.Status:
     elif isinstance(err, DatabaseUnavailable):
         log.warning("%s: database unavailable: %s", method, exc)
     return to_status(err)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def rpc(fn: F) -> F:
-    """Wraps a unary or server-streaming servicer method: authenticates the caller against the
-    servicer's ``auth`` and ``ROLES``, maps every error to a rich status, and records the call
-    (metrics and log) with the servicer's ``observer``."""
-    name = fn.__name__
-    if inspect.isasyncgenfunction(fn):
-
-        @functools.wraps(fn)
-        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started, code = time.perf_counter(), "OK"
-            try:
-                self.auth.authenticate(context.invocation_metadata(), self.ROLES, name)
-                async for item in fn(self, request, context):
-                    yield item
-            except (asyncio.CancelledError, GeneratorExit):
-                code = "CANCELLED"
-                raise
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                status = _status_for(exc, name)
-                code = status.code.name
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            finally:
-                self.observer.record(name, code, started, request, context)
-
-        return stream  # type: ignore[return-value]
-
-    @functools.wraps(fn)
-    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, code = time.perf_counter(), "OK"
-        try:
-            self.auth.authenticate(context.invocation_metadata(), self.ROLES, name)
-            return await fn(self, request, context)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            status = _status_for(exc, name)
-            code = status.code.name
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        finally:
-            self.observer.record(name, code, started, request, context)
-
-    return unary  # type: ignore[return-value]
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Domain errors. Services raise them; the gRPC edge (error_mapping.py) turns them into statuses."""
+"""Domain errors. Services raise them; the gRPC edge (api/error_mapping.py) turns them into statuses."""
 
 from __future__ import annotations
 

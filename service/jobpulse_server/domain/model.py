@@ -46,6 +46,9 @@ class ChunkState(enum.IntEnum):
 DEFAULT_CHUNK_SIZE = 500
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_PRIORITY = 5
+DEFAULT_KIND = "default"
+# A claim's lease when the worker asks for none.
+DEFAULT_LEASE_US = 60_000_000
 FULL_VIEW_CHUNK_LIMIT = 1000
 
 

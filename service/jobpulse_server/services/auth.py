@@ -10,7 +10,6 @@ loopback address unless ``--insecure``).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ipaddress
 import logging
 from collections.abc import Iterable
@@ -24,16 +23,9 @@ from jobpulse_server.store.engine import Database
 
 log = logging.getLogger(__name__)
 
-_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("jobpulse_principal", default=ANONYMOUS)
-
 CLIENT_ROLES = frozenset({"client", "admin"})
 WORKER_ROLES = frozenset({"worker", "admin"})
 ADMIN_ROLES = frozenset({"admin"})
-
-
-def current() -> Principal:
-    """The principal of the call being served."""
-    return _current.get()
 
 
 def is_loopback(host: str) -> bool:
@@ -80,7 +72,7 @@ class Authenticator:
                     log.warning("could not refresh API keys; keeping the last known set", exc_info=True)
 
     def authenticate(self, metadata: Iterable[Any] | None, roles: frozenset[str], method: str) -> Principal:
-        """The caller for these metadata, allowed ``roles``; sets it as the current principal."""
+        """The caller for these metadata, if it holds one of ``roles`` and is within its rate limit."""
         if self.open:
             principal = ANONYMOUS
         else:
@@ -102,5 +94,4 @@ class Authenticator:
                 info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url
             )
             self.limiter.admit(info.name, info.role)
-        _current.set(principal)
         return principal

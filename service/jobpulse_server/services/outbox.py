@@ -15,14 +15,14 @@ from typing import Any
 
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.model import Job, JobState
+from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.store import repository as repo
+from jobpulse_server.store import webhooks as outbox_rows
 from jobpulse_server.store.engine import UnitOfWork
 
 # A job as webhook receivers see it (a JSON object), at a given time. The api layer gives it, so
 # the body follows the contract's JSON mapping while this module knows nothing of protobuf.
 RenderJob = Callable[[Job, int], dict[str, Any]]
-
-PENDING, DELIVERED, DEAD = 1, 2, 3
 
 _TERMINAL_EVENTS = {
     JobState.COMPLETED: "job.completed",
@@ -98,6 +98,6 @@ class Outbox:
         await repo.save_job(uow.conn, job)
         uow.changed(job.id, job.revision)
         if rows:
-            await repo.insert_deliveries(uow.conn, rows)
+            await outbox_rows.add(uow.conn, rows)
             uow.changes.webhooks = True
         job.loaded_state = job.state

@@ -16,22 +16,20 @@ import hmac
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
 from jobpulse_server.domain.principal import Principal
+from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
-from jobpulse_server.services.outbox import DEAD, DELIVERED, PENDING
+from jobpulse_server.store import webhooks as outbox_rows
 from jobpulse_server.store.engine import Database
-from jobpulse_server.store.tables import api_keys, jobs, webhook_deliveries
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -67,30 +65,6 @@ def check_url(url: str, config: Config) -> None:
                 )
             ]
         )
-
-
-@dataclass
-class Delivery:
-    """One row of the outbox."""
-
-    id: str
-    job_id: str
-    owner: str
-    event_type: str
-    url: str
-    payload: str
-    state: int
-    attempts: int
-    next_attempt_time: int
-    last_status: int | None
-    last_error: str
-    create_time: int
-    delivered_time: int | None
-
-
-def _delivery(row: Any) -> Delivery:
-    m = row._mapping
-    return Delivery(**{k: m[k] for k in Delivery.__dataclass_fields__})
 
 
 class Deliverer:
@@ -134,33 +108,19 @@ class Deliverer:
         """One pass: claims up to BATCH due deliveries, sends them, records the outcomes."""
         now = self.clock()
         async with self.db.write() as uow:
-            q = (
-                select(webhook_deliveries, api_keys.c.webhook_secret)
-                .outerjoin(api_keys, api_keys.c.name == webhook_deliveries.c.owner)
-                .where(webhook_deliveries.c.state == PENDING, webhook_deliveries.c.next_attempt_time <= now)
-                .order_by(webhook_deliveries.c.next_attempt_time)
-                .limit(BATCH)
-            )
-            if uow.dialect == "postgresql":
-                q = q.with_for_update(skip_locked=True, of=webhook_deliveries)
-            rows = (await uow.conn.execute(q)).all()
-            due = [(_delivery(r), r._mapping["webhook_secret"] or self.config.webhook_secret) for r in rows]
-            if due:
-                await uow.conn.execute(
-                    update(webhook_deliveries)
-                    .where(webhook_deliveries.c.id.in_([d.id for d, _ in due]))
-                    .values(next_attempt_time=now + _ATTEMPT_LEASE_US)
-                )
+            claimed = await outbox_rows.claim_due(uow, now, BATCH, _ATTEMPT_LEASE_US)
+        due = [(d, secret or self.config.webhook_secret) for d, secret in claimed]
         if not due:
             return 0
         outcomes = await asyncio.gather(*(self._post(http, d, secret) for d, secret in due))
         async with self.db.write() as uow:
-            for (delivery, _), (status, error) in zip(due, outcomes, strict=True):
-                await uow.conn.execute(
-                    update(webhook_deliveries)
-                    .where(webhook_deliveries.c.id == delivery.id)
-                    .values(**self._outcome(delivery, status, error))
-                )
+            await outbox_rows.record(
+                uow,
+                [
+                    (delivery.id, self._outcome(delivery, status, error))
+                    for (delivery, _), (status, error) in zip(due, outcomes, strict=True)
+                ],
+            )
         return len(due)
 
     async def _post(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> tuple[int, str]:
@@ -206,61 +166,26 @@ class Deliverer:
         }
 
 
-async def list_deliveries(db: Database, who: Principal, job_id: str) -> list[Delivery]:
-    async with db.read() as conn:
-        q = select(jobs.c.id).where(jobs.c.id == job_id)
-        if who.owner_filter is not None:
-            q = q.where(jobs.c.owner == who.owner_filter)
-        if (await conn.execute(q)).first() is None:
+class WebhookService:
+    """What callers may do with their jobs' deliveries: list them, and send one again."""
+
+    def __init__(self, db: Database, clock: Clock = now_us) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def list_deliveries(self, who: Principal, job_id: str) -> list[Delivery]:
+        """The job's deliveries, newest first (1,000 at most)."""
+        async with self.db.read() as conn:
+            found = await outbox_rows.for_job(conn, job_id, who.owner_filter, 1000)
+        if found is None:
             raise JobNotFound(job_id)
-        rows = (
-            await conn.execute(
-                select(webhook_deliveries)
-                .where(webhook_deliveries.c.job_id == job_id)
-                .order_by(webhook_deliveries.c.create_time.desc(), webhook_deliveries.c.id.desc())
-                .limit(1000)
-            )
-        ).all()
-    return [_delivery(r) for r in rows]
+        return found
 
-
-async def redeliver(db: Database, who: Principal, delivery_id: str, now: int) -> Delivery:
-    async with db.write() as uow:
-        q = select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
-        if who.owner_filter is not None:
-            q = q.where(webhook_deliveries.c.owner == who.owner_filter)
-        row = (await uow.conn.execute(q)).first()
-        if row is None:
-            raise DeliveryNotFound(delivery_id)
-        await uow.conn.execute(
-            update(webhook_deliveries)
-            .where(webhook_deliveries.c.id == delivery_id)
-            .values(state=PENDING, next_attempt_time=now)
-        )
-        uow.changes.webhooks = True
-        delivery = _delivery(row)
-    delivery.state, delivery.next_attempt_time = PENDING, now
-    return delivery
-
-
-async def outbox_backlog(conn: Any, now: int) -> tuple[int, int | None]:
-    """(deliveries pending, create time of the oldest one that is due) for the health report."""
-    from sqlalchemy import func
-
-    pending = int(
-        (
-            await conn.execute(
-                select(func.count())
-                .select_from(webhook_deliveries)
-                .where(webhook_deliveries.c.state == PENDING)
-            )
-        ).scalar_one()
-    )
-    oldest = (
-        await conn.execute(
-            select(func.min(webhook_deliveries.c.create_time)).where(
-                webhook_deliveries.c.state == PENDING, webhook_deliveries.c.next_attempt_time <= now
-            )
-        )
-    ).scalar_one_or_none()
-    return pending, int(oldest) if oldest is not None else None
+    async def redeliver(self, who: Principal, delivery_id: str) -> Delivery:
+        """Makes the delivery due now, whatever its state."""
+        async with self.db.write() as uow:
+            delivery = await outbox_rows.requeue(uow, delivery_id, who.owner_filter, self.clock())
+            if delivery is None:
+                raise DeliveryNotFound(delivery_id)
+            uow.changes.webhooks = True
+        return delivery

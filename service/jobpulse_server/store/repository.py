@@ -32,7 +32,7 @@ from sqlalchemy.sql import ColumnElement, Select
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.store import rows as store_rows
-from jobpulse_server.store.tables import artifacts, chunks, job_tombstones, jobs, webhook_deliveries
+from jobpulse_server.store.tables import artifacts, chunks, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
 
@@ -641,8 +641,3 @@ def _ceil(x: float) -> int:
 async def count_by_state(conn: AsyncConnection) -> dict[JobState, int]:
     rows = (await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))).all()
     return {JobState(state): int(n) for state, n in rows}
-
-
-async def insert_deliveries(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Adds webhook events to the outbox (``webhook_deliveries``)."""
-    await conn.execute(insert(webhook_deliveries), rows)

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection the server hands over (see db.py)."""
+"""Alembic environment: runs on the connection the server hands over (see store/engine.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,49 @@
+"""jobpulse.v1.AdminService: the server's health report and per-key usage."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from jobpulse.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+)
+from jobpulse_server.api.messages import (
+    Ctx,
+)
+from jobpulse_server.services import auth
+from jobpulse_server.services.ratelimit import RateLimiter
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+    """jobpulse.v1.AdminService."""
+
+    ROLES = auth.ADMIN_ROLES
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]],
+    ) -> None:
+        self.limiter = limiter
+        self.report = report  # builds the GetServerHealth answer
+
+    async def GetServerHealth(
+        self, request: admin_service_pb2.GetServerHealthRequest, context: Ctx
+    ) -> admin_service_pb2.GetServerHealthResponse:
+        return await self.report()
+
+    async def GetUsage(
+        self, request: admin_service_pb2.GetUsageRequest, context: Ctx
+    ) -> admin_service_pb2.GetUsageResponse:
+        usage = self.limiter.usage
+        return admin_service_pb2.GetUsageResponse(
+            usage=[
+                admin_service_pb2.KeyUsage(key_name=name, role=u.role, calls=u.calls, rejected=u.rejected)
+                for name, u in sorted(usage.items())
+            ]
+        )

@@ -1,0 +1,133 @@
+"""What every jobpulse RPC goes through, in one place: the caller is authenticated (key, role, rate
+limit), any error becomes a status with rich details (never a stack trace), and the call is counted
+and logged. Health checks and reflection pass untouched.
+
+The servicers read the authenticated caller with ``caller()`` and hand it to the services as an
+argument; nothing below the api layer reads it from a context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from jobpulse_server.api.error_mapping import status_for
+from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.observability import Observer
+from jobpulse_server.services.auth import Authenticator
+
+_caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("jobpulse_caller", default=ANONYMOUS)
+
+
+def caller() -> Principal:
+    """The principal of the call being served (set by ``CallGuard`` before the servicer runs)."""
+    return _caller.get()
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    """Authentication, error mapping, metrics and the access log for the services in ``roles``
+    (full service name -> roles that may call it)."""
+
+    def __init__(
+        self, authenticator: Authenticator, observer: Observer, roles: Mapping[str, frozenset[str]]
+    ) -> None:
+        self.auth = authenticator
+        self.observer = observer
+        self.roles = dict(roles)
+        # Wrapped handlers by method path: handlers are fixed once the server starts, and wrapping
+        # once keeps the per-call cost to a dictionary lookup.
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        try:
+            found = self._handlers[method]
+        except KeyError:
+            found = self._handlers[method] = self._wrap(method, await continuation(handler_call_details))
+        if found is None:  # not ours (health, reflection) or unknown: as registered
+            return await continuation(handler_call_details)
+        return found
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        service, _, name = method.lstrip("/").partition("/")
+        roles = self.roles.get(service)
+        if handler is None or roles is None:
+            return None
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, name, roles),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            behaviour = handler.unary_stream
+            wrapped = (
+                self._stream(behaviour, name, roles)
+                if inspect.isasyncgenfunction(behaviour)
+                else self._unary(behaviour, name, roles)  # a coroutine writing with context.write
+            )
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise AssertionError(f"{method}: jobpulse has unary and server-streaming methods only")
+
+    def _unary(
+        self, behaviour: Callable[..., Any], name: str, roles: frozenset[str]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        auth, observer = self.auth, self.observer
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started, code = time.perf_counter(), "OK"
+            try:
+                _caller.set(auth.authenticate(context.invocation_metadata(), roles, name))
+                return await behaviour(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                status = status_for(exc, name)
+                code = status.code.name
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                observer.record(name, code, started, request, context)
+
+        return unary
+
+    def _stream(
+        self, behaviour: Callable[..., AsyncIterator[Any]], name: str, roles: frozenset[str]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        auth, observer = self.auth, self.observer
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started, code = time.perf_counter(), "OK"
+            try:
+                _caller.set(auth.authenticate(context.invocation_metadata(), roles, name))
+                async for item in behaviour(request, context):
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                status = status_for(exc, name)
+                code = status.code.name
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                observer.record(name, code, started, request, context)
+
+        return stream

@@ -1,0 +1,198 @@
+"""jobpulse.v1.WorkerService: claims, heartbeats, progress, completions and failures of chunks."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from jobpulse.v1 import (
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from jobpulse_server.api.convert import chunk_pb, timestamp
+from jobpulse_server.api.messages import (
+    MAX_CLAIM,
+    MAX_COMPLETIONS,
+    Ctx,
+)
+from jobpulse_server.api.validation import (
+    MAX_ID,
+    Checker,
+    duration_us,
+)
+from jobpulse_server.domain.clock import Clock
+from jobpulse_server.domain.model import (
+    DEFAULT_LEASE_US,
+    Artifact,
+)
+from jobpulse_server.services import auth
+from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """jobpulse.v1.WorkerService."""
+
+    ROLES = auth.WORKER_ROLES
+
+    def __init__(self, work: WorkerService, clock: Clock) -> None:
+        self.work = work
+        self.clock = clock
+
+    async def ClaimChunks(
+        self, request: worker_service_pb2.ClaimChunksRequest, context: Ctx
+    ) -> worker_service_pb2.ClaimChunksResponse:
+        c = Checker()
+        ask = _claim_request(request, c, "")
+        c.done()
+        out = worker_service_pb2.ClaimChunksResponse()
+        _add_claims(out.claims, await self.work.claim(*ask.args()))
+        return out
+
+    async def ReportChunkProgress(
+        self, request: worker_service_pb2.ReportChunkProgressRequest, context: Ctx
+    ) -> worker_service_pb2.ReportChunkProgressResponse:
+        c = Checker()
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
+        c.check(request.items_done >= 0, "items_done", "must not be negative")
+        c.text(request.stage, "stage", 256)
+        c.text(request.message, "message", 4096)
+        c.text(request.external_task_id, "external_task_id", 256)
+        lease_us = None
+        if request.HasField("lease_duration"):
+            lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
+        c.done()
+        cancel, expire = await self.work.report_progress(
+            request.chunk_id,
+            request.lease_token,
+            items_done=request.items_done,
+            stage=request.stage,
+            message=request.message,
+            external_task_id=request.external_task_id,
+            lease_us=lease_us,
+        )
+        return worker_service_pb2.ReportChunkProgressResponse(
+            cancel_requested=cancel, lease_expire_time=timestamp(expire)
+        )
+
+    async def CompleteChunk(
+        self, request: worker_service_pb2.CompleteChunkRequest, context: Ctx
+    ) -> worker_service_pb2.CompleteChunkResponse:
+        c = Checker()
+        item = _completion(request, c, "")
+        ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
+        c.done()
+        state, claims = await self.work.complete(
+            item.chunk_id, item.lease_token, item.artifacts, item.external_task_id, ask
+        )
+        out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
+        _add_claims(out.claims, claims)
+        return out
+
+    async def CompleteChunks(
+        self, request: worker_service_pb2.CompleteChunksRequest, context: Ctx
+    ) -> worker_service_pb2.CompleteChunksResponse:
+        c = Checker()
+        n = len(request.completions)
+        c.check(n <= MAX_COMPLETIONS, "completions", f"at most {MAX_COMPLETIONS} per call (got {n})")
+        c.check(
+            n > 0 or request.HasField("claim_next"),
+            "completions",
+            "must not be empty (unless claim_next is set)",
+        )
+        items = [_completion(item, c, f"completions[{i}].") for i, item in enumerate(request.completions)]
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.chunk_id in seen:
+                c.fail(f"completions[{i}].chunk_id", f"chunk {item.chunk_id} appears more than once")
+            seen.add(item.chunk_id)
+        ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
+        c.done()
+        out = worker_service_pb2.CompleteChunksResponse()
+        results, claims = await self.work.complete_many(items, ask)
+        for r in results:
+            if r.error is None:
+                out.results.add(chunk_id=r.chunk_id, ok=True, job_state=int(r.job_state or 0))  # type: ignore[arg-type]
+            else:
+                out.results.add(chunk_id=r.chunk_id, ok=False, reason=r.error.reason, message=r.error.message)
+        _add_claims(out.claims, claims)
+        return out
+
+    async def FailChunk(
+        self, request: worker_service_pb2.FailChunkRequest, context: Ctx
+    ) -> worker_service_pb2.FailChunkResponse:
+        c = Checker()
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.text(request.lease_token, "lease_token", MAX_ID, required=True)
+        c.text(request.error.reason, "error.reason", 128)
+        c.text(request.error.message, "error.message", 4096)
+        c.done()
+        outcome = await self.work.fail(
+            request.chunk_id,
+            request.lease_token,
+            request.error.reason,
+            request.error.message,
+            request.retryable,
+        )
+        return worker_service_pb2.FailChunkResponse(
+            will_retry=outcome.will_retry, next_attempt_time=timestamp(outcome.next_attempt_time)
+        )
+
+
+def _claim_request(request: worker_service_pb2.ClaimChunksRequest, c: Checker, prefix: str) -> ClaimAsk:
+    """ClaimChunks' arguments, checked."""
+    c.text(request.worker_id, prefix + "worker_id", MAX_ID, required=True)
+    c.check(
+        0 <= request.max_chunks <= MAX_CLAIM,
+        prefix + "max_chunks",
+        f"must be between 0 (means 1) and {MAX_CLAIM}",
+    )
+    lease_us = DEFAULT_LEASE_US
+    if request.HasField("lease_duration"):
+        lease_us = duration_us(
+            request.lease_duration, prefix + "lease_duration", c, lo_s=0.001, hi_s=24 * 3600
+        )
+    wait_s = 0.0
+    if request.HasField("wait"):
+        wait_s = duration_us(request.wait, prefix + "wait", c, lo_s=0, hi_s=60) / 1e6
+    for i, kind in enumerate(request.kinds):
+        c.text(kind, f"{prefix}kinds[{i}]", MAX_ID, required=True)
+    return ClaimAsk(request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s)
+
+
+def _completion(
+    request: worker_service_pb2.CompleteChunkRequest | worker_service_pb2.ChunkCompletion,
+    c: Checker,
+    prefix: str,
+) -> Completion:
+    """One completion, checked."""
+    c.text(request.chunk_id, prefix + "chunk_id", MAX_ID, required=True)
+    c.text(request.lease_token, prefix + "lease_token", MAX_ID, required=True)
+    c.text(request.external_task_id, prefix + "external_task_id", 256)
+    c.check(len(request.artifacts) <= 100, prefix + "artifacts", "at most 100 artifacts per chunk")
+    for i, a in enumerate(request.artifacts):
+        c.text(a.name, f"{prefix}artifacts[{i}].name", 256, required=True)
+        c.text(a.uri, f"{prefix}artifacts[{i}].uri", 2048, required=True)
+        c.text(a.media_type, f"{prefix}artifacts[{i}].media_type", 128)
+        c.check(a.size_bytes >= 0, f"{prefix}artifacts[{i}].size_bytes", "must not be negative")
+    return Completion(
+        request.chunk_id,
+        request.lease_token,
+        [Artifact(a.name, a.uri, a.media_type, a.size_bytes) for a in request.artifacts],
+        request.external_task_id,
+    )
+
+
+def _add_claims(out: Any, claims: list[Claim]) -> None:
+    """Appends claims to a repeated ChunkClaim field."""
+    for cl in claims:
+        claim = out.add(
+            job_id=cl.job.id,
+            job_kind=cl.job.kind,
+            chunk=chunk_pb(cl.chunk),
+            lease_token=cl.lease_token,
+            lease_expire_time=timestamp(cl.lease_expire_time),
+        )
+        claim.job_metadata.update(cl.job.metadata)
