@@ -50,6 +50,7 @@ from jobpulse_server.store import Store
 from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
+from jobpulse_server.store.transactions import SqlTransactions
 
 log = logging.getLogger("jobpulse")
 
@@ -143,9 +144,10 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         await db.close()
         raise
     outbox = Outbox(webhook_job, int(config.webhook_progress_interval * 1e6))
-    jobs = JobService(db, store, outbox, config, clock)
+    txs = SqlTransactions(db)
+    jobs = JobService(txs, store, outbox, config, clock)
     observer = Observer(metrics)
-    workers = WorkerService(store, db, hub, outbox, config, clock, metrics)
+    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
     watches = WatchService(store, hub, config, watch_encoder(clock))
 
     limiter = RateLimiter(
@@ -186,7 +188,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(
-            jobs, watches, FeedService(db, hub, config), WebhookService(db, clock), clock, EncodedJobs()
+            jobs, watches, FeedService(txs, hub, config), WebhookService(db, clock), clock, EncodedJobs()
         ),
         server,
     )

@@ -28,6 +28,7 @@ from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
+from jobpulse_server.store.transactions import SqlTransactions
 
 
 class FakeClock:
@@ -53,8 +54,9 @@ class JobLifecycle(RuleBasedStateMachine):
         self.store = open_store(self.db)
         self.run(self.store.start())
         outbox = Outbox(webhook_job, 0)
-        self.jobs = JobService(self.db, self.store, outbox, self.config, self.clock)
-        self.workers = WorkerService(self.store, self.db, self.hub, outbox, self.config, self.clock)
+        txs = SqlTransactions(self.db)
+        self.jobs = JobService(txs, self.store, outbox, self.config, self.clock)
+        self.workers = WorkerService(self.store, txs, self.hub, outbox, self.config, self.clock)
         self.job_ids: list[str] = []
         self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
         # job id -> (revision, what the job and its chunks looked like at that revision)

@@ -32,6 +32,7 @@ from jobpulse_server.api.validation import (
     timestamp_us,
 )
 from jobpulse_server.domain.clock import Clock
+from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.domain.model import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_KIND,
@@ -40,12 +41,12 @@ from jobpulse_server.domain.model import (
     ChunkState,
     JobState,
 )
+from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.services import auth
 from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
 from jobpulse_server.services.watch import FeedService, WatchMessage, WatchService, horizon_cursor
 from jobpulse_server.services.webhooks import WebhookService
-from jobpulse_server.store import repository as repo
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -166,9 +167,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         order_by = " ".join(request.order_by.lower().split()) or "create_time desc"
         if order_by == "create_time asc":
             order_by = "create_time"
-        c.check(
-            order_by in repo.ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in repo.ORDERS)}"
-        )
+        c.check(order_by in ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
         f = _job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
@@ -356,7 +355,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.GetJobStatsRequest, context: Ctx
     ) -> job_service_pb2.GetJobStatsResponse:
         c = Checker()
-        f = repo.JobFilter(kind=request.kind)
+        f = JobFilter(kind=request.kind)
         _time_range(request, c, f)
         c.done()
         overall, kinds = await self.jobs.stats(caller(), f)
@@ -406,10 +405,10 @@ def _delivery_pb(d: Delivery) -> job_service_pb2.WebhookDelivery:
 
 def _job_filter(
     request: job_service_pb2.ListJobsRequest | job_service_pb2.WatchJobsRequest, c: Checker
-) -> repo.JobFilter:
+) -> JobFilter:
     """The ListJobs-style filters of a request, checked."""
     c.enums(request.states, _JOB_STATES, "states")
-    f = repo.JobFilter(states=[JobState(s) for s in request.states if s in _JOB_STATES], kind=request.kind)
+    f = JobFilter(states=[JobState(s) for s in request.states if s in _JOB_STATES], kind=request.kind)
     c.text(request.kind, "kind", MAX_ID)
     if request.HasField("min_priority"):
         c.priority(request.min_priority, "min_priority")
@@ -432,7 +431,7 @@ def _time_range(
     | job_service_pb2.WatchJobsRequest
     | job_service_pb2.GetJobStatsRequest,
     c: Checker,
-    f: repo.JobFilter,
+    f: JobFilter,
 ) -> None:
     if request.HasField("created_after"):
         f.created_after = timestamp_us(request.created_after, "created_after", c)
@@ -442,7 +441,7 @@ def _time_range(
         c.fail("created_after", "must not be later than created_before")
 
 
-def _stats_pb(row: repo.StatsRow) -> job_service_pb2.JobStats:
+def _stats_pb(row: StatsRow) -> job_service_pb2.JobStats:
     finished = sum(row.by_state.get(s, 0) for s in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED))
     msg = job_service_pb2.JobStats(
         kind=row.kind,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from jobpulse_server.domain.model import JobState
+from jobpulse_server.domain.model import Job, JobState
 
 
 @dataclass
@@ -20,3 +21,19 @@ class JobFilter:
     created_before: int | None = None
     search: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+
+
+# ListJobs' orders: order_by value -> (the job attributes it sorts by, descending). The store
+# keeps an index for each; page tokens carry the last job's values of these attributes.
+ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "create_time desc": (("id",), True),
+    "create_time": (("id",), False),
+    "priority desc": (("priority", "id"), True),
+    "update_time desc": (("update_time", "id"), True),
+}
+
+
+def job_sort_key(job: Job, order_by: str) -> list[Any]:
+    """The job's values of the attributes ``order_by`` sorts by."""
+    cols, _ = ORDERS[order_by]
+    return [getattr(job, name) for name in cols]

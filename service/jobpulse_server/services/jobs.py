@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.clock import Clock, now_us
@@ -25,6 +23,7 @@ from jobpulse_server.domain.errors import (
     JobNotTerminal,
     WebhookSecretMissing,
 )
+from jobpulse_server.domain.filters import ORDERS, JobFilter, job_sort_key
 from jobpulse_server.domain.model import (
     FULL_VIEW_CHUNK_LIMIT,
     Chunk,
@@ -34,12 +33,11 @@ from jobpulse_server.domain.model import (
     split_items,
 )
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.services import pagination
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
-from jobpulse_server.store import ReadTx, Store
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.engine import Database, UnitOfWork
+from jobpulse_server.store import JobsTx, ReadTx, RequestIdTaken, Store, Transactions
 
 
 @dataclass
@@ -85,16 +83,16 @@ class JobService:
     """The caller-facing use cases."""
 
     def __init__(
-        self, db: Database, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us
+        self, txs: Transactions, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us
     ) -> None:
-        self.db = db
+        self.txs = txs
         self.store = store
         self.outbox = outbox
         self.config = config
         self.clock = clock
 
-    async def _save(self, uow: UnitOfWork, job: Job, now: int) -> None:
-        await self.outbox.save_job(uow, job, now)
+    async def _save(self, tx: JobsTx, job: Job, now: int) -> None:
+        await self.outbox.save_job(tx, job, now)
 
     # --- create --------------------------------------------------------
     async def create_job(self, who: Principal, req: NewJob) -> JobPage:
@@ -116,8 +114,8 @@ class JobService:
                 "webhooks need a signing secret: set JOBPULSE_WEBHOOK_SECRET on the server, or use API keys"
             )
         if req.request_id:
-            async with self.db.read() as conn:
-                earlier = await repo.find_job_by_request(conn, who.name, req.request_id)
+            async with self.txs.read() as tx:
+                earlier = await tx.find_job_by_request(who.name, req.request_id)
             if earlier is not None:
                 return await self.get_job(who, earlier.id, full=True)
         now = self.clock()
@@ -157,16 +155,13 @@ class JobService:
         job.summary.pending = len(new_chunks)
         job.refresh_state(now)
         try:
-            async with self.db.write() as uow:
-                await repo.insert_job(uow.conn, job, new_chunks)
-                uow.changed(job.id, job.revision)
-                uow.changes.new_work = True
-        except IntegrityError:
+            async with self.txs.write() as tx:
+                await tx.insert_job(job, new_chunks)
+                tx.changes.new_work = True
+        except RequestIdTaken:
             # Lost a race with the same request_id: the first one wins.
-            if not req.request_id:
-                raise
-            async with self.db.read() as conn:
-                earlier = await repo.find_job_by_request(conn, who.name, req.request_id)
+            async with self.txs.read() as tx:
+                earlier = await tx.find_job_by_request(who.name, req.request_id)
             if earlier is None:
                 raise
             return await self.get_job(who, earlier.id, full=True)
@@ -205,8 +200,8 @@ class JobService:
         shown = await tx.list_chunks(job.id, limit=FULL_VIEW_CHUNK_LIMIT)
         return JobPage(job, shown, self._chunks_token(job))
 
-    async def _load(self, conn: Any, who: Principal, job_id: str, for_update: bool = False) -> Job:
-        job = await repo.get_job(conn, job_id, who.owner_filter, for_update=for_update)
+    async def _load(self, tx: JobsTx, who: Principal, job_id: str, for_update: bool = False) -> Job:
+        job = await tx.get_job(job_id, who.owner_filter, for_update=for_update)
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -227,7 +222,7 @@ class JobService:
     async def list_jobs(
         self,
         who: Principal,
-        f: repo.JobFilter,
+        f: JobFilter,
         *,
         order_by: str,
         page_size: int,
@@ -269,7 +264,7 @@ class JobService:
             pages = [await self._page(tx, job, full, known) for job in found]
         token = ""
         if more and found:
-            token = pagination.encode("jobs", filters, [*repo.job_sort_key(found[-1], order_by), total])
+            token = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
         return pages, token, total, horizon
 
     async def list_chunks(
@@ -298,8 +293,8 @@ class JobService:
 
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
-        async with self.db.write() as uow:
-            job = await self._load(uow.conn, who, job_id, for_update=True)
+        async with self.txs.write() as tx:
+            job = await self._load(tx, who, job_id, for_update=True)
             if job.state in (JobState.COMPLETED, JobState.FAILED):
                 raise JobAlreadyTerminal(
                     f"job {job_id} is already {job.state.name}; only running jobs can be cancelled",
@@ -312,16 +307,16 @@ class JobService:
                 job.cancel_requested = True
                 job.cancel_reason = reason
                 job.cancel_time = now
-                moved = await repo.cancel_pending_chunks(uow.conn, job.id, rev, now)
+                moved = await tx.cancel_pending_chunks(job.id, rev, now)
                 job.summary.pending -= moved
                 job.summary.cancelled += moved
                 job.refresh_state(now)
-                await self._save(uow, job, now)
+                await self._save(tx, job, now)
         return JobPage(job)
 
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
-        async with self.db.write() as uow:
-            job = await self._load(uow.conn, who, job_id, for_update=True)
+        async with self.txs.write() as tx:
+            job = await self._load(tx, who, job_id, for_update=True)
             if job.state not in (JobState.FAILED, JobState.CANCELLED):
                 raise JobNotRetryable(
                     f"job {job_id} is {job.state.name}; only FAILED or CANCELLED jobs can be retried",
@@ -330,7 +325,7 @@ class JobService:
                 )
             now = self.clock()
             rev = job.touch(now)
-            failed, cancelled, items = await repo.reset_for_retry(uow.conn, job.id, rev)
+            failed, cancelled, items = await tx.reset_for_retry(job.id, rev)
             job.summary.failed -= failed
             job.summary.cancelled -= cancelled
             job.summary.pending += failed + cancelled
@@ -341,8 +336,8 @@ class JobService:
             job.error_reason = job.error_message = ""
             job.error_chunk_index = None
             job.refresh_state(now)
-            await self._save(uow, job, now)
-            uow.changes.new_work = True
+            await self._save(tx, job, now)
+            tx.changes.new_work = True
         return JobPage(job)
 
     async def update_job(
@@ -354,15 +349,15 @@ class JobService:
         labels: dict[str, str] | None,
         display_name: str | None,
     ) -> JobPage:
-        async with self.db.write() as uow:
-            job = await self._load(uow.conn, who, job_id, for_update=True)
+        async with self.txs.write() as tx:
+            job = await self._load(tx, who, job_id, for_update=True)
             now = self.clock()
             changed = False
             if priority is not None and priority != job.priority:
                 job.priority = priority
-                await repo.set_pending_priority(uow.conn, job.id, priority)
+                await tx.set_pending_priority(job.id, priority)
                 changed = True
-                uow.changes.new_work = True
+                tx.changes.new_work = True
             if labels is not None and labels != job.labels:
                 job.labels = dict(labels)
                 changed = True
@@ -371,29 +366,28 @@ class JobService:
                 changed = True
             if changed:
                 job.touch(now)
-                await self._save(uow, job, now)
+                await self._save(tx, job, now)
         return JobPage(job)
 
     async def delete_job(self, who: Principal, job_id: str, force: bool) -> None:
-        async with self.db.write() as uow:
-            job = await self._load(uow.conn, who, job_id, for_update=True)
+        async with self.txs.write() as tx:
+            job = await self._load(tx, who, job_id, for_update=True)
             if not job.state.terminal and not force:
                 raise JobNotTerminal(
                     f"job {job_id} is {job.state.name}; cancel it first or pass force",
                     job_id=job_id,
                     state=job.state.name,
                 )
-            await repo.delete_job(uow.conn, job.id, self.clock())
-            uow.changes.deleted.add(job.id)
+            await tx.delete_job(job.id, self.clock())
 
-    async def stats(self, who: Principal, f: repo.JobFilter) -> tuple[repo.StatsRow, list[repo.StatsRow]]:
+    async def stats(self, who: Principal, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
         f.owner = who.owner_filter
-        async with self.db.read() as conn:
-            return await repo.job_stats(conn, f)
+        async with self.txs.read() as tx:
+            return await tx.job_stats(f)
 
 
 def _check_key(key: list[Any], order_by: str) -> None:
-    cols, _ = repo.ORDERS[order_by]
+    cols, _ = ORDERS[order_by]
     cols = (*cols, "total")
     types = {"id": str, "priority": int, "update_time": int, "total": int}
     if len(key) != len(cols) or not all(

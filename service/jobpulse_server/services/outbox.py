@@ -16,9 +16,7 @@ from typing import Any
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.model import Job, JobState
 from jobpulse_server.domain.webhooks import PENDING
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store import webhooks as outbox_rows
-from jobpulse_server.store.engine import UnitOfWork
+from jobpulse_server.store import JobsTx
 
 # A job as webhook receivers see it (a JSON object), at a given time. The api layer gives it, so
 # the body follows the contract's JSON mapping while this module knows nothing of protobuf.
@@ -92,12 +90,7 @@ class Outbox:
             )
         return rows
 
-    async def save_job(self, uow: UnitOfWork, job: Job, now: int) -> None:
-        """Writes the job, records its webhook events, and marks it changed for watchers."""
-        rows = self.rows_for(job, now)
-        await repo.save_job(uow.conn, job)
-        uow.changed(job.id, job.revision)
-        if rows:
-            await outbox_rows.add(uow.conn, rows)
-            uow.changes.webhooks = True
+    async def save_job(self, tx: JobsTx, job: Job, now: int) -> None:
+        """Writes the job with its webhook events, and marks it changed for watchers."""
+        await tx.save_job(job, self.rows_for(job, now))
         job.loaded_state = job.state

@@ -15,13 +15,12 @@ from typing import Any
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
+from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
 from jobpulse_server.services import pagination
-from jobpulse_server.store import Store
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import Store, Transactions
 
 # A message carries at most this many chunks; bigger deltas span several messages.
 CHUNKS_PER_MESSAGE = 1000
@@ -327,30 +326,28 @@ class FeedService:
     a smaller change_seq is open. So a cursor never skips a change that commits late.
     """
 
-    def __init__(self, db: Database, hub: ChangeHub, config: Config) -> None:
-        self.db = db
+    def __init__(self, txs: Transactions, hub: ChangeHub, config: Config) -> None:
+        self.txs = txs
         self.hub = hub
         self.config = config
 
-    async def watch(self, who: Principal, f: repo.JobFilter, cursor: str) -> AsyncIterator[FeedMessage]:
+    async def watch(self, who: Principal, f: JobFilter, cursor: str) -> AsyncIterator[FeedMessage]:
         f.owner = who.owner_filter
         with self.hub.subscribe_all() as changed:
             if cursor:
                 position = decode_cursor(cursor)
             else:
-                async with self.db.read() as conn:
-                    horizon = await repo.change_horizon(conn)
+                async with self.txs.read() as tx:
+                    horizon = await tx.change_horizon()
                 position = (horizon - 1, _END)
                 yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
             while True:
                 changed.clear()
                 beyond = False
                 while True:
-                    async with self.db.read() as conn:
-                        horizon = await repo.change_horizon(conn)
-                        found, beyond = await repo.changed_jobs(
-                            conn, f, position, horizon, JOBS_PER_MESSAGE + 1
-                        )
+                    async with self.txs.read() as tx:
+                        horizon = await tx.change_horizon()
+                        found, beyond = await tx.changed_jobs(f, position, horizon, JOBS_PER_MESSAGE + 1)
                     more = len(found) > JOBS_PER_MESSAGE
                     found = found[:JOBS_PER_MESSAGE]
                     if more:

@@ -24,9 +24,7 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobSt
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.outbox import Outbox
-from jobpulse_server.store import Store, WriteTx, chunk_job_id
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import Store, Transactions, WriteTx, chunk_job_id
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -98,7 +96,7 @@ class WorkerService:
     def __init__(
         self,
         store: Store,
-        db: Database,
+        txs: Transactions,
         hub: ChangeHub,
         outbox: Outbox,
         config: Config,
@@ -106,7 +104,7 @@ class WorkerService:
         metrics: Metrics | None = None,
     ) -> None:
         self.store = store
-        self.db = db
+        self.txs = txs
         self.hub = hub
         self.outbox = outbox
         self.config = config
@@ -455,20 +453,20 @@ class WorkerService:
         if moved:
             self._count("rescued", moved)
         # A transaction of its own: it locks jobs before chunks, the other way round from above.
-        async with self.db.write() as uow:
+        async with self.txs.write() as tx:
             now = self.clock()
             cancel_before = now - int(self.config.cancel_deadline * 1e6)
-            for job_id in await repo.overdue_cancels(uow.conn, cancel_before):
-                job = await repo.get_job(uow.conn, job_id, for_update=True)
+            for job_id in await tx.overdue_cancels(cancel_before):
+                job = await tx.get_job(job_id, None, for_update=True)
                 if job is None or job.state != JobState.CANCELLING:
                     continue
-                running = await repo.list_chunks(uow.conn, job_id, states=[ChunkState.PROCESSING])
+                running = await tx.processing_chunks(job_id)
                 for chunk in running:
                     chunk.error_reason = CANCEL_DEADLINE
                     chunk.error_message = "the worker did not stop within the cancel deadline"
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
-                await repo.save_chunks(uow.conn, running)
-                await self.outbox.save_job(uow, job, now)
+                await tx.save_chunks(running)
+                await self.outbox.save_job(tx, job, now)
                 moved += len(running)
         return moved
 

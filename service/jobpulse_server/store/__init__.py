@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.reports import FeedEntry, StatsRow
 
 T = TypeVar("T")
 
@@ -175,6 +176,75 @@ class Store(Protocol):
         commit. ``body`` may be run more than once (a deadlock or serialization failure rolls
         back and runs it again), so it must not act outside the transaction."""
         ...
+
+
+class RequestIdTaken(Exception):
+    """A job with this request_id (for this owner) was inserted by a transaction that committed first."""
+
+
+class JobsTx(Protocol):
+    """The paths that are not hot, in one transaction (``Transactions.write``) or one snapshot
+    (``Transactions.read``). Nothing is published before the transaction commits."""
+
+    changes: Changes
+
+    def changed(self, job_id: str, revision: int) -> None:
+        """Records that the job changed to ``revision`` (watchers are woken after the commit)."""
+        ...
+
+    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None: ...
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
+        """Inserts a new job and its chunks; RequestIdTaken if its request_id is taken."""
+        ...
+
+    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None: ...
+
+    async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
+        """Writes the job (a new change_seq) and the webhook events of this save."""
+        ...
+
+    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
+        """Every PENDING chunk of the job to CANCELLED; returns how many."""
+        ...
+
+    async def reset_for_retry(self, job_id: str, revision: int) -> tuple[int, int, int]:
+        """FAILED and CANCELLED chunks back to PENDING; (failed moved, cancelled moved, their items done)."""
+        ...
+
+    async def set_pending_priority(self, job_id: str, priority: int) -> None: ...
+
+    async def delete_job(self, job_id: str, now: int) -> None:
+        """Deletes the job, its chunks and artifacts, leaving a tombstone for the feed."""
+        ...
+
+    async def overdue_cancels(self, cancel_before: int) -> list[str]:
+        """Jobs still CANCELLING whose cancel was asked before ``cancel_before``."""
+        ...
+
+    async def processing_chunks(self, job_id: str) -> list[Chunk]: ...
+
+    async def save_chunks(self, chunks: Sequence[Chunk]) -> None: ...
+
+    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+        """Totals, then one row per kind."""
+        ...
+
+    async def change_horizon(self) -> int: ...
+
+    async def changed_jobs(
+        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+    ) -> tuple[list[FeedEntry], bool]:
+        """Feed entries after ``after`` below ``horizon``; and whether changes beyond it exist."""
+        ...
+
+
+class Transactions(Protocol):
+    """Opens ``JobsTx`` units of work."""
+
+    def read(self) -> AbstractAsyncContextManager[JobsTx]: ...
+
+    def write(self) -> AbstractAsyncContextManager[JobsTx]: ...
 
 
 def chunk_job_id(chunk_id: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -29,8 +28,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
-from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.filters import ORDERS, JobFilter, job_sort_key  # noqa: F401 (used by the stores)
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.store import rows as store_rows
 from jobpulse_server.store.tables import artifacts, chunks, job_tombstones, jobs
 
@@ -116,15 +116,6 @@ async def change_horizon(conn: AsyncConnection) -> int:
     else:
         q = select(_sqlite_largest_seq() + 1)
     return int((await conn.execute(q)).scalar_one())
-
-
-@dataclass
-class FeedEntry:
-    """One change in a WatchJobs feed: a job as it is now, or the deletion of one (``job`` None)."""
-
-    change_seq: int
-    job_id: str
-    job: Job | None
 
 
 async def changed_jobs(
@@ -487,15 +478,6 @@ async def _attach_artifacts(conn: AsyncConnection, job_id: str, found: list[Chun
 # --- listing ---------------------------------------------------------------
 
 
-# order_by value -> (columns, descending)
-ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "create_time desc": (("id",), True),
-    "create_time": (("id",), False),
-    "priority desc": (("priority", "id"), True),
-    "update_time desc": (("update_time", "id"), True),
-}
-
-
 def _filter_clauses(conn: AsyncConnection, f: JobFilter, table: Table = jobs) -> list[ColumnElement[bool]]:
     """ListJobs' filters as WHERE clauses on ``jobs`` (or on ``job_tombstones``, which has the same
     filtered columns)."""
@@ -557,29 +539,7 @@ async def count_jobs(conn: AsyncConnection, f: JobFilter) -> int:
     return int((await conn.execute(q)).scalar_one())
 
 
-def job_sort_key(job: Job, order_by: str) -> list[Any]:
-    cols, _ = ORDERS[order_by]
-    return [getattr(job, name) for name in cols]
-
-
 # --- stats -----------------------------------------------------------------
-
-
-@dataclass
-class StatsRow:
-    kind: str
-    total: int
-    by_state: dict[JobState, int]
-    items_done: int
-    durations: dict[str, int | None]  # p50/p95/p99/max in microseconds
-    first_start: int | None = None
-    last_update: int | None = None
-
-    @property
-    def items_per_second(self) -> float:
-        if self.first_start is None or self.last_update is None or self.last_update <= self.first_start:
-            return 0.0
-        return self.items_done / ((self.last_update - self.first_start) / 1e6)
 
 
 async def job_stats(conn: AsyncConnection, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:

@@ -1,0 +1,109 @@
+"""The paths that are not hot (create, cancel, retry, update, delete, stats, the cancel deadline, the
+WatchJobs feed) as a unit of work over SQLAlchemy Core, on both databases.
+
+``SqlTransactions`` hands out ``SqlJobsTx`` objects: ``write()`` one write transaction whose changes
+are published after its commit, ``read()`` one snapshot. The services see only the ``JobsTx`` and
+``Transactions`` protocols (``store/__init__.py``), so they hold no connection, catch no driver
+error, and can run on an in-memory fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.model import Chunk, ChunkState, Job
+from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.store import RequestIdTaken
+from jobpulse_server.store import repository as repo
+from jobpulse_server.store import webhooks as outbox_rows
+from jobpulse_server.store.engine import Database
+
+
+class SqlJobsTx:
+    """The operations of one transaction (see ``JobsTx``)."""
+
+    def __init__(self, conn: AsyncConnection, changes: Changes) -> None:
+        self.conn = conn
+        self.changes = changes
+
+    def changed(self, job_id: str, revision: int) -> None:
+        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
+
+    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
+        return await repo.find_job_by_request(self.conn, owner, request_id)
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
+        try:
+            await repo.insert_job(self.conn, job, chunks)
+        except IntegrityError as exc:
+            if job.request_id:
+                raise RequestIdTaken(job.request_id) from exc
+            raise
+        self.changed(job.id, job.revision)
+
+    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
+        return await repo.get_job(self.conn, job_id, owner, for_update=for_update)
+
+    async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
+        await repo.save_job(self.conn, job)
+        self.changed(job.id, job.revision)
+        if outbox:
+            await outbox_rows.add(self.conn, outbox)
+            self.changes.webhooks = True
+
+    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
+        return await repo.cancel_pending_chunks(self.conn, job_id, revision, now)
+
+    async def reset_for_retry(self, job_id: str, revision: int) -> tuple[int, int, int]:
+        return await repo.reset_for_retry(self.conn, job_id, revision)
+
+    async def set_pending_priority(self, job_id: str, priority: int) -> None:
+        await repo.set_pending_priority(self.conn, job_id, priority)
+
+    async def delete_job(self, job_id: str, now: int) -> None:
+        await repo.delete_job(self.conn, job_id, now)
+        self.changes.deleted.add(job_id)
+
+    async def overdue_cancels(self, cancel_before: int) -> list[str]:
+        return await repo.overdue_cancels(self.conn, cancel_before)
+
+    async def processing_chunks(self, job_id: str) -> list[Chunk]:
+        return await repo.list_chunks(self.conn, job_id, states=[ChunkState.PROCESSING])
+
+    async def save_chunks(self, chunks: Sequence[Chunk]) -> None:
+        await repo.save_chunks(self.conn, chunks)
+
+    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+        return await repo.job_stats(self.conn, f)
+
+    async def change_horizon(self) -> int:
+        return await repo.change_horizon(self.conn)
+
+    async def changed_jobs(
+        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+    ) -> tuple[list[FeedEntry], bool]:
+        return await repo.changed_jobs(self.conn, f, after, horizon, limit)
+
+
+class SqlTransactions:
+    """Opens ``SqlJobsTx`` transactions on the ``Database``'s engine."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqlJobsTx]:
+        async with self.db.read() as conn:
+            yield SqlJobsTx(conn, Changes())
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[SqlJobsTx]:
+        async with self.db.write() as uow:
+            yield SqlJobsTx(uow.conn, uow.changes)
