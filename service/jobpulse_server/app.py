@@ -50,7 +50,7 @@ from jobpulse_server.store import Store
 from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
-from jobpulse_server.store.transactions import SqlTransactions
+from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
 
 log = logging.getLogger("jobpulse")
 
@@ -157,7 +157,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             "admin": config.rate_limit_admin,
         }
     )
-    authenticator = Authenticator(db, limiter, refresh_seconds=config.key_refresh_interval)
+    keys_and_deliveries = SqlKeysAndDeliveries(db)
+    authenticator = Authenticator(keys_and_deliveries, limiter, refresh_seconds=config.key_refresh_interval)
     await authenticator.refresh()
     problem = open_mode_problem(config, not authenticator.open)
     if problem is not None:
@@ -188,7 +189,12 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(
-            jobs, watches, FeedService(txs, hub, config), WebhookService(db, clock), clock, EncodedJobs()
+            jobs,
+            watches,
+            FeedService(txs, hub, config),
+            WebhookService(keys_and_deliveries, clock),
+            clock,
+            EncodedJobs(),
         ),
         server,
     )
@@ -235,7 +241,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         asyncio.create_task(workers.run_sweeper(app._stop_background), name="jobpulse-sweeper")
     )
     app._background.append(asyncio.create_task(authenticator.run(app._stop_background), name="jobpulse-keys"))
-    app.deliverer = Deliverer(db, hub, config, clock, metrics=metrics)
+    app.deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
     app._background.append(
         asyncio.create_task(app.deliverer.run(app._stop_background), name="jobpulse-webhooks")
     )

@@ -21,3 +21,15 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", sees_all=True)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the server knows of a key (never the key itself)."""
+
+    name: str
+    role: str
+    prefix: str
+    create_time: int
+    revoke_time: int | None = None
+    webhook_url: str = ""

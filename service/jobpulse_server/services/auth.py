@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
-from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.domain.principal import ANONYMOUS, KeyInfo, Principal
 from jobpulse_server.services.ratelimit import RateLimiter
-from jobpulse_server.store import keys
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import KeysAndDeliveries, keys
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +39,19 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Checks each call's key and role, and applies the rate limits."""
 
-    def __init__(self, db: Database, limiter: RateLimiter, refresh_seconds: float = 2.0) -> None:
-        self.db = db
+    def __init__(self, txs: KeysAndDeliveries, limiter: RateLimiter, refresh_seconds: float = 2.0) -> None:
+        self.txs = txs
         self.limiter = limiter
         self.refresh_seconds = refresh_seconds
-        self._keys: dict[str, keys.KeyInfo] = {}
+        self._keys: dict[str, KeyInfo] = {}
 
     @property
     def open(self) -> bool:
         return not self._keys
 
     async def refresh(self) -> None:
-        async with self.db.read() as conn:
-            found = await keys.active_keys(conn)
+        async with self.txs.read() as tx:
+            found = await tx.active_keys()
         if bool(found) != bool(self._keys):
             log.warning(
                 "API keys %s: %s",

@@ -1,7 +1,7 @@
 """JobService use cases: create, read, list, cancel, retry, update, delete, stats.
 
-Inputs arrive validated for shape (validation.py); the rules that need the
-stored state live here. Every change runs in one ``Database.write()``.
+Inputs arrive validated for shape (api/validation.py); the rules that need the stored state live
+here. Reads go through the ``Store``; every change runs in one ``Transactions.write()``.
 """
 
 from __future__ import annotations

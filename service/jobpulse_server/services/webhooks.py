@@ -28,8 +28,7 @@ from jobpulse_server.domain.principal import Principal
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
-from jobpulse_server.store import webhooks as outbox_rows
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import KeysAndDeliveries
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -72,14 +71,14 @@ class Deliverer:
 
     def __init__(
         self,
-        db: Database,
+        txs: KeysAndDeliveries,
         hub: ChangeHub,
         config: Config,
         clock: Clock = now_us,
         poll_seconds: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self.db = db
+        self.txs = txs
         self.hub = hub
         self.config = config
         self.clock = clock
@@ -107,15 +106,14 @@ class Deliverer:
     async def deliver_due(self, http: httpx.AsyncClient) -> int:
         """One pass: claims up to BATCH due deliveries, sends them, records the outcomes."""
         now = self.clock()
-        async with self.db.write() as uow:
-            claimed = await outbox_rows.claim_due(uow, now, BATCH, _ATTEMPT_LEASE_US)
+        async with self.txs.write() as tx:
+            claimed = await tx.claim_due_deliveries(now, BATCH, _ATTEMPT_LEASE_US)
         due = [(d, secret or self.config.webhook_secret) for d, secret in claimed]
         if not due:
             return 0
         outcomes = await asyncio.gather(*(self._post(http, d, secret) for d, secret in due))
-        async with self.db.write() as uow:
-            await outbox_rows.record(
-                uow,
+        async with self.txs.write() as tx:
+            await tx.record_deliveries(
                 [
                     (delivery.id, self._outcome(delivery, status, error))
                     for (delivery, _), (status, error) in zip(due, outcomes, strict=True)
@@ -169,23 +167,22 @@ class Deliverer:
 class WebhookService:
     """What callers may do with their jobs' deliveries: list them, and send one again."""
 
-    def __init__(self, db: Database, clock: Clock = now_us) -> None:
-        self.db = db
+    def __init__(self, txs: KeysAndDeliveries, clock: Clock = now_us) -> None:
+        self.txs = txs
         self.clock = clock
 
     async def list_deliveries(self, who: Principal, job_id: str) -> list[Delivery]:
         """The job's deliveries, newest first (1,000 at most)."""
-        async with self.db.read() as conn:
-            found = await outbox_rows.for_job(conn, job_id, who.owner_filter, 1000)
+        async with self.txs.read() as tx:
+            found = await tx.deliveries_for_job(job_id, who.owner_filter, 1000)
         if found is None:
             raise JobNotFound(job_id)
         return found
 
     async def redeliver(self, who: Principal, delivery_id: str) -> Delivery:
         """Makes the delivery due now, whatever its state."""
-        async with self.db.write() as uow:
-            delivery = await outbox_rows.requeue(uow, delivery_id, who.owner_filter, self.clock())
+        async with self.txs.write() as tx:
+            delivery = await tx.requeue_delivery(delivery_id, who.owner_filter, self.clock())
             if delivery is None:
                 raise DeliveryNotFound(delivery_id)
-            uow.changes.webhooks = True
         return delivery

@@ -28,7 +28,9 @@ from typing import Any, Protocol, TypeVar
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.webhooks import Delivery
 
 T = TypeVar("T")
 
@@ -239,12 +241,52 @@ class JobsTx(Protocol):
         ...
 
 
+class KeysAndDeliveriesTx(Protocol):
+    """API keys and the webhook outbox, in one transaction or snapshot."""
+
+    changes: Changes
+
+    async def active_keys(self) -> dict[str, KeyInfo]:
+        """Keys not revoked, by the hash of the key."""
+        ...
+
+    async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
+        """The job's deliveries, newest first; None when there is no such job (of ``owner``'s)."""
+        ...
+
+    async def requeue_delivery(self, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
+        """Makes a delivery due at ``now``; None when there is no such delivery (of ``owner``'s)."""
+        ...
+
+    async def claim_due_deliveries(
+        self, now: int, limit: int, hold_us: int
+    ) -> list[tuple[Delivery, str | None]]:
+        """Up to ``limit`` due deliveries with their owner's webhook secret, held for ``hold_us``."""
+        ...
+
+    async def record_deliveries(self, outcomes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Writes the outcome of each attempt: (delivery id, the columns to set)."""
+        ...
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
+        """(deliveries pending, create time of the oldest one that is due)."""
+        ...
+
+
 class Transactions(Protocol):
     """Opens ``JobsTx`` units of work."""
 
     def read(self) -> AbstractAsyncContextManager[JobsTx]: ...
 
     def write(self) -> AbstractAsyncContextManager[JobsTx]: ...
+
+
+class KeysAndDeliveries(Protocol):
+    """Opens ``KeysAndDeliveriesTx`` units of work."""
+
+    def read(self) -> AbstractAsyncContextManager[KeysAndDeliveriesTx]: ...
+
+    def write(self) -> AbstractAsyncContextManager[KeysAndDeliveriesTx]: ...
 
 
 def chunk_job_id(chunk_id: str) -> str:

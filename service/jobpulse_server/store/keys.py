@@ -5,29 +5,17 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.clock import now_us
+from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.tables import api_keys
 
 ROLES = ("client", "worker", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """What the server knows of a key (never the key itself)."""
-
-    name: str
-    role: str
-    prefix: str
-    create_time: int
-    revoke_time: int | None = None
-    webhook_url: str = ""
 
 
 def hash_key(key: str) -> str:

@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, ChunkState, Job
+from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
-from jobpulse_server.store import RequestIdTaken
+from jobpulse_server.domain.webhooks import Delivery
+from jobpulse_server.store import RequestIdTaken, keys
 from jobpulse_server.store import repository as repo
 from jobpulse_server.store import webhooks as outbox_rows
 from jobpulse_server.store.engine import Database
@@ -90,6 +92,54 @@ class SqlJobsTx:
         self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
     ) -> tuple[list[FeedEntry], bool]:
         return await repo.changed_jobs(self.conn, f, after, horizon, limit)
+
+
+class SqlKeysAndDeliveriesTx:
+    """The operations of one transaction on keys and deliveries (see ``KeysAndDeliveriesTx``)."""
+
+    def __init__(self, conn: AsyncConnection, changes: Changes) -> None:
+        self.conn = conn
+        self.changes = changes
+
+    async def active_keys(self) -> dict[str, KeyInfo]:
+        return await keys.active_keys(self.conn)
+
+    async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
+        return await outbox_rows.for_job(self.conn, job_id, owner, limit)
+
+    async def requeue_delivery(self, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
+        found = await outbox_rows.requeue(self.conn, delivery_id, owner, now)
+        if found is not None:
+            self.changes.webhooks = True
+        return found
+
+    async def claim_due_deliveries(
+        self, now: int, limit: int, hold_us: int
+    ) -> list[tuple[Delivery, str | None]]:
+        return await outbox_rows.claim_due(self.conn, now, limit, hold_us)
+
+    async def record_deliveries(self, outcomes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        await outbox_rows.record(self.conn, outcomes)
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
+        return await outbox_rows.backlog(self.conn, now)
+
+
+class SqlKeysAndDeliveries:
+    """Opens ``SqlKeysAndDeliveriesTx`` units of work on the ``Database``'s engine."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqlKeysAndDeliveriesTx]:
+        async with self.db.read() as conn:
+            yield SqlKeysAndDeliveriesTx(conn, Changes())
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[SqlKeysAndDeliveriesTx]:
+        async with self.db.write() as uow:
+            yield SqlKeysAndDeliveriesTx(uow.conn, uow.changes)
 
 
 class SqlTransactions:

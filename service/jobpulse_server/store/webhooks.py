@@ -10,7 +10,6 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.webhooks import PENDING, Delivery
-from jobpulse_server.store.engine import UnitOfWork
 from jobpulse_server.store.tables import api_keys, jobs, webhook_deliveries
 
 
@@ -24,7 +23,9 @@ async def add(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     await conn.execute(insert(webhook_deliveries), list(rows))
 
 
-async def claim_due(uow: UnitOfWork, now: int, limit: int, hold_us: int) -> list[tuple[Delivery, str | None]]:
+async def claim_due(
+    conn: AsyncConnection, now: int, limit: int, hold_us: int
+) -> list[tuple[Delivery, str | None]]:
     """Up to ``limit`` deliveries due at ``now``, oldest first, each with its owner's webhook secret
     (None for owners without a key); holds them for ``hold_us`` so no other replica sends them
     meanwhile. Rows another transaction holds are skipped on PostgreSQL."""
@@ -35,12 +36,12 @@ async def claim_due(uow: UnitOfWork, now: int, limit: int, hold_us: int) -> list
         .order_by(webhook_deliveries.c.next_attempt_time)
         .limit(limit)
     )
-    if uow.dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True, of=webhook_deliveries)
-    rows = (await uow.conn.execute(q)).all()
+    rows = (await conn.execute(q)).all()
     due = [(_delivery(r), r._mapping["webhook_secret"]) for r in rows]
     if due:
-        await uow.conn.execute(
+        await conn.execute(
             update(webhook_deliveries)
             .where(webhook_deliveries.c.id.in_([d.id for d, _ in due]))
             .values(next_attempt_time=now + hold_us)
@@ -48,10 +49,10 @@ async def claim_due(uow: UnitOfWork, now: int, limit: int, hold_us: int) -> list
     return due
 
 
-async def record(uow: UnitOfWork, outcomes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+async def record(conn: AsyncConnection, outcomes: Sequence[tuple[str, dict[str, Any]]]) -> None:
     """Writes each delivery's outcome (delivery id, the columns to set)."""
     for delivery_id, values in outcomes:
-        await uow.conn.execute(
+        await conn.execute(
             update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values)
         )
 
@@ -74,15 +75,15 @@ async def for_job(conn: AsyncConnection, job_id: str, owner: str | None, limit: 
     return [_delivery(r) for r in rows]
 
 
-async def requeue(uow: UnitOfWork, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
+async def requeue(conn: AsyncConnection, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
     """Makes a delivery due again at ``now``; None when it does not exist (or is not ``owner``'s)."""
     q = select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
     if owner is not None:
         q = q.where(webhook_deliveries.c.owner == owner)
-    row = (await uow.conn.execute(q)).first()
+    row = (await conn.execute(q)).first()
     if row is None:
         return None
-    await uow.conn.execute(
+    await conn.execute(
         update(webhook_deliveries)
         .where(webhook_deliveries.c.id == delivery_id)
         .values(state=PENDING, next_attempt_time=now)
