@@ -12,12 +12,10 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import TextIO
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import (
     admin_service_pb2_grpc,
@@ -34,11 +32,10 @@ from jobpulse_server.api.reflection import DocumentedReflectionServicer
 from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
-from jobpulse_server.domain.model import JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.events.pg_listener import Listener
-from jobpulse_server.health import SERVICE_NAMES, ServerHealth
-from jobpulse_server.observability import JsonFormatter, LogWriter, Metrics, Observer, log_off_the_loop
+from jobpulse_server.health import SERVICE_NAMES, ServerHealth, job_gauges
+from jobpulse_server.observability import Metrics, Observer
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
@@ -46,8 +43,8 @@ from jobpulse_server.services.ratelimit import RateLimiter
 from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService
 from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.store import Store
-from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
 from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
@@ -82,19 +79,6 @@ class App:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
-    async def count_jobs(self) -> None:
-        """Refreshes the jobs-by-state gauge every few seconds (for /metrics)."""
-        while not self._stop_background.is_set():
-            try:
-                async with self.db.read() as conn:
-                    counts = await repo.count_by_state(conn)
-                for state in JobState:
-                    self.metrics.jobs.labels(state.name).set(counts.get(state, 0))
-            except Exception:
-                log.debug("could not count jobs for metrics", exc_info=True)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop_background.wait(), timeout=5.0)
-
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Drains: stops taking calls, gives in-flight ones ``drain_seconds``, ends streams
         with UNAVAILABLE, then closes the database."""
@@ -110,24 +94,6 @@ class App:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.store.close()
         await self.db.close()
-
-
-def _tls_credentials(config: Config) -> grpc.ServerCredentials:
-    if not (config.tls_cert and config.tls_key):
-        raise ValueError("TLS needs both --tls-cert and --tls-key")
-    with open(config.tls_key, "rb") as key, open(config.tls_cert, "rb") as cert:
-        return grpc.ssl_server_credentials([(key.read(), cert.read())])
-
-
-def open_mode_problem(config: Config, keys_exist: bool) -> str | None:
-    """Why the server must not start without keys here, or None."""
-    if keys_exist or config.insecure or is_loopback(config.host):
-        return None
-    return (
-        f"refusing to serve {config.host} with no API keys: anyone who can reach it could do anything. "
-        "Create a key (jobpulse keys create --database-url URL --name NAME --role admin), "
-        "listen on 127.0.0.1, or pass --insecure"
-    )
 
 
 async def create_server(config: Config, *, clock: Clock = now_us) -> App:
@@ -211,7 +177,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     try:
         address = f"{config.host}:{config.port}"
         if config.tls_cert or config.tls_key:
-            port = server.add_secure_port(address, _tls_credentials(config))
+            port = server.add_secure_port(address, tls_credentials(config))
         else:
             port = server.add_insecure_port(address)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -236,7 +202,9 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     )
     if config.metrics_port >= 0:
         app.metrics_port = metrics.serve(config.host, config.metrics_port)
-        app._background.append(asyncio.create_task(app.count_jobs(), name="jobpulse-job-gauges"))
+        app._background.append(
+            asyncio.create_task(job_gauges(db, metrics, app._stop_background), name="jobpulse-job-gauges")
+        )
     app._background.append(
         asyncio.create_task(workers.run_sweeper(app._stop_background), name="jobpulse-sweeper")
     )
@@ -267,7 +235,7 @@ async def serve(config: Config) -> int:
         "jobpulse serving on %s%s (database %s)",
         app.address,
         " with TLS" if config.tls_cert else "",
-        _safe_url(config.database_url),
+        safe_url(config.database_url),
     )
     if app.auth.open:
         log.warning(
@@ -283,28 +251,6 @@ async def serve(config: Config) -> int:
     await app.stop()
     log.info("stopped")
     return 0
-
-
-def _safe_url(url: str) -> str:
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<invalid url>"
-
-
-def configure_logging(config: Config, stream: TextIO | None = None) -> LogWriter:
-    """The server's logging: ``config``'s level and format, to ``stream`` (default stderr).
-    Records are formatted and written on a thread of their own (at INFO, one access-log line per
-    call); returns that thread's writer (stop it to flush)."""
-    handler = logging.StreamHandler(stream)
-    if config.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    listener = log_off_the_loop(handler, getattr(logging, config.log_level.upper(), logging.INFO))
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return listener
 
 
 def run(config: Config) -> int:

@@ -4,6 +4,7 @@ report behind AdminService.GetServerHealth."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -15,8 +16,11 @@ from sqlalchemy.engine import make_url
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
+from jobpulse_server.domain.model import JobState
 from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.observability import Metrics
 from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database, current_schema_version
 from jobpulse_server.store.webhooks import backlog as outbox_backlog
 
@@ -125,3 +129,17 @@ class ServerHealth:
 
 def _schema_version(sync_conn: Any) -> str:
     return current_schema_version(sync_conn) or ""
+
+
+async def job_gauges(db: Database, metrics: Metrics, stop: asyncio.Event, every: float = 5.0) -> None:
+    """Refreshes the jobs-by-state gauge every ``every`` seconds until ``stop`` is set (for /metrics)."""
+    while not stop.is_set():
+        try:
+            async with db.read() as conn:
+                counts = await repo.count_by_state(conn)
+            for state in JobState:
+                metrics.jobs.labels(state.name).set(counts.get(state, 0))
+        except Exception:
+            log.debug("could not count jobs for metrics", exc_info=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

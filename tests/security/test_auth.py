@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.app import open_mode_problem
 from jobpulse_server.config import Config
+from jobpulse_server.startup import open_mode_problem
 from jobpulse_server.store import keys
 
 
