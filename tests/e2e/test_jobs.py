@@ -388,6 +388,21 @@ def test_retry_cancelled_job_puts_cancelled_chunks_back(client: jobpulse.Client)
     assert client.get_job(job.id).state == job_pb2.JOB_STATE_COMPLETED
 
 
+def test_a_retried_job_runs_at_the_priority_it_was_given_while_finished(client: jobpulse.Client) -> None:
+    # Both at priority 5; the earlier job wins a tie. The later one is cancelled, raised to 9 while
+    # CANCELLED, then retried: its chunks come back at 9 and are claimed first.
+    earlier = client.create_job("prio-retry", 1, priority=5)
+    later = client.create_job("prio-retry", 1, priority=5)
+    client.cancel_job(later.id)
+    client.update_job(later.id, priority=9)
+    client.retry_job(later.id)
+
+    first = claim_one(client, "prio-retry")
+
+    assert first.chunk.job_id == later.id
+    assert claim_one(client, "prio-retry").chunk.job_id == earlier.id
+
+
 def test_retry_of_a_job_that_is_not_failed_or_cancelled_is_refused(client: jobpulse.Client) -> None:
     pending = client.create_job("pending", 2, chunk_size=1)
     running = client.create_job("running", 2, chunk_size=1)

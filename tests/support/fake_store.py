@@ -1,4 +1,5 @@
-"""An in-memory ``Store`` with SqliteStore's observable semantics, for testing services without a database.
+"""An in-memory ``Store`` with SqliteStore's observable semantics, and the ``Transactions`` of the
+paths that are not hot over the same tables, for testing services without a database.
 
 What it mirrors (``store/sqlite.py``, ``store/sql.py``, ``store/rows.py``, ``store/engine.py``):
 
@@ -22,15 +23,37 @@ What it mirrors (``store/sqlite.py``, ``store/sql.py``, ``store/rows.py``, ``sto
   replaces them rather than changing them in place (stored rows are never mutated).
 * The one-statement operations decline (``GeneralPathsOnly``), as SqliteStore's do.
 
+``FakeTransactions(store)`` is ``transactions.SqlTransactions`` (on SQLite) over the store's tables,
+statement for statement as ``store/repository.py`` has them:
+
+* ``write()`` is a transaction of the store's: it queues on the same lock, works on a copy that
+  replaces the tables only when the ``async with`` body completes, and publishes through the same
+  path after the commit (an exception rolls back and publishes nothing). ``read()`` sees the tables
+  as they were when it began; its writes are refused (``ReadOnlyTransaction``; SQLite would run
+  them, but no service writes in a read).
+* The store's saves and the transactions share one change_seq sequence: ``insert_job`` and
+  ``save_job`` give the job the next one, ``delete_job`` gives it to the job's tombstone (the
+  columns the feed filters on; ``tombstones``) and removes the job, its chunks and its artifacts
+  (not its outbox rows). ``change_horizon`` is one past the largest; ``changed_jobs`` returns jobs
+  and tombstones after a (change_seq, id) position, and never "changes beyond the horizon", as on
+  SQLite.
+* ``insert_job`` raises ``RequestIdTaken`` when the owner has a job with that request_id (or, as
+  ``SqlJobsTx`` does for any integrity error, when the job's id is taken and it has a request_id).
+* ``cancel_pending_chunks``, ``reset_for_retry``, ``set_pending_priority`` and ``save_chunks`` set
+  exactly the columns their UPDATEs set; ``job_stats`` groups by (kind, state) and takes
+  nearest-rank duration percentiles as ``repository.job_stats`` does (exact, not approximated).
+* ``fail_next_save`` also fails the next ``save_job`` or ``save_chunks``.
+
 Seed data with ``add_job`` (``new_job`` builds a job and its chunks as JobService.create_job
 does); inspect committed state with ``job``, ``chunk``, ``chunks_of``, ``artifacts_of``,
-``outbox_rows`` and ``published``.
+``outbox_rows``, ``tombstones``, ``job_ids`` and ``published``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,10 +69,12 @@ from jobpulse_server.domain.model import (
     Chunk,
     ChunkState,
     Job,
+    JobState,
     Summary,
     split_items,
 )
-from jobpulse_server.store import GeneralPathsOnly, TwoStepLocks, WriteTx
+from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.store import GeneralPathsOnly, RequestIdTaken, TwoStepLocks, WriteTx
 from jobpulse_server.store.repository import ORDERS
 from jobpulse_server.store.rows import CHUNK_SAVED
 from jobpulse_server.store.sql import OUTBOX_COLUMNS
@@ -58,6 +83,26 @@ T = TypeVar("T")
 
 # Job attributes behind the sort columns of ListJobs (repository.ORDERS names columns).
 _SORT_ATTRS = {"id": "id", "priority": "priority", "update_time": "update_time"}
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A job_tombstones row: the deleted job's columns the feed filters on, and the delete's change_seq."""
+
+    id: str
+    owner: str
+    display_name: str
+    kind: str
+    state: JobState
+    priority: int
+    labels: dict[str, str]
+    create_time: int
+    delete_time: int
+    change_seq: int
+
+
+class ReadOnlyTransaction(Exception):
+    """A write in ``FakeTransactions.read()``."""
 
 
 @dataclass
@@ -70,12 +115,60 @@ class _Tables:
     # (job id, artifact) in insertion order, which stands for the artifacts' autoincrement id.
     artifacts: list[tuple[str, Artifact]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
-    # The largest change_seq handed out.
+    tombstones: dict[str, Tombstone] = field(default_factory=dict)
+    # The largest change_seq handed out, to a job or to a tombstone.
     seq: int = 0
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
-        return _Tables(dict(self.jobs), dict(self.chunks), list(self.artifacts), list(self.outbox), self.seq)
+        return _Tables(
+            dict(self.jobs),
+            dict(self.chunks),
+            list(self.artifacts),
+            list(self.outbox),
+            dict(self.tombstones),
+            self.seq,
+        )
+
+    def next_seq(self) -> int:
+        """The change_seq of a change made now (SQLite: one more than the largest handed out)."""
+        self.seq += 1
+        return self.seq
+
+    def save_job(self, job: Job) -> None:
+        """An UPDATE of every job column but id and change_seq, which takes the next change_seq; a
+        job that does not exist is left alone (and takes none)."""
+        if job.id in self.jobs:
+            row = _job_row(job)
+            row.change_seq = self.next_seq()
+            self.jobs[job.id] = row
+        job.bumped = False
+
+    def save_chunks(self, chunks: Iterable[Chunk]) -> None:
+        """UPDATEs of the chunk columns of ``rows.CHUNK_SAVED``; missing chunks are left alone."""
+        for c in chunks:
+            stored = self.chunks.get(c.id)
+            if stored is None:
+                continue
+            new = copy.deepcopy(stored)
+            for name in CHUNK_SAVED:
+                setattr(new, name, getattr(c, name))
+            self.chunks[c.id] = new
+
+    def update_chunks(
+        self, job_id: str, states: Iterable[ChunkState], **values: Any
+    ) -> dict[ChunkState, int]:
+        """``UPDATE chunks SET values WHERE job_id = ? AND state IN states``; how many per state."""
+        wanted = set(states)
+        moved: dict[ChunkState, int] = {}
+        for c in list(self.chunks.values()):
+            if c.job_id == job_id and c.state in wanted:
+                moved[c.state] = moved.get(c.state, 0) + 1
+                self.chunks[c.id] = dataclasses.replace(c, **values)
+        return moved
+
+    def add_outbox(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.outbox += [{c: r[c] for c in OUTBOX_COLUMNS} for r in rows]
 
 
 def _job_row(job: Job) -> Job:
@@ -93,8 +186,8 @@ def _chunk_row(chunk: Chunk) -> Chunk:
     return out
 
 
-def _matches(job: Job, f: JobFilter) -> bool:
-    """``sql.job_filter`` in Python."""
+def _matches(job: Job | Tombstone, f: JobFilter) -> bool:
+    """``sql.job_filter`` in Python (``repository._filter_clauses`` on tombstones, too)."""
     if f.owner is not None and job.owner != f.owner:
         return False
     if f.states and job.state not in f.states:
@@ -247,27 +340,15 @@ class FakeWrite(FakeRead, TwoStepLocks):
         if fault is not None:
             raise fault
         t = self.tables
-        for c in chunks:
-            stored = t.chunks.get(c.id)
-            if stored is None:
-                continue
-            new = copy.deepcopy(stored)
-            for name in CHUNK_SAVED:
-                setattr(new, name, getattr(c, name))
-            t.chunks[c.id] = new
+        t.save_chunks(chunks)
         for job in jobs:
-            if job.id in t.jobs:
-                t.seq += 1
-                row = _job_row(job)
-                row.change_seq = t.seq
-                t.jobs[job.id] = row
-            job.bumped = False
+            t.save_job(job)
             self.changes.jobs[job.id] = max(job.revision, self.changes.jobs.get(job.id, 0))
         if self._artifacts:
             t.artifacts += self._artifacts
             self._artifacts = []
         if self._outbox:
-            t.outbox += self._outbox
+            t.add_outbox(self._outbox)
             self._outbox = []
             self.changes.webhooks = True
 
@@ -357,18 +438,26 @@ class FakeStore(GeneralPathsOnly):
         yield FakeRead(self._tables)
 
     async def write(self, body: Callable[[WriteTx], Awaitable[T]]) -> T:
+        async with self._transaction() as (work, changes):
+            result = await body(FakeWrite(work, changes, self._take_fault))
+        return result
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[tuple[_Tables, Changes]]:
+        """One write transaction (``write`` and ``FakeTransactions.write``): queues on the write
+        lock, hands out a copy of the tables and the Changes to fill, swaps the copy in when the
+        block completes and then publishes; an exception (or cancellation) rolls back."""
         changes = Changes()
         async with self._write_lock:
             work = self._tables.fork()
             try:
-                result = await body(FakeWrite(work, changes, self._take_fault))
+                yield work, changes
             except BaseException:
                 self.rollbacks += 1
                 raise
             self._tables = work
             self.commits += 1
         self._publish(changes)
-        return result
 
     def _take_fault(self) -> BaseException | None:
         fault, self.fail_next_save = self.fail_next_save, None
@@ -398,9 +487,8 @@ class FakeStore(GeneralPathsOnly):
             if c.job_id != job.id or c.id != ids.chunk_id(job.id, c.index) or c.id in tables.chunks:
                 raise ValueError(f"chunk {c.id} does not belong to job {job.id}, or exists")
             tables.chunks[c.id] = _chunk_row(c)
-        tables.seq += 1
         row = _job_row(job)
-        row.change_seq = tables.seq
+        row.change_seq = tables.next_seq()
         tables.jobs[job.id] = row
         self._tables = tables
         if publish:
@@ -426,3 +514,243 @@ class FakeStore(GeneralPathsOnly):
     def outbox_rows(self) -> list[dict[str, Any]]:
         """The committed webhook_deliveries rows, in insertion order."""
         return [dict(r) for r in self._tables.outbox]
+
+    @property
+    def tombstones(self) -> list[Tombstone]:
+        """The committed job_tombstones rows, in change order."""
+        return sorted(self._tables.tombstones.values(), key=lambda t: t.change_seq)
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The ids of the committed jobs, sorted."""
+        return sorted(self._tables.jobs)
+
+
+# --- the paths that are not hot: FakeTransactions -----------------------------------------------
+
+# How many overdue cancels one sweep takes (repository.overdue_cancels' limit).
+_OVERDUE_LIMIT = 100
+
+
+class FakeJobsTx:
+    """One ``JobsTx`` over the fake's tables (see ``transactions.SqlJobsTx``): a write transaction's
+    private copy, or a read's snapshot, whose writes raise ``ReadOnlyTransaction``."""
+
+    def __init__(
+        self,
+        tables: _Tables,
+        changes: Changes,
+        *,
+        writable: bool,
+        fault: Callable[[], BaseException | None] = lambda: None,
+    ) -> None:
+        self.tables = tables
+        self.changes = changes
+        self._writable = writable
+        self._fault = fault
+        self._reads = FakeRead(tables)
+
+    def _writing(self, what: str) -> _Tables:
+        if not self._writable:
+            raise ReadOnlyTransaction(f"{what} in a read transaction")
+        return self.tables
+
+    def _saving(self, what: str) -> _Tables:
+        tables = self._writing(what)
+        fault = self._fault()
+        if fault is not None:
+            raise fault
+        return tables
+
+    def changed(self, job_id: str, revision: int) -> None:
+        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
+
+    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
+        for job in self.tables.jobs.values():
+            if job.owner == owner and job.request_id == request_id:
+                return _job_row(job)
+        return None
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
+        t = self._writing("insert_job")
+        # ux_jobs_owner_request_id (NULL request ids never clash), then the primary keys: SqlJobsTx
+        # reports any integrity error of a job with a request_id as RequestIdTaken.
+        if job.request_id is not None and any(
+            j.owner == job.owner and j.request_id == job.request_id for j in t.jobs.values()
+        ):
+            raise RequestIdTaken(job.request_id)
+        if job.id in t.jobs or any(c.id in t.chunks for c in chunks):
+            if job.request_id:
+                raise RequestIdTaken(job.request_id)
+            raise ValueError(f"job {job.id} or one of its chunks exists")
+        row = _job_row(job)
+        row.change_seq = t.next_seq()
+        t.jobs[job.id] = row
+        for c in chunks:
+            t.chunks[c.id] = _chunk_row(c)
+        self.changed(job.id, job.revision)
+
+    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
+        # for_update locks nothing here: writers run one at a time, as on SQLite.
+        return await self._reads.get_job(job_id, owner)
+
+    async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
+        t = self._saving("save_job")
+        t.save_job(job)
+        self.changed(job.id, job.revision)
+        if outbox:
+            t.add_outbox(outbox)
+            self.changes.webhooks = True
+
+    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
+        t = self._writing("cancel_pending_chunks")
+        moved = t.update_chunks(
+            job_id,
+            [ChunkState.PENDING],
+            state=ChunkState.CANCELLED,
+            revision=revision,
+            end_time=now,
+            next_attempt_time=None,
+        )
+        return sum(moved.values())
+
+    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
+        t = self._writing("reset_for_retry")
+        retryable = (ChunkState.FAILED, ChunkState.CANCELLED)
+        items = sum(c.items_done for c in t.chunks.values() if c.job_id == job_id and c.state in retryable)
+        moved = t.update_chunks(
+            job_id,
+            retryable,
+            state=ChunkState.PENDING,
+            attempt=0,
+            items_done=0,
+            error_reason="",
+            error_message="",
+            worker_id="",
+            lease_token=None,
+            lease_expire_time=None,
+            next_attempt_time=None,
+            start_time=None,
+            end_time=None,
+            revision=revision,
+            priority=priority,
+        )
+        return moved.get(ChunkState.FAILED, 0), moved.get(ChunkState.CANCELLED, 0), items
+
+    async def set_pending_priority(self, job_id: str, priority: int) -> None:
+        self._writing("set_pending_priority").update_chunks(job_id, [ChunkState.PENDING], priority=priority)
+
+    async def delete_job(self, job_id: str, now: int) -> None:
+        t = self._writing("delete_job")
+        job = t.jobs.get(job_id)
+        if job is not None:
+            if job_id in t.tombstones:
+                raise ValueError(f"job {job_id} has a tombstone already (its primary key)")
+            t.tombstones[job_id] = Tombstone(
+                id=job.id,
+                owner=job.owner,
+                display_name=job.display_name,
+                kind=job.kind,
+                state=job.state,
+                priority=job.priority,
+                labels=dict(job.labels),
+                create_time=job.create_time,
+                delete_time=now,
+                change_seq=t.next_seq(),
+            )
+            t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
+            t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
+            del t.jobs[job_id]
+        self.changes.deleted.add(job_id)
+
+    async def overdue_cancels(self, cancel_before: int) -> list[str]:
+        # The SQL has no ORDER BY; id order here.
+        return sorted(
+            j.id
+            for j in self.tables.jobs.values()
+            if j.state == JobState.CANCELLING and j.cancel_time is not None and j.cancel_time < cancel_before
+        )[:_OVERDUE_LIMIT]
+
+    async def processing_chunks(self, job_id: str) -> list[Chunk]:
+        return await self._reads.list_chunks(job_id, states=[ChunkState.PROCESSING])
+
+    async def save_chunks(self, chunks: Sequence[Chunk]) -> None:
+        self._saving("save_chunks").save_chunks(chunks)
+
+    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+        """``repository.job_stats``: per (kind, state) group the count, items done, the earliest
+        start and the latest update, summed into one row per kind and one overall (a group's latest
+        update counts only when one of its jobs started, as there); then the nearest-rank p50 / p95
+        / p99 / max of end_time - create_time over the finished jobs. Exact, not approximated."""
+        matching = [j for j in self.tables.jobs.values() if _matches(j, f)]
+        groups: dict[tuple[str, JobState], list[Job]] = {}
+        for job in matching:
+            groups.setdefault((job.kind, job.state), []).append(job)
+        per_kind: dict[str, StatsRow] = {}
+        overall = StatsRow("", 0, {}, 0, {})
+        for (kind, state), members in groups.items():
+            starts = [j.start_time for j in members if j.start_time is not None]
+            first_start = min(starts) if starts else None
+            last_update = max(j.update_time for j in members)
+            row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
+            for target in (row, overall):
+                target.total += len(members)
+                target.by_state[state] = target.by_state.get(state, 0) + len(members)
+                target.items_done += sum(j.items_done for j in members)
+                if first_start is not None:
+                    target.first_start = min(filter(None, (target.first_start, first_start)))
+                    target.last_update = max(target.last_update or 0, last_update)
+        overall.durations = _durations(matching)
+        for kind, row in per_kind.items():
+            row.durations = _durations([j for j in matching if j.kind == kind])
+        return overall, [per_kind[k] for k in sorted(per_kind)]
+
+    async def change_horizon(self) -> int:
+        return self.tables.seq + 1
+
+    async def changed_jobs(
+        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+    ) -> tuple[list[FeedEntry], bool]:
+        def wanted(row: Job | Tombstone) -> bool:
+            return _matches(row, f) and (row.change_seq, row.id) > tuple(after) and row.change_seq < horizon
+
+        def first(rows: Iterable[Job | Tombstone]) -> list[Any]:
+            return sorted((r for r in rows if wanted(r)), key=lambda r: (r.change_seq, r.id))[:limit]
+
+        found = [FeedEntry(j.change_seq, j.id, _job_row(j)) for j in first(self.tables.jobs.values())]
+        found += [FeedEntry(t.change_seq, t.id, None) for t in first(self.tables.tombstones.values())]
+        found.sort(key=lambda e: (e.change_seq, e.job_id))
+        # One writer at a time: nothing committed lies beyond the horizon (as on SQLite).
+        return found[:limit], False
+
+
+def _durations(jobs: Iterable[Job]) -> dict[str, int | None]:
+    """Nearest-rank percentiles of the finished jobs' end_time - create_time (repository._durations)."""
+    spans = sorted(j.end_time - j.create_time for j in jobs if j.end_time is not None)
+    out: dict[str, int | None] = {"p50": None, "p95": None, "p99": None, "max": None}
+    n = len(spans)
+    if n == 0:
+        return out
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
+        x = q * n
+        rank = min(n, max(1, int(x) if int(x) == x else int(x) + 1))  # the ceil(q*n)-th smallest
+        out[name] = spans[rank - 1]
+    return out
+
+
+class FakeTransactions:
+    """``Transactions`` over a FakeStore's tables (see the module docstring): writes made through
+    either are seen by both, under the same write lock, commit and publication."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[FakeJobsTx]:
+        # A snapshot: commits replace the tables rather than change them.
+        yield FakeJobsTx(self.store._tables, Changes(), writable=False)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[FakeJobsTx]:
+        async with self.store._transaction() as (work, changes):
+            yield FakeJobsTx(work, changes, writable=True, fault=self.store._take_fault)

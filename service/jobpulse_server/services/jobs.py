@@ -325,7 +325,7 @@ class JobService:
                 )
             now = self.clock()
             rev = job.touch(now)
-            failed, cancelled, items = await tx.reset_for_retry(job.id, rev)
+            failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority)
             job.summary.failed -= failed
             job.summary.cancelled -= cancelled
             job.summary.pending += failed + cancelled

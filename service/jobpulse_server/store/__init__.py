@@ -210,8 +210,9 @@ class JobsTx(Protocol):
         """Every PENDING chunk of the job to CANCELLED; returns how many."""
         ...
 
-    async def reset_for_retry(self, job_id: str, revision: int) -> tuple[int, int, int]:
-        """FAILED and CANCELLED chunks back to PENDING; (failed moved, cancelled moved, their items done)."""
+    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
+        """FAILED and CANCELLED chunks back to PENDING at ``priority``; (failed moved, cancelled moved,
+        their items done)."""
         ...
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None: ...

@@ -368,8 +368,10 @@ async def cancel_pending_chunks(conn: AsyncConnection, job_id: str, revision: in
     return int(result.rowcount or 0)
 
 
-async def reset_for_retry(conn: AsyncConnection, job_id: str, revision: int) -> tuple[int, int, int]:
-    """FAILED and CANCELLED chunks back to PENDING with fresh attempts.
+async def reset_for_retry(
+    conn: AsyncConnection, job_id: str, revision: int, priority: int
+) -> tuple[int, int, int]:
+    """FAILED and CANCELLED chunks back to PENDING with fresh attempts, at the job's ``priority``.
 
     Returns (failed moved, cancelled moved, items_done those chunks had).
     """
@@ -398,6 +400,7 @@ async def reset_for_retry(conn: AsyncConnection, job_id: str, revision: int) -> 
             start_time=None,
             end_time=None,
             revision=revision,
+            priority=priority,
         )
     )
     failed = counts.get(int(ChunkState.FAILED), (0, 0))

@@ -63,8 +63,8 @@ class SqlJobsTx:
     async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
         return await repo.cancel_pending_chunks(self.conn, job_id, revision, now)
 
-    async def reset_for_retry(self, job_id: str, revision: int) -> tuple[int, int, int]:
-        return await repo.reset_for_retry(self.conn, job_id, revision)
+    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
+        return await repo.reset_for_retry(self.conn, job_id, revision, priority)
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         await repo.set_pending_priority(self.conn, job_id, priority)
