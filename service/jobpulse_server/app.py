@@ -186,6 +186,9 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     await server.start()
 
+    deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
+    listener = Listener(db.url, hub, db.replica_id) if db.dialect == "postgresql" else None
+    metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port >= 0 else None
     app = App(
         config,
         server,
@@ -198,29 +201,25 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         server_health,
         authenticator,
         metrics,
+        metrics_port=metrics_port,
+        listener=listener,
+        deliverer=deliverer,
         _stop_background=stop_background,
     )
-    if config.metrics_port >= 0:
-        app.metrics_port = metrics.serve(config.host, config.metrics_port)
-        app._background.append(
-            asyncio.create_task(job_gauges(db, metrics, app._stop_background), name="jobpulse-job-gauges")
-        )
-    app._background.append(
-        asyncio.create_task(workers.run_sweeper(app._stop_background), name="jobpulse-sweeper")
-    )
-    app._background.append(asyncio.create_task(authenticator.run(app._stop_background), name="jobpulse-keys"))
-    app.deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
-    app._background.append(
-        asyncio.create_task(app.deliverer.run(app._stop_background), name="jobpulse-webhooks")
-    )
+    # The background tasks, each ending when stop_background is set (App.stop).
+    background = [
+        (workers.run_sweeper(stop_background), "jobpulse-sweeper"),
+        (authenticator.run(stop_background), "jobpulse-keys"),
+        (deliverer.run(stop_background), "jobpulse-webhooks"),
+        (server_health.watch_database(), "jobpulse-db-health"),
+    ]
+    if metrics_port is not None:
+        background.append((job_gauges(db, metrics, stop_background), "jobpulse-job-gauges"))
+    if listener is not None:
+        background.append((listener.run(stop_background), "jobpulse-listener"))
     await server_health.set_serving(True)
-    app._background.append(asyncio.create_task(server_health.watch_database(), name="jobpulse-db-health"))
+    app._background.extend(asyncio.create_task(coro, name=name) for coro, name in background)
     gc_tuning.tune(config.gc_threshold)
-    if db.dialect == "postgresql":
-        app.listener = Listener(db.url, hub, db.replica_id)
-        app._background.append(
-            asyncio.create_task(app.listener.run(app._stop_background), name="jobpulse-listener")
-        )
     return app
 
 

@@ -1,22 +1,20 @@
 """The one place where exceptions become gRPC statuses with google.rpc details.
 
 Domain errors carry a stable ErrorInfo reason (and BadRequest field violations
-for INVALID_ARGUMENT); a lost database is UNAVAILABLE with RetryInfo; anything
-else is INTERNAL with a generic message and a logged traceback, never a repr.
+for INVALID_ARGUMENT); a lost database (which the store recognises in its drivers'
+errors, store/errors.py) is UNAVAILABLE with RetryInfo; anything else is INTERNAL
+with a generic message and a logged traceback, never a repr.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy import exc as sa_exc
 
 from jobpulse_server.domain.errors import (
     ChunkNotFound,
@@ -37,6 +35,7 @@ from jobpulse_server.domain.errors import (
     Unauthenticated,
     WebhookSecretMissing,
 )
+from jobpulse_server.store.errors import database_error
 
 log = logging.getLogger(__name__)
 
@@ -108,46 +107,10 @@ def to_status(err: DomainError) -> grpc.Status:
 
 
 def translate(exc: BaseException) -> DomainError | None:
-    """Maps infrastructure exceptions to domain errors; None for unknown ones."""
+    """The domain error ``exc`` stands for; None for unknown ones (a bug: INTERNAL)."""
     if isinstance(exc, DomainError):
         return exc
-    if isinstance(exc, sa_exc.DBAPIError):
-        state = _sqlstate(exc)
-        if state in ("40001", "40P01"):
-            # Serialization failure or deadlock: nothing was committed; the call may be retried.
-            return DatabaseUnavailable("the database aborted the transaction under contention; retry")
-        if state[:2] in ("08", "53", "57") or state == "55000":
-            # Connection failures, too many connections, shutdown, or a database not accepting connections.
-            return DatabaseUnavailable("the database is unavailable; retry shortly")
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    ):
-        return DatabaseUnavailable("the database is unavailable; retry shortly")
-    if isinstance(exc, (ConnectionError, OSError)):
-        return DatabaseUnavailable("the database is unavailable; retry shortly")
-    return _translate_driver(exc)
-
-
-def _translate_driver(exc: BaseException) -> DomainError | None:
-    """The same mapping for errors of the drivers the store uses directly (sqlite3, asyncpg)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        # Locked beyond the wait, disk full or unreadable: nothing was committed.
-        return DatabaseUnavailable("the database is unavailable; retry shortly")
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if state in ("40001", "40P01"):
-            return DatabaseUnavailable("the database aborted the transaction under contention; retry")
-        if state[:2] in ("08", "53", "57") or state == "55000":
-            return DatabaseUnavailable("the database is unavailable; retry shortly")
-        return None
-    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError)):
-        return DatabaseUnavailable("the database is unavailable; retry shortly")
-    return None
-
-
-def _sqlstate(exc: sa_exc.DBAPIError) -> str:
-    orig = exc.orig
-    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    return database_error(exc)
 
 
 def status_for(exc: BaseException, method: str) -> grpc.Status:
