@@ -1,0 +1,889 @@
+"""The in-memory FakeStore against the real stores: the same seeded operations, the same results.
+
+For each database of the suite (SQLite; PostgreSQL when it answers, skipped or failed as the
+``database_url`` fixture decides) and a few seeds, a random but seeded sequence of service calls
+runs on two rigs built alike but for the store and the transactions: the real ones, wired as
+``app.create_server`` wires them (``Database(url, on_commit=...)``, ``open_store(db)``,
+``SqlTransactions(db)``), and ``FakeStore`` / ``FakeTransactions``. Both rigs read the same fake
+clock values. After every call its answer (or the type and text of its error), what it published
+to the change hub and the chunk counters must be equal, and so must every job as GetJob (FULL)
+shows it; at the end also the outbox rows, the tombstones, ListJobs under several filters and
+orders (every page), ListChunks, the WatchJobs feed and the stats.
+
+What is made equal on purpose, so that the comparison does not depend on randomness or on an
+order the SQL leaves open:
+
+* job ids (and webhook delivery ids, which come from the same generator) are a deterministic
+  sequence, restarted for each step at the same value on both rigs: ``ids.new_job_id`` is patched;
+* lease tokens stay random (on PostgreSQL the one-statement claim makes them in SQL): each rig
+  maps its tokens to handles (the n-th lease handed out), and results show handles, not tokens;
+* the retry jitter is reseeded for each step, the same way for both rigs;
+* ``expired_leases`` ties (chunks of one claim share their lease's end) have no defined order in
+  the SQL (``ORDER BY lease_expire_time``), and the sweep's outcome depends on it (which chunk
+  fails first sets the job's error_chunk_index, and draws which backoff); ``overdue_cancels`` has
+  no ORDER BY at all (SQLite walks ix_jobs_state_priority_id once the table has rows, the fake
+  goes by id), which decides the change_seq and delivery id each force-cancelled job gets. The
+  real stores' answers to both are put in the fake's order (job id, then chunk index).
+
+What is compared only where it is defined to be equal (see the fake's module docstring):
+
+* ``change_seq`` and the change horizon: on SQLite the fake hands out the same numbers (one more
+  than the largest); on PostgreSQL they are transaction ids, so there they are left out and the
+  WatchJobs feed is compared as a set of entries, not in change order;
+* a completion with claim_next on PostgreSQL is, by PgStore's contract, ``complete_one`` and then
+  a claim, each bumping the revision of the job it changes (see ``_complete_and_claim``); the
+  fake, like SqliteStore, does both in one transaction with one revision. There the fake runs
+  the two steps, and that call's publications are compared merged;
+* total_size is exact below ``sql.COUNT_EXACT_UP_TO`` jobs, far above what this test makes, so
+  it is compared; ``bumped`` is an in-memory flag of a copy and never leaves the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from support.fake_store import FakeStore, FakeTransactions
+
+from jobpulse_server.config import Config
+from jobpulse_server.domain import ids
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.domain.errors import JobNotFound
+from jobpulse_server.domain.filters import ORDERS, JobFilter
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.observability import Metrics
+from jobpulse_server.services import workers as workers_module
+from jobpulse_server.services.jobs import JobPage, JobService, NewJob
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
+from jobpulse_server.store import Store, Transactions, chunk_job_id
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.factory import open_store
+from jobpulse_server.store.portable import PortableStore
+from jobpulse_server.store.postgres import PgStore, PgWrite
+from jobpulse_server.store.sqlite import SqliteWrite
+from jobpulse_server.store.transactions import SqlJobsTx, SqlTransactions
+
+SEEDS = [11, 22, 33, 44, 55]
+STEPS = 100
+START = 1_700_000_000_000_000
+BOB = Principal("bob", sees_all=False, role="client")
+HOOK = "https://hooks.example/parity"
+MISSING_JOB = "0PAR" + "9" * 22  # a well-formed id no job has
+CHUNK_EVENTS = ("claimed", "completed", "cancelled", "failed", "retried", "rescued")
+
+
+class FakeClock:
+    """Time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def render(job: Job, now: int) -> dict[str, Any]:
+    """A webhook body's job: enough of it to tell the two rigs' events apart."""
+    return {
+        "id": job.id,
+        "state": job.state.name,
+        "revision": job.revision,
+        "items_done": job.items_done,
+        "summary": dataclasses.asdict(job.summary),
+        "error": [job.error_reason, job.error_chunk_index],
+        "now": now,
+    }
+
+
+@dataclass
+class Rig:
+    """The services over one store; ``db`` is None for the fake."""
+
+    name: str
+    store: Store
+    txs: Transactions
+    hub: ChangeHub
+    clock: FakeClock
+    metrics: Metrics
+    workers: WorkerService
+    jobs: JobService
+    db: Database | None = None
+    fake: FakeStore | None = None
+    published: list[Changes] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # handle -> this rig's lease token
+    handles: dict[str, int] = field(default_factory=dict)  # lease token -> handle
+
+    def token(self, handle: int) -> str:
+        return self.tokens[handle]
+
+    def register(self, token: str) -> int:
+        self.handles[token] = len(self.tokens)
+        self.tokens.append(token)
+        return self.handles[token]
+
+    def counters(self) -> dict[str, float]:
+        get = self.metrics.registry.get_sample_value
+        return {e: get("jobpulse_chunks_total", {"event": e}) or 0.0 for e in CHUNK_EVENTS}
+
+
+def _config() -> Config:
+    return Config(
+        retry_backoff=2.0,
+        retry_backoff_max=8.0,
+        cancel_deadline=30.0,
+        webhook_secret="parity-secret",
+        max_chunks_per_job=40,
+        watch_min_interval=0.0,
+    )
+
+
+def _services(name: str, store: Store, txs: Transactions, hub: ChangeHub, clock: FakeClock) -> Rig:
+    config = _config()
+    outbox = Outbox(render, 0)  # every save of a running job with webhook_progress makes an event
+    metrics = Metrics()
+    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
+    jobs = JobService(txs, store, outbox, config, clock)
+    return Rig(name, store, txs, hub, clock, metrics, workers, jobs)
+
+
+@asynccontextmanager
+async def real_rig(url: str, clock: FakeClock) -> AsyncIterator[Rig]:
+    """The real store, wired as create_server wires it."""
+    hub = ChangeHub()
+    published: list[Changes] = []
+
+    def on_commit(changes: Changes) -> None:
+        published.append(changes)
+        hub.publish(changes)
+
+    db = Database(url, on_commit=on_commit)
+    await db.start()
+    store = open_store(db)
+    await store.start()
+    try:
+        rig = _services(f"real/{db.dialect}/{type(store).__name__}", store, SqlTransactions(db), hub, clock)
+        rig.db, rig.published = db, published
+        yield rig
+    finally:
+        hub.close()
+        await store.close()
+        await db.close()
+
+
+@asynccontextmanager
+async def fake_rig(clock: FakeClock) -> AsyncIterator[Rig]:
+    hub = ChangeHub()
+    published: list[Changes] = []
+
+    def on_commit(changes: Changes) -> None:
+        published.append(changes)
+        hub.publish(changes)
+
+    store = FakeStore(on_commit=on_commit)
+    try:
+        rig = _services("fake", store, FakeTransactions(store), hub, clock)
+        rig.fake, rig.published = store, published
+        yield rig
+    finally:
+        hub.close()
+
+
+# --- what the two rigs must agree on ------------------------------------------------------------
+
+
+@dataclass
+class View:
+    """How results are turned into comparable values."""
+
+    exact_seq: bool  # change_seq and horizons are defined to be equal (SQLite)
+    # PostgreSQL: complete with claim_next is complete_one, then a claim (see _complete_and_claim).
+    two_step_complete_and_claim: bool = False
+
+    def job(self, job: Job) -> dict[str, Any]:
+        d = dataclasses.asdict(job)
+        d.pop("bumped")
+        if not self.exact_seq:
+            d.pop("change_seq")
+        return d
+
+    def chunk(self, rig: Rig, chunk: Chunk) -> dict[str, Any]:
+        d = dataclasses.asdict(chunk)
+        if chunk.lease_token is not None:
+            d["lease_token"] = rig.handles.get(chunk.lease_token, "<a token no claim handed out>")
+        return d
+
+    def page(self, rig: Rig, page: JobPage) -> dict[str, Any]:
+        return {
+            "job": self.job(page.job),
+            "chunks": None if page.chunks is None else [self.chunk(rig, c) for c in page.chunks],
+            "chunks_next_page_token": page.chunks_next_page_token,
+            "delta_after": page.delta_after,
+        }
+
+    def claims(self, rig: Rig, claims: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for c in claims:
+            handle = rig.register(c.lease_token)
+            out.append(
+                {
+                    "handle": handle,
+                    "chunk": self.chunk(rig, c.chunk),
+                    "job": self.job(c.job),
+                    "lease_expire_time": c.lease_expire_time,
+                }
+            )
+        return out
+
+
+def _changes(changes: Changes) -> dict[str, Any]:
+    return {
+        "jobs": dict(sorted(changes.jobs.items())),
+        "deleted": sorted(changes.deleted),
+        "new_work": changes.new_work,
+        "work_later": changes.work_later,
+        "webhooks": changes.webhooks,
+    }
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    return {
+        "error": type(exc).__name__,
+        "text": str(exc),
+        "metadata": getattr(exc, "metadata", None),
+    }
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two nested values first differ (for the failure message)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in a or k not in b:
+                return f"{path}.{k}: only in {'real' if k in a else 'fake'}"
+            d = _first_difference(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            d = _first_difference(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items (real) vs {len(b)} (fake)"
+        return None
+    return None if a == b else f"{path}: real {a!r} vs fake {b!r}"
+
+
+def assert_same(real: Any, fake: Any, where: str) -> None:
+    __tracebackhide__ = True
+    if real != fake:
+        diff = _first_difference(real, fake) or "(differ)"
+
+        def short(v: Any) -> str:
+            r = repr(v)
+            return r if len(r) <= 3000 else r[:3000] + " ..."
+
+        pytest.fail(
+            f"{where}:\nthe real store and the fake differ at {diff}\n"
+            f"real: {short(real)}\nfake: {short(fake)}",
+            pytrace=False,
+        )
+
+
+# --- the operations -----------------------------------------------------------------------------
+
+
+@dataclass
+class Driver:
+    """Picks the next operation from what the rigs agreed on so far (both got the same ids)."""
+
+    rng: random.Random
+    job_ids: list[str] = field(default_factory=list)
+    chunk_ids: list[str] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)  # handle -> chunk id
+    states: dict[str, JobState | None] = field(default_factory=dict)  # None: deleted
+    deadlines: list[int] = field(default_factory=list)  # lease ends, retry times, cancel deadlines
+    now: int = START
+
+    def job(self, *wanted: JobState) -> str:
+        """A job: mostly one in a ``wanted`` state (as the rigs agreed it is), else any, or none."""
+        if not self.job_ids or self.rng.random() < 0.05:
+            return MISSING_JOB
+        fitting = [j for j in self.job_ids if self.states.get(j) in wanted]
+        if fitting and self.rng.random() < 0.8:
+            return self.rng.choice(fitting)
+        recent = self.job_ids[-6:]
+        return self.rng.choice(recent if self.rng.random() < 0.6 else self.job_ids)
+
+    def who(self) -> Principal:
+        return BOB if self.rng.random() < 0.15 else ANONYMOUS
+
+    def lease(self) -> int | None:
+        """A handle: mostly a recent one (likely still held), sometimes any (likely stale)."""
+        if not self.leases:
+            return None
+        if self.rng.random() < 0.75:
+            return self.rng.randrange(max(0, len(self.leases) - 6), len(self.leases))
+        return self.rng.randrange(len(self.leases))
+
+    def artifacts(self) -> list[tuple[str, str, str, int]]:
+        n = self.rng.choice([0, 0, 1, 2])
+        return [
+            (f"out{i}", f"s3://bucket/{self.rng.randrange(1000)}", self.rng.choice(["", "text/csv"]), i * 7)
+            for i in range(n)
+        ]
+
+    def claim_ask(self) -> dict[str, Any]:
+        return {
+            "worker": f"w{self.rng.randrange(3)}",
+            "kinds": self.rng.choice([[], [], ["a"], ["b"], ["a", "b"]]),
+            "limit": self.rng.choice([1, 1, 2, 3, 5]),
+            "lease_us": self.rng.choice([5, 20, 600]) * 1_000_000,
+        }
+
+    def next(self) -> dict[str, Any]:
+        r = self.rng
+        kinds = [
+            ("create", 11),
+            ("claim", 14),
+            ("progress", 8),
+            ("complete", 12),
+            ("complete_and_claim", 6),
+            ("complete_many", 5),
+            ("fail", 10),
+            ("stale", 4),
+            ("cancel", 7),
+            ("retry", 6),
+            ("update", 6),
+            ("delete", 4),
+            ("tick", 5),
+            ("sweep", 5),
+            ("read", 5),
+        ]
+        kind = r.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
+        if len(self.job_ids) < 4 and r.random() < 0.6:
+            kind = "create"
+        ended = [j for j, state in self.states.items() if state in (JobState.FAILED, JobState.CANCELLED)]
+        if kind == "retry" and not ended and r.random() < 0.7:
+            kind = "cancel"  # something to retry later
+        handle = self.lease()
+        if kind in ("progress", "complete", "complete_and_claim", "fail") and handle is None:
+            kind = "claim"
+        op: dict[str, Any] = {"op": kind}
+        if handle is not None:
+            op.update(handle=handle, chunk=self.leases[handle])
+        if kind == "create":
+            size = r.randint(1, 8)
+            op.update(
+                # bob's request ids must not find anonymous's jobs, nor the other way round
+                who=BOB if r.random() < 0.3 else ANONYMOUS,
+                kind=r.choice(["a", "b"]),
+                total_items=r.choice([1, *(r.randint(1, 20) for _ in range(6)), 300]),  # 300: maybe too many
+                chunk_size=size,
+                max_attempts=r.randint(1, 3),
+                priority=r.randint(0, 9),
+                display_name=r.choice(["", "Alpha run", "beta", "ALPHA two"]),
+                labels=r.choice([None, {"team": "red"}, {"team": "blue"}, {"team": "red", "env": "prod"}]),
+                metadata=r.choice([None, {"n": r.randint(0, 9), "tag": "x"}]),
+                request_id=r.choice(["", "", "req-1", "req-2"]),
+                webhook_url=r.choice(["", "", "", HOOK, HOOK, "ftp://not-http" if r.random() < 0.3 else ""]),
+                webhook_progress=r.random() < 0.5,
+            )
+        elif kind == "claim":
+            op.update(self.claim_ask())
+        elif kind == "progress":
+            op.update(
+                items_done=r.randint(0, 9),
+                stage=r.choice(["", "s1", "s2"]),
+                message=r.choice(["", "working"]),
+                external_task_id=r.choice(["", "task-x"]),
+                lease_us=r.choice([None, None, 30_000_000]),
+            )
+        elif kind in ("complete", "complete_and_claim"):
+            op.update(artifacts=self.artifacts(), external_task_id=r.choice(["", "t1"]))
+            if kind == "complete_and_claim":
+                op.update(next=self.claim_ask())
+        elif kind == "complete_many":
+            items = []
+            for _ in range(r.randint(0, 3)):
+                h = self.lease()
+                choice = r.random()
+                if h is None or choice < 0.1:
+                    items.append({"chunk": r.choice([*self.chunk_ids, "no-such-chunk"]), "token": "bogus"})
+                else:
+                    items.append({"handle": h, "chunk": self.leases[h], "artifacts": self.artifacts()})
+            op.update(items=items, next=self.claim_ask() if r.random() < 0.5 else None)
+        elif kind == "fail":
+            op.update(
+                reason=r.choice(["", "IO", "BAD_INPUT"]),
+                message=r.choice(["", "boom"]),
+                retryable=r.random() < 0.6,
+            )
+        elif kind == "stale":
+            # A lease that is (probably) not current, a wrong token, no token, or a chunk id that
+            # names no job.
+            variant = r.choice(["old", "wrong", "empty", "unknown"])
+            if variant == "old" and self.leases:
+                old = r.randrange(len(self.leases))
+                op.update(handle=old, chunk=self.leases[old])
+            else:
+                op.update(handle=None, chunk=r.choice(self.chunk_ids) if self.chunk_ids else "nothing-0")
+            op.update(variant=variant)
+        elif kind in ("cancel", "retry", "delete"):
+            running = (JobState.PENDING, JobState.PROCESSING, JobState.CANCELLING)
+            ended = (JobState.FAILED, JobState.CANCELLED)
+            target = {"cancel": running, "retry": ended, "delete": (*ended, JobState.COMPLETED)}[kind]
+            op.update(who=self.who(), job=self.job(*target), reason="stop", force=r.random() < 0.5)
+        elif kind == "update":
+            op.update(
+                who=self.who(),
+                # Priority changes of ended jobs matter when they are retried.
+                job=self.job(JobState.FAILED, JobState.CANCELLED, JobState.PENDING),
+                priority=r.choice([None, r.randint(0, 9)]),
+                labels=r.choice([None, {}, {"team": "blue"}, {"team": "red"}]),
+                display_name=r.choice([None, "renamed", "Alpha run"]),
+            )
+        elif kind in ("tick", "sweep"):
+            # Exactly onto a lease's end, a retry's time or a cancel deadline (the boundaries), past
+            # a short lease (5 s, 20 s) or the cancel deadline (30 s), or a little.
+            ahead = [t for t in self.deadlines if t > self.now]
+            if ahead and r.random() < 0.35:
+                us = r.choice(ahead[:3]) - self.now
+            else:
+                us = int(r.choice([0.5, 1, 3, 7, 21, 31, 61]) * 1e6)
+            self.now += us
+            op.update(us=us)
+        elif kind == "read":
+            op.update(
+                variant=r.choice(["basic", "full", "known", "batch", "chunks"]),
+                who=self.who(),
+                job=self.job(),
+                other=self.job(),
+                states=r.choice([[], [ChunkState.PENDING], [ChunkState.PROCESSING, ChunkState.COMPLETED]]),
+            )
+        return op
+
+    def learn(self, op: dict[str, Any], result: Any) -> None:
+        """Notes the jobs and leases an agreed result made."""
+        if not isinstance(result, dict) or "error" in result:
+            return
+        if op["op"] == "create":
+            job = result["job"]
+            if job["id"] not in self.job_ids:  # (a request_id repeated answers with an earlier job)
+                self.job_ids.append(job["id"])
+                self.chunk_ids += [c["id"] for c in result["chunks"] or []][:3]
+        for claim in result.get("claims", []):
+            assert claim["handle"] == len(self.leases)
+            self.leases.append(claim["chunk"]["id"])
+
+    def saw(self, jobs: dict[str, Any]) -> None:
+        """Notes the jobs' states and the times at which something becomes due (as both rigs show
+        them)."""
+        self.states = {j: None if page is None else page["job"]["state"] for j, page in jobs.items()}
+        due = set()
+        for page in filter(None, jobs.values()):
+            if page["job"]["cancel_time"] is not None:
+                due.add(page["job"]["cancel_time"] + int(_config().cancel_deadline * 1e6))
+            for c in page["chunks"]:
+                due |= {c["lease_expire_time"], c["next_attempt_time"]} - {None}
+        self.deadlines = sorted(due)
+
+
+async def apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
+    """Runs one operation on one rig; its answer or error, made comparable."""
+    try:
+        return await _apply(rig, view, op)
+    except Exception as exc:  # compared like answers: the same error type and text on both
+        return _error(exc)
+
+
+async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
+    kind = op["op"]
+    w, j = rig.workers, rig.jobs
+    if kind == "create":
+        req = NewJob(
+            kind=op["kind"],
+            total_items=op["total_items"],
+            chunk_size=op["chunk_size"],
+            max_attempts=op["max_attempts"],
+            priority=op["priority"],
+            display_name=op["display_name"],
+            labels=op["labels"],
+            metadata=op["metadata"],
+            request_id=op["request_id"],
+            webhook_url=op["webhook_url"],
+            webhook_progress=op["webhook_progress"],
+        )
+        return view.page(rig, await j.create_job(op["who"], req))
+    if kind == "claim":
+        claims = await w.claim(op["worker"], op["kinds"], op["limit"], op["lease_us"], 0)
+        return {"claims": view.claims(rig, claims)}
+    if kind == "progress":
+        cancel, expires = await w.report_progress(
+            op["chunk"],
+            rig.token(op["handle"]),
+            items_done=op["items_done"],
+            stage=op["stage"],
+            message=op["message"],
+            external_task_id=op["external_task_id"],
+            lease_us=op["lease_us"],
+        )
+        return {"cancel_requested": cancel, "lease_expire_time": expires}
+    if kind in ("complete", "complete_and_claim"):
+        ask = None
+        if kind == "complete_and_claim":
+            n = op["next"]
+            ask = ClaimAsk(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
+            if rig.fake is not None and view.two_step_complete_and_claim:
+                return await _complete_and_claim(rig, view, op, ask)
+        state, claims = await w.complete(
+            op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
+        )
+        return {"job_state": state, "claims": view.claims(rig, claims)}
+    if kind == "complete_many":
+        items = []
+        for item in op["items"]:
+            if "handle" in item:
+                items.append(Completion(item["chunk"], rig.token(item["handle"]), _artifacts(item)))
+            else:
+                items.append(Completion(item["chunk"], item["token"], []))
+        ask = None
+        if op["next"] is not None:
+            n = op["next"]
+            ask = ClaimAsk(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
+        results, claims = await w.complete_many(items, ask)
+        return {
+            "results": [
+                [r.chunk_id, None if r.error is None else _error(r.error), r.job_state] for r in results
+            ],
+            "claims": view.claims(rig, claims),
+        }
+    if kind == "fail":
+        out = await w.fail(op["chunk"], rig.token(op["handle"]), op["reason"], op["message"], op["retryable"])
+        return dataclasses.asdict(out)
+    if kind == "stale":
+        variant = op["variant"]
+        if variant == "old" and op["handle"] is not None:
+            chunk_id, token = op["chunk"], rig.token(op["handle"])
+        elif variant == "unknown":
+            chunk_id, token = "not-a-chunk", "bogus"
+        else:
+            chunk_id, token = op["chunk"], "" if variant == "empty" else "not-the-token"
+        state, claims = await w.complete(chunk_id, token, [Artifact("x", "s3://x")], "")
+        return {"job_state": state, "claims": view.claims(rig, claims)}
+    if kind == "cancel":
+        return view.page(rig, await j.cancel_job(op["who"], op["job"], op["reason"]))
+    if kind == "retry":
+        return view.page(rig, await j.retry_job(op["who"], op["job"]))
+    if kind == "update":
+        page = await j.update_job(
+            op["who"],
+            op["job"],
+            priority=op["priority"],
+            labels=op["labels"],
+            display_name=op["display_name"],
+        )
+        return view.page(rig, page)
+    if kind == "delete":
+        await j.delete_job(op["who"], op["job"], op["force"])
+        return {"deleted": op["job"]}
+    if kind == "tick":
+        return {"now": rig.clock()}
+    if kind == "sweep":
+        return {"moved": await w.sweep()}
+    if kind == "read":
+        return await _read(rig, view, op)
+    raise AssertionError(f"unknown operation {kind}")
+
+
+async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimAsk) -> Any:
+    """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
+
+    PgStore.complete_and_claim (``sql.pg_complete_and_claim_function``) runs PG_COMPLETE_ONE and
+    then the one-statement claim, each of which bumps the revision of the job it changes, in one
+    transaction; when a candidate job of the claim has webhooks, WorkerService.complete claims on
+    the general path in a transaction of its own. Either way, when the completion is one statement
+    (the job has no webhooks), it is a completion followed by a claim that sees it: a job whose
+    chunk is completed and whose next chunk is claimed ends one revision further than on SQLite
+    and the fake (GeneralPathsOnly), which do both in one transaction with one revision. So the
+    fake runs the two steps here; the publications of the step are compared merged (one or two).
+    """
+    job_id = chunk_job_id(op["chunk"])
+    assert rig.fake is not None
+    if job_id not in rig.fake.job_ids or rig.fake.job(job_id).webhook_url:
+        # PG_COMPLETE_ONE does nothing: the general path, as on the fake.
+        state, claims = await rig.workers.complete(
+            op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
+        )
+        return {"job_state": state, "claims": view.claims(rig, claims)}
+    state, _ = await rig.workers.complete(
+        op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"]
+    )
+    claims = await rig.workers.claim(*ask.args())
+    return {"job_state": state, "claims": view.claims(rig, claims)}
+
+
+def _merged(published: list[Changes]) -> list[Changes]:
+    """The changes of several commits as one (what a watcher woken once would read)."""
+    if not published:
+        return []
+    out = Changes()
+    for c in published:
+        for job_id, revision in c.jobs.items():
+            out.jobs[job_id] = max(revision, out.jobs.get(job_id, 0))
+        out.deleted |= c.deleted
+        out.new_work |= c.new_work
+        out.work_later += c.work_later
+        out.webhooks |= c.webhooks
+    return [out]
+
+
+def _artifacts(op: dict[str, Any]) -> list[Artifact]:
+    return [Artifact(n, u, m, s) for n, u, m, s in op["artifacts"]]
+
+
+async def _read(rig: Rig, view: View, op: dict[str, Any]) -> Any:
+    j, who, variant = rig.jobs, op["who"], op["variant"]
+    if variant in ("basic", "full"):
+        return view.page(rig, await j.get_job(who, op["job"], full=variant == "full"))
+    if variant == "known":
+        # The caller holds the chunks as of an earlier revision: only those changed since come back.
+        page = await j.get_job(who, op["job"], full=True, known=lambda job: max(1, job.revision - 2))
+        return view.page(rig, page)
+    if variant == "batch":
+        pages = await j.batch_get(who, [op["job"], op["other"]], full=True)
+        return [view.page(rig, p) for p in pages]
+    return await _chunk_pages(rig, view, who, op["job"], op["states"])
+
+
+async def _chunk_pages(rig: Rig, view: View, who: Principal, job_id: str, states: list[ChunkState]) -> Any:
+    """Every page of ListChunks, 4 at a time."""
+    pages, token = [], ""
+    while True:
+        found, token, total = await rig.jobs.list_chunks(who, job_id, states, 4, token)
+        pages.append({"chunks": [view.chunk(rig, c) for c in found], "token": token, "total": total})
+        if not token:
+            return pages
+
+
+# --- the state at a point -----------------------------------------------------------------------
+
+LISTINGS: list[tuple[Principal, JobFilter]] = [
+    (ANONYMOUS, JobFilter()),
+    (ANONYMOUS, JobFilter(states=[JobState.PENDING, JobState.PROCESSING, JobState.CANCELLING])),
+    (ANONYMOUS, JobFilter(kind="a", min_priority=3)),
+    (ANONYMOUS, JobFilter(labels={"team": "red"}, max_priority=7)),
+    (ANONYMOUS, JobFilter(search="alpha")),
+    (ANONYMOUS, JobFilter(created_after=START + 20_000_000)),
+    (BOB, JobFilter()),
+]
+
+
+async def jobs_view(rig: Rig, view: View, job_ids: list[str]) -> dict[str, Any]:
+    """Every job the run made, as GetJob (FULL) shows it: all its columns, its chunks with their
+    artifacts, the job's artifacts."""
+    out: dict[str, Any] = {}
+    for job_id in job_ids:
+        try:
+            out[job_id] = view.page(rig, await rig.jobs.get_job(ANONYMOUS, job_id, full=True))
+        except JobNotFound:
+            out[job_id] = None
+    return out
+
+
+async def outbox_view(rig: Rig) -> list[Any]:
+    """The webhook_deliveries rows, every column, in the order they were written (their ids come
+    from the patched id sequence, so they sort by creation)."""
+    if rig.fake is not None:
+        rows = rig.fake.outbox_rows
+    else:
+        assert rig.db is not None
+        async with rig.db.read() as conn:
+            result = await conn.execute(text("SELECT * FROM webhook_deliveries ORDER BY id"))
+            rows = [dict(r._mapping) for r in result]
+    return [{**r, "payload": json.loads(r["payload"])} for r in rows]
+
+
+async def tombstones_view(rig: Rig, view: View) -> list[Any]:
+    if rig.fake is not None:
+        rows = [dataclasses.asdict(t) for t in rig.fake.tombstones]
+    else:
+        assert rig.db is not None
+        async with rig.db.read() as conn:
+            result = await conn.execute(text("SELECT * FROM job_tombstones"))
+            rows = [dict(r._mapping) for r in result]
+    out = []
+    for r in rows:
+        labels = json.loads(r["labels"]) if isinstance(r["labels"], str) else r["labels"]
+        out.append(
+            {
+                **r,
+                "state": JobState(r["state"]),
+                "labels": labels,
+                "change_seq": r["change_seq"] if view.exact_seq else None,
+            }
+        )
+    return sorted(out, key=lambda t: t["id"])
+
+
+async def listings_view(rig: Rig, view: View) -> list[Any]:
+    """Every page of ListJobs (3 a page) for each listing and order."""
+    out = []
+    for who, f in LISTINGS:
+        for order in ORDERS:
+            token, pages = "", []
+            while True:
+                found, token, total, horizon = await rig.jobs.list_jobs(
+                    who, dataclasses.replace(f), order_by=order, page_size=3, page_token=token, full=False
+                )
+                pages.append(
+                    {
+                        "jobs": [view.job(p.job) for p in found],
+                        "token": token,
+                        "total": total,
+                        "horizon": horizon if view.exact_seq else None,
+                    }
+                )
+                if not token:
+                    break
+            out.append({"who": who.name, "filter": repr(f), "order": order, "pages": pages})
+    return out
+
+
+async def feed_view(rig: Rig, view: View) -> list[Any]:
+    """The WatchJobs feed from the start: every job and tombstone, in change order on SQLite."""
+    async with rig.txs.read() as tx:
+        horizon = await tx.change_horizon()
+        entries, _ = await tx.changed_jobs(JobFilter(), (0, ""), horizon, 10_000)
+    out = [
+        [e.change_seq if view.exact_seq else None, e.job_id, None if e.job is None else view.job(e.job)]
+        for e in entries
+    ]
+    if not view.exact_seq:
+        # PostgreSQL: change_seq is the transaction id (jobs saved together share it).
+        out.sort(key=lambda e: (e[1], e[2] is None))
+    return [horizon if view.exact_seq else None, out]
+
+
+async def stats_view(rig: Rig) -> list[Any]:
+    out = []
+    for who, f in [(ANONYMOUS, JobFilter()), (ANONYMOUS, JobFilter(kind="b")), (BOB, JobFilter())]:
+        overall, per_kind = await rig.jobs.stats(who, f)
+        out.append([dataclasses.asdict(overall), [dataclasses.asdict(r) for r in per_kind]])
+    return out
+
+
+# --- the test -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deterministic(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Job (and delivery) ids and the retry jitter, restarted at the same point for each step on
+    both rigs; returns the function that restarts them."""
+    counter = [0]
+
+    def new_job_id() -> str:
+        counter[0] += 1
+        return f"0PAR{counter[0]:022d}"  # sorts by creation, as ULIDs do
+
+    jitter = random.Random()
+    monkeypatch.setattr(ids, "new_job_id", new_job_id)
+    monkeypatch.setattr(workers_module, "_jitter", jitter)
+
+    # Ties of ORDER BY lease_expire_time in the fake's order (see the module docstring).
+    def ordered(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def expired_leases(self: Any, now: int, limit: int) -> list[Chunk]:
+            found = await original(self, now, limit)
+            return sorted(found, key=lambda c: (c.lease_expire_time, c.job_id, c.index))
+
+        return expired_leases
+
+    for cls in (SqliteWrite, PgWrite):
+        monkeypatch.setattr(cls, "expired_leases", ordered(cls.expired_leases))
+    assert not hasattr(PortableStore, "expired_leases")  # the portable store is not used here
+
+    # overdue_cancels has no ORDER BY (SQLite walks ix_jobs_state_priority_id once the table has
+    # rows): in the fake's id order. LIMIT 100 is never reached here, so the set is the same.
+    original_overdue = SqlJobsTx.overdue_cancels
+
+    async def overdue_cancels(self: SqlJobsTx, cancel_before: int) -> list[str]:
+        return sorted(await original_overdue(self, cancel_before))
+
+    monkeypatch.setattr(SqlJobsTx, "overdue_cancels", overdue_cancels)
+
+    def restart(step: int) -> None:
+        counter[0] = step * 1000
+        jitter.seed(step)
+
+    return restart
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_real_store_and_fake_agree(
+    database_url: str, seed: int, deterministic: Callable[[int], None]
+) -> None:
+    clocks = FakeClock(), FakeClock()
+    async with real_rig(database_url, clocks[0]) as real, fake_rig(clocks[1]) as fake:
+        view = View(
+            exact_seq=real.db is not None and real.db.dialect == "sqlite",
+            two_step_complete_and_claim=isinstance(real.store, PgStore),
+        )
+        driver = Driver(random.Random(seed))
+        for step in range(STEPS):
+            op = driver.next()
+            where = f"seed {seed}, step {step}, {op}"
+            if op["op"] in ("tick", "sweep"):
+                for clock in clocks:
+                    clock.now += op["us"]
+                assert clocks[0].now == driver.now
+            outcomes = []
+            for rig in (real, fake):
+                deterministic(step + 1)
+                published = len(rig.published)
+                result = await apply(rig, view, op)
+                changes = rig.published[published:]
+                if op["op"] == "complete_and_claim" and view.two_step_complete_and_claim:
+                    changes = _merged(changes)
+                outcomes.append(
+                    {
+                        "result": result,
+                        "published": [_changes(c) for c in changes],
+                        "counters": rig.counters(),
+                    }
+                )
+            assert_same(outcomes[0], outcomes[1], where)
+            driver.learn(op, outcomes[0]["result"])
+            jobs = await jobs_view(real, view, driver.job_ids)
+            assert_same(jobs, await jobs_view(fake, view, driver.job_ids), f"{where}: the jobs afterwards")
+            driver.saw(jobs)
+
+        # The end: everything the stores hold, through every read the services have.
+        where = f"seed {seed}, after {STEPS} steps"
+        assert len(driver.job_ids) >= 5 and driver.leases, "the run made too little to compare"
+        for name, read in [
+            ("outbox rows", outbox_view),
+            ("tombstones", lambda r: tombstones_view(r, view)),
+            ("ListJobs", lambda r: listings_view(r, view)),
+            ("the WatchJobs feed", lambda r: feed_view(r, view)),
+            ("stats", stats_view),
+        ]:
+            assert_same(await read(real), await read(fake), f"{where}: {name}")
+        for job_id in driver.job_ids:
+            for states in ([], [ChunkState.PENDING, ChunkState.FAILED], [ChunkState.COMPLETED]):
+                both = []
+                for rig in (real, fake):
+                    try:
+                        both.append(await _chunk_pages(rig, view, ANONYMOUS, job_id, states))
+                    except JobNotFound as exc:
+                        both.append(_error(exc))
+                assert_same(both[0], both[1], f"{where}: ListChunks of {job_id} in {states}")
