@@ -27,6 +27,11 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
     """
 
     def __init__(self, channel):
@@ -49,6 +54,11 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
     """
 
     def GetUsage(self, request, context):
@@ -90,6 +100,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
     """
 
     @staticmethod

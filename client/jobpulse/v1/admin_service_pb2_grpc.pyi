@@ -27,7 +27,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService is for operators. Every RPC needs an admin key (or open mode)."""
+    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -44,7 +50,13 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode)."""
+    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetUsageRequest, _admin_service_pb2.GetUsageResponse]  # type: ignore[assignment]
@@ -57,7 +69,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode)."""
+    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
+    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    """
 
     @_abc_1.abstractmethod
     def GetUsage(

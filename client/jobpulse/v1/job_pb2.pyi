@@ -551,7 +551,10 @@ class ChunkError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """A stable machine-readable reason given by the worker, or "LEASE_EXPIRED"."""
+    """A stable machine-readable reason given by the worker ("WORKER_ERROR" if it
+    gave none), or "LEASE_EXPIRED" (the lease ran out) or "CANCEL_DEADLINE" (the
+    worker did not stop within the cancel deadline).
+    """
     message: _builtins.str
     """A human-readable message."""
     def __init__(

@@ -30,10 +30,18 @@ class JobServiceStub:
     """JobService is for callers and watchers: create jobs, look at them, steer them.
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
-    reason is stable: JOB_NOT_FOUND, CHUNK_NOT_FOUND, JOB_ALREADY_TERMINAL,
-    JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL, INVALID_PAGE_TOKEN, REVISION_AHEAD,
-    INVALID_ARGUMENT (with BadRequest field violations naming the field),
-    DATABASE_UNAVAILABLE and INTERNAL.
+    reason is stable:
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+      INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
+    - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
+      may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
+      another replica or shortly);
+    - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
     @_typing.overload
@@ -84,8 +92,8 @@ class JobServiceStub:
     dashboards: each CHANGE carries the jobs (BASIC view) changed since the
     previous message and a cursor to resume from; HEARTBEATs when idle. A
     watcher that reconnects with the last cursor it saw misses nothing. Filters
-    apply to the job as it is now. Deleted jobs are not reported. The stream
-    does not end by itself.
+    apply to the job as it is now. A deleted job that matches the filters is
+    reported by id in deleted_job_ids. The stream does not end by itself.
     """
 
 @_typing.type_check_only
@@ -93,10 +101,18 @@ class JobServiceAsyncStub(JobServiceStub):
     """JobService is for callers and watchers: create jobs, look at them, steer them.
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
-    reason is stable: JOB_NOT_FOUND, CHUNK_NOT_FOUND, JOB_ALREADY_TERMINAL,
-    JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL, INVALID_PAGE_TOKEN, REVISION_AHEAD,
-    INVALID_ARGUMENT (with BadRequest field violations naming the field),
-    DATABASE_UNAVAILABLE and INTERNAL.
+    reason is stable:
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+      INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
+    - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
+      may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
+      another replica or shortly);
+    - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -144,18 +160,26 @@ class JobServiceAsyncStub(JobServiceStub):
     dashboards: each CHANGE carries the jobs (BASIC view) changed since the
     previous message and a cursor to resume from; HEARTBEATs when idle. A
     watcher that reconnects with the last cursor it saw misses nothing. Filters
-    apply to the job as it is now. Deleted jobs are not reported. The stream
-    does not end by itself.
+    apply to the job as it is now. A deleted job that matches the filters is
+    reported by id in deleted_job_ids. The stream does not end by itself.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService is for callers and watchers: create jobs, look at them, steer them.
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
-    reason is stable: JOB_NOT_FOUND, CHUNK_NOT_FOUND, JOB_ALREADY_TERMINAL,
-    JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL, INVALID_PAGE_TOKEN, REVISION_AHEAD,
-    INVALID_ARGUMENT (with BadRequest field violations naming the field),
-    DATABASE_UNAVAILABLE and INTERNAL.
+    reason is stable:
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+      INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
+    - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
+      may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
+      another replica or shortly);
+    - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
     @_abc_1.abstractmethod
@@ -285,8 +309,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         dashboards: each CHANGE carries the jobs (BASIC view) changed since the
         previous message and a cursor to resume from; HEARTBEATs when idle. A
         watcher that reconnects with the last cursor it saw misses nothing. Filters
-        apply to the job as it is now. Deleted jobs are not reported. The stream
-        does not end by itself.
+        apply to the job as it is now. A deleted job that matches the filters is
+        reported by id in deleted_job_ids. The stream does not end by itself.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -32,7 +32,16 @@ class WorkerServiceStub:
     A lease token is fenced: every claim of a chunk makes a new one, and a call
     with a token that is no longer the chunk's current one is ABORTED with
     reason LEASE_LOST and changes nothing. A lease that expires puts the chunk
-    back to PENDING (or FAILED once max_attempts is used up) by itself.
+    back to PENDING (or FAILED once max_attempts is used up) by itself, with the
+    attempt's error reason LEASE_EXPIRED; a chunk still running when its job's
+    cancel deadline passes ends CANCELLED with reason CANCEL_DEADLINE.
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    LEASE_LOST (ABORTED), CHUNK_NOT_FOUND (NOT_FOUND: no such chunk, or its job was
+    deleted), INVALID_ARGUMENT (with BadRequest field violations), UNAUTHENTICATED,
+    PERMISSION_DENIED (a client key may not claim work), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), DATABASE_UNAVAILABLE and SHUTTING_DOWN
+    (UNAVAILABLE, with RetryInfo), INTERNAL (a bug; the server logged the details).
     """
 
     def __init__(self, channel):
@@ -75,7 +84,16 @@ class WorkerServiceServicer:
     A lease token is fenced: every claim of a chunk makes a new one, and a call
     with a token that is no longer the chunk's current one is ABORTED with
     reason LEASE_LOST and changes nothing. A lease that expires puts the chunk
-    back to PENDING (or FAILED once max_attempts is used up) by itself.
+    back to PENDING (or FAILED once max_attempts is used up) by itself, with the
+    attempt's error reason LEASE_EXPIRED; a chunk still running when its job's
+    cancel deadline passes ends CANCELLED with reason CANCEL_DEADLINE.
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    LEASE_LOST (ABORTED), CHUNK_NOT_FOUND (NOT_FOUND: no such chunk, or its job was
+    deleted), INVALID_ARGUMENT (with BadRequest field violations), UNAUTHENTICATED,
+    PERMISSION_DENIED (a client key may not claim work), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), DATABASE_UNAVAILABLE and SHUTTING_DOWN
+    (UNAVAILABLE, with RetryInfo), INTERNAL (a bug; the server logged the details).
     """
 
     def ClaimChunks(self, request, context):
@@ -163,7 +181,16 @@ class WorkerService:
     A lease token is fenced: every claim of a chunk makes a new one, and a call
     with a token that is no longer the chunk's current one is ABORTED with
     reason LEASE_LOST and changes nothing. A lease that expires puts the chunk
-    back to PENDING (or FAILED once max_attempts is used up) by itself.
+    back to PENDING (or FAILED once max_attempts is used up) by itself, with the
+    attempt's error reason LEASE_EXPIRED; a chunk still running when its job's
+    cancel deadline passes ends CANCELLED with reason CANCEL_DEADLINE.
+
+    Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
+    LEASE_LOST (ABORTED), CHUNK_NOT_FOUND (NOT_FOUND: no such chunk, or its job was
+    deleted), INVALID_ARGUMENT (with BadRequest field violations), UNAUTHENTICATED,
+    PERMISSION_DENIED (a client key may not claim work), RATE_LIMITED
+    (RESOURCE_EXHAUSTED, with RetryInfo), DATABASE_UNAVAILABLE and SHUTTING_DOWN
+    (UNAVAILABLE, with RetryInfo), INTERNAL (a bug; the server logged the details).
     """
 
     @staticmethod
