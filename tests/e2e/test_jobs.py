@@ -3,6 +3,7 @@ UpdateJob, DeleteJob, GetJobStats) through the sync SDK against a real server.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -89,17 +90,56 @@ def test_same_request_id_returns_the_first_job_and_creates_nothing(client: jobpu
     assert client.list_jobs_page().total_size == 1
 
     again = client.create_job("import", 1000, request_id="req-42", display_name="first")
-    different_body = client.create_job("import", 7, request_id="req-42", display_name="other")
 
     assert again.id == first.id
-    assert different_body.id == first.id
-    assert different_body.display_name == "first"
-    assert different_body.chunks_summary.total == 2
     assert client.list_jobs_page().total_size == 1
-
     other = client.create_job("import", 1000, request_id="req-43")
     assert other.id != first.id
     assert client.list_jobs_page().total_size == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"total_items": 7},
+        {"display_name": "other"},
+        {"priority": 9},
+        {"labels": {"team": "b"}},
+        {"metadata": {"source": "elsewhere"}},
+        {"kind": "export"},
+    ],
+)
+def test_same_request_id_with_another_request_is_refused_naming_request_id(
+    client: jobpulse.Client, change: dict[str, Any]
+) -> None:
+    asked: dict[str, Any] = {
+        "kind": "import",
+        "total_items": 1000,
+        "display_name": "first",
+        "labels": {"team": "a"},
+        "metadata": {"source": "s3"},
+    }
+    first = client.create_job(request_id="req-7", **asked)
+    # Changing the job afterwards does not matter: the first request is what counts.
+    client.update_job(first.id, priority=2, labels={"team": "c"})
+    assert client.create_job(request_id="req-7", **asked).id == first.id
+
+    with pytest.raises(errors.InvalidArgument) as refused:
+        client.create_job(request_id="req-7", **{**asked, **change})
+
+    assert [field for field, _ in refused.value.field_violations] == ["request_id"]
+    assert first.id in refused.value.field_violations[0][1]
+    assert client.list_jobs_page().total_size == 1
+
+
+async def test_concurrent_creates_with_one_request_id_make_one_job(server: Any) -> None:
+    async with jobpulse.AsyncClient(server.address, timeout=30.0) as aclient:
+        made = await asyncio.gather(
+            *(aclient.create_job("race", 40, chunk_size=4, request_id="same-request") for _ in range(24))
+        )
+        assert {job.id for job in made} == {made[0].id}
+        assert all(job.chunks_summary.total == 10 for job in made)
+        assert (await aclient.list_jobs_page()).total_size == 1
 
 
 BAD_CREATES: list[tuple[dict[str, Any], set[str]]] = [

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from e2e_helpers import assert_summary_matches, claim_one
 from support.polling import eventually
 
 import jobpulse
+from jobpulse import errors
 from jobpulse.v1 import job_pb2
 
 
@@ -62,8 +64,14 @@ def test_state_survives_a_restart_and_work_continues(server: Any, connect: Any) 
     for job_id in before:
         assert_summary_matches(after_client, job_id)
 
-    again = after_client.create_job("encode", 30, chunk_size=10, request_id="busy-1")
+    # The request_id and the fingerprint of its request survive the restart: the same request is
+    # answered with the first job, another one is refused.
+    again = after_client.create_job(
+        "encode", 30, chunk_size=10, labels={"team": "video"}, metadata={"codec": "av1"}, request_id="busy-1"
+    )
     assert again.id == busy.id
+    with pytest.raises(errors.InvalidArgument):
+        after_client.create_job("encode", 30, chunk_size=10, request_id="busy-1")
     assert after_client.list_jobs_page().total_size == 3
 
     # The lease taken before the restart is still good, and the rest of the work can be claimed.

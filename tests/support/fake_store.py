@@ -116,6 +116,8 @@ class _Tables:
     artifacts: list[tuple[str, Artifact]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     tombstones: dict[str, Tombstone] = field(default_factory=dict)
+    # job id -> the fingerprint of the request that made it (job_requests).
+    requests: dict[str, str] = field(default_factory=dict)
     # The largest change_seq handed out, to a job or to a tombstone.
     seq: int = 0
 
@@ -127,7 +129,8 @@ class _Tables:
             list(self.artifacts),
             list(self.outbox),
             dict(self.tombstones),
-            self.seq,
+            requests=dict(self.requests),
+            seq=self.seq,
         )
 
     def next_seq(self) -> int:
@@ -571,7 +574,10 @@ class FakeJobsTx:
                 return _job_row(job)
         return None
 
-    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
+    async def request_fingerprint(self, job_id: str) -> str | None:
+        return self.tables.requests.get(job_id)
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
         t = self._writing("insert_job")
         # ux_jobs_owner_request_id (NULL request ids never clash), then the primary keys: SqlJobsTx
         # reports any integrity error of a job with a request_id as RequestIdTaken.
@@ -588,6 +594,8 @@ class FakeJobsTx:
         t.jobs[job.id] = row
         for c in chunks:
             t.chunks[c.id] = _chunk_row(c)
+        if request_fingerprint:
+            t.requests[job.id] = request_fingerprint
         self.changed(job.id, job.revision)
 
     async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
@@ -660,6 +668,7 @@ class FakeJobsTx:
             )
             t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
             t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
+            t.requests.pop(job_id, None)
             del t.jobs[job_id]
         self.changes.deleted.add(job_id)
 

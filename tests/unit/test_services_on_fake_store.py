@@ -785,7 +785,7 @@ async def test_create_job_with_a_known_request_id_returns_the_first_job(rig: Rig
     first = await rig.jobs.create_job(ANONYMOUS, _new("r-1"))
     published = len(rig.store.published)
 
-    again = await rig.jobs.create_job(ANONYMOUS, _new("r-1", total_items=99))
+    again = await rig.jobs.create_job(ANONYMOUS, _new("r-1"))
 
     assert again.job.id == first.job.id and again.job.total_items == 10
     assert again.chunks is not None and [c.id for c in again.chunks] == [
@@ -798,6 +798,19 @@ async def test_create_job_with_a_known_request_id_returns_the_first_job(rig: Rig
     bob = Principal("bob", sees_all=False)
     theirs = await rig.jobs.create_job(bob, _new("r-1"))
     assert theirs.job.id != first.job.id and rig.store.job(theirs.job.id).owner == "bob"
+
+
+async def test_create_job_with_a_known_request_id_and_another_request_is_refused(rig: Rig) -> None:
+    first = await rig.jobs.create_job(ANONYMOUS, _new("r-1"))
+    published = len(rig.store.published)
+
+    with pytest.raises(InvalidArgument) as refused:
+        await rig.jobs.create_job(ANONYMOUS, _new("r-1", total_items=99))
+
+    assert [v.field for v in refused.value.violations] == ["request_id"]
+    assert first.job.id in refused.value.violations[0].description
+    assert rig.store.job_ids == [first.job.id]
+    assert rig.store.published[published:] == []
 
 
 class RacingTransactions(FakeTransactions):

@@ -130,7 +130,10 @@ class CreateJobRequest(_message.Message):
     max_attempts: _builtins.int
     """Claims allowed per chunk before it fails for good; 0 means the default of 3."""
     request_id: _builtins.str
-    """Idempotency key: the same request_id from the same owner returns the first job."""
+    """Idempotency key (AIP-155): the same request_id from the same owner returns
+    the first job; the same request_id with a different request (any field but
+    this one, as first sent, whatever UpdateJob changed since) is refused.
+    """
     webhook_url: _builtins.str
     """Where to POST the job's events (job.completed, job.failed, job.cancelled);
     empty: the API key's default, if any. Must be http(s) and, when the server

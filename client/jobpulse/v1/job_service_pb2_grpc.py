@@ -141,7 +141,8 @@ class JobServiceServicer:
 
     def CreateJob(self, request, context):
         """Creates a job and its chunks: ceil(total_items / chunk_size) of them.
-        The same request_id from the same owner returns the first job and creates nothing.
+        The same request_id from the same owner returns the first job and creates
+        nothing; with a different request it is INVALID_ARGUMENT naming request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,8 @@ class JobServiceStub:
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     CreateJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CreateJobRequest, _job_service_pb2.CreateJobResponse]
     """Creates a job and its chunks: ceil(total_items / chunk_size) of them.
-    The same request_id from the same owner returns the first job and creates nothing.
+    The same request_id from the same owner returns the first job and creates
+    nothing; with a different request it is INVALID_ARGUMENT naming request_id.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
     """Returns one job (FULL view by default)."""
@@ -118,7 +119,8 @@ class JobServiceAsyncStub(JobServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CreateJobRequest, _job_service_pb2.CreateJobResponse]  # type: ignore[assignment]
     """Creates a job and its chunks: ceil(total_items / chunk_size) of them.
-    The same request_id from the same owner returns the first job and creates nothing.
+    The same request_id from the same owner returns the first job and creates
+    nothing; with a different request it is INVALID_ARGUMENT naming request_id.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job (FULL view by default)."""
@@ -189,7 +191,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CreateJobResponse, _abc.Awaitable[_job_service_pb2.CreateJobResponse]]:
         """Creates a job and its chunks: ceil(total_items / chunk_size) of them.
-        The same request_id from the same owner returns the first job and creates nothing.
+        The same request_id from the same owner returns the first job and creates
+        nothing; with a different request it is INVALID_ARGUMENT naming request_id.
         """
 
     @_abc_1.abstractmethod

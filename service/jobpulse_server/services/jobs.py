@@ -6,6 +6,8 @@ here. Reads go through the ``Store``; every change runs in one ``Transactions.wr
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,24 @@ class NewJob:
     request_id: str = ""
     webhook_url: str = ""
     webhook_progress: bool = False
+
+
+def request_fingerprint(req: NewJob, who: Principal) -> str:
+    """A digest of everything a CreateJob request asks for, after defaults (not its request_id)."""
+    asked = {
+        "kind": req.kind,
+        "total_items": req.total_items,
+        "chunk_size": req.chunk_size,
+        "max_attempts": req.max_attempts,
+        "priority": req.priority,
+        "display_name": req.display_name,
+        "labels": req.labels or {},
+        "metadata": req.metadata or {},
+        "webhook_url": req.webhook_url or who.webhook_url,
+        "webhook_progress": req.webhook_progress,
+    }
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -113,11 +133,11 @@ class JobService:
             raise WebhookSecretMissing(
                 "webhooks need a signing secret: set JOBPULSE_WEBHOOK_SECRET on the server, or use API keys"
             )
+        fingerprint = request_fingerprint(req, who) if req.request_id else ""
         if req.request_id:
-            async with self.txs.read() as tx:
-                earlier = await tx.find_job_by_request(who.name, req.request_id)
-            if earlier is not None:
-                return await self.get_job(who, earlier.id, full=True)
+            found = await self._earlier(who, req.request_id, fingerprint)
+            if found is not None:
+                return found
         now = self.clock()
         job = Job(
             id=ids.new_job_id(),
@@ -156,17 +176,36 @@ class JobService:
         job.refresh_state(now)
         try:
             async with self.txs.write() as tx:
-                await tx.insert_job(job, new_chunks)
+                await tx.insert_job(job, new_chunks, fingerprint)
                 tx.changes.new_work = True
         except RequestIdTaken:
-            # Lost a race with the same request_id: the first one wins.
-            async with self.txs.read() as tx:
-                earlier = await tx.find_job_by_request(who.name, req.request_id)
-            if earlier is None:
+            # Lost a race with the same request_id: the first one wins (if it was the same request).
+            found = await self._earlier(who, req.request_id, fingerprint)
+            if found is None:
                 raise
-            return await self.get_job(who, earlier.id, full=True)
+            return found
         await self.store.chunks_added(len(new_chunks))
         return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job))
+
+    async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:
+        """The job an earlier CreateJob made with this request_id, if any. The same request_id with a
+        different request is refused (AIP-155): retrying is safe, reusing an id by mistake is loud."""
+        async with self.txs.read() as tx:
+            earlier = await tx.find_job_by_request(who.name, request_id)
+            stored = await tx.request_fingerprint(earlier.id) if earlier is not None else None
+        if earlier is None:
+            return None
+        if stored is not None and stored != fingerprint:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "request_id",
+                        f"{request_id!r} was already used for a different request (job {earlier.id}); "
+                        "send the same request again to get that job, or use a new request_id",
+                    )
+                ]
+            )
+        return await self.get_job(who, earlier.id, full=True)
 
     def _chunks_token(self, job: Job) -> str:
         # A job's chunks are numbered 0..total-1 and never removed one by one: FULL shows the

@@ -196,8 +196,13 @@ class JobsTx(Protocol):
 
     async def find_job_by_request(self, owner: str, request_id: str) -> Job | None: ...
 
-    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
-        """Inserts a new job and its chunks; RequestIdTaken if its request_id is taken."""
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
+        """Inserts a new job and its chunks, and the fingerprint of the request that made it (if it has a
+        request_id); RequestIdTaken if its request_id is taken."""
+        ...
+
+    async def request_fingerprint(self, job_id: str) -> str | None:
+        """The fingerprint stored with the job; None for jobs made without (or before fingerprints)."""
         ...
 
     async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None: ...

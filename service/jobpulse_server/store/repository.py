@@ -32,7 +32,7 @@ from jobpulse_server.domain.filters import ORDERS, JobFilter, job_sort_key  # no
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.store import rows as store_rows
-from jobpulse_server.store.tables import artifacts, chunks, job_tombstones, jobs
+from jobpulse_server.store.tables import artifacts, chunks, job_requests, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
 
@@ -229,6 +229,7 @@ async def delete_job(conn: AsyncConnection, job_id: str, now: int) -> None:
     ).where(jobs.c.id == job_id)
     await conn.execute(insert(job_tombstones).from_select([*cols, "delete_time", "change_seq"], source))
     await conn.execute(delete(artifacts).where(artifacts.c.job_id == job_id))
+    await conn.execute(delete(job_requests).where(job_requests.c.job_id == job_id))
     await conn.execute(delete(chunks).where(chunks.c.job_id == job_id))
     await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
@@ -604,3 +605,13 @@ def _ceil(x: float) -> int:
 async def count_by_state(conn: AsyncConnection) -> dict[JobState, int]:
     rows = (await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))).all()
     return {JobState(state): int(n) for state, n in rows}
+
+
+async def add_request_fingerprint(conn: AsyncConnection, job_id: str, fingerprint: str) -> None:
+    await conn.execute(insert(job_requests).values(job_id=job_id, fingerprint=fingerprint))
+
+
+async def request_fingerprint(conn: AsyncConnection, job_id: str) -> str | None:
+    q = select(job_requests.c.fingerprint).where(job_requests.c.job_id == job_id)
+    value = (await conn.execute(q)).scalar_one_or_none()
+    return str(value) if value is not None else None

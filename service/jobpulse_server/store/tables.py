@@ -91,6 +91,15 @@ job_tombstones = Table(
     Index("ix_job_tombstones_change_seq", "change_seq", "id"),
 )
 
+# The fingerprint of the CreateJob request that made a job with a request_id (AIP-155: the same
+# request_id with another request is refused). Jobs made before it existed have no row.
+job_requests = Table(
+    "job_requests",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+)
+
 chunks = Table(
     "chunks",
     metadata,

@@ -41,14 +41,19 @@ class SqlJobsTx:
     async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
         return await repo.find_job_by_request(self.conn, owner, request_id)
 
-    async def insert_job(self, job: Job, chunks: Sequence[Chunk]) -> None:
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
         try:
             await repo.insert_job(self.conn, job, chunks)
         except IntegrityError as exc:
             if job.request_id:
                 raise RequestIdTaken(job.request_id) from exc
             raise
+        if request_fingerprint:
+            await repo.add_request_fingerprint(self.conn, job.id, request_fingerprint)
         self.changed(job.id, job.revision)
+
+    async def request_fingerprint(self, job_id: str) -> str | None:
+        return await repo.request_fingerprint(self.conn, job_id)
 
     async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
         return await repo.get_job(self.conn, job_id, owner, for_update=for_update)
