@@ -570,6 +570,39 @@ def _state_counts(stats: Any) -> dict[int, int]:
     return {sc.state: sc.count for sc in stats.state_counts}
 
 
+def test_job_stats_report_processing_time_of_finished_jobs_that_started(client: jobpulse.Client) -> None:
+    done = [client.create_job("encode", 2, chunk_size=1) for _ in range(2)]
+    run_all(client, "encode")
+    broken = client.create_job("encode", 1)
+    claim = claim_one(client, "encode")
+    client.fail_chunk(claim.chunk.id, claim.lease_token, "BROKEN", "", retryable=False)
+    never_started = client.create_job("scan", 1)
+    client.cancel_job(never_started.id)
+    client.create_job("scan", 4)  # pending: not finished
+    running = client.create_job("idle", 2, chunk_size=1)
+    claim_one(client, "idle")  # started, not finished
+
+    def processing_us(job_id: str) -> int:
+        job = client.get_job(job_id)
+        assert job.HasField("start_time") and job.HasField("end_time")
+        return (job.end_time.ToMicroseconds()) - job.start_time.ToMicroseconds()
+
+    expected = sum(processing_us(j.id) for j in [*done, broken])
+    stats = client.get_job_stats()
+    overall = stats.stats
+
+    assert overall.processed_jobs == 3
+    assert overall.processing_time_total.ToMicroseconds() == expected
+    assert overall.processing_time_avg.ToMicroseconds() == expected // 3
+    by_kind = {k.kind: k for k in stats.kinds}
+    assert by_kind["encode"].processed_jobs == 3
+    assert by_kind["encode"].processing_time_total.ToMicroseconds() == expected
+    assert by_kind["scan"].processed_jobs == 0
+    assert by_kind["scan"].processing_time_total.ToMicroseconds() == 0
+    assert by_kind["scan"].processing_time_avg.ToMicroseconds() == 0
+    assert by_kind["idle"].processed_jobs == 0, running.id
+
+
 def test_job_stats_counts_rates_and_durations(client: jobpulse.Client) -> None:
     for _ in range(2):
         client.create_job("encode", 2, chunk_size=1)

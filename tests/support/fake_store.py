@@ -690,7 +690,8 @@ class FakeJobsTx:
         """``repository.job_stats``: per (kind, state) group the count, items done, the earliest
         start and the latest update, summed into one row per kind and one overall (a group's latest
         update counts only when one of its jobs started, as there); then the nearest-rank p50 / p95
-        / p99 / max of end_time - create_time over the finished jobs. Exact, not approximated."""
+        / p99 / max of end_time - create_time over the finished jobs, and end_time - start_time summed
+        over the finished jobs that started. Exact, not approximated."""
         matching = [j for j in self.tables.jobs.values() if _matches(j, f)]
         groups: dict[tuple[str, JobState], list[Job]] = {}
         for job in matching:
@@ -706,6 +707,9 @@ class FakeJobsTx:
                 target.total += len(members)
                 target.by_state[state] = target.by_state.get(state, 0) + len(members)
                 target.items_done += sum(j.items_done for j in members)
+                processed = [j for j in members if j.end_time is not None and j.start_time is not None]
+                target.processed_jobs += len(processed)
+                target.processing_us += sum(j.end_time - j.start_time for j in processed)  # type: ignore[operator]
                 if first_start is not None:
                     target.first_start = min(filter(None, (target.first_start, first_start)))
                     target.last_update = max(target.last_update or 0, last_update)

@@ -894,6 +894,9 @@ class JobStats(_message.Message):
     DURATION_MAX_FIELD_NUMBER: _builtins.int
     ITEMS_DONE_FIELD_NUMBER: _builtins.int
     ITEMS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    PROCESSING_TIME_TOTAL_FIELD_NUMBER: _builtins.int
+    PROCESSING_TIME_AVG_FIELD_NUMBER: _builtins.int
+    PROCESSED_JOBS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """The kind these stats are for; empty for all kinds together."""
     total_jobs: _builtins.int
@@ -907,6 +910,10 @@ class JobStats(_message.Message):
     items_per_second: _builtins.float
     """Throughput: items_done over the time from the first start to the last
     update among these jobs (0 when none started).
+    """
+    processed_jobs: _builtins.int
+    """How many jobs processing_time_total covers: finished (completed, failed or
+    cancelled) jobs that had started. A job cancelled before any claim is not one.
     """
     @_builtins.property
     def state_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStateCount]:
@@ -928,6 +935,17 @@ class JobStats(_message.Message):
     def duration_max(self) -> _duration_pb2.Duration:
         """Longest of the same."""
 
+    @_builtins.property
+    def processing_time_total(self) -> _duration_pb2.Duration:
+        """Processing time of the finished jobs that started: from a job's first
+        claim (start_time) to its end, summed. Queue time before the first claim
+        is not in it (duration_* include it).
+        """
+
+    @_builtins.property
+    def processing_time_avg(self) -> _duration_pb2.Duration:
+        """processing_time_total over processed_jobs; zero when there are none."""
+
     def __init__(
         self,
         *,
@@ -941,10 +959,13 @@ class JobStats(_message.Message):
         duration_max: _duration_pb2.Duration | None = ...,
         items_done: _builtins.int = ...,
         items_per_second: _builtins.float = ...,
+        processing_time_total: _duration_pb2.Duration | None = ...,
+        processing_time_avg: _duration_pb2.Duration | None = ...,
+        processed_jobs: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration_max", b"duration_max", "duration_p50", b"duration_p50", "duration_p95", b"duration_p95", "duration_p99", b"duration_p99"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration_max", b"duration_max", "duration_p50", b"duration_p50", "duration_p95", b"duration_p95", "duration_p99", b"duration_p99", "processing_time_avg", b"processing_time_avg", "processing_time_total", b"processing_time_total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_max", b"duration_max", "duration_p50", b"duration_p50", "duration_p95", b"duration_p95", "duration_p99", b"duration_p99", "items_done", b"items_done", "items_per_second", b"items_per_second", "kind", b"kind", "state_counts", b"state_counts", "success_rate", b"success_rate", "total_jobs", b"total_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_max", b"duration_max", "duration_p50", b"duration_p50", "duration_p95", b"duration_p95", "duration_p99", b"duration_p99", "items_done", b"items_done", "items_per_second", b"items_per_second", "kind", b"kind", "processed_jobs", b"processed_jobs", "processing_time_avg", b"processing_time_avg", "processing_time_total", b"processing_time_total", "state_counts", b"state_counts", "success_rate", b"success_rate", "total_jobs", b"total_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

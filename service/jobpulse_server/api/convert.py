@@ -22,6 +22,12 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def duration_from_us(us: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMicroseconds(us)
+    return d
+
+
 def artifact_pb(a: Artifact) -> job_pb2.Artifact:
     return job_pb2.Artifact(
         name=a.name, uri=a.uri, media_type=a.media_type, size_bytes=a.size_bytes, chunk_index=a.chunk_index

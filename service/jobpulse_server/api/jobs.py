@@ -13,7 +13,7 @@ from jobpulse.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
-from jobpulse_server.api.convert import chunk_pb, duration, job_pb, timestamp
+from jobpulse_server.api.convert import chunk_pb, duration, duration_from_us, job_pb, timestamp
 from jobpulse_server.api.encoded_jobs import EncodedJobs, message_fields
 from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import (
@@ -453,6 +453,11 @@ def _stats_pb(row: StatsRow) -> job_service_pb2.JobStats:
         success_rate=(row.by_state.get(JobState.COMPLETED, 0) / finished) if finished else 0.0,
         items_done=row.items_done,
         items_per_second=row.items_per_second,
+        processing_time_total=duration_from_us(row.processing_us),
+        processing_time_avg=duration_from_us(
+            row.processing_us // row.processed_jobs if row.processed_jobs else 0
+        ),
+        processed_jobs=row.processed_jobs,
     )
     for name in ("p50", "p95", "p99", "max"):
         value = row.durations.get(name)

@@ -25,6 +25,9 @@ class StatsRow:
     durations: dict[str, int | None]  # p50/p95/p99/max in microseconds
     first_start: int | None = None
     last_update: int | None = None
+    # Finished jobs that had started, and the sum of their end_time - start_time (microseconds).
+    processed_jobs: int = 0
+    processing_us: int = 0
 
     @property
     def items_per_second(self) -> float:

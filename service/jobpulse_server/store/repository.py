@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
+    and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -549,6 +551,7 @@ async def count_jobs(conn: AsyncConnection, f: JobFilter) -> int:
 async def job_stats(conn: AsyncConnection, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
     """Counts by state and duration percentiles, computed in SQL, overall and per kind."""
     where = _filter_clauses(conn, f)
+    processed = and_(jobs.c.end_time.is_not(None), jobs.c.start_time.is_not(None))
     rows = (
         await conn.execute(
             select(
@@ -558,6 +561,8 @@ async def job_stats(conn: AsyncConnection, f: JobFilter) -> tuple[StatsRow, list
                 func.coalesce(func.sum(jobs.c.items_done), 0),
                 func.min(jobs.c.start_time),
                 func.max(jobs.c.update_time),
+                func.count(case((processed, 1))),
+                func.coalesce(func.sum(case((processed, jobs.c.end_time - jobs.c.start_time))), 0),
             )
             .where(*where)
             .group_by(jobs.c.kind, jobs.c.state)
@@ -565,12 +570,14 @@ async def job_stats(conn: AsyncConnection, f: JobFilter) -> tuple[StatsRow, list
     ).all()
     per_kind: dict[str, StatsRow] = {}
     overall = StatsRow("", 0, {}, 0, {})
-    for kind, state, n, items, first_start, last_update in rows:
+    for kind, state, n, items, first_start, last_update, n_processed, processing in rows:
         row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
         for target in (row, overall):
             target.total += int(n)
             target.by_state[JobState(state)] = target.by_state.get(JobState(state), 0) + int(n)
             target.items_done += int(items)
+            target.processed_jobs += int(n_processed)
+            target.processing_us += int(processing)
             if first_start is not None:
                 target.first_start = min(filter(None, (target.first_start, int(first_start))))
                 target.last_update = max(target.last_update or 0, int(last_update))
