@@ -165,6 +165,9 @@ def stats_text(response: job_service_pb2.GetJobStatsResponse) -> str:
         "duration      "
         f"p50 {format_duration(stats.duration_p50)}  p95 {format_duration(stats.duration_p95)}  "
         f"p99 {format_duration(stats.duration_p99)}  max {format_duration(stats.duration_max)}",
+        f"processing    {stats.processed_jobs} finished jobs that started: "
+        f"total {format_duration(stats.processing_time_total)}, "
+        f"average {format_duration(stats.processing_time_avg)}",
         "",
         table(("STATE", "JOBS"), ((job_state_name(c.state), c.count) for c in stats.state_counts)),
     ]
@@ -172,7 +175,7 @@ def stats_text(response: job_service_pb2.GetJobStatsResponse) -> str:
         lines += [
             "",
             table(
-                ("KIND", "JOBS", "SUCCESS", "P50", "P95", "MAX"),
+                ("KIND", "JOBS", "SUCCESS", "P50", "P95", "MAX", "PROCESSING AVG"),
                 (
                     (
                         k.kind,
@@ -181,6 +184,7 @@ def stats_text(response: job_service_pb2.GetJobStatsResponse) -> str:
                         format_duration(k.duration_p50),
                         format_duration(k.duration_p95),
                         format_duration(k.duration_max),
+                        format_duration(k.processing_time_avg),
                     )
                     for k in response.kinds
                 ),

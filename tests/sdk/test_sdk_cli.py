@@ -8,6 +8,7 @@ import json
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from jobpulse import _render, cli, errors
 from jobpulse.v1 import job_pb2, job_service_pb2
@@ -213,3 +214,25 @@ def test_list_json_is_one_document_with_total(cli_client, capsys):
     assert document["totalSize"] == "9"
     assert [j["id"] for j in document["jobs"]] == ["j1"]
     assert request.page_size == 1
+
+
+def test_stats_text_shows_processing_time_overall_and_per_kind() -> None:
+    def seconds(n: int) -> duration_pb2.Duration:
+        return duration_pb2.Duration(seconds=n)
+
+    response = job_service_pb2.GetJobStatsResponse(
+        stats=job_service_pb2.JobStats(
+            total_jobs=4,
+            processed_jobs=3,
+            processing_time_total=seconds(3723),
+            processing_time_avg=seconds(1241),
+        ),
+        kinds=[job_service_pb2.JobStats(kind="encode", total_jobs=4, processing_time_avg=seconds(185))],
+    )
+
+    text = _render.stats_text(response)
+
+    assert "processing    3 finished jobs that started: total 1h02m, average 20m41s" in text
+    header, row = text.splitlines()[-2:]
+    assert header.split()[-2:] == ["PROCESSING", "AVG"]
+    assert row.split()[0] == "encode" and row.split()[-1] == "3m05s"
