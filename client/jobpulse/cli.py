@@ -180,8 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
     )
+    p.add_argument("--min-priority", type=int, default=None, metavar="N", help="0..10")
+    p.add_argument("--max-priority", type=int, default=None, metavar="N", help="0..10")
+    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
+    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
     p.add_argument("--order-by", default="", choices=ORDER_BY_CHOICES)
     p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
+    p.add_argument(
+        "--page-token",
+        default="",
+        metavar="TOKEN",
+        help="continue a listing where an earlier one stopped (its next page token, same filters)",
+    )
 
     p = command(
         "watch",
@@ -396,33 +406,46 @@ def _cmd_get(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     jobs: list[job_pb2.Job] = []
     total = 0
-    token = ""
+    token = args.page_token
+    cursor = ""
     with _client(args) as client:
         while len(jobs) < args.limit:
+            # Pages never overshoot the limit, so the last page's token continues exactly after it.
             page = client.list_jobs_page(
                 page_size=min(100, args.limit - len(jobs)),
                 page_token=token,
                 states=args.state,
                 kind=args.kind,
+                min_priority=args.min_priority,
+                max_priority=args.max_priority,
+                created_after=args.created_after,
+                created_before=args.created_before,
                 search=args.search,
                 labels=dict(args.label),
                 order_by=args.order_by,
             )
             total = page.total_size
+            cursor = cursor or page.watch_cursor
             jobs.extend(page.jobs)
             token = page.next_page_token
             if not token:
                 break
-    jobs = jobs[: args.limit]
     if args.json:
-        _print_json({"jobs": [_render.to_dict(j) for j in jobs], "totalSize": str(total)})
+        _print_json(
+            {
+                "jobs": [_render.to_dict(j) for j in jobs],
+                "totalSize": str(total),
+                "nextPageToken": token,
+                "watchCursor": cursor,
+            }
+        )
         return 0
     if not jobs:
         print("no jobs")
         return 0
     print(_render.jobs_table(jobs))
-    if total > len(jobs):
-        print(f"({len(jobs)} of {total}; use --limit to see more)")
+    if token:
+        print(f"({len(jobs)} of {total}; the next ones: --page-token {token})")
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 from e2e_helpers import claim_one, run_all
 
 import jobpulse
-from jobpulse import errors
+from jobpulse import cli, errors
 from jobpulse.v1 import job_pb2, job_service_pb2
 
 
@@ -364,3 +364,23 @@ def test_list_chunks_page_token_is_bound_to_its_filters(client: jobpulse.Client,
         list(client.list_job_chunks(job.id, page_size=-1))
     assert "page_size" in {field for field, _ in info.value.field_violations}
     assert len(list(client.list_job_chunks(job.id, page_token=page.next_page_token))) == 3
+
+
+def test_cli_list_pages_through_every_job_with_its_page_token(
+    server: Any, client: jobpulse.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = {client.create_job("cli-pages", 1, priority=p % 3 + 4).id for p in range(5)}
+    client.create_job("other-kind", 1)
+    seen: list[str] = []
+    token = ""
+    while True:
+        argv = ["--target", server.address, "--json", "list", "--kind", "cli-pages", "--limit", "2"]
+        argv += ["--min-priority", "4", "--order-by", "priority desc"]
+        assert cli.main([*argv, "--page-token", token] if token else argv) == 0
+        page = json.loads(capsys.readouterr().out)
+        assert page["totalSize"] == "5" and page["watchCursor"]
+        seen += [j["id"] for j in page["jobs"]]
+        token = page["nextPageToken"]
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 5 and set(seen) == made

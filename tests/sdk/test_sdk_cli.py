@@ -216,6 +216,50 @@ def test_list_json_is_one_document_with_total(cli_client, capsys):
     assert request.page_size == 1
 
 
+def test_list_json_carries_the_next_page_token_and_watch_cursor(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["list", "--json", "--limit", "1"])
+    cli_client.answer(
+        "JobService.ListJobs",
+        job_service_pb2.ListJobsResponse(
+            jobs=[_job()], next_page_token="next-1", total_size=9, watch_cursor="cur-1"
+        ),
+    )
+    assert pending.result(RESULT_TIMEOUT) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["nextPageToken"], document["watchCursor"]) == ("next-1", "cur-1")
+
+
+def test_list_sends_every_filter_and_continues_from_a_page_token(cli_client, capsys):
+    argv = [
+        "list",
+        "--min-priority", "3",
+        "--max-priority", "7",
+        "--created-after", "2024-05-01T00:00:00Z",
+        "--created-before", "2024-06-01T00:00:00Z",
+        "--kind", "encode",
+        "--search", "march",
+        "--label", "team=media",
+        "--state", "completed",
+        "--order-by", "priority desc",
+        "--page-token", "from-before",
+        "--limit", "1",
+    ]  # fmt: skip
+    pending = cli_client.run(cli.main, argv)
+    request = cli_client.answer(
+        "JobService.ListJobs",
+        job_service_pb2.ListJobsResponse(jobs=[_job()], next_page_token="after-this", total_size=5),
+    )
+    assert pending.result(RESULT_TIMEOUT) == 0
+    assert request.page_token == "from-before"
+    assert (request.min_priority, request.max_priority) == (3, 7)
+    assert request.created_after.ToJsonString() == "2024-05-01T00:00:00Z"
+    assert request.created_before.ToJsonString() == "2024-06-01T00:00:00Z"
+    assert (request.kind, request.search, dict(request.labels)) == ("encode", "march", {"team": "media"})
+    assert list(request.states) == [job_pb2.JOB_STATE_COMPLETED]
+    assert request.order_by == "priority desc"
+    assert "--page-token after-this" in capsys.readouterr().out
+
+
 def test_stats_text_shows_processing_time_overall_and_per_kind() -> None:
     def seconds(n: int) -> duration_pb2.Duration:
         return duration_pb2.Duration(seconds=n)
