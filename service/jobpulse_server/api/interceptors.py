@@ -53,7 +53,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
         try:
             found = self._handlers[method]
         except KeyError:
-            found = self._handlers[method] = self._wrap(method, await continuation(handler_call_details))
+            registered = await continuation(handler_call_details)
+            found = self._handlers[method] = self._wrap(method, registered)
+            if found is None:
+                return registered
         if found is None:  # not ours (health, reflection) or unknown: as registered
             return await continuation(handler_call_details)
         return found
