@@ -113,7 +113,7 @@ class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.Value
     JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
     """The RPC's default: FULL for GetJob and BatchGetJobs, BASIC for ListJobs."""
     JOB_VIEW_BASIC: _JobView.ValueType  # 1
-    """The job without its chunks and artifacts; chunks_summary and progress are included."""
+    """The job without its chunks; chunks_summary, progress and the job's artifacts are included."""
     JOB_VIEW_FULL: _JobView.ValueType  # 2
     """The job with its chunks inline (at most 1000; chunks_next_page_token
     continues in ListJobChunks).
@@ -125,7 +125,7 @@ class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
 JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
 """The RPC's default: FULL for GetJob and BatchGetJobs, BASIC for ListJobs."""
 JOB_VIEW_BASIC: JobView.ValueType  # 1
-"""The job without its chunks and artifacts; chunks_summary and progress are included."""
+"""The job without its chunks; chunks_summary, progress and the job's artifacts are included."""
 JOB_VIEW_FULL: JobView.ValueType  # 2
 """The job with its chunks inline (at most 1000; chunks_next_page_token
 continues in ListJobChunks).
@@ -184,6 +184,7 @@ class Job(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -238,7 +239,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """Everything the job's chunks produced (FULL view only, like chunks)."""
+        """Everything the job's chunks produced, in chunk order, in BASIC and FULL
+        view (at most 1000; every chunk's own artifacts are in ListJobChunks).
+        """
 
     @_builtins.property
     def error(self) -> Global___JobError:
@@ -259,6 +262,13 @@ class Job(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the job reached a terminal state."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only (AIP-214): when the server deletes the job; set once the job
+        is terminal (end_time plus the job's ttl), unset while it runs or when it
+        is kept for ever. A retried job loses it until it ends again.
+        """
 
     def __init__(
         self,
@@ -289,10 +299,11 @@ class Job(_message.Message):
         chunk_size: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "metadata", b"metadata", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "message", b"message", "metadata", b"metadata", "owner", b"owner", "priority", b"priority", "progress", b"progress", "revision", b"revision", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "message", b"message", "metadata", b"metadata", "owner", b"owner", "priority", b"priority", "progress", b"progress", "revision", b"revision", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,9 +347,13 @@ class Chunk(_message.Message):
     items_done: _builtins.int
     """Items of this chunk done so far, as reported by its worker."""
     attempt: _builtins.int
-    """Claims so far."""
+    """Claims so far, over the chunk's whole life: RetryJob and RetryChunk do
+    not reset it.
+    """
     max_attempts: _builtins.int
-    """Claims allowed before the chunk fails for good."""
+    """Claims allowed before the chunk fails for good: the job's max_attempts,
+    plus the job's max_attempts again for every manual retry.
+    """
     worker_id: _builtins.str
     """The worker that holds or last held the chunk."""
     external_task_id: _builtins.str

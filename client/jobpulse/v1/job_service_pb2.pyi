@@ -117,6 +117,7 @@ class CreateJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     WEBHOOK_PROGRESS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -151,6 +152,15 @@ class CreateJobRequest(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """Caller-defined data handed to workers with every claim."""
 
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Input only (AIP-214): how long to keep the job once it is terminal, after
+        which it is deleted (reported to WatchJobs as a deletion). Unset: the
+        server's default for the terminal state the job reaches (by default 7 days
+        for COMPLETED, 30 days for FAILED and CANCELLED). Zero: keep it for ever.
+        At most 3650 days; never negative.
+        """
+
     def __init__(
         self,
         *,
@@ -165,10 +175,11 @@ class CreateJobRequest(_message.Message):
         request_id: _builtins.str = ...,
         webhook_url: _builtins.str = ...,
         webhook_progress: _builtins.bool = ...,
+        ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "total_items", b"total_items", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -301,7 +312,10 @@ class ListJobsRequest(_message.Message):
     search: _builtins.str
     """Case-insensitive substring of display_name."""
     order_by: _builtins.str
-    """"create_time desc" (default), "create_time", "priority desc" or "update_time desc"."""
+    """"create_time", "update_time" or "priority", each optionally followed by
+    " desc"; default "create_time desc". Ties are broken by id in the same
+    direction.
+    """
     view: _job_pb2.JobView.ValueType
     """How much of each job to return; UNSPECIFIED means BASIC."""
     @_builtins.property
@@ -562,6 +576,169 @@ class CancelJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class ExportJobsRequest(_message.Message):
+    """ExportJobsRequest chooses the jobs to export: the filters and orders of ListJobsRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_PRIORITY_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only jobs of this kind."""
+    min_priority: _builtins.int
+    """Only jobs with priority at least this (0..10)."""
+    max_priority: _builtins.int
+    """Only jobs with priority at most this (0..10)."""
+    search: _builtins.str
+    """Case-insensitive substring of display_name."""
+    order_by: _builtins.str
+    """As ListJobsRequest.order_by; default "create_time desc"."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
+        """Only jobs in one of these states."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created before this time."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels with these values."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
+        kind: _builtins.str = ...,
+        min_priority: _builtins.int | None = ...,
+        max_priority: _builtins.int | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        search: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        order_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "max_priority", b"max_priority", "min_priority", b"min_priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "kind", b"kind", "labels", b"labels", "max_priority", b"max_priority", "min_priority", b"min_priority", "order_by", b"order_by", "search", b"search", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_priority: _TypeAlias = _typing.Literal["max_priority"]  # noqa: Y015
+    _WhichOneofArgType__max_priority: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority"]  # noqa: Y015
+    _WhichOneofReturnType__min_priority: _TypeAlias = _typing.Literal["min_priority"]  # noqa: Y015
+    _WhichOneofArgType__min_priority: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_priority) -> _WhichOneofReturnType__max_priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_priority) -> _WhichOneofReturnType__min_priority | None: ...
+
+Global___ExportJobsRequest: _TypeAlias = ExportJobsRequest  # noqa: Y015
+
+@_typing.final
+class ExportJobsResponse(_message.Message):
+    """ExportJobsResponse is one batch of an export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
+        """The jobs of this batch, in BASIC view with the job's artifacts."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_job_pb2.Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportJobsResponse: _TypeAlias = ExportJobsResponse  # noqa: Y015
+
+@_typing.final
+class RetryChunkRequest(_message.Message):
+    """RetryChunkRequest names the failed chunk to retry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The chunk's job."""
+    chunk_id: _builtins.str
+    """The chunk's id."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        chunk_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryChunkRequest: _TypeAlias = RetryChunkRequest  # noqa: Y015
+
+@_typing.final
+class RetryChunkResponse(_message.Message):
+    """RetryChunkResponse carries the job after the retry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job, in BASIC view."""
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryChunkResponse: _TypeAlias = RetryChunkResponse  # noqa: Y015
 
 @_typing.final
 class RetryJobRequest(_message.Message):

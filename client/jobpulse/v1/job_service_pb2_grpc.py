@@ -32,8 +32,10 @@ class JobServiceStub:
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+    CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+    CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
     WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -64,6 +66,11 @@ class JobServiceStub:
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.ExportJobs = channel.unary_stream(
+                '/jobpulse.v1.JobService/ExportJobs',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ExportJobsRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ExportJobsResponse.FromString,
+                _registered_method=True)
         self.ListJobChunks = channel.unary_unary(
                 '/jobpulse.v1.JobService/ListJobChunks',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksRequest.SerializeToString,
@@ -83,6 +90,11 @@ class JobServiceStub:
                 '/jobpulse.v1.JobService/RetryJob',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
+        self.RetryChunk = channel.unary_unary(
+                '/jobpulse.v1.JobService/RetryChunk',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.FromString,
                 _registered_method=True)
         self.UpdateJob = channel.unary_unary(
                 '/jobpulse.v1.JobService/UpdateJob',
@@ -128,8 +140,10 @@ class JobServiceServicer:
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+    CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+    CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
     WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -162,6 +176,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportJobs(self, request, context):
+        """Streams every job matching ListJobs filters, in BASIC view with the job's
+        artifacts, in batches of at most 500, in order_by order. The server reads
+        one batch at a time, so memory does not grow with the number of jobs; a
+        client that cancels the stream stops the server's reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobChunks(self, request, context):
         """Lists a job's chunks in index order, optionally filtered by state.
         """
@@ -187,7 +211,18 @@ class JobServiceServicer:
 
     def RetryJob(self, request, context):
         """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
-        PENDING with fresh attempts. Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+        PENDING, each with max_attempts more claims (attempt keeps counting).
+        Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryChunk(self, request, context):
+        """Puts one FAILED chunk back to PENDING with max_attempts more claims (attempt
+        keeps counting); its job goes back to PROCESSING (a cancelled job is not
+        resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
+        CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,6 +304,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobsRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobsResponse.SerializeToString,
             ),
+            'ExportJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportJobs,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ExportJobsRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ExportJobsResponse.SerializeToString,
+            ),
             'ListJobChunks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobChunks,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksRequest.FromString,
@@ -288,6 +328,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RetryChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryChunk,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.SerializeToString,
             ),
             'UpdateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateJob,
@@ -339,8 +384,10 @@ class JobService:
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+    CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+    CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
     WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -421,6 +468,33 @@ class JobService:
             '/jobpulse.v1.JobService/ListJobs',
             jobpulse_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobpulse.v1.JobService/ExportJobs',
+            jobpulse_dot_v1_dot_job__service__pb2.ExportJobsRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.ExportJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -529,6 +603,33 @@ class JobService:
             '/jobpulse.v1.JobService/RetryJob',
             jobpulse_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobpulse.v1.JobService/RetryChunk',
+            jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

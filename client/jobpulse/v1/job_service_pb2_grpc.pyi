@@ -33,8 +33,10 @@ class JobServiceStub:
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+      CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
       WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -57,6 +59,12 @@ class JobServiceStub:
     """Returns one job (FULL view by default)."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
     """Lists jobs with filters, a sort order and keyset pagination."""
+    ExportJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.ExportJobsRequest, _job_service_pb2.ExportJobsResponse]
+    """Streams every job matching ListJobs filters, in BASIC view with the job's
+    artifacts, in batches of at most 500, in order_by order. The server reads
+    one batch at a time, so memory does not grow with the number of jobs; a
+    client that cancels the stream stops the server's reads.
+    """
     ListJobChunks: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]
     """Lists a job's chunks in index order, optionally filtered by state."""
     BatchGetJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]
@@ -68,7 +76,14 @@ class JobServiceStub:
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
     """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
-    PENDING with fresh attempts. Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+    PENDING, each with max_attempts more claims (attempt keeps counting).
+    Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+    """
+    RetryChunk: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryChunkRequest, _job_service_pb2.RetryChunkResponse]
+    """Puts one FAILED chunk back to PENDING with max_attempts more claims (attempt
+    keeps counting); its job goes back to PROCESSING (a cancelled job is not
+    resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
+    CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
     UpdateJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]
     """Changes priority, labels or display name. A new priority reorders the job's pending chunks."""
@@ -105,8 +120,10 @@ class JobServiceAsyncStub(JobServiceStub):
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+      CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
       WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -126,6 +143,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Returns one job (FULL view by default)."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists jobs with filters, a sort order and keyset pagination."""
+    ExportJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.ExportJobsRequest, _job_service_pb2.ExportJobsResponse]  # type: ignore[assignment]
+    """Streams every job matching ListJobs filters, in BASIC view with the job's
+    artifacts, in batches of at most 500, in order_by order. The server reads
+    one batch at a time, so memory does not grow with the number of jobs; a
+    client that cancels the stream stops the server's reads.
+    """
     ListJobChunks: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]  # type: ignore[assignment]
     """Lists a job's chunks in index order, optionally filtered by state."""
     BatchGetJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]  # type: ignore[assignment]
@@ -137,7 +160,14 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
-    PENDING with fresh attempts. Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+    PENDING, each with max_attempts more claims (attempt keeps counting).
+    Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+    """
+    RetryChunk: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryChunkRequest, _job_service_pb2.RetryChunkResponse]  # type: ignore[assignment]
+    """Puts one FAILED chunk back to PENDING with max_attempts more claims (attempt
+    keeps counting); its job goes back to PROCESSING (a cancelled job is not
+    resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
+    CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
     UpdateJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]  # type: ignore[assignment]
     """Changes priority, labels or display name. A new priority reorders the job's pending chunks."""
@@ -173,8 +203,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     reason is stable:
     - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
-    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND;
+    - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
+      CHUNK_NOT_FOUND (RetryChunk);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
+      CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
       WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
@@ -212,6 +244,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists jobs with filters, a sort order and keyset pagination."""
 
     @_abc_1.abstractmethod
+    def ExportJobs(
+        self,
+        request: _job_service_pb2.ExportJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.ExportJobsResponse], _abc.AsyncIterator[_job_service_pb2.ExportJobsResponse]]:
+        """Streams every job matching ListJobs filters, in BASIC view with the job's
+        artifacts, in batches of at most 500, in order_by order. The server reads
+        one batch at a time, so memory does not grow with the number of jobs; a
+        client that cancels the stream stops the server's reads.
+        """
+
+    @_abc_1.abstractmethod
     def ListJobChunks(
         self,
         request: _job_service_pb2.ListJobChunksRequest,
@@ -245,7 +289,20 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.RetryJobResponse, _abc.Awaitable[_job_service_pb2.RetryJobResponse]]:
         """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
-        PENDING with fresh attempts. Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+        PENDING, each with max_attempts more claims (attempt keeps counting).
+        Other states: FAILED_PRECONDITION, JOB_NOT_RETRYABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryChunk(
+        self,
+        request: _job_service_pb2.RetryChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.RetryChunkResponse, _abc.Awaitable[_job_service_pb2.RetryChunkResponse]]:
+        """Puts one FAILED chunk back to PENDING with max_attempts more claims (attempt
+        keeps counting); its job goes back to PROCESSING (a cancelled job is not
+        resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
+        CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
         """
 
     @_abc_1.abstractmethod
