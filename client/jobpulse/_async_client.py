@@ -295,6 +295,11 @@ class AsyncClient:
         request = job_service_pb2.RetryJobRequest(job_id=job_id)
         return (await self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False)).job
 
+    async def retry_chunk(self, job_id: str, chunk_id: str, *, timeout: float | None = None) -> job_pb2.Job:
+        """Retries one FAILED chunk; see :meth:`jobpulse.Client.retry_chunk`."""
+        request = job_service_pb2.RetryChunkRequest(job_id=job_id, chunk_id=chunk_id)
+        return (await self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False)).job
+
     async def update_job(
         self,
         job_id: str,

@@ -334,13 +334,27 @@ class Client:
         return self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True).job
 
     def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
-        """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to PENDING.
+        """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to PENDING, each with
+        the job's max_attempts more claims (their ``attempt`` keeps counting).
 
         Raises:
             jobpulse.errors.FailedPrecondition: The job is not FAILED or CANCELLED (``JOB_NOT_RETRYABLE``).
         """
         request = job_service_pb2.RetryJobRequest(job_id=job_id)
         return self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False).job
+
+    def retry_chunk(self, job_id: str, chunk_id: str, *, timeout: float | None = None) -> job_pb2.Job:
+        """Puts one FAILED chunk back to PENDING with the job's max_attempts more claims (its
+        ``attempt`` keeps counting); the job runs again. Returns the job (BASIC view).
+
+        Raises:
+            jobpulse.errors.NotFound: No such job (``JOB_NOT_FOUND``) or no such chunk in it
+                (``CHUNK_NOT_FOUND``).
+            jobpulse.errors.FailedPrecondition: The chunk is not FAILED (``CHUNK_NOT_RETRYABLE``), or
+                the job was cancelled (``JOB_NOT_RETRYABLE``: use :meth:`retry_job`).
+        """
+        request = job_service_pb2.RetryChunkRequest(job_id=job_id, chunk_id=chunk_id)
+        return self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False).job
 
     def update_job(
         self,
@@ -710,8 +724,9 @@ class Client:
         """Completes several chunks in one call; each stands or falls on its own lease.
 
         Args:
-            completions: ``ChunkCompletion`` messages, or ``(chunk_id, lease_token)`` /
-                ``(chunk_id, lease_token, artifacts)`` tuples; at most 100.
+            completions: ``ChunkCompletion`` messages, ``(chunk_id, lease_token)`` /
+                ``(chunk_id, lease_token, artifacts)`` tuples, or dicts of ``ChunkCompletion``'s
+                fields; at most 100.
             claim_next: Claim the next chunks in the same call (see :meth:`complete_chunk`).
             timeout: Deadline in seconds; defaults to the client's.
 

@@ -269,6 +269,11 @@ def complete_chunks(
     for c in completions:
         if isinstance(c, worker_service_pb2.ChunkCompletion):
             items.append(c)
+        elif isinstance(c, Mapping):
+            # A dict of ChunkCompletion's fields; unpacking it as a tuple would take its keys.
+            fields = dict(c)
+            fields["artifacts"] = [artifact(a) for a in fields.get("artifacts") or ()]
+            items.append(worker_service_pb2.ChunkCompletion(**fields))
         else:
             chunk_id, lease_token, *rest = c
             items.append(

@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--reason", default="")
 
-    p = command("retry", _cmd_retry, "retry the failed and cancelled chunks of a job")
+    p = command("retry", _cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk")
     p.add_argument("job_id", metavar="ID")
+    p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
 
     p = command("delete", _cmd_delete, "delete a finished job")
     p.add_argument("job_id", metavar="ID")
@@ -469,7 +470,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 def _cmd_retry(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.retry_job(args.job_id)
+        job = client.retry_chunk(args.job_id, args.chunk) if args.chunk else client.retry_job(args.job_id)
     if args.json:
         _print_json(job)
     else:

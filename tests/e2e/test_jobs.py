@@ -399,14 +399,15 @@ def test_retry_failed_job_runs_it_to_completion(client: jobpulse.Client) -> None
     assert retried.state in (job_pb2.JOB_STATE_PENDING, job_pb2.JOB_STATE_PROCESSING)
     chunks = chunks_by_index(client, job.id)
     assert chunks[1].state == job_pb2.CHUNK_STATE_PENDING
-    assert chunks[1].attempt == 0
+    # The retry count is kept: one claim so far, and the job's max_attempts (3) more allowed.
+    assert (chunks[1].attempt, chunks[1].max_attempts) == (1, 4)
     assert chunks[0].state == chunks[2].state == job_pb2.CHUNK_STATE_COMPLETED
     assert client.get_job(job.id).chunks_summary.failed == 0
     assert_summary_matches(client, job.id)
 
     again = claim_one(client, "k")
     assert again.chunk.index == 1
-    assert again.chunk.attempt == 1
+    assert again.chunk.attempt == 2
     result = client.complete_chunk(again.chunk.id, again.lease_token)
     assert result.job_state == job_pb2.JOB_STATE_COMPLETED
     final = client.get_job(job.id)
@@ -684,3 +685,104 @@ def test_summary_matches_recount_after_mixed_activity(client: jobpulse.Client) -
         "cancelled": 0,
     }
     assert stored.state == job_pb2.JOB_STATE_PROCESSING
+
+
+def _failed_for_good(
+    client: jobpulse.Client, kind: str, chunks: int = 3, fail: tuple[int, ...] = (1,)
+) -> Any:
+    """A job of ``kind`` whose chunks in ``fail`` failed for good and the others completed."""
+    job = client.create_job(kind, chunks, chunk_size=1, max_attempts=2)
+    for claim in client.claim_chunks("w1", kinds=[kind], max_chunks=chunks):
+        if claim.chunk.index in fail:
+            client.fail_chunk(claim.chunk.id, claim.lease_token, "CORRUPT", "bad frame", retryable=False)
+        else:
+            client.complete_chunk(claim.chunk.id, claim.lease_token)
+    return job
+
+
+def test_retry_chunk_runs_one_failed_chunk_again_and_keeps_counting_its_attempts(
+    client: jobpulse.Client,
+) -> None:
+    job = _failed_for_good(client, "retry-chunk")
+    failed = client.get_job(job.id)
+    assert failed.state == job_pb2.JOB_STATE_FAILED and failed.error.chunk_index == 1
+    chunk = chunks_by_index(client, job.id)[1]
+    assert (chunk.state, chunk.attempt, chunk.max_attempts) == (job_pb2.CHUNK_STATE_FAILED, 1, 2)
+
+    retried = client.retry_chunk(job.id, chunk.id)
+
+    assert retried.state == job_pb2.JOB_STATE_PROCESSING, "the job goes back to PROCESSING"
+    assert not retried.HasField("end_time") and not retried.HasField("error")
+    assert (retried.chunks_summary.pending, retried.chunks_summary.failed) == (1, 0)
+    back = chunks_by_index(client, job.id)[1]
+    assert (back.state, back.attempt, back.max_attempts) == (job_pb2.CHUNK_STATE_PENDING, 1, 3)
+    assert not back.HasField("error")
+    assert_summary_matches(client, job.id)
+
+    # It fails again (retryable): one more claim is allowed by the retry's budget, then it fails for good.
+    again = claim_one(client, "retry-chunk")
+    assert (again.chunk.id, again.chunk.attempt) == (chunk.id, 2)
+    client.fail_chunk(again.chunk.id, again.lease_token, "FLAKY", "try again", retryable=True)
+    third = claim_until(client, "retry-chunk")
+    assert third.chunk.attempt == 3
+    client.fail_chunk(third.chunk.id, third.lease_token, "FLAKY", "still broken", retryable=True)
+    final = chunks_by_index(client, job.id)[1]
+    assert (final.state, final.attempt) == (job_pb2.CHUNK_STATE_FAILED, 3)
+    assert client.get_job(job.id).state == job_pb2.JOB_STATE_FAILED
+
+    # A second retry, and this time it works: attempts 1..4 over the chunk's life.
+    client.retry_chunk(job.id, chunk.id)
+    last = claim_one(client, "retry-chunk")
+    assert last.chunk.attempt == 4
+    assert client.complete_chunk(last.chunk.id, last.lease_token).job_state == job_pb2.JOB_STATE_COMPLETED
+    assert_summary_matches(client, job.id)
+
+
+def claim_until(client: jobpulse.Client, kind: str, deadline_s: float = 20) -> Any:
+    """Claims one chunk of ``kind``, polling while it waits out a retry backoff."""
+    claims = client.claim_chunks("w1", kinds=[kind], max_chunks=1, wait=deadline_s)
+    assert len(claims) == 1, f"no chunk of {kind!r} became claimable within {deadline_s}s"
+    return claims[0]
+
+
+def test_retry_chunk_of_a_job_with_another_failed_chunk_keeps_the_job_error(client: jobpulse.Client) -> None:
+    job = _failed_for_good(client, "retry-two", fail=(0, 2))
+    chunks = chunks_by_index(client, job.id)
+    retried = client.retry_chunk(job.id, chunks[0].id)
+    assert retried.state == job_pb2.JOB_STATE_PROCESSING
+    assert retried.error.chunk_index == 0 and retried.chunks_summary.failed == 1
+    run_all(client, "retry-two")
+    ended = client.get_job(job.id)
+    assert ended.state == job_pb2.JOB_STATE_FAILED, "chunk 2 still failed for good"
+    assert ended.HasField("error")
+
+
+def test_retry_chunk_refuses_what_cannot_be_retried(client: jobpulse.Client) -> None:
+    job = _failed_for_good(client, "retry-bad")
+    chunks = chunks_by_index(client, job.id)
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.retry_chunk(job.id, chunks[0].id)  # COMPLETED
+    assert info.value.reason == "CHUNK_NOT_RETRYABLE" and "COMPLETED" in str(info.value)
+    with pytest.raises(errors.NotFound) as info:
+        client.retry_chunk(job.id, "no-such-chunk")
+    assert info.value.reason == "CHUNK_NOT_FOUND"
+    other = client.create_job("retry-bad-other", 1)
+    with pytest.raises(errors.NotFound) as info:
+        client.retry_chunk(other.id, chunks[1].id)  # a chunk of another job
+    assert info.value.reason == "CHUNK_NOT_FOUND"
+    with pytest.raises(errors.NotFound) as info:
+        client.retry_chunk("no-such-job", chunks[1].id)
+    assert info.value.reason == "JOB_NOT_FOUND"
+    for bad in ({"job_id": job.id, "chunk_id": ""}, {"job_id": "", "chunk_id": chunks[1].id}):
+        with pytest.raises(errors.InvalidArgument) as invalid:
+            client.retry_chunk(**bad)
+        assert [f for f, _ in invalid.value.field_violations] == [k for k, v in bad.items() if not v]
+    # A cancelled job is resumed by RetryJob only.
+    cancelled = client.create_job("retry-bad-cancel", 2, chunk_size=1, max_attempts=1)
+    claim = claim_one(client, "retry-bad-cancel")
+    client.fail_chunk(claim.chunk.id, claim.lease_token, "CORRUPT", "bad", retryable=False)
+    client.cancel_job(cancelled.id)
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.retry_chunk(cancelled.id, claim.chunk.id)
+    assert info.value.reason == "JOB_NOT_RETRYABLE"
+    assert chunks_by_index(client, job.id)[1].state == job_pb2.CHUNK_STATE_FAILED, "nothing changed"

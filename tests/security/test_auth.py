@@ -78,6 +78,8 @@ def test_another_owners_job_looks_exactly_like_a_missing_one(secured: Any) -> No
             lambda: bob.get_job(job.id),
             lambda: bob.cancel_job(job.id),
             lambda: bob.update_job(job.id, priority=9),
+            lambda: bob.retry_job(job.id),
+            lambda: bob.retry_chunk(job.id, alice.get_job(job.id).chunks[0].id),
             lambda: bob.delete_job(job.id, force=True),
             lambda: list(bob.list_job_chunks(job.id)),
             lambda: bob.batch_get_jobs([job.id]),

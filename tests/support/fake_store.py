@@ -159,13 +159,14 @@ class _Tables:
             self.chunks[c.id] = new
 
     def update_chunks(
-        self, job_id: str, states: Iterable[ChunkState], **values: Any
+        self, job_id: str, states: Iterable[ChunkState], only: str | None = None, **values: Any
     ) -> dict[ChunkState, int]:
-        """``UPDATE chunks SET values WHERE job_id = ? AND state IN states``; how many per state."""
+        """``UPDATE chunks SET values WHERE job_id = ? AND state IN states [AND id = only]``; how many
+        per state."""
         wanted = set(states)
         moved: dict[ChunkState, int] = {}
         for c in list(self.chunks.values()):
-            if c.job_id == job_id and c.state in wanted:
+            if c.job_id == job_id and c.state in wanted and only in (None, c.id):
                 moved[c.state] = moved.get(c.state, 0) + 1
                 self.chunks[c.id] = dataclasses.replace(c, **values)
         return moved
@@ -255,16 +256,21 @@ class FakeRead:
             found = found[:limit]
         out = [_chunk_row(c) for c in found]
         by_index: dict[int, list[Artifact]] = {}
-        for a in await self.job_artifacts(job_id):
+        for a in (await self.jobs_artifacts([job_id], 1 << 62)).get(job_id, []):
             by_index.setdefault(a.chunk_index, []).append(a)
         for c in out:
             if c.state == ChunkState.COMPLETED:
                 c.artifacts = by_index.get(c.index, [])
         return out
 
-    async def job_artifacts(self, job_id: str) -> list[Artifact]:
-        mine = [copy.copy(a) for j, a in self.tables.artifacts if j == job_id]
-        return sorted(mine, key=lambda a: a.chunk_index)  # stable: insertion order within a chunk
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        out: dict[str, list[Artifact]] = {}
+        for job_id in job_ids:
+            mine = [copy.copy(a) for j, a in self.tables.artifacts if j == job_id]
+            mine.sort(key=lambda a: a.chunk_index)  # stable: insertion order within a chunk
+            if mine:
+                out[job_id] = mine[:limit]
+        return out
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
         cols, desc = ORDERS[order_by]
@@ -602,6 +608,9 @@ class FakeJobsTx:
         # for_update locks nothing here: writers run one at a time, as on SQLite.
         return await self._reads.get_job(job_id, owner)
 
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        return await self._reads.jobs_artifacts(job_ids, limit)
+
     async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
         t = self._saving("save_job")
         t.save_job(job)
@@ -622,15 +631,24 @@ class FakeJobsTx:
         )
         return sum(moved.values())
 
-    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
+    async def reset_for_retry(
+        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
+    ) -> tuple[int, int, int]:
         t = self._writing("reset_for_retry")
         retryable = (ChunkState.FAILED, ChunkState.CANCELLED)
-        items = sum(c.items_done for c in t.chunks.values() if c.job_id == job_id and c.state in retryable)
+
+        def chosen(c: Chunk) -> bool:
+            return c.job_id == job_id and c.state in retryable and chunk_id in (None, c.id)
+
+        items = sum(c.items_done for c in t.chunks.values() if chosen(c))
+        # max_attempts depends on each chunk's own attempt: set it before the shared values.
+        for c in [c for c in t.chunks.values() if chosen(c)]:
+            t.chunks[c.id] = dataclasses.replace(c, max_attempts=c.attempt + attempts)
         moved = t.update_chunks(
             job_id,
             retryable,
+            only=chunk_id,
             state=ChunkState.PENDING,
-            attempt=0,
             items_done=0,
             error_reason="",
             error_message="",
@@ -679,6 +697,10 @@ class FakeJobsTx:
             for j in self.tables.jobs.values()
             if j.state == JobState.CANCELLING and j.cancel_time is not None and j.cancel_time < cancel_before
         )[:_OVERDUE_LIMIT]
+
+    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
+        c = self.tables.chunks.get(chunk_id)
+        return copy.copy(c) if c is not None and c.job_id == job_id else None
 
     async def processing_chunks(self, job_id: str) -> list[Chunk]:
         return await self._reads.list_chunks(job_id, states=[ChunkState.PROCESSING])

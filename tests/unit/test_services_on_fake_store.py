@@ -961,9 +961,11 @@ async def test_retry_puts_a_failed_jobs_failed_chunks_back_to_work(rig: Rig) -> 
     assert (job.items_done, job.end_time, job.update_time) == (10, None, now)
     assert (job.error_reason, job.error_message, job.error_chunk_index) == ("", "", None)
     retried = chunks[0]
-    assert (retried.state, retried.attempt, retried.items_done, retried.revision) == (
+    # attempt keeps counting; the retry allows the job's max_attempts more claims.
+    assert (retried.state, retried.attempt, retried.max_attempts, retried.items_done, retried.revision) == (
         ChunkState.PENDING,
-        0,
+        1,
+        1 + job.max_attempts,
         0,
         job.revision,
     )
@@ -974,7 +976,7 @@ async def test_retry_puts_a_failed_jobs_failed_chunks_back_to_work(rig: Rig) -> 
     assert rig.store.published[-1] == Changes(jobs={"A": job.revision}, new_work=True)
 
     (again,) = await rig.workers.claim("w", [], 1, LEASE, 0)
-    assert (again.chunk.id, again.chunk.attempt) == ("A-0", 1)
+    assert (again.chunk.id, again.chunk.attempt) == ("A-0", 2)  # the second claim of its life
     assert await rig.workers.complete("A-0", again.lease_token, [], "") == (JobState.COMPLETED, [])
     assert rig.store.job("A").items_done == 15
 

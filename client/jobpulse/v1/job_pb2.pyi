@@ -351,8 +351,9 @@ class Chunk(_message.Message):
     not reset it.
     """
     max_attempts: _builtins.int
-    """Claims allowed before the chunk fails for good: the job's max_attempts,
-    plus the job's max_attempts again for every manual retry.
+    """Claims allowed before the chunk fails for good: the job's max_attempts at
+    first; a manual retry (RetryJob, RetryChunk) raises it to attempt plus the
+    job's max_attempts.
     """
     worker_id: _builtins.str
     """The worker that holds or last held the chunk."""

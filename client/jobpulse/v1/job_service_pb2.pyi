@@ -969,7 +969,10 @@ class WatchJobResponse(_message.Message):
     """
     @_builtins.property
     def job(self) -> _job_pb2.Job:
-        """The job in BASIC view, with summary and progress (unset in heartbeats)."""
+        """The job in BASIC view, with summary and progress (unset in heartbeats).
+        The snapshot and the message with the terminal state carry the job's
+        artifacts; other changes carry them on the chunks that completed.
+        """
 
     @_builtins.property
     def chunks(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Chunk]:

@@ -90,11 +90,14 @@ class EncodedJobs:
     def bytes_held(self) -> int:
         return self._bytes
 
-    def held_revision(self, job: Job) -> int | None:
+    def held_revision(self, job: Job, full: bool = True) -> int | None:
         """The revision at which this job's FULL chunks are at hand: its own (nothing to read), an
-        older one (read only the chunks changed since), or None (read them all)."""
-        if (job.id, job.revision, True) in self._messages.entries:
+        older one (read only the chunks changed since), or None (read them all). BASIC: the job's own
+        revision when its encoding is kept (its artifacts need not be read), else None."""
+        if (job.id, job.revision, full) in self._messages.entries:
             return job.revision
+        if not full:
+            return None
         block = self._blocks.entries.get(job.id)
         if block is not None and block[1][0] < job.revision:
             return int(block[1][0])
@@ -117,6 +120,8 @@ class EncodedJobs:
                 head = job_pb(job, None, None, page.chunks_next_page_token).SerializeToString()
                 data = head + b"".join(fields)
             else:
+                if not page.artifacts_read:
+                    raise LookupError(f"job {job.id} revision {job.revision} is no longer kept")
                 data = job_pb(job, None).SerializeToString()
             self._keep(self._messages, key, data, len(data))
         eta = job.eta_seconds(now)

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from jobpulse_server.domain.errors import (
     ChunkNotFound,
+    ChunkNotRetryable,
     DatabaseUnavailable,
     DeliveryNotFound,
     DomainError,
@@ -48,6 +49,7 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
     ChunkNotFound: grpc.StatusCode.NOT_FOUND,
     JobAlreadyTerminal: grpc.StatusCode.FAILED_PRECONDITION,
     JobNotRetryable: grpc.StatusCode.FAILED_PRECONDITION,
+    ChunkNotRetryable: grpc.StatusCode.FAILED_PRECONDITION,
     JobNotTerminal: grpc.StatusCode.FAILED_PRECONDITION,
     LeaseLost: grpc.StatusCode.ABORTED,
     RevisionAhead: grpc.StatusCode.OUT_OF_RANGE,

@@ -3,6 +3,7 @@ the caller, and builds the responses (GetJob, ListJobs and BatchGetJobs from kep
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -89,7 +90,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> R:
         """Reads with the encoded-job cache's help; should an entry it relied on be evicted in the
         meantime (a read that suspended while many others filled the cache), reads again in full."""
-        found = await fetch(self.encoded.held_revision if full else None)
+        found = await fetch(functools.partial(self.encoded.held_revision, full=full))
         try:
             return build(found)
         except LookupError:
@@ -265,6 +266,16 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.done()
         page = await self.jobs.retry_job(caller(), request.job_id)
         return job_service_pb2.RetryJobResponse(job=self._job(page))
+
+    async def RetryChunk(
+        self, request: job_service_pb2.RetryChunkRequest, context: Ctx
+    ) -> job_service_pb2.RetryChunkResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.text(request.chunk_id, "chunk_id", MAX_ID, required=True)
+        c.done()
+        page = await self.jobs.retry_chunk(caller(), request.job_id, request.chunk_id)
+        return job_service_pb2.RetryChunkResponse(job=self._job(page))
 
     async def UpdateJob(
         self, request: job_service_pb2.UpdateJobRequest, context: Ctx

@@ -69,9 +69,15 @@ class JobAlreadyTerminal(DomainError):
 
 
 class JobNotRetryable(DomainError):
-    """RetryJob on a job that is not FAILED or CANCELLED."""
+    """RetryJob on a job that is not FAILED or CANCELLED; RetryChunk on a cancelled job."""
 
     reason = "JOB_NOT_RETRYABLE"
+
+
+class ChunkNotRetryable(DomainError):
+    """RetryChunk on a chunk that is not FAILED."""
+
+    reason = "CHUNK_NOT_RETRYABLE"
 
 
 class JobNotTerminal(DomainError):

@@ -50,6 +50,8 @@ DEFAULT_KIND = "default"
 # A claim's lease when the worker asks for none.
 DEFAULT_LEASE_US = 60_000_000
 FULL_VIEW_CHUNK_LIMIT = 1000
+# Job-level artifacts a Job message carries (the rest are on the chunks, in ListJobChunks).
+JOB_ARTIFACT_LIMIT = 1000
 
 
 @dataclass

@@ -16,6 +16,8 @@ from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import (
+    ChunkNotFound,
+    ChunkNotRetryable,
     FieldViolation,
     InvalidArgument,
     InvalidPageToken,
@@ -37,6 +39,7 @@ from jobpulse_server.domain.model import (
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.services import pagination
+from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
 from jobpulse_server.store import JobsTx, ReadTx, RequestIdTaken, Store, Transactions
@@ -88,10 +91,13 @@ class JobPage:
     chunks: list[Chunk] | None = None
     chunks_next_page_token: str = ""
     delta_after: int | None = None
+    # False: the job's artifacts were not read, since the caller holds this revision's encoding.
+    artifacts_read: bool = True
 
 
-# The revision at which the caller already holds a job's shown chunks, if any (see encoded_jobs):
-# at the job's own revision none are read, at an older one only those changed since.
+# The revision at which the caller already holds a job's shown chunks (FULL), or its whole BASIC
+# encoding, if any (see encoded_jobs): at the job's own revision neither chunks nor artifacts are
+# read, at an older one (FULL only) just the chunks changed since.
 Known = Callable[[Job], int | None] | None
 
 
@@ -223,15 +229,28 @@ class JobService:
             job = await tx.get_job(job_id, who.owner_filter)
             if job is None:
                 raise JobNotFound(job_id)
-            return await self._page(tx, job, full, known)
+            return (await self._pages(tx, [job], full, known))[0]
 
-    async def _page(self, tx: ReadTx, job: Job, full: bool, known: Known = None) -> JobPage:
-        if not full:
-            return JobPage(job)
-        held = known(job) if known is not None else None
-        if held == job.revision:
-            return JobPage(job, [], self._chunks_token(job), delta_after=held)
-        job.artifacts = await tx.job_artifacts(job.id)
+    async def _pages(self, tx: ReadTx, jobs: list[Job], full: bool, known: Known = None) -> list[JobPage]:
+        """The jobs with their artifacts (one read for all of them) and, when ``full``, their first
+        chunks; nothing is read for a job whose encoding the caller holds."""
+        held = {job.id: known(job) if known is not None else None for job in jobs}
+        await load_artifacts(tx, [job for job in jobs if held[job.id] != job.revision])
+        pages = []
+        for job in jobs:
+            if held[job.id] == job.revision:
+                if full:
+                    pages.append(JobPage(job, [], self._chunks_token(job), job.revision, False))
+                else:
+                    pages.append(JobPage(job, artifacts_read=False))
+            elif full:
+                pages.append(await self._page(tx, job, held[job.id]))
+            else:
+                pages.append(JobPage(job))
+        return pages
+
+    async def _page(self, tx: ReadTx, job: Job, held: int | None) -> JobPage:
+        """A FULL page of a job whose chunks the caller holds at revision ``held``, or None."""
         if held is not None:
             changed = await tx.list_chunks(job.id, after_revision=held)
             changed = [c for c in changed if c.index < FULL_VIEW_CHUNK_LIMIT]
@@ -253,9 +272,7 @@ class JobService:
             missing = [j for j in job_ids if j not in found]
             if missing:
                 raise JobNotFound(missing[0])
-            pages = {}
-            for job_id, job in found.items():
-                pages[job_id] = await self._page(tx, job, full, known)
+            pages = {page.job.id: page for page in await self._pages(tx, list(found.values()), full, known)}
         return [pages[j] for j in job_ids]
 
     async def list_jobs(
@@ -300,7 +317,7 @@ class JobService:
                 total = await tx.count_jobs(f)
             more = len(found) > page_size
             found = found[:page_size]
-            pages = [await self._page(tx, job, full, known) for job in found]
+            pages = await self._pages(tx, found, full, known)
         token = ""
         if more and found:
             token = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
@@ -351,6 +368,7 @@ class JobService:
                 job.summary.cancelled += moved
                 job.refresh_state(now)
                 await self._save(tx, job, now)
+            await load_artifacts(tx, [job])
         return JobPage(job)
 
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
@@ -364,7 +382,7 @@ class JobService:
                 )
             now = self.clock()
             rev = job.touch(now)
-            failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority)
+            failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts)
             job.summary.failed -= failed
             job.summary.cancelled -= cancelled
             job.summary.pending += failed + cancelled
@@ -377,6 +395,45 @@ class JobService:
             job.refresh_state(now)
             await self._save(tx, job, now)
             tx.changes.new_work = True
+            await load_artifacts(tx, [job])
+        return JobPage(job)
+
+    async def retry_chunk(self, who: Principal, job_id: str, chunk_id: str) -> JobPage:
+        """One FAILED chunk back to PENDING with max_attempts more claims; the job runs again."""
+        async with self.txs.write() as tx:
+            job = await self._load(tx, who, job_id, for_update=True)
+            # The job's lock holds its chunks still (workers lock the job before its chunks).
+            chunk = await tx.get_chunk(job.id, chunk_id)
+            if chunk is None:
+                raise ChunkNotFound(chunk_id)
+            if chunk.state != ChunkState.FAILED:
+                raise ChunkNotRetryable(
+                    f"chunk {chunk_id} is {chunk.state.name}; only a FAILED chunk can be retried",
+                    job_id=job_id,
+                    chunk_id=chunk_id,
+                    state=chunk.state.name,
+                )
+            if job.cancel_requested:
+                raise JobNotRetryable(
+                    f"job {job_id} was cancelled; RetryJob retries all of a cancelled job",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
+            now = self.clock()
+            rev = job.touch(now)
+            failed, _, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts, chunk_id)
+            job.summary.failed -= failed
+            job.summary.pending += failed
+            job.items_done -= items
+            if not job.summary.failed:
+                # No chunk has failed for good any more. While another has, the job keeps the error
+                # of the first failure (it will end FAILED for that one).
+                job.error_reason = job.error_message = ""
+                job.error_chunk_index = None
+            job.refresh_state(now)
+            await self._save(tx, job, now)
+            tx.changes.new_work = True
+            await load_artifacts(tx, [job])
         return JobPage(job)
 
     async def update_job(
@@ -406,6 +463,7 @@ class JobService:
             if changed:
                 job.touch(now)
                 await self._save(tx, job, now)
+            await load_artifacts(tx, [job])
         return JobPage(job)
 
     async def delete_job(self, who: Principal, job_id: str, force: bool) -> None:

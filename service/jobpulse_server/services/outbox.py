@@ -16,6 +16,7 @@ from typing import Any
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.model import Job, JobState
 from jobpulse_server.domain.webhooks import PENDING
+from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import JobsTx
 
 # A job as webhook receivers see it (a JSON object), at a given time. The api layer gives it, so
@@ -29,11 +30,16 @@ _TERMINAL_EVENTS = {
 }
 
 
+def ends(job: Job) -> bool:
+    """Whether saving ``job`` now writes its terminal event (job.completed, .failed, .cancelled)."""
+    return bool(job.webhook_url) and job.state != job.loaded_state and job.state in _TERMINAL_EVENTS
+
+
 def events_for(job: Job, now: int, progress_interval_us: int) -> list[str]:
     """The webhook events this save of ``job`` makes (pure; updates last_progress_event)."""
     if not job.webhook_url:
         return []
-    if job.state != job.loaded_state and job.state in _TERMINAL_EVENTS:
+    if ends(job):
         return [_TERMINAL_EVENTS[job.state]]
     if (
         job.webhook_progress
@@ -91,6 +97,9 @@ class Outbox:
         return rows
 
     async def save_job(self, tx: JobsTx, job: Job, now: int) -> None:
-        """Writes the job with its webhook events, and marks it changed for watchers."""
+        """Writes the job with its webhook events, and marks it changed for watchers. A terminal event
+        carries the job's artifacts, so its receiver needs no second call to find the results."""
+        if ends(job):
+            await load_artifacts(tx, [job])
         await tx.save_job(job, self.rows_for(job, now))
         job.loaded_state = job.state

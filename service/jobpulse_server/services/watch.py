@@ -20,6 +20,7 @@ from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
 from jobpulse_server.services import pagination
+from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import Store, Transactions
 
 # A message carries at most this many chunks; bigger deltas span several messages.
@@ -268,6 +269,10 @@ class WatchService:
                 raise JobNotFound(job_id)
             if after > job.revision:
                 return _Delta(job, [])
+            if after == 0 or job.state.terminal:
+                # The snapshot and the last message carry the job's artifacts; changes in between
+                # carry them on the chunks that completed.
+                await load_artifacts(tx, [job])
             delta = await tx.list_chunks(job_id, after_revision=after if after else None)
             return _Delta(job, delta)
 
@@ -348,6 +353,15 @@ class FeedService:
                     async with self.txs.read() as tx:
                         horizon = await tx.change_horizon()
                         found, beyond = await tx.changed_jobs(f, position, horizon, JOBS_PER_MESSAGE + 1)
+                        # Finished jobs come with their results (running ones carry them on chunks).
+                        await load_artifacts(
+                            tx,
+                            [
+                                e.job
+                                for e in found[:JOBS_PER_MESSAGE]
+                                if e.job is not None and e.job.state.terminal
+                            ],
+                        )
                     more = len(found) > JOBS_PER_MESSAGE
                     found = found[:JOBS_PER_MESSAGE]
                     if more:

@@ -23,7 +23,9 @@ from jobpulse_server.domain.errors import (
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
+from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.store import Store, Transactions, WriteTx, chunk_job_id
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
@@ -196,9 +198,20 @@ class WorkerService:
             claims.append(Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time))
         return claims
 
-    async def _save(self, tx: WriteTx, jobs: Iterable[Job], changed: list[Chunk], now: int) -> None:
-        """Saves the chunks and their jobs with the webhook events the jobs' changes make."""
+    async def _save(
+        self,
+        tx: WriteTx,
+        jobs: Iterable[Job],
+        changed: list[Chunk],
+        now: int,
+        unsaved: dict[str, list[Artifact]] | None = None,
+    ) -> None:
+        """Saves the chunks and their jobs with the webhook events the jobs' changes make. A job's
+        terminal event carries its artifacts: those written before and ``unsaved`` (this transaction's)."""
         jobs = list(jobs)
+        ending = [job for job in jobs if outbox_ends(job)]
+        if ending:
+            await load_artifacts(tx, ending, unsaved)
         for job in jobs:
             rows = self.outbox.rows_for(job, now)
             if rows:
@@ -351,6 +364,7 @@ class WorkerService:
             outcome: list[tuple[Completion, DomainError | Job]] = []
             jobs: dict[str, Job] = {}
             changed: list[Chunk] = []
+            unsaved: dict[str, list[Artifact]] = {}
             for item in items:
                 got = found[item.chunk_id]
                 if isinstance(got, DomainError):
@@ -366,6 +380,7 @@ class WorkerService:
                     for a in item.artifacts:
                         a.chunk_index = chunk.index
                     tx.add_artifacts(job.id, item.artifacts)
+                    unsaved.setdefault(job.id, []).extend(item.artifacts)
                 jobs[job.id] = job
                 changed.append(chunk)
                 outcome.append((item, job))
@@ -373,7 +388,7 @@ class WorkerService:
             if claim_next is not None and not (all_or_nothing and not changed):
                 claims = await self._claim_in(tx, claim_next, now, jobs, wait_for_jobs=False)
             if changed or claims:
-                await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now)
+                await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now, unsaved)
             completed = sum(1 for c in changed if c.state == ChunkState.COMPLETED)
             counts.update(completed=completed, cancelled=len(changed) - completed, claimed=len(claims))
             return outcome, claims
@@ -416,7 +431,8 @@ class WorkerService:
             job.move_chunk(chunk, ChunkState.CANCELLED, now)
             return FailOutcome(False, None)
         if retryable and chunk.attempt < chunk.max_attempts:
-            delay = self._backoff(chunk.attempt)
+            # Backoff restarts with each manual retry's budget: the attempts before it do not count.
+            delay = self._backoff(chunk.attempt - (chunk.max_attempts - job.max_attempts))
             chunk.next_attempt_time = now + int(delay * 1e6)
             job.move_chunk(chunk, ChunkState.PENDING, now, items_done=0)
             changes.work_later.append(delay)

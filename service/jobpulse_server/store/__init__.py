@@ -57,7 +57,9 @@ class ReadTx(Protocol):
         """A job's chunks in index order, COMPLETED ones with their artifacts."""
         ...
 
-    async def job_artifacts(self, job_id: str) -> list[Artifact]: ...
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        """The first ``limit`` artifacts of each job, in chunk order (jobs without any are left out)."""
+        ...
 
     async def list_jobs(
         self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int
@@ -72,6 +74,10 @@ class WriteTx(Protocol):
     """The operations of one write transaction. Nothing is written before ``save``."""
 
     changes: Changes
+
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        """As ``ReadTx.jobs_artifacts`` (artifacts added in this transaction are not written yet)."""
+        ...
 
     async def claim(
         self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool
@@ -207,6 +213,10 @@ class JobsTx(Protocol):
 
     async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None: ...
 
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        """As ``ReadTx.jobs_artifacts``."""
+        ...
+
     async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
         """Writes the job (a new change_seq) and the webhook events of this save."""
         ...
@@ -215,9 +225,16 @@ class JobsTx(Protocol):
         """Every PENDING chunk of the job to CANCELLED; returns how many."""
         ...
 
-    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
-        """FAILED and CANCELLED chunks back to PENDING at ``priority``; (failed moved, cancelled moved,
-        their items done)."""
+    async def reset_for_retry(
+        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
+    ) -> tuple[int, int, int]:
+        """FAILED and CANCELLED chunks (only ``chunk_id``, if given) back to PENDING at ``priority``,
+        each allowed ``attempts`` claims more than it has had (``attempt`` keeps counting); (failed
+        moved, cancelled moved, their items done)."""
+        ...
+
+    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
+        """One chunk of the job (without its artifacts)."""
         ...
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None: ...

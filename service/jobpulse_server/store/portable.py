@@ -55,8 +55,8 @@ class PortableRead:
             after_revision=after_revision,
         )
 
-    async def job_artifacts(self, job_id: str) -> list[Artifact]:
-        return await repo.job_artifacts(self.conn, job_id)
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        return await repo.jobs_artifacts(self.conn, job_ids, limit)
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
         return await repo.list_jobs(self.conn, f, order_by, after, limit)

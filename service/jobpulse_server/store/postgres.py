@@ -31,13 +31,12 @@ from jobpulse_server.store.engine import Database
 from jobpulse_server.store.rows import (
     CHUNK_SAVED,
     JOB_SAVED,
-    artifact_from_row,
     chunk_from_row,
     chunk_saved_values,
     job_from_row,
     job_saved_values,
 )
-from jobpulse_server.store.sqlite import attach_artifacts
+from jobpulse_server.store.sqlite import artifacts_by_job, attach_artifacts
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -165,8 +164,9 @@ class PgRead:
             attach_artifacts(done, rows)
         return found
 
-    async def job_artifacts(self, job_id: str) -> list[Artifact]:
-        return list(map(artifact_from_row, await self.conn.fetch(sql.numbered(sql.JOB_ARTIFACTS), job_id)))
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        rows = await self.conn.fetch(sql.numbered(sql.jobs_artifacts(len(job_ids))), *job_ids, limit)
+        return artifacts_by_job(rows)
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
         q, params = sql.list_jobs(sql.POSTGRES, f, order_by, after, limit)

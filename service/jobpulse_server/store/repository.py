@@ -372,27 +372,36 @@ async def cancel_pending_chunks(conn: AsyncConnection, job_id: str, revision: in
 
 
 async def reset_for_retry(
-    conn: AsyncConnection, job_id: str, revision: int, priority: int
+    conn: AsyncConnection,
+    job_id: str,
+    revision: int,
+    priority: int,
+    attempts: int,
+    chunk_id: str | None = None,
 ) -> tuple[int, int, int]:
-    """FAILED and CANCELLED chunks back to PENDING with fresh attempts, at the job's ``priority``.
+    """FAILED and CANCELLED chunks (only ``chunk_id``, if given) back to PENDING at the job's
+    ``priority``, each allowed ``attempts`` more claims than it has had: ``attempt`` keeps counting.
 
     Returns (failed moved, cancelled moved, items_done those chunks had).
     """
     retryable = [int(ChunkState.FAILED), int(ChunkState.CANCELLED)]
+    where = [chunks.c.job_id == job_id, chunks.c.state.in_(retryable)]
+    if chunk_id is not None:
+        where.append(chunks.c.id == chunk_id)
     rows = (
         await conn.execute(
             select(chunks.c.state, func.count(), func.coalesce(func.sum(chunks.c.items_done), 0))
-            .where(chunks.c.job_id == job_id, chunks.c.state.in_(retryable))
+            .where(*where)
             .group_by(chunks.c.state)
         )
     ).all()
     counts = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
     await conn.execute(
         update(chunks)
-        .where(chunks.c.job_id == job_id, chunks.c.state.in_(retryable))
+        .where(*where)
         .values(
             state=int(ChunkState.PENDING),
-            attempt=0,
+            max_attempts=chunks.c.attempt + attempts,
             items_done=0,
             error_reason="",
             error_message="",
@@ -443,13 +452,25 @@ async def insert_artifacts(conn: AsyncConnection, job_id: str, items: Sequence[A
     )
 
 
-async def job_artifacts(conn: AsyncConnection, job_id: str) -> list[Artifact]:
-    q = (
-        select(artifacts)
-        .where(artifacts.c.job_id == job_id)
-        .order_by(artifacts.c.chunk_index, artifacts.c.id)
+async def jobs_artifacts(
+    conn: AsyncConnection, job_ids: Sequence[str], limit: int
+) -> dict[str, list[Artifact]]:
+    """The first ``limit`` artifacts of each job, in chunk order."""
+    n = (
+        func.row_number()
+        .over(partition_by=artifacts.c.job_id, order_by=(artifacts.c.chunk_index, artifacts.c.id))
+        .label("n")
     )
-    return [_artifact(r) for r in (await conn.execute(q)).all()]
+    numbered = select(artifacts, n).where(artifacts.c.job_id.in_(list(job_ids))).subquery()
+    q = (
+        select(numbered)
+        .where(numbered.c.n <= limit)
+        .order_by(numbered.c.job_id, numbered.c.chunk_index, numbered.c.id)
+    )
+    out: dict[str, list[Artifact]] = {}
+    for r in (await conn.execute(q)).all():
+        out.setdefault(r._mapping["job_id"], []).append(_artifact(r))
+    return out
 
 
 def _artifact(r: Row[Any]) -> Artifact:

@@ -187,7 +187,16 @@ ARTIFACTS_BETWEEN = (
     f"SELECT {ARTIFACT_SELECT} FROM artifacts WHERE job_id = ? AND chunk_index BETWEEN ? AND ? "
     "ORDER BY chunk_index, id"
 )
-JOB_ARTIFACTS = f"SELECT {ARTIFACT_SELECT} FROM artifacts WHERE job_id = ? ORDER BY chunk_index, id"
+
+
+def jobs_artifacts(n: int) -> str:
+    """The first ``?`` (a limit) artifacts of each of ``n`` jobs, each job's in chunk order, numbered
+    per job on the (job_id, chunk_index) index; rows are ARTIFACT_COLUMNS then job_id."""
+    return (
+        f"SELECT {ARTIFACT_SELECT}, job_id FROM (SELECT {ARTIFACT_SELECT}, job_id, id, row_number() "
+        "OVER (PARTITION BY job_id ORDER BY chunk_index, id) AS n "
+        f"FROM artifacts WHERE job_id IN ({marks(n)})) AS a WHERE n <= ? ORDER BY job_id, chunk_index, id"
+    )
 
 
 # --- listing ----------------------------------------------------------------------------------

@@ -143,8 +143,9 @@ class SqliteRead:
             attach_artifacts(done, rows)
         return found
 
-    async def job_artifacts(self, job_id: str) -> list[Artifact]:
-        return list(map(artifact_from_row, self.conn.execute(sql.JOB_ARTIFACTS, (job_id,)).fetchall()))
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        rows = self.conn.execute(sql.jobs_artifacts(len(job_ids)), [*job_ids, limit]).fetchall()
+        return artifacts_by_job(rows)
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
         q, params = sql.list_jobs(sql.SQLITE, f, order_by, after, limit)
@@ -156,6 +157,14 @@ class SqliteRead:
 
     async def change_horizon(self) -> int:
         return int(self.conn.execute(sql.SQLITE_HORIZON).fetchone()[0])
+
+
+def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]:
+    """Rows of ``sql.jobs_artifacts`` grouped by job."""
+    out: dict[str, list[Artifact]] = {}
+    for r in rows:
+        out.setdefault(r[5], []).append(artifact_from_row(r))
+    return out
 
 
 def attach_artifacts(done: list[Chunk], rows: Iterable[Sequence[Any]]) -> None:

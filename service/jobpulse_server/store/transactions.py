@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
-from jobpulse_server.domain.model import Chunk, ChunkState, Job
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.webhooks import Delivery
@@ -58,6 +58,9 @@ class SqlJobsTx:
     async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
         return await repo.get_job(self.conn, job_id, owner, for_update=for_update)
 
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        return await repo.jobs_artifacts(self.conn, job_ids, limit)
+
     async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
         await repo.save_job(self.conn, job)
         self.changed(job.id, job.revision)
@@ -68,8 +71,14 @@ class SqlJobsTx:
     async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
         return await repo.cancel_pending_chunks(self.conn, job_id, revision, now)
 
-    async def reset_for_retry(self, job_id: str, revision: int, priority: int) -> tuple[int, int, int]:
-        return await repo.reset_for_retry(self.conn, job_id, revision, priority)
+    async def reset_for_retry(
+        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
+    ) -> tuple[int, int, int]:
+        return await repo.reset_for_retry(self.conn, job_id, revision, priority, attempts, chunk_id)
+
+    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
+        chunk = await repo.get_chunk(self.conn, chunk_id)
+        return chunk if chunk is not None and chunk.job_id == job_id else None
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         await repo.set_pending_priority(self.conn, job_id, priority)
