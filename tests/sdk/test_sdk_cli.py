@@ -280,3 +280,25 @@ def test_stats_text_shows_processing_time_overall_and_per_kind() -> None:
     header, row = text.splitlines()[-2:]
     assert header.split()[-2:] == ["PROCESSING", "AVG"]
     assert row.split()[0] == "encode" and row.split()[-1] == "3m05s"
+
+
+def test_retry_with_a_chunk_retries_that_chunk_only(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["retry", "j1", "--chunk", "j1-3"])
+    request = cli_client.answer("JobService.RetryChunk", job_service_pb2.RetryChunkResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == 0
+    assert (request.job_id, request.chunk_id) == ("j1", "j1-3")
+    assert capsys.readouterr().out.startswith("job j1 PROCESSING")
+
+
+def test_retry_chunk_refused_prints_the_reason_without_traceback(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["retry", "j1", "--chunk", "j1-0"])
+    cli_client.fail(
+        "JobService.RetryChunk",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "chunk j1-0 is COMPLETED; only a FAILED chunk can be retried",
+        reason="CHUNK_NOT_RETRYABLE",
+    )
+    assert pending.result(RESULT_TIMEOUT) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: FAILED_PRECONDITION CHUNK_NOT_RETRYABLE: chunk j1-0 is COMPLETED")
+    assert "Traceback" not in err
