@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import datetime, timezone
@@ -365,3 +366,17 @@ def test_export_and_list_take_the_same_filters():
     exported = parser.parse_args(["export", *filters])
     assert cli._filters(listed) == cli._filters(exported)
     assert listed.order_by == exported.order_by == "update_time desc"
+
+
+def test_export_shows_progress_on_a_terminal(cli_client, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    pending = cli_client.run(cli.main, ["export", "--format", "jsonl", "--kind", "k"])
+    counted = cli_client.answer("JobService.ListJobs", job_service_pb2.ListJobsResponse(total_size=3))
+    _, request, stream = cli_client.take_stream("JobService.ExportJobs")
+    stream.send_response(_batch("a", "b", "c"))
+    stream.terminate((), grpc.StatusCode.OK, "")
+    assert pending.result(RESULT_TIMEOUT) == 0
+    captured = capsys.readouterr()
+    assert "100.0% | 3/3 jobs exported" in captured.err
+    assert len(captured.out.splitlines()) == 3
+    assert counted.kind == request.kind == "k"  # the total counts the same jobs

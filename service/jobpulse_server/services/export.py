@@ -3,9 +3,11 @@
 A batch is a ListJobs page (``JobService.list_jobs``, BASIC view, the same owner scoping) read in a
 read transaction of its own and continued from the last job's sort key by its keyset page token.
 Nothing is held between batches: a long export neither pins a snapshot on PostgreSQL nor keeps
-SQLite from checkpointing its WAL, and memory holds one batch whatever the number of jobs. A job
-that changes while the export runs is seen as the batch that reads it finds it, as when paging
-ListJobs.
+SQLite from checkpointing its WAL, and memory holds one batch whatever the number of jobs. As when
+paging ListJobs, a job that changes while the export runs is exported as the batch that reads it
+finds it, and in update_time order a job updated mid-export jumps to the newest end: in
+"update_time desc" it may be left out, ascending it may come twice. No single snapshot for the whole
+export is the price of holding none for its length.
 """
 
 from __future__ import annotations
