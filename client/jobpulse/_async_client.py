@@ -266,6 +266,62 @@ class AsyncClient:
         )
         return self._pages(self._jobs.ListJobs, request, lambda r: r.jobs)
 
+    async def export_jobs(
+        self,
+        *,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[job_pb2.Job]:
+        """Async-iterates over every matching job, streamed by one ExportJobs call; see
+        :meth:`jobpulse.Client.export_jobs` for the arguments, batching and retries.
+
+        To stop early and cancel the stream at once, iterate inside
+        ``contextlib.aclosing(client.export_jobs(...))``; otherwise the stream is cancelled when the
+        iterator is garbage-collected.
+        """
+        request = _requests.export_jobs(
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            order_by=order_by,
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = _retry.Backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = self._jobs.ExportJobs(request, timeout=remaining, metadata=self._metadata)
+            received = False
+            try:
+                async for response in call:
+                    received = True
+                    for job in response.jobs:
+                        yield job
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                delay = backoff.next_delay(error.retry_delay)
+                late = deadline is not None and time.monotonic() + delay >= deadline
+                if received or late or not _retry.is_retryable(error) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
+                    raise error from rpc_error
+            finally:
+                call.cancel()  # also when the caller stops early: the server stops reading
+            await asyncio.sleep(delay)
+
     def list_job_chunks(
         self,
         job_id: str,

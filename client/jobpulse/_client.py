@@ -277,6 +277,88 @@ class Client:
         )
         return self._pages(self._jobs.ListJobs, request, lambda r: r.jobs)
 
+    def export_jobs(
+        self,
+        *,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[job_pb2.Job]:
+        """Iterates over every matching job, streamed by one ExportJobs call.
+
+        The server sends the jobs (BASIC view, with the job's artifacts) in batches of at most 500 and
+        reads the next batch only when this iterator asks for it, so an export of any size holds one batch
+        in memory on either side. Stopping the iteration early (``break``, or closing the iterator)
+        cancels the stream, and with it the server's reads.
+
+        A stream that fails before its first batch is retried like other reads (on ``UNAVAILABLE``);
+        one that breaks later raises, since sending the request again would repeat the jobs already
+        yielded.
+
+        Args:
+            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time (datetime; naive means UTC).
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            order_by: As in :meth:`list_jobs_page`; ``""`` means ``"create_time desc"``.
+            timeout: Deadline of the whole export in seconds (``None``: none; the client's default
+                deadline for unary calls does not apply to a stream of any length).
+
+        Raises:
+            jobpulse.errors.InvalidArgument: A filter or ``order_by`` is invalid; its field violations
+                name the field.
+        """
+        request = _requests.export_jobs(
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            order_by=order_by,
+        )
+        return self._export(request, timeout)
+
+    def _export(
+        self, request: job_service_pb2.ExportJobsRequest, timeout: float | None
+    ) -> Iterator[job_pb2.Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = _retry.Backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = self._jobs.ExportJobs(request, timeout=remaining, metadata=self._metadata)
+            received = False
+            try:
+                for response in call:
+                    received = True
+                    yield from response.jobs
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                delay = backoff.next_delay(error.retry_delay)
+                late = deadline is not None and time.monotonic() + delay >= deadline
+                if received or late or not _retry.is_retryable(error) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
+                    raise error from rpc_error
+            finally:
+                # Also when the caller stops iterating (GeneratorExit): the server stops reading.
+                call.cancel()
+            time.sleep(delay)
+
     def _pages(
         self, method: Callable[..., Any], request: Any, items: Callable[[Any], Iterable[_T]]
     ) -> Iterator[_T]:

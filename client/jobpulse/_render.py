@@ -277,21 +277,27 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "items_done",
     "items_total",
     "chunks_total",
+    "chunks_pending",
+    "chunks_processing",
     "chunks_completed",
     "chunks_failed",
     "chunks_cancelled",
     "labels",
+    "artifact_uris",
     "stage",
     "message",
     "error_reason",
     "create_time",
+    "update_time",
     "start_time",
     "end_time",
 )
 
 
 def export_row(job: job_pb2.Job) -> list[str]:
-    """Returns the CSV cells of a job, in :data:`EXPORT_COLUMNS` order."""
+    """Returns the CSV cells of a job, in :data:`EXPORT_COLUMNS` order: times in RFC 3339 (empty when
+    unset), labels as a JSON object and artifact URIs as a JSON array, so that any value survives."""
+    s = job.chunks_summary
     return [
         job.id,
         job.display_name,
@@ -302,15 +308,19 @@ def export_row(job: job_pb2.Job) -> list[str]:
         f"{job.progress.percent:.2f}",
         str(job.progress.items_done),
         str(job.progress.items_total),
-        str(job.chunks_summary.total),
-        str(job.chunks_summary.completed),
-        str(job.chunks_summary.failed),
-        str(job.chunks_summary.cancelled),
-        ";".join(f"{k}={v}" for k, v in sorted(job.labels.items())),
+        str(s.total),
+        str(s.pending),
+        str(s.processing),
+        str(s.completed),
+        str(s.failed),
+        str(s.cancelled),
+        json.dumps(dict(sorted(job.labels.items())), ensure_ascii=False, separators=(",", ":")),
+        json.dumps([a.uri for a in job.artifacts], ensure_ascii=False, separators=(",", ":")),
         job.stage,
         job.message,
         job.error.reason,
         iso_timestamp(job.create_time),
+        iso_timestamp(job.update_time),
         iso_timestamp(job.start_time),
         iso_timestamp(job.end_time),
     ]

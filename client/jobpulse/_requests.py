@@ -79,6 +79,25 @@ def list_jobs(
     )
 
 
+def export_jobs(
+    *,
+    states: Iterable[JobStateLike] | None = None,
+    kind: str = "",
+    min_priority: int | None = None,
+    max_priority: int | None = None,
+    created_after: TimeLike | None = None,
+    created_before: TimeLike | None = None,
+    search: str = "",
+    labels: Mapping[str, str] | None = None,
+    order_by: str = "",
+) -> job_service_pb2.ExportJobsRequest:
+    """Builds an ExportJobsRequest (the filters and orders of ListJobs)."""
+    request = job_service_pb2.ExportJobsRequest(order_by=order_by)
+    return _with_filters(
+        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
+    )
+
+
 def watch_jobs(
     *,
     cursor: str = "",
@@ -98,7 +117,9 @@ def watch_jobs(
     )
 
 
-_R = TypeVar("_R", job_service_pb2.ListJobsRequest, job_service_pb2.WatchJobsRequest)
+_R = TypeVar(
+    "_R", job_service_pb2.ListJobsRequest, job_service_pb2.ExportJobsRequest, job_service_pb2.WatchJobsRequest
+)
 
 
 def _with_filters(
@@ -112,7 +133,7 @@ def _with_filters(
     search: str,
     labels: Mapping[str, str] | None,
 ) -> _R:
-    """Sets the ListJobs-style filter fields shared by ListJobs and WatchJobs."""
+    """Sets the ListJobs-style filter fields shared by ListJobs, ExportJobs and WatchJobs."""
     request.states.extend(_convert.job_states(states))
     request.kind = kind
     request.search = search

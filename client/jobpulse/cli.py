@@ -33,6 +33,7 @@ from jobpulse.worker import Worker
 __all__ = ["build_parser", "exit_code_for", "format_error", "main"]
 
 ORDER_BY_CHOICES = ("create_time desc", "create_time", "priority desc", "update_time desc")
+EXPORT_FORMATS = ("csv", "json", "jsonl")
 
 _EXIT_CODES = {
     job_pb2.JOB_STATE_COMPLETED: 0,
@@ -174,16 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basic", action="store_true", help="without chunks")
 
     p = command("list", _cmd_list, "list jobs, newest first")
-    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable, e.g. completed")
-    p.add_argument("--kind", default="")
-    p.add_argument("--search", default="", help="substring of the display name")
-    p.add_argument(
-        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
-    p.add_argument("--min-priority", type=int, default=None, metavar="N", help="0..10")
-    p.add_argument("--max-priority", type=int, default=None, metavar="N", help="0..10")
-    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
-    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+    _filter_options(p)
     p.add_argument("--order-by", default="", choices=ORDER_BY_CHOICES)
     p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
     p.add_argument(
@@ -218,12 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
     p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
 
-    p = command("export", _cmd_export, "write every matching job to stdout as CSV or JSON lines")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable")
-    p.add_argument("--kind", default="")
-    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
-    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+    p = command(
+        "export",
+        _cmd_export,
+        "write every matching job as CSV, one JSON array or JSON lines, streamed by one ExportJobs call",
+    )
+    _filter_options(p)
+    p.add_argument(
+        "--order-by",
+        default="create_time",
+        choices=ORDER_BY_CHOICES,
+        help="default create_time: oldest first",
+    )
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
+    p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
 
     p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
     p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
@@ -243,6 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
     )
     return parser
+
+
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    """The job filters of ListJobs, for every command that selects jobs by them (list, export)."""
+    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable, e.g. completed")
+    p.add_argument("--kind", default="")
+    p.add_argument("--search", default="", help="substring of the display name")
+    p.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument("--min-priority", type=int, default=None, metavar="N", help="0..10")
+    p.add_argument("--max-priority", type=int, default=None, metavar="N", help="0..10")
+    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
+    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments of the options ``_filter_options`` declares."""
+    return {
+        "states": args.state,
+        "kind": args.kind,
+        "min_priority": args.min_priority,
+        "max_priority": args.max_priority,
+        "created_after": args.created_after,
+        "created_before": args.created_before,
+        "search": args.search,
+        "labels": dict(args.label),
+    }
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
@@ -415,15 +443,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             page = client.list_jobs_page(
                 page_size=min(100, args.limit - len(jobs)),
                 page_token=token,
-                states=args.state,
-                kind=args.kind,
-                min_priority=args.min_priority,
-                max_priority=args.max_priority,
-                created_after=args.created_after,
-                created_before=args.created_before,
-                search=args.search,
-                labels=dict(args.label),
                 order_by=args.order_by,
+                **_filters(args),
             )
             total = page.total_size
             cursor = cursor or page.watch_cursor
@@ -499,43 +520,72 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    out = sys.stdout
-    writer = csv.writer(out) if args.format == "csv" else None
-    if writer is not None:
-        writer.writerow(_render.EXPORT_COLUMNS)
+    if args.output == "-":
+        return _export(args, sys.stdout)
+    # newline="": the csv module writes its own line ends.
+    with open(args.output, "w", encoding="utf-8", newline="") as out:
+        return _export(args, out)
+
+
+def _export(args: argparse.Namespace, out: TextIO) -> int:
     show_progress = sys.stderr.isatty()
     done = 0
     with _client(args) as client:
-        token = ""
-        while True:
-            # One page in memory at a time: constant memory whatever the number of jobs.
-            page = client.list_jobs_page(
-                page_size=100,
-                page_token=token,
-                states=args.state,
-                kind=args.kind,
-                created_after=args.created_after,
-                created_before=args.created_before,
-                order_by="create_time",
-            )
-            for job in page.jobs:
-                if writer is not None:
-                    writer.writerow(_render.export_row(job))
-                else:
-                    out.write(json.dumps(_render.to_dict(job), separators=(",", ":")) + "\n")
-            done += len(page.jobs)
-            if show_progress and page.total_size:
-                percent = 100.0 * done / page.total_size
-                bar = _render.progress_bar(percent, 24)
-                sys.stderr.write(f"\r{bar} {percent:5.1f}% | {done}/{page.total_size} jobs exported")
-                sys.stderr.flush()
-            token = page.next_page_token
-            if not token:
-                break
+        total = client.list_jobs_page(page_size=1, **_filters(args)).total_size if show_progress else 0
+        writer = _ExportWriter(out, args.format)
+        # One ExportJobs stream; the SDK holds one batch at a time, and each job is written as it
+        # comes, so memory stays flat whatever the number of jobs.
+        for job in client.export_jobs(order_by=args.order_by, **_filters(args)):
+            writer.write(job)
+            done += 1
+            if show_progress and done % 500 == 0:
+                _export_progress(done, total)
+        writer.close()
     if show_progress:
+        _export_progress(done, max(total, done))
         sys.stderr.write("\n")
     out.flush()
     return 0
+
+
+def _export_progress(done: int, total: int) -> None:
+    if total:
+        percent = min(100.0, 100.0 * done / total)
+        bar = _render.progress_bar(percent, 24)
+        sys.stderr.write(f"\r{bar} {percent:5.1f}% | {done}/{total} jobs exported")
+    else:
+        sys.stderr.write(f"\r{done} jobs exported")
+    sys.stderr.flush()
+
+
+class _ExportWriter:
+    """Writes exported jobs one by one: CSV rows under a header, the items of one JSON array, or
+    JSON lines. The JSON array is written as it goes, never built in memory."""
+
+    def __init__(self, out: TextIO, fmt: str) -> None:
+        self.out = out
+        self.format = fmt
+        self.count = 0
+        self._csv = csv.writer(out) if fmt == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(_render.EXPORT_COLUMNS)
+        elif fmt == "json":
+            out.write("[")
+
+    def write(self, job: job_pb2.Job) -> None:
+        if self._csv is not None:
+            self._csv.writerow(_render.export_row(job))
+        else:
+            text = json.dumps(_render.to_dict(job), separators=(",", ":"), ensure_ascii=False)
+            if self.format == "json":
+                self.out.write(("\n" if self.count == 0 else ",\n") + text)
+            else:
+                self.out.write(text + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self.format == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
 
 
 def _log_to_stderr(level: int) -> None:

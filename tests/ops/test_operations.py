@@ -142,6 +142,10 @@ def test_export_streams_every_matching_job(server: Any) -> None:
         [*run, "--format", "jsonl"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert [json.loads(line)["id"] for line in out.splitlines()] == ids
+    out = subprocess.run(
+        [*run, "--format", "json"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert [job["id"] for job in json.loads(out)] == ids
 
 
 async def test_the_async_client_reaches_admin_and_webhook_rpcs(server: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 
@@ -185,22 +184,6 @@ def test_get_shows_job_and_chunk_tables(cli_client, capsys):
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert rows[0][:4] == ["0", "COMPLETED", "0+50", "50/50"]
     assert rows[1][-1] == "w7"
-
-
-def test_export_csv_streams_every_page(cli_client, capsys):
-    pending = cli_client.run(cli.main, ["export", "--format", "csv", "--state", "completed"])
-    first = cli_client.answer(
-        "JobService.ListJobs", job_service_pb2.ListJobsResponse(jobs=[_job(id="a")], next_page_token="t")
-    )
-    cli_client.answer(
-        "JobService.ListJobs", job_service_pb2.ListJobsResponse(jobs=[_job(id="b", labels={"k": "v"})])
-    )
-    assert pending.result(RESULT_TIMEOUT) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [r["id"] for r in rows] == ["a", "b"]
-    assert rows[1]["labels"] == "k=v"
-    assert rows[0]["create_time"] == "2024-05-01T12:00:00Z"
-    assert list(first.states) == [job_pb2.JOB_STATE_COMPLETED]
 
 
 def test_list_json_is_one_document_with_total(cli_client, capsys):

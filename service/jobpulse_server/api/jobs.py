@@ -45,6 +45,7 @@ from jobpulse_server.domain.model import (
 from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.services import auth
+from jobpulse_server.services.export import export_jobs
 from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
 from jobpulse_server.services.watch import FeedService, WatchMessage, WatchService, horizon_cursor
 from jobpulse_server.services.webhooks import WebhookService
@@ -165,10 +166,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = Checker()
         c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
         c.enums([request.view], _VIEWS, "view")
-        order_by = " ".join(request.order_by.lower().split()) or "create_time desc"
-        if order_by == "create_time asc":
-            order_by = "create_time"
-        c.check(order_by in ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
+        order_by = _order_by(request.order_by, c)
         f = _job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
@@ -199,6 +197,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             ),
             build,
         )
+
+    async def ExportJobs(
+        self, request: job_service_pb2.ExportJobsRequest, context: Ctx
+    ) -> AsyncIterator[job_service_pb2.ExportJobsResponse]:
+        # Checked exactly as ListJobs, so a bad filter names the same field.
+        c = Checker()
+        order_by = _order_by(request.order_by, c)
+        f = _job_filter(request, c)
+        c.done()
+        # An async generator: grpc asks for the next batch only once the previous one is sent, so a
+        # slow reader holds the export back and a cancelled one ends it (the generator is closed).
+        async for pages in export_jobs(self.jobs, caller(), f, order_by):
+            now = self.clock()
+            # BASIC jobs built as ListJobs builds them, but not kept in the encoded-jobs cache: an
+            # export would fill it with jobs nobody asks for again and evict those that are.
+            yield job_service_pb2.ExportJobsResponse(jobs=[job_pb(p.job, now) for p in pages])
 
     async def ListJobChunks(
         self, request: job_service_pb2.ListJobChunksRequest, context: Ctx
@@ -414,8 +428,19 @@ def _delivery_pb(d: Delivery) -> job_service_pb2.WebhookDelivery:
     )
 
 
+def _order_by(raw: str, c: Checker) -> str:
+    """ListJobs' and ExportJobs' order_by, normalized (case, spaces, an explicit " asc"), checked."""
+    order_by = " ".join(raw.lower().split()) or "create_time desc"
+    order_by = order_by.removesuffix(" asc")
+    c.check(order_by in ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
+    return order_by
+
+
 def _job_filter(
-    request: job_service_pb2.ListJobsRequest | job_service_pb2.WatchJobsRequest, c: Checker
+    request: job_service_pb2.ListJobsRequest
+    | job_service_pb2.ExportJobsRequest
+    | job_service_pb2.WatchJobsRequest,
+    c: Checker,
 ) -> JobFilter:
     """The ListJobs-style filters of a request, checked."""
     c.enums(request.states, _JOB_STATES, "states")
@@ -439,6 +464,7 @@ def _job_filter(
 
 def _time_range(
     request: job_service_pb2.ListJobsRequest
+    | job_service_pb2.ExportJobsRequest
     | job_service_pb2.WatchJobsRequest
     | job_service_pb2.GetJobStatsRequest,
     c: Checker,

@@ -1,0 +1,173 @@
+"""Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite.
+
+    python -m bench.export_memory                                  # 200,000 jobs; baseline 2,000
+    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench.export_memory
+
+For each size, baseline first: a fresh SQLite file migrated by the server's Alembic migrations, the
+jobs bulk-loaded straight into it (``bench.listing_scale``'s synthetic jobs: varied states, kinds,
+owners, labels, metadata; about 10 s for 200,000), then a jobpulse server in a process of its own
+(open mode: it exports every owner's jobs) and ``jobpulse export --format csv`` of every job in a
+second process. The export's output goes to a pipe this process reads in 1 MiB blocks and throws
+away, counting the rows on the way, so the figure is checked; the CLI sees what /dev/null would be.
+
+Reported per size: the server's peak RSS (VmHWM, /proc/<pid>/status) once it serves and before the
+export, and after it; the CLI's peak RSS (ru_maxrss of its own wait4); rows and time. Flat memory
+means the ratios of the large export to the baseline stay near 1 (a server that kept every job, or
+a CLI that built the document in memory, would grow by hundreds of MB at 200,000 jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bench import report
+from bench.listing_scale import Backend, load_sqlite, migrate
+from bench.procs import ServerProcess
+
+JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
+BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
+EXPORT_TIMEOUT = 900.0
+
+
+@dataclass
+class Run:
+    jobs: int
+    seed_s: float = 0.0
+    server_start_kib: int = 0  # VmHWM once serving, before the export
+    server_peak_kib: int = 0  # VmHWM after the export
+    cli_peak_kib: int = 0
+    rows: int = 0
+    export_s: float = 0.0
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status (VmHWM: the peak resident set so far)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def _export(target: str) -> tuple[int, int, float]:
+    """Runs ``jobpulse export`` of every job; returns (CSV rows, CLI peak RSS in KiB, seconds)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobpulse.cli", "--target", target, "export", "--format", "csv"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines = 0
+    while block := proc.stdout.read(1 << 20):
+        lines += block.count(b"\n")
+    proc.stdout.close()
+    # wait4 (not proc.wait): the rusage of this child alone; ru_maxrss is in KiB on Linux.
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"jobpulse export exited with {proc.returncode}")
+    return lines - 1, usage.ru_maxrss, elapsed  # the header line is not a job
+
+
+def measure(n_jobs: int) -> Run:
+    run = Run(n_jobs)
+    tmp = tempfile.mkdtemp(prefix="jobpulse-export-")
+    backend = Backend("sqlite", f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
+    try:
+        t0 = time.perf_counter()
+        asyncio.run(migrate(backend))
+        load_sqlite(backend, time.time_ns() // 1000)
+        run.seed_s = time.perf_counter() - t0
+        server = ServerProcess("jobpulse", backend.url)
+        try:
+            server.wait_ready()
+            run.server_start_kib = _status_kib(server.pid, "VmHWM")
+            run.rows, run.cli_peak_kib, run.export_s = _export(server.target)
+            run.server_peak_kib = _status_kib(server.pid, "VmHWM")
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if run.rows != n_jobs:
+        raise RuntimeError(f"exported {run.rows} rows of {n_jobs} jobs")
+    return run
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:,.1f} MiB"
+
+
+def render(base: Run, big: Run) -> str:
+    def row(name: str, a: str, b: str, ratio: str) -> str:
+        return f"| {name} | {a} | {b} | {ratio} |"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{b / a:.2f}" if a else "n/a"
+
+    lines = [
+        f"ExportJobs memory on SQLite: {big.jobs:,} jobs beside a baseline of {base.jobs:,} (same run)",
+        "",
+        row("", f"baseline, {base.jobs:,} jobs", f"{big.jobs:,} jobs", "ratio"),
+        "| --- | --- | --- | --- |",
+        row(
+            "server peak RSS before the export",
+            _mib(base.server_start_kib),
+            _mib(big.server_start_kib),
+            ratio(base.server_start_kib, big.server_start_kib),
+        ),
+        row(
+            "server peak RSS after the export",
+            _mib(base.server_peak_kib),
+            _mib(big.server_peak_kib),
+            ratio(base.server_peak_kib, big.server_peak_kib),
+        ),
+        row(
+            "server growth during the export",
+            _mib(base.server_peak_kib - base.server_start_kib),
+            _mib(big.server_peak_kib - big.server_start_kib),
+            "",
+        ),
+        row(
+            "CLI peak RSS (jobpulse export --format csv)",
+            _mib(base.cli_peak_kib),
+            _mib(big.cli_peak_kib),
+            ratio(base.cli_peak_kib, big.cli_peak_kib),
+        ),
+        row("rows exported", f"{base.rows:,}", f"{big.rows:,}", ""),
+        row(
+            "export time, jobs/s",
+            f"{base.export_s:.2f} s, {base.rows / base.export_s:,.0f}/s",
+            f"{big.export_s:.2f} s, {big.rows / big.export_s:,.0f}/s",
+            "",
+        ),
+        row("seeding (migrate + bulk insert)", f"{base.seed_s:.1f} s", f"{big.seed_s:.1f} s", ""),
+        "",
+        "Flat memory: the peak ratios stay near 1.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if not sys.platform.startswith("linux"):
+        print("bench.export_memory reads /proc: Linux only", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    print(f"machine: {report.machine_facts()}; load before: {report.load_average()}", flush=True)
+    base = measure(BASELINE)
+    print(f"baseline done: {base}", flush=True)
+    big = measure(JOBS)
+    print(render(base, big))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load after: {report.load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
