@@ -21,8 +21,10 @@ class KeyUsage:
 
 @dataclass(frozen=True)
 class Lease:
-    """Tokens taken from a key's shared bucket: ``granted`` of those asked for; when none was
-    granted, ``wait`` is the seconds until the bucket holds a whole token again."""
+    """Tokens taken from a key's shared bucket: all that were asked for, or none; when none was
+    granted, ``wait`` is the seconds until the bucket holds as many as were asked for."""
 
     granted: int
     wait: float = 0.0
+    # Tokens left in the bucket after this lease.
+    left: float = 0.0

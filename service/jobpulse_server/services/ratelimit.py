@@ -10,7 +10,8 @@ RateLimited), RateLimited at once when the call is refused. Both count calls in 
 * ``SharedRateLimiter`` (PostgreSQL): one bucket per key in the database (``rate_buckets``), shared by
   every replica. A replica does not visit it per call: it takes a *block* of tokens at a time
   (``rate x rate_limit_lease_seconds``, at least 1) and admits calls from that block in memory,
-  taking the next block in the background once half of it is used. A call waits for the database
+  taking the next block in the background once half of it is used (unless the key is at its limit,
+  where that would only add statements). A call waits for the database
   only when its replica holds no token (the first call of a key, or traffic faster than the
   background lease); a refused lease says when the bucket will hold a token again, and calls until
   then are refused from memory, so a key hammering over its limit costs the database nothing.
@@ -128,6 +129,9 @@ class _Share:
     alone_until: float = 0.0
     local: Bucket | None = None
     lease: asyncio.Task[None] | None = None
+    # The last lease was refused, or left less than a block: the key is at its limit, where leasing
+    # ahead of need would mostly be refused, a statement for nothing.
+    short: bool = False
 
 
 class SharedRateLimiter:
@@ -177,7 +181,7 @@ class SharedRateLimiter:
     def _spend(self, key_name: str, role: str, share: _Share) -> None:
         share.tokens -= 1
         self.ledger.admitted(key_name, role)
-        if share.tokens <= share.block // 2 and share.lease is None:
+        if share.tokens <= share.block // 2 and share.lease is None and not share.short:
             now = self.clock()
             if now >= share.refused_until and now >= share.alone_until:  # the next block, ahead of need
                 self._start_lease(key_name, share)
@@ -219,6 +223,7 @@ class SharedRateLimiter:
                 self.store.lease_tokens(key_name, want, share.rate, share.burst), LEASE_TIMEOUT
             )
             share.tokens += got.granted
+            share.short = got.granted < want or got.left < share.block
             if not got.granted:
                 share.refused_until = self.clock() + got.wait
             share.local = None

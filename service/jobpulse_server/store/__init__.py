@@ -310,8 +310,9 @@ class UsageStore(Protocol):
         ...
 
     async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:
-        """Takes up to ``want`` tokens from the key's shared bucket (``rate`` a second, at most
-        ``burst``; full when first seen), in one statement. PostgreSQL only."""
+        """Takes ``want`` tokens, all or none, from the key's shared bucket (``rate`` a second, at
+        most ``burst``; full when first seen), in one statement; when it grants none, the wait is
+        until the bucket holds ``want``. PostgreSQL only."""
         ...
 
 

@@ -21,21 +21,23 @@ from jobpulse_server.store.tables import key_usage
 # Keys per INSERT of a flush: 5 parameters a row stays far below SQLite's oldest limit (999).
 FLUSH_ROWS = 150
 
-# Takes up to :want whole tokens from a key's bucket after refilling it for the time since its last
-# lease at :rate tokens a second (capped at :burst), on the database's clock, in one statement that
-# is its own transaction. A key seen for the first time starts with a full bucket. The row lock
-# orders replicas leasing the same key; RETURNING gives the grant and what is left.
+# Takes :want tokens from a key's bucket, all or none, after refilling it for the time since its
+# last lease at :rate tokens a second (capped at :burst), on the database's clock, in one statement
+# that is its own transaction. A key seen for the first time starts with a full bucket. The row lock
+# orders replicas leasing the same key; RETURNING gives the grant and what is left. All or none:
+# with partial grants, replicas competing for a key at its limit took its trickle a token or two
+# per statement (one statement per 1.5 calls in tests/unit/test_usage_and_rate_limits.py).
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _BURST = "CAST(:burst AS double precision)"
 _AVAILABLE = (
     f"LEAST({_BURST}, b.tokens + GREATEST(0, excluded.refill_time - b.refill_time)"
     " * CAST(:rate AS double precision) / 1000000.0)"
 )
-_GRANT = f"GREATEST(0, LEAST(CAST(:want AS bigint), floor({_AVAILABLE})::bigint))"
+_GRANT = f"CASE WHEN {_AVAILABLE} >= CAST(:want AS bigint) THEN CAST(:want AS bigint) ELSE 0 END"
 PG_LEASE = text(
     "INSERT INTO rate_buckets AS b (key_name, tokens, refill_time, granted) "
     f"SELECT :key, {_BURST} - n.g, n.t, n.g FROM (SELECT {_NOW_US} AS t, "
-    f"GREATEST(0, LEAST(CAST(:want AS bigint), floor({_BURST})::bigint)) AS g) AS n "
+    f"CASE WHEN {_BURST} >= CAST(:want AS bigint) THEN CAST(:want AS bigint) ELSE 0 END AS g) AS n "
     "ON CONFLICT (key_name) DO UPDATE SET "
     f"tokens = {_AVAILABLE} - {_GRANT}, granted = {_GRANT}, "
     "refill_time = GREATEST(b.refill_time, excluded.refill_time) "
@@ -99,5 +101,7 @@ class SqlUsage:
             ).one()
         granted, left = int(row[0]), float(row[1])
         if granted:
-            return Lease(granted)
-        return Lease(0, max(0.001, (1.0 - left) / rate))
+            return Lease(granted, left=left)
+        # Refused: come back when the bucket holds what was asked for, not a single token, so that
+        # replicas competing for a key over its limit take blocks, not a statement per token.
+        return Lease(0, max(0.001, (want - left) / rate), left)
