@@ -3,6 +3,7 @@ arithmetic as ``store/usage.py``'s statements, a clock the test moves, and fault
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,8 +39,11 @@ class FakeUsageStore:
     add_calls: list[dict[str, KeyUsage]] = field(default_factory=list)
     lease_calls: int = 0
     fail: bool = False
+    # One entry per add_usage call: whether it wrote (True) or failed (False).
+    add_attempts: asyncio.Queue[bool] = field(default_factory=asyncio.Queue)
 
     async def add_usage(self, counts: Mapping[str, KeyUsage], now: int) -> None:
+        self.add_attempts.put_nowait(not self.fail)
         if self.fail:
             raise ConnectionRefusedError("the database is away")
         self.add_calls.append({k: KeyUsage(u.role, u.calls, u.rejected) for k, u in counts.items()})

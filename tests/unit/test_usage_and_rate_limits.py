@@ -95,12 +95,12 @@ async def test_the_flusher_survives_failures_and_writes_once_the_store_is_back()
     stop = asyncio.Event()
     runner = asyncio.create_task(ledger.run(stop, 0.01))
     ledger.admitted("alice", "client")
-    while ledger.failed_flushes < 3:
-        await asyncio.sleep(0.01)
-    assert not runner.done()
+    for _ in range(3):
+        assert await asyncio.wait_for(store.add_attempts.get(), 10) is False
+    assert not runner.done() and ledger.failed_flushes >= 3
     store.fail = False
-    while not store.totals:
-        await asyncio.sleep(0.01)
+    while not await asyncio.wait_for(store.add_attempts.get(), 10):
+        pass  # a flush that started before the store came back
     stop.set()
     await runner
     assert store.totals == {"alice": KeyUsage("client", 1, 0)}
