@@ -13,8 +13,9 @@ RateLimited), RateLimited at once when the call is refused. Both count calls in 
   taking the next block in the background once half of it is used (unless the key is at its limit,
   where that would only add statements). A call waits for the database
   only when its replica holds no token (the first call of a key, or traffic faster than the
-  background lease); a refused lease says when the bucket will hold a token again, and calls until
-  then are refused from memory, so a key hammering over its limit costs the database nothing.
+  background lease). A lease is all or none; a refused one says when the bucket will hold the block,
+  and calls until then are refused from memory, so a key hammering over its limit costs the database
+  about one statement per block per replica, however many calls it sends.
 
 Tolerance of the shared limiter, N replicas, block size b: tokens are taken from the shared bucket
 before they are spent, so the limit over time is the bucket's; the only slack is the tokens the
