@@ -39,7 +39,8 @@ from jobpulse_server.observability import Metrics, Observer
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
-from jobpulse_server.services.ratelimit import RateLimiter
+from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
+from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService
 from jobpulse_server.services.workers import WorkerService
@@ -48,6 +49,7 @@ from jobpulse_server.store import Store
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
 from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
+from jobpulse_server.store.usage import SqlUsage
 
 log = logging.getLogger("jobpulse")
 
@@ -69,6 +71,7 @@ class App:
     health: ServerHealth
     auth: Authenticator
     metrics: Metrics
+    usage: UsageLedger
     metrics_port: int | None = None
     listener: Listener | None = None
     deliverer: Deliverer | None = None
@@ -92,6 +95,7 @@ class App:
         self.hub.close()
         await stopping
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.usage.close()  # the calls counted since the last flush, now that none come in
         await self.store.close()
         await self.db.close()
 
@@ -116,13 +120,18 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
     watches = WatchService(store, hub, config, watch_encoder(clock))
 
-    limiter = RateLimiter(
-        {
-            "client": config.rate_limit_client,
-            "worker": config.rate_limit_worker,
-            "admin": config.rate_limit_admin,
-        }
-    )
+    rates = {
+        "client": config.rate_limit_client,
+        "worker": config.rate_limit_worker,
+        "admin": config.rate_limit_admin,
+    }
+    usage_store = SqlUsage(db)
+    usage = UsageLedger(usage_store, clock)
+    limiter: Limiter
+    if db.dialect == "postgresql" and config.rate_limit_shared:
+        limiter = SharedRateLimiter(rates, usage, usage_store, config.rate_limit_lease_seconds)
+    else:
+        limiter = RateLimiter(rates, usage)
     keys_and_deliveries = SqlKeysAndDeliveries(db)
     authenticator = Authenticator(keys_and_deliveries, limiter, refresh_seconds=config.key_refresh_interval)
     await authenticator.refresh()
@@ -169,7 +178,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     stop_background = asyncio.Event()
     server_health = ServerHealth(db, hub, workers, health_servicer, config, stop_background)
-    admin = AdminServicer(limiter, server_health.report)
+    admin = AdminServicer(usage, server_health.report)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         DocumentedReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server
@@ -201,6 +210,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         server_health,
         authenticator,
         metrics,
+        usage,
         metrics_port=metrics_port,
         listener=listener,
         deliverer=deliverer,
@@ -212,6 +222,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         (authenticator.run(stop_background), "jobpulse-keys"),
         (deliverer.run(stop_background), "jobpulse-webhooks"),
         (server_health.watch_database(), "jobpulse-db-health"),
+        (usage.run(stop_background, config.usage_flush_interval), "jobpulse-usage"),
     ]
     if metrics_port is not None:
         background.append((job_gauges(db, metrics, stop_background), "jobpulse-job-gauges"))

@@ -52,6 +52,19 @@ class Config:
     rate_limit_client: float = 50.0
     rate_limit_worker: float = 200.0
     rate_limit_admin: float = 0.0
+    # PostgreSQL: one bucket per key in the database, shared by every replica (true), or a bucket per
+    # replica in memory (false: N replicas admit up to N times the limit). SQLite always limits in
+    # memory, which is exact there (one process).
+    rate_limit_shared: bool = True
+    # PostgreSQL, shared limits: a replica takes a key's tokens from the shared bucket in blocks of
+    # b = rate x this (at least 1, at most half the burst; 50/s -> 5) and admits from its block in
+    # memory, so it visits the database about once per b/2 calls, not per call. Tolerance: over any
+    # T seconds all N replicas together admit at most burst + rate x T + N x b calls of a key (one
+    # server: burst + rate x T). Larger blocks, fewer statements, more slack. See services/ratelimit.py.
+    rate_limit_lease_seconds: float = 0.1
+    # Seconds between writes of the per-key call counts (GetUsage) to the database: one statement
+    # per flush, not per call. A kill -9 loses at most this long's counts; SIGTERM loses none.
+    usage_flush_interval: float = 1.0
     # Seconds between re-reads of the API keys (how soon a revoke takes effect).
     key_refresh_interval: float = 2.0
     # Seconds between database probes behind grpc health (NOT_SERVING while it fails).

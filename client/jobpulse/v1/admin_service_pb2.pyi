@@ -72,7 +72,7 @@ Global___KeyUsage: _TypeAlias = KeyUsage  # noqa: Y015
 
 @_typing.final
 class GetUsageResponse(_message.Message):
-    """GetUsageResponse lists every key that called this server."""
+    """GetUsageResponse lists every key that called any replica of this server."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -63,7 +63,11 @@ class AdminServiceServicer:
 
     def GetUsage(self, request, context):
         """Reports calls admitted and rejected by the rate limiter, per API key, since
-        this server started (each replica counts its own).
+        the key's first call: kept in the database, so the counts survive restarts
+        and are summed over every replica. Each server writes its counts every
+        usage_flush_interval (1 s by default) and at shutdown, so another replica's
+        calls of the last interval may not be in yet (this server's are), and a
+        server killed with SIGKILL loses at most its last interval's counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,11 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetUsageRequest, _admin_service_pb2.GetUsageResponse]
     """Reports calls admitted and rejected by the rate limiter, per API key, since
-    this server started (each replica counts its own).
+    the key's first call: kept in the database, so the counts survive restarts
+    and are summed over every replica. Each server writes its counts every
+    usage_flush_interval (1 s by default) and at shutdown, so another replica's
+    calls of the last interval may not be in yet (this server's are), and a
+    server killed with SIGKILL loses at most its last interval's counts.
     """
     GetServerHealth: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetServerHealthRequest, _admin_service_pb2.GetServerHealthResponse]
     """Reports database reachability and latency, schema version, sweeper and
@@ -61,7 +65,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetUsageRequest, _admin_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Reports calls admitted and rejected by the rate limiter, per API key, since
-    this server started (each replica counts its own).
+    the key's first call: kept in the database, so the counts survive restarts
+    and are summed over every replica. Each server writes its counts every
+    usage_flush_interval (1 s by default) and at shutdown, so another replica's
+    calls of the last interval may not be in yet (this server's are), and a
+    server killed with SIGKILL loses at most its last interval's counts.
     """
     GetServerHealth: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetServerHealthRequest, _admin_service_pb2.GetServerHealthResponse]  # type: ignore[assignment]
     """Reports database reachability and latency, schema version, sweeper and
@@ -84,7 +92,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetUsageResponse, _abc.Awaitable[_admin_service_pb2.GetUsageResponse]]:
         """Reports calls admitted and rejected by the rate limiter, per API key, since
-        this server started (each replica counts its own).
+        the key's first call: kept in the database, so the counts survive restarts
+        and are summed over every replica. Each server writes its counts every
+        usage_flush_interval (1 s by default) and at shutdown, so another replica's
+        calls of the last interval may not be in yet (this server's are), and a
+        server killed with SIGKILL loses at most its last interval's counts.
         """
 
     @_abc_1.abstractmethod

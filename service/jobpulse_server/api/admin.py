@@ -13,7 +13,7 @@ from jobpulse_server.api.messages import (
     Ctx,
 )
 from jobpulse_server.services import auth
-from jobpulse_server.services.ratelimit import RateLimiter
+from jobpulse_server.services.usage import UsageLedger
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,10 +26,10 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
 
     def __init__(
         self,
-        limiter: RateLimiter,
+        usage: UsageLedger,
         report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]],
     ) -> None:
-        self.limiter = limiter
+        self.usage = usage
         self.report = report  # builds the GetServerHealth answer
 
     async def GetServerHealth(
@@ -40,7 +40,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     async def GetUsage(
         self, request: admin_service_pb2.GetUsageRequest, context: Ctx
     ) -> admin_service_pb2.GetUsageResponse:
-        usage = self.limiter.usage
+        usage = await self.usage.report()
         return admin_service_pb2.GetUsageResponse(
             usage=[
                 admin_service_pb2.KeyUsage(key_name=name, role=u.role, calls=u.calls, rejected=u.rejected)

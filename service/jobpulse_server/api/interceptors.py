@@ -94,7 +94,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started, code = time.perf_counter(), "OK"
             try:
-                _caller.set(auth.authenticate(context.invocation_metadata(), roles, name))
+                principal = auth.authenticate(context.invocation_metadata(), roles, name)
+                if not isinstance(principal, Principal):  # the shared rate limit asks the database
+                    principal = await principal
+                _caller.set(principal)
                 return await behaviour(request, context)
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -118,7 +121,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started, code = time.perf_counter(), "OK"
             try:
-                _caller.set(auth.authenticate(context.invocation_metadata(), roles, name))
+                principal = auth.authenticate(context.invocation_metadata(), roles, name)
+                if not isinstance(principal, Principal):  # the shared rate limit asks the database
+                    principal = await principal
+                _caller.set(principal)
                 async for item in behaviour(request, context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
 from jobpulse_server.domain.principal import ANONYMOUS, KeyInfo, Principal
-from jobpulse_server.services.ratelimit import RateLimiter
+from jobpulse_server.services.ratelimit import Limiter
 from jobpulse_server.store import KeysAndDeliveries, keys
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Checks each call's key and role, and applies the rate limits."""
 
-    def __init__(self, txs: KeysAndDeliveries, limiter: RateLimiter, refresh_seconds: float = 2.0) -> None:
+    def __init__(self, txs: KeysAndDeliveries, limiter: Limiter, refresh_seconds: float = 2.0) -> None:
         self.txs = txs
         self.limiter = limiter
         self.refresh_seconds = refresh_seconds
@@ -70,8 +70,11 @@ class Authenticator:
                 except Exception:  # keep the last known keys while the database is away
                     log.warning("could not refresh API keys; keeping the last known set", exc_info=True)
 
-    def authenticate(self, metadata: Iterable[Any] | None, roles: frozenset[str], method: str) -> Principal:
-        """The caller for these metadata, if it holds one of ``roles`` and is within its rate limit."""
+    def authenticate(
+        self, metadata: Iterable[Any] | None, roles: frozenset[str], method: str
+    ) -> Principal | Awaitable[Principal]:
+        """The caller for these metadata, if it holds one of ``roles`` and is within its rate limit;
+        an awaitable of it when the rate limiter has to ask the database first (shared limits)."""
         if self.open:
             principal = ANONYMOUS
         else:
@@ -92,5 +95,12 @@ class Authenticator:
             principal = Principal(
                 info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url
             )
-            self.limiter.admit(info.name, info.role)
+            pending = self.limiter.admit(info.name, info.role)
+            if pending is not None:
+                return _once(pending, principal)
         return principal
+
+
+async def _once(pending: Awaitable[None], principal: Principal) -> Principal:
+    await pending
+    return principal

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -185,4 +186,29 @@ webhook_deliveries = Table(
     Column("delivered_time", BigInteger, nullable=True),
     Index("ix_webhook_deliveries_due", "state", "next_attempt_time"),
     Index("ix_webhook_deliveries_job", "job_id", "create_time"),
+)
+
+# Calls admitted and rejected per API key, summed over every replica and restart. Each server adds
+# what it counted since its previous flush, in one statement per flush (services/usage.py).
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_name", String(63), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+)
+
+# PostgreSQL: each rate-limited key's token bucket, shared by the replicas, which take tokens from it
+# in blocks (store/usage.py, services/ratelimit.py). Refilled on the database's clock, so the
+# replicas' clocks do not matter.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key_name", String(63), primary_key=True),
+    Column("tokens", Double, nullable=False),
+    Column("refill_time", BigInteger, nullable=False),
+    # What the latest lease handed out: the lease statement returns it (RETURNING sees new values only).
+    Column("granted", BigInteger, nullable=False),
 )
