@@ -32,7 +32,7 @@ from jobpulse_server.api.validation import (
     timestamp_us,
 )
 from jobpulse_server.domain.clock import Clock
-from jobpulse_server.domain.filters import ORDERS, JobFilter
+from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_KIND,
@@ -164,10 +164,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = Checker()
         c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
         c.enums([request.view], _VIEWS, "view")
-        order_by = " ".join(request.order_by.lower().split()) or "create_time desc"
-        if order_by == "create_time asc":
-            order_by = "create_time"
-        c.check(order_by in ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
+        order_by = c.order_by(request.order_by)
         f = _job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
