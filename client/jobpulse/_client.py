@@ -222,8 +222,9 @@ class Client:
             created_before: Only jobs created before this time.
             search: Case-insensitive substring of the display name.
             labels: Only jobs carrying all of these labels.
-            order_by: ``"create_time desc"`` (default), ``"create_time"``, ``"priority desc"`` or
-                ``"update_time desc"``.
+            order_by: ``"create_time"``, ``"update_time"`` or ``"priority"``, each optionally
+                followed by ``" desc"``; default ``"create_time desc"``. Ties break by id in the
+                same direction.
             view: ``"basic"`` (default) or ``"full"``.
             timeout: Deadline in seconds; defaults to the client's.
         """

@@ -32,7 +32,15 @@ from jobpulse.worker import Worker
 
 __all__ = ["build_parser", "exit_code_for", "format_error", "main"]
 
-ORDER_BY_CHOICES = ("create_time desc", "create_time", "priority desc", "update_time desc")
+# ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
+ORDER_BY_CHOICES = (
+    "create_time desc",
+    "create_time",
+    "update_time desc",
+    "update_time",
+    "priority desc",
+    "priority",
+)
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 
 _EXIT_CODES = {

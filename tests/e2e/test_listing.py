@@ -91,6 +91,100 @@ def test_order_by_update_time_desc(client: jobpulse.Client, catalog: dict[str, j
     assert paged == ids
 
 
+# ListJobsRequest.order_by: each sortable field ascending and descending.
+ORDERS = ("create_time desc", "create_time", "update_time desc", "update_time", "priority desc", "priority")
+
+
+def _sort_key(job: job_pb2.Job, order_by: str) -> tuple[Any, ...]:
+    """What ``order_by`` sorts by; ties break by id (create_time order is id order)."""
+    field = order_by.split()[0]
+    if field == "priority":
+        return (job.priority, job.id)
+    if field == "update_time":
+        return (job.update_time.ToMicroseconds(), job.id)
+    return (job.id,)
+
+
+@pytest.fixture
+def tied(client: jobpulse.Client) -> list[job_pb2.Job]:
+    """Eleven jobs, ties in priority and in update_time: one ClaimChunks call takes the single
+    chunk of four "sort" jobs and so updates all four at the same instant. Returned as they
+    stand afterwards."""
+    specs = [
+        ("sort", 5, "a"),
+        ("sort", 5, "b"),
+        ("sort", 3, "a"),
+        ("sort", 8, "b"),
+        ("sort", 5, "a"),
+        ("other", 5, "b"),
+        ("sort", 3, "b"),
+        ("sort", 8, "a"),
+        ("other", 3, "a"),
+        ("sort", 0, "a"),
+        ("other", 5, "a"),
+    ]
+    made = [
+        client.create_job(kind, 1, priority=p, display_name=f"tied {n}", labels={"team": team})
+        for n, (kind, p, team) in enumerate(specs)
+    ]
+    assert len(client.claim_chunks("w-tie", kinds=["sort"], max_chunks=4)) == 4
+    jobs = [client.get_job(j.id, view="basic") for j in made]
+    times = [j.update_time.ToMicroseconds() for j in jobs if j.state == job_pb2.JOB_STATE_PROCESSING]
+    assert len(times) == 4 and len(set(times)) == 1, "one claim should update its four jobs at one instant"
+    return jobs
+
+
+def test_every_order_pages_to_the_fully_sorted_list(client: jobpulse.Client, tied: list[job_pb2.Job]) -> None:
+    def matches(job: job_pb2.Job, filters: dict[str, Any]) -> bool:
+        return (
+            job.kind == filters.get("kind", job.kind)
+            and job.priority >= filters.get("min_priority", 0)
+            and job.priority <= filters.get("max_priority", 10)
+            and all(job.labels.get(k) == v for k, v in filters.get("labels", {}).items())
+            and ("states" not in filters or job.state in filters["states"])
+            and filters.get("search", "").lower() in job.display_name.lower()
+        )
+
+    combined: list[dict[str, Any]] = [
+        {},
+        {"kind": "sort", "min_priority": 3, "max_priority": 8},
+        {"labels": {"team": "a"}, "states": [job_pb2.JOB_STATE_PENDING, job_pb2.JOB_STATE_PROCESSING]},
+        {"kind": "sort", "min_priority": 5, "states": [job_pb2.JOB_STATE_PROCESSING], "search": "TIED"},
+    ]
+    for order_by in ORDERS:
+        for filters in combined:
+            wanted = sorted(
+                (j for j in tied if matches(j, filters)),
+                key=lambda j: _sort_key(j, order_by),
+                reverse=order_by.endswith(" desc"),
+            )
+            assert len(wanted) >= 3, filters  # more than one page at every page size below
+            for page_size in (2, 3):
+                ids, pages = _all_pages(client, page_size, order_by=order_by, **filters)
+                where = f"{order_by!r}, {filters}, page_size {page_size}"
+                assert ids == [j.id for j in wanted], where
+                assert all(p.total_size == len(wanted) for p in pages), where
+                assert [len(p.jobs) for p in pages[:-1]] == [page_size] * (len(pages) - 1), where
+
+
+def test_order_by_is_case_and_space_insensitive_and_takes_asc(
+    client: jobpulse.Client, tied: list[job_pb2.Job]
+) -> None:
+    for field in ("create_time", "update_time", "priority"):
+        plain = _ids(client.list_jobs_page(order_by=field).jobs)
+        assert _ids(client.list_jobs_page(order_by=f"  {field.upper()}   ASC ").jobs) == plain
+        assert _ids(client.list_jobs_page(order_by=f"{field} Desc").jobs) == plain[::-1]
+
+
+def test_unknown_order_by_is_invalid_argument_naming_order_by(client: jobpulse.Client) -> None:
+    client.create_job("k", 1)
+    with pytest.raises(errors.InvalidArgument) as info:
+        client.list_jobs_page(order_by="display_name desc")
+    violations = dict(info.value.field_violations)
+    assert set(violations) == {"order_by"}
+    assert all(repr(order) in violations["order_by"] for order in ORDERS), violations
+
+
 def test_filter_by_states(client: jobpulse.Client, catalog: dict[str, job_pb2.Job]) -> None:
     client.cancel_job(catalog["a"].id)
     run_all(client, "index")
@@ -197,7 +291,10 @@ def test_invalid_list_arguments_name_the_field(client: jobpulse.Client) -> None:
     cases: list[tuple[dict[str, Any], set[str]]] = [
         ({"page_size": -1}, {"page_size"}),
         ({"order_by": "display_name"}, {"order_by"}),
-        ({"order_by": "priority asc"}, {"order_by"}),
+        ({"order_by": "id"}, {"order_by"}),
+        ({"order_by": "priority ascending"}, {"order_by"}),
+        ({"order_by": "update_time desc desc"}, {"order_by"}),
+        ({"order_by": "create_time,priority"}, {"order_by"}),
         ({"min_priority": 8, "max_priority": 2}, {"min_priority", "max_priority"}),
         ({"min_priority": 11}, {"min_priority"}),
         ({"max_priority": -1}, {"max_priority"}),
@@ -270,7 +367,7 @@ def test_chunk_page_token_is_not_a_job_page_token(client: jobpulse.Client) -> No
 def test_paging_is_stable_under_concurrent_inserts(client: jobpulse.Client) -> None:
     original = [client.create_job("k", 1, priority=p % 11, display_name=f"o{p}").id for p in range(9)]
     inserted = 0
-    for order_by in ("create_time desc", "create_time", "priority desc", "update_time desc"):
+    for order_by in ORDERS:
         seen: list[str] = []
         token = ""
         pages = 0

@@ -141,7 +141,7 @@ def _seed(channel: grpc.Channel, caller: Caller, pools: Pools) -> None:
         caller.worker,
     )
     lister = caller.own if caller.allowed("ListJobs") else caller.admin
-    for order in ("", "create_time", "priority desc", "update_time desc"):
+    for order in ("", "create_time", "update_time", "priority", "priority desc", "update_time desc"):
         page = unary(channel, "ListJobs", J.ListJobsRequest(page_size=1, order_by=order), lister)
         pools.learn("ListJobs", page)
         pools.page_tokens.append((page.next_page_token, {"order_by": order}, "jobs"))

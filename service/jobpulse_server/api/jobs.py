@@ -33,7 +33,7 @@ from jobpulse_server.api.validation import (
     timestamp_us,
 )
 from jobpulse_server.domain.clock import Clock
-from jobpulse_server.domain.filters import ORDERS, JobFilter
+from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_KIND,
@@ -166,7 +166,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = Checker()
         c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
         c.enums([request.view], _VIEWS, "view")
-        order_by = _order_by(request.order_by, c)
+        order_by = c.order_by(request.order_by)
         f = _job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
@@ -203,7 +203,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[job_service_pb2.ExportJobsResponse]:
         # Checked exactly as ListJobs, so a bad filter names the same field.
         c = Checker()
-        order_by = _order_by(request.order_by, c)
+        order_by = c.order_by(request.order_by)
         f = _job_filter(request, c)
         c.done()
         # An async generator: grpc asks for the next batch only once the previous one is sent, so a
@@ -426,14 +426,6 @@ def _delivery_pb(d: Delivery) -> job_service_pb2.WebhookDelivery:
         delivered_time=timestamp(d.delivered_time),
         next_attempt_time=timestamp(d.next_attempt_time) if d.state == 1 else None,
     )
-
-
-def _order_by(raw: str, c: Checker) -> str:
-    """ListJobs' and ExportJobs' order_by, normalized (case, spaces, an explicit " asc"), checked."""
-    order_by = " ".join(raw.lower().split()) or "create_time desc"
-    order_by = order_by.removesuffix(" asc")
-    c.check(order_by in ORDERS, "order_by", f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
-    return order_by
 
 
 def _job_filter(

@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from jobpulse_server.domain.errors import FieldViolation, InvalidArgument
+from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS
 
 MAX_DISPLAY_NAME = 256
 MAX_LABELS = 64
@@ -70,6 +71,16 @@ class Checker:
                     f"{field}[{key[:MAX_LABEL_KEY]}]",
                     f"label values must be at most {MAX_LABEL_VALUE} characters",
                 )
+
+    def order_by(self, value: str, field: str = "order_by") -> str:
+        """A listing's order (AIP-132): one of ORDERS, case and spacing as the caller likes;
+        ``"<field> asc"`` is the same as ``"<field>"``. Empty means DEFAULT_ORDER."""
+        words = value.lower().split()
+        if len(words) == 2 and words[1] == "asc":
+            words.pop()
+        order = " ".join(words) or DEFAULT_ORDER
+        self.check(order in ORDERS, field, f"must be one of: {', '.join(repr(o) for o in ORDERS)}")
+        return order
 
     def priority(self, value: int, field: str) -> None:
         self.check(0 <= value <= 10, field, f"must be between 0 and 10 (got {value})")

@@ -23,14 +23,20 @@ class JobFilter:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-# ListJobs' orders: order_by value -> (the job attributes it sorts by, descending). The store
-# keeps an index for each; page tokens carry the last job's values of these attributes.
+# ListJobs' orders: order_by value -> (the job attributes it sorts by, descending). Ties break
+# by id in the same direction, so one row-value comparison is the keyset and one btree index
+# serves both directions of a field. create_time sorts by id alone: ids made later sort after
+# ids made earlier (domain.ids). The store keeps an index for each field; page tokens carry the
+# last job's values of these attributes.
 ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "create_time desc": (("id",), True),
     "create_time": (("id",), False),
-    "priority desc": (("priority", "id"), True),
     "update_time desc": (("update_time", "id"), True),
+    "update_time": (("update_time", "id"), False),
+    "priority desc": (("priority", "id"), True),
+    "priority": (("priority", "id"), False),
 }
+DEFAULT_ORDER = "create_time desc"
 
 
 def job_sort_key(job: Job, order_by: str) -> list[Any]:
