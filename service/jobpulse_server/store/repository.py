@@ -265,10 +265,9 @@ async def expiry_candidates(
     conn: AsyncConnection, state: JobState, after: tuple[int, str], before: int, limit: int
 ) -> list[ExpiryCandidate]:
     """Jobs in ``state`` with (update_time, id) after ``after`` and update_time before ``before``, in
-    (update_time, id) order from the
-    state's (state, update_time, id) index: those on the default ttl are expired when ``before`` is
-    now minus that default (a terminal job's update_time is at least its end_time; later changes
-    only postpone its deletion)."""
+    that order, read from the (state, update_time, id) index. Those on the default ttl are expired
+    when ``before`` is now minus that default: a terminal job's update_time is at least its end_time
+    (a change after it ended only postpones its deletion)."""
     key = tuple_(jobs.c.update_time, jobs.c.id)
     q = (
         select(jobs.c.id, jobs.c.update_time, jobs.c.ttl, _chunk_total())

@@ -117,7 +117,7 @@ async def backlog(conn: AsyncConnection, now: int) -> tuple[int, int | None]:
 async def trim(conn: AsyncConnection, before: int, limit: int) -> int:
     """Deletes up to ``limit`` deliveries that are done (delivered or dead) and whose last attempt was
     before ``before``; returns how many. Read from the (state, next_attempt_time) index: a done
-    delivery's next_attempt_time is when its last attempt was made (plus its hold or backoff)."""
+    delivery's next_attempt_time is when its last attempt was made (services/webhooks.py)."""
     found = 0
     for state in (DELIVERED, DEAD):
         q = (
