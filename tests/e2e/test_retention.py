@@ -247,7 +247,7 @@ def test_tombstones_and_webhook_deliveries_are_trimmed(
     try:
         srv = make_server(
             retention_completed=DAY,
-            tombstone_retention=0.3,
+            tombstone_retention=2.0,  # long enough for the feed below to read it first
             webhook_delivery_retention=0.3,
             webhook_secret="whsec_dGVzdC1yZXRlbnRpb24tc2VjcmV0",
             **FAST,
