@@ -37,6 +37,10 @@ CHUNKS_PER_BATCH = 20_000
 # deletes at most half the time, leaving the rest of the CPU (two cores, shared with the database on
 # the machines this is measured on) to the calls being served.
 PAUSE_RATIO = 1.0
+# Longest time between two trims of tombstones (or of deliveries); they are also trimmed at least ten
+# times per retention period. A trim is a write transaction even when it finds nothing, and on SQLite
+# every writer waits for it: once a minute is plenty for retentions of days.
+TRIM_PERIOD_MAX = 60.0
 # How far behind its last position the default-ttl scan starts again: a job saved with an older
 # update_time by a transaction that committed late is still seen.
 RESCAN_US = 10_000_000
@@ -73,6 +77,8 @@ class RetentionService:
         self.per_sweep = max(self.batch, config.retention_max_per_sweep)
         # Per terminal state: the (update_time, id) from which the default-ttl scan goes on.
         self._scanned: dict[JobState, tuple[int, str]] = {}
+        # When (clock, microseconds) tombstones, and deliveries, are next trimmed.
+        self._next_trim: dict[str, int] = {}
 
     async def sweep(self) -> SweepCounts:
         """One bounded pass: expired jobs, then tombstones, then deliveries."""
@@ -86,9 +92,23 @@ class RetentionService:
                 break
         if budget > 0:
             counts.jobs += await self._expire_own_ttl(budget)
-        counts.tombstones = await self._trim_tombstones()
-        counts.deliveries = await self._trim_deliveries()
+        if self._trim_due("tombstones", self.config.tombstone_retention):
+            counts.tombstones = await self._trim_tombstones()
+        if self._trim_due("deliveries", self.config.webhook_delivery_retention):
+            counts.deliveries = await self._trim_deliveries()
         return counts
+
+    def _trim_due(self, what: str, keep: float) -> bool:
+        """Whether ``what`` (kept ``keep`` seconds; 0: for ever) is to be trimmed now (by the
+        service's clock, so runs on a fake clock trim at the same moments)."""
+        if keep <= 0:
+            return False
+        now = self.clock()
+        if now < self._next_trim.get(what, now):
+            return False
+        period = min(TRIM_PERIOD_MAX, max(self.config.sweep_interval, keep / 10))
+        self._next_trim[what] = now + int(period * 1e6)
+        return True
 
     async def _expire_by_default(self, state: JobState, ttl: int, budget: int) -> tuple[int, int]:
         """Deletes jobs of ``state`` on the default ``ttl`` whose time is up; (deleted, looked at)."""
@@ -139,8 +159,6 @@ class RetentionService:
 
     async def _trim_tombstones(self) -> int:
         keep = self.config.tombstone_retention
-        if keep <= 0:
-            return 0
         trimmed = 0
         while trimmed < self.per_sweep:
             async with self.txs.write() as tx:
@@ -153,8 +171,6 @@ class RetentionService:
 
     async def _trim_deliveries(self) -> int:
         keep = self.config.webhook_delivery_retention
-        if keep <= 0:
-            return 0
         trimmed = 0
         while trimmed < self.per_sweep:
             async with self.deliveries.write() as tx:
