@@ -82,8 +82,8 @@ class Config:
     # Seconds a webhook delivery that is done (delivered or dead) is kept after its last attempt,
     # whether its job still exists or not; pending ones are never trimmed. 0 keeps them for ever.
     webhook_delivery_retention: float = 30 * 86_400.0
-    # Expired jobs (or tombstones, or deliveries) deleted per transaction, and at most per sweep:
-    # short transactions, with the event loop free between them.
+    # Rows deleted per transaction (expired jobs, tombstones, deliveries), and expired-job candidates
+    # looked at per sweep (each kind of trim also stops there): short transactions, a bounded sweep.
     retention_batch: int = 500
     retention_max_per_sweep: int = 20_000
 
