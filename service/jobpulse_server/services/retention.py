@@ -79,6 +79,8 @@ class RetentionService:
         self._scanned: dict[JobState, tuple[int, str]] = {}
         # When (clock, microseconds) tombstones, and deliveries, are next trimmed.
         self._next_trim: dict[str, int] = {}
+        # Set when the server stops: a sweep under way ends after its current transaction.
+        self._stop = asyncio.Event()
 
     async def sweep(self) -> SweepCounts:
         """One bounded pass: expired jobs, then tombstones, then deliveries."""
@@ -113,7 +115,7 @@ class RetentionService:
     async def _expire_by_default(self, state: JobState, ttl: int, budget: int) -> tuple[int, int]:
         """Deletes jobs of ``state`` on the default ``ttl`` whose time is up; (deleted, looked at)."""
         deleted = looked = 0
-        while looked < budget:
+        while looked < budget and not self._stop.is_set():
             now = self.clock()
             cutoff = now - ttl
             limit = min(self.batch, budget - looked)
@@ -132,7 +134,7 @@ class RetentionService:
 
     async def _expire_own_ttl(self, budget: int) -> int:
         deleted = 0
-        while budget > 0:
+        while budget > 0 and not self._stop.is_set():
             async with self.txs.read() as tx:
                 found = await tx.own_ttl_expired(self.clock(), min(self.batch, budget))
             budget -= len(found)
@@ -149,6 +151,8 @@ class RetentionService:
         deleted = 0
         loop = asyncio.get_running_loop()
         for batch in _batches(found, self.batch, CHUNKS_PER_BATCH):
+            if self._stop.is_set():
+                break
             started = loop.time()
             async with self.txs.write() as tx:
                 gone = await tx.delete_expired([c.job_id for c in batch], self.clock(), self.retention)
@@ -160,7 +164,7 @@ class RetentionService:
     async def _trim_tombstones(self) -> int:
         keep = self.config.tombstone_retention
         trimmed = 0
-        while trimmed < self.per_sweep:
+        while trimmed < self.per_sweep and not self._stop.is_set():
             async with self.txs.write() as tx:
                 n = await tx.trim_tombstones(self.clock() - int(keep * 1e6), self.batch)
             trimmed += n
@@ -172,7 +176,7 @@ class RetentionService:
     async def _trim_deliveries(self) -> int:
         keep = self.config.webhook_delivery_retention
         trimmed = 0
-        while trimmed < self.per_sweep:
+        while trimmed < self.per_sweep and not self._stop.is_set():
             async with self.deliveries.write() as tx:
                 n = await tx.trim_deliveries(self.clock() - int(keep * 1e6), self.batch)
             trimmed += n
@@ -182,7 +186,9 @@ class RetentionService:
         return trimmed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweeps every ``sweep_interval`` seconds until ``stop`` is set."""
+        """Sweeps every ``sweep_interval`` seconds until ``stop`` is set (which also cuts a sweep
+        short, so a long deletion does not hold up shutdown)."""
+        self._stop = stop
         while not stop.is_set():
             try:
                 counts = await self.sweep()
