@@ -261,14 +261,29 @@ def test_tombstones_and_webhook_deliveries_are_trimmed(
             lambda: client.list_webhook_deliveries(hooked.id) == [], timeout=WAIT, what="deliveries trimmed"
         )
 
-        # A deleted job's tombstone is what reports it to WatchJobs; it goes after tombstone_retention.
-        doomed = _create(stub, "exp-e", ttl=0)
+        # A deleted job's tombstone is what reports it to WatchJobs; it goes after tombstone_retention,
+        # but for the newest one (on SQLite it carries the largest change_seq handed out).
+        doomed = [_create(stub, "exp-e", ttl=0), _create(stub, "exp-e", ttl=0)]
         cursor = client.list_jobs_page(kind="exp-e").watch_cursor
-        client.delete_job(doomed.id, force=True)
-        first = next(
-            m for m in client.watch_jobs(kind="exp-e", cursor=cursor, timeout=WAIT) if m.deleted_job_ids
+        for job in doomed:
+            client.delete_job(job.id, force=True)
+        seen: list[str] = []
+        for msg in client.watch_jobs(kind="exp-e", cursor=cursor, timeout=WAIT):
+            seen += msg.deleted_job_ids
+            if len(seen) == 2:
+                break
+        assert seen == [j.id for j in doomed]
+        eventually(lambda: _tombstones(database_url) == 1, timeout=WAIT, what="tombstones trimmed")
+        # A cursor from before trimmed tombstones could miss deletions: refused, not resumed silently.
+        with pytest.raises(errors.InvalidArgument) as refused:
+            next(iter(client.watch_jobs(kind="exp-e", cursor=cursor, timeout=WAIT)))
+        assert "too old" in str(refused.value)
+        # A fresh listing's cursor follows on: the next deletion is reported.
+        fresh = client.list_jobs_page(kind="exp-e").watch_cursor
+        client.delete_job(hooked.id, force=True)
+        after = next(
+            m for m in client.watch_jobs(kind="exp-e", cursor=fresh, timeout=WAIT) if m.deleted_job_ids
         )
-        assert list(first.deleted_job_ids) == [doomed.id]
-        eventually(lambda: _tombstones(database_url) == 0, timeout=WAIT, what="tombstones trimmed")
+        assert list(after.deleted_job_ids) == [hooked.id]
     finally:
         receiver.close()

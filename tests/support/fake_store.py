@@ -121,6 +121,8 @@ class _Tables:
     requests: dict[str, str] = field(default_factory=dict)
     # The largest change_seq handed out, to a job or to a tombstone.
     seq: int = 0
+    # The largest change_seq of a trimmed tombstone (feed_floor).
+    floor: int = 0
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
@@ -132,6 +134,7 @@ class _Tables:
             dict(self.tombstones),
             requests=dict(self.requests),
             seq=self.seq,
+            floor=self.floor,
         )
 
     def next_seq(self) -> int:
@@ -696,12 +699,19 @@ class FakeJobsTx:
 
     async def trim_tombstones(self, before: int, limit: int) -> int:
         t = self._writing("trim_tombstones")
+        # As the SQL: the tombstones with the largest change_seq stay (SQLite's next change_seq).
+        newest = max((ts.change_seq for ts in t.tombstones.values()), default=0)
         old = sorted(
-            (ts for ts in t.tombstones.values() if ts.delete_time < before), key=lambda ts: ts.delete_time
+            (ts for ts in t.tombstones.values() if ts.delete_time < before and ts.change_seq < newest),
+            key=lambda ts: ts.delete_time,
         )
         for ts in old[:limit]:
             del t.tombstones[ts.id]
+            t.floor = max(t.floor, ts.change_seq)
         return len(old[:limit])
+
+    async def feed_floor(self) -> int:
+        return self.tables.floor
 
     async def overdue_cancels(self, cancel_before: int) -> list[str]:
         # The SQL has no ORDER BY; id order here.

@@ -250,7 +250,13 @@ class JobsTx(Protocol):
         ...
 
     async def trim_tombstones(self, before: int, limit: int) -> int:
-        """Deletes up to ``limit`` tombstones of jobs deleted before ``before``; returns how many."""
+        """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` and raises the feed's
+        floor to the largest change_seq among them; returns how many."""
+        ...
+
+    async def feed_floor(self) -> int:
+        """The largest change_seq of a trimmed tombstone, 0 if none: a WatchJobs cursor before it may
+        have missed deletions."""
         ...
 
     async def save_chunks(self, chunks: Sequence[Chunk]) -> None: ...

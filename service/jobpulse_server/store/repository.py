@@ -26,6 +26,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
@@ -35,7 +37,7 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobSt
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.store import rows as store_rows
-from jobpulse_server.store.tables import artifacts, chunks, job_requests, job_tombstones, jobs
+from jobpulse_server.store.tables import artifacts, chunks, feed_floor, job_requests, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
 
@@ -320,17 +322,44 @@ async def delete_expired(
 
 
 async def trim_tombstones(conn: AsyncConnection, before: int, limit: int) -> int:
-    """Deletes up to ``limit`` tombstones of jobs deleted before ``before``; returns how many."""
+    """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` and raises the feed's floor
+    to the largest change_seq among them; returns how many.
+
+    The tombstones with the largest change_seq stay, however old: on SQLite the next change_seq is one
+    more than the largest in jobs and tombstones, and must never go back to one handed out before
+    (cursors past it would miss the change)."""
+    newest = select(func.max(job_tombstones.c.change_seq)).scalar_subquery()
     oldest = (
-        select(job_tombstones.c.id)
-        .where(job_tombstones.c.delete_time < before)
+        select(job_tombstones.c.id, job_tombstones.c.change_seq)
+        .where(job_tombstones.c.delete_time < before, job_tombstones.c.change_seq < newest)
         .order_by(job_tombstones.c.delete_time)
         .limit(limit)
     )
-    ids = [r[0] for r in (await conn.execute(oldest)).all()]
-    if ids:
-        await conn.execute(delete(job_tombstones).where(job_tombstones.c.id.in_(ids)))
-    return len(ids)
+    rows = (await conn.execute(oldest)).all()
+    if not rows:
+        return 0
+    await conn.execute(delete(job_tombstones).where(job_tombstones.c.id.in_([r[0] for r in rows])))
+    top = max(int(r[1]) for r in rows)
+    insert_floor = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    q = insert_floor(feed_floor).values(id=1, change_seq=top)
+    await conn.execute(
+        q.on_conflict_do_update(
+            index_elements=[feed_floor.c.id],
+            set_={
+                "change_seq": case(
+                    (q.excluded.change_seq > feed_floor.c.change_seq, q.excluded.change_seq),
+                    else_=feed_floor.c.change_seq,
+                )
+            },
+        )
+    )
+    return len(rows)
+
+
+async def feed_floor_seq(conn: AsyncConnection) -> int:
+    """The largest change_seq of a trimmed tombstone (0 when none was trimmed)."""
+    value = (await conn.execute(select(feed_floor.c.change_seq).where(feed_floor.c.id == 1))).scalar()
+    return int(value) if value is not None else 0
 
 
 # --- chunks ----------------------------------------------------------------

@@ -106,6 +106,15 @@ job_tombstones = Table(
     Index("ix_job_tombstones_delete_time", "delete_time"),
 )
 
+# One row (id 1): the largest change_seq of the tombstones trimmed so far (tombstone_retention). A
+# WatchJobs cursor from before it may have missed deletions and is refused.
+feed_floor = Table(
+    "feed_floor",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("change_seq", BigInteger, nullable=False),
+)
+
 # The fingerprint of the CreateJob request that made a job with a request_id (AIP-155: the same
 # request_id with another request is refused). Jobs made before it existed have no row.
 job_requests = Table(

@@ -98,6 +98,9 @@ class SqlJobsTx:
     async def trim_tombstones(self, before: int, limit: int) -> int:
         return await repo.trim_tombstones(self.conn, before, limit)
 
+    async def feed_floor(self) -> int:
+        return await repo.feed_floor_seq(self.conn)
+
     async def processing_chunks(self, job_id: str) -> list[Chunk]:
         return await repo.list_chunks(self.conn, job_id, states=[ChunkState.PROCESSING])
 

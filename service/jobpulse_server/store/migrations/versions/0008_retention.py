@@ -1,4 +1,5 @@
-"""AIP-214 expiry: the ttl a job was created with, and the indexes the expiry sweep reads.
+"""AIP-214 expiry: the ttl a job was created with, the indexes the expiry sweep reads, and the feed's
+floor (the newest tombstone trimmed).
 
 Revision ID: 0008
 Revises: 0005
@@ -28,9 +29,15 @@ def upgrade() -> None:
         postgresql_where=own_ttl,
     )
     op.create_index("ix_job_tombstones_delete_time", "job_tombstones", ["delete_time"])
+    op.create_table(
+        "feed_floor",
+        sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("change_seq", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("feed_floor")
     op.drop_index("ix_job_tombstones_delete_time", table_name="job_tombstones")
     op.drop_index("ix_jobs_own_expiry", table_name="jobs")
     op.drop_column("jobs", "ttl")
