@@ -10,7 +10,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite bench-export run buf clean
+.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite bench-export bench-retention run buf clean
 
 install: $(VENV)/.installed
 
@@ -88,6 +88,11 @@ bench-sqlite: install
 # JOBPULSE_BENCH_EXPORT_JOBS / JOBPULSE_BENCH_EXPORT_BASELINE change the sizes.
 bench-export: install
 	$(PY) -m bench.export_memory
+
+# GetJob p99 while the expiry sweep deletes 200,000 expired jobs vs with nothing deleted (SQLite);
+# JOBPULSE_BENCH_RETENTION_JOBS sets the size.
+bench-retention: install
+	$(PY) -m bench.retention
 
 # Claim + complete throughput on PostgreSQL beside PgQueuer on the same server.
 bench-pg: $(VENV)/.bench-installed

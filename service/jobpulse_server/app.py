@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
+from jobpulse_server.services.retention import RetentionService, retention_of
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService
@@ -113,12 +115,15 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     except BaseException:
         await db.close()
         raise
-    outbox = Outbox(webhook_job, int(config.webhook_progress_interval * 1e6))
+    retention = retention_of(config)
+    outbox = Outbox(
+        functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
+    )
     txs = SqlTransactions(db)
     jobs = JobService(txs, store, outbox, config, clock)
     observer = Observer(metrics)
     workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
-    watches = WatchService(store, hub, config, watch_encoder(clock))
+    watches = WatchService(store, hub, config, watch_encoder(clock, retention))
 
     rates = {
         "client": config.rate_limit_client,
@@ -169,7 +174,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             FeedService(txs, hub, config),
             WebhookService(keys_and_deliveries, clock),
             clock,
-            EncodedJobs(),
+            EncodedJobs(retention=retention),
+            retention,
         ),
         server,
     )
@@ -196,6 +202,10 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     await server.start()
 
     deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
+    # Bulk deletes: on SQLite their statements run on a worker thread, off the event loop.
+    expiry = RetentionService(
+        SqlTransactions(db, off_loop=True), SqlKeysAndDeliveries(db, off_loop=True), config, clock
+    )
     listener = Listener(db.url, hub, db.replica_id) if db.dialect == "postgresql" else None
     metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port >= 0 else None
     app = App(
@@ -219,6 +229,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     # The background tasks, each ending when stop_background is set (App.stop).
     background = [
         (workers.run_sweeper(stop_background), "jobpulse-sweeper"),
+        (expiry.run(stop_background), "jobpulse-expiry"),
         (authenticator.run(stop_background), "jobpulse-keys"),
         (deliverer.run(stop_background), "jobpulse-webhooks"),
         (server_health.watch_database(), "jobpulse-db-health"),

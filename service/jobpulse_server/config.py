@@ -83,6 +83,22 @@ class Config:
     # Seconds between job.progress events of one job, and the per-POST timeout.
     webhook_progress_interval: float = 5.0
     webhook_timeout: float = 10.0
+    # AIP-214 expiry (README, "Retention"): seconds a finished job is kept after its end_time when
+    # CreateJob set no ttl, per terminal state; 0 keeps such jobs for ever. Expired jobs are deleted
+    # (chunks and artifacts too) by the sweeper, and WatchJobs reports them as deletions.
+    retention_completed: float = 7 * 86_400.0
+    retention_failed: float = 30 * 86_400.0
+    retention_cancelled: float = 30 * 86_400.0
+    # Seconds a deleted job's tombstone is kept: a WatchJobs cursor older than this may miss deletions
+    # made before the tombstones went. 0 keeps tombstones for ever.
+    tombstone_retention: float = 90 * 86_400.0
+    # Seconds a webhook delivery that is done (delivered or dead) is kept after its last attempt,
+    # whether its job still exists or not; pending ones are never trimmed. 0 keeps them for ever.
+    webhook_delivery_retention: float = 30 * 86_400.0
+    # Rows deleted per transaction (expired jobs, tombstones, deliveries), and expired-job candidates
+    # looked at per sweep (each kind of trim also stops there): short transactions, a bounded sweep.
+    retention_batch: int = 500
+    retention_max_per_sweep: int = 20_000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:

@@ -66,6 +66,7 @@ from jobpulse_server.observability import Metrics
 from jobpulse_server.services import workers as workers_module
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.retention import RetentionService
 from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
 from jobpulse_server.store import Store, Transactions, chunk_job_id
 from jobpulse_server.store.engine import Database
@@ -119,6 +120,7 @@ class Rig:
     metrics: Metrics
     workers: WorkerService
     jobs: JobService
+    expiry: RetentionService
     db: Database | None = None
     fake: FakeStore | None = None
     published: list[Changes] = field(default_factory=list)
@@ -146,16 +148,28 @@ def _config() -> Config:
         webhook_secret="parity-secret",
         max_chunks_per_job=40,
         watch_min_interval=0.0,
+        # Expiry within the run's time span (ticks of 0.5 to 61 s): COMPLETED jobs after 40 s,
+        # FAILED after 90 s, CANCELLED kept; tombstones trimmed after 120 s. The webhook outbox has
+        # no fake (KeysAndDeliveries), so delivery records are kept.
+        retention_completed=40.0,
+        retention_failed=90.0,
+        retention_cancelled=0.0,
+        tombstone_retention=120.0,
+        webhook_delivery_retention=0.0,
     )
 
 
-def _services(name: str, store: Store, txs: Transactions, hub: ChangeHub, clock: FakeClock) -> Rig:
+def _services(
+    name: str, store: Store, txs: Transactions, hub: ChangeHub, clock: FakeClock, expiry_txs: Transactions
+) -> Rig:
     config = _config()
     outbox = Outbox(render, 0)  # every save of a running job with webhook_progress makes an event
     metrics = Metrics()
     workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
     jobs = JobService(txs, store, outbox, config, clock)
-    return Rig(name, store, txs, hub, clock, metrics, workers, jobs)
+    # No deliveries: webhook_delivery_retention is 0, so the expiry sweep never opens them.
+    expiry = RetentionService(expiry_txs, None, config, clock)  # type: ignore[arg-type]
+    return Rig(name, store, txs, hub, clock, metrics, workers, jobs, expiry)
 
 
 @asynccontextmanager
@@ -173,7 +187,15 @@ async def real_rig(url: str, clock: FakeClock) -> AsyncIterator[Rig]:
     store = open_store(db)
     await store.start()
     try:
-        rig = _services(f"real/{db.dialect}/{type(store).__name__}", store, SqlTransactions(db), hub, clock)
+        # The expiry sweep's transactions as create_server opens them (off the loop on SQLite).
+        rig = _services(
+            f"real/{db.dialect}/{type(store).__name__}",
+            store,
+            SqlTransactions(db),
+            hub,
+            clock,
+            SqlTransactions(db, off_loop=True),
+        )
         rig.db, rig.published = db, published
         yield rig
     finally:
@@ -193,7 +215,7 @@ async def fake_rig(clock: FakeClock) -> AsyncIterator[Rig]:
 
     store = FakeStore(on_commit=on_commit)
     try:
-        rig = _services("fake", store, FakeTransactions(store), hub, clock)
+        rig = _services("fake", store, FakeTransactions(store), hub, clock, FakeTransactions(store))
         rig.fake, rig.published = store, published
         yield rig
     finally:
@@ -370,6 +392,7 @@ class Driver:
             ("delete", 4),
             ("tick", 5),
             ("sweep", 5),
+            ("expire", 4),
             ("read", 5),
         ]
         kind = r.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
@@ -400,6 +423,8 @@ class Driver:
                 request_id=r.choice(["", "", "req-1", "req-2"]),
                 webhook_url=r.choice(["", "", "", HOOK, HOOK, "ftp://not-http" if r.random() < 0.3 else ""]),
                 webhook_progress=r.random() < 0.5,
+                # Mostly the default; 0 keeps the job; 10 s and 50 s expire within the run.
+                ttl=r.choice([None, None, None, None, 0, 10_000_000, 50_000_000]),
             )
         elif kind == "claim":
             op.update(self.claim_ask())
@@ -455,7 +480,7 @@ class Driver:
                 labels=r.choice([None, {}, {"team": "blue"}, {"team": "red"}]),
                 display_name=r.choice([None, "renamed", "Alpha run"]),
             )
-        elif kind in ("tick", "sweep"):
+        elif kind in ("tick", "sweep", "expire"):
             # Exactly onto a lease's end, a retry's time or a cancel deadline (the boundaries), past
             # a short lease (5 s, 20 s) or the cancel deadline (30 s), or a little.
             ahead = [t for t in self.deadlines if t > self.now]
@@ -525,6 +550,7 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
             request_id=op["request_id"],
             webhook_url=op["webhook_url"],
             webhook_progress=op["webhook_progress"],
+            ttl=op["ttl"],
         )
         return view.page(rig, await j.create_job(op["who"], req))
     if kind == "claim":
@@ -603,6 +629,8 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
         return {"now": rig.clock()}
     if kind == "sweep":
         return {"moved": await w.sweep()}
+    if kind == "expire":
+        return dataclasses.asdict(await rig.expiry.sweep())
     if kind == "read":
         return await _read(rig, view, op)
     raise AssertionError(f"unknown operation {kind}")
@@ -854,7 +882,7 @@ async def test_real_store_and_fake_agree(
         for step in range(STEPS):
             op = driver.next()
             where = f"seed {seed}, step {step}, {op}"
-            if op["op"] in ("tick", "sweep"):
+            if op["op"] in ("tick", "sweep", "expire"):
                 for clock in clocks:
                     clock.now += op["us"]
                 assert clocks[0].now == driver.now

@@ -74,6 +74,7 @@ from jobpulse_server.domain.model import (
     split_items,
 )
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.store import GeneralPathsOnly, RequestIdTaken, TwoStepLocks, WriteTx
 from jobpulse_server.store.repository import ORDERS
 from jobpulse_server.store.rows import CHUNK_SAVED
@@ -120,6 +121,8 @@ class _Tables:
     requests: dict[str, str] = field(default_factory=dict)
     # The largest change_seq handed out, to a job or to a tombstone.
     seq: int = 0
+    # The largest change_seq of a trimmed tombstone (feed_floor).
+    floor: int = 0
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
@@ -131,6 +134,7 @@ class _Tables:
             dict(self.tombstones),
             requests=dict(self.requests),
             seq=self.seq,
+            floor=self.floor,
         )
 
     def next_seq(self) -> int:
@@ -668,27 +672,64 @@ class FakeJobsTx:
 
     async def delete_job(self, job_id: str, now: int) -> None:
         t = self._writing("delete_job")
-        job = t.jobs.get(job_id)
-        if job is not None:
-            if job_id in t.tombstones:
-                raise ValueError(f"job {job_id} has a tombstone already (its primary key)")
-            t.tombstones[job_id] = Tombstone(
-                id=job.id,
-                owner=job.owner,
-                display_name=job.display_name,
-                kind=job.kind,
-                state=job.state,
-                priority=job.priority,
-                labels=dict(job.labels),
-                create_time=job.create_time,
-                delete_time=now,
-                change_seq=t.next_seq(),
-            )
-            t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
-            t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
-            t.requests.pop(job_id, None)
-            del t.jobs[job_id]
+        if job_id in t.jobs:
+            _delete_job(t, job_id, now, t.next_seq())
         self.changes.deleted.add(job_id)
+
+    async def expiry_candidates(
+        self, state: JobState, after: tuple[int, str], before: int, limit: int
+    ) -> list[ExpiryCandidate]:
+        found = sorted(
+            (j for j in self.tables.jobs.values() if j.state == state and j.update_time < before),
+            key=lambda j: (j.update_time, j.id),
+        )
+        return [_candidate(j) for j in found if (j.update_time, j.id) > after][:limit]
+
+    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
+        found = [
+            j
+            for j in self.tables.jobs.values()
+            if j.ttl is not None and j.ttl > 0 and j.end_time is not None and j.end_time + j.ttl < now
+        ]
+        found.sort(key=lambda j: (j.end_time or 0) + (j.ttl or 0))
+        return [_candidate(j) for j in found[:limit]]
+
+    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
+        """As the SQL: the jobs still expired (ttl of their own: end_time + ttl; default: update_time
+        past the state's default), deleted with one change_seq for all their tombstones."""
+        t = self._writing("delete_expired")
+
+        def expired(job: Job) -> bool:
+            if job.end_time is None:
+                return False
+            if job.ttl is not None:
+                return job.ttl > 0 and job.end_time + job.ttl < now
+            default = retention.default_for(job.state)
+            return default > 0 and job.update_time < now - default
+
+        gone = sorted(j for j in set(job_ids) if j in t.jobs and expired(t.jobs[j]))
+        if gone:
+            seq = t.next_seq()
+            for job_id in gone:
+                _delete_job(t, job_id, now, seq)
+        self.changes.deleted.update(gone)
+        return gone
+
+    async def trim_tombstones(self, before: int, limit: int) -> int:
+        t = self._writing("trim_tombstones")
+        # As the SQL: the tombstones with the largest change_seq stay (SQLite's next change_seq).
+        newest = max((ts.change_seq for ts in t.tombstones.values()), default=0)
+        old = sorted(
+            (ts for ts in t.tombstones.values() if ts.delete_time < before and ts.change_seq < newest),
+            key=lambda ts: ts.delete_time,
+        )
+        for ts in old[:limit]:
+            del t.tombstones[ts.id]
+            t.floor = max(t.floor, ts.change_seq)
+        return len(old[:limit])
+
+    async def feed_floor(self) -> int:
+        return self.tables.floor
 
     async def overdue_cancels(self, cancel_before: int) -> list[str]:
         # The SQL has no ORDER BY; id order here.
@@ -757,6 +798,34 @@ class FakeJobsTx:
         found.sort(key=lambda e: (e.change_seq, e.job_id))
         # One writer at a time: nothing committed lies beyond the horizon (as on SQLite).
         return found[:limit], False
+
+
+def _delete_job(t: _Tables, job_id: str, now: int, seq: int) -> None:
+    """``repository.delete_jobs`` for one job: a tombstone with ``seq``; the job, its chunks,
+    artifacts and request fingerprint gone (not its outbox rows)."""
+    job = t.jobs[job_id]
+    if job_id in t.tombstones:
+        raise ValueError(f"job {job_id} has a tombstone already (its primary key)")
+    t.tombstones[job_id] = Tombstone(
+        id=job.id,
+        owner=job.owner,
+        display_name=job.display_name,
+        kind=job.kind,
+        state=job.state,
+        priority=job.priority,
+        labels=dict(job.labels),
+        create_time=job.create_time,
+        delete_time=now,
+        change_seq=seq,
+    )
+    t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
+    t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
+    t.requests.pop(job_id, None)
+    del t.jobs[job_id]
+
+
+def _candidate(job: Job) -> ExpiryCandidate:
+    return ExpiryCandidate(job.id, job.update_time, job.ttl, job.summary.total)
 
 
 def _durations(jobs: Iterable[Job]) -> dict[str, int | None]:

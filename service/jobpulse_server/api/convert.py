@@ -8,6 +8,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jobpulse.v1 import job_pb2
 from jobpulse_server.domain.model import Artifact, Chunk, Job
+from jobpulse_server.domain.retention import Retention
 
 
 def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
@@ -81,9 +82,15 @@ def chunk_pb(c: Chunk) -> job_pb2.Chunk:
 
 
 def job_pb(
-    job: Job, now: int | None, chunks: list[Chunk] | None = None, chunks_next_page_token: str = ""
+    job: Job,
+    now: int | None,
+    chunks: list[Chunk] | None = None,
+    chunks_next_page_token: str = "",
+    *,
+    retention: Retention | None = None,
 ) -> job_pb2.Job:
-    """The Job message; ``now`` None leaves progress.eta out (for encodings kept across time)."""
+    """The Job message; ``now`` None leaves progress.eta out (for encodings kept across time).
+    ``retention``: the server's default ttls, for expire_time (None leaves expire_time out)."""
     s = job.summary
     metadata = struct_pb2.Struct()
     metadata.update(job.metadata)
@@ -121,6 +128,7 @@ def job_pb(
         chunk_size=job.chunk_size,
         max_attempts=job.max_attempts,
         webhook_url=job.webhook_url,
+        expire_time=timestamp(retention.expire_time(job)) if retention is not None else None,
     )
     add = msg.chunks.add
     for c in chunks or ():
@@ -135,6 +143,6 @@ def job_pb(
     return msg
 
 
-def webhook_job(job: Job, now: int) -> dict[str, Any]:
+def webhook_job(job: Job, now: int, retention: Retention | None = None) -> dict[str, Any]:
     """The job in a webhook body: the Job message (BASIC view) in the contract's JSON mapping."""
-    return json_format.MessageToDict(job_pb(job, now))
+    return json_format.MessageToDict(job_pb(job, now, retention=retention))

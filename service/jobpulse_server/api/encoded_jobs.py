@@ -23,6 +23,7 @@ from typing import Any
 from jobpulse.v1 import job_pb2
 from jobpulse_server.api.convert import chunk_kwargs, duration, job_pb
 from jobpulse_server.domain.model import Chunk, Job
+from jobpulse_server.domain.retention import Retention
 from jobpulse_server.services.jobs import JobPage
 
 # Total bytes kept (whole messages and chunk blocks together); least recently used go first.
@@ -77,8 +78,11 @@ class EncodedJobs:
     """Kept encodings: (job id, revision, full) -> the Job's bytes without ETA, and per job the wire
     bytes of its shown chunks at the revision they were last read."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, retention: Retention | None = None) -> None:
         self.max_bytes = max_bytes
+        # The server's default ttls, for expire_time: fixed for the server's life, so a job's
+        # expire_time is the same at every read of one revision, and kept bytes stay right.
+        self.retention = retention
         self._messages = _Lru()
         # job id -> (revision, [chunk field bytes by index])
         self._blocks = _Lru()
@@ -117,12 +121,14 @@ class EncodedJobs:
             self.misses += 1
             if full:
                 fields = self._chunk_fields(page)
-                head = job_pb(job, None, None, page.chunks_next_page_token).SerializeToString()
+                head = job_pb(
+                    job, None, None, page.chunks_next_page_token, retention=self.retention
+                ).SerializeToString()
                 data = head + b"".join(fields)
             else:
                 if not page.artifacts_read:
                     raise LookupError(f"job {job.id} revision {job.revision} is no longer kept")
-                data = job_pb(job, None).SerializeToString()
+                data = job_pb(job, None, retention=self.retention).SerializeToString()
             self._keep(self._messages, key, data, len(data))
         eta = job.eta_seconds(now)
         if eta is None:

@@ -43,6 +43,7 @@ from jobpulse_server.domain.model import (
     JobState,
 )
 from jobpulse_server.domain.reports import StatsRow
+from jobpulse_server.domain.retention import MAX_TTL_US, Retention
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.services import auth
 from jobpulse_server.services.export import export_jobs
@@ -75,8 +76,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         webhooks: WebhookService,
         clock: Clock,
         encoded: EncodedJobs,
+        retention: Retention | None = None,
     ) -> None:
         self.jobs = jobs
+        # The server's default ttls, for Job.expire_time (None: never shown).
+        self.retention = retention
         self.webhooks = webhooks
         self.watches = watches
         self.feeds = feeds
@@ -84,7 +88,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.encoded = encoded
 
     def _job(self, page: JobPage) -> job_pb2.Job:
-        return job_pb(page.job, self.clock(), page.chunks, page.chunks_next_page_token)
+        return job_pb(
+            page.job, self.clock(), page.chunks, page.chunks_next_page_token, retention=self.retention
+        )
 
     async def _reusing(
         self, full: bool, fetch: Callable[[Known], Awaitable[T]], build: Callable[[T], R]
@@ -122,6 +128,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             except ValueError:  # NaN or infinity: not representable in JSON
                 c.fail("metadata", "numbers must be finite (no NaN or infinity)")
         c.metadata(metadata)
+        ttl = _ttl_us(request, c)
         c.done()
         page = await self.jobs.create_job(
             caller(),
@@ -137,6 +144,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 request_id=request.request_id,
                 webhook_url=request.webhook_url,
                 webhook_progress=request.webhook_progress,
+                ttl=ttl,
             ),
         )
         return job_service_pb2.CreateJobResponse(job=self._job(page))
@@ -212,7 +220,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             now = self.clock()
             # BASIC jobs built as ListJobs builds them, but not kept in the encoded-jobs cache: an
             # export would fill it with jobs nobody asks for again and evict those that are.
-            yield job_service_pb2.ExportJobsResponse(jobs=[job_pb(p.job, now) for p in pages])
+            yield job_service_pb2.ExportJobsResponse(
+                jobs=[job_pb(p.job, now, retention=self.retention) for p in pages]
+            )
 
     async def ListJobChunks(
         self, request: job_service_pb2.ListJobChunksRequest, context: Ctx
@@ -371,7 +381,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             now = self.clock()
             yield job_service_pb2.WatchJobsResponse(
                 type=int(msg.type),  # type: ignore[arg-type]
-                jobs=[job_pb(j, now) for j in msg.jobs],
+                jobs=[job_pb(j, now, retention=self.retention) for j in msg.jobs],
                 cursor=msg.cursor,
                 deleted_job_ids=msg.deleted,
             )
@@ -389,19 +399,40 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
 
 
-def watch_encoder(clock: Clock) -> Callable[[WatchMessage], job_service_pb2.WatchJobResponse]:
+def watch_encoder(
+    clock: Clock, retention: Retention | None = None
+) -> Callable[[WatchMessage], job_service_pb2.WatchJobResponse]:
     """How WatchService encodes its messages for the wire."""
 
     def encode(msg: WatchMessage) -> job_service_pb2.WatchJobResponse:
         return job_service_pb2.WatchJobResponse(
             type=int(msg.type),  # type: ignore[arg-type]
             revision=msg.revision,
-            job=job_pb(msg.job, clock()) if msg.job is not None else None,
+            job=job_pb(msg.job, clock(), retention=retention) if msg.job is not None else None,
             chunks=[chunk_pb(ch) for ch in msg.chunks],
             more=msg.more,
         )
 
     return encode
+
+
+def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None:
+    """CreateJobRequest.ttl in microseconds: None when unset (the server's default applies), 0 to
+    keep the job for ever; a positive ttl below a microsecond counts as one."""
+    if not request.HasField("ttl"):
+        return None
+    d = request.ttl
+    if d.seconds < 0 or d.nanos < 0:
+        c.fail("ttl", "must not be negative (0 keeps the job for ever; unset takes the server's default)")
+        return None
+    if d.nanos >= 1_000_000_000:
+        c.fail("ttl", "is not a valid duration (nanos must be below one second)")
+        return None
+    us = d.seconds * 1_000_000 + -(-d.nanos // 1000)
+    if us > MAX_TTL_US:
+        c.fail("ttl", f"must be at most 3650 days (got {d.seconds}s)")
+        return None
+    return us
 
 
 def _check_watch(request: job_service_pb2.WatchJobRequest) -> None:

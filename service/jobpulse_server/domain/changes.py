@@ -38,14 +38,21 @@ def encode(changes: Changes, replica: str) -> list[str]:
     items = [("j", job_id, rev) for job_id, rev in changes.jobs.items()]
     items += [("d", job_id, 0) for job_id in changes.deleted]
     current: dict[str, Any] = dict(base, j={}, d=[])
+    # The payload's size is counted as items are added (an upper bound: the payload is written
+    # without the spaces counted here), not measured again per item: that was quadratic, 15 ms of
+    # the event loop for the 500 deletions of one expiry batch.
+    size = len(json.dumps(current))
     for kind, job_id, rev in items:
         if kind == "j":
             current["j"][job_id] = rev
+            size += len(json.dumps(job_id)) + len(str(rev)) + 4
         else:
             current["d"].append(job_id)
-        if len(json.dumps(current)) > _MAX_PAYLOAD:
+            size += len(json.dumps(job_id)) + 2
+        if size > _MAX_PAYLOAD:
             payloads.append(json.dumps(current, separators=(",", ":")))
             current = {"r": replica, "j": {}, "d": []}
+            size = len(json.dumps(current))
     payloads.append(json.dumps(current, separators=(",", ":")))
     return payloads
 

@@ -187,6 +187,9 @@ class Job:
     webhook_url: str = ""
     webhook_progress: bool = False
     last_progress_event: int | None = None
+    # The ttl CreateJob asked for, in microseconds (0: keep for ever); None: the server's default for
+    # the terminal state reached (see domain/retention.py). Never changes after the job is made.
+    ttl: int | None = None
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.

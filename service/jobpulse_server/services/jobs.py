@@ -60,6 +60,8 @@ class NewJob:
     request_id: str = ""
     webhook_url: str = ""
     webhook_progress: bool = False
+    # Microseconds the finished job is kept; 0 for ever; None: the server's default (AIP-214).
+    ttl: int | None = None
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -76,6 +78,9 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
         "webhook_url": req.webhook_url or who.webhook_url,
         "webhook_progress": req.webhook_progress,
     }
+    if req.ttl is not None:
+        # Only when set, so requests without a ttl keep the fingerprints stored before it existed.
+        asked["ttl"] = req.ttl
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -159,6 +164,7 @@ class JobService:
             request_id=req.request_id or None,
             webhook_url=req.webhook_url or who.webhook_url,
             webhook_progress=req.webhook_progress,
+            ttl=req.ttl,
             revision=1,
             create_time=now,
             update_time=now,

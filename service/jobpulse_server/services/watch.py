@@ -341,6 +341,15 @@ class FeedService:
         with self.hub.subscribe_all() as changed:
             if cursor:
                 position = decode_cursor(cursor)
+                async with self.txs.read() as tx:
+                    floor = await tx.feed_floor()
+                if position[0] < floor or (position[0] == floor and position[1] != _END):
+                    # Tombstones after this cursor have been trimmed (tombstone_retention): resuming
+                    # would miss those deletions without a word.
+                    raise InvalidPageToken(
+                        "cursor is too old: deletions since then are no longer kept "
+                        "(tombstone_retention); list again and follow the new watch_cursor"
+                    )
             else:
                 async with self.txs.read() as tx:
                     horizon = await tx.change_horizon()

@@ -145,8 +145,9 @@ class Deliverer:
         if self.metrics is not None:
             self.metrics.webhooks.labels("failed" if error else "delivered").inc()
         if not error:
+            # A done delivery's next_attempt_time is its last attempt: retention trims it by that.
             return {"state": DELIVERED, "attempts": attempts, "last_status": status, "last_error": "",
-                    "delivered_time": now}  # fmt: skip
+                    "delivered_time": now, "next_attempt_time": now}  # fmt: skip
         ceiling = min(600.0, self.config.webhook_retry_base * 2 ** (attempts - 1))
         delay_us = int((ceiling / 2 + _jitter.random() * ceiling / 2) * 1e6)
         expired = now + delay_us - delivery.create_time > int(self.config.webhook_retry_period * 1e6)
@@ -160,7 +161,7 @@ class Deliverer:
             "attempts": attempts,
             "last_status": status or None,
             "last_error": error,
-            "next_attempt_time": now + delay_us,
+            "next_attempt_time": now if expired else now + delay_us,
         }
 
 

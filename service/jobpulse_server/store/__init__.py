@@ -30,6 +30,7 @@ from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.usage import KeyUsage, Lease
 from jobpulse_server.domain.webhooks import Delivery
 
@@ -250,6 +251,32 @@ class JobsTx(Protocol):
 
     async def processing_chunks(self, job_id: str) -> list[Chunk]: ...
 
+    async def expiry_candidates(
+        self, state: JobState, after: tuple[int, str], before: int, limit: int
+    ) -> list[ExpiryCandidate]:
+        """Up to ``limit`` jobs in ``state`` with (update_time, id) after ``after`` and update_time
+        before ``before``, in that order (the expiry sweep of jobs on the default ttl)."""
+        ...
+
+    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
+        """Up to ``limit`` jobs with a ttl of their own (> 0) whose end_time + ttl is before ``now``."""
+        ...
+
+    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
+        """Deletes those of the jobs whose expire_time (under ``retention``) is still before ``now`` as
+        ``delete_job`` does, tombstones included; returns their ids."""
+        ...
+
+    async def trim_tombstones(self, before: int, limit: int) -> int:
+        """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` and raises the feed's
+        floor to the largest change_seq among them; returns how many."""
+        ...
+
+    async def feed_floor(self) -> int:
+        """The largest change_seq of a trimmed tombstone, 0 if none: a WatchJobs cursor before it may
+        have missed deletions."""
+        ...
+
     async def save_chunks(self, chunks: Sequence[Chunk]) -> None: ...
 
     async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
@@ -294,6 +321,10 @@ class KeysAndDeliveriesTx(Protocol):
 
     async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
         """(deliveries pending, create time of the oldest one that is due)."""
+        ...
+
+    async def trim_deliveries(self, before: int, limit: int) -> int:
+        """Deletes up to ``limit`` delivered or dead deliveries last tried before ``before``."""
         ...
 
 

@@ -83,6 +83,9 @@ class Database:
         self.sqlite_on_loop = sqlite_on_loop and self.dialect == "sqlite"
         self._on_commit = on_commit
         self._engine: AsyncEngine | None = None
+        # SQLite on the loop: an engine whose statements run on aiosqlite's worker threads, for bulk
+        # work that would stall the loop (``off_loop``); made on first use.
+        self._threaded: AsyncEngine | None = None
         # SQLite has one writer at a time: queue writers here instead of on the file lock.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         # Names this server in change notifications (several replicas may share a database).
@@ -131,13 +134,32 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._threaded is not None:
+            await self._threaded.dispose()
+            self._threaded = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
 
+    def _engine_for(self, off_loop: bool) -> AsyncEngine:
+        """The engine, or with ``off_loop`` on SQLite on the loop the threaded one."""
+        if not (off_loop and self.sqlite_on_loop):
+            return self.engine
+        if self._threaded is None:
+            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            # As the loop's own connections: no checkpoint in commits (the store's thread does them).
+            # Waiting for a lock happens on the worker thread, so it may be long.
+            _configure_sqlite(engine, busy_timeout_ms=30_000, autocheckpoint=0)
+            self._threaded = engine
+        return self._threaded
+
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction that sees one consistent snapshot."""
+    async def read(self, *, off_loop: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction that sees one consistent snapshot (``off_loop``: see ``write``)."""
+        if off_loop and self.sqlite_on_loop:
+            async with self._engine_for(True).connect() as conn, conn.begin():
+                yield conn
+            return
         if self.sqlite_on_loop:
             # Closing runs on this thread and never suspends, so it needs none of the shielded close
             # task SQLAlchemy's ``async with`` makes to survive cancellation. Without that task a
@@ -172,20 +194,22 @@ class Database:
             self._on_commit(changes)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[UnitOfWork]:
-        """A write transaction; its changes are published after it commits."""
+    async def write(self, *, off_loop: bool = False) -> AsyncIterator[UnitOfWork]:
+        """A write transaction; its changes are published after it commits. ``off_loop``: on SQLite on
+        the loop, its statements run on a worker thread (the loop serves calls meanwhile; the other
+        writers of this process wait for it on the write lock, as for any writer)."""
         changes = Changes()
-        async with self._write_ctx(changes) as uow:
+        async with self._write_ctx(changes, self._engine_for(off_loop)) as uow:
             yield uow
         self.publish(changes)
 
     @asynccontextmanager
-    async def _write_ctx(self, changes: Changes) -> AsyncIterator[UnitOfWork]:
+    async def _write_ctx(self, changes: Changes, engine: AsyncEngine) -> AsyncIterator[UnitOfWork]:
         lock = self._write_lock
         if lock is not None:
             await lock.acquire()
         try:
-            async with self.engine.connect() as conn:
+            async with engine.connect() as conn:
                 if self.dialect == "sqlite":
                     conn = await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
                 trans = await self._begin_write(conn)

@@ -79,6 +79,7 @@ _PG_TYPES = {
     "webhook_url": "text",
     "webhook_progress": "boolean",
     "last_progress_event": "bigint",
+    "ttl": "bigint",
     "attempt": "int",
     "worker_id": "text",
     "external_task_id": "text",

@@ -26,6 +26,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
@@ -33,8 +35,9 @@ from sqlalchemy.sql import ColumnElement, Select
 from jobpulse_server.domain.filters import ORDERS, JobFilter, job_sort_key  # noqa: F401 (used by the stores)
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.store import rows as store_rows
-from jobpulse_server.store.tables import artifacts, chunks, job_requests, job_tombstones, jobs
+from jobpulse_server.store.tables import artifacts, chunks, feed_floor, job_requests, job_tombstones, jobs
 
 # --- mapping ---------------------------------------------------------------
 
@@ -155,7 +158,9 @@ async def changed_jobs(
 
 
 async def insert_job(conn: AsyncConnection, job: Job, new_chunks: Sequence[Chunk]) -> None:
-    await conn.execute(insert(jobs).values(id=job.id, change_seq=_next_change_seq(conn), **_job_values(job)))
+    await conn.execute(
+        insert(jobs).values(id=job.id, change_seq=_next_change_seq(conn), ttl=job.ttl, **_job_values(job))
+    )
     batch = 2000
     for start in range(0, len(new_chunks), batch):
         await conn.execute(insert(chunks), [_chunk_values(c) for c in new_chunks[start : start + batch]])
@@ -221,19 +226,140 @@ async def save_job(conn: AsyncConnection, job: Job) -> None:
 
 
 async def delete_job(conn: AsyncConnection, job_id: str, now: int) -> None:
-    # The tombstone takes its change_seq before the job's row goes (on SQLite the next one is one more
-    # than the largest in either table, the job's own included).
+    await delete_jobs(conn, [job_id], now)
+
+
+async def delete_jobs(conn: AsyncConnection, job_ids: Sequence[str], now: int) -> None:
+    """Deletes the jobs, their chunks, artifacts and request fingerprints, leaving a tombstone each.
+
+    The tombstones take their change_seq before the jobs' rows go (on SQLite the next one is one more
+    than the largest in either table, the jobs' own included; one value for the whole statement, as
+    every row a PostgreSQL transaction writes shares its id)."""
+    ids = list(job_ids)
+    if not ids:
+        return
     cols = ["id", "owner", "display_name", "kind", "state", "priority", "labels", "create_time"]
     source = select(
         *[jobs.c[c] for c in cols],
         literal(now).label("delete_time"),
         _next_change_seq(conn).label("change_seq"),
-    ).where(jobs.c.id == job_id)
+    ).where(jobs.c.id.in_(ids))
     await conn.execute(insert(job_tombstones).from_select([*cols, "delete_time", "change_seq"], source))
-    await conn.execute(delete(artifacts).where(artifacts.c.job_id == job_id))
-    await conn.execute(delete(job_requests).where(job_requests.c.job_id == job_id))
-    await conn.execute(delete(chunks).where(chunks.c.job_id == job_id))
-    await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+    await conn.execute(delete(artifacts).where(artifacts.c.job_id.in_(ids)))
+    await conn.execute(delete(job_requests).where(job_requests.c.job_id.in_(ids)))
+    await conn.execute(delete(chunks).where(chunks.c.job_id.in_(ids)))
+    await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+
+
+# --- expiry (AIP-214) ----------------------------------------------------------
+
+
+def _chunk_total() -> ColumnElement[Any]:
+    return jobs.c.n_pending + jobs.c.n_processing + jobs.c.n_completed + jobs.c.n_failed + jobs.c.n_cancelled
+
+
+def _own_expiry() -> ColumnElement[Any]:
+    # Spelled as ix_jobs_own_expiry's expression, so both databases read that index.
+    return jobs.c.end_time + jobs.c.ttl
+
+
+async def expiry_candidates(
+    conn: AsyncConnection, state: JobState, after: tuple[int, str], before: int, limit: int
+) -> list[ExpiryCandidate]:
+    """Jobs in ``state`` with (update_time, id) after ``after`` and update_time before ``before``, in
+    that order, read from the (state, update_time, id) index. Those on the default ttl are expired
+    when ``before`` is now minus that default: a terminal job's update_time is at least its end_time
+    (a change after it ended only postpones its deletion)."""
+    key = tuple_(jobs.c.update_time, jobs.c.id)
+    q = (
+        select(jobs.c.id, jobs.c.update_time, jobs.c.ttl, _chunk_total())
+        .where(
+            jobs.c.state == int(state),
+            key > tuple_(literal(after[0]), literal(after[1])),
+            jobs.c.update_time < before,
+        )
+        .order_by(jobs.c.update_time, jobs.c.id)
+        .limit(limit)
+    )
+    return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in (await conn.execute(q)).all()]
+
+
+async def own_ttl_expired(conn: AsyncConnection, now: int, limit: int) -> list[ExpiryCandidate]:
+    """Jobs with a ttl of their own whose end_time + ttl is past, soonest expired first."""
+    q = (
+        select(jobs.c.id, jobs.c.update_time, jobs.c.ttl, _chunk_total())
+        .where(jobs.c.ttl > 0, _own_expiry() < now)
+        .order_by(_own_expiry())
+        .limit(limit)
+    )
+    return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in (await conn.execute(q)).all()]
+
+
+def _expired(retention: Retention, now: int) -> ColumnElement[bool]:
+    """The jobs whose expire_time has passed, as the sweep selects them."""
+    by_default = [
+        and_(jobs.c.ttl.is_(None), jobs.c.state == int(state), jobs.c.update_time < now - ttl)
+        for state, ttl in retention.defaults()
+    ]
+    own = and_(jobs.c.ttl > 0, _own_expiry() < now)
+    return and_(jobs.c.end_time.is_not(None), or_(own, *by_default))
+
+
+async def delete_expired(
+    conn: AsyncConnection, job_ids: Sequence[str], now: int, retention: Retention
+) -> list[str]:
+    """Deletes those of ``job_ids`` that are still expired (looked for in another snapshot, a job may
+    have been retried or deleted since), as DeleteJob does; returns their ids. PostgreSQL locks them
+    in id order first (the lock order of every writer of several jobs)."""
+    if not job_ids:
+        return []
+    q = select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)), _expired(retention, now)).order_by(jobs.c.id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    gone = [r[0] for r in (await conn.execute(q)).all()]
+    await delete_jobs(conn, gone, now)
+    return gone
+
+
+async def trim_tombstones(conn: AsyncConnection, before: int, limit: int) -> int:
+    """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` and raises the feed's floor
+    to the largest change_seq among them; returns how many.
+
+    The tombstones with the largest change_seq stay, however old: on SQLite the next change_seq is one
+    more than the largest in jobs and tombstones, and must never go back to one handed out before
+    (cursors past it would miss the change)."""
+    newest = select(func.max(job_tombstones.c.change_seq)).scalar_subquery()
+    oldest = (
+        select(job_tombstones.c.id, job_tombstones.c.change_seq)
+        .where(job_tombstones.c.delete_time < before, job_tombstones.c.change_seq < newest)
+        .order_by(job_tombstones.c.delete_time)
+        .limit(limit)
+    )
+    rows = (await conn.execute(oldest)).all()
+    if not rows:
+        return 0
+    await conn.execute(delete(job_tombstones).where(job_tombstones.c.id.in_([r[0] for r in rows])))
+    top = max(int(r[1]) for r in rows)
+    insert_floor = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    q = insert_floor(feed_floor).values(id=1, change_seq=top)
+    await conn.execute(
+        q.on_conflict_do_update(
+            index_elements=[feed_floor.c.id],
+            set_={
+                "change_seq": case(
+                    (q.excluded.change_seq > feed_floor.c.change_seq, q.excluded.change_seq),
+                    else_=feed_floor.c.change_seq,
+                )
+            },
+        )
+    )
+    return len(rows)
+
+
+async def feed_floor_seq(conn: AsyncConnection) -> int:
+    """The largest change_seq of a trimmed tombstone (0 when none was trimmed)."""
+    value = (await conn.execute(select(feed_floor.c.change_seq).where(feed_floor.c.id == 1))).scalar()
+    return int(value) if value is not None else 0
 
 
 # --- chunks ----------------------------------------------------------------

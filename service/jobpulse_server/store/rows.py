@@ -50,10 +50,12 @@ JOB_COLUMNS = (
     "webhook_url",
     "webhook_progress",
     "last_progress_event",
+    "ttl",
 )
 
-# What a save writes (all but the id, which selects the row, and change_seq, which the database sets).
-JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq"))
+# What a save writes: all but the id, which selects the row, change_seq, which the database sets, and
+# ttl, which only CreateJob writes (so the hot paths' UPDATEs are as they were before it existed).
+JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl"))
 
 CHUNK_COLUMNS = (
     "id",
@@ -157,6 +159,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
         webhook_url=r[32],
         webhook_progress=bool(r[33]),
         last_progress_event=r[34],
+        ttl=r[35],
         loaded_state=state,
     )
 

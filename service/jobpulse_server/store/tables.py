@@ -63,6 +63,9 @@ jobs = Table(
     Column("webhook_url", Text, nullable=False, server_default=""),
     Column("webhook_progress", Boolean, nullable=False, server_default=false()),
     Column("last_progress_event", BigInteger, nullable=True),
+    # The ttl CreateJob asked for (microseconds, 0: keep for ever); NULL: the server's default for the
+    # terminal state reached. Jobs on the default are found for expiry by (state, update_time).
+    Column("ttl", BigInteger, nullable=True),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),
@@ -73,6 +76,16 @@ jobs = Table(
     Index("ix_jobs_state_update_time_id", "state", "update_time", "id"),
     Index("ix_jobs_create_time", "create_time"),
     Index("ix_jobs_change_seq", "change_seq", "id"),
+)
+
+# Jobs with a ttl of their own, by when they expire (end_time is NULL until the job is terminal).
+# Partial: jobs on the server's default (ttl NULL) have no entry, so the hot paths' saves of those
+# only test the predicate.
+Index(
+    "ix_jobs_own_expiry",
+    jobs.c.end_time + jobs.c.ttl,
+    sqlite_where=jobs.c.ttl > 0,
+    postgresql_where=jobs.c.ttl > 0,
 )
 
 # A deleted job, kept for WatchJobs: the columns its filters test, and the change_seq of the delete.
@@ -90,6 +103,17 @@ job_tombstones = Table(
     Column("delete_time", BigInteger, nullable=False),
     Column("change_seq", BigInteger, nullable=False),
     Index("ix_job_tombstones_change_seq", "change_seq", "id"),
+    # Old tombstones are trimmed by age (tombstone_retention).
+    Index("ix_job_tombstones_delete_time", "delete_time"),
+)
+
+# One row (id 1): the largest change_seq of the tombstones trimmed so far (tombstone_retention). A
+# WatchJobs cursor from before it may have missed deletions and is refused.
+feed_floor = Table(
+    "feed_floor",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("change_seq", BigInteger, nullable=False),
 )
 
 # The fingerprint of the CreateJob request that made a job with a request_id (AIP-155: the same

@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.store import RequestIdTaken, keys
 from jobpulse_server.store import repository as repo
@@ -90,6 +91,25 @@ class SqlJobsTx:
     async def overdue_cancels(self, cancel_before: int) -> list[str]:
         return await repo.overdue_cancels(self.conn, cancel_before)
 
+    async def expiry_candidates(
+        self, state: JobState, after: tuple[int, str], before: int, limit: int
+    ) -> list[ExpiryCandidate]:
+        return await repo.expiry_candidates(self.conn, state, after, before, limit)
+
+    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
+        return await repo.own_ttl_expired(self.conn, now, limit)
+
+    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
+        gone = await repo.delete_expired(self.conn, job_ids, now, retention)
+        self.changes.deleted.update(gone)
+        return gone
+
+    async def trim_tombstones(self, before: int, limit: int) -> int:
+        return await repo.trim_tombstones(self.conn, before, limit)
+
+    async def feed_floor(self) -> int:
+        return await repo.feed_floor_seq(self.conn)
+
     async def processing_chunks(self, job_id: str) -> list[Chunk]:
         return await repo.list_chunks(self.conn, job_id, states=[ChunkState.PROCESSING])
 
@@ -138,36 +158,46 @@ class SqlKeysAndDeliveriesTx:
     async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
         return await outbox_rows.backlog(self.conn, now)
 
+    async def trim_deliveries(self, before: int, limit: int) -> int:
+        return await outbox_rows.trim(self.conn, before, limit)
+
 
 class SqlKeysAndDeliveries:
-    """Opens ``SqlKeysAndDeliveriesTx`` units of work on the ``Database``'s engine."""
+    """Opens ``SqlKeysAndDeliveriesTx`` units of work on the ``Database``'s engine (``off_loop``: see
+    ``SqlTransactions``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, off_loop: bool = False) -> None:
         self.db = db
+        self.off_loop = off_loop
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlKeysAndDeliveriesTx]:
-        async with self.db.read() as conn:
+        async with self.db.read(off_loop=self.off_loop) as conn:
             yield SqlKeysAndDeliveriesTx(conn, Changes())
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlKeysAndDeliveriesTx]:
-        async with self.db.write() as uow:
+        async with self.db.write(off_loop=self.off_loop) as uow:
             yield SqlKeysAndDeliveriesTx(uow.conn, uow.changes)
 
 
 class SqlTransactions:
-    """Opens ``SqlJobsTx`` transactions on the ``Database``'s engine."""
+    """Opens ``SqlJobsTx`` transactions on the ``Database``'s engine.
 
-    def __init__(self, db: Database) -> None:
+    ``off_loop``: on SQLite driven on the event loop, run the statements on a worker thread instead
+    (``Database.write(off_loop=True)``), for bulk work (the expiry sweep) that must not stall the loop;
+    no difference elsewhere."""
+
+    def __init__(self, db: Database, *, off_loop: bool = False) -> None:
         self.db = db
+        self.off_loop = off_loop
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlJobsTx]:
-        async with self.db.read() as conn:
+        async with self.db.read(off_loop=self.off_loop) as conn:
             yield SqlJobsTx(conn, Changes())
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlJobsTx]:
-        async with self.db.write() as uow:
+        async with self.db.write(off_loop=self.off_loop) as uow:
             yield SqlJobsTx(uow.conn, uow.changes)

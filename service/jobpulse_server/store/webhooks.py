@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobpulse_server.domain.webhooks import PENDING, Delivery
+from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.tables import api_keys, jobs, webhook_deliveries
 
 
@@ -112,3 +112,23 @@ async def backlog(conn: AsyncConnection, now: int) -> tuple[int, int | None]:
         )
     ).scalar_one_or_none()
     return pending, int(oldest) if oldest is not None else None
+
+
+async def trim(conn: AsyncConnection, before: int, limit: int) -> int:
+    """Deletes up to ``limit`` deliveries that are done (delivered or dead) and whose last attempt was
+    before ``before``; returns how many. Read from the (state, next_attempt_time) index: a done
+    delivery's next_attempt_time is when its last attempt was made (services/webhooks.py)."""
+    found = 0
+    for state in (DELIVERED, DEAD):
+        q = (
+            select(webhook_deliveries.c.id)
+            .where(webhook_deliveries.c.state == state, webhook_deliveries.c.next_attempt_time < before)
+            .limit(limit - found)
+        )
+        ids = [r[0] for r in (await conn.execute(q)).all()]
+        if ids:
+            await conn.execute(delete(webhook_deliveries).where(webhook_deliveries.c.id.in_(ids)))
+        found += len(ids)
+        if found >= limit:
+            break
+    return found

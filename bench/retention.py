@@ -1,0 +1,261 @@
+"""GetJob while the expiry sweep deletes 200,000 expired jobs, against GetJob on the same server when
+nothing is being deleted (SQLite).
+
+    python -m bench.retention                               # 200,000 jobs
+    JOBPULSE_BENCH_RETENTION_JOBS=2000 python -m bench.retention   # a smoke run
+
+How the two phases are made on one server in one run: before the server starts, the jobs (COMPLETED,
+one chunk each, no ttl of their own, so the server's default applies) are inserted straight into the
+migrated SQLite file with an end_time (and update_time) in the past, but placed so that they expire
+only ``LEAD`` seconds after the server is up (``JOBPULSE_RETENTION_COMPLETED`` is ``RETENTION``
+seconds, the jobs ended ``RETENTION - LEAD`` seconds before the start). Until then the sweeper runs
+every second and finds nothing: that is the quiet phase, measured first. Then every job expires at
+once and the sweeper deletes them in batches; GetJob of one live job is measured the same way until
+the last seeded job is gone (the deletion phase). A seeded job is looked up after the quiet phase to
+make sure nothing had been deleted yet.
+
+Both phases run the same closed loop: one GetJob (FULL view) in flight, timed from this process. The
+figures: p50 / p99 of each phase, the ratio of the p99s (the goal: at most 2x), how long the deletion
+took from the moment the jobs expired, and the jobs deleted per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from support.servers import ServerProcess
+
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
+from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.store.engine import Database
+from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
+
+N_JOBS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_JOBS", "200000"))
+# The server's default ttl of COMPLETED jobs, and how long after its start the seeded jobs expire.
+RETENTION = 3600
+LEAD = float(os.environ.get("JOBPULSE_BENCH_RETENTION_LEAD", "25"))
+# Timed GetJob calls of the quiet phase (it must end well within LEAD).
+QUIET_CALLS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_CALLS", "3000"))
+DELETION_TIMEOUT = 1800.0
+
+
+def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
+    values: dict[str, Any] = {
+        "id": job_id,
+        "owner": "anonymous",
+        "request_id": None,
+        "display_name": f"expired {job_id}",
+        "kind": "bench-expired",
+        "state": int(JobState.COMPLETED),
+        "stage": "done",
+        "message": "",
+        "priority": 5,
+        "labels": json.dumps({"team": "bench"}),
+        "job_metadata": "{}",
+        "total_items": 100,
+        "chunk_size": 100,
+        "max_attempts": 3,
+        "revision": 3,
+        "n_pending": 0,
+        "n_processing": 0,
+        "n_completed": 1,
+        "n_failed": 0,
+        "n_cancelled": 0,
+        "items_done": 100,
+        "error_reason": "",
+        "error_message": "",
+        "error_chunk_index": None,
+        "cancel_requested": 0,
+        "cancel_reason": "",
+        "cancel_time": None,
+        "create_time": end - 60_000_000,
+        "update_time": end,
+        "start_time": end - 30_000_000,
+        "end_time": end,
+        "change_seq": 0,
+        "webhook_url": "",
+        "webhook_progress": 0,
+        "last_progress_event": None,
+        "ttl": None,
+    }
+    return tuple(values[c] for c in JOB_COLUMNS)
+
+
+def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
+    values: dict[str, Any] = {
+        "id": f"{job_id}-0",
+        "job_id": job_id,
+        "idx": 0,
+        "state": int(ChunkState.COMPLETED),
+        "item_start": 0,
+        "item_count": 100,
+        "items_done": 100,
+        "attempt": 1,
+        "max_attempts": 3,
+        "worker_id": "bench-worker",
+        "external_task_id": "",
+        "error_reason": "",
+        "error_message": "",
+        "lease_token": None,
+        "lease_expire_time": None,
+        "lease_duration": None,
+        "next_attempt_time": None,
+        "revision": 3,
+        "priority": 5,
+        "kind": "bench-expired",
+        "start_time": end - 30_000_000,
+        "end_time": end,
+    }
+    return tuple(values[c] for c in CHUNK_COLUMNS)
+
+
+def seed(path: str, n: int, first_end: int) -> list[str]:
+    """Inserts ``n`` COMPLETED jobs (one chunk each) that ended from ``first_end`` on, a microsecond
+    apart; returns their ids in end order."""
+    ids = [f"BENCHEXP{i:018d}" for i in range(n)]
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        job_sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+        chunk_sql = (
+            f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}) VALUES ({', '.join('?' * len(CHUNK_COLUMNS))})"
+        )
+        batch = 20_000
+        for start in range(0, n, batch):
+            part = ids[start : start + batch]
+            conn.executemany(job_sql, [_job_row(j, first_end + start + i) for i, j in enumerate(part)])
+            conn.executemany(chunk_sql, [_chunk_row(j, first_end + start + i) for i, j in enumerate(part)])
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return ids
+
+
+def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
+    try:
+        stub.GetJob(job_service_pb2.GetJobRequest(job_id=job_id), timeout=30)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_pb2.GetJobRequest) -> float:
+    t = time.perf_counter()
+    stub.GetJob(request, timeout=30)
+    return time.perf_counter() - t
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
+
+
+def _line(name: str, samples: list[float]) -> str:
+    return (
+        f"{name:<28} calls {len(samples):>7,}   p50 {_p(samples, 0.5) * 1e3:7.3f} ms   "
+        f"p99 {_p(samples, 0.99) * 1e3:7.3f} ms   mean {statistics.fmean(samples) * 1e3:7.3f} ms"
+    )
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="jobpulse-retention-"))
+    path = str(tmp / "jobs.db")
+    url = f"sqlite:///{path}"
+
+    async def migrate() -> None:
+        db = Database(url)
+        await db.start()
+        await db.close()
+
+    asyncio.run(migrate())
+    print(f"seeding {N_JOBS:,} jobs to expire (one chunk each) into {path} ...", flush=True)
+    ids: list[str] = []
+    srv: ServerProcess | None = None
+    try:
+        t0 = time.perf_counter()
+        ids = seed(path, N_JOBS, 0)
+        print(f"seeded in {time.perf_counter() - t0:.1f} s", flush=True)
+        # Place the jobs so that the first expires LEAD seconds from now (one UPDATE, before the
+        # server starts): the quiet phase is free of deletions however long the seeding took.
+        expire_at = time.time() + LEAD
+        shift = int((expire_at - RETENTION) * 1e6)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(
+            "UPDATE jobs SET update_time = update_time + ?, end_time = end_time + ?, "
+            "start_time = start_time + ?, create_time = create_time + ? WHERE kind = 'bench-expired'",
+            (shift, shift, shift, shift),
+        )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+        srv = ServerProcess(
+            url, tmp, retention_completed=RETENTION, sweep_interval=1.0, drain_seconds=0, log_level="INFO"
+        ).start(timeout=120)
+        channel = grpc.insecure_channel(srv.address)
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        live = stub.CreateJob(
+            job_service_pb2.CreateJobRequest(kind="bench-live", total_items=1000, chunk_size=100), timeout=30
+        ).job
+        request = job_service_pb2.GetJobRequest(job_id=live.id)
+        for _ in range(200):  # warm-up
+            _timed_get(stub, request)
+
+        quiet = [_timed_get(stub, request) for _ in range(QUIET_CALLS)]
+        quiet_done = time.time()
+        if quiet_done >= expire_at or not _exists(stub, ids[0]):
+            print(
+                f"the quiet phase ran into the expiry ({quiet_done - expire_at:+.1f} s): raise "
+                "JOBPULSE_BENCH_RETENTION_LEAD or lower JOBPULSE_BENCH_RETENTION_CALLS"
+            )
+            return 1
+        print(_line("GetJob, nothing deleted", quiet), flush=True)
+
+        # Wait for the expiry moment without measuring (the sweeper still finds nothing).
+        while time.time() < expire_at:
+            _timed_get(stub, request)
+        during: list[float] = []
+        first_gone: float | None = None
+        deadline = time.time() + DELETION_TIMEOUT
+        while True:
+            during += [_timed_get(stub, request) for _ in range(100)]
+            now = time.time()
+            if first_gone is None and not _exists(stub, ids[0]):
+                first_gone = now
+            if not _exists(stub, ids[-1]):
+                break
+            if now > deadline:
+                print(f"the deletion did not finish within {DELETION_TIMEOUT:.0f} s")
+                return 1
+        deletion_s = time.time() - expire_at
+        channel.close()
+        print(_line("GetJob, while deleting", during), flush=True)
+        ratio = _p(during, 0.99) / _p(quiet, 0.99)
+        print(f"GetJob p99 while deleting / p99 with nothing deleted: {ratio:.2f}x (goal: at most 2x)")
+        print(
+            f"deleted {N_JOBS:,} expired jobs (and their chunks) in {deletion_s:.1f} s after they expired "
+            f"({N_JOBS / deletion_s:,.0f} jobs/s; first gone {((first_gone or expire_at) - expire_at):.1f} s "
+            "after expiry, at the sweeper's next tick)"
+        )
+        return 0
+    finally:
+        if srv is not None:
+            srv.close()
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
