@@ -175,6 +175,7 @@ class AsyncClient:
         request_id: str = "",
         webhook_url: str = "",
         webhook_progress: bool = False,
+        ttl: float | timedelta | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job; see :meth:`jobpulse.Client.create_job`."""
@@ -190,6 +191,7 @@ class AsyncClient:
             request_id=request_id,
             webhook_url=webhook_url,
             webhook_progress=webhook_progress,
+            ttl=ttl,
         )
         response = await self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

@@ -138,6 +138,7 @@ class Client:
         request_id: str = "",
         webhook_url: str = "",
         webhook_progress: bool = False,
+        ttl: float | timedelta | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -155,6 +156,8 @@ class Client:
                 returns the first job instead of creating another.
             webhook_url: Where to POST the job's events (empty: the API key's default, if any).
             webhook_progress: Also send throttled ``job.progress`` events.
+            ttl: How long the server keeps the job once it is terminal (seconds or a timedelta), then
+                deletes it; ``None``: the server's default for the state it ends in; 0: for ever.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -172,6 +175,7 @@ class Client:
             request_id=request_id,
             webhook_url=webhook_url,
             webhook_progress=webhook_progress,
+            ttl=ttl,
         )
         response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

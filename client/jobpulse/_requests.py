@@ -29,6 +29,7 @@ def create_job(
     request_id: str,
     webhook_url: str = "",
     webhook_progress: bool = False,
+    ttl: float | timedelta | None = None,
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -44,6 +45,9 @@ def create_job(
     )
     if priority is not None:
         request.priority = priority
+    keep = _convert.to_duration(ttl)
+    if keep is not None:
+        request.ttl.CopyFrom(keep)
     struct = _convert.to_struct(metadata)
     if struct is not None:
         request.metadata.CopyFrom(struct)

@@ -33,7 +33,8 @@ WAIT = 20.0
 
 @pytest.fixture
 def stub_for() -> Iterator[Callable[[Any], job_service_pb2_grpc.JobServiceStub]]:
-    """JobService stubs on plain channels (CreateJobRequest.ttl is not in the SDK's create_job)."""
+    """JobService stubs on plain channels: the wire as any client sends it (the SDK's own ``ttl``
+    argument is tested in test_the_sdk_sends_ttl)."""
     channels: list[grpc.Channel] = []
 
     def make(srv: Any) -> job_service_pb2_grpc.JobServiceStub:
@@ -287,3 +288,25 @@ def test_tombstones_and_webhook_deliveries_are_trimmed(
         assert list(after.deleted_job_ids) == [hooked.id]
     finally:
         receiver.close()
+
+
+def test_the_sdk_sends_ttl(
+    make_server: Callable[..., Any], connect: Callable[[Any], jobpulse.Client]
+) -> None:
+    from datetime import timedelta
+
+    srv = make_server(retention_completed=7 * DAY)
+    client = connect(srv)
+    hour = client.create_job("exp-sdk", 1, ttl=timedelta(hours=1))
+    kept = client.create_job("exp-sdk", 1, ttl=0)
+
+    async def create_async() -> job_pb2.Job:
+        async with jobpulse.AsyncClient(srv.address) as aclient:
+            return await aclient.create_job("exp-sdk", 1, ttl=90.5)
+
+    half = asyncio.run(create_async())
+    assert run_all(client, "exp-sdk") == 3
+    for job_id, ttl_us in ((hour.id, 3_600_000_000), (half.id, 90_500_000)):
+        job = client.get_job(job_id)
+        assert _us(job.expire_time) == _us(job.end_time) + ttl_us
+    assert not client.get_job(kept.id).HasField("expire_time"), "ttl=0 from the SDK keeps the job"

@@ -107,9 +107,13 @@ class JobServiceStub:
     """Streams job-level changes of every job matching ListJobs-style filters, for
     dashboards: each CHANGE carries the jobs (BASIC view) changed since the
     previous message and a cursor to resume from; HEARTBEATs when idle. A
-    watcher that reconnects with the last cursor it saw misses nothing. Filters
-    apply to the job as it is now. A deleted job that matches the filters is
-    reported by id in deleted_job_ids. The stream does not end by itself.
+    watcher that reconnects with the last cursor it saw misses nothing, as long
+    as the cursor is younger than the server's tombstone retention (90 days by
+    default); an older one is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN
+    (list again and follow the new watch_cursor). Filters apply to the job as
+    it is now. A deleted job (also one deleted when it expired) that matches
+    the filters is reported by id in deleted_job_ids. The stream does not end
+    by itself.
     """
 
 @_typing.type_check_only
@@ -191,9 +195,13 @@ class JobServiceAsyncStub(JobServiceStub):
     """Streams job-level changes of every job matching ListJobs-style filters, for
     dashboards: each CHANGE carries the jobs (BASIC view) changed since the
     previous message and a cursor to resume from; HEARTBEATs when idle. A
-    watcher that reconnects with the last cursor it saw misses nothing. Filters
-    apply to the job as it is now. A deleted job that matches the filters is
-    reported by id in deleted_job_ids. The stream does not end by itself.
+    watcher that reconnects with the last cursor it saw misses nothing, as long
+    as the cursor is younger than the server's tombstone retention (90 days by
+    default); an older one is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN
+    (list again and follow the new watch_cursor). Filters apply to the job as
+    it is now. A deleted job (also one deleted when it expired) that matches
+    the filters is reported by id in deleted_job_ids. The stream does not end
+    by itself.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -368,9 +376,13 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams job-level changes of every job matching ListJobs-style filters, for
         dashboards: each CHANGE carries the jobs (BASIC view) changed since the
         previous message and a cursor to resume from; HEARTBEATs when idle. A
-        watcher that reconnects with the last cursor it saw misses nothing. Filters
-        apply to the job as it is now. A deleted job that matches the filters is
-        reported by id in deleted_job_ids. The stream does not end by itself.
+        watcher that reconnects with the last cursor it saw misses nothing, as long
+        as the cursor is younger than the server's tombstone retention (90 days by
+        default); an older one is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN
+        (list again and follow the new watch_cursor). Filters apply to the job as
+        it is now. A deleted job (also one deleted when it expired) that matches
+        the filters is reported by id in deleted_job_ids. The stream does not end
+        by itself.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
