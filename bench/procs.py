@@ -78,7 +78,17 @@ class ServerProcess:
         self.port = 0
         self._command: CommandServer | None = None
         if kind == "jobpulse":
-            self._command = CommandServer(database_url, Path(os.devnull), log_level="INFO", drain_seconds=0)
+            # Bench data is synthetic and often dated in the past: expiry (measured by bench.retention
+            # on a server of its own) must not delete it mid-run.
+            self._command = CommandServer(
+                database_url,
+                Path(os.devnull),
+                log_level="INFO",
+                drain_seconds=0,
+                retention_completed=0,
+                retention_failed=0,
+                retention_cancelled=0,
+            )
             return
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()

@@ -151,6 +151,12 @@ def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
     return True
 
 
+def _batch_override() -> dict[str, int]:
+    """JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes)."""
+    raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
+    return {"retention_batch": int(raw)} if raw else {}
+
+
 def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_pb2.GetJobRequest) -> float:
     t = time.perf_counter()
     stub.GetJob(request, timeout=30)
@@ -201,7 +207,13 @@ def main() -> int:
         conn.close()
 
         srv = ServerProcess(
-            url, tmp, retention_completed=RETENTION, sweep_interval=1.0, drain_seconds=0, log_level="INFO"
+            url,
+            tmp,
+            retention_completed=RETENTION,
+            sweep_interval=1.0,
+            **_batch_override(),
+            drain_seconds=0,
+            log_level="INFO",
         ).start(timeout=120)
         channel = grpc.insecure_channel(srv.address)
         stub = job_service_pb2_grpc.JobServiceStub(channel)
@@ -239,10 +251,18 @@ def main() -> int:
                 print(f"the deletion did not finish within {DELETION_TIMEOUT:.0f} s")
                 return 1
         deletion_s = time.time() - expire_at
+        # A second quiet phase once everything is gone: one short phase alone is at the mercy of a
+        # noisy moment, so the ratio is taken against the lower (stricter) of the two.
+        after = [_timed_get(stub, request) for _ in range(QUIET_CALLS)]
         channel.close()
         print(_line("GetJob, while deleting", during), flush=True)
-        ratio = _p(during, 0.99) / _p(quiet, 0.99)
-        print(f"GetJob p99 while deleting / p99 with nothing deleted: {ratio:.2f}x (goal: at most 2x)")
+        print(_line("GetJob, after the deletion", after), flush=True)
+        base = min(_p(quiet, 0.99), _p(after, 0.99))
+        ratio = _p(during, 0.99) / base
+        print(
+            f"GetJob p99 while deleting / the lower p99 with nothing deleted (before, after): {ratio:.2f}x "
+            "(goal: at most 2x)"
+        )
         print(
             f"deleted {N_JOBS:,} expired jobs (and their chunks) in {deletion_s:.1f} s after they expired "
             f"({N_JOBS / deletion_s:,.0f} jobs/s; first gone {((first_gone or expire_at) - expire_at):.1f} s "

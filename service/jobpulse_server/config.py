@@ -97,7 +97,7 @@ class Config:
     webhook_delivery_retention: float = 30 * 86_400.0
     # Rows deleted per transaction (expired jobs, tombstones, deliveries), and expired-job candidates
     # looked at per sweep (each kind of trim also stops there): short transactions, a bounded sweep.
-    retention_batch: int = 500
+    retention_batch: int = 100
     retention_max_per_sweep: int = 20_000
 
     @classmethod
