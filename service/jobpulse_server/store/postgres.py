@@ -166,7 +166,8 @@ class PgRead:
         return found
 
     async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
-        rows = await self.conn.fetch(sql.numbered(sql.jobs_artifacts(len(job_ids))), *job_ids, limit)
+        q = sql.JOB_ARTIFACTS if len(job_ids) == 1 else sql.jobs_artifacts(len(job_ids))
+        rows = await self.conn.fetch(sql.numbered(q), *job_ids, limit)
         return artifacts_by_job(rows)
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:

@@ -189,6 +189,12 @@ ARTIFACTS_BETWEEN = (
 )
 
 
+# One job's first ``?`` artifacts: the plain index range, cheaper than numbering rows (GetJob's case).
+JOB_ARTIFACTS = (
+    f"SELECT {ARTIFACT_SELECT}, job_id FROM artifacts WHERE job_id = ? ORDER BY chunk_index, id LIMIT ?"
+)
+
+
 def jobs_artifacts(n: int) -> str:
     """The first ``?`` (a limit) artifacts of each of ``n`` jobs, each job's in chunk order, numbered
     per job on the (job_id, chunk_index) index; rows are ARTIFACT_COLUMNS then job_id."""

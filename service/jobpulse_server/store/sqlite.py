@@ -144,7 +144,8 @@ class SqliteRead:
         return found
 
     async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
-        rows = self.conn.execute(sql.jobs_artifacts(len(job_ids)), [*job_ids, limit]).fetchall()
+        q = sql.JOB_ARTIFACTS if len(job_ids) == 1 else sql.jobs_artifacts(len(job_ids))
+        rows = self.conn.execute(q, [*job_ids, limit]).fetchall()
         return artifacts_by_job(rows)
 
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
