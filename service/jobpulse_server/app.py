@@ -44,7 +44,7 @@ from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateL
 from jobpulse_server.services.retention import RetentionService, retention_of
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.watch import FeedService, WatchService
-from jobpulse_server.services.webhooks import Deliverer, WebhookService
+from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_server_secret
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.store import Store
@@ -104,6 +104,7 @@ class App:
 
 async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
+    check_server_secret(config)
     hub = ChangeHub()
     db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
     await db.start()

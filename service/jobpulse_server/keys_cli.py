@@ -30,7 +30,7 @@ async def _run(action: str, database_url: str, name: str, role: str, as_json: bo
             else:
                 print(key)
                 print(f"created {role} key {name!r}: store it now, it cannot be shown again", file=sys.stderr)
-                print(f"webhook signing secret of its jobs: {secret}", file=sys.stderr)
+                print(f"webhook signing secret of its jobs (Standard Webhooks): {secret}", file=sys.stderr)
             return 0
         if action == "list":
             found = await keys.list_keys(db)

@@ -5,7 +5,6 @@ WatchJobs feed, the steering RPCs' answers and the job.completed webhook."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from standardwebhooks import Webhook
 
 import jobpulse
 from jobpulse.v1 import job_pb2, job_service_pb2
@@ -141,6 +141,7 @@ def test_only_the_first_thousand_artifacts_ride_on_the_job(client: jobpulse.Clie
 class _Receiver:
     def __init__(self) -> None:
         self.bodies: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.cond = threading.Condition()
         receiver = self
 
@@ -149,6 +150,7 @@ class _Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
                 with receiver.cond:
                     receiver.bodies.append(body)
+                    receiver.headers.append(dict(self.headers))
                     receiver.cond.notify_all()
                 self.send_response(200)
                 self.end_headers()
@@ -164,9 +166,10 @@ class _Receiver:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
     def first(self, timeout: float = 20) -> dict[str, Any]:
+        """The first POST's body, once verified as a receiver would (Standard Webhooks)."""
         with self.cond:
             assert self.cond.wait_for(lambda: self.bodies, timeout), "no webhook arrived"
-            return dict(json.loads(self.bodies[0]))
+            return dict(Webhook(SECRET).verify(self.bodies[0], self.headers[0]))
 
 
 @pytest.fixture

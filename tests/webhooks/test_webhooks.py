@@ -1,24 +1,37 @@
-"""Webhooks against a real HTTP receiver on 127.0.0.1: signed, retried, durable, allow-listed."""
+"""Webhooks against a real HTTP receiver on 127.0.0.1: signed (Standard Webhooks, checked with the
+`standardwebhooks` package a receiver would use), retried, durable, allow-listed."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import json
+import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
+from standardwebhooks import Webhook, WebhookVerificationError
 
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2
+from jobpulse_server.app import create_server
+from jobpulse_server.config import Config
+from jobpulse_server.domain.webhooks import new_secret, secret_key
+from jobpulse_server.services.webhooks import sign, signed_headers
 from jobpulse_server.store import keys
+from jobpulse_server.store.tables import api_keys
 
-SECRET = "whsec_test_server_secret"
+SECRET = "whsec_" + base64.b64encode(b"the webhooks tests' server secret").decode()
 
 
 class Receiver:
@@ -70,12 +83,19 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def verify(secret: str, header: str, body: str, tolerance: float = 300) -> bool:
-    """What a receiver does: check the HMAC over "<t>.<body>" and reject stale timestamps (replays)."""
-    parts = dict(p.split("=", 1) for p in header.split(","))
-    expected = hmac.new(secret.encode(), f"{parts['t']}.{body}".encode(), hashlib.sha256).hexdigest()
-    fresh = abs(time.time() - int(parts["t"])) <= tolerance
-    return fresh and hmac.compare_digest(expected, parts["v1"])
+def verify(secret: str, post: dict[str, Any]) -> dict[str, Any]:
+    """What a receiver does (README, SECURITY.md): standardwebhooks checks the signature over
+    "<webhook-id>.<webhook-timestamp>.<body>" and refuses timestamps more than 5 minutes off
+    (replays); it raises WebhookVerificationError, else returns the parsed body."""
+    return dict(Webhook(secret).verify(post["body"], post["headers"]))
+
+
+def refused(secret: str, body: str, headers: dict[str, str]) -> bool:
+    try:
+        Webhook(secret).verify(body, headers)
+    except WebhookVerificationError:
+        return True
+    return False
 
 
 def _finish(client: jobpulse.Client, kind: str = "hook") -> None:
@@ -91,13 +111,20 @@ def test_completion_is_posted_signed_with_the_job(make_server: Any, receiver: Re
         _finish(client)
         got = receiver.wait_for(1)[0]
         deliveries = client.list_webhook_deliveries(job.id)
-    body = json.loads(got["body"])
+    body = verify(SECRET, got)
     assert body["type"] == "job.completed"
     assert body["job"]["id"] == job.id and body["job"]["state"] == "JOB_STATE_COMPLETED"
     assert body["id"] == deliveries[0].id and body["created"]
-    assert verify(SECRET, got["headers"]["X-Jobpulse-Signature"], got["body"])
-    assert not verify("another secret", got["headers"]["X-Jobpulse-Signature"], got["body"])
-    assert not verify(SECRET, got["headers"]["X-Jobpulse-Signature"], got["body"].replace("hook", "hoof"))
+    headers = got["headers"]
+    assert headers["webhook-id"] == deliveries[0].id
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert headers["webhook-signature"].startswith("v1,")
+    assert "X-Jobpulse-Signature" not in headers, "the old header is gone (README: a clean break)"
+    # Another secret, a tampered body, or a timestamp moved (the signature covers it) fail.
+    assert refused("whsec_" + base64.b64encode(b"someone else's secret!").decode(), got["body"], headers)
+    assert refused(SECRET, got["body"].replace("hook", "hoof"), headers)
+    moved = {**headers, "webhook-timestamp": str(int(headers["webhook-timestamp"]) + 1)}
+    assert refused(SECRET, got["body"], moved)
     deadline = time.monotonic() + 10
     while deliveries[0].state != job_service_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED:
         assert time.monotonic() < deadline
@@ -114,7 +141,8 @@ def test_server_errors_are_retried_until_accepted(make_server: Any, receiver: Re
         _finish(client)
         posts = receiver.wait_for(3)
     assert [p["status"] for p in posts[:3]] == [500, 503, 200]
-    assert len({json.loads(p["body"])["id"] for p in posts}) == 1, "a retry must carry the same event id"
+    assert len({verify(SECRET, p)["id"] for p in posts}) == 1, "a retry must carry the same event id"
+    assert len({p["headers"]["webhook-id"] for p in posts}) == 1, "and the same webhook-id"
     with jobpulse.Client(srv.address) as client:
         deadline = time.monotonic() + 10
         while (
@@ -207,8 +235,9 @@ def test_a_key_signs_with_its_own_secret_and_supplies_a_default_url(
         assert job.webhook_url == receiver.url
         client.cancel_job(job.id, reason="changed my mind")
         got = receiver.wait_for(1)[0]
-    assert json.loads(got["body"])["type"] == "job.cancelled"
-    assert secret and verify(secret, got["headers"]["X-Jobpulse-Signature"], got["body"])
+    assert secret is not None and secret.startswith("whsec_") and len(secret_key(secret)) == 32
+    assert verify(secret, got)["type"] == "job.cancelled"
+    assert refused(SECRET, got["body"], got["headers"]), "signed with the key's secret, not the server's"
 
 
 def test_progress_events_are_opt_in_and_redelivery_resends(make_server: Any, receiver: Receiver) -> None:
@@ -227,3 +256,100 @@ def test_progress_events_are_opt_in_and_redelivery_resends(make_server: Any, rec
             assert receiver.cond.wait_for(
                 lambda: sum(json.loads(p["body"])["id"] == first.id for p in receiver.received) > before, 20
             ), "the redelivered event never came"
+
+
+def test_a_retry_is_the_same_message_signed_again_at_its_own_time(
+    make_server: Any, receiver: Receiver
+) -> None:
+    # A first retry comes after base/2 to base seconds: 2 s makes it at least a second later, so its
+    # webhook-timestamp (whole seconds) must differ.
+    srv = make_server(webhook_secret=SECRET, webhook_retry_base=2.0)
+    receiver.statuses = [500]
+    with jobpulse.Client(srv.address) as client:
+        job = client.create_job("hook", 1, webhook_url=receiver.url)
+        _finish(client)
+        first, retry = receiver.wait_for(2)[:2]
+    assert [first["status"], retry["status"]] == [500, 200]
+    assert verify(SECRET, first) == verify(SECRET, retry)
+    assert verify(SECRET, retry)["job"]["id"] == job.id
+    h1, h2 = first["headers"], retry["headers"]
+    assert h1["webhook-id"] == h2["webhook-id"], "receivers deduplicate on webhook-id"
+    assert int(h2["webhook-timestamp"]) > int(h1["webhook-timestamp"])
+    assert h1["webhook-signature"] != h2["webhook-signature"]
+    # The first attempt's signature does not vouch for the retry's timestamp.
+    assert refused(SECRET, retry["body"], {**h2, "webhook-signature": h1["webhook-signature"]})
+
+
+def test_an_old_timestamp_is_refused_however_well_signed() -> None:
+    # A replayed delivery carries its old timestamp, and the signature covers it: a receiver running
+    # standardwebhooks refuses it once it is more than 5 minutes old, though the MAC is right.
+    body = json.dumps({"id": "d-1", "type": "job.completed"})
+    now = int(time.time())
+    assert verify(SECRET, {"body": body, "headers": signed_headers(SECRET, "d-1", now, body)})["id"] == "d-1"
+    assert refused(SECRET, body, signed_headers(SECRET, "d-1", now - 600, body))
+
+
+def test_signatures_match_the_reference_implementation() -> None:
+    # The standardwebhooks package's own signer, for fresh and fixed secrets, ids, times and bodies.
+    for secret in (SECRET, new_secret(), new_secret()):
+        for msg_id, stamp, body in (("d-1", 1_700_000_000, "{}"), ("d-é", 1_800_000_123, '{"a":"ü"}')):
+            expected = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, tz=timezone.utc), body)
+            assert sign(secret_key(secret), msg_id, stamp, body) == expected
+
+
+def test_a_key_secret_from_before_standard_webhooks_still_verifies(
+    make_server: Any, receiver: Receiver
+) -> None:
+    # Keys made before the switch hold "whsec_" + 48 hex digits. Hex digits are base64 too, so such a
+    # secret stands for a 36-byte key: the server signs with it as it is, no migration, and a receiver
+    # verifies with the secret it already has (only its verifying code changes: README, Webhooks).
+    srv = make_server()
+    key = srv.call(keys.create_key(srv.app.db, "old-key", "admin", receiver.url))
+    legacy = "whsec_" + secrets.token_hex(24)
+    srv.call(_set_secret(srv, "old-key", legacy))
+    srv.call(srv.app.auth.refresh())
+    with jobpulse.Client(srv.address, api_key=key) as client:
+        job = client.create_job("hook", 1)
+        client.cancel_job(job.id)
+        got = receiver.wait_for(1)[0]
+    assert verify(legacy, got)["job"]["id"] == job.id
+
+
+async def _set_secret(srv: Any, name: str, secret: str) -> None:
+    async with srv.app.db.write() as uow:
+        await uow.conn.execute(update(api_keys).where(api_keys.c.name == name).values(webhook_secret=secret))
+
+
+BAD_SECRETS = [
+    "a plain password",  # no whsec_ prefix
+    "whsec_test_server_secret",  # not base64 ("_")
+    "whsec_" + base64.b64encode(b"too short").decode(),  # a key under 16 bytes
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SECRETS)
+async def test_a_server_secret_that_is_not_whsec_is_refused_at_start(bad: str, tmp_path: Path) -> None:
+    config = Config(port=0, database_url=f"sqlite:///{tmp_path / 'j.db'}", webhook_secret=bad)
+    with pytest.raises(ValueError, match=r"JOBPULSE_WEBHOOK_SECRET: .*whsec_"):
+        await create_server(config)
+
+
+def test_the_server_command_says_why_it_will_not_start(tmp_path: Path) -> None:
+    env = {
+        "JOBPULSE_DATABASE_URL": f"sqlite:///{tmp_path / 'j.db'}",
+        "JOBPULSE_PORT": "0",
+        "JOBPULSE_WEBHOOK_SECRET": BAD_SECRETS[0],
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "jobpulse_server"],
+        env={**_base_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "JOBPULSE_WEBHOOK_SECRET" in done.stderr and "whsec_" in done.stderr, done.stderr
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}

@@ -1,16 +1,19 @@
 """Webhook delivery from the outbox: signed POSTs, at least once, with backoff, then dead letters.
 
-Each POST carries the event's JSON body and ``X-Jobpulse-Signature: t=<unix
-seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, keyed with the job owner's
-webhook secret (or the server's, in open mode). A delivery is retried with
-exponential backoff and jitter until ``webhook_retry_period`` has passed since
-the event, then marked DEAD. Replicas share the outbox safely: a batch is
-claimed with SKIP LOCKED and leased for the attempt.
+Deliveries follow the Standard Webhooks specification, so off-the-shelf verifiers (the
+``standardwebhooks`` packages) check them: each POST carries the event's JSON body and the headers
+``webhook-id`` (the delivery id, the same on every retry and redelivery), ``webhook-timestamp``
+(unix seconds of this attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">``, keyed with the bytes of the job owner's ``whsec_`` secret (or the
+server's, in open mode). A delivery is retried with exponential backoff and jitter until
+``webhook_retry_period`` has passed since the event, then marked DEAD. Replicas share the outbox
+safely: a batch is claimed with SKIP LOCKED and leased for the attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import logging
@@ -25,7 +28,7 @@ from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
 from jobpulse_server.domain.principal import Principal
-from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
+from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery, secret_key
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.store import KeysAndDeliveries
@@ -36,16 +39,37 @@ _jitter = random.Random()
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Jobpulse-Signature"
 BATCH = 20
 # An attempt in flight holds its delivery this long before another replica may retry it.
 _ATTEMPT_LEASE_US = 120_000_000
 
 
-def sign(secret: str, body: str, timestamp: int) -> str:
-    """The signature header value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` value for ``body`` of delivery ``msg_id`` sent at ``timestamp``."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signed_headers(secret: str, msg_id: str, timestamp: int, body: str) -> dict[str, str]:
+    """The three Standard Webhooks headers; ValueError if ``secret`` is not a ``whsec_`` secret."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret_key(secret), msg_id, timestamp, body),
+    }
+
+
+def check_server_secret(config: Config) -> None:
+    """At start-up: ValueError naming JOBPULSE_WEBHOOK_SECRET unless it is empty or a ``whsec_`` secret
+    (a bad one would otherwise surface only as failed deliveries)."""
+    if config.webhook_secret:
+        try:
+            secret_key(config.webhook_secret)
+        except ValueError as exc:
+            raise ValueError(
+                f"JOBPULSE_WEBHOOK_SECRET: {exc}; use 'whsec_' + the base64 of 32 random bytes, "
+                "e.g. from: openssl rand -base64 32"
+            ) from None
 
 
 def check_url(url: str, config: Config) -> None:
@@ -124,12 +148,18 @@ class Deliverer:
     async def _post(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> tuple[int, str]:
         if not secret:
             return 0, "no webhook secret to sign with (set JOBPULSE_WEBHOOK_SECRET)"
+        try:
+            # Wall-clock time, not self.clock: receivers compare it with their own clocks.
+            signed = signed_headers(secret, delivery.id, int(time.time()), delivery.payload)
+        except ValueError as exc:
+            # Only a secret written into the database by hand gets here (keys and the server's own
+            # are checked); the attempt fails and says why, and is retried like any other.
+            return 0, f"the owner's webhook secret cannot sign: {exc}"
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "jobpulse-webhooks/1",
-            SIGNATURE_HEADER: sign(secret, delivery.payload, int(time.time())),
+            "User-Agent": "jobpulse-webhooks/2",
+            **signed,
             "X-Jobpulse-Event": delivery.event_type,
-            "X-Jobpulse-Delivery": delivery.id,
         }
         try:
             response = await http.post(delivery.url, content=delivery.payload.encode(), headers=headers)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.principal import KeyInfo
+from jobpulse_server.domain.webhooks import new_secret
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.tables import api_keys
 
@@ -25,8 +26,8 @@ def hash_key(key: str) -> str:
 async def create_key(db: Database, name: str, role: str, webhook_url: str = "") -> str:
     """Makes a key and returns it; only its hash is stored, so this is the one time it is seen.
 
-    The key also gets a webhook signing secret (see ``webhook_secret``) and, optionally, a
-    default webhook URL for the jobs it creates.
+    The key also gets a webhook signing secret (see ``webhook_secret``; a Standard Webhooks
+    ``whsec_`` secret) and, optionally, a default webhook URL for the jobs it creates.
     """
     if not _NAME.match(name):
         raise ValueError("name: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -45,7 +46,7 @@ async def create_key(db: Database, name: str, role: str, webhook_url: str = "") 
                 key_prefix=key[:10],
                 create_time=now_us(),
                 webhook_url=webhook_url,
-                webhook_secret="whsec_" + secrets.token_hex(24),
+                webhook_secret=new_secret(),
             )
         )
     return key
