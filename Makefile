@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
+# The npm devDependencies (buf, and the Node client's gRPC packages), installed again when package.json
+# changes: a checkout that had buf alone gets the gRPC packages too.
+NODE_DEPS := node_modules/.installed
 PROTO_FILES := $(wildcard protos/jobpulse/v1/*.proto)
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
   --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
@@ -22,10 +25,12 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml service/pyproject.toml
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev]'
 	touch $@
 
-$(BUF):
+$(NODE_DEPS): package.json
 	npm install --no-audit --no-fund --silent
+	touch $@
 
-buf: $(BUF)
+# buf and the Node client's packages (tests/clients/test_node.py needs them).
+buf: $(NODE_DEPS)
 
 gen: install
 	$(PROTOC) \
@@ -47,7 +52,7 @@ check-generated: install
 	rm -rf .gen-check
 	@echo "generated stubs are current"
 
-lint: install $(BUF)
+lint: install $(NODE_DEPS)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	$(VENV)/bin/ruff check client service tests bench
@@ -57,11 +62,12 @@ lint: install $(BUF)
 
 # The contract is public once landed: compare it with the first commit that published it.
 BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
-breaking: $(BUF)
+breaking: $(NODE_DEPS)
 	@if [ -z "$(BREAKING_AGAINST)" ]; then echo "no git history: skipping buf breaking"; \
 	else $(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST),subdir=.' && echo "no breaking change since $(BREAKING_AGAINST)"; fi
 
-test: install
+# The Node packages too where npm exists (tests/clients/test_node.py skips only where node is absent).
+test: install $(if $(shell command -v npm),$(NODE_DEPS))
 	$(PY) -m pytest
 
 bench: install
