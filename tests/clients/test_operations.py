@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.api_core import exceptions, operation, operations_v1
 from google.longrunning import operations_pb2_grpc, operations_proto_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import descriptor_pb2, duration_pb2
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
@@ -395,9 +395,31 @@ def test_operations_need_a_client_key_and_see_only_the_owners_jobs(make_server: 
         channel.close()
 
 
-def test_reflection_lists_the_operations_service(channel: grpc.Channel) -> None:
+def test_reflection_lists_and_describes_the_operations_service(channel: grpc.Channel) -> None:
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    (answer,) = reflect.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    listed, service, result = reflect.ServerReflectionInfo(
+        iter(
+            [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                # What grpcurl describe reads, and JobResult to decode an operation's response with.
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="google.longrunning.Operations"
+                ),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="jobpulse.v1.JobResult"),
+            ]
+        ),
+        timeout=5,
     )
-    assert "google.longrunning.Operations" in {s.name for s in answer.list_services_response.service}
+    assert "google.longrunning.Operations" in {s.name for s in listed.list_services_response.service}
+
+    def files(
+        answer: reflection_pb2.ServerReflectionResponse,
+    ) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+        protos = answer.file_descriptor_response.file_descriptor_proto
+        return {f.name: f for f in map(descriptor_pb2.FileDescriptorProto.FromString, protos)}
+
+    assert "Operations" in [svc.name for svc in files(service)["google/longrunning/operations.proto"].service]
+    job_file = files(result)["jobpulse/v1/job.proto"]
+    assert "JobResult" in [m.name for m in job_file.message_type]
+    comments = " ".join(loc.leading_comments for loc in job_file.source_code_info.location)
+    assert "operations/<job id>" in comments
