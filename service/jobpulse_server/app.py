@@ -15,6 +15,7 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -29,6 +30,8 @@ from jobpulse_server.api.convert import webhook_job
 from jobpulse_server.api.encoded_jobs import EncodedJobs
 from jobpulse_server.api.interceptors import CallGuard
 from jobpulse_server.api.jobs import JobServicer, watch_encoder
+from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
+from jobpulse_server.api.operations import OperationsServicer
 from jobpulse_server.api.reflection import DocumentedReflectionServicer
 from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.config import Config
@@ -43,6 +46,7 @@ from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from jobpulse_server.services.retention import RetentionService, retention_of
 from jobpulse_server.services.usage import UsageLedger
+from jobpulse_server.services.waiting import JobWaiter
 from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_server_secret
 from jobpulse_server.services.workers import WorkerService
@@ -153,6 +157,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             SERVICE_NAMES[0]: JobServicer.ROLES,
             SERVICE_NAMES[1]: WorkerServicer.ROLES,
             SERVICE_NAMES[2]: AdminServicer.ROLES,
+            # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
+            OPERATIONS_SERVICE: OperationsServicer.ROLES,
         },
     )
     server = grpc.aio.server(
@@ -180,6 +186,9 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         ),
         server,
     )
+    operations_pb2_grpc.add_OperationsServicer_to_server(
+        OperationsServicer(jobs, JobWaiter(jobs, hub), clock, retention), server
+    )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(workers, clock), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -188,7 +197,10 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     admin = AdminServicer(usage, server_health.report)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        DocumentedReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server
+        DocumentedReflectionServicer(
+            (*SERVICE_NAMES, OPERATIONS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        server,
     )
     try:
         address = f"{config.host}:{config.port}"

@@ -161,11 +161,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def job_id_of(request: Any) -> str:
-    """The job an RPC is about, when its request says (job_id, or a chunk id's job part)."""
+    """The job an RPC is about, when its request says (job_id, a chunk id's job part, or the job of a
+    google.longrunning operation name ``operations/<job id>``)."""
     job_id = getattr(request, "job_id", "")
     if not job_id:
         chunk_id = getattr(request, "chunk_id", "")
         job_id = chunk_id.rsplit("-", 1)[0] if chunk_id else ""
+    if not job_id:
+        name = getattr(request, "name", "")
+        job_id = (
+            name[len("operations/") :] if isinstance(name, str) and name.startswith("operations/") else ""
+        )
     return str(job_id)[:64]
 
 

@@ -586,3 +586,38 @@ class ChunkError(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChunkError: _TypeAlias = ChunkError  # noqa: Y015
+
+@_typing.final
+class JobResult(_message.Message):
+    """JobResult is what a COMPLETED job produced: the `response` of its
+    google.longrunning.Operation (`operations/<job id>`). The server's
+    google.longrunning.Operations service serves every job as an operation:
+    `done` once the job is terminal, `metadata` the Job (BASIC view),
+    `response` a JobResult when it COMPLETED, `error` a google.rpc.Status when
+    it FAILED (code UNKNOWN, with an ErrorInfo carrying the job's error reason)
+    or was CANCELLED (code CANCELLED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job that produced these artifacts."""
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """Everything the job's chunks produced, in chunk order (as Job.artifacts)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
