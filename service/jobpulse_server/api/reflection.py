@@ -121,8 +121,8 @@ def _symbols(proto: descriptor_pb2.FileDescriptorProto) -> Iterator[str]:
     def message(m: descriptor_pb2.DescriptorProto, scope: str) -> Iterator[str]:
         name = scope + m.name
         yield name
-        for part in (*m.field, *m.extension, *m.oneof_decl):
-            yield f"{name}.{part.name}"
+        yield from (f"{name}.{field.name}" for field in (*m.field, *m.extension))
+        yield from (f"{name}.{oneof.name}" for oneof in m.oneof_decl)
         for nested in m.nested_type:
             yield from message(nested, name + ".")
         for e in m.enum_type:
