@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import grpc
 from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from jobpulse.v1 import (
     admin_service_pb2_grpc,
@@ -32,7 +31,7 @@ from jobpulse_server.api.interceptors import CallGuard
 from jobpulse_server.api.jobs import JobServicer, watch_encoder
 from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
 from jobpulse_server.api.operations import OperationsServicer
-from jobpulse_server.api.reflection import DocumentedReflectionServicer
+from jobpulse_server.api.reflection import add_reflection, record_services
 from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
@@ -174,6 +173,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
         ],
     )
+    # Every service added to the server from here on is listed by reflection, which reads this list.
+    served = record_services(server)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(
             jobs,
@@ -196,12 +197,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     server_health = ServerHealth(db, hub, workers, health_servicer, config, stop_background)
     admin = AdminServicer(usage, server_health.report)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        DocumentedReflectionServicer(
-            (*SERVICE_NAMES, OPERATIONS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        ),
-        server,
-    )
+    add_reflection(server, served)
     try:
         address = f"{config.host}:{config.port}"
         if config.tls_cert or config.tls_key:

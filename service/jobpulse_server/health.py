@@ -31,6 +31,8 @@ SERVICE_NAMES = (
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
+# Every service health answers for (google.longrunning.Operations is served over the same jobs).
+HEALTH_NAMES = (*SERVICE_NAMES, "google.longrunning.Operations")
 # Probes in a row that must time out before a silent database is reported down.
 SLOW_PROBES_BEFORE_DOWN = 3
 
@@ -87,7 +89,7 @@ class ServerHealth:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *HEALTH_NAMES):
             await self.statuses.set(name, status)
 
     async def watch_database(self) -> None:

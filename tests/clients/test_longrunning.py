@@ -423,3 +423,11 @@ def test_reflection_lists_and_describes_the_operations_service(channel: grpc.Cha
     assert "JobResult" in [m.name for m in job_file.message_type]
     comments = " ".join(loc.leading_comments for loc in job_file.source_code_info.location)
     assert "operations/<job id>" in comments
+
+
+def test_health_answers_for_the_operations_service(channel: grpc.Channel) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    answer = stub.Check(health_pb2.HealthCheckRequest(service="google.longrunning.Operations"), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
