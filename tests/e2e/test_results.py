@@ -8,11 +8,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
+from support.receiver import Receiver
 
 import jobpulse
 from jobpulse.v1 import job_pb2, job_service_pb2
@@ -138,49 +138,14 @@ def test_only_the_first_thousand_artifacts_ride_on_the_job(client: jobpulse.Clie
     assert len(last_chunk.artifacts) == 100, "every chunk's own artifacts stay in ListJobChunks"
 
 
-class _Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-        self.headers: list[dict[str, str]] = []
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                with receiver.cond:
-                    receiver.bodies.append(body)
-                    receiver.headers.append(dict(self.headers))
-                    receiver.cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def first(self, timeout: float = 20) -> dict[str, Any]:
-        """The first POST's body, once verified as a receiver would (Standard Webhooks)."""
-        with self.cond:
-            assert self.cond.wait_for(lambda: self.bodies, timeout), "no webhook arrived"
-            return dict(Webhook(SECRET).verify(self.bodies[0], self.headers[0]))
-
-
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    r = _Receiver()
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
     yield r
-    r.server.shutdown()
-    r.server.server_close()
+    r.close()
 
 
-def test_the_completion_webhook_carries_the_artifacts(make_server: Any, receiver: _Receiver) -> None:
+def test_the_completion_webhook_carries_the_artifacts(make_server: Any, receiver: Receiver) -> None:
     srv = make_server(webhook_secret=SECRET)
     with jobpulse.Client(srv.address) as client:
         job = client.create_job("results-hook", 3, chunk_size=1, webhook_url=receiver.url)
@@ -199,6 +164,8 @@ def test_the_completion_webhook_carries_the_artifacts(make_server: Any, receiver
                 for c in rest
             ]
         )
-        body = receiver.first()
+        post = receiver.wait_for(1)[0]
+    # Verified as a receiver would (Standard Webhooks), then read.
+    body = dict(Webhook(SECRET).verify(post["body"], post["headers"]))
     assert body["type"] == "job.completed" and body["job"]["id"] == job.id
     assert [a["uri"] for a in body["job"]["artifacts"]] == [f"s3://out/{i}/0.png" for i in range(3)]

@@ -6,9 +6,7 @@ webhook delivery records. Retention is configured in fractions of a second and t
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -18,6 +16,7 @@ from google.protobuf import duration_pb2
 from grpc_status import rpc_status
 from sqlalchemy import func, select
 from support.polling import eventually
+from support.receiver import Receiver
 
 import jobpulse
 from jobpulse import errors
@@ -192,37 +191,6 @@ def test_more_expired_jobs_than_one_batch_are_all_deleted(
     assert all(_gone(client, j) for j in made)
 
 
-class _Receiver:
-    """An HTTP endpoint on 127.0.0.1 that answers every POST with 200 and counts them."""
-
-    def __init__(self) -> None:
-        self.posts = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.posts += 1
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _tombstones(database_url: str) -> int:
     async def count() -> int:
         db = Database(database_url)
@@ -244,7 +212,7 @@ def test_tombstones_and_webhook_deliveries_are_trimmed(
     stub_for: Callable[[Any], Any],
     database_url: str,
 ) -> None:
-    receiver = _Receiver()
+    receiver = Receiver()
     try:
         srv = make_server(
             retention_completed=DAY,
@@ -257,7 +225,7 @@ def test_tombstones_and_webhook_deliveries_are_trimmed(
         # Kept for ever, so its delivery records stay listable: they go by their own retention.
         hooked = _create(stub, "exp-e", ttl=0, webhook_url=receiver.url)
         run_all(client, "exp-e")
-        eventually(lambda: receiver.posts >= 1, timeout=WAIT, what="the webhook POST")
+        eventually(lambda: len(receiver.received) >= 1, timeout=WAIT, what="the webhook POST")
         eventually(
             lambda: client.list_webhook_deliveries(hooked.id) == [], timeout=WAIT, what="deliveries trimmed"
         )

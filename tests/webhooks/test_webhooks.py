@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook, WebhookVerificationError
+from support.receiver import Receiver
 
 import jobpulse
 from jobpulse import errors
@@ -32,48 +33,6 @@ from jobpulse_server.store import keys
 from jobpulse_server.store.tables import api_keys
 
 SECRET = "whsec_" + base64.b64encode(b"the webhooks tests' server secret").decode()
-
-
-class Receiver:
-    """An HTTP server that records POSTs and answers with scripted status codes."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.statuses: list[int] = []  # answered in order; 200 once exhausted
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                with receiver.cond:
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                    receiver.received.append({"body": body, "headers": dict(self.headers), "status": status})
-                    receiver.cond.notify_all()
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.received) >= count, timeout), (
-                f"got {len(self.received)} POSTs, wanted {count}"
-            )
-            return list(self.received)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
