@@ -51,6 +51,7 @@ from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_s
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.store import Store
+from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
 from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
@@ -110,7 +111,13 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     check_server_secret(config)
     hub = ChangeHub()
     db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
-    await db.start()
+    try:
+        await db.start()
+    except Exception as exc:
+        problem = startup_problem(exc, config.database_url)
+        if problem is None:
+            raise
+        raise CannotOpenDatabase(problem) from exc
     metrics = Metrics()
     metrics.open_streams.set_function(lambda: hub.open_streams)
     store = open_store(db, on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc())
@@ -258,7 +265,7 @@ async def serve(config: Config) -> int:
     """Serves until SIGTERM or SIGINT, then drains. Returns the process exit code."""
     try:
         app = await create_server(config)
-    except (OSError, ValueError) as exc:  # PermissionError is an OSError
+    except (CannotOpenDatabase, OSError, ValueError) as exc:  # PermissionError is an OSError
         log.error("cannot start: %s", exc)
         return 2
     log.info(

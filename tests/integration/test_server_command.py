@@ -113,3 +113,32 @@ def test_migrate_brings_an_empty_database_to_the_newest_schema_once(tmp_path: Pa
     again = _run("migrate", "--database-url", url)
     assert again.returncode == 0, again.stderr
     assert "already at" in again.stdout and report["head"] in again.stdout
+
+
+def _missing_database_urls(tmp_path: Path) -> list[tuple[str, str]]:
+    """Database URLs that cannot be opened, each with what its one-line error must say."""
+    from conftest import POSTGRES_URL, _postgres_problem
+    from sqlalchemy.engine import make_url
+
+    urls = [
+        # A path under a regular file: neither the directory nor the file can be made.
+        (f"sqlite:///{tmp_path}/a-file/jobs.db", "cannot open the SQLite file"),
+        (f"postgresql://postgres@127.0.0.1:{free_port()}/test", "cannot connect"),
+    ]
+    if _postgres_problem() is None:
+        missing = make_url(POSTGRES_URL).set(database="jobpulse_no_such_database")
+        urls.append((missing.render_as_string(hide_password=False), "does not exist; create it"))
+        bad_login = make_url(POSTGRES_URL).set(username="jobpulse_no_such_role")
+        urls.append((bad_login.render_as_string(hide_password=False), "refused the login"))
+    return urls
+
+
+def test_serve_on_a_database_it_cannot_open_says_why_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    for url, says in _missing_database_urls(tmp_path):
+        done = _run("serve", "--port", "0", "--database-url", url)
+        assert done.returncode == 2, (url, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "cannot start:" in errors[0], done.stderr
+        assert says in errors[0] and "--database-url (JOBPULSE_DATABASE_URL)" in errors[0], errors[0]
