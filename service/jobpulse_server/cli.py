@@ -90,6 +90,12 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="the key's name (create, revoke); it becomes the owner of jobs")
     p.add_argument("--role", default="client", choices=("client", "worker", "admin"), help="create only")
     p.add_argument("--webhook-url", default="", help="create only: default webhook URL of the key's jobs")
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="make the SQLite database file if it does not exist (refused otherwise: a key in a new "
+        "file never reaches the server's database)",
+    )
     _json(p, suppress=True)
 
     p = sub.add_parser(
@@ -125,7 +131,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_keys(args: argparse.Namespace) -> int:
     return run_keys_command(
-        args.action, args.database_url, args.name, args.role, as_json=args.json, webhook_url=args.webhook_url
+        args.action,
+        args.database_url,
+        args.name,
+        args.role,
+        as_json=args.json,
+        webhook_url=args.webhook_url,
+        create_database=args.create,
     )
 
 

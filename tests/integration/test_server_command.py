@@ -36,7 +36,13 @@ def test_help_offers_serve_and_keys_only() -> None:
 
 def test_keys_create_then_list_on_a_database_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
-    created = _run("keys", "create", "--name", "ci-bot", "--role", "worker", "--database-url", url, "--json")
+    args = ("keys", "create", "--name", "ci-bot", "--role", "worker", "--database-url", url, "--json")
+    refused = _run(*args)
+    # No such database yet: a key there would never reach a server's database, so it is refused.
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "no database at" in refused.stderr and "--create" in refused.stderr, refused.stderr
+    assert not (tmp_path / "keys.db").exists()
+    created = _run(*args, "--create")
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
     assert (key["name"], key["role"]) == ("ci-bot", "worker") and key["key"]
@@ -98,7 +104,7 @@ def test_jobpulse_keys_through_the_sdk_command_reaches_the_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    assert sdk_cli.main(["--json", "keys", "create", "--name", "ops", "--database-url", url]) == 0
+    assert sdk_cli.main(["--json", "keys", "create", "--name", "ops", "--database-url", url, "--create"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "ops"
     assert sdk_cli.main(["keys", "list", "--database-url", url, "--json"]) == 0
     assert [k["name"] for k in json.loads(capsys.readouterr().out)] == ["ops"]
@@ -142,3 +148,13 @@ def test_serve_on_a_database_it_cannot_open_says_why_in_one_line(tmp_path: Path)
         errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
         assert len(errors) == 1 and "cannot start:" in errors[0], done.stderr
         assert says in errors[0] and "--database-url (JOBPULSE_DATABASE_URL)" in errors[0], errors[0]
+
+
+def test_keys_say_which_database_they_wrote_to(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    assert _run("migrate", "--database-url", url).returncode == 0  # the server's database exists
+    created = _run("keys", "create", "--name", "alice", "--database-url", url)
+    assert created.returncode == 0, created.stderr
+    assert f"created client key 'alice' in {url}" in created.stderr
+    revoked = _run("keys", "revoke", "--name", "alice", "--database-url", url)
+    assert revoked.returncode == 0 and f"revoked key 'alice' in {url}" in revoked.stderr

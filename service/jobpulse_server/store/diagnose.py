@@ -24,7 +24,7 @@ def startup_problem(exc: BaseException, database_url: str) -> str | None:
     cause: BaseException = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
     # SQLAlchemy's adapted asyncpg errors keep the driver's own exception one step further down.
     driver = cause.__cause__ if cause.__cause__ is not None else cause
-    url = _describe(database_url)
+    url = describe_url(database_url)
     if isinstance(driver, asyncpg.InvalidCatalogNameError):
         name = make_url(database_url).database
         return f"{url}: database {name!r} does not exist; create it (createdb {name}) or {HINT}"
@@ -42,7 +42,7 @@ def startup_problem(exc: BaseException, database_url: str) -> str | None:
     return None
 
 
-def _describe(database_url: str) -> str:
+def describe_url(database_url: str) -> str:
     """The URL without its password."""
     try:
         return make_url(database_url).render_as_string(hide_password=True)
