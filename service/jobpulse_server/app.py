@@ -106,6 +106,29 @@ class App:
         await self.db.close()
 
 
+def keepalive_options(config: Config) -> list[tuple[str, int]]:
+    """HTTP/2 keepalive and connection ageing (README, "Connections")."""
+    out = [
+        # Pings on idle connections keep a quiet watch stream alive through proxies and NATs that
+        # drop connections silent for a minute or more, and find dead peers.
+        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping this often (the SDK pings every 30 s) without being told to go away.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if config.max_connection_age > 0:
+        # Connections are closed (GOAWAY) after this age, so clients reconnect and spread over the
+        # replicas behind a load balancer; calls under way get the grace period to finish, and the
+        # SDK's streams resume from where they were.
+        out += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)),
+        ]
+    return out
+
+
 async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
     check_server_secret(config)
@@ -178,6 +201,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             # connected at once (a restart): see README, "How it behaves", Watch.
             ("grpc.server.max_pending_requests", config.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
+            *keepalive_options(config),
         ],
     )
     # Every service added to the server from here on is listed by reflection, which reads this list.

@@ -39,6 +39,14 @@ class Config:
     retry_backoff: float = 1.0
     # Upper bound for the retry backoff.
     retry_backoff_max: float = 300.0
+    # HTTP/2 keepalive: seconds between pings on an idle connection, and how long an unanswered ping
+    # may take before the connection is dropped.
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+    # Seconds after which a connection is closed (clients reconnect, spreading over replicas), and the
+    # grace its calls under way get to finish; 0 keeps connections for ever.
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 300.0
     # Seconds given to in-flight calls and open streams on SIGTERM before they are ended.
     drain_seconds: float = 5.0
     # Largest number of chunks one job may have.
