@@ -293,10 +293,14 @@ async def serve(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info(
-        "jobpulse serving on %s%s (database %s)",
+        "jobpulse serving on %s%s (database %s)%s",
         app.address,
         " with TLS" if config.tls_cert else "",
         safe_url(config.database_url),
+        # The port the metrics got (with --metrics-port 0, any free one: this says which).
+        f"; metrics on http://{config.host}:{app.metrics_port}/metrics"
+        if app.metrics_port is not None
+        else "",
     )
     if app.auth.open:
         log.warning(

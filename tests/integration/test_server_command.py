@@ -158,3 +158,36 @@ def test_keys_say_which_database_they_wrote_to(tmp_path: Path) -> None:
     assert f"created client key 'alice' in {url}" in created.stderr
     revoked = _run("keys", "revoke", "--name", "alice", "--database-url", url)
     assert revoked.returncode == 0 and f"revoked key 'alice' in {url}" in revoked.stderr
+
+
+def test_metrics_port_0_logs_the_port_it_got(tmp_path: Path) -> None:
+    import re
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    proc = subprocess.Popen(
+        [
+            COMMAND,
+            "serve",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, proc)  # type: ignore[arg-type]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    found = re.search(r"metrics on (http://127\.0\.0\.1:(\d+)/metrics)", err)
+    assert found is not None and int(found.group(2)) > 0, err
