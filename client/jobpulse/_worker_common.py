@@ -40,8 +40,10 @@ def failure_report(error: BaseException) -> tuple[str, str, bool]:
     return type(error).__name__, str(error), not isinstance(error, PermanentError)
 
 
-def next_claim(worker_id: str, kinds: list[str], lease_duration: float) -> worker_service_pb2.ClaimChunksRequest:
-    """The ``claim_next`` of a completion: one more chunk, without a long poll (the completion must not wait)."""
+def next_claim(
+    worker_id: str, kinds: list[str], lease_duration: float
+) -> worker_service_pb2.ClaimChunksRequest:
+    """The ``claim_next`` of a completion: one more chunk, and no long poll (a completion must not wait)."""
     return _requests.claim_chunks(worker_id, kinds, 1, lease_duration, None)
 
 
@@ -174,4 +176,3 @@ class TaskState:
     def _snapshot(self) -> tuple[int, str, str, str]:
         with self._lock:
             return self._items_done, self._stage, self._message, self._external_task_id
-

@@ -98,9 +98,7 @@ def _worker(client: jobpulse.AsyncClient, **kwargs: Any) -> jobpulse.AsyncWorker
 
 async def _start(service: ScriptedWorkerService, worker: jobpulse.AsyncWorker, handler: Any, **run: Any):
     pending = asyncio.create_task(worker.run(handler, **{"max_chunks": 1, **run}))
-    request = await service.answer(
-        "ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()])
-    )
+    request = await service.answer("ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()]))
     assert (request.worker_id, list(request.kinds)) == ("w1", ["thumbnails"])
     return pending
 
