@@ -298,16 +298,17 @@ class Worker:
                     continue
             claim = claims.pop(0)
             ask_next = not claims and not stop.is_set() and self._budget.take()
-            got = self._process(handler, Task(claim, self.worker_id), ask_next)
+            got = self._process(handler, Task(claim, self.worker_id), ask_next, stop)
             if ask_next and not got:
                 self._budget.give_back()
             claims += got
 
     def _process(
-        self, handler: Handler, task: Task, ask_next: bool = False
+        self, handler: Handler, task: Task, ask_next: bool, stop: threading.Event
     ) -> list[worker_service_pb2.ChunkClaim]:
         """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
-        completion also claims the worker's next chunk, which is returned."""
+        completion also claims the worker's next chunk, which is returned, unless ``stop`` was set while
+        the handler ran (a stopping worker takes no new work)."""
         _log.info(
             "chunk %s of job %s: items %d..%d",
             task.chunk_id,
@@ -326,7 +327,11 @@ class Worker:
             return []
         if error is None:
             _, _, _, external_task_id = task._snapshot()
-            claim_next = next_claim(self.worker_id, self.kinds, self.lease_duration) if ask_next else None
+            claim_next = (
+                next_claim(self.worker_id, self.kinds, self.lease_duration)
+                if ask_next and not stop.is_set()
+                else None
+            )
             done = self._finish(
                 task,
                 lambda: self.client.complete_chunk(
