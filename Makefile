@@ -115,7 +115,7 @@ check-sdk:
 	.sdk-check/bin/python -m pip list --format=freeze > .sdk-check/installed.txt
 	@if grep -iE '^($(SERVER_ONLY))==' .sdk-check/installed.txt; then \
 	  echo "the SDK distribution pulls server packages (above)"; exit 1; fi
-	.sdk-check/bin/python -c "import jobpulse; jobpulse.Client; jobpulse.Worker; import jobpulse.v1.job_service_pb2_grpc"
+	.sdk-check/bin/python -c "import jobpulse; jobpulse.Client; jobpulse.Worker; jobpulse.AsyncWorker; import jobpulse.v1.job_service_pb2_grpc"
 	@echo "SDK alone installs: $$(tr '\n' ' ' < .sdk-check/installed.txt)"
 	rm -rf .sdk-check
 

@@ -4,12 +4,15 @@ The names users need are re-exported here:
 
 * :class:`Client` / :class:`AsyncClient` wrap the JobService and WorkerService RPCs.
 * :class:`Worker` runs a handler over claimed chunks; :class:`Task` is what the handler gets.
+* :class:`AsyncWorker` does the same on an asyncio event loop, with async handlers taking an
+  :class:`AsyncTask`.
 * :mod:`jobpulse.errors` holds the typed exceptions; :class:`PermanentError` fails a chunk for good.
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
 """
 
 from jobpulse import errors
 from jobpulse._async_client import AsyncClient
+from jobpulse._async_worker import AsyncTask, AsyncWorker
 from jobpulse._client import Client
 from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
 from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
@@ -22,6 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Artifact",
     "AsyncClient",
+    "AsyncTask",
+    "AsyncWorker",
     "Chunk",
     "ChunkState",
     "Client",

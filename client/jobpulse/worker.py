@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from jobpulse import _requests
 from jobpulse._client import Client
-from jobpulse._convert import struct_to_dict
 from jobpulse._retry import Backoff
-from jobpulse.errors import (
-    DeadlineExceeded,
-    JobpulseError,
-    LeaseLost,
-    NotFound,
-    PermanentError,
-    Unavailable,
+from jobpulse._worker_common import (
+    TRANSIENT,
+    ClaimBudget,
+    TaskState,
+    default_worker_id,
+    failure_report,
+    heartbeat_period,
+    log,
+    next_claim,
 )
-from jobpulse.v1 import job_pb2, worker_service_pb2
+from jobpulse.errors import JobpulseError, LeaseLost, NotFound
+from jobpulse.v1 import worker_service_pb2
 
 __all__ = ["Task", "Worker"]
 
-_log = logging.getLogger("jobpulse.worker")
-
-#: Errors on the worker loop that are waited out with backoff instead of stopping the worker.
-_TRANSIENT = (Unavailable, DeadlineExceeded)
+_log = log
+_TRANSIENT = TRANSIENT
 
 
-class Task:
-    """One claimed chunk, handed to a worker handler.
+class Task(TaskState):
+    """One claimed chunk, handed to a :class:`Worker` handler (in a worker thread).
 
     Attributes:
         job_id: The chunk's job.
@@ -50,78 +44,21 @@ class Task:
 
     def __init__(self, claim: worker_service_pb2.ChunkClaim, worker_id: str) -> None:
         """Wraps a claim; created by :class:`Worker`, not by handlers."""
-        self.job_id = claim.job_id
-        self.job_kind = claim.job_kind
-        self.job_metadata: dict[str, Any] = struct_to_dict(claim.job_metadata)
-        self.chunk: job_pb2.Chunk = claim.chunk
-        self.items = range(claim.chunk.item_start, claim.chunk.item_start + claim.chunk.item_count)
-        self.lease_token = claim.lease_token
-        self.worker_id = worker_id
+        super().__init__(claim, worker_id)
         self.cancel_event = threading.Event()
-        self.artifacts: list[job_pb2.Artifact] = []
-        self._lock = threading.Lock()
-        self._items_done = claim.chunk.items_done
-        self._stage = ""
-        self._message = ""
-        self._external_task_id = ""
         self._changed = threading.Event()
-        self.lease_lost = False
-
-    @property
-    def chunk_id(self) -> str:
-        """The chunk's id."""
-        return self.chunk.id
 
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled (or the lease lost): the handler should stop soon and return."""
         return self.cancel_event.is_set()
 
-    def progress(self, items_done: int, stage: str = "", message: str = "") -> None:
-        """Records progress; the worker's heartbeat thread sends it shortly after.
-
-        Args:
-            items_done: Items of this chunk done so far (0..item_count; it never goes back).
-            stage: A short stage name shown on the job ("encoding"); empty keeps the previous one.
-            message: A human-readable status message; empty keeps the previous one.
-        """
-        with self._lock:
-            self._items_done = max(self._items_done, min(int(items_done), self.chunk.item_count))
-            if stage:
-                self._stage = stage
-            if message:
-                self._message = message
+    def _notify(self) -> None:
         self._changed.set()
 
-    def set_external_task_id(self, external_task_id: str) -> None:
-        """Records the id this chunk's work has in an outside system; sent with the next heartbeat."""
-        with self._lock:
-            self._external_task_id = external_task_id
-        self._changed.set()
-
-    def add_artifact(self, name: str, uri: str, media_type: str = "", size_bytes: int = 0) -> None:
-        """Adds an artifact (a reference, never content) to send when the chunk completes.
-
-        Args:
-            name: Name of the artifact, e.g. ``"thumbnails.zip"``.
-            uri: Where it is, e.g. ``"s3://bucket/key"``.
-            media_type: Its media type, if known.
-            size_bytes: Its size, if known.
-        """
-        with self._lock:
-            self.artifacts.append(
-                job_pb2.Artifact(
-                    name=name,
-                    uri=uri,
-                    media_type=media_type,
-                    size_bytes=size_bytes,
-                    chunk_index=self.chunk.index,
-                )
-            )
-
-    def _snapshot(self) -> tuple[int, str, str, str]:
-        with self._lock:
-            return self._items_done, self._stage, self._message, self._external_task_id
+    def _lose_lease(self) -> None:
+        self.lease_lost = True
+        self.cancel_event.set()
 
 
 Handler = Callable[[Task], object]
@@ -134,7 +71,7 @@ class _Heartbeat:
         self._client = client
         self._task = task
         self._lease_duration = lease_duration
-        self._period = max(0.05, lease_duration / 3)
+        self._period = heartbeat_period(lease_duration)
         self._min_interval = min_interval
         self._stop = threading.Event()
         # (stage, message, external_task_id) as last reported, to flush a change made just before the end.
@@ -190,8 +127,7 @@ class _Heartbeat:
             )
         except (LeaseLost, NotFound) as exc:
             _log.warning("chunk %s: lease lost (%s); dropping it", self._task.chunk_id, exc)
-            self._task.lease_lost = True
-            self._task.cancel_event.set()
+            self._task._lose_lease()
             return
         except JobpulseError as exc:
             _log.warning("chunk %s: heartbeat failed (%s); will retry", self._task.chunk_id, exc)
@@ -259,14 +195,12 @@ class Worker:
             self.client = Client(client_or_target)
             self._owns_client = True
         self.kinds = list(kinds or ())
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
         self.lease_duration = lease_duration
         self.poll_wait = poll_wait
         self.progress_interval = progress_interval
-        self._budget_lock = threading.Lock()
-        self._remaining: int | None = None
-        self._processed = 0
+        self._budget = ClaimBudget(None)
 
     def close(self) -> None:
         """Closes the client if this worker opened it."""
@@ -302,8 +236,7 @@ class Worker:
                 ``InvalidArgument`` on claims.
         """
         stop = stop_event or threading.Event()
-        self._remaining = max_chunks
-        self._processed = 0
+        self._budget = ClaimBudget(max_chunks)
         failures: list[BaseException] = []
         threads = [
             threading.Thread(
@@ -321,27 +254,13 @@ class Worker:
             self._join(threads)
         if failures:
             raise failures[0]
-        return self._processed
+        return self._budget.processed
 
     @staticmethod
     def _join(threads: list[threading.Thread]) -> None:
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)
-
-    def _take_slot(self) -> bool:
-        with self._budget_lock:
-            if self._remaining is None:
-                return True
-            if self._remaining <= 0:
-                return False
-            self._remaining -= 1
-            return True
-
-    def _give_back_slot(self) -> None:
-        with self._budget_lock:
-            if self._remaining is not None:
-                self._remaining += 1
 
     def _loop(self, handler: Handler, stop: threading.Event, failures: list[BaseException]) -> None:
         backoff = Backoff(initial=0.2, maximum=10.0)
@@ -350,7 +269,7 @@ class Worker:
         claims: list[worker_service_pb2.ChunkClaim] = []
         while not stop.is_set() or claims:
             if not claims:
-                if not self._take_slot():
+                if not self._budget.take():
                     return
                 try:
                     claims = list(
@@ -363,32 +282,33 @@ class Worker:
                         )
                     )
                 except _TRANSIENT as exc:
-                    self._give_back_slot()
+                    self._budget.give_back()
                     delay = backoff.next_delay(exc.retry_delay)
                     _log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
                     stop.wait(delay)
                     continue
                 except BaseException as exc:
-                    self._give_back_slot()
+                    self._budget.give_back()
                     failures.append(exc)
                     stop.set()
                     return
                 backoff.reset()
                 if not claims:
-                    self._give_back_slot()
+                    self._budget.give_back()
                     continue
             claim = claims.pop(0)
-            ask_next = not claims and not stop.is_set() and self._take_slot()
-            got = self._process(handler, Task(claim, self.worker_id), ask_next)
+            ask_next = not claims and not stop.is_set() and self._budget.take()
+            got = self._process(handler, Task(claim, self.worker_id), ask_next, stop)
             if ask_next and not got:
-                self._give_back_slot()
+                self._budget.give_back()
             claims += got
 
     def _process(
-        self, handler: Handler, task: Task, ask_next: bool = False
+        self, handler: Handler, task: Task, ask_next: bool, stop: threading.Event
     ) -> list[worker_service_pb2.ChunkClaim]:
         """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
-        completion also claims the worker's next chunk, which is returned."""
+        completion also claims the worker's next chunk, which is returned, unless ``stop`` was set while
+        the handler ran (a stopping worker takes no new work)."""
         _log.info(
             "chunk %s of job %s: items %d..%d",
             task.chunk_id,
@@ -402,15 +322,14 @@ class Worker:
                 handler(task)
             except Exception as exc:
                 error = exc
-        with self._budget_lock:
-            self._processed += 1
+        self._budget.count_processed()
         if task.lease_lost:
             return []
         if error is None:
             _, _, _, external_task_id = task._snapshot()
             claim_next = (
-                _requests.claim_chunks(self.worker_id, self.kinds, 1, self.lease_duration, None)
-                if ask_next
+                next_claim(self.worker_id, self.kinds, self.lease_duration)
+                if ask_next and not stop.is_set()
                 else None
             )
             done = self._finish(
@@ -424,19 +343,10 @@ class Worker:
                 ),
             )
             return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
-        retryable = not isinstance(error, PermanentError)
-        _log.warning(
-            "chunk %s failed: %s: %s (retryable=%s)",
-            task.chunk_id,
-            type(error).__name__,
-            error,
-            retryable,
-        )
+        reason, message, retryable = failure_report(error)
+        _log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
         self._finish(
-            task,
-            lambda: self.client.fail_chunk(
-                task.chunk_id, task.lease_token, type(error).__name__, str(error), retryable
-            ),
+            task, lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable)
         )
         return []
 

@@ -161,6 +161,26 @@ def test_a_busy_worker_gets_its_next_chunk_with_the_completion(fake, client):
     assert handled == ["c1", "c2"]
 
 
+def test_stop_event_finishes_the_chunk_in_hand_and_claims_no_more(fake, client):
+    """A stop set while a handler runs: the chunk is completed, and that completion asks for no next chunk
+    (it used to, and the stopping worker then processed one more)."""
+    stop = threading.Event()
+    started = threading.Event()
+
+    def handler(task: jobpulse.Task) -> None:
+        started.set()
+        assert stop.wait(RESULT_TIMEOUT)
+
+    worker = jobpulse.Worker(client, kinds=["thumbnails"], worker_id="w1", progress_interval=0.0)
+    pending = fake.run(worker.run, handler, stop_event=stop)
+    fake.answer("WorkerService.ClaimChunks", worker_service_pb2.ClaimChunksResponse(claims=[_claim()]))
+    assert started.wait(RESULT_TIMEOUT)
+    stop.set()
+    done = fake.answer("WorkerService.CompleteChunk", worker_service_pb2.CompleteChunkResponse())
+    assert pending.result(RESULT_TIMEOUT) == 1
+    assert not done.HasField("claim_next"), "a stopping worker asked for more work"
+
+
 def test_complete_chunks_sends_every_item_in_one_call(fake, client):
     """Client.complete_chunks takes (chunk_id, lease_token[, artifacts]) tuples and returns the results."""
     pending = fake.run(

@@ -1,0 +1,442 @@
+"""The asyncio worker loop: claim chunks, await a handler on each, heartbeat, complete or fail them.
+
+It behaves like :class:`jobpulse.Worker` (see its docstring), with tasks on the running event loop in place of
+threads; the logic both share lives in ``_worker_common``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+
+from jobpulse._async_client import AsyncClient
+from jobpulse._retry import Backoff
+from jobpulse._worker_common import (
+    TRANSIENT,
+    ClaimBudget,
+    TaskState,
+    default_worker_id,
+    failure_report,
+    heartbeat_period,
+    log,
+    next_claim,
+)
+from jobpulse.errors import JobpulseError, LeaseLost, NotFound
+from jobpulse.v1 import worker_service_pb2
+
+__all__ = ["AsyncHandler", "AsyncTask", "AsyncWorker"]
+
+#: The FailChunk reason of a chunk handed back because ``AsyncWorker.run`` was cancelled.
+STOPPED_REASON = "WorkerStopped"
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Waits up to ``timeout`` seconds for ``event``; True if it is set."""
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, timeout))
+    except asyncio.TimeoutError:
+        return event.is_set()
+    return True
+
+
+class AsyncTask(TaskState):
+    """One claimed chunk, handed to an :class:`AsyncWorker` handler; the same API as :class:`jobpulse.Task`.
+
+    ``cancel_event`` is an :class:`asyncio.Event` here, so a handler can ``await task.cancel_event.wait()``.
+    ``progress``, ``set_external_task_id`` and ``add_artifact`` are plain (non-async) methods; they may also
+    be called from a thread the handler started (``asyncio.to_thread``).
+
+    Attributes:
+        job_id: The chunk's job.
+        job_kind: The job's kind.
+        job_metadata: The job's metadata as a plain dict.
+        chunk: The chunk message as claimed (state PROCESSING).
+        items: The job-wide item indexes of this chunk: ``range(item_start, item_start + item_count)``.
+        lease_token: The fencing token of this claim.
+        worker_id: The id of the worker that claimed it.
+        cancel_event: Set when the server says the job was cancelled (or the lease was lost).
+        artifacts: Artifacts added so far with :meth:`add_artifact`.
+    """
+
+    def __init__(self, claim: worker_service_pb2.ChunkClaim, worker_id: str) -> None:
+        """Wraps a claim; created by :class:`AsyncWorker` on its event loop, not by handlers."""
+        super().__init__(claim, worker_id)
+        self._loop = asyncio.get_running_loop()
+        self.cancel_event = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled (or the lease lost): the handler should stop soon and return."""
+        return self.cancel_event.is_set()
+
+    def _on_loop(self, action: Callable[[], None]) -> None:
+        # asyncio events are not thread-safe: from another thread, the loop sets them itself.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            action()
+        else:
+            self._loop.call_soon_threadsafe(action)
+
+    def _notify(self) -> None:
+        self._on_loop(self._changed.set)
+
+    def _lose_lease(self) -> None:
+        self.lease_lost = True
+        self._on_loop(self.cancel_event.set)
+
+
+AsyncHandler = Callable[[AsyncTask], Awaitable[object]]
+
+
+class _AsyncHeartbeat:
+    """Reports a task's progress in the background: soon after a change, and at least every lease/3."""
+
+    def __init__(
+        self, client: AsyncClient, task: AsyncTask, lease_duration: float, min_interval: float
+    ) -> None:
+        self._client = client
+        self._task = task
+        self._lease_duration = lease_duration
+        self._period = heartbeat_period(lease_duration)
+        self._min_interval = min_interval
+        self._stop = asyncio.Event()
+        # (stage, message, external_task_id) as last reported, to flush a change made just before the end.
+        self._sent: tuple[str, str, str] = ("", "", "")
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _AsyncHeartbeat:
+        self._runner = asyncio.create_task(self._run(), name=f"jobpulse-heartbeat-{self._task.chunk_id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._task._changed.set()
+        if self._runner is None:
+            return
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            # The worker is being cancelled: no more reports, the chunk is handed back by the caller.
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            return
+        await self._runner
+        # A stage or message set right before the handler returned would otherwise never be reported
+        # (completion reports items, not the stage).
+        _, stage, message, external_task_id = self._task._snapshot()
+        if (stage, message, external_task_id) != self._sent and not self._task.lease_lost:
+            await self._beat()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        while not self._stop.is_set():
+            await _wait(self._task._changed, self._period - (loop.time() - last_sent))
+            if self._stop.is_set():
+                return
+            since = loop.time() - last_sent
+            if since < self._min_interval:
+                # Coalesce bursts of progress calls into at most one report per min_interval.
+                if await _wait(self._stop, self._min_interval - since):
+                    return
+            self._task._changed.clear()
+            last_sent = loop.time()
+            await self._beat()
+            if self._task.lease_lost:
+                return
+
+    async def _beat(self) -> None:
+        items_done, stage, message, external_task_id = self._task._snapshot()
+        self._sent = (stage, message, external_task_id)
+        try:
+            response = await self._client.report_chunk_progress(
+                self._task.chunk_id,
+                self._task.lease_token,
+                items_done=items_done,
+                stage=stage,
+                message=message,
+                external_task_id=external_task_id,
+                lease_duration=self._lease_duration,
+                timeout=self._period,
+            )
+        except (LeaseLost, NotFound) as exc:
+            log.warning("chunk %s: lease lost (%s); dropping it", self._task.chunk_id, exc)
+            self._task._lose_lease()
+            return
+        except JobpulseError as exc:
+            log.warning("chunk %s: heartbeat failed (%s); will retry", self._task.chunk_id, exc)
+            return
+        if response.cancel_requested and not self._task.cancel_event.is_set():
+            log.info(
+                "chunk %s: job %s was cancelled; asking the handler to stop",
+                self._task.chunk_id,
+                self._task.job_id,
+            )
+            self._task.cancel_event.set()
+
+
+class AsyncWorker:
+    """Awaits an async handler over chunks claimed from jobpulse, with heartbeats, completion and failure
+    reporting: :class:`jobpulse.Worker` for asyncio services.
+
+    The handler is a coroutine function taking an :class:`AsyncTask`. When it returns, the chunk is completed
+    (with the task's artifacts); when it raises, the chunk fails with the exception's class name as reason and
+    ``str(exc)`` as message, retryable unless the exception is a :class:`jobpulse.PermanentError`. When the
+    job is cancelled, ``task.cancelled`` becomes true and ``task.cancel_event`` is set; the handler should
+    return early, after which the chunk is completed and the server records it CANCELLED. A lost lease
+    (``LeaseLost``) drops the chunk silently. ``UNAVAILABLE`` from the server is waited out with backoff.
+    While there is work, each completion also claims the loop's next chunk (``claim_next``), so a busy worker
+    makes one call per chunk; it long-polls with ClaimChunks only when a completion brought no new chunk.
+    ``concurrency`` handlers run at once, as tasks on the running event loop.
+
+    Example::
+
+        async def handle(task: jobpulse.AsyncTask) -> None:
+            for n, item in enumerate(task.items, 1):
+                if task.cancelled:
+                    return
+                await process(item)
+                task.progress(n)
+
+        async with jobpulse.AsyncWorker("127.0.0.1:50051", kinds=["thumbnails"], concurrency=4) as worker:
+            await worker.run(handle)
+
+    Args:
+        client_or_target: A :class:`jobpulse.AsyncClient`, or a target string to open one (closed by
+            :meth:`close`).
+        kinds: Only claim chunks of jobs of these kinds; ``None`` means any kind.
+        worker_id: Recorded on claimed chunks; defaults to ``<hostname>-<pid>-<random>``.
+        concurrency: Number of handlers running at the same time.
+        lease_duration: Seconds a lease lasts without a heartbeat; heartbeats go out every third of it.
+        poll_wait: Seconds each claim long-polls the server for work; also bounds how long stopping takes.
+        progress_interval: Minimum seconds between two progress reports of the same chunk.
+    """
+
+    def __init__(
+        self,
+        client_or_target: AsyncClient | str | None = None,
+        kinds: Iterable[str] | None = None,
+        worker_id: str | None = None,
+        concurrency: int = 1,
+        lease_duration: float = 30.0,
+        poll_wait: float = 5.0,
+        *,
+        progress_interval: float = 0.5,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if isinstance(client_or_target, AsyncClient):
+            self.client = client_or_target
+            self._owns_client = False
+        else:
+            self.client = AsyncClient(client_or_target)
+            self._owns_client = True
+        self.kinds = list(kinds or ())
+        self.worker_id = worker_id or default_worker_id()
+        self.concurrency = concurrency
+        self.lease_duration = lease_duration
+        self.poll_wait = poll_wait
+        self.progress_interval = progress_interval
+        self._budget = ClaimBudget(None)
+
+    async def close(self) -> None:
+        """Closes the client if this worker opened it."""
+        if self._owns_client:
+            await self.client.close()
+
+    async def __aenter__(self) -> AsyncWorker:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def run(
+        self,
+        handler: AsyncHandler,
+        stop_event: asyncio.Event | None = None,
+        max_chunks: int | None = None,
+    ) -> int:
+        """Claims and processes chunks until stopped, and returns how many chunks were handled.
+
+        Stopping is graceful: after ``stop_event`` is set (or ``max_chunks`` chunks were claimed), no new
+        chunk is claimed and ``run`` returns once the chunks in hand are finished, within about
+        ``poll_wait`` seconds. Cancelling the task running ``run`` (e.g. Ctrl-C under :func:`asyncio.run`)
+        cancels the handlers and hands their chunks back at once: each fails retryably with reason
+        ``WorkerStopped`` (an attempt, as an expired lease would be, but without waiting for the lease).
+
+        Args:
+            handler: Awaited with an :class:`AsyncTask` for each claimed chunk.
+            stop_event: Set it to stop the worker gracefully.
+            max_chunks: Stop after claiming this many chunks in total.
+
+        Raises:
+            jobpulse.errors.JobpulseError: An error retrying cannot fix, e.g. ``Unauthenticated`` or
+                ``InvalidArgument`` on claims.
+        """
+        stop = stop_event or asyncio.Event()
+        self._budget = ClaimBudget(max_chunks)
+        failures: list[BaseException] = []
+        loops = [
+            asyncio.create_task(self._loop(handler, stop, failures), name=f"jobpulse-worker-{n}")
+            for n in range(self.concurrency)
+        ]
+        try:
+            await asyncio.gather(*loops)
+        except BaseException:
+            # Cancelled (or a loop crashed): the other loops must not outlive run().
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            raise
+        if failures:
+            raise failures[0]
+        return self._budget.processed
+
+    async def _loop(self, handler: AsyncHandler, stop: asyncio.Event, failures: list[BaseException]) -> None:
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        # Claims in hand, each with a budget slot taken: the next ones come back with the completion
+        # of the previous chunk (complete-and-claim), so a busy worker makes one call per chunk.
+        claims: list[worker_service_pb2.ChunkClaim] = []
+        while not stop.is_set() or claims:
+            if not claims:
+                if not self._budget.take():
+                    return
+                try:
+                    claims = await self.client.claim_chunks(
+                        self.worker_id,
+                        kinds=self.kinds,
+                        max_chunks=1,
+                        lease_duration=self.lease_duration,
+                        wait=self.poll_wait,
+                    )
+                except TRANSIENT as exc:
+                    self._budget.give_back()
+                    delay = backoff.next_delay(exc.retry_delay)
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                    await _wait(stop, delay)
+                    continue
+                except Exception as exc:
+                    self._budget.give_back()
+                    failures.append(exc)
+                    stop.set()
+                    return
+                backoff.reset()
+                if not claims:
+                    self._budget.give_back()
+                    continue
+            claim = claims.pop(0)
+            ask_next = not claims and not stop.is_set() and self._budget.take()
+            try:
+                got = await self._process(handler, AsyncTask(claim, self.worker_id), ask_next, stop)
+            except asyncio.CancelledError:
+                # Chunks that came with the last completion were never started: hand them back too.
+                for unstarted in claims:
+                    await self._release(unstarted.chunk.id, unstarted.lease_token)
+                raise
+            if ask_next and not got:
+                self._budget.give_back()
+            claims += got
+
+    async def _process(
+        self, handler: AsyncHandler, task: AsyncTask, ask_next: bool, stop: asyncio.Event
+    ) -> list[worker_service_pb2.ChunkClaim]:
+        """Awaits the handler on one chunk and reports the outcome; with ``ask_next``, a successful
+        completion also claims the loop's next chunk, which is returned, unless ``stop`` was set while
+        the handler ran (a stopping worker takes no new work)."""
+        log.info(
+            "chunk %s of job %s: items %d..%d",
+            task.chunk_id,
+            task.job_id,
+            task.items.start,
+            task.items.stop - 1,
+        )
+        error: BaseException | None = None
+        try:
+            async with _AsyncHeartbeat(self.client, task, self.lease_duration, self.progress_interval):
+                try:
+                    await handler(task)
+                except Exception as exc:
+                    error = exc
+        except asyncio.CancelledError:
+            if not task.lease_lost:
+                await self._release(task.chunk_id, task.lease_token)
+            raise
+        self._budget.count_processed()
+        if task.lease_lost:
+            return []
+        if error is None:
+            _, _, _, external_task_id = task._snapshot()
+            claim_next = (
+                next_claim(self.worker_id, self.kinds, self.lease_duration)
+                if ask_next and not stop.is_set()
+                else None
+            )
+            done = await self._finish(
+                task,
+                lambda: self.client.complete_chunk(
+                    task.chunk_id,
+                    task.lease_token,
+                    task.artifacts,
+                    external_task_id=external_task_id,
+                    claim_next=claim_next,
+                ),
+            )
+            return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+        reason, message, retryable = failure_report(error)
+        log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
+        await self._finish(
+            task, lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable)
+        )
+        return []
+
+    async def _release(self, chunk_id: str, lease_token: str) -> None:
+        """Hands a chunk back when ``run`` is cancelled: a retryable failure, so another worker gets it after
+        the retry backoff instead of after the lease. Best effort: a failure leaves the lease to expire."""
+        try:
+            await self.client.fail_chunk(
+                chunk_id,
+                lease_token,
+                STOPPED_REASON,
+                f"worker {self.worker_id} stopped before finishing the chunk",
+                retryable=True,
+                timeout=min(5.0, self.lease_duration),
+            )
+        except JobpulseError as exc:
+            log.warning("chunk %s: could not hand it back (%s); its lease will expire", chunk_id, exc)
+
+    async def _finish(self, task: AsyncTask, send: Callable[[], Awaitable[object]]) -> object:
+        """Sends the completion or failure, retrying transient errors while the lease can still be valid.
+        Returns the server's answer, or None when the outcome could not be delivered."""
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        give_up = time.monotonic() + self.lease_duration
+        while True:
+            try:
+                return await send()
+            except (LeaseLost, NotFound) as exc:
+                log.warning(
+                    "chunk %s: lease lost before it could be finished (%s); dropping it", task.chunk_id, exc
+                )
+                return None
+            except TRANSIENT as exc:
+                delay = backoff.next_delay(exc.retry_delay)
+                if time.monotonic() + delay > give_up:
+                    log.error(
+                        "chunk %s: could not report its outcome (%s); its lease will expire",
+                        task.chunk_id,
+                        exc,
+                    )
+                    return None
+                await asyncio.sleep(delay)
+            except JobpulseError as exc:
+                log.error("chunk %s: the server refused its outcome: %s", task.chunk_id, exc)
+                return None
