@@ -7,8 +7,9 @@ handler runs, so before this a decode failure came back as UNKNOWN "Unexpected <
 
 A database that disappears under a running server is an outage, not a bug: UNAVAILABLE with reason
 DATABASE_UNAVAILABLE and RetryInfo for every kind of call (a read, a write, a worker call, a stream).
-PostgreSQL: the database is dropped, or renamed. SQLite: the file is removed, or replaced by one that
-is not a database. (The database refusing connections is tests/faults/test_database_outage.py.)
+PostgreSQL: the database is dropped, or renamed, or our role may no longer log in. SQLite: the file
+is removed, or replaced by one that is not a database. (A database refusing connections for a while:
+tests/faults/test_database_outage.py.)
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def test_an_undecodable_unary_request_is_invalid_argument(
 
 
 def test_a_struct_nested_too_deep_is_invalid_argument(raw_channel: grpc.Channel) -> None:
-    _assert_plain_invalid_argument(_raw_unary(raw_channel, "/jobpulse.v1.JobService/CreateJob", STRUCT_TOO_DEEP))
+    _assert_plain_invalid_argument(
+        _raw_unary(raw_channel, "/jobpulse.v1.JobService/CreateJob", STRUCT_TOO_DEEP)
+    )
 
 
 @pytest.mark.parametrize("case", sorted(UNDECODABLE))
@@ -156,7 +159,8 @@ def test_the_message_says_what_was_wrong_and_the_server_keeps_serving(
     )
     cut = _raw_unary(raw_channel, "/google.longrunning.Operations/GetOperation", UNDECODABLE["truncated"])
     assert cut.details() == (  # type: ignore[attr-defined]
-        "the request is not a valid google.longrunning.GetOperationRequest: its bytes are truncated or corrupt"
+        "the request is not a valid google.longrunning.GetOperationRequest: "
+        "its bytes are truncated or corrupt"
     )
     # The same channel and server go on answering well-formed calls.
     stubs = Stubs(server.address)
@@ -259,6 +263,50 @@ def test_a_postgres_database_that_disappears_makes_every_call_unavailable(
             _pg_admin(f'DROP DATABASE IF EXISTS "{renamed}" WITH (FORCE)')
 
 
+@pytest.mark.parametrize("how", ["login_refused", "connect_revoked"])
+def test_a_postgres_role_refused_makes_every_call_unavailable(
+    make_server: Callable[..., Any], database_url: str, how: str
+) -> None:
+    """The server's role may no longer log in (SQLSTATE class 28, as for a changed password), or lost
+    CONNECT on the database (42501): the database refuses us, and the caller is told to retry, not
+    that we have a bug."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("roles are PostgreSQL's")
+    url = make_url(database_url)
+    role = f"{url.database}_role"
+    _pg_admin(f'CREATE ROLE "{role}" LOGIN')
+    # The owner of a database owns its public schema's rights too (PostgreSQL 15+), so migrations run.
+    _pg_admin(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
+    try:
+        srv = make_server(
+            database_url=url.set(username=role).render_as_string(hide_password=False),
+            health_interval=0.2, key_refresh_interval=0.5, sweep_interval=0.2,
+        )  # fmt: skip
+        stubs = Stubs(srv.address)
+        try:
+            job = stubs.jobs.CreateJob(J.CreateJobRequest(total_items=2, chunk_size=1), timeout=10).job
+            if how == "login_refused":
+                _pg_admin(f'ALTER ROLE "{role}" NOLOGIN')
+            else:
+                _pg_admin(f'REVOKE CONNECT ON DATABASE "{url.database}" FROM PUBLIC, "{role}"')
+            _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+            _assert_every_call_unavailable(stubs, job.id)
+        finally:
+            stubs.close()
+    finally:
+        # The database goes before its owner can.
+        _pg_admin(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        _pg_admin(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def _move_and_replace(path: Path, away: Path, replacement: bytes | None) -> None:
+    for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if part.exists():
+            part.rename(away / part.name)
+    if replacement is not None:
+        path.write_bytes(replacement)
+
+
 def _swap_sqlite_file(srv: Any, database_url: str, replacement: bytes | None) -> None:
     """Moves the server's SQLite file (and -wal/-shm) away, and puts ``replacement`` in its place
     (None: nothing). The pools are disposed first, on the server's loop with no await before the
@@ -270,11 +318,7 @@ def _swap_sqlite_file(srv: Any, database_url: str, replacement: bytes | None) ->
     async def dispose_and_move() -> None:
         await srv.app.db.engine.dispose()
         await srv.app.store.dispose()
-        for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            if part.exists():
-                part.rename(away / part.name)
-        if replacement is not None:
-            path.write_bytes(replacement)
+        _move_and_replace(path, away, replacement)
 
     srv.call(dispose_and_move())
 
