@@ -58,6 +58,9 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | None:
         return DatabaseUnavailable("the database is unavailable; retry shortly")
     if isinstance(exc, (ConnectionError, OSError)):
         return DatabaseUnavailable("the database is unavailable; retry shortly")
+    if isinstance(exc, sa_exc.TimeoutError):
+        # No pooled connection freed up in time: the database is too slow to answer or not answering.
+        return DatabaseUnavailable("the database is unavailable; retry shortly")
     return _driver_error(exc)
 
 
