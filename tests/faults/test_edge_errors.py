@@ -119,13 +119,19 @@ def _assert_plain_invalid_argument(exc: grpc.RpcError) -> None:
     assert message and not any(mark in message for mark in LEAKS), message
 
 
-@pytest.mark.parametrize("case", sorted(UNDECODABLE))
-@pytest.mark.parametrize("method", UNARY_METHODS)
+# GetUsageRequest has no fields: its field 1 is an unknown field, kept as bytes, so UTF-8 is not checked.
+UNARY_CASES = [
+    (method, case)
+    for method in UNARY_METHODS
+    for case in sorted(UNDECODABLE)
+    if not (method.endswith("/GetUsage") and case == "bad_utf8_in_a_string")
+]
+
+
+@pytest.mark.parametrize(("method", "case"), UNARY_CASES)
 def test_an_undecodable_unary_request_is_invalid_argument(
     raw_channel: grpc.Channel, method: str, case: str
 ) -> None:
-    if method.endswith("/GetUsage") and case == "bad_utf8_in_a_string":
-        pytest.skip("GetUsageRequest has no fields: field 1 is an unknown field, kept as bytes unchecked")
     _assert_plain_invalid_argument(_raw_unary(raw_channel, method, UNDECODABLE[case]))
 
 
