@@ -161,7 +161,12 @@ class Database:
         uri = existing_sqlite_file(path)
 
         def open_threaded() -> Any:
-            return aiosqlite.connect(uri, uri=True, timeout=30)
+            connection = aiosqlite.connect(uri, uri=True, timeout=30)
+            # As SQLAlchemy does for the connections it opens itself: its worker never holds up exit.
+            thread = getattr(connection, "_thread", None)
+            if thread is not None:
+                thread.daemon = True
+            return connection
 
         return create_async_engine(self.url, async_creator=open_threaded)
 
