@@ -5,6 +5,7 @@ cannot easily be brought to (too many connections, a starting server, a corrupt 
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -85,6 +86,15 @@ def test_a_sqlite_constraint_violation_is_left_alone(tmp_path: Path) -> None:
         conn.close()
     assert database_error(raised.value) is None
     assert database_error(sa_exc.IntegrityError("INSERT", {}, raised.value)) is None
+
+
+@pytest.mark.parametrize(
+    "err",
+    [ConnectionRefusedError(111, "refused"), TimeoutError("connect"), socket.gaierror(-2, "no such host")],
+    ids=["refused", "timeout", "no_such_host"],
+)
+def test_a_database_server_that_cannot_be_reached_is_unavailable(err: OSError) -> None:
+    assert isinstance(database_error(err), DatabaseUnavailable)
 
 
 def test_a_pool_timeout_is_unavailable() -> None:
