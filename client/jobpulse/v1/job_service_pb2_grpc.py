@@ -30,7 +30,8 @@ class JobServiceStub:
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+    them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
     CHUNK_NOT_FOUND (RetryChunk);
@@ -40,8 +41,9 @@ class JobServiceStub:
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-    another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+    refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+    replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
@@ -138,7 +140,8 @@ class JobServiceServicer:
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+    them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
     CHUNK_NOT_FOUND (RetryChunk);
@@ -148,8 +151,9 @@ class JobServiceServicer:
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-    another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+    refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+    replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
@@ -386,7 +390,8 @@ class JobService:
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+    them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
     CHUNK_NOT_FOUND (RetryChunk);
@@ -396,8 +401,9 @@ class JobService:
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-    another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+    refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+    replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 

@@ -31,7 +31,8 @@ class JobServiceStub:
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+      them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
       CHUNK_NOT_FOUND (RetryChunk);
@@ -41,8 +42,9 @@ class JobServiceStub:
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-      another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+      refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+      replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
@@ -122,7 +124,8 @@ class JobServiceAsyncStub(JobServiceStub):
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+      them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
       CHUNK_NOT_FOUND (RetryChunk);
@@ -132,8 +135,9 @@ class JobServiceAsyncStub(JobServiceStub):
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-      another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+      refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+      replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 
@@ -209,7 +213,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every error is a google.rpc.Status with an ErrorInfo (domain "jobpulse") whose
     reason is stable:
-    - INVALID_ARGUMENT (with BadRequest field violations naming the field) and
+    - INVALID_ARGUMENT (with BadRequest field violations naming the field; without
+      them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
       CHUNK_NOT_FOUND (RetryChunk);
@@ -219,8 +224,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
-    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE, SHUTTING_DOWN (retry on
-      another replica or shortly);
+    - UNAVAILABLE, with RetryInfo: DATABASE_UNAVAILABLE (the database is down,
+      refuses us, or was dropped or renamed), SHUTTING_DOWN (retry on another
+      replica or shortly);
     - INTERNAL: a bug; the message is generic and the server logged the details.
     """
 

@@ -29,6 +29,7 @@ from jobpulse_server.domain.errors import (
     JobNotRetryable,
     JobNotTerminal,
     LeaseLost,
+    MalformedRequest,
     PermissionDenied,
     RateLimited,
     RevisionAhead,
@@ -45,6 +46,7 @@ DOMAIN = "jobpulse"
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidPageToken: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     ChunkNotFound: grpc.StatusCode.NOT_FOUND,
     JobAlreadyTerminal: grpc.StatusCode.FAILED_PRECONDITION,

@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from jobpulse_server.api.error_mapping import status_for
+from jobpulse_server.domain.errors import MalformedRequest
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.observability import Observer
 from jobpulse_server.services.auth import Authenticator
@@ -28,6 +30,43 @@ _caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("jobpulse_ca
 def caller() -> Principal:
     """The principal of the call being served (set by ``CallGuard`` before the servicer runs)."""
     return _caller.get()
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not decode. grpc decodes before any handler runs and
+    answers a decoding error with UNKNOWN and the exception's class in the message; the guarded
+    handler answers this one with INVALID_ARGUMENT instead, after authentication like any call."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` returning an ``Undecodable`` instead of raising on bytes that are not a message."""
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = getattr(message_type, "full_name", "") or "request message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            return Undecodable(f"the request is not a valid {type_name}: {_decode_problem(exc)}")
+
+    return deserialize
+
+
+def _decode_problem(exc: BaseException) -> str:
+    """What was wrong with the bytes, in words (the decoder's text names its internals)."""
+    text = str(exc).lower()
+    if isinstance(exc, UnicodeDecodeError) or "utf-8" in text or "utf8" in text:
+        return "a string field holds bytes that are not valid UTF-8"
+    if isinstance(exc, RecursionError) or "depth" in text or "recursion" in text:
+        return "messages (or Struct values) are nested too deeply"
+    return "its bytes are truncated or corrupt"
 
 
 class CallGuard(grpc.aio.ServerInterceptor):
@@ -69,7 +108,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, name, roles),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -81,7 +120,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             )
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         raise AssertionError(f"{method}: jobpulse has unary and server-streaming methods only")
@@ -98,6 +137,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 if not isinstance(principal, Principal):  # the shared rate limit asks the database
                     principal = await principal
                 _caller.set(principal)
+                if isinstance(request, Undecodable):
+                    raise MalformedRequest(request.problem)
                 return await behaviour(request, context)
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -125,6 +166,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 if not isinstance(principal, Principal):  # the shared rate limit asks the database
                     principal = await principal
                 _caller.set(principal)
+                if isinstance(request, Undecodable):
+                    raise MalformedRequest(request.problem)
                 async for item in behaviour(request, context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit):

@@ -38,6 +38,13 @@ class InvalidArgument(DomainError):
         self.violations = violations
 
 
+class MalformedRequest(DomainError):
+    """The request's bytes are not a valid message (truncated or corrupt, bad UTF-8 in a string, nested
+    too deep), so no field can be named. The caller's mistake, with the same reason as InvalidArgument."""
+
+    reason = "INVALID_ARGUMENT"
+
+
 class InvalidPageToken(DomainError):
     """A page token that is malformed, foreign, or used with other filters."""
 

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiosqlite
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -46,6 +49,13 @@ def normalize_url(url: str) -> str:
             raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use asyncpg or psycopg")
         return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://...")
+
+
+def existing_sqlite_file(path: str) -> str:
+    """A sqlite3 URI (``uri=True``) opening ``path`` read-write without ever creating it. Only start-up
+    creates the database: a file removed under a running server must make calls fail
+    (DATABASE_UNAVAILABLE, health NOT_SERVING), not quietly open a new, empty database in its place."""
+    return f"file:{quote(str(Path(path).expanduser()))}?mode=rw"
 
 
 async def send(conn: AsyncConnection, changes: Changes, replica: str) -> None:
@@ -103,10 +113,13 @@ class Database:
             path = make_url(self.url).database
             assert path is not None
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up only)
+            # The one place the file is created; every connection after this opens it as it exists.
+            sqlite3.connect(Path(path).expanduser()).close()  # noqa: ASYNC240 (start-up only)
+            uri = existing_sqlite_file(path)
             if self.sqlite_on_loop:
 
                 async def open_inline() -> Any:
-                    return await sqlite_inline.connect(str(path))
+                    return await sqlite_inline.connect(uri, uri=True)
 
                 engine = create_async_engine(self.url, async_creator=open_inline)
                 # A lock held by another process must not stall the event loop: wait briefly
@@ -114,7 +127,7 @@ class Database:
                 # Checkpoints run on the store's thread (store.sqlite), not in commits on the loop.
                 _configure_sqlite(engine, busy_timeout_ms=SQLITE_LOOP_BUSY_MS, autocheckpoint=0)
             else:
-                engine = create_async_engine(self.url, connect_args={"timeout": 30})
+                engine = self._threaded_sqlite_engine()
                 _configure_sqlite(engine, busy_timeout_ms=30_000)
         else:
             engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -141,12 +154,28 @@ class Database:
             await self._engine.dispose()
             self._engine = None
 
+    def _threaded_sqlite_engine(self) -> AsyncEngine:
+        """An engine on aiosqlite's worker threads over the existing SQLite file."""
+        path = make_url(self.url).database
+        assert path is not None
+        uri = existing_sqlite_file(path)
+
+        def open_threaded() -> Any:
+            connection = aiosqlite.connect(uri, uri=True, timeout=30)
+            # As SQLAlchemy does for the connections it opens itself: its worker never holds up exit.
+            thread = getattr(connection, "_thread", None)
+            if thread is not None:
+                thread.daemon = True
+            return connection
+
+        return create_async_engine(self.url, async_creator=open_threaded)
+
     def _engine_for(self, off_loop: bool) -> AsyncEngine:
         """The engine, or with ``off_loop`` on SQLite on the loop the threaded one."""
         if not (off_loop and self.sqlite_on_loop):
             return self.engine
         if self._threaded is None:
-            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            engine = self._threaded_sqlite_engine()
             # As the loop's own connections: no checkpoint in commits (the store's thread does them).
             # Waiting for a lock happens on the worker thread, so it may be long.
             _configure_sqlite(engine, busy_timeout_ms=30_000, autocheckpoint=0)

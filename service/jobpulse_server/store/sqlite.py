@@ -28,7 +28,12 @@ from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job
 from jobpulse_server.store import GeneralPathsOnly, TwoStepLocks, WriteTx, sql
-from jobpulse_server.store.engine import SQLITE_LOOP_BUSY_MS, SQLITE_WRITE_WAIT, Database
+from jobpulse_server.store.engine import (
+    SQLITE_LOOP_BUSY_MS,
+    SQLITE_WRITE_WAIT,
+    Database,
+    existing_sqlite_file,
+)
 from jobpulse_server.store.rows import (
     artifact_from_row,
     chunk_from_row,
@@ -46,7 +51,14 @@ CHECKPOINT_INTERVAL = 0.5
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, cached_statements=256)
+    # Never creates the file (Database.start did): a removed file is an outage, not a new database.
+    conn = sqlite3.connect(
+        existing_sqlite_file(path),
+        uri=True,
+        check_same_thread=False,
+        isolation_level=None,
+        cached_statements=256,
+    )
     conn.execute(f"PRAGMA busy_timeout={int(SQLITE_LOOP_BUSY_MS)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

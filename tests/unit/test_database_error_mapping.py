@@ -1,0 +1,102 @@
+"""Every driver error that says the database is away or refuses us maps to DatabaseUnavailable (a
+caller is told to retry), and errors that are bugs or conflicts do not. Real outages are reproduced in
+tests/faults/test_edge_errors.py and test_database_outage.py; this covers the classes a test server
+cannot easily be brought to (too many connections, a starting server, a corrupt file, a pool timeout)."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from jobpulse_server.domain.errors import DatabaseUnavailable
+from jobpulse_server.store.errors import database_error
+
+PG_UNAVAILABLE = [
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: dropped or renamed
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28000: role may not log in
+    asyncpg.exceptions.InvalidPasswordError,  # 28P01
+    asyncpg.exceptions.InsufficientPrivilegeError,  # 42501: CONNECT revoked
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # 55000: ALLOW_CONNECTIONS false
+    asyncpg.exceptions.SerializationError,  # 40001
+    asyncpg.exceptions.DeadlockDetectedError,  # 40P01
+]
+PG_NOT_AN_OUTAGE = [
+    asyncpg.exceptions.UniqueViolationError,
+    asyncpg.exceptions.PostgresSyntaxError,
+    asyncpg.exceptions.DataError,
+]
+
+
+class _AdaptedError(Exception):
+    """Stands in for SQLAlchemy's asyncpg adapter error, which carries the SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__("adapted")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("cls", PG_UNAVAILABLE, ids=lambda c: c.__name__)
+def test_postgres_outages_and_refusals_are_unavailable(cls: type[asyncpg.PostgresError]) -> None:
+    assert isinstance(database_error(cls("x")), DatabaseUnavailable)
+    # The same error as SQLAlchemy hands it on (a DBAPIError whose orig has the SQLSTATE).
+    wrapped = sa_exc.DBAPIError("SELECT 1", {}, _AdaptedError(cls.sqlstate))
+    assert isinstance(database_error(wrapped), DatabaseUnavailable)
+
+
+@pytest.mark.parametrize("cls", PG_NOT_AN_OUTAGE, ids=lambda c: c.__name__)
+def test_postgres_errors_that_are_not_outages_are_left_alone(cls: type[asyncpg.PostgresError]) -> None:
+    assert database_error(cls("x")) is None
+    assert database_error(sa_exc.DBAPIError("SELECT 1", {}, _AdaptedError(cls.sqlstate))) is None
+
+
+def _sqlite_error(path: Path, content: bytes) -> sqlite3.DatabaseError:
+    path.write_bytes(content)
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as raised:
+            conn.execute("SELECT * FROM sqlite_master").fetchall()
+        return raised.value
+    finally:
+        conn.close()
+
+
+def test_a_sqlite_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    err = _sqlite_error(tmp_path / "x.db", b"not a database, whatever its name says\n" * 200)
+    assert type(err) is sqlite3.DatabaseError  # not an OperationalError: mapped by its result code
+    assert isinstance(database_error(err), DatabaseUnavailable)
+    assert isinstance(database_error(sa_exc.DatabaseError("SELECT 1", {}, err)), DatabaseUnavailable)
+
+
+def test_a_sqlite_constraint_violation_is_left_alone(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db")
+    try:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.IntegrityError) as raised:
+            conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        conn.close()
+    assert database_error(raised.value) is None
+    assert database_error(sa_exc.IntegrityError("INSERT", {}, raised.value)) is None
+
+
+@pytest.mark.parametrize(
+    "err",
+    [ConnectionRefusedError(111, "refused"), TimeoutError("connect"), socket.gaierror(-2, "no such host")],
+    ids=["refused", "timeout", "no_such_host"],
+)
+def test_a_database_server_that_cannot_be_reached_is_unavailable(err: OSError) -> None:
+    assert isinstance(database_error(err), DatabaseUnavailable)
+
+
+def test_a_pool_timeout_is_unavailable() -> None:
+    err = sa_exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached, connection timed out")
+    assert isinstance(database_error(err), DatabaseUnavailable)
