@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.servers import free_port, wait_serving
@@ -121,27 +122,29 @@ def test_migrate_brings_an_empty_database_to_the_newest_schema_once(tmp_path: Pa
     assert "already at" in again.stdout and report["head"] in again.stdout
 
 
-def _missing_database_urls(tmp_path: Path) -> list[tuple[str, str]]:
-    """Database URLs that cannot be opened, each with what its one-line error must say."""
-    from conftest import POSTGRES_URL, _postgres_problem
+def _missing_database_urls(database_url: str, tmp_path: Path) -> list[tuple[str, str]]:
+    """Database URLs like ``database_url`` that cannot be opened, each with what its one-line error
+    must say."""
     from sqlalchemy.engine import make_url
 
-    urls = [
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
         # A path under a regular file: neither the directory nor the file can be made.
-        (f"sqlite:///{tmp_path}/a-file/jobs.db", "cannot open the SQLite file"),
-        (f"postgresql://postgres@127.0.0.1:{free_port()}/test", "cannot connect"),
+        (tmp_path / "a-file").write_text("not a directory")
+        return [(f"sqlite:///{tmp_path}/a-file/jobs.db", "cannot open the SQLite file")]
+
+    def text(u: Any) -> str:
+        return str(u.render_as_string(hide_password=False))
+
+    return [
+        (text(url.set(database="jobpulse_no_such_database")), "does not exist; create it"),
+        (text(url.set(username="jobpulse_no_such_role")), "refused the login"),
+        (text(url.set(port=free_port())), "cannot connect"),
     ]
-    if _postgres_problem() is None:
-        missing = make_url(POSTGRES_URL).set(database="jobpulse_no_such_database")
-        urls.append((missing.render_as_string(hide_password=False), "does not exist; create it"))
-        bad_login = make_url(POSTGRES_URL).set(username="jobpulse_no_such_role")
-        urls.append((bad_login.render_as_string(hide_password=False), "refused the login"))
-    return urls
 
 
-def test_serve_on_a_database_it_cannot_open_says_why_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / "a-file").write_text("not a directory")
-    for url, says in _missing_database_urls(tmp_path):
+def test_serve_on_a_database_it_cannot_open_says_why_in_one_line(database_url: str, tmp_path: Path) -> None:
+    for url, says in _missing_database_urls(database_url, tmp_path):
         done = _run("serve", "--port", "0", "--database-url", url)
         assert done.returncode == 2, (url, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
