@@ -14,7 +14,7 @@ import grpc.aio
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._requests import ArtifactLike
 from jobpulse._watch import DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, WatchCursor
@@ -48,7 +48,8 @@ class AsyncClient:
 
     Args:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
-        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call.
+        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
+            ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
         secure: Use TLS instead of a plaintext connection.
         root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
             (``None``: the system's roots).
@@ -71,7 +72,7 @@ class AsyncClient:
         self.timeout = timeout
         self._secure = secure
         self._root_certificates = root_certificates
-        self._metadata = call_metadata(api_key)
+        self._metadata = call_metadata(resolve_api_key(api_key))
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
         self._stubs: tuple[Any, Any, Any] | None = None

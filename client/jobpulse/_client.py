@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
 from jobpulse._convert import (
     ChunkStateLike,
     JobStateLike,
@@ -52,7 +52,8 @@ class Client:
 
     Args:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
-        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call.
+        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
+            ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
         secure: Use TLS instead of a plaintext connection.
         root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
             (``None``: the system's roots).
@@ -73,7 +74,7 @@ class Client:
     ) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
-        self._metadata = call_metadata(api_key)
+        self._metadata = call_metadata(resolve_api_key(api_key))
         self._owns_channel = channel is None
         if channel is None:
             if secure:

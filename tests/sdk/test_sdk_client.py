@@ -39,7 +39,41 @@ def test_rich_error_becomes_typed_exception_with_reason_and_field_violations(fak
     assert error.metadata == {"field": "kind"}
     assert error.message == "2 fields are invalid"
     assert error.field_violations == [("kind", "must not be empty"), ("total_items", "must be at least 1")]
-    assert "kind: must not be empty" in str(error)
+    # Said once: the message, the violations folded in, the code in brackets (reason = code, not repeated).
+    assert str(error) == (
+        "2 fields are invalid: kind must not be empty; total_items must be at least 1 [INVALID_ARGUMENT]"
+    )
+
+
+def test_error_text_drops_a_message_that_only_restates_the_violations_and_shows_a_distinct_reason():
+    restating = errors.InvalidArgument(
+        "invalid request: priority: must be between 0 and 10 (got 99)",
+        reason="INVALID_ARGUMENT",
+        field_violations=[("priority", "must be between 0 and 10 (got 99)")],
+    )
+    assert str(restating) == "priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]"
+    missing = errors.NotFound("job nope not found", reason="JOB_NOT_FOUND")
+    assert str(missing) == "job nope not found [NOT_FOUND JOB_NOT_FOUND]"
+    assert str(errors.Unavailable()) == "[UNAVAILABLE]"
+
+
+def test_the_api_key_comes_from_jobpulse_api_key_when_none_is_passed(fake, monkeypatch):
+    monkeypatch.setenv("JOBPULSE_API_KEY", "from-env")
+    with (
+        jobpulse.Client(channel=fake.channel, timeout=5.0) as from_env,
+        jobpulse.Client(channel=fake.channel, api_key="", timeout=5.0) as without,
+    ):
+        pending = fake.run(from_env.get_job, "j1")
+        metadata, _, rpc = fake.take_unary("JobService.GetJob")
+        rpc.terminate(job_service_pb2.GetJobResponse(job=job_pb2.Job(id="j1")), (), grpc.StatusCode.OK, "")
+        pending.result(RESULT_TIMEOUT)
+        assert ("authorization", "Bearer from-env") in metadata
+
+        pending = fake.run(without.get_job, "j1")
+        metadata, _, rpc = fake.take_unary("JobService.GetJob")
+        rpc.terminate(job_service_pb2.GetJobResponse(job=job_pb2.Job(id="j1")), (), grpc.StatusCode.OK, "")
+        pending.result(RESULT_TIMEOUT)
+        assert not [key for key, _ in metadata or () if key == "authorization"]
 
 
 @pytest.mark.parametrize(
