@@ -1,7 +1,22 @@
 """The ``jobpulse`` command line: run the server, create and inspect jobs, watch them, run sample workers.
 
-Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). Errors from
-the server are printed as ``error: <CODE> <reason>: <message>`` and exit with status 1.
+Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). An error
+is one line on stderr, said once, with what to do where there is something to do:
+``error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]`` (the status code, then the
+reason when it says more: ``[NOT_FOUND JOB_NOT_FOUND]``); with ``--json`` it is one JSON object on stderr
+instead. Never a traceback: ``--debug`` (or ``JOBPULSE_DEBUG=1``) adds it, for bug reports.
+
+Exit codes (``EXIT_CODES``), the same for every command:
+
+====  ==========================================================================================
+0     done (``watch``/``demo``: the job COMPLETED)
+1     error (the server refused or failed the call, a file could not be read, ...)
+2     usage: a bad flag, argument or ``JOBPULSE_*`` variable
+3     ``watch``/``demo``: the job FAILED
+4     ``watch``/``demo``: the job was CANCELLED
+5     the server could not be reached (nothing listening, connection refused or lost)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -9,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -16,10 +32,13 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
+
+import grpc
 
 from jobpulse import _render
 from jobpulse._channel import API_KEY_ENV, DEFAULT_TARGET, TARGET_ENV
@@ -30,7 +49,21 @@ from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
 from jobpulse.worker import Worker
 
-__all__ = ["build_parser", "exit_code_for", "format_error", "main"]
+__all__ = [
+    "EXIT_CANCELLED",
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "SettingError",
+    "build_parser",
+    "error_document",
+    "exit_code_for",
+    "format_error",
+    "main",
+]
 
 # ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
 ORDER_BY_CHOICES = (
@@ -43,11 +76,44 @@ ORDER_BY_CHOICES = (
 )
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 
-_EXIT_CODES = {
-    job_pb2.JOB_STATE_COMPLETED: 0,
-    job_pb2.JOB_STATE_FAILED: 1,
-    job_pb2.JOB_STATE_CANCELLED: 2,
+# One meaning per code, for every command: a script can tell a failed job from a server it could not reach
+# from a typo in its own command line.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's own code for a bad command line; bad variables join it
+EXIT_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+EXIT_CODES = {
+    EXIT_OK: "done (watch/demo: the job COMPLETED)",
+    EXIT_ERROR: "error: the server refused or failed the call, or a local failure",
+    EXIT_USAGE: "usage: a bad flag, argument or JOBPULSE_* variable",
+    EXIT_FAILED: "watch/demo: the job FAILED",
+    EXIT_CANCELLED: "watch/demo: the job was CANCELLED",
+    EXIT_UNREACHABLE: "the server could not be reached (--target / JOBPULSE_TARGET)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
+
+_EXIT_BY_STATE = {
+    job_pb2.JOB_STATE_COMPLETED: EXIT_OK,
+    job_pb2.JOB_STATE_FAILED: EXIT_FAILED,
+    job_pb2.JOB_STATE_CANCELLED: EXIT_CANCELLED,
+}
+
+TLS_CA_ENV = "JOBPULSE_TLS_CA"
+DEBUG_ENV = "JOBPULSE_DEBUG"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+class SettingError(Exception):
+    """A ``JOBPULSE_*`` variable (or the flag standing for it) holds a value the CLI cannot use: a usage
+    error (exit 2) printed as one line naming the variable."""
+
+    def __init__(self, name: str, value: str, problem: str) -> None:
+        super().__init__(f"{name}={value!r}: {problem}")
+        self.name = name
 
 
 # -- argument types ----------------------------------------------------------------------------------------
@@ -109,23 +175,32 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
+    # The variables are read when a command runs (``_settings``), not here: a bad value is then a
+    # one-line usage error naming the variable instead of a traceback out of the parser's construction.
     parser.add_argument(
         "--target",
-        default=default(os.environ.get(TARGET_ENV) or DEFAULT_TARGET),
+        default=default(None),
         help=f"server address host:port (env {TARGET_ENV}, default {DEFAULT_TARGET})",
     )
-    parser.add_argument(
-        "--api-key", default=default(os.environ.get(API_KEY_ENV)), help=f"API key (env {API_KEY_ENV})"
-    )
+    parser.add_argument("--api-key", default=default(None), help=f"API key (env {API_KEY_ENV})")
     parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
     parser.add_argument(
         "--tls-ca",
-        default=default(os.environ.get("JOBPULSE_TLS_CA", "")),
+        default=default(None),
         metavar="PEM",
-        help="CA certificate that signed the server's (implies --tls; env JOBPULSE_TLS_CA)",
+        help=f"CA certificate that signed the server's (implies --tls; env {TLS_CA_ENV})",
     )
     parser.add_argument(
-        "--json", action="store_true", default=default(False), help="print machine-readable JSON"
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON (errors too: one JSON object on stderr)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help=f"print the traceback of an error, for bug reports (env {DEBUG_ENV}=1)",
     )
 
 
@@ -142,7 +217,12 @@ SERVER_MODULE = "jobpulse_server.cli"
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
     ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
-    parser = argparse.ArgumentParser(prog="jobpulse", description="jobpulse: job status over gRPC")
+    parser = argparse.ArgumentParser(
+        prog="jobpulse",
+        description="jobpulse: job status over gRPC",
+        epilog="exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -197,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         _cmd_watch,
         "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
-        "exit 0 completed, 1 failed, 2 cancelled",
+        f"exit {EXIT_OK} completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled, "
+        f"{EXIT_UNREACHABLE} server unreachable",
     )
     p.add_argument("job_id", metavar="ID")
 
@@ -284,25 +365,110 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def format_error(error: JobpulseError) -> str:
-    """Returns ``error: <CODE> <reason>: <message>`` plus one line per field violation."""
-    head = error.code.name + (f" {error.reason}" if error.reason else "")
-    lines = [f"error: {head}: {error.message}" if error.message else f"error: {head}"]
-    lines += [f"  {field}: {description}" for field, description in error.field_violations]
-    return "\n".join(lines)
+def sdk_version() -> str:
+    """The installed SDK's version, from the package metadata (``__version__`` when run from a tree)."""
+    try:
+        return importlib.metadata.version("jobpulse")
+    except importlib.metadata.PackageNotFoundError:
+        from jobpulse import __version__
+
+        return __version__
+
+
+def is_unreachable(error: JobpulseError) -> bool:
+    """Tells whether the call never got an answer from a jobpulse server: UNAVAILABLE without the
+    ErrorInfo the server attaches to every status it sends (a refused or lost connection)."""
+    return error.code == grpc.StatusCode.UNAVAILABLE and error.domain != "jobpulse"
+
+
+def error_hint(error: JobpulseError, target: str = "") -> str:
+    """What the user can do about ``error``, or ``""``; the flags and variables to look at."""
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"pass a valid key with --api-key or {API_KEY_ENV}"
+    if is_unreachable(error):
+        where = f" at {target}" if target else ""
+        return f"is the jobpulse server running{where}? (--target / {TARGET_ENV})"
+    return ""
+
+
+def format_error(error: JobpulseError, target: str = "") -> str:
+    """Returns the one line the CLI prints for ``error``: ``error: <what> [<CODE> <REASON>]`` and, where
+    there is something to do, ``; <what to do>``."""
+    hint = error_hint(error, target)
+    return f"error: {error}" + (f"; {hint}" if hint else "")
+
+
+def error_document(error: JobpulseError, target: str = "") -> dict[str, Any]:
+    """Returns ``error`` as the JSON object ``--json`` prints on stderr: code, reason, message (the
+    server's own words), field_violations, and a hint when there is one."""
+    document: dict[str, Any] = {
+        "code": error.code.name,
+        "reason": error.reason,
+        "message": error.message,
+        "field_violations": [{"field": f, "description": d} for f, d in error.field_violations],
+    }
+    hint = error_hint(error, target)
+    if hint:
+        document["hint"] = hint
+    return document
 
 
 def exit_code_for(state: int) -> int:
-    """Returns the exit status for a job's final state: 0 completed, 1 failed, 2 cancelled."""
-    return _EXIT_CODES.get(job_pb2.JobState.ValueType(state), 1)
+    """Returns the exit status for a job's final state: 0 completed, 3 failed, 4 cancelled (1 for a state
+    that is not final)."""
+    return _EXIT_BY_STATE.get(job_pb2.JobState.ValueType(state), EXIT_ERROR)
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "")
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise SettingError(name, value, "expected 1/true/yes/on or 0/false/no/off")
+
+
+def _check_target(source: str, target: str) -> str:
+    """Refuses targets gRPC would misread (``http://...``; a port that is no port, or one past 65535
+    that would silently wrap to another) with one line naming where the value came from."""
+    if "://" in target:
+        raise SettingError(source, target, "expected host:port, without a scheme such as http://")
+    host, sep, port = target.rpartition(":")
+    if sep and host and not host.endswith("]") and ":" in host:
+        return target  # a bare IPv6 address: gRPC takes it as is
+    if sep and host:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise SettingError(source, target, "the port must be a number from 1 to 65535")
+    return target
+
+
+def _settings(args: argparse.Namespace) -> None:
+    """Fills the connection options from the ``JOBPULSE_*`` variables where no flag was given (flags
+    win), checking each value; a bad one raises ``SettingError``."""
+    if args.target is None:
+        args.target = _check_target(TARGET_ENV, os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+    else:
+        args.target = _check_target("--target", args.target)
+    if args.api_key is None:
+        args.api_key = os.environ.get(API_KEY_ENV) or None
+    source = "--tls-ca"
+    if args.tls_ca is None:
+        args.tls_ca, source = os.environ.get(TLS_CA_ENV, ""), TLS_CA_ENV
+    args.tls_ca_source = source
 
 
 def _client(args: argparse.Namespace) -> Client:
     roots = None
     if args.tls_ca:
-        with open(args.tls_ca, "rb") as f:
-            roots = f.read()
-    return Client(args.target, api_key=args.api_key, secure=args.tls or bool(roots), root_certificates=roots)
+        try:
+            with open(args.tls_ca, "rb") as f:
+                roots = f.read()
+        except OSError as exc:
+            raise SettingError(args.tls_ca_source, args.tls_ca, exc.strerror or str(exc)) from None
+    # api_key "" rather than None: the CLI has already read JOBPULSE_API_KEY (_settings).
+    return Client(
+        args.target, api_key=args.api_key or "", secure=args.tls or bool(roots), root_certificates=roots
+    )
 
 
 def _print_json(value: Any) -> None:
@@ -680,7 +846,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         full = _all_chunks(client, client.get_job(job.id, view="full"))
     for failure in failures:
         if isinstance(failure, JobpulseError):
-            print(format_error(failure), file=sys.stderr)
+            print(format_error(failure, args.target), file=sys.stderr)
     if args.json:
         _print_json(full)
     else:
@@ -710,13 +876,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments, without the program name; ``None`` means ``sys.argv[1:]``.
 
     Returns:
-        0 on success; 1 on an error (printed to stderr, never as a traceback); for ``watch`` and ``demo``,
-        0/1/2 for a completed/failed/cancelled job; 130 after Ctrl-C.
+        One of ``EXIT_CODES``: 0 done, 1 error, 2 usage, 3/4 a watched job FAILED/CANCELLED, 5 server
+        unreachable, 130 after Ctrl-C. Errors are one line on stderr, never a traceback (unless
+        ``--debug`` or ``JOBPULSE_DEBUG``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _first_command(argv) in SERVER_COMMANDS:
-        return _server_command(argv)
-    return run(build_parser().parse_args(argv))
+    try:
+        debug = "--debug" in argv or _env_flag(DEBUG_ENV)
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if _first_command(argv) in SERVER_COMMANDS:
+            return _server_command(argv)
+        args = build_parser().parse_args(argv)
+        args.debug = debug
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Whatever escaped the commands' own handling is a bug of ours: one line saying what, and how to
+        # get the traceback for a report. SystemExit (argparse, --help, --version) is no Exception.
+        if debug:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}"
+            + ("" if debug else " (run with --debug for the traceback)"),
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 def _first_command(argv: Sequence[str]) -> str | None:
@@ -734,21 +923,36 @@ def run(args: argparse.Namespace) -> int:
     """Runs a parsed command (see ``main``) and returns its exit status."""
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if "target" in args:  # a client command (the server's commands read their own settings)
+            _settings(args)
         return func(args)
+    except SettingError as exc:
+        _report(args, None, f"error: {exc}", {"code": None, "reason": "BAD_SETTING", "message": str(exc)})
+        return EXIT_USAGE
     except JobpulseError as exc:
-        print(format_error(exc), file=sys.stderr)
-        return 1
+        target = getattr(args, "target", "") or ""
+        _report(args, exc, format_error(exc, target), error_document(exc, target))
+        return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        _report(args, exc, f"error: {exc}", {"code": None, "reason": "", "message": str(exc)})
+        return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. `jobpulse export | head`): not an error worth a message.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+
+
+def _report(args: argparse.Namespace, exc: BaseException | None, line: str, document: dict[str, Any]) -> None:
+    """Prints an error the command anticipated: one line, or with ``--json`` one JSON object (on stderr
+    both, so stdout keeps only results); with ``--debug`` the traceback first."""
+    if getattr(args, "debug", False) and exc is not None:
+        traceback.print_exception(exc)
+    if getattr(args, "json", False):
+        document.setdefault("field_violations", [])
+        print(json.dumps(document, separators=(",", ":")), file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":
