@@ -22,7 +22,13 @@ from jobpulse._convert import (
     job_view,
 )
 from jobpulse._requests import ArtifactLike
-from jobpulse._watch import DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, IdleWatchdog, WatchCursor
+from jobpulse._watch import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_RECONNECT_TIMEOUT,
+    IdleWatchdog,
+    WatchCursor,
+)
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
 from jobpulse.v1 import (
     admin_service_pb2,
@@ -524,6 +530,7 @@ class Client:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Iterator[job_service_pb2.WatchJobResponse]:
         """Streams a job's changes until it reaches a terminal state.
 
@@ -541,6 +548,8 @@ class Client:
             timeout: Overall deadline of the whole watch in seconds (``None``: none).
             idle_timeout: Seconds without any message after which the stream is presumed dead.
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            connect_timeout: Give up after this many seconds when no stream has delivered a message yet
+                (nothing listening at the target, most likely).
 
         Raises:
             jobpulse.errors.JobpulseError: For failures a reconnect cannot fix (e.g. ``NotFound``),
@@ -560,6 +569,7 @@ class Client:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
         )
 
     def watch_jobs(
@@ -635,6 +645,7 @@ class Client:
         timeout: float | None,
         idle_timeout: float | None,
         reconnect_timeout: float,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Iterator[Any]:
         """Runs a server stream, resuming it from ``make_request()`` whenever it breaks.
 
@@ -643,6 +654,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
         failing_since: float | None = None
+        connected = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -656,6 +668,7 @@ class Client:
                         watchdog.kick()
                     finished = observe(event)
                     failing_since = None
+                    connected = True
                     backoff.reset()
                     yield event
                     if finished:
@@ -674,7 +687,10 @@ class Client:
                 call.cancel()
             now = time.monotonic()
             failing_since = now if failing_since is None else failing_since
-            if now - failing_since >= reconnect_timeout:
+            # Before the first message there is nothing to resume: give up after the (shorter) connect
+            # timeout, so a wrong target is reported instead of retried for minutes.
+            limit = reconnect_timeout if connected else min(connect_timeout, reconnect_timeout)
+            if now - failing_since >= limit:
                 raise error
             delay = backoff.next_delay(error.retry_delay)
             if deadline is not None:

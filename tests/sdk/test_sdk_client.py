@@ -268,6 +268,28 @@ class _Collector:
         return self._items.get(timeout=RESULT_TIMEOUT) is self._DONE
 
 
+def test_a_watch_that_never_connected_gives_up_after_the_connect_timeout(fake, client):
+    events = _Collector(fake, lambda: client.watch_job("j1", connect_timeout=0))
+    _, _, stream = fake.take_stream("JobService.WatchJob")
+    stream.terminate((), grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+    assert events.finished()
+    with pytest.raises(errors.Unavailable):
+        events.result.result(RESULT_TIMEOUT)
+
+
+def test_a_watch_that_was_up_resumes_whatever_the_connect_timeout(fake, client):
+    events = _Collector(fake, lambda: client.watch_job("j1", connect_timeout=0))
+    _, _, stream = fake.take_stream("JobService.WatchJob")
+    stream.send_response(_event(3, job_pb2.JOB_STATE_PROCESSING))
+    assert events.next().revision == 3
+    stream.terminate((), grpc.StatusCode.UNAVAILABLE, "connection lost")
+    _, resumed, stream = fake.take_stream("JobService.WatchJob")
+    stream.send_response(_event(4, job_pb2.JOB_STATE_COMPLETED))
+    stream.terminate((), grpc.StatusCode.OK, "")
+    assert events.next().job.state == job_pb2.JOB_STATE_COMPLETED
+    assert events.finished() and resumed.after_revision == 3
+
+
 def test_watch_resumes_after_unavailable_from_last_revision_and_stops_at_terminal_state(fake, client):
     events = _Collector(fake, lambda: client.watch_job("j1"))
 
