@@ -22,9 +22,11 @@ Exit codes (``EXIT_CODES``), the same for every command:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -881,15 +883,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``--debug`` or ``JOBPULSE_DEBUG``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
     try:
         debug = "--debug" in argv or _env_flag(DEBUG_ENV)
     except SettingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(as_json, f"error: {exc}", _document(str(exc), "BAD_SETTING"))
         return EXIT_USAGE
     try:
         if _first_command(argv) in SERVER_COMMANDS:
             return _server_command(argv)
-        args = build_parser().parse_args(argv)
+        args = _parse(argv, as_json)
         args.debug = debug
         return run(args)
     except KeyboardInterrupt:
@@ -900,12 +903,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         # get the traceback for a report. SystemExit (argparse, --help, --version) is no Exception.
         if debug:
             traceback.print_exc()
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc}"
-            + ("" if debug else " (run with --debug for the traceback)"),
-            file=sys.stderr,
-        )
+        what = f"unexpected {type(exc).__name__}: {exc}"
+        hint = "" if debug else " (run with --debug for the traceback)"
+        document = _document(what, "UNEXPECTED")
+        if hint:
+            document["hint"] = "run with --debug for the traceback"
+        _print_error(as_json, f"error: {what}{hint}", document)
         return EXIT_ERROR
+
+
+def _parse(argv: Sequence[str], as_json: bool) -> argparse.Namespace:
+    """Parses ``argv``; argparse prints a usage error as text and exits 2, and under ``--json`` that text
+    becomes the same JSON object as every other error, so a script reads one format."""
+    if not as_json:
+        return build_parser().parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        text = captured.getvalue()
+        if exit_.code != EXIT_USAGE or not text.strip():
+            sys.stderr.write(text)
+            raise
+        message = text.strip().splitlines()[-1].partition(": error: ")[2] or text.strip()
+        _print_error(True, "", _document(message, "USAGE"))
+        raise
+
+
+def _document(message: str, reason: str) -> dict[str, Any]:
+    """The JSON error object of an error that is no gRPC status (``code`` null)."""
+    return {"code": None, "reason": reason, "message": message, "field_violations": []}
+
+
+def _print_error(as_json: bool, line: str, document: dict[str, Any]) -> None:
+    if as_json:
+        print(json.dumps(document, separators=(",", ":")), file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def _first_command(argv: Sequence[str]) -> str | None:
@@ -927,14 +962,14 @@ def run(args: argparse.Namespace) -> int:
             _settings(args)
         return func(args)
     except SettingError as exc:
-        _report(args, None, f"error: {exc}", {"code": None, "reason": "BAD_SETTING", "message": str(exc)})
+        _report(args, None, f"error: {exc}", _document(str(exc), "BAD_SETTING"))
         return EXIT_USAGE
     except JobpulseError as exc:
         target = getattr(args, "target", "") or ""
         _report(args, exc, format_error(exc, target), error_document(exc, target))
         return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
     except ValueError as exc:
-        _report(args, exc, f"error: {exc}", {"code": None, "reason": "", "message": str(exc)})
+        _report(args, exc, f"error: {exc}", _document(str(exc), ""))
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. `jobpulse export | head`): not an error worth a message.
@@ -948,11 +983,7 @@ def _report(args: argparse.Namespace, exc: BaseException | None, line: str, docu
     both, so stdout keeps only results); with ``--debug`` the traceback first."""
     if getattr(args, "debug", False) and exc is not None:
         traceback.print_exception(exc)
-    if getattr(args, "json", False):
-        document.setdefault("field_violations", [])
-        print(json.dumps(document, separators=(",", ":")), file=sys.stderr)
-    else:
-        print(line, file=sys.stderr)
+    _print_error(bool(getattr(args, "json", False)), line, document)
 
 
 if __name__ == "__main__":

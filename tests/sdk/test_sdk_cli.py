@@ -473,3 +473,25 @@ def test_the_readme_exit_code_table_lists_exactly_the_cli_codes():
     table = readme.split("Exit codes, the same for every command:", 1)[1].split("\n\n", 2)[1]
     codes = {int(row.split("|")[1]) for row in table.splitlines() if row.split("|")[1].strip().isdigit()}
     assert codes == set(cli.EXIT_CODES)
+
+
+def test_with_json_usage_errors_bad_variables_and_bugs_are_json_too(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--json", "create", "--kind", "k", "--items", "abc"])
+    assert caught.value.code == cli.EXIT_USAGE
+    usage = json.loads(capsys.readouterr().err)
+    assert (usage["code"], usage["reason"]) == (None, "USAGE")
+    assert usage["message"].startswith("argument --items:")
+
+    monkeypatch.setenv("JOBPULSE_TARGET", "http://x:1")
+    assert cli.main(["list", "--json"]) == cli.EXIT_USAGE
+    bad = json.loads(capsys.readouterr().err)
+    assert bad["reason"] == "BAD_SETTING"
+    assert bad["message"].startswith("JOBPULSE_TARGET='http://x:1': ")
+
+    monkeypatch.delenv("JOBPULSE_TARGET")
+    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    assert cli.main(["get", "j1", "--json"]) == cli.EXIT_ERROR
+    bug = json.loads(capsys.readouterr().err)
+    assert (bug["reason"], bug["message"]) == ("UNEXPECTED", "unexpected RuntimeError: boom")
+    assert bug["hint"] == "run with --debug for the traceback"
