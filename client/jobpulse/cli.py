@@ -144,6 +144,12 @@ def _time(text: str) -> datetime:
         ) from None
 
 
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -154,15 +160,25 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+# argparse names a type function that raises ValueError in its message ("invalid _positive_int value"):
+# each type says what it expected in words instead.
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
@@ -246,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("health", _cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)")
 
     p = command("create", _cmd_create, "create a job")
-    p.add_argument("--kind", required=True, help="type of work; workers claim by kind")
+    p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
     p.add_argument("--items", type=_positive_int, required=True, help="number of items")
     p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
     p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")

@@ -84,6 +84,7 @@ def test_global_options_before_the_command_and_environment_defaults(monkeypatch)
         ["create", "--kind", "k", "--items", "1", "--metadata", "[1, 2]"],
         ["stats", "--created-after", "yesterday"],
         ["worker", "--fail-rate", "1.5"],
+        ["create", "--kind", "", "--items", "1"],
     ],
 )
 def test_bad_arguments_are_usage_errors(argv, capsys):
@@ -91,6 +92,21 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
         cli.build_parser().parse_args(argv)
     assert caught.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["create", "--kind", "k", "--items", "abc"], "argument --items: expected a whole number, got 'abc'"),
+        (["worker", "--fail-rate", "x"], "argument --fail-rate: expected a number between 0 and 1, got 'x'"),
+        (["create", "--kind", " ", "--items", "1"], "argument --kind: must not be empty"),
+    ],
+)
+def test_a_bad_value_is_said_in_words_not_by_a_function_name(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(said) and "_positive_int" not in err
 
 
 def test_error_text_says_each_thing_once_on_one_line():
