@@ -329,7 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ORDER_BY_CHOICES,
         help="default create_time: oldest first",
     )
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default=None,
+        help="default csv, or json with --json (which would otherwise be a flag doing nothing here)",
+    )
     p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
 
     p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
@@ -724,7 +729,7 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
     done = 0
     with _client(args) as client:
         total = client.list_jobs_page(page_size=1, **_filters(args)).total_size if show_progress else 0
-        writer = _ExportWriter(out, args.format)
+        writer = _ExportWriter(out, args.format or ("json" if args.json else "csv"))
         # One ExportJobs stream; the SDK holds one batch at a time, and each job is written as it
         # comes, so memory stays flat whatever the number of jobs.
         for job in client.export_jobs(order_by=args.order_by, **_filters(args)):
