@@ -451,9 +451,15 @@ def _env_flag(name: str) -> bool:
     raise SettingError(name, value, "expected 1/true/yes/on or 0/false/no/off")
 
 
+# The target schemes gRPC resolves itself; any other "scheme://" (http, https, grpc) is a user's mistake.
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:")
+
+
 def _check_target(source: str, target: str) -> str:
     """Refuses targets gRPC would misread (``http://...``; a port that is no port, or one past 65535
     that would silently wrap to another) with one line naming where the value came from."""
+    if target.startswith(_GRPC_SCHEMES):
+        return target  # gRPC's own name syntax (unix:/path, dns:///host:port, ...): gRPC checks it
     if "://" in target:
         raise SettingError(source, target, "expected host:port, without a scheme such as http://")
     host, sep, port = target.rpartition(":")

@@ -511,3 +511,13 @@ def test_with_json_usage_errors_bad_variables_and_bugs_are_json_too(monkeypatch,
     bug = json.loads(capsys.readouterr().err)
     assert (bug["reason"], bug["message"]) == ("UNEXPECTED", "unexpected RuntimeError: boom")
     assert bug["hint"] == "run with --debug for the traceback"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:50051", "jobs.internal:443", "[::1]:50051", "unix:/tmp/jobpulse.sock", "dns:///jobs:50051"],
+)
+def test_targets_grpc_understands_pass_the_check(target):
+    args = cli.build_parser().parse_args(["--target", target, "list"])
+    cli._settings(args)
+    assert args.target == target
