@@ -404,24 +404,33 @@ def is_unreachable(error: JobpulseError) -> bool:
     return error.code == grpc.StatusCode.UNAVAILABLE and error.domain != "jobpulse"
 
 
-def error_hint(error: JobpulseError, target: str = "") -> str:
+def error_hint(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
     """What the user can do about ``error``, or ``""``; the flags and variables to look at."""
     if error.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"pass a valid key with --api-key or {API_KEY_ENV}"
+    # The words gRPC uses for the two TLS mismatches, as measured: a TLS server closes a plaintext
+    # connection ("Socket closed"); a plaintext server fails our handshake ("WRONG_VERSION_NUMBER").
+    details = error.message.lower()
+    if is_unreachable(error) and tls and "handshake failed" in details:
+        if "wrong_version_number" in details:
+            return f"the server at {target} does not seem to use TLS: drop --tls / --tls-ca ({TLS_CA_ENV})"
+        return f"the server's certificate was not accepted: check --tls-ca ({TLS_CA_ENV})"
+    if is_unreachable(error) and not tls and "socket closed" in details:
+        return f"the server at {target} may use TLS: add --tls (or --tls-ca PEM)"
     if is_unreachable(error):
         where = f" at {target}" if target else ""
         return f"is the jobpulse server running{where}? (--target / {TARGET_ENV})"
     return ""
 
 
-def format_error(error: JobpulseError, target: str = "") -> str:
+def format_error(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
     """Returns the one line the CLI prints for ``error``: ``error: <what> [<CODE> <REASON>]`` and, where
     there is something to do, ``; <what to do>``."""
-    hint = error_hint(error, target)
+    hint = error_hint(error, target, tls=tls)
     return f"error: {error}" + (f"; {hint}" if hint else "")
 
 
-def error_document(error: JobpulseError, target: str = "") -> dict[str, Any]:
+def error_document(error: JobpulseError, target: str = "", *, tls: bool = False) -> dict[str, Any]:
     """Returns ``error`` as the JSON object ``--json`` prints on stderr: code, reason, message (the
     server's own words), field_violations, and a hint when there is one."""
     document: dict[str, Any] = {
@@ -430,7 +439,7 @@ def error_document(error: JobpulseError, target: str = "") -> dict[str, Any]:
         "message": error.message,
         "field_violations": [{"field": f, "description": d} for f, d in error.field_violations],
     }
-    hint = error_hint(error, target)
+    hint = error_hint(error, target, tls=tls)
     if hint:
         document["hint"] = hint
     return document
@@ -993,7 +1002,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except JobpulseError as exc:
         target = getattr(args, "target", "") or ""
-        _report(args, exc, format_error(exc, target), error_document(exc, target))
+        tls = bool(getattr(args, "tls", False) or getattr(args, "tls_ca", ""))
+        _report(args, exc, format_error(exc, target, tls=tls), error_document(exc, target, tls=tls))
         return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
     except ValueError as exc:
         _report(args, exc, f"error: {exc}", _document(str(exc), ""))

@@ -521,3 +521,32 @@ def test_targets_grpc_understands_pass_the_check(target):
     args = cli.build_parser().parse_args(["--target", target, "list"])
     cli._settings(args)
     assert args.target == target
+
+
+@pytest.mark.parametrize(
+    ("flags", "details", "hint"),
+    [
+        # The messages gRPC gives for each TLS mismatch (measured against a real server).
+        (
+            [],
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
+            "the server at 127.0.0.1:1 may use TLS: add --tls (or --tls-ca PEM)",
+        ),
+        (
+            ["--tls"],
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake failed"
+            " (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:"
+            "WRONG_VERSION_NUMBER: Invalid certificate verification context: OK",
+            "the server at 127.0.0.1:1 does not seem to use TLS: drop --tls / --tls-ca (JOBPULSE_TLS_CA)",
+        ),
+    ],
+)
+def test_a_tls_mismatch_says_which_way(cli_client, capsys, flags, details, hint):
+    pending = cli_client.run(
+        cli.main, ["--target", "127.0.0.1:1", *flags, "create", "--kind", "k", "--items", "1"]
+    )
+    _, _, rpc = cli_client.take_unary("JobService.CreateJob")
+    rpc.terminate(None, (), grpc.StatusCode.UNAVAILABLE, details)
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.endswith(f"[UNAVAILABLE]; {hint}\n") and err.count("\n") == 1
