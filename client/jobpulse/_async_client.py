@@ -14,10 +14,15 @@ import grpc.aio
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._requests import ArtifactLike
-from jobpulse._watch import DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, WatchCursor
+from jobpulse._watch import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_RECONNECT_TIMEOUT,
+    WatchCursor,
+)
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
 from jobpulse.v1 import (
     admin_service_pb2,
@@ -48,7 +53,8 @@ class AsyncClient:
 
     Args:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
-        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call.
+        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
+            ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
         secure: Use TLS instead of a plaintext connection.
         root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
             (``None``: the system's roots).
@@ -71,7 +77,7 @@ class AsyncClient:
         self.timeout = timeout
         self._secure = secure
         self._root_certificates = root_certificates
-        self._metadata = call_metadata(api_key)
+        self._metadata = call_metadata(resolve_api_key(api_key))
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
         self._stubs: tuple[Any, Any, Any] | None = None
@@ -423,6 +429,7 @@ class AsyncClient:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """Async-iterates over a job's changes until it is terminal, resuming across broken streams.
 
@@ -442,6 +449,7 @@ class AsyncClient:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
         ):
             yield event
 
@@ -500,6 +508,7 @@ class AsyncClient:
         timeout: float | None,
         idle_timeout: float | None,
         reconnect_timeout: float,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> AsyncIterator[Any]:
         """Yields a server stream's messages, reconnecting with backoff after transport failures.
 
@@ -509,6 +518,7 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
         failing_since: float | None = None
+        connected = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -527,6 +537,7 @@ class AsyncClient:
                         break
                     finished = observe(event)
                     failing_since = None
+                    connected = True
                     backoff.reset()
                     yield event
                     if finished:
@@ -539,7 +550,10 @@ class AsyncClient:
                 call.cancel()
             now = time.monotonic()
             failing_since = now if failing_since is None else failing_since
-            if now - failing_since >= reconnect_timeout:
+            # Before the first message there is nothing to resume: give up after the (shorter) connect
+            # timeout, so a wrong target is reported instead of retried for minutes.
+            limit = reconnect_timeout if connected else min(connect_timeout, reconnect_timeout)
+            if now - failing_since >= limit:
                 raise error
             delay = backoff.next_delay(error.retry_delay)
             if deadline is not None:

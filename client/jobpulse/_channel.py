@@ -20,6 +20,16 @@ def resolve_target(target: str | None) -> str:
     return target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
 
 
+def resolve_api_key(api_key: str | None) -> str | None:
+    """Returns ``api_key``, else ``$JOBPULSE_API_KEY``, else ``None``; ``""`` means no key on purpose.
+
+    The CLI and the SDK read the same variables, so a key exported once serves both.
+    """
+    if api_key is not None:
+        return api_key or None
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     """Returns the metadata sent with every call: a bearer token when an API key is set."""
     if not api_key:

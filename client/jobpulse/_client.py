@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
 from jobpulse._convert import (
     ChunkStateLike,
     JobStateLike,
@@ -22,7 +22,13 @@ from jobpulse._convert import (
     job_view,
 )
 from jobpulse._requests import ArtifactLike
-from jobpulse._watch import DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, IdleWatchdog, WatchCursor
+from jobpulse._watch import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_RECONNECT_TIMEOUT,
+    IdleWatchdog,
+    WatchCursor,
+)
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
 from jobpulse.v1 import (
     admin_service_pb2,
@@ -52,7 +58,8 @@ class Client:
 
     Args:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
-        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call.
+        api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
+            ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
         secure: Use TLS instead of a plaintext connection.
         root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
             (``None``: the system's roots).
@@ -73,7 +80,7 @@ class Client:
     ) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
-        self._metadata = call_metadata(api_key)
+        self._metadata = call_metadata(resolve_api_key(api_key))
         self._owns_channel = channel is None
         if channel is None:
             if secure:
@@ -523,6 +530,7 @@ class Client:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Iterator[job_service_pb2.WatchJobResponse]:
         """Streams a job's changes until it reaches a terminal state.
 
@@ -540,6 +548,8 @@ class Client:
             timeout: Overall deadline of the whole watch in seconds (``None``: none).
             idle_timeout: Seconds without any message after which the stream is presumed dead.
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            connect_timeout: Give up after this many seconds when no stream has delivered a message yet
+                (nothing listening at the target, most likely).
 
         Raises:
             jobpulse.errors.JobpulseError: For failures a reconnect cannot fix (e.g. ``NotFound``),
@@ -559,6 +569,7 @@ class Client:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
         )
 
     def watch_jobs(
@@ -634,6 +645,7 @@ class Client:
         timeout: float | None,
         idle_timeout: float | None,
         reconnect_timeout: float,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Iterator[Any]:
         """Runs a server stream, resuming it from ``make_request()`` whenever it breaks.
 
@@ -642,6 +654,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
         failing_since: float | None = None
+        connected = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -655,6 +668,7 @@ class Client:
                         watchdog.kick()
                     finished = observe(event)
                     failing_since = None
+                    connected = True
                     backoff.reset()
                     yield event
                     if finished:
@@ -673,7 +687,10 @@ class Client:
                 call.cancel()
             now = time.monotonic()
             failing_since = now if failing_since is None else failing_since
-            if now - failing_since >= reconnect_timeout:
+            # Before the first message there is nothing to resume: give up after the (shorter) connect
+            # timeout, so a wrong target is reported instead of retried for minutes.
+            limit = reconnect_timeout if connected else min(connect_timeout, reconnect_timeout)
+            if now - failing_since >= limit:
                 raise error
             delay = backoff.next_delay(error.retry_delay)
             if deadline is not None:

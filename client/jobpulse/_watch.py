@@ -15,6 +15,11 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 #: A watch that has failed to reconnect for this long gives up and raises the last error.
 DEFAULT_RECONNECT_TIMEOUT = 120.0
 
+#: A watch whose first stream never delivered a message gives up after this long: nothing to resume, and
+#: most likely nothing listening at the target, which the caller should hear about soon (gRPC's own
+#: shortest connect timeout is 20 s).
+DEFAULT_CONNECT_TIMEOUT = 20.0
+
 
 class WatchCursor:
     """Remembers where a watch is, so a new stream resumes exactly after the last complete revision seen.

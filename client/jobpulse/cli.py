@@ -1,14 +1,32 @@
 """The ``jobpulse`` command line: run the server, create and inspect jobs, watch them, run sample workers.
 
-Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). Errors from
-the server are printed as ``error: <CODE> <reason>: <message>`` and exit with status 1.
+Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). An error
+is one line on stderr, said once, with what to do where there is something to do:
+``error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]`` (the status code, then the
+reason when it says more: ``[NOT_FOUND JOB_NOT_FOUND]``); with ``--json`` it is one JSON object on stderr
+instead. Never a traceback: ``--debug`` (or ``JOBPULSE_DEBUG=1``) adds it, for bug reports.
+
+Exit codes (``EXIT_CODES``), the same for every command:
+
+====  ==========================================================================================
+0     done (``watch``/``demo``: the job COMPLETED)
+1     error (the server refused or failed the call, a file could not be read, ...)
+2     usage: a bad flag, argument or ``JOBPULSE_*`` variable
+3     ``watch``/``demo``: the job FAILED
+4     ``watch``/``demo``: the job was CANCELLED
+5     the server could not be reached (nothing listening, connection refused or lost)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
+import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -16,10 +34,13 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
+
+import grpc
 
 from jobpulse import _render
 from jobpulse._channel import API_KEY_ENV, DEFAULT_TARGET, TARGET_ENV
@@ -30,7 +51,21 @@ from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
 from jobpulse.worker import Worker
 
-__all__ = ["build_parser", "exit_code_for", "format_error", "main"]
+__all__ = [
+    "EXIT_CANCELLED",
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "SettingError",
+    "build_parser",
+    "error_document",
+    "exit_code_for",
+    "format_error",
+    "main",
+]
 
 # ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
 ORDER_BY_CHOICES = (
@@ -43,11 +78,44 @@ ORDER_BY_CHOICES = (
 )
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 
-_EXIT_CODES = {
-    job_pb2.JOB_STATE_COMPLETED: 0,
-    job_pb2.JOB_STATE_FAILED: 1,
-    job_pb2.JOB_STATE_CANCELLED: 2,
+# One meaning per code, for every command: a script can tell a failed job from a server it could not reach
+# from a typo in its own command line.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's own code for a bad command line; bad variables join it
+EXIT_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+EXIT_CODES = {
+    EXIT_OK: "done (watch/demo: the job COMPLETED)",
+    EXIT_ERROR: "error: the server refused or failed the call, or a local failure",
+    EXIT_USAGE: "usage: a bad flag, argument or JOBPULSE_* variable",
+    EXIT_FAILED: "watch/demo: the job FAILED",
+    EXIT_CANCELLED: "watch/demo: the job was CANCELLED",
+    EXIT_UNREACHABLE: "the server could not be reached (--target / JOBPULSE_TARGET)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
+
+_EXIT_BY_STATE = {
+    job_pb2.JOB_STATE_COMPLETED: EXIT_OK,
+    job_pb2.JOB_STATE_FAILED: EXIT_FAILED,
+    job_pb2.JOB_STATE_CANCELLED: EXIT_CANCELLED,
+}
+
+TLS_CA_ENV = "JOBPULSE_TLS_CA"
+DEBUG_ENV = "JOBPULSE_DEBUG"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+class SettingError(Exception):
+    """A ``JOBPULSE_*`` variable (or the flag standing for it) holds a value the CLI cannot use: a usage
+    error (exit 2) printed as one line naming the variable."""
+
+    def __init__(self, name: str, value: str, problem: str) -> None:
+        super().__init__(f"{name}={value!r}: {problem}")
+        self.name = name
 
 
 # -- argument types ----------------------------------------------------------------------------------------
@@ -76,6 +144,12 @@ def _time(text: str) -> datetime:
         ) from None
 
 
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -86,15 +160,25 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+# argparse names a type function that raises ValueError in its message ("invalid _positive_int value"):
+# each type says what it expected in words instead.
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
@@ -109,23 +193,32 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
+    # The variables are read when a command runs (``_settings``), not here: a bad value is then a
+    # one-line usage error naming the variable instead of a traceback out of the parser's construction.
     parser.add_argument(
         "--target",
-        default=default(os.environ.get(TARGET_ENV) or DEFAULT_TARGET),
+        default=default(None),
         help=f"server address host:port (env {TARGET_ENV}, default {DEFAULT_TARGET})",
     )
-    parser.add_argument(
-        "--api-key", default=default(os.environ.get(API_KEY_ENV)), help=f"API key (env {API_KEY_ENV})"
-    )
+    parser.add_argument("--api-key", default=default(None), help=f"API key (env {API_KEY_ENV})")
     parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
     parser.add_argument(
         "--tls-ca",
-        default=default(os.environ.get("JOBPULSE_TLS_CA", "")),
+        default=default(None),
         metavar="PEM",
-        help="CA certificate that signed the server's (implies --tls; env JOBPULSE_TLS_CA)",
+        help=f"CA certificate that signed the server's (implies --tls; env {TLS_CA_ENV})",
     )
     parser.add_argument(
-        "--json", action="store_true", default=default(False), help="print machine-readable JSON"
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON (errors too: one JSON object on stderr)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help=f"print the traceback of an error, for bug reports (env {DEBUG_ENV}=1)",
     )
 
 
@@ -142,7 +235,12 @@ SERVER_MODULE = "jobpulse_server.cli"
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
     ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
-    parser = argparse.ArgumentParser(prog="jobpulse", description="jobpulse: job status over gRPC")
+    parser = argparse.ArgumentParser(
+        prog="jobpulse",
+        description="jobpulse: job status over gRPC",
+        epilog="exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -164,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("health", _cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)")
 
     p = command("create", _cmd_create, "create a job")
-    p.add_argument("--kind", required=True, help="type of work; workers claim by kind")
+    p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
     p.add_argument("--items", type=_positive_int, required=True, help="number of items")
     p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
     p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")
@@ -197,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         _cmd_watch,
         "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
-        "exit 0 completed, 1 failed, 2 cancelled",
+        f"exit {EXIT_OK} completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled, "
+        f"{EXIT_UNREACHABLE} server unreachable",
     )
     p.add_argument("job_id", metavar="ID")
 
@@ -230,7 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ORDER_BY_CHOICES,
         help="default create_time: oldest first",
     )
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default=None,
+        help="default csv, or json with --json (which would otherwise be a flag doing nothing here)",
+    )
     p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
 
     p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
@@ -284,25 +388,125 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def format_error(error: JobpulseError) -> str:
-    """Returns ``error: <CODE> <reason>: <message>`` plus one line per field violation."""
-    head = error.code.name + (f" {error.reason}" if error.reason else "")
-    lines = [f"error: {head}: {error.message}" if error.message else f"error: {head}"]
-    lines += [f"  {field}: {description}" for field, description in error.field_violations]
-    return "\n".join(lines)
+def sdk_version() -> str:
+    """The installed SDK's version, from the package metadata (``__version__`` when run from a tree)."""
+    try:
+        return importlib.metadata.version("jobpulse")
+    except importlib.metadata.PackageNotFoundError:
+        from jobpulse import __version__
+
+        return __version__
+
+
+def is_unreachable(error: JobpulseError) -> bool:
+    """Tells whether the call never got an answer from a jobpulse server: UNAVAILABLE without the
+    ErrorInfo the server attaches to every status it sends (a refused or lost connection)."""
+    return error.code == grpc.StatusCode.UNAVAILABLE and error.domain != "jobpulse"
+
+
+def error_hint(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
+    """What the user can do about ``error``, or ``""``; the flags and variables to look at."""
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"pass a valid key with --api-key or {API_KEY_ENV}"
+    # The words gRPC uses for the two TLS mismatches, as measured: a TLS server closes a plaintext
+    # connection ("Socket closed"); a plaintext server fails our handshake ("WRONG_VERSION_NUMBER").
+    details = error.message.lower()
+    if is_unreachable(error) and tls and "handshake failed" in details:
+        if "wrong_version_number" in details:
+            return f"the server at {target} does not seem to use TLS: drop --tls / --tls-ca ({TLS_CA_ENV})"
+        return f"the server's certificate was not accepted: check --tls-ca ({TLS_CA_ENV})"
+    if is_unreachable(error) and not tls and "socket closed" in details:
+        return f"the server at {target} may use TLS: add --tls (or --tls-ca PEM)"
+    if is_unreachable(error):
+        where = f" at {target}" if target else ""
+        return f"is the jobpulse server running{where}? (--target / {TARGET_ENV})"
+    return ""
+
+
+def format_error(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
+    """Returns the one line the CLI prints for ``error``: ``error: <what> [<CODE> <REASON>]`` and, where
+    there is something to do, ``; <what to do>``."""
+    hint = error_hint(error, target, tls=tls)
+    return f"error: {error}" + (f"; {hint}" if hint else "")
+
+
+def error_document(error: JobpulseError, target: str = "", *, tls: bool = False) -> dict[str, Any]:
+    """Returns ``error`` as the JSON object ``--json`` prints on stderr: code, reason, message (the
+    server's own words), field_violations, and a hint when there is one."""
+    document: dict[str, Any] = {
+        "code": error.code.name,
+        "reason": error.reason,
+        "message": error.message,
+        "field_violations": [{"field": f, "description": d} for f, d in error.field_violations],
+    }
+    hint = error_hint(error, target, tls=tls)
+    if hint:
+        document["hint"] = hint
+    return document
 
 
 def exit_code_for(state: int) -> int:
-    """Returns the exit status for a job's final state: 0 completed, 1 failed, 2 cancelled."""
-    return _EXIT_CODES.get(job_pb2.JobState.ValueType(state), 1)
+    """Returns the exit status for a job's final state: 0 completed, 3 failed, 4 cancelled (1 for a state
+    that is not final)."""
+    return _EXIT_BY_STATE.get(job_pb2.JobState.ValueType(state), EXIT_ERROR)
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "")
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise SettingError(name, value, "expected 1/true/yes/on or 0/false/no/off")
+
+
+# The target schemes gRPC resolves itself; any other "scheme://" (http, https, grpc) is a user's mistake.
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:")
+
+
+def _check_target(source: str, target: str) -> str:
+    """Refuses targets gRPC would misread (``http://...``; a port that is no port, or one past 65535
+    that would silently wrap to another) with one line naming where the value came from."""
+    if target.startswith(_GRPC_SCHEMES):
+        return target  # gRPC's own name syntax (unix:/path, dns:///host:port, ...): gRPC checks it
+    if "://" in target:
+        raise SettingError(source, target, "expected host:port, without a scheme such as http://")
+    host, sep, port = target.rpartition(":")
+    if sep and host and not host.endswith("]") and ":" in host:
+        return target  # a bare IPv6 address: gRPC takes it as is
+    if sep and host:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise SettingError(source, target, "the port must be a number from 1 to 65535")
+    return target
+
+
+def _settings(args: argparse.Namespace) -> None:
+    """Fills the connection options from the ``JOBPULSE_*`` variables where no flag was given (flags
+    win), checking each value; a bad one raises ``SettingError``."""
+    if args.target is None:
+        args.target = _check_target(TARGET_ENV, os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+    else:
+        args.target = _check_target("--target", args.target)
+    if args.api_key is None:
+        args.api_key = os.environ.get(API_KEY_ENV) or None
+    source = "--tls-ca"
+    if args.tls_ca is None:
+        args.tls_ca, source = os.environ.get(TLS_CA_ENV, ""), TLS_CA_ENV
+    args.tls_ca_source = source
 
 
 def _client(args: argparse.Namespace) -> Client:
     roots = None
     if args.tls_ca:
-        with open(args.tls_ca, "rb") as f:
-            roots = f.read()
-    return Client(args.target, api_key=args.api_key, secure=args.tls or bool(roots), root_certificates=roots)
+        try:
+            with open(args.tls_ca, "rb") as f:
+                roots = f.read()
+        except OSError as exc:
+            raise SettingError(args.tls_ca_source, args.tls_ca, exc.strerror or str(exc)) from None
+    # api_key "" rather than None: the CLI has already read JOBPULSE_API_KEY (_settings).
+    return Client(
+        args.target, api_key=args.api_key or "", secure=args.tls or bool(roots), root_certificates=roots
+    )
 
 
 def _print_json(value: Any) -> None:
@@ -540,7 +744,7 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
     done = 0
     with _client(args) as client:
         total = client.list_jobs_page(page_size=1, **_filters(args)).total_size if show_progress else 0
-        writer = _ExportWriter(out, args.format)
+        writer = _ExportWriter(out, args.format or ("json" if args.json else "csv"))
         # One ExportJobs stream; the SDK holds one batch at a time, and each job is written as it
         # comes, so memory stays flat whatever the number of jobs.
         for job in client.export_jobs(order_by=args.order_by, **_filters(args)):
@@ -680,7 +884,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         full = _all_chunks(client, client.get_job(job.id, view="full"))
     for failure in failures:
         if isinstance(failure, JobpulseError):
-            print(format_error(failure), file=sys.stderr)
+            print(format_error(failure, args.target), file=sys.stderr)
     if args.json:
         _print_json(full)
     else:
@@ -710,13 +914,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments, without the program name; ``None`` means ``sys.argv[1:]``.
 
     Returns:
-        0 on success; 1 on an error (printed to stderr, never as a traceback); for ``watch`` and ``demo``,
-        0/1/2 for a completed/failed/cancelled job; 130 after Ctrl-C.
+        One of ``EXIT_CODES``: 0 done, 1 error, 2 usage, 3/4 a watched job FAILED/CANCELLED, 5 server
+        unreachable, 130 after Ctrl-C. Errors are one line on stderr, never a traceback (unless
+        ``--debug`` or ``JOBPULSE_DEBUG``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _first_command(argv) in SERVER_COMMANDS:
-        return _server_command(argv)
-    return run(build_parser().parse_args(argv))
+    as_json = "--json" in argv
+    try:
+        debug = "--debug" in argv or _env_flag(DEBUG_ENV)
+    except SettingError as exc:
+        _print_error(as_json, f"error: {exc}", _document(str(exc), "BAD_SETTING"))
+        return EXIT_USAGE
+    try:
+        if _first_command(argv) in SERVER_COMMANDS:
+            return _server_command(argv)
+        args = _parse(argv, as_json)
+        args.debug = debug
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Whatever escaped the commands' own handling is a bug of ours: one line saying what, and how to
+        # get the traceback for a report. SystemExit (argparse, --help, --version) is no Exception.
+        if debug:
+            traceback.print_exc()
+        what = f"unexpected {type(exc).__name__}: {exc}"
+        hint = "" if debug else " (run with --debug for the traceback)"
+        document = _document(what, "UNEXPECTED")
+        if hint:
+            document["hint"] = "run with --debug for the traceback"
+        _print_error(as_json, f"error: {what}{hint}", document)
+        return EXIT_ERROR
+
+
+def _parse(argv: Sequence[str], as_json: bool) -> argparse.Namespace:
+    """Parses ``argv``; argparse prints a usage error as text and exits 2, and under ``--json`` that text
+    becomes the same JSON object as every other error, so a script reads one format."""
+    if not as_json:
+        return build_parser().parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        text = captured.getvalue()
+        if exit_.code != EXIT_USAGE or not text.strip():
+            sys.stderr.write(text)
+            raise
+        message = text.strip().splitlines()[-1].partition(": error: ")[2] or text.strip()
+        _print_error(True, "", _document(message, "USAGE"))
+        raise
+
+
+def _document(message: str, reason: str) -> dict[str, Any]:
+    """The JSON error object of an error that is no gRPC status (``code`` null)."""
+    return {"code": None, "reason": reason, "message": message, "field_violations": []}
+
+
+def _print_error(as_json: bool, line: str, document: dict[str, Any]) -> None:
+    if as_json:
+        print(json.dumps(document, separators=(",", ":")), file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def _first_command(argv: Sequence[str]) -> str | None:
@@ -734,21 +994,33 @@ def run(args: argparse.Namespace) -> int:
     """Runs a parsed command (see ``main``) and returns its exit status."""
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if "target" in args:  # a client command (the server's commands read their own settings)
+            _settings(args)
         return func(args)
+    except SettingError as exc:
+        _report(args, None, f"error: {exc}", _document(str(exc), "BAD_SETTING"))
+        return EXIT_USAGE
     except JobpulseError as exc:
-        print(format_error(exc), file=sys.stderr)
-        return 1
+        target = getattr(args, "target", "") or ""
+        tls = bool(getattr(args, "tls", False) or getattr(args, "tls_ca", ""))
+        _report(args, exc, format_error(exc, target, tls=tls), error_document(exc, target, tls=tls))
+        return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        _report(args, exc, f"error: {exc}", _document(str(exc), ""))
+        return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. `jobpulse export | head`): not an error worth a message.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+
+
+def _report(args: argparse.Namespace, exc: BaseException | None, line: str, document: dict[str, Any]) -> None:
+    """Prints an error the command anticipated: one line, or with ``--json`` one JSON object (on stderr
+    both, so stdout keeps only results); with ``--debug`` the traceback first."""
+    if getattr(args, "debug", False) and exc is not None:
+        traceback.print_exception(exc)
+    _print_error(bool(getattr(args, "json", False)), line, document)
 
 
 if __name__ == "__main__":

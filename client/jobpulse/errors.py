@@ -92,14 +92,33 @@ class JobpulseError(Exception):
         self.field_violations: list[tuple[str, str]] = list(field_violations)
         self.retry_delay = retry_delay
 
+    @property
+    def tag(self) -> str:
+        """The status code, then the reason when it says more than the code: ``"NOT_FOUND JOB_NOT_FOUND"``,
+        ``"INVALID_ARGUMENT"``."""
+        if self.reason and self.reason != self.code.name:
+            return f"{self.code.name} {self.reason}"
+        return self.code.name
+
+    @property
+    def text(self) -> str:
+        """What went wrong, said once: the message, with the field violations folded in.
+
+        The server's ``INVALID_ARGUMENT`` message restates its violations (``"invalid request: priority:
+        must be ..."``), so when every violation is already in the message, the violations alone are the
+        text (``"priority must be between 0 and 10 (got 99)"``); a message that says more keeps its words.
+        """
+        if not self.field_violations:
+            return self.message
+        folded = "; ".join(f"{field} {description}" for field, description in self.field_violations)
+        if all(f"{field}: {description}" in self.message for field, description in self.field_violations):
+            return folded
+        return f"{self.message}: {folded}" if self.message else folded
+
     def __str__(self) -> str:
-        head = self.code.name
-        if self.reason:
-            head = f"{head} {self.reason}"
-        text = f"{head}: {self.message}" if self.message else head
-        if self.field_violations:
-            text += " (" + "; ".join(f"{f}: {d}" for f, d in self.field_violations) + ")"
-        return text
+        # One line, each thing said once: "priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]".
+        text = self.text
+        return f"{text} [{self.tag}]" if text else f"[{self.tag}]"
 
     def __repr__(self) -> str:
         return (

@@ -66,6 +66,8 @@ class FakeJobService(job_service_pb2_grpc.JobServiceServicer):
         )
 
     async def WatchJob(self, request, context) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        if request.job_id == "down":  # as if nothing listened: not counted among the watches
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
         self.watch_requests.append(request)
         if request.job_id == "gone":
             await context.abort_with_status(
@@ -132,3 +134,14 @@ async def test_watch_raises_not_found_and_wait_returns_final_job(served):
     service.watch_requests.append(job_service_pb2.WatchJobRequest())  # the next watch does not break
     final = await client.wait("j2", timeout=5)
     assert (final.id, final.state) == ("j2", job_pb2.JOB_STATE_COMPLETED)
+
+
+async def test_a_watch_that_never_connected_gives_up_after_the_connect_timeout(served):
+    service, client = served
+    with pytest.raises(errors.Unavailable):
+        async for _ in client.watch_job("down", connect_timeout=0):
+            pass
+    # A stream that was up resumes whatever the connect timeout.
+    revisions = [event.revision async for event in client.watch_job("j1", connect_timeout=0)]
+    assert revisions == [1, 2, 5]
+    assert [r.after_revision for r in service.watch_requests] == [0, 2]

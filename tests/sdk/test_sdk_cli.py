@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -68,6 +70,7 @@ def test_global_options_before_the_command_and_environment_defaults(monkeypatch)
     args = cli.build_parser().parse_args(
         ["--json", "list", "--state", "completed", "--state", "JOB_STATE_FAILED"]
     )
+    cli._settings(args)  # the variables are read when the command runs, not by the parser
     assert (args.target, args.api_key, args.json) == ("from-env:1234", "k", True)
     assert args.state == [job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED]
 
@@ -81,6 +84,7 @@ def test_global_options_before_the_command_and_environment_defaults(monkeypatch)
         ["create", "--kind", "k", "--items", "1", "--metadata", "[1, 2]"],
         ["stats", "--created-after", "yesterday"],
         ["worker", "--fail-rate", "1.5"],
+        ["create", "--kind", "", "--items", "1"],
     ],
 )
 def test_bad_arguments_are_usage_errors(argv, capsys):
@@ -90,23 +94,37 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_error_text_names_code_reason_message_and_field_violations():
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["create", "--kind", "k", "--items", "abc"], "argument --items: expected a whole number, got 'abc'"),
+        (["worker", "--fail-rate", "x"], "argument --fail-rate: expected a number between 0 and 1, got 'x'"),
+        (["create", "--kind", " ", "--items", "1"], "argument --kind: must not be empty"),
+    ],
+)
+def test_a_bad_value_is_said_in_words_not_by_a_function_name(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(said) and "_positive_int" not in err
+
+
+def test_error_text_says_each_thing_once_on_one_line():
     error = errors.InvalidArgument(
-        "1 field is invalid",
+        "invalid request: total_items: must be at least 1",
         reason="INVALID_ARGUMENT",
         field_violations=[("total_items", "must be at least 1")],
     )
-    assert cli.format_error(error) == (
-        "error: INVALID_ARGUMENT INVALID_ARGUMENT: 1 field is invalid\n  total_items: must be at least 1"
-    )
+    assert cli.format_error(error) == "error: total_items must be at least 1 [INVALID_ARGUMENT]"
 
 
-@pytest.mark.parametrize(
-    ("state", "code"),
-    [(job_pb2.JOB_STATE_COMPLETED, 0), (job_pb2.JOB_STATE_FAILED, 1), (job_pb2.JOB_STATE_CANCELLED, 2)],
-)
-def test_watch_exit_codes(state, code):
-    assert cli.exit_code_for(state) == code
+def test_exit_codes_are_distinct_and_documented():
+    assert (cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_USAGE) == (0, 1, 2)
+    assert (cli.EXIT_FAILED, cli.EXIT_CANCELLED, cli.EXIT_UNREACHABLE) == (3, 4, 5)
+    assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES)
+    assert "5 the server could not be reached" in " ".join(cli.build_parser().format_help().split())
+    for code in cli.EXIT_CODES:
+        assert f"\n{code} " in (cli.__doc__ or "")
 
 
 def test_progress_line_shows_bar_percent_counts_eta_and_stage():
@@ -165,7 +183,7 @@ def test_get_prints_error_and_exits_1_without_traceback(cli_client, capsys):
     )
     assert pending.result(RESULT_TIMEOUT) == 1
     captured = capsys.readouterr()
-    assert captured.err == "error: NOT_FOUND JOB_NOT_FOUND: job nope not found\n"
+    assert captured.err == "error: job nope not found [NOT_FOUND JOB_NOT_FOUND]\n"
     assert "Traceback" not in captured.err + captured.out
 
 
@@ -283,5 +301,252 @@ def test_retry_chunk_refused_prints_the_reason_without_traceback(cli_client, cap
     )
     assert pending.result(RESULT_TIMEOUT) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: FAILED_PRECONDITION CHUNK_NOT_RETRYABLE: chunk j1-0 is COMPLETED")
+    assert err == (
+        "error: chunk j1-0 is COMPLETED; only a FAILED chunk can be retried"
+        " [FAILED_PRECONDITION CHUNK_NOT_RETRYABLE]\n"
+    )
     assert "Traceback" not in err
+
+
+# -- errors said once, exit codes, variables, --version, no traceback (issue 16) ----------------------------
+
+PRIORITY_MESSAGE = "invalid request: priority: must be between 0 and 10 (got 99)"
+
+
+def _refuse_priority(fake):
+    return fake.fail(
+        "JobService.CreateJob",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        PRIORITY_MESSAGE,
+        reason="INVALID_ARGUMENT",
+        violations=(("priority", "must be between 0 and 10 (got 99)"),),
+    )
+
+
+def test_a_rejected_field_is_one_line_naming_it_once(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1", "--priority", "99"])
+    _refuse_priority(cli_client)
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.err == "error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]\n"
+    assert captured.out == ""
+
+
+def test_with_json_an_error_is_one_json_object_on_stderr(cli_client, capsys):
+    argv = ["--json", "create", "--kind", "k", "--items", "1", "--priority", "99"]
+    pending = cli_client.run(cli.main, argv)
+    _refuse_priority(cli_client)
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert json.loads(captured.err) == {
+        "code": "INVALID_ARGUMENT",
+        "reason": "INVALID_ARGUMENT",
+        "message": PRIORITY_MESSAGE,
+        "field_violations": [{"field": "priority", "description": "must be between 0 and 10 (got 99)"}],
+    }
+
+
+def test_unauthenticated_points_at_the_api_key_flag_and_variable(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["get", "j1"])
+    cli_client.fail(
+        "JobService.GetJob",
+        grpc.StatusCode.UNAUTHENTICATED,
+        "this server needs an API key: send 'authorization: Bearer <key>'",
+        reason="UNAUTHENTICATED",
+    )
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.count("UNAUTHENTICATED") == 1
+    assert err.rstrip().endswith("[UNAUTHENTICATED]; pass a valid key with --api-key or JOBPULSE_API_KEY")
+
+
+def _watch_to(fake, state):
+    pending = fake.run(cli.main, ["watch", "j1"])
+    _, _, stream = fake.take_stream("JobService.WatchJob")
+    stream.send_response(
+        job_service_pb2.WatchJobResponse(
+            type=job_service_pb2.WATCH_EVENT_TYPE_SNAPSHOT, revision=3, job=_job(state=state)
+        )
+    )
+    stream.terminate((), grpc.StatusCode.OK, "")
+    return pending.result(RESULT_TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        (job_pb2.JOB_STATE_COMPLETED, cli.EXIT_OK),
+        (job_pb2.JOB_STATE_FAILED, cli.EXIT_FAILED),
+        (job_pb2.JOB_STATE_CANCELLED, cli.EXIT_CANCELLED),
+    ],
+)
+def test_watch_exits_with_the_code_of_the_final_state(cli_client, capsys, state, code):
+    assert _watch_to(cli_client, state) == code
+    name = job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+    assert capsys.readouterr().out.splitlines()[-1] == f"job j1 {name}"
+
+
+def test_watch_of_an_unreachable_server_exits_5_with_a_hint(cli_client, client, monkeypatch, capsys):
+    # A connect timeout of 0 instead of the default's 20 s: the test sees the CLI's side only.
+    watch = client.watch_job
+    monkeypatch.setattr(client, "watch_job", lambda job_id: watch(job_id, connect_timeout=0))
+    pending = cli_client.run(cli.main, ["--target", "127.0.0.1:50999", "watch", "j1"])
+    _, _, stream = cli_client.take_stream("JobService.WatchJob")
+    stream.terminate((), grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_UNREACHABLE
+    assert capsys.readouterr().err == (
+        "error: failed to connect to all addresses [UNAVAILABLE]; "
+        "is the jobpulse server running at 127.0.0.1:50999? (--target / JOBPULSE_TARGET)\n"
+    )
+
+
+def test_unavailable_sent_by_the_server_itself_is_an_error_not_unreachable(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1"])
+    cli_client.fail(
+        "JobService.CreateJob",
+        grpc.StatusCode.UNAVAILABLE,
+        "the database is unreachable",
+        reason="DATABASE_UNAVAILABLE",
+    )
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
+    assert (
+        capsys.readouterr().err == "error: the database is unreachable [UNAVAILABLE DATABASE_UNAVAILABLE]\n"
+    )
+
+
+def test_a_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["watch"])
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "error: the following arguments are required: ID" in capsys.readouterr().err
+
+
+def test_a_variable_the_client_commands_do_not_read_does_not_break_them(cli_client, monkeypatch, capsys):
+    monkeypatch.setenv("JOBPULSE_PORT", "abc")  # the server's variable; `list` has no use for it
+    pending = cli_client.run(cli.main, ["list"])
+    cli_client.answer("JobService.ListJobs", job_service_pb2.ListJobsResponse())
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert capsys.readouterr().out == "no jobs\n"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("JOBPULSE_TARGET", "127.0.0.1:99999", "the port must be a number from 1 to 65535"),
+        ("JOBPULSE_TARGET", "http://127.0.0.1:50051", "expected host:port, without a scheme"),
+        ("JOBPULSE_TLS_CA", "/nonexistent/ca.pem", "No such file or directory"),
+        ("JOBPULSE_DEBUG", "maybe", "expected 1/true/yes/on or 0/false/no/off"),
+    ],
+)
+def test_a_bad_variable_is_one_line_naming_it_and_exits_2(monkeypatch, capsys, variable, value, problem):
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["list"]) == cli.EXIT_USAGE  # refused before any connection is made
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {variable}={value!r}: ") and problem in err
+    assert err.count("\n") == 1
+
+
+def test_a_bad_flag_value_names_the_flag(capsys):
+    assert cli.main(["--target", "jobs:0", "list"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith("error: --target='jobs:0': the port must be")
+
+
+def test_version_prints_the_installed_sdk_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"jobpulse {importlib.metadata.version('jobpulse')}\n"
+
+
+def _boom(args):
+    raise RuntimeError("boom")
+
+
+def test_an_unexpected_exception_is_one_line_pointing_at_debug(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    assert cli.main(["get", "j1"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err == "error: unexpected RuntimeError: boom (run with --debug for the traceback)\n"
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_debug_shows_the_traceback(monkeypatch, capsys, how):
+    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    argv = ["get", "j1"]
+    if how == "flag":
+        argv.insert(0, "--debug")
+    else:
+        monkeypatch.setenv("JOBPULSE_DEBUG", "1")
+    assert cli.main(argv) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise RuntimeError("boom")' in err
+    assert err.rstrip().endswith("error: unexpected RuntimeError: boom")
+
+
+def test_the_readme_exit_code_table_lists_exactly_the_cli_codes():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Exit codes, the same for every command:", 1)[1].split("\n\n", 2)[1]
+    codes = {int(row.split("|")[1]) for row in table.splitlines() if row.split("|")[1].strip().isdigit()}
+    assert codes == set(cli.EXIT_CODES)
+
+
+def test_with_json_usage_errors_bad_variables_and_bugs_are_json_too(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--json", "create", "--kind", "k", "--items", "abc"])
+    assert caught.value.code == cli.EXIT_USAGE
+    usage = json.loads(capsys.readouterr().err)
+    assert (usage["code"], usage["reason"]) == (None, "USAGE")
+    assert usage["message"].startswith("argument --items:")
+
+    monkeypatch.setenv("JOBPULSE_TARGET", "http://x:1")
+    assert cli.main(["list", "--json"]) == cli.EXIT_USAGE
+    bad = json.loads(capsys.readouterr().err)
+    assert bad["reason"] == "BAD_SETTING"
+    assert bad["message"].startswith("JOBPULSE_TARGET='http://x:1': ")
+
+    monkeypatch.delenv("JOBPULSE_TARGET")
+    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    assert cli.main(["get", "j1", "--json"]) == cli.EXIT_ERROR
+    bug = json.loads(capsys.readouterr().err)
+    assert (bug["reason"], bug["message"]) == ("UNEXPECTED", "unexpected RuntimeError: boom")
+    assert bug["hint"] == "run with --debug for the traceback"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:50051", "jobs.internal:443", "[::1]:50051", "unix:/tmp/jobpulse.sock", "dns:///jobs:50051"],
+)
+def test_targets_grpc_understands_pass_the_check(target):
+    args = cli.build_parser().parse_args(["--target", target, "list"])
+    cli._settings(args)
+    assert args.target == target
+
+
+@pytest.mark.parametrize(
+    ("flags", "details", "hint"),
+    [
+        # The messages gRPC gives for each TLS mismatch (measured against a real server).
+        (
+            [],
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed",
+            "the server at 127.0.0.1:1 may use TLS: add --tls (or --tls-ca PEM)",
+        ),
+        (
+            ["--tls"],
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake failed"
+            " (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:"
+            "WRONG_VERSION_NUMBER: Invalid certificate verification context: OK",
+            "the server at 127.0.0.1:1 does not seem to use TLS: drop --tls / --tls-ca (JOBPULSE_TLS_CA)",
+        ),
+    ],
+)
+def test_a_tls_mismatch_says_which_way(cli_client, capsys, flags, details, hint):
+    pending = cli_client.run(
+        cli.main, ["--target", "127.0.0.1:1", *flags, "create", "--kind", "k", "--items", "1"]
+    )
+    _, _, rpc = cli_client.take_unary("JobService.CreateJob")
+    rpc.terminate(None, (), grpc.StatusCode.UNAVAILABLE, details)
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.endswith(f"[UNAVAILABLE]; {hint}\n") and err.count("\n") == 1

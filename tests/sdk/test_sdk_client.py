@@ -39,7 +39,41 @@ def test_rich_error_becomes_typed_exception_with_reason_and_field_violations(fak
     assert error.metadata == {"field": "kind"}
     assert error.message == "2 fields are invalid"
     assert error.field_violations == [("kind", "must not be empty"), ("total_items", "must be at least 1")]
-    assert "kind: must not be empty" in str(error)
+    # Said once: the message, the violations folded in, the code in brackets (reason = code, not repeated).
+    assert str(error) == (
+        "2 fields are invalid: kind must not be empty; total_items must be at least 1 [INVALID_ARGUMENT]"
+    )
+
+
+def test_error_text_drops_a_message_that_only_restates_the_violations_and_shows_a_distinct_reason():
+    restating = errors.InvalidArgument(
+        "invalid request: priority: must be between 0 and 10 (got 99)",
+        reason="INVALID_ARGUMENT",
+        field_violations=[("priority", "must be between 0 and 10 (got 99)")],
+    )
+    assert str(restating) == "priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]"
+    missing = errors.NotFound("job nope not found", reason="JOB_NOT_FOUND")
+    assert str(missing) == "job nope not found [NOT_FOUND JOB_NOT_FOUND]"
+    assert str(errors.Unavailable()) == "[UNAVAILABLE]"
+
+
+def test_the_api_key_comes_from_jobpulse_api_key_when_none_is_passed(fake, monkeypatch):
+    monkeypatch.setenv("JOBPULSE_API_KEY", "from-env")
+    with (
+        jobpulse.Client(channel=fake.channel, timeout=5.0) as from_env,
+        jobpulse.Client(channel=fake.channel, api_key="", timeout=5.0) as without,
+    ):
+        pending = fake.run(from_env.get_job, "j1")
+        metadata, _, rpc = fake.take_unary("JobService.GetJob")
+        rpc.terminate(job_service_pb2.GetJobResponse(job=job_pb2.Job(id="j1")), (), grpc.StatusCode.OK, "")
+        pending.result(RESULT_TIMEOUT)
+        assert ("authorization", "Bearer from-env") in metadata
+
+        pending = fake.run(without.get_job, "j1")
+        metadata, _, rpc = fake.take_unary("JobService.GetJob")
+        rpc.terminate(job_service_pb2.GetJobResponse(job=job_pb2.Job(id="j1")), (), grpc.StatusCode.OK, "")
+        pending.result(RESULT_TIMEOUT)
+        assert not [key for key, _ in metadata or () if key == "authorization"]
 
 
 @pytest.mark.parametrize(
@@ -232,6 +266,28 @@ class _Collector:
 
     def finished(self):
         return self._items.get(timeout=RESULT_TIMEOUT) is self._DONE
+
+
+def test_a_watch_that_never_connected_gives_up_after_the_connect_timeout(fake, client):
+    events = _Collector(fake, lambda: client.watch_job("j1", connect_timeout=0))
+    _, _, stream = fake.take_stream("JobService.WatchJob")
+    stream.terminate((), grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+    assert events.finished()
+    with pytest.raises(errors.Unavailable):
+        events.result.result(RESULT_TIMEOUT)
+
+
+def test_a_watch_that_was_up_resumes_whatever_the_connect_timeout(fake, client):
+    events = _Collector(fake, lambda: client.watch_job("j1", connect_timeout=0))
+    _, _, stream = fake.take_stream("JobService.WatchJob")
+    stream.send_response(_event(3, job_pb2.JOB_STATE_PROCESSING))
+    assert events.next().revision == 3
+    stream.terminate((), grpc.StatusCode.UNAVAILABLE, "connection lost")
+    _, resumed, stream = fake.take_stream("JobService.WatchJob")
+    stream.send_response(_event(4, job_pb2.JOB_STATE_COMPLETED))
+    stream.terminate((), grpc.StatusCode.OK, "")
+    assert events.next().job.state == job_pb2.JOB_STATE_COMPLETED
+    assert events.finished() and resumed.after_revision == 3
 
 
 def test_watch_resumes_after_unavailable_from_last_revision_and_stops_at_terminal_state(fake, client):

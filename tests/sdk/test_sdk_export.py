@@ -351,7 +351,7 @@ def test_export_rejected_by_the_server_exits_1_with_the_field(cli_client, capsys
     stream.terminate(trailer, grpc.StatusCode.INVALID_ARGUMENT, message)
     assert pending.result(RESULT_TIMEOUT) == 1
     err = capsys.readouterr().err
-    assert "INVALID_ARGUMENT" in err and "kind: too long" in err
+    assert err == "error: kind too long [INVALID_ARGUMENT]\n"
 
 
 def test_export_and_list_take_the_same_filters():
@@ -380,3 +380,10 @@ def test_export_shows_progress_on_a_terminal(cli_client, capsys, monkeypatch):
     assert "100.0% | 3/3 jobs exported" in captured.err
     assert len(captured.out.splitlines()) == 3
     assert counted.kind == request.kind == "k"  # the total counts the same jobs
+
+
+def test_export_with_json_writes_json_and_an_explicit_format_wins(cli_client, capsys):
+    _export(cli_client, ["--json"], _batch("a", "b"))
+    assert [job["id"] for job in json.loads(capsys.readouterr().out)] == ["a", "b"]
+    _export(cli_client, ["--json", "--format", "jsonl"], _batch("a", "b"))
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["a", "b"]
