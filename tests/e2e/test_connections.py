@@ -65,3 +65,18 @@ def test_the_sdk_watch_goes_on_across_connection_ageing(make_server: Any) -> Non
     revisions = [j.revision for j in seen]
     assert revisions == sorted(revisions), "a resumed watch never goes back"
     client.close()
+
+
+def test_the_sdk_pings_within_what_the_server_allows() -> None:
+    """A client pinging more often than the server allows is sent away (GOAWAY too_many_pings) and its
+    streams end: the SDK's interval must stay above the server's floor of 10 s."""
+    from jobpulse._channel import CHANNEL_OPTIONS
+    from jobpulse_server.app import keepalive_options
+    from jobpulse_server.config import Config
+
+    sdk = dict(CHANNEL_OPTIONS)
+    server = dict(keepalive_options(Config()))
+    assert int(sdk["grpc.keepalive_time_ms"]) >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert int(sdk["grpc.keepalive_time_ms"]) <= 60_000, (
+        "pings rarer than a minute miss common proxy idle cuts"
+    )
