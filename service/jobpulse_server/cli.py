@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from jobpulse_server.app import run as run_server
-from jobpulse_server.config import Config
+from jobpulse_server.config import LOG_LEVELS, Config
 from jobpulse_server.keys_cli import run_keys_command
 from jobpulse_server.store.engine import Database, current_schema_version, head_schema_version
 
@@ -50,17 +50,23 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the jobpulse server until SIGTERM or Ctrl-C")
     p.set_defaults(func=_cmd_serve)
-    p.add_argument("--host", default=os.environ.get("JOBPULSE_HOST", "127.0.0.1"), help="env JOBPULSE_HOST")
+    # Flags left unset fall back to their JOBPULSE_* variable, read and checked in one place
+    # (Config.from_env: a bad value is one line naming the variable, exit 2), then to the default.
+    p.add_argument("--host", default=None, help="env JOBPULSE_HOST (default 127.0.0.1)")
     p.add_argument(
-        "--port", type=int, default=int(os.environ.get("JOBPULSE_PORT", "50051")), help="env JOBPULSE_PORT"
+        "--port", type=int, default=None, help="env JOBPULSE_PORT (default 50051; 0: any free port)"
     )
-    _database_url(p)
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help=f"env JOBPULSE_DATABASE_URL (default {DEFAULT_DATABASE_URL})",
+    )
     p.add_argument(
         "--log-level",
-        default=os.environ.get("JOBPULSE_LOG_LEVEL", "INFO"),
+        default=None,
         type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="env JOBPULSE_LOG_LEVEL",
+        choices=LOG_LEVELS,
+        help="env JOBPULSE_LOG_LEVEL (default INFO)",
     )
     p.add_argument(
         "--insecure",
@@ -110,19 +116,25 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
     return parser
 
 
+def serve_config(args: argparse.Namespace) -> Config:
+    """The server's config: ``serve``'s flags, else their JOBPULSE_* variables, else the defaults
+    (ValueError, naming the variable or flag, for a bad value)."""
+    return Config.from_env(
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        log_level=args.log_level,
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+    )
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        config = Config.from_env(
-            host=args.host,
-            port=args.port,
-            database_url=args.database_url,
-            log_level=args.log_level,
-            insecure=args.insecure,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            metrics_port=args.metrics_port,
-            log_format=args.log_format,
-        )
+        config = serve_config(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 @dataclass
 class Config:
@@ -108,6 +110,17 @@ class Config:
     retention_batch: int = 100
     retention_max_per_sweep: int = 20_000
 
+    def __post_init__(self) -> None:
+        # Values that parse but mean nothing (JOBPULSE_LOG_LEVEL=verbose) are refused here, naming the
+        # variable, instead of being taken silently.
+        self.log_level = self.log_level.upper()
+        _one_of("log_level", self.log_level, LOG_LEVELS)
+        _one_of("log_format", self.log_format, ("text", "json"))
+        if not 0 <= self.port <= 65535:
+            raise ValueError(
+                f"JOBPULSE_PORT / --port: {self.port} is not a port (0 to 65535; 0: any free port)"
+            )
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
         """Builds a config from ``JOBPULSE_*`` variables, then applies non-None overrides."""
@@ -140,3 +153,9 @@ def _boolean(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"JOBPULSE_{name.upper()} / {flag}: {value!r} is not one of {', '.join(allowed)}")

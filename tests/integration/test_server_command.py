@@ -80,13 +80,40 @@ def test_serve_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("JOBPULSE_HOST", "0.0.0.0")
     monkeypatch.setenv("JOBPULSE_PORT", "6000")
     monkeypatch.setenv("JOBPULSE_DATABASE_URL", "sqlite:///x.db")
-    args = server_cli.build_parser().parse_args(["serve", "--log-level", "debug"])
-    assert (args.host, args.port, args.database_url, args.log_level) == (
+    config = server_cli.serve_config(server_cli.build_parser().parse_args(["serve", "--log-level", "debug"]))
+    assert (config.host, config.port, config.database_url, config.log_level) == (
         "0.0.0.0",
         6000,
         "sqlite:///x.db",
         "DEBUG",
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("JOBPULSE_PORT", "abc", "JOBPULSE_PORT='abc' is not a valid int"),
+        ("JOBPULSE_PORT", "99999", "JOBPULSE_PORT / --port: 99999 is not a port"),
+        ("JOBPULSE_LOG_LEVEL", "verbose", "JOBPULSE_LOG_LEVEL / --log-level: 'VERBOSE' is not one of"),
+        ("JOBPULSE_LOG_FORMAT", "xml", "JOBPULSE_LOG_FORMAT / --log-format: 'xml' is not one of"),
+        ("JOBPULSE_SWEEP_INTERVAL", "often", "JOBPULSE_SWEEP_INTERVAL='often' is not a valid float"),
+    ],
+)
+def test_a_bad_variable_stops_serve_with_one_line_naming_it(
+    variable: str, value: str, says: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    env[variable] = value
+    done = subprocess.run(
+        [COMMAND, "serve", "--database-url", f"sqlite:///{tmp_path / 'v.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip().removeprefix('error: ')}"]
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_jobpulse_serve_help_is_the_servers_and_lists_no_client_flags(
