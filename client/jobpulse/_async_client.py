@@ -14,9 +14,10 @@ import grpc.aio
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._requests import ArtifactLike
+from jobpulse._settings import resolve_connection
 from jobpulse._watch import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -55,9 +56,14 @@ class AsyncClient:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
         api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
             ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
-        secure: Use TLS instead of a plaintext connection.
-        root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
-            (``None``: the system's roots).
+        secure: Use TLS (``True``) or a plaintext connection (``False``). ``None`` means
+            ``$JOBPULSE_TLS``, or TLS when a CA is given (``root_certificates`` or ``$JOBPULSE_TLS_CA``).
+        root_certificates: PEM bytes of the CA that signed the server's certificate (implies TLS).
+            ``None`` means the file named by ``$JOBPULSE_TLS_CA``, else the system's roots.
+
+    Raises:
+        jobpulse.errors.SettingError: A bad target (``http://...``, a port past 65535) or a bad
+            ``JOBPULSE_*`` value, naming the argument or variable (a ``ValueError``).
         timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
         channel: A ready ``grpc.aio.Channel`` to use instead of opening one; the client does not close a
             channel it was given.
@@ -68,16 +74,22 @@ class AsyncClient:
         target: str | None = None,
         *,
         api_key: str | None = None,
-        secure: bool = False,
+        secure: bool | None = None,
         root_certificates: bytes | None = None,
         timeout: float | None = 30.0,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = resolve_connection(
+            target,
+            api_key=api_key,
+            secure=False if channel is not None else secure,
+            root_certificates=root_certificates,
+        )
+        self.target = connection.target
         self.timeout = timeout
-        self._secure = secure
-        self._root_certificates = root_certificates
-        self._metadata = call_metadata(resolve_api_key(api_key))
+        self._secure = connection.secure
+        self._root_certificates = connection.root_certificates
+        self._metadata = call_metadata(connection.api_key)
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
         self._stubs: tuple[Any, Any, Any] | None = None

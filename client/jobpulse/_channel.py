@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from jobpulse._settings import API_KEY, TARGET
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-TARGET_ENV = "JOBPULSE_TARGET"
-API_KEY_ENV = "JOBPULSE_API_KEY"
+DEFAULT_TARGET = TARGET.default
+TARGET_ENV = TARGET.env
+API_KEY_ENV = API_KEY.env
 
 #: Channel arguments for every channel the SDK opens itself.
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -19,21 +19,6 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
 ]
-
-
-def resolve_target(target: str | None) -> str:
-    """Returns ``target``, else ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``."""
-    return target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-
-
-def resolve_api_key(api_key: str | None) -> str | None:
-    """Returns ``api_key``, else ``$JOBPULSE_API_KEY``, else ``None``; ``""`` means no key on purpose.
-
-    The CLI and the SDK read the same variables, so a key exported once serves both.
-    """
-    if api_key is not None:
-        return api_key or None
-    return os.environ.get(API_KEY_ENV) or None
 
 
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:

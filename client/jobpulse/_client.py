@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
-from jobpulse._channel import CHANNEL_OPTIONS, call_metadata, resolve_api_key, resolve_target
+from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
 from jobpulse._convert import (
     ChunkStateLike,
     JobStateLike,
@@ -22,6 +22,7 @@ from jobpulse._convert import (
     job_view,
 )
 from jobpulse._requests import ArtifactLike
+from jobpulse._settings import resolve_connection
 from jobpulse._watch import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -60,9 +61,14 @@ class Client:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
         api_key: Sent as ``authorization: Bearer <key>`` metadata with every call. ``None`` means
             ``$JOBPULSE_API_KEY`` (if set); ``""`` sends no key.
-        secure: Use TLS instead of a plaintext connection.
-        root_certificates: PEM bytes of the CA that signed the server's certificate, with ``secure``
-            (``None``: the system's roots).
+        secure: Use TLS (``True``) or a plaintext connection (``False``). ``None`` means
+            ``$JOBPULSE_TLS``, or TLS when a CA is given (``root_certificates`` or ``$JOBPULSE_TLS_CA``).
+        root_certificates: PEM bytes of the CA that signed the server's certificate (implies TLS).
+            ``None`` means the file named by ``$JOBPULSE_TLS_CA``, else the system's roots.
+
+    Raises:
+        jobpulse.errors.SettingError: A bad target (``http://...``, a port past 65535) or a bad
+            ``JOBPULSE_*`` value, naming the argument or variable (a ``ValueError``).
         timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
         channel: A ready ``grpc.Channel`` to use instead of opening one (for tests and custom setups);
             the client does not close a channel it was given.
@@ -73,18 +79,24 @@ class Client:
         target: str | None = None,
         *,
         api_key: str | None = None,
-        secure: bool = False,
+        secure: bool | None = None,
         root_certificates: bytes | None = None,
         timeout: float | None = 30.0,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = resolve_connection(
+            target,
+            api_key=api_key,
+            secure=False if channel is not None else secure,
+            root_certificates=root_certificates,
+        )
+        self.target = connection.target
         self.timeout = timeout
-        self._metadata = call_metadata(resolve_api_key(api_key))
+        self._metadata = call_metadata(connection.api_key)
         self._owns_channel = channel is None
         if channel is None:
-            if secure:
-                credentials = grpc.ssl_channel_credentials(root_certificates)
+            if connection.secure:
+                credentials = grpc.ssl_channel_credentials(connection.root_certificates)
                 channel = grpc.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
             else:
                 channel = grpc.insecure_channel(self.target, CHANNEL_OPTIONS)

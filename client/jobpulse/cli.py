@@ -43,10 +43,11 @@ from typing import Any, TextIO
 import grpc
 
 from jobpulse import _render
-from jobpulse._channel import API_KEY_ENV, DEFAULT_TARGET, TARGET_ENV
+from jobpulse import _settings as settings
 from jobpulse._client import Client
 from jobpulse._convert import job_state, job_state_name, parse_datetime
 from jobpulse._sample_worker import sample_handler
+from jobpulse._settings import SettingError
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
 from jobpulse.worker import Worker
@@ -103,19 +104,10 @@ _EXIT_BY_STATE = {
     job_pb2.JOB_STATE_CANCELLED: EXIT_CANCELLED,
 }
 
-TLS_CA_ENV = "JOBPULSE_TLS_CA"
-DEBUG_ENV = "JOBPULSE_DEBUG"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
-
-
-class SettingError(Exception):
-    """A ``JOBPULSE_*`` variable (or the flag standing for it) holds a value the CLI cannot use: a usage
-    error (exit 2) printed as one line naming the variable."""
-
-    def __init__(self, name: str, value: str, problem: str) -> None:
-        super().__init__(f"{name}={value!r}: {problem}")
-        self.name = name
+TARGET_ENV = settings.TARGET.env
+API_KEY_ENV = settings.API_KEY.env
+TLS_CA_ENV = settings.TLS_CA.env
+DEBUG_ENV = settings.DEBUG.env
 
 
 # -- argument types ----------------------------------------------------------------------------------------
@@ -189,24 +181,24 @@ def _fraction(text: str) -> float:
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # The options are accepted before and after the subcommand; the subcommand's copy only overrides
-    # when given, hence SUPPRESS there.
+    # when given, hence SUPPRESS there. Each connection option's text, variable and default come from
+    # its one declaration in jobpulse._settings, which the SDK reads too.
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
     # The variables are read when a command runs (``_settings``), not here: a bad value is then a
     # one-line usage error naming the variable instead of a traceback out of the parser's construction.
     parser.add_argument(
-        "--target",
-        default=default(None),
-        help=f"server address host:port (env {TARGET_ENV}, default {DEFAULT_TARGET})",
+        settings.TARGET.flag, default=default(None), metavar="HOST:PORT", help=settings.TARGET.help_text()
     )
-    parser.add_argument("--api-key", default=default(None), help=f"API key (env {API_KEY_ENV})")
-    parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
     parser.add_argument(
-        "--tls-ca",
-        default=default(None),
-        metavar="PEM",
-        help=f"CA certificate that signed the server's (implies --tls; env {TLS_CA_ENV})",
+        settings.API_KEY.flag, default=default(None), metavar="KEY", help=settings.API_KEY.help_text()
+    )
+    parser.add_argument(
+        settings.TLS.flag, action="store_true", default=default(None), help=settings.TLS.help_text()
+    )
+    parser.add_argument(
+        settings.TLS_CA.flag, default=default(None), metavar="PEM", help=settings.TLS_CA.help_text()
     )
     parser.add_argument(
         "--json",
@@ -215,11 +207,29 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="print machine-readable JSON (errors too: one JSON object on stderr)",
     )
     parser.add_argument(
-        "--debug",
-        action="store_true",
-        default=default(False),
-        help=f"print the traceback of an error, for bug reports (env {DEBUG_ENV}=1)",
+        settings.DEBUG.flag, action="store_true", default=default(None), help=settings.DEBUG.help_text()
     )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default: appended where the option's own text does not already
+    say it (the connection options say theirs, with their variable)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default in ("", argparse.SUPPRESS)
+        ):
+            return text
+        if isinstance(default, list):
+            return text
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default {shown})" if text else f"default {shown}"
 
 
 # The commands of the server distribution (jobpulse-server): ``jobpulse serve ...`` runs
@@ -238,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobpulse",
         description="jobpulse: job status over gRPC",
+        formatter_class=HelpFormatter,
         epilog="exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
@@ -249,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, func: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, parents=[common], help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
         p.set_defaults(func=func)
         return p
 
@@ -282,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("list", _cmd_list, "list jobs, newest first")
     _filter_options(p)
-    p.add_argument("--order-by", default="", choices=ORDER_BY_CHOICES)
+    p.add_argument(
+        "--order-by", default="", choices=ORDER_BY_CHOICES, help="default create_time desc: newest first"
+    )
     p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
     p.add_argument(
         "--page-token",
@@ -313,9 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="cancel it first if it is still running")
 
     p = command("stats", _cmd_stats, "job counts, success rate and durations")
-    p.add_argument("--kind", default="")
-    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
-    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+    p.add_argument("--kind", default="", help="only jobs of this kind")
+    p.add_argument(
+        "--created-after",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created at or after (ISO 8601)",
+    )
+    p.add_argument(
+        "--created-before",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created before (ISO 8601)",
+    )
 
     p = command(
         "export",
@@ -339,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
     p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
-    p.add_argument("--concurrency", type=_positive_int, default=1)
+    p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
     p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
     p.add_argument(
         "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
@@ -347,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS", help="lease duration")
 
     p = command("demo", _cmd_demo, "create a demo job, process it with in-process workers, watch it")
-    p.add_argument("--chunks", type=_positive_int, default=10)
-    p.add_argument("--items-per-chunk", type=_positive_int, default=50)
-    p.add_argument("--workers", type=_positive_int, default=3)
+    p.add_argument("--chunks", type=_positive_int, default=10, help="chunks of the demo job")
+    p.add_argument("--items-per-chunk", type=_positive_int, default=50, help="items in each chunk")
+    p.add_argument("--workers", type=_positive_int, default=3, help="sample workers (threads) to start")
     p.add_argument("--item-delay", type=float, default=0.02, metavar="SECONDS", help="seconds per item")
     p.add_argument(
         "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
@@ -359,16 +386,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _filter_options(p: argparse.ArgumentParser) -> None:
     """The job filters of ListJobs, for every command that selects jobs by them (list, export)."""
-    p.add_argument("--state", type=_job_state, action="append", default=[], help="repeatable, e.g. completed")
-    p.add_argument("--kind", default="")
+    p.add_argument(
+        "--state", type=_job_state, action="append", default=[], help="only jobs in this state (repeatable)"
+    )
+    p.add_argument("--kind", default="", help="only jobs of this kind")
     p.add_argument("--search", default="", help="substring of the display name")
     p.add_argument(
-        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs with this label (repeatable: all of them)",
     )
-    p.add_argument("--min-priority", type=int, default=None, metavar="N", help="0..10")
-    p.add_argument("--max-priority", type=int, default=None, metavar="N", help="0..10")
-    p.add_argument("--created-after", type=_time, default=None, metavar="TIME")
-    p.add_argument("--created-before", type=_time, default=None, metavar="TIME")
+    p.add_argument(
+        "--min-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or more"
+    )
+    p.add_argument(
+        "--max-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or less"
+    )
+    p.add_argument(
+        "--created-after",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created at or after (ISO 8601)",
+    )
+    p.add_argument(
+        "--created-before",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created before (ISO 8601)",
+    )
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -451,61 +501,24 @@ def exit_code_for(state: int) -> int:
     return _EXIT_BY_STATE.get(job_pb2.JobState.ValueType(state), EXIT_ERROR)
 
 
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "")
-    if value.strip().lower() in _TRUE:
-        return True
-    if value.strip().lower() in _FALSE:
-        return False
-    raise SettingError(name, value, "expected 1/true/yes/on or 0/false/no/off")
-
-
-# The target schemes gRPC resolves itself; any other "scheme://" (http, https, grpc) is a user's mistake.
-_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:")
-
-
-def _check_target(source: str, target: str) -> str:
-    """Refuses targets gRPC would misread (``http://...``; a port that is no port, or one past 65535
-    that would silently wrap to another) with one line naming where the value came from."""
-    if target.startswith(_GRPC_SCHEMES):
-        return target  # gRPC's own name syntax (unix:/path, dns:///host:port, ...): gRPC checks it
-    if "://" in target:
-        raise SettingError(source, target, "expected host:port, without a scheme such as http://")
-    host, sep, port = target.rpartition(":")
-    if sep and host and not host.endswith("]") and ":" in host:
-        return target  # a bare IPv6 address: gRPC takes it as is
-    if sep and host:
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise SettingError(source, target, "the port must be a number from 1 to 65535")
-    return target
-
-
 def _settings(args: argparse.Namespace) -> None:
-    """Fills the connection options from the ``JOBPULSE_*`` variables where no flag was given (flags
-    win), checking each value; a bad one raises ``SettingError``."""
-    if args.target is None:
-        args.target = _check_target(TARGET_ENV, os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
-    else:
-        args.target = _check_target("--target", args.target)
-    if args.api_key is None:
-        args.api_key = os.environ.get(API_KEY_ENV) or None
-    source = "--tls-ca"
-    if args.tls_ca is None:
-        args.tls_ca, source = os.environ.get(TLS_CA_ENV, ""), TLS_CA_ENV
-    args.tls_ca_source = source
+    """Resolves the connection options: each flag given wins, else its ``JOBPULSE_*`` variable, else its
+    default, as the SDK does (``jobpulse._settings``); a bad value raises ``SettingError`` naming the
+    flag or variable. Sets ``args.target``, ``args.api_key`` and ``args.connection``."""
+    connection = settings.resolve_connection(
+        args.target, api_key=args.api_key, secure=args.tls, tls_ca=args.tls_ca
+    )
+    args.connection = connection
+    args.target, args.api_key = connection.target, connection.api_key
 
 
 def _client(args: argparse.Namespace) -> Client:
-    roots = None
-    if args.tls_ca:
-        try:
-            with open(args.tls_ca, "rb") as f:
-                roots = f.read()
-        except OSError as exc:
-            raise SettingError(args.tls_ca_source, args.tls_ca, exc.strerror or str(exc)) from None
-    # api_key "" rather than None: the CLI has already read JOBPULSE_API_KEY (_settings).
+    connection: settings.Connection = args.connection
     return Client(
-        args.target, api_key=args.api_key or "", secure=args.tls or bool(roots), root_certificates=roots
+        connection.target,
+        api_key=connection.api_key,
+        secure=connection.secure,
+        root_certificates=connection.root_certificates,
     )
 
 
@@ -921,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = "--json" in argv
     try:
-        debug = "--debug" in argv or _env_flag(DEBUG_ENV)
+        debug = "--debug" in argv or bool(settings.DEBUG.from_env())
     except SettingError as exc:
         _print_error(as_json, f"error: {exc}", _document(str(exc), "BAD_SETTING"))
         return EXIT_USAGE
@@ -1002,7 +1015,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except JobpulseError as exc:
         target = getattr(args, "target", "") or ""
-        tls = bool(getattr(args, "tls", False) or getattr(args, "tls_ca", ""))
+        connection = getattr(args, "connection", None)
+        tls = bool(connection.secure) if connection is not None else bool(getattr(args, "tls", False))
         _report(args, exc, format_error(exc, target, tls=tls), error_document(exc, target, tls=tls))
         return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
     except ValueError as exc:

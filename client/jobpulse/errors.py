@@ -16,6 +16,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from jobpulse._settings import SettingError
+
 __all__ = [
     "Aborted",
     "AlreadyExists",
@@ -32,6 +34,7 @@ __all__ = [
     "PermanentError",
     "PermissionDenied",
     "ResourceExhausted",
+    "SettingError",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

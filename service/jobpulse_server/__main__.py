@@ -1,8 +1,7 @@
-"""``python -m jobpulse_server``: serve with settings from JOBPULSE_* environment variables."""
+"""``python -m jobpulse_server``: ``jobpulse-server`` (``serve`` when no command is given)."""
 
 import sys
 
-from jobpulse_server.app import run
-from jobpulse_server.config import Config
+from jobpulse_server.cli import main
 
-sys.exit(run(Config.from_env()))
+sys.exit(main(sys.argv[1:] or ["serve"]))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from jobpulse_server.app import run as run_server
 from jobpulse_server.config import LOG_LEVELS, Config
@@ -20,14 +20,53 @@ from jobpulse_server.keys_cli import run_keys_command
 from jobpulse_server.store.engine import Database, current_schema_version, head_schema_version
 
 COMMANDS = ("serve", "keys", "migrate")
-DEFAULT_DATABASE_URL = "sqlite:///jobpulse.db"
+DEFAULT_DATABASE_URL = Config.database_url
+# The settings ``serve`` takes as flags (config.py marks them); every one is also a JOBPULSE_* variable.
+SERVE_FLAGS = tuple(f.name for f in Config.settings() if f.metadata.get("flag"))
+SERVE_FLAG_EXTRAS: dict[str, dict[str, Any]] = {
+    "log_level": {"type": str.upper, "choices": LOG_LEVELS},
+    "log_format": {"choices": ("text", "json")},
+    "tls_cert": {"metavar": "PEM"},
+    "tls_key": {"metavar": "PEM"},
+}
 
 
-def _database_url(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("JOBPULSE_DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="env JOBPULSE_DATABASE_URL (default %(default)s)",
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "none"
+    return str(value)
+
+
+def _config_flag(p: argparse.ArgumentParser, name: str, **extra: Any) -> None:
+    """Adds ``--<name>`` for the Config setting ``name``, its text, variable and default taken from the
+    setting's one declaration (config.py). Left unset, the flag is None: the variable or default
+    applies, read when the command runs."""
+    setting = next(f for f in Config.settings() if f.name == name)
+    text = setting.metadata.get("help", "")
+    kwargs: dict[str, Any] = {
+        "default": None,
+        "help": f"{text} (env {Config.env_name(name)}; default {_shown(setting.default)})".replace("%", "%%"),
+    }
+    if isinstance(setting.default, bool):
+        kwargs["action"] = "store_true"
+    elif not isinstance(setting.default, str):
+        kwargs["type"] = type(setting.default)
+    kwargs.update(extra)
+    p.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def _other_settings() -> str:
+    """``serve --help``'s epilog: every setting that has no flag, with its variable and default."""
+    lines = [
+        f"  {Config.env_name(f.name):<38} {_shown(f.default)}"
+        for f in Config.settings()
+        if not f.metadata.get("flag")
+    ]
+    return (
+        "Every other setting is a JOBPULSE_* variable (flags win over variables;\n"
+        'the README\'s "Configuration" says what each does). Variable, default:\n' + "\n".join(lines)
     )
 
 
@@ -48,51 +87,23 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
     _json(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the jobpulse server until SIGTERM or Ctrl-C")
+    p = sub.add_parser(
+        "serve",
+        help="run the jobpulse server until SIGTERM or Ctrl-C",
+        description="Runs the jobpulse server until SIGTERM or Ctrl-C.",
+        epilog=_other_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=_cmd_serve)
     # Flags left unset fall back to their JOBPULSE_* variable, read and checked in one place
     # (Config.from_env: a bad value is one line naming the variable, exit 2), then to the default.
-    p.add_argument("--host", default=None, help="env JOBPULSE_HOST (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=int, default=None, help="env JOBPULSE_PORT (default 50051; 0: any free port)"
-    )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help=f"env JOBPULSE_DATABASE_URL (default {DEFAULT_DATABASE_URL})",
-    )
-    p.add_argument(
-        "--log-level",
-        default=None,
-        type=str.upper,
-        choices=LOG_LEVELS,
-        help="env JOBPULSE_LOG_LEVEL (default INFO)",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=None,
-        help="serve a non-loopback address even with no API keys (env JOBPULSE_INSECURE)",
-    )
-    p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate (env JOBPULSE_TLS_CERT)")
-    p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key (env JOBPULSE_TLS_KEY)")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="serve Prometheus /metrics here (env JOBPULSE_METRICS_PORT)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=None,
-        help="log lines as text or JSON (env JOBPULSE_LOG_FORMAT)",
-    )
+    for name in SERVE_FLAGS:
+        _config_flag(p, name, **SERVE_FLAG_EXTRAS.get(name, {}))
 
     p = sub.add_parser("keys", help="manage API keys in the database (create, list, revoke)")
     p.set_defaults(func=_cmd_keys)
     p.add_argument("action", choices=("create", "list", "revoke"))
-    _database_url(p)
+    _config_flag(p, "database_url")
     p.add_argument("--name", default="", help="the key's name (create, revoke); it becomes the owner of jobs")
     p.add_argument("--role", default="client", choices=("client", "worker", "admin"), help="create only")
     p.add_argument("--webhook-url", default="", help="create only: default webhook URL of the key's jobs")
@@ -111,7 +122,7 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
         "Safe to run again, and while servers of this version run.",
     )
     p.set_defaults(func=_cmd_migrate)
-    _database_url(p)
+    _config_flag(p, "database_url")
     _json(p, suppress=True)
     return parser
 
@@ -119,17 +130,17 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
 def serve_config(args: argparse.Namespace) -> Config:
     """The server's config: ``serve``'s flags, else their JOBPULSE_* variables, else the defaults
     (ValueError, naming the variable or flag, for a bad value)."""
-    return Config.from_env(
-        host=args.host,
-        port=args.port,
-        database_url=args.database_url,
-        log_level=args.log_level,
-        insecure=args.insecure,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        metrics_port=args.metrics_port,
-        log_format=args.log_format,
-    )
+    return Config.from_env(**{name: getattr(args, name) for name in SERVE_FLAGS})
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """``--database-url``, else ``JOBPULSE_DATABASE_URL``, else the default (keys, migrate): the one
+    setting those commands use, the only variable they read."""
+    given: str | None = args.database_url
+    if given:
+        return given
+    from_env: str | None = Config.read("database_url")
+    return from_env or DEFAULT_DATABASE_URL
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -144,7 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_keys(args: argparse.Namespace) -> int:
     return run_keys_command(
         args.action,
-        args.database_url,
+        database_url(args),
         args.name,
         args.role,
         as_json=args.json,
@@ -169,7 +180,7 @@ async def _migrate(database_url: str) -> tuple[str | None, str | None]:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     try:
-        before, after = asyncio.run(_migrate(args.database_url))
+        before, after = asyncio.run(_migrate(database_url(args)))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

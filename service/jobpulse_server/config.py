@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENV_PREFIX = "JOBPULSE_"
+
+
+def _flag(default: Any, help_text: str) -> Any:
+    """A setting ``jobpulse-server serve`` also takes as a flag (``--<name>``), with its help text."""
+    return field(default=default, metadata={"flag": True, "help": help_text})
 
 
 @dataclass
@@ -16,10 +24,12 @@ class Config:
     (for example ``JOBPULSE_PORT``); explicit arguments win over the environment.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 50051
-    database_url: str = "sqlite:///jobpulse.db"
-    log_level: str = "INFO"
+    host: str = _flag("127.0.0.1", "address to listen on")
+    port: int = _flag(50051, "port to listen on; 0: any free port (the log says which)")
+    database_url: str = _flag(
+        "sqlite:///jobpulse.db", "sqlite:///FILE (created if missing) or postgresql://..."
+    )
+    log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
     # Seconds between idle-stream heartbeats on WatchJob.
     heartbeat_interval: float = 15.0
     # Shortest time between two CHANGE messages of one WatchJob stream; changes in between are folded.
@@ -53,11 +63,10 @@ class Config:
     drain_seconds: float = 5.0
     # Largest number of chunks one job may have.
     max_chunks_per_job: int = 100_000
-    # Serve without API keys on a non-loopback address (refused otherwise).
-    insecure: bool = False
+    insecure: bool = _flag(False, "serve a non-loopback address even with no API keys (refused otherwise)")
     # PEM files for TLS; both or neither.
-    tls_cert: str = ""
-    tls_key: str = ""
+    tls_cert: str = _flag("", "PEM file of the server's TLS certificate (with --tls-key)")
+    tls_key: str = _flag("", "PEM file of the TLS certificate's private key")
     # Calls per second per key, by role (bursts of twice that); 0 means unlimited.
     rate_limit_client: float = 50.0
     rate_limit_worker: float = 200.0
@@ -79,10 +88,10 @@ class Config:
     key_refresh_interval: float = 2.0
     # Seconds between database probes behind grpc health (NOT_SERVING while it fails).
     health_interval: float = 2.0
-    # Port for Prometheus metrics (/metrics) on the same host; -1 turns them off, 0 picks a free port.
-    metrics_port: int = -1
-    # "text" or "json" (one JSON object per line).
-    log_format: str = "text"
+    metrics_port: int = _flag(
+        -1, "serve Prometheus /metrics on this port of the same host; -1: off, 0: any free port"
+    )
+    log_format: str = _flag("text", "log lines as text or json (one JSON object per line)")
     # Signs webhooks of jobs whose owner has no key of its own (open mode).
     webhook_secret: str = ""
     # Comma-separated hosts webhooks may go to; empty allows any host.
@@ -121,28 +130,52 @@ class Config:
                 f"JOBPULSE_PORT / --port: {self.port} is not a port (0 to 65535; 0: any free port)"
             )
 
+    @staticmethod
+    def env_name(name: str) -> str:
+        """The variable of the setting ``name``: ``JOBPULSE_`` and the name in capitals."""
+        return ENV_PREFIX + name.upper()
+
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
-        """Builds a config from ``JOBPULSE_*`` variables, then applies non-None overrides."""
+    def settings(cls) -> tuple[Field[Any], ...]:
+        """Every setting, in declaration order (each a dataclass field: name, default, metadata)."""
+        return fields(cls)
+
+    @classmethod
+    def read(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
+        """The value of the variable of one setting, checked (``None`` when unset or empty), without
+        reading any other: a command reads only the settings it uses.
+
+        Raises:
+            ValueError: One line naming the variable, the value and what was expected.
+        """
         env = os.environ if environ is None else environ
+        variable = cls.env_name(name)
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            return None
+        default = _DEFAULTS[name]
+        try:
+            if isinstance(default, bool):
+                return _boolean(raw)
+            return type(default)(raw)
+        except ValueError:
+            expected = {bool: "1/true/yes/on or 0/false/no/off", int: "a whole number", float: "a number"}
+            wanted = expected.get(type(default), type(default).__name__)
+            raise ValueError(f"{variable}={raw!r} is not valid: expected {wanted}") from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Builds a config from ``JOBPULSE_*`` variables, then applies non-None overrides (flags)."""
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = env.get(f"JOBPULSE_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            default = getattr(cls, f.name)
-            try:
-                if isinstance(default, bool):
-                    values[f.name] = _boolean(raw)
-                    continue
-                values[f.name] = type(default)(raw)
-            except ValueError as exc:
-                raise ValueError(
-                    f"JOBPULSE_{f.name.upper()}={raw!r} is not a valid {type(default).__name__}"
-                ) from exc
-        for key, value in overrides.items():
+            value = overrides.get(f.name)
+            if value is None:
+                value = cls.read(f.name, environ)
             if value is not None:
-                values[key] = value
+                values[f.name] = value
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -159,3 +192,6 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         flag = "--" + name.replace("_", "-")
         raise ValueError(f"JOBPULSE_{name.upper()} / {flag}: {value!r} is not one of {', '.join(allowed)}")
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}

@@ -18,6 +18,7 @@ from support.servers import free_port, wait_serving
 import jobpulse
 from jobpulse import cli as sdk_cli
 from jobpulse_server import cli as server_cli
+from jobpulse_server.config import Config
 
 COMMAND = shutil.which("jobpulse-server", path=str(Path(sys.executable).parent)) or "jobpulse-server"
 
@@ -92,11 +93,16 @@ def test_serve_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("JOBPULSE_PORT", "abc", "JOBPULSE_PORT='abc' is not a valid int"),
+        ("JOBPULSE_PORT", "abc", "JOBPULSE_PORT='abc' is not valid: expected a whole number"),
         ("JOBPULSE_PORT", "99999", "JOBPULSE_PORT / --port: 99999 is not a port"),
         ("JOBPULSE_LOG_LEVEL", "verbose", "JOBPULSE_LOG_LEVEL / --log-level: 'VERBOSE' is not one of"),
         ("JOBPULSE_LOG_FORMAT", "xml", "JOBPULSE_LOG_FORMAT / --log-format: 'xml' is not one of"),
-        ("JOBPULSE_SWEEP_INTERVAL", "often", "JOBPULSE_SWEEP_INTERVAL='often' is not a valid float"),
+        (
+            "JOBPULSE_SWEEP_INTERVAL",
+            "often",
+            "JOBPULSE_SWEEP_INTERVAL='often' is not valid: expected a number",
+        ),
+        ("JOBPULSE_INSECURE", "maybe", "JOBPULSE_INSECURE='maybe' is not valid: expected 1/true/yes/on or"),
     ],
 )
 def test_a_bad_variable_stops_serve_with_one_line_naming_it(
@@ -126,6 +132,37 @@ def test_jobpulse_serve_help_is_the_servers_and_lists_no_client_flags(
     assert out.startswith("usage: jobpulse serve")
     assert "--port" in out and "--database-url" in out
     assert "--target" not in out and "--api-key" not in out and "--tls-ca" not in out
+
+
+def test_serve_help_shows_every_setting_with_its_variable_and_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        server_cli.main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for setting in Config.settings():
+        variable = f"JOBPULSE_{setting.name.upper()}"
+        if setting.metadata.get("flag"):
+            flag = "--" + setting.name.replace("_", "-")
+            assert flag in out and f"env {variable};" in out, variable
+        else:
+            assert variable in out, variable
+    assert "(env JOBPULSE_PORT; default 50051)" in out
+    assert "JOBPULSE_HEARTBEAT_INTERVAL 15.0" in out
+
+
+def test_keys_and_migrate_read_only_the_database_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    env["JOBPULSE_PORT"] = "abc"  # serve's; keys has no use for it
+    env["JOBPULSE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'keys.db'}"
+    done = subprocess.run(
+        [COMMAND, "keys", "create", "--name", "ops", "--create"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert str(tmp_path / "keys.db") in done.stderr  # it says which database it wrote to
+    migrate = subprocess.run([COMMAND, "migrate"], capture_output=True, text=True, timeout=60, env=env)
+    assert migrate.returncode == 0 and "already at" in migrate.stdout, migrate.stderr
 
 
 def test_jobpulse_keys_through_the_sdk_command_reaches_the_server(

@@ -437,6 +437,7 @@ def test_a_variable_the_client_commands_do_not_read_does_not_break_them(cli_clie
         ("JOBPULSE_TARGET", "http://127.0.0.1:50051", "expected host:port, without a scheme"),
         ("JOBPULSE_TLS_CA", "/nonexistent/ca.pem", "No such file or directory"),
         ("JOBPULSE_DEBUG", "maybe", "expected 1/true/yes/on or 0/false/no/off"),
+        ("JOBPULSE_TLS", "maybe", "expected 1/true/yes/on or 0/false/no/off"),
     ],
 )
 def test_a_bad_variable_is_one_line_naming_it_and_exits_2(monkeypatch, capsys, variable, value, problem):

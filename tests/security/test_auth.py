@@ -193,3 +193,25 @@ def test_tls(make_server: Any, tmp_path: Path) -> None:
     with jobpulse.Client(srv.address, timeout=3) as plaintext:
         with pytest.raises(errors.Unavailable):
             plaintext.list_jobs_page()
+
+
+def test_tls_from_the_variables_the_cli_reads_too(
+    make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    srv = make_server(tls_cert=str(cert), tls_key=str(key))
+    monkeypatch.setenv("JOBPULSE_TARGET", srv.address)
+    monkeypatch.setenv("JOBPULSE_TLS_CA", str(cert))  # a CA implies TLS, in the SDK as in the CLI
+    with jobpulse.Client(timeout=10) as client:
+        assert client.create_job("k", 1).chunks_summary.total == 1
+    with jobpulse.Client(secure=False, timeout=3) as plaintext:  # an argument wins over the variables
+        with pytest.raises(errors.Unavailable):
+            plaintext.list_jobs_page()
+    monkeypatch.setenv("JOBPULSE_TLS_CA", str(tmp_path / "missing.pem"))
+    with pytest.raises(errors.SettingError, match="JOBPULSE_TLS_CA=.*No such file"):
+        jobpulse.Client()
