@@ -18,8 +18,11 @@ from jobpulse.v1 import job_pb2, job_service_pb2
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    """Returns a message as a JSON-ready dict (proto3 JSON mapping, enum names, unset fields left out)."""
-    return json_format.MessageToDict(message)
+    """Returns a message as a JSON-ready dict (proto3 JSON mapping, enum names). Every field is there,
+    zero values too (``"failed": 0``, ``"nextPageToken": ""``): a script reads ``doc["count"]`` without
+    guessing whether a missing key means zero. Unset message fields (a job without ``end_time``) and
+    unset ``optional`` fields stay out: absence means "not set" there."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def to_json(value: Message | Sequence[Message] | dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ def test_the_sdk_refuses_a_bad_variable_naming_it(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_bad_target_argument_names_the_argument() -> None:
-    with pytest.raises(errors.SettingError, match="^--target='https://h:1': expected host:port"):
+    with pytest.raises(errors.SettingError, match=r"^--target='https://h:1': expected host:port"):
         jobpulse.AsyncClient("https://h:1")
 
 

@@ -551,3 +551,29 @@ def test_a_tls_mismatch_says_which_way(cli_client, capsys, flags, details, hint)
     assert pending.result(RESULT_TIMEOUT) == cli.EXIT_UNREACHABLE
     err = capsys.readouterr().err
     assert err.endswith(f"[UNAVAILABLE]; {hint}\n") and err.count("\n") == 1
+
+
+def test_json_keeps_zero_values_a_script_reads(cli_client, capsys):
+    pending = cli_client.run(cli.main, ["stats", "--json"])
+    stats = job_service_pb2.JobStats(
+        total_jobs=1,
+        state_counts=[
+            job_service_pb2.JobStateCount(state=job_pb2.JOB_STATE_PENDING, count=1),
+            job_service_pb2.JobStateCount(state=job_pb2.JOB_STATE_FAILED, count=0),
+        ],
+    )
+    cli_client.answer("JobService.GetJobStats", job_service_pb2.GetJobStatsResponse(stats=stats))
+    assert pending.result(RESULT_TIMEOUT) == 0
+    document = json.loads(capsys.readouterr().out)
+    counts = {c["state"]: c["count"] for c in document["stats"]["stateCounts"]}
+    assert counts == {"JOB_STATE_PENDING": "1", "JOB_STATE_FAILED": "0"}  # not a state without a count
+    assert document["stats"]["successRate"] == 0
+
+    pending = cli_client.run(cli.main, ["get", "j1", "--json", "--basic"])
+    cli_client.answer("JobService.GetJob", job_service_pb2.GetJobResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert (
+        job["chunksSummary"]["failed"] == "0" and job["chunksSummary"]["cancelled"] == "0"
+    )  # int64: strings
+    assert "endTime" not in job  # an unset timestamp stays absent: it means "not yet", not zero

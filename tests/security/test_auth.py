@@ -213,5 +213,5 @@ def test_tls_from_the_variables_the_cli_reads_too(
         with pytest.raises(errors.Unavailable):
             plaintext.list_jobs_page()
     monkeypatch.setenv("JOBPULSE_TLS_CA", str(tmp_path / "missing.pem"))
-    with pytest.raises(errors.SettingError, match="JOBPULSE_TLS_CA=.*No such file"):
+    with pytest.raises(errors.SettingError, match=r"JOBPULSE_TLS_CA=.*No such file"):
         jobpulse.Client()
