@@ -8,19 +8,58 @@ The names users need are re-exported here:
   :class:`AsyncTask`.
 * :mod:`jobpulse.errors` holds the typed exceptions; :class:`PermanentError` fails a chunk for good.
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
+
+The names are loaded on first use, not by ``import jobpulse``: the ``jobpulse`` command can then
+choose gRPC's log level before gRPC is imported (see ``jobpulse._entry``).
 """
 
-from jobpulse import errors
-from jobpulse._async_client import AsyncClient
-from jobpulse._async_worker import AsyncTask, AsyncWorker
-from jobpulse._client import Client
-from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
-from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
-from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from jobpulse.v1.job_pb2 import Artifact, Chunk, ChunkState, Job, JobState, JobView
-from jobpulse.worker import Task, Worker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobpulse import errors
+    from jobpulse._async_client import AsyncClient
+    from jobpulse._async_worker import AsyncTask, AsyncWorker
+    from jobpulse._client import Client
+    from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
+    from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
+    from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
+    from jobpulse.v1.job_pb2 import Artifact, Chunk, ChunkState, Job, JobState, JobView
+    from jobpulse.worker import Task, Worker
 
 __version__ = "0.1.0"
+
+# Each public name and the module it comes from.
+_EXPORTS = {
+    "Artifact": "jobpulse.v1.job_pb2",
+    "AsyncClient": "jobpulse._async_client",
+    "AsyncTask": "jobpulse._async_worker",
+    "AsyncWorker": "jobpulse._async_worker",
+    "Chunk": "jobpulse.v1.job_pb2",
+    "ChunkState": "jobpulse.v1.job_pb2",
+    "Client": "jobpulse._client",
+    "Job": "jobpulse.v1.job_pb2",
+    "JobState": "jobpulse.v1.job_pb2",
+    "JobView": "jobpulse.v1.job_pb2",
+    "JobpulseError": "jobpulse.errors",
+    "LeaseLost": "jobpulse.errors",
+    "PermanentError": "jobpulse.errors",
+    "Task": "jobpulse.worker",
+    "WaitTimeout": "jobpulse.errors",
+    "Worker": "jobpulse.worker",
+    "chunk_state": "jobpulse._convert",
+    "is_terminal": "jobpulse._convert",
+    "job_state": "jobpulse._convert",
+    "job_view": "jobpulse._convert",
+}
+_SUBMODULES = {
+    "errors": "jobpulse.errors",
+    "job_pb2": "jobpulse.v1.job_pb2",
+    "job_service_pb2": "jobpulse.v1.job_service_pb2",
+    "worker_service_pb2": "jobpulse.v1.worker_service_pb2",
+}
 
 __all__ = [
     "Artifact",
@@ -49,3 +88,18 @@ __all__ = [
     "job_view",
     "worker_service_pb2",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'jobpulse' has no attribute {name!r}")
+    globals()[name] = value  # loaded once
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
