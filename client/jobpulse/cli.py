@@ -1027,6 +1027,12 @@ def run(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # A local file the command was asked to read or write (export --output, ...).
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = f"{where}{exc.strerror or exc}"
+        _report(args, exc, f"error: {what}", _document(what, "OS_ERROR"))
+        return EXIT_ERROR
 
 
 def _report(args: argparse.Namespace, exc: BaseException | None, line: str, document: dict[str, Any]) -> None:

@@ -238,7 +238,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     except (RuntimeError, OSError, ValueError) as exc:
         await store.close()
         await db.close()
-        raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {_listen_problem(exc)}") from exc
     await server.start()
 
     deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
@@ -325,3 +325,15 @@ def run(config: Config) -> int:
         return asyncio.run(serve(config))
     finally:
         listener.stop()
+
+
+def _listen_problem(exc: BaseException) -> str:
+    """What went wrong binding the port, in words: gRPC says only "Failed to bind to address ...; set
+    GRPC_VERBOSITY=debug ..." (its log line above says why, for those who read logs)."""
+    text = str(exc)
+    if "Failed to bind" in text or "Failed to add port" in text:
+        return (
+            "the port is in use, or the address is not one of this machine's "
+            "(another server running? choose another --port / JOBPULSE_PORT, or 0 for any free port)"
+        )
+    return text

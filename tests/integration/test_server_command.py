@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,13 @@ def test_metrics_port_0_logs_the_port_it_got(tmp_path: Path) -> None:
             proc.wait(10)
     found = re.search(r"metrics on (http://127\.0\.0\.1:(\d+)/metrics)", err)
     assert found is not None and int(found.group(2)) > 0, err
+
+
+def test_a_port_in_use_is_one_line_saying_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run("serve", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'p.db'}")
+    assert done.returncode == 2, done.stderr
+    assert "the port is in use" in done.stderr and "Traceback" not in done.stderr, done.stderr

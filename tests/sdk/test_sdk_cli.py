@@ -577,3 +577,10 @@ def test_json_keeps_zero_values_a_script_reads(cli_client, capsys):
         job["chunksSummary"]["failed"] == "0" and job["chunksSummary"]["cancelled"] == "0"
     )  # int64: strings
     assert "endTime" not in job  # an unset timestamp stays absent: it means "not yet", not zero
+
+
+def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-such-dir" / "jobs.csv"
+    assert cli.main(["export", "--output", str(missing)]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err == f"error: {missing}: No such file or directory\n"
