@@ -3,9 +3,10 @@ every open stream and health say so. Calls and streams end with UNAVAILABLE, rea
 DATABASE_UNAVAILABLE, and a plain message that says what to do (never a Python class name); grpc
 health says NOT_SERVING and AdminService.GetServerHealth says serving false, database_reachable false.
 
-Open streams (WatchJob, WatchJobs) wait on the server's change hub, not on the database: before, they
-went on heartbeating while every call failed. Now the health probe's finding ends them (the SDK
-resumes with backoff). A missing table or column (PostgreSQL's undefined_table 42P01 and
+Open streams (WatchJob, WatchJobs) and long-polls (WaitOperation) wait on the server's change hub,
+not on the database: before, streams went on heartbeating while every call failed, and a wait
+answered with the job as it stood before. Now the health probe's finding ends them (the SDK resumes
+with backoff). A missing table or column (PostgreSQL's undefined_table 42P01 and
 undefined_column 42703, SQLite's "no such table/column") was INTERNAL, and health, which probed with
 ``SELECT 1``, stayed SERVING.
 
@@ -37,6 +38,8 @@ from faults_support import (
     restore_sqlite_file,
     swap_sqlite_file,
 )
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.engine import make_url
 from support.polling import eventually
 
@@ -201,24 +204,35 @@ def _assert_health_agrees(stubs: Stubs) -> None:
 
 
 @pytest.mark.parametrize("how", sorted(WAYS))
-def test_open_streams_end_unavailable_when_the_database_goes(
+def test_open_streams_and_waits_end_unavailable_when_the_database_goes(
     running: Running, database_url: str, how: str
 ) -> None:
     way, stubs = _way(how, database_url), running.stubs
     job = stubs.jobs.CreateJob(J.CreateJobRequest(total_items=2, chunk_size=1), timeout=10).job
     watch = stubs.jobs.WatchJob(J.WatchJobRequest(job_id=job.id), timeout=STREAM_DEADLINE)
     feed = stubs.jobs.WatchJobs(J.WatchJobsRequest(), timeout=STREAM_DEADLINE)
+    # A long-poll for the job's end waits on the hub the same way (google.longrunning WaitOperation).
+    wait = operations_pb2_grpc.OperationsStub(stubs.channel).WaitOperation.future(
+        operations_pb2.WaitOperationRequest(name=f"operations/{job.id}", timeout=Duration(seconds=600)),
+        timeout=STREAM_DEADLINE,
+    )
     try:
-        # Both streams are open and heartbeating, as idle streams do.
+        # Both streams are open and heartbeating, as idle streams do, and the wait is waiting.
         assert [next(watch).type, next(watch).type] == [SNAPSHOT, HEARTBEAT]
         assert [next(feed).type, next(feed).type] == [HEARTBEAT, HEARTBEAT]
+        eventually(lambda: _server_health(stubs).open_streams, 10, "the wait waiting", expect=3)
         way.apply(running.server, database_url)
         for stream in (watch, feed):
             _plain_unavailable(_stream_end(stream))
+        # Not the job as it stood before the database went (what the wait answered at its deadline).
+        with pytest.raises(grpc.RpcError) as caught:
+            wait.result()
+        _plain_unavailable(caught.value)
         _assert_health_agrees(stubs)
     finally:
         watch.cancel()
         feed.cancel()
+        wait.cancel()
 
 
 @pytest.mark.parametrize("how", sorted(how for how, way in WAYS.items() if way.names))
