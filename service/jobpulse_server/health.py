@@ -21,7 +21,9 @@ from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store import repository as repo
+from jobpulse_server.store.diagnose import schema_probe
 from jobpulse_server.store.engine import Database, current_schema_version
+from jobpulse_server.store.errors import UNAVAILABLE_MESSAGE, database_error
 from jobpulse_server.store.webhooks import backlog as outbox_backlog
 
 log = logging.getLogger("jobpulse")
@@ -35,6 +37,7 @@ SERVICE_NAMES = (
 HEALTH_NAMES = (*SERVICE_NAMES, "google.longrunning.Operations")
 # Probes in a row that must time out before a silent database is reported down.
 SLOW_PROBES_BEFORE_DOWN = 3
+SILENT_MESSAGE = "the database does not answer; retry shortly"
 
 
 class ServerHealth:
@@ -67,6 +70,7 @@ class ServerHealth:
         started = loop.time()
         try:
             async with self.db.read() as conn:
+                await conn.execute(schema_probe())
                 out.schema_version = await conn.run_sync(_schema_version)
                 pending, oldest_due = await outbox_backlog(conn, now_us())
             out.database_reachable = True
@@ -92,8 +96,14 @@ class ServerHealth:
         for name in ("", *HEALTH_NAMES):
             await self.statuses.set(name, status)
 
+    async def probe(self) -> None:
+        """Raises unless the database answers and holds every table and column the server uses."""
+        async with self.db.engine.connect() as conn:
+            await conn.execute(schema_probe())
+
     async def watch_database(self) -> None:
-        """Probes the database; grpc health says NOT_SERVING while it cannot be reached."""
+        """Probes the database; grpc health says NOT_SERVING while it cannot be reached or lacks the
+        schema, and the hub ends open streams then (they wait on the hub, not on the database)."""
         serving = True
         slow = 0
         while not self.stop.is_set():
@@ -103,8 +113,9 @@ class ServerHealth:
             except asyncio.TimeoutError:
                 pass
             limit = max(1.0, self.config.health_interval)
+            why = SILENT_MESSAGE
             try:
-                await asyncio.wait_for(self.db.ping(), timeout=limit)
+                await asyncio.wait_for(self.probe(), timeout=limit)
                 ok, slow = True, 0
             except asyncio.TimeoutError:
                 # A busy server answers late; only a database that stays silent is reported down,
@@ -120,13 +131,20 @@ class ServerHealth:
                     )
             except Exception as exc:
                 ok = False
+                found = database_error(exc)
+                why = found.message if found is not None else UNAVAILABLE_MESSAGE
                 if serving:
-                    log.error("database unreachable (%r): health is NOT_SERVING until it is back", exc)
+                    log.error("database unusable: %s (%r): health is NOT_SERVING until it is back", why, exc)
             if ok != serving and not self.stop.is_set():
                 serving = ok
                 if ok:
                     log.info("database reachable again: health is SERVING")
-                await self.set_serving(ok)
+                    self.hub.database_back()
+                    await self.set_serving(True)
+                else:
+                    # Health first: a watcher whose stream ends finds health saying the same.
+                    await self.set_serving(False)
+                    self.hub.database_lost(why)
 
 
 def _schema_version(sync_conn: Any) -> str:

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 T = TypeVar("T")
+POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -77,3 +82,60 @@ def reason_of(exc: grpc.RpcError) -> str:
             detail.Unpack(info)
             return info.reason
     return ""
+
+
+def pg_admin(sql: str, database: str | None = None) -> None:
+    """Runs ``sql`` on an admin connection to ``database`` (by default the test cluster's own database,
+    not a server's: the one to use to drop or rename a server's database)."""
+    import asyncpg
+
+    url = make_url(POSTGRES_URL)
+    if database is not None:
+        url = url.set(database=database)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+            database=url.database, timeout=5,
+        )  # fmt: skip
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def swap_sqlite_file(srv: Any, database_url: str, replacement: bytes | None) -> Path:
+    """Moves the server's SQLite file (and -wal/-shm) into a folder ``away`` beside it, puts
+    ``replacement`` in its place (None: nothing), and returns that folder (``restore_sqlite_file``
+    puts them back). The pools are disposed first, on the server's loop with no await before the
+    move, so every later call opens the path anew: a connection SQLite already has open would go on
+    using the moved file (see test_database_outage.py)."""
+    path = Path(str(make_url(database_url).database))
+    away = path.parent / "away"
+    away.mkdir()
+
+    async def dispose_and_move() -> None:
+        await srv.app.db.engine.dispose()
+        await srv.app.store.dispose()
+        _move_and_replace(path, away, replacement)
+
+    srv.call(dispose_and_move())
+    return away
+
+
+def _move_and_replace(path: Path, away: Path, replacement: bytes | None) -> None:
+    for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if part.exists():
+            part.rename(away / part.name)
+    if replacement is not None:
+        path.write_bytes(replacement)
+
+
+def restore_sqlite_file(database_url: str, away: Path) -> None:
+    """Undoes ``swap_sqlite_file``: the moved files go back where they were."""
+    path = Path(str(make_url(database_url).database))
+    path.unlink(missing_ok=True)
+    for part in sorted(away.iterdir()):
+        part.rename(path.parent / part.name)

@@ -7,22 +7,21 @@ handler runs, so before this a decode failure came back as UNKNOWN "Unexpected <
 
 A database that disappears under a running server is an outage, not a bug: UNAVAILABLE with reason
 DATABASE_UNAVAILABLE and RetryInfo for every kind of call (a read, a write, a worker call, a stream).
-PostgreSQL: the database is dropped, or renamed, or our role may no longer log in. SQLite: the file
-is removed, or replaced by one that is not a database. (A database refusing connections for a while:
-tests/faults/test_database_outage.py.)
+PostgreSQL: the database is dropped, or renamed, or our role may no longer log in or connect. SQLite:
+the file is removed, or replaced by one that is not a database. (A database refusing connections for a
+while: tests/faults/test_database_outage.py; open streams, and tables or columns gone under the
+server: tests/faults/test_database_gone.py.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from faults_support import NOT_SERVING, Stubs, reason_of
+from faults_support import NOT_SERVING, Stubs, pg_admin, reason_of, swap_sqlite_file
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
@@ -30,8 +29,6 @@ from support.polling import eventually
 
 from jobpulse.v1 import job_service_pb2 as J
 from jobpulse.v1 import worker_service_pb2 as W
-
-POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 # What a message meant for people must never contain: the marks of a Python exception.
 LEAKS = ("Error", "Exception", "<class", "Traceback", "Unexpected")
@@ -180,24 +177,6 @@ def test_the_message_says_what_was_wrong_and_the_server_keeps_serving(
 # -- the database disappears ------------------------------------------------------------------------
 
 
-def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    url = make_url(POSTGRES_URL)
-
-    async def run() -> None:
-        conn = await asyncpg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-            database=url.database, timeout=5,
-        )  # fmt: skip
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 def _retry_delay_of(exc: grpc.RpcError) -> float | None:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     for detail in status.details if status is not None else []:
@@ -252,37 +231,38 @@ def test_a_postgres_database_that_disappears_makes_every_call_unavailable(
     try:
         job = stubs.jobs.CreateJob(J.CreateJobRequest(total_items=2, chunk_size=1), timeout=10).job
         if how == "dropped":
-            _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
         else:
             # A database cannot be renamed while anyone is connected: refuse new connections first.
-            _pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            _pg_admin(
+            pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            pg_admin(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
             )
-            _pg_admin(f'ALTER DATABASE "{name}" RENAME TO "{renamed}"')
-            _pg_admin(f'ALTER DATABASE "{renamed}" ALLOW_CONNECTIONS true')
+            pg_admin(f'ALTER DATABASE "{name}" RENAME TO "{renamed}"')
+            pg_admin(f'ALTER DATABASE "{renamed}" ALLOW_CONNECTIONS true')
         _assert_every_call_unavailable(stubs, job.id)
     finally:
         stubs.close()
         if how == "renamed":
-            _pg_admin(f'DROP DATABASE IF EXISTS "{renamed}" WITH (FORCE)')
+            pg_admin(f'DROP DATABASE IF EXISTS "{renamed}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("how", ["login_refused", "connect_revoked"])
+@pytest.mark.parametrize("how", ["login_refused", "connect_revoked", "connection_limit"])
 def test_a_postgres_role_refused_makes_every_call_unavailable(
     make_server: Callable[..., Any], database_url: str, how: str
 ) -> None:
-    """The server's role may no longer log in (SQLSTATE class 28, as for a changed password), or lost
-    CONNECT on the database (42501): the database refuses us, and the caller is told to retry, not
-    that we have a bug."""
+    """The server's role may no longer log in (SQLSTATE class 28, as for a changed password), lost
+    CONNECT on the database (42501), or may open no more connections (53300, too many connections
+    for the role: superusers are exempt, hence a role): the database refuses us, and the caller is
+    told to retry, not that we have a bug."""
     if not database_url.startswith("postgresql"):
         pytest.skip("roles are PostgreSQL's")
     url = make_url(database_url)
     role = f"{url.database}_role"
-    _pg_admin(f'CREATE ROLE "{role}" LOGIN')
+    pg_admin(f'CREATE ROLE "{role}" LOGIN')
     # The owner of a database owns its public schema's rights too (PostgreSQL 15+), so migrations run.
-    _pg_admin(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
+    pg_admin(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
     try:
         srv = make_server(
             database_url=url.set(username=role).render_as_string(hide_password=False),
@@ -292,41 +272,19 @@ def test_a_postgres_role_refused_makes_every_call_unavailable(
         try:
             job = stubs.jobs.CreateJob(J.CreateJobRequest(total_items=2, chunk_size=1), timeout=10).job
             if how == "login_refused":
-                _pg_admin(f'ALTER ROLE "{role}" NOLOGIN')
+                pg_admin(f'ALTER ROLE "{role}" NOLOGIN')
+            elif how == "connection_limit":
+                pg_admin(f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
             else:
-                _pg_admin(f'REVOKE CONNECT ON DATABASE "{url.database}" FROM PUBLIC, "{role}"')
-            _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+                pg_admin(f'REVOKE CONNECT ON DATABASE "{url.database}" FROM PUBLIC, "{role}"')
+            pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
             _assert_every_call_unavailable(stubs, job.id)
         finally:
             stubs.close()
     finally:
         # The database goes before its owner can.
-        _pg_admin(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        _pg_admin(f'DROP ROLE IF EXISTS "{role}"')
-
-
-def _move_and_replace(path: Path, away: Path, replacement: bytes | None) -> None:
-    for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if part.exists():
-            part.rename(away / part.name)
-    if replacement is not None:
-        path.write_bytes(replacement)
-
-
-def _swap_sqlite_file(srv: Any, database_url: str, replacement: bytes | None) -> None:
-    """Moves the server's SQLite file (and -wal/-shm) away, and puts ``replacement`` in its place
-    (None: nothing). The pools are disposed first, on the server's loop with no await before the
-    move, so every later call opens the path anew (see test_database_outage.py for why)."""
-    path = Path(str(make_url(database_url).database))
-    away = path.parent / "away"
-    away.mkdir()
-
-    async def dispose_and_move() -> None:
-        await srv.app.db.engine.dispose()
-        await srv.app.store.dispose()
-        _move_and_replace(path, away, replacement)
-
-    srv.call(dispose_and_move())
+        pg_admin(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        pg_admin(f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.mark.parametrize("how", ["removed", "not_a_database"])
@@ -340,7 +298,7 @@ def test_a_sqlite_file_that_disappears_makes_every_call_unavailable(
     try:
         job = stubs.jobs.CreateJob(J.CreateJobRequest(total_items=2, chunk_size=1), timeout=10).job
         garbage = b"this is not a SQLite database, whatever its name says\n" * 200
-        _swap_sqlite_file(srv, database_url, None if how == "removed" else garbage)
+        swap_sqlite_file(srv, database_url, None if how == "removed" else garbage)
         _assert_every_call_unavailable(stubs, job.id)
         if how == "removed":
             # The server must not quietly make a new, empty database where the old one was.

@@ -147,6 +147,9 @@ class ChangeHub:
         self.webhooks = asyncio.Event()
         self._work = asyncio.Event()
         self.closing = asyncio.Event()
+        # Why the database cannot be used, while the health probe finds it so (None: it can). Streams
+        # wait on the hub alone, not on the database: this is how they learn it is gone.
+        self.outage: str | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._wheel = TimeoutWheel()
 
@@ -247,6 +250,17 @@ class ChangeHub:
         for ev in self._feeds:
             ev.set()
         self.notify_work()
+
+    def database_lost(self, why: str) -> None:
+        """The database cannot be used (says the health probe): every stream and claim is woken,
+        finds ``outage`` set (or its read failing) and ends, instead of heartbeating as if all
+        were well. A stream that opens meanwhile ends at its first wait."""
+        self.outage = why
+        self.wake_all()
+
+    def database_back(self) -> None:
+        """The database answers again: streams wait and heartbeat as usual."""
+        self.outage = None
 
     @property
     def open_streams(self) -> int:

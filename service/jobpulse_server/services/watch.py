@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobpulse_server.config import Config
-from jobpulse_server.domain.errors import InvalidPageToken, JobNotFound, RevisionAhead, ShuttingDown
+from jobpulse_server.domain.errors import (
+    DatabaseUnavailable,
+    InvalidPageToken,
+    JobNotFound,
+    RevisionAhead,
+    ShuttingDown,
+)
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
@@ -172,6 +178,10 @@ class WatchService:
                         changed.disarm()
                 if closing.is_set():
                     raise ShuttingDown(SHUTDOWN_MESSAGE)
+                if hub.outage is not None:
+                    # The health probe finds the database gone (hub.database_lost woke us): end with
+                    # UNAVAILABLE, which the caller retries, rather than heartbeat as if all were well.
+                    raise DatabaseUnavailable(hub.outage)
                 if not changed.is_set():
                     await write(wire(WatchMessage(EventType.HEARTBEAT, last)))
                     continue
@@ -395,11 +405,14 @@ class FeedService:
 
 
 async def wait_for_change(hub: ChangeHub, changed: Waker, timeout: float) -> bool:
-    """True when ``changed`` is set, False after ``timeout``; ShuttingDown if the server is closing.
+    """True when ``changed`` is set, False after ``timeout``; ShuttingDown if the server is closing,
+    DatabaseUnavailable while the health probe finds the database gone.
 
-    The hub sets every subscriber's flag when it closes, so one wait covers both.
+    The hub sets every subscriber's flag when it closes or loses the database, so one wait covers all.
     """
     woke = hub.closing.is_set() or await changed.wait(timeout)
     if hub.closing.is_set():
         raise ShuttingDown(SHUTDOWN_MESSAGE)
+    if hub.outage is not None:
+        raise DatabaseUnavailable(hub.outage)
     return woke
