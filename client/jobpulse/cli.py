@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -819,6 +819,44 @@ def _log_to_stderr(level: int) -> None:
     )
 
 
+@contextlib.contextmanager
+def _event_on_signal(signum: int, event: threading.Event) -> Iterator[None]:
+    """Sets ``event`` when ``signum`` arrives, for as long as the block runs.
+
+    The handler itself only writes a byte to a pipe; a thread reads it and sets the event. Setting a
+    ``threading.Event`` in the handler would take the event's lock on the main thread, between any two
+    bytecodes: a second signal arriving while the first handler (or the main thread's own
+    ``event.wait``) holds that lock would deadlock the process (seen: ``kill`` twice in a row left the
+    worker hung for ever).
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # The first one asks to stop; more while we wind down change nothing, and are ignored by the
+        # OS from here on (a burst would otherwise nest this handler in itself, and the default
+        # action once the block ends would kill the process mid-shutdown).
+        signal.signal(signum, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"\0")
+
+    def relay() -> None:
+        while os.read(read_end, 64):
+            event.set()
+
+    relay_thread = threading.Thread(target=relay, name="jobpulse-signal-relay", daemon=True)
+    relay_thread.start()
+    previous = signal.signal(signum, on_signal)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signum) is on_signal:  # not received: as it was before
+            signal.signal(signum, previous)
+        os.close(write_end)  # the relay reads end-of-file and returns
+        relay_thread.join(timeout=5.0)
+        os.close(read_end)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     _log_to_stderr(logging.INFO)
     with _client(args) as client:
@@ -830,18 +868,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             poll_wait=5.0,
         )
         kinds = ", ".join(args.kind) or "any kind"
-        print(
-            f"worker {worker.worker_id} on {args.target} ({kinds}, {args.concurrency} threads); "
-            "Ctrl-C to stop",
-            file=sys.stderr,
-        )
         stop = threading.Event()
         # SIGTERM stops as gracefully as a first Ctrl-C: no new claims, chunks in hand are finished.
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-        try:
+        with _event_on_signal(signal.SIGTERM, stop):
+            print(
+                f"worker {worker.worker_id} on {args.target} ({kinds}, {args.concurrency} threads); "
+                "Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
             handled = worker.run(sample_handler(args.item_delay, args.fail_rate), stop_event=stop)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     print(f"worker stopped after {handled} chunks", file=sys.stderr)
     return 0
 
