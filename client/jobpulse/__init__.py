@@ -6,6 +6,8 @@ The names users need are re-exported here:
 * :class:`Worker` runs a handler over claimed chunks; :class:`Task` is what the handler gets.
 * :class:`AsyncWorker` does the same on an asyncio event loop, with async handlers taking an
   :class:`AsyncTask`.
+* :class:`ReconnectInfo` / :class:`ResumeInfo` are what ``watch_job``'s ``on_reconnect`` and
+  ``on_resume`` callbacks receive.
 * :mod:`jobpulse.errors` holds the typed exceptions; :class:`PermanentError` fails a chunk for good.
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from jobpulse._async_worker import AsyncTask, AsyncWorker
     from jobpulse._client import Client
     from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
+    from jobpulse._watch import ReconnectInfo, ResumeInfo
     from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
     from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
     from jobpulse.v1.job_pb2 import Artifact, Chunk, ChunkState, Job, JobState, JobView
@@ -46,6 +49,8 @@ _EXPORTS = {
     "JobpulseError": "jobpulse.errors",
     "LeaseLost": "jobpulse.errors",
     "PermanentError": "jobpulse.errors",
+    "ReconnectInfo": "jobpulse._watch",
+    "ResumeInfo": "jobpulse._watch",
     "Task": "jobpulse.worker",
     "WaitTimeout": "jobpulse.errors",
     "Worker": "jobpulse.worker",
@@ -75,6 +80,8 @@ __all__ = [
     "JobpulseError",
     "LeaseLost",
     "PermanentError",
+    "ReconnectInfo",
+    "ResumeInfo",
     "Task",
     "WaitTimeout",
     "Worker",

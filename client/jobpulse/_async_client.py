@@ -22,6 +22,9 @@ from jobpulse._watch import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RECONNECT_TIMEOUT,
+    OnReconnect,
+    OnResume,
+    Outage,
     WatchCursor,
 )
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
@@ -442,10 +445,14 @@ class AsyncClient:
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """Async-iterates over a job's changes until it is terminal, resuming across broken streams.
 
-        See :meth:`jobpulse.Client.watch_job` for the arguments and the resumption rules.
+        See :meth:`jobpulse.Client.watch_job` for the arguments and the resumption rules. The
+        ``on_reconnect`` and ``on_resume`` callbacks are plain functions called on the event loop, so they
+        must not block.
         """
         cursor = WatchCursor(job_id, after_revision)
 
@@ -462,6 +469,8 @@ class AsyncClient:
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
             connect_timeout=connect_timeout,
+            on_reconnect=on_reconnect,
+            on_resume=on_resume,
         ):
             yield event
 
@@ -480,9 +489,12 @@ class AsyncClient:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
         """Async-iterates over job-level changes of every matching job (a dashboard feed), resuming
-        from the last cursor across broken streams; see :meth:`jobpulse.Client.watch_jobs`."""
+        from the last cursor across broken streams; see :meth:`jobpulse.Client.watch_jobs` (the
+        callbacks are plain functions called on the event loop, as for :meth:`watch_job`)."""
         request = _requests.watch_jobs(
             cursor=cursor,
             states=states,
@@ -507,6 +519,8 @@ class AsyncClient:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            on_reconnect=on_reconnect,
+            on_resume=on_resume,
         ):
             yield event
 
@@ -521,21 +535,24 @@ class AsyncClient:
         idle_timeout: float | None,
         reconnect_timeout: float,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> AsyncIterator[Any]:
         """Yields a server stream's messages, reconnecting with backoff after transport failures.
 
         ``observe`` sees each message before it is yielded (to move the resume point) and returns
-        True once the stream is complete; ``make_request`` builds the request to (re)connect with.
+        True once the stream is complete; ``make_request`` builds the request to (re)connect with;
+        ``on_reconnect`` and ``on_resume`` hear about each new attempt and the first message after them.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
-        failing_since: float | None = None
-        connected = False
+        outage = Outage(on_reconnect, on_resume)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
-            call = method(make_request(), timeout=remaining, metadata=self._metadata)
+            request = make_request()
+            call = method(request, timeout=remaining, metadata=self._metadata)
             error: JobpulseError
             try:
                 while True:
@@ -547,9 +564,8 @@ class AsyncClient:
                     if event is grpc.aio.EOF:
                         error = Unavailable(f"the {what} ended before it was complete")
                         break
+                    outage.delivered(request)
                     finished = observe(event)
-                    failing_since = None
-                    connected = True
                     backoff.reset()
                     yield event
                     if finished:
@@ -560,16 +576,16 @@ class AsyncClient:
                     raise error from rpc_error
             finally:
                 call.cancel()
-            now = time.monotonic()
-            failing_since = now if failing_since is None else failing_since
+            failing_for = outage.broke()
             # Before the first message there is nothing to resume: give up after the (shorter) connect
             # timeout, so a wrong target is reported instead of retried for minutes.
-            limit = reconnect_timeout if connected else min(connect_timeout, reconnect_timeout)
-            if now - failing_since >= limit:
+            limit = reconnect_timeout if outage.connected else min(connect_timeout, reconnect_timeout)
+            if failing_for >= limit:
                 raise error
             delay = backoff.next_delay(error.retry_delay)
             if deadline is not None:
-                delay = min(delay, max(0.0, deadline - now))
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            outage.failed(error, delay, make_request())
             await asyncio.sleep(delay)
 
     async def wait(

@@ -28,6 +28,9 @@ from jobpulse._watch import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RECONNECT_TIMEOUT,
     IdleWatchdog,
+    OnReconnect,
+    OnResume,
+    Outage,
     WatchCursor,
 )
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
@@ -543,6 +546,8 @@ class Client:
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> Iterator[job_service_pb2.WatchJobResponse]:
         """Streams a job's changes until it reaches a terminal state.
 
@@ -562,6 +567,22 @@ class Client:
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
             connect_timeout: Give up after this many seconds when no stream has delivered a message yet
                 (nothing listening at the target, most likely).
+            on_reconnect: Called with a :class:`jobpulse.ReconnectInfo` each time the watch is about to
+                try again (the stream broke, or the previous attempt failed): the attempt number, the
+                error, the delay before the attempt and the revision it resumes after. Not called when
+                the watch gives up instead. Runs on the iterating thread and should return quickly; an
+                exception it raises ends the watch.
+            on_resume: Called with a :class:`jobpulse.ResumeInfo` when a stream delivers its first
+                message after failed attempts (before that message is yielded): how many attempts it
+                took, how long the watch was down, and the revision it resumed after.
+
+        Example::
+
+            def say(info: jobpulse.ReconnectInfo) -> None:
+                print(f"reconnecting (attempt {info.attempt}): {info.error}", file=sys.stderr)
+
+            for event in client.watch_job(job_id, on_reconnect=say):
+                ...
 
         Raises:
             jobpulse.errors.JobpulseError: For failures a reconnect cannot fix (e.g. ``NotFound``),
@@ -582,6 +603,8 @@ class Client:
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
             connect_timeout=connect_timeout,
+            on_reconnect=on_reconnect,
+            on_resume=on_resume,
         )
 
     def watch_jobs(
@@ -599,6 +622,8 @@ class Client:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> Iterator[job_service_pb2.WatchJobsResponse]:
         """Streams job-level changes of every job matching the filters (a dashboard feed).
 
@@ -620,6 +645,10 @@ class Client:
             timeout: Overall deadline of the whole feed in seconds (``None``: none).
             idle_timeout: Seconds without any message after which the stream is presumed dead.
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            on_reconnect: Called before each new attempt after the stream broke, as for
+                :meth:`watch_job`; its ``ReconnectInfo.cursor`` is the cursor the feed resumes from.
+            on_resume: Called when a stream delivers its first message after failed attempts, as for
+                :meth:`watch_job`.
         """
         request = _requests.watch_jobs(
             cursor=cursor,
@@ -645,6 +674,8 @@ class Client:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            on_reconnect=on_reconnect,
+            on_resume=on_resume,
         )
 
     def _resumable(
@@ -658,29 +689,31 @@ class Client:
         idle_timeout: float | None,
         reconnect_timeout: float,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_reconnect: OnReconnect | None = None,
+        on_resume: OnResume | None = None,
     ) -> Iterator[Any]:
         """Runs a server stream, resuming it from ``make_request()`` whenever it breaks.
 
-        ``observe`` sees each message before it is yielded and returns True once the stream is done.
+        ``observe`` sees each message before it is yielded and returns True once the stream is done;
+        ``on_reconnect`` and ``on_resume`` hear about each new attempt and the first message after them.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff(initial=0.2, maximum=5.0)
-        failing_since: float | None = None
-        connected = False
+        outage = Outage(on_reconnect, on_resume)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
-            call = method(make_request(), timeout=remaining, metadata=self._metadata)
+            request = make_request()
+            call = method(request, timeout=remaining, metadata=self._metadata)
             watchdog = IdleWatchdog(idle_timeout, call.cancel) if idle_timeout else None
             error: JobpulseError
             try:
                 for event in call:
                     if watchdog is not None:
                         watchdog.kick()
+                    outage.delivered(request)
                     finished = observe(event)
-                    failing_since = None
-                    connected = True
                     backoff.reset()
                     yield event
                     if finished:
@@ -697,16 +730,16 @@ class Client:
                 if watchdog is not None:
                     watchdog.stop()
                 call.cancel()
-            now = time.monotonic()
-            failing_since = now if failing_since is None else failing_since
+            failing_for = outage.broke()
             # Before the first message there is nothing to resume: give up after the (shorter) connect
             # timeout, so a wrong target is reported instead of retried for minutes.
-            limit = reconnect_timeout if connected else min(connect_timeout, reconnect_timeout)
-            if now - failing_since >= limit:
+            limit = reconnect_timeout if outage.connected else min(connect_timeout, reconnect_timeout)
+            if failing_for >= limit:
                 raise error
             delay = backoff.next_delay(error.retry_delay)
             if deadline is not None:
-                delay = min(delay, max(0.0, deadline - now))
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            outage.failed(error, delay, make_request())
             time.sleep(delay)
 
     def wait(self, job_id: str, timeout: float | None = None, *, view: JobViewLike = "basic") -> job_pb2.Job:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import timezone
 from typing import Any, TextIO
@@ -14,6 +18,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobpulse._convert import chunk_state_name, is_terminal, job_state_name
+from jobpulse._watch import ReconnectInfo, ResumeInfo
+from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2, job_service_pb2
 
 
@@ -196,28 +202,93 @@ def stats_text(response: job_service_pb2.GetJobStatsResponse) -> str:
     return "\n".join(lines)
 
 
+def _filled(percent: float, width: int) -> int:
+    return min(width, max(0, round(width * percent / 100)))
+
+
 def progress_bar(percent: float, width: int, unicode: bool = True) -> str:
     """Returns a bar of ``width`` cells filled to ``percent`` (0..100)."""
-    filled = min(width, max(0, round(width * percent / 100)))
+    filled = _filled(percent, width)
     full, empty = ("█", "░") if unicode else ("#", "-")
     return full * filled + empty * (width - filled)
 
 
-def progress_line(job: job_pb2.Job, *, bar_width: int = 24, unicode: bool = True) -> str:
-    """Returns the one-line live status of a job: bar, percent, items, chunk counts, ETA, stage."""
+# A line of the live display, as (text, SGR parameters) pieces: the parameters ("32" for green) are used
+# only when color is on, so the same pieces give the plain line and the colored one.
+Segments = list[tuple[str, str]]
+
+_STATE_COLORS = {
+    job_pb2.JOB_STATE_COMPLETED: "32",  # green
+    job_pb2.JOB_STATE_FAILED: "31",  # red
+    job_pb2.JOB_STATE_CANCELLED: "33",  # yellow
+    job_pb2.JOB_STATE_CANCELLING: "33",
+}
+_RUNNING_COLOR = "36"  # cyan
+_NOTICE_COLOR = "33"
+
+
+def printable(text: str) -> str:
+    """Returns ``text`` with control characters (newlines, tabs, escapes) turned into spaces, so text
+    from a worker (a stage, a message) can neither break a line nor send the terminal commands."""
+    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def cell_width(char: str) -> int:
+    """Returns how many terminal cells ``char`` takes: 0 for combining marks, 2 for wide (East Asian
+    full-width) characters, else 1."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(segments: Segments, width: int, *, color: bool = False, ellipsis: str = "") -> str:
+    """Joins ``segments`` into one line of at most ``width`` cells, cutting (and ending with
+    ``ellipsis``) what does not fit; with ``color`` each piece is wrapped in its SGR sequence."""
+    total = sum(cell_width(c) for text, _ in segments for c in text)
+    budget = width if total <= width else max(0, width - len(ellipsis))
+    out: list[str] = []
+    used = 0
+    for text, sgr in segments:
+        kept: list[str] = []
+        for char in text:
+            w = cell_width(char)
+            if used + w > budget:
+                break
+            kept.append(char)
+            used += w
+        piece = "".join(kept)
+        if piece:
+            out.append(f"\x1b[{sgr}m{piece}\x1b[0m" if color and sgr else piece)
+        if len(kept) < len(text):
+            out.append(ellipsis)
+            break
+    return "".join(out)
+
+
+def progress_segments(job: job_pb2.Job, *, bar_width: int = 24, unicode: bool = True) -> Segments:
+    """Returns the pieces of :func:`progress_line`, the bar and a final state marked for color."""
     progress = job.progress
-    parts = [
-        f"{progress_bar(progress.percent, bar_width, unicode)} {progress.percent:5.1f}%",
-        f"{progress.items_done}/{progress.items_total} items",
-        f"chunks {summary_text(job.chunks_summary)}",
+    color = _STATE_COLORS.get(job.state, _RUNNING_COLOR)
+    bar = progress_bar(progress.percent, bar_width, unicode)
+    filled = _filled(progress.percent, bar_width)
+    segments: Segments = [
+        (bar[:filled], color),
+        (bar[filled:], ""),
+        (f" {progress.percent:5.1f}% | {progress.items_done}/{progress.items_total} items", ""),
+        (f" | chunks {summary_text(job.chunks_summary)}", ""),
     ]
     if is_terminal(job.state) or job.state == job_pb2.JOB_STATE_CANCELLING:
-        parts.append(job_state_name(job.state))
+        segments += [(" | ", ""), (job_state_name(job.state), color)]
     elif progress.HasField("eta"):
-        parts.append(f"ETA {format_duration(progress.eta)}")
+        segments.append((f" | ETA {format_duration(progress.eta)}", ""))
     if job.stage:
-        parts.append(f"stage: {job.stage}")
-    return " | ".join(parts)
+        segments.append((f" | stage: {printable(job.stage)}", ""))
+    return segments
+
+
+def progress_line(job: job_pb2.Job, *, bar_width: int = 24, unicode: bool = True) -> str:
+    """Returns the one-line live status of a job: bar, percent, items, chunk counts, ETA, stage."""
+    return "".join(text for text, _ in progress_segments(job, bar_width=bar_width, unicode=unicode))
 
 
 def event_line(event: job_service_pb2.WatchJobResponse) -> str:
@@ -230,37 +301,174 @@ def event_line(event: job_service_pb2.WatchJobResponse) -> str:
         f"chunks={summary_text(job.chunks_summary)}"
     )
     if job.stage:
-        text += f" stage={job.stage}"
+        text += f" stage={printable(job.stage)}"
     if event.chunks:
         text += f" changed_chunks={len(event.chunks)}"
     return text
 
 
+def error_text(error: JobpulseError, *, brief: bool = False) -> str:
+    """Returns ``"UNAVAILABLE: failed to connect ..."``: the status, then what went wrong, on one line;
+    ``brief`` keeps only the message's first clause (gRPC's and the server's go on after a ``;``)."""
+    text = error.text.split(";")[0].strip() if brief else error.text
+    return printable(f"{error.tag}: {text}" if text else error.tag)
+
+
+def reconnect_notice(info: ReconnectInfo, target: str) -> str:
+    """Returns the line a plain (non-terminal) watch prints on stderr when its stream is lost."""
+    if info.connected:
+        return f"watch: connection to {target} lost ({error_text(info.error)}); reconnecting"
+    return f"watch: cannot connect to {target} ({error_text(info.error)}); retrying"
+
+
+def resume_notice(info: ResumeInfo, target: str) -> str:
+    """Returns the line a plain watch prints on stderr once a new stream delivers messages again."""
+    if info.connected:
+        return f"watch: resumed after revision {info.after_revision}"
+    return f"watch: connected to {target}"
+
+
+def reconnect_document(info: ReconnectInfo, target: str) -> dict[str, Any]:
+    """Returns the JSON object ``watch --json`` prints on stderr when its stream is lost."""
+    return {
+        "event": "reconnecting" if info.connected else "connecting",
+        "target": target,
+        "attempt": info.attempt,
+        "code": info.error.code.name,
+        "reason": info.error.reason,
+        "message": info.error.message,
+        "delay": round(info.delay, 3),
+        "after_revision": info.after_revision,
+    }
+
+
+def resume_document(info: ResumeInfo, target: str) -> dict[str, Any]:
+    """Returns the JSON object ``watch --json`` prints on stderr once the stream works again."""
+    return {
+        "event": "resumed" if info.connected else "connected",
+        "target": target,
+        "attempts": info.attempts,
+        "downtime": round(info.downtime, 3),
+        "after_revision": info.after_revision,
+    }
+
+
+class JsonNotices:
+    """Says a watch's connection changes as JSON objects, one a line (``watch --json`` on stderr): one
+    when the stream is lost (:func:`reconnect_document`), one when it is back (:func:`resume_document`).
+
+    Args:
+        stream: Where to write.
+        target: The server's address, named in each object.
+    """
+
+    def __init__(self, stream: TextIO, target: str) -> None:
+        self._stream = stream
+        self._target = target
+
+    def reconnecting(self, info: ReconnectInfo) -> None:
+        """Writes the first attempt of each outage (``on_reconnect`` of ``watch_job``)."""
+        if info.attempt == 1:
+            self._write(reconnect_document(info, self._target))
+
+    def resumed(self, info: ResumeInfo) -> None:
+        """Writes that the stream is back (``on_resume``)."""
+        self._write(resume_document(info, self._target))
+
+    def _write(self, document: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(document, separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+
+def color_wanted(stream: TextIO) -> bool:
+    """Tells whether to color output to ``stream``: only on a terminal, never with ``NO_COLOR`` set to
+    anything but ``""`` (https://no-color.org) or ``TERM=dumb``."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def terminal_columns(stream: TextIO) -> int:
+    """Returns the width of the terminal ``stream`` writes to (asked each time: windows get resized),
+    falling back to ``$COLUMNS`` or 100."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 100
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return shutil.get_terminal_size((100, 20)).columns
+
+
 class ProgressDisplay:
     """Shows a watched job: a single rewritten line on a terminal, one line per change otherwise.
+
+    The live line never wraps (it is cut to the terminal's width, asked at every redraw), and is colored
+    only when :func:`color_wanted` says so. A lost connection shows on the live line in place of the bar
+    (``reconnecting to HOST:PORT (attempt 2, UNAVAILABLE: ...)``) until the stream is back; without a
+    live line it is one line on ``notices`` when lost, and one when resumed.
 
     Args:
         stream: Where to write.
         live: Rewrite one line in place (for terminals) instead of appending lines.
+        color: Color the live line; ``None``: when live and :func:`color_wanted`.
+        notices: Where the plain display writes its connection notices (``None``: stderr).
+        target: The server's address, named in the connection notices.
     """
 
-    def __init__(self, stream: TextIO, live: bool) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        live: bool,
+        *,
+        color: bool | None = None,
+        notices: TextIO | None = None,
+        target: str = "",
+    ) -> None:
         self._stream = stream
         self._live = live
+        self._color = live and (color_wanted(stream) if color is None else color)
+        self._notices = notices
+        self._target = target or "the server"
         encoding = (getattr(stream, "encoding", None) or "").lower()
         self._unicode = "utf" in encoding
         self._shown = False
 
+    def _draw(self, segments: Segments) -> None:
+        # One cell short of the width: writing the last column leaves some terminals in a pending wrap.
+        width = max(1, terminal_columns(self._stream) - 1)
+        line = fit(segments, width, color=self._color, ellipsis="…" if self._unicode else "")
+        self._stream.write("\r\x1b[2K" + line)
+        self._shown = True
+
     def update(self, event: job_service_pb2.WatchJobResponse, job: job_pb2.Job) -> None:
         """Shows the job as of ``event`` (heartbeats only refresh the live line)."""
         if self._live:
-            columns = shutil.get_terminal_size((100, 20)).columns
-            line = progress_line(job, unicode=self._unicode)[: max(20, columns - 1)]
-            self._stream.write("\r\x1b[2K" + line)
-            self._shown = True
+            columns = terminal_columns(self._stream)
+            # A narrow terminal gets a shorter bar, so the numbers after it still show.
+            bar_width = 24 if columns >= 80 else max(6, (columns - 1) // 4)
+            self._draw(progress_segments(job, bar_width=bar_width, unicode=self._unicode))
         elif event.type != job_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT:
             self._stream.write(event_line(event) + "\n")
         self._stream.flush()
+
+    def reconnecting(self, info: ReconnectInfo) -> None:
+        """Shows that the stream is lost and the watch tries again (``on_reconnect`` of ``watch_job``)."""
+        if self._live:
+            verb = "reconnecting" if info.connected else "connecting"
+            text = f"{verb} to {self._target} (attempt {info.attempt}, {error_text(info.error, brief=True)})"
+            self._draw([(text, _NOTICE_COLOR)])
+            self._stream.flush()
+        elif info.attempt == 1:
+            self._notice(reconnect_notice(info, self._target))
+
+    def resumed(self, info: ResumeInfo) -> None:
+        """Shows that the stream is back (``on_resume``); the live line shows the job again at once."""
+        if not self._live:
+            self._notice(resume_notice(info, self._target))
+
+    def _notice(self, line: str) -> None:
+        notices = self._notices or sys.stderr
+        notices.write(line + "\n")
+        notices.flush()
 
     def finish(self) -> None:
         """Ends the live line so that following output starts on a fresh line."""

@@ -537,16 +537,22 @@ def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
 def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream: TextIO) -> job_pb2.Job:
     """Follows a job to its end, showing progress on ``stream``, and returns the final job.
 
+    A lost connection is said, never silent: on a terminal in place of the progress line (attempt and
+    error) until the stream is back; otherwise one line on stderr when lost and one when resumed, or with
+    ``json_lines`` one JSON object each on stderr (``{"event": "reconnecting", ...}``, ``"resumed"``), so
+    ``stream`` keeps the watch messages only.
+
     Args:
         client: The client to watch with.
         job_id: The job to follow.
         json_lines: Print each watch message as one JSON line instead of a progress display.
         stream: Where to write.
     """
-    display = _render.ProgressDisplay(stream, live=stream.isatty())
+    display = _render.ProgressDisplay(stream, live=stream.isatty() and not json_lines, target=client.target)
+    notices = _render.JsonNotices(sys.stderr, client.target) if json_lines else display
     job = job_pb2.Job()
     try:
-        for event in client.watch_job(job_id):
+        for event in client.watch_job(job_id, on_reconnect=notices.reconnecting, on_resume=notices.resumed):
             if event.HasField("job"):
                 job = event.job
             if json_lines:

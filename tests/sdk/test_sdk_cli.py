@@ -390,7 +390,7 @@ def test_watch_exits_with_the_code_of_the_final_state(cli_client, capsys, state,
 def test_watch_of_an_unreachable_server_exits_5_with_a_hint(cli_client, client, monkeypatch, capsys):
     # A connect timeout of 0 instead of the default's 20 s: the test sees the CLI's side only.
     watch = client.watch_job
-    monkeypatch.setattr(client, "watch_job", lambda job_id: watch(job_id, connect_timeout=0))
+    monkeypatch.setattr(client, "watch_job", lambda job_id, **kw: watch(job_id, connect_timeout=0, **kw))
     pending = cli_client.run(cli.main, ["--target", "127.0.0.1:50999", "watch", "j1"])
     _, _, stream = cli_client.take_stream("JobService.WatchJob")
     stream.terminate((), grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
