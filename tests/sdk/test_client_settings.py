@@ -65,3 +65,17 @@ def test_every_client_flag_shows_its_variable_and_default_in_help(capsys: pytest
         assert f"(env {setting.env}; default " in out, setting.env
     assert "(env JOBPULSE_TARGET; default 127.0.0.1:50051)" in out
     assert "--limit LIMIT at most this many jobs (default 20)" in out
+
+
+def test_the_command_quiets_grpc_before_grpc_is_imported() -> None:
+    # gRPC reads GRPC_VERBOSITY once, at import: the console script can set it only if importing the
+    # package does not import gRPC already (names load on first use).
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, jobpulse; before = 'grpc' in sys.modules; jobpulse.Client; "
+        "print(before, 'grpc' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "True"], done.stderr
