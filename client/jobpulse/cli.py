@@ -329,20 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("stats", _cmd_stats, "job counts, success rate and durations")
     p.add_argument("--kind", default="", help="only jobs of this kind")
-    p.add_argument(
-        "--created-after",
-        type=_time,
-        default=None,
-        metavar="TIME",
-        help="only jobs created at or after (ISO 8601)",
-    )
-    p.add_argument(
-        "--created-before",
-        type=_time,
-        default=None,
-        metavar="TIME",
-        help="only jobs created before (ISO 8601)",
-    )
+    _created_options(p)
 
     p = command(
         "export",
@@ -405,6 +392,11 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or less"
     )
+    _created_options(p)
+
+
+def _created_options(p: argparse.ArgumentParser) -> None:
+    """The creation-time window (list, export, stats)."""
     p.add_argument(
         "--created-after",
         type=_time,

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from support.tls import self_signed
+
 
 def _jobpulse(*args: str) -> subprocess.CompletedProcess[str]:
     command = str(Path(sys.executable).with_name("jobpulse"))  # the installed console script
@@ -28,12 +30,7 @@ def test_tls_against_a_plaintext_server_is_one_line_without_grpc_log_lines(serve
 
 
 def test_plaintext_against_a_tls_server_says_add_tls(make_server: Any, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     srv = make_server(tls_cert=str(cert), tls_key=str(key))
     done = _jobpulse("--target", srv.address, "list")
     assert done.returncode == 5, done.stderr

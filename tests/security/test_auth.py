@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.tls import self_signed
 
 import jobpulse
 from jobpulse import errors
@@ -181,12 +182,7 @@ def test_rate_limits_answer_resource_exhausted_with_retry_info(make_server: Any)
 
 
 def test_tls(make_server: Any, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     srv = make_server(tls_cert=str(cert), tls_key=str(key))
     with jobpulse.Client(srv.address, secure=True, root_certificates=cert.read_bytes(), timeout=10) as client:
         assert client.create_job("k", 1).chunks_summary.total == 1
@@ -198,12 +194,7 @@ def test_tls(make_server: Any, tmp_path: Path) -> None:
 def test_tls_from_the_variables_the_cli_reads_too(
     make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     srv = make_server(tls_cert=str(cert), tls_key=str(key))
     monkeypatch.setenv("JOBPULSE_TARGET", srv.address)
     monkeypatch.setenv("JOBPULSE_TLS_CA", str(cert))  # a CA implies TLS, in the SDK as in the CLI
