@@ -489,6 +489,7 @@ class AsyncClient:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
     ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
@@ -519,6 +520,7 @@ class AsyncClient:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
             on_reconnect=on_reconnect,
             on_resume=on_resume,
         ):

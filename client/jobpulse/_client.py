@@ -622,6 +622,7 @@ class Client:
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
     ) -> Iterator[job_service_pb2.WatchJobsResponse]:
@@ -645,6 +646,8 @@ class Client:
             timeout: Overall deadline of the whole feed in seconds (``None``: none).
             idle_timeout: Seconds without any message after which the stream is presumed dead.
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            connect_timeout: Give up after this many seconds when no stream has delivered a message yet
+                (nothing listening at the target, most likely).
             on_reconnect: Called before each new attempt after the stream broke, as for
                 :meth:`watch_job`; its ``ReconnectInfo.cursor`` is the cursor the feed resumes from.
             on_resume: Called when a stream delivers its first message after failed attempts, as for
@@ -674,6 +677,7 @@ class Client:
             timeout=timeout,
             idle_timeout=idle_timeout,
             reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
             on_reconnect=on_reconnect,
             on_resume=on_resume,
         )

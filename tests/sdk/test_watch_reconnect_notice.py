@@ -252,6 +252,22 @@ def test_a_watch_that_never_connects_reports_its_attempts_then_gives_up() -> Non
     assert all(r.elapsed < 1.0 for r in reconnects)
 
 
+def test_a_feed_that_never_connects_gives_up_after_its_connect_timeout() -> None:
+    async def feed() -> None:
+        async with jobpulse.AsyncClient(f"127.0.0.1:{free_port()}") as client:
+            async for _ in client.watch_jobs(connect_timeout=1.0):
+                pass
+
+    started = time.monotonic()
+    with jobpulse.Client(f"127.0.0.1:{free_port()}") as client:
+        with pytest.raises(Unavailable):
+            for _ in client.watch_jobs(connect_timeout=1.0):
+                pass
+    with pytest.raises(Unavailable):
+        asyncio.run(feed())
+    assert time.monotonic() - started < 20  # each gave up near its 1 s, not after reconnect_timeout (120 s)
+
+
 # -- jobpulse watch, as a user runs it -----------------------------------------------------------------
 
 
