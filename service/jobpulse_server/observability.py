@@ -131,11 +131,31 @@ class HandOff(logging.Handler):
         self.writer.put(record)
 
 
+class DriverNoise(logging.Filter):
+    """Folds the traceback of the database driver's own log records into their one line.
+
+    asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with a full traceback
+    each time it cannot reconnect while the database is away: the same pages again and again, where the
+    server's own lines already say what is wrong and what to do. The exception's words stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("asyncpg") and record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def log_off_the_loop(handler: logging.StreamHandler[Any], level: int) -> LogWriter:
     """Routes the root logger through ``HandOff`` to a LogWriter over ``handler``; returns the
     started writer (stop it to flush)."""
     writer = LogWriter(handler)
-    logging.basicConfig(level=level, handlers=[HandOff(writer)], force=True)
+    hand_off = HandOff(writer)
+    hand_off.addFilter(DriverNoise())
+    logging.basicConfig(level=level, handlers=[hand_off], force=True)
     return writer
 
 

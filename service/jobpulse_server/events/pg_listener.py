@@ -56,14 +56,23 @@ class Listener:
         import asyncpg
 
         first = True
+        failed, said = 0, 0.0  # connects failed in a row; when that was last logged
         while not stop.is_set():
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(**self._connect_args, timeout=10)
             except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-                log.warning("change listener cannot connect (%s); retrying", exc)
+                # Once when it starts, then once a minute: not a line a second for the whole outage.
+                failed += 1
+                now = asyncio.get_running_loop().time()
+                if failed == 1 or now - said >= 60.0:
+                    said = now
+                    log.warning(
+                        "change listener cannot connect (%s); retrying (%d tries so far)", exc, failed
+                    )
                 await _sleep_or_stop(stop, self.retry_seconds)
                 continue
+            failed = 0
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)

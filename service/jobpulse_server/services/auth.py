@@ -17,6 +17,7 @@ from typing import Any
 
 from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
 from jobpulse_server.domain.principal import ANONYMOUS, KeyInfo, Principal
+from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.ratelimit import Limiter
 from jobpulse_server.store import KeysAndDeliveries, keys
 
@@ -61,14 +62,16 @@ class Authenticator:
         self._keys = found
 
     async def run(self, stop: asyncio.Event) -> None:
+        passes = FailingPasses("API key refresh (the last known keys stay in force)", log)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.refresh_seconds)
             except asyncio.TimeoutError:
                 try:
                     await self.refresh()
-                except Exception:  # keep the last known keys while the database is away
-                    log.warning("could not refresh API keys; keeping the last known set", exc_info=True)
+                    passes.worked()
+                except Exception as exc:  # keep the last known keys while the database is away
+                    passes.failed(exc)
 
     def authenticate(
         self, metadata: Iterable[Any] | None, roles: frozenset[str], method: str

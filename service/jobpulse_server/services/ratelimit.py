@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jobpulse_server.domain.errors import RateLimited
+from jobpulse_server.services.background import unavailable_reason
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.store import UsageStore
 
@@ -231,13 +232,15 @@ class SharedRateLimiter:
             if self._failing:
                 log.info("rate limits are shared by the replicas again")
                 self._failing = False
-        except Exception:
+        except Exception as exc:
             # Limit on this replica alone for a while rather than refuse every call or admit all.
             if not self._failing:
+                why = unavailable_reason(exc)
                 log.warning(
-                    "could not take rate-limit tokens from the database; each replica limits on its own "
-                    "until it answers",
-                    exc_info=True,
+                    "could not take rate-limit tokens from the database (%s); each replica limits on its "
+                    "own until it answers",
+                    why or f"{type(exc).__name__}: {exc}",
+                    exc_info=not why,
                 )
                 self._failing = True
             share.alone_until = self.clock() + DEGRADED_SECONDS

@@ -27,6 +27,7 @@ from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
+from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.store import KeysAndDeliveries, Transactions
 
 log = logging.getLogger(__name__)
@@ -190,9 +191,11 @@ class RetentionService:
         """Sweeps every ``sweep_interval`` seconds until ``stop`` is set (which also cuts a sweep
         short, so a long deletion does not hold up shutdown)."""
         self._stop = stop
+        passes = FailingPasses("expiry sweep", log)
         while not stop.is_set():
             try:
                 counts = await self.sweep()
+                passes.worked()
                 if counts:
                     log.info(
                         "expiry: deleted %d job(s), %d tombstone(s), %d webhook delivery record(s)",
@@ -200,8 +203,8 @@ class RetentionService:
                         counts.tombstones,
                         counts.deliveries,
                     )
-            except Exception:  # keep sweeping even if one pass fails (e.g. database briefly away)
-                log.exception("expiry sweep failed")
+            except Exception as exc:  # keep sweeping even if one pass fails (e.g. database briefly away)
+                passes.failed(exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.config.sweep_interval)
             except asyncio.TimeoutError:

@@ -17,6 +17,7 @@ import logging
 
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.usage import KeyUsage
+from jobpulse_server.services.background import FailingPasses, unavailable_reason
 from jobpulse_server.store import UsageStore
 
 log = logging.getLogger(__name__)
@@ -84,28 +85,27 @@ class UsageLedger:
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         """Flushes every ``interval`` seconds until ``stop``; failures are logged and retried."""
-        failing = False
+        passes = FailingPasses("usage count flush (counts are kept for the next one)", log)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             except asyncio.TimeoutError:
                 try:
                     await self.flush()
-                except Exception:
-                    if not failing:  # once per outage, not once a second
-                        log.warning(
-                            "could not write usage counts; keeping them for the next flush", exc_info=True
-                        )
-                    failing = True
-                else:
-                    if failing:
-                        log.info("usage counts written again")
-                    failing = False
+                    passes.worked()
+                except Exception as exc:
+                    passes.failed(exc)
 
     async def close(self, timeout: float = 5.0) -> None:
         """The last flush, at shutdown (after the server stopped taking calls)."""
         try:
             await asyncio.wait_for(self.flush(), timeout)
-        except Exception:
+        except Exception as exc:
             lost = sum(u.calls + u.rejected for u in self._pending.values())
-            log.error("could not write the last usage counts: %d calls are not counted", lost, exc_info=True)
+            why = unavailable_reason(exc)
+            log.error(
+                "could not write the last usage counts: %d calls are not counted (%s)",
+                lost,
+                why or f"{type(exc).__name__}: {exc}",
+                exc_info=not why,
+            )

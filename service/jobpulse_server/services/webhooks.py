@@ -31,6 +31,7 @@ from jobpulse_server.domain.principal import Principal
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery, secret_key
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
+from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.store import KeysAndDeliveries
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
@@ -111,11 +112,13 @@ class Deliverer:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(timeout=self.config.webhook_timeout, follow_redirects=False) as http:
+            passes = FailingPasses("webhook delivery", log)
             while not stop.is_set():
                 try:
                     busy = await self.deliver_due(http)
-                except Exception:  # the database may be away; try again later
-                    log.warning("webhook delivery pass failed", exc_info=True)
+                    passes.worked()
+                except Exception as exc:  # the database may be away; try again later
+                    passes.failed(exc)
                     busy = 0
                 if busy:
                     continue

@@ -24,6 +24,7 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobSt
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.artifacts import load_artifacts
+from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.store import Store, Transactions, WriteTx, chunk_job_id
@@ -488,14 +489,16 @@ class WorkerService:
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweeps every ``sweep_interval`` seconds until ``stop`` is set."""
+        passes = FailingPasses("sweep", log)
         while not stop.is_set():
             try:
                 moved = await self.sweep()
                 self.last_sweep = asyncio.get_running_loop().time()
+                passes.worked()
                 if moved:
                     log.info("sweeper moved %d chunk(s)", moved)
-            except Exception:  # keep rescuing even if one pass fails (e.g. database briefly away)
-                log.exception("sweep failed")
+            except Exception as exc:  # keep rescuing even if one pass fails (e.g. database briefly away)
+                passes.failed(exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.config.sweep_interval)
             except asyncio.TimeoutError:
