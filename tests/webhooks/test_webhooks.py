@@ -312,3 +312,24 @@ def test_the_server_command_says_why_it_will_not_start(tmp_path: Path) -> None:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+
+
+def test_the_readme_receiver_verifies_a_real_delivery_as_written(
+    make_server: Any, receiver: Receiver
+) -> None:
+    from support.readme_blocks import find_block
+
+    block = find_block("## Security and operations", "python", "from standardwebhooks import", None)
+    namespace: dict[str, Any] = {"secret": SECRET}
+    exec(compile(block.text, block.where(), "exec"), namespace)  # the README's receiver, as written
+    receive = namespace["receive"]
+    srv = make_server(webhook_secret=SECRET)
+    with jobpulse.Client(srv.address) as client:
+        job = client.create_job("hook", 1, webhook_url=receiver.url)
+        _finish(client)
+        got = receiver.wait_for(1)[0]
+    event = receive(got["body"].encode(), got["headers"])
+    assert event is not None and event["type"] == "job.completed" and event["job"]["id"] == job.id
+    tampered = got["body"].replace('"job.completed"', '"job.failed"').encode()
+    assert tampered != got["body"].encode()
+    assert receive(tampered, got["headers"]) is None  # forged or tampered: refused
