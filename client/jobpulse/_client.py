@@ -68,13 +68,13 @@ class Client:
             ``$JOBPULSE_TLS``, or TLS when a CA is given (``root_certificates`` or ``$JOBPULSE_TLS_CA``).
         root_certificates: PEM bytes of the CA that signed the server's certificate (implies TLS).
             ``None`` means the file named by ``$JOBPULSE_TLS_CA``, else the system's roots.
+        timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
+        channel: A ready ``grpc.Channel`` to use instead of opening one (for tests and custom setups);
+            the client does not close a channel it was given.
 
     Raises:
         jobpulse.errors.SettingError: A bad target (``http://...``, a port past 65535) or a bad
             ``JOBPULSE_*`` value, naming the argument or variable (a ``ValueError``).
-        timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
-        channel: A ready ``grpc.Channel`` to use instead of opening one (for tests and custom setups);
-            the client does not close a channel it was given.
     """
 
     def __init__(
