@@ -830,11 +830,17 @@ def _event_on_signal(signum: int, event: threading.Event) -> Iterator[None]:
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
 
+    received = False
+
     def on_signal(signum: int, frame: object) -> None:
-        # The first one asks to stop; more while we wind down change nothing, and are ignored by the
-        # OS from here on (a burst would otherwise nest this handler in itself, and the default
-        # action once the block ends would kill the process mid-shutdown).
-        signal.signal(signum, signal.SIG_IGN)
+        # The first one asks to stop; later ones (a burst, or a second kill while we wind down) return
+        # at once: a handler that does next to nothing cannot nest deeply in itself, and switching to
+        # SIG_IGN here would make Python print "Signal 15 ignored due to race condition" for a signal
+        # already on its way.
+        nonlocal received
+        if received:
+            return
+        received = True
         with contextlib.suppress(OSError):
             os.write(write_end, b"\0")
 
@@ -848,7 +854,7 @@ def _event_on_signal(signum: int, event: threading.Event) -> Iterator[None]:
     try:
         yield
     finally:
-        if signal.getsignal(signum) is on_signal:  # not received: as it was before
+        if not received:  # as it was before; once received, the handler stays (it only returns now)
             signal.signal(signum, previous)
         os.close(write_end)  # the relay reads end-of-file and returns
         relay_thread.join(timeout=5.0)

@@ -1,6 +1,7 @@
 """``jobpulse worker`` stops on SIGTERM, however many arrive and whenever they do: a graceful stop (the
-chunks in hand finished, exit 0), never a hang. It hung once: its handler set a threading.Event, and a
-second SIGTERM landing while the first handler held the event's lock deadlocked the process."""
+chunks in hand finished, "worker stopped" said), never a hang and never a traceback. It hung once: its
+handler set a threading.Event, and a second SIGTERM landing while the first handler held the event's
+lock deadlocked the process."""
 
 from __future__ import annotations
 
@@ -37,5 +38,8 @@ def test_a_burst_of_sigterms_stops_the_worker_gracefully(server: Any) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             raise AssertionError("the worker hung after a burst of SIGTERMs") from None
-        assert worker.returncode == 0, rest
+        # The stop itself was graceful: said, with nothing printed beside it. A SIGTERM of the burst that
+        # lands after it, while Python tears down (its handlers back to the default), ends the process
+        # with the signal's own status: the usual meaning of a second kill, with the work already done.
         assert "worker stopped after 0 chunks" in rest and "Traceback" not in rest, rest
+        assert worker.returncode in (0, -signal.SIGTERM), rest
