@@ -108,7 +108,7 @@ run: install
 	$(VENV)/bin/jobpulse-server serve
 
 # The SDK installs thin: `pip install ./client` into an empty venv pulls nothing of the server.
-SERVER_ONLY := sqlalchemy|aiosqlite|asyncpg|psycopg|psycopg-binary|alembic|httpx|prometheus-client|grpcio-health-checking|grpcio-reflection|jobpulse-server
+SERVER_ONLY := starlette|uvicorn|httptools|sqlalchemy|aiosqlite|asyncpg|psycopg|psycopg-binary|alembic|httpx|prometheus-client|grpcio-health-checking|grpcio-reflection|jobpulse-server
 check-sdk:
 	rm -rf .sdk-check && python3 -m venv .sdk-check
 	.sdk-check/bin/python -m pip install -q ./client

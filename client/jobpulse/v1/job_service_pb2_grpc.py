@@ -133,6 +133,11 @@ class JobServiceStub:
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
+        self.CreateEventsToken = channel.unary_unary(
+                '/jobpulse.v1.JobService/CreateEventsToken',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -294,6 +299,19 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEventsToken(self, request, context):
+        """Mints a short-lived token for a browser, which cannot send an authorization
+        header on an EventSource: the page passes it as ?access_token= to the HTTP
+        side's /v1/jobs/{job_id}/events (job_id set) or /v1/events (job_id empty: the
+        caller's whole feed). The token reads those events as the caller and nothing
+        else (no RPC, no other job), until expire_time. Every replica accepts it. An
+        unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
+        1 s .. 24 h is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -376,6 +394,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJobs,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.WatchJobsRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'CreateEventsToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEventsToken,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +852,33 @@ class JobService:
             '/jobpulse.v1.JobService/WatchJobs',
             jobpulse_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEventsToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobpulse.v1.JobService/CreateEventsToken',
+            jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,6 +117,15 @@ class JobServiceStub:
     the filters is reported by id in deleted_job_ids. The stream does not end
     by itself.
     """
+    CreateEventsToken: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CreateEventsTokenRequest, _job_service_pb2.CreateEventsTokenResponse]
+    """Mints a short-lived token for a browser, which cannot send an authorization
+    header on an EventSource: the page passes it as ?access_token= to the HTTP
+    side's /v1/jobs/{job_id}/events (job_id set) or /v1/events (job_id empty: the
+    caller's whole feed). The token reads those events as the caller and nothing
+    else (no RPC, no other job), until expire_time. Every replica accepts it. An
+    unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
+    1 s .. 24 h is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -206,6 +215,15 @@ class JobServiceAsyncStub(JobServiceStub):
     it is now. A deleted job (also one deleted when it expired) that matches
     the filters is reported by id in deleted_job_ids. The stream does not end
     by itself.
+    """
+    CreateEventsToken: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CreateEventsTokenRequest, _job_service_pb2.CreateEventsTokenResponse]  # type: ignore[assignment]
+    """Mints a short-lived token for a browser, which cannot send an authorization
+    header on an EventSource: the page passes it as ?access_token= to the HTTP
+    side's /v1/jobs/{job_id}/events (job_id set) or /v1/events (job_id empty: the
+    caller's whole feed). The token reads those events as the caller and nothing
+    else (no RPC, no other job), until expire_time. Every replica accepts it. An
+    unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
+    1 s .. 24 h is INVALID_ARGUMENT.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -389,6 +407,21 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         it is now. A deleted job (also one deleted when it expired) that matches
         the filters is reported by id in deleted_job_ids. The stream does not end
         by itself.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateEventsToken(
+        self,
+        request: _job_service_pb2.CreateEventsTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.CreateEventsTokenResponse, _abc.Awaitable[_job_service_pb2.CreateEventsTokenResponse]]:
+        """Mints a short-lived token for a browser, which cannot send an authorization
+        header on an EventSource: the page passes it as ?access_token= to the HTTP
+        side's /v1/jobs/{job_id}/events (job_id set) or /v1/events (job_id empty: the
+        caller's whole feed). The token reads those events as the caller and nothing
+        else (no RPC, no other job), until expire_time. Every replica accepts it. An
+        unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
+        1 s .. 24 h is INVALID_ARGUMENT.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
