@@ -23,6 +23,10 @@ from jobpulse_server.config import Config
 
 T = TypeVar("T")
 
+# Servers started by tests (in-process and child processes alike) take any free HTTP port, never the
+# default 8080 that two servers of one test, or a developer's own server, would both want.
+os.environ.setdefault("JOBPULSE_HTTP_PORT", "0")
+
 
 class ServerThread:
     """A jobpulse server in a thread of its own; ``restart()`` keeps the same database."""
@@ -148,6 +152,7 @@ def make_server(database_url: str) -> Iterator[Callable[..., ServerThread]]:
             "port": 0,
             "database_url": database_url,
             "drain_seconds": 0.0,
+            "http_port": 0,
         }
         values.update(overrides)
         srv = ServerThread(Config(**values)).start()

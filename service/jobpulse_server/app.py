@@ -25,10 +25,9 @@ from jobpulse.v1 import (
 )
 from jobpulse_server import gc_tuning
 from jobpulse_server.api.admin import AdminServicer
-from jobpulse_server.api.convert import webhook_job
 from jobpulse_server.api.encoded_jobs import EncodedJobs
 from jobpulse_server.api.interceptors import CallGuard
-from jobpulse_server.api.jobs import JobServicer, watch_encoder
+from jobpulse_server.api.jobs import JobServicer
 from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
 from jobpulse_server.api.operations import OperationsServicer
 from jobpulse_server.api.reflection import add_reflection, record_services
@@ -38,8 +37,13 @@ from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.events.pg_listener import Listener
 from jobpulse_server.health import SERVICE_NAMES, ServerHealth, job_gauges
+from jobpulse_server.http.auth import HttpAuth
+from jobpulse_server.http.routes import HttpSide
+from jobpulse_server.http.server import HttpServer
+from jobpulse_server.http.sse import watch_form as sse_watch_form
 from jobpulse_server.observability import Metrics, Observer
 from jobpulse_server.services.auth import Authenticator, is_loopback
+from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
@@ -56,6 +60,8 @@ from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
 from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
 from jobpulse_server.store.usage import SqlUsage
+from jobpulse_server.wire.convert import webhook_job
+from jobpulse_server.wire.watch import feed_encoder, watch_encoder
 
 log = logging.getLogger("jobpulse")
 
@@ -79,6 +85,7 @@ class App:
     metrics: Metrics
     usage: UsageLedger
     metrics_port: int | None = None
+    http: HttpServer | None = None
     listener: Listener | None = None
     deliverer: Deliverer | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,6 +94,21 @@ class App:
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP side's port (None when it is off)."""
+        return self.http.port if self.http is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP side's base URL, e.g. ``http://127.0.0.1:8080`` (None when it is off)."""
+        if self.http is None:
+            return None
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{shown}:{self.http.port}"
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Drains: stops taking calls, gives in-flight ones ``drain_seconds``, ends streams
@@ -98,7 +120,9 @@ class App:
         if self.hub.open_streams and grace > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stopping), timeout=grace)
-        self.hub.close()
+        self.hub.close()  # ends every watch stream, gRPC and SSE alike
+        if self.http is not None:
+            await self.http.stop()
         await stopping
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.usage.close()  # the calls counted since the last flush, now that none come in
@@ -158,6 +182,9 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     observer = Observer(metrics)
     workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
     watches = WatchService(store, hub, config, watch_encoder(clock, retention))
+    # The HTTP side's SSE text of each watch message, built from its gRPC form, once for every stream.
+    watches.add_form("sse", sse_watch_form(watches.wire("grpc")))
+    feeds = FeedService(txs, hub, config)
 
     rates = {
         "client": config.rate_limit_client,
@@ -174,6 +201,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     keys_and_deliveries = SqlKeysAndDeliveries(db)
     authenticator = Authenticator(keys_and_deliveries, limiter, refresh_seconds=config.key_refresh_interval)
     await authenticator.refresh()
+    tokens = EventsTokens(keys_and_deliveries, authenticator, clock)
+    await tokens.start()
     problem = open_mode_problem(config, not authenticator.open)
     if problem is not None:
         await store.close()
@@ -210,10 +239,11 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         JobServicer(
             jobs,
             watches,
-            FeedService(txs, hub, config),
+            feeds,
             WebhookService(keys_and_deliveries, clock),
             clock,
             EncodedJobs(retention=retention),
+            tokens,
             retention,
         ),
         server,
@@ -239,6 +269,38 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         await store.close()
         await db.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {_listen_problem(exc)}") from exc
+    http: HttpServer | None = None
+    if config.http_port >= 0:
+        side = HttpSide(
+            watches,
+            feeds,
+            HttpAuth(authenticator, tokens),
+            feed_encoder(clock, retention),
+            lambda: server_health.serving,
+            lambda: hub.outage,
+            metrics.registry,
+            config.cors_origins,
+        )
+        http = HttpServer(
+            side.app(),
+            config.host,
+            config.http_port,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            header_timeout=config.http_header_timeout,
+            stall_timeout=config.http_stall_timeout,
+            drain_seconds=config.drain_seconds,
+        )
+        try:
+            await http.start()
+        except OSError as exc:
+            await server.stop(0)
+            await store.close()
+            await db.close()
+            raise OSError(
+                f"cannot listen on {config.host}:{config.http_port} (HTTP side): {exc.strerror or exc}; "
+                "choose another --http-port / JOBPULSE_HTTP_PORT, 0 for any free port, or -1 for none"
+            ) from exc
     await server.start()
 
     deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
@@ -262,6 +324,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         metrics,
         usage,
         metrics_port=metrics_port,
+        http=http,
         listener=listener,
         deliverer=deliverer,
         _stop_background=stop_background,
@@ -274,6 +337,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         (deliverer.run(stop_background), "jobpulse-webhooks"),
         (server_health.watch_database(), "jobpulse-db-health"),
         (usage.run(stop_background, config.usage_flush_interval), "jobpulse-usage"),
+        (tokens.run(stop_background, config.key_refresh_interval), "jobpulse-events-secrets"),
     ]
     if metrics_port is not None:
         background.append((job_gauges(db, metrics, stop_background), "jobpulse-job-gauges"))
@@ -302,6 +366,8 @@ async def serve(config: Config) -> int:
         if app.metrics_port is not None
         else "",
     )
+    if app.http_url is not None:
+        log.info("HTTP side on %s (events under /v1/, /healthz, /readyz, /metrics)", app.http_url)
     if app.auth.open:
         log.warning(
             "open mode: no API keys exist, so every caller is an anonymous admin%s",

@@ -91,6 +91,22 @@ class Config:
     metrics_port: int = _flag(
         -1, "serve Prometheus /metrics on this port of the same host; -1: off, 0: any free port"
     )
+    http_port: int = _flag(
+        8080,
+        "port of the HTTP side (Server-Sent Events, /healthz, /readyz, /metrics) on the same host; "
+        "0: any free port, -1: off",
+    )
+    http_cors_origins: str = _flag(
+        "",
+        "comma-separated origins (https://app.example.com) whose pages may read /v1/... from a "
+        "browser; empty: same origin only",
+    )
+    # Seconds a client gets to send a request's line and headers (from the connection or the request's
+    # first byte) before the HTTP side closes the connection.
+    http_header_timeout: float = 10.0
+    # Seconds an HTTP response's writes may stay blocked (the client reads nothing) before the
+    # connection is dropped; also the TCP user timeout for peers that vanished without a close.
+    http_stall_timeout: float = 60.0
     log_format: str = _flag("text", "log lines as text or json (one JSON object per line)")
     # Signs webhooks of jobs whose owner has no key of its own (open mode).
     webhook_secret: str = ""
@@ -129,6 +145,22 @@ class Config:
             raise ValueError(
                 f"JOBPULSE_PORT / --port: {self.port} is not a port (0 to 65535; 0: any free port)"
             )
+        if not -1 <= self.http_port <= 65535:
+            raise ValueError(
+                f"JOBPULSE_HTTP_PORT / --http-port: {self.http_port} is not a port "
+                "(0 to 65535; 0: any free port, -1: off)"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"JOBPULSE_HTTP_CORS_ORIGINS / --http-cors-origins: {origin!r} is not an origin "
+                    "(scheme://host[:port], e.g. https://app.example.com)"
+                )
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """``http_cors_origins`` as a list (no trailing slashes)."""
+        return [o.strip().rstrip("/") for o in self.http_cors_origins.split(",") if o.strip()]
 
     @staticmethod
     def env_name(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobpulse.v1 import job_pb2
-from jobpulse_server.api.convert import job_pb
+from jobpulse_server.wire.convert import job_pb
 from jobpulse_server.api.encoded_jobs import EncodedJobs
 from jobpulse_server.domain.model import Chunk, ChunkState, Job, JobState
 from jobpulse_server.services.jobs import JobPage

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobpulse_server.api.operation_filter import OperationFilter, parse_filter
-from jobpulse_server.api.validation import Checker
+from jobpulse_server.wire.validation import Checker
 from jobpulse_server.domain.model import JobState
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from jobpulse_server.api.convert import webhook_job
+from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state

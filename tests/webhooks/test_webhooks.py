@@ -288,7 +288,7 @@ BAD_SECRETS = [
 
 @pytest.mark.parametrize("bad", BAD_SECRETS)
 async def test_a_server_secret_that_is_not_whsec_is_refused_at_start(bad: str, tmp_path: Path) -> None:
-    config = Config(port=0, database_url=f"sqlite:///{tmp_path / 'j.db'}", webhook_secret=bad)
+    config = Config(port=0, http_port=0, database_url=f"sqlite:///{tmp_path / 'j.db'}", webhook_secret=bad)
     with pytest.raises(ValueError, match=r"JOBPULSE_WEBHOOK_SECRET: .*whsec_"):
         await create_server(config)
 

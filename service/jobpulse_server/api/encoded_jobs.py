@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from jobpulse.v1 import job_pb2
-from jobpulse_server.api.convert import chunk_kwargs, duration, job_pb
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.retention import Retention
 from jobpulse_server.services.jobs import JobPage
+from jobpulse_server.wire.convert import chunk_kwargs, duration, job_pb
 
 # Total bytes kept (whole messages and chunk blocks together); least recently used go first.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

@@ -17,52 +17,18 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jobpulse_server.domain.errors import (
-    ChunkNotFound,
-    ChunkNotRetryable,
     DatabaseUnavailable,
-    DeliveryNotFound,
     DomainError,
     InvalidArgument,
     InvalidPageToken,
-    JobAlreadyTerminal,
-    JobNotFound,
-    JobNotRetryable,
-    JobNotTerminal,
-    LeaseLost,
-    MalformedRequest,
-    PermissionDenied,
     RateLimited,
-    RevisionAhead,
-    ShuttingDown,
-    Unauthenticated,
-    WebhookSecretMissing,
 )
 from jobpulse_server.store.errors import database_error
+from jobpulse_server.wire.status import code_of
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "jobpulse"
-
-_CODES: dict[type[DomainError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidPageToken: grpc.StatusCode.INVALID_ARGUMENT,
-    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    JobNotFound: grpc.StatusCode.NOT_FOUND,
-    ChunkNotFound: grpc.StatusCode.NOT_FOUND,
-    JobAlreadyTerminal: grpc.StatusCode.FAILED_PRECONDITION,
-    JobNotRetryable: grpc.StatusCode.FAILED_PRECONDITION,
-    ChunkNotRetryable: grpc.StatusCode.FAILED_PRECONDITION,
-    JobNotTerminal: grpc.StatusCode.FAILED_PRECONDITION,
-    LeaseLost: grpc.StatusCode.ABORTED,
-    RevisionAhead: grpc.StatusCode.OUT_OF_RANGE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    DeliveryNotFound: grpc.StatusCode.NOT_FOUND,
-    WebhookSecretMissing: grpc.StatusCode.FAILED_PRECONDITION,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
-    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
-}
 
 
 def _pack(msg: Any) -> any_pb2.Any:
@@ -73,7 +39,7 @@ def _pack(msg: Any) -> any_pb2.Any:
 
 def to_status(err: DomainError) -> grpc.Status:
     """A domain error as a grpc.Status carrying google.rpc details in its trailers."""
-    code = next((_CODES[t] for t in type(err).__mro__ if t in _CODES), grpc.StatusCode.INTERNAL)
+    code = grpc.StatusCode[code_of(err)]
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=dict(err.metadata)))
     ]

@@ -14,7 +14,6 @@ from jobpulse.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
-from jobpulse_server.api.convert import chunk_pb, duration, duration_from_us, job_pb, timestamp
 from jobpulse_server.api.encoded_jobs import EncodedJobs, message_fields
 from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import (
@@ -24,13 +23,6 @@ from jobpulse_server.api.messages import (
     MAX_PAGE_JOBS,
     Ctx,
     full_view,
-)
-from jobpulse_server.api.validation import (
-    MAX_BATCH,
-    MAX_DISPLAY_NAME,
-    MAX_ID,
-    Checker,
-    timestamp_us,
 )
 from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.filters import JobFilter
@@ -46,10 +38,21 @@ from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.domain.retention import MAX_TTL_US, Retention
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.services import auth
+from jobpulse_server.services.events_tokens import DEFAULT_TTL_US, MIN_TTL_US, EventsTokens
+from jobpulse_server.services.events_tokens import MAX_TTL_US as MAX_EVENTS_TTL_US
 from jobpulse_server.services.export import export_jobs
 from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
-from jobpulse_server.services.watch import FeedService, WatchMessage, WatchService, horizon_cursor
+from jobpulse_server.services.watch import FeedService, WatchService, horizon_cursor
 from jobpulse_server.services.webhooks import WebhookService
+from jobpulse_server.wire.convert import chunk_pb, duration, duration_from_us, job_pb, timestamp
+from jobpulse_server.wire.filters import job_filter, time_range
+from jobpulse_server.wire.validation import (
+    MAX_BATCH,
+    MAX_DISPLAY_NAME,
+    MAX_ID,
+    Checker,
+)
+from jobpulse_server.wire.watch import feed_encoder
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,9 +79,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         webhooks: WebhookService,
         clock: Clock,
         encoded: EncodedJobs,
+        tokens: EventsTokens,
         retention: Retention | None = None,
     ) -> None:
         self.jobs = jobs
+        self.tokens = tokens
         # The server's default ttls, for Job.expire_time (None: never shown).
         self.retention = retention
         self.webhooks = webhooks
@@ -86,6 +91,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.feeds = feeds
         self.clock = clock
         self.encoded = encoded
+        self.feed_encoder = feed_encoder(clock, retention)
 
     def _job(self, page: JobPage) -> job_pb2.Job:
         return job_pb(
@@ -175,7 +181,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
         c.enums([request.view], _VIEWS, "view")
         order_by = c.order_by(request.order_by)
-        f = _job_filter(request, c)
+        f = job_filter(request, c)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
         full = full_view(request.view, False)
@@ -212,7 +218,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # Checked exactly as ListJobs, so a bad filter names the same field.
         c = Checker()
         order_by = c.order_by(request.order_by)
-        f = _job_filter(request, c)
+        f = job_filter(request, c)
         c.done()
         # An async generator: grpc asks for the next batch only once the previous one is sent, so a
         # slow reader holds the export back and a cancelled one ends it (the generator is closed).
@@ -375,45 +381,44 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.WatchJobsRequest, context: Ctx
     ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
         c = Checker()
-        f = _job_filter(request, c)
+        f = job_filter(request, c)
         c.done()
+        encode = self.feed_encoder
         async for msg in self.feeds.watch(caller(), f, request.cursor):
-            now = self.clock()
-            yield job_service_pb2.WatchJobsResponse(
-                type=int(msg.type),  # type: ignore[arg-type]
-                jobs=[job_pb(j, now, retention=self.retention) for j in msg.jobs],
-                cursor=msg.cursor,
-                deleted_job_ids=msg.deleted,
+            yield encode(msg)
+
+    async def CreateEventsToken(
+        self, request: job_service_pb2.CreateEventsTokenRequest, context: Ctx
+    ) -> job_service_pb2.CreateEventsTokenResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID)
+        ttl_us = DEFAULT_TTL_US
+        if request.HasField("ttl"):
+            d = request.ttl
+            ttl_us = d.seconds * 1_000_000 + d.nanos // 1000
+            c.check(
+                MIN_TTL_US <= ttl_us <= MAX_EVENTS_TTL_US and d.nanos >= 0,
+                "ttl",
+                "must be from 1 second to 24 hours (unset: 10 minutes)",
             )
+        c.done()
+        who = caller()
+        if request.job_id:
+            await self.jobs.get_job(who, request.job_id, full=False)  # JOB_NOT_FOUND as GetJob would say
+        token, expire = self.tokens.mint(who, request.job_id, ttl_us)
+        return job_service_pb2.CreateEventsTokenResponse(token=token, expire_time=timestamp(expire))
 
     async def GetJobStats(
         self, request: job_service_pb2.GetJobStatsRequest, context: Ctx
     ) -> job_service_pb2.GetJobStatsResponse:
         c = Checker()
         f = JobFilter(kind=request.kind)
-        _time_range(request, c, f)
+        time_range(request, c, f)
         c.done()
         overall, kinds = await self.jobs.stats(caller(), f)
         return job_service_pb2.GetJobStatsResponse(
             stats=_stats_pb(overall), kinds=[_stats_pb(k) for k in kinds]
         )
-
-
-def watch_encoder(
-    clock: Clock, retention: Retention | None = None
-) -> Callable[[WatchMessage], job_service_pb2.WatchJobResponse]:
-    """How WatchService encodes its messages for the wire."""
-
-    def encode(msg: WatchMessage) -> job_service_pb2.WatchJobResponse:
-        return job_service_pb2.WatchJobResponse(
-            type=int(msg.type),  # type: ignore[arg-type]
-            revision=msg.revision,
-            job=job_pb(msg.job, clock(), retention=retention) if msg.job is not None else None,
-            chunks=[chunk_pb(ch) for ch in msg.chunks],
-            more=msg.more,
-        )
-
-    return encode
 
 
 def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None:
@@ -457,48 +462,6 @@ def _delivery_pb(d: Delivery) -> job_service_pb2.WebhookDelivery:
         delivered_time=timestamp(d.delivered_time),
         next_attempt_time=timestamp(d.next_attempt_time) if d.state == 1 else None,
     )
-
-
-def _job_filter(
-    request: job_service_pb2.ListJobsRequest
-    | job_service_pb2.ExportJobsRequest
-    | job_service_pb2.WatchJobsRequest,
-    c: Checker,
-) -> JobFilter:
-    """The ListJobs-style filters of a request, checked."""
-    c.enums(request.states, _JOB_STATES, "states")
-    f = JobFilter(states=[JobState(s) for s in request.states if s in _JOB_STATES], kind=request.kind)
-    c.text(request.kind, "kind", MAX_ID)
-    if request.HasField("min_priority"):
-        c.priority(request.min_priority, "min_priority")
-        f.min_priority = request.min_priority
-    if request.HasField("max_priority"):
-        c.priority(request.max_priority, "max_priority")
-        f.max_priority = request.max_priority
-    if f.min_priority is not None and f.max_priority is not None and f.min_priority > f.max_priority:
-        c.fail("min_priority", "must not be greater than max_priority")
-    _time_range(request, c, f)
-    c.text(request.search, "search", MAX_DISPLAY_NAME)
-    f.search = request.search
-    c.labels(dict(request.labels))
-    f.labels = dict(request.labels)
-    return f
-
-
-def _time_range(
-    request: job_service_pb2.ListJobsRequest
-    | job_service_pb2.ExportJobsRequest
-    | job_service_pb2.WatchJobsRequest
-    | job_service_pb2.GetJobStatsRequest,
-    c: Checker,
-    f: JobFilter,
-) -> None:
-    if request.HasField("created_after"):
-        f.created_after = timestamp_us(request.created_after, "created_after", c)
-    if request.HasField("created_before"):
-        f.created_before = timestamp_us(request.created_before, "created_before", c)
-    if f.created_after is not None and f.created_before is not None and f.created_after > f.created_before:
-        c.fail("created_after", "must not be later than created_before")
 
 
 def _stats_pb(row: StatsRow) -> job_service_pb2.JobStats:

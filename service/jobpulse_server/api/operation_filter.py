@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from jobpulse_server.api.validation import MAX_ID, Checker
 from jobpulse_server.domain.model import JobState
+from jobpulse_server.wire.validation import MAX_ID, Checker
 
 MAX_FILTER = 1024
 _TERMINAL = frozenset(s for s in JobState if s.terminal)

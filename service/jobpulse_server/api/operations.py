@@ -37,12 +37,10 @@ from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from jobpulse.v1 import job_pb2
-from jobpulse_server.api.convert import artifact_pb, job_pb
 from jobpulse_server.api.error_mapping import DOMAIN
 from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS, Ctx
 from jobpulse_server.api.operation_filter import parse_filter
-from jobpulse_server.api.validation import MAX_ID, Checker
 from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.errors import JobAlreadyTerminal, JobNotTerminal
 from jobpulse_server.domain.filters import DEFAULT_ORDER, JobFilter
@@ -51,6 +49,8 @@ from jobpulse_server.domain.retention import Retention
 from jobpulse_server.services import auth
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.waiting import JobWaiter
+from jobpulse_server.wire.convert import artifact_pb, job_pb
+from jobpulse_server.wire.validation import MAX_ID, Checker
 
 SERVICE_NAME = operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
 PREFIX = "operations/"

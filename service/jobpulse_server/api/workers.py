@@ -8,16 +8,10 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server.api.convert import chunk_pb, timestamp
 from jobpulse_server.api.messages import (
     MAX_CLAIM,
     MAX_COMPLETIONS,
     Ctx,
-)
-from jobpulse_server.api.validation import (
-    MAX_ID,
-    Checker,
-    duration_us,
 )
 from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.model import (
@@ -26,6 +20,12 @@ from jobpulse_server.domain.model import (
 )
 from jobpulse_server.services import auth
 from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
+from jobpulse_server.wire.convert import chunk_pb, timestamp
+from jobpulse_server.wire.validation import (
+    MAX_ID,
+    Checker,
+    duration_us,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")

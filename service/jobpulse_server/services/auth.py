@@ -45,10 +45,22 @@ class Authenticator:
         self.limiter = limiter
         self.refresh_seconds = refresh_seconds
         self._keys: dict[str, KeyInfo] = {}
+        self._by_name: dict[str, KeyInfo] = {}
 
     @property
     def open(self) -> bool:
         return not self._keys
+
+    def principal_named(self, name: str) -> Principal | None:
+        """The caller an active key named ``name`` stands for (events tokens); None if there is none."""
+        info = self._by_name.get(name)
+        if info is None:
+            return None
+        return _principal(info)
+
+    def open_principal(self) -> Principal | None:
+        """The anonymous admin while the server is in open mode; None once keys exist."""
+        return ANONYMOUS if self.open else None
 
     async def refresh(self) -> None:
         async with self.txs.read() as tx:
@@ -60,6 +72,7 @@ class Authenticator:
                 "calls now need a key" if found else "open mode",
             )
         self._keys = found
+        self._by_name = {info.name: info for info in found.values()}
 
     async def run(self, stop: asyncio.Event) -> None:
         passes = FailingPasses("API key refresh (the last known keys stay in force)", log)
@@ -95,13 +108,15 @@ class Authenticator:
                     f"a {info.role} key may not call {method}; it needs one of: {', '.join(sorted(roles))}",
                     role=info.role,
                 )
-            principal = Principal(
-                info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url
-            )
+            principal = _principal(info)
             pending = self.limiter.admit(info.name, info.role)
             if pending is not None:
                 return _once(pending, principal)
         return principal
+
+
+def _principal(info: KeyInfo) -> Principal:
+    return Principal(info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url)
 
 
 async def _once(pending: Awaitable[None], principal: Principal) -> Principal:

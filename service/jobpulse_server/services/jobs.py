@@ -1,6 +1,6 @@
 """JobService use cases: create, read, list, cancel, retry, update, delete, stats.
 
-Inputs arrive validated for shape (api/validation.py); the rules that need the stored state live
+Inputs arrive validated for shape (wire/validation.py); the rules that need the stored state live
 here. Reads go through the ``Store``; every change runs in one ``Transactions.write()``.
 """
 

@@ -51,8 +51,9 @@ class WatchMessage:
     job: Job | None = None
     chunks: list[Chunk] = field(default_factory=list)
     more: bool = False
-    # The wire form, built once by WatchService's encoder and reused by every watcher sharing this message.
-    encoded: Any = None
+    # The wire forms by name ("grpc": a WatchJobResponse, "sse": its event text), each built once by
+    # WatchService's encoder of that form and reused by every watcher sharing this message.
+    encoded: dict[str, Any] | None = None
 
 
 @dataclass
@@ -120,22 +121,43 @@ class WatchService:
         self.store = store
         self.hub = hub
         self.config = config
-        # Turns a message into what ``write`` takes (the servicer: a WatchJobResponse).
-        self.encode = encode
+        # Turns a message into what ``write`` takes, by form: "grpc" (the servicer: a WatchJobResponse),
+        # and whatever ``add_form`` adds (the HTTP side: SSE text).
+        self._forms: dict[str, Callable[[WatchMessage], Any]] = {}
+        self._wires: dict[str, Callable[[WatchMessage], Any]] = {}
+        self.add_form("grpc", encode)
         self._reads: dict[str, _JobReads] = {}
 
-    def _wire(self, msg: WatchMessage) -> Any:
-        # Encoded once, then shared by every watcher the message goes to.
-        wire = msg.encoded
-        if wire is None:
-            wire = msg.encoded = self.encode(msg)
-        return wire
+    def add_form(self, form: str, encode: Callable[[WatchMessage], Any]) -> None:
+        """Makes ``form`` a wire form that ``watch`` can write: ``encode`` builds it from a message."""
+        self._forms[form] = encode
+
+        def wire(msg: WatchMessage) -> Any:
+            # Encoded once, then shared by every watcher the message goes to.
+            cache = msg.encoded
+            if cache is None:
+                cache = msg.encoded = {}
+            found = cache.get(form)
+            if found is None:
+                found = cache[form] = encode(msg)
+            return found
+
+        self._wires[form] = wire
+
+    def wire(self, form: str) -> Callable[[WatchMessage], Any]:
+        """A message's ``form``, built on first use and kept on the message."""
+        return self._wires[form]
 
     async def watch(
-        self, who: Principal, job_id: str, after_revision: int, write: Callable[[Any], Awaitable[object]]
+        self,
+        who: Principal,
+        job_id: str,
+        after_revision: int,
+        write: Callable[[Any], Awaitable[object]],
+        form: str = "grpc",
     ) -> None:
-        """Writes the job's messages (encoded) with ``write`` until it is terminal (then returns) or
-        the server closes.
+        """Writes the job's messages (in the wire ``form``) with ``write`` until it is terminal (then
+        returns) or the server closes.
 
         One flat coroutine per stream, not a stack of generators, and an idle stream waits on one
         future with no timer of its own: with thousands of streams woken by one change, every frame
@@ -146,7 +168,7 @@ class WatchService:
         closing = hub.closing
         heartbeat = self.config.heartbeat_interval
         min_interval = self.config.watch_min_interval
-        wire = self._wire
+        wire = self._wires[form]
         # Subscribe before the first read so nothing committed in between is missed.
         changed = hub.add_watcher(job_id)
         try:
@@ -157,6 +179,7 @@ class WatchService:
                     f"after_revision {after_revision} is beyond job {job_id}'s revision {job.revision}",
                     job_id=job_id,
                     revision=str(job.revision),
+                    state=f"JOB_STATE_{job.state.name}",
                 )
             if after_revision == 0:
                 for msg in delta.messages(EventType.SNAPSHOT):
@@ -346,8 +369,14 @@ class FeedService:
         self.hub = hub
         self.config = config
 
-    async def watch(self, who: Principal, f: JobFilter, cursor: str) -> AsyncIterator[FeedMessage]:
+    async def watch(
+        self, who: Principal, f: JobFilter, cursor: str, *, announce: bool = False
+    ) -> AsyncIterator[FeedMessage]:
+        """The feed's messages. ``announce``: when resuming from a cursor, a HEARTBEAT once the
+        changes since it are delivered (at once when there are none), so a client that must answer
+        before its first event (an HTTP response's headers) need not wait for a change."""
         f.owner = who.owner_filter
+        announce = announce and bool(cursor)
         with self.hub.subscribe_all() as changed:
             if cursor:
                 position = decode_cursor(cursor)
@@ -396,6 +425,9 @@ class FeedService:
                         )
                     if not more:
                         break
+                if announce:
+                    announce = False
+                    yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
                 if not await self._wait(changed, _HORIZON_RECHECK if beyond else None):
                     if not beyond:
                         yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))

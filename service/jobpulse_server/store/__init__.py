@@ -301,6 +301,18 @@ class KeysAndDeliveriesTx(Protocol):
         """Keys not revoked, by the hash of the key."""
         ...
 
+    async def events_secrets(self) -> dict[int, tuple[str, bool]]:
+        """The secrets events tokens are verified with: id -> (secret, whether it signs new ones)."""
+        ...
+
+    async def ensure_events_secret(self, now: int) -> None:
+        """Makes a signing secret for events tokens if there is none."""
+        ...
+
+    async def rotate_events_secret(self, now: int) -> int:
+        """Retires the signing secret for a new one (the old one verifies until its tokens expire)."""
+        ...
+
     async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
         """The job's deliveries, newest first; None when there is no such job (of ``owner``'s)."""
         ...

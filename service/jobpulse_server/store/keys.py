@@ -6,14 +6,14 @@ import hashlib
 import re
 import secrets
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.webhooks import new_secret
 from jobpulse_server.store.engine import Database
-from jobpulse_server.store.tables import api_keys
+from jobpulse_server.store.tables import api_keys, events_token_secrets
 
 ROLES = ("client", "worker", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -87,3 +87,51 @@ async def webhook_secret(db: Database, name: str) -> str | None:
         q = select(api_keys.c.webhook_secret).where(api_keys.c.name == name)
         value = (await conn.execute(q)).scalar_one_or_none()
     return str(value) if value is not None else None
+
+
+# --- events token secrets ------------------------------------------------------------
+
+# A retired secret is deleted once every token it can have signed has expired: tokens live at most a
+# day, and a replica that has not yet seen the rotation may still sign with it for a few seconds;
+# two days cover both with room.
+RETIRED_SECRET_KEPT_US = 2 * 86_400 * 1_000_000
+
+
+async def events_secrets(conn: AsyncConnection) -> dict[int, tuple[str, bool]]:
+    """Every events-token secret that still verifies: id -> (secret, whether it signs new tokens)."""
+    rows = (await conn.execute(select(events_token_secrets))).all()
+    return {r.id: (r.secret, r.retire_time is None) for r in rows}  # type: ignore[attr-defined]
+
+
+async def ensure_events_secret(conn: AsyncConnection, now: int) -> None:
+    """Makes a signing secret if there is none (a server's first start on a new database)."""
+    current = (
+        await conn.execute(
+            select(events_token_secrets.c.id).where(events_token_secrets.c.retire_time.is_(None)).limit(1)
+        )
+    ).first()
+    if current is None:
+        await conn.execute(insert(events_token_secrets).values(secret=new_token_secret(), create_time=now))
+
+
+async def rotate_events_secret(conn: AsyncConnection, now: int) -> int:
+    """Retires the signing secret(s), makes a new one and drops secrets retired long enough ago that
+    no token they signed is still valid; returns the new secret's id."""
+    await conn.execute(
+        delete(events_token_secrets).where(events_token_secrets.c.retire_time < now - RETIRED_SECRET_KEPT_US)
+    )
+    await conn.execute(
+        update(events_token_secrets)
+        .where(events_token_secrets.c.retire_time.is_(None))
+        .values(retire_time=now)
+    )
+    result = await conn.execute(
+        insert(events_token_secrets)
+        .values(secret=new_token_secret(), create_time=now)
+        .returning(events_token_secrets.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def new_token_secret() -> str:
+    return secrets.token_hex(32)

@@ -236,3 +236,15 @@ rate_buckets = Table(
     # What the latest lease handed out: the lease statement returns it (RETURNING sees new values only).
     Column("granted", BigInteger, nullable=False),
 )
+
+# The secrets events tokens (CreateEventsToken) are signed with: every replica reads them here, so a
+# token minted by one is accepted by all. The newest row not retired signs; a rotation retires it, and
+# a retired secret still verifies the tokens it signed until they have expired (store/keys.py).
+events_token_secrets = Table(
+    "events_token_secrets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("secret", String(64), nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("retire_time", BigInteger, nullable=True),
+)

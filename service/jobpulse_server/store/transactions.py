@@ -138,6 +138,15 @@ class SqlKeysAndDeliveriesTx:
     async def active_keys(self) -> dict[str, KeyInfo]:
         return await keys.active_keys(self.conn)
 
+    async def events_secrets(self) -> dict[int, tuple[str, bool]]:
+        return await keys.events_secrets(self.conn)
+
+    async def ensure_events_secret(self, now: int) -> None:
+        await keys.ensure_events_secret(self.conn, now)
+
+    async def rotate_events_secret(self, now: int) -> int:
+        return await keys.rotate_events_secret(self.conn, now)
+
     async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
         return await outbox_rows.for_job(self.conn, job_id, owner, limit)
 

@@ -1,0 +1,144 @@
+"""Events tokens: what a browser page passes as ``?access_token=`` to the HTTP events paths, since an
+EventSource cannot send an authorization header.
+
+A backend holding an API key mints one with CreateEventsToken and hands it to its page. A token says
+who minted it, which job it reads (or the minter's whole feed) and until when, signed with HMAC-SHA256
+under a secret kept in the database, so every replica verifies it. It is no API key in disguise: it is
+accepted on the events paths only, and only for what it names; the key that minted it must still be
+active when it is used (revoking the key ends its tokens too), and the caller is whoever that key is
+now. Secrets rotate (``jobpulse-server keys rotate-events-secret``) without breaking tokens already
+handed out: a retired secret verifies until every token it signed has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+
+from jobpulse_server.domain.clock import Clock
+from jobpulse_server.domain.errors import Unauthenticated
+from jobpulse_server.domain.principal import Principal
+from jobpulse_server.services.auth import Authenticator
+from jobpulse_server.services.background import FailingPasses
+from jobpulse_server.store import KeysAndDeliveries
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_US = 600 * 1_000_000
+MIN_TTL_US = 1_000_000
+MAX_TTL_US = 86_400 * 1_000_000
+PREFIX = "jpe1."
+# An unknown secret id sends a replica back to the database at most this often (a rotation made on
+# another replica is then seen at once; garbage tokens cannot turn into a query each).
+_RELOAD_AT_MOST_EVERY_US = 1_000_000
+# The minter of tokens made in open mode (no API keys): valid only while the server stays open.
+_OPEN_MODE = ""
+
+
+@dataclass(frozen=True)
+class EventsGrant:
+    """What a verified token allows: ``who`` reads ``job_id``'s events (empty: ``who``'s feed)."""
+
+    who: Principal
+    job_id: str
+    expire_time: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class EventsTokens:
+    """Mints and verifies events tokens with the secrets in the database."""
+
+    def __init__(self, txs: KeysAndDeliveries, auth: Authenticator, clock: Clock) -> None:
+        self.txs = txs
+        self.auth = auth
+        self.clock = clock
+        self._secrets: dict[int, bytes] = {}
+        self._signing: int | None = None
+        self._loaded_at = 0
+
+    async def start(self) -> None:
+        """Makes the first secret on a new database, then reads them."""
+        async with self.txs.write() as tx:
+            await tx.ensure_events_secret(self.clock())
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        async with self.txs.read() as tx:
+            found = await tx.events_secrets()
+        self._secrets = {kid: secret.encode() for kid, (secret, _) in found.items()}
+        signing = [kid for kid, (_, current) in found.items() if current]
+        self._signing = max(signing) if signing else None
+        self._loaded_at = self.clock()
+
+    async def run(self, stop: asyncio.Event, every: float) -> None:
+        """Re-reads the secrets every ``every`` seconds until ``stop`` (a rotation takes effect)."""
+        passes = FailingPasses("events token secrets refresh (the last known secrets stay in force)", log)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            except asyncio.TimeoutError:
+                try:
+                    await self.refresh()
+                    passes.worked()
+                except Exception as exc:
+                    passes.failed(exc)
+
+    def mint(self, who: Principal, job_id: str, ttl_us: int) -> tuple[str, int]:
+        """A token for ``who`` reading ``job_id`` (empty: the feed) for ``ttl_us``; (token, expire time).
+        The caller has checked that ``who`` may see the job."""
+        kid = self._signing
+        if kid is None:  # start() makes one; only a database emptied under a running server lands here
+            raise RuntimeError("no events token secret: restart the server or rotate the secret")
+        expire = self.clock() + ttl_us
+        minter = _OPEN_MODE if self.auth.open else who.name
+        body = json.dumps({"k": kid, "o": minter, "j": job_id, "e": expire}, separators=(",", ":"))
+        payload = _b64(body.encode())
+        return f"{PREFIX}{payload}.{self._sign(kid, payload)}", expire
+
+    def _sign(self, kid: int, payload: str) -> str:
+        digest = hmac.new(self._secrets[kid], (PREFIX + payload).encode(), hashlib.sha256).digest()
+        return _b64(digest)
+
+    async def verify(self, token: str) -> EventsGrant:
+        """The grant of a valid token; Unauthenticated for anything else (malformed, forged, expired,
+        or minted by a key that is no longer active)."""
+        if not token.startswith(PREFIX) or len(token) > 1024:
+            raise Unauthenticated("access_token is not an events token (CreateEventsToken makes them)")
+        payload, _, signature = token[len(PREFIX) :].partition(".")
+        try:
+            claims = json.loads(_unb64(payload))
+            kid, minter, job_id, expire = claims["k"], claims["o"], claims["j"], claims["e"]
+            if not (isinstance(kid, int) and isinstance(minter, str) and isinstance(job_id, str)):
+                raise ValueError("bad claims")
+            if not isinstance(expire, int):
+                raise ValueError("bad expiry")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise Unauthenticated("access_token is malformed") from None
+        if kid not in self._secrets and self.clock() - self._loaded_at >= _RELOAD_AT_MOST_EVERY_US:
+            await self.refresh()  # rotated on another replica a moment ago?
+        if kid not in self._secrets or not hmac.compare_digest(self._sign(kid, payload), signature):
+            raise Unauthenticated("access_token is not valid (forged, or its secret was retired long ago)")
+        if expire <= self.clock():
+            raise Unauthenticated("access_token has expired: ask the page's backend for a new one")
+        if minter == _OPEN_MODE:
+            who = self.auth.open_principal()
+            if who is None:
+                raise Unauthenticated("access_token was minted in open mode, and this server now needs keys")
+        else:
+            found = self.auth.principal_named(minter)
+            if found is None:
+                raise Unauthenticated("the API key that minted this access_token is revoked")
+            who = found
+        return EventsGrant(who, job_id, expire)

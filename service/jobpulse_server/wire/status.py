@@ -1,0 +1,66 @@
+"""Which canonical status (google.rpc.Code name) each domain error is: the gRPC edge sends it as the
+call's status code, the HTTP edge as its HTTP status and in its JSON error body."""
+
+from __future__ import annotations
+
+from jobpulse_server.domain.errors import (
+    ChunkNotFound,
+    ChunkNotRetryable,
+    DatabaseUnavailable,
+    DeliveryNotFound,
+    DomainError,
+    InvalidArgument,
+    InvalidPageToken,
+    JobAlreadyTerminal,
+    JobNotFound,
+    JobNotRetryable,
+    JobNotTerminal,
+    LeaseLost,
+    MalformedRequest,
+    PermissionDenied,
+    RateLimited,
+    RevisionAhead,
+    ShuttingDown,
+    Unauthenticated,
+    WebhookSecretMissing,
+)
+
+_CODES: dict[type[DomainError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    InvalidPageToken: "INVALID_ARGUMENT",
+    MalformedRequest: "INVALID_ARGUMENT",
+    JobNotFound: "NOT_FOUND",
+    ChunkNotFound: "NOT_FOUND",
+    JobAlreadyTerminal: "FAILED_PRECONDITION",
+    JobNotRetryable: "FAILED_PRECONDITION",
+    ChunkNotRetryable: "FAILED_PRECONDITION",
+    JobNotTerminal: "FAILED_PRECONDITION",
+    LeaseLost: "ABORTED",
+    RevisionAhead: "OUT_OF_RANGE",
+    Unauthenticated: "UNAUTHENTICATED",
+    DeliveryNotFound: "NOT_FOUND",
+    WebhookSecretMissing: "FAILED_PRECONDITION",
+    PermissionDenied: "PERMISSION_DENIED",
+    RateLimited: "RESOURCE_EXHAUSTED",
+    DatabaseUnavailable: "UNAVAILABLE",
+    ShuttingDown: "UNAVAILABLE",
+}
+
+# google.rpc.Code -> HTTP status, as in google/rpc/code.proto's own notes.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+}
+
+
+def code_of(err: DomainError) -> str:
+    """The canonical code name of ``err`` (INTERNAL for a plain DomainError: a bug)."""
+    return next((_CODES[t] for t in type(err).__mro__ if t in _CODES), "INTERNAL")
