@@ -100,9 +100,14 @@ def build_parser(prog: str = "jobpulse-server") -> argparse.ArgumentParser:
     for name in SERVE_FLAGS:
         _config_flag(p, name, **SERVE_FLAG_EXTRAS.get(name, {}))
 
-    p = sub.add_parser("keys", help="manage API keys in the database (create, list, revoke)")
+    p = sub.add_parser(
+        "keys",
+        help="manage API keys in the database (create, list, revoke), and rotate the events token secret",
+        description="create/list/revoke API keys. rotate-events-secret: a new secret signs events tokens "
+        "(CreateEventsToken) from now on; tokens signed before stay valid until they expire.",
+    )
     p.set_defaults(func=_cmd_keys)
-    p.add_argument("action", choices=("create", "list", "revoke"))
+    p.add_argument("action", choices=("create", "list", "revoke", "rotate-events-secret"))
     _config_flag(p, "database_url")
     p.add_argument("--name", default="", help="the key's name (create, revoke); it becomes the owner of jobs")
     p.add_argument("--role", default="client", choices=("client", "worker", "admin"), help="create only")

@@ -1,4 +1,5 @@
-"""``jobpulse keys create|list|revoke``: operate on the database directly (no server needed)."""
+"""``jobpulse keys create|list|revoke|rotate-events-secret``: operate on the database directly (no server
+needed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from jobpulse_server.domain.clock import now_us
 from jobpulse_server.store import keys
 from jobpulse_server.store.diagnose import CannotOpenDatabase, describe_url, startup_problem
 from jobpulse_server.store.engine import Database
@@ -80,6 +82,17 @@ async def _run(action: str, database_url: str, name: str, role: str, as_json: bo
             widths = [max(len(r[i]) for r in rows) for i in range(5)]
             for r in rows:
                 print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            return 0
+        if action == "rotate-events-secret":
+            async with db.write() as uow:
+                kid = await keys.rotate_events_secret(uow.conn, now_us())
+            if as_json:
+                print(json.dumps({"events_secret_id": kid}))
+            print(
+                f"new events token secret #{kid} in {describe_url(database_url)}: servers sign new tokens "
+                "with it within seconds; tokens signed before stay valid until they expire",
+                file=sys.stderr,
+            )
             return 0
         if action == "revoke":
             if not await keys.revoke_key(db, name):
