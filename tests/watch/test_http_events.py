@@ -113,7 +113,7 @@ def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(make_serve
                 break
         worker.join(20)
         messages = _messages(seen)
-        final, chunks = final_state(client, job.id)
+        _, chunks = final_state(client, job.id)
         check = check_stream(messages)  # strictly growing revisions over every connection: no duplicate
         assert_matches_final(check, messages, chunks)  # every chunk's last change seen: no gap
         assert connections >= 3, "the test meant to reconnect several times"
