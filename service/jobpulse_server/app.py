@@ -86,6 +86,7 @@ class App:
     usage: UsageLedger
     metrics_port: int | None = None
     http: HttpServer | None = None
+    tokens: EventsTokens | None = None
     listener: Listener | None = None
     deliverer: Deliverer | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
@@ -325,6 +326,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         usage,
         metrics_port=metrics_port,
         http=http,
+        tokens=tokens,
         listener=listener,
         deliverer=deliverer,
         _stop_background=stop_background,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from jobpulse.v1 import job_pb2
-from jobpulse_server.wire.convert import job_pb
 from jobpulse_server.api.encoded_jobs import EncodedJobs
 from jobpulse_server.domain.model import Chunk, ChunkState, Job, JobState
 from jobpulse_server.services.jobs import JobPage
+from jobpulse_server.wire.convert import job_pb
 
 NOW = 1_700_000_100_000_000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jobpulse_server.api.operation_filter import OperationFilter, parse_filter
-from jobpulse_server.wire.validation import Checker
 from jobpulse_server.domain.model import JobState
+from jobpulse_server.wire.validation import Checker
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 RUNNING = frozenset({JobState.PENDING, JobState.PROCESSING, JobState.CANCELLING})

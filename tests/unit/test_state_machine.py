@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
@@ -29,6 +28,7 @@ from jobpulse_server.store import repository as repo
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
 from jobpulse_server.store.transactions import SqlTransactions
+from jobpulse_server.wire.convert import webhook_job
 
 
 class FakeClock:
