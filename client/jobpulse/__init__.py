@@ -8,6 +8,8 @@ The names users need are re-exported here:
   :class:`AsyncTask`.
 * :class:`ReconnectInfo` / :class:`ResumeInfo` are what ``watch_job``'s ``on_reconnect`` and
   ``on_resume`` callbacks receive.
+* :class:`EventsToken` is what ``create_events_token`` returns: a browser's short-lived token for the
+  server's HTTP events paths.
 * :mod:`jobpulse.errors` holds the typed exceptions; :class:`PermanentError` fails a chunk for good.
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from jobpulse._async_worker import AsyncTask, AsyncWorker
     from jobpulse._client import Client
     from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
+    from jobpulse._events_token import EventsToken
     from jobpulse._watch import ReconnectInfo, ResumeInfo
     from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
     from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
@@ -43,6 +46,7 @@ _EXPORTS = {
     "Chunk": "jobpulse.v1.job_pb2",
     "ChunkState": "jobpulse.v1.job_pb2",
     "Client": "jobpulse._client",
+    "EventsToken": "jobpulse._events_token",
     "Job": "jobpulse.v1.job_pb2",
     "JobState": "jobpulse.v1.job_pb2",
     "JobView": "jobpulse.v1.job_pb2",
@@ -74,6 +78,7 @@ __all__ = [
     "Chunk",
     "ChunkState",
     "Client",
+    "EventsToken",
     "Job",
     "JobState",
     "JobView",

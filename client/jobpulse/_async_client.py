@@ -16,6 +16,7 @@ from google.protobuf.struct_pb2 import Struct
 from jobpulse import _requests, _retry
 from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
+from jobpulse._events_token import EventsToken, events_token
 from jobpulse._requests import ArtifactLike
 from jobpulse._settings import resolve_connection
 from jobpulse._watch import (
@@ -435,6 +436,15 @@ class AsyncClient:
         """Returns job statistics; see :meth:`jobpulse.Client.get_job_stats`."""
         request = _requests.get_job_stats(created_after, created_before, kind)
         return await self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
+
+    async def create_events_token(
+        self, job_id: str = "", *, ttl: float | timedelta | None = None, timeout: float | None = None
+    ) -> EventsToken:
+        """Makes a short-lived token for the HTTP events paths; see
+        :meth:`jobpulse.Client.create_events_token`."""
+        request = _requests.create_events_token(job_id, ttl)
+        response = await self._call(self._jobs.CreateEventsToken, request, timeout=timeout, retry=True)
+        return events_token(job_id, response)
 
     async def watch_job(
         self,

@@ -21,6 +21,7 @@ from jobpulse._convert import (
     is_terminal,
     job_view,
 )
+from jobpulse._events_token import EventsToken, events_token
 from jobpulse._requests import ArtifactLike
 from jobpulse._settings import resolve_connection
 from jobpulse._watch import (
@@ -536,6 +537,40 @@ class Client:
         """Returns job counts by state, success rate and duration percentiles, overall and per kind."""
         request = _requests.get_job_stats(created_after, created_before, kind)
         return self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
+
+    def create_events_token(
+        self, job_id: str = "", *, ttl: float | timedelta | None = None, timeout: float | None = None
+    ) -> EventsToken:
+        """Makes a short-lived token with which a browser reads events from the server's HTTP side.
+
+        The token reads one job's Server-Sent Events (``/v1/jobs/<job_id>/events``) or, without a
+        ``job_id``, the caller's whole feed (``/v1/events``), as this client's API key would, and nothing
+        else, until it expires. Hand the browser ``token.url(http_url)`` (the token travels as the
+        ``access_token`` query parameter), not the API key. Retried on ``UNAVAILABLE`` like reads: a
+        repeat only makes another token.
+
+        Example::
+
+            token = client.create_events_token(job.id, ttl=300)
+            url = token.url("http://127.0.0.1:8080")  # for an EventSource in the browser
+
+        Args:
+            job_id: The job whose events the token reads; ``""``: the caller's whole feed.
+            ttl: How long the token stays valid (seconds or a timedelta), from 1 s to 24 h; ``None``:
+                the server's default, 10 minutes.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The token, its expiry time, and the path (with the token) to GET on the HTTP side.
+
+        Raises:
+            jobpulse.errors.NotFound: The job does not exist or belongs to another owner
+                (``JOB_NOT_FOUND``).
+            jobpulse.errors.InvalidArgument: ``ttl`` is outside 1 s .. 24 h.
+        """
+        request = _requests.create_events_token(job_id, ttl)
+        response = self._call(self._jobs.CreateEventsToken, request, timeout=timeout, retry=True)
+        return events_token(job_id, response)
 
     def watch_job(
         self,

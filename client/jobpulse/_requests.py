@@ -212,6 +212,17 @@ def get_job_stats(
     return request
 
 
+def create_events_token(
+    job_id: str, ttl: float | timedelta | None
+) -> job_service_pb2.CreateEventsTokenRequest:
+    """Builds a CreateEventsTokenRequest; ``ttl`` None is left unset (the server's default, 10 minutes)."""
+    request = job_service_pb2.CreateEventsTokenRequest(job_id=job_id)
+    lasting = _convert.to_duration(ttl)
+    if lasting is not None:
+        request.ttl.CopyFrom(lasting)
+    return request
+
+
 def claim_chunks(
     worker_id: str,
     kinds: Iterable[str] | None,

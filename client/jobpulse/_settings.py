@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -68,6 +69,62 @@ def parse_target(text: str) -> str:
     if sep and host and (not port.isdigit() or not 1 <= int(port) <= 65535):
         raise ValueError("the port must be a number from 1 to 65535")
     return target
+
+
+def parse_http_url(text: str) -> str:
+    """The base URL of the server's HTTP side: ``http://`` or ``https://``, a host, optionally a port and
+    a path prefix (behind a proxy); no query or fragment, since paths are appended to it."""
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [IPv6] bracket
+        raise ValueError("expected http(s)://host[:port]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port]")
+    try:
+        port = parts.port  # ValueError for a port that is no number or past 65535
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("the port must be a number from 1 to 65535")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("expected a base URL without ?query or #fragment")
+    return url
+
+
+#: The port of the server's HTTP side unless the server was told otherwise (its ``--http-port``).
+DEFAULT_HTTP_PORT = 8080
+
+
+def target_host(target: str) -> str:
+    """The host of a gRPC target, as a URL writes it (an IPv6 address in brackets): ``jobs:443`` ->
+    ``jobs``, ``[::1]:50051`` -> ``[::1]``, ``dns:///jobs:50051`` -> ``jobs``, ``ipv4:10.0.0.1:50051``
+    -> ``10.0.0.1`` (the first of a list). ValueError for a target with no host (``unix:``, ...)."""
+    rest = target.strip()
+    if rest.startswith("dns:"):
+        rest = rest[len("dns:") :]
+        if rest.startswith("//"):  # dns://[authority]/host:port
+            rest = rest[2:].partition("/")[2]
+    elif rest.startswith(("ipv4:", "ipv6:")):
+        rest = rest[len("ipv4:") :].split(",")[0]
+    elif rest.startswith(_GRPC_SCHEMES):
+        raise ValueError("names no host the HTTP side could be found at")
+    if rest.startswith("["):
+        host = rest[: rest.find("]") + 1]
+    elif rest.count(":") > 1:
+        host = f"[{rest}]"  # a bare IPv6 address
+    else:
+        host = rest.partition(":")[0]
+    if not host or host == "[]":
+        raise ValueError("names no host the HTTP side could be found at")
+    return host
+
+
+def default_http_url(target: str, secure: bool) -> str:
+    """Where the server's HTTP side answers by default: the target's host on port 8080, over
+    ``https://`` when the gRPC connection uses TLS."""
+    scheme = "https" if secure else "http"
+    return f"{scheme}://{target_host(target)}:{DEFAULT_HTTP_PORT}"
 
 
 def _text(text: str) -> str:
@@ -149,6 +206,17 @@ DEBUG: Setting[bool] = Setting(
 #: Every client setting, in the order ``--help`` lists them.
 CLIENT_SETTINGS: tuple[Setting[str] | Setting[bool], ...] = (TARGET, API_KEY, TLS, TLS_CA, DEBUG)
 
+#: The base URL of the server's HTTP side, for what prints a browser's URL (``jobpulse events-url``); not
+#: among ``CLIENT_SETTINGS``, which every client command takes. Empty: :func:`default_http_url`.
+HTTP_URL: Setting[str] = Setting(
+    "--http-url",
+    "JOBPULSE_HTTP_URL",
+    "",
+    parse_http_url,
+    "base URL of the server's HTTP side",
+    shown_default=f"http://<host of --target>:{DEFAULT_HTTP_PORT}, https:// with TLS",
+)
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -197,3 +265,23 @@ def resolve_connection(
             root_certificates = read_pem(ca_path, TLS_CA.env) if ca_path else None
     use_tls = TLS.resolve(secure, environ) or root_certificates is not None
     return Connection(resolved_target, key, use_tls, root_certificates)
+
+
+def resolve_http_url(
+    http_url: str | None, connection: Connection, environ: Mapping[str, str] | None = None
+) -> str:
+    """The base URL of the server's HTTP side: ``http_url`` (a flag or argument) when given, else
+    ``JOBPULSE_HTTP_URL``, else the connection's target host on port 8080 (``https://`` with TLS).
+
+    Raises:
+        SettingError: A URL that cannot be used, naming the flag or variable it came from; or a target
+            with no host to default to (``unix:...``), naming ``--target``.
+    """
+    resolved = HTTP_URL.check(http_url, HTTP_URL.flag) if http_url else HTTP_URL.resolve(None, environ)
+    if resolved:
+        return resolved
+    try:
+        return default_http_url(connection.target, connection.secure)
+    except ValueError as exc:
+        problem = f"{exc}; pass {HTTP_URL.flag} (or set {HTTP_URL.env})"
+        raise SettingError(TARGET.flag, connection.target, problem) from None

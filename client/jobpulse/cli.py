@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobpulse import _render
 from jobpulse import _settings as settings
@@ -163,6 +164,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -350,6 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="default csv, or json with --json (which would otherwise be a flag doing nothing here)",
     )
     p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
+
+    p = command(
+        "events-url",
+        _cmd_events_url,
+        "print a URL a browser reads a job's events from (Server-Sent Events), with a short-lived "
+        "token in place of the API key (with --json: url, token and expireTime)",
+    )
+    events = p.add_mutually_exclusive_group(required=True)
+    events.add_argument("job_id", metavar="ID", nargs="?", default=None, help="the job whose events to read")
+    events.add_argument(
+        "--feed", action="store_true", help="the URL of every job you may see (/v1/events) instead"
+    )
+    p.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long the token stays valid, 1 to 86400 (server default 600: 10 minutes)",
+    )
+    p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
 
     p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
     p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
@@ -739,6 +770,20 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         _print_json(stats)
     else:
         print(_render.stats_text(stats))
+    return 0
+
+
+def _cmd_events_url(args: argparse.Namespace) -> int:
+    http_url = settings.resolve_http_url(args.http_url, args.connection)  # a bad one fails before the call
+    with _client(args) as client:
+        token = client.create_events_token("" if args.feed else args.job_id, ttl=args.ttl)
+    url = token.url(http_url)
+    if args.json:
+        expire_time = Timestamp()
+        expire_time.FromDatetime(token.expire_time)
+        _print_json({"url": url, "token": token.token, "expireTime": expire_time.ToJsonString()})
+    else:
+        print(url)
     return 0
 
 
