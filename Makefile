@@ -13,7 +13,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-sqlite bench-export bench-retention run buf clean
+.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean
 
 install: $(VENV)/.installed
 
@@ -85,6 +85,13 @@ bench-scale: install
 # WatchJob streams: change-to-delivery latency and memory per stream at 100 / 1,000 / 5,000 streams.
 bench-watch: install
 	$(PY) -m bench.watch_streams
+
+# SSE (GET /v1/jobs/{id}/events) beside WatchJob on the same server: delivery p50 / p99 at 1,000 streams on
+# one job; server memory per idle SSE stream against a bare Starlette + uvicorn endpoint (and sse-starlette's,
+# hence the bench extra); GetJob calls/s with the HTTP side on vs off. JOBPULSE_BENCH_HTTP_CLIENTS, _IDLE,
+# _LOAD_STREAMS and the others listed in bench/http_streams.py change the sizes.
+bench-http: $(VENV)/.bench-installed
+	$(PY) -m bench.http_streams
 
 # SQLite statements on the event loop vs on aiosqlite's worker thread, same run.
 bench-sqlite: install

@@ -79,11 +79,13 @@ class ServerProcess:
         self._command: CommandServer | None = None
         if kind == "jobpulse":
             # Bench data is synthetic and often dated in the past: expiry (measured by bench.retention
-            # on a server of its own) must not delete it mid-run.
+            # on a server of its own) must not delete it mid-run. The HTTP side is on, as users run it,
+            # on any free port (two bench servers at once would both want 8080).
             self._command = CommandServer(
                 database_url,
                 Path(os.devnull),
                 log_level="INFO",
+                http_port=0,
                 drain_seconds=0,
                 retention_completed=0,
                 retention_failed=0,

@@ -42,7 +42,11 @@ class Metrics:
             ["event"],
             registry=r,
         )
-        self.open_streams = Gauge("jobpulse_open_streams", "Open WatchJob and WatchJobs streams", registry=r)
+        self.open_streams = Gauge(
+            "jobpulse_open_streams",
+            "Open watch streams: WatchJob and WatchJobs, and their SSE forms on the HTTP side",
+            registry=r,
+        )
         self.webhooks = Counter(
             "jobpulse_webhook_deliveries",
             "Webhook attempts by outcome: delivered, failed",

@@ -92,24 +92,24 @@ class EventStream:
         """The client went away (the serving task was cancelled for that)."""
         return self._gone
 
-    async def start(self) -> None:
-        if not self.started:
-            self.started = True
-            await self._send(
-                {"type": "http.response.start", "status": 200, "headers": HEADERS + self.extra_headers}
-            )
-            await self._send({"type": "http.response.body", "body": RETRY, "more_body": True})
+    async def _start(self) -> None:
+        self.started = True
+        await self._send(
+            {"type": "http.response.start", "status": 200, "headers": HEADERS + self.extra_headers}
+        )
 
     async def write(self, data: bytes) -> None:
         if not self.started:
-            await self.start()
+            await self._start()
+            data = RETRY + data  # one write with the first event, not one of its own
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def finish(self, data: bytes = b"") -> None:
         """Ends the response (with ``data`` as its last bytes)."""
         self.close()
         if not self.started:
-            await self.start()
+            await self._start()
+            data = RETRY + data
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
     def close(self) -> None:

@@ -1,0 +1,1225 @@
+"""The HTTP side's Server-Sent Events (``GET /v1/jobs/{id}/events``) against baselines measured in the
+same run: WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and the gRPC side with
+the HTTP side off.
+
+    python -m bench.http_streams                  # full run (1,000 / 2,000 / 200 streams), a few minutes
+    python -m bench.http_streams --quick          # smoke run: small sizes, about a minute
+    python -m bench.http_streams --only memory    # one part: latency, memory, grpc (comma-separated)
+
+Sizes (environment; ``--quick`` only changes the defaults):
+    JOBPULSE_BENCH_HTTP_CLIENTS          streams on one job for the delivery latency (1000)
+    JOBPULSE_BENCH_HTTP_ROUNDS           timed changes per block (20)
+    JOBPULSE_BENCH_HTTP_BLOCKS           blocks of each kind, run SSE, gRPC, gRPC, SSE, ... (2)
+    JOBPULSE_BENCH_HTTP_IDLE             idle SSE streams for the memory figure (2000)
+    JOBPULSE_BENCH_HTTP_SETTLE           seconds the streams stay idle before RSS is read (2)
+    JOBPULSE_BENCH_HTTP_LOAD_STREAMS     idle SSE streams open while GetJob is measured (200)
+    JOBPULSE_BENCH_HTTP_GETJOB_SECONDS   seconds per GetJob round (5)
+    JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS    GetJob rounds per server, alternating off / on (4)
+    JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY  GetJob calls in flight (16)
+    JOBPULSE_BENCH_HTTP_CLIENT_PROCS     client processes holding the streams (1)
+
+Processes: jobpulse runs as users run it (``python -m jobpulse_server``, JOBPULSE_* variables, SQLite in
+a temporary directory, logging at INFO to /dev/null as ``bench.procs`` runs it; the HTTP side on a free
+``JOBPULSE_HTTP_PORT``); the bare SSE servers run in processes of their own (``BareSseProcess``); the
+streams are held by client processes (``ClientPool``), never by a server's loop. This process makes the
+changes and the GetJob load. Every process here reads the same clock (CLOCK_MONOTONIC, system-wide on
+Linux), so a client's arrival time minus this process's sending time is a latency.
+
+1. Delivery latency: N SSE streams (raw asyncio connections: the client looks for ``id: N`` lines and
+   nothing else, so it costs far less than the server) and N WatchJob streams (grpc.aio) on one job of
+   one server, in blocks of one kind at a time, alternating (SSE, gRPC, gRPC, SSE: a drift of the machine
+   weighs on both alike). A change is a worker's RPC on a chunk of the job, ReportChunkProgress and
+   CompleteChunk (with claim_next, so the next chunk is claimed in the same transaction) in turn; its
+   latency on a stream is from just before the RPC is sent to the stream's receiving the event that
+   carries the new revision (so it includes the RPC's own way to the commit, the same for both kinds).
+   Changes are ``watch_min_interval`` + 50 ms apart, so the pacing never holds one back.
+2. Memory per idle SSE stream: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle
+   (heartbeat interval an hour), minus RSS before, over N; each server fresh, warmed with 10 streams
+   first. Baselines, each in a fresh process, both sending jobpulse's own first event (its snapshot of
+   the same job) and then waiting for ever: Starlette's StreamingResponse of an async generator, and
+   sse-starlette's EventSourceResponse (if installed). They run on uvicorn with httptools (jobpulse's
+   HTTP side is uvicorn's httptools protocol with limits) and the collector settings jobpulse applies.
+3. gRPC unaffected: GetJob (BASIC, a 10-chunk job) calls/s at a fixed number in flight from this
+   process, on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``) and on another with it on and
+   idle SSE streams open; both servers up throughout, rounds alternating off, on, off, on; medians.
+
+No figure is asserted: the run prints each beside its baseline and the targets (2 noisy cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import logging
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from support.servers import ServerProcess as CommandServer
+from support.servers import free_port
+
+from bench import report
+from bench.load import closed_loop, percentile
+from bench.procs import _cpu_seconds
+from bench.watch_streams import Channels, _raise_nofile, rss_kib, watch_min_interval
+from jobpulse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from jobpulse_server import gc_tuning
+from jobpulse_server.config import Config
+
+TIMEOUT = 60.0
+OPEN_TIMEOUT = 60.0
+# Seconds a client process may take to answer a command (opening thousands of streams included).
+REPLY_TIMEOUT = OPEN_TIMEOUT + 30.0
+# TCP connections a client process has in the making at once (a burst of thousands of SYNs
+# overflows the listen backlog: the ones dropped come back after a one-second retransmit).
+CONNECT_CONCURRENCY = 100
+LEASE = duration_pb2.Duration(seconds=3600)
+KIND = "http-bench"
+IDLE_HEARTBEAT = 3600.0
+
+TARGET_P99_RATIO = 1.2
+TARGET_MEMORY_RATIO = 1.2
+TARGET_GRPC_RATIO = 0.95
+
+PARTS = ("latency", "memory", "grpc")
+
+
+def _log(msg: str) -> None:
+    print(f"[http-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _env(name: str, default: float, kind: type = int) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(
+            f"{name}={raw!r}: expected {'a whole number' if kind is int else 'a number'}"
+        ) from None
+    if value <= 0:
+        raise SystemExit(f"{name}={raw!r}: must be above 0")
+    return value
+
+
+class Sizes:
+    """The run's sizes: the defaults (full or quick), each replaced by its variable when set."""
+
+    def __init__(self, quick: bool) -> None:
+        q = quick
+        self.mode = "quick" if q else "full"
+        self.clients: int = _env("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)
+        self.rounds: int = _env("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)
+        self.blocks: int = _env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)
+        self.idle: int = _env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)
+        self.settle: float = _env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)
+        self.load_streams: int = _env("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)
+        self.getjob_seconds: float = _env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
+        self.getjob_rounds: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)
+        self.getjob_concurrency: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)
+        self.client_procs: int = _env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# --- the client processes: streams held away from the servers' loops ---------------------------------
+
+
+class Tracker:
+    """Per stream: the newest revision seen and when it arrived; a countdown to a target revision."""
+
+    def __init__(self) -> None:
+        self.revision: list[int] = []
+        self.arrival: list[float] = []
+        self.first = 0  # streams that got their first revision
+        self.failed = 0  # streams refused (an HTTP status other than 200, a connection refused)
+        self.ended = 0  # streams that ended on their own (not closed by this process)
+        self.expected = 0
+        self.opened = asyncio.Event()
+        self.target: int | None = None
+        self.remaining = 0
+        self.done = asyncio.Event()
+
+    def add(self) -> int:
+        self.revision.append(0)
+        self.arrival.append(0.0)
+        return len(self.revision) - 1
+
+    def seen(self, i: int, revision: int, now: float) -> None:
+        old = self.revision[i]
+        if revision <= old:
+            return
+        self.revision[i] = revision
+        self.arrival[i] = now
+        if old == 0:
+            self.first += 1
+            self.check_open()
+        target = self.target
+        if target is not None and old < target <= revision:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done.set()
+
+    def check_open(self) -> None:
+        if self.expected and self.first + self.failed + self.ended >= self.expected:
+            self.opened.set()
+
+    def arm(self) -> int:
+        """Counts down to the next revision after the newest any stream has; returns that newest."""
+        base = max(self.revision, default=0)
+        self.target = base + 1
+        self.remaining = len(self.revision)
+        self.done = asyncio.Event()
+        if self.remaining == 0:
+            self.done.set()
+        return base
+
+
+class SseClient(asyncio.Protocol):
+    """One SSE stream over a raw connection: the status line, then only the ``id:`` lines of complete
+    events (an event ends at a blank line). HTTP/1.1 chunked framing sits between events, never inside
+    one (the server writes each event as one chunk), so it needs no decoding here."""
+
+    __slots__ = ("_buf", "_request", "_status", "closing", "i", "tracker", "transport")
+
+    def __init__(self, tracker: Tracker, i: int, request: bytes) -> None:
+        self.tracker = tracker
+        self.i = i
+        self._request = request
+        self._buf = b""
+        self._status = 0
+        self.closing = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buf = self._buf + data if self._buf else data
+        if not self._status:
+            if len(buf) < 12:
+                self._buf = buf
+                return
+            self._status = int(buf[9:12])  # b"HTTP/1.1 200 OK"
+            if self._status != 200:
+                self.tracker.failed += 1
+                self.tracker.check_open()
+                self.closing = True
+                assert self.transport is not None
+                self.transport.close()
+                return
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return
+        self._buf = buf[end + 2 :]
+        at = buf.rfind(b"\nid: ", 0, end)
+        if at >= 0:
+            stop = buf.find(b"\n", at + 5)
+            self.tracker.seen(self.i, int(buf[at + 5 : stop]), now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.tracker.ended += 1
+            self.tracker.check_open()
+
+
+class Holder:
+    """What one client process holds: streams of one kind at a time, and the commands it obeys."""
+
+    def __init__(self) -> None:
+        self.tracker = Tracker()
+        self.sse: list[SseClient] = []
+        self.calls: list[Any] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.channels: Channels | None = None
+        self.cpu0 = 0.0
+
+    async def handle(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
+        op = msg[0]
+        if op == "sse":
+            return await self.open_sse(*msg[1:])
+        if op == "grpc":
+            return await self.open_grpc(*msg[1:])
+        if op == "arm":
+            self.cpu0 = time.process_time()
+            return ("armed", self.tracker.arm())
+        if op == "collect":
+            return await self.collect(*msg[1:])
+        if op == "state":
+            t = self.tracker
+            return ("state", len(t.revision), t.first, t.failed, t.ended)
+        if op == "close":
+            await self.close()
+            return ("closed",)
+        raise ValueError(f"unknown command {op!r}")
+
+    def _expect(self, n: int) -> None:
+        """Set before the first of ``n`` new streams starts: one whose first event came in before the
+        count was raised would otherwise find the count already reached."""
+        t = self.tracker
+        t.expected = len(t.revision) + n
+        t.opened.clear()
+
+    async def _wait_open(self, started: float) -> tuple[Any, ...]:
+        t = self.tracker
+        t.check_open()
+        try:
+            await asyncio.wait_for(t.opened.wait(), OPEN_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass
+        return ("opened", t.first, t.failed, t.ended, time.monotonic() - started)
+
+    async def open_sse(self, host: str, port: int, path: str, n: int) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        request = (
+            f"GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\naccept: text/event-stream\r\n"
+            "cache-control: no-cache\r\n\r\n"
+        ).encode()
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        tracker = self.tracker
+        self._expect(n)
+
+        async def one() -> None:
+            i = tracker.add()
+            async with sem:
+                try:
+                    _, proto = await loop.create_connection(
+                        lambda: SseClient(tracker, i, request), host, port
+                    )
+                except OSError:
+                    tracker.failed += 1
+                    return
+                self.sse.append(proto)  # type: ignore[arg-type]
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return await self._wait_open(started)
+
+    async def open_grpc(self, target: str, job_id: str, n: int) -> tuple[Any, ...]:
+        started = time.monotonic()
+        self.channels = Channels(target, n)
+        request = job_service_pb2.WatchJobRequest(job_id=job_id)
+        self._expect(n)
+        for k in range(n):
+            call = self.channels.stub(k).WatchJob(request, timeout=3600)
+            self.calls.append(call)
+            self.tasks.append(asyncio.ensure_future(self._read(self.tracker.add(), call)))
+        return await self._wait_open(started)
+
+    async def _read(self, i: int, call: Any) -> None:
+        # call.read() in a loop, not `async for` (one generator layer less per message), as
+        # bench.watch_streams reads. A message split in parts (``more``) counts when its last part is in:
+        # the SSE form gives the revision (the event id) only to the last part too.
+        tracker = self.tracker
+        try:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                if not msg.more:
+                    tracker.seen(i, msg.revision, time.monotonic())
+        except asyncio.CancelledError:
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+        tracker.ended += 1
+        tracker.check_open()
+
+    async def collect(self, sent: float, timeout: float) -> tuple[Any, ...]:
+        """Waits until every stream has the armed revision; the latencies from ``sent``."""
+        t = self.tracker
+        try:
+            await asyncio.wait_for(t.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        target = t.target
+        t.target = None
+        assert target is not None
+        got = [a - sent for r, a in zip(t.revision, t.arrival, strict=True) if r >= target]
+        return ("collected", got, len(t.revision) - len(got), time.process_time() - self.cpu0)
+
+    async def close(self) -> None:
+        for proto in self.sse:
+            proto.closing = True
+            if proto.transport is not None:
+                proto.transport.close()
+        for call in self.calls:
+            call.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.channels is not None:
+            await self.channels.close()
+        await asyncio.sleep(0.1)  # the closes go out
+        self.sse, self.calls, self.tasks, self.channels = [], [], [], None
+        self.tracker = Tracker()
+
+
+def _client_main(conn: Connection) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    _raise_nofile()
+    # The settings jobpulse's server applies to its collector (as bench.watch_streams' client does): a
+    # pause of this process would otherwise land in the latency of whichever kind was being measured.
+    gc_tuning.tune(Config.gc_threshold)
+    try:
+        asyncio.run(_client_serve(conn))
+    finally:
+        conn.close()
+
+
+async def _client_serve(conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            inbox.put_nowait(None)
+
+    loop.add_reader(conn.fileno(), readable)
+    holder = Holder()
+    while True:
+        msg = await inbox.get()
+        if msg is None or msg[0] == "stop":
+            break
+        try:
+            reply = await holder.handle(msg)
+        except Exception:
+            reply = ("error", traceback.format_exc())
+        conn.send(reply)
+    await holder.close()
+
+
+class ClientPool:
+    """The client processes; every command goes to each, with its share of the streams."""
+
+    def __init__(self, processes: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for k in range(processes):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_client_main, args=(child,), name=f"http-bench-client-{k}", daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(conn)
+            self.procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def shares(self, n: int) -> list[int]:
+        k = len(self.conns)
+        return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+    def _ask(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        for conn, msg in zip(self.conns, msgs, strict=True):
+            conn.send(msg)
+        replies = []
+        for k, conn in enumerate(self.conns):
+            if not conn.poll(REPLY_TIMEOUT):
+                raise RuntimeError(f"client process {k} did not answer {msgs[k][0]!r}")
+            reply = conn.recv()
+            if reply[0] == "error":
+                raise RuntimeError(f"client process {k}, {msgs[k][0]!r}:\n{reply[1]}")
+            replies.append(reply)
+        return replies
+
+    async def ask(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return await asyncio.to_thread(self._ask, msgs)
+
+    async def all(self, *msg: Any) -> list[tuple[Any, ...]]:
+        return await self.ask([msg] * len(self.conns))
+
+    async def open_sse(self, host: str, port: int, path: str, n: int) -> dict[str, Any]:
+        replies = await self.ask([("sse", host, port, path, share) for share in self.shares(n)])
+        return _opened(replies, n)
+
+    async def open_grpc(self, target: str, job_id: str, n: int) -> dict[str, Any]:
+        replies = await self.ask([("grpc", target, job_id, share) for share in self.shares(n)])
+        return _opened(replies, n)
+
+    async def state(self) -> dict[str, int]:
+        replies = await self.all("state")
+        return {
+            key: sum(r[k + 1] for r in replies)
+            for k, key in enumerate(("streams", "opened", "failed", "ended"))
+        }
+
+    async def close(self) -> None:
+        await self.all("close")
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+
+
+def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
+    out = {
+        "streams": n,
+        "opened": sum(r[1] for r in replies),
+        "failed": sum(r[2] for r in replies),
+        "ended": sum(r[3] for r in replies),
+        "seconds": max(r[4] for r in replies),
+    }
+    if out["opened"] != n:
+        raise RuntimeError(
+            f"only {out['opened']:,} of {n:,} streams opened within {OPEN_TIMEOUT:g} s "
+            f"({out['failed']:,} refused, {out['ended']:,} ended)"
+        )
+    return out
+
+
+# --- the servers under test --------------------------------------------------------------------------
+
+
+class Jobpulse:
+    """``python -m jobpulse_server`` on SQLite, its HTTP side on a free port (or off)."""
+
+    def __init__(self, database_url: str, *, http: bool, **settings: Any) -> None:
+        self.http_port = free_port() if http else -1
+        # As bench.procs runs jobpulse: logging as users' servers do, expiry off (the data is synthetic).
+        self._command = CommandServer(
+            database_url,
+            Path(os.devnull),
+            log_level="INFO",
+            drain_seconds=0,
+            retention_completed=0,
+            retention_failed=0,
+            retention_cancelled=0,
+            http_port=self.http_port,
+            **settings,
+        )
+
+    def start(self) -> Jobpulse:
+        self._command.start(timeout=60.0)
+        if self.http_port >= 0:
+            # The HTTP side starts before gRPC health says SERVING; make sure of it anyway.
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/healthz answered {r.status}")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self._command.address
+
+    @property
+    def pid(self) -> int:
+        assert self._command.proc is not None
+        return self._command.proc.pid
+
+    def cpu_seconds(self) -> float | None:
+        return _cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        self._command.close()
+
+
+def _bare_main(conn: Connection, style: str, first: bytes) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    _raise_nofile()
+    try:
+        asyncio.run(_bare_serve(conn, style, first))
+    finally:
+        conn.close()
+
+
+def _bare_app(style: str, first: bytes) -> Any:
+    """A Starlette app whose events path sends ``first``, then waits for ever (until the client goes)."""
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def forever() -> None:
+        # A future of its own per stream (one shared future would be cancelled with the first stream).
+        await asyncio.get_running_loop().create_future()
+
+    if style == "streaming":
+
+        async def endpoint(request: Any) -> Any:
+            async def body() -> Any:
+                yield first
+                await forever()
+
+            return StreamingResponse(
+                body(), media_type="text/event-stream", headers={"cache-control": "no-cache, no-store"}
+            )
+
+    else:
+        from sse_starlette import EventSourceResponse, ServerSentEvent
+
+        fields = _event_fields(first)
+
+        async def endpoint(request: Any) -> Any:
+            async def body() -> Any:
+                yield ServerSentEvent(
+                    data=fields["data"], event=fields["event"], id=fields["id"], retry=2000, sep="\n"
+                )
+                await forever()
+
+            # Its ping (a comment per interval) as long as jobpulse's heartbeat here; "\n" line ends,
+            # as jobpulse writes them (the client looks for "\n\n").
+            return EventSourceResponse(body(), ping=int(IDLE_HEARTBEAT), sep="\n")
+
+    return Starlette(routes=[Route("/v1/jobs/{job_id}/events", endpoint, methods=["GET"])])
+
+
+async def _bare_serve(conn: Connection, style: str, first: bytes) -> None:
+    import uvicorn
+
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(
+        _bare_app(style, first),
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.02)
+    gc_tuning.tune(Config.gc_threshold)  # as jobpulse's server does once it serves
+    conn.send(("port", sock.getsockname()[1]))
+    try:
+        await loop.run_in_executor(None, conn.recv)
+    except (EOFError, OSError):
+        pass
+    server.should_exit = True
+    await serving
+
+
+class BareSseProcess:
+    """A bare Starlette + uvicorn SSE server in a process of its own (``style``: "streaming" or
+    "sse-starlette")."""
+
+    def __init__(self, style: str, first: bytes) -> None:
+        self.style = style
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_bare_main, args=(child, style, first), name=f"http-bench-{style}", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self.port = 0
+
+    def start(self) -> BareSseProcess:
+        if not self._conn.poll(60):
+            self.stop()
+            raise RuntimeError(f"bare {self.style} server did not start")
+        tag, self.port = self._conn.recv()
+        assert tag == "port"
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+
+
+def _event_fields(first: bytes) -> dict[str, str]:
+    """The event, id and data of the last event in ``first`` (SSE text)."""
+    fields = {"event": "message", "id": "", "data": ""}
+    last = first.strip(b"\n").split(b"\n\n")[-1]
+    for line in last.decode().split("\n"):
+        name, _, value = line.partition(": ")
+        if name in fields:
+            fields[name] = value
+    return fields
+
+
+def capture_first(port: int, path: str) -> bytes:
+    """What jobpulse writes first on a new stream (the retry line and the snapshot), decoded."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"accept": "text/event-stream"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {response.read()[:300]!r}")
+        body = b""
+        while not (b"\nid: " in body and body.endswith(b"\n\n")):
+            part = response.read1(65536)
+            if not part:
+                raise RuntimeError(f"GET {path}: the stream ended before its first event")
+            body += part
+        return body
+    finally:
+        conn.close()
+
+
+# --- jobs and changes ------------------------------------------------------------------------------
+
+
+async def create_job(channel: grpc.aio.Channel, chunks: int, kind: str = KIND) -> str:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    request = job_service_pb2.CreateJobRequest(
+        kind=kind, total_items=chunks * 10, chunk_size=10, request_id=f"hb-{uuid.uuid4().hex}"
+    )
+    return str((await jobs.CreateJob(request, timeout=TIMEOUT)).job.id)
+
+
+class Changer:
+    """A worker on the bench job: ReportChunkProgress and CompleteChunk (claiming the next chunk in the
+    same transaction) in turn, each one change of the job."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.workers = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        self.claim_request = worker_service_pb2.ClaimChunksRequest(
+            worker_id="http-bench", kinds=[KIND], max_chunks=1, lease_duration=LEASE
+        )
+        self.claim: Any = None
+        self.count = 0
+
+    async def start(self) -> None:
+        got = await self.workers.ClaimChunks(self.claim_request, timeout=TIMEOUT)
+        if not got.claims:
+            raise RuntimeError("no chunk to claim")
+        self.claim = got.claims[0]
+
+    async def change(self) -> str:
+        self.count += 1
+        claim = self.claim
+        if self.count % 2:
+            await self.workers.ReportChunkProgress(
+                worker_service_pb2.ReportChunkProgressRequest(
+                    chunk_id=claim.chunk.id,
+                    lease_token=claim.lease_token,
+                    items_done=min(5, claim.chunk.item_count),
+                    stage=f"round-{self.count}",
+                ),
+                timeout=TIMEOUT,
+            )
+            return "progress"
+        done = await self.workers.CompleteChunk(
+            worker_service_pb2.CompleteChunkRequest(
+                chunk_id=claim.chunk.id, lease_token=claim.lease_token, claim_next=self.claim_request
+            ),
+            timeout=TIMEOUT,
+        )
+        if not done.claims:
+            raise RuntimeError("the bench job ran out of chunks")
+        self.claim = done.claims[0]
+        return "complete"
+
+
+# --- 1. delivery latency -----------------------------------------------------------------------------
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(samples),
+        "p50": percentile(samples, 50),
+        "p99": percentile(samples, 99),
+        "max": max(samples),
+    }
+
+
+async def _timed_change(pool: ClientPool, server: Jobpulse, changer: Changer) -> dict[str, Any]:
+    await pool.all("arm")
+    cpu0 = server.cpu_seconds() or 0.0
+    sent = time.monotonic()
+    kind = await changer.change()
+    returned = time.monotonic()
+    replies = await pool.all("collect", sent, TIMEOUT)
+    server_cpu = (server.cpu_seconds() or 0.0) - cpu0
+    missing = sum(r[2] for r in replies)
+    if missing:
+        raise RuntimeError(f"{missing:,} streams did not get the change within {TIMEOUT:g} s")
+    return {
+        "kind": kind,
+        "latencies": [x for r in replies for x in r[1]],
+        "rpc": returned - sent,
+        "server_cpu": server_cpu,
+        "client_cpu": sum(r[3] for r in replies),
+    }
+
+
+async def _latency_block(
+    pool: ClientPool, server: Jobpulse, changer: Changer, job_id: str, kind: str, n: int, rounds: int
+) -> dict[str, Any]:
+    if kind == "sse":
+        opened = await pool.open_sse("127.0.0.1", server.http_port, f"/v1/jobs/{job_id}/events", n)
+    else:
+        opened = await pool.open_grpc(server.target, job_id, n)
+    spacing = watch_min_interval() + 0.05
+    try:
+        await asyncio.sleep(0.5)
+        await _timed_change(pool, server, changer)  # warm-up, untimed
+        rows = []
+        for _ in range(rounds):
+            await asyncio.sleep(spacing)
+            rows.append(await _timed_change(pool, server, changer))
+        state = await pool.state()
+    finally:
+        await pool.close()
+    samples: dict[str, list[float]] = {"progress": [], "complete": []}
+    for r in rows:
+        samples[r["kind"]] += r["latencies"]
+    return {
+        "kind": kind,
+        "open_seconds": opened["seconds"],
+        "rounds": rounds,
+        "spacing_seconds": spacing,
+        "latency": _stats(samples["progress"] + samples["complete"]),
+        "samples": samples,
+        "rpc": [r["rpc"] for r in rows],
+        "server_cpu": [r["server_cpu"] for r in rows],
+        "client_cpu": [r["client_cpu"] for r in rows],
+        "ended_early": state["ended"],
+    }
+
+
+async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
+    n = sizes.clients
+    order = []
+    for b in range(sizes.blocks):
+        order += ["sse", "grpc"] if b % 2 == 0 else ["grpc", "sse"]
+    changes = len(order) * (sizes.rounds + 1)
+    chunks = changes // 2 + 3
+    server = Jobpulse(f"sqlite:///{tmp}/latency.db", http=True)
+    try:
+        server.start()
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            job_id = await create_job(channel, chunks)
+            changer = Changer(channel)
+            await changer.start()
+            blocks = []
+            for kind in order:
+                _log(f"1. latency: {n:,} {kind} streams, {sizes.rounds} changes")
+                blocks.append(await _latency_block(pool, server, changer, job_id, kind, n, sizes.rounds))
+                await asyncio.sleep(1.0)  # the closed streams go away on the server
+    finally:
+        server.stop()
+    out: dict[str, Any] = {"streams": n, "order": order, "chunks": chunks}
+    for kind in ("sse", "grpc"):
+        mine = [b for b in blocks if b["kind"] == kind]
+        rounds = sum(b["rounds"] for b in mine)
+        by_change = {c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "complete")}
+        out[kind] = {
+            "latency": _stats(by_change["progress"] + by_change["complete"]),
+            "by_change": {c: _stats(v) for c, v in by_change.items() if v},
+            "open_seconds": statistics.median(b["open_seconds"] for b in mine),
+            "rpc_p50": statistics.median(x for b in mine for x in b["rpc"]),
+            "server_cpu_per_change": sum(sum(b["server_cpu"]) for b in mine) / rounds,
+            "client_cpu_per_change": sum(sum(b["client_cpu"]) for b in mine) / rounds,
+            "ended_early": sum(b["ended_early"] for b in mine),
+        }
+    for b in blocks:
+        del b["samples"]
+    out["blocks"] = blocks
+    out["p50_ratio"] = out["sse"]["latency"]["p50"] / out["grpc"]["latency"]["p50"]
+    out["p99_ratio"] = out["sse"]["latency"]["p99"] / out["grpc"]["latency"]["p99"]
+    return out
+
+
+# --- 2. memory per idle SSE stream -------------------------------------------------------------------
+
+
+async def _idle_memory(
+    pool: ClientPool, pid: int, port: int, path: str, n: int, settle: float
+) -> dict[str, Any]:
+    """Server RSS growth over ``n`` idle SSE streams, after 10 streams opened and closed (warm-up)."""
+    await pool.open_sse("127.0.0.1", port, path, 10)
+    await pool.close()
+    await asyncio.sleep(0.5)
+    before = rss_kib(pid)
+    opened = await pool.open_sse("127.0.0.1", port, path, n)
+    await asyncio.sleep(settle)
+    after = rss_kib(pid)
+    state = await pool.state()  # every stream must still be open: the figure is one of idle streams
+    await pool.close()
+    return {
+        "streams": n,
+        "open_seconds": opened["seconds"],
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_stream": (after - before) / n,
+        "ended_early": state["ended"],
+    }
+
+
+def _have_sse_starlette() -> bool:
+    try:
+        import sse_starlette  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
+    n = sizes.idle
+    out: dict[str, Any] = {"streams": n, "settle_seconds": sizes.settle}
+    _log(f"2. memory: {n:,} idle SSE streams, jobpulse")
+    server = Jobpulse(f"sqlite:///{tmp}/memory.db", http=True, heartbeat_interval=IDLE_HEARTBEAT)
+    try:
+        server.start()
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            job_id = await create_job(channel, 10)
+        path = f"/v1/jobs/{job_id}/events"
+        first = await asyncio.to_thread(capture_first, server.http_port, path)
+        out["first_event_bytes"] = len(first)
+        out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
+    finally:
+        server.stop()
+    styles = ["streaming"] + (["sse-starlette"] if _have_sse_starlette() else [])
+    for style in styles:
+        _log(f"2. memory: {n:,} idle SSE streams, bare {style}")
+        bare = BareSseProcess(style, first).start()
+        try:
+            out[style] = await _idle_memory(pool, bare.pid, bare.port, path, n, sizes.settle)
+        finally:
+            bare.stop()
+    jp = out["jobpulse"]["kib_per_stream"]
+    for style in styles:
+        base = out[style]["kib_per_stream"]
+        out[style]["ratio"] = jp / base if base > 0 else None
+    return out
+
+
+# --- 3. gRPC with the HTTP side on ---------------------------------------------------------------------
+
+
+async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
+    s = sizes
+    _log(
+        f"3. GetJob: HTTP side off vs on with {s.load_streams:,} idle SSE streams, "
+        f"{s.getjob_rounds} x {s.getjob_seconds:g} s each"
+    )
+    servers = {
+        "off": Jobpulse(f"sqlite:///{tmp}/grpc-off.db", http=False),
+        "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db", http=True),
+    }
+    channels: dict[str, grpc.aio.Channel] = {}
+    try:
+        for server in servers.values():
+            server.start()
+        calls = {}
+        for name, server in servers.items():
+            channel = channels[name] = grpc.aio.insecure_channel(server.target)
+            job_id = await create_job(channel, 10)
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
+            calls[name] = lambda stub=stub, request=request: stub.GetJob(request, timeout=TIMEOUT)
+        on = servers["on"]
+        idle_job = await create_job(channels["on"], 10, kind="http-bench-idle")
+        opened = await pool.open_sse("127.0.0.1", on.http_port, f"/v1/jobs/{idle_job}/events", s.load_streams)
+        rates: dict[str, list[Any]] = {"off": [], "on": []}
+        for name in ("off", "on"):  # warm-up
+            await closed_loop(calls[name], concurrency=s.getjob_concurrency, seconds=1.0)
+        for _ in range(s.getjob_rounds):
+            for name in ("off", "on"):
+                rates[name].append(
+                    await closed_loop(
+                        calls[name],
+                        concurrency=s.getjob_concurrency,
+                        seconds=s.getjob_seconds,
+                        server=servers[name],  # type: ignore[arg-type]
+                    )
+                )
+        state = await pool.state()
+        await pool.close()
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        for server in servers.values():
+            server.stop()
+    out: dict[str, Any] = {
+        "idle_streams": s.load_streams,
+        "idle_open_seconds": opened["seconds"],
+        "idle_ended_early": state["ended"],
+    }
+    for name, rows in rates.items():
+        out[name] = {
+            "per_round": [r.per_second for r in rows],
+            "median": statistics.median(r.per_second for r in rows),
+            "server_cpu_us_per_call": statistics.median(
+                r.server_cpu_us_per_call for r in rows if r.server_cpu_us_per_call is not None
+            ),
+        }
+    out["pair_ratios"] = [a / b for a, b in zip(out["on"]["per_round"], out["off"]["per_round"], strict=True)]
+    out["ratio"] = out["on"]["median"] / out["off"]["median"]
+    return out
+
+
+# --- running and reporting ---------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return report._ms(seconds)
+
+
+def _ratio(a: float, b: float) -> str:
+    """a / b, or n/a when b is 0 (CPU figures under /proc's 10 ms tick at small sizes)."""
+    return report._x(a / b) if b > 0 else "n/a"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    s = results["sizes"]
+    lines: list[str] = []
+    add = lines.append
+    add("=" * 104)
+    add(f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
+    add(
+        "every figure beside a baseline measured in the same run; servers in processes of their own (jobpulse"
+    )
+    add(
+        f"on SQLite), every stream held by {s['client_procs']} client process(es), changes and GetJob "
+        "from another"
+    )
+    add(
+        f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
+        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
+    )
+    add(f"         load average before {results['load_before']} after {results['load_after']}")
+    lat = results.get("latency")
+    if lat:
+        add("-" * 104)
+        b0 = lat["blocks"][0]
+        add(
+            f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress / "
+            "CompleteChunk"
+        )
+        add(
+            f"   with claim_next, in turn) to the event of its revision on every stream; blocks "
+            f"{', '.join(lat['order'])},"
+        )
+        add(
+            f"   {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; CPU per change from the "
+            "RPC to the last arrival"
+        )
+        add(
+            f"   {'':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'open s':>8}{'RPC p50 ms':>12}"
+            f"{'CPU ms srv / cli':>18}"
+        )
+        for kind, label in (("sse", "SSE (raw client)"), ("grpc", "WatchJob (grpc.aio)")):
+            r = lat[kind]
+            q = r["latency"]
+            add(
+                f"   {label:<22}{_ms(q['p50']):>9}{_ms(q['p99']):>9}{_ms(q['max']):>9}"
+                f"{r['open_seconds']:>8.2f}"
+                f"{_ms(r['rpc_p50']):>12}"
+                f"{_ms(r['server_cpu_per_change']) + ' / ' + _ms(r['client_cpu_per_change']):>18}"
+            )
+        sse, grpc_ = lat["sse"], lat["grpc"]
+        add(
+            f"   {'ratio SSE / gRPC':<22}{report._x(lat['p50_ratio']):>9}{report._x(lat['p99_ratio']):>9}"
+            f"{_ratio(sse['latency']['max'], grpc_['latency']['max']):>9}{'':>20}"
+            f"{_ratio(sse['server_cpu_per_change'], grpc_['server_cpu_per_change']):>18}"
+        )
+        add(
+            "   p99 by block: "
+            + ", ".join(f"{b['kind']} {_ms(b['latency']['p99'])}" for b in lat["blocks"])
+            + " ms"
+        )
+        for kind in ("sse", "grpc"):
+            by = lat[kind]["by_change"]
+            add(
+                f"   {kind:<5} p50 / p99 by change: "
+                + ", ".join(f"{c} {_ms(v['p50'])} / {_ms(v['p99'])} ms" for c, v in by.items())
+            )
+        add(
+            "   the clients share the cores with the server: a grpc.aio reader costs more per message "
+            "than the raw SSE one"
+        )
+        add(
+            "   (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the streams "
+            "over two processes"
+        )
+        ended = sse["ended_early"] + grpc_["ended_early"]
+        if ended:
+            add(f"   ! {ended:,} streams ended on their own during the rounds")
+    mem = results.get("memory")
+    if mem:
+        add("-" * 104)
+        add(
+            f"2. memory per idle SSE stream: server RSS growth over {mem['streams']:,} streams on one job, "
+            f"read {mem['settle_seconds']:g} s after they opened"
+        )
+        add(
+            f"   (heartbeat / ping every {IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
+            f"{mem['first_event_bytes']:,} B, then wait)"
+        )
+        add(f"   {'':<40}{'KiB/stream':>11}{'RSS before MiB':>16}{'after MiB':>11}{'open s':>8}{'ratio':>8}")
+        rows = [("jobpulse", "jobpulse")]
+        rows.append(("streaming", "bare Starlette StreamingResponse"))
+        if "sse-starlette" in mem:
+            rows.append(("sse-starlette", "bare sse-starlette EventSourceResponse"))
+        for key, label in rows:
+            r = mem[key]
+            ratio = r.get("ratio")
+            cell = "" if key == "jobpulse" else ("n/a" if ratio is None else report._x(ratio))
+            add(
+                f"   {label:<40}{r['kib_per_stream']:>11.1f}{r['rss_before_kib'] / 1024:>16.1f}"
+                f"{r['rss_after_kib'] / 1024:>11.1f}{r['open_seconds']:>8.2f}{cell:>8}"
+            )
+        add("   ratio: jobpulse / that baseline")
+        if "sse-starlette" not in mem:
+            add("   (sse-starlette not installed: make bench-http installs it with the bench extra)")
+        ended = [key for key, _ in rows if mem[key]["ended_early"]]
+        if ended:
+            add(f"   ! streams ended before RSS was read: {', '.join(ended)}")
+    g = results.get("grpc")
+    if g:
+        add("-" * 104)
+        s_ = results["sizes"]
+        add(
+            f"3. GetJob BASIC (10-chunk job), {s_['getjob_concurrency']} in flight on one channel, "
+            f"{s_['getjob_rounds']} x {s_['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
+        )
+        add(f"   {'':<44}{'median calls/s':>15}{'srv CPU us/call':>17}   per round")
+        for key, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", "HTTP side on")):
+            r = g[key]
+            if key == "on":
+                label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
+            add(
+                f"   {label:<44}{r['median']:>15,.0f}{report._us(r['server_cpu_us_per_call']):>17}   "
+                + ", ".join(f"{x:,.0f}" for x in r["per_round"])
+            )
+        add(
+            f"   {'ratio on / off (medians)':<44}{report._x(g['ratio']):>15}"
+            f"{_ratio(g['on']['server_cpu_us_per_call'], g['off']['server_cpu_us_per_call']):>17}   by pair: "
+            + ", ".join(f"{x:.3f}" for x in g["pair_ratios"])
+        )
+        if g["idle_ended_early"]:
+            add(f"   ! {g['idle_ended_early']:,} idle SSE streams ended during the rounds")
+    add("-" * 104)
+    add("targets")
+    for line in targets(results):
+        add(f"   {line}")
+    add("=" * 104)
+    return "\n".join(lines)
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    lat = results.get("latency")
+    if lat:
+        r = lat["p99_ratio"]
+        out.append(
+            f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams <= {TARGET_P99_RATIO}: {r:.3f} -> "
+            f"{_verdict(r <= TARGET_P99_RATIO)}"
+        )
+    mem = results.get("memory")
+    if mem:
+        for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
+            ratio = mem.get(key, {}).get("ratio")
+            if ratio is not None:
+                out.append(
+                    f"memory per idle SSE stream, jobpulse / bare {label} <= {TARGET_MEMORY_RATIO}: "
+                    f"{ratio:.3f} -> {_verdict(ratio <= TARGET_MEMORY_RATIO)}"
+                )
+    g = results.get("grpc")
+    if g:
+        out.append(
+            f"GetJob calls/s, HTTP side on ({g['idle_streams']:,} idle SSE streams) / off "
+            f">= {TARGET_GRPC_RATIO}: {g['ratio']:.3f} -> {_verdict(g['ratio'] >= TARGET_GRPC_RATIO)}"
+        )
+    return out
+
+
+async def _run(parts: list[str], sizes: Sizes, tmp: str) -> dict[str, Any]:
+    pool = ClientPool(sizes.client_procs)
+    try:
+        results: dict[str, Any] = {}
+        if "latency" in parts:
+            results["latency"] = await latency(sizes, pool, tmp)
+        if "memory" in parts:
+            results["memory"] = await memory(sizes, pool, tmp)
+        if "grpc" in parts:
+            results["grpc"] = await grpc_unaffected(sizes, pool, tmp)
+        return results
+    finally:
+        await asyncio.to_thread(pool.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_streams", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); variables still win")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    sizes = Sizes(args.quick)
+    # Thousands of sockets here, in the client processes and in the servers (all inherit the limit).
+    _raise_nofile()
+    started = time.perf_counter()
+    load_before = report.load_average()
+    with tempfile.TemporaryDirectory(prefix="jobpulse-http-bench-") as tmp:
+        results = asyncio.run(_run(parts, sizes, tmp))
+    results["sizes"] = sizes.as_dict()
+    results["machine"] = report.machine_facts()
+    results["load_before"] = load_before
+    results["load_after"] = report.load_average()
+    results["elapsed_seconds"] = time.perf_counter() - started
+    print(render(results), flush=True)
+    if args.json is not None:
+        report.write_json(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
