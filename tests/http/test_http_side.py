@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 from google.protobuf import duration_pb2, json_format
 from support.polling import eventually
 from support.sse import Event, read
+from support.tls import self_signed
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
@@ -283,3 +285,38 @@ def test_connections_that_never_finish_a_request_are_closed(make_server) -> None
         idle.close()
         slow.close()
     assert httpx.get(_http(srv) + "/healthz").status_code == 200
+
+
+def test_tls_with_the_grpc_certificate(make_server, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    srv = make_server(tls_cert=str(cert), tls_key=str(key))
+    assert _http(srv).startswith("https://")
+    assert httpx.get(_http(srv) + "/healthz", verify=str(cert)).json() == {"status": "ok"}
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(_http(srv).replace("https://", "http://") + "/healthz", timeout=5)
+
+
+def test_a_reader_that_stalls_then_reads_again_gets_every_change_to_the_end(make_server) -> None:
+    """A client that reads nothing while the whole job runs, then reads: revisions only grow, the last
+    is the final one, then `end`. (Whether its changes fold depends on how much the kernel buffers for
+    it: on loopback everything fits, so folding itself is checked on the watch loop, which SSE shares
+    with WatchJob: tests/watch/test_watch_slow.py.)"""
+    srv = make_server(watch_min_interval=0.0)
+    chunks = 300
+    with jobpulse.Client(srv.address, timeout=20) as client:
+        job = client.create_job(kind="stall", total_items=chunks, chunk_size=1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", srv.app.http_port))
+        sock.sendall(f"GET /v1/jobs/{job.id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        # Every chunk is completed, one commit each, while the client reads nothing.
+        for _ in range(chunks // 100):
+            for claim in client.claim_chunks("stall-worker", ["stall"], max_chunks=100):
+                client.complete_chunk(claim.chunk.id, claim.lease_token)
+        final = client.get_job(job.id, view="basic")
+        data = _response(sock)
+        sock.close()
+    ids = [int(line[4:]) for line in data.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == sorted(set(ids)), "revisions repeated or went back"
+    assert ids[-1] == final.revision and data.rstrip(b"\r\n0").endswith(b"event: end\ndata: {}")
