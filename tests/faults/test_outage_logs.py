@@ -28,17 +28,23 @@ def test_an_outage_is_one_line_per_loop_and_one_when_it_ends(
             "a database renamed under the server is PostgreSQL's (SQLite: tests in test_database_gone)"
         )
     caplog.set_level(logging.INFO, logger="jobpulse_server")
-    make_server(sweep_interval=0.05, key_refresh_interval=0.05, health_interval=0.2)
+    srv = make_server(sweep_interval=0.05, key_refresh_interval=0.05, health_interval=0.2)
     name = make_url(database_url).database
     pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
     pg_admin(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
     pg_admin(f'ALTER DATABASE "{name}_away" ALLOW_CONNECTIONS true')
     try:
+        # Every loop has said it paused, and the outage lasted long enough for the health probe
+        # (every 0.2 s) to see it too, so the sweeper (every 0.05 s) failed several passes: all loops
+        # can report a pause within one sweep interval, and the database was then back too soon.
         eventually(
-            lambda: all(any(m.startswith(f"{loop} paused: ") for m in _messages(caplog)) for loop in LOOPS),
+            lambda: (
+                all(any(m.startswith(f"{loop} paused: ") for m in _messages(caplog)) for loop in LOOPS)
+                and not srv.app.health.serving
+            ),
             timeout=30,
-            what="every loop saying it paused",
+            what="every loop saying it paused, and health NOT_SERVING",
         )
     finally:
         pg_admin(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
