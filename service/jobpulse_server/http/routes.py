@@ -164,7 +164,7 @@ class HttpSide:
             who = await self.auth.principal(
                 _header(scope, b"authorization"), query.get("access_token"), job_id
             )
-            stream = EventStream(receive, send, [])
+            stream = EventStream(receive, send)
 
             async def write(event: SseEvent) -> None:
                 if not stream.started and after and event.terminal and event.revision <= after:
@@ -177,12 +177,10 @@ class HttpSide:
             if stream is None or not stream.gone:
                 raise
         except _NoContent:
-            stream.close()  # type: ignore[union-attr]
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await _no_content(stream, send)
         except RevisionAhead as exc:
             if exc.metadata.get("state") in _TERMINAL:
-                await self._end_early(stream, send, scope, 204)
+                await _no_content(stream, send)
             else:
                 await self._fail(stream, send, scope, exc, "GET /v1/jobs/{id}/events")
         except Exception as exc:
@@ -202,7 +200,7 @@ class HttpSide:
             who: Principal = await self.auth.principal(
                 _header(scope, b"authorization"), query.get("access_token"), ""
             )
-            stream = EventStream(receive, send, [])
+            stream = EventStream(receive, send)
             encode = self.encode_feed
             async for msg in self.feeds.watch(who, f, cursor.strip(), announce=True):
                 await stream.write(feed_event(msg, encode(msg)))
@@ -211,15 +209,6 @@ class HttpSide:
                 raise
         except Exception as exc:
             await self._fail(stream, send, scope, exc, "GET /v1/events")
-
-    async def _end_early(self, stream: EventStream | None, send: Any, scope: Any, status: int) -> None:
-        if stream is not None:
-            stream.close()
-            if stream.started:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
 
     async def _fail(
         self, stream: EventStream | None, send: Any, scope: Any, exc: Exception, what: str
@@ -235,6 +224,15 @@ class HttpSide:
                 return
         response = response_for(exc, what)
         await response(scope, _no_receive, send)
+
+
+async def _no_content(stream: EventStream | None, send: Any) -> None:
+    """204 before any event: the client resumes at or after the job's terminal revision, so nothing more
+    will come (an EventSource stops reconnecting on it)."""
+    if stream is not None:
+        stream.close()
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _feed_request(params: list[tuple[str, str]]) -> job_service_pb2.WatchJobsRequest:

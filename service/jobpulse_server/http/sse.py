@@ -66,11 +66,10 @@ class EventStream:
     """One SSE response: the status line and headers go out with the first event (until then an
     error can still be a JSON response), and a client that goes away cancels the task serving it."""
 
-    __slots__ = ("_disconnect", "_gone", "_send", "_task", "extra_headers", "started")
+    __slots__ = ("_disconnect", "_gone", "_send", "_task", "started")
 
-    def __init__(self, receive: Any, send: Any, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, receive: Any, send: Any) -> None:
         self._send = send
-        self.extra_headers = extra_headers
         self.started = False
         self._gone = False
         self._task = asyncio.current_task()
@@ -94,9 +93,7 @@ class EventStream:
 
     async def _start(self) -> None:
         self.started = True
-        await self._send(
-            {"type": "http.response.start", "status": 200, "headers": HEADERS + self.extra_headers}
-        )
+        await self._send({"type": "http.response.start", "status": 200, "headers": HEADERS})
 
     async def write(self, data: bytes) -> None:
         if not self.started:
