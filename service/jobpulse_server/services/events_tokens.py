@@ -66,7 +66,7 @@ class EventsTokens:
         self.clock = clock
         self._secrets: dict[int, bytes] = {}
         self._signing: int | None = None
-        self._loaded_at = 0
+        self._asked_at = 0  # when an unknown secret id last sent us to the database
 
     async def start(self) -> None:
         """Makes the first secret on a new database, then reads them."""
@@ -80,7 +80,6 @@ class EventsTokens:
         self._secrets = {kid: secret.encode() for kid, (secret, _) in found.items()}
         signing = [kid for kid, (_, current) in found.items() if current]
         self._signing = max(signing) if signing else None
-        self._loaded_at = self.clock()
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
         """Re-reads the secrets every ``every`` seconds until ``stop`` (a rotation takes effect)."""
@@ -126,8 +125,12 @@ class EventsTokens:
                 raise ValueError("bad expiry")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise Unauthenticated("access_token is malformed") from None
-        if kid not in self._secrets and self.clock() - self._loaded_at >= _RELOAD_AT_MOST_EVERY_US:
-            await self.refresh()  # rotated on another replica a moment ago?
+        if kid not in self._secrets and self.clock() - self._asked_at >= _RELOAD_AT_MOST_EVERY_US:
+            # Rotated on another replica a moment ago? Throttled on its own clock, not on the periodic
+            # refresh's: that one runs every key_refresh_interval and would otherwise keep this reload
+            # from ever happening, refusing new tokens until the next pass.
+            self._asked_at = self.clock()
+            await self.refresh()
         if kid not in self._secrets or not hmac.compare_digest(self._sign(kid, payload), signature):
             raise Unauthenticated("access_token is not valid (forged, or its secret was retired long ago)")
         if expire <= self.clock():
