@@ -13,7 +13,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean
+.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -93,6 +93,11 @@ bench-watch: install
 bench-http: $(VENV)/.bench-installed
 	$(PY) -m bench.http_streams
 
+# The README's dashboard screenshots, made by the browser tests (Debian's chromium + chromium-driver).
+screenshots: install
+	JOBPULSE_SCREENSHOTS=docs/screenshots JOBPULSE_TEST_DATABASES=sqlite $(PY) -m pytest -p no:cacheprovider -q \
+		tests/browser/test_dashboard_browser.py -k progress_arrives_live
+
 # SQLite statements on the event loop vs on aiosqlite's worker thread, same run.
 bench-sqlite: install
 	$(PY) -m bench.sqlite_driver
@@ -115,7 +120,7 @@ run: install
 	$(VENV)/bin/jobpulse-server serve
 
 # The SDK installs thin: `pip install ./client` into an empty venv pulls nothing of the server.
-SERVER_ONLY := starlette|uvicorn|httptools|sqlalchemy|aiosqlite|asyncpg|psycopg|psycopg-binary|alembic|httpx|prometheus-client|grpcio-health-checking|grpcio-reflection|jobpulse-server
+SERVER_ONLY := jinja2|markupsafe|starlette|uvicorn|httptools|sqlalchemy|aiosqlite|asyncpg|psycopg|psycopg-binary|alembic|httpx|prometheus-client|grpcio-health-checking|grpcio-reflection|jobpulse-server
 check-sdk:
 	rm -rf .sdk-check && python3 -m venv .sdk-check
 	.sdk-check/bin/python -m pip install -q ./client

@@ -281,7 +281,7 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
                 if row[0] is None:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
-                _, _, _, (n_jobs, chunk_rows, _) = json.loads(row[0])
+                _, _, _, (n_jobs, chunk_rows, _), *_ = json.loads(row[0])  # then kind, items
                 if chunk_rows:
                     chunk = chunk_from_row(chunk_rows[0])
                 else:

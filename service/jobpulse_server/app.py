@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -38,8 +39,10 @@ from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.events.pg_listener import Listener
 from jobpulse_server.health import SERVICE_NAMES, ServerHealth, job_gauges
 from jobpulse_server.http.auth import HttpAuth
+from jobpulse_server.http.dashboard import Dashboard, Extras
 from jobpulse_server.http.routes import HttpSide
 from jobpulse_server.http.server import HttpServer
+from jobpulse_server.http.session import Sessions
 from jobpulse_server.http.sse import watch_form as sse_watch_form
 from jobpulse_server.observability import Metrics, Observer
 from jobpulse_server.services.auth import Authenticator, is_loopback
@@ -48,6 +51,7 @@ from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from jobpulse_server.services.retention import RetentionService, retention_of
+from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.waiting import JobWaiter
 from jobpulse_server.services.watch import FeedService, WatchService
@@ -58,6 +62,7 @@ from jobpulse_server.store import Store
 from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
 from jobpulse_server.store.engine import Database
 from jobpulse_server.store.factory import open_store
+from jobpulse_server.store.throughput import SqlThroughput
 from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
 from jobpulse_server.store.usage import SqlUsage
 from jobpulse_server.wire.convert import webhook_job
@@ -89,6 +94,7 @@ class App:
     tokens: EventsTokens | None = None
     listener: Listener | None = None
     deliverer: Deliverer | None = None
+    throughput: Throughput | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -127,6 +133,8 @@ class App:
         await stopping
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.usage.close()  # the calls counted since the last flush, now that none come in
+        if self.throughput is not None:
+            await self.throughput.close()  # likewise the chunks completed during the drain
         await self.store.close()
         await self.db.close()
 
@@ -157,6 +165,7 @@ def keepalive_options(config: Config) -> list[tuple[str, int]]:
 async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
     check_server_secret(config)
+    started = time.time()
     hub = ChangeHub()
     db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
     try:
@@ -181,7 +190,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     txs = SqlTransactions(db)
     jobs = JobService(txs, store, outbox, config, clock)
     observer = Observer(metrics)
-    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
+    throughput = Throughput(SqlThroughput(db), clock)
+    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics, throughput=throughput)
     watches = WatchService(store, hub, config, watch_encoder(clock, retention))
     # The HTTP side's SSE text of each watch message, built from its gRPC form, once for every stream.
     watches.add_form("sse", sse_watch_form(watches.wire("grpc")))
@@ -272,15 +282,26 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {_listen_problem(exc)}") from exc
     http: HttpServer | None = None
     if config.http_port >= 0:
+        sessions = Sessions(authenticator, tokens, secure=bool(config.tls_cert))
+        dashboard = Dashboard(
+            jobs,
+            WebhookService(keys_and_deliveries, clock),
+            usage,
+            sessions,
+            Extras(server_health.report, server_health.leases, workers.workers_seen, started),
+            clock,
+            throughput,
+        )
         side = HttpSide(
             watches,
             feeds,
-            HttpAuth(authenticator, tokens),
+            HttpAuth(authenticator, tokens, sessions),
             feed_encoder(clock, retention),
             lambda: server_health.serving,
             lambda: hub.outage,
             metrics.registry,
             config.cors_origins,
+            dashboard,
         )
         http = HttpServer(
             side.app(),
@@ -329,6 +350,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         tokens=tokens,
         listener=listener,
         deliverer=deliverer,
+        throughput=throughput,
         _stop_background=stop_background,
     )
     # The background tasks, each ending when stop_background is set (App.stop).
@@ -339,6 +361,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         (deliverer.run(stop_background), "jobpulse-webhooks"),
         (server_health.watch_database(), "jobpulse-db-health"),
         (usage.run(stop_background, config.usage_flush_interval), "jobpulse-usage"),
+        (throughput.run(stop_background, config.usage_flush_interval), "jobpulse-throughput"),
         (tokens.run(stop_background, config.key_refresh_interval), "jobpulse-events-secrets"),
     ]
     if metrics_port is not None:
@@ -369,7 +392,7 @@ async def serve(config: Config) -> int:
         else "",
     )
     if app.http_url is not None:
-        log.info("HTTP side on %s (events under /v1/, /healthz, /readyz, /metrics)", app.http_url)
+        log.info("dashboard on %s/ (and events under /v1/, /healthz, /readyz, /metrics)", app.http_url)
     if app.auth.open:
         log.warning(
             "open mode: no API keys exist, so every caller is an anonymous admin%s",

@@ -11,12 +11,13 @@ import shutil
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
-from jobpulse_server.domain.model import JobState
+from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.workers import WorkerService
@@ -38,6 +39,9 @@ HEALTH_NAMES = (*SERVICE_NAMES, "google.longrunning.Operations")
 # Probes in a row that must time out before a silent database is reported down.
 SLOW_PROBES_BEFORE_DOWN = 3
 SILENT_MESSAGE = "the database does not answer; retry shortly"
+
+
+_LEASES = text("SELECT count(*), count(DISTINCT worker_id) FROM chunks WHERE state = :processing")
 
 
 class ServerHealth:
@@ -87,6 +91,12 @@ class ServerHealth:
             folder = await asyncio.to_thread(lambda: os.path.dirname(os.path.abspath(path)))
             out.free_disk_bytes = (await asyncio.to_thread(shutil.disk_usage, folder)).free
         return out
+
+    async def leases(self) -> tuple[int, int]:
+        """Chunks under a lease now, and the workers holding them (the lease index answers it)."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(_LEASES, {"processing": int(ChunkState.PROCESSING)})).one()
+        return int(row[0]), int(row[1])
 
     async def set_serving(self, serving: bool) -> None:
         self.serving = serving

@@ -295,6 +295,10 @@ class FakeRead:
     async def change_horizon(self) -> int:
         return self.tables.seq + 1
 
+    async def chunk_states(self, job_id: str) -> str:
+        found = sorted((c for c in self.tables.chunks.values() if c.job_id == job_id), key=lambda c: c.index)
+        return "".join(str(int(c.state)) for c in found)
+
 
 class FakeWrite(FakeRead, TwoStepLocks):
     """One write transaction on a private copy of the tables; added rows wait for ``save``."""

@@ -7,14 +7,13 @@ import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
@@ -28,7 +27,9 @@ from jobpulse_server.domain.errors import (
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.http.auth import HttpAuth
+from jobpulse_server.http.dashboard import Dashboard
 from jobpulse_server.http.errors import error_response, response_for
+from jobpulse_server.http.query import filter_request, parse
 from jobpulse_server.http.sse import END, EventStream, SseEvent, feed_event
 from jobpulse_server.services.watch import FeedMessage, FeedService, WatchService
 from jobpulse_server.wire.filters import job_filter
@@ -52,10 +53,7 @@ def _revision(text: str, field: str) -> int:
 
 
 def _params(scope: dict[str, Any]) -> list[tuple[str, str]]:
-    try:
-        return parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    except ValueError as exc:
-        raise InvalidArgument([FieldViolation("query", f"cannot be read: {exc}")]) from None
+    return parse(scope.get("query_string", b""))
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -63,6 +61,11 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _cookies(scope: dict[str, Any]) -> dict[str, str]:
+    text = _header(scope, b"cookie")
+    return cookie_parser(text) if text else {}
 
 
 class _Asgi:
@@ -91,6 +94,7 @@ class HttpSide:
         outage: Callable[[], str | None],
         registry: CollectorRegistry,
         cors_origins: list[str],
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.watches = watches
         self.feeds = feeds
@@ -100,6 +104,7 @@ class HttpSide:
         self.outage = outage
         self.registry = registry
         self.cors_origins = cors_origins
+        self.dashboard = dashboard
 
     def app(self) -> Starlette:
         v1 = [
@@ -123,6 +128,7 @@ class HttpSide:
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Mount("/v1", routes=v1, middleware=cors),
+                *(self.dashboard.routes() if self.dashboard is not None else []),
             ],
             exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         )
@@ -162,7 +168,7 @@ class HttpSide:
             elif "after_revision" in query:
                 after = _revision(query["after_revision"], "after_revision")
             who = await self.auth.principal(
-                _header(scope, b"authorization"), query.get("access_token"), job_id
+                _header(scope, b"authorization"), query.get("access_token"), job_id, _cookies(scope)
             )
             stream = EventStream(receive, send)
 
@@ -191,14 +197,14 @@ class HttpSide:
         stream: EventStream | None = None
         try:
             params = _params(scope)
-            request = _feed_request(params)
+            request = filter_request(params, job_service_pb2.WatchJobsRequest())
             c = Checker()
             f = job_filter(request, c)
             c.done()
             query = dict(params)
             cursor = _header(scope, b"last-event-id") or request.cursor
             who: Principal = await self.auth.principal(
-                _header(scope, b"authorization"), query.get("access_token"), ""
+                _header(scope, b"authorization"), query.get("access_token"), "", _cookies(scope)
             )
             stream = EventStream(receive, send)
             encode = self.encode_feed
@@ -233,39 +239,6 @@ async def _no_content(stream: EventStream | None, send: Any) -> None:
         stream.close()
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
-
-
-def _feed_request(params: list[tuple[str, str]]) -> job_service_pb2.WatchJobsRequest:
-    """The WatchJobs request the query parameters describe (checked further by ``job_filter``)."""
-    request = job_service_pb2.WatchJobsRequest()
-    bad: list[FieldViolation] = []
-    for name, value in params:
-        if name == "state":
-            state = value.strip().upper()
-            if not state.startswith("JOB_STATE_"):
-                state = "JOB_STATE_" + state
-            if state[len("JOB_STATE_") :] in JobState.__members__:
-                request.states.append(int(JobState[state[len("JOB_STATE_") :]]))  # type: ignore[arg-type]
-            else:
-                bad.append(
-                    FieldViolation("state", f"{value[:40]!r} is not a job state (e.g. JOB_STATE_PROCESSING)")
-                )
-        elif name == "label":
-            key, sep, label_value = value.partition("=")
-            if not sep or not key:
-                bad.append(FieldViolation("label", f"{value[:40]!r} is not key=value"))
-            else:
-                request.labels[key] = label_value
-        elif name in ("kind", "search", "cursor"):
-            setattr(request, name, value)
-        elif name in ("min_priority", "max_priority"):
-            if value.strip().lstrip("-").isdigit() and len(value) < 6:
-                setattr(request, name, int(value))
-            else:
-                bad.append(FieldViolation(name, f"must be a whole number from 0 to 10 (got {value[:40]!r})"))
-    if bad:
-        raise InvalidArgument(bad)
-    return request
 
 
 async def _no_receive() -> dict[str, Any]:

@@ -114,6 +114,21 @@ class Authenticator:
                 return _once(pending, principal)
         return principal
 
+    def admit(self, who: Principal, roles: frozenset[str], method: str) -> Principal | Awaitable[Principal]:
+        """``who`` (a dashboard session's key, already known to be active) checked as ``authenticate``
+        checks a key: one of ``roles``, and within its key's rate limit."""
+        if self.open:
+            return who
+        if who.role not in roles:
+            raise PermissionDenied(
+                f"a {who.role} key may not {method}; it needs one of: {', '.join(sorted(roles))}",
+                role=who.role,
+            )
+        pending = self.limiter.admit(who.name, who.role)
+        if pending is not None:
+            return _once(pending, who)
+        return who
+
 
 def _principal(info: KeyInfo) -> Principal:
     return Principal(info.name, sees_all=info.role == "admin", role=info.role, webhook_url=info.webhook_url)

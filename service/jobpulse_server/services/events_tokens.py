@@ -33,6 +33,8 @@ DEFAULT_TTL_US = 600 * 1_000_000
 MIN_TTL_US = 1_000_000
 MAX_TTL_US = 86_400 * 1_000_000
 PREFIX = "jpe1."
+# Dashboard session cookies (http/session.py): the same secrets, a prefix of their own.
+SESSION_PREFIX = "jps1."
 # An unknown secret id sends a replica back to the database at most this often (a rotation made on
 # another replica is then seen at once; garbage tokens cannot turn into a query each).
 _RELOAD_AT_MOST_EVERY_US = 1_000_000
@@ -97,6 +99,15 @@ class EventsTokens:
     def mint(self, who: Principal, job_id: str, ttl_us: int) -> tuple[str, int]:
         """A token for ``who`` reading ``job_id`` (empty: the feed) for ``ttl_us``; (token, expire time).
         The caller has checked that ``who`` may see the job."""
+        return self._mint(PREFIX, who, job_id, ttl_us)
+
+    def mint_session(self, who: Principal, ttl_us: int) -> tuple[str, int]:
+        """A dashboard session for ``who`` (the key just checked at /login), as a cookie value. It has
+        a prefix of its own, which is signed too: a session is no events token and no events token is a
+        session."""
+        return self._mint(SESSION_PREFIX, who, "", ttl_us)
+
+    def _mint(self, prefix: str, who: Principal, job_id: str, ttl_us: int) -> tuple[str, int]:
         kid = self._signing
         if kid is None:  # start() makes one; only a database emptied under a running server lands here
             raise RuntimeError("no events token secret: restart the server or rotate the secret")
@@ -104,10 +115,10 @@ class EventsTokens:
         minter = _OPEN_MODE if self.auth.open else who.name
         body = json.dumps({"k": kid, "o": minter, "j": job_id, "e": expire}, separators=(",", ":"))
         payload = _b64(body.encode())
-        return f"{PREFIX}{payload}.{self._sign(kid, payload)}", expire
+        return f"{prefix}{payload}.{self._sign(prefix, kid, payload)}", expire
 
-    def _sign(self, kid: int, payload: str) -> str:
-        digest = hmac.new(self._secrets[kid], (PREFIX + payload).encode(), hashlib.sha256).digest()
+    def _sign(self, prefix: str, kid: int, payload: str) -> str:
+        digest = hmac.new(self._secrets[kid], (prefix + payload).encode(), hashlib.sha256).digest()
         return _b64(digest)
 
     async def verify(self, token: str) -> EventsGrant:
@@ -115,7 +126,16 @@ class EventsTokens:
         or minted by a key that is no longer active)."""
         if not token.startswith(PREFIX) or len(token) > 1024:
             raise Unauthenticated("access_token is not an events token (CreateEventsToken makes them)")
-        payload, _, signature = token[len(PREFIX) :].partition(".")
+        return await self._verify(PREFIX, token, "access_token")
+
+    async def verify_session(self, token: str) -> EventsGrant:
+        """The principal of a valid dashboard session cookie; Unauthenticated for anything else."""
+        if not token.startswith(SESSION_PREFIX) or len(token) > 1024:
+            raise Unauthenticated("the session cookie is not a jobpulse session: log in again")
+        return await self._verify(SESSION_PREFIX, token, "the session")
+
+    async def _verify(self, prefix: str, token: str, what: str) -> EventsGrant:
+        payload, _, signature = token[len(prefix) :].partition(".")
         try:
             claims = json.loads(_unb64(payload))
             kid, minter, job_id, expire = claims["k"], claims["o"], claims["j"], claims["e"]
@@ -124,24 +144,26 @@ class EventsTokens:
             if not isinstance(expire, int):
                 raise ValueError("bad expiry")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise Unauthenticated("access_token is malformed") from None
+            raise Unauthenticated(f"{what} is malformed") from None
         if kid not in self._secrets and self.clock() - self._asked_at >= _RELOAD_AT_MOST_EVERY_US:
             # Rotated on another replica a moment ago? Throttled on its own clock, not on the periodic
             # refresh's: that one runs every key_refresh_interval and would otherwise keep this reload
             # from ever happening, refusing new tokens until the next pass.
             self._asked_at = self.clock()
             await self.refresh()
-        if kid not in self._secrets or not hmac.compare_digest(self._sign(kid, payload), signature):
-            raise Unauthenticated("access_token is not valid (forged, or its secret was retired long ago)")
+        if kid not in self._secrets or not hmac.compare_digest(self._sign(prefix, kid, payload), signature):
+            raise Unauthenticated(f"{what} is not valid (forged, or its secret was retired long ago)")
         if expire <= self.clock():
+            if prefix == SESSION_PREFIX:
+                raise Unauthenticated("the session has expired: log in again")
             raise Unauthenticated("access_token has expired: ask the page's backend for a new one")
         if minter == _OPEN_MODE:
             who = self.auth.open_principal()
             if who is None:
-                raise Unauthenticated("access_token was minted in open mode, and this server now needs keys")
+                raise Unauthenticated(f"{what} was made in open mode, and this server now needs keys")
         else:
             found = self.auth.principal_named(minter)
             if found is None:
-                raise Unauthenticated("the API key that minted this access_token is revoked")
+                raise Unauthenticated(f"the API key behind {what} is revoked")
             who = found
         return EventsGrant(who, job_id, expire)

@@ -100,6 +100,18 @@ class JobPage:
     artifacts_read: bool = True
 
 
+@dataclass
+class JobListing:
+    """A page of ListJobs: its jobs, the tokens of the pages after and before it (empty: none), the
+    listing's total and the WatchJobs change horizon at the time of reading."""
+
+    pages: list[JobPage]
+    next_page_token: str
+    previous_page_token: str
+    total: int
+    horizon: int
+
+
 # The revision at which the caller already holds a job's shown chunks (FULL), or its whole BASIC
 # encoding, if any (see encoded_jobs): at the job's own revision neither chunks nor artifacts are
 # read, at an older one (FULL only) just the chunks changed since.
@@ -295,6 +307,34 @@ class JobService:
     ) -> tuple[list[JobPage], str, int, int]:
         """One page of jobs, the next page token, the total, and the WatchJobs change horizon.
         ``count`` False skips the COUNT behind the total (0 then): ExportJobs has no use for it."""
+        found = await self.browse_jobs(
+            who,
+            f,
+            order_by=order_by,
+            page_size=page_size,
+            page_token=page_token,
+            full=full,
+            known=known,
+            count=count,
+        )
+        return found.pages, found.next_page_token, found.total, found.horizon
+
+    async def browse_jobs(
+        self,
+        who: Principal,
+        f: JobFilter,
+        *,
+        order_by: str,
+        page_size: int,
+        page_token: str,
+        full: bool = False,
+        known: Known = None,
+        count: bool = True,
+        backward: bool = False,
+    ) -> JobListing:
+        """A page of jobs as ``list_jobs`` reads it, with a token for the page before it too (the
+        dashboard's "previous"). ``backward``: ``page_token`` is a ``previous_page_token`` and the page
+        is the one just before the page it came from."""
         f.owner = who.owner_filter
         filters = pagination.fingerprint(
             {
@@ -310,26 +350,39 @@ class JobService:
                 "order": order_by,
             }
         )
-        # A token holds the sort key of the last job shown and the total counted for
-        # the first page: total_size is counted once per listing, not once per page.
+        # A token holds the sort key of the last job shown (the first, for a previous-page token) and
+        # the total counted for the first page: total_size is counted once per listing, not per page.
         after: list[Any] | None = None
         total: int | None = None
         if page_token:
             key = pagination.decode(page_token, "jobs", filters)
             _check_key(key, order_by)
             after, total = key[:-1], key[-1]
+        elif backward:
+            raise InvalidPageToken("a previous page needs the previous_page_token of a later page")
+        # The page before a key is the page after it in the opposite order, read backwards.
+        read_order = _reversed(order_by) if backward else order_by
         async with self.store.read() as tx:
             horizon = await tx.change_horizon()
-            found = await tx.list_jobs(f, order_by, after, page_size + 1)
+            found = await tx.list_jobs(f, read_order, after, page_size + 1)
             if total is None:
                 total = await tx.count_jobs(f) if count else 0
             more = len(found) > page_size
             found = found[:page_size]
+            if backward:
+                found.reverse()
             pages = await self._pages(tx, found, full, known)
-        token = ""
-        if more and found:
-            token = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
-        return pages, token, total, horizon
+        next_token = prev_token = ""
+        if found:
+            last = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
+            first = pagination.encode("jobs", filters, [*job_sort_key(found[0], order_by), total])
+            if backward:
+                next_token = last  # we came from there
+                prev_token = first if more else ""
+            else:
+                next_token = last if more else ""
+                prev_token = first if page_token else ""
+        return JobListing(pages, next_token, prev_token, total, horizon)
 
     async def list_chunks(
         self, who: Principal, job_id: str, states: list[ChunkState], page_size: int, page_token: str
@@ -354,6 +407,26 @@ class JobService:
             found = found[:page_size]
             token = pagination.encode("chunks", filters, [found[-1].index])
         return found, token, total
+
+    async def chunk_at(self, who: Principal, job_id: str, index: int) -> Chunk:
+        """The job's chunk at ``index``, with its artifacts (the dashboard's chunk panel)."""
+        async with self.store.read() as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            found = await tx.list_chunks(job_id, after_index=index - 1, limit=1)
+        if not found or found[0].index != index:
+            raise ChunkNotFound(f"{job_id}/{index}")
+        return found[0]
+
+    async def chunk_states(self, who: Principal, job_id: str) -> tuple[Job, str]:
+        """The job and every chunk's state in index order (one digit each), read together: the
+        dashboard's chunk grid, which then follows the job's changes after ``job.revision``."""
+        async with self.store.read(consistent=True) as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            return job, await tx.chunk_states(job_id)
 
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
@@ -489,6 +562,10 @@ class JobService:
         f.owner = who.owner_filter
         async with self.txs.read() as tx:
             return await tx.job_stats(f)
+
+
+def _reversed(order_by: str) -> str:
+    return order_by[: -len(" desc")] if order_by.endswith(" desc") else order_by + " desc"
 
 
 def _check_key(key: list[Any], order_by: str) -> None:

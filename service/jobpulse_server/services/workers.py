@@ -27,7 +27,8 @@ from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
-from jobpulse_server.store import Store, Transactions, WriteTx, chunk_job_id
+from jobpulse_server.services.throughput import Throughput
+from jobpulse_server.store import CompletedOne, Store, Transactions, WriteTx, chunk_job_id
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -105,6 +106,7 @@ class WorkerService:
         config: Config,
         clock: Clock = now_us,
         metrics: Metrics | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self.store = store
         self.txs = txs
@@ -113,11 +115,28 @@ class WorkerService:
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
+        # Chunks completed per minute and kind, for the stats page; told only after a commit.
+        self.throughput = throughput
         # When the sweeper last finished a pass (monotonic seconds), for the health report.
         self.last_sweep: float | None = None
+        # Worker id -> when it last asked for work here (monotonic seconds): the dashboard's health page.
+        self._seen: dict[str, float] = {}
+
+    def workers_seen(self, within: float = 600.0) -> dict[str, float]:
+        """Workers that asked this server for work in the last ``within`` seconds: id -> seconds ago."""
+        now = asyncio.get_running_loop().time()
+        for worker_id in [w for w, t in self._seen.items() if now - t > within]:
+            del self._seen[worker_id]
+        return {w: now - t for w, t in self._seen.items()}
 
     def _count(self, event: str, n: int = 1) -> None:
         self.metrics.chunks.labels(event).inc(n)
+
+    def _completed_one(self, done: CompletedOne) -> None:
+        """Counts a one-statement completion, which has committed when the store returns it."""
+        self._count("completed" if done.chunk_state == ChunkState.COMPLETED else "cancelled")
+        if self.throughput is not None and done.chunk_state == ChunkState.COMPLETED:
+            self.throughput.count(done.kind, 1, done.items)
 
     # --- claim ---------------------------------------------------------
     async def claim(
@@ -126,6 +145,8 @@ class WorkerService:
         """Claims up to ``max_chunks``; with ``wait_s`` > 0 blocks until work appears or time runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        if len(self._seen) < 10_000 or worker_id in self._seen:  # bounded against made-up ids
+            self._seen[worker_id] = loop.time()
         while True:
             # Take the wake-up event before looking, so work added meanwhile is not missed.
             woken = self.hub.work_event()
@@ -322,7 +343,7 @@ class WorkerService:
             )
             if both is not None:
                 finished, fast = both
-                self._count("completed" if finished.chunk_state == ChunkState.COMPLETED else "cancelled")
+                self._completed_one(finished)
                 if fast:
                     return finished.job_state, self._claimed(fast)
                 if fast is None or claim_next.wait_s > 0:
@@ -334,7 +355,7 @@ class WorkerService:
                 chunk_id, job_id, token, self.clock(), external_task_id, artifacts
             )
             if done is not None:
-                self._count("completed" if done.chunk_state == ChunkState.COMPLETED else "cancelled")
+                self._completed_one(done)
                 claims = await self.claim(*claim_next.args()) if claim_next is not None else []
                 return done.job_state, claims
         results, claims = await self.complete_many(
@@ -356,8 +377,12 @@ class WorkerService:
         starts once the completions have committed.
         """
         counts: dict[str, int] = {}
+        # (chunks, items) completed by kind, for ``throughput``: filled by the run of ``body`` that
+        # commits (a run that rolls back and runs again starts it afresh), counted after the commit.
+        by_kind: dict[str, tuple[int, int]] = {}
 
         async def body(tx: WriteTx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
+            by_kind.clear()
             if items:
                 found, now = await self._leased(tx, [(i.chunk_id, i.lease_token) for i in items])
             else:
@@ -390,7 +415,13 @@ class WorkerService:
                 claims = await self._claim_in(tx, claim_next, now, jobs, wait_for_jobs=False)
             if changed or claims:
                 await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now, unsaved)
-            completed = sum(1 for c in changed if c.state == ChunkState.COMPLETED)
+            completed = 0
+            for c in changed:
+                if c.state == ChunkState.COMPLETED:
+                    completed += 1
+                    kind = jobs[c.job_id].kind
+                    was = by_kind.get(kind, (0, 0))
+                    by_kind[kind] = (was[0] + 1, was[1] + c.item_count)
             counts.update(completed=completed, cancelled=len(changed) - completed, claimed=len(claims))
             return outcome, claims
 
@@ -398,6 +429,9 @@ class WorkerService:
         for event, n in counts.items():
             if n:
                 self._count(event, n)
+        if self.throughput is not None:
+            for kind, (n_chunks, n_items) in by_kind.items():
+                self.throughput.count(kind, n_chunks, n_items)
         results = [
             CompletionResult(item.chunk_id, got, None)
             if isinstance(got, DomainError)

@@ -71,6 +71,10 @@ class ReadTx(Protocol):
 
     async def change_horizon(self) -> int: ...
 
+    async def chunk_states(self, job_id: str) -> str:
+        """Every chunk's state of the job in index order, one digit each (ChunkState's numbers)."""
+        ...
+
 
 class WriteTx(Protocol):
     """The operations of one write transaction. Nothing is written before ``save``."""
@@ -120,6 +124,10 @@ class CompletedOne:
     job_state: JobState
     revision: int
     chunk_state: ChunkState
+    # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py),
+    # which the caller could otherwise learn only with another round trip.
+    kind: str = ""
+    items: int = 0
 
 
 class Store(Protocol):

@@ -67,6 +67,9 @@ class PortableRead:
     async def change_horizon(self) -> int:
         return await repo.change_horizon(self.conn)
 
+    async def chunk_states(self, job_id: str) -> str:
+        return await repo.chunk_states(self.conn, job_id)
+
 
 class PortableWrite(PortableRead, TwoStepLocks):
     def __init__(self, uow: UnitOfWork) -> None:

@@ -186,6 +186,9 @@ class PgRead:
     async def change_horizon(self) -> int:
         return int(await self.conn.fetchval(sql.PG_HORIZON))
 
+    async def chunk_states(self, job_id: str) -> str:
+        return str(await self.conn.fetchval(sql.numbered(sql.PG_CHUNK_STATES), job_id) or "")
+
 
 class PgWrite(PgRead):
     """One write transaction; changes are buffered until ``save``."""
@@ -381,7 +384,7 @@ class PgStore:
         row = await self._statement(sql.PG_COMPLETE_ONE, *args)
         if row is None:
             return None
-        done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]))
+        done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]), str(row[3]), int(row[4]))
         self.db.publish(Changes(jobs={job_id: done.revision}))
         return done
 
@@ -429,8 +432,10 @@ class PgStore:
         row = await self._statement(sql.pg_complete_and_claim_call(len(kinds), len(args)), *args)
         if row[0] is None:
             return None
-        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows) = json.loads(row[0])
-        completed = CompletedOne(JobState(job_state), int(revision), ChunkState(chunk_state))
+        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows), kind, items = json.loads(row[0])
+        completed = CompletedOne(
+            JobState(job_state), int(revision), ChunkState(chunk_state), kind, int(items)
+        )
         claims, revisions = _claimed(n_jobs, chunk_rows, job_rows)
         self.db.publish(Changes(jobs={job_id: completed.revision, **revisions}))
         return completed, claims

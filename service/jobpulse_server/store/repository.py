@@ -388,6 +388,11 @@ async def list_chunks(
     return found
 
 
+async def chunk_states(conn: AsyncConnection, job_id: str) -> str:
+    q = select(chunks.c.state).where(chunks.c.job_id == job_id).order_by(chunks.c.idx)
+    return "".join(str(r[0]) for r in (await conn.execute(q)).all())
+
+
 async def count_chunks(conn: AsyncConnection, job_id: str, states: Iterable[ChunkState] = ()) -> int:
     q = select(func.count()).select_from(chunks).where(chunks.c.job_id == job_id)
     st = [int(s) for s in states]

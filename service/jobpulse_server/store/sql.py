@@ -183,6 +183,12 @@ def chunk_list(
     return sql, params
 
 
+# Every chunk's state of a job in index order, for the dashboard's chunk grid: one column, no objects.
+CHUNK_STATES = "SELECT state FROM chunks WHERE job_id = ? ORDER BY idx"
+# PostgreSQL folds them into one text value: one row to send instead of one per chunk.
+PG_CHUNK_STATES = "SELECT string_agg(state::text, '' ORDER BY idx) FROM chunks WHERE job_id = ?"
+
+
 ARTIFACTS_BETWEEN = (
     f"SELECT {ARTIFACT_SELECT} FROM artifacts WHERE job_id = ? AND chunk_index BETWEEN ? AND ? "
     "ORDER BY chunk_index, id"
@@ -335,7 +341,8 @@ PG_COMPLETE_ONE = (
     "external_task_id = CASE WHEN $5 = '' THEN c.external_task_id ELSE $5 END, "
     "revision = j0.revision + 1, end_time = $4, lease_token = NULL, lease_expire_time = NULL "
     "FROM j0, c0 WHERE c.id = c0.id "
-    "RETURNING c.state AS state, c.items_done - c0.old_done AS gained, c0.idx AS idx), "
+    "RETURNING c.state AS state, c.items_done - c0.old_done AS gained, c0.idx AS idx, "
+    "c.kind AS kind, c.item_count AS items), "
     "j1 AS (UPDATE jobs AS j SET revision = j.revision + 1, update_time = greatest(j.update_time, $4), "
     "n_processing = j.n_processing - 1, "
     f"n_completed = j.n_completed + (c1.state = {int(ChunkState.COMPLETED)})::int, "
@@ -349,7 +356,7 @@ PG_COMPLETE_ONE = (
     "unnest($6::text[], $7::text[], $8::text[], $9::bigint[]) AS u(name, uri, media_type, size_bytes) "
     f"WHERE c1.state = {int(ChunkState.COMPLETED)}) "
     "SELECT j1.state AS job_state, j1.revision AS revision, c1.state AS chunk_state, "
-    "pg_notify($10, json_build_object('r', $11::text, "
+    "c1.kind AS kind, c1.items AS items, pg_notify($10, json_build_object('r', $11::text, "
     "'j', json_build_object(j1.id, j1.revision), 'd', json_build_array())::text) AS notified FROM j1, c1"
 )
 # How many parameters PG_COMPLETE_ONE takes.
@@ -434,7 +441,8 @@ def pg_complete_and_claim_function(
     """PostgreSQL: a session-local function (``pg_temp``) that runs PG_COMPLETE_ONE and then, if the
     completion went through, the one-statement claim, in one round trip and one transaction; each
     statement sees the one before. It returns NULL when the completion did nothing (the caller
-    takes the general path), else JSON ``[job state, revision, chunk state, [n_jobs, chunks, jobs]]``.
+    takes the general path), else JSON ``[job state, revision, chunk state, [n_jobs, chunks, jobs],
+    kind, items]`` (the completed chunk's kind and item_count last).
 
     Why a function: one statement cannot do both, since the next claim is usually of the same job,
     and a statement may update a row only once. Why in ``pg_temp``: it is created on each of the
@@ -451,7 +459,7 @@ def pg_complete_and_claim_function(
         "IF NOT FOUND THEN RETURN NULL; END IF; "
         f"{claim} INTO claimed; "
         "RETURN json_build_array(done.job_state, done.revision, done.chunk_state, "
-        "json_build_array(claimed.n_jobs, claimed.chunk_rows, claimed.job_rows)); "
+        "json_build_array(claimed.n_jobs, claimed.chunk_rows, claimed.job_rows), done.kind, done.items); "
         "END $jobpulse$"
     )
 

@@ -171,6 +171,9 @@ class SqliteRead:
     async def change_horizon(self) -> int:
         return int(self.conn.execute(sql.SQLITE_HORIZON).fetchone()[0])
 
+    async def chunk_states(self, job_id: str) -> str:
+        return "".join(str(r[0]) for r in self.conn.execute(sql.CHUNK_STATES, (job_id,)))
+
 
 def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]:
     """Rows of ``sql.jobs_artifacts`` grouped by job."""

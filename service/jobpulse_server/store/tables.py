@@ -248,3 +248,17 @@ events_token_secrets = Table(
     Column("create_time", BigInteger, nullable=False),
     Column("retire_time", BigInteger, nullable=True),
 )
+
+# Chunks completed (and their items) per minute and job kind, summed over every replica, for the
+# dashboard's throughput chart: counting them from the chunks table would scan every chunk completed in
+# the hours shown, on each view. Each server adds what it counted since its previous flush, in one
+# statement per flush (services/throughput.py); rows older than a week are pruned. ``minute`` is the
+# start of the minute (microseconds since the epoch, a multiple of 60,000,000).
+throughput_minutes = Table(
+    "throughput_minutes",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", Text, primary_key=True),
+    Column("chunks", BigInteger, nullable=False),
+    Column("items", BigInteger, nullable=False),
+)

@@ -1,0 +1,695 @@
+"""The dashboard: server-rendered pages (Jinja2) on the HTTP port, improved by a little plain JavaScript of
+our own (static/). Every page works before its script runs; the script makes it live from the /v1
+events paths, draws the chunk grid and the throughput chart on canvases, and asks before acting.
+
+Pages read and act through the same services as the RPCs, for the principal of the visitor's session
+(session.py), so what a page shows and allows is what that key may see and do over gRPC: another owner's
+job is 404 here too. Actions are POSTs from forms, checked for a same-site origin, answered with a
+redirect back to the page (the result is what the next page shows) and a one-shot message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from jobpulse.v1 import admin_service_pb2, job_service_pb2
+from jobpulse_server.domain.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
+from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS
+from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.principal import Principal
+from jobpulse_server.http import present
+from jobpulse_server.http.errors import error_response, response_for
+from jobpulse_server.http.query import filter_request, job_state, parse
+from jobpulse_server.http.session import CrossSite, Sessions, same_origin
+from jobpulse_server.services.jobs import JobListing, JobService
+from jobpulse_server.services.throughput import Throughput
+from jobpulse_server.services.usage import UsageLedger
+from jobpulse_server.services.webhooks import WebhookService
+from jobpulse_server.store.errors import database_error
+from jobpulse_server.wire.filters import job_filter
+from jobpulse_server.wire.status import HTTP_STATUS, code_of
+from jobpulse_server.wire.validation import MAX_ID, Checker
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZES = (10, 20, 50, 100)
+DEFAULT_PAGE_SIZE = 20
+CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
+FLASH = "jobpulse_flash"
+_MAX_FORM = 64 * 1024
+_ORDER_NAMES = {
+    "create_time desc": "Newest first",
+    "create_time": "Oldest first",
+    "update_time desc": "Recently updated",
+    "update_time": "Least recently updated",
+    "priority desc": "Highest priority",
+    "priority": "Lowest priority",
+}
+_STATIC = ("dashboard.css", "dashboard.js", "favicon.svg")
+_MEDIA = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+_SECURITY_HEADERS = {
+    # Our own files only: no inline script, no third party; images and media may come from the
+    # artifacts' http(s) URIs (previews).
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data:; "
+        "media-src https: http:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+
+
+class _LogIn(Exception):
+    """The visitor has no (valid) session: to /login, and back here afterwards."""
+
+
+@dataclass
+class Extras:
+    """What the health page adds to GetServerHealth, from the wiring."""
+
+    report: Callable[[], Awaitable[admin_service_pb2.GetServerHealthResponse]]
+    leases: Callable[[], Awaitable[tuple[int, int]]]  # chunks leased now, workers holding them
+    workers_seen: Callable[[], dict[str, float]]  # worker id -> seconds since it last claimed here
+    started: float  # time.time() when the server started
+
+
+class Dashboard:
+    """The dashboard's routes, over the services the RPCs use."""
+
+    def __init__(
+        self,
+        jobs: JobService,
+        webhooks: WebhookService,
+        usage: UsageLedger,
+        sessions: Sessions,
+        extras: Extras,
+        clock: Callable[[], int],
+        throughput: Throughput | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.webhooks = webhooks
+        self.usage = usage
+        self.sessions = sessions
+        self.extras = extras
+        self.clock = clock
+        self.throughput = throughput
+        self.version = _version()
+        self.static = {
+            name: (resources.files(__package__) / "static" / name).read_bytes() for name in _STATIC
+        }
+        digest = hashlib.sha256(b"".join(self.static.values())).hexdigest()[:12]
+        self.static_prefix = f"/static/{digest}"
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader(__package__, "templates"),
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.env.filters.update(present.FILTERS, urldecode=unquote)
+        self.env.globals.update(
+            static=self.static_prefix,
+            version=self.version,
+            JobState=JobState,
+            ChunkState=ChunkState,
+            orders=_ORDER_NAMES,
+            page_sizes=PAGE_SIZES,
+            relative=present.relative,
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.jobs_page, methods=["GET"]),
+            Route("/jobs/{job_id}", self.job_page, methods=["GET"]),
+            Route("/jobs/{job_id}/row", self.job_row, methods=["GET"]),
+            Route("/jobs/{job_id}/grid", self.job_grid, methods=["GET"]),
+            Route("/jobs/{job_id}/chunks/{index:int}", self.chunk_detail, methods=["GET"]),
+            Route("/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/jobs/{job_id}/retry", self.retry, methods=["POST"]),
+            Route("/jobs/{job_id}/delete", self.delete, methods=["POST"]),
+            Route("/jobs/{job_id}/priority", self.priority, methods=["POST"]),
+            Route("/jobs/{job_id}/chunks/{chunk_id}/retry", self.retry_chunk, methods=["POST"]),
+            Route("/actions/bulk", self.bulk, methods=["POST"]),
+            Route("/stats", self.stats_page, methods=["GET"]),
+            Route("/stats/throughput", self.throughput_json, methods=["GET"]),
+            Route("/health", self.health_page, methods=["GET"]),
+            Route("/login", self.login_page, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/static/{digest}/{name}", self.static_file, methods=["GET"]),
+        ]
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _who(self, request: Request) -> Principal:
+        try:
+            return await self.sessions.principal(request.cookies, "use the dashboard")
+        except Unauthenticated:
+            raise _LogIn from None
+
+    def _render(
+        self, request: Request, template: str, status: int = 200, who: Principal | None = None, **context: Any
+    ) -> HTMLResponse:
+        flash = request.cookies.get(FLASH, "")
+        body = self.env.get_template(template).render(
+            who=who,
+            sessions=self.sessions.needed,
+            path=request.url.path,
+            flash=flash[:500],
+            now=self.clock(),
+            **context,
+        )
+        response = HTMLResponse(body, status_code=status, headers=_SECURITY_HEADERS)
+        response.headers["cache-control"] = "no-store"
+        if flash:
+            response.delete_cookie(FLASH, path="/", httponly=True, samesite="strict")
+        return response
+
+    async def _page(self, request: Request, build: Callable[[Principal], Awaitable[Response]]) -> Response:
+        """Runs a page: no session goes to /login; a domain error becomes a page saying what to do."""
+        try:
+            who = await self._who(request)
+            return await build(who)
+        except _LogIn:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+        except Exception as exc:
+            return self._error_page(request, exc)
+
+    def _error_page(self, request: Request, exc: Exception) -> Response:
+        err = exc if isinstance(exc, DomainError) else database_error(exc)
+        if err is None:
+            log.exception("dashboard: %s %s failed", request.method, request.url.path[:200])
+            return self._render(
+                request,
+                "error.html",
+                500,
+                title="Something went wrong",
+                message="The server could not show this page. It has logged why; try again in a moment.",
+                violations=[],
+            )
+        exc = err
+        if isinstance(err, DatabaseUnavailable):
+            log.warning(
+                "dashboard: %s %s: database unavailable: %s", request.method, request.url.path[:200], err
+            )
+        status = HTTP_STATUS.get(code_of(err), 500)
+        titles = {
+            404: "Not found",
+            401: "Log in again",
+            403: "Not allowed",
+            429: "Slow down",
+            503: "Unavailable",
+        }
+        violations = exc.violations if isinstance(exc, InvalidArgument) else []
+        return self._render(
+            request,
+            "error.html",
+            status,
+            title=titles.get(status, "That did not work"),
+            message=str(exc),
+            violations=violations,
+        )
+
+    async def _act(
+        self, request: Request, action: Callable[[Principal, dict[str, str]], Awaitable[str]], back: str
+    ) -> Response:
+        """A POST: same-site origin, a session, then ``action``; a redirect to ``back`` with what it did."""
+        try:
+            same_origin(request)
+            who = await self._who(request)
+            form = dict(await _form(request))
+            done = await action(who, form)
+        except _LogIn:
+            return RedirectResponse(f"/login?{urlencode({'next': back})}", status_code=303)
+        except Exception as exc:
+            return self._error_page(request, exc)
+        response = RedirectResponse(back, status_code=303)
+        response.set_cookie(FLASH, quote(done)[:1000], max_age=60, path="/", httponly=True, samesite="strict")
+        return response
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    async def jobs_page(self, request: Request) -> Response:
+        async def build(who: Principal) -> Response:
+            params = parse(request.url.query)
+            view = _JobsView.read(params)
+            listing: JobListing | None = None
+            try:
+                listing = await self.jobs.browse_jobs(
+                    who,
+                    view.filter(),
+                    order_by=view.order_by,
+                    page_size=view.page_size,
+                    page_token=view.token,
+                    backward=view.backward,
+                )
+            except InvalidArgument as exc:
+                view.violations = exc.violations
+            return self._render(
+                request,
+                "jobs.html",
+                400 if view.violations else 200,
+                who=who,
+                view=view,
+                listing=listing,
+                filtered=view.filtered,
+                title="Jobs",
+            )
+
+        return await self._page(request, build)
+
+    async def job_row(self, request: Request) -> Response:
+        """One row of the jobs table (the page's script inserts rows of new jobs with it)."""
+
+        async def build(who: Principal) -> Response:
+            page = await self.jobs.get_job(who, _job_id(request), full=False)
+            return self._render(request, "row.html", who=who, page=page, view=_JobsView.read([]))
+
+        return await self._page(request, build)
+
+    async def job_page(self, request: Request) -> Response:
+        async def build(who: Principal) -> Response:
+            job_id = _job_id(request)
+            page = await self.jobs.get_job(who, job_id, full=False)
+            chunks, next_token, _ = await self.jobs.list_chunks(who, job_id, [], CHUNKS_SHOWN, "")
+            deliveries = await self.webhooks.list_deliveries(who, job_id) if page.job.webhook_url else []
+            job = page.job
+            error_chunk = None
+            if job.error_chunk_index is not None:
+                error_chunk = next((c for c in chunks if c.index == job.error_chunk_index), None)
+            return self._render(
+                request,
+                "job.html",
+                who=who,
+                job=job,
+                eta=job.eta_seconds(self.clock()),
+                chunks=chunks,
+                more_chunks=bool(next_token),
+                deliveries=deliveries[:50],
+                error_chunk=error_chunk,
+                title=job.display_name or job.id,
+            )
+
+        return await self._page(request, build)
+
+    async def job_grid(self, request: Request) -> Response:
+        """Every chunk's state, one digit each, and the job revision they were read at: the grid draws
+        them, then follows /v1/jobs/{id}/events from that revision (nothing missed in between)."""
+        try:
+            who = await self._who(request)
+            job, states = await self.jobs.chunk_states(who, _job_id(request))
+        except _LogIn:
+            return _json_error(401, "UNAUTHENTICATED", "log in again")
+        except Exception as exc:
+            return response_for(exc, "GET /jobs/{id}/grid")
+        return JSONResponse(
+            {"revision": job.revision, "states": states, "state": job.state.name},
+            headers={"cache-control": "no-store"},
+        )
+
+    async def chunk_detail(self, request: Request) -> Response:
+        """A chunk's attempts, worker, task id, error and artifacts (an HTML fragment for the panel)."""
+
+        async def build(who: Principal) -> Response:
+            job_id = _job_id(request)
+            index = int(request.path_params["index"])
+            page = await self.jobs.get_job(who, job_id, full=False)
+            chunk = await self.jobs.chunk_at(who, job_id, index)
+            # The grid's panel asks for the fragment; a link opened on its own gets a whole page.
+            template = "chunk.html" if request.headers.get("x-fragment") else "chunk_page.html"
+            return self._render(request, template, who=who, job=page.job, chunk=chunk, title=f"Chunk {index}")
+
+        return await self._page(request, build)
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            reason = form.get("reason", "").strip()
+            c = Checker()
+            c.text(reason, "reason", 1024)
+            c.done()
+            await self.jobs.cancel_job(who, job_id, reason or "cancelled from the dashboard")
+            return "Cancel requested: pending chunks are cancelled, running ones stop at their next report."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def retry(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            await self.jobs.retry_job(who, job_id)
+            return "Retrying: failed and cancelled chunks are pending again."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def retry_chunk(self, request: Request) -> Response:
+        job_id = _job_id(request)
+        chunk_id = str(request.path_params["chunk_id"])
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            c = Checker()
+            c.text(chunk_id, "chunk_id", MAX_ID, required=True)
+            c.done()
+            await self.jobs.retry_chunk(who, job_id, chunk_id)
+            return f"Chunk {chunk_id} is pending again."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def delete(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            await self.jobs.delete_job(who, job_id, form.get("force") == "1")
+            return f"Job {job_id} deleted."
+
+        return await self._act(request, act, "/")
+
+    async def priority(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            text = form.get("priority", "").strip()
+            c = Checker()
+            c.check(
+                text.isdigit() and len(text) < 4, "priority", f"must be a whole number (got {text[:20]!r})"
+            )
+            c.done()
+            c.priority(int(text), "priority")
+            c.done()
+            await self.jobs.update_job(who, job_id, priority=int(text), labels=None, display_name=None)
+            return f"Priority set to {int(text)}."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def bulk(self, request: Request) -> Response:
+        """Cancel, retry or delete the jobs selected on the jobs page, each as its own RPC would be: one
+        that cannot be (already finished, still running) is reported, the others are done."""
+        try:
+            pairs = await _form(request)
+        except DomainError as exc:
+            return self._error_page(request, exc)
+        back = _next(dict(pairs).get("back", "/"))
+
+        async def act(who: Principal, fields: dict[str, str]) -> str:
+            ids = [v for k, v in pairs if k == "job_id"][:100]
+            action = fields.get("action", "")
+            c = Checker()
+            c.check(action in ("cancel", "retry", "delete"), "action", "must be cancel, retry or delete")
+            c.check(bool(ids), "job_id", "select at least one job")
+            for job_id in ids:
+                c.text(job_id, "job_id", MAX_ID, required=True)
+            c.done()
+            done, problems = 0, []
+            for job_id in ids:
+                try:
+                    if action == "cancel":
+                        await self.jobs.cancel_job(who, job_id, "cancelled from the dashboard")
+                    elif action == "retry":
+                        await self.jobs.retry_job(who, job_id)
+                    else:
+                        await self.jobs.delete_job(who, job_id, False)
+                    done += 1
+                except DomainError as exc:
+                    problems.append(str(exc))
+            verb = {"cancel": "Cancel requested for", "retry": "Retrying", "delete": "Deleted"}[action]
+            text = f"{verb} {done} job{'s' if done != 1 else ''}."
+            if problems:
+                text += f" {len(problems)} not: " + "; ".join(problems[:3])
+            return text
+
+        return await self._act(request, act, back)
+
+    # --- stats and health -------------------------------------------------------------------
+
+    async def stats_page(self, request: Request) -> Response:
+        async def build(who: Principal) -> Response:
+            params = dict(parse(request.url.query))
+            kind = params.get("kind", "").strip()
+            c = Checker()
+            c.text(kind, "kind", MAX_ID)
+            c.done()
+            f = job_filter(job_service_pb2.ListJobsRequest(kind=kind), Checker())
+            overall, kinds = await self.jobs.stats(who, f)
+            usage = await self.usage.report() if who.role == "admin" or not self.sessions.needed else None
+            hours = _hours(params.get("hours", ""))
+            throughput = await self._throughput(hours)
+            return self._render(
+                request,
+                "stats.html",
+                who=who,
+                overall=overall,
+                kinds=kinds,
+                usage=sorted(usage.items()) if usage is not None else None,
+                kind=kind,
+                hours=hours,
+                throughput=json.dumps(throughput, separators=(",", ":")),
+                title="Stats",
+            )
+
+        return await self._page(request, build)
+
+    async def _throughput(self, hours: int) -> dict[str, Any]:
+        """Chunks completed per minute, [[minute start (us), chunks, items], ...] oldest first, summed
+        over every replica from the per-minute rollup (services/throughput.py): no scan of chunks."""
+        if self.throughput is None:
+            return {"points": [], "step_s": 60, "kinds": {}}
+        report = await self.throughput.recent(hours)
+        return {
+            "points": [list(p) for p in report.points],
+            "step_s": 60,
+            "kinds": {kind: list(total) for kind, total in report.by_kind.items()},
+        }
+
+    async def throughput_json(self, request: Request) -> Response:
+        try:
+            await self._who(request)
+        except _LogIn:
+            return _json_error(401, "UNAUTHENTICATED", "log in again")
+        hours = _hours(dict(parse(request.url.query)).get("hours", ""))
+        return JSONResponse(await self._throughput(hours), headers={"cache-control": "no-store"})
+
+    async def health_page(self, request: Request) -> Response:
+        async def build(who: Principal) -> Response:
+            report = await self.extras.report()
+            try:
+                leases, holders = await self.extras.leases()
+            except Exception as exc:  # the report says the database is away; the page still shows
+                log.warning("health page: leases unknown: %s", exc)
+                leases = holders = -1
+            seen = sorted(self.extras.workers_seen().items(), key=lambda kv: kv[1])
+            return self._render(
+                request,
+                "health.html",
+                who=who,
+                report=report,
+                leases=leases,
+                holders=holders,
+                seen=seen,
+                uptime=time.time() - self.extras.started,
+                title="Health",
+            )
+
+        return await self._page(request, build)
+
+    # --- login ------------------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        target = _next(request.query_params.get("next", "/"))
+        return self._render(request, "login.html", next=target, error="", title="Log in")
+
+    async def login(self, request: Request) -> Response:
+        target = "/"
+        try:
+            same_origin(request)  # no login CSRF: another site cannot log a visitor in as its key
+            form = dict(await _form(request))
+            target = _next(form.get("next", "/"))
+            response = RedirectResponse(target, status_code=303)
+            if self.sessions.needed:
+                await self.sessions.log_in(form.get("key", ""), response)
+            return response
+        except (Unauthenticated, PermissionDenied) as exc:
+            if isinstance(exc, CrossSite):
+                return self._error_page(request, exc)
+            status = 401 if isinstance(exc, Unauthenticated) else 403
+            message = "That key is not known, or was revoked." if status == 401 else str(exc)
+            return self._render(request, "login.html", status, next=target, error=message, title="Log in")
+        except DomainError as exc:
+            return self._error_page(request, exc)
+
+    async def logout(self, request: Request) -> Response:
+        try:
+            same_origin(request)
+        except DomainError as exc:
+            return self._error_page(request, exc)
+        response = RedirectResponse("/login", status_code=303)
+        self.sessions.log_out(response)
+        return response
+
+    async def static_file(self, request: Request) -> Response:
+        name = str(request.path_params["name"])
+        body = self.static.get(name)
+        if body is None:
+            return _json_error(404, "NOT_FOUND", f"no such file: {name[:100]}")
+        current = request.path_params["digest"] == self.static_prefix.rsplit("/", 1)[1]
+        media = _MEDIA[name[name.rindex(".") :]]
+        # The URL names the files' digest: a new version is a new URL, so this one never changes.
+        cache = "public, max-age=31536000, immutable" if current else "no-cache"
+        return Response(
+            body, media_type=media, headers={"cache-control": cache, "x-content-type-options": "nosniff"}
+        )
+
+
+@dataclass
+class _JobsView:
+    """The jobs page's view as the URL says it: filters, order, page; every link keeps them."""
+
+    params: list[tuple[str, str]]
+    request: job_service_pb2.ListJobsRequest
+    order_by: str
+    page_size: int
+    token: str
+    backward: bool
+    violations: list[FieldViolation]
+
+    @classmethod
+    def read(cls, params: list[tuple[str, str]]) -> _JobsView:
+        violations: list[FieldViolation] = []
+        request = job_service_pb2.ListJobsRequest()
+        try:
+            filter_request(params, request)
+        except InvalidArgument as exc:
+            violations = list(exc.violations)
+        q = dict(params)
+        c = Checker()
+        order_by = c.order_by(q.get("order_by", ""))
+        size_text = q.get("page_size", "")
+        page_size = (
+            int(size_text) if size_text.isdigit() and int(size_text) in PAGE_SIZES else DEFAULT_PAGE_SIZE
+        )
+        backward = bool(q.get("before"))
+        token = q.get("before", "") if backward else q.get("page_token", "")
+        try:
+            c.done()
+        except InvalidArgument as exc:
+            violations += exc.violations
+            order_by = DEFAULT_ORDER
+        keep = [(k, v) for k, v in params if k not in ("page_token", "before") and v.strip()]
+        return cls(
+            keep,
+            request,
+            order_by if order_by in ORDERS else DEFAULT_ORDER,
+            page_size,
+            token,
+            backward,
+            violations,
+        )
+
+    def filter(self) -> Any:
+        if self.violations:
+            raise InvalidArgument(self.violations)
+        c = Checker()
+        f = job_filter(self.request, c)
+        c.done()
+        return f
+
+    @property
+    def filtered(self) -> bool:
+        return any(k not in ("order_by", "page_size") for k, _ in self.params)
+
+    def has(self, name: str, value: str) -> bool:
+        return (name, value) in self.params
+
+    def value(self, name: str) -> str:
+        return next((v for k, v in self.params if k == name), "")
+
+    @property
+    def states(self) -> set[JobState]:
+        return {s for k, v in self.params if k == "state" and (s := job_state(v)) is not None}
+
+    def url(self, **changes: str) -> str:
+        """This view's URL with some parameters changed (empty: removed)."""
+        kept = [(k, v) for k, v in self.params if k not in changes]
+        kept += [(k, v) for k, v in changes.items() if v]
+        return "/?" + urlencode(kept) if kept else "/"
+
+    @property
+    def feed_query(self) -> str:
+        """The /v1/events filters of this view, bar the states: a job that leaves the states shown
+        still comes, so its row can say so instead of going stale."""
+        keep = [
+            (k, v) for k, v in self.params if k in ("kind", "label", "search", "min_priority", "max_priority")
+        ]
+        return urlencode(keep)
+
+    @property
+    def here(self) -> str:
+        extra = (
+            [("before", self.token)] if self.backward else [("page_token", self.token)] if self.token else []
+        )
+        every = self.params + extra
+        return "/?" + urlencode(every) if every else "/"
+
+
+async def _form(request: Request) -> list[tuple[str, str]]:
+    """A form's fields (application/x-www-form-urlencoded, what the pages' forms send)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if len(body) > _MAX_FORM:
+        raise InvalidArgument([FieldViolation("form", f"is larger than {_MAX_FORM} bytes")])
+    if body and kind != "application/x-www-form-urlencoded":
+        raise InvalidArgument([FieldViolation("form", "must be application/x-www-form-urlencoded")])
+    return parse(body.decode("utf-8", "replace"))
+
+
+def _job_id(request: Request) -> str:
+    job_id = str(request.path_params["job_id"])
+    c = Checker()
+    c.text(job_id, "job_id", MAX_ID, required=True)
+    c.done()
+    return job_id
+
+
+def _next(target: str) -> str:
+    """Where to go after logging in: a path on this server only (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def _hours(text: str) -> int:
+    return int(text) if text.isdigit() and 1 <= int(text) <= 48 else 3
+
+
+def _json_error(status: int, code: str, message: str) -> Response:
+    return error_response(status, code, code, message)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jobpulse-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

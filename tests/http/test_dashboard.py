@@ -1,0 +1,283 @@
+"""The dashboard over real HTTP against real servers (SQLite and PostgreSQL): login and sessions,
+ownership, every page, the actions and their cross-site guard, paging, the grid's data and the
+throughput rollup. tests/browser/test_dashboard_browser.py drives the same pages in Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from support.polling import eventually
+from support.sse import read
+
+import jobpulse
+from jobpulse.v1 import job_pb2
+from jobpulse_server.store import keys
+
+ROW = re.compile(r'data-testid="job-row" data-job-id="([^"]+)"')
+
+
+def _state(job: Any) -> str:
+    return job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+
+
+def _base(srv: Any) -> str:
+    return str(srv.app.http_url)
+
+
+def _next_link(html: str, testid: str) -> str | None:
+    found = re.search(r'href="([^"]+)"[^>]*data-testid="' + testid + '"', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def _post(client: httpx.Client, path: str, data: dict[str, Any] | list[tuple[str, str]]) -> httpx.Response:
+    """A form post as a browser on the dashboard's own page sends it."""
+    headers = {
+        "origin": str(client.base_url).rstrip("/"),
+        "content-type": "application/x-www-form-urlencoded",
+    }
+    return client.post(path, content=urllib.parse.urlencode(data), headers=headers)
+
+
+@pytest.fixture
+def keyed(make_server) -> Any:
+    """A server with API keys: alice and bob (clients), root (admin), w (worker); a job each."""
+    srv = make_server(key_refresh_interval=0.1)
+    made = {
+        name: srv.call(keys.create_key(srv.app.db, name, role))
+        for name, role in (("alice", "client"), ("bob", "client"), ("root", "admin"), ("w", "worker"))
+    }
+    srv.call(srv.app.auth.refresh())
+    with jobpulse.Client(srv.address, api_key=made["alice"]) as alice:
+        a_job = alice.create_job(kind="k", total_items=10, chunk_size=2, display_name="alice's job")
+    with jobpulse.Client(srv.address, api_key=made["bob"]) as bob:
+        b_job = bob.create_job(kind="k", total_items=1, display_name="bob's job")
+    return srv, made, a_job.id, b_job.id
+
+
+@contextlib.contextmanager
+def _login(srv: Any, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=_base(srv), timeout=20) as client:
+        response = _post(client, "/login", {"key": key, "next": "/"})
+        assert response.status_code == 303, response.text
+        yield client
+
+
+def test_login_session_cookie_and_ownership(keyed: Any) -> None:
+    srv, made, a_job, b_job = keyed
+    with httpx.Client(base_url=_base(srv), timeout=20) as anonymous:
+        first = anonymous.get("/?state=PENDING")
+        assert first.status_code == 303
+        assert first.headers["location"] == "/login?next=%2F%3Fstate%3DPENDING"
+        assert anonymous.get("/login").status_code == 200
+        bad = _post(anonymous, "/login", {"key": "jp_not_a_key", "next": "/"})
+        assert bad.status_code == 401 and "not known" in bad.text
+        worker = _post(anonymous, "/login", {"key": made["w"], "next": "/"})
+        assert worker.status_code == 403 and "worker key" in worker.text
+        assert "set-cookie" not in worker.headers
+        # The events paths want credentials too.
+        assert anonymous.get("/v1/events").status_code == 401
+
+    with httpx.Client(base_url=_base(srv), timeout=20) as client:
+        response = _post(client, "/login", {"key": made["alice"], "next": "/?state=PENDING"})
+        assert response.status_code == 303 and response.headers["location"] == "/?state=PENDING"
+        cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Max-Age=43200" in cookie
+        assert made["alice"] not in cookie, "the cookie names the key, it does not hold it"
+        page = client.get("/")
+        assert page.status_code == 200
+        assert ROW.findall(page.text) == [a_job]
+        assert "bob&#39;s job" not in page.text
+        # Another owner's job is not found, exactly as over gRPC.
+        assert client.get(f"/jobs/{b_job}").status_code == 404
+        assert client.get(f"/jobs/{b_job}/grid").status_code == 404
+        assert _post(client, f"/jobs/{b_job}/cancel", {}).status_code == 404
+        assert client.get(f"/jobs/{a_job}").status_code == 200
+        # The session also opens the events paths (the pages' EventSources send the cookie).
+        cookie = {"cookie": f"jobpulse_session={client.cookies['jobpulse_session']}"}
+        stream = read(f"{_base(srv)}/v1/jobs/{a_job}/events", headers=cookie, until=lambda e, es: True)
+        assert stream.status == 200 and stream.events[0].event == "snapshot"
+        # Revoking the key ends the session on its next request.
+        srv.call(keys.revoke_key(srv.app.db, "alice"))
+        srv.call(srv.app.auth.refresh())
+        gone = client.get("/")
+        assert gone.status_code == 303 and gone.headers["location"].startswith("/login")
+        # Logging out clears the cookie.
+        out = _post(client, "/logout", {})
+        assert out.status_code == 303 and 'jobpulse_session=""' in out.headers["set-cookie"]
+
+    # An admin sees every owner's jobs, and the usage per key.
+    with _login(srv, made["root"]) as root:
+        assert set(ROW.findall(root.get("/").text)) == {a_job, b_job}
+        stats = root.get("/stats")
+        assert stats.status_code == 200 and 'data-testid="usage"' in stats.text and ">alice<" in stats.text
+    with _login(srv, made["bob"]) as bob:
+        assert 'data-testid="usage"' not in bob.get("/stats").text
+
+
+def test_a_cross_site_post_is_refused(keyed: Any) -> None:
+    srv, made, a_job, _ = keyed
+    with _login(srv, made["alice"]) as client:
+        for headers in ({"origin": "http://evil.example"}, {"referer": "http://evil.example/page"}, {}):
+            refused = client.post(f"/jobs/{a_job}/cancel", data={"reason": "x"}, headers=headers)
+            assert refused.status_code == 403, headers
+            assert "Traceback" not in refused.text
+        with jobpulse.Client(srv.address, api_key=made["alice"]) as alice:
+            assert _state(alice.get_job(a_job)) == "PENDING"
+        # The login form is guarded too (login CSRF).
+        assert (
+            client.post(
+                "/login", data={"key": made["bob"]}, headers={"origin": "http://evil.example"}
+            ).status_code
+            == 403
+        )
+
+
+def test_actions_go_through_the_services(make_server) -> None:
+    srv = make_server()
+    base = _base(srv)
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=base, timeout=20) as client:
+        job = sdk.create_job(kind="act", total_items=4, chunk_size=1, max_attempts=1)
+        # cancel, with its reason; the redirect's page says so once
+        done = _post(client, f"/jobs/{job.id}/cancel", {"reason": "wrong input"})
+        assert done.status_code == 303 and done.headers["location"] == f"/jobs/{job.id}"
+        assert _state(sdk.get_job(job.id)) == "CANCELLED"
+        assert sdk.get_job(job.id).cancel_reason == "wrong input"
+        page = client.get(f"/jobs/{job.id}")
+        assert "Cancel requested" in page.text and 'data-testid="retry-job"' in page.text
+        assert "Cancel requested" not in client.get(f"/jobs/{job.id}").text, "a message shows once"
+        # retry, then priority
+        assert _post(client, f"/jobs/{job.id}/retry", {}).status_code == 303
+        assert _state(sdk.get_job(job.id)) == "PENDING"
+        assert _post(client, f"/jobs/{job.id}/priority", {"priority": "9"}).status_code == 303
+        assert sdk.get_job(job.id).priority == 9
+        bad = _post(client, f"/jobs/{job.id}/priority", {"priority": "11"})
+        assert bad.status_code == 400 and "priority" in bad.text and "Traceback" not in bad.text
+        # one failed chunk retried from its panel
+        claim = sdk.claim_chunks("w1", ["act"], max_chunks=1)[0]
+        sdk.fail_chunk(claim.chunk.id, claim.lease_token, reason="BOOM", message="it broke", retryable=False)
+        panel = client.get(f"/jobs/{job.id}/chunks/{claim.chunk.index}", headers={"x-fragment": "1"})
+        assert (
+            panel.status_code == 200
+            and "it broke" in panel.text
+            and 'data-testid="retry-chunk"' in panel.text
+        )
+        assert "<html" not in panel.text, "the panel asks for a fragment"
+        assert "<html" in client.get(f"/jobs/{job.id}/chunks/{claim.chunk.index}").text
+        assert _post(client, f"/jobs/{job.id}/chunks/{claim.chunk.id}/retry", {}).status_code == 303
+        assert sdk.get_job(job.id).chunks_summary.failed == 0
+        # a running job cannot be deleted without force; the page says why instead of failing
+        refused = _post(client, f"/jobs/{job.id}/delete", {})
+        assert refused.status_code == 400 and "cancel it first" in refused.text
+        assert _post(client, f"/jobs/{job.id}/delete", {"force": "1"}).status_code == 303
+        assert client.get(f"/jobs/{job.id}").status_code == 404
+
+        # bulk: cancel three, one of which is already finished
+        jobs = [sdk.create_job(kind="bulk", total_items=1) for _ in range(3)]
+        claim = sdk.claim_chunks("w1", ["bulk"], max_chunks=1)[0]
+        sdk.complete_chunk(claim.chunk.id, claim.lease_token)
+        form = [("action", "cancel"), ("back", "/?kind=bulk")] + [("job_id", j.id) for j in jobs]
+        answer = _post(client, "/actions/bulk", form)
+        assert answer.status_code == 303 and answer.headers["location"] == "/?kind=bulk"
+        states = sorted(_state(sdk.get_job(j.id)) for j in jobs)
+        assert states == ["CANCELLED", "CANCELLED", "COMPLETED"]
+        assert "Cancel requested for 2 jobs. 1 not:" in client.get("/?kind=bulk").text
+
+
+def test_paging_visits_each_job_once_both_ways(make_server) -> None:
+    srv = make_server()
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=_base(srv), timeout=20) as client:
+        made = {sdk.create_job(kind="page", total_items=1, priority=i % 11).id for i in range(250)}
+        sdk.create_job(kind="other", total_items=1)
+        for order in ("create_time desc", "priority desc", "update_time"):
+            seen: list[str] = []
+            pages: list[list[str]] = []
+            url: str | None = f"/?kind=page&page_size=100&order_by={order.replace(' ', '+')}"
+            while url:
+                page = client.get(url)
+                assert page.status_code == 200
+                pages.append(ROW.findall(page.text))
+                seen += pages[-1]
+                url = _next_link(page.text, "next-page")
+            assert len(seen) == 250 and set(seen) == made, order
+            assert [len(p) for p in pages] == [100, 100, 50]
+            # and back again from the last page
+            back: list[list[str]] = [pages[-1]]
+            url = _next_link(page.text, "prev-page")
+            while url:
+                page = client.get(url)
+                back.insert(0, ROW.findall(page.text))
+                url = _next_link(page.text, "prev-page")
+            assert back == pages, order
+
+
+def test_pages_read_filters_from_the_url_and_say_what_is_wrong(make_server) -> None:
+    srv = make_server()
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=_base(srv), timeout=20) as client:
+        empty = client.get("/")
+        assert "No jobs yet" in empty.text
+        a = sdk.create_job(
+            kind="render", total_items=1, labels={"team": "media"}, priority=8, display_name="scene one"
+        )
+        b = sdk.create_job(kind="audio", total_items=1, priority=2)
+        assert ROW.findall(client.get("/?kind=render").text) == [a.id]
+        assert ROW.findall(client.get("/?label=team%3Dmedia").text) == [a.id]
+        assert ROW.findall(client.get("/?min_priority=5").text) == [a.id]
+        assert ROW.findall(client.get("/?search=scene").text) == [a.id]
+        assert ROW.findall(client.get("/?order_by=priority").text) == [b.id, a.id]
+        assert ROW.findall(client.get("/?state=PENDING&state=FAILED").text) == [b.id, a.id]
+        assert ROW.findall(client.get("/?created_after=2000-01-01&created_before=2001-01-01").text) == []
+        assert "No jobs match these filters" in client.get("/?kind=none").text
+        bad = client.get("/?min_priority=x&state=NOPE&created_after=yesterday&order_by=size")
+        assert bad.status_code == 400
+        for field in ("min_priority", "state", "created_after", "order_by"):
+            assert f"<strong>{field}</strong>" in bad.text, field
+        missing = client.get("/jobs/nope")
+        assert missing.status_code == 404 and "not found" in missing.text.lower() and "<html" in missing.text
+        assert client.get("/jobs/" + "x" * 200).status_code == 400
+        assert client.get("/nowhere").status_code == 404
+
+
+def test_static_files_are_versioned_and_pages_carry_a_strict_policy(server) -> None:
+    with httpx.Client(base_url=_base(server), timeout=20) as client:
+        page = client.get("/")
+        assert "'unsafe-inline'" not in page.headers["content-security-policy"]
+        assert page.headers["cache-control"] == "no-store"
+        for name in ("dashboard.js", "dashboard.css", "favicon.svg"):
+            path = re.search(r'"(/static/[0-9a-f]{12}/' + re.escape(name) + ')"', page.text).group(1)
+            response = client.get(path)
+            assert response.status_code == 200 and "immutable" in response.headers["cache-control"]
+        assert client.get("/static/000000000000/dashboard.js").headers["cache-control"] == "no-cache"
+        assert client.get("/static/x/nothing.js").status_code == 404
+
+
+def test_grid_data_stats_and_health(make_server) -> None:
+    srv = make_server()
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=_base(srv), timeout=20) as client:
+        job = sdk.create_job(kind="grid", total_items=30, chunk_size=3, max_attempts=1)
+        for claim in sdk.claim_chunks("w-grid", ["grid"], max_chunks=3):
+            if claim.chunk.index == 1:
+                sdk.fail_chunk(claim.chunk.id, claim.lease_token, reason="X", message="x", retryable=False)
+            elif claim.chunk.index == 2:
+                sdk.complete_chunk(claim.chunk.id, claim.lease_token)
+        grid = client.get(f"/jobs/{job.id}/grid").json()
+        current = sdk.get_job(job.id)
+        assert grid["revision"] == current.revision
+        assert grid["states"] == "2" + "4" + "3" + "1" * 7
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert re.search(r'<span class="big">1</span> leases in flight', health.text)
+        assert "w-grid" in health.text
+        stats = client.get("/stats")
+        assert stats.status_code == 200 and 'data-testid="stat-total">1<' in stats.text
+        # The throughput rollup counts the completed chunk: unflushed counts are included.
+        points = eventually(
+            lambda: [p for p in client.get("/stats/throughput?hours=1").json()["points"] if p[1]],
+            what="a point",
+        )
+        assert sum(p[1] for p in points) == 1 and sum(p[2] for p in points) == 3
