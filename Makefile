@@ -90,8 +90,11 @@ bench-watch: install
 # one job; server memory per idle SSE stream against a bare Starlette + uvicorn endpoint (and sse-starlette's,
 # hence the bench extra); GetJob calls/s with the HTTP side on vs off. JOBPULSE_BENCH_HTTP_CLIENTS, _IDLE,
 # _LOAD_STREAMS and the others listed in bench/http_streams.py change the sizes.
+# Then the dashboard (bench/dashboard_pages.py): jobs page vs ListJobs at 1,000,000 jobs on PostgreSQL, a
+# 100,000-chunk job's page vs GetJob + ListJobChunks, the grid drawn in Chromium, live-update CPU vs /v1/events.
 bench-http: $(VENV)/.bench-installed
 	$(PY) -m bench.http_streams
+	$(PY) -m bench.dashboard_pages
 
 # The README's dashboard screenshots, made by the browser tests (Debian's chromium + chromium-driver).
 screenshots: install

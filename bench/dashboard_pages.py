@@ -1,0 +1,290 @@
+"""The dashboard's server time against the RPCs it stands on, measured in the same run.
+
+    python -m bench.dashboard_pages                 # 1,000,000 jobs on PostgreSQL
+    python -m bench.dashboard_pages --jobs 100000    # quicker
+
+1. Jobs page, 20 rows (``GET /?page_size=20``, newest first, with total_size) against ``ListJobs`` of the
+   same page over gRPC: p50 of each, requests alternating. Target: <= 2x (moonshot 1.2x).
+2. Job page of a 100,000-chunk job (``GET /jobs/{id}``: the job and its first 50 chunks) against
+   ``GetJob`` BASIC + one ``ListJobChunks`` page of 50, summed per round; ``GET /jobs/{id}/grid`` (every
+   chunk's state, what the page's script fetches) reported beside them. Target: <= 2x.
+3. With Debian's chromium + chromium-driver installed: the grid's draw time in the browser (the page's
+   own ``performance.now()`` figure). Target: < 500 ms.
+4. Live updates: server CPU seconds for 1,000 jobs changing at once (UpdateJob, 100 in flight), with no
+   reader, with one raw ``/v1/events`` reader, and with the dashboard's jobs page open in Chromium (which
+   reads the same stream). Cost of a reader = CPU with it minus CPU without; target: page <= raw.
+
+The jobs are bulk-loaded as bench.listing_scale loads them (COPY, indexes rebuilt); the server runs in a
+process of its own (``python -m jobpulse_server``), as users run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import shutil
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from bench import report
+from bench.http_streams import Jobpulse
+from bench.listing_scale import create_backend, drop_backend, load_pg, migrate
+from bench.load import percentile
+from bench.procs import _cpu_seconds
+from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> float:
+    t0 = time.perf_counter()
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    elapsed = time.perf_counter() - t0
+    if response.status != 200:
+        raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+    return elapsed
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def pages(server: Jobpulse, job_id: str, rounds: int) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    channel = grpc.insecure_channel(server.target)
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    list_req = job_service_pb2.ListJobsRequest(page_size=20)
+    get_req = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
+    chunks_req = job_service_pb2.ListJobChunksRequest(job_id=job_id, page_size=50)
+    out: dict[str, list[float]] = {
+        k: [] for k in ("jobs_page", "list_jobs", "job_page", "get_plus_chunks", "grid")
+    }
+    for i in range(rounds + 5):  # the first rounds warm both sides up and are dropped
+        samples = {
+            "jobs_page": _get(conn, "/?page_size=20"),
+            "list_jobs": _timed(lambda: stub.ListJobs(list_req)),
+            "job_page": _get(conn, f"/jobs/{job_id}"),
+            "get_plus_chunks": _timed(lambda: (stub.GetJob(get_req), stub.ListJobChunks(chunks_req))),
+            "grid": _get(conn, f"/jobs/{job_id}/grid") if i % 5 == 0 else None,
+        }
+        if i >= 5:
+            for key, value in samples.items():
+                if value is not None:
+                    out[key].append(value)
+    conn.close()
+    channel.close()
+    return {key: percentile(values, 50) for key, values in out.items()}
+
+
+def draw_in_browser(server: Jobpulse, job_id: str) -> list[float] | None:
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        return None
+    driver = _browser(chromium, driver_path)
+    try:
+        found = []
+        for _ in range(3):
+            driver.get(f"http://127.0.0.1:{server.http_port}/jobs/{job_id}")
+            deadline = time.monotonic() + 60
+            drawn = None
+            while drawn is None and time.monotonic() < deadline:
+                drawn = driver.find_element("css selector", '[data-testid="chunk-grid"]').get_attribute(
+                    "data-draw-ms"
+                )
+                if drawn is None:
+                    time.sleep(0.05)
+            found.append(float(drawn or "nan"))
+        return found
+    finally:
+        driver.quit()
+
+
+def _browser(chromium: str, driver_path: str) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def _quiet_cpu(pid: int) -> float:
+    """The server's CPU seconds once it has stopped working (no change for 1 s, polled)."""
+    last = _cpu_seconds(pid) or 0.0
+    still_since = time.monotonic()
+    while time.monotonic() - still_since < 1.0:
+        time.sleep(0.1)
+        now = _cpu_seconds(pid) or 0.0
+        if now - last > 0.005:
+            still_since = time.monotonic()
+        last = now
+    return last
+
+
+async def _burst(target: str, job_ids: list[str], priority: int) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        gate = asyncio.Semaphore(100)
+
+        async def one(job_id: str) -> None:
+            async with gate:
+                req = job_service_pb2.UpdateJobRequest(job_id=job_id, priority=priority)
+                req.update_mask.paths.append("priority")
+                await stub.UpdateJob(req)
+
+        await asyncio.gather(*(one(j) for j in job_ids))
+
+
+class _RawReader:
+    """One plain /v1/events reader that reads (and parses) every event."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.conn.request("GET", "/v1/events")
+        self.response = self.conn.getresponse()
+        self.seen = 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.response:
+                if line.startswith(b"data:"):
+                    self.seen += len(json.loads(line[5:]).get("jobs", []))
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+
+    def close(self) -> None:
+        self.conn.sock and self.conn.sock.close()  # type: ignore[func-returns-value]
+
+
+def live_cost(server: Jobpulse, job_ids: list[str], reps: int) -> dict[str, Any]:
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    modes = ["none", "raw"] + (["page"] if chromium and driver_path else [])
+    costs: dict[str, list[float]] = {m: [] for m in modes}
+    priority = 0
+    for _ in range(reps):
+        for mode in modes:
+            reader: Any = None
+            if mode == "raw":
+                reader = _RawReader(server.http_port)
+            elif mode == "page":
+                reader = _browser(chromium, driver_path)  # type: ignore[arg-type]
+                reader.get(f"http://127.0.0.1:{server.http_port}/?page_size=100")
+                deadline = time.monotonic() + 30
+                while reader.find_element("id", "live").get_attribute("data-state") != "on":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the jobs page never went live")
+                    time.sleep(0.05)
+            before = _quiet_cpu(server.pid)
+            priority = (priority + 1) % 11
+            asyncio.run(_burst(server.target, job_ids, priority))
+            costs[mode].append(_quiet_cpu(server.pid) - before)
+            if mode == "raw":
+                reader.close()
+            elif mode == "page":
+                reader.quit()
+    med = {m: statistics.median(v) for m, v in costs.items()}
+    return {
+        "cpu": med,
+        "raw_extra": med["raw"] - med["none"],
+        "page_extra": med.get("page", 0) - med["none"] if "page" in med else None,
+    }
+
+
+async def _big_job(target: str) -> str:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        made = await stub.CreateJob(
+            job_service_pb2.CreateJobRequest(kind="bench-grid", total_items=100_000, chunk_size=1),
+            timeout=600,
+        )
+        return str(made.job.id)
+
+
+async def _newest(target: str, n: int) -> list[str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        found = await stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=n, order_by="create_time desc"))
+        return [j.id for j in found.jobs]
+
+
+async def _setup(n_jobs: int) -> Any:
+    backend = await create_backend("postgresql", n_jobs)
+    await migrate(backend)
+    print(f"loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
+    await load_pg(backend, time.time_ns() // 1000, 0, 0)
+    return backend
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--bursts", type=int, default=3)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    backend = asyncio.run(_setup(args.jobs))
+    try:
+        server = Jobpulse(backend.url, http=True).start()
+        try:
+            print("creating a 100,000-chunk job ...", file=sys.stderr, flush=True)
+            big = asyncio.run(_big_job(server.target))
+            print("timing pages ...", file=sys.stderr, flush=True)
+            timed = pages(server, big, args.rounds)
+            drawn = draw_in_browser(server, big)
+            print("live updates ...", file=sys.stderr, flush=True)
+            ids = asyncio.run(_newest(server.target, 1000))
+            live = live_cost(server, ids, args.bursts)
+        finally:
+            server.stop()
+    finally:
+        asyncio.run(drop_backend(backend))
+    jobs_ratio = timed["jobs_page"] / timed["list_jobs"]
+    job_ratio = timed["job_page"] / timed["get_plus_chunks"]
+    ms = {key: f"{value * 1e3:.2f} ms" for key, value in timed.items()}
+    lines = [
+        f"# Dashboard pages: PostgreSQL, {args.jobs:,} jobs ({time.perf_counter() - started:.0f} s)",
+        "",
+        json.dumps(report.machine_facts()),
+        "",
+        "| measure | dashboard | RPC baseline | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| jobs page, 20 rows, p50 | {ms['jobs_page']} | ListJobs {ms['list_jobs']} "
+        f"| {jobs_ratio:.2f}x | <= 2x (moonshot 1.2x) |",
+        f"| job page, 100,000 chunks, p50 | {timed['job_page'] * 1e3:.2f} ms | GetJob BASIC + ListJobChunks "
+        f"{timed['get_plus_chunks'] * 1e3:.2f} ms | {job_ratio:.2f}x | <= 2x |",
+        f"| grid data (/grid, 100,000 states), p50 | {ms['grid']} | | | what the page's script fetches |",
+    ]
+    if drawn is not None:
+        lines.append(f"| grid drawn in Chromium | {max(drawn):.1f} ms (max of {len(drawn)}) | | | < 500 ms |")
+    else:
+        lines.append(
+            "| grid drawn in Chromium | not measured: chromium / chromedriver missing | | | < 500 ms |"
+        )
+    cpu = live["cpu"]
+    nan = float("nan")
+    page_cpu = cpu.get("page", nan)
+    page_extra = live["page_extra"] if live["page_extra"] is not None else nan
+    lines.append(
+        f"| 1,000 jobs change at once: server CPU, median of {args.bursts} | page open {page_cpu:.3f} s "
+        f"| raw /v1/events reader {cpu['raw']:.3f} s; no reader {cpu['none']:.3f} s "
+        f"| reader's cost: page {page_extra:.3f} s, raw {live['raw_extra']:.3f} s | page <= raw |"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
