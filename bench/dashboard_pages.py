@@ -119,17 +119,24 @@ def _browser(chromium: str, driver_path: str) -> Any:
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def _quiet_cpu(pid: int) -> float:
-    """The server's CPU seconds once it has stopped working (no change for 1 s, polled)."""
-    last = _cpu_seconds(pid) or 0.0
-    still_since = time.monotonic()
-    while time.monotonic() - still_since < 1.0:
-        time.sleep(0.1)
-        now = _cpu_seconds(pid) or 0.0
-        if now - last > 0.005:
-            still_since = time.monotonic()
-        last = now
-    return last
+def _idle_rate(pid: int, seconds: float = 2.0) -> float:
+    """The server's CPU seconds per second when nothing happens (its loops' own wake-ups)."""
+    before, t0 = _cpu_seconds(pid) or 0.0, time.monotonic()
+    time.sleep(seconds)
+    return ((_cpu_seconds(pid) or 0.0) - before) / (time.monotonic() - t0)
+
+
+def _settled(pid: int, idle: float) -> tuple[float, float]:
+    """Polls until the server is back to idle (two quarter-seconds in a row at most twice its idle rate
+    plus 2 %); returns (its CPU seconds, when)."""
+    calm = 0
+    last, t_last = _cpu_seconds(pid) or 0.0, time.monotonic()
+    while calm < 2:
+        time.sleep(0.25)
+        now, t_now = _cpu_seconds(pid) or 0.0, time.monotonic()
+        calm = calm + 1 if (now - last) / (t_now - t_last) <= 2 * idle + 0.02 else 0
+        last, t_last = now, t_now
+    return last, t_last
 
 
 async def _burst(target: str, job_ids: list[str], priority: int) -> None:
@@ -174,6 +181,7 @@ def live_cost(server: Jobpulse, job_ids: list[str], reps: int) -> dict[str, Any]
     modes = ["none", "raw"] + (["page"] if chromium and driver_path else [])
     costs: dict[str, list[float]] = {m: [] for m in modes}
     priority = 0
+    idle = _idle_rate(server.pid)
     for _ in range(reps):
         for mode in modes:
             reader: Any = None
@@ -187,10 +195,11 @@ def live_cost(server: Jobpulse, job_ids: list[str], reps: int) -> dict[str, Any]
                     if time.monotonic() > deadline:
                         raise RuntimeError("the jobs page never went live")
                     time.sleep(0.05)
-            before = _quiet_cpu(server.pid)
+            before, t0 = _settled(server.pid, idle)
             priority = (priority + 1) % 11
             asyncio.run(_burst(server.target, job_ids, priority))
-            costs[mode].append(_quiet_cpu(server.pid) - before)
+            after, t1 = _settled(server.pid, idle)
+            costs[mode].append(after - before - idle * (t1 - t0))  # the burst's CPU, idle wake-ups taken out
             if mode == "raw":
                 reader.close()
             elif mode == "page":
@@ -243,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             big = asyncio.run(_big_job(server.target))
             print("timing pages ...", file=sys.stderr, flush=True)
             timed = pages(server, big, args.rounds)
+            print(f"p50 seconds: {timed}", file=sys.stderr, flush=True)
             drawn = draw_in_browser(server, big)
+            print(f"grid drawn in Chromium (ms): {drawn}", file=sys.stderr, flush=True)
             print("live updates ...", file=sys.stderr, flush=True)
             ids = asyncio.run(_newest(server.target, 1000))
             live = live_cost(server, ids, args.bursts)
