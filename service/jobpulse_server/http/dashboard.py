@@ -35,7 +35,7 @@ from jobpulse_server.domain.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS
+from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS, JobFilter
 from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.http import present
@@ -336,11 +336,10 @@ class Dashboard:
         async def build(who: Principal) -> Response:
             job_id = _job_id(request)
             index = int(request.path_params["index"])
-            page = await self.jobs.get_job(who, job_id, full=False)
-            chunk = await self.jobs.chunk_at(who, job_id, index)
+            job, chunk = await self.jobs.chunk_at(who, job_id, index)
             # The grid's panel asks for the fragment; a link opened on its own gets a whole page.
             template = "chunk.html" if request.headers.get("x-fragment") else "chunk_page.html"
-            return self._render(request, template, who=who, job=page.job, chunk=chunk, title=f"Chunk {index}")
+            return self._render(request, template, who=who, job=job, chunk=chunk, title=f"Chunk {index}")
 
         return await self._page(request, build)
 
@@ -454,8 +453,7 @@ class Dashboard:
             c = Checker()
             c.text(kind, "kind", MAX_ID)
             c.done()
-            f = job_filter(job_service_pb2.ListJobsRequest(kind=kind), Checker())
-            overall, kinds = await self.jobs.stats(who, f)
+            overall, kinds = await self.jobs.stats(who, JobFilter(kind=kind))
             usage = await self.usage.report() if who.role == "admin" or not self.sessions.needed else None
             hours = _hours(params.get("hours", ""))
             throughput = await self._throughput(hours)

@@ -408,8 +408,8 @@ class JobService:
             token = pagination.encode("chunks", filters, [found[-1].index])
         return found, token, total
 
-    async def chunk_at(self, who: Principal, job_id: str, index: int) -> Chunk:
-        """The job's chunk at ``index``, with its artifacts (the dashboard's chunk panel)."""
+    async def chunk_at(self, who: Principal, job_id: str, index: int) -> tuple[Job, Chunk]:
+        """The job and its chunk at ``index``, with its artifacts (the dashboard's chunk panel)."""
         async with self.store.read() as tx:
             job = await tx.get_job(job_id, who.owner_filter)
             if job is None:
@@ -417,7 +417,7 @@ class JobService:
             found = await tx.list_chunks(job_id, after_index=index - 1, limit=1)
         if not found or found[0].index != index:
             raise ChunkNotFound(f"{job_id}/{index}")
-        return found[0]
+        return job, found[0]
 
     async def chunk_states(self, who: Principal, job_id: str) -> tuple[Job, str]:
         """The job and every chunk's state in index order (one digit each), read together: the

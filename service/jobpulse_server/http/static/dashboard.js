@@ -82,8 +82,8 @@
 
   // An EventSource that says how it is doing, and starts again (from where it was) when the server
   // ended it with an error status instead of a dropped connection (which it retries by itself).
-  function follow(url, handlers, finished) {
-    let source = null, lastId = "", closed = false;
+  function follow(url, handlers, finished, fromId) {
+    let source = null, lastId = fromId || "", closed = false;
     function open() {
       let u = url;
       if (lastId) u += (u.includes("?") ? "&" : "?") + (handlers.resumeParam || "cursor") + "=" + encodeURIComponent(lastId);
@@ -430,11 +430,11 @@
       status.textContent = num(data.states.length) + " chunks drawn in " + ms.toFixed(0) + " ms. Click a chunk, or focus the grid and use the arrow keys and Enter.";
       if (TERMINAL.has(data.state)) finished = true;
       let endSeen = false;
-      follow(article.dataset.events + "?after_revision=" + data.revision, {
+      follow(article.dataset.events, {
         resumeParam: "after_revision",
         snapshot: apply, change: apply,
         end() { endSeen = true; finished = true; showLive("", "Finished"); setTimeout(() => location.reload(), 300); },
-      }, () => finished || endSeen);
+      }, () => finished || endSeen, String(data.revision));
       function apply(msg) {
         if (msg.job) {
           const state = header(msg.job);
