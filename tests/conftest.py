@@ -63,11 +63,14 @@ class ServerThread:
             self.app = None
 
     def restart(self, same_port: bool = True) -> None:
-        """Stops and starts again on the same database (and, by default, the same port)."""
-        port = self.port
+        """Stops and starts again on the same database (and, by default, the same ports: gRPC and HTTP)."""
+        assert self.app is not None
+        port, http_port = self.port, self.app.http_port
         self.stop()
         if same_port:
             self.config.port = port
+            if http_port is not None:
+                self.config.http_port = http_port
         self.start()
 
     def close(self) -> None:

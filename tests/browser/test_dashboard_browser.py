@@ -146,6 +146,7 @@ def test_log_in_see_own_jobs_filter_sort_and_page(keyed: Any, browser: Any, scre
 def test_progress_arrives_live_and_actions_work(make_server: Any, browser: Any, screenshots: Path) -> None:
     srv = make_server(watch_min_interval=0.05)
     base = str(srv.app.http_url)
+    browser.set_window_size(1280, 1000)  # the README's screenshots: the whole table, the grid and the chart
     with jobpulse.Client(srv.address) as sdk:
         for n, kind in enumerate(("thumbnails", "transcode", "ocr")):
             done = sdk.create_job(
@@ -204,6 +205,8 @@ def test_progress_arrives_live_and_actions_work(make_server: Any, browser: Any, 
         assert row().find_element(By.CSS_SELECTOR, '[data-testid="job-state"]').text.endswith("Processing")
         browser.save_screenshot(str(screenshots / "dashboard-jobs.png"))
 
+        # An ETA needs a second of work behind it (domain/model.py): the job page shows one.
+        eventually(lambda: sdk.get_job(job.id).progress.HasField("eta"), timeout=10, what="an ETA")
         browser.get(f"{base}/jobs/{job.id}")
         eventually(lambda: _attr(browser, "chunk-grid", "data-draw-ms"), timeout=10, what="the grid")
         eventually(
@@ -316,8 +319,48 @@ def test_a_100k_chunk_grid_draws_fast(make_server: Any, browser: Any, screenshot
         "return n ? n.duration : null"
     )
     print(f"\n100,000-chunk grid: drawn in {float(drawn):.1f} ms in the browser; /grid took {timing:.0f} ms")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
     browser.save_screenshot(str(screenshots / "dashboard-100k-grid.png"))
     _clean(browser)
+
+
+def test_the_pages_say_when_the_server_is_gone_and_go_live_again_after_a_restart(
+    make_server: Any, browser: Any
+) -> None:
+    srv = make_server(watch_min_interval=0.05)
+    base = str(srv.app.http_url)
+    with jobpulse.Client(srv.address) as sdk:
+        job = sdk.create_job(kind="restart", total_items=4, chunk_size=1, display_name="Across a restart")
+    browser.get(base + "/")
+    eventually(lambda: _attr(browser, "live-status", "data-state") == "on", timeout=10, what="live")
+    browser.execute_script("window.__stayed = true")
+
+    srv.config.port, srv.config.http_port = srv.port, srv.app.http_port  # the same ports when it is back
+    srv.stop()
+    eventually(
+        lambda: _attr(browser, "live-status", "data-state") == "off", timeout=15, what="the lost connection"
+    )
+    assert "connect" in _attr(browser, "live-status").lower()
+
+    srv.start()  # the same database
+    eventually(lambda: _attr(browser, "live-status", "data-state") == "on", timeout=20, what="live again")
+    with jobpulse.Client(srv.address) as sdk:
+        claim = sdk.claim_chunks("w", ["restart"], max_chunks=1)[0]
+        sdk.complete_chunk(claim.chunk.id, claim.lease_token)
+    row = lambda: _row(browser, job.id)  # noqa: E731
+    eventually(
+        lambda: row().find_element(By.CSS_SELECTOR, '[data-testid="job-progress"]').text == "25.0%",
+        timeout=15,
+        what="a change made after the restart in the row",
+    )
+    assert browser.execute_script("return window.__stayed === true"), "the page reloaded"
+    # Chromium logs the refused reconnects while the server is away; nothing else may fail.
+    errors = [
+        e
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "ERR_CONNECTION_REFUSED" not in e["message"]
+    ]
+    assert errors == [], errors
 
 
 def test_phone_width_dark_mode_long_names(make_server: Any, browser: Any, screenshots: Path) -> None:
