@@ -123,10 +123,12 @@ def _browser(chromium: str, driver_path: str) -> Any:
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def _requests_made(driver: Any) -> int:
-    """Requests the page sent since the last call (Chromium's network log)."""
-    messages = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
-    return sum(1 for m in messages if m.get("method") == "Network.requestWillBeSent")
+def _network(driver: Any) -> tuple[int, int]:
+    """(requests the page sent, SSE events it received) since the last call (Chromium's network log)."""
+    methods = [
+        json.loads(entry["message"])["message"].get("method") for entry in driver.get_log("performance")
+    ]
+    return methods.count("Network.requestWillBeSent"), methods.count("Network.eventSourceMessageReceived")
 
 
 def _idle_rate(pid: int, seconds: float = 2.0) -> float:
@@ -173,6 +175,7 @@ class _RawReader:
         self.sock.sendall(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         self.file = self.sock.makefile("rb")
         self.seen = 0
+        self.events = 0
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -180,6 +183,7 @@ class _RawReader:
         try:
             for line in self.file:
                 if line.startswith(b"data:"):
+                    self.events += 1
                     self.seen += len(json.loads(line[5:]).get("jobs", []))
         except (OSError, ValueError):
             pass
@@ -199,6 +203,7 @@ def live_cost(server: Jobpulse, job_ids: list[str], reps: int) -> dict[str, Any]
     costs: dict[str, list[float]] = {m: [] for m in modes}
     priority = 0
     page_requests = 0  # the most requests the page sent during one burst (beyond its open stream)
+    events: dict[str, list[int]] = {"raw": [], "page": []}  # SSE events each reader got per burst
     idle = _idle_rate(server.pid)
     for rep in range(reps):
         for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:  # no mode always last
@@ -213,21 +218,25 @@ def live_cost(server: Jobpulse, job_ids: list[str], reps: int) -> dict[str, Any]
                     if time.monotonic() > deadline:
                         raise RuntimeError("the jobs page never went live")
                     time.sleep(0.05)
-                _requests_made(reader)
+                _network(reader)
             before, t0 = _settled(server.pid, idle)
             priority = (priority + 1) % 11
             asyncio.run(_burst(server.target, job_ids, priority))
             after, t1 = _settled(server.pid, idle)
             costs[mode].append(after - before - idle * (t1 - t0))  # the burst's CPU, idle wake-ups taken out
             if mode == "raw":
+                events["raw"].append(reader.events)
                 reader.close()
             elif mode == "page":
-                page_requests = max(page_requests, _requests_made(reader))
+                sent, got = _network(reader)
+                page_requests = max(page_requests, sent)
+                events["page"].append(got)
                 reader.quit()
     med = {m: statistics.median(v) for m, v in costs.items()}
     return {
         "cpu": med,
         "page_requests": page_requests if "page" in modes else None,
+        "events": {m: statistics.median(v) for m, v in events.items() if v},
         "raw_extra": med["raw"] - med["none"],
         "page_extra": med.get("page", 0) - med["none"] if "page" in med else None,
     }
@@ -331,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
             f"| requests the jobs page sent during a burst (beyond its /v1/events stream), most of "
             f"{args.bursts} | {live['page_requests']} | | | 0 |"
         )
+    got = live["events"]
+    lines.append(
+        f"| SSE events a reader got per burst, median | page {got.get('page', nan):.0f} "
+        f"| raw {got.get('raw', nan):.0f} | | changes folded into fewer events for a slower reader |"
+    )
+    per_page = page_extra / got["page"] * 1e3 if got.get("page") else nan
+    per_raw = live["raw_extra"] / got["raw"] * 1e3 if got.get("raw") else nan
+    lines.append(
+        f"| reader's server CPU per event it got | page {per_page:.1f} ms | raw {per_raw:.1f} ms "
+        f"| {per_page / per_raw:.2f}x | page <= raw |"
+    )
     print("\n".join(lines))
     return 0
 
