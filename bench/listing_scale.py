@@ -11,10 +11,10 @@ pages through ListJobs over gRPC, in every order (each field both ways), unfilte
 COMPLETED: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
-Then, with SQL captured from jobpulse_server.store.repository itself (the statements SQLAlchemy emits,
-with their parameters), it times the page query, the COUNT(*) behind total_size and a row-value
-form of the keyset predicate, and writes EXPLAIN (ANALYZE, BUFFERS) plans, also of the
-ClaimChunks query over 200,000 chunks, to bench/plans.txt.
+Then, with the statements the server runs (store/statements.py and, for PostgreSQL's one-statement
+claim, store/fast.py: the text the drivers send, with their parameters), it times the page query and the
+COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN
+QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
 its own is created for the run and dropped afterwards.
@@ -42,21 +42,21 @@ from typing import Any
 
 import asyncpg
 import grpc
-from sqlalchemy import event, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bench import report
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
+from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import fast, statements
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PLANS = Path(__file__).resolve().parent / "plans.txt"
-ORDERS = tuple(repo.ORDERS)  # every order ListJobs takes, each direction of each field
+ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
 FILTERS: dict[str, list[JobState]] = {"all": [], "COMPLETED": [JobState.COMPLETED]}
 PAGE = 100
 DEPTH = 0.9
@@ -309,7 +309,7 @@ async def drop_backend(b: Backend) -> None:
 
 
 async def migrate(b: Backend) -> None:
-    db = Database(b.url)
+    db = SqlStore(b.url)
     await db.start()  # runs the Alembic migrations
     await db.close()
 
@@ -492,170 +492,181 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
         server.stop()
 
 
-# --- SQL: the statements the repository emits ---------------------------------------------------
+# --- SQL: the statements the server runs (store/statements.py, store/fast.py) ----------------------
 
 
-class Capture:
-    """Records the (statement, parameters) SQLAlchemy sends to the driver while ``on``."""
+class Raw:
+    """A plain connection of the bench's own (asyncpg or sqlite3) that runs the server's statements, with
+    their ``?`` placeholders, as the store's drivers send them."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.on = False
-        self.seen: list[tuple[str, Any]] = []
-        event.listen(engine.sync_engine, "before_cursor_execute", self._hook)
+    def __init__(self, b: Backend) -> None:
+        self.b = b
+        self.pg: asyncpg.Connection | None = None
+        self.lite: sqlite3.Connection | None = None
 
-    def _hook(self, _conn: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        if self.on:
-            self.seen.append((statement, parameters))
+    async def open(self) -> Raw:
+        if self.b.name == "postgresql":
+            self.pg = await asyncpg.connect(_dsn(self.b.pg_db))
+        else:
+            self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
+        return self
 
-    async def of(self, coro: Any) -> tuple[str, Any]:
-        self.seen.clear()
-        self.on = True
-        try:
-            await coro
-        finally:
-            self.on = False
-        assert len(self.seen) == 1, self.seen
-        return self.seen[0]
+    async def close(self) -> None:
+        if self.pg is not None:
+            await self.pg.close()
+        if self.lite is not None:
+            self.lite.close()
 
+    async def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        if self.pg is not None:
+            return list(await self.pg.fetch(statements.numbered(sql), *params))
+        assert self.lite is not None
+        return self.lite.execute(sql, params).fetchall()
 
-async def _run(conn: AsyncConnection, stmt: tuple[str, Any]) -> int:
-    return len((await conn.exec_driver_sql(stmt[0], stmt[1])).all())
+    async def explain(self, sql: str, params: list[Any]) -> str:
+        if self.pg is not None:
+            rows = await self.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+            return "\n".join(r[0] for r in rows)
+        rows = await self.fetch("EXPLAIN QUERY PLAN " + sql, params)
+        return "\n".join(f"{r[0]:>3} {r[1]:>3}  {r[-1]}" for r in rows)
 
-
-async def _time_sql(conn: AsyncConnection, stmt: tuple[str, Any], repeats: int) -> float:
-    await _run(conn, stmt)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        await _run(conn, stmt)
-        times.append(time.perf_counter() - t)
-    return _p50(times) * 1e3
-
-
-async def _explain(conn: AsyncConnection, dialect: str, stmt: tuple[str, Any]) -> str:
-    prefix = "EXPLAIN (ANALYZE, BUFFERS) " if dialect == "postgresql" else "EXPLAIN QUERY PLAN "
-    rows: list[Any] = list((await conn.exec_driver_sql(prefix + stmt[0], stmt[1])).all())
-    if dialect == "postgresql":
-        return "\n".join(r[0] for r in rows)
-    return "\n".join(f"{r[0]:>3} {r[1]:>3}  {r[-1]}" for r in rows)
-
-
-def _row_value_page(conn: AsyncConnection, f: repo.JobFilter, order: str, after: list[Any]) -> Any:
-    """The page query with ``(k1, k2) < (v1, v2)`` in place of the OR-of-ANDs keyset predicate."""
-    cols, desc = repo.ORDERS[order]
-    keys = [jobs_table.c[c] for c in cols]
-    pred = tuple_(*keys) < tuple_(*after) if desc else tuple_(*keys) > tuple_(*after)
-    return (
-        select(jobs_table)
-        .where(*repo._filter_clauses(conn, f), pred)
-        .order_by(*[(k.desc() if desc else k) for k in keys])
-        .limit(PAGE + 1)
-    )
+    async def timed(self, stmt: tuple[str, list[Any]], repeats: int) -> float:
+        await self.fetch(*stmt)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            await self.fetch(*stmt)
+            times.append(time.perf_counter() - t)
+        return _p50(times) * 1e3
 
 
-async def _nth_key(conn: AsyncConnection, f: repo.JobFilter, order: str, n: int) -> list[Any]:
+async def _nth_key(raw: Raw, d: statements.Dialect, f: JobFilter, order: str, n: int) -> list[Any]:
     """The sort key of the n-th row (1-based) of a listing, by OFFSET: SQL-side only."""
-    cols, desc = repo.ORDERS[order]
-    keys = [jobs_table.c[c] for c in cols]
-    q = (
-        select(*keys)
-        .where(*repo._filter_clauses(conn, f))
-        .order_by(*[(k.desc() if desc else k) for k in keys])
-        .offset(n - 1)
-        .limit(1)
+    cols, desc = ORDER_COLUMNS[order]
+    w = statements.job_filter(d, f)
+    direction = " DESC" if desc else ""
+    sql = (
+        f"SELECT {', '.join(cols)} FROM jobs{w.sql()} ORDER BY {', '.join(c + direction for c in cols)} "
+        "LIMIT 1 OFFSET ?"
     )
-    return list((await conn.execute(q)).one())
+    return list((await raw.fetch(sql, [*w.params, n - 1]))[0])
 
 
-_ALL_JOB_COLUMNS = ", ".join(f"jobs.{c.name}" for c in jobs_table.columns)
+_ALL_JOB_COLUMNS = ", ".join(c.name for c in jobs_table.columns)
 
 
-def _fmt_stmt(stmt: tuple[str, Any]) -> str:
+def _fmt_stmt(stmt: tuple[str, list[Any]]) -> str:
     sql = stmt[0].replace(_ALL_JOB_COLUMNS, "<all jobs columns>")
-    return f"{sql.strip()}\n-- parameters: {list(stmt[1]) if stmt[1] is not None else []}"
+    return f"{sql.strip()}\n-- parameters: {list(stmt[1])}"
 
 
 async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> dict[str, Any]:
-    """Times count / first / deep (as walked and at 90%) / row-value deep; EXPLAINs them."""
-    engine = create_async_engine(Database(b.url).url)
-    cap = Capture(engine)
-    dialect = b.name
+    """Times count / first / deep (as walked and at 90%) with the server's statements; EXPLAINs them."""
+    d = statements.POSTGRES if b.name == "postgresql" else statements.SQLITE
+    raw = await Raw(b).open()
     out: dict[str, Any] = {}
     add = plans.append
     add("#" * 110)
     add(
         f"# {b.name}: {b.n_jobs:,} jobs; "
-        + ("EXPLAIN (ANALYZE, BUFFERS)" if dialect == "postgresql" else "EXPLAIN QUERY PLAN")
-        + "; SELECT <all jobs columns> stands for the column list"
+        + ("EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN")
+        + " of the statements in service/jobpulse_server/store/statements.py (and fast.py), as the server"
+        " sends them; SELECT <all jobs columns> stands for the column list"
     )
     add("#" * 110)
     try:
-        async with engine.connect() as conn:
-            counted: set[str] = set()
-            for lst in listings:
-                f = repo.JobFilter(states=list(lst.states))
-                first = await cap.of(repo.list_jobs(conn, f, lst.order, None, PAGE + 1))
-                count = await cap.of(repo.count_jobs(conn, f))
-                lst.deep90_key = await _nth_key(conn, f, lst.order, lst.target_rows)
-                deep90 = await cap.of(repo.list_jobs(conn, f, lst.order, lst.deep90_key, PAGE + 1))
-                rowval = await cap.of(conn.execute(_row_value_page(conn, f, lst.order, lst.deep90_key)))
-                walked = None
-                if lst.deep_key is not None:
-                    walked = await cap.of(repo.list_jobs(conn, f, lst.order, lst.deep_key, PAGE + 1))
-                lst.sql = {
-                    "count": await _time_sql(conn, count, repeats),
-                    "first": await _time_sql(conn, first, repeats),
-                    "deep90_or": await _time_sql(conn, deep90, repeats),
-                    "deep90_rowvalue": await _time_sql(conn, rowval, repeats),
-                }
-                if walked is not None:
-                    lst.sql["walked_or"] = await _time_sql(conn, walked, repeats)
-                sections = [
-                    (f"ListJobs first page [{lst.label}]", first),
-                    (
-                        f"ListJobs page {lst.target_rows:,} rows deep, as emitted [{lst.label}]",
-                        deep90,
-                    ),
-                    (f"same page, row-value keyset (alternative, not emitted) [{lst.label}]", rowval),
-                ]
-                if lst.filter_name not in counted:
-                    counted.add(lst.filter_name)
-                    sections.append((f"ListJobs total_size COUNT(*) [{lst.filter_name}]", count))
-                for title, stmt in sections:
-                    add("")
-                    add(f"=== {title}")
-                    add(_fmt_stmt(stmt))
-                    add("--- plan")
-                    add(await _explain(conn, dialect, stmt))
-            if dialect == "postgresql":
-                out["claim"] = await _claim_plans(conn, cap, repeats, plans)
-            await conn.rollback()
+        counted: set[str] = set()
+        for lst in listings:
+            f = JobFilter(states=list(lst.states))
+            first = statements.list_jobs(d, f, lst.order, None, PAGE + 1)
+            count_sql, _, count_params = statements.count_jobs(d, f)
+            count = (count_sql, count_params)
+            lst.deep90_key = await _nth_key(raw, d, f, lst.order, lst.target_rows)
+            deep90 = statements.list_jobs(d, f, lst.order, lst.deep90_key, PAGE + 1)
+            lst.sql = {
+                "count": await raw.timed(count, repeats),
+                "first": await raw.timed(first, repeats),
+                "deep90": await raw.timed(deep90, repeats),
+            }
+            if lst.deep_key is not None:
+                walked = statements.list_jobs(d, f, lst.order, lst.deep_key, PAGE + 1)
+                lst.sql["walked"] = await raw.timed(walked, repeats)
+            sections = [
+                (f"ListJobs first page [{lst.label}]", first),
+                (f"ListJobs page {lst.target_rows:,} rows deep [{lst.label}]", deep90),
+            ]
+            if lst.filter_name not in counted:
+                counted.add(lst.filter_name)
+                title = "capped at COUNT_EXACT_UP_TO + 1" if d.postgres else "exact"
+                sections.append((f"ListJobs total_size COUNT ({title}) [{lst.filter_name}]", count))
+            for title, stmt in sections:
+                add("")
+                add(f"=== {title}")
+                add(_fmt_stmt(stmt))
+                add("--- plan")
+                add(await raw.explain(*stmt))
+        out["claim"] = await _claim_plans(raw, d, repeats, plans)
     finally:
-        await engine.dispose()
+        await raw.close()
     return out
 
 
-async def _claim_plans(conn: AsyncConnection, cap: Capture, repeats: int, plans: list[str]) -> dict[str, Any]:
-    n_chunks = (await conn.exec_driver_sql("SELECT count(*) FROM chunks")).scalar_one()
-    pending = (await conn.exec_driver_sql("SELECT count(*) FROM chunks WHERE state = 1")).scalar_one()
+async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: list[str]) -> dict[str, Any]:
+    """The claim as the server runs it: on PostgreSQL the one-statement claim (store/fast.py) and the
+    general path's locking read (statements.pg_claim), each EXPLAINed (and timed) in a transaction that is
+    rolled back; on SQLite the pick off the claim index (statements.pick_ready)."""
+    n_chunks = (await raw.fetch("SELECT count(*) FROM chunks", []))[0][0]
+    pending = (await raw.fetch("SELECT count(*) FROM chunks WHERE state = 1", []))[0][0]
     now = time.time_ns() // 1000
     res: dict[str, Any] = {"chunks": n_chunks, "pending": pending}
     for limit, kinds in ((1, []), (10, []), (10, ["ocr"])):
-        await conn.rollback()
-        stmt = await cap.of(repo.pick_claimable(conn, kinds=kinds, now=now, limit=limit))
-        await conn.rollback()
-        res[f"limit={limit} kinds={kinds}"] = await _time_sql(conn, stmt, repeats)
-        await conn.rollback()
-        plans.append("")
-        plans.append(
-            f"=== ClaimChunks pick (repository.pick_claimable, limit={limit}, kinds={kinds}); "
-            f"{n_chunks:,} chunks, {pending:,} PENDING"
-        )
-        plans.append(_fmt_stmt(stmt))
-        plans.append("--- plan")
-        plans.append(await _explain(conn, "postgresql", stmt))
-        await conn.rollback()
+        ready = [*statements.ready_params(d, kinds, now), limit]
+        stmts: list[tuple[str, str, list[Any]]] = []
+        if d.postgres:
+            stmts.append(
+                (
+                    "one-statement claim (fast.claim_statement)",
+                    fast.claim_statement(len(kinds)),
+                    [*fast.claim_params(kinds, limit, "bench", now, 60_000_000), "bench_plans", "bench"],
+                )
+            )
+            stmts.append(
+                (
+                    "general path's locking read (statements.pg_claim)",
+                    statements.pg_claim(len(kinds), skip_locked=False),
+                    ready * 2,
+                )
+            )
+        else:
+            stmts.append(("pick (statements.pick_ready)", statements.pick_ready(d, len(kinds)), ready))
+        for name, sql, params in stmts:
+            times = []
+            for _ in range(repeats + 1):
+                t = time.perf_counter()
+                await _rolled_back(raw, sql, params)
+                times.append(time.perf_counter() - t)
+            res[f"{name.split(' (')[0]}, limit={limit} kinds={kinds}"] = _p50(times[1:]) * 1e3
+            plans.append("")
+            plans.append(
+                f"=== ClaimChunks: {name}, limit={limit}, kinds={kinds}; "
+                f"{n_chunks:,} chunks, {pending:,} PENDING"
+            )
+            plans.append(_fmt_stmt((sql, params)))
+            plans.append("--- plan")
+            plans.append(await _rolled_back(raw, sql, params, explain=True))
     return res
+
+
+async def _rolled_back(raw: Raw, sql: str, params: list[Any], *, explain: bool = False) -> Any:
+    """Runs (or EXPLAINs) a statement in a transaction that is rolled back: a claim changes rows."""
+    if raw.pg is not None:
+        tr = raw.pg.transaction()
+        await tr.start()
+        try:
+            return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
+        finally:
+            await tr.rollback()
+    return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -688,7 +699,7 @@ async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: l
 
 
 def _est90(lst: Listing) -> float:
-    return lst.deep_ms - lst.sql.get("walked_or", 0.0) + lst.sql["deep90_or"]
+    return lst.deep_ms - lst.sql.get("walked", 0.0) + lst.sql["deep90"]
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
@@ -732,24 +743,18 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
                     f"      {lst.label:<30} {lst.target_rows:,} rows: ~{est:,.0f} s "
                     f"({lst.walk_s:.0f} s for {lst.deep_rows:,})"
                 )
-        add(
-            f"  SQL alone (statements from jobpulse_server.store.repository), p50 of {args.sql_repeats} (ms);"
-        )
+        add(f"  SQL alone (the server's statements, store/statements.py), p50 of {args.sql_repeats} (ms);")
         add(
             f"  '90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; "
             "'walked' = the page the gRPC walk reached"
         )
-        add(
-            f"  {'order, filter':<30}{'COUNT(*)':>9}{'first':>8}{'walked OR':>11}{'90% OR':>9}"
-            f"{'90% rowval':>12}{'90%OR/first':>13}{'rowval/first':>14}"
-        )
+        add(f"  {'order, filter':<30}{'COUNT':>9}{'first':>8}{'walked':>9}{'90%':>9}{'90%/first':>11}")
         for lst in res["listings"]:
             s = lst.sql
-            walked = f"{s['walked_or']:.1f}" if "walked_or" in s else "-"
+            walked = f"{s['walked']:.1f}" if "walked" in s else "-"
             add(
-                f"  {lst.label:<30}{s['count']:>9.1f}{s['first']:>8.1f}{walked:>11}{s['deep90_or']:>9.1f}"
-                f"{s['deep90_rowvalue']:>12.1f}{s['deep90_or'] / s['first']:>13.1f}"
-                f"{s['deep90_rowvalue'] / s['first']:>14.1f}"
+                f"  {lst.label:<30}{s['count']:>9.1f}{s['first']:>8.1f}{walked:>9}{s['deep90']:>9.1f}"
+                f"{s['deep90'] / s['first']:>11.1f}"
             )
         if short:
             add(
@@ -767,10 +772,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
         if "claim" in res:
             c = res["claim"]
             add(
-                f"  ClaimChunks pick (repository.pick_claimable, FOR UPDATE SKIP LOCKED), "
-                f"{c['chunks']:,} chunks ({c['pending']:,} PENDING), p50 ms: "
-                + ", ".join(f"{k} {v:.2f}" for k, v in c.items() if k.startswith("limit"))
+                f"  ClaimChunks as the server runs it, {c['chunks']:,} chunks "
+                f"({c['pending']:,} PENDING), p50 ms:"
             )
+            for k, v in c.items():
+                if "limit=" in k:
+                    add(f"      {k}: {v:.2f}")
     add("=" * 110)
     return "\n".join(lines)
 

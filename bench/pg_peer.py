@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import sys
 import time
@@ -199,22 +198,19 @@ FLOOR_ROWS = {
 
 
 async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
-    """The floor under jobpulse's worker path on this PostgreSQL: the SQL the server sends for jobs
-    without webhooks (fencing, the job's counts, state and revision, NOTIFY), sent straight from
-    asyncpg by W workers, one connection each, with no gRPC and no server process in between:
+    """The floor under jobpulse's worker path on this PostgreSQL: the store's one-statement paths
+    (``SqlStore.fast``: the SQL the server sends for jobs without webhooks: fencing, the job's counts,
+    state and revision, NOTIFY), called straight from this process by W workers over a store of W
+    connections, with no gRPC and no server process in between:
       * ``floor``: the one-statement claim, then the one-statement completion (one by one);
       * ``floorcc``: one claim, then the complete-and-claim function, which completes and claims
         the next chunk in one round trip (complete-and-claim).
     The jobs are made by a server, which is stopped before the clock starts. Whatever the server
     does, the mode cannot beat its floor."""
-    from jobpulse_server.domain.changes import CHANNEL
     from jobpulse_server.domain.clock import now_us
-    from jobpulse_server.domain.model import ChunkState
-    from jobpulse_server.store import sql
-    from jobpulse_server.store.postgres import define_functions
-    from jobpulse_server.store.rows import chunk_from_row
+    from jobpulse_server.domain.model import JobState
+    from jobpulse_server.store.database import SqlStore
 
-    claim_sql = sql.pg_claim_one_statement(0)
     lease_us = LEASE.seconds * 1_000_000
     async with fresh_database(key) as dsn:
         server = ServerProcess("jobpulse", dsn)
@@ -234,81 +230,69 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
                     )
         finally:
             server.stop()
-        conns = [await asyncpg.connect(dsn) for _ in range(workers)]
-        for conn in conns:
-            await define_functions(conn)
+        retries = [0]
+        store = SqlStore(
+            dsn, pool_size=workers, on_retry=lambda _state: retries.__setitem__(0, retries[0] + 1)
+        )
+        await store.start(migrate=False)
+        fast = store.fast
+        assert fast is not None
         done = [0]
         trips = [0]
-        retries = [0]
 
-        async def retrying(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+        async def claim(name: str) -> Any:
+            """The next (job, chunk), or None when no work is left."""
             while True:
                 trips[0] += 1
-                try:
-                    return await conn.fetchrow(query, *args)
-                except asyncpg.PostgresError as exc:
-                    if getattr(exc, "sqlstate", "") not in ("40001", "40P01"):
-                        raise
-                    retries[0] += 1
-
-        def claim_args(name: str, now: int) -> tuple[Any, ...]:
-            return (*sql.pg_claim_params([], 1, name, now, lease_us), CHANNEL, "floor")
-
-        def complete_args(chunk: Any) -> tuple[Any, ...]:
-            return (chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], [], [], [], CHANNEL, "floor")
-
-        async def claim(conn: asyncpg.Connection, name: str) -> Any:
-            """The next chunk, or None when no work is left."""
-            while True:
-                n_jobs, chunk_rows, _, _ = await retrying(conn, claim_sql, *claim_args(name, now_us()))
-                if chunk_rows:
-                    return chunk_from_row(chunk_rows[0])
-                if not n_jobs:
+                got = await fast.claim(name, [], 1, lease_us, now_us())
+                if got:
+                    return got[0][1]
+                if got == []:
                     return None
-                # else: other workers took the work of the jobs this one locked; look again
+                # None: other workers took the work of the jobs this one locked; look again
 
-        async def one_by_one(conn: asyncpg.Connection, name: str) -> None:
-            while (chunk := await claim(conn, name)) is not None:
-                if await retrying(conn, sql.PG_COMPLETE_ONE, *complete_args(chunk)) is None:
+        async def one_by_one(name: str) -> None:
+            while (chunk := await claim(name)) is not None:
+                trips[0] += 1
+                if await fast.complete(chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", []) is None:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
 
-        async def complete_and_claim(conn: asyncpg.Connection, name: str) -> None:
-            chunk = await claim(conn, name)
+        async def complete_and_claim(name: str) -> None:
+            chunk = await claim(name)
             while chunk is not None:
-                args = (*complete_args(chunk), *claim_args(name, now_us()))
-                row = await retrying(conn, sql.pg_complete_and_claim_call(0, len(args)), *args)
-                if row[0] is None:
+                trips[0] += 1
+                both = await fast.complete_and_claim(
+                    chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], (name, [], 1, lease_us)
+                )
+                if both is None:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
-                _, _, _, (n_jobs, chunk_rows, _), *_ = json.loads(row[0])  # then kind, items
-                if chunk_rows:
-                    chunk = chunk_from_row(chunk_rows[0])
-                else:
-                    chunk = await claim(conn, name) if n_jobs else None
+                _, claims = both
+                chunk = claims[0][1] if claims else (await claim(name) if claims is None else None)
 
         worker = one_by_one if key == "floor" else complete_and_claim
         try:
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
-            await asyncio.gather(*(worker(c, f"floor-{i}") for i, c in enumerate(conns)))
+            await asyncio.gather(*(worker(f"floor-{i}") for i in range(workers)))
             elapsed = time.perf_counter() - t0
             db1 = postgres_cpu_seconds()
-            left = await conns[0].fetchval(
-                "SELECT count(*) FROM chunks WHERE state <> $1", int(ChunkState.COMPLETED)
-            )
+            async with store.read() as tx:
+                by_state = await tx.count_by_state()
+            # A job is COMPLETED once every chunk is (derive_state).
+            left = sum(count for state, count in by_state.items() if state != JobState.COMPLETED)
         finally:
-            for c in conns:
-                await c.close()
+            await store.close()
     if done[0] != n or left:
-        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
+        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} jobs not completed)")
     return _row(
         FLOOR_ROWS[key],
         n,
         elapsed,
         trips[0],
         db_cpu_us=_per_unit_us(db0, db1, n),
-        deadlock_retries=retries[0],
+        deadlock_retries=len(retries),
     )
 
 

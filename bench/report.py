@@ -59,7 +59,6 @@ def machine_facts() -> dict[str, Any]:
         "protobuf": _version("protobuf"),
         "protobuf_backend": api_implementation.Type(),
         "sqlalchemy": _version("sqlalchemy"),
-        "aiosqlite": _version("aiosqlite"),
     }
 
 

@@ -36,8 +36,11 @@ from support.servers import ServerProcess
 
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
+from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.tables import chunks, jobs
+
+JOB_COLUMNS = [c.name for c in jobs.columns]
+CHUNK_COLUMNS = [c.name for c in chunks.columns]
 
 N_JOBS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_JOBS", "200000"))
 # The server's default ttl of COMPLETED jobs, and how long after its start the seeded jobs expire.
@@ -181,7 +184,7 @@ def main() -> int:
     url = f"sqlite:///{path}"
 
     async def migrate() -> None:
-        db = Database(url)
+        db = SqlStore(url)
         await db.start()
         await db.close()
 

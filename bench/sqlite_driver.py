@@ -1,10 +1,10 @@
-"""SQLite on the event loop's thread against SQLite on aiosqlite's worker thread, in the same run.
+"""SQLite on the event loop's thread against SQLite on the driver's dedicated thread, in the same run.
 
     python -m bench.sqlite_driver            # about 2 minutes
     python -m bench.sqlite_driver --quick    # about 40 seconds
 
 Two jobpulse servers, identical but for ``JOBPULSE_SQLITE_ON_LOOP``, each in a process of its own on a
-SQLite file of its own. Rounds alternate between them. It also times the hand-off that aiosqlite pays
+SQLite file of its own. Rounds alternate between them. It also times the hand-off the thread mode pays
 on every call (an asyncio future resolved from a worker thread), which is what the on-loop mode saves.
 """
 
@@ -189,7 +189,7 @@ def render(totals: dict[str, dict[str, Rate]], hop_us: float, elapsed: float) ->
     m = report.machine_facts()
     lines = [
         "=" * 100,
-        f"jobpulse on SQLite: statements on the event loop vs on aiosqlite's worker thread ({elapsed:.0f} s)",
+        f"jobpulse on SQLite: statements on the event loop vs on a dedicated thread ({elapsed:.0f} s)",
         f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']}",
         f"load average {report.load_average()}",
         f"thread hand-off (asyncio future resolved from a worker thread), median: {hop_us:.0f} us",

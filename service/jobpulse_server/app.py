@@ -58,13 +58,8 @@ from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_server_secret
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
-from jobpulse_server.store import Store
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.factory import open_store
-from jobpulse_server.store.throughput import SqlThroughput
-from jobpulse_server.store.transactions import SqlKeysAndDeliveries, SqlTransactions
-from jobpulse_server.store.usage import SqlUsage
 from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.wire.watch import feed_encoder, watch_encoder
 
@@ -80,8 +75,7 @@ class App:
     config: Config
     server: grpc.aio.Server
     port: int
-    db: Database
-    store: Store
+    db: SqlStore
     hub: ChangeHub
     jobs: JobService
     workers: WorkerService
@@ -97,6 +91,11 @@ class App:
     throughput: Throughput | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def store(self) -> SqlStore:
+        """The store (the same object as ``db``)."""
+        return self.db
 
     @property
     def address(self) -> str:
@@ -135,7 +134,6 @@ class App:
         await self.usage.close()  # the calls counted since the last flush, now that none come in
         if self.throughput is not None:
             await self.throughput.close()  # likewise the chunks completed during the drain
-        await self.store.close()
         await self.db.close()
 
 
@@ -167,56 +165,52 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     check_server_secret(config)
     started = time.time()
     hub = ChangeHub()
-    db = Database(config.database_url, on_commit=hub.publish, sqlite_on_loop=config.sqlite_on_loop)
+    metrics = Metrics()
+    metrics.open_streams.set_function(lambda: hub.open_streams)
+    db = SqlStore(
+        config.database_url,
+        on_commit=hub.publish,
+        sqlite_on_loop=config.sqlite_on_loop,
+        on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc(),
+    )
     try:
         await db.start()
     except Exception as exc:
+        await db.close()
         problem = startup_problem(exc, config.database_url)
         if problem is None:
             raise
         raise CannotOpenDatabase(problem) from exc
-    metrics = Metrics()
-    metrics.open_streams.set_function(lambda: hub.open_streams)
-    store = open_store(db, on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc())
-    try:
-        await store.start()
-    except BaseException:
-        await db.close()
-        raise
     retention = retention_of(config)
     outbox = Outbox(
         functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
     )
-    txs = SqlTransactions(db)
-    jobs = JobService(txs, store, outbox, config, clock)
+    jobs = JobService(db, outbox, config, clock)
     observer = Observer(metrics)
-    throughput = Throughput(SqlThroughput(db), clock)
-    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics, throughput=throughput)
-    watches = WatchService(store, hub, config, watch_encoder(clock, retention))
+    throughput = Throughput(db, clock)
+    workers = WorkerService(db, hub, outbox, config, clock, metrics, throughput=throughput)
+    watches = WatchService(db, hub, config, watch_encoder(clock, retention))
     # The HTTP side's SSE text of each watch message, built from its gRPC form, once for every stream.
     watches.add_form("sse", sse_watch_form(watches.wire("grpc")))
-    feeds = FeedService(txs, hub, config)
+    feeds = FeedService(db, hub, config)
 
     rates = {
         "client": config.rate_limit_client,
         "worker": config.rate_limit_worker,
         "admin": config.rate_limit_admin,
     }
-    usage_store = SqlUsage(db)
-    usage = UsageLedger(usage_store, clock)
+    usage = UsageLedger(db, clock)
     limiter: Limiter
-    if db.dialect == "postgresql" and config.rate_limit_shared:
-        limiter = SharedRateLimiter(rates, usage, usage_store, config.rate_limit_lease_seconds)
+    if db.fast is not None and config.rate_limit_shared:
+        limiter = SharedRateLimiter(rates, usage, db.fast, config.rate_limit_lease_seconds)
     else:
         limiter = RateLimiter(rates, usage)
-    keys_and_deliveries = SqlKeysAndDeliveries(db)
-    authenticator = Authenticator(keys_and_deliveries, limiter, refresh_seconds=config.key_refresh_interval)
+    authenticator = Authenticator(db, limiter, refresh_seconds=config.key_refresh_interval)
     await authenticator.refresh()
-    tokens = EventsTokens(keys_and_deliveries, authenticator, clock)
+    tokens = EventsTokens(db, authenticator, clock)
     await tokens.start()
     problem = open_mode_problem(config, not authenticator.open)
     if problem is not None:
-        await store.close()
         await db.close()
         raise PermissionError(problem)
     guard = CallGuard(
@@ -251,7 +245,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             jobs,
             watches,
             feeds,
-            WebhookService(keys_and_deliveries, clock),
+            WebhookService(db, clock),
             clock,
             EncodedJobs(retention=retention),
             tokens,
@@ -277,7 +271,6 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         else:
             port = server.add_insecure_port(address)
     except (RuntimeError, OSError, ValueError) as exc:
-        await store.close()
         await db.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {_listen_problem(exc)}") from exc
     http: HttpServer | None = None
@@ -285,7 +278,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         sessions = Sessions(authenticator, tokens, secure=bool(config.tls_cert))
         dashboard = Dashboard(
             jobs,
-            WebhookService(keys_and_deliveries, clock),
+            WebhookService(db, clock),
             usage,
             sessions,
             Extras(server_health.report, server_health.leases, workers.workers_seen, started),
@@ -317,7 +310,6 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             await http.start()
         except OSError as exc:
             await server.stop(0)
-            await store.close()
             await db.close()
             raise OSError(
                 f"cannot listen on {config.host}:{config.http_port} (HTTP side): {exc.strerror or exc}; "
@@ -325,19 +317,16 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             ) from exc
     await server.start()
 
-    deliverer = Deliverer(keys_and_deliveries, hub, config, clock, metrics=metrics)
+    deliverer = Deliverer(db, hub, config, clock, metrics=metrics)
     # Bulk deletes: on SQLite their statements run on a worker thread, off the event loop.
-    expiry = RetentionService(
-        SqlTransactions(db, off_loop=True), SqlKeysAndDeliveries(db, off_loop=True), config, clock
-    )
-    listener = Listener(db.url, hub, db.replica_id) if db.dialect == "postgresql" else None
+    expiry = RetentionService(db, config, clock)
+    listener = Listener(db.url, hub, db.replica_id) if db.kind == "postgresql" else None
     metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port >= 0 else None
     app = App(
         config,
         server,
         port,
         db,
-        store,
         hub,
         jobs,
         workers,

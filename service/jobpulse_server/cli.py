@@ -17,7 +17,8 @@ from typing import Any
 from jobpulse_server.app import run as run_server
 from jobpulse_server.config import LOG_LEVELS, Config
 from jobpulse_server.keys_cli import run_keys_command
-from jobpulse_server.store.engine import Database, current_schema_version, head_schema_version
+from jobpulse_server.store import schema
+from jobpulse_server.store.schema import current_schema_version, head_schema_version
 
 COMMANDS = ("serve", "keys", "migrate")
 DEFAULT_DATABASE_URL = Config.database_url
@@ -170,17 +171,15 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 async def _migrate(database_url: str) -> tuple[str | None, str | None]:
-    db = Database(database_url)
-    await db.start(migrate=False)
-    try:
-        async with db.engine.connect() as conn:
-            before = await conn.run_sync(current_schema_version)
-        await db.migrate()
-        async with db.engine.connect() as conn:
-            after = await conn.run_sync(current_schema_version)
-        return before, after
-    finally:
-        await db.close()
+    url = schema.normalize_url(database_url)
+    if url.startswith("sqlite"):
+        schema.create_sqlite_file(url)
+    async with schema.schema_connection(url) as run:
+        before = await run(current_schema_version)
+    await schema.migrate(url)
+    async with schema.schema_connection(url) as run:
+        after = await run(current_schema_version)
+    return before, after
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

@@ -34,8 +34,8 @@ class Config:
     heartbeat_interval: float = 15.0
     # Shortest time between two CHANGE messages of one WatchJob stream; changes in between are folded.
     watch_min_interval: float = 0.2
-    # SQLite only: run statements on the event loop's thread (true) or on aiosqlite's worker
-    # thread (false). See the README, "SQLite on the event loop".
+    # SQLite only: run statements on the event loop's thread (true) or on one dedicated thread
+    # (false). See the README, "SQLite on the event loop".
     sqlite_on_loop: bool = True
     # Calls that may wait to be taken up by the event loop before new ones are refused
     # (RESOURCE_EXHAUSTED); twice this is the hard limit.

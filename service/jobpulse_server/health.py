@@ -8,24 +8,19 @@ import contextlib
 import logging
 import os
 import shutil
-from typing import Any
 
 from grpc_health.v1 import health, health_pb2
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.workers import WorkerService
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.diagnose import schema_probe
-from jobpulse_server.store.engine import Database, current_schema_version
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.errors import UNAVAILABLE_MESSAGE, database_error
-from jobpulse_server.store.webhooks import backlog as outbox_backlog
+from jobpulse_server.store.schema import sqlite_path
 
 log = logging.getLogger("jobpulse")
 
@@ -41,16 +36,13 @@ SLOW_PROBES_BEFORE_DOWN = 3
 SILENT_MESSAGE = "the database does not answer; retry shortly"
 
 
-_LEASES = text("SELECT count(*), count(DISTINCT worker_id) FROM chunks WHERE state = :processing")
-
-
 class ServerHealth:
     """Owns the serving flag: sets the grpc health statuses, probes the database until ``stop`` is
     set, and builds the detailed report."""
 
     def __init__(
         self,
-        db: Database,
+        db: SqlStore,
         hub: ChangeHub,
         workers: WorkerService,
         statuses: health.aio.HealthServicer,
@@ -68,15 +60,15 @@ class ServerHealth:
     async def report(self) -> admin_service_pb2.GetServerHealthResponse:
         """The detail behind grpc health: database, schema, sweeper, outbox, streams, disk."""
         out = admin_service_pb2.GetServerHealthResponse(
-            database_kind=self.db.dialect, open_streams=self.hub.open_streams, serving=self.serving
+            database_kind=self.db.kind, open_streams=self.hub.open_streams, serving=self.serving
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with self.db.read() as conn:
-                await conn.execute(schema_probe())
-                out.schema_version = await conn.run_sync(_schema_version)
-                pending, oldest_due = await outbox_backlog(conn, now_us())
+            async with self.db.read() as tx:
+                await tx.probe()
+                out.schema_version = await tx.schema_version()
+                pending, oldest_due = await tx.outbox_backlog(now_us())
             out.database_reachable = True
             out.database_latency.FromNanoseconds(int((loop.time() - started) * 1e9))
             out.outbox_pending = pending
@@ -86,17 +78,16 @@ class ServerHealth:
             log.warning("health report: database unreachable: %s", exc)
         if self.workers.last_sweep is not None:
             out.sweeper_lag.FromNanoseconds(int((loop.time() - self.workers.last_sweep) * 1e9))
-        if self.db.dialect == "sqlite":
-            path = make_url(self.db.url).database or "."
+        if self.db.kind == "sqlite":
+            path = sqlite_path(self.db.url)
             folder = await asyncio.to_thread(lambda: os.path.dirname(os.path.abspath(path)))
             out.free_disk_bytes = (await asyncio.to_thread(shutil.disk_usage, folder)).free
         return out
 
     async def leases(self) -> tuple[int, int]:
         """Chunks under a lease now, and the workers holding them (the lease index answers it)."""
-        async with self.db.read() as conn:
-            row = (await conn.execute(_LEASES, {"processing": int(ChunkState.PROCESSING)})).one()
-        return int(row[0]), int(row[1])
+        async with self.db.read() as tx:
+            return await tx.leases_in_flight()
 
     async def set_serving(self, serving: bool) -> None:
         self.serving = serving
@@ -108,8 +99,7 @@ class ServerHealth:
 
     async def probe(self) -> None:
         """Raises unless the database answers and holds every table and column the server uses."""
-        async with self.db.engine.connect() as conn:
-            await conn.execute(schema_probe())
+        await self.db.probe()
 
     async def watch_database(self) -> None:
         """Probes the database; grpc health says NOT_SERVING while it cannot be reached or lacks the
@@ -157,16 +147,12 @@ class ServerHealth:
                     self.hub.database_lost(why)
 
 
-def _schema_version(sync_conn: Any) -> str:
-    return current_schema_version(sync_conn) or ""
-
-
-async def job_gauges(db: Database, metrics: Metrics, stop: asyncio.Event, every: float = 5.0) -> None:
+async def job_gauges(db: SqlStore, metrics: Metrics, stop: asyncio.Event, every: float = 5.0) -> None:
     """Refreshes the jobs-by-state gauge every ``every`` seconds until ``stop`` is set (for /metrics)."""
     while not stop.is_set():
         try:
-            async with db.read() as conn:
-                counts = await repo.count_by_state(conn)
+            async with db.read() as tx:
+                counts = await tx.count_by_state()
             for state in JobState:
                 metrics.jobs.labels(state.name).set(counts.get(state, 0))
         except Exception:

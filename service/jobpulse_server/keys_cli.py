@@ -11,10 +11,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.domain.clock import now_us
 from jobpulse_server.store import keys
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, describe_url, startup_problem
-from jobpulse_server.store.engine import Database
 
 
 def _when(us: int | None) -> str:
@@ -33,7 +32,7 @@ def _missing_sqlite_file(database_url: str) -> Path | None:
 
 
 async def _run(action: str, database_url: str, name: str, role: str, as_json: bool, webhook_url: str) -> int:
-    db = Database(database_url)
+    db = SqlStore(database_url)
     try:
         await db.start()
     except Exception as exc:
@@ -84,8 +83,7 @@ async def _run(action: str, database_url: str, name: str, role: str, as_json: bo
                 print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
             return 0
         if action == "rotate-events-secret":
-            async with db.write() as uow:
-                kid = await keys.rotate_events_secret(uow.conn, now_us())
+            kid = await keys.rotate_events_secret(db)
             if as_json:
                 print(json.dumps({"events_secret_id": kid}))
             print(

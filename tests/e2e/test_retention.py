@@ -14,15 +14,13 @@ import pytest
 from e2e_helpers import BackgroundThread, run_all
 from google.protobuf import duration_pb2
 from grpc_status import rpc_status
-from sqlalchemy import func, select
 from support.polling import eventually
 from support.receiver import Receiver
+from support.sql import value
 
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.tables import job_tombstones
 
 FAST = {"sweep_interval": 0.05}
 DAY = 86_400
@@ -192,18 +190,7 @@ def test_more_expired_jobs_than_one_batch_are_all_deleted(
 
 
 def _tombstones(database_url: str) -> int:
-    async def count() -> int:
-        db = Database(database_url)
-        await db.start(migrate=False)
-        try:
-            async with db.read() as conn:
-                return int(
-                    (await conn.execute(select(func.count()).select_from(job_tombstones))).scalar_one()
-                )
-        finally:
-            await db.close()
-
-    return asyncio.run(count())
+    return int(value(database_url, "SELECT count(*) FROM job_tombstones"))
 
 
 def test_tombstones_and_webhook_deliveries_are_trimmed(

@@ -117,7 +117,6 @@ def swap_sqlite_file(srv: Any, database_url: str, replacement: bytes | None) -> 
     away.mkdir()
 
     async def dispose_and_move() -> None:
-        await srv.app.db.engine.dispose()
         await srv.app.store.dispose()
         _move_and_replace(path, away, replacement)
 

@@ -77,8 +77,7 @@ class Outage:
         away.mkdir()
 
         async def dispose_and_move() -> None:
-            # Both connection pools: the engine's and the store's (see jobpulse_server.store).
-            await self.srv.app.db.engine.dispose()
+            # The store's idle connections (its free list of SQLite connections, or its asyncpg pool).
             await self.srv.app.store.dispose()
             # No await between the dispose and the move: no task of the server can open the file in between.
             self._move(path, away)

@@ -212,10 +212,7 @@ def test_tokens_work_on_another_replica_and_survive_rotation(make_server) -> Non
 
 
 async def _rotate(srv: Any) -> int:
-    from jobpulse_server.domain.clock import now_us
-
-    async with srv.app.db.write() as uow:
-        return await keys.rotate_events_secret(uow.conn, now_us())
+    return await keys.rotate_events_secret(srv.app.db)
 
 
 def test_cors_only_for_configured_origins(make_server) -> None:

@@ -1,6 +1,6 @@
 """Every ListJobs order walks an index in its order: no sort of the matching jobs, first page or deep.
 
-The statements are the ones the hot-path stores run (store.sql.list_jobs), over 20,000 jobs half
+The statements are the ones the server runs (store/statements.py list_jobs), over 20,000 jobs half
 of which belong to one owner. PostgreSQL plans with statistics (ANALYZE, as autovacuum keeps
 them); the plan must have no Sort node and no Seq Scan, for every caller and for that owner.
 SQLite plans without statistics (the server never runs ANALYZE), so its choice is a heuristic:
@@ -19,15 +19,15 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from jobpulse_server.domain.filters import ORDERS, JobFilter
-from jobpulse_server.store import sql
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store import statements as sql
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import jobs
 
 N = 20_000
 OWNER = "tenant"  # every second job
 
 
-def _values(dialect: str) -> dict[str, str]:
+def _values(dialect: sql.Dialect) -> dict[str, str]:
     """SQL for the columns the listing looks at, in terms of ``g`` = 1..N; others get defaults."""
     pad = (
         "lpad(g::text, 22, '0')" if dialect == sql.POSTGRES else "substr('0000000000000000000000' || g, -22)"
@@ -46,7 +46,7 @@ def _values(dialect: str) -> dict[str, str]:
     }
 
 
-def _insert(dialect: str) -> str:
+def _insert(dialect: sql.Dialect) -> str:
     given = _values(dialect)
     names, exprs = [], []
     for column in jobs.columns:
@@ -79,7 +79,7 @@ def _nodes(plan: dict[str, Any]) -> list[str]:
 
 
 async def test_every_order_walks_an_index_first_page_and_deep(database_url: str) -> None:
-    db = Database(database_url)
+    db = SqlStore(database_url)
     await db.start()  # runs the migrations
     await db.close()
     if database_url.startswith("postgresql"):

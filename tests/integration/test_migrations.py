@@ -7,8 +7,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from jobpulse_server.store.engine import Database, current_schema_version, head_schema_version
+from jobpulse_server.store import schema
+from jobpulse_server.store.schema import current_schema_version, head_schema_version
 from jobpulse_server.store.tables import metadata
+
+
+async def _migrated(database_url: str) -> str:
+    url = schema.normalize_url(database_url)
+    if url.startswith("sqlite"):
+        schema.create_sqlite_file(url)
+    await schema.migrate(url)
+    return url
 
 
 # ix_jobs_own_expiry is an expression index, which autogenerate skips with these warnings; it is
@@ -16,33 +25,21 @@ from jobpulse_server.store.tables import metadata
 @pytest.mark.filterwarnings("ignore:.*expression-based index:UserWarning")
 @pytest.mark.filterwarnings("ignore:.*expression-based index:sqlalchemy.exc.SAWarning")
 async def test_migrated_schema_matches_tables(database_url: str) -> None:
-    db = Database(database_url)
-    await db.start()
-    await db.migrate()  # a second run on a migrated database changes nothing
-    try:
-        async with db.engine.connect() as conn:
-
-            def diff(sync_conn):  # type: ignore[no-untyped-def]
-                return compare_metadata(MigrationContext.configure(sync_conn), metadata)
-
-            assert await conn.run_sync(diff) == []
-            assert await conn.run_sync(current_schema_version) == head_schema_version()
-    finally:
-        await db.close()
+    url = await _migrated(database_url)
+    await schema.migrate(url)  # a second run on a migrated database changes nothing
+    async with schema.schema_connection(url) as run:
+        assert await run(lambda conn: compare_metadata(MigrationContext.configure(conn), metadata)) == []
+        assert await run(current_schema_version) == head_schema_version()
 
 
 async def test_migrations_make_the_expression_index_of_expiry(database_url: str) -> None:
     # Alembic cannot compare expression indexes (it skips them, with a warning), so this one is
     # checked by name and definition: the expiry sweep of jobs with a ttl of their own reads it.
-    db = Database(database_url)
-    await db.start()
-    try:
-        async with db.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                q = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_own_expiry'"
-            else:
-                q = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'ix_jobs_own_expiry'"
-            found = (await conn.execute(text(q))).scalar_one()
-        assert "end_time + ttl" in found and "ttl > 0" in found, found
-    finally:
-        await db.close()
+    url = await _migrated(database_url)
+    if url.startswith("postgresql"):
+        q = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_own_expiry'"
+    else:
+        q = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'ix_jobs_own_expiry'"
+    async with schema.schema_connection(url) as run:
+        found = await run(lambda conn: conn.execute(text(q)).scalar_one())
+    assert "end_time + ttl" in found and "ttl > 0" in found, found

@@ -1,10 +1,11 @@
-"""The in-memory FakeStore against the real stores: the same seeded operations, the same results.
+"""The store's conformance suite: every driver mode and the in-memory FakeStore, the same seeded operations,
+the same results.
 
-For each database of the suite (SQLite; PostgreSQL when it answers, skipped or failed as the
-``database_url`` fixture decides) and a few seeds, a random but seeded sequence of service calls
-runs on two rigs built alike but for the store and the transactions: the real ones, wired as
-``app.create_server`` wires them (``Database(url, on_commit=...)``, ``open_store(db)``,
-``SqlTransactions(db)``), and ``FakeStore`` / ``FakeTransactions``. Both rigs read the same fake
+For each driver mode (SQLite on the event loop, SQLite on its dedicated thread, PostgreSQL through
+asyncpg, as the ``database_url`` fixture provides them) and a few seeds, a random but seeded sequence of
+service calls runs on two rigs built alike but for the store: the real one, wired as
+``app.create_server`` wires it (``SqlStore(url, on_commit=..., sqlite_on_loop=...)``), and ``FakeStore``;
+so every driver is held to the fake, hence to each other. Both rigs read the same fake
 clock values. After every call its answer (or the type and text of its error), what it published
 to the change hub and the chunk counters must be equal, and so must every job as GetJob (FULL)
 shows it; at the end also the outbox rows, the tombstones, ListJobs under several filters and
@@ -30,11 +31,11 @@ What is compared only where it is defined to be equal (see the fake's module doc
 * ``change_seq`` and the change horizon: on SQLite the fake hands out the same numbers (one more
   than the largest); on PostgreSQL they are transaction ids, so there they are left out and the
   WatchJobs feed is compared as a set of entries, not in change order;
-* a completion with claim_next on PostgreSQL is, by PgStore's contract, ``complete_one`` and then
+* a completion with claim_next on PostgreSQL is, by the fast path's contract, a completion and then
   a claim, each bumping the revision of the job it changes (see ``_complete_and_claim``); the
   fake, like SqliteStore, does both in one transaction with one revision. There the fake runs
   the two steps, and that call's publications are compared merged;
-* total_size is exact below ``sql.COUNT_EXACT_UP_TO`` jobs, far above what this test makes, so
+* total_size is exact below ``statements.COUNT_EXACT_UP_TO`` jobs, far above what this test makes, so
   it is compared; ``bumped`` is an in-memory flag of a copy and never leaves the process.
 """
 
@@ -51,14 +52,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from support.fake_store import FakeStore, FakeTransactions
+from support.fake_store import FakeStore, Tombstone
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.errors import JobNotFound
 from jobpulse_server.domain.filters import ORDERS, JobFilter
+from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.events.hub import ChangeHub
@@ -68,13 +69,9 @@ from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.retention import RetentionService
 from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
-from jobpulse_server.store import Store, Transactions, chunk_job_id
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.factory import open_store
-from jobpulse_server.store.portable import PortableStore
-from jobpulse_server.store.postgres import PgStore, PgWrite
-from jobpulse_server.store.sqlite import SqliteWrite
-from jobpulse_server.store.transactions import SqlJobsTx, SqlTransactions
+from jobpulse_server.store import Store, Tx
+from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.statements import OUTBOX_COLUMNS
 
 SEEDS = [11, 22, 33, 44, 55]
 STEPS = 100
@@ -114,14 +111,13 @@ class Rig:
 
     name: str
     store: Store
-    txs: Transactions
     hub: ChangeHub
     clock: FakeClock
     metrics: Metrics
     workers: WorkerService
     jobs: JobService
     expiry: RetentionService
-    db: Database | None = None
+    db: SqlStore | None = None
     fake: FakeStore | None = None
     published: list[Changes] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # handle -> this rig's lease token
@@ -159,21 +155,19 @@ def _config() -> Config:
     )
 
 
-def _services(
-    name: str, store: Store, txs: Transactions, hub: ChangeHub, clock: FakeClock, expiry_txs: Transactions
-) -> Rig:
+def _services(name: str, store: Store, hub: ChangeHub, clock: FakeClock) -> Rig:
     config = _config()
     outbox = Outbox(render, 0)  # every save of a running job with webhook_progress makes an event
     metrics = Metrics()
-    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
-    jobs = JobService(txs, store, outbox, config, clock)
-    # No deliveries: webhook_delivery_retention is 0, so the expiry sweep never opens them.
-    expiry = RetentionService(expiry_txs, None, config, clock)  # type: ignore[arg-type]
-    return Rig(name, store, txs, hub, clock, metrics, workers, jobs, expiry)
+    workers = WorkerService(store, hub, outbox, config, clock, metrics)
+    jobs = JobService(store, outbox, config, clock)
+    # webhook_delivery_retention is 0: the expiry sweep never trims deliveries (the fake has none).
+    expiry = RetentionService(store, config, clock)
+    return Rig(name, store, hub, clock, metrics, workers, jobs, expiry)
 
 
 @asynccontextmanager
-async def real_rig(url: str, clock: FakeClock) -> AsyncIterator[Rig]:
+async def real_rig(url: str, clock: FakeClock, on_loop: bool) -> AsyncIterator[Rig]:
     """The real store, wired as create_server wires it."""
     hub = ChangeHub()
     published: list[Changes] = []
@@ -182,25 +176,14 @@ async def real_rig(url: str, clock: FakeClock) -> AsyncIterator[Rig]:
         published.append(changes)
         hub.publish(changes)
 
-    db = Database(url, on_commit=on_commit)
+    db = SqlStore(url, on_commit=on_commit, sqlite_on_loop=on_loop)
     await db.start()
-    store = open_store(db)
-    await store.start()
     try:
-        # The expiry sweep's transactions as create_server opens them (off the loop on SQLite).
-        rig = _services(
-            f"real/{db.dialect}/{type(store).__name__}",
-            store,
-            SqlTransactions(db),
-            hub,
-            clock,
-            SqlTransactions(db, off_loop=True),
-        )
+        rig = _services(f"real/{db.kind}/{'loop' if on_loop else 'thread'}", db, hub, clock)
         rig.db, rig.published = db, published
         yield rig
     finally:
         hub.close()
-        await store.close()
         await db.close()
 
 
@@ -215,7 +198,7 @@ async def fake_rig(clock: FakeClock) -> AsyncIterator[Rig]:
 
     store = FakeStore(on_commit=on_commit)
     try:
-        rig = _services("fake", store, FakeTransactions(store), hub, clock, FakeTransactions(store))
+        rig = _services("fake", store, hub, clock)
         rig.fake, rig.published = store, published
         yield rig
     finally:
@@ -639,13 +622,13 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
 async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimAsk) -> Any:
     """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
 
-    PgStore.complete_and_claim (``sql.pg_complete_and_claim_function``) runs PG_COMPLETE_ONE and
+    ``store.fast.complete_and_claim`` (``fast.complete_and_claim_function``) runs COMPLETE_ONE and
     then the one-statement claim, each of which bumps the revision of the job it changes, in one
     transaction; when a candidate job of the claim has webhooks, WorkerService.complete claims on
     the general path in a transaction of its own. Either way, when the completion is one statement
     (the job has no webhooks), it is a completion followed by a claim that sees it: a job whose
     chunk is completed and whose next chunk is claimed ends one revision further than on SQLite
-    and the fake (GeneralPathsOnly), which do both in one transaction with one revision. So the
+    and the fake (no fast paths), which do both in one transaction with one revision. So the
     fake runs the two steps here; the publications of the step are compared merged (one or two).
     """
     job_id = chunk_job_id(op["chunk"])
@@ -738,9 +721,11 @@ async def outbox_view(rig: Rig) -> list[Any]:
         rows = rig.fake.outbox_rows
     else:
         assert rig.db is not None
-        async with rig.db.read() as conn:
-            result = await conn.execute(text("SELECT * FROM webhook_deliveries ORDER BY id"))
-            rows = [dict(r._mapping) for r in result]
+        async with rig.db.read() as tx:
+            found = await tx.conn.fetch(
+                f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM webhook_deliveries ORDER BY id"
+            )
+            rows = [dict(zip(OUTBOX_COLUMNS, r, strict=True)) for r in found]
     return [{**r, "payload": json.loads(r["payload"])} for r in rows]
 
 
@@ -749,9 +734,10 @@ async def tombstones_view(rig: Rig, view: View) -> list[Any]:
         rows = [dataclasses.asdict(t) for t in rig.fake.tombstones]
     else:
         assert rig.db is not None
-        async with rig.db.read() as conn:
-            result = await conn.execute(text("SELECT * FROM job_tombstones"))
-            rows = [dict(r._mapping) for r in result]
+        cols = [f.name for f in dataclasses.fields(Tombstone)]
+        async with rig.db.read() as tx:
+            found = await tx.conn.fetch(f"SELECT {', '.join(cols)} FROM job_tombstones")
+            rows = [dict(zip(cols, r, strict=True)) for r in found]
     out = []
     for r in rows:
         labels = json.loads(r["labels"]) if isinstance(r["labels"], str) else r["labels"]
@@ -798,7 +784,7 @@ async def feed_view(rig: Rig, view: View) -> list[Any]:
     ends. So read again until nothing committed lies beyond the horizon."""
     deadline = time.monotonic() + 30
     while True:
-        async with rig.txs.read() as tx:
+        async with rig.store.read() as tx:
             horizon = await tx.change_horizon()
             entries, beyond = await tx.changed_jobs(JobFilter(), (0, ""), horizon, 10_000)
         if not beyond:
@@ -848,18 +834,16 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
         return expired_leases
 
-    for cls in (SqliteWrite, PgWrite):
-        monkeypatch.setattr(cls, "expired_leases", ordered(cls.expired_leases))
-    assert not hasattr(PortableStore, "expired_leases")  # the portable store is not used here
+    monkeypatch.setattr(Tx, "expired_leases", ordered(Tx.expired_leases))
 
     # overdue_cancels has no ORDER BY (SQLite walks ix_jobs_state_priority_id once the table has
     # rows): in the fake's id order. LIMIT 100 is never reached here, so the set is the same.
-    original_overdue = SqlJobsTx.overdue_cancels
+    original_overdue = Tx.overdue_cancels
 
-    async def overdue_cancels(self: SqlJobsTx, cancel_before: int) -> list[str]:
-        return sorted(await original_overdue(self, cancel_before))
+    async def overdue_cancels(self: Tx, cancel_before: int, limit: int = 100) -> list[str]:
+        return sorted(await original_overdue(self, cancel_before, limit))
 
-    monkeypatch.setattr(SqlJobsTx, "overdue_cancels", overdue_cancels)
+    monkeypatch.setattr(Tx, "overdue_cancels", overdue_cancels)
 
     def restart(step: int) -> None:
         counter[0] = step * 1000
@@ -868,16 +852,18 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     return restart
 
 
+@pytest.mark.parametrize("driver_mode", ["on-loop", "on-thread"])
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_real_store_and_fake_agree(
-    database_url: str, seed: int, deterministic: Callable[[int], None]
+async def test_every_driver_mode_and_the_fake_agree(
+    database_url: str, seed: int, driver_mode: str, deterministic: Callable[[int], None]
 ) -> None:
+    if driver_mode == "on-thread" and not database_url.startswith("sqlite"):
+        pytest.skip("the dedicated thread is a SQLite mode (asyncpg has one mode)")
     clocks = FakeClock(), FakeClock()
-    async with real_rig(database_url, clocks[0]) as real, fake_rig(clocks[1]) as fake:
-        view = View(
-            exact_seq=real.db is not None and real.db.dialect == "sqlite",
-            two_step_complete_and_claim=isinstance(real.store, PgStore),
-        )
+    on_loop = driver_mode == "on-loop"
+    async with real_rig(database_url, clocks[0], on_loop) as real, fake_rig(clocks[1]) as fake:
+        assert real.db is not None
+        view = View(exact_seq=real.db.kind == "sqlite", two_step_complete_and_claim=real.db.fast is not None)
         driver = Driver(random.Random(seed))
         for step in range(STEPS):
             op = driver.next()

@@ -21,7 +21,7 @@ from support.servers import free_port
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.store.engine import head_schema_version
+from jobpulse_server.store.schema import head_schema_version
 
 
 def _metrics(srv: Any) -> str:

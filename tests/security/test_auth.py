@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -127,12 +128,13 @@ def test_keys_are_stored_hashed(secured: Any, database_url: str) -> None:
 
 
 async def _dump_keys(srv: Any) -> list[dict[str, Any]]:
-    from sqlalchemy import select
+    from support.sql import fetch
 
     from jobpulse_server.store.tables import api_keys
 
-    async with srv.app.db.read() as conn:
-        return [dict(r._mapping) for r in (await conn.execute(select(api_keys))).all()]
+    names = [c.name for c in api_keys.columns]
+    rows = await asyncio.to_thread(fetch, srv.config.database_url, f"SELECT {', '.join(names)} FROM api_keys")
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 def test_no_keys_on_a_public_address_is_refused_unless_insecure() -> None:

@@ -13,12 +13,11 @@ from support.servers import ServerProcess
 import jobpulse
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.store import keys
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.usage import SqlUsage
+from jobpulse_server.store.database import SqlStore
 
 
 async def _make_keys(database_url: str) -> dict[str, str]:
-    db = Database(database_url)
+    db = SqlStore(database_url)
     await db.start()
     try:
         return {
@@ -30,10 +29,10 @@ async def _make_keys(database_url: str) -> dict[str, str]:
 
 
 async def _stored(database_url: str) -> dict[str, KeyUsage]:
-    db = Database(database_url)
+    db = SqlStore(database_url)
     await db.start(migrate=False)
     try:
-        return await SqlUsage(db).usage()
+        return await db.usage()
     finally:
         await db.close()
 

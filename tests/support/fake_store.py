@@ -1,48 +1,39 @@
-"""An in-memory ``Store`` with SqliteStore's observable semantics, and the ``Transactions`` of the
-paths that are not hot over the same tables, for testing services without a database.
+"""An in-memory ``Store`` with the observable semantics of ``SqlStore`` on SQLite, for testing services
+without a database.
 
-What it mirrors (``store/sqlite.py``, ``store/sql.py``, ``store/rows.py``, ``store/engine.py``):
+What it mirrors (``store/tx.py``, ``store/statements.py``, ``store/rows.py``, ``store/database.py``):
 
 * Reads hand out fresh copies, as rows mapped to objects would be: a job read has
   ``loaded_state`` = its state, no artifacts, ``bumped`` false; COMPLETED chunks from
   ``list_chunks`` carry their artifacts (``chunk_index``, then insertion order).
 * ``claim`` picks the first ``limit`` ready chunks (PENDING, past ``next_attempt_time``, of the
   wanted kinds) in claim order ``priority DESC, job_id, idx`` and reads their jobs; locks just read
-  (one writer at a time, as on SQLite).
+  (one writer at a time, as on SQLite); ``lock_leased`` reads the jobs, then the chunks of those jobs.
 * ``save`` writes only the chunk columns of ``rows.CHUNK_SAVED`` and every job column but ``id``
   and ``change_seq``; each saved job gets the next ``change_seq`` (one more than the largest handed
-  out); rows that do not exist are left alone (an UPDATE of nothing), but the job's revision is
-  still recorded in ``changes``. Artifacts and outbox rows added so far are written by the next
-  ``save`` (and dropped if no ``save`` follows); outbox rows set ``changes.webhooks``.
+  out, shared with ``insert_job`` and the tombstones of ``delete_job``); rows that do not exist are left
+  alone (an UPDATE of nothing), but the job's revision is still recorded in ``changes``. Artifacts and
+  outbox rows added so far are written by the next ``save`` (and dropped if no ``save`` follows);
+  outbox rows set ``changes.webhooks``.
 * ``write(body)`` is atomic: writers queue on a lock, the body works on a copy of the tables, and
   the copy replaces them only when the body returns. After the commit the ``Changes`` go to
   ``on_commit`` (e.g. ``ChangeHub.publish``) when they name a job, a deletion, new work or
-  webhooks, as ``Database.publish`` filters them. An exception (or cancellation) rolls back and
+  webhooks, as ``SqlStore.publish`` filters them. An exception (or cancellation) rolls back and
   publishes nothing.
 * Reads see one snapshot: a ``read()`` keeps the tables as they were when it began, since a commit
-  replaces them rather than changing them in place (stored rows are never mutated).
-* The one-statement operations decline (``GeneralPathsOnly``), as SqliteStore's do.
-
-``FakeTransactions(store)`` is ``transactions.SqlTransactions`` (on SQLite) over the store's tables,
-statement for statement as ``store/repository.py`` has them:
-
-* ``write()`` is a transaction of the store's: it queues on the same lock, works on a copy that
-  replaces the tables only when the ``async with`` body completes, and publishes through the same
-  path after the commit (an exception rolls back and publishes nothing). ``read()`` sees the tables
-  as they were when it began; its writes are refused (``ReadOnlyTransaction``; SQLite would run
-  them, but no service writes in a read).
-* The store's saves and the transactions share one change_seq sequence: ``insert_job`` and
-  ``save_job`` give the job the next one, ``delete_job`` gives it to the job's tombstone (the
-  columns the feed filters on; ``tombstones``) and removes the job, its chunks and its artifacts
-  (not its outbox rows). ``change_horizon`` is one past the largest; ``changed_jobs`` returns jobs
-  and tombstones after a (change_seq, id) position, and never "changes beyond the horizon", as on
-  SQLite.
+  replaces them rather than changing them in place (stored rows are never mutated); a read offers no
+  write operation.
+* ``fast`` is None (no one-statement paths), as on SQLite.
+* ``delete_job`` gives the job's tombstone the next change_seq (the columns the feed filters on;
+  ``tombstones``) and removes the job, its chunks and its artifacts (not its outbox rows).
+  ``change_horizon`` is one past the largest; ``changed_jobs`` returns jobs and tombstones after a
+  (change_seq, id) position, and never "changes beyond the horizon", as on SQLite.
 * ``insert_job`` raises ``RequestIdTaken`` when the owner has a job with that request_id (or, as
-  ``SqlJobsTx`` does for any integrity error, when the job's id is taken and it has a request_id).
-* ``cancel_pending_chunks``, ``reset_for_retry``, ``set_pending_priority`` and ``save_chunks`` set
-  exactly the columns their UPDATEs set; ``job_stats`` groups by (kind, state) and takes
-  nearest-rank duration percentiles as ``repository.job_stats`` does (exact, not approximated).
-* ``fail_next_save`` also fails the next ``save_job`` or ``save_chunks``.
+  ``SqlTx`` does for any conflict, when the job's id is taken and it has a request_id).
+* ``cancel_pending_chunks``, ``reset_for_retry`` and ``set_pending_priority`` set exactly the columns
+  their UPDATEs set; ``job_stats`` groups by (kind, state) and takes nearest-rank duration percentiles
+  as ``SqlTx.job_stats`` does (exact, not approximated).
+* ``fail_next_save`` fails the next ``save``.
 
 Seed data with ``add_job`` (``new_job`` builds a job and its chunks as JobService.create_job
 does); inspect committed state with ``job``, ``chunk``, ``chunks_of``, ``artifacts_of``,
@@ -61,7 +52,8 @@ from typing import Any, TypeVar
 
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import Changes
-from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.filters import ORDERS, JobFilter
+from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
@@ -75,10 +67,9 @@ from jobpulse_server.domain.model import (
 )
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
-from jobpulse_server.store import GeneralPathsOnly, RequestIdTaken, TwoStepLocks, WriteTx
-from jobpulse_server.store.repository import ORDERS
+from jobpulse_server.store import RequestIdTaken
 from jobpulse_server.store.rows import CHUNK_SAVED
-from jobpulse_server.store.sql import OUTBOX_COLUMNS
+from jobpulse_server.store.statements import OUTBOX_COLUMNS
 
 T = TypeVar("T")
 
@@ -100,10 +91,6 @@ class Tombstone:
     create_time: int
     delete_time: int
     change_seq: int
-
-
-class ReadOnlyTransaction(Exception):
-    """A write in ``FakeTransactions.read()``."""
 
 
 @dataclass
@@ -216,12 +203,17 @@ def _matches(job: Job | Tombstone, f: JobFilter) -> bool:
 
 
 class FakeRead:
-    """Reads of one snapshot of the tables."""
+    """Reads of one snapshot of the tables (a read transaction; its writes do not exist here)."""
 
-    def __init__(self, tables: _Tables) -> None:
+    def __init__(self, tables: _Tables, changes: Changes | None = None) -> None:
         self.tables = tables
+        self.changes = changes if changes is not None else Changes()
 
-    async def get_job(self, job_id: str, owner: str | None) -> Job | None:
+    def changed(self, job_id: str, revision: int) -> None:
+        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
+
+    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
+        # for_update locks nothing here: writers run one at a time, as on SQLite.
         job = self.tables.jobs.get(job_id)
         if job is None or (owner is not None and job.owner != owner):
             return None
@@ -299,15 +291,106 @@ class FakeRead:
         found = sorted((c for c in self.tables.chunks.values() if c.job_id == job_id), key=lambda c: c.index)
         return "".join(str(int(c.state)) for c in found)
 
+    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
+        for job in self.tables.jobs.values():
+            if job.owner == owner and job.request_id == request_id:
+                return _job_row(job)
+        return None
 
-class FakeWrite(FakeRead, TwoStepLocks):
+    async def request_fingerprint(self, job_id: str) -> str | None:
+        return self.tables.requests.get(job_id)
+
+    async def expiry_candidates(
+        self, state: JobState, after: tuple[int, str], before: int, limit: int
+    ) -> list[ExpiryCandidate]:
+        found = sorted(
+            (j for j in self.tables.jobs.values() if j.state == state and j.update_time < before),
+            key=lambda j: (j.update_time, j.id),
+        )
+        return [_candidate(j) for j in found if (j.update_time, j.id) > after][:limit]
+
+    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
+        found = [
+            j
+            for j in self.tables.jobs.values()
+            if j.ttl is not None and j.ttl > 0 and j.end_time is not None and j.end_time + j.ttl < now
+        ]
+        found.sort(key=lambda j: (j.end_time or 0) + (j.ttl or 0))
+        return [_candidate(j) for j in found[:limit]]
+
+    async def feed_floor(self) -> int:
+        return self.tables.floor
+
+    async def overdue_cancels(self, cancel_before: int) -> list[str]:
+        # The SQL has no ORDER BY; id order here.
+        return sorted(
+            j.id
+            for j in self.tables.jobs.values()
+            if j.state == JobState.CANCELLING and j.cancel_time is not None and j.cancel_time < cancel_before
+        )[:_OVERDUE_LIMIT]
+
+    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
+        c = self.tables.chunks.get(chunk_id)
+        return copy.copy(c) if c is not None and c.job_id == job_id else None
+
+    async def processing_chunks(self, job_id: str) -> list[Chunk]:
+        return await self.list_chunks(job_id, states=[ChunkState.PROCESSING])
+
+    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+        """``repository.job_stats``: per (kind, state) group the count, items done, the earliest
+        start and the latest update, summed into one row per kind and one overall (a group's latest
+        update counts only when one of its jobs started, as there); then the nearest-rank p50 / p95
+        / p99 / max of end_time - create_time over the finished jobs, and end_time - start_time summed
+        over the finished jobs that started. Exact, not approximated."""
+        matching = [j for j in self.tables.jobs.values() if _matches(j, f)]
+        groups: dict[tuple[str, JobState], list[Job]] = {}
+        for job in matching:
+            groups.setdefault((job.kind, job.state), []).append(job)
+        per_kind: dict[str, StatsRow] = {}
+        overall = StatsRow("", 0, {}, 0, {})
+        for (kind, state), members in groups.items():
+            starts = [j.start_time for j in members if j.start_time is not None]
+            first_start = min(starts) if starts else None
+            last_update = max(j.update_time for j in members)
+            row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
+            for target in (row, overall):
+                target.total += len(members)
+                target.by_state[state] = target.by_state.get(state, 0) + len(members)
+                target.items_done += sum(j.items_done for j in members)
+                processed = [j for j in members if j.end_time is not None and j.start_time is not None]
+                target.processed_jobs += len(processed)
+                target.processing_us += sum(j.end_time - j.start_time for j in processed)  # type: ignore[operator]
+                if first_start is not None:
+                    target.first_start = min(filter(None, (target.first_start, first_start)))
+                    target.last_update = max(target.last_update or 0, last_update)
+        overall.durations = _durations(matching)
+        for kind, row in per_kind.items():
+            row.durations = _durations([j for j in matching if j.kind == kind])
+        return overall, [per_kind[k] for k in sorted(per_kind)]
+
+    async def changed_jobs(
+        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+    ) -> tuple[list[FeedEntry], bool]:
+        def wanted(row: Job | Tombstone) -> bool:
+            return _matches(row, f) and (row.change_seq, row.id) > tuple(after) and row.change_seq < horizon
+
+        def first(rows: Iterable[Job | Tombstone]) -> list[Any]:
+            return sorted((r for r in rows if wanted(r)), key=lambda r: (r.change_seq, r.id))[:limit]
+
+        found = [FeedEntry(j.change_seq, j.id, _job_row(j)) for j in first(self.tables.jobs.values())]
+        found += [FeedEntry(t.change_seq, t.id, None) for t in first(self.tables.tombstones.values())]
+        found.sort(key=lambda e: (e.change_seq, e.job_id))
+        # One writer at a time: nothing committed lies beyond the horizon (as on SQLite).
+        return found[:limit], False
+
+
+class FakeWrite(FakeRead):
     """One write transaction on a private copy of the tables; added rows wait for ``save``."""
 
     def __init__(
         self, tables: _Tables, changes: Changes, fault: Callable[[], BaseException | None] = lambda: None
     ) -> None:
-        super().__init__(tables)
-        self.changes = changes
+        super().__init__(tables, changes)
         self._artifacts: list[tuple[str, Artifact]] = []
         self._outbox: list[dict[str, Any]] = []
         self._fault = fault
@@ -329,10 +412,13 @@ class FakeWrite(FakeRead, TwoStepLocks):
     async def lock_jobs(self, job_ids: Sequence[str], *, skip_locked: bool = False) -> dict[str, Job]:
         return await self.get_jobs(job_ids, None) if job_ids else {}
 
-    async def lock_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
-        return {
-            c: _chunk_row(self.tables.chunks[c]) for c in sorted(set(chunk_ids)) if c in self.tables.chunks
-        }
+    async def lock_leased(
+        self, job_ids: Sequence[str], chunk_ids: Sequence[str]
+    ) -> tuple[dict[str, Job], dict[str, Chunk]]:
+        """As SqlTx on SQLite: the jobs, then the chunks of those jobs."""
+        jobs = await self.lock_jobs(job_ids)
+        wanted = sorted({c for c in chunk_ids if chunk_job_id(c) in jobs})
+        return jobs, {c: _chunk_row(self.tables.chunks[c]) for c in wanted if c in self.tables.chunks}
 
     async def expired_leases(self, now: int, limit: int) -> list[Chunk]:
         expired = [
@@ -368,6 +454,117 @@ class FakeWrite(FakeRead, TwoStepLocks):
             t.add_outbox(self._outbox)
             self._outbox = []
             self.changes.webhooks = True
+
+    async def finish(self) -> None:
+        """Nothing to tell other replicas (as on SQLite)."""
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
+        t = self.tables
+        # ux_jobs_owner_request_id (NULL request ids never clash), then the primary keys: SqlJobsTx
+        # reports any integrity error of a job with a request_id as RequestIdTaken.
+        if job.request_id is not None and any(
+            j.owner == job.owner and j.request_id == job.request_id for j in t.jobs.values()
+        ):
+            raise RequestIdTaken(job.request_id)
+        if job.id in t.jobs or any(c.id in t.chunks for c in chunks):
+            if job.request_id:
+                raise RequestIdTaken(job.request_id)
+            raise ValueError(f"job {job.id} or one of its chunks exists")
+        row = _job_row(job)
+        row.change_seq = t.next_seq()
+        t.jobs[job.id] = row
+        for c in chunks:
+            t.chunks[c.id] = _chunk_row(c)
+        if request_fingerprint:
+            t.requests[job.id] = request_fingerprint
+        self.changed(job.id, job.revision)
+
+    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
+        t = self.tables
+        moved = t.update_chunks(
+            job_id,
+            [ChunkState.PENDING],
+            state=ChunkState.CANCELLED,
+            revision=revision,
+            end_time=now,
+            next_attempt_time=None,
+        )
+        return sum(moved.values())
+
+    async def reset_for_retry(
+        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
+    ) -> tuple[int, int, int]:
+        t = self.tables
+        retryable = (ChunkState.FAILED, ChunkState.CANCELLED)
+
+        def chosen(c: Chunk) -> bool:
+            return c.job_id == job_id and c.state in retryable and chunk_id in (None, c.id)
+
+        items = sum(c.items_done for c in t.chunks.values() if chosen(c))
+        # max_attempts depends on each chunk's own attempt: set it before the shared values.
+        for c in [c for c in t.chunks.values() if chosen(c)]:
+            t.chunks[c.id] = dataclasses.replace(c, max_attempts=c.attempt + attempts)
+        moved = t.update_chunks(
+            job_id,
+            retryable,
+            only=chunk_id,
+            state=ChunkState.PENDING,
+            items_done=0,
+            error_reason="",
+            error_message="",
+            worker_id="",
+            lease_token=None,
+            lease_expire_time=None,
+            next_attempt_time=None,
+            start_time=None,
+            end_time=None,
+            revision=revision,
+            priority=priority,
+        )
+        return moved.get(ChunkState.FAILED, 0), moved.get(ChunkState.CANCELLED, 0), items
+
+    async def set_pending_priority(self, job_id: str, priority: int) -> None:
+        self.tables.update_chunks(job_id, [ChunkState.PENDING], priority=priority)
+
+    async def delete_job(self, job_id: str, now: int) -> None:
+        t = self.tables
+        if job_id in t.jobs:
+            _delete_job(t, job_id, now, t.next_seq())
+        self.changes.deleted.add(job_id)
+
+    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
+        """As the SQL: the jobs still expired (ttl of their own: end_time + ttl; default: update_time
+        past the state's default), deleted with one change_seq for all their tombstones."""
+        t = self.tables
+
+        def expired(job: Job) -> bool:
+            if job.end_time is None:
+                return False
+            if job.ttl is not None:
+                return job.ttl > 0 and job.end_time + job.ttl < now
+            default = retention.default_for(job.state)
+            return default > 0 and job.update_time < now - default
+
+        gone = sorted(j for j in set(job_ids) if j in t.jobs and expired(t.jobs[j]))
+        if gone:
+            seq = t.next_seq()
+            for job_id in gone:
+                _delete_job(t, job_id, now, seq)
+        self.changes.deleted.update(gone)
+        return gone
+
+    async def trim_tombstones(self, before: int, limit: int) -> int:
+        t = self.tables
+        # As the SQL: the tombstones with the largest change_seq stay (SQLite's next change_seq).
+        newest = max((ts.change_seq for ts in t.tombstones.values()), default=0)
+        old = sorted(
+            (ts for ts in t.tombstones.values() if ts.delete_time < before and ts.change_seq < newest),
+            key=lambda ts: ts.delete_time,
+        )
+        for ts in old[:limit]:
+            del t.tombstones[ts.id]
+            t.floor = max(t.floor, ts.change_seq)
+        return len(old[:limit])
 
 
 def new_job(
@@ -422,8 +619,11 @@ def new_job(
     return job, chunks
 
 
-class FakeStore(GeneralPathsOnly):
+class FakeStore:
     """The Store, in memory. ``on_commit`` gets what each commit changed (``ChangeHub.publish``)."""
+
+    # No one-statement paths: the services take the general path, as on SQLite.
+    fast = None
 
     def __init__(self, on_commit: Callable[[Changes], None] | None = None) -> None:
         self.on_commit = on_commit
@@ -454,15 +654,17 @@ class FakeStore(GeneralPathsOnly):
     async def read(self, *, consistent: bool = True) -> AsyncIterator[FakeRead]:
         yield FakeRead(self._tables)
 
-    async def write(self, body: Callable[[WriteTx], Awaitable[T]]) -> T:
+    async def write(self, body: Callable[[Any], Awaitable[T]], *, bulk: bool = False) -> T:
         async with self._transaction() as (work, changes):
-            result = await body(FakeWrite(work, changes, self._take_fault))
+            tx = FakeWrite(work, changes, self._take_fault)
+            result = await body(tx)
+            await tx.finish()
         return result
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[tuple[_Tables, Changes]]:
-        """One write transaction (``write`` and ``FakeTransactions.write``): queues on the write
-        lock, hands out a copy of the tables and the Changes to fill, swaps the copy in when the
+        """One write transaction: queues on the write lock, hands out a copy of the tables and the
+        Changes to fill, swaps the copy in when the
         block completes and then publishes; an exception (or cancellation) rolls back."""
         changes = Changes()
         async with self._write_lock:
@@ -543,265 +745,8 @@ class FakeStore(GeneralPathsOnly):
         return sorted(self._tables.jobs)
 
 
-# --- the paths that are not hot: FakeTransactions -----------------------------------------------
-
-# How many overdue cancels one sweep takes (repository.overdue_cancels' limit).
+# How many overdue cancels one sweep takes (SqlTx.overdue_cancels' limit).
 _OVERDUE_LIMIT = 100
-
-
-class FakeJobsTx:
-    """One ``JobsTx`` over the fake's tables (see ``transactions.SqlJobsTx``): a write transaction's
-    private copy, or a read's snapshot, whose writes raise ``ReadOnlyTransaction``."""
-
-    def __init__(
-        self,
-        tables: _Tables,
-        changes: Changes,
-        *,
-        writable: bool,
-        fault: Callable[[], BaseException | None] = lambda: None,
-    ) -> None:
-        self.tables = tables
-        self.changes = changes
-        self._writable = writable
-        self._fault = fault
-        self._reads = FakeRead(tables)
-
-    def _writing(self, what: str) -> _Tables:
-        if not self._writable:
-            raise ReadOnlyTransaction(f"{what} in a read transaction")
-        return self.tables
-
-    def _saving(self, what: str) -> _Tables:
-        tables = self._writing(what)
-        fault = self._fault()
-        if fault is not None:
-            raise fault
-        return tables
-
-    def changed(self, job_id: str, revision: int) -> None:
-        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
-
-    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
-        for job in self.tables.jobs.values():
-            if job.owner == owner and job.request_id == request_id:
-                return _job_row(job)
-        return None
-
-    async def request_fingerprint(self, job_id: str) -> str | None:
-        return self.tables.requests.get(job_id)
-
-    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
-        t = self._writing("insert_job")
-        # ux_jobs_owner_request_id (NULL request ids never clash), then the primary keys: SqlJobsTx
-        # reports any integrity error of a job with a request_id as RequestIdTaken.
-        if job.request_id is not None and any(
-            j.owner == job.owner and j.request_id == job.request_id for j in t.jobs.values()
-        ):
-            raise RequestIdTaken(job.request_id)
-        if job.id in t.jobs or any(c.id in t.chunks for c in chunks):
-            if job.request_id:
-                raise RequestIdTaken(job.request_id)
-            raise ValueError(f"job {job.id} or one of its chunks exists")
-        row = _job_row(job)
-        row.change_seq = t.next_seq()
-        t.jobs[job.id] = row
-        for c in chunks:
-            t.chunks[c.id] = _chunk_row(c)
-        if request_fingerprint:
-            t.requests[job.id] = request_fingerprint
-        self.changed(job.id, job.revision)
-
-    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
-        # for_update locks nothing here: writers run one at a time, as on SQLite.
-        return await self._reads.get_job(job_id, owner)
-
-    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
-        return await self._reads.jobs_artifacts(job_ids, limit)
-
-    async def save_job(self, job: Job, outbox: Sequence[dict[str, Any]] = ()) -> None:
-        t = self._saving("save_job")
-        t.save_job(job)
-        self.changed(job.id, job.revision)
-        if outbox:
-            t.add_outbox(outbox)
-            self.changes.webhooks = True
-
-    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
-        t = self._writing("cancel_pending_chunks")
-        moved = t.update_chunks(
-            job_id,
-            [ChunkState.PENDING],
-            state=ChunkState.CANCELLED,
-            revision=revision,
-            end_time=now,
-            next_attempt_time=None,
-        )
-        return sum(moved.values())
-
-    async def reset_for_retry(
-        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
-    ) -> tuple[int, int, int]:
-        t = self._writing("reset_for_retry")
-        retryable = (ChunkState.FAILED, ChunkState.CANCELLED)
-
-        def chosen(c: Chunk) -> bool:
-            return c.job_id == job_id and c.state in retryable and chunk_id in (None, c.id)
-
-        items = sum(c.items_done for c in t.chunks.values() if chosen(c))
-        # max_attempts depends on each chunk's own attempt: set it before the shared values.
-        for c in [c for c in t.chunks.values() if chosen(c)]:
-            t.chunks[c.id] = dataclasses.replace(c, max_attempts=c.attempt + attempts)
-        moved = t.update_chunks(
-            job_id,
-            retryable,
-            only=chunk_id,
-            state=ChunkState.PENDING,
-            items_done=0,
-            error_reason="",
-            error_message="",
-            worker_id="",
-            lease_token=None,
-            lease_expire_time=None,
-            next_attempt_time=None,
-            start_time=None,
-            end_time=None,
-            revision=revision,
-            priority=priority,
-        )
-        return moved.get(ChunkState.FAILED, 0), moved.get(ChunkState.CANCELLED, 0), items
-
-    async def set_pending_priority(self, job_id: str, priority: int) -> None:
-        self._writing("set_pending_priority").update_chunks(job_id, [ChunkState.PENDING], priority=priority)
-
-    async def delete_job(self, job_id: str, now: int) -> None:
-        t = self._writing("delete_job")
-        if job_id in t.jobs:
-            _delete_job(t, job_id, now, t.next_seq())
-        self.changes.deleted.add(job_id)
-
-    async def expiry_candidates(
-        self, state: JobState, after: tuple[int, str], before: int, limit: int
-    ) -> list[ExpiryCandidate]:
-        found = sorted(
-            (j for j in self.tables.jobs.values() if j.state == state and j.update_time < before),
-            key=lambda j: (j.update_time, j.id),
-        )
-        return [_candidate(j) for j in found if (j.update_time, j.id) > after][:limit]
-
-    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
-        found = [
-            j
-            for j in self.tables.jobs.values()
-            if j.ttl is not None and j.ttl > 0 and j.end_time is not None and j.end_time + j.ttl < now
-        ]
-        found.sort(key=lambda j: (j.end_time or 0) + (j.ttl or 0))
-        return [_candidate(j) for j in found[:limit]]
-
-    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
-        """As the SQL: the jobs still expired (ttl of their own: end_time + ttl; default: update_time
-        past the state's default), deleted with one change_seq for all their tombstones."""
-        t = self._writing("delete_expired")
-
-        def expired(job: Job) -> bool:
-            if job.end_time is None:
-                return False
-            if job.ttl is not None:
-                return job.ttl > 0 and job.end_time + job.ttl < now
-            default = retention.default_for(job.state)
-            return default > 0 and job.update_time < now - default
-
-        gone = sorted(j for j in set(job_ids) if j in t.jobs and expired(t.jobs[j]))
-        if gone:
-            seq = t.next_seq()
-            for job_id in gone:
-                _delete_job(t, job_id, now, seq)
-        self.changes.deleted.update(gone)
-        return gone
-
-    async def trim_tombstones(self, before: int, limit: int) -> int:
-        t = self._writing("trim_tombstones")
-        # As the SQL: the tombstones with the largest change_seq stay (SQLite's next change_seq).
-        newest = max((ts.change_seq for ts in t.tombstones.values()), default=0)
-        old = sorted(
-            (ts for ts in t.tombstones.values() if ts.delete_time < before and ts.change_seq < newest),
-            key=lambda ts: ts.delete_time,
-        )
-        for ts in old[:limit]:
-            del t.tombstones[ts.id]
-            t.floor = max(t.floor, ts.change_seq)
-        return len(old[:limit])
-
-    async def feed_floor(self) -> int:
-        return self.tables.floor
-
-    async def overdue_cancels(self, cancel_before: int) -> list[str]:
-        # The SQL has no ORDER BY; id order here.
-        return sorted(
-            j.id
-            for j in self.tables.jobs.values()
-            if j.state == JobState.CANCELLING and j.cancel_time is not None and j.cancel_time < cancel_before
-        )[:_OVERDUE_LIMIT]
-
-    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
-        c = self.tables.chunks.get(chunk_id)
-        return copy.copy(c) if c is not None and c.job_id == job_id else None
-
-    async def processing_chunks(self, job_id: str) -> list[Chunk]:
-        return await self._reads.list_chunks(job_id, states=[ChunkState.PROCESSING])
-
-    async def save_chunks(self, chunks: Sequence[Chunk]) -> None:
-        self._saving("save_chunks").save_chunks(chunks)
-
-    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
-        """``repository.job_stats``: per (kind, state) group the count, items done, the earliest
-        start and the latest update, summed into one row per kind and one overall (a group's latest
-        update counts only when one of its jobs started, as there); then the nearest-rank p50 / p95
-        / p99 / max of end_time - create_time over the finished jobs, and end_time - start_time summed
-        over the finished jobs that started. Exact, not approximated."""
-        matching = [j for j in self.tables.jobs.values() if _matches(j, f)]
-        groups: dict[tuple[str, JobState], list[Job]] = {}
-        for job in matching:
-            groups.setdefault((job.kind, job.state), []).append(job)
-        per_kind: dict[str, StatsRow] = {}
-        overall = StatsRow("", 0, {}, 0, {})
-        for (kind, state), members in groups.items():
-            starts = [j.start_time for j in members if j.start_time is not None]
-            first_start = min(starts) if starts else None
-            last_update = max(j.update_time for j in members)
-            row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
-            for target in (row, overall):
-                target.total += len(members)
-                target.by_state[state] = target.by_state.get(state, 0) + len(members)
-                target.items_done += sum(j.items_done for j in members)
-                processed = [j for j in members if j.end_time is not None and j.start_time is not None]
-                target.processed_jobs += len(processed)
-                target.processing_us += sum(j.end_time - j.start_time for j in processed)  # type: ignore[operator]
-                if first_start is not None:
-                    target.first_start = min(filter(None, (target.first_start, first_start)))
-                    target.last_update = max(target.last_update or 0, last_update)
-        overall.durations = _durations(matching)
-        for kind, row in per_kind.items():
-            row.durations = _durations([j for j in matching if j.kind == kind])
-        return overall, [per_kind[k] for k in sorted(per_kind)]
-
-    async def change_horizon(self) -> int:
-        return self.tables.seq + 1
-
-    async def changed_jobs(
-        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
-    ) -> tuple[list[FeedEntry], bool]:
-        def wanted(row: Job | Tombstone) -> bool:
-            return _matches(row, f) and (row.change_seq, row.id) > tuple(after) and row.change_seq < horizon
-
-        def first(rows: Iterable[Job | Tombstone]) -> list[Any]:
-            return sorted((r for r in rows if wanted(r)), key=lambda r: (r.change_seq, r.id))[:limit]
-
-        found = [FeedEntry(j.change_seq, j.id, _job_row(j)) for j in first(self.tables.jobs.values())]
-        found += [FeedEntry(t.change_seq, t.id, None) for t in first(self.tables.tombstones.values())]
-        found.sort(key=lambda e: (e.change_seq, e.job_id))
-        # One writer at a time: nothing committed lies beyond the horizon (as on SQLite).
-        return found[:limit], False
 
 
 def _delete_job(t: _Tables, job_id: str, now: int, seq: int) -> None:
@@ -844,21 +789,3 @@ def _durations(jobs: Iterable[Job]) -> dict[str, int | None]:
         rank = min(n, max(1, int(x) if int(x) == x else int(x) + 1))  # the ceil(q*n)-th smallest
         out[name] = spans[rank - 1]
     return out
-
-
-class FakeTransactions:
-    """``Transactions`` over a FakeStore's tables (see the module docstring): writes made through
-    either are seen by both, under the same write lock, commit and publication."""
-
-    def __init__(self, store: FakeStore) -> None:
-        self.store = store
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[FakeJobsTx]:
-        # A snapshot: commits replace the tables rather than change them.
-        yield FakeJobsTx(self.store._tables, Changes(), writable=False)
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[FakeJobsTx]:
-        async with self.store._transaction() as (work, changes):
-            yield FakeJobsTx(work, changes, writable=True, fault=self.store._take_fault)

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from jobpulse_server.store.engine import Database
+from jobpulse_server.store.database import SqlStore
 
 
 def _run_without_the_loop(coro: Any) -> tuple[bool, Any]:
@@ -27,16 +25,16 @@ def _run_without_the_loop(coro: Any) -> tuple[bool, Any]:
 
 
 async def test_a_read_on_sqlite_on_the_loop_never_suspends(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}", sqlite_on_loop=True)
+    db = SqlStore(f"sqlite:///{tmp_path / 'r.db'}", sqlite_on_loop=True)
     await db.start()
     try:
 
         async def read() -> int:
-            async with db.read() as conn:
-                return int((await conn.execute(sa.text("select 41 + 1"))).scalar_one())
+            async with db.read() as tx:
+                return int(await tx.conn.fetchval("select 41 + 1"))
 
         await read()  # the pool's first connection is opened here, outside the measured read
         assert _run_without_the_loop(read()) == (True, 42)
-        assert _run_without_the_loop(read()) == (True, 42)  # the connection went back to the pool intact
+        assert _run_without_the_loop(read()) == (True, 42)  # the connection went back to the free list intact
     finally:
         await db.close()

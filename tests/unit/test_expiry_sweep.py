@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from support.fake_store import FakeStore, FakeTransactions, new_job
+from support.fake_store import FakeStore, new_job
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.model import ChunkState, Job, JobState
@@ -26,15 +26,15 @@ class Clock:
         return self.now
 
 
-class CountingTransactions(FakeTransactions):
+class CountingStore(FakeStore):
     """Counts the candidate rows the sweep reads, to see what it looks at."""
 
-    def __init__(self, store: FakeStore) -> None:
-        super().__init__(store)
+    def __init__(self) -> None:
+        super().__init__()
         self.looked = 0
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Any]:
+    async def read(self, *, consistent: bool = True) -> AsyncIterator[Any]:
         async with super().read() as tx:
             outer = self
             plain = tx.expiry_candidates
@@ -62,8 +62,7 @@ def _finished(store: FakeStore, job_id: str, state: JobState, end: int, ttl: int
     return store.add_job(job, chunks)
 
 
-def _service(store: FakeStore, clock: Clock, **config: Any) -> tuple[RetentionService, CountingTransactions]:
-    txs = CountingTransactions(store)
+def _service(store: CountingStore, clock: Clock, **config: Any) -> tuple[RetentionService, CountingStore]:
     values: dict[str, Any] = {
         "retention_completed": 10.0,
         "retention_failed": 100.0,
@@ -72,7 +71,7 @@ def _service(store: FakeStore, clock: Clock, **config: Any) -> tuple[RetentionSe
         "webhook_delivery_retention": 0.0,
     }
     values.update(config)
-    return RetentionService(txs, None, Config(**values), clock), txs  # type: ignore[arg-type]
+    return RetentionService(store, Config(**values), clock), store
 
 
 def test_expire_time_is_end_time_plus_the_effective_ttl() -> None:
@@ -93,7 +92,7 @@ def test_expire_time_is_end_time_plus_the_effective_ttl() -> None:
 
 
 async def test_sweep_deletes_what_expired_and_nothing_else() -> None:
-    store = FakeStore()
+    store = CountingStore()
     clock = Clock(T0 + 50 * S)
     _finished(store, "old-done", JobState.COMPLETED, T0)  # expired: 10 s default
     _finished(store, "new-done", JobState.COMPLETED, T0 + 45 * S)  # 5 s to go
@@ -117,7 +116,7 @@ async def test_sweep_deletes_what_expired_and_nothing_else() -> None:
 
 
 async def test_sweeps_are_bounded_and_do_not_look_at_kept_jobs_again() -> None:
-    store = FakeStore()
+    store = CountingStore()
     clock = Clock(T0 + 1000 * S)
     for i in range(10):
         _finished(store, f"kept-{i:02}", JobState.COMPLETED, T0 + i, ttl=0)

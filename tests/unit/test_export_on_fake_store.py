@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from support.fake_store import FakeRead, FakeStore, FakeTransactions, new_job
+from support.fake_store import FakeRead, FakeStore, new_job
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.filters import ORDERS, JobFilter
@@ -58,7 +58,7 @@ def store() -> CountingStore:
 
 @pytest.fixture
 def jobs(store: CountingStore) -> JobService:
-    return JobService(FakeTransactions(store), store, Outbox(lambda job, now: {}, 0), Config())
+    return JobService(store, Outbox(lambda job, now: {}, 0), Config())
 
 
 async def _batches(

@@ -85,3 +85,36 @@ def test_the_server_package_has_no_import_cycle() -> None:
 def test_no_module_of_the_server_imports_its_own_package_inside_a_function() -> None:
     _, in_functions = _imports(_modules())
     assert in_functions == []
+
+
+# What of the store the benchmarks may use: its front door (SqlStore), its key and schema helpers, and the
+# modules that hold the SQL the server sends (to time and EXPLAIN exactly that). Never its transaction
+# class, drivers or row mapping, which change with the store.
+BENCH_MAY_IMPORT = {
+    "jobpulse_server.store",
+    "jobpulse_server.store.database",
+    "jobpulse_server.store.keys",
+    "jobpulse_server.store.statements",
+    "jobpulse_server.store.fast",
+    "jobpulse_server.store.tables",
+}
+
+
+def test_the_benchmarks_reach_the_store_only_through_its_front_door() -> None:
+    bench = ROOT.parents[1] / "bench"
+    modules = _modules()
+    found: list[str] = []
+    for path in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # ``from a.b import c``: c is a module of its own, or a name of a.b.
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.append(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            for target in targets:
+                if target.startswith("jobpulse_server.store") and target not in BENCH_MAY_IMPORT:
+                    found.append(f"{path.name}: {target}")
+    assert found == [], f"bench/ reaches past the store's front door: {found}"

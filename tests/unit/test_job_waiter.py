@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from support.fake_store import FakeStore, FakeTransactions, new_job
+from support.fake_store import FakeStore, new_job
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import JobNotFound, ShuttingDown
@@ -37,11 +37,10 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     hub = ChangeHub()
     store = FakeStore(on_commit=hub.publish)
-    txs = FakeTransactions(store)
     config = Config()
     outbox = Outbox(lambda job, now: {"id": job.id}, 0)
-    jobs = JobService(txs, store, outbox, config)
-    workers = WorkerService(store, txs, hub, outbox, config, metrics=Metrics())
+    jobs = JobService(store, outbox, config)
+    workers = WorkerService(store, hub, outbox, config, metrics=Metrics())
     store.add_job(*new_job("A", total_items=2, chunk_size=1, owner="alice"))
     yield Rig(store, hub, workers, JobWaiter(jobs, hub))
     hub.close()

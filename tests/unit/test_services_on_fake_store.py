@@ -1,10 +1,8 @@
 """WorkerService, WatchService, JobService and FeedService on the in-memory FakeStore: no database at all.
 
-The hot paths run on ``FakeStore``; the others (JobService's create / cancel / retry / update /
-delete / stats, ``WorkerService.sweep``'s overdue-cancel pass and the WatchJobs feed) on
-``FakeTransactions`` over the same tables, so what one writes the other reads. Time is a fake
-clock the tests move; nothing sleeps. The SQL itself (repository.py, transactions.py) is left to
-the tests that run on a database.
+Every service reads and writes through the one ``FakeStore``, as through ``SqlStore``. Time is a
+fake clock the tests move; nothing sleeps. The SQL itself (store/statements.py, store/tx.py) is left
+to the tests that run on a database (tests/integration/test_store_parity.py holds this fake to them).
 """
 
 from __future__ import annotations
@@ -17,14 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from support.fake_store import (
-    FakeJobsTx,
-    FakeStore,
-    FakeTransactions,
-    ReadOnlyTransaction,
-    Tombstone,
-    new_job,
-)
+from support.fake_store import FakeRead, FakeStore, Tombstone, new_job
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.changes import Changes
@@ -49,8 +40,8 @@ from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.watch import EventType, FeedMessage, FeedService, WatchMessage, WatchService
 from jobpulse_server.services.workers import CANCEL_DEADLINE, ClaimAsk, Completion, WorkerService
-from jobpulse_server.store import WriteTx
-from jobpulse_server.store.sql import OUTBOX_COLUMNS
+from jobpulse_server.store import Tx
+from jobpulse_server.store.statements import OUTBOX_COLUMNS
 
 DEADLINE = 5.0  # seconds a test waits for something that must happen before it fails
 LEASE = 10_000_000  # a claim's lease, us
@@ -76,7 +67,6 @@ class FakeClock:
 @dataclass
 class Rig:
     store: FakeStore
-    txs: FakeTransactions
     hub: ChangeHub
     clock: FakeClock
     config: Config
@@ -97,7 +87,7 @@ class Rig:
         return self.store.job(job_id), self.store.chunks_of(job_id)
 
     async def horizon(self) -> int:
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             return await tx.change_horizon()
 
 
@@ -111,10 +101,9 @@ async def rig() -> AsyncIterator[Rig]:
     )
     outbox = Outbox(lambda job, now: {"id": job.id}, 0)
     metrics = Metrics()
-    txs = FakeTransactions(store)
-    workers = WorkerService(store, txs, hub, outbox, config, clock, metrics)
-    jobs = JobService(txs, store, outbox, config, clock)
-    yield Rig(store, txs, hub, clock, config, metrics, outbox, workers, jobs)
+    workers = WorkerService(store, hub, outbox, config, clock, metrics)
+    jobs = JobService(store, outbox, config, clock)
+    yield Rig(store, hub, clock, config, metrics, outbox, workers, jobs)
     hub.close()  # cancels the hub's timers for retried work
 
 
@@ -161,7 +150,7 @@ async def test_a_waiting_claim_is_woken_by_new_work(rig: Rig, monkeypatch: pytes
     looked = asyncio.Event()
     write = rig.store.write
 
-    async def write_and_tell(body: Callable[[WriteTx], Awaitable[Any]]) -> Any:
+    async def write_and_tell(body: Callable[[Tx], Awaitable[Any]]) -> Any:
         try:
             return await write(body)
         finally:
@@ -504,7 +493,7 @@ async def test_a_write_that_raises_rolls_back_and_publishes_nothing(rig: Rig) ->
     published = len(rig.store.published)
 
     # The body saves everything, then raises: nothing of it stays.
-    async def body(tx: WriteTx) -> None:
+    async def body(tx: Tx) -> None:
         jobs, chunks = await tx.lock_leased(["A"], ["A-0"])
         job, chunk = jobs["A"], chunks["A-0"]
         job.move_chunk(chunk, ChunkState.COMPLETED, rig.clock(), items_done=5)
@@ -660,36 +649,36 @@ async def test_job_reads_on_the_fake_store(rig: Rig) -> None:
         await jobs.get_job(ANONYMOUS, "nope", full=False)
 
 
-# --- FakeTransactions: the same tables as the store ---------------------------------------------------
+# --- reads, writes and one change order ----------------------------------------------------------------
 
 
-async def test_the_transactions_share_the_stores_tables_and_its_change_order(rig: Rig) -> None:
+async def test_reads_keep_their_snapshot_and_every_write_shares_one_change_order(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5)
     rig.seed("B", total_items=5, chunk_size=5)
-    async with rig.txs.read() as snapshot:
+    async with rig.store.read() as snapshot:
         await rig.workers.claim("w", [], 1, LEASE, 0)  # A-0, through the store
         job = await snapshot.get_job("A", None)
-        with pytest.raises(ReadOnlyTransaction):
-            await snapshot.save_job(rig.store.job("A"))
+        assert not hasattr(snapshot, "save")  # a read offers no write
     assert job is not None and job.revision == 1  # a read keeps the tables it began with
 
-    async with rig.txs.read() as tx:
+    async with rig.store.read() as tx:
         job = await tx.get_job("A", None)
         running = await tx.processing_chunks("A")
         claimed_seq = await tx.change_horizon() - 1
     assert job is not None and (job.revision, job.change_seq) == (2, claimed_seq)
     assert [(c.id, c.worker_id) for c in running] == [("A-0", "w")]
 
-    # One change_seq sequence: the transactions' saves and deletes follow the store's.
-    async with rig.txs.write() as tx:
+    # One change_seq sequence: saves and deletes of any write follow each other.
+    async def rename(tx: Tx) -> None:
         b = await tx.get_job("B", None, for_update=True)
         assert b is not None
         b.display_name = "renamed"
         b.touch(rig.clock())
-        await tx.save_job(b)
+        await tx.save([b], [])
+
+    await rig.store.write(rename)
     assert rig.store.job("B").change_seq == claimed_seq + 1
-    async with rig.txs.write() as tx:
-        await tx.delete_job("B", rig.clock())
+    await rig.store.write(lambda tx: tx.delete_job("B", rig.clock()))
     assert [(t.id, t.change_seq) for t in rig.store.tombstones] == [("B", claimed_seq + 2)]
     assert await rig.horizon() == claimed_seq + 3
     assert rig.store.published[-2:] == [Changes(jobs={"B": 2}), Changes(deleted={"B"})]
@@ -703,15 +692,18 @@ async def test_a_transaction_that_raises_leaves_nothing_and_publishes_nothing(ri
     before = rig.state("A")
     published, horizon = len(rig.store.published), await rig.horizon()
 
+    async def body(tx: Tx) -> None:
+        job = await tx.get_job("A", None, for_update=True)
+        assert job is not None
+        await tx.cancel_pending_chunks("A", job.touch(rig.clock()), rig.clock())
+        tx.add_outbox([{**dict.fromkeys(OUTBOX_COLUMNS, 0), "id": "d1", "job_id": "A"}])
+        await tx.save([job], [])
+        await tx.delete_job("A", rig.clock())
+        raise RuntimeError("after the writes")
+
     with pytest.raises(RuntimeError):
-        async with rig.txs.write() as tx:
-            job = await tx.get_job("A", None, for_update=True)
-            assert job is not None
-            await tx.cancel_pending_chunks("A", job.touch(rig.clock()), rig.clock())
-            await tx.save_job(job, [{**dict.fromkeys(OUTBOX_COLUMNS, 0), "id": "d1", "job_id": "A"}])
-            await tx.delete_job("A", rig.clock())
-            raise RuntimeError("after the writes")
-    # A service call whose save fails (fail_next_save covers save_job too).
+        await rig.store.write(body)
+    # A service call whose save fails.
     rig.store.fail_next_save = OSError("disk gone")
     with pytest.raises(OSError):
         await rig.jobs.cancel_job(ANONYMOUS, "A", "stop")
@@ -813,21 +805,29 @@ async def test_create_job_with_a_known_request_id_and_another_request_is_refused
     assert rig.store.published[published:] == []
 
 
-class RacingTransactions(FakeTransactions):
-    """Runs ``race`` once, inside the first read after its snapshot was taken: as if another call
-    committed between this call's look-up of its request_id and its insert."""
+class RacingStore:
+    """``store``, but runs ``race`` once, inside the first read after its snapshot was taken: as if
+    another call committed between this call's look-up of its request_id and its insert."""
+
+    fast = None
 
     def __init__(self, store: FakeStore, race: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(store)
+        self.store = store
         self.race: Callable[[], Awaitable[None]] | None = race
 
+    async def chunks_added(self, n: int) -> None:
+        await self.store.chunks_added(n)
+
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[FakeJobsTx]:
-        async with super().read() as tx:
+    async def read(self, *, consistent: bool = True) -> AsyncIterator[FakeRead]:
+        async with self.store.read() as tx:
             race, self.race = self.race, None
             if race is not None:
                 await race()
             yield tx
+
+    async def write(self, body: Callable[[Any], Awaitable[Any]], *, bulk: bool = False) -> Any:
+        return await self.store.write(body)
 
 
 async def test_create_job_that_loses_a_request_id_race_returns_the_winner(rig: Rig) -> None:
@@ -836,9 +836,7 @@ async def test_create_job_that_loses_a_request_id_race_returns_the_winner(rig: R
     async def other_call() -> None:
         won.append(await rig.jobs.create_job(ANONYMOUS, _new("r-1")))
 
-    racing = JobService(
-        RacingTransactions(rig.store, other_call), rig.store, rig.outbox, rig.config, rig.clock
-    )
+    racing = JobService(RacingStore(rig.store, other_call), rig.outbox, rig.config, rig.clock)
 
     page = await racing.create_job(ANONYMOUS, _new("r-1"))
 
@@ -1186,7 +1184,7 @@ async def _feed_next(stream: AsyncGenerator[FeedMessage, None]) -> FeedMessage:
 
 async def test_the_feed_reports_created_changed_and_deleted_jobs_after_its_cursor(rig: Rig) -> None:
     rig.seed("OLD", total_items=5, chunk_size=5)  # before the feed starts: not reported
-    feed = FeedService(rig.txs, rig.hub, rig.config)
+    feed = FeedService(rig.store, rig.hub, rig.config)
     stream = cast(AsyncGenerator[FeedMessage, None], feed.watch(ANONYMOUS, JobFilter(), ""))
     try:
         first = await _feed_next(stream)

@@ -24,10 +24,7 @@ from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import WorkerService
-from jobpulse_server.store import repository as repo
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.factory import open_store
-from jobpulse_server.store.transactions import SqlTransactions
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.wire.convert import webhook_job
 
 
@@ -49,14 +46,11 @@ class JobLifecycle(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.config = Config(retry_backoff=0.0, retry_backoff_max=0.0, cancel_deadline=5.0)
         self.hub = ChangeHub()
-        self.db = Database(f"sqlite:///{Path(self.tmp.name) / 'sm.db'}")
-        self.run(self.db.start())
-        self.store = open_store(self.db)
+        self.store = SqlStore(f"sqlite:///{Path(self.tmp.name) / 'sm.db'}")
         self.run(self.store.start())
         outbox = Outbox(webhook_job, 0)
-        txs = SqlTransactions(self.db)
-        self.jobs = JobService(txs, self.store, outbox, self.config, self.clock)
-        self.workers = WorkerService(self.store, txs, self.hub, outbox, self.config, self.clock)
+        self.jobs = JobService(self.store, outbox, self.config, self.clock)
+        self.workers = WorkerService(self.store, self.hub, outbox, self.config, self.clock)
         self.job_ids: list[str] = []
         self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
         # job id -> (revision, what the job and its chunks looked like at that revision)
@@ -67,7 +61,6 @@ class JobLifecycle(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.store.close())
-        self.run(self.db.close())
         self.loop.close()
         self.tmp.cleanup()
 
@@ -162,11 +155,11 @@ class JobLifecycle(RuleBasedStateMachine):
     @invariant()
     def jobs_agree_with_their_chunks(self) -> None:
         async def check() -> None:
-            async with self.db.read() as conn:
+            async with self.store.read() as tx:
                 for job_id in self.job_ids:
-                    job = await repo.get_job(conn, job_id)
+                    job = await tx.get_job(job_id, None)
                     assert job is not None
-                    chunks = await repo.list_chunks(conn, job_id)
+                    chunks = await tx.list_chunks(job_id)
                     recount = Summary.recount([c.state for c in chunks])
                     assert job.summary == recount
                     assert job.summary.total == len(chunks)

@@ -1,5 +1,5 @@
-"""Chunk throughput per minute (services/throughput.py over store/throughput.py) on a real database, SQLite
-and PostgreSQL: counts add up per minute and kind, across flushes and across replicas; a failed flush
+"""Chunk throughput per minute (services/throughput.py over the store) on a real database, SQLite and
+PostgreSQL: counts add up per minute and kind, across flushes and across replicas; a failed flush
 keeps its counts; the report fills quiet minutes with zeros and includes what is not flushed yet; old
 minutes are pruned; and WorkerService counts the chunks it completed, once, after they committed. Time
 is a clock the tests move; nothing sleeps."""
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from support.counting import count_writes
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import LeaseLost
@@ -30,11 +30,8 @@ from jobpulse_server.services.throughput import (
     minute_of,
 )
 from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
-from jobpulse_server.store import WriteTx
-from jobpulse_server.store.engine import Database
-from jobpulse_server.store.factory import open_store
-from jobpulse_server.store.throughput import SqlThroughput
-from jobpulse_server.store.transactions import SqlTransactions
+from jobpulse_server.store import Tx
+from jobpulse_server.store.database import SqlStore
 
 M0 = 28_333_333 * MINUTE_US  # the start of a minute in 2023
 LEASE = 3_600_000_000
@@ -55,27 +52,27 @@ class FakeClock:
 
 
 class Flaky:
-    """A ThroughputStore whose ``add`` fails (as a database that went away) while ``fail`` is set."""
+    """A ThroughputStore whose ``add_throughput`` fails (as a database that went away) while ``fail``."""
 
-    def __init__(self, store: SqlThroughput) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
         self.fail = False
 
-    async def add(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
+    async def add_throughput(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
         if self.fail:
             raise ConnectionRefusedError("database away")
-        await self.store.add(counts)
+        await self.store.add_throughput(counts)
 
-    async def recent(self, since_minute_us: int) -> list[tuple[int, str, int, int]]:
-        return await self.store.recent(since_minute_us)
+    async def throughput_since(self, since_minute_us: int) -> list[tuple[int, str, int, int]]:
+        return await self.store.throughput_since(since_minute_us)
 
-    async def prune(self, before_minute_us: int) -> int:
-        return await self.store.prune(before_minute_us)
+    async def prune_throughput(self, before_minute_us: int) -> int:
+        return await self.store.prune_throughput(before_minute_us)
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
+async def db(database_url: str) -> AsyncIterator[SqlStore]:
+    database = SqlStore(database_url)
     await database.start()
     try:
         yield database
@@ -83,23 +80,13 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         await database.close()
 
 
-def _count_writes(db: Database) -> list[str]:
-    """Every INSERT/UPDATE/DELETE the engine sends from now on."""
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
-            seen.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", before)
-    return seen
-
-
-async def test_counts_add_up_per_minute_and_kind_one_statement_a_flush(db: Database) -> None:
-    store = SqlThroughput(db)
+async def test_counts_add_up_per_minute_and_kind_one_transaction_a_flush(
+    db: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = db
     clock = FakeClock()
     tp = Throughput(store, clock)
-    writes = _count_writes(db)
+    writes = count_writes(db, monkeypatch)
     for _ in range(100):
         tp.count("resize", 1, 5)
     tp.count("ocr", 3, 30)
@@ -114,34 +101,34 @@ async def test_counts_add_up_per_minute_and_kind_one_statement_a_flush(db: Datab
     await tp.flush()
     assert len(writes) == 1, writes
     assert tp.pending == {}
-    await tp.flush()  # nothing counted since: no statement
+    await tp.flush()  # nothing counted since: no transaction
     assert len(writes) == 1
     tp.count("resize", 1, 1)  # into the stored row of the current minute
     await tp.flush()
     assert len(writes) == 2
-    assert await store.recent(M0) == [
+    assert await store.throughput_since(M0) == [
         (M0, "ocr", 3, 30),
         (M0, "resize", 100, 500),
         (M0 + MINUTE_US, "resize", 3, 8),
     ]
-    assert await store.recent(M0 + MINUTE_US) == [(M0 + MINUTE_US, "resize", 3, 8)]
+    assert await store.throughput_since(M0 + MINUTE_US) == [(M0 + MINUTE_US, "resize", 3, 8)]
     assert tp.flushes == 2 and tp.failed_flushes == 0
 
 
 async def test_two_replicas_flushing_into_the_same_minute_add_up(database_url: str) -> None:
     clock = FakeClock()
-    replicas = [Database(database_url), Database(database_url)]
+    replicas = [SqlStore(database_url), SqlStore(database_url)]
     for d in replicas:
         await d.start()
     try:
-        a, b = (Throughput(SqlThroughput(d), clock) for d in replicas)
+        a, b = (Throughput(d, clock) for d in replicas)
         a.count("resize", 2, 10)
         b.count("resize", 3, 15)
         b.count("ocr", 1, 1)
         await asyncio.gather(a.flush(), b.flush())
         a.count("resize", 1, 5)
         await a.flush()
-        assert await SqlThroughput(replicas[0]).recent(M0) == [(M0, "ocr", 1, 1), (M0, "resize", 6, 30)]
+        assert await replicas[0].throughput_since(M0) == [(M0, "ocr", 1, 1), (M0, "resize", 6, 30)]
         b.count("resize", 4, 4)  # not flushed: b's report has it, a's does not yet
         assert (await b.recent(1)).points[-1] == MinutePoint(M0, 11, 35)
         assert (await a.recent(1)).points[-1] == MinutePoint(M0, 7, 31)
@@ -150,8 +137,8 @@ async def test_two_replicas_flushing_into_the_same_minute_add_up(database_url: s
             await d.close()
 
 
-async def test_a_failed_flush_keeps_its_counts_for_the_next_one(db: Database) -> None:
-    flaky = Flaky(SqlThroughput(db))
+async def test_a_failed_flush_keeps_its_counts_for_the_next_one(db: SqlStore) -> None:
+    flaky = Flaky(db)
     clock = FakeClock()
     tp = Throughput(flaky, clock)
     tp.count("resize", 2, 20)
@@ -171,16 +158,16 @@ async def test_a_failed_flush_keeps_its_counts_for_the_next_one(db: Database) ->
     flaky.fail = False
     await tp.flush()
     assert tp.pending == {}
-    assert await flaky.recent(M0) == [(M0, "resize", 8, 80), (M0 + MINUTE_US, "ocr", 1, 1)]
+    assert await flaky.throughput_since(M0) == [(M0, "resize", 8, 80), (M0 + MINUTE_US, "ocr", 1, 1)]
     assert await tp.recent(1) == report  # stored now, and counted once
 
 
-async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_counts(db: Database) -> None:
-    store = SqlThroughput(db)
+async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_counts(db: SqlStore) -> None:
+    store = db
     clock = FakeClock()
     tp = Throughput(store, clock)
     other = Throughput(store, clock)  # another replica, flushed
-    await store.add({(M0 - 2 * HOUR_US, "resize"): (50, 50)})  # before the window of one hour
+    await store.add_throughput({(M0 - 2 * HOUR_US, "resize"): (50, 50)})  # before the window of one hour
     tp.count("resize", 2, 20)
     other.count("ocr", 1, 3)
     await tp.flush()
@@ -189,7 +176,9 @@ async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_coun
     tp.count("resize", 1, 10)  # not flushed
     tp.count("ocr", 4, 4)  # not flushed
     now_minute = M0 + 3 * MINUTE_US
-    await store.add({(now_minute + MINUTE_US, "resize"): (9, 9)})  # a replica whose clock runs ahead
+    await store.add_throughput(
+        {(now_minute + MINUTE_US, "resize"): (9, 9)}
+    )  # a replica whose clock runs ahead
 
     report = await tp.recent(1)
 
@@ -213,52 +202,49 @@ async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_coun
             await tp.recent(hours)
 
 
-async def test_old_minutes_are_pruned_now_and_then(db: Database) -> None:
-    store = SqlThroughput(db)
+async def test_old_minutes_are_pruned_now_and_then(db: SqlStore) -> None:
+    store = db
     clock = FakeClock()
     tp = Throughput(store, clock)
     now = minute_of(clock())
     old, kept = now - KEEP_US - MINUTE_US, now - KEEP_US
-    await store.add({(old, "resize"): (1, 1), (kept, "resize"): (2, 2), (now, "resize"): (3, 3)})
+    await store.add_throughput({(old, "resize"): (1, 1), (kept, "resize"): (2, 2), (now, "resize"): (3, 3)})
 
     await tp.tick()  # the first pass prunes
-    assert [r[0] for r in await store.recent(0)] == [kept, now]
+    assert [r[0] for r in await store.throughput_since(0)] == [kept, now]
 
-    await store.add({(old, "ocr"): (1, 1)})
+    await store.add_throughput({(old, "ocr"): (1, 1)})
     clock.advance(30 * 60)
     await tp.tick()  # within the hour: no prune
-    assert [r[0] for r in await store.recent(0)] == [old, kept, now]
+    assert [r[0] for r in await store.throughput_since(0)] == [old, kept, now]
     clock.advance(30 * 60)
     await tp.tick()
-    assert [r[0] for r in await store.recent(0)] == [now]  # kept is more than a week old by now
-    assert await store.prune(now + MINUTE_US) == 1
+    assert [r[0] for r in await store.throughput_since(0)] == [now]  # kept is more than a week old by now
+    assert await store.prune_throughput(now + MINUTE_US) == 1
 
 
-async def test_the_loop_flushes_once_more_when_stopped(db: Database) -> None:
-    store = SqlThroughput(db)
+async def test_the_loop_flushes_once_more_when_stopped(db: SqlStore) -> None:
+    store = db
     tp = Throughput(store, FakeClock())
     tp.count("resize", 1, 4)
     stop = asyncio.Event()
     stop.set()
     await tp.run(stop, every=3600)
-    assert await store.recent(M0) == [(M0, "resize", 1, 4)]
+    assert await store.throughput_since(M0) == [(M0, "resize", 1, 4)]
 
 
 async def test_worker_service_counts_the_chunks_it_completed_once_they_committed(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    db: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    store = open_store(db)
-    await store.start()
+    store = db
     hub = ChangeHub()
     try:
         config = Config()
-        txs = SqlTransactions(db)
         outbox = Outbox(lambda job, now: {"id": job.id}, 0)
-        jobs = JobService(txs, store, outbox, config, clock)
-        tp_store = SqlThroughput(db)
-        tp = Throughput(tp_store, clock)
-        workers = WorkerService(store, txs, hub, outbox, config, clock, throughput=tp)
+        jobs = JobService(store, outbox, config, clock)
+        tp = Throughput(store, clock)
+        workers = WorkerService(store, hub, outbox, config, clock, throughput=tp)
         new = NewJob(kind="resize", total_items=22, chunk_size=5, max_attempts=3, priority=5)
         job_id = (await jobs.create_job(ANONYMOUS, new)).job.id
         other = NewJob(kind="ocr", total_items=4, chunk_size=4, max_attempts=3, priority=1)
@@ -269,7 +255,7 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
         # One chunk on its own (PostgreSQL: one statement), one with a next claim asked for
         # (PostgreSQL: complete and claim in one round trip), then two in one call.
         fast: list[str] = []
-        for name in ("complete_one", "complete_and_claim"):
+        for name in ("complete", "complete_and_claim") if store.fast is not None else ():
 
             def spy(real: Callable[..., Awaitable[Any]], name: str = name) -> Callable[..., Awaitable[Any]]:
                 async def call(*args: Any, **kw: Any) -> Any:
@@ -280,12 +266,12 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
 
                 return call
 
-            monkeypatch.setattr(store, name, spy(getattr(store, name)))
+            monkeypatch.setattr(store.fast, name, spy(getattr(store.fast, name)))
         await workers.complete(f"{job_id}-0", claims[f"{job_id}-0"].lease_token, [], "")
         ask = ClaimAsk("w", [], 1, LEASE)
         await workers.complete(f"{job_id}-1", claims[f"{job_id}-1"].lease_token, [], "", ask)
         assert tp.pending == {(M0, "resize"): (2, 10)}
-        assert fast == (["complete_one", "complete_and_claim"] if db.dialect == "postgresql" else [])
+        assert fast == (["complete", "complete_and_claim"] if db.kind == "postgresql" else [])
 
         # A run of the transaction that rolls back (as a deadlock does) and runs again counts once.
         real_write = store.write
@@ -294,12 +280,12 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
         class RolledBack(Exception):
             pass
 
-        async def write_twice(body: Callable[[WriteTx], Awaitable[Any]]) -> Any:
+        async def write_twice(body: Callable[[Tx], Awaitable[Any]], **kw: Any) -> Any:
             nonlocal attempts
             attempts += 1
             if attempts == 1:
 
-                async def then_roll_back(tx: WriteTx) -> Any:
+                async def then_roll_back(tx: Tx) -> Any:
                     await body(tx)
                     raise RolledBack
 
@@ -337,4 +323,3 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
         assert report.by_kind == {"resize": KindTotal(5, 22)}
     finally:
         hub.close()
-        await store.close()

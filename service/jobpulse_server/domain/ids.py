@@ -50,3 +50,9 @@ def chunk_id(job_id: str, index: int) -> str:
 def new_lease_token() -> str:
     """An unguessable fencing token for one claim of one chunk."""
     return secrets.token_urlsafe(18)
+
+
+def chunk_job_id(chunk_id: str) -> str:
+    """The job part of a chunk id (``<job id>-<index>``); "" for ids of another shape."""
+    job_id, sep, index = chunk_id.rpartition("-")
+    return job_id if sep and index.isdigit() else ""

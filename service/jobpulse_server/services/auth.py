@@ -19,7 +19,7 @@ from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
 from jobpulse_server.domain.principal import ANONYMOUS, KeyInfo, Principal
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.ratelimit import Limiter
-from jobpulse_server.store import KeysAndDeliveries, keys
+from jobpulse_server.store import Store, keys
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Checks each call's key and role, and applies the rate limits."""
 
-    def __init__(self, txs: KeysAndDeliveries, limiter: Limiter, refresh_seconds: float = 2.0) -> None:
-        self.txs = txs
+    def __init__(self, store: Store, limiter: Limiter, refresh_seconds: float = 2.0) -> None:
+        self.store = store
         self.limiter = limiter
         self.refresh_seconds = refresh_seconds
         self._keys: dict[str, KeyInfo] = {}
@@ -63,7 +63,7 @@ class Authenticator:
         return ANONYMOUS if self.open else None
 
     async def refresh(self) -> None:
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             found = await tx.active_keys()
         if bool(found) != bool(self._keys):
             log.warning(

@@ -25,7 +25,7 @@ from jobpulse_server.domain.errors import Unauthenticated
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.services.auth import Authenticator
 from jobpulse_server.services.background import FailingPasses
-from jobpulse_server.store import KeysAndDeliveries
+from jobpulse_server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def _unb64(text: str) -> bytes:
 class EventsTokens:
     """Mints and verifies events tokens with the secrets in the database."""
 
-    def __init__(self, txs: KeysAndDeliveries, auth: Authenticator, clock: Clock) -> None:
-        self.txs = txs
+    def __init__(self, store: Store, auth: Authenticator, clock: Clock) -> None:
+        self.store = store
         self.auth = auth
         self.clock = clock
         self._secrets: dict[int, bytes] = {}
@@ -72,12 +72,12 @@ class EventsTokens:
 
     async def start(self) -> None:
         """Makes the first secret on a new database, then reads them."""
-        async with self.txs.write() as tx:
-            await tx.ensure_events_secret(self.clock())
+        now = self.clock()
+        await self.store.write(lambda tx: tx.ensure_events_secret(now))
         await self.refresh()
 
     async def refresh(self) -> None:
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             found = await tx.events_secrets()
         self._secrets = {kid: secret.encode() for kid, (secret, _) in found.items()}
         signing = [kid for kid, (_, current) in found.items() if current]

@@ -1,7 +1,7 @@
 """JobService use cases: create, read, list, cancel, retry, update, delete, stats.
 
 Inputs arrive validated for shape (wire/validation.py); the rules that need the stored state live
-here. Reads go through the ``Store``; every change runs in one ``Transactions.write()``.
+here. Reads go through ``Store.read()``; every change is one ``Store.write(body)``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
-from jobpulse_server.store import JobsTx, ReadTx, RequestIdTaken, Store, Transactions
+from jobpulse_server.store import RequestIdTaken, Store, Tx
 
 
 @dataclass
@@ -125,16 +125,13 @@ def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
 class JobService:
     """The caller-facing use cases."""
 
-    def __init__(
-        self, txs: Transactions, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us
-    ) -> None:
-        self.txs = txs
+    def __init__(self, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us) -> None:
         self.store = store
         self.outbox = outbox
         self.config = config
         self.clock = clock
 
-    async def _save(self, tx: JobsTx, job: Job, now: int) -> None:
+    async def _save(self, tx: Tx, job: Job, now: int) -> None:
         await self.outbox.save_job(tx, job, now)
 
     # --- create --------------------------------------------------------
@@ -198,10 +195,13 @@ class JobService:
         ]
         job.summary.pending = len(new_chunks)
         job.refresh_state(now)
+
+        async def insert(tx: Tx) -> None:
+            await tx.insert_job(job, new_chunks, fingerprint)
+            tx.changes.new_work = True
+
         try:
-            async with self.txs.write() as tx:
-                await tx.insert_job(job, new_chunks, fingerprint)
-                tx.changes.new_work = True
+            await self.store.write(insert)
         except RequestIdTaken:
             # Lost a race with the same request_id: the first one wins (if it was the same request).
             found = await self._earlier(who, req.request_id, fingerprint)
@@ -214,7 +214,7 @@ class JobService:
     async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:
         """The job an earlier CreateJob made with this request_id, if any. The same request_id with a
         different request is refused (AIP-155): retrying is safe, reusing an id by mistake is loud."""
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             earlier = await tx.find_job_by_request(who.name, request_id)
             stored = await tx.request_fingerprint(earlier.id) if earlier is not None else None
         if earlier is None:
@@ -249,7 +249,7 @@ class JobService:
                 raise JobNotFound(job_id)
             return (await self._pages(tx, [job], full, known))[0]
 
-    async def _pages(self, tx: ReadTx, jobs: list[Job], full: bool, known: Known = None) -> list[JobPage]:
+    async def _pages(self, tx: Tx, jobs: list[Job], full: bool, known: Known = None) -> list[JobPage]:
         """The jobs with their artifacts (one read for all of them) and, when ``full``, their first
         chunks; nothing is read for a job whose encoding the caller holds."""
         held = {job.id: known(job) if known is not None else None for job in jobs}
@@ -267,7 +267,7 @@ class JobService:
                 pages.append(JobPage(job))
         return pages
 
-    async def _page(self, tx: ReadTx, job: Job, held: int | None) -> JobPage:
+    async def _page(self, tx: Tx, job: Job, held: int | None) -> JobPage:
         """A FULL page of a job whose chunks the caller holds at revision ``held``, or None."""
         if held is not None:
             changed = await tx.list_chunks(job.id, after_revision=held)
@@ -276,7 +276,7 @@ class JobService:
         shown = await tx.list_chunks(job.id, limit=FULL_VIEW_CHUNK_LIMIT)
         return JobPage(job, shown, self._chunks_token(job))
 
-    async def _load(self, tx: JobsTx, who: Principal, job_id: str, for_update: bool = False) -> Job:
+    async def _load(self, tx: Tx, who: Principal, job_id: str, for_update: bool = False) -> Job:
         job = await tx.get_job(job_id, who.owner_filter, for_update=for_update)
         if job is None:
             raise JobNotFound(job_id)
@@ -430,7 +430,7 @@ class JobService:
 
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
-        async with self.txs.write() as tx:
+        async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
             if job.state in (JobState.COMPLETED, JobState.FAILED):
                 raise JobAlreadyTerminal(
@@ -450,10 +450,12 @@ class JobService:
                 job.refresh_state(now)
                 await self._save(tx, job, now)
             await load_artifacts(tx, [job])
-        return JobPage(job)
+            return job
+
+        return JobPage(await self.store.write(body))
 
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
-        async with self.txs.write() as tx:
+        async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
             if job.state not in (JobState.FAILED, JobState.CANCELLED):
                 raise JobNotRetryable(
@@ -477,11 +479,14 @@ class JobService:
             await self._save(tx, job, now)
             tx.changes.new_work = True
             await load_artifacts(tx, [job])
-        return JobPage(job)
+            return job
+
+        return JobPage(await self.store.write(body))
 
     async def retry_chunk(self, who: Principal, job_id: str, chunk_id: str) -> JobPage:
         """One FAILED chunk back to PENDING with max_attempts more claims; the job runs again."""
-        async with self.txs.write() as tx:
+
+        async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
             # The job's lock holds its chunks still (workers lock the job before its chunks).
             chunk = await tx.get_chunk(job.id, chunk_id)
@@ -515,7 +520,9 @@ class JobService:
             await self._save(tx, job, now)
             tx.changes.new_work = True
             await load_artifacts(tx, [job])
-        return JobPage(job)
+            return job
+
+        return JobPage(await self.store.write(body))
 
     async def update_job(
         self,
@@ -526,7 +533,7 @@ class JobService:
         labels: dict[str, str] | None,
         display_name: str | None,
     ) -> JobPage:
-        async with self.txs.write() as tx:
+        async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
             now = self.clock()
             changed = False
@@ -545,10 +552,12 @@ class JobService:
                 job.touch(now)
                 await self._save(tx, job, now)
             await load_artifacts(tx, [job])
-        return JobPage(job)
+            return job
+
+        return JobPage(await self.store.write(body))
 
     async def delete_job(self, who: Principal, job_id: str, force: bool) -> None:
-        async with self.txs.write() as tx:
+        async def body(tx: Tx) -> None:
             job = await self._load(tx, who, job_id, for_update=True)
             if not job.state.terminal and not force:
                 raise JobNotTerminal(
@@ -558,9 +567,11 @@ class JobService:
                 )
             await tx.delete_job(job.id, self.clock())
 
+        await self.store.write(body)
+
     async def stats(self, who: Principal, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
         f.owner = who.owner_filter
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             return await tx.job_stats(f)
 
 

@@ -9,15 +9,15 @@ commit loses no event and a rolled-back change sends none.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from jobpulse_server.domain import ids
-from jobpulse_server.domain.model import Job, JobState
+from jobpulse_server.domain.model import Chunk, Job, JobState
 from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.services.artifacts import load_artifacts
-from jobpulse_server.store import JobsTx
+from jobpulse_server.store import Tx
 
 # A job as webhook receivers see it (a JSON object), at a given time. The api layer gives it, so
 # the body follows the contract's JSON mapping while this module knows nothing of protobuf.
@@ -96,10 +96,12 @@ class Outbox:
             )
         return rows
 
-    async def save_job(self, tx: JobsTx, job: Job, now: int) -> None:
-        """Writes the job with its webhook events, and marks it changed for watchers. A terminal event
-        carries the job's artifacts, so its receiver needs no second call to find the results."""
+    async def save_job(self, tx: Tx, job: Job, now: int, chunks: Sequence[Chunk] = ()) -> None:
+        """Writes the job (and ``chunks`` of it) with its webhook events, and marks it changed for
+        watchers. A terminal event carries the job's artifacts, so its receiver needs no second call to
+        find the results."""
         if ends(job):
             await load_artifacts(tx, [job])
-        await tx.save_job(job, self.rows_for(job, now))
+        tx.add_outbox(self.rows_for(job, now))
+        await tx.save([job], chunks)
         job.loaded_state = job.state

@@ -36,11 +36,22 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jobpulse_server.domain.errors import RateLimited
+from jobpulse_server.domain.usage import Lease
 from jobpulse_server.services.background import unavailable_reason
 from jobpulse_server.services.usage import UsageLedger
-from jobpulse_server.store import UsageStore
 
 log = logging.getLogger(__name__)
+
+
+class TokenBuckets(Protocol):
+    """The replicas' shared token buckets (PostgreSQL: ``store.fast``)."""
+
+    async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:
+        """Takes ``want`` tokens, all or none, from the key's shared bucket (``rate`` a second, at most
+        ``burst``; full when first seen), in one statement; when it grants none, the wait is until the
+        bucket holds ``want``."""
+        ...
+
 
 # The longest a call waits for a lease before its replica limits the key on its own, and how long
 # it then does so before asking the database again.
@@ -144,7 +155,7 @@ class SharedRateLimiter:
         self,
         rates: dict[str, float],
         ledger: UsageLedger,
-        store: UsageStore,
+        store: TokenBuckets,
         lease_seconds: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from jobpulse_server.config import Config
@@ -28,7 +28,7 @@ from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.services.background import FailingPasses
-from jobpulse_server.store import KeysAndDeliveries, Transactions
+from jobpulse_server.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,11 @@ class RetentionService:
 
     def __init__(
         self,
-        txs: Transactions,
-        deliveries: KeysAndDeliveries,
+        store: Store,
         config: Config,
         clock: Clock = now_us,
     ) -> None:
-        self.txs = txs
-        self.deliveries = deliveries
+        self.store = store
         self.config = config
         self.clock = clock
         self.retention = retention_of(config)
@@ -122,7 +120,7 @@ class RetentionService:
             cutoff = now - ttl
             limit = min(self.batch, budget - looked)
             position = self._scanned.get(state, (0, ""))
-            async with self.txs.read() as tx:
+            async with self.store.read() as tx:
                 found = await tx.expiry_candidates(state, position, cutoff, limit)
             looked += len(found)
             deleted += await self._delete([c for c in found if c.ttl is None])
@@ -137,7 +135,7 @@ class RetentionService:
     async def _expire_own_ttl(self, budget: int) -> int:
         deleted = 0
         while budget > 0 and not self._stop.is_set():
-            async with self.txs.read() as tx:
+            async with self.store.read() as tx:
                 found = await tx.own_ttl_expired(self.clock(), min(self.batch, budget))
             budget -= len(found)
             gone = await self._delete(found)
@@ -156,8 +154,9 @@ class RetentionService:
             if self._stop.is_set():
                 break
             started = loop.time()
-            async with self.txs.write() as tx:
-                gone = await tx.delete_expired([c.job_id for c in batch], self.clock(), self.retention)
+            ids, now = [c.job_id for c in batch], self.clock()
+            # On SQLite on the loop, a bulk write's statements run on the driver's thread.
+            gone = await self.store.write(_deleting(ids, now, self.retention), bulk=True)
             deleted += len(gone)
             # Give the loop (and the write lock, to writers waiting for it) back between transactions.
             await asyncio.sleep((loop.time() - started) * PAUSE_RATIO)
@@ -167,8 +166,8 @@ class RetentionService:
         keep = self.config.tombstone_retention
         trimmed = 0
         while trimmed < self.per_sweep and not self._stop.is_set():
-            async with self.txs.write() as tx:
-                n = await tx.trim_tombstones(self.clock() - int(keep * 1e6), self.batch)
+            before = self.clock() - int(keep * 1e6)
+            n = await self.store.write(_trimming_tombstones(before, self.batch), bulk=True)
             trimmed += n
             if n < self.batch:
                 break
@@ -179,8 +178,8 @@ class RetentionService:
         keep = self.config.webhook_delivery_retention
         trimmed = 0
         while trimmed < self.per_sweep and not self._stop.is_set():
-            async with self.deliveries.write() as tx:
-                n = await tx.trim_deliveries(self.clock() - int(keep * 1e6), self.batch)
+            before = self.clock() - int(keep * 1e6)
+            n = await self.store.write(_trimming_deliveries(before, self.batch), bulk=True)
             trimmed += n
             if n < self.batch:
                 break
@@ -209,6 +208,19 @@ class RetentionService:
                 await asyncio.wait_for(stop.wait(), timeout=self.config.sweep_interval)
             except asyncio.TimeoutError:
                 pass
+
+
+# One transaction's work each (closures made here, not in the sweep's loops).
+def _deleting(ids: list[str], now: int, retention: Retention) -> Callable[[Tx], Awaitable[list[str]]]:
+    return lambda tx: tx.delete_expired(ids, now, retention)
+
+
+def _trimming_tombstones(before: int, limit: int) -> Callable[[Tx], Awaitable[int]]:
+    return lambda tx: tx.trim_tombstones(before, limit)
+
+
+def _trimming_deliveries(before: int, limit: int) -> Callable[[Tx], Awaitable[int]]:
+    return lambda tx: tx.trim_deliveries(before, limit)
 
 
 def retention_of(config: Config) -> Retention:

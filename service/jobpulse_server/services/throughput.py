@@ -49,17 +49,17 @@ def minute_of(t_us: int) -> int:
 
 
 class ThroughputStore(Protocol):
-    """The per-minute counts kept across restarts and summed over replicas (``store.throughput``)."""
+    """The per-minute counts kept across restarts and summed over replicas (``SqlStore``)."""
 
-    async def add(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
+    async def add_throughput(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
         """Adds each (minute, kind)'s (chunks, items) to its stored row: one statement for the batch."""
         ...
 
-    async def recent(self, since_minute_us: int) -> list[tuple[int, str, int, int]]:
+    async def throughput_since(self, since_minute_us: int) -> list[tuple[int, str, int, int]]:
         """The stored (minute, kind, chunks, items) from ``since_minute_us`` on, ordered by minute."""
         ...
 
-    async def prune(self, before_minute_us: int) -> int:
+    async def prune_throughput(self, before_minute_us: int) -> int:
         """Deletes the minutes before ``before_minute_us``; returns how many rows."""
         ...
 
@@ -140,7 +140,7 @@ class Throughput:
             if not batch:
                 return
             try:
-                await self.store.add(batch)
+                await self.store.add_throughput(batch)
             except BaseException:
                 self._keep(batch)
                 self.failed_flushes += 1
@@ -149,7 +149,7 @@ class Throughput:
 
     async def prune(self) -> int:
         """Deletes the stored minutes older than ``keep_us``; returns how many rows."""
-        return await self.store.prune(minute_of(self.clock() - self.keep_us))
+        return await self.store.prune_throughput(minute_of(self.clock() - self.keep_us))
 
     async def tick(self) -> None:
         """One pass of the flush loop: the flush, then the prune when one is due (the first pass, then
@@ -202,7 +202,7 @@ class Throughput:
         last = minute_of(self.clock())
         first = last - (n - 1) * MINUTE_US
         async with self._lock:
-            rows = await self.store.recent(first)
+            rows = await self.store.throughput_since(first)
             unflushed = list(self._pending.items())  # after the read: counts made during it are here
         chunks = [0] * n
         items = [0] * n

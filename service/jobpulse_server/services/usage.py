@@ -14,13 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Protocol
 
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.services.background import FailingPasses, unavailable_reason
-from jobpulse_server.store import UsageStore
 
 log = logging.getLogger(__name__)
+
+
+class UsageStore(Protocol):
+    """Where the counts are kept across restarts and summed over replicas (``SqlStore``)."""
+
+    async def add_usage(self, counts: Mapping[str, KeyUsage], now: int) -> None:
+        """Adds each key's counts to its stored totals, in one transaction."""
+        ...
+
+    async def usage(self) -> dict[str, KeyUsage]:
+        """The stored totals by key name."""
+        ...
 
 
 class UsageLedger:

@@ -27,7 +27,7 @@ from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
 from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
-from jobpulse_server.store import Store, Transactions
+from jobpulse_server.store import Store
 
 # A message carries at most this many chunks; bigger deltas span several messages.
 CHUNKS_PER_MESSAGE = 1000
@@ -364,8 +364,8 @@ class FeedService:
     a smaller change_seq is open. So a cursor never skips a change that commits late.
     """
 
-    def __init__(self, txs: Transactions, hub: ChangeHub, config: Config) -> None:
-        self.txs = txs
+    def __init__(self, store: Store, hub: ChangeHub, config: Config) -> None:
+        self.store = store
         self.hub = hub
         self.config = config
 
@@ -380,7 +380,7 @@ class FeedService:
         with self.hub.subscribe_all() as changed:
             if cursor:
                 position = decode_cursor(cursor)
-                async with self.txs.read() as tx:
+                async with self.store.read() as tx:
                     floor = await tx.feed_floor()
                 if position[0] < floor or (position[0] == floor and position[1] != _END):
                     # Tombstones after this cursor have been trimmed (tombstone_retention): resuming
@@ -390,7 +390,7 @@ class FeedService:
                         "(tombstone_retention); list again and follow the new watch_cursor"
                     )
             else:
-                async with self.txs.read() as tx:
+                async with self.store.read() as tx:
                     horizon = await tx.change_horizon()
                 position = (horizon - 1, _END)
                 yield FeedMessage(EventType.HEARTBEAT, [], encode_cursor(position))
@@ -398,7 +398,7 @@ class FeedService:
                 changed.clear()
                 beyond = False
                 while True:
-                    async with self.txs.read() as tx:
+                    async with self.store.read() as tx:
                         horizon = await tx.change_horizon()
                         found, beyond = await tx.changed_jobs(f, position, horizon, JOBS_PER_MESSAGE + 1)
                         # Finished jobs come with their results (running ones carry them on chunks).

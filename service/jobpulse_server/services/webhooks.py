@@ -32,7 +32,7 @@ from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery, 
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.background import FailingPasses
-from jobpulse_server.store import KeysAndDeliveries
+from jobpulse_server.store import Store
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -96,14 +96,14 @@ class Deliverer:
 
     def __init__(
         self,
-        txs: KeysAndDeliveries,
+        store: Store,
         hub: ChangeHub,
         config: Config,
         clock: Clock = now_us,
         poll_seconds: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self.txs = txs
+        self.store = store
         self.hub = hub
         self.config = config
         self.clock = clock
@@ -133,19 +133,16 @@ class Deliverer:
     async def deliver_due(self, http: httpx.AsyncClient) -> int:
         """One pass: claims up to BATCH due deliveries, sends them, records the outcomes."""
         now = self.clock()
-        async with self.txs.write() as tx:
-            claimed = await tx.claim_due_deliveries(now, BATCH, _ATTEMPT_LEASE_US)
+        claimed = await self.store.write(lambda tx: tx.claim_due_deliveries(now, BATCH, _ATTEMPT_LEASE_US))
         due = [(d, secret or self.config.webhook_secret) for d, secret in claimed]
         if not due:
             return 0
         outcomes = await asyncio.gather(*(self._post(http, d, secret) for d, secret in due))
-        async with self.txs.write() as tx:
-            await tx.record_deliveries(
-                [
-                    (delivery.id, self._outcome(delivery, status, error))
-                    for (delivery, _), (status, error) in zip(due, outcomes, strict=True)
-                ],
-            )
+        recorded = [
+            (delivery.id, self._outcome(delivery, status, error))
+            for (delivery, _), (status, error) in zip(due, outcomes, strict=True)
+        ]
+        await self.store.write(lambda tx: tx.record_deliveries(recorded))
         return len(due)
 
     async def _post(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> tuple[int, str]:
@@ -201,13 +198,13 @@ class Deliverer:
 class WebhookService:
     """What callers may do with their jobs' deliveries: list them, and send one again."""
 
-    def __init__(self, txs: KeysAndDeliveries, clock: Clock = now_us) -> None:
-        self.txs = txs
+    def __init__(self, store: Store, clock: Clock = now_us) -> None:
+        self.store = store
         self.clock = clock
 
     async def list_deliveries(self, who: Principal, job_id: str) -> list[Delivery]:
         """The job's deliveries, newest first (1,000 at most)."""
-        async with self.txs.read() as tx:
+        async with self.store.read() as tx:
             found = await tx.deliveries_for_job(job_id, who.owner_filter, 1000)
         if found is None:
             raise JobNotFound(job_id)
@@ -215,8 +212,8 @@ class WebhookService:
 
     async def redeliver(self, who: Principal, delivery_id: str) -> Delivery:
         """Makes the delivery due now, whatever its state."""
-        async with self.txs.write() as tx:
-            delivery = await tx.requeue_delivery(delivery_id, who.owner_filter, self.clock())
-            if delivery is None:
-                raise DeliveryNotFound(delivery_id)
+        now = self.clock()
+        delivery = await self.store.write(lambda tx: tx.requeue_delivery(delivery_id, who.owner_filter, now))
+        if delivery is None:
+            raise DeliveryNotFound(delivery_id)
         return delivery

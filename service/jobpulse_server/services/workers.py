@@ -20,6 +20,7 @@ from jobpulse_server.domain.errors import (
     InvalidArgument,
     LeaseLost,
 )
+from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
@@ -28,7 +29,7 @@ from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.services.throughput import Throughput
-from jobpulse_server.store import CompletedOne, Store, Transactions, WriteTx, chunk_job_id
+from jobpulse_server.store import CompletedOne, Store, Tx
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -100,7 +101,6 @@ class WorkerService:
     def __init__(
         self,
         store: Store,
-        txs: Transactions,
         hub: ChangeHub,
         outbox: Outbox,
         config: Config,
@@ -109,7 +109,6 @@ class WorkerService:
         throughput: Throughput | None = None,
     ) -> None:
         self.store = store
-        self.txs = txs
         self.hub = hub
         self.outbox = outbox
         self.config = config
@@ -161,11 +160,12 @@ class WorkerService:
 
     async def _claim_once(self, worker_id: str, kinds: list[str], limit: int, lease_us: int) -> list[Claim]:
         ask = ClaimAsk(worker_id, kinds, limit, lease_us)
-        fast = await self.store.claim_one_statement(worker_id, kinds, limit, lease_us, self.clock())
-        if fast is not None:
-            return self._claimed(fast)
+        if self.store.fast is not None:
+            fast = await self.store.fast.claim(worker_id, kinds, limit, lease_us, self.clock())
+            if fast is not None:  # None: it declined (jobs with webhooks, work taken meanwhile)
+                return self._claimed(fast)
 
-        async def body(tx: WriteTx) -> list[Claim] | None:
+        async def body(tx: Tx) -> list[Claim] | None:
             now = self.clock()
             jobs: dict[str, Job] = {}
             claims = await self._claim_in(tx, ask, now, jobs, wait_for_jobs=True)
@@ -192,7 +192,7 @@ class WorkerService:
         ]
 
     async def _claim_in(
-        self, tx: WriteTx, ask: ClaimAsk, now: int, jobs: dict[str, Job], *, wait_for_jobs: bool
+        self, tx: Tx, ask: ClaimAsk, now: int, jobs: dict[str, Job], *, wait_for_jobs: bool
     ) -> list[Claim]:
         """Claims inside ``tx``; ``jobs`` holds the jobs this transaction already has (and gets the
         jobs of the claims). The caller saves.
@@ -222,7 +222,7 @@ class WorkerService:
 
     async def _save(
         self,
-        tx: WriteTx,
+        tx: Tx,
         jobs: Iterable[Job],
         changed: list[Chunk],
         now: int,
@@ -244,7 +244,7 @@ class WorkerService:
 
     # --- leased calls ----------------------------------------------------
     async def _leased(
-        self, tx: WriteTx, items: Sequence[tuple[str, str]]
+        self, tx: Tx, items: Sequence[tuple[str, str]]
     ) -> tuple[dict[str, tuple[Job, Chunk] | DomainError], int]:
         """Locks the jobs, then the chunks, of (chunk id, lease token) pairs, and judges each lease
         by the clock read once the locks are held (a call that waited for a lock past its lease's
@@ -275,7 +275,7 @@ class WorkerService:
                 out[chunk_id] = (job, chunk)
         return out, now
 
-    async def _leased_one(self, tx: WriteTx, chunk_id: str, token: str) -> tuple[Job, Chunk, int]:
+    async def _leased_one(self, tx: Tx, chunk_id: str, token: str) -> tuple[Job, Chunk, int]:
         found, now = await self._leased(tx, [(chunk_id, token)])
         got = found[chunk_id]
         if isinstance(got, DomainError):
@@ -295,7 +295,7 @@ class WorkerService:
     ) -> tuple[bool, int]:
         """Heartbeat: records progress, extends the lease; returns (cancel_requested, lease_expire_time)."""
 
-        async def body(tx: WriteTx) -> tuple[bool, int]:
+        async def body(tx: Tx) -> tuple[bool, int]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)
             if items_done > chunk.item_count:
                 raise InvalidArgument(
@@ -331,8 +331,9 @@ class WorkerService:
         """Completes one chunk (LeaseLost / ChunkNotFound when its lease is not current), then claims
         ``claim_next`` (in the same transaction, where the one-statement completion does not apply)."""
         job_id = chunk_job_id(chunk_id)
-        if job_id and token and claim_next is not None:
-            both = await self.store.complete_and_claim(
+        fast = self.store.fast
+        if fast is not None and job_id and token and claim_next is not None:
+            both = await fast.complete_and_claim(
                 chunk_id,
                 job_id,
                 token,
@@ -342,18 +343,16 @@ class WorkerService:
                 (claim_next.worker_id, claim_next.kinds, claim_next.limit, claim_next.lease_us),
             )
             if both is not None:
-                finished, fast = both
+                finished, next_claims = both
                 self._completed_one(finished)
-                if fast:
-                    return finished.job_state, self._claimed(fast)
-                if fast is None or claim_next.wait_s > 0:
+                if next_claims:
+                    return finished.job_state, self._claimed(next_claims)
+                if next_claims is None or claim_next.wait_s > 0:
                     # Work taken by others meanwhile, or none yet and the worker will wait for it.
                     return finished.job_state, await self.claim(*claim_next.args())
                 return finished.job_state, []
-        if job_id and token:
-            done = await self.store.complete_one(
-                chunk_id, job_id, token, self.clock(), external_task_id, artifacts
-            )
+        if fast is not None and job_id and token:
+            done = await fast.complete(chunk_id, job_id, token, self.clock(), external_task_id, artifacts)
             if done is not None:
                 self._completed_one(done)
                 claims = await self.claim(*claim_next.args()) if claim_next is not None else []
@@ -381,7 +380,7 @@ class WorkerService:
         # commits (a run that rolls back and runs again starts it afresh), counted after the commit.
         by_kind: dict[str, tuple[int, int]] = {}
 
-        async def body(tx: WriteTx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
+        async def body(tx: Tx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
             by_kind.clear()
             if items:
                 found, now = await self._leased(tx, [(i.chunk_id, i.lease_token) for i in items])
@@ -448,7 +447,7 @@ class WorkerService:
     async def fail(
         self, chunk_id: str, token: str, reason: str, message: str, retryable: bool
     ) -> FailOutcome:
-        async def body(tx: WriteTx) -> tuple[FailOutcome, Chunk]:
+        async def body(tx: Tx) -> tuple[FailOutcome, Chunk]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)
             chunk.error_reason = reason or "WORKER_ERROR"
             chunk.error_message = message
@@ -484,7 +483,7 @@ class WorkerService:
     async def sweep(self) -> int:
         """Rescues expired leases and force-cancels overdue cancels. Returns chunks moved."""
 
-        async def rescue(tx: WriteTx) -> int:
+        async def rescue(tx: Tx) -> int:
             now = self.clock()
             expired = await tx.expired_leases(now, 500)
             if not expired:
@@ -503,10 +502,12 @@ class WorkerService:
         moved = await self.store.write(rescue)
         if moved:
             self._count("rescued", moved)
+
         # A transaction of its own: it locks jobs before chunks, the other way round from above.
-        async with self.txs.write() as tx:
+        async def overdue(tx: Tx) -> int:
             now = self.clock()
             cancel_before = now - int(self.config.cancel_deadline * 1e6)
+            stopped = 0
             for job_id in await tx.overdue_cancels(cancel_before):
                 job = await tx.get_job(job_id, None, for_update=True)
                 if job is None or job.state != JobState.CANCELLING:
@@ -516,10 +517,11 @@ class WorkerService:
                     chunk.error_reason = CANCEL_DEADLINE
                     chunk.error_message = "the worker did not stop within the cancel deadline"
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
-                await tx.save_chunks(running)
-                await self.outbox.save_job(tx, job, now)
-                moved += len(running)
-        return moved
+                await self.outbox.save_job(tx, job, now, running)
+                stopped += len(running)
+            return stopped
+
+        return moved + await self.store.write(overdue)
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweeps every ``sweep_interval`` seconds until ``stop`` is set."""

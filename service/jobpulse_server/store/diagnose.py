@@ -1,5 +1,4 @@
-"""Whether the database is one this server can use: why it could not be opened at start-up, said
-in one line a newcomer can act on, and the probe that finds its schema gone while serving.
+"""Why the database could not be opened at start-up, said in one line a newcomer can act on.
 
 ``jobpulse-server serve`` with a wrong ``--database-url`` used to end in a long driver traceback.
 Only failures that are about reaching or opening the database are described here; anything else is
@@ -7,15 +6,11 @@ a bug and keeps its traceback."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 
 import asyncpg
-from sqlalchemy import Executable, exists, false, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-
-from jobpulse_server.store.tables import metadata
 
 HINT = "check --database-url (JOBPULSE_DATABASE_URL)"
 
@@ -53,13 +48,3 @@ def describe_url(database_url: str) -> str:
         return make_url(database_url).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:
         return database_url
-
-
-@functools.cache
-def schema_probe() -> Executable:
-    """One statement that fails, as the server's own queries would, when a table or column the server
-    uses is missing (dropped under it, or the server points at another database); it reads no row.
-
-    ``SELECT 1`` answers as long as the database does, so a health probe of that kind stayed SERVING
-    while every call failed for want of a table."""
-    return select(*(exists(select(*table.c).where(false())) for table in metadata.sorted_tables))

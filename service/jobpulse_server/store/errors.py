@@ -8,9 +8,9 @@ import re
 import sqlite3
 
 import asyncpg
-from sqlalchemy import exc as sa_exc
 
 from jobpulse_server.domain.errors import DatabaseUnavailable
+from jobpulse_server.store.drivers import Aborted
 
 # SQLSTATE classes and codes that say the database is away or refuses us: connection exceptions (08),
 # invalid authorization (28: the role or its password changed), too many connections or out of disk
@@ -116,30 +116,15 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | None:
     """DatabaseUnavailable when ``exc`` says the database is away, refused us, lacks a table or column
     the server uses, or aborted the transaction (nothing was committed and the call may be retried);
     None for anything else. The message says what to do and never quotes the driver's own text."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        found = _unavailable_state(_sqlstate(exc), str(exc.orig))
-        if found is not None:
-            return found
-        if isinstance(exc.orig, sqlite3.Error):
-            found = _sqlite_schema_problem(exc.orig)
-            if found is not None:
-                return found
-        if isinstance(exc.orig, sqlite3.DatabaseError) and _sqlite_unavailable(exc.orig):
-            return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    ):
-        return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
+    if isinstance(exc, Aborted):
+        return _unavailable_state(exc.sqlstate)
     if isinstance(exc, (ConnectionError, OSError)):
-        return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
-    if isinstance(exc, sa_exc.TimeoutError):
-        # No pooled connection freed up in time: the database is too slow to answer or not answering.
         return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
     return _driver_error(exc)
 
 
 def _driver_error(exc: BaseException) -> DatabaseUnavailable | None:
-    """The same mapping for errors of the drivers the store uses directly (sqlite3, asyncpg)."""
+    """The mapping for errors of the two drivers (sqlite3, asyncpg)."""
     if isinstance(exc, sqlite3.Error):
         found = _sqlite_schema_problem(exc)
         if found is not None:
@@ -153,14 +138,13 @@ def _driver_error(exc: BaseException) -> DatabaseUnavailable | None:
         return _unavailable_state(str(getattr(exc, "sqlstate", "") or ""), str(exc))
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError)):
         return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
+    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+        # The connection was cut while asyncpg was mid-operation (seen when a new pooled connection's
+        # set-up was terminated by an outage): asyncpg's state machine gives up on it.
+        return DatabaseUnavailable(UNAVAILABLE_MESSAGE)
     return None
 
 
 def _sqlite_unavailable(exc: sqlite3.DatabaseError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
-
-
-def _sqlstate(exc: sa_exc.DBAPIError) -> str:
-    orig = exc.orig
-    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")

@@ -1,8 +1,8 @@
 """Column lists of the hot-path statements and the mapping between their rows and domain objects.
 
-Rows arrive as plain tuples in the order of ``JOB_COLUMNS`` / ``CHUNK_COLUMNS`` (sqlite3 and
-asyncpg both hand out positional rows), so mapping a row is one constructor call with no
-per-column name lookup.
+Rows arrive as plain tuples in the order of ``JOB_COLUMNS`` / ``CHUNK_COLUMNS``, the tables' own column
+order (sqlite3 and asyncpg both hand out positional rows), so mapping a row is one constructor call with
+no per-column name lookup.
 """
 
 from __future__ import annotations
@@ -12,75 +12,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary
 
-JOB_COLUMNS = (
-    "id",
-    "owner",
-    "request_id",
-    "display_name",
-    "kind",
-    "state",
-    "stage",
-    "message",
-    "priority",
-    "labels",
-    "job_metadata",
-    "total_items",
-    "chunk_size",
-    "max_attempts",
-    "revision",
-    "n_pending",
-    "n_processing",
-    "n_completed",
-    "n_failed",
-    "n_cancelled",
-    "items_done",
-    "error_reason",
-    "error_message",
-    "error_chunk_index",
-    "cancel_requested",
-    "cancel_reason",
-    "cancel_time",
-    "create_time",
-    "update_time",
-    "start_time",
-    "end_time",
-    "change_seq",
-    "webhook_url",
-    "webhook_progress",
-    "last_progress_event",
-    "ttl",
-)
+# In the tables' own column order (tables.py), which the positional mappings below follow.
+JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
 
 # What a save writes: all but the id, which selects the row, change_seq, which the database sets, and
 # ttl, which only CreateJob writes (so the hot paths' UPDATEs are as they were before it existed).
 JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl"))
 
-CHUNK_COLUMNS = (
-    "id",
-    "job_id",
-    "idx",
-    "state",
-    "item_start",
-    "item_count",
-    "items_done",
-    "attempt",
-    "max_attempts",
-    "worker_id",
-    "external_task_id",
-    "error_reason",
-    "error_message",
-    "lease_token",
-    "lease_expire_time",
-    "lease_duration",
-    "next_attempt_time",
-    "revision",
-    "priority",
-    "kind",
-    "start_time",
-    "end_time",
-)
+CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns)
 
 # The columns a chunk's change may touch.
 CHUNK_SAVED = (

@@ -1,0 +1,154 @@
+"""PostgreSQL through asyncpg: one pool per server (``pool_size`` connections, 10 by default), statements
+prepared once per connection (asyncpg's statement cache).
+
+With the change listener's own connection (events/pg_listener.py) a replica holds at most
+``pool_size`` + 1 connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from jobpulse_server.store.drivers import Aborted, Conflict
+from jobpulse_server.store.statements import numbered
+
+# Deadlock and serialization failure: the transaction was rolled back and may run again.
+_ABORTED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_CONFLICT = (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError)
+
+
+def _translated(exc: asyncpg.PostgresError) -> Exception:
+    if isinstance(exc, _ABORTED):
+        return Aborted(str(exc.sqlstate), str(exc))
+    if isinstance(exc, _CONFLICT):
+        return Conflict(str(exc))
+    return exc
+
+
+class PgConn:
+    """``Conn`` over one pooled asyncpg connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        try:
+            return await self.conn.fetch(numbered(sql), *params)  # type: ignore[no-any-return]
+        except (*_ABORTED, *_CONFLICT) as exc:
+            raise _translated(exc) from exc
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+        try:
+            return await self.conn.fetchrow(numbered(sql), *params)  # type: ignore[no-any-return]
+        except (*_ABORTED, *_CONFLICT) as exc:
+            raise _translated(exc) from exc
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return await self.conn.fetchval(numbered(sql), *params)
+        except (*_ABORTED, *_CONFLICT) as exc:
+            raise _translated(exc) from exc
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            status = await self.conn.execute(numbered(sql), *params)
+        except (*_ABORTED, *_CONFLICT) as exc:
+            raise _translated(exc) from exc
+        # A command tag such as "UPDATE 3" or "INSERT 0 1": the last word is the row count.
+        last = str(status).rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        try:
+            await self.conn.executemany(numbered(sql), rows)
+        except (*_ABORTED, *_CONFLICT) as exc:
+            raise _translated(exc) from exc
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The store leaves no session state behind (no LISTEN, advisory locks, SET or cursors), so the reset
+    asyncpg runs on every release, a round trip of its own, is not needed."""
+    return None
+
+
+class PgDriver:
+    """Read snapshots, write transactions and single statements on an asyncpg pool."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.init = init
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            statement_cache_size=256,
+            reset=_no_reset,
+            init=self.init,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def dispose(self) -> None:
+        """Closes the pooled connections as they come back, so the next calls connect afresh."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store not started")
+        return self._pool
+
+    @asynccontextmanager
+    async def read(self, *, consistent: bool = True) -> AsyncIterator[PgConn]:
+        """A snapshot (REPEATABLE READ, read only); with ``consistent`` false, no transaction: each
+        statement on its own, two round trips fewer for a caller that runs one statement."""
+        async with self.pool.acquire() as conn:
+            if not consistent:
+                yield PgConn(conn)
+                return
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield PgConn(conn)
+
+    @asynccontextmanager
+    async def write(self, *, bulk: bool = False) -> AsyncIterator[PgConn]:
+        """A write transaction (READ COMMITTED, row locks), committed when the block ends."""
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    yield PgConn(conn)
+            except _ABORTED as exc:  # raised by COMMIT itself (a serialization failure found late)
+                raise _translated(exc) from exc
+
+    async def analyze(self, table: str) -> int:
+        """Refreshes the planner's statistics of ``table``; the rows it now believes the table holds."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"ANALYZE {table}")
+            found = await conn.fetchval("SELECT reltuples::bigint FROM pg_class WHERE relname = $1", table)
+        return int(found or 0)
+
+    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+        """One statement, its own transaction (no BEGIN and COMMIT round trips); its first row."""
+        async with self.pool.acquire() as conn:
+            return await PgConn(conn).fetchrow(sql, params)

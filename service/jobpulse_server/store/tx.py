@@ -1,0 +1,611 @@
+"""Every operation of the store, written once over a connection that only knows fetch and execute
+(``drivers.Conn``), for both databases: ``SqlTx`` is one read snapshot or one write transaction.
+
+Nothing here commits or decides: the services do, inside ``Store.write(body)``. Writes buffer the
+artifacts and webhook events they add until the next ``save``, and record in ``changes`` what watchers
+must hear of once the transaction commits; on PostgreSQL the other replicas hear of it by a NOTIFY sent
+inside the transaction (``save`` folds it into its own statement; ``finish`` sends what is left).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jobpulse_server.store.statements as q
+from jobpulse_server.domain.changes import CHANNEL, Changes, encode
+from jobpulse_server.domain.filters import JobFilter
+from jobpulse_server.domain.ids import chunk_job_id
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.principal import KeyInfo
+from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.retention import ExpiryCandidate, Retention
+from jobpulse_server.domain.usage import KeyUsage
+from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
+from jobpulse_server.store.drivers import Conflict, Conn
+from jobpulse_server.store.rows import (
+    artifact_from_row,
+    chunk_from_row,
+    chunk_saved_values,
+    job_from_row,
+    job_saved_values,
+)
+
+# New chunks per INSERT: a 100,000-chunk job is written in 20 statements.
+_INSERT_BATCH = 5_000
+# A retired events-token secret is deleted once every token it can have signed has expired: tokens live
+# at most a day, and a replica that has not yet seen the rotation may still sign with it for a few
+# seconds; two days cover both with room.
+RETIRED_SECRET_KEPT_US = 2 * 86_400 * 1_000_000
+
+
+class RequestIdTaken(Exception):
+    """A job with this request_id (for this owner) was inserted by a transaction that committed first."""
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (PostgreSQL's arrays for ``unnest``)."""
+    return [[r[i] for r in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+
+
+def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]:
+    """Rows of ARTIFACT_COLUMNS then job_id, grouped by job."""
+    out: dict[str, list[Artifact]] = {}
+    for r in rows:
+        out.setdefault(r[5], []).append(artifact_from_row(r))
+    return out
+
+
+class SqlTx:
+    """The operations of one transaction on ``conn`` (see the module's docstring)."""
+
+    def __init__(self, conn: Conn, dialect: q.Dialect, changes: Changes, replica: str = "") -> None:
+        self.conn = conn
+        self.d = dialect
+        self.changes = changes
+        self.replica = replica
+        self._artifacts: list[tuple[Any, ...]] = []
+        self._outbox: list[tuple[Any, ...]] = []
+        self._notified: tuple[Any, ...] | None = None
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def changed(self, job_id: str, revision: int) -> None:
+        """Records that the job changed to ``revision`` (watchers are woken after the commit)."""
+        self.changes.jobs[job_id] = max(revision, self.changes.jobs.get(job_id, 0))
+
+    async def get_job(self, job_id: str, owner: str | None, *, for_update: bool = False) -> Job | None:
+        if for_update and self.d.for_update:
+            sql = (q.GET_JOB if owner is None else q.GET_OWNED_JOB) + self.d.for_update
+        else:
+            sql = q.GET_JOB if owner is None else q.GET_OWNED_JOB
+        row = await self.conn.fetchrow(sql, (job_id,) if owner is None else (job_id, owner))
+        return job_from_row(row) if row else None
+
+    async def get_jobs(self, job_ids: Sequence[str], owner: str | None) -> dict[str, Job]:
+        ids = sorted(set(job_ids))
+        params = [*self.d.values(ids), *([owner] if owner is not None else [])]
+        rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), owner is not None), params)
+        return {j.id: j for j in map(job_from_row, rows)}
+
+    async def lock_jobs(self, job_ids: Sequence[str], *, skip_locked: bool = False) -> dict[str, Job]:
+        """Locks and reads jobs, in id order; with ``skip_locked`` leaves out those another transaction
+        holds instead of waiting for them. (SQLite's writer holds every row already.)"""
+        if not job_ids:
+            return {}
+        ids = sorted(set(job_ids))
+        lock = self.d.skip_locked if skip_locked else self.d.for_update
+        rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), False, lock=lock), self.d.values(ids))
+        return {j.id: j for j in map(job_from_row, rows)}
+
+    async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
+        row = await self.conn.fetchrow(q.FIND_JOB_BY_REQUEST, (owner, request_id))
+        return job_from_row(row) if row else None
+
+    async def request_fingerprint(self, job_id: str) -> str | None:
+        """The fingerprint stored with the job; None for jobs made without (or before fingerprints)."""
+        value = await self.conn.fetchval(q.GET_FINGERPRINT, (job_id,))
+        return str(value) if value is not None else None
+
+    async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
+        """Inserts a new job, its chunks and the fingerprint of the request that made it (if it has a
+        request_id); RequestIdTaken if its request_id is taken."""
+        try:
+            await self.conn.execute(q.insert_job(self.d), (*job_saved_values(job), job.id, job.ttl))
+        except Conflict as exc:
+            if job.request_id:
+                raise RequestIdTaken(job.request_id) from exc
+            raise
+        rows = [
+            (c.id, c.job_id, c.index, int(c.state), c.item_start, c.item_count, c.items_done, c.attempt,
+             c.max_attempts, c.worker_id, c.external_task_id, c.error_reason, c.error_message, c.lease_token,
+             c.lease_expire_time, c.lease_duration, c.next_attempt_time, c.revision, c.priority, c.kind,
+             c.start_time, c.end_time)
+            for c in chunks
+        ]  # fmt: skip
+        sql = q.insert_chunks(self.d)
+        for start in range(0, len(rows), _INSERT_BATCH):
+            batch = rows[start : start + _INSERT_BATCH]
+            if self.d.arrays:
+                await self.conn.execute(sql, _columns(batch, len(q.CHUNK_COLUMNS)))
+            else:
+                await self.conn.executemany(sql, batch)
+        if request_fingerprint:
+            await self.conn.execute(q.INSERT_FINGERPRINT, (job.id, request_fingerprint))
+        self.changed(job.id, job.revision)
+
+    async def delete_job(self, job_id: str, now: int) -> None:
+        """Deletes the job, its chunks and artifacts, leaving a tombstone for the feed."""
+        await self._delete_jobs([job_id], now)
+
+    async def _delete_jobs(self, ids: Sequence[str], now: int) -> None:
+        if not ids:
+            return
+        tombstones, *deletes = q.delete_jobs(self.d, len(ids))
+        await self.conn.execute(tombstones, [now, *self.d.values(ids)])
+        for sql in deletes:
+            await self.conn.execute(sql, self.d.values(ids))
+        self.changes.deleted.update(ids)
+
+    async def overdue_cancels(self, cancel_before: int, limit: int = 100) -> list[str]:
+        """Jobs still CANCELLING whose cancel was asked before ``cancel_before``."""
+        rows = await self.conn.fetch(q.OVERDUE_CANCELS, (int(JobState.CANCELLING), cancel_before, limit))
+        return [r[0] for r in rows]
+
+    # --- chunks -----------------------------------------------------------------------------------
+
+    async def list_chunks(
+        self,
+        job_id: str,
+        *,
+        after_index: int = -1,
+        limit: int | None = None,
+        states: Iterable[ChunkState] = (),
+        after_revision: int | None = None,
+    ) -> list[Chunk]:
+        """A job's chunks in index order, COMPLETED ones with their artifacts."""
+        sql, params = q.chunk_list(self.d, job_id, after_index, limit, states, after_revision)
+        found = list(map(chunk_from_row, await self.conn.fetch(sql, params)))
+        done = [c for c in found if c.state == ChunkState.COMPLETED]
+        if done:
+            rows = await self.conn.fetch(q.ARTIFACTS_BETWEEN, (job_id, done[0].index, done[-1].index))
+            by_index: dict[int, list[Artifact]] = {}
+            for r in rows:
+                by_index.setdefault(r[0], []).append(artifact_from_row(r))
+            for c in done:
+                c.artifacts = by_index.get(c.index, [])
+        return found
+
+    async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
+        """One chunk of the job (without its artifacts)."""
+        row = await self.conn.fetchrow(q.GET_CHUNK, (chunk_id,))
+        chunk = chunk_from_row(row) if row else None
+        return chunk if chunk is not None and chunk.job_id == job_id else None
+
+    async def processing_chunks(self, job_id: str) -> list[Chunk]:
+        return await self.list_chunks(job_id, states=[ChunkState.PROCESSING])
+
+    async def chunk_states(self, job_id: str) -> str:
+        """Every chunk's state of the job in index order, one digit each (ChunkState's numbers)."""
+        if self.d.postgres:
+            return str(await self.conn.fetchval(q.chunk_states(self.d), (job_id,)) or "")
+        return "".join(str(r[0]) for r in await self.conn.fetch(q.chunk_states(self.d), (job_id,)))
+
+    async def claim(
+        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool
+    ) -> tuple[dict[str, Job], list[Chunk]]:
+        """The first ``limit`` chunks ready to run (claim order) and their jobs, locked. On PostgreSQL the
+        jobs of the first ready chunks are locked first, then those jobs' ready chunks are taken: jobs
+        before chunks is the lock order of every writer that waits; with ``skip_locked``, jobs another
+        transaction holds are left out instead of waited for. SQLite has one writer at a time: the
+        chunks come straight off the claim index (restricting them to jobs found first made SQLite sort
+        every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks)."""
+        params = [*q.ready_params(self.d, kinds, now), limit]
+        if self.d.postgres:
+            row = await self.conn.fetchrow(q.pg_claim(len(kinds), skip_locked=skip_locked), params * 2)
+            jobs, chunks = row if row else (None, None)
+            return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
+        picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
+        return (await self.get_jobs([c.job_id for c in picked], None) if picked else {}), picked
+
+    async def lock_leased(
+        self, job_ids: Sequence[str], chunk_ids: Sequence[str]
+    ) -> tuple[dict[str, Job], dict[str, Chunk]]:
+        """Locks and reads the jobs, then those of the chunks that belong to them (one round trip on
+        PostgreSQL)."""
+        if self.d.postgres:
+            row = await self.conn.fetchrow(q.PG_LOCK_LEASED, (sorted(set(job_ids)), sorted(set(chunk_ids))))
+            jobs, chunks = row if row else (None, None)
+            return (
+                {j.id: j for j in map(job_from_row, jobs or ())},
+                {c.id: c for c in map(chunk_from_row, chunks or ())},
+            )
+        found = await self.lock_jobs(job_ids)
+        wanted = sorted({c for c in chunk_ids if chunk_job_id(c) in found})
+        rows = (
+            await self.conn.fetch(q.get_chunks(self.d, len(wanted)), self.d.values(wanted)) if wanted else []
+        )
+        return found, {c.id: c for c in map(chunk_from_row, rows)}
+
+    async def expired_leases(self, now: int, limit: int) -> list[Chunk]:
+        rows = await self.conn.fetch(q.expired_leases(self.d), (int(ChunkState.PROCESSING), now, limit))
+        return list(map(chunk_from_row, rows))
+
+    async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
+        """Every PENDING chunk of the job to CANCELLED; returns how many."""
+        params = (int(ChunkState.CANCELLED), revision, now, job_id, int(ChunkState.PENDING))
+        return await self.conn.execute(q.CANCEL_PENDING_CHUNKS, params)
+
+    async def reset_for_retry(
+        self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
+    ) -> tuple[int, int, int]:
+        """FAILED and CANCELLED chunks (only ``chunk_id``, if given) back to PENDING at ``priority``, each
+        allowed ``attempts`` claims more than it has had (``attempt`` keeps counting); (failed moved,
+        cancelled moved, their items done)."""
+        count, update = q.retryable_chunks(self.d, chunk_id is not None)
+        where = [job_id, *self.d.values([int(ChunkState.FAILED), int(ChunkState.CANCELLED)])]
+        if chunk_id is not None:
+            where.append(chunk_id)
+        counts = {int(r[0]): (int(r[1]), int(r[2])) for r in await self.conn.fetch(count, where)}
+        await self.conn.execute(update, [revision, priority, attempts, *where])
+        failed = counts.get(int(ChunkState.FAILED), (0, 0))
+        cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
+        return failed[0], cancelled[0], failed[1] + cancelled[1]
+
+    async def set_pending_priority(self, job_id: str, priority: int) -> None:
+        # Only pending chunks: running ones are locked by their workers, and a chunk that goes back to
+        # PENDING takes its job's priority then (Job.move_chunk).
+        await self.conn.execute(q.SET_PENDING_PRIORITY, (priority, job_id, int(ChunkState.PENDING)))
+
+    # --- artifacts, outbox, save -------------------------------------------------------------------
+
+    async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
+        """The first ``limit`` artifacts of each job, in chunk order (jobs without any are left out;
+        artifacts added in this transaction are not written yet)."""
+        if len(job_ids) == 1:
+            rows = await self.conn.fetch(q.JOB_ARTIFACTS, (job_ids[0], limit))
+        else:
+            rows = await self.conn.fetch(
+                q.jobs_artifacts(self.d, len(job_ids)), [*self.d.values(job_ids), limit]
+            )
+        return artifacts_by_job(rows)
+
+    def add_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
+        self._artifacts += [
+            (job_id, a.chunk_index, a.name, a.uri, a.media_type, a.size_bytes) for a in artifacts
+        ]
+
+    def add_outbox(self, rows: Sequence[dict[str, Any]]) -> None:
+        self._outbox += [tuple(r[c] for c in q.OUTBOX_COLUMNS) for r in rows]
+
+    async def save(self, jobs: Iterable[Job], chunks: Sequence[Chunk]) -> None:
+        """Writes the chunks, the jobs (a new change_seq each) and the artifacts and webhook events added
+        so far, and records the jobs' revisions in ``changes``. On PostgreSQL the chunks, the jobs and
+        the NOTIFY go in one round trip."""
+        jobs = list(jobs)
+        for job in jobs:
+            self.changed(job.id, job.revision)
+        if self.d.arrays:
+            payloads = encode(self.changes, self.replica)
+            chunk_rows = [(c.id, *chunk_saved_values(c)) for c in chunks]
+            job_rows = [(j.id, *job_saved_values(j)) for j in jobs]
+            await self.conn.fetchval(
+                q.PG_SAVE,
+                [
+                    *_columns(chunk_rows, 1 + len(q.CHUNK_SAVED)),
+                    *_columns(job_rows, 1 + len(q.JOB_SAVED)),
+                    CHANNEL,
+                    payloads[0],
+                ],
+            )
+            for payload in payloads[1:]:
+                await self.conn.execute(q.NOTIFY, (CHANNEL, payload))
+            self._notified = self._said()
+        else:
+            await self.conn.executemany(q.SAVE_CHUNK, [(*chunk_saved_values(c), c.id) for c in chunks])
+            save_job = q.save_job(self.d)
+            for job in jobs:
+                await self.conn.execute(save_job, (*job_saved_values(job), job.id))
+        for job in jobs:
+            job.bumped = False
+        if self._artifacts:
+            sql = q.insert_artifacts(self.d)
+            if self.d.arrays:
+                await self.conn.execute(sql, _columns(self._artifacts, 6))
+            else:
+                await self.conn.executemany(sql, self._artifacts)
+            self._artifacts = []
+        if self._outbox:
+            await self.conn.executemany(q.INSERT_OUTBOX, self._outbox)
+            self._outbox = []
+            self.changes.webhooks = True
+
+    def _said(self) -> tuple[Any, ...]:
+        c = self.changes
+        return (dict(c.jobs), set(c.deleted), c.new_work, len(c.work_later))
+
+    async def finish(self) -> None:
+        """Before the commit: on PostgreSQL, tells the other replicas what this transaction changed
+        that no ``save`` has told them yet (delivered only if it commits)."""
+        c = self.changes
+        if not self.d.postgres or not (c.jobs or c.deleted or c.new_work) or self._notified == self._said():
+            return
+        for payload in encode(c, self.replica):
+            await self.conn.execute(q.NOTIFY, (CHANNEL, payload))
+        self._notified = self._said()
+
+    # --- listing, the feed, stats ------------------------------------------------------------------
+
+    async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
+        sql, params = q.list_jobs(self.d, f, order_by, after, limit)
+        return list(map(job_from_row, await self.conn.fetch(sql, params)))
+
+    async def count_jobs(self, f: JobFilter) -> int:
+        """Exact on SQLite; on PostgreSQL exact up to COUNT_EXACT_UP_TO, beyond that the planner's
+        estimate (never below the cap)."""
+        count, explain, params = q.count_jobs(self.d, f)
+        n = int(await self.conn.fetchval(count, params))
+        if explain is None or n <= q.COUNT_EXACT_UP_TO:
+            return n
+        plan = json.loads(await self.conn.fetchval(explain, params))
+        return max(n, int(plan[0]["Plan"]["Plan Rows"]))
+
+    async def change_horizon(self) -> int:
+        """Every job change with change_seq below this is committed and visible to this transaction."""
+        return int(await self.conn.fetchval(self.d.horizon))
+
+    async def changed_jobs(
+        self, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
+    ) -> tuple[list[FeedEntry], bool]:
+        """Jobs matching ``f`` changed or deleted after ``after`` (change_seq, id) and below ``horizon``,
+        in change order; and whether changes at or beyond the horizon exist (committed but not yet safe
+        to hand out)."""
+        sql, params = q.changed(self.d, "jobs", f, after, horizon, limit)
+        found = [
+            FeedEntry(j.change_seq, j.id, j) for j in map(job_from_row, await self.conn.fetch(sql, params))
+        ]
+        sql, params = q.changed(self.d, "job_tombstones", f, after, horizon, limit)
+        found += [FeedEntry(int(r[0]), r[1], None) for r in await self.conn.fetch(sql, params)]
+        beyond = (
+            bool(await self.conn.fetchval(q.BEYOND_HORIZON, (horizon, horizon))) if self.d.postgres else False
+        )
+        found.sort(key=lambda e: (e.change_seq, e.job_id))
+        return found[:limit], beyond
+
+    async def feed_floor(self) -> int:
+        """The largest change_seq of a trimmed tombstone, 0 if none: a WatchJobs cursor before it may have
+        missed deletions."""
+        value = await self.conn.fetchval(q.FEED_FLOOR)
+        return int(value) if value is not None else 0
+
+    async def trim_tombstones(self, before: int, limit: int) -> int:
+        """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` (never the newest) and
+        raises the feed's floor to the largest change_seq among them; returns how many."""
+        rows = await self.conn.fetch(q.OLD_TOMBSTONES, (before, limit))
+        if not rows:
+            return 0
+        ids = [r[0] for r in rows]
+        await self.conn.execute(q.delete_tombstones(self.d, len(ids)), self.d.values(ids))
+        await self.conn.execute(q.RAISE_FEED_FLOOR, (max(int(r[1]) for r in rows),))
+        return len(rows)
+
+    async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
+        """Counts by state and duration percentiles, computed in SQL, overall and per kind."""
+        w = q.job_filter(self.d, f)
+        per_kind: dict[str, StatsRow] = {}
+        overall = StatsRow("", 0, {}, 0, {})
+        for kind, state, n, items, first_start, last_update, n_ran, ran_us in await self.conn.fetch(
+            q.stats_groups(w), w.params
+        ):
+            row = per_kind.setdefault(kind, StatsRow(kind, 0, {}, 0, {}))
+            for target in (row, overall):
+                target.total += int(n)
+                target.by_state[JobState(state)] = target.by_state.get(JobState(state), 0) + int(n)
+                target.items_done += int(items)
+                target.processed_jobs += int(n_ran)
+                target.processing_us += int(ran_us)
+                if first_start is not None:
+                    target.first_start = min(filter(None, (target.first_start, int(first_start))))
+                    target.last_update = max(target.last_update or 0, int(last_update))
+        overall.durations = await self._durations(w)
+        for kind, row in per_kind.items():
+            wk = q.job_filter(self.d, f)
+            wk.add("kind = ?", kind)
+            row.durations = await self._durations(wk)
+        return overall, [per_kind[k] for k in sorted(per_kind)]
+
+    async def _durations(self, w: q.Where) -> dict[str, int | None]:
+        """Nearest-rank percentiles (the ceil(q*n)-th smallest) of finished jobs' create-to-end time."""
+        out: dict[str, int | None] = {"p50": None, "p95": None, "p99": None, "max": None}
+        n = int(await self.conn.fetchval(q.finished_count(w), w.params))
+        if n == 0:
+            return out
+        for name, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
+            rank = min(n, max(1, math.ceil(share * n)))
+            out[name] = int(await self.conn.fetchval(q.duration_at(w), [*w.params, rank - 1]))
+        return out
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        return {JobState(s): int(n) for s, n in await self.conn.fetch(q.COUNT_BY_STATE)}
+
+    async def leases_in_flight(self) -> tuple[int, int]:
+        """Chunks under a lease now, and the workers holding them."""
+        row = await self.conn.fetchrow(q.LEASES_IN_FLIGHT, (int(ChunkState.PROCESSING),))
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def schema_version(self) -> str:
+        """The migration the database is at ("" before the first)."""
+        return str(await self.conn.fetchval(q.SCHEMA_VERSION) or "")
+
+    async def probe(self) -> None:
+        """Raises unless every table and column the server uses is there."""
+        await self.conn.fetchrow(q.SCHEMA_PROBE)
+
+    # --- expiry ------------------------------------------------------------------------------------
+
+    async def expiry_candidates(
+        self, state: JobState, after: tuple[int, str], before: int, limit: int
+    ) -> list[ExpiryCandidate]:
+        """Up to ``limit`` jobs in ``state`` with (update_time, id) after ``after`` and update_time before
+        ``before``, in that order (the expiry sweep of jobs on the default ttl: a terminal job's
+        update_time is at least its end_time, and a change after it ended only postpones its deletion)."""
+        rows = await self.conn.fetch(q.EXPIRY_CANDIDATES, (int(state), after[0], after[1], before, limit))
+        return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
+
+    async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
+        """Up to ``limit`` jobs with a ttl of their own (> 0) whose end_time + ttl is before ``now``."""
+        rows = await self.conn.fetch(q.OWN_TTL_EXPIRED, (now, limit))
+        return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
+
+    async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
+        """Deletes those of the jobs still expired under ``retention`` (looked for in another snapshot, a
+        job may have been retried or deleted since) as ``delete_job`` does; returns their ids."""
+        if not job_ids:
+            return []
+        defaults = list(retention.defaults())
+        params = [*self.d.values(job_ids), now]
+        for state, ttl in defaults:
+            params += [int(state), now - ttl]
+        rows = await self.conn.fetch(q.still_expired(self.d, len(job_ids), len(defaults)), params)
+        gone = [r[0] for r in rows]
+        await self._delete_jobs(gone, now)
+        return gone
+
+    # --- API keys, events-token secrets ------------------------------------------------------------
+
+    async def create_key(
+        self,
+        name: str,
+        role: str,
+        key_hash: str,
+        prefix: str,
+        now: int,
+        webhook_url: str,
+        webhook_secret: str,
+    ) -> bool:
+        """Stores a key; False when the name is taken (revoked keys keep theirs)."""
+        if await self.conn.fetchval(q.KEY_NAMED, (name,)) is not None:
+            return False
+        await self.conn.execute(
+            q.INSERT_KEY, (name, role, key_hash, prefix, now, webhook_url, webhook_secret)
+        )
+        return True
+
+    async def list_keys(self) -> list[KeyInfo]:
+        return [KeyInfo(r[0], r[1], r[2], r[3], r[4]) for r in await self.conn.fetch(q.LIST_KEYS)]
+
+    async def revoke_key(self, name: str, now: int) -> bool:
+        """Revokes a key by name; False if there is no such active key."""
+        return await self.conn.execute(q.REVOKE_KEY, (now, name)) > 0
+
+    async def active_keys(self) -> dict[str, KeyInfo]:
+        """Keys not revoked, by the hash of the key."""
+        rows = await self.conn.fetch(q.ACTIVE_KEYS)
+        return {r[0]: KeyInfo(r[1], r[2], r[3], r[4], None, r[5]) for r in rows}
+
+    async def webhook_secret(self, name: str) -> str | None:
+        """The secret a key's webhooks are signed with."""
+        value = await self.conn.fetchval(q.KEY_WEBHOOK_SECRET, (name,))
+        return str(value) if value is not None else None
+
+    async def events_secrets(self) -> dict[int, tuple[str, bool]]:
+        """The secrets events tokens are verified with: id -> (secret, whether it signs new ones)."""
+        return {int(r[0]): (r[1], r[2] is None) for r in await self.conn.fetch(q.EVENTS_SECRETS)}
+
+    async def ensure_events_secret(self, now: int) -> None:
+        """Makes a signing secret if there is none (a server's first start on a new database)."""
+        if await self.conn.fetchval(q.SIGNING_SECRET) is None:
+            await self.conn.fetchval(q.INSERT_EVENTS_SECRET, (secrets.token_hex(32), now))
+
+    async def rotate_events_secret(self, now: int) -> int:
+        """Retires the signing secret(s) for a new one (the old ones verify until their tokens expire) and
+        drops secrets retired long enough ago that no token they signed is still valid; the new id."""
+        await self.conn.execute(q.DROP_OLD_SECRETS, (now - RETIRED_SECRET_KEPT_US,))
+        await self.conn.execute(q.RETIRE_SECRETS, (now,))
+        return int(await self.conn.fetchval(q.INSERT_EVENTS_SECRET, (secrets.token_hex(32), now)))
+
+    # --- the webhook outbox ------------------------------------------------------------------------
+
+    async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
+        """The job's deliveries, newest first; None when there is no such job (of ``owner``'s)."""
+        exists = q.JOB_EXISTS if owner is None else q.OWNED_JOB_EXISTS
+        if await self.conn.fetchrow(exists, (job_id,) if owner is None else (job_id, owner)) is None:
+            return None
+        return [Delivery(*r) for r in await self.conn.fetch(q.JOB_DELIVERIES, (job_id, limit))]
+
+    async def requeue_delivery(self, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
+        """Makes a delivery due at ``now``, whatever its state; None when there is no such delivery (of
+        ``owner``'s)."""
+        sql = q.GET_DELIVERY if owner is None else q.GET_OWNED_DELIVERY
+        row = await self.conn.fetchrow(sql, (delivery_id,) if owner is None else (delivery_id, owner))
+        if row is None:
+            return None
+        await self.conn.execute(q.REQUEUE_DELIVERY, (PENDING, now, delivery_id))
+        delivery = Delivery(*row)
+        delivery.state, delivery.next_attempt_time = PENDING, now
+        self.changes.webhooks = True
+        return delivery
+
+    async def claim_due_deliveries(
+        self, now: int, limit: int, hold_us: int
+    ) -> list[tuple[Delivery, str | None]]:
+        """Up to ``limit`` due deliveries with their owner's webhook secret, held for ``hold_us`` so no
+        other replica sends them meanwhile."""
+        rows = await self.conn.fetch(q.due_deliveries(self.d), (now, limit))
+        due = [(Delivery(*r[:-1]), r[-1]) for r in rows]
+        if due:
+            ids = [d.id for d, _ in due]
+            await self.conn.execute(q.hold_deliveries(self.d, len(ids)), [now + hold_us, *self.d.values(ids)])
+        return due
+
+    async def record_deliveries(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Writes the outcome of each attempt: (delivery id, the columns to set)."""
+        for delivery_id, values in outcomes:
+            cols = sorted(values)
+            await self.conn.execute(q.record_delivery(cols), [*(values[c] for c in cols), delivery_id])
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
+        """(deliveries pending, create time of the oldest one that is due)."""
+        pending = int(await self.conn.fetchval(q.OUTBOX_PENDING, (PENDING,)))
+        oldest = await self.conn.fetchval(q.OUTBOX_OLDEST_DUE, (PENDING, now))
+        return pending, int(oldest) if oldest is not None else None
+
+    async def trim_deliveries(self, before: int, limit: int) -> int:
+        """Deletes up to ``limit`` delivered or dead deliveries last tried before ``before``."""
+        found = 0
+        for state in (DELIVERED, DEAD):
+            ids = [r[0] for r in await self.conn.fetch(q.DONE_DELIVERIES, (state, before, limit - found))]
+            if ids:
+                await self.conn.execute(q.delete_deliveries(self.d, len(ids)), self.d.values(ids))
+            found += len(ids)
+            if found >= limit:
+                break
+        return found
+
+    # --- usage per key, throughput per minute -------------------------------------------------------
+
+    async def add_usage(self, counts: Mapping[str, KeyUsage], now: int) -> None:
+        """Adds each key's counts to its stored totals. Keys in name order: two replicas flushing the same
+        keys lock their rows in the same order, so they wait for each other instead of deadlocking."""
+        rows = [(n, counts[n].role, counts[n].calls, counts[n].rejected, now) for n in sorted(counts)]
+        await self.conn.executemany(q.ADD_USAGE, rows)
+
+    async def usage(self) -> dict[str, KeyUsage]:
+        """The stored totals by key name."""
+        return {r[0]: KeyUsage(r[1], int(r[2]), int(r[3])) for r in await self.conn.fetch(q.USAGE)}
+
+    async def add_throughput(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
+        """Adds each (minute, kind)'s (chunks, items), in key order (as ``add_usage``, for the locks)."""
+        await self.conn.executemany(q.ADD_THROUGHPUT, [(m, k, *counts[m, k]) for m, k in sorted(counts)])
+
+    async def throughput_since(self, minute: int) -> list[tuple[int, str, int, int]]:
+        """Every stored (minute, kind, chunks, items) from ``minute`` on, by minute then kind."""
+        rows = await self.conn.fetch(q.THROUGHPUT_SINCE, (minute,))
+        return [(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    async def prune_throughput(self, before_minute: int) -> int:
+        """Deletes the rows of the minutes before ``before_minute``; returns how many."""
+        return await self.conn.execute(q.PRUNE_THROUGHPUT, (before_minute,))

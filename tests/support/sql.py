@@ -1,0 +1,42 @@
+"""Plain SQL against a test's database, beside the server (to look at rows the API does not show, or to
+break things on purpose): sqlite3 for SQLite files, asyncpg for PostgreSQL. ``?`` placeholders."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from jobpulse_server.store.statements import numbered
+
+
+def fetch(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Runs one statement in its own transaction (committed) and returns its rows."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(str(url.database), timeout=30)
+        try:
+            with conn:
+                return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    async def run() -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            return [tuple(r) for r in await conn.fetch(numbered(sql), *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def value(database_url: str, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row (None without rows)."""
+    rows = fetch(database_url, sql, params)
+    return rows[0][0] if rows else None
