@@ -1,0 +1,251 @@
+"""PostgreSQL's one-statement paths (store/fast.py) against the domain they repeat in SQL, on random job
+states: a completion, a claim, and a completion with the next claim leave the job and its chunks exactly as
+``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline (None, nothing
+changed) for a job with webhooks or a lease that is not current.
+
+Each example writes a job in a random but consistent state (chunks in any state, a cancel asked or not,
+items done, attempts, revisions, a start time), of a kind of its own so that claims see only it, runs one
+fast path, and compares what the database holds with what the domain computes from the same rows."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobpulse_server.domain import ids
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, Summary, derive_state
+from jobpulse_server.store import PgFast
+from jobpulse_server.store.database import SqlStore
+
+T = TypeVar("T")
+
+NOW = 1_800_000_000_000_000
+LEASE = 60_000_000
+WORKER = "prop-worker"
+
+
+@pytest.fixture
+def pg(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, SqlStore]]:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the one-statement paths are PostgreSQL's")
+    loop = asyncio.new_event_loop()
+    store = SqlStore(database_url)
+    loop.run_until_complete(store.start())
+    try:
+        yield loop, store
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
+
+
+@st.composite
+def jobs(draw: st.DrawFn, *, need: ChunkState) -> tuple[Job, list[Chunk]]:
+    """A job in a consistent state with at least one chunk in ``need``."""
+    n = draw(st.integers(1, 7))
+    states = [need, *draw(st.lists(st.sampled_from(list(ChunkState)), min_size=n - 1, max_size=n - 1))]
+    cancel = draw(st.booleans())
+    job_id = ids.new_job_id()
+    kind = "prop-" + job_id
+    revision = draw(st.integers(1, 40))
+    priority = draw(st.integers(0, 10))
+    chunks = []
+    start = 0
+    for i, state in enumerate(states):
+        count = draw(st.integers(1, 5))
+        done = {ChunkState.COMPLETED: count, ChunkState.PENDING: 0}.get(state, draw(st.integers(0, count)))
+        attempt = draw(st.integers(0 if state == ChunkState.PENDING else 1, 3))
+        running = state == ChunkState.PROCESSING
+        # A pending chunk may wait out a retry backoff that has just ended.
+        backoff = draw(st.sampled_from([None, NOW - 1])) if state == ChunkState.PENDING else None
+        chunks.append(
+            Chunk(
+                id=ids.chunk_id(job_id, i),
+                job_id=job_id,
+                index=i,
+                state=state,
+                item_start=start,
+                item_count=count,
+                items_done=done,
+                attempt=attempt,
+                max_attempts=attempt + draw(st.integers(0, 2)),
+                worker_id=WORKER if running else "",
+                lease_token=f"tok-{job_id}-{i}" if running else None,
+                lease_expire_time=NOW + LEASE if running else None,
+                lease_duration=LEASE if running else None,
+                next_attempt_time=backoff,
+                revision=draw(st.integers(1, revision)),
+                priority=priority,
+                kind=kind,
+                start_time=NOW - 10 if state != ChunkState.PENDING else None,
+                end_time=NOW - 5 if state.terminal else None,
+            )
+        )
+        start += count
+    summary = Summary.recount([c.state for c in chunks])
+    started = any(c.state != ChunkState.PENDING for c in chunks) or draw(st.booleans())
+    state = derive_state(summary, cancel_requested=cancel, started=started)
+    job = Job(
+        id=job_id,
+        owner="prop",
+        kind=kind,
+        priority=priority,
+        total_items=start,
+        chunk_size=5,
+        max_attempts=3,
+        revision=revision,
+        summary=summary,
+        items_done=sum(c.items_done for c in chunks),
+        state=state,
+        cancel_requested=cancel,
+        cancel_time=NOW - 20 if cancel else None,
+        create_time=NOW - 100,
+        update_time=NOW - 1,
+        start_time=NOW - 50 if started else None,
+        end_time=NOW - 1 if state.terminal else None,
+        webhook_url=draw(st.sampled_from(["", "", "", "https://hooks.example/prop"])),
+    )
+    return job, chunks
+
+
+async def _read(store: Any, job_id: str) -> tuple[Job, list[Chunk]]:
+    async with store.read() as tx:
+        job = await tx.get_job(job_id, None)
+        assert job is not None
+        return job, await tx.list_chunks(job_id)
+
+
+_IGNORED = {"change_seq", "loaded_state", "bumped", "artifacts"}
+
+
+def _job(job: Job) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(job).items() if k not in _IGNORED}
+
+
+def _chunk(chunk: Chunk, *, token: bool = True) -> dict[str, Any]:
+    out = {k: v for k, v in dataclasses.asdict(chunk).items() if k != "artifacts"}
+    if not token:
+        out["lease_token"] = bool(out["lease_token"])
+    return out
+
+
+def _complete_in_domain(job: Job, chunk: Chunk, now: int) -> None:
+    """What WorkerService.complete_many does to a leased chunk."""
+    if job.cancel_requested:
+        job.move_chunk(chunk, ChunkState.CANCELLED, now)
+    else:
+        job.move_chunk(chunk, ChunkState.COMPLETED, now, items_done=chunk.item_count)
+
+
+def _claim_in_domain(job: Job, chunks: list[Chunk], limit: int, now: int) -> list[Chunk]:
+    """What WorkerService._claim_in does to the ready chunks of the one job (claim order: index)."""
+    ready = [
+        c
+        for c in chunks
+        if c.state == ChunkState.PENDING and (c.next_attempt_time is None or c.next_attempt_time <= now)
+    ][:limit]
+    for c in ready:
+        c.attempt += 1
+        c.worker_id = WORKER
+        c.start_time = now
+        c.end_time = None
+        c.next_attempt_time = None
+        job.move_chunk(c, ChunkState.PROCESSING, now, items_done=0)
+        c.lease_token = "set"
+        c.lease_expire_time = now + LEASE
+        c.lease_duration = LEASE
+    return ready
+
+
+def _seeded(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]]
+) -> tuple[Callable[[Awaitable[T]], T], PgFast, Job, tuple[Job, list[Chunk]]]:
+    """Writes the example's job; (a runner of coroutines, the fast paths, the job, the job as read back)."""
+    loop, store = pg
+    assert store.fast is not None
+    job, chunks = case
+    run = cast(Callable[[Awaitable[T]], T], loop.run_until_complete)
+    run(store.write(lambda tx: tx.insert_job(job, chunks)))
+    return run, store.fast, job, run(_read(store, job.id))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING), stale=st.booleans())
+def test_a_completion_is_move_chunk_and_derive_state(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: bool
+) -> None:
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    target = before_chunks[0]
+    token = "not-the-lease" if stale else str(target.lease_token)
+    art = [Artifact("out", f"https://results.example/{job.id}/0", "image/png", 7, target.index)]
+    done = run(fast.complete(target.id, job.id, token, NOW, "", art))
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    if stale or job.webhook_url:
+        assert done is None, "declined: nothing may change"
+        assert (_job(after_job), [_chunk(c) for c in after_chunks]) == (
+            _job(before_job),
+            [_chunk(c) for c in before_chunks],
+        )
+        return
+    assert done is not None
+    expected_job, expected_chunks = before_job, before_chunks
+    _complete_in_domain(expected_job, expected_chunks[0], NOW)
+    assert (done.job_state, done.revision, done.chunk_state) == (
+        expected_job.state,
+        expected_job.revision,
+        expected_chunks[0].state,
+    )
+    assert _job(after_job) == _job(expected_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in expected_chunks]
+    if expected_chunks[0].state == ChunkState.COMPLETED:
+        assert [a.uri for a in after_chunks[0].artifacts] == [art[0].uri]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PENDING), limit=st.integers(1, 4))
+def test_a_claim_is_move_chunk_to_processing(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
+) -> None:
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    got = run(fast.claim(WORKER, [job.kind], limit, LEASE, NOW))
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
+    if job.webhook_url and expected:
+        assert got is None, "declined for a job with webhooks: the general path claims"
+        return
+    assert got is not None
+    assert [c.id for _, c in got] == [c.id for c in expected]
+    assert all(c.lease_token and len(c.lease_token) >= 40 for _, c in got)
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING), limit=st.integers(1, 3))
+def test_a_completion_with_the_next_claim_is_the_two_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
+) -> None:
+    case[0].webhook_url = ""  # declining is covered above
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    target = before_chunks[0]
+    both = run(
+        fast.complete_and_claim(
+            target.id, job.id, str(target.lease_token), NOW, "", [], (WORKER, [job.kind], limit, LEASE)
+        )
+    )
+    assert both is not None
+    done, claims = both
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    # The completion, then (a change of its own) the claim that sees it.
+    _complete_in_domain(before_job, before_chunks[0], NOW)
+    before_job.bumped = False
+    expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
+    assert claims is not None and [c.id for _, c in claims] == [c.id for c in expected]
+    assert done.revision == before_job.revision - (1 if expected else 0)
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
