@@ -1127,6 +1127,3 @@ def _report(args: argparse.Namespace, exc: BaseException | None, line: str, docu
         traceback.print_exception(exc)
     _print_error(bool(getattr(args, "json", False)), line, document)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
