@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobpulse import _render
@@ -49,6 +48,29 @@ from jobpulse._client import Client
 from jobpulse._convert import job_state, job_state_name, parse_datetime
 from jobpulse._sample_worker import sample_handler
 from jobpulse._settings import SettingError
+
+# Moved to their own modules; every name stays reachable as jobpulse.cli.<name>, as in the single module.
+from jobpulse.cli._errors import (  # noqa: F401 (re-exported)
+    API_KEY_ENV,
+    DEBUG_ENV,
+    EXIT_CANCELLED,
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    TARGET_ENV,
+    TLS_CA_ENV,
+    _document,
+    error_document,
+    error_hint,
+    exit_code_for,
+    format_error,
+    is_unreachable,
+)
+from jobpulse.cli._output import _print_error, _print_json, _report
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
 from jobpulse.worker import Worker
@@ -79,36 +101,6 @@ ORDER_BY_CHOICES = (
     "priority",
 )
 EXPORT_FORMATS = ("csv", "json", "jsonl")
-
-# One meaning per code, for every command: a script can tell a failed job from a server it could not reach
-# from a typo in its own command line.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2  # argparse's own code for a bad command line; bad variables join it
-EXIT_FAILED = 3
-EXIT_CANCELLED = 4
-EXIT_UNREACHABLE = 5
-EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
-EXIT_CODES = {
-    EXIT_OK: "done (watch/demo: the job COMPLETED)",
-    EXIT_ERROR: "error: the server refused or failed the call, or a local failure",
-    EXIT_USAGE: "usage: a bad flag, argument or JOBPULSE_* variable",
-    EXIT_FAILED: "watch/demo: the job FAILED",
-    EXIT_CANCELLED: "watch/demo: the job was CANCELLED",
-    EXIT_UNREACHABLE: "the server could not be reached (--target / JOBPULSE_TARGET)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
-}
-
-_EXIT_BY_STATE = {
-    job_pb2.JOB_STATE_COMPLETED: EXIT_OK,
-    job_pb2.JOB_STATE_FAILED: EXIT_FAILED,
-    job_pb2.JOB_STATE_CANCELLED: EXIT_CANCELLED,
-}
-
-TARGET_ENV = settings.TARGET.env
-API_KEY_ENV = settings.API_KEY.env
-TLS_CA_ENV = settings.TLS_CA.env
-DEBUG_ENV = settings.DEBUG.env
 
 
 # -- argument types ----------------------------------------------------------------------------------------
@@ -471,59 +463,6 @@ def sdk_version() -> str:
         return __version__
 
 
-def is_unreachable(error: JobpulseError) -> bool:
-    """Tells whether the call never got an answer from a jobpulse server: UNAVAILABLE without the
-    ErrorInfo the server attaches to every status it sends (a refused or lost connection)."""
-    return error.code == grpc.StatusCode.UNAVAILABLE and error.domain != "jobpulse"
-
-
-def error_hint(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
-    """What the user can do about ``error``, or ``""``; the flags and variables to look at."""
-    if error.code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"pass a valid key with --api-key or {API_KEY_ENV}"
-    # The words gRPC uses for the two TLS mismatches, as measured: a TLS server closes a plaintext
-    # connection ("Socket closed"); a plaintext server fails our handshake ("WRONG_VERSION_NUMBER").
-    details = error.message.lower()
-    if is_unreachable(error) and tls and "handshake failed" in details:
-        if "wrong_version_number" in details:
-            return f"the server at {target} does not seem to use TLS: drop --tls / --tls-ca ({TLS_CA_ENV})"
-        return f"the server's certificate was not accepted: check --tls-ca ({TLS_CA_ENV})"
-    if is_unreachable(error) and not tls and "socket closed" in details:
-        return f"the server at {target} may use TLS: add --tls (or --tls-ca PEM)"
-    if is_unreachable(error):
-        where = f" at {target}" if target else ""
-        return f"is the jobpulse server running{where}? (--target / {TARGET_ENV})"
-    return ""
-
-
-def format_error(error: JobpulseError, target: str = "", *, tls: bool = False) -> str:
-    """Returns the one line the CLI prints for ``error``: ``error: <what> [<CODE> <REASON>]`` and, where
-    there is something to do, ``; <what to do>``."""
-    hint = error_hint(error, target, tls=tls)
-    return f"error: {error}" + (f"; {hint}" if hint else "")
-
-
-def error_document(error: JobpulseError, target: str = "", *, tls: bool = False) -> dict[str, Any]:
-    """Returns ``error`` as the JSON object ``--json`` prints on stderr: code, reason, message (the
-    server's own words), field_violations, and a hint when there is one."""
-    document: dict[str, Any] = {
-        "code": error.code.name,
-        "reason": error.reason,
-        "message": error.message,
-        "field_violations": [{"field": f, "description": d} for f, d in error.field_violations],
-    }
-    hint = error_hint(error, target, tls=tls)
-    if hint:
-        document["hint"] = hint
-    return document
-
-
-def exit_code_for(state: int) -> int:
-    """Returns the exit status for a job's final state: 0 completed, 3 failed, 4 cancelled (1 for a state
-    that is not final)."""
-    return _EXIT_BY_STATE.get(job_pb2.JobState.ValueType(state), EXIT_ERROR)
-
-
 def _settings(args: argparse.Namespace) -> None:
     """Resolves the connection options: each flag given wins, else its ``JOBPULSE_*`` variable, else its
     default, as the SDK does (``jobpulse._settings``); a bad value raises ``SettingError`` naming the
@@ -543,10 +482,6 @@ def _client(args: argparse.Namespace) -> Client:
         secure=connection.secure,
         root_certificates=connection.root_certificates,
     )
-
-
-def _print_json(value: Any) -> None:
-    print(_render.to_json(value))
 
 
 def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
@@ -1065,18 +1000,6 @@ def _parse(argv: Sequence[str], as_json: bool) -> argparse.Namespace:
         raise
 
 
-def _document(message: str, reason: str) -> dict[str, Any]:
-    """The JSON error object of an error that is no gRPC status (``code`` null)."""
-    return {"code": None, "reason": reason, "message": message, "field_violations": []}
-
-
-def _print_error(as_json: bool, line: str, document: dict[str, Any]) -> None:
-    if as_json:
-        print(json.dumps(document, separators=(",", ":")), file=sys.stderr)
-    else:
-        print(line, file=sys.stderr)
-
-
 def _first_command(argv: Sequence[str]) -> str | None:
     """The subcommand named in ``argv`` (the first word that is neither an option nor its value)."""
     words = iter(argv)
@@ -1118,12 +1041,3 @@ def run(args: argparse.Namespace) -> int:
         what = f"{where}{exc.strerror or exc}"
         _report(args, exc, f"error: {what}", _document(what, "OS_ERROR"))
         return EXIT_ERROR
-
-
-def _report(args: argparse.Namespace, exc: BaseException | None, line: str, document: dict[str, Any]) -> None:
-    """Prints an error the command anticipated: one line, or with ``--json`` one JSON object (on stderr
-    both, so stdout keeps only results); with ``--debug`` the traceback first."""
-    if getattr(args, "debug", False) and exc is not None:
-        traceback.print_exception(exc)
-    _print_error(bool(getattr(args, "json", False)), line, document)
-
