@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib
-import importlib.metadata
 import io
 import json
 import logging
@@ -37,7 +35,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -45,7 +42,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jobpulse import _render
 from jobpulse import _settings as settings
 from jobpulse._client import Client
-from jobpulse._convert import job_state, job_state_name, parse_datetime
+from jobpulse._convert import job_state_name
 from jobpulse._sample_worker import sample_handler
 from jobpulse._settings import SettingError
 
@@ -71,6 +68,20 @@ from jobpulse.cli._errors import (  # noqa: F401 (re-exported)
     is_unreachable,
 )
 from jobpulse.cli._output import _print_error, _print_json, _report
+from jobpulse.cli._parser import (  # noqa: F401 (re-exported)
+    EXPORT_FORMATS,
+    ORDER_BY_CHOICES,
+    HelpFormatter,
+    _filters,
+    build_parser,
+    sdk_version,
+)
+from jobpulse.cli._server import (  # noqa: F401 (re-exported)
+    SERVER_COMMANDS,
+    SERVER_MODULE,
+    _cmd_server,
+    _server_command,
+)
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
 from jobpulse.worker import Worker
@@ -91,376 +102,14 @@ __all__ = [
     "main",
 ]
 
-# ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
-ORDER_BY_CHOICES = (
-    "create_time desc",
-    "create_time",
-    "update_time desc",
-    "update_time",
-    "priority desc",
-    "priority",
-)
-EXPORT_FORMATS = ("csv", "json", "jsonl")
-
 
 # -- argument types ----------------------------------------------------------------------------------------
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def _job_state(text: str) -> job_pb2.JobState.ValueType:
-    try:
-        return job_state(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _time(text: str) -> datetime:
-    try:
-        return parse_datetime(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time like 2024-05-01T12:00:00Z, got {text!r}"
-        ) from None
-
-
-def _non_empty(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("metadata must be a JSON object")
-    return value
-
-
-# argparse names a type function that raises ValueError in its message ("invalid _positive_int value"):
-# each type says what it expected in words instead.
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:  # also NaN
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
 
 
 # -- parser ------------------------------------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    # The options are accepted before and after the subcommand; the subcommand's copy only overrides
-    # when given, hence SUPPRESS there. Each connection option's text, variable and default come from
-    # its one declaration in jobpulse._settings, which the SDK reads too.
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if suppress else value
-
-    # The variables are read when a command runs (``_settings``), not here: a bad value is then a
-    # one-line usage error naming the variable instead of a traceback out of the parser's construction.
-    parser.add_argument(
-        settings.TARGET.flag, default=default(None), metavar="HOST:PORT", help=settings.TARGET.help_text()
-    )
-    parser.add_argument(
-        settings.API_KEY.flag, default=default(None), metavar="KEY", help=settings.API_KEY.help_text()
-    )
-    parser.add_argument(
-        settings.TLS.flag, action="store_true", default=default(None), help=settings.TLS.help_text()
-    )
-    parser.add_argument(
-        settings.TLS_CA.flag, default=default(None), metavar="PEM", help=settings.TLS_CA.help_text()
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="print machine-readable JSON (errors too: one JSON object on stderr)",
-    )
-    parser.add_argument(
-        settings.DEBUG.flag, action="store_true", default=default(None), help=settings.DEBUG.help_text()
-    )
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """``--help`` with each option's default: appended where the option's own text does not already
-    say it (the connection options say theirs, with their variable)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if (
-            not action.option_strings
-            or "default" in text
-            or default is None
-            or default is False
-            or default in ("", argparse.SUPPRESS)
-        ):
-            return text
-        if isinstance(default, list):
-            return text
-        shown = str(default).replace("%", "%%")
-        return f"{text} (default {shown})" if text else f"default {shown}"
-
-
-# The commands of the server distribution (jobpulse-server): ``jobpulse serve ...`` runs
-# ``jobpulse-server serve ...`` where the server is installed.
-SERVER_COMMANDS = {
-    "serve": "run the jobpulse server until SIGTERM or Ctrl-C",
-    "keys": "manage API keys in the database (create, list, revoke)",
-    "migrate": "bring the database schema to the server's version",
-}
-SERVER_MODULE = "jobpulse_server.cli"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
-    ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
-    parser = argparse.ArgumentParser(
-        prog="jobpulse",
-        description="jobpulse: job status over gRPC",
-        formatter_class=HelpFormatter,
-        epilog="exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
-    _global_options(parser, suppress=False)
-    common = argparse.ArgumentParser(add_help=False)
-    _global_options(common, suppress=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(
-        name: str, func: Callable[[argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, parents=[common], help=help_text, description=help_text, formatter_class=HelpFormatter
-        )
-        p.set_defaults(func=func)
-        return p
-
-    for name, help_text in SERVER_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text + " (needs jobpulse-server)", add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_cmd_server)
-
-    command("usage", _cmd_usage, "calls and rate-limit rejections per API key (admin)")
-    command("health", _cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)")
-
-    p = command("create", _cmd_create, "create a job")
-    p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
-    p.add_argument("--items", type=_positive_int, required=True, help="number of items")
-    p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
-    p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")
-    p.add_argument(
-        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
-    p.add_argument(
-        "--metadata", type=_json_object, default=None, metavar="JSON", help="JSON object for workers"
-    )
-    p.add_argument("--name", default="", help="display name")
-    p.add_argument("--max-attempts", type=int, default=0, help="claims per chunk (server default 3)")
-    p.add_argument("--request-id", default="", help="idempotency key")
-
-    p = command("get", _cmd_get, "show a job and its chunks")
-    p.add_argument("job_id", metavar="ID")
-    p.add_argument("--basic", action="store_true", help="without chunks")
-
-    p = command("list", _cmd_list, "list jobs, newest first")
-    _filter_options(p)
-    p.add_argument(
-        "--order-by", default="", choices=ORDER_BY_CHOICES, help="default create_time desc: newest first"
-    )
-    p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
-    p.add_argument(
-        "--page-token",
-        default="",
-        metavar="TOKEN",
-        help="continue a listing where an earlier one stopped (its next page token, same filters)",
-    )
-
-    p = command(
-        "watch",
-        _cmd_watch,
-        "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
-        f"exit {EXIT_OK} completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled, "
-        f"{EXIT_UNREACHABLE} server unreachable",
-    )
-    p.add_argument("job_id", metavar="ID")
-
-    p = command("cancel", _cmd_cancel, "cancel a job")
-    p.add_argument("job_id", metavar="ID")
-    p.add_argument("--reason", default="")
-
-    p = command("retry", _cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk")
-    p.add_argument("job_id", metavar="ID")
-    p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
-
-    p = command("delete", _cmd_delete, "delete a finished job")
-    p.add_argument("job_id", metavar="ID")
-    p.add_argument("--force", action="store_true", help="cancel it first if it is still running")
-
-    p = command("stats", _cmd_stats, "job counts, success rate and durations")
-    p.add_argument("--kind", default="", help="only jobs of this kind")
-    _created_options(p)
-
-    p = command(
-        "export",
-        _cmd_export,
-        "write every matching job as CSV, one JSON array or JSON lines, streamed by one ExportJobs call",
-    )
-    _filter_options(p)
-    p.add_argument(
-        "--order-by",
-        default="create_time",
-        choices=ORDER_BY_CHOICES,
-        help="default create_time: oldest first",
-    )
-    p.add_argument(
-        "--format",
-        choices=EXPORT_FORMATS,
-        default=None,
-        help="default csv, or json with --json (which would otherwise be a flag doing nothing here)",
-    )
-    p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
-
-    p = command(
-        "events-url",
-        _cmd_events_url,
-        "print a URL a browser reads a job's events from (Server-Sent Events), with a short-lived "
-        "token in place of the API key (with --json: url, token and expireTime)",
-    )
-    events = p.add_mutually_exclusive_group(required=True)
-    events.add_argument("job_id", metavar="ID", nargs="?", default=None, help="the job whose events to read")
-    events.add_argument(
-        "--feed", action="store_true", help="the URL of every job you may see (/v1/events) instead"
-    )
-    p.add_argument(
-        "--ttl",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="how long the token stays valid, 1 to 86400 (server default 600: 10 minutes)",
-    )
-    p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
-
-    p = command("worker", _cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
-    p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
-    p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
-    p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
-    p.add_argument(
-        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
-    )
-    p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS", help="lease duration")
-
-    p = command("demo", _cmd_demo, "create a demo job, process it with in-process workers, watch it")
-    p.add_argument("--chunks", type=_positive_int, default=10, help="chunks of the demo job")
-    p.add_argument("--items-per-chunk", type=_positive_int, default=50, help="items in each chunk")
-    p.add_argument("--workers", type=_positive_int, default=3, help="sample workers (threads) to start")
-    p.add_argument("--item-delay", type=float, default=0.02, metavar="SECONDS", help="seconds per item")
-    p.add_argument(
-        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
-    )
-    return parser
-
-
-def _filter_options(p: argparse.ArgumentParser) -> None:
-    """The job filters of ListJobs, for every command that selects jobs by them (list, export)."""
-    p.add_argument(
-        "--state", type=_job_state, action="append", default=[], help="only jobs in this state (repeatable)"
-    )
-    p.add_argument("--kind", default="", help="only jobs of this kind")
-    p.add_argument("--search", default="", help="substring of the display name")
-    p.add_argument(
-        "--label",
-        type=_label,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only jobs with this label (repeatable: all of them)",
-    )
-    p.add_argument(
-        "--min-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or more"
-    )
-    p.add_argument(
-        "--max-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or less"
-    )
-    _created_options(p)
-
-
-def _created_options(p: argparse.ArgumentParser) -> None:
-    """The creation-time window (list, export, stats)."""
-    p.add_argument(
-        "--created-after",
-        type=_time,
-        default=None,
-        metavar="TIME",
-        help="only jobs created at or after (ISO 8601)",
-    )
-    p.add_argument(
-        "--created-before",
-        type=_time,
-        default=None,
-        metavar="TIME",
-        help="only jobs created before (ISO 8601)",
-    )
-
-
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    """The SDK keyword arguments of the options ``_filter_options`` declares."""
-    return {
-        "states": args.state,
-        "kind": args.kind,
-        "min_priority": args.min_priority,
-        "max_priority": args.max_priority,
-        "created_after": args.created_after,
-        "created_before": args.created_before,
-        "search": args.search,
-        "labels": dict(args.label),
-    }
-
-
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def sdk_version() -> str:
-    """The installed SDK's version, from the package metadata (``__version__`` when run from a tree)."""
-    try:
-        return importlib.metadata.version("jobpulse")
-    except importlib.metadata.PackageNotFoundError:
-        from jobpulse import __version__
-
-        return __version__
 
 
 def _settings(args: argparse.Namespace) -> None:
@@ -524,24 +173,6 @@ def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream:
 
 
 # -- commands ----------------------------------------------------------------------------------------------
-
-
-def _server_command(argv: Sequence[str]) -> int:
-    """Hands a server subcommand to ``jobpulse-server``'s own parser. The server is looked up by name,
-    so the SDK neither depends on it nor imports it unless a server command is asked for."""
-    try:
-        server_cli = importlib.import_module(SERVER_MODULE)
-    except ImportError as exc:
-        print(
-            f"error: the jobpulse server is not installed ({exc}); pip install jobpulse-server",
-            file=sys.stderr,
-        )
-        return 1
-    return int(server_cli.main(list(argv), prog="jobpulse"))
-
-
-def _cmd_server(args: argparse.Namespace) -> int:
-    return _server_command([args.command, *args.rest])
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
