@@ -41,12 +41,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobpulse import _render
 from jobpulse import _settings as settings
-from jobpulse._client import Client
 from jobpulse._convert import job_state_name
 from jobpulse._sample_worker import sample_handler
 from jobpulse._settings import SettingError
 
 # Moved to their own modules; every name stays reachable as jobpulse.cli.<name>, as in the single module.
+from jobpulse.cli._connection import (
+    _client,
+    _settings,
+)
 from jobpulse.cli._errors import (  # noqa: F401 (re-exported)
     API_KEY_ENV,
     DEBUG_ENV,
@@ -67,6 +70,15 @@ from jobpulse.cli._errors import (  # noqa: F401 (re-exported)
     format_error,
     is_unreachable,
 )
+from jobpulse.cli._jobs import (  # noqa: F401 (re-exported)
+    _all_chunks,
+    _cmd_cancel,
+    _cmd_create,
+    _cmd_delete,
+    _cmd_get,
+    _cmd_list,
+    _cmd_retry,
+)
 from jobpulse.cli._output import _print_error, _print_json, _report
 from jobpulse.cli._parser import (  # noqa: F401 (re-exported)
     EXPORT_FORMATS,
@@ -81,6 +93,10 @@ from jobpulse.cli._server import (  # noqa: F401 (re-exported)
     SERVER_MODULE,
     _cmd_server,
     _server_command,
+)
+from jobpulse.cli._watch import (  # noqa: F401 (re-exported)
+    _cmd_watch,
+    watch_with_display,
 )
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
@@ -110,66 +126,6 @@ __all__ = [
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> None:
-    """Resolves the connection options: each flag given wins, else its ``JOBPULSE_*`` variable, else its
-    default, as the SDK does (``jobpulse._settings``); a bad value raises ``SettingError`` naming the
-    flag or variable. Sets ``args.target``, ``args.api_key`` and ``args.connection``."""
-    connection = settings.resolve_connection(
-        args.target, api_key=args.api_key, secure=args.tls, tls_ca=args.tls_ca
-    )
-    args.connection = connection
-    args.target, args.api_key = connection.target, connection.api_key
-
-
-def _client(args: argparse.Namespace) -> Client:
-    connection: settings.Connection = args.connection
-    return Client(
-        connection.target,
-        api_key=connection.api_key,
-        secure=connection.secure,
-        root_certificates=connection.root_certificates,
-    )
-
-
-def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
-    """Returns the job with every chunk inline, following chunks_next_page_token past the first 1000."""
-    if job.chunks_next_page_token:
-        job.chunks.extend(client.list_job_chunks(job.id, page_token=job.chunks_next_page_token))
-        job.chunks_next_page_token = ""
-    return job
-
-
-def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream: TextIO) -> job_pb2.Job:
-    """Follows a job to its end, showing progress on ``stream``, and returns the final job.
-
-    A lost connection is said, never silent: on a terminal in place of the progress line (attempt and
-    error) until the stream is back; otherwise one line on stderr when lost and one when resumed, or with
-    ``json_lines`` one JSON object each on stderr (``{"event": "reconnecting", ...}``, ``"resumed"``), so
-    ``stream`` keeps the watch messages only.
-
-    Args:
-        client: The client to watch with.
-        job_id: The job to follow.
-        json_lines: Print each watch message as one JSON line instead of a progress display.
-        stream: Where to write.
-    """
-    display = _render.ProgressDisplay(stream, live=stream.isatty() and not json_lines, target=client.target)
-    notices = _render.JsonNotices(sys.stderr, client.target) if json_lines else display
-    job = job_pb2.Job()
-    try:
-        for event in client.watch_job(job_id, on_reconnect=notices.reconnecting, on_resume=notices.resumed):
-            if event.HasField("job"):
-                job = event.job
-            if json_lines:
-                stream.write(json.dumps(_render.to_dict(event), separators=(",", ":")) + "\n")
-                stream.flush()
-            else:
-                display.update(event, job)
-    finally:
-        display.finish()
-    return job
 
 
 # -- commands ----------------------------------------------------------------------------------------------
@@ -212,120 +168,6 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         return 0
     rows = [[u.key_name, u.role, str(u.calls), str(u.rejected)] for u in usage]
     print(_render.table(["KEY", "ROLE", "CALLS", "REJECTED"], rows))
-    return 0
-
-
-def _cmd_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.create_job(
-            args.kind,
-            args.items,
-            display_name=args.name,
-            chunk_size=args.chunk_size,
-            priority=args.priority,
-            labels=dict(args.label),
-            metadata=args.metadata,
-            max_attempts=args.max_attempts,
-            request_id=args.request_id,
-        )
-    if args.json:
-        _print_json(job)
-    else:
-        chunks = job.chunks_summary.total
-        plural = "s" if chunks != 1 else ""
-        print(f"created job {job.id} ({chunks} chunk{plural} of up to {job.chunk_size} items)")
-    return 0
-
-
-def _cmd_get(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.get_job(args.job_id, view="basic" if args.basic else "full")
-        if not args.basic:
-            job = _all_chunks(client, job)
-    if args.json:
-        _print_json(job)
-        return 0
-    print(_render.job_details(job))
-    if job.chunks:
-        print()
-        print(_render.chunks_table(job.chunks))
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    jobs: list[job_pb2.Job] = []
-    total = 0
-    token = args.page_token
-    cursor = ""
-    with _client(args) as client:
-        while len(jobs) < args.limit:
-            # Pages never overshoot the limit, so the last page's token continues exactly after it.
-            page = client.list_jobs_page(
-                page_size=min(100, args.limit - len(jobs)),
-                page_token=token,
-                order_by=args.order_by,
-                **_filters(args),
-            )
-            total = page.total_size
-            cursor = cursor or page.watch_cursor
-            jobs.extend(page.jobs)
-            token = page.next_page_token
-            if not token:
-                break
-    if args.json:
-        _print_json(
-            {
-                "jobs": [_render.to_dict(j) for j in jobs],
-                "totalSize": str(total),
-                "nextPageToken": token,
-                "watchCursor": cursor,
-            }
-        )
-        return 0
-    if not jobs:
-        print("no jobs")
-        return 0
-    print(_render.jobs_table(jobs))
-    if token:
-        print(f"({len(jobs)} of {total}; the next ones: --page-token {token})")
-    return 0
-
-
-def _cmd_watch(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = watch_with_display(client, args.job_id, json_lines=args.json, stream=sys.stdout)
-    if not args.json:
-        print(f"job {job.id} {job_state_name(job.state)}")
-    return exit_code_for(job.state)
-
-
-def _cmd_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.cancel_job(args.job_id, args.reason)
-    if args.json:
-        _print_json(job)
-    else:
-        print(f"job {job.id} {job_state_name(job.state)}")
-    return 0
-
-
-def _cmd_retry(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.retry_chunk(args.job_id, args.chunk) if args.chunk else client.retry_job(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        print(f"job {job.id} {job_state_name(job.state)} ({_render.summary_text(job.chunks_summary)})")
-    return 0
-
-
-def _cmd_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        client.delete_job(args.job_id, force=args.force)
-    if args.json:
-        _print_json({"deleted": args.job_id})
-    else:
-        print(f"deleted job {args.job_id}")
     return 0
 
 
