@@ -1,5 +1,5 @@
-"""The sample worker's commands: ``worker`` runs it until Ctrl-C or SIGTERM; ``demo`` creates a job,
-runs a few of them in threads on it and watches it to the end.
+"""The sample worker's commands: ``worker`` runs one until Ctrl-C or SIGTERM; ``demo`` creates a job,
+has a few of them process it in threads, and watches it to the end.
 
 The handler itself, which sleeps per item and fails on request, is ``jobpulse._sample_worker``.
 """
