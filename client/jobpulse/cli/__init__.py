@@ -22,7 +22,8 @@ Exit codes (``EXIT_CODES``), the same for every command:
 # One module per job:
 #
 #   _main         main and run: parse, dispatch, errors to exit codes (``python -m``: __main__)
-#   _parser       build_parser: the commands, their flags and help texts (flag value types: _argtypes)
+#   _parser       build_parser: the commands, their flags and help texts
+#   _argtypes     the flags' value types, and the filter flags as SDK arguments
 #   _errors       exit codes; an error's one line, JSON document and hint
 #   _output       printing: results as JSON on stdout, errors on stderr
 #   _connection   the connection flags and JOBPULSE_* variables, and a Client on them
@@ -35,14 +36,14 @@ Exit codes (``EXIT_CODES``), the same for every command:
 #   _server       serve, keys, migrate: handed to jobpulse-server
 #
 # This file exports ``__all__`` and keeps the single module's other public names, and the private ones
-# tests use, reachable as ``jobpulse.cli.<name>``. Two are read from here at run time rather than
-# imported by the modules that use them: the commands open their client as ``cli._client``, and
-# build_parser takes each handler as ``cli._cmd_<name>``; replacing one on this package (as the tests
-# do) replaces it for every command.
+# tests use, reachable as ``jobpulse.cli.<name>``. To replace the client or a command in a test, replace
+# it in its module (``_connection._client``, ``_jobs._cmd_get``): the commands and the parser look them
+# up there when they run.
 
 from __future__ import annotations
 
 from jobpulse._settings import SettingError
+from jobpulse.cli._argtypes import _filters  # noqa: F401 (re-exported)
 from jobpulse.cli._connection import _client, _settings  # noqa: F401 (re-exported)
 from jobpulse.cli._errors import (  # noqa: F401 (re-exported)
     API_KEY_ENV,
@@ -78,7 +79,6 @@ from jobpulse.cli._parser import (  # noqa: F401 (re-exported)
     EXPORT_FORMATS,
     ORDER_BY_CHOICES,
     HelpFormatter,
-    _filters,
     build_parser,
     sdk_version,
 )

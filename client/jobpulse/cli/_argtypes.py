@@ -1,4 +1,5 @@
-"""The types of the CLI's flag values: each turns a flag's text into its value or refuses it in words.
+"""The types of the CLI's flag values: each turns a flag's text into its value or refuses it in words; and
+the filter flags as the SDK's keyword arguments (``_filters``).
 
 A refusal is an ``argparse.ArgumentTypeError``, which argparse prints as a usage error (exit 2) naming
 the flag: ``argument --items: expected a whole number, got 'abc'``.
@@ -86,3 +87,17 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments of the options ``_filter_options`` declares."""
+    return {
+        "states": args.state,
+        "kind": args.kind,
+        "min_priority": args.min_priority,
+        "max_priority": args.max_priority,
+        "created_after": args.created_after,
+        "created_before": args.created_before,
+        "search": args.search,
+        "labels": dict(args.label),
+    }

@@ -1,7 +1,7 @@
 """A client command's connection: its flags and ``JOBPULSE_*`` variables resolved, and a ``Client`` on them.
 
-Commands call ``_client`` through the package, as ``cli._client``, so that a test replacing
-``jobpulse.cli._client`` points every command at its fake server.
+Commands call ``_client`` through this module (``_connection._client``), so that a test replacing
+``jobpulse.cli._connection._client`` points every command at its fake server.
 """
 
 from __future__ import annotations

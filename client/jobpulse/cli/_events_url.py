@@ -6,14 +6,14 @@ import argparse
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+import jobpulse.cli._connection as _connection
 from jobpulse import _settings as settings
-from jobpulse import cli
 from jobpulse.cli._output import _print_json
 
 
 def _cmd_events_url(args: argparse.Namespace) -> int:
     http_url = settings.resolve_http_url(args.http_url, args.connection)  # a bad one fails before the call
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         token = client.create_events_token("" if args.feed else args.job_id, ttl=args.ttl)
     url = token.url(http_url)
     if args.json:

@@ -12,8 +12,9 @@ import json
 import sys
 from typing import TextIO
 
-from jobpulse import _render, cli
-from jobpulse.cli._parser import _filters
+import jobpulse.cli._connection as _connection
+from jobpulse import _render
+from jobpulse.cli._argtypes import _filters
 from jobpulse.v1 import job_pb2
 
 
@@ -28,7 +29,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace, out: TextIO) -> int:
     show_progress = sys.stderr.isatty()
     done = 0
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         total = client.list_jobs_page(page_size=1, **_filters(args)).total_size if show_progress else 0
         writer = _ExportWriter(out, args.format or ("json" if args.json else "csv"))
         # One ExportJobs stream; the SDK holds one batch at a time, and each job is written as it

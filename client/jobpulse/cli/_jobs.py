@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from jobpulse import _render, cli
+import jobpulse.cli._connection as _connection
+from jobpulse import _render
 from jobpulse._client import Client
 from jobpulse._convert import job_state_name
+from jobpulse.cli._argtypes import _filters
 from jobpulse.cli._output import _print_json
-from jobpulse.cli._parser import _filters
 from jobpulse.v1 import job_pb2
 
 
@@ -21,7 +22,7 @@ def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = client.create_job(
             args.kind,
             args.items,
@@ -43,7 +44,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = client.get_job(args.job_id, view="basic" if args.basic else "full")
         if not args.basic:
             job = _all_chunks(client, job)
@@ -62,7 +63,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     total = 0
     token = args.page_token
     cursor = ""
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         while len(jobs) < args.limit:
             # Pages never overshoot the limit, so the last page's token continues exactly after it.
             page = client.list_jobs_page(
@@ -97,7 +98,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = client.cancel_job(args.job_id, args.reason)
     if args.json:
         _print_json(job)
@@ -107,7 +108,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = client.retry_chunk(args.job_id, args.chunk) if args.chunk else client.retry_job(args.job_id)
     if args.json:
         _print_json(job)
@@ -117,7 +118,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         client.delete_job(args.job_id, force=args.force)
     if args.json:
         _print_json({"deleted": args.job_id})

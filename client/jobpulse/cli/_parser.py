@@ -1,8 +1,7 @@
 """The ``jobpulse`` argument parser: every command, its flags and help texts, and the ``--help`` format.
 
-Each command's handler is taken from the ``jobpulse.cli`` package when the parser is built (see
-``build_parser``), not imported from its module, so that replacing ``jobpulse.cli._cmd_<name>`` (as the
-tests do) replaces what ``jobpulse <name>`` runs.
+Each command's handler is looked up in its module when the parser is built (``jobpulse`` builds it on every
+run), so that a test replacing ``jobpulse.cli._jobs._cmd_get`` replaces what ``jobpulse get`` runs.
 """
 
 from __future__ import annotations
@@ -10,10 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 from collections.abc import Callable
-from typing import Any
 
+import jobpulse.cli._events_url as events_url
+import jobpulse.cli._export as export
+import jobpulse.cli._jobs as jobs
+import jobpulse.cli._reports as reports
+import jobpulse.cli._server as server
+import jobpulse.cli._watch as watch
+import jobpulse.cli._worker as worker
 from jobpulse import _settings as settings
-from jobpulse import cli
 from jobpulse.cli._argtypes import (
     _fraction,
     _job_state,
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # The handlers are read from the package now, each cli._cmd_<name> (see the module's docstring).
+    # Each handler is looked up in its module now, so that a test replacing one there is heard.
 
     def command(
         name: str, func: Callable[[argparse.Namespace], int], help_text: str
@@ -120,14 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in SERVER_COMMANDS.items():
         p = sub.add_parser(name, help=help_text + " (needs jobpulse-server)", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=cli._cmd_server)
+        p.set_defaults(func=server._cmd_server)
 
-    command("usage", cli._cmd_usage, "calls and rate-limit rejections per API key (admin)")
+    command("usage", reports._cmd_usage, "calls and rate-limit rejections per API key (admin)")
     command(
-        "health", cli._cmd_health, "database, schema, sweeper, outbox, streams and disk of a server (admin)"
+        "health",
+        reports._cmd_health,
+        "database, schema, sweeper, outbox, streams and disk of a server (admin)",
     )
 
-    p = command("create", cli._cmd_create, "create a job")
+    p = command("create", jobs._cmd_create, "create a job")
     p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
     p.add_argument("--items", type=_positive_int, required=True, help="number of items")
     p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
@@ -142,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=0, help="claims per chunk (server default 3)")
     p.add_argument("--request-id", default="", help="idempotency key")
 
-    p = command("get", cli._cmd_get, "show a job and its chunks")
+    p = command("get", jobs._cmd_get, "show a job and its chunks")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--basic", action="store_true", help="without chunks")
 
-    p = command("list", cli._cmd_list, "list jobs, newest first")
+    p = command("list", jobs._cmd_list, "list jobs, newest first")
     _filter_options(p)
     p.add_argument(
         "--order-by", default="", choices=ORDER_BY_CHOICES, help="default create_time desc: newest first"
@@ -161,34 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "watch",
-        cli._cmd_watch,
+        watch._cmd_watch,
         "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
         f"exit {EXIT_OK} completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled, "
         f"{EXIT_UNREACHABLE} server unreachable",
     )
     p.add_argument("job_id", metavar="ID")
 
-    p = command("cancel", cli._cmd_cancel, "cancel a job")
+    p = command("cancel", jobs._cmd_cancel, "cancel a job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--reason", default="")
 
     p = command(
-        "retry", cli._cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk"
+        "retry", jobs._cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk"
     )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
 
-    p = command("delete", cli._cmd_delete, "delete a finished job")
+    p = command("delete", jobs._cmd_delete, "delete a finished job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--force", action="store_true", help="cancel it first if it is still running")
 
-    p = command("stats", cli._cmd_stats, "job counts, success rate and durations")
+    p = command("stats", reports._cmd_stats, "job counts, success rate and durations")
     p.add_argument("--kind", default="", help="only jobs of this kind")
     _created_options(p)
 
     p = command(
         "export",
-        cli._cmd_export,
+        export._cmd_export,
         "write every matching job as CSV, one JSON array or JSON lines, streamed by one ExportJobs call",
     )
     _filter_options(p)
@@ -208,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "events-url",
-        cli._cmd_events_url,
+        events_url._cmd_events_url,
         "print a URL a browser reads a job's events from (Server-Sent Events), with a short-lived "
         "token in place of the API key (with --json: url, token and expireTime)",
     )
@@ -226,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
 
-    p = command("worker", cli._cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
+    p = command("worker", worker._cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
     p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
     p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
     p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
@@ -235,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS", help="lease duration")
 
-    p = command("demo", cli._cmd_demo, "create a demo job, process it with in-process workers, watch it")
+    p = command("demo", worker._cmd_demo, "create a demo job, process it with in-process workers, watch it")
     p.add_argument("--chunks", type=_positive_int, default=10, help="chunks of the demo job")
     p.add_argument("--items-per-chunk", type=_positive_int, default=50, help="items in each chunk")
     p.add_argument("--workers", type=_positive_int, default=3, help="sample workers (threads) to start")
@@ -286,20 +292,6 @@ def _created_options(p: argparse.ArgumentParser) -> None:
         metavar="TIME",
         help="only jobs created before (ISO 8601)",
     )
-
-
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    """The SDK keyword arguments of the options ``_filter_options`` declares."""
-    return {
-        "states": args.state,
-        "kind": args.kind,
-        "min_priority": args.min_priority,
-        "max_priority": args.max_priority,
-        "created_after": args.created_after,
-        "created_before": args.created_before,
-        "search": args.search,
-        "labels": dict(args.label),
-    }
 
 
 def sdk_version() -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobpulse import _render, cli
+import jobpulse.cli._connection as _connection
+from jobpulse import _render
 from jobpulse.cli._output import _print_json
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         report = client.get_server_health()
     if args.json:
         _print_json(report)
@@ -39,7 +40,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         usage = client.get_usage().usage
     if args.json:
         _print_json(list(usage))
@@ -50,7 +51,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         stats = client.get_job_stats(args.created_after, args.created_before, args.kind)
     if args.json:
         _print_json(stats)

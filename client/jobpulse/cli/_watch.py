@@ -7,7 +7,8 @@ import json
 import sys
 from typing import TextIO
 
-from jobpulse import _render, cli
+import jobpulse.cli._connection as _connection
+from jobpulse import _render
 from jobpulse._client import Client
 from jobpulse._convert import job_state_name
 from jobpulse.cli._errors import exit_code_for
@@ -46,7 +47,7 @@ def watch_with_display(client: Client, job_id: str, *, json_lines: bool, stream:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = watch_with_display(client, args.job_id, json_lines=args.json, stream=sys.stdout)
     if not args.json:
         print(f"job {job.id} {job_state_name(job.state)}")

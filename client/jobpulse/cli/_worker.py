@@ -17,7 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from jobpulse import _render, cli
+import jobpulse.cli._connection as _connection
+from jobpulse import _render
 from jobpulse._convert import job_state_name
 from jobpulse._sample_worker import sample_handler
 from jobpulse.cli._errors import exit_code_for, format_error
@@ -81,7 +82,7 @@ def _event_on_signal(signum: int, event: threading.Event) -> Iterator[None]:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     _log_to_stderr(logging.INFO)
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         worker = Worker(
             client,
             kinds=args.kind,
@@ -109,7 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     total = args.chunks * args.items_per_chunk
     stop = threading.Event()
     failures: list[BaseException] = []
-    with cli._client(args) as client:
+    with _connection._client(args) as client:
         job = client.create_job(
             "demo",
             total,
