@@ -169,7 +169,7 @@ def test_minting_a_token_is_retried_on_unavailable(fake, client) -> None:
 def cli_client(fake, client, monkeypatch):
     """Points CLI commands at the fake server, with no HTTP URL from the environment."""
     monkeypatch.delenv("JOBPULSE_HTTP_URL", raising=False)
-    monkeypatch.setattr(cli, "_client", lambda args: client)
+    monkeypatch.setattr(cli._connection, "_client", lambda args: client)
     return fake
 
 

@@ -172,7 +172,7 @@ def test_jobs_table_aligns_columns():
 @pytest.fixture
 def cli_client(fake, client, monkeypatch):
     """Points CLI commands at the fake server."""
-    monkeypatch.setattr(cli, "_client", lambda args: client)
+    monkeypatch.setattr(cli._connection, "_client", lambda args: client)
     return fake
 
 
@@ -465,7 +465,7 @@ def _boom(args):
 
 
 def test_an_unexpected_exception_is_one_line_pointing_at_debug(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    monkeypatch.setattr(cli._jobs, "_cmd_get", _boom)
     assert cli.main(["get", "j1"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err == "error: unexpected RuntimeError: boom (run with --debug for the traceback)\n"
@@ -473,7 +473,7 @@ def test_an_unexpected_exception_is_one_line_pointing_at_debug(monkeypatch, caps
 
 @pytest.mark.parametrize("how", ["flag", "variable"])
 def test_debug_shows_the_traceback(monkeypatch, capsys, how):
-    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    monkeypatch.setattr(cli._jobs, "_cmd_get", _boom)
     argv = ["get", "j1"]
     if how == "flag":
         argv.insert(0, "--debug")
@@ -507,7 +507,7 @@ def test_with_json_usage_errors_bad_variables_and_bugs_are_json_too(monkeypatch,
     assert bad["message"].startswith("JOBPULSE_TARGET='http://x:1': ")
 
     monkeypatch.delenv("JOBPULSE_TARGET")
-    monkeypatch.setattr(cli, "_cmd_get", _boom)
+    monkeypatch.setattr(cli._jobs, "_cmd_get", _boom)
     assert cli.main(["get", "j1", "--json"]) == cli.EXIT_ERROR
     bug = json.loads(capsys.readouterr().err)
     assert (bug["reason"], bug["message"]) == ("UNEXPECTED", "unexpected RuntimeError: boom")

@@ -220,7 +220,7 @@ async def test_async_export_closed_early_cancels_the_servers_stream(exports):
 @pytest.fixture
 def cli_client(fake, client, monkeypatch):
     """Points CLI commands at the fake server."""
-    monkeypatch.setattr(cli, "_client", lambda args: client)
+    monkeypatch.setattr(cli._connection, "_client", lambda args: client)
     return fake
 
 

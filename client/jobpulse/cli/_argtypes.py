@@ -1,0 +1,103 @@
+"""The types of the CLI's flag values: each turns a flag's text into its value or refuses it in words; and
+the filter flags as the SDK's keyword arguments (``_filters``).
+
+A refusal is an ``argparse.ArgumentTypeError``, which argparse prints as a usage error (exit 2) naming
+the flag: ``argument --items: expected a whole number, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from jobpulse._convert import job_state, parse_datetime
+from jobpulse.v1 import job_pb2
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _job_state(text: str) -> job_pb2.JobState.ValueType:
+    try:
+        return job_state(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_datetime(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2024-05-01T12:00:00Z, got {text!r}"
+        ) from None
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("metadata must be a JSON object")
+    return value
+
+
+# argparse names a type function that raises ValueError in its message ("invalid _positive_int value"):
+# each type says what it expected in words instead.
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments of the options ``_filter_options`` declares."""
+    return {
+        "states": args.state,
+        "kind": args.kind,
+        "min_priority": args.min_priority,
+        "max_priority": args.max_priority,
+        "created_after": args.created_after,
+        "created_before": args.created_before,
+        "search": args.search,
+        "labels": dict(args.label),
+    }

@@ -1,0 +1,304 @@
+"""The ``jobpulse`` argument parser: every command, its flags and help texts, and the ``--help`` format.
+
+Each command's handler is looked up in its module when the parser is built (``jobpulse`` builds it on every
+run), so that a test replacing ``jobpulse.cli._jobs._cmd_get`` replaces what ``jobpulse get`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from collections.abc import Callable
+
+import jobpulse.cli._events_url as events_url
+import jobpulse.cli._export as export
+import jobpulse.cli._jobs as jobs
+import jobpulse.cli._reports as reports
+import jobpulse.cli._server as server
+import jobpulse.cli._watch as watch
+import jobpulse.cli._worker as worker
+from jobpulse import _settings as settings
+from jobpulse.cli._argtypes import (
+    _fraction,
+    _job_state,
+    _json_object,
+    _label,
+    _non_empty,
+    _positive_int,
+    _seconds,
+    _time,
+)
+from jobpulse.cli._errors import EXIT_CANCELLED, EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from jobpulse.cli._server import SERVER_COMMANDS
+
+# ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
+ORDER_BY_CHOICES = (
+    "create_time desc",
+    "create_time",
+    "update_time desc",
+    "update_time",
+    "priority desc",
+    "priority",
+)
+EXPORT_FORMATS = ("csv", "json", "jsonl")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The options are accepted before and after the subcommand; the subcommand's copy only overrides
+    # when given, hence SUPPRESS there. Each connection option's text, variable and default come from
+    # its one declaration in jobpulse._settings, which the SDK reads too.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    # The variables are read when a command runs (``_settings``), not here: a bad value is then a
+    # one-line usage error naming the variable instead of a traceback out of the parser's construction.
+    parser.add_argument(
+        settings.TARGET.flag, default=default(None), metavar="HOST:PORT", help=settings.TARGET.help_text()
+    )
+    parser.add_argument(
+        settings.API_KEY.flag, default=default(None), metavar="KEY", help=settings.API_KEY.help_text()
+    )
+    parser.add_argument(
+        settings.TLS.flag, action="store_true", default=default(None), help=settings.TLS.help_text()
+    )
+    parser.add_argument(
+        settings.TLS_CA.flag, default=default(None), metavar="PEM", help=settings.TLS_CA.help_text()
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON (errors too: one JSON object on stderr)",
+    )
+    parser.add_argument(
+        settings.DEBUG.flag, action="store_true", default=default(None), help=settings.DEBUG.help_text()
+    )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default: appended where the option's own text does not already
+    say it (the connection options say theirs, with their variable)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default in ("", argparse.SUPPRESS)
+        ):
+            return text
+        if isinstance(default, list):
+            return text
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default {shown})" if text else f"default {shown}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
+    ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
+    parser = argparse.ArgumentParser(
+        prog="jobpulse",
+        description="jobpulse: job status over gRPC",
+        formatter_class=HelpFormatter,
+        epilog="exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Each handler is looked up in its module now, so that a test replacing one there is heard.
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, parents=[common], help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        p.set_defaults(func=func)
+        return p
+
+    for name, help_text in SERVER_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text + " (needs jobpulse-server)", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=server._cmd_server)
+
+    command("usage", reports._cmd_usage, "calls and rate-limit rejections per API key (admin)")
+    command(
+        "health",
+        reports._cmd_health,
+        "database, schema, sweeper, outbox, streams and disk of a server (admin)",
+    )
+
+    p = command("create", jobs._cmd_create, "create a job")
+    p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
+    p.add_argument("--items", type=_positive_int, required=True, help="number of items")
+    p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
+    p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")
+    p.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument(
+        "--metadata", type=_json_object, default=None, metavar="JSON", help="JSON object for workers"
+    )
+    p.add_argument("--name", default="", help="display name")
+    p.add_argument("--max-attempts", type=int, default=0, help="claims per chunk (server default 3)")
+    p.add_argument("--request-id", default="", help="idempotency key")
+
+    p = command("get", jobs._cmd_get, "show a job and its chunks")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--basic", action="store_true", help="without chunks")
+
+    p = command("list", jobs._cmd_list, "list jobs, newest first")
+    _filter_options(p)
+    p.add_argument(
+        "--order-by", default="", choices=ORDER_BY_CHOICES, help="default create_time desc: newest first"
+    )
+    p.add_argument("--limit", type=_positive_int, default=20, help="at most this many jobs (default 20)")
+    p.add_argument(
+        "--page-token",
+        default="",
+        metavar="TOKEN",
+        help="continue a listing where an earlier one stopped (its next page token, same filters)",
+    )
+
+    p = command(
+        "watch",
+        watch._cmd_watch,
+        "follow a job to the end with a progress bar (with --json: one JSON object per watch message); "
+        f"exit {EXIT_OK} completed, {EXIT_FAILED} failed, {EXIT_CANCELLED} cancelled, "
+        f"{EXIT_UNREACHABLE} server unreachable",
+    )
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("cancel", jobs._cmd_cancel, "cancel a job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--reason", default="")
+
+    p = command(
+        "retry", jobs._cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk"
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
+
+    p = command("delete", jobs._cmd_delete, "delete a finished job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="cancel it first if it is still running")
+
+    p = command("stats", reports._cmd_stats, "job counts, success rate and durations")
+    p.add_argument("--kind", default="", help="only jobs of this kind")
+    _created_options(p)
+
+    p = command(
+        "export",
+        export._cmd_export,
+        "write every matching job as CSV, one JSON array or JSON lines, streamed by one ExportJobs call",
+    )
+    _filter_options(p)
+    p.add_argument(
+        "--order-by",
+        default="create_time",
+        choices=ORDER_BY_CHOICES,
+        help="default create_time: oldest first",
+    )
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default=None,
+        help="default csv, or json with --json (which would otherwise be a flag doing nothing here)",
+    )
+    p.add_argument("--output", default="-", metavar="FILE", help="where to write (default - : stdout)")
+
+    p = command(
+        "events-url",
+        events_url._cmd_events_url,
+        "print a URL a browser reads a job's events from (Server-Sent Events), with a short-lived "
+        "token in place of the API key (with --json: url, token and expireTime)",
+    )
+    events = p.add_mutually_exclusive_group(required=True)
+    events.add_argument("job_id", metavar="ID", nargs="?", default=None, help="the job whose events to read")
+    events.add_argument(
+        "--feed", action="store_true", help="the URL of every job you may see (/v1/events) instead"
+    )
+    p.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long the token stays valid, 1 to 86400 (server default 600: 10 minutes)",
+    )
+    p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
+
+    p = command("worker", worker._cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
+    p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
+    p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
+    p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
+    p.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
+    )
+    p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS", help="lease duration")
+
+    p = command("demo", worker._cmd_demo, "create a demo job, process it with in-process workers, watch it")
+    p.add_argument("--chunks", type=_positive_int, default=10, help="chunks of the demo job")
+    p.add_argument("--items-per-chunk", type=_positive_int, default=50, help="items in each chunk")
+    p.add_argument("--workers", type=_positive_int, default=3, help="sample workers (threads) to start")
+    p.add_argument("--item-delay", type=float, default=0.02, metavar="SECONDS", help="seconds per item")
+    p.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, metavar="P", help="chance a chunk attempt fails"
+    )
+    return parser
+
+
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    """The job filters of ListJobs, for every command that selects jobs by them (list, export)."""
+    p.add_argument(
+        "--state", type=_job_state, action="append", default=[], help="only jobs in this state (repeatable)"
+    )
+    p.add_argument("--kind", default="", help="only jobs of this kind")
+    p.add_argument("--search", default="", help="substring of the display name")
+    p.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs with this label (repeatable: all of them)",
+    )
+    p.add_argument(
+        "--min-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or more"
+    )
+    p.add_argument(
+        "--max-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or less"
+    )
+    _created_options(p)
+
+
+def _created_options(p: argparse.ArgumentParser) -> None:
+    """The creation-time window (list, export, stats)."""
+    p.add_argument(
+        "--created-after",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created at or after (ISO 8601)",
+    )
+    p.add_argument(
+        "--created-before",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="only jobs created before (ISO 8601)",
+    )
+
+
+def sdk_version() -> str:
+    """The installed SDK's version, from the package metadata (``__version__`` when run from a tree)."""
+    try:
+        return importlib.metadata.version("jobpulse")
+    except importlib.metadata.PackageNotFoundError:
+        from jobpulse import __version__
+
+        return __version__
