@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import sys
 import time
@@ -52,6 +53,7 @@ from google.protobuf import duration_pb2
 from bench import report, work
 from bench.procs import ServerProcess, _cpu_seconds
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
+from jobpulse_server.store.tables import chunks as chunks_table
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TIMEOUT = 60.0
@@ -191,6 +193,10 @@ async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
     )
 
 
+# Where the claim's chunk rows hold a chunk's id, job id and lease token (the chunks table's column order).
+_CHUNK_COLUMNS = [c.name for c in chunks_table.columns]
+ID, JOB_ID, TOKEN = (_CHUNK_COLUMNS.index(c) for c in ("id", "job_id", "lease_token"))
+
 FLOOR_ROWS = {
     "floor": "floor: one by one's SQL from asyncpg, no gRPC",
     "floorcc": "floor: complete-and-claim's SQL, no gRPC",
@@ -198,19 +204,21 @@ FLOOR_ROWS = {
 
 
 async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
-    """The floor under jobpulse's worker path on this PostgreSQL: the store's one-statement paths
-    (``SqlStore.fast``: the SQL the server sends for jobs without webhooks: fencing, the job's counts,
-    state and revision, NOTIFY), called straight from this process by W workers over a store of W
-    connections, with no gRPC and no server process in between:
+    """The floor under jobpulse's worker path on this PostgreSQL: the SQL the server sends for jobs
+    without webhooks (store/fast.py: fencing, the job's counts, state and revision, NOTIFY), sent straight
+    from asyncpg by W workers, one connection each, with no gRPC, no server process and no Python of the
+    store in between:
       * ``floor``: the one-statement claim, then the one-statement completion (one by one);
       * ``floorcc``: one claim, then the complete-and-claim function, which completes and claims
         the next chunk in one round trip (complete-and-claim).
     The jobs are made by a server, which is stopped before the clock starts. Whatever the server
     does, the mode cannot beat its floor."""
+    from jobpulse_server.domain.changes import CHANNEL
     from jobpulse_server.domain.clock import now_us
-    from jobpulse_server.domain.model import JobState
-    from jobpulse_server.store.database import SqlStore
+    from jobpulse_server.domain.model import ChunkState
+    from jobpulse_server.store import fast
 
+    claim_sql = fast.claim_statement(0)
     lease_us = LEASE.seconds * 1_000_000
     async with fresh_database(key) as dsn:
         server = ServerProcess("jobpulse", dsn)
@@ -230,69 +238,86 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
                     )
         finally:
             server.stop()
-        retries = [0]
-        store = SqlStore(
-            dsn, pool_size=workers, on_retry=lambda _state: retries.__setitem__(0, retries[0] + 1)
-        )
-        await store.start(migrate=False)
-        fast = store.fast
-        assert fast is not None
+        conns = [await asyncpg.connect(dsn) for _ in range(workers)]
+        for conn in conns:
+            await fast.define_functions(conn)
         done = [0]
         trips = [0]
+        retries = [0]
 
-        async def claim(name: str) -> Any:
-            """The next (job, chunk), or None when no work is left."""
+        async def retrying(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
             while True:
                 trips[0] += 1
-                got = await fast.claim(name, [], 1, lease_us, now_us())
-                if got:
-                    return got[0][1]
-                if got == []:
+                try:
+                    return await conn.fetchrow(query, *args)
+                except asyncpg.PostgresError as exc:
+                    if getattr(exc, "sqlstate", "") not in ("40001", "40P01"):
+                        raise
+                    retries[0] += 1
+
+        def claim_args(name: str, now: int) -> tuple[Any, ...]:
+            return (*fast.claim_params([], 1, name, now, lease_us), CHANNEL, "floor")
+
+        def complete_args(chunk: Any) -> tuple[Any, ...]:
+            return (chunk[0], chunk[1], chunk[2], now_us(), "", [], [], [], [], CHANNEL, "floor")
+
+        def first_chunk(rows: Any) -> tuple[str, str, str]:
+            """(id, job id, lease token) of the first claimed chunk (rows in the store's chunk columns)."""
+            row = rows[0]
+            return row[ID], row[JOB_ID], row[TOKEN]
+
+        async def claim(conn: asyncpg.Connection, name: str) -> Any:
+            """The next chunk, or None when no work is left."""
+            while True:
+                n_jobs, chunk_rows, _, _ = await retrying(conn, claim_sql, *claim_args(name, now_us()))
+                if chunk_rows:
+                    return first_chunk(chunk_rows)
+                if not n_jobs:
                     return None
-                # None: other workers took the work of the jobs this one locked; look again
+                # else: other workers took the work of the jobs this one locked; look again
 
-        async def one_by_one(name: str) -> None:
-            while (chunk := await claim(name)) is not None:
-                trips[0] += 1
-                if await fast.complete(chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", []) is None:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
+        async def one_by_one(conn: asyncpg.Connection, name: str) -> None:
+            while (chunk := await claim(conn, name)) is not None:
+                if await retrying(conn, fast.COMPLETE_ONE, *complete_args(chunk)) is None:
+                    raise RuntimeError(f"floor: completion of {chunk[0]} was refused")
                 done[0] += 1
 
-        async def complete_and_claim(name: str) -> None:
-            chunk = await claim(name)
+        async def complete_and_claim(conn: asyncpg.Connection, name: str) -> None:
+            chunk = await claim(conn, name)
             while chunk is not None:
-                trips[0] += 1
-                both = await fast.complete_and_claim(
-                    chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], (name, [], 1, lease_us)
-                )
-                if both is None:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
+                args = (*complete_args(chunk), *claim_args(name, now_us()))
+                row = await retrying(conn, fast.complete_and_claim_statement(0, len(args)), *args)
+                if row[0] is None:
+                    raise RuntimeError(f"floor: completion of {chunk[0]} was refused")
                 done[0] += 1
-                _, claims = both
-                chunk = claims[0][1] if claims else (await claim(name) if claims is None else None)
+                _, _, _, (n_jobs, chunk_rows, _), *_ = json.loads(row[0])  # then kind, items
+                if chunk_rows:
+                    chunk = first_chunk(chunk_rows)
+                else:
+                    chunk = await claim(conn, name) if n_jobs else None
 
         worker = one_by_one if key == "floor" else complete_and_claim
         try:
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
-            await asyncio.gather(*(worker(f"floor-{i}") for i in range(workers)))
+            await asyncio.gather(*(worker(c, f"floor-{i}") for i, c in enumerate(conns)))
             elapsed = time.perf_counter() - t0
             db1 = postgres_cpu_seconds()
-            async with store.read() as tx:
-                by_state = await tx.count_by_state()
-            # A job is COMPLETED once every chunk is (derive_state).
-            left = sum(count for state, count in by_state.items() if state != JobState.COMPLETED)
+            left = await conns[0].fetchval(
+                "SELECT count(*) FROM chunks WHERE state <> $1", int(ChunkState.COMPLETED)
+            )
         finally:
-            await store.close()
+            for c in conns:
+                await c.close()
     if done[0] != n or left:
-        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} jobs not completed)")
+        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
     return _row(
         FLOOR_ROWS[key],
         n,
         elapsed,
         trips[0],
         db_cpu_us=_per_unit_us(db0, db1, n),
-        deadlock_retries=len(retries),
+        deadlock_retries=retries[0],
     )
 
 

@@ -14,8 +14,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jobpulse_server.store.schema as schema
@@ -95,12 +94,10 @@ class SqlStore:
 
     # --- reads and writes --------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def read(self, *, consistent: bool = True) -> AsyncIterator[SqlTx]:
+    def read(self, *, consistent: bool = True) -> _Read:
         """A read snapshot. ``consistent=False``: each statement on its own, for callers that run one
         statement (two round trips fewer on PostgreSQL)."""
-        async with self.driver.read(consistent=consistent) as conn:
-            yield SqlTx(conn, self.dialect, Changes(), self.replica_id)
+        return _Read(self, consistent)
 
     async def write(self, body: Callable[[SqlTx], Awaitable[T]], *, bulk: bool = False) -> T:
         """Runs ``body`` in one write transaction and commits; publishes the changes after the commit.
@@ -201,3 +198,23 @@ class SqlStore:
             self._chunks_at_analyze = await driver.analyze("chunks")
         except Exception as exc:  # the planner keeps its old statistics; autovacuum comes round later
             log.warning("could not refresh the statistics of chunks: %s", exc)
+
+
+class _Read:
+    """``SqlStore.read()``: a read transaction's ``SqlTx`` (a class rather than a generator-based context
+    manager: every read goes through it)."""
+
+    __slots__ = ("_consistent", "_inner", "_store")
+
+    def __init__(self, store: SqlStore, consistent: bool) -> None:
+        self._store = store
+        self._consistent = consistent
+
+    async def __aenter__(self) -> SqlTx:
+        store = self._store
+        self._inner = store.driver.read(consistent=self._consistent)
+        conn = await self._inner.__aenter__()
+        return SqlTx(conn, store.dialect, Changes(), store.replica_id)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._inner.__aexit__(*exc)

@@ -192,6 +192,11 @@ def _function_name(n_kinds: int) -> str:
     return f"pg_temp.jobpulse_complete_and_claim_{1 if n_kinds else 0}"
 
 
+def complete_and_claim_statement(n_kinds: int, n_params: int) -> str:
+    """The call of the complete-and-claim function (its parameters: COMPLETE_ONE's, then the claim's)."""
+    return f"SELECT {_function_name(n_kinds)}({', '.join(f'${i}' for i in range(1, n_params + 1))})"
+
+
 def complete_and_claim_function(
     n_kinds: int, complete_types: Sequence[str], claim_types: Sequence[str]
 ) -> str:
@@ -349,8 +354,7 @@ class PgFast:
             CHANNEL,
             self.store.replica_id,
         ]
-        call = f"SELECT {_function_name(len(kinds))}({', '.join(f'${i}' for i in range(1, len(params) + 1))})"
-        row = await self.store.statement(call, params)
+        row = await self.store.statement(complete_and_claim_statement(len(kinds), len(params)), params)
         if row is None or row[0] is None:
             return None
         job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows), kind, items = json.loads(row[0])

@@ -30,6 +30,10 @@ from jobpulse_server.store.rows import (
     JOB_SELECT,
 )
 
+# The statements built from a Dialect and a few numbers are built once per shape (they were rebuilt on every
+# call: a 35-column UPDATE cost more to format than to run on SQLite). Bounded: list lengths vary.
+_built = functools.lru_cache(maxsize=4096)
+
 
 def marks(n: int) -> str:
     """``?, ?, ...`` for n values."""
@@ -127,12 +131,14 @@ GET_OWNED_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = ? AND owner = ?"
 FIND_JOB_BY_REQUEST = f"SELECT {JOB_SELECT} FROM jobs WHERE owner = ? AND request_id = ?"
 
 
+@_built
 def get_jobs(d: Dialect, n: int, owned: bool, *, lock: str = "") -> str:
     """Jobs by id (``d.values(ids)``, then the owner if ``owned``), in id order; ``lock`` a lock clause."""
     owner = " AND owner = ?" if owned else ""
     return f"SELECT {JOB_SELECT} FROM jobs WHERE {d.any_of('id', n)}{owner} ORDER BY id{lock}"
 
 
+@_built
 def insert_job(d: Dialect) -> str:
     """A new job: JOB_SAVED values, its id, its ttl; the change_seq comes from the database."""
     cols = ", ".join(JOB_SAVED)
@@ -141,6 +147,7 @@ def insert_job(d: Dialect) -> str:
     )
 
 
+@_built
 def save_job(d: Dialect) -> str:
     """Writes a job's JOB_SAVED columns (then its id) with a new change_seq."""
     sets = ", ".join(f"{c} = ?" for c in JOB_SAVED)
@@ -157,20 +164,21 @@ COUNT_BY_STATE = "SELECT state, count(*) FROM jobs GROUP BY state"
 _TOMBSTONE_COLUMNS = "id, owner, display_name, kind, state, priority, labels, create_time"
 
 
-def delete_jobs(d: Dialect, n: int) -> list[str]:
+@_built
+def delete_jobs(d: Dialect, n: int) -> tuple[str, ...]:
     """Deletes n jobs (parameters: ``d.values(ids)`` each, the first also led by the delete time) with
     their chunks, artifacts and request fingerprints, leaving a tombstone each for WatchJobs. The
     tombstones take their change_seq before the jobs' rows go (on SQLite the next one is one more than
     the largest in either table, the jobs' own included)."""
     ids = d.any_of("id", n)
-    return [
+    return (
         f"INSERT INTO job_tombstones ({_TOMBSTONE_COLUMNS}, delete_time, change_seq) "
         f"SELECT {_TOMBSTONE_COLUMNS}, ?, {d.next_seq} FROM jobs WHERE {ids}",
         f"DELETE FROM artifacts WHERE {d.any_of('job_id', n)}",
         f"DELETE FROM job_requests WHERE {d.any_of('job_id', n)}",
         f"DELETE FROM chunks WHERE {d.any_of('job_id', n)}",
         f"DELETE FROM jobs WHERE {ids}",
-    ]
+    )
 
 
 # --- chunks -----------------------------------------------------------------------------------------
@@ -178,10 +186,12 @@ def delete_jobs(d: Dialect, n: int) -> list[str]:
 GET_CHUNK = f"SELECT {CHUNK_SELECT} FROM chunks WHERE id = ?"
 
 
+@_built
 def get_chunks(d: Dialect, n: int, *, lock: str = "") -> str:
     return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {d.any_of('id', n)} ORDER BY id{lock}"
 
 
+@_built
 def insert_chunks(d: Dialect) -> str:
     """New chunks: one row per statement (SQLite), or every row from arrays, one per column (PostgreSQL)."""
     cols = ", ".join(CHUNK_COLUMNS)
@@ -193,6 +203,7 @@ def insert_chunks(d: Dialect) -> str:
 SAVE_CHUNK = "UPDATE chunks SET " + ", ".join(f"{c} = ?" for c in CHUNK_SAVED) + " WHERE id = ?"
 
 
+@_built
 def ready(d: Dialect, n_kinds: int) -> str:
     """Chunks ready to run: pending, past any retry backoff, of the wanted kinds (``ready_params``)."""
     where = "state = ? AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
@@ -208,16 +219,19 @@ def ready_params(d: Dialect, kinds: Sequence[str], now: int) -> list[Any]:
 CLAIM_ORDER = " ORDER BY priority DESC, job_id, idx LIMIT ?"
 
 
+@_built
 def pick_ready(d: Dialect, n_kinds: int) -> str:
     """The first ``?`` ready chunks in claim order (SQLite's claim: one writer, nothing to lock)."""
     return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {ready(d, n_kinds)}{CLAIM_ORDER}"
 
 
+@_built
 def first_ready_jobs(d: Dialect, n_kinds: int) -> str:
     """The jobs of the first ``?`` ready chunks in claim order (parameters: ready_params, limit)."""
     return f"SELECT job_id FROM chunks WHERE {ready(d, n_kinds)}{CLAIM_ORDER}"
 
 
+@_built
 def pg_claim(n_kinds: int, *, skip_locked: bool) -> str:
     """PostgreSQL's claim in a transaction: locks the jobs of the first ready chunks (jobs before chunks,
     the lock order of every writer that waits), then takes those jobs' ready chunks (SKIP LOCKED), in
@@ -243,6 +257,7 @@ PG_LOCK_LEASED = (
 )
 
 
+@_built
 def expired_leases(d: Dialect) -> str:
     """Leases that ran out, oldest first (PostgreSQL skips chunks a worker is completing right now)."""
     return (
@@ -277,6 +292,7 @@ def chunk_list(
     return sql, params
 
 
+@_built
 def chunk_states(d: Dialect) -> str:
     """Every chunk's state of a job in index order, for the dashboard's grid: one text value on
     PostgreSQL (one row to send instead of one per chunk), one small row per chunk on SQLite."""
@@ -293,6 +309,7 @@ CANCEL_PENDING_CHUNKS = (
 SET_PENDING_PRIORITY = "UPDATE chunks SET priority = ? WHERE job_id = ? AND state = ?"
 
 
+@_built
 def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
     """(how many FAILED and CANCELLED chunks by state and their items done, the UPDATE that puts them
     back to PENDING); parameters: job id, the two states (``d.values``), then the chunk id if ``one``.
@@ -313,6 +330,7 @@ def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
 _ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size_bytes")
 
 
+@_built
 def insert_artifacts(d: Dialect) -> str:
     cols = ", ".join(_ARTIFACT_INSERTED)
     if not d.arrays:
@@ -330,6 +348,7 @@ JOB_ARTIFACTS = (
 )
 
 
+@_built
 def jobs_artifacts(d: Dialect, n: int) -> str:
     """The first ``?`` (a limit, after ``d.values(ids)``) artifacts of each of n jobs, in chunk order,
     numbered per job on the (job_id, chunk_index) index; rows are ARTIFACT_COLUMNS then job_id."""
@@ -349,6 +368,7 @@ INSERT_OUTBOX = (
 )
 
 
+@_built
 def due_deliveries(d: Dialect) -> str:
     """Up to ``?`` deliveries due at ``?``, oldest first, each with its owner's webhook secret (NULL for
     owners without a key); PostgreSQL skips rows another replica holds."""
@@ -360,6 +380,7 @@ def due_deliveries(d: Dialect) -> str:
     )
 
 
+@_built
 def hold_deliveries(d: Dialect, n: int) -> str:
     return f"UPDATE webhook_deliveries SET next_attempt_time = ? WHERE {d.any_of('id', n)}"
 
@@ -368,7 +389,8 @@ def hold_deliveries(d: Dialect, n: int) -> str:
 DELIVERY_OUTCOME = ("state", "attempts", "last_status", "last_error", "delivered_time", "next_attempt_time")
 
 
-def record_delivery(columns: Sequence[str]) -> str:
+@_built
+def record_delivery(columns: tuple[str, ...]) -> str:
     if not set(columns) <= set(DELIVERY_OUTCOME):
         raise ValueError(f"not an outcome column: {sorted(set(columns) - set(DELIVERY_OUTCOME))}")
     return "UPDATE webhook_deliveries SET " + ", ".join(f"{c} = ?" for c in columns) + " WHERE id = ?"
@@ -392,6 +414,7 @@ OUTBOX_OLDEST_DUE = (
 DONE_DELIVERIES = "SELECT id FROM webhook_deliveries WHERE state = ? AND next_attempt_time < ? LIMIT ?"
 
 
+@_built
 def delete_deliveries(d: Dialect, n: int) -> str:
     return f"DELETE FROM webhook_deliveries WHERE {d.any_of('id', n)}"
 
@@ -484,6 +507,7 @@ OLD_TOMBSTONES = (
 )
 
 
+@_built
 def delete_tombstones(d: Dialect, n: int) -> str:
     return f"DELETE FROM job_tombstones WHERE {d.any_of('id', n)}"
 
@@ -512,6 +536,7 @@ OWN_TTL_EXPIRED = (
 )
 
 
+@_built
 def still_expired(d: Dialect, n: int, n_defaults: int) -> str:
     """Those of n jobs whose expire_time has passed, in id order (locked on PostgreSQL, the lock order
     of every writer of several jobs). Parameters: ``d.values(ids)``, now (own ttl), then a (state,

@@ -564,7 +564,7 @@ class SqlTx:
     async def record_deliveries(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Writes the outcome of each attempt: (delivery id, the columns to set)."""
         for delivery_id, values in outcomes:
-            cols = sorted(values)
+            cols = tuple(sorted(values))
             await self.conn.execute(q.record_delivery(cols), [*(values[c] for c in cols), delivery_id])
 
     async def outbox_backlog(self, now: int) -> tuple[int, int | None]:

@@ -21,9 +21,8 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -80,8 +79,8 @@ class SqliteConn:
         except sqlite3.IntegrityError as exc:
             raise Conflict(str(exc)) from exc
 
-    # On the loop, fetch, fetchrow and execute call SQLite directly (no closure, no extra await): they
-    # are on every call's path.
+    # On the loop each call goes straight to SQLite (no closure, no extra await): they are on every
+    # call's path.
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self._run is None:
@@ -98,11 +97,23 @@ class SqliteConn:
         return row[0] if row is not None else None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._run is None:
+            try:
+                return self.conn.execute(sql, params).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(str(exc)) from exc
         return await self._call(lambda: self.conn.execute(sql, params).rowcount)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            await self._call(lambda: self.conn.executemany(sql, rows))
+        if not rows:
+            return
+        if self._run is None:
+            try:
+                self.conn.executemany(sql, rows)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(str(exc)) from exc
+            return
+        await self._call(lambda: self.conn.executemany(sql, rows))
 
 
 class Checkpointer:
@@ -216,49 +227,37 @@ class SqliteDriver:
             self._close(self._writer)
             self._writer = None
 
-    @asynccontextmanager
-    async def read(self, *, consistent: bool = True) -> AsyncIterator[SqliteConn]:
-        conn = self._readers.pop() if self._readers else await self._open()
-        c = SqliteConn(conn, self._runner())
-        try:
-            if not consistent:
-                yield c
-                return
-            await c.execute("BEGIN")
-            try:
-                yield c
-            finally:
-                await c.execute("COMMIT")
-        finally:
-            if self._stale(conn):
-                self._close(conn)
-            else:
-                self._readers.append(conn)
+    def read(self, *, consistent: bool = True) -> _Reading:
+        """A read snapshot (a deferred transaction; WAL readers never wait), or with ``consistent`` false
+        each statement on its own."""
+        return _Reading(self, consistent)
+
+    def _take_reader(self) -> sqlite3.Connection | None:
+        return self._readers.pop() if self._readers else None
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        if self._stale(conn):
+            self._close(conn)
+        else:
+            self._readers.append(conn)
 
     def write_locked(self) -> bool:
         return self._lock.locked()
 
-    @asynccontextmanager
-    async def write(self, *, bulk: bool = False) -> AsyncIterator[SqliteConn]:
+    def write(self, *, bulk: bool = False) -> _Writing:
         """A write transaction under the process's write lock: committed when the block ends, rolled
         back when it raises."""
-        async with self._lock:
-            if self._writer is None:
-                self._writer = await self._open()
-            writer = self._writer
-            c = SqliteConn(writer, self._runner(bulk))
-            try:
-                await self._begin_immediate(c)
-                try:
-                    yield c
-                except BaseException:
-                    await asyncio.shield(c.execute("ROLLBACK"))
-                    raise
-                await c.execute("COMMIT")
-            finally:
-                if self._stale(writer):  # disposed while it wrote: the next writer opens the file anew
-                    self._close(writer)
-                    self._writer = None
+        return _Writing(self, bulk)
+
+    async def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = await self._open()
+        return self._writer
+
+    def _writer_done(self, writer: sqlite3.Connection) -> None:
+        if self._stale(writer):  # disposed while it wrote: the next writer opens the file anew
+            self._close(writer)
+            self._writer = None
 
     async def _begin_immediate(self, c: SqliteConn) -> None:
         """BEGIN IMMEDIATE; while another process holds the write lock, retries without blocking the loop."""
@@ -274,3 +273,83 @@ class SqliteDriver:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+
+class _Reading:
+    """``SqliteDriver.read()``: a class of its own rather than a generator, since every read goes
+    through it (a generator-based context manager cost a few microseconds more per read)."""
+
+    __slots__ = ("_conn", "_consistent", "_driver", "_raw")
+
+    def __init__(self, driver: SqliteDriver, consistent: bool) -> None:
+        self._driver = driver
+        self._consistent = consistent
+        self._raw: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> SqliteConn:
+        d = self._driver
+        raw = d._take_reader() or await d._open()
+        self._raw = raw
+        conn = SqliteConn(raw, d._runner())
+        self._conn = conn
+        if self._consistent:
+            try:
+                await conn.execute("BEGIN")
+            except BaseException:
+                d._give_back(raw)
+                raise
+        return conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        raw = self._raw
+        assert raw is not None
+        try:
+            if self._consistent:
+                await self._conn.execute("COMMIT")
+        finally:
+            self._driver._give_back(raw)
+
+
+class _Writing:
+    """``SqliteDriver.write()`` (a class for the same reason as ``_Reading``)."""
+
+    __slots__ = ("_bulk", "_conn", "_driver", "_raw")
+
+    def __init__(self, driver: SqliteDriver, bulk: bool) -> None:
+        self._driver = driver
+        self._bulk = bulk
+
+    async def __aenter__(self) -> SqliteConn:
+        d = self._driver
+        await d._lock.acquire()
+        try:
+            raw = self._raw = await d._writer_conn()
+            conn = self._conn = SqliteConn(raw, d._runner(self._bulk))
+            await d._begin_immediate(conn)
+        except BaseException:
+            if self._driver._writer is not None:
+                self._driver._writer_done(self._driver._writer)
+            d._lock.release()
+            raise
+        return conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        d = self._driver
+        try:
+            if kind is None:
+                try:
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._roll_back()  # a failed COMMIT leaves the transaction open
+                    raise
+            else:
+                await self._roll_back()
+        finally:
+            d._writer_done(self._raw)
+            d._lock.release()
+
+    async def _roll_back(self) -> None:
+        try:
+            await asyncio.shield(self._conn.execute("ROLLBACK"))
+        except sqlite3.Error:
+            pass  # no transaction left to roll back (SQLite ended it), or the file is away: nothing to undo
