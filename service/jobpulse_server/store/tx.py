@@ -324,8 +324,10 @@ class SqlTx:
             self.changes.webhooks = True
 
     def _said(self) -> tuple[Any, ...]:
+        """A mark of what ``changes`` holds (it only grows within a transaction: jobs get higher
+        revisions, deletions and retries are added, new_work is set)."""
         c = self.changes
-        return (dict(c.jobs), set(c.deleted), c.new_work, len(c.work_later))
+        return (len(c.jobs), sum(c.jobs.values()), len(c.deleted), c.new_work, len(c.work_later))
 
     async def finish(self) -> None:
         """Before the commit: on PostgreSQL, tells the other replicas what this transaction changed

@@ -131,15 +131,9 @@ class PgDriver:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 yield PgConn(conn)
 
-    @asynccontextmanager
-    async def write(self, *, bulk: bool = False) -> AsyncIterator[PgConn]:
+    def write(self, *, bulk: bool = False) -> _Writing:
         """A write transaction (READ COMMITTED, row locks), committed when the block ends."""
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    yield PgConn(conn)
-            except _ABORTED as exc:  # raised by COMMIT itself (a serialization failure found late)
-                raise _translated(exc) from exc
+        return _Writing(self.pool)
 
     async def analyze(self, table: str) -> int:
         """Refreshes the planner's statistics of ``table``; the rows it now believes the table holds."""
@@ -152,3 +146,34 @@ class PgDriver:
         """One statement, its own transaction (no BEGIN and COMMIT round trips); its first row."""
         async with self.pool.acquire() as conn:
             return await PgConn(conn).fetchrow(sql, params)
+
+
+class _Writing:
+    """``PgDriver.write()``: a pooled connection in a transaction (a class rather than a generator-based
+    context manager: every write goes through it)."""
+
+    __slots__ = ("_conn", "_pool", "_tx")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> PgConn:
+        conn = self._conn = await self._pool.acquire()
+        try:
+            self._tx = conn.transaction()
+            await self._tx.start()
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        return PgConn(conn)
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            if kind is None:
+                await self._tx.commit()  # a serialization failure may be found only here
+            else:
+                await self._tx.rollback()
+        except _ABORTED as exc:
+            raise _translated(exc) from exc
+        finally:
+            await self._pool.release(self._conn)
