@@ -46,7 +46,7 @@ A flag wins over its variable, a variable over the default. Settings without a f
 
 def _client_intro() -> str:
     every = ", ".join(_code(s.flag) for s in _settings.CLIENT_SETTINGS)
-    sdk = [_settings.TARGET, _settings.API_KEY, _settings.TLS, _settings.TLS_CA]
+    sdk: list[_settings.Setting[Any]] = [_settings.TARGET, _settings.API_KEY, _settings.TLS, _settings.TLS_CA]
     read = ", ".join(_code(s.env) for s in sdk[:-1]) + f" and {_code(sdk[-1].env)}"
     return (
         "## Client: the `jobpulse` command and the SDK\n\n"
