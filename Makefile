@@ -13,7 +13,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean screenshots
+.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,17 @@ lint: install $(NODE_DEPS)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The docs site (mkdocs.yml, docs/): the settings reference is written from the settings' declarations
+# first, then the site is built into site/; --strict makes a broken link, anchor or include an error.
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build.
+docs: install
+	$(PY) -m jobpulse_server.config_reference docs/reference/configuration.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The committed settings reference is what the code declares (CI runs this before `make docs` rewrites it).
+check-docs: install
+	$(PY) -m jobpulse_server.config_reference --check docs/reference/configuration.md
+
 # The contract is public once landed: compare it with the first commit that published it.
 BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
 breaking: $(NODE_DEPS)
@@ -96,7 +107,7 @@ bench-http: $(VENV)/.bench-installed
 	$(PY) -m bench.http_streams
 	$(PY) -m bench.dashboard_pages
 
-# The README's dashboard screenshots, made by the browser tests (Debian's chromium + chromium-driver).
+# The dashboard screenshots (README, docs/dashboard.md), made by the browser tests (Debian's chromium + chromium-driver).
 screenshots: install
 	JOBPULSE_SCREENSHOTS=docs/screenshots JOBPULSE_TEST_DATABASES=sqlite $(PY) -m pytest -p no:cacheprovider -q \
 		tests/browser/test_dashboard_browser.py -k progress_arrives_live
@@ -135,4 +146,4 @@ check-sdk:
 	rm -rf .sdk-check
 
 clean:
-	rm -rf .gen-check .sdk-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .gen-check .sdk-check .pytest_cache .mypy_cache .ruff_cache site

@@ -138,7 +138,7 @@ class App:
 
 
 def keepalive_options(config: Config) -> list[tuple[str, int]]:
-    """HTTP/2 keepalive and connection ageing (README, "Connections")."""
+    """HTTP/2 keepalive and connection ageing (docs/behaviour.md, "Connections")."""
     out = [
         # Pings on idle connections keep a quiet watch stream alive through proxies and NATs that
         # drop connections silent for a minute or more, and find dead peers.
@@ -232,7 +232,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             ("grpc.so_reuseport", 0),
             # Calls that arrived but are not yet taken up by the event loop. gRPC's own limits
             # (1,000, hard 3,000) refused streams beyond about 3,000 when thousands of watchers
-            # connected at once (a restart): see README, "How it behaves", Watch.
+            # connected at once (a restart): see docs/behaviour.md, "Watch".
             ("grpc.server.max_pending_requests", config.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
             *keepalive_options(config),

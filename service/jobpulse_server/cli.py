@@ -67,7 +67,7 @@ def _other_settings() -> str:
     ]
     return (
         "Every other setting is a JOBPULSE_* variable (flags win over variables;\n"
-        'the README\'s "Configuration" says what each does). Variable, default:\n' + "\n".join(lines)
+        "docs/reference/configuration.md says what each does). Variable, default:\n" + "\n".join(lines)
     )
 
 

@@ -16,6 +16,12 @@ def _flag(default: Any, help_text: str) -> Any:
     return field(default=default, metadata={"flag": True, "help": help_text})
 
 
+def _setting(default: Any, help_text: str) -> Any:
+    """A setting read from its variable only, with its help text (the configuration reference,
+    docs/reference/configuration.md, is generated from it: ``python -m jobpulse_server.config_reference``)."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class Config:
     """Everything the server needs to start.
@@ -30,64 +36,92 @@ class Config:
         "sqlite:///jobpulse.db", "sqlite:///FILE (created if missing) or postgresql://..."
     )
     log_level: str = _flag("INFO", "DEBUG, INFO, WARNING or ERROR")
-    # Seconds between idle-stream heartbeats on WatchJob.
-    heartbeat_interval: float = 15.0
-    # Shortest time between two CHANGE messages of one WatchJob stream; changes in between are folded.
-    watch_min_interval: float = 0.2
-    # SQLite only: run statements on the event loop's thread (true) or on one dedicated thread
-    # (false). See the README, "SQLite on the event loop".
-    sqlite_on_loop: bool = True
-    # Calls that may wait to be taken up by the event loop before new ones are refused
-    # (RESOURCE_EXHAUSTED); twice this is the hard limit.
-    max_pending_calls: int = 20_000
-    # Young-generation threshold of Python's cyclic garbage collector (interpreter default 700),
-    # applied at start-up together with gc.freeze(); 0 leaves the collector as it is. See gc_tuning.py.
-    gc_threshold: int = 50_000
-    # Seconds between scans for expired leases and overdue cancels.
-    sweep_interval: float = 1.0
-    # Seconds a cancelled job's running chunks get to stop before they are force-cancelled.
-    cancel_deadline: float = 60.0
-    # First retry backoff after a retryable FailChunk; doubles per attempt, with jitter.
-    retry_backoff: float = 1.0
-    # Upper bound for the retry backoff.
-    retry_backoff_max: float = 300.0
-    # HTTP/2 keepalive: seconds between pings on an idle connection, and how long an unanswered ping
-    # may take before the connection is dropped.
-    keepalive_time: float = 30.0
-    keepalive_timeout: float = 10.0
-    # Seconds after which a connection is closed (clients reconnect, spreading over replicas), and the
-    # grace its calls under way get to finish; 0 keeps connections for ever.
-    max_connection_age: float = 1800.0
-    max_connection_age_grace: float = 300.0
-    # Seconds given to in-flight calls and open streams on SIGTERM before they are ended.
-    drain_seconds: float = 5.0
-    # Largest number of chunks one job may have.
-    max_chunks_per_job: int = 100_000
+    heartbeat_interval: float = _setting(
+        15.0, "seconds between heartbeats on an idle watch stream (WatchJob, WatchJobs, and over SSE)"
+    )
+    watch_min_interval: float = _setting(
+        0.2, "shortest gap, in seconds, between two CHANGE messages of one watch; changes in between fold"
+    )
+    # See docs/databases.md, "SQLite on the event loop".
+    sqlite_on_loop: bool = _setting(
+        True, "SQLite only: run statements on the event loop's thread (false: on one dedicated thread)"
+    )
+    max_pending_calls: int = _setting(
+        20_000,
+        "calls that may wait to be taken up by the event loop before new ones are refused "
+        "(RESOURCE_EXHAUSTED); twice this is the hard limit",
+    )
+    # Interpreter default 700. See gc_tuning.py.
+    gc_threshold: int = _setting(
+        50_000,
+        "young-generation threshold of Python's cyclic garbage collector, applied at start-up with "
+        "gc.freeze(); 0 leaves the interpreter's defaults",
+    )
+    sweep_interval: float = _setting(
+        1.0, "seconds between scans for expired leases and overdue cancels (and the expiry sweep)"
+    )
+    cancel_deadline: float = _setting(
+        60.0, "seconds a cancelled job's running chunks get to stop before the server cancels them itself"
+    )
+    retry_backoff: float = _setting(
+        1.0, "first backoff, in seconds, after a retryable FailChunk; doubles per attempt, with jitter"
+    )
+    retry_backoff_max: float = _setting(300.0, "upper bound of the retry backoff, in seconds")
+    keepalive_time: float = _setting(30.0, "seconds between HTTP/2 keepalive pings on an idle connection")
+    keepalive_timeout: float = _setting(
+        10.0, "seconds an unanswered keepalive ping may take before the connection is dropped"
+    )
+    max_connection_age: float = _setting(
+        1800.0,
+        "seconds after which a connection is closed with GOAWAY (clients reconnect, spreading over "
+        "replicas); 0 keeps connections for ever",
+    )
+    max_connection_age_grace: float = _setting(
+        300.0, "seconds the calls under way on an aged connection get to finish"
+    )
+    drain_seconds: float = _setting(
+        5.0, "seconds given to calls in flight and open streams on SIGTERM before they are ended"
+    )
+    max_chunks_per_job: int = _setting(100_000, "most chunks one job may have")
     insecure: bool = _flag(False, "serve a non-loopback address even with no API keys (refused otherwise)")
     # PEM files for TLS; both or neither.
     tls_cert: str = _flag("", "PEM file of the server's TLS certificate (with --tls-key)")
     tls_key: str = _flag("", "PEM file of the TLS certificate's private key")
     # Calls per second per key, by role (bursts of twice that); 0 means unlimited.
-    rate_limit_client: float = 50.0
-    rate_limit_worker: float = 200.0
-    rate_limit_admin: float = 0.0
-    # PostgreSQL: one bucket per key in the database, shared by every replica (true), or a bucket per
-    # replica in memory (false: N replicas admit up to N times the limit). SQLite always limits in
-    # memory, which is exact there (one process).
-    rate_limit_shared: bool = True
-    # PostgreSQL, shared limits: a replica takes a key's tokens from the shared bucket in blocks of
-    # b = rate x this (at least 1, at most half the burst; 50/s -> 5) and admits from its block in
-    # memory, so it visits the database about once per b/2 calls, not per call. Tolerance: over any
-    # T seconds all N replicas together admit at most burst + rate x T + N x b calls of a key (one
-    # server: burst + rate x T). Larger blocks, fewer statements, more slack. See services/ratelimit.py.
-    rate_limit_lease_seconds: float = 0.1
-    # Seconds between writes of the per-key call counts (GetUsage) to the database: one statement
-    # per flush, not per call. A kill -9 loses at most this long's counts; SIGTERM loses none.
-    usage_flush_interval: float = 1.0
-    # Seconds between re-reads of the API keys (how soon a revoke takes effect).
-    key_refresh_interval: float = 2.0
-    # Seconds between database probes behind grpc health (NOT_SERVING while it fails).
-    health_interval: float = 2.0
+    rate_limit_client: float = _setting(
+        50.0, "calls per second per client key (bursts of twice that); 0: unlimited"
+    )
+    rate_limit_worker: float = _setting(
+        200.0, "calls per second per worker key (bursts of twice that); 0: unlimited"
+    )
+    rate_limit_admin: float = _setting(
+        0.0, "calls per second per admin key (bursts of twice that); 0: unlimited"
+    )
+    # SQLite always limits in memory, which is exact there (one process).
+    rate_limit_shared: bool = _setting(
+        True,
+        "PostgreSQL: one rate-limit bucket per key in the database, shared by every replica (false: a "
+        "bucket per replica in memory, so N replicas admit up to N times the limit)",
+    )
+    # A replica visits the database about once per b/2 calls, not per call. Tolerance: over any T seconds
+    # all N replicas together admit at most burst + rate x T + N x b calls of a key (one server:
+    # burst + rate x T). Larger blocks, fewer statements, more slack. See services/ratelimit.py.
+    rate_limit_lease_seconds: float = _setting(
+        0.1,
+        "PostgreSQL, shared limits: a replica takes a key's tokens in blocks of b = rate x this (at "
+        "least 1, at most half the burst; 50/s -> 5) and admits calls from its block in memory",
+    )
+    usage_flush_interval: float = _setting(
+        1.0,
+        "seconds between writes of the per-key call counts (GetUsage) to the database, one statement per "
+        "flush; a kill -9 loses at most this long's counts, SIGTERM none",
+    )
+    key_refresh_interval: float = _setting(
+        2.0, "seconds between re-reads of the API keys (how soon a revoke takes effect)"
+    )
+    health_interval: float = _setting(
+        2.0, "seconds between database probes behind grpc health (NOT_SERVING while they fail)"
+    )
     metrics_port: int = _flag(
         -1, "serve Prometheus /metrics on this port of the same host; -1: off, 0: any free port"
     )
@@ -101,39 +135,62 @@ class Config:
         "comma-separated origins (https://app.example.com) whose pages may read /v1/... from a "
         "browser; empty: same origin only",
     )
-    # Seconds a client gets to send a request's line and headers (from the connection or the request's
-    # first byte) before the HTTP side closes the connection.
-    http_header_timeout: float = 10.0
-    # Seconds an HTTP response's writes may stay blocked (the client reads nothing) before the
-    # connection is dropped; also the TCP user timeout for peers that vanished without a close.
-    http_stall_timeout: float = 60.0
+    http_header_timeout: float = _setting(
+        10.0,
+        "seconds a client gets to send a request's line and headers (from the connection or the "
+        "request's first byte) before the HTTP side closes the connection",
+    )
+    http_stall_timeout: float = _setting(
+        60.0,
+        "seconds an HTTP response's writes may stay blocked (the client reads nothing) before the "
+        "connection is dropped; also the TCP user timeout for peers that vanished without a close",
+    )
     log_format: str = _flag("text", "log lines as text or json (one JSON object per line)")
-    # Signs webhooks of jobs whose owner has no key of its own (open mode).
-    webhook_secret: str = ""
-    # Comma-separated hosts webhooks may go to; empty allows any host.
-    webhook_allowed_hosts: str = ""
-    # Seconds a webhook event is retried (exponential backoff from webhook_retry_base) before it is dead.
-    webhook_retry_period: float = 86_400.0
-    webhook_retry_base: float = 1.0
-    # Seconds between job.progress events of one job, and the per-POST timeout.
-    webhook_progress_interval: float = 5.0
-    webhook_timeout: float = 10.0
-    # AIP-214 expiry (README, "Retention"): seconds a finished job is kept after its end_time when
-    # CreateJob set no ttl, per terminal state; 0 keeps such jobs for ever. Expired jobs are deleted
-    # (chunks and artifacts too) by the sweeper, and WatchJobs reports them as deletions.
-    retention_completed: float = 7 * 86_400.0
-    retention_failed: float = 30 * 86_400.0
-    retention_cancelled: float = 30 * 86_400.0
-    # Seconds a deleted job's tombstone is kept: a WatchJobs cursor older than this may miss deletions
-    # made before the tombstones went. 0 keeps tombstones for ever.
-    tombstone_retention: float = 90 * 86_400.0
-    # Seconds a webhook delivery that is done (delivered or dead) is kept after its last attempt,
-    # whether its job still exists or not; pending ones are never trimmed. 0 keeps them for ever.
-    webhook_delivery_retention: float = 30 * 86_400.0
-    # Rows deleted per transaction (expired jobs, tombstones, deliveries), and expired-job candidates
-    # looked at per sweep (each kind of trim also stops there): short transactions, a bounded sweep.
-    retention_batch: int = 100
-    retention_max_per_sweep: int = 20_000
+    webhook_secret: str = _setting(
+        "",
+        "whsec_ secret (whsec_ + base64, checked at start) that signs webhooks of jobs whose owner has "
+        "no key of its own (open mode); empty: webhooks are refused in open mode",
+    )
+    webhook_allowed_hosts: str = _setting(
+        "", "comma-separated hosts webhooks may go to; empty allows any host"
+    )
+    webhook_retry_period: float = _setting(
+        86_400.0,
+        "seconds a webhook event is retried (exponential backoff from webhook_retry_base) before it is dead",
+    )
+    webhook_retry_base: float = _setting(1.0, "first backoff, in seconds, of a webhook delivery's retries")
+    webhook_progress_interval: float = _setting(5.0, "seconds between job.progress webhook events of one job")
+    webhook_timeout: float = _setting(10.0, "seconds one webhook POST may take")
+    # AIP-214 expiry (docs/retention.md): expired jobs are deleted (chunks and artifacts too) by the
+    # sweeper, and WatchJobs reports them as deletions.
+    retention_completed: float = _setting(
+        7 * 86_400.0,
+        "seconds a COMPLETED job that CreateJob gave no ttl is kept after its end_time; 0 keeps it",
+    )
+    retention_failed: float = _setting(
+        30 * 86_400.0,
+        "seconds a FAILED job that CreateJob gave no ttl is kept after its end_time; 0 keeps it",
+    )
+    retention_cancelled: float = _setting(
+        30 * 86_400.0,
+        "seconds a CANCELLED job that CreateJob gave no ttl is kept after its end_time; 0 keeps it",
+    )
+    tombstone_retention: float = _setting(
+        90 * 86_400.0,
+        "seconds a deleted job's tombstone is kept: a WatchJobs cursor older than this is "
+        "refused rather than resumed with deletions missing; 0 keeps tombstones for ever",
+    )
+    webhook_delivery_retention: float = _setting(
+        30 * 86_400.0,
+        "seconds a webhook delivery that is done (delivered or dead) is kept after its last attempt, "
+        "whether its job still exists or not; pending ones are never trimmed; 0 keeps them for ever",
+    )
+    retention_batch: int = _setting(
+        100, "rows deleted per transaction (expired jobs, tombstones, deliveries)"
+    )
+    retention_max_per_sweep: int = _setting(
+        20_000, "expired-job candidates looked at per sweep (each kind of trim also stops there)"
+    )
 
     def __post_init__(self) -> None:
         # Values that parse but mean nothing (JOBPULSE_LOG_LEVEL=verbose) are refused here, naming the

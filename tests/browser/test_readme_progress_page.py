@@ -1,4 +1,4 @@
-"""The README's progress page in a real browser: headless Chromium loads it from another origin (so
+"""The progress page of docs/http.md in a real browser: headless Chromium loads it from another origin (so
 CORS is real too), it follows a job over EventSource with an events token, and the bar reaches 100%
 while an SDK worker completes the job; the console shows no error."""
 
@@ -29,8 +29,8 @@ def _serve_page(folder: Path, port: int) -> http.server.ThreadingHTTPServer:
 def test_the_readme_page_shows_a_live_bar_up_to_100_percent(
     make_server: Any, browser: Any, tmp_path: Path, screenshots: Path
 ) -> None:
-    block = find_block("## Live progress over HTTP (Server-Sent Events)", "html", "<!doctype html>")
-    assert len(block.text.strip().splitlines()) <= 15, "the README promises a page of 15 lines"
+    block = find_block("docs/http.md", "## A live progress bar in a page", "html", "<!doctype html>")
+    assert len(block.text.strip().splitlines()) <= 15, "the docs promise a page of 15 lines"
     (tmp_path / "progress.html").write_text(block.text, encoding="utf-8")
     page_port = free_port()
     page = _serve_page(tmp_path, page_port)

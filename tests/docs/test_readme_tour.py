@@ -1,8 +1,10 @@
-"""The README's "Five-minute tour", run as written against a real server, so the README cannot drift.
+"""The README's "Five-minute tour" and the examples of the docs pages that go with it (the CLI's errors in
+docs/cli.md, buf curl and google-api-core in docs/grpcurl.md), run as written against a real server, so
+the pages cannot drift.
 
-Each block is found by its heading and fence (``support.readme_blocks``): a README edit that renames the
-heading, changes the fence or rewrites a block's first line fails here instead of skipping the block, and
-``test_every_block_of_the_tour_is_run_by_a_test`` fails for a block no test runs.
+Each block is found by its file, heading and fence (``support.readme_blocks``): an edit that moves a block
+to another page, renames the heading, changes the fence or rewrites a block's first line fails here
+instead of skipping the block, and ``tests/docs/test_doc_blocks.py`` fails for a block no test runs.
 
 The CLI blocks run in one ``bash`` each, on a pseudo-terminal of 200 columns with a UTF-8 locale (the
 README shows a terminal: the live progress bar is drawn only on one), with this venv's ``bin`` first on
@@ -12,7 +14,7 @@ them is replaced but the one change below. Every ``$`` line runs in order; ``$ID
 from the ``ID=$(jobpulse create ... --json | python3 ...)`` line to the next ones, as for a reader.
 
 Checked for each line: every command in it exits 0 (an ERR trap reports each failing command, so both
-commands of ``a; b`` are checked), the error examples exit 1 (the README's exit-code table); nothing
+commands of ``a; b`` are checked), the error examples exit 1 (the exit-code table of docs/cli.md); nothing
 prints a traceback; the output the README shows under a command is printed (``assert_shows``: ``...``
 stands for anything, example job ids for the actual id; the demo's figures depend on timing, so there
 each number stands for any number, and the demo's own 500 items in 10 chunks are checked on the job
@@ -29,8 +31,8 @@ than running unchanged for 2 minutes or silently not at all. The README's ``kill
 (SIGTERM: a graceful stop, which must exit 0); an EXIT trap stops a background job still running (after
 a failure), and the whole session is killed should the shell outlive its deadline.
 
-The ``buf curl`` lines run the same way, with ``node_modules/.bin`` first on PATH and the README's
-address replaced by the server's (buf reads no variable for it); they skip, saying why, without
+The ``buf curl`` lines (docs/grpcurl.md) run the same way, with ``node_modules/.bin`` first on PATH and
+the page's address replaced by the server's (buf reads no variable for it); they skip, saying why, without
 ``make buf``.
 
 The SDK block runs in a Python process of its own with the README's address replaced by the server's
@@ -38,8 +40,9 @@ The SDK block runs in a Python process of its own with the README's address repl
 the job is still pending there, as the README prints it), a ``jobpulse worker`` process works the job
 beside it. Once that job is done and that worker stopped, a second job is made that only the README's
 own ``Worker(...).run(handle)`` can work (its artifacts and stage say so); Ctrl-C then stops it, and the
-script must exit 0 with nothing on stderr. The google-api-core block runs in this process with ``job``
-bound to a job of its own, as the README says (``job`` as in the SDK example), and a sample worker.
+script must exit 0 with nothing on stderr. The google-api-core block (docs/grpcurl.md) runs in this
+process with ``job`` bound to a job of its own, as the page says (``job`` as in the tour's SDK example),
+and a sample worker.
 
 Both databases, like every server-backed test (``JOBPULSE_TEST_DATABASES=sqlite`` runs SQLite only; buf
 curl, which reads no database, SQLite only): about 35 s per database here, the CLI tour 15 s of it, the
@@ -71,70 +74,26 @@ from typing import Any
 
 import pytest
 from google.rpc import error_details_pb2
-from support.readme_blocks import (
-    Block,
-    assert_shows,
-    console_commands,
-    find_block,
-    readme_blocks,
-)
+from support.readme_blocks import assert_shows, console_commands, find_block
 
 import jobpulse
 from jobpulse.v1 import job_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: jobpulse, python3
-README_ADDRESS = "127.0.0.1:50051"
+EXAMPLE_ADDRESS = "127.0.0.1:50051"
 
-TOUR = "## Five-minute tour"
 CLI = "### CLI"
 SDK = "### SDK"
-GRPCURL = "### grpcurl (no proto files needed: reflection is on, with the proto comments)"
-LONGRUNNING = "### Polling a job with google-api-core (google.longrunning)"
+ERRORS = "## Errors"
+BUF_CURL = "## buf curl"
+LONGRUNNING = "## google-api-core (google.longrunning)"
 
 WORKER_LINE = "jobpulse worker --kind thumbnails &"
 FAST_WORKER_LINE = "jobpulse worker --kind thumbnails --item-delay 0.001 &"
 
 MARK = "@@readme-tour@@"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-# --- which test runs each block of the tour -------------------------------------------------------------
-
-# (heading, fence, start of the block's first line) -> where it runs. Blocks run by another test name that
-# file and the text by which that test finds its block.
-HERE = "tests/docs/test_readme_tour.py"
-RUNNERS: dict[tuple[str, str, str], tuple[str, str]] = {
-    (CLI, "console", "$ jobpulse demo"): (HERE, ""),
-    (CLI, "console", "$ jobpulse create --kind k"): (HERE, ""),
-    (SDK, "python", "import jobpulse\n\nwith jobpulse.Client("): (HERE, ""),
-    (SDK, "python", "import asyncio\n"): ("tests/e2e/test_async_worker.py", "jobpulse.AsyncWorker("),
-    (GRPCURL, "console", "$ grpcurl "): ("tests/clients/test_grpcurl.py", "$ grpcurl "),
-    (GRPCURL, "console", "$ buf curl "): (HERE, ""),  # and by tests/clients/test_grpcurl.py over v1
-    (LONGRUNNING, "python", "import grpc\n"): (HERE, ""),
-}
-
-
-def test_every_block_of_the_tour_is_run_by_a_test() -> None:
-    """Every fenced block of the tour (and of "## Configuration", which has none today) has a runner, and
-    every runner finds its block: a new block with no test, or a block moved away from its anchor, fails."""
-    blocks = [b for b in readme_blocks() if b.section in (TOUR, "## Configuration")]
-    assert blocks, f"no fenced block found under {TOUR!r}: the README's layout changed"
-
-    def runner(block: Block) -> tuple[str, str, str]:
-        keys = [k for k in RUNNERS if (block.heading, block.lang) == k[:2] and block.text.startswith(k[2])]
-        assert len(keys) == 1, f"{block.where()} is run by no test (or by several): {keys}"
-        return keys[0]
-
-    claimed = [runner(b) for b in blocks]
-    assert sorted(claimed) == sorted(RUNNERS), "a runner of RUNNERS finds no block (or two)"
-    for key, (path, anchor) in RUNNERS.items():
-        block = find_block(*key)
-        source = (ROOT / path).read_text(encoding="utf-8")
-        assert "README" in source, f"{path} should read {block.where()} from the README"
-        assert anchor in block.text, f"{path} finds its block by {anchor!r}, no longer in {block.where()}"
-    [async_block] = [b for b in readme_blocks() if b.lang == "python" and "jobpulse.AsyncWorker(" in b.text]
-    assert async_block.heading == SDK
 
 
 # --- running a console block in a terminal -------------------------------------------------------------
@@ -288,7 +247,7 @@ def run_in_terminal(
 
 
 def test_the_readme_cli_tour_runs_as_written(server: Any, tmp_path: Path) -> None:
-    block = find_block(CLI, "console", "$ jobpulse demo")
+    block = find_block("README.md", CLI, "console", "$ jobpulse demo")
     commands = console_commands(block)
     lines = [c.line for c in commands]
     assert sum(WORKER_LINE in line for line in lines) == 1, (
@@ -333,8 +292,8 @@ def test_the_readme_cli_tour_runs_as_written(server: Any, tmp_path: Path) -> Non
         assert [j.kind for j in client.list_jobs()] == ["demo"]
 
 
-def test_the_readme_cli_errors_print_as_shown(server: Any, tmp_path: Path) -> None:
-    block = find_block(CLI, "console", "$ jobpulse create --kind k")
+def test_the_cli_errors_print_as_shown(server: Any, tmp_path: Path) -> None:
+    block = find_block("docs/cli.md", ERRORS, "console", "$ jobpulse create --kind k")
     commands = console_commands(block)
     session = run_in_terminal([c.line for c in commands], server, tmp_path)
     for command, ran in zip(commands, session.ran, strict=True):
@@ -348,15 +307,15 @@ BUF_BIN = ROOT / "node_modules" / ".bin"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # reflection reads no database
-def test_the_readme_buf_curl_lines_run_as_written(server: Any, tmp_path: Path) -> None:
-    """As pasted, with the project's buf first on PATH and the README's address made the server's (buf
+def test_the_buf_curl_lines_run_as_written(server: Any, tmp_path: Path) -> None:
+    """As pasted, with the project's buf first on PATH and the page's address made the server's (buf
     reads no variable for it). tests/clients/test_grpcurl.py runs them too, forcing reflection v1."""
     if not (BUF_BIN / "buf").exists():
         pytest.skip("no node_modules/.bin/buf: `make buf` (npm install) installs it")
-    block = find_block(GRPCURL, "console", "$ buf curl ")
+    block = find_block("docs/grpcurl.md", BUF_CURL, "console", "$ buf curl ")
     lines = [c.line for c in console_commands(block)]
-    assert all(f"http://{README_ADDRESS}" in line for line in lines), lines
-    pasted = [line.replace(README_ADDRESS, server.address) for line in lines]
+    assert all(f"http://{EXAMPLE_ADDRESS}" in line for line in lines), lines
+    pasted = [line.replace(EXAMPLE_ADDRESS, server.address) for line in lines]
     session = run_in_terminal(pasted, server, tmp_path, bin_dirs=(BUF_BIN,))
     listed, missing = session.ran
     assert listed.failures == [], listed.text()
@@ -431,13 +390,13 @@ def _stop(worker: subprocess.Popen[str]) -> str:
 
 
 def test_the_readme_sdk_block_runs_as_written(server: Any) -> None:
-    code = find_block(SDK, "python", "import jobpulse\n\nwith jobpulse.Client(").text
-    assert code.count(README_ADDRESS) == 2, "the SDK block should address the server in Client and Worker"
+    code = find_block("README.md", SDK, "python", "import jobpulse\n\nwith jobpulse.Client(").text
+    assert code.count(EXAMPLE_ADDRESS) == 2, "the SDK block should address the server in Client and Worker"
     summary_comment = re.search(r"print\(job\.chunks_summary\) +# (.+)", code)
     assert summary_comment, "the SDK block should print job.chunks_summary and say what it prints"
     script = subprocess.Popen(
         # -u: each line as printed, so the test sees the listing before it starts a worker.
-        [sys.executable, "-u", "-c", code.replace(README_ADDRESS, server.address)],
+        [sys.executable, "-u", "-c", code.replace(EXAMPLE_ADDRESS, server.address)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -488,18 +447,19 @@ def test_the_readme_sdk_block_runs_as_written(server: Any) -> None:
 # --- google-api-core -------------------------------------------------------------------------------------
 
 
-def test_the_readme_google_api_core_block_runs_as_written(
-    server: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_google_api_core_block_runs_as_written(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """The block polls ``job``, the job the SDK block above created; here a job of the sample worker's."""
-    code = find_block(LONGRUNNING, "python", "import grpc\n").text
-    assert code.count(README_ADDRESS) == 1
+    code = find_block("docs/grpcurl.md", LONGRUNNING, "python", "import grpc\n").text
+    assert code.count(EXAMPLE_ADDRESS) == 1
     pytest.importorskip("google.api_core", reason="google-api-core[grpc] comes with the server's dev extra")
     with jobpulse.Client(server.address, timeout=20) as client:
         job = client.create_job("thumbnails", 30, chunk_size=10)
         worker = _sample_worker(server, "thumbnails")
         try:
-            exec(compile(code.replace(README_ADDRESS, server.address), "README.md", "exec"), {"job": job})
+            exec(
+                compile(code.replace(EXAMPLE_ADDRESS, server.address), "docs/grpcurl.md", "exec"),
+                {"job": job},
+            )
         finally:
             _stop(worker)
         done = client.get_job(job.id)

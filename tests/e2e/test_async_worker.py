@@ -4,24 +4,21 @@ and artifacts, cancel, retries, leases kept alive by heartbeats, graceful stop a
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from e2e_helpers import assert_summary_matches
+from support.readme_blocks import find_block
 
 import jobpulse
 from jobpulse.v1 import job_pb2
 
 T = TypeVar("T")
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -252,19 +249,18 @@ async def test_cancelling_run_hands_the_chunk_back_at_once(make_server: Any, con
         await aclient.complete_chunk(again[0].chunk.id, again[0].lease_token)
 
 
-def readme_async_worker() -> str:
-    """The README's AsyncWorker block, as written."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    found = [b for b in blocks if "jobpulse.AsyncWorker(" in b]
-    assert len(found) == 1, "the README has no (or more than one) AsyncWorker example"
-    return found[0]
+def docs_async_worker() -> str:
+    """The AsyncWorker block of docs/sdk.md, as written."""
+    code = find_block("docs/sdk.md", "## AsyncWorker", "python", "import asyncio\n").text
+    assert "jobpulse.AsyncWorker(" in code, "the AsyncWorker example no longer makes an AsyncWorker"
+    return code
 
 
-def test_the_readme_async_worker_runs_as_written(server: Any, client: jobpulse.Client) -> None:
-    code = readme_async_worker()
+def test_the_docs_async_worker_runs_as_written(server: Any, client: jobpulse.Client) -> None:
+    code = docs_async_worker()
     assert "127.0.0.1:50051" in code
     job = client.create_job("thumbnails", 40, chunk_size=10)
-    # The only change: the README's address becomes this test's server.
+    # The only change: the page's address becomes this test's server.
     worker = subprocess.Popen(
         [sys.executable, "-c", code.replace("127.0.0.1:50051", server.address)],
         stdout=subprocess.PIPE,

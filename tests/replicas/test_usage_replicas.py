@@ -1,5 +1,5 @@
 """Two replicas on one PostgreSQL database: GetUsage on either sums both replicas' calls, and a key's rate
-limit holds across them, within the tolerance the README documents (burst + rate x T + N x block)."""
+limit holds across them, within the tolerance docs/operations.md documents (burst + rate x T + N x block)."""
 
 from __future__ import annotations
 

@@ -485,9 +485,9 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, how):
     assert err.rstrip().endswith("error: unexpected RuntimeError: boom")
 
 
-def test_the_readme_exit_code_table_lists_exactly_the_cli_codes():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    table = readme.split("Exit codes, the same for every command:", 1)[1].split("\n\n", 2)[1]
+def test_the_documented_exit_code_table_lists_exactly_the_cli_codes():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = page.split("Exit codes, the same for every command:", 1)[1].split("\n\n", 2)[1]
     codes = {int(row.split("|")[1]) for row in table.splitlines() if row.split("|")[1].strip().isdigit()}
     assert codes == set(cli.EXIT_CODES)
 

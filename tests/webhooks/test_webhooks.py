@@ -43,7 +43,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def verify(secret: str, post: dict[str, Any]) -> dict[str, Any]:
-    """What a receiver does (README, SECURITY.md): standardwebhooks checks the signature over
+    """What a receiver does (docs/operations.md, SECURITY.md): standardwebhooks checks the signature over
     "<webhook-id>.<webhook-timestamp>.<body>" and refuses timestamps more than 5 minutes off
     (replays); it raises WebhookVerificationError, else returns the parsed body."""
     return dict(Webhook(secret).verify(post["body"], post["headers"]))
@@ -78,7 +78,7 @@ def test_completion_is_posted_signed_with_the_job(make_server: Any, receiver: Re
     assert headers["webhook-id"] == deliveries[0].id
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
     assert headers["webhook-signature"].startswith("v1,")
-    assert "X-Jobpulse-Signature" not in headers, "the old header is gone (README: a clean break)"
+    assert "X-Jobpulse-Signature" not in headers, "the old header is gone (SECURITY.md: a clean break)"
     # Another secret, a tampered body, or a timestamp moved (the signature covers it) fail.
     assert refused("whsec_" + base64.b64encode(b"someone else's secret!").decode(), got["body"], headers)
     assert refused(SECRET, got["body"].replace("hook", "hoof"), headers)
@@ -261,7 +261,7 @@ def test_a_key_secret_from_before_standard_webhooks_still_verifies(
 ) -> None:
     # Keys made before the switch hold "whsec_" + 48 hex digits. Hex digits are base64 too, so such a
     # secret stands for a 36-byte key: the server signs with it as it is, no migration, and a receiver
-    # verifies with the secret it already has (only its verifying code changes: README, Webhooks).
+    # verifies with the secret it already has (only its verifying code changes: docs/operations.md, Webhooks).
     srv = make_server()
     key = srv.call(keys.create_key(srv.app.db, "old-key", "admin", receiver.url))
     legacy = "whsec_" + secrets.token_hex(24)
@@ -319,14 +319,19 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
 
 
-def test_the_readme_receiver_verifies_a_real_delivery_as_written(
-    make_server: Any, receiver: Receiver
+@pytest.mark.parametrize(
+    "page",
+    [("docs/operations.md", "## Webhooks"), ("SECURITY.md", "## Verifying a webhook")],
+    ids=["operations", "security"],
+)
+def test_the_documented_receiver_verifies_a_real_delivery_as_written(
+    make_server: Any, receiver: Receiver, page: tuple[str, str]
 ) -> None:
     from support.readme_blocks import find_block
 
-    block = find_block("## Security and operations", "python", "from standardwebhooks import", None)
+    block = find_block(*page, "python", "from standardwebhooks import")
     namespace: dict[str, Any] = {"secret": SECRET}
-    exec(compile(block.text, block.where(), "exec"), namespace)  # the README's receiver, as written
+    exec(compile(block.text, block.where(), "exec"), namespace)  # the page's receiver, as written
     receive = namespace["receive"]
     srv = make_server(webhook_secret=SECRET)
     with jobpulse.Client(srv.address) as client:

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 # Chunks deleted per transaction at most (with their jobs): a batch of big jobs stays short too.
 CHUNKS_PER_BATCH = 20_000
 # After each delete transaction the sweep waits this many times as long as the transaction took: it
-# deletes at most a quarter of the time, leaving the rest of the CPU (two cores, shared with the
+# deletes at most a fifth of the time, leaving the rest of the CPU (two cores, shared with the
 # database on the machines this is measured on) to the calls being served. With an equal pause (and
-# 500-job batches) GetJob's p99 rose 2.8x while a backlog of 200,000 jobs was deleted; see README.
+# 500-job batches) GetJob's p99 rose 2.8x while a backlog of 200,000 jobs was deleted; see
+# bench/README.md (Expiry) and docs/retention.md.
 PAUSE_RATIO = 4.0
 # Longest time between two trims of tombstones (or of deliveries); they are also trimmed at least ten
 # times per retention period. A trim is a write transaction even when it finds nothing, and on SQLite
@@ -61,7 +62,7 @@ class SweepCounts:
 
 
 class RetentionService:
-    """Deletes what has outlived its retention (see the module's docstring and README "Retention")."""
+    """Deletes what has outlived its retention (see the module's docstring and docs/retention.md)."""
 
     def __init__(
         self,
