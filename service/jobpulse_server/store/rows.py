@@ -149,31 +149,8 @@ def job_saved_values(job: Job, *, json_text: bool = True) -> tuple[Any, ...]:
 
 
 def chunk_from_row(r: Sequence[Any]) -> Chunk:
-    """A chunk from a row in CHUNK_COLUMNS order."""
-    return Chunk(
-        r[0],
-        r[1],
-        r[2],
-        ChunkState(r[3]),
-        r[4],
-        r[5],
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        r[10],
-        r[11],
-        r[12],
-        r[13],
-        r[14],
-        r[15],
-        r[16],
-        r[17],
-        r[18],
-        r[19],
-        r[20],
-        r[21],
-    )
+    """A chunk from a row in CHUNK_COLUMNS order (Chunk's fields are in that order too)."""
+    return Chunk(r[0], r[1], r[2], ChunkState(r[3]), *r[4:22])
 
 
 def chunk_saved_values(c: Chunk) -> tuple[Any, ...]:
