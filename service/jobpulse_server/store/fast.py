@@ -120,6 +120,13 @@ def _prefixed(columns: Sequence[str], alias: str) -> str:
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
+def _ready(n_kinds: int) -> str:
+    """Chunks ready to run (statements.ready), the kinds always as one array: the claim is prepared, and
+    made into the complete-and-claim function, once for "some kinds", however many a worker names."""
+    where = "state = ? AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
+    return where + (" AND kind = ANY(?)" if n_kinds else "")
+
+
 def _claim(n_kinds: int, *, as_json: bool = False) -> str:
     """A whole claim as one statement, for jobs without webhooks. Returns one row: how many candidate
     jobs were locked, the claimed chunks and their jobs as they are now (empty when nothing was claimed;
@@ -127,7 +134,7 @@ def _claim(n_kinds: int, *, as_json: bool = False) -> str:
     NOTIFY. Parameters: ready_params + limit (twice), worker id, now, now, lease (us), lease (us), now,
     now, channel, replica id."""
     d = q.POSTGRES
-    ready = q.ready(d, n_kinds)
+    ready = _ready(n_kinds)
     # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
     # Nothing is taken when a candidate job has webhooks: the general path keeps the claim order.
     picked = (
@@ -149,7 +156,7 @@ def _claim(n_kinds: int, *, as_json: bool = False) -> str:
             "ORDER BY c1.priority DESC, c1.job_id, c1.idx)"
         )
         jobs = f"json_agg(json_build_array({_prefixed(JOB_COLUMNS, 'j1')}))"
-    first = q.first_ready_jobs(d, n_kinds)
+    first = f"SELECT job_id FROM chunks WHERE {ready}{q.CLAIM_ORDER}"
     return (
         f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
         "ORDER BY id FOR UPDATE), "
@@ -184,7 +191,7 @@ def claim_statement(n_kinds: int) -> str:
 
 def claim_params(kinds: Sequence[str], limit: int, worker_id: str, now: int, lease_us: int) -> list[Any]:
     """The claim statement's parameters but the last two (the NOTIFY channel and the replica id)."""
-    ready = [*q.ready_params(q.POSTGRES, kinds, now), limit]
+    ready = [int(ChunkState.PENDING), now, *([list(kinds)] if kinds else []), limit]
     return [*ready, *ready, worker_id, now, now, lease_us, lease_us, now, now]
 
 
