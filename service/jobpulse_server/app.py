@@ -238,6 +238,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             *keepalive_options(config),
         ],
     )
+    encoded = EncodedJobs(config.encoded_cache_bytes, retention=retention)
+    metrics.watch_cache("encoded_cache", "the cache of encoded jobs", encoded)
     # Every service added to the server from here on is listed by reflection, which reads this list.
     served = record_services(server)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -247,7 +249,7 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             feeds,
             WebhookService(db, clock),
             clock,
-            EncodedJobs(retention=retention),
+            encoded,
             tokens,
             retention,
         ),

@@ -57,6 +57,11 @@ class Config:
         "young-generation threshold of Python's cyclic garbage collector, applied at start-up with "
         "gc.freeze(); 0 leaves the interpreter's defaults",
     )
+    encoded_cache_bytes: int = _setting(
+        32 * 1024 * 1024,
+        "memory, in bytes, the cache of encoded jobs (GetJob, ListJobs, BatchGetJobs) may take, counted at "
+        "what its entries really cost; 0 turns it off",
+    )
     sweep_interval: float = _setting(
         1.0, "seconds between scans for expired leases and overdue cancels (and the expiry sweep)"
     )

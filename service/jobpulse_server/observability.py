@@ -61,6 +61,12 @@ class Metrics:
             registry=r,
         )
 
+    def watch_cache(self, name: str, what: str, cache: Any) -> None:
+        """Exposes a cache's ``bytes_held``, ``entries``, ``hits``, ``misses`` and ``evictions`` (plain
+        attributes it keeps, read only when scraped) as jobpulse_<name>_bytes / _entries gauges and
+        _hits / _misses / _evictions counters."""
+        self.registry.register(_CacheCollector(name, what, cache))
+
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics on a thread of its own; returns the port (0 picks one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -236,3 +242,25 @@ class Observer:
                 "%s %s %.1fms%s", method, code, elapsed * 1000,
                 f" job={fields['job_id']}" if fields["job_id"] else "", extra=fields,
             )  # fmt: skip
+
+
+class _CacheCollector:
+    """Reads a cache's own counts when /metrics is scraped (nothing on the path of a call)."""
+
+    def __init__(self, name: str, what: str, cache: Any) -> None:
+        self.name = name
+        self.what = what
+        self.cache = cache
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c, n = self.cache, f"jobpulse_{self.name}"
+        yield GaugeMetricFamily(f"{n}_bytes", f"Memory {self.what} takes (its entries' cost)", c.bytes_held)
+        yield GaugeMetricFamily(f"{n}_entries", f"Entries {self.what} holds", c.entries)
+        yield CounterMetricFamily(f"{n}_hits", f"Reads {self.what} answered", c.hits)
+        yield CounterMetricFamily(f"{n}_misses", f"Reads {self.what} could not answer", c.misses)
+        yield CounterMetricFamily(f"{n}_evictions", f"Entries {self.what} dropped for room", c.evictions)

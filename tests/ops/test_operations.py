@@ -68,6 +68,31 @@ def test_metrics_count_rpcs_chunks_jobs_and_streams(make_server: Any) -> None:
         assert client.get_job(job.id).state == jobpulse.JobState.JOB_STATE_COMPLETED
 
 
+def test_the_encoded_job_cache_says_what_it_holds_and_how_it_does(make_server: Any) -> None:
+    srv = make_server(metrics_port=0, encoded_cache_bytes=50_000)
+    with jobpulse.Client(srv.address) as client:
+        jobs = [client.create_job("c", 5, chunk_size=1).id for _ in range(40)]
+        for job_id in jobs:
+            client.get_job(job_id)  # a miss: encoded and kept
+        client.get_job(jobs[-1])  # a hit
+        text = _metrics(srv)
+    assert _value(text, "jobpulse_encoded_cache_misses_total") >= 40
+    assert _value(text, "jobpulse_encoded_cache_hits_total") >= 1
+    assert _value(text, "jobpulse_encoded_cache_evictions_total") > 0  # 40 FULL jobs do not fit in 50 kB
+    assert 0 < _value(text, "jobpulse_encoded_cache_bytes") <= 50_000
+    assert _value(text, "jobpulse_encoded_cache_entries") > 0
+
+
+def test_an_encoded_job_cache_of_zero_bytes_keeps_nothing(make_server: Any) -> None:
+    srv = make_server(metrics_port=0, encoded_cache_bytes=0)
+    with jobpulse.Client(srv.address) as client:
+        job = client.create_job("z", 3, chunk_size=1)
+        assert client.get_job(job.id) == client.get_job(job.id)
+        text = _metrics(srv)
+    assert _value(text, "jobpulse_encoded_cache_entries") == 0
+    assert _value(text, "jobpulse_encoded_cache_hits_total") == 0
+
+
 def test_detailed_health_reports_database_schema_streams_and_disk(
     make_server: Any, database_url: str
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from jobpulse.v1 import job_pb2
@@ -54,14 +56,59 @@ def test_views_and_revisions_are_kept_apart() -> None:
         _answer(cache, JobPage(newer.job, [], delta_after=4), True, NOW)
 
 
-def test_the_cache_stays_within_its_byte_budget() -> None:
-    size = len(job_pb(_page().job, None, _page().chunks).SerializeToString())
-    cache = EncodedJobs(max_bytes=size * 10)
+def _job_page(job_id: str, revision: int = 3, n: int = 3) -> JobPage:
+    page = _page(revision, n)
+    page.job.id = job_id
+    for c in page.chunks or []:
+        c.job_id, c.id = job_id, f"{job_id}-{c.index}"
+    return page
+
+
+def test_the_cache_stays_within_its_budget_and_drops_the_least_recently_used() -> None:
+    cache = EncodedJobs(max_bytes=40_000)
+    for n in range(100):
+        _answer(cache, _job_page(f"J{n:03d}"), True, NOW)
+        assert cache.bytes_held <= 40_000
+    assert cache.evictions > 0
+    # Whole messages go first (rebuilt cheaply from the chunk blocks), then the oldest blocks.
+    assert "J099" in cache._blocks.entries and "J000" not in cache._blocks.entries
+
+
+def test_a_newer_revision_replaces_the_older_at_once() -> None:
+    cache = EncodedJobs()
     for revision in range(1, 50):
         _answer(cache, _page(revision=revision), True, NOW)
-    assert cache.bytes_held <= size * 10
-    assert (_page().job.id, 49, True) in cache._messages.entries  # the newest stay
-    assert (_page().job.id, 1, True) not in cache._messages.entries  # the oldest went first
+        _answer(cache, JobPage(_page(revision=revision).job), False, NOW)
+    # One message per view and one chunk block for the job, whatever the revisions seen.
+    assert cache.entries == 3
+    assert set(cache._messages.entries) == {("J1", 49, True), ("J1", 49, False)}
+    held = cache.bytes_held
+    _answer(cache, _page(revision=48), True, NOW)  # a read from before the last change: not kept
+    assert ("J1", 48, True) not in cache._messages.entries and cache.bytes_held == held
+
+
+def test_entries_are_counted_at_what_they_really_cost() -> None:
+    """The budget is memory, not payload: what the cache says it holds is within a fifth of what its
+    entries take (tracemalloc), and far more than their payloads' lengths."""
+    pages = [_job_page(f"01M{n:023d}", revision=7, n=20) for n in range(2_000)]
+    cache = EncodedJobs(max_bytes=1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        payload = sum(len(cache.job_bytes(page, True, NOW)) for page in pages)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    took = after - before
+    assert abs(cache.bytes_held - took) <= took / 5, (cache.bytes_held, took)
+    assert cache.bytes_held > payload * 1.5, (cache.bytes_held, payload)
+
+
+def test_a_budget_of_zero_keeps_nothing_and_still_answers() -> None:
+    cache = EncodedJobs(max_bytes=0)
+    page = _page()
+    assert _answer(cache, page, True, NOW) == job_pb(page.job, NOW, page.chunks)
+    assert (cache.entries, cache.bytes_held, cache.held_revision(page.job)) == (0, 0, None)
 
 
 def test_eta_is_absent_when_it_cannot_be_estimated() -> None:
