@@ -93,6 +93,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
             found = self._handlers[method]
         except KeyError:
             registered = await continuation(handler_call_details)
+            if registered is None:
+                # An unknown method: not remembered, or a caller naming made-up methods would grow
+                # this map without end.
+                return registered
             found = self._handlers[method] = self._wrap(method, registered)
             if found is None:
                 return registered

@@ -56,12 +56,20 @@ def _decoded(text: str | bytes) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+# Texts longer than this are decoded each time, not kept: the cache holds at most 4,096 x 2 KiB of text
+# and their dicts (a few tens of MiB at worst), however large the metadata jobs carry.
+_KEPT_TEXT = 2048
+
+
 def _json(value: Any) -> dict[str, Any]:
-    """A JSON column as a dict. Labels and metadata repeat across jobs and reads, so decoded texts
+    """A JSON column as a dict. Labels and metadata repeat across jobs and reads, so short decoded texts
     are kept (decoding was a quarter of a ListJobs call); each job gets a copy of its own."""
     if value is None:
         return {}
     if isinstance(value, (str, bytes)):
+        if len(value) > _KEPT_TEXT:
+            loaded = json.loads(value)
+            return loaded if isinstance(loaded, dict) else {}
         return dict(_decoded(value))
     return dict(value)
 
