@@ -13,7 +13,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention run buf clean screenshots
+.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -125,6 +125,12 @@ bench-export: install
 # JOBPULSE_BENCH_RETENTION_JOBS sets the size.
 bench-retention: install
 	$(PY) -m bench.retention
+
+# A mixed load on a server of default settings for 10 minutes per database (SQLite, PostgreSQL), its RSS sampled
+# every 10 s; ends with the verdict line. SOAK_SECONDS changes the length.
+SOAK_SECONDS ?= 600
+bench-soak: install
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
 # Claim + complete throughput on PostgreSQL beside PgQueuer on the same server.
 bench-pg: $(VENV)/.bench-installed

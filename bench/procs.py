@@ -73,19 +73,20 @@ def _cpu_seconds(pid: int) -> float | None:
 class ServerProcess:
     """One server under test in a process of its own."""
 
-    def __init__(self, kind: ServerKind, database_url: str = "") -> None:
+    def __init__(self, kind: ServerKind, database_url: str = "", http_port: int = 0) -> None:
         self.kind = kind
         self.port = 0
+        self.http_port = http_port
         self._command: CommandServer | None = None
         if kind == "jobpulse":
             # Bench data is synthetic and often dated in the past: expiry (measured by bench.retention
             # on a server of its own) must not delete it mid-run. The HTTP side is on, as users run it,
-            # on any free port (two bench servers at once would both want 8080).
+            # on any free port unless one is given (two bench servers at once would both want 8080).
             self._command = CommandServer(
                 database_url,
                 Path(os.devnull),
                 log_level="INFO",
-                http_port=0,
+                http_port=http_port,
                 drain_seconds=0,
                 retention_completed=0,
                 retention_failed=0,

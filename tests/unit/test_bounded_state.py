@@ -3,12 +3,17 @@ with what callers make up."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
+
+import pytest
 
 from jobpulse_server.api.interceptors import CallGuard
 from jobpulse_server.observability import Metrics, Observer
 from jobpulse_server.store import rows
+from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.drivers import sqlite as sqlite_driver
 
 
 class _Details:
@@ -36,3 +41,38 @@ def test_only_short_json_texts_are_kept_decoded() -> None:
         assert rows._json(long)["blob"] == "x" * 10_000
     info = rows._decoded.cache_info()
     assert (info.currsize, info.hits) == (1, 2)  # the long text was never kept
+
+
+async def test_a_log_written_all_the_time_is_truncated_at_its_limit(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PASSIVE checkpoints alone never reach the end of a log that writers keep appending to, so SQLite
+    never starts it over: the log (and its index, mapped into memory) grew without end. Past WAL_LIMIT
+    it is checkpointed whole and truncated, so its file shrinks while writes go on."""
+    monkeypatch.setattr(sqlite_driver, "WAL_LIMIT", 256 * 1024)
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL", 0.01)
+    store = SqlStore(f"sqlite:///{tmp_path}/wal.db")
+    await store.start()
+    wal = f"{tmp_path}/wal.db-wal"
+    largest = 0
+    shrank = False
+    deadline = asyncio.get_running_loop().time() + 60
+    try:
+        n = 0
+        while not shrank and asyncio.get_running_loop().time() < deadline:
+            n += 1
+            async with store.driver.write() as conn:
+                await conn.execute(
+                    "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
+                    (f"k{n}", 1.0, n, 0),
+                )
+            async with store.driver.read() as conn:  # readers all along, as under load
+                await conn.fetch("SELECT count(*) FROM rate_buckets")
+            size = sqlite_driver._size(wal)
+            shrank = largest > 256 * 1024 and size < largest
+            largest = max(largest, size)
+            await asyncio.sleep(0)
+    finally:
+        await store.close()
+    assert largest > 256 * 1024, "the log never passed the limit: the test wrote too little"
+    assert shrank, f"the log grew to {largest:,} bytes and was never truncated"

@@ -39,6 +39,12 @@ BUSY_MS = 20
 WRITE_WAIT = 30.0
 # Seconds between WAL checkpoints, which run on a thread of their own.
 CHECKPOINT_INTERVAL = 0.5
+# A write-ahead log past this size is checkpointed to its end and truncated, writers held meanwhile. The
+# PASSIVE checkpoints alone never reach the end of a log that is written all the time (each copies the
+# frames written before it started, and writers append more meanwhile), and SQLite only starts a log over
+# after a checkpoint that did: under a steady load the log grew by gigabytes, its index (``-shm``, mapped
+# into the server's memory) with it.
+WAL_LIMIT = 64 * 1024 * 1024
 
 
 def existing_file(path: str) -> str:
@@ -116,14 +122,33 @@ class SqliteConn:
         await self._call(lambda: self.conn.executemany(sql, rows))
 
 
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _truncate_wal(path: str) -> None:
+    """Checkpoints the whole log and truncates it (readers may hold it up: BUSY_MS each, then it is
+    tried again at a later checkpoint)."""
+    conn = sqlite3.connect(existing_file(path), uri=True, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
 class Checkpointer:
     """Copies the write-ahead log into the database file every CHECKPOINT_INTERVAL seconds, on a thread of
     its own (a PASSIVE checkpoint waits for no reader or writer). The thread owns its connection: it
     opens, uses and closes it (closing one on the loop while a checkpoint still ran on a worker thread
     crashed the process at shutdown). The connection never creates the file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_long_wal: Callable[[], object] | None = None) -> None:
         self.path = path
+        self.on_long_wal = on_long_wal
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobpulse-sqlite-checkpoint", daemon=True)
         self._thread.start()
@@ -137,6 +162,8 @@ class Checkpointer:
                         conn = sqlite3.connect(existing_file(self.path), uri=True, isolation_level=None)
                         conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if self.on_long_wal is not None and _size(self.path + "-wal") > WAL_LIMIT:
+                        self.on_long_wal()
                 except sqlite3.Error as exc:
                     # The database may be away for a while (health reports it); reopen next time.
                     log.debug("WAL checkpoint failed: %s", exc)
@@ -168,6 +195,7 @@ class SqliteDriver:
         # Connections opened before the last ``dispose`` are closed when they come back, not reused.
         self._epoch = 0
         self._born: dict[int, int] = {}
+        self._truncating: asyncio.Task[None] | None = None
 
     def _on(self, name: str) -> Callable[[Callable[[], Any]], Any]:
         def run(fn: Callable[[], Any]) -> Any:
@@ -203,12 +231,29 @@ class SqliteDriver:
     async def start(self) -> None:
         self._writer = await self._open()
         self._readers.append(await self._open())
-        self._checkpointer = Checkpointer(self.path)
+        loop = asyncio.get_running_loop()
+        self._checkpointer = Checkpointer(self.path, lambda: loop.call_soon_threadsafe(self._truncate_soon))
+
+    def _truncate_soon(self) -> None:
+        if self._truncating is None or self._truncating.done():
+            self._truncating = asyncio.ensure_future(self._truncate())
+
+    async def _truncate(self) -> None:
+        """The whole log into the database file, and the log truncated, with this process's writers held
+        (they queue on the write lock rather than wait on SQLite's busy handler on the loop)."""
+        async with self._lock:
+            try:
+                await asyncio.to_thread(_truncate_wal, self.path)
+            except sqlite3.Error as exc:
+                log.debug("WAL truncation failed: %s", exc)
 
     async def close(self) -> None:
         if self._checkpointer is not None:
             await self._checkpointer.stop()
             self._checkpointer = None
+        if self._truncating is not None:
+            await asyncio.gather(self._truncating, return_exceptions=True)
+            self._truncating = None
         for conn in [*self._readers, *([self._writer] if self._writer else [])]:
             self._close(conn)
         self._readers, self._writer = [], None

@@ -1,0 +1,324 @@
+"""A soak: a mixed load for a while against a server on default settings, its RSS sampled all along.
+
+    python -m bench.soak                      # 10 minutes on SQLite, then 10 on PostgreSQL (make bench-soak)
+    python -m bench.soak --seconds 120        # shorter
+    python -m bench.soak --databases sqlite   # one of them
+
+The server runs as users run it (``python -m jobpulse_server``, default settings, its own process). The
+load, from this process over real channels: jobs created (20 chunks each; the creator waits while
+2,000 chunks are still to be done, so the load is steady rather than a queue growing all along),
+workers completing and claiming (CompleteChunk with claim_next), GetJob FULL and BASIC of recent
+jobs, ListJobs pages in several orders and filters, WatchJob streams that follow recent jobs to their
+end, and BatchGetJobs. The server's
+RSS (VmRSS) is sampled every ``--sample`` seconds and printed as a timeline beside the encoded-job
+cache's own count of its bytes (``jobpulse_encoded_cache_bytes`` from /metrics). At the end, per database: the
+growth of RSS over the last half of the run (the least-squares slope times that half's length, over RSS
+at its start), the peak against start + 1.5 x ``encoded_cache_bytes`` + 32 MiB, and the errors by status
+code; then the verdict line. Targets: growth <= 3%, peak within that bound, no error at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from support.servers import free_port
+
+from bench import report
+from bench.pg_peer import fresh_database
+from bench.procs import ServerProcess
+from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
+from jobpulse.v1 import worker_service_pb2_grpc as worker_grpc
+from jobpulse_server.config import Config
+
+KIND = "soak"
+CHUNKS_PER_JOB = 20
+BACKLOG = 2_000
+MIB = 1024 * 1024
+GROWTH_LIMIT = 0.03
+
+
+def cache_bytes(http_port: int) -> float | None:
+    """The encoded-job cache's own count of its bytes, from the server's /metrics (None if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("jobpulse_encoded_cache_bytes "):
+            return float(line.split()[1])
+    return None
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (VmRSS), or one of its parts (RssAnon: the heap, not file pages)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+@dataclass
+class Load:
+    """What the load did, shared by its tasks."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    recent: list[str] = field(default_factory=list)  # ids of the newest jobs, newest last
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Chunks created and not yet completed: the creator waits while there are BACKLOG of them, so the
+    # load is a steady one (work done as fast as it comes), not a queue growing for as long as it runs.
+    backlog: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def call(self, name: str, coro: Awaitable[Any]) -> Any:
+        try:
+            result = await coro
+        except grpc.aio.AioRpcError as exc:
+            self.errors[f"{name} {exc.code().name}"] += 1
+            return None
+        self.ops[name] += 1
+        return result
+
+    def remember(self, job_id: str) -> None:
+        self.recent.append(job_id)
+        del self.recent[:-500]
+
+    def some_job(self, rng: random.Random) -> str | None:
+        return rng.choice(self.recent) if self.recent else None
+
+
+async def _creator(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: random.Random) -> None:
+    while not load.stop.is_set():
+        req = job_service_pb2.CreateJobRequest(
+            kind=KIND,
+            total_items=CHUNKS_PER_JOB,
+            chunk_size=1,
+            display_name=f"soak job {rng.randrange(10**6)}",
+            labels={"team": rng.choice(["a", "b", "c"])},
+            priority=rng.randrange(11),
+        )
+        while load.backlog >= BACKLOG and not load.stop.is_set():
+            load.room.clear()
+            await load.room.wait()
+        made = await load.call("CreateJob", jobs.CreateJob(req, timeout=30))
+        if made is not None:
+            load.remember(made.job.id)
+            load.backlog += CHUNKS_PER_JOB
+        await asyncio.sleep(0.02)
+
+
+async def _worker(load: Load, workers: worker_grpc.WorkerServiceStub, name: str) -> None:
+    ask = worker_service_pb2.ClaimChunksRequest(worker_id=name, kinds=[KIND], max_chunks=1)
+    claims: list[Any] = []
+    while not load.stop.is_set():
+        if not claims:
+            got = await load.call("ClaimChunks", workers.ClaimChunks(ask, timeout=30))
+            claims = list(got.claims) if got is not None else []
+            if not claims:
+                await asyncio.sleep(0.05)
+                continue
+        claim = claims.pop()
+        req = worker_service_pb2.CompleteChunkRequest(
+            chunk_id=claim.chunk.id, lease_token=claim.lease_token, claim_next=ask
+        )
+        done = await load.call("CompleteChunk", workers.CompleteChunk(req, timeout=30))
+        if done is not None:
+            claims.extend(done.claims)
+            load.backlog -= 1
+            if load.backlog < BACKLOG:
+                load.room.set()
+
+
+async def _reader(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: random.Random) -> None:
+    orders = ["create_time desc", "update_time desc", "priority desc", "create_time"]
+    while not load.stop.is_set():
+        job_id = load.some_job(rng)
+        if job_id is None:
+            await asyncio.sleep(0.05)
+            continue
+        view = rng.choice([job_pb2.JOB_VIEW_FULL, job_pb2.JOB_VIEW_BASIC])
+        await load.call(
+            "GetJob", jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id, view=view), timeout=30)
+        )
+        listing = job_service_pb2.ListJobsRequest(page_size=20, order_by=rng.choice(orders))
+        if rng.random() < 0.3:
+            listing.labels["team"] = rng.choice(["a", "b", "c"])
+        page = await load.call("ListJobs", jobs.ListJobs(listing, timeout=30))
+        if page is not None and page.next_page_token:
+            listing.page_token = page.next_page_token
+            await load.call("ListJobs", jobs.ListJobs(listing, timeout=30))
+        ids = [j for j in (load.some_job(rng) for _ in range(10)) if j]
+        await load.call(
+            "BatchGetJobs", jobs.BatchGetJobs(job_service_pb2.BatchGetJobsRequest(job_ids=ids), timeout=30)
+        )
+
+
+async def _watcher(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: random.Random) -> None:
+    while not load.stop.is_set():
+        job_id = load.some_job(rng)
+        if job_id is None:
+            await asyncio.sleep(0.05)
+            continue
+        stream = jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=60)
+        try:
+            async for _ in stream:
+                load.ops["WatchJob message"] += 1
+                if load.stop.is_set():
+                    stream.cancel()
+                    break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                load.errors[f"WatchJob {exc.code().name}"] += 1
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+
+
+@dataclass
+class Result:
+    database: str
+    seconds: float
+    samples: list[tuple[float, int]]
+    ops: Counter[str]
+    errors: Counter[str]
+    start: int
+    peak: int
+    growth: float
+    peak_limit: int
+
+
+def _growth(samples: list[tuple[float, int]]) -> float:
+    """RSS growth over the last half: the least-squares slope there, times its length, over its start."""
+    half = [s for s in samples if s[0] >= samples[-1][0] / 2]
+    if len(half) < 2:
+        return 0.0
+    n = len(half)
+    mt = sum(t for t, _ in half) / n
+    mr = sum(r for _, r in half) / n
+    var = sum((t - mt) ** 2 for t, _ in half)
+    slope = sum((t - mt) * (r - mr) for t, r in half) / var if var else 0.0
+    return slope * (half[-1][0] - half[0][0]) / half[0][1]
+
+
+@asynccontextmanager
+async def _database(name: str) -> AsyncIterator[str]:
+    if name == "postgresql":
+        async with fresh_database("soak") as dsn:
+            yield dsn
+        return
+    folder = tempfile.mkdtemp(prefix="jobpulse-soak-")
+    try:
+        yield f"sqlite:///{folder}/soak.db"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
+    rng = random.Random(7)
+    async with _database(database) as url:
+        server = ServerProcess("jobpulse", url, http_port=free_port())
+        server.wait_ready()
+        try:
+            start = rss_bytes(server.pid)
+            load = Load()
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                jobs = job_service_pb2_grpc.JobServiceStub(channel)
+                workers = worker_grpc.WorkerServiceStub(channel)
+                tasks = [asyncio.create_task(_creator(load, jobs, random.Random(rng.random())))]
+                tasks += [asyncio.create_task(_worker(load, workers, f"w{i}")) for i in range(4)]
+                tasks += [
+                    asyncio.create_task(_reader(load, jobs, random.Random(rng.random()))) for _ in range(2)
+                ]
+                tasks += [
+                    asyncio.create_task(_watcher(load, jobs, random.Random(rng.random()))) for _ in range(20)
+                ]
+                t0 = time.monotonic()
+                samples = [(0.0, start)]
+                say(
+                    f"  {'t (s)':>6} {'RSS MiB':>9} {'anon MiB':>9} {'cache MiB':>9} {'ops':>9} {'errors':>7}"
+                )
+                anon = rss_bytes(server.pid, "RssAnon")
+                say(f"  {0:>6.0f} {start / MIB:>9.1f} {anon / MIB:>9.1f} {0:>9.1f} {0:>9,} {0:>7}")
+                while (elapsed := time.monotonic() - t0) < seconds:
+                    await asyncio.sleep(min(sample, seconds - elapsed))
+                    t = time.monotonic() - t0
+                    rss, anon = rss_bytes(server.pid), rss_bytes(server.pid, "RssAnon")
+                    samples.append((t, rss))
+                    ops, errors = sum(load.ops.values()), sum(load.errors.values())
+                    cached = await asyncio.to_thread(cache_bytes, server.http_port)
+                    shown = f"{cached / MIB:>9.1f}" if cached is not None else f"{'?':>9}"
+                    say(f"  {t:>6.0f} {rss / MIB:>9.1f} {anon / MIB:>9.1f} {shown} {ops:>9,} {errors:>7}")
+                load.stop.set()
+                load.room.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            server.stop()
+    peak_limit = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB
+    return Result(
+        database,
+        seconds,
+        samples,
+        load.ops,
+        load.errors,
+        start,
+        max(r for _, r in samples),
+        _growth(samples),
+        peak_limit,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=600.0, help="how long each database is soaked (600)")
+    p.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (10)")
+    p.add_argument("--databases", default="sqlite,postgresql", help="which, comma-separated")
+    args = p.parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    say(f"soak: {args.seconds:.0f} s per database, RSS every {args.sample:.0f} s; {report.machine_facts()}")
+    results = []
+    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
+        say(f"{database}:")
+        results.append(asyncio.run(soak(database, args.seconds, args.sample, say)))
+    verdicts = []
+    for r in results:
+        ok = r.growth <= GROWTH_LIMIT and r.peak <= r.peak_limit and not r.errors
+        verdicts.append(ok)
+        rate = sum(r.ops.values()) / r.seconds
+        say(
+            f"{r.database}: {rate:,.0f} ops/s ({', '.join(f'{k} {v:,}' for k, v in r.ops.most_common())}); "
+            f"RSS {r.start / MIB:.1f} -> peak {r.peak / MIB:.1f} MiB (limit {r.peak_limit / MIB:.1f}); "
+            f"growth over the last half {r.growth:+.1%} (limit {GROWTH_LIMIT:.0%}); "
+            f"errors: {dict(r.errors) or 'none'}"
+        )
+    say(
+        "verdict: "
+        + ("PASS" if all(verdicts) else "FAIL")
+        + " ("
+        + "; ".join(f"{r.database} {'ok' if ok else 'over'}" for r, ok in zip(results, verdicts, strict=True))
+        + ")"
+    )
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
