@@ -249,3 +249,65 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
     assert done.revision == before_job.revision - (1 if expected else 0)
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING), stale=st.integers(0, 6))
+def test_completions_in_one_flush_are_each_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: int
+) -> None:
+    """Every running chunk of a job completed at once: one flush (store/group.py), and the job and its
+    chunks as completing them one after another, in index order, leaves them (each completion a change
+    of its own: a revision each). One completion with a stale token is refused alone."""
+    case[0].webhook_url = ""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    running = [c for c in before_chunks if c.state == ChunkState.PROCESSING]
+    refused = running[stale % len(running)].id if stale and len(running) > 1 else None
+    flushes = fast.group.flushes
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                fast.complete(c.id, job.id, "stale" if c.id == refused else str(c.lease_token), NOW, "", [])
+                for c in running
+            )
+        )
+
+    done = run(all_at_once())
+    assert fast.group.flushes == flushes + 1, "one flush for all of them"
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    for c in running:
+        if c.id != refused:
+            _complete_in_domain(before_job, c, NOW)
+            before_job.bumped = False
+    assert [d is None for d in done] == [c.id == refused for c in running]
+    assert {d.revision for d in done if d is not None} == {before_job.revision}
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PENDING), limits=st.lists(st.integers(1, 3), min_size=2, max_size=4))
+def test_claims_in_one_flush_are_each_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limits: list[int]
+) -> None:
+    """Several workers claiming at once: one flush, the ready chunks handed out in claim order to the
+    callers in turn, and the job as the claims one after another leave it (a revision per claim)."""
+    case[0].webhook_url = ""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(fast.claim(f"{WORKER}-{n}", [job.kind], limit, LEASE, NOW) for n, limit in enumerate(limits))
+        )
+
+    got = run(all_at_once())
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    for n, limit in enumerate(limits):
+        expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
+        for c in expected:
+            c.worker_id = f"{WORKER}-{n}"
+        before_job.bumped = False
+        assert got[n] is not None and [c.id for _, c in got[n]] == [c.id for c in expected]
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]

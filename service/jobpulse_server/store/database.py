@@ -122,6 +122,12 @@ class SqlStore:
         driver = self.driver
         return await self._retrying(lambda: driver.statement(sql, params))
 
+    async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        """PostgreSQL: one statement, its own transaction, under the retry policy; all its rows."""
+        assert isinstance(self.driver, PgDriver)
+        driver = self.driver
+        return await self._retrying(lambda: driver.statement_rows(sql, params))
+
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         attempt = 1
         while True:

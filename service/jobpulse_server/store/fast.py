@@ -13,16 +13,15 @@ and says why.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jobpulse_server.store.statements as q
-from jobpulse_server.domain.changes import CHANNEL, Changes
+from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.domain.usage import Lease
-from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
+from jobpulse_server.store.group import ClaimAsk, CompletedOne, Completion, GroupCommit
+from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
 
 
 class _Runs(Protocol):
@@ -47,25 +46,8 @@ def _numbered_from(sql: str, start: int) -> str:
     return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], start))
 
 
-def _derive_state(pending: str, processing: str, completed: str, failed: str, cancelled: str) -> str:
-    """``domain.model.derive_state`` in SQL, over the job row ``j`` and its new counts: chunks still to
-    run -> CANCELLING if a cancel was asked, PROCESSING once started (or anything finished), else
-    PENDING; none left -> CANCELLED if asked, FAILED if any failed, CANCELLED if any was cancelled,
-    else COMPLETED."""
-    return (
-        f"CASE WHEN {pending} + {processing} > 0 THEN "
-        f"CASE WHEN j.cancel_requested THEN {int(JobState.CANCELLING)} "
-        f"WHEN j.start_time IS NOT NULL OR {completed} > 0 OR {failed} > 0 THEN {int(JobState.PROCESSING)} "
-        f"ELSE {int(JobState.PENDING)} END "
-        f"WHEN j.cancel_requested THEN {int(JobState.CANCELLED)} "
-        f"WHEN {failed} > 0 THEN {int(JobState.FAILED)} "
-        f"WHEN {cancelled} > 0 THEN {int(JobState.CANCELLED)} "
-        f"ELSE {int(JobState.COMPLETED)} END"
-    )
-
-
 # The job's state once chunk c1 left PROCESSING for COMPLETED (or CANCELLED).
-_NEW_STATE = _derive_state(
+_NEW_STATE = q.derive_state_sql(
     "j.n_pending",
     "(j.n_processing - 1)",
     f"(j.n_completed + (c1.state = {_DONE})::int)",
@@ -266,61 +248,13 @@ LEASE_TOKENS = (
 )
 
 
-@dataclass
-class CompletedOne:
-    """What a one-statement completion did."""
-
-    job_state: JobState
-    revision: int
-    chunk_state: ChunkState
-    # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py),
-    # which the caller could otherwise learn only with another round trip.
-    kind: str = ""
-    items: int = 0
-
-
-def _claimed(
-    n_jobs: int, chunk_rows: Sequence[Sequence[Any]] | None, job_rows: Sequence[Sequence[Any]] | None
-) -> tuple[list[tuple[Job, Chunk]] | None, dict[str, int]]:
-    """What a claim returned: the claimed chunks with their jobs ([] when no chunk was ready, None when
-    it declined: the jobs it locked had webhooks, or other claims took their work), and the claimed
-    jobs' new revisions."""
-    if not chunk_rows:
-        return ([] if not n_jobs else None), {}
-    jobs = {j.id: j for j in map(job_from_row, job_rows or ())}
-    return [(jobs[c.job_id], c) for c in map(chunk_from_row, chunk_rows)], {
-        j.id: j.revision for j in jobs.values()
-    }
-
-
 class PgFast:
-    """The one-statement paths, on the store's pool (each statement retried after a deadlock)."""
+    """The worker path's writes on PostgreSQL, group-committed (``store/group.py``: one flusher per
+    process, one statement per flush), and the rate-limit lease (a statement of its own)."""
 
     def __init__(self, store: _Runs) -> None:
         self.store = store
-
-    def _complete_params(
-        self,
-        chunk_id: str,
-        job_id: str,
-        token: str,
-        now: int,
-        external_task_id: str,
-        artifacts: Sequence[Artifact],
-    ) -> list[Any]:
-        return [
-            chunk_id,
-            job_id,
-            token,
-            now,
-            external_task_id,
-            [a.name for a in artifacts],
-            [a.uri for a in artifacts],
-            [a.media_type for a in artifacts],
-            [a.size_bytes for a in artifacts],
-            CHANNEL,
-            self.store.replica_id,
-        ]
+        self.group = GroupCommit(store)  # type: ignore[arg-type]
 
     async def complete(
         self,
@@ -331,15 +265,11 @@ class PgFast:
         external_task_id: str,
         artifacts: Sequence[Artifact],
     ) -> CompletedOne | None:
-        """Completes one chunk and publishes the change; None when it declined."""
-        row = await self.store.statement(
-            COMPLETE_ONE, self._complete_params(chunk_id, job_id, token, now, external_task_id, artifacts)
+        """Completes one chunk and publishes the change once its flush commits; None when it declined
+        (a job with webhooks, a lease not current: the general path then decides, and says why)."""
+        return await self.group.complete(
+            Completion(chunk_id, job_id, token, external_task_id, artifacts, now)
         )
-        if row is None:
-            return None
-        done = CompletedOne(JobState(row[0]), int(row[1]), ChunkState(row[2]), str(row[3]), int(row[4]))
-        self.store.publish(Changes(jobs={job_id: done.revision}))
-        return done
 
     async def complete_and_claim(
         self,
@@ -352,38 +282,20 @@ class PgFast:
         claim: tuple[str, Sequence[str], int, int],
     ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
         """``complete``, then, if it went through, a claim (worker id, kinds, limit, lease in us) that sees
-        it, in one round trip; publishes the change. None when the completion declined; otherwise the
-        completion and the claims as ``claim`` gives them."""
-        worker_id, kinds, limit, lease_us = claim
-        params = [
-            *self._complete_params(chunk_id, job_id, token, now, external_task_id, artifacts),
-            *claim_params(kinds, limit, worker_id, now, lease_us),
-            CHANNEL,
-            self.store.replica_id,
-        ]
-        row = await self.store.statement(complete_and_claim_statement(len(kinds), len(params)), params)
-        if row is None or row[0] is None:
+        it, in the flush that follows. None when the completion declined; otherwise the completion and
+        the claims as ``claim`` gives them."""
+        done = await self.complete(chunk_id, job_id, token, now, external_task_id, artifacts)
+        if done is None:
             return None
-        job_state, revision, chunk_state, (n_jobs, chunk_rows, job_rows), kind, items = json.loads(row[0])
-        done = CompletedOne(JobState(job_state), int(revision), ChunkState(chunk_state), kind, int(items))
-        claims, revisions = _claimed(n_jobs, chunk_rows, job_rows)
-        self.store.publish(Changes(jobs={job_id: done.revision, **revisions}))
-        return done, claims
+        worker_id, kinds, limit, lease_us = claim
+        return done, await self.claim(worker_id, kinds, limit, lease_us, now)
 
     async def claim(
         self, worker_id: str, kinds: Sequence[str], limit: int, lease_us: int, now: int
     ) -> list[tuple[Job, Chunk]] | None:
-        """Claims and publishes the change: the claimed chunks with their jobs as they are now, [] when
-        no chunk is ready, None when it declined."""
-        row = await self.store.statement(
-            claim_statement(len(kinds)),
-            [*claim_params(kinds, limit, worker_id, now, lease_us), CHANNEL, self.store.replica_id],
-        )
-        assert row is not None
-        claims, revisions = _claimed(row[0], row[1], row[2])
-        if revisions:
-            self.store.publish(Changes(jobs=revisions))
-        return claims
+        """Claims in the next flush and publishes the change: the claimed chunks with their jobs as they
+        are after the flush, [] when no chunk is ready, None when it declined."""
+        return await self.group.claim(ClaimAsk(worker_id, tuple(sorted(set(kinds))), limit, lease_us, now))
 
     async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:
         """Takes ``want`` tokens, all or none, from the key's shared bucket; when it grants none, the wait

@@ -672,3 +672,20 @@ PG_SAVE = (
     "SELECT pg_notify(?, ?)"
 )
 NOTIFY = "SELECT pg_notify(?, ?)"
+
+
+def derive_state_sql(pending: str, processing: str, completed: str, failed: str, cancelled: str) -> str:
+    """``domain.model.derive_state`` in SQL, over the job row ``j`` and its new counts: chunks still to
+    run -> CANCELLING if a cancel was asked, PROCESSING once started (or anything finished), else
+    PENDING; none left -> CANCELLED if asked, FAILED if any failed, CANCELLED if any was cancelled,
+    else COMPLETED."""
+    return (
+        f"CASE WHEN {pending} + {processing} > 0 THEN "
+        f"CASE WHEN j.cancel_requested THEN {int(JobState.CANCELLING)} "
+        f"WHEN j.start_time IS NOT NULL OR {completed} > 0 OR {failed} > 0 THEN {int(JobState.PROCESSING)} "
+        f"ELSE {int(JobState.PENDING)} END "
+        f"WHEN j.cancel_requested THEN {int(JobState.CANCELLED)} "
+        f"WHEN {failed} > 0 THEN {int(JobState.FAILED)} "
+        f"WHEN {cancelled} > 0 THEN {int(JobState.CANCELLED)} "
+        f"ELSE {int(JobState.COMPLETED)} END"
+    )

@@ -147,6 +147,11 @@ class PgDriver:
         async with self.pool.acquire() as conn:
             return await PgConn(conn).fetchrow(sql, params)
 
+    async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        """One statement, its own transaction; all its rows."""
+        async with self.pool.acquire() as conn:
+            return await PgConn(conn).fetch(sql, params)
+
 
 class _Writing:
     """``PgDriver.write()``: a pooled connection in a transaction (a class rather than a generator-based

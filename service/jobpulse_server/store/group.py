@@ -1,0 +1,386 @@
+"""Group commit of the worker path on PostgreSQL: completions and claims queued by concurrent callers are
+written by one flusher, one statement per kind of work per flush, so the job rows they touch are locked,
+updated and committed once per flush rather than once per chunk.
+
+Why: every completion and claim changes its job's row (counts, state, revision, change_seq), which is
+wide, indexed (never a HOT update) and the one row every worker of a job queues on; each statement held
+that row's lock through its own commit and WAL flush. Measured on this machine (bench/README.md, the
+design section of docs/databases.md): one statement per chunk reached 0.50-0.75 of PgQueuer and fell as
+workers were added to one job; one statement per flush gets better as workers are added, since a flush
+takes everything queued while the one before it ran (no timer: an idle server flushes at once).
+
+What it keeps: an acknowledgement follows the commit of its flush; each completion is fenced by its own
+lease token and a stale one is refused alone (the statement leaves it out; the caller's general path
+then says why); every chunk a flush changes carries a revision of its own job above the job's revision
+before the flush (completions one each; a claim, one per worker), so "everything after R" resumes
+exactly; one change_seq and one NOTIFY per flush. Lock order is every writer's: the jobs (by id), then
+their chunks. The statements repeat rules of the domain in SQL (``Job.move_chunk``, ``derive_state``);
+tests/integration/test_fast_paths.py holds them to the domain on random job states and groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jobpulse_server.store.statements as q
+from jobpulse_server.domain.changes import CHANNEL, Changes
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
+
+log = logging.getLogger("jobpulse.store")
+
+_RUNNING = int(ChunkState.PROCESSING)
+_DONE = int(ChunkState.COMPLETED)
+_CANCELLED = int(ChunkState.CANCELLED)
+_TERMINAL = f"({int(JobState.COMPLETED)}, {int(JobState.FAILED)}, {int(JobState.CANCELLED)})"
+# At most this many completions (or claimed chunks) per statement: a flush's statement stays short, and
+# callers beyond it wait for the next flush.
+MAX_GROUP = 256
+
+
+class _Runs(Protocol):
+    replica_id: str
+
+    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None: ...
+
+    async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]: ...
+
+    def publish(self, changes: Changes) -> None: ...
+
+
+def _prefixed(columns: Sequence[str], alias: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in columns)
+
+
+_NEW_STATE = q.derive_state_sql(
+    "j.n_pending",
+    "(j.n_processing - g.n)",
+    "(j.n_completed + g.done)",
+    "j.n_failed",
+    "(j.n_cancelled + g.cancelled)",
+)
+
+# The completions of a flush as one statement (an implicit transaction). Parameters: chunk ids, job ids,
+# lease tokens, external task ids (one per completion, in order), now; the artifacts as five arrays (the
+# completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id. One
+# row per completion that went through: its position, the job's state and revision after the flush, the
+# chunk's new state, the job's kind and the chunk's item count (for the throughput counts).
+COMPLETE_GROUP = (
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+    "AS i(chunk_id, job_id, token, ext, pos)), "
+    # The jobs first, by id (every writer's lock order). Jobs with webhooks decline: their outbox rows
+    # are built in Python.
+    "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
+    "AND webhook_url = '' ORDER BY id FOR UPDATE), "
+    # Fencing (services/workers.py ``_leased``), each item by its own token: the chunk is PROCESSING
+    # under this very token and its lease has not run out.
+    "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
+    "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+    f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
+    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $5) FOR UPDATE OF c), "
+    # Each chunk of a job takes a revision of its own above the job's: one change each.
+    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.idx) AS step FROM c0), "
+    # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was asked;
+    # the lease ends.
+    "c1 AS (UPDATE chunks AS c SET "
+    f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
+    "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
+    "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+    "revision = j0.revision + r.step, end_time = $5, lease_token = NULL, lease_expire_time = NULL "
+    "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+    "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
+    "c.item_count AS items), "
+    "g AS (SELECT job_id, count(*) AS n, "
+    f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
+    f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
+    "FROM c1 GROUP BY job_id), "
+    # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new change_seq.
+    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $5), "
+    "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
+    "n_cancelled = j.n_cancelled + g.cancelled, items_done = j.items_done + g.gained, "
+    f"state = {_NEW_STATE}, "
+    f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
+    f"change_seq = {q.POSTGRES.next_seq} "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state), "
+    # A completed chunk's artifacts (a cancelled one's are dropped, as in complete_many).
+    "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
+    "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
+    "unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[]) "
+    f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
+    "n AS (SELECT pg_notify($11, json_build_object('r', $12::text, "
+    "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
+    "HAVING count(*) > 0) "
+    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items FROM c1 JOIN j1 ON j1.id = c1.job_id "
+    "CROSS JOIN n"
+)
+
+
+def _ready(n_kinds: int) -> str:
+    """Chunks ready to run (statements.ready); the kinds, when named, as one array."""
+    where = "state = ? AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
+    return where + (" AND kind = ANY(?)" if n_kinds else "")
+
+
+def _numbered(sql: str) -> str:
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
+def claim_group_statement(n_kinds: int) -> str:
+    """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
+    webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
+    then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
+    their jobs as they are now, and for each chunk its slot (empty when nothing was claimed; with
+    candidates, the callers take the general path, which handles jobs with webhooks too).
+    Parameters: ready params + total limit (twice), the slots' worker ids, lease durations (us) and
+    callers (from 1), now (four times), channel, replica id."""
+    d = q.POSTGRES
+    ready = _ready(n_kinds)
+    first = f"SELECT job_id FROM chunks WHERE {ready}{q.CLAIM_ORDER}"
+    # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
+    # Nothing is taken when a candidate job has webhooks: the general path keeps the claim order.
+    picked = (
+        f"SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done FROM chunks ch WHERE {ready} "
+        "AND ch.job_id IN (SELECT id FROM j) AND NOT EXISTS (SELECT 1 FROM j WHERE webhook_url <> '')"
+        " ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT ? FOR UPDATE OF ch SKIP LOCKED"
+    )
+    state = (
+        f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
+    )
+    order = "c1.priority DESC, c1.job_id, c1.idx"
+    return _numbered(
+        f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
+        "ORDER BY id FOR UPDATE), "
+        f"c AS ({picked}), "
+        # Slot n of the claim order goes to the caller holding it; one revision step per caller a job's
+        # chunks go to (a claim of several chunks is one change).
+        "s AS (SELECT c.*, w.worker, w.lease, w.caller FROM (SELECT c.*, row_number() OVER "
+        "(ORDER BY c.priority DESC, c.job_id, c.idx) AS slot FROM c) AS c "
+        "JOIN unnest(?::text[], ?::bigint[], ?::bigint[]) WITH ORDINALITY AS w(worker, lease, caller, slot) "
+        "ON w.slot = c.slot), "
+        "r AS (SELECT s.*, dense_rank() OVER (PARTITION BY s.job_id ORDER BY s.caller) AS step FROM s), "
+        # Job.move_chunk to PROCESSING, as services/workers.py ``_claim_in`` does it: attempt + 1, this
+        # worker, started now, items reset, a fresh unguessable lease token (two random UUIDs, 244 bits)
+        # and its expiry.
+        f"c1 AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
+        "worker_id = r.worker, start_time = ?, end_time = NULL, next_attempt_time = NULL, items_done = 0, "
+        "lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
+        "lease_expire_time = ?::bigint + r.lease, lease_duration = r.lease, revision = j.revision + r.step "
+        f"FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
+        "r.items_done AS old_done, r.caller, r.step), "
+        # The counts move (pending -> processing), items of a previous attempt are taken back, the job
+        # starts (start_time once), touch + derive_state, a new change_seq.
+        "g AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps FROM c1 "
+        "GROUP BY job_id), "
+        "j1 AS (UPDATE jobs AS jj SET revision = jj.revision + g.steps, "
+        "update_time = greatest(jj.update_time, ?), "
+        "n_pending = jj.n_pending - g.n, n_processing = jj.n_processing + g.n, "
+        "items_done = jj.items_done - g.lost, start_time = coalesce(jj.start_time, ?), "
+        f"state = {state}, end_time = NULL, change_seq = {d.next_seq} "
+        f"FROM g WHERE jj.id = g.job_id RETURNING {_prefixed(JOB_COLUMNS, 'jj')}) "
+        f"SELECT (SELECT count(*) FROM j) AS n_jobs, "
+        f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) ORDER BY {order}) FROM c1) AS chunk_rows, "
+        f"(SELECT array_agg(c1.caller ORDER BY {order}) FROM c1) AS callers, "
+        "(SELECT array_agg(j1) FROM j1) AS job_rows, "
+        "(SELECT pg_notify(?, json_build_object('r', ?::text, 'j', json_object_agg(j1.id, j1.revision), "
+        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0) AS notified"
+    )
+
+
+def claim_group_params(
+    kinds: Sequence[str], slots: Sequence[tuple[str, int, int]], now: int, channel: str, replica: str
+) -> list[Any]:
+    """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
+    wanted."""
+    ready = [int(ChunkState.PENDING), now, *([list(kinds)] if kinds else []), len(slots)]
+    workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
+    return [*ready, *ready, workers, leases, callers, now, now, now, now, channel, replica]
+
+
+@dataclass
+class CompletedOne:
+    """What a grouped completion did."""
+
+    job_state: JobState
+    revision: int
+    chunk_state: ChunkState
+    # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py).
+    kind: str = ""
+    items: int = 0
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class Completion:
+    chunk_id: str
+    job_id: str
+    token: str
+    external_task_id: str
+    artifacts: Sequence[Artifact]
+    now: int
+    done: asyncio.Future[CompletedOne | None] = field(repr=False, default_factory=_future)
+
+
+@dataclass
+class ClaimAsk:
+    worker_id: str
+    kinds: tuple[str, ...]
+    limit: int
+    lease_us: int
+    now: int
+    got: asyncio.Future[list[tuple[Job, Chunk]] | None] = field(repr=False, default_factory=_future)
+
+
+class GroupCommit:
+    """The flusher: callers queue a completion or a claim and wait for the flush that writes it."""
+
+    def __init__(self, store: _Runs) -> None:
+        self.store = store
+        self._completions: list[Completion] = []
+        self._claims: list[ClaimAsk] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # What the flushes did, for tests and the bench: flushes, and items written by them.
+        self.flushes = 0
+        self.items = 0
+
+    async def close(self) -> None:
+        """Lets the flush under way finish (its callers get their answers)."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def complete(self, item: Completion) -> CompletedOne | None:
+        self._completions.append(item)
+        self._kick()
+        return await item.done
+
+    async def claim(self, ask: ClaimAsk) -> list[tuple[Job, Chunk]] | None:
+        self._claims.append(ask)
+        self._kick()
+        return await ask.got
+
+    def _kick(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._completions or self._claims:
+                completions = self._take_completions()
+                claims, self._claims = self._claims, []
+                if completions:
+                    await self._settle(completions, self._write_completions(completions))
+                by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
+                for c in claims:
+                    by_kinds.setdefault(c.kinds, []).append(c)
+                for kinds, group in by_kinds.items():
+                    await self._settle(group, self._write_claims(kinds, group))
+        finally:
+            self._flusher = None
+            # Cancelled (the store closing): nobody is left waiting on a flush that will not come.
+            queued: list[asyncio.Future[Any]] = [c.done for c in self._completions]
+            queued += [c.got for c in self._claims]
+            for fut in queued:
+                fut.cancel()
+            self._completions.clear()
+            self._claims.clear()
+
+    def _take_completions(self) -> list[Completion]:
+        """Up to MAX_GROUP queued completions, each chunk once (a second completion of the same chunk,
+        a caller's retry, waits for the next flush, where its lease is found spent)."""
+        taken: list[Completion] = []
+        seen: set[str] = set()
+        rest: list[Completion] = []
+        for c in self._completions:
+            if len(taken) < MAX_GROUP and c.chunk_id not in seen:
+                seen.add(c.chunk_id)
+                taken.append(c)
+            else:
+                rest.append(c)
+        self._completions = rest
+        return taken
+
+    async def _settle(self, waiting: Sequence[Any], write: Any) -> None:
+        """Runs one flush's statement; a failure (the database away, an abort past the retries) is every
+        waiting caller's, as it would have been on a statement of its own."""
+        try:
+            await write
+        except Exception as exc:  # handed to each caller, who maps it as before
+            for w in waiting:
+                fut = w.done if isinstance(w, Completion) else w.got
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    async def _write_completions(self, items: list[Completion]) -> None:
+        now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
+        positions, names, uris, media, sizes = [], [], [], [], []
+        for pos, item in enumerate(items, 1):
+            for a in item.artifacts:
+                positions.append(pos)
+                names.append(a.name)
+                uris.append(a.uri)
+                media.append(a.media_type)
+                sizes.append(a.size_bytes)
+        rows = await self.store.statement_rows(
+            COMPLETE_GROUP,
+            [
+                [i.chunk_id for i in items],
+                [i.job_id for i in items],
+                [i.token for i in items],
+                [i.external_task_id for i in items],
+                now,
+                positions,
+                names,
+                uris,
+                media,
+                sizes,
+                CHANNEL,
+                self.store.replica_id,
+            ],
+        )
+        self.flushes += 1
+        self.items += len(rows)
+        revisions: dict[str, int] = {}
+        results: dict[int, CompletedOne] = {}
+        for pos, job_state, revision, chunk_state, kind, count in rows:
+            results[pos] = CompletedOne(JobState(job_state), revision, ChunkState(chunk_state), kind, count)
+            revisions[items[pos - 1].job_id] = revision
+        if revisions:
+            self.store.publish(Changes(jobs=revisions))
+        for pos, item in enumerate(items, 1):
+            if not item.done.done():
+                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+
+    async def _write_claims(self, kinds: tuple[str, ...], asks: list[ClaimAsk]) -> None:
+        now = max(a.now for a in asks)
+        slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
+            :MAX_GROUP
+        ]
+        row = await self.store.statement(
+            claim_group_statement(len(kinds)),
+            claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id),
+        )
+        assert row is not None
+        n_jobs, chunk_rows, callers, job_rows = row[0], row[1], row[2], row[3]
+        self.flushes += 1
+        if not chunk_rows:
+            # [] when no chunk was ready; None (each caller takes the general path) when it declined.
+            for a in asks:
+                if not a.got.done():
+                    a.got.set_result([] if not n_jobs else None)
+            return
+        jobs = {j.id: j for j in map(job_from_row, job_rows or ())}
+        mine: dict[int, list[tuple[Job, Chunk]]] = {}
+        for caller, chunk in zip(callers, map(chunk_from_row, chunk_rows), strict=True):
+            mine.setdefault(caller, []).append((jobs[chunk.job_id], chunk))
+        self.items += len(chunk_rows)
+        self.store.publish(Changes(jobs={j.id: j.revision for j in jobs.values()}))
+        for n, a in enumerate(asks, 1):
+            if not a.got.done():
+                a.got.set_result(mine.get(n, []))
