@@ -86,6 +86,8 @@ class SqlStore:
         if self._analyzing is not None:
             self._analyzing.cancel()
             await asyncio.gather(self._analyzing, return_exceptions=True)
+        if self.fast is not None:
+            await self.fast.group.close()  # the flush under way answers its callers first
         await self.driver.close()
 
     async def dispose(self) -> None:
@@ -123,10 +125,11 @@ class SqlStore:
         return await self._retrying(lambda: driver.statement(sql, params))
 
     async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
-        """PostgreSQL: one statement, its own transaction, under the retry policy; all its rows."""
+        """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
+        flusher's connection (store/group.py: it alone calls this, one flush at a time); all its rows."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver
-        return await self._retrying(lambda: driver.statement_rows(sql, params))
+        return await self._retrying(lambda: driver.pinned_rows(sql, params))
 
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         attempt = 1

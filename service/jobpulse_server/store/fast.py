@@ -282,13 +282,13 @@ class PgFast:
         claim: tuple[str, Sequence[str], int, int],
     ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
         """``complete``, then, if it went through, a claim (worker id, kinds, limit, lease in us) that sees
-        it, in the flush that follows. None when the completion declined; otherwise the completion and
+        it, in the same flush. None when the completion declined; otherwise the completion and
         the claims as ``claim`` gives them."""
-        done = await self.complete(chunk_id, job_id, token, now, external_task_id, artifacts)
-        if done is None:
-            return None
         worker_id, kinds, limit, lease_us = claim
-        return done, await self.claim(worker_id, kinds, limit, lease_us, now)
+        return await self.group.complete_and_claim(
+            Completion(chunk_id, job_id, token, external_task_id, artifacts, now),
+            ClaimAsk(worker_id, tuple(sorted(set(kinds))), limit, lease_us, now),
+        )
 
     async def claim(
         self, worker_id: str, kinds: Sequence[str], limit: int, lease_us: int, now: int

@@ -235,6 +235,9 @@ class ClaimAsk:
     limit: int
     lease_us: int
     now: int
+    # A claim made with a completion (CompleteChunk's claim_next): written in the same flush, after the
+    # completions, and only if that completion went through.
+    after: Completion | None = None
     got: asyncio.Future[list[tuple[Job, Chunk]] | None] = field(repr=False, default_factory=_future)
 
 
@@ -265,6 +268,20 @@ class GroupCommit:
         self._kick()
         return await ask.got
 
+    async def complete_and_claim(
+        self, item: Completion, ask: ClaimAsk
+    ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
+        """Both in one flush: the completion, then (if it went through) the claim, which sees it."""
+        ask.after = item
+        self._completions.append(item)
+        self._claims.append(ask)
+        self._kick()
+        done = await item.done
+        if done is None:
+            ask.got.cancel()
+            return None
+        return done, await ask.got
+
     def _kick(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._run())
@@ -273,11 +290,18 @@ class GroupCommit:
         try:
             while self._completions or self._claims:
                 completions = self._take_completions()
-                claims, self._claims = self._claims, []
+                taken = {id(c) for c in completions}
+                # A claim waits for a flush that writes its completion first (one left for the next).
+                claims = [c for c in self._claims if c.after is None or id(c.after) in taken]
+                self._claims = [c for c in self._claims if not (c.after is None or id(c.after) in taken)]
                 if completions:
                     await self._settle(completions, self._write_completions(completions))
                 by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
                 for c in claims:
+                    if c.after is not None and not self._went_through(c.after):
+                        if not c.got.done():
+                            c.got.set_result(None)
+                        continue
                     by_kinds.setdefault(c.kinds, []).append(c)
                 for kinds, group in by_kinds.items():
                     await self._settle(group, self._write_claims(kinds, group))
@@ -290,6 +314,11 @@ class GroupCommit:
                 fut.cancel()
             self._completions.clear()
             self._claims.clear()
+
+    @staticmethod
+    def _went_through(item: Completion) -> bool:
+        fut = item.done
+        return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None
 
     def _take_completions(self) -> list[Completion]:
         """Up to MAX_GROUP queued completions, each chunk once (a second completion of the same chunk,
@@ -362,11 +391,11 @@ class GroupCommit:
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
-        row = await self.store.statement(
+        rows = await self.store.statement_rows(
             claim_group_statement(len(kinds)),
             claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id),
         )
-        assert row is not None
+        row = rows[0]
         n_jobs, chunk_rows, callers, job_rows = row[0], row[1], row[2], row[3]
         self.flushes += 1
         if not chunk_rows:
