@@ -31,10 +31,11 @@ What is compared only where it is defined to be equal (see the fake's module doc
 * ``change_seq`` and the change horizon: on SQLite the fake hands out the same numbers (one more
   than the largest); on PostgreSQL they are transaction ids, so there they are left out and the
   WatchJobs feed is compared as a set of entries, not in change order;
-* a completion with claim_next on PostgreSQL is, by the fast path's contract, a completion and then
-  a claim, each bumping the revision of the job it changes (see ``_complete_and_claim``); the
-  fake, like SqliteStore, does both in one transaction with one revision. There the fake runs
-  the two steps, and that call's publications are compared merged;
+* a completion with claim_next on PostgreSQL is, by the group commit's contract, a completion and then
+  a claim, each bumping the revision of the job it changes (see ``_complete_and_claim``), and
+  CompleteChunks is each completion in turn, then the claim (``_grouped_complete_many``); the
+  fake, like SqliteStore, does them in one transaction with one revision. There the fake runs
+  the steps, and that call's publications are compared merged;
 * total_size is exact below ``statements.COUNT_EXACT_UP_TO`` jobs, far above what this test makes, so
   it is compared; ``bumped`` is an in-memory flag of a copy and never leaves the process.
 """
@@ -57,7 +58,7 @@ from support.fake_store import FakeStore, Tombstone
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import Changes
-from jobpulse_server.domain.errors import JobNotFound
+from jobpulse_server.domain.errors import DomainError, JobNotFound
 from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
@@ -68,7 +69,7 @@ from jobpulse_server.services import workers as workers_module
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.retention import RetentionService
-from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
+from jobpulse_server.services.workers import ClaimAsk, Completion, CompletionResult, WorkerService
 from jobpulse_server.store import Store, Tx
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.statements import OUTBOX_COLUMNS
@@ -572,7 +573,10 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
         if op["next"] is not None:
             n = op["next"]
             ask = ClaimAsk(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
-        results, claims = await w.complete_many(items, ask)
+        if rig.fake is not None and view.two_step_complete_and_claim:
+            results, claims = await _grouped_complete_many(rig, items, ask)
+        else:
+            results, claims = await w.complete_many(items, ask)
         return {
             "results": [
                 [r.chunk_id, None if r.error is None else _error(r.error), r.job_state] for r in results
@@ -644,6 +648,42 @@ async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: Cla
     )
     claims = await rig.workers.claim(*ask.args())
     return {"job_state": state, "claims": view.claims(rig, claims)}
+
+
+async def _grouped_complete_many(
+    rig: Rig, items: list[Completion], ask: ClaimAsk | None
+) -> tuple[list[CompletionResult], list[Any]]:
+    """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/group.py): each
+    completion of a job without webhooks is a change of its own, in the order asked; those it declines
+    (webhooks, a lease not current) then go through the general path in one transaction; then the
+    claim. Every result gives its job's state after the call."""
+    assert rig.fake is not None
+    w = rig.workers
+    done: dict[int, JobState] = {}
+    for n, item in enumerate(items):
+        job_id = chunk_job_id(item.chunk_id)
+        if job_id not in rig.fake.job_ids or rig.fake.job(job_id).webhook_url:
+            continue
+        try:
+            done[n], _ = await w.complete(
+                item.chunk_id, item.lease_token, item.artifacts, item.external_task_id
+            )
+        except DomainError:
+            continue
+    rest = [i for n, i in enumerate(items) if n not in done]
+    general, _ = await w.complete_many(rest, None) if rest else ([], [])
+    by_rest = iter(general)
+    results = [
+        CompletionResult(i.chunk_id, None, done[n]) if n in done else next(by_rest)
+        for n, i in enumerate(items)
+    ]
+    last = {chunk_job_id(r.chunk_id): r.job_state for r in results if r.error is None}
+    results = [
+        r if r.error is not None else CompletionResult(r.chunk_id, None, last[chunk_job_id(r.chunk_id)])
+        for r in results
+    ]
+    claims = await w.claim(*ask.args()) if ask is not None else []
+    return results, claims
 
 
 def _merged(published: list[Changes]) -> list[Changes]:
@@ -878,7 +918,7 @@ async def test_every_driver_mode_and_the_fake_agree(
                 published = len(rig.published)
                 result = await apply(rig, view, op)
                 changes = rig.published[published:]
-                if op["op"] == "complete_and_claim" and view.two_step_complete_and_claim:
+                if op["op"] in ("complete_and_claim", "complete_many") and view.two_step_complete_and_claim:
                     changes = _merged(changes)
                 outcomes.append(
                     {

@@ -29,7 +29,7 @@ from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.services.throughput import Throughput
-from jobpulse_server.store import CompletedOne, Store, Tx
+from jobpulse_server.store import CompletedOne, PgFast, Store, Tx
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -375,6 +375,55 @@ class WorkerService:
         only when the completion went through. If none is ready and ``claim_next`` waits, the wait
         starts once the completions have committed.
         """
+        fast = self.store.fast
+        if fast is not None and items and not all_or_nothing:
+            return await self._complete_grouped(fast, items, claim_next)
+        return await self._complete_many(items, claim_next, all_or_nothing=all_or_nothing)
+
+    async def _complete_grouped(
+        self, fast: PgFast, items: Sequence[Completion], claim_next: ClaimAsk | None
+    ) -> tuple[list[CompletionResult], list[Claim]]:
+        """PostgreSQL: the completions group-committed (store/group.py), each a change of its own, and
+        the claim in the same flush when all went through. Items declined (a job with webhooks, a lease
+        not current) then take the general path, which completes them or says why not, and the claim
+        comes after them. Each result gives its job's state after the call."""
+        known = [(i, chunk_job_id(i.chunk_id)) for i in items]
+        grouped = [(i, job_id) for i, job_id in known if job_id and i.lease_token]
+        done, fast_claims = await fast.complete_many(
+            [(i.chunk_id, job_id, i.lease_token, i.external_task_id, i.artifacts) for i, job_id in grouped],
+            self.clock(),
+            None
+            if claim_next is None
+            else (claim_next.worker_id, claim_next.kinds, claim_next.limit, claim_next.lease_us),
+        )
+        results: dict[int, CompletionResult] = {}
+        last: dict[str, JobState] = {}  # each job's state after the flush
+        for (item, job_id), outcome in zip(grouped, done, strict=True):
+            if outcome is not None:
+                self._completed_one(outcome)
+                last[job_id] = outcome.job_state
+                results[id(item)] = CompletionResult(item.chunk_id, None, outcome.job_state)
+        rest = [i for i in items if id(i) not in results]
+        if rest:
+            general, _ = await self._complete_many(rest, None)
+            results.update((id(i), r) for i, r in zip(rest, general, strict=True))
+            for i, r in zip(rest, general, strict=True):
+                if r.job_state is not None:
+                    last[chunk_job_id(i.chunk_id)] = r.job_state
+        for i in items:
+            r = results[id(i)]
+            if r.error is None:
+                results[id(i)] = CompletionResult(i.chunk_id, None, last[chunk_job_id(i.chunk_id)])
+        claims = self._claimed(fast_claims) if fast_claims else []
+        if claim_next is not None and not claims:
+            # None ready (or the claim declined): claim, and wait if asked, on its own now.
+            claims = await self.claim(*claim_next.args())
+        return [results[id(i)] for i in items], claims
+
+    async def _complete_many(
+        self, items: Sequence[Completion], claim_next: ClaimAsk | None = None, *, all_or_nothing: bool = False
+    ) -> tuple[list[CompletionResult], list[Claim]]:
+        """``complete_many`` in one write transaction (SQLite, and what the group commit declined)."""
         counts: dict[str, int] = {}
         # (chunks, items) completed by kind, for ``throughput``: filled by the run of ``body`` that
         # commits (a run that rolls back and runs again starts it afresh), counted after the commit.

@@ -290,6 +290,24 @@ class PgFast:
             ClaimAsk(worker_id, tuple(sorted(set(kinds))), limit, lease_us, now),
         )
 
+    async def complete_many(
+        self,
+        items: Sequence[tuple[str, str, str, str, Sequence[Artifact]]],
+        now: int,
+        claim: tuple[str, Sequence[str], int, int] | None,
+    ) -> tuple[list[CompletedOne | None], list[tuple[Job, Chunk]] | None]:
+        """Completes the chunks (chunk id, job id, token, external task id, artifacts), each on its own
+        lease (in turn: a revision each), then, if all went through, claims (worker id, kinds, limit,
+        lease in us); each completion's outcome (None: declined) and the claims ([] without ``claim``,
+        None when the claim or a completion declined)."""
+        ask = None
+        if claim is not None:
+            worker_id, kinds, limit, lease_us = claim
+            ask = ClaimAsk(worker_id, tuple(sorted(set(kinds))), limit, lease_us, now)
+        return await self.group.complete_many(
+            [Completion(c, j, t, ext, arts, now) for c, j, t, ext, arts in items], ask
+        )
+
     async def claim(
         self, worker_id: str, kinds: Sequence[str], limit: int, lease_us: int, now: int
     ) -> list[tuple[Job, Chunk]] | None:

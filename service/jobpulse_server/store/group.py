@@ -82,8 +82,9 @@ COMPLETE_GROUP = (
     "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
     f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
     "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $5) FOR UPDATE OF c), "
-    # Each chunk of a job takes a revision of its own above the job's: one change each.
-    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.idx) AS step FROM c0), "
+    # Each chunk of a job takes a revision of its own above the job's: one change each, in the order
+    # they were asked for.
+    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
     # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was asked;
     # the lease ends.
     "c1 AS (UPDATE chunks AS c SET "
@@ -235,9 +236,10 @@ class ClaimAsk:
     limit: int
     lease_us: int
     now: int
-    # A claim made with a completion (CompleteChunk's claim_next): written in the same flush, after the
-    # completions, and only if that completion went through.
-    after: Completion | None = None
+    # A claim made with completions (claim_next): written in the flush that writes the last of them,
+    # after them; with ``if_done``, only if they all went through.
+    after: Sequence[Completion] = ()
+    if_done: bool = False
     got: asyncio.Future[list[tuple[Job, Chunk]] | None] = field(repr=False, default_factory=_future)
 
 
@@ -272,7 +274,7 @@ class GroupCommit:
         self, item: Completion, ask: ClaimAsk
     ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
         """Both in one flush: the completion, then (if it went through) the claim, which sees it."""
-        ask.after = item
+        ask.after, ask.if_done = (item,), True
         self._completions.append(item)
         self._claims.append(ask)
         self._kick()
@@ -281,6 +283,20 @@ class GroupCommit:
             ask.got.cancel()
             return None
         return done, await ask.got
+
+    async def complete_many(
+        self, items: Sequence[Completion], ask: ClaimAsk | None
+    ) -> tuple[list[CompletedOne | None], list[tuple[Job, Chunk]] | None]:
+        """The completions, then, if every one went through, the claim, in as few flushes as they fit
+        in: each completion's outcome (None: declined), and the claims ([] with no ``ask``; None when it
+        declined or a completion did, and the caller claims once it has dealt with those)."""
+        self._completions.extend(items)
+        if ask is not None:
+            ask.after, ask.if_done = items, True
+            self._claims.append(ask)
+        self._kick()
+        done = list(await asyncio.gather(*(i.done for i in items)))
+        return done, (await ask.got if ask is not None else [])
 
     def _kick(self) -> None:
         if self._flusher is None:
@@ -291,14 +307,15 @@ class GroupCommit:
             while self._completions or self._claims:
                 completions = self._take_completions()
                 taken = {id(c) for c in completions}
-                # A claim waits for a flush that writes its completion first (one left for the next).
-                claims = [c for c in self._claims if c.after is None or id(c.after) in taken]
-                self._claims = [c for c in self._claims if not (c.after is None or id(c.after) in taken)]
+                # A claim waits for the flush that writes the last of its completions.
+                ready = [all(id(a) in taken or a.done.done() for a in c.after) for c in self._claims]
+                claims = [c for c, r in zip(self._claims, ready, strict=True) if r]
+                self._claims = [c for c, r in zip(self._claims, ready, strict=True) if not r]
                 if completions:
                     await self._settle(completions, self._write_completions(completions))
                 by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
                 for c in claims:
-                    if c.after is not None and not self._went_through(c.after):
+                    if c.if_done and not all(map(self._went_through, c.after)):
                         if not c.got.done():
                             c.got.set_result(None)
                         continue
