@@ -638,6 +638,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
         ):
             theirs = f"{_ratio(by.get(c), by.get(d)):>28}" if c else ""
             add(f"   {label:<52}{_ratio(by.get(a), by.get(b)):>18}{theirs}")
+        if args.rounds > 1:
+            ours, theirs = _by_round(rows, "sc1x16", "sc1x4"), _by_round(rows, "sqm16", "sqm4")
+            add(f"   16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs}")
+            add("   (the ratios above are of each row's median)")
         add(f"   {'ratio jobs/s jobpulse / PgQueuer, same W':<52}{'vs QueueManager':>18}")
         for key, peer_key in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16")):
             label = _scaling_name(key).removeprefix("jobpulse complete-and-claim, ")
@@ -667,6 +671,12 @@ def _table(lines: list[str], rows: list[dict[str, Any]]) -> None:
             + (f"  ({note})" if note else "")
         )
     add("   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine")
+
+
+def _by_round(rows: list[dict[str, Any]], a: str, b: str) -> str:
+    """The ratio of two rows' jobs/s in each round, e.g. "0.93, 0.88, 0.88"."""
+    by = {r["key"]: r.get("per_second_by_round") or [] for r in rows}
+    return ", ".join(_ratio(x, y) for x, y in zip(by.get(a, []), by.get(b, []), strict=False)) or "n/a"
 
 
 def _us(value: float | None) -> str:
@@ -820,7 +830,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for key, _ in cases:
         rs = sorted(results[key], key=lambda r: r.get("per_second", 0.0))
-        out.append(rs[len(rs) // 2])
+        median = dict(rs[len(rs) // 2])
+        median["per_second_by_round"] = [r.get("per_second") for r in results[key]]
+        out.append(median)
     return out
 
 
