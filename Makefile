@@ -132,7 +132,8 @@ SOAK_SECONDS ?= 600
 bench-soak: install
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
-# Claim + complete throughput on PostgreSQL beside PgQueuer on the same server.
+# Claim + complete throughput on PostgreSQL beside PgQueuer on the same server, then complete-and-claim
+# with 4 and 16 workers on one job and 4 jobs x 4 workers (alone: python -m bench.pg_peer --only scaling).
 bench-pg: $(VENV)/.bench-installed
 	$(PY) -m bench.pg_peer
 

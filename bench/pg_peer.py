@@ -1,7 +1,8 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench.pg_peer            # 5,000 units of work per row
-    python -m bench.pg_peer --quick    # 1,000
+    python -m bench.pg_peer                           # 5,000 units of work per row, every row
+    python -m bench.pg_peer --quick                   # 1,000
+    python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
 
 jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
 (spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
@@ -18,6 +19,19 @@ entrypoint by
     (PgQueuer as shipped: completions are buffered and written in batches), and
   * W bare loops over the same Queries API, ``dequeue(batch_size=k)`` then ``log_jobs`` per job
     (the same protocol as the jobpulse workers: one round trip per claim and one per completion).
+Scaling rows (complete-and-claim, as workers are added): the same drain with CompleteChunk + claim_next
+(max_chunks=1), N chunks on
+  * 1 job, 4 workers; 1 job, 16 workers;
+  * 4 jobs x 4 workers (16 workers): each job of a kind of its own, each group of 4 workers claiming
+    its job's kind only, so each group works its one job;
+beside PgQueuer with 4 and with 16 QueueManagers (batch_size=1, as above), which have no jobs to share
+and show what the machine gives one queue as connections are added. Target: 16 workers on one job at
+least 0.9 of the chunks/s of 4 workers on one job. ``--workers`` does not change these rows. The
+server keeps its default pool (10 PostgreSQL connections), so 16 workers share 10 connections.
+After every jobpulse row: each chunk was completed once, by the workers' count and by the jobs'
+summaries (ListJobs); each job's summary equals its chunk rows counted by state in the database; each
+group of workers completed exactly its jobs' chunks, and every chunk row names a worker of the group
+that claims its kind.
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
 The floor rows send jobpulse's own SQL straight from asyncpg (no gRPC, no server): what one by one
@@ -134,63 +148,178 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
 # --- jobpulse ----------------------------------------------------------------------------------
 
 
+# Complete-and-claim as workers are added: key -> (jobs, workers per job). Each job has a kind of its own
+# and each worker claims only its job's kind, so every group of workers works its one job.
+SCALING_ROWS = {
+    "sc1x4": (1, 4),
+    "sc1x16": (1, 16),
+    "sc4x4": (4, 4),
+}
+SCALING_MODE = "complete_and_claim"
+# PgQueuer beside them: key -> W QueueManagers (batch_size=1).
+SCALING_PEERS = {"sqm4": 4, "sqm16": 16}
+# The order they run in, round after round (jobpulse and PgQueuer alternating, so drift hits both).
+SCALING_ORDER = ("sc1x4", "sqm4", "sc1x16", "sqm16", "sc4x4")
+SCALING_KEYS = frozenset(SCALING_ORDER)
+
+
+def _shares(n: int, parts: int) -> list[int]:
+    """n split into ``parts`` shares as even as can be."""
+    return [n // parts + (1 if j < n % parts else 0) for j in range(parts)]
+
+
+def _scaling_name(key: str) -> str:
+    jobs, per_job = SCALING_ROWS[key]
+    if jobs == 1:
+        return f"jobpulse complete-and-claim, 1 job x {per_job} workers"
+    return f"jobpulse complete-and-claim, {jobs} jobs x {per_job} workers"
+
+
 async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
+    """A row against PgQueuer: N chunks over JOBS_PER_RUN jobs of one kind, W workers claiming any kind."""
     mode_key, name = JOBPULSE_ROWS[key]
-    mode = work.MODES[mode_key]
+    jobs = [("bench-work", share) for share in _shares(n, JOBS_PER_RUN)]
+    return await _drain(key, name, work.MODES[mode_key], jobs, [((), workers)])
+
+
+async def scaling_drain(n: int, key: str) -> dict[str, Any]:
+    """A scaling row: N chunks over its jobs, one kind per job, a group of workers per job claiming that
+    kind only."""
+    n_jobs, per_job = SCALING_ROWS[key]
+    kinds = [f"bench-scale-{j}" for j in range(n_jobs)]
+    jobs = list(zip(kinds, _shares(n, n_jobs), strict=True))
+    return await _drain(
+        key, _scaling_name(key), work.MODES[SCALING_MODE], jobs, [((kind,), per_job) for kind in kinds]
+    )
+
+
+async def _drain(
+    key: str,
+    name: str,
+    mode: work.Mode,
+    jobs: list[tuple[str, int]],
+    groups: list[tuple[tuple[str, ...], int]],
+) -> dict[str, Any]:
+    """Makes the jobs (kind, one-item chunks), each of its own CreateJob (not timed), then drains them
+    with the groups of workers (the kinds a group claims, empty for any; how many workers) until every
+    worker's claim comes back empty. Then checks what was done: every chunk completed once, by the
+    workers' counts and by the jobs' summaries; each group completed exactly the chunks of its kinds;
+    each job's summary equals a recount of its chunk rows; every chunk was completed by a worker of a
+    group that claims its kind."""
+    n = sum(items for _, items in jobs)
     async with fresh_database(key) as dsn:
         server = ServerProcess("jobpulse", dsn)
         try:
             server.wait_ready()
             async with grpc.aio.insecure_channel(server.target) as channel:
-                jobs = job_service_pb2_grpc.JobServiceStub(channel)
+                jobs_stub = job_service_pb2_grpc.JobServiceStub(channel)
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
                 if not await work.supported(stub, mode, TIMEOUT):
                     return {"name": name, "n": n, "unimplemented": True}
-                for j in range(JOBS_PER_RUN):
-                    await jobs.CreateJob(
+                for j, (kind, items) in enumerate(jobs):
+                    await jobs_stub.CreateJob(
                         job_service_pb2.CreateJobRequest(
-                            display_name=f"peer {j}",
-                            kind="bench-work",
-                            total_items=n // JOBS_PER_RUN + (1 if j < n % JOBS_PER_RUN else 0),
-                            chunk_size=1,
+                            display_name=f"peer {j}", kind=kind, total_items=items, chunk_size=1
                         ),
                         timeout=TIMEOUT,
                     )
-                counts = work.Counts()
+                group_counts = [work.Counts() for _ in groups]
                 cpu0, db0 = server.cpu_seconds(), postgres_cpu_seconds()
                 t0 = time.perf_counter()
-                await asyncio.gather(
-                    *(
-                        work.worker(
-                            stub,
-                            mode,
-                            worker_id=f"peer-{w}",
-                            lease=LEASE,
-                            keep_going=lambda: True,
-                            counts=counts,
-                            timeout=TIMEOUT,
+                try:
+                    await asyncio.gather(
+                        *(
+                            work.worker(
+                                stub,
+                                mode,
+                                worker_id=f"peer-{g}-{w}",
+                                lease=LEASE,
+                                keep_going=lambda: True,
+                                counts=group_counts[g],
+                                timeout=TIMEOUT,
+                                kinds=kinds,
+                            )
+                            for g, (kinds, workers) in enumerate(groups)
+                            for w in range(workers)
                         )
-                        for w in range(workers)
                     )
-                )
+                except grpc.aio.AioRpcError as exc:
+                    # The server logs to /dev/null: say at least whether it is gone, and how it ended.
+                    code = server.exit_code()
+                    if code is not None:
+                        raise RuntimeError(f"{key}: the jobpulse server exited mid-row ({code})") from exc
+                    raise
                 elapsed = time.perf_counter() - t0
                 cpu1, db1 = server.cpu_seconds(), postgres_cpu_seconds()
-                listed = await jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT)
-                left = sum(j.chunks_summary.pending + j.chunks_summary.processing for j in listed.jobs)
-                completed = sum(j.chunks_summary.completed for j in listed.jobs)
+                listed = await jobs_stub.ListJobs(
+                    job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT
+                )
         finally:
             server.stop()
-    if counts.chunks != n or completed != n or left:
-        raise RuntimeError(f"jobpulse drained {counts.chunks}/{n} (completed {completed}, left {left})")
+        counts = work.Counts()
+        for c in group_counts:
+            counts.add(c)
+        left = sum(j.chunks_summary.pending + j.chunks_summary.processing for j in listed.jobs)
+        completed = sum(j.chunks_summary.completed for j in listed.jobs)
+        if counts.chunks != n or completed != n or left or len(listed.jobs) != len(jobs):
+            raise RuntimeError(
+                f"{key}: drained {counts.chunks}/{n} (completed {completed}, left {left}, "
+                f"{len(listed.jobs)}/{len(jobs)} jobs listed)"
+            )
+        for (kinds, _), c in zip(groups, group_counts, strict=True):
+            if kinds and c.chunks != sum(items for kind, items in jobs if kind in kinds):
+                raise RuntimeError(f"{key}: the workers of {kinds} completed {c.chunks} chunks")
+        await _recount(key, dsn, listed.jobs, groups)
     return _row(
         name,
         n,
         elapsed,
         counts.rpcs,
+        mode=mode.key,
+        jobs=len(jobs),
+        workers=sum(workers for _, workers in groups),
         server_cpu_us=_per_unit_us(cpu0, cpu1, n),
         db_cpu_us=_per_unit_us(db0, db1, n),
         counts=counts.as_dict(),
+        group_chunks=[c.chunks for c in group_counts],
     )
+
+
+_SUMMARY_FIELDS = {
+    1: "pending",  # ChunkState's numbers (domain/model.py, the proto's ChunkState)
+    2: "processing",
+    3: "completed",
+    4: "failed",
+    5: "cancelled",
+}
+
+
+async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str, ...], int]]) -> None:
+    """Each job's summary (as ListJobs gave it) against its chunk rows counted by state, and each chunk's
+    worker against the kinds that worker's group claims (worker ids ``peer-<group>-<n>``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        by_state = await conn.fetch("SELECT job_id, state, count(*) AS n FROM chunks GROUP BY 1, 2")
+        by_worker = await conn.fetch("SELECT kind, worker_id, count(*) AS n FROM chunks GROUP BY 1, 2")
+    finally:
+        await conn.close()
+    recount: dict[str, dict[str, int]] = {}
+    for r in by_state:
+        recount.setdefault(r["job_id"], {})[_SUMMARY_FIELDS[r["state"]]] = r["n"]
+    for job in listed:
+        counted = recount.pop(job.id, {})
+        summary = {f: getattr(job.chunks_summary, f) for f in _SUMMARY_FIELDS.values()}
+        if any(summary[f] != counted.get(f, 0) for f in summary) or job.chunks_summary.total != sum(
+            counted.values()
+        ):
+            raise RuntimeError(f"{key}: job {job.id}'s summary {summary} but its chunks recount {counted}")
+    if recount:
+        raise RuntimeError(f"{key}: chunks of jobs ListJobs did not list: {sorted(recount)}")
+    for r in by_worker:
+        group = int(r["worker_id"].split("-")[1])
+        kinds = groups[group][0]
+        if kinds and r["kind"] not in kinds:
+            raise RuntimeError(f"{key}: {r['worker_id']} completed {r['n']} chunks of kind {r['kind']}")
 
 
 # Where the claim's chunk rows hold a chunk's id, job id and lease token (the chunks table's column order).
@@ -465,13 +594,67 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
         f"Chunk claim + complete on PostgreSQL: jobpulse next to PgQueuer "
         f"({'quick' if args.quick else 'full'} run, {elapsed:.0f} s)"
     )
-    add(
-        f"N = {args.n:,} per row, W = {args.workers} asyncio workers, no-op work, a fresh database per row; "
-        f"median of {args.rounds} round(s)"
-    )
+    add(f"N = {args.n:,} per row, no-op work, a fresh database per row; median of {args.rounds} round(s)")
     add(f"machine: nproc {m['nproc']} | Python {m['python']} | {pg} | pgqueuer {_pgq_version()}")
     add(f"         {m['cpu_model']}; load average {report.load_average()}")
+    peer = [r for r in rows if r["key"] not in SCALING_KEYS]
+    scaling = [r for r in rows if r["key"] in SCALING_KEYS]
+    by = {r["key"]: r.get("per_second") for r in rows}
+    if peer:
+        add("-" * width)
+        add(
+            f"Against PgQueuer: W = {args.workers} asyncio workers; jobpulse's chunks spread over "
+            f"{JOBS_PER_RUN} jobs of one kind"
+        )
+        _table(lines, peer)
+        add("-" * width)
+        add(
+            f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}"
+            f"{'vs dequeue+log_jobs loops':>28}"
+        )
+        for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1), ("jp10", 10), ("jpb10", 10)):
+            if key not in by:
+                continue
+            name = FLOOR_ROWS[key] if key in FLOOR_ROWS else JOBPULSE_ROWS[key][1]
+            label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
+            add(
+                f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}"
+                f"{_ratio(by[key], by.get(f'lp{k}')):>28}"
+            )
+    if scaling:
+        add("-" * width)
+        add("Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a")
+        add(
+            "kind of its own, each worker claiming its job's kind only; beside them PgQueuer QueueManagers, "
+            "batch_size=1"
+        )
+        _table(lines, scaling)
+        add("-" * width)
+        add(f"   {'ratio jobs/s':<52}{'jobpulse':>18}{'pgqueuer QueueManager':>28}")
+        for label, (a, b), (c, d) in (
+            ("16 workers / 4 workers, one job", ("sc1x16", "sc1x4"), ("sqm16", "sqm4")),
+            ("4 jobs x 4 workers / 4 workers on one job", ("sc4x4", "sc1x4"), ("", "")),
+            ("4 jobs x 4 workers / 16 workers on one job", ("sc4x4", "sc1x16"), ("", "")),
+        ):
+            theirs = f"{_ratio(by.get(c), by.get(d)):>28}" if c else ""
+            add(f"   {label:<52}{_ratio(by.get(a), by.get(b)):>18}{theirs}")
+        if args.rounds > 1:
+            ours, theirs = _by_round(rows, "sc1x16", "sc1x4"), _by_round(rows, "sqm16", "sqm4")
+            add(f"   16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs}")
+            add("   (the ratios above are of each row's median)")
+        add(f"   {'ratio jobs/s jobpulse / PgQueuer, same W':<52}{'vs QueueManager':>18}")
+        for key, peer_key in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16")):
+            label = _scaling_name(key).removeprefix("jobpulse complete-and-claim, ")
+            add(f"   {label:<52}{_ratio(by.get(key), by.get(peer_key)):>18}")
     add("-" * width)
+    add("Targets (PostgreSQL)")
+    lines.extend(report.render_goals(goals(rows)))
+    add("=" * width)
+    return "\n".join(lines)
+
+
+def _table(lines: list[str], rows: list[dict[str, Any]]) -> None:
+    add = lines.append
     add(
         f"   {'':<52}{'jobs/s':>9}{'seconds':>9}{'round trips':>13}"
         f"{'srv CPU us/job':>16}{'db CPU us/job':>15}"
@@ -488,22 +671,12 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
             + (f"  ({note})" if note else "")
         )
     add("   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine")
-    add("-" * width)
-    by = {r["key"]: r.get("per_second") for r in rows}
-    add(
-        f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}{'vs dequeue+log_jobs loops':>28}"
-    )
-    for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1), ("jp10", 10), ("jpb10", 10)):
-        if key not in by:
-            continue
-        name = FLOOR_ROWS[key] if key in FLOOR_ROWS else JOBPULSE_ROWS[key][1]
-        label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
-        add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}{_ratio(by[key], by.get(f'lp{k}')):>28}")
-    add("-" * width)
-    add("Targets (PostgreSQL)")
-    lines.extend(report.render_goals(goals(rows)))
-    add("=" * width)
-    return "\n".join(lines)
+
+
+def _by_round(rows: list[dict[str, Any]], a: str, b: str) -> str:
+    """The ratio of two rows' jobs/s in each round, e.g. "0.93, 0.88, 0.88"."""
+    by = {r["key"]: r.get("per_second_by_round") or [] for r in rows}
+    return ", ".join(_ratio(x, y) for x, y in zip(by.get(a, []), by.get(b, []), strict=False)) or "n/a"
 
 
 def _us(value: float | None) -> str:
@@ -518,7 +691,7 @@ def _note(row: dict[str, Any]) -> str:
     counts = row.get("counts")
     if counts is None:
         return ""
-    mode = work.MODES[JOBPULSE_ROWS[row["key"]][0]]
+    mode = work.MODES[row["mode"]]
     if mode.claim_next and not counts["claimed_next"]:
         return "claim_next returned no claims"
     return ""
@@ -537,6 +710,36 @@ def goals(rows: list[dict[str, Any]]) -> list[report.Goal]:
             return "not measured"
         return "server: UNIMPLEMENTED" if row.get("unimplemented") else _note(row)
 
+    out: list[report.Goal] = []
+    if set(by) - SCALING_KEYS:
+        out.extend(_peer_goals(ratio, note, by))
+    if set(by) & SCALING_KEYS:
+        theirs = ratio("sqm16", "sqm4")
+        out.append(
+            report.Goal(
+                "PostgreSQL complete-and-claim, 16 workers / 4 workers on one job",
+                ratio("sc1x16", "sc1x4"),
+                True,
+                0.9,
+                1.0,
+                note="; ".join(
+                    n
+                    for n in (
+                        note("sc1x16"),
+                        note("sc1x4"),
+                        f"PgQueuer 16 / 4 QueueManagers: {theirs:.2f}" if theirs is not None else "",
+                    )
+                    if n
+                ),
+            )
+        )
+    return out
+
+
+def _peer_goals(
+    ratio: Callable[[str, str], float | None], note: Callable[[str], str], by: dict[str, dict[str, Any]]
+) -> list[report.Goal]:
+    """The targets against PgQueuer (the rows of the W workers, over JOBS_PER_RUN jobs)."""
     out: list[report.Goal] = []
     peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
     for key, what, floor_key in (("jp1", "one by one", "floor"), ("jpcc", "complete-and-claim", "floorcc")):
@@ -601,14 +804,21 @@ async def _pg_version() -> str:
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, w = args.n, args.workers
     cases: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = []
-    for k, jobpulse_keys in ((1, ("jp1", "jpcc")), (10, ("jp10", "jpb10"))):
-        for key in jobpulse_keys:
-            cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
-        if k == 1 and not args.no_floor:
-            for key in FLOOR_ROWS:
-                cases.append((key, functools.partial(statements_floor, n, w, key)))
-        cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
-        cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
+    if args.only in (None, "peer"):
+        for k, jobpulse_keys in ((1, ("jp1", "jpcc")), (10, ("jp10", "jpb10"))):
+            for key in jobpulse_keys:
+                cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
+            if k == 1 and not args.no_floor:
+                for key in FLOOR_ROWS:
+                    cases.append((key, functools.partial(statements_floor, n, w, key)))
+            cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
+            cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
+    if args.only in (None, "scaling"):
+        for key in SCALING_ORDER:
+            if key in SCALING_PEERS:
+                cases.append((key, functools.partial(pgqueuer_managers, n, SCALING_PEERS[key], 1)))
+            else:
+                cases.append((key, functools.partial(scaling_drain, n, key)))
     results: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.rounds):  # rounds interleave the systems, so drift hits all alike
         for key, case in cases:
@@ -620,7 +830,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for key, _ in cases:
         rs = sorted(results[key], key=lambda r: r.get("per_second", 0.0))
-        out.append(rs[len(rs) // 2])
+        median = dict(rs[len(rs) // 2])
+        median["per_second_by_round"] = [r.get("per_second") for r in results[key]]
+        out.append(median)
     return out
 
 
@@ -630,6 +842,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-floor", action="store_true", help="skip the rows of jobpulse's SQL without gRPC")
+    p.add_argument(
+        "--only",
+        choices=("peer", "scaling"),
+        default=None,
+        help="run one set of rows: peer (jobpulse's modes beside PgQueuer, --workers workers) or scaling "
+        "(complete-and-claim with 4 and 16 workers on one job, 4 jobs x 4 workers, and PgQueuer with 4 and "
+        "16 QueueManagers); default both",
+    )
     p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
@@ -650,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n": args.n,
                 "workers": args.workers,
                 "rounds": args.rounds,
+                "only": args.only,
             },
             "postgres": pg,
             "pgqueuer": _pgq_version(),

@@ -131,6 +131,12 @@ class ServerProcess:
     def cpu_seconds(self) -> float | None:
         return _cpu_seconds(self.pid)
 
+    def exit_code(self) -> int | None:
+        """None while the server runs; else how it ended (negative: the signal that ended it)."""
+        if self._command is not None:
+            return None if self._command.proc is None else self._command.proc.poll()
+        return self._proc.exitcode
+
     def set_response(self, key: str, payload: bytes) -> None:
         """Bare server only: GetJob(job_id=key) will answer with this serialized GetJobResponse."""
         assert self._command is None, "the bare server only"

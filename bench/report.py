@@ -113,6 +113,9 @@ class Goal:
             measured, met = "n/a", "n/a" + (f" ({self.note})" if self.note else "")
         else:
             measured = self._fmt(self.measured)
+            if self.unit != "us" and measured == self._fmt(self.target) and self.measured != self.target:
+                # 0.898 against >= 0.9 would print as 0.90, "NO": one more digit shows which side it is on.
+                measured = f"{self.measured:.3f}" + ("x" if self.unit == "x" else "")
             met = "NO"
             if self._meets(self.moonshot):
                 met = "yes, moonshot too"

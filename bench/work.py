@@ -15,7 +15,7 @@ more) or when a claim comes back empty (``ran_dry``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -105,11 +105,13 @@ async def worker(
     keep_going: Callable[[], bool],
     counts: Counts,
     timeout: float,
+    kinds: Sequence[str] = (),
 ) -> None:
     """Claims and completes chunks until ``keep_going()`` is false or there is no work; counts into
-    ``counts`` as it goes (so a caller sharing one ``Counts`` sees the totals)."""
+    ``counts`` as it goes (so a caller sharing one ``Counts`` sees the totals). ``kinds``: claim only
+    chunks of jobs of these kinds (every claim, claim_next too); empty, any kind."""
     claim = worker_service_pb2.ClaimChunksRequest(
-        worker_id=worker_id, max_chunks=mode.max_chunks, lease_duration=lease
+        worker_id=worker_id, kinds=kinds, max_chunks=mode.max_chunks, lease_duration=lease
     )
     held: list[worker_service_pb2.ChunkClaim] = []
     while True:
