@@ -11,8 +11,8 @@ pages through ListJobs over gRPC, in every order (each field both ways), unfilte
 COMPLETED: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
-Then, with the statements the server runs (store/statements.py and, for PostgreSQL's one-statement
-claim, store/fast.py: the text the drivers send, with their parameters), it times the page query and the
+Then, with the statements the server runs (store/statements.py and, for PostgreSQL's group-committed
+claim, store/group.py: the text the drivers send, with their parameters), it times the page query and the
 COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN
 QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
 
@@ -49,7 +49,7 @@ from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store import fast, statements
+from jobpulse_server.store import group, statements
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
@@ -492,7 +492,7 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
         server.stop()
 
 
-# --- SQL: the statements the server runs (store/statements.py, store/fast.py) ----------------------
+# --- SQL: the statements the server runs (store/statements.py, store/group.py) ---------------------
 
 
 class Raw:
@@ -570,7 +570,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
     add(
         f"# {b.name}: {b.n_jobs:,} jobs; "
         + ("EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN")
-        + " of the statements in service/jobpulse_server/store/statements.py (and fast.py), as the server"
+        + " of the statements in service/jobpulse_server/store/statements.py (and group.py), as the server"
         " sends them; SELECT <all jobs columns> stands for the column list"
     )
     add("#" * 110)
@@ -612,7 +612,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
 
 
 async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: list[str]) -> dict[str, Any]:
-    """The claim as the server runs it: on PostgreSQL the one-statement claim (store/fast.py) and the
+    """The claim as the server runs it: on PostgreSQL the group-committed claim (store/group.py) and the
     general path's locking read (statements.pg_claim), each EXPLAINed (and timed) in a transaction that is
     rolled back; on SQLite the pick off the claim index (statements.pick_ready)."""
     n_chunks = (await raw.fetch("SELECT count(*) FROM chunks", []))[0][0]
@@ -625,9 +625,11 @@ async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: lis
         if d.postgres:
             stmts.append(
                 (
-                    "one-statement claim (fast.claim_statement)",
-                    fast.claim_statement(len(kinds)),
-                    [*fast.claim_params(kinds, limit, "bench", now, 60_000_000), "bench_plans", "bench"],
+                    "group-committed claim (group.claim_group_statement)",
+                    group.claim_group_statement(len(kinds)),
+                    group.claim_group_params(
+                        kinds, [("bench", 60_000_000, 1)] * limit, now, "bench_plans", "bench"
+                    ),
                 )
             )
             stmts.append(

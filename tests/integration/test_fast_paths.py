@@ -1,5 +1,5 @@
-"""PostgreSQL's one-statement paths (store/fast.py) against the domain they repeat in SQL, on random job
-states: a completion, a claim, and a completion with the next claim leave the job and its chunks exactly as
+"""PostgreSQL's group-committed paths (store/group.py) against the domain they repeat in SQL, on random
+job states: a completion, a claim, and a completion with the next claim leave the job and its chunks exactly as
 ``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline (None, nothing
 changed) for a job with webhooks or a lease that is not current.
 
@@ -33,7 +33,7 @@ WORKER = "prop-worker"
 @pytest.fixture
 def pg(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, SqlStore]]:
     if not database_url.startswith("postgresql"):
-        pytest.skip("the one-statement paths are PostgreSQL's")
+        pytest.skip("the group-committed paths are PostgreSQL's")
     loop = asyncio.new_event_loop()
     store = SqlStore(database_url)
     loop.run_until_complete(store.start())

@@ -16,7 +16,7 @@ order the SQL leaves open:
 
 * job ids (and webhook delivery ids, which come from the same generator) are a deterministic
   sequence, restarted for each step at the same value on both rigs: ``ids.new_job_id`` is patched;
-* lease tokens stay random (on PostgreSQL the one-statement claim makes them in SQL): each rig
+* lease tokens stay random (on PostgreSQL the group-committed claim makes them in SQL): each rig
   maps its tokens to handles (the n-th lease handed out), and results show handles, not tokens;
 * the retry jitter is reseeded for each step, the same way for both rigs;
 * ``expired_leases`` ties (chunks of one claim share their lease's end) have no defined order in
@@ -626,11 +626,11 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
 async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimAsk) -> Any:
     """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
 
-    ``store.fast.complete_and_claim`` (``fast.complete_and_claim_function``) runs COMPLETE_ONE and
-    then the one-statement claim, each of which bumps the revision of the job it changes, in one
-    transaction; when a candidate job of the claim has webhooks, WorkerService.complete claims on
-    the general path in a transaction of its own. Either way, when the completion is one statement
-    (the job has no webhooks), it is a completion followed by a claim that sees it: a job whose
+    ``store.fast.complete_and_claim`` (store/group.py) writes the completion and then the claim in
+    one flush, each bumping the revision of the job it changes; when a candidate job of the claim has
+    webhooks, WorkerService.complete claims on the general path in a transaction of its own. Either
+    way, when the completion is group-committed (the job has no webhooks), it is a completion
+    followed by a claim that sees it: a job whose
     chunk is completed and whose next chunk is claimed ends one revision further than on SQLite
     and the fake (no fast paths), which do both in one transaction with one revision. So the
     fake runs the two steps here; the publications of the step are compared merged (one or two).
@@ -638,7 +638,7 @@ async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: Cla
     job_id = chunk_job_id(op["chunk"])
     assert rig.fake is not None
     if job_id not in rig.fake.job_ids or rig.fake.job(job_id).webhook_url:
-        # PG_COMPLETE_ONE does nothing: the general path, as on the fake.
+        # The group commit declines: the general path, as on the fake.
         state, claims = await rig.workers.complete(
             op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
         )

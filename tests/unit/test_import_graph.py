@@ -96,6 +96,7 @@ BENCH_MAY_IMPORT = {
     "jobpulse_server.store.keys",
     "jobpulse_server.store.statements",
     "jobpulse_server.store.fast",
+    "jobpulse_server.store.group",
     "jobpulse_server.store.tables",
 }
 

@@ -132,7 +132,7 @@ class WorkerService:
         self.metrics.chunks.labels(event).inc(n)
 
     def _completed_one(self, done: CompletedOne) -> None:
-        """Counts a one-statement completion, which has committed when the store returns it."""
+        """Counts a group-committed completion, which has committed when the store returns it."""
         self._count("completed" if done.chunk_state == ChunkState.COMPLETED else "cancelled")
         if self.throughput is not None and done.chunk_state == ChunkState.COMPLETED:
             self.throughput.count(done.kind, 1, done.items)
@@ -184,7 +184,7 @@ class WorkerService:
         return []
 
     def _claimed(self, fast: list[tuple[Job, Chunk]]) -> list[Claim]:
-        """Claims made by a one-statement claim, counted."""
+        """Claims made by a group-committed claim, counted."""
         if fast:
             self._count("claimed", len(fast))
         return [
@@ -329,7 +329,7 @@ class WorkerService:
         claim_next: ClaimAsk | None = None,
     ) -> tuple[JobState, list[Claim]]:
         """Completes one chunk (LeaseLost / ChunkNotFound when its lease is not current), then claims
-        ``claim_next`` (in the same transaction, where the one-statement completion does not apply)."""
+        ``claim_next`` (in the same transaction, where the group commit does not apply)."""
         job_id = chunk_job_id(chunk_id)
         fast = self.store.fast
         if fast is not None and job_id and token and claim_next is not None:

@@ -3,10 +3,10 @@
 A service holds one ``Store``. ``read()`` hands out a ``Tx`` that sees one snapshot; ``write(body)`` runs
 ``body(tx)`` in one write transaction, commits, publishes what changed to the change hub, and runs it
 again after a deadlock or serialization failure (so ``body`` must not act outside the transaction).
-``store.fast`` holds PostgreSQL's one-statement claim and completion (None on SQLite).
+``store.fast`` holds PostgreSQL's group-committed claims and completions (None on SQLite).
 
 Where things are: ``statements.py`` (every statement, once), ``tx.py`` (every operation, once, over a
-connection that only runs statements), ``fast.py`` (the PostgreSQL one-statement paths), ``drivers/``
+connection that only runs statements), ``fast.py`` and ``group.py`` (PostgreSQL's group commit), ``drivers/``
 (sqlite3 and asyncpg), ``database.py`` (the front door: ``SqlStore``), ``schema.py`` + ``tables.py`` +
 ``migrations/`` (the schema, at start-up), ``rows.py`` (rows to domain objects), ``errors.py`` (what a
 driver's error means for a caller).

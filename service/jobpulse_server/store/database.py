@@ -1,6 +1,6 @@
 """``SqlStore``: the store's front door. Opens the database (the schema brought up to date at start-up),
 hands out read snapshots, runs write transactions with the one retry policy, publishes what committed,
-and on PostgreSQL offers the one-statement paths as ``fast``.
+and on PostgreSQL offers the group-committed worker path as ``fast``.
 
 The retry policy, for every write: a transaction (or a fast path's statement) aborted by a deadlock or a
 serialization failure (SQLSTATE 40P01 / 40001) is run again, up to WRITE_ATTEMPTS times in all, after a
@@ -24,7 +24,7 @@ from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
-from jobpulse_server.store.fast import PgFast, define_functions
+from jobpulse_server.store.fast import PgFast
 from jobpulse_server.store.tx import SqlTx
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class SqlStore:
         self.driver: SqliteDriver | PgDriver
         self.fast: PgFast | None
         if self.dialect.postgres:
-            self.driver = PgDriver(schema.asyncpg_dsn(self.url), pool_size=pool_size, init=define_functions)
+            self.driver = PgDriver(schema.asyncpg_dsn(self.url), pool_size=pool_size)
             self.fast = PgFast(self)
         else:
             self.driver = SqliteDriver(schema.sqlite_path(self.url), on_loop=sqlite_on_loop)

@@ -4,8 +4,9 @@ them ``$1, $2, ...``); what differs between SQLite and PostgreSQL is a ``Dialect
 The few real differences: where the next change_seq and the change horizon come from, row locks (SQLite
 has one writer at a time and needs none), list parameters (one array on PostgreSQL, one placeholder per
 value on SQLite), a label lookup in JSON, and whether several rows go as arrays in one statement
-(``unnest``) or as one statement per row. PostgreSQL's one-statement claim and completion, which
-repeat domain rules in SQL, are in ``fast.py``, not here.
+(``unnest``) or as one statement per row. PostgreSQL's group-committed claim and completion, which
+repeat domain rules in SQL, are in ``group.py``, not here (``derive_state_sql``, at the end, is their
+shared piece).
 """
 
 from __future__ import annotations
