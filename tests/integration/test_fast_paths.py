@@ -1,7 +1,7 @@
 """PostgreSQL's group-committed paths (store/group.py) against the domain they repeat in SQL, on random
 job states: a completion, a claim, and a completion with the next claim leave the job and its chunks
-exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline (None, nothing
-changed) for a job with webhooks or a lease that is not current.
+exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline
+(None, nothing changed) for a job with webhooks or a lease that is not current.
 
 Each example writes a job in a random but consistent state (chunks in any state, a cancel asked or not,
 items done, attempts, revisions, a start time), of a kind of its own so that claims see only it, runs one
