@@ -1,17 +1,21 @@
 """kill -9 of the server in the middle of 1,000 chunk completions loses no completion it acknowledged.
 
 The server runs as a real process (``python -m jobpulse_server``). Worker threads claim and complete
-chunks over raw channels, recording every CompleteChunk that returned OK. The server is SIGKILLed once
-a few hundred are acknowledged (others are in flight at that moment), restarted on the same database,
-and every acknowledged chunk must be COMPLETED, with the job's summary equal to a recount.
+chunks over raw channels, one by one (CompleteChunk) or in batches (CompleteChunks of 5 with claim_next,
+which PostgreSQL group-commits with other workers' batches), recording every completion acknowledged
+OK. The server is SIGKILLed once a few hundred are acknowledged (others are in flight at that moment),
+restarted on the same database, and every acknowledged chunk must be COMPLETED, with the job's summary
+equal to a recount.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from faults_support import Stubs
 from google.protobuf import duration_pb2
 from support.polling import eventually
@@ -29,8 +33,9 @@ WORKERS = 4
 class Workers:
     """Threads that claim and complete chunks until told to stop or the server goes away."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, batched: bool = False) -> None:
         self.address = address
+        self.batched = batched
         self.acked: set[str] = set()
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -65,6 +70,9 @@ class Workers:
                     return
                 if not claims:
                     return
+                if self.batched:
+                    self._complete_batches(stub, list(claims), lease)
+                    return
                 for claim in claims:
                     request = W.CompleteChunkRequest(chunk_id=claim.chunk.id, lease_token=claim.lease_token)
                     try:
@@ -75,12 +83,34 @@ class Workers:
                     with self._lock:
                         self.acked.add(claim.chunk.id)
 
+    def _complete_batches(
+        self, stub: worker_service_pb2_grpc.WorkerServiceStub, claims: list[Any], lease: duration_pb2.Duration
+    ) -> None:
+        """CompleteChunks of the claims with claim_next (5), which hands back the next batch."""
+        ask = W.ClaimChunksRequest(worker_id="batch", max_chunks=5, lease_duration=lease)
+        while claims and not self._stop.is_set():
+            request = W.CompleteChunksRequest(
+                completions=[
+                    W.ChunkCompletion(chunk_id=c.chunk.id, lease_token=c.lease_token) for c in claims
+                ],
+                claim_next=ask,
+            )
+            try:
+                answer = stub.CompleteChunks(request, timeout=5)
+            except grpc.RpcError as exc:
+                self._failed(exc)
+                return
+            with self._lock:
+                self.acked.update(r.chunk_id for r in answer.results if r.ok)
+            claims = list(answer.claims)
+
     def _failed(self, exc: grpc.RpcError) -> None:
         with self._lock:
             self.errors.append(exc.code().name)  # type: ignore[attr-defined]
 
 
-def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batches"])
+def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Path, batched: bool) -> None:
     settings = {"rate_limit_client": 0, "rate_limit_worker": 0, "drain_seconds": 0, "sweep_interval": 0.5}
     log = tmp_path / "server.log"
     first = ServerProcess(database_url, log, **settings).start()
@@ -91,7 +121,7 @@ def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Pat
         stubs.close()
         assert job.chunks_summary.total == CHUNKS
 
-        workers = Workers(first.address)
+        workers = Workers(first.address, batched)
         workers.start()
         eventually(lambda: workers.acknowledged() >= KILL_AFTER, 60, f"{KILL_AFTER} acknowledged completions")
         first.kill()
@@ -108,7 +138,7 @@ def test_kill9_loses_no_acknowledged_completion(database_url: str, tmp_path: Pat
             lost = acked - completed
             assert not lost, f"{len(lost)} acknowledged completions were lost, e.g. {sorted(lost)[:5]}"
             # At most the completions in flight at the kill committed without an acknowledgement.
-            assert len(completed) - len(acked) <= WORKERS
+            assert len(completed) - len(acked) <= WORKERS * (5 if batched else 1)
             job_now = stubs.assert_summary_matches_chunks(job.id)
             assert job_now.chunks_summary.completed == len(completed)
             assert job_now.state == job_pb2.JOB_STATE_PROCESSING

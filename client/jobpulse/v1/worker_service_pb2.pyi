@@ -238,7 +238,7 @@ class CompleteChunkRequest(_message.Message):
     @_builtins.property
     def claim_next(self) -> Global___ClaimChunksRequest:
         """When set, also claim the next chunks (same fields and defaults as
-        ClaimChunks), in the same transaction as the completion. If none is
+        ClaimChunks) once the completion is written, in this one call. If none is
         ready and wait is set, the call waits for work after the completion has
         committed. A completion that fails (e.g. LEASE_LOST) claims nothing.
         """
@@ -341,8 +341,8 @@ class CompleteChunksRequest(_message.Message):
     @_builtins.property
     def claim_next(self) -> Global___ClaimChunksRequest:
         """When set, also claim the next chunks (same fields and defaults as
-        ClaimChunks), in the same transaction as the valid completions, whatever
-        became of the items. If none is ready and wait is set, the call waits for
+        ClaimChunks) once the valid completions are written, whatever became of
+        the items. If none is ready and wait is set, the call waits for
         work after the completions have committed.
         """
 

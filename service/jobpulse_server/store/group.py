@@ -362,6 +362,11 @@ class GroupCommit:
                 fut = w.done if isinstance(w, Completion) else w.got
                 if not fut.done():
                     fut.set_exception(exc)
+        except BaseException:
+            # The flusher itself cancelled (the loop closing): nobody waits for this flush's answer.
+            for w in waiting:
+                (w.done if isinstance(w, Completion) else w.got).cancel()
+            raise
 
     async def _write_completions(self, items: list[Completion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest

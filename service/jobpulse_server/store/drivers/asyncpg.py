@@ -98,6 +98,7 @@ class PgDriver:
         # every call for nothing (a generic plan doubled the group statement's throughput and cut its
         # database CPU 2.5x in the measurements behind it).
         self._pinned: asyncpg.Connection | None = None
+        self._pinned_stale = False  # set by ``dispose``: the flusher lets it go before its next statement
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -130,7 +131,7 @@ class PgDriver:
 
     async def dispose(self) -> None:
         """Closes the pooled connections as they come back, so the next calls connect afresh."""
-        await self._unpin()
+        self._pinned_stale = True  # the flusher may be using it now: it lets it go itself
         if self._pool is not None:
             await self._pool.expire_connections()
 
@@ -170,6 +171,9 @@ class PgDriver:
     async def pinned_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         """One statement, its own transaction, on the flusher's connection (generic plans); all its
         rows. A connection that failed is given back, and the next flush takes another."""
+        if self._pinned_stale:
+            self._pinned_stale = False
+            await self._unpin()
         if self._pinned is None:
             conn = await self.pool.acquire()
             try:
