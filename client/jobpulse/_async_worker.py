@@ -17,6 +17,9 @@ from jobpulse._worker_common import (
     TRANSIENT,
     ClaimBudget,
     TaskState,
+    apply_results,
+    check_batch_size,
+    chunk_completion,
     default_worker_id,
     failure_report,
     heartbeat_period,
@@ -154,33 +157,88 @@ class _AsyncHeartbeat:
                 return
 
     async def _beat(self) -> None:
-        items_done, stage, message, external_task_id = self._task._snapshot()
-        self._sent = (stage, message, external_task_id)
-        try:
-            response = await self._client.report_chunk_progress(
-                self._task.chunk_id,
-                self._task.lease_token,
-                items_done=items_done,
-                stage=stage,
-                message=message,
-                external_task_id=external_task_id,
-                lease_duration=self._lease_duration,
-                timeout=self._period,
-            )
-        except (LeaseLost, NotFound) as exc:
-            log.warning("chunk %s: lease lost (%s); dropping it", self._task.chunk_id, exc)
-            self._task._lose_lease()
+        self._sent = await _beat(self._client, self._task, self._lease_duration, self._period)
+
+
+async def _beat(
+    client: AsyncClient, task: AsyncTask, lease_duration: float, timeout: float
+) -> tuple[str, str, str]:
+    """Reports a task's progress once, extending its lease; marks the lease lost or the job cancelled on the
+    task as the server answers. Returns the (stage, message, external_task_id) sent."""
+    items_done, stage, message, external_task_id = task._snapshot()
+    try:
+        response = await client.report_chunk_progress(
+            task.chunk_id,
+            task.lease_token,
+            items_done=items_done,
+            stage=stage,
+            message=message,
+            external_task_id=external_task_id,
+            lease_duration=lease_duration,
+            timeout=timeout,
+        )
+    except (LeaseLost, NotFound) as exc:
+        log.warning("chunk %s: lease lost (%s); dropping it", task.chunk_id, exc)
+        task._lose_lease()
+    except JobpulseError as exc:
+        log.warning("chunk %s: heartbeat failed (%s); will retry", task.chunk_id, exc)
+    else:
+        if response.cancel_requested and not task.cancel_event.is_set():
+            log.info("chunk %s: job %s was cancelled; asking the handler to stop", task.chunk_id, task.job_id)
+            task.cancel_event.set()
+    return stage, message, external_task_id
+
+
+class _AsyncLeaseKeeper:
+    """Keeps the leases of a batch's chunks that are in hand but not running: waiting for their turn, or
+    done and waiting for the batch's completion. Every lease/3, like a running chunk's heartbeat (which
+    takes over while its handler runs). A server that answers LEASE_LOST or cancel_requested marks the task
+    as a heartbeat would."""
+
+    def __init__(self, client: AsyncClient, tasks: list[AsyncTask], lease_duration: float) -> None:
+        self._client = client
+        self._lease_duration = lease_duration
+        self._period = heartbeat_period(lease_duration)
+        # Held while a report is in flight, so a task let go of is never reported after release() returns.
+        self._lock = asyncio.Lock()
+        self._held = {task.chunk_id: task for task in tasks}
+        self._stop = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _AsyncLeaseKeeper:
+        self._runner = asyncio.create_task(self._run(), name="jobpulse-leases")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._runner is None:
             return
-        except JobpulseError as exc:
-            log.warning("chunk %s: heartbeat failed (%s); will retry", self._task.chunk_id, exc)
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
             return
-        if response.cancel_requested and not self._task.cancel_event.is_set():
-            log.info(
-                "chunk %s: job %s was cancelled; asking the handler to stop",
-                self._task.chunk_id,
-                self._task.job_id,
-            )
-            self._task.cancel_event.set()
+        await self._runner
+
+    async def hold(self, task: AsyncTask) -> None:
+        """Keeps ``task``'s lease from now on."""
+        async with self._lock:
+            self._held[task.chunk_id] = task
+
+    async def release(self, task: AsyncTask) -> None:
+        """Stops keeping ``task``'s lease: its handler's heartbeat takes over, or it is being reported."""
+        async with self._lock:
+            self._held.pop(task.chunk_id, None)
+
+    async def _run(self) -> None:
+        while not await _wait(self._stop, self._period):
+            for task in list(self._held.values()):
+                async with self._lock:
+                    if self._stop.is_set():
+                        return
+                    if self._held.get(task.chunk_id) is task and not task.lease_lost:
+                        await _beat(self._client, task, self._lease_duration, self._period)
 
 
 class AsyncWorker:
@@ -196,6 +254,19 @@ class AsyncWorker:
     While there is work, each completion also claims the loop's next chunk (``claim_next``), so a busy worker
     makes one call per chunk; it long-polls with ClaimChunks only when a completion brought no new chunk.
     ``concurrency`` handlers run at once, as tasks on the running event loop.
+
+    With ``batch_size`` above 1, each of the ``concurrency`` loops claims up to that many chunks at once and
+    awaits the handler on them one after the other, each with its heartbeat, cancel and failure exactly as
+    above (a failure is still reported at once, with FailChunk). The chunks whose handler returned are
+    completed together by one CompleteChunks call, which also claims the loop's next batch: about one call
+    per batch instead of one per chunk. Every item carries its own lease token and stands alone: one the
+    server refuses (its lease was lost, e.g. it expired and another worker took the chunk) is dropped as a
+    lost lease is, and the rest of the batch stays completed. Leases of the chunks waiting their turn, or
+    waiting for the batch's completion, are kept alive meanwhile; one lost before its turn is skipped. Use
+    it when chunks are short and the calls per chunk are what limits throughput. The cost: each loop holds
+    up to ``batch_size`` chunks that other workers cannot take, a finished chunk shows COMPLETED only when
+    its whole batch is done, and a graceful stop finishes the whole batch in hand. Cancelling ``run`` hands
+    back the batch's chunks not yet started, and completes those already done.
 
     Example::
 
@@ -218,6 +289,11 @@ class AsyncWorker:
         lease_duration: Seconds a lease lasts without a heartbeat; heartbeats go out every third of it.
         poll_wait: Seconds each claim long-polls the server for work; also bounds how long stopping takes.
         progress_interval: Minimum seconds between two progress reports of the same chunk.
+        batch_size: Chunks each loop claims, and completes, per call (1..100). 1, the default, claims and
+            completes one chunk at a time; more trades chunks held per loop for fewer calls (see above).
+
+    Raises:
+        ValueError: ``concurrency`` below 1, or ``batch_size`` outside 1..100.
     """
 
     def __init__(
@@ -230,9 +306,11 @@ class AsyncWorker:
         poll_wait: float = 5.0,
         *,
         progress_interval: float = 0.5,
+        batch_size: int = 1,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self.batch_size = check_batch_size(batch_size)
         if isinstance(client_or_target, AsyncClient):
             self.client = client_or_target
             self._owns_client = False
@@ -269,15 +347,17 @@ class AsyncWorker:
         """Claims and processes chunks until stopped, and returns how many chunks were handled.
 
         Stopping is graceful: after ``stop_event`` is set (or ``max_chunks`` chunks were claimed), no new
-        chunk is claimed and ``run`` returns once the chunks in hand are finished, within about
-        ``poll_wait`` seconds. Cancelling the task running ``run`` (e.g. Ctrl-C under :func:`asyncio.run`)
-        cancels the handlers and hands their chunks back at once: each fails retryably with reason
-        ``WorkerStopped`` (an attempt, as an expired lease would be, but without waiting for the lease).
+        chunk is claimed and ``run`` returns once the chunks in hand are finished (with ``batch_size`` above
+        1, the rest of each loop's batch), within about ``poll_wait`` seconds. Cancelling the task running
+        ``run`` (e.g. Ctrl-C under :func:`asyncio.run`) cancels the handlers and hands their chunks back at
+        once: each fails retryably with reason ``WorkerStopped`` (an attempt, as an expired lease would be,
+        but without waiting for the lease); chunks of a batch whose handler had already returned are
+        completed.
 
         Args:
             handler: Awaited with an :class:`AsyncTask` for each claimed chunk.
             stop_event: Set it to stop the worker gracefully.
-            max_chunks: Stop after claiming this many chunks in total.
+            max_chunks: Stop after claiming this many chunks in total (batches never claim beyond it).
 
         Raises:
             jobpulse.errors.JobpulseError: An error retrying cannot fix, e.g. ``Unauthenticated`` or
@@ -286,8 +366,9 @@ class AsyncWorker:
         stop = stop_event or asyncio.Event()
         self._budget = ClaimBudget(max_chunks)
         failures: list[BaseException] = []
+        body = self._loop if self.batch_size == 1 else self._batch_loop
         loops = [
-            asyncio.create_task(self._loop(handler, stop, failures), name=f"jobpulse-worker-{n}")
+            asyncio.create_task(body(handler, stop, failures), name=f"jobpulse-worker-{n}")
             for n in range(self.concurrency)
         ]
         try:
@@ -347,12 +428,105 @@ class AsyncWorker:
                 self._budget.give_back()
             claims += got
 
-    async def _process(
-        self, handler: AsyncHandler, task: AsyncTask, ask_next: bool, stop: asyncio.Event
+    async def _batch_loop(
+        self, handler: AsyncHandler, stop: asyncio.Event, failures: list[BaseException]
+    ) -> None:
+        """``_loop`` with batches: claims up to ``batch_size`` chunks, and the completion of each batch
+        claims the next one, within what is left of the budget."""
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        # Claims in hand, each with a budget slot taken.
+        claims: list[worker_service_pb2.ChunkClaim] = []
+        while not stop.is_set() or claims:
+            if not claims:
+                wanted = self._budget.take_up_to(self.batch_size)
+                if not wanted:
+                    return
+                try:
+                    claims = await self.client.claim_chunks(
+                        self.worker_id,
+                        kinds=self.kinds,
+                        max_chunks=wanted,
+                        lease_duration=self.lease_duration,
+                        wait=self.poll_wait,
+                    )
+                except TRANSIENT as exc:
+                    self._budget.give_back(wanted)
+                    delay = backoff.next_delay(exc.retry_delay)
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                    await _wait(stop, delay)
+                    continue
+                except Exception as exc:
+                    self._budget.give_back(wanted)
+                    failures.append(exc)
+                    stop.set()
+                    return
+                backoff.reset()
+                self._budget.give_back(wanted - len(claims))
+                if not claims:
+                    continue
+            claims = await self._process_batch(
+                handler, [AsyncTask(claim, self.worker_id) for claim in claims], stop
+            )
+
+    async def _process_batch(
+        self, handler: AsyncHandler, tasks: list[AsyncTask], stop: asyncio.Event
     ) -> list[worker_service_pb2.ChunkClaim]:
-        """Awaits the handler on one chunk and reports the outcome; with ``ask_next``, a successful
-        completion also claims the loop's next chunk, which is returned, unless ``stop`` was set while
-        the handler ran (a stopping worker takes no new work)."""
+        """Awaits the handler on each chunk of a batch in turn, then completes those whose handler returned
+        in one call that also claims the next batch (unless ``stop`` is set), which is returned.
+
+        Cancelled while handlers run, it hands back the chunks not started (the running one is handed back
+        by ``_handle``) and completes the finished ones, so no work done is thrown away."""
+        finished: list[AsyncTask] = []
+        unstarted = list(tasks)
+        try:
+            async with _AsyncLeaseKeeper(self.client, tasks, self.lease_duration) as keeper:
+                while unstarted:
+                    task = unstarted[0]
+                    await keeper.release(task)
+                    # Off the list only now: cancelled while waiting for the keeper, it is handed back.
+                    unstarted.pop(0)
+                    if task.lease_lost:
+                        log.warning("chunk %s: lease lost before its turn; skipping it", task.chunk_id)
+                        continue
+                    if await self._handle(handler, task):
+                        finished.append(task)
+                        await keeper.hold(task)
+        except asyncio.CancelledError:
+            for task in unstarted:
+                if not task.lease_lost:
+                    await self._release(task.chunk_id, task.lease_token)
+            handled = [task for task in finished if not task.lease_lost]
+            if handled:
+                try:
+                    response = await self.client.complete_chunks(
+                        [chunk_completion(task) for task in handled], timeout=min(5.0, self.lease_duration)
+                    )
+                except JobpulseError as exc:
+                    log.warning("could not complete the finished chunks (%s); their leases will expire", exc)
+                else:
+                    apply_results(handled, response.results)
+            raise
+        # The keeper has stopped: no heartbeat can arrive after the completion and be refused.
+        if not finished:
+            return []
+        wanted = 0 if stop.is_set() else self._budget.take_up_to(self.batch_size)
+        claim_next = next_claim(self.worker_id, self.kinds, self.lease_duration, wanted) if wanted else None
+        completions = [chunk_completion(task) for task in finished]
+        done = await self._finish(
+            f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
+            lambda: self.client.complete_chunks(completions, claim_next=claim_next),
+        )
+        got: list[worker_service_pb2.ChunkClaim] = []
+        if isinstance(done, worker_service_pb2.CompleteChunksResponse):
+            apply_results(finished, done.results)
+            got = list(done.claims)
+        self._budget.give_back(wanted - len(got))
+        return got
+
+    async def _handle(self, handler: AsyncHandler, task: AsyncTask) -> bool:
+        """Awaits the handler on one chunk under its heartbeat; a handler that raised fails the chunk at
+        once, and a cancelled one hands the chunk back. True when the chunk is to be completed: the handler
+        returned and the lease is still held."""
         log.info(
             "chunk %s of job %s: items %d..%d",
             task.chunk_id,
@@ -373,31 +547,42 @@ class AsyncWorker:
             raise
         self._budget.count_processed()
         if task.lease_lost:
-            return []
+            return False
         if error is None:
-            _, _, _, external_task_id = task._snapshot()
-            claim_next = (
-                next_claim(self.worker_id, self.kinds, self.lease_duration)
-                if ask_next and not stop.is_set()
-                else None
-            )
-            done = await self._finish(
-                task,
-                lambda: self.client.complete_chunk(
-                    task.chunk_id,
-                    task.lease_token,
-                    task.artifacts,
-                    external_task_id=external_task_id,
-                    claim_next=claim_next,
-                ),
-            )
-            return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+            return True
         reason, message, retryable = failure_report(error)
         log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
         await self._finish(
-            task, lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable)
+            f"chunk {task.chunk_id}",
+            lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
         )
-        return []
+        return False
+
+    async def _process(
+        self, handler: AsyncHandler, task: AsyncTask, ask_next: bool, stop: asyncio.Event
+    ) -> list[worker_service_pb2.ChunkClaim]:
+        """Awaits the handler on one chunk and reports the outcome; with ``ask_next``, a successful
+        completion also claims the loop's next chunk, which is returned, unless ``stop`` was set while
+        the handler ran (a stopping worker takes no new work)."""
+        if not await self._handle(handler, task):
+            return []
+        _, _, _, external_task_id = task._snapshot()
+        claim_next = (
+            next_claim(self.worker_id, self.kinds, self.lease_duration)
+            if ask_next and not stop.is_set()
+            else None
+        )
+        done = await self._finish(
+            f"chunk {task.chunk_id}",
+            lambda: self.client.complete_chunk(
+                task.chunk_id,
+                task.lease_token,
+                task.artifacts,
+                external_task_id=external_task_id,
+                claim_next=claim_next,
+            ),
+        )
+        return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
 
     async def _release(self, chunk_id: str, lease_token: str) -> None:
         """Hands a chunk back when ``run`` is cancelled: a retryable failure, so another worker gets it after
@@ -414,29 +599,24 @@ class AsyncWorker:
         except JobpulseError as exc:
             log.warning("chunk %s: could not hand it back (%s); its lease will expire", chunk_id, exc)
 
-    async def _finish(self, task: AsyncTask, send: Callable[[], Awaitable[object]]) -> object:
-        """Sends the completion or failure, retrying transient errors while the lease can still be valid.
-        Returns the server's answer, or None when the outcome could not be delivered."""
+    async def _finish(self, what: str, send: Callable[[], Awaitable[object]]) -> object:
+        """Sends a completion or failure (of ``what``: "chunk <id>", or the chunks of a batch), retrying
+        transient errors while the lease can still be valid. Returns the server's answer, or None when the
+        outcome could not be delivered."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         give_up = time.monotonic() + self.lease_duration
         while True:
             try:
                 return await send()
             except (LeaseLost, NotFound) as exc:
-                log.warning(
-                    "chunk %s: lease lost before it could be finished (%s); dropping it", task.chunk_id, exc
-                )
+                log.warning("%s: lease lost before it could be finished (%s); dropping it", what, exc)
                 return None
             except TRANSIENT as exc:
                 delay = backoff.next_delay(exc.retry_delay)
                 if time.monotonic() + delay > give_up:
-                    log.error(
-                        "chunk %s: could not report its outcome (%s); its lease will expire",
-                        task.chunk_id,
-                        exc,
-                    )
+                    log.error("%s: could not report its outcome (%s); its lease will expire", what, exc)
                     return None
                 await asyncio.sleep(delay)
             except JobpulseError as exc:
-                log.error("chunk %s: the server refused its outcome: %s", task.chunk_id, exc)
+                log.error("%s: the server refused its outcome: %s", what, exc)
                 return None

@@ -1,8 +1,9 @@
 """What the thread-based :class:`~jobpulse.Worker` and the asyncio :class:`~jobpulse.AsyncWorker` share.
 
 Only the logic that does not care whether it runs in a thread or on an event loop lives here: the state a
-handler records on its task, the claim budget, the heartbeat cadence, and how a handler's exception becomes
-a FailChunk. Waiting, sleeping and calling the server stay in each worker, in its own concurrency model.
+handler records on its task, the claim budget, the heartbeat cadence, how a handler's exception becomes
+a FailChunk, and how a batch's CompleteChunks items are built and their per-item results taken. Waiting,
+sleeping and calling the server stay in each worker, in its own concurrency model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jobpulse import _requests
@@ -23,6 +25,13 @@ log = logging.getLogger("jobpulse.worker")
 
 #: Errors on the worker loop that are waited out with backoff instead of stopping the worker.
 TRANSIENT = (Unavailable, DeadlineExceeded)
+
+#: The largest ``batch_size``: the server claims, and completes, at most 100 chunks per call.
+MAX_BATCH = 100
+
+#: Per-item refusals of CompleteChunks that mean the chunk is no longer this worker's (the single-chunk
+#: path gets them as ``LeaseLost`` / ``NotFound``): dropped quietly, like a lease lost on a heartbeat.
+_LOST = frozenset({"LEASE_LOST", "CHUNK_NOT_FOUND"})
 
 
 def default_worker_id() -> str:
@@ -40,11 +49,63 @@ def failure_report(error: BaseException) -> tuple[str, str, bool]:
     return type(error).__name__, str(error), not isinstance(error, PermanentError)
 
 
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as given, or ValueError when the server could not take batches that large."""
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
+    return batch_size
+
+
 def next_claim(
-    worker_id: str, kinds: list[str], lease_duration: float
+    worker_id: str, kinds: list[str], lease_duration: float, max_chunks: int = 1
 ) -> worker_service_pb2.ClaimChunksRequest:
-    """The ``claim_next`` of a completion: one more chunk, and no long poll (a completion must not wait)."""
-    return _requests.claim_chunks(worker_id, kinds, 1, lease_duration, None)
+    """The ``claim_next`` of a completion: ``max_chunks`` more chunks (one, or the next batch), and no long
+    poll (a completion must not wait)."""
+    return _requests.claim_chunks(worker_id, kinds, max_chunks, lease_duration, None)
+
+
+def chunk_completion(task: TaskState) -> worker_service_pb2.ChunkCompletion:
+    """The CompleteChunks item of a task whose handler returned: its own lease token, artifacts and
+    external task id, as CompleteChunk would send them."""
+    _, _, _, external_task_id = task._snapshot()
+    return worker_service_pb2.ChunkCompletion(
+        chunk_id=task.chunk_id,
+        lease_token=task.lease_token,
+        artifacts=task.artifacts,
+        external_task_id=external_task_id,
+    )
+
+
+def apply_results(
+    tasks: Sequence[TaskState], results: Iterable[worker_service_pb2.ChunkCompletionResult]
+) -> int:
+    """Takes CompleteChunks' per-item results (in request order) to the tasks sent; returns how many
+    committed.
+
+    A refused item is handled as the single-chunk path handles the error: a lost lease (or a chunk gone
+    with its job) marks the task's lease lost and drops it with a warning; anything else is logged as
+    refused. Either way the other items stand: the server commits each on its own lease.
+    """
+    committed = 0
+    for task, result in zip(tasks, results, strict=True):
+        if result.ok:
+            committed += 1
+        elif result.reason in _LOST:
+            log.warning(
+                "chunk %s: lease lost before it could be finished (%s: %s); dropping it",
+                task.chunk_id,
+                result.reason,
+                result.message,
+            )
+            task._lose_lease()
+        else:
+            log.error(
+                "chunk %s: the server refused its outcome: %s: %s",
+                task.chunk_id,
+                result.reason,
+                result.message,
+            )
+    return committed
 
 
 class ClaimBudget:
@@ -60,19 +121,23 @@ class ClaimBudget:
 
     def take(self) -> bool:
         """Reserves one claim; False once the budget is spent."""
+        return self.take_up_to(1) == 1
+
+    def take_up_to(self, wanted: int) -> int:
+        """Reserves up to ``wanted`` claims and returns how many: fewer near the end of the budget, 0 once
+        it is spent."""
         with self._lock:
             if self._remaining is None:
-                return True
-            if self._remaining <= 0:
-                return False
-            self._remaining -= 1
-            return True
+                return wanted
+            granted = max(0, min(wanted, self._remaining))
+            self._remaining -= granted
+            return granted
 
-    def give_back(self) -> None:
-        """Returns a reserved claim that brought no chunk."""
+    def give_back(self, count: int = 1) -> None:
+        """Returns ``count`` reserved claims that brought no chunk."""
         with self._lock:
             if self._remaining is not None:
-                self._remaining += 1
+                self._remaining += count
 
     def count_processed(self) -> None:
         """Counts one chunk the handler ran on."""

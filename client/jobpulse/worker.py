@@ -12,6 +12,9 @@ from jobpulse._worker_common import (
     TRANSIENT,
     ClaimBudget,
     TaskState,
+    apply_results,
+    check_batch_size,
+    chunk_completion,
     default_worker_id,
     failure_report,
     heartbeat_period,
@@ -112,33 +115,85 @@ class _Heartbeat:
                 return
 
     def _beat(self) -> None:
-        items_done, stage, message, external_task_id = self._task._snapshot()
-        self._sent = (stage, message, external_task_id)
-        try:
-            response = self._client.report_chunk_progress(
-                self._task.chunk_id,
-                self._task.lease_token,
-                items_done=items_done,
-                stage=stage,
-                message=message,
-                external_task_id=external_task_id,
-                lease_duration=self._lease_duration,
-                timeout=self._period,
-            )
-        except (LeaseLost, NotFound) as exc:
-            _log.warning("chunk %s: lease lost (%s); dropping it", self._task.chunk_id, exc)
-            self._task._lose_lease()
-            return
-        except JobpulseError as exc:
-            _log.warning("chunk %s: heartbeat failed (%s); will retry", self._task.chunk_id, exc)
-            return
-        if response.cancel_requested and not self._task.cancel_event.is_set():
+        self._sent = _beat(self._client, self._task, self._lease_duration, self._period)
+
+
+def _beat(client: Client, task: Task, lease_duration: float, timeout: float) -> tuple[str, str, str]:
+    """Reports a task's progress once, extending its lease; marks the lease lost or the job cancelled on the
+    task as the server answers. Returns the (stage, message, external_task_id) sent."""
+    items_done, stage, message, external_task_id = task._snapshot()
+    try:
+        response = client.report_chunk_progress(
+            task.chunk_id,
+            task.lease_token,
+            items_done=items_done,
+            stage=stage,
+            message=message,
+            external_task_id=external_task_id,
+            lease_duration=lease_duration,
+            timeout=timeout,
+        )
+    except (LeaseLost, NotFound) as exc:
+        _log.warning("chunk %s: lease lost (%s); dropping it", task.chunk_id, exc)
+        task._lose_lease()
+    except JobpulseError as exc:
+        _log.warning("chunk %s: heartbeat failed (%s); will retry", task.chunk_id, exc)
+    else:
+        if response.cancel_requested and not task.cancel_event.is_set():
             _log.info(
-                "chunk %s: job %s was cancelled; asking the handler to stop",
-                self._task.chunk_id,
-                self._task.job_id,
+                "chunk %s: job %s was cancelled; asking the handler to stop", task.chunk_id, task.job_id
             )
-            self._task.cancel_event.set()
+            task.cancel_event.set()
+    return stage, message, external_task_id
+
+
+class _LeaseKeeper:
+    """Keeps the leases of a batch's chunks that are in hand but not running: waiting for their turn, or
+    done and waiting for the batch's completion. Every lease/3, like a running chunk's heartbeat (which
+    takes over while its handler runs). A server that answers LEASE_LOST or cancel_requested marks the task
+    as a heartbeat would."""
+
+    def __init__(self, client: Client, tasks: list[Task], lease_duration: float) -> None:
+        self._client = client
+        self._lease_duration = lease_duration
+        self._period = heartbeat_period(lease_duration)
+        # Held while a report is in flight, so a task let go of is never reported after release() returns
+        # (a late heartbeat after the completion would be refused, and log a lost lease that was not).
+        self._lock = threading.Lock()
+        self._held = {task.chunk_id: task for task in tasks}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"jobpulse-leases-{threading.current_thread().name}", daemon=True
+        )
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def hold(self, task: Task) -> None:
+        """Keeps ``task``'s lease from now on."""
+        with self._lock:
+            self._held[task.chunk_id] = task
+
+    def release(self, task: Task) -> None:
+        """Stops keeping ``task``'s lease: its handler's heartbeat takes over, or it is being reported."""
+        with self._lock:
+            self._held.pop(task.chunk_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            with self._lock:
+                waiting = list(self._held.values())
+            for task in waiting:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    if self._held.get(task.chunk_id) is task and not task.lease_lost:
+                        _beat(self._client, task, self._lease_duration, self._period)
 
 
 class Worker:
@@ -152,6 +207,18 @@ class Worker:
     from the server is waited out with backoff. While there is work, each completion also claims the
     thread's next chunk (``claim_next``), so a busy worker makes one call per chunk; it long-polls
     with ClaimChunks only when a completion brought no new chunk.
+
+    With ``batch_size`` above 1, each thread claims up to that many chunks at once and runs the handler on
+    them one after the other, each with its heartbeat, cancel and failure exactly as above (a failure is
+    still reported at once, with FailChunk). The chunks whose handler returned are completed together by
+    one CompleteChunks call, which also claims the thread's next batch: about one call per batch instead
+    of one per chunk. Every item carries its own lease token and stands alone: one the server refuses (its
+    lease was lost, e.g. it expired and another worker took the chunk) is dropped as a lost lease is, and
+    the rest of the batch stays completed. Leases of the chunks waiting their turn, or waiting for the
+    batch's completion, are kept alive meanwhile; one lost before its turn is skipped. Use it when chunks
+    are short and the calls per chunk are what limits throughput. The cost: each thread holds up to
+    ``batch_size`` chunks that other workers cannot take, a finished chunk shows COMPLETED only when its
+    whole batch is done, and stopping finishes the whole batch in hand.
 
     Example::
 
@@ -173,6 +240,12 @@ class Worker:
         lease_duration: Seconds a lease lasts without a heartbeat; heartbeats go out every third of it.
         poll_wait: Seconds each claim long-polls the server for work; also bounds how long stopping takes.
         progress_interval: Minimum seconds between two progress reports of the same chunk.
+        batch_size: Chunks each thread claims, and completes, per call (1..100). 1, the default, claims
+            and completes one chunk at a time; more trades chunks held per thread for fewer calls (see
+            above).
+
+    Raises:
+        ValueError: ``concurrency`` below 1, or ``batch_size`` outside 1..100.
     """
 
     def __init__(
@@ -185,9 +258,11 @@ class Worker:
         poll_wait: float = 5.0,
         *,
         progress_interval: float = 0.5,
+        batch_size: int = 1,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self.batch_size = check_batch_size(batch_size)
         if isinstance(client_or_target, Client):
             self.client = client_or_target
             self._owns_client = False
@@ -222,14 +297,15 @@ class Worker:
         """Claims and processes chunks until stopped, and returns how many chunks were handled.
 
         Stopping is cooperative: after ``stop_event`` is set (or ``max_chunks`` chunks were claimed), no new
-        chunk is claimed and ``run`` returns once the chunks in hand are finished, within about
-        ``poll_wait`` seconds. A first Ctrl-C (KeyboardInterrupt) does the same; a second one abandons the
-        chunks in hand (their leases expire and other workers pick them up) and re-raises.
+        chunk is claimed and ``run`` returns once the chunks in hand are finished (with ``batch_size`` above
+        1, the rest of each thread's batch), within about ``poll_wait`` seconds. A first Ctrl-C
+        (KeyboardInterrupt) does the same; a second one abandons the chunks in hand (their leases expire
+        and other workers pick them up) and re-raises.
 
         Args:
             handler: Called with a :class:`Task` for each claimed chunk, in a worker thread.
             stop_event: Set it to stop the worker gracefully.
-            max_chunks: Stop after claiming this many chunks in total.
+            max_chunks: Stop after claiming this many chunks in total (batches never claim beyond it).
 
         Raises:
             jobpulse.errors.JobpulseError: An error retrying cannot fix, e.g. ``Unauthenticated`` or
@@ -238,9 +314,10 @@ class Worker:
         stop = stop_event or threading.Event()
         self._budget = ClaimBudget(max_chunks)
         failures: list[BaseException] = []
+        body = self._loop if self.batch_size == 1 else self._batch_loop
         threads = [
             threading.Thread(
-                target=self._loop, args=(handler, stop, failures), name=f"jobpulse-worker-{n}", daemon=True
+                target=body, args=(handler, stop, failures), name=f"jobpulse-worker-{n}", daemon=True
             )
             for n in range(self.concurrency)
         ]
@@ -303,12 +380,79 @@ class Worker:
                 self._budget.give_back()
             claims += got
 
-    def _process(
-        self, handler: Handler, task: Task, ask_next: bool, stop: threading.Event
+    def _batch_loop(self, handler: Handler, stop: threading.Event, failures: list[BaseException]) -> None:
+        """``_loop`` with batches: claims up to ``batch_size`` chunks, and the completion of each batch
+        claims the next one, within what is left of the budget."""
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        # Claims in hand, each with a budget slot taken.
+        claims: list[worker_service_pb2.ChunkClaim] = []
+        while not stop.is_set() or claims:
+            if not claims:
+                wanted = self._budget.take_up_to(self.batch_size)
+                if not wanted:
+                    return
+                try:
+                    claims = list(
+                        self.client.claim_chunks(
+                            self.worker_id,
+                            kinds=self.kinds,
+                            max_chunks=wanted,
+                            lease_duration=self.lease_duration,
+                            wait=self.poll_wait,
+                        )
+                    )
+                except _TRANSIENT as exc:
+                    self._budget.give_back(wanted)
+                    delay = backoff.next_delay(exc.retry_delay)
+                    _log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                    stop.wait(delay)
+                    continue
+                except BaseException as exc:
+                    self._budget.give_back(wanted)
+                    failures.append(exc)
+                    stop.set()
+                    return
+                backoff.reset()
+                self._budget.give_back(wanted - len(claims))
+                if not claims:
+                    continue
+            claims = self._process_batch(handler, [Task(claim, self.worker_id) for claim in claims], stop)
+
+    def _process_batch(
+        self, handler: Handler, tasks: list[Task], stop: threading.Event
     ) -> list[worker_service_pb2.ChunkClaim]:
-        """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
-        completion also claims the worker's next chunk, which is returned, unless ``stop`` was set while
-        the handler ran (a stopping worker takes no new work)."""
+        """Runs the handler on each chunk of a batch in turn, then completes those whose handler returned
+        in one call that also claims the next batch (unless ``stop`` is set), which is returned."""
+        finished: list[Task] = []
+        with _LeaseKeeper(self.client, tasks, self.lease_duration) as keeper:
+            for task in tasks:
+                keeper.release(task)
+                if task.lease_lost:
+                    _log.warning("chunk %s: lease lost before its turn; skipping it", task.chunk_id)
+                    continue
+                if self._handle(handler, task):
+                    finished.append(task)
+                    keeper.hold(task)
+        # The keeper has stopped: no heartbeat can arrive after the completion and be refused.
+        if not finished:
+            return []
+        wanted = 0 if stop.is_set() else self._budget.take_up_to(self.batch_size)
+        claim_next = next_claim(self.worker_id, self.kinds, self.lease_duration, wanted) if wanted else None
+        completions = [chunk_completion(task) for task in finished]
+        done = self._finish(
+            f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
+            lambda: self.client.complete_chunks(completions, claim_next=claim_next),
+        )
+        got: list[worker_service_pb2.ChunkClaim] = []
+        if isinstance(done, worker_service_pb2.CompleteChunksResponse):
+            apply_results(finished, done.results)
+            got = list(done.claims)
+        self._budget.give_back(wanted - len(got))
+        return got
+
+    def _handle(self, handler: Handler, task: Task) -> bool:
+        """Runs the handler on one chunk under its heartbeat; a handler that raised fails the chunk at once.
+        True when the chunk is to be completed: the handler returned and the lease is still held."""
         _log.info(
             "chunk %s of job %s: items %d..%d",
             task.chunk_id,
@@ -324,55 +468,61 @@ class Worker:
                 error = exc
         self._budget.count_processed()
         if task.lease_lost:
-            return []
+            return False
         if error is None:
-            _, _, _, external_task_id = task._snapshot()
-            claim_next = (
-                next_claim(self.worker_id, self.kinds, self.lease_duration)
-                if ask_next and not stop.is_set()
-                else None
-            )
-            done = self._finish(
-                task,
-                lambda: self.client.complete_chunk(
-                    task.chunk_id,
-                    task.lease_token,
-                    task.artifacts,
-                    external_task_id=external_task_id,
-                    claim_next=claim_next,
-                ),
-            )
-            return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+            return True
         reason, message, retryable = failure_report(error)
         _log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
         self._finish(
-            task, lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable)
+            f"chunk {task.chunk_id}",
+            lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
         )
-        return []
+        return False
 
-    def _finish(self, task: Task, send: Callable[[], object]) -> object:
-        """Sends the completion or failure, retrying transient errors while the lease can still be valid.
-        Returns the server's answer, or None when the outcome could not be delivered."""
+    def _process(
+        self, handler: Handler, task: Task, ask_next: bool, stop: threading.Event
+    ) -> list[worker_service_pb2.ChunkClaim]:
+        """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
+        completion also claims the worker's next chunk, which is returned, unless ``stop`` was set while
+        the handler ran (a stopping worker takes no new work)."""
+        if not self._handle(handler, task):
+            return []
+        _, _, _, external_task_id = task._snapshot()
+        claim_next = (
+            next_claim(self.worker_id, self.kinds, self.lease_duration)
+            if ask_next and not stop.is_set()
+            else None
+        )
+        done = self._finish(
+            f"chunk {task.chunk_id}",
+            lambda: self.client.complete_chunk(
+                task.chunk_id,
+                task.lease_token,
+                task.artifacts,
+                external_task_id=external_task_id,
+                claim_next=claim_next,
+            ),
+        )
+        return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+
+    def _finish(self, what: str, send: Callable[[], object]) -> object:
+        """Sends a completion or failure (of ``what``: "chunk <id>", or the chunks of a batch), retrying
+        transient errors while the lease can still be valid. Returns the server's answer, or None when the
+        outcome could not be delivered."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         give_up = time.monotonic() + self.lease_duration
         while True:
             try:
                 return send()
             except (LeaseLost, NotFound) as exc:
-                _log.warning(
-                    "chunk %s: lease lost before it could be finished (%s); dropping it", task.chunk_id, exc
-                )
+                _log.warning("%s: lease lost before it could be finished (%s); dropping it", what, exc)
                 return None
             except _TRANSIENT as exc:
                 delay = backoff.next_delay(exc.retry_delay)
                 if time.monotonic() + delay > give_up:
-                    _log.error(
-                        "chunk %s: could not report its outcome (%s); its lease will expire",
-                        task.chunk_id,
-                        exc,
-                    )
+                    _log.error("%s: could not report its outcome (%s); its lease will expire", what, exc)
                     return None
                 time.sleep(delay)
             except JobpulseError as exc:
-                _log.error("chunk %s: the server refused its outcome: %s", task.chunk_id, exc)
+                _log.error("%s: the server refused its outcome: %s", what, exc)
                 return None

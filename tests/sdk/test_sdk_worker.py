@@ -202,3 +202,68 @@ def test_complete_chunks_sends_every_item_in_one_call(fake, client):
         (True, ""),
         (False, "LEASE_LOST"),
     ]
+
+
+def _claim_of(chunk_id: str, index: int) -> worker_service_pb2.ChunkClaim:
+    claim = _claim(item_start=index, item_count=1)
+    claim.chunk.id, claim.chunk.index, claim.lease_token = chunk_id, index, f"lease-{chunk_id}"
+    return claim
+
+
+def test_batches_claim_and_complete_several_chunks_per_call_within_the_budget(fake, client):
+    """batch_size=3 with a budget of 5: one claim of 3; a handler that raises fails its chunk at once; the
+    others are completed in one call, each with its own token, claiming the 2 left of the budget; an item
+    the server refuses takes nothing from the rest; the last batch asks for no more."""
+    handled: list[str] = []
+
+    def handler(task: jobpulse.Task) -> None:
+        handled.append(task.chunk_id)
+        if task.chunk_id == "c2":
+            raise ValueError("bad pixel")
+
+    worker = jobpulse.Worker(client, kinds=["thumbnails"], worker_id="w1", batch_size=3)
+    pending = fake.run(worker.run, handler, max_chunks=5)
+    claim = fake.answer(
+        "WorkerService.ClaimChunks",
+        worker_service_pb2.ClaimChunksResponse(claims=[_claim_of(f"c{n}", n) for n in (1, 2, 3)]),
+    )
+    assert claim.max_chunks == 3
+    failed = fake.answer("WorkerService.FailChunk", worker_service_pb2.FailChunkResponse(will_retry=True))
+    assert (failed.chunk_id, failed.lease_token, failed.error.reason) == ("c2", "lease-c2", "ValueError")
+
+    first = fake.answer(
+        "WorkerService.CompleteChunks",
+        worker_service_pb2.CompleteChunksResponse(
+            results=[
+                worker_service_pb2.ChunkCompletionResult(chunk_id="c1", ok=True),
+                worker_service_pb2.ChunkCompletionResult(chunk_id="c3", ok=False, reason="LEASE_LOST"),
+            ],
+            claims=[_claim_of("c4", 4), _claim_of("c5", 5)],
+        ),
+    )
+    sent = [(c.chunk_id, c.lease_token) for c in first.completions]
+    assert sent == [("c1", "lease-c1"), ("c3", "lease-c3")]
+    assert (first.claim_next.worker_id, list(first.claim_next.kinds)) == ("w1", ["thumbnails"])
+    assert first.claim_next.max_chunks == 2, "claimed beyond what was left of max_chunks"
+
+    last = fake.answer(
+        "WorkerService.CompleteChunks",
+        worker_service_pb2.CompleteChunksResponse(
+            results=[
+                worker_service_pb2.ChunkCompletionResult(chunk_id="c4", ok=True),
+                worker_service_pb2.ChunkCompletionResult(chunk_id="c5", ok=True),
+            ]
+        ),
+    )
+    assert [c.chunk_id for c in last.completions] == ["c4", "c5"]
+    assert not last.HasField("claim_next"), "the budget was spent, yet the worker asked for more"
+    assert pending.result(RESULT_TIMEOUT) == 5
+    assert handled == ["c1", "c2", "c3", "c4", "c5"]
+
+
+@pytest.mark.parametrize("batch_size", [0, 101])
+def test_batch_size_outside_what_the_server_takes_is_refused(client, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        jobpulse.Worker(client, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size"):
+        jobpulse.AsyncWorker("127.0.0.1:1", batch_size=batch_size)
