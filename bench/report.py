@@ -181,12 +181,13 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     )
     base = r["bare"]["per_second"]
     chunks = results["chunks"]
-    for key, path in (
-        ("one_by_one", "SQLite claim + complete one by one, chunks/s / bare calls/s"),
-        ("complete_and_claim", "SQLite complete-and-claim, chunks/s / bare calls/s"),
+    # The worker-throughput issue's targets: one by one >= 0.25, complete-and-claim >= 0.4 (moonshot 0.6).
+    for key, path, target, moonshot in (
+        ("one_by_one", "SQLite claim + complete one by one, chunks/s / bare calls/s", 0.25, 0.5),
+        ("complete_and_claim", "SQLite complete-and-claim, chunks/s / bare calls/s", 0.4, 0.6),
     ):
         row = chunks.get(key)
-        out.append(Goal(path, _chunks_per_second(row, base), True, 0.25, 0.5, note=_chunk_note(row)))
+        out.append(Goal(path, _chunks_per_second(row, base), True, target, moonshot, note=_chunk_note(row)))
     for key, path in (
         ("one_by_one", "SQLite server CPU per chunk, one by one"),
         ("complete_and_claim", "SQLite server CPU per chunk, complete-and-claim"),
