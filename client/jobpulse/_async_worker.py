@@ -22,6 +22,7 @@ from jobpulse._worker_common import (
     chunk_completion,
     default_worker_id,
     failure_report,
+    heartbeat_answered,
     heartbeat_period,
     log,
     next_claim,
@@ -177,15 +178,10 @@ async def _beat(
             lease_duration=lease_duration,
             timeout=timeout,
         )
-    except (LeaseLost, NotFound) as exc:
-        log.warning("chunk %s: lease lost (%s); dropping it", task.chunk_id, exc)
-        task._lose_lease()
     except JobpulseError as exc:
-        log.warning("chunk %s: heartbeat failed (%s); will retry", task.chunk_id, exc)
+        heartbeat_answered(task, None, exc)
     else:
-        if response.cancel_requested and not task.cancel_event.is_set():
-            log.info("chunk %s: job %s was cancelled; asking the handler to stop", task.chunk_id, task.job_id)
-            task.cancel_event.set()
+        heartbeat_answered(task, response, None)
     return stage, message, external_task_id
 
 

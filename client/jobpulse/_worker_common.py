@@ -18,7 +18,7 @@ from typing import Any
 
 from jobpulse import _requests
 from jobpulse._convert import struct_to_dict
-from jobpulse.errors import DeadlineExceeded, PermanentError, Unavailable
+from jobpulse.errors import DeadlineExceeded, JobpulseError, LeaseLost, NotFound, PermanentError, Unavailable
 from jobpulse.v1 import job_pb2, worker_service_pb2
 
 log = logging.getLogger("jobpulse.worker")
@@ -106,6 +106,22 @@ def apply_results(
                 result.message,
             )
     return committed
+
+
+def heartbeat_answered(
+    task: Any, response: worker_service_pb2.ReportChunkProgressResponse | None, error: JobpulseError | None
+) -> None:
+    """What a heartbeat's answer means for its task (a :class:`jobpulse.Task` or
+    :class:`jobpulse.AsyncTask`): the lease lost (LEASE_LOST or NOT_FOUND), a failure to retry at the
+    next beat, or the job cancelled (its cancel event set)."""
+    if isinstance(error, (LeaseLost, NotFound)):
+        log.warning("chunk %s: lease lost (%s); dropping it", task.chunk_id, error)
+        task._lose_lease()
+    elif error is not None:
+        log.warning("chunk %s: heartbeat failed (%s); will retry", task.chunk_id, error)
+    elif response is not None and response.cancel_requested and not task.cancel_event.is_set():
+        log.info("chunk %s: job %s was cancelled; asking the handler to stop", task.chunk_id, task.job_id)
+        task.cancel_event.set()
 
 
 class ClaimBudget:

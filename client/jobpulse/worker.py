@@ -17,6 +17,7 @@ from jobpulse._worker_common import (
     chunk_completion,
     default_worker_id,
     failure_report,
+    heartbeat_answered,
     heartbeat_period,
     log,
     next_claim,
@@ -133,17 +134,10 @@ def _beat(client: Client, task: Task, lease_duration: float, timeout: float) -> 
             lease_duration=lease_duration,
             timeout=timeout,
         )
-    except (LeaseLost, NotFound) as exc:
-        _log.warning("chunk %s: lease lost (%s); dropping it", task.chunk_id, exc)
-        task._lose_lease()
     except JobpulseError as exc:
-        _log.warning("chunk %s: heartbeat failed (%s); will retry", task.chunk_id, exc)
+        heartbeat_answered(task, None, exc)
     else:
-        if response.cancel_requested and not task.cancel_event.is_set():
-            _log.info(
-                "chunk %s: job %s was cancelled; asking the handler to stop", task.chunk_id, task.job_id
-            )
-            task.cancel_event.set()
+        heartbeat_answered(task, response, None)
     return stage, message, external_task_id
 
 
