@@ -31,8 +31,9 @@ os.environ.setdefault("JOBPULSE_HTTP_PORT", "0")
 class ServerThread:
     """A jobpulse server in a thread of its own; ``restart()`` keeps the same database."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, tracer_provider: Any = None) -> None:
         self.config = config
+        self.tracer_provider = tracer_provider
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="jobpulse-test-server", daemon=True
@@ -54,7 +55,7 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self) -> ServerThread:
-        self.app = self.call(create_server(self.config))
+        self.app = self.call(create_server(self.config, tracer_provider=self.tracer_provider))
         return self
 
     def stop(self, drain_seconds: float = 0.0) -> None:
@@ -146,10 +147,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def make_server(database_url: str) -> Iterator[Callable[..., ServerThread]]:
-    """Starts servers with config overrides, e.g. ``make_server(heartbeat_interval=0.2)``."""
+    """Starts servers with config overrides, e.g. ``make_server(heartbeat_interval=0.2)``
+    (``tracer_provider=``: the OpenTelemetry provider the server traces through)."""
     started: list[ServerThread] = []
 
-    def make(**overrides: Any) -> ServerThread:
+    def make(tracer_provider: Any = None, **overrides: Any) -> ServerThread:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
@@ -158,7 +160,7 @@ def make_server(database_url: str) -> Iterator[Callable[..., ServerThread]]:
             "http_port": 0,
         }
         values.update(overrides)
-        srv = ServerThread(Config(**values)).start()
+        srv = ServerThread(Config(**values), tracer_provider).start()
         started.append(srv)
         return srv
 

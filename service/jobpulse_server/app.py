@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2_grpc
@@ -32,6 +33,7 @@ from jobpulse_server.api.jobs import JobServicer
 from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
 from jobpulse_server.api.operations import OperationsServicer
 from jobpulse_server.api.reflection import add_reflection, record_services
+from jobpulse_server.api.tracing import RpcSpans
 from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
@@ -44,7 +46,8 @@ from jobpulse_server.http.routes import HttpSide
 from jobpulse_server.http.server import HttpServer
 from jobpulse_server.http.session import Sessions
 from jobpulse_server.http.sse import watch_form as sse_watch_form
-from jobpulse_server.observability import Metrics, Observer
+from jobpulse_server.http.tracing import TracedHttp
+from jobpulse_server.observability import Metrics, Observer, stamp_trace_ids
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
@@ -60,6 +63,7 @@ from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
+from jobpulse_server.tracing import OFF, StoreSpans, Tracing, tracing_for, tracing_from_environment
 from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.wire.watch import feed_encoder, watch_encoder
 
@@ -89,6 +93,9 @@ class App:
     listener: Listener | None = None
     deliverer: Deliverer | None = None
     throughput: Throughput | None = None
+    tracing: Tracing = OFF
+    # The gRPC server's interceptors, outermost first (RpcSpans only when tracing is on, then CallGuard).
+    interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -96,6 +103,11 @@ class App:
     def store(self) -> SqlStore:
         """The store (the same object as ``db``)."""
         return self.db
+
+    @property
+    def tracer(self) -> Any:
+        """The server's tracer (``opentelemetry.trace.Tracer``; a no-op one when tracing is off)."""
+        return self.tracing.tracer
 
     @property
     def address(self) -> str:
@@ -135,6 +147,7 @@ class App:
         if self.throughput is not None:
             await self.throughput.close()  # likewise the chunks completed during the drain
         await self.db.close()
+        await self.tracing.close()  # the spans still batched, exported
 
 
 def keepalive_options(config: Config) -> list[tuple[str, int]]:
@@ -160,9 +173,14 @@ def keepalive_options(config: Config) -> list[tuple[str, int]]:
     return out
 
 
-async def create_server(config: Config, *, clock: Clock = now_us) -> App:
-    """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running."""
+async def create_server(config: Config, *, clock: Clock = now_us, tracer_provider: Any = None) -> App:
+    """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running.
+
+    ``tracer_provider``: the OpenTelemetry tracer provider the server traces through (tests pass an
+    SDK provider with an in-memory exporter); None: tracing as the ``OTEL_*`` variables say (tracing.py),
+    off unless they ask for it."""
     check_server_secret(config)
+    tracing = tracing_from_environment() if tracer_provider is None else tracing_for(tracer_provider)
     started = time.time()
     hub = ChangeHub()
     metrics = Metrics()
@@ -181,6 +199,10 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         if problem is None:
             raise
         raise CannotOpenDatabase(problem) from exc
+    if tracing.on:
+        db.spans = StoreSpans(tracing.tracer, db.kind)
+        stamp_trace_ids()
+        log.info("tracing on: spans exported to %s", tracing.where)
     retention = retention_of(config)
     outbox = Outbox(
         functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
@@ -213,19 +235,20 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
     if problem is not None:
         await db.close()
         raise PermissionError(problem)
-    guard = CallGuard(
-        authenticator,
-        observer,
-        {
-            SERVICE_NAMES[0]: JobServicer.ROLES,
-            SERVICE_NAMES[1]: WorkerServicer.ROLES,
-            SERVICE_NAMES[2]: AdminServicer.ROLES,
-            # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
-            OPERATIONS_SERVICE: OperationsServicer.ROLES,
-        },
-    )
+    roles = {
+        SERVICE_NAMES[0]: JobServicer.ROLES,
+        SERVICE_NAMES[1]: WorkerServicer.ROLES,
+        SERVICE_NAMES[2]: AdminServicer.ROLES,
+        # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
+        OPERATIONS_SERVICE: OperationsServicer.ROLES,
+    }
+    guard = CallGuard(authenticator, observer, roles)
+    # Tracing off: no span interceptor at all, so a call costs what it cost before tracing existed.
+    interceptors: list[grpc.aio.ServerInterceptor] = [guard]
+    if tracing.on:
+        interceptors.insert(0, RpcSpans(tracing.tracer, roles))
     server = grpc.aio.server(
-        interceptors=[guard],
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -298,8 +321,11 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
             config.cors_origins,
             dashboard,
         )
+        asgi: Any = side.app()
+        if tracing.on:
+            asgi = TracedHttp(asgi, tracing.tracer)
         http = HttpServer(
-            side.app(),
+            asgi,
             config.host,
             config.http_port,
             tls_cert=config.tls_cert,
@@ -342,6 +368,8 @@ async def create_server(config: Config, *, clock: Clock = now_us) -> App:
         listener=listener,
         deliverer=deliverer,
         throughput=throughput,
+        tracing=tracing,
+        interceptors=interceptors,
         _stop_background=stop_background,
     )
     # The background tasks, each ending when stop_background is set (App.stop).

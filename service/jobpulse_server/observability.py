@@ -169,10 +169,39 @@ def log_off_the_loop(handler: logging.StreamHandler[Any], level: int) -> LogWrit
     return writer
 
 
+_stamping = False
+
+
+def stamp_trace_ids() -> None:
+    """From now on, a log record made while a span is current carries its ``trace_id`` and ``span_id``
+    (hex, as trace views show them), which the JSON form writes. Installed by the wiring only when
+    tracing is on (once per process: it wraps the logging module's record factory). The ids are read
+    when the record is made, on the thread that logs it: the LogWriter formats records later, on a
+    thread of its own, outside the span."""
+    global _stamping
+    if _stamping:
+        return
+    _stamping = True
+    from opentelemetry import trace
+
+    make = logging.getLogRecordFactory()
+    current_span = trace.get_current_span
+
+    def stamped(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        ids = current_span().get_span_context()
+        if ids.is_valid:
+            record.trace_id = format(ids.trace_id, "032x")
+            record.span_id = format(ids.span_id, "016x")
+        return record
+
+    logging.setLogRecordFactory(stamped)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the RPC fields when present."""
 
-    FIELDS = ("method", "code", "duration_ms", "job_id", "request_id", "peer")
+    FIELDS = ("method", "code", "duration_ms", "job_id", "request_id", "peer", "trace_id", "span_id")
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

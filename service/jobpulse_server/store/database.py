@@ -15,7 +15,7 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import jobpulse_server.store.schema as schema
 import jobpulse_server.store.statements as q
@@ -37,6 +37,16 @@ WRITE_ATTEMPTS = 5
 ANALYZE_MIN_CHUNKS = 1_000
 
 _jitter = random.Random()
+
+
+class TxSpans(Protocol):
+    """What traces the store's transactions (the wiring installs one as ``SqlStore.spans`` when
+    tracing is on; the store itself knows no tracing library)."""
+
+    def start(self, operation: str) -> Any:
+        """``operation``: ``read`` or ``write``; returns a handle for ``end`` (None: nothing traced)."""
+
+    def end(self, handle: Any, error: BaseException | None) -> None: ...
 
 
 class SqlStore:
@@ -68,6 +78,8 @@ class SqlStore:
         self._added_since_analyze = 0
         self._chunks_at_analyze = 0
         self._analyzing: asyncio.Task[None] | None = None
+        # Set by the wiring when tracing is on; None: reads and writes are not traced (no cost).
+        self.spans: TxSpans | None = None
 
     @property
     def kind(self) -> str:
@@ -99,13 +111,27 @@ class SqlStore:
     def read(self, *, consistent: bool = True) -> _Read:
         """A read snapshot. ``consistent=False``: each statement on its own, for callers that run one
         statement (two round trips fewer on PostgreSQL)."""
+        if self.spans is not None:
+            return _TracedRead(self, consistent)
         return _Read(self, consistent)
 
     async def write(self, body: Callable[[SqlTx], Awaitable[T]], *, bulk: bool = False) -> T:
         """Runs ``body`` in one write transaction and commits; publishes the changes after the commit.
         ``bulk``: on SQLite on the loop, this transaction's statements run on the driver's thread (long
         deletes that must not stall the loop)."""
+        spans = self.spans
+        if spans is not None:
+            handle = spans.start("write")
+            try:
+                result = await self._write(body, bulk)
+            except BaseException as exc:
+                spans.end(handle, exc)
+                raise
+            spans.end(handle, None)
+            return result
+        return await self._write(body, bulk)
 
+    async def _write(self, body: Callable[[SqlTx], Awaitable[T]], bulk: bool) -> T:
         async def run() -> tuple[T, Changes]:
             changes = Changes()
             async with self.driver.write(bulk=bulk) as conn:
@@ -227,3 +253,29 @@ class _Read:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._inner.__aexit__(*exc)
+
+
+class _TracedRead(_Read):
+    """``_Read`` in a span of the store's ``spans`` (tracing on)."""
+
+    __slots__ = ("_handle",)
+
+    async def __aenter__(self) -> SqlTx:
+        spans = self._store.spans
+        assert spans is not None
+        self._handle = spans.start("read")
+        try:
+            return await super().__aenter__()
+        except BaseException as exc:
+            spans.end(self._handle, exc)
+            raise
+
+    async def __aexit__(self, *exc: Any) -> None:
+        spans = self._store.spans
+        assert spans is not None
+        try:
+            await super().__aexit__(*exc)
+        except BaseException as error:
+            spans.end(self._handle, error)
+            raise
+        spans.end(self._handle, None)  # an error of the reader's own is not the database's
