@@ -51,6 +51,7 @@ from jobpulse_server.observability import Metrics, Observer, stamp_trace_ids
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
+from jobpulse_server.services.latency import Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from jobpulse_server.services.retention import RetentionService, retention_of
@@ -207,11 +208,12 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     outbox = Outbox(
         functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
     )
-    jobs = JobService(db, outbox, config, clock)
+    latency = Latency(metrics)
+    jobs = JobService(db, outbox, config, clock, latency)
     observer = Observer(metrics)
     throughput = Throughput(db, clock)
     workers = WorkerService(db, hub, outbox, config, clock, metrics, throughput=throughput)
-    watches = WatchService(db, hub, config, watch_encoder(clock, retention))
+    watches = WatchService(db, hub, config, watch_encoder(clock, retention), metrics, clock)
     # The HTTP side's SSE text of each watch message, built from its gRPC form, once for every stream.
     watches.add_form("sse", sse_watch_form(watches.wire("grpc")))
     feeds = FeedService(db, hub, config)

@@ -10,11 +10,22 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 rpc_log = logging.getLogger("jobpulse.rpc")
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Chunk and job latencies: work that takes from a fraction of a second to hours (10 ms .. 6 h).
+WORK_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0,
+)  # fmt: skip
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 50, 100)
+# Distinct job kinds the latency metrics label, first come first labelled; later kinds count as "other",
+# so callers inventing kinds cannot grow the metrics without end.
+MAX_KINDS = 50
+OTHER_KIND = "other"
 
 
 class Metrics:
@@ -61,6 +72,76 @@ class Metrics:
             registry=r,
         )
 
+        self.queue_wait = Histogram(
+            "jobpulse_chunk_queue_wait_seconds",
+            "Chunk claimable (created, retry due, lease expired) -> claimed, by job kind",
+            ["kind"],
+            buckets=WORK_BUCKETS,
+            registry=r,
+        )
+        self.chunk_run = Histogram(
+            "jobpulse_chunk_run_seconds",
+            "Chunk claimed -> completed or failed by its worker, by job kind and outcome",
+            ["kind", "outcome"],
+            buckets=WORK_BUCKETS,
+            registry=r,
+        )
+        self.chunk_attempts = Histogram(
+            "jobpulse_chunk_attempts",
+            "Attempts a chunk took, observed when it ends completed or failed for good, by job kind",
+            ["kind"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "jobpulse_job_duration_seconds",
+            "Job created -> terminal, by job kind and terminal state",
+            ["kind", "state"],
+            buckets=WORK_BUCKETS,
+            registry=r,
+        )
+        self.watch_delivery = Histogram(
+            "jobpulse_watch_delivery_seconds",
+            "A job change's time -> its message handed to a watch stream, by transport (grpc, sse)",
+            ["transport"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        # The labelled children, looked up once per label set (bounded: MAX_KINDS + 1 kinds).
+        self._kinds: set[str] = set()
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def kind_label(self, kind: str) -> str:
+        """``kind`` if it is one of the first MAX_KINDS kinds seen, else "other"."""
+        if kind in self._kinds:
+            return kind
+        if len(self._kinds) < MAX_KINDS:
+            self._kinds.add(kind)
+            return kind
+        return OTHER_KIND
+
+    def _child(self, metric: Histogram, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_queue_wait(self, kind: str, seconds: float) -> None:
+        self._child(self.queue_wait, self.kind_label(kind)).observe(seconds, exemplar())
+
+    def observe_chunk_run(self, kind: str, outcome: str, seconds: float) -> None:
+        self._child(self.chunk_run, self.kind_label(kind), outcome).observe(seconds, exemplar())
+
+    def observe_attempts(self, kind: str, attempts: int) -> None:
+        self._child(self.chunk_attempts, self.kind_label(kind)).observe(attempts, exemplar())
+
+    def observe_job_duration(self, kind: str, state: str, seconds: float) -> None:
+        self._child(self.job_duration, self.kind_label(kind), state).observe(seconds, exemplar())
+
+    def observe_watch_delivery(self, transport: str, seconds: float) -> None:
+        self._child(self.watch_delivery, transport).observe(seconds, exemplar())
+
     def watch_cache(self, name: str, what: str, cache: Any) -> None:
         """Exposes a cache's ``bytes_held``, ``entries``, ``hits``, ``misses`` and ``evictions`` (plain
         attributes it keeps, read only when scraped) as jobpulse_<name>_bytes / _entries gauges and
@@ -71,6 +152,15 @@ class Metrics:
         """Serves /metrics on a thread of its own; returns the port (0 picks one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+
+def exemplar() -> dict[str, str] | None:
+    """The current span's trace id as an exemplar, when a sampled span is current (tracing on); None
+    otherwise. Exemplars show only in the OpenMetrics format (Accept: application/openmetrics-text)."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid and ctx.trace_flags.sampled:
+        return {"trace_id": format(ctx.trace_id, "032x")}
+    return None
 
 
 class LogWriter:

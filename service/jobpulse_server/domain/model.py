@@ -137,6 +137,9 @@ class Chunk:
     start_time: int | None = None
     end_time: int | None = None
     artifacts: list[Artifact] = field(default_factory=list)
+    # A chunk just claimed: the next_attempt_time it had until then, when its retry was due (claims only,
+    # never stored; services/latency.py measures queue waits from it).
+    due_time: int | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -8,7 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -145,8 +146,10 @@ class HttpSide:
         return JSONResponse({"status": "not ready", "reason": why}, status_code=503)
 
     async def metrics(self, request: Request) -> Response:
-        body = await asyncio.to_thread(generate_latest, self.registry)
-        return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})
+        # The Prometheus text format, or OpenMetrics (the only one with exemplars) when the scraper asks.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = await asyncio.to_thread(encode, self.registry)
+        return Response(body, headers={"content-type": content_type})
 
     # --- events -----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
+from jobpulse_server.services.latency import Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
 from jobpulse_server.store import RequestIdTaken, Store, Tx
@@ -125,11 +126,19 @@ def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
 class JobService:
     """The caller-facing use cases."""
 
-    def __init__(self, store: Store, outbox: Outbox, config: Config, clock: Clock = now_us) -> None:
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        config: Config,
+        clock: Clock = now_us,
+        latency: Latency | None = None,
+    ) -> None:
         self.store = store
         self.outbox = outbox
         self.config = config
         self.clock = clock
+        self.latency = latency  # the job-duration metric of jobs a cancel ends at once
 
     async def _save(self, tx: Tx, job: Job, now: int) -> None:
         await self.outbox.save_job(tx, job, now)
@@ -430,7 +439,10 @@ class JobService:
 
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
+        ends = Ends()
+
         async def body(tx: Tx) -> Job:
+            ends.clear()
             job = await self._load(tx, who, job_id, for_update=True)
             if job.state in (JobState.COMPLETED, JobState.FAILED):
                 raise JobAlreadyTerminal(
@@ -448,11 +460,15 @@ class JobService:
                 job.summary.pending -= moved
                 job.summary.cancelled += moved
                 job.refresh_state(now)
+                ends.add([job], [], now, None)
                 await self._save(tx, job, now)
             await load_artifacts(tx, [job])
             return job
 
-        return JobPage(await self.store.write(body))
+        job = await self.store.write(body)
+        if self.latency is not None:
+            self.latency.record(ends)
+        return JobPage(job)
 
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
         async def body(tx: Tx) -> Job:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobpulse_server.config import Config
+from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import (
     DatabaseUnavailable,
     InvalidPageToken,
@@ -25,6 +26,7 @@ from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
+from jobpulse_server.observability import Metrics
 from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import Store
@@ -117,10 +119,15 @@ class WatchService:
         hub: ChangeHub,
         config: Config,
         encode: Callable[[WatchMessage], Any] = _as_is,
+        metrics: Metrics | None = None,
+        clock: Clock = now_us,
     ) -> None:
         self.store = store
         self.hub = hub
         self.config = config
+        # jobpulse_watch_delivery_seconds: a live change's time (its job's update_time) -> handed to a stream.
+        self.metrics = metrics
+        self.clock = clock
         # Turns a message into what ``write`` takes, by form: "grpc" (the servicer: a WatchJobResponse),
         # and whatever ``add_form`` adds (the HTTP side: SSE text).
         self._forms: dict[str, Callable[[WatchMessage], Any]] = {}
@@ -218,6 +225,8 @@ class WatchService:
                 job = delta.job
                 if job.revision > last:
                     for msg in delta.messages(EventType.CHANGE):
+                        if self.metrics is not None:
+                            self.metrics.observe_watch_delivery(form, (self.clock() - job.update_time) / 1e6)
                         await write(wire(msg))
                     last = job.revision
                     last_sent = loop.time()

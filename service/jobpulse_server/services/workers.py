@@ -26,6 +26,7 @@ from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.background import FailingPasses
+from jobpulse_server.services.latency import COMPLETED, FAILED, Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.services.throughput import Throughput
@@ -114,6 +115,7 @@ class WorkerService:
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.latency = Latency(self.metrics)
         # Chunks completed per minute and kind, for the stats page; told only after a commit.
         self.throughput = throughput
         # When the sweeper last finished a pass (monotonic seconds), for the health report.
@@ -134,6 +136,7 @@ class WorkerService:
     def _completed_one(self, done: CompletedOne) -> None:
         """Counts a group-committed completion, which has committed when the store returns it."""
         self._count("completed" if done.chunk_state == ChunkState.COMPLETED else "cancelled")
+        self.latency.completed_one(done)
         if self.throughput is not None and done.chunk_state == ChunkState.COMPLETED:
             self.throughput.count(done.kind, 1, done.items)
 
@@ -180,6 +183,7 @@ class WorkerService:
                 continue  # look again
             if claims:
                 self._count("claimed", len(claims))
+                self.latency.claimed((c.job, c.chunk) for c in claims)
             return claims
         return []
 
@@ -187,6 +191,7 @@ class WorkerService:
         """Claims made by a group-committed claim, counted."""
         if fast:
             self._count("claimed", len(fast))
+            self.latency.claimed(fast)
         return [
             Claim(job, chunk, chunk.lease_token or "", chunk.lease_expire_time or 0) for job, chunk in fast
         ]
@@ -212,7 +217,7 @@ class WorkerService:
             chunk.worker_id = ask.worker_id
             chunk.start_time = now
             chunk.end_time = None
-            chunk.next_attempt_time = None
+            chunk.due_time, chunk.next_attempt_time = chunk.next_attempt_time, None
             job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
             chunk.lease_token = ids.new_lease_token()
             chunk.lease_expire_time = now + ask.lease_us
@@ -428,9 +433,11 @@ class WorkerService:
         # (chunks, items) completed by kind, for ``throughput``: filled by the run of ``body`` that
         # commits (a run that rolls back and runs again starts it afresh), counted after the commit.
         by_kind: dict[str, tuple[int, int]] = {}
+        ends = Ends()  # likewise, for the latency metrics
 
         async def body(tx: Tx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
             by_kind.clear()
+            ends.clear()
             if items:
                 found, now = await self._leased(tx, [(i.chunk_id, i.lease_token) for i in items])
             else:
@@ -462,6 +469,7 @@ class WorkerService:
             if claim_next is not None and not (all_or_nothing and not changed):
                 claims = await self._claim_in(tx, claim_next, now, jobs, wait_for_jobs=False)
             if changed or claims:
+                ends.add(jobs.values(), changed, now, COMPLETED)
                 await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now, unsaved)
             completed = 0
             for c in changed:
@@ -480,6 +488,8 @@ class WorkerService:
         if self.throughput is not None:
             for kind, (n_chunks, n_items) in by_kind.items():
                 self.throughput.count(kind, n_chunks, n_items)
+        self.latency.record(ends)
+        self.latency.claimed((c.job, c.chunk) for c in claims)
         results = [
             CompletionResult(item.chunk_id, got, None)
             if isinstance(got, DomainError)
@@ -496,15 +506,20 @@ class WorkerService:
     async def fail(
         self, chunk_id: str, token: str, reason: str, message: str, retryable: bool
     ) -> FailOutcome:
+        ends = Ends()
+
         async def body(tx: Tx) -> tuple[FailOutcome, Chunk]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)
             chunk.error_reason = reason or "WORKER_ERROR"
             chunk.error_message = message
             outcome = self._settle(tx.changes, job, chunk, now, retryable=retryable)
+            ends.clear()
+            ends.add([job], [chunk], now, FAILED)
             await self._save(tx, [job], [chunk], now)
             return outcome, chunk
 
         outcome, chunk = await self.store.write(body)
+        self.latency.record(ends)
         self._count("retried" if outcome.will_retry else chunk.state.name.lower())
         return outcome
 
@@ -531,8 +546,10 @@ class WorkerService:
     # --- rescue ------------------------------------------------------------
     async def sweep(self) -> int:
         """Rescues expired leases and force-cancels overdue cancels. Returns chunks moved."""
+        ends = Ends()  # chunks failed for good and jobs ended, for the latency metrics
 
         async def rescue(tx: Tx) -> int:
+            ends.clear()
             now = self.clock()
             expired = await tx.expired_leases(now, 500)
             if not expired:
@@ -545,15 +562,18 @@ class WorkerService:
                 chunk.error_reason = LEASE_EXPIRED
                 chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
                 self._settle(tx.changes, jobs[chunk.job_id], chunk, now, retryable=True)
+            ends.add(jobs.values(), expired, now, None)
             await self._save(tx, jobs.values(), expired, now)
             return len(expired)
 
         moved = await self.store.write(rescue)
+        self.latency.record(ends)
         if moved:
             self._count("rescued", moved)
 
         # A transaction of its own: it locks jobs before chunks, the other way round from above.
         async def overdue(tx: Tx) -> int:
+            ends.clear()
             now = self.clock()
             cancel_before = now - int(self.config.cancel_deadline * 1e6)
             stopped = 0
@@ -566,11 +586,14 @@ class WorkerService:
                     chunk.error_reason = CANCEL_DEADLINE
                     chunk.error_message = "the worker did not stop within the cancel deadline"
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
+                ends.add([job], running, now, None)
                 await self.outbox.save_job(tx, job, now, running)
                 stopped += len(running)
             return stopped
 
-        return moved + await self.store.write(overdue)
+        stopped = await self.store.write(overdue)
+        self.latency.record(ends)
+        return moved + stopped
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweeps every ``sweep_interval`` seconds until ``stop`` is set."""

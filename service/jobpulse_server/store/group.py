@@ -94,7 +94,7 @@ COMPLETE_GROUP = (
     "revision = j0.revision + r.step, end_time = $5, lease_token = NULL, lease_expire_time = NULL "
     "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
     "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
-    "c.item_count AS items), "
+    "c.item_count AS items, c.start_time, c.attempt), "
     "g AS (SELECT job_id, count(*) AS n, "
     f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
     f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
@@ -106,7 +106,7 @@ COMPLETE_GROUP = (
     f"state = {_NEW_STATE}, "
     f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
     f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state), "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time), "
     # A completed chunk's artifacts (a cancelled one's are dropped, as in complete_many).
     "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
     "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
@@ -115,7 +115,8 @@ COMPLETE_GROUP = (
     "n AS (SELECT pg_notify($11, json_build_object('r', $12::text, "
     "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
     "HAVING count(*) > 0) "
-    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items FROM c1 JOIN j1 ON j1.id = c1.job_id "
+    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
+    "j1.create_time FROM c1 JOIN j1 ON j1.id = c1.job_id "
     "CROSS JOIN n"
 )
 
@@ -145,7 +146,8 @@ def claim_group_statement(n_kinds: int) -> str:
     # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
     # Nothing is taken when a candidate job has webhooks: the general path keeps the claim order.
     picked = (
-        f"SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done FROM chunks ch WHERE {ready} "
+        f"SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
+        f"FROM chunks ch WHERE {ready} "
         "AND ch.job_id IN (SELECT id FROM j) AND NOT EXISTS (SELECT 1 FROM j WHERE webhook_url <> '')"
         " ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT ? FOR UPDATE OF ch SKIP LOCKED"
     )
@@ -172,7 +174,7 @@ def claim_group_statement(n_kinds: int) -> str:
         "lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
         "lease_expire_time = ?::bigint + r.lease, lease_duration = r.lease, revision = j.revision + r.step "
         f"FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
-        "r.items_done AS old_done, r.caller, r.step), "
+        "r.items_done AS old_done, r.caller, r.step, r.due), "
         # The counts move (pending -> processing), items of a previous attempt are taken back, the job
         # starts (start_time once), touch + derive_state, a new change_seq.
         "g AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps FROM c1 "
@@ -188,7 +190,8 @@ def claim_group_statement(n_kinds: int) -> str:
         f"(SELECT array_agg(c1.caller ORDER BY {order}) FROM c1) AS callers, "
         "(SELECT array_agg(j1) FROM j1) AS job_rows, "
         "(SELECT pg_notify(?, json_build_object('r', ?::text, 'j', json_object_agg(j1.id, j1.revision), "
-        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0) AS notified"
+        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0) AS notified, "
+        f"(SELECT array_agg(c1.due ORDER BY {order}) FROM c1) AS dues"
     )
 
 
@@ -212,6 +215,13 @@ class CompletedOne:
     # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py).
     kind: str = ""
     items: int = 0
+    # For the latency metrics (services/latency.py): the chunk's claim and end times and attempts, its
+    # job's creation, and whether this completion is the one of its flush that left the job terminal.
+    start_time: int | None = None
+    end_time: int = 0
+    attempt: int = 0
+    job_create_time: int = 0
+    ends_job: bool = False
 
 
 def _future() -> asyncio.Future[Any]:
@@ -399,9 +409,26 @@ class GroupCommit:
         self.items += len(rows)
         revisions: dict[str, int] = {}
         results: dict[int, CompletedOne] = {}
-        for pos, job_state, revision, chunk_state, kind, count in rows:
-            results[pos] = CompletedOne(JobState(job_state), revision, ChunkState(chunk_state), kind, count)
-            revisions[items[pos - 1].job_id] = revision
+        ended: dict[str, CompletedOne] = {}  # a job the flush left terminal: one of its completions
+        for pos, job_state, revision, chunk_state, kind, count, start, attempt, created in rows:
+            one = CompletedOne(
+                JobState(job_state),
+                revision,
+                ChunkState(chunk_state),
+                kind,
+                count,
+                start,
+                now,
+                attempt,
+                created,
+            )
+            results[pos] = one
+            job_id = items[pos - 1].job_id
+            revisions[job_id] = revision
+            if one.job_state.terminal:
+                ended.setdefault(job_id, one)
+        for one in ended.values():
+            one.ends_job = True
         if revisions:
             self.store.publish(Changes(jobs=revisions))
         for pos, item in enumerate(items, 1):
@@ -428,7 +455,8 @@ class GroupCommit:
             return
         jobs = {j.id: j for j in map(job_from_row, job_rows or ())}
         mine: dict[int, list[tuple[Job, Chunk]]] = {}
-        for caller, chunk in zip(callers, map(chunk_from_row, chunk_rows), strict=True):
+        for caller, chunk, due in zip(callers, map(chunk_from_row, chunk_rows), row[5], strict=True):
+            chunk.due_time = due
             mine.setdefault(caller, []).append((jobs[chunk.job_id], chunk))
         self.items += len(chunk_rows)
         self.store.publish(Changes(jobs={j.id: j.revision for j in jobs.values()}))
