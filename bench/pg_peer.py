@@ -3,6 +3,7 @@
     python -m bench.pg_peer                           # 5,000 units of work per row, every row
     python -m bench.pg_peer --quick                   # 1,000
     python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
+    python -m bench.pg_peer --only batch --n 50000    # batches of 10 alone, long enough to time well
 
 jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
 (spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
@@ -785,6 +786,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     cases.append((key, functools.partial(statements_floor, n, w, key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
             cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
+    if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
+        cases += [
+            ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
+            ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
+            ("lp10", functools.partial(pgqueuer_loops, n, w, 10)),
+        ]
     if args.only in (None, "scaling"):
         for key in SCALING_ORDER:
             if key in SCALING_PEERS:
@@ -816,11 +823,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-floor", action="store_true", help="skip the rows of jobpulse's SQL without gRPC")
     p.add_argument(
         "--only",
-        choices=("peer", "scaling"),
+        choices=("peer", "scaling", "batch"),
         default=None,
-        help="run one set of rows: peer (jobpulse's modes beside PgQueuer, --workers workers) or scaling "
+        help="run one set of rows: peer (jobpulse's modes beside PgQueuer, --workers workers), scaling "
         "(complete-and-claim with 4 and 16 workers on one job, 4 jobs x 4 workers, and PgQueuer with 4 and "
-        "16 QueueManagers); default both",
+        "16 QueueManagers) or batch (CompleteChunks of 10 beside PgQueuer's batches of 10 alone); default "
+        "peer and scaling",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
