@@ -68,7 +68,8 @@ _NEW_STATE = q.derive_state_sql(
 # lease tokens, external task ids (one per completion, in order), now; the artifacts as five arrays (the
 # completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id. One
 # row per completion that went through: its position, the job's state and revision after the flush, the
-# chunk's new state, the job's kind and the chunk's item count (for the throughput counts).
+# chunk's new state, the job's kind and the chunk's item count (for the throughput counts), the chunk's
+# index and attempt and the job's trace_parent (for the completion's span).
 COMPLETE_GROUP = (
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
     "AS i(chunk_id, job_id, token, ext, pos)), "
@@ -94,7 +95,7 @@ COMPLETE_GROUP = (
     "revision = j0.revision + r.step, end_time = $5, lease_token = NULL, lease_expire_time = NULL "
     "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
     "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
-    "c.item_count AS items), "
+    "c.item_count AS items, c.attempt), "
     "g AS (SELECT job_id, count(*) AS n, "
     f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
     f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
@@ -106,7 +107,7 @@ COMPLETE_GROUP = (
     f"state = {_NEW_STATE}, "
     f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
     f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state), "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.trace_parent), "
     # A completed chunk's artifacts (a cancelled one's are dropped, as in complete_many).
     "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
     "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
@@ -115,7 +116,8 @@ COMPLETE_GROUP = (
     "n AS (SELECT pg_notify($11, json_build_object('r', $12::text, "
     "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
     "HAVING count(*) > 0) "
-    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items FROM c1 JOIN j1 ON j1.id = c1.job_id "
+    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.idx, c1.attempt, j1.trace_parent "
+    "FROM c1 JOIN j1 ON j1.id = c1.job_id "
     "CROSS JOIN n"
 )
 
@@ -212,6 +214,10 @@ class CompletedOne:
     # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py).
     kind: str = ""
     items: int = 0
+    # The chunk's index and attempt and its job's trace_parent, for the completion's span.
+    index: int = 0
+    attempt: int = 0
+    trace_parent: str | None = None
 
 
 def _future() -> asyncio.Future[Any]:
@@ -399,8 +405,17 @@ class GroupCommit:
         self.items += len(rows)
         revisions: dict[str, int] = {}
         results: dict[int, CompletedOne] = {}
-        for pos, job_state, revision, chunk_state, kind, count in rows:
-            results[pos] = CompletedOne(JobState(job_state), revision, ChunkState(chunk_state), kind, count)
+        for pos, job_state, revision, chunk_state, kind, count, index, attempt, trace_parent in rows:
+            results[pos] = CompletedOne(
+                JobState(job_state),
+                revision,
+                ChunkState(chunk_state),
+                kind,
+                count,
+                index,
+                attempt,
+                trace_parent,
+            )
             revisions[items[pos - 1].job_id] = revision
         if revisions:
             self.store.publish(Changes(jobs=revisions))
