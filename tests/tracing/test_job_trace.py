@@ -13,10 +13,18 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
+from support.fake_store import FakeStore
 from support.job_tracing import Spans, context_of, global_provider, stored_job, traced_server
 
 import jobpulse
 from jobpulse.v1 import job_pb2
+from jobpulse_server.config import Config
+from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.services import job_trace
+from jobpulse_server.services.jobs import JobService, NewJob
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.workers import WorkerService
 
 CLIENT_SPAN = "make thumbnails"
 
@@ -148,9 +156,16 @@ def test_async_worker_batches_are_traced_the_same_way(
 
 
 def test_a_server_that_does_not_trace_keeps_no_context_and_nothing_breaks(
-    make_server: Callable[..., Any], spans: Spans
+    make_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, spans: Spans
 ) -> None:
     srv = make_server()
+
+    def never(*args: Any) -> None:
+        raise AssertionError("span work done by a server that does not trace")
+
+    # Off, the services skip the span work entirely (one flag), not just record nothing.
+    monkeypatch.setattr(job_trace, "record", never)
+    monkeypatch.setattr(job_trace, "current_trace_parent", never)
     with global_provider(spans.provider), jobpulse.Client(srv.address) as client:
         job, _ = _create_in_span(spans, client)
         assert stored_job(srv, job.id).trace_parent is None
@@ -164,3 +179,42 @@ def test_a_server_that_does_not_trace_keeps_no_context_and_nothing_breaks(
     # The worker still traces its own work, with nothing to link to.
     processed = spans.named("jobpulse.chunk.process")
     assert len(processed) == 2 and all(not s.links for s in processed)
+
+
+async def test_the_services_on_the_fake_store_keep_the_context_and_link_every_move(spans: Spans) -> None:
+    """The services alone, on the in-memory store the conformance suite holds to the real ones."""
+    hub = ChangeHub()
+    store = FakeStore(on_commit=hub.publish)
+    config = Config(retry_backoff=0.01, retry_backoff_max=0.01)
+    outbox = Outbox(lambda job, now: {"id": job.id}, 0)
+    tracer = spans.provider.get_tracer("jobpulse-server")
+    jobs = JobService(store, outbox, config, tracer=tracer)
+    workers = WorkerService(store, hub, outbox, config, tracer=tracer)
+    ask = NewJob(kind="k", total_items=2, chunk_size=1, max_attempts=3, priority=5)
+    try:
+        with spans.tracer.start_as_current_span("CreateJob") as call:
+            page = await jobs.create_job(ANONYMOUS, ask)
+        stored = store.job(page.job.id)
+        creation = context_of(stored.trace_parent or "")
+        made_in = call.get_span_context()
+        assert (creation.trace_id, creation.span_id) == (made_in.trace_id, made_in.span_id)
+        with spans.tracer.start_as_current_span("ClaimChunks") as claiming:
+            first, second = await workers.claim("w1", ["k"], 2, 10_000_000, 0)
+        await workers.fail(first.chunk.id, first.lease_token, "E", "bad", retryable=True)
+        await workers.complete(second.chunk.id, second.lease_token, [], "")
+        # A save keeps the creation's context (only CreateJob writes it).
+        assert store.job(page.job.id).trace_parent == stored.trace_parent
+    finally:
+        hub.close()
+    moves = [s for s in spans.all() if s.name.startswith("jobpulse.chunk.")]
+    assert sorted((s.name, s.attributes["jobpulse.chunk_index"]) for s in moves) == [  # type: ignore[index]
+        ("jobpulse.chunk.claim", 0),
+        ("jobpulse.chunk.claim", 1),
+        ("jobpulse.chunk.complete", 1),
+        ("jobpulse.chunk.fail", 0),
+    ]
+    assert all(_linked_to(s, creation) for s in moves)
+    claims = [s for s in moves if s.name == "jobpulse.chunk.claim"]
+    assert all(
+        s.parent is not None and s.parent.span_id == claiming.get_span_context().span_id for s in claims
+    )
