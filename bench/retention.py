@@ -89,6 +89,7 @@ def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
         "webhook_progress": 0,
         "last_progress_event": None,
         "ttl": None,
+        "trace_parent": None,
     }
     return tuple(values[c] for c in JOB_COLUMNS)
 

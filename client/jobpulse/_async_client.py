@@ -19,6 +19,7 @@ from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLik
 from jobpulse._events_token import EventsToken, events_token
 from jobpulse._requests import ArtifactLike
 from jobpulse._settings import resolve_connection
+from jobpulse._tracing import with_trace_context
 from jobpulse._watch import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -157,7 +158,7 @@ class AsyncClient:
             attempt += 1
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await method(request, timeout=remaining, metadata=self._metadata)
+                return await method(request, timeout=remaining, metadata=with_trace_context(self._metadata))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if not (retry and _retry.is_retryable(error)) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
@@ -328,7 +329,9 @@ class AsyncClient:
         while True:
             attempt += 1
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            call = self._jobs.ExportJobs(request, timeout=remaining, metadata=self._metadata)
+            call = self._jobs.ExportJobs(
+                request, timeout=remaining, metadata=with_trace_context(self._metadata)
+            )
             received = False
             try:
                 async for response in call:
@@ -564,7 +567,7 @@ class AsyncClient:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
             request = make_request()
-            call = method(request, timeout=remaining, metadata=self._metadata)
+            call = method(request, timeout=remaining, metadata=with_trace_context(self._metadata))
             error: JobpulseError
             try:
                 while True:

@@ -11,6 +11,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
+from opentelemetry import trace
+
+from jobpulse import _tracing
 from jobpulse._async_client import AsyncClient
 from jobpulse._retry import Backoff
 from jobpulse._worker_common import (
@@ -66,9 +69,14 @@ class AsyncTask(TaskState):
         artifacts: Artifacts added so far with :meth:`add_artifact`.
     """
 
-    def __init__(self, claim: worker_service_pb2.ChunkClaim, worker_id: str) -> None:
+    def __init__(
+        self,
+        claim: worker_service_pb2.ChunkClaim,
+        worker_id: str,
+        claimed_in: trace.SpanContext | None = None,
+    ) -> None:
         """Wraps a claim; created by :class:`AsyncWorker` on its event loop, not by handlers."""
-        super().__init__(claim, worker_id)
+        super().__init__(claim, worker_id, claimed_in)
         self._loop = asyncio.get_running_loop()
         self.cancel_event = asyncio.Event()
         self._changed = asyncio.Event()
@@ -383,19 +391,13 @@ class AsyncWorker:
         backoff = Backoff(initial=0.2, maximum=10.0)
         # Claims in hand, each with a budget slot taken: the next ones come back with the completion
         # of the previous chunk (complete-and-claim), so a busy worker makes one call per chunk.
-        claims: list[worker_service_pb2.ChunkClaim] = []
+        claims: list[_tracing.Claimed] = []
         while not stop.is_set() or claims:
             if not claims:
                 if not self._budget.take():
                     return
                 try:
-                    claims = await self.client.claim_chunks(
-                        self.worker_id,
-                        kinds=self.kinds,
-                        max_chunks=1,
-                        lease_duration=self.lease_duration,
-                        wait=self.poll_wait,
-                    )
+                    claims = await self._claim(1)
                 except TRANSIENT as exc:
                     self._budget.give_back()
                     delay = backoff.next_delay(exc.retry_delay)
@@ -411,13 +413,15 @@ class AsyncWorker:
                 if not claims:
                     self._budget.give_back()
                     continue
-            claim = claims.pop(0)
+            claim, claimed_in = claims.pop(0)
             ask_next = not claims and not stop.is_set() and self._budget.take()
             try:
-                got = await self._process(handler, AsyncTask(claim, self.worker_id), ask_next, stop)
+                got = await self._process(
+                    handler, AsyncTask(claim, self.worker_id, claimed_in), ask_next, stop
+                )
             except asyncio.CancelledError:
                 # Chunks that came with the last completion were never started: hand them back too.
-                for unstarted in claims:
+                for unstarted, _ in claims:
                     await self._release(unstarted.chunk.id, unstarted.lease_token)
                 raise
             if ask_next and not got:
@@ -431,20 +435,14 @@ class AsyncWorker:
         claims the next one, within what is left of the budget."""
         backoff = Backoff(initial=0.2, maximum=10.0)
         # Claims in hand, each with a budget slot taken.
-        claims: list[worker_service_pb2.ChunkClaim] = []
+        claims: list[_tracing.Claimed] = []
         while not stop.is_set() or claims:
             if not claims:
                 wanted = self._budget.take_up_to(self.batch_size)
                 if not wanted:
                     return
                 try:
-                    claims = await self.client.claim_chunks(
-                        self.worker_id,
-                        kinds=self.kinds,
-                        max_chunks=wanted,
-                        lease_duration=self.lease_duration,
-                        wait=self.poll_wait,
-                    )
+                    claims = await self._claim(wanted)
                 except TRANSIENT as exc:
                     self._budget.give_back(wanted)
                     delay = backoff.next_delay(exc.retry_delay)
@@ -461,12 +459,25 @@ class AsyncWorker:
                 if not claims:
                     continue
             claims = await self._process_batch(
-                handler, [AsyncTask(claim, self.worker_id) for claim in claims], stop
+                handler, [AsyncTask(claim, self.worker_id, claimed_in) for claim, claimed_in in claims], stop
             )
+
+    async def _claim(self, max_chunks: int) -> list[_tracing.Claimed]:
+        """ClaimChunks (long-polling up to ``poll_wait``) under a span of its own, the parent of the spans
+        of the claimed chunks' handlers."""
+        with _tracing.calling("ClaimChunks", self.worker_id) as span:
+            claims = await self.client.claim_chunks(
+                self.worker_id,
+                kinds=self.kinds,
+                max_chunks=max_chunks,
+                lease_duration=self.lease_duration,
+                wait=self.poll_wait,
+            )
+        return _tracing.brought(claims, span)
 
     async def _process_batch(
         self, handler: AsyncHandler, tasks: list[AsyncTask], stop: asyncio.Event
-    ) -> list[worker_service_pb2.ChunkClaim]:
+    ) -> list[_tracing.Claimed]:
         """Awaits the handler on each chunk of a batch in turn, then completes those whose handler returned
         in one call that also claims the next batch (unless ``stop`` is set), which is returned.
 
@@ -508,14 +519,16 @@ class AsyncWorker:
         wanted = 0 if stop.is_set() else self._budget.take_up_to(self.batch_size)
         claim_next = next_claim(self.worker_id, self.kinds, self.lease_duration, wanted) if wanted else None
         completions = [chunk_completion(task) for task in finished]
-        done = await self._finish(
-            f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
-            lambda: self.client.complete_chunks(completions, claim_next=claim_next),
-        )
-        got: list[worker_service_pb2.ChunkClaim] = []
+        links = _tracing.links_to([task._span for task in finished])
+        with _tracing.calling("CompleteChunks", self.worker_id, links) as span:
+            done = await self._finish(
+                f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
+                lambda: self.client.complete_chunks(completions, claim_next=claim_next),
+            )
+        got: list[_tracing.Claimed] = []
         if isinstance(done, worker_service_pb2.CompleteChunksResponse):
             apply_results(finished, done.results)
-            got = list(done.claims)
+            got = _tracing.brought(done.claims, span)
         self._budget.give_back(wanted - len(got))
         return got
 
@@ -531,32 +544,36 @@ class AsyncWorker:
             task.items.stop - 1,
         )
         error: BaseException | None = None
-        try:
-            async with _AsyncHeartbeat(self.client, task, self.lease_duration, self.progress_interval):
-                try:
-                    await handler(task)
-                except Exception as exc:
-                    error = exc
-        except asyncio.CancelledError:
-            if not task.lease_lost:
-                await self._release(task.chunk_id, task.lease_token)
-            raise
-        self._budget.count_processed()
-        if task.lease_lost:
+        # The handler's span; a failure is reported inside it, so FailChunk's server span is in its trace.
+        with _tracing.processing(task._claim, self.worker_id, task._claimed_in) as span:
+            task._span = span.get_span_context()
+            try:
+                async with _AsyncHeartbeat(self.client, task, self.lease_duration, self.progress_interval):
+                    try:
+                        await handler(task)
+                    except Exception as exc:
+                        error = exc
+                        _tracing.failed(span, exc)
+            except asyncio.CancelledError:
+                if not task.lease_lost:
+                    await self._release(task.chunk_id, task.lease_token)
+                raise
+            self._budget.count_processed()
+            if task.lease_lost:
+                return False
+            if error is None:
+                return True
+            reason, message, retryable = failure_report(error)
+            log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
+            await self._finish(
+                f"chunk {task.chunk_id}",
+                lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
+            )
             return False
-        if error is None:
-            return True
-        reason, message, retryable = failure_report(error)
-        log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
-        await self._finish(
-            f"chunk {task.chunk_id}",
-            lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
-        )
-        return False
 
     async def _process(
         self, handler: AsyncHandler, task: AsyncTask, ask_next: bool, stop: asyncio.Event
-    ) -> list[worker_service_pb2.ChunkClaim]:
+    ) -> list[_tracing.Claimed]:
         """Awaits the handler on one chunk and reports the outcome; with ``ask_next``, a successful
         completion also claims the loop's next chunk, which is returned, unless ``stop`` was set while
         the handler ran (a stopping worker takes no new work)."""
@@ -568,17 +585,21 @@ class AsyncWorker:
             if ask_next and not stop.is_set()
             else None
         )
-        done = await self._finish(
-            f"chunk {task.chunk_id}",
-            lambda: self.client.complete_chunk(
-                task.chunk_id,
-                task.lease_token,
-                task.artifacts,
-                external_task_id=external_task_id,
-                claim_next=claim_next,
-            ),
-        )
-        return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+        # A span of its own (linked to the handler's), the parent of the spans of the chunks it claims.
+        with _tracing.calling("CompleteChunk", self.worker_id, _tracing.links_to([task._span])) as span:
+            done = await self._finish(
+                f"chunk {task.chunk_id}",
+                lambda: self.client.complete_chunk(
+                    task.chunk_id,
+                    task.lease_token,
+                    task.artifacts,
+                    external_task_id=external_task_id,
+                    claim_next=claim_next,
+                ),
+            )
+        if isinstance(done, worker_service_pb2.CompleteChunkResponse):
+            return _tracing.brought(done.claims, span)
+        return []
 
     async def _release(self, chunk_id: str, lease_token: str) -> None:
         """Hands a chunk back when ``run`` is cancelled: a retryable failure, so another worker gets it after

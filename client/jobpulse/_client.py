@@ -24,6 +24,7 @@ from jobpulse._convert import (
 from jobpulse._events_token import EventsToken, events_token
 from jobpulse._requests import ArtifactLike
 from jobpulse._settings import resolve_connection
+from jobpulse._tracing import with_trace_context
 from jobpulse._watch import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -135,7 +136,7 @@ class Client:
             attempt += 1
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                return method(request, timeout=remaining, metadata=with_trace_context(self._metadata))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if not (retry and _retry.is_retryable(error)) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
@@ -369,7 +370,9 @@ class Client:
         while True:
             attempt += 1
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            call = self._jobs.ExportJobs(request, timeout=remaining, metadata=self._metadata)
+            call = self._jobs.ExportJobs(
+                request, timeout=remaining, metadata=with_trace_context(self._metadata)
+            )
             received = False
             try:
                 for response in call:
@@ -744,7 +747,7 @@ class Client:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
             request = make_request()
-            call = method(request, timeout=remaining, metadata=self._metadata)
+            call = method(request, timeout=remaining, metadata=with_trace_context(self._metadata))
             watchdog = IdleWatchdog(idle_timeout, call.cancel) if idle_timeout else None
             error: JobpulseError
             try:

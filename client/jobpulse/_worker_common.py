@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from opentelemetry import trace
+
 from jobpulse import _requests
 from jobpulse._convert import struct_to_dict
 from jobpulse.errors import DeadlineExceeded, JobpulseError, LeaseLost, NotFound, PermanentError, Unavailable
@@ -177,7 +179,17 @@ class TaskState:
         lease_lost: True once the server said the lease is no longer this worker's.
     """
 
-    def __init__(self, claim: worker_service_pb2.ChunkClaim, worker_id: str) -> None:
+    def __init__(
+        self,
+        claim: worker_service_pb2.ChunkClaim,
+        worker_id: str,
+        claimed_in: trace.SpanContext | None = None,
+    ) -> None:
+        # The claim as it came, and the context of the span of the call that brought it: the handler's
+        # span is its child (jobpulse/_tracing.py); ``_span`` is the handler's span once it runs.
+        self._claim = claim
+        self._claimed_in = claimed_in
+        self._span: trace.SpanContext | None = None
         self.job_id = claim.job_id
         self.job_kind = claim.job_kind
         self.job_metadata: dict[str, Any] = struct_to_dict(claim.job_metadata)

@@ -6,6 +6,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from opentelemetry import trace
+
+from jobpulse import _tracing
 from jobpulse._client import Client
 from jobpulse._retry import Backoff
 from jobpulse._worker_common import (
@@ -46,9 +49,14 @@ class Task(TaskState):
         artifacts: Artifacts added so far with :meth:`add_artifact`.
     """
 
-    def __init__(self, claim: worker_service_pb2.ChunkClaim, worker_id: str) -> None:
+    def __init__(
+        self,
+        claim: worker_service_pb2.ChunkClaim,
+        worker_id: str,
+        claimed_in: trace.SpanContext | None = None,
+    ) -> None:
         """Wraps a claim; created by :class:`Worker`, not by handlers."""
-        super().__init__(claim, worker_id)
+        super().__init__(claim, worker_id, claimed_in)
         self.cancel_event = threading.Event()
         self._changed = threading.Event()
 
@@ -337,21 +345,13 @@ class Worker:
         backoff = Backoff(initial=0.2, maximum=10.0)
         # Claims in hand, each with a budget slot taken: the next ones come back with the completion
         # of the previous chunk (complete-and-claim), so a busy worker makes one call per chunk.
-        claims: list[worker_service_pb2.ChunkClaim] = []
+        claims: list[_tracing.Claimed] = []
         while not stop.is_set() or claims:
             if not claims:
                 if not self._budget.take():
                     return
                 try:
-                    claims = list(
-                        self.client.claim_chunks(
-                            self.worker_id,
-                            kinds=self.kinds,
-                            max_chunks=1,
-                            lease_duration=self.lease_duration,
-                            wait=self.poll_wait,
-                        )
-                    )
+                    claims = self._claim(1)
                 except _TRANSIENT as exc:
                     self._budget.give_back()
                     delay = backoff.next_delay(exc.retry_delay)
@@ -367,9 +367,9 @@ class Worker:
                 if not claims:
                     self._budget.give_back()
                     continue
-            claim = claims.pop(0)
+            claim, claimed_in = claims.pop(0)
             ask_next = not claims and not stop.is_set() and self._budget.take()
-            got = self._process(handler, Task(claim, self.worker_id), ask_next, stop)
+            got = self._process(handler, Task(claim, self.worker_id, claimed_in), ask_next, stop)
             if ask_next and not got:
                 self._budget.give_back()
             claims += got
@@ -379,22 +379,14 @@ class Worker:
         claims the next one, within what is left of the budget."""
         backoff = Backoff(initial=0.2, maximum=10.0)
         # Claims in hand, each with a budget slot taken.
-        claims: list[worker_service_pb2.ChunkClaim] = []
+        claims: list[_tracing.Claimed] = []
         while not stop.is_set() or claims:
             if not claims:
                 wanted = self._budget.take_up_to(self.batch_size)
                 if not wanted:
                     return
                 try:
-                    claims = list(
-                        self.client.claim_chunks(
-                            self.worker_id,
-                            kinds=self.kinds,
-                            max_chunks=wanted,
-                            lease_duration=self.lease_duration,
-                            wait=self.poll_wait,
-                        )
-                    )
+                    claims = self._claim(wanted)
                 except _TRANSIENT as exc:
                     self._budget.give_back(wanted)
                     delay = backoff.next_delay(exc.retry_delay)
@@ -410,11 +402,26 @@ class Worker:
                 self._budget.give_back(wanted - len(claims))
                 if not claims:
                     continue
-            claims = self._process_batch(handler, [Task(claim, self.worker_id) for claim in claims], stop)
+            claims = self._process_batch(
+                handler, [Task(claim, self.worker_id, claimed_in) for claim, claimed_in in claims], stop
+            )
+
+    def _claim(self, max_chunks: int) -> list[_tracing.Claimed]:
+        """ClaimChunks (long-polling up to ``poll_wait``) under a span of its own, the parent of the spans
+        of the claimed chunks' handlers."""
+        with _tracing.calling("ClaimChunks", self.worker_id) as span:
+            claims = self.client.claim_chunks(
+                self.worker_id,
+                kinds=self.kinds,
+                max_chunks=max_chunks,
+                lease_duration=self.lease_duration,
+                wait=self.poll_wait,
+            )
+        return _tracing.brought(claims, span)
 
     def _process_batch(
         self, handler: Handler, tasks: list[Task], stop: threading.Event
-    ) -> list[worker_service_pb2.ChunkClaim]:
+    ) -> list[_tracing.Claimed]:
         """Runs the handler on each chunk of a batch in turn, then completes those whose handler returned
         in one call that also claims the next batch (unless ``stop`` is set), which is returned."""
         finished: list[Task] = []
@@ -433,14 +440,16 @@ class Worker:
         wanted = 0 if stop.is_set() else self._budget.take_up_to(self.batch_size)
         claim_next = next_claim(self.worker_id, self.kinds, self.lease_duration, wanted) if wanted else None
         completions = [chunk_completion(task) for task in finished]
-        done = self._finish(
-            f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
-            lambda: self.client.complete_chunks(completions, claim_next=claim_next),
-        )
-        got: list[worker_service_pb2.ChunkClaim] = []
+        links = _tracing.links_to([task._span for task in finished])
+        with _tracing.calling("CompleteChunks", self.worker_id, links) as span:
+            done = self._finish(
+                f"batch of {len(finished)} chunks from chunk {finished[0].chunk_id}",
+                lambda: self.client.complete_chunks(completions, claim_next=claim_next),
+            )
+        got: list[_tracing.Claimed] = []
         if isinstance(done, worker_service_pb2.CompleteChunksResponse):
             apply_results(finished, done.results)
-            got = list(done.claims)
+            got = _tracing.brought(done.claims, span)
         self._budget.give_back(wanted - len(got))
         return got
 
@@ -455,27 +464,31 @@ class Worker:
             task.items.stop - 1,
         )
         error: BaseException | None = None
-        with _Heartbeat(self.client, task, self.lease_duration, self.progress_interval):
-            try:
-                handler(task)
-            except Exception as exc:
-                error = exc
-        self._budget.count_processed()
-        if task.lease_lost:
+        # The handler's span; a failure is reported inside it, so FailChunk's server span is in its trace.
+        with _tracing.processing(task._claim, self.worker_id, task._claimed_in) as span:
+            task._span = span.get_span_context()
+            with _Heartbeat(self.client, task, self.lease_duration, self.progress_interval):
+                try:
+                    handler(task)
+                except Exception as exc:
+                    error = exc
+                    _tracing.failed(span, exc)
+            self._budget.count_processed()
+            if task.lease_lost:
+                return False
+            if error is None:
+                return True
+            reason, message, retryable = failure_report(error)
+            _log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
+            self._finish(
+                f"chunk {task.chunk_id}",
+                lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
+            )
             return False
-        if error is None:
-            return True
-        reason, message, retryable = failure_report(error)
-        _log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
-        self._finish(
-            f"chunk {task.chunk_id}",
-            lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
-        )
-        return False
 
     def _process(
         self, handler: Handler, task: Task, ask_next: bool, stop: threading.Event
-    ) -> list[worker_service_pb2.ChunkClaim]:
+    ) -> list[_tracing.Claimed]:
         """Runs the handler on one chunk and reports the outcome; with ``ask_next``, a successful
         completion also claims the worker's next chunk, which is returned, unless ``stop`` was set while
         the handler ran (a stopping worker takes no new work)."""
@@ -487,17 +500,21 @@ class Worker:
             if ask_next and not stop.is_set()
             else None
         )
-        done = self._finish(
-            f"chunk {task.chunk_id}",
-            lambda: self.client.complete_chunk(
-                task.chunk_id,
-                task.lease_token,
-                task.artifacts,
-                external_task_id=external_task_id,
-                claim_next=claim_next,
-            ),
-        )
-        return list(done.claims) if isinstance(done, worker_service_pb2.CompleteChunkResponse) else []
+        # A span of its own (linked to the handler's), the parent of the spans of the chunks it claims.
+        with _tracing.calling("CompleteChunk", self.worker_id, _tracing.links_to([task._span])) as span:
+            done = self._finish(
+                f"chunk {task.chunk_id}",
+                lambda: self.client.complete_chunk(
+                    task.chunk_id,
+                    task.lease_token,
+                    task.artifacts,
+                    external_task_id=external_task_id,
+                    claim_next=claim_next,
+                ),
+            )
+        if isinstance(done, worker_service_pb2.CompleteChunkResponse):
+            return _tracing.brought(done.claims, span)
+        return []
 
     def _finish(self, what: str, send: Callable[[], object]) -> object:
         """Sends a completion or failure (of ``what``: "chunk <id>", or the chunks of a batch), retrying

@@ -209,10 +209,12 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
     )
     latency = Latency(metrics)
-    jobs = JobService(db, outbox, config, clock, latency)
+    jobs = JobService(db, outbox, config, clock, latency, tracer=tracing.tracer)
     observer = Observer(metrics)
     throughput = Throughput(db, clock)
-    workers = WorkerService(db, hub, outbox, config, clock, metrics, throughput=throughput)
+    workers = WorkerService(
+        db, hub, outbox, config, clock, metrics, throughput=throughput, tracer=tracing.tracer
+    )
     watches = WatchService(db, hub, config, watch_encoder(clock, retention), metrics, clock)
     # The HTTP side's SSE text of each watch message, built from its gRPC form, once for every stream.
     watches.add_form("sse", sse_watch_form(watches.wire("grpc")))

@@ -9,10 +9,11 @@ What it mirrors (``store/tx.py``, ``store/statements.py``, ``store/rows.py``, ``
 * ``claim`` picks the first ``limit`` ready chunks (PENDING, past ``next_attempt_time``, of the
   wanted kinds) in claim order ``priority DESC, job_id, idx`` and reads their jobs; locks just read
   (one writer at a time, as on SQLite); ``lock_leased`` reads the jobs, then the chunks of those jobs.
-* ``save`` writes only the chunk columns of ``rows.CHUNK_SAVED`` and every job column but ``id``
-  and ``change_seq``; each saved job gets the next ``change_seq`` (one more than the largest handed
-  out, shared with ``insert_job`` and the tombstones of ``delete_job``); rows that do not exist are left
-  alone (an UPDATE of nothing), but the job's revision is still recorded in ``changes``. Artifacts and
+* ``save`` writes only the chunk columns of ``rows.CHUNK_SAVED`` and every job column but ``id``,
+  ``change_seq`` and ``trace_parent`` (which only ``insert_job`` writes); each saved job gets the
+  next ``change_seq`` (one more than the largest handed out, shared with ``insert_job`` and the
+  tombstones of ``delete_job``); rows that do not exist are left alone (an UPDATE of nothing), but
+  the job's revision is still recorded in ``changes``. Artifacts and
   outbox rows added so far are written by the next ``save`` (and dropped if no ``save`` follows);
   outbox rows set ``changes.webhooks``.
 * ``write(body)`` is atomic: writers queue on a lock, the body works on a copy of the tables, and
@@ -130,11 +131,14 @@ class _Tables:
         return self.seq
 
     def save_job(self, job: Job) -> None:
-        """An UPDATE of every job column but id and change_seq, which takes the next change_seq; a
-        job that does not exist is left alone (and takes none)."""
-        if job.id in self.jobs:
+        """An UPDATE of every job column but id, change_seq, which takes the next change_seq, and
+        trace_parent (only ``insert_job`` writes it, as ``rows.JOB_SAVED`` leaves it out); a job that does
+        not exist is left alone (and takes none)."""
+        stored = self.jobs.get(job.id)
+        if stored is not None:
             row = _job_row(job)
             row.change_seq = self.next_seq()
+            row.trace_parent = stored.trace_parent
             self.jobs[job.id] = row
         job.bumped = False
 

@@ -78,12 +78,19 @@ class ChunkClaim(_message.Message):
     CHUNK_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    JOB_TRACEPARENT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The chunk's job."""
     job_kind: _builtins.str
     """The job's kind."""
     lease_token: _builtins.str
     """The fencing token to pass with every call about this chunk."""
+    job_traceparent: _builtins.str
+    """The W3C traceparent of the request that created the job (the span
+    CreateJob ran in on the server), so a worker's span for this chunk can
+    link to the job's creation; empty when the server does not trace (or
+    did not when the job was created).
+    """
     @_builtins.property
     def job_metadata(self) -> _struct_pb2.Struct:
         """The job's metadata."""
@@ -105,10 +112,11 @@ class ChunkClaim(_message.Message):
         chunk: _job_pb2.Chunk | None = ...,
         lease_token: _builtins.str = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        job_traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "job_metadata", b"job_metadata", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "job_id", b"job_id", "job_kind", b"job_kind", "job_metadata", b"job_metadata", "lease_expire_time", b"lease_expire_time", "lease_token", b"lease_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "job_id", b"job_id", "job_kind", b"job_kind", "job_metadata", b"job_metadata", "job_traceparent", b"job_traceparent", "lease_expire_time", b"lease_expire_time", "lease_token", b"lease_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

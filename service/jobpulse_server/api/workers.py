@@ -19,6 +19,7 @@ from jobpulse_server.domain.model import (
     Artifact,
 )
 from jobpulse_server.services import auth
+from jobpulse_server.services.job_trace import traceparent
 from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
 from jobpulse_server.wire.convert import chunk_pb, timestamp
 from jobpulse_server.wire.validation import (
@@ -194,5 +195,6 @@ def _add_claims(out: Any, claims: list[Claim]) -> None:
             chunk=chunk_pb(cl.chunk),
             lease_token=cl.lease_token,
             lease_expire_time=timestamp(cl.lease_expire_time),
+            job_traceparent=traceparent(cl.job.trace_parent),
         )
         claim.job_metadata.update(cl.job.metadata)

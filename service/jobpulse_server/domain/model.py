@@ -193,6 +193,9 @@ class Job:
     # The ttl CreateJob asked for, in microseconds (0: keep for ever); None: the server's default for
     # the terminal state reached (see domain/retention.py). Never changes after the job is made.
     ttl: int | None = None
+    # The trace context of the request that created the job: a W3C traceparent, then a space and its
+    # tracestate if it had one; None when the server did not trace. Never changes after the job is made.
+    trace_parent: str | None = None
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.

@@ -10,7 +10,9 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
@@ -38,12 +40,15 @@ from jobpulse_server.domain.model import (
 )
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.reports import StatsRow
-from jobpulse_server.services import pagination
+from jobpulse_server.services import job_trace, pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.latency import Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
 from jobpulse_server.store import RequestIdTaken, Store, Tx
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @dataclass
@@ -133,12 +138,17 @@ class JobService:
         config: Config,
         clock: Clock = now_us,
         latency: Latency | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.config = config
         self.clock = clock
         self.latency = latency  # the job-duration metric of jobs a cancel ends at once
+        # With a real tracer, CreateJob keeps the trace context of the span it runs in with the job
+        # (services/job_trace.py); with the no-op one (tracing off) ``_traced`` is false and it keeps none.
+        self.tracer, self._traced = job_trace.tracing(tracer)
 
     async def _save(self, tx: Tx, job: Job, now: int) -> None:
         await self.outbox.save_job(tx, job, now)
@@ -186,6 +196,7 @@ class JobService:
             revision=1,
             create_time=now,
             update_time=now,
+            trace_parent=job_trace.current_trace_parent() if self._traced else None,
         )
         new_chunks = [
             Chunk(
@@ -218,6 +229,9 @@ class JobService:
                 raise
             return found
         await self.store.chunks_added(len(new_chunks))
+        if self._traced:
+            # The call's span names the job it made, so a trace search by job id finds its creation.
+            trace.get_current_span().set_attribute("jobpulse.job_id", job.id)
         return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job))
 
     async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
@@ -24,13 +26,18 @@ from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
+from jobpulse_server.services import job_trace
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.background import FailingPasses
+from jobpulse_server.services.job_trace import ChunkMove
 from jobpulse_server.services.latency import COMPLETED, FAILED, Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.store import CompletedOne, PgFast, Store, Tx
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 # Retry jitter from a generator of our own: the process-wide `random` state is left to the
 # application (and to tests that seed it).
@@ -108,8 +115,13 @@ class WorkerService:
         clock: Clock = now_us,
         metrics: Metrics | None = None,
         throughput: Throughput | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        # Each claim, completion and failure of a chunk is a span (services/job_trace.py) when the tracer
+        # is a real one; with the no-op one (tracing off) ``_traced`` is false and nothing is done.
+        self.tracer, self._traced = job_trace.tracing(tracer)
         self.hub = hub
         self.outbox = outbox
         self.config = config
@@ -140,6 +152,40 @@ class WorkerService:
         if self.throughput is not None and done.chunk_state == ChunkState.COMPLETED:
             self.throughput.count(done.kind, 1, done.items)
 
+    # --- spans (only when tracing: ``_traced``) -------------------------
+    def _started(self) -> int:
+        """When an operation began, for its spans (0, unread, when not tracing)."""
+        return time.time_ns() if self._traced else 0
+
+    def _trace_claims(self, claims: list[Claim], started: int) -> None:
+        if self._traced and claims:
+            job_trace.record(
+                self.tracer,
+                job_trace.CLAIM,
+                [
+                    ChunkMove(
+                        c.job.id,
+                        c.chunk.index,
+                        c.chunk.attempt,
+                        c.job.trace_parent,
+                        {"jobpulse.worker_id": c.chunk.worker_id},
+                    )
+                    for c in claims
+                ],
+                started,
+            )
+
+    def _trace_completed(self, chunk_id: str, done: CompletedOne, started: int) -> None:
+        """The span of a group-committed completion (the caller checked ``_traced``)."""
+        move = ChunkMove(
+            chunk_job_id(chunk_id),
+            done.index,
+            done.attempt,
+            done.trace_parent,
+            {"jobpulse.chunk_state": done.chunk_state.name},
+        )
+        job_trace.record(self.tracer, job_trace.COMPLETE, [move], started)
+
     # --- claim ---------------------------------------------------------
     async def claim(
         self, worker_id: str, kinds: list[str], max_chunks: int, lease_us: int, wait_s: float
@@ -163,10 +209,13 @@ class WorkerService:
 
     async def _claim_once(self, worker_id: str, kinds: list[str], limit: int, lease_us: int) -> list[Claim]:
         ask = ClaimAsk(worker_id, kinds, limit, lease_us)
+        started = self._started()
         if self.store.fast is not None:
             fast = await self.store.fast.claim(worker_id, kinds, limit, lease_us, self.clock())
             if fast is not None:  # None: it declined (jobs with webhooks, work taken meanwhile)
-                return self._claimed(fast)
+                claimed = self._claimed(fast)
+                self._trace_claims(claimed, started)
+                return claimed
 
         async def body(tx: Tx) -> list[Claim] | None:
             now = self.clock()
@@ -184,6 +233,7 @@ class WorkerService:
             if claims:
                 self._count("claimed", len(claims))
                 self.latency.claimed((c.job, c.chunk) for c in claims)
+                self._trace_claims(claims, started)
             return claims
         return []
 
@@ -337,6 +387,7 @@ class WorkerService:
         ``claim_next`` (in the same transaction, where the group commit does not apply)."""
         job_id = chunk_job_id(chunk_id)
         fast = self.store.fast
+        started = self._started()
         if fast is not None and job_id and token and claim_next is not None:
             both = await fast.complete_and_claim(
                 chunk_id,
@@ -350,8 +401,12 @@ class WorkerService:
             if both is not None:
                 finished, next_claims = both
                 self._completed_one(finished)
+                if self._traced:
+                    self._trace_completed(chunk_id, finished, started)
                 if next_claims:
-                    return finished.job_state, self._claimed(next_claims)
+                    claimed = self._claimed(next_claims)
+                    self._trace_claims(claimed, started)
+                    return finished.job_state, claimed
                 if next_claims is None or claim_next.wait_s > 0:
                     # Work taken by others meanwhile, or none yet and the worker will wait for it.
                     return finished.job_state, await self.claim(*claim_next.args())
@@ -360,6 +415,8 @@ class WorkerService:
             done = await fast.complete(chunk_id, job_id, token, self.clock(), external_task_id, artifacts)
             if done is not None:
                 self._completed_one(done)
+                if self._traced:
+                    self._trace_completed(chunk_id, done, started)
                 claims = await self.claim(*claim_next.args()) if claim_next is not None else []
                 return done.job_state, claims
         results, claims = await self.complete_many(
@@ -392,6 +449,7 @@ class WorkerService:
         the claim in the same flush when all went through. Items declined (a job with webhooks, a lease
         not current) then take the general path, which completes them or says why not, and the claim
         comes after them. Each result gives its job's state after the call."""
+        started = self._started()
         known = [(i, chunk_job_id(i.chunk_id)) for i in items]
         grouped = [(i, job_id) for i, job_id in known if job_id and i.lease_token]
         done, fast_claims = await fast.complete_many(
@@ -406,6 +464,8 @@ class WorkerService:
         for (item, job_id), outcome in zip(grouped, done, strict=True):
             if outcome is not None:
                 self._completed_one(outcome)
+                if self._traced:
+                    self._trace_completed(item.chunk_id, outcome, started)
                 last[job_id] = outcome.job_state
                 results[id(item)] = CompletionResult(item.chunk_id, None, outcome.job_state)
         rest = [i for i in items if id(i) not in results]
@@ -420,6 +480,7 @@ class WorkerService:
             if r.error is None:
                 results[id(i)] = CompletionResult(i.chunk_id, None, last[chunk_job_id(i.chunk_id)])
         claims = self._claimed(fast_claims) if fast_claims else []
+        self._trace_claims(claims, started)
         if claim_next is not None and not claims:
             # None ready (or the claim declined): claim, and wait if asked, on its own now.
             claims = await self.claim(*claim_next.args())
@@ -434,10 +495,14 @@ class WorkerService:
         # commits (a run that rolls back and runs again starts it afresh), counted after the commit.
         by_kind: dict[str, tuple[int, int]] = {}
         ends = Ends()  # likewise, for the latency metrics
+        # The completions' spans, when tracing: filled by the run of ``body`` that commits, as ``by_kind``.
+        moved: list[ChunkMove] = []
+        started = self._started()
 
         async def body(tx: Tx) -> tuple[list[tuple[Completion, DomainError | Job]], list[Claim]]:
             by_kind.clear()
             ends.clear()
+            moved.clear()
             if items:
                 found, now = await self._leased(tx, [(i.chunk_id, i.lease_token) for i in items])
             else:
@@ -471,6 +536,17 @@ class WorkerService:
             if changed or claims:
                 ends.add(jobs.values(), changed, now, COMPLETED)
                 await self._save(tx, jobs.values(), [*changed, *(c.chunk for c in claims)], now, unsaved)
+            if self._traced:
+                moved.extend(
+                    ChunkMove(
+                        c.job_id,
+                        c.index,
+                        c.attempt,
+                        jobs[c.job_id].trace_parent,
+                        {"jobpulse.chunk_state": c.state.name},
+                    )
+                    for c in changed
+                )
             completed = 0
             for c in changed:
                 if c.state == ChunkState.COMPLETED:
@@ -490,6 +566,9 @@ class WorkerService:
                 self.throughput.count(kind, n_chunks, n_items)
         self.latency.record(ends)
         self.latency.claimed((c.job, c.chunk) for c in claims)
+        if self._traced:
+            job_trace.record(self.tracer, job_trace.COMPLETE, moved, started)
+            self._trace_claims(claims, started)
         results = [
             CompletionResult(item.chunk_id, got, None)
             if isinstance(got, DomainError)
@@ -507,8 +586,9 @@ class WorkerService:
         self, chunk_id: str, token: str, reason: str, message: str, retryable: bool
     ) -> FailOutcome:
         ends = Ends()
+        started = self._started()
 
-        async def body(tx: Tx) -> tuple[FailOutcome, Chunk]:
+        async def body(tx: Tx) -> tuple[FailOutcome, Job, Chunk]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)
             chunk.error_reason = reason or "WORKER_ERROR"
             chunk.error_message = message
@@ -516,11 +596,19 @@ class WorkerService:
             ends.clear()
             ends.add([job], [chunk], now, FAILED)
             await self._save(tx, [job], [chunk], now)
-            return outcome, chunk
+            return outcome, job, chunk
 
-        outcome, chunk = await self.store.write(body)
+        outcome, job, chunk = await self.store.write(body)
         self.latency.record(ends)
         self._count("retried" if outcome.will_retry else chunk.state.name.lower())
+        if self._traced:
+            extra: dict[str, str | bool | int] = {
+                "jobpulse.chunk_state": chunk.state.name,
+                "jobpulse.will_retry": outcome.will_retry,
+                "jobpulse.error_reason": chunk.error_reason,
+            }
+            move = ChunkMove(job.id, chunk.index, chunk.attempt, job.trace_parent, extra)
+            job_trace.record(self.tracer, job_trace.FAIL, [move], started)
         return outcome
 
     def _settle(self, changes: Changes, job: Job, chunk: Chunk, now: int, *, retryable: bool) -> FailOutcome:

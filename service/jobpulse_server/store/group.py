@@ -68,7 +68,8 @@ _NEW_STATE = q.derive_state_sql(
 # lease tokens, external task ids (one per completion, in order), now; the artifacts as five arrays (the
 # completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id. One
 # row per completion that went through: its position, the job's state and revision after the flush, the
-# chunk's new state, the job's kind and the chunk's item count (for the throughput counts).
+# chunk's new state, the job's kind and the chunk's item count (for the throughput counts), the chunk's
+# index and attempt and the job's trace_parent (for the completion's span).
 COMPLETE_GROUP = (
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
     "AS i(chunk_id, job_id, token, ext, pos)), "
@@ -106,7 +107,7 @@ COMPLETE_GROUP = (
     f"state = {_NEW_STATE}, "
     f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
     f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time), "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
     # A completed chunk's artifacts (a cancelled one's are dropped, as in complete_many).
     "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
     "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
@@ -116,7 +117,7 @@ COMPLETE_GROUP = (
     "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
     "HAVING count(*) > 0) "
     "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
-    "j1.create_time FROM c1 JOIN j1 ON j1.id = c1.job_id "
+    "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
     "CROSS JOIN n"
 )
 
@@ -222,6 +223,9 @@ class CompletedOne:
     attempt: int = 0
     job_create_time: int = 0
     ends_job: bool = False
+    # The chunk's index and its job's trace_parent, for the completion's span.
+    index: int = 0
+    trace_parent: str | None = None
 
 
 def _future() -> asyncio.Future[Any]:
@@ -410,7 +414,20 @@ class GroupCommit:
         revisions: dict[str, int] = {}
         results: dict[int, CompletedOne] = {}
         ended: dict[str, CompletedOne] = {}  # a job the flush left terminal: one of its completions
-        for pos, job_state, revision, chunk_state, kind, count, start, attempt, created in rows:
+        for row in rows:
+            (
+                pos,
+                job_state,
+                revision,
+                chunk_state,
+                kind,
+                count,
+                start,
+                attempt,
+                created,
+                index,
+                trace_parent,
+            ) = row
             one = CompletedOne(
                 JobState(job_state),
                 revision,
@@ -421,6 +438,9 @@ class GroupCommit:
                 now,
                 attempt,
                 created,
+                ends_job=False,
+                index=index,
+                trace_parent=trace_parent,
             )
             results[pos] = one
             job_id = items[pos - 1].job_id

@@ -19,8 +19,8 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobSt
 JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
 
 # What a save writes: all but the id, which selects the row, change_seq, which the database sets, and
-# ttl, which only CreateJob writes (so the hot paths' UPDATEs are as they were before it existed).
-JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl"))
+# ttl and trace_parent, which only CreateJob writes (so the hot paths' UPDATEs are as they were before).
+JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl", "trace_parent"))
 
 CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns)
 
@@ -110,6 +110,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
         webhook_progress=bool(r[33]),
         last_progress_event=r[34],
         ttl=r[35],
+        trace_parent=r[36],
         loaded_state=state,
     )
 

@@ -146,10 +146,12 @@ def get_jobs(d: Dialect, n: int, owned: bool, *, lock: str = "") -> str:
 
 @_built
 def insert_job(d: Dialect) -> str:
-    """A new job: JOB_SAVED values, its id, its ttl; the change_seq comes from the database."""
+    """A new job: JOB_SAVED values, its id, its ttl, its trace_parent; the change_seq comes from the
+    database."""
     cols = ", ".join(JOB_SAVED)
     return (
-        f"INSERT INTO jobs ({cols}, id, ttl, change_seq) VALUES ({marks(len(JOB_SAVED) + 2)}, {d.next_seq})"
+        f"INSERT INTO jobs ({cols}, id, ttl, trace_parent, change_seq) "
+        f"VALUES ({marks(len(JOB_SAVED) + 3)}, {d.next_seq})"
     )
 
 

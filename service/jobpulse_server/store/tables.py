@@ -66,6 +66,9 @@ jobs = Table(
     # The ttl CreateJob asked for (microseconds, 0: keep for ever); NULL: the server's default for the
     # terminal state reached. Jobs on the default are found for expiry by (state, update_time).
     Column("ttl", BigInteger, nullable=True),
+    # The W3C traceparent of the span CreateJob ran in (then a space and its tracestate, if any); NULL when
+    # the server did not trace. Written once, by CreateJob; the chunks' spans link to it.
+    Column("trace_parent", Text, nullable=True),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),

@@ -114,7 +114,9 @@ class SqlTx:
         """Inserts a new job, its chunks and the fingerprint of the request that made it (if it has a
         request_id); RequestIdTaken if its request_id is taken."""
         try:
-            await self.conn.execute(q.insert_job(self.d), (*job_saved_values(job), job.id, job.ttl))
+            await self.conn.execute(
+                q.insert_job(self.d), (*job_saved_values(job), job.id, job.ttl, job.trace_parent)
+            )
         except Conflict as exc:
             if job.request_id:
                 raise RequestIdTaken(job.request_id) from exc
