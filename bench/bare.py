@@ -7,11 +7,13 @@ serialization. The server options match jobpulse's (``jobpulse_server.app.create
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
 
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
+from jobpulse_server.tracing import tracing_from_environment, tracing_requested
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
@@ -48,8 +50,18 @@ class BareJobServicer(job_service_pb2_grpc.JobServiceServicer):
 
 
 async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
-    """Starts the bare server on 127.0.0.1, any free port."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Starts the bare server on 127.0.0.1, any free port. Where the ``OTEL_*`` variables turn tracing on
+    (as they do for jobpulse: jobpulse_server/tracing.py), every call gets jobpulse's own server span
+    (``RpcSpans``) exported the same way, and nothing else: the floor of what a traced call costs."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tracing_requested(os.environ):
+        from jobpulse_server.api.tracing import RpcSpans
+
+        tracing = tracing_from_environment()
+        interceptors.append(
+            RpcSpans(tracing.tracer, [job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name])
+        )
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # The generated stubs mark every RPC abstract; the ones not overridden answer UNIMPLEMENTED.
     servicer = BareJobServicer()  # type: ignore[abstract]
     job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)

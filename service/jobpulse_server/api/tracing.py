@@ -113,22 +113,25 @@ class RpcSpans(grpc.aio.ServerInterceptor):
 
     def _starter(self, full: str, service: str, name: str) -> _Start:
         tracer = self.tracer
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         server = trace.SpanKind.SERVER
 
         def start(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[trace.Span, object]:
             parent = propagate.extract(context.invocation_metadata() or (), getter=_GETTER)
-            span = tracer.start_span(full, context=parent, kind=server, attributes=attributes)
-            if span.is_recording():
-                job_id = job_id_of(request)
+            # Every attribute known at the start goes in with it: one call, not one (locked) call each.
+            wanted = attributes
+            job_id = job_id_of(request)
+            chunk_id = getattr(request, "chunk_id", "")
+            if job_id or chunk_id:
+                wanted = dict(attributes)
                 if job_id:
-                    span.set_attribute("jobpulse.job_id", job_id)
-                chunk_id = getattr(request, "chunk_id", "")
+                    wanted["jobpulse.job_id"] = job_id
                 if chunk_id and isinstance(chunk_id, str):
-                    span.set_attribute("jobpulse.chunk_id", chunk_id)
+                    wanted["jobpulse.chunk_id"] = chunk_id
                     index = chunk_id.rpartition("-")[2]
                     if index.isdigit():
-                        span.set_attribute("jobpulse.chunk_index", int(index))
+                        wanted["jobpulse.chunk_index"] = int(index)
+            span = tracer.start_span(full, context=parent, kind=server, attributes=wanted)
             return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
         return start
@@ -139,9 +142,10 @@ _Start = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], tuple[trace.Span,
 
 def _finish(span: trace.Span, code: int, error: BaseException | None = None) -> None:
     if span.is_recording():
-        if code != _UNAUTHENTICATED:
-            span.set_attribute("jobpulse.owner", caller().name)  # set by CallGuard once authenticated
-        span.set_attribute("rpc.grpc.status_code", code)
+        if code != _UNAUTHENTICATED:  # the caller, set by CallGuard once authenticated
+            span.set_attributes({"jobpulse.owner": caller().name, "rpc.grpc.status_code": code})
+        else:
+            span.set_attribute("rpc.grpc.status_code", code)
         if code not in _NOT_FAILED:
             if error is not None and not isinstance(error, grpc.aio.AbortError):
                 span.record_exception(error)
