@@ -288,6 +288,22 @@ def stamp_trace_ids() -> None:
     logging.setLogRecordFactory(stamped)
 
 
+class TextFormatter(logging.Formatter):
+    """``time level logger: message``, and `` trace_id=... span_id=...`` when the record was made inside a
+    span (tracing on: ``stamp_trace_ids``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is None:
+            return text
+        line, newline, rest = text.partition("\n")  # the ids on the message's line, before a traceback
+        return f"{line} trace_id={trace_id} span_id={getattr(record, 'span_id', '')}{newline}{rest}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the RPC fields when present."""
 

@@ -10,7 +10,7 @@ import grpc
 from sqlalchemy.engine import make_url
 
 from jobpulse_server.config import Config
-from jobpulse_server.observability import JsonFormatter, LogWriter, log_off_the_loop
+from jobpulse_server.observability import JsonFormatter, LogWriter, TextFormatter, log_off_the_loop
 from jobpulse_server.services.auth import is_loopback
 
 
@@ -49,7 +49,7 @@ def configure_logging(config: Config, stream: TextIO | None = None) -> LogWriter
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     listener = log_off_the_loop(handler, getattr(logging, config.log_level.upper(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return listener
