@@ -13,12 +13,19 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.longrunning import operations_proto_pb2
 from google.protobuf import duration_pb2
 from opentelemetry.trace import SpanKind, StatusCode
 from support.polling import eventually
 from support.spans import Traced, traced_server
 
-from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from jobpulse.v1 import (
+    admin_service_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 from jobpulse_server.api.tracing import RpcSpans
 from jobpulse_server.http.tracing import TracedHttp
 from jobpulse_server.observability import JsonFormatter
@@ -257,3 +264,47 @@ def test_with_tracing_on_the_interceptor_is_first(traced: Traced) -> None:
     assert len(traced.app.interceptors) == 2
     assert isinstance(traced.app.http.config.app, TracedHttp)
     assert traced.app.db.spans is not None
+
+
+def test_every_method_of_every_service_makes_one_server_span(traced: Traced) -> None:
+    """Each method the server registers for callers, called once with an empty request (most answer
+    INVALID_ARGUMENT or NOT_FOUND, a feed stream runs until the client's deadline), ends as exactly one
+    SERVER span named after it, with its status code."""
+    services = [
+        job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
+        worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+        admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
+    ]
+    names = []
+    with grpc.insecure_channel(traced.address) as channel:
+        for service in services:
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                names.append(path.lstrip("/"))
+                try:
+                    if method.server_streaming:
+                        for _ in channel.unary_stream(path)(b"", timeout=0.5):
+                            pass
+                    else:
+                        channel.unary_unary(path)(b"", timeout=5)
+                except grpc.RpcError:
+                    pass  # the span is what this test looks at
+    assert len(names) >= 25
+
+    def all_ended() -> dict[str, Any]:
+        by_name: dict[str, Any] = {}
+        for span in traced.spans():
+            if span.kind == SpanKind.SERVER and span.name in names:
+                assert span.name not in by_name, f"two spans for {span.name}"
+                by_name[span.name] = span
+        missing = sorted(set(names) - set(by_name))
+        assert not missing, f"no span for {missing}"
+        return by_name
+
+    spans = eventually(all_ended, what="a span for every method")
+    for name, span in spans.items():
+        assert span.attributes is not None
+        assert span.attributes["rpc.system"] == "grpc", name
+        assert f"{span.attributes['rpc.service']}/{span.attributes['rpc.method']}" == name
+        assert isinstance(span.attributes["rpc.grpc.status_code"], int), name
