@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -400,7 +400,7 @@ class FakeWrite(FakeRead):
         self._fault = fault
 
     async def claim(
-        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool
+        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool, held: Collection[str] = ()
     ) -> tuple[dict[str, Job], list[Chunk]]:
         ready = [
             c
@@ -411,7 +411,8 @@ class FakeWrite(FakeRead):
         ]
         ready.sort(key=lambda c: (-c.priority, c.job_id, c.index))
         picked = [_chunk_row(c) for c in ready[:limit]]
-        return (await self.get_jobs([c.job_id for c in picked], None) if picked else {}), picked
+        wanted = [c.job_id for c in picked if c.job_id not in held]  # as SqlTx on SQLite
+        return (await self.get_jobs(wanted, None) if wanted else {}), picked
 
     async def lock_jobs(self, job_ids: Sequence[str], *, skip_locked: bool = False) -> dict[str, Job]:
         return await self.get_jobs(job_ids, None) if job_ids else {}

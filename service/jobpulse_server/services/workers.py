@@ -257,7 +257,9 @@ class WorkerService:
         false (the transaction holds other jobs already), jobs another transaction holds are
         skipped rather than waited for, so two such transactions cannot deadlock.
         """
-        found, picked = await tx.claim(ask.kinds, now, ask.limit, skip_locked=not wait_for_jobs)
+        found, picked = await tx.claim(
+            ask.kinds, now, ask.limit, skip_locked=not wait_for_jobs, held=jobs.keys()
+        )
         for job_id, job in found.items():
             jobs.setdefault(job_id, job)  # a job this transaction changed already keeps its changes
         claims = []

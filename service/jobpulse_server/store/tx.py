@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import jobpulse_server.store.statements as q
@@ -197,21 +197,24 @@ class SqlTx:
         return "".join(str(r[0]) for r in await self.conn.fetch(q.chunk_states(self.d), (job_id,)))
 
     async def claim(
-        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool
+        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool, held: Collection[str] = ()
     ) -> tuple[dict[str, Job], list[Chunk]]:
         """The first ``limit`` chunks ready to run (claim order) and their jobs, locked. On PostgreSQL the
         jobs of the first ready chunks are locked first, then those jobs' ready chunks are taken: jobs
         before chunks is the lock order of every writer that waits; with ``skip_locked``, jobs another
         transaction holds are left out instead of waited for. SQLite has one writer at a time: the
         chunks come straight off the claim index (restricting them to jobs found first made SQLite sort
-        every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks)."""
+        every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks). ``held``: jobs
+        this transaction has read already, which SQLite does not read again (left out of the jobs returned;
+        PostgreSQL locks every job it claims from, so it reads them all)."""
         params = [*q.ready_params(self.d, kinds, now), limit]
         if self.d.postgres:
             row = await self.conn.fetchrow(q.pg_claim(len(kinds), skip_locked=skip_locked), params * 2)
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
-        return (await self.get_jobs([c.job_id for c in picked], None) if picked else {}), picked
+        wanted = [c.job_id for c in picked if c.job_id not in held]
+        return (await self.get_jobs(wanted, None) if wanted else {}), picked
 
     async def lock_leased(
         self, job_ids: Sequence[str], chunk_ids: Sequence[str]
