@@ -22,6 +22,14 @@ JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
 # ttl and trace_parent, which only CreateJob writes (so the hot paths' UPDATEs are as they were before).
 JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl", "trace_parent"))
 
+# The JOB_SAVED columns that some index of ``jobs`` holds (migrations; a test checks this list against the
+# migrated schema). SQLite rewrites the entry of every index a column in an UPDATE's SET list belongs to,
+# changed or not, so its save leaves out those of these whose value did not change (``tx.SqlTx.save``).
+JOB_INDEXED = ("owner", "request_id", "kind", "state", "priority", "create_time", "update_time", "end_time")
+# Their positions in a JOB_COLUMNS row and in JOB_SAVED values.
+JOB_INDEXED_IN_ROW = tuple(JOB_COLUMNS.index(c) for c in JOB_INDEXED)
+JOB_INDEXED_IN_SAVED = tuple(JOB_SAVED.index(c) for c in JOB_INDEXED)
+
 CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns)
 
 # The columns a chunk's change may touch.

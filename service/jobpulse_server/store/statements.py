@@ -12,7 +12,8 @@ shared piece).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from jobpulse_server.store.rows import (
     CHUNK_COLUMNS,
     CHUNK_SAVED,
     CHUNK_SELECT,
+    JOB_INDEXED_IN_SAVED,
     JOB_SAVED,
     JOB_SELECT,
 )
@@ -160,6 +162,21 @@ def save_job(d: Dialect) -> str:
     """Writes a job's JOB_SAVED columns (then its id) with a new change_seq."""
     sets = ", ".join(f"{c} = ?" for c in JOB_SAVED)
     return f"UPDATE jobs SET {sets}, change_seq = {d.next_seq} WHERE id = ?"
+
+
+@functools.lru_cache(maxsize=512)
+def save_job_changed(
+    d: Dialect, changed: tuple[int, ...]
+) -> tuple[str, Callable[[Sequence[Any]], tuple[Any, ...]]]:
+    """Writes a job's JOB_SAVED columns that no index holds, and of those an index holds only the ones
+    at the positions ``changed`` (indexes of JOB_INDEXED_IN_SAVED), then its id, with a new change_seq;
+    and the function that picks those columns' values, in order, out of JOB_SAVED values. At most 2^8
+    shapes. (A job's row is rewritten on every chunk change: on SQLite setting all 33 columns rewrote
+    all 11 index entries of the row, 10 pages written to the WAL at each commit instead of 4.)"""
+    left_out = {p for i, p in enumerate(JOB_INDEXED_IN_SAVED) if i not in changed}
+    kept = [p for p in range(len(JOB_SAVED)) if p not in left_out]
+    sets = ", ".join(f"{JOB_SAVED[p]} = ?" for p in kept)
+    return f"UPDATE jobs SET {sets}, change_seq = {d.next_seq} WHERE id = ?", operator.itemgetter(*kept)
 
 
 INSERT_FINGERPRINT = "INSERT INTO job_requests (job_id, fingerprint) VALUES (?, ?)"

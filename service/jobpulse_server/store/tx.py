@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -27,12 +28,17 @@ from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
 from jobpulse_server.store.rows import (
+    JOB_INDEXED_IN_ROW,
+    JOB_INDEXED_IN_SAVED,
     artifact_from_row,
     chunk_from_row,
     chunk_saved_values,
     job_from_row,
     job_saved_values,
 )
+
+_INDEXED_IN_ROW = operator.itemgetter(*JOB_INDEXED_IN_ROW)
+_INDEXED_IN_SAVED = operator.itemgetter(*JOB_INDEXED_IN_SAVED)
 
 # New chunks per INSERT: a 100,000-chunk job is written in 20 statements.
 _INSERT_BATCH = 5_000
@@ -70,6 +76,15 @@ class SqlTx:
         self._artifacts: list[tuple[Any, ...]] = []
         self._outbox: list[tuple[Any, ...]] = []
         self._notified: tuple[Any, ...] | None = None
+        # SQLite: job id -> the values its row holds now in the columns an index holds (JOB_INDEXED), as
+        # read or written in this transaction, so that ``save`` sets only those that changed. (SQLite has
+        # one writer: nothing else changes the row while this transaction holds it.)
+        self._indexed: dict[str, tuple[Any, ...]] = {}
+
+    def _job(self, row: Sequence[Any]) -> Job:
+        if not self.d.arrays:
+            self._indexed[row[0]] = _INDEXED_IN_ROW(row)
+        return job_from_row(row)
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -83,13 +98,13 @@ class SqlTx:
         else:
             sql = q.GET_JOB if owner is None else q.GET_OWNED_JOB
         row = await self.conn.fetchrow(sql, (job_id,) if owner is None else (job_id, owner))
-        return job_from_row(row) if row else None
+        return self._job(row) if row else None
 
     async def get_jobs(self, job_ids: Sequence[str], owner: str | None) -> dict[str, Job]:
         ids = sorted(set(job_ids))
         params = [*self.d.values(ids), *([owner] if owner is not None else [])]
         rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), owner is not None), params)
-        return {j.id: j for j in map(job_from_row, rows)}
+        return {j.id: j for j in map(self._job, rows)}
 
     async def lock_jobs(self, job_ids: Sequence[str], *, skip_locked: bool = False) -> dict[str, Job]:
         """Locks and reads jobs, in id order; with ``skip_locked`` leaves out those another transaction
@@ -99,11 +114,11 @@ class SqlTx:
         ids = sorted(set(job_ids))
         lock = self.d.skip_locked if skip_locked else self.d.for_update
         rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), False, lock=lock), self.d.values(ids))
-        return {j.id: j for j in map(job_from_row, rows)}
+        return {j.id: j for j in map(self._job, rows)}
 
     async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
         row = await self.conn.fetchrow(q.FIND_JOB_BY_REQUEST, (owner, request_id))
-        return job_from_row(row) if row else None
+        return self._job(row) if row else None
 
     async def request_fingerprint(self, job_id: str) -> str | None:
         """The fingerprint stored with the job; None for jobs made without (or before fingerprints)."""
@@ -113,14 +128,15 @@ class SqlTx:
     async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
         """Inserts a new job, its chunks and the fingerprint of the request that made it (if it has a
         request_id); RequestIdTaken if its request_id is taken."""
+        values = job_saved_values(job)
         try:
-            await self.conn.execute(
-                q.insert_job(self.d), (*job_saved_values(job), job.id, job.ttl, job.trace_parent)
-            )
+            await self.conn.execute(q.insert_job(self.d), (*values, job.id, job.ttl, job.trace_parent))
         except Conflict as exc:
             if job.request_id:
                 raise RequestIdTaken(job.request_id) from exc
             raise
+        if not self.d.arrays:
+            self._indexed[job.id] = _INDEXED_IN_SAVED(values)
         rows = [
             (c.id, c.job_id, c.index, int(c.state), c.item_start, c.item_count, c.items_done, c.attempt,
              c.max_attempts, c.worker_id, c.external_task_id, c.error_reason, c.error_message, c.lease_token,
@@ -311,9 +327,16 @@ class SqlTx:
             self._notified = self._said()
         else:
             await self.conn.executemany(q.SAVE_CHUNK, [(*chunk_saved_values(c), c.id) for c in chunks])
-            save_job = q.save_job(self.d)
             for job in jobs:
-                await self.conn.execute(save_job, (*job_saved_values(job), job.id))
+                values = job_saved_values(job)
+                now = _INDEXED_IN_SAVED(values)
+                was = self._indexed.get(job.id)
+                self._indexed[job.id] = now
+                if was is None:  # not read in this transaction: every column
+                    await self.conn.execute(q.save_job(self.d), (*values, job.id))
+                    continue
+                sql, pick = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
+                await self.conn.execute(sql, (*pick(values), job.id))
         for job in jobs:
             job.bumped = False
         if self._artifacts:
