@@ -185,6 +185,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     started = time.time()
     hub = ChangeHub()
     metrics = Metrics()
+    metrics.exemplars = tracing.on  # exemplars are trace ids: none to look up when the server does not trace
     metrics.open_streams.set_function(lambda: hub.open_streams)
     db = SqlStore(
         config.database_url,

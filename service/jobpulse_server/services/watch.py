@@ -26,7 +26,7 @@ from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
-from jobpulse_server.observability import Metrics
+from jobpulse_server.observability import Metrics, exemplar
 from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import Store
@@ -176,6 +176,8 @@ class WatchService:
         heartbeat = self.config.heartbeat_interval
         min_interval = self.config.watch_min_interval
         wire = self._wires[form]
+        delivered = self.metrics.watch_delivery_child(form) if self.metrics is not None else None
+        exemplars = delivered is not None and self.metrics is not None and self.metrics.exemplars
         # Subscribe before the first read so nothing committed in between is missed.
         changed = hub.add_watcher(job_id)
         try:
@@ -225,8 +227,9 @@ class WatchService:
                 job = delta.job
                 if job.revision > last:
                     for msg in delta.messages(EventType.CHANGE):
-                        if self.metrics is not None:
-                            self.metrics.observe_watch_delivery(form, (self.clock() - job.update_time) / 1e6)
+                        if delivered is not None:
+                            delay = (self.clock() - job.update_time) / 1e6
+                            delivered.observe(delay, exemplar() if exemplars else None)
                         await write(wire(msg))
                     last = job.revision
                     last_sent = loop.time()
