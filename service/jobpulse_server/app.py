@@ -266,7 +266,9 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             *keepalive_options(config),
         ],
     )
-    encoded = EncodedJobs(config.encoded_cache_bytes, retention=retention)
+    encoded = EncodedJobs(
+        config.encoded_cache_bytes, retention=retention, idle_seconds=config.encoded_cache_idle_seconds
+    )
     metrics.watch_cache("encoded_cache", "the cache of encoded jobs", encoded)
     # Every service added to the server from here on is listed by reflection, which reads this list.
     served = record_services(server)

@@ -62,6 +62,12 @@ class Config:
         "memory, in bytes, the cache of encoded jobs (GetJob, ListJobs, BatchGetJobs) may take, counted at "
         "what its entries really cost; 0 turns it off",
     )
+    encoded_cache_idle_seconds: float = _setting(
+        60.0,
+        "seconds an entry of the encoded-job cache may go unread before it is dropped, so that its memory "
+        "follows the jobs being read rather than filling to encoded_cache_bytes; 0: only the budget drops "
+        "entries",
+    )
     sweep_interval: float = _setting(
         1.0, "seconds between scans for expired leases and overdue cancels (and the expiry sweep)"
     )

@@ -487,3 +487,7 @@ class _CacheCollector:
         yield CounterMetricFamily(f"{n}_hits", f"Reads {self.what} answered", c.hits)
         yield CounterMetricFamily(f"{n}_misses", f"Reads {self.what} could not answer", c.misses)
         yield CounterMetricFamily(f"{n}_evictions", f"Entries {self.what} dropped for room", c.evictions)
+        if hasattr(c, "expired"):
+            yield CounterMetricFamily(
+                f"{n}_expired", f"Entries {self.what} dropped unread for long", c.expired
+            )

@@ -135,3 +135,34 @@ def test_a_newer_revision_reencodes_only_the_chunks_that_changed() -> None:
     # A delta against a revision no longer kept is refused, never answered wrong.
     with pytest.raises(LookupError):
         _answer(cache, JobPage(_page(revision=6, n=5).job, [], delta_after=3), True, NOW)
+
+
+def test_entries_unread_for_idle_seconds_are_dropped_and_read_ones_stay() -> None:
+    """The cache follows what is being read: an entry read again stays, one left unread past
+    ``idle_seconds`` goes when the next entry is kept, and its bytes with it."""
+    clock = [1000.0]
+    cache = EncodedJobs(idle_seconds=60, clock=lambda: clock[0])
+    hot, cold = _job_page("HOT"), _job_page("COLD")
+    _answer(cache, hot, True, NOW)
+    _answer(cache, cold, True, NOW)
+    both = cache.bytes_held
+    for _ in range(3):  # the hot job is read every 30 s, the cold one never again
+        clock[0] += 30
+        _answer(cache, JobPage(hot.job, [], delta_after=hot.job.revision), True, NOW)
+    assert cache.expired == 0, "nothing is dropped before the next entry is kept"
+    clock[0] += 1
+    _answer(cache, _job_page("WARM"), True, NOW)
+    assert ("COLD", 3, True) not in cache._messages.entries and "COLD" not in cache._blocks.entries
+    assert ("HOT", 3, True) in cache._messages.entries and "HOT" in cache._blocks.entries
+    assert cache.expired == 2  # COLD's message and its chunk block
+    assert cache.bytes_held == both, "COLD's bytes went, WARM's came: the same shape"
+    assert cache.evictions == 0
+
+
+def test_idle_seconds_zero_keeps_entries_until_the_budget_needs_room() -> None:
+    clock = [0.0]
+    cache = EncodedJobs(idle_seconds=0, clock=lambda: clock[0])
+    _answer(cache, _job_page("OLD"), True, NOW)
+    clock[0] += 86_400
+    _answer(cache, _job_page("NEW"), True, NOW)
+    assert "OLD" in cache._blocks.entries and cache.expired == 0

@@ -17,8 +17,9 @@ about 15 ms here; parsing kept bytes into the response takes a fraction of a mil
 from __future__ import annotations
 
 import sys
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobpulse.v1 import job_pb2
@@ -30,10 +31,16 @@ from jobpulse_server.wire.convert import chunk_kwargs, duration, job_pb
 # The default budget of the cache (``encoded_cache_bytes``): what its entries really cost in memory,
 # payloads and Python's own objects together (see ``_cost``), not the payloads' lengths.
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+# Seconds an entry may go unread before it is dropped (``encoded_cache_idle_seconds``): the cache keeps
+# what callers read again (pollers, dashboards, pages), not every job ever read once. Without it a steady
+# load of new jobs filled the budget for as long as it took (on PostgreSQL in the soak, 9 minutes), and
+# the server's memory grew all that while.
+DEFAULT_IDLE_SECONDS = 60.0
 # An OrderedDict's own share of one entry beyond the objects it holds (its hash slot and its node in the
 # order list): measured with tracemalloc over 20,000 entries (CPython 3.11, 64-bit).
 _SLOT = 80
 _REV = sys.getsizeof(2**40)  # a revision (an int of a few bytes)
+_ENTRY = sys.getsizeof([0, None, 0.0]) + sys.getsizeof(0.0)  # the [cost, value, last used] list, its time
 
 _CHUNKS_FIELD = job_pb2.Job.DESCRIPTOR.fields_by_name["chunks"].number
 
@@ -67,15 +74,17 @@ def chunk_field(c: Chunk) -> bytes:
 
 
 class _Lru:
-    """An LRU map whose entries carry their cost against a shared budget."""
+    """An LRU map whose entries carry their cost against a shared budget and when they were last used:
+    ``[cost, value, last used]``, in order of last use."""
 
     def __init__(self) -> None:
-        self.entries: OrderedDict[Any, tuple[int, Any]] = OrderedDict()
+        self.entries: OrderedDict[Any, list[Any]] = OrderedDict()
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: Any, now: float) -> Any:
         found = self.entries.get(key)
         if found is None:
             return None
+        found[2] = now
         self.entries.move_to_end(key)
         return found[1]
 
@@ -92,7 +101,7 @@ def _cost(key: Any, value: bytes | tuple[int, list[bytes]]) -> int:
         job_id, extra = key[0], sys.getsizeof(key[:1] + key[2:]) + _SLOT
     else:
         job_id, extra = key, 0
-    return payload + sys.getsizeof(key) + sys.getsizeof(job_id) + _REV + 56 + _SLOT + extra
+    return payload + sys.getsizeof(key) + sys.getsizeof(job_id) + _REV + _ENTRY + _SLOT + extra
 
 
 class EncodedJobs:
@@ -101,11 +110,22 @@ class EncodedJobs:
 
     Bounded for real: every entry is counted at what it costs (``_cost``), a job keeps one message per
     view (a newer revision replaces the older one at once, rather than waiting for the LRU to drop it),
-    and ``max_bytes`` 0 keeps nothing. Counts of hits, misses and evictions are kept as plain integers
-    (``metrics`` reads them when scraped: nothing on a call's path but an addition)."""
+    and ``max_bytes`` 0 keeps nothing. An entry unread for ``idle_seconds`` is dropped when the next one
+    is kept (0: only the budget drops entries). Counts of hits, misses, evictions (for room) and expiries
+    (idle) are kept as plain integers (``metrics`` reads them when scraped: nothing on a call's path but an
+    addition)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        retention: Retention | None = None,
+        *,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.idle_seconds = idle_seconds
+        self.clock = clock
         # The server's default ttls, for expire_time: fixed for the server's life, so a job's
         # expire_time is the same at every read of one revision, and kept bytes stay right.
         self.retention = retention
@@ -118,6 +138,7 @@ class EncodedJobs:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.expired = 0
 
     @property
     def bytes_held(self) -> int:
@@ -147,9 +168,12 @@ class EncodedJobs:
         ``page`` relies on kept bytes that have gone meanwhile (the caller reads again in full)."""
         job = page.job
         key = (job.id, job.revision, full)
-        data = self._messages.get(key)
+        now_s = self.clock()
+        data = self._messages.get(key, now_s)
         if data is not None:
             self.hits += 1
+            if full:  # the job's chunk block is in use too: its next revision re-encodes only changes
+                self._blocks.get(job.id, now_s)
         else:
             self.misses += 1
             if full:
@@ -190,7 +214,7 @@ class EncodedJobs:
         if page.delta_after is None:
             fields = [chunk_field(c) for c in page.chunks]
         else:
-            block = self._blocks.get(job.id)
+            block = self._blocks.get(job.id, self.clock())
             if block is None or block[0] != page.delta_after:
                 raise LookupError(f"job {job.id}: chunks at revision {page.delta_after} are no longer kept")
             fields = list(block[1])
@@ -208,15 +232,29 @@ class EncodedJobs:
         size = _cost(key, value)
         if size > self.max_bytes // 8:
             return False
-        lru.entries[key] = (size, value)
+        now = self.clock()
+        lru.entries[key] = [size, value, now]
         self._bytes += size
+        if self.idle_seconds > 0:
+            self._expire(self._messages, now - self.idle_seconds)
+            self._expire(self._blocks, now - self.idle_seconds)
         while self._bytes > self.max_bytes:
             # Whole messages go first: they are rebuilt cheaply from the chunk blocks.
-            victim = self._messages if self._messages.entries else self._blocks
-            dropped_key, (dropped, _) = victim.entries.popitem(last=False)
-            self._bytes -= dropped
+            self._drop(self._messages if self._messages.entries else self._blocks)
             self.evictions += 1
-            if victim is self._messages:
-                job_id, _, full = dropped_key
-                self._newest.pop((job_id, full), None)
         return True
+
+    def _expire(self, lru: _Lru, before: float) -> None:
+        """Drops the entries last used before ``before`` (the first ones: the map is in order of use)."""
+        entries = lru.entries
+        while entries and next(iter(entries.values()))[2] < before:
+            self._drop(lru)
+            self.expired += 1
+
+    def _drop(self, lru: _Lru) -> None:
+        """Drops the least recently used entry of ``lru``."""
+        dropped_key, (dropped, _, _) = lru.entries.popitem(last=False)
+        self._bytes -= dropped
+        if lru is self._messages:
+            job_id, _, full = dropped_key
+            self._newest.pop((job_id, full), None)
