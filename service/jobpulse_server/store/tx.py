@@ -331,12 +331,12 @@ class SqlTx:
                 values = job_saved_values(job)
                 now = _INDEXED_IN_SAVED(values)
                 was = self._indexed.get(job.id)
-                self._indexed[job.id] = now
                 if was is None:  # not read in this transaction: every column
                     await self.conn.execute(q.save_job(self.d), (*values, job.id))
-                    continue
-                sql, pick = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
-                await self.conn.execute(sql, (*pick(values), job.id))
+                else:
+                    sql, pick = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
+                    await self.conn.execute(sql, (*pick(values), job.id))
+                self._indexed[job.id] = now  # once written: a failed statement changed nothing
         for job in jobs:
             job.bumped = False
         if self._artifacts:
