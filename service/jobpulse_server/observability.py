@@ -111,9 +111,8 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
-        # The labelled children, looked up once per label set (bounded: MAX_KINDS + 1 kinds).
+        # The kinds labelled so far (bounded: MAX_KINDS, then "other").
         self._kinds: set[str] = set()
-        self._children: dict[tuple[Any, ...], Any] = {}
         # Whether observations look for a trace id to attach (the server turns this off when it does not
         # trace: the lookup was a fifth of an observation's cost, paid per stream per change by WatchJob).
         self.exemplars = True
@@ -127,32 +126,25 @@ class Metrics:
             return kind
         return OTHER_KIND
 
-    def _child(self, metric: LoopHistogram, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     def observe_queue_wait(self, kind: str, seconds: float) -> None:
-        self._child(self.queue_wait, self.kind_label(kind)).observe(seconds, self._exemplar())
+        self.queue_wait.labels(self.kind_label(kind)).observe(seconds, self._exemplar())
 
     def observe_chunk_run(self, kind: str, outcome: str, seconds: float) -> None:
-        self._child(self.chunk_run, self.kind_label(kind), outcome).observe(seconds, self._exemplar())
+        self.chunk_run.labels(self.kind_label(kind), outcome).observe(seconds, self._exemplar())
 
     def observe_attempts(self, kind: str, attempts: int) -> None:
-        self._child(self.chunk_attempts, self.kind_label(kind)).observe(attempts, self._exemplar())
+        self.chunk_attempts.labels(self.kind_label(kind)).observe(attempts, self._exemplar())
 
     def observe_job_duration(self, kind: str, state: str, seconds: float) -> None:
-        self._child(self.job_duration, self.kind_label(kind), state).observe(seconds, self._exemplar())
+        self.job_duration.labels(self.kind_label(kind), state).observe(seconds, self._exemplar())
 
     def watch_delivery_child(self, transport: str) -> LoopChild:
         """The watch-delivery histogram of one transport, for a stream to observe its messages into (one
         lookup per stream, not per message)."""
-        return self._child(self.watch_delivery, transport)  # type: ignore[no-any-return]
+        return self.watch_delivery.labels(transport)
 
     def observe_watch_delivery(self, transport: str, seconds: float) -> None:
-        self._child(self.watch_delivery, transport).observe(seconds, self._exemplar())
+        self.watch_delivery.labels(transport).observe(seconds, self._exemplar())
 
     def _exemplar(self) -> dict[str, str] | None:
         return exemplar() if self.exemplars else None

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +25,7 @@ from jobpulse.v1 import job_service_pb2, worker_service_pb2
 from jobpulse_server.app import App, create_server
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
-from jobpulse_server.observability import MAX_KINDS, OTHER_KIND, Metrics
+from jobpulse_server.observability import ATTEMPT_BUCKETS, MAX_KINDS, OTHER_KIND, Metrics
 
 US = 1_000_000
 
@@ -262,3 +263,30 @@ def test_kinds_labelled_are_bounded() -> None:
     assert len(kinds) == MAX_KINDS + 1 and OTHER_KIND in kinds
     assert histogram(text, "jobpulse_chunk_queue_wait_seconds", kind=OTHER_KIND) == (20, 20)
     assert metrics.kind_label("kind-0") == "kind-0", "a kind seen first keeps its label"
+
+
+def test_loop_histograms_expose_what_prometheus_clients_histogram_would() -> None:
+    """Every bucket, count and sum equal those of prometheus_client's own Histogram fed the same values,
+    bounds included (a value equal to a bound counts in that bound's bucket)."""
+    theirs_registry = CollectorRegistry()
+    theirs = Histogram(
+        "jobpulse_chunk_attempts", "same", ["kind"], buckets=ATTEMPT_BUCKETS, registry=theirs_registry
+    )
+    metrics = Metrics()
+    values = [0, 1, 1, 2, 2.5, 3, 7, 10, 10.5, 100, 101, 5000]
+    for v in values:
+        metrics.chunk_attempts.labels("k").observe(v)
+        theirs.labels("k").observe(v)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+            if f.name == "jobpulse_chunk_attempts"
+            for s in f.samples
+            if not s.name.endswith("_created")
+        )
+
+    ours = samples(metrics.registry)
+    assert ours == samples(theirs_registry)
+    assert ("jobpulse_chunk_attempts_bucket", [("kind", "k"), ("le", "1.0")], 3.0) in ours  # 0, 1, 1

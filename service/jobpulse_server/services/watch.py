@@ -177,7 +177,7 @@ class WatchService:
         min_interval = self.config.watch_min_interval
         wire = self._wires[form]
         delivered = self.metrics.watch_delivery_child(form) if self.metrics is not None else None
-        exemplars = delivered is not None and self.metrics is not None and self.metrics.exemplars
+        exemplars = self.metrics is not None and self.metrics.exemplars
         # Subscribe before the first read so nothing committed in between is missed.
         changed = hub.add_watcher(job_id)
         try:

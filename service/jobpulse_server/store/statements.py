@@ -160,8 +160,7 @@ def insert_job(d: Dialect) -> str:
 @_built
 def save_job(d: Dialect) -> str:
     """Writes a job's JOB_SAVED columns (then its id) with a new change_seq."""
-    sets = ", ".join(f"{c} = ?" for c in JOB_SAVED)
-    return f"UPDATE jobs SET {sets}, change_seq = {d.next_seq} WHERE id = ?"
+    return save_job_changed(d, tuple(range(len(JOB_INDEXED_IN_SAVED))))[0]
 
 
 @functools.lru_cache(maxsize=512)
