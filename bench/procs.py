@@ -73,7 +73,11 @@ def _cpu_seconds(pid: int) -> float | None:
 class ServerProcess:
     """One server under test in a process of its own."""
 
-    def __init__(self, kind: ServerKind, database_url: str = "", http_port: int = 0) -> None:
+    def __init__(
+        self, kind: ServerKind, database_url: str = "", http_port: int = 0, *, pythonpath: str | None = None
+    ) -> None:
+        """``pythonpath`` (jobpulse only): put first on the server's PYTHONPATH, to serve the code of
+        another checkout (bench.compare)."""
         self.kind = kind
         self.port = 0
         self.http_port = http_port
@@ -92,6 +96,9 @@ class ServerProcess:
                 retention_failed=0,
                 retention_cancelled=0,
             )
+            if pythonpath:
+                inherited = self._command.env.get("PYTHONPATH")
+                self._command.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
             return
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()

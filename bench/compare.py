@@ -1,0 +1,222 @@
+"""Two revisions of the server side by side in one run: the worker throughput rows, alternating.
+
+    python -m bench.compare --base 94b6182                          # this tree against 94b6182, SQLite
+    python -m bench.compare --base HEAD~3 --database postgresql --rounds 6
+    python -m bench.compare --base main --head HEAD --modes complete_and_claim --seconds 8
+
+The 2-core machines this project is measured on drift by a factor of two from one hour to the next, so
+a figure from an earlier run says little about a change; only two revisions measured in the same run,
+round by round, do. This starts three servers at once: jobpulse at ``--base`` (A), jobpulse at
+``--head`` (B, default: this working tree, uncommitted changes included) and the bare grpc.aio server.
+A revision is checked out with ``git worktree add --detach`` into a temporary directory (removed at the
+end) and served with its own code first on PYTHONPATH; the packages of this environment serve both.
+Each server has a database of its own: a SQLite file, or a fresh PostgreSQL database
+(``JOBPULSE_BENCH_PG`` as for bench.pg_peer) dropped at the end.
+
+Each round measures the bare server's calls/s at ``--workers`` in flight, then each mode of
+``--modes`` (bench.work.MODES) on A and on B, for ``--seconds`` each, with the order of A and B
+flipped every round (a fresh job of ``--backlog`` chunks each time, as bench.run_all's rows). The
+servers sit idle while another is measured. At the end: the medians over the rounds, each
+revision's chunks/s against the bare calls/s, B against A, and the server CPU per chunk. Figures
+from one run only: run it alone (a test suite or another benchmark beside it makes both lie).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios, work
+from bench.bare import padded_get_job_response
+from bench.procs import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+BARE_KEY = "compare-bare"
+# The bare call's response: about the size of a ChunkClaim answer.
+BARE_RESPONSE_BYTES = 300
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@contextmanager
+def checkout(rev: str | None, tmp: Path, tag: str) -> Iterator[tuple[Path, str]]:
+    """(source tree, its name): this working tree for None, else ``rev`` in a temporary worktree."""
+    if rev is None:
+        yield ROOT, f"working tree ({_git('rev-parse', '--short', 'HEAD')} + changes)"
+        return
+    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    tree = tmp / tag
+    _git("worktree", "add", "--detach", "--quiet", str(tree), commit)
+    try:
+        yield tree, f"{rev} ({commit[:8]})"
+    finally:
+        _git("worktree", "remove", "--force", str(tree))
+
+
+def pythonpath(tree: Path) -> str:
+    """The revision's own packages first: the server and the generated client it imports."""
+    return f"{tree / 'service'}:{tree / 'client'}"
+
+
+@asynccontextmanager
+async def database(kind: str, tmp: Path, tag: str) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp}/{tag}.db"
+        return
+    from bench.pg_peer import fresh_database  # asyncpg: the bench extra
+
+    async with fresh_database(f"compare_{tag}") as dsn:
+        yield dsn
+
+
+async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: ServerProcess) -> Any:
+    target = scenarios.Target.open(bare)
+    bare.set_response(BARE_KEY, padded_get_job_response(BARE_RESPONSE_BYTES, BARE_KEY))
+    bare_rates: list[float] = []
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {(s, m): [] for s in "AB" for m in args.modes}
+    try:
+        for r in range(args.rounds):
+            rate = await scenarios.bare_rate(
+                target, bare_key=BARE_KEY, concurrency=args.workers, seconds=args.seconds
+            )
+            bare_rates.append(rate["per_second"])
+            order = (("A", a), ("B", b)) if r % 2 == 0 else (("B", b), ("A", a))
+            line = [f"round {r + 1}/{args.rounds}: bare {rate['per_second']:,.0f} calls/s"]
+            for mode in args.modes:
+                for side, server in order:
+                    row = await scenarios.chunk_throughput(
+                        server,
+                        mode=work.MODES[mode],
+                        workers=args.workers,
+                        backlog=args.backlog,
+                        seconds=args.seconds,
+                    )
+                    if row.get("unimplemented"):
+                        raise SystemExit(f"{side} does not implement {mode}")
+                    rows[(side, mode)].append(row)
+                    line.append(
+                        f"{mode} {side} {row['chunks_per_second']:,.0f}/s "
+                        f"{_us(row['server_cpu_us_per_chunk'])}"
+                    )
+            print("; ".join(line), flush=True)
+    finally:
+        await target.channel.close()
+    return bare_rates, rows
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} us"
+
+
+def render(
+    names: dict[str, str],
+    bare_rates: list[float],
+    rows: dict[tuple[str, str], list[dict[str, Any]]],
+    args: argparse.Namespace,
+) -> str:
+    bare = statistics.median(bare_rates)
+    out = [
+        f"A: {names['A']}",
+        f"B: {names['B']}",
+        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
+        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight",
+        f"{'mode':<26}{'A chunks/s':>12}{'B chunks/s':>12}{'B / A':>8}{'A / bare':>10}{'B / bare':>10}"
+        f"{'A CPU/chunk':>13}{'B CPU/chunk':>13}",
+    ]
+    for mode in args.modes:
+        a = statistics.median(r["chunks_per_second"] for r in rows[("A", mode)])
+        b = statistics.median(r["chunks_per_second"] for r in rows[("B", mode)])
+        cpu = {
+            side: statistics.median(
+                r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]
+            )
+            if any(r["server_cpu_us_per_chunk"] for r in rows[(side, mode)])
+            else None
+            for side in "AB"
+        }
+        out.append(
+            f"{mode:<26}{a:>12,.0f}{b:>12,.0f}{b / a:>8.3f}{a / bare:>10.3f}{b / bare:>10.3f}"
+            f"{_us(cpu['A']):>13}{_us(cpu['B']):>13}"
+        )
+    spread = {
+        mode: [
+            rb["chunks_per_second"] / ra["chunks_per_second"]
+            for ra, rb in zip(rows[("A", mode)], rows[("B", mode)], strict=True)
+        ]
+        for mode in args.modes
+    }
+    out.append(
+        "B / A round by round (how far apart the rounds are is the noise): "
+        + "; ".join(f"{m} " + " ".join(f"{x:.2f}" for x in xs) for m, xs in spread.items())
+    )
+    return "\n".join(out)
+
+
+async def run(args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory(prefix="jobpulse-compare-") as tmp_name:
+        tmp = Path(tmp_name)
+        with (
+            checkout(args.base, tmp, "a") as (tree_a, name_a),
+            checkout(args.head, tmp, "b") as (tree_b, name_b),
+        ):
+            async with AsyncExitStack() as stack:
+                url_a = await stack.enter_async_context(database(args.database, tmp, "a"))
+                url_b = await stack.enter_async_context(database(args.database, tmp, "b"))
+                servers = [
+                    ServerProcess("jobpulse", url_a, pythonpath=pythonpath(tree_a)),
+                    ServerProcess("jobpulse", url_b, pythonpath=pythonpath(tree_b)),
+                    ServerProcess("bare"),
+                ]
+                try:
+                    for server in servers:
+                        await asyncio.to_thread(server.wait_ready)
+                    bare_rates, rows = await measure(args, *servers)
+                finally:
+                    for server in servers:
+                        server.stop()
+                return render({"A": name_a, "B": name_b}, bare_rates, rows, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--base", required=True, help="revision A (any git revision: a commit, a branch, HEAD~2)")
+    p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
+    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["complete_and_claim", "one_by_one"],
+        help=f"comma-separated, of: {', '.join(work.MODES)} (default complete_and_claim,one_by_one)",
+    )
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=5.0, help="per row and round (default 5)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--backlog", type=int, default=50_000, help="chunks of each row's fresh job")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modes if m not in work.MODES]
+    if unknown:
+        p.error(f"unknown mode {', '.join(unknown)}; one of {', '.join(work.MODES)}")
+    if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:
+        p.error("--rounds and --workers must be at least 1, --seconds more than 0")
+    print(asyncio.run(run(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
