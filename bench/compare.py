@@ -44,10 +44,15 @@ BARE_KEY = "compare-bare"
 BARE_RESPONSE_BYTES = 300
 
 
+class GitError(Exception):
+    """A git command failed; the message says which and what git said."""
+
+
 def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GitError(f"git {' '.join(args)}: {done.stderr.strip() or f'exit status {done.returncode}'}")
+    return done.stdout.strip()
 
 
 @contextmanager
@@ -56,7 +61,10 @@ def checkout(rev: str | None, tmp: Path, tag: str) -> Iterator[tuple[Path, str]]
     if rev is None:
         yield ROOT, f"working tree ({_git('rev-parse', '--short', 'HEAD')} + changes)"
         return
-    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except GitError:
+        raise GitError(f"{rev!r} is not a commit of this repository ({ROOT})") from None
     tree = tmp / tag
     _git("worktree", "add", "--detach", "--quiet", str(tree), commit)
     try:
@@ -214,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown mode {', '.join(unknown)}; one of {', '.join(work.MODES)}")
     if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:
         p.error("--rounds and --workers must be at least 1, --seconds more than 0")
-    print(asyncio.run(run(args)), flush=True)
+    try:
+        print(asyncio.run(run(args)), flush=True)
+    except GitError as exc:
+        print(f"bench.compare: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
