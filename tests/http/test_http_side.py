@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,8 @@ def test_tls_with_the_grpc_certificate(make_server, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     srv = make_server(tls_cert=str(cert), tls_key=str(key))
     assert _http(srv).startswith("https://")
-    assert httpx.get(_http(srv) + "/healthz", verify=str(cert)).json() == {"status": "ok"}
+    trusted = ssl.create_default_context(cafile=str(cert))
+    assert httpx.get(_http(srv) + "/healthz", verify=trusted).json() == {"status": "ok"}
     with pytest.raises(httpx.HTTPError):
         httpx.get(_http(srv).replace("https://", "http://") + "/healthz", timeout=5)
 
