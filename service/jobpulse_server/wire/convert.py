@@ -35,7 +35,7 @@ def artifact_pb(a: Artifact) -> job_pb2.Artifact:
     )
 
 
-def _ts(us: int | None) -> dict[str, int] | None:
+def timestamp_kwargs(us: int | None) -> dict[str, int] | None:
     """A Timestamp as constructor keywords (cheaper than building a Timestamp and copying it)."""
     if us is None:
         return None
@@ -68,9 +68,9 @@ def chunk_kwargs(c: Chunk) -> dict[str, Any]:
             for a in c.artifacts
         ],
         "revision": c.revision,
-        "start_time": _ts(c.start_time),
-        "end_time": _ts(c.end_time),
-        "next_attempt_time": _ts(c.next_attempt_time),
+        "start_time": timestamp_kwargs(c.start_time),
+        "end_time": timestamp_kwargs(c.end_time),
+        "next_attempt_time": timestamp_kwargs(c.next_attempt_time),
         "error": {"reason": c.error_reason, "message": c.error_message}
         if c.error_reason or c.error_message
         else None,
