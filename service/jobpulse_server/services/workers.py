@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
@@ -134,6 +134,9 @@ class WorkerService:
         self.last_sweep: float | None = None
         # Worker id -> when it last asked for work here (monotonic seconds): the dashboard's health page.
         self._seen: dict[str, float] = {}
+        # jobpulse_chunks_total's child per event, looked up once (prometheus_client's labels() takes a
+        # lock and checks the values each time: 1.2 us against 0.35 for the child's inc).
+        self._chunk_events: dict[str, Any] = {}
 
     def workers_seen(self, within: float = 600.0) -> dict[str, float]:
         """Workers that asked this server for work in the last ``within`` seconds: id -> seconds ago."""
@@ -143,7 +146,10 @@ class WorkerService:
         return {w: now - t for w, t in self._seen.items()}
 
     def _count(self, event: str, n: int = 1) -> None:
-        self.metrics.chunks.labels(event).inc(n)
+        child = self._chunk_events.get(event)
+        if child is None:  # the events are a handful of fixed words
+            child = self._chunk_events[event] = self.metrics.chunks.labels(event)
+        child.inc(n)
 
     def _completed_one(self, done: CompletedOne) -> None:
         """Counts a group-committed completion, which has committed when the store returns it."""
