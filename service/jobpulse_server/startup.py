@@ -50,6 +50,10 @@ def configure_logging(config: Config, stream: TextIO | None = None) -> LogWriter
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter())
+    # No formatter here prints the process: a record need not ask for its id (a getpid system call on
+    # every access-log line) nor its multiprocessing name.
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     listener = log_off_the_loop(handler, getattr(logging, config.log_level.upper(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return listener
