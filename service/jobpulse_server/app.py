@@ -95,7 +95,8 @@ class App:
     deliverer: Deliverer | None = None
     throughput: Throughput | None = None
     tracing: Tracing = OFF
-    # The gRPC server's interceptors, outermost first (RpcSpans only when tracing is on, then CallGuard).
+    # The gRPC server's interceptors: RpcSpans when tracing is on, else none (the CallGuard wraps the
+    # handlers themselves).
     interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -247,11 +248,13 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
         OPERATIONS_SERVICE: OperationsServicer.ROLES,
     }
+    # The guard wraps each method of the services in ``roles`` as its servicer is added (guarded, below):
+    # a call reaches it with no interceptor in between. Tracing off: no interceptor at all, so a call
+    # costs what it cost before tracing existed; on: RpcSpans, whose span covers the guard.
     guard = CallGuard(authenticator, observer, roles)
-    # Tracing off: no span interceptor at all, so a call costs what it cost before tracing existed.
-    interceptors: list[grpc.aio.ServerInterceptor] = [guard]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if tracing.on:
-        interceptors.insert(0, RpcSpans(tracing.tracer, roles))
+        interceptors.append(RpcSpans(tracing.tracer, roles))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -272,6 +275,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     metrics.watch_cache("encoded_cache", "the cache of encoded jobs", encoded)
     # Every service added to the server from here on is listed by reflection, which reads this list.
     served = record_services(server)
+    guarded = guard.server(server)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(
             jobs,
@@ -283,18 +287,18 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             tokens,
             retention,
         ),
-        server,
+        guarded,
     )
     operations_pb2_grpc.add_OperationsServicer_to_server(
-        OperationsServicer(jobs, JobWaiter(jobs, hub), clock, retention), server
+        OperationsServicer(jobs, JobWaiter(jobs, hub), clock, retention), guarded
     )
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(workers, clock), server)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(workers, clock), guarded)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     stop_background = asyncio.Event()
     server_health = ServerHealth(db, hub, workers, health_servicer, config, stop_background)
     admin = AdminServicer(usage, server_health.report)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, guarded)
     add_reflection(server, served)
     try:
         address = f"{config.host}:{config.port}"

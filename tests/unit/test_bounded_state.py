@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import grpc
 import pytest
 
 from jobpulse_server.api.interceptors import CallGuard
@@ -21,15 +22,19 @@ class _Details:
         self.method = method
 
 
-async def test_calls_to_made_up_methods_leave_nothing_behind() -> None:
+def test_calls_to_made_up_methods_leave_nothing_behind() -> None:
+    """The guard keeps a wrapped handler per method it serves; a method a caller makes up, in a guarded
+    service or any other, is answered (UNIMPLEMENTED, by grpc) and forgotten."""
     guard = CallGuard(None, Observer(Metrics()), {"jobpulse.v1.JobService": frozenset({"client"})})  # type: ignore[arg-type]
-
-    async def unknown(details: Any) -> None:
-        return None
-
+    known = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
+    generic = grpc.method_handlers_generic_handler("jobpulse.v1.JobService", {"GetJob": known})
+    service = guard.wrap_generic(generic)
+    assert service is not generic
+    assert service.service(_Details("/jobpulse.v1.JobService/GetJob")) is not None
     for n in range(1_000):
-        assert await guard.intercept_service(unknown, _Details(f"/made.up.Service{n}/Method")) is None
-    assert guard._handlers == {}
+        assert service.service(_Details(f"/made.up.Service{n}/Method")) is None
+        assert service.service(_Details(f"/jobpulse.v1.JobService/MadeUp{n}")) is None
+    assert list(service._handlers) == ["/jobpulse.v1.JobService/GetJob"]  # type: ignore[attr-defined]
 
 
 def test_only_short_json_texts_are_kept_decoded() -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -69,9 +69,14 @@ def _decode_problem(exc: BaseException) -> str:
     return "its bytes are truncated or corrupt"
 
 
-class CallGuard(grpc.aio.ServerInterceptor):
+class CallGuard:
     """Authentication, error mapping, metrics and the access log for the services in ``roles``
-    (full service name -> roles that may call it)."""
+    (full service name -> roles that may call it).
+
+    Not a grpc.aio interceptor: an interceptor is a coroutine grpc runs, with its continuation, on every
+    call, only to hand back the same wrapped handler each time. Here each method's handler is wrapped
+    once, when its servicer is added to the server through ``server(...)``, and a call goes straight to
+    it (a tracing interceptor, when there is one, still sees the wrapped handler as registered)."""
 
     def __init__(
         self, authenticator: Authenticator, observer: Observer, roles: Mapping[str, frozenset[str]]
@@ -79,32 +84,21 @@ class CallGuard(grpc.aio.ServerInterceptor):
         self.auth = authenticator
         self.observer = observer
         self.roles = dict(roles)
-        # Wrapped handlers by method path: handlers are fixed once the server starts, and wrapping
-        # once keeps the per-call cost to a dictionary lookup.
-        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        try:
-            found = self._handlers[method]
-        except KeyError:
-            registered = await continuation(handler_call_details)
-            if registered is None:
-                # An unknown method: not remembered, or a caller naming made-up methods would grow
-                # this map without end.
-                return registered
-            found = self._handlers[method] = self._wrap(method, registered)
-            if found is None:
-                return registered
-        if found is None:  # not ours (health, reflection) or unknown: as registered
-            return await continuation(handler_call_details)
-        return found
+    def server(self, server: grpc.aio.Server) -> GuardedServer:
+        """What to pass to a generated ``add_XServicer_to_server`` in place of ``server``: the methods of
+        the guarded services reach ``server`` wrapped; any other service's reach it as they are."""
+        return GuardedServer(server, self)
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    def wrap_generic(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        """``handler`` with its methods wrapped, when it serves a guarded service; else ``handler``."""
+        if isinstance(handler, grpc.ServiceRpcHandler) and handler.service_name() in self.roles:
+            return _GuardedService(handler, self)
+        return handler
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        """The handler of ``method`` (``/service/Method``) inside the guard; None if its service is not
+        guarded."""
         service, _, name = method.lstrip("/").partition("/")
         roles = self.roles.get(service)
         if handler is None or roles is None:
@@ -187,3 +181,58 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 observer.record(name, code, started, request, context)
 
         return stream
+
+
+class _GuardedService(grpc.ServiceRpcHandler):
+    """A service's generic handler whose methods answer through the guard (each wrapped at its first
+    call and kept; a made-up method of the service is not kept, so callers cannot grow the map)."""
+
+    def __init__(self, inner: grpc.ServiceRpcHandler, guard: CallGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._prefix = f"/{inner.service_name()}/"
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service_name(self) -> str:
+        return self._inner.service_name()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        found = self._handlers.get(method)
+        if found is not None:
+            return found
+        if not method.startswith(self._prefix):
+            return None
+        registered = self._inner.service(handler_call_details)
+        if registered is None:
+            return None
+        wrapped = self._guard.wrap(method, registered)
+        assert wrapped is not None  # the service is guarded
+        self._handlers[method] = wrapped
+        return wrapped
+
+
+class GuardedServer:
+    """Stands in for the server while generated ``add_XServicer_to_server`` functions register a
+    servicer: both forms they register (the generic handler and the registered methods, which grpc
+    prefers) reach the real server wrapped by the guard."""
+
+    def __init__(self, server: grpc.aio.Server, guard: CallGuard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(self._guard.wrap_generic(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        if service not in self._guard.roles:
+            self._server.add_registered_method_handlers(service, dict(handlers))
+            return
+        wrapped = {}
+        for name, handler in handlers.items():
+            guarded = self._guard.wrap(f"/{service}/{name}", handler)
+            assert guarded is not None
+            wrapped[name] = guarded
+        self._server.add_registered_method_handlers(service, wrapped)
