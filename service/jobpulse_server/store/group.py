@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jobpulse_server.store.statements as q
+import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.changes import CHANNEL, Changes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
@@ -123,8 +124,8 @@ COMPLETE_GROUP = (
 
 
 def _ready(n_kinds: int) -> str:
-    """Chunks ready to run (statements.ready); the kinds, when named, as one array."""
-    where = "state = ? AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
+    """Chunks ready to run (statements.ready: the state written in); the kinds, when named, as one array."""
+    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
     return where + (" AND kind = ANY(?)" if n_kinds else "")
 
 
@@ -201,7 +202,7 @@ def claim_group_params(
 ) -> list[Any]:
     """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
     wanted."""
-    ready = [int(ChunkState.PENDING), now, *([list(kinds)] if kinds else []), len(slots)]
+    ready = [now, *([list(kinds)] if kinds else []), len(slots)]
     workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
     return [*ready, *ready, workers, leases, callers, now, now, now, now, channel, replica]
 

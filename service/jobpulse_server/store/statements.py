@@ -229,13 +229,14 @@ SAVE_CHUNK = "UPDATE chunks SET " + ", ".join(f"{c} = ?" for c in CHUNK_SAVED) +
 
 @_built
 def ready(d: Dialect, n_kinds: int) -> str:
-    """Chunks ready to run: pending, past any retry backoff, of the wanted kinds (``ready_params``)."""
-    where = "state = ? AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
+    """Chunks ready to run: pending, past any retry backoff, of the wanted kinds (``ready_params``). The
+    state is written in, not a parameter, so the planner can walk the partial ix_chunks_claim."""
+    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
     return where + (f" AND {d.any_of('kind', n_kinds)}" if n_kinds else "")
 
 
 def ready_params(d: Dialect, kinds: Sequence[str], now: int) -> list[Any]:
-    return [int(ChunkState.PENDING), now, *(d.values(kinds) if kinds else [])]
+    return [now, *(d.values(kinds) if kinds else [])]
 
 
 # Highest priority first, then the oldest job (ids sort by creation), then the chunk's index: the order
@@ -285,7 +286,7 @@ PG_LOCK_LEASED = (
 def expired_leases(d: Dialect) -> str:
     """Leases that ran out, oldest first (PostgreSQL skips chunks a worker is completing right now)."""
     return (
-        f"SELECT {CHUNK_SELECT} FROM chunks WHERE state = ? AND lease_expire_time < ? "
+        f"SELECT {CHUNK_SELECT} FROM chunks WHERE state = {tables.RUNNING} AND lease_expire_time < ? "
         f"ORDER BY lease_expire_time LIMIT ?{d.skip_locked}"
     )
 
@@ -596,7 +597,7 @@ def duration_at(w: Where) -> str:
     return f"SELECT end_time - create_time AS d FROM jobs{w.sql()}{cond} ORDER BY d LIMIT 1 OFFSET ?"
 
 
-LEASES_IN_FLIGHT = "SELECT count(*), count(DISTINCT worker_id) FROM chunks WHERE state = ?"
+LEASES_IN_FLIGHT = f"SELECT count(*), count(DISTINCT worker_id) FROM chunks WHERE state = {tables.RUNNING}"
 SCHEMA_VERSION = "SELECT version_num FROM alembic_version"
 # One statement that fails, as the server's own statements would, when a table or column the server uses
 # is missing (dropped under it, or the server points at another database); it reads no row. ``SELECT 1``

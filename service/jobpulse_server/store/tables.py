@@ -20,9 +20,18 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
+from jobpulse_server.domain.model import ChunkState
+
 metadata = MetaData()
+
+# The chunk states the partial indexes hold (written into the indexes' WHERE clauses and into the
+# statements that use them as literals: a planner uses a partial index only for a query whose WHERE
+# implies the index's, and a bound parameter does not).
+PENDING = int(ChunkState.PENDING)
+RUNNING = int(ChunkState.PROCESSING)
 
 jobs = Table(
     "jobs",
@@ -155,11 +164,27 @@ chunks = Table(
     Column("end_time", BigInteger, nullable=True),
     Index("ux_chunks_job_idx", "job_id", "idx", unique=True),
     Index("ix_chunks_job_revision", "job_id", "revision"),
-    Index("ix_chunks_lease", "state", "lease_expire_time"),
+    # Running chunks only, by lease end: the sweep's expired leases (migration 0012).
+    Index(
+        "ix_chunks_lease",
+        "lease_expire_time",
+        sqlite_where=text(f"state = {RUNNING}"),
+        postgresql_where=text(f"state = {RUNNING}"),
+    ),
 )
 
-# Matches the claim order (priority DESC, job_id, idx): a claim reads the first rows, no sort.
-Index("ix_chunks_claim", chunks.c.state, chunks.c.priority.desc(), chunks.c.job_id, chunks.c.idx)
+# Pending chunks only, in the claim order (priority DESC, job_id, idx): a claim reads the first rows, no
+# sort. Partial (migration 0012): a chunk leaves the index when it is claimed and a completion does not
+# touch it, where an index over every state moved each changed chunk's entry, and a complete-and-claim
+# wrote 14 pages instead of 9-10.
+Index(
+    "ix_chunks_claim",
+    chunks.c.priority.desc(),
+    chunks.c.job_id,
+    chunks.c.idx,
+    sqlite_where=text(f"state = {PENDING}"),
+    postgresql_where=text(f"state = {PENDING}"),
+)
 
 artifacts = Table(
     "artifacts",

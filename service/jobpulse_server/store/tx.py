@@ -252,7 +252,7 @@ class SqlTx:
         return found, {c.id: c for c in map(chunk_from_row, rows)}
 
     async def expired_leases(self, now: int, limit: int) -> list[Chunk]:
-        rows = await self.conn.fetch(q.expired_leases(self.d), (int(ChunkState.PROCESSING), now, limit))
+        rows = await self.conn.fetch(q.expired_leases(self.d), (now, limit))
         return list(map(chunk_from_row, rows))
 
     async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
@@ -463,7 +463,7 @@ class SqlTx:
 
     async def leases_in_flight(self) -> tuple[int, int]:
         """Chunks under a lease now, and the workers holding them."""
-        row = await self.conn.fetchrow(q.LEASES_IN_FLIGHT, (int(ChunkState.PROCESSING),))
+        row = await self.conn.fetchrow(q.LEASES_IN_FLIGHT)
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def schema_version(self) -> str:

@@ -1,0 +1,149 @@
+"""The worker path's reads walk the partial chunk indexes: a claim ix_chunks_claim (pending chunks, in
+claim order), the sweep's expired leases and the health report's leases in flight ix_chunks_lease
+(running chunks). Those indexes hold only the chunks of their state (migration 0012), and a planner uses
+a partial index only for a statement whose WHERE implies the index's, which a bound parameter does not:
+the statements write the state in. A statement that went back to ``state = ?`` would scan every chunk;
+this test fails then.
+
+The statements are the ones the server runs (store/statements.py, store/group.py), over 30,000 chunks of
+which a third are pending, a third running and a third completed. PostgreSQL plans with statistics
+(ANALYZE, as autovacuum keeps them); SQLite without (the server never runs ANALYZE).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from jobpulse_server.store import group
+from jobpulse_server.store import statements as sql
+from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.tables import PENDING, RUNNING, chunks, jobs
+
+N = 30_000
+COMPLETED = 3
+
+
+def _series(dialect: sql.Dialect, first: int, last: int) -> str:
+    if dialect == sql.POSTGRES:
+        return f"generate_series({first}, {last}) AS g"
+    return (
+        f"(WITH RECURSIVE s(g) AS (SELECT {first} UNION ALL SELECT g + 1 FROM s WHERE g < {last}) "
+        "SELECT g FROM s)"
+    )
+
+
+def _rows(table: Any, given: dict[str, str], series: str) -> str:
+    """INSERT ... SELECT of ``given`` column expressions; other non-null columns get false, 0 or ''."""
+    names, exprs = [], []
+    for column in table.columns:
+        if column.name in given:
+            names.append(column.name)
+            exprs.append(given[column.name])
+        elif not column.nullable:
+            names.append(column.name)
+            py = column.type.python_type
+            exprs.append("false" if py is bool else "0" if py is int else "''")
+    return f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(exprs)} FROM {series}"
+
+
+def _inserts(dialect: sql.Dialect) -> list[str]:
+    """100 jobs, then N chunks of theirs, each chunk's state by ``g % 3``: pending, running (with a
+    lease) or completed."""
+    job_rows = _rows(
+        jobs,
+        {"id": "'PLAN' || g", "kind": "'plan'", "state": "2", "labels": "'{}'", "job_metadata": "'{}'"},
+        _series(dialect, 0, 99),
+    )
+    state = f"CASE g % 3 WHEN 0 THEN {PENDING} WHEN 1 THEN {RUNNING} ELSE {COMPLETED} END"
+    given = {
+        "id": "'PLAN' || (g % 100) || '-' || g",
+        "job_id": "'PLAN' || (g % 100)",
+        "idx": "g",
+        "state": state,
+        "kind": "'plan'",
+        "priority": "g % 5",
+        "lease_expire_time": "CASE WHEN g % 3 = 1 THEN g ELSE NULL END",
+    }
+    return [job_rows, _rows(chunks, given, _series(dialect, 1, N))]
+
+
+async def test_claims_and_lease_reads_walk_the_partial_indexes(database_url: str) -> None:
+    db = SqlStore(database_url)
+    await db.start()  # runs the migrations
+    await db.close()
+    if database_url.startswith("postgresql"):
+        plans = await _postgresql_plans(database_url)
+    else:
+        plans = _sqlite_plans(database_url)
+    wrong = {name: plan for name, (index, plan) in plans.items() if index not in plan}
+    assert wrong == {}
+
+
+def _sqlite_plans(database_url: str) -> dict[str, tuple[str, str]]:
+    con = sqlite3.connect(make_url(database_url).database or "")
+    try:
+        for statement in _inserts(sql.SQLITE):
+            con.execute(statement)
+        con.commit()
+        statements = {
+            "claim, any kind": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 0)),
+            "claim, two kinds": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 2)),
+            "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.SQLITE)),
+            "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT),
+        }
+        out = {}
+        for name, (index, statement) in statements.items():
+            params = [1] * statement.count("?")
+            details = [row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + statement, params)]
+            # The claim reads the index in its order: no temporary B-tree to sort the pending chunks.
+            sorted_ = any("TEMP B-TREE FOR ORDER BY" in d for d in details)
+            out[name] = (index, " | ".join(details) + (" (sorted)" if sorted_ else ""))
+            if sorted_:
+                out[name] = ("no sort", out[name][1])
+        return out
+    finally:
+        con.close()
+
+
+def _nodes(plan: dict[str, Any]) -> list[str]:
+    out = [f"{plan['Node Type']} {plan.get('Index Name', plan.get('Relation Name', ''))}".strip()]
+    for child in plan.get("Plans", []):
+        out += _nodes(child)
+    return out
+
+
+async def _postgresql_plans(database_url: str) -> dict[str, tuple[str, str]]:
+    url = make_url(database_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database=url.database
+    )
+    try:
+        for statement in _inserts(sql.POSTGRES):
+            await conn.execute(statement)
+        await conn.execute("ANALYZE jobs")
+        await conn.execute("ANALYZE chunks")
+        # Parameters: now (ready), the kind when one is named, the limit; the claims take them twice.
+        claim_group = group.claim_group_params(["plan"], [("w", 1_000, 1)], 1, "ch", "r")
+        statements = {
+            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1, 1] * 2),
+            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), [1, "plan", 1] * 2),
+            "group-committed claim": ("ix_chunks_claim", group.claim_group_statement(1), claim_group),
+            "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), [1, 10]),
+            "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, []),
+        }
+        out = {}
+        for name, (index, statement, params) in statements.items():
+            text = statement if statement.count("$1") else sql.numbered(statement)
+            raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + text, *params)
+            nodes = _nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
+            plan = " | ".join(nodes)
+            # Every read of chunks goes through an index: no scan of the whole table.
+            out[name] = ("no Seq Scan", plan) if "Seq Scan chunks" in nodes else (index, plan)
+        return out
+    finally:
+        await conn.close()
