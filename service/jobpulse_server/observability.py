@@ -253,7 +253,8 @@ class LogWriter:
     def __init__(self, handler: logging.StreamHandler[Any], interval: float = 0.05) -> None:
         self.handler = handler
         self.interval = interval
-        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        # Log records, and access-log entries (``put_access``) made into records here, in arrival order.
+        self._records: collections.deque[logging.LogRecord | tuple[Any, ...]] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobpulse-log-writer", daemon=True)
@@ -263,6 +264,11 @@ class LogWriter:
         self._records.append(record)
         if record.levelno >= logging.WARNING:
             self._wake.set()
+
+    def put_access(self, entry: tuple[Any, ...]) -> None:
+        """An access-log line's values (``Observer.record``), made into its record on this writer's
+        thread: the same record, formatted by the same formatter, for a deque append on the loop."""
+        self._records.append(entry)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -274,7 +280,8 @@ class LogWriter:
     def _drain(self) -> None:
         lines = []
         while self._records:
-            record = self._records.popleft()
+            item = self._records.popleft()
+            record = item if isinstance(item, logging.LogRecord) else access_record(*item)
             try:
                 lines.append(self.handler.format(record))
             except Exception:
@@ -327,11 +334,56 @@ class DriverNoise(logging.Filter):
 def log_off_the_loop(handler: logging.StreamHandler[Any], level: int) -> LogWriter:
     """Routes the root logger through ``HandOff`` to a LogWriter over ``handler``; returns the
     started writer (stop it to flush)."""
+    global _hand_off
     writer = LogWriter(handler)
     hand_off = HandOff(writer)
     hand_off.addFilter(DriverNoise())
     logging.basicConfig(level=level, handlers=[hand_off], force=True)
+    _hand_off = hand_off
     return writer
+
+
+_hand_off: HandOff | None = None
+
+
+def _access_writer() -> LogWriter | None:
+    """The LogWriter an access-log line can be handed to as bare values: when the server's ``HandOff``
+    is the only place records of ``jobpulse.rpc`` go (no other handler or filter on the way, records
+    made by the standard factory). Anything else (a test's log capture, tracing's stamped records, a
+    logging set-up of an embedding program) takes the standard way, through ``Logger.handle``."""
+    hand_off = _hand_off
+    if hand_off is None or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    root = logging.root
+    if len(root.handlers) != 1 or root.handlers[0] is not hand_off or root.filters:
+        return None
+    if hand_off.level > logging.INFO or not all(isinstance(f, DriverNoise) for f in hand_off.filters):
+        return None
+    logger: logging.Logger | None = rpc_log
+    while logger is not None and logger is not root:
+        if logger.handlers or logger.filters or not logger.propagate or logger.disabled:
+            return None
+        logger = logger.parent
+    return hand_off.writer
+
+
+def access_record(
+    created_ns: int, method: str, code: str, elapsed: float, job_id: str, request_id: str
+) -> logging.LogRecord:
+    """The access-log record of one call, as ``Observer.record`` makes it (the message and its fields),
+    made at the time the call ended."""
+    record = logging.LogRecord(
+        rpc_log.name, logging.INFO, "", 0, "%s %s %.1fms%s",
+        (method, code, elapsed * 1000, f" job={job_id}" if job_id else ""), None,
+    )  # fmt: skip
+    record.created = created_ns / 1e9
+    record.msecs = (created_ns % 1_000_000_000) // 1_000_000 + 0.0
+    record.method = method
+    record.code = code
+    record.duration_ms = round(elapsed * 1000, 3)
+    record.job_id = job_id
+    record.request_id = request_id
+    return record
 
 
 _stamping = False
@@ -456,6 +508,18 @@ class Observer:
         children[0].inc()
         children[1].observe(elapsed)
         if rpc_log.isEnabledFor(logging.INFO):
+            writer = _access_writer()
+            if writer is not None:
+                # The server's own logging: the record is made and formatted on the writer's thread, a
+                # batch at a time (a record made here and sent through Logger.handle took about 6% of a
+                # SQLite complete-and-claim's loop time).
+                writer.put_access(
+                    (
+                        time.time_ns(), method, code, elapsed, job_id_of(request),
+                        request_id_of(context.invocation_metadata()),
+                    )
+                )  # fmt: skip
+                return
             fields = {
                 "method": method,
                 "code": code,
