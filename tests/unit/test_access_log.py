@@ -28,15 +28,19 @@ REQUEST = worker_service_pb2.CompleteChunkRequest(chunk_id="01JOBID-12", lease_t
 
 @pytest.fixture
 def server_logging() -> Iterator[None]:
-    """The root logger as the server sets it up, put back as it was afterwards."""
+    """The root logger as the server sets it up with tracing off (the standard record factory: a traced
+    server, or an earlier test of one in this process, stamps records with trace ids), put back as it
+    was afterwards."""
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level, observability._hand_off)
+    saved = (root.handlers[:], root.level, observability._hand_off, logging.getLogRecordFactory())
+    logging.setLogRecordFactory(logging.LogRecord)
     try:
         yield
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         observability._hand_off = saved[2]
+        logging.setLogRecordFactory(saved[3])
 
 
 def _lines(formatter: logging.Formatter, capture: logging.Handler | None = None) -> list[str]:
@@ -109,3 +113,16 @@ def test_a_record_made_later_keeps_the_time_the_call_ended() -> None:
     assert record.msecs == 123.0
     assert record.getMessage() == "GetJob NOT_FOUND 4.2ms"
     assert JsonFormatter().format(record).startswith('{"time":"2023-11-14T22:13:20.123Z"')
+
+
+@pytest.mark.usefixtures("server_logging")
+def test_records_stamped_with_trace_ids_take_the_standard_way() -> None:
+    """Tracing on: the record factory reads the current span on the thread that logs, so the record must
+    be made on the loop, not later on the writer's thread."""
+    writer = log_off_the_loop(logging.NullHandler(), logging.INFO)  # type: ignore[arg-type]
+    try:
+        assert observability._access_writer() is writer
+        logging.setLogRecordFactory(lambda *args, **kwargs: logging.LogRecord(*args, **kwargs))
+        assert observability._access_writer() is None
+    finally:
+        writer.stop()
