@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
+from support.sql import insert_generated, series
 
 from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.store import statements as sql
@@ -47,23 +48,8 @@ def _values(dialect: sql.Dialect) -> dict[str, str]:
 
 
 def _insert(dialect: sql.Dialect) -> str:
-    given = _values(dialect)
-    names, exprs = [], []
-    for column in jobs.columns:
-        if column.name in given:
-            names.append(column.name)
-            exprs.append(given[column.name])
-        elif not column.nullable:
-            names.append(column.name)
-            py = column.type.python_type
-            exprs.append("false" if py is bool else "0" if py is int else "''")
-    if dialect == sql.POSTGRES:
-        series = f"generate_series(1, {N}) AS g"
-    else:
-        series = (
-            f"(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {N}) SELECT g FROM s)"
-        )
-    return f"INSERT INTO jobs ({', '.join(names)}) SELECT {', '.join(exprs)} FROM {series}"
+    postgres = dialect == sql.POSTGRES
+    return insert_generated(jobs, _values(dialect), series(postgres, 1, N))
 
 
 def _key_at(rows: list[Any]) -> list[Any]:

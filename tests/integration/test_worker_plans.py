@@ -18,46 +18,25 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
+from support.sql import insert_generated, series
 
+from jobpulse_server.domain.model import ChunkState
 from jobpulse_server.store import group
 from jobpulse_server.store import statements as sql
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import PENDING, RUNNING, chunks, jobs
 
 N = 30_000
-COMPLETED = 3
-
-
-def _series(dialect: sql.Dialect, first: int, last: int) -> str:
-    if dialect == sql.POSTGRES:
-        return f"generate_series({first}, {last}) AS g"
-    return (
-        f"(WITH RECURSIVE s(g) AS (SELECT {first} UNION ALL SELECT g + 1 FROM s WHERE g < {last}) "
-        "SELECT g FROM s)"
-    )
-
-
-def _rows(table: Any, given: dict[str, str], series: str) -> str:
-    """INSERT ... SELECT of ``given`` column expressions; other non-null columns get false, 0 or ''."""
-    names, exprs = [], []
-    for column in table.columns:
-        if column.name in given:
-            names.append(column.name)
-            exprs.append(given[column.name])
-        elif not column.nullable:
-            names.append(column.name)
-            py = column.type.python_type
-            exprs.append("false" if py is bool else "0" if py is int else "''")
-    return f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(exprs)} FROM {series}"
+COMPLETED = int(ChunkState.COMPLETED)
 
 
 def _inserts(dialect: sql.Dialect) -> list[str]:
     """100 jobs, then N chunks of theirs, each chunk's state by ``g % 3``: pending, running (with a
     lease) or completed."""
-    job_rows = _rows(
+    job_rows = insert_generated(
         jobs,
         {"id": "'PLAN' || g", "kind": "'plan'", "state": "2", "labels": "'{}'", "job_metadata": "'{}'"},
-        _series(dialect, 0, 99),
+        series(dialect == sql.POSTGRES, 0, 99),
     )
     state = f"CASE g % 3 WHEN 0 THEN {PENDING} WHEN 1 THEN {RUNNING} ELSE {COMPLETED} END"
     given = {
@@ -69,7 +48,7 @@ def _inserts(dialect: sql.Dialect) -> list[str]:
         "priority": "g % 5",
         "lease_expire_time": "CASE WHEN g % 3 = 1 THEN g ELSE NULL END",
     }
-    return [job_rows, _rows(chunks, given, _series(dialect, 1, N))]
+    return [job_rows, insert_generated(chunks, given, series(dialect == sql.POSTGRES, 1, N))]
 
 
 async def test_claims_and_lease_reads_walk_the_partial_indexes(database_url: str) -> None:

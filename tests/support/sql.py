@@ -40,3 +40,28 @@ def value(database_url: str, sql: str, params: Sequence[Any] = ()) -> Any:
     """The first column of the first row (None without rows)."""
     rows = fetch(database_url, sql, params)
     return rows[0][0] if rows else None
+
+
+def series(postgres: bool, first: int, last: int) -> str:
+    """A FROM item yielding ``g`` = first..last, in the dialect's SQL."""
+    if postgres:
+        return f"generate_series({first}, {last}) AS g"
+    return (
+        f"(WITH RECURSIVE s(g) AS (SELECT {first} UNION ALL SELECT g + 1 FROM s WHERE g < {last}) "
+        "SELECT g FROM s)"
+    )
+
+
+def insert_generated(table: Any, given: dict[str, str], source: str) -> str:
+    """INSERT ... SELECT of ``given`` column expressions (in terms of ``g``) FROM ``source`` (``series``);
+    every other non-null column of ``table`` gets false, 0 or ''."""
+    names, exprs = [], []
+    for column in table.columns:
+        if column.name in given:
+            names.append(column.name)
+            exprs.append(given[column.name])
+        elif not column.nullable:
+            names.append(column.name)
+            py = column.type.python_type
+            exprs.append("false" if py is bool else "0" if py is int else "''")
+    return f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(exprs)} FROM {source}"
