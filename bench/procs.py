@@ -74,10 +74,17 @@ class ServerProcess:
     """One server under test in a process of its own."""
 
     def __init__(
-        self, kind: ServerKind, database_url: str = "", http_port: int = 0, *, pythonpath: str | None = None
+        self,
+        kind: ServerKind,
+        database_url: str = "",
+        http_port: int = 0,
+        *,
+        pythonpath: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``pythonpath`` (jobpulse only): put first on the server's PYTHONPATH, to serve the code of
-        another checkout (bench.compare)."""
+        another checkout (bench.compare) or load a ``sitecustomize`` (bench.loop_split); ``env``
+        (jobpulse only): variables added to the server's environment."""
         self.kind = kind
         self.port = 0
         self.http_port = http_port
@@ -99,6 +106,7 @@ class ServerProcess:
             if pythonpath:
                 inherited = self._command.env.get("PYTHONPATH")
                 self._command.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
+            self._command.env.update(env or {})
             return
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
