@@ -23,18 +23,21 @@ class _Details:
 
 
 def test_calls_to_made_up_methods_leave_nothing_behind() -> None:
-    """The guard keeps a wrapped handler per method it serves; a method a caller makes up, in a guarded
-    service or any other, is answered (UNIMPLEMENTED, by grpc) and forgotten."""
+    """The guard keeps a wrapped handler per method it serves, one for both forms a servicer registers;
+    a method a caller makes up, in a guarded service or any other, is answered (UNIMPLEMENTED, by grpc)
+    and forgotten."""
     guard = CallGuard(None, Observer(Metrics()), {"jobpulse.v1.JobService": frozenset({"client"})})  # type: ignore[arg-type]
     known = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
     generic = grpc.method_handlers_generic_handler("jobpulse.v1.JobService", {"GetJob": known})
     service = guard.wrap_generic(generic)
     assert service is not generic
-    assert service.service(_Details("/jobpulse.v1.JobService/GetJob")) is not None
+    found = service.service(_Details("/jobpulse.v1.JobService/GetJob"))
+    assert found is not None and found.unary_unary is not known.unary_unary
+    assert guard.wrap("/jobpulse.v1.JobService/GetJob", known) is found  # the registered form's too
     for n in range(1_000):
         assert service.service(_Details(f"/made.up.Service{n}/Method")) is None
         assert service.service(_Details(f"/jobpulse.v1.JobService/MadeUp{n}")) is None
-    assert list(service._handlers) == ["/jobpulse.v1.JobService/GetJob"]  # type: ignore[attr-defined]
+    assert list(guard._wrapped) == ["/jobpulse.v1.JobService/GetJob"]
 
 
 def test_only_short_json_texts_are_kept_decoded() -> None:

@@ -84,6 +84,9 @@ class CallGuard:
         self.auth = authenticator
         self.observer = observer
         self.roles = dict(roles)
+        # Each guarded method's handler, wrapped once: both forms a servicer is registered in (generic
+        # and registered methods) answer through the same one. Only registered methods come here.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def server(self, server: grpc.aio.Server) -> GuardedServer:
         """What to pass to a generated ``add_XServicer_to_server`` in place of ``server``: the methods of
@@ -96,12 +99,20 @@ class CallGuard:
             return _GuardedService(handler, self)
         return handler
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-        """The handler of ``method`` (``/service/Method``) inside the guard; None if its service is not
-        guarded."""
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """The handler of ``method`` (``/service/Method``, as registered) inside the guard; None if its
+        service is not guarded."""
+        found = self._wrapped.get(method)
+        if found is None:
+            found = self._wrap(method, handler)
+            if found is not None:
+                self._wrapped[method] = found
+        return found
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         service, _, name = method.lstrip("/").partition("/")
         roles = self.roles.get(service)
-        if handler is None or roles is None:
+        if roles is None:
             return None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -184,32 +195,24 @@ class CallGuard:
 
 
 class _GuardedService(grpc.ServiceRpcHandler):
-    """A service's generic handler whose methods answer through the guard (each wrapped at its first
-    call and kept; a made-up method of the service is not kept, so callers cannot grow the map)."""
+    """A service's generic handler whose methods answer through the guard (a made-up method of the
+    service finds no registered handler and is wrapped and kept by nobody, so callers cannot grow the
+    guard's map)."""
 
     def __init__(self, inner: grpc.ServiceRpcHandler, guard: CallGuard) -> None:
         self._inner = inner
         self._guard = guard
         self._prefix = f"/{inner.service_name()}/"
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service_name(self) -> str:
         return self._inner.service_name()
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        found = self._handlers.get(method)
-        if found is not None:
-            return found
         if not method.startswith(self._prefix):
             return None
         registered = self._inner.service(handler_call_details)
-        if registered is None:
-            return None
-        wrapped = self._guard.wrap(method, registered)
-        assert wrapped is not None  # the service is guarded
-        self._handlers[method] = wrapped
-        return wrapped
+        return None if registered is None else self._guard.wrap(method, registered)
 
 
 class GuardedServer:
