@@ -5,6 +5,10 @@
     python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
     python -m bench.pg_peer --only batch --n 50000    # batches of 10 alone, long enough to time well
 
+A full run measures the batches of 10 (jobpulse's CompleteChunks, PgQueuer's QueueManagers) on a second,
+deeper queue too (``--deep``, default 50,000): PgQueuer's cost per job grows with the length of its queue,
+jobpulse's does not, so the two depths bracket the comparison.
+
 jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
 (spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
 channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
@@ -589,6 +593,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
                 f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}"
                 f"{_ratio(by[key], by.get(f'lp{k}')):>28}"
             )
+        if "jpb10d" in by:
+            label = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
+            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}{'not run':>28}")
     if scaling:
         add("-" * width)
         add("Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a")
@@ -740,6 +747,18 @@ def _peer_goals(
                 note=note("jpb10"),
             )
         )
+    if "jpb10d" in by:
+        n = by["jpb10d"].get("n", 0)
+        out.append(
+            report.Goal(
+                f"same, both on a queue of {n:,} (QueueManager)",
+                ratio("jpb10d", "qm10d"),
+                True,
+                1.0,
+                2.0,
+                note=note("jpb10d"),
+            )
+        )
     for key, what in (
         ("jp1", "one by one"),
         ("jpcc", "complete-and-claim"),
@@ -786,6 +805,15 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     cases.append((key, functools.partial(statements_floor, n, w, key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
             cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
+    if args.only in (None, "peer") and args.deep:
+        # The batches of 10 again on a deeper queue: PgQueuer's cost per job grows with its queue's length
+        # (its database CPU per job 142 us at 5,000, 673 at 50,000 in bench/README's fourth pass) and
+        # jobpulse's does not, so a ratio at one depth alone says little. The loops are left out here
+        # (40 s a row at 50,000).
+        cases += [
+            ("jpb10d", functools.partial(_deep, functools.partial(jobpulse_drain, args.deep, w, "jpb10"))),
+            ("qm10d", functools.partial(_deep, functools.partial(pgqueuer_managers, args.deep, w, 10))),
+        ]
     if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
         cases += [
             ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
@@ -815,6 +843,13 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+async def _deep(row: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """A row of the deeper queue, its name saying so."""
+    out = await row()
+    out["name"] = f"{out['name']}, N = {out['n']:,}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
@@ -830,6 +865,13 @@ def main(argv: list[str] | None = None) -> int:
         "16 QueueManagers) or batch (CompleteChunks of 10 beside PgQueuer's batches of 10 alone); default "
         "peer and scaling",
     )
+    p.add_argument(
+        "--deep",
+        type=int,
+        default=None,
+        help="the peer rows (not with --quick): the batches of 10 (jobpulse CompleteChunks, PgQueuer "
+        "QueueManagers) once more on a queue this deep (default 50,000; 0 leaves them out)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
@@ -837,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n = 1_000 if args.quick else 5_000
     if args.rounds is None:
         args.rounds = 1
+    if args.deep is None:
+        args.deep = 0 if args.quick else 50_000
     t0 = time.perf_counter()
     load_before = report.load_average()
     pg = asyncio.run(_pg_version())
