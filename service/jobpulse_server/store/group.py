@@ -21,6 +21,7 @@ tests/integration/test_fast_paths.py holds them to the domain on random job stat
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -142,8 +143,15 @@ def claim_group_statement(n_kinds: int) -> str:
     candidates, the callers take the general path, which handles jobs with webhooks too).
     Parameters: ready params + total limit (twice), the slots' worker ids, lease durations (us) and
     callers (from 1), now (four times), channel, replica id."""
+    # Built once for each of its two forms (with and without kinds): building it is a few dozen joins
+    # and formats (19 us), on every claim flush's path.
+    return _claim_group_statement(bool(n_kinds))
+
+
+@functools.cache
+def _claim_group_statement(kinds: bool) -> str:
     d = q.POSTGRES
-    ready = _ready(n_kinds)
+    ready = _ready(int(kinds))
     first = f"SELECT job_id FROM chunks WHERE {ready}{q.CLAIM_ORDER}"
     # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
     # Nothing is taken when a candidate job has webhooks: the general path keeps the claim order.
