@@ -311,3 +311,66 @@ def test_claims_in_one_flush_are_each_in_turn(
         assert got[n] is not None and [c.id for _, c in got[n]] == [c.id for c in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=jobs(need=ChunkState.PROCESSING),
+    limits=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+    stale=st.integers(0, 4),
+)
+def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+    case: tuple[Job, list[Chunk]],
+    limits: list[int],
+    stale: int,
+) -> None:
+    """Several workers each completing a chunk with claim_next at once: one flush, written by one
+    statement (store/group.py ``_complete_then_claim``), leaves the job and its chunks as the completions
+    one after another and then the claims, to the callers in turn, do. With a stale completion among
+    them (``stale`` > 0) that caller gets nothing, and the others still claim after all the completions."""
+    case[0].webhook_url = ""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    running = [c for c in before_chunks if c.state == ChunkState.PROCESSING][: len(limits)]
+    callers = list(zip(running, limits, strict=False))
+    refused = running[stale % len(running)].id if stale else None
+    flushes = fast.group.flushes
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                fast.complete_and_claim(
+                    c.id,
+                    job.id,
+                    "stale" if c.id == refused else str(c.lease_token),
+                    NOW,
+                    "",
+                    [],
+                    (f"{WORKER}-{n}", [job.kind], limit, LEASE),
+                )
+                for n, (c, limit) in enumerate(callers)
+            )
+        )
+
+    got = run(all_at_once())
+    if refused is None:
+        assert fast.group.flushes == flushes + 1, "one statement for the completions and the claims"
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    for c, _ in callers:
+        if c.id != refused:
+            _complete_in_domain(before_job, c, NOW)
+            before_job.bumped = False
+    completed_at = before_job.revision
+    for n, (c, limit) in enumerate(callers):
+        if c.id == refused:
+            assert got[n] is None
+            continue
+        expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
+        for e in expected:
+            e.worker_id = f"{WORKER}-{n}"
+        before_job.bumped = False
+        done, claims = got[n]
+        assert done.revision == completed_at
+        assert claims is not None and [x.id for _, x in claims] == [e.id for e in expected]
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]

@@ -1,6 +1,8 @@
 """Group commit of the worker path on PostgreSQL: completions and claims queued by concurrent callers are
 written by one flusher, one statement per kind of work per flush, so the job rows they touch are locked,
-updated and committed once per flush rather than once per chunk.
+updated and committed once per flush rather than once per chunk. A flush's completions and the claims
+that follow them (``claim_next``, and plain claims of the same kinds) are one statement
+(``_complete_then_claim``): one round trip, one commit and one update of each job row instead of two.
 
 Why: every completion and claim changes its job's row (counts, state, revision, change_seq), which is
 wide, indexed (never a HOT update) and the one row every worker of a job queues on; each statement held
@@ -215,6 +217,157 @@ def claim_group_params(
     return [*ready, *ready, workers, leases, callers, now, now, now, now, channel, replica]
 
 
+class _Named:
+    """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
+    same ``$n`` wherever it is used."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            self.names.append(name)
+        return f"${self.names.index(name) + 1}"
+
+    def values(self, given: dict[str, Any]) -> list[Any]:
+        return [given[name] for name in self.names]
+
+
+@functools.cache
+def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
+    """A flush's completions and then the claims of one set of kinds, written by one statement: what
+    COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
+    each job row updated once. The claims are made only if every completion went through (``tried``);
+    otherwise the completions alone are written and the flusher claims as before.
+
+    How it keeps the two statements' meaning: every job either part touches is locked first, in id
+    order (every writer's lock order); the completed chunks take revisions above the job's as in
+    COMPLETE_GROUP, the claimed chunks above those (the job's revision plus the flush's completions
+    of that job plus the caller's step, as the claim statement would have found it); the job row gets
+    the counts of both parts, the claim's state when it claimed (a claimed chunk is running) and
+    derive_state of the completions otherwise. Each completion's answer (the job's state and revision
+    after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
+    it. One change_seq and one NOTIFY with the job revisions after both."""
+    p = _Named()
+    kinds_sql = f" AND kind = ANY({p('kinds')}::text[])" if kinds else ""
+    ready = (
+        f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= {p('now_k')})"
+        + kinds_sql
+    )
+    done_state = q.derive_state_sql(
+        "j.n_pending",
+        "(j.n_processing - g.n)",
+        "(j.n_completed + g.done)",
+        "j.n_failed",
+        "(j.n_cancelled + g.cancelled)",
+    )
+    after_done = q.derive_state_sql(
+        "j.n_pending",
+        "(j.n_processing - d.cn)",
+        "(j.n_completed + d.done)",
+        "j.n_failed",
+        "(j.n_cancelled + d.cancelled)",
+    )
+    claimed_state = (
+        f"CASE WHEN j.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
+    )
+    order = "k1.priority DESC, k1.job_id, k1.idx"
+    now_c = p("now_c")
+    sql = (
+        f"WITH i AS (SELECT * FROM unnest({p('ids')}::text[], {p('jobs')}::text[], {p('tokens')}::text[], "
+        f"{p('ext')}::text[]) WITH ORDINALITY AS i(chunk_id, job_id, token, ext, pos)), "
+        # The jobs of the first ready chunks, in claim order (the claim's candidates).
+        f"f AS (SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx "
+        f"LIMIT {p('limit')}), "
+        # Every job of either part, locked in id order, as each part's rows are now.
+        "jl AS (SELECT id, revision, cancel_requested, webhook_url, n_pending, n_processing, n_completed, "
+        "n_failed, n_cancelled, start_time, create_time, trace_parent, "
+        "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
+        "WHERE id IN (SELECT job_id FROM i) OR id IN (SELECT job_id FROM f) ORDER BY id FOR UPDATE), "
+        # The completions: COMPLETE_GROUP's, over the locked rows.
+        "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND webhook_url = ''), "
+        "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
+        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+        f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
+        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now_c}) FOR UPDATE OF c), "
+        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+        "c1 AS (UPDATE chunks AS c SET "
+        f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
+        "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
+        "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+        f"revision = j0.revision + r.step, end_time = {now_c}, lease_token = NULL, lease_expire_time = NULL "
+        "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+        "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
+        "c.item_count AS items, c.start_time, c.attempt), "
+        "g AS (SELECT job_id, count(*) AS n, "
+        f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
+        f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
+        "FROM c1 GROUP BY job_id), "
+        # The claims, only when every completion went through: the claim statement's, over the locked
+        # rows, each claimed chunk's revision above the flush's completions of its job.
+        "jk AS (SELECT id, revision, webhook_url FROM jl "
+        f"WHERE cand AND (SELECT count(*) FROM c1) = {p('n')}), "
+        "c AS (SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
+        f"FROM chunks ch WHERE {ready} "
+        "AND ch.job_id IN (SELECT id FROM jk) AND NOT EXISTS (SELECT 1 FROM jk WHERE webhook_url <> '') "
+        f"ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT {p('limit')} FOR UPDATE OF ch SKIP LOCKED), "
+        "s AS (SELECT c.*, w.worker, w.lease, w.caller FROM (SELECT c.*, row_number() OVER "
+        "(ORDER BY c.priority DESC, c.job_id, c.idx) AS slot FROM c) AS c "
+        f"JOIN unnest({p('workers')}::text[], {p('leases')}::bigint[], {p('callers')}::bigint[]) "
+        "WITH ORDINALITY AS w(worker, lease, caller, slot) ON w.slot = c.slot), "
+        "rk AS (SELECT s.*, dense_rank() OVER (PARTITION BY s.job_id ORDER BY s.caller) AS step FROM s), "
+        f"k1 AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
+        f"worker_id = rk.worker, start_time = {p('now_k')}, end_time = NULL, next_attempt_time = NULL, "
+        "items_done = 0, lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
+        f"lease_expire_time = {p('now_k')}::bigint + rk.lease, lease_duration = rk.lease, "
+        "revision = jk.revision + coalesce(g.n, 0) + rk.step "
+        "FROM rk JOIN jk ON jk.id = rk.job_id LEFT JOIN g ON g.job_id = rk.job_id WHERE ch.id = rk.id "
+        f"RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
+        "rk.items_done AS old_done, rk.caller, rk.step, rk.due), "
+        "gk AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps FROM k1 "
+        "GROUP BY job_id), "
+        # Each job's row once, with both parts' changes.
+        "d AS (SELECT coalesce(g.job_id, gk.job_id) AS job_id, coalesce(g.n, 0) AS cn, "
+        "coalesce(g.done, 0) AS done, coalesce(g.cancelled, 0) AS cancelled, "
+        "coalesce(g.gained, 0) AS gained, "
+        "coalesce(gk.n, 0) AS kn, coalesce(gk.lost, 0) AS lost, coalesce(gk.steps, 0) AS steps "
+        "FROM g FULL JOIN gk ON gk.job_id = g.job_id), "
+        "j1 AS (UPDATE jobs AS j SET revision = j.revision + d.cn + d.steps, "
+        f"update_time = greatest(j.update_time, CASE WHEN d.cn > 0 THEN {now_c} END, "
+        f"CASE WHEN d.kn > 0 THEN {p('now_k')} END), "
+        "n_pending = j.n_pending - d.kn, n_processing = j.n_processing - d.cn + d.kn, "
+        "n_completed = j.n_completed + d.done, n_cancelled = j.n_cancelled + d.cancelled, "
+        "items_done = j.items_done + d.gained - d.lost, "
+        f"start_time = CASE WHEN d.kn > 0 THEN coalesce(j.start_time, {p('now_k')}) ELSE j.start_time END, "
+        f"state = CASE WHEN d.kn > 0 THEN {claimed_state} ELSE {after_done} END, "
+        f"end_time = CASE WHEN d.kn > 0 THEN NULL WHEN {after_done} IN {_TERMINAL} "
+        f"THEN coalesce(j.end_time, {now_c}) ELSE NULL END, "
+        f"change_seq = {q.POSTGRES.next_seq} "
+        f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
+        "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
+        "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
+        f"unnest({p('a_pos')}::bigint[], {p('a_name')}::text[], {p('a_uri')}::text[], "
+        f"{p('a_media')}::text[], {p('a_size')}::bigint[]) "
+        f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
+        f"n AS (SELECT pg_notify({p('channel')}, json_build_object('r', {p('replica')}::text, "
+        "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
+        "HAVING count(*) > 0) "
+        # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
+        # completions), whether the claims were tried, and the claim statement's answer.
+        f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, c1.items, "
+        "c1.start_time, c1.attempt, j.create_time, c1.idx, j.trace_parent)) "
+        "FROM c1 JOIN jl AS j ON j.id = c1.job_id JOIN g ON g.job_id = c1.job_id) AS done_rows, "
+        f"(SELECT count(*) FROM c1) = {p('n')} AS tried, "
+        "(SELECT count(*) FROM jk) AS n_jobs, "
+        f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'k1')}) ORDER BY {order}) FROM k1) AS chunk_rows, "
+        f"(SELECT array_agg(k1.caller ORDER BY {order}) FROM k1) AS callers, "
+        "(SELECT array_agg(j1) FROM j1) AS job_rows, "
+        f"(SELECT array_agg(k1.due ORDER BY {order}) FROM k1) AS dues, "
+        "(SELECT count(*) FROM n) AS notified"
+    )
+    return sql, p
+
+
 @dataclass
 class CompletedOne:
     """What a grouped completion did."""
@@ -334,7 +487,15 @@ class GroupCommit:
                 ready = [all(id(a) in taken or a.done.done() for a in c.after) for c in self._claims]
                 claims = [c for c, r in zip(self._claims, ready, strict=True) if r]
                 self._claims = [c for c, r in zip(self._claims, ready, strict=True) if not r]
-                if completions:
+                # With the completions, in the same statement, the claims of one set of kinds that wait
+                # for completions of this flush only (or none).
+                kinds = claims[0].kinds if completions and claims else None
+                both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
+                if both:
+                    tried = await self._settle_both(completions, kinds or (), both)
+                    if tried:
+                        claims = [c for c in claims if all(c is not b for b in both)]
+                elif completions:
                     await self._settle(completions, self._write_completions(completions))
                 by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
                 for c in claims:
@@ -391,6 +552,19 @@ class GroupCommit:
                 (w.done if isinstance(w, Completion) else w.got).cancel()
             raise
 
+    async def _settle_both(
+        self, items: list[Completion], kinds: tuple[str, ...], asks: list[ClaimAsk]
+    ) -> bool:
+        """``_write_both`` under ``_settle``'s rules, for the completions and the claims alike."""
+        tried = False
+
+        async def write() -> None:
+            nonlocal tried
+            tried = await self._write_both(items, kinds, asks)
+
+        await self._settle([*items, *asks], write())
+        return tried
+
     async def _write_completions(self, items: list[Completion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
         positions, names, uris, media, sizes = [], [], [], [], []
@@ -419,6 +593,10 @@ class GroupCommit:
             ],
         )
         self.flushes += 1
+        self._completed(items, rows, now)
+
+    def _completed(self, items: list[Completion], rows: Sequence[Sequence[Any]], now: int) -> None:
+        """Answers the completions from their statement's rows (one per completion that went through)."""
         self.items += len(rows)
         revisions: dict[str, int] = {}
         results: dict[int, CompletedOne] = {}
@@ -474,17 +652,29 @@ class GroupCommit:
             claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id),
         )
         row = rows[0]
-        n_jobs, chunk_rows, callers, job_rows = row[0], row[1], row[2], row[3]
         self.flushes += 1
+        self._claimed(asks, row[0], row[1], row[2], row[3], row[5])
+
+    def _claimed(
+        self,
+        asks: list[ClaimAsk],
+        n_jobs: int,
+        chunk_rows: Sequence[Any] | None,
+        callers: Sequence[int] | None,
+        job_rows: Sequence[Any] | None,
+        dues: Sequence[int | None] | None,
+    ) -> None:
+        """Answers the claims from their statement's answer."""
         if not chunk_rows:
             # [] when no chunk was ready; None (each caller takes the general path) when it declined.
             for a in asks:
                 if not a.got.done():
                     a.got.set_result([] if not n_jobs else None)
             return
+        assert callers is not None and dues is not None
         jobs = {j.id: j for j in map(job_from_row, job_rows or ())}
         mine: dict[int, list[tuple[Job, Chunk]]] = {}
-        for caller, chunk, due in zip(callers, map(chunk_from_row, chunk_rows), row[5], strict=True):
+        for caller, chunk, due in zip(callers, map(chunk_from_row, chunk_rows), dues, strict=True):
             chunk.due_time = due
             mine.setdefault(caller, []).append((jobs[chunk.job_id], chunk))
         self.items += len(chunk_rows)
@@ -492,3 +682,52 @@ class GroupCommit:
         for n, a in enumerate(asks, 1):
             if not a.got.done():
                 a.got.set_result(mine.get(n, []))
+
+    async def _write_both(
+        self, items: list[Completion], kinds: tuple[str, ...], asks: list[ClaimAsk]
+    ) -> bool:
+        """The completions and then the claims (of these kinds, each after completions of this flush
+        only) in one statement (``_complete_then_claim``). Returns whether the claims were made: not
+        when a completion did not go through, and then the caller claims as before."""
+        now_c = max(i.now for i in items)
+        now_k = max(a.now for a in asks)
+        slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
+            :MAX_GROUP
+        ]
+        sql, names = _complete_then_claim(bool(kinds))
+        artifacts: list[list[Any]] = [[], [], [], [], []]
+        for pos, item in enumerate(items, 1):
+            for a in item.artifacts:
+                for column, value in zip(
+                    artifacts, (pos, a.name, a.uri, a.media_type, a.size_bytes), strict=True
+                ):
+                    column.append(value)
+        workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
+        given: dict[str, Any] = {
+            "kinds": list(kinds),
+            "now_k": now_k,
+            "now_c": now_c,
+            "ids": [i.chunk_id for i in items],
+            "jobs": [i.job_id for i in items],
+            "tokens": [i.token for i in items],
+            "ext": [i.external_task_id for i in items],
+            "limit": len(slots),
+            "n": len(items),
+            "workers": workers,
+            "leases": leases,
+            "callers": callers,
+            "a_pos": artifacts[0],
+            "a_name": artifacts[1],
+            "a_uri": artifacts[2],
+            "a_media": artifacts[3],
+            "a_size": artifacts[4],
+            "channel": CHANNEL,
+            "replica": self.store.replica_id,
+        }
+        rows = await self.store.statement_rows(sql, names.values(given))
+        done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
+        self.flushes += 1
+        self._completed(items, done_rows or (), now_c)
+        if tried:
+            self._claimed(asks, n_jobs, chunk_rows, claim_callers, job_rows, dues)
+        return bool(tried)
