@@ -394,6 +394,16 @@ def _future() -> asyncio.Future[Any]:
     return asyncio.get_running_loop().create_future()
 
 
+def _drop(fut: asyncio.Future[Any]) -> None:
+    """A claim's answer its caller will not read (its completions failed, and it raises theirs): the
+    failed flush gave both the same error, which is marked as seen so that asyncio does not log it as
+    never retrieved; an answer still to come is cancelled."""
+    if not fut.done():
+        fut.cancel()
+    elif not fut.cancelled():
+        fut.exception()
+
+
 @dataclass
 class Completion:
     chunk_id: str
@@ -454,7 +464,11 @@ class GroupCommit:
         self._completions.append(item)
         self._claims.append(ask)
         self._kick()
-        done = await item.done
+        try:
+            done = await item.done
+        except BaseException:
+            _drop(ask.got)
+            raise
         if done is None:
             ask.got.cancel()
             return None
@@ -471,7 +485,12 @@ class GroupCommit:
             ask.after, ask.if_done = items, True
             self._claims.append(ask)
         self._kick()
-        done = list(await asyncio.gather(*(i.done for i in items)))
+        try:
+            done = list(await asyncio.gather(*(i.done for i in items)))
+        except BaseException:
+            if ask is not None:
+                _drop(ask.got)
+            raise
         return done, (await ask.got if ask is not None else [])
 
     def _kick(self) -> None:
@@ -492,9 +511,12 @@ class GroupCommit:
                 kinds = claims[0].kinds if completions and claims else None
                 both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
                 if both:
-                    tried = await self._settle_both(completions, kinds or (), both)
-                    if tried:
-                        claims = [c for c in claims if all(c is not b for b in both)]
+                    await self._settle(
+                        [*completions, *both], self._write_both(completions, kinds or (), both)
+                    )
+                    # Answered (claimed, or the statement failed and each caller has its error): done.
+                    # Not tried (a completion did not go through): claimed below, as before.
+                    claims = [c for c in claims if not c.got.done()]
                 elif completions:
                     await self._settle(completions, self._write_completions(completions))
                 by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
@@ -551,19 +573,6 @@ class GroupCommit:
             for w in waiting:
                 (w.done if isinstance(w, Completion) else w.got).cancel()
             raise
-
-    async def _settle_both(
-        self, items: list[Completion], kinds: tuple[str, ...], asks: list[ClaimAsk]
-    ) -> bool:
-        """``_write_both`` under ``_settle``'s rules, for the completions and the claims alike."""
-        tried = False
-
-        async def write() -> None:
-            nonlocal tried
-            tried = await self._write_both(items, kinds, asks)
-
-        await self._settle([*items, *asks], write())
-        return tried
 
     async def _write_completions(self, items: list[Completion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
@@ -685,10 +694,10 @@ class GroupCommit:
 
     async def _write_both(
         self, items: list[Completion], kinds: tuple[str, ...], asks: list[ClaimAsk]
-    ) -> bool:
+    ) -> None:
         """The completions and then the claims (of these kinds, each after completions of this flush
-        only) in one statement (``_complete_then_claim``). Returns whether the claims were made: not
-        when a completion did not go through, and then the caller claims as before."""
+        only) in one statement (``_complete_then_claim``). The claims are answered only if they were
+        made: not when a completion did not go through (the flusher then claims as before)."""
         now_c = max(i.now for i in items)
         now_k = max(a.now for a in asks)
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
@@ -730,4 +739,3 @@ class GroupCommit:
         self._completed(items, done_rows or (), now_c)
         if tried:
             self._claimed(asks, n_jobs, chunk_rows, claim_callers, job_rows, dues)
-        return bool(tried)

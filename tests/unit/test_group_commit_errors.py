@@ -1,0 +1,115 @@
+"""The group-commit flusher (store/group.py) when its statement fails, on a stand-in for the store that
+records every statement and fails the one that writes completions and claims together: every caller of
+that flush gets the error, and nothing is written after it for them (a claim answered with an error
+must not be made by a later statement: its chunks would stay leased to a worker that never heard of
+them). The statements' SQL itself is tested on PostgreSQL (tests/integration/test_fast_paths.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from jobpulse_server.domain.changes import Changes
+from jobpulse_server.store.group import ClaimAsk, Completion, GroupCommit
+
+
+class Refused(Exception):
+    pass
+
+
+class FailingStore:
+    """``group._Runs``: every statement is recorded; the combined one raises."""
+
+    replica_id = "test-replica"
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+        raise AssertionError("the flusher runs statement_rows only")
+
+    async def statement_rows(self, sql: str, params: Sequence[Any], lane: int = 0) -> list[Sequence[Any]]:
+        self.statements.append(sql)
+        raise Refused("the database went away")
+
+    def publish(self, changes: Changes) -> None:
+        raise AssertionError("nothing committed, nothing to publish")
+
+
+async def test_a_failed_flush_answers_its_completions_and_claims_with_the_error_and_writes_no_more() -> None:
+    store = FailingStore()
+    group = GroupCommit(store)
+    completion = Completion("job-1:0", "job-1", "token", "", [], now=1)
+    next_claim = ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)
+    plain_claim = ClaimAsk("worker-b", ("kind",), 2, 60_000_000, now=1)
+
+    async def claim() -> Any:
+        return await group.claim(plain_claim)
+
+    both = asyncio.ensure_future(group.complete_and_claim(completion, next_claim))
+    alone = asyncio.ensure_future(claim())
+    results = await asyncio.gather(both, alone, return_exceptions=True)
+    await group.close()
+
+    assert [type(r) for r in results] == [Refused, Refused]
+    assert len(store.statements) == 1, "one statement for the completion and both claims, and no other"
+    assert "unnest" in store.statements[0] and "k1 AS (UPDATE chunks" in store.statements[0]
+    assert next_claim.got.done() and plain_claim.got.done()
+
+
+@pytest.mark.parametrize("flushes", [1, 3])
+async def test_the_flusher_serves_the_next_callers_after_a_failed_flush(flushes: int) -> None:
+    """A failed flush stops nothing: each later flush is tried on its own (and fails here too)."""
+    store = FailingStore()
+    group = GroupCommit(store)
+    for n in range(flushes):
+        with pytest.raises(Refused):
+            await group.complete_and_claim(
+                Completion(f"job-1:{n}", "job-1", "token", "", [], now=1),
+                ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1),
+            )
+    await group.close()
+    assert len(store.statements) == flushes
+
+
+async def test_a_failed_flush_leaves_no_error_unread() -> None:
+    """asyncio logs an error that a future held and nobody read ("Future exception was never retrieved")
+    when the future is collected. A failed flush gives a completion's caller and its next claim the same
+    error; the caller raises the completion's and reads or cancels the claim's."""
+    messages: list[str] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: messages.append(str(context.get("message"))))
+    try:
+        group = GroupCommit(FailingStore())
+
+        async def one() -> str:
+            try:
+                await group.complete_and_claim(
+                    Completion("job-1:0", "job-1", "token", "", [], now=1),
+                    ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1),
+                )
+            except Refused:
+                return "refused"
+            return "answered"
+
+        async def many() -> str:
+            try:
+                await group.complete_many(
+                    [Completion(f"job-2:{n}", "job-2", "token", "", [], now=1) for n in range(2)],
+                    ClaimAsk("worker-b", ("kind",), 2, 60_000_000, now=1),
+                )
+            except Refused:
+                return "refused"
+            return "answered"
+
+        assert await asyncio.gather(one(), many()) == ["refused", "refused"]
+        await group.close()
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert [m for m in messages if "never retrieved" in m] == []
