@@ -68,6 +68,57 @@ _NEW_STATE = q.derive_state_sql(
     "(j.n_cancelled + g.cancelled)",
 )
 
+
+def _completing(now: str) -> str:
+    """The completions ``i`` of a flush over their locked jobs ``j0``, as CTEs c0, r, c1 and g (the moved
+    chunks and the counts they move per job); ``now`` is the placeholder of the flush's clock."""
+    return (
+        # Fencing (services/workers.py ``_leased``), each item by its own token: the chunk is PROCESSING
+        # under this very token and its lease has not run out.
+        "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
+        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+        f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
+        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) FOR UPDATE OF c), "
+        # Each chunk of a job takes a revision of its own above the job's: one change each, in the order
+        # they were asked for.
+        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+        # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was
+        # asked; the lease ends.
+        "c1 AS (UPDATE chunks AS c SET "
+        f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
+        "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
+        "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+        f"revision = j0.revision + r.step, end_time = {now}, lease_token = NULL, lease_expire_time = NULL "
+        "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+        "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
+        "c.item_count AS items, c.start_time, c.attempt), "
+        "g AS (SELECT job_id, count(*) AS n, "
+        f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
+        f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
+        "FROM c1 GROUP BY job_id), "
+    )
+
+
+def _artifacts(pos: str, name: str, uri: str, media: str, size: str) -> str:
+    """CTE a: a completed chunk's artifacts (a cancelled one's are dropped, as in complete_many), from
+    five arrays (the completion's position from 1, name, uri, media type, size)."""
+    return (
+        "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
+        "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
+        f"unnest({pos}::bigint[], {name}::text[], {uri}::text[], {media}::text[], {size}::bigint[]) "
+        f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
+    )
+
+
+def _notify(channel: str, replica: str) -> str:
+    """The pg_notify call telling the other replicas the jobs of ``j1`` at their new revisions (to be
+    selected from j1, with ``HAVING count(*) > 0``: no notice when no job changed)."""
+    return (
+        f"pg_notify({channel}, json_build_object('r', {replica}::text, "
+        "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text)"
+    )
+
+
 # The completions of a flush as one statement (an implicit transaction). Parameters: chunk ids, job ids,
 # lease tokens, external task ids (one per completion, in order), now; the artifacts as five arrays (the
 # completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id. One
@@ -80,30 +131,7 @@ COMPLETE_GROUP = (
     # The jobs first, by id (every writer's lock order). Jobs with webhooks decline: their outbox rows
     # are built in Python.
     "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
-    "AND webhook_url = '' ORDER BY id FOR UPDATE), "
-    # Fencing (services/workers.py ``_leased``), each item by its own token: the chunk is PROCESSING
-    # under this very token and its lease has not run out.
-    "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
-    "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-    f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
-    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $5) FOR UPDATE OF c), "
-    # Each chunk of a job takes a revision of its own above the job's: one change each, in the order
-    # they were asked for.
-    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
-    # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was asked;
-    # the lease ends.
-    "c1 AS (UPDATE chunks AS c SET "
-    f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
-    "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
-    "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
-    "revision = j0.revision + r.step, end_time = $5, lease_token = NULL, lease_expire_time = NULL "
-    "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
-    "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
-    "c.item_count AS items, c.start_time, c.attempt), "
-    "g AS (SELECT job_id, count(*) AS n, "
-    f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
-    f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
-    "FROM c1 GROUP BY job_id), "
+    "AND webhook_url = '' ORDER BY id FOR UPDATE), " + _completing("$5") +
     # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new change_seq.
     "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $5), "
     "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
@@ -112,24 +140,69 @@ COMPLETE_GROUP = (
     f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
     f"change_seq = {q.POSTGRES.next_seq} "
     "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
-    # A completed chunk's artifacts (a cancelled one's are dropped, as in complete_many).
-    "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
-    "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
-    "unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[]) "
-    f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
-    "n AS (SELECT pg_notify($11, json_build_object('r', $12::text, "
-    "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
-    "HAVING count(*) > 0) "
+    + _artifacts("$6", "$7", "$8", "$9", "$10")
+    + f"n AS (SELECT {_notify('$11', '$12')} AS sent FROM j1 HAVING count(*) > 0) "
     "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
     "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
     "CROSS JOIN n"
 )
 
 
-def _ready(n_kinds: int) -> str:
-    """Chunks ready to run (statements.ready: the state written in); the kinds, when named, as one array."""
-    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
-    return where + (" AND kind = ANY(?)" if n_kinds else "")
+def _ready(n_kinds: int, now: str = "?", kinds: str = "?") -> str:
+    """Chunks ready to run (statements.ready: the state written in); the kinds, when named, as one array.
+    ``now`` and ``kinds``: their placeholders."""
+    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= {now})"
+    return where + (f" AND kind = ANY({kinds})" if n_kinds else "")
+
+
+def _picked(ready: str, jobs: str, limit: str) -> str:
+    """CTE c: the ready chunks of the locked candidate jobs ``jobs``, in claim order, locked (SKIP
+    LOCKED); none when a candidate job has webhooks (the general path keeps the claim order)."""
+    return (
+        "c AS (SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
+        f"FROM chunks ch WHERE {ready} "
+        f"AND ch.job_id IN (SELECT id FROM {jobs}) "
+        f"AND NOT EXISTS (SELECT 1 FROM {jobs} WHERE webhook_url <> '') "
+        f"ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT {limit} FOR UPDATE OF ch SKIP LOCKED), "
+    )
+
+
+def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
+    """CTEs s and ``steps``: slot n of the claim order goes to the caller holding it (the slots' worker
+    ids, lease durations and callers as three arrays); one revision step per caller a job's chunks go to
+    (a claim of several chunks is one change)."""
+    return (
+        "s AS (SELECT c.*, w.worker, w.lease, w.caller FROM (SELECT c.*, row_number() OVER "
+        "(ORDER BY c.priority DESC, c.job_id, c.idx) AS slot FROM c) AS c "
+        f"JOIN unnest({workers}::text[], {leases}::bigint[], {callers}::bigint[]) "
+        "WITH ORDINALITY AS w(worker, lease, caller, slot) ON w.slot = c.slot), "
+        f"{steps} AS (SELECT s.*, dense_rank() OVER (PARTITION BY s.job_id ORDER BY s.caller) AS step "
+        "FROM s), "
+    )
+
+
+def _claiming(name: str, steps: str, now: str, revision: str, joined: str) -> str:
+    """CTE ``name``: Job.move_chunk to PROCESSING of the slotted chunks ``steps``, as services/workers.py
+    ``_claim_in`` does it: attempt + 1, this worker, started now, items reset, a fresh unguessable lease
+    token (two random UUIDs, 244 bits) and its expiry; the chunk's revision is ``revision``, ``joined``
+    the FROM and WHERE that bring it. Returns the chunk, the items of its previous attempt, its caller,
+    step and due time."""
+    return (
+        f"{name} AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
+        f"worker_id = {steps}.worker, start_time = {now}, end_time = NULL, next_attempt_time = NULL, "
+        "items_done = 0, lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
+        f"lease_expire_time = {now}::bigint + {steps}.lease, lease_duration = {steps}.lease, "
+        f"revision = {revision} {joined} RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
+        f"{steps}.items_done AS old_done, {steps}.caller, {steps}.step, {steps}.due), "
+    )
+
+
+def _claim_counts(name: str, claimed: str) -> str:
+    """CTE ``name``: per job, the chunks claimed, the items of their previous attempts, the steps."""
+    return (
+        f"{name} AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps "
+        f"FROM {claimed} GROUP BY job_id), "
+    )
 
 
 def _numbered(sql: str) -> str:
@@ -155,43 +228,24 @@ def _claim_group_statement(kinds: bool) -> str:
     d = q.POSTGRES
     ready = _ready(int(kinds))
     first = f"SELECT job_id FROM chunks WHERE {ready}{q.CLAIM_ORDER}"
-    # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-    # Nothing is taken when a candidate job has webhooks: the general path keeps the claim order.
-    picked = (
-        f"SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
-        f"FROM chunks ch WHERE {ready} "
-        "AND ch.job_id IN (SELECT id FROM j) AND NOT EXISTS (SELECT 1 FROM j WHERE webhook_url <> '')"
-        " ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT ? FOR UPDATE OF ch SKIP LOCKED"
-    )
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return _numbered(
+        # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
         f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
         "ORDER BY id FOR UPDATE), "
-        f"c AS ({picked}), "
-        # Slot n of the claim order goes to the caller holding it; one revision step per caller a job's
-        # chunks go to (a claim of several chunks is one change).
-        "s AS (SELECT c.*, w.worker, w.lease, w.caller FROM (SELECT c.*, row_number() OVER "
-        "(ORDER BY c.priority DESC, c.job_id, c.idx) AS slot FROM c) AS c "
-        "JOIN unnest(?::text[], ?::bigint[], ?::bigint[]) WITH ORDINALITY AS w(worker, lease, caller, slot) "
-        "ON w.slot = c.slot), "
-        "r AS (SELECT s.*, dense_rank() OVER (PARTITION BY s.job_id ORDER BY s.caller) AS step FROM s), "
-        # Job.move_chunk to PROCESSING, as services/workers.py ``_claim_in`` does it: attempt + 1, this
-        # worker, started now, items reset, a fresh unguessable lease token (two random UUIDs, 244 bits)
-        # and its expiry.
-        f"c1 AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
-        "worker_id = r.worker, start_time = ?, end_time = NULL, next_attempt_time = NULL, items_done = 0, "
-        "lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
-        "lease_expire_time = ?::bigint + r.lease, lease_duration = r.lease, revision = j.revision + r.step "
-        f"FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
-        "r.items_done AS old_done, r.caller, r.step, r.due), "
+        + _picked(ready, "j", "?")
+        + _slotted("r", "?", "?", "?")
+        + _claiming(
+            "c1", "r", "?", "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
+        )
+        +
         # The counts move (pending -> processing), items of a previous attempt are taken back, the job
         # starts (start_time once), touch + derive_state, a new change_seq.
-        "g AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps FROM c1 "
-        "GROUP BY job_id), "
-        "j1 AS (UPDATE jobs AS jj SET revision = jj.revision + g.steps, "
+        _claim_counts("g", "c1")
+        + "j1 AS (UPDATE jobs AS jj SET revision = jj.revision + g.steps, "
         "update_time = greatest(jj.update_time, ?), "
         "n_pending = jj.n_pending - g.n, n_processing = jj.n_processing + g.n, "
         "items_done = jj.items_done - g.lost, start_time = coalesce(jj.start_time, ?), "
@@ -201,8 +255,7 @@ def _claim_group_statement(kinds: bool) -> str:
         f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) ORDER BY {order}) FROM c1) AS chunk_rows, "
         f"(SELECT array_agg(c1.caller ORDER BY {order}) FROM c1) AS callers, "
         "(SELECT array_agg(j1) FROM j1) AS job_rows, "
-        "(SELECT pg_notify(?, json_build_object('r', ?::text, 'j', json_object_agg(j1.id, j1.revision), "
-        "'d', json_build_array())::text) FROM j1 HAVING count(*) > 0) AS notified, "
+        f"(SELECT {_notify('?', '?')} FROM j1 HAVING count(*) > 0) AS notified, "
         f"(SELECT array_agg(c1.due ORDER BY {order}) FROM c1) AS dues"
     )
 
@@ -249,11 +302,8 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
     after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both."""
     p = _Named()
-    kinds_sql = f" AND kind = ANY({p('kinds')}::text[])" if kinds else ""
-    ready = (
-        f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= {p('now_k')})"
-        + kinds_sql
-    )
+    # A placeholder is named only where the statement uses it (an unused one has no type).
+    ready = _ready(int(kinds), p("now_k"), p("kinds") if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
         "(j.n_processing - g.n)",
@@ -286,46 +336,23 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
         "WHERE id IN (SELECT job_id FROM i) OR id IN (SELECT job_id FROM f) ORDER BY id FOR UPDATE), "
         # The completions: COMPLETE_GROUP's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND webhook_url = ''), "
-        "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
-        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-        f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
-        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now_c}) FOR UPDATE OF c), "
-        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
-        "c1 AS (UPDATE chunks AS c SET "
-        f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
-        "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
-        "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
-        f"revision = j0.revision + r.step, end_time = {now_c}, lease_token = NULL, lease_expire_time = NULL "
-        "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
-        "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
-        "c.item_count AS items, c.start_time, c.attempt), "
-        "g AS (SELECT job_id, count(*) AS n, "
-        f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
-        f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
-        "FROM c1 GROUP BY job_id), "
+        + _completing(now_c)
+        +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
         "jk AS (SELECT id, revision, webhook_url FROM jl "
         f"WHERE cand AND (SELECT count(*) FROM c1) = {p('n')}), "
-        "c AS (SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
-        f"FROM chunks ch WHERE {ready} "
-        "AND ch.job_id IN (SELECT id FROM jk) AND NOT EXISTS (SELECT 1 FROM jk WHERE webhook_url <> '') "
-        f"ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT {p('limit')} FOR UPDATE OF ch SKIP LOCKED), "
-        "s AS (SELECT c.*, w.worker, w.lease, w.caller FROM (SELECT c.*, row_number() OVER "
-        "(ORDER BY c.priority DESC, c.job_id, c.idx) AS slot FROM c) AS c "
-        f"JOIN unnest({p('workers')}::text[], {p('leases')}::bigint[], {p('callers')}::bigint[]) "
-        "WITH ORDINALITY AS w(worker, lease, caller, slot) ON w.slot = c.slot), "
-        "rk AS (SELECT s.*, dense_rank() OVER (PARTITION BY s.job_id ORDER BY s.caller) AS step FROM s), "
-        f"k1 AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
-        f"worker_id = rk.worker, start_time = {p('now_k')}, end_time = NULL, next_attempt_time = NULL, "
-        "items_done = 0, lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
-        f"lease_expire_time = {p('now_k')}::bigint + rk.lease, lease_duration = rk.lease, "
-        "revision = jk.revision + coalesce(g.n, 0) + rk.step "
-        "FROM rk JOIN jk ON jk.id = rk.job_id LEFT JOIN g ON g.job_id = rk.job_id WHERE ch.id = rk.id "
-        f"RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
-        "rk.items_done AS old_done, rk.caller, rk.step, rk.due), "
-        "gk AS (SELECT job_id, count(*) AS n, sum(old_done) AS lost, max(step) AS steps FROM k1 "
-        "GROUP BY job_id), "
+        + _picked(ready, "jk", p("limit"))
+        + _slotted("rk", p("workers"), p("leases"), p("callers"))
+        + _claiming(
+            "k1",
+            "rk",
+            p("now_k"),
+            "jk.revision + coalesce(g.n, 0) + rk.step",
+            "FROM rk JOIN jk ON jk.id = rk.job_id LEFT JOIN g ON g.job_id = rk.job_id WHERE ch.id = rk.id",
+        )
+        + _claim_counts("gk", "k1")
+        +
         # Each job's row once, with both parts' changes.
         "d AS (SELECT coalesce(g.job_id, gk.job_id) AS job_id, coalesce(g.n, 0) AS cn, "
         "coalesce(g.done, 0) AS done, coalesce(g.cancelled, 0) AS cancelled, "
@@ -344,14 +371,8 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
         f"THEN coalesce(j.end_time, {now_c}) ELSE NULL END, "
         f"change_seq = {q.POSTGRES.next_seq} "
         f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
-        "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
-        "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
-        f"unnest({p('a_pos')}::bigint[], {p('a_name')}::text[], {p('a_uri')}::text[], "
-        f"{p('a_media')}::text[], {p('a_size')}::bigint[]) "
-        f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
-        f"n AS (SELECT pg_notify({p('channel')}, json_build_object('r', {p('replica')}::text, "
-        "'j', json_object_agg(j1.id, j1.revision), 'd', json_build_array())::text) AS sent FROM j1 "
-        "HAVING count(*) > 0) "
+        + _artifacts(p("a_pos"), p("a_name"), p("a_uri"), p("a_media"), p("a_size"))
+        + f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
         # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
         # completions), whether the claims were tried, and the claim statement's answer.
         f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, c1.items, "
