@@ -14,11 +14,14 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.engine import make_url
 
 from jobpulse_server.domain import ids
+from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, Summary, derive_state
 from jobpulse_server.store import PgFast
 from jobpulse_server.store.database import SqlStore
@@ -374,3 +377,43 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
         assert claims is not None and [x.id for _, x in claims] == [e.id for e in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=jobs(need=ChunkState.PROCESSING).filter(lambda c: not (c[0].webhook_url or c[0].cancel_requested))
+)
+def test_each_flush_notice_begins_as_the_listener_knows_its_own(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]]
+) -> None:
+    """The listener drops this replica's notices by their first bytes, undecoded (events/pg_listener.py):
+    every statement of the group commit (a completion, a claim, a completion with its next claim) must
+    write them so, or each would be decoded for nothing."""
+    run, fast, job, (_, before_chunks) = _seeded(pg, case)
+    store = pg[1]
+    url = make_url(store.url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def flushes() -> None:
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, database=url.database, timeout=10
+        )
+        try:
+            await conn.add_listener(CHANNEL, lambda *args: got.put_nowait(args[-1]))
+            target = before_chunks[0]
+            ask = (WORKER, [job.kind], 1, LEASE)
+            item = (target.id, job.id, str(target.lease_token), "", [])
+            done, _ = await fast.complete_many([item], NOW, ask)
+            assert done[0] is not None, "completed: the job has no webhook and the lease is current"
+            await fast.claim(WORKER, [job.kind], 2, LEASE, NOW)
+            await fast.complete(target.id, job.id, "not-the-lease", NOW, "", [])  # declined: no notice
+            # The completion-and-claim's notice, and the claim's when a chunk was left to claim.
+            for _ in range(1 if sum(c.state == ChunkState.PENDING for c in before_chunks) < 2 else 2):
+                payload = await asyncio.wait_for(got.get(), 10)
+                assert payload.startswith(own_prefixes(store.replica_id)), payload
+                assert decode(payload)[0] == store.replica_id
+                assert job.id in decode(payload)[1].jobs
+        finally:
+            await conn.close()
+
+    run(flushes())

@@ -57,6 +57,15 @@ def encode(changes: Changes, replica: str) -> list[str]:
     return payloads
 
 
+def own_prefixes(replica: str) -> tuple[str, ...]:
+    """How a payload sent by ``replica`` begins, as ``encode`` writes it and as the store's statements
+    write it in SQL (json_build_object's spacing): both put the sender first. A payload beginning with
+    one of these was sent by ``replica`` (the closing quote ends the name), so the receiver can drop its
+    own without decoding it; one beginning otherwise is decoded."""
+    name = json.dumps(replica)
+    return '{"r":' + name + ",", '{"r" : ' + name + ","
+
+
 def decode(payload: str) -> tuple[str, Changes]:
     """(sending replica, changes) from a payload."""
     body = json.loads(payload)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.domain.changes import CHANNEL, decode
+from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
 from jobpulse_server.events.hub import ChangeHub
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,14 @@ class Listener:
         }
         self.hub = hub
         self.replica = replica
+        self._own = own_prefixes(replica)
         self.retry_seconds = retry_seconds
         self.connected = asyncio.Event()
         self.reconnects = 0
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(self._own):
+            return  # our own commits were published locally already (a NOTIFY per flush: not decoded)
         try:
             sender, changes = decode(payload)
         except (ValueError, TypeError, AttributeError):
