@@ -506,9 +506,14 @@ class GroupCommit:
             ask.after, ask.if_done = items, True
             self._claims.append(ask)
         self._kick()
+        # One after the other, not gathered: a flush settles every completion it took at once, so the
+        # first await wakes this caller and the rest are done already (a gather of a CompleteChunks of
+        # 10 ran 10 callbacks and a wake-up of its own for each call).
         try:
-            done = list(await asyncio.gather(*(i.done for i in items)))
+            done = [await i.done for i in items]
         except BaseException:
+            for i in items:  # a failed flush gave them all its error: seen, not logged as never retrieved
+                _drop(i.done)
             if ask is not None:
                 _drop(ask.got)
             raise
