@@ -74,10 +74,14 @@ def _completing(now: str) -> str:
     chunks and the counts they move per job); ``now`` is the placeholder of the flush's clock."""
     return (
         # Fencing (services/workers.py ``_leased``), each item by its own token: the chunk is PROCESSING
-        # under this very token and its lease has not run out.
+        # under this very token and its lease has not run out. Each chunk is found by its primary key:
+        # the state is tested as ``state + 0`` so that the partial ix_chunks_lease (running chunks, by
+        # lease end) cannot serve the lookup. The generic plan chose it whenever the statistics saw few
+        # running chunks, and then read every running chunk for each completion of the flush (20 x 10
+        # rows a flush in the batch benchmark; 20 x 1,000 with a thousand chunks running).
         "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
         "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-        f"WHERE c.state = {_RUNNING} AND c.lease_token = i.token "
+        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
         f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) FOR UPDATE OF c), "
         # Each chunk of a job takes a revision of its own above the job's: one change each, in the order
         # they were asked for.
@@ -210,24 +214,29 @@ def _numbered(sql: str) -> str:
     return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
-def claim_group_statement(n_kinds: int) -> str:
+def claim_group_statement(n_kinds: int, limit: int) -> str:
     """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
     webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
     then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
     their jobs as they are now, and for each chunk its slot (empty when nothing was claimed; with
     candidates, the callers take the general path, which handles jobs with webhooks too).
-    Parameters: ready params + total limit (twice), the slots' worker ids, lease durations (us) and
-    callers (from 1), now (four times), channel, replica id."""
-    # Built once for each of its two forms (with and without kinds): building it is a few dozen joins
-    # and formats (19 us), on every claim flush's path.
-    return _claim_group_statement(bool(n_kinds))
+    ``limit`` (how many chunks the flush claims at most: its slots) is written into the text, not bound:
+    the flusher's connection plans each statement once, generically, and a generic plan guesses that a
+    bound LIMIT takes a tenth of the rows; then it read and sorted every pending chunk of the candidate
+    jobs (with 30,000 pending chunks over 100 jobs, 12 ms a claim) where the first few rows of
+    ix_chunks_claim were all it needed. One statement per limit and form (at most MAX_GROUP of each).
+    Parameters: ready params (twice), the slots' worker ids, lease durations (us) and callers (from 1),
+    now (four times), channel, replica id."""
+    # Built once for each form and limit: building it is a few dozen joins and formats (19 us), on every
+    # claim flush's path.
+    return _claim_group_statement(bool(n_kinds), limit)
 
 
 @functools.cache
-def _claim_group_statement(kinds: bool) -> str:
+def _claim_group_statement(kinds: bool, limit: int) -> str:
     d = q.POSTGRES
     ready = _ready(int(kinds))
-    first = f"SELECT job_id FROM chunks WHERE {ready}{q.CLAIM_ORDER}"
+    first = f"SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx LIMIT {int(limit)}"
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
@@ -236,7 +245,7 @@ def _claim_group_statement(kinds: bool) -> str:
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
         f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
         "ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", "?")
+        + _picked(ready, "j", str(int(limit)))
         + _slotted("r", "?", "?", "?")
         + _claiming(
             "c1", "r", "?", "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
@@ -265,7 +274,7 @@ def claim_group_params(
 ) -> list[Any]:
     """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
     wanted."""
-    ready = [now, *([list(kinds)] if kinds else []), len(slots)]
+    ready = [now, *([list(kinds)] if kinds else [])]
     workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
     return [*ready, *ready, workers, leases, callers, now, now, now, now, channel, replica]
 
@@ -287,7 +296,7 @@ class _Named:
 
 
 @functools.cache
-def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
+def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
     COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
@@ -300,7 +309,8 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
     the counts of both parts, the claim's state when it claimed (a claimed chunk is running) and
     derive_state of the completions otherwise. Each completion's answer (the job's state and revision
     after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
-    it. One change_seq and one NOTIFY with the job revisions after both."""
+    it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
+    written in as claim_group_statement writes it."""
     p = _Named()
     # A placeholder is named only where the statement uses it (an unused one has no type).
     ready = _ready(int(kinds), p("now_k"), p("kinds") if kinds else "")
@@ -328,12 +338,15 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
         f"{p('ext')}::text[]) WITH ORDINALITY AS i(chunk_id, job_id, token, ext, pos)), "
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
         f"f AS (SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx "
-        f"LIMIT {p('limit')}), "
-        # Every job of either part, locked in id order, as each part's rows are now.
+        f"LIMIT {int(limit)}), "
+        # Every job of either part, locked in id order, as each part's rows are now. The ids as one
+        # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
+        # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
+        # an IN of their UNION still read the whole table once the claims' first chunks were many.
         "jl AS (SELECT id, revision, cancel_requested, webhook_url, n_pending, n_processing, n_completed, "
         "n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
-        "WHERE id IN (SELECT job_id FROM i) OR id IN (SELECT job_id FROM f) ORDER BY id FOR UPDATE), "
+        "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
         # The completions: COMPLETE_GROUP's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND webhook_url = ''), "
         + _completing(now_c)
@@ -342,7 +355,7 @@ def _complete_then_claim(kinds: bool) -> tuple[str, _Named]:
         # rows, each claimed chunk's revision above the flush's completions of its job.
         "jk AS (SELECT id, revision, webhook_url FROM jl "
         f"WHERE cand AND (SELECT count(*) FROM c1) = {p('n')}), "
-        + _picked(ready, "jk", p("limit"))
+        + _picked(ready, "jk", str(int(limit)))
         + _slotted("rk", p("workers"), p("leases"), p("callers"))
         + _claiming(
             "k1",
@@ -683,7 +696,7 @@ class GroupCommit:
             :MAX_GROUP
         ]
         rows = await self.store.statement_rows(
-            claim_group_statement(len(kinds)),
+            claim_group_statement(len(kinds), len(slots)),
             claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id),
         )
         row = rows[0]
@@ -729,7 +742,7 @@ class GroupCommit:
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
-        sql, names = _complete_then_claim(bool(kinds))
+        sql, names = _complete_then_claim(bool(kinds), len(slots))
         artifacts: list[list[Any]] = [[], [], [], [], []]
         for pos, item in enumerate(items, 1):
             for a in item.artifacts:
@@ -746,7 +759,6 @@ class GroupCommit:
             "jobs": [i.job_id for i in items],
             "tokens": [i.token for i in items],
             "ext": [i.external_task_id for i in items],
-            "limit": len(slots),
             "n": len(items),
             "workers": workers,
             "leases": leases,
