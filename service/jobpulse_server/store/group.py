@@ -159,6 +159,12 @@ def _ready(n_kinds: int, now: str = "?", kinds: str = "?") -> str:
     return where + (f" AND kind = ANY({kinds})" if n_kinds else "")
 
 
+def _first_jobs(ready: str, limit: int) -> str:
+    """The jobs of the first ``limit`` ready chunks in claim order (a claim's candidates, locked before
+    their chunks). The LIMIT is written in, not bound (see claim_group_statement)."""
+    return f"SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx LIMIT {int(limit)}"
+
+
 def _picked(ready: str, jobs: str, limit: str) -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs``, in claim order, locked (SKIP
     LOCKED); none when a candidate job has webhooks (the general path keeps the claim order)."""
@@ -236,7 +242,7 @@ def claim_group_statement(n_kinds: int, limit: int) -> str:
 def _claim_group_statement(kinds: bool, limit: int) -> str:
     d = q.POSTGRES
     ready = _ready(int(kinds))
-    first = f"SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx LIMIT {int(limit)}"
+    first = _first_jobs(ready, limit)
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
@@ -337,8 +343,7 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
         f"WITH i AS (SELECT * FROM unnest({p('ids')}::text[], {p('jobs')}::text[], {p('tokens')}::text[], "
         f"{p('ext')}::text[]) WITH ORDINALITY AS i(chunk_id, job_id, token, ext, pos)), "
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
-        f"f AS (SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx "
-        f"LIMIT {int(limit)}), "
+        f"f AS ({_first_jobs(ready, limit)}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
