@@ -57,6 +57,7 @@ import functools
 import os
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -68,6 +69,7 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
+from support.servers import free_port
 
 from bench import report, work
 from bench.procs import ServerProcess, _cpu_seconds
@@ -212,7 +214,7 @@ async def _drain(
     group that claims its kind."""
     n = sum(items for _, items in jobs)
     async with fresh_database(key) as dsn:
-        server = ServerProcess("jobpulse", dsn)
+        server = ServerProcess("jobpulse", dsn, http_port=free_port())
         try:
             server.wait_ready()
             async with grpc.aio.insecure_channel(server.target) as channel:
@@ -228,6 +230,7 @@ async def _drain(
                         timeout=TIMEOUT,
                     )
                 group_counts = [work.Counts() for _ in groups]
+                flusher0 = await asyncio.to_thread(flusher_counts, server.http_port)
                 cpu0, db0 = server.cpu_seconds(), postgres_cpu_seconds()
                 t0 = time.perf_counter()
                 try:
@@ -255,6 +258,7 @@ async def _drain(
                     raise
                 elapsed = time.perf_counter() - t0
                 cpu1, db1 = server.cpu_seconds(), postgres_cpu_seconds()
+                flusher1 = await asyncio.to_thread(flusher_counts, server.http_port)
                 listed = await jobs_stub.ListJobs(
                     job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT
                 )
@@ -284,6 +288,7 @@ async def _drain(
         workers=sum(workers for _, workers in groups),
         server_cpu_us=_per_unit_us(cpu0, cpu1, n),
         db_cpu_us=_per_unit_us(db0, db1, n),
+        **_flusher(flusher0, flusher1, elapsed),
         counts=counts.as_dict(),
         group_chunks=[c.chunks for c in group_counts],
     )
@@ -669,7 +674,45 @@ def _note(row: dict[str, Any]) -> str:
     mode = work.MODES[row["mode"]]
     if mode.claim_next and not counts["claimed_next"]:
         return "claim_next returned no claims"
+    if row.get("flusher_busy") is not None:
+        return f"flusher busy {row['flusher_busy']:.0%}, {row['per_flush']:.1f} written a flush"
     return ""
+
+
+_FLUSHER_METRICS = {
+    "jobpulse_group_commit_flushes_total": "flushes",
+    "jobpulse_group_commit_written_total": "written",
+    "jobpulse_group_commit_busy_seconds_total": "busy",
+}
+
+
+def flusher_counts(http_port: int) -> dict[str, float] | None:
+    """The group-commit flusher's counts from the server's /metrics (None if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _FLUSHER_METRICS:
+            found[_FLUSHER_METRICS[name]] = float(value)
+    return found if len(found) == len(_FLUSHER_METRICS) else None
+
+
+def _flusher(
+    before: dict[str, float] | None, after: dict[str, float] | None, seconds: float
+) -> dict[str, Any]:
+    """A row's share of the flusher's time (its statements in flight: near 1, the row waits on it) and
+    what it wrote a flush (completions and claimed chunks)."""
+    if before is None or after is None or seconds <= 0 or after["flushes"] <= before["flushes"]:
+        return {}
+    flushes = after["flushes"] - before["flushes"]
+    return {
+        "flusher_busy": (after["busy"] - before["busy"]) / seconds,
+        "per_flush": (after["written"] - before["written"]) / flushes,
+    }
 
 
 def goals(rows: list[dict[str, Any]]) -> list[report.Goal]:

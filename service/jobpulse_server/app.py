@@ -273,6 +273,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         config.encoded_cache_bytes, retention=retention, idle_seconds=config.encoded_cache_idle_seconds
     )
     metrics.watch_cache("encoded_cache", "the cache of encoded jobs", encoded)
+    if db.fast is not None:
+        metrics.watch_group_commit(db.fast.group)
     # Every service added to the server from here on is listed by reflection, which reads this list.
     served = record_services(server)
     guarded = guard.server(server)

@@ -68,6 +68,35 @@ def test_metrics_count_rpcs_chunks_jobs_and_streams(make_server: Any) -> None:
         assert client.get_job(job.id).state == jobpulse.JobState.JOB_STATE_COMPLETED
 
 
+def test_the_group_commit_flusher_says_what_it_wrote_and_how_busy_it_was(
+    make_server: Any, database_url: str
+) -> None:
+    srv = make_server(metrics_port=0)
+    with jobpulse.Client(srv.address) as client:
+        client.create_job("gc", 3, chunk_size=1)
+        before = _metrics(srv)
+        _complete_all(client, "gc")
+        text = _metrics(srv)
+    if not database_url.startswith("postgresql"):
+        # SQLite writes each claim and completion in a transaction of its own: no flusher to describe.
+        assert "jobpulse_group_commit" not in text
+        return
+    # One claim of the 3 chunks and 3 completions, each of them written by a flush.
+    assert (
+        _value(text, "jobpulse_group_commit_written_total")
+        - _value(before, "jobpulse_group_commit_written_total")
+        == 6
+    )
+    flushes = _value(text, "jobpulse_group_commit_flushes_total") - _value(
+        before, "jobpulse_group_commit_flushes_total"
+    )
+    assert 2 <= flushes <= 4  # the claim's flush, then each completion's (those made one after another)
+    assert _value(text, "jobpulse_group_commit_busy_seconds_total") > _value(
+        before, "jobpulse_group_commit_busy_seconds_total"
+    )
+    assert _value(text, "jobpulse_group_commit_queued") == 0
+
+
 def test_the_encoded_job_cache_says_what_it_holds_and_how_it_does(make_server: Any) -> None:
     srv = make_server(metrics_port=0, encoded_cache_bytes=50_000)
     with jobpulse.Client(srv.address) as client:

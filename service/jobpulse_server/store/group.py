@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -476,9 +477,17 @@ class GroupCommit:
         self._completions: list[Completion] = []
         self._claims: list[ClaimAsk] = []
         self._flusher: asyncio.Task[None] | None = None
-        # What the flushes did, for tests and the bench: flushes, and items written by them.
+        # What the flushes did, for the metrics (observability.py), tests and the bench: statements
+        # written, completions and claimed chunks they wrote, and seconds with a statement in flight (a
+        # rate near 1: callers queue for the flusher, the worker path's limit on one server).
         self.flushes = 0
         self.items = 0
+        self.busy_seconds = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Completions and claims waiting for a flush."""
+        return len(self._completions) + len(self._claims)
 
     async def close(self) -> None:
         """Lets the flush under way finish (its callers get their answers)."""
@@ -605,6 +614,7 @@ class GroupCommit:
     async def _settle(self, waiting: Sequence[Any], write: Any) -> None:
         """Runs one flush's statement; a failure (the database away, an abort past the retries) is every
         waiting caller's, as it would have been on a statement of its own."""
+        started = time.perf_counter()
         try:
             await write
         except Exception as exc:  # handed to each caller, who maps it as before
@@ -617,6 +627,8 @@ class GroupCommit:
             for w in waiting:
                 (w.done if isinstance(w, Completion) else w.got).cancel()
             raise
+        finally:
+            self.busy_seconds += time.perf_counter() - started
 
     async def _write_completions(self, items: list[Completion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
