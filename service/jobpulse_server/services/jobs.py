@@ -397,14 +397,14 @@ class JobService:
             pages = await self._pages(tx, found, full, known)
         next_token = prev_token = ""
         if found:
-            last = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
-            first = pagination.encode("jobs", filters, [*job_sort_key(found[0], order_by), total])
-            if backward:
-                next_token = last  # we came from there
-                prev_token = first if more else ""
-            else:
-                next_token = last if more else ""
-                prev_token = first if page_token else ""
+            # A token only where there is a page to go to (made for each page: a ListJobs of the first
+            # page made a previous-page token it threw away). Backward, we came from the page after.
+            has_next = backward or more
+            has_prev = more if backward else bool(page_token)
+            if has_next:
+                next_token = pagination.encode("jobs", filters, [*job_sort_key(found[-1], order_by), total])
+            if has_prev:
+                prev_token = pagination.encode("jobs", filters, [*job_sort_key(found[0], order_by), total])
         return JobListing(pages, next_token, prev_token, total, horizon)
 
     async def list_chunks(
