@@ -57,7 +57,6 @@ import functools
 import os
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -72,7 +71,7 @@ from google.protobuf import duration_pb2
 from support.servers import free_port
 
 from bench import report, work
-from bench.procs import ServerProcess, _cpu_seconds
+from bench.procs import ServerProcess, _cpu_seconds, metric_values
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -688,17 +687,8 @@ _FLUSHER_METRICS = {
 
 def flusher_counts(http_port: int) -> dict[str, float] | None:
     """The group-commit flusher's counts from the server's /metrics (None if unreadable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in _FLUSHER_METRICS:
-            found[_FLUSHER_METRICS[name]] = float(value)
-    return found if len(found) == len(_FLUSHER_METRICS) else None
+    found = metric_values(http_port, set(_FLUSHER_METRICS))
+    return None if found is None else {_FLUSHER_METRICS[k]: v for k, v in found.items()}
 
 
 def _flusher(

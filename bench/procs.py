@@ -13,6 +13,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,22 @@ async def _obey(loop: asyncio.AbstractEventLoop, conn: Connection, servicer: Any
             conn.send(("ok",))
         else:
             conn.send(("error", f"unknown command {msg[0]!r}"))
+
+
+def metric_values(http_port: int, names: set[str]) -> dict[str, float] | None:
+    """The unlabelled samples ``names`` from a jobpulse server's /metrics (its HTTP side on
+    ``http_port``); None if /metrics cannot be read or lacks one of them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[name] = float(value)
+    return found if len(found) == len(names) else None
 
 
 def _cpu_seconds(pid: int) -> float | None:

@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +37,7 @@ from support.servers import free_port
 
 from bench import report
 from bench.pg_peer import fresh_database
-from bench.procs import ServerProcess
+from bench.procs import ServerProcess, metric_values
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 from jobpulse.v1 import worker_service_pb2_grpc as worker_grpc
 from jobpulse_server.config import Config
@@ -52,15 +51,8 @@ GROWTH_LIMIT = 0.03
 
 def cache_bytes(http_port: int) -> float | None:
     """The encoded-job cache's own count of its bytes, from the server's /metrics (None if unreadable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("jobpulse_encoded_cache_bytes "):
-            return float(line.split()[1])
-    return None
+    found = metric_values(http_port, {"jobpulse_encoded_cache_bytes"})
+    return None if found is None else found["jobpulse_encoded_cache_bytes"]
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:

@@ -31,8 +31,10 @@ def _distinct_job_row() -> tuple[list[Any], dict[str, Any]]:
         elif column in ("labels", "job_metadata"):
             expected = {column: str(n)}
             value = json.dumps(expected)
-        elif column in ("cancel_requested", "webhook_progress"):
+        elif column == "cancel_requested":
             value, expected = 1, True
+        elif column == "webhook_progress":  # the other flag the opposite way: a swap of the two shows
+            value, expected = 0, False
         else:
             value = expected = 1000 + n if n % 2 else f"text-{n}"
         row.append(value)
