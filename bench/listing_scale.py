@@ -628,7 +628,7 @@ async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: lis
                     "group-committed claim (group.claim_group_statement)",
                     group.claim_group_statement(len(kinds), limit),
                     group.claim_group_params(
-                        kinds, [("bench", 60_000_000, 1)] * limit, now, "bench_plans", "bench"
+                        kinds, [("bench", 60_000_000, 1)] * limit, now, "bench_plans", "bench", 5_000_000
                     ),
                 )
             )

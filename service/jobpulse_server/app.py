@@ -188,11 +188,15 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     metrics = Metrics()
     metrics.exemplars = tracing.on  # exemplars are trace ids: none to look up when the server does not trace
     metrics.open_streams.set_function(lambda: hub.open_streams)
+    # The least time between a job's job.progress webhook events: the outbox writes them, and the
+    # PostgreSQL worker path leaves to it the changes that make one.
+    progress_us = int(config.webhook_progress_interval * 1e6)
     db = SqlStore(
         config.database_url,
         on_commit=hub.publish,
         sqlite_on_loop=config.sqlite_on_loop,
         on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc(),
+        progress_interval_us=progress_us,
     )
     try:
         await db.start()
@@ -207,9 +211,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         stamp_trace_ids()
         log.info("tracing on: spans exported to %s", tracing.where)
     retention = retention_of(config)
-    outbox = Outbox(
-        functools.partial(webhook_job, retention=retention), int(config.webhook_progress_interval * 1e6)
-    )
+    outbox = Outbox(functools.partial(webhook_job, retention=retention), progress_us)
     latency = Latency(metrics)
     jobs = JobService(db, outbox, config, clock, latency, tracer=tracing.tracer)
     observer = Observer(metrics)

@@ -1,7 +1,9 @@
 """PostgreSQL's group-committed paths (store/group.py) against the domain they repeat in SQL, on random
 job states: a completion, a claim, and a completion with the next claim leave the job and its chunks
 exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline
-(None, nothing changed) for a job with webhooks or a lease that is not current.
+(None, nothing changed) for a lease that is not current or a job whose change makes a webhook event (it
+ends, or a job.progress event is due): what they write for a job with webhooks is a change the outbox
+(services/outbox.py ``events_for``) makes no event of.
 
 Each example writes a job in a random but consistent state (chunks in any state, a cancel asked or not,
 items done, attempts, revisions, a start time), of a kind of its own so that claims see only it, runs one
@@ -10,6 +12,7 @@ fast path, and compares what the database holds with what the domain computes fr
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -23,6 +26,7 @@ from sqlalchemy.engine import make_url
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, Summary, derive_state
+from jobpulse_server.services.outbox import events_for
 from jobpulse_server.store import PgFast
 from jobpulse_server.store.database import SqlStore
 
@@ -31,6 +35,7 @@ T = TypeVar("T")
 NOW = 1_800_000_000_000_000
 LEASE = 60_000_000
 WORKER = "prop-worker"
+INTERVAL = 7_000_000  # the store's least time between a job's job.progress events
 
 
 @pytest.fixture
@@ -38,7 +43,7 @@ def pg(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, SqlStore]
     if not database_url.startswith("postgresql"):
         pytest.skip("the group-committed paths are PostgreSQL's")
     loop = asyncio.new_event_loop()
-    store = SqlStore(database_url)
+    store = SqlStore(database_url, progress_interval_us=INTERVAL)
     loop.run_until_complete(store.start())
     try:
         yield loop, store
@@ -48,8 +53,8 @@ def pg(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, SqlStore]
 
 
 @st.composite
-def jobs(draw: st.DrawFn, *, need: ChunkState) -> tuple[Job, list[Chunk]]:
-    """A job in a consistent state with at least one chunk in ``need``."""
+def jobs(draw: st.DrawFn, *, need: ChunkState, hooked: bool = False) -> tuple[Job, list[Chunk]]:
+    """A job in a consistent state with at least one chunk in ``need``; with webhooks if ``hooked``."""
     n = draw(st.integers(1, 7))
     states = [need, *draw(st.lists(st.sampled_from(list(ChunkState)), min_size=n - 1, max_size=n - 1))]
     cancel = draw(st.booleans())
@@ -111,9 +116,33 @@ def jobs(draw: st.DrawFn, *, need: ChunkState) -> tuple[Job, list[Chunk]]:
         update_time=NOW - 1,
         start_time=NOW - 50 if started else None,
         end_time=NOW - 1 if state.terminal else None,
-        webhook_url=draw(st.sampled_from(["", "", "", "https://hooks.example/prop"])),
+        webhook_url="https://hooks.example/prop"
+        if hooked
+        else draw(st.sampled_from(["", "", "https://hooks.example/prop"])),
+        webhook_progress=draw(st.booleans()),
+        # No progress event yet, one just now, one just inside the interval, one exactly its length ago.
+        last_progress_event=draw(st.sampled_from([None, NOW - 1, NOW - INTERVAL + 1, NOW - INTERVAL])),
     )
     return job, chunks
+
+
+def _due(job: Job) -> bool:
+    """Whether the fast paths see a job.progress event due (asked for, and none in the last INTERVAL)."""
+    return job.webhook_progress and (
+        job.last_progress_event is None or NOW - job.last_progress_event >= INTERVAL
+    )
+
+
+def _declines(job: Job, asked: int) -> bool:
+    """Whether a flush of ``asked`` completions of ``job`` leaves them to the general path for its webhook
+    events: the job may end (no more chunks pending or running than completions asked) or a progress
+    event is due."""
+    return bool(job.webhook_url) and (job.summary.pending + job.summary.processing <= asked or _due(job))
+
+
+def _no_event(job: Job) -> None:
+    """A change the fast paths wrote must be one the outbox makes no webhook event of."""
+    assert events_for(copy.deepcopy(job), NOW, INTERVAL) == [], "a webhook event left unwritten"
 
 
 async def _read(store: Any, job_id: str) -> tuple[Job, list[Chunk]]:
@@ -182,13 +211,29 @@ def _seeded(
 def test_a_completion_is_move_chunk_and_derive_state(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: bool
 ) -> None:
+    _check_completion(pg, case, stale)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING, hooked=True))
+def test_a_completion_of_a_job_with_webhooks_is_written_here_only_when_it_makes_no_event(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]]
+) -> None:
+    """Webhook jobs ran every worker change through the general path (a quarter of the throughput);
+    now only a change that ends the job or is due a job.progress event does."""
+    _check_completion(pg, case, False)
+
+
+def _check_completion(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: bool
+) -> None:
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     target = before_chunks[0]
     token = "not-the-lease" if stale else str(target.lease_token)
     art = [Artifact("out", f"https://results.example/{job.id}/0", "image/png", 7, target.index)]
     done = run(fast.complete(target.id, job.id, token, NOW, "", art))
     after_job, after_chunks = run(_read(fast.store, job.id))
-    if stale or job.webhook_url:
+    if stale or _declines(before_job, 1):
         assert done is None, "declined: nothing may change"
         assert (_job(after_job), [_chunk(c) for c in after_chunks]) == (
             _job(before_job),
@@ -205,6 +250,7 @@ def test_a_completion_is_move_chunk_and_derive_state(
     )
     assert _job(after_job) == _job(expected_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in expected_chunks]
+    _no_event(expected_job)
     if expected_chunks[0].state == ChunkState.COMPLETED:
         assert [a.uri for a in after_chunks[0].artifacts] == [art[0].uri]
 
@@ -214,26 +260,43 @@ def test_a_completion_is_move_chunk_and_derive_state(
 def test_a_claim_is_move_chunk_to_processing(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
 ) -> None:
+    _check_claim(pg, case, limit)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PENDING, hooked=True), limit=st.integers(1, 4))
+def test_a_claim_of_a_job_with_webhooks_is_written_here_only_when_no_progress_event_is_due(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
+) -> None:
+    _check_claim(pg, case, limit)
+
+
+def _check_claim(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
+) -> None:
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     got = run(fast.claim(WORKER, [job.kind], limit, LEASE, NOW))
     after_job, after_chunks = run(_read(fast.store, job.id))
     expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
-    if job.webhook_url and expected:
-        assert got is None, "declined for a job with webhooks: the general path claims"
+    if job.webhook_url and _due(before_job) and expected:
+        assert got is None, "declined: a progress event is due, the general path claims"
         return
     assert got is not None
     assert [c.id for _, c in got] == [c.id for c in expected]
     assert all(c.lease_token and len(c.lease_token) >= 40 for _, c in got)
     assert _job(after_job) == _job(before_job)
+    _no_event(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=jobs(need=ChunkState.PROCESSING), limit=st.integers(1, 3))
+@given(
+    case=st.one_of(jobs(need=ChunkState.PROCESSING), jobs(need=ChunkState.PROCESSING, hooked=True)),
+    limit=st.integers(1, 3),
+)
 def test_a_completion_with_the_next_claim_is_the_two_in_turn(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
 ) -> None:
-    case[0].webhook_url = ""  # declining is covered above
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     target = before_chunks[0]
     both = run(
@@ -241,6 +304,11 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
             target.id, job.id, str(target.lease_token), NOW, "", [], (WORKER, [job.kind], limit, LEASE)
         )
     )
+    if _declines(before_job, 1):
+        assert both is None, "declined: a webhook event to write"
+        after_job, after_chunks = run(_read(fast.store, job.id))
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
     assert both is not None
     done, claims = both
     after_job, after_chunks = run(_read(fast.store, job.id))
@@ -252,6 +320,7 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
     assert done.revision == before_job.revision - (1 if expected else 0)
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+    _no_event(before_job)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -262,7 +331,6 @@ def test_completions_in_one_flush_are_each_in_turn(
     """Every running chunk of a job completed at once: one flush (store/group.py), and the job and its
     chunks as completing them one after another, in index order, leaves them (each completion a change
     of its own: a revision each). One completion with a stale token is refused alone."""
-    case[0].webhook_url = ""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     running = [c for c in before_chunks if c.state == ChunkState.PROCESSING]
     refused = running[stale % len(running)].id if stale and len(running) > 1 else None
@@ -279,6 +347,10 @@ def test_completions_in_one_flush_are_each_in_turn(
     done = run(all_at_once())
     assert fast.group.flushes == flushes + 1, "one flush for all of them"
     after_job, after_chunks = run(_read(fast.store, job.id))
+    if _declines(before_job, len(running)):
+        assert done == [None] * len(running), "declined, every one: a webhook event to write"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
     for c in running:
         if c.id != refused:
             _complete_in_domain(before_job, c, NOW)
@@ -287,6 +359,7 @@ def test_completions_in_one_flush_are_each_in_turn(
     assert {d.revision for d in done if d is not None} == {before_job.revision}
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+    _no_event(before_job)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -296,7 +369,6 @@ def test_claims_in_one_flush_are_each_in_turn(
 ) -> None:
     """Several workers claiming at once: one flush, the ready chunks handed out in claim order to the
     callers in turn, and the job as the claims one after another leave it (a revision per claim)."""
-    case[0].webhook_url = ""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
 
     async def all_at_once() -> list[Any]:
@@ -306,6 +378,10 @@ def test_claims_in_one_flush_are_each_in_turn(
 
     got = run(all_at_once())
     after_job, after_chunks = run(_read(fast.store, job.id))
+    if job.webhook_url and _due(before_job):
+        assert got == [None] * len(limits), "declined, every one: a progress event is due"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
     for n, limit in enumerate(limits):
         expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
         for c in expected:
@@ -314,6 +390,7 @@ def test_claims_in_one_flush_are_each_in_turn(
         assert got[n] is not None and [c.id for _, c in got[n]] == [c.id for c in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+    _no_event(before_job)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -332,7 +409,6 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     statement (store/group.py ``_complete_then_claim``), leaves the job and its chunks as the completions
     one after another and then the claims, to the callers in turn, do. With a stale completion among
     them (``stale`` > 0) that caller gets nothing, and the others still claim after all the completions."""
-    case[0].webhook_url = ""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     running = [c for c in before_chunks if c.state == ChunkState.PROCESSING][: len(limits)]
     callers = list(zip(running, limits, strict=False))
@@ -356,9 +432,13 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
         )
 
     got = run(all_at_once())
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    if _declines(before_job, len(callers)):
+        assert got == [None] * len(callers), "declined, every one: a webhook event to write"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
     if refused is None:
         assert fast.group.flushes == flushes + 1, "one statement for the completions and the claims"
-    after_job, after_chunks = run(_read(fast.store, job.id))
     for c, _ in callers:
         if c.id != refused:
             _complete_in_domain(before_job, c, NOW)
@@ -377,6 +457,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
         assert claims is not None and [x.id for _, x in claims] == [e.id for e in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+    _no_event(before_job)
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

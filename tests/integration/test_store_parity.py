@@ -4,7 +4,8 @@ the same results.
 For each driver mode (SQLite on the event loop, SQLite on its dedicated thread, PostgreSQL through
 asyncpg, as the ``database_url`` fixture provides them) and a few seeds, a random but seeded sequence of
 service calls runs on two rigs built alike but for the store: the real one, wired as
-``app.create_server`` wires it (``SqlStore(url, on_commit=..., sqlite_on_loop=...)``), and ``FakeStore``;
+``app.create_server`` wires it (``SqlStore(url, on_commit=..., sqlite_on_loop=...,
+progress_interval_us=...)``, the progress interval the outbox's), and ``FakeStore``;
 so every driver is held to the fake, hence to each other. Both rigs read the same fake
 clock values. After every call its answer (or the type and text of its error), what it published
 to the change hub and the chunk counters must be equal, and so must every job as GetJob (FULL)
@@ -43,6 +44,7 @@ What is compared only where it is defined to be equal (see the fake's module doc
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import random
@@ -137,6 +139,11 @@ class Rig:
         return {e: get("jobpulse_chunks_total", {"event": e}) or 0.0 for e in CHUNK_EVENTS}
 
 
+# The least time between a job's job.progress events, for the outbox and the store alike (as create_server
+# wires them): none, so every save of a running job with webhook_progress makes an event.
+PROGRESS_US = 0
+
+
 def _config() -> Config:
     return Config(
         retry_backoff=2.0,
@@ -158,7 +165,7 @@ def _config() -> Config:
 
 def _services(name: str, store: Store, hub: ChangeHub, clock: FakeClock) -> Rig:
     config = _config()
-    outbox = Outbox(render, 0)  # every save of a running job with webhook_progress makes an event
+    outbox = Outbox(render, PROGRESS_US)  # every save of a running job with webhook_progress makes an event
     metrics = Metrics()
     workers = WorkerService(store, hub, outbox, config, clock, metrics)
     jobs = JobService(store, outbox, config, clock)
@@ -177,7 +184,7 @@ async def real_rig(url: str, clock: FakeClock, on_loop: bool) -> AsyncIterator[R
         published.append(changes)
         hub.publish(changes)
 
-    db = SqlStore(url, on_commit=on_commit, sqlite_on_loop=on_loop)
+    db = SqlStore(url, on_commit=on_commit, sqlite_on_loop=on_loop, progress_interval_us=PROGRESS_US)
     await db.start()
     try:
         rig = _services(f"real/{db.kind}/{'loop' if on_loop else 'thread'}", db, hub, clock)
@@ -627,17 +634,16 @@ async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: Cla
     """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
 
     ``store.fast.complete_and_claim`` (store/group.py) writes the completion and then the claim in
-    one flush, each bumping the revision of the job it changes; when a candidate job of the claim has
-    webhooks, WorkerService.complete claims on the general path in a transaction of its own. Either
-    way, when the completion is group-committed (the job has no webhooks), it is a completion
+    one flush, each bumping the revision of the job it changes; when the claim would make a candidate
+    job's webhook event, WorkerService.complete claims on the general path in a transaction of its own.
+    Either way, when the completion is group-committed (``_group_declines``), it is a completion
     followed by a claim that sees it: a job whose
     chunk is completed and whose next chunk is claimed ends one revision further than on SQLite
     and the fake (no fast paths), which do both in one transaction with one revision. So the
     fake runs the two steps here; the publications of the step are compared merged (one or two).
     """
     job_id = chunk_job_id(op["chunk"])
-    assert rig.fake is not None
-    if job_id not in rig.fake.job_ids or rig.fake.job(job_id).webhook_url:
+    if _group_declines(rig, job_id, 1):
         # The group commit declines: the general path, as on the fake.
         state, claims = await rig.workers.complete(
             op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
@@ -654,15 +660,15 @@ async def _grouped_complete_many(
     rig: Rig, items: list[Completion], ask: ClaimAsk | None
 ) -> tuple[list[CompletionResult], list[Any]]:
     """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/group.py): each
-    completion of a job without webhooks is a change of its own, in the order asked; those it declines
-    (webhooks, a lease not current) then go through the general path in one transaction; then the
-    claim. Every result gives its job's state after the call."""
-    assert rig.fake is not None
+    completion the group commit takes is a change of its own, in the order asked; those it declines
+    (``_group_declines``, a lease not current) then go through the general path in one transaction;
+    then the claim. Every result gives its job's state after the call."""
     w = rig.workers
+    asked = collections.Counter(chunk_job_id(i.chunk_id) for i in items)
+    declined = {job_id for job_id, n in asked.items() if _group_declines(rig, job_id, n)}
     done: dict[int, JobState] = {}
     for n, item in enumerate(items):
-        job_id = chunk_job_id(item.chunk_id)
-        if job_id not in rig.fake.job_ids or rig.fake.job(job_id).webhook_url:
+        if chunk_job_id(item.chunk_id) in declined:
             continue
         try:
             done[n], _ = await w.complete(
@@ -684,6 +690,19 @@ async def _grouped_complete_many(
     ]
     claims = await w.claim(*ask.args()) if ask is not None else []
     return results, claims
+
+
+def _group_declines(rig: Rig, job_id: str, asked: int) -> bool:
+    """Whether PostgreSQL's group commit leaves a job's completions (``asked`` of them in the flush) to
+    the general path (store/group.py ``_no_event``): a job it does not find, or one whose change makes a
+    webhook event: it may end (no more chunks pending or running than completions asked) or a job.progress
+    event is due (always, with PROGRESS_US 0, for a job that asked for them)."""
+    assert rig.fake is not None and PROGRESS_US == 0
+    if job_id not in rig.fake.job_ids:
+        return True
+    job = rig.fake.job(job_id)
+    active = job.summary.pending + job.summary.processing
+    return bool(job.webhook_url) and (job.webhook_progress or active <= asked)
 
 
 def _merged(published: list[Changes]) -> list[Changes]:

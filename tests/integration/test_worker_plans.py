@@ -105,7 +105,7 @@ async def _postgresql_problems(database_url: str) -> list[str]:
         await conn.execute("ANALYZE jobs")
         await conn.execute("ANALYZE chunks")
         # Parameters: now (ready), the kind when one is named, the limit; the claims take them twice.
-        claim_group = group.claim_group_params(["plan"], [("w", 1_000, 1)], 1, "ch", "r")
+        claim_group = group.claim_group_params(["plan"], [("w", 1_000, 1)], 1, "ch", "r", 5_000_000)
         statements = {
             "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1, 1] * 2),
             "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), [1, "plan", 1] * 2),

@@ -25,7 +25,7 @@ from support.sql import fetch
 
 import jobpulse
 from jobpulse import errors
-from jobpulse.v1 import job_service_pb2
+from jobpulse.v1 import job_service_pb2, worker_service_pb2
 from jobpulse_server.app import create_server
 from jobpulse_server.config import Config
 from jobpulse_server.domain.webhooks import new_secret, secret_key
@@ -90,6 +90,53 @@ def test_completion_is_posted_signed_with_the_job(make_server: Any, receiver: Re
         time.sleep(0.05)
         deliveries = jobpulse.Client(srv.address).list_webhook_deliveries(job.id)
     assert deliveries[0].attempts == 1 and deliveries[0].last_status == 200
+
+
+def test_workers_racing_on_a_webhook_job_send_each_event_once(
+    make_server: Any, receiver: Receiver, database_url: str
+) -> None:
+    """Four workers drain a job with webhooks in batches (CompleteChunks with claim_next). The job's
+    first change is due its first job.progress event, its last makes job.completed; with an hour
+    between progress events, no change between them makes any, and on PostgreSQL those go through the
+    group-committed path (store/group.py), where webhook jobs once declined every change."""
+    srv = make_server(webhook_secret=SECRET, webhook_progress_interval=3600.0)
+    total = 120
+    with jobpulse.Client(srv.address) as client:
+        job = client.create_job("race", total, chunk_size=1, webhook_url=receiver.url, webhook_progress=True)
+    done: list[int] = []
+
+    def work(n: int) -> None:
+        ask = worker_service_pb2.ClaimChunksRequest(worker_id=f"w{n}", kinds=["race"], max_chunks=5)
+        with jobpulse.Client(srv.address) as mine:
+            claims = list(mine.claim_chunks(f"w{n}", kinds=["race"], max_chunks=5))
+            while claims:
+                answer = mine.complete_chunks([(c.chunk.id, c.lease_token) for c in claims], claim_next=ask)
+                assert all(r.ok for r in answer.results), answer.results
+                done.append(len(answer.results))
+                claims = list(answer.claims)
+
+    group = srv.app.store.fast.group if srv.app.store.fast is not None else None
+    written = group.items if group is not None else 0
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(done) == total
+    posts = receiver.wait_for(2)
+    with jobpulse.Client(srv.address) as client:
+        deliveries = client.list_webhook_deliveries(job.id)
+        final = client.get_job(job.id)
+    assert sorted(d.event_type for d in deliveries) == ["job.completed", "job.progress"]
+    bodies = [verify(SECRET, p) for p in posts]
+    assert sorted(b["type"] for b in bodies) == ["job.completed", "job.progress"]
+    end = next(b for b in bodies if b["type"] == "job.completed")
+    assert end["job"]["state"] == "JOB_STATE_COMPLETED" and end["job"]["revision"] == str(final.revision)
+    assert final.chunks_summary.completed == total
+    if group is not None:
+        # Claims and completions the flusher wrote: all but the few the general path took for their
+        # events (the first claim, the last completions).
+        assert group.items - written >= total, (group.items, written)
 
 
 def test_server_errors_are_retried_until_accepted(make_server: Any, receiver: Receiver) -> None:

@@ -60,7 +60,11 @@ class SqlStore:
         sqlite_on_loop: bool = True,
         on_retry: Callable[[str], None] | None = None,
         pool_size: int = 10,
+        progress_interval_us: int = 5_000_000,
     ) -> None:
+        """``progress_interval_us``: the least time between a job's job.progress webhook events (the
+        server's webhook_progress_interval, as the outbox has it): PostgreSQL's group-committed worker
+        path writes the changes of a job with webhooks when they make no event (``store/group.py``)."""
         self.url = schema.normalize_url(url)
         self.dialect = q.SQLITE if self.url.startswith("sqlite") else q.POSTGRES
         self.on_commit = on_commit
@@ -71,7 +75,7 @@ class SqlStore:
         self.fast: PgFast | None
         if self.dialect.postgres:
             self.driver = PgDriver(schema.asyncpg_dsn(self.url), pool_size=pool_size)
-            self.fast = PgFast(self)
+            self.fast = PgFast(self, progress_interval_us)
         else:
             self.driver = SqliteDriver(schema.sqlite_path(self.url), on_loop=sqlite_on_loop)
             self.fast = None

@@ -2,9 +2,9 @@
 loop costs no round trips and the services take the general path): the worker path's claims and
 completions, group-committed (``store/group.py``: one flusher per process, one statement per flush, so
 a job's row is locked and committed once per flush rather than once per chunk behind every other worker
-of the job), and a lease of rate-limit tokens. They decline (None) for jobs with webhooks, whose outbox
-rows are built in Python, and when a lease or chunk is not as required: the general path then decides,
-and says why.
+of the job), and a lease of rate-limit tokens. They decline (None) for a job whose change makes a webhook
+event (it ends, or a job.progress event is due), whose outbox rows are built in Python, and when a lease
+or chunk is not as required: the general path then decides, and says why.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class PgFast:
     """The worker path's writes on PostgreSQL, group-committed (``store/group.py``: one flusher per
     process, one statement per flush), and the rate-limit lease (a statement of its own)."""
 
-    def __init__(self, store: _Runs) -> None:
+    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
         self.store = store
-        self.group = GroupCommit(store)  # type: ignore[arg-type]
+        self.group = GroupCommit(store, progress_interval_us)  # type: ignore[arg-type]
 
     async def complete(
         self,
@@ -68,7 +68,7 @@ class PgFast:
         artifacts: Sequence[Artifact],
     ) -> CompletedOne | None:
         """Completes one chunk and publishes the change once its flush commits; None when it declined
-        (a job with webhooks, a lease not current: the general path then decides, and says why)."""
+        (a webhook event to write, a lease not current: the general path then decides, and says why)."""
         return await self.group.complete(
             Completion(chunk_id, job_id, token, external_task_id, artifacts, now)
         )

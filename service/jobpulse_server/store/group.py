@@ -115,6 +115,25 @@ def _artifacts(pos: str, name: str, uri: str, media: str, size: str) -> str:
     )
 
 
+def _quiet(now: str, interval: str) -> str:
+    """Whether saving a job of the locked rows now makes no job.progress webhook event (services/outbox.py
+    ``events_for``): progress events not asked for, or the last one less than ``interval`` (us) before
+    ``now``. Conservative: a job that asked for them and is due declines even where the event would not
+    go out (a state other than PROCESSING); the general path then decides."""
+    return (
+        f"(NOT webhook_progress OR (last_progress_event IS NOT NULL "
+        f"AND {now}::bigint - last_progress_event < {interval}::bigint))"
+    )
+
+
+def _no_event(now: str, interval: str, asked: str) -> str:
+    """Whether the completions of a flush to a locked job make no webhook event: a job without webhooks,
+    or one that cannot end in this flush (more chunks pending or running than ``asked``, the flush's
+    completions of it, can move on) and has no progress event due (``_quiet``). The general path writes
+    the events of the others (services/outbox.py: in Python, in the same transaction)."""
+    return f"(webhook_url = '' OR (n_pending + n_processing > ({asked}) AND {_quiet(now, interval)}))"
+
+
 def _notify(channel: str, replica: str) -> str:
     """The pg_notify call telling the other replicas the jobs of ``j1`` at their new revisions (to be
     selected from j1, with ``HAVING count(*) > 0``: no notice when no job changed)."""
@@ -126,17 +145,19 @@ def _notify(channel: str, replica: str) -> str:
 
 # The completions of a flush as one statement (an implicit transaction). Parameters: chunk ids, job ids,
 # lease tokens, external task ids (one per completion, in order), now; the artifacts as five arrays (the
-# completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id. One
-# row per completion that went through: its position, the job's state and revision after the flush, the
-# chunk's new state, the job's kind and the chunk's item count (for the throughput counts), the chunk's
-# index and attempt and the job's trace_parent (for the completion's span).
+# completion's position from 1, name, uri, media type, size); the NOTIFY channel, this replica's id; the
+# least time between a job's job.progress webhook events (us). One row per completion that went through:
+# its position, the job's state and revision after the flush, the chunk's new state, the job's kind and
+# the chunk's item count (for the throughput counts), the chunk's index and attempt and the job's
+# trace_parent (for the completion's span).
 COMPLETE_GROUP = (
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
     "AS i(chunk_id, job_id, token, ext, pos)), "
-    # The jobs first, by id (every writer's lock order). Jobs with webhooks decline: their outbox rows
-    # are built in Python.
+    # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
+    # event (its end, a progress event due) declines: its outbox rows are built in Python.
     "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
-    "AND webhook_url = '' ORDER BY id FOR UPDATE), " + _completing("$5") +
+    f"AND {_no_event('$5', '$13', '(SELECT count(*) FROM i WHERE i.job_id = jobs.id)')} "
+    "ORDER BY id FOR UPDATE), " + _completing("$5") +
     # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new change_seq.
     "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $5), "
     "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
@@ -166,14 +187,15 @@ def _first_jobs(ready: str, limit: int) -> str:
     return f"SELECT job_id FROM chunks WHERE {ready} ORDER BY priority DESC, job_id, idx LIMIT {int(limit)}"
 
 
-def _picked(ready: str, jobs: str, limit: str) -> str:
+def _picked(ready: str, jobs: str, limit: str, now: str, interval: str) -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs``, in claim order, locked (SKIP
-    LOCKED); none when a candidate job has webhooks (the general path keeps the claim order)."""
+    LOCKED); none when a claim would make a candidate job's webhook event (a progress event due: a claim
+    never ends a job), and then the general path claims, keeping the claim order."""
     return (
         "c AS (SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due "
         f"FROM chunks ch WHERE {ready} "
         f"AND ch.job_id IN (SELECT id FROM {jobs}) "
-        f"AND NOT EXISTS (SELECT 1 FROM {jobs} WHERE webhook_url <> '') "
+        f"AND NOT EXISTS (SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)}) "
         f"ORDER BY ch.priority DESC, ch.job_id, ch.idx LIMIT {limit} FOR UPDATE OF ch SKIP LOCKED), "
     )
 
@@ -232,8 +254,8 @@ def claim_group_statement(n_kinds: int, limit: int) -> str:
     bound LIMIT takes a tenth of the rows; then it read and sorted every pending chunk of the candidate
     jobs (with 30,000 pending chunks over 100 jobs, 12 ms a claim) where the first few rows of
     ix_chunks_claim were all it needed. One statement per limit and form (at most MAX_GROUP of each).
-    Parameters: ready params (twice), the slots' worker ids, lease durations (us) and callers (from 1),
-    now (four times), channel, replica id."""
+    Parameters: ready params (twice), now and the least time between job.progress events (us), the slots'
+    worker ids, lease durations (us) and callers (from 1), now (four times), channel, replica id."""
     # Built once for each form and limit: building it is a few dozen joins and formats (19 us), on every
     # claim flush's path.
     return _claim_group_statement(bool(n_kinds), limit)
@@ -250,9 +272,9 @@ def _claim_group_statement(kinds: bool, limit: int) -> str:
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return _numbered(
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        f"WITH j AS (SELECT id, revision, webhook_url FROM jobs WHERE id IN ({first}) "
-        "ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", str(int(limit)))
+        f"WITH j AS (SELECT id, revision, webhook_url, webhook_progress, last_progress_event FROM jobs "
+        f"WHERE id IN ({first}) ORDER BY id FOR UPDATE), "
+        + _picked(ready, "j", str(int(limit)), "?", "?")
         + _slotted("r", "?", "?", "?")
         + _claiming(
             "c1", "r", "?", "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
@@ -277,13 +299,32 @@ def _claim_group_statement(kinds: bool, limit: int) -> str:
 
 
 def claim_group_params(
-    kinds: Sequence[str], slots: Sequence[tuple[str, int, int]], now: int, channel: str, replica: str
+    kinds: Sequence[str],
+    slots: Sequence[tuple[str, int, int]],
+    now: int,
+    channel: str,
+    replica: str,
+    progress_interval_us: int,
 ) -> list[Any]:
     """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
-    wanted."""
+    wanted; ``progress_interval_us``: the least time between a job's job.progress webhook events."""
     ready = [now, *([list(kinds)] if kinds else [])]
     workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
-    return [*ready, *ready, workers, leases, callers, now, now, now, now, channel, replica]
+    return [
+        *ready,
+        *ready,
+        now,
+        progress_interval_us,
+        workers,
+        leases,
+        callers,
+        now,
+        now,
+        now,
+        now,
+        channel,
+        replica,
+    ]
 
 
 class _Named:
@@ -349,19 +390,20 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
-        "jl AS (SELECT id, revision, cancel_requested, webhook_url, n_pending, n_processing, n_completed, "
-        "n_failed, n_cancelled, start_time, create_time, trace_parent, "
+        "jl AS (SELECT id, revision, cancel_requested, webhook_url, webhook_progress, last_progress_event, "
+        "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
         # The completions: COMPLETE_GROUP's, over the locked rows.
-        "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND webhook_url = ''), "
+        "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
+        f"{_no_event(now_c, p('interval'), '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')}), "
         + _completing(now_c)
         +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
-        "jk AS (SELECT id, revision, webhook_url FROM jl "
+        "jk AS (SELECT id, revision, webhook_url, webhook_progress, last_progress_event FROM jl "
         f"WHERE cand AND (SELECT count(*) FROM c1) = {p('n')}), "
-        + _picked(ready, "jk", str(int(limit)))
+        + _picked(ready, "jk", str(int(limit)), p("now_k"), p("interval"))
         + _slotted("rk", p("workers"), p("leases"), p("callers"))
         + _claiming(
             "k1",
@@ -472,8 +514,11 @@ class ClaimAsk:
 class GroupCommit:
     """The flusher: callers queue a completion or a claim and wait for the flush that writes it."""
 
-    def __init__(self, store: _Runs) -> None:
+    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
         self.store = store
+        # The least time between a job's job.progress webhook events (the outbox's, from the server's
+        # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
+        self.progress_interval_us = progress_interval_us
         self._completions: list[Completion] = []
         self._claims: list[ClaimAsk] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -655,6 +700,7 @@ class GroupCommit:
                 sizes,
                 CHANNEL,
                 self.store.replica_id,
+                self.progress_interval_us,
             ],
         )
         self.flushes += 1
@@ -714,7 +760,7 @@ class GroupCommit:
         ]
         rows = await self.store.statement_rows(
             claim_group_statement(len(kinds), len(slots)),
-            claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id),
+            claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id, self.progress_interval_us),
         )
         row = rows[0]
         self.flushes += 1
@@ -787,6 +833,7 @@ class GroupCommit:
             "a_size": artifacts[4],
             "channel": CHANNEL,
             "replica": self.store.replica_id,
+            "interval": self.progress_interval_us,
         }
         rows = await self.store.statement_rows(sql, names.values(given))
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
