@@ -585,20 +585,22 @@ class _GroupCommitCollector:
         g = self.group
         yield CounterMetricFamily(
             "jobpulse_group_commit_flushes",
-            "Statements the group-commit flusher wrote (PostgreSQL: claims and completions)",
+            "Statements the group-commit flusher wrote (PostgreSQL: claims, completions, progress reports)",
             g.flushes,
         )
         yield CounterMetricFamily(
             "jobpulse_group_commit_written",
-            "Completions and claimed chunks the group-commit flusher wrote",
+            "Completions, claimed chunks and progress reports the group-commit flusher wrote",
             g.items,
         )
         yield CounterMetricFamily(
             "jobpulse_group_commit_busy_seconds",
-            "Seconds the group-commit flusher spent on its statements; a rate near 1 means claims and "
-            "completions wait for it",
+            "Seconds the group-commit flusher spent on its statements; a rate near 1 means claims, "
+            "completions and progress reports wait for it",
             g.busy_seconds,
         )
         yield GaugeMetricFamily(
-            "jobpulse_group_commit_queued", "Claims and completions waiting for the next flush", g.queued
+            "jobpulse_group_commit_queued",
+            "Claims, completions and progress reports waiting for the next flush",
+            g.queued,
         )

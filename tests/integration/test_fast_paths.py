@@ -460,6 +460,141 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     _no_event(before_job)
 
 
+def _report_in_domain(
+    job: Job, chunk: Chunk, now: int, items: int, stage: str, message: str, ext: str, lease_us: int
+) -> None:
+    """What WorkerService.report_progress does on the general path to a leased chunk."""
+    if lease_us:
+        chunk.lease_duration = lease_us
+    chunk.lease_expire_time = now + (chunk.lease_duration or lease_us or 60_000_000)
+    if ext:
+        chunk.external_task_id = ext
+    if stage:
+        job.stage = stage
+    if message:
+        job.message = message
+    job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=max(items, chunk.items_done))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=st.one_of(jobs(need=ChunkState.PROCESSING), jobs(need=ChunkState.PROCESSING, hooked=True)),
+    stale=st.booleans(),
+    items=st.integers(0, 6),
+    stage=st.sampled_from(["", "resize"]),
+    message=st.sampled_from(["", "half way"]),
+    ext=st.sampled_from(["", "task-9"]),
+    lease=st.sampled_from([0, 30_000_000]),
+)
+def test_a_progress_report_is_move_chunk_with_its_items_and_lease(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+    case: tuple[Job, list[Chunk]],
+    stale: bool,
+    items: int,
+    stage: str,
+    message: str,
+    ext: str,
+    lease: int,
+) -> None:
+    """A heartbeat as report_progress makes it: items (never fewer), the lease extended from now, the
+    stage and message, a revision. It declines (nothing changed) for a lease not current, items past the
+    chunk's count, or a job.progress event due."""
+    _check_report(pg, case, stale, items, stage, message, ext, lease)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING, hooked=True), items=st.integers(0, 1))
+def test_a_progress_report_of_a_job_with_webhooks_is_written_here_only_when_no_progress_event_is_due(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], items: int
+) -> None:
+    _check_report(pg, case, False, items, "", "", "", 0)
+
+
+def _check_report(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+    case: tuple[Job, list[Chunk]],
+    stale: bool,
+    items: int,
+    stage: str,
+    message: str,
+    ext: str,
+    lease: int,
+) -> None:
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    target = before_chunks[0]
+    token = "not-the-lease" if stale else str(target.lease_token)
+    got = run(
+        fast.report(
+            target.id,
+            job.id,
+            token,
+            NOW,
+            items_done=items,
+            stage=stage,
+            message=message,
+            external_task_id=ext,
+            lease_us=lease,
+        )
+    )
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    if stale or items > target.item_count or (job.webhook_url and _due(before_job)):
+        assert got is None, "declined: nothing may change"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
+    _report_in_domain(before_job, before_chunks[0], NOW, items, stage, message, ext, lease)
+    assert got == (before_job.cancel_requested, before_chunks[0].lease_expire_time)
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+    _no_event(before_job)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jobs(need=ChunkState.PROCESSING), stale=st.integers(0, 6), again=st.booleans())
+def test_progress_reports_in_one_flush_are_each_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: int, again: bool
+) -> None:
+    """Every running chunk of a job reporting at once: one flush, leaving the job and its chunks as the
+    reports one after another do (a revision each, the last stage given stays). One with a stale token
+    is refused alone; a second report of the same chunk (``again``) waits for the next flush."""
+    case[0].webhook_url = ""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    running = [c for c in before_chunks if c.state == ChunkState.PROCESSING]
+    refused = running[stale % len(running)].id if stale and len(running) > 1 else None
+    twice = running[-1] if again else None
+    flushes = fast.group.flushes
+
+    def report(c: Chunk, n: int) -> Awaitable[tuple[bool, int] | None]:
+        token = "stale" if c.id == refused else str(c.lease_token)
+        return fast.report(
+            c.id,
+            job.id,
+            token,
+            NOW,
+            items_done=1,
+            stage=f"stage {n}",
+            message="",
+            external_task_id="",
+            lease_us=0,
+        )
+
+    async def all_at_once() -> list[Any]:
+        more = [report(twice, len(running))] if twice is not None else []
+        return await asyncio.gather(*(report(c, n) for n, c in enumerate(running)), *more)
+
+    got = run(all_at_once())
+    assert fast.group.flushes == flushes + (2 if twice is not None else 1)
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    order = [(c, n) for n, c in enumerate(running) if c.id != refused]
+    if twice is not None and twice.id != refused:
+        order.append((twice, len(running)))
+    for c, n in order:
+        _report_in_domain(before_job, c, NOW, 1, f"stage {n}", "", "", 0)
+        before_job.bumped = False
+    assert [g is None for g in got[: len(running)]] == [c.id == refused for c in running]
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     case=jobs(need=ChunkState.PROCESSING).filter(lambda c: not (c[0].webhook_url or c[0].cancel_requested))

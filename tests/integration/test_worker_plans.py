@@ -190,7 +190,7 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         await conn.execute("ANALYZE jobs")
         await conn.execute(f"UPDATE chunks SET state = {RUNNING}, lease_expire_time = idx WHERE idx % 3 = 1")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        statements = {"completions": group.COMPLETE_GROUP}
+        statements = {"completions": group.COMPLETE_GROUP, "progress reports": group.PROGRESS_GROUP}
         for limit in (1, 10, 256):
             for n_kinds in (0, 1):
                 statements[f"claims of {limit}, {n_kinds} kinds"] = group.claim_group_statement(

@@ -356,7 +356,25 @@ class WorkerService:
         external_task_id: str,
         lease_us: int | None,
     ) -> tuple[bool, int]:
-        """Heartbeat: records progress, extends the lease; returns (cancel_requested, lease_expire_time)."""
+        """Heartbeat: records progress, extends the lease; returns (cancel_requested, lease_expire_time).
+        On PostgreSQL the report is group-committed (store/group.py) unless it declines; then, and on
+        SQLite, it is a transaction of its own."""
+        job_id = chunk_job_id(chunk_id)
+        fast = self.store.fast
+        if fast is not None and job_id and token:
+            done = await fast.report(
+                chunk_id,
+                job_id,
+                token,
+                self.clock(),
+                items_done=items_done,
+                stage=stage,
+                message=message,
+                external_task_id=external_task_id,
+                lease_us=lease_us or 0,
+            )
+            if done is not None:
+                return done
 
         async def body(tx: Tx) -> tuple[bool, int]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)

@@ -1,10 +1,10 @@
 """PostgreSQL's own paths, reached only as ``Store.fast`` (None on SQLite, where a transaction on the
-loop costs no round trips and the services take the general path): the worker path's claims and
-completions, group-committed (``store/group.py``: one flusher per process, one statement per flush, so
-a job's row is locked and committed once per flush rather than once per chunk behind every other worker
-of the job), and a lease of rate-limit tokens. They decline (None) for a job whose change makes a webhook
-event (it ends, or a job.progress event is due), whose outbox rows are built in Python, and when a lease
-or chunk is not as required: the general path then decides, and says why.
+loop costs no round trips and the services take the general path): the worker path's claims, completions
+and progress reports, group-committed (``store/group.py``: one flusher per process, one statement per
+flush, so a job's row is locked and committed once per flush rather than once per chunk behind every
+other worker of the job), and a lease of rate-limit tokens. They decline (None) for a job whose change
+makes a webhook event (it ends, or a job.progress event is due), whose outbox rows are built in Python,
+and when a lease or chunk is not as required: the general path then decides, and says why.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.model import Artifact, Chunk, Job
 from jobpulse_server.domain.usage import Lease
-from jobpulse_server.store.group import ClaimAsk, CompletedOne, Completion, GroupCommit
+from jobpulse_server.store.group import ClaimAsk, CompletedOne, Completion, GroupCommit, Report
 
 
 class _Runs(Protocol):
@@ -116,6 +116,27 @@ class PgFast:
         """Claims in the next flush and publishes the change: the claimed chunks with their jobs as they
         are after the flush, [] when no chunk is ready, None when it declined."""
         return await self.group.claim(ClaimAsk(worker_id, tuple(sorted(set(kinds))), limit, lease_us, now))
+
+    async def report(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        *,
+        items_done: int,
+        stage: str,
+        message: str,
+        external_task_id: str,
+        lease_us: int,
+    ) -> tuple[bool, int] | None:
+        """Records a progress report (heartbeat) in the next flush and publishes the change: (cancel
+        requested, the chunk's new lease end); None when it declined (a lease not current, items past
+        the chunk's, a job.progress event due: the general path then decides, and says why).
+        ``lease_us`` 0 keeps the chunk's lease duration."""
+        return await self.group.report(
+            Report(chunk_id, job_id, token, items_done, stage, message, external_task_id, lease_us, now)
+        )
 
     async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:
         """Takes ``want`` tokens, all or none, from the key's shared bucket; when it grants none, the wait

@@ -1,8 +1,9 @@
-"""Group commit of the worker path on PostgreSQL: completions and claims queued by concurrent callers are
-written by one flusher, one statement per kind of work per flush, so the job rows they touch are locked,
-updated and committed once per flush rather than once per chunk. A flush's completions and the claims
-that follow them (``claim_next``, and plain claims of the same kinds) are one statement
-(``_complete_then_claim``): one round trip, one commit and one update of each job row instead of two.
+"""Group commit of the worker path on PostgreSQL: completions, claims and progress reports queued by
+concurrent callers are written by one flusher, one statement per kind of work per flush, so the job rows
+they touch are locked, updated and committed once per flush rather than once per chunk. A flush's
+completions and the claims that follow them (``claim_next``, and plain claims of the same kinds) are one
+statement (``_complete_then_claim``): one round trip, one commit and one update of each job row instead
+of two. Progress reports (heartbeats) are a statement of their own (``PROGRESS_GROUP``), written first.
 
 Why: every completion and claim changes its job's row (counts, state, revision, change_seq), which is
 wide, indexed (never a HOT update) and the one row every worker of a job queues on; each statement held
@@ -171,6 +172,53 @@ COMPLETE_GROUP = (
     "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
     "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
     "CROSS JOIN n"
+)
+
+
+# The progress reports (heartbeats) of a flush as one statement: WorkerService.report_progress for each,
+# in turn. Parameters: chunk ids, job ids, lease tokens, items done, stages, messages, external task ids,
+# lease durations (us, 0: keep the chunk's), one each per report in order; now; the NOTIFY channel, this
+# replica's id; the least time between a job's job.progress webhook events (us). A report declines (no
+# row: the general path decides, and says why) when its lease is not current, its items_done is past the
+# chunk's item_count, or its job's save would make a job.progress event (``_quiet``; a report never ends
+# a job). One row per report that went through: its position, the job's revision after the flush, whether
+# a cancel was asked, the chunk's new lease end.
+PROGRESS_GROUP = (
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
+    "$6::text[], $7::text[], $8::bigint[]) WITH ORDINALITY "
+    "AS i(chunk_id, job_id, token, items, stage, message, ext, lease, pos)), "
+    # The jobs first, by id (every writer's lock order).
+    "j0 AS (SELECT id, revision FROM jobs WHERE id IN (SELECT job_id FROM i) "
+    f"AND (webhook_url = '' OR {_quiet('$9', '$12')}) ORDER BY id FOR UPDATE), "
+    # Fencing as for a completion (_completing), and items_done within the chunk.
+    "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, i.items, i.stage, i.message, i.ext, i.lease, "
+    "i.pos FROM chunks c JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+    f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
+    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $9) AND i.items <= c.item_count "
+    "FOR UPDATE OF c), "
+    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+    # Job.move_chunk to PROCESSING with the items (never fewer than before); the lease is extended from
+    # now by the duration given, else the chunk's own (60 s when it has none).
+    "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
+    "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+    "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
+    "lease_expire_time = $9 + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
+    "0), 60000000), revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+    "RETURNING c.job_id, c.items_done - r.old_done AS gained, r.pos, r.stage, r.message, "
+    "c.lease_expire_time), "
+    # The job: a revision per report, the items gained, the last stage and message given.
+    "g AS (SELECT job_id, count(*) AS n, sum(gained) AS gained, "
+    "(array_agg(stage ORDER BY pos DESC) FILTER (WHERE stage <> ''))[1] AS stage, "
+    "(array_agg(message ORDER BY pos DESC) FILTER (WHERE message <> ''))[1] AS message "
+    "FROM c1 GROUP BY job_id), "
+    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $9), "
+    "items_done = j.items_done + g.gained, stage = coalesce(g.stage, j.stage), "
+    "message = coalesce(g.message, j.message), start_time = coalesce(j.start_time, $9), "
+    f"change_seq = {q.POSTGRES.next_seq} "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.cancel_requested), "
+    f"n AS (SELECT {_notify('$10', '$11')} AS sent FROM j1 HAVING count(*) > 0) "
+    "SELECT c1.pos, j1.revision, j1.cancel_requested, c1.lease_expire_time FROM c1 "
+    "JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
 )
 
 
@@ -511,8 +559,27 @@ class ClaimAsk:
     got: asyncio.Future[list[tuple[Job, Chunk]] | None] = field(repr=False, default_factory=_future)
 
 
+@dataclass
+class Report:
+    """A progress report (heartbeat): WorkerService.report_progress's arguments; ``lease_us`` 0 keeps
+    the chunk's lease duration. Answered with (cancel requested, the chunk's new lease end), or None
+    when it declined."""
+
+    chunk_id: str
+    job_id: str
+    token: str
+    items_done: int
+    stage: str
+    message: str
+    external_task_id: str
+    lease_us: int
+    now: int
+    done: asyncio.Future[tuple[bool, int] | None] = field(repr=False, default_factory=_future)
+
+
 class GroupCommit:
-    """The flusher: callers queue a completion or a claim and wait for the flush that writes it."""
+    """The flusher: callers queue a completion, a claim or a progress report and wait for the flush
+    that writes it."""
 
     def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
         self.store = store
@@ -521,18 +588,20 @@ class GroupCommit:
         self.progress_interval_us = progress_interval_us
         self._completions: list[Completion] = []
         self._claims: list[ClaimAsk] = []
+        self._reports: list[Report] = []
         self._flusher: asyncio.Task[None] | None = None
         # What the flushes did, for the metrics (observability.py), tests and the bench: statements
-        # written, completions and claimed chunks they wrote, and seconds with a statement in flight (a
-        # rate near 1: callers queue for the flusher, the worker path's limit on one server).
+        # written, completions, claimed chunks and progress reports they wrote, and seconds with a
+        # statement in flight (a rate near 1: callers queue for the flusher, the worker path's limit on
+        # one server).
         self.flushes = 0
         self.items = 0
         self.busy_seconds = 0.0
 
     @property
     def queued(self) -> int:
-        """Completions and claims waiting for a flush."""
-        return len(self._completions) + len(self._claims)
+        """Completions, claims and progress reports waiting for a flush."""
+        return len(self._completions) + len(self._claims) + len(self._reports)
 
     async def close(self) -> None:
         """Lets the flush under way finish (its callers get their answers)."""
@@ -548,6 +617,11 @@ class GroupCommit:
         self._claims.append(ask)
         self._kick()
         return await ask.got
+
+    async def report(self, item: Report) -> tuple[bool, int] | None:
+        self._reports.append(item)
+        self._kick()
+        return await item.done
 
     async def complete_and_claim(
         self, item: Completion, ask: ClaimAsk
@@ -597,7 +671,11 @@ class GroupCommit:
 
     async def _run(self) -> None:
         try:
-            while self._completions or self._claims:
+            while self._completions or self._claims or self._reports:
+                # Progress reports first: one queued before a completion of its chunk is written first.
+                reports = self._take_reports()
+                if reports:
+                    await self._settle(reports, self._write_reports(reports))
                 completions = self._take_completions()
                 taken = {id(c) for c in completions}
                 # A claim waits for the flush that writes the last of its completions.
@@ -631,10 +709,12 @@ class GroupCommit:
             # Cancelled (the store closing): nobody is left waiting on a flush that will not come.
             queued: list[asyncio.Future[Any]] = [c.done for c in self._completions]
             queued += [c.got for c in self._claims]
+            queued += [r.done for r in self._reports]
             for fut in queued:
                 fut.cancel()
             self._completions.clear()
             self._claims.clear()
+            self._reports.clear()
 
     @staticmethod
     def _went_through(item: Completion) -> bool:
@@ -656,6 +736,53 @@ class GroupCommit:
         self._completions = rest
         return taken
 
+    def _take_reports(self) -> list[Report]:
+        """Up to MAX_GROUP queued progress reports, each chunk once (a second report of the same chunk
+        waits for the next flush: one statement updates a row once)."""
+        taken: list[Report] = []
+        seen: set[str] = set()
+        rest: list[Report] = []
+        for r in self._reports:
+            if len(taken) < MAX_GROUP and r.chunk_id not in seen:
+                seen.add(r.chunk_id)
+                taken.append(r)
+            else:
+                rest.append(r)
+        self._reports = rest
+        return taken
+
+    async def _write_reports(self, items: list[Report]) -> None:
+        now = max(i.now for i in items)
+        rows = await self.store.statement_rows(
+            PROGRESS_GROUP,
+            [
+                [i.chunk_id for i in items],
+                [i.job_id for i in items],
+                [i.token for i in items],
+                [i.items_done for i in items],
+                [i.stage for i in items],
+                [i.message for i in items],
+                [i.external_task_id for i in items],
+                [i.lease_us for i in items],
+                now,
+                CHANNEL,
+                self.store.replica_id,
+                self.progress_interval_us,
+            ],
+        )
+        self.flushes += 1
+        self.items += len(rows)
+        results: dict[int, tuple[bool, int]] = {}
+        revisions: dict[str, int] = {}
+        for pos, revision, cancel_requested, lease_end in rows:
+            results[pos] = (bool(cancel_requested), lease_end)
+            revisions[items[pos - 1].job_id] = revision
+        if revisions:
+            self.store.publish(Changes(jobs=revisions))
+        for pos, item in enumerate(items, 1):
+            if not item.done.done():
+                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+
     async def _settle(self, waiting: Sequence[Any], write: Any) -> None:
         """Runs one flush's statement; a failure (the database away, an abort past the retries) is every
         waiting caller's, as it would have been on a statement of its own."""
@@ -664,13 +791,13 @@ class GroupCommit:
             await write
         except Exception as exc:  # handed to each caller, who maps it as before
             for w in waiting:
-                fut = w.done if isinstance(w, Completion) else w.got
+                fut = w.got if isinstance(w, ClaimAsk) else w.done
                 if not fut.done():
                     fut.set_exception(exc)
         except BaseException:
             # The flusher itself cancelled (the loop closing): nobody waits for this flush's answer.
             for w in waiting:
-                (w.done if isinstance(w, Completion) else w.got).cancel()
+                (w.got if isinstance(w, ClaimAsk) else w.done).cancel()
             raise
         finally:
             self.busy_seconds += time.perf_counter() - started
