@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import jobpulse_server.store.statements as q
 import jobpulse_server.store.tables as tables
@@ -520,6 +520,24 @@ class CompletedOne:
     trace_parent: str | None = None
 
 
+_Queued = TypeVar("_Queued", "Completion", "Report")
+
+
+def _once_each(queue: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
+    """A flush's share of a queue: up to MAX_GROUP items in order, each chunk once (one statement
+    updates a row once; a second item for the chunk waits for the next flush), and what is left."""
+    taken: list[_Queued] = []
+    seen: set[str] = set()
+    rest: list[_Queued] = []
+    for item in queue:
+        if len(taken) < MAX_GROUP and item.chunk_id not in seen:
+            seen.add(item.chunk_id)
+            taken.append(item)
+        else:
+            rest.append(item)
+    return taken, rest
+
+
 def _future() -> asyncio.Future[Any]:
     return asyncio.get_running_loop().create_future()
 
@@ -673,10 +691,12 @@ class GroupCommit:
         try:
             while self._completions or self._claims or self._reports:
                 # Progress reports first: one queued before a completion of its chunk is written first.
-                reports = self._take_reports()
+                reports, self._reports = _once_each(self._reports)
                 if reports:
                     await self._settle(reports, self._write_reports(reports))
-                completions = self._take_completions()
+                # A second completion of a chunk (a caller's retry) waits for the next flush, where its
+                # lease is found spent.
+                completions, self._completions = _once_each(self._completions)
                 taken = {id(c) for c in completions}
                 # A claim waits for the flush that writes the last of its completions.
                 ready = [all(id(a) in taken or a.done.done() for a in c.after) for c in self._claims]
@@ -720,36 +740,6 @@ class GroupCommit:
     def _went_through(item: Completion) -> bool:
         fut = item.done
         return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None
-
-    def _take_completions(self) -> list[Completion]:
-        """Up to MAX_GROUP queued completions, each chunk once (a second completion of the same chunk,
-        a caller's retry, waits for the next flush, where its lease is found spent)."""
-        taken: list[Completion] = []
-        seen: set[str] = set()
-        rest: list[Completion] = []
-        for c in self._completions:
-            if len(taken) < MAX_GROUP and c.chunk_id not in seen:
-                seen.add(c.chunk_id)
-                taken.append(c)
-            else:
-                rest.append(c)
-        self._completions = rest
-        return taken
-
-    def _take_reports(self) -> list[Report]:
-        """Up to MAX_GROUP queued progress reports, each chunk once (a second report of the same chunk
-        waits for the next flush: one statement updates a row once)."""
-        taken: list[Report] = []
-        seen: set[str] = set()
-        rest: list[Report] = []
-        for r in self._reports:
-            if len(taken) < MAX_GROUP and r.chunk_id not in seen:
-                seen.add(r.chunk_id)
-                taken.append(r)
-            else:
-                rest.append(r)
-        self._reports = rest
-        return taken
 
     async def _write_reports(self, items: list[Report]) -> None:
         now = max(i.now for i in items)
