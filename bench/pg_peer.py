@@ -40,8 +40,9 @@ that claims its kind.
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
 The floor rows drive the store's own group-committed path (store/group.py) in this process, with no
-gRPC, no server and no service layer: what one by one and complete-and-claim could reach if the rest of
-the server cost nothing.
+gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
+claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
+``--only batch``).
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
 processes of this machine (all of them, background ones included), from /proc.
 The printout ends with the targets and whether each is met; the rows go to a JSON file too.
@@ -335,6 +336,7 @@ async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str
 FLOOR_ROWS = {
     "floor": "floor: one by one on the store in-process, no gRPC",
     "floorcc": "floor: complete-and-claim on the store in-process, no gRPC",
+    "floorb10": "floor: completions of 10 + claim of 10 on the store, no gRPC",
 }
 
 
@@ -344,7 +346,9 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     webhooks) driven in this process by W asyncio workers, with no gRPC, no server process and no
     service layer in between:
       * ``floor``: a claim, then a completion (one by one);
-      * ``floorcc``: one claim, then completion and next claim together (complete-and-claim).
+      * ``floorcc``: one claim, then completion and next claim together (complete-and-claim);
+      * ``floorb10``: a claim of 10, then the 10 completions and the next claim of 10 together (what
+        CompleteChunks with claim_next sends the store).
     The jobs are made by a server, which is stopped before the clock starts. Round trips: the flushes'
     statements."""
     from jobpulse_server.domain.clock import now_us
@@ -376,15 +380,18 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
         assert fast is not None
         done = [0]
 
+        async def claim_some(name: str, limit: int) -> list[Any]:
+            """The next chunks (up to ``limit``), [] when no work is left."""
+            while True:
+                got = await fast.claim(name, [], limit, lease_us, now_us())
+                if got is not None:
+                    return [chunk for _, chunk in got]
+                # None: other workers took the work of the jobs this one locked; look again
+
         async def claim(name: str) -> Any:
             """The next chunk, or None when no work is left."""
-            while True:
-                got = await fast.claim(name, [], 1, lease_us, now_us())
-                if got:
-                    return got[0][1]
-                if got == []:
-                    return None
-                # None: other workers took the work of the jobs this one locked; look again
+            got = await claim_some(name, 1)
+            return got[0] if got else None
 
         async def one_by_one(name: str) -> None:
             while (chunk := await claim(name)) is not None:
@@ -404,7 +411,22 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
                 _, claims = both
                 chunk = claims[0][1] if claims else (await claim(name) if claims is None else None)
 
-        worker = one_by_one if key == "floor" else complete_and_claim
+        async def batched(name: str) -> None:
+            chunks = await claim_some(name, 10)
+            while chunks:
+                items: list[tuple[str, str, str, str, list[Any]]] = [
+                    (c.id, c.job_id, c.lease_token, "", []) for c in chunks
+                ]
+                results, claims = await fast.complete_many(items, now_us(), (name, [], 10, lease_us))
+                if any(r is None for r in results):
+                    raise RuntimeError(f"floor: a completion of {[c.id for c in chunks]} was refused")
+                done[0] += len(chunks)
+                if claims is None:  # declined: claimed on its own, as the server's caller would
+                    chunks = await claim_some(name, 10)
+                else:
+                    chunks = [c for _, c in claims]
+
+        worker = {"floor": one_by_one, "floorcc": complete_and_claim, "floorb10": batched}[key]
         try:
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
@@ -588,7 +610,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
             f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}"
             f"{'vs dequeue+log_jobs loops':>28}"
         )
-        for key, k in (("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1), ("jp10", 10), ("jpb10", 10)):
+        keys = [("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1)]
+        keys += [("jp10", 10), ("jpb10", 10), ("floorb10", 10)]
+        for key, k in keys:
             if key not in by:
                 continue
             name = FLOOR_ROWS[key] if key in FLOOR_ROWS else JOBPULSE_ROWS[key][1]
@@ -833,8 +857,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for k, jobpulse_keys in ((1, ("jp1", "jpcc")), (10, ("jp10", "jpb10"))):
             for key in jobpulse_keys:
                 cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
-            if k == 1 and not args.no_floor:
-                for key in FLOOR_ROWS:
+            if not args.no_floor:
+                for key in ("floor", "floorcc") if k == 1 else ("floorb10",):
                     cases.append((key, functools.partial(statements_floor, n, w, key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
             cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
@@ -850,6 +874,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
         cases += [
             ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
+            ("floorb10", functools.partial(statements_floor, n, w, "floorb10")),
             ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
             ("lp10", functools.partial(pgqueuer_loops, n, w, 10)),
         ]
