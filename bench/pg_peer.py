@@ -794,6 +794,8 @@ def _peer_goals(
                 )
             )
     for peer, peer_name in peers:
+        floor = ratio("floorb10", f"{peer}10")
+        floor_note = f"the store in-process without gRPC: {floor:.2f}" if floor is not None else ""
         out.append(
             report.Goal(
                 f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
@@ -801,7 +803,7 @@ def _peer_goals(
                 True,
                 1.0,
                 2.0,
-                note=note("jpb10"),
+                note="; ".join(n for n in (note("jpb10"), floor_note) if n),
             )
         )
     if "jpb10d" in by:
