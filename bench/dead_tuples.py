@@ -7,14 +7,15 @@ Every claim and every completion writes a new version of its chunk row; the old 
 index entries, until VACUUM. A claim leaves the claim index's entry of its chunk dead, and job ids
 sort by creation, so the dead entries of every older job come before the pending chunks of a newer
 one: the claim statements read past them until a vacuum takes them away. Autovacuum looks at a
-database once a ``autovacuum_naptime`` (60 s by default) and only past its thresholds.
+database once an ``autovacuum_naptime`` (60 s by default) and only past its thresholds; the first line
+printed gives the server's settings (the PostgreSQL of these machines runs with autovacuum off).
 
 One jobpulse server on a fresh database runs ``--rounds`` rounds; each is bench.scenarios'
 chunk_throughput row (a fresh job of ``--backlog`` one-item chunks, 4 workers for ``--seconds``, the
-rest cancelled). The whole run is made twice, on fresh databases: first as PostgreSQL's autovacuum
-leaves it, then with ``VACUUM chunks`` between rounds. Each round prints chunks/s, the server's CPU per
-chunk, the chunks table's live and dead row versions (pg_stat_user_tables) and the claim index's
-pages. The last line: the last round against the first, for each run. Run it alone.
+rest cancelled). The whole run is made twice, on fresh databases: first as the server's autovacuum
+settings leave it, then with ``VACUUM chunks`` between rounds. Each round prints chunks/s, the
+server's CPU per chunk, the chunks table's live and dead row versions (pg_stat_user_tables) and the
+claim index's pages. The last line: the last round against the first, for each run. Run it alone.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ async def run(vacuum: bool, args: argparse.Namespace) -> list[dict[str, Any]]:
                         }
                     )
                     r = rounds[-1]
+                    run_name = "VACUUM between rounds" if vacuum else "as the settings leave it"
                     print(
-                        f"  {'VACUUM between rounds' if vacuum else 'autovacuum only'}, round {n + 1}: "
+                        f"  {run_name}, round {n + 1}: "
                         f"{r['chunks_per_second']:,.0f} chunks/s, {r['cpu_us']:,.0f} us server CPU a chunk; "
                         f"chunks {r['live']:,} live, {r['dead']:,} dead; autovacuums so far "
                         f"{r['autovacuums']}; claim index {r['claim_index_pages']:,} pages",
@@ -79,14 +81,28 @@ async def run(vacuum: bool, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rounds
 
 
+async def settings() -> str:
+    """The server's autovacuum settings, as the run found them (the machines here run with it off)."""
+    import asyncpg
+
+    from bench.pg_peer import PG_ADMIN
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        names = ("autovacuum", "autovacuum_naptime", "autovacuum_vacuum_scale_factor")
+        return ", ".join([f"{n} = {await conn.fetchval(f'SHOW {n}')}" for n in names])
+    finally:
+        await conn.close()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     print(
         f"PostgreSQL, {args.mode}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s, "
-        f"a job of {args.backlog:,} chunks each"
+        f"a job of {args.backlog:,} chunks each; {await settings()}"
     )
     plain = await run(False, args)
     vacuumed = await run(True, args)
-    for name, rounds in (("autovacuum only", plain), ("VACUUM between rounds", vacuumed)):
+    for name, rounds in (("as the settings leave it", plain), ("VACUUM between rounds", vacuumed)):
         first, last = rounds[0]["chunks_per_second"], rounds[-1]["chunks_per_second"]
         print(f"{name}: last round / first {last / first:.2f} ({first:,.0f} -> {last:,.0f} chunks/s)")
 
