@@ -90,6 +90,20 @@ jobs = Table(
     Index("ix_jobs_change_seq", "change_seq", "id"),
 )
 
+# Jobs with pending chunks, in claim order (migration 0013), on PostgreSQL: a claim takes its candidate
+# jobs from here and descends ix_chunks_claim to each one's own entries (store/group.py _first_jobs),
+# instead of reading ix_chunks_claim from its start past the dead entries of older jobs' claimed chunks
+# until a vacuum. SQLite drops an index entry when its row changes (no dead entries to walk), claims
+# there scan ix_chunks_claim as before, and there this index would only cost each save that moves
+# n_pending an index write.
+Index(
+    "ix_jobs_claimable",
+    jobs.c.priority.desc(),
+    jobs.c.id,
+    postgresql_where=jobs.c.n_pending > 0,
+).ddl_if(dialect="postgresql")
+POSTGRES_ONLY_INDEXES = frozenset({"ix_jobs_claimable"})
+
 # Jobs with a ttl of their own, by when they expire (end_time is NULL until the job is terminal).
 # Partial: jobs on the server's default (ttl NULL) have no entry, so the hot paths' saves of those
 # only test the predicate.

@@ -29,6 +29,13 @@ def _translated(exc: asyncpg.PostgresError) -> Exception:
     return exc
 
 
+# The flusher's connection (pinned_rows): each statement planned once, generically, and kept; no bitmap
+# scans, which a generic plan of a claim of many slots chose to read a candidate job's every pending
+# chunk and sort them, where ix_chunks_claim gives them in order (store/group.py _picked;
+# tests/integration/test_worker_plans.py).
+FLUSHER_SETTINGS = "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off"
+
+
 class PgConn:
     """``Conn`` over one pooled asyncpg connection."""
 
@@ -118,7 +125,7 @@ class PgDriver:
             else:
                 # Generic plans are this connection's alone: the next user gets it as the pool gave it.
                 try:
-                    await conn.execute("RESET plan_cache_mode")
+                    await conn.execute("RESET plan_cache_mode; RESET enable_bitmapscan")
                 except (asyncpg.PostgresError, OSError):
                     conn.terminate()
                 await self._pool.release(conn)
@@ -177,7 +184,7 @@ class PgDriver:
         if self._pinned is None:
             conn = await self.pool.acquire()
             try:
-                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                await conn.execute(FLUSHER_SETTINGS)
             except BaseException:
                 await self.pool.release(conn)
                 raise
