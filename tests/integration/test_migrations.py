@@ -8,10 +8,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from support.sql import insert_generated, series
 
 from jobpulse_server.store import schema
 from jobpulse_server.store.schema import current_schema_version, head_schema_version
-from jobpulse_server.store.tables import POSTGRES_ONLY_INDEXES, metadata
+from jobpulse_server.store.tables import POSTGRES_ONLY_INDEXES, chunks, jobs, metadata
 
 
 async def _migrated(database_url: str) -> str:
@@ -55,3 +56,57 @@ async def test_migrations_make_the_expression_index_of_expiry(database_url: str)
     async with schema.schema_connection(url) as run:
         found = await run(lambda conn: conn.execute(text(q)).scalar_one())
     assert "end_time + ttl" in found and "ttl > 0" in found, found
+
+
+async def test_migration_0013_gives_pending_chunks_their_jobs_priority(database_url: str) -> None:
+    """A PostgreSQL claim finds a job's pending chunks under the job's priority (ix_jobs_claimable, then
+    ix_chunks_claim by priority and job): a pending chunk whose priority differed from its job's would
+    never be claimed, so the migration that brought that claim in brings such chunks in line (pending
+    ones only) and builds the index."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("ix_jobs_claimable and the claim that reads it are PostgreSQL's")
+    url = schema.normalize_url(database_url)
+
+    def upgrade_to(revision: str) -> Any:
+        def run_it(conn: Any) -> None:
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(schema.MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+        return run_it
+
+    job = insert_generated(
+        jobs,
+        {
+            "id": "'J' || g",
+            "kind": "'k'",
+            "state": "2",
+            "priority": "5",
+            "n_pending": "2",
+            "labels": "'{}'",
+            "job_metadata": "'{}'",
+        },
+        series(True, 1, 1),
+    )
+    chunk = insert_generated(
+        chunks,
+        {"id": "'J1-' || g", "job_id": "'J1'", "idx": "g", "state": "CASE WHEN g < 3 THEN 1 ELSE 2 END"},
+        series(True, 1, 3),
+    )
+    async with schema.schema_connection(url) as run:
+        await run(upgrade_to("0012"))
+        await run(lambda conn: conn.execute(text(job)))
+        await run(lambda conn: conn.execute(text(chunk)))  # priority 0, its job's is 5
+        await run(upgrade_to("head"))
+        rows = await run(
+            lambda conn: conn.execute(text("SELECT idx, priority FROM chunks ORDER BY idx")).all()
+        )
+        indexes = await run(
+            lambda conn: conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")).all()
+        )
+    assert [tuple(r) for r in rows] == [(1, 5), (2, 5), (3, 0)]  # the running chunk keeps its own
+    assert ("ix_jobs_claimable",) in [tuple(r) for r in indexes]

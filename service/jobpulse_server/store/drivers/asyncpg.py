@@ -33,7 +33,9 @@ def _translated(exc: asyncpg.PostgresError) -> Exception:
 # scans, which a generic plan of a claim of many slots chose to read a candidate job's every pending
 # chunk and sort them, where ix_chunks_claim gives them in order (store/group.py _picked;
 # tests/integration/test_worker_plans.py).
-FLUSHER_SETTINGS = "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off"
+_FLUSHER = {"plan_cache_mode": "force_generic_plan", "enable_bitmapscan": "off"}
+FLUSHER_SETTINGS = "; ".join(f"SET {name} = {value}" for name, value in _FLUSHER.items())
+_FLUSHER_RESET = "; ".join(f"RESET {name}" for name in _FLUSHER)
 
 
 class PgConn:
@@ -123,9 +125,10 @@ class PgDriver:
             if conn.is_closed():
                 await self._pool.release(conn)
             else:
-                # Generic plans are this connection's alone: the next user gets it as the pool gave it.
+                # The flusher's settings are this connection's alone: the next user gets it as the pool
+                # gave it.
                 try:
-                    await conn.execute("RESET plan_cache_mode; RESET enable_bitmapscan")
+                    await conn.execute(_FLUSHER_RESET)
                 except (asyncpg.PostgresError, OSError):
                     conn.terminate()
                 await self._pool.release(conn)

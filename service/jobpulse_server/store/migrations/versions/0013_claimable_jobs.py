@@ -26,9 +26,9 @@ PENDING = 1  # ChunkState.PENDING, as the statements write it
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite drops an index entry when its row changes: claims scan ix_chunks_claim there
-    job_priority = "(SELECT priority FROM jobs WHERE jobs.id = chunks.job_id)"
     op.execute(
-        f"UPDATE chunks SET priority = {job_priority} WHERE state = {PENDING} AND priority <> {job_priority}"
+        "UPDATE chunks AS c SET priority = j.priority FROM jobs AS j "
+        f"WHERE j.id = c.job_id AND c.state = {PENDING} AND c.priority <> j.priority"
     )
     op.execute("CREATE INDEX ix_jobs_claimable ON jobs (priority DESC, id) WHERE n_pending > 0")
 
