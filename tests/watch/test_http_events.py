@@ -32,11 +32,21 @@ def _messages(events: list[Event]) -> list[job_service_pb2.WatchJobResponse]:
     return out
 
 
-def _work(client: jobpulse.Client, kind: str, n: int, go: threading.Event | None = None) -> None:
+def _work(
+    client: jobpulse.Client,
+    kind: str,
+    n: int,
+    go: threading.Event | None = None,
+    permits: threading.Semaphore | None = None,
+) -> None:
+    """Claims, reports on and completes ``n`` chunks, once ``go`` is set; with ``permits``, one permit a
+    chunk, which the reader hands out."""
     if go is not None:
         assert go.wait(20), "the stream never started"
     done = 0
     while done < n:
+        if permits is not None:
+            assert permits.acquire(timeout=20), "the reader stopped handing out chunks"
         for claim in client.claim_chunks("http-worker", [kind], max_chunks=1, wait=2.0):
             client.report_chunk_progress(claim.chunk.id, claim.lease_token, items_done=1, stage="half")
             client.complete_chunk(claim.chunk.id, claim.lease_token)
@@ -89,7 +99,12 @@ def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(make_serve
     srv = make_server(watch_min_interval=0.0)
     with jobpulse.Client(srv.address, timeout=20) as client:
         job = client.create_job(kind="resume", total_items=30, chunk_size=1)
-        worker = threading.Thread(target=_work, args=(client, "resume", 30), daemon=True)
+        # The worker does one chunk for each event the page gets: each chunk makes at least one event, so
+        # the worker is always a chunk past the last event seen (the next connection has a change to
+        # resume to), and the job cannot end before the page has come back several times, however fast
+        # either side runs.
+        permits = threading.Semaphore(0)
+        worker = threading.Thread(target=_work, args=(client, "resume", 30, None, permits), daemon=True)
         seen: list[Event] = []
         last_id: str | None = None
         connections = 0
@@ -99,11 +114,13 @@ def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(make_serve
             headers = {"Last-Event-ID": last_id} if last_id else {}
             # Drop the connection after a few events each time, as a flaky network would.
             cut = 2 + connections % 3
-            stream = read(
-                _url(srv, job.id),
-                headers=headers,
-                until=lambda e, events, cut=cut: sum(x.id is not None for x in events) >= cut,
-            )
+
+            def until(event: Event, events: list[Event], cut: int = cut) -> bool:
+                if event.id is not None:
+                    permits.release()
+                return sum(x.id is not None for x in events) >= cut
+
+            stream = read(_url(srv, job.id), headers=headers, until=until)
             if stream.status == 204:
                 break
             assert stream.status == 200, stream.body
