@@ -23,10 +23,6 @@ async def _migrated(database_url: str) -> str:
     return url
 
 
-# ix_jobs_own_expiry is an expression index, which autogenerate skips with these warnings; it is
-# checked on its own below.
-@pytest.mark.filterwarnings("ignore:.*expression-based index:UserWarning")
-@pytest.mark.filterwarnings("ignore:.*expression-based index:sqlalchemy.exc.SAWarning")
 def _context(conn: Any) -> MigrationContext:
     """A comparison that leaves out, on SQLite, the indexes only PostgreSQL has."""
     sqlite = conn.dialect.name == "sqlite"
@@ -37,6 +33,10 @@ def _context(conn: Any) -> MigrationContext:
     return MigrationContext.configure(conn, opts={"include_object": include})
 
 
+# ix_jobs_own_expiry is an expression index, which autogenerate skips with these warnings; it is
+# checked on its own below.
+@pytest.mark.filterwarnings("ignore:.*expression-based index:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*expression-based index:sqlalchemy.exc.SAWarning")
 async def test_migrated_schema_matches_tables(database_url: str) -> None:
     url = await _migrated(database_url)
     await schema.migrate(url)  # a second run on a migrated database changes nothing
