@@ -620,7 +620,7 @@ async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: lis
     now = time.time_ns() // 1000
     res: dict[str, Any] = {"chunks": n_chunks, "pending": pending}
     for limit, kinds in ((1, []), (10, []), (10, ["ocr"])):
-        ready = [*statements.ready_params(d, kinds, now), limit]
+        ready = [*statements.ready_params(d, kinds), limit]
         stmts: list[tuple[str, str, list[Any]]] = []
         if d.postgres:
             stmts.append(

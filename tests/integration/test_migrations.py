@@ -58,6 +58,21 @@ async def test_migrations_make_the_expression_index_of_expiry(database_url: str)
     assert "end_time + ttl" in found and "ttl > 0" in found, found
 
 
+def upgrade_to(revision: str) -> Any:
+    """Runs the migrations up to ``revision`` on a schema connection."""
+
+    def run_it(conn: Any) -> None:
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(schema.MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+    return run_it
+
+
 async def test_migration_0013_gives_pending_chunks_their_jobs_priority(database_url: str) -> None:
     """A PostgreSQL claim finds a job's pending chunks under the job's priority (ix_jobs_claimable, then
     ix_chunks_claim by priority and job): a pending chunk whose priority differed from its job's would
@@ -66,19 +81,6 @@ async def test_migration_0013_gives_pending_chunks_their_jobs_priority(database_
     if not database_url.startswith("postgresql"):
         pytest.skip("ix_jobs_claimable and the claim that reads it are PostgreSQL's")
     url = schema.normalize_url(database_url)
-
-    def upgrade_to(revision: str) -> Any:
-        def run_it(conn: Any) -> None:
-            from alembic import command
-            from alembic.config import Config as AlembicConfig
-
-            cfg = AlembicConfig()
-            cfg.set_main_option("script_location", str(schema.MIGRATIONS_DIR))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-
-        return run_it
-
     job = insert_generated(
         jobs,
         {
@@ -110,3 +112,39 @@ async def test_migration_0013_gives_pending_chunks_their_jobs_priority(database_
         )
     assert [tuple(r) for r in rows] == [(1, 5), (2, 5), (3, 0)]  # the running chunk keeps its own
     assert ("ix_jobs_claimable",) in [tuple(r) for r in indexes]
+
+
+async def test_migration_0014_keeps_chunks_in_a_backoff_waiting(database_url: str) -> None:
+    """Chunks waiting out a retry backoff leave the claim index (store/waiting.py): the migration that
+    brought that in marks every pending chunk with a next_attempt_time as waiting until then, and no
+    other chunk, so none is claimed early and none is lost from the claim order."""
+    url = schema.normalize_url(database_url)
+    if url.startswith("sqlite"):
+        schema.create_sqlite_file(url)
+    postgres = url.startswith("postgresql")
+    job = insert_generated(
+        jobs,
+        {"id": "'J' || g", "kind": "'k'", "state": "2", "labels": "'{}'", "job_metadata": "'{}'"},
+        series(postgres, 1, 1),
+    )
+    # idx 1: pending, in a backoff; 2: pending; 3: running, its old next_attempt_time left over.
+    chunk = insert_generated(
+        chunks,
+        {
+            "id": "'J1-' || g",
+            "job_id": "'J1'",
+            "idx": "g",
+            "state": "CASE WHEN g < 3 THEN 1 ELSE 2 END",
+            "next_attempt_time": "CASE WHEN g = 2 THEN NULL ELSE 1000 + g END",
+        },
+        series(postgres, 1, 3),
+    )
+    async with schema.schema_connection(url) as run:
+        await run(upgrade_to("0013"))
+        await run(lambda conn: conn.execute(text(job)))
+        await run(lambda conn: conn.execute(text(chunk)))
+        await run(upgrade_to("head"))
+        rows = await run(
+            lambda conn: conn.execute(text("SELECT idx, retry_at FROM chunks ORDER BY idx")).all()
+        )
+    assert [tuple(r) for r in rows] == [(1, 1001), (2, None), (3, None)]

@@ -1,13 +1,15 @@
 """The worker path's reads walk the partial chunk indexes: a claim ix_chunks_claim (pending chunks, in
 claim order), the sweep's expired leases and the health report's leases in flight ix_chunks_lease
-(running chunks). Those indexes hold only the chunks of their state (migration 0012), and a planner uses
+(running chunks), the promotion of due retries ix_chunks_retry (pending chunks waiting out a backoff,
+migration 0014). Those indexes hold only the chunks of their state (migration 0012), and a planner uses
 a partial index only for a statement whose WHERE implies the index's, which a bound parameter does not:
 the statements write the state in. A statement that went back to ``state = ?`` would scan every chunk;
 this test fails then.
 
 The statements are the ones the server runs (store/statements.py, store/group.py), over 30,000 chunks of
-which a third are pending, a third running and a third completed. PostgreSQL plans with statistics
-(ANALYZE, as autovacuum keeps them); SQLite without (the server never runs ANALYZE).
+which a third are pending (half of those waiting out a backoff), a third running and a third
+completed. PostgreSQL plans with statistics (ANALYZE, as autovacuum keeps them); SQLite without (the
+server never runs ANALYZE).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def _inserts(dialect: sql.Dialect) -> list[str]:
         "kind": "'plan'",
         "priority": "g % 5",
         "lease_expire_time": "CASE WHEN g % 3 = 1 THEN g ELSE NULL END",
+        # Half the pending chunks wait out a retry backoff (store/waiting.py): out of ix_chunks_claim.
+        "next_attempt_time": "CASE WHEN g % 6 = 0 THEN g ELSE NULL END",
+        "retry_at": "CASE WHEN g % 6 = 0 THEN g ELSE NULL END",
     }
     return [job_rows, insert_generated(chunks, given, series(dialect == sql.POSTGRES, 1, N))]
 
@@ -75,6 +80,8 @@ def _sqlite_problems(database_url: str) -> list[str]:
             "claim, two kinds": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 2)),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.SQLITE)),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT),
+            "due retries": ("ix_chunks_retry", sql.SQLITE_PROMOTE),
+            "next retry": ("ix_chunks_retry", sql.NEXT_RETRY),
         }
         problems = []
         for name, (index, statement) in statements.items():
@@ -105,14 +112,15 @@ async def _postgresql_problems(database_url: str) -> list[str]:
             await conn.execute(statement)
         await conn.execute("ANALYZE jobs")
         await conn.execute("ANALYZE chunks")
-        # Parameters: now (ready), the kind when one is named, the limit; the claims take them twice.
+        # Parameters: the kind when one is named, the limit; the claims take them twice.
         claim_group = group.claim_group_params(["plan"], [("w", 1_000, 1)], 1, "ch", "r", 5_000_000)
         statements = {
-            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1, 1] * 2),
-            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), [1, "plan", 1] * 2),
+            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1] * 2),
+            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), ["plan", 1] * 2),
             "group-committed claim": ("ix_chunks_claim", group.claim_group_statement(1, 1), claim_group),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), [1, 10]),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, []),
+            "due retries": ("ix_chunks_retry", sql.PG_PROMOTE, [1, 1000]),
         }
         problems = []
         for name, (index, statement, params) in statements.items():
@@ -198,7 +206,11 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         await conn.execute("ANALYZE jobs")
         await conn.execute(f"UPDATE chunks SET state = {RUNNING}, lease_expire_time = idx WHERE idx % 3 = 1")
         await conn.execute(FLUSHER_SETTINGS)  # as the flusher's connection plans
-        statements = {"completions": group.COMPLETE_GROUP, "progress reports": group.PROGRESS_GROUP}
+        statements = {
+            "completions": group.COMPLETE_GROUP,
+            "progress reports": group.PROGRESS_GROUP,
+            "due retries": sql.PG_PROMOTE,
+        }
         for limit in (1, 10, 256):
             for n_kinds in (0, 1):
                 statements[f"claims of {limit}, {n_kinds} kinds"] = group.claim_group_statement(

@@ -150,7 +150,10 @@ class _Tables:
                 continue
             new = copy.deepcopy(stored)
             for name in CHUNK_SAVED:
-                setattr(new, name, getattr(c, name))
+                # retry_at is storage only: the fake's claim reads next_attempt_time, which is what a
+                # claim on the real store sees once a due chunk is promoted (store/waiting.py).
+                if name != "retry_at":
+                    setattr(new, name, getattr(c, name))
             self.chunks[c.id] = new
 
     def update_chunks(

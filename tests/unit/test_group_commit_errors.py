@@ -15,6 +15,7 @@ import pytest
 
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.store.group import ClaimAsk, Completion, GroupCommit
+from jobpulse_server.store.waiting import NEVER, Waiting
 
 
 class Refused(Exception):
@@ -28,6 +29,10 @@ class FailingStore:
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        # No chunk waits out a retry backoff: the flusher's claims promote nothing first (that statement
+        # is tested on PostgreSQL, tests/integration/test_waiting_chunks.py).
+        self.waiting = Waiting()
+        self.waiting.due = NEVER
 
     async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")

@@ -26,6 +26,7 @@ from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
 from jobpulse_server.store.fast import PgFast
 from jobpulse_server.store.tx import SqlTx
+from jobpulse_server.store.waiting import Waiting
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class SqlStore:
         self.on_retry = on_retry
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
+        # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
+        self.waiting = Waiting()
         self.driver: SqliteDriver | PgDriver
         self.fast: PgFast | None
         if self.dialect.postgres:
@@ -139,7 +142,7 @@ class SqlStore:
         async def run() -> tuple[T, Changes]:
             changes = Changes()
             async with self.driver.write(bulk=bulk) as conn:
-                tx = SqlTx(conn, self.dialect, changes, self.replica_id)
+                tx = SqlTx(conn, self.dialect, changes, self.replica_id, self.waiting)
                 result = await body(tx)
                 await tx.finish()
             return result, changes

@@ -16,12 +16,14 @@ from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.model import Artifact, Chunk, Job
 from jobpulse_server.domain.usage import Lease
 from jobpulse_server.store.group import ClaimAsk, CompletedOne, Completion, GroupCommit, Report
+from jobpulse_server.store.waiting import Waiting
 
 
 class _Runs(Protocol):
     """What the fast paths need of the store (``database.SqlStore``)."""
 
     replica_id: str
+    waiting: Waiting
 
     async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None: ...
 

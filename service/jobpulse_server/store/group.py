@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import jobpulse_server.store.statements as q
-import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.changes import CHANNEL, Changes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
+from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
 log = logging.getLogger("jobpulse.store")
 
@@ -50,6 +50,7 @@ MAX_GROUP = 256
 
 class _Runs(Protocol):
     replica_id: str
+    waiting: Waiting
 
     async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None: ...
 
@@ -222,11 +223,10 @@ PROGRESS_GROUP = (
 )
 
 
-def _ready(n_kinds: int, now: str = "?", kinds: str = "?") -> str:
-    """Chunks ready to run (statements.ready: the state written in); the kinds, when named, as one array.
-    ``now`` and ``kinds``: their placeholders."""
-    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= {now})"
-    return where + (f" AND kind = ANY({kinds})" if n_kinds else "")
+def _ready(n_kinds: int, kinds: str = "?") -> str:
+    """Chunks ready to run (statements.READY, written in); the kinds, when named, as one array (``kinds``:
+    its placeholder)."""
+    return q.READY + (f" AND kind = ANY({kinds})" if n_kinds else "")
 
 
 def _first_jobs(ready: str, limit: int, kinds: str = "") -> str:
@@ -377,14 +377,13 @@ def claim_group_params(
     """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
     wanted; ``progress_interval_us``: the least time between a job's job.progress webhook events."""
     named = [list(kinds)] if kinds else []
-    ready = [now, *named]
     workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
     return [
-        *ready,
+        *named,
         *named,
         now,
         progress_interval_us,
-        *ready,
+        *named,
         workers,
         leases,
         callers,
@@ -431,7 +430,7 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
     written in as claim_group_statement writes it."""
     p = _Named()
     # A placeholder is named only where the statement uses it (an unused one has no type).
-    ready = _ready(int(kinds), p("now_k"), p("kinds") if kinds else "")
+    ready = _ready(int(kinds), p("kinds") if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
         "(j.n_processing - g.n)",
@@ -727,6 +726,8 @@ class GroupCommit:
                 self._claims = [c for c, r in zip(self._claims, ready, strict=True) if not r]
                 # With the completions, in the same statement, the claims of one set of kinds that wait
                 # for completions of this flush only (or none).
+                if claims:
+                    await self._promote(max(c.now for c in claims))
                 kinds = claims[0].kinds if completions and claims else None
                 both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
                 if both:
@@ -758,6 +759,21 @@ class GroupCommit:
             self._completions.clear()
             self._claims.clear()
             self._reports.clear()
+
+    async def _promote(self, now: int) -> None:
+        """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
+        (store/waiting.py), in a statement of its own, when one is due or the last look is old."""
+        waiting = self.store.waiting
+        if not waiting.is_due(now):
+            return
+        waiting.begin(now)
+        try:
+            rows = await self.store.statement_rows(q.PG_PROMOTE, [now, PROMOTE_LIMIT])
+        except Exception as exc:  # the claims' own statement meets the same trouble and reports it
+            log.info("could not move due retries back to the claim order: %s", exc)
+            return
+        promoted, next_due = rows[0]
+        waiting.settle(promoted, next_due, now)
 
     @staticmethod
     def _went_through(item: Completion) -> bool:

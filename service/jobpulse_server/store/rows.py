@@ -31,7 +31,8 @@ JOB_INDEXED = ("owner", "request_id", "kind", "state", "priority", "create_time"
 JOB_INDEXED_IN_ROW = tuple(JOB_COLUMNS.index(c) for c in JOB_INDEXED)
 JOB_INDEXED_IN_SAVED = tuple(JOB_SAVED.index(c) for c in JOB_INDEXED)
 
-CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns)
+# Every column but retry_at, which is storage only (store/waiting.py): a chunk's fields, in this order.
+CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns if c.name != "retry_at")
 
 # The columns a chunk's change may touch.
 CHUNK_SAVED = (
@@ -50,6 +51,7 @@ CHUNK_SAVED = (
     "priority",
     "start_time",
     "end_time",
+    "retry_at",
 )
 
 ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes")
@@ -212,6 +214,8 @@ def chunk_saved_values(c: Chunk) -> tuple[Any, ...]:
         c.priority,
         c.start_time,
         c.end_time,
+        # Waiting out a retry backoff until next_attempt_time (store/waiting.py); only a pending chunk.
+        c.next_attempt_time if c.state == ChunkState.PENDING else None,
     )
 
 

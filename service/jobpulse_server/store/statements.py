@@ -227,16 +227,40 @@ def insert_chunks(d: Dialect) -> str:
 SAVE_CHUNK = "UPDATE chunks SET " + ", ".join(f"{c} = ?" for c in CHUNK_SAVED) + " WHERE id = ?"
 
 
+# Pending and not waiting out a retry backoff (store/waiting.py: a due one has been promoted): the
+# predicate of the partial ix_chunks_claim, written in so the planner walks it.
+READY = f"state = {tables.PENDING} AND retry_at IS NULL"
+
+
 @_built
 def ready(d: Dialect, n_kinds: int) -> str:
-    """Chunks ready to run: pending, past any retry backoff, of the wanted kinds (``ready_params``). The
-    state is written in, not a parameter, so the planner can walk the partial ix_chunks_claim."""
-    where = f"state = {tables.PENDING} AND (next_attempt_time IS NULL OR next_attempt_time <= ?)"
-    return where + (f" AND {d.any_of('kind', n_kinds)}" if n_kinds else "")
+    """Chunks ready to run: READY, of the wanted kinds (``ready_params``)."""
+    return READY + (f" AND {d.any_of('kind', n_kinds)}" if n_kinds else "")
 
 
-def ready_params(d: Dialect, kinds: Sequence[str], now: int) -> list[Any]:
-    return [now, *(d.values(kinds) if kinds else [])]
+def ready_params(d: Dialect, kinds: Sequence[str]) -> list[Any]:
+    return d.values(kinds) if kinds else []
+
+
+# --- chunks waiting out a retry backoff (store/waiting.py) -----------------------------------------
+
+_WAITING = f"state = {tables.PENDING} AND retry_at IS NOT NULL"
+# SQLite, in the claim's transaction (one writer): the due ones back into the claim order (at most ``?``,
+# the earliest first), then when the next one comes due.
+SQLITE_PROMOTE = (
+    f"UPDATE chunks SET retry_at = NULL WHERE id IN (SELECT id FROM chunks WHERE {_WAITING} "
+    "AND retry_at <= ? ORDER BY retry_at LIMIT ?)"
+)
+NEXT_RETRY = f"SELECT min(retry_at) FROM chunks WHERE {_WAITING}"
+# PostgreSQL, a statement that is its own transaction (never inside one that goes on to lock jobs:
+# CancelJob locks a job, then its pending chunks). Chunks another transaction holds are skipped (a
+# cancel or a retry of their job is changing them). Returns how many moved and when the next one that
+# was not due comes due. Parameters: now, the limit.
+PG_PROMOTE = (
+    "WITH p AS (UPDATE chunks SET retry_at = NULL WHERE id IN (SELECT id FROM chunks "
+    f"WHERE {_WAITING} AND retry_at <= $1 ORDER BY retry_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING 1) "
+    f"SELECT (SELECT count(*) FROM p), (SELECT min(retry_at) FROM chunks WHERE {_WAITING} AND retry_at > $1)"
+)
 
 
 # Highest priority first, then the oldest job (ids sort by creation), then the chunk's index: the order
@@ -327,7 +351,7 @@ def chunk_states(d: Dialect) -> str:
 
 
 CANCEL_PENDING_CHUNKS = (
-    "UPDATE chunks SET state = ?, revision = ?, end_time = ?, next_attempt_time = NULL "
+    "UPDATE chunks SET state = ?, revision = ?, end_time = ?, next_attempt_time = NULL, retry_at = NULL "
     "WHERE job_id = ? AND state = ?"
 )
 
@@ -344,8 +368,8 @@ def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
     update = (
         f"UPDATE chunks SET state = {int(ChunkState.PENDING)}, revision = ?, priority = ?, "
         "max_attempts = attempt + ?, items_done = 0, error_reason = '', error_message = '', worker_id = '', "
-        "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, start_time = NULL, "
-        f"end_time = NULL WHERE {where}"
+        "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, retry_at = NULL, "
+        f"start_time = NULL, end_time = NULL WHERE {where}"
     )
     return count, update
 

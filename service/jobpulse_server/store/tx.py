@@ -36,6 +36,7 @@ from jobpulse_server.store.rows import (
     job_from_row,
     job_saved_values,
 )
+from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
 _INDEXED_IN_ROW = operator.itemgetter(*JOB_INDEXED_IN_ROW)
 _INDEXED_IN_SAVED = operator.itemgetter(*JOB_INDEXED_IN_SAVED)
@@ -68,11 +69,20 @@ def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]
 class SqlTx:
     """The operations of one transaction on ``conn`` (see the module's docstring)."""
 
-    def __init__(self, conn: Conn, dialect: q.Dialect, changes: Changes, replica: str = "") -> None:
+    def __init__(
+        self,
+        conn: Conn,
+        dialect: q.Dialect,
+        changes: Changes,
+        replica: str = "",
+        waiting: Waiting | None = None,
+    ) -> None:
         self.conn = conn
         self.d = dialect
         self.changes = changes
         self.replica = replica
+        # The store's record of chunks waiting out a retry backoff (write transactions only).
+        self.waiting = waiting
         self._artifacts: list[tuple[Any, ...]] = []
         self._outbox: list[tuple[Any, ...]] = []
         self._notified: tuple[Any, ...] | None = None
@@ -223,11 +233,17 @@ class SqlTx:
         every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks). ``held``: jobs
         this transaction has read already, which SQLite does not read again (left out of the jobs returned;
         PostgreSQL locks every job it claims from, so it reads them all)."""
-        params = [*q.ready_params(self.d, kinds, now), limit]
+        params = [*q.ready_params(self.d, kinds), limit]
         if self.d.postgres:
             row = await self.conn.fetchrow(q.pg_claim(len(kinds), skip_locked=skip_locked), params * 2)
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
+        waiting = self.waiting
+        if waiting is not None and waiting.is_due(now):
+            # One writer: the due retries join the claim order in this transaction (store/waiting.py).
+            waiting.begin(now)
+            promoted = await self.conn.execute(q.SQLITE_PROMOTE, (now, PROMOTE_LIMIT))
+            waiting.settle(promoted, await self.conn.fetchval(q.NEXT_RETRY, ()), now)
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
         wanted = [c.job_id for c in picked if c.job_id not in held]
         return (await self.get_jobs(wanted, None) if wanted else {}), picked
@@ -309,6 +325,10 @@ class SqlTx:
         jobs = list(jobs)
         for job in jobs:
             self.changed(job.id, job.revision)
+        if self.waiting is not None:
+            for c in chunks:  # put back to wait out a retry backoff (rows.chunk_saved_values)
+                if c.next_attempt_time is not None and c.state == ChunkState.PENDING:
+                    self.waiting.note(c.next_attempt_time)
         if self.d.arrays:
             payloads = encode(self.changes, self.replica)
             chunk_rows = [(c.id, *chunk_saved_values(c)) for c in chunks]
