@@ -118,3 +118,39 @@ async def test_a_failed_flush_leaves_no_error_unread() -> None:
     finally:
         loop.set_exception_handler(previous)
     assert [m for m in messages if "never retrieved" in m] == []
+
+
+class BrokenOnce:
+    """``Waiting`` whose first look raises, as a bug in the flusher's own code would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def is_due(self, now: int) -> bool:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in the flusher")
+        return False
+
+
+class AnsweringStore(FailingStore):
+    """Answers every statement with no rows changed (a claim finds nothing ready)."""
+
+    async def statement_rows(self, sql: str, params: Sequence[Any], lane: int = 0) -> list[Sequence[Any]]:
+        self.statements.append(sql)
+        return [(0, None, None, None, None, None)]
+
+
+async def test_a_fault_of_the_flusher_itself_is_its_callers_error_and_the_next_flush_runs() -> None:
+    """A fault outside a flush's statement (here the look for due retries raises) must reach the callers
+    the flush took, not leave their calls waiting for an answer that never comes; the flusher then serves
+    the next callers."""
+    store = AnsweringStore()
+    store.waiting = BrokenOnce()  # type: ignore[assignment]
+    group = GroupCommit(store)
+    with pytest.raises(RuntimeError, match="a bug in the flusher"):
+        await asyncio.wait_for(group.claim(ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
+    got = await asyncio.wait_for(group.claim(ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
+    assert got == []  # the claim statement ran and found nothing ready
+    assert len(store.statements) == 1
+    await group.close()

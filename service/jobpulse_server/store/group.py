@@ -712,42 +712,22 @@ class GroupCommit:
     async def _run(self) -> None:
         try:
             while self._completions or self._claims or self._reports:
-                # Progress reports first: one queued before a completion of its chunk is written first.
-                reports, self._reports = _once_each(self._reports)
-                if reports:
-                    await self._settle(reports, self._write_reports(reports))
-                # A second completion of a chunk (a caller's retry) waits for the next flush, where its
-                # lease is found spent.
-                completions, self._completions = _once_each(self._completions)
-                taken = {id(c) for c in completions}
-                # A claim waits for the flush that writes the last of its completions.
-                ready = [all(id(a) in taken or a.done.done() for a in c.after) for c in self._claims]
-                claims = [c for c, r in zip(self._claims, ready, strict=True) if r]
-                self._claims = [c for c, r in zip(self._claims, ready, strict=True) if not r]
-                # With the completions, in the same statement, the claims of one set of kinds that wait
-                # for completions of this flush only (or none).
-                if claims:
-                    await self._promote(max(c.now for c in claims))
-                kinds = claims[0].kinds if completions and claims else None
-                both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
-                if both:
-                    await self._settle(
-                        [*completions, *both], self._write_both(completions, kinds or (), both)
-                    )
-                    # Answered (claimed, or the statement failed and each caller has its error): done.
-                    # Not tried (a completion did not go through): claimed below, as before.
-                    claims = [c for c in claims if not c.got.done()]
-                elif completions:
-                    await self._settle(completions, self._write_completions(completions))
-                by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
-                for c in claims:
-                    if c.if_done and not all(map(self._went_through, c.after)):
-                        if not c.got.done():
-                            c.got.set_result(None)
-                        continue
-                    by_kinds.setdefault(c.kinds, []).append(c)
-                for kinds, group in by_kinds.items():
-                    await self._settle(group, self._write_claims(kinds, group))
+                # What this flush took off the queues, so that a fault of the flusher's own (a bug: a
+                # statement's failure is each caller's, ``_settle``) is an error for every caller it
+                # took, and for those still queued (the fault may lie in taking them), rather than calls
+                # that never end or a flusher that fails again and again; later calls are served as usual.
+                took: list[asyncio.Future[Any]] = []
+                try:
+                    await self._flush(took)
+                except Exception as exc:
+                    log.exception("a group-commit flush failed outside its statement")
+                    took += [c.done for c in self._completions]
+                    took += [c.got for c in self._claims]
+                    took += [r.done for r in self._reports]
+                    self._completions, self._claims, self._reports = [], [], []
+                    for fut in took:
+                        if not fut.done():
+                            fut.set_exception(exc)
         finally:
             self._flusher = None
             # Cancelled (the store closing): nobody is left waiting on a flush that will not come.
@@ -759,6 +739,47 @@ class GroupCommit:
             self._completions.clear()
             self._claims.clear()
             self._reports.clear()
+
+    async def _flush(self, took: list[asyncio.Future[Any]]) -> None:
+        """One flush: the queued progress reports, completions and claims, as few statements as they fit
+        in. ``took`` gets the future of each item it takes off the queues."""
+        # Progress reports first: one queued before a completion of its chunk is written first.
+        reports, self._reports = _once_each(self._reports)
+        took += [r.done for r in reports]
+        if reports:
+            await self._settle(reports, self._write_reports(reports))
+        # A second completion of a chunk (a caller's retry) waits for the next flush, where its
+        # lease is found spent.
+        completions, self._completions = _once_each(self._completions)
+        took += [c.done for c in completions]
+        taken = {id(c) for c in completions}
+        # A claim waits for the flush that writes the last of its completions.
+        ready = [all(id(a) in taken or a.done.done() for a in c.after) for c in self._claims]
+        claims = [c for c, r in zip(self._claims, ready, strict=True) if r]
+        self._claims = [c for c, r in zip(self._claims, ready, strict=True) if not r]
+        took += [c.got for c in claims]
+        # With the completions, in the same statement, the claims of one set of kinds that wait
+        # for completions of this flush only (or none).
+        if claims:
+            await self._promote(max(c.now for c in claims))
+        kinds = claims[0].kinds if completions and claims else None
+        both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
+        if both:
+            await self._settle([*completions, *both], self._write_both(completions, kinds or (), both))
+            # Answered (claimed, or the statement failed and each caller has its error): done.
+            # Not tried (a completion did not go through): claimed below, as before.
+            claims = [c for c in claims if not c.got.done()]
+        elif completions:
+            await self._settle(completions, self._write_completions(completions))
+        by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
+        for c in claims:
+            if c.if_done and not all(map(self._went_through, c.after)):
+                if not c.got.done():
+                    c.got.set_result(None)
+                continue
+            by_kinds.setdefault(c.kinds, []).append(c)
+        for kinds, group in by_kinds.items():
+            await self._settle(group, self._write_claims(kinds, group))
 
     async def _promote(self, now: int) -> None:
         """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
