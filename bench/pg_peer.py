@@ -42,7 +42,10 @@ Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against P
 The floor rows drive the store's own group-committed path (store/group.py) in this process, with no
 gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
 claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
-``--only batch``).
+``--only batch``). Beside it, the batch floor under gRPC (``bench.grpc_floor``): the same workers and
+calls as the jobpulse batch row against a grpc.aio server whose handlers hand each call straight to that
+path, with nothing else of jobpulse's around it: the most the batch row could reach on this stack (gRPC,
+the store and PostgreSQL sharing this machine's cores) if jobpulse's own code cost nothing.
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
 processes of this machine (all of them, background ones included), from /proc.
 The printout ends with the targets and whether each is met; the rows go to a JSON file too.
@@ -81,6 +84,7 @@ LEASE = duration_pb2.Duration(seconds=600)
 JOBS_PER_RUN = 10
 ENTRYPOINT = "noop"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results-pg.json"
+_ROOT = Path(__file__).resolve().parent.parent  # the repository: bench.grpc_floor runs from here
 
 # jobpulse rows: key -> bench.work mode, and the row's name.
 JOBPULSE_ROWS = {
@@ -340,6 +344,40 @@ FLOOR_ROWS = {
 }
 
 
+async def _floor_jobs(dsn: str, n: int) -> None:
+    """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
+    server on ``dsn`` (which migrates the database), stopped before the clock starts."""
+    server = ServerProcess("jobpulse", dsn)
+    try:
+        server.wait_ready()
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            jobs = job_service_pb2_grpc.JobServiceStub(channel)
+            for j, items in enumerate(_shares(n, JOBS_PER_RUN)):
+                await jobs.CreateJob(
+                    job_service_pb2.CreateJobRequest(
+                        display_name=f"floor {j}", kind="bench-work", total_items=items, chunk_size=1
+                    ),
+                    timeout=TIMEOUT,
+                )
+    finally:
+        server.stop()
+
+
+async def _completed_chunks(dsn: str) -> tuple[int, int]:
+    """(chunks completed, chunks in any other state) in the database."""
+    from jobpulse_server.domain.model import ChunkState
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE state = $1), count(*) FILTER (WHERE state <> $1) FROM chunks",
+            int(ChunkState.COMPLETED),
+        )
+    finally:
+        await conn.close()
+    return int(row[0]), int(row[1])
+
+
 async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     """The floor under jobpulse's worker path on this PostgreSQL: the store's own group-committed path
     (store/group.py: one flusher, one statement per flush, the SQL the server sends for jobs without
@@ -352,28 +390,11 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     The jobs are made by a server, which is stopped before the clock starts. Round trips: the flushes'
     statements."""
     from jobpulse_server.domain.clock import now_us
-    from jobpulse_server.domain.model import ChunkState
     from jobpulse_server.store.database import SqlStore
 
     lease_us = LEASE.seconds * 1_000_000
     async with fresh_database(key) as dsn:
-        server = ServerProcess("jobpulse", dsn)
-        try:
-            server.wait_ready()
-            async with grpc.aio.insecure_channel(server.target) as channel:
-                jobs = job_service_pb2_grpc.JobServiceStub(channel)
-                for j in range(JOBS_PER_RUN):
-                    await jobs.CreateJob(
-                        job_service_pb2.CreateJobRequest(
-                            display_name=f"floor {j}",
-                            kind="bench-work",
-                            total_items=n // JOBS_PER_RUN + (1 if j < n % JOBS_PER_RUN else 0),
-                            chunk_size=1,
-                        ),
-                        timeout=TIMEOUT,
-                    )
-        finally:
-            server.stop()
+        await _floor_jobs(dsn, n)
         store = SqlStore(dsn)
         await store.start(migrate=False)
         fast = store.fast
@@ -436,16 +457,74 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
             trips = fast.group.flushes
         finally:
             await store.close()
-        conn = await asyncpg.connect(dsn)
-        try:
-            left = await conn.fetchval(
-                "SELECT count(*) FROM chunks WHERE state <> $1", int(ChunkState.COMPLETED)
-            )
-        finally:
-            await conn.close()
+        _, left = await _completed_chunks(dsn)
     if done[0] != n or left:
         raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
     return _row(FLOOR_ROWS[key], n, elapsed, trips, db_cpu_us=_per_unit_us(db0, db1, n))
+
+
+GRPC_FLOOR = "grpcfloorb10"
+GRPC_FLOOR_NAME = "floor: CompleteChunks(10) + claim_next(10) under gRPC, the store alone behind it"
+
+
+async def grpc_floor(n: int, workers: int) -> dict[str, Any]:
+    """The floor of the batch row under gRPC: the jobpulse row's workers (CompleteChunks of 10 with
+    claim_next of 10) against ``bench.grpc_floor``, a grpc.aio server whose two handlers hand each call
+    straight to the store's group-committed path, with nothing of jobpulse's own around it (no service
+    layer, call guard, checks, metrics or change hub). What the batch row could reach if the server's own
+    code cost nothing; the gap to the jobpulse row is that code, the gap to PgQueuer the rest (gRPC, the
+    store, and the three sharing two cores). The jobs as for statements_floor; afterwards every chunk must
+    be completed once."""
+    mode = work.MODES["batched_complete_chunks"]
+    async with fresh_database(GRPC_FLOOR) as dsn:
+        await _floor_jobs(dsn, n)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.grpc_floor", dsn, stdout=asyncio.subprocess.PIPE, cwd=_ROOT
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await proc.stdout.readline()).decode()
+            if not line.startswith("port "):
+                raise RuntimeError(f"bench.grpc_floor did not start (exit code {proc.returncode})")
+            counts = work.Counts()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{int(line.split()[1])}") as channel:
+                stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+                cpu0, db0 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+                t0 = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        work.worker(
+                            stub,
+                            mode,
+                            worker_id=f"grpc-floor-{w}",
+                            lease=LEASE,
+                            keep_going=lambda: True,
+                            counts=counts,
+                            timeout=TIMEOUT,
+                        )
+                        for w in range(workers)
+                    )
+                )
+                elapsed = time.perf_counter() - t0
+                cpu1, db1 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
+        completed, left = await _completed_chunks(dsn)
+    if counts.chunks != n or completed != n or left or counts.not_ok:
+        raise RuntimeError(
+            f"gRPC floor drained {counts.chunks}/{n} ({completed} completed, {left} not, "
+            f"{counts.not_ok} declined)"
+        )
+    return _row(
+        GRPC_FLOOR_NAME,
+        n,
+        elapsed,
+        counts.rpcs,
+        server_cpu_us=_per_unit_us(cpu0, cpu1, n),
+        db_cpu_us=_per_unit_us(db0, db1, n),
+    )
 
 
 # --- PgQueuer ----------------------------------------------------------------------------------
@@ -611,11 +690,12 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
             f"{'vs dequeue+log_jobs loops':>28}"
         )
         keys = [("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1)]
-        keys += [("jp10", 10), ("jpb10", 10), ("floorb10", 10)]
+        keys += [("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10), ("floorb10", 10)]
+        names = {**FLOOR_ROWS, GRPC_FLOOR: GRPC_FLOOR_NAME}
         for key, k in keys:
             if key not in by:
                 continue
-            name = FLOOR_ROWS[key] if key in FLOOR_ROWS else JOBPULSE_ROWS[key][1]
+            name = names[key] if key in names else JOBPULSE_ROWS[key][1]
             label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
             add(
                 f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}"
@@ -794,8 +874,11 @@ def _peer_goals(
                 )
             )
     for peer, peer_name in peers:
-        floor = ratio("floorb10", f"{peer}10")
-        floor_note = f"the store in-process without gRPC: {floor:.2f}" if floor is not None else ""
+        floors = (
+            (ratio(GRPC_FLOOR, f"{peer}10"), "the store alone under gRPC"),
+            (ratio("floorb10", f"{peer}10"), "the store in-process without gRPC"),
+        )
+        floor_note = "; ".join(f"{what}: {r:.2f}" for r, what in floors if r is not None)
         out.append(
             report.Goal(
                 f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
@@ -862,6 +945,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if not args.no_floor:
                 for key in ("floor", "floorcc") if k == 1 else ("floorb10",):
                     cases.append((key, functools.partial(statements_floor, n, w, key)))
+                if k == 10:
+                    cases.append((GRPC_FLOOR, functools.partial(grpc_floor, n, w)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
             cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     if args.only in (None, "peer") and args.deep:
@@ -877,6 +962,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         cases += [
             ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
             ("floorb10", functools.partial(statements_floor, n, w, "floorb10")),
+            (GRPC_FLOOR, functools.partial(grpc_floor, n, w)),
             ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
             ("lp10", functools.partial(pgqueuer_loops, n, w, 10)),
         ]
