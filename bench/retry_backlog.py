@@ -10,7 +10,9 @@ printed per mode and database.
 
 Retries pile up when what the workers call is down: every failed chunk waits (``retry_backoff``, here 300
 s so that none comes due in the run) while the workers go on with the job's other chunks. A claim must
-not get slower for each chunk that waits. The failures are made before the clock starts. Run it alone.
+not get slower for each chunk that waits. The failures are made before the clock starts; how fast they
+were made (FailChunk, retryable, ``--workers`` at a time, after claims of 100) is printed too, per
+database: a failure storm's own rate. Run it alone.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ LEASE = duration_pb2.Duration(seconds=600)
 KIND = "retries"
 
 
-async def _fail_first(stub: worker_service_pb2_grpc.WorkerServiceStub, n: int, workers: int) -> None:
+async def _fail_first(stub: worker_service_pb2_grpc.WorkerServiceStub, n: int, workers: int) -> float:
     """Claims and fails (retryable) the job's first ``n`` chunks: claims of up to 100, one after another,
-    each claim's failures ``workers`` at a time."""
+    each claim's failures ``workers`` at a time. Returns the seconds it took."""
+    t0 = time.perf_counter()
     failed = 0
     while failed < n:
         got = await stub.ClaimChunks(
@@ -64,6 +67,7 @@ async def _fail_first(stub: worker_service_pb2_grpc.WorkerServiceStub, n: int, w
             if not all(a.will_retry for a in answers):
                 raise RuntimeError("a chunk failed for good, expected a retry")
         failed += len(claims)
+    return time.perf_counter() - t0
 
 
 async def row(db_kind: str, mode: work.Mode, waiting: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -88,7 +92,9 @@ async def row(db_kind: str, mode: work.Mode, waiting: int, args: argparse.Namesp
                     ),
                     timeout=TIMEOUT,
                 )
-                await _fail_first(stub, waiting, args.workers)
+                fail_cpu0 = server.cpu_seconds()
+                fail_seconds = await _fail_first(stub, waiting, args.workers)
+                fail_cpu1 = server.cpu_seconds()
                 counts = [work.Counts() for _ in range(args.workers)]
                 cpu0 = server.cpu_seconds()
                 t0 = time.perf_counter()
@@ -114,9 +120,15 @@ async def row(db_kind: str, mode: work.Mode, waiting: int, args: argparse.Namesp
     done = sum(c.chunks for c in counts)
     if done != args.chunks:
         raise RuntimeError(f"{db_kind}, {mode.key}, {waiting} waiting: drained {done} of {args.chunks}")
+    failures: dict[str, Any] = {}
+    if waiting:
+        failures["failures_per_second"] = waiting / fail_seconds
+        if fail_cpu0 is not None and fail_cpu1 is not None:
+            failures["failure_server_us"] = (fail_cpu1 - fail_cpu0) * 1e6 / waiting
     return {
         "per_second": done / elapsed,
         "server_us": (cpu1 - cpu0) * 1e6 / done if cpu0 is not None and cpu1 is not None else None,
+        **failures,
     }
 
 
@@ -128,7 +140,9 @@ async def run(args: argparse.Namespace) -> list[str]:
         "| database | mode | chunks waiting | chunks/s | server CPU us/chunk | / none waiting |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
+    storms: list[str] = []
     for db_kind in args.database:
+        made: list[dict[str, Any]] = []
         for key in args.modes:
             mode = work.MODES[key]
             got: dict[int, list[dict[str, Any]]] = {0: [], args.waiting: []}
@@ -136,6 +150,8 @@ async def run(args: argparse.Namespace) -> list[str]:
                 for waiting in got:
                     one = await row(db_kind, mode, waiting, args)
                     got[waiting].append(one)
+                    if waiting:
+                        made.append(one)
                     print(
                         f"  {db_kind}, {key}, {waiting:,} waiting, round {r + 1}: "
                         f"{one['per_second']:,.0f} chunks/s",
@@ -149,6 +165,21 @@ async def run(args: argparse.Namespace) -> list[str]:
                 lines.append(
                     f"| {db_kind} | {mode.label} | {waiting:,} | {rate:,.0f} | {cpu} | {rate / base:.2f} |"
                 )
+        if made:
+            rate = statistics.median(x["failures_per_second"] for x in made)
+            server = [x["failure_server_us"] for x in made if "failure_server_us" in x]
+            cpu = f"{statistics.median(server):,.0f}" if server else "-"
+            storms.append(f"| {db_kind} | {len(made)} | {rate:,.0f} | {cpu} |")
+    if storms:
+        lines += [
+            "",
+            f"Making the waiting chunks: FailChunk (retryable), {args.workers} at a time, after claims of "
+            "100 (medians over the rows)",
+            "",
+            "| database | runs | failures/s | server CPU us/failure |",
+            "| --- | --- | --- | --- |",
+            *storms,
+        ]
     return lines
 
 

@@ -585,22 +585,23 @@ class _GroupCommitCollector:
         g = self.group
         yield CounterMetricFamily(
             "jobpulse_group_commit_flushes",
-            "Statements the group-commit flusher wrote (PostgreSQL: claims, completions, progress reports)",
+            "Statements the group-commit flusher wrote "
+            "(PostgreSQL: claims, completions, progress reports, retries)",
             g.flushes,
         )
         yield CounterMetricFamily(
             "jobpulse_group_commit_written",
-            "Completions, claimed chunks and progress reports the group-commit flusher wrote",
+            "Completions, claimed chunks, progress reports and retries the group-commit flusher wrote",
             g.items,
         )
         yield CounterMetricFamily(
             "jobpulse_group_commit_busy_seconds",
             "Seconds the group-commit flusher spent on its statements; a rate near 1 means claims, "
-            "completions and progress reports wait for it",
+            "completions, progress reports and retries wait for it",
             g.busy_seconds,
         )
         yield GaugeMetricFamily(
             "jobpulse_group_commit_queued",
-            "Claims, completions and progress reports waiting for the next flush",
+            "Claims, completions, progress reports and retries waiting for the next flush",
             g.queued,
         )

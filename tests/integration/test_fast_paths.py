@@ -1,6 +1,7 @@
 """PostgreSQL's group-committed paths (store/group.py) against the domain they repeat in SQL, on random
-job states: a completion, a claim, and a completion with the next claim leave the job and its chunks
-exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService applies them) say, and they decline
+job states: a completion, a claim, a completion with the next claim, a progress report and a retryable
+failure leave the job and its chunks exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService
+applies them) say, and they decline
 (None, nothing changed) for a lease that is not current or a job whose change makes a webhook event (it
 ends, or a job.progress event is due): what they write for a job with webhooks is a change the outbox
 (services/outbox.py ``events_for``) makes no event of.
@@ -25,10 +26,12 @@ from sqlalchemy.engine import make_url
 
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, Summary, derive_state
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary, derive_state
 from jobpulse_server.services.outbox import events_for
+from jobpulse_server.services.workers import backoff_seconds
 from jobpulse_server.store import PgFast
 from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.waiting import NEVER
 
 T = TypeVar("T")
 
@@ -633,3 +636,227 @@ def test_each_flush_notice_begins_as_the_listener_knows_its_own(
             await conn.close()
 
     run(flushes())
+
+
+# What random.random() gives (the service's jitter): a multiple of 2**-53 in [0, 1).
+_JITTER = st.integers(0, 2**53 - 1).map(lambda k: k / 2**53)
+
+
+def _fail_in_domain(
+    job: Job, chunk: Chunk, now: int, reason: str, message: str, jitter: float, base: float, cap: float
+) -> None:
+    """What WorkerService.fail does on the general path to a leased chunk with an attempt left, retried."""
+    chunk.error_reason = reason
+    chunk.error_message = message
+    attempt = chunk.attempt - (chunk.max_attempts - job.max_attempts)
+    chunk.next_attempt_time = now + int(backoff_seconds(attempt, base, cap, jitter) * 1e6)
+    job.move_chunk(chunk, ChunkState.PENDING, now, items_done=0)
+
+
+def _fail_declines(job: Job, chunk: Chunk) -> bool:
+    """Whether a retryable failure of ``chunk`` is left to the general path: no attempt left (it fails for
+    good), a cancel asked (it is cancelled), or a job.progress event due."""
+    return chunk.attempt >= chunk.max_attempts or job.cancel_requested or bool(job.webhook_url and _due(job))
+
+
+async def _retry_at(store: SqlStore, chunk_id: str) -> Any:
+    async with store.read() as tx:
+        return (await tx.conn.fetchrow("SELECT retry_at FROM chunks WHERE id = ?", [chunk_id]))[0]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=st.one_of(jobs(need=ChunkState.PROCESSING), jobs(need=ChunkState.PROCESSING, hooked=True)),
+    stale=st.booleans(),
+    jitter=_JITTER,
+    backoff=st.sampled_from([(0.0, 0.0), (2.0, 60.0), (0.25, 1.0), (1.5, 3.7), (0.001, 600.0)]),
+    message=st.sampled_from(["", "decoder crashed"]),
+)
+def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+    case: tuple[Job, list[Chunk]],
+    stale: bool,
+    jitter: float,
+    backoff: tuple[float, float],
+    message: str,
+) -> None:
+    """A retry as WorkerService.fail makes it: the chunk back to PENDING with no items done, its error, a
+    revision, and its next attempt after the backoff of its attempt (counted from the job's last manual
+    retry) with this jitter, to the microsecond; it waits out of the claim index (retry_at). It declines
+    (nothing changed) for a lease not current, a chunk with no attempt left, a cancel asked, or a
+    job.progress event due."""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    target = before_chunks[0]
+    token = "not-the-lease" if stale else str(target.lease_token)
+    base, cap = backoff
+    fast.store.waiting.due = NEVER  # as if nothing waited: the retry must say when the next one is due
+    got = run(
+        fast.fail(
+            target.id,
+            job.id,
+            token,
+            NOW,
+            reason="DECODE_ERROR",
+            message=message,
+            jitter=jitter,
+            backoff_s=base,
+            backoff_max_s=cap,
+        )
+    )
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    if stale or _fail_declines(before_job, target):
+        assert got is None, "declined: nothing may change"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
+    _fail_in_domain(before_job, before_chunks[0], NOW, "DECODE_ERROR", message, jitter, base, cap)
+    assert got is not None
+    assert (got.next_attempt_time, got.revision) == (before_chunks[0].next_attempt_time, before_job.revision)
+    assert (got.index, got.attempt, got.kind) == (target.index, target.attempt, job.kind)
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+    assert run(_retry_at(fast.store, target.id)) == before_chunks[0].next_attempt_time
+    assert fast.store.waiting.due == before_chunks[0].next_attempt_time  # the next claims look then
+    _no_event(before_job)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=jobs(need=ChunkState.PROCESSING).filter(lambda c: not c[0].cancel_requested),
+    stale=st.integers(0, 6),
+    again=st.booleans(),
+    jitters=st.lists(_JITTER, min_size=8, max_size=8),
+)
+def test_failures_in_one_flush_are_each_in_turn(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+    case: tuple[Job, list[Chunk]],
+    stale: int,
+    again: bool,
+    jitters: list[float],
+) -> None:
+    """Every running chunk of a job failing at once: one flush, leaving the job and its chunks as the
+    failures one after another do (a revision each). One with a stale token is refused alone, as is one
+    with no attempt left; a second failure of the same chunk (``again``) waits for the next flush, where
+    its lease is found spent."""
+    case[0].webhook_url = ""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    running = [c for c in before_chunks if c.state == ChunkState.PROCESSING]
+    refused = running[stale % len(running)].id if stale and len(running) > 1 else None
+    twice = running[-1] if again else None
+    flushes = fast.group.flushes
+
+    def fail(c: Chunk, n: int) -> Awaitable[Any]:
+        token = "stale" if c.id == refused else str(c.lease_token)
+        return fast.fail(
+            c.id,
+            job.id,
+            token,
+            NOW,
+            reason=f"E{n}",
+            message="",
+            jitter=jitters[n],
+            backoff_s=2.0,
+            backoff_max_s=60.0,
+        )
+
+    async def all_at_once() -> list[Any]:
+        more = [fail(twice, len(running))] if twice is not None else []
+        return await asyncio.gather(*(fail(c, n) for n, c in enumerate(running)), *more)
+
+    got = run(all_at_once())
+    assert fast.group.flushes == flushes + (2 if twice is not None else 1)
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    retried = []
+    for n, c in enumerate(running):
+        if c.id != refused and c.attempt < c.max_attempts:
+            _fail_in_domain(before_job, c, NOW, f"E{n}", "", jitters[n], 2.0, 60.0)
+            before_job.bumped = False
+            retried.append(c.id)
+    assert [g is not None for g in got[: len(running)]] == [c.id in retried for c in running]
+    if twice is not None:
+        assert got[-1] is None, "the second failure of a chunk finds its lease spent"
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+
+
+def test_a_retry_notice_says_when_the_retry_comes_due(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+) -> None:
+    """Another replica's claims waiting for work wake when a retry comes due: the flush's notice carries
+    the backoff ('l', seconds from now), as domain/changes.py encode writes it for the general path; and
+    this replica's own change hub hears it at once."""
+    loop, store = pg
+    job_id = ids.new_job_id()
+    chunk = Chunk(
+        id=ids.chunk_id(job_id, 0),
+        job_id=job_id,
+        index=0,
+        state=ChunkState.PROCESSING,
+        item_start=0,
+        item_count=1,
+        items_done=0,
+        attempt=1,
+        max_attempts=3,
+        worker_id=WORKER,
+        lease_token="tok",
+        lease_expire_time=NOW + LEASE,
+        lease_duration=LEASE,
+        revision=1,
+        priority=0,
+        kind="prop-notice",
+        start_time=NOW - 10,
+    )
+    job = Job(
+        id=job_id,
+        owner="prop",
+        kind="prop-notice",
+        priority=0,
+        total_items=1,
+        chunk_size=1,
+        max_attempts=3,
+        revision=1,
+        summary=Summary.recount([ChunkState.PROCESSING]),
+        state=JobState.PROCESSING,
+        create_time=NOW - 100,
+        update_time=NOW - 1,
+        start_time=NOW - 50,
+    )
+    url = make_url(store.url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    published: list[Any] = []
+
+    async def fail_once() -> Any:
+        await store.write(lambda tx: tx.insert_job(job, [chunk]))
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, database=url.database, timeout=10
+        )
+        real_publish = store.publish
+        store.publish = lambda changes: (published.append(changes), real_publish(changes))  # type: ignore[method-assign]
+        try:
+            await conn.add_listener(CHANNEL, lambda *args: got.put_nowait(args[-1]))
+            assert store.fast is not None
+            done = await store.fast.fail(
+                chunk.id,
+                job_id,
+                "tok",
+                NOW,
+                reason="E",
+                message="",
+                jitter=0.5,
+                backoff_s=2.0,
+                backoff_max_s=60.0,
+            )
+            return done, await asyncio.wait_for(got.get(), 10)
+        finally:
+            store.publish = real_publish  # type: ignore[method-assign]
+            await conn.close()
+
+    done, payload = loop.run_until_complete(fail_once())
+    assert done is not None
+    # Attempt 1 of 3, base 2 s: ceiling 2 s, jitter 0.5 -> 1.5 s.
+    assert done.next_attempt_time == NOW + 1_500_000
+    assert payload.startswith(own_prefixes(store.replica_id)), payload
+    sender, changes = decode(payload)
+    assert sender == store.replica_id
+    assert changes.jobs == {job_id: done.revision}
+    assert changes.work_later == [1.5]
+    assert [(p.jobs, p.work_later) for p in published] == [({job_id: done.revision}, [1.5])]

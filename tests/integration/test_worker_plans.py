@@ -137,7 +137,7 @@ async def _postgresql_problems(database_url: str) -> list[str]:
 
 def _literal(typename: str) -> str:
     """A value of a statement parameter's type, written in SQL (for EXPLAIN EXECUTE)."""
-    element = {"text": "'x'", "int8": "1", "int4": "1", "int2": "1", "bool": "true"}
+    element = {"text": "'x'", "int8": "1", "int4": "1", "int2": "1", "bool": "true", "float8": "0.5"}
     if typename.endswith("[]"):
         return f"ARRAY[{element[typename[:-2]]}]::{typename}"
     return f"{element[typename]}::{typename}"
@@ -209,6 +209,7 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         statements = {
             "completions": group.COMPLETE_GROUP,
             "progress reports": group.PROGRESS_GROUP,
+            "retryable failures": group.FAIL_GROUP,
             "due retries": sql.PG_PROMOTE,
         }
         for limit in (1, 10, 256):

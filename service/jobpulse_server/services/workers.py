@@ -34,7 +34,7 @@ from jobpulse_server.services.latency import COMPLETED, FAILED, Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.outbox import ends as outbox_ends
 from jobpulse_server.services.throughput import Throughput
-from jobpulse_server.store import CompletedOne, PgFast, Store, Tx
+from jobpulse_server.store import CompletedOne, FailedOne, PgFast, Store, Tx
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -44,6 +44,15 @@ if TYPE_CHECKING:
 _jitter = random.Random()
 
 log = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff with full jitter over the upper half: base * 2^(attempt-1), at most ``cap``;
+    ``jitter`` in [0, 1) picks the point in the upper half. PostgreSQL's group-committed failures
+    (store/group.py FAIL_GROUP) compute the same in SQL, with the same float arithmetic."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + jitter * ceiling / 2
+
 
 LEASE_EXPIRED = "LEASE_EXPIRED"
 # Claim transactions in a row that found work but lost it to other claims before giving up.
@@ -611,12 +620,35 @@ class WorkerService:
     async def fail(
         self, chunk_id: str, token: str, reason: str, message: str, retryable: bool
     ) -> FailOutcome:
-        ends = Ends()
+        """Ends a chunk's attempt as failed: retried after a backoff while it has attempts left (and
+        ``retryable``), else failed for good; cancelled instead when its job has a cancel asked. On
+        PostgreSQL a retry is group-committed (store/group.py) unless it declines; then, and on SQLite,
+        it is a transaction of its own."""
+        reason = reason or "WORKER_ERROR"
         started = self._started()
+        job_id = chunk_job_id(chunk_id)
+        fast = self.store.fast
+        if fast is not None and retryable and job_id and token and self._backoff_in_sql:
+            now = self.clock()
+            retried = await fast.fail(
+                chunk_id,
+                job_id,
+                token,
+                now,
+                reason=reason,
+                message=message,
+                jitter=_jitter.random(),
+                backoff_s=self.config.retry_backoff,
+                backoff_max_s=self.config.retry_backoff_max,
+            )
+            if retried is not None:
+                self._retried_one(job_id, retried, reason, now, started)
+                return FailOutcome(True, retried.next_attempt_time)
+        ends = Ends()
 
         async def body(tx: Tx) -> tuple[FailOutcome, Job, Chunk]:
             job, chunk, now = await self._leased_one(tx, chunk_id, token)
-            chunk.error_reason = reason or "WORKER_ERROR"
+            chunk.error_reason = reason
             chunk.error_message = message
             outcome = self._settle(tx.changes, job, chunk, now, retryable=retryable)
             ends.clear()
@@ -637,6 +669,32 @@ class WorkerService:
             job_trace.record(self.tracer, job_trace.FAIL, [move], started)
         return outcome
 
+    @property
+    def _backoff_in_sql(self) -> bool:
+        """Whether the backoff settings are ones PostgreSQL's float arithmetic computes as Python's does:
+        each 0 or between a microsecond and 10^12 s (PostgreSQL raises an error on a float underflow or
+        overflow where Python rounds to 0 or infinity). Others take the general path."""
+        return all(
+            v == 0 or 1e-6 <= v <= 1e12 for v in (self.config.retry_backoff, self.config.retry_backoff_max)
+        )
+
+    def _retried_one(self, job_id: str, done: FailedOne, reason: str, now: int, started: int) -> None:
+        """The metrics and span of a group-committed retry at ``now`` (committed when the store returns
+        it)."""
+        if done.start_time is not None:
+            ends = Ends()
+            ends.runs.append((done.kind, FAILED, now - done.start_time))
+            self.latency.record(ends)
+        self._count("retried")
+        if self._traced:
+            extra: dict[str, str | bool | int] = {
+                "jobpulse.chunk_state": ChunkState.PENDING.name,
+                "jobpulse.will_retry": True,
+                "jobpulse.error_reason": reason,
+            }
+            move = ChunkMove(job_id, done.index, done.attempt, done.trace_parent, extra)
+            job_trace.record(self.tracer, job_trace.FAIL, [move], started)
+
     def _settle(self, changes: Changes, job: Job, chunk: Chunk, now: int, *, retryable: bool) -> FailOutcome:
         """Ends a failed or expired attempt: cancelled, retried later, or failed for good."""
         if job.cancel_requested:
@@ -644,18 +702,16 @@ class WorkerService:
             return FailOutcome(False, None)
         if retryable and chunk.attempt < chunk.max_attempts:
             # Backoff restarts with each manual retry's budget: the attempts before it do not count.
-            delay = self._backoff(chunk.attempt - (chunk.max_attempts - job.max_attempts))
+            attempt = chunk.attempt - (chunk.max_attempts - job.max_attempts)
+            delay = backoff_seconds(
+                attempt, self.config.retry_backoff, self.config.retry_backoff_max, _jitter.random()
+            )
             chunk.next_attempt_time = now + int(delay * 1e6)
             job.move_chunk(chunk, ChunkState.PENDING, now, items_done=0)
             changes.work_later.append(delay)
             return FailOutcome(True, chunk.next_attempt_time)
         job.move_chunk(chunk, ChunkState.FAILED, now)
         return FailOutcome(False, None)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter over the upper half: base * 2^(attempt-1)."""
-        ceiling = min(self.config.retry_backoff_max, self.config.retry_backoff * (2 ** max(0, attempt - 1)))
-        return ceiling / 2 + _jitter.random() * ceiling / 2
 
     # --- rescue ------------------------------------------------------------
     async def sweep(self) -> int:

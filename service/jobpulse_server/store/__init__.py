@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
-from jobpulse_server.store.fast import CompletedOne, PgFast
+from jobpulse_server.store.fast import CompletedOne, FailedOne, PgFast
 from jobpulse_server.store.tx import RequestIdTaken, SqlTx
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ T = TypeVar("T")
 # The operations a transaction offers the services (the in-memory fake of the tests has the same).
 Tx = SqlTx
 
-__all__ = ["CompletedOne", "PgFast", "RequestIdTaken", "Store", "Tx"]
+__all__ = ["CompletedOne", "FailedOne", "PgFast", "RequestIdTaken", "Store", "Tx"]
 
 
 class Store(Protocol):

@@ -15,7 +15,15 @@ from typing import Any, Protocol
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.model import Artifact, Chunk, Job
 from jobpulse_server.domain.usage import Lease
-from jobpulse_server.store.group import ClaimAsk, CompletedOne, Completion, GroupCommit, Report
+from jobpulse_server.store.group import (
+    ClaimAsk,
+    CompletedOne,
+    Completion,
+    FailedOne,
+    Failure,
+    GroupCommit,
+    Report,
+)
 from jobpulse_server.store.waiting import Waiting
 
 
@@ -138,6 +146,28 @@ class PgFast:
         ``lease_us`` 0 keeps the chunk's lease duration."""
         return await self.group.report(
             Report(chunk_id, job_id, token, items_done, stage, message, external_task_id, lease_us, now)
+        )
+
+    async def fail(
+        self,
+        chunk_id: str,
+        job_id: str,
+        token: str,
+        now: int,
+        *,
+        reason: str,
+        message: str,
+        jitter: float,
+        backoff_s: float,
+        backoff_max_s: float,
+    ) -> FailedOne | None:
+        """Puts a chunk whose attempt failed (retryably) back to wait out its backoff, in the next flush,
+        and publishes the change: what it did, or None when it declined (a lease not current, no attempt
+        left, a cancel asked, a job.progress event due: the general path then decides, and says why).
+        The backoff is base * 2^(n - 1) capped, n the chunk's attempt since the job's last manual retry,
+        its upper half jittered by ``jitter`` (in [0, 1))."""
+        return await self.group.fail(
+            Failure(chunk_id, job_id, token, reason, message, jitter, backoff_s, backoff_max_s, now)
         )
 
     async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:

@@ -223,6 +223,69 @@ PROGRESS_GROUP = (
 )
 
 
+_PENDING = int(ChunkState.PENDING)
+_AGAIN_STATE = q.derive_state_sql(
+    "(j.n_pending + g.n)", "(j.n_processing - g.n)", "j.n_completed", "j.n_failed", "j.n_cancelled"
+)
+
+# The retryable failures of a flush as one statement: WorkerService.fail for each, in turn, where the
+# chunk goes back to PENDING to wait out its backoff. Parameters: chunk ids, job ids, lease tokens, error
+# reasons, error messages, jitters (each in [0, 1)), backoff bases and caps (seconds), one each per
+# failure in order; now; the NOTIFY channel, this replica's id; the least time between a job's
+# job.progress webhook events (us). A failure declines (no row: the general path decides, and says why)
+# when its lease is not current, its chunk has no attempt left (it fails for good), its job has a cancel
+# asked (the chunk is cancelled) or its job's save would make a job.progress event (``_quiet``; a retry
+# never ends a job). One row per failure that went through: its position, the chunk's next attempt time,
+# the job's revision after the flush, the chunk's kind, start time, attempt and index, and the job's
+# trace_parent.
+FAIL_GROUP = (
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::float8[], $7::float8[], $8::float8[]) WITH ORDINALITY "
+    "AS i(chunk_id, job_id, token, reason, message, jitter, base, cap, pos)), "
+    # The jobs first, by id (every writer's lock order).
+    "j0 AS (SELECT id, revision, priority, max_attempts FROM jobs WHERE id IN (SELECT job_id FROM i) "
+    f"AND NOT cancel_requested AND (webhook_url = '' OR {_quiet('$9', '$12')}) ORDER BY id FOR UPDATE), "
+    # Fencing as for a completion (_completing); only a chunk with an attempt left is retried here.
+    "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, c.attempt, c.max_attempts AS budget, "
+    "j0.max_attempts AS job_budget, i.reason, i.message, i.jitter, i.base, i.cap, i.pos FROM chunks c "
+    "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+    f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
+    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $9) AND c.attempt < c.max_attempts "
+    "FOR UPDATE OF c), "
+    # Each chunk a revision of its own above the job's, in the order asked; its backoff as
+    # services/workers.py ``backoff_seconds`` computes it (the same float arithmetic, truncated to us as
+    # int() does), the attempts counted from the job's last manual retry.
+    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, "
+    "trunc((w.ceiling / 2 + c0.jitter * w.ceiling / 2) * 1000000::float8)::bigint AS delay "
+    "FROM c0 CROSS JOIN LATERAL (SELECT least(c0.cap, c0.base * power(2::float8, "
+    "greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) AS w), "
+    # Job.move_chunk to PENDING with no items done, at the job's priority, the lease ended; the next
+    # attempt time, and retry_at (store/waiting.py: out of the claim index until it comes due).
+    f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
+    "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
+    "lease_expire_time = NULL, next_attempt_time = $9 + r.delay, retry_at = $9 + r.delay, "
+    "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+    "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, c.kind, c.start_time, "
+    "c.attempt, c.idx), "
+    "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
+    # Job.touch + the counts move (processing -> pending), the items of the failed attempts are taken
+    # back, derive_state (never terminal: a chunk is pending); a new change_seq.
+    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $9), "
+    "n_processing = j.n_processing - g.n, n_pending = j.n_pending + g.n, "
+    f"items_done = j.items_done - g.lost, state = {_AGAIN_STATE}, end_time = NULL, "
+    f"change_seq = {q.POSTGRES.next_seq} "
+    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.trace_parent), "
+    # The notice carries when the retries come due ('l', seconds from now, as domain/changes.py encode
+    # writes them), so a claim waiting on another replica wakes then.
+    "n AS (SELECT pg_notify($10, json_build_object('r', $11::text, 'j', json_object_agg(j1.id, j1.revision), "
+    "'d', json_build_array(), 'l', (SELECT json_agg(x ORDER BY x) FROM (SELECT DISTINCT "
+    "round((c1.next_attempt_time - $9) / 1000000.0, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
+    "AS sent FROM j1 HAVING count(*) > 0) "
+    "SELECT c1.pos, c1.next_attempt_time, j1.revision, c1.kind, c1.start_time, c1.attempt, c1.idx, "
+    "j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
+)
+
+
 def _ready(n_kinds: int, kinds: str = "?") -> str:
     """Chunks ready to run (statements.READY, written in); the kinds, when named, as one array (``kinds``:
     its placeholder)."""
@@ -542,7 +605,22 @@ class CompletedOne:
     trace_parent: str | None = None
 
 
-_Queued = TypeVar("_Queued", "Completion", "Report")
+@dataclass
+class FailedOne:
+    """What a grouped retryable failure did: the chunk waits until ``next_attempt_time``."""
+
+    next_attempt_time: int
+    revision: int
+    # For the latency metrics and the failure's span: the chunk's kind, claim time, attempt and index,
+    # its job's trace_parent.
+    kind: str = ""
+    start_time: int | None = None
+    attempt: int = 0
+    index: int = 0
+    trace_parent: str | None = None
+
+
+_Queued = TypeVar("_Queued", "Completion", "Report", "Failure")
 
 
 def _once_each(queue: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
@@ -617,6 +695,23 @@ class Report:
     done: asyncio.Future[tuple[bool, int] | None] = field(repr=False, default_factory=_future)
 
 
+@dataclass
+class Failure:
+    """A retryable failure: WorkerService.fail's arguments, the jitter of its backoff (in [0, 1)) and the
+    backoff's base and cap (seconds). Answered with what it did, or None when it declined."""
+
+    chunk_id: str
+    job_id: str
+    token: str
+    reason: str
+    message: str
+    jitter: float
+    backoff_s: float
+    backoff_max_s: float
+    now: int
+    done: asyncio.Future[FailedOne | None] = field(repr=False, default_factory=_future)
+
+
 class GroupCommit:
     """The flusher: callers queue a completion, a claim or a progress report and wait for the flush
     that writes it."""
@@ -629,6 +724,7 @@ class GroupCommit:
         self._completions: list[Completion] = []
         self._claims: list[ClaimAsk] = []
         self._reports: list[Report] = []
+        self._failures: list[Failure] = []
         self._flusher: asyncio.Task[None] | None = None
         # What the flushes did, for the metrics (observability.py), tests and the bench: statements
         # written, completions, claimed chunks and progress reports they wrote, and seconds with a
@@ -640,8 +736,8 @@ class GroupCommit:
 
     @property
     def queued(self) -> int:
-        """Completions, claims and progress reports waiting for a flush."""
-        return len(self._completions) + len(self._claims) + len(self._reports)
+        """Completions, claims, progress reports and failures waiting for a flush."""
+        return len(self._completions) + len(self._claims) + len(self._reports) + len(self._failures)
 
     async def close(self) -> None:
         """Lets the flush under way finish (its callers get their answers)."""
@@ -660,6 +756,11 @@ class GroupCommit:
 
     async def report(self, item: Report) -> tuple[bool, int] | None:
         self._reports.append(item)
+        self._kick()
+        return await item.done
+
+    async def fail(self, item: Failure) -> FailedOne | None:
+        self._failures.append(item)
         self._kick()
         return await item.done
 
@@ -711,7 +812,7 @@ class GroupCommit:
 
     async def _run(self) -> None:
         try:
-            while self._completions or self._claims or self._reports:
+            while self._completions or self._claims or self._reports or self._failures:
                 # What this flush took off the queues, so that a fault of the flusher's own (a bug: a
                 # statement's failure is each caller's, ``_settle``) is an error for every caller it
                 # took, and for those still queued (the fault may lie in taking them), rather than calls
@@ -724,7 +825,8 @@ class GroupCommit:
                     took += [c.done for c in self._completions]
                     took += [c.got for c in self._claims]
                     took += [r.done for r in self._reports]
-                    self._completions, self._claims, self._reports = [], [], []
+                    took += [f.done for f in self._failures]
+                    self._completions, self._claims, self._reports, self._failures = [], [], [], []
                     for fut in took:
                         if not fut.done():
                             fut.set_exception(exc)
@@ -734,11 +836,13 @@ class GroupCommit:
             queued: list[asyncio.Future[Any]] = [c.done for c in self._completions]
             queued += [c.got for c in self._claims]
             queued += [r.done for r in self._reports]
+            queued += [f.done for f in self._failures]
             for fut in queued:
                 fut.cancel()
             self._completions.clear()
             self._claims.clear()
             self._reports.clear()
+            self._failures.clear()
 
     async def _flush(self, took: list[asyncio.Future[Any]]) -> None:
         """One flush: the queued progress reports, completions and claims, as few statements as they fit
@@ -748,6 +852,11 @@ class GroupCommit:
         took += [r.done for r in reports]
         if reports:
             await self._settle(reports, self._write_reports(reports))
+        # Then the failures: a chunk put back waits out its backoff, so no claim of this flush takes it.
+        failures, self._failures = _once_each(self._failures)
+        took += [f.done for f in failures]
+        if failures:
+            await self._settle(failures, self._write_failures(failures))
         # A second completion of a chunk (a caller's retry) waits for the next flush, where its
         # lease is found spent.
         completions, self._completions = _once_each(self._completions)
@@ -829,6 +938,43 @@ class GroupCommit:
             revisions[items[pos - 1].job_id] = revision
         if revisions:
             self.store.publish(Changes(jobs=revisions))
+        for pos, item in enumerate(items, 1):
+            if not item.done.done():
+                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+
+    async def _write_failures(self, items: list[Failure]) -> None:
+        now = max(i.now for i in items)
+        rows = await self.store.statement_rows(
+            FAIL_GROUP,
+            [
+                [i.chunk_id for i in items],
+                [i.job_id for i in items],
+                [i.token for i in items],
+                [i.reason for i in items],
+                [i.message for i in items],
+                [i.jitter for i in items],
+                [i.backoff_s for i in items],
+                [i.backoff_max_s for i in items],
+                now,
+                CHANNEL,
+                self.store.replica_id,
+                self.progress_interval_us,
+            ],
+        )
+        self.flushes += 1
+        self.items += len(rows)
+        results: dict[int, FailedOne] = {}
+        revisions: dict[str, int] = {}
+        later: list[float] = []
+        for pos, next_attempt, revision, kind, start, attempt, index, trace_parent in rows:
+            results[pos] = FailedOne(next_attempt, revision, kind, start, attempt, index, trace_parent)
+            revisions[items[pos - 1].job_id] = revision
+            later.append((next_attempt - now) / 1e6)
+            # Committed waiting: the next claims promote it when due (store/waiting.py). The flusher
+            # runs one flush at a time, so no promotion is under way to miss it.
+            self.store.waiting.note(next_attempt)
+        if revisions:
+            self.store.publish(Changes(jobs=revisions, work_later=later))
         for pos, item in enumerate(items, 1):
             if not item.done.done():
                 item.done.set_result(results.get(pos))  # None: declined, the general path decides
