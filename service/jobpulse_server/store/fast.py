@@ -1,10 +1,10 @@
 """PostgreSQL's own paths, reached only as ``Store.fast`` (None on SQLite, where a transaction on the
-loop costs no round trips and the services take the general path): the worker path's claims, completions
-and progress reports, group-committed (``store/group.py``: one flusher per process, one statement per
-flush, so a job's row is locked and committed once per flush rather than once per chunk behind every
-other worker of the job), and a lease of rate-limit tokens. They decline (None) for a job whose change
-makes a webhook event (it ends, or a job.progress event is due), whose outbox rows are built in Python,
-and when a lease or chunk is not as required: the general path then decides, and says why.
+loop costs no round trips and the services take the general path): the worker path's claims, completions,
+progress reports and retryable failures, group-committed (``store/group.py``: one flusher per process,
+one statement per flush, so a job's row is locked and committed once per flush rather than once per chunk
+behind every other worker of the job), and a lease of rate-limit tokens. They decline (None) for a job
+whose change makes a webhook event (it ends, or a job.progress event is due), whose outbox rows are built
+in Python, and when a lease or chunk is not as required: the general path then decides, and says why.
 """
 
 from __future__ import annotations

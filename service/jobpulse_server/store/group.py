@@ -1,9 +1,11 @@
-"""Group commit of the worker path on PostgreSQL: completions, claims and progress reports queued by
-concurrent callers are written by one flusher, one statement per kind of work per flush, so the job rows
-they touch are locked, updated and committed once per flush rather than once per chunk. A flush's
-completions and the claims that follow them (``claim_next``, and plain claims of the same kinds) are one
-statement (``_complete_then_claim``): one round trip, one commit and one update of each job row instead
-of two. Progress reports (heartbeats) are a statement of their own (``PROGRESS_GROUP``), written first.
+"""Group commit of the worker path on PostgreSQL: completions, claims, progress reports and retryable
+failures queued by concurrent callers are written by one flusher, one statement per kind of work per
+flush, so the job rows they touch are locked, updated and committed once per flush rather than once per
+chunk. A flush's completions and the claims that follow them (``claim_next``, and plain claims of the
+same kinds) are one statement (``_complete_then_claim``): one round trip, one commit and one update of
+each job row instead of two. Progress reports (heartbeats) are a statement of their own
+(``PROGRESS_GROUP``), written first, then the failures that put a chunk back to wait out its backoff
+(``FAIL_GROUP``).
 
 Why: every completion and claim changes its job's row (counts, state, revision, change_seq), which is
 wide, indexed (never a HOT update) and the one row every worker of a job queues on; each statement held
@@ -713,8 +715,8 @@ class Failure:
 
 
 class GroupCommit:
-    """The flusher: callers queue a completion, a claim or a progress report and wait for the flush
-    that writes it."""
+    """The flusher: callers queue a completion, a claim, a progress report or a retryable failure and
+    wait for the flush that writes it."""
 
     def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
         self.store = store
@@ -727,7 +729,7 @@ class GroupCommit:
         self._failures: list[Failure] = []
         self._flusher: asyncio.Task[None] | None = None
         # What the flushes did, for the metrics (observability.py), tests and the bench: statements
-        # written, completions, claimed chunks and progress reports they wrote, and seconds with a
+        # written, completions, claimed chunks, progress reports and retries they wrote, and seconds with a
         # statement in flight (a rate near 1: callers queue for the flusher, the worker path's limit on
         # one server).
         self.flushes = 0
@@ -845,8 +847,8 @@ class GroupCommit:
             self._failures.clear()
 
     async def _flush(self, took: list[asyncio.Future[Any]]) -> None:
-        """One flush: the queued progress reports, completions and claims, as few statements as they fit
-        in. ``took`` gets the future of each item it takes off the queues."""
+        """One flush: the queued progress reports, failures, completions and claims, as few statements as
+        they fit in. ``took`` gets the future of each item it takes off the queues."""
         # Progress reports first: one queued before a completion of its chunk is written first.
         reports, self._reports = _once_each(self._reports)
         took += [r.done for r in reports]
