@@ -237,9 +237,9 @@ _AGAIN_STATE = q.derive_state_sql(
 # job.progress webhook events (us). A failure declines (no row: the general path decides, and says why)
 # when its lease is not current, its chunk has no attempt left (it fails for good), its job has a cancel
 # asked (the chunk is cancelled) or its job's save would make a job.progress event (``_quiet``; a retry
-# never ends a job). One row per failure that went through: its position, the chunk's next attempt time,
-# the job's revision after the flush, the chunk's kind, start time, attempt and index, and the job's
-# trace_parent.
+# never ends a job). One row per failure that went through: its position, the chunk's next attempt time
+# and its backoff (seconds, as computed: the change hub's and the notice's wake-up), the job's revision
+# after the flush, the chunk's kind, start time, attempt and index, and the job's trace_parent.
 FAIL_GROUP = (
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
     "$6::float8[], $7::float8[], $8::float8[]) WITH ORDINALITY "
@@ -257,18 +257,19 @@ FAIL_GROUP = (
     # Each chunk a revision of its own above the job's, in the order asked; its backoff as
     # services/workers.py ``backoff_seconds`` computes it (the same float arithmetic, truncated to us as
     # int() does), the attempts counted from the job's last manual retry.
-    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, "
-    "trunc((w.ceiling / 2 + c0.jitter * w.ceiling / 2) * 1000000::float8)::bigint AS delay "
-    "FROM c0 CROSS JOIN LATERAL (SELECT least(c0.cap, c0.base * power(2::float8, "
-    "greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) AS w), "
+    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, w.delay_s, "
+    "trunc(w.delay_s * 1000000::float8)::bigint AS delay FROM c0 CROSS JOIN LATERAL "
+    "(SELECT x.ceiling / 2 + c0.jitter * x.ceiling / 2 AS delay_s FROM (SELECT least(c0.cap, c0.base "
+    "* power(2::float8, greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) "
+    "AS x) AS w), "
     # Job.move_chunk to PENDING with no items done, at the job's priority, the lease ended; the next
     # attempt time, and retry_at (store/waiting.py: out of the claim index until it comes due).
     f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
     "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
     "lease_expire_time = NULL, next_attempt_time = $9 + r.delay, retry_at = $9 + r.delay, "
     "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
-    "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, c.kind, c.start_time, "
-    "c.attempt, c.idx), "
+    "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, r.delay_s, c.kind, "
+    "c.start_time, c.attempt, c.idx), "
     "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
     # Job.touch + the counts move (processing -> pending), the items of the failed attempts are taken
     # back, derive_state (never terminal: a chunk is pending); a new change_seq.
@@ -281,10 +282,10 @@ FAIL_GROUP = (
     # writes them), so a claim waiting on another replica wakes then.
     "n AS (SELECT pg_notify($10, json_build_object('r', $11::text, 'j', json_object_agg(j1.id, j1.revision), "
     "'d', json_build_array(), 'l', (SELECT json_agg(x ORDER BY x) FROM (SELECT DISTINCT "
-    "round((c1.next_attempt_time - $9) / 1000000.0, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
+    "round(c1.delay_s::numeric, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
     "AS sent FROM j1 HAVING count(*) > 0) "
-    "SELECT c1.pos, c1.next_attempt_time, j1.revision, c1.kind, c1.start_time, c1.attempt, c1.idx, "
-    "j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
+    "SELECT c1.pos, c1.next_attempt_time, c1.delay_s, j1.revision, c1.kind, c1.start_time, c1.attempt, "
+    "c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
 )
 
 
@@ -968,10 +969,10 @@ class GroupCommit:
         results: dict[int, FailedOne] = {}
         revisions: dict[str, int] = {}
         later: list[float] = []
-        for pos, next_attempt, revision, kind, start, attempt, index, trace_parent in rows:
+        for pos, next_attempt, delay_s, revision, kind, start, attempt, index, trace_parent in rows:
             results[pos] = FailedOne(next_attempt, revision, kind, start, attempt, index, trace_parent)
             revisions[items[pos - 1].job_id] = revision
-            later.append((next_attempt - now) / 1e6)
+            later.append(delay_s)
             # Committed waiting: the next claims promote it when due (store/waiting.py). The flusher
             # runs one flush at a time, so no promotion is under way to miss it.
             self.store.waiting.note(next_attempt)
