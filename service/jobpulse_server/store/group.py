@@ -641,6 +641,14 @@ def _once_each(queue: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
     return taken, rest
 
 
+def _answer(items: Sequence[Completion | Report | Failure], results: dict[int, Any]) -> None:
+    """Answers each item of a flush's statement from its rows' results by position (from 1); None for
+    an item with no row: it declined, and the general path decides."""
+    for pos, item in enumerate(items, 1):
+        if not item.done.done():
+            item.done.set_result(results.get(pos))
+
+
 def _future() -> asyncio.Future[Any]:
     return asyncio.get_running_loop().create_future()
 
@@ -941,9 +949,7 @@ class GroupCommit:
             revisions[items[pos - 1].job_id] = revision
         if revisions:
             self.store.publish(Changes(jobs=revisions))
-        for pos, item in enumerate(items, 1):
-            if not item.done.done():
-                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+        _answer(items, results)
 
     async def _write_failures(self, items: list[Failure]) -> None:
         now = max(i.now for i in items)
@@ -978,9 +984,7 @@ class GroupCommit:
             self.store.waiting.note(next_attempt)
         if revisions:
             self.store.publish(Changes(jobs=revisions, work_later=later))
-        for pos, item in enumerate(items, 1):
-            if not item.done.done():
-                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+        _answer(items, results)
 
     async def _settle(self, waiting: Sequence[Any], write: Any) -> None:
         """Runs one flush's statement; a failure (the database away, an abort past the retries) is every
@@ -1075,9 +1079,7 @@ class GroupCommit:
             one.ends_job = True
         if revisions:
             self.store.publish(Changes(jobs=revisions))
-        for pos, item in enumerate(items, 1):
-            if not item.done.done():
-                item.done.set_result(results.get(pos))  # None: declined, the general path decides
+        _answer(items, results)
 
     async def _write_claims(self, kinds: tuple[str, ...], asks: list[ClaimAsk]) -> None:
         now = max(a.now for a in asks)
