@@ -660,14 +660,20 @@ class WorkerService:
         self.latency.record(ends)
         self._count("retried" if outcome.will_retry else chunk.state.name.lower())
         if self._traced:
-            extra: dict[str, str | bool | int] = {
-                "jobpulse.chunk_state": chunk.state.name,
-                "jobpulse.will_retry": outcome.will_retry,
-                "jobpulse.error_reason": chunk.error_reason,
-            }
-            move = ChunkMove(job.id, chunk.index, chunk.attempt, job.trace_parent, extra)
-            job_trace.record(self.tracer, job_trace.FAIL, [move], started)
+            move = ChunkMove(job.id, chunk.index, chunk.attempt, job.trace_parent)
+            self._trace_fail(move, chunk.state, outcome.will_retry, reason, started)
         return outcome
+
+    def _trace_fail(
+        self, move: ChunkMove, state: ChunkState, will_retry: bool, reason: str, started: int
+    ) -> None:
+        """The span of a FailChunk, either path (the caller checks that tracing is on)."""
+        move.extra = {
+            "jobpulse.chunk_state": state.name,
+            "jobpulse.will_retry": will_retry,
+            "jobpulse.error_reason": reason,
+        }
+        job_trace.record(self.tracer, job_trace.FAIL, [move], started)
 
     @property
     def _backoff_in_sql(self) -> bool:
@@ -687,13 +693,8 @@ class WorkerService:
             self.latency.record(ends)
         self._count("retried")
         if self._traced:
-            extra: dict[str, str | bool | int] = {
-                "jobpulse.chunk_state": ChunkState.PENDING.name,
-                "jobpulse.will_retry": True,
-                "jobpulse.error_reason": reason,
-            }
-            move = ChunkMove(job_id, done.index, done.attempt, done.trace_parent, extra)
-            job_trace.record(self.tracer, job_trace.FAIL, [move], started)
+            move = ChunkMove(job_id, done.index, done.attempt, done.trace_parent)
+            self._trace_fail(move, ChunkState.PENDING, True, reason, started)
 
     def _settle(self, changes: Changes, job: Job, chunk: Chunk, now: int, *, retryable: bool) -> FailOutcome:
         """Ends a failed or expired attempt: cancelled, retried later, or failed for good."""
