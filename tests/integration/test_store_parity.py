@@ -49,6 +49,7 @@ import dataclasses
 import json
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.errors import DomainError, JobNotFound
 from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.observability import Metrics
@@ -811,19 +812,48 @@ async def tombstones_view(rig: Rig, view: View) -> list[Any]:
     return sorted(out, key=lambda t: t["id"])
 
 
+def _known_half(head: Job | JobHead) -> int | None:
+    """A caller that holds the encodings of about half the jobs (by a hash of the id), at their revision."""
+    return head.revision if zlib.crc32(head.id.encode()) % 2 == 0 else None
+
+
 async def listings_view(rig: Rig, view: View) -> list[Any]:
-    """Every page of ListJobs (3 a page) for each listing and order."""
+    """Every page of ListJobs (3 a page) for each listing and order; beside each page, the same page
+    as ListJobs BASIC reads it for a caller holding half the jobs (heads first, the rest whole)."""
     out = []
     for who, f in LISTINGS:
         for order in ORDERS:
             token, pages = "", []
             while True:
+                asked = token
                 found, token, total, horizon = await rig.jobs.list_jobs(
-                    who, dataclasses.replace(f), order_by=order, page_size=3, page_token=token, full=False
+                    who, dataclasses.replace(f), order_by=order, page_size=3, page_token=asked, full=False
                 )
+                kept, kept_token, kept_total, kept_horizon = await rig.jobs.list_kept_jobs(
+                    who,
+                    dataclasses.replace(f),
+                    order_by=order,
+                    page_size=3,
+                    page_token=asked,
+                    known=_known_half,
+                )
+                # No write between the two reads: the same page, each job a head exactly when held.
+                assert (kept_token, kept_total, kept_horizon) == (token, total, horizon)
+                assert [k.id if isinstance(k, JobHead) else k.job.id for k in kept] == [
+                    p.job.id for p in found
+                ]
+                for k, p in zip(kept, found, strict=True):
+                    assert isinstance(k, JobHead) == (_known_half(p.job) == p.job.revision)
+                    if isinstance(k, JobHead):
+                        assert dataclasses.asdict(k) == {
+                            name: getattr(p.job, name) for name in dataclasses.asdict(k)
+                        }
+                    else:
+                        assert view.job(k.job) == view.job(p.job)
                 pages.append(
                     {
                         "jobs": [view.job(p.job) for p in found],
+                        "heads": [dataclasses.asdict(k) for k in kept if isinstance(k, JobHead)],
                         "token": token,
                         "total": total,
                         "horizon": horizon if view.exact_seq else None,

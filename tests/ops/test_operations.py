@@ -112,6 +112,53 @@ def test_the_encoded_job_cache_says_what_it_holds_and_how_it_does(make_server: A
     assert _value(text, "jobpulse_encoded_cache_entries") > 0
 
 
+def _cache_counts(srv: Any) -> tuple[float, float]:
+    text = _metrics(srv)
+    return _value(text, "jobpulse_encoded_cache_hits_total"), _value(
+        text, "jobpulse_encoded_cache_misses_total"
+    )
+
+
+def test_listjobs_basic_encodes_only_the_jobs_whose_encodings_are_not_kept(make_server: Any) -> None:
+    srv = make_server(metrics_port=0)
+    with jobpulse.Client(srv.address) as client:
+        for _ in range(5):
+            client.create_job("lk", 2, chunk_size=1)
+        first = list(client.list_jobs(kind="lk", view="basic"))
+        hits, misses = _cache_counts(srv)
+        again = list(client.list_jobs(kind="lk", view="basic"))
+        assert again == first  # none started: no ETA, nothing moves
+        assert _cache_counts(srv) == (hits + 5, misses)  # every job from its kept encoding
+        claim = client.claim_chunks("w", kinds=["lk"])[0]
+        client.complete_chunk(claim.chunk.id, claim.lease_token)
+        third = {j.id: j for j in client.list_jobs(kind="lk", view="basic")}
+        assert _cache_counts(srv) == (hits + 9, misses + 1)  # only the job that changed is read again
+        changed = claim.chunk.job_id
+        assert third[changed].revision > {j.id: j for j in first}[changed].revision
+        assert third[changed].chunks_summary.completed == 1
+        assert {i: j for i, j in third.items() if i != changed} == {j.id: j for j in first if j.id != changed}
+
+
+def test_listjobs_basic_reads_again_whole_when_its_kept_encodings_go_while_it_answers(
+    make_server: Any,
+) -> None:
+    """A cache that holds about a third of the page: the second listing finds the oldest jobs kept, but
+    encoding the newer ones (first in the page) evicts them before their turn; the listing is read
+    again whole, and the answer is the same."""
+    srv = make_server(metrics_port=0, encoded_cache_bytes=8_000)
+    with jobpulse.Client(srv.address) as client:
+        for _ in range(30):
+            client.create_job("ev", 1)
+        first = list(client.list_jobs(kind="ev", view="basic", page_size=30))
+        hits, misses = _cache_counts(srv)
+        again = list(client.list_jobs(kind="ev", view="basic", page_size=30))
+        assert again == first
+        hits_after, misses_after = _cache_counts(srv)
+    # Without the second read the page would have cost 30 - kept misses; with it, 30 more.
+    assert misses_after - misses > 30
+    assert hits_after == hits  # the kept ones went before they could be used
+
+
 def test_an_encoded_job_cache_of_zero_bytes_keeps_nothing(make_server: Any) -> None:
     srv = make_server(metrics_port=0, encoded_cache_bytes=0)
     with jobpulse.Client(srv.address) as client:

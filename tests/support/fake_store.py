@@ -62,6 +62,7 @@ from jobpulse_server.domain.model import (
     Chunk,
     ChunkState,
     Job,
+    JobHead,
     JobState,
     Summary,
     split_items,
@@ -287,6 +288,23 @@ class FakeRead:
             found = [j for j in found if (key(j) < bound if desc else key(j) > bound)]
         found.sort(key=key, reverse=desc)
         return [_job_row(j) for j in found[:limit]]
+
+    async def list_job_heads(
+        self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int
+    ) -> list[JobHead]:
+        return [
+            JobHead(
+                j.id,
+                j.revision,
+                j.state,
+                j.start_time,
+                j.items_done,
+                j.total_items,
+                j.update_time,
+                j.priority,
+            )
+            for j in await self.list_jobs(f, order_by, after, limit)
+        ]
 
     async def count_jobs(self, f: JobFilter) -> int:
         return sum(1 for j in self.tables.jobs.values() if _matches(j, f))

@@ -8,7 +8,7 @@ import pytest
 
 from jobpulse.v1 import job_pb2
 from jobpulse_server.api.encoded_jobs import EncodedJobs
-from jobpulse_server.domain.model import Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.model import Chunk, ChunkState, Job, JobHead, JobState
 from jobpulse_server.services.jobs import JobPage
 from jobpulse_server.wire.convert import job_pb
 
@@ -109,6 +109,40 @@ def test_a_budget_of_zero_keeps_nothing_and_still_answers() -> None:
     page = _page()
     assert _answer(cache, page, True, NOW) == job_pb(page.job, NOW, page.chunks)
     assert (cache.entries, cache.bytes_held, cache.held_revision(page.job)) == (0, 0, None)
+
+
+def _head(job: Job) -> JobHead:
+    return JobHead(
+        job.id,
+        job.revision,
+        job.state,
+        job.start_time,
+        job.items_done,
+        job.total_items,
+        job.update_time,
+        job.priority,
+    )
+
+
+def test_a_head_is_answered_from_the_kept_basic_encoding_with_the_eta_of_its_moment() -> None:
+    cache = EncodedJobs()
+    page = _page()
+    with pytest.raises(LookupError):  # nothing kept yet
+        cache.kept_bytes(_head(page.job), NOW)
+    _answer(cache, JobPage(page.job), False, NOW)
+    later = NOW + 7_000_000
+    kept = job_pb2.Job.FromString(cache.kept_bytes(_head(page.job), later))
+    assert kept == job_pb(page.job, later)
+    assert kept.progress.eta != _answer(cache, JobPage(page.job), False, NOW).progress.eta
+    newer = _page(revision=4)
+    with pytest.raises(LookupError):  # another revision is not the one kept
+        cache.kept_bytes(_head(newer.job), NOW)
+    full_only = EncodedJobs()
+    _answer(full_only, page, True, NOW)
+    with pytest.raises(LookupError):  # nor is the FULL view
+        full_only.kept_bytes(_head(page.job), NOW)
+    assert cache.held_revision(_head(page.job), full=False) == page.job.revision
+    assert cache.held_revision(_head(newer.job), full=False) is None
 
 
 def test_eta_is_absent_when_it_cannot_be_estimated() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobpulse.v1 import job_pb2
-from jobpulse_server.domain.model import Chunk, Job
+from jobpulse_server.domain.model import Chunk, Job, JobHead
 from jobpulse_server.domain.retention import Retention
 from jobpulse_server.services.jobs import JobPage
 from jobpulse_server.wire.convert import chunk_kwargs, duration, job_pb
@@ -148,7 +148,7 @@ class EncodedJobs:
     def entries(self) -> int:
         return len(self._messages.entries) + len(self._blocks.entries)
 
-    def held_revision(self, job: Job, full: bool = True) -> int | None:
+    def held_revision(self, job: Job | JobHead, full: bool = True) -> int | None:
         """The revision at which this job's FULL chunks are at hand: its own (nothing to read), an
         older one (read only the chunks changed since), or None (read them all). BASIC: the job's own
         revision when its encoding is kept (its artifacts need not be read), else None."""
@@ -187,7 +187,20 @@ class EncodedJobs:
                     raise LookupError(f"job {job.id} revision {job.revision} is no longer kept")
                 data = job_pb(job, None, retention=self.retention).SerializeToString()
             self._keep_message(key, data)
-        eta = job.eta_seconds(now)
+        return self._with_eta(data, job.eta_seconds(now))
+
+    def kept_bytes(self, head: JobHead, now: int) -> bytes:
+        """The kept BASIC encoding of the job of ``head`` at its revision, with the ETA of this moment
+        (as ``job_bytes``). LookupError when that encoding has gone meanwhile (the caller reads the
+        job whole)."""
+        data = self._messages.get((head.id, head.revision, False), self.clock())
+        if data is None:
+            raise LookupError(f"job {head.id} revision {head.revision} is no longer kept")
+        self.hits += 1
+        return self._with_eta(data, head.eta_seconds(now))
+
+    @staticmethod
+    def _with_eta(data: bytes, eta: float | None) -> bytes:
         if eta is None:
             return data
         return data + job_pb2.Job(progress=job_pb2.JobProgress(eta=duration(eta))).SerializeToString()

@@ -4,7 +4,7 @@ the caller, and builds the responses (GetJob, ListJobs and BatchGetJobs from kep
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -32,6 +32,7 @@ from jobpulse_server.domain.model import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     ChunkState,
+    JobHead,
     JobState,
 )
 from jobpulse_server.domain.reports import StatsRow
@@ -187,27 +188,47 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         full = full_view(request.view, False)
         who = caller()
 
-        def build(found: tuple[list[JobPage], str, int, int]) -> job_service_pb2.ListJobsResponse:
+        def build(
+            found: tuple[Sequence[JobPage | JobHead], str, int, int],
+        ) -> job_service_pb2.ListJobsResponse:
             pages, token, total, horizon = found
             now = self.clock()
+            encoded = self.encoded
             out = job_service_pb2.ListJobsResponse.FromString(
-                message_fields(_LIST_JOBS_FIELD, [self.encoded.job_bytes(p, full, now) for p in pages])
+                message_fields(
+                    _LIST_JOBS_FIELD,
+                    [
+                        encoded.kept_bytes(p, now)
+                        if isinstance(p, JobHead)
+                        else encoded.job_bytes(p, full, now)
+                        for p in pages
+                    ],
+                )
             )
             out.next_page_token = token
             out.total_size = total
             out.watch_cursor = horizon_cursor(horizon)
             return out
 
+        if full:
+            return await self._reusing(
+                full,
+                lambda known: self.jobs.list_jobs(
+                    who,
+                    f,
+                    order_by=order_by,
+                    page_size=page_size,
+                    page_token=request.page_token,
+                    full=full,
+                    known=known,
+                ),
+                build,
+            )
+        # BASIC: the page's heads first, and whole only the jobs whose encodings are not kept.
         return await self._reusing(
             full,
-            lambda known: self.jobs.list_jobs(
-                who,
-                f,
-                order_by=order_by,
-                page_size=page_size,
-                page_token=request.page_token,
-                full=full,
-                known=known,
+            lambda known: self.jobs.list_kept_jobs(
+                who, f, order_by=order_by, page_size=page_size, page_token=request.page_token, known=known
             ),
             build,
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobpulse_server.domain.model import Job, JobState
+from jobpulse_server.domain.model import Job, JobHead, JobState
 
 
 @dataclass
@@ -37,9 +38,12 @@ ORDERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "priority": (("priority", "id"), False),
 }
 DEFAULT_ORDER = "create_time desc"
+# A page of ListJobs may be made of JobHeads: each must carry the attributes of every order.
+if not {c for cols, _ in ORDERS.values() for c in cols} <= {f.name for f in dataclasses.fields(JobHead)}:
+    raise ImportError("an order of ORDERS sorts by an attribute JobHead lacks")
 
 
-def job_sort_key(job: Job, order_by: str) -> list[Any]:
+def job_sort_key(job: Job | JobHead, order_by: str) -> list[Any]:
     """The job's values of the attributes ``order_by`` sorts by."""
     cols, _ = ORDERS[order_by]
     return [getattr(job, name) for name in cols]

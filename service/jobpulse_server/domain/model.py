@@ -260,10 +260,37 @@ class Job:
 
     def eta_seconds(self, now: int) -> float | None:
         """Time left at the average rate since the first claim; None without enough data."""
-        if self.state.terminal or self.start_time is None or self.items_done <= 0:
-            return None
-        elapsed = (now - self.start_time) / 1e6
-        if elapsed < 1.0:
-            return None
-        rate = self.items_done / elapsed
-        return max(0.0, (self.total_items - self.items_done) / rate)
+        return eta_seconds(self.state, self.start_time, self.items_done, self.total_items, now)
+
+
+def eta_seconds(
+    state: JobState, start_time: int | None, items_done: int, total_items: int, now: int
+) -> float | None:
+    """A job's time left at ``now`` at its average rate since the first claim; None without enough data
+    (not started, nothing done yet, under a second in, or over)."""
+    if state.terminal or start_time is None or items_done <= 0:
+        return None
+    elapsed = (now - start_time) / 1e6
+    if elapsed < 1.0:
+        return None
+    rate = items_done / elapsed
+    return max(0.0, (total_items - items_done) / rate)
+
+
+@dataclass(slots=True)
+class JobHead:
+    """The few fields of a job that ListJobs reads first: its id and revision (to find the job's kept
+    encoding), what its ETA of the moment needs, and the attributes a page token holds (``ORDERS``).
+    Only the jobs whose encoding is not kept are then read whole."""
+
+    id: str
+    revision: int
+    state: JobState
+    start_time: int | None
+    items_done: int
+    total_items: int
+    update_time: int
+    priority: int
+
+    def eta_seconds(self, now: int) -> float | None:
+        return eta_seconds(self.state, self.start_time, self.items_done, self.total_items, now)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jobpulse_server.store.tables as tables
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, Summary
 
 # In the tables' own column order (tables.py), which the positional mappings below follow.
 JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
@@ -57,6 +57,8 @@ CHUNK_SAVED = (
 ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes")
 
 JOB_SELECT = ", ".join(JOB_COLUMNS)
+# A JobHead's fields, which are the jobs table's column names too.
+JOB_HEAD_SELECT = ", ".join(f.name for f in dataclasses.fields(JobHead))
 CHUNK_SELECT = ", ".join(CHUNK_COLUMNS)
 ARTIFACT_SELECT = ", ".join(ARTIFACT_COLUMNS)
 
@@ -222,3 +224,8 @@ def chunk_saved_values(c: Chunk) -> tuple[Any, ...]:
 def artifact_from_row(r: Sequence[Any]) -> Artifact:
     """An artifact from a row in ARTIFACT_COLUMNS order."""
     return Artifact(name=r[1], uri=r[2], media_type=r[3], size_bytes=r[4], chunk_index=r[0])
+
+
+def head_from_row(r: Sequence[Any]) -> JobHead:
+    """A JobHead from a row in JOB_HEAD_SELECT order."""
+    return JobHead(r[0], r[1], _JOB_STATES[r[2]], r[3], r[4], r[5], r[6], r[7])

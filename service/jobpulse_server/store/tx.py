@@ -20,7 +20,7 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
@@ -28,11 +28,13 @@ from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
 from jobpulse_server.store.rows import (
+    JOB_HEAD_SELECT,
     JOB_INDEXED_IN_ROW,
     JOB_INDEXED_IN_SAVED,
     artifact_from_row,
     chunk_from_row,
     chunk_saved_values,
+    head_from_row,
     job_from_row,
     job_saved_values,
 )
@@ -392,6 +394,14 @@ class SqlTx:
     async def list_jobs(self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int) -> list[Job]:
         sql, params = q.list_jobs(self.d, f, order_by, after, limit)
         return list(map(job_from_row, await self.conn.fetch(sql, params)))
+
+    async def list_job_heads(
+        self, f: JobFilter, order_by: str, after: list[Any] | None, limit: int
+    ) -> list[JobHead]:
+        """``list_jobs``' page with only the JobHead fields of each job (a fifth of the full read on
+        SQLite, rows mapped included)."""
+        sql, params = q.list_jobs(self.d, f, order_by, after, limit, JOB_HEAD_SELECT)
+        return list(map(head_from_row, await self.conn.fetch(sql, params)))
 
     async def count_jobs(self, f: JobFilter) -> int:
         """Exact on SQLite; on PostgreSQL exact up to COUNT_EXACT_UP_TO, beyond that the planner's
