@@ -57,8 +57,11 @@ CHUNK_SAVED = (
 ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes")
 
 JOB_SELECT = ", ".join(JOB_COLUMNS)
-# A JobHead's fields, which are the jobs table's column names too.
-JOB_HEAD_SELECT = ", ".join(f.name for f in dataclasses.fields(JobHead))
+# A JobHead's fields, which are the jobs table's column names too (checked here, at import).
+_HEAD_FIELDS = tuple(f.name for f in dataclasses.fields(JobHead))
+if not set(_HEAD_FIELDS) <= set(JOB_COLUMNS):
+    raise ImportError("domain.model.JobHead has a field that is no column of jobs: update head_from_row")
+JOB_HEAD_SELECT = ", ".join(_HEAD_FIELDS)
 CHUNK_SELECT = ", ".join(CHUNK_COLUMNS)
 ARTIFACT_SELECT = ", ".join(ARTIFACT_COLUMNS)
 
