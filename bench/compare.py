@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -197,15 +197,29 @@ async def run(args: argparse.Namespace) -> str:
                 return render({"A": name_a, "B": name_b}, bare_rates, rows, args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def revision_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a comparison of two revisions: --base, --head and --database."""
     p = argparse.ArgumentParser(
-        prog="python -m bench.compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--base", required=True, help="revision A (any git revision: a commit, a branch, HEAD~2)")
     p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
     p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    return p
+
+
+def print_report(prog: str, report: Coroutine[Any, Any, str]) -> int:
+    """Runs a comparison and prints its report; a revision git does not know is a one-line error (2)."""
+    try:
+        print(asyncio.run(report), flush=True)
+    except GitError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = revision_parser("python -m bench.compare", __doc__)
     p.add_argument(
         "--modes",
         type=lambda s: s.split(","),
@@ -222,12 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown mode {', '.join(unknown)}; one of {', '.join(work.MODES)}")
     if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:
         p.error("--rounds and --workers must be at least 1, --seconds more than 0")
-    try:
-        print(asyncio.run(run(args)), flush=True)
-    except GitError as exc:
-        print(f"bench.compare: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return print_report("bench.compare", run(args))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import scenarios, seed
 from bench.bare import padded_get_job_response
-from bench.compare import GitError, checkout, database, pythonpath
+from bench.compare import checkout, database, print_report, pythonpath, revision_parser
 from bench.load import percentile, sequential_latencies
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, worker_service_pb2_grpc
@@ -107,14 +107,7 @@ async def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.compare_reads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--base", required=True, help="revision A (any git revision)")
-    p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
-    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    p = revision_parser("python -m bench.compare_reads", __doc__)
     p.add_argument("--jobs", type=int, default=2_000, help="jobs to list (default 2,000, as make bench)")
     p.add_argument("--page-size", type=int, default=20)
     p.add_argument("--rounds", type=int, default=6)
@@ -123,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.rounds, args.calls, args.page_size) < 1 or args.jobs < args.page_size:
         p.error("--rounds, --calls and --page-size must be at least 1, --jobs at least --page-size")
-    try:
-        print(asyncio.run(run(args)), flush=True)
-    except GitError as exc:
-        print(f"bench.compare_reads: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return print_report("bench.compare_reads", run(args))
 
 
 if __name__ == "__main__":
