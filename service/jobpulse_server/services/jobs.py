@@ -360,7 +360,8 @@ class JobService:
         """``list_jobs`` BASIC for a caller that keeps jobs' encodings: the page is read as JobHeads
         first, and only the jobs whose revision ``known`` does not name are read whole (with their
         artifacts). A JobHead in the answer: the caller holds that job at that revision. (On SQLite
-        the whole rows of a 20-job page and their mapping were a tenth of a ListJobs call's CPU.)"""
+        the whole rows of a 20-job page and their mapping were 118 us of a ListJobs call's ~800 us of
+        server CPU, for jobs the cache held anyway.)"""
 
         async def pages(tx: Tx, heads: list[JobHead]) -> list[JobPage | JobHead]:
             wanted = [h.id for h in heads if known is None or known(h) != h.revision]
