@@ -172,8 +172,14 @@ def render(
     return "\n".join(out)
 
 
-async def run(args: argparse.Namespace) -> str:
-    with tempfile.TemporaryDirectory(prefix="jobpulse-compare-") as tmp_name:
+@asynccontextmanager
+async def served(
+    args: argparse.Namespace, prefix: str
+) -> AsyncIterator[tuple[dict[str, str], ServerProcess, ServerProcess, ServerProcess]]:
+    """Revisions ``args.base`` (A) and ``args.head`` (B) served on ``args.database``, each on a database of
+    its own, and the bare server, all ready: (the revisions' names by side, A, B, bare). Stopped, their
+    worktrees and databases removed, when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
         tmp = Path(tmp_name)
         with (
             checkout(args.base, tmp, "a") as (tree_a, name_a),
@@ -182,19 +188,22 @@ async def run(args: argparse.Namespace) -> str:
             async with AsyncExitStack() as stack:
                 url_a = await stack.enter_async_context(database(args.database, tmp, "a"))
                 url_b = await stack.enter_async_context(database(args.database, tmp, "b"))
-                servers = [
-                    ServerProcess("jobpulse", url_a, pythonpath=pythonpath(tree_a)),
-                    ServerProcess("jobpulse", url_b, pythonpath=pythonpath(tree_b)),
-                    ServerProcess("bare"),
-                ]
+                a = ServerProcess("jobpulse", url_a, pythonpath=pythonpath(tree_a))
+                b = ServerProcess("jobpulse", url_b, pythonpath=pythonpath(tree_b))
+                bare = ServerProcess("bare")
                 try:
-                    for server in servers:
+                    for server in (a, b, bare):
                         await asyncio.to_thread(server.wait_ready)
-                    bare_rates, rows = await measure(args, *servers)
+                    yield {"A": name_a, "B": name_b}, a, b, bare
                 finally:
-                    for server in servers:
+                    for server in (a, b, bare):
                         server.stop()
-                return render({"A": name_a, "B": name_b}, bare_rates, rows, args)
+
+
+async def run(args: argparse.Namespace) -> str:
+    async with served(args, "jobpulse-compare-") as (names, a, b, bare):
+        bare_rates, rows = await measure(args, a, b, bare)
+    return render(names, bare_rates, rows, args)
 
 
 def revision_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

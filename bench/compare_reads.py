@@ -17,14 +17,11 @@ Figures from one run only: run it alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import tempfile
-from pathlib import Path
 
 from bench import scenarios, seed
 from bench.bare import padded_get_job_response
-from bench.compare import checkout, database, print_report, pythonpath, revision_parser
+from bench.compare import print_report, revision_parser, served
 from bench.load import percentile, sequential_latencies
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, worker_service_pb2_grpc
@@ -83,27 +80,9 @@ async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], b
 
 
 async def run(args: argparse.Namespace) -> str:
-    with tempfile.TemporaryDirectory(prefix="jobpulse-compare-reads-") as name:
-        tmp = Path(name)
-        with (
-            checkout(args.base, tmp, "a") as (tree_a, name_a),
-            checkout(args.head, tmp, "b") as (tree_b, name_b),
-        ):
-            args.names = {"A": name_a, "B": name_b}
-            async with database(args.database, tmp, "a") as url_a, database(args.database, tmp, "b") as url_b:
-                servers = {
-                    "A": ServerProcess("jobpulse", url_a, pythonpath=pythonpath(tree_a)),
-                    "B": ServerProcess("jobpulse", url_b, pythonpath=pythonpath(tree_b)),
-                }
-                bare = ServerProcess("bare")
-                everyone = [*servers.values(), bare]
-                try:
-                    for server in everyone:
-                        await asyncio.to_thread(server.wait_ready)
-                    return await measure(args, servers, bare)
-                finally:
-                    for server in everyone:
-                        server.stop()
+    async with served(args, "jobpulse-compare-reads-") as (names, a, b, bare):
+        args.names = names
+        return await measure(args, {"A": a, "B": b}, bare)
 
 
 def main(argv: list[str] | None = None) -> int:
