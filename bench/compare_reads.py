@@ -29,7 +29,9 @@ from jobpulse.v1 import job_pb2, worker_service_pb2_grpc
 BARE_KEY = "compare-reads-page"
 
 
-async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], bare: ServerProcess) -> str:
+async def measure(
+    args: argparse.Namespace, names: dict[str, str], servers: dict[str, ServerProcess], bare: ServerProcess
+) -> str:
     targets = {side: scenarios.Target.open(server) for side, server in servers.items()}
     bare_target = scenarios.Target.open(bare)
     try:
@@ -72,7 +74,7 @@ async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], b
         s = samples[side]
         p50[side] = percentile(s, 50)
         out.append(
-            f"{side}: {args.names[side]}: p50 {p50[side] * 1e3:.3f} ms = {p50[side] / bare_p50:.2f}x bare, "
+            f"{side}: {names[side]}: p50 {p50[side] * 1e3:.3f} ms = {p50[side] / bare_p50:.2f}x bare, "
             f"p99 {percentile(s, 99) / bare_p99:.2f}x, server CPU {cpu[side] / len(s) * 1e6:,.0f} us a call"
         )
     out.append(f"B / A p50: {p50['B'] / p50['A']:.3f}")
@@ -81,8 +83,7 @@ async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], b
 
 async def run(args: argparse.Namespace) -> str:
     async with served(args, "jobpulse-compare-reads-") as (names, a, b, bare):
-        args.names = names
-        return await measure(args, {"A": a, "B": b}, bare)
+        return await measure(args, names, {"A": a, "B": b}, bare)
 
 
 def main(argv: list[str] | None = None) -> int:
