@@ -39,12 +39,17 @@ BUSY_MS = 20
 WRITE_WAIT = 30.0
 # Seconds between WAL checkpoints, which run on a thread of their own.
 CHECKPOINT_INTERVAL = 0.5
-# A write-ahead log past this size is checkpointed to its end and truncated, writers held meanwhile. The
+# A log holding more than this (the frames written since it last started over, not its file's size) is
+# checkpointed to its end and started over from its first frame, writers held meanwhile (a few ms). The
 # PASSIVE checkpoints alone never reach the end of a log that is written all the time (each copies the
 # frames written before it started, and writers append more meanwhile), and SQLite only starts a log over
 # after a checkpoint that did: under a steady load the log grew by gigabytes, its index (``-shm``, mapped
-# into the server's memory) with it.
-WAL_LIMIT = 64 * 1024 * 1024
+# into the server's memory) with it. Small, so that under load the log starts over at about every
+# checkpoint and its file stays a few tens of MB, written over in place: against 64 MiB and checkpoints
+# that truncated the file (which the writers then grew again), claim + complete ran 5-9% more chunks a
+# second (bench.compare, SQLite, 4 workers; figures in bench/README.md).
+WAL_LIMIT = 4 * 1024 * 1024
+WAL_FRAME_HEADER = 24
 
 
 def existing_file(path: str) -> str:
@@ -122,20 +127,14 @@ class SqliteConn:
         await self._call(lambda: self.conn.executemany(sql, rows))
 
 
-def _size(path: str) -> int:
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return 0
-
-
-def _truncate_wal(path: str) -> None:
-    """Checkpoints the whole log and truncates it (readers may hold it up: BUSY_MS each, then it is
-    tried again at a later checkpoint)."""
+def _restart_wal(path: str) -> None:
+    """Checkpoints the whole log so that the next writer starts it over from its first frame (readers
+    may hold it up: BUSY_MS each, then it is tried again at a later checkpoint). The file keeps its size:
+    writers write over the old frames rather than grow a truncated file again."""
     conn = sqlite3.connect(existing_file(path), uri=True, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA wal_checkpoint(RESTART)")
     finally:
         conn.close()
 
@@ -161,8 +160,10 @@ class Checkpointer:
                     if conn is None:
                         conn = sqlite3.connect(existing_file(self.path), uri=True, isolation_level=None)
                         conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if self.on_long_wal is not None and _size(self.path + "-wal") > WAL_LIMIT:
+                        frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
+                    # (busy, frames in the log, frames copied into the database file)
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if self.on_long_wal is not None and frames * frame_bytes > WAL_LIMIT:
                         self.on_long_wal()
                 except sqlite3.Error as exc:
                     # The database may be away for a while (health reports it); reopen next time.
@@ -195,7 +196,7 @@ class SqliteDriver:
         # Connections opened before the last ``dispose`` are closed when they come back, not reused.
         self._epoch = 0
         self._born: dict[int, int] = {}
-        self._truncating: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
 
     def _on(self, name: str) -> Callable[[Callable[[], Any]], Any]:
         def run(fn: Callable[[], Any]) -> Any:
@@ -232,28 +233,29 @@ class SqliteDriver:
         self._writer = await self._open()
         self._readers.append(await self._open())
         loop = asyncio.get_running_loop()
-        self._checkpointer = Checkpointer(self.path, lambda: loop.call_soon_threadsafe(self._truncate_soon))
+        self._checkpointer = Checkpointer(self.path, lambda: loop.call_soon_threadsafe(self._restart_soon))
 
-    def _truncate_soon(self) -> None:
-        if self._truncating is None or self._truncating.done():
-            self._truncating = asyncio.ensure_future(self._truncate())
+    def _restart_soon(self) -> None:
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.ensure_future(self._restart())
 
-    async def _truncate(self) -> None:
-        """The whole log into the database file, and the log truncated, with this process's writers held
-        (they queue on the write lock rather than wait on SQLite's busy handler on the loop)."""
+    async def _restart(self) -> None:
+        """The whole log into the database file, so that the next writer starts it over, with this
+        process's writers held (they queue on the write lock rather than wait on SQLite's busy handler on
+        the loop)."""
         async with self._lock:
             try:
-                await asyncio.to_thread(_truncate_wal, self.path)
+                await asyncio.to_thread(_restart_wal, self.path)
             except sqlite3.Error as exc:
-                log.debug("WAL truncation failed: %s", exc)
+                log.debug("WAL restart failed: %s", exc)
 
     async def close(self) -> None:
         if self._checkpointer is not None:
             await self._checkpointer.stop()
             self._checkpointer = None
-        if self._truncating is not None:
-            await asyncio.gather(self._truncating, return_exceptions=True)
-            self._truncating = None
+        if self._restarting is not None:
+            await asyncio.gather(self._restarting, return_exceptions=True)
+            self._restarting = None
         for conn in [*self._readers, *([self._writer] if self._writer else [])]:
             self._close(conn)
         self._readers, self._writer = [], None
