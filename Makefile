@@ -133,7 +133,8 @@ bench-soak: install
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
 # Claim + complete throughput on PostgreSQL beside PgQueuer on the same server, then complete-and-claim
-# with 4 and 16 workers on one job and 4 jobs x 4 workers (alone: python -m bench.pg_peer --only scaling).
+# with 4 and 16 workers on one job and 4 jobs x 4 workers (alone: python -m bench.pg_peer --only scaling);
+# each row the median of 3 rounds, the systems alternating (about 8 minutes).
 bench-pg: $(VENV)/.bench-installed
 	$(PY) -m bench.pg_peer
 

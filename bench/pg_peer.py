@@ -1,7 +1,7 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench.pg_peer                           # 5,000 units of work per row, every row
-    python -m bench.pg_peer --quick                   # 1,000
+    python -m bench.pg_peer                           # 5,000 units of work per row, every row, 3 rounds
+    python -m bench.pg_peer --quick                   # 1,000, one round
     python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
     python -m bench.pg_peer --only batch --n 50000    # batches of 10 alone, long enough to time well
 
@@ -168,6 +168,11 @@ SCALING_ROWS = {
 SCALING_MODE = "complete_and_claim"
 # PgQueuer beside them: key -> W QueueManagers (batch_size=1).
 SCALING_PEERS = {"sqm4": 4, "sqm16": 16}
+# Rounds of a full run. One round of a row lasts 1-14 s here, and on these machines a row's rate moved by
+# a fifth between two runs of the same code an hour apart (one by one 0.60 then 0.48 of PgQueuer): the
+# median of three rounds, the systems alternating within each, is the figure the targets are read from.
+FULL_ROUNDS = 3
+
 # The order they run in, round after round (jobpulse and PgQueuer alternating, so drift hits both).
 SCALING_ORDER = ("sc1x4", "sqm4", "sc1x16", "sqm16", "sc4x4")
 SCALING_KEYS = frozenset(SCALING_ORDER)
@@ -704,6 +709,12 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
         if "jpb10d" in by:
             label = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
             add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}{'not run':>28}")
+        if args.rounds > 1:
+            add("   round by round, vs QueueManager (the ratios above are of each row's median):")
+            for key, k in (("jp1", 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
+                if key in by:
+                    name = GRPC_FLOOR_NAME if key == GRPC_FLOOR else JOBPULSE_ROWS[key][1]
+                    add(f"     {name.removeprefix('jobpulse, ')}: {_by_round(rows, key, f'qm{k}')}")
     if scaling:
         add("-" * width)
         add("Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a")
@@ -1018,13 +1029,18 @@ def main(argv: list[str] | None = None) -> int:
         help="the peer rows (not with --quick): the batches of 10 (jobpulse CompleteChunks, PgQueuer "
         "QueueManagers) once more on a queue this deep (default 50,000; 0 leaves them out)",
     )
-    p.add_argument("--rounds", type=int, default=None, help="rounds per row, median kept (default 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"rounds per row, median kept (default {FULL_ROUNDS}; --quick 1)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
     if args.n is None:
         args.n = 1_000 if args.quick else 5_000
     if args.rounds is None:
-        args.rounds = 1
+        args.rounds = 1 if args.quick else FULL_ROUNDS
     if args.deep is None:
         args.deep = 0 if args.quick else 50_000
     t0 = time.perf_counter()
