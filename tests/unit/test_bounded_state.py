@@ -103,3 +103,49 @@ async def test_a_log_written_all_the_time_starts_over_at_its_limit(
     # The file stays at about the most written between two restarts; 64 limits leave room for a
     # checkpoint thread that does not get its turn for a while.
     assert size <= 64 * limit, f"the log's file is {size:,} bytes after {written:,} written"
+
+
+async def test_an_idle_log_past_its_limit_is_not_checkpointed_again_and_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RESTART checkpoint leaves the log as it is until the next writer starts it over: on a server
+    whose writes stopped with the log past WAL_LIMIT, the checkpoint thread asks for one restart, not
+    one at every tick (each holds the writers and opens a connection)."""
+    limit = 64 * 1024
+    monkeypatch.setattr(sqlite_driver, "WAL_LIMIT", limit)
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL", 0.01)
+    restarts: list[str] = []
+    restart_wal = sqlite_driver._restart_wal
+
+    def counted(path: str) -> None:
+        restarts.append(path)
+        restart_wal(path)
+
+    monkeypatch.setattr(sqlite_driver, "_restart_wal", counted)
+    store = SqlStore(f"sqlite:///{tmp_path}/idle.db")
+    await store.start()
+    loop = asyncio.get_running_loop()
+
+    async def ticks(n: int) -> None:
+        checkpointer = store.driver._checkpointer
+        assert checkpointer is not None
+        until = checkpointer.ticks + n
+        deadline = loop.time() + 30
+        while checkpointer.ticks < until:
+            assert loop.time() < deadline, "the checkpoint thread stopped"
+            await asyncio.sleep(0.01)
+
+    try:
+        for n in range(64):  # a page or more each: past the limit
+            async with store.driver.write() as conn:
+                await conn.execute(
+                    "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
+                    (f"k{n}" + "x" * 3000, 1.0, n, 0),
+                )
+        await ticks(5)  # whatever the writes asked for has been asked
+        after_writes = len(restarts)
+        await ticks(30)
+    finally:
+        await store.close()
+    assert after_writes >= 1, "the log passed its limit and no restart was asked for"
+    assert len(restarts) == after_writes, f"{len(restarts) - after_writes} more restarts on an idle log"

@@ -148,12 +148,16 @@ class Checkpointer:
     def __init__(self, path: str, on_long_wal: Callable[[], object] | None = None) -> None:
         self.path = path
         self.on_long_wal = on_long_wal
+        self.ticks = 0  # checkpoints tried so far (tests wait on it)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobpulse-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
+        # The log's length when a restart was last asked for: a RESTART checkpoint leaves the log as it is
+        # until the next writer starts it over, so an idle log past the limit must not ask again and again.
+        asked_at = -1
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL):
                 try:
@@ -163,7 +167,13 @@ class Checkpointer:
                         frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
                     # (busy, frames in the log, frames copied into the database file)
                     _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if self.on_long_wal is not None and frames * frame_bytes > WAL_LIMIT:
+                    self.ticks += 1
+                    if (
+                        self.on_long_wal is not None
+                        and frames * frame_bytes > WAL_LIMIT
+                        and frames != asked_at
+                    ):
+                        asked_at = frames
                         self.on_long_wal()
                 except sqlite3.Error as exc:
                     # The database may be away for a while (health reports it); reopen next time.
