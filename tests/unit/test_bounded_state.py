@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from typing import Any
 
 import grpc
@@ -149,3 +150,52 @@ async def test_an_idle_log_past_its_limit_is_not_checkpointed_again_and_again(
         await store.close()
     assert after_writes >= 1, "the log passed its limit and no restart was asked for"
     assert len(restarts) == after_writes, f"{len(restarts) - after_writes} more restarts on an idle log"
+
+
+async def test_a_log_grown_behind_a_long_reader_is_cut_back_when_it_starts_over(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holding its snapshot keeps every checkpoint from reaching the log's end, so the log's file
+    grows with each write meanwhile; once the reader is gone and the log starts over, its file is cut
+    back to WAL_FILE_LIMIT rather than kept at its high-water size for good."""
+    limit = 64 * 1024
+    file_limit = 512 * 1024
+    monkeypatch.setattr(sqlite_driver, "WAL_LIMIT", limit)
+    monkeypatch.setattr(sqlite_driver, "WAL_FILE_LIMIT", file_limit)
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL", 0.01)
+    store = SqlStore(f"sqlite:///{tmp_path}/long.db")
+    await store.start()
+    wal = f"{tmp_path}/long.db-wal"
+    loop = asyncio.get_running_loop()
+    n = 0
+
+    async def write() -> None:
+        nonlocal n
+        n += 1
+        async with store.driver.write() as conn:
+            await conn.execute(
+                "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
+                (f"k{n}" + "x" * 3000, 1.0, n, 0),
+            )
+
+    reader = sqlite3.connect(f"{tmp_path}/long.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM rate_buckets").fetchone()  # the snapshot is held from here
+        deadline = loop.time() + 60
+        while _wal_state(wal)[1] <= 4 * file_limit:
+            assert loop.time() < deadline, f"the log's file is {_wal_state(wal)[1]:,} bytes after a minute"
+            await write()
+        grown = _wal_state(wal)[1]
+        reader.execute("COMMIT")
+        salt = _wal_state(wal)[0]
+        deadline = loop.time() + 60
+        # Writes go on: the log is checkpointed whole, started over (a new salt) and its file cut back.
+        while (size := _wal_state(wal)[1]) > file_limit or _wal_state(wal)[0] == salt:
+            assert loop.time() < deadline, f"the log's file is still {size:,} bytes (it grew to {grown:,})"
+            await write()
+            await asyncio.sleep(0.001)
+    finally:
+        reader.close()
+        await store.close()
+    assert grown > 4 * file_limit and size <= file_limit
