@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import jobpulse
@@ -21,14 +21,17 @@ SUMMARY_FIELDS = {
 }
 
 
-def recount(client: jobpulse.Client, job_id: str) -> dict[str, int]:
-    """Counts a job's chunks by state from ListJobChunks (all pages)."""
-    counts: collections.Counter[str] = collections.Counter()
-    for chunk in client.list_job_chunks(job_id, page_size=1000):
-        counts[SUMMARY_FIELDS[chunk.state]] += 1
+def count_states(chunks: Iterable[job_pb2.Chunk]) -> dict[str, int]:
+    """Chunks counted by state, keyed as chunks_summary's fields (``total`` too)."""
+    counts = collections.Counter(SUMMARY_FIELDS[chunk.state] for chunk in chunks)
     out = {name: counts[name] for name in SUMMARY_FIELDS.values()}
     out["total"] = sum(counts.values())
     return out
+
+
+def recount(client: jobpulse.Client, job_id: str) -> dict[str, int]:
+    """Counts a job's chunks by state from ListJobChunks (all pages)."""
+    return count_states(client.list_job_chunks(job_id, page_size=1000))
 
 
 def summary_dict(summary: job_pb2.ChunksSummary) -> dict[str, int]:

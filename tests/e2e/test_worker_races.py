@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
-from e2e_helpers import SUMMARY_FIELDS, assert_summary_matches, summary_dict
+from e2e_helpers import assert_summary_matches, count_states, summary_dict
 
 import jobpulse
 from jobpulse.v1 import (
@@ -29,13 +29,6 @@ KIND = "race"
 CHUNKS = 480
 WORKERS = 16
 BATCH = 4
-
-
-def _snapshot_counts(job: job_pb2.Job) -> dict[str, int]:
-    counts = Counter(SUMMARY_FIELDS[c.state] for c in job.chunks)
-    out = {name: counts[name] for name in SUMMARY_FIELDS.values()}
-    out["total"] = len(job.chunks)
-    return out
 
 
 async def _race(address: str, job_id: str) -> tuple[list[str], list[dict[str, int]]]:
@@ -97,7 +90,7 @@ async def _race(address: str, job_id: str) -> tuple[list[str], list[dict[str, in
                         job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_FULL), timeout=30
                     )
                 ).job
-                counted, summary = _snapshot_counts(job), summary_dict(job.chunks_summary)
+                counted, summary = count_states(job.chunks), summary_dict(job.chunks_summary)
                 assert summary == counted, f"revision {job.revision}: summary {summary} != recount {counted}"
                 snapshots.append(counted)
 

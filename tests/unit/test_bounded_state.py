@@ -4,6 +4,7 @@ with what callers make up."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sqlite3
@@ -51,6 +52,15 @@ def test_only_short_json_texts_are_kept_decoded() -> None:
         assert rows._json(long)["blob"] == "x" * 10_000
     info = rows._decoded.cache_info()
     assert (info.currsize, info.hits) == (1, 2)  # the long text was never kept
+
+
+async def _write_page(store: SqlStore, n: int) -> None:
+    """One write transaction of a row about a page long (a page or more of the log each)."""
+    async with store.driver.write() as conn:
+        await conn.execute(
+            "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
+            (f"k{n}" + "x" * 3000, 1.0, n, 0),
+        )
 
 
 def _wal_state(path: str) -> tuple[bytes, int]:
@@ -137,12 +147,8 @@ async def test_an_idle_log_past_its_limit_is_not_checkpointed_again_and_again(
             await asyncio.sleep(0.01)
 
     try:
-        for n in range(64):  # a page or more each: past the limit
-            async with store.driver.write() as conn:
-                await conn.execute(
-                    "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
-                    (f"k{n}" + "x" * 3000, 1.0, n, 0),
-                )
+        for n in range(64):  # past the limit
+            await _write_page(store, n)
         await ticks(5)  # whatever the writes asked for has been asked
         after_writes = len(restarts)
         await ticks(30)
@@ -167,16 +173,7 @@ async def test_a_log_grown_behind_a_long_reader_is_cut_back_when_it_starts_over(
     await store.start()
     wal = f"{tmp_path}/long.db-wal"
     loop = asyncio.get_running_loop()
-    n = 0
-
-    async def write() -> None:
-        nonlocal n
-        n += 1
-        async with store.driver.write() as conn:
-            await conn.execute(
-                "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
-                (f"k{n}" + "x" * 3000, 1.0, n, 0),
-            )
+    written = itertools.count()
 
     reader = sqlite3.connect(f"{tmp_path}/long.db", isolation_level=None)
     try:
@@ -185,7 +182,7 @@ async def test_a_log_grown_behind_a_long_reader_is_cut_back_when_it_starts_over(
         deadline = loop.time() + 60
         while _wal_state(wal)[1] <= 4 * file_limit:
             assert loop.time() < deadline, f"the log's file is {_wal_state(wal)[1]:,} bytes after a minute"
-            await write()
+            await _write_page(store, next(written))
         grown = _wal_state(wal)[1]
         reader.execute("COMMIT")
         salt = _wal_state(wal)[0]
@@ -193,7 +190,7 @@ async def test_a_log_grown_behind_a_long_reader_is_cut_back_when_it_starts_over(
         # Writes go on: the log is checkpointed whole, started over (a new salt) and its file cut back.
         while (size := _wal_state(wal)[1]) > file_limit or _wal_state(wal)[0] == salt:
             assert loop.time() < deadline, f"the log's file is still {size:,} bytes (it grew to {grown:,})"
-            await write()
+            await _write_page(store, next(written))
             await asyncio.sleep(0.001)
     finally:
         reader.close()
