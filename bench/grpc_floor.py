@@ -1,5 +1,5 @@
 """The floor of the worker path under gRPC on PostgreSQL: a grpc.aio server that does nothing but the
-store's group-committed path (store/group.py) behind ClaimChunks and CompleteChunks.
+store's group-committed path (store/group.py) behind ClaimChunks, CompleteChunk and CompleteChunks.
 
     python -m bench.grpc_floor DATABASE_URL     # prints "port N" once it listens, serves until killed
 
@@ -7,8 +7,9 @@ No service layer, no call guard (keys, rate limits, metrics, tracing, logs), no 
 change hub, no HTTP side; the collector tuned as jobpulse tunes it (gc_tuning.py). Each call's
 completions and claim go to ``SqlStore.fast`` as they come, and the answer is built with the server's
 own encoding of a claim (``api/workers._add_claims``), so the messages on the wire are the ones
-jobpulse sends. bench.pg_peer drives it with the same workers as the jobpulse rows: what jobpulse's
-batch row could reach on this machine if everything of its own around the store and gRPC cost nothing.
+jobpulse sends. bench.pg_peer drives it with the same workers as the jobpulse rows (one by one, and
+CompleteChunks of 10 with claim_next): what those rows could reach on this machine if everything of
+jobpulse's own around the store and gRPC cost nothing.
 A completion the store declines (none should: the bench's jobs have no webhooks and its leases are
 current) is answered not ok, and the row's check then fails.
 
@@ -48,7 +49,8 @@ def _claims(got: list[tuple[Job, Chunk]]) -> list[Claim]:
 
 
 class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
-    """ClaimChunks and CompleteChunks straight onto the group commit; every other RPC is UNIMPLEMENTED."""
+    """ClaimChunks, CompleteChunk and CompleteChunks straight onto the group commit; every other RPC is
+    UNIMPLEMENTED."""
 
     def __init__(self, fast: PgFast) -> None:
         self.fast = fast
@@ -68,6 +70,19 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
         out = worker_service_pb2.ClaimChunksResponse()
         _add_claims(out.claims, await self._claim(request))
         return out
+
+    async def CompleteChunk(
+        self, request: worker_service_pb2.CompleteChunkRequest, context: Any
+    ) -> worker_service_pb2.CompleteChunkResponse:
+        if request.HasField("claim_next"):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor's CompleteChunk takes no claim_next")
+        one = await self.fast.complete(
+            request.chunk_id, chunk_job_id(request.chunk_id), request.lease_token, now_us(), "", []
+        )
+        if one is None:
+            # No reason field on this answer: a declined completion fails the call, and the row with it.
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the store declined the completion")
+        return worker_service_pb2.CompleteChunkResponse(job_state=int(one.job_state))  # type: ignore[arg-type]
 
     async def CompleteChunks(
         self, request: worker_service_pb2.CompleteChunksRequest, context: Any

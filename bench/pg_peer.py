@@ -470,18 +470,26 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
 
 GRPC_FLOOR = "grpcfloorb10"
 GRPC_FLOOR_NAME = "floor: CompleteChunks(10) + claim_next(10) under gRPC, the store alone behind it"
+GRPC_FLOOR_1 = "grpcfloor1"
+GRPC_FLOOR_1_NAME = "floor: ClaimChunks(1) + CompleteChunk under gRPC, the store alone behind it"
+# The floors under gRPC: key -> (name, the worker mode, PgQueuer's batch size to compare with).
+GRPC_FLOORS = {
+    GRPC_FLOOR_1: (GRPC_FLOOR_1_NAME, "one_by_one", 1),
+    GRPC_FLOOR: (GRPC_FLOOR_NAME, "batched_complete_chunks", 10),
+}
 
 
-async def grpc_floor(n: int, workers: int) -> dict[str, Any]:
-    """The floor of the batch row under gRPC: the jobpulse row's workers (CompleteChunks of 10 with
-    claim_next of 10) against ``bench.grpc_floor``, a grpc.aio server whose two handlers hand each call
-    straight to the store's group-committed path, with nothing of jobpulse's own around it (no service
-    layer, call guard, checks, metrics or change hub). What the batch row could reach if the server's own
-    code cost nothing; the gap to the jobpulse row is that code, the gap to PgQueuer the rest (gRPC, the
-    store, and the three sharing two cores). The jobs as for statements_floor; afterwards every chunk must
-    be completed once."""
-    mode = work.MODES["batched_complete_chunks"]
-    async with fresh_database(GRPC_FLOOR) as dsn:
+async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, Any]:
+    """The floor of a worker row under gRPC: the jobpulse row's workers (``key``: one by one, a
+    ClaimChunks(1) then a CompleteChunk; or CompleteChunks of 10 with claim_next of 10) against
+    ``bench.grpc_floor``, a grpc.aio server whose handlers hand each call straight to the store's
+    group-committed path, with nothing of jobpulse's own around it (no service layer, call guard, checks,
+    metrics or change hub). What the row could reach if the server's own code cost nothing; the gap to
+    the jobpulse row is that code, the gap to PgQueuer the rest (gRPC, the store, and the three sharing
+    two cores). The jobs as for statements_floor; afterwards every chunk must be completed once."""
+    name, mode_key, _ = GRPC_FLOORS[key]
+    mode = work.MODES[mode_key]
+    async with fresh_database(key) as dsn:
         await _floor_jobs(dsn, n)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.grpc_floor", dsn, stdout=asyncio.subprocess.PIPE, cwd=_ROOT
@@ -523,7 +531,7 @@ async def grpc_floor(n: int, workers: int) -> dict[str, Any]:
             f"{counts.not_ok} declined)"
         )
     return _row(
-        GRPC_FLOOR_NAME,
+        name,
         n,
         elapsed,
         counts.rpcs,
@@ -694,9 +702,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
             f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}"
             f"{'vs dequeue+log_jobs loops':>28}"
         )
-        keys = [("jp1", 1), ("jpcc", 1), ("floor", 1), ("floorcc", 1)]
+        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("floor", 1), ("floorcc", 1)]
         keys += [("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10), ("floorb10", 10)]
-        names = {**FLOOR_ROWS, GRPC_FLOOR: GRPC_FLOOR_NAME}
+        names = {**FLOOR_ROWS, **{k: v[0] for k, v in GRPC_FLOORS.items()}}
         for key, k in keys:
             if key not in by:
                 continue
@@ -711,9 +719,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
             add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}{'not run':>28}")
         if args.rounds > 1:
             add("   round by round, vs QueueManager (the ratios above are of each row's median):")
-            for key, k in (("jp1", 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
+            for key, k in (("jp1", 1), (GRPC_FLOOR_1, 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
                 if key in by:
-                    name = GRPC_FLOOR_NAME if key == GRPC_FLOOR else JOBPULSE_ROWS[key][1]
+                    name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
                     add(f"     {name.removeprefix('jobpulse, ')}: {_by_round(rows, key, f'qm{k}')}")
     if scaling:
         add("-" * width)
@@ -867,13 +875,13 @@ def _peer_goals(
     peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
     # The worker-throughput issue's targets: one by one >= 0.55, complete-and-claim >= 0.65 (both
     # moonshot 1.0), batches of 10 >= 1.0 (moonshot 2.0), server CPU per chunk <= 1.0 ms.
-    for key, what, floor_key, target in (
-        ("jp1", "one by one", "floor", 0.55),
-        ("jpcc", "complete-and-claim", "floorcc", 0.65),
+    for key, what, floor_keys, target in (
+        ("jp1", "one by one", (GRPC_FLOOR_1, "floor"), 0.55),
+        ("jpcc", "complete-and-claim", ("floorcc",), 0.65),
     ):
         for peer, peer_name in peers:
-            floor = ratio(floor_key, f"{peer}1")
-            floor_note = f"the store in-process without gRPC: {floor:.2f}" if floor is not None else ""
+            floors = [(ratio(k, f"{peer}1"), _FLOOR_NOTES[k]) for k in floor_keys]
+            floor_note = "; ".join(f"{what}: {r:.2f}" for r, what in floors if r is not None)
             out.append(
                 report.Goal(
                     f"PostgreSQL {what} / PgQueuer batch 1 ({peer_name})",
@@ -931,6 +939,13 @@ def _peer_goals(
     return out
 
 
+_FLOOR_NOTES = {
+    GRPC_FLOOR_1: "the store alone under gRPC",
+    "floor": "the store in-process without gRPC",
+    "floorcc": "the store in-process without gRPC",
+}
+
+
 def _pgq_version() -> str:
     try:
         return metadata.version("pgqueuer")
@@ -956,8 +971,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if not args.no_floor:
                 for key in ("floor", "floorcc") if k == 1 else ("floorb10",):
                     cases.append((key, functools.partial(statements_floor, n, w, key)))
-                if k == 10:
-                    cases.append((GRPC_FLOOR, functools.partial(grpc_floor, n, w)))
+                floor_key = GRPC_FLOOR_1 if k == 1 else GRPC_FLOOR
+                cases.append((floor_key, functools.partial(grpc_floor, n, w, floor_key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
             cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     if args.only in (None, "peer") and args.deep:
