@@ -75,13 +75,14 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.CompleteChunkRequest, context: Any
     ) -> worker_service_pb2.CompleteChunkResponse:
         if request.HasField("claim_next"):
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor's CompleteChunk takes no claim_next")
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no claim_next on the floor's CompleteChunk")
         one = await self.fast.complete(
             request.chunk_id, chunk_job_id(request.chunk_id), request.lease_token, now_us(), "", []
         )
         if one is None:
             # No reason field on this answer: a declined completion fails the call, and the row with it.
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the store declined the completion")
+            raise AssertionError("abort raises")
         return worker_service_pb2.CompleteChunkResponse(job_state=int(one.job_state))  # type: ignore[arg-type]
 
     async def CompleteChunks(

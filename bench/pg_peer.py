@@ -42,10 +42,11 @@ Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against P
 The floor rows drive the store's own group-committed path (store/group.py) in this process, with no
 gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
 claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
-``--only batch``). Beside it, the batch floor under gRPC (``bench.grpc_floor``): the same workers and
-calls as the jobpulse batch row against a grpc.aio server whose handlers hand each call straight to that
-path, with nothing else of jobpulse's around it: the most the batch row could reach on this stack (gRPC,
-the store and PostgreSQL sharing this machine's cores) if jobpulse's own code cost nothing.
+``--only batch``). Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the
+batch row: the same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
+hand each call straight to that path, with nothing else of jobpulse's around it: the most those rows
+could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
+code cost nothing.
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
 processes of this machine (all of them, background ones included), from /proc.
 The printout ends with the targets and whether each is met; the rows go to a JSON file too.
@@ -880,8 +881,8 @@ def _peer_goals(
         ("jpcc", "complete-and-claim", ("floorcc",), 0.65),
     ):
         for peer, peer_name in peers:
-            floors = [(ratio(k, f"{peer}1"), _FLOOR_NOTES[k]) for k in floor_keys]
-            floor_note = "; ".join(f"{what}: {r:.2f}" for r, what in floors if r is not None)
+            ones = [(ratio(k, f"{peer}1"), _FLOOR_NOTES[k]) for k in floor_keys]
+            floor_note = "; ".join(f"{label}: {r:.2f}" for r, label in ones if r is not None)
             out.append(
                 report.Goal(
                     f"PostgreSQL {what} / PgQueuer batch 1 ({peer_name})",
