@@ -473,10 +473,10 @@ GRPC_FLOOR = "grpcfloorb10"
 GRPC_FLOOR_NAME = "floor: CompleteChunks(10) + claim_next(10) under gRPC, the store alone behind it"
 GRPC_FLOOR_1 = "grpcfloor1"
 GRPC_FLOOR_1_NAME = "floor: ClaimChunks(1) + CompleteChunk under gRPC, the store alone behind it"
-# The floors under gRPC: key -> (name, the worker mode, PgQueuer's batch size to compare with).
+# The floors under gRPC: key -> (name, the worker mode of bench.work).
 GRPC_FLOORS = {
-    GRPC_FLOOR_1: (GRPC_FLOOR_1_NAME, "one_by_one", 1),
-    GRPC_FLOOR: (GRPC_FLOOR_NAME, "batched_complete_chunks", 10),
+    GRPC_FLOOR_1: (GRPC_FLOOR_1_NAME, "one_by_one"),
+    GRPC_FLOOR: (GRPC_FLOOR_NAME, "batched_complete_chunks"),
 }
 
 
@@ -488,7 +488,7 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
     metrics or change hub). What the row could reach if the server's own code cost nothing; the gap to
     the jobpulse row is that code, the gap to PgQueuer the rest (gRPC, the store, and the three sharing
     two cores). The jobs as for statements_floor; afterwards every chunk must be completed once."""
-    name, mode_key, _ = GRPC_FLOORS[key]
+    name, mode_key = GRPC_FLOORS[key]
     mode = work.MODES[mode_key]
     async with fresh_database(key) as dsn:
         await _floor_jobs(dsn, n)
