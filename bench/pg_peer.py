@@ -63,7 +63,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from importlib import metadata
@@ -881,8 +881,7 @@ def _peer_goals(
         ("jpcc", "complete-and-claim", ("floorcc",), 0.65),
     ):
         for peer, peer_name in peers:
-            ones = [(ratio(k, f"{peer}1"), _FLOOR_NOTES[k]) for k in floor_keys]
-            floor_note = "; ".join(f"{label}: {r:.2f}" for r, label in ones if r is not None)
+            floor_note = _floor_note(ratio, floor_keys, f"{peer}1")
             out.append(
                 report.Goal(
                     f"PostgreSQL {what} / PgQueuer batch 1 ({peer_name})",
@@ -894,11 +893,7 @@ def _peer_goals(
                 )
             )
     for peer, peer_name in peers:
-        floors = (
-            (ratio(GRPC_FLOOR, f"{peer}10"), "the store alone under gRPC"),
-            (ratio("floorb10", f"{peer}10"), "the store in-process without gRPC"),
-        )
-        floor_note = "; ".join(f"{what}: {r:.2f}" for r, what in floors if r is not None)
+        floor_note = _floor_note(ratio, (GRPC_FLOOR, "floorb10"), f"{peer}10")
         out.append(
             report.Goal(
                 f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
@@ -942,9 +937,17 @@ def _peer_goals(
 
 _FLOOR_NOTES = {
     GRPC_FLOOR_1: "the store alone under gRPC",
+    GRPC_FLOOR: "the store alone under gRPC",
     "floor": "the store in-process without gRPC",
     "floorcc": "the store in-process without gRPC",
+    "floorb10": "the store in-process without gRPC",
 }
+
+
+def _floor_note(ratio: Callable[[str, str], float | None], keys: Sequence[str], peer_key: str) -> str:
+    """A target's floors against the same PgQueuer row, those that were measured: "what: ratio; ..."."""
+    floors = [(ratio(k, peer_key), _FLOOR_NOTES[k]) for k in keys]
+    return "; ".join(f"{label}: {r:.2f}" for r, label in floors if r is not None)
 
 
 def _pgq_version() -> str:
