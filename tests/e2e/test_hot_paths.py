@@ -114,3 +114,23 @@ def test_full_view_of_a_big_job_after_a_change_keeps_its_page_token(server, clie
         job_service_pb2.ListJobChunksRequest(job_id=job.id, page_token=after.chunks_next_page_token)
     )
     assert [c.index for c in rest.chunks] == [1_000, 1_001, 1_002, 1_003, 1_004]
+
+
+def test_the_methods_grpc_gets_as_registered_are_methods_of_the_services(server, client):
+    """A name in REGISTERED_METHODS that names no method would leave that method on the generic path
+    unnoticed: each must be one of the services'. The methods left out are served all the same
+    (the auth, listing and worker tests call them), here one of each service through the server."""
+    from jobpulse.v1 import worker_service_pb2
+    from jobpulse_server.app import REGISTERED_METHODS
+
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for module in (job_service_pb2, worker_service_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert REGISTERED_METHODS < methods
+    job = client.create_job(kind="resize", total_items=2, chunk_size=1)
+    assert "/jobpulse.v1.JobService/CancelJob" not in REGISTERED_METHODS
+    assert client.cancel_job(job.id).state == job_pb2.JOB_STATE_CANCELLED
+    assert client.get_job_stats().stats.total_jobs >= 1

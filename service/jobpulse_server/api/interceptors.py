@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -88,10 +88,12 @@ class CallGuard:
         # and registered methods) answer through the same one. Only registered methods come here.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def server(self, server: grpc.aio.Server) -> GuardedServer:
+    def server(self, server: grpc.aio.Server, registered: Collection[str]) -> GuardedServer:
         """What to pass to a generated ``add_XServicer_to_server`` in place of ``server``: the methods of
-        the guarded services reach ``server`` wrapped; any other service's reach it as they are."""
-        return GuardedServer(server, self)
+        the guarded services reach ``server`` wrapped; any other service's reach it as they are. Only the
+        methods in ``registered`` (``/service/Method``) reach grpc as registered methods as well; the
+        others are served through their service's generic handler (``GuardedServer``)."""
+        return GuardedServer(server, self, frozenset(registered))
 
     def wrap_generic(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
         """``handler`` with its methods wrapped, when it serves a guarded service; else ``handler``."""
@@ -218,11 +220,20 @@ class _GuardedService(grpc.ServiceRpcHandler):
 class GuardedServer:
     """Stands in for the server while generated ``add_XServicer_to_server`` functions register a
     servicer: both forms they register (the generic handler and the registered methods, which grpc
-    prefers) reach the real server wrapped by the guard."""
+    prefers) reach the real server wrapped by the guard, the registered methods only for the methods in
+    ``registered``.
 
-    def __init__(self, server: grpc.aio.Server, guard: CallGuard) -> None:
+    grpc.aio keeps one request pending in the core for each registered method, plus one for all the
+    generic ones, and its accept loop runs ``asyncio.wait`` over every pending request each time calls
+    arrive: the loop's cost per wake grows with the number of registered methods (31 with every
+    service's). A method not registered is served as well through its generic handler, sharing that
+    one pending request with the others, so calls of different such methods arriving together are
+    taken one per wake: the methods called all the time keep a request each."""
+
+    def __init__(self, server: grpc.aio.Server, guard: CallGuard, registered: frozenset[str]) -> None:
         self._server = server
         self._guard = guard
+        self._registered = registered
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(self._guard.wrap_generic(h) for h in handlers))
@@ -230,6 +241,9 @@ class GuardedServer:
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
+        handlers = {n: h for n, h in handlers.items() if f"/{service}/{n}" in self._registered}
+        if not handlers:
+            return
         if service not in self._guard.roles:
             self._server.add_registered_method_handlers(service, dict(handlers))
             return
