@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobpulse_server.domain import ids
 from jobpulse_server.domain.errors import InvalidPageToken
 from jobpulse_server.domain.model import JobState, Summary, derive_state, split_items
 from jobpulse_server.services import pagination
@@ -55,3 +60,25 @@ def test_page_token_round_trip_and_rejections() -> None:
     for junk in ("garbage!!", "", "e30", token[:-3]):
         with pytest.raises(InvalidPageToken):
             pagination.decode(junk, "jobs", f)
+
+
+def test_lease_tokens_are_distinct_url_safe_and_not_shared_with_a_forked_child() -> None:
+    """Tokens are made a batch at a time; every one is new, 24 URL-safe characters (18 random bytes),
+    and a child forked with a batch half used does not hand out the parent's next ones."""
+    made = [ids.new_lease_token() for _ in range(1_000)]
+    assert len(set(made)) == len(made)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{24}", t) for t in made)
+    if not hasattr(os, "fork") or sys.platform == "darwin":
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next tokens, to the parent
+        os.close(read)
+        os.write(write, " ".join(ids.new_lease_token() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [ids.new_lease_token() for _ in range(10)]
+    assert len(child) == 10 and not set(child) & set(parent) and not set(child) & set(made)
