@@ -73,7 +73,7 @@ log = logging.getLogger("jobpulse")
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # The methods grpc serves as registered methods (each with a request of its own pending in the core): the
 # ones workers, watchers and pages call all the time. Every other method is served through its service's
-# generic handler (api/interceptors.GuardedServer says why). Against every method registered (31), claim
+# generic handler (api/interceptors.GuardedServer says why). Against every method registered (27), claim
 # + complete ran 3.3% and claim, then complete 1.8% more chunks a second on SQLite, 21 us less server
 # CPU a chunk (bench.compare, 4 rounds; bench/README.md, eighteenth pass).
 REGISTERED_METHODS = frozenset(

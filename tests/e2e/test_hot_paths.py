@@ -119,7 +119,7 @@ def test_full_view_of_a_big_job_after_a_change_keeps_its_page_token(server, clie
 def test_the_methods_grpc_gets_as_registered_are_methods_of_the_services(server, client):
     """A name in REGISTERED_METHODS that names no method would leave that method on the generic path
     unnoticed: each must be one of the services'. The methods left out are served all the same
-    (the auth, listing and worker tests call them), here one of each service through the server."""
+    (the auth, listing and worker tests call them), here two of JobService's through the server."""
     from jobpulse.v1 import worker_service_pb2
     from jobpulse_server.app import REGISTERED_METHODS
 

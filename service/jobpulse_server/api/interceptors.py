@@ -225,7 +225,7 @@ class GuardedServer:
 
     grpc.aio keeps one request pending in the core for each registered method, plus one for all the
     generic ones, and its accept loop runs ``asyncio.wait`` over every pending request each time calls
-    arrive: the loop's cost per wake grows with the number of registered methods (31 with every
+    arrive: the loop's cost per wake grows with the number of registered methods (27 with every
     service's). A method not registered is served as well through its generic handler, sharing that
     one pending request with the others, so calls of different such methods arriving together are
     taken one per wake: the methods called all the time keep a request each."""
