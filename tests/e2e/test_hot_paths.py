@@ -6,8 +6,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
 import jobpulse
-from jobpulse.v1 import job_pb2, job_service_pb2
+from jobpulse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from jobpulse_server.api.interceptors import CallGuard
+from jobpulse_server.app import REGISTERED_METHODS
+from jobpulse_server.observability import Metrics, Observer
 
 
 def _calls(srv: Any, method: str) -> float:
@@ -120,9 +132,6 @@ def test_the_methods_grpc_gets_as_registered_are_methods_of_the_services(server,
     """A name in REGISTERED_METHODS that names no method would leave that method on the generic path
     unnoticed: each must be one of the services'. The methods left out are served all the same
     (the auth, listing and worker tests call them), here two of JobService's through the server."""
-    from jobpulse.v1 import worker_service_pb2
-    from jobpulse_server.app import REGISTERED_METHODS
-
     methods = {
         f"/{service.full_name}/{method.name}"
         for module in (job_service_pb2, worker_service_pb2)
@@ -134,3 +143,48 @@ def test_the_methods_grpc_gets_as_registered_are_methods_of_the_services(server,
     assert "/jobpulse.v1.JobService/CancelJob" not in REGISTERED_METHODS
     assert client.cancel_job(job.id).state == job_pb2.JOB_STATE_CANCELLED
     assert client.get_job_stats().stats.total_jobs >= 1
+
+
+def test_only_the_registered_methods_reach_grpc_as_registered_and_the_rest_answer_through_the_guard():
+    """The servicers added through ``guard.server`` as the server adds them, onto a stand-in that keeps
+    what grpc would be given: the registered methods are exactly REGISTERED_METHODS, and a method left
+    out (CancelJob, Health's Check) still has a handler on the generic path, guarded where its service
+    is."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.registered: dict[str, grpc.RpcMethodHandler] = {}
+            self.generic: list[grpc.GenericRpcHandler] = []
+
+        def add_registered_method_handlers(self, service, handlers):
+            self.registered.update({f"/{service}/{n}": h for n, h in handlers.items()})
+
+        def add_generic_rpc_handlers(self, handlers):
+            self.generic.extend(handlers)
+
+        def generic_handler(self, method):
+            details = type("Details", (), {"method": method, "invocation_metadata": ()})()
+            found = [h.service(details) for h in self.generic]
+            return next((h for h in found if h is not None), None)
+
+    roles = {
+        "jobpulse.v1.JobService": frozenset({"client"}),
+        "jobpulse.v1.WorkerService": frozenset({"worker"}),
+    }
+    guard = CallGuard(None, Observer(Metrics()), roles)  # type: ignore[arg-type]  # no call is made
+    recording = Recording()
+    guarded = guard.server(recording, REGISTERED_METHODS)  # type: ignore[arg-type]
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(job_service_pb2_grpc.JobServiceServicer(), guarded)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        worker_service_pb2_grpc.WorkerServiceServicer(), guarded
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), guarded)
+
+    assert set(recording.registered) == REGISTERED_METHODS
+    # Registered or not, a guarded method answers through the guard's one wrapped handler.
+    get_job = "/jobpulse.v1.JobService/GetJob"
+    assert recording.generic_handler(get_job) is recording.registered[get_job]
+    cancel = recording.generic_handler("/jobpulse.v1.JobService/CancelJob")
+    assert cancel is not None and cancel is guard.wrap("/jobpulse.v1.JobService/CancelJob", cancel)
+    assert recording.generic_handler("/grpc.health.v1.Health/Check") is not None
+    assert recording.generic_handler("/jobpulse.v1.JobService/NoSuchMethod") is None

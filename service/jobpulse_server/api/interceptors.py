@@ -241,14 +241,14 @@ class GuardedServer:
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
-        handlers = {n: h for n, h in handlers.items() if f"/{service}/{n}" in self._registered}
-        if not handlers:
+        kept = {n: h for n, h in handlers.items() if f"/{service}/{n}" in self._registered}
+        if not kept:
             return
         if service not in self._guard.roles:
-            self._server.add_registered_method_handlers(service, dict(handlers))
+            self._server.add_registered_method_handlers(service, kept)
             return
         wrapped = {}
-        for name, handler in handlers.items():
+        for name, handler in kept.items():
             guarded = self._guard.wrap(f"/{service}/{name}", handler)
             assert guarded is not None
             wrapped[name] = guarded

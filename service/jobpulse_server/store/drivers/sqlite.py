@@ -328,24 +328,23 @@ class SqliteDriver:
         """BEGIN IMMEDIATE; while another process holds the write lock, retries without blocking the loop
         for up to WRITE_WAIT. The loop and its clock are looked up only then: on Python 3.11 finding the
         running loop is a getpid system call, on every write."""
-        try:
-            await c.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower():
-                raise
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WRITE_WAIT
+        loop: asyncio.AbstractEventLoop | None = None
+        deadline = 0.0
         delay = 0.002
         while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
             try:
                 await c.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc).lower() or loop.time() + delay > deadline:
+                if "locked" not in str(exc).lower():
                     raise
+                if loop is None:  # the first refusal
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + WRITE_WAIT
+                elif loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 class _Reading:
