@@ -71,17 +71,25 @@ def test_feed_heartbeat_first_then_matching_changes_and_resume_by_cursor(make_se
     srv = make_server(heartbeat_interval=30)
     with jobpulse.Client(srv.address, timeout=20) as client:
         made: list[str] = []
-
-        def make_jobs() -> None:
-            made.append(client.create_job(kind="other", total_items=1).id)
-            made.append(client.create_job(kind="feed", total_items=1, labels={"team": "a"}).id)
+        maker = threading.Thread(
+            target=lambda: made.extend(
+                (
+                    client.create_job(kind="other", total_items=1).id,
+                    client.create_job(kind="feed", total_items=1, labels={"team": "a"}).id,
+                )
+            ),
+            daemon=True,
+        )
 
         def until(event: Event, events: list[Event]) -> bool:
             if event.event == "heartbeat" and len(events) == 1:
-                threading.Thread(target=make_jobs, daemon=True).start()
+                maker.start()
             return event.event == "change"
 
         stream = read(_http(srv) + "/v1/events?kind=feed&label=team=a&state=JOB_STATE_PENDING", until=until)
+        # The change is published at the commit, which may be before CreateJob's answer reaches the maker.
+        maker.join(timeout=20)
+        assert not maker.is_alive() and len(made) == 2
         first = stream.events[0]
         assert first.event == "heartbeat" and first.id, "the first event is a heartbeat carrying the cursor"
         assert first.json["cursor"] == first.id

@@ -139,17 +139,18 @@ class SqlStore:
         return await self._write(body, bulk)
 
     async def _write(self, body: Callable[[SqlTx], Awaitable[T]], bulk: bool) -> T:
-        async def run() -> tuple[T, Changes]:
+        async def run() -> T:
+            # The changes go to the hub right after the commit, from the driver: on SQLite a write's
+            # commit may come after its caller was cancelled (bodies that end in one turn of the loop
+            # share one COMMIT), and what was committed is published all the same.
             changes = Changes()
-            async with self.driver.write(bulk=bulk) as conn:
+            async with self.driver.write(bulk=bulk, then=lambda: self.publish(changes)) as conn:
                 tx = SqlTx(conn, self.dialect, changes, self.replica_id, self.waiting)
                 result = await body(tx)
                 await tx.finish()
-            return result, changes
+            return result
 
-        result, changes = await self._retrying(run)
-        self.publish(changes)
-        return result
+        return await self._retrying(run)
 
     async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
         """PostgreSQL: one statement, its own transaction, under the retry policy; its first row."""

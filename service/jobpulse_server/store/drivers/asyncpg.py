@@ -162,9 +162,10 @@ class PgDriver:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 yield PgConn(conn)
 
-    def write(self, *, bulk: bool = False) -> _Writing:
-        """A write transaction (READ COMMITTED, row locks), committed when the block ends."""
-        return _Writing(self.pool)
+    def write(self, *, bulk: bool = False, then: Callable[[], object] | None = None) -> _Writing:
+        """A write transaction (READ COMMITTED, row locks), committed when the block ends; ``then`` runs
+        right after the commit."""
+        return _Writing(self.pool, then)
 
     async def analyze(self, table: str) -> int:
         """Refreshes the planner's statistics of ``table``; the rows it now believes the table holds."""
@@ -205,10 +206,11 @@ class _Writing:
     """``PgDriver.write()``: a pooled connection in a transaction (a class rather than a generator-based
     context manager: every write goes through it)."""
 
-    __slots__ = ("_conn", "_pool", "_tx")
+    __slots__ = ("_conn", "_pool", "_then", "_tx")
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, then: Callable[[], object] | None) -> None:
         self._pool = pool
+        self._then = then
 
     async def __aenter__(self) -> PgConn:
         conn = self._conn = await self._pool.acquire()
@@ -230,3 +232,5 @@ class _Writing:
             raise _translated(exc) from exc
         finally:
             await self._pool.release(self._conn)
+        if kind is None and self._then is not None:
+            self._then()

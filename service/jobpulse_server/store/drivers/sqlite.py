@@ -13,6 +13,13 @@ commit on the loop.
 
 Reads use connections of a small free list (a reader that suspends mid-read keeps its connection to
 itself); writes use one connection, under the write lock.
+
+On the loop, writes whose blocks end in the same turn of the loop share one transaction and one COMMIT
+(``_Group``): the first begins it, each later one runs in a savepoint of its own and is rolled back alone
+if it raises, and the commit comes at the end of that turn. Each write's block ends (its caller is
+answered) only after that commit, and ``then`` (the change hub's publish) runs right after it, also for
+a caller cancelled meanwhile. A COMMIT and a BEGIN fewer per write that joins: with 4 workers claiming and
+completing one chunk at a time, 2.8% more chunks a second, and 13% with 16 (bench.compare).
 """
 
 from __future__ import annotations
@@ -215,6 +222,10 @@ class SqliteDriver:
         self._epoch = 0
         self._born: dict[int, int] = {}
         self._restarting: asyncio.Task[None] | None = None
+        # The write transaction left open to the end of this turn of the loop (on the loop only), and the
+        # loop it runs on (looked up once: on Python 3.11 each lookup is a getpid system call).
+        self._group: _Group | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on(self, name: str) -> Callable[[Callable[[], Any]], Any]:
         def run(fn: Callable[[], Any]) -> Any:
@@ -250,7 +261,7 @@ class SqliteDriver:
     async def start(self) -> None:
         self._writer = await self._open()
         self._readers.append(await self._open())
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._checkpointer = Checkpointer(self.path, lambda: loop.call_soon_threadsafe(self._restart_soon))
 
     def _restart_soon(self) -> None:
@@ -262,12 +273,15 @@ class SqliteDriver:
         process's writers held (they queue on the write lock rather than wait on SQLite's busy handler on
         the loop)."""
         async with self._lock:
+            self._end_group()
             try:
                 await asyncio.to_thread(_restart_wal, self.path)
             except sqlite3.Error as exc:
                 log.debug("WAL restart failed: %s", exc)
 
     async def close(self) -> None:
+        async with self._lock:  # a write still running ends first, then the open group commits
+            self._end_group()
         if self._checkpointer is not None:
             await self._checkpointer.stop()
             self._checkpointer = None
@@ -288,7 +302,7 @@ class SqliteDriver:
         for conn in self._readers:
             self._close(conn)
         self._readers = []
-        if self._writer is not None and not self._lock.locked():
+        if self._writer is not None and not self._lock.locked() and self._group is None:
             self._close(self._writer)
             self._writer = None
 
@@ -307,12 +321,60 @@ class SqliteDriver:
             self._readers.append(conn)
 
     def write_locked(self) -> bool:
-        return self._lock.locked()
+        return self._lock.locked() or self._group is not None
 
-    def write(self, *, bulk: bool = False) -> _Writing:
-        """A write transaction under the process's write lock: committed when the block ends, rolled
-        back when it raises."""
-        return _Writing(self, bulk)
+    def write(self, *, bulk: bool = False, then: Callable[[], object] | None = None) -> _Writing:
+        """A write transaction under the process's write lock: committed when the block ends (``then``
+        runs right after the commit), rolled back when it raises. On the loop, writes that end in the
+        same turn of the loop share one COMMIT (``_Group``); the block ends after it."""
+        return _Writing(self, bulk, then)
+
+    def _commit_due(self, group: _Group) -> None:
+        """The end of the turn of the loop in which ``group`` opened: commit it, unless a writer holds
+        the lock (a member suspended mid-write: it commits when it ends, since ``due`` is set)."""
+        if group is not self._group:
+            return  # committed already, by a writer that needed the connection to itself
+        if self._lock.locked():
+            group.due = True
+            return
+        self._end_group()
+
+    def _end_group(self) -> None:
+        """Commits the open group, if any: runs its members' ``then`` and wakes them, or hands each the
+        error. Called with the lock free or held by the caller (never mid-statement)."""
+        group = self._group
+        if group is None:
+            return
+        self._group = None
+        raw = self._writer
+        failure: BaseException | None = group.broken
+        if failure is None:
+            try:
+                if raw is None or not raw.in_transaction:
+                    raise sqlite3.OperationalError("the write transaction ended before its commit")
+                raw.execute("COMMIT")
+            except BaseException as exc:
+                failure = exc
+        if failure is not None:
+            if raw is not None and raw.in_transaction:
+                try:
+                    raw.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        else:
+            for then in group.thens:
+                try:
+                    then()
+                except Exception:
+                    log.exception("after a commit")
+        for waiter in group.waiters:
+            if not waiter.done():
+                if failure is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(failure)
+        if raw is not None:
+            self._writer_done(raw)
 
     async def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -382,30 +444,129 @@ class _Reading:
             self._driver._give_back(raw)
 
 
+class _Group:
+    """Writes on the loop whose blocks ended in one turn of the loop, all in one transaction: the first
+    began it (BEGIN IMMEDIATE), each later one ran inside a savepoint of its own (rolled back alone if it
+    raised), and a callback at the end of that turn commits them together. Each waits for the COMMIT
+    before its block ends: nothing is acknowledged before it is committed."""
+
+    __slots__ = ("broken", "due", "thens", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []
+        self.thens: list[Callable[[], object]] = []
+        self.due = False  # the commit came due while a member held the lock
+        # What ended the transaction under a member (SQLite rolls the whole transaction back on some
+        # errors: a full disk, an I/O error): every member is told it, none is committed.
+        self.broken: BaseException | None = None
+
+
 class _Writing:
     """``SqliteDriver.write()`` (a class for the same reason as ``_Reading``)."""
 
-    __slots__ = ("_bulk", "_conn", "_driver", "_raw")
+    __slots__ = ("_bulk", "_conn", "_driver", "_joined", "_raw", "_then")
 
-    def __init__(self, driver: SqliteDriver, bulk: bool) -> None:
+    def __init__(self, driver: SqliteDriver, bulk: bool, then: Callable[[], object] | None) -> None:
         self._driver = driver
         self._bulk = bulk
+        self._then = then
 
     async def __aenter__(self) -> SqliteConn:
         d = self._driver
         await d._lock.acquire()
+        self._joined = None
         try:
+            group = d._group
+            if group is not None:
+                raw = d._writer
+                if not self._bulk and raw is not None and raw.in_transaction:
+                    self._raw = raw
+                    conn = self._conn = SqliteConn(raw, None)
+                    raw.execute("SAVEPOINT member")
+                    self._joined = group
+                    return conn
+                # A bulk write has the connection to itself; a group whose transaction SQLite ended
+                # under it is told so. Either way it ends here.
+                d._end_group()
             raw = self._raw = await d._writer_conn()
             conn = self._conn = SqliteConn(raw, d._runner(self._bulk))
             await d._begin_immediate(conn)
         except BaseException:
-            if self._driver._writer is not None:
-                self._driver._writer_done(self._driver._writer)
+            if d._writer is not None and d._group is None:
+                d._writer_done(d._writer)
             d._lock.release()
             raise
         return conn
 
-    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: object
+    ) -> None:
+        d = self._driver
+        group = self._joined
+        if group is None and (self._bulk or not d.on_loop):
+            await self._alone(kind)
+            return
+        raw = self._raw
+        if group is None:  # began the transaction: it opens the group, committed at the end of this turn
+            if kind is not None:
+                await self._alone(kind)
+                return
+            group = d._group = _Group()
+            assert d._loop is not None
+            d._loop.call_soon(d._commit_due, group)
+        else:
+            failed = value if kind is not None else None
+            if failed is None:
+                try:
+                    raw.execute("RELEASE member")
+                except sqlite3.Error as exc:
+                    failed = exc
+            if failed is not None:
+                await self._leave(group, failed)
+                if kind is None:
+                    raise failed
+                return
+        assert d._loop is not None
+        waiter = d._loop.create_future()
+        group.waiters.append(waiter)
+        if self._then is not None:
+            group.thens.append(self._then)
+        d._lock.release()
+        if group.due:
+            d._end_group()
+        await waiter
+
+    async def _leave(self, group: _Group, failed: BaseException | None) -> None:
+        """A member that raised: its savepoint rolled back, the rest of its group kept. Its error too is
+        told after the group's commit: it may come of what the members before it wrote (a request id
+        taken a moment ago), and a caller that reads to learn more must find that committed."""
+        d = self._driver
+        raw = self._raw
+        try:
+            raw.execute("ROLLBACK TO member")
+            raw.execute("RELEASE member")
+        except sqlite3.Error:
+            pass
+        if not raw.in_transaction and group.broken is None:
+            # The members before it are not committed either: they are told SQLite's error, or (the
+            # block raised something else) that the transaction was rolled back.
+            group.broken = (
+                failed
+                if isinstance(failed, sqlite3.Error)
+                else sqlite3.OperationalError("the write transaction was rolled back")
+            )
+        assert d._loop is not None
+        waiter = d._loop.create_future()
+        group.waiters.append(waiter)
+        d._lock.release()
+        if group.due:
+            d._end_group()
+        try:
+            await waiter
+        except Exception:
+            pass  # the group's own failure: this member's error is what its caller is told
+
+    async def _alone(self, kind: type[BaseException] | None) -> None:
         d = self._driver
         try:
             if kind is None:
@@ -419,6 +580,8 @@ class _Writing:
         finally:
             d._writer_done(self._raw)
             d._lock.release()
+        if kind is None and self._then is not None:
+            self._then()
 
     async def _roll_back(self) -> None:
         try:
