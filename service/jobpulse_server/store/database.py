@@ -188,10 +188,6 @@ class SqlStore:
         ):
             self.on_commit(changes)
 
-    def write_locked(self) -> bool:
-        """Whether a writer of this process is in a transaction (SQLite's one writer)."""
-        return isinstance(self.driver, SqliteDriver) and self.driver.write_locked()
-
     # --- single-operation conveniences (each its own transaction) ----------------------------------
 
     async def probe(self) -> None:

@@ -320,9 +320,6 @@ class SqliteDriver:
         else:
             self._readers.append(conn)
 
-    def write_locked(self) -> bool:
-        return self._lock.locked() or self._group is not None
-
     def write(self, *, bulk: bool = False, then: Callable[[], object] | None = None) -> _Writing:
         """A write transaction under the process's write lock: committed when the block ends (``then``
         runs right after the commit), rolled back when it raises. On the loop, writes that end in the
@@ -526,21 +523,26 @@ class _Writing:
                 if kind is None:
                     raise failed
                 return
+        if self._then is not None:
+            group.thens.append(self._then)
+        await self._until_committed(group)
+
+    def _until_committed(self, group: _Group) -> asyncio.Future[None]:
+        """Releases the lock and gives the future the group's commit resolves (at once if it came due
+        while this member held the lock)."""
+        d = self._driver
         assert d._loop is not None
         waiter = d._loop.create_future()
         group.waiters.append(waiter)
-        if self._then is not None:
-            group.thens.append(self._then)
         d._lock.release()
         if group.due:
             d._end_group()
-        await waiter
+        return waiter
 
     async def _leave(self, group: _Group, failed: BaseException | None) -> None:
         """A member that raised: its savepoint rolled back, the rest of its group kept. Its error too is
         told after the group's commit: it may come of what the members before it wrote (a request id
         taken a moment ago), and a caller that reads to learn more must find that committed."""
-        d = self._driver
         raw = self._raw
         try:
             raw.execute("ROLLBACK TO member")
@@ -555,14 +557,8 @@ class _Writing:
                 if isinstance(failed, sqlite3.Error)
                 else sqlite3.OperationalError("the write transaction was rolled back")
             )
-        assert d._loop is not None
-        waiter = d._loop.create_future()
-        group.waiters.append(waiter)
-        d._lock.release()
-        if group.due:
-            d._end_group()
         try:
-            await waiter
+            await self._until_committed(group)
         except Exception:
             pass  # the group's own failure: this member's error is what its caller is told
 
