@@ -1,5 +1,7 @@
-"""The floor of the worker path under gRPC on PostgreSQL: a grpc.aio server that does nothing but the
-store's group-committed path (store/group.py) behind ClaimChunks, CompleteChunk and CompleteChunks.
+"""The floor of the worker path under gRPC: a grpc.aio server that does nothing but the store's work
+behind ClaimChunks, CompleteChunk and CompleteChunks. On PostgreSQL that is the store's group-committed
+path (store/group.py); on SQLite, which has no path below the service (a write there is the service's
+transaction on the loop), ``WorkerService`` itself, called as the servicer calls it.
 
     python -m bench.grpc_floor DATABASE_URL     # prints "port N" once it listens, serves until killed
 
@@ -13,29 +15,59 @@ jobpulse's own around the store and gRPC cost nothing.
 A completion the store declines (none should: the bench's jobs have no webhooks and its leases are
 current) is answered not ok, and the row's check then fails.
 
-Only for the benchmark: the database must be migrated already (bench.pg_peer makes its jobs with a
-jobpulse server first).
+On SQLite the floor also answers CreateJob, GetJob (its chunk counts only) and CancelJob through
+``JobService``, so that bench.run_all's worker rows (bench.scenarios.chunk_throughput) run against it as
+they run against jobpulse: what those rows could reach if the call guard (keys, rate limits, RPC metrics,
+access log), the request checks and the HTTP side cost nothing. ``FloorServer`` runs it in a process of
+its own.
+
+Only for the benchmark: a PostgreSQL database must be migrated already (bench.pg_peer makes its jobs with a
+jobpulse server first); a SQLite file is migrated at start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.bare import SERVER_OPTIONS
-from jobpulse.v1 import worker_service_pb2, worker_service_pb2_grpc
+from bench.procs import _cpu_seconds
+from jobpulse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 from jobpulse_server import gc_tuning
 from jobpulse_server.api.workers import _add_claims
 from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import DEFAULT_LEASE_US, Chunk, Job
-from jobpulse_server.services.workers import Claim
+from jobpulse_server.domain.model import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_KIND,
+    DEFAULT_LEASE_US,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PRIORITY,
+    Chunk,
+    Job,
+)
+from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.observability import Metrics
+from jobpulse_server.services.jobs import JobService, NewJob
+from jobpulse_server.services.outbox import Outbox
+from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.fast import PgFast
+
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _lease_us(request: worker_service_pb2.ClaimChunksRequest) -> int:
@@ -109,14 +141,129 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
         return out
 
 
+def _ask(request: worker_service_pb2.ClaimChunksRequest) -> ClaimAsk:
+    return ClaimAsk(request.worker_id, list(request.kinds), request.max_chunks or 1, _lease_us(request))
+
+
+class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
+    """SQLite: ClaimChunks, CompleteChunk and CompleteChunks straight to ``WorkerService``, with the answer
+    built as the servicer builds it; no checks of the request (the bench's are well formed). A
+    completion refused fails the call (CompleteChunk) or comes back not ok (CompleteChunks), as from
+    jobpulse."""
+
+    def __init__(self, work: WorkerService) -> None:
+        self.work = work
+
+    async def ClaimChunks(
+        self, request: worker_service_pb2.ClaimChunksRequest, context: Any
+    ) -> worker_service_pb2.ClaimChunksResponse:
+        out = worker_service_pb2.ClaimChunksResponse()
+        _add_claims(out.claims, await self.work.claim(*_ask(request).args()))
+        return out
+
+    async def CompleteChunk(
+        self, request: worker_service_pb2.CompleteChunkRequest, context: Any
+    ) -> worker_service_pb2.CompleteChunkResponse:
+        ask = _ask(request.claim_next) if request.HasField("claim_next") else None
+        state, claims = await self.work.complete(
+            request.chunk_id, request.lease_token, [], request.external_task_id, ask
+        )
+        out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
+        _add_claims(out.claims, claims)
+        return out
+
+    async def CompleteChunks(
+        self, request: worker_service_pb2.CompleteChunksRequest, context: Any
+    ) -> worker_service_pb2.CompleteChunksResponse:
+        items = [Completion(c.chunk_id, c.lease_token, [], c.external_task_id) for c in request.completions]
+        ask = _ask(request.claim_next) if request.HasField("claim_next") else None
+        out = worker_service_pb2.CompleteChunksResponse()
+        if not items and ask is None:
+            return out  # bench.work.supported's probe
+        results, claims = await self.work.complete_many(items, ask)
+        for r in results:
+            if r.error is None:
+                out.results.add(chunk_id=r.chunk_id, ok=True, job_state=int(r.job_state or 0))  # type: ignore[arg-type]
+            else:
+                out.results.add(chunk_id=r.chunk_id, ok=False, reason=r.error.reason)
+        _add_claims(out.claims, claims)
+        return out
+
+
+class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
+    """SQLite: what bench.scenarios.chunk_throughput asks of JobService besides the workers' calls (the
+    row's job made, its counts read, what is left of it cancelled), through ``JobService``; the answers
+    carry only the job's id and chunk counts."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Any
+    ) -> job_service_pb2.CreateJobResponse:
+        page = await self.jobs.create_job(
+            ANONYMOUS,
+            NewJob(
+                kind=request.kind or DEFAULT_KIND,
+                total_items=request.total_items,
+                chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
+                max_attempts=request.max_attempts or DEFAULT_MAX_ATTEMPTS,
+                priority=DEFAULT_PRIORITY,
+                display_name=request.display_name,
+            ),
+        )
+        return job_service_pb2.CreateJobResponse(job=_counts(page.job))
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Any
+    ) -> job_service_pb2.GetJobResponse:
+        page = await self.jobs.get_job(ANONYMOUS, request.job_id, full=False)
+        return job_service_pb2.GetJobResponse(job=_counts(page.job))
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Any
+    ) -> job_service_pb2.CancelJobResponse:
+        page = await self.jobs.cancel_job(ANONYMOUS, request.job_id, request.reason)
+        return job_service_pb2.CancelJobResponse(job=_counts(page.job))
+
+
+def _counts(job: Job) -> job_pb2.Job:
+    s = job.summary
+    return job_pb2.Job(
+        id=job.id,
+        chunks_summary=job_pb2.ChunksSummary(
+            total=s.total,
+            pending=s.pending,
+            processing=s.processing,
+            completed=s.completed,
+            failed=s.failed,
+            cancelled=s.cancelled,
+        ),
+    )
+
+
 async def serve(database_url: str) -> None:
-    store = SqlStore(database_url)
-    await store.start(migrate=False)
-    fast = store.fast
-    if fast is None:
-        raise SystemExit("bench.grpc_floor: PostgreSQL only (the store has no group-committed path here)")
+    sqlite = database_url.startswith("sqlite")
+    hub = ChangeHub()
+    store = SqlStore(database_url, on_commit=hub.publish if sqlite else None)
+    await store.start(migrate=sqlite)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(FloorWorkers(fast), server)
+    if sqlite:
+        # Wired as app.create_server wires the two services (a change hub, an outbox that no job here
+        # uses, the metrics the services keep), without the server around them.
+        config = Config(database_url=database_url)
+        outbox = Outbox(lambda *_: b"", 0)
+        metrics = Metrics()
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+            ServiceWorkers(WorkerService(store, hub, outbox, config, metrics=metrics)), server
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            ServiceJobs(JobService(store, outbox, config)), server
+        )
+    else:
+        fast = store.fast
+        assert fast is not None
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(FloorWorkers(fast), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     gc_tuning.tune(Config().gc_threshold)  # as jobpulse's server does once it is up (app.py)
@@ -126,6 +273,38 @@ async def serve(database_url: str) -> None:
     finally:
         await server.stop(0)
         await store.close()
+
+
+class FloorServer:
+    """``python -m bench.grpc_floor URL`` in a process of its own, with what bench.scenarios asks of a
+    server under test (``target``, ``cpu_seconds``)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.grpc_floor", database_url], stdout=subprocess.PIPE, cwd=_ROOT
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().decode()
+        if not line.startswith("port "):
+            self._proc.kill()
+            raise RuntimeError(f"bench.grpc_floor did not start (exit code {self._proc.wait()})")
+        self.port = int(line.split()[1])
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float | None:
+        return _cpu_seconds(self._proc.pid)
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
 
 def main() -> None:

@@ -182,12 +182,18 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     base = r["bare"]["per_second"]
     chunks = results["chunks"]
     # The worker-throughput issue's targets: one by one >= 0.25, complete-and-claim >= 0.4 (moonshot 0.6).
+    floors = results.get("chunk_floors") or {}
     for key, path, target, moonshot in (
         ("one_by_one", "SQLite claim + complete one by one, chunks/s / bare calls/s", 0.25, 0.5),
         ("complete_and_claim", "SQLite complete-and-claim, chunks/s / bare calls/s", 0.4, 0.6),
     ):
         row = chunks.get(key)
-        out.append(Goal(path, _chunks_per_second(row, base), True, target, moonshot, note=_chunk_note(row)))
+        notes = [_chunk_note(row)]
+        floor = _chunks_per_second(floors.get(key), base)
+        if floor is not None:
+            notes.append(f"its floor under gRPC: {floor:.2f}")
+        note = "; ".join(n for n in notes if n)
+        out.append(Goal(path, _chunks_per_second(row, base), True, target, moonshot, note=note))
     for key, path in (
         ("one_by_one", "SQLite server CPU per chunk, one by one"),
         ("complete_and_claim", "SQLite server CPU per chunk, complete-and-claim"),
@@ -329,9 +335,12 @@ def render(results: dict[str, Any]) -> str:
         f"   {'':<42}{'chunks/s':>10}{'RPCs/s':>10}{'srv CPU us/chunk':>18}"
         f"{'chunks/s / bare':>17}{'RPCs/s / bare':>15}"
     )
-    rows = [(MODES[key].label, row) for key, row in c.items()] + [
-        (f"one-by-one, backlog {x['backlog']:,}", x) for x in results.get("backlog_sensitivity") or []
-    ]
+    floors = results.get("chunk_floors") or {}
+    rows = (
+        [(MODES[key].label, row) for key, row in c.items()]
+        + [(f"one-by-one, backlog {x['backlog']:,}", x) for x in results.get("backlog_sensitivity") or []]
+        + [(f"floor under gRPC: {MODES[key].short}", row) for key, row in floors.items()]
+    )
     for label, row in rows:
         if row.get("unimplemented"):
             add(f"   {label:<42}{'n/a (server: UNIMPLEMENTED)':>37}")
@@ -353,6 +362,15 @@ def render(results: dict[str, Any]) -> str:
         if not row.get("unimplemented")
     ]
     add(f"   chunks/s / bare calls/s at {s['chunk_workers']} in flight: " + ", ".join(at4))
+    if floors:
+        add("   floor under gRPC: the same workers against bench.grpc_floor, WorkerService and the store")
+        add("   alone behind bare grpc.aio handlers (no call guard, request checks, access log or HTTP side)")
+        of_floor = [
+            f"{MODES[key].short} {_x(c[key]['chunks_per_second'] / row['chunks_per_second'])}"
+            for key, row in floors.items()
+            if not row.get("unimplemented") and key in c and not c[key].get("unimplemented")
+        ]
+        add("   jobpulse / its floor: " + ", ".join(of_floor))
 
     watch = results.get("watch")
     if watch:

@@ -27,6 +27,7 @@ from google.protobuf import field_mask_pb2
 
 from bench import report, scenarios, seed, watch_streams, work
 from bench.bare import padded_get_job_response
+from bench.grpc_floor import FloorServer
 from bench.load import Call
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
@@ -114,6 +115,9 @@ QUICK = Settings(
 
 # Section 3: the modes in the order of the first round (later rounds alternate it).
 CHUNK_MODES = ("one_by_one", "complete_and_claim", "batched", "batched_complete_chunks")
+# The rows with a target, run again against their floor under gRPC (bench.grpc_floor on SQLite: the
+# service and store alone behind bare grpc.aio handlers), in the same rounds.
+FLOOR_MODES = ("one_by_one", "complete_and_claim")
 # Label values that keep the same width, so every new revision answers with the same size.
 FIRST_REVISION_LABEL = 100_000
 
@@ -123,7 +127,11 @@ def _log(msg: str) -> None:
 
 
 async def _run(
-    settings: Settings, reader: ServerProcess, worker: ServerProcess, bare: ServerProcess
+    settings: Settings,
+    reader: ServerProcess,
+    worker: ServerProcess,
+    bare: ServerProcess,
+    floor: FloorServer,
 ) -> dict[str, Any]:
     s = settings
     results: dict[str, Any] = {}
@@ -235,18 +243,21 @@ async def _run(
 
     _log("3. chunk throughput")
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in CHUNK_MODES}
+    floors: dict[str, list[dict[str, Any]]] = {key: [] for key in FLOOR_MODES}
     for r in range(s.chunk_rounds):
-        for key in CHUNK_MODES if r % 2 == 0 else reversed(CHUNK_MODES):
-            runs[key].append(
-                await scenarios.chunk_throughput(
-                    worker,
-                    mode=work.MODES[key],
-                    workers=s.chunk_workers,
-                    backlog=s.chunk_backlog,
-                    seconds=s.chunk_seconds,
+        for target, keys, into in ((worker, CHUNK_MODES, runs), (floor, FLOOR_MODES, floors)):
+            for key in keys if r % 2 == 0 else reversed(keys):
+                into[key].append(
+                    await scenarios.chunk_throughput(
+                        target,
+                        mode=work.MODES[key],
+                        workers=s.chunk_workers,
+                        backlog=s.chunk_backlog,
+                        seconds=s.chunk_seconds,
+                    )
                 )
-            )
     results["chunks"] = {key: _merge_chunk_runs(rows) for key, rows in runs.items()}
+    results["chunk_floors"] = {key: _merge_chunk_runs(rows) for key, rows in floors.items()}
     results["backlog_sensitivity"] = []
     for backlog in s.sensitivity_backlogs:
         _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
@@ -349,18 +360,23 @@ def main(argv: list[str] | None = None) -> int:
             ServerProcess("jobpulse", f"sqlite:///{tmp}/work.db"),
             ServerProcess("bare"),
         ]
+        floor: FloorServer | None = None
         try:
             for server in servers:
                 server.wait_ready()
+            floor = FloorServer(f"sqlite:///{tmp}/floor.db")
 
             async def go() -> dict[str, Any]:
                 await asyncio.gather(*(_check_ready(server) for server in servers))
-                return await _run(settings, *servers)
+                assert floor is not None
+                return await _run(settings, *servers, floor)
 
             results = asyncio.run(go())
         finally:
             for server in servers:
                 server.stop()
+            if floor is not None:
+                floor.stop()
         results["watch"] = _watch(settings, tmp)
 
     results["settings"] = asdict(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
@@ -192,8 +192,18 @@ async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup
 # --- 3. chunk throughput -------------------------------------------------------------
 
 
+class Served(Protocol):
+    """A server under test as chunk_throughput needs it: a jobpulse ServerProcess, or bench.grpc_floor's
+    FloorServer."""
+
+    @property
+    def target(self) -> str: ...
+
+    def cpu_seconds(self) -> float | None: ...
+
+
 async def chunk_throughput(
-    target: ServerProcess,
+    target: Served,
     *,
     mode: work.Mode,
     workers: int,
