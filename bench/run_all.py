@@ -244,8 +244,10 @@ async def _run(
     _log("3. chunk throughput")
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in CHUNK_MODES}
     floors: dict[str, list[dict[str, Any]]] = {key: [] for key in FLOOR_MODES}
+    servers = ((worker, CHUNK_MODES, runs), (floor, FLOOR_MODES, floors))
     for r in range(s.chunk_rounds):
-        for target, keys, into in ((worker, CHUNK_MODES, runs), (floor, FLOOR_MODES, floors)):
+        # Every other round the floor goes first and the modes run backwards, so drift hits both alike.
+        for target, keys, into in servers if r % 2 == 0 else reversed(servers):
             for key in keys if r % 2 == 0 else reversed(keys):
                 into[key].append(
                     await scenarios.chunk_throughput(
