@@ -15,7 +15,7 @@ jobpulse's own around the store and gRPC cost nothing.
 A completion the store declines (none should: the bench's jobs have no webhooks and its leases are
 current) is answered not ok, and the row's check then fails.
 
-On SQLite the floor also answers CreateJob, GetJob (its chunk counts only) and CancelJob through
+On SQLite the floor also answers CreateJob, GetJob (BASIC view) and CancelJob through
 ``JobService``, so that bench.run_all's worker rows (bench.scenarios.chunk_throughput) run against it as
 they run against jobpulse: what those rows could reach if the call guard (keys, rate limits, RPC metrics,
 access log), the request checks and the HTTP side cost nothing. ``FloorServer`` runs it in a process of
@@ -38,7 +38,6 @@ import grpc
 from bench.bare import SERVER_OPTIONS
 from bench.procs import _cpu_seconds
 from jobpulse.v1 import (
-    job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
     worker_service_pb2,
@@ -66,6 +65,7 @@ from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.fast import PgFast
+from jobpulse_server.wire.convert import job_pb
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,8 +192,8 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
 
 class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
     """SQLite: what bench.scenarios.chunk_throughput asks of JobService besides the workers' calls (the
-    row's job made, its counts read, what is left of it cancelled), through ``JobService``; the answers
-    carry only the job's id and chunk counts."""
+    row's job made, its counts read, what is left of it cancelled), through ``JobService``; each answers
+    with the job in BASIC view."""
 
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -212,34 +212,19 @@ class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
                 display_name=request.display_name,
             ),
         )
-        return job_service_pb2.CreateJobResponse(job=_counts(page.job))
+        return job_service_pb2.CreateJobResponse(job=job_pb(page.job, None))
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Any
     ) -> job_service_pb2.GetJobResponse:
         page = await self.jobs.get_job(ANONYMOUS, request.job_id, full=False)
-        return job_service_pb2.GetJobResponse(job=_counts(page.job))
+        return job_service_pb2.GetJobResponse(job=job_pb(page.job, None))
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Any
     ) -> job_service_pb2.CancelJobResponse:
         page = await self.jobs.cancel_job(ANONYMOUS, request.job_id, request.reason)
-        return job_service_pb2.CancelJobResponse(job=_counts(page.job))
-
-
-def _counts(job: Job) -> job_pb2.Job:
-    s = job.summary
-    return job_pb2.Job(
-        id=job.id,
-        chunks_summary=job_pb2.ChunksSummary(
-            total=s.total,
-            pending=s.pending,
-            processing=s.processing,
-            completed=s.completed,
-            failed=s.failed,
-            cancelled=s.cancelled,
-        ),
-    )
+        return job_service_pb2.CancelJobResponse(job=job_pb(page.job, None))
 
 
 async def serve(database_url: str) -> None:
