@@ -64,12 +64,12 @@ lint: install $(NODE_DEPS)
 # first, then the site is built into site/; --strict makes a broken link, anchor or include an error.
 # NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build.
 docs: install
-	$(PY) -m jobpulse_server.config_reference docs/reference/configuration.md
+	$(PY) -m jobpulse_server.cli.settings_reference docs/reference/configuration.md
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The committed settings reference is what the code declares (CI runs this before `make docs` rewrites it).
 check-docs: install
-	$(PY) -m jobpulse_server.config_reference --check docs/reference/configuration.md
+	$(PY) -m jobpulse_server.cli.settings_reference --check docs/reference/configuration.md
 
 # The contract is public once landed: compare it with the first commit that published it.
 BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)

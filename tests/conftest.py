@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.app import App, create_server
-from jobpulse_server.config import Config
+from jobpulse_server.app.wiring import App, create_server
+from jobpulse_server.platform.config import Config
 
 T = TypeVar("T")
 

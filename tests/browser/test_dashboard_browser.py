@@ -20,7 +20,7 @@ from support.polling import eventually
 
 import jobpulse
 from jobpulse.v1 import job_pb2
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 
 def _state(job: Any) -> str:

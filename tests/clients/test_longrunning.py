@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 import jobpulse
 from jobpulse.v1 import job_pb2
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,24 +10,24 @@ from pathlib import Path
 import pytest
 
 from jobpulse import _settings
-from jobpulse_server import config_reference
-from jobpulse_server.config import Config
+from jobpulse_server.cli import settings_reference
+from jobpulse_server.platform.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = ROOT / config_reference.PAGE
+PAGE = ROOT / settings_reference.PAGE
 
 
 def test_the_committed_reference_is_what_the_generator_writes() -> None:
-    assert PAGE.exists(), f"{config_reference.PAGE} is missing: run `make docs` to write it"
+    assert PAGE.exists(), f"{settings_reference.PAGE} is missing: run `make docs` to write it"
     committed = PAGE.read_text(encoding="utf-8")
-    assert committed == config_reference.render(), (
-        f"{config_reference.PAGE} is stale (a setting changed since it was written): run `make docs` "
-        "(or `python -m jobpulse_server.config_reference`) and commit the page"
+    assert committed == settings_reference.render(), (
+        f"{settings_reference.PAGE} is stale (a setting changed since it was written): run `make docs` "
+        "(or `python -m jobpulse_server.cli.settings_reference`) and commit the page"
     )
 
 
 def test_every_setting_has_a_row_with_its_flag_and_help() -> None:
-    text = config_reference.render()
+    text = settings_reference.render()
     for f in Config.settings():
         assert f.metadata.get("help"), f"Config.{f.name} has no help text (declare it with _flag or _setting)"
         [row] = [line for line in text.splitlines() if line.startswith(f"| `{Config.env_name(f.name)}` |")]
@@ -39,19 +39,19 @@ def test_every_setting_has_a_row_with_its_flag_and_help() -> None:
 
 
 def test_defaults_read_as_one_would_set_them() -> None:
-    assert config_reference.server_default(True) == "`true`"
-    assert config_reference.server_default("") == "empty"
-    assert config_reference.server_default(15.0, "seconds between") == "`15`"
-    assert config_reference.server_default(0.2, "seconds") == "`0.2`"
-    assert config_reference.server_default(604_800.0, "seconds a job") == "`604800` (7 d)"
-    assert config_reference.server_default(20_000, "calls") == "`20000`"
+    assert settings_reference.server_default(True) == "`true`"
+    assert settings_reference.server_default("") == "empty"
+    assert settings_reference.server_default(15.0, "seconds between") == "`15`"
+    assert settings_reference.server_default(0.2, "seconds") == "`0.2`"
+    assert settings_reference.server_default(604_800.0, "seconds a job") == "`604800` (7 d)"
+    assert settings_reference.server_default(20_000, "calls") == "`20000`"
 
 
 def test_check_mode_says_to_run_make_docs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "configuration.md"
     page.write_text("an old page\n", encoding="utf-8")
-    assert config_reference.main(["--check", str(page)]) == 1
+    assert settings_reference.main(["--check", str(page)]) == 1
     assert "run `make docs`" in capsys.readouterr().err
-    assert config_reference.main([str(page)]) == 0
-    assert config_reference.main(["--check", str(page)]) == 0
-    assert page.read_text(encoding="utf-8") == config_reference.render()
+    assert settings_reference.main([str(page)]) == 0
+    assert settings_reference.main(["--check", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == settings_reference.render()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from support.readme_blocks import Block, documented_files, find_block, markdown_blocks
 
-from jobpulse_server.config import Config
+from jobpulse_server.platform.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = "tests/docs/test_doc_blocks.py"
@@ -119,7 +119,7 @@ def test_the_setup_commands_say_what_the_makefile_does() -> None:
         r"^\$\(VENV\)/\.installed:.*\n\ttest -x \$\(PY\) \|\| python3 -m venv", makefile, flags=re.M
     )
     # "it prints the dashboard URL": the startup log line.
-    app = (ROOT / "service" / "jobpulse_server" / "app.py").read_text(encoding="utf-8")
+    app = (ROOT / "service" / "jobpulse_server" / "app" / "wiring.py").read_text(encoding="utf-8")
     assert 'log.info("dashboard on %s/' in app
 
 

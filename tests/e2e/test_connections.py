@@ -71,8 +71,8 @@ def test_the_sdk_pings_within_what_the_server_allows() -> None:
     """A client pinging more often than the server allows is sent away (GOAWAY too_many_pings) and its
     streams end: the SDK's interval must stay above the server's floor of 10 s."""
     from jobpulse._channel import CHANNEL_OPTIONS
-    from jobpulse_server.app import keepalive_options
-    from jobpulse_server.config import Config
+    from jobpulse_server.app.wiring import keepalive_options
+    from jobpulse_server.platform.config import Config
 
     sdk = dict(CHANNEL_OPTIONS)
     server = dict(keepalive_options(Config()))

@@ -22,8 +22,7 @@ import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS
-from jobpulse_server.services import export
-from jobpulse_server.store import keys
+from jobpulse_server.services import export, keys
 
 
 @pytest.fixture

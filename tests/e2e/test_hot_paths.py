@@ -18,8 +18,9 @@ from jobpulse.v1 import (
     worker_service_pb2_grpc,
 )
 from jobpulse_server.api.interceptors import CallGuard
-from jobpulse_server.app import REGISTERED_METHODS
-from jobpulse_server.observability import Metrics, Observer
+from jobpulse_server.app.wiring import REGISTERED_METHODS
+from jobpulse_server.platform.logs import Observer
+from jobpulse_server.platform.metrics import Metrics
 
 
 def _calls(srv: Any, method: str) -> float:

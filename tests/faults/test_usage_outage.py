@@ -13,7 +13,7 @@ from test_database_outage import Outage
 
 from jobpulse.v1 import job_service_pb2 as J
 from jobpulse_server.domain.usage import KeyUsage
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 
 def _list_jobs(stubs: Stubs, key: str) -> str:

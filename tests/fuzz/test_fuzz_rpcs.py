@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 MODES = ["open", "client", "worker", "admin", "bogus"]
 DEEP_EXAMPLES = 22  # per RPC, when the caller may call it

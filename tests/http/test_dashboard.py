@@ -17,7 +17,7 @@ from support.sse import read
 
 import jobpulse
 from jobpulse.v1 import job_pb2
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 ROW = re.compile(r'data-testid="job-row" data-job-id="([^"]+)"')
 

@@ -21,7 +21,7 @@ from support.tls import self_signed
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 
 def _http(srv: Any) -> str:

@@ -18,8 +18,8 @@ from support.servers import free_port, wait_serving
 
 import jobpulse
 from jobpulse import cli as sdk_cli
-from jobpulse_server import cli as server_cli
-from jobpulse_server.config import Config
+from jobpulse_server.cli import commands as server_cli
+from jobpulse_server.platform.config import Config
 
 COMMAND = shutil.which("jobpulse-server", path=str(Path(sys.executable).parent)) or "jobpulse-server"
 

@@ -58,7 +58,6 @@ from typing import Any
 import pytest
 from support.fake_store import FakeStore, Tombstone
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.errors import DomainError, JobNotFound
@@ -67,7 +66,8 @@ from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services import workers as workers_module
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox

@@ -14,10 +14,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import WorkerService

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jobpulse_server import gc_tuning
+from jobpulse_server.platform import gc_tuning
 
 
 @pytest.fixture

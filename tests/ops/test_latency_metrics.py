@@ -22,10 +22,10 @@ from support.sse import Event, read
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2, worker_service_pb2
-from jobpulse_server.app import App, create_server
-from jobpulse_server.config import Config
+from jobpulse_server.app.wiring import App, create_server
 from jobpulse_server.domain.clock import now_us
-from jobpulse_server.observability import ATTEMPT_BUCKETS, MAX_KINDS, OTHER_KIND, Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import ATTEMPT_BUCKETS, MAX_KINDS, OTHER_KIND, Metrics
 
 US = 1_000_000
 

@@ -12,7 +12,7 @@ from support.polling import eventually
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 
 def _key(srv: Any, name: str, role: str, *others: Any) -> str:

@@ -17,9 +17,9 @@ from support.tls import self_signed
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.config import Config
-from jobpulse_server.startup import open_mode_problem
-from jobpulse_server.store import keys
+from jobpulse_server.app.startup import open_mode_problem
+from jobpulse_server.platform.config import Config
+from jobpulse_server.services import keys
 
 
 def _key(srv: Any, name: str, role: str) -> str:

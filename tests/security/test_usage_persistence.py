@@ -12,7 +12,7 @@ from support.servers import ServerProcess
 
 import jobpulse
 from jobpulse_server.domain.usage import KeyUsage
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 from jobpulse_server.store.database import SqlStore
 
 

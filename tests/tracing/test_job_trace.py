@@ -18,9 +18,9 @@ from support.job_tracing import Spans, context_of, global_provider, stored_job, 
 
 import jobpulse
 from jobpulse.v1 import job_pb2
-from jobpulse_server.config import Config
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services import job_trace
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox

@@ -28,7 +28,7 @@ from jobpulse.v1 import (
 )
 from jobpulse_server.api.tracing import RpcSpans
 from jobpulse_server.http.tracing import TracedHttp
-from jobpulse_server.observability import JsonFormatter
+from jobpulse_server.platform.logs import JsonFormatter
 
 JOBS = "jobpulse.v1.JobService"
 WORKERS = "jobpulse.v1.WorkerService"

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from jobpulse.v1 import worker_service_pb2
-from jobpulse_server import observability
-from jobpulse_server.observability import JsonFormatter, Metrics, Observer, TextFormatter, log_off_the_loop
+from jobpulse_server.platform import logs
+from jobpulse_server.platform.logs import JsonFormatter, Observer, TextFormatter, log_off_the_loop
+from jobpulse_server.platform.metrics import Metrics
 
 
 class _Context:
@@ -32,14 +33,14 @@ def server_logging() -> Iterator[None]:
     server, or an earlier test of one in this process, stamps records with trace ids), put back as it
     was afterwards."""
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level, observability._hand_off, logging.getLogRecordFactory())
+    saved = (root.handlers[:], root.level, logs._hand_off, logging.getLogRecordFactory())
     logging.setLogRecordFactory(logging.LogRecord)
     try:
         yield
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-        observability._hand_off = saved[2]
+        logs._hand_off = saved[2]
         logging.setLogRecordFactory(saved[3])
 
 
@@ -51,7 +52,7 @@ def _lines(formatter: logging.Formatter, capture: logging.Handler | None = None)
     if capture is not None:
         logging.getLogger().addHandler(capture)
     try:
-        direct = observability._access_writer() is writer
+        direct = logs._access_writer() is writer
         Observer(Metrics()).record("CompleteChunk", "OK", 0.0, REQUEST, _Context())
     finally:
         if capture is not None:
@@ -108,7 +109,7 @@ def test_json_lines_carry_the_same_fields_either_way() -> None:
 
 @pytest.mark.usefixtures("server_logging")
 def test_a_record_made_later_keeps_the_time_the_call_ended() -> None:
-    record = observability.access_record(1_700_000_000_123_456_789, "GetJob", "NOT_FOUND", 0.0042, "", "")
+    record = logs.access_record(1_700_000_000_123_456_789, "GetJob", "NOT_FOUND", 0.0042, "", "")
     assert record.created == pytest.approx(1_700_000_000.123456789)
     assert record.msecs == 123.0
     assert record.getMessage() == "GetJob NOT_FOUND 4.2ms"
@@ -121,8 +122,8 @@ def test_records_stamped_with_trace_ids_take_the_standard_way() -> None:
     be made on the loop, not later on the writer's thread."""
     writer = log_off_the_loop(logging.NullHandler(), logging.INFO)  # type: ignore[arg-type]
     try:
-        assert observability._access_writer() is writer
+        assert logs._access_writer() is writer
         logging.setLogRecordFactory(lambda *args, **kwargs: logging.LogRecord(*args, **kwargs))
-        assert observability._access_writer() is None
+        assert logs._access_writer() is None
     finally:
         writer.stop()

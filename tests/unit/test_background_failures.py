@@ -62,7 +62,7 @@ def test_anything_else_is_logged_with_its_traceback_once(caplog: pytest.LogCaptu
 
 
 def test_the_drivers_own_tracebacks_fold_into_their_line() -> None:
-    from jobpulse_server.observability import DriverNoise
+    from jobpulse_server.platform.logs import DriverNoise
 
     try:
         raise ConnectionRefusedError("connect call failed\n  twice")

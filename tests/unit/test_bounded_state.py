@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from jobpulse_server.api.interceptors import CallGuard
-from jobpulse_server.observability import Metrics, Observer
+from jobpulse_server.platform.logs import Observer
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.store import rows
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.drivers import sqlite as sqlite_driver

@@ -9,9 +9,9 @@ from typing import Any
 
 from support.fake_store import FakeStore, new_job
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.model import ChunkState, Job, JobState
 from jobpulse_server.domain.retention import Retention
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services.retention import RetentionService
 
 S = 1_000_000

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from support.fake_store import FakeRead, FakeStore, new_job
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services.export import EXPORT_BATCH, export_jobs
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox

@@ -93,7 +93,7 @@ def test_no_module_of_the_server_imports_its_own_package_inside_a_function() -> 
 BENCH_MAY_IMPORT = {
     "jobpulse_server.store",
     "jobpulse_server.store.database",
-    "jobpulse_server.store.keys",
+    "jobpulse_server.services.keys",
     "jobpulse_server.store.statements",
     "jobpulse_server.store.fast",
     "jobpulse_server.store.group",

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import pytest
 from support.fake_store import FakeStore, new_job
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import JobNotFound, ShuttingDown
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.waiting import JobWaiter

@@ -7,7 +7,7 @@ import io
 import logging
 import threading
 
-from jobpulse_server.observability import HandOff, LogWriter
+from jobpulse_server.platform.logs import HandOff, LogWriter
 
 
 def _logger(writer: LogWriter, name: str) -> logging.Logger:

@@ -17,7 +17,6 @@ from typing import Any, cast
 import pytest
 from support.fake_store import FakeRead, FakeStore, Tombstone, new_job
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.errors import (
     ChunkNotFound,
@@ -35,7 +34,8 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobSt
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.watch import EventType, FeedMessage, FeedService, WatchMessage, WatchService

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import WorkerService

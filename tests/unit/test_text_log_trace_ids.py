@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from jobpulse_server.observability import TextFormatter
+from jobpulse_server.platform.logs import TextFormatter
 
 
 def _record(message: str, **extra: str) -> logging.LogRecord:

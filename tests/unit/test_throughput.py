@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from support.counting import count_writes
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.errors import LeaseLost
 from jobpulse_server.domain.model import ChunkState
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.throughput import (

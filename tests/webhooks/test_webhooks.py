@@ -26,11 +26,11 @@ from support.sql import fetch
 import jobpulse
 from jobpulse import errors
 from jobpulse.v1 import job_service_pb2, worker_service_pb2
-from jobpulse_server.app import create_server
-from jobpulse_server.config import Config
+from jobpulse_server.app.wiring import create_server
 from jobpulse_server.domain.webhooks import new_secret, secret_key
+from jobpulse_server.platform.config import Config
+from jobpulse_server.services import keys
 from jobpulse_server.services.webhooks import sign, signed_headers
-from jobpulse_server.store import keys
 
 SECRET = "whsec_" + base64.b64encode(b"the webhooks tests' server secret").decode()
 

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from jobpulse_server.api.error_mapping import status_for
 from jobpulse_server.domain.errors import MalformedRequest
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
-from jobpulse_server.observability import Observer
+from jobpulse_server.platform.logs import Observer
 from jobpulse_server.services.auth import Authenticator
 
 _caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("jobpulse_caller", default=ANONYMOUS)

@@ -29,7 +29,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
 from jobpulse_server.api.interceptors import caller
-from jobpulse_server.observability import job_id_of
+from jobpulse_server.platform.logs import job_id_of
 
 _OK, _CANCELLED, _UNKNOWN, _UNAUTHENTICATED = 0, 1, 2, 16
 _NAMES = {status.value[0]: status.name for status in grpc.StatusCode}

@@ -17,9 +17,10 @@ from typing import Any
 
 from jobpulse_server.domain.errors import PermissionDenied, Unauthenticated
 from jobpulse_server.domain.principal import ANONYMOUS, KeyInfo, Principal
+from jobpulse_server.services import keys
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.ratelimit import Limiter
-from jobpulse_server.store import Store, keys
+from jobpulse_server.store import Store
 
 log = logging.getLogger(__name__)
 

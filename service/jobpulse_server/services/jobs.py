@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry import trace
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import (
@@ -41,6 +40,7 @@ from jobpulse_server.domain.model import (
 )
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.reports import StatsRow
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services import job_trace, pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.latency import Ends, Latency

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from jobpulse_server.domain.model import Chunk, ChunkState, Job
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.store import CompletedOne
 
 # A chunk's run ends by its worker's call: CompleteChunk or FailChunk.

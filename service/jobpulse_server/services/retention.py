@@ -23,10 +23,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
+from jobpulse_server.platform.config import Config
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.store import Store, Tx
 

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import (
     DatabaseUnavailable,
@@ -26,7 +25,8 @@ from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Chunk, Job
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.events.hub import ChangeHub, Waker
-from jobpulse_server.observability import Metrics, exemplar
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics, exemplar
 from jobpulse_server.services import pagination
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import Store

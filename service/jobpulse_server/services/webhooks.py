@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import DeliveryNotFound, FieldViolation, InvalidArgument, JobNotFound
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery, secret_key
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.store import Store
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jobpulse_server.config import Config
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.clock import Clock, now_us
@@ -25,7 +24,8 @@ from jobpulse_server.domain.errors import (
 from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services import job_trace
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.background import FailingPasses

@@ -737,7 +737,7 @@ class GroupCommit:
         self._reports: list[Report] = []
         self._failures: list[Failure] = []
         self._flusher: asyncio.Task[None] | None = None
-        # What the flushes did, for the metrics (observability.py), tests and the bench: statements
+        # What the flushes did, for the metrics (platform/metrics.py), tests and the bench: statements
         # written, completions, claimed chunks, progress reports and retries they wrote, and seconds with a
         # statement in flight (a rate near 1: callers queue for the flusher, the worker path's limit on
         # one server).

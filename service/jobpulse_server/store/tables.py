@@ -292,7 +292,7 @@ rate_buckets = Table(
 
 # The secrets events tokens (CreateEventsToken) are signed with: every replica reads them here, so a
 # token minted by one is accepted by all. The newest row not retired signs; a rotation retires it, and
-# a retired secret still verifies the tokens it signed until they have expired (store/keys.py).
+# a retired secret still verifies the tokens it signed until they have expired (services/keys.py).
 events_token_secrets = Table(
     "events_token_secrets",
     metadata,

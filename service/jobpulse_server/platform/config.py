@@ -18,7 +18,8 @@ def _flag(default: Any, help_text: str) -> Any:
 
 def _setting(default: Any, help_text: str) -> Any:
     """A setting read from its variable only, with its help text (the configuration reference,
-    docs/reference/configuration.md, is generated from it: ``python -m jobpulse_server.config_reference``)."""
+    docs/reference/configuration.md, is generated from it:
+    ``python -m jobpulse_server.cli.settings_reference``)."""
     return field(default=default, metadata={"help": help_text})
 
 

@@ -14,15 +14,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobpulse_server.app import run as run_server
-from jobpulse_server.config import LOG_LEVELS, Config
-from jobpulse_server.keys_cli import run_keys_command
+from jobpulse_server.app.wiring import run as run_server
+from jobpulse_server.cli.keys import run_keys_command
+from jobpulse_server.platform.config import LOG_LEVELS, Config
 from jobpulse_server.store import schema
 from jobpulse_server.store.schema import current_schema_version, head_schema_version
 
 COMMANDS = ("serve", "keys", "migrate")
 DEFAULT_DATABASE_URL = Config.database_url
-# The settings ``serve`` takes as flags (config.py marks them); every one is also a JOBPULSE_* variable.
+# The settings ``serve`` takes as flags (platform/config.py marks them); each is also a JOBPULSE_* variable.
 SERVE_FLAGS = tuple(f.name for f in Config.settings() if f.metadata.get("flag"))
 SERVE_FLAG_EXTRAS: dict[str, dict[str, Any]] = {
     "log_level": {"type": str.upper, "choices": LOG_LEVELS},
@@ -42,7 +42,7 @@ def _shown(value: object) -> str:
 
 def _config_flag(p: argparse.ArgumentParser, name: str, **extra: Any) -> None:
     """Adds ``--<name>`` for the Config setting ``name``, its text, variable and default taken from the
-    setting's one declaration (config.py). Left unset, the flag is None: the variable or default
+    setting's one declaration (platform/config.py). Left unset, the flag is None: the variable or default
     applies, read when the command runs."""
     setting = next(f for f in Config.settings() if f.name == name)
     text = setting.metadata.get("help", "")

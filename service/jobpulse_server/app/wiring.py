@@ -25,9 +25,9 @@ from jobpulse.v1 import (
     job_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
-from jobpulse_server import gc_tuning
 from jobpulse_server.api.admin import AdminServicer
 from jobpulse_server.api.encoded_jobs import EncodedJobs
+from jobpulse_server.api.health import SERVICE_NAMES, ServerHealth, job_gauges
 from jobpulse_server.api.interceptors import CallGuard
 from jobpulse_server.api.jobs import JobServicer
 from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
@@ -35,11 +35,10 @@ from jobpulse_server.api.operations import OperationsServicer
 from jobpulse_server.api.reflection import add_reflection, record_services
 from jobpulse_server.api.tracing import RpcSpans
 from jobpulse_server.api.workers import WorkerServicer
-from jobpulse_server.config import Config
+from jobpulse_server.app.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.events.pg_listener import Listener
-from jobpulse_server.health import SERVICE_NAMES, ServerHealth, job_gauges
 from jobpulse_server.http.auth import HttpAuth
 from jobpulse_server.http.dashboard import Dashboard, Extras
 from jobpulse_server.http.routes import HttpSide
@@ -47,7 +46,11 @@ from jobpulse_server.http.server import HttpServer
 from jobpulse_server.http.session import Sessions
 from jobpulse_server.http.sse import watch_form as sse_watch_form
 from jobpulse_server.http.tracing import TracedHttp
-from jobpulse_server.observability import Metrics, Observer, stamp_trace_ids
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.logs import Observer, stamp_trace_ids
+from jobpulse_server.platform.metrics import Metrics
+from jobpulse_server.platform.tracing import OFF, StoreSpans, Tracing, tracing_for, tracing_from_environment
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
@@ -61,10 +64,8 @@ from jobpulse_server.services.waiting import JobWaiter
 from jobpulse_server.services.watch import FeedService, WatchService
 from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_server_secret
 from jobpulse_server.services.workers import WorkerService
-from jobpulse_server.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
-from jobpulse_server.tracing import OFF, StoreSpans, Tracing, tracing_for, tracing_from_environment
 from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.wire.watch import feed_encoder, watch_encoder
 
@@ -199,8 +200,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     """Starts a jobpulse server for ``config`` (port 0: any free port) and returns it running.
 
     ``tracer_provider``: the OpenTelemetry tracer provider the server traces through (tests pass an
-    SDK provider with an in-memory exporter); None: tracing as the ``OTEL_*`` variables say (tracing.py),
-    off unless they ask for it."""
+    SDK provider with an in-memory exporter); None: tracing as the ``OTEL_*`` variables say
+    (platform/tracing.py), off unless they ask for it."""
     check_server_secret(config)
     tracing = tracing_from_environment() if tracer_provider is None else tracing_for(tracer_provider)
     started = time.time()

@@ -9,8 +9,8 @@ from typing import TextIO
 import grpc
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.config import Config
-from jobpulse_server.observability import JsonFormatter, LogWriter, TextFormatter, log_off_the_loop
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.logs import JsonFormatter, LogWriter, TextFormatter, log_off_the_loop
 from jobpulse_server.services.auth import is_loopback
 
 

@@ -12,11 +12,11 @@ import shutil
 from grpc_health.v1 import health, health_pb2
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
-from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.errors import UNAVAILABLE_MESSAGE, database_error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, describe_url, startup_problem
 
