@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
-from jobpulse_server.tracing import tracing_from_environment, tracing_requested
+from jobpulse_server.platform.tracing import tracing_from_environment, tracing_requested
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 32 * 1024 * 1024),

@@ -43,9 +43,7 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server import gc_tuning
 from jobpulse_server.api.workers import _add_claims
-from jobpulse_server.config import Config
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import (
@@ -59,7 +57,9 @@ from jobpulse_server.domain.model import (
 )
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService

@@ -82,8 +82,8 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server import gc_tuning
-from jobpulse_server.config import Config
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
 
 TIMEOUT = 60.0
 OPEN_TIMEOUT = 60.0

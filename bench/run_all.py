@@ -31,8 +31,8 @@ from bench.grpc_floor import FloorServer
 from bench.load import Call
 from bench.procs import ServerProcess
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
-from jobpulse_server import gc_tuning
-from jobpulse_server.config import Config
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 

@@ -40,7 +40,7 @@ from bench.pg_peer import fresh_database
 from bench.procs import ServerProcess, metric_values
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 from jobpulse.v1 import worker_service_pb2_grpc as worker_grpc
-from jobpulse_server.config import Config
+from jobpulse_server.platform.config import Config
 
 KIND = "soak"
 CHUNKS_PER_JOB = 20

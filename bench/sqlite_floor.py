@@ -25,10 +25,10 @@ from bench import scenarios
 from bench.procs import ServerProcess
 from bench.run_all import BARE_SMALL_BASIC
 from jobpulse.v1 import job_pb2
-from jobpulse_server.config import Config
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.events.hub import ChangeHub
-from jobpulse_server.observability import Metrics
+from jobpulse_server.platform.config import Config
+from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import ClaimAsk, WorkerService

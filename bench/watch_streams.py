@@ -51,8 +51,8 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server import gc_tuning
-from jobpulse_server.config import Config
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
 
 CHANGE = job_service_pb2.WATCH_EVENT_TYPE_CHANGE
 STREAMS_PER_CHANNEL = 250
@@ -70,7 +70,7 @@ BURSTS = 3
 
 def watch_min_interval() -> float:
     """The pacing the jobpulse server under test will use (its JOBPULSE_* environment, or the default)."""
-    from jobpulse_server.config import Config
+    from jobpulse_server.platform.config import Config
 
     return Config.from_env(host="127.0.0.1", port=0, database_url="sqlite://").watch_min_interval
 

@@ -65,7 +65,7 @@ asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
 
 def _install() -> None:
     from jobpulse_server.api import interceptors
-    from jobpulse_server.observability import Observer
+    from jobpulse_server.platform.logs import Observer
     from jobpulse_server.store.database import SqlStore
 
     unary = interceptors.CallGuard._unary
