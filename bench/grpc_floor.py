@@ -1,13 +1,13 @@
 """The floor of the worker path under gRPC: a grpc.aio server that does nothing but the store's work
 behind ClaimChunks, CompleteChunk and CompleteChunks. On PostgreSQL that is the store's group-committed
-path (store/group.py); on SQLite, which has no path below the service (a write there is the service's
+path (store/batch/group.py); on SQLite, which has no path below the service (a write there is the service's
 transaction on the loop), ``WorkerService`` itself, called as the servicer calls it.
 
     python -m bench.grpc_floor DATABASE_URL     # prints "port N" once it listens, serves until killed
 
 No service layer, no call guard (keys, rate limits, metrics, tracing, logs), no request checks, no
 change hub, no HTTP side; the collector tuned as jobpulse tunes it (gc_tuning.py). Each call's
-completions and claim go to ``SqlStore.fast`` as they come, and the answer is built with the server's
+completions and claim go to ``SqlStore.batch`` as they come, and the answer is built with the server's
 own encoding of a claim (``api/workers._add_claims``), so the messages on the wire are the ones
 jobpulse sends. bench.pg_peer drives it with the same workers as the jobpulse rows (one by one, and
 CompleteChunks of 10 with claim_next): what those rows could reach on this machine if everything of
@@ -45,7 +45,6 @@ from jobpulse.v1 import (
 )
 from jobpulse_server.api.workers import _add_claims
 from jobpulse_server.domain.clock import now_us
-from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_KIND,
@@ -56,15 +55,16 @@ from jobpulse_server.domain.model import (
     Job,
 )
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import DECLINED, Claim, ClaimRequest, Completion
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform import gc_tuning
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
-from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
+from jobpulse_server.services.workers import WorkerService
+from jobpulse_server.store.batch import Batch
 from jobpulse_server.store.database import SqlStore
-from jobpulse_server.store.fast import PgFast
 from jobpulse_server.wire.convert import job_pb
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -84,15 +84,13 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
     """ClaimChunks, CompleteChunk and CompleteChunks straight onto the group commit; every other RPC is
     UNIMPLEMENTED."""
 
-    def __init__(self, fast: PgFast) -> None:
-        self.fast = fast
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
 
     async def _claim(self, request: worker_service_pb2.ClaimChunksRequest) -> list[Claim]:
         while True:
-            got = await self.fast.claim(
-                request.worker_id, list(request.kinds), request.max_chunks or 1, _lease_us(request), now_us()
-            )
-            if got is not None:
+            got = await self.batch.claim(_ask(request), now_us())
+            if got is not DECLINED:
                 return _claims(got)
             # None: other workers took the work of the jobs this claim locked; look again.
 
@@ -108,10 +106,8 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> worker_service_pb2.CompleteChunkResponse:
         if request.HasField("claim_next"):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no claim_next on the floor's CompleteChunk")
-        one = await self.fast.complete(
-            request.chunk_id, chunk_job_id(request.chunk_id), request.lease_token, now_us(), "", []
-        )
-        if one is None:
+        one = await self.batch.complete(Completion(request.chunk_id, request.lease_token, []), now_us())
+        if one is DECLINED:
             # No reason field on this answer: a declined completion fails the call, and the row with it.
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the store declined the completion")
             raise AssertionError("abort raises")
@@ -120,29 +116,26 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
     async def CompleteChunks(
         self, request: worker_service_pb2.CompleteChunksRequest, context: Any
     ) -> worker_service_pb2.CompleteChunksResponse:
-        items = [
-            (c.chunk_id, chunk_job_id(c.chunk_id), c.lease_token, c.external_task_id, [])
-            for c in request.completions
-        ]
+        items = [Completion(c.chunk_id, c.lease_token, [], c.external_task_id) for c in request.completions]
         nxt = request.claim_next if request.HasField("claim_next") else None
-        ask = None if nxt is None else (nxt.worker_id, list(nxt.kinds), nxt.max_chunks or 1, _lease_us(nxt))
+        ask = None if nxt is None else _ask(nxt)
         out = worker_service_pb2.CompleteChunksResponse()
         if items:
-            done, got = await self.fast.complete_many(items, now_us(), ask)
+            done, got = await self.batch.complete_many(items, now_us(), ask)
         else:
-            done, got = [], None
+            done, got = [], DECLINED
         for item, one in zip(items, done, strict=True):
-            if one is None:
-                out.results.add(chunk_id=item[0], ok=False, reason="DECLINED")
+            if one is DECLINED:
+                out.results.add(chunk_id=item.chunk_id, ok=False, reason="DECLINED")
             else:
-                out.results.add(chunk_id=item[0], ok=True, job_state=int(one.job_state))  # type: ignore[arg-type]
+                out.results.add(chunk_id=item.chunk_id, ok=True, job_state=int(one.job_state))  # type: ignore[arg-type]
         if nxt is not None:
-            _add_claims(out.claims, _claims(got) if got is not None else await self._claim(nxt))
+            _add_claims(out.claims, _claims(got) if got is not DECLINED else await self._claim(nxt))
         return out
 
 
-def _ask(request: worker_service_pb2.ClaimChunksRequest) -> ClaimAsk:
-    return ClaimAsk(request.worker_id, list(request.kinds), request.max_chunks or 1, _lease_us(request))
+def _ask(request: worker_service_pb2.ClaimChunksRequest) -> ClaimRequest:
+    return ClaimRequest(request.worker_id, list(request.kinds), request.max_chunks or 1, _lease_us(request))
 
 
 class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -158,7 +151,7 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.ClaimChunksRequest, context: Any
     ) -> worker_service_pb2.ClaimChunksResponse:
         out = worker_service_pb2.ClaimChunksResponse()
-        _add_claims(out.claims, await self.work.claim(*_ask(request).args()))
+        _add_claims(out.claims, await self.work.claim(_ask(request)))
         return out
 
     async def CompleteChunk(
@@ -166,7 +159,7 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> worker_service_pb2.CompleteChunkResponse:
         ask = _ask(request.claim_next) if request.HasField("claim_next") else None
         state, claims = await self.work.complete(
-            request.chunk_id, request.lease_token, [], request.external_task_id, ask
+            Completion(request.chunk_id, request.lease_token, [], request.external_task_id), ask
         )
         out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
         _add_claims(out.claims, claims)
@@ -246,7 +239,7 @@ async def serve(database_url: str) -> None:
             ServiceJobs(JobService(store, outbox, config)), server
         )
     else:
-        fast = store.fast
+        fast = store.batch
         assert fast is not None
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(FloorWorkers(fast), server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -12,9 +12,9 @@ COMPLETED: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
 Then, with the statements the server runs (store/statements.py and, for PostgreSQL's group-committed
-claim, store/group.py: the text the drivers send, with their parameters), it times the page query and the
-COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN
-QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
+claim, store/batch/group.py: the text the drivers send, with their parameters), it times the page query
+and the COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite:
+EXPLAIN QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
 its own is created for the run and dropped afterwards.
@@ -49,7 +49,8 @@ from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store import group, statements
+from jobpulse_server.store import statements
+from jobpulse_server.store.batch import group
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
@@ -492,7 +493,7 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
         server.stop()
 
 
-# --- SQL: the statements the server runs (store/statements.py, store/group.py) ---------------------
+# --- SQL: the statements the server runs (store/statements.py, store/batch/group.py) ---------------------
 
 
 class Raw:
@@ -612,7 +613,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
 
 
 async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: list[str]) -> dict[str, Any]:
-    """The claim as the server runs it: on PostgreSQL the group-committed claim (store/group.py) and the
+    """The claim as the server runs it: on PostgreSQL the group-committed claim (store/batch/group.py) and the
     general path's locking read (statements.pg_claim), each EXPLAINed (and timed) in a transaction that is
     rolled back; on SQLite the pick off the claim index (statements.pick_ready)."""
     n_chunks = (await raw.fetch("SELECT count(*) FROM chunks", []))[0][0]

@@ -39,7 +39,7 @@ group of workers completed exactly its jobs' chunks, and every chunk row names a
 that claims its kind.
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-The floor rows drive the store's own group-committed path (store/group.py) in this process, with no
+The floor rows drive the store's own group-committed path (store/batch/group.py) in this process, with no
 gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
 claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
 ``--only batch``). Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the
@@ -386,7 +386,7 @@ async def _completed_chunks(dsn: str) -> tuple[int, int]:
 
 async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     """The floor under jobpulse's worker path on this PostgreSQL: the store's own group-committed path
-    (store/group.py: one flusher, one statement per flush, the SQL the server sends for jobs without
+    (store/batch/group.py: one flusher, one statement per flush, the SQL the server sends for jobs without
     webhooks) driven in this process by W asyncio workers, with no gRPC, no server process and no
     service layer in between:
       * ``floor``: a claim, then a completion (one by one);
@@ -396,6 +396,7 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     The jobs are made by a server, which is stopped before the clock starts. Round trips: the flushes'
     statements."""
     from jobpulse_server.domain.clock import now_us
+    from jobpulse_server.domain.work import DECLINED, ClaimRequest, Completion
     from jobpulse_server.store.database import SqlStore
 
     lease_us = LEASE.seconds * 1_000_000
@@ -403,15 +404,15 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
         await _floor_jobs(dsn, n)
         store = SqlStore(dsn)
         await store.start(migrate=False)
-        fast = store.fast
+        fast = store.batch
         assert fast is not None
         done = [0]
 
         async def claim_some(name: str, limit: int) -> list[Any]:
             """The next chunks (up to ``limit``), [] when no work is left."""
             while True:
-                got = await fast.claim(name, [], limit, lease_us, now_us())
-                if got is not None:
+                got = await fast.claim(ClaimRequest(name, [], limit, lease_us), now_us())
+                if got is not DECLINED:
                     return [chunk for _, chunk in got]
                 # None: other workers took the work of the jobs this one locked; look again
 
@@ -422,7 +423,7 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
 
         async def one_by_one(name: str) -> None:
             while (chunk := await claim(name)) is not None:
-                if await fast.complete(chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", []) is None:
+                if await fast.complete(Completion(chunk.id, chunk.lease_token, []), now_us()) is DECLINED:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
 
@@ -430,25 +431,25 @@ async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
             chunk = await claim(name)
             while chunk is not None:
                 both = await fast.complete_and_claim(
-                    chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], (name, [], 1, lease_us)
+                    Completion(chunk.id, chunk.lease_token, []), ClaimRequest(name, [], 1, lease_us), now_us()
                 )
-                if both is None:
+                if both is DECLINED:
                     raise RuntimeError(f"floor: completion of {chunk.id} was refused")
                 done[0] += 1
                 _, claims = both
-                chunk = claims[0][1] if claims else (await claim(name) if claims is None else None)
+                chunk = (await claim(name)) if claims is DECLINED else (claims[0][1] if claims else None)
 
         async def batched(name: str) -> None:
             chunks = await claim_some(name, 10)
             while chunks:
-                items: list[tuple[str, str, str, str, list[Any]]] = [
-                    (c.id, c.job_id, c.lease_token, "", []) for c in chunks
-                ]
-                results, claims = await fast.complete_many(items, now_us(), (name, [], 10, lease_us))
-                if any(r is None for r in results):
+                items = [Completion(c.id, c.lease_token, []) for c in chunks]
+                results, claims = await fast.complete_many(
+                    items, now_us(), ClaimRequest(name, [], 10, lease_us)
+                )
+                if any(r is DECLINED for r in results):
                     raise RuntimeError(f"floor: a completion of {[c.id for c in chunks]} was refused")
                 done[0] += len(chunks)
-                if claims is None:  # declined: claimed on its own, as the server's caller would
+                if claims is DECLINED:  # declined: claimed on its own, as the server's caller would
                     chunks = await claim_some(name, 10)
                 else:
                     chunks = [c for _, c in claims]

@@ -26,12 +26,13 @@ from bench.procs import ServerProcess
 from bench.run_all import BARE_SMALL_BASIC
 from jobpulse.v1 import job_pb2
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import ClaimRequest, Completion
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
-from jobpulse_server.services.workers import ClaimAsk, WorkerService
+from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.database import SqlStore
 
 KIND = "floor"
@@ -62,11 +63,11 @@ async def store_floor(path: Path, workers: int, seconds: float, backlog: int) ->
 
         async def worker(n: int) -> None:
             nonlocal done
-            ask = ClaimAsk(f"floor-{n}", [KIND], 1, LEASE_US)
-            claims = await service.claim(*ask.args())
+            ask = ClaimRequest(f"floor-{n}", [KIND], 1, LEASE_US)
+            claims = await service.claim(ask)
             while claims and time.perf_counter() < deadline:
                 claim = claims[0]
-                _, claims = await service.complete(claim.chunk.id, claim.lease_token, [], "", ask)
+                _, claims = await service.complete(Completion(claim.chunk.id, claim.lease_token, []), ask)
                 done += 1
                 # A SQLite call never suspends on the loop: without this turn the driver's log
                 # truncation (a task, at WAL_LIMIT) never ran and the write-ahead log grew for the

@@ -1,4 +1,4 @@
-"""PostgreSQL's group-committed paths (store/group.py) against the domain they repeat in SQL, on random
+"""PostgreSQL's group-committed paths (store/batch/group.py) against the domain they repeat in SQL, on random
 job states: a completion, a claim, a completion with the next claim, a progress report and a retryable
 failure leave the job and its chunks exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService
 applies them) say, and they decline
@@ -27,9 +27,18 @@ from sqlalchemy.engine import make_url
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary, derive_state
+from jobpulse_server.domain.work import (
+    DECLINED,
+    Backoff,
+    ClaimRequest,
+    Completion,
+    Declined,
+    Failure,
+    ProgressReport,
+)
 from jobpulse_server.services.outbox import events_for
-from jobpulse_server.services.workers import backoff_seconds
-from jobpulse_server.store import PgFast
+from jobpulse_server.services.worker_path import backoff_seconds
+from jobpulse_server.store import Batch
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.waiting import NEVER
 
@@ -199,14 +208,14 @@ def _claim_in_domain(job: Job, chunks: list[Chunk], limit: int, now: int) -> lis
 
 def _seeded(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]]
-) -> tuple[Callable[[Awaitable[T]], T], PgFast, Job, tuple[Job, list[Chunk]]]:
+) -> tuple[Callable[[Awaitable[T]], T], Batch, Job, tuple[Job, list[Chunk]]]:
     """Writes the example's job; (a runner of coroutines, the fast paths, the job, the job as read back)."""
     loop, store = pg
-    assert store.fast is not None
+    assert store.batch is not None
     job, chunks = case
     run = cast(Callable[[Awaitable[T]], T], loop.run_until_complete)
     run(store.write(lambda tx: tx.insert_job(job, chunks)))
-    return run, store.fast, job, run(_read(store, job.id))
+    return run, store.batch, job, run(_read(store, job.id))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -234,16 +243,16 @@ def _check_completion(
     target = before_chunks[0]
     token = "not-the-lease" if stale else str(target.lease_token)
     art = [Artifact("out", f"https://results.example/{job.id}/0", "image/png", 7, target.index)]
-    done = run(fast.complete(target.id, job.id, token, NOW, "", art))
+    done = run(fast.complete(Completion(target.id, token, art), NOW))
     after_job, after_chunks = run(_read(fast.store, job.id))
     if stale or _declines(before_job, 1):
-        assert done is None, "declined: nothing may change"
+        assert done is DECLINED, "declined: nothing may change"
         assert (_job(after_job), [_chunk(c) for c in after_chunks]) == (
             _job(before_job),
             [_chunk(c) for c in before_chunks],
         )
         return
-    assert done is not None
+    assert done is not DECLINED
     expected_job, expected_chunks = before_job, before_chunks
     _complete_in_domain(expected_job, expected_chunks[0], NOW)
     assert (done.job_state, done.revision, done.chunk_state) == (
@@ -278,13 +287,13 @@ def _check_claim(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], limit: int
 ) -> None:
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
-    got = run(fast.claim(WORKER, [job.kind], limit, LEASE, NOW))
+    got = run(fast.claim(ClaimRequest(WORKER, [job.kind], limit, LEASE), NOW))
     after_job, after_chunks = run(_read(fast.store, job.id))
     expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
     if job.webhook_url and _due(before_job) and expected:
-        assert got is None, "declined: a progress event is due, the general path claims"
+        assert got is DECLINED, "declined: a progress event is due, the general path claims"
         return
-    assert got is not None
+    assert got is not DECLINED
     assert [c.id for _, c in got] == [c.id for c in expected]
     assert all(c.lease_token and len(c.lease_token) >= 40 for _, c in got)
     assert _job(after_job) == _job(before_job)
@@ -304,22 +313,24 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
     target = before_chunks[0]
     both = run(
         fast.complete_and_claim(
-            target.id, job.id, str(target.lease_token), NOW, "", [], (WORKER, [job.kind], limit, LEASE)
+            Completion(target.id, str(target.lease_token), []),
+            ClaimRequest(WORKER, [job.kind], limit, LEASE),
+            NOW,
         )
     )
     if _declines(before_job, 1):
-        assert both is None, "declined: a webhook event to write"
+        assert both is DECLINED, "declined: a webhook event to write"
         after_job, after_chunks = run(_read(fast.store, job.id))
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
-    assert both is not None
+    assert both is not DECLINED
     done, claims = both
     after_job, after_chunks = run(_read(fast.store, job.id))
     # The completion, then (a change of its own) the claim that sees it.
     _complete_in_domain(before_job, before_chunks[0], NOW)
     before_job.bumped = False
     expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
-    assert claims is not None and [c.id for _, c in claims] == [c.id for c in expected]
+    assert claims is not DECLINED and [c.id for _, c in claims] == [c.id for c in expected]
     assert done.revision == before_job.revision - (1 if expected else 0)
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
@@ -331,7 +342,7 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
 def test_completions_in_one_flush_are_each_in_turn(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: int
 ) -> None:
-    """Every running chunk of a job completed at once: one flush (store/group.py), and the job and its
+    """Every running chunk of a job completed at once: one flush (store/batch/group.py), and the job and its
     chunks as completing them one after another, in index order, leaves them (each completion a change
     of its own: a revision each). One completion with a stale token is refused alone."""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
@@ -342,7 +353,7 @@ def test_completions_in_one_flush_are_each_in_turn(
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(
             *(
-                fast.complete(c.id, job.id, "stale" if c.id == refused else str(c.lease_token), NOW, "", [])
+                fast.complete(Completion(c.id, "stale" if c.id == refused else str(c.lease_token), []), NOW)
                 for c in running
             )
         )
@@ -351,15 +362,15 @@ def test_completions_in_one_flush_are_each_in_turn(
     assert fast.group.flushes == flushes + 1, "one flush for all of them"
     after_job, after_chunks = run(_read(fast.store, job.id))
     if _declines(before_job, len(running)):
-        assert done == [None] * len(running), "declined, every one: a webhook event to write"
+        assert done == [DECLINED] * len(running), "declined, every one: a webhook event to write"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
     for c in running:
         if c.id != refused:
             _complete_in_domain(before_job, c, NOW)
             before_job.bumped = False
-    assert [d is None for d in done] == [c.id == refused for c in running]
-    assert {d.revision for d in done if d is not None} == {before_job.revision}
+    assert [d is DECLINED for d in done] == [c.id == refused for c in running]
+    assert {d.revision for d in done if d is not DECLINED} == {before_job.revision}
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
     _no_event(before_job)
@@ -376,13 +387,16 @@ def test_claims_in_one_flush_are_each_in_turn(
 
     async def all_at_once() -> list[Any]:
         return await asyncio.gather(
-            *(fast.claim(f"{WORKER}-{n}", [job.kind], limit, LEASE, NOW) for n, limit in enumerate(limits))
+            *(
+                fast.claim(ClaimRequest(f"{WORKER}-{n}", [job.kind], limit, LEASE), NOW)
+                for n, limit in enumerate(limits)
+            )
         )
 
     got = run(all_at_once())
     after_job, after_chunks = run(_read(fast.store, job.id))
     if job.webhook_url and _due(before_job):
-        assert got == [None] * len(limits), "declined, every one: a progress event is due"
+        assert got == [DECLINED] * len(limits), "declined, every one: a progress event is due"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
     for n, limit in enumerate(limits):
@@ -390,7 +404,7 @@ def test_claims_in_one_flush_are_each_in_turn(
         for c in expected:
             c.worker_id = f"{WORKER}-{n}"
         before_job.bumped = False
-        assert got[n] is not None and [c.id for _, c in got[n]] == [c.id for c in expected]
+        assert got[n] is not DECLINED and [c.id for _, c in got[n]] == [c.id for c in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
     _no_event(before_job)
@@ -409,9 +423,10 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     stale: int,
 ) -> None:
     """Several workers each completing a chunk with claim_next at once: one flush, written by one
-    statement (store/group.py ``_complete_then_claim``), leaves the job and its chunks as the completions
-    one after another and then the claims, to the callers in turn, do. With a stale completion among
-    them (``stale`` > 0) that caller gets nothing, and the others still claim after all the completions."""
+    statement (store/batch/group.py ``_complete_then_claim``), leaves the job and its chunks as the
+    completions one after another and then the claims, to the callers in turn, do. With a stale
+    completion among them (``stale`` > 0) that caller gets nothing, and the others still claim after all
+    the completions."""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
     running = [c for c in before_chunks if c.state == ChunkState.PROCESSING][: len(limits)]
     callers = list(zip(running, limits, strict=False))
@@ -422,13 +437,9 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
         return await asyncio.gather(
             *(
                 fast.complete_and_claim(
-                    c.id,
-                    job.id,
-                    "stale" if c.id == refused else str(c.lease_token),
+                    Completion(c.id, "stale" if c.id == refused else str(c.lease_token), []),
+                    ClaimRequest(f"{WORKER}-{n}", [job.kind], limit, LEASE),
                     NOW,
-                    "",
-                    [],
-                    (f"{WORKER}-{n}", [job.kind], limit, LEASE),
                 )
                 for n, (c, limit) in enumerate(callers)
             )
@@ -437,7 +448,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     got = run(all_at_once())
     after_job, after_chunks = run(_read(fast.store, job.id))
     if _declines(before_job, len(callers)):
-        assert got == [None] * len(callers), "declined, every one: a webhook event to write"
+        assert got == [DECLINED] * len(callers), "declined, every one: a webhook event to write"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
     if refused is None:
@@ -449,7 +460,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     completed_at = before_job.revision
     for n, (c, limit) in enumerate(callers):
         if c.id == refused:
-            assert got[n] is None
+            assert got[n] is DECLINED
             continue
         expected = _claim_in_domain(before_job, before_chunks, limit, NOW)
         for e in expected:
@@ -457,7 +468,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
         before_job.bumped = False
         done, claims = got[n]
         assert done.revision == completed_at
-        assert claims is not None and [x.id for _, x in claims] == [e.id for e in expected]
+        assert claims is not DECLINED and [x.id for _, x in claims] == [e.id for e in expected]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
     _no_event(before_job)
@@ -528,20 +539,21 @@ def _check_report(
     token = "not-the-lease" if stale else str(target.lease_token)
     got = run(
         fast.report(
-            target.id,
-            job.id,
-            token,
+            ProgressReport(
+                target.id,
+                token,
+                items_done=items,
+                stage=stage,
+                message=message,
+                external_task_id=ext,
+                lease_us=lease,
+            ),
             NOW,
-            items_done=items,
-            stage=stage,
-            message=message,
-            external_task_id=ext,
-            lease_us=lease,
         )
     )
     after_job, after_chunks = run(_read(fast.store, job.id))
     if stale or items > target.item_count or (job.webhook_url and _due(before_job)):
-        assert got is None, "declined: nothing may change"
+        assert got is DECLINED, "declined: nothing may change"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
     _report_in_domain(before_job, before_chunks[0], NOW, items, stage, message, ext, lease)
@@ -566,19 +578,9 @@ def test_progress_reports_in_one_flush_are_each_in_turn(
     twice = running[-1] if again else None
     flushes = fast.group.flushes
 
-    def report(c: Chunk, n: int) -> Awaitable[tuple[bool, int] | None]:
+    def report(c: Chunk, n: int) -> Awaitable[tuple[bool, int] | Declined]:
         token = "stale" if c.id == refused else str(c.lease_token)
-        return fast.report(
-            c.id,
-            job.id,
-            token,
-            NOW,
-            items_done=1,
-            stage=f"stage {n}",
-            message="",
-            external_task_id="",
-            lease_us=0,
-        )
+        return fast.report(ProgressReport(c.id, token, items_done=1, stage=f"stage {n}"), NOW)
 
     async def all_at_once() -> list[Any]:
         more = [report(twice, len(running))] if twice is not None else []
@@ -593,7 +595,7 @@ def test_progress_reports_in_one_flush_are_each_in_turn(
     for c, n in order:
         _report_in_domain(before_job, c, NOW, 1, f"stage {n}", "", "", 0)
         before_job.bumped = False
-    assert [g is None for g in got[: len(running)]] == [c.id == refused for c in running]
+    assert [g is DECLINED for g in got[: len(running)]] == [c.id == refused for c in running]
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
 
@@ -620,12 +622,12 @@ def test_each_flush_notice_begins_as_the_listener_knows_its_own(
         try:
             await conn.add_listener(CHANNEL, lambda *args: got.put_nowait(args[-1]))
             target = before_chunks[0]
-            ask = (WORKER, [job.kind], 1, LEASE)
-            item = (target.id, job.id, str(target.lease_token), "", [])
+            ask = ClaimRequest(WORKER, [job.kind], 1, LEASE)
+            item = Completion(target.id, str(target.lease_token), [])
             done, _ = await fast.complete_many([item], NOW, ask)
-            assert done[0] is not None, "completed: the job has no webhook and the lease is current"
-            await fast.claim(WORKER, [job.kind], 2, LEASE, NOW)
-            await fast.complete(target.id, job.id, "not-the-lease", NOW, "", [])  # declined: no notice
+            assert done[0] is not DECLINED, "completed: the job has no webhook and the lease is current"
+            await fast.claim(ClaimRequest(WORKER, [job.kind], 2, LEASE), NOW)
+            await fast.complete(Completion(target.id, "not-the-lease", []), NOW)  # declined: no notice
             # The completion-and-claim's notice, and the claim's when a chunk was left to claim.
             for _ in range(1 if sum(c.state == ChunkState.PENDING for c in before_chunks) < 2 else 2):
                 payload = await asyncio.wait_for(got.get(), 10)
@@ -691,25 +693,15 @@ def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
     base, cap = backoff
     fast.store.waiting.due = NEVER  # as if nothing waited: the retry must say when the next one is due
     got = run(
-        fast.fail(
-            target.id,
-            job.id,
-            token,
-            NOW,
-            reason="DECODE_ERROR",
-            message=message,
-            jitter=jitter,
-            backoff_s=base,
-            backoff_max_s=cap,
-        )
+        fast.fail(Failure(target.id, token, "DECODE_ERROR", message, True), NOW, Backoff(base, cap, jitter))
     )
     after_job, after_chunks = run(_read(fast.store, job.id))
     if stale or _fail_declines(before_job, target):
-        assert got is None, "declined: nothing may change"
+        assert got is DECLINED, "declined: nothing may change"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
     _fail_in_domain(before_job, before_chunks[0], NOW, "DECODE_ERROR", message, jitter, base, cap)
-    assert got is not None
+    assert got is not DECLINED
     assert (got.next_attempt_time, got.revision) == (before_chunks[0].next_attempt_time, before_job.revision)
     assert (got.index, got.attempt, got.kind) == (target.index, target.attempt, job.kind)
     assert _job(after_job) == _job(before_job)
@@ -746,17 +738,7 @@ def test_failures_in_one_flush_are_each_in_turn(
 
     def fail(c: Chunk, n: int) -> Awaitable[Any]:
         token = "stale" if c.id == refused else str(c.lease_token)
-        return fast.fail(
-            c.id,
-            job.id,
-            token,
-            NOW,
-            reason=f"E{n}",
-            message="",
-            jitter=jitters[n],
-            backoff_s=2.0,
-            backoff_max_s=60.0,
-        )
+        return fast.fail(Failure(c.id, token, f"E{n}", "", True), NOW, Backoff(2.0, 60.0, jitters[n]))
 
     async def all_at_once() -> list[Any]:
         more = [fail(twice, len(running))] if twice is not None else []
@@ -771,9 +753,9 @@ def test_failures_in_one_flush_are_each_in_turn(
             _fail_in_domain(before_job, c, NOW, f"E{n}", "", jitters[n], 2.0, 60.0)
             before_job.bumped = False
             retried.append(c.id)
-    assert [g is not None for g in got[: len(running)]] == [c.id in retried for c in running]
+    assert [g is not DECLINED for g in got[: len(running)]] == [c.id in retried for c in running]
     if twice is not None:
-        assert got[-1] is None, "the second failure of a chunk finds its lease spent"
+        assert got[-1] is DECLINED, "the second failure of a chunk finds its lease spent"
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
 
@@ -833,17 +815,9 @@ def test_a_retry_notice_says_when_the_retry_comes_due(
         store.publish = lambda changes: (published.append(changes), real_publish(changes))  # type: ignore[method-assign]
         try:
             await conn.add_listener(CHANNEL, lambda *args: got.put_nowait(args[-1]))
-            assert store.fast is not None
-            done = await store.fast.fail(
-                chunk.id,
-                job_id,
-                "tok",
-                NOW,
-                reason="E",
-                message="",
-                jitter=0.5,
-                backoff_s=2.0,
-                backoff_max_s=60.0,
+            assert store.batch is not None
+            done = await store.batch.fail(
+                Failure(chunk.id, "tok", "E", "", True), NOW, Backoff(2.0, 60.0, 0.5)
             )
             return done, await asyncio.wait_for(got.get(), 10)
         finally:
@@ -851,7 +825,7 @@ def test_a_retry_notice_says_when_the_retry_comes_due(
             await conn.close()
 
     done, payload = loop.run_until_complete(fail_once())
-    assert done is not None
+    assert done is not DECLINED
     # Attempt 1 of 3, base 2 s: ceiling 2 s, jitter 0.5 -> 1.5 s.
     assert done.next_attempt_time == NOW + 1_500_000
     assert payload.startswith(own_prefixes(store.replica_id)), payload

@@ -65,14 +65,15 @@ from jobpulse_server.domain.filters import ORDERS, JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.domain.work import ClaimRequest, Completion, CompletionResult, Failure, ProgressReport
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
-from jobpulse_server.services import workers as workers_module
+from jobpulse_server.services import worker_path as worker_path_module
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.retention import RetentionService
-from jobpulse_server.services.workers import ClaimAsk, Completion, CompletionResult, WorkerService
+from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store import Store, Tx
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.statements import OUTBOX_COLUMNS
@@ -546,28 +547,31 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
         )
         return view.page(rig, await j.create_job(op["who"], req))
     if kind == "claim":
-        claims = await w.claim(op["worker"], op["kinds"], op["limit"], op["lease_us"], 0)
+        claims = await w.claim(ClaimRequest(op["worker"], op["kinds"], op["limit"], op["lease_us"], 0))
         return {"claims": view.claims(rig, claims)}
     if kind == "progress":
         cancel, expires = await w.report_progress(
-            op["chunk"],
-            rig.token(op["handle"]),
-            items_done=op["items_done"],
-            stage=op["stage"],
-            message=op["message"],
-            external_task_id=op["external_task_id"],
-            lease_us=op["lease_us"],
+            ProgressReport(
+                op["chunk"],
+                rig.token(op["handle"]),
+                items_done=op["items_done"],
+                stage=op["stage"],
+                message=op["message"],
+                external_task_id=op["external_task_id"],
+                lease_us=op["lease_us"] or 0,
+            ),
         )
         return {"cancel_requested": cancel, "lease_expire_time": expires}
     if kind in ("complete", "complete_and_claim"):
         ask = None
         if kind == "complete_and_claim":
             n = op["next"]
-            ask = ClaimAsk(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
+            ask = ClaimRequest(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
             if rig.fake is not None and view.two_step_complete_and_claim:
                 return await _complete_and_claim(rig, view, op, ask)
         state, claims = await w.complete(
-            op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
+            Completion(op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"]),
+            claim_next=ask,
         )
         return {"job_state": state, "claims": view.claims(rig, claims)}
     if kind == "complete_many":
@@ -580,7 +584,7 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
         ask = None
         if op["next"] is not None:
             n = op["next"]
-            ask = ClaimAsk(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
+            ask = ClaimRequest(n["worker"], n["kinds"], n["limit"], n["lease_us"], 0.0)
         if rig.fake is not None and view.two_step_complete_and_claim:
             results, claims = await _grouped_complete_many(rig, items, ask)
         else:
@@ -592,7 +596,9 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
             "claims": view.claims(rig, claims),
         }
     if kind == "fail":
-        out = await w.fail(op["chunk"], rig.token(op["handle"]), op["reason"], op["message"], op["retryable"])
+        out = await w.fail(
+            Failure(op["chunk"], rig.token(op["handle"]), op["reason"], op["message"], op["retryable"])
+        )
         return dataclasses.asdict(out)
     if kind == "stale":
         variant = op["variant"]
@@ -602,7 +608,7 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
             chunk_id, token = "not-a-chunk", "bogus"
         else:
             chunk_id, token = op["chunk"], "" if variant == "empty" else "not-the-token"
-        state, claims = await w.complete(chunk_id, token, [Artifact("x", "s3://x")], "")
+        state, claims = await w.complete(Completion(chunk_id, token, [Artifact("x", "s3://x")], ""))
         return {"job_state": state, "claims": view.claims(rig, claims)}
     if kind == "cancel":
         return view.page(rig, await j.cancel_job(op["who"], op["job"], op["reason"]))
@@ -631,10 +637,10 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
     raise AssertionError(f"unknown operation {kind}")
 
 
-async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimAsk) -> Any:
+async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimRequest) -> Any:
     """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
 
-    ``store.fast.complete_and_claim`` (store/group.py) writes the completion and then the claim in
+    ``store.batch.complete_and_claim`` (store/batch/group.py) writes the completion and then the claim in
     one flush, each bumping the revision of the job it changes; when the claim would make a candidate
     job's webhook event, WorkerService.complete claims on the general path in a transaction of its own.
     Either way, when the completion is group-committed (``_group_declines``), it is a completion
@@ -647,20 +653,21 @@ async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: Cla
     if _group_declines(rig, job_id, 1):
         # The group commit declines: the general path, as on the fake.
         state, claims = await rig.workers.complete(
-            op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"], ask
+            Completion(op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"]),
+            claim_next=ask,
         )
         return {"job_state": state, "claims": view.claims(rig, claims)}
     state, _ = await rig.workers.complete(
-        op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"]
+        Completion(op["chunk"], rig.token(op["handle"]), _artifacts(op), op["external_task_id"])
     )
-    claims = await rig.workers.claim(*ask.args())
+    claims = await rig.workers.claim(ask)
     return {"job_state": state, "claims": view.claims(rig, claims)}
 
 
 async def _grouped_complete_many(
-    rig: Rig, items: list[Completion], ask: ClaimAsk | None
+    rig: Rig, items: list[Completion], ask: ClaimRequest | None
 ) -> tuple[list[CompletionResult], list[Any]]:
-    """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/group.py): each
+    """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/batch/group.py): each
     completion the group commit takes is a change of its own, in the order asked; those it declines
     (``_group_declines``, a lease not current) then go through the general path in one transaction;
     then the claim. Every result gives its job's state after the call."""
@@ -673,7 +680,7 @@ async def _grouped_complete_many(
             continue
         try:
             done[n], _ = await w.complete(
-                item.chunk_id, item.lease_token, item.artifacts, item.external_task_id
+                Completion(item.chunk_id, item.lease_token, item.artifacts, item.external_task_id)
             )
         except DomainError:
             continue
@@ -689,13 +696,13 @@ async def _grouped_complete_many(
         r if r.error is not None else CompletionResult(r.chunk_id, None, last[chunk_job_id(r.chunk_id)])
         for r in results
     ]
-    claims = await w.claim(*ask.args()) if ask is not None else []
+    claims = await w.claim(ask) if ask is not None else []
     return results, claims
 
 
 def _group_declines(rig: Rig, job_id: str, asked: int) -> bool:
     """Whether PostgreSQL's group commit leaves a job's completions (``asked`` of them in the flush) to
-    the general path (store/group.py ``_no_event``): a job it does not find, or one whose change makes a
+    the general path (store/batch/group.py ``_no_event``): a job it does not find, or one whose change makes a
     webhook event: it may end (no more chunks pending or running than completions asked) or a job.progress
     event is due (always, with PROGRESS_US 0, for a job that asked for them)."""
     assert rig.fake is not None and PROGRESS_US == 0
@@ -913,7 +920,7 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
     jitter = random.Random()
     monkeypatch.setattr(ids, "new_job_id", new_job_id)
-    monkeypatch.setattr(workers_module, "_jitter", jitter)
+    monkeypatch.setattr(worker_path_module, "_jitter", jitter)
 
     # Ties of ORDER BY lease_expire_time in the fake's order (see the module docstring).
     def ordered(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -952,7 +959,7 @@ async def test_every_driver_mode_and_the_fake_agree(
     on_loop = driver_mode == "on-loop"
     async with real_rig(database_url, clocks[0], on_loop) as real, fake_rig(clocks[1]) as fake:
         assert real.db is not None
-        view = View(exact_seq=real.db.kind == "sqlite", two_step_complete_and_claim=real.db.fast is not None)
+        view = View(exact_seq=real.db.kind == "sqlite", two_step_complete_and_claim=real.db.batch is not None)
         driver = Driver(random.Random(seed))
         for step in range(STEPS):
             op = driver.next()

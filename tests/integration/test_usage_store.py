@@ -52,9 +52,9 @@ async def test_a_flush_is_one_transaction_however_many_calls_and_keys_it_counts(
 
 
 async def test_the_shared_bucket_grants_blocks_refuses_and_refills(db: SqlStore) -> None:
-    if db.fast is None:
+    if db.batch is None:
         pytest.skip("SQLite is served by one process: its in-memory limiter is exact (no shared bucket)")
-    fast = db.fast
+    fast = db.batch
     # A slow refill (1 token in 1000 s), so the statement's own duration adds nothing measurable.
     rate, burst = 0.001, 10.0
     first = await fast.lease_tokens("k", 4, rate, burst)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import ClaimRequest, Failure
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
@@ -70,7 +71,7 @@ async def _job(r: Replica, kind: str, n: int) -> str:
 
 
 async def _claim(r: Replica, kind: str) -> list[int]:
-    return [c.chunk.index for c in await r.workers.claim("w", [kind], 1, LEASE, 0)]
+    return [c.chunk.index for c in await r.workers.claim(ClaimRequest("w", [kind], 1, LEASE, 0))]
 
 
 async def _retry_at(r: Replica, job_id: str) -> dict[int, Any]:
@@ -85,9 +86,9 @@ async def test_a_failed_chunk_waits_out_of_the_claim_order_and_rejoins_it_when_d
     clock = Clock()
     async with replica(database_url, clock) as r:
         job_id = await _job(r, "wait", 3)
-        [claim] = await r.workers.claim("w", ["wait"], 1, LEASE, 0)
+        [claim] = await r.workers.claim(ClaimRequest("w", ["wait"], 1, LEASE, 0))
         assert claim.chunk.index == 0
-        outcome = await r.workers.fail(claim.chunk.id, claim.lease_token, "E", "", retryable=True)
+        outcome = await r.workers.fail(Failure(claim.chunk.id, claim.lease_token, "E", "", retryable=True))
         due = outcome.next_attempt_time
         assert outcome.will_retry and due is not None and due > clock.now
         assert await _retry_at(r, job_id) == {0: due, 1: None, 2: None}
@@ -108,9 +109,9 @@ async def test_a_chunk_another_replica_put_in_a_backoff_is_found_within_the_refr
     async with replica(database_url, clock) as a, replica(database_url, clock) as b:
         await _job(a, "peer", 4)
         assert await _claim(b, "peer") == [0]  # b looks: nothing waits
-        [claim] = await a.workers.claim("w", ["peer"], 1, LEASE, 0)
+        [claim] = await a.workers.claim(ClaimRequest("w", ["peer"], 1, LEASE, 0))
         assert claim.chunk.index == 1
-        outcome = await a.workers.fail(claim.chunk.id, claim.lease_token, "E", "", retryable=True)
+        outcome = await a.workers.fail(Failure(claim.chunk.id, claim.lease_token, "E", "", retryable=True))
         assert outcome.next_attempt_time is not None
         clock.now = outcome.next_attempt_time  # due, but b was never told of it
         assert outcome.next_attempt_time - START < REFRESH_US

@@ -24,7 +24,7 @@ What it mirrors (``store/tx.py``, ``store/statements.py``, ``store/rows.py``, ``
 * Reads see one snapshot: a ``read()`` keeps the tables as they were when it began, since a commit
   replaces them rather than changing them in place (stored rows are never mutated); a read offers no
   write operation.
-* ``fast`` is None (no group-committed paths), as on SQLite.
+* ``batch`` is None (no group-committed path), as on SQLite.
 * ``delete_job`` gives the job's tombstone the next change_seq (the columns the feed filters on;
   ``tombstones``) and removes the job, its chunks and its artifacts (not its outbox rows).
   ``change_horizon`` is one past the largest; ``changed_jobs`` returns jobs and tombstones after a
@@ -649,7 +649,7 @@ class FakeStore:
     """The Store, in memory. ``on_commit`` gets what each commit changed (``ChangeHub.publish``)."""
 
     # No group-committed paths: the services take the general path, as on SQLite.
-    fast = None
+    batch = None
 
     def __init__(self, on_commit: Callable[[Changes], None] | None = None) -> None:
         self.on_commit = on_commit

@@ -19,6 +19,7 @@ from support.job_tracing import Spans, context_of, global_provider, stored_job, 
 import jobpulse
 from jobpulse.v1 import job_pb2
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import ClaimRequest, Completion, Failure
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.services import job_trace
@@ -199,9 +200,9 @@ async def test_the_services_on_the_fake_store_keep_the_context_and_link_every_mo
         made_in = call.get_span_context()
         assert (creation.trace_id, creation.span_id) == (made_in.trace_id, made_in.span_id)
         with spans.tracer.start_as_current_span("ClaimChunks") as claiming:
-            first, second = await workers.claim("w1", ["k"], 2, 10_000_000, 0)
-        await workers.fail(first.chunk.id, first.lease_token, "E", "bad", retryable=True)
-        await workers.complete(second.chunk.id, second.lease_token, [], "")
+            first, second = await workers.claim(ClaimRequest("w1", ["k"], 2, 10_000_000, 0))
+        await workers.fail(Failure(first.chunk.id, first.lease_token, "E", "bad", retryable=True))
+        await workers.complete(Completion(second.chunk.id, second.lease_token, [], ""))
         # A save keeps the creation's context (only CreateJob writes it).
         assert store.job(page.job.id).trace_parent == stored.trace_parent
     finally:

@@ -1,4 +1,4 @@
-"""The group-commit flusher (store/group.py) when its statement fails, on a stand-in for the store that
+"""The group-commit flusher (store/batch/group.py) when its statement fails, on a stand-in for the store that
 records every statement and fails the one that writes completions and claims together: every caller of
 that flush gets the error, and nothing is written after it for them (a claim answered with an error
 must not be made by a later statement: its chunks would stay leased to a worker that never heard of
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from jobpulse_server.domain.changes import Changes
-from jobpulse_server.store.group import ClaimAsk, Completion, GroupCommit
+from jobpulse_server.store.batch.group import GroupCommit, QueuedClaim, QueuedCompletion
 from jobpulse_server.store.waiting import NEVER, Waiting
 
 
@@ -48,9 +48,9 @@ class FailingStore:
 async def test_a_failed_flush_answers_its_completions_and_claims_with_the_error_and_writes_no_more() -> None:
     store = FailingStore()
     group = GroupCommit(store)
-    completion = Completion("job-1:0", "job-1", "token", "", [], now=1)
-    next_claim = ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)
-    plain_claim = ClaimAsk("worker-b", ("kind",), 2, 60_000_000, now=1)
+    completion = QueuedCompletion("job-1:0", "job-1", "token", "", [], now=1)
+    next_claim = QueuedClaim("worker-a", ("kind",), 1, 60_000_000, now=1)
+    plain_claim = QueuedClaim("worker-b", ("kind",), 2, 60_000_000, now=1)
 
     async def claim() -> Any:
         return await group.claim(plain_claim)
@@ -74,8 +74,8 @@ async def test_the_flusher_serves_the_next_callers_after_a_failed_flush(flushes:
     for n in range(flushes):
         with pytest.raises(Refused):
             await group.complete_and_claim(
-                Completion(f"job-1:{n}", "job-1", "token", "", [], now=1),
-                ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1),
+                QueuedCompletion(f"job-1:{n}", "job-1", "token", "", [], now=1),
+                QueuedClaim("worker-a", ("kind",), 1, 60_000_000, now=1),
             )
     await group.close()
     assert len(store.statements) == flushes
@@ -95,8 +95,8 @@ async def test_a_failed_flush_leaves_no_error_unread() -> None:
         async def one() -> str:
             try:
                 await group.complete_and_claim(
-                    Completion("job-1:0", "job-1", "token", "", [], now=1),
-                    ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1),
+                    QueuedCompletion("job-1:0", "job-1", "token", "", [], now=1),
+                    QueuedClaim("worker-a", ("kind",), 1, 60_000_000, now=1),
                 )
             except Refused:
                 return "refused"
@@ -105,8 +105,8 @@ async def test_a_failed_flush_leaves_no_error_unread() -> None:
         async def many() -> str:
             try:
                 await group.complete_many(
-                    [Completion(f"job-2:{n}", "job-2", "token", "", [], now=1) for n in range(2)],
-                    ClaimAsk("worker-b", ("kind",), 2, 60_000_000, now=1),
+                    [QueuedCompletion(f"job-2:{n}", "job-2", "token", "", [], now=1) for n in range(2)],
+                    QueuedClaim("worker-b", ("kind",), 2, 60_000_000, now=1),
                 )
             except Refused:
                 return "refused"
@@ -149,8 +149,8 @@ async def test_a_fault_of_the_flusher_itself_is_its_callers_error_and_the_next_f
     store.waiting = BrokenOnce()  # type: ignore[assignment]
     group = GroupCommit(store)
     with pytest.raises(RuntimeError, match="a bug in the flusher"):
-        await asyncio.wait_for(group.claim(ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
-    got = await asyncio.wait_for(group.claim(ClaimAsk("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
+        await asyncio.wait_for(group.claim(QueuedClaim("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
+    got = await asyncio.wait_for(group.claim(QueuedClaim("worker-a", ("kind",), 1, 60_000_000, now=1)), 10)
     assert got == []  # the claim statement ran and found nothing ready
     assert len(store.statements) == 1
     await group.close()

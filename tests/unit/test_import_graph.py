@@ -95,8 +95,9 @@ BENCH_MAY_IMPORT = {
     "jobpulse_server.store.database",
     "jobpulse_server.services.keys",
     "jobpulse_server.store.statements",
-    "jobpulse_server.store.fast",
-    "jobpulse_server.store.group",
+    "jobpulse_server.store.batch",
+    "jobpulse_server.store.batch.path",
+    "jobpulse_server.store.batch.group",
     "jobpulse_server.store.tables",
 }
 

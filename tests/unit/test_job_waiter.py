@@ -12,6 +12,7 @@ from support.fake_store import FakeStore, new_job
 from jobpulse_server.domain.errors import JobNotFound, ShuttingDown
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
+from jobpulse_server.domain.work import ClaimRequest, Completion
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
@@ -63,11 +64,11 @@ async def test_a_running_job_is_returned_as_it_stands_when_the_time_is_up(rig: R
 async def test_a_wait_ends_when_the_job_does(rig: Rig) -> None:
     waiting = asyncio.create_task(rig.waiter.wait(ANONYMOUS, "A", LONG_WAIT))
     await _subscribed(rig, "A")
-    claims = await rig.workers.claim("w", [], 2, LEASE, 0)
-    await rig.workers.complete(claims[0].chunk.id, claims[0].lease_token, [], "")
+    claims = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
+    await rig.workers.complete(Completion(claims[0].chunk.id, claims[0].lease_token, [], ""))
     await asyncio.sleep(0)
     assert not waiting.done()  # a change that does not end the job: it reads and waits again
-    await rig.workers.complete(claims[1].chunk.id, claims[1].lease_token, [], "")
+    await rig.workers.complete(Completion(claims[1].chunk.id, claims[1].lease_token, [], ""))
 
     page = await asyncio.wait_for(waiting, DEADLINE)
     assert page.job.state == JobState.COMPLETED

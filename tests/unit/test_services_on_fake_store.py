@@ -33,13 +33,14 @@ from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.webhooks import PENDING
+from jobpulse_server.domain.work import ClaimRequest, Completion, Failure, ProgressReport
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.jobs import JobPage, JobService, NewJob
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.watch import EventType, FeedMessage, FeedService, WatchMessage, WatchService
-from jobpulse_server.services.workers import CANCEL_DEADLINE, ClaimAsk, Completion, WorkerService
+from jobpulse_server.services.workers import CANCEL_DEADLINE, WorkerService
 from jobpulse_server.store import Tx
 from jobpulse_server.store.statements import OUTBOX_COLUMNS
 
@@ -116,7 +117,7 @@ async def test_claim_hands_out_ready_chunks_in_claim_order_and_leases_them(rig: 
     rig.seed("C", total_items=5, chunk_size=5, priority=5, kind="other")
     now = rig.clock()
 
-    first = await rig.workers.claim("w1", ["k"], 3, LEASE, 0)
+    first = await rig.workers.claim(ClaimRequest("w1", ["k"], 3, LEASE, 0))
 
     # Priority first, then job id, then index; kind "other" is not asked for.
     assert [c.chunk.id for c in first] == ["B-0", "B-1", "A-0"]
@@ -140,9 +141,9 @@ async def test_claim_hands_out_ready_chunks_in_claim_order_and_leases_them(rig: 
     assert rig.store.job("C").state == JobState.PENDING
     assert rig.store.published[-1].jobs == {"A": 2, "B": 2}
 
-    rest = await rig.workers.claim("w2", [], 10, LEASE, 0)
+    rest = await rig.workers.claim(ClaimRequest("w2", [], 10, LEASE, 0))
     assert [c.chunk.id for c in rest] == ["A-1", "A-2", "C-0"]
-    assert await rig.workers.claim("w3", [], 10, LEASE, 0) == []
+    assert await rig.workers.claim(ClaimRequest("w3", [], 10, LEASE, 0)) == []
     assert rig.counted("claimed") == 6
 
 
@@ -157,7 +158,7 @@ async def test_a_waiting_claim_is_woken_by_new_work(rig: Rig, monkeypatch: pytes
             looked.set()
 
     monkeypatch.setattr(rig.store, "write", write_and_tell)
-    waiting = asyncio.create_task(rig.workers.claim("w", [], 1, LEASE, 30.0))
+    waiting = asyncio.create_task(rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 30.0)))
     await asyncio.wait_for(looked.wait(), DEADLINE)  # its first look found nothing: it waits for the hub
     assert not waiting.done() and rig.store.commits == 1
 
@@ -173,11 +174,11 @@ async def test_a_waiting_claim_is_woken_by_new_work(rig: Rig, monkeypatch: pytes
 
 async def test_completing_with_the_lease_completes_the_chunk_and_the_job_follows(rig: Rig) -> None:
     rig.seed("A", total_items=8, chunk_size=5)
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
     t1 = rig.clock.advance(1)
 
     state, claims = await rig.workers.complete(
-        "A-0", c0.lease_token, [Artifact("out", "s3://b/0", "text/csv", 12)], "task-0"
+        Completion("A-0", c0.lease_token, [Artifact("out", "s3://b/0", "text/csv", 12)], "task-0")
     )
 
     assert (state, claims) == (JobState.PROCESSING, [])  # no next claim asked for
@@ -188,7 +189,9 @@ async def test_completing_with_the_lease_completes_the_chunk_and_the_job_follows
     assert (job.summary.completed, job.summary.processing, job.items_done, job.end_time) == (1, 1, 5, None)
 
     t2 = rig.clock.advance(1)
-    state, claims = await rig.workers.complete("A-1", c1.lease_token, [Artifact("out", "s3://b/1")], "")
+    state, claims = await rig.workers.complete(
+        Completion("A-1", c1.lease_token, [Artifact("out", "s3://b/1")], "")
+    )
 
     assert (state, claims) == (JobState.COMPLETED, [])
     job, chunks = rig.state("A")
@@ -206,11 +209,11 @@ async def test_completing_with_the_lease_completes_the_chunk_and_the_job_follows
 
 async def test_complete_and_claim_next_in_one_transaction(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5)
-    (c0,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c0,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     published = len(rig.store.published)
 
     state, claims = await rig.workers.complete(
-        "A-0", c0.lease_token, [], "", claim_next=ClaimAsk("w", [], 1, LEASE)
+        Completion("A-0", c0.lease_token, [], ""), claim_next=ClaimRequest("w", [], 1, LEASE)
     )
 
     assert state == JobState.PROCESSING
@@ -225,7 +228,7 @@ async def test_complete_and_claim_next_in_one_transaction(rig: Rig) -> None:
 
 async def test_complete_many_judges_each_lease_on_its_own(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5)
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
 
     results, claims = await rig.workers.complete_many(
         [
@@ -247,26 +250,28 @@ async def test_complete_many_judges_each_lease_on_its_own(rig: Rig) -> None:
 
 async def test_a_stale_or_wrong_lease_is_refused_and_changes_nothing(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5, webhook_url="https://hooks.example/x")
-    c0, _ = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, _ = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
     before = rig.state("A")
     published = len(rig.store.published)
 
     with pytest.raises(LeaseLost):
-        await rig.workers.complete("A-0", "not-the-token", [Artifact("x", "s3://x")], "")
+        await rig.workers.complete(Completion("A-0", "not-the-token", [Artifact("x", "s3://x")], ""))
     with pytest.raises(LeaseLost):
-        await rig.workers.complete("A-0", "", [], "")
+        await rig.workers.complete(Completion("A-0", "", [], ""))
     with pytest.raises(LeaseLost):
-        await rig.workers.fail("A-0", "not-the-token", "E", "boom", True)
+        await rig.workers.fail(Failure("A-0", "not-the-token", "E", "boom", True))
     with pytest.raises(LeaseLost):
         await rig.workers.report_progress(
-            "A-0", "not-the-token", items_done=1, stage="", message="", external_task_id="", lease_us=None
+            ProgressReport(
+                "A-0", "not-the-token", items_done=1, stage="", message="", external_task_id="", lease_us=0
+            )
         )
     with pytest.raises(ChunkNotFound):
-        await rig.workers.complete("A-7", c0.lease_token, [], "")
+        await rig.workers.complete(Completion("A-7", c0.lease_token, [], ""))
     # The right token, once the lease has run out.
     rig.clock.advance(LEASE / 1e6 + 1)
     with pytest.raises(LeaseLost):
-        await rig.workers.complete("A-0", c0.lease_token, [], "")
+        await rig.workers.complete(Completion("A-0", c0.lease_token, [], ""))
 
     assert rig.state("A") == before
     assert rig.store.artifacts_of("A") == [] and rig.store.outbox_rows == []
@@ -277,12 +282,12 @@ async def test_a_stale_or_wrong_lease_is_refused_and_changes_nothing(rig: Rig) -
 async def test_the_token_of_an_earlier_claim_is_refused_after_a_reclaim(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, max_attempts=3)
     rig.config.retry_backoff = rig.config.retry_backoff_max = 0.0
-    (old,) = await rig.workers.claim("w1", [], 1, LEASE, 0)
-    await rig.workers.fail("A-0", old.lease_token, "E", "boom", True)
-    (new,) = await rig.workers.claim("w2", [], 1, LEASE, 0)
+    (old,) = await rig.workers.claim(ClaimRequest("w1", [], 1, LEASE, 0))
+    await rig.workers.fail(Failure("A-0", old.lease_token, "E", "boom", True))
+    (new,) = await rig.workers.claim(ClaimRequest("w2", [], 1, LEASE, 0))
 
     with pytest.raises(LeaseLost):
-        await rig.workers.complete("A-0", old.lease_token, [], "")
+        await rig.workers.complete(Completion("A-0", old.lease_token, [], ""))
 
     stored = rig.store.chunk("A-0")
     assert (stored.state, stored.lease_token, stored.worker_id, stored.attempt) == (
@@ -298,10 +303,10 @@ async def test_the_token_of_an_earlier_claim_is_refused_after_a_reclaim(rig: Rig
 
 async def test_failing_with_attempts_left_retries_later_then_fails_for_good(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, max_attempts=2)
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     now = rig.clock.advance(1)
 
-    outcome = await rig.workers.fail("A-0", c.lease_token, "IO", "disk full", True)
+    outcome = await rig.workers.fail(Failure("A-0", c.lease_token, "IO", "disk full", True))
 
     # retry_backoff 2 s, first attempt: a delay between 1 and 2 seconds.
     assert outcome.will_retry and outcome.next_attempt_time is not None
@@ -316,12 +321,12 @@ async def test_failing_with_attempts_left_retries_later_then_fails_for_good(rig:
     assert (job.state, job.summary.pending, job.summary.processing) == (JobState.PROCESSING, 1, 0)
     assert rig.store.published[-1].work_later and rig.store.published[-1].jobs == {"A": job.revision}
 
-    assert await rig.workers.claim("w", [], 1, LEASE, 0) == []  # not before its retry time
+    assert await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0)) == []  # not before its retry time
     rig.clock.now = outcome.next_attempt_time
-    (again,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (again,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     assert (again.chunk.id, again.chunk.attempt) == ("A-0", 2)
 
-    last = await rig.workers.fail("A-0", again.lease_token, "IO", "still full", True)
+    last = await rig.workers.fail(Failure("A-0", again.lease_token, "IO", "still full", True))
 
     assert (last.will_retry, last.next_attempt_time) == (False, None)
     job, (chunk,) = rig.state("A")
@@ -333,15 +338,15 @@ async def test_failing_with_attempts_left_retries_later_then_fails_for_good(rig:
 
 async def test_a_failure_that_is_not_retryable_fails_at_once(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5, max_attempts=3)
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
 
-    outcome = await rig.workers.fail("A-0", c0.lease_token, "", "bad input", False)
+    outcome = await rig.workers.fail(Failure("A-0", c0.lease_token, "", "bad input", False))
 
     assert (outcome.will_retry, outcome.next_attempt_time) == (False, None)
     job, chunks = rig.state("A")
     assert chunks[0].state == ChunkState.FAILED and chunks[0].error_reason == "WORKER_ERROR"
     assert job.state == JobState.PROCESSING  # the other chunk still runs
-    await rig.workers.complete("A-1", c1.lease_token, [], "")
+    await rig.workers.complete(Completion("A-1", c1.lease_token, [], ""))
     assert rig.store.job("A").state == JobState.FAILED
 
 
@@ -350,17 +355,19 @@ async def test_a_failure_that_is_not_retryable_fails_at_once(rig: Rig) -> None:
 
 async def test_progress_reports_update_items_and_extend_the_lease(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5)
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     now = rig.clock.advance(3)
 
     cancel, expires = await rig.workers.report_progress(
-        "A-0",
-        c.lease_token,
-        items_done=3,
-        stage="parse",
-        message="3 rows",
-        external_task_id="t-1",
-        lease_us=None,
+        ProgressReport(
+            "A-0",
+            c.lease_token,
+            items_done=3,
+            stage="parse",
+            message="3 rows",
+            external_task_id="t-1",
+            lease_us=0,
+        ),
     )
 
     assert (cancel, expires) == (False, now + LEASE)
@@ -376,7 +383,9 @@ async def test_progress_reports_update_items_and_extend_the_lease(rig: Rig) -> N
     # Items never go back; a new lease length sticks.
     now = rig.clock.advance(1)
     _, expires = await rig.workers.report_progress(
-        "A-0", c.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=20_000_000
+        ProgressReport(
+            "A-0", c.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=20_000_000
+        )
     )
     assert expires == now + 20_000_000
     assert (rig.store.chunk("A-0").items_done, rig.store.job("A").items_done) == (3, 3)
@@ -384,7 +393,9 @@ async def test_progress_reports_update_items_and_extend_the_lease(rig: Rig) -> N
     before = rig.state("A")
     with pytest.raises(InvalidArgument):
         await rig.workers.report_progress(
-            "A-0", c.lease_token, items_done=6, stage="", message="", external_task_id="", lease_us=None
+            ProgressReport(
+                "A-0", c.lease_token, items_done=6, stage="", message="", external_task_id="", lease_us=0
+            )
         )
     assert rig.state("A") == before
 
@@ -395,16 +406,18 @@ async def test_progress_reports_update_items_and_extend_the_lease(rig: Rig) -> N
 async def test_a_job_with_a_webhook_writes_an_outbox_row_on_its_terminal_transition(rig: Rig) -> None:
     url = "https://hooks.example/done"
     rig.seed("A", total_items=10, chunk_size=5, webhook_url=url, owner="alice")
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
     await rig.workers.report_progress(
-        "A-0", c0.lease_token, items_done=2, stage="", message="", external_task_id="", lease_us=None
+        ProgressReport(
+            "A-0", c0.lease_token, items_done=2, stage="", message="", external_task_id="", lease_us=0
+        )
     )
-    await rig.workers.complete("A-0", c0.lease_token, [], "")
+    await rig.workers.complete(Completion("A-0", c0.lease_token, [], ""))
     assert rig.store.outbox_rows == []  # no progress events asked for, nothing terminal yet
     assert not rig.hub.webhooks.is_set()
 
     now = rig.clock.advance(1)
-    await rig.workers.complete("A-1", c1.lease_token, [], "")
+    await rig.workers.complete(Completion("A-1", c1.lease_token, [], ""))
 
     (row,) = rig.store.outbox_rows
     assert (row["job_id"], row["owner"], row["event_type"], row["url"]) == (
@@ -427,26 +440,30 @@ async def test_a_job_with_a_webhook_writes_an_outbox_row_on_its_terminal_transit
 
 async def test_a_job_that_fails_writes_a_failed_event(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, webhook_url="https://hooks.example/x", max_attempts=1)
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
 
-    await rig.workers.fail("A-0", c.lease_token, "E", "boom", True)  # no attempt left
+    await rig.workers.fail(Failure("A-0", c.lease_token, "E", "boom", True))  # no attempt left
 
     assert [r["event_type"] for r in rig.store.outbox_rows] == ["job.failed"]
 
 
 async def test_a_chunk_of_a_job_being_cancelled_ends_cancelled(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5, webhook_url="https://hooks.example/x")
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
 
     await rig.jobs.cancel_job(ANONYMOUS, "A", "stop")  # both chunks run: nothing to cancel at once
     assert rig.store.job("A").state == JobState.CANCELLING
 
     cancel_requested, _ = await rig.workers.report_progress(
-        "A-0", c0.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=None
+        ProgressReport(
+            "A-0", c0.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=0
+        )
     )
     assert cancel_requested
-    assert (await rig.workers.fail("A-0", c0.lease_token, "E", "stopped", True)).will_retry is False
-    state, claims = await rig.workers.complete("A-1", c1.lease_token, [Artifact("x", "s3://x")], "")
+    assert (await rig.workers.fail(Failure("A-0", c0.lease_token, "E", "stopped", True))).will_retry is False
+    state, claims = await rig.workers.complete(
+        Completion("A-1", c1.lease_token, [Artifact("x", "s3://x")], "")
+    )
 
     assert (state, claims) == (JobState.CANCELLED, [])
     chunks = rig.store.chunks_of("A")
@@ -471,12 +488,12 @@ async def test_a_commit_publishes_the_changed_job_and_its_revision(rig: Rig) -> 
     watcher = rig.hub.add_watcher("A")
     other = rig.hub.add_watcher("B")
 
-    (c,) = await rig.workers.claim("w", ["k"], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", ["k"], 1, LEASE, 0))
     assert c.chunk.id == "A-0"
     assert [ch.jobs for ch in seen] == [{"A": 2}]
     assert watcher.is_set() and not other.is_set()
 
-    await rig.workers.complete("A-0", c.lease_token, [], "")
+    await rig.workers.complete(Completion("A-0", c.lease_token, [], ""))
 
     assert [ch.jobs for ch in seen] == [{"A": 2}, {"A": 3}]
     assert rig.store.job("A").revision == 3
@@ -488,7 +505,7 @@ async def test_a_commit_publishes_the_changed_job_and_its_revision(rig: Rig) -> 
 
 async def test_a_write_that_raises_rolls_back_and_publishes_nothing(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, webhook_url="https://hooks.example/x")
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     before = rig.state("A")
     published = len(rig.store.published)
 
@@ -508,7 +525,7 @@ async def test_a_write_that_raises_rolls_back_and_publishes_nothing(rig: Rig) ->
     # And a service call whose save fails leaves the chunk leased as it was.
     rig.store.fail_next_save = OSError("disk gone")
     with pytest.raises(OSError):
-        await rig.workers.complete("A-0", c.lease_token, [Artifact("x", "s3://x")], "")
+        await rig.workers.complete(Completion("A-0", c.lease_token, [Artifact("x", "s3://x")], ""))
 
     assert rig.state("A") == before
     assert rig.store.artifacts_of("A") == [] and rig.store.outbox_rows == []
@@ -516,14 +533,14 @@ async def test_a_write_that_raises_rolls_back_and_publishes_nothing(rig: Rig) ->
     assert rig.store.rollbacks == 2
 
     # The lease still holds: the completion goes through once the store does.
-    assert await rig.workers.complete("A-0", c.lease_token, [], "") == (JobState.COMPLETED, [])
+    assert await rig.workers.complete(Completion("A-0", c.lease_token, [], "")) == (JobState.COMPLETED, [])
     assert [r["event_type"] for r in rig.store.outbox_rows] == ["job.completed"]
 
 
 async def test_a_read_sees_one_snapshot_while_writes_commit(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5)
     async with rig.store.read() as tx:
-        await rig.workers.claim("w", [], 1, LEASE, 0)
+        await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
         job = await tx.get_job("A", None)
         chunks = await tx.list_chunks("A")
     assert job is not None and job.revision == 1 and chunks[0].state == ChunkState.PENDING
@@ -555,7 +572,7 @@ async def test_watch_streams_a_snapshot_then_each_change_until_the_job_ends(rig:
     snap = await _next(q)
     assert (snap.type, snap.revision, [c.id for c in snap.chunks]) == (EventType.SNAPSHOT, 1, ["A-0", "A-1"])
 
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
     msg = await _next(q)
     assert (msg.type, msg.revision) == (EventType.CHANGE, 2)
     assert [(c.id, c.state) for c in msg.chunks] == [
@@ -563,12 +580,12 @@ async def test_watch_streams_a_snapshot_then_each_change_until_the_job_ends(rig:
         ("A-1", ChunkState.PROCESSING),
     ]
 
-    await rig.workers.complete("A-1", c1.lease_token, [Artifact("out", "s3://1")], "")
+    await rig.workers.complete(Completion("A-1", c1.lease_token, [Artifact("out", "s3://1")], ""))
     msg = await _next(q)
     assert (msg.revision, [c.id for c in msg.chunks]) == (3, ["A-1"])  # only what changed after 2
     assert [a.uri for a in msg.chunks[0].artifacts] == ["s3://1"]
 
-    await rig.workers.complete("A-0", c0.lease_token, [], "")
+    await rig.workers.complete(Completion("A-0", c0.lease_token, [], ""))
     msg = await _next(q)
     assert msg.job is not None
     assert (msg.revision, msg.job.state, [c.id for c in msg.chunks]) == (4, JobState.COMPLETED, ["A-0"])
@@ -580,8 +597,8 @@ async def test_watch_streams_a_snapshot_then_each_change_until_the_job_ends(rig:
 async def test_watch_resumes_after_a_revision(rig: Rig) -> None:
     rig.seed("A", total_items=15, chunk_size=5)
     watches = WatchService(rig.store, rig.hub, rig.config)
-    c0, *_ = await rig.workers.claim("w", [], 3, LEASE, 0)  # revision 2
-    await rig.workers.complete("A-0", c0.lease_token, [], "")  # revision 3
+    c0, *_ = await rig.workers.claim(ClaimRequest("w", [], 3, LEASE, 0))  # revision 2
+    await rig.workers.complete(Completion("A-0", c0.lease_token, [], ""))  # revision 3
 
     q, write = _recorder()
     stream = asyncio.create_task(watches.watch(ANONYMOUS, "A", 2, write))
@@ -611,8 +628,8 @@ async def test_job_reads_on_the_fake_store(rig: Rig) -> None:
     jobs = rig.jobs
     for job_id, priority in (("A", 1), ("B", 7), ("C", 7), ("D", 3)):
         rig.seed(job_id, total_items=10, chunk_size=5, priority=priority, display_name=f"Job {job_id}")
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)  # B-0
-    await rig.workers.complete(c.chunk.id, c.lease_token, [Artifact("r", "s3://r")], "")
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))  # B-0
+    await rig.workers.complete(Completion(c.chunk.id, c.lease_token, [Artifact("r", "s3://r")], ""))
 
     page = await jobs.get_job(ANONYMOUS, "B", full=True)
     assert [a.uri for a in page.job.artifacts] == ["s3://r"]
@@ -656,7 +673,7 @@ async def test_reads_keep_their_snapshot_and_every_write_shares_one_change_order
     rig.seed("A", total_items=10, chunk_size=5)
     rig.seed("B", total_items=5, chunk_size=5)
     async with rig.store.read() as snapshot:
-        await rig.workers.claim("w", [], 1, LEASE, 0)  # A-0, through the store
+        await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))  # A-0, through the store
         job = await snapshot.get_job("A", None)
         assert not hasattr(snapshot, "save")  # a read offers no write
     assert job is not None and job.revision == 1  # a read keeps the tables it began with
@@ -682,13 +699,15 @@ async def test_reads_keep_their_snapshot_and_every_write_shares_one_change_order
     assert [(t.id, t.change_seq) for t in rig.store.tombstones] == [("B", claimed_seq + 2)]
     assert await rig.horizon() == claimed_seq + 3
     assert rig.store.published[-2:] == [Changes(jobs={"B": 2}), Changes(deleted={"B"})]
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)  # and the store's next save follows them
+    (c,) = await rig.workers.claim(
+        ClaimRequest("w", [], 1, LEASE, 0)
+    )  # and the store's next save follows them
     assert (c.chunk.id, rig.store.job("A").change_seq) == ("A-1", claimed_seq + 3)
 
 
 async def test_a_transaction_that_raises_leaves_nothing_and_publishes_nothing(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5, webhook_url=HOOK)
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     before = rig.state("A")
     published, horizon = len(rig.store.published), await rig.horizon()
 
@@ -714,7 +733,7 @@ async def test_a_transaction_that_raises_leaves_nothing_and_publishes_nothing(ri
     assert await rig.horizon() == horizon
     assert rig.store.rollbacks == 2
     # The writer lock was given back each time: the worker goes on.
-    assert await rig.workers.complete("A-0", c.lease_token, [], "") == (JobState.PROCESSING, [])
+    assert await rig.workers.complete(Completion("A-0", c.lease_token, [], "")) == (JobState.PROCESSING, [])
 
 
 # --- JobService.create_job ----------------------------------------------------------------------------
@@ -769,7 +788,7 @@ async def test_create_job_splits_the_items_into_pending_chunks(rig: Rig) -> None
     assert rig.store.published[-1] == Changes(jobs={job.id: 1}, new_work=True)
     assert job.change_seq == await rig.horizon() - 1
     # The workers claim from the same tables.
-    claims = await rig.workers.claim("w", ["k"], 5, LEASE, 0)
+    claims = await rig.workers.claim(ClaimRequest("w", ["k"], 5, LEASE, 0))
     assert [c.chunk.id for c in claims] == [c.id for c in chunks]
 
 
@@ -853,7 +872,7 @@ async def test_create_job_that_loses_a_request_id_race_returns_the_winner(rig: R
 
 async def test_cancel_cancels_pending_chunks_and_waits_for_running_ones(rig: Rig) -> None:
     rig.seed("A", total_items=15, chunk_size=5, webhook_url=HOOK)
-    (c0,) = await rig.workers.claim("w", [], 1, LEASE, 0)  # revision 2
+    (c0,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))  # revision 2
     now = rig.clock.advance(1)
 
     page = await rig.jobs.cancel_job(ANONYMOUS, "A", "not needed")
@@ -875,7 +894,7 @@ async def test_cancel_cancels_pending_chunks_and_waits_for_running_ones(rig: Rig
     ]
     assert rig.store.published[-1] == Changes(jobs={"A": 3})
     assert rig.store.outbox_rows == []  # not over yet
-    assert await rig.workers.claim("w", [], 5, LEASE, 0) == []
+    assert await rig.workers.claim(ClaimRequest("w", [], 5, LEASE, 0)) == []
 
     # Asking again changes nothing.
     await rig.jobs.cancel_job(ANONYMOUS, "A", "again")
@@ -883,10 +902,12 @@ async def test_cancel_cancels_pending_chunks_and_waits_for_running_ones(rig: Rig
 
     # The worker is told; once its chunk ends, so does the job.
     cancel_requested, _ = await rig.workers.report_progress(
-        "A-0", c0.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=None
+        ProgressReport(
+            "A-0", c0.lease_token, items_done=1, stage="", message="", external_task_id="", lease_us=0
+        )
     )
     assert cancel_requested
-    assert await rig.workers.complete("A-0", c0.lease_token, [], "") == (JobState.CANCELLED, [])
+    assert await rig.workers.complete(Completion("A-0", c0.lease_token, [], "")) == (JobState.CANCELLED, [])
     assert rig.store.job("A").summary == Summary(cancelled=3)
     assert [r["event_type"] for r in rig.store.outbox_rows] == ["job.cancelled"]
 
@@ -911,8 +932,8 @@ async def test_cancel_with_nothing_running_ends_the_job_at_once(rig: Rig) -> Non
 
 async def test_a_finished_job_cannot_be_cancelled(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, owner="alice")
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
-    await rig.workers.complete("A-0", c.lease_token, [], "")
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
+    await rig.workers.complete(Completion("A-0", c.lease_token, [], ""))
     before = rig.state("A")
     published = len(rig.store.published)
 
@@ -933,14 +954,16 @@ async def test_a_finished_job_cannot_be_cancelled(rig: Rig) -> None:
 
 async def test_retry_puts_a_failed_jobs_failed_chunks_back_to_work(rig: Rig) -> None:
     rig.seed("A", total_items=15, chunk_size=5, max_attempts=1)
-    c0, c1 = await rig.workers.claim("w", [], 2, LEASE, 0)
+    c0, c1 = await rig.workers.claim(ClaimRequest("w", [], 2, LEASE, 0))
     await rig.workers.report_progress(
-        "A-0", c0.lease_token, items_done=2, stage="", message="", external_task_id="", lease_us=None
+        ProgressReport(
+            "A-0", c0.lease_token, items_done=2, stage="", message="", external_task_id="", lease_us=0
+        )
     )
-    await rig.workers.fail("A-0", c0.lease_token, "IO", "disk full", True)  # no attempt left
-    await rig.workers.complete("A-1", c1.lease_token, [], "")
-    (c2,) = await rig.workers.claim("w", [], 1, LEASE, 0)
-    await rig.workers.complete("A-2", c2.lease_token, [], "")
+    await rig.workers.fail(Failure("A-0", c0.lease_token, "IO", "disk full", True))  # no attempt left
+    await rig.workers.complete(Completion("A-1", c1.lease_token, [], ""))
+    (c2,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
+    await rig.workers.complete(Completion("A-2", c2.lease_token, [], ""))
     failed = rig.store.job("A")
     assert (failed.state, failed.items_done, failed.error_reason, failed.error_chunk_index) == (
         JobState.FAILED,
@@ -973,9 +996,12 @@ async def test_retry_puts_a_failed_jobs_failed_chunks_back_to_work(rig: Rig) -> 
     assert [c.state for c in chunks[1:]] == [ChunkState.COMPLETED, ChunkState.COMPLETED]
     assert rig.store.published[-1] == Changes(jobs={"A": job.revision}, new_work=True)
 
-    (again,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (again,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     assert (again.chunk.id, again.chunk.attempt) == ("A-0", 2)  # the second claim of its life
-    assert await rig.workers.complete("A-0", again.lease_token, [], "") == (JobState.COMPLETED, [])
+    assert await rig.workers.complete(Completion("A-0", again.lease_token, [], "")) == (
+        JobState.COMPLETED,
+        [],
+    )
     assert rig.store.job("A").items_done == 15
 
 
@@ -995,8 +1021,8 @@ async def test_retry_of_a_job_cancelled_before_it_started_makes_it_pending(rig: 
 async def test_only_failed_or_cancelled_jobs_can_be_retried(rig: Rig) -> None:
     rig.seed("R", total_items=10, chunk_size=5)
     rig.seed("S", total_items=5, chunk_size=5)
-    _, _, s0 = await rig.workers.claim("w", [], 3, LEASE, 0)
-    await rig.workers.complete("S-0", s0.lease_token, [], "")
+    _, _, s0 = await rig.workers.claim(ClaimRequest("w", [], 3, LEASE, 0))
+    await rig.workers.complete(Completion("S-0", s0.lease_token, [], ""))
     rig.seed("P", total_items=5, chunk_size=5)
     states = {"P": JobState.PENDING, "R": JobState.PROCESSING, "S": JobState.COMPLETED}
     assert {j: rig.store.job(j).state for j in states} == states
@@ -1020,7 +1046,7 @@ async def test_a_retried_chunk_takes_its_jobs_current_priority(rig: Rig) -> None
     await rig.jobs.retry_job(ANONYMOUS, "B")
 
     assert rig.store.job("B").priority == 9
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     assert c.chunk.id == "B-0"  # claimed at 5, after A-0
 
 
@@ -1030,7 +1056,7 @@ async def test_a_retried_chunk_takes_its_jobs_current_priority(rig: Rig) -> None
 async def test_a_new_priority_reaches_the_pending_chunks_and_the_claim_order(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5, priority=5)
     rig.seed("B", total_items=15, chunk_size=5, priority=7)
-    (b0,) = await rig.workers.claim("w", [], 1, LEASE, 0)  # B first: higher priority
+    (b0,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))  # B first: higher priority
     assert b0.chunk.id == "B-0"
     now = rig.clock.advance(1)
 
@@ -1046,7 +1072,7 @@ async def test_a_new_priority_reaches_the_pending_chunks_and_the_claim_order(rig
         (ChunkState.PENDING, 3),
     ]
     assert rig.store.published[-1] == Changes(jobs={"B": 3}, new_work=True)
-    claims = await rig.workers.claim("w", [], 3, LEASE, 0)
+    claims = await rig.workers.claim(ClaimRequest("w", [], 3, LEASE, 0))
     assert [c.chunk.id for c in claims] == ["A-0", "A-1", "B-1"]
 
 
@@ -1086,8 +1112,8 @@ async def test_update_changes_labels_and_name_and_bumps_the_revision_only_on_a_c
 
 async def test_delete_removes_a_finished_job_and_leaves_a_tombstone(rig: Rig) -> None:
     rig.seed("A", total_items=5, chunk_size=5, kind="k", priority=4, labels={"t": "1"}, display_name="Doomed")
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
-    await rig.workers.complete("A-0", c.lease_token, [Artifact("out", "s3://a")], "")
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
+    await rig.workers.complete(Completion("A-0", c.lease_token, [Artifact("out", "s3://a")], ""))
     now = rig.clock.advance(1)
 
     await rig.jobs.delete_job(ANONYMOUS, "A", force=False)
@@ -1116,7 +1142,7 @@ async def test_delete_removes_a_finished_job_and_leaves_a_tombstone(rig: Rig) ->
 
 async def test_delete_of_a_running_job_needs_force(rig: Rig) -> None:
     rig.seed("A", total_items=10, chunk_size=5)
-    (c,) = await rig.workers.claim("w", [], 1, LEASE, 0)
+    (c,) = await rig.workers.claim(ClaimRequest("w", [], 1, LEASE, 0))
     before = rig.state("A")
 
     with pytest.raises(JobNotTerminal) as err:
@@ -1129,7 +1155,7 @@ async def test_delete_of_a_running_job_needs_force(rig: Rig) -> None:
     assert rig.store.job_ids == [] and rig.store.chunks_of("A") == []
     assert [(t.id, t.state) for t in rig.store.tombstones] == [("A", JobState.PROCESSING)]
     with pytest.raises(ChunkNotFound):  # its worker finds nothing left to complete
-        await rig.workers.complete("A-0", c.lease_token, [], "")
+        await rig.workers.complete(Completion("A-0", c.lease_token, [], ""))
 
 
 # --- WorkerService.sweep: the cancel deadline ---------------------------------------------------------
@@ -1138,7 +1164,7 @@ async def test_delete_of_a_running_job_needs_force(rig: Rig) -> None:
 async def test_sweep_force_cancels_a_chunk_whose_worker_never_stops(rig: Rig) -> None:
     rig.config.cancel_deadline = 30.0
     rig.seed("A", total_items=10, chunk_size=5, webhook_url=HOOK)
-    (c0,) = await rig.workers.claim("w", [], 1, LONG_LEASE, 0)
+    (c0,) = await rig.workers.claim(ClaimRequest("w", [], 1, LONG_LEASE, 0))
     await rig.jobs.cancel_job(ANONYMOUS, "A", "stop")  # A-1 cancelled at once; A-0 runs on
     cancelled_at = rig.clock()
 
@@ -1171,7 +1197,7 @@ async def test_sweep_force_cancels_a_chunk_whose_worker_never_stops(rig: Rig) ->
     assert [r["event_type"] for r in rig.store.outbox_rows] == ["job.cancelled"]
     assert rig.store.published[-1] == Changes(jobs={"A": job.revision}, webhooks=True)
     with pytest.raises(LeaseLost):  # the worker that never stopped has lost its chunk
-        await rig.workers.complete("A-0", c0.lease_token, [], "")
+        await rig.workers.complete(Completion("A-0", c0.lease_token, [], ""))
     assert await rig.workers.sweep() == 0
 
 
@@ -1233,13 +1259,13 @@ async def test_stats_count_by_state_and_kind_with_duration_percentiles(rig: Rig)
     rig.seed("C", total_items=10, chunk_size=5, kind="b")
     rig.seed("D", total_items=5, chunk_size=5, kind="b")
     rig.seed("E", total_items=5, chunk_size=5, kind="b", owner="bob")
-    a, b, c = await rig.workers.claim("w", [], 3, LONG_LEASE, 0)  # A-0, B-0, C-0
+    a, b, c = await rig.workers.claim(ClaimRequest("w", [], 3, LONG_LEASE, 0))  # A-0, B-0, C-0
     rig.clock.advance(10)
-    await rig.workers.complete("A-0", a.lease_token, [], "")  # A: COMPLETED after 10 s
+    await rig.workers.complete(Completion("A-0", a.lease_token, [], ""))  # A: COMPLETED after 10 s
     rig.clock.advance(10)
-    await rig.workers.complete("B-0", b.lease_token, [], "")  # B: COMPLETED after 20 s
+    await rig.workers.complete(Completion("B-0", b.lease_token, [], ""))  # B: COMPLETED after 20 s
     rig.clock.advance(5)
-    await rig.workers.complete("C-0", c.lease_token, [], "")  # C: PROCESSING, 5 items
+    await rig.workers.complete(Completion("C-0", c.lease_token, [], ""))  # C: PROCESSING, 5 items
     await rig.jobs.cancel_job(ANONYMOUS, "E", "")  # E: CANCELLED after 25 s, never started
 
     overall, per_kind = await rig.jobs.stats(ANONYMOUS, JobFilter())

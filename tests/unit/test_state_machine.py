@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import ClaimRequest, Completion, Failure, ProgressReport
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.services.jobs import JobService, NewJob
@@ -85,7 +86,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.job_ids)
     @rule(n=st.integers(1, 4))
     def claim(self, n: int) -> None:
-        for c in self.run(self.workers.claim("w", [], n, 10_000_000, 0)):
+        for c in self.run(self.workers.claim(ClaimRequest("w", [], n, 10_000_000, 0))):
             assert c.chunk.state == ChunkState.PROCESSING
             self.leases.append((c.chunk.id, c.lease_token))
 
@@ -96,13 +97,15 @@ class JobLifecycle(RuleBasedStateMachine):
         try:
             self.run(
                 self.workers.report_progress(
-                    chunk_id,
-                    token,
-                    items_done=done,
-                    stage="s",
-                    message="m",
-                    external_task_id="",
-                    lease_us=None,
+                    ProgressReport(
+                        chunk_id,
+                        token,
+                        items_done=done,
+                        stage="s",
+                        message="m",
+                        external_task_id="",
+                        lease_us=0,
+                    ),
                 )
             )
         except (LeaseLost, InvalidArgument):  # a stale lease, or items_done over the chunk's item_count
@@ -113,7 +116,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def complete(self, data: st.DataObject) -> None:
         lease = data.draw(st.sampled_from(self.leases))
         try:
-            self.run(self.workers.complete(lease[0], lease[1], [], ""))
+            self.run(self.workers.complete(Completion(lease[0], lease[1], [], "")))
         except LeaseLost:
             pass
         self.leases.remove(lease)
@@ -123,7 +126,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def fail(self, data: st.DataObject, retryable: bool) -> None:
         lease = data.draw(st.sampled_from(self.leases))
         try:
-            self.run(self.workers.fail(lease[0], lease[1], "E", "boom", retryable))
+            self.run(self.workers.fail(Failure(lease[0], lease[1], "E", "boom", retryable)))
         except LeaseLost:
             pass
         self.leases.remove(lease)

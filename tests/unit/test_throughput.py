@@ -16,6 +16,7 @@ from support.counting import count_writes
 from jobpulse_server.domain.errors import LeaseLost
 from jobpulse_server.domain.model import ChunkState
 from jobpulse_server.domain.principal import ANONYMOUS
+from jobpulse_server.domain.work import ClaimRequest, Completion
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.services.jobs import JobService, NewJob
@@ -29,7 +30,7 @@ from jobpulse_server.services.throughput import (
     Throughput,
     minute_of,
 )
-from jobpulse_server.services.workers import ClaimAsk, Completion, WorkerService
+from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store import Tx
 from jobpulse_server.store.database import SqlStore
 
@@ -249,13 +250,13 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
         job_id = (await jobs.create_job(ANONYMOUS, new)).job.id
         other = NewJob(kind="ocr", total_items=4, chunk_size=4, max_attempts=3, priority=1)
         other_id = (await jobs.create_job(ANONYMOUS, other)).job.id
-        claims = {c.chunk.id: c for c in await workers.claim("w", [], 10, LEASE, 0)}
+        claims = {c.chunk.id: c for c in await workers.claim(ClaimRequest("w", [], 10, LEASE, 0))}
         assert len(claims) == 6  # chunks of 5, 5, 5, 5 and 2 items, and the other job's
 
         # One chunk on its own (PostgreSQL: one statement), one with a next claim asked for
         # (PostgreSQL: complete and claim in one round trip), then two in one call.
         fast: list[str] = []
-        for name in ("complete", "complete_and_claim") if store.fast is not None else ():
+        for name in ("complete", "complete_and_claim") if store.batch is not None else ():
 
             def spy(real: Callable[..., Awaitable[Any]], name: str = name) -> Callable[..., Awaitable[Any]]:
                 async def call(*args: Any, **kw: Any) -> Any:
@@ -266,10 +267,12 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
 
                 return call
 
-            monkeypatch.setattr(store.fast, name, spy(getattr(store.fast, name)))
-        await workers.complete(f"{job_id}-0", claims[f"{job_id}-0"].lease_token, [], "")
-        ask = ClaimAsk("w", [], 1, LEASE)
-        await workers.complete(f"{job_id}-1", claims[f"{job_id}-1"].lease_token, [], "", ask)
+            monkeypatch.setattr(store.batch, name, spy(getattr(store.batch, name)))
+        await workers.complete(Completion(f"{job_id}-0", claims[f"{job_id}-0"].lease_token, [], ""))
+        ask = ClaimRequest("w", [], 1, LEASE)
+        await workers.complete(
+            Completion(f"{job_id}-1", claims[f"{job_id}-1"].lease_token, [], ""), claim_next=ask
+        )
         assert tp.pending == {(M0, "resize"): (2, 10)}
         assert fast == (["complete", "complete_and_claim"] if db.kind == "postgresql" else [])
 
@@ -308,14 +311,16 @@ async def test_worker_service_counts_the_chunks_it_completed_once_they_committed
         # A stale lease and a chunk of a job being cancelled (it ends CANCELLED) are not counted.
         clock.advance(60)
         with pytest.raises(LeaseLost):
-            await workers.complete(f"{job_id}-4", "stale", [], "")
+            await workers.complete(Completion(f"{job_id}-4", "stale", [], ""))
         await jobs.cancel_job(ANONYMOUS, other_id, "enough")
-        await workers.complete(f"{other_id}-0", claims[f"{other_id}-0"].lease_token, [], "")
+        await workers.complete(Completion(f"{other_id}-0", claims[f"{other_id}-0"].lease_token, [], ""))
         async with store.read() as tx:
             assert [c.state for c in await tx.list_chunks(other_id)] == [ChunkState.CANCELLED]
         assert tp.pending == {(M0, "resize"): (4, 20)}
 
-        await workers.complete(f"{job_id}-4", claims[f"{job_id}-4"].lease_token, [], "")  # 2 items
+        await workers.complete(
+            Completion(f"{job_id}-4", claims[f"{job_id}-4"].lease_token, [], "")
+        )  # 2 items
         assert tp.pending == {(M0, "resize"): (4, 20), (M0 + MINUTE_US, "resize"): (1, 2)}
         await tp.flush()
         report = await tp.recent(1)

@@ -18,9 +18,10 @@ from jobpulse_server.domain.model import (
     DEFAULT_LEASE_US,
     Artifact,
 )
+from jobpulse_server.domain.work import Claim, ClaimRequest, Completion, Failure, ProgressReport
 from jobpulse_server.services import auth
 from jobpulse_server.services.job_trace import traceparent
-from jobpulse_server.services.workers import Claim, ClaimAsk, Completion, WorkerService
+from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.wire.convert import chunk_kwargs, timestamp, timestamp_kwargs
 from jobpulse_server.wire.validation import (
     MAX_ID,
@@ -48,7 +49,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         ask = _claim_request(request, c, "")
         c.done()
         out = worker_service_pb2.ClaimChunksResponse()
-        _add_claims(out.claims, await self.work.claim(*ask.args()))
+        _add_claims(out.claims, await self.work.claim(ask))
         return out
 
     async def ReportChunkProgress(
@@ -66,13 +67,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
         c.done()
         cancel, expire = await self.work.report_progress(
-            request.chunk_id,
-            request.lease_token,
-            items_done=request.items_done,
-            stage=request.stage,
-            message=request.message,
-            external_task_id=request.external_task_id,
-            lease_us=lease_us,
+            ProgressReport(
+                request.chunk_id,
+                request.lease_token,
+                items_done=request.items_done,
+                stage=request.stage,
+                message=request.message,
+                external_task_id=request.external_task_id,
+                lease_us=lease_us or 0,
+            )
         )
         return worker_service_pb2.ReportChunkProgressResponse(
             cancel_requested=cancel, lease_expire_time=timestamp(expire)
@@ -85,9 +88,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         item = _completion(request, c, "")
         ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
         c.done()
-        state, claims = await self.work.complete(
-            item.chunk_id, item.lease_token, item.artifacts, item.external_task_id, ask
-        )
+        state, claims = await self.work.complete(item, ask)
         out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
         _add_claims(out.claims, claims)
         return out
@@ -131,18 +132,20 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         c.text(request.error.message, "error.message", 4096)
         c.done()
         outcome = await self.work.fail(
-            request.chunk_id,
-            request.lease_token,
-            request.error.reason,
-            request.error.message,
-            request.retryable,
+            Failure(
+                request.chunk_id,
+                request.lease_token,
+                request.error.reason,
+                request.error.message,
+                request.retryable,
+            )
         )
         return worker_service_pb2.FailChunkResponse(
             will_retry=outcome.will_retry, next_attempt_time=timestamp(outcome.next_attempt_time)
         )
 
 
-def _claim_request(request: worker_service_pb2.ClaimChunksRequest, c: Checker, prefix: str) -> ClaimAsk:
+def _claim_request(request: worker_service_pb2.ClaimChunksRequest, c: Checker, prefix: str) -> ClaimRequest:
     """ClaimChunks' arguments, checked."""
     c.text(request.worker_id, prefix + "worker_id", MAX_ID, required=True)
     c.check(
@@ -160,7 +163,7 @@ def _claim_request(request: worker_service_pb2.ClaimChunksRequest, c: Checker, p
         wait_s = duration_us(request.wait, prefix + "wait", c, lo_s=0, hi_s=60) / 1e6
     for i, kind in enumerate(request.kinds):
         c.text(kind, f"{prefix}kinds[{i}]", MAX_ID, required=True)
-    return ClaimAsk(request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s)
+    return ClaimRequest(request.worker_id, list(request.kinds), request.max_chunks or 1, lease_us, wait_s)
 
 
 def _completion(

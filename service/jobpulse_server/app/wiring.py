@@ -252,8 +252,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     }
     usage = UsageLedger(db, clock)
     limiter: Limiter
-    if db.fast is not None and config.rate_limit_shared:
-        limiter = SharedRateLimiter(rates, usage, db.fast, config.rate_limit_lease_seconds)
+    if db.batch is not None and config.rate_limit_shared:
+        limiter = SharedRateLimiter(rates, usage, db.batch, config.rate_limit_lease_seconds)
     else:
         limiter = RateLimiter(rates, usage)
     authenticator = Authenticator(db, limiter, refresh_seconds=config.key_refresh_interval)
@@ -296,8 +296,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         config.encoded_cache_bytes, retention=retention, idle_seconds=config.encoded_cache_idle_seconds
     )
     metrics.watch_cache("encoded_cache", "the cache of encoded jobs", encoded)
-    if db.fast is not None:
-        metrics.watch_group_commit(db.fast.group)
+    if db.batch is not None:
+        metrics.watch_group_commit(db.batch.group)
     # Every service added to the server from here on is listed by reflection, which reads this list.
     served = record_services(server)
     guarded = guard.server(server, REGISTERED_METHODS)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from jobpulse_server.domain.model import Chunk, ChunkState, Job
+from jobpulse_server.domain.work import Completed
 from jobpulse_server.platform.metrics import Metrics
-from jobpulse_server.store import CompletedOne
 
 # A chunk's run ends by its worker's call: CompleteChunk or FailChunk.
 COMPLETED = "completed"
@@ -81,7 +81,7 @@ class Latency:
         for kind, state, us in ends.jobs:
             m.observe_job_duration(kind, state, max(0, us) / 1e6)
 
-    def completed_one(self, done: CompletedOne) -> None:
+    def completed_one(self, done: Completed) -> None:
         """A group-committed completion (PostgreSQL), committed when the store returns it."""
         m = self.metrics
         if done.start_time is not None:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 class TokenBuckets(Protocol):
-    """The replicas' shared token buckets (PostgreSQL: ``store.fast``)."""
+    """The replicas' shared token buckets (PostgreSQL: ``store.batch``)."""
 
     async def lease_tokens(self, key_name: str, want: int, rate: float, burst: float) -> Lease:
         """Takes ``want`` tokens, all or none, from the key's shared bucket (``rate`` a second, at most

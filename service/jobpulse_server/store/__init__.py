@@ -3,10 +3,10 @@
 A service holds one ``Store``. ``read()`` hands out a ``Tx`` that sees one snapshot; ``write(body)`` runs
 ``body(tx)`` in one write transaction, commits, publishes what changed to the change hub, and runs it
 again after a deadlock or serialization failure (so ``body`` must not act outside the transaction).
-``store.fast`` holds PostgreSQL's group-committed claims and completions (None on SQLite).
+``store.batch`` holds PostgreSQL's group-committed worker path (None on SQLite).
 
 Where things are: ``statements.py`` (every statement, once), ``tx.py`` (every operation, once, over a
-connection that only runs statements), ``fast.py`` and ``group.py`` (PostgreSQL's group commit), ``drivers/``
+connection that only runs statements), ``batch/`` (PostgreSQL's group commit), ``drivers/``
 (sqlite3 and asyncpg), ``database.py`` (the front door: ``SqlStore``), ``schema.py`` + ``tables.py`` +
 ``migrations/`` (the schema, at start-up), ``rows.py`` (rows to domain objects), ``errors.py`` (what a
 driver's error means for a caller).
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
-from jobpulse_server.store.fast import CompletedOne, FailedOne, PgFast
+from jobpulse_server.store.batch import Batch
 from jobpulse_server.store.tx import RequestIdTaken, SqlTx
 
 T = TypeVar("T")
@@ -26,13 +26,13 @@ T = TypeVar("T")
 # The operations a transaction offers the services (the in-memory fake of the tests has the same).
 Tx = SqlTx
 
-__all__ = ["CompletedOne", "FailedOne", "PgFast", "RequestIdTaken", "Store", "Tx"]
+__all__ = ["Batch", "RequestIdTaken", "Store", "Tx"]
 
 
 class Store(Protocol):
     """Read snapshots and write transactions (``database.SqlStore``; tests also use an in-memory fake)."""
 
-    fast: PgFast | None
+    batch: Batch | None
 
     def read(self, *, consistent: bool = True) -> AbstractAsyncContextManager[Tx]: ...
 

@@ -1,8 +1,8 @@
 """``SqlStore``: the store's front door. Opens the database (the schema brought up to date at start-up),
 hands out read snapshots, runs write transactions with the one retry policy, publishes what committed,
-and on PostgreSQL offers the group-committed worker path as ``fast``.
+and on PostgreSQL offers the group-committed worker path as ``batch``.
 
-The retry policy, for every write: a transaction (or a fast path's statement) aborted by a deadlock or a
+The retry policy, for every write: a transaction (or a batched path's statement) aborted by a deadlock or a
 serialization failure (SQLSTATE 40P01 / 40001) is run again, up to WRITE_ATTEMPTS times in all, after a
 short random pause; the last failure reaches the caller as UNAVAILABLE. So ``body`` may run more than
 once and must not act outside the transaction.
@@ -21,10 +21,10 @@ import jobpulse_server.store.schema as schema
 import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.usage import KeyUsage
+from jobpulse_server.store.batch import Batch
 from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
-from jobpulse_server.store.fast import PgFast
 from jobpulse_server.store.tx import SqlTx
 from jobpulse_server.store.waiting import Waiting
 
@@ -65,7 +65,7 @@ class SqlStore:
     ) -> None:
         """``progress_interval_us``: the least time between a job's job.progress webhook events (the
         server's webhook_progress_interval, as the outbox has it): PostgreSQL's group-committed worker
-        path writes the changes of a job with webhooks when they make no event (``store/group.py``)."""
+        path writes the changes of a job with webhooks when they make no event (``store/batch/group.py``)."""
         self.url = schema.normalize_url(url)
         self.dialect = q.SQLITE if self.url.startswith("sqlite") else q.POSTGRES
         self.on_commit = on_commit
@@ -75,13 +75,13 @@ class SqlStore:
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
         self.waiting = Waiting()
         self.driver: SqliteDriver | PgDriver
-        self.fast: PgFast | None
+        self.batch: Batch | None
         if self.dialect.postgres:
             self.driver = PgDriver(schema.asyncpg_dsn(self.url), pool_size=pool_size)
-            self.fast = PgFast(self, progress_interval_us)
+            self.batch = Batch(self, progress_interval_us)
         else:
             self.driver = SqliteDriver(schema.sqlite_path(self.url), on_loop=sqlite_on_loop)
-            self.fast = None
+            self.batch = None
         self._added_since_analyze = 0
         self._chunks_at_analyze = 0
         self._analyzing: asyncio.Task[None] | None = None
@@ -105,8 +105,8 @@ class SqlStore:
         if self._analyzing is not None:
             self._analyzing.cancel()
             await asyncio.gather(self._analyzing, return_exceptions=True)
-        if self.fast is not None:
-            await self.fast.group.close()  # the flush under way answers its callers first
+        if self.batch is not None:
+            await self.batch.group.close()  # the flush under way answers its callers first
         await self.driver.close()
 
     async def dispose(self) -> None:
@@ -160,7 +160,8 @@ class SqlStore:
 
     async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
-        flusher's connection (store/group.py: it alone calls this, one flush at a time); all its rows."""
+        flusher's connection (store/batch/group.py: it alone calls this, one flush at a time); all its
+        rows."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver
         return await self._retrying(lambda: driver.pinned_rows(sql, params))

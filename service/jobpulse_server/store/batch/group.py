@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes
 from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.work import Completed, Retried
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
@@ -586,44 +587,7 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
     return sql, p
 
 
-@dataclass
-class CompletedOne:
-    """What a grouped completion did."""
-
-    job_state: JobState
-    revision: int
-    chunk_state: ChunkState
-    # The job's kind and the chunk's item_count, for the throughput counts (services/throughput.py).
-    kind: str = ""
-    items: int = 0
-    # For the latency metrics (services/latency.py): the chunk's claim and end times and attempts, its
-    # job's creation, and whether this completion is the one of its flush that left the job terminal.
-    start_time: int | None = None
-    end_time: int = 0
-    attempt: int = 0
-    job_create_time: int = 0
-    ends_job: bool = False
-    # The chunk's index and its job's trace_parent, for the completion's span.
-    index: int = 0
-    trace_parent: str | None = None
-
-
-@dataclass
-class FailedOne:
-    """What a grouped retryable failure did: the chunk waits until ``next_attempt_time``."""
-
-    next_attempt_time: int
-    revision: int
-    # For the latency metrics and the failure's span: the chunk's kind, claim time, attempt and index,
-    # its job's trace_parent.
-    kind: str = ""
-    start_time: int | None = None
-    attempt: int = 0
-    index: int = 0
-    trace_parent: str | None = None
-
-
-_Queued = TypeVar("_Queued", "Completion", "Report", "Failure")
+_Queued = TypeVar("_Queued", "QueuedCompletion", "QueuedReport", "QueuedFailure")
 
 
 def _once_each(queue: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
@@ -641,7 +605,9 @@ def _once_each(queue: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
     return taken, rest
 
 
-def _answer(items: Sequence[Completion | Report | Failure], results: dict[int, Any]) -> None:
+def _answer(
+    items: Sequence[QueuedCompletion | QueuedReport | QueuedFailure], results: dict[int, Any]
+) -> None:
     """Answers each item of a flush's statement from its rows' results by position (from 1); None for
     an item with no row: it declined, and the general path decides."""
     for pos, item in enumerate(items, 1):
@@ -663,19 +629,21 @@ def _drop(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+# The queues' entries: a request of the worker path (domain/work.py) as the flusher needs it (its job,
+# the caller's clock, its lease token) and the future its caller waits on.
 @dataclass
-class Completion:
+class QueuedCompletion:
     chunk_id: str
     job_id: str
     token: str
     external_task_id: str
     artifacts: Sequence[Artifact]
     now: int
-    done: asyncio.Future[CompletedOne | None] = field(repr=False, default_factory=_future)
+    done: asyncio.Future[Completed | None] = field(repr=False, default_factory=_future)
 
 
 @dataclass
-class ClaimAsk:
+class QueuedClaim:
     worker_id: str
     kinds: tuple[str, ...]
     limit: int
@@ -683,13 +651,13 @@ class ClaimAsk:
     now: int
     # A claim made with completions (claim_next): written in the flush that writes the last of them,
     # after them; with ``if_done``, only if they all went through.
-    after: Sequence[Completion] = ()
+    after: Sequence[QueuedCompletion] = ()
     if_done: bool = False
     got: asyncio.Future[list[tuple[Job, Chunk]] | None] = field(repr=False, default_factory=_future)
 
 
 @dataclass
-class Report:
+class QueuedReport:
     """A progress report (heartbeat): WorkerService.report_progress's arguments; ``lease_us`` 0 keeps
     the chunk's lease duration. Answered with (cancel requested, the chunk's new lease end), or None
     when it declined."""
@@ -707,7 +675,7 @@ class Report:
 
 
 @dataclass
-class Failure:
+class QueuedFailure:
     """A retryable failure: WorkerService.fail's arguments, the jitter of its backoff (in [0, 1)) and the
     backoff's base and cap (seconds). Answered with what it did, or None when it declined."""
 
@@ -720,7 +688,7 @@ class Failure:
     backoff_s: float
     backoff_max_s: float
     now: int
-    done: asyncio.Future[FailedOne | None] = field(repr=False, default_factory=_future)
+    done: asyncio.Future[Retried | None] = field(repr=False, default_factory=_future)
 
 
 class GroupCommit:
@@ -732,10 +700,10 @@ class GroupCommit:
         # The least time between a job's job.progress webhook events (the outbox's, from the server's
         # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
         self.progress_interval_us = progress_interval_us
-        self._completions: list[Completion] = []
-        self._claims: list[ClaimAsk] = []
-        self._reports: list[Report] = []
-        self._failures: list[Failure] = []
+        self._completions: list[QueuedCompletion] = []
+        self._claims: list[QueuedClaim] = []
+        self._reports: list[QueuedReport] = []
+        self._failures: list[QueuedFailure] = []
         self._flusher: asyncio.Task[None] | None = None
         # What the flushes did, for the metrics (platform/metrics.py), tests and the bench: statements
         # written, completions, claimed chunks, progress reports and retries they wrote, and seconds with a
@@ -755,29 +723,29 @@ class GroupCommit:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
-    async def complete(self, item: Completion) -> CompletedOne | None:
+    async def complete(self, item: QueuedCompletion) -> Completed | None:
         self._completions.append(item)
         self._kick()
         return await item.done
 
-    async def claim(self, ask: ClaimAsk) -> list[tuple[Job, Chunk]] | None:
+    async def claim(self, ask: QueuedClaim) -> list[tuple[Job, Chunk]] | None:
         self._claims.append(ask)
         self._kick()
         return await ask.got
 
-    async def report(self, item: Report) -> tuple[bool, int] | None:
+    async def report(self, item: QueuedReport) -> tuple[bool, int] | None:
         self._reports.append(item)
         self._kick()
         return await item.done
 
-    async def fail(self, item: Failure) -> FailedOne | None:
+    async def fail(self, item: QueuedFailure) -> Retried | None:
         self._failures.append(item)
         self._kick()
         return await item.done
 
     async def complete_and_claim(
-        self, item: Completion, ask: ClaimAsk
-    ) -> tuple[CompletedOne, list[tuple[Job, Chunk]] | None] | None:
+        self, item: QueuedCompletion, ask: QueuedClaim
+    ) -> tuple[Completed, list[tuple[Job, Chunk]] | None] | None:
         """Both in one flush: the completion, then (if it went through) the claim, which sees it."""
         ask.after, ask.if_done = (item,), True
         self._completions.append(item)
@@ -794,8 +762,8 @@ class GroupCommit:
         return done, await ask.got
 
     async def complete_many(
-        self, items: Sequence[Completion], ask: ClaimAsk | None
-    ) -> tuple[list[CompletedOne | None], list[tuple[Job, Chunk]] | None]:
+        self, items: Sequence[QueuedCompletion], ask: QueuedClaim | None
+    ) -> tuple[list[Completed | None], list[tuple[Job, Chunk]] | None]:
         """The completions, then, if every one went through, the claim, in as few flushes as they fit
         in: each completion's outcome (None: declined), and the claims ([] with no ``ask``; None when it
         declined or a completion did, and the caller claims once it has dealt with those)."""
@@ -891,7 +859,7 @@ class GroupCommit:
             claims = [c for c in claims if not c.got.done()]
         elif completions:
             await self._settle(completions, self._write_completions(completions))
-        by_kinds: dict[tuple[str, ...], list[ClaimAsk]] = {}
+        by_kinds: dict[tuple[str, ...], list[QueuedClaim]] = {}
         for c in claims:
             if c.if_done and not all(map(self._went_through, c.after)):
                 if not c.got.done():
@@ -917,11 +885,11 @@ class GroupCommit:
         waiting.settle(promoted, next_due, now)
 
     @staticmethod
-    def _went_through(item: Completion) -> bool:
+    def _went_through(item: QueuedCompletion) -> bool:
         fut = item.done
         return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None
 
-    async def _write_reports(self, items: list[Report]) -> None:
+    async def _write_reports(self, items: list[QueuedReport]) -> None:
         now = max(i.now for i in items)
         rows = await self.store.statement_rows(
             PROGRESS_GROUP,
@@ -951,7 +919,7 @@ class GroupCommit:
             self.store.publish(Changes(jobs=revisions))
         _answer(items, results)
 
-    async def _write_failures(self, items: list[Failure]) -> None:
+    async def _write_failures(self, items: list[QueuedFailure]) -> None:
         now = max(i.now for i in items)
         rows = await self.store.statement_rows(
             FAIL_GROUP,
@@ -972,11 +940,11 @@ class GroupCommit:
         )
         self.flushes += 1
         self.items += len(rows)
-        results: dict[int, FailedOne] = {}
+        results: dict[int, Retried] = {}
         revisions: dict[str, int] = {}
         later: list[float] = []
         for pos, next_attempt, delay_s, revision, kind, start, attempt, index, trace_parent in rows:
-            results[pos] = FailedOne(next_attempt, revision, kind, start, attempt, index, trace_parent)
+            results[pos] = Retried(next_attempt, revision, kind, start, attempt, index, trace_parent)
             revisions[items[pos - 1].job_id] = revision
             later.append(delay_s)
             # Committed waiting: the next claims promote it when due (store/waiting.py). The flusher
@@ -994,18 +962,18 @@ class GroupCommit:
             await write
         except Exception as exc:  # handed to each caller, who maps it as before
             for w in waiting:
-                fut = w.got if isinstance(w, ClaimAsk) else w.done
+                fut = w.got if isinstance(w, QueuedClaim) else w.done
                 if not fut.done():
                     fut.set_exception(exc)
         except BaseException:
             # The flusher itself cancelled (the loop closing): nobody waits for this flush's answer.
             for w in waiting:
-                (w.got if isinstance(w, ClaimAsk) else w.done).cancel()
+                (w.got if isinstance(w, QueuedClaim) else w.done).cancel()
             raise
         finally:
             self.busy_seconds += time.perf_counter() - started
 
-    async def _write_completions(self, items: list[Completion]) -> None:
+    async def _write_completions(self, items: list[QueuedCompletion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
         positions, names, uris, media, sizes = [], [], [], [], []
         for pos, item in enumerate(items, 1):
@@ -1036,12 +1004,12 @@ class GroupCommit:
         self.flushes += 1
         self._completed(items, rows, now)
 
-    def _completed(self, items: list[Completion], rows: Sequence[Sequence[Any]], now: int) -> None:
+    def _completed(self, items: list[QueuedCompletion], rows: Sequence[Sequence[Any]], now: int) -> None:
         """Answers the completions from their statement's rows (one per completion that went through)."""
         self.items += len(rows)
         revisions: dict[str, int] = {}
-        results: dict[int, CompletedOne] = {}
-        ended: dict[str, CompletedOne] = {}  # a job the flush left terminal: one of its completions
+        results: dict[int, Completed] = {}
+        ended: dict[str, Completed] = {}  # a job the flush left terminal: one of its completions
         for row in rows:
             (
                 pos,
@@ -1056,7 +1024,7 @@ class GroupCommit:
                 index,
                 trace_parent,
             ) = row
-            one = CompletedOne(
+            one = Completed(
                 JobState(job_state),
                 revision,
                 ChunkState(chunk_state),
@@ -1081,7 +1049,7 @@ class GroupCommit:
             self.store.publish(Changes(jobs=revisions))
         _answer(items, results)
 
-    async def _write_claims(self, kinds: tuple[str, ...], asks: list[ClaimAsk]) -> None:
+    async def _write_claims(self, kinds: tuple[str, ...], asks: list[QueuedClaim]) -> None:
         now = max(a.now for a in asks)
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
@@ -1096,7 +1064,7 @@ class GroupCommit:
 
     def _claimed(
         self,
-        asks: list[ClaimAsk],
+        asks: list[QueuedClaim],
         n_jobs: int,
         chunk_rows: Sequence[Any] | None,
         callers: Sequence[int] | None,
@@ -1123,7 +1091,7 @@ class GroupCommit:
                 a.got.set_result(mine.get(n, []))
 
     async def _write_both(
-        self, items: list[Completion], kinds: tuple[str, ...], asks: list[ClaimAsk]
+        self, items: list[QueuedCompletion], kinds: tuple[str, ...], asks: list[QueuedClaim]
     ) -> None:
         """The completions and then the claims (of these kinds, each after completions of this flush
         only) in one statement (``_complete_then_claim``). The claims are answered only if they were
