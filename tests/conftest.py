@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
+from support.postgres import POSTGRES_URL
 
 from jobpulse_server.app.wiring import App, create_server
 from jobpulse_server.platform.config import Config
@@ -86,7 +87,6 @@ DATABASES = [
     d.strip() for d in os.environ.get("JOBPULSE_TEST_DATABASES", "sqlite,postgresql").split(",") if d
 ]
 # The PostgreSQL server tests make their databases on (trust auth; a fresh database per test).
-POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # Set (as .ci/run does) to fail instead of skip when PostgreSQL does not answer.
 REQUIRE_POSTGRES = os.environ.get("JOBPULSE_REQUIRE_POSTGRES") == "1"
 

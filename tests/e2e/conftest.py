@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import check_all_summaries
+from support.e2e import check_all_summaries
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2_grpc

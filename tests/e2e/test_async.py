@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from e2e_helpers import assert_summary_matches
+from support.e2e import assert_summary_matches
 
 import jobpulse
 from jobpulse import errors

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from e2e_helpers import assert_summary_matches
+from support.e2e import assert_summary_matches
 from support.readme_blocks import find_block
 
 import jobpulse

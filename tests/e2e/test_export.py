@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import claim_one
+from support.e2e import claim_one
 from support.polling import eventually
 
 import jobpulse

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import assert_summary_matches, chunks_by_index, claim_one, recount, run_all, summary_dict
 from google.protobuf.json_format import MessageToDict
+from support.e2e import assert_summary_matches, chunks_by_index, claim_one, recount, run_all, summary_dict
 
 import jobpulse
 from jobpulse import errors

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from e2e_helpers import claim_one, run_all
+from support.e2e import claim_one, run_all
 
 import jobpulse
 from jobpulse import cli, errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from e2e_helpers import assert_summary_matches, claim_one
+from support.e2e import assert_summary_matches, claim_one
 from support.polling import eventually
 
 import jobpulse

@@ -11,9 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import BackgroundThread, run_all
 from google.protobuf import duration_pb2
 from grpc_status import rpc_status
+from support.e2e import BackgroundThread, run_all
 from support.polling import eventually
 from support.receiver import Receiver
 from support.sql import value

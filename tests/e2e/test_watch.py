@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import BackgroundThread, chunks_by_index, claim_one, run_all
+from support.e2e import BackgroundThread, chunks_by_index, claim_one, run_all
 
 import jobpulse
 from jobpulse import errors

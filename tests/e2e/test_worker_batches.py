@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from e2e_helpers import BackgroundThread, chunks_by_index, summary_dict
+from support.e2e import BackgroundThread, chunks_by_index, summary_dict
 from support.polling import eventually
 
 import jobpulse

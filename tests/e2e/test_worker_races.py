@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
-from e2e_helpers import assert_summary_matches, count_states, summary_dict
+from support.e2e import assert_summary_matches, count_states, summary_dict
 
 import jobpulse
 from jobpulse.v1 import (

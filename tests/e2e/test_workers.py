@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import BackgroundThread, assert_summary_matches, chunks_by_index, claim_one, run_all
 from google.protobuf.timestamp_pb2 import Timestamp
+from support.e2e import BackgroundThread, assert_summary_matches, chunks_by_index, claim_one, run_all
 from support.polling import eventually
 
 import jobpulse

@@ -29,7 +29,10 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import (
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+from sqlalchemy.engine import make_url
+from support.faults import (
     NOT_SERVING,
     SERVING,
     Stubs,
@@ -38,9 +41,6 @@ from faults_support import (
     restore_sqlite_file,
     swap_sqlite_file,
 )
-from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
-from sqlalchemy.engine import make_url
 from support.polling import eventually
 
 from jobpulse.v1 import admin_service_pb2 as A

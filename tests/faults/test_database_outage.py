@@ -16,7 +16,6 @@ from then on every connection is new and fails, the health probe's included.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +23,13 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import NOT_SERVING, SERVING, Stubs, reason_of
 from sqlalchemy.engine import make_url
+from support.faults import NOT_SERVING, SERVING, Stubs, reason_of
 from support.polling import eventually
+from support.postgres import POSTGRES_URL
 
 from jobpulse.v1 import job_service_pb2 as J
 from jobpulse.v1 import worker_service_pb2 as W
-
-POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _pg_admin(sql: str) -> None:

@@ -21,10 +21,10 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import NOT_SERVING, Stubs, pg_admin, reason_of, swap_sqlite_file
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
+from support.faults import NOT_SERVING, Stubs, pg_admin, reason_of, swap_sqlite_file
 from support.polling import eventually
 
 from jobpulse.v1 import job_service_pb2 as J

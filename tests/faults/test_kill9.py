@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import Stubs
 from google.protobuf import duration_pb2
+from support.faults import Stubs
 from support.polling import eventually
 from support.servers import ServerProcess
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faults_support import pg_admin
 from sqlalchemy.engine import make_url
+from support.faults import pg_admin
 from support.polling import eventually
 
 LOOPS = ("sweep", "expiry sweep", "webhook delivery", "API key refresh (the last known keys stay in force)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from faults_support import Stubs
+from support.faults import Stubs
 from support.sql import fetch
 
 from jobpulse.v1 import job_pb2

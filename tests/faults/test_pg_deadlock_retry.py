@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 import pytest
-from faults_support import Stubs
 from sqlalchemy.engine import make_url
+from support.faults import Stubs
 from support.polling import eventually
 
 from jobpulse.v1 import job_pb2

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from faults_support import NOT_SERVING, Stubs
+from support.faults import NOT_SERVING, Stubs
 from support.polling import eventually
 from test_database_outage import Outage
 

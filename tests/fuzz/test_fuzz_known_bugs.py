@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzz_support import call, details
 from google.rpc import error_details_pb2
+from support.fuzz import call, details
 
 from jobpulse.v1 import job_service_pb2 as J
 

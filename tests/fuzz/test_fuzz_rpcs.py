@@ -18,7 +18,9 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzz_support import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.fuzz import (
     METHODS,
     ORDER,
     SERVING,
@@ -32,8 +34,6 @@ from fuzz_support import (
     requests,
     unary,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.services import keys

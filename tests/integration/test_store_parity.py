@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from support.clock import FakeClock
 from support.fake_store import FakeStore, Tombstone
 
 from jobpulse_server.domain import ids
@@ -85,16 +86,6 @@ BOB = Principal("bob", sees_all=False, role="client")
 HOOK = "https://hooks.example/parity"
 MISSING_JOB = "0PAR" + "9" * 22  # a well-formed id no job has
 CHUNK_EVENTS = ("claimed", "completed", "cancelled", "failed", "retried", "rescued")
-
-
-class FakeClock:
-    """Time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> int:
-        return self.now
 
 
 def render(job: Job, now: int) -> dict[str, Any]:
@@ -955,7 +946,7 @@ async def test_every_driver_mode_and_the_fake_agree(
 ) -> None:
     if driver_mode == "on-thread" and not database_url.startswith("sqlite"):
         pytest.skip("the dedicated thread is a SQLite mode (asyncpg has one mode)")
-    clocks = FakeClock(), FakeClock()
+    clocks = FakeClock(START), FakeClock(START)
     on_loop = driver_mode == "on-loop"
     async with real_rig(database_url, clocks[0], on_loop) as real, fake_rig(clocks[1]) as fake:
         assert real.db is not None

@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from support.clock import FakeClock
+
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.domain.work import ClaimRequest, Failure
 from jobpulse_server.events.hub import ChangeHub
@@ -29,14 +31,6 @@ START = 1_800_000_000_000_000
 LEASE = 60_000_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> int:
-        return self.now
-
-
 @dataclass
 class Replica:
     db: SqlStore
@@ -45,7 +39,7 @@ class Replica:
 
 
 @asynccontextmanager
-async def replica(url: str, clock: Clock) -> AsyncIterator[Replica]:
+async def replica(url: str, clock: FakeClock) -> AsyncIterator[Replica]:
     """A server's store and services (several may share the database, as replicas do)."""
     hub = ChangeHub()
     db = SqlStore(url, on_commit=hub.publish)
@@ -83,7 +77,7 @@ async def _retry_at(r: Replica, job_id: str) -> dict[int, Any]:
 
 
 async def test_a_failed_chunk_waits_out_of_the_claim_order_and_rejoins_it_when_due(database_url: str) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     async with replica(database_url, clock) as r:
         job_id = await _job(r, "wait", 3)
         [claim] = await r.workers.claim(ClaimRequest("w", ["wait"], 1, LEASE, 0))
@@ -105,7 +99,7 @@ async def test_a_failed_chunk_waits_out_of_the_claim_order_and_rejoins_it_when_d
 async def test_a_chunk_another_replica_put_in_a_backoff_is_found_within_the_refresh(
     database_url: str,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     async with replica(database_url, clock) as a, replica(database_url, clock) as b:
         await _job(a, "peer", 4)
         assert await _claim(b, "peer") == [0]  # b looks: nothing waits

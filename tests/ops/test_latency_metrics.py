@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.clock import FakeClock
 from support.sse import Event, read
 
 import jobpulse
@@ -28,19 +29,6 @@ from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import ATTEMPT_BUCKETS, MAX_KINDS, OTHER_KIND, Metrics
 
 US = 1_000_000
-
-
-class FakeClock:
-    """The server's clock, moved only by the test."""
-
-    def __init__(self) -> None:
-        self.now = now_us()
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * US)
 
 
 class ClockedServer:
@@ -69,7 +57,7 @@ class ClockedServer:
 
 @pytest.fixture
 def clocked(database_url: str) -> Iterator[tuple[ClockedServer, FakeClock]]:
-    clock = FakeClock()
+    clock = FakeClock(now_us())
     srv = ClockedServer(database_url, clock)
     try:
         yield srv, clock

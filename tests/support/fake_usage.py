@@ -8,19 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from jobpulse_server.domain.usage import KeyUsage, Lease
-
-
-class FakeClock:
-    """Seconds that pass only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from support.clock import FakeSeconds
 
 
 @dataclass
@@ -33,7 +21,7 @@ class _Bucket:
 class FakeUsageStore:
     """``UsageStore`` in memory; ``add_calls`` records every batch, ``fail`` makes calls raise."""
 
-    clock: FakeClock = field(default_factory=FakeClock)
+    clock: FakeSeconds = field(default_factory=FakeSeconds)
     totals: dict[str, KeyUsage] = field(default_factory=dict)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
     add_calls: list[dict[str, KeyUsage]] = field(default_factory=list)

@@ -6,19 +6,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+from support.clock import FakeSeconds
 
 from jobpulse_server.domain.errors import DatabaseUnavailable
 from jobpulse_server.services.background import FailingPasses
 
 LOG = logging.getLogger("test.background")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _fail(passes: FailingPasses, exc: Exception) -> None:
@@ -31,7 +24,7 @@ def _fail(passes: FailingPasses, exc: Exception) -> None:
 def test_a_database_outage_is_one_line_then_one_a_minute_then_its_end(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeSeconds(0.0)
     passes = FailingPasses("sweep", LOG, clock=clock)
     caplog.set_level(logging.INFO, logger=LOG.name)
     for _ in range(120):  # two minutes of a pass a second
@@ -48,7 +41,7 @@ def test_a_database_outage_is_one_line_then_one_a_minute_then_its_end(
 
 
 def test_anything_else_is_logged_with_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = FakeSeconds(0.0)
     passes = FailingPasses("expiry sweep", LOG, clock=clock)
     caplog.set_level(logging.INFO, logger=LOG.name)
     _fail(passes, RuntimeError("a bug"))

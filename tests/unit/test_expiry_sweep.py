@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from support.clock import FakeClock
 from support.fake_store import FakeStore, new_job
 
 from jobpulse_server.domain.model import ChunkState, Job, JobState
@@ -16,14 +17,6 @@ from jobpulse_server.services.retention import RetentionService
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
-
-
-class Clock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 class CountingStore(FakeStore):
@@ -62,7 +55,7 @@ def _finished(store: FakeStore, job_id: str, state: JobState, end: int, ttl: int
     return store.add_job(job, chunks)
 
 
-def _service(store: CountingStore, clock: Clock, **config: Any) -> tuple[RetentionService, CountingStore]:
+def _service(store: CountingStore, clock: FakeClock, **config: Any) -> tuple[RetentionService, CountingStore]:
     values: dict[str, Any] = {
         "retention_completed": 10.0,
         "retention_failed": 100.0,
@@ -93,7 +86,7 @@ def test_expire_time_is_end_time_plus_the_effective_ttl() -> None:
 
 async def test_sweep_deletes_what_expired_and_nothing_else() -> None:
     store = CountingStore()
-    clock = Clock(T0 + 50 * S)
+    clock = FakeClock(T0 + 50 * S)
     _finished(store, "old-done", JobState.COMPLETED, T0)  # expired: 10 s default
     _finished(store, "new-done", JobState.COMPLETED, T0 + 45 * S)  # 5 s to go
     _finished(store, "old-failed", JobState.FAILED, T0)  # 100 s default: not yet
@@ -117,7 +110,7 @@ async def test_sweep_deletes_what_expired_and_nothing_else() -> None:
 
 async def test_sweeps_are_bounded_and_do_not_look_at_kept_jobs_again() -> None:
     store = CountingStore()
-    clock = Clock(T0 + 1000 * S)
+    clock = FakeClock(T0 + 1000 * S)
     for i in range(10):
         _finished(store, f"kept-{i:02}", JobState.COMPLETED, T0 + i, ttl=0)
     for i in range(7):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+from support.clock import FakeClock
 from support.fake_store import FakeRead, FakeStore, Tombstone, new_job
 
 from jobpulse_server.domain.changes import Changes
@@ -51,20 +52,6 @@ START = 1_700_000_000_000_000
 HOOK = "https://hooks.example/x"
 
 
-class FakeClock:
-    """Time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> int:
-        self.now += int(seconds * 1e6)
-        return self.now
-
-
 @dataclass
 class Rig:
     store: FakeStore
@@ -96,7 +83,7 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     hub = ChangeHub()
     store = FakeStore(on_commit=hub.publish)
-    clock = FakeClock()
+    clock = FakeClock(START)
     config = Config(
         retry_backoff=2.0, retry_backoff_max=60.0, watch_min_interval=0.0, heartbeat_interval=60.0
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.clock import FakeClock
 
 from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
 from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
@@ -27,16 +28,6 @@ from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.wire.convert import webhook_job
-
-
-class FakeClock:
-    """Time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
 
 
 class JobLifecycle(RuleBasedStateMachine):

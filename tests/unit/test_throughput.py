@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
+from support.clock import FakeClock
 from support.counting import count_writes
 
 from jobpulse_server.domain.errors import LeaseLost
@@ -36,20 +37,6 @@ from jobpulse_server.store.database import SqlStore
 
 M0 = 28_333_333 * MINUTE_US  # the start of a minute in 2023
 LEASE = 3_600_000_000
-
-
-class FakeClock:
-    """Time moves only when the test says so."""
-
-    def __init__(self, now: int = M0 + 5_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> int:
-        self.now += int(seconds * 1e6)
-        return self.now
 
 
 class Flaky:
@@ -85,7 +72,7 @@ async def test_counts_add_up_per_minute_and_kind_one_transaction_a_flush(
     db: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = db
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     tp = Throughput(store, clock)
     writes = count_writes(db, monkeypatch)
     for _ in range(100):
@@ -117,7 +104,7 @@ async def test_counts_add_up_per_minute_and_kind_one_transaction_a_flush(
 
 
 async def test_two_replicas_flushing_into_the_same_minute_add_up(database_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     replicas = [SqlStore(database_url), SqlStore(database_url)]
     for d in replicas:
         await d.start()
@@ -140,7 +127,7 @@ async def test_two_replicas_flushing_into_the_same_minute_add_up(database_url: s
 
 async def test_a_failed_flush_keeps_its_counts_for_the_next_one(db: SqlStore) -> None:
     flaky = Flaky(db)
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     tp = Throughput(flaky, clock)
     tp.count("resize", 2, 20)
     await tp.flush()
@@ -165,7 +152,7 @@ async def test_a_failed_flush_keeps_its_counts_for_the_next_one(db: SqlStore) ->
 
 async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_counts(db: SqlStore) -> None:
     store = db
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     tp = Throughput(store, clock)
     other = Throughput(store, clock)  # another replica, flushed
     await store.add_throughput({(M0 - 2 * HOUR_US, "resize"): (50, 50)})  # before the window of one hour
@@ -205,7 +192,7 @@ async def test_recent_fills_quiet_minutes_with_zeros_and_includes_unflushed_coun
 
 async def test_old_minutes_are_pruned_now_and_then(db: SqlStore) -> None:
     store = db
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     tp = Throughput(store, clock)
     now = minute_of(clock())
     old, kept = now - KEEP_US - MINUTE_US, now - KEEP_US
@@ -226,7 +213,7 @@ async def test_old_minutes_are_pruned_now_and_then(db: SqlStore) -> None:
 
 async def test_the_loop_flushes_once_more_when_stopped(db: SqlStore) -> None:
     store = db
-    tp = Throughput(store, FakeClock())
+    tp = Throughput(store, FakeClock(M0 + 5_000_000))
     tp.count("resize", 1, 4)
     stop = asyncio.Event()
     stop.set()
@@ -237,7 +224,7 @@ async def test_the_loop_flushes_once_more_when_stopped(db: SqlStore) -> None:
 async def test_worker_service_counts_the_chunks_it_completed_once_they_committed(
     db: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(M0 + 5_000_000)
     store = db
     hub = ChangeHub()
     try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.fake_usage import FakeClock, FakeUsageStore
+from support.clock import FakeSeconds as FakeClock
+from support.fake_usage import FakeUsageStore
 
 from jobpulse_server.domain.errors import RateLimited
 from jobpulse_server.domain.usage import KeyUsage

@@ -9,7 +9,7 @@ import threading
 from google.protobuf import json_format
 from support.polling import eventually
 from support.sse import Event, Stream, read
-from watch_helpers import assert_matches_final, check_stream, final_state
+from support.watch import assert_matches_final, check_stream, final_state
 
 import jobpulse
 from jobpulse.v1 import job_service_pb2

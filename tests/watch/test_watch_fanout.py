@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from watch_helpers import TERMINAL, check_stream
+from support.watch import TERMINAL, check_stream
 
 import jobpulse
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from support.servers import ServerProcess
-from watch_helpers import CHANGE, HEARTBEAT, SNAPSHOT
+from support.watch import CHANGE, HEARTBEAT, SNAPSHOT
 
 from jobpulse import errors
 from jobpulse.v1 import (

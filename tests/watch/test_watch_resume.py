@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from support.polling import eventually
 from support.servers import ServerProcess
-from watch_helpers import (
+from support.watch import (
     FAST_RECONNECT,
     HEARTBEAT,
     Recorder,

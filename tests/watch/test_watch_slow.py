@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from support.polling import eventually
-from watch_helpers import Recorder, assert_matches_final, check_stream, final_state
+from support.watch import Recorder, assert_matches_final, check_stream, final_state
 
 import jobpulse
 from jobpulse.v1 import job_pb2

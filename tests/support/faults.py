@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,9 +14,9 @@ from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
+from support.postgres import POSTGRES_URL
 
 T = TypeVar("T")
-POSTGRES_URL = os.environ.get("JOBPULSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
