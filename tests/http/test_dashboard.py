@@ -5,9 +5,16 @@ throughput rollup. tests/browser/test_dashboard_browser.py drives the same pages
 from __future__ import annotations
 
 import contextlib
+import html
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -281,3 +288,24 @@ def test_grid_data_stats_and_health(make_server) -> None:
             what="a point",
         )
         assert sum(p[1] for p in points) == 1 and sum(p[2] for p in points) == 3
+
+
+def test_the_empty_pages_command_runs_as_shown(server) -> None:
+    """The first thing a new user sees is a command to paste: run exactly what the page shows (the
+    server address comes from JOBPULSE_TARGET, as in a shell), and the job it makes is on the page."""
+    with httpx.Client(base_url=_base(server), timeout=20) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "No jobs yet" in page.text
+        found = re.search(r'<code data-testid="first-command">([^<]+)</code>', page.text)
+        assert found, "the empty jobs page shows no command"
+        command = html.unescape(found.group(1))
+        words = shlex.split(command)
+        assert words[0] == "jobpulse", command
+        cli = shutil.which("jobpulse", path=str(Path(sys.executable).parent))
+        assert cli is not None, "the jobpulse CLI is not installed beside this Python"
+        env = {**os.environ, "JOBPULSE_TARGET": server.address}
+        env.pop("JOBPULSE_API_KEY", None)
+        done = subprocess.run([cli, *words[1:]], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, f"{command!r} exited {done.returncode}: {done.stderr.strip()}"
+        after = client.get("/")
+        assert len(ROW.findall(after.text)) == 1 and "No jobs yet" not in after.text
