@@ -137,6 +137,7 @@ class Dashboard:
             orders=_ORDER_NAMES,
             page_sizes=PAGE_SIZES,
             relative=present.relative,
+            eta=present.eta,
         )
 
     def routes(self) -> list[Route]:
@@ -305,7 +306,6 @@ class Dashboard:
                 "job.html",
                 who=who,
                 job=job,
-                eta=job.eta_seconds(self.clock()),
                 chunks=chunks,
                 more_chunks=bool(next_token),
                 deliveries=deliveries[:50],
