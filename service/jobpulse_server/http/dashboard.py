@@ -144,7 +144,6 @@ class Dashboard:
         return [
             Route("/", self.jobs_page, methods=["GET"]),
             Route("/jobs/{job_id}", self.job_page, methods=["GET"]),
-            Route("/jobs/{job_id}/row", self.job_row, methods=["GET"]),
             Route("/jobs/{job_id}/grid", self.job_grid, methods=["GET"]),
             Route("/jobs/{job_id}/chunks/{index:int}", self.chunk_detail, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
@@ -279,15 +278,6 @@ class Dashboard:
                 filtered=view.filtered,
                 title="Jobs",
             )
-
-        return await self._page(request, build)
-
-    async def job_row(self, request: Request) -> Response:
-        """One row of the jobs table (the page's script inserts rows of new jobs with it)."""
-
-        async def build(who: Principal) -> Response:
-            page = await self.jobs.get_job(who, _job_id(request), full=False)
-            return self._render(request, "row.html", who=who, page=page, view=_JobsView.read([]))
 
         return await self._page(request, build)
 

@@ -215,7 +215,18 @@
   });
 
   // --- jobs page -----------------------------------------------------------------------------
+  // On a phone the filters fold away so the jobs come first (one tap opens them); on a wide screen they
+  // are always open.
+  function foldFilters() {
+    const box = document.querySelector(".filter-box");
+    if (!box) return;
+    const narrow = window.matchMedia("(max-width: 720px)");
+    if (narrow.matches && !box.hasAttribute("data-keep-open")) box.open = false;
+    narrow.addEventListener("change", (ev) => { if (!ev.matches) box.open = true; });
+  }
+
   function jobsPage() {
+    foldFilters();
     const table = document.querySelector("table[data-feed]");
     const bulk = document.getElementById("bulk");
     function selection() {
@@ -386,8 +397,10 @@
     this.rows = Math.ceil(n / this.cols);
     this.canvas.width = this.cols * cell;
     this.canvas.height = this.rows * cell;
+    // Never wider than its box (CSS max-width: 100%, height follows): a scrollbar that appears later
+    // narrows the box before the grid is laid out again.
     this.canvas.style.width = this.canvas.width + "px";
-    this.canvas.style.height = this.canvas.height + "px";
+    this.width = width;
     this.image = null;
   };
   Grid.prototype.draw = function () {
@@ -583,11 +596,14 @@
       }
     });
     document.querySelectorAll("a[data-chunk]").forEach((a) => a.addEventListener("click", () => showChunk(jobId, a.dataset.chunk)));
+    // Laid out again whenever its box changes width (a window resized or turned, a scrollbar shown).
     let resizing = null;
-    window.addEventListener("resize", () => {
+    new ResizeObserver(() => {
       clearTimeout(resizing);
-      resizing = setTimeout(() => { if (grid) { grid.layout(); grid.draw(); } }, 150);
-    });
+      resizing = setTimeout(() => {
+        if (grid && Math.max(200, canvas.parentElement.clientWidth) !== grid.width) { grid.layout(); grid.draw(); }
+      }, 150);
+    }).observe(canvas.parentElement);
     start();
   }
 
