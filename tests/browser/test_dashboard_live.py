@@ -235,3 +235,44 @@ def test_on_a_phone_the_jobs_come_first_and_the_grid_fits(
     browser.save_screenshot(str(screenshots / "phone-grid.png"))
     assert box[0] >= 0 and box[1] <= width, f"the grid runs past the edge: {box} in {width} px"
     assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+
+
+def _statuses(browser: Any) -> list[tuple[str, int]]:
+    """(URL, status) of the responses the page got since the last call (the DevTools network log)."""
+    found = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.responseReceived":
+            response = message["params"]["response"]
+            found.append((response["url"], int(response["status"])))
+    return found
+
+
+def test_the_pages_own_fetches_wait_out_a_429(make_server: Any, browser: Any) -> None:
+    """A key at 1 call/s (bursts of 2): logging in and loading the job page spend it, so the page's
+    fetch of the grid is refused with 429. The page waits the Retry-After and draws the grid; it never
+    says the grid could not be loaded. (A page load refused the same way reloads itself.)"""
+    srv = make_server(key_refresh_interval=0.1, rate_limit_client=1.0)
+    alice = srv.call(keys.create_key(srv.app.db, "alice", "client"))
+    srv.call(srv.app.auth.refresh())
+    base = str(srv.app.http_url)
+    with jobpulse.Client(srv.address, api_key=alice, timeout=20) as sdk:
+        job = eventually(lambda: sdk.create_job(kind="limited", total_items=10, chunk_size=1), timeout=10)
+    refused = []
+    for _ in range(5):  # until one load of the page meets the limit on its grid fetch
+        _log_in(browser, base, alice, f"/jobs/{job.id}")
+        # The page itself may meet the limit: then it says it loads again by itself, and does.
+        eventually(
+            lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="chunk-grid"][data-draw-ms]'),
+            timeout=20,
+            what="the grid drawn",
+        )
+        assert "cannot be loaded" not in _text(browser, ".grid-status")
+        assert "429" not in browser.find_element(By.TAG_NAME, "body").text
+        got = _statuses(browser)
+        refused = [url for url, status in got if status == 429 and url.endswith("/grid")]
+        if refused:
+            assert sum(1 for url, status in got if status == 200 and url.endswith("/grid")) == 1
+            break
+        browser.delete_all_cookies()
+    assert refused, "the rate limit never met the grid's fetch"

@@ -370,3 +370,18 @@ def test_the_eta_the_pages_render_follows_the_servers_rule_and_says_stalled() ->
     assert present.eta(job, 160 * s) == "\u2014"  # never started: nothing to estimate
     job.state = JobState.COMPLETED
     assert present.eta(job, 160 * s) == "\u2014"
+
+
+def test_a_page_over_the_keys_rate_limit_reloads_itself(make_server) -> None:
+    srv = make_server(key_refresh_interval=0.1, rate_limit_client=1.0)
+    alice = srv.call(keys.create_key(srv.app.db, "alice", "client"))
+    srv.call(srv.app.auth.refresh())
+    with _login(srv, alice) as client:
+        pages = [client.get("/health") for _ in range(4)]  # bursts of 2: some of these are refused
+        refused = [p for p in pages if p.status_code == 429]
+        assert refused, [p.status_code for p in pages]
+        page = refused[0]
+        wait = int(page.headers["retry-after"])
+        assert 1 <= wait <= 2
+        assert f'data-reload-after="{wait}"' in page.text  # the page's script reloads it then
+        assert "loads again by itself" in page.text and "Traceback" not in page.text

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from jobpulse_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
 )
 from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS, JobFilter
@@ -209,6 +211,7 @@ class Dashboard:
                 title="Something went wrong",
                 message="The server could not show this page. It has logged why; try again in a moment.",
                 violations=[],
+                reload_after=0,
             )
         exc = err
         if isinstance(err, DatabaseUnavailable):
@@ -220,18 +223,25 @@ class Dashboard:
             404: "Not found",
             401: "Log in again",
             403: "Not allowed",
-            429: "Slow down",
+            429: "One moment",
             503: "Unavailable",
         }
         violations = exc.violations if isinstance(exc, InvalidArgument) else []
-        return self._render(
+        # Over the key's rate limit: the page loads itself again once a call will be admitted, so the
+        # person looking at it waits a moment instead of reading an error.
+        reload_after = max(1, math.ceil(err.retry_after)) if isinstance(err, RateLimited) else 0
+        response = self._render(
             request,
             "error.html",
             status,
             title=titles.get(status, "That did not work"),
             message=str(exc),
             violations=violations,
+            reload_after=reload_after,
         )
+        if reload_after:
+            response.headers["retry-after"] = str(reload_after)
+        return response
 
     async def _act(
         self, request: Request, action: Callable[[Principal, dict[str, str]], Awaitable[str]], back: str
