@@ -124,6 +124,9 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
         "job with a chunk open",
         lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="chunk-detail"]'),
     )
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="cancel-job"]').click()
+    check("job, confirm dialog", lambda: browser.find_element(By.ID, "confirm-dialog").is_displayed())
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="confirm-no"]').click()
     browser.get(f"{base}/jobs/{ids['failed']}")
     check("failed job", grid)
     browser.get(f"{base}/jobs/{ids['running']}/chunks/1")
@@ -136,6 +139,11 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     check("error")
     browser.get(base + "/?kind=none")
     check("jobs, none match")
+    browser.set_window_size(390, 844)  # a phone: the jobs as cards, the filters folded
+    browser.get(base + "/")
+    check("jobs on a phone", live)
+    browser.get(f"{base}/jobs/{ids['running']}")
+    check("job on a phone", grid)
 
     bad = {name: _say(v) for name, v in found.items() if v}
     assert not bad, "axe-core found serious or critical violations:\n" + "\n".join(
