@@ -150,7 +150,7 @@ def test_progress_arrives_live_and_actions_work(make_server: Any, browser: Any, 
     with jobpulse.Client(srv.address) as sdk:
         for n, kind in enumerate(("thumbnails", "transcode", "ocr")):
             done = sdk.create_job(
-                kind=kind, total_items=20, chunk_size=10, display_name=f"Batch {n} of last week's uploads"
+                kind=kind, total_items=20, chunk_size=10, display_name=f"Uploads, batch {n}"
             )
             for claim in sdk.claim_chunks("seed", [kind], max_chunks=2):
                 sdk.complete_chunk(claim.chunk.id, claim.lease_token)
@@ -159,7 +159,7 @@ def test_progress_arrives_live_and_actions_work(make_server: Any, browser: Any, 
             kind="render",
             total_items=400,
             chunk_size=2,
-            display_name="Render scenes for the autumn trailer (4K)",
+            display_name="Autumn trailer (4K)",
             labels={"team": "media"},
         )
         browser.get(base + "/")
@@ -203,6 +203,15 @@ def test_progress_arrives_live_and_actions_work(make_server: Any, browser: Any, 
         )
         assert browser.execute_script("return window.__stayed === true"), "the page did not reload"
         assert row().find_element(By.CSS_SELECTOR, '[data-testid="job-state"]').text.endswith("Processing")
+        # The README's picture: one count of jobs top and bottom, and the running job's ETA (the page
+        # recomputes it between events once a second of work is behind it).
+        count = _attr(browser, "total")
+        assert count == "5" and _attr(browser, "page-count") == f"5 of {count}"
+        eventually(
+            lambda: row().find_element(By.CSS_SELECTOR, '[data-field="eta"]').text not in ("", "\u2014"),
+            timeout=15,
+            what="an ETA in the row",
+        )
         browser.save_screenshot(str(screenshots / "dashboard-jobs.png"))
 
         # An ETA needs a second of work behind it (domain/model.py): the job page shows one.

@@ -5,9 +5,16 @@ throughput rollup. tests/browser/test_dashboard_browser.py drives the same pages
 from __future__ import annotations
 
 import contextlib
+import html
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -281,3 +288,100 @@ def test_grid_data_stats_and_health(make_server) -> None:
             what="a point",
         )
         assert sum(p[1] for p in points) == 1 and sum(p[2] for p in points) == 3
+
+
+def test_the_empty_pages_command_runs_as_shown(server) -> None:
+    """The first thing a new user sees is a command to paste: run exactly what the page shows (the
+    server address comes from JOBPULSE_TARGET, as in a shell), and the job it makes is on the page."""
+    with httpx.Client(base_url=_base(server), timeout=20) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "No jobs yet" in page.text
+        found = re.search(r'<code data-testid="first-command">([^<]+)</code>', page.text)
+        assert found, "the empty jobs page shows no command"
+        command = html.unescape(found.group(1))
+        words = shlex.split(command)
+        assert words[0] == "jobpulse", command
+        cli = shutil.which("jobpulse", path=str(Path(sys.executable).parent))
+        assert cli is not None, "the jobpulse CLI is not installed beside this Python"
+        env = {**os.environ, "JOBPULSE_TARGET": server.address}
+        env.pop("JOBPULSE_API_KEY", None)
+        done = subprocess.run([cli, *words[1:]], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, f"{command!r} exited {done.returncode}: {done.stderr.strip()}"
+        after = client.get("/")
+        assert len(ROW.findall(after.text)) == 1 and "No jobs yet" not in after.text
+
+
+def test_a_running_job_with_a_failed_chunk_is_not_called_failed_and_attempts_agree(make_server) -> None:
+    """One chunk fails for good while the others still wait: the job page says the job is processing
+    with a failed chunk (no red "Failed" alert). After a retry of that chunk, the job's facts and the
+    chunk's panel count attempts the same way."""
+    srv = make_server(retry_backoff=0.0)
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=_base(srv), timeout=20) as client:
+        job = sdk.create_job(kind="flaky", total_items=3, chunk_size=1, max_attempts=2)
+
+        def fail_twice() -> Any:
+            for _ in range(2):
+                claim = eventually(
+                    lambda: sdk.claim_chunks("w1", ["flaky"], max_chunks=1), timeout=10, what="a claim"
+                )[0]
+                assert claim.chunk.index == 0
+                sdk.fail_chunk(claim.chunk.id, claim.lease_token, reason="TIMEOUT", message="slow")
+            return claim.chunk
+
+        # Claims go in index order: chunk 0 uses up its two attempts, chunks 1 and 2 still wait.
+        chunk = fail_twice()
+        assert _state(sdk.get_job(job.id)) == "PROCESSING"
+        page = client.get(f"/jobs/{job.id}").text
+        banner = re.search(
+            r'<section class="problem[^"]*"[^>]*data-testid="job-error">(.*?)</section>', page, re.S
+        )
+        assert banner, "the failed chunk is not mentioned"
+        assert "Processing, with" in banner.group(1) and "chunk failed for good" in banner.group(1)
+        assert "Failed:" not in banner.group(1) and 'role="alert"' not in banner.group(0)
+        assert "up to 2 attempts each" in page
+
+        sdk.retry_chunk(job.id, chunk.id)
+        chunk = fail_twice()
+        assert sdk.get_job(job.id).chunks_summary.failed == 1
+        panel = client.get(f"/jobs/{job.id}/chunks/0", headers={"x-fragment": "1"}).text
+        attempts = re.search(r'data-testid="chunk-attempts">([^<]+)<', panel)
+        assert attempts and attempts.group(1) == "2 of 2 since the last retry (4 in all)", panel
+        page = client.get(f"/jobs/{job.id}").text
+        assert "up to 2 attempts each" in page and "4 of 4" not in page and "4/4" not in page
+
+
+def test_the_eta_the_pages_render_follows_the_servers_rule_and_says_stalled() -> None:
+    """present.eta (what a page shows before its script runs): the server's estimate at the moment of
+    rendering, "stalled" once a started job has had no chunk running and no change for a minute, and a
+    dash with nothing to estimate."""
+    from jobpulse_server.domain.model import Job, JobState, Summary
+    from jobpulse_server.http import present
+
+    s = 1_000_000
+    job = Job(id="j", owner="o", kind="k", state=JobState.PROCESSING, total_items=100, items_done=10)
+    job.start_time, job.update_time = 0, 100 * s
+    job.summary = Summary(pending=9, processing=1)
+    assert present.eta(job, 100 * s) == "15 min"  # 10 items in 100 s: 90 more take 900 s
+    assert present.eta(job, 200 * s) == "30 min"  # no progress since: the estimate grows
+    job.summary = Summary(pending=9, completed=1)
+    assert present.eta(job, 159 * s) != "stalled"
+    assert present.eta(job, 160 * s) == "stalled"  # nothing running, no change for 60 s
+    job.start_time = None
+    assert present.eta(job, 160 * s) == "\u2014"  # never started: nothing to estimate
+    job.state = JobState.COMPLETED
+    assert present.eta(job, 160 * s) == "\u2014"
+
+
+def test_a_page_over_the_keys_rate_limit_reloads_itself(make_server) -> None:
+    srv = make_server(key_refresh_interval=0.1, rate_limit_client=1.0)
+    alice = srv.call(keys.create_key(srv.app.db, "alice", "client"))
+    srv.call(srv.app.auth.refresh())
+    with _login(srv, alice) as client:
+        pages = [client.get("/health") for _ in range(4)]  # bursts of 2: some of these are refused
+        refused = [p for p in pages if p.status_code == 429]
+        assert refused, [p.status_code for p in pages]
+        page = refused[0]
+        wait = int(page.headers["retry-after"])
+        assert 1 <= wait <= 2
+        assert f'data-reload-after="{wait}"' in page.text  # the page's script reloads it then
+        assert "loads again by itself" in page.text and "Traceback" not in page.text

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from jobpulse_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
 )
 from jobpulse_server.domain.filters import DEFAULT_ORDER, ORDERS, JobFilter
@@ -137,13 +139,13 @@ class Dashboard:
             orders=_ORDER_NAMES,
             page_sizes=PAGE_SIZES,
             relative=present.relative,
+            eta=present.eta,
         )
 
     def routes(self) -> list[Route]:
         return [
             Route("/", self.jobs_page, methods=["GET"]),
             Route("/jobs/{job_id}", self.job_page, methods=["GET"]),
-            Route("/jobs/{job_id}/row", self.job_row, methods=["GET"]),
             Route("/jobs/{job_id}/grid", self.job_grid, methods=["GET"]),
             Route("/jobs/{job_id}/chunks/{index:int}", self.chunk_detail, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
@@ -209,6 +211,7 @@ class Dashboard:
                 title="Something went wrong",
                 message="The server could not show this page. It has logged why; try again in a moment.",
                 violations=[],
+                reload_after=0,
             )
         exc = err
         if isinstance(err, DatabaseUnavailable):
@@ -220,18 +223,25 @@ class Dashboard:
             404: "Not found",
             401: "Log in again",
             403: "Not allowed",
-            429: "Slow down",
+            429: "One moment",
             503: "Unavailable",
         }
         violations = exc.violations if isinstance(exc, InvalidArgument) else []
-        return self._render(
+        # Over the key's rate limit: the page loads itself again once a call will be admitted, so the
+        # person looking at it waits a moment instead of reading an error.
+        reload_after = max(1, math.ceil(err.retry_after)) if isinstance(err, RateLimited) else 0
+        response = self._render(
             request,
             "error.html",
             status,
             title=titles.get(status, "That did not work"),
             message=str(exc),
             violations=violations,
+            reload_after=reload_after,
         )
+        if reload_after:
+            response.headers["retry-after"] = str(reload_after)
+        return response
 
     async def _act(
         self, request: Request, action: Callable[[Principal, dict[str, str]], Awaitable[str]], back: str
@@ -281,15 +291,6 @@ class Dashboard:
 
         return await self._page(request, build)
 
-    async def job_row(self, request: Request) -> Response:
-        """One row of the jobs table (the page's script inserts rows of new jobs with it)."""
-
-        async def build(who: Principal) -> Response:
-            page = await self.jobs.get_job(who, _job_id(request), full=False)
-            return self._render(request, "row.html", who=who, page=page, view=_JobsView.read([]))
-
-        return await self._page(request, build)
-
     async def job_page(self, request: Request) -> Response:
         async def build(who: Principal) -> Response:
             job_id = _job_id(request)
@@ -305,7 +306,6 @@ class Dashboard:
                 "job.html",
                 who=who,
                 job=job,
-                eta=job.eta_seconds(self.clock()),
                 chunks=chunks,
                 more_chunks=bool(next_token),
                 deliveries=deliveries[:50],

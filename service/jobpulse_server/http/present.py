@@ -7,7 +7,11 @@ import datetime as dt
 import json
 from typing import Any
 
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import Chunk, ChunkState, Job, JobState, eta_seconds
+
+# A started job with no chunk running and no change for this long shows its ETA as "stalled": the
+# rate-based estimate (domain/model.py) only grows while nothing runs, so a number would mislead.
+STALL_US = 60 * 1_000_000
 
 # Each state has a word, a colour (CSS class) and a symbol: the symbol and word carry the meaning for
 # readers who cannot tell the colours apart.
@@ -78,6 +82,29 @@ def duration_us(us: int | None) -> str:
     return duration(None if us is None else us / 1e6)
 
 
+def eta(job: Job, now: int) -> str:
+    """A job's ETA as the pages show it: the server's estimate at ``now`` (time left at the average rate
+    since the first claim), "stalled" when it started but no chunk runs and nothing changed for
+    ``STALL_US``, and a dash when there is nothing to estimate (not started, or over). The page's
+    script recomputes it by the same rules as time passes, so it never stays frozen."""
+    if job.state.terminal:
+        return "\u2014"
+    if job.start_time is not None and job.summary.processing == 0 and now - job.update_time >= STALL_US:
+        return "stalled"
+    return duration(eta_seconds(job.state, job.start_time, job.items_done, job.total_items, now))
+
+
+def attempts(chunk: Chunk, job: Job) -> str:
+    """A chunk's attempts against the job's budget, the one number the job page also shows ("up to N
+    attempts"): a retry gives a failed chunk the job's max_attempts again, so after one the count
+    restarts and the attempts before it are told apart."""
+    before = max(0, chunk.max_attempts - job.max_attempts)
+    text = f"{chunk.attempt - before} of {job.max_attempts}"
+    if before:
+        text += f" since the last retry ({chunk.attempt} in all)"
+    return text
+
+
 def iso(us: int | None) -> str:
     """The exact UTC time, machine-readable (a <time datetime> and what the script reads)."""
     if us is None:
@@ -142,6 +169,7 @@ FILTERS = {
     "duration": duration,
     "duration_us": duration_us,
     "iso": iso,
+    "attempts_text": attempts,
     "exact": exact,
     "size": size,
     "pretty_json": pretty_json,
