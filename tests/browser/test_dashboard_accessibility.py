@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from support.polling import eventually
 
 import jobpulse
-from jobpulse_server.store import keys
+from jobpulse_server.services import keys
 
 AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
 BLOCKING = ("serious", "critical")

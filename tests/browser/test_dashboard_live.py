@@ -18,8 +18,8 @@ from support.polling import eventually
 
 import jobpulse
 from jobpulse_server.domain.principal import Principal
+from jobpulse_server.services import keys
 from jobpulse_server.services.jobs import NewJob
-from jobpulse_server.store import keys
 
 BURST = 1000
 
