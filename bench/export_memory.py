@@ -1,7 +1,7 @@
 """Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite.
 
-    python -m bench.export_memory                                  # 200,000 jobs; baseline 2,000
-    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench.export_memory
+    python -m bench export                                  # 200,000 jobs; baseline 2,000
+    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench export
 
 For each size, baseline first: a fresh SQLite file migrated by the server's Alembic migrations, the
 jobs bulk-loaded straight into it (``bench.listing_scale``'s synthetic jobs: varied states, kinds,
@@ -27,9 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import report
+from bench import procs, report
 from bench.listing_scale import Backend, load_sqlite, migrate
-from bench.procs import ServerProcess
 
 JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
 BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
@@ -105,14 +104,14 @@ def measure(n_jobs: int) -> Run:
         asyncio.run(migrate(backend))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
-        server = ServerProcess("jobpulse", backend.url)
+        server = procs.jobpulse(backend.url).start(timeout=60)
         try:
-            server.wait_ready()
-            run.server_start_kib = _status_kib(server.pid, "VmHWM")
-            run.rows, run.cli_peak_kib, run.export_s = _export(server.target)
-            run.server_peak_kib = _status_kib(server.pid, "VmHWM")
+            assert server.proc is not None
+            run.server_start_kib = _status_kib(server.proc.pid, "VmHWM")
+            run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
+            run.server_peak_kib = _status_kib(server.proc.pid, "VmHWM")
         finally:
-            server.stop()
+            server.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if run.rows != n_jobs:
@@ -174,7 +173,7 @@ def render(base: Run, big: Run) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         print("bench.export_memory reads /proc: Linux only", file=sys.stderr)
         return 1

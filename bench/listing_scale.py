@@ -1,8 +1,8 @@
 """ListJobs at scale: first page vs a page ~90% deep, on PostgreSQL and on SQLite.
 
-    python -m bench.listing_scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
-    python -m bench.listing_scale --quick         # 100,000 / 50,000
-    python -m bench.listing_scale --pg-jobs 0     # SQLite only (0 skips a backend)
+    python -m bench scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
+    python -m bench scale --quick         # 100,000 / 50,000
+    python -m bench scale --pg-jobs 0     # SQLite only (0 skips a backend)
 
 Jobs are bulk-loaded straight into the schema the migrations create (COPY on PostgreSQL,
 executemany on SQLite; secondary indexes dropped during the load and re-created from their own
@@ -14,7 +14,7 @@ first page (page_size 100), never by making a token. Each timed call is repeated
 Then, with the statements the server runs (store/statements.py and, for PostgreSQL's group-committed
 claim, store/group.py: the text the drivers send, with their parameters), it times the page query and the
 COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN
-QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
+QUERY PLAN), also of the claim over 200,000 chunks, to the file ``--plans`` names, if any.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
 its own is created for the run and dropped afterwards.
@@ -43,8 +43,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench import report
-from bench.procs import ServerProcess
+from bench import procs, report
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
@@ -55,7 +54,6 @@ from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-PLANS = Path(__file__).resolve().parent / "plans.txt"
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
 FILTERS: dict[str, list[JobState]] = {"all": [], "COMPLETED": [JobState.COMPLETED]}
 PAGE = 100
@@ -477,11 +475,10 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
 
 
 async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
-    server = ServerProcess("jobpulse", b.url)
+    server = procs.jobpulse(b.url).start(timeout=60)
     try:
-        server.wait_ready()
         async with grpc.aio.insecure_channel(
-            server.target, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+            server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
         ) as channel:
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             deadline = time.perf_counter() + walk_seconds if walk_seconds > 0 else math.inf
@@ -489,7 +486,7 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
             for lst in listings:
                 await time_pages(stub, lst, repeats)
     finally:
-        server.stop()
+        server.close()
 
 
 # --- SQL: the statements the server runs (store/statements.py, store/group.py) ---------------------
@@ -794,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
     p.add_argument("--sqlite-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
     p.add_argument("--claim-chunks", type=int, default=200_000, help="chunks loaded for the claim plan")
-    p.add_argument("--plans", type=Path, default=PLANS, help="where to write the plans")
+    p.add_argument("--plans", type=Path, default=None, help="also write the statements' plans to this file")
     args = p.parse_args(argv)
     if args.pg_jobs is None:
         args.pg_jobs = 100_000 if args.quick else 1_000_000
@@ -815,10 +812,11 @@ def main(argv: list[str] | None = None) -> int:
             budget = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
             res["walk_budget"] = f"{budget:.0f} s" if budget > 0 else "none"
             results.append(res)
-            args.plans.write_text("\n".join(plans) + "\n")
+            if args.plans is not None:
+                args.plans.write_text("\n".join(plans) + "\n")
             print(render([res], args, time.perf_counter() - t0), flush=True)
     elapsed = time.perf_counter() - t0
-    print(f"all done in {elapsed:.0f} s; plans written to {args.plans}")
+    print(f"all done in {elapsed:.0f} s" + (f"; plans written to {args.plans}" if args.plans else ""))
     return 0
 
 

@@ -1,9 +1,9 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench.pg_peer                           # 5,000 units of work per row, every row, 3 rounds
-    python -m bench.pg_peer --quick                   # 1,000, one round
-    python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
-    python -m bench.pg_peer --only batch --n 50000    # batches of 10 alone, long enough to time well
+    python -m bench pg                           # 5,000 units of work per row, every row, 3 rounds
+    python -m bench pg --quick                   # 1,000, one round
+    python -m bench pg --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
+    python -m bench pg --only batch --n 50000    # batches of 10 alone, long enough to time well
 
 A full run measures the batches of 10 (jobpulse's CompleteChunks, PgQueuer's QueueManagers) on a second,
 deeper queue too (``--deep``, default 50,000): PgQueuer's cost per job grows with the length of its queue,
@@ -75,8 +75,9 @@ import grpc
 from google.protobuf import duration_pb2
 from support.servers import free_port
 
-from bench import report, work
-from bench.procs import ServerProcess, _cpu_seconds, metric_values
+from bench import figures, procs, report, work
+from bench.grpc_floor import floor_server
+from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -85,7 +86,6 @@ LEASE = duration_pb2.Duration(seconds=600)
 JOBS_PER_RUN = 10
 ENTRYPOINT = "noop"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results-pg.json"
-_ROOT = Path(__file__).resolve().parent.parent  # the repository: bench.grpc_floor runs from here
 
 # jobpulse rows: key -> bench.work mode, and the row's name.
 JOBPULSE_ROWS = {
@@ -134,7 +134,7 @@ def postgres_cpu_seconds() -> float | None:
                 continue
         except OSError:
             continue
-        cpu = _cpu_seconds(int(proc.name))
+        cpu = pid_cpu_seconds(int(proc.name))
         if cpu is not None:
             total += cpu
             seen = True
@@ -224,10 +224,11 @@ async def _drain(
     group that claims its kind."""
     n = sum(items for _, items in jobs)
     async with fresh_database(key) as dsn:
-        server = ServerProcess("jobpulse", dsn, http_port=free_port())
+        http_port = free_port()
+        server = procs.jobpulse(dsn, http_port=http_port)
         try:
-            server.wait_ready()
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            server.start(timeout=60)
+            async with grpc.aio.insecure_channel(server.address) as channel:
                 jobs_stub = job_service_pb2_grpc.JobServiceStub(channel)
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
                 if not await work.supported(stub, mode, TIMEOUT):
@@ -240,8 +241,8 @@ async def _drain(
                         timeout=TIMEOUT,
                     )
                 group_counts = [work.Counts() for _ in groups]
-                flusher0 = await asyncio.to_thread(flusher_counts, server.http_port)
-                cpu0, db0 = server.cpu_seconds(), postgres_cpu_seconds()
+                flusher0 = await asyncio.to_thread(flusher_counts, http_port)
+                cpu0, db0 = cpu_seconds(server), postgres_cpu_seconds()
                 t0 = time.perf_counter()
                 try:
                     await asyncio.gather(
@@ -262,18 +263,18 @@ async def _drain(
                     )
                 except grpc.aio.AioRpcError as exc:
                     # The server logs to /dev/null: say at least whether it is gone, and how it ended.
-                    code = server.exit_code()
+                    code = None if server.proc is None else server.proc.poll()
                     if code is not None:
                         raise RuntimeError(f"{key}: the jobpulse server exited mid-row ({code})") from exc
                     raise
                 elapsed = time.perf_counter() - t0
-                cpu1, db1 = server.cpu_seconds(), postgres_cpu_seconds()
-                flusher1 = await asyncio.to_thread(flusher_counts, server.http_port)
+                cpu1, db1 = cpu_seconds(server), postgres_cpu_seconds()
+                flusher1 = await asyncio.to_thread(flusher_counts, http_port)
                 listed = await jobs_stub.ListJobs(
                     job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT
                 )
         finally:
-            server.stop()
+            server.close()
         counts = work.Counts()
         for c in group_counts:
             counts.add(c)
@@ -353,10 +354,10 @@ FLOOR_ROWS = {
 async def _floor_jobs(dsn: str, n: int) -> None:
     """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
     server on ``dsn`` (which migrates the database), stopped before the clock starts."""
-    server = ServerProcess("jobpulse", dsn)
+    server = procs.jobpulse(dsn)
     try:
-        server.wait_ready()
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        server.start(timeout=60)
+        async with grpc.aio.insecure_channel(server.address) as channel:
             jobs = job_service_pb2_grpc.JobServiceStub(channel)
             for j, items in enumerate(_shares(n, JOBS_PER_RUN)):
                 await jobs.CreateJob(
@@ -366,7 +367,7 @@ async def _floor_jobs(dsn: str, n: int) -> None:
                     timeout=TIMEOUT,
                 )
     finally:
-        server.stop()
+        server.close()
 
 
 async def _completed_chunks(dsn: str) -> tuple[int, int]:
@@ -492,18 +493,12 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
     mode = work.MODES[mode_key]
     async with fresh_database(key) as dsn:
         await _floor_jobs(dsn, n)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.grpc_floor", dsn, stdout=asyncio.subprocess.PIPE, cwd=_ROOT
-        )
+        floor = await asyncio.to_thread(floor_server, dsn)
         try:
-            assert proc.stdout is not None
-            line = (await proc.stdout.readline()).decode()
-            if not line.startswith("port "):
-                raise RuntimeError(f"bench.grpc_floor did not start (exit code {proc.returncode})")
             counts = work.Counts()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{int(line.split()[1])}") as channel:
+            async with grpc.aio.insecure_channel(floor.address) as channel:
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-                cpu0, db0 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+                cpu0, db0 = cpu_seconds(floor), postgres_cpu_seconds()
                 t0 = time.perf_counter()
                 await asyncio.gather(
                     *(
@@ -520,11 +515,9 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
                     )
                 )
                 elapsed = time.perf_counter() - t0
-                cpu1, db1 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+                cpu1, db1 = cpu_seconds(floor), postgres_cpu_seconds()
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-            await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.to_thread(floor.close)
         completed, left = await _completed_chunks(dsn)
     if counts.chunks != n or completed != n or left or counts.not_ok:
         raise RuntimeError(
@@ -1027,7 +1020,9 @@ async def _deep(row: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench pg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
@@ -1090,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json,
     )
     print(f"results written to {args.json}", file=sys.stderr, flush=True)
+    if not args.quick and args.only is None:  # a full run: its figures are the table's current ones
+        figures.record("pg", goals(rows))
     return 0
 
 

@@ -80,12 +80,22 @@ def _x(ratio: float) -> str:
 # --- the targets -----------------------------------------------------------------------------------
 
 
+def fmt(value: float, unit: str) -> str:
+    """A figure as the targets show it."""
+    if unit in ("", "x"):
+        return f"{value:.2f}{unit}"
+    if unit == "%":
+        return f"{value:+.1%}"
+    return f"{value:,.0f} {unit}" if unit == "us" else f"{value:,.1f} {unit}"
+
+
 @dataclass
 class Goal:
     """One line of the targets table: a measured figure against its target and moonshot.
 
     ``at_least``: higher is better (the figure must be >= the target); otherwise it must be <=.
-    ``unit``: "" (a ratio, e.g. calls/s over bare calls/s), "x" (a ratio shown as 1.3x) or "us".
+    ``unit``: "" (a ratio, e.g. calls/s over bare calls/s), "x" (a ratio shown as 1.3x), "%", or a unit
+    written after the figure ("us", "ms", "KiB").
     """
 
     path: str
@@ -97,11 +107,7 @@ class Goal:
     note: str = ""
 
     def _fmt(self, value: float) -> str:
-        if self.unit == "us":
-            return f"{value:,.0f} us"
-        if self.unit == "x":
-            return f"{value:.2f}x"
-        return f"{value:.2f}"
+        return fmt(value, self.unit)
 
     def _meets(self, bound: float) -> bool:
         assert self.measured is not None
@@ -113,7 +119,7 @@ class Goal:
             measured, met = "n/a", "n/a" + (f" ({self.note})" if self.note else "")
         else:
             measured = self._fmt(self.measured)
-            if self.unit != "us" and measured == self._fmt(self.target) and self.measured != self.target:
+            if self.unit in ("", "x") and measured == self._fmt(self.target) and self.measured != self.target:
                 # 0.898 against >= 0.9 would print as 0.90, "NO": one more digit shows which side it is on.
                 measured = f"{self.measured:.3f}" + ("x" if self.unit == "x" else "")
             met = "NO"
@@ -152,7 +158,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def goals(results: dict[str, Any]) -> list[Goal]:
-    """The targets bench.run_all measures (SQLite)."""
+    """The targets bench.core measures (SQLite)."""
     out: list[Goal] = []
     r = results["getjob_rate"]
     out.append(Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8))

@@ -1,8 +1,8 @@
 """GetJob while the expiry sweep deletes 200,000 expired jobs, against GetJob on the same server when
 nothing is being deleted (SQLite).
 
-    python -m bench.retention                               # 200,000 jobs
-    JOBPULSE_BENCH_RETENTION_JOBS=2000 python -m bench.retention   # a smoke run
+    python -m bench retention                               # 200,000 jobs
+    JOBPULSE_BENCH_RETENTION_JOBS=2000 python -m bench retention   # a smoke run
 
 How the two phases are made on one server in one run: before the server starts, the jobs (COMPLETED,
 one chunk each, no ttl of their own, so the server's default applies) are inserted straight into the
@@ -179,7 +179,7 @@ def _line(name: str, samples: list[float]) -> str:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="jobpulse-retention-"))
     path = str(tmp / "jobs.db")
     url = f"sqlite:///{path}"
