@@ -258,6 +258,7 @@ def chunk_rows(job_ids: list[str], per_job: int, now_us: int, seed: int = 11) ->
                     kind,
                     start,
                     end,
+                    next_attempt,  # retry_at: a pending chunk in a backoff waits outside the claim index
                 )
             )
     return out

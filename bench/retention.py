@@ -113,6 +113,7 @@ def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
         "lease_expire_time": None,
         "lease_duration": None,
         "next_attempt_time": None,
+        "retry_at": None,
         "revision": 3,
         "priority": 5,
         "kind": "bench-expired",
