@@ -14,16 +14,13 @@ jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one
 channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
   * one-by-one: ClaimChunks(max_chunks=1), then CompleteChunk;
   * complete-and-claim: CompleteChunk with claim_next (max_chunks=1), which returns the next claim;
-  * ClaimChunks(max_chunks=10), then CompleteChunk for each (the protocol of the PgQueuer loops);
+  * ClaimChunks(max_chunks=10), then CompleteChunk for each;
   * batched: ClaimChunks(max_chunks=10) once, then CompleteChunks of the 10 with claim_next
     (max_chunks=10), which returns the next 10.
 PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
 ``Queries.install()``, N jobs enqueued in one batch (not timed), then drained with a no-op
-entrypoint by
-  * W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
-    (PgQueuer as shipped: completions are buffered and written in batches), and
-  * W bare loops over the same Queries API, ``dequeue(batch_size=k)`` then ``log_jobs`` per job
-    (the same protocol as the jobpulse workers: one round trip per claim and one per completion).
+entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
+(PgQueuer as shipped: completions are buffered and written in batches).
 Scaling rows (complete-and-claim, as workers are added): the same drain with CompleteChunk + claim_next
 (max_chunks=1), N chunks on
   * 1 job, 4 workers; 1 job, 16 workers;
@@ -39,12 +36,10 @@ group of workers completed exactly its jobs' chunks, and every chunk row names a
 that claims its kind.
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-The floor rows drive the store's own group-committed path (store/group.py) in this process, with no
-gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
-claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
-``--only batch``). Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the
-batch row: the same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
-hand each call straight to that path, with nothing else of jobpulse's around it: the most those rows
+Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the batch row: the
+same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
+hand each call straight to the store's group-committed path (store/group.py), with nothing else of
+jobpulse's around it: the most those rows
 could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
 code cost nothing.
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
@@ -62,7 +57,6 @@ import functools
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -342,15 +336,6 @@ async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str
             raise RuntimeError(f"{key}: {r['worker_id']} completed {r['n']} chunks of kind {r['kind']}")
 
 
-# Where the claim's chunk rows hold a chunk's id, job id and lease token (the chunks table's column order).
-
-FLOOR_ROWS = {
-    "floor": "floor: one by one on the store in-process, no gRPC",
-    "floorcc": "floor: complete-and-claim on the store in-process, no gRPC",
-    "floorb10": "floor: completions of 10 + claim of 10 on the store, no gRPC",
-}
-
-
 async def _floor_jobs(dsn: str, n: int) -> None:
     """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
     server on ``dsn`` (which migrates the database), stopped before the clock starts."""
@@ -383,91 +368,6 @@ async def _completed_chunks(dsn: str) -> tuple[int, int]:
     finally:
         await conn.close()
     return int(row[0]), int(row[1])
-
-
-async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
-    """The floor under jobpulse's worker path on this PostgreSQL: the store's own group-committed path
-    (store/group.py: one flusher, one statement per flush, the SQL the server sends for jobs without
-    webhooks) driven in this process by W asyncio workers, with no gRPC, no server process and no
-    service layer in between:
-      * ``floor``: a claim, then a completion (one by one);
-      * ``floorcc``: one claim, then completion and next claim together (complete-and-claim);
-      * ``floorb10``: a claim of 10, then the 10 completions and the next claim of 10 together (what
-        CompleteChunks with claim_next sends the store).
-    The jobs are made by a server, which is stopped before the clock starts. Round trips: the flushes'
-    statements."""
-    from jobpulse_server.domain.clock import now_us
-    from jobpulse_server.store.database import SqlStore
-
-    lease_us = LEASE.seconds * 1_000_000
-    async with fresh_database(key) as dsn:
-        await _floor_jobs(dsn, n)
-        store = SqlStore(dsn)
-        await store.start(migrate=False)
-        fast = store.fast
-        assert fast is not None
-        done = [0]
-
-        async def claim_some(name: str, limit: int) -> list[Any]:
-            """The next chunks (up to ``limit``), [] when no work is left."""
-            while True:
-                got = await fast.claim(name, [], limit, lease_us, now_us())
-                if got is not None:
-                    return [chunk for _, chunk in got]
-                # None: other workers took the work of the jobs this one locked; look again
-
-        async def claim(name: str) -> Any:
-            """The next chunk, or None when no work is left."""
-            got = await claim_some(name, 1)
-            return got[0] if got else None
-
-        async def one_by_one(name: str) -> None:
-            while (chunk := await claim(name)) is not None:
-                if await fast.complete(chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", []) is None:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
-                done[0] += 1
-
-        async def complete_and_claim(name: str) -> None:
-            chunk = await claim(name)
-            while chunk is not None:
-                both = await fast.complete_and_claim(
-                    chunk.id, chunk.job_id, chunk.lease_token, now_us(), "", [], (name, [], 1, lease_us)
-                )
-                if both is None:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
-                done[0] += 1
-                _, claims = both
-                chunk = claims[0][1] if claims else (await claim(name) if claims is None else None)
-
-        async def batched(name: str) -> None:
-            chunks = await claim_some(name, 10)
-            while chunks:
-                items: list[tuple[str, str, str, str, list[Any]]] = [
-                    (c.id, c.job_id, c.lease_token, "", []) for c in chunks
-                ]
-                results, claims = await fast.complete_many(items, now_us(), (name, [], 10, lease_us))
-                if any(r is None for r in results):
-                    raise RuntimeError(f"floor: a completion of {[c.id for c in chunks]} was refused")
-                done[0] += len(chunks)
-                if claims is None:  # declined: claimed on its own, as the server's caller would
-                    chunks = await claim_some(name, 10)
-                else:
-                    chunks = [c for _, c in claims]
-
-        worker = {"floor": one_by_one, "floorcc": complete_and_claim, "floorb10": batched}[key]
-        try:
-            db0 = postgres_cpu_seconds()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(f"floor-{i}") for i in range(workers)))
-            elapsed = time.perf_counter() - t0
-            db1 = postgres_cpu_seconds()
-            trips = fast.group.flushes
-        finally:
-            await store.close()
-        _, left = await _completed_chunks(dsn)
-    if done[0] != n or left:
-        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
-    return _row(FLOOR_ROWS[key], n, elapsed, trips, db_cpu_us=_per_unit_us(db0, db1, n))
 
 
 GRPC_FLOOR = "grpcfloorb10"
@@ -611,60 +511,6 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
     )
 
 
-async def pgqueuer_loops(n: int, workers: int, batch_size: int) -> dict[str, Any]:
-    """W bare loops: Queries.dequeue(batch_size) then Queries.log_jobs for each job, one by one."""
-    from pgqueuer import AsyncpgDriver, Queries
-    from pgqueuer.ports.repository import EntrypointExecutionParameter
-    from pgqueuer.types import QueueManagerId
-
-    async with fresh_database(f"pgql{batch_size}") as dsn:
-        await _pgq_setup(dsn, n)
-        done = 0
-        trips = 0
-        conns = [await asyncpg.connect(dsn) for _ in range(workers)]
-        entrypoints = {ENTRYPOINT: EntrypointExecutionParameter(concurrency_limit=0)}
-
-        async def worker(conn: asyncpg.Connection) -> None:
-            nonlocal done, trips
-            q = Queries(AsyncpgDriver(conn))
-            me = QueueManagerId(uuid.uuid4())
-            while True:
-                picked = await q.dequeue(
-                    batch_size=batch_size,
-                    entrypoints=entrypoints,  # type: ignore[arg-type]
-                    queue_manager_id=me,
-                    global_concurrency_limit=None,
-                    heartbeat_timeout=timedelta(seconds=30),
-                )
-                trips += 1
-                if not picked:
-                    return
-                for job in picked:
-                    await q.log_jobs([(job, "successful", None)])
-                    trips += 1
-                    done += 1
-
-        try:
-            db0 = postgres_cpu_seconds()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(c) for c in conns))
-            elapsed = time.perf_counter() - t0
-            db1 = postgres_cpu_seconds()
-        finally:
-            for conn in conns:
-                await conn.close()
-        await _pgq_check(dsn, n)
-    if done != n:
-        raise RuntimeError(f"pgqueuer loops did {done}/{n}")
-    return _row(
-        f"pgqueuer, dequeue(batch_size={batch_size}) + log_jobs per job",
-        n,
-        elapsed,
-        trips,
-        db_cpu_us=_per_unit_us(db0, db1, n),
-    )
-
-
 # --- run and print -----------------------------------------------------------------------------
 
 
@@ -692,25 +538,17 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
         )
         _table(lines, peer)
         add("-" * width)
-        add(
-            f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}"
-            f"{'vs dequeue+log_jobs loops':>28}"
-        )
-        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("floor", 1), ("floorcc", 1)]
-        keys += [("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10), ("floorb10", 10)]
-        names = {**FLOOR_ROWS, **{k: v[0] for k, v in GRPC_FLOORS.items()}}
+        add(f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}")
+        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10)]
         for key, k in keys:
             if key not in by:
                 continue
-            name = names[key] if key in names else JOBPULSE_ROWS[key][1]
+            name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
             label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
-            add(
-                f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}"
-                f"{_ratio(by[key], by.get(f'lp{k}')):>28}"
-            )
+            add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}")
         if "jpb10d" in by:
             label = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
-            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}{'not run':>28}")
+            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}")
         if args.rounds > 1:
             add("   round by round, vs QueueManager (the ratios above are of each row's median):")
             for key, k in (("jp1", 1), (GRPC_FLOOR_1, 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
@@ -866,12 +704,12 @@ def _peer_goals(
 ) -> list[report.Goal]:
     """The targets against PgQueuer (the rows of the W workers, over JOBS_PER_RUN jobs)."""
     out: list[report.Goal] = []
-    peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
+    peers = (("qm", "QueueManager"),)
     # The worker-throughput issue's targets: one by one >= 0.55, complete-and-claim >= 0.65 (both
     # moonshot 1.0), batches of 10 >= 1.0 (moonshot 2.0), server CPU per chunk <= 1.0 ms.
     for key, what, floor_keys, target in (
-        ("jp1", "one by one", (GRPC_FLOOR_1, "floor"), 0.55),
-        ("jpcc", "complete-and-claim", ("floorcc",), 0.65),
+        ("jp1", "one by one", (GRPC_FLOOR_1,), 0.55),
+        ("jpcc", "complete-and-claim", (), 0.65),
     ):
         for peer, peer_name in peers:
             floor_note = _floor_note(ratio, floor_keys, f"{peer}1")
@@ -886,7 +724,7 @@ def _peer_goals(
                 )
             )
     for peer, peer_name in peers:
-        floor_note = _floor_note(ratio, (GRPC_FLOOR, "floorb10"), f"{peer}10")
+        floor_note = _floor_note(ratio, (GRPC_FLOOR,), f"{peer}10")
         out.append(
             report.Goal(
                 f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
@@ -928,13 +766,7 @@ def _peer_goals(
     return out
 
 
-_FLOOR_NOTES = {
-    GRPC_FLOOR_1: "the store alone under gRPC",
-    GRPC_FLOOR: "the store alone under gRPC",
-    "floor": "the store in-process without gRPC",
-    "floorcc": "the store in-process without gRPC",
-    "floorb10": "the store in-process without gRPC",
-}
+_FLOOR_NOTES = {GRPC_FLOOR_1: "the store alone under gRPC", GRPC_FLOOR: "the store alone under gRPC"}
 
 
 def _floor_note(ratio: Callable[[str, str], float | None], keys: Sequence[str], peer_key: str) -> str:
@@ -966,17 +798,13 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for key in jobpulse_keys:
                 cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
             if not args.no_floor:
-                for key in ("floor", "floorcc") if k == 1 else ("floorb10",):
-                    cases.append((key, functools.partial(statements_floor, n, w, key)))
                 floor_key = GRPC_FLOOR_1 if k == 1 else GRPC_FLOOR
                 cases.append((floor_key, functools.partial(grpc_floor, n, w, floor_key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
-            cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     if args.only in (None, "peer") and args.deep:
         # The batches of 10 again on a deeper queue: PgQueuer's cost per job grows with its queue's length
         # (its database CPU per job 142 us at 5,000, 673 at 50,000 in bench/README's fourth pass) and
-        # jobpulse's does not, so a ratio at one depth alone says little. The loops are left out here
-        # (40 s a row at 50,000).
+        # jobpulse's does not, so a ratio at one depth alone says little.
         cases += [
             ("jpb10d", functools.partial(_deep, functools.partial(jobpulse_drain, args.deep, w, "jpb10"))),
             ("qm10d", functools.partial(_deep, functools.partial(pgqueuer_managers, args.deep, w, 10))),
@@ -984,10 +812,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
         cases += [
             ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
-            ("floorb10", functools.partial(statements_floor, n, w, "floorb10")),
             (GRPC_FLOOR, functools.partial(grpc_floor, n, w)),
             ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
-            ("lp10", functools.partial(pgqueuer_loops, n, w, 10)),
         ]
     if args.only in (None, "scaling"):
         for key in SCALING_ORDER:
@@ -1026,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--no-floor", action="store_true", help="skip the rows of jobpulse's SQL without gRPC")
+    p.add_argument("--no-floor", action="store_true", help="skip the floors under gRPC")
     p.add_argument(
         "--only",
         choices=("peer", "scaling", "batch"),
