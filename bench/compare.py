@@ -11,7 +11,7 @@ round by round, do. This starts three servers at once: jobpulse at ``--base`` (A
 A revision is checked out with ``git worktree add --detach`` into a temporary directory (removed at the
 end) and served with its own code first on PYTHONPATH; the packages of this environment serve both.
 Each server has a database of its own: a SQLite file, or a fresh PostgreSQL database
-(``JOBPULSE_BENCH_PG`` as for bench.pg_peer) dropped at the end.
+(``JOBPULSE_BENCH_PG``, as for every PostgreSQL scenario) dropped at the end.
 
 Each round measures the bare server's calls/s at ``--workers`` in flight, then each mode of
 ``--modes`` (bench.work.MODES) on A and on B, for ``--seconds`` each, with the order of A and B
@@ -77,17 +77,6 @@ def checkout(rev: str | None, tmp: Path, tag: str) -> Iterator[tuple[Path, str]]
 def pythonpath(tree: Path) -> str:
     """The revision's own packages first: the server and the generated client it imports."""
     return f"{tree / 'service'}:{tree / 'client'}"
-
-
-@asynccontextmanager
-async def database(kind: str, tmp: Path, tag: str) -> AsyncIterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp}/{tag}.db"
-        return
-    from bench.pg_peer import fresh_database  # asyncpg: the bench extra
-
-    async with fresh_database(f"compare_{tag}") as dsn:
-        yield dsn
 
 
 async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: BareServer) -> Any:
@@ -187,8 +176,8 @@ async def served(
             checkout(args.head, tmp, "b") as (tree_b, name_b),
         ):
             async with AsyncExitStack() as stack:
-                url_a = await stack.enter_async_context(database(args.database, tmp, "a"))
-                url_b = await stack.enter_async_context(database(args.database, tmp, "b"))
+                url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
+                url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
                 a = procs.jobpulse(url_a, pythonpath=pythonpath(tree_a))
                 b = procs.jobpulse(url_b, pythonpath=pythonpath(tree_b))
                 bare = BareServer()

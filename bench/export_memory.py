@@ -18,6 +18,7 @@ a CLI that built the document in memory, would grow by hundreds of MB at 200,000
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -44,15 +45,6 @@ class Run:
     cli_peak_kib: int = 0
     rows: int = 0
     export_s: float = 0.0
-
-
-def _status_kib(pid: int, field: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (VmHWM: the peak resident set so far)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 # Runs the CLI and, on its way out, reports its own peak resident set (VmHWM) on stderr. Not the
@@ -107,9 +99,9 @@ def measure(n_jobs: int) -> Run:
         server = procs.jobpulse(backend.url).start(timeout=60)
         try:
             assert server.proc is not None
-            run.server_start_kib = _status_kib(server.proc.pid, "VmHWM")
+            run.server_start_kib = procs.status_kib(server.proc.pid, "VmHWM")
             run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
-            run.server_peak_kib = _status_kib(server.proc.pid, "VmHWM")
+            run.server_peak_kib = procs.status_kib(server.proc.pid, "VmHWM")
         finally:
             server.close()
     finally:
@@ -174,8 +166,14 @@ def render(base: Run, big: Run) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # No options (the sizes are variables, above); --help says so rather than start a run.
+    argparse.ArgumentParser(
+        prog="python -m bench export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     if not sys.platform.startswith("linux"):
-        print("bench.export_memory reads /proc: Linux only", file=sys.stderr)
+        print("python -m bench export reads /proc: Linux only", file=sys.stderr)
         return 1
     started = time.perf_counter()
     print(f"machine: {report.machine_facts()}; load before: {report.load_average()}", flush=True)

@@ -53,7 +53,6 @@ from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
 
-PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
 FILTERS: dict[str, list[JobState]] = {"all": [], "COMPLETED": [JobState.COMPLETED]}
 PAGE = 100
@@ -267,11 +266,6 @@ def chunk_rows(job_ids: list[str], per_job: int, now_us: int, seed: int = 11) ->
 # --- backends ----------------------------------------------------------------------------------
 
 
-def _dsn(database: str) -> str:
-    base, _, _ = PG_ADMIN.rpartition("/")
-    return f"{base}/{database}"
-
-
 @dataclass
 class Backend:
     name: str  # "postgresql" | "sqlite"
@@ -285,20 +279,20 @@ class Backend:
 async def create_backend(name: str, n_jobs: int) -> Backend:
     if name == "postgresql":
         db = f"jobpulse_listing_{os.getpid()}"
-        admin = await asyncpg.connect(PG_ADMIN)
+        admin = await asyncpg.connect(procs.PG_ADMIN)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
             await admin.execute(f'CREATE DATABASE "{db}"')
         finally:
             await admin.close()
-        return Backend(name, _dsn(db), n_jobs, pg_db=db)
+        return Backend(name, procs.pg_dsn(db), n_jobs, pg_db=db)
     tmp = tempfile.mkdtemp(prefix="jobpulse-listing-")
     return Backend(name, f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
 
 
 async def drop_backend(b: Backend) -> None:
     if b.pg_db:
-        admin = await asyncpg.connect(PG_ADMIN)
+        admin = await asyncpg.connect(procs.PG_ADMIN)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{b.pg_db}" WITH (FORCE)')
         finally:
@@ -315,7 +309,7 @@ async def migrate(b: Backend) -> None:
 
 async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int) -> list[str]:
     """COPYs the jobs (and chunks of ``chunk_jobs`` of the newest jobs); returns those job ids."""
-    conn = await asyncpg.connect(_dsn(b.pg_db))
+    conn = await asyncpg.connect(procs.pg_dsn(b.pg_db))
     try:
         t0 = time.perf_counter()
         indexes = await conn.fetch(
@@ -504,7 +498,7 @@ class Raw:
 
     async def open(self) -> Raw:
         if self.b.name == "postgresql":
-            self.pg = await asyncpg.connect(_dsn(self.b.pg_db))
+            self.pg = await asyncpg.connect(procs.pg_dsn(self.b.pg_db))
         else:
             self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
         return self

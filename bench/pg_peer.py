@@ -54,11 +54,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
@@ -74,7 +72,6 @@ from bench.grpc_floor import floor_server
 from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
-PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TIMEOUT = 60.0
 LEASE = duration_pb2.Duration(seconds=600)
 JOBS_PER_RUN = 10
@@ -88,31 +85,6 @@ JOBPULSE_ROWS = {
     "jp10": ("batched", "jobpulse, ClaimChunks(10) + CompleteChunk x10"),
     "jpb10": ("batched_complete_chunks", "jobpulse, CompleteChunks(10) + claim_next(10)"),
 }
-
-
-def _dsn(database: str) -> str:
-    base, _, _ = PG_ADMIN.rpartition("/")
-    return f"{base}/{database}"
-
-
-@asynccontextmanager
-async def fresh_database(tag: str) -> AsyncIterator[str]:
-    """Creates a database for one row and drops it afterwards; yields its DSN."""
-    name = f"bench_peer_{tag}_{os.getpid()}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _dsn(name)
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -217,7 +189,7 @@ async def _drain(
     each job's summary equals a recount of its chunk rows; every chunk was completed by a worker of a
     group that claims its kind."""
     n = sum(items for _, items in jobs)
-    async with fresh_database(key) as dsn:
+    async with procs.database("postgresql", key) as dsn:
         http_port = free_port()
         server = procs.jobpulse(dsn, http_port=http_port)
         try:
@@ -391,7 +363,7 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
     two cores). The jobs as for statements_floor; afterwards every chunk must be completed once."""
     name, mode_key = GRPC_FLOORS[key]
     mode = work.MODES[mode_key]
-    async with fresh_database(key) as dsn:
+    async with procs.database("postgresql", key) as dsn:
         await _floor_jobs(dsn, n)
         floor = await asyncio.to_thread(floor_server, dsn)
         try:
@@ -467,7 +439,7 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
     from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
 
-    async with fresh_database(f"pgqm{batch_size}") as dsn:
+    async with procs.database("postgresql", f"pgqm{batch_size}") as dsn:
         await _pgq_setup(dsn, n)
         handled = 0
         conns = [await asyncpg.connect(dsn) for _ in range(workers)]
@@ -783,7 +755,7 @@ def _pgq_version() -> str:
 
 
 async def _pg_version() -> str:
-    conn = await asyncpg.connect(PG_ADMIN)
+    conn = await asyncpg.connect(procs.PG_ADMIN)
     try:
         return "PostgreSQL " + str(await conn.fetchval("SHOW server_version")).split()[0]
     finally:

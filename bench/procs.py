@@ -14,8 +14,10 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import tempfile
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +25,8 @@ from typing import Any, Protocol
 from support.servers import ServerProcess
 
 _START_TIMEOUT = 60.0
+# Where the PostgreSQL scenarios create (and drop) a database per row.
+PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # What a child's ``serve(*args)`` returns once it listens: its port, the handler of the parent's
 # commands (a tuple in, a tuple out) and the coroutine function that stops it.
@@ -133,6 +137,48 @@ class Child:
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
+
+
+def pg_dsn(name: str) -> str:
+    """The DSN of database ``name`` on PG_ADMIN's server."""
+    return f"{PG_ADMIN.rpartition('/')[0]}/{name}"
+
+
+@asynccontextmanager
+async def database(kind: str, tag: str) -> AsyncIterator[str]:
+    """A database of its own for one row, removed afterwards: a fresh PostgreSQL database ("postgresql")
+    or a SQLite file in a temporary directory ("sqlite"); yields its URL."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"jobpulse-{tag}-") as tmp:
+            yield f"sqlite:///{tmp}/{tag}.db"
+        return
+    import asyncpg
+
+    name = f"bench_{tag}_{os.getpid()}"
+    for statement in (f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'):
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.close()
+    try:
+        yield pg_dsn(name)
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A ``kB`` field of /proc/<pid>/status: VmRSS (resident now), VmHWM (its peak so far), RssAnon
+    (the heap, not file pages)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def cpu_seconds(server: Served | None) -> float | None:

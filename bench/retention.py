@@ -21,6 +21,7 @@ took from the moment the jobs expired, and the jobs deleted per second.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -181,6 +182,12 @@ def _line(name: str, samples: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # No options (the sizes are variables, above); --help says so rather than start a run.
+    argparse.ArgumentParser(
+        prog="python -m bench retention",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="jobpulse-retention-"))
     path = str(tmp / "jobs.db")
     url = f"sqlite:///{path}"

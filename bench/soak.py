@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +33,6 @@ import grpc
 from support.servers import free_port
 
 from bench import figures, procs, report
-from bench.pg_peer import fresh_database
 from bench.procs import metric_values
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 from jobpulse.v1 import worker_service_pb2_grpc as worker_grpc
@@ -57,11 +53,7 @@ def cache_bytes(http_port: int) -> float | None:
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     """A process's resident memory (VmRSS), or one of its parts (RssAnon: the heap, not file pages)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for {pid}")
+    return procs.status_kib(pid, field) * 1024
 
 
 @dataclass
@@ -210,22 +202,9 @@ def _growth(samples: list[tuple[float, int]]) -> float:
     return slope * (half[-1][0] - half[0][0]) / half[0][1]
 
 
-@asynccontextmanager
-async def _database(name: str) -> AsyncIterator[str]:
-    if name == "postgresql":
-        async with fresh_database("soak") as dsn:
-            yield dsn
-        return
-    folder = tempfile.mkdtemp(prefix="jobpulse-soak-")
-    try:
-        yield f"sqlite:///{folder}/soak.db"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
     rng = random.Random(7)
-    async with _database(database) as url:
+    async with procs.database(database, "soak") as url:
         http_port = free_port()
         server = procs.jobpulse(url, http_port=http_port).start(timeout=60)
         assert server.proc is not None

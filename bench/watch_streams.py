@@ -181,11 +181,7 @@ class FanoutProcess(Child):
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return procs.status_kib(pid)
 
 
 class Channels:
