@@ -11,10 +11,10 @@ pages through ListJobs over gRPC, in every order (each field both ways), unfilte
 COMPLETED: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
-Then, with the statements the server runs (store/statements.py and, for PostgreSQL's group-committed
-claim, store/group.py: the text the drivers send, with their parameters), it times the page query and the
-COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN
-QUERY PLAN), also of the claim over 200,000 chunks, to the file ``--plans`` names, if any.
+Then, with the statements the server runs (store/statements.py: the text the drivers send, with their
+parameters), it times the page query and the COUNT behind total_size, first and deep, and writes their
+EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN QUERY PLAN) to the file ``--plans`` names, if any.
+The claim's plans are held by tests/integration/test_worker_plans.py.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
 its own is created for the run and dropped afterwards.
@@ -47,10 +47,9 @@ from bench import procs, report
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
-from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store import group, statements
+from jobpulse_server.domain.model import JobState
+from jobpulse_server.store import statements
 from jobpulse_server.store.database import SqlStore
-from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
 
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
@@ -83,7 +82,6 @@ _FILLED = (
 ).split()
 _EXTRA = [c for c in jobs_table.columns if c.name not in _FILLED and not c.nullable]
 JOB_COLUMNS = _FILLED + [c.name for c in _EXTRA]
-CHUNK_COLUMNS = [c.name for c in chunks_table.columns]
 
 
 def _extra_value(column: Any, i: int) -> Any:
@@ -209,63 +207,6 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
         yield out
 
 
-def chunk_rows(job_ids: list[str], per_job: int, now_us: int, seed: int = 11) -> list[tuple[Any, ...]]:
-    """Chunks for the ClaimChunks plan: 60% COMPLETED, 30% PENDING (a tenth backed off), 10% PROCESSING.
-
-    PROCESSING leases end a day from now so the server's sweeper leaves them alone.
-    """
-    rng = random.Random(seed)
-    out = []
-    for job_id in job_ids:
-        priority = rng.choices(range(11), PRIORITY_WEIGHTS)[0]
-        kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
-        for idx in range(per_job):
-            r = rng.random()
-            state = (
-                ChunkState.COMPLETED if r < 0.6 else ChunkState.PENDING if r < 0.9 else ChunkState.PROCESSING
-            )
-            lease = token = next_attempt = start = end = None
-            attempt, done = 0, 0
-            if state == ChunkState.COMPLETED:
-                attempt, done, start, end = 1, 100, now_us - 3_600_000_000, now_us - 3_000_000_000
-            elif state == ChunkState.PROCESSING:
-                attempt, start = 1, now_us - 10_000_000
-                lease, token = now_us + 86_400_000_000, f"tok-{job_id}-{idx}"
-            elif rng.random() < 0.1:
-                attempt, next_attempt = 1, now_us + rng.randint(-60_000_000, 60_000_000)
-            out.append(
-                (
-                    f"{job_id}-{idx}",
-                    job_id,
-                    idx,
-                    int(state),
-                    idx * 100,  # item_start
-                    100,  # item_count
-                    done,
-                    attempt,
-                    3,  # max_attempts
-                    "bench-worker" if attempt else "",
-                    "",  # external_task_id
-                    "",  # error_reason
-                    "",  # error_message
-                    token,
-                    lease,
-                    60_000_000 if lease else None,  # lease_duration
-                    next_attempt,
-                    1 + attempt,  # revision
-                    priority,
-                    kind,
-                    start,
-                    end,
-                    next_attempt,  # retry_at: a pending chunk in a backoff waits outside the claim index
-                )
-            )
-    return out
-
-
-# --- backends ----------------------------------------------------------------------------------
-
-
 @dataclass
 class Backend:
     name: str  # "postgresql" | "sqlite"
@@ -307,8 +248,8 @@ async def migrate(b: Backend) -> None:
     await db.close()
 
 
-async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int) -> list[str]:
-    """COPYs the jobs (and chunks of ``chunk_jobs`` of the newest jobs); returns those job ids."""
+async def load_pg(b: Backend, now_us: int) -> None:
+    """COPYs the jobs, the secondary indexes dropped meanwhile and made again afterwards."""
     conn = await asyncpg.connect(procs.pg_dsn(b.pg_db))
     try:
         t0 = time.perf_counter()
@@ -319,26 +260,18 @@ async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int)
         for r in indexes:
             await conn.execute(f'DROP INDEX "{r["indexname"]}"')
         gen = 0.0
-        last_ids: list[str] = []
         g0 = time.perf_counter()
         for rows in job_rows(b.n_jobs, now_us):
             gen += time.perf_counter() - g0
             await conn.copy_records_to_table("jobs", records=rows, columns=JOB_COLUMNS)
-            last_ids = [r[0] for r in rows[-chunk_jobs:]]
             g0 = time.perf_counter()
         t_jobs = time.perf_counter() - t0
-        picked = last_ids[-chunk_jobs:] if chunk_jobs else []
-        if picked:
-            await conn.copy_records_to_table(
-                "chunks", records=chunk_rows(picked, chunks_per_job, now_us), columns=CHUNK_COLUMNS
-            )
         t1 = time.perf_counter()
         for r in indexes:
             await conn.execute(r["indexdef"])
         t_idx = time.perf_counter() - t1
         t2 = time.perf_counter()
         await conn.execute("VACUUM ANALYZE jobs")
-        await conn.execute("VACUUM ANALYZE chunks")
         b.load = {
             "copy_jobs_s": t_jobs,
             "python_generate_s": gen,
@@ -348,7 +281,6 @@ async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int)
         }
         size = await conn.fetchval("SELECT pg_total_relation_size('jobs')")
         b.load["jobs_mb"] = size / 1e6
-        return picked
     finally:
         await conn.close()
 
@@ -484,7 +416,7 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
         server.close()
 
 
-# --- SQL: the statements the server runs (store/statements.py, store/group.py) ---------------------
+# --- SQL: the statements the server runs (store/statements.py) --------------------------------------
 
 
 class Raw:
@@ -562,7 +494,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
     add(
         f"# {b.name}: {b.n_jobs:,} jobs; "
         + ("EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN")
-        + " of the statements in service/jobpulse_server/store/statements.py (and group.py), as the server"
+        + " of the statements in service/jobpulse_server/store/statements.py, as the server"
         " sends them; SELECT <all jobs columns> stands for the column list"
     )
     add("#" * 110)
@@ -597,70 +529,9 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
                 add(_fmt_stmt(stmt))
                 add("--- plan")
                 add(await raw.explain(*stmt))
-        out["claim"] = await _claim_plans(raw, d, repeats, plans)
     finally:
         await raw.close()
     return out
-
-
-async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: list[str]) -> dict[str, Any]:
-    """The claim as the server runs it: on PostgreSQL the group-committed claim (store/group.py) and the
-    general path's locking read (statements.pg_claim), each EXPLAINed (and timed) in a transaction that is
-    rolled back; on SQLite the pick off the claim index (statements.pick_ready)."""
-    n_chunks = (await raw.fetch("SELECT count(*) FROM chunks", []))[0][0]
-    pending = (await raw.fetch("SELECT count(*) FROM chunks WHERE state = 1", []))[0][0]
-    now = time.time_ns() // 1000
-    res: dict[str, Any] = {"chunks": n_chunks, "pending": pending}
-    for limit, kinds in ((1, []), (10, []), (10, ["ocr"])):
-        ready = [*statements.ready_params(d, kinds), limit]
-        stmts: list[tuple[str, str, list[Any]]] = []
-        if d.postgres:
-            stmts.append(
-                (
-                    "group-committed claim (group.claim_group_statement)",
-                    group.claim_group_statement(len(kinds), limit),
-                    group.claim_group_params(
-                        kinds, [("bench", 60_000_000, 1)] * limit, now, "bench_plans", "bench", 5_000_000
-                    ),
-                )
-            )
-            stmts.append(
-                (
-                    "general path's locking read (statements.pg_claim)",
-                    statements.pg_claim(len(kinds), skip_locked=False),
-                    ready * 2,
-                )
-            )
-        else:
-            stmts.append(("pick (statements.pick_ready)", statements.pick_ready(d, len(kinds)), ready))
-        for name, sql, params in stmts:
-            times = []
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                await _rolled_back(raw, sql, params)
-                times.append(time.perf_counter() - t)
-            res[f"{name.split(' (')[0]}, limit={limit} kinds={kinds}"] = _p50(times[1:]) * 1e3
-            plans.append("")
-            plans.append(
-                f"=== ClaimChunks: {name}, limit={limit}, kinds={kinds}; "
-                f"{n_chunks:,} chunks, {pending:,} PENDING"
-            )
-            plans.append(_fmt_stmt((sql, params)))
-            plans.append("--- plan")
-            plans.append(await _rolled_back(raw, sql, params, explain=True))
-    return res
-
-
-async def _rolled_back(raw: Raw, sql: str, params: list[Any], *, explain: bool = False) -> Any:
-    """Runs (or EXPLAINs) a statement in a transaction that is rolled back: a claim changes rows."""
-    if raw.pg is not None:
-        tr = raw.pg.transaction()
-        await tr.start()
-        try:
-            return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
-        finally:
-            await tr.rollback()
-    return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -675,7 +546,7 @@ async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: l
         now = time.time_ns() // 1000
         print(f"[{name}] loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
         if name == "postgresql":
-            await load_pg(b, now, args.claim_chunks // 500, 500)
+            await load_pg(b, now)
         else:
             await asyncio.to_thread(load_sqlite, b, now)
         print(f"[{name}] loaded in {b.load['total_s']:.1f} s; walking ...", file=sys.stderr, flush=True)
@@ -763,15 +634,6 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
             "  COUNT(*) share of a gRPC first page: "
             + ", ".join(f"{lst.label} {lst.sql['count'] / lst.first_ms:.0%}" for lst in res["listings"])
         )
-        if "claim" in res:
-            c = res["claim"]
-            add(
-                f"  ClaimChunks as the server runs it, {c['chunks']:,} chunks "
-                f"({c['pending']:,} PENDING), p50 ms:"
-            )
-            for k, v in c.items():
-                if "limit=" in k:
-                    add(f"      {k}: {v:.2f}")
     add("=" * 110)
     return "\n".join(lines)
 
@@ -785,7 +647,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sql-repeats", type=int, default=10, help="executions per timed SQL statement")
     p.add_argument("--pg-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
     p.add_argument("--sqlite-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
-    p.add_argument("--claim-chunks", type=int, default=200_000, help="chunks loaded for the claim plan")
     p.add_argument("--plans", type=Path, default=None, help="also write the statements' plans to this file")
     args = p.parse_args(argv)
     if args.pg_jobs is None:
