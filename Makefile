@@ -13,7 +13,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-sqlite bench-export bench-retention bench-soak run buf clean screenshots
+.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -81,62 +81,57 @@ breaking: $(NODE_DEPS)
 test: install $(if $(shell command -v npm),$(NODE_DEPS))
 	$(PY) -m pytest
 
+# The benchmarks: one runner, `python -m bench NAME` (bench/README.md; `python -m bench list` names them).
+# make bench runs the default set, each target below one scenario. Run them alone on the machine.
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench
 
 # The bench extra (PgQueuer, the peer measured beside jobpulse on PostgreSQL).
 $(VENV)/.bench-installed: service/pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev,bench]'
 	touch $@
 
-# ListJobs first vs deep pages at 1,000,000 jobs (PostgreSQL) and 200,000 (SQLite), with plans.
+# ListJobs first vs deep pages at 1,000,000 jobs (PostgreSQL) and 200,000 (SQLite); --plans FILE for plans.
 bench-scale: install
-	$(PY) -m bench.listing_scale
+	$(PY) -m bench scale
 
 # WatchJob streams: change-to-delivery latency and memory per stream at 100 / 1,000 / 5,000 streams.
 bench-watch: install
-	$(PY) -m bench.watch_streams
+	$(PY) -m bench watch
 
 # SSE (GET /v1/jobs/{id}/events) beside WatchJob on the same server: delivery p50 / p99 at 1,000 streams on
 # one job; server memory per idle SSE stream against a bare Starlette + uvicorn endpoint (and sse-starlette's,
 # hence the bench extra); GetJob calls/s with the HTTP side on vs off. JOBPULSE_BENCH_HTTP_CLIENTS, _IDLE,
 # _LOAD_STREAMS and the others listed in bench/http_streams.py change the sizes.
-# Then the dashboard (bench/dashboard_pages.py): jobs page vs ListJobs at 1,000,000 jobs on PostgreSQL, a
-# 100,000-chunk job's page vs GetJob + ListJobChunks, the grid drawn in Chromium, live-update CPU vs /v1/events.
 bench-http: $(VENV)/.bench-installed
-	$(PY) -m bench.http_streams
-	$(PY) -m bench.dashboard_pages
+	$(PY) -m bench http
 
 # The dashboard screenshots (README, docs/dashboard.md), made by the browser tests (Debian's chromium + chromium-driver).
 screenshots: install
 	JOBPULSE_SCREENSHOTS=docs/screenshots JOBPULSE_TEST_DATABASES=sqlite $(PY) -m pytest -p no:cacheprovider -q \
 		tests/browser/test_dashboard_browser.py -k progress_arrives_live
 
-# SQLite statements on the event loop vs on aiosqlite's worker thread, same run.
-bench-sqlite: install
-	$(PY) -m bench.sqlite_driver
-
 # ExportJobs memory: server and `jobpulse export` peak RSS at 200,000 jobs beside 2,000 (SQLite);
 # JOBPULSE_BENCH_EXPORT_JOBS / JOBPULSE_BENCH_EXPORT_BASELINE change the sizes.
 bench-export: install
-	$(PY) -m bench.export_memory
+	$(PY) -m bench export
 
 # GetJob p99 while the expiry sweep deletes 200,000 expired jobs vs with nothing deleted (SQLite);
 # JOBPULSE_BENCH_RETENTION_JOBS sets the size.
 bench-retention: install
-	$(PY) -m bench.retention
+	$(PY) -m bench retention
 
 # A mixed load on a server of default settings for 10 minutes per database (SQLite, PostgreSQL), its RSS sampled
 # every 10 s; ends with the verdict line. SOAK_SECONDS changes the length.
 SOAK_SECONDS ?= 600
 bench-soak: install
-	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+	$(PY) -m bench soak --seconds $(SOAK_SECONDS)
 
 # Claim + complete throughput on PostgreSQL beside PgQueuer on the same server, then complete-and-claim
-# with 4 and 16 workers on one job and 4 jobs x 4 workers (alone: python -m bench.pg_peer --only scaling);
+# with 4 and 16 workers on one job and 4 jobs x 4 workers (alone: python -m bench pg --only scaling);
 # each row the median of 3 rounds, the systems alternating (about 8 minutes).
 bench-pg: $(VENV)/.bench-installed
-	$(PY) -m bench.pg_peer
+	$(PY) -m bench pg
 
 run: install
 	$(VENV)/bin/jobpulse-server serve

@@ -1,7 +1,6 @@
-"""jobpulse benchmarks: every figure is a ratio against a bare grpc.aio server measured in the same run.
-
-Run with ``python -m bench.run_all`` (``--quick`` for a short smoke run). Servers under test run in
-processes of their own (see ``bench.procs``); the load generator is the parent process.
+"""jobpulse benchmarks: one runner, ``python -m bench [SCENARIO]`` (see ``bench.__main__`` and
+bench/README.md). Every figure is a ratio to a baseline measured in the same run; servers under test
+run in processes of their own (``bench.procs``), the load generator is the runner's process.
 """
 
 import sys as _sys

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from bench.procs import Child
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.platform.tracing import tracing_from_environment, tracing_requested
 
@@ -68,6 +69,32 @@ async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port, servicer
+
+
+async def serve_bare() -> tuple[int, Any, Any]:
+    """The bare server in a ``bench.procs.Child``: ``("set", job_id, payload)`` registers a response."""
+    server, port, servicer = await start_bare_server()
+
+    def handle(msg: tuple[Any, ...]) -> tuple[Any, ...]:
+        if msg[0] != "set":
+            return ("error", f"unknown command {msg[0]!r}")
+        servicer.set_response(msg[1], msg[2])
+        return ("ok",)
+
+    return port, handle, lambda: server.stop(0.0)
+
+
+class BareServer(Child):
+    """The bare grpc.aio server in a process of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(serve_bare, name="bare")
+
+    def set_response(self, key: str, payload: bytes) -> None:
+        """GetJob(job_id=key) will answer with this serialized GetJobResponse."""
+        reply = self.ask("set", key, payload)
+        if reply[0] != "ok":
+            raise RuntimeError(f"bare server refused {key!r}: {reply}")
 
 
 def padded_get_job_response(size: int, job_id: str) -> bytes:

@@ -1,8 +1,8 @@
 """Two revisions of the server side by side in one run: the worker throughput rows, alternating.
 
-    python -m bench.compare --base 94b6182                          # this tree against 94b6182, SQLite
-    python -m bench.compare --base HEAD~3 --database postgresql --rounds 6
-    python -m bench.compare --base main --head HEAD --modes complete_and_claim --seconds 8
+    python -m bench compare --base 94b6182                          # this tree against 94b6182, SQLite
+    python -m bench compare --base HEAD~3 --database postgresql --rounds 6
+    python -m bench compare --base main --head HEAD --modes complete_and_claim --seconds 8
 
 The 2-core machines this project is measured on drift by a factor of two from one hour to the next, so
 a figure from an earlier run says little about a change; only two revisions measured in the same run,
@@ -11,11 +11,11 @@ round by round, do. This starts three servers at once: jobpulse at ``--base`` (A
 A revision is checked out with ``git worktree add --detach`` into a temporary directory (removed at the
 end) and served with its own code first on PYTHONPATH; the packages of this environment serve both.
 Each server has a database of its own: a SQLite file, or a fresh PostgreSQL database
-(``JOBPULSE_BENCH_PG`` as for bench.pg_peer) dropped at the end.
+(``JOBPULSE_BENCH_PG``, as for every PostgreSQL scenario) dropped at the end.
 
 Each round measures the bare server's calls/s at ``--workers`` in flight, then each mode of
 ``--modes`` (bench.work.MODES) on A and on B, for ``--seconds`` each, with the order of A and B
-flipped every round (a fresh job of ``--backlog`` chunks each time, as bench.run_all's rows). The
+flipped every round (a fresh job of ``--backlog`` chunks each time, as bench.core's rows). The
 servers sit idle while another is measured. At the end: the medians over the rounds, each
 revision's chunks/s against the bare calls/s, B against A, and the server CPU per chunk. Figures
 from one run only: run it alone (a test suite or another benchmark beside it makes both lie).
@@ -34,9 +34,10 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios, work
-from bench.bare import padded_get_job_response
-from bench.procs import ServerProcess
+from support.servers import ServerProcess
+
+from bench import procs, scenarios, work
+from bench.bare import BareServer, padded_get_job_response
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE_KEY = "compare-bare"
@@ -78,18 +79,7 @@ def pythonpath(tree: Path) -> str:
     return f"{tree / 'service'}:{tree / 'client'}"
 
 
-@asynccontextmanager
-async def database(kind: str, tmp: Path, tag: str) -> AsyncIterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp}/{tag}.db"
-        return
-    from bench.pg_peer import fresh_database  # asyncpg: the bench extra
-
-    async with fresh_database(f"compare_{tag}") as dsn:
-        yield dsn
-
-
-async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: ServerProcess) -> Any:
+async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: BareServer) -> Any:
     target = scenarios.Target.open(bare)
     bare.set_response(BARE_KEY, padded_get_job_response(BARE_RESPONSE_BYTES, BARE_KEY))
     bare_rates: list[float] = []
@@ -175,7 +165,7 @@ def render(
 @asynccontextmanager
 async def served(
     args: argparse.Namespace, prefix: str
-) -> AsyncIterator[tuple[dict[str, str], ServerProcess, ServerProcess, ServerProcess]]:
+) -> AsyncIterator[tuple[dict[str, str], ServerProcess, ServerProcess, BareServer]]:
     """Revisions ``args.base`` (A) and ``args.head`` (B) served on ``args.database``, each on a database of
     its own, and the bare server, all ready: (the revisions' names by side, A, B, bare). Stopped, their
     worktrees and databases removed, when the block ends."""
@@ -186,18 +176,18 @@ async def served(
             checkout(args.head, tmp, "b") as (tree_b, name_b),
         ):
             async with AsyncExitStack() as stack:
-                url_a = await stack.enter_async_context(database(args.database, tmp, "a"))
-                url_b = await stack.enter_async_context(database(args.database, tmp, "b"))
-                a = ServerProcess("jobpulse", url_a, pythonpath=pythonpath(tree_a))
-                b = ServerProcess("jobpulse", url_b, pythonpath=pythonpath(tree_b))
-                bare = ServerProcess("bare")
+                url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
+                url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
+                a = procs.jobpulse(url_a, pythonpath=pythonpath(tree_a))
+                b = procs.jobpulse(url_b, pythonpath=pythonpath(tree_b))
+                bare = BareServer()
                 try:
                     for server in (a, b, bare):
-                        await asyncio.to_thread(server.wait_ready)
+                        await asyncio.to_thread(server.start)
                     yield {"A": name_a, "B": name_b}, a, b, bare
                 finally:
                     for server in (a, b, bare):
-                        server.stop()
+                        server.close()
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -228,7 +218,7 @@ def print_report(prog: str, report: Coroutine[Any, Any, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = revision_parser("python -m bench.compare", __doc__)
+    p = revision_parser("python -m bench compare", __doc__)
     p.add_argument(
         "--modes",
         type=lambda s: s.split(","),

@@ -1,7 +1,7 @@
 """Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite.
 
-    python -m bench.export_memory                                  # 200,000 jobs; baseline 2,000
-    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench.export_memory
+    python -m bench export                                  # 200,000 jobs; baseline 2,000
+    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench export
 
 For each size, baseline first: a fresh SQLite file migrated by the server's Alembic migrations, the
 jobs bulk-loaded straight into it (``bench.listing_scale``'s synthetic jobs: varied states, kinds,
@@ -18,6 +18,7 @@ a CLI that built the document in memory, would grow by hundreds of MB at 200,000
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -27,9 +28,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import report
+from bench import procs, report
 from bench.listing_scale import Backend, load_sqlite, migrate
-from bench.procs import ServerProcess
 
 JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
 BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
@@ -45,15 +45,6 @@ class Run:
     cli_peak_kib: int = 0
     rows: int = 0
     export_s: float = 0.0
-
-
-def _status_kib(pid: int, field: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (VmHWM: the peak resident set so far)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 # Runs the CLI and, on its way out, reports its own peak resident set (VmHWM) on stderr. Not the
@@ -105,14 +96,14 @@ def measure(n_jobs: int) -> Run:
         asyncio.run(migrate(backend))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
-        server = ServerProcess("jobpulse", backend.url)
+        server = procs.jobpulse(backend.url).start(timeout=60)
         try:
-            server.wait_ready()
-            run.server_start_kib = _status_kib(server.pid, "VmHWM")
-            run.rows, run.cli_peak_kib, run.export_s = _export(server.target)
-            run.server_peak_kib = _status_kib(server.pid, "VmHWM")
+            assert server.proc is not None
+            run.server_start_kib = procs.status_kib(server.proc.pid, "VmHWM")
+            run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
+            run.server_peak_kib = procs.status_kib(server.proc.pid, "VmHWM")
         finally:
-            server.stop()
+            server.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if run.rows != n_jobs:
@@ -174,9 +165,15 @@ def render(base: Run, big: Run) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # No options (the sizes are variables, above); --help says so rather than start a run.
+    argparse.ArgumentParser(
+        prog="python -m bench export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     if not sys.platform.startswith("linux"):
-        print("bench.export_memory reads /proc: Linux only", file=sys.stderr)
+        print("python -m bench export reads /proc: Linux only", file=sys.stderr)
         return 1
     started = time.perf_counter()
     print(f"machine: {report.machine_facts()}; load before: {report.load_average()}", flush=True)

@@ -3,10 +3,8 @@ behind ClaimChunks, CompleteChunk and CompleteChunks. On PostgreSQL that is the 
 path (store/batch/group.py); on SQLite, which has no path below the service (a write there is the service's
 transaction on the loop), ``WorkerService`` itself, called as the servicer calls it.
 
-    python -m bench.grpc_floor DATABASE_URL     # prints "port N" once it listens, serves until killed
-
 No service layer, no call guard (keys, rate limits, metrics, tracing, logs), no request checks, no
-change hub, no HTTP side; the collector tuned as jobpulse tunes it (gc_tuning.py). Each call's
+change hub, no HTTP side; the collector tuned as jobpulse tunes it (platform/gc_tuning.py). Each call's
 completions and claim go to ``SqlStore.batch`` as they come, and the answer is built with the server's
 own encoding of a claim (``api/workers._add_claims``), so the messages on the wire are the ones
 jobpulse sends. bench.pg_peer drives it with the same workers as the jobpulse rows (one by one, and
@@ -16,9 +14,9 @@ A completion the store declines (none should: the bench's jobs have no webhooks 
 current) is answered not ok, and the row's check then fails.
 
 On SQLite the floor also answers CreateJob, GetJob (BASIC view) and CancelJob through
-``JobService``, so that bench.run_all's worker rows (bench.scenarios.chunk_throughput) run against it as
+``JobService``, so that bench.core's worker rows (bench.scenarios.chunk_throughput) run against it as
 they run against jobpulse: what those rows could reach if the call guard (keys, rate limits, RPC metrics,
-access log), the request checks and the HTTP side cost nothing. ``FloorServer`` runs it in a process of
+access log), the request checks and the HTTP side cost nothing. ``floor_server`` runs it in a process of
 its own.
 
 Only for the benchmark: a PostgreSQL database must be migrated already (bench.pg_peer makes its jobs with a
@@ -27,16 +25,12 @@ jobpulse server first); a SQLite file is migrated at start.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.bare import SERVER_OPTIONS
-from bench.procs import _cpu_seconds
+from bench.procs import Child, Serving
 from jobpulse.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
@@ -66,8 +60,6 @@ from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.batch import Batch
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.wire.convert import job_pb
-
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _lease_us(request: worker_service_pb2.ClaimChunksRequest) -> int:
@@ -220,7 +212,8 @@ class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.CancelJobResponse(job=job_pb(page.job, None))
 
 
-async def serve(database_url: str) -> None:
+async def serve_floor(database_url: str) -> Serving:
+    """The floor on ``database_url``, in a ``bench.procs.Child`` (``floor_server``); no commands."""
     sqlite = database_url.startswith("sqlite")
     hub = ChangeHub()
     store = SqlStore(database_url, on_commit=hub.publish if sqlite else None)
@@ -230,66 +223,25 @@ async def serve(database_url: str) -> None:
         # Wired as app.create_server wires the two services (a change hub, an outbox that no job here
         # uses, the metrics the services keep), without the server around them.
         config = Config(database_url=database_url)
-        outbox = Outbox(lambda *_: b"", 0)
-        metrics = Metrics()
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            ServiceWorkers(WorkerService(store, hub, outbox, config, metrics=metrics)), server
-        )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            ServiceJobs(JobService(store, outbox, config)), server
-        )
+        outbox = Outbox(lambda *_: {}, 0)
+        work = WorkerService(store, hub, outbox, config, metrics=Metrics())
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(ServiceWorkers(work), server)  # type: ignore[abstract]
+        jobs = ServiceJobs(JobService(store, outbox, config))  # type: ignore[abstract]
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
     else:
-        fast = store.batch
-        assert fast is not None
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(FloorWorkers(fast), server)
+        assert store.batch is not None
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(FloorWorkers(store.batch), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     gc_tuning.tune(Config().gc_threshold)  # as jobpulse's server does once it is up (app.py)
-    print(f"port {port}", flush=True)
-    try:
-        await server.wait_for_termination()
-    finally:
+
+    async def stop() -> None:
         await server.stop(0)
         await store.close()
 
-
-class FloorServer:
-    """``python -m bench.grpc_floor URL`` in a process of its own, with what bench.scenarios asks of a
-    server under test (``target``, ``cpu_seconds``)."""
-
-    def __init__(self, database_url: str) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.grpc_floor", database_url], stdout=subprocess.PIPE, cwd=_ROOT
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline().decode()
-        if not line.startswith("port "):
-            self._proc.kill()
-            raise RuntimeError(f"bench.grpc_floor did not start (exit code {self._proc.wait()})")
-        self.port = int(line.split()[1])
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float | None:
-        return _cpu_seconds(self._proc.pid)
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+    return port, lambda msg: ("error", f"unknown command {msg[0]!r}"), stop
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m bench.grpc_floor DATABASE_URL")
-    asyncio.run(serve(sys.argv[1]))
-
-
-if __name__ == "__main__":
-    main()
+def floor_server(database_url: str) -> Child:
+    """The floor in a process of its own (started)."""
+    return Child(serve_floor, database_url, name="floor").start()

@@ -2,9 +2,9 @@
 same run: WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and the gRPC side with
 the HTTP side off.
 
-    python -m bench.http_streams                  # full run (1,000 / 2,000 / 200 streams), a few minutes
-    python -m bench.http_streams --quick          # smoke run: small sizes, about a minute
-    python -m bench.http_streams --only memory    # one part: latency, memory, grpc (comma-separated)
+    python -m bench http                  # full run (1,000 / 2,000 / 200 streams), a few minutes
+    python -m bench http --quick          # smoke run: small sizes, about a minute
+    python -m bench http --only memory    # one part: latency, memory, grpc (comma-separated)
 
 Sizes (environment; ``--quick`` only changes the defaults):
     JOBPULSE_BENCH_HTTP_CLIENTS          streams on one job for the delivery latency (1000)
@@ -68,12 +68,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import ServerProcess as CommandServer
 from support.servers import free_port
 
-from bench import report
+from bench import procs, report
 from bench.load import closed_loop, percentile
-from bench.procs import _cpu_seconds
+from bench.procs import Child, Serving, cpu_seconds
 from bench.watch_streams import Channels, _raise_nofile, rss_kib, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
@@ -509,25 +508,15 @@ def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
 
 
 class Jobpulse:
-    """``python -m jobpulse_server`` on SQLite, its HTTP side on a free port (or off)."""
+    """A jobpulse server on SQLite (``bench.procs.jobpulse``), its HTTP side on a free port (or off)."""
 
     def __init__(self, database_url: str, *, http: bool, **settings: Any) -> None:
         self.http_port = free_port() if http else -1
-        # As bench.procs runs jobpulse: logging as users' servers do, expiry off (the data is synthetic).
-        self._command = CommandServer(
-            database_url,
-            Path(os.devnull),
-            log_level="INFO",
-            drain_seconds=0,
-            retention_completed=0,
-            retention_failed=0,
-            retention_cancelled=0,
-            http_port=self.http_port,
-            **settings,
-        )
+        self.server = procs.jobpulse(database_url, http_port=self.http_port, **settings)
+        self.address = self.server.address
 
     def start(self) -> Jobpulse:
-        self._command.start(timeout=60.0)
+        self.server.start(timeout=60.0)
         if self.http_port >= 0:
             # The HTTP side starts before gRPC health says SERVING; make sure of it anyway.
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
@@ -536,28 +525,11 @@ class Jobpulse:
         return self
 
     @property
-    def target(self) -> str:
-        return self._command.address
+    def proc(self) -> Any:
+        return self.server.proc
 
-    @property
-    def pid(self) -> int:
-        assert self._command.proc is not None
-        return self._command.proc.pid
-
-    def cpu_seconds(self) -> float | None:
-        return _cpu_seconds(self.pid)
-
-    def stop(self) -> None:
-        self._command.close()
-
-
-def _bare_main(conn: Connection, style: str, first: bytes) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    _raise_nofile()
-    try:
-        asyncio.run(_bare_serve(conn, style, first))
-    finally:
-        conn.close()
+    def close(self) -> None:
+        self.server.close()
 
 
 def _bare_app(style: str, first: bytes) -> Any:
@@ -600,10 +572,12 @@ def _bare_app(style: str, first: bytes) -> Any:
     return Starlette(routes=[Route("/v1/jobs/{job_id}/events", endpoint, methods=["GET"])])
 
 
-async def _bare_serve(conn: Connection, style: str, first: bytes) -> None:
+async def serve_bare_sse(style: str, first: bytes) -> Serving:
+    """A bare Starlette + uvicorn SSE server (``style``: "streaming" or "sse-starlette") in a
+    ``bench.procs.Child``; no commands."""
     import uvicorn
 
-    loop = asyncio.get_running_loop()
+    _raise_nofile()
     config = uvicorn.Config(
         _bare_app(style, first),
         http="httptools",
@@ -624,53 +598,12 @@ async def _bare_serve(conn: Connection, style: str, first: bytes) -> None:
             serving.result()
         await asyncio.sleep(0.02)
     gc_tuning.tune(Config.gc_threshold)  # as jobpulse's server does once it serves
-    conn.send(("port", sock.getsockname()[1]))
-    try:
-        await loop.run_in_executor(None, conn.recv)
-    except (EOFError, OSError):
-        pass
-    server.should_exit = True
-    await serving
 
+    async def stop() -> None:
+        server.should_exit = True
+        await serving
 
-class BareSseProcess:
-    """A bare Starlette + uvicorn SSE server in a process of its own (``style``: "streaming" or
-    "sse-starlette")."""
-
-    def __init__(self, style: str, first: bytes) -> None:
-        self.style = style
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_bare_main, args=(child, style, first), name=f"http-bench-{style}", daemon=True
-        )
-        self._proc.start()
-        child.close()
-        self.port = 0
-
-    def start(self) -> BareSseProcess:
-        if not self._conn.poll(60):
-            self.stop()
-            raise RuntimeError(f"bare {self.style} server did not start")
-        tag, self.port = self._conn.recv()
-        assert tag == "port"
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self._proc.pid is not None
-        return self._proc.pid
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self._proc.join(15)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
+    return sock.getsockname()[1], lambda msg: ("error", f"unknown command {msg[0]!r}"), stop
 
 
 def _event_fields(first: bytes) -> dict[str, str]:
@@ -772,12 +705,12 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 async def _timed_change(pool: ClientPool, server: Jobpulse, changer: Changer) -> dict[str, Any]:
     await pool.all("arm")
-    cpu0 = server.cpu_seconds() or 0.0
+    cpu0 = cpu_seconds(server) or 0.0
     sent = time.monotonic()
     kind = await changer.change()
     returned = time.monotonic()
     replies = await pool.all("collect", sent, TIMEOUT)
-    server_cpu = (server.cpu_seconds() or 0.0) - cpu0
+    server_cpu = (cpu_seconds(server) or 0.0) - cpu0
     missing = sum(r[2] for r in replies)
     if missing:
         raise RuntimeError(f"{missing:,} streams did not get the change within {TIMEOUT:g} s")
@@ -796,7 +729,7 @@ async def _latency_block(
     if kind == "sse":
         opened = await pool.open_sse("127.0.0.1", server.http_port, f"/v1/jobs/{job_id}/events", n)
     else:
-        opened = await pool.open_grpc(server.target, job_id, n)
+        opened = await pool.open_grpc(server.address, job_id, n)
     spacing = watch_min_interval() + 0.05
     try:
         await asyncio.sleep(0.5)
@@ -835,17 +768,17 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     server = Jobpulse(f"sqlite:///{tmp}/latency.db", http=True)
     try:
         server.start()
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             job_id = await create_job(channel, chunks)
             changer = Changer(channel)
             await changer.start()
-            blocks = []
+            blocks: list[dict[str, Any]] = []
             for kind in order:
                 _log(f"1. latency: {n:,} {kind} streams, {sizes.rounds} changes")
                 blocks.append(await _latency_block(pool, server, changer, job_id, kind, n, sizes.rounds))
                 await asyncio.sleep(1.0)  # the closed streams go away on the server
     finally:
-        server.stop()
+        server.close()
     out: dict[str, Any] = {"streams": n, "order": order, "chunks": chunks}
     for kind in ("sse", "grpc"):
         mine = [b for b in blocks if b["kind"] == kind]
@@ -860,8 +793,8 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
             "client_cpu_per_change": sum(sum(b["client_cpu"]) for b in mine) / rounds,
             "ended_early": sum(b["ended_early"] for b in mine),
         }
-    for b in blocks:
-        del b["samples"]
+    for block in blocks:
+        del block["samples"]
     out["blocks"] = blocks
     out["p50_ratio"] = out["sse"]["latency"]["p50"] / out["grpc"]["latency"]["p50"]
     out["p99_ratio"] = out["sse"]["latency"]["p99"] / out["grpc"]["latency"]["p99"]
@@ -909,22 +842,22 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     server = Jobpulse(f"sqlite:///{tmp}/memory.db", http=True, heartbeat_interval=IDLE_HEARTBEAT)
     try:
         server.start()
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             job_id = await create_job(channel, 10)
         path = f"/v1/jobs/{job_id}/events"
         first = await asyncio.to_thread(capture_first, server.http_port, path)
         out["first_event_bytes"] = len(first)
-        out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
+        out["jobpulse"] = await _idle_memory(pool, server.proc.pid, server.http_port, path, n, sizes.settle)
     finally:
-        server.stop()
+        server.close()
     styles = ["streaming"] + (["sse-starlette"] if _have_sse_starlette() else [])
     for style in styles:
         _log(f"2. memory: {n:,} idle SSE streams, bare {style}")
-        bare = BareSseProcess(style, first).start()
+        bare = Child(serve_bare_sse, style, first, name=f"bare-{style}").start()
         try:
-            out[style] = await _idle_memory(pool, bare.pid, bare.port, path, n, sizes.settle)
+            out[style] = await _idle_memory(pool, bare.proc.pid or 0, bare.port, path, n, sizes.settle)
         finally:
-            bare.stop()
+            bare.close()
     jp = out["jobpulse"]["kib_per_stream"]
     for style in styles:
         base = out[style]["kib_per_stream"]
@@ -951,7 +884,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
             server.start()
         calls = {}
         for name, server in servers.items():
-            channel = channels[name] = grpc.aio.insecure_channel(server.target)
+            channel = channels[name] = grpc.aio.insecure_channel(server.address)
             job_id = await create_job(channel, 10)
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
@@ -978,7 +911,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         for channel in channels.values():
             await channel.close()
         for server in servers.values():
-            server.stop()
+            server.close()
     out: dict[str, Any] = {
         "idle_streams": s.load_streams,
         "idle_open_seconds": opened["seconds"],
@@ -1194,7 +1127,7 @@ async def _run(parts: list[str], sizes: Sizes, tmp: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.http_streams", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); variables still win")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")

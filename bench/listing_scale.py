@@ -1,8 +1,8 @@
 """ListJobs at scale: first page vs a page ~90% deep, on PostgreSQL and on SQLite.
 
-    python -m bench.listing_scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
-    python -m bench.listing_scale --quick         # 100,000 / 50,000
-    python -m bench.listing_scale --pg-jobs 0     # SQLite only (0 skips a backend)
+    python -m bench scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
+    python -m bench scale --quick         # 100,000 / 50,000
+    python -m bench scale --pg-jobs 0     # SQLite only (0 skips a backend)
 
 Jobs are bulk-loaded straight into the schema the migrations create (COPY on PostgreSQL,
 executemany on SQLite; secondary indexes dropped during the load and re-created from their own
@@ -11,10 +11,10 @@ pages through ListJobs over gRPC, in every order (each field both ways), unfilte
 COMPLETED: the deep page is reached by following next_page_token from the
 first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
 
-Then, with the statements the server runs (store/statements.py and, for PostgreSQL's group-committed
-claim, store/batch/group.py: the text the drivers send, with their parameters), it times the page query
-and the COUNT behind total_size, first and deep, and writes EXPLAIN (ANALYZE, BUFFERS) plans (SQLite:
-EXPLAIN QUERY PLAN), also of the claim over 200,000 chunks, to bench/plans.txt.
+Then, with the statements the server runs (store/statements.py: the text the drivers send, with their
+parameters), it times the page query and the COUNT behind total_size, first and deep, and writes their
+EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN QUERY PLAN) to the file ``--plans`` names, if any.
+The claim's plans are held by tests/integration/test_worker_plans.py.
 
 PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
 its own is created for the run and dropped afterwards.
@@ -43,20 +43,15 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench import report
-from bench.procs import ServerProcess
+from bench import procs, report
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import JobState
 from jobpulse_server.store import statements
-from jobpulse_server.store.batch import group
 from jobpulse_server.store.database import SqlStore
-from jobpulse_server.store.tables import chunks as chunks_table
 from jobpulse_server.store.tables import jobs as jobs_table
 
-PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-PLANS = Path(__file__).resolve().parent / "plans.txt"
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
 FILTERS: dict[str, list[JobState]] = {"all": [], "COMPLETED": [JobState.COMPLETED]}
 PAGE = 100
@@ -87,7 +82,6 @@ _FILLED = (
 ).split()
 _EXTRA = [c for c in jobs_table.columns if c.name not in _FILLED and not c.nullable]
 JOB_COLUMNS = _FILLED + [c.name for c in _EXTRA]
-CHUNK_COLUMNS = [c.name for c in chunks_table.columns]
 
 
 def _extra_value(column: Any, i: int) -> Any:
@@ -213,67 +207,6 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
         yield out
 
 
-def chunk_rows(job_ids: list[str], per_job: int, now_us: int, seed: int = 11) -> list[tuple[Any, ...]]:
-    """Chunks for the ClaimChunks plan: 60% COMPLETED, 30% PENDING (a tenth backed off), 10% PROCESSING.
-
-    PROCESSING leases end a day from now so the server's sweeper leaves them alone.
-    """
-    rng = random.Random(seed)
-    out = []
-    for job_id in job_ids:
-        priority = rng.choices(range(11), PRIORITY_WEIGHTS)[0]
-        kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
-        for idx in range(per_job):
-            r = rng.random()
-            state = (
-                ChunkState.COMPLETED if r < 0.6 else ChunkState.PENDING if r < 0.9 else ChunkState.PROCESSING
-            )
-            lease = token = next_attempt = start = end = None
-            attempt, done = 0, 0
-            if state == ChunkState.COMPLETED:
-                attempt, done, start, end = 1, 100, now_us - 3_600_000_000, now_us - 3_000_000_000
-            elif state == ChunkState.PROCESSING:
-                attempt, start = 1, now_us - 10_000_000
-                lease, token = now_us + 86_400_000_000, f"tok-{job_id}-{idx}"
-            elif rng.random() < 0.1:
-                attempt, next_attempt = 1, now_us + rng.randint(-60_000_000, 60_000_000)
-            out.append(
-                (
-                    f"{job_id}-{idx}",
-                    job_id,
-                    idx,
-                    int(state),
-                    idx * 100,  # item_start
-                    100,  # item_count
-                    done,
-                    attempt,
-                    3,  # max_attempts
-                    "bench-worker" if attempt else "",
-                    "",  # external_task_id
-                    "",  # error_reason
-                    "",  # error_message
-                    token,
-                    lease,
-                    60_000_000 if lease else None,  # lease_duration
-                    next_attempt,
-                    1 + attempt,  # revision
-                    priority,
-                    kind,
-                    start,
-                    end,
-                )
-            )
-    return out
-
-
-# --- backends ----------------------------------------------------------------------------------
-
-
-def _dsn(database: str) -> str:
-    base, _, _ = PG_ADMIN.rpartition("/")
-    return f"{base}/{database}"
-
-
 @dataclass
 class Backend:
     name: str  # "postgresql" | "sqlite"
@@ -287,20 +220,20 @@ class Backend:
 async def create_backend(name: str, n_jobs: int) -> Backend:
     if name == "postgresql":
         db = f"jobpulse_listing_{os.getpid()}"
-        admin = await asyncpg.connect(PG_ADMIN)
+        admin = await asyncpg.connect(procs.PG_ADMIN)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
             await admin.execute(f'CREATE DATABASE "{db}"')
         finally:
             await admin.close()
-        return Backend(name, _dsn(db), n_jobs, pg_db=db)
+        return Backend(name, procs.pg_dsn(db), n_jobs, pg_db=db)
     tmp = tempfile.mkdtemp(prefix="jobpulse-listing-")
     return Backend(name, f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
 
 
 async def drop_backend(b: Backend) -> None:
     if b.pg_db:
-        admin = await asyncpg.connect(PG_ADMIN)
+        admin = await asyncpg.connect(procs.PG_ADMIN)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{b.pg_db}" WITH (FORCE)')
         finally:
@@ -315,9 +248,9 @@ async def migrate(b: Backend) -> None:
     await db.close()
 
 
-async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int) -> list[str]:
-    """COPYs the jobs (and chunks of ``chunk_jobs`` of the newest jobs); returns those job ids."""
-    conn = await asyncpg.connect(_dsn(b.pg_db))
+async def load_pg(b: Backend, now_us: int) -> None:
+    """COPYs the jobs, the secondary indexes dropped meanwhile and made again afterwards."""
+    conn = await asyncpg.connect(procs.pg_dsn(b.pg_db))
     try:
         t0 = time.perf_counter()
         indexes = await conn.fetch(
@@ -327,26 +260,18 @@ async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int)
         for r in indexes:
             await conn.execute(f'DROP INDEX "{r["indexname"]}"')
         gen = 0.0
-        last_ids: list[str] = []
         g0 = time.perf_counter()
         for rows in job_rows(b.n_jobs, now_us):
             gen += time.perf_counter() - g0
             await conn.copy_records_to_table("jobs", records=rows, columns=JOB_COLUMNS)
-            last_ids = [r[0] for r in rows[-chunk_jobs:]]
             g0 = time.perf_counter()
         t_jobs = time.perf_counter() - t0
-        picked = last_ids[-chunk_jobs:] if chunk_jobs else []
-        if picked:
-            await conn.copy_records_to_table(
-                "chunks", records=chunk_rows(picked, chunks_per_job, now_us), columns=CHUNK_COLUMNS
-            )
         t1 = time.perf_counter()
         for r in indexes:
             await conn.execute(r["indexdef"])
         t_idx = time.perf_counter() - t1
         t2 = time.perf_counter()
         await conn.execute("VACUUM ANALYZE jobs")
-        await conn.execute("VACUUM ANALYZE chunks")
         b.load = {
             "copy_jobs_s": t_jobs,
             "python_generate_s": gen,
@@ -356,7 +281,6 @@ async def load_pg(b: Backend, now_us: int, chunk_jobs: int, chunks_per_job: int)
         }
         size = await conn.fetchval("SELECT pg_total_relation_size('jobs')")
         b.load["jobs_mb"] = size / 1e6
-        return picked
     finally:
         await conn.close()
 
@@ -478,11 +402,10 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
 
 
 async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
-    server = ServerProcess("jobpulse", b.url)
+    server = procs.jobpulse(b.url).start(timeout=60)
     try:
-        server.wait_ready()
         async with grpc.aio.insecure_channel(
-            server.target, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+            server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
         ) as channel:
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             deadline = time.perf_counter() + walk_seconds if walk_seconds > 0 else math.inf
@@ -490,10 +413,10 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
             for lst in listings:
                 await time_pages(stub, lst, repeats)
     finally:
-        server.stop()
+        server.close()
 
 
-# --- SQL: the statements the server runs (store/statements.py, store/batch/group.py) ---------------------
+# --- SQL: the statements the server runs (store/statements.py) --------------------------------------
 
 
 class Raw:
@@ -507,7 +430,7 @@ class Raw:
 
     async def open(self) -> Raw:
         if self.b.name == "postgresql":
-            self.pg = await asyncpg.connect(_dsn(self.b.pg_db))
+            self.pg = await asyncpg.connect(procs.pg_dsn(self.b.pg_db))
         else:
             self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
         return self
@@ -571,7 +494,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
     add(
         f"# {b.name}: {b.n_jobs:,} jobs; "
         + ("EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN")
-        + " of the statements in service/jobpulse_server/store/statements.py (and group.py), as the server"
+        + " of the statements in service/jobpulse_server/store/statements.py, as the server"
         " sends them; SELECT <all jobs columns> stands for the column list"
     )
     add("#" * 110)
@@ -606,70 +529,9 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
                 add(_fmt_stmt(stmt))
                 add("--- plan")
                 add(await raw.explain(*stmt))
-        out["claim"] = await _claim_plans(raw, d, repeats, plans)
     finally:
         await raw.close()
     return out
-
-
-async def _claim_plans(raw: Raw, d: statements.Dialect, repeats: int, plans: list[str]) -> dict[str, Any]:
-    """The claim as the server runs it: on PostgreSQL the group-committed claim (store/batch/group.py) and the
-    general path's locking read (statements.pg_claim), each EXPLAINed (and timed) in a transaction that is
-    rolled back; on SQLite the pick off the claim index (statements.pick_ready)."""
-    n_chunks = (await raw.fetch("SELECT count(*) FROM chunks", []))[0][0]
-    pending = (await raw.fetch("SELECT count(*) FROM chunks WHERE state = 1", []))[0][0]
-    now = time.time_ns() // 1000
-    res: dict[str, Any] = {"chunks": n_chunks, "pending": pending}
-    for limit, kinds in ((1, []), (10, []), (10, ["ocr"])):
-        ready = [*statements.ready_params(d, kinds), limit]
-        stmts: list[tuple[str, str, list[Any]]] = []
-        if d.postgres:
-            stmts.append(
-                (
-                    "group-committed claim (group.claim_group_statement)",
-                    group.claim_group_statement(len(kinds), limit),
-                    group.claim_group_params(
-                        kinds, [("bench", 60_000_000, 1)] * limit, now, "bench_plans", "bench", 5_000_000
-                    ),
-                )
-            )
-            stmts.append(
-                (
-                    "general path's locking read (statements.pg_claim)",
-                    statements.pg_claim(len(kinds), skip_locked=False),
-                    ready * 2,
-                )
-            )
-        else:
-            stmts.append(("pick (statements.pick_ready)", statements.pick_ready(d, len(kinds)), ready))
-        for name, sql, params in stmts:
-            times = []
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                await _rolled_back(raw, sql, params)
-                times.append(time.perf_counter() - t)
-            res[f"{name.split(' (')[0]}, limit={limit} kinds={kinds}"] = _p50(times[1:]) * 1e3
-            plans.append("")
-            plans.append(
-                f"=== ClaimChunks: {name}, limit={limit}, kinds={kinds}; "
-                f"{n_chunks:,} chunks, {pending:,} PENDING"
-            )
-            plans.append(_fmt_stmt((sql, params)))
-            plans.append("--- plan")
-            plans.append(await _rolled_back(raw, sql, params, explain=True))
-    return res
-
-
-async def _rolled_back(raw: Raw, sql: str, params: list[Any], *, explain: bool = False) -> Any:
-    """Runs (or EXPLAINs) a statement in a transaction that is rolled back: a claim changes rows."""
-    if raw.pg is not None:
-        tr = raw.pg.transaction()
-        await tr.start()
-        try:
-            return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
-        finally:
-            await tr.rollback()
-    return await raw.explain(sql, params) if explain else await raw.fetch(sql, params)
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -684,7 +546,7 @@ async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: l
         now = time.time_ns() // 1000
         print(f"[{name}] loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
         if name == "postgresql":
-            await load_pg(b, now, args.claim_chunks // 500, 500)
+            await load_pg(b, now)
         else:
             await asyncio.to_thread(load_sqlite, b, now)
         print(f"[{name}] loaded in {b.load['total_s']:.1f} s; walking ...", file=sys.stderr, flush=True)
@@ -772,15 +634,6 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
             "  COUNT(*) share of a gRPC first page: "
             + ", ".join(f"{lst.label} {lst.sql['count'] / lst.first_ms:.0%}" for lst in res["listings"])
         )
-        if "claim" in res:
-            c = res["claim"]
-            add(
-                f"  ClaimChunks as the server runs it, {c['chunks']:,} chunks "
-                f"({c['pending']:,} PENDING), p50 ms:"
-            )
-            for k, v in c.items():
-                if "limit=" in k:
-                    add(f"      {k}: {v:.2f}")
     add("=" * 110)
     return "\n".join(lines)
 
@@ -794,8 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sql-repeats", type=int, default=10, help="executions per timed SQL statement")
     p.add_argument("--pg-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
     p.add_argument("--sqlite-walk-seconds", type=float, default=None, help="token-walk budget (0: none)")
-    p.add_argument("--claim-chunks", type=int, default=200_000, help="chunks loaded for the claim plan")
-    p.add_argument("--plans", type=Path, default=PLANS, help="where to write the plans")
+    p.add_argument("--plans", type=Path, default=None, help="also write the statements' plans to this file")
     args = p.parse_args(argv)
     if args.pg_jobs is None:
         args.pg_jobs = 100_000 if args.quick else 1_000_000
@@ -816,10 +668,11 @@ def main(argv: list[str] | None = None) -> int:
             budget = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
             res["walk_budget"] = f"{budget:.0f} s" if budget > 0 else "none"
             results.append(res)
-            args.plans.write_text("\n".join(plans) + "\n")
+            if args.plans is not None:
+                args.plans.write_text("\n".join(plans) + "\n")
             print(render([res], args, time.perf_counter() - t0), flush=True)
     elapsed = time.perf_counter() - t0
-    print(f"all done in {elapsed:.0f} s; plans written to {args.plans}")
+    print(f"all done in {elapsed:.0f} s" + (f"; plans written to {args.plans}" if args.plans else ""))
     return 0
 
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.procs import ServerProcess
+from bench.procs import Served, cpu_seconds
 
 Call = Callable[[], Awaitable[Any]]
 
@@ -48,9 +48,7 @@ class Rate:
         )
 
 
-async def closed_loop(
-    call: Call, *, concurrency: int, seconds: float, server: ServerProcess | None = None
-) -> Rate:
+async def closed_loop(call: Call, *, concurrency: int, seconds: float, server: Served | None = None) -> Rate:
     """Keeps ``concurrency`` calls in flight for ``seconds``; counts the calls that completed.
 
     Calls started before the deadline are awaited and counted, and the elapsed time runs until the
@@ -65,14 +63,14 @@ async def closed_loop(
             await call()
             done += 1
 
-    cpu0 = server.cpu_seconds() if server else None
+    cpu0 = cpu_seconds(server)
     own0 = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     await asyncio.gather(*(one_lane() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     own = time.process_time() - own0
-    cpu1 = server.cpu_seconds() if server else None
+    cpu1 = cpu_seconds(server)
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     return Rate(done, elapsed, cpu, own)
 

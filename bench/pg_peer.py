@@ -1,9 +1,9 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench.pg_peer                           # 5,000 units of work per row, every row, 3 rounds
-    python -m bench.pg_peer --quick                   # 1,000, one round
-    python -m bench.pg_peer --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
-    python -m bench.pg_peer --only batch --n 50000    # batches of 10 alone, long enough to time well
+    python -m bench pg                           # 5,000 units of work per row, every row, 3 rounds
+    python -m bench pg --quick                   # 1,000, one round
+    python -m bench pg --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
+    python -m bench pg --only batch --n 50000    # batches of 10 alone, long enough to time well
 
 A full run measures the batches of 10 (jobpulse's CompleteChunks, PgQueuer's QueueManagers) on a second,
 deeper queue too (``--deep``, default 50,000): PgQueuer's cost per job grows with the length of its queue,
@@ -14,16 +14,13 @@ jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one
 channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
   * one-by-one: ClaimChunks(max_chunks=1), then CompleteChunk;
   * complete-and-claim: CompleteChunk with claim_next (max_chunks=1), which returns the next claim;
-  * ClaimChunks(max_chunks=10), then CompleteChunk for each (the protocol of the PgQueuer loops);
+  * ClaimChunks(max_chunks=10), then CompleteChunk for each;
   * batched: ClaimChunks(max_chunks=10) once, then CompleteChunks of the 10 with claim_next
     (max_chunks=10), which returns the next 10.
 PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
 ``Queries.install()``, N jobs enqueued in one batch (not timed), then drained with a no-op
-entrypoint by
-  * W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
-    (PgQueuer as shipped: completions are buffered and written in batches), and
-  * W bare loops over the same Queries API, ``dequeue(batch_size=k)`` then ``log_jobs`` per job
-    (the same protocol as the jobpulse workers: one round trip per claim and one per completion).
+entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
+(PgQueuer as shipped: completions are buffered and written in batches).
 Scaling rows (complete-and-claim, as workers are added): the same drain with CompleteChunk + claim_next
 (max_chunks=1), N chunks on
   * 1 job, 4 workers; 1 job, 16 workers;
@@ -39,12 +36,10 @@ group of workers completed exactly its jobs' chunks, and every chunk row names a
 that claims its kind.
 Every row uses a fresh database; the clock runs from the first claim to the last completion.
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-The floor rows drive the store's own group-committed path (store/batch/group.py) in this process, with no
-gRPC, no server and no service layer: what one by one, complete-and-claim and CompleteChunks(10) with
-claim_next could reach if the rest of the server cost nothing (the batch floor runs in a full run and in
-``--only batch``). Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the
-batch row: the same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
-hand each call straight to that path, with nothing else of jobpulse's around it: the most those rows
+Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the batch row: the
+same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
+hand each call straight to the store's group-committed path (store/batch/group.py), with nothing else of
+jobpulse's around it: the most those rows
 could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
 code cost nothing.
 CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
@@ -59,12 +54,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
@@ -75,17 +67,16 @@ import grpc
 from google.protobuf import duration_pb2
 from support.servers import free_port
 
-from bench import report, work
-from bench.procs import ServerProcess, _cpu_seconds, metric_values
+from bench import figures, procs, report, work
+from bench.grpc_floor import floor_server
+from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
-PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TIMEOUT = 60.0
 LEASE = duration_pb2.Duration(seconds=600)
 JOBS_PER_RUN = 10
 ENTRYPOINT = "noop"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results-pg.json"
-_ROOT = Path(__file__).resolve().parent.parent  # the repository: bench.grpc_floor runs from here
 
 # jobpulse rows: key -> bench.work mode, and the row's name.
 JOBPULSE_ROWS = {
@@ -94,31 +85,6 @@ JOBPULSE_ROWS = {
     "jp10": ("batched", "jobpulse, ClaimChunks(10) + CompleteChunk x10"),
     "jpb10": ("batched_complete_chunks", "jobpulse, CompleteChunks(10) + claim_next(10)"),
 }
-
-
-def _dsn(database: str) -> str:
-    base, _, _ = PG_ADMIN.rpartition("/")
-    return f"{base}/{database}"
-
-
-@asynccontextmanager
-async def fresh_database(tag: str) -> AsyncIterator[str]:
-    """Creates a database for one row and drops it afterwards; yields its DSN."""
-    name = f"bench_peer_{tag}_{os.getpid()}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _dsn(name)
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -134,7 +100,7 @@ def postgres_cpu_seconds() -> float | None:
                 continue
         except OSError:
             continue
-        cpu = _cpu_seconds(int(proc.name))
+        cpu = pid_cpu_seconds(int(proc.name))
         if cpu is not None:
             total += cpu
             seen = True
@@ -223,11 +189,12 @@ async def _drain(
     each job's summary equals a recount of its chunk rows; every chunk was completed by a worker of a
     group that claims its kind."""
     n = sum(items for _, items in jobs)
-    async with fresh_database(key) as dsn:
-        server = ServerProcess("jobpulse", dsn, http_port=free_port())
+    async with procs.database("postgresql", key) as dsn:
+        http_port = free_port()
+        server = procs.jobpulse(dsn, http_port=http_port)
         try:
-            server.wait_ready()
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            server.start(timeout=60)
+            async with grpc.aio.insecure_channel(server.address) as channel:
                 jobs_stub = job_service_pb2_grpc.JobServiceStub(channel)
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
                 if not await work.supported(stub, mode, TIMEOUT):
@@ -240,8 +207,8 @@ async def _drain(
                         timeout=TIMEOUT,
                     )
                 group_counts = [work.Counts() for _ in groups]
-                flusher0 = await asyncio.to_thread(flusher_counts, server.http_port)
-                cpu0, db0 = server.cpu_seconds(), postgres_cpu_seconds()
+                flusher0 = await asyncio.to_thread(flusher_counts, http_port)
+                cpu0, db0 = cpu_seconds(server), postgres_cpu_seconds()
                 t0 = time.perf_counter()
                 try:
                     await asyncio.gather(
@@ -262,18 +229,18 @@ async def _drain(
                     )
                 except grpc.aio.AioRpcError as exc:
                     # The server logs to /dev/null: say at least whether it is gone, and how it ended.
-                    code = server.exit_code()
+                    code = None if server.proc is None else server.proc.poll()
                     if code is not None:
                         raise RuntimeError(f"{key}: the jobpulse server exited mid-row ({code})") from exc
                     raise
                 elapsed = time.perf_counter() - t0
-                cpu1, db1 = server.cpu_seconds(), postgres_cpu_seconds()
-                flusher1 = await asyncio.to_thread(flusher_counts, server.http_port)
+                cpu1, db1 = cpu_seconds(server), postgres_cpu_seconds()
+                flusher1 = await asyncio.to_thread(flusher_counts, http_port)
                 listed = await jobs_stub.ListJobs(
                     job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT
                 )
         finally:
-            server.stop()
+            server.close()
         counts = work.Counts()
         for c in group_counts:
             counts.add(c)
@@ -341,22 +308,13 @@ async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str
             raise RuntimeError(f"{key}: {r['worker_id']} completed {r['n']} chunks of kind {r['kind']}")
 
 
-# Where the claim's chunk rows hold a chunk's id, job id and lease token (the chunks table's column order).
-
-FLOOR_ROWS = {
-    "floor": "floor: one by one on the store in-process, no gRPC",
-    "floorcc": "floor: complete-and-claim on the store in-process, no gRPC",
-    "floorb10": "floor: completions of 10 + claim of 10 on the store, no gRPC",
-}
-
-
 async def _floor_jobs(dsn: str, n: int) -> None:
     """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
     server on ``dsn`` (which migrates the database), stopped before the clock starts."""
-    server = ServerProcess("jobpulse", dsn)
+    server = procs.jobpulse(dsn)
     try:
-        server.wait_ready()
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        server.start(timeout=60)
+        async with grpc.aio.insecure_channel(server.address) as channel:
             jobs = job_service_pb2_grpc.JobServiceStub(channel)
             for j, items in enumerate(_shares(n, JOBS_PER_RUN)):
                 await jobs.CreateJob(
@@ -366,7 +324,7 @@ async def _floor_jobs(dsn: str, n: int) -> None:
                     timeout=TIMEOUT,
                 )
     finally:
-        server.stop()
+        server.close()
 
 
 async def _completed_chunks(dsn: str) -> tuple[int, int]:
@@ -382,92 +340,6 @@ async def _completed_chunks(dsn: str) -> tuple[int, int]:
     finally:
         await conn.close()
     return int(row[0]), int(row[1])
-
-
-async def statements_floor(n: int, workers: int, key: str) -> dict[str, Any]:
-    """The floor under jobpulse's worker path on this PostgreSQL: the store's own group-committed path
-    (store/batch/group.py: one flusher, one statement per flush, the SQL the server sends for jobs without
-    webhooks) driven in this process by W asyncio workers, with no gRPC, no server process and no
-    service layer in between:
-      * ``floor``: a claim, then a completion (one by one);
-      * ``floorcc``: one claim, then completion and next claim together (complete-and-claim);
-      * ``floorb10``: a claim of 10, then the 10 completions and the next claim of 10 together (what
-        CompleteChunks with claim_next sends the store).
-    The jobs are made by a server, which is stopped before the clock starts. Round trips: the flushes'
-    statements."""
-    from jobpulse_server.domain.clock import now_us
-    from jobpulse_server.domain.work import DECLINED, ClaimRequest, Completion
-    from jobpulse_server.store.database import SqlStore
-
-    lease_us = LEASE.seconds * 1_000_000
-    async with fresh_database(key) as dsn:
-        await _floor_jobs(dsn, n)
-        store = SqlStore(dsn)
-        await store.start(migrate=False)
-        fast = store.batch
-        assert fast is not None
-        done = [0]
-
-        async def claim_some(name: str, limit: int) -> list[Any]:
-            """The next chunks (up to ``limit``), [] when no work is left."""
-            while True:
-                got = await fast.claim(ClaimRequest(name, [], limit, lease_us), now_us())
-                if got is not DECLINED:
-                    return [chunk for _, chunk in got]
-                # None: other workers took the work of the jobs this one locked; look again
-
-        async def claim(name: str) -> Any:
-            """The next chunk, or None when no work is left."""
-            got = await claim_some(name, 1)
-            return got[0] if got else None
-
-        async def one_by_one(name: str) -> None:
-            while (chunk := await claim(name)) is not None:
-                if await fast.complete(Completion(chunk.id, chunk.lease_token, []), now_us()) is DECLINED:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
-                done[0] += 1
-
-        async def complete_and_claim(name: str) -> None:
-            chunk = await claim(name)
-            while chunk is not None:
-                both = await fast.complete_and_claim(
-                    Completion(chunk.id, chunk.lease_token, []), ClaimRequest(name, [], 1, lease_us), now_us()
-                )
-                if both is DECLINED:
-                    raise RuntimeError(f"floor: completion of {chunk.id} was refused")
-                done[0] += 1
-                _, claims = both
-                chunk = (await claim(name)) if claims is DECLINED else (claims[0][1] if claims else None)
-
-        async def batched(name: str) -> None:
-            chunks = await claim_some(name, 10)
-            while chunks:
-                items = [Completion(c.id, c.lease_token, []) for c in chunks]
-                results, claims = await fast.complete_many(
-                    items, now_us(), ClaimRequest(name, [], 10, lease_us)
-                )
-                if any(r is DECLINED for r in results):
-                    raise RuntimeError(f"floor: a completion of {[c.id for c in chunks]} was refused")
-                done[0] += len(chunks)
-                if claims is DECLINED:  # declined: claimed on its own, as the server's caller would
-                    chunks = await claim_some(name, 10)
-                else:
-                    chunks = [c for _, c in claims]
-
-        worker = {"floor": one_by_one, "floorcc": complete_and_claim, "floorb10": batched}[key]
-        try:
-            db0 = postgres_cpu_seconds()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(f"floor-{i}") for i in range(workers)))
-            elapsed = time.perf_counter() - t0
-            db1 = postgres_cpu_seconds()
-            trips = fast.group.flushes
-        finally:
-            await store.close()
-        _, left = await _completed_chunks(dsn)
-    if done[0] != n or left:
-        raise RuntimeError(f"floor drained {done[0]}/{n} ({left} chunks not completed)")
-    return _row(FLOOR_ROWS[key], n, elapsed, trips, db_cpu_us=_per_unit_us(db0, db1, n))
 
 
 GRPC_FLOOR = "grpcfloorb10"
@@ -491,20 +363,14 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
     two cores). The jobs as for statements_floor; afterwards every chunk must be completed once."""
     name, mode_key = GRPC_FLOORS[key]
     mode = work.MODES[mode_key]
-    async with fresh_database(key) as dsn:
+    async with procs.database("postgresql", key) as dsn:
         await _floor_jobs(dsn, n)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.grpc_floor", dsn, stdout=asyncio.subprocess.PIPE, cwd=_ROOT
-        )
+        floor = await asyncio.to_thread(floor_server, dsn)
         try:
-            assert proc.stdout is not None
-            line = (await proc.stdout.readline()).decode()
-            if not line.startswith("port "):
-                raise RuntimeError(f"bench.grpc_floor did not start (exit code {proc.returncode})")
             counts = work.Counts()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{int(line.split()[1])}") as channel:
+            async with grpc.aio.insecure_channel(floor.address) as channel:
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-                cpu0, db0 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+                cpu0, db0 = cpu_seconds(floor), postgres_cpu_seconds()
                 t0 = time.perf_counter()
                 await asyncio.gather(
                     *(
@@ -521,11 +387,9 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
                     )
                 )
                 elapsed = time.perf_counter() - t0
-                cpu1, db1 = _cpu_seconds(proc.pid), postgres_cpu_seconds()
+                cpu1, db1 = cpu_seconds(floor), postgres_cpu_seconds()
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-            await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.to_thread(floor.close)
         completed, left = await _completed_chunks(dsn)
     if counts.chunks != n or completed != n or left or counts.not_ok:
         raise RuntimeError(
@@ -575,7 +439,7 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
     from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
 
-    async with fresh_database(f"pgqm{batch_size}") as dsn:
+    async with procs.database("postgresql", f"pgqm{batch_size}") as dsn:
         await _pgq_setup(dsn, n)
         handled = 0
         conns = [await asyncpg.connect(dsn) for _ in range(workers)]
@@ -619,60 +483,6 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
     )
 
 
-async def pgqueuer_loops(n: int, workers: int, batch_size: int) -> dict[str, Any]:
-    """W bare loops: Queries.dequeue(batch_size) then Queries.log_jobs for each job, one by one."""
-    from pgqueuer import AsyncpgDriver, Queries
-    from pgqueuer.ports.repository import EntrypointExecutionParameter
-    from pgqueuer.types import QueueManagerId
-
-    async with fresh_database(f"pgql{batch_size}") as dsn:
-        await _pgq_setup(dsn, n)
-        done = 0
-        trips = 0
-        conns = [await asyncpg.connect(dsn) for _ in range(workers)]
-        entrypoints = {ENTRYPOINT: EntrypointExecutionParameter(concurrency_limit=0)}
-
-        async def worker(conn: asyncpg.Connection) -> None:
-            nonlocal done, trips
-            q = Queries(AsyncpgDriver(conn))
-            me = QueueManagerId(uuid.uuid4())
-            while True:
-                picked = await q.dequeue(
-                    batch_size=batch_size,
-                    entrypoints=entrypoints,  # type: ignore[arg-type]
-                    queue_manager_id=me,
-                    global_concurrency_limit=None,
-                    heartbeat_timeout=timedelta(seconds=30),
-                )
-                trips += 1
-                if not picked:
-                    return
-                for job in picked:
-                    await q.log_jobs([(job, "successful", None)])
-                    trips += 1
-                    done += 1
-
-        try:
-            db0 = postgres_cpu_seconds()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(c) for c in conns))
-            elapsed = time.perf_counter() - t0
-            db1 = postgres_cpu_seconds()
-        finally:
-            for conn in conns:
-                await conn.close()
-        await _pgq_check(dsn, n)
-    if done != n:
-        raise RuntimeError(f"pgqueuer loops did {done}/{n}")
-    return _row(
-        f"pgqueuer, dequeue(batch_size={batch_size}) + log_jobs per job",
-        n,
-        elapsed,
-        trips,
-        db_cpu_us=_per_unit_us(db0, db1, n),
-    )
-
-
 # --- run and print -----------------------------------------------------------------------------
 
 
@@ -700,25 +510,17 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
         )
         _table(lines, peer)
         add("-" * width)
-        add(
-            f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}"
-            f"{'vs dequeue+log_jobs loops':>28}"
-        )
-        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("floor", 1), ("floorcc", 1)]
-        keys += [("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10), ("floorb10", 10)]
-        names = {**FLOOR_ROWS, **{k: v[0] for k, v in GRPC_FLOORS.items()}}
+        add(f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}")
+        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10)]
         for key, k in keys:
             if key not in by:
                 continue
-            name = names[key] if key in names else JOBPULSE_ROWS[key][1]
+            name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
             label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
-            add(
-                f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}"
-                f"{_ratio(by[key], by.get(f'lp{k}')):>28}"
-            )
+            add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}")
         if "jpb10d" in by:
             label = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
-            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}{'not run':>28}")
+            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}")
         if args.rounds > 1:
             add("   round by round, vs QueueManager (the ratios above are of each row's median):")
             for key, k in (("jp1", 1), (GRPC_FLOOR_1, 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
@@ -874,12 +676,12 @@ def _peer_goals(
 ) -> list[report.Goal]:
     """The targets against PgQueuer (the rows of the W workers, over JOBS_PER_RUN jobs)."""
     out: list[report.Goal] = []
-    peers = (("qm", "QueueManager"), ("lp", "dequeue+log_jobs loops"))
+    peers = (("qm", "QueueManager"),)
     # The worker-throughput issue's targets: one by one >= 0.55, complete-and-claim >= 0.65 (both
     # moonshot 1.0), batches of 10 >= 1.0 (moonshot 2.0), server CPU per chunk <= 1.0 ms.
     for key, what, floor_keys, target in (
-        ("jp1", "one by one", (GRPC_FLOOR_1, "floor"), 0.55),
-        ("jpcc", "complete-and-claim", ("floorcc",), 0.65),
+        ("jp1", "one by one", (GRPC_FLOOR_1,), 0.55),
+        ("jpcc", "complete-and-claim", (), 0.65),
     ):
         for peer, peer_name in peers:
             floor_note = _floor_note(ratio, floor_keys, f"{peer}1")
@@ -894,7 +696,7 @@ def _peer_goals(
                 )
             )
     for peer, peer_name in peers:
-        floor_note = _floor_note(ratio, (GRPC_FLOOR, "floorb10"), f"{peer}10")
+        floor_note = _floor_note(ratio, (GRPC_FLOOR,), f"{peer}10")
         out.append(
             report.Goal(
                 f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
@@ -936,13 +738,7 @@ def _peer_goals(
     return out
 
 
-_FLOOR_NOTES = {
-    GRPC_FLOOR_1: "the store alone under gRPC",
-    GRPC_FLOOR: "the store alone under gRPC",
-    "floor": "the store in-process without gRPC",
-    "floorcc": "the store in-process without gRPC",
-    "floorb10": "the store in-process without gRPC",
-}
+_FLOOR_NOTES = {GRPC_FLOOR_1: "the store alone under gRPC", GRPC_FLOOR: "the store alone under gRPC"}
 
 
 def _floor_note(ratio: Callable[[str, str], float | None], keys: Sequence[str], peer_key: str) -> str:
@@ -959,7 +755,7 @@ def _pgq_version() -> str:
 
 
 async def _pg_version() -> str:
-    conn = await asyncpg.connect(PG_ADMIN)
+    conn = await asyncpg.connect(procs.PG_ADMIN)
     try:
         return "PostgreSQL " + str(await conn.fetchval("SHOW server_version")).split()[0]
     finally:
@@ -974,17 +770,13 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for key in jobpulse_keys:
                 cases.append((key, functools.partial(jobpulse_drain, n, w, key)))
             if not args.no_floor:
-                for key in ("floor", "floorcc") if k == 1 else ("floorb10",):
-                    cases.append((key, functools.partial(statements_floor, n, w, key)))
                 floor_key = GRPC_FLOOR_1 if k == 1 else GRPC_FLOOR
                 cases.append((floor_key, functools.partial(grpc_floor, n, w, floor_key)))
             cases.append((f"qm{k}", functools.partial(pgqueuer_managers, n, w, k)))
-            cases.append((f"lp{k}", functools.partial(pgqueuer_loops, n, w, k)))
     if args.only in (None, "peer") and args.deep:
         # The batches of 10 again on a deeper queue: PgQueuer's cost per job grows with its queue's length
         # (its database CPU per job 142 us at 5,000, 673 at 50,000 in bench/README's fourth pass) and
-        # jobpulse's does not, so a ratio at one depth alone says little. The loops are left out here
-        # (40 s a row at 50,000).
+        # jobpulse's does not, so a ratio at one depth alone says little.
         cases += [
             ("jpb10d", functools.partial(_deep, functools.partial(jobpulse_drain, args.deep, w, "jpb10"))),
             ("qm10d", functools.partial(_deep, functools.partial(pgqueuer_managers, args.deep, w, 10))),
@@ -992,10 +784,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
         cases += [
             ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
-            ("floorb10", functools.partial(statements_floor, n, w, "floorb10")),
             (GRPC_FLOOR, functools.partial(grpc_floor, n, w)),
             ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
-            ("lp10", functools.partial(pgqueuer_loops, n, w, 10)),
         ]
     if args.only in (None, "scaling"):
         for key in SCALING_ORDER:
@@ -1028,11 +818,13 @@ async def _deep(row: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench pg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--no-floor", action="store_true", help="skip the rows of jobpulse's SQL without gRPC")
+    p.add_argument("--no-floor", action="store_true", help="skip the floors under gRPC")
     p.add_argument(
         "--only",
         choices=("peer", "scaling", "batch"),
@@ -1091,6 +883,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json,
     )
     print(f"results written to {args.json}", file=sys.stderr, flush=True)
+    if not args.quick and args.only is None:  # a full run: its figures are the table's current ones
+        figures.record("pg", goals(rows))
     return 0
 
 

@@ -1,10 +1,11 @@
-"""Servers under test, each in a process of its own.
+"""The servers a benchmark measures, each in a process of its own.
 
-jobpulse runs as users run it, ``python -m jobpulse_server`` (the test suite's
-``support.servers.ServerProcess``), logging at INFO as ``jobpulse serve`` does, to /dev/null. The bare
-grpc.aio server runs in a child process driven over a pipe: it starts on 127.0.0.1 port 0, sends the
-port back, then obeys ``("set", key, payload)`` (the response to return for that job id) and
-``("stop",)``; if the parent goes away the pipe reads EOF and the child stops too.
+jobpulse runs as users run it, ``python -m jobpulse_server``, through the test suite's own
+``support.servers.ServerProcess`` (``jobpulse()`` below gives it the bench's settings). Every baseline
+(the bare grpc.aio server, the watch fan-out, the bare SSE server, the floor under gRPC) is a ``Child``:
+a spawned process that serves, sends its port back over a pipe and then answers commands; if the
+parent goes away the pipe reads EOF and the child stops too. Both have ``address`` and ``proc.pid``,
+which is all a scenario asks of a server (``cpu_seconds``).
 """
 
 from __future__ import annotations
@@ -13,50 +14,188 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import tempfile
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
-from support.servers import ServerProcess as CommandServer
-
-ServerKind = Literal["jobpulse", "bare"]
+from support.servers import ServerProcess
 
 _START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 15.0
+# Where the PostgreSQL scenarios create (and drop) a database per row.
+PG_ADMIN = os.environ.get("JOBPULSE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+# What a child's ``serve(*args)`` returns once it listens: its port, the handler of the parent's
+# commands (a tuple in, a tuple out) and the coroutine function that stops it.
+Serving = tuple[int, Callable[[tuple[Any, ...]], Any], Callable[[], Awaitable[None]]]
 
 
-def _child_main(conn: Connection) -> None:
+class Served(Protocol):
+    """A server under test as a scenario sees it: where it listens and its process."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def proc(self) -> Any: ...  # subprocess.Popen or multiprocessing.Process: both have .pid
+
+
+def jobpulse(
+    database_url: str, *, http_port: int = 0, pythonpath: str | None = None, **settings: Any
+) -> ServerProcess:
+    """A jobpulse server as the benchmarks run it (not started yet): logging at INFO as ``jobpulse serve``
+    does, to /dev/null; expiry off (bench data is synthetic and often dated in the past); the HTTP side
+    on any free port unless one is given. ``pythonpath`` goes first on the server's PYTHONPATH, to serve
+    another checkout's code (bench.compare)."""
+    server = ServerProcess(
+        database_url,
+        Path(os.devnull),
+        **{
+            "log_level": "INFO",
+            "http_port": http_port,
+            "drain_seconds": 0,
+            "retention_completed": 0,
+            "retention_failed": 0,
+            "retention_cancelled": 0,
+            **settings,
+        },
+    )
+    if pythonpath:
+        inherited = server.env.get("PYTHONPATH")
+        server.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
+    return server
+
+
+def _child_main(conn: Connection, serve: Callable[..., Awaitable[Serving]], args: tuple[Any, ...]) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
-        asyncio.run(_child_serve(conn))
+        asyncio.run(_child(conn, serve, args))
     finally:
         conn.close()
 
 
-async def _child_serve(conn: Connection) -> None:
-    from bench.bare import start_bare_server
-
+async def _child(conn: Connection, serve: Callable[..., Awaitable[Serving]], args: tuple[Any, ...]) -> None:
     loop = asyncio.get_running_loop()
-    server, port, servicer = await start_bare_server()
+    port, handle, stop = await serve(*args)
     conn.send(("port", port))
-    await _obey(loop, conn, servicer)
-    await server.stop(0.0)
-
-
-async def _obey(loop: asyncio.AbstractEventLoop, conn: Connection, servicer: Any) -> None:
     while True:
         try:
             msg = await loop.run_in_executor(None, conn.recv)
         except (EOFError, OSError):
-            return
+            break
         if msg[0] == "stop":
-            return
-        if msg[0] == "set" and servicer is not None:
-            servicer.set_response(msg[1], msg[2])
-            conn.send(("ok",))
-        else:
-            conn.send(("error", f"unknown command {msg[0]!r}"))
+            break
+        conn.send(handle(msg))
+    await stop()
+
+
+class Child:
+    """A baseline server in a spawned process: ``serve(*args)`` (a module-level coroutine function, as
+    spawn needs) starts it in the child and returns ``Serving``."""
+
+    def __init__(self, serve: Callable[..., Awaitable[Serving]], *args: Any, name: str = "baseline") -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_child_main, args=(child, serve, args), name=f"bench-{name}", daemon=True
+        )
+        self.proc.start()
+        child.close()
+        self.name = name
+        self.port = 0
+
+    def start(self) -> Child:
+        if not self._conn.poll(_START_TIMEOUT):
+            self.close()
+            raise RuntimeError(f"{self.name} server did not start within {_START_TIMEOUT:.0f}s")
+        try:
+            tag, self.port = self._conn.recv()
+        except EOFError as exc:
+            raise RuntimeError(f"{self.name} server exited during start-up (see its stderr)") from exc
+        assert tag == "port"
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ask(self, *msg: Any) -> Any:
+        """Sends a command, returns the child's answer."""
+        self._conn.send(msg)
+        return self._conn.recv()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self.proc.join(15)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
+def pg_dsn(name: str) -> str:
+    """The DSN of database ``name`` on PG_ADMIN's server."""
+    return f"{PG_ADMIN.rpartition('/')[0]}/{name}"
+
+
+@asynccontextmanager
+async def database(kind: str, tag: str) -> AsyncIterator[str]:
+    """A database of its own for one row, removed afterwards: a fresh PostgreSQL database ("postgresql")
+    or a SQLite file in a temporary directory ("sqlite"); yields its URL."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"jobpulse-{tag}-") as tmp:
+            yield f"sqlite:///{tmp}/{tag}.db"
+        return
+    import asyncpg
+
+    name = f"bench_{tag}_{os.getpid()}"
+    for statement in (f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'):
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.close()
+    try:
+        yield pg_dsn(name)
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A ``kB`` field of /proc/<pid>/status: VmRSS (resident now), VmHWM (its peak so far), RssAnon
+    (the heap, not file pages)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def cpu_seconds(server: Served | None) -> float | None:
+    """User + system CPU time of a server's process and all its threads, from /proc (None elsewhere)."""
+    if server is None or server.proc is None:
+        return None
+    return pid_cpu_seconds(server.proc.pid)
+
+
+def pid_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the ")" closing the command name, field 3 (state) is index 0: utime is 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric_values(http_port: int, names: set[str]) -> dict[str, float] | None:
@@ -73,130 +212,3 @@ def metric_values(http_port: int, names: set[str]) -> dict[str, float] | None:
         if name in names:
             found[name] = float(value)
     return found if len(found) == len(names) else None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process and all its threads, from /proc (None elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # After the ")" closing the command name, field 3 (state) is index 0: utime is 14, stime 15.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class ServerProcess:
-    """One server under test in a process of its own."""
-
-    def __init__(
-        self,
-        kind: ServerKind,
-        database_url: str = "",
-        http_port: int = 0,
-        *,
-        pythonpath: str | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        """``pythonpath`` (jobpulse only): put first on the server's PYTHONPATH, to serve the code of
-        another checkout (bench.compare) or load a ``sitecustomize`` (bench.loop_split); ``env``
-        (jobpulse only): variables added to the server's environment."""
-        self.kind = kind
-        self.port = 0
-        self.http_port = http_port
-        self._command: CommandServer | None = None
-        if kind == "jobpulse":
-            # Bench data is synthetic and often dated in the past: expiry (measured by bench.retention
-            # on a server of its own) must not delete it mid-run. The HTTP side is on, as users run it,
-            # on any free port unless one is given (two bench servers at once would both want 8080).
-            self._command = CommandServer(
-                database_url,
-                Path(os.devnull),
-                log_level="INFO",
-                http_port=http_port,
-                drain_seconds=0,
-                retention_completed=0,
-                retention_failed=0,
-                retention_cancelled=0,
-            )
-            if pythonpath:
-                inherited = self._command.env.get("PYTHONPATH")
-                self._command.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
-            self._command.env.update(env or {})
-            return
-        ctx = mp.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child_conn,), name=f"bench-{kind}", daemon=True)
-        self._proc.start()
-        child_conn.close()
-
-    def wait_ready(self) -> int:
-        """Blocks until the server answers (jobpulse: its health check says SERVING)."""
-        if self._command is not None:
-            self._command.start(timeout=_START_TIMEOUT)
-            self.port = self._command.port
-            return self.port
-        if not self._conn.poll(_START_TIMEOUT):
-            self.kill()
-            raise RuntimeError(f"{self.kind} server did not start within {_START_TIMEOUT:.0f}s")
-        try:
-            tag, port = self._conn.recv()
-        except EOFError as exc:
-            raise RuntimeError(f"{self.kind} server exited during start-up (see its stderr)") from exc
-        assert tag == "port"
-        self.port = int(port)
-        return self.port
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self._command is not None:
-            assert self._command.proc is not None
-            return self._command.proc.pid
-        assert self._proc.pid is not None
-        return self._proc.pid
-
-    def cpu_seconds(self) -> float | None:
-        return _cpu_seconds(self.pid)
-
-    def exit_code(self) -> int | None:
-        """None while the server runs; else how it ended (negative: the signal that ended it)."""
-        if self._command is not None:
-            return None if self._command.proc is None else self._command.proc.poll()
-        return self._proc.exitcode
-
-    def set_response(self, key: str, payload: bytes) -> None:
-        """Bare server only: GetJob(job_id=key) will answer with this serialized GetJobResponse."""
-        assert self._command is None, "the bare server only"
-        self._conn.send(("set", key, payload))
-        reply = self._conn.recv()
-        if reply[0] != "ok":
-            raise RuntimeError(f"bare server refused {key!r}: {reply}")
-
-    def stop(self) -> None:
-        if self._command is not None:
-            self._command.close()
-            return
-        if not self._proc.is_alive():
-            return
-        try:
-            self._conn.send(("stop",))
-        except OSError:
-            pass
-        self._proc.join(_STOP_TIMEOUT)
-        if self._proc.is_alive():
-            self.kill()
-
-    def kill(self) -> None:
-        if self._command is not None:
-            if self._command.proc is not None and self._command.proc.poll() is None:
-                self._command.proc.kill()
-                self._command.proc.wait(10)
-            return
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)

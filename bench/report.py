@@ -80,12 +80,22 @@ def _x(ratio: float) -> str:
 # --- the targets -----------------------------------------------------------------------------------
 
 
+def fmt(value: float, unit: str) -> str:
+    """A figure as the targets show it."""
+    if unit in ("", "x"):
+        return f"{value:.2f}{unit}"
+    if unit == "%":
+        return f"{value:+.1%}"
+    return f"{value:,.0f} {unit}" if unit == "us" else f"{value:,.1f} {unit}"
+
+
 @dataclass
 class Goal:
     """One line of the targets table: a measured figure against its target and moonshot.
 
     ``at_least``: higher is better (the figure must be >= the target); otherwise it must be <=.
-    ``unit``: "" (a ratio, e.g. calls/s over bare calls/s), "x" (a ratio shown as 1.3x) or "us".
+    ``unit``: "" (a ratio, e.g. calls/s over bare calls/s), "x" (a ratio shown as 1.3x), "%", or a unit
+    written after the figure ("us", "ms", "KiB").
     """
 
     path: str
@@ -97,11 +107,7 @@ class Goal:
     note: str = ""
 
     def _fmt(self, value: float) -> str:
-        if self.unit == "us":
-            return f"{value:,.0f} us"
-        if self.unit == "x":
-            return f"{value:.2f}x"
-        return f"{value:.2f}"
+        return fmt(value, self.unit)
 
     def _meets(self, bound: float) -> bool:
         assert self.measured is not None
@@ -113,7 +119,7 @@ class Goal:
             measured, met = "n/a", "n/a" + (f" ({self.note})" if self.note else "")
         else:
             measured = self._fmt(self.measured)
-            if self.unit != "us" and measured == self._fmt(self.target) and self.measured != self.target:
+            if self.unit in ("", "x") and measured == self._fmt(self.target) and self.measured != self.target:
                 # 0.898 against >= 0.9 would print as 0.90, "NO": one more digit shows which side it is on.
                 measured = f"{self.measured:.3f}" + ("x" if self.unit == "x" else "")
             met = "NO"
@@ -152,7 +158,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def goals(results: dict[str, Any]) -> list[Goal]:
-    """The targets bench.run_all measures (SQLite)."""
+    """The targets bench.core measures (SQLite)."""
     out: list[Goal] = []
     r = results["getjob_rate"]
     out.append(Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8))
@@ -248,127 +254,138 @@ def _chunk_note(row: dict[str, Any] | None) -> str:
 # --- the printout ----------------------------------------------------------------------------------
 
 
-def render(results: dict[str, Any]) -> str:
-    """The results as plain text, WIDTH columns at most."""
+def table(headers: list[str], rows: list[list[Any]], indent: str = "   ") -> list[str]:
+    """Rows under their headers, each column as wide as its widest cell: the first column left-aligned,
+    the others right-aligned (a row may have fewer cells: a note in the last one)."""
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+
+    return [indent + line(r).rstrip() for r in cells]
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    """The machine and its load, as the printouts show them."""
     m = results["machine"]
-    s = results["settings"]
-    lines: list[str] = []
-    add = lines.append
-    add("=" * WIDTH)
-    add(f"jobpulse benchmarks, {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
-    add("every figure beside a bare grpc.aio baseline measured in the same run;")
-    add("each server runs in a process of its own, the client (load generator) in another")
-    add("-" * WIDTH)
-    add(
+    return [
         f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
-        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
-    )
-    add(f"         {m['cpu_model']} | {m['platform']}")
-    add(f"         load average before {results['load_before']} after {results['load_after']}")
+        f"protobuf {m['protobuf']} ({m['protobuf_backend']})",
+        f"         {m['cpu_model']} | {m['platform']}",
+        f"         load average before {results['load_before']} after {results['load_after']}",
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The core scenario's results as plain text."""
+    s = results["settings"]
+    lines = ["=" * WIDTH, f"jobpulse benchmarks, {s['mode']} run ({results['elapsed_seconds']:.0f} s)"]
+    add = lines.append
+    add("every figure beside a bare grpc.aio baseline measured in the same run, each server in a process")
+    add("of its own, the client (load generator) in another")
+    lines += machine_lines(results)
 
     r = results["getjob_rate"]
     add("-" * WIDTH)
     add(
-        f"1. GetJob BASIC, 10-chunk job ({r['response_bytes']} B response), {r['concurrency']} in flight "
-        f"on one channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server"
+        f"1. GetJob BASIC, 10-chunk job ({r['response_bytes']} B), {r['concurrency']} in flight on one "
+        f"channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server"
     )
-    add(f"   {'':<34}{'calls/s':>12}{'server CPU us/call':>22}{'client CPU us/call':>22}")
-    for name, label in (("bare", "bare grpc.aio (baseline)"), ("jobpulse", "jobpulse (SQLite)")):
-        row = r[name]
-        add(
-            f"   {label:<34}{row['per_second']:>12,.0f}{_us(row['server_cpu_us_per_call']):>22}"
-            f"{_us(row['client_cpu_us_per_call']):>22}"
-        )
-    spread = r["round_ratios"]
-    cpu_ratio = "n/a" if r["server_cpu_ratio"] is None else _x(r["server_cpu_ratio"])
-    add(f"   {'ratio jobpulse/bare':<34}{_x(r['ratio']):>12}{cpu_ratio:>22}")
-    add(f"   (calls/s ratio per round: {', '.join(f'{x:.3f}' for x in spread)})")
+    rows: list[list[Any]] = [
+        [
+            label,
+            f"{r[k]['per_second']:,.0f}",
+            _us(r[k]["server_cpu_us_per_call"]),
+            _us(r[k]["client_cpu_us_per_call"]),
+        ]
+        for k, label in (("bare", "bare grpc.aio (baseline)"), ("jobpulse", "jobpulse (SQLite)"))
+    ]
+    cpu = "n/a" if r["server_cpu_ratio"] is None else _x(r["server_cpu_ratio"])
+    rows.append(["ratio jobpulse / bare", _x(r["ratio"]), cpu])
+    lines += table(["", "calls/s", "server CPU us/call", "client CPU us/call"], rows)
+    add(f"   (calls/s ratio per round: {', '.join(f'{x:.3f}' for x in r['round_ratios'])})")
 
-    lat = results["latency"]
     add("-" * WIDTH)
-    add(
-        f"2. Latency, sequential calls ({s['latency_calls']} per row and server); baseline: bare GetJob "
-        "returning a response of the same size"
-    )
-    add(
-        f"   {'':<52}{'bytes':>8}{'jobpulse p50/p99':>18}{'bare p50/p99':>16}{'ratio p50/p99':>15}"
-        f"{'srv CPU us/call':>16}"
-    )
-    add(f"   {'':<52}{'':>8}{'ms':>18}{'ms':>16}{'':>15}{'jobpulse / bare':>16}")
+    add(f"2. Latency, sequential calls ({s['latency_calls']} per row and server); baseline: a bare GetJob")
+    add("   answering a response of the same size; ms, and server CPU us a call")
     labels = {
         "getjob_basic_1000": "GetJob BASIC, 1,000-chunk job",
         "getjob_full_1000": "GetJob FULL, 1,000-chunk job",
         "getjob_full_1000_new_revision": "GetJob FULL, 1,000-chunk job, new revision each call",
         "listjobs_20": f"ListJobs 20 BASIC, {s['list_jobs'] + 2:,} jobs",
     }
+    rows = []
     for key, label in labels.items():
-        row = lat.get(key)
+        row = results["latency"].get(key)
         if row is None:
             continue
         jp, bare = row["jobpulse"], row["bare"]
-        add(
-            f"   {label:<52}{row['response_bytes']:>8,}"
-            f"{_ms(jp['p50']) + ' / ' + _ms(jp['p99']):>18}"
-            f"{_ms(bare['p50']) + ' / ' + _ms(bare['p99']):>16}"
-            f"{_x(row['ratio_p50']) + ' / ' + _x(row['ratio_p99']):>15}"
-            f"{_us(jp.get('server_cpu_us_per_call')) + ' / ' + _us(bare.get('server_cpu_us_per_call')):>16}"
+        rows.append(
+            [
+                label,
+                f"{row['response_bytes']:,}",
+                f"{_ms(jp['p50'])} / {_ms(jp['p99'])}",
+                f"{_ms(bare['p50'])} / {_ms(bare['p99'])}",
+                f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}",
+                f"{_us(jp.get('server_cpu_us_per_call'))} / {_us(bare.get('server_cpu_us_per_call'))}",
+            ]
         )
-    rev = lat.get("getjob_full_1000_new_revision")
+    lines += table(["", "bytes", "jobpulse p50/p99", "bare p50/p99", "ratio", "CPU jobpulse/bare"], rows)
+    rev = results["latency"].get("getjob_full_1000_new_revision")
     if rev is not None:
-        add(
-            "   new revision each call: an untimed UpdateJob (one label, update_mask labels) before each "
-            f"timed GetJob ({rev.get('revisions', 0):,} revisions);"
-        )
         prep = _us(rev.get("prepare_server_cpu_us_per_call"))
-        add(f"   the UpdateJob's server CPU, {prep} us/call measured alone, is taken off the row's")
+        revisions = rev.get("revisions", 0)
+        add(f"   new revision each call: an untimed UpdateJob before each GetJob ({revisions:,} revisions);")
+        add(f"   its own server CPU, {prep} us a call, is taken off the row's")
 
-    c = results["chunks"]
     base = r["bare"]["per_second"]
     bare4 = results["bare_rate_4"]["per_second"]
     add("-" * WIDTH)
     add(
         f"3. Chunks claimed + completed on SQLite, {s['chunk_workers']} asyncio workers on one channel, "
-        f"{s['chunk_rounds']} x {s['chunk_seconds']:.1f} s per mode, modes alternating round by round"
+        f"{s['chunk_rounds']} x {s['chunk_seconds']:.1f} s per mode,"
     )
-    add(f"   a fresh job of {s['chunk_backlog']:,} pending chunks per round; baseline: bare GetJob calls/s")
-    add(
-        f"   {'':<42}{'chunks/s':>10}{'RPCs/s':>10}{'srv CPU us/chunk':>18}"
-        f"{'chunks/s / bare':>17}{'RPCs/s / bare':>15}"
-    )
+    add(f"   a fresh job of {s['chunk_backlog']:,} chunks each; baseline: bare GetJob calls/s")
     floors = results.get("chunk_floors") or {}
-    rows = (
-        [(MODES[key].label, row) for key, row in c.items()]
+    labelled = (
+        [(MODES[key].label, row) for key, row in results["chunks"].items()]
         + [(f"one-by-one, backlog {x['backlog']:,}", x) for x in results.get("backlog_sensitivity") or []]
         + [(f"floor under gRPC: {MODES[key].short}", row) for key, row in floors.items()]
     )
-    for label, row in rows:
+    rows = []
+    for label, row in labelled:
         if row.get("unimplemented"):
-            add(f"   {label:<42}{'n/a (server: UNIMPLEMENTED)':>37}")
+            rows.append([label, "n/a (server: UNIMPLEMENTED)"])
             continue
         note = _chunk_note(row)
-        add(
-            f"   {label:<42}{row['chunks_per_second']:>10,.0f}{row['rpcs_per_second']:>10,.0f}"
-            f"{_us(row['server_cpu_us_per_chunk']):>18}"
-            f"{_x(row['chunks_per_second'] / base):>17}{_x(row['rpcs_per_second'] / base):>15}"
-            + (f"  ({note})" if note else "")
+        rows.append(
+            [
+                label,
+                f"{row['chunks_per_second']:,.0f}",
+                f"{row['rpcs_per_second']:,.0f}",
+                _us(row["server_cpu_us_per_chunk"]),
+                _x(row["chunks_per_second"] / base),
+                _x(row["rpcs_per_second"] / base),
+                f"({note})" if note else "",
+            ]
         )
+    lines += table(
+        ["", "chunks/s", "RPCs/s", "srv CPU us/chunk", "chunks/s / bare", "RPCs/s / bare", ""], rows
+    )
     add(
-        f"   baseline bare GetJob calls/s: {base:,.0f} at {r['concurrency']} in flight (the ratios above), "
+        f"   bare GetJob calls/s: {base:,.0f} at {r['concurrency']} in flight (the ratios above), "
         f"{bare4:,.0f} at {s['chunk_workers']} in flight"
     )
-    at4 = [
-        f"{MODES[key].short} {_x(row['chunks_per_second'] / bare4)}"
-        for key, row in c.items()
-        if not row.get("unimplemented")
-    ]
-    add(f"   chunks/s / bare calls/s at {s['chunk_workers']} in flight: " + ", ".join(at4))
     if floors:
         add("   floor under gRPC: the same workers against bench.grpc_floor, WorkerService and the store")
         add("   alone behind bare grpc.aio handlers (no call guard, request checks, access log or HTTP side)")
+        chunks = results["chunks"]
         of_floor = [
-            f"{MODES[key].short} {_x(c[key]['chunks_per_second'] / row['chunks_per_second'])}"
+            f"{MODES[key].short} {_x(chunks[key]['chunks_per_second'] / row['chunks_per_second'])}"
             for key, row in floors.items()
-            if not row.get("unimplemented") and key in c and not c[key].get("unimplemented")
+            if not row.get("unimplemented")
+            and not chunks.get(key, {"unimplemented": True}).get("unimplemented")
         ]
         add("   jobpulse / its floor: " + ", ".join(of_floor))
 
@@ -377,29 +394,21 @@ def render(results: dict[str, Any]) -> str:
         jp, bare = watch["jobpulse"], watch["bare"]
         add("-" * WIDTH)
         add(
-            f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher each, one change per job (ReportChunkProgress -> "
-            f"CHANGE on its stream), {jp['in_flight']} changes in flight"
+            f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher, one change per job, {jp['in_flight']} in flight; "
+            "baseline: the bare fan-out of bench.watch_streams"
         )
-        add(
-            "   baseline: the bare grpc.aio fan-out of bench.watch_streams (same message sizes); "
-            "fresh servers, after the rows above"
-        )
-        add(f"   {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'changes/s':>11}{'srv CPU us/change':>19}")
-        for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
-            w = watch[name]
-            add(
-                f"   {label:<14}{_ms(w['latency']['p50']):>9}{_ms(w['latency']['p99']):>9}"
-                f"{_ms(w['latency']['max']):>9}{w['changes_per_second']:>11,.0f}"
-                f"{_us(w.get('server_cpu_us_per_change')):>19}"
-            )
-        cpu = _ratio(jp.get("server_cpu_us_per_change"), bare.get("server_cpu_us_per_change"))
-        add(
-            f"   {'ratio':<14}{_x(jp['latency']['p50'] / bare['latency']['p50']):>9}"
-            f"{_x(jp['latency']['p99'] / bare['latency']['p99']):>9}"
-            f"{_x(jp['latency']['max'] / bare['latency']['max']):>9}"
-            f"{_x(jp['changes_per_second'] / bare['changes_per_second']):>11}"
-            f"{'n/a' if cpu is None else _x(cpu):>19}"
-        )
+        rows = [
+            [
+                label,
+                _ms(w["latency"]["p50"]),
+                _ms(w["latency"]["p99"]),
+                _ms(w["latency"]["max"]),
+                f"{w['changes_per_second']:,.0f}",
+                _us(w.get("server_cpu_us_per_change")),
+            ]
+            for label, w in (("jobpulse", jp), ("bare fan-out", bare))
+        ]
+        lines += table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
 
     add("-" * WIDTH)
     add("Targets (SQLite; the PostgreSQL ones: make bench-pg)")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 
 from bench import work
 from bench.load import Call, Rate, closed_loop, percentile, sequential_latencies
-from bench.procs import ServerProcess
+from bench.procs import Served, cpu_seconds
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -28,14 +28,14 @@ WORK_LEASE = duration_pb2.Duration(seconds=600)
 class Target:
     """A server under test and a JobService stub on a channel of its own."""
 
-    server: ServerProcess
+    server: Served
     channel: grpc.aio.Channel
     jobs: job_service_pb2_grpc.JobServiceStub
 
     @classmethod
-    def open(cls, server: ServerProcess) -> Target:
+    def open(cls, server: Served) -> Target:
         channel = grpc.aio.insecure_channel(
-            server.target, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+            server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
         )
         return cls(server, channel, job_service_pb2_grpc.JobServiceStub(channel))
 
@@ -130,18 +130,18 @@ class LatencyCase:
     jobpulse: Call
     bare: Call
     response_bytes: int
-    jobpulse_server: ServerProcess | None = None
-    bare_server: ServerProcess | None = None
+    jobpulse_server: Served | None = None
+    bare_server: Served | None = None
     prepare: Call | None = None
 
 
 async def _timed_block(
-    call: Call, count: int, server: ServerProcess | None, prepare: Call | None = None
+    call: Call, count: int, server: Served | None, prepare: Call | None = None
 ) -> tuple[list[float], float | None]:
     """Latencies of ``count`` sequential calls, and the server CPU seconds they took (None if unknown)."""
-    cpu0 = server.cpu_seconds() if server else None
+    cpu0 = cpu_seconds(server)
     samples = await sequential_latencies(call, count, prepare=prepare)
-    cpu1 = server.cpu_seconds() if server else None
+    cpu1 = cpu_seconds(server)
     return samples, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
 
 
@@ -192,16 +192,6 @@ async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup
 # --- 3. chunk throughput -------------------------------------------------------------
 
 
-class Served(Protocol):
-    """A server under test as chunk_throughput needs it: a jobpulse ServerProcess, or bench.grpc_floor's
-    FloorServer."""
-
-    @property
-    def target(self) -> str: ...
-
-    def cpu_seconds(self) -> float | None: ...
-
-
 async def chunk_throughput(
     target: Served,
     *,
@@ -217,7 +207,7 @@ async def chunk_throughput(
     deadline finish what they hold (without claiming more), and the clock runs until the last one has.
     The job's COMPLETED count is checked against the completions counted.
     """
-    async with grpc.aio.insecure_channel(target.target) as channel:
+    async with grpc.aio.insecure_channel(target.address) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         row: dict[str, Any] = {
@@ -245,7 +235,7 @@ async def chunk_throughput(
         def keep_going() -> bool:
             return time.perf_counter() < deadline
 
-        cpu0 = target.cpu_seconds()
+        cpu0 = cpu_seconds(target)
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(
@@ -263,7 +253,7 @@ async def chunk_throughput(
             )
         )
         elapsed = time.perf_counter() - start
-        cpu1 = target.cpu_seconds()
+        cpu1 = cpu_seconds(target)
         after = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id), timeout=TIMEOUT)
         if not counts.ran_dry:  # a job whose chunks are all done is COMPLETED and cannot be cancelled
             await jobs.CancelJob(

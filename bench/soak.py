@@ -1,8 +1,8 @@
 """A soak: a mixed load for a while against a server on default settings, its RSS sampled all along.
 
-    python -m bench.soak                      # 10 minutes on SQLite, then 10 on PostgreSQL (make bench-soak)
-    python -m bench.soak --seconds 120        # shorter
-    python -m bench.soak --databases sqlite   # one of them
+    python -m bench soak                      # 10 minutes on SQLite, then 10 on PostgreSQL (make bench-soak)
+    python -m bench soak --seconds 120        # shorter
+    python -m bench soak --databases sqlite   # one of them
 
 The server runs as users run it (``python -m jobpulse_server``, default settings, its own process). The
 load, from this process over real channels: jobs created (20 chunks each; the creator waits while
@@ -22,22 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from support.servers import free_port
 
-from bench import report
-from bench.pg_peer import fresh_database
-from bench.procs import ServerProcess, metric_values
+from bench import figures, procs, report
+from bench.procs import metric_values
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 from jobpulse.v1 import worker_service_pb2_grpc as worker_grpc
 from jobpulse_server.platform.config import Config
@@ -57,11 +53,7 @@ def cache_bytes(http_port: int) -> float | None:
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     """A process's resident memory (VmRSS), or one of its parts (RssAnon: the heap, not file pages)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for {pid}")
+    return procs.status_kib(pid, field) * 1024
 
 
 @dataclass
@@ -210,28 +202,17 @@ def _growth(samples: list[tuple[float, int]]) -> float:
     return slope * (half[-1][0] - half[0][0]) / half[0][1]
 
 
-@asynccontextmanager
-async def _database(name: str) -> AsyncIterator[str]:
-    if name == "postgresql":
-        async with fresh_database("soak") as dsn:
-            yield dsn
-        return
-    folder = tempfile.mkdtemp(prefix="jobpulse-soak-")
-    try:
-        yield f"sqlite:///{folder}/soak.db"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
     rng = random.Random(7)
-    async with _database(database) as url:
-        server = ServerProcess("jobpulse", url, http_port=free_port())
-        server.wait_ready()
+    async with procs.database(database, "soak") as url:
+        http_port = free_port()
+        server = procs.jobpulse(url, http_port=http_port).start(timeout=60)
+        assert server.proc is not None
+        pid = server.proc.pid
         try:
-            start = rss_bytes(server.pid)
+            start = rss_bytes(pid)
             load = Load()
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with grpc.aio.insecure_channel(server.address) as channel:
                 jobs = job_service_pb2_grpc.JobServiceStub(channel)
                 workers = worker_grpc.WorkerServiceStub(channel)
                 tasks = [asyncio.create_task(_creator(load, jobs, random.Random(rng.random())))]
@@ -248,15 +229,15 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
                 say(
                     f"  {'t (s)':>6} {'RSS MiB':>9} {'anon MiB':>9} {'cache MiB':>9} {'ops':>9} {'errors':>7}"
                 )
-                anon = rss_bytes(server.pid, "RssAnon")
+                anon = rss_bytes(pid, "RssAnon")
                 say(f"  {0:>6.0f} {start / MIB:>9.1f} {anon / MIB:>9.1f} {0:>9.1f} {0:>9,} {0:>7}")
                 while (elapsed := time.monotonic() - t0) < seconds:
                     await asyncio.sleep(min(sample, seconds - elapsed))
                     t = time.monotonic() - t0
-                    rss, anon = rss_bytes(server.pid), rss_bytes(server.pid, "RssAnon")
+                    rss, anon = rss_bytes(pid), rss_bytes(pid, "RssAnon")
                     samples.append((t, rss))
                     ops, errors = sum(load.ops.values()), sum(load.errors.values())
-                    cached = await asyncio.to_thread(cache_bytes, server.http_port)
+                    cached = await asyncio.to_thread(cache_bytes, http_port)
                     shown = f"{cached / MIB:>9.1f}" if cached is not None else f"{'?':>9}"
                     if besides is not None:
                         besides = None if cached is None else [*besides, (t, rss - int(cached))]
@@ -267,7 +248,7 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            server.stop()
+            server.close()
     peak_limit = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB
     return Result(
         database,
@@ -321,7 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"{r.database} {'ok' if ok else 'over'}" for r, ok in zip(results, verdicts, strict=True))
         + ")"
     )
+    if args.seconds >= 600 and args.sample <= 10:  # a full soak: its figures are the table's current ones
+        figures.record("soak", [soak_goal(r) for r in results])
     return 0 if all(verdicts) else 1
+
+
+def soak_goal(r: Result) -> report.Goal:
+    note = f"peak {r.peak / MIB:.0f} MiB, limit {r.peak_limit / MIB:.0f}" + (
+        f"; errors {sum(r.errors.values())}" if r.errors else ""
+    )
+    return report.Goal(
+        f"{r.database}: RSS growth over the last half", r.growth, False, GROWTH_LIMIT, 0.0, "%", note=note
+    )
 
 
 if __name__ == "__main__":

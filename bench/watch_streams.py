@@ -1,8 +1,8 @@
 """WatchJob fan-out: change-to-delivery latency and server memory per idle stream, against a bare
 grpc.aio fan-out server measured the same way in the same run.
 
-    python -m bench.watch_streams            # full run, about 3 minutes
-    python -m bench.watch_streams --quick    # smoke run, about 30 seconds
+    python -m bench watch            # full run, about 3 minutes
+    python -m bench watch --quick    # smoke run, about 30 seconds
 
 Every server runs in a process of its own on 127.0.0.1 (jobpulse on SQLite via ``bench.procs``; the
 baseline is ``FanoutServicer`` below). This process opens all the streams (grpc.aio, several channels)
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import multiprocessing as mp
 import resource
 import sys
 import tempfile
@@ -34,17 +32,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from support.servers import ServerProcess
 
-from bench import report
+from bench import figures, procs, report
 from bench.bare import SERVER_OPTIONS
 from bench.load import percentile
-from bench.procs import ServerProcess, _cpu_seconds
+from bench.procs import Child, Serving, pid_cpu_seconds
 from jobpulse.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
@@ -154,90 +152,36 @@ class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.UpdateJobResponse()
 
 
-def _fanout_main(conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        asyncio.run(_fanout_serve(conn))
-    finally:
-        conn.close()
-
-
-async def _fanout_serve(conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
+async def serve_fanout() -> Serving:
+    """The fan-out in a ``bench.procs.Child``: ``("templates", snapshot, change)`` sets its messages."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     servicer = FanoutServicer()  # type: ignore[abstract]
     job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    conn.send(("port", port))
-    while True:
-        try:
-            msg = await loop.run_in_executor(None, conn.recv)
-        except (EOFError, OSError):
-            break
-        if msg[0] == "stop":
-            break
-        if msg[0] == "templates":
-            servicer.set_templates(msg[1], msg[2])
-            conn.send(("ok",))
-    await server.stop(0.0)
+
+    def handle(msg: tuple[Any, ...]) -> tuple[Any, ...]:
+        servicer.set_templates(msg[1], msg[2])
+        return ("ok",)
+
+    return port, handle, lambda: server.stop(0.0)
 
 
-class FanoutProcess:
-    """The baseline server in a child process (same interface as ``bench.procs.ServerProcess``)."""
-
-    kind = "fanout"
+class FanoutProcess(Child):
+    """The baseline fan-out in a process of its own."""
 
     def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_fanout_main, args=(child,), name="bench-fanout", daemon=True)
-        self._proc.start()
-        child.close()
-        self.port = 0
-
-    def wait_ready(self) -> int:
-        if not self._conn.poll(60):
-            self.stop()
-            raise RuntimeError("fan-out server did not start")
-        tag, self.port = self._conn.recv()
-        assert tag == "port"
-        return self.port
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self._proc.pid is not None
-        return self._proc.pid
+        super().__init__(serve_fanout, name="fanout")
 
     def set_templates(self, snapshot: bytes, change: bytes) -> None:
-        self._conn.send(("templates", snapshot, change))
-        assert self._conn.recv()[0] == "ok"
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self._proc.join(15)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
+        assert self.ask("templates", snapshot, change)[0] == "ok"
 
 
 # --- the client side ---------------------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return procs.status_kib(pid)
 
 
 class Channels:
@@ -436,7 +380,7 @@ class FanoutSide(Side):
 async def capture_templates(server: ServerProcess, chunks: int) -> tuple[bytes, bytes]:
     """A real snapshot and a real one-chunk CHANGE, for the baseline to send (same sizes)."""
     side = JobpulseSide(server)
-    channels = Channels(server.target, 1)
+    channels = Channels(server.address, 1)
     try:
         [job_id] = await side.make_jobs(channels, 1, chunks)
         call = channels.stub(0).WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=TIMEOUT)
@@ -460,7 +404,7 @@ def _latency_stats(samples: list[float]) -> dict[str, Any]:
 
 async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
     """N streams on one job: memory per idle stream, then ``rounds`` timed changes."""
-    channels = Channels(side.server.target, streams_n)
+    channels = Channels(side.server.address, streams_n)
     try:
         [key] = await side.make_jobs(channels, 1, chunks)
         poke = side.poke(channels, key)
@@ -472,13 +416,13 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in warmed)), TIMEOUT)
         await warm.close()
         await asyncio.sleep(0.5)
-        before = rss_kib(side.server.pid)
+        before = rss_kib(side.server.proc.pid)
         t0 = time.perf_counter()
         streams = Streams(channels, [key] * streams_n)
         all_open = await streams.opened(OPEN_TIMEOUT)
         open_seconds = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # idle
-        after = rss_kib(side.server.pid)
+        after = rss_kib(side.server.proc.pid)
         if not all_open:
             # Seen on grpcio 1.85 here: both servers stop answering new streams at about 3,000 open ones.
             _log(f"{side.name}: only {streams.first:,} of {streams_n:,} streams opened in {OPEN_TIMEOUT:g}s")
@@ -501,11 +445,11 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         for _ in range(rounds):
             await asyncio.sleep(spacing)
             base = max(streams.revision)
-            cpu0, own0 = _cpu_seconds(side.server.pid) or 0.0, time.process_time()
+            cpu0, own0 = pid_cpu_seconds(side.server.proc.pid) or 0.0, time.process_time()
             sent = time.perf_counter()
             await poke()
             await streams.all_reach(base + 1)
-            server_cpu += (_cpu_seconds(side.server.pid) or 0.0) - cpu0
+            server_cpu += (pid_cpu_seconds(side.server.proc.pid) or 0.0) - cpu0
             client_cpu += time.process_time() - own0
             these = [streams.arrival[i] - sent for i in range(streams_n)]
             latencies += these
@@ -545,7 +489,7 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
 async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
     """Server memory per idle stream of the minimal grpc.aio handler (``FanoutServicer.WatchJobs``),
     measured as ``one_job`` measures it, in a server process of its own."""
-    channels = Channels(server.target, streams_n)
+    channels = Channels(server.address, streams_n)
 
     async def open_streams(n: int) -> tuple[list[Any], bool]:
         calls = [
@@ -562,10 +506,10 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
         for call in warm:
             call.cancel()
         await asyncio.sleep(0.5)
-        before = rss_kib(server.pid)
+        before = rss_kib(server.proc.pid or 0)
         calls, all_open = await open_streams(streams_n)
         await asyncio.sleep(1.0)  # idle
-        after = rss_kib(server.pid)
+        after = rss_kib(server.proc.pid or 0)
         # Every stream must still be open, or the figure is not one of idle streams.
         ended = sum(1 for call in calls if call.done())
         for call in calls:
@@ -582,7 +526,7 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
 
 async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
     """One stream per job, one change per job; up to ``in_flight`` changes under way at once."""
-    channels = Channels(side.server.target, jobs_n)
+    channels = Channels(side.server.address, jobs_n)
     try:
         t0 = time.perf_counter()
         keys = await side.make_jobs(channels, jobs_n, chunks)
@@ -601,11 +545,11 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
                 await asyncio.wait_for(done.wait(), TIMEOUT)
                 latencies.append(streams.arrival[i] - sent)
 
-        cpu0 = _cpu_seconds(side.server.pid)
+        cpu0 = pid_cpu_seconds(side.server.proc.pid)
         t1 = time.perf_counter()
         await asyncio.gather(*(change(i) for i in range(jobs_n)))
         elapsed = time.perf_counter() - t1
-        cpu1 = _cpu_seconds(side.server.pid)
+        cpu1 = pid_cpu_seconds(side.server.proc.pid)
         await streams.close()
         return {
             "jobs": jobs_n,
@@ -628,10 +572,10 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
 def _start_pair(
     tmp: str, tag: str, templates: tuple[bytes, bytes] | None
 ) -> tuple[ServerProcess, FanoutProcess]:
-    jp = ServerProcess("jobpulse", f"sqlite:///{tmp}/{tag}.db")
+    jp = procs.jobpulse(f"sqlite:///{tmp}/{tag}.db")
     bare = FanoutProcess()
-    jp.wait_ready()
-    bare.wait_ready()
+    jp.start(timeout=60)
+    bare.start()
     if templates is not None:
         bare.set_templates(*templates)
     return jp, bare
@@ -655,7 +599,7 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
                 jp: ServerProcess = jp, bare: FanoutProcess = bare, n: int = n, r: int = rounds
             ) -> Any:
                 nonlocal templates
-                await asyncio.gather(_ready(jp.target), _ready(bare.target))
+                await asyncio.gather(_ready(jp.address), _ready(bare.address))
                 if templates is None:
                     templates = await capture_templates(jp, s.chunks_per_job)
                     bare.set_templates(*templates)
@@ -666,25 +610,25 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
 
             results["one_job"].append(asyncio.run(go()))
         finally:
-            jp.stop()
-            bare.stop()
+            jp.close()
+            bare.close()
         floor = FanoutProcess()
         try:
-            floor.wait_ready()
+            floor.start()
 
             async def go_floor(floor: FanoutProcess = floor, n: int = n) -> dict[str, Any]:
-                await _ready(floor.target)
+                await _ready(floor.address)
                 return await floor_memory(floor, n)
 
             results["one_job"][-1]["floor"] = asyncio.run(go_floor())
         finally:
-            floor.stop()
+            floor.close()
     _log(f"{s.many_jobs:,} jobs, one stream and one change each")
     jp, bare = _start_pair(tmp, "many", templates)
     try:
 
         async def go_many() -> Any:
-            await asyncio.gather(_ready(jp.target), _ready(bare.target))
+            await asyncio.gather(_ready(jp.address), _ready(bare.address))
             return {
                 "jobpulse": await many_jobs(
                     JobpulseSide(jp), s.many_jobs, s.many_in_flight, s.chunks_per_job
@@ -694,8 +638,8 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
 
         results["many_jobs"] = asyncio.run(go_many())
     finally:
-        jp.stop()
-        bare.stop()
+        jp.close()
+        bare.close()
     assert templates is not None
     results["message_bytes"] = {"snapshot": len(templates[0]), "change": len(templates[1])}
     return results
@@ -708,7 +652,7 @@ def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[st
     try:
 
         async def go() -> dict[str, Any]:
-            await asyncio.gather(_ready(jp.target), _ready(bare.target))
+            await asyncio.gather(_ready(jp.address), _ready(bare.address))
             templates = await capture_templates(jp, chunks)
             bare.set_templates(*templates)
             return {
@@ -719,8 +663,8 @@ def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[st
 
         return asyncio.run(go())
     finally:
-        jp.stop()
-        bare.stop()
+        jp.close()
+        bare.close()
 
 
 def _pair(a: float, b: float, ms: bool = True) -> str:
@@ -881,9 +825,7 @@ def _raise_nofile() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.watch_streams", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench watch", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -904,7 +846,30 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results), flush=True)
     if args.json is not None:
         report.write_json(results, args.json)
+    if not args.quick:  # a full run: its figures are the table's current ones
+        figures.record("watch", goals(results))
     return 0
+
+
+def goals(results: dict[str, Any]) -> list[report.Goal]:
+    """The watch targets: delivery p99 at 1,000 watchers (of one job, of 1,000 jobs) and the server's
+    memory per idle stream, beside grpc.aio's own."""
+    out = []
+    for row in results["one_job"]:
+        jp = row["jobpulse"]
+        if jp["streams"] == TARGET_P99_AT and jp["latency"] is not None:
+            what = f"p99 at {TARGET_P99_AT:,} watchers of one job"
+            out.append(report.Goal(what, jp["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
+        if jp["streams"] >= TARGET_P99_AT:
+            floor = row.get("floor")
+            note = f"grpc.aio alone: {floor['kib_per_stream']:.1f} KiB" if floor else ""
+            what = f"server memory per idle stream at {jp['streams']:,} streams"
+            kib = TARGET_KIB_PER_STREAM
+            out.append(report.Goal(what, jp["kib_per_stream"], False, kib, kib / 2, "KiB", note=note))
+    many = results["many_jobs"]["jobpulse"]
+    what = f"p99 at {many['jobs']:,} watchers of {many['jobs']:,} jobs"
+    out.append(report.Goal(what, many["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
+    return out
 
 
 if __name__ == "__main__":

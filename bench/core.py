@@ -1,7 +1,7 @@
-"""Runs every jobpulse benchmark, prints a table and writes bench/results.json.
+"""The core scenario: GetJob, ListJobs, the SQLite worker rows beside their floor, watch of 1,000 jobs.
 
-    python -m bench.run_all            # full run, about 2.5 minutes
-    python -m bench.run_all --quick    # smoke run for CI, about 40 seconds
+    python -m bench core            # full run, about 2.5 minutes
+    python -m bench core --quick    # smoke run for CI, about 40 seconds
 
 Three server processes are started on 127.0.0.1, each on a port of its own: a jobpulse server
 holding the read data, a jobpulse server for the worker throughput runs (so the two data sets do
@@ -24,12 +24,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import field_mask_pb2
+from support.servers import ServerProcess
 
-from bench import report, scenarios, seed, watch_streams, work
-from bench.bare import padded_get_job_response
-from bench.grpc_floor import FloorServer
+from bench import figures, procs, report, scenarios, seed, watch_streams, work
+from bench.bare import BareServer, padded_get_job_response
+from bench.grpc_floor import floor_server
 from bench.load import Call
-from bench.procs import ServerProcess
+from bench.procs import Child, Served
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 from jobpulse_server.platform import gc_tuning
 from jobpulse_server.platform.config import Config
@@ -130,8 +131,8 @@ async def _run(
     settings: Settings,
     reader: ServerProcess,
     worker: ServerProcess,
-    bare: ServerProcess,
-    floor: FloorServer,
+    bare: BareServer,
+    floor: Child,
 ) -> dict[str, Any]:
     s = settings
     results: dict[str, Any] = {}
@@ -335,17 +336,17 @@ def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
         gc.set_threshold(*threshold)
 
 
-async def _check_ready(server: ServerProcess) -> None:
+async def _check_ready(server: Served) -> None:
     """Waits for the server to answer (the port is bound before the first call is served)."""
-    async with grpc.aio.insecure_channel(server.target) as channel:
+    async with grpc.aio.insecure_channel(server.address) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        if server.kind == "jobpulse":
+        if isinstance(server, ServerProcess):
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             await stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=1), timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench core", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 40 s), e.g. for CI")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
@@ -357,28 +358,24 @@ def main(argv: list[str] | None = None) -> int:
     load_before = report.load_average()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
         _log(f"{settings.mode} run; starting servers (databases under {tmp})")
-        servers = [
-            ServerProcess("jobpulse", f"sqlite:///{tmp}/read.db"),
-            ServerProcess("jobpulse", f"sqlite:///{tmp}/work.db"),
-            ServerProcess("bare"),
-        ]
-        floor: FloorServer | None = None
+        reader = procs.jobpulse(f"sqlite:///{tmp}/read.db")
+        worker = procs.jobpulse(f"sqlite:///{tmp}/work.db")
+        bare = BareServer()
+        floor: Child | None = None
         try:
-            for server in servers:
-                server.wait_ready()
-            floor = FloorServer(f"sqlite:///{tmp}/floor.db")
+            for server in (reader, worker):
+                server.start(timeout=60)
+            bare.start()
+            floor = floor_server(f"sqlite:///{tmp}/floor.db")
 
-            async def go() -> dict[str, Any]:
-                await asyncio.gather(*(_check_ready(server) for server in servers))
-                assert floor is not None
-                return await _run(settings, *servers, floor)
+            async def go(floor: Child) -> dict[str, Any]:
+                await asyncio.gather(*(_check_ready(server) for server in (reader, worker, bare, floor)))
+                return await _run(settings, reader, worker, bare, floor)
 
-            results = asyncio.run(go())
+            results = asyncio.run(go(floor))
         finally:
-            for server in servers:
-                server.stop()
-            if floor is not None:
-                floor.stop()
+            for stop in (reader.close, worker.close, bare.close, *([floor.close] if floor else [])):
+                stop()
         results["watch"] = _watch(settings, tmp)
 
     results["settings"] = asdict(settings)
@@ -391,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results), flush=True)
     report.write_json(results, args.json)
     _log(f"results written to {args.json}")
+    if not args.quick:  # a full run: its figures are the table's current ones
+        figures.record("core", report.goals(results))
     return 0
 
 
