@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from jobpulse_server.domain.errors import DatabaseUnavailable
+from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.drivers import Aborted, Conflict
 from jobpulse_server.store.errors import database_error
 
@@ -102,3 +103,34 @@ def test_a_connection_cut_mid_operation_is_unavailable() -> None:
 
 def test_a_conflict_is_left_alone() -> None:
     assert database_error(Conflict("duplicate key")) is None
+
+
+async def test_the_store_front_door_raises_database_unavailable_itself(tmp_path: Path) -> None:
+    """No caller above the store sees a driver's exception: a driver error that means the database is
+    away leaves a read or a write as DatabaseUnavailable (the driver's error its cause), and any other
+    error leaves as it was raised."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'front-door.db'}")
+    await store.start()
+    try:
+        outage = sqlite3.OperationalError("disk I/O error")
+
+        async def failing_write(tx: object) -> None:
+            raise outage
+
+        with pytest.raises(DatabaseUnavailable) as raised:
+            await store.write(failing_write)
+        assert raised.value.__cause__ is outage
+
+        with pytest.raises(DatabaseUnavailable) as raised:
+            async with store.read():
+                raise outage
+        assert raised.value.__cause__ is outage
+
+        bug = KeyError("not the database's")
+        with pytest.raises(KeyError) as other:
+            async with store.read():
+                raise bug
+        assert other.value is bug
+        await store.probe()  # and the store still answers
+    finally:
+        await store.close()

@@ -1,9 +1,10 @@
 """The one place where exceptions become gRPC statuses with google.rpc details.
 
 Domain errors carry a stable ErrorInfo reason (and BadRequest field violations
-for INVALID_ARGUMENT); a lost database (which the store recognises in its drivers'
-errors, store/errors.py) is UNAVAILABLE with RetryInfo; anything else is INTERNAL
-with a generic message and a logged traceback, never a repr.
+for INVALID_ARGUMENT); a lost database (the store recognises it in its drivers'
+errors, store/errors.py, and raises DatabaseUnavailable) is UNAVAILABLE with
+RetryInfo; anything else is INTERNAL with a generic message and a logged traceback,
+never a repr.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from jobpulse_server.domain.errors import (
     InvalidPageToken,
     RateLimited,
 )
-from jobpulse_server.store.errors import database_error
 from jobpulse_server.wire.status import code_of
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,7 @@ def to_status(err: DomainError) -> grpc.Status:
 
 def translate(exc: BaseException) -> DomainError | None:
     """The domain error ``exc`` stands for; None for unknown ones (a bug: INTERNAL)."""
-    if isinstance(exc, DomainError):
-        return exc
-    return database_error(exc)
+    return exc if isinstance(exc, DomainError) else None
 
 
 def status_for(exc: BaseException, method: str) -> grpc.Status:

@@ -13,13 +13,13 @@ from grpc_health.v1 import health, health_pb2
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
 from jobpulse_server.domain.clock import now_us
+from jobpulse_server.domain.errors import UNAVAILABLE_MESSAGE, DatabaseUnavailable
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.database import SqlStore
-from jobpulse_server.store.errors import UNAVAILABLE_MESSAGE, database_error
 from jobpulse_server.store.schema import sqlite_path
 
 log = logging.getLogger("jobpulse")
@@ -131,10 +131,13 @@ class ServerHealth:
                     )
             except Exception as exc:
                 ok = False
-                found = database_error(exc)
-                why = found.message if found is not None else UNAVAILABLE_MESSAGE
+                why = exc.message if isinstance(exc, DatabaseUnavailable) else UNAVAILABLE_MESSAGE
                 if serving:
-                    log.error("database unusable: %s (%r): health is NOT_SERVING until it is back", why, exc)
+                    log.error(
+                        "database unusable: %s (%r): health is NOT_SERVING until it is back",
+                        why,
+                        exc.__cause__ or exc,  # the driver's own error, for the operator
+                    )
             if ok != serving and not self.stop.is_set():
                 serving = ok
                 if ok:

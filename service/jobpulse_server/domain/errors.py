@@ -105,8 +105,13 @@ class RevisionAhead(DomainError):
     reason = "REVISION_AHEAD"
 
 
+UNAVAILABLE_MESSAGE = "the database is unavailable; retry shortly"
+
+
 class DatabaseUnavailable(DomainError):
-    """The database cannot be reached; the call may be retried."""
+    """The database cannot be reached, refuses the server, or lacks its schema; the call may be retried.
+    The store raises it for every driver error that means so (store/errors.py), at its front door: no
+    caller above the store sees a driver's exception."""
 
     reason = "DATABASE_UNAVAILABLE"
 

@@ -48,7 +48,6 @@ from jobpulse_server.services.jobs import JobListing, JobService
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.webhooks import WebhookService
-from jobpulse_server.store.errors import database_error
 from jobpulse_server.wire.filters import job_filter
 from jobpulse_server.wire.status import HTTP_STATUS, code_of
 from jobpulse_server.wire.validation import MAX_ID, Checker
@@ -201,7 +200,7 @@ class Dashboard:
             return self._error_page(request, exc)
 
     def _error_page(self, request: Request, exc: Exception) -> Response:
-        err = exc if isinstance(exc, DomainError) else database_error(exc)
+        err = exc if isinstance(exc, DomainError) else None
         if err is None:
             log.exception("dashboard: %s %s failed", request.method, request.url.path[:200])
             return self._render(

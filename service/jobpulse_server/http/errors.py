@@ -9,7 +9,6 @@ import logging
 from starlette.responses import Response
 
 from jobpulse_server.domain.errors import DatabaseUnavailable, DomainError, RateLimited
-from jobpulse_server.store.errors import database_error
 from jobpulse_server.wire.status import HTTP_STATUS, code_of
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def error_response(
 def response_for(exc: BaseException, what: str) -> Response:
     """The response for a request that raised ``exc``; unexpected errors are logged in full and
     answered with a generic 500, never a traceback."""
-    err = exc if isinstance(exc, DomainError) else database_error(exc)
+    err = exc if isinstance(exc, DomainError) else None
     if err is None:
         log.error("unhandled error in %s", what, exc_info=exc)
         return error_response(500, "INTERNAL", "INTERNAL", "internal error; the server logged the details")

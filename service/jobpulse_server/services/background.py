@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from jobpulse_server.domain.errors import DatabaseUnavailable
-from jobpulse_server.store.errors import database_error
 
 #: Seconds between two "still failing" lines of one loop.
 REPEAT_SECONDS = 60.0
@@ -25,11 +24,8 @@ REPEAT_SECONDS = 60.0
 
 def unavailable_reason(exc: BaseException) -> str:
     """The plain words for ``exc`` when it says the database is away, refuses us or lacks our schema
-    (a driver's error translated by the store, or DatabaseUnavailable itself); ``""`` otherwise."""
-    if isinstance(exc, DatabaseUnavailable):
-        return str(exc)
-    translated = database_error(exc)
-    return "" if translated is None else str(translated)
+    (DatabaseUnavailable: the store raises it for every driver error that means so); ``""`` otherwise."""
+    return str(exc) if isinstance(exc, DatabaseUnavailable) else ""
 
 
 class FailingPasses:

@@ -25,6 +25,7 @@ from jobpulse_server.store.batch import Batch
 from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
+from jobpulse_server.store.errors import translated
 from jobpulse_server.store.tx import SqlTx
 from jobpulse_server.store.waiting import Waiting
 
@@ -167,6 +168,17 @@ class SqlStore:
         return await self._retrying(lambda: driver.pinned_rows(sql, params))
 
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``run`` under the retry policy; a driver error that means the database is away (or the
+        last abort) leaves as the domain's DatabaseUnavailable, so nothing above the store sees one."""
+        try:
+            return await self._retried(run)
+        except Exception as exc:
+            error = translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _retried(self, run: Callable[[], Awaitable[T]]) -> T:
         attempt = 1
         while True:
             try:
@@ -253,11 +265,29 @@ class _Read:
     async def __aenter__(self) -> SqlTx:
         store = self._store
         self._inner = store.driver.read(consistent=self._consistent)
-        conn = await self._inner.__aenter__()
+        try:
+            conn = await self._inner.__aenter__()
+        except Exception as exc:
+            error = translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
         return SqlTx(conn, store.dialect, Changes(), store.replica_id)
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._inner.__aexit__(*exc)
+        """Ends the read; a driver error raised in it, or by its end, leaves as DatabaseUnavailable."""
+        try:
+            await self._inner.__aexit__(*exc)
+        except Exception as failed:
+            error = translated(failed)
+            if error is failed:
+                raise
+            raise error from failed
+        raised = exc[1]
+        if isinstance(raised, Exception):
+            error = translated(raised)
+            if error is not raised:
+                raise error from raised
 
 
 class _TracedRead(_Read):

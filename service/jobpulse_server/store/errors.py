@@ -9,7 +9,7 @@ import sqlite3
 
 import asyncpg
 
-from jobpulse_server.domain.errors import DatabaseUnavailable
+from jobpulse_server.domain.errors import UNAVAILABLE_MESSAGE, DatabaseUnavailable
 from jobpulse_server.store.drivers import Aborted
 
 # SQLSTATE classes and codes that say the database is away or refuses us: connection exceptions (08),
@@ -35,7 +35,6 @@ _SQLITE_UNAVAILABLE = {
 }
 
 
-UNAVAILABLE_MESSAGE = "the database is unavailable; retry shortly"
 # What to do when the database lacks a table or column this server uses: the server points at the
 # wrong database, or the schema was dropped or changed under it. `migrate` only sets up what its
 # version table says is missing, so it cannot repair a table dropped by hand: a person must look.
@@ -110,6 +109,16 @@ def _sqlite_schema_problem(exc: sqlite3.Error) -> DatabaseUnavailable | None:
     if column is not None:
         return _missing_column(column.group(1) or column.group(3), column.group(2))
     return None
+
+
+def translated(exc: BaseException) -> BaseException:
+    """``exc`` as the store's callers see it: DatabaseUnavailable (from ``exc``) where ``database_error``
+    finds one, else ``exc`` itself."""
+    found = database_error(exc)
+    if found is None:
+        return exc
+    found.__cause__ = exc
+    return found
 
 
 def database_error(exc: BaseException) -> DatabaseUnavailable | None:
