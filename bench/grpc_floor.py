@@ -1,6 +1,6 @@
 """The floor of the worker path under gRPC: a grpc.aio server that does nothing but the store's work
 behind ClaimChunks, CompleteChunk and CompleteChunks. On PostgreSQL that is the store's group-committed
-path (store/batch/group.py); on SQLite, which has no path below the service (a write there is the service's
+path (store/batch/); on SQLite, which has no path below the service (a write there is the service's
 transaction on the loop), ``WorkerService`` itself, called as the servicer calls it.
 
 No service layer, no call guard (keys, rate limits, metrics, tracing, logs), no request checks, no

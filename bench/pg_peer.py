@@ -38,7 +38,7 @@ Every row uses a fresh database; the clock runs from the first claim to the last
 Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
 Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the batch row: the
 same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
-hand each call straight to the store's group-committed path (store/batch/group.py), with nothing else of
+hand each call straight to the store's group-committed path (store/batch/), with nothing else of
 jobpulse's around it: the most those rows
 could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
 code cost nothing.

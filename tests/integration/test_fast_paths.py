@@ -1,4 +1,4 @@
-"""PostgreSQL's group-committed paths (store/batch/group.py) against the domain they repeat in SQL, on random
+"""PostgreSQL's group-committed paths (store/batch/) against the domain they repeat in SQL, on random
 job states: a completion, a claim, a completion with the next claim, a progress report and a retryable
 failure leave the job and its chunks exactly as ``Job.move_chunk`` / ``derive_state`` (as WorkerService
 applies them) say, and they decline
@@ -342,7 +342,7 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
 def test_completions_in_one_flush_are_each_in_turn(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], stale: int
 ) -> None:
-    """Every running chunk of a job completed at once: one flush (store/batch/group.py), and the job and its
+    """Every running chunk of a job completed at once: one flush (store/batch/), and the job and its
     chunks as completing them one after another, in index order, leaves them (each completion a change
     of its own: a revision each). One completion with a stale token is refused alone."""
     run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
@@ -423,7 +423,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     stale: int,
 ) -> None:
     """Several workers each completing a chunk with claim_next at once: one flush, written by one
-    statement (store/batch/group.py ``_complete_then_claim``), leaves the job and its chunks as the
+    statement (store/batch/sql.py ``_complete_then_claim``), leaves the job and its chunks as the
     completions one after another and then the claims, to the callers in turn, do. With a stale
     completion among them (``stale`` > 0) that caller gets nothing, and the others still claim after all
     the completions."""

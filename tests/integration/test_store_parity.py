@@ -631,7 +631,7 @@ async def _apply(rig: Rig, view: View, op: dict[str, Any]) -> Any:
 async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: ClaimRequest) -> Any:
     """The fake's side of a completion with claim_next, as the PostgreSQL store defines it.
 
-    ``store.batch.complete_and_claim`` (store/batch/group.py) writes the completion and then the claim in
+    ``store.batch.complete_and_claim`` (store/batch/) writes the completion and then the claim in
     one flush, each bumping the revision of the job it changes; when the claim would make a candidate
     job's webhook event, WorkerService.complete claims on the general path in a transaction of its own.
     Either way, when the completion is group-committed (``_group_declines``), it is a completion
@@ -658,7 +658,7 @@ async def _complete_and_claim(rig: Rig, view: View, op: dict[str, Any], ask: Cla
 async def _grouped_complete_many(
     rig: Rig, items: list[Completion], ask: ClaimRequest | None
 ) -> tuple[list[CompletionResult], list[Any]]:
-    """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/batch/group.py): each
+    """The fake's side of CompleteChunks as the PostgreSQL store defines it (store/batch/): each
     completion the group commit takes is a change of its own, in the order asked; those it declines
     (``_group_declines``, a lease not current) then go through the general path in one transaction;
     then the claim. Every result gives its job's state after the call."""
@@ -693,7 +693,7 @@ async def _grouped_complete_many(
 
 def _group_declines(rig: Rig, job_id: str, asked: int) -> bool:
     """Whether PostgreSQL's group commit leaves a job's completions (``asked`` of them in the flush) to
-    the general path (store/batch/group.py ``_no_event``): a job it does not find, or one whose change makes a
+    the general path (store/batch/sql.py ``_no_event``): a job it does not find, or one whose change makes a
     webhook event: it may end (no more chunks pending or running than completions asked) or a job.progress
     event is due (always, with PROGRESS_US 0, for a job that asked for them)."""
     assert rig.fake is not None and PROGRESS_US == 0

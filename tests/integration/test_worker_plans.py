@@ -6,7 +6,7 @@ a partial index only for a statement whose WHERE implies the index's, which a bo
 the statements write the state in. A statement that went back to ``state = ?`` would scan every chunk;
 this test fails then.
 
-The statements are the ones the server runs (store/statements.py, store/batch/group.py), over 30,000 chunks of
+The statements are the ones the server runs (store/statements.py, store/batch/), over 30,000 chunks of
 which a third are pending (half of those waiting out a backoff), a third running and a third
 completed. PostgreSQL plans with statistics (ANALYZE, as autovacuum keeps them); SQLite without (the
 server never runs ANALYZE).
@@ -25,7 +25,7 @@ from support.sql import insert_generated, series
 
 from jobpulse_server.domain.model import ChunkState
 from jobpulse_server.store import statements as sql
-from jobpulse_server.store.batch import group
+from jobpulse_server.store.batch import sql as group
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.drivers.asyncpg import FLUSHER_SETTINGS
 from jobpulse_server.store.tables import PENDING, RUNNING, chunks, jobs

@@ -1,4 +1,4 @@
-"""The group-commit flusher (store/batch/group.py) when its statement fails, on a stand-in for the store that
+"""The group-commit flusher (store/batch/) when its statement fails, on a stand-in for the store that
 records every statement and fails the one that writes completions and claims together: every caller of
 that flush gets the error, and nothing is written after it for them (a claim answered with an error
 must not be made by a later statement: its chunks would stay leased to a worker that never heard of
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from jobpulse_server.domain.changes import Changes
-from jobpulse_server.store.batch.group import GroupCommit, QueuedClaim, QueuedCompletion
+from jobpulse_server.store.batch.flushes import GroupCommit
+from jobpulse_server.store.batch.queue import QueuedClaim, QueuedCompletion
 from jobpulse_server.store.waiting import NEVER, Waiting
 
 
@@ -23,7 +24,7 @@ class Refused(Exception):
 
 
 class FailingStore:
-    """``group._Runs``: every statement is recorded; the combined one raises."""
+    """``flushes._Runs``: every statement is recorded; the combined one raises."""
 
     replica_id = "test-replica"
 

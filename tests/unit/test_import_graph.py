@@ -97,7 +97,7 @@ BENCH_MAY_IMPORT = {
     "jobpulse_server.store.statements",
     "jobpulse_server.store.batch",
     "jobpulse_server.store.batch.path",
-    "jobpulse_server.store.batch.group",
+    "jobpulse_server.store.batch.sql",
     "jobpulse_server.store.tables",
 }
 

@@ -98,7 +98,7 @@ def test_workers_racing_on_a_webhook_job_send_each_event_once(
     """Four workers drain a job with webhooks in batches (CompleteChunks with claim_next). The job's
     first change is due its first job.progress event, its last makes job.completed; with an hour
     between progress events, no change between them makes any, and on PostgreSQL those go through the
-    group-committed path (store/batch/group.py), where webhook jobs once declined every change."""
+    group-committed path (store/batch/), where webhook jobs once declined every change."""
     srv = make_server(webhook_secret=SECRET, webhook_progress_interval=3600.0)
     total = 120
     with jobpulse.Client(srv.address) as client:

@@ -2,7 +2,7 @@
 
 The gRPC edge builds the requests from ClaimChunks, CompleteChunk(s), ReportProgress and FailChunk; the
 services hand them to the one worker path (services/worker_path.py); the store's batched path
-(PostgreSQL's group commit, store/group.py) queues them as they are. The answers come back the same way.
+(PostgreSQL's group commit, store/batch/) queues them as they are. The answers come back the same way.
 A batched path that will not write an item answers ``DECLINED`` (never None): the transaction path then
 decides, and says why.
 """

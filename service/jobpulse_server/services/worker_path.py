@@ -3,7 +3,7 @@
 ``TransactionPath`` writes each call as one transaction of the store, with the domain's rules in Python
 (``Job.move_chunk``, ``derive_state``, the lease fence ``leased``, ``backoff_seconds``). ``BatchedPath``
 (PostgreSQL) first hands the call to the store's batch (``store.batch``: group-committed, the same rules
-mirrored in SQL, store/batch/group.py); what the batch declines (``DECLINED``: a webhook event to build,
+mirrored in SQL, store/batch/); what the batch declines (``DECLINED``: a webhook event to build,
 a lease not as required, work taken meanwhile) falls back to the transaction path, here and nowhere else.
 ``worker_path`` picks one for a store; the services hold the one it gives and never look at the store.
 
@@ -68,7 +68,7 @@ CLAIM_TRIES = 3
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Exponential backoff with full jitter over the upper half: base * 2^(attempt-1), at most ``cap``;
     ``jitter`` in [0, 1) picks the point in the upper half. PostgreSQL's batched failures
-    (store/batch/group.py FAIL_GROUP) compute the same in SQL, with the same float arithmetic."""
+    (store/batch/sql.py FAIL_GROUP) compute the same in SQL, with the same float arithmetic."""
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     return ceiling / 2 + jitter * ceiling / 2
 

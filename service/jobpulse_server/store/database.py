@@ -66,7 +66,7 @@ class SqlStore:
     ) -> None:
         """``progress_interval_us``: the least time between a job's job.progress webhook events (the
         server's webhook_progress_interval, as the outbox has it): PostgreSQL's group-committed worker
-        path writes the changes of a job with webhooks when they make no event (``store/batch/group.py``)."""
+        path writes the changes of a job with webhooks when they make no event (``store/batch/``)."""
         self.url = schema.normalize_url(url)
         self.dialect = q.SQLITE if self.url.startswith("sqlite") else q.POSTGRES
         self.on_commit = on_commit
@@ -161,7 +161,7 @@ class SqlStore:
 
     async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
-        flusher's connection (store/batch/group.py: it alone calls this, one flush at a time); all its
+        flusher's connection (store/batch/flushes.py: it alone calls this, one flush at a time); all its
         rows."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver

@@ -1,11 +1,11 @@
 """The store's batched worker path, reached only as ``Store.batch`` (PostgreSQL; None on SQLite, where
 a transaction on the loop costs no round trips): claims, completions, progress reports and retryable
-failures, group-committed (``group.py``: one flusher per process, one statement per flush, so a job's row
-is locked and committed once per flush rather than once per chunk behind every other worker of the job),
-and a lease of rate-limit tokens. It takes and answers the worker path's own types (domain/work.py) and
-answers ``DECLINED`` for a job whose change makes a webhook event (it ends, or a job.progress event is
-due), whose outbox rows are built in Python, and when a lease or chunk is not as required: the
-transaction path (services/worker_path.py) then decides, and says why.
+failures, group-committed (``flushes.py`` over ``queue.py``: one flusher per process, one statement per
+flush, so a job's row is locked and committed once per flush rather than once per chunk behind every
+other worker of the job), and a lease of rate-limit tokens. It takes and answers the worker path's own
+types (domain/work.py) and answers ``DECLINED`` for a job whose change makes a webhook event (it ends,
+or a job.progress event is due), whose outbox rows are built in Python, and when a lease or chunk is
+not as required: the transaction path (services/worker_path.py) then decides, and says why.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from jobpulse_server.domain.work import (
     ProgressReport,
     Retried,
 )
-from jobpulse_server.store.batch.group import (
-    GroupCommit,
+from jobpulse_server.store.batch.flushes import GroupCommit
+from jobpulse_server.store.batch.queue import (
     QueuedClaim,
     QueuedCompletion,
     QueuedFailure,
@@ -92,9 +92,9 @@ Claimed = list[tuple[Job, Chunk]]
 
 
 class Batch:
-    """The worker path's writes on PostgreSQL, group-committed (``group.py``: one flusher per process,
-    one statement per flush), and the rate-limit lease (a statement of its own). Every answer is
-    committed and published when it returns."""
+    """The worker path's writes on PostgreSQL, group-committed (``flushes.py`` over ``queue.py``: one
+    flusher per process, one statement per flush), and the rate-limit lease (a statement of its own).
+    Every answer is committed and published when it returns."""
 
     def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
         self.store = store

@@ -31,7 +31,7 @@ def _translated(exc: asyncpg.PostgresError) -> Exception:
 
 # The flusher's connection (pinned_rows): each statement planned once, generically, and kept; no bitmap
 # scans, which a generic plan of a claim of many slots chose to read a candidate job's every pending
-# chunk and sort them, where ix_chunks_claim gives them in order (store/batch/group.py _picked;
+# chunk and sort them, where ix_chunks_claim gives them in order (store/batch/sql.py _picked;
 # tests/integration/test_worker_plans.py).
 _FLUSHER = {"plan_cache_mode": "force_generic_plan", "enable_bitmapscan": "off"}
 FLUSHER_SETTINGS = "; ".join(f"SET {name} = {value}" for name, value in _FLUSHER.items())
@@ -102,7 +102,7 @@ class PgDriver:
         self.pool_size = pool_size
         self.init = init
         self._pool: asyncpg.Pool | None = None
-        # The group-commit flusher's own connection (store/batch/group.py), taken from the pool at its first
+        # The group-commit flusher's own connection (store/batch/), taken from the pool at its first
         # flush and kept, with generic plans: its statements take arrays, which custom plans re-plan on
         # every call for nothing (a generic plan doubled the group statement's throughput and cut its
         # database CPU 2.5x in the measurements behind it).
