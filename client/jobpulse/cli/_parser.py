@@ -233,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
 
     p = command("worker", worker._cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
-    p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        help="kind to claim (repeatable; required: the sample handler does fake work, so it names the jobs "
+        "it may take)",
+    )
     p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
     p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
     p.add_argument(
