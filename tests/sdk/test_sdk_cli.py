@@ -106,7 +106,8 @@ def test_a_bad_value_is_said_in_words_not_by_a_function_name(argv, said, capsys)
     with pytest.raises(SystemExit):
         cli.main(argv)
     err = capsys.readouterr().err
-    assert err.rstrip().endswith(said) and "_positive_int" not in err
+    [line] = err.splitlines()  # one line: no usage text first
+    assert f"error: {said};" in line and "_positive_int" not in err
 
 
 def test_error_text_says_each_thing_once_on_one_line():
@@ -310,40 +311,44 @@ def test_retry_chunk_refused_prints_the_reason_without_traceback(cli_client, cap
 
 # -- errors said once, exit codes, variables, --version, no traceback (issue 16) ----------------------------
 
-PRIORITY_MESSAGE = "invalid request: priority: must be between 0 and 10 (got 99)"
+# A limit of the server's own configuration, which the command cannot know: the server says it.
+TOO_MANY = "makes 1000000 chunks of 1; at most 100000 chunks per job (raise chunk_size)"
+TOO_MANY_MESSAGE = f"invalid request: total_items: {TOO_MANY}"
 
 
-def _refuse_priority(fake):
+TOO_MANY_ARGV = ["create", "--kind", "k", "--items", "1000000", "--chunk-size", "1"]
+
+
+def _refuse_too_many_chunks(fake):
     return fake.fail(
         "JobService.CreateJob",
         grpc.StatusCode.INVALID_ARGUMENT,
-        PRIORITY_MESSAGE,
+        TOO_MANY_MESSAGE,
         reason="INVALID_ARGUMENT",
-        violations=(("priority", "must be between 0 and 10 (got 99)"),),
+        violations=(("total_items", TOO_MANY),),
     )
 
 
 def test_a_rejected_field_is_one_line_naming_it_once(cli_client, capsys):
-    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1", "--priority", "99"])
-    _refuse_priority(cli_client)
+    pending = cli_client.run(cli.main, TOO_MANY_ARGV)
+    _refuse_too_many_chunks(cli_client)
     assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
     captured = capsys.readouterr()
-    assert captured.err == "error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]\n"
+    assert captured.err == f"error: total_items {TOO_MANY} [INVALID_ARGUMENT]\n"
     assert captured.out == ""
 
 
 def test_with_json_an_error_is_one_json_object_on_stderr(cli_client, capsys):
-    argv = ["--json", "create", "--kind", "k", "--items", "1", "--priority", "99"]
-    pending = cli_client.run(cli.main, argv)
-    _refuse_priority(cli_client)
+    pending = cli_client.run(cli.main, ["--json", *TOO_MANY_ARGV])
+    _refuse_too_many_chunks(cli_client)
     assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
     captured = capsys.readouterr()
     assert captured.out == ""
     assert json.loads(captured.err) == {
         "code": "INVALID_ARGUMENT",
         "reason": "INVALID_ARGUMENT",
-        "message": PRIORITY_MESSAGE,
-        "field_violations": [{"field": "priority", "description": "must be between 0 and 10 (got 99)"}],
+        "message": TOO_MANY_MESSAGE,
+        "field_violations": [{"field": "total_items", "description": TOO_MANY}],
     }
 
 
@@ -584,3 +589,52 @@ def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert cli.main(["export", "--output", str(missing)]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err == f"error: {missing}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["create", "--kind", "k", "--items", "1", "--priority", "99"],
+            "--priority: must be between 0 and 10",
+        ),
+        (["create", "--kind", "k", "--items", "-5"], "--items: must be at least 1"),
+        (["create", "--kind", "k", "--items", "1", "--chunk-size", "0"], "--chunk-size: must be at least 1"),
+        (
+            ["create", "--kind", "k", "--items", "1", "--max-attempts", "101"],
+            "--max-attempts: must be between",
+        ),
+        (["create", "--kind", "k", "--items", "1", "--ttl", "-1"], "--ttl: must be between 0 (for ever)"),
+        (["create", "--kind", "k", "--items", "1", "--ttl", "400000000"], "--ttl: must be between 0"),
+        (["create", "--kind", "k", "--items", "1", "--webhook-url", "ftp://x"], "--webhook-url: expected"),
+        (["list", "--min-priority", "-1"], "--min-priority: must be between 0 and 10"),
+        (["export", "--max-priority", "11"], "--max-priority: must be between 0 and 10"),
+        (["events-url", "--feed", "--ttl", "86401"], "--ttl: must be between 1 and 86400"),
+    ],
+)
+def test_every_range_the_contract_fixes_is_a_one_line_usage_error_before_any_call(argv, said, capsys):
+    # No fake server: the command must refuse before it connects anywhere.
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--target", "127.0.0.1:1", *argv])
+    assert caught.value.code == cli.EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"jobpulse {argv[0]}: error: argument ") and said in line, line
+    assert line.endswith(f"; `jobpulse {argv[0]} --help` lists the flags"), line
+
+
+def test_create_sends_the_webhook_url_and_ttl(cli_client, capsys):
+    argv = ["create", "--kind", "k", "--items", "1", "--webhook-url", "https://hooks.example/jp"]
+    pending = cli_client.run(cli.main, [*argv, "--webhook-progress", "--ttl", "90.5"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.webhook_url, request.webhook_progress) == ("https://hooks.example/jp", True)
+    assert (request.HasField("ttl"), request.ttl.seconds, request.ttl.nanos) == (True, 90, 500_000_000)
+    # Without the flags: no webhook, and no ttl at all (the server's default), not a ttl of 0 (for ever).
+    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.webhook_url, request.HasField("ttl")) == ("", False)
+    forever = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1", "--ttl", "0"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert forever.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.HasField("ttl"), request.ttl.seconds) == (True, 0)

@@ -2,9 +2,10 @@
 
 Every client command talks to ``--target`` (``$JOBPULSE_TARGET``, default ``127.0.0.1:50051``). An error
 is one line on stderr, said once, with what to do where there is something to do:
-``error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]`` (the status code, then the
-reason when it says more: ``[NOT_FOUND JOB_NOT_FOUND]``); with ``--json`` it is one JSON object on stderr
-instead. Never a traceback: ``--debug`` (or ``JOBPULSE_DEBUG=1``) adds it, for bug reports.
+``error: job 'nope' not found [NOT_FOUND JOB_NOT_FOUND]`` (the status code, then the reason when it
+says more than the code); a bad flag, a value out of its range included, is one line too (exit 2);
+with ``--json`` it is one JSON object on stderr instead. Never a traceback: ``--debug`` (or
+``JOBPULSE_DEBUG=1``) adds it, for bug reports.
 
 Exit codes (``EXIT_CODES``), the same for every command:
 

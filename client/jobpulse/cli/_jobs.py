@@ -33,6 +33,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             max_attempts=args.max_attempts,
             request_id=args.request_id,
+            webhook_url=args.webhook_url or "",
+            webhook_progress=args.webhook_progress,
+            ttl=args.ttl,
         )
     if args.json:
         _print_json(job)
