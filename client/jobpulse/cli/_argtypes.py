@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobpulse._convert import job_state, parse_datetime
+from jobpulse._convert import chunk_state, job_state, parse_datetime
 from jobpulse.v1 import job_pb2
 
 
@@ -27,6 +27,13 @@ def _label(text: str) -> tuple[str, str]:
 def _job_state(text: str) -> job_pb2.JobState.ValueType:
     try:
         return job_state(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _chunk_state(text: str) -> job_pb2.ChunkState.ValueType:
+    try:
+        return chunk_state(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -20,6 +20,7 @@ import jobpulse.cli._watch as watch
 import jobpulse.cli._worker as worker
 from jobpulse import _settings as settings
 from jobpulse.cli._argtypes import (
+    _chunk_state,
     _fraction,
     _job_state,
     _json_object,
@@ -53,6 +54,7 @@ ORDER_BY_CHOICES = (
     "priority",
 )
 EXPORT_FORMATS = ("csv", "json", "jsonl")
+GET_CHUNKS = 50  # chunks `get` shows by default: a screenful, not 10,000 lines
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -195,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("get", jobs._cmd_get, "show a job and its chunks")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--basic", action="store_true", help="without chunks")
+    p.add_argument(
+        "--chunk-state",
+        type=_chunk_state,
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only chunks in this state (repeatable): pending, processing, completed, failed, cancelled",
+    )
+    p.add_argument(
+        "--chunks",
+        type=_positive_int,
+        default=GET_CHUNKS,
+        metavar="N",
+        help=f"show at most N chunks, in index order, and say how many more there are (default {GET_CHUNKS}; "
+        "--json prints every chunk)",
+    )
 
     p = command("list", jobs._cmd_list, "list jobs, newest first")
     _filter_options(p)
