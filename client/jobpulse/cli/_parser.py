@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         p.set_defaults(func=server._cmd_server)
 
-    command("usage", reports._cmd_usage, "calls and rate-limit rejections per API key (admin)")
+    command(
+        "usage",
+        reports._cmd_usage,
+        "calls and rate-limit rejections per API key (an admin key: every key's; other keys: their own)",
+    )
     command(
         "health",
         reports._cmd_health,
