@@ -16,7 +16,7 @@ The names users need are re-exported here:
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
 
 The names are loaded on first use, not by ``import jobpulse``: the ``jobpulse`` command can then
-choose gRPC's log level before gRPC is imported (see ``jobpulse._entry``).
+choose gRPC's log level before gRPC is imported (see ``jobpulse.cli._entry``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from jobpulse import _render, cli, errors
+from jobpulse import cli, errors
+from jobpulse.cli import _render
 from jobpulse.v1 import job_pb2, job_service_pb2
 
 RESULT_TIMEOUT = 5.0

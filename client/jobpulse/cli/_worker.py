@@ -1,7 +1,7 @@
 """The sample worker's commands: ``worker`` runs one until Ctrl-C or SIGTERM; ``demo`` creates a job,
 has a few of them process it in threads, and watches it to the end.
 
-The handler itself, which sleeps per item and fails on request, is ``jobpulse._sample_worker``.
+The handler itself, which sleeps per item and fails on request, is ``jobpulse.cli._sample_worker``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
 from jobpulse._convert import job_state_name
-from jobpulse._sample_worker import sample_handler
+from jobpulse.cli import _render
 from jobpulse.cli._errors import EXIT_INTERRUPTED, EXIT_USAGE, _document, exit_code_for, format_error
 from jobpulse.cli._jobs import _all_chunks
 from jobpulse.cli._output import _print_json, _report
+from jobpulse.cli._sample_worker import sample_handler
 from jobpulse.cli._watch import watch_with_display
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
