@@ -10,11 +10,13 @@ The names users need are re-exported here:
   ``on_resume`` callbacks receive.
 * :class:`EventsToken` is what ``create_events_token`` returns: a browser's short-lived token for the
   server's HTTP events paths.
+* :func:`job_state_name`, :func:`chunk_state_name` and :func:`event_type_name` give an enum value's short
+  name ("COMPLETED", "CHANGE"); :func:`job_state` and friends turn a name back into the value.
 * :mod:`jobpulse.errors` holds the typed exceptions; :class:`PermanentError` fails a chunk for good.
 * :mod:`jobpulse.v1` holds the generated protobuf messages (``job_pb2.Job`` and friends).
 
 The names are loaded on first use, not by ``import jobpulse``: the ``jobpulse`` command can then
-choose gRPC's log level before gRPC is imported (see ``jobpulse._entry``).
+choose gRPC's log level before gRPC is imported (see ``jobpulse.cli._entry``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ if TYPE_CHECKING:
     from jobpulse._async_client import AsyncClient
     from jobpulse._async_worker import AsyncTask, AsyncWorker
     from jobpulse._client import Client
-    from jobpulse._convert import chunk_state, is_terminal, job_state, job_view
+    from jobpulse._convert import (
+        chunk_state,
+        chunk_state_name,
+        event_type_name,
+        is_terminal,
+        job_state,
+        job_state_name,
+        job_view,
+    )
     from jobpulse._events_token import EventsToken
     from jobpulse._watch import ReconnectInfo, ResumeInfo
     from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
@@ -59,8 +69,11 @@ _EXPORTS = {
     "WaitTimeout": "jobpulse.errors",
     "Worker": "jobpulse.worker",
     "chunk_state": "jobpulse._convert",
+    "chunk_state_name": "jobpulse._convert",
+    "event_type_name": "jobpulse._convert",
     "is_terminal": "jobpulse._convert",
     "job_state": "jobpulse._convert",
+    "job_state_name": "jobpulse._convert",
     "job_view": "jobpulse._convert",
 }
 _SUBMODULES = {
@@ -92,11 +105,14 @@ __all__ = [
     "Worker",
     "__version__",
     "chunk_state",
+    "chunk_state_name",
     "errors",
+    "event_type_name",
     "is_terminal",
     "job_pb2",
     "job_service_pb2",
     "job_state",
+    "job_state_name",
     "job_view",
     "worker_service_pb2",
 ]

@@ -417,7 +417,7 @@ class AsyncClient:
         return (await self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True)).delivery
 
     async def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
-        """Calls admitted and rejected per API key since the server started (needs an admin key)."""
+        """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
         request = admin_service_pb2.GetUsageRequest()
         return await self._call(self._admin.GetUsage, request, timeout=timeout, retry=True)
 

@@ -564,7 +564,14 @@ class AsyncWorker:
             if error is None:
                 return True
             reason, message, retryable = failure_report(error)
-            log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
+            log.warning(
+                "chunk %s failed: %s: %s (retryable=%s)",
+                task.chunk_id,
+                reason,
+                message,
+                retryable,
+                exc_info=error,
+            )
             await self._finish(
                 f"chunk {task.chunk_id}",
                 lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),

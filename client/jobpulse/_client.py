@@ -524,7 +524,7 @@ class Client:
         return self._call(self._admin.GetServerHealth, request, timeout=timeout, retry=True)
 
     def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
-        """Calls admitted and rejected per API key since the server started (needs an admin key)."""
+        """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
         return self._call(
             self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout, retry=True
         )

@@ -11,7 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jobpulse.v1 import job_pb2
+from jobpulse.v1 import job_pb2, job_service_pb2
 
 JobStateLike: TypeAlias = "job_pb2.JobState.ValueType | int | str"
 ChunkStateLike: TypeAlias = "job_pb2.ChunkState.ValueType | int | str"
@@ -127,6 +127,16 @@ def chunk_state_name(value: int) -> str:
     """Returns the short upper-case name of a ChunkState ("PROCESSING")."""
     try:
         return job_pb2.ChunkState.Name(job_pb2.ChunkState.ValueType(value)).removeprefix("CHUNK_STATE_")
+    except ValueError:
+        return str(value)
+
+
+def event_type_name(value: int) -> str:
+    """Returns the short upper-case name of a WatchEventType ("SNAPSHOT", "CHANGE", "HEARTBEAT"): what a
+    ``watch_job`` or ``watch_jobs`` message is."""
+    try:
+        name = job_service_pb2.WatchEventType.Name(job_service_pb2.WatchEventType.ValueType(value))
+        return name.removeprefix("WATCH_EVENT_TYPE_")
     except ValueError:
         return str(value)
 

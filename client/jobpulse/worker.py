@@ -198,6 +198,31 @@ class _LeaseKeeper:
                         _beat(self._client, task, self._lease_duration, self._period)
 
 
+class _Running:
+    """Counts the worker threads still running, for ``run`` to wait on.
+
+    Not ``Thread.join``: on Python 3.11 a KeyboardInterrupt landing inside ``join`` can mark a thread that
+    is still running as stopped (``is_alive()`` false from then on), and ``run`` returned with chunks in
+    hand while their threads went on, on a client about to be closed ("Channel closed").
+    """
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+
+    def one_ended(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self._ended.set()
+
+    def wait(self) -> None:
+        # A timeout keeps the main thread returning to Python, where a Ctrl-C is raised.
+        while not self._ended.wait(0.2):
+            pass
+
+
 class Worker:
     """Runs a handler over chunks claimed from jobpulse, with heartbeats, completion and failure reporting.
 
@@ -317,29 +342,29 @@ class Worker:
         self._budget = ClaimBudget(max_chunks)
         failures: list[BaseException] = []
         body = self._loop if self.batch_size == 1 else self._batch_loop
+        running = _Running(self.concurrency)
+
+        def thread_body() -> None:
+            try:
+                body(handler, stop, failures)
+            finally:
+                running.one_ended()
+
         threads = [
-            threading.Thread(
-                target=body, args=(handler, stop, failures), name=f"jobpulse-worker-{n}", daemon=True
-            )
+            threading.Thread(target=thread_body, name=f"jobpulse-worker-{n}", daemon=True)
             for n in range(self.concurrency)
         ]
         for thread in threads:
             thread.start()
         try:
-            self._join(threads)
+            running.wait()
         except KeyboardInterrupt:
             _log.info("stopping: finishing the chunks in hand (Ctrl-C again to abandon them)")
             stop.set()
-            self._join(threads)
+            running.wait()
         if failures:
             raise failures[0]
         return self._budget.processed
-
-    @staticmethod
-    def _join(threads: list[threading.Thread]) -> None:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
 
     def _loop(self, handler: Handler, stop: threading.Event, failures: list[BaseException]) -> None:
         backoff = Backoff(initial=0.2, maximum=10.0)
@@ -479,7 +504,14 @@ class Worker:
             if error is None:
                 return True
             reason, message, retryable = failure_report(error)
-            _log.warning("chunk %s failed: %s: %s (retryable=%s)", task.chunk_id, reason, message, retryable)
+            _log.warning(
+                "chunk %s failed: %s: %s (retryable=%s)",
+                task.chunk_id,
+                reason,
+                message,
+                retryable,
+                exc_info=error,
+            )
             self._finish(
                 f"chunk {task.chunk_id}",
                 lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),

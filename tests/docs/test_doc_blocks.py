@@ -30,7 +30,7 @@ SHOWN_ONLY = "text"
 RUNNERS: dict[tuple[str, str, str, str], str] = {
     ("README.md", "# jobpulse", "bash", "make run "): HERE,
     ("README.md", "### CLI", "console", "$ jobpulse demo"): TOUR,
-    ("README.md", "### SDK", "python", "import jobpulse\n\nwith jobpulse.Client("): TOUR,
+    ("README.md", "### SDK", "python", "import threading\n\nimport jobpulse\n"): TOUR,
     ("docs/cli.md", "## Errors", "console", "$ jobpulse create --kind k"): TOUR,
     ("docs/sdk.md", "## AsyncWorker", "python", "import asyncio\n"): "tests/e2e/test_async_worker.py",
     ("docs/grpcurl.md", "## grpcurl", "console", "$ grpcurl "): "tests/clients/test_grpcurl.py",

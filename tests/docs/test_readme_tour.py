@@ -36,13 +36,12 @@ the page's address replaced by the server's (buf reads no variable for it); they
 ``make buf``.
 
 The SDK block runs in a Python process of its own with the README's address replaced by the server's
-(as tests/e2e/test_async_worker.py does). Its watch needs a worker: once it has printed the listing (so
-the job is still pending there, as the README prints it), a ``jobpulse worker`` process works the job
-beside it. Once that job is done and that worker stopped, a second job is made that only the README's
-own ``Worker(...).run(handle)`` can work (its artifacts and stage say so); Ctrl-C then stops it, and the
-script must exit 0 with nothing on stderr. The google-api-core block (docs/grpcurl.md) runs in this
-process with ``job`` bound to a job of its own, as the page says (``job`` as in the tour's SDK example),
-and a sample worker.
+(as tests/e2e/test_async_worker.py does), as one script, start to finish: it creates and lists the job,
+starts its own ``Worker`` in a thread, watches the job to its end, waits, and stops the worker; it must
+exit 0 with nothing on stderr, print what each ``print`` line's comment says (the job's state and every
+watch event's type by name), and its handler's stage and artifacts must be on the job. The google-api-core
+block (docs/grpcurl.md) runs in this process with ``job`` bound to a job of its own, as the page says
+(``job`` as in the tour's SDK example), and a sample worker.
 
 Both databases, like every server-backed test (``JOBPULSE_TEST_DATABASES=sqlite`` runs SQLite only; buf
 curl, which reads no database, SQLite only): about 35 s per database here, the CLI tour 15 s of it, the
@@ -58,7 +57,6 @@ import fcntl
 import json
 import os
 import pty
-import queue
 import re
 import select
 import signal
@@ -66,7 +64,6 @@ import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,12 +143,32 @@ def _terminal_env(server: Any, bin_dirs: tuple[Path, ...] = ()) -> dict[str, str
     return env
 
 
+def _control_terminal() -> None:
+    """In the shell's process, before bash runs: a new session, the terminal (its stdout) controlling it."""
+    os.setsid()
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+
+
+def _session_members(session: int) -> list[int]:
+    """The processes of a session (the shell's and every job it started), read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry)) == session:
+                    members.append(int(entry))
+    return members
+
+
 def run_in_terminal(
     lines: list[str], server: Any, cwd: Path, timeout: float = 90.0, bin_dirs: tuple[Path, ...] = ()
 ) -> Session:
     """Runs ``lines`` one after another in one bash on a pseudo-terminal and tells what each did;
     ``bin_dirs`` go first on PATH."""
     script = [
+        # Job control, as in a terminal: each `&` line a process group of its own, and the terminal's
+        # foreground the group of the line that runs (the shell holds the terminal as its controlling one).
+        "set -m",
         "set -o pipefail",
         f"trap 'echo \"{MARK} exit $?\"' ERR",
         # Every process a line started with `&` ($! after it), stopped at the end if still running (as a
@@ -182,7 +199,9 @@ def run_in_terminal(
         stderr=slave,
         env=_terminal_env(server, bin_dirs),
         cwd=cwd,
-        start_new_session=True,  # its own process group: the shell and its background jobs
+        # A session of its own with the terminal as its controlling terminal: the shell and every process
+        # group it starts (its background jobs too) are in it.
+        preexec_fn=_control_terminal,
     )
     os.close(slave)
     output = bytearray()
@@ -213,8 +232,9 @@ def run_in_terminal(
         if not done:
             # The shell and whatever it started (its process group, a background worker too), killed
             # before the shell is reaped, so that the group's id is still this one's.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(shell.pid, signal.SIGKILL)
+            for pid in _session_members(shell.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             shell.wait()
 
     screen = _screen_lines(bytes(output))
@@ -286,6 +306,9 @@ def test_the_readme_cli_tour_runs_as_written(server: Any, tmp_path: Path) -> Non
     cancel_retry = ran("jobpulse cancel $ID").text()
     assert re.search(r"CANCELLED(.|\n)*PENDING", cancel_retry), cancel_retry
     assert ran("jobpulse watch $ID").failures == []  # exit 0: COMPLETED
+    # The worker, a background job of this terminal, wrote nothing over the watch's live line.
+    watched = ran("jobpulse watch $ID").text()
+    assert "jobpulse.worker" not in watched and "Ctrl-C to stop" not in watched, watched
     with jobpulse.Client(server.address, timeout=20) as client:
         with pytest.raises(jobpulse.errors.NotFound):  # jobpulse delete $ID
             client.get_job(job_id)
@@ -334,42 +357,6 @@ def test_the_buf_curl_lines_run_as_written(server: Any, tmp_path: Path) -> None:
 # --- the SDK ---------------------------------------------------------------------------------------------
 
 
-class Lines:
-    """The lines a process prints, read by a thread of its own so the test can wait for one."""
-
-    def __init__(self, stream: Any) -> None:
-        self.seen: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def until(self, wanted: str, timeout: float = 30.0) -> None:
-        """Waits for a line equal to ``wanted``."""
-        deadline = time.monotonic() + timeout
-        while wanted not in self.seen:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line {wanted!r} in {timeout:g}s; printed: {self.seen}") from None
-            if line is None:
-                raise AssertionError(f"the process ended without printing {wanted!r}; printed: {self.seen}")
-            self.seen.append(line)
-
-    def rest(self, timeout: float = 30.0) -> list[str]:
-        """Every line, once the stream has ended."""
-        self._thread.join(timeout)
-        while not self._queue.empty():
-            line = self._queue.get()
-            if line is not None:
-                self.seen.append(line)
-        return self.seen
-
-
 def _sample_worker(server: Any, kind: str) -> subprocess.Popen[str]:
     """``jobpulse worker`` working ``kind`` quickly (1 ms per item), in a process of its own."""
     return subprocess.Popen(
@@ -390,58 +377,41 @@ def _stop(worker: subprocess.Popen[str]) -> str:
 
 
 def test_the_readme_sdk_block_runs_as_written(server: Any) -> None:
-    code = find_block("README.md", SDK, "python", "import jobpulse\n\nwith jobpulse.Client(").text
+    code = find_block("README.md", SDK, "python", "import threading\n\nimport jobpulse\n").text
     assert code.count(EXAMPLE_ADDRESS) == 2, "the SDK block should address the server in Client and Worker"
-    summary_comment = re.search(r"print\(job\.chunks_summary\) +# (.+)", code)
-    assert summary_comment, "the SDK block should print job.chunks_summary and say what it prints"
-    script = subprocess.Popen(
-        # -u: each line as printed, so the test sees the listing before it starts a worker.
-        [sys.executable, "-u", "-c", code.replace(EXAMPLE_ADDRESS, server.address)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    script = subprocess.run(
+        [sys.executable, "-c", code.replace(EXAMPLE_ADDRESS, server.address)],
+        capture_output=True,
         text=True,
+        timeout=120,  # start to finish on its own: its worker works the job it watches, then stops
     )
-    printed = Lines(script.stdout)
-    helper: subprocess.Popen[str] | None = None
-    try:
-        with jobpulse.Client(server.address, timeout=20) as client:
-            printed.until("pending: 5")
-            [job] = client.list_jobs()
-            assert (job.kind, job.display_name, job.labels["team"]) == ("thumbnails", "March photos", "media")
-            # list_jobs(states=["pending"], kind="thumbnails"): the job, before any worker runs.
-            printed.until(f"{job.id} 0.0")
-            # The watch follows the job to its end: a worker elsewhere (the CLI's sample worker) works it.
-            helper = _sample_worker(server, "thumbnails")
-            first = client.wait(job.id, timeout=60)
-            assert first.state == job_pb2.JOB_STATE_COMPLETED
-            _stop(helper)
-            helper = None
-            # Now only the README's Worker(...).run(handle) can work a thumbnails job.
-            second = client.create_job("thumbnails", 40, chunk_size=10)
-            final = client.wait(second.id, timeout=60, view="full")
-        assert final.state == job_pb2.JOB_STATE_COMPLETED
-        assert (final.progress.items_done, final.stage) == (40, "resizing")
-        uris = sorted(a.uri for a in final.artifacts)
-        assert uris == [f"s3://bucket/{second.id}/{i}.zip" for i in range(4)]
-    finally:
-        if helper is not None:
-            helper.kill()
-            helper.wait()
-        # Ctrl-C, as a user stops it: the worker finishes what it holds and run() returns.
-        script.send_signal(signal.SIGINT)
-        try:
-            _, stderr = script.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            script.kill()
-            _, stderr = script.communicate()
-    out = printed.rest()
-    assert (script.returncode, stderr) == (0, ""), stderr
+    assert (script.returncode, script.stderr) == (0, ""), script.stderr
+    out = script.stdout.splitlines()
 
-    # print(job.chunks_summary): the README's comment is the message's text format, one field a line, joined.
-    assert " ".join(out[:2]) == summary_comment[1], out
-    # The watch printed events up to the last one, whose summary has every chunk completed.
-    watched = "\n".join(out[out.index(f"{job.id} 0.0") + 1 :])
-    assert watched.rstrip().endswith("completed: 5"), watched
+    # Each print's comment shows what it prints: exactly, or for the watch a line of that shape.
+    shown = dict(re.findall(r"(print\(.*?)\s+# (.+)", code))
+    [state, listing, event, final] = shown.values()
+    assert out[0] == state == "PENDING 5", out
+    assert out[1] == listing == "March photos 0.0", out
+    assert out[-1] == final == "COMPLETED 2500", out
+    name = r"(SNAPSHOT|CHANGE|HEARTBEAT) \d+ [A-Z_]+ [\d.]+"
+    assert re.fullmatch(name, event), event
+    watched = out[2:-1]
+    assert watched and all(re.fullmatch(name, line) for line in watched), out
+    # By name, not number: the first message is the snapshot of the pending job, the watch ends on the
+    # message that brings the job to COMPLETED.
+    assert watched[0].startswith("SNAPSHOT ") and " PENDING " in watched[0], watched
+    assert re.fullmatch(r"CHANGE \d+ COMPLETED 100.0", watched[-1]), watched
+
+    # The README's own Worker did the work: its handler's stage and artifacts, one per chunk.
+    with jobpulse.Client(server.address, timeout=20) as client:
+        [job] = client.list_jobs()
+        done = client.get_job(job.id, view="full")
+    assert (done.kind, done.display_name, done.labels["team"]) == ("thumbnails", "March photos", "media")
+    assert done.state == job_pb2.JOB_STATE_COMPLETED
+    assert (done.progress.items_done, done.stage) == (2500, "resizing")
+    uris = sorted(a.uri for a in done.artifacts)
+    assert uris == [f"s3://bucket/{job.id}/{i}.zip" for i in range(5)]
 
 
 # --- google-api-core -------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ async def test_handler_return_completes_the_chunk_with_its_artifacts(served):
         (jobpulse.PermanentError("corrupt input"), "PermanentError", False),
     ],
 )
-async def test_handler_exception_fails_the_chunk(served, error, reason, retryable):
+async def test_handler_exception_fails_the_chunk(served, error, reason, retryable, caplog):
     service, client = served
 
     async def handler(task: jobpulse.AsyncTask) -> None:
@@ -142,6 +142,10 @@ async def test_handler_exception_fails_the_chunk(served, error, reason, retryabl
     request = await service.answer("FailChunk", worker_service_pb2.FailChunkResponse(will_retry=retryable))
     assert await asyncio.wait_for(pending, RESULT_TIMEOUT) == 1
     assert (request.error.reason, request.error.message, request.retryable) == (reason, str(error), retryable)
+    # Logged with its traceback, the handler's own frame in it: where the handler went wrong.
+    [record] = [r for r in caplog.records if r.name == "jobpulse.worker" and "failed" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[1] is error
+    assert "in handler" in caplog.text and "Traceback (most recent call last)" in caplog.text
 
 
 async def test_cancel_from_heartbeat_stops_the_handler_then_completes(served):

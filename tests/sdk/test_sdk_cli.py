@@ -11,10 +11,17 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from jobpulse import _render, cli, errors
+from jobpulse import cli, errors
+from jobpulse.cli import _render
 from jobpulse.v1 import job_pb2, job_service_pb2
 
 RESULT_TIMEOUT = 5.0
+
+
+def _job_with(summary: job_pb2.ChunksSummary) -> job_pb2.Job:
+    job = _job()
+    job.chunks_summary.CopyFrom(summary)
+    return job
 
 
 def _job(**fields: object) -> job_pb2.Job:
@@ -106,7 +113,8 @@ def test_a_bad_value_is_said_in_words_not_by_a_function_name(argv, said, capsys)
     with pytest.raises(SystemExit):
         cli.main(argv)
     err = capsys.readouterr().err
-    assert err.rstrip().endswith(said) and "_positive_int" not in err
+    [line] = err.splitlines()  # one line: no usage text first
+    assert f"error: {said};" in line and "_positive_int" not in err
 
 
 def test_error_text_says_each_thing_once_on_one_line():
@@ -161,6 +169,44 @@ def test_live_display_rewrites_one_line_and_plain_display_appends_lines():
     ]
 
 
+def test_the_plain_display_prints_a_line_only_when_the_job_changes():
+    """Off a terminal: a snapshot of 2,500 chunks (three messages of one revision) is one line, and a
+    message that changes nothing the line shows (another chunk's attempt, say) prints nothing."""
+    snapshot, change = job_service_pb2.WATCH_EVENT_TYPE_SNAPSHOT, job_service_pb2.WATCH_EVENT_TYPE_CHANGE
+    job = _job()
+    out = io.StringIO()
+    plain = _render.ProgressDisplay(out, live=False)
+    for part, more in ((1000, True), (1000, True), (500, False)):
+        chunks = [job_pb2.Chunk(index=i) for i in range(part)]
+        plain.update(
+            job_service_pb2.WatchJobResponse(type=snapshot, revision=3, job=job, chunks=chunks, more=more),
+            job,
+        )
+    plain.update(
+        job_service_pb2.WatchJobResponse(type=change, revision=4, job=job, chunks=[job_pb2.Chunk(index=7)]),
+        job,
+    )
+    later = _job()
+    later.progress.CopyFrom(job_pb2.JobProgress(percent=50.0, items_total=500, items_done=250))
+    plain.update(job_service_pb2.WatchJobResponse(type=change, revision=5, job=later), later)
+    assert out.getvalue().splitlines() == [
+        "rev 3 snapshot state=PROCESSING 42.0% items=210/500 chunks=4/10 done, 2 running, 4 pending"
+        " changed_chunks=2500",
+        "rev 5 change state=PROCESSING 50.0% items=250/500 chunks=4/10 done, 2 running, 4 pending",
+    ]
+
+
+def test_jobs_table_aligns_wide_names_by_their_width_on_screen():
+    names = ["月次レポート", "🚀 launch", "plain", "e\u0301clair"]  # CJK, emoji, ASCII, a combining accent
+    jobs = [_job(id=f"j{n}", display_name=name, kind=f"kind{n}") for n, name in enumerate(names)]
+    header, *rows = _render.jobs_table(jobs).splitlines()
+    # The KIND column starts at the same terminal column on every row (CJK and emoji take two cells).
+    columns = {_render.text_width(row[: row.index(f"kind{n}")]) for n, row in enumerate(rows)}
+    assert columns == {_render.text_width(header[: header.index("KIND")])}, rows
+    assert _render.text_width("月次") == 4 and _render.text_width("🚀") == 2
+    assert _render.text_width("e\u0301") == 1
+
+
 def test_jobs_table_aligns_columns():
     text = _render.jobs_table([_job(), _job(id="j2", display_name="x", state=job_pb2.JOB_STATE_COMPLETED)])
     header, first, second = text.splitlines()
@@ -188,13 +234,22 @@ def test_get_prints_error_and_exits_1_without_traceback(cli_client, capsys):
 
 
 def test_get_shows_job_and_chunk_tables(cli_client, capsys):
-    job = _job()
-    job.chunks.add(index=0, state=job_pb2.CHUNK_STATE_COMPLETED, item_start=0, item_count=50, items_done=50)
-    job.chunks.add(
-        index=1, state=job_pb2.CHUNK_STATE_PROCESSING, item_start=50, item_count=50, worker_id="w7"
-    )
+    job = _job_with(job_pb2.ChunksSummary(total=2, completed=1, processing=1))
+    chunks = [
+        job_pb2.Chunk(
+            index=0, state=job_pb2.CHUNK_STATE_COMPLETED, item_start=0, item_count=50, items_done=50
+        ),
+        job_pb2.Chunk(
+            index=1, state=job_pb2.CHUNK_STATE_PROCESSING, item_start=50, item_count=50, worker_id="w7"
+        ),
+    ]
     pending = cli_client.run(cli.main, ["get", "j1"])
-    cli_client.answer("JobService.GetJob", job_service_pb2.GetJobResponse(job=job))
+    request = cli_client.answer("JobService.GetJob", job_service_pb2.GetJobResponse(job=job))
+    assert request.view == job_pb2.JOB_VIEW_BASIC
+    listed = cli_client.answer(
+        "JobService.ListJobChunks", job_service_pb2.ListJobChunksResponse(chunks=chunks, total_size=2)
+    )
+    assert (listed.job_id, list(listed.states), listed.page_size) == ("j1", [], 50)
     assert pending.result(RESULT_TIMEOUT) == 0
     out = capsys.readouterr().out
     assert "state     PROCESSING" in out
@@ -202,6 +257,51 @@ def test_get_shows_job_and_chunk_tables(cli_client, capsys):
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert rows[0][:4] == ["0", "COMPLETED", "0+50", "50/50"]
     assert rows[1][-1] == "w7"
+    assert "left out" not in out  # every chunk shown
+
+
+def test_get_shows_a_limited_number_of_chunks_of_the_states_asked_and_says_how_many_more(cli_client, capsys):
+    # 10,016 chunks, 16 of them failed: `get` shows what fits a screen, and counts the rest.
+    summary = job_pb2.ChunksSummary(total=10016, completed=9000, pending=1000, failed=16)
+    failed = [
+        job_pb2.Chunk(index=i, state=job_pb2.CHUNK_STATE_FAILED, item_start=i, item_count=1)
+        for i in range(0, 160, 10)
+    ]
+    pending = cli_client.run(cli.main, ["get", "j1", "--chunk-state", "failed", "--chunks", "5"])
+    cli_client.answer("JobService.GetJob", job_service_pb2.GetJobResponse(job=_job_with(summary)))
+    listed = cli_client.answer(
+        "JobService.ListJobChunks",
+        job_service_pb2.ListJobChunksResponse(chunks=failed[:5], next_page_token="more", total_size=16),
+    )
+    assert (list(listed.states), listed.page_size) == ([job_pb2.CHUNK_STATE_FAILED], 5)
+    assert pending.result(RESULT_TIMEOUT) == 0  # no second page asked for: five were enough
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line[:1].isdigit()]
+    assert [r[:2] for r in rows] == [[str(i), "FAILED"] for i in (0, 10, 20, 30, 40)]
+    assert lines[-1] == (
+        "(5 of 16 FAILED chunks shown, 11 left out: --chunks N shows more, --chunk-state STATE picks a state)"
+    )
+
+    # The default is a screenful, not every chunk: 50 of the 10,016.
+    pending = cli_client.run(cli.main, ["get", "j1"])
+    cli_client.answer("JobService.GetJob", job_service_pb2.GetJobResponse(job=_job_with(summary)))
+    many = [job_pb2.Chunk(index=i, item_start=i, item_count=1) for i in range(50)]
+    listed = cli_client.answer(
+        "JobService.ListJobChunks",
+        job_service_pb2.ListJobChunksResponse(chunks=many, next_page_token="more", total_size=10016),
+    )
+    assert listed.page_size == 50
+    assert pending.result(RESULT_TIMEOUT) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line[:1].isdigit() for line in lines) == 50
+    assert lines[-1].startswith("(50 of 10016 chunks shown, 9966 left out:")
+
+
+def test_a_bad_chunk_state_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["get", "j1", "--chunk-state", "done"])
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "argument --chunk-state:" in capsys.readouterr().err
 
 
 def test_list_json_is_one_document_with_total(cli_client, capsys):
@@ -310,40 +410,44 @@ def test_retry_chunk_refused_prints_the_reason_without_traceback(cli_client, cap
 
 # -- errors said once, exit codes, variables, --version, no traceback (issue 16) ----------------------------
 
-PRIORITY_MESSAGE = "invalid request: priority: must be between 0 and 10 (got 99)"
+# A limit of the server's own configuration, which the command cannot know: the server says it.
+TOO_MANY = "makes 1000000 chunks of 1; at most 100000 chunks per job (raise chunk_size)"
+TOO_MANY_MESSAGE = f"invalid request: total_items: {TOO_MANY}"
 
 
-def _refuse_priority(fake):
+TOO_MANY_ARGV = ["create", "--kind", "k", "--items", "1000000", "--chunk-size", "1"]
+
+
+def _refuse_too_many_chunks(fake):
     return fake.fail(
         "JobService.CreateJob",
         grpc.StatusCode.INVALID_ARGUMENT,
-        PRIORITY_MESSAGE,
+        TOO_MANY_MESSAGE,
         reason="INVALID_ARGUMENT",
-        violations=(("priority", "must be between 0 and 10 (got 99)"),),
+        violations=(("total_items", TOO_MANY),),
     )
 
 
 def test_a_rejected_field_is_one_line_naming_it_once(cli_client, capsys):
-    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1", "--priority", "99"])
-    _refuse_priority(cli_client)
+    pending = cli_client.run(cli.main, TOO_MANY_ARGV)
+    _refuse_too_many_chunks(cli_client)
     assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
     captured = capsys.readouterr()
-    assert captured.err == "error: priority must be between 0 and 10 (got 99) [INVALID_ARGUMENT]\n"
+    assert captured.err == f"error: total_items {TOO_MANY} [INVALID_ARGUMENT]\n"
     assert captured.out == ""
 
 
 def test_with_json_an_error_is_one_json_object_on_stderr(cli_client, capsys):
-    argv = ["--json", "create", "--kind", "k", "--items", "1", "--priority", "99"]
-    pending = cli_client.run(cli.main, argv)
-    _refuse_priority(cli_client)
+    pending = cli_client.run(cli.main, ["--json", *TOO_MANY_ARGV])
+    _refuse_too_many_chunks(cli_client)
     assert pending.result(RESULT_TIMEOUT) == cli.EXIT_ERROR
     captured = capsys.readouterr()
     assert captured.out == ""
     assert json.loads(captured.err) == {
         "code": "INVALID_ARGUMENT",
         "reason": "INVALID_ARGUMENT",
-        "message": PRIORITY_MESSAGE,
-        "field_violations": [{"field": "priority", "description": "must be between 0 and 10 (got 99)"}],
+        "message": TOO_MANY_MESSAGE,
+        "field_violations": [{"field": "total_items", "description": TOO_MANY}],
     }
 
 
@@ -584,3 +688,52 @@ def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert cli.main(["export", "--output", str(missing)]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err == f"error: {missing}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["create", "--kind", "k", "--items", "1", "--priority", "99"],
+            "--priority: must be between 0 and 10",
+        ),
+        (["create", "--kind", "k", "--items", "-5"], "--items: must be at least 1"),
+        (["create", "--kind", "k", "--items", "1", "--chunk-size", "0"], "--chunk-size: must be at least 1"),
+        (
+            ["create", "--kind", "k", "--items", "1", "--max-attempts", "101"],
+            "--max-attempts: must be between",
+        ),
+        (["create", "--kind", "k", "--items", "1", "--ttl", "-1"], "--ttl: must be between 0 (for ever)"),
+        (["create", "--kind", "k", "--items", "1", "--ttl", "400000000"], "--ttl: must be between 0"),
+        (["create", "--kind", "k", "--items", "1", "--webhook-url", "ftp://x"], "--webhook-url: expected"),
+        (["list", "--min-priority", "-1"], "--min-priority: must be between 0 and 10"),
+        (["export", "--max-priority", "11"], "--max-priority: must be between 0 and 10"),
+        (["events-url", "--feed", "--ttl", "86401"], "--ttl: must be between 1 and 86400"),
+    ],
+)
+def test_every_range_the_contract_fixes_is_a_one_line_usage_error_before_any_call(argv, said, capsys):
+    # No fake server: the command must refuse before it connects anywhere.
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--target", "127.0.0.1:1", *argv])
+    assert caught.value.code == cli.EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"jobpulse {argv[0]}: error: argument ") and said in line, line
+    assert line.endswith(f"; `jobpulse {argv[0]} --help` lists the flags"), line
+
+
+def test_create_sends_the_webhook_url_and_ttl(cli_client, capsys):
+    argv = ["create", "--kind", "k", "--items", "1", "--webhook-url", "https://hooks.example/jp"]
+    pending = cli_client.run(cli.main, [*argv, "--webhook-progress", "--ttl", "90.5"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.webhook_url, request.webhook_progress) == ("https://hooks.example/jp", True)
+    assert (request.HasField("ttl"), request.ttl.seconds, request.ttl.nanos) == (True, 90, 500_000_000)
+    # Without the flags: no webhook, and no ttl at all (the server's default), not a ttl of 0 (for ever).
+    pending = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert pending.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.webhook_url, request.HasField("ttl")) == ("", False)
+    forever = cli_client.run(cli.main, ["create", "--kind", "k", "--items", "1", "--ttl", "0"])
+    request = cli_client.answer("JobService.CreateJob", job_service_pb2.CreateJobResponse(job=_job()))
+    assert forever.result(RESULT_TIMEOUT) == cli.EXIT_OK
+    assert (request.HasField("ttl"), request.ttl.seconds) == (True, 0)

@@ -66,7 +66,7 @@ def test_handler_return_completes_the_chunk_with_its_artifacts(fake, client):
         (jobpulse.PermanentError("corrupt input"), "PermanentError", False),
     ],
 )
-def test_handler_exception_fails_the_chunk(fake, client, error, reason, retryable):
+def test_handler_exception_fails_the_chunk(fake, client, error, reason, retryable, caplog):
     def handler(task: jobpulse.Task) -> None:
         raise error
 
@@ -76,6 +76,10 @@ def test_handler_exception_fails_the_chunk(fake, client, error, reason, retryabl
     )
     assert pending.result(RESULT_TIMEOUT) == 1
     assert (request.error.reason, request.error.message, request.retryable) == (reason, str(error), retryable)
+    # Logged with its traceback, the handler's own frame in it: where the handler went wrong.
+    [record] = [r for r in caplog.records if r.name == "jobpulse.worker" and "failed" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[1] is error
+    assert "in handler" in caplog.text and "Traceback (most recent call last)" in caplog.text
 
 
 def test_cancel_from_heartbeat_stops_the_handler_then_completes(fake, client):

@@ -67,8 +67,34 @@ def test_missing_unknown_and_wrong_role_keys(secured: Any) -> None:
     with _client(secured, "alice") as alice:
         with pytest.raises(errors.PermissionDenied):
             alice.claim_chunks("w")
-        with pytest.raises(errors.PermissionDenied):
-            alice.get_usage()
+
+
+def test_a_key_reads_its_own_usage_and_no_other_keys(secured: Any) -> None:
+    """GetUsage is an admin's report of every key; a client or worker key gets its own line only."""
+    with _client(secured, "alice") as alice, _client(secured, "bob") as bob, _client(secured, "w1") as w1:
+        alice.create_job("k", 1)
+        bob.create_job("k", 1)
+        w1.claim_chunks("w1")
+        mine = alice.get_usage().usage
+        assert [(u.key_name, u.role) for u in mine] == [("alice", "client")]
+        assert mine[0].calls >= 1  # the CreateJob above, counted before this call answered
+        assert [u.key_name for u in w1.get_usage().usage] == ["w1"]
+    with _client(secured, "root") as root:
+        everyone = {u.key_name for u in root.get_usage().usage}
+    assert {"alice", "bob", "w1"} <= everyone
+    # The command: `jobpulse usage` with a client key prints its own row.
+    env = {"PATH": str(Path(sys.executable).parent), "JOBPULSE_TARGET": secured.address}
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("jobpulse")), "usage", "--api-key", secured.keys["alice"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == ["KEY", "ROLE", "CALLS", "REJECTED"]
+    assert [row.split()[:2] for row in rows] == [["alice", "client"]], shown.stdout
 
 
 def test_another_owners_job_looks_exactly_like_a_missing_one(secured: Any) -> None:

@@ -11,8 +11,9 @@ import argparse
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-from jobpulse._convert import job_state, parse_datetime
+from jobpulse._convert import chunk_state, job_state, parse_datetime
 from jobpulse.v1 import job_pb2
 
 
@@ -26,6 +27,13 @@ def _label(text: str) -> tuple[str, str]:
 def _job_state(text: str) -> job_pb2.JobState.ValueType:
     try:
         return job_state(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _chunk_state(text: str) -> job_pb2.ChunkState.ValueType:
+    try:
+        return chunk_state(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -87,6 +95,56 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
+
+
+# The ranges the contract fixes, checked here so that a value the server would refuse is a usage error
+# (exit 2) said before any call, like every other bad flag.
+PRIORITY_RANGE = (0, 10)
+MAX_ATTEMPTS_RANGE = (1, 100)
+MAX_TTL_SECONDS = 3650 * 86400
+
+
+def _whole_number_between(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high} (got {value})")
+        return value
+
+    return parse
+
+
+_priority = _whole_number_between(*PRIORITY_RANGE)
+_max_attempts = _whole_number_between(*MAX_ATTEMPTS_RANGE)
+
+
+def _ttl(text: str) -> float:
+    """A job's time to live in seconds: 0 keeps it for ever, at most 3650 days."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= MAX_TTL_SECONDS:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be between 0 (for ever) and {MAX_TTL_SECONDS} (3650 days)")
+    return value
+
+
+def _token_ttl(text: str) -> float:
+    """An events token's lifetime in seconds: 1 to 86400 (a day)."""
+    value = _seconds(text)
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 86400 seconds (got {text})")
+    return value
+
+
+def _webhook_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL with a host, got {text!r}")
+    return text
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:

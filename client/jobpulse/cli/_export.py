@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
+from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
 from jobpulse.v1 import job_pb2
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
 from jobpulse._client import Client
-from jobpulse._convert import job_state_name
+from jobpulse._convert import chunk_state_name, job_state_name
+from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
 from jobpulse.cli._output import _print_json
 from jobpulse.v1 import job_pb2
@@ -33,6 +34,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             max_attempts=args.max_attempts,
             request_id=args.request_id,
+            webhook_url=args.webhook_url or "",
+            webhook_progress=args.webhook_progress,
+            ttl=args.ttl,
         )
     if args.json:
         _print_json(job)
@@ -44,18 +48,57 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
+    states = args.chunk_state
     with _connection._client(args) as client:
-        job = client.get_job(args.job_id, view="basic" if args.basic else "full")
+        if args.json:  # a script's copy: every chunk (of the states asked for)
+            job = client.get_job(args.job_id, view="basic" if args.basic or states else "full")
+            if states and not args.basic:
+                job.chunks.extend(client.list_job_chunks(job.id, states, page_size=1000))
+            elif not args.basic:
+                job = _all_chunks(client, job)
+            _print_json(job)
+            return 0
+        job = client.get_job(args.job_id, view="basic")
+        chunks: list[job_pb2.Chunk] = []
         if not args.basic:
-            job = _all_chunks(client, job)
-    if args.json:
-        _print_json(job)
-        return 0
+            pages = client.list_job_chunks(job.id, states, page_size=min(args.chunks, 1000))
+            chunks = list(itertools.islice(pages, args.chunks))
     print(_render.job_details(job))
-    if job.chunks:
-        print()
-        print(_render.chunks_table(job.chunks))
+    if args.basic:
+        return 0
+    matching = _chunks_in(job.chunks_summary, states)
+    print()
+    if not chunks:
+        print("no chunks" if not states else "no chunks in " + _state_names(states))
+        return 0
+    print(_render.chunks_table(chunks))
+    if matching > len(chunks):
+        which = f" {_state_names(states)}" if states else ""
+        print(
+            f"({len(chunks)} of {matching}{which} chunks shown, {matching - len(chunks)} left out: "
+            "--chunks N shows more, --chunk-state STATE picks a state)"
+        )
     return 0
+
+
+_SUMMARY_FIELD = {
+    job_pb2.CHUNK_STATE_PENDING: "pending",
+    job_pb2.CHUNK_STATE_PROCESSING: "processing",
+    job_pb2.CHUNK_STATE_COMPLETED: "completed",
+    job_pb2.CHUNK_STATE_FAILED: "failed",
+    job_pb2.CHUNK_STATE_CANCELLED: "cancelled",
+}
+
+
+def _chunks_in(summary: job_pb2.ChunksSummary, states: list[job_pb2.ChunkState.ValueType]) -> int:
+    """How many of the job's chunks are in one of ``states`` (all of them for none), by its summary."""
+    if not states:
+        return summary.total
+    return sum(int(getattr(summary, _SUMMARY_FIELD[s])) for s in set(states) if s in _SUMMARY_FIELD)
+
+
+def _state_names(states: list[job_pb2.ChunkState.ValueType]) -> str:
+    return "/".join(chunk_state_name(s) for s in dict.fromkeys(states))
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from jobpulse.cli._errors import (
     is_unreachable,
 )
 from jobpulse.cli._output import _print_error, _report
-from jobpulse.cli._parser import build_parser
+from jobpulse.cli._parser import USAGE_HINT, build_parser
 from jobpulse.cli._server import SERVER_COMMANDS, _server_command
 from jobpulse.errors import JobpulseError
 
@@ -87,7 +87,8 @@ def _parse(argv: Sequence[str], as_json: bool) -> argparse.Namespace:
         if exit_.code != EXIT_USAGE or not text.strip():
             sys.stderr.write(text)
             raise
-        message = text.strip().splitlines()[-1].partition(": error: ")[2] or text.strip()
+        prog, _, message = text.strip().splitlines()[-1].partition(": error: ")
+        message = message.removesuffix(USAGE_HINT.format(prog=prog)) or text.strip()
         _print_error(True, "", _document(message, "USAGE"))
         raise
 

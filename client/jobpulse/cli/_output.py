@@ -8,7 +8,7 @@ import sys
 import traceback
 from typing import Any
 
-from jobpulse import _render
+from jobpulse.cli import _render
 
 
 def _print_json(value: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 from collections.abc import Callable
+from typing import NoReturn
 
 import jobpulse.cli._events_url as events_url
 import jobpulse.cli._export as export
@@ -19,16 +20,28 @@ import jobpulse.cli._watch as watch
 import jobpulse.cli._worker as worker
 from jobpulse import _settings as settings
 from jobpulse.cli._argtypes import (
+    _chunk_state,
     _fraction,
     _job_state,
     _json_object,
     _label,
+    _max_attempts,
     _non_empty,
     _positive_int,
-    _seconds,
+    _priority,
     _time,
+    _token_ttl,
+    _ttl,
+    _webhook_url,
 )
-from jobpulse.cli._errors import EXIT_CANCELLED, EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from jobpulse.cli._errors import (
+    EXIT_CANCELLED,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from jobpulse.cli._server import SERVER_COMMANDS
 
 # ListJobsRequest.order_by: each sortable field, ascending or with " desc" (ties break by id).
@@ -41,6 +54,7 @@ ORDER_BY_CHOICES = (
     "priority",
 )
 EXPORT_FORMATS = ("csv", "json", "jsonl")
+GET_CHUNKS = 50  # chunks `get` shows by default: a screenful, not 10,000 lines
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -75,6 +89,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+USAGE_HINT = "; `{prog} --help` lists the flags"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a usage error said in one line, like every other error of the command:
+    ``jobpulse create: error: argument --priority: must be between 0 and 10 (got 99)``, and where to
+    read the flags, instead of the whole usage text first. Exit 2, as argparse."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{USAGE_HINT.format(prog=self.prog)}\n")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """``--help`` with each option's default: appended where the option's own text does not already
     say it (the connection options say theirs, with their variable)."""
@@ -99,7 +125,7 @@ class HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``jobpulse`` command. The server's commands (``serve``,
     ``keys``, ``migrate``) are listed here and parsed by ``jobpulse-server``'s own parser."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="jobpulse",
         description="jobpulse: job status over gRPC",
         formatter_class=HelpFormatter,
@@ -107,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {sdk_version()}")
     _global_options(parser, suppress=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each handler is looked up in its module now, so that a test replacing one there is heard.
@@ -122,11 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     for name, help_text in SERVER_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text + " (needs jobpulse-server)", add_help=False)
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_text + " (needs jobpulse-server)", add_help=False
+        )
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         p.set_defaults(func=server._cmd_server)
 
-    command("usage", reports._cmd_usage, "calls and rate-limit rejections per API key (admin)")
+    command(
+        "usage",
+        reports._cmd_usage,
+        "calls and rate-limit rejections per API key (an admin key: every key's; other keys: their own)",
+    )
     command(
         "health",
         reports._cmd_health,
@@ -137,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", type=_non_empty, required=True, help="type of work; workers claim by kind")
     p.add_argument("--items", type=_positive_int, required=True, help="number of items")
     p.add_argument("--chunk-size", type=_positive_int, default=0, help="items per chunk (server default 500)")
-    p.add_argument("--priority", type=int, default=None, help="0..10 (server default 5)")
+    p.add_argument("--priority", type=_priority, default=None, help="0..10 (server default 5)")
     p.add_argument(
         "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
     )
@@ -145,12 +177,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata", type=_json_object, default=None, metavar="JSON", help="JSON object for workers"
     )
     p.add_argument("--name", default="", help="display name")
-    p.add_argument("--max-attempts", type=int, default=0, help="claims per chunk (server default 3)")
+    p.add_argument(
+        "--max-attempts", type=_max_attempts, default=0, help="claims per chunk, 1..100 (server default 3)"
+    )
     p.add_argument("--request-id", default="", help="idempotency key")
+    p.add_argument(
+        "--webhook-url",
+        type=_webhook_url,
+        default=None,
+        metavar="URL",
+        help="where the server POSTs the job's events (default: the API key's webhook, if any)",
+    )
+    p.add_argument("--webhook-progress", action="store_true", help="also POST throttled job.progress events")
+    p.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=None,
+        metavar="SECONDS",
+        help="how long the server keeps the job once it has ended, then deletes it; 0: for ever "
+        "(default: the server's, by the state it ends in)",
+    )
 
     p = command("get", jobs._cmd_get, "show a job and its chunks")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--basic", action="store_true", help="without chunks")
+    p.add_argument(
+        "--chunk-state",
+        type=_chunk_state,
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only chunks in this state (repeatable): pending, processing, completed, failed, cancelled",
+    )
+    p.add_argument(
+        "--chunks",
+        type=_positive_int,
+        default=GET_CHUNKS,
+        metavar="N",
+        help=f"show at most N chunks, in index order, and say how many more there are (default {GET_CHUNKS}; "
+        "--json prints every chunk)",
+    )
 
     p = command("list", jobs._cmd_list, "list jobs, newest first")
     _filter_options(p)
@@ -225,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ttl",
-        type=_seconds,
+        type=_token_ttl,
         default=None,
         metavar="SECONDS",
         help="how long the token stays valid, 1 to 86400 (server default 600: 10 minutes)",
@@ -233,7 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(settings.HTTP_URL.flag, default=None, metavar="URL", help=settings.HTTP_URL.help_text())
 
     p = command("worker", worker._cmd_worker, "run a sample worker that sleeps per item (until Ctrl-C)")
-    p.add_argument("--kind", action="append", default=[], help="kinds to claim (repeatable; default any)")
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        help="kind to claim (repeatable; required: the sample handler does fake work, so it names the jobs "
+        "it may take)",
+    )
     p.add_argument("--concurrency", type=_positive_int, default=1, help="chunks handled at once (threads)")
     p.add_argument("--item-delay", type=float, default=0.05, metavar="SECONDS", help="seconds per item")
     p.add_argument(
@@ -268,10 +340,10 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
         help="only jobs with this label (repeatable: all of them)",
     )
     p.add_argument(
-        "--min-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or more"
+        "--min-priority", type=_priority, default=None, metavar="N", help="only priority N (0..10) or more"
     )
     p.add_argument(
-        "--max-priority", type=int, default=None, metavar="N", help="only priority N (0..10) or less"
+        "--max-priority", type=_priority, default=None, metavar="N", help="only priority N (0..10) or less"
     )
     _created_options(p)
 

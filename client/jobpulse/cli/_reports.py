@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
+from jobpulse.cli import _render
 from jobpulse.cli._output import _print_json
 
 

@@ -8,9 +8,9 @@ import sys
 from typing import TextIO
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
 from jobpulse._client import Client
 from jobpulse._convert import job_state_name
+from jobpulse.cli import _render
 from jobpulse.cli._errors import exit_code_for
 from jobpulse.v1 import job_pb2
 

@@ -1,7 +1,7 @@
 """The sample worker's commands: ``worker`` runs one until Ctrl-C or SIGTERM; ``demo`` creates a job,
 has a few of them process it in threads, and watches it to the end.
 
-The handler itself, which sleeps per item and fails on request, is ``jobpulse._sample_worker``.
+The handler itself, which sleeps per item and fails on request, is ``jobpulse.cli._sample_worker``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import jobpulse.cli._connection as _connection
-from jobpulse import _render
 from jobpulse._convert import job_state_name
-from jobpulse._sample_worker import sample_handler
-from jobpulse.cli._errors import exit_code_for, format_error
+from jobpulse.cli import _render
+from jobpulse.cli._errors import EXIT_INTERRUPTED, EXIT_USAGE, _document, exit_code_for, format_error
 from jobpulse.cli._jobs import _all_chunks
-from jobpulse.cli._output import _print_json
+from jobpulse.cli._output import _print_json, _report
+from jobpulse.cli._sample_worker import sample_handler
 from jobpulse.cli._watch import watch_with_display
 from jobpulse.errors import JobpulseError
 from jobpulse.v1 import job_pb2
@@ -80,8 +80,29 @@ def _event_on_signal(signum: int, event: threading.Event) -> Iterator[None]:
         os.close(read_end)
 
 
+def _in_background_of_a_terminal() -> bool:
+    """True for a job started with ``&`` in a terminal: its terminal's foreground is another process group
+    (the shell, or a ``jobpulse watch`` drawing its live line there)."""
+    try:
+        return os.tcgetpgrp(sys.stderr.fileno()) != os.getpgrp()
+    except OSError:  # not a terminal
+        return False
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
-    _log_to_stderr(logging.INFO)
+    if not args.kind:
+        # Without kinds a worker claims every kind: the sample handler would complete other teams'
+        # real jobs with fake work.
+        line = (
+            "error: jobpulse worker needs --kind KIND: its sample handler only pretends to work, and "
+            "without a kind it would claim (and complete) every job on the server"
+        )
+        _report(args, None, line, _document(line.removeprefix("error: "), "USAGE"))
+        return EXIT_USAGE
+    # Started with `&` in a terminal, it keeps to warnings and errors: its per-chunk lines would be
+    # drawn over whatever the foreground shows (a `jobpulse watch` bar).
+    quiet = _in_background_of_a_terminal()
+    _log_to_stderr(logging.WARNING if quiet else logging.INFO)
     with _connection._client(args) as client:
         worker = Worker(
             client,
@@ -90,17 +111,26 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             lease_duration=args.lease,
             poll_wait=5.0,
         )
-        kinds = ", ".join(args.kind) or "any kind"
+        kinds = ", ".join(args.kind)
         stop = threading.Event()
         # SIGTERM stops as gracefully as a first Ctrl-C: no new claims, chunks in hand are finished.
         with _event_on_signal(signal.SIGTERM, stop):
-            print(
-                f"worker {worker.worker_id} on {args.target} ({kinds}, {args.concurrency} threads); "
-                "Ctrl-C to stop",
-                file=sys.stderr,
-                flush=True,
-            )
-            handled = worker.run(sample_handler(args.item_delay, args.fail_rate), stop_event=stop)
+            if not quiet:
+                print(
+                    f"worker {worker.worker_id} on {args.target} ({kinds}, {args.concurrency} threads); "
+                    "Ctrl-C to stop",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            try:
+                handled = worker.run(sample_handler(args.item_delay, args.fail_rate), stop_event=stop)
+            except KeyboardInterrupt:
+                # A second Ctrl-C: the chunks in hand are abandoned (their leases run out and other
+                # workers take them). Their threads still run, on this client: exiting here, at once,
+                # keeps them from reporting on a closed channel.
+                print("interrupted: the chunks in hand are left to their leases", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(EXIT_INTERRUPTED)
     print(f"worker stopped after {handled} chunks", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ from jobpulse.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
 )
+from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import (
     Ctx,
 )
@@ -23,6 +24,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     """jobpulse.v1.AdminService."""
 
     ROLES = auth.ADMIN_ROLES
+    # GetUsage: any key, for its own usage (an admin key: every key's).
+    USAGE_ROLES = auth.CLIENT_ROLES | auth.WORKER_ROLES
 
     def __init__(
         self,
@@ -41,6 +44,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: admin_service_pb2.GetUsageRequest, context: Ctx
     ) -> admin_service_pb2.GetUsageResponse:
         usage = await self.usage.report()
+        who = caller()
+        if not who.sees_all:  # a client or worker key sees its own line only, never another key's
+            usage = {name: u for name, u in usage.items() if name == who.name}
         return admin_service_pb2.GetUsageResponse(
             usage=[
                 admin_service_pb2.KeyUsage(key_name=name, role=u.role, calls=u.calls, rejected=u.rejected)

@@ -71,7 +71,7 @@ def _decode_problem(exc: BaseException) -> str:
 
 class CallGuard:
     """Authentication, error mapping, metrics and the access log for the services in ``roles``
-    (full service name -> roles that may call it).
+    (full service name -> roles that may call it; "service/Method" for a method whose roles differ).
 
     Not a grpc.aio interceptor: an interceptor is a coroutine grpc runs, with its continuation, on every
     call, only to hand back the same wrapped handler each time. Here each method's handler is wrapped
@@ -113,7 +113,8 @@ class CallGuard:
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         service, _, name = method.lstrip("/").partition("/")
-        roles = self.roles.get(service)
+        # A method whose roles differ from its service's is listed as "service/Method".
+        roles = self.roles.get(f"{service}/{name}", self.roles.get(service))
         if roles is None:
             return None
         if handler.unary_unary is not None:

@@ -268,6 +268,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         SERVICE_NAMES[0]: JobServicer.ROLES,
         SERVICE_NAMES[1]: WorkerServicer.ROLES,
         SERVICE_NAMES[2]: AdminServicer.ROLES,
+        f"{SERVICE_NAMES[2]}/GetUsage": AdminServicer.USAGE_ROLES,
         # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
         OPERATIONS_SERVICE: OperationsServicer.ROLES,
     }

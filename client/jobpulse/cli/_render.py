@@ -74,9 +74,20 @@ def format_duration(duration: Duration) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Returns rows as a left-aligned text table with a header line; columns are as wide as their content."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    widths = [max(text_width(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def text_width(text: str) -> int:
+    """How many terminal cells ``text`` takes (see :func:`cell_width`): a CJK or emoji name counts
+    two cells a character, as a terminal draws it, not one as ``len`` does."""
+    return sum(cell_width(c) for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` followed by spaces up to ``width`` terminal cells: ``str.ljust`` by display width."""
+    return text + " " * (width - text_width(text))
 
 
 def summary_text(summary: job_pb2.ChunksSummary) -> str:
@@ -143,8 +154,8 @@ def job_details(job: job_pb2.Job) -> str:
     ]
     if job.artifacts:
         fields.append(("artifacts", str(len(job.artifacts))))
-    width = max(len(k) for k, _ in fields)
-    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in fields if v != "")
+    width = max(text_width(k) for k, _ in fields)
+    return "\n".join(f"{pad(k, width)}  {v}".rstrip() for k, v in fields if v != "")
 
 
 def chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
@@ -234,9 +245,10 @@ def printable(text: str) -> str:
 
 
 def cell_width(char: str) -> int:
-    """Returns how many terminal cells ``char`` takes: 0 for combining marks, 2 for wide (East Asian
-    full-width) characters, else 1."""
-    if unicodedata.combining(char):
+    """Returns how many terminal cells ``char`` takes: 0 for combining marks and invisible format
+    characters (a zero-width joiner, a variation selector), 2 for wide (East Asian full-width and wide:
+    CJK, most emoji) characters, else 1."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
         return 0
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
@@ -291,19 +303,26 @@ def progress_line(job: job_pb2.Job, *, bar_width: int = 24, unicode: bool = True
     return "".join(text for text, _ in progress_segments(job, bar_width=bar_width, unicode=unicode))
 
 
-def event_line(event: job_service_pb2.WatchJobResponse) -> str:
-    """Returns one plain line for a watch message (for output that is not a terminal)."""
+def event_line(event: job_service_pb2.WatchJobResponse, changed_chunks: int | None = None) -> str:
+    """Returns one plain line for a watch message (for output that is not a terminal); ``changed_chunks``
+    counts the chunks of a revision sent over several messages (default: this message's)."""
     kind = job_service_pb2.WatchEventType.Name(event.type).removeprefix("WATCH_EVENT_TYPE_")
-    job = event.job
+    text = f"rev {event.revision} {kind.lower()} {job_status(event.job)}"
+    changed = len(event.chunks) if changed_chunks is None else changed_chunks
+    if changed:
+        text += f" changed_chunks={changed}"
+    return text
+
+
+def job_status(job: job_pb2.Job) -> str:
+    """The job's part of a plain watch line: state, progress, chunk counts and stage."""
     text = (
-        f"rev {event.revision} {kind.lower()} state={job_state_name(job.state)} "
+        f"state={job_state_name(job.state)} "
         f"{job.progress.percent:.1f}% items={job.progress.items_done}/{job.progress.items_total} "
         f"chunks={summary_text(job.chunks_summary)}"
     )
     if job.stage:
         text += f" stage={printable(job.stage)}"
-    if event.chunks:
-        text += f" changed_chunks={len(event.chunks)}"
     return text
 
 
@@ -431,6 +450,8 @@ class ProgressDisplay:
         encoding = (getattr(stream, "encoding", None) or "").lower()
         self._unicode = "utf" in encoding
         self._shown = False
+        self._printed = ""  # the job's part of the last plain line
+        self._parts = 0  # chunks of the revision being received, over its messages so far
 
     def _draw(self, segments: Segments) -> None:
         # One cell short of the width: writing the last column leaves some terminals in a pending wrap.
@@ -447,7 +468,17 @@ class ProgressDisplay:
             bar_width = 24 if columns >= 80 else max(6, (columns - 1) // 4)
             self._draw(progress_segments(job, bar_width=bar_width, unicode=self._unicode))
         elif event.type != job_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT:
-            self._stream.write(event_line(event) + "\n")
+            # One line per change of what the line shows: a revision sent over several messages (a
+            # snapshot of more than 1000 chunks) is one line, once its last part is in, and a message
+            # that changes nothing the line shows (a chunk's own progress) prints nothing.
+            self._parts += len(event.chunks)
+            if event.more:
+                return
+            status = job_status(job)
+            if status != self._printed:
+                self._stream.write(event_line(event, self._parts) + "\n")
+                self._printed = status
+            self._parts = 0
         self._stream.flush()
 
     def reconnecting(self, info: ReconnectInfo) -> None:
