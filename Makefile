@@ -205,5 +205,12 @@ dist: install
 	$(VENV)/bin/twine check --strict dist/*
 	@ls -l dist/*.whl | awk '{print $$5, $$9}'
 
+# The deploy artefacts' linters: hadolint on the Dockerfile, kubernetes-validate (strict: unknown fields
+# fail too) on deploy/kubernetes/. What they run is tested by tests/deploy/test_recipe.py (make test).
+check-deploy: install
+	$(VENV)/bin/hadolint Dockerfile
+	@echo "hadolint: Dockerfile clean"
+	$(VENV)/bin/kubernetes-validate --strict deploy/kubernetes/*.yaml
+
 clean:
 	rm -rf .gen-check .sdk-check .sdk-pins dist .pytest_cache .mypy_cache .ruff_cache site
