@@ -2,7 +2,8 @@
 commands the Dockerfile, compose.yaml and the Kubernetes manifests run are read out of those files and
 run as they are: the image's install into a fresh venv, the migration Job's command, the first key
 (docs/operations.md, Deploying), the image's entry point with its environment, then its HEALTHCHECK and
-the Deployment's probes against it, and SIGTERM. Every JOBPULSE_* variable they set must be a setting."""
+the Deployment's probes against it, and SIGTERM; and compose's migrate, replica and sample worker, with
+compose's environment, working a job. Every JOBPULSE_* variable they set must be a setting."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import pytest
 import yaml
 from support.polling import eventually
 from support.servers import free_port
+
+import jobpulse
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -53,6 +56,10 @@ def _manifests() -> dict[str, dict[str, Any]]:
 
 def _container(kind: str) -> dict[str, Any]:
     return _manifests()[kind]["spec"]["template"]["spec"]["containers"][0]
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "compose.yaml").read_text())["services"])
 
 
 def _settings() -> set[str]:
@@ -129,14 +136,7 @@ def served(image_venv: Path, database_url: str, tmp_path: Path) -> Iterator[dict
     """The migration Job, the first key, then the image's entry point with the image's environment (its
     ports moved to free ones, its database the test's): the running server, until SIGTERM."""
     image = _dockerfile()
-    bin_dir = image_venv / "bin"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
-    env.update(image["env"])
-    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    grpc_port, http_port = free_port(), free_port()
-    env.update(
-        JOBPULSE_DATABASE_URL=database_url, JOBPULSE_PORT=str(grpc_port), JOBPULSE_HTTP_PORT=str(http_port)
-    )
+    env, _, http_port = _image_env(image_venv, database_url)
     job = _container("Job")
     migrated = subprocess.run(
         job["command"] + job["args"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
@@ -182,3 +182,82 @@ def test_the_image_commands_migrate_serve_and_answer_the_probes_then_stop_on_sig
     assert _get(f"http://127.0.0.1:{port}/readyz") == 200  # its readiness probe
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, served["log"].read_text()[-3000:]
+
+
+def _image_env(image_venv: Path, database_url: str) -> tuple[dict[str, str], int, int]:
+    """The image's environment with its ports moved to free ones and the test's database, the venv first
+    on PATH as /opt/jobpulse/bin is in the image."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    env.update(_dockerfile()["env"])
+    env["PATH"] = f"{image_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    grpc_port, http_port = free_port(), free_port()
+    env.update(
+        JOBPULSE_DATABASE_URL=database_url, JOBPULSE_PORT=str(grpc_port), JOBPULSE_HTTP_PORT=str(http_port)
+    )
+    return env, grpc_port, http_port
+
+
+def test_compose_migrates_then_a_replica_serves_and_its_sample_worker_works_a_job(
+    image_venv: Path, database_url: str, tmp_path: Path
+) -> None:
+    """compose.yaml's services as compose would run them from the image: ``migrate``, then ``jobpulse-2``
+    (open mode, as compose sets it), then ``worker`` with its own command and environment (the replica's
+    address moved to this host), which works a job of the kind it claims."""
+    image, services = _dockerfile(), _compose()
+    env, grpc_port, _ = _image_env(image_venv, database_url)
+
+    def command(service: dict[str, Any]) -> list[str]:
+        return list(service.get("entrypoint") or image["ENTRYPOINT"]) + list(
+            service.get("command") or image["CMD"]
+        )
+
+    def service_env(service: dict[str, Any]) -> dict[str, str]:
+        values = {**env, **{k: str(v) for k, v in (service.get("environment") or {}).items()}}
+        values["JOBPULSE_DATABASE_URL"] = database_url  # compose's points at its own PostgreSQL
+        if "JOBPULSE_TARGET" in values:
+            values["JOBPULSE_TARGET"] = values["JOBPULSE_TARGET"].replace(
+                "jobpulse-2:50051", f"127.0.0.1:{grpc_port}"
+            )
+        return values
+
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["jobpulse-2"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["environment"]["JOBPULSE_TARGET"] == "jobpulse-2:50051"
+    migrated = subprocess.run(
+        command(services["migrate"]), env=service_env(services["migrate"]), cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("jobpulse-2", "worker"):
+            with open(tmp_path / f"{name}.log", "wb") as out:
+                started.append(
+                    subprocess.Popen(
+                        command(services[name]),
+                        env=service_env(services[name]),
+                        cwd=tmp_path,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        kind = command(services["worker"])[command(services["worker"]).index("--kind") + 1]
+        with jobpulse.Client(f"127.0.0.1:{grpc_port}", timeout=10.0) as client:
+            job = eventually(
+                lambda: _create_or_none(client, kind), timeout=60, what="the replica to take CreateJob"
+            )
+            done = client.wait(job.id, timeout=60)
+        logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+        assert done.state == jobpulse.JobState.Value("JOB_STATE_COMPLETED"), logs
+        assert all(p.poll() is None for p in started), logs
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+            proc.wait(30)
+
+
+def _create_or_none(client: jobpulse.Client, kind: str) -> Any:
+    try:
+        return client.create_job(kind=kind, total_items=8, chunk_size=2)
+    except jobpulse.errors.Unavailable:
+        return None
