@@ -3,16 +3,26 @@ newest versions it allows (``make check-sdk-pins``): no jobpulse_server, no SQLA
 
 Loaded with ``-p sdk_pins_plugin`` in place of tests/conftest.py (``--confcutdir`` keeps that one out),
 it gives ``server``, ``make_server`` and ``database_url`` as the tests use them, but each server is
-``python -m jobpulse_server`` run by the interpreter named in ``JOBPULSE_SERVER_PYTHON`` (the dev venv's),
-a process of its own on a fresh SQLite file. Only the SDK under test is imported here.
+``jobpulse-server serve`` in a process of its own, run by the interpreter named in
+``JOBPULSE_SERVER_PYTHON`` (the dev venv's), on a fresh SQLite file. Only the SDK under test is imported
+here.
+
+Importing the server takes a process seconds, where the in-process server of tests/conftest.py restarts in
+a tenth of one; the SDK's reconnect tests wait 10 s for a client to come back after a restart. So one
+process is kept ready with the server's modules imported (``_LAUNCHER``): a server start hands it its
+settings and it runs ``jobpulse-server serve`` at once, as ``python -m jobpulse_server`` would, while the
+next one imports.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +38,39 @@ START_TIMEOUT = 30.0
 # the answer's field 1 (status) = 1 (SERVING).
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = b"\x08\x01"
+# Imports the server, then waits for one line on stdin: the JOBPULSE_* settings as JSON; then serves.
+_LAUNCHER = """
+import json, os, sys
+import jobpulse_server.app, jobpulse_server.cli
+line = sys.stdin.readline()
+if not line:
+    sys.exit(0)
+os.environ.update(json.loads(line))
+sys.exit(jobpulse_server.cli.main(["serve"]))
+"""
+_LOGS = Path(tempfile.mkdtemp(prefix="jobpulse-sdk-pins-"))
+_ready: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+
+def _spawn() -> tuple[subprocess.Popen[bytes], Path]:
+    log = _LOGS / f"server-{len(list(_LOGS.iterdir()))}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPULSE_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [SERVER_PYTHON, "-c", _LAUNCHER],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log
+
+
+def _take() -> tuple[subprocess.Popen[bytes], Path]:
+    """The process kept ready (or a new one), another one made ready in its place."""
+    taken = _ready.pop() if _ready else _spawn()
+    _ready.append(_spawn())
+    return taken
 
 
 def _free_port() -> int:
@@ -41,12 +84,11 @@ class ExternalServer:
     ``address``, ``port``, ``app`` (None once stopped), ``config.port``, ``stop()`` and ``start()``
     (again on the same port and database)."""
 
-    def __init__(self, database_url: str, log: Path, **settings: Any) -> None:
+    def __init__(self, database_url: str, **settings: Any) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.config = SimpleNamespace(port=self.port)
-        self.env = {
-            **os.environ,
+        self.settings = {
             "JOBPULSE_HOST": "127.0.0.1",
             "JOBPULSE_PORT": str(self.port),
             "JOBPULSE_HTTP_PORT": "0",
@@ -55,7 +97,7 @@ class ExternalServer:
             "JOBPULSE_LOG_LEVEL": "WARNING",
             **{f"JOBPULSE_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        self.log_path = log
+        self.logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,10 +106,11 @@ class ExternalServer:
 
     def start(self) -> ExternalServer:
         assert self.config.port == self.port, "an external server restarts on its own port only"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [SERVER_PYTHON, "-m", "jobpulse_server"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+        self.proc, log = _take()
+        self.logs.append(log)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(self.settings).encode() + b"\n")
+        self.proc.stdin.close()
         self._wait_serving()
         return self
 
@@ -102,13 +145,20 @@ class ExternalServer:
         self.proc = None
 
     def _log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        return self.logs[-1].read_text(errors="replace")[-3000:] if self.logs else ""
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _server_python() -> None:
+def _server_python() -> Iterator[None]:
     if not SERVER_PYTHON:
         pytest.exit("JOBPULSE_SERVER_PYTHON must name the Python that runs the server", returncode=2)
+    yield
+    for proc, _ in _ready:
+        assert proc.stdin is not None
+        proc.stdin.close()  # no settings: it exits
+        proc.wait(30)
+    _ready.clear()
+    shutil.rmtree(_LOGS, ignore_errors=True)
 
 
 @pytest.fixture
@@ -117,11 +167,11 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_server(database_url: str, tmp_path: Path) -> Iterator[Callable[..., ExternalServer]]:
+def make_server(database_url: str) -> Iterator[Callable[..., ExternalServer]]:
     started: list[ExternalServer] = []
 
     def make(**settings: Any) -> ExternalServer:
-        srv = ExternalServer(database_url, tmp_path / f"server-{len(started)}.log", **settings)
+        srv = ExternalServer(database_url, **settings)
         started.append(srv)
         return srv.start()
 
