@@ -6,23 +6,36 @@ BUF := node_modules/.bin/buf
 # changes: a checkout that had buf alone gets the gRPC packages too.
 NODE_DEPS := node_modules/.installed
 PROTO_FILES := $(wildcard protos/jobpulse/v1/*.proto)
-PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
-  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
+# The stubs in client/jobpulse/v1/ are made by pinned generators in a venv of their own (.gen-venv), never
+# by the dev venv's newer ones, so that one set runs on every runtime client/pyproject.toml allows:
+# - protoc from grpcio-tools 1.72.1 writes gencode 6.30.0: protobuf runtimes 6.30 and later load it, and
+#   protobuf supports gencode of major V on runtimes V and V+1, so 6.30 through 7.x (docs/sdk.md, Dependencies);
+# - the _pb2_grpc.py files come from grpcio-tools 1.62.3: from 1.63 they check grpc.__version__ at import
+#   (a warning, an error from 1.66) and pass `_registered_method`, which grpcio 1.62 refuses.
+GEN_VENV := .gen-venv
+GEN_PY := $(GEN_VENV)/bin/python
+GEN_PINS := grpcio-tools==1.72.1 grpcio==1.72.1 protobuf==6.33.6 mypy-protobuf==5.1.0 types-protobuf==7.35.1.20260906
+GEN_GRPC_PLUGIN_PIN := grpcio-tools==1.62.3
+PROTOC := $(GEN_PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-mypy=$(GEN_VENV)/bin/protoc-gen-mypy \
+  --plugin=protoc-gen-mypy_grpc=$(GEN_VENV)/bin/protoc-gen-mypy_grpc
+PROTOC_GRPC := PYTHONPATH=$(GEN_VENV)/grpc-plugin $(GEN_PY) -m grpc_tools.protoc -Iprotos
 JOBPULSE_HOST ?= 127.0.0.1
 JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
+.PHONY: install gen check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
 # Both distributions, editable: the SDK `jobpulse` (client/) and the server `jobpulse-server` (service/),
-# each a plain path entry in the venv, so a user's mypy follows `import jobpulse`.
+# each a plain path entry in a .pth file of the venv, so a user's mypy follows `import jobpulse` (their
+# pyproject.toml files name the package root for that: setuptools' default is an import hook mypy cannot
+# see, and its "compat" mode, which gave the same .pth, is deprecated).
 $(VENV)/.installed: pyproject.toml client/pyproject.toml service/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev]'
+	$(PY) -m pip install -q -e ./client -e './service[dev]'
 	touch $@
 
 $(NODE_DEPS): package.json
@@ -32,20 +45,26 @@ $(NODE_DEPS): package.json
 # buf and the Node client's packages (tests/clients/test_node.py needs them).
 buf: $(NODE_DEPS)
 
-gen: install
-	$(PROTOC) \
-	  --python_out=client --grpc_python_out=client \
-	  --mypy_out=client --mypy_grpc_out=client $(PROTO_FILES)
-	$(PROTOC) --include_imports --include_source_info \
-	  --descriptor_set_out=client/jobpulse/v1/jobpulse.binpb $(PROTO_FILES)
+$(GEN_VENV)/.installed: Makefile
+	rm -rf $(GEN_VENV) && python3 -m venv $(GEN_VENV)
+	$(GEN_PY) -m pip install -q $(GEN_PINS)
+	$(GEN_PY) -m pip install -q --no-deps --target $(GEN_VENV)/grpc-plugin $(GEN_GRPC_PLUGIN_PIN)
+	touch $@
 
-check-generated: install
-	rm -rf .gen-check && mkdir -p .gen-check
-	$(PROTOC) \
-	  --python_out=.gen-check --grpc_python_out=.gen-check \
-	  --mypy_out=.gen-check --mypy_grpc_out=.gen-check $(PROTO_FILES)
+# Writes every generated file of client/jobpulse/v1/ into $(1).
+define generate
+	$(PROTOC) --python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTO_FILES)
+	$(PROTOC_GRPC) --grpc_python_out=$(1) $(PROTO_FILES)
 	$(PROTOC) --include_imports --include_source_info \
-	  --descriptor_set_out=.gen-check/jobpulse/v1/jobpulse.binpb $(PROTO_FILES)
+	  --descriptor_set_out=$(1)/jobpulse/v1/jobpulse.binpb $(PROTO_FILES)
+endef
+
+gen: $(GEN_VENV)/.installed
+	$(call generate,client)
+
+check-generated: $(GEN_VENV)/.installed
+	rm -rf .gen-check && mkdir -p .gen-check/jobpulse/v1
+	$(call generate,.gen-check)
 	@for f in .gen-check/jobpulse/v1/*; do \
 	  cmp -s $$f client/jobpulse/v1/$$(basename $$f) || { echo "stale generated file: client/jobpulse/v1/$$(basename $$f) (run make gen)"; exit 1; }; \
 	done
@@ -88,7 +107,7 @@ bench: install
 
 # The bench extra (PgQueuer, the peer measured beside jobpulse on PostgreSQL).
 $(VENV)/.bench-installed: service/pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q --config-settings editable_mode=compat -e ./client -e './service[dev,bench]'
+	$(PY) -m pip install -q -e ./client -e './service[dev,bench]'
 	touch $@
 
 # ListJobs first vs deep pages at 1,000,000 jobs (PostgreSQL) and 200,000 (SQLite); --plans FILE for plans.
@@ -148,5 +167,45 @@ check-sdk:
 	@echo "SDK alone installs: $$(tr '\n' ' ' < .sdk-check/installed.txt)"
 	rm -rf .sdk-check
 
+# The SDK at the oldest versions it allows (tests/deploy/sdk-oldest.txt) and at the newest, each in a fresh
+# venv that holds the SDK alone: its stubs import with warnings as errors, then its tests run there (tests/sdk
+# but test_sdk_tracing.py, which reads the server's own spans; tests/e2e/test_async.py), their servers run
+# by the dev venv as processes of their own (tests/deploy/sdk_pins_plugin.py).
+SDK_PIN_TEST_DEPS := pytest pytest-asyncio pytest-timeout grpcio-testing grpcio-health-checking
+SDK_PIN_IMPORTS := import jobpulse, jobpulse.cli; from jobpulse import Client, AsyncClient, Worker, AsyncWorker; \
+  from jobpulse.v1 import admin_service_pb2_grpc, job_service_pb2_grpc, worker_service_pb2_grpc
+check-sdk-pins: install
+	rm -rf .sdk-pins
+	@for pins in oldest newest; do \
+	  venv=.sdk-pins/$$pins; echo "== the SDK at the $$pins versions"; \
+	  python3 -m venv $$venv || exit 1; \
+	  $$venv/bin/python -m pip install -q --upgrade pip || exit 1; \
+	  if [ $$pins = oldest ]; then constraints="-c tests/deploy/sdk-oldest.txt"; else constraints=""; fi; \
+	  $$venv/bin/python -m pip install -q $$constraints ./client $(SDK_PIN_TEST_DEPS) || exit 1; \
+	  $$venv/bin/python -m pip list --format=freeze | grep -iE '^(grpcio|grpcio-status|protobuf|googleapis-common-protos|opentelemetry-api)==' | tr '\n' ' '; echo; \
+	  (cd $$venv && bin/python -W error -c "$(SDK_PIN_IMPORTS)") || exit 1; \
+	  export JOBPULSE_SERVER_PYTHON=$(CURDIR)/$(PY) PYTHONPATH=tests:tests/deploy; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/sdk \
+	    tests/sdk --ignore=tests/sdk/test_sdk_tracing.py || exit 1; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/e2e \
+	    tests/e2e/test_async.py || exit 1; \
+	done
+	rm -rf .sdk-pins
+
+# Both distributions built (sdist and wheel, into dist/), their metadata and readmes checked by twine.
+dist: install
+	rm -rf dist
+	$(PY) -m build -q --outdir dist client
+	$(PY) -m build -q --outdir dist service
+	$(VENV)/bin/twine check --strict dist/*
+	@ls -l dist/*.whl | awk '{print $$5, $$9}'
+
+# The deploy artefacts' linters: hadolint on the Dockerfile, kubernetes-validate (strict: unknown fields
+# fail too) on deploy/kubernetes/. What they run is tested by tests/deploy/test_recipe.py (make test).
+check-deploy: install
+	$(VENV)/bin/hadolint Dockerfile
+	@echo "hadolint: Dockerfile clean"
+	$(VENV)/bin/kubernetes-validate --strict deploy/kubernetes/*.yaml
+
 clean:
-	rm -rf .gen-check .sdk-check .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf .gen-check .sdk-check .sdk-pins dist .pytest_cache .mypy_cache .ruff_cache site

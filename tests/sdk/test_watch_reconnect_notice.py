@@ -213,7 +213,9 @@ def test_job_feed_reconnects_name_the_cursor_it_resumes_from(bouncer: Bouncer) -
                 kind=KIND, on_reconnect=reconnects.append, on_resume=resumes.append
             ):
                 events.append(event)
-                if later and any(j.id == later[0] for j in event.jobs):
+                # Over every event so far: the later job's may arrive before its CreateJob returns (the
+                # heartbeats keep coming, so this looks again).
+                if later and any(j.id == later[0] for e in events for j in e.jobs):
                     return
 
     thread = threading.Thread(target=watch, daemon=True)

@@ -218,6 +218,14 @@ class _GuardedService(grpc.ServiceRpcHandler):
         return None if registered is None else self._guard.wrap(method, registered)
 
 
+class _MethodDetails(grpc.HandlerCallDetails):
+    """The details a generic handler's lookup reads: the method's name (no call is made)."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
 class GuardedServer:
     """Stands in for the server while generated ``add_XServicer_to_server`` functions register a
     servicer: both forms they register (the generic handler and the registered methods, which grpc
@@ -235,16 +243,37 @@ class GuardedServer:
         self._server = server
         self._guard = guard
         self._registered = registered
+        self._added: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(self._guard.wrap_generic(h) for h in handlers))
+        # The SDK's stubs come from a generator old enough for grpcio 1.62 (the Makefile says why): their
+        # add_XServicer_to_server registers the generic handler alone. The methods to register are taken
+        # from it, through the handler's public lookup, as a newer generator would have passed them.
+        for handler in handlers:
+            if not isinstance(handler, grpc.ServiceRpcHandler):
+                continue
+            service = handler.service_name()
+            found = {}
+            for method in sorted(self._registered):
+                if method.startswith(f"/{service}/"):
+                    method_handler = handler.service(_MethodDetails(method))
+                    if method_handler is not None:
+                        found[method.rsplit("/", 1)[1]] = method_handler
+            if found:
+                self.add_registered_method_handlers(service, found)
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
-        kept = {n: h for n, h in handlers.items() if f"/{service}/{n}" in self._registered}
+        kept = {
+            n: h
+            for n, h in handlers.items()
+            if f"/{service}/{n}" in self._registered and f"/{service}/{n}" not in self._added
+        }
         if not kept:
             return
+        self._added.update(f"/{service}/{n}" for n in kept)
         if service not in self._guard.roles:
             self._server.add_registered_method_handlers(service, kept)
             return
