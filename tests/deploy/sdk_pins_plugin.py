@@ -41,7 +41,7 @@ SERVING = b"\x08\x01"
 # Imports the server, then waits for one line on stdin: the JOBPULSE_* settings as JSON; then serves.
 _LAUNCHER = """
 import json, os, sys
-import jobpulse_server.app, jobpulse_server.cli
+import jobpulse_server.app.wiring, jobpulse_server.cli
 line = sys.stdin.readline()
 if not line:
     sys.exit(0)
