@@ -5,7 +5,7 @@ backoff, which this process was never told of, is found within ``REFRESH_US``; a
 behind it is set and cleared as the chunk waits and is claimed.
 
 Why it exists: while a waiting chunk stayed in the claim index, every claim of its job read past it,
-and a job with 10,000 of them drained at 0.14-0.44 of the rate with none (bench.retry_backlog)."""
+and a job with 10,000 of them drained at 0.14-0.44 of the rate with none (a study since removed)."""
 
 from __future__ import annotations
 

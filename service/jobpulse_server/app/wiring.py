@@ -76,7 +76,7 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # ones workers, watchers and pages call all the time. Every other method is served through its service's
 # generic handler (api/interceptors.GuardedServer says why). Against every method registered (27), claim
 # + complete ran 3.3% and claim, then complete 1.8% more chunks a second on SQLite, 21 us less server
-# CPU a chunk (bench.compare, 4 rounds; bench/README.md, eighteenth pass).
+# CPU a chunk (bench.compare, 4 rounds, when it was measured).
 REGISTERED_METHODS = frozenset(
     f"/jobpulse.v1.{method}"
     for method in (

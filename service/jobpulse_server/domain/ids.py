@@ -51,7 +51,7 @@ def chunk_id(job_id: str, index: int) -> str:
 
 # Lease tokens made ahead, a batch from one read of the system's random source: a claim made one with a
 # read of its own (``secrets.token_urlsafe``, a getrandom system call each): 3% of the service and store's
-# time in ``python -m bench.sqlite_floor``.
+# time in the SQLite floor of ``python -m bench core`` when it was measured.
 # The same bytes, 18 of them a token, as unguessable; list.pop and extend are atomic, so threads never
 # share a token, and a forked child starts with none of its parent's.
 _TOKEN_BYTES = 18

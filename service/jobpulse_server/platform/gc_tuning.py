@@ -7,7 +7,7 @@ one change to 1,000 streams allocates tens of thousands of short-lived objects
 streams' long-lived state plus everything imported at start-up each full pass
 scans hundreds of thousands of objects. Measured with ``make bench-watch``: the
 collector was the largest single item in the server's profile during fan-out,
-and its pauses were the tail of the delivery latency (bench/README.md, the watch rounds).
+and its pauses were the tail of the delivery latency (``python -m bench watch``).
 
 So at start-up the server freezes what exists (modules, schema, descriptors: they
 live as long as the process and need never be scanned) and raises the

@@ -38,7 +38,7 @@ CHUNKS_PER_BATCH = 20_000
 # deletes at most a fifth of the time, leaving the rest of the CPU (two cores, shared with the
 # database on the machines this is measured on) to the calls being served. With an equal pause (and
 # 500-job batches) GetJob's p99 rose 2.8x while a backlog of 200,000 jobs was deleted; see
-# bench/README.md (Expiry) and docs/retention.md.
+# ``python -m bench retention`` and docs/retention.md.
 PAUSE_RATIO = 4.0
 # Longest time between two trims of tombstones (or of deliveries); they are also trimmed at least ten
 # times per retention period. A trim is a write transaction even when it finds nothing, and on SQLite

@@ -54,7 +54,7 @@ CHECKPOINT_INTERVAL = 0.5
 # into the server's memory) with it. Small, so that under load the log starts over at about every
 # checkpoint and its file stays a few tens of MB, written over in place: against 64 MiB and checkpoints
 # that truncated the file (which the writers then grew again), claim + complete ran 5-9% more chunks a
-# second (bench.compare, SQLite, 4 workers; figures in bench/README.md).
+# second (bench.compare, SQLite, 4 workers).
 WAL_LIMIT = 4 * 1024 * 1024
 WAL_FRAME_HEADER = 24
 # The log's file is cut back to this size when a writer starts the log over (SQLite's

@@ -3,7 +3,7 @@ next_attempt_time until a claim finds it due and clears it (store/waiting.py), `
 only the pending chunks without it, and ``ix_chunks_retry`` the waiting ones by when they come due. Until
 now every claim read past each waiting chunk of its job (and its row, for the time): with 10,000 waiting
 ahead of 3,000 fresh ones, workers drained the job at 0.14-0.44 of the rate with none waiting
-(bench.retry_backlog).
+(a study run when this migration landed; git history keeps it).
 
 Revision ID: 0014
 Revises: 0013
