@@ -6,12 +6,15 @@ from jobpulse.v1 import admin_service_pb2 as jobpulse_dot_v1_dot_admin__service_
 
 
 class AdminServiceStub(object):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     def __init__(self, channel):
@@ -33,12 +36,15 @@ class AdminServiceStub(object):
 
 
 class AdminServiceServicer(object):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     def GetUsage(self, request, context):
@@ -82,12 +88,15 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService(object):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     @staticmethod

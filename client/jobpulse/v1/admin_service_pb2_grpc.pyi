@@ -27,12 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     @_typing.overload
@@ -54,12 +57,15 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -77,12 +83,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is for operators. Every RPC needs an admin key (or open mode).
+    """AdminService is for operators. GetServerHealth needs an admin key (or open
+    mode); GetUsage answers every key, an admin key with every key's usage and a
+    client or worker key with its own line only.
 
     Errors carry an ErrorInfo (domain "jobpulse") with a stable reason:
-    UNAUTHENTICATED, PERMISSION_DENIED (a client or worker key), RATE_LIMITED
-    (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT, DATABASE_UNAVAILABLE
-    and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo), INTERNAL (a bug).
+    UNAUTHENTICATED, PERMISSION_DENIED (GetServerHealth with a client or worker
+    key), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo), INVALID_ARGUMENT,
+    DATABASE_UNAVAILABLE and SHUTTING_DOWN (UNAVAILABLE, with RetryInfo),
+    INTERNAL (a bug).
     """
 
     @_abc_1.abstractmethod
