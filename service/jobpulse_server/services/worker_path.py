@@ -102,13 +102,15 @@ class WorkRecord:
         return time.time_ns() if self.traced else 0
 
     def claimed(self, pairs: Sequence[tuple[Job, Chunk]], started: int) -> list[Claim]:
+        """Claims the batch made (committed): as ``Claim``s, recorded by ``made``."""
+        made = [Claim(job, c, c.lease_token or "", c.lease_expire_time or 0) for job, c in pairs]
+        return self.made(made, started)
+
+    def made(self, claims: list[Claim], started: int) -> list[Claim]:
         """Claims that committed: counted, their queue waits observed, their spans recorded."""
-        claims = [
-            Claim(job, chunk, chunk.lease_token or "", chunk.lease_expire_time or 0) for job, chunk in pairs
-        ]
         if claims:
             self.count("claimed", len(claims))
-            self.latency.claimed(pairs)
+            self.latency.claimed((c.job, c.chunk) for c in claims)
             self.trace_claims(claims, started)
         return claims
 
@@ -200,7 +202,7 @@ class TransactionPath:
             claims = await self.store.write(body)
             if claims is None:
                 continue  # look again
-            return self.record.claimed([(c.job, c.chunk) for c in claims], started)
+            return self.record.made(claims, started)
         return []
 
     async def claim_in(
@@ -428,7 +430,7 @@ class TransactionPath:
         record.latency.record(ends)
         if record.traced:
             job_trace.record(record.tracer, job_trace.COMPLETE, moved, started)
-        claimed = record.claimed([(c.job, c.chunk) for c in claims], started)
+        claimed = record.made(claims, started)
         results = [
             CompletionResult(item.chunk_id, got, None)
             if isinstance(got, DomainError)

@@ -170,22 +170,16 @@ class SqlStore:
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         """Runs ``run`` under the retry policy; a driver error that means the database is away (or the
         last abort) leaves as the domain's DatabaseUnavailable, so nothing above the store sees one."""
-        try:
-            return await self._retried(run)
-        except Exception as exc:
-            error = translated(exc)
-            if error is exc:
-                raise
-            raise error from exc
-
-    async def _retried(self, run: Callable[[], Awaitable[T]]) -> T:
         attempt = 1
         while True:
             try:
                 return await run()
             except Aborted as exc:
                 if attempt >= WRITE_ATTEMPTS:
-                    raise
+                    error = translated(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if self.on_retry is not None:
                     self.on_retry(exc.sqlstate)
                 log.info(
@@ -193,6 +187,11 @@ class SqlStore:
                 )
                 attempt += 1
                 await asyncio.sleep(_jitter.random() * 0.01 * attempt)
+            except Exception as exc:
+                error = translated(exc)
+                if error is exc:
+                    raise
+                raise error from exc
 
     def publish(self, changes: Changes) -> None:
         """Hands what a committed write changed to the change hub."""
