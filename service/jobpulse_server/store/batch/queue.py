@@ -96,9 +96,9 @@ class QueuedClaim:
 
 @dataclass
 class QueuedReport:
-    """A progress report (heartbeat): WorkerService.report_progress's arguments; ``lease_us`` 0 keeps
-    the chunk's lease duration. Answered with (cancel requested, the chunk's new lease end), or None
-    when it declined."""
+    """A progress report (heartbeat): a ProgressReport's fields with its job and the caller's clock;
+    ``lease_us`` 0 keeps the chunk's lease duration. Answered with (cancel requested, the chunk's new
+    lease end), or None when it declined."""
 
     chunk_id: str
     job_id: str
@@ -114,7 +114,7 @@ class QueuedReport:
 
 @dataclass
 class QueuedFailure:
-    """A retryable failure: WorkerService.fail's arguments, the jitter of its backoff (in [0, 1)) and the
+    """A retryable failure: a Failure's fields with its job, the jitter of its backoff (in [0, 1)) and the
     backoff's base and cap (seconds). Answered with what it did, or None when it declined."""
 
     chunk_id: str

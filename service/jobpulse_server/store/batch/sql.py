@@ -40,7 +40,7 @@ def _completing(now: str) -> str:
     """The completions ``i`` of a flush over their locked jobs ``j0``, as CTEs c0, r, c1 and g (the moved
     chunks and the counts they move per job); ``now`` is the placeholder of the flush's clock."""
     return (
-        # Fencing (services/workers.py ``_leased``), each item by its own token: the chunk is PROCESSING
+        # Fencing (worker_path.py ``leased``), each item by its own token: the chunk is PROCESSING
         # under this very token and its lease has not run out. Each chunk is found by its primary key:
         # the state is tested as ``state + 0`` so that the partial ix_chunks_lease (running chunks, by
         # lease end) cannot serve the lookup. The generic plan chose it whenever the statistics saw few
@@ -140,7 +140,7 @@ COMPLETE_GROUP = (
 )
 
 
-# The progress reports (heartbeats) of a flush as one statement: WorkerService.report_progress for each,
+# The progress reports (heartbeats) of a flush as one statement: TransactionPath.report for each,
 # in turn. Parameters: chunk ids, job ids, lease tokens, items done, stages, messages, external task ids,
 # lease durations (us, 0: keep the chunk's), one each per report in order; now; the NOTIFY channel, this
 # replica's id; the least time between a job's job.progress webhook events (us). A report declines (no
@@ -192,7 +192,7 @@ _AGAIN_STATE = q.derive_state_sql(
     "(j.n_pending + g.n)", "(j.n_processing - g.n)", "j.n_completed", "j.n_failed", "j.n_cancelled"
 )
 
-# The retryable failures of a flush as one statement: WorkerService.fail for each, in turn, where the
+# The retryable failures of a flush as one statement: TransactionPath.fail for each, in turn, where the
 # chunk goes back to PENDING to wait out its backoff. Parameters: chunk ids, job ids, lease tokens, error
 # reasons, error messages, jitters (each in [0, 1)), backoff bases and caps (seconds), one each per
 # failure in order; now; the NOTIFY channel, this replica's id; the least time between a job's
@@ -217,7 +217,7 @@ FAIL_GROUP = (
     "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $9) AND c.attempt < c.max_attempts "
     "FOR UPDATE OF c), "
     # Each chunk a revision of its own above the job's, in the order asked; its backoff as
-    # services/workers.py ``backoff_seconds`` computes it (the same float arithmetic, truncated to us as
+    # services/worker_path.py ``backoff_seconds`` computes it (the same float arithmetic, truncated to us as
     # int() does), the attempts counted from the job's last manual retry.
     "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, w.delay_s, "
     "trunc(w.delay_s * 1000000::float8)::bigint AS delay FROM c0 CROSS JOIN LATERAL "
@@ -310,11 +310,11 @@ def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
 
 
 def _claiming(name: str, steps: str, now: str, revision: str, joined: str) -> str:
-    """CTE ``name``: Job.move_chunk to PROCESSING of the slotted chunks ``steps``, as services/workers.py
-    ``_claim_in`` does it: attempt + 1, this worker, started now, items reset, a fresh unguessable lease
-    token (two random UUIDs, 244 bits) and its expiry; the chunk's revision is ``revision``, ``joined``
-    the FROM and WHERE that bring it. Returns the chunk, the items of its previous attempt, its caller,
-    step and due time."""
+    """CTE ``name``: Job.move_chunk to PROCESSING of the slotted chunks ``steps``, as
+    services/worker_path.py ``TransactionPath.claim_in`` does it: attempt + 1, this worker, started now,
+    items reset, a fresh unguessable lease token (two random UUIDs, 244 bits) and its expiry; the
+    chunk's revision is ``revision``, ``joined`` the FROM and WHERE that bring it. Returns the chunk, the
+    items of its previous attempt, its caller, step and due time."""
     return (
         f"{name} AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
         f"worker_id = {steps}.worker, start_time = {now}, end_time = NULL, next_attempt_time = NULL, "
