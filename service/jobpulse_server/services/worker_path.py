@@ -73,6 +73,26 @@ def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> flo
     return ceiling / 2 + jitter * ceiling / 2
 
 
+def fence(
+    job: Job | None, chunk: Chunk | None, chunk_id: str, token: str, now: int
+) -> tuple[Job, Chunk] | DomainError:
+    """The lease fence: the job and chunk when ``token`` is the chunk's current, unexpired lease at
+    ``now``; else why not."""
+    if chunk is None or job is None or chunk.job_id != job.id:
+        return ChunkNotFound(chunk_id)
+    if (
+        chunk.state != ChunkState.PROCESSING
+        or not token
+        or chunk.lease_token != token
+        or (chunk.lease_expire_time is not None and chunk.lease_expire_time < now)
+    ):
+        return LeaseLost(
+            f"the lease on chunk {chunk_id} is no longer yours (expired, or the chunk was claimed again)",
+            chunk_id=chunk_id,
+        )
+    return job, chunk
+
+
 class WorkRecord:
     """What the worker path tells the metrics, the latency histograms, the throughput counts and the
     spans, after each write has committed."""
@@ -221,20 +241,21 @@ class TransactionPath:
         )
         for job_id, job in found.items():
             jobs.setdefault(job_id, job)  # a job this transaction changed already keeps its changes
-        claims = []
-        for chunk in picked:
-            job = jobs[chunk.job_id]
-            chunk.attempt += 1
-            chunk.worker_id = ask.worker_id
-            chunk.start_time = now
-            chunk.end_time = None
-            chunk.due_time, chunk.next_attempt_time = chunk.next_attempt_time, None
-            job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
-            chunk.lease_token = ids.new_lease_token()
-            chunk.lease_expire_time = now + ask.lease_us
-            chunk.lease_duration = ask.lease_us
-            claims.append(Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time))
-        return claims
+        return [self.take(jobs[chunk.job_id], chunk, ask, now) for chunk in picked]
+
+    @staticmethod
+    def take(job: Job, chunk: Chunk, ask: ClaimRequest, now: int) -> Claim:
+        """The claim rule: a ready chunk starts its next attempt under a new lease of ``ask``'s worker."""
+        chunk.attempt += 1
+        chunk.worker_id = ask.worker_id
+        chunk.start_time = now
+        chunk.end_time = None
+        chunk.due_time, chunk.next_attempt_time = chunk.next_attempt_time, None
+        job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
+        chunk.lease_token = ids.new_lease_token()
+        chunk.lease_expire_time = now + ask.lease_us
+        chunk.lease_duration = ask.lease_us
+        return Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time)
 
     async def save(
         self,
@@ -272,23 +293,7 @@ class TransactionPath:
         now = self.clock()
         out: dict[str, tuple[Job, Chunk] | DomainError] = {}
         for chunk_id, token in items:
-            chunk = chunks.get(chunk_id)
-            job = jobs.get(wanted[chunk_id])
-            if chunk is None or job is None or chunk.job_id != job.id:
-                out[chunk_id] = ChunkNotFound(chunk_id)
-            elif (
-                chunk.state != ChunkState.PROCESSING
-                or not token
-                or chunk.lease_token != token
-                or (chunk.lease_expire_time is not None and chunk.lease_expire_time < now)
-            ):
-                out[chunk_id] = LeaseLost(
-                    f"the lease on chunk {chunk_id} is no longer yours "
-                    "(expired, or the chunk was claimed again)",
-                    chunk_id=chunk_id,
-                )
-            else:
-                out[chunk_id] = (job, chunk)
+            out[chunk_id] = fence(jobs.get(wanted[chunk_id]), chunks.get(chunk_id), chunk_id, token, now)
         return out, now
 
     async def leased_one(self, tx: Tx, chunk_id: str, token: str) -> tuple[Job, Chunk, int]:
@@ -304,30 +309,30 @@ class TransactionPath:
 
         async def body(tx: Tx) -> tuple[bool, int]:
             job, chunk, now = await self.leased_one(tx, item.chunk_id, item.lease_token)
-            if item.items_done > chunk.item_count:
-                raise InvalidArgument(
-                    [
-                        FieldViolation(
-                            "items_done", f"must be at most the chunk's item_count ({chunk.item_count})"
-                        )
-                    ]
-                )
-            if item.lease_us:
-                chunk.lease_duration = item.lease_us
-            chunk.lease_expire_time = now + (chunk.lease_duration or item.lease_us or 60_000_000)
-            if item.external_task_id:
-                chunk.external_task_id = item.external_task_id
-            if item.stage:
-                job.stage = item.stage
-            if item.message:
-                job.message = item.message
-            job.move_chunk(
-                chunk, ChunkState.PROCESSING, now, items_done=max(item.items_done, chunk.items_done)
-            )
+            answer = self.reported(job, chunk, item, now)
             await self.save(tx, [job], [chunk], now)
-            return job.cancel_requested, chunk.lease_expire_time
+            return answer
 
         return await self.store.write(body)
+
+    @staticmethod
+    def reported(job: Job, chunk: Chunk, item: ProgressReport, now: int) -> tuple[bool, int]:
+        """The progress rule, on a leased chunk: (cancel_requested, the lease's new end)."""
+        if item.items_done > chunk.item_count:
+            raise InvalidArgument(
+                [FieldViolation("items_done", f"must be at most the chunk's item_count ({chunk.item_count})")]
+            )
+        if item.lease_us:
+            chunk.lease_duration = item.lease_us
+        chunk.lease_expire_time = now + (chunk.lease_duration or item.lease_us or 60_000_000)
+        if item.external_task_id:
+            chunk.external_task_id = item.external_task_id
+        if item.stage:
+            job.stage = item.stage
+        if item.message:
+            job.message = item.message
+        job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=max(item.items_done, chunk.items_done))
+        return job.cancel_requested, chunk.lease_expire_time
 
     # --- completion --------------------------------------------------------
     async def complete(
@@ -379,17 +384,7 @@ class TransactionPath:
                     outcome.append((item, got))
                     continue
                 job, chunk = got
-                if item.external_task_id:
-                    chunk.external_task_id = item.external_task_id
-                if job.cancel_requested:
-                    job.move_chunk(chunk, ChunkState.CANCELLED, now)
-                else:
-                    job.move_chunk(chunk, ChunkState.COMPLETED, now, items_done=chunk.item_count)
-                    artifacts = list(item.artifacts)
-                    for a in artifacts:
-                        a.chunk_index = chunk.index
-                    tx.add_artifacts(job.id, artifacts)
-                    unsaved.setdefault(job.id, []).extend(artifacts)
+                self.completed(tx, job, chunk, item, now, unsaved)
                 jobs[job.id] = job
                 changed.append(chunk)
                 outcome.append((item, job))
@@ -442,6 +437,24 @@ class TransactionPath:
         # None ready among jobs free to lock in that transaction: the caller claims (and waits, if
         # asked) on its own now that the completions are committed.
         return results, claimed or None
+
+    @staticmethod
+    def completed(
+        tx: Tx, job: Job, chunk: Chunk, item: Completion, now: int, unsaved: dict[str, list[Artifact]]
+    ) -> None:
+        """The completion rule, on a leased chunk: completed with its artifacts, or cancelled when its
+        job has a cancel asked."""
+        if item.external_task_id:
+            chunk.external_task_id = item.external_task_id
+        if job.cancel_requested:
+            job.move_chunk(chunk, ChunkState.CANCELLED, now)
+            return
+        job.move_chunk(chunk, ChunkState.COMPLETED, now, items_done=chunk.item_count)
+        artifacts = list(item.artifacts)
+        for a in artifacts:
+            a.chunk_index = chunk.index
+        tx.add_artifacts(job.id, artifacts)
+        unsaved.setdefault(job.id, []).extend(artifacts)
 
     # --- failure -----------------------------------------------------------
     async def fail(self, item: Failure) -> FailOutcome:
