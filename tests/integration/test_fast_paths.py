@@ -423,7 +423,7 @@ def test_completions_with_their_next_claims_in_one_flush_are_each_in_turn(
     stale: int,
 ) -> None:
     """Several workers each completing a chunk with claim_next at once: one flush, written by one
-    statement (store/batch/sql.py ``_complete_then_claim``), leaves the job and its chunks as the
+    statement (store/batch/sql.py ``complete_then_claim``), leaves the job and its chunks as the
     completions one after another and then the claims, to the callers in turn, do. With a stale
     completion among them (``stale`` > 0) that caller gets nothing, and the others still claim after all
     the completions."""

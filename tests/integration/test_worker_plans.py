@@ -113,11 +113,15 @@ async def _postgresql_problems(database_url: str) -> list[str]:
         await conn.execute("ANALYZE jobs")
         await conn.execute("ANALYZE chunks")
         # Parameters: the kind when one is named, the limit; the claims take them twice.
-        claim_group = group.claim_group_params(["plan"], [("w", 1_000, 1)], 1, "ch", "r", 5_000_000)
+        claim_group = group.claim_group_statement(1, 1)
+        claim_group_values = claim_group.values(
+            {"kinds": ["plan"], "now": 1, "interval": 5_000_000, "channel": "ch", "replica": "r"}
+            | group.slots_given([("w", 1_000, 1)])
+        )
         statements = {
             "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1] * 2),
             "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), ["plan", 1] * 2),
-            "group-committed claim": ("ix_chunks_claim", group.claim_group_statement(1, 1), claim_group),
+            "group-committed claim": ("ix_chunks_claim", claim_group.sql, claim_group_values),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), [1, 10]),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, []),
             "due retries": ("ix_chunks_retry", sql.PG_PROMOTE, [1, 1000]),
@@ -207,19 +211,19 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         await conn.execute(f"UPDATE chunks SET state = {RUNNING}, lease_expire_time = idx WHERE idx % 3 = 1")
         await conn.execute(FLUSHER_SETTINGS)  # as the flusher's connection plans
         statements = {
-            "completions": group.COMPLETE_GROUP,
-            "progress reports": group.PROGRESS_GROUP,
-            "retryable failures": group.FAIL_GROUP,
+            "completions": group.COMPLETE_GROUP.sql,
+            "progress reports": group.PROGRESS_GROUP.sql,
+            "retryable failures": group.FAIL_GROUP.sql,
             "due retries": sql.PG_PROMOTE,
         }
         for limit in (1, 10, 256):
             for n_kinds in (0, 1):
                 statements[f"claims of {limit}, {n_kinds} kinds"] = group.claim_group_statement(
                     n_kinds, limit
-                )
-                statements[f"completions and claims of {limit}, {n_kinds} kinds"] = (
-                    group._complete_then_claim(bool(n_kinds), limit)[0]
-                )
+                ).sql
+                statements[f"completions and claims of {limit}, {n_kinds} kinds"] = group.complete_then_claim(
+                    bool(n_kinds), limit
+                ).sql
         problems = []
         for n, (name, text) in enumerate(statements.items()):
             types = [t.name for t in (await conn.prepare(text)).get_parameters()]

@@ -41,9 +41,10 @@ from jobpulse_server.store.batch.sql import (
     COMPLETE_GROUP,
     FAIL_GROUP,
     PROGRESS_GROUP,
-    _complete_then_claim,
-    claim_group_params,
+    Statement,
     claim_group_statement,
+    complete_then_claim,
+    slots_given,
 )
 from jobpulse_server.store.rows import chunk_from_row, job_from_row
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
@@ -134,26 +135,36 @@ class GroupCommit(BatchQueue):
         promoted, next_due = rows[0]
         waiting.settle(promoted, next_due, now)
 
-    async def _write_reports(self, items: list[QueuedReport]) -> None:
-        now = max(i.now for i in items)
-        rows = await self.store.statement_rows(
-            PROGRESS_GROUP,
-            [
-                [i.chunk_id for i in items],
-                [i.job_id for i in items],
-                [i.token for i in items],
-                [i.items_done for i in items],
-                [i.stage for i in items],
-                [i.message for i in items],
-                [i.external_task_id for i in items],
-                [i.lease_us for i in items],
-                now,
-                CHANNEL,
-                self.store.replica_id,
-                self.progress_interval_us,
-            ],
-        )
+    def _common(self, now: int) -> dict[str, Any]:
+        """The binds every flush statement shares: its clock, the NOTIFY channel, this replica, and the
+        least time between a job's job.progress events."""
+        return {
+            "now": now,
+            "channel": CHANNEL,
+            "replica": self.store.replica_id,
+            "interval": self.progress_interval_us,
+        }
+
+    async def _run_statement(self, statement: Statement, given: dict[str, Any]) -> list[Sequence[Any]]:
+        rows = await self.store.statement_rows(statement.sql, statement.values(given))
         self.flushes += 1
+        return rows
+
+    async def _write_reports(self, items: list[QueuedReport]) -> None:
+        rows = await self._run_statement(
+            PROGRESS_GROUP,
+            {
+                **self._common(max(i.now for i in items)),
+                "chunk_id": [i.chunk_id for i in items],
+                "job_id": [i.job_id for i in items],
+                "token": [i.token for i in items],
+                "items": [i.items_done for i in items],
+                "stage": [i.stage for i in items],
+                "message": [i.message for i in items],
+                "ext": [i.external_task_id for i in items],
+                "lease": [i.lease_us for i in items],
+            },
+        )
         self.items += len(rows)
         results: dict[int, tuple[bool, int]] = {}
         revisions: dict[str, int] = {}
@@ -165,25 +176,20 @@ class GroupCommit(BatchQueue):
         _answer(items, results)
 
     async def _write_failures(self, items: list[QueuedFailure]) -> None:
-        now = max(i.now for i in items)
-        rows = await self.store.statement_rows(
+        rows = await self._run_statement(
             FAIL_GROUP,
-            [
-                [i.chunk_id for i in items],
-                [i.job_id for i in items],
-                [i.token for i in items],
-                [i.reason for i in items],
-                [i.message for i in items],
-                [i.jitter for i in items],
-                [i.backoff_s for i in items],
-                [i.backoff_max_s for i in items],
-                now,
-                CHANNEL,
-                self.store.replica_id,
-                self.progress_interval_us,
-            ],
+            {
+                **self._common(max(i.now for i in items)),
+                "chunk_id": [i.chunk_id for i in items],
+                "job_id": [i.job_id for i in items],
+                "token": [i.token for i in items],
+                "reason": [i.reason for i in items],
+                "message": [i.message for i in items],
+                "jitter": [i.jitter for i in items],
+                "base": [i.backoff_s for i in items],
+                "cap": [i.backoff_max_s for i in items],
+            },
         )
-        self.flushes += 1
         self.items += len(rows)
         results: dict[int, Retried] = {}
         revisions: dict[str, int] = {}
@@ -199,35 +205,30 @@ class GroupCommit(BatchQueue):
             self.store.publish(Changes(jobs=revisions, work_later=later))
         _answer(items, results)
 
-    async def _write_completions(self, items: list[QueuedCompletion]) -> None:
-        now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
-        positions, names, uris, media, sizes = [], [], [], [], []
+    @staticmethod
+    def _completions_given(items: list[QueuedCompletion]) -> dict[str, Any]:
+        """The completions' binds: one entry each, and their artifacts as five arrays (the completion's
+        position from 1, name, uri, media type, size)."""
+        artifacts: list[list[Any]] = [[], [], [], [], []]
         for pos, item in enumerate(items, 1):
             for a in item.artifacts:
-                positions.append(pos)
-                names.append(a.name)
-                uris.append(a.uri)
-                media.append(a.media_type)
-                sizes.append(a.size_bytes)
-        rows = await self.store.statement_rows(
-            COMPLETE_GROUP,
-            [
-                [i.chunk_id for i in items],
-                [i.job_id for i in items],
-                [i.token for i in items],
-                [i.external_task_id for i in items],
-                now,
-                positions,
-                names,
-                uris,
-                media,
-                sizes,
-                CHANNEL,
-                self.store.replica_id,
-                self.progress_interval_us,
-            ],
+                for column, value in zip(
+                    artifacts, (pos, a.name, a.uri, a.media_type, a.size_bytes), strict=True
+                ):
+                    column.append(value)
+        return {
+            "chunk_id": [i.chunk_id for i in items],
+            "job_id": [i.job_id for i in items],
+            "token": [i.token for i in items],
+            "ext": [i.external_task_id for i in items],
+            **dict(zip(("a_pos", "a_name", "a_uri", "a_media", "a_size"), artifacts, strict=True)),
+        }
+
+    async def _write_completions(self, items: list[QueuedCompletion]) -> None:
+        now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
+        rows = await self._run_statement(
+            COMPLETE_GROUP, {**self._common(now), **self._completions_given(items)}
         )
-        self.flushes += 1
         self._completed(items, rows, now)
 
     def _completed(self, items: list[QueuedCompletion], rows: Sequence[Sequence[Any]], now: int) -> None:
@@ -280,12 +281,11 @@ class GroupCommit(BatchQueue):
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
-        rows = await self.store.statement_rows(
+        rows = await self._run_statement(
             claim_group_statement(len(kinds), len(slots)),
-            claim_group_params(kinds, slots, now, CHANNEL, self.store.replica_id, self.progress_interval_us),
+            {**self._common(now), "kinds": list(kinds), **slots_given(slots)},
         )
         row = rows[0]
-        self.flushes += 1
         self._claimed(asks, row[0], row[1], row[2], row[3], row[5])
 
     def _claimed(
@@ -320,46 +320,24 @@ class GroupCommit(BatchQueue):
         self, items: list[QueuedCompletion], kinds: tuple[str, ...], asks: list[QueuedClaim]
     ) -> None:
         """The completions and then the claims (of these kinds, each after completions of this flush
-        only) in one statement (``_complete_then_claim``). The claims are answered only if they were
+        only) in one statement (sql.py ``complete_then_claim``). The claims are answered only if they were
         made: not when a completion did not go through (the flusher then claims as before)."""
         now_c = max(i.now for i in items)
         now_k = max(a.now for a in asks)
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
-        sql, names = _complete_then_claim(bool(kinds), len(slots))
-        artifacts: list[list[Any]] = [[], [], [], [], []]
-        for pos, item in enumerate(items, 1):
-            for a in item.artifacts:
-                for column, value in zip(
-                    artifacts, (pos, a.name, a.uri, a.media_type, a.size_bytes), strict=True
-                ):
-                    column.append(value)
-        workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
-        given: dict[str, Any] = {
+        given = {
+            **self._common(now_c),
+            **self._completions_given(items),
+            **slots_given(slots),
             "kinds": list(kinds),
             "now_k": now_k,
             "now_c": now_c,
-            "ids": [i.chunk_id for i in items],
-            "jobs": [i.job_id for i in items],
-            "tokens": [i.token for i in items],
-            "ext": [i.external_task_id for i in items],
             "n": len(items),
-            "workers": workers,
-            "leases": leases,
-            "callers": callers,
-            "a_pos": artifacts[0],
-            "a_name": artifacts[1],
-            "a_uri": artifacts[2],
-            "a_media": artifacts[3],
-            "a_size": artifacts[4],
-            "channel": CHANNEL,
-            "replica": self.store.replica_id,
-            "interval": self.progress_interval_us,
         }
-        rows = await self.store.statement_rows(sql, names.values(given))
+        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots)), given)
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
-        self.flushes += 1
         self._completed(items, done_rows or (), now_c)
         if tried:
             self._claimed(asks, n_jobs, chunk_rows, claim_callers, job_rows, dues)

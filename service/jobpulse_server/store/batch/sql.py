@@ -10,17 +10,56 @@ holds them to the domain on random job states and groups.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jobpulse_server.store.statements as q
 from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
 
+
+@dataclass(frozen=True)
+class Statement:
+    """A statement of the group commit with its parameters named: ``values`` lists a flush's values for
+    them in the order of the text's ``$n``."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    def values(self, given: Mapping[str, Any]) -> list[Any]:
+        return [given[name] for name in self.names]
+
+
+class _Binds:
+    """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
+    same ``$n`` wherever it is used. Every statement here binds this one way."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            self.names.append(name)
+        return f"${self.names.index(name) + 1}"
+
+    def statement(self, sql: str) -> Statement:
+        return Statement(sql, tuple(self.names))
+
+
 _RUNNING = int(ChunkState.PROCESSING)
 _DONE = int(ChunkState.COMPLETED)
 _CANCELLED = int(ChunkState.CANCELLED)
 _TERMINAL = f"({int(JobState.COMPLETED)}, {int(JobState.FAILED)}, {int(JobState.CANCELLED)})"
+
+
+def _input(p: _Binds, columns: str) -> str:
+    """CTE i: a flush's items, one row each with its position from 1 (``pos``), from one array per column;
+    ``columns``: "name type" pairs, each column bound by its name."""
+    pairs = [c.split() for c in columns.split(", ")]
+    arrays = ", ".join(f"{p(name)}::{kind}[]" for name, kind in pairs)
+    names = ", ".join(n for n, _ in pairs)
+    return f"WITH i AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS i({names}, pos)), "
 
 
 def _prefixed(columns: Sequence[str], alias: str) -> str:
@@ -100,6 +139,12 @@ def _no_event(now: str, interval: str, asked: str) -> str:
     return f"(webhook_url = '' OR (n_pending + n_processing > ({asked}) AND {_quiet(now, interval)}))"
 
 
+def _touched(now: str) -> str:
+    """Job.touch of the job ``j`` of a flush's items, counted per job in ``g``: a revision per item, its
+    update time never going back."""
+    return f"revision = j.revision + g.n, update_time = greatest(j.update_time, {now}), "
+
+
 def _notify(channel: str, replica: str) -> str:
     """The pg_notify call telling the other replicas the jobs of ``j1`` at their new revisions (to be
     selected from j1, with ``HAVING count(*) > 0``: no notice when no job changed)."""
@@ -116,28 +161,38 @@ def _notify(channel: str, replica: str) -> str:
 # its position, the job's state and revision after the flush, the chunk's new state, the job's kind and
 # the chunk's item count (for the throughput counts), the chunk's index and attempt and the job's
 # trace_parent (for the completion's span).
-COMPLETE_GROUP = (
-    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
-    "AS i(chunk_id, job_id, token, ext, pos)), "
-    # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
-    # event (its end, a progress event due) declines: its outbox rows are built in Python.
-    "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
-    f"AND {_no_event('$5', '$13', '(SELECT count(*) FROM i WHERE i.job_id = jobs.id)')} "
-    "ORDER BY id FOR UPDATE), " + _completing("$5") +
-    # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new change_seq.
-    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $5), "
-    "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
-    "n_cancelled = j.n_cancelled + g.cancelled, items_done = j.items_done + g.gained, "
-    f"state = {_NEW_STATE}, "
-    f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, $5) ELSE NULL END, "
-    f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
-    + _artifacts("$6", "$7", "$8", "$9", "$10")
-    + f"n AS (SELECT {_notify('$11', '$12')} AS sent FROM j1 HAVING count(*) > 0) "
-    "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
-    "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
-    "CROSS JOIN n"
-)
+# The completions' input (``_input``): chunk id, job id, lease token, external task id.
+_COMPLETIONS = "chunk_id text, job_id text, token text, ext text"
+
+
+def _complete_group() -> Statement:
+    p = _Binds()
+    now = p("now")
+    return p.statement(
+        _input(p, _COMPLETIONS) +
+        # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
+        # event (its end, a progress event due) declines: its outbox rows are built in Python.
+        "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
+        f"AND {_no_event(now, p('interval'), '(SELECT count(*) FROM i WHERE i.job_id = jobs.id)')} "
+        "ORDER BY id FOR UPDATE), " + _completing(now) +
+        # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new
+        # change_seq.
+        f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
+        "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
+        "n_cancelled = j.n_cancelled + g.cancelled, items_done = j.items_done + g.gained, "
+        f"state = {_NEW_STATE}, "
+        f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, {now}) ELSE NULL END, "
+        f"change_seq = {q.POSTGRES.next_seq} "
+        "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
+        + _artifacts(p("a_pos"), p("a_name"), p("a_uri"), p("a_media"), p("a_size"))
+        + f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
+        "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
+        "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
+        "CROSS JOIN n"
+    )
+
+
+COMPLETE_GROUP = _complete_group()
 
 
 # The progress reports (heartbeats) of a flush as one statement: TransactionPath.report for each,
@@ -148,49 +203,61 @@ COMPLETE_GROUP = (
 # chunk's item_count, or its job's save would make a job.progress event (``_quiet``; a report never ends
 # a job). One row per report that went through: its position, the job's revision after the flush, whether
 # a cancel was asked, the chunk's new lease end.
-PROGRESS_GROUP = (
-    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
-    "$6::text[], $7::text[], $8::bigint[]) WITH ORDINALITY "
-    "AS i(chunk_id, job_id, token, items, stage, message, ext, lease, pos)), "
-    # The jobs first, by id (every writer's lock order).
-    "j0 AS (SELECT id, revision FROM jobs WHERE id IN (SELECT job_id FROM i) "
-    f"AND (webhook_url = '' OR {_quiet('$9', '$12')}) ORDER BY id FOR UPDATE), "
-    # Fencing as for a completion (_completing), and items_done within the chunk.
-    "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, i.items, i.stage, i.message, i.ext, i.lease, "
-    "i.pos FROM chunks c JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-    f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
-    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $9) AND i.items <= c.item_count "
-    "FOR UPDATE OF c), "
-    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
-    # Job.move_chunk to PROCESSING with the items (never fewer than before); the lease is extended from
-    # now by the duration given, else the chunk's own (60 s when it has none).
-    "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
-    "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
-    "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
-    "lease_expire_time = $9 + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
-    "0), 60000000), revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
-    "RETURNING c.job_id, c.items_done - r.old_done AS gained, r.pos, r.stage, r.message, "
-    "c.lease_expire_time), "
-    # The job: a revision per report, the items gained, the last stage and message given.
-    "g AS (SELECT job_id, count(*) AS n, sum(gained) AS gained, "
-    "(array_agg(stage ORDER BY pos DESC) FILTER (WHERE stage <> ''))[1] AS stage, "
-    "(array_agg(message ORDER BY pos DESC) FILTER (WHERE message <> ''))[1] AS message "
-    "FROM c1 GROUP BY job_id), "
-    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $9), "
-    "items_done = j.items_done + g.gained, stage = coalesce(g.stage, j.stage), "
-    "message = coalesce(g.message, j.message), start_time = coalesce(j.start_time, $9), "
-    f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.cancel_requested), "
-    f"n AS (SELECT {_notify('$10', '$11')} AS sent FROM j1 HAVING count(*) > 0) "
-    "SELECT c1.pos, j1.revision, j1.cancel_requested, c1.lease_expire_time FROM c1 "
-    "JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
-)
+def _progress_group() -> Statement:
+    p = _Binds()
+    now = p("now")
+    return p.statement(
+        _input(
+            p,
+            "chunk_id text, job_id text, token text, items bigint, stage text, message text, ext text, "
+            "lease bigint",
+        )
+        +
+        # The jobs first, by id (every writer's lock order).
+        "j0 AS (SELECT id, revision FROM jobs WHERE id IN (SELECT job_id FROM i) "
+        f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
+        # Fencing as for a completion (_completing), and items_done within the chunk.
+        "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, i.items, i.stage, i.message, i.ext, "
+        "i.lease, "
+        "i.pos FROM chunks c JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
+        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) AND i.items <= c.item_count "
+        "FOR UPDATE OF c), "
+        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+        # Job.move_chunk to PROCESSING with the items (never fewer than before); the lease is extended from
+        # now by the duration given, else the chunk's own (60 s when it has none).
+        "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
+        "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+        "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
+        f"lease_expire_time = {now} + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease "
+        "ELSE c.lease_duration END, "
+        "0), 60000000), revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+        "RETURNING c.job_id, c.items_done - r.old_done AS gained, r.pos, r.stage, r.message, "
+        "c.lease_expire_time), "
+        # The job: a revision per report, the items gained, the last stage and message given.
+        "g AS (SELECT job_id, count(*) AS n, sum(gained) AS gained, "
+        "(array_agg(stage ORDER BY pos DESC) FILTER (WHERE stage <> ''))[1] AS stage, "
+        "(array_agg(message ORDER BY pos DESC) FILTER (WHERE message <> ''))[1] AS message "
+        "FROM c1 GROUP BY job_id), "
+        f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
+        "items_done = j.items_done + g.gained, stage = coalesce(g.stage, j.stage), "
+        f"message = coalesce(g.message, j.message), start_time = coalesce(j.start_time, {now}), "
+        f"change_seq = {q.POSTGRES.next_seq} "
+        "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.cancel_requested), "
+        f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
+        "SELECT c1.pos, j1.revision, j1.cancel_requested, c1.lease_expire_time FROM c1 "
+        "JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
+    )
+
+
+PROGRESS_GROUP = _progress_group()
 
 
 _PENDING = int(ChunkState.PENDING)
 _AGAIN_STATE = q.derive_state_sql(
     "(j.n_pending + g.n)", "(j.n_processing - g.n)", "j.n_completed", "j.n_failed", "j.n_cancelled"
 )
+
 
 # The retryable failures of a flush as one statement: TransactionPath.fail for each, in turn, where the
 # chunk goes back to PENDING to wait out its backoff. Parameters: chunk ids, job ids, lease tokens, error
@@ -202,59 +269,70 @@ _AGAIN_STATE = q.derive_state_sql(
 # never ends a job). One row per failure that went through: its position, the chunk's next attempt time
 # and its backoff (seconds, as computed: the change hub's and the notice's wake-up), the job's revision
 # after the flush, the chunk's kind, start time, attempt and index, and the job's trace_parent.
-FAIL_GROUP = (
-    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::float8[], $7::float8[], $8::float8[]) WITH ORDINALITY "
-    "AS i(chunk_id, job_id, token, reason, message, jitter, base, cap, pos)), "
-    # The jobs first, by id (every writer's lock order).
-    "j0 AS (SELECT id, revision, priority, max_attempts FROM jobs WHERE id IN (SELECT job_id FROM i) "
-    f"AND NOT cancel_requested AND (webhook_url = '' OR {_quiet('$9', '$12')}) ORDER BY id FOR UPDATE), "
-    # Fencing as for a completion (_completing); only a chunk with an attempt left is retried here.
-    "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, c.attempt, c.max_attempts AS budget, "
-    "j0.max_attempts AS job_budget, i.reason, i.message, i.jitter, i.base, i.cap, i.pos FROM chunks c "
-    "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-    f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
-    "AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= $9) AND c.attempt < c.max_attempts "
-    "FOR UPDATE OF c), "
-    # Each chunk a revision of its own above the job's, in the order asked; its backoff as
-    # services/worker_path.py ``backoff_seconds`` computes it (the same float arithmetic, truncated to us as
-    # int() does), the attempts counted from the job's last manual retry.
-    "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, w.delay_s, "
-    "trunc(w.delay_s * 1000000::float8)::bigint AS delay FROM c0 CROSS JOIN LATERAL "
-    "(SELECT x.ceiling / 2 + c0.jitter * x.ceiling / 2 AS delay_s FROM (SELECT least(c0.cap, c0.base "
-    "* power(2::float8, greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) "
-    "AS x) AS w), "
-    # Job.move_chunk to PENDING with no items done, at the job's priority, the lease ended; the next
-    # attempt time, and retry_at (store/waiting.py: out of the claim index until it comes due).
-    f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
-    "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
-    "lease_expire_time = NULL, next_attempt_time = $9 + r.delay, retry_at = $9 + r.delay, "
-    "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
-    "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, r.delay_s, c.kind, "
-    "c.start_time, c.attempt, c.idx), "
-    "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
-    # Job.touch + the counts move (processing -> pending), the items of the failed attempts are taken
-    # back, derive_state (never terminal: a chunk is pending); a new change_seq.
-    "j1 AS (UPDATE jobs AS j SET revision = j.revision + g.n, update_time = greatest(j.update_time, $9), "
-    "n_processing = j.n_processing - g.n, n_pending = j.n_pending + g.n, "
-    f"items_done = j.items_done - g.lost, state = {_AGAIN_STATE}, end_time = NULL, "
-    f"change_seq = {q.POSTGRES.next_seq} "
-    "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.trace_parent), "
-    # The notice carries when the retries come due ('l', seconds from now, as domain/changes.py encode
-    # writes them), so a claim waiting on another replica wakes then.
-    "n AS (SELECT pg_notify($10, json_build_object('r', $11::text, 'j', json_object_agg(j1.id, j1.revision), "
-    "'d', json_build_array(), 'l', (SELECT json_agg(x ORDER BY x) FROM (SELECT DISTINCT "
-    "round(c1.delay_s::numeric, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
-    "AS sent FROM j1 HAVING count(*) > 0) "
-    "SELECT c1.pos, c1.next_attempt_time, c1.delay_s, j1.revision, c1.kind, c1.start_time, c1.attempt, "
-    "c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
-)
+def _fail_group() -> Statement:
+    p = _Binds()
+    now = p("now")
+    return p.statement(
+        _input(
+            p,
+            "chunk_id text, job_id text, token text, reason text, message text, jitter float8, "
+            "base float8, cap float8",
+        )
+        +
+        # The jobs first, by id (every writer's lock order).
+        "j0 AS (SELECT id, revision, priority, max_attempts FROM jobs WHERE id IN (SELECT job_id FROM i) "
+        "AND NOT cancel_requested "
+        f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
+        # Fencing as for a completion (_completing); only a chunk with an attempt left is retried here.
+        "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, c.attempt, c.max_attempts AS budget, "
+        "j0.max_attempts AS job_budget, i.reason, i.message, i.jitter, i.base, i.cap, i.pos FROM chunks c "
+        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
+        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) AND c.attempt < c.max_attempts "
+        "FOR UPDATE OF c), "
+        # Each chunk a revision of its own above the job's, in the order asked; its backoff as
+        # services/worker_path.py ``backoff_seconds`` computes it (the same float arithmetic, truncated
+        # to us as int() does), the attempts counted from the job's last manual retry.
+        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, w.delay_s, "
+        "trunc(w.delay_s * 1000000::float8)::bigint AS delay FROM c0 CROSS JOIN LATERAL "
+        "(SELECT x.ceiling / 2 + c0.jitter * x.ceiling / 2 AS delay_s FROM (SELECT least(c0.cap, c0.base "
+        "* power(2::float8, greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) "
+        "AS x) AS w), "
+        # Job.move_chunk to PENDING with no items done, at the job's priority, the lease ended; the next
+        # attempt time, and retry_at (store/waiting.py: out of the claim index until it comes due).
+        f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
+        "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
+        f"lease_expire_time = NULL, next_attempt_time = {now} + r.delay, retry_at = {now} + r.delay, "
+        "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+        "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, r.delay_s, c.kind, "
+        "c.start_time, c.attempt, c.idx), "
+        "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
+        # Job.touch + the counts move (processing -> pending), the items of the failed attempts are taken
+        # back, derive_state (never terminal: a chunk is pending); a new change_seq.
+        f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
+        "n_processing = j.n_processing - g.n, n_pending = j.n_pending + g.n, "
+        f"items_done = j.items_done - g.lost, state = {_AGAIN_STATE}, end_time = NULL, "
+        f"change_seq = {q.POSTGRES.next_seq} "
+        "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.trace_parent), "
+        # The notice carries when the retries come due ('l', seconds from now, as domain/changes.py encode
+        # writes them), so a claim waiting on another replica wakes then.
+        f"n AS (SELECT pg_notify({p('channel')}, json_build_object('r', {p('replica')}::text, "
+        "'j', json_object_agg(j1.id, j1.revision), "
+        "'d', json_build_array(), 'l', (SELECT json_agg(x ORDER BY x) FROM (SELECT DISTINCT "
+        "round(c1.delay_s::numeric, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
+        "AS sent FROM j1 HAVING count(*) > 0) "
+        "SELECT c1.pos, c1.next_attempt_time, c1.delay_s, j1.revision, c1.kind, c1.start_time, c1.attempt, "
+        "c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
+    )
 
 
-def _ready(n_kinds: int, kinds: str = "?") -> str:
-    """Chunks ready to run (statements.READY, written in); the kinds, when named, as one array (``kinds``:
-    its placeholder)."""
-    return q.READY + (f" AND kind = ANY({kinds})" if n_kinds else "")
+FAIL_GROUP = _fail_group()
+
+
+def _ready(kinds: str) -> str:
+    """Chunks ready to run (statements.READY, written in); ``kinds``: the placeholder of the wanted kinds
+    as one array, empty for any kind."""
+    return q.READY + (f" AND kind = ANY({kinds})" if kinds else "")
 
 
 def _first_jobs(ready: str, limit: int, kinds: str = "") -> str:
@@ -333,12 +411,7 @@ def _claim_counts(name: str, claimed: str) -> str:
     )
 
 
-def _numbered(sql: str) -> str:
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
-
-
-def claim_group_statement(n_kinds: int, limit: int) -> str:
+def claim_group_statement(n_kinds: int, limit: int) -> Statement:
     """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
     webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
     then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
@@ -349,99 +422,59 @@ def claim_group_statement(n_kinds: int, limit: int) -> str:
     bound LIMIT takes a tenth of the rows; then it read and sorted every pending chunk of the candidate
     jobs (with 30,000 pending chunks over 100 jobs, 12 ms a claim) where the first few rows of
     ix_chunks_claim were all it needed. One statement per limit and form (at most MAX_GROUP of each).
-    Parameters: ready params, the kinds (when named), now and the least time between job.progress
-    events (us), ready params again, the slots' worker ids, lease durations (us) and callers (from
-    1), now (four times), channel, replica id."""
+    Parameters: kinds (when named), now, interval (the least time between job.progress events, us),
+    workers, leases (us) and callers (from 1) of the slots, channel, replica."""
     # Built once for each form and limit: building it is a few dozen joins and formats (19 us), on every
     # claim flush's path.
     return _claim_group_statement(bool(n_kinds), limit)
 
 
 @functools.cache
-def _claim_group_statement(kinds: bool, limit: int) -> str:
-    d = q.POSTGRES
-    ready = _ready(int(kinds))
-    first = _first_jobs(ready, limit, "?" if kinds else "")
+def _claim_group_statement(kinds: bool, limit: int) -> Statement:
+    p = _Binds()
+    ready = _ready(p("kinds") if kinds else "")
+    now = p("now")
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
     order = "c1.priority DESC, c1.job_id, c1.idx"
-    return _numbered(
+    return p.statement(
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
         f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event "
-        f"FROM jobs WHERE id IN ({first}) ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", str(int(limit)), "?", "?")
-        + _slotted("r", "?", "?", "?")
+        f"FROM jobs WHERE id IN ({_first_jobs(ready, limit, p('kinds') if kinds else '')}) "
+        "ORDER BY id FOR UPDATE), "
+        + _picked(ready, "j", str(int(limit)), now, p("interval"))
+        + _slotted("r", p("workers"), p("leases"), p("callers"))
         + _claiming(
-            "c1", "r", "?", "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
+            "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
         )
         +
         # The counts move (pending -> processing), items of a previous attempt are taken back, the job
         # starts (start_time once), touch + derive_state, a new change_seq.
         _claim_counts("g", "c1")
         + "j1 AS (UPDATE jobs AS jj SET revision = jj.revision + g.steps, "
-        "update_time = greatest(jj.update_time, ?), "
+        f"update_time = greatest(jj.update_time, {now}), "
         "n_pending = jj.n_pending - g.n, n_processing = jj.n_processing + g.n, "
-        "items_done = jj.items_done - g.lost, start_time = coalesce(jj.start_time, ?), "
-        f"state = {state}, end_time = NULL, change_seq = {d.next_seq} "
+        f"items_done = jj.items_done - g.lost, start_time = coalesce(jj.start_time, {now}), "
+        f"state = {state}, end_time = NULL, change_seq = {q.POSTGRES.next_seq} "
         f"FROM g WHERE jj.id = g.job_id RETURNING {_prefixed(JOB_COLUMNS, 'jj')}) "
         f"SELECT (SELECT count(*) FROM j) AS n_jobs, "
         f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) ORDER BY {order}) FROM c1) AS chunk_rows, "
         f"(SELECT array_agg(c1.caller ORDER BY {order}) FROM c1) AS callers, "
         "(SELECT array_agg(j1) FROM j1) AS job_rows, "
-        f"(SELECT {_notify('?', '?')} FROM j1 HAVING count(*) > 0) AS notified, "
+        f"(SELECT {_notify(p('channel'), p('replica'))} FROM j1 HAVING count(*) > 0) AS notified, "
         f"(SELECT array_agg(c1.due ORDER BY {order}) FROM c1) AS dues"
     )
 
 
-def claim_group_params(
-    kinds: Sequence[str],
-    slots: Sequence[tuple[str, int, int]],
-    now: int,
-    channel: str,
-    replica: str,
-    progress_interval_us: int,
-) -> list[Any]:
-    """The claim statement's parameters for ``slots`` (worker id, lease us, caller from 1), one per chunk
-    wanted; ``progress_interval_us``: the least time between a job's job.progress webhook events."""
-    named = [list(kinds)] if kinds else []
+def slots_given(slots: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
+    """The slots' parameters (worker id, lease us, caller from 1, one per chunk wanted) as named binds."""
     workers, leases, callers = (list(x) for x in zip(*slots, strict=True))
-    return [
-        *named,
-        *named,
-        now,
-        progress_interval_us,
-        *named,
-        workers,
-        leases,
-        callers,
-        now,
-        now,
-        now,
-        now,
-        channel,
-        replica,
-    ]
-
-
-class _Named:
-    """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
-    same ``$n`` wherever it is used."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, name: str) -> str:
-        if name not in self.names:
-            self.names.append(name)
-        return f"${self.names.index(name) + 1}"
-
-    def values(self, given: dict[str, Any]) -> list[Any]:
-        return [given[name] for name in self.names]
+    return {"workers": workers, "leases": leases, "callers": callers}
 
 
 @functools.cache
-def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
+def complete_then_claim(kinds: bool, limit: int) -> Statement:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
     COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
@@ -456,9 +489,9 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
     after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
     written in as claim_group_statement writes it."""
-    p = _Named()
+    p = _Binds()
     # A placeholder is named only where the statement uses it (an unused one has no type).
-    ready = _ready(int(kinds), p("kinds") if kinds else "")
+    ready = _ready(p("kinds") if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
         "(j.n_processing - g.n)",
@@ -478,9 +511,8 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
     )
     order = "k1.priority DESC, k1.job_id, k1.idx"
     now_c = p("now_c")
-    sql = (
-        f"WITH i AS (SELECT * FROM unnest({p('ids')}::text[], {p('jobs')}::text[], {p('tokens')}::text[], "
-        f"{p('ext')}::text[]) WITH ORDINALITY AS i(chunk_id, job_id, token, ext, pos)), "
+    return p.statement(
+        _input(p, _COMPLETIONS) +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
         f"f AS ({_first_jobs(ready, limit, p('kinds') if kinds else '')}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
@@ -545,4 +577,3 @@ def _complete_then_claim(kinds: bool, limit: int) -> tuple[str, _Named]:
         f"(SELECT array_agg(k1.due ORDER BY {order}) FROM k1) AS dues, "
         "(SELECT count(*) FROM n) AS notified"
     )
-    return sql, p
