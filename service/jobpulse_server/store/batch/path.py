@@ -34,6 +34,7 @@ from jobpulse_server.store.batch.queue import (
     QueuedFailure,
     QueuedReport,
 )
+from jobpulse_server.store.batch.sql import Binds, Statement
 from jobpulse_server.store.waiting import Waiting
 
 
@@ -48,26 +49,33 @@ class _Runs(Protocol):
     def publish(self, changes: Changes) -> None: ...
 
 
-# A key's shared rate-limit bucket (services/ratelimit.py): takes $3 tokens, all or none, after refilling
-# the bucket for the time since its last lease at $4 tokens a second (capped at $2), on the database's
-# clock, in one statement that is its own transaction. A key seen for the first time starts full. The row
-# lock orders replicas leasing the same key; RETURNING gives the grant and what is left. All or none: with
-# partial grants, replicas competing for a key at its limit took its trickle a token or two per statement.
-_NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
-_AVAILABLE = (
-    "LEAST($2::double precision, b.tokens + GREATEST(0, excluded.refill_time - b.refill_time)"
-    " * $4::double precision / 1000000.0)"
-)
-_GRANT = f"CASE WHEN {_AVAILABLE} >= $3::bigint THEN $3::bigint ELSE 0 END"
-LEASE_TOKENS = (
-    "INSERT INTO rate_buckets AS b (key_name, tokens, refill_time, granted) "
-    f"SELECT $1, $2::double precision - n.g, n.t, n.g FROM (SELECT {_NOW_US} AS t, "
-    "CASE WHEN $2::double precision >= $3::bigint THEN $3::bigint ELSE 0 END AS g) AS n "
-    "ON CONFLICT (key_name) DO UPDATE SET "
-    f"tokens = {_AVAILABLE} - {_GRANT}, granted = {_GRANT}, "
-    "refill_time = GREATEST(b.refill_time, excluded.refill_time) "
-    "RETURNING granted, tokens"
-)
+def _lease_tokens() -> Statement:
+    """A key's shared rate-limit bucket (services/ratelimit.py): takes ``want`` tokens, all or none, after
+    refilling the bucket for the time since its last lease at ``rate`` tokens a second (capped at
+    ``burst``), on the database's clock, in one statement that is its own transaction. A key seen for the
+    first time starts full. The row lock orders replicas leasing the same key; RETURNING gives the grant
+    and what is left. All or none: with partial grants, replicas competing for a key at its limit took
+    its trickle a token or two per statement."""
+    p = Binds()
+    key, burst, want, rate = p("key"), p("burst"), p("want"), p("rate")
+    now_us = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+    available = (
+        f"LEAST({burst}::double precision, b.tokens + GREATEST(0, excluded.refill_time - b.refill_time)"
+        f" * {rate}::double precision / 1000000.0)"
+    )
+    grant = f"CASE WHEN {available} >= {want}::bigint THEN {want}::bigint ELSE 0 END"
+    return p.statement(
+        "INSERT INTO rate_buckets AS b (key_name, tokens, refill_time, granted) "
+        f"SELECT {key}, {burst}::double precision - n.g, n.t, n.g FROM (SELECT {now_us} AS t, "
+        f"CASE WHEN {burst}::double precision >= {want}::bigint THEN {want}::bigint ELSE 0 END AS g) AS n "
+        "ON CONFLICT (key_name) DO UPDATE SET "
+        f"tokens = {available} - {grant}, granted = {grant}, "
+        "refill_time = GREATEST(b.refill_time, excluded.refill_time) "
+        "RETURNING granted, tokens"
+    )
+
+
+LEASE_TOKENS = _lease_tokens()
 
 
 T = TypeVar("T")
@@ -175,7 +183,10 @@ class Batch:
         """Takes ``want`` tokens, all or none, from the key's shared bucket; when it grants none, the wait
         is until the bucket holds ``want``, so replicas competing for a key over its limit take blocks,
         not a statement per token."""
-        row = await self.store.statement(LEASE_TOKENS, [key_name, burst, want, rate])
+        row = await self.store.statement(
+            LEASE_TOKENS.sql,
+            LEASE_TOKENS.values({"key": key_name, "burst": burst, "want": want, "rate": rate}),
+        )
         assert row is not None
         granted, left = int(row[0]), float(row[1])
         if granted:

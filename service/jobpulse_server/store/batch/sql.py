@@ -31,7 +31,7 @@ class Statement:
         return [given[name] for name in self.names]
 
 
-class _Binds:
+class Binds:
     """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
     same ``$n`` wherever it is used. Every statement here binds this one way."""
 
@@ -53,7 +53,7 @@ _CANCELLED = int(ChunkState.CANCELLED)
 _TERMINAL = f"({int(JobState.COMPLETED)}, {int(JobState.FAILED)}, {int(JobState.CANCELLED)})"
 
 
-def _input(p: _Binds, columns: str) -> str:
+def _input(p: Binds, columns: str) -> str:
     """CTE i: a flush's items, one row each with its position from 1 (``pos``), from one array per column;
     ``columns``: "name type" pairs, each column bound by its name."""
     pairs = [c.split() for c in columns.split(", ")]
@@ -166,7 +166,7 @@ _COMPLETIONS = "chunk_id text, job_id text, token text, ext text"
 
 
 def _complete_group() -> Statement:
-    p = _Binds()
+    p = Binds()
     now = p("now")
     return p.statement(
         _input(p, _COMPLETIONS) +
@@ -204,7 +204,7 @@ COMPLETE_GROUP = _complete_group()
 # a job). One row per report that went through: its position, the job's revision after the flush, whether
 # a cancel was asked, the chunk's new lease end.
 def _progress_group() -> Statement:
-    p = _Binds()
+    p = Binds()
     now = p("now")
     return p.statement(
         _input(
@@ -270,7 +270,7 @@ _AGAIN_STATE = q.derive_state_sql(
 # and its backoff (seconds, as computed: the change hub's and the notice's wake-up), the job's revision
 # after the flush, the chunk's kind, start time, attempt and index, and the job's trace_parent.
 def _fail_group() -> Statement:
-    p = _Binds()
+    p = Binds()
     now = p("now")
     return p.statement(
         _input(
@@ -431,7 +431,7 @@ def claim_group_statement(n_kinds: int, limit: int) -> Statement:
 
 @functools.cache
 def _claim_group_statement(kinds: bool, limit: int) -> Statement:
-    p = _Binds()
+    p = Binds()
     ready = _ready(p("kinds") if kinds else "")
     now = p("now")
     state = (
@@ -489,7 +489,7 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
     after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
     written in as claim_group_statement writes it."""
-    p = _Binds()
+    p = Binds()
     # A placeholder is named only where the statement uses it (an unused one has no type).
     ready = _ready(p("kinds") if kinds else "")
     done_state = q.derive_state_sql(
