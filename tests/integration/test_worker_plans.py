@@ -119,8 +119,8 @@ async def _postgresql_problems(database_url: str) -> list[str]:
             | group.slots_given([("w", 1_000, 1)])
         )
         statements = {
-            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), [1] * 2),
-            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True), ["plan", 1] * 2),
+            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False).sql, [1]),
+            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True).sql, [["plan"], 1]),
             "group-committed claim": ("ix_chunks_claim", claim_group.sql, claim_group_values),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), [1, 10]),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, []),

@@ -235,9 +235,9 @@ class SqlTx:
         every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks). ``held``: jobs
         this transaction has read already, which SQLite does not read again (left out of the jobs returned;
         PostgreSQL locks every job it claims from, so it reads them all)."""
-        params = [*q.ready_params(self.d, kinds), limit]
         if self.d.postgres:
-            row = await self.conn.fetchrow(q.pg_claim(len(kinds), skip_locked=skip_locked), params * 2)
+            claim = q.pg_claim(len(kinds), skip_locked=skip_locked)
+            row = await self.conn.fetchrow(claim.sql, claim.values({"kinds": list(kinds), "limit": limit}))
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
         waiting = self.waiting
@@ -246,6 +246,7 @@ class SqlTx:
             waiting.begin(now)
             promoted = await self.conn.execute(q.SQLITE_PROMOTE, (now, PROMOTE_LIMIT))
             waiting.settle(promoted, await self.conn.fetchval(q.NEXT_RETRY, ()), now)
+        params = [*q.ready_params(self.d, kinds), limit]
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
         wanted = [c.job_id for c in picked if c.job_id not in held]
         return (await self.get_jobs(wanted, None) if wanted else {}), picked

@@ -10,42 +10,13 @@ holds them to the domain on random job states and groups.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import jobpulse_server.store.statements as q
 from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
-
-
-@dataclass(frozen=True)
-class Statement:
-    """A statement of the group commit with its parameters named: ``values`` lists a flush's values for
-    them in the order of the text's ``$n``."""
-
-    sql: str
-    names: tuple[str, ...]
-
-    def values(self, given: Mapping[str, Any]) -> list[Any]:
-        return [given[name] for name in self.names]
-
-
-class Binds:
-    """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
-    same ``$n`` wherever it is used. Every statement here binds this one way."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, name: str) -> str:
-        if name not in self.names:
-            self.names.append(name)
-        return f"${self.names.index(name) + 1}"
-
-    def statement(self, sql: str) -> Statement:
-        return Statement(sql, tuple(self.names))
-
+from jobpulse_server.store.statements import Binds, Statement
 
 _RUNNING = int(ChunkState.PROCESSING)
 _DONE = int(ChunkState.COMPLETED)
@@ -329,48 +300,15 @@ def _fail_group() -> Statement:
 FAIL_GROUP = _fail_group()
 
 
-def _ready(kinds: str) -> str:
-    """Chunks ready to run (statements.READY, written in); ``kinds``: the placeholder of the wanted kinds
-    as one array, empty for any kind."""
-    return q.READY + (f" AND kind = ANY({kinds})" if kinds else "")
-
-
-def _first_jobs(ready: str, limit: int, kinds: str = "") -> str:
-    """The jobs of the first ``limit`` ready chunks in claim order (a claim's candidates, locked before
-    their chunks); ``kinds``: the kinds' placeholder when the claim names kinds. The LIMIT is written in,
-    not bound (see claim_group_statement).
-
-    Found job by job: the jobs with pending chunks in claim order (ix_jobs_claimable), then each one's
-    ready chunks (ix_chunks_claim, descended to that job's own entries: a pending chunk has its job's
-    priority). A claim leaves its chunk's entry in ix_chunks_claim dead until a vacuum, and job ids sort
-    by creation, so a scan of that index from its start read past the dead entries of every older job of
-    the priority (719 buffers, 0.87 ms behind two drained jobs of 50,000 chunks; 6 buffers this way).
-    Ordered by job alone: the first ``limit`` rows hold the same jobs whatever their order within a job,
-    and the jobs' index gives that order with no sort."""
-    n = int(limit)
-    job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
-    return (
-        f"SELECT pj.id AS job_id FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
-        f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {n}) AS r "
-        f"WHERE pj.n_pending > 0{job_kinds} ORDER BY pj.priority DESC, pj.id LIMIT {n}"
-    )
-
-
 def _picked(ready: str, jobs: str, limit: str, now: str, interval: str) -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs`` (id, priority, webhook columns), in
-    claim order, locked (SKIP LOCKED), each job's read from its own entries of ix_chunks_claim as in
-    _first_jobs; none when a claim would make a candidate job's webhook event (a progress event due: a
-    claim never ends a job), and then the general path claims, keeping the claim order. Each job's read
-    locks what it returns: every ready chunk of the candidates before the last is in the flush's first
-    ``limit``, so at most ``limit`` - 1 of the last one's are locked and left (until the commit)."""
-    return (
-        f"c AS (SELECT r.* FROM (SELECT id, priority FROM {jobs} WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})) AS pj "
-        "CROSS JOIN LATERAL (SELECT ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, "
-        f"ch.next_attempt_time AS due FROM chunks ch WHERE {ready} AND ch.priority = pj.priority "
-        f"AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {limit} FOR UPDATE OF ch SKIP LOCKED) AS r "
-        f"ORDER BY r.priority DESC, r.job_id, r.idx LIMIT {limit}), "
-    )
+    claim order, locked (statements.pg_ready_of_jobs); none when a claim would make a candidate job's
+    webhook event (a progress event due: a claim never ends a job), and then the general path claims,
+    keeping the claim order."""
+    quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
+    candidates = f"(SELECT id, priority FROM {jobs} WHERE NOT EXISTS {quiet})"
+    columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
+    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns)}), "
 
 
 def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
@@ -432,7 +370,7 @@ def claim_group_statement(n_kinds: int, limit: int) -> Statement:
 @functools.cache
 def _claim_group_statement(kinds: bool, limit: int) -> Statement:
     p = Binds()
-    ready = _ready(p("kinds") if kinds else "")
+    ready = q.pg_ready(p("kinds") if kinds else "")
     now = p("now")
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
@@ -441,7 +379,7 @@ def _claim_group_statement(kinds: bool, limit: int) -> Statement:
     return p.statement(
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
         f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event "
-        f"FROM jobs WHERE id IN ({_first_jobs(ready, limit, p('kinds') if kinds else '')}) "
+        f"FROM jobs WHERE id IN ({q.pg_candidate_jobs(ready, str(int(limit)), p('kinds') if kinds else '')}) "
         "ORDER BY id FOR UPDATE), "
         + _picked(ready, "j", str(int(limit)), now, p("interval"))
         + _slotted("r", p("workers"), p("leases"), p("callers"))
@@ -491,7 +429,7 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
     written in as claim_group_statement writes it."""
     p = Binds()
     # A placeholder is named only where the statement uses it (an unused one has no type).
-    ready = _ready(p("kinds") if kinds else "")
+    ready = q.pg_ready(p("kinds") if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
         "(j.n_processing - g.n)",
@@ -514,7 +452,7 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
     return p.statement(
         _input(p, _COMPLETIONS) +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
-        f"f AS ({_first_jobs(ready, limit, p('kinds') if kinds else '')}), "
+        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), p('kinds') if kinds else '')}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
