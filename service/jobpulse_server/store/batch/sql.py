@@ -46,23 +46,33 @@ _NEW_STATE = q.derive_state_sql(
 )
 
 
+def _fenced(now: str, columns: str, also: str = "") -> str:
+    """CTE c0: the items ``i`` whose chunk passes the lease fence (worker_path.py ``fence``), each by its
+    own token: the chunk is PROCESSING under this very token, its lease has not run out at ``now``, and
+    its job is one of the locked ``j0``; ``also``: a further condition of the item's kind. ``columns``:
+    what the later CTEs need, beside the chunk's id, job and items done before (``old_done``) and the
+    item's position. Each chunk is found by its primary key: the state is tested as ``state + 0`` so that
+    the partial ix_chunks_lease (running chunks, by lease end) cannot serve the lookup. The generic plan
+    chose it whenever the statistics saw few running chunks, and then read every running chunk for each
+    item of the flush (20 x 10 rows a flush in the batch benchmark; 20 x 1,000 with a thousand running)."""
+    return (
+        f"c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, {columns}, i.pos FROM chunks c "
+        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
+        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
+        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}){also} FOR UPDATE OF c), "
+    )
+
+
+# Each chunk of a job takes a revision of its own above the job's: one change each, in the order the
+# items were asked for.
+_STEP = "row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step"
+
+
 def _completing(now: str) -> str:
     """The completions ``i`` of a flush over their locked jobs ``j0``, as CTEs c0, r, c1 and g (the moved
     chunks and the counts they move per job); ``now`` is the placeholder of the flush's clock."""
     return (
-        # Fencing (worker_path.py ``leased``), each item by its own token: the chunk is PROCESSING
-        # under this very token and its lease has not run out. Each chunk is found by its primary key:
-        # the state is tested as ``state + 0`` so that the partial ix_chunks_lease (running chunks, by
-        # lease end) cannot serve the lookup. The generic plan chose it whenever the statistics saw few
-        # running chunks, and then read every running chunk for each completion of the flush (20 x 10
-        # rows a flush in the batch benchmark; 20 x 1,000 with a thousand chunks running).
-        "c0 AS (SELECT c.id, c.job_id, c.idx, c.items_done AS old_done, i.ext, i.pos FROM chunks c "
-        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
-        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) FOR UPDATE OF c), "
-        # Each chunk of a job takes a revision of its own above the job's: one change each, in the order
-        # they were asked for.
-        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+        _fenced(now, "c.idx, i.ext") + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
         # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was
         # asked; the lease ends.
         "c1 AS (UPDATE chunks AS c SET "
@@ -187,14 +197,9 @@ def _progress_group() -> Statement:
         # The jobs first, by id (every writer's lock order).
         "j0 AS (SELECT id, revision FROM jobs WHERE id IN (SELECT job_id FROM i) "
         f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
-        # Fencing as for a completion (_completing), and items_done within the chunk.
-        "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, i.items, i.stage, i.message, i.ext, "
-        "i.lease, "
-        "i.pos FROM chunks c JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
-        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) AND i.items <= c.item_count "
-        "FOR UPDATE OF c), "
-        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step FROM c0), "
+        # The fence, and items_done within the chunk.
+        + _fenced(now, "i.items, i.stage, i.message, i.ext, i.lease", " AND i.items <= c.item_count")
+        + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
         # Job.move_chunk to PROCESSING with the items (never fewer than before); the lease is extended from
         # now by the duration given, else the chunk's own (60 s when it has none).
         "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
@@ -254,17 +259,17 @@ def _fail_group() -> Statement:
         "j0 AS (SELECT id, revision, priority, max_attempts FROM jobs WHERE id IN (SELECT job_id FROM i) "
         "AND NOT cancel_requested "
         f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
-        # Fencing as for a completion (_completing); only a chunk with an attempt left is retried here.
-        "c0 AS (SELECT c.id, c.job_id, c.items_done AS old_done, c.attempt, c.max_attempts AS budget, "
-        "j0.max_attempts AS job_budget, i.reason, i.message, i.jitter, i.base, i.cap, i.pos FROM chunks c "
-        "JOIN i ON c.id = i.chunk_id AND c.job_id = i.job_id JOIN j0 ON j0.id = c.job_id "
-        f"WHERE c.state + 0 = {_RUNNING} AND c.lease_token = i.token "
-        f"AND (c.lease_expire_time IS NULL OR c.lease_expire_time >= {now}) AND c.attempt < c.max_attempts "
-        "FOR UPDATE OF c), "
+        # The fence; only a chunk with an attempt left is retried here.
+        + _fenced(
+            now,
+            "c.attempt, c.max_attempts AS budget, j0.max_attempts AS job_budget, i.reason, i.message, "
+            "i.jitter, i.base, i.cap",
+            " AND c.attempt < c.max_attempts",
+        )
         # Each chunk a revision of its own above the job's, in the order asked; its backoff as
         # services/worker_path.py ``backoff_seconds`` computes it (the same float arithmetic, truncated
         # to us as int() does), the attempts counted from the job's last manual retry.
-        "r AS (SELECT c0.*, row_number() OVER (PARTITION BY c0.job_id ORDER BY c0.pos) AS step, w.delay_s, "
+        + f"r AS (SELECT c0.*, {_STEP}, w.delay_s, "
         "trunc(w.delay_s * 1000000::float8)::bigint AS delay FROM c0 CROSS JOIN LATERAL "
         "(SELECT x.ceiling / 2 + c0.jitter * x.ceiling / 2 AS delay_s FROM (SELECT least(c0.cap, c0.base "
         "* power(2::float8, greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) "
