@@ -9,6 +9,7 @@ error or OK). The blocking Client runs its calls in a worker thread meanwhile (`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class Fail:
         return rpc_status.to_status(message)
 
 
+class Hang:
+    """A step of a stream's script: send nothing more, until the client cancels the call."""
+
+
 _UNARY = {
     "JobService": ("GetJob", "CreateJob", "CancelJob", "ListJobs", "ListJobChunks", "UpdateJob"),
     "WorkerService": ("ClaimChunks", "CompleteChunk"),
@@ -113,6 +118,8 @@ class Scripted:
             for step in self._record(method, request, context):
                 if isinstance(step, Fail):
                     await context.abort_with_status(step.status())
+                if isinstance(step, Hang):
+                    await asyncio.Event().wait()
                 yield step
 
         return handle
@@ -131,11 +138,22 @@ class Half:
             return await method(*args, **kwargs)
         return await asyncio.to_thread(method, *args, **kwargs)
 
-    async def collect(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """Every item of an iterating method, in order."""
+    async def collect(self, name: str, *args: Any, dwell: float = 0.0, **kwargs: Any) -> list[Any]:
+        """Every item of an iterating method, in order; ``dwell``: seconds spent on each item."""
+        items: list[Any] = []
         if self.is_async:
-            return [item async for item in getattr(self.client, name)(*args, **kwargs)]
-        return await asyncio.to_thread(lambda: list(getattr(self.client, name)(*args, **kwargs)))
+            async for item in getattr(self.client, name)(*args, **kwargs):
+                items.append(item)
+                await asyncio.sleep(dwell)
+            return items
+
+        def collect() -> list[Any]:
+            for item in getattr(self.client, name)(*args, **kwargs):
+                items.append(item)
+                time.sleep(dwell)
+            return items
+
+        return await asyncio.to_thread(collect)
 
 
 @pytest.fixture
@@ -440,6 +458,25 @@ async def test_watch_resumes_before_a_revision_split_over_several_messages(fake,
     assert [(event.revision, event.more) for event in events] == [(4, True), (4, True), (4, False)]
     assert events[-1].job.state == job_pb2.JOB_STATE_CANCELLED
     assert [request.after_revision for request in fake.requests("WatchJob")] == [2, 2]
+
+
+async def test_a_watch_gone_quiet_for_the_idle_timeout_is_resumed(fake, half):
+    fake.script(
+        "WatchJob",
+        [_event(3, job_pb2.JOB_STATE_PROCESSING), Hang()],
+        [_event(4, job_pb2.JOB_STATE_COMPLETED)],
+    )
+    events = await half.collect("watch_job", "j1", idle_timeout=0.3)
+    assert [event.revision for event in events] == [3, 4]
+    assert [request.after_revision for request in fake.requests("WatchJob")] == [0, 3]
+
+
+async def test_the_time_spent_on_a_message_is_not_idle_time(fake, half):
+    # The caller dwells on each message longer than the idle timeout: the stream is not presumed dead.
+    fake.script("WatchJob", [_event(3, job_pb2.JOB_STATE_PROCESSING), _event(4, job_pb2.JOB_STATE_COMPLETED)])
+    events = await half.collect("watch_job", "j1", idle_timeout=0.2, dwell=0.5)
+    assert [event.revision for event in events] == [3, 4]
+    assert len(fake.calls["WatchJob"]) == 1
 
 
 async def test_watch_raises_typed_error_for_failures_a_reconnect_cannot_fix(fake, half):
