@@ -7,6 +7,7 @@ with the same shapes, done with threads and blocking calls.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from typing import Any
 import grpc
 
 from jobpulse._watch import StreamIdle
-from jobpulse._worker_common import log
+
+log = logging.getLogger("jobpulse.worker")
 
 #: The event type of a task's ``cancel_event`` and of ``run``'s ``stop_event``.
 Event = threading.Event
