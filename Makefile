@@ -24,7 +24,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
+.PHONY: install gen unasync check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,11 @@ endef
 gen: $(GEN_VENV)/.installed
 	$(call generate,client)
 
+# The SDK's blocking half (client/jobpulse/_sync/client.py, worker.py), written from its async source
+# (client/jobpulse/_async/) by scripts/unasync.py; `make lint` fails while they differ.
+unasync: install
+	$(PY) scripts/unasync.py
+
 check-generated: $(GEN_VENV)/.installed
 	rm -rf .gen-check && mkdir -p .gen-check/jobpulse/v1
 	$(call generate,.gen-check)
@@ -74,8 +79,9 @@ check-generated: $(GEN_VENV)/.installed
 lint: install $(NODE_DEPS)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
-	$(VENV)/bin/ruff check client service tests bench
-	$(VENV)/bin/ruff format --check client service tests bench
+	$(VENV)/bin/ruff check client service tests bench scripts
+	$(VENV)/bin/ruff format --check client service tests bench scripts
+	$(PY) scripts/unasync.py --check
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobpulse import errors
-    from jobpulse._async_client import AsyncClient
-    from jobpulse._async_worker import AsyncTask, AsyncWorker
-    from jobpulse._client import Client
+    from jobpulse._async.client import AsyncClient
+    from jobpulse._async.worker import AsyncTask, AsyncWorker
     from jobpulse._convert import (
         chunk_state,
         chunk_state_name,
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
         job_view,
     )
     from jobpulse._events_token import EventsToken
+    from jobpulse._sync.client import Client
     from jobpulse._watch import ReconnectInfo, ResumeInfo
     from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
     from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
@@ -50,12 +50,12 @@ __version__ = "0.1.0"
 # Each public name and the module it comes from.
 _EXPORTS = {
     "Artifact": "jobpulse.v1.job_pb2",
-    "AsyncClient": "jobpulse._async_client",
-    "AsyncTask": "jobpulse._async_worker",
-    "AsyncWorker": "jobpulse._async_worker",
+    "AsyncClient": "jobpulse._async.client",
+    "AsyncTask": "jobpulse._async.worker",
+    "AsyncWorker": "jobpulse._async.worker",
     "Chunk": "jobpulse.v1.job_pb2",
     "ChunkState": "jobpulse.v1.job_pb2",
-    "Client": "jobpulse._client",
+    "Client": "jobpulse._sync.client",
     "EventsToken": "jobpulse._events_token",
     "Job": "jobpulse.v1.job_pb2",
     "JobState": "jobpulse.v1.job_pb2",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,37 +177,5 @@ class WatchCursor:
             self.finished = True
 
 
-class IdleWatchdog:
-    """Calls ``on_idle`` once if ``kick`` is not called for ``idle_timeout`` seconds (sync streams only)."""
-
-    def __init__(self, idle_timeout: float, on_idle: Callable[[], object]) -> None:
-        self._idle_timeout = idle_timeout
-        self._on_idle = on_idle
-        self._cond = threading.Condition()
-        self._deadline = time.monotonic() + idle_timeout
-        self._stopped = False
-        self.fired = False
-        self._thread = threading.Thread(target=self._run, name="jobpulse-watch-watchdog", daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        """Postpones the deadline: a message just arrived."""
-        with self._cond:
-            self._deadline = time.monotonic() + self._idle_timeout
-
-    def stop(self) -> None:
-        """Stops watching without firing."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    self.fired = True
-                    break
-                self._cond.wait(remaining)
-        if self.fired:
-            self._on_idle()
+class StreamIdle(Exception):
+    """Raised by a stream reader when no message arrived within the stream's idle timeout."""

@@ -57,12 +57,41 @@ def test_each_method_takes_the_same_parameters(sync: type, asynchronous: type) -
         assert _plain(mine.return_annotation) == _plain(theirs.return_annotation), name
 
 
+# The methods that return an iterator at once (checking their arguments there), whose pages or messages are
+# awaited as they are read.
+_ITERATORS = ("list_jobs", "list_job_chunks", "export_jobs", "watch_job", "watch_jobs")
+
+
 def test_the_async_client_never_blocks_the_loop() -> None:
     for name, method in _public(jobpulse.AsyncClient).items():
-        if not callable(method) or name in ("list_jobs", "list_job_chunks"):
+        if not callable(method) or name in _ITERATORS:
             continue
-        assert inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method), name
-    # The two that page lazily return an async iterator at once: their pages are awaited as they are read.
-    for name in ("list_jobs", "list_job_chunks"):
-        annotation = inspect.signature(getattr(jobpulse.AsyncClient, name)).return_annotation
+        assert inspect.iscoroutinefunction(method), name
+    for name in _ITERATORS:
+        method = getattr(jobpulse.AsyncClient, name)
+        annotation = inspect.signature(method).return_annotation
         assert str(annotation).startswith("AsyncIterator["), (name, annotation)
+        assert not inspect.iscoroutinefunction(method), name
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("list_jobs", {}),
+        ("list_job_chunks", {"job_id": "j"}),
+        ("export_jobs", {}),
+        ("watch_jobs", {}),
+    ],
+)
+def test_the_iterators_check_their_filters_when_called(name: str, args: dict[str, Any]) -> None:
+    # A bad filter is an error of the call, not of the first step of the iteration, in either half.
+    for cls in (jobpulse.Client, jobpulse.AsyncClient):
+        client = cls("127.0.0.1:1")
+        with pytest.raises(ValueError, match="no-such-state"):
+            getattr(client, name)(states=["no-such-state"], **args)
+
+
+def test_the_async_worker_awaits_what_the_worker_calls() -> None:
+    for name, method in _public(jobpulse.AsyncWorker).items():
+        if callable(method):
+            assert inspect.iscoroutinefunction(method), name

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from jobpulse import _settings as settings
-from jobpulse._client import Client
+from jobpulse._sync.client import Client
 
 
 def _settings(args: argparse.Namespace) -> None:

@@ -6,8 +6,8 @@ import argparse
 import itertools
 
 import jobpulse.cli._connection as _connection
-from jobpulse._client import Client
 from jobpulse._convert import chunk_state_name, job_state_name
+from jobpulse._sync.client import Client
 from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
 from jobpulse.cli._output import _print_json

@@ -8,8 +8,8 @@ import sys
 from typing import TextIO
 
 import jobpulse.cli._connection as _connection
-from jobpulse._client import Client
 from jobpulse._convert import job_state_name
+from jobpulse._sync.client import Client
 from jobpulse.cli import _render
 from jobpulse.cli._errors import exit_code_for
 from jobpulse.v1 import job_pb2

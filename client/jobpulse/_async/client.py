@@ -1,8 +1,8 @@
-"""The asyncio jobpulse client, over ``grpc.aio``."""
+"""The jobpulse client: JobService, WorkerService and AdminService calls, with retries and resumed watches."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
@@ -14,6 +14,7 @@ import grpc.aio
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _requests, _retry
+from jobpulse._async._shim import StreamReader, sleep
 from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._events_token import EventsToken, events_token
@@ -27,6 +28,7 @@ from jobpulse._watch import (
     OnReconnect,
     OnResume,
     Outage,
+    StreamIdle,
     WatchCursor,
 )
 from jobpulse.errors import DeadlineExceeded, JobpulseError, Unavailable, WaitTimeout, from_rpc_error
@@ -46,16 +48,16 @@ _T = TypeVar("_T")
 class AsyncClient:
     """An asyncio client for the jobpulse JobService and WorkerService.
 
-    The methods mirror :class:`jobpulse.Client` one for one, as coroutines; ``list_jobs``,
-    ``list_job_chunks`` and ``watch_job`` are async iterators. Errors, retries and watch resumption behave
-    the same way. Open it inside a running event loop, preferably with ``async with``.
+    Every RPC error is raised as a subclass of :class:`jobpulse.errors.JobpulseError`. Reads and other calls
+    that are safe to repeat are retried on ``UNAVAILABLE`` with capped exponential backoff within the call's
+    deadline; ``create_job`` is retried only when it carries a ``request_id``. Use it on one event loop,
+    preferably with ``async with``: the channel is opened on first use, on the running loop.
 
     Example::
 
-        async with jobpulse.AsyncClient() as client:
-            job = await client.create_job("thumbnails", 2500)
-            async for event in client.watch_job(job.id):
-                print(event.job.progress.percent)
+        async with jobpulse.AsyncClient("127.0.0.1:50051") as client:
+            job = await client.create_job("thumbnails", 2500, chunk_size=500)
+            final = await client.wait(job.id, timeout=600)
 
     Args:
         target: ``host:port`` of the server. ``None`` means ``$JOBPULSE_TARGET``, else ``127.0.0.1:50051``.
@@ -66,8 +68,8 @@ class AsyncClient:
         root_certificates: PEM bytes of the CA that signed the server's certificate (implies TLS).
             ``None`` means the file named by ``$JOBPULSE_TLS_CA``, else the system's roots.
         timeout: Default deadline of each unary call, in seconds (``None``: no deadline).
-        channel: A ready ``grpc.aio.Channel`` to use instead of opening one; the client does not close a
-            channel it was given.
+        channel: A ready ``grpc.aio.Channel`` to use instead of opening one (for tests and custom
+            setups); the client does not close a channel it was given.
 
     Raises:
         jobpulse.errors.SettingError: A bad target (``http://...``, a port past 65535) or a bad
@@ -98,46 +100,55 @@ class AsyncClient:
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
         self._stubs: tuple[Any, Any, Any] | None = None
+        # The channel is opened on first use (one for an event loop binds to the loop running when it is
+        # made); the lock keeps threads that share a blocking client from opening two.
+        self._opening = threading.Lock()
 
-    def _stub_pair(self) -> tuple[Any, Any, Any]:
-        # grpc.aio channels bind to the running loop, so the channel is opened on first use.
-        if self._stubs is None:
-            if self._channel is None:
-                if self._secure:
-                    credentials = grpc.ssl_channel_credentials(self._root_certificates)
-                    self._channel = grpc.aio.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
-                else:
-                    self._channel = grpc.aio.insecure_channel(self.target, CHANNEL_OPTIONS)
-            self._stubs = (
-                job_service_pb2_grpc.JobServiceStub(self._channel),
-                worker_service_pb2_grpc.WorkerServiceStub(self._channel),
-                admin_service_pb2_grpc.AdminServiceStub(self._channel),
-            )
-        return self._stubs
+    def _stub_set(self) -> tuple[Any, Any, Any]:
+        stubs = self._stubs
+        if stubs is not None:
+            return stubs
+        with self._opening:
+            if self._stubs is None:
+                if self._channel is None:
+                    if self._secure:
+                        credentials = grpc.ssl_channel_credentials(self._root_certificates)
+                        self._channel = grpc.aio.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
+                    else:
+                        self._channel = grpc.aio.insecure_channel(self.target, CHANNEL_OPTIONS)
+                self._stubs = (
+                    job_service_pb2_grpc.JobServiceStub(self._channel),
+                    worker_service_pb2_grpc.WorkerServiceStub(self._channel),
+                    admin_service_pb2_grpc.AdminServiceStub(self._channel),
+                )
+            return self._stubs
 
     @property
     def _jobs(self) -> Any:
-        return self._stub_pair()[0]
+        return self._stub_set()[0]
 
     @property
     def _workers(self) -> Any:
-        return self._stub_pair()[1]
+        return self._stub_set()[1]
 
     @property
     def _admin(self) -> Any:
-        return self._stub_pair()[2]
+        return self._stub_set()[2]
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Closes the channel (unless it was passed in). Calls in flight are cancelled."""
-        if self._owns_channel and self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._stubs = None
+        """Closes the channel (unless it was passed in). Calls in flight are cancelled; a later call opens
+        a new channel."""
+        with self._opening:
+            channel, self._stubs = self._channel, None
+            if self._owns_channel:
+                self._channel = None
+        if self._owns_channel and channel is not None:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
-        self._stub_pair()
+        self._stub_set()
         return self
 
     async def __aexit__(
@@ -166,7 +177,7 @@ class AsyncClient:
                 delay = backoff.next_delay(error.retry_delay)
                 if deadline is not None and time.monotonic() + delay >= deadline:
                     raise error from rpc_error
-                await asyncio.sleep(delay)
+                await sleep(delay)
 
     async def _pages(
         self, method: Callable[..., Awaitable[Any]], request: Any, items: Callable[[Any], Iterable[_T]]
@@ -201,7 +212,28 @@ class AsyncClient:
         ttl: float | timedelta | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
-        """Creates a job; see :meth:`jobpulse.Client.create_job`."""
+        """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
+
+        Args:
+            kind: The type of work; workers claim by kind.
+            total_items: Number of items to process (at least 1).
+            display_name: Human-readable name.
+            chunk_size: Items per chunk; 0 means the server default (500).
+            priority: 0..10; ``None`` means the server default (5).
+            labels: Labels usable as list filters.
+            metadata: JSON-like data handed to workers with every claim.
+            max_attempts: Claims allowed per chunk; 0 means the server default (3).
+            request_id: Idempotency key. When set, the call is retried on ``UNAVAILABLE`` and a repeat
+                returns the first job instead of creating another.
+            webhook_url: Where to POST the job's events (empty: the API key's default, if any).
+            webhook_progress: Also send throttled ``job.progress`` events.
+            ttl: How long the server keeps the job once it is terminal (seconds or a timedelta), then
+                deletes it; ``None``: the server's default for the state it ends in; 0: for ever.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The new (or, for a repeated ``request_id``, the earlier) job in FULL view.
+        """
         request = _requests.create_job(
             kind,
             total_items,
@@ -222,9 +254,20 @@ class AsyncClient:
     async def get_job(
         self, job_id: str, *, view: JobViewLike = "full", timeout: float | None = None
     ) -> job_pb2.Job:
-        """Returns one job; see :meth:`jobpulse.Client.get_job`."""
-        request = _requests.get_job(job_id, view)
-        return (await self._call(self._jobs.GetJob, request, timeout=timeout, retry=True)).job
+        """Returns one job.
+
+        Args:
+            job_id: The job's id.
+            view: ``"full"`` (chunks inline, up to 1000) or ``"basic"`` (summary and progress only).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.NotFound: The job does not exist or belongs to another owner.
+        """
+        response = await self._call(
+            self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout, retry=True
+        )
+        return response.job
 
     async def list_jobs_page(
         self,
@@ -243,7 +286,25 @@ class AsyncClient:
         view: JobViewLike = 0,
         timeout: float | None = None,
     ) -> job_service_pb2.ListJobsResponse:
-        """Returns one page of jobs; see :meth:`jobpulse.Client.list_jobs_page`."""
+        """Returns one page of jobs with ``next_page_token`` and ``total_size``.
+
+        Args:
+            page_size: Jobs per page (server default 20, at most 100).
+            page_token: ``next_page_token`` of the previous page; the filters must be the same.
+            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time (datetime; naive means UTC).
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            order_by: ``"create_time"``, ``"update_time"`` or ``"priority"``, each optionally
+                followed by ``" desc"``; default ``"create_time desc"``. Ties break by id in the
+                same direction.
+            view: ``"basic"`` (default) or ``"full"``.
+            timeout: Deadline in seconds; defaults to the client's.
+        """
         request = _requests.list_jobs(
             page_size=page_size,
             page_token=page_token,
@@ -275,7 +336,10 @@ class AsyncClient:
         order_by: str = "",
         view: JobViewLike = 0,
     ) -> AsyncIterator[job_pb2.Job]:
-        """Async-iterates over every matching job, page by page; see :meth:`jobpulse.Client.list_jobs`."""
+        """Iterates over every matching job, fetching pages lazily as the iteration proceeds.
+
+        Takes the same filters as :meth:`list_jobs_page`; one page is held in memory at a time.
+        """
         request = _requests.list_jobs(
             page_size=page_size,
             states=states,
@@ -291,7 +355,7 @@ class AsyncClient:
         )
         return self._pages(self._jobs.ListJobs, request, lambda r: r.jobs)
 
-    async def export_jobs(
+    def export_jobs(
         self,
         *,
         states: Iterable[JobStateLike] | None = None,
@@ -305,12 +369,35 @@ class AsyncClient:
         order_by: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[job_pb2.Job]:
-        """Async-iterates over every matching job, streamed by one ExportJobs call; see
-        :meth:`jobpulse.Client.export_jobs` for the arguments, batching and retries.
+        """Iterates over every matching job, streamed by one ExportJobs call.
 
-        To stop early and cancel the stream at once, iterate inside
-        ``contextlib.aclosing(client.export_jobs(...))``; otherwise the stream is cancelled when the
-        iterator is garbage-collected.
+        The server sends the jobs (BASIC view, with the job's artifacts) in batches of at most 500 and
+        reads the next batch only when this iterator asks for it, so an export of any size holds one batch
+        in memory on either side.
+        Closing the iterator early (``await it.aclose()``, or iterating inside ``contextlib.aclosing``)
+        cancels the stream, and with it the server's reads; an iterator dropped unfinished cancels it
+        when it is garbage-collected.
+
+        A stream that fails before its first batch is retried like other reads (on ``UNAVAILABLE``);
+        one that breaks later raises, since sending the request again would repeat the jobs already
+        yielded.
+
+        Args:
+            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time (datetime; naive means UTC).
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            order_by: As in :meth:`list_jobs_page`; ``""`` means ``"create_time desc"``.
+            timeout: Deadline of the whole export in seconds (``None``: none; the client's default
+                deadline for unary calls does not apply to a stream of any length).
+
+        Raises:
+            jobpulse.errors.InvalidArgument: A filter or ``order_by`` is invalid; its field violations
+                name the field.
         """
         request = _requests.export_jobs(
             states=states,
@@ -323,6 +410,11 @@ class AsyncClient:
             labels=labels,
             order_by=order_by,
         )
+        return self._export(request, timeout)
+
+    async def _export(
+        self, request: job_service_pb2.ExportJobsRequest, timeout: float | None
+    ) -> AsyncIterator[job_pb2.Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _retry.Backoff()
         attempt = 0
@@ -346,8 +438,9 @@ class AsyncClient:
                 if received or late or not _retry.is_retryable(error) or attempt >= _retry.MAX_UNARY_ATTEMPTS:
                     raise error from rpc_error
             finally:
-                call.cancel()  # also when the caller stops early: the server stops reading
-            await asyncio.sleep(delay)
+                # Also when the caller stops iterating (the iterator closed): the server stops reading.
+                call.cancel()
+            await sleep(delay)
 
     def list_job_chunks(
         self,
@@ -357,31 +450,67 @@ class AsyncClient:
         *,
         page_token: str = "",
     ) -> AsyncIterator[job_pb2.Chunk]:
-        """Async-iterates over a job's chunks in index order; see :meth:`jobpulse.Client.list_job_chunks`."""
+        """Iterates over a job's chunks in index order, fetching pages lazily.
+
+        Args:
+            job_id: The job's id.
+            states: Only chunks in one of these states (``"failed"``, ``CHUNK_STATE_FAILED``, ...).
+            page_size: Chunks per page (server default 100, at most 1000).
+            page_token: Where to start, e.g. a job's ``chunks_next_page_token``.
+        """
         request = _requests.list_job_chunks(job_id, states, page_size, page_token)
         return self._pages(self._jobs.ListJobChunks, request, lambda r: r.chunks)
 
     async def batch_get_jobs(
         self, job_ids: Iterable[str], *, view: JobViewLike = "full", timeout: float | None = None
     ) -> list[job_pb2.Job]:
-        """Returns up to 100 jobs in the order asked; see :meth:`jobpulse.Client.batch_get_jobs`."""
+        """Returns up to 100 jobs in the order asked.
+
+        Raises:
+            jobpulse.errors.NotFound: If any of the jobs is missing.
+        """
         request = _requests.batch_get_jobs(job_ids, view)
-        return list((await self._call(self._jobs.BatchGetJobs, request, timeout=timeout, retry=True)).jobs)
+        response = await self._call(self._jobs.BatchGetJobs, request, timeout=timeout, retry=True)
+        return list(response.jobs)
 
     async def cancel_job(self, job_id: str, reason: str = "", *, timeout: float | None = None) -> job_pb2.Job:
-        """Cancels a job; see :meth:`jobpulse.Client.cancel_job`."""
+        """Cancels a job: pending chunks at once, running ones through their workers' leases.
+
+        Returns:
+            The job, CANCELLING (workers still stopping) or CANCELLED.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job already completed or failed
+                (``JOB_ALREADY_TERMINAL``).
+        """
         request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
-        return (await self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True)).job
+        response = await self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True)
+        return response.job
 
     async def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
-        """Retries a FAILED or CANCELLED job; see :meth:`jobpulse.Client.retry_job`."""
+        """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to PENDING, each with
+        the job's max_attempts more claims (their ``attempt`` keeps counting).
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job is not FAILED or CANCELLED (``JOB_NOT_RETRYABLE``).
+        """
         request = job_service_pb2.RetryJobRequest(job_id=job_id)
-        return (await self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False)).job
+        response = await self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False)
+        return response.job
 
     async def retry_chunk(self, job_id: str, chunk_id: str, *, timeout: float | None = None) -> job_pb2.Job:
-        """Retries one FAILED chunk; see :meth:`jobpulse.Client.retry_chunk`."""
+        """Puts one FAILED chunk back to PENDING with the job's max_attempts more claims (its
+        ``attempt`` keeps counting); the job runs again. Returns the job (BASIC view).
+
+        Raises:
+            jobpulse.errors.NotFound: No such job (``JOB_NOT_FOUND``) or no such chunk in it
+                (``CHUNK_NOT_FOUND``).
+            jobpulse.errors.FailedPrecondition: The chunk is not FAILED (``CHUNK_NOT_RETRYABLE``), or
+                the job was cancelled (``JOB_NOT_RETRYABLE``: use :meth:`retry_job`).
+        """
         request = job_service_pb2.RetryChunkRequest(job_id=job_id, chunk_id=chunk_id)
-        return (await self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False)).job
+        response = await self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False)
+        return response.job
 
     async def update_job(
         self,
@@ -392,12 +521,28 @@ class AsyncClient:
         display_name: str | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
-        """Changes the given fields of a job; see :meth:`jobpulse.Client.update_job`."""
+        """Changes the given fields of a job; ``update_mask`` lists exactly the arguments passed.
+
+        Args:
+            job_id: The job's id.
+            priority: New priority 0..10.
+            labels: New labels, replacing all existing ones (``{}`` clears them).
+            display_name: New display name.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            ValueError: If none of ``priority``, ``labels`` and ``display_name`` is given.
+        """
         request = _requests.update_job(job_id, priority=priority, labels=labels, display_name=display_name)
-        return (await self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)).job
+        response = await self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)
+        return response.job
 
     async def delete_job(self, job_id: str, force: bool = False, *, timeout: float | None = None) -> None:
-        """Deletes a job; see :meth:`jobpulse.Client.delete_job`."""
+        """Deletes a terminal job; with ``force``, cancels a running job first.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job is not terminal and ``force`` is false.
+        """
         request = job_service_pb2.DeleteJobRequest(job_id=job_id, force=force)
         await self._call(self._jobs.DeleteJob, request, timeout=timeout, retry=False)
 
@@ -412,21 +557,23 @@ class AsyncClient:
     async def redeliver_webhook(
         self, delivery_id: str, *, timeout: float | None = None
     ) -> job_service_pb2.WebhookDelivery:
-        """Sends a webhook delivery again as soon as possible."""
+        """Sends a webhook delivery again as soon as possible (dead or delivered ones too)."""
         request = job_service_pb2.RedeliverWebhookRequest(delivery_id=delivery_id)
-        return (await self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True)).delivery
-
-    async def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
-        """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
-        request = admin_service_pb2.GetUsageRequest()
-        return await self._call(self._admin.GetUsage, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True)
+        return response.delivery
 
     async def get_server_health(
         self, *, timeout: float | None = None
     ) -> admin_service_pb2.GetServerHealthResponse:
-        """The detailed health report of the server (needs an admin key)."""
+        """Database reachability and latency, schema, sweeper and outbox lag, streams, disk (admin key)."""
         request = admin_service_pb2.GetServerHealthRequest()
         return await self._call(self._admin.GetServerHealth, request, timeout=timeout, retry=True)
+
+    async def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
+        """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
+        return await self._call(
+            self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout, retry=True
+        )
 
     async def get_job_stats(
         self,
@@ -436,20 +583,45 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> job_service_pb2.GetJobStatsResponse:
-        """Returns job statistics; see :meth:`jobpulse.Client.get_job_stats`."""
+        """Returns job counts by state, success rate and duration percentiles, overall and per kind."""
         request = _requests.get_job_stats(created_after, created_before, kind)
         return await self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
 
     async def create_events_token(
         self, job_id: str = "", *, ttl: float | timedelta | None = None, timeout: float | None = None
     ) -> EventsToken:
-        """Makes a short-lived token for the HTTP events paths; see
-        :meth:`jobpulse.Client.create_events_token`."""
+        """Makes a short-lived token with which a browser reads events from the server's HTTP side.
+
+        The token reads one job's Server-Sent Events (``/v1/jobs/<job_id>/events``) or, without a
+        ``job_id``, the caller's whole feed (``/v1/events``), as this client's API key would, and nothing
+        else, until it expires. Hand the browser ``token.url(http_url)`` (the token travels as the
+        ``access_token`` query parameter), not the API key. Retried on ``UNAVAILABLE`` like reads: a
+        repeat only makes another token.
+
+        Example::
+
+            token = await client.create_events_token(job.id, ttl=300)
+            url = token.url("http://127.0.0.1:8080")  # for an EventSource in the browser
+
+        Args:
+            job_id: The job whose events the token reads; ``""``: the caller's whole feed.
+            ttl: How long the token stays valid (seconds or a timedelta), from 1 s to 24 h; ``None``:
+                the server's default, 10 minutes.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The token, its expiry time, and the path (with the token) to GET on the HTTP side.
+
+        Raises:
+            jobpulse.errors.NotFound: The job does not exist or belongs to another owner
+                (``JOB_NOT_FOUND``).
+            jobpulse.errors.InvalidArgument: ``ttl`` is outside 1 s .. 24 h.
+        """
         request = _requests.create_events_token(job_id, ttl)
         response = await self._call(self._jobs.CreateEventsToken, request, timeout=timeout, retry=True)
         return events_token(job_id, response)
 
-    async def watch_job(
+    def watch_job(
         self,
         job_id: str,
         after_revision: int = 0,
@@ -461,11 +633,44 @@ class AsyncClient:
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        """Async-iterates over a job's changes until it is terminal, resuming across broken streams.
+        """Streams a job's changes until it reaches a terminal state.
 
-        See :meth:`jobpulse.Client.watch_job` for the arguments and the resumption rules. The
-        ``on_reconnect`` and ``on_resume`` callbacks are plain functions called on the event loop, so they
-        must not block.
+        The first message is a SNAPSHOT (with ``after_revision=0``) or everything changed after
+        ``after_revision``; then CHANGE messages and idle HEARTBEATs follow. The iteration ends right after
+        the message carrying COMPLETED, FAILED or CANCELLED. When the stream breaks (``UNAVAILABLE``, a lost
+        connection, or no message at all for ``idle_timeout``), the iterator reconnects with backoff from the
+        last complete revision it yielded, so nothing is missed or repeated (except the parts of a revision
+        split over several messages with ``more`` set, when the stream broke between them). Breaking out of
+        the loop cancels the stream.
+
+        Args:
+            job_id: The job's id.
+            after_revision: 0 for a snapshot first, else the last revision already seen.
+            timeout: Overall deadline of the whole watch in seconds (``None``: none).
+            idle_timeout: Seconds without any message after which the stream is presumed dead.
+            reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            connect_timeout: Give up after this many seconds when no stream has delivered a message yet
+                (nothing listening at the target, most likely).
+            on_reconnect: Called with a :class:`jobpulse.ReconnectInfo` each time the watch is about to
+                try again (the stream broke, or the previous attempt failed): the attempt number, the
+                error, the delay before the attempt and the revision it resumes after. Not called when
+                the watch gives up instead. Runs in the iterating task, between two messages, and
+                must not block; an exception it raises ends the watch.
+            on_resume: Called with a :class:`jobpulse.ResumeInfo` when a stream delivers its first
+                message after failed attempts (before that message is yielded): how many attempts it
+                took, how long the watch was down, and the revision it resumed after.
+
+        Example::
+
+            def say(info: jobpulse.ReconnectInfo) -> None:
+                print(f"reconnecting (attempt {info.attempt}): {info.error}", file=sys.stderr)
+
+            async for event in client.watch_job(job_id, on_reconnect=say):
+                ...
+
+        Raises:
+            jobpulse.errors.JobpulseError: For failures a reconnect cannot fix (e.g. ``NotFound``),
+                ``DeadlineExceeded`` once ``timeout`` passes, or the last error after ``reconnect_timeout``.
         """
         cursor = WatchCursor(job_id, after_revision)
 
@@ -473,7 +678,7 @@ class AsyncClient:
             cursor.observe(event)
             return cursor.finished
 
-        async for event in self._resumable(
+        return self._resumable(
             self._jobs.WatchJob,
             cursor.request,
             observe,
@@ -484,10 +689,9 @@ class AsyncClient:
             connect_timeout=connect_timeout,
             on_reconnect=on_reconnect,
             on_resume=on_resume,
-        ):
-            yield event
+        )
 
-    async def watch_jobs(
+    def watch_jobs(
         self,
         *,
         cursor: str = "",
@@ -506,9 +710,33 @@ class AsyncClient:
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
     ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
-        """Async-iterates over job-level changes of every matching job (a dashboard feed), resuming
-        from the last cursor across broken streams; see :meth:`jobpulse.Client.watch_jobs` (the
-        callbacks are plain functions called on the event loop, as for :meth:`watch_job`)."""
+        """Streams job-level changes of every job matching the filters (a dashboard feed).
+
+        Each CHANGE carries the jobs (BASIC view) changed since the previous message and a ``cursor``;
+        HEARTBEATs come when idle. The stream never ends by itself: stop iterating to end it. When it
+        breaks, the iterator reconnects from the last cursor it yielded, so no change is missed. To
+        start from a listing, pass ``cursor=list_jobs_page(...).watch_cursor``.
+
+        Args:
+            cursor: Resume after this cursor; empty starts from now.
+            states: Only jobs now in one of these states.
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time.
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all these labels.
+            timeout: Overall deadline of the whole feed in seconds (``None``: none).
+            idle_timeout: Seconds without any message after which the stream is presumed dead.
+            reconnect_timeout: Give up after failing to reconnect for this many seconds.
+            connect_timeout: Give up after this many seconds when no stream has delivered a message yet
+                (nothing listening at the target, most likely).
+            on_reconnect: Called before each new attempt after the stream broke, as for
+                :meth:`watch_job`; its ``ReconnectInfo.cursor`` is the cursor the feed resumes from.
+            on_resume: Called when a stream delivers its first message after failed attempts, as for
+                :meth:`watch_job`.
+        """
         request = _requests.watch_jobs(
             cursor=cursor,
             states=states,
@@ -525,7 +753,7 @@ class AsyncClient:
             request.cursor = event.cursor
             return False
 
-        async for event in self._resumable(
+        return self._resumable(
             self._jobs.WatchJobs,
             lambda: request,
             observe,
@@ -536,12 +764,11 @@ class AsyncClient:
             connect_timeout=connect_timeout,
             on_reconnect=on_reconnect,
             on_resume=on_resume,
-        ):
-            yield event
+        )
 
     async def _resumable(
         self,
-        method: Any,
+        method: Callable[..., Any],
         make_request: Callable[[], Any],
         observe: Callable[[Any], bool],
         what: str,
@@ -553,10 +780,9 @@ class AsyncClient:
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
     ) -> AsyncIterator[Any]:
-        """Yields a server stream's messages, reconnecting with backoff after transport failures.
+        """Runs a server stream, resuming it from ``make_request()`` whenever it breaks.
 
-        ``observe`` sees each message before it is yielded (to move the resume point) and returns
-        True once the stream is complete; ``make_request`` builds the request to (re)connect with;
+        ``observe`` sees each message before it is yielded and returns True once the stream is done;
         ``on_reconnect`` and ``on_resume`` hear about each new attempt and the first message after them.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -568,15 +794,12 @@ class AsyncClient:
                 raise DeadlineExceeded(f"{what} exceeded its {timeout:g}s deadline")
             request = make_request()
             call = method(request, timeout=remaining, metadata=with_trace_context(self._metadata))
+            reader = StreamReader(call, idle_timeout)
             error: JobpulseError
             try:
                 while True:
-                    try:
-                        event = await asyncio.wait_for(call.read(), idle_timeout)
-                    except asyncio.TimeoutError:
-                        error = Unavailable(f"no message on the {what} for {idle_timeout:g}s")
-                        break
-                    if event is grpc.aio.EOF:
+                    event = await reader.read()
+                    if event is None:
                         error = Unavailable(f"the {what} ended before it was complete")
                         break
                     outage.delivered(request)
@@ -585,12 +808,14 @@ class AsyncClient:
                     yield event
                     if finished:
                         return
+            except StreamIdle:
+                error = Unavailable(f"no message on the {what} for {idle_timeout:g}s")
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if not _retry.is_transport_failure(error):
                     raise error from rpc_error
             finally:
-                call.cancel()
+                reader.close()
             failing_for = outage.broke()
             # Before the first message there is nothing to resume: give up after the (shorter) connect
             # timeout, so a wrong target is reported instead of retried for minutes.
@@ -601,30 +826,39 @@ class AsyncClient:
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - time.monotonic()))
             outage.failed(error, delay, make_request())
-            await asyncio.sleep(delay)
+            await sleep(delay)
 
     async def wait(
         self, job_id: str, timeout: float | None = None, *, view: JobViewLike = "basic"
     ) -> job_pb2.Job:
-        """Waits until a job is terminal and returns it; see :meth:`jobpulse.Client.wait`.
+        """Waits until a job is COMPLETED, FAILED or CANCELLED, and returns it.
+
+        Built on :meth:`watch_job`, so it survives server restarts and dropped connections.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds to wait at most (``None``: forever).
+            view: ``"basic"`` returns the job from the final watch message; ``"full"`` fetches it again
+                with its chunks.
 
         Raises:
-            jobpulse.errors.WaitTimeout: The job was not finished after ``timeout`` seconds.
+            jobpulse.errors.WaitTimeout: The job was not finished after ``timeout`` seconds; its
+                ``last_job`` attribute holds the last state seen.
         """
-        last: job_pb2.Job | None = None
+        cursor_job: job_pb2.Job | None = None
         try:
             async for event in self.watch_job(job_id, timeout=timeout):
                 if event.HasField("job"):
-                    last = event.job
+                    cursor_job = event.job
         except DeadlineExceeded as exc:
             if timeout is None:
                 raise
-            raise WaitTimeout(job_id, timeout, last) from exc
-        if last is None or not is_terminal(last.state):  # pragma: no cover - watch guarantees it
+            raise WaitTimeout(job_id, timeout, cursor_job) from exc
+        if cursor_job is None or not is_terminal(cursor_job.state):  # pragma: no cover - watch guarantees it
             raise Unavailable(f"watch of job {job_id} ended without a final state")
         if job_view(view) == job_pb2.JOB_VIEW_FULL:
             return await self.get_job(job_id, view="full")
-        return last
+        return cursor_job
 
     # -- WorkerService ---------------------------------------------------------------------------------
 
@@ -638,7 +872,21 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> list[worker_service_pb2.ChunkClaim]:
-        """Claims pending chunks under a lease; see :meth:`jobpulse.Client.claim_chunks`."""
+        """Claims up to ``max_chunks`` pending chunks under a lease.
+
+        Not retried automatically: a lost response would leave claimed chunks to run out their leases.
+
+        Args:
+            worker_id: Who is claiming; recorded on the chunks.
+            kinds: Only chunks of jobs of these kinds; empty or ``None`` means any.
+            max_chunks: At most this many chunks (1..100).
+            lease_duration: Seconds the lease lasts without a heartbeat.
+            wait: Seconds to block on the server for work to appear (long poll, at most 60).
+            timeout: Deadline in seconds; defaults to the client's plus ``wait``.
+
+        Returns:
+            The claims; an empty list when there is no work.
+        """
         request = _requests.claim_chunks(worker_id, kinds, max_chunks, lease_duration, wait)
         if timeout is None and self.timeout is not None:
             waited = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
@@ -658,7 +906,14 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> worker_service_pb2.ReportChunkProgressResponse:
-        """Reports progress and extends the lease; see :meth:`jobpulse.Client.report_chunk_progress`."""
+        """Reports a chunk's progress and extends its lease (a heartbeat).
+
+        Returns:
+            The response; ``cancel_requested`` tells the worker to stop.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current: drop the chunk.
+        """
         request = _requests.report_chunk_progress(
             chunk_id,
             lease_token,
@@ -680,7 +935,20 @@ class AsyncClient:
         claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
         timeout: float | None = None,
     ) -> worker_service_pb2.CompleteChunkResponse:
-        """Marks a chunk done; see :meth:`jobpulse.Client.complete_chunk`."""
+        """Marks a chunk done (the server records CANCELLED if its job was cancelled meanwhile).
+
+        Args:
+            chunk_id: The chunk's id.
+            lease_token: The token of the claim.
+            artifacts: What the chunk produced, as ``Artifact`` messages or dicts of their fields.
+            external_task_id: The id of the work in an outside system, if any.
+            claim_next: Claim the next chunks in the same call (complete-and-claim): they come back
+                in the response's ``claims``. Not retried automatically, like :meth:`claim_chunks`.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current (nothing is claimed then).
+        """
         request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id, claim_next)
         return await self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
 
@@ -691,7 +959,19 @@ class AsyncClient:
         claim_next: worker_service_pb2.ClaimChunksRequest | None = None,
         timeout: float | None = None,
     ) -> worker_service_pb2.CompleteChunksResponse:
-        """Completes several chunks in one call; see :meth:`jobpulse.Client.complete_chunks`."""
+        """Completes several chunks in one call; each stands or falls on its own lease.
+
+        Args:
+            completions: ``ChunkCompletion`` messages, ``(chunk_id, lease_token)`` /
+                ``(chunk_id, lease_token, artifacts)`` tuples, or dicts of ``ChunkCompletion``'s
+                fields; at most 100.
+            claim_next: Claim the next chunks in the same call (see :meth:`complete_chunk`).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The response: ``results`` (one per completion, in order: ``ok``, or ``reason`` such as
+            ``LEASE_LOST``) and ``claims``.
+        """
         request = _requests.complete_chunks(completions, claim_next)
         return await self._call(self._workers.CompleteChunks, request, timeout=timeout, retry=False)
 
@@ -705,6 +985,10 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> worker_service_pb2.FailChunkResponse:
-        """Marks a chunk attempt failed; see :meth:`jobpulse.Client.fail_chunk`."""
+        """Marks a chunk attempt failed; it is retried later if ``retryable`` and attempts remain.
+
+        Raises:
+            jobpulse.errors.LeaseLost: The lease token is no longer current.
+        """
         request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable)
         return await self._call(self._workers.FailChunk, request, timeout=timeout, retry=False)

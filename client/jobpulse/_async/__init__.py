@@ -1,0 +1,1 @@
+"""The SDK's async half, the source of both: ``scripts/unasync.py`` writes ``jobpulse._sync`` from it."""
