@@ -46,6 +46,15 @@ _NEW_STATE = q.derive_state_sql(
 )
 
 
+def _locked_jobs(columns: str, condition: str) -> str:
+    """CTE j0: the jobs of the flush's items ``i`` that meet ``condition``, locked first and in id order
+    (every writer's lock order: jobs, then their chunks)."""
+    return (
+        f"j0 AS (SELECT id, revision, {columns} FROM jobs WHERE id IN (SELECT job_id FROM i) "
+        f"AND {condition} ORDER BY id FOR UPDATE), "
+    )
+
+
 def _fenced(now: str, columns: str, also: str = "") -> str:
     """CTE c0: the items ``i`` whose chunk passes the lease fence (worker_path.py ``fence``), each by its
     own token: the chunk is PROCESSING under this very token, its lease has not run out at ``now``, and
@@ -150,12 +159,16 @@ def _complete_group() -> Statement:
     p = Binds()
     now = p("now")
     return p.statement(
-        _input(p, _COMPLETIONS) +
+        _input(p, _COMPLETIONS)
+        +
         # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
         # event (its end, a progress event due) declines: its outbox rows are built in Python.
-        "j0 AS (SELECT id, revision, cancel_requested FROM jobs WHERE id IN (SELECT job_id FROM i) "
-        f"AND {_no_event(now, p('interval'), '(SELECT count(*) FROM i WHERE i.job_id = jobs.id)')} "
-        "ORDER BY id FOR UPDATE), " + _completing(now) +
+        _locked_jobs(
+            "cancel_requested",
+            _no_event(now, p("interval"), "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)"),
+        )
+        + _completing(now)
+        +
         # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new
         # change_seq.
         f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
@@ -195,8 +208,7 @@ def _progress_group() -> Statement:
         )
         +
         # The jobs first, by id (every writer's lock order).
-        "j0 AS (SELECT id, revision FROM jobs WHERE id IN (SELECT job_id FROM i) "
-        f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
+        _locked_jobs("webhook_url", f"(webhook_url = '' OR {_quiet(now, p('interval'))})")
         # The fence, and items_done within the chunk.
         + _fenced(now, "i.items, i.stage, i.message, i.ext, i.lease", " AND i.items <= c.item_count")
         + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
@@ -256,9 +268,10 @@ def _fail_group() -> Statement:
         )
         +
         # The jobs first, by id (every writer's lock order).
-        "j0 AS (SELECT id, revision, priority, max_attempts FROM jobs WHERE id IN (SELECT job_id FROM i) "
-        "AND NOT cancel_requested "
-        f"AND (webhook_url = '' OR {_quiet(now, p('interval'))}) ORDER BY id FOR UPDATE), "
+        _locked_jobs(
+            "priority, max_attempts",
+            f"NOT cancel_requested AND (webhook_url = '' OR {_quiet(now, p('interval'))})",
+        )
         # The fence; only a chunk with an attempt left is retried here.
         + _fenced(
             now,
