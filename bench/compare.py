@@ -178,8 +178,8 @@ async def served(
             async with AsyncExitStack() as stack:
                 url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
                 url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
-                a = procs.jobpulse(url_a, pythonpath=pythonpath(tree_a))
-                b = procs.jobpulse(url_b, pythonpath=pythonpath(tree_b))
+                a = procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a))
+                b = procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b))
                 bare = BareServer()
                 try:
                     for server in (a, b, bare):

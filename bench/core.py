@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import field_mask_pb2
 from support.servers import ServerProcess
 
@@ -30,10 +29,8 @@ from bench import figures, procs, report, scenarios, seed, watch_streams, work
 from bench.bare import BareServer, padded_get_job_response
 from bench.grpc_floor import floor_server
 from bench.load import Call
-from bench.procs import Child, Served
-from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
-from jobpulse_server.platform import gc_tuning
-from jobpulse_server.platform.config import Config
+from bench.procs import Child
+from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2_grpc
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -124,7 +121,7 @@ FIRST_REVISION_LABEL = 100_000
 
 
 def _log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    report.log(msg)
 
 
 async def _run(
@@ -177,29 +174,23 @@ async def _run(
         _log("2. latency")
         cases = [
             scenarios.LatencyCase(
-                "getjob_basic_1000",
-                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
-                bt.get_job(BARE_BIG_BASIC, job_pb2.JOB_VIEW_BASIC),
-                big_basic.ByteSize(),
-                reader,
-                bare,
-            ),
-            scenarios.LatencyCase(
-                "getjob_full_1000",
-                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
-                bt.get_job(BARE_BIG_FULL, job_pb2.JOB_VIEW_BASIC),
-                big_full.ByteSize(),
-                reader,
-                bare,
-            ),
-            scenarios.LatencyCase(
-                "listjobs_20",
-                jp.list_jobs(s.list_page_size),
-                bt.get_job(BARE_LIST_PAGE, job_pb2.JOB_VIEW_BASIC),
-                list_page.ByteSize(),
-                reader,
-                bare,
-            ),
+                name, call, bt.get_job(key, job_pb2.JOB_VIEW_BASIC), size.ByteSize(), reader, bare
+            )
+            for name, call, key, size in (
+                (
+                    "getjob_basic_1000",
+                    jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
+                    BARE_BIG_BASIC,
+                    big_basic,
+                ),
+                (
+                    "getjob_full_1000",
+                    jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
+                    BARE_BIG_FULL,
+                    big_full,
+                ),
+                ("listjobs_20", jp.list_jobs(s.list_page_size), BARE_LIST_PAGE, list_page),
+            )
         ]
         results["latency"] = await scenarios.latencies(
             cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
@@ -321,28 +312,18 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
-    """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there."""
+    """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there (put
+    back afterwards)."""
     s = settings
     _log(f"4. watch: {s.watch_jobs:,} jobs, one watcher and one change each")
-    watch_streams._raise_nofile()
-    # As bench.watch_streams does: the client holding the streams gets the server's collector settings,
-    # so its pauses do not land in either server's latency. Put back afterwards.
+    procs.raise_nofile()
     threshold = gc.get_threshold()
-    gc_tuning.tune(Config.gc_threshold)
+    procs.tune_gc()
     try:
         return watch_streams.run_many_jobs(tmp, s.watch_jobs, s.watch_in_flight, s.watch_chunks_per_job)
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
-
-
-async def _check_ready(server: Served) -> None:
-    """Waits for the server to answer (the port is bound before the first call is served)."""
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        if isinstance(server, ServerProcess):
-            stub = job_service_pb2_grpc.JobServiceStub(channel)
-            await stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=1), timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,36 +335,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
 
-    started = time.perf_counter()
-    load_before = report.load_average()
+    run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
         _log(f"{settings.mode} run; starting servers (databases under {tmp})")
-        reader = procs.jobpulse(f"sqlite:///{tmp}/read.db")
-        worker = procs.jobpulse(f"sqlite:///{tmp}/work.db")
+        reader = procs.Jobpulse(f"sqlite:///{tmp}/read.db")
+        worker = procs.Jobpulse(f"sqlite:///{tmp}/work.db")
         bare = BareServer()
         floor: Child | None = None
         try:
-            for server in (reader, worker):
-                server.start(timeout=60)
-            bare.start()
+            for server in (reader, worker, bare):
+                server.start()
             floor = floor_server(f"sqlite:///{tmp}/floor.db")
-
-            async def go(floor: Child) -> dict[str, Any]:
-                await asyncio.gather(*(_check_ready(server) for server in (reader, worker, bare, floor)))
-                return await _run(settings, reader, worker, bare, floor)
-
-            results = asyncio.run(go(floor))
+            results = asyncio.run(_run(settings, reader, worker, bare, floor))
         finally:
             for stop in (reader.close, worker.close, bare.close, *([floor.close] if floor else [])):
                 stop()
         results["watch"] = _watch(settings, tmp)
 
+    run.stamp(results)
     results["settings"] = asdict(settings)
-    results["machine"] = report.machine_facts()
-    results["load_before"] = load_before
-    results["load_after"] = report.load_average()
-    results["elapsed_seconds"] = time.perf_counter() - started
-    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["targets"] = [goal.as_dict() for goal in report.goals(results)]
     print(report.render(results), flush=True)
     report.write_json(results, args.json)

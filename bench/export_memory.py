@@ -96,7 +96,7 @@ def measure(n_jobs: int) -> Run:
         asyncio.run(migrate(backend))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
-        server = procs.jobpulse(backend.url).start(timeout=60)
+        server = procs.Jobpulse(backend.url).start()
         try:
             assert server.proc is not None
             run.server_start_kib = procs.status_kib(server.proc.pid, "VmHWM")

@@ -53,14 +53,12 @@ import asyncio
 import http.client
 import logging
 import multiprocessing as mp
-import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -68,12 +66,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import free_port
 
 from bench import procs, report
-from bench.load import closed_loop, percentile
-from bench.procs import Child, Serving, cpu_seconds
-from bench.watch_streams import Channels, _raise_nofile, rss_kib, watch_min_interval
+from bench.load import closed_loop, summary
+from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
+from bench.report import Goal
+from bench.watch_streams import Channels, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -81,8 +79,6 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server.platform import gc_tuning
-from jobpulse_server.platform.config import Config
 
 TIMEOUT = 60.0
 OPEN_TIMEOUT = 60.0
@@ -103,22 +99,7 @@ PARTS = ("latency", "memory", "grpc")
 
 
 def _log(msg: str) -> None:
-    print(f"[http-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _env(name: str, default: float, kind: type = int) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return kind(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SystemExit(
-            f"{name}={raw!r}: expected {'a whole number' if kind is int else 'a number'}"
-        ) from None
-    if value <= 0:
-        raise SystemExit(f"{name}={raw!r}: must be above 0")
-    return value
+    report.log(msg, "http-bench")
 
 
 class Sizes:
@@ -127,16 +108,18 @@ class Sizes:
     def __init__(self, quick: bool) -> None:
         q = quick
         self.mode = "quick" if q else "full"
-        self.clients: int = _env("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)
-        self.rounds: int = _env("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)
-        self.blocks: int = _env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)
-        self.idle: int = _env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)
-        self.settle: float = _env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)
-        self.load_streams: int = _env("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)
-        self.getjob_seconds: float = _env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
-        self.getjob_rounds: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)
-        self.getjob_concurrency: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)
-        self.client_procs: int = _env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)
+        self.clients: int = report.env_size("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)
+        self.rounds: int = report.env_size("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)
+        self.blocks: int = report.env_size("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)
+        self.idle: int = report.env_size("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)
+        self.settle: float = report.env_size("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)
+        self.load_streams: int = report.env_size("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)
+        self.getjob_seconds: float = report.env_size(
+            "JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float
+        )
+        self.getjob_rounds: int = report.env_size("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)
+        self.getjob_concurrency: int = report.env_size("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)
+        self.client_procs: int = report.env_size("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -380,10 +363,8 @@ class Holder:
 
 def _client_main(conn: Connection) -> None:
     logging.basicConfig(level=logging.WARNING)
-    _raise_nofile()
-    # The settings jobpulse's server applies to its collector (as bench.watch_streams' client does): a
-    # pause of this process would otherwise land in the latency of whichever kind was being measured.
-    gc_tuning.tune(Config.gc_threshold)
+    procs.raise_nofile()
+    procs.tune_gc()
     try:
         asyncio.run(_client_serve(conn))
     finally:
@@ -507,31 +488,6 @@ def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
 # --- the servers under test --------------------------------------------------------------------------
 
 
-class Jobpulse:
-    """A jobpulse server on SQLite (``bench.procs.jobpulse``), its HTTP side on a free port (or off)."""
-
-    def __init__(self, database_url: str, *, http: bool, **settings: Any) -> None:
-        self.http_port = free_port() if http else -1
-        self.server = procs.jobpulse(database_url, http_port=self.http_port, **settings)
-        self.address = self.server.address
-
-    def start(self) -> Jobpulse:
-        self.server.start(timeout=60.0)
-        if self.http_port >= 0:
-            # The HTTP side starts before gRPC health says SERVING; make sure of it anyway.
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"/healthz answered {r.status}")
-        return self
-
-    @property
-    def proc(self) -> Any:
-        return self.server.proc
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def _bare_app(style: str, first: bytes) -> Any:
     """A Starlette app whose events path sends ``first``, then waits for ever (until the client goes)."""
     from starlette.applications import Starlette
@@ -577,7 +533,7 @@ async def serve_bare_sse(style: str, first: bytes) -> Serving:
     ``bench.procs.Child``; no commands."""
     import uvicorn
 
-    _raise_nofile()
+    procs.raise_nofile()
     config = uvicorn.Config(
         _bare_app(style, first),
         http="httptools",
@@ -597,7 +553,7 @@ async def serve_bare_sse(style: str, first: bytes) -> Serving:
         if serving.done():
             serving.result()
         await asyncio.sleep(0.02)
-    gc_tuning.tune(Config.gc_threshold)  # as jobpulse's server does once it serves
+    procs.tune_gc()  # as jobpulse's server does once it serves
 
     async def stop() -> None:
         server.should_exit = True
@@ -694,15 +650,6 @@ class Changer:
 # --- 1. delivery latency -----------------------------------------------------------------------------
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "samples": len(samples),
-        "p50": percentile(samples, 50),
-        "p99": percentile(samples, 99),
-        "max": max(samples),
-    }
-
-
 async def _timed_change(pool: ClientPool, server: Jobpulse, changer: Changer) -> dict[str, Any]:
     await pool.all("arm")
     cpu0 = cpu_seconds(server) or 0.0
@@ -749,7 +696,7 @@ async def _latency_block(
         "open_seconds": opened["seconds"],
         "rounds": rounds,
         "spacing_seconds": spacing,
-        "latency": _stats(samples["progress"] + samples["complete"]),
+        "latency": summary(samples["progress"] + samples["complete"]),
         "samples": samples,
         "rpc": [r["rpc"] for r in rows],
         "server_cpu": [r["server_cpu"] for r in rows],
@@ -765,7 +712,7 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         order += ["sse", "grpc"] if b % 2 == 0 else ["grpc", "sse"]
     changes = len(order) * (sizes.rounds + 1)
     chunks = changes // 2 + 3
-    server = Jobpulse(f"sqlite:///{tmp}/latency.db", http=True)
+    server = Jobpulse(f"sqlite:///{tmp}/latency.db")
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -785,8 +732,8 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         rounds = sum(b["rounds"] for b in mine)
         by_change = {c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "complete")}
         out[kind] = {
-            "latency": _stats(by_change["progress"] + by_change["complete"]),
-            "by_change": {c: _stats(v) for c, v in by_change.items() if v},
+            "latency": summary(by_change["progress"] + by_change["complete"]),
+            "by_change": {c: summary(v) for c, v in by_change.items() if v},
             "open_seconds": statistics.median(b["open_seconds"] for b in mine),
             "rpc_p50": statistics.median(x for b in mine for x in b["rpc"]),
             "server_cpu_per_change": sum(sum(b["server_cpu"]) for b in mine) / rounds,
@@ -811,10 +758,10 @@ async def _idle_memory(
     await pool.open_sse("127.0.0.1", port, path, 10)
     await pool.close()
     await asyncio.sleep(0.5)
-    before = rss_kib(pid)
+    before = status_kib(pid)
     opened = await pool.open_sse("127.0.0.1", port, path, n)
     await asyncio.sleep(settle)
-    after = rss_kib(pid)
+    after = status_kib(pid)
     state = await pool.state()  # every stream must still be open: the figure is one of idle streams
     await pool.close()
     return {
@@ -839,7 +786,7 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     n = sizes.idle
     out: dict[str, Any] = {"streams": n, "settle_seconds": sizes.settle}
     _log(f"2. memory: {n:,} idle SSE streams, jobpulse")
-    server = Jobpulse(f"sqlite:///{tmp}/memory.db", http=True, heartbeat_interval=IDLE_HEARTBEAT)
+    server = Jobpulse(f"sqlite:///{tmp}/memory.db", heartbeat_interval=IDLE_HEARTBEAT)
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -847,7 +794,7 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         path = f"/v1/jobs/{job_id}/events"
         first = await asyncio.to_thread(capture_first, server.http_port, path)
         out["first_event_bytes"] = len(first)
-        out["jobpulse"] = await _idle_memory(pool, server.proc.pid, server.http_port, path, n, sizes.settle)
+        out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
     finally:
         server.close()
     styles = ["streaming"] + (["sse-starlette"] if _have_sse_starlette() else [])
@@ -876,7 +823,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
     )
     servers = {
         "off": Jobpulse(f"sqlite:///{tmp}/grpc-off.db", http=False),
-        "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db", http=True),
+        "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db"),
     }
     channels: dict[str, grpc.aio.Channel] = {}
     try:
@@ -902,7 +849,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
                         calls[name],
                         concurrency=s.getjob_concurrency,
                         seconds=s.getjob_seconds,
-                        server=servers[name],  # type: ignore[arg-type]
+                        server=servers[name],
                     )
                 )
         state = await pool.state()
@@ -933,181 +880,118 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
 # --- running and reporting ---------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
-    return report._ms(seconds)
-
-
-def _ratio(a: float, b: float) -> str:
-    """a / b, or n/a when b is 0 (CPU figures under /proc's 10 ms tick at small sizes)."""
-    return report._x(a / b) if b > 0 else "n/a"
-
-
 def render(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    s = results["sizes"]
-    lines: list[str] = []
+    s, ms, x, ratio = results["sizes"], report._ms, report._x, report.ratio_cell
+    lines = report.header(
+        f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)",
+        [
+            "every figure beside a baseline measured in the same run; servers in processes of their own "
+            f"(jobpulse on SQLite), every stream held by {s['client_procs']} client process(es), changes "
+            "and GetJob from another"
+        ],
+        results,
+    )
     add = lines.append
-    add("=" * 104)
-    add(f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
-    add(
-        "every figure beside a baseline measured in the same run; servers in processes of their own (jobpulse"
-    )
-    add(
-        f"on SQLite), every stream held by {s['client_procs']} client process(es), changes and GetJob "
-        "from another"
-    )
-    add(
-        f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
-        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
-    )
-    add(f"         load average before {results['load_before']} after {results['load_after']}")
-    lat = results.get("latency")
-    if lat:
-        add("-" * 104)
-        b0 = lat["blocks"][0]
-        add(
+    if lat := results.get("latency"):
+        sse, grpc_, b0 = lat["sse"], lat["grpc"], lat["blocks"][0]
+        add("-" * report.WIDTH)
+        lines += report.para(
             f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress / "
-            "CompleteChunk"
+            f"CompleteChunk with claim_next, in turn) to the event of its revision on every stream; blocks "
+            f"{', '.join(lat['order'])}, {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; "
+            "CPU per change from the RPC to the last arrival",
+            first="",
         )
-        add(
-            f"   with claim_next, in turn) to the event of its revision on every stream; blocks "
-            f"{', '.join(lat['order'])},"
-        )
-        add(
-            f"   {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; CPU per change from the "
-            "RPC to the last arrival"
-        )
-        add(
-            f"   {'':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'open s':>8}{'RPC p50 ms':>12}"
-            f"{'CPU ms srv / cli':>18}"
-        )
+        rows: list[list[Any]] = []
         for kind, label in (("sse", "SSE (raw client)"), ("grpc", "WatchJob (grpc.aio)")):
-            r = lat[kind]
-            q = r["latency"]
-            add(
-                f"   {label:<22}{_ms(q['p50']):>9}{_ms(q['p99']):>9}{_ms(q['max']):>9}"
-                f"{r['open_seconds']:>8.2f}"
-                f"{_ms(r['rpc_p50']):>12}"
-                f"{_ms(r['server_cpu_per_change']) + ' / ' + _ms(r['client_cpu_per_change']):>18}"
-            )
-        sse, grpc_ = lat["sse"], lat["grpc"]
-        add(
-            f"   {'ratio SSE / gRPC':<22}{report._x(lat['p50_ratio']):>9}{report._x(lat['p99_ratio']):>9}"
-            f"{_ratio(sse['latency']['max'], grpc_['latency']['max']):>9}{'':>20}"
-            f"{_ratio(sse['server_cpu_per_change'], grpc_['server_cpu_per_change']):>18}"
+            r, q = lat[kind], lat[kind]["latency"]
+            cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
+            rows.append([label, *(ms(q[k]) for k in ("p50", "p99", "max")), f"{r['open_seconds']:.2f}"])
+            rows[-1] += [ms(r["rpc_p50"]), cpu]
+        cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
+        max_ratio = ratio(sse["latency"]["max"], grpc_["latency"]["max"])
+        rows.append(["ratio SSE / gRPC", x(lat["p50_ratio"]), x(lat["p99_ratio"]), max_ratio, "", "", cpu])
+        lines += report.table(
+            ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"], rows
         )
         add(
             "   p99 by block: "
-            + ", ".join(f"{b['kind']} {_ms(b['latency']['p99'])}" for b in lat["blocks"])
+            + ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
             + " ms"
         )
         for kind in ("sse", "grpc"):
-            by = lat[kind]["by_change"]
+            by = lat[kind]["by_change"].items()
             add(
                 f"   {kind:<5} p50 / p99 by change: "
-                + ", ".join(f"{c} {_ms(v['p50'])} / {_ms(v['p99'])} ms" for c, v in by.items())
+                + ", ".join(f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in by)
             )
-        add(
-            "   the clients share the cores with the server: a grpc.aio reader costs more per message "
-            "than the raw SSE one"
+        lines += report.para(
+            "the clients share the cores with the server: a grpc.aio reader costs more per message than the "
+            "raw SSE one (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the "
+            "streams over two processes"
         )
-        add(
-            "   (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the streams "
-            "over two processes"
-        )
-        ended = sse["ended_early"] + grpc_["ended_early"]
-        if ended:
+        if ended := sse["ended_early"] + grpc_["ended_early"]:
             add(f"   ! {ended:,} streams ended on their own during the rounds")
-    mem = results.get("memory")
-    if mem:
-        add("-" * 104)
-        add(
+    if mem := results.get("memory"):
+        add("-" * report.WIDTH)
+        lines += report.para(
             f"2. memory per idle SSE stream: server RSS growth over {mem['streams']:,} streams on one job, "
-            f"read {mem['settle_seconds']:g} s after they opened"
+            f"read {mem['settle_seconds']:g} s after they opened (heartbeat / ping every "
+            f"{IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
+            f"{mem['first_event_bytes']:,} B, then wait)",
+            first="",
         )
-        add(
-            f"   (heartbeat / ping every {IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
-            f"{mem['first_event_bytes']:,} B, then wait)"
+        labels = {"jobpulse": "jobpulse", "streaming": "bare Starlette StreamingResponse"}
+        labels |= (
+            {"sse-starlette": "bare sse-starlette EventSourceResponse"} if "sse-starlette" in mem else {}
         )
-        add(f"   {'':<40}{'KiB/stream':>11}{'RSS before MiB':>16}{'after MiB':>11}{'open s':>8}{'ratio':>8}")
-        rows = [("jobpulse", "jobpulse")]
-        rows.append(("streaming", "bare Starlette StreamingResponse"))
-        if "sse-starlette" in mem:
-            rows.append(("sse-starlette", "bare sse-starlette EventSourceResponse"))
-        for key, label in rows:
-            r = mem[key]
-            ratio = r.get("ratio")
-            cell = "" if key == "jobpulse" else ("n/a" if ratio is None else report._x(ratio))
-            add(
-                f"   {label:<40}{r['kib_per_stream']:>11.1f}{r['rss_before_kib'] / 1024:>16.1f}"
-                f"{r['rss_after_kib'] / 1024:>11.1f}{r['open_seconds']:>8.2f}{cell:>8}"
-            )
+        rows = []
+        for k, label in labels.items():
+            r = mem[k]
+            mib = [f"{r[f'rss_{w}_kib'] / 1024:.1f}" for w in ("before", "after")]
+            cell = "" if k == "jobpulse" else ("n/a" if r["ratio"] is None else x(r["ratio"]))
+            rows.append([label, f"{r['kib_per_stream']:.1f}", *mib, f"{r['open_seconds']:.2f}", cell])
+        lines += report.table(["", "KiB/stream", "RSS before MiB", "after MiB", "open s", "ratio"], rows)
         add("   ratio: jobpulse / that baseline")
         if "sse-starlette" not in mem:
             add("   (sse-starlette not installed: make bench-http installs it with the bench extra)")
-        ended = [key for key, _ in rows if mem[key]["ended_early"]]
-        if ended:
-            add(f"   ! streams ended before RSS was read: {', '.join(ended)}")
-    g = results.get("grpc")
-    if g:
-        add("-" * 104)
-        s_ = results["sizes"]
+        if ended_early := [k for k in labels if mem[k]["ended_early"]]:
+            add(f"   ! streams ended before RSS was read: {', '.join(ended_early)}")
+    if g := results.get("grpc"):
+        add("-" * report.WIDTH)
         add(
-            f"3. GetJob BASIC (10-chunk job), {s_['getjob_concurrency']} in flight on one channel, "
-            f"{s_['getjob_rounds']} x {s_['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
+            f"3. GetJob BASIC (10-chunk job), {s['getjob_concurrency']} in flight on one channel, "
+            f"{s['getjob_rounds']} x {s['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
         )
-        add(f"   {'':<44}{'median calls/s':>15}{'srv CPU us/call':>17}   per round")
-        for key, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", "HTTP side on")):
-            r = g[key]
-            if key == "on":
-                label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
-            add(
-                f"   {label:<44}{r['median']:>15,.0f}{report._us(r['server_cpu_us_per_call']):>17}   "
-                + ", ".join(f"{x:,.0f}" for x in r["per_round"])
+        on_label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
+        rows = []
+        for k, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", on_label)):
+            per_round = ", ".join(f"{v:,.0f}" for v in g[k]["per_round"])
+            rows.append(
+                [label, f"{g[k]['median']:,.0f}", report._us(g[k]["server_cpu_us_per_call"]), per_round]
             )
-        add(
-            f"   {'ratio on / off (medians)':<44}{report._x(g['ratio']):>15}"
-            f"{_ratio(g['on']['server_cpu_us_per_call'], g['off']['server_cpu_us_per_call']):>17}   by pair: "
-            + ", ".join(f"{x:.3f}" for x in g["pair_ratios"])
-        )
+        cpu = ratio(g["on"]["server_cpu_us_per_call"], g["off"]["server_cpu_us_per_call"])
+        pairs = "by pair: " + ", ".join(f"{v:.3f}" for v in g["pair_ratios"])
+        rows.append(["ratio on / off (medians)", x(g["ratio"]), cpu, pairs])
+        lines += report.table(["", "median calls/s", "srv CPU us/call", "per round"], rows)
         if g["idle_ended_early"]:
             add(f"   ! {g['idle_ended_early']:,} idle SSE streams ended during the rounds")
-    add("-" * 104)
-    add("targets")
-    for line in targets(results):
-        add(f"   {line}")
-    add("=" * 104)
+    lines += ["-" * report.WIDTH, "targets", *report.render_goals(goals(results)), "=" * report.WIDTH]
     return "\n".join(lines)
 
 
-def _verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    lat = results.get("latency")
-    if lat:
-        r = lat["p99_ratio"]
-        out.append(
-            f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams <= {TARGET_P99_RATIO}: {r:.3f} -> "
-            f"{_verdict(r <= TARGET_P99_RATIO)}"
-        )
-    mem = results.get("memory")
-    if mem:
-        for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
-            ratio = mem.get(key, {}).get("ratio")
-            if ratio is not None:
-                out.append(
-                    f"memory per idle SSE stream, jobpulse / bare {label} <= {TARGET_MEMORY_RATIO}: "
-                    f"{ratio:.3f} -> {_verdict(ratio <= TARGET_MEMORY_RATIO)}"
-                )
-    g = results.get("grpc")
-    if g:
-        out.append(
-            f"GetJob calls/s, HTTP side on ({g['idle_streams']:,} idle SSE streams) / off "
-            f">= {TARGET_GRPC_RATIO}: {g['ratio']:.3f} -> {_verdict(g['ratio'] >= TARGET_GRPC_RATIO)}"
-        )
+def goals(results: dict[str, Any]) -> list[Goal]:
+    out: list[Goal] = []
+    if lat := results.get("latency"):
+        what = f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams"
+        out.append(Goal(what, lat["p99_ratio"], False, TARGET_P99_RATIO, None, "x"))
+    for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
+        if (ratio := results.get("memory", {}).get(key, {}).get("ratio")) is not None:
+            what = f"memory per idle SSE stream, jobpulse / bare {label}"
+            out.append(Goal(what, ratio, False, TARGET_MEMORY_RATIO, None, "x"))
+    if g := results.get("grpc"):
+        what = f"GetJob calls/s, HTTP side on ({g['idle_streams']:,} idle SSE streams) / off"
+        out.append(Goal(what, g["ratio"], True, TARGET_GRPC_RATIO, None))
     return out
 
 
@@ -1137,17 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not parts:
         parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     sizes = Sizes(args.quick)
-    # Thousands of sockets here, in the client processes and in the servers (all inherit the limit).
-    _raise_nofile()
-    started = time.perf_counter()
-    load_before = report.load_average()
+    procs.raise_nofile()
+    run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-http-bench-") as tmp:
-        results = asyncio.run(_run(parts, sizes, tmp))
+        results = run.stamp(asyncio.run(_run(parts, sizes, tmp)))
     results["sizes"] = sizes.as_dict()
-    results["machine"] = report.machine_facts()
-    results["load_before"] = load_before
-    results["load_after"] = report.load_average()
-    results["elapsed_seconds"] = time.perf_counter() - started
     print(render(results), flush=True)
     if args.json is not None:
         report.write_json(results, args.json)

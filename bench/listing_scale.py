@@ -402,7 +402,7 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
 
 
 async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
-    server = procs.jobpulse(b.url).start(timeout=60)
+    server = procs.Jobpulse(b.url).start()
     try:
         async with grpc.aio.insecure_channel(
             server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]

@@ -65,7 +65,6 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import free_port
 
 from bench import figures, procs, report, work
 from bench.grpc_floor import floor_server
@@ -190,10 +189,10 @@ async def _drain(
     group that claims its kind."""
     n = sum(items for _, items in jobs)
     async with procs.database("postgresql", key) as dsn:
-        http_port = free_port()
-        server = procs.jobpulse(dsn, http_port=http_port)
+        server = procs.Jobpulse(dsn)
+        http_port = server.http_port
         try:
-            server.start(timeout=60)
+            server.start()
             async with grpc.aio.insecure_channel(server.address) as channel:
                 jobs_stub = job_service_pb2_grpc.JobServiceStub(channel)
                 stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
@@ -311,9 +310,9 @@ async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str
 async def _floor_jobs(dsn: str, n: int) -> None:
     """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
     server on ``dsn`` (which migrates the database), stopped before the clock starts."""
-    server = procs.jobpulse(dsn)
+    server = procs.Jobpulse(dsn)
     try:
-        server.start(timeout=60)
+        server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
             jobs = job_service_pb2_grpc.JobServiceStub(channel)
             for j, items in enumerate(_shares(n, JOBS_PER_RUN)):

@@ -1,7 +1,7 @@
 """The servers a benchmark measures, each in a process of its own.
 
 jobpulse runs as users run it, ``python -m jobpulse_server``, through the test suite's own
-``support.servers.ServerProcess`` (``jobpulse()`` below gives it the bench's settings). Every baseline
+``support.servers.ServerProcess`` (``Jobpulse`` below gives it the bench's settings). Every baseline
 (the bare grpc.aio server, the watch fan-out, the bare SSE server, the floor under gRPC) is a ``Child``:
 a spawned process that serves, sends its port back over a pipe and then answers commands; if the
 parent goes away the pipe reads EOF and the child stops too. Both have ``address`` and ``proc.pid``,
@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import resource
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from support.servers import ServerProcess
+from support.servers import ServerProcess, free_port
+
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
+from jobpulse_server.store.database import SqlStore
 
 _START_TIMEOUT = 60.0
 # Where the PostgreSQL scenarios create (and drop) a database per row.
@@ -43,30 +48,59 @@ class Served(Protocol):
     def proc(self) -> Any: ...  # subprocess.Popen or multiprocessing.Process: both have .pid
 
 
-def jobpulse(
-    database_url: str, *, http_port: int = 0, pythonpath: str | None = None, **settings: Any
-) -> ServerProcess:
+class Jobpulse(ServerProcess):
     """A jobpulse server as the benchmarks run it (not started yet): logging at INFO as ``jobpulse serve``
     does, to /dev/null; expiry off (bench data is synthetic and often dated in the past); the HTTP side
-    on any free port unless one is given. ``pythonpath`` goes first on the server's PYTHONPATH, to serve
-    another checkout's code (bench.compare)."""
-    server = ServerProcess(
-        database_url,
-        Path(os.devnull),
-        **{
-            "log_level": "INFO",
-            "http_port": http_port,
-            "drain_seconds": 0,
-            "retention_completed": 0,
-            "retention_failed": 0,
-            "retention_cancelled": 0,
-            **settings,
-        },
-    )
-    if pythonpath:
-        inherited = server.env.get("PYTHONPATH")
-        server.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
-    return server
+    on a free port (``http_port``), or off with ``http=False``. ``pythonpath`` goes first on the server's
+    PYTHONPATH, to serve another checkout's code (bench.compare)."""
+
+    def __init__(
+        self, database_url: str, *, http: bool = True, pythonpath: str | None = None, **settings: Any
+    ):
+        self.http_port = free_port() if http else -1
+        defaults = {"log_level": "INFO", "drain_seconds": 0, "retention_completed": 0}
+        defaults |= {"retention_failed": 0, "retention_cancelled": 0}
+        super().__init__(
+            database_url, Path(os.devnull), **{**defaults, "http_port": self.http_port, **settings}
+        )
+        if pythonpath:
+            inherited = self.env.get("PYTHONPATH")
+            self.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
+
+    def start(self, timeout: float = _START_TIMEOUT) -> Jobpulse:
+        super().start(timeout)  # returns once gRPC health says SERVING
+        if self.http_port >= 0:  # the HTTP side starts before that; make sure of it anyway
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/healthz answered {r.status}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+def raise_nofile() -> None:
+    """The open-files limit up to the hard one: thousands of sockets here and in the servers, which
+    inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def tune_gc() -> None:
+    """The collector settings jobpulse's server applies to itself: a client process holding streams gets
+    them too, so its pauses do not land in the latency of whichever server is being measured."""
+    gc_tuning.tune(Config.gc_threshold)
+
+
+async def migrate(database_url: str) -> None:
+    """Runs the server's migrations on a database (before bulk-loading into it)."""
+    store = SqlStore(database_url)
+    await store.start()
+    await store.close()
 
 
 def _child_main(conn: Connection, serve: Callable[..., Awaitable[Serving]], args: tuple[Any, ...]) -> None:

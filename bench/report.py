@@ -1,4 +1,6 @@
-"""Machine facts, the printed table and the JSON file."""
+"""What every scenario's report shares: the run's frame (machine facts, load, elapsed time), the sizes
+taken from the environment, the log line, the targets (``Goal``), tables, and the JSON file; and the
+core scenario's own printout and targets."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import json
 import os
 import platform
 import sqlite3
-from dataclasses import dataclass
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,58 @@ def machine_facts() -> dict[str, Any]:
 WIDTH = 122
 
 
+def log(msg: str, tag: str = "bench") -> None:
+    print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def env_size(name: str, default: float, kind: type = int) -> Any:
+    """A size from the variable ``name`` (a number above 0), else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(
+            f"{name}={raw!r}: expected {'a whole number' if kind is int else 'a number'}"
+        ) from None
+    if value <= 0:
+        raise SystemExit(f"{name}={raw!r}: must be above 0")
+    return value
+
+
+@dataclass
+class Run:
+    """The frame of one scenario's run: when it began and the machine's load then; ``stamp`` adds the
+    machine's facts, its load now and the time taken to a results dict."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    load_before: list[float] | None = field(default_factory=load_average)
+
+    def stamp(self, results: dict[str, Any]) -> dict[str, Any]:
+        results["machine"] = machine_facts()
+        results["load_before"] = self.load_before
+        results["load_after"] = load_average()
+        results["elapsed_seconds"] = time.perf_counter() - self.t0
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return results
+
+
+def header(title: str, notes: list[str], results: dict[str, Any], width: int = WIDTH) -> list[str]:
+    """A printout's head: its title, what it compares, the machine and its load."""
+    return ["=" * width, title, *notes, *machine_lines(results)]
+
+
+def para(text: str, first: str = "   ") -> list[str]:
+    """A paragraph of a printout, wrapped to its width (a heading's first line starts with ``first=""``)."""
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent="   ")
+
+
+def ratio_cell(a: float | None, b: float | None) -> str:
+    """a / b as a table shows it, or n/a when either is unknown or b is 0 (e.g. CPU under /proc's tick)."""
+    return _x(a / b) if a is not None and b else "n/a"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
@@ -102,7 +159,7 @@ class Goal:
     measured: float | None
     at_least: bool
     target: float
-    moonshot: float
+    moonshot: float | None  # None: no stretch goal
     unit: str = ""
     note: str = ""
 
@@ -123,13 +180,14 @@ class Goal:
                 # 0.898 against >= 0.9 would print as 0.90, "NO": one more digit shows which side it is on.
                 measured = f"{self.measured:.3f}" + ("x" if self.unit == "x" else "")
             met = "NO"
-            if self._meets(self.moonshot):
+            if self.moonshot is not None and self._meets(self.moonshot):
                 met = "yes, moonshot too"
             elif self._meets(self.target):
                 met = "yes"
             if self.note:
                 met += f" ({self.note})"
-        return self.path, measured, f"{sign} {self._fmt(self.target)}", self._fmt(self.moonshot), met
+        moonshot = "-" if self.moonshot is None else self._fmt(self.moonshot)
+        return self.path, measured, f"{sign} {self._fmt(self.target)}", moonshot, met
 
     def as_dict(self) -> dict[str, Any]:
         path, _, target, moonshot, met = self.cells()

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from support.servers import free_port
 
 from bench import figures, procs, report
 from bench.procs import metric_values
@@ -205,10 +204,8 @@ def _growth(samples: list[tuple[float, int]]) -> float:
 async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
     rng = random.Random(7)
     async with procs.database(database, "soak") as url:
-        http_port = free_port()
-        server = procs.jobpulse(url, http_port=http_port).start(timeout=60)
-        assert server.proc is not None
-        pid = server.proc.pid
+        server = procs.Jobpulse(url).start()
+        http_port, pid = server.http_port, server.pid
         try:
             start = rss_bytes(pid)
             load = Load()

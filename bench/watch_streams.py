@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import sys
 import tempfile
 import time
@@ -37,20 +36,18 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import ServerProcess
 
 from bench import figures, procs, report
 from bench.bare import SERVER_OPTIONS
-from bench.load import percentile
-from bench.procs import Child, Serving, pid_cpu_seconds
+from bench.load import percentile, summary
+from bench.procs import Child, Jobpulse, Serving, pid_cpu_seconds, status_kib
+from bench.report import Goal
 from jobpulse.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server.platform import gc_tuning
-from jobpulse_server.platform.config import Config
 
 CHANGE = job_service_pb2.WATCH_EVENT_TYPE_CHANGE
 STREAMS_PER_CHANNEL = 250
@@ -88,7 +85,7 @@ QUICK = Settings("quick", (100, 1000), (10, 6), 200, 4, 10)
 
 
 def _log(msg: str) -> None:
-    print(f"[watch-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    report.log(msg, "watch-bench")
 
 
 # --- the baseline: a bare grpc.aio fan-out -----------------------------------------------------------
@@ -178,10 +175,6 @@ class FanoutProcess(Child):
 
 
 # --- the client side ---------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    return procs.status_kib(pid)
 
 
 class Channels:
@@ -307,7 +300,7 @@ class Side:
 
 
 class JobpulseSide(Side):
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: Jobpulse) -> None:
         self.name = "jobpulse"
         self.server = server
         self._claims: dict[str, Any] = {}
@@ -377,7 +370,7 @@ class FanoutSide(Side):
         return lambda: jobs.UpdateJob(req, timeout=TIMEOUT)
 
 
-async def capture_templates(server: ServerProcess, chunks: int) -> tuple[bytes, bytes]:
+async def capture_templates(server: Jobpulse, chunks: int) -> tuple[bytes, bytes]:
     """A real snapshot and a real one-chunk CHANGE, for the baseline to send (same sizes)."""
     side = JobpulseSide(server)
     channels = Channels(server.address, 1)
@@ -391,15 +384,6 @@ async def capture_templates(server: ServerProcess, chunks: int) -> tuple[bytes, 
         return snapshot.SerializeToString(), change.SerializeToString()
     finally:
         await channels.close()
-
-
-def _latency_stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "samples": len(samples),
-        "p50": percentile(samples, 50),
-        "p99": percentile(samples, 99),
-        "max": max(samples),
-    }
 
 
 async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
@@ -416,13 +400,13 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in warmed)), TIMEOUT)
         await warm.close()
         await asyncio.sleep(0.5)
-        before = rss_kib(side.server.proc.pid)
+        before = status_kib(side.server.proc.pid)
         t0 = time.perf_counter()
         streams = Streams(channels, [key] * streams_n)
         all_open = await streams.opened(OPEN_TIMEOUT)
         open_seconds = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # idle
-        after = rss_kib(side.server.proc.pid)
+        after = status_kib(side.server.proc.pid)
         if not all_open:
             # Seen on grpcio 1.85 here: both servers stop answering new streams at about 3,000 open ones.
             _log(f"{side.name}: only {streams.first:,} of {streams_n:,} streams opened in {OPEN_TIMEOUT:g}s")
@@ -474,7 +458,7 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_stream": (after - before) / streams_n,
-            "latency": _latency_stats(latencies),
+            "latency": summary(latencies),
             "round_max_p50": percentile(round_max, 50),
             # CPU seconds per change, from the poke to the last delivery (server: all its threads).
             "server_cpu_per_change": server_cpu / rounds,
@@ -506,10 +490,10 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
         for call in warm:
             call.cancel()
         await asyncio.sleep(0.5)
-        before = rss_kib(server.proc.pid or 0)
+        before = status_kib(server.proc.pid or 0)
         calls, all_open = await open_streams(streams_n)
         await asyncio.sleep(1.0)  # idle
-        after = rss_kib(server.proc.pid or 0)
+        after = status_kib(server.proc.pid or 0)
         # Every stream must still be open, or the figure is not one of idle streams.
         ended = sum(1 for call in calls if call.done())
         for call in calls:
@@ -556,7 +540,7 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
             "in_flight": in_flight,
             "setup_seconds": setup_seconds,
             "changes_per_second": jobs_n / elapsed,
-            "latency": _latency_stats(latencies),
+            "latency": summary(latencies),
             # Server CPU (all threads) per change, from the first poke to the last delivery.
             "server_cpu_us_per_change": (
                 (cpu1 - cpu0) / jobs_n * 1e6 if cpu0 is not None and cpu1 is not None else None
@@ -568,98 +552,22 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
 
 # --- running and reporting ---------------------------------------------------------------------------
 
-
-def _start_pair(
-    tmp: str, tag: str, templates: tuple[bytes, bytes] | None
-) -> tuple[ServerProcess, FanoutProcess]:
-    jp = procs.jobpulse(f"sqlite:///{tmp}/{tag}.db")
-    bare = FanoutProcess()
-    jp.start(timeout=60)
-    bare.start()
-    if templates is not None:
-        bare.set_templates(*templates)
-    return jp, bare
+Measure = Callable[[Side, Side], Awaitable[dict[str, Any]]]
 
 
-async def _ready(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-
-
-def run(settings: Settings, tmp: str) -> dict[str, Any]:
-    s = settings
-    results: dict[str, Any] = {"one_job": [], "many_jobs": None}
-    templates: tuple[bytes, bytes] | None = None
-    for n, rounds in zip(s.stream_counts, s.rounds, strict=True):
-        _log(f"one job, {n:,} streams, {rounds} changes")
-        jp, bare = _start_pair(tmp, f"one-{n}", templates)
-        try:
-
-            async def go(
-                jp: ServerProcess = jp, bare: FanoutProcess = bare, n: int = n, r: int = rounds
-            ) -> Any:
-                nonlocal templates
-                await asyncio.gather(_ready(jp.address), _ready(bare.address))
-                if templates is None:
-                    templates = await capture_templates(jp, s.chunks_per_job)
-                    bare.set_templates(*templates)
-                return {
-                    "jobpulse": await one_job(JobpulseSide(jp), n, r, s.chunks_per_job),
-                    "bare": await one_job(FanoutSide(bare), n, r, s.chunks_per_job),
-                }
-
-            results["one_job"].append(asyncio.run(go()))
-        finally:
-            jp.close()
-            bare.close()
-        floor = FanoutProcess()
-        try:
-            floor.start()
-
-            async def go_floor(floor: FanoutProcess = floor, n: int = n) -> dict[str, Any]:
-                await _ready(floor.address)
-                return await floor_memory(floor, n)
-
-            results["one_job"][-1]["floor"] = asyncio.run(go_floor())
-        finally:
-            floor.close()
-    _log(f"{s.many_jobs:,} jobs, one stream and one change each")
-    jp, bare = _start_pair(tmp, "many", templates)
+def _with_pair(tmp: str, tag: str, chunks: int, measure: Measure) -> dict[str, Any]:
+    """A fresh jobpulse and a fresh fan-out, whose messages are the sizes of jobpulse's (a real snapshot of
+    a job of ``chunks`` chunks and a real change), measured by ``measure`` and stopped after."""
+    jp, bare = Jobpulse(f"sqlite:///{tmp}/{tag}.db"), FanoutProcess()
     try:
-
-        async def go_many() -> Any:
-            await asyncio.gather(_ready(jp.address), _ready(bare.address))
-            return {
-                "jobpulse": await many_jobs(
-                    JobpulseSide(jp), s.many_jobs, s.many_in_flight, s.chunks_per_job
-                ),
-                "bare": await many_jobs(FanoutSide(bare), s.many_jobs, s.many_in_flight, s.chunks_per_job),
-            }
-
-        results["many_jobs"] = asyncio.run(go_many())
-    finally:
-        jp.close()
-        bare.close()
-    assert templates is not None
-    results["message_bytes"] = {"snapshot": len(templates[0]), "change": len(templates[1])}
-    return results
-
-
-def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
-    """The many-jobs scenario on its own (a fresh jobpulse and a fresh fan-out server, stopped after):
-    jobpulse first, then the bare fan-out, whose messages are the sizes of jobpulse's."""
-    jp, bare = _start_pair(tmp, "many-only", None)
-    try:
+        jp.start()
+        bare.start()
 
         async def go() -> dict[str, Any]:
-            await asyncio.gather(_ready(jp.address), _ready(bare.address))
             templates = await capture_templates(jp, chunks)
             bare.set_templates(*templates)
-            return {
-                "jobpulse": await many_jobs(JobpulseSide(jp), jobs_n, in_flight, chunks),
-                "bare": await many_jobs(FanoutSide(bare), jobs_n, in_flight, chunks),
-                "message_bytes": {"snapshot": len(templates[0]), "change": len(templates[1])},
-            }
+            out = await measure(JobpulseSide(jp), FanoutSide(bare))
+            return {**out, "message_bytes": {"snapshot": len(templates[0]), "change": len(templates[1])}}
 
         return asyncio.run(go())
     finally:
@@ -667,161 +575,127 @@ def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[st
         bare.close()
 
 
-def _pair(a: float, b: float, ms: bool = True) -> str:
-    f = report._ms if ms else (lambda v: f"{v:.1f}")
-    return f"{f(a)} / {f(b)}"
+def run(settings: Settings, tmp: str) -> dict[str, Any]:
+    s = settings
+    rows = []
+    for n, rounds in zip(s.stream_counts, s.rounds, strict=True):
+        _log(f"one job, {n:,} streams, {rounds} changes")
+
+        async def both(jp: Side, bare: Side, n: int = n, rounds: int = rounds) -> dict[str, Any]:
+            return {
+                name: await one_job(side, n, rounds, s.chunks_per_job)
+                for name, side in (("jobpulse", jp), ("bare", bare))
+            }
+
+        row = _with_pair(tmp, f"one-{n}", s.chunks_per_job, both)
+        floor = FanoutProcess()
+        try:
+            floor.start()
+            row["floor"] = asyncio.run(floor_memory(floor, n))
+        finally:
+            floor.close()
+        rows.append(row)
+    _log(f"{s.many_jobs:,} jobs, one stream and one change each")
+    many = run_many_jobs(tmp, s.many_jobs, s.many_in_flight, s.chunks_per_job)
+    return {"one_job": rows, "many_jobs": many, "message_bytes": rows[0]["message_bytes"]}
+
+
+def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
+    """The many-jobs scenario on its own: jobpulse first, then the bare fan-out."""
+
+    async def both(jp: Side, bare: Side) -> dict[str, Any]:
+        return {
+            name: await many_jobs(side, jobs_n, in_flight, chunks)
+            for name, side in (("jobpulse", jp), ("bare", bare))
+        }
+
+    return _with_pair(tmp, "many", chunks, both)
 
 
 def render(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    s = results["settings"]
-    lines: list[str] = []
-    add = lines.append
-    add("=" * 104)
-    add(f"jobpulse WatchJob fan-out, {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
-    add(
-        "baseline: a bare grpc.aio server-streaming fan-out (no database), measured the same way in the same "
-        "run;"
+    s, mb, ms, x, us = results["settings"], results["message_bytes"], report._ms, report._x, report._us
+    notes = [
+        "baseline: a bare grpc.aio server-streaming fan-out (no database), measured the same way in the same",
+        "run; each server in a process of its own (jobpulse on SQLite); all streams in this client process",
+        f"messages: snapshot {mb['snapshot']:,} B ({s['chunks_per_job']} chunks), change {mb['change']:,} B",
+    ]
+    lines = report.header(
+        f"jobpulse WatchJob fan-out, {s['mode']} run ({results['elapsed_seconds']:.0f} s)", notes, results
     )
-    add("each server in a process of its own (jobpulse on SQLite); all streams in this one client process")
-    add(
-        f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
-        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
+    lines += ["-" * report.WIDTH]
+    lines += report.para(
+        "1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream; CPU: "
+        "server (all threads) / this client process, per change, from the poke to the last arrival; rounds "
+        f"{results['one_job'][0]['jobpulse'].get('spacing_seconds', 0):.2f} s apart. burst: {BURST} changes "
+        f"back to back until every stream has the last (p50 of {BURSTS})",
+        first="",
     )
-    add(f"         load average before {results['load_before']} after {results['load_after']}")
-    mb = results["message_bytes"]
-    add(
-        f"         messages: snapshot {mb['snapshot']:,} B ({s['chunks_per_job']} chunks), "
-        f"change {mb['change']:,} B"
-    )
-    add("-" * 104)
-    add("1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream;")
-    add("   CPU: server (all threads) / this client process, per change, from the poke to the last arrival")
-    add(
-        f"   rounds {results['one_job'][0]['jobpulse'].get('spacing_seconds', 0):.2f} s apart. burst: "
-        f"{BURST} changes back to back until every stream has the last (p50 of {BURSTS})"
-    )
-    add(
-        f"   {'N':>6} {'rounds':>6} {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'KiB/idle stream':>17}{'open s':>8}{'burst ms':>10}{'CPU ms srv/cli':>16}"
-    )
+    rows: list[list[Any]] = []
     stalled = False
     for row in results["one_job"]:
-        for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
-            r = row[name]
-            lat = r["latency"]
-            if lat is None:  # the server stopped opening streams
-                stalled = True
-                note = f"only {r['opened']:,} opened*"
-                add(
-                    f"   {r['streams']:>6,} {'-':>6} {label:<14}{note:>27}"
-                    f"{r['kib_per_stream']:>17.1f}{r['open_seconds']:>8.2f}"
-                )
-                continue
-            add(
-                f"   {r['streams']:>6,} {r['rounds']:>6} {label:<14}{report._ms(lat['p50']):>9}"
-                f"{report._ms(lat['p99']):>9}{report._ms(lat['max']):>9}{r['kib_per_stream']:>17.1f}"
-                f"{r['open_seconds']:>8.2f}{report._ms(r['burst_settle_p50']):>10}"
-                f"{_pair(r['server_cpu_per_change'], r['client_cpu_per_change']):>16}"
-            )
         jp, bare = row["jobpulse"], row["bare"]
-        mem = (
-            report._x(jp["kib_per_stream"] / bare["kib_per_stream"]) if bare["kib_per_stream"] > 0 else "n/a"
-        )
+        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
+            cells = [f"{r['streams']:,}", label]
+            if r["latency"] is None:  # the server stopped opening streams
+                stalled = True
+                cells += [f"only {r['opened']:,} opened*", "", ""]
+            else:
+                cells += [ms(r["latency"][q]) for q in ("p50", "p99", "max")]
+            cells += [f"{r['kib_per_stream']:.1f}", f"{r['open_seconds']:.2f}"]
+            if r["latency"] is not None:
+                cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
+                cells += [ms(r["burst_settle_p50"]), cpu]
+            rows.append(cells)
+        mem = report.ratio_cell(jp["kib_per_stream"], bare["kib_per_stream"])
         if jp["latency"] is None or bare["latency"] is None:
-            add(f"   {'':>6} {'':>6} {'ratio':<14}{'':>27}{mem:>17}")
+            rows.append(["", "ratio", "", "", "", mem])
             continue
-        add(
-            f"   {'':>6} {'':>6} {'ratio':<14}{report._x(jp['latency']['p50'] / bare['latency']['p50']):>9}"
-            f"{report._x(jp['latency']['p99'] / bare['latency']['p99']):>9}"
-            f"{report._x(jp['latency']['max'] / bare['latency']['max']):>9}{mem:>17}{'':>18}"
-            f"{report._x(jp['server_cpu_per_change'] / bare['server_cpu_per_change']):>16}"
-        )
-    add(
-        "   grpc.aio alone (a handler that writes one message, then waits on a future), KiB per "
-        "idle stream: "
-        + ", ".join(
-            f"{row['floor']['kib_per_stream']:.1f} at {row['floor']['streams']:,}"
-            + ("" if row["floor"]["opened"] else " (not all opened)")
-            + (f" ({row['floor']['ended']:,} ended early)" if row["floor"].get("ended") else "")
-            for row in results["one_job"]
-            if "floor" in row
-        )
+        lat = [report.ratio_cell(jp["latency"][q], bare["latency"][q]) for q in ("p50", "p99", "max")]
+        cpu = report.ratio_cell(jp["server_cpu_per_change"], bare["server_cpu_per_change"])
+        rows.append(["", "ratio", *lat, mem, "", "", cpu])
+    head = ["N", "", "p50 ms", "p99 ms", "max ms", "KiB/idle stream", "open s", "burst ms", "CPU ms srv/cli"]
+    lines += report.table(head, rows)
+    floors = []
+    for row in results["one_job"]:
+        if f := row.get("floor"):
+            floors.append(
+                f"{f['kib_per_stream']:.1f} at {f['streams']:,}"
+                + ("" if f["opened"] else " (not all opened)")
+            )
+            floors[-1] += f" ({f['ended']:,} ended early)" if f.get("ended") else ""
+    lines += report.para(
+        "grpc.aio alone (a handler that writes one message, then waits on a future), KiB per idle stream: "
+        + ", ".join(floors)
     )
     if stalled:
-        add(
-            f"   * not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is "
-            "per opened stream"
+        lines += report.para(
+            f"* not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is per "
+            "opened stream"
         )
     mj = results["many_jobs"]
-    add("-" * 104)
-    add(
-        f"2. {mj['jobpulse']['jobs']:,} jobs, one stream each, one change per job "
-        f"({mj['jobpulse']['in_flight']} changes in flight)"
-    )
-    add(f"   {'':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'changes/s':>11}{'srv CPU us/change':>19}")
-    for name, label in (("jobpulse", "jobpulse"), ("bare", "bare fan-out")):
-        r = mj[name]
-        add(
-            f"   {label:<14}{report._ms(r['latency']['p50']):>9}{report._ms(r['latency']['p99']):>9}"
-            f"{report._ms(r['latency']['max']):>9}{r['changes_per_second']:>11,.0f}"
-            f"{report._us(r.get('server_cpu_us_per_change')):>19}"
-        )
     jp, bare = mj["jobpulse"], mj["bare"]
-    add(
-        f"   {'ratio':<14}{report._x(jp['latency']['p50'] / bare['latency']['p50']):>9}"
-        f"{report._x(jp['latency']['p99'] / bare['latency']['p99']):>9}"
-        f"{report._x(jp['latency']['max'] / bare['latency']['max']):>9}"
-        f"{report._x(jp['changes_per_second'] / bare['changes_per_second']):>11}"
-    )
-    add("-" * 104)
-    add("targets (issue: WatchJob that never loses an event)")
-    for line in targets(results):
-        add(f"   {line}")
-    add("=" * 104)
-    return "\n".join(lines)
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    at = [r["jobpulse"] for r in results["one_job"] if r["jobpulse"]["streams"] == TARGET_P99_AT]
-    if at and at[0]["latency"] is not None:
-        p99 = at[0]["latency"]["p99"] * 1e3
-        verdict = "MET" if p99 < TARGET_P99_MS else "NOT MET"
-        out.append(
-            f"p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT:,} watchers of one job: "
-            f"{p99:.1f} ms -> {verdict}"
-        )
-    many = results["many_jobs"]["jobpulse"]
-    if many["jobs"] == TARGET_P99_AT:
-        p99 = many["latency"]["p99"] * 1e3
-        verdict = "MET" if p99 < TARGET_P99_MS else "NOT MET"
-        out.append(
-            f"p99 < {TARGET_P99_MS:.0f} ms at {TARGET_P99_AT:,} watchers of {many['jobs']:,} jobs: "
-            f"{p99:.1f} ms -> {verdict}"
-        )
-    for r in results["one_job"]:
-        jp = r["jobpulse"]
-        if jp["streams"] >= TARGET_P99_AT:
-            kib = jp["kib_per_stream"]
-            verdict = "MET" if kib < TARGET_KIB_PER_STREAM else "NOT MET"
-            if jp["stalled"]:
-                verdict += f" (over the {jp['opened']:,} streams that opened)"
-            floor = r.get("floor")
-            if floor is not None:
-                verdict += f" (grpc.aio alone: {floor['kib_per_stream']:.1f} KiB)"
-            out.append(
-                f"< {TARGET_KIB_PER_STREAM:.0f} KiB server memory per idle stream at "
-                f"{jp['streams']:,} streams: {kib:.1f} KiB -> {verdict}"
-            )
-    return out
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    lines += [
+        "-" * report.WIDTH,
+        f"2. {jp['jobs']:,} jobs, one stream each, one change per job ({jp['in_flight']} changes in flight)",
+    ]
+    rows = [
+        [
+            label,
+            *(ms(r["latency"][q]) for q in ("p50", "p99", "max")),
+            f"{r['changes_per_second']:,.0f}",
+            us(r.get("server_cpu_us_per_change")),
+        ]
+        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out"))
+    ]
+    lat = [x(jp["latency"][q] / bare["latency"][q]) for q in ("p50", "p99", "max")]
+    rows.append(["ratio", *lat, x(jp["changes_per_second"] / bare["changes_per_second"])])
+    lines += report.table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
+    lines += [
+        "-" * report.WIDTH,
+        "targets (WatchJob that never loses an event)",
+        *report.render_goals(goals(results)),
+    ]
+    return "\n".join([*lines, "=" * report.WIDTH])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -830,19 +704,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    _raise_nofile()
-    # The client process holds every stream; its collector gets the settings the server uses, so its
-    # pauses do not land in the latency of either server.
-    gc_tuning.tune(Config.gc_threshold)
-    started = time.perf_counter()
-    load_before = report.load_average()
+    procs.raise_nofile()
+    procs.tune_gc()  # this process holds every stream
+    run_ = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-watch-bench-") as tmp:
-        results = run(settings, tmp)
+        results = run_.stamp(run(settings, tmp))
     results["settings"] = asdict(settings)
-    results["machine"] = report.machine_facts()
-    results["load_before"] = load_before
-    results["load_after"] = report.load_average()
-    results["elapsed_seconds"] = time.perf_counter() - started
     print(render(results), flush=True)
     if args.json is not None:
         report.write_json(results, args.json)
@@ -851,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def goals(results: dict[str, Any]) -> list[report.Goal]:
+def goals(results: dict[str, Any]) -> list[Goal]:
     """The watch targets: delivery p99 at 1,000 watchers (of one job, of 1,000 jobs) and the server's
     memory per idle stream, beside grpc.aio's own."""
     out = []
@@ -859,16 +726,17 @@ def goals(results: dict[str, Any]) -> list[report.Goal]:
         jp = row["jobpulse"]
         if jp["streams"] == TARGET_P99_AT and jp["latency"] is not None:
             what = f"p99 at {TARGET_P99_AT:,} watchers of one job"
-            out.append(report.Goal(what, jp["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
+            out.append(Goal(what, jp["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
         if jp["streams"] >= TARGET_P99_AT:
-            floor = row.get("floor")
-            note = f"grpc.aio alone: {floor['kib_per_stream']:.1f} KiB" if floor else ""
+            notes = [f"over the {jp['opened']:,} streams that opened"] if jp["stalled"] else []
+            if floor := row.get("floor"):
+                notes.append(f"grpc.aio alone: {floor['kib_per_stream']:.1f} KiB")
             what = f"server memory per idle stream at {jp['streams']:,} streams"
             kib = TARGET_KIB_PER_STREAM
-            out.append(report.Goal(what, jp["kib_per_stream"], False, kib, kib / 2, "KiB", note=note))
+            out.append(Goal(what, jp["kib_per_stream"], False, kib, kib / 2, "KiB", note="; ".join(notes)))
     many = results["many_jobs"]["jobpulse"]
     what = f"p99 at {many['jobs']:,} watchers of {many['jobs']:,} jobs"
-    out.append(report.Goal(what, many["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
+    out.append(Goal(what, many["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
     return out
 
 
