@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from bench import procs, report
-from bench.listing_scale import Backend, load_sqlite, migrate
+from bench.listing_scale import Backend, load_sqlite
 
 JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
 BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
@@ -89,23 +88,19 @@ def _export(target: str) -> tuple[int, int, float]:
 
 def measure(n_jobs: int) -> Run:
     run = Run(n_jobs)
-    tmp = tempfile.mkdtemp(prefix="jobpulse-export-")
-    backend = Backend("sqlite", f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
-    try:
+    with tempfile.TemporaryDirectory(prefix="jobpulse-export-") as tmp:
+        backend = Backend("sqlite", f"sqlite:///{tmp}/jobs.db", n_jobs)
         t0 = time.perf_counter()
-        asyncio.run(migrate(backend))
+        asyncio.run(procs.migrate(backend.url))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
         server = procs.Jobpulse(backend.url).start()
         try:
-            assert server.proc is not None
-            run.server_start_kib = procs.status_kib(server.proc.pid, "VmHWM")
+            run.server_start_kib = procs.status_kib(server.pid, "VmHWM")
             run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
-            run.server_peak_kib = procs.status_kib(server.proc.pid, "VmHWM")
+            run.server_peak_kib = procs.status_kib(server.pid, "VmHWM")
         finally:
             server.close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if run.rows != n_jobs:
         raise RuntimeError(f"exported {run.rows} rows of {n_jobs} jobs")
     return run

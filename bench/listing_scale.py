@@ -29,11 +29,9 @@ import json
 import math
 import os
 import random
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +47,6 @@ from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.store import statements
-from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import jobs as jobs_table
 
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
@@ -93,6 +90,15 @@ def _extra_value(column: Any, i: int) -> Any:
         return default
     python_type = column.type.python_type
     return python_type() if python_type in (str, bool, int, float) else 0
+
+
+def table_row(table: Any, values: dict[str, Any], i: int = 0) -> tuple[Any, ...]:
+    """A row of ``table`` in its column order: ``values``, and for every other column None where it may be
+    NULL, else its default or the empty value of its type."""
+    return tuple(
+        values[c.name] if c.name in values else None if c.nullable else _extra_value(c, i)
+        for c in table.columns
+    )
 
 
 def _ulid(ms: int, rng: random.Random) -> str:
@@ -210,47 +216,14 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
 @dataclass
 class Backend:
     name: str  # "postgresql" | "sqlite"
-    url: str  # for the server and SQLAlchemy
+    url: str  # for the server, SQLAlchemy and asyncpg
     n_jobs: int
-    tmpdir: str = ""
-    pg_db: str = ""
     load: dict[str, float] = field(default_factory=dict)
-
-
-async def create_backend(name: str, n_jobs: int) -> Backend:
-    if name == "postgresql":
-        db = f"jobpulse_listing_{os.getpid()}"
-        admin = await asyncpg.connect(procs.PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
-            await admin.execute(f'CREATE DATABASE "{db}"')
-        finally:
-            await admin.close()
-        return Backend(name, procs.pg_dsn(db), n_jobs, pg_db=db)
-    tmp = tempfile.mkdtemp(prefix="jobpulse-listing-")
-    return Backend(name, f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
-
-
-async def drop_backend(b: Backend) -> None:
-    if b.pg_db:
-        admin = await asyncpg.connect(procs.PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{b.pg_db}" WITH (FORCE)')
-        finally:
-            await admin.close()
-    if b.tmpdir:
-        shutil.rmtree(b.tmpdir, ignore_errors=True)
-
-
-async def migrate(b: Backend) -> None:
-    db = SqlStore(b.url)
-    await db.start()  # runs the Alembic migrations
-    await db.close()
 
 
 async def load_pg(b: Backend, now_us: int) -> None:
     """COPYs the jobs, the secondary indexes dropped meanwhile and made again afterwards."""
-    conn = await asyncpg.connect(procs.pg_dsn(b.pg_db))
+    conn = await asyncpg.connect(b.url)
     try:
         t0 = time.perf_counter()
         indexes = await conn.fetch(
@@ -430,7 +403,7 @@ class Raw:
 
     async def open(self) -> Raw:
         if self.b.name == "postgresql":
-            self.pg = await asyncpg.connect(procs.pg_dsn(self.b.pg_db))
+            self.pg = await asyncpg.connect(self.b.url)
         else:
             self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
         return self
@@ -538,28 +511,26 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
 
 
 async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: list[str]) -> dict[str, Any]:
-    b = await create_backend(name, n_jobs)
-    listings = [Listing(o, fname, states) for o in ORDERS for fname, states in FILTERS.items()]
-    res: dict[str, Any] = {"backend": b, "listings": listings}
-    try:
-        await migrate(b)
+    async with procs.database(name, "listing") as url:
+        b = Backend(name, url, n_jobs)
+        listings = [Listing(o, fname, states) for o in ORDERS for fname, states in FILTERS.items()]
+        res: dict[str, Any] = {"backend": b, "listings": listings}
+        await procs.migrate(b.url)
         now = time.time_ns() // 1000
-        print(f"[{name}] loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
+        report.log(f"loading {n_jobs:,} jobs ...", name)
         if name == "postgresql":
             await load_pg(b, now)
         else:
             await asyncio.to_thread(load_sqlite, b, now)
-        print(f"[{name}] loaded in {b.load['total_s']:.1f} s; walking ...", file=sys.stderr, flush=True)
+        report.log(f"loaded in {b.load['total_s']:.1f} s; walking ...", name)
         t0 = time.perf_counter()
         walk_s = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
         await grpc_phase(b, listings, walk_s, args.repeats)
         res["grpc_s"] = time.perf_counter() - t0
-        print(f"[{name}] gRPC phase {res['grpc_s']:.1f} s; SQL ...", file=sys.stderr, flush=True)
+        report.log(f"gRPC phase {res['grpc_s']:.1f} s; SQL ...", name)
         t1 = time.perf_counter()
         res.update(await sql_phase(b, listings, args.sql_repeats, plans))
         res["sql_s"] = time.perf_counter() - t1
-    finally:
-        await drop_backend(b)
     return res
 
 

@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from support.servers import ServerProcess
 
+from bench import procs
+from bench.listing_scale import table_row
+from bench.load import percentile
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks, jobs
 
+KIND = "bench-expired"
 JOB_COLUMNS = [c.name for c in jobs.columns]
 CHUNK_COLUMNS = [c.name for c in chunks.columns]
 
@@ -53,75 +55,30 @@ DELETION_TIMEOUT = 1800.0
 
 
 def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
-    values: dict[str, Any] = {
-        "id": job_id,
-        "owner": "anonymous",
-        "request_id": None,
-        "display_name": f"expired {job_id}",
-        "kind": "bench-expired",
-        "state": int(JobState.COMPLETED),
-        "stage": "done",
-        "message": "",
-        "priority": 5,
-        "labels": json.dumps({"team": "bench"}),
-        "job_metadata": "{}",
-        "total_items": 100,
-        "chunk_size": 100,
-        "max_attempts": 3,
-        "revision": 3,
-        "n_pending": 0,
-        "n_processing": 0,
-        "n_completed": 1,
-        "n_failed": 0,
-        "n_cancelled": 0,
-        "items_done": 100,
-        "error_reason": "",
-        "error_message": "",
-        "error_chunk_index": None,
-        "cancel_requested": 0,
-        "cancel_reason": "",
-        "cancel_time": None,
+    done = {"state": int(JobState.COMPLETED), "stage": "done", "labels": json.dumps({"team": "bench"})}
+    size = {"total_items": 100, "chunk_size": 100, "max_attempts": 3, "n_completed": 1, "items_done": 100}
+    times = {
         "create_time": end - 60_000_000,
-        "update_time": end,
         "start_time": end - 30_000_000,
+        "update_time": end,
         "end_time": end,
-        "change_seq": 0,
-        "webhook_url": "",
-        "webhook_progress": 0,
-        "last_progress_event": None,
-        "ttl": None,
-        "trace_parent": None,
     }
-    return tuple(values[c] for c in JOB_COLUMNS)
+    rest = {"priority": 5, "revision": 3, "job_metadata": "{}", "change_seq": 0}
+    named = {"id": job_id, "owner": "anonymous", "display_name": f"expired {job_id}", "kind": KIND}
+    return table_row(jobs, {**named, **done, **size, **times, **rest})
 
 
 def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
-    values: dict[str, Any] = {
-        "id": f"{job_id}-0",
-        "job_id": job_id,
-        "idx": 0,
+    done = {
         "state": int(ChunkState.COMPLETED),
-        "item_start": 0,
         "item_count": 100,
         "items_done": 100,
         "attempt": 1,
         "max_attempts": 3,
-        "worker_id": "bench-worker",
-        "external_task_id": "",
-        "error_reason": "",
-        "error_message": "",
-        "lease_token": None,
-        "lease_expire_time": None,
-        "lease_duration": None,
-        "next_attempt_time": None,
-        "retry_at": None,
-        "revision": 3,
-        "priority": 5,
-        "kind": "bench-expired",
-        "start_time": end - 30_000_000,
-        "end_time": end,
     }
-    return tuple(values[c] for c in CHUNK_COLUMNS)
+    named = {"id": f"{job_id}-0", "job_id": job_id, "worker_id": "bench-worker", "kind": KIND}
+    times = {"start_time": end - 30_000_000, "end_time": end}
+    return table_row(chunks, {**named, **done, **times, "revision": 3, "priority": 5})
 
 
 def seed(path: str, n: int, first_end: int) -> list[str]:
@@ -157,7 +114,7 @@ def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
     return True
 
 
-def _batch_override() -> dict[str, int]:
+def _batch_override() -> dict[str, Any]:
     """JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes)."""
     raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
     return {"retention_batch": int(raw)} if raw else {}
@@ -170,8 +127,7 @@ def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_p
 
 
 def _p(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
+    return percentile(samples, q * 100)
 
 
 def _line(name: str, samples: list[float]) -> str:
@@ -192,15 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     path = str(tmp / "jobs.db")
     url = f"sqlite:///{path}"
 
-    async def migrate() -> None:
-        db = SqlStore(url)
-        await db.start()
-        await db.close()
-
-    asyncio.run(migrate())
+    asyncio.run(procs.migrate(url))
     print(f"seeding {N_JOBS:,} jobs to expire (one chunk each) into {path} ...", flush=True)
     ids: list[str] = []
-    srv: ServerProcess | None = None
+    srv: procs.Jobpulse | None = None
     try:
         t0 = time.perf_counter()
         ids = seed(path, N_JOBS, 0)
@@ -218,15 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-        srv = ServerProcess(
-            url,
-            tmp,
-            retention_completed=RETENTION,
-            sweep_interval=1.0,
-            **_batch_override(),
-            drain_seconds=0,
-            log_level="INFO",
-        ).start(timeout=120)
+        overrides = _batch_override()
+        srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **overrides).start(120)
         channel = grpc.insecure_channel(srv.address)
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         live = stub.CreateJob(
