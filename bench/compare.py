@@ -29,14 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from support.servers import ServerProcess
 
-from bench import procs, scenarios, work
+from bench import procs, report, scenarios, work
 from bench.bare import BareServer, padded_get_job_response
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,40 +125,25 @@ def render(
     args: argparse.Namespace,
 ) -> str:
     bare = statistics.median(bare_rates)
-    out = [
-        f"A: {names['A']}",
-        f"B: {names['B']}",
-        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
-        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight",
-        f"{'mode':<26}{'A chunks/s':>12}{'B chunks/s':>12}{'B / A':>8}{'A / bare':>10}{'B / bare':>10}"
-        f"{'A CPU/chunk':>13}{'B CPU/chunk':>13}",
-    ]
-    for mode in args.modes:
-        a = statistics.median(r["chunks_per_second"] for r in rows[("A", mode)])
-        b = statistics.median(r["chunks_per_second"] for r in rows[("B", mode)])
-        cpu = {
-            side: statistics.median(
-                r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]
-            )
-            if any(r["server_cpu_us_per_chunk"] for r in rows[(side, mode)])
-            else None
-            for side in "AB"
-        }
-        out.append(
-            f"{mode:<26}{a:>12,.0f}{b:>12,.0f}{b / a:>8.3f}{a / bare:>10.3f}{b / bare:>10.3f}"
-            f"{_us(cpu['A']):>13}{_us(cpu['B']):>13}"
-        )
-    spread = {
-        mode: [
-            rb["chunks_per_second"] / ra["chunks_per_second"]
-            for ra, rb in zip(rows[("A", mode)], rows[("B", mode)], strict=True)
-        ]
-        for mode in args.modes
-    }
+    out = [f"A: {names['A']}", f"B: {names['B']}"]
     out.append(
-        "B / A round by round (how far apart the rounds are is the noise): "
-        + "; ".join(f"{m} " + " ".join(f"{x:.2f}" for x in xs) for m, xs in spread.items())
+        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
+        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight"
     )
+    cells, spread = [], []
+    for mode in args.modes:
+        a, b = ([r["chunks_per_second"] for r in rows[(side, mode)]] for side in "AB")
+        cpu = [
+            [r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]]
+            for side in "AB"
+        ]
+        ma, mb = statistics.median(a), statistics.median(b)
+        ratios = [f"{ma:,.0f}", f"{mb:,.0f}", f"{mb / ma:.3f}", f"{ma / bare:.3f}", f"{mb / bare:.3f}"]
+        cells.append([mode, *ratios, *(_us(statistics.median(c) if c else None) for c in cpu)])
+        spread.append(f"{mode} " + " ".join(f"{y / x:.2f}" for x, y in zip(a, b, strict=True)))
+    head = ["mode", "A chunks/s", "B chunks/s", "B / A", "A / bare", "B / bare", "A CPU/chunk", "B CPU/chunk"]
+    out += report.table(head, cells, indent="")
+    out.append("B / A round by round (how far apart the rounds are is the noise): " + "; ".join(spread))
     return "\n".join(out)
 
 
@@ -196,46 +181,37 @@ async def run(args: argparse.Namespace) -> str:
     return render(names, bare_rates, rows, args)
 
 
-def revision_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """The command line of a comparison of two revisions: --base, --head and --database."""
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--base", required=True, help="revision A (any git revision: a commit, a branch, HEAD~2)")
     p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
     p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    return p
-
-
-def print_report(prog: str, report: Coroutine[Any, Any, str]) -> int:
-    """Runs a comparison and prints its report; a revision git does not know is a one-line error (2)."""
-    try:
-        print(asyncio.run(report), flush=True)
-    except GitError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = revision_parser("python -m bench compare", __doc__)
+    modes = ", ".join(work.MODES)
     p.add_argument(
         "--modes",
         type=lambda s: s.split(","),
         default=["complete_and_claim", "one_by_one"],
-        help=f"comma-separated, of: {', '.join(work.MODES)} (default complete_and_claim,one_by_one)",
+        help=f"comma-separated, of: {modes} (default complete_and_claim,one_by_one)",
     )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0, help="per row and round (default 5)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--backlog", type=int, default=50_000, help="chunks of each row's fresh job")
     args = p.parse_args(argv)
-    unknown = [m for m in args.modes if m not in work.MODES]
-    if unknown:
-        p.error(f"unknown mode {', '.join(unknown)}; one of {', '.join(work.MODES)}")
+    if unknown := [m for m in args.modes if m not in work.MODES]:
+        p.error(f"unknown mode {', '.join(unknown)}; one of {modes}")
     if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:
         p.error("--rounds and --workers must be at least 1, --seconds more than 0")
-    return print_report("bench.compare", run(args))
+    try:
+        print(asyncio.run(run(args)), flush=True)
+    except GitError as exc:  # a revision git does not know
+        print(f"bench.compare: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

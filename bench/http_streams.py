@@ -18,12 +18,10 @@ Sizes (environment; ``--quick`` only changes the defaults):
     JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY  GetJob calls in flight (16)
     JOBPULSE_BENCH_HTTP_CLIENT_PROCS     client processes holding the streams (1)
 
-Processes: jobpulse runs as users run it (``python -m jobpulse_server``, JOBPULSE_* variables, SQLite in
-a temporary directory, logging at INFO to /dev/null as ``bench.procs`` runs it; the HTTP side on a free
-``JOBPULSE_HTTP_PORT``); the bare SSE servers run in processes of their own (``BareSseProcess``); the
-streams are held by client processes (``ClientPool``), never by a server's loop. This process makes the
-changes and the GetJob load. Every process here reads the same clock (CLOCK_MONOTONIC, system-wide on
-Linux), so a client's arrival time minus this process's sending time is a latency.
+Servers run in processes of their own (jobpulse through ``bench.procs.Jobpulse``, the bare SSE servers
+as ``bench.procs.Child``); the streams are held by client processes (``ClientPool``); this process makes
+the changes and the GetJob load. All read one clock (CLOCK_MONOTONIC), so a client's arrival time minus
+this process's sending time is a latency.
 
 1. Delivery latency: N SSE streams (raw asyncio connections: the client looks for ``id: N`` lines and
    nothing else, so it costs far less than the server) and N WatchJob streams (grpc.aio) on one job of
@@ -42,8 +40,6 @@ Linux), so a client's arrival time minus this process's sending time is a latenc
 3. gRPC unaffected: GetJob (BASIC, a 10-chunk job) calls/s at a fixed number in flight from this
    process, on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``) and on another with it on and
    idle SSE streams open; both servers up throughout, rounds alternating off, on, off, on; medians.
-
-No figure is asserted: the run prints each beside its baseline and the targets (2 noisy cores).
 """
 
 from __future__ import annotations

@@ -4,48 +4,28 @@
     python -m bench pg --quick                   # 1,000, one round
     python -m bench pg --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
 
-A full run measures the batches of 10 (jobpulse's CompleteChunks, PgQueuer's QueueManagers) on a second,
-deeper queue too (``--deep``, default 50,000): PgQueuer's cost per job grows with the length of its queue,
-jobpulse's does not, so the two depths bracket the comparison.
+Every row gets a fresh database (``JOBPULSE_BENCH_PG``); its clock runs from the first claim to the last
+completion; CPU per unit of work is the jobpulse server's (all threads) and, for every row, that of all
+the PostgreSQL processes of this machine, from /proc. A full run keeps each row's median of 3 rounds.
 
-jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
-(spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
-channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
-  * one-by-one: ClaimChunks(max_chunks=1), then CompleteChunk;
-  * complete-and-claim: CompleteChunk with claim_next (max_chunks=1), which returns the next claim;
-  * ClaimChunks(max_chunks=10), then CompleteChunk for each;
-  * batched: ClaimChunks(max_chunks=10) once, then CompleteChunks of the 10 with claim_next
-    (max_chunks=10), which returns the next 10.
-PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
-``Queries.install()``, N jobs enqueued in one batch (not timed), then drained with a no-op
-entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
-(PgQueuer as shipped: completions are buffered and written in batches).
-Scaling rows (complete-and-claim, as workers are added): the same drain with CompleteChunk + claim_next
-(max_chunks=1), N chunks on
-  * 1 job, 4 workers; 1 job, 16 workers;
-  * 4 jobs x 4 workers (16 workers): each job of a kind of its own, each group of 4 workers claiming
-    its job's kind only, so each group works its one job;
-beside PgQueuer with 4 and with 16 QueueManagers (batch_size=1, as above), which have no jobs to share
-and show what the machine gives one queue as connections are added. Target: 16 workers on one job at
-least 0.9 of the chunks/s of 4 workers on one job. ``--workers`` does not change these rows. The
-server keeps its default pool (10 PostgreSQL connections), so 16 workers share 10 connections.
-After every jobpulse row: each chunk was completed once, by the workers' count and by the jobs'
-summaries (ListJobs); each job's summary equals its chunk rows counted by state in the database; each
-group of workers completed exactly its jobs' chunks, and every chunk row names a worker of the group
-that claims its kind.
-Every row uses a fresh database; the clock runs from the first claim to the last completion.
-Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the batch row: the
-same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
-hand each call straight to the store's group-committed path (store/batch/), with nothing else of
-jobpulse's around it: the most those rows
-could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
-code cost nothing.
-CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
-processes of this machine (all of them, background ones included), from /proc.
-The printout ends with the targets and whether each is met; the rows go to a JSON file too.
-
-PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG).
+* jobpulse: a server in a process of its own; N one-item chunks over 10 jobs (made with CreateJob, not
+  timed), drained by W asyncio workers on one channel until a claim comes back empty, in each of the
+  four ways of ``bench.work`` (one by one, complete-and-claim, ClaimChunks(10) + CompleteChunk x10,
+  CompleteChunks(10) + claim_next(10)). Afterwards each chunk was completed once, by the workers' count
+  and by ListJobs' summaries, and each summary equals the job's chunk rows counted by state.
+* PgQueuer (the version installed): ``Queries.install()``, N jobs enqueued (not timed), drained with a
+  no-op entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain,
+  batch_size=k)`` (as shipped: completions buffered and written in batches). Ratios: one by one and
+  complete-and-claim against batch 1, CompleteChunks against batch 10; a full run repeats the batches of
+  10 on a queue of 50,000 (``--deep``), where PgQueuer's cost per job has grown and jobpulse's has not.
+* floors under gRPC (``bench.grpc_floor``) of one by one and of CompleteChunks: the same workers against
+  handlers that hand each call straight to the store's group-committed path, nothing of jobpulse's
+  around it: what those rows could reach on this stack if jobpulse's own code cost nothing.
+* scaling: complete-and-claim on 1 job with 4 and with 16 workers, and on 4 jobs x 4 workers (each job of
+  a kind of its own, each group claiming its job's kind only, checked row by row), beside 4 and 16
+  QueueManagers (batch_size=1), which show what the machine gives one queue as connections are added.
+  Target: 16 workers on one job at least 0.9 of the chunks/s of 4. The server keeps its default pool
+  (10 connections), so 16 workers share 10.
 """
 
 from __future__ import annotations
