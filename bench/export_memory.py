@@ -111,53 +111,30 @@ def _mib(kib: int) -> str:
 
 
 def render(base: Run, big: Run) -> str:
-    def row(name: str, a: str, b: str, ratio: str) -> str:
-        return f"| {name} | {a} | {b} | {ratio} |"
-
     def ratio(a: float, b: float) -> str:
         return f"{b / a:.2f}" if a else "n/a"
 
-    lines = [
-        f"ExportJobs memory on SQLite: {big.jobs:,} jobs beside a baseline of {base.jobs:,} (same run)",
-        "",
-        row("", f"baseline, {base.jobs:,} jobs", f"{big.jobs:,} jobs", "ratio"),
-        "| --- | --- | --- | --- |",
-        row(
-            "server peak RSS before the export",
-            _mib(base.server_start_kib),
-            _mib(big.server_start_kib),
-            ratio(base.server_start_kib, big.server_start_kib),
-        ),
-        row(
-            "server peak RSS after the export",
-            _mib(base.server_peak_kib),
-            _mib(big.server_peak_kib),
-            ratio(base.server_peak_kib, big.server_peak_kib),
-        ),
-        row(
-            "server growth during the export",
-            _mib(base.server_peak_kib - base.server_start_kib),
-            _mib(big.server_peak_kib - big.server_start_kib),
-            "",
-        ),
-        row(
-            "CLI peak RSS (jobpulse export --format csv)",
-            _mib(base.cli_peak_kib),
-            _mib(big.cli_peak_kib),
-            ratio(base.cli_peak_kib, big.cli_peak_kib),
-        ),
-        row("rows exported", f"{base.rows:,}", f"{big.rows:,}", ""),
-        row(
+    rows = [["", f"baseline, {base.jobs:,} jobs", f"{big.jobs:,} jobs", "ratio"], ["---"] * 4]
+    for name, kib in (
+        ("server peak RSS before the export", lambda r: r.server_start_kib),
+        ("server peak RSS after the export", lambda r: r.server_peak_kib),
+        ("server growth during the export", lambda r: r.server_peak_kib - r.server_start_kib),
+        ("CLI peak RSS (jobpulse export --format csv)", lambda r: r.cli_peak_kib),
+    ):
+        growth = name.startswith("server growth")
+        rows.append([name, _mib(kib(base)), _mib(kib(big)), "" if growth else ratio(kib(base), kib(big))])
+    rows.append(["rows exported", f"{base.rows:,}", f"{big.rows:,}", ""])
+    rows.append(
+        [
             "export time, jobs/s",
-            f"{base.export_s:.2f} s, {base.rows / base.export_s:,.0f}/s",
-            f"{big.export_s:.2f} s, {big.rows / big.export_s:,.0f}/s",
+            *(f"{r.export_s:.2f} s, {r.rows / r.export_s:,.0f}/s" for r in (base, big)),
             "",
-        ),
-        row("seeding (migrate + bulk insert)", f"{base.seed_s:.1f} s", f"{big.seed_s:.1f} s", ""),
-        "",
-        "Flat memory: the peak ratios stay near 1.",
-    ]
-    return "\n".join(lines)
+        ]
+    )
+    rows.append(["seeding (migrate + bulk insert)", f"{base.seed_s:.1f} s", f"{big.seed_s:.1f} s", ""])
+    title = f"ExportJobs memory on SQLite: {big.jobs:,} jobs beside a baseline of {base.jobs:,} (same run)"
+    table = ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([title, "", *table, "", "Flat memory: the peak ratios stay near 1."])
 
 
 def main(argv: list[str] | None = None) -> int:

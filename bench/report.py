@@ -109,7 +109,12 @@ class Run:
 
 def header(title: str, notes: list[str], results: dict[str, Any], width: int = WIDTH) -> list[str]:
     """A printout's head: its title, what it compares, the machine and its load."""
-    return ["=" * width, title, *notes, *machine_lines(results)]
+    return [
+        "=" * width,
+        title,
+        *(line for note in notes for line in textwrap.wrap(note, width)),
+        *machine_lines(results),
+    ]
 
 
 def para(text: str, first: str = "   ") -> list[str]:
