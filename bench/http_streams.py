@@ -1,45 +1,22 @@
-"""The HTTP side's Server-Sent Events (``GET /v1/jobs/{id}/events``) against baselines measured in the
-same run: WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and the gRPC side with
-the HTTP side off.
+"""The HTTP side's Server-Sent Events (``GET /v1/jobs/{id}/events``) against baselines of the same run:
+WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and gRPC with the HTTP side off.
 
-    python -m bench http                  # full run (1,000 / 2,000 / 200 streams), a few minutes
-    python -m bench http --quick          # smoke run: small sizes, about a minute
-    python -m bench http --only memory    # one part: latency, memory, grpc (comma-separated)
+    python -m bench http [--quick] [--only latency,memory,grpc]
 
-Sizes (environment; ``--quick`` only changes the defaults):
-    JOBPULSE_BENCH_HTTP_CLIENTS          streams on one job for the delivery latency (1000)
-    JOBPULSE_BENCH_HTTP_ROUNDS           timed changes per block (20)
-    JOBPULSE_BENCH_HTTP_BLOCKS           blocks of each kind, run SSE, gRPC, gRPC, SSE, ... (2)
-    JOBPULSE_BENCH_HTTP_IDLE             idle SSE streams for the memory figure (2000)
-    JOBPULSE_BENCH_HTTP_SETTLE           seconds the streams stay idle before RSS is read (2)
-    JOBPULSE_BENCH_HTTP_LOAD_STREAMS     idle SSE streams open while GetJob is measured (200)
-    JOBPULSE_BENCH_HTTP_GETJOB_SECONDS   seconds per GetJob round (5)
-    JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS    GetJob rounds per server, alternating off / on (4)
-    JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY  GetJob calls in flight (16)
-    JOBPULSE_BENCH_HTTP_CLIENT_PROCS     client processes holding the streams (1)
+Sizes: the JOBPULSE_BENCH_HTTP_* variables read in ``Sizes`` (``--quick`` only changes the defaults).
+Servers and stream-holding clients run in processes of their own; all read CLOCK_MONOTONIC, so a
+client's arrival time minus this process's sending time is a latency.
 
-Servers run in processes of their own (jobpulse through ``bench.procs.Jobpulse``, the bare SSE servers
-as ``bench.procs.Child``); the streams are held by client processes (``ClientPool``); this process makes
-the changes and the GetJob load. All read one clock (CLOCK_MONOTONIC), so a client's arrival time minus
-this process's sending time is a latency.
-
-1. Delivery latency: N SSE streams (raw asyncio connections: the client looks for ``id: N`` lines and
-   nothing else, so it costs far less than the server) and N WatchJob streams (grpc.aio) on one job of
-   one server, in blocks of one kind at a time, alternating (SSE, gRPC, gRPC, SSE: a drift of the machine
-   weighs on both alike). A change is a worker's RPC on a chunk of the job, ReportChunkProgress and
-   CompleteChunk (with claim_next, so the next chunk is claimed in the same transaction) in turn; its
-   latency on a stream is from just before the RPC is sent to the stream's receiving the event that
-   carries the new revision (so it includes the RPC's own way to the commit, the same for both kinds).
-   Changes are ``watch_min_interval`` + 50 ms apart, so the pacing never holds one back.
-2. Memory per idle SSE stream: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle
-   (heartbeat interval an hour), minus RSS before, over N; each server fresh, warmed with 10 streams
-   first. Baselines, each in a fresh process, both sending jobpulse's own first event (its snapshot of
-   the same job) and then waiting for ever: Starlette's StreamingResponse of an async generator, and
-   sse-starlette's EventSourceResponse (if installed). They run on uvicorn with httptools (jobpulse's
-   HTTP side is uvicorn's httptools protocol with limits) and the collector settings jobpulse applies.
-3. gRPC unaffected: GetJob (BASIC, a 10-chunk job) calls/s at a fixed number in flight from this
-   process, on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``) and on another with it on and
-   idle SSE streams open; both servers up throughout, rounds alternating off, on, off, on; medians.
+1. Delivery latency: N raw SSE streams (the client reads only ``id:`` lines, so it costs far less than
+   the server) and N WatchJob streams on one job, in blocks alternating SSE, gRPC, gRPC, SSE so drift
+   weighs on both alike. A change is a worker's ReportChunkProgress or CompleteChunk(claim_next), timed
+   from just before the RPC to the event carrying its revision; changes are spaced past
+   ``watch_min_interval`` so pacing never holds one back.
+2. Memory per idle SSE stream: server RSS growth over N idle streams (heartbeat an hour), each server
+   fresh and warmed; baselines send jobpulse's own first event then wait, on uvicorn with httptools as
+   jobpulse's HTTP side runs: Starlette StreamingResponse and sse-starlette (if installed).
+3. gRPC unaffected: GetJob (BASIC) calls/s on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``)
+   and one with it on and idle SSE streams open; rounds alternate off, on; medians.
 """
 
 from __future__ import annotations
@@ -99,23 +76,23 @@ def _log(msg: str) -> None:
 
 
 class Sizes:
-    """The run's sizes: the defaults (full or quick), each replaced by its variable when set."""
+    """The run's sizes: the defaults (full or quick), each replaced by its JOBPULSE_BENCH_HTTP_* variable."""
 
     def __init__(self, quick: bool) -> None:
-        q = quick
+        q, env = quick, report.env_size
         self.mode = "quick" if q else "full"
-        self.clients: int = report.env_size("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)
-        self.rounds: int = report.env_size("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)
-        self.blocks: int = report.env_size("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)
-        self.idle: int = report.env_size("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)
-        self.settle: float = report.env_size("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)
-        self.load_streams: int = report.env_size("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)
-        self.getjob_seconds: float = report.env_size(
-            "JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float
-        )
-        self.getjob_rounds: int = report.env_size("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)
-        self.getjob_concurrency: int = report.env_size("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)
-        self.client_procs: int = report.env_size("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)
+        self.clients: int = env("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)  # streams on one job
+        self.rounds: int = env("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)  # timed changes per block
+        self.blocks: int = env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)  # blocks of each kind
+        self.idle: int = env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)  # streams for the memory figure
+        self.settle: float = env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)  # idle seconds before RSS
+        self.load_streams: int = env(
+            "JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200
+        )  # open during GetJob
+        self.getjob_seconds: float = env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
+        self.getjob_rounds: int = env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)  # per server
+        self.getjob_concurrency: int = env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)  # calls in flight
+        self.client_procs: int = env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)  # processes holding streams
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))

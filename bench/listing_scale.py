@@ -1,23 +1,12 @@
 """ListJobs at scale: first page vs a page ~90% deep, on PostgreSQL and on SQLite.
 
-    python -m bench scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
-    python -m bench scale --quick         # 100,000 / 50,000
-    python -m bench scale --pg-jobs 0     # SQLite only (0 skips a backend)
+    python -m bench scale [--quick] [--pg-jobs 0]   # 1,000,000 / 200,000 jobs (quick 100,000 / 50,000)
 
-Jobs are bulk-loaded straight into the schema the migrations create (COPY on PostgreSQL,
-executemany on SQLite; secondary indexes dropped during the load and re-created from their own
-definitions afterwards). A jobpulse server then runs in a process of its own and this process
-pages through ListJobs over gRPC, in every order (each field both ways), unfiltered and for state
-COMPLETED: the deep page is reached by following next_page_token from the
-first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
-
-Then, with the statements the server runs (store/statements.py: the text the drivers send, with their
-parameters), it times the page query and the COUNT behind total_size, first and deep, and writes their
-EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN QUERY PLAN) to the file ``--plans`` names, if any.
-The claim's plans are held by tests/integration/test_worker_plans.py.
-
-PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
-its own is created for the run and dropped afterwards.
+Jobs are bulk-loaded into the migrated schema (COPY / executemany, secondary indexes re-created after).
+A jobpulse server in its own process is paged through ListJobs in every order, unfiltered and for
+COMPLETED; the deep page is reached by following next_page_token, never by making a token. Then the
+server's own statements (store/statements.py) are timed in SQL (page and COUNT, first and deep) and
+their plans written to ``--plans``. PostgreSQL: JOBPULSE_BENCH_PG, a database of its own per run.
 """
 
 from __future__ import annotations

@@ -1,31 +1,21 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench pg                           # 5,000 units of work per row, every row, 3 rounds
-    python -m bench pg --quick                   # 1,000, one round
-    python -m bench pg --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
+    python -m bench pg [--quick] [--only scaling|peer]   # 5,000 units per row, 3 rounds (quick 1,000, 1)
 
-Every row gets a fresh database (``JOBPULSE_BENCH_PG``); its clock runs from the first claim to the last
-completion; CPU per unit of work is the jobpulse server's (all threads) and, for every row, that of all
-the PostgreSQL processes of this machine, from /proc. A full run keeps each row's median of 3 rounds.
+Every row gets a fresh database (``JOBPULSE_BENCH_PG``), a clock from the first claim to the last
+completion, and CPU per unit from /proc (jobpulse's server and all PostgreSQL processes); full runs keep
+each row's median of 3 rounds.
 
-* jobpulse: a server in a process of its own; N one-item chunks over 10 jobs (made with CreateJob, not
-  timed), drained by W asyncio workers on one channel until a claim comes back empty, in each of the
-  four ways of ``bench.work`` (one by one, complete-and-claim, ClaimChunks(10) + CompleteChunk x10,
-  CompleteChunks(10) + claim_next(10)). Afterwards each chunk was completed once, by the workers' count
-  and by ListJobs' summaries, and each summary equals the job's chunk rows counted by state.
-* PgQueuer (the version installed): ``Queries.install()``, N jobs enqueued (not timed), drained with a
-  no-op entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain,
-  batch_size=k)`` (as shipped: completions buffered and written in batches). Ratios: one by one and
-  complete-and-claim against batch 1, CompleteChunks against batch 10; a full run repeats the batches of
-  10 on a queue of 50,000 (``--deep``), where PgQueuer's cost per job has grown and jobpulse's has not.
-* floors under gRPC (``bench.grpc_floor``) of one by one and of CompleteChunks: the same workers against
-  handlers that hand each call straight to the store's group-committed path, nothing of jobpulse's
-  around it: what those rows could reach on this stack if jobpulse's own code cost nothing.
-* scaling: complete-and-claim on 1 job with 4 and with 16 workers, and on 4 jobs x 4 workers (each job of
-  a kind of its own, each group claiming its job's kind only, checked row by row), beside 4 and 16
-  QueueManagers (batch_size=1), which show what the machine gives one queue as connections are added.
-  Target: 16 workers on one job at least 0.9 of the chunks/s of 4. The server keeps its default pool
-  (10 connections), so 16 workers share 10.
+* jobpulse: N one-item chunks over 10 jobs drained by W workers in each way of ``bench.work``; after,
+  each chunk was completed once by the workers' count, ListJobs' summaries and the chunk rows.
+* PgQueuer: N jobs drained with a no-op entrypoint by W QueueManagers, ``run(mode=drain, batch_size=k)``
+  as shipped. Ratios: one by one and complete-and-claim against batch 1, CompleteChunks against batch 10;
+  a full run repeats the batches of 10 on a 50,000 queue (``--deep``), where PgQueuer's cost per job grows.
+* floors (``bench.grpc_floor``) of one by one and CompleteChunks: the same workers against the store's
+  group commit alone.
+* scaling: complete-and-claim on 1 job with 4 and 16 workers and on 4 jobs x 4 workers (a kind each),
+  beside 4 and 16 QueueManagers. Target: 16 workers on one job at least 0.9 of the chunks/s of 4 (the
+  server keeps its default pool of 10 connections).
 """
 
 from __future__ import annotations

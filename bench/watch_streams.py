@@ -1,24 +1,16 @@
 """WatchJob fan-out: change-to-delivery latency and server memory per idle stream, against a bare
-grpc.aio fan-out server measured the same way in the same run.
+grpc.aio fan-out server measured the same way in the same run (``python -m bench watch [--quick]``).
 
-    python -m bench watch            # full run, about 3 minutes
-    python -m bench watch --quick    # smoke run, about 30 seconds
+Each server runs in a process of its own (a fresh pair per stream count, so each memory figure starts
+from the same point); this process opens every stream and makes the changes, so sending and arrival
+times come from one clock.
 
-Every server runs in a process of its own on 127.0.0.1 (jobpulse on SQLite via ``bench.procs``; the
-baseline is ``FanoutServicer`` below). This process opens all the streams (grpc.aio, several channels)
-and makes the changes, so sending and arrival times come from one clock. A fresh pair of servers is
-started for every stream count, so each memory figure starts from the same point.
-
-* one job, N streams: each round makes one change (jobpulse: ReportChunkProgress; baseline: a unary
-  poke) and times its arrival on every stream (the CHANGE carrying a newer revision). Rounds are spaced
-  a little more than jobpulse's ``watch_min_interval`` apart, so each change finds its streams free to
-  send at once (the pacing only delays changes that follow each other faster than that).
-* bursts: ``BURST`` changes back to back, timed until every stream shows the last of them. jobpulse folds
-  them (a stream sends at most one CHANGE per ``watch_min_interval``); the baseline sends every one.
-* memory: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle, minus RSS before, over N.
-  The same is measured, in a fresh server process, for the least a grpc.aio stream can be (a handler
-  that writes one message and waits): grpc.aio's own floor, below which no handler can go.
-* many jobs: one stream per job, one change per job (a few changes in flight at once).
+* one job, N streams: one change per round (jobpulse: ReportChunkProgress; baseline: a unary poke) timed
+  to its arrival on every stream; rounds spaced past ``watch_min_interval`` so pacing never delays one.
+* bursts: ``BURST`` changes back to back until every stream shows the last (jobpulse folds them).
+* memory: server RSS growth over N idle streams, over N; also for grpc.aio's own floor (a handler that
+  writes one message and waits), below which no handler can go.
+* many jobs: one stream per job, one change per job (a few in flight at once).
 """
 
 from __future__ import annotations
