@@ -44,7 +44,7 @@ from bench import procs, report
 from bench.load import closed_loop, summary
 from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
 from bench.report import Goal
-from bench.watch_streams import Channels, watch_min_interval
+from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -54,7 +54,6 @@ from jobpulse.v1 import (
 )
 
 TIMEOUT = 60.0
-OPEN_TIMEOUT = 60.0
 # Seconds a client process may take to answer a command (opening thousands of streams included).
 REPLY_TIMEOUT = OPEN_TIMEOUT + 30.0
 # TCP connections a client process has in the making at once (a burst of thousands of SYNs
@@ -101,56 +100,6 @@ class Sizes:
 # --- the client processes: streams held away from the servers' loops ---------------------------------
 
 
-class Tracker:
-    """Per stream: the newest revision seen and when it arrived; a countdown to a target revision."""
-
-    def __init__(self) -> None:
-        self.revision: list[int] = []
-        self.arrival: list[float] = []
-        self.first = 0  # streams that got their first revision
-        self.failed = 0  # streams refused (an HTTP status other than 200, a connection refused)
-        self.ended = 0  # streams that ended on their own (not closed by this process)
-        self.expected = 0
-        self.opened = asyncio.Event()
-        self.target: int | None = None
-        self.remaining = 0
-        self.done = asyncio.Event()
-
-    def add(self) -> int:
-        self.revision.append(0)
-        self.arrival.append(0.0)
-        return len(self.revision) - 1
-
-    def seen(self, i: int, revision: int, now: float) -> None:
-        old = self.revision[i]
-        if revision <= old:
-            return
-        self.revision[i] = revision
-        self.arrival[i] = now
-        if old == 0:
-            self.first += 1
-            self.check_open()
-        target = self.target
-        if target is not None and old < target <= revision:
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.done.set()
-
-    def check_open(self) -> None:
-        if self.expected and self.first + self.failed + self.ended >= self.expected:
-            self.opened.set()
-
-    def arm(self) -> int:
-        """Counts down to the next revision after the newest any stream has; returns that newest."""
-        base = max(self.revision, default=0)
-        self.target = base + 1
-        self.remaining = len(self.revision)
-        self.done = asyncio.Event()
-        if self.remaining == 0:
-            self.done.set()
-        return base
-
-
 class SseClient(asyncio.Protocol):
     """One SSE stream over a raw connection: the status line, then only the ``id:`` lines of complete
     events (an event ends at a blank line). HTTP/1.1 chunked framing sits between events, never inside
@@ -158,7 +107,7 @@ class SseClient(asyncio.Protocol):
 
     __slots__ = ("_buf", "_request", "_status", "closing", "i", "tracker", "transport")
 
-    def __init__(self, tracker: Tracker, i: int, request: bytes) -> None:
+    def __init__(self, tracker: Streams, i: int, request: bytes) -> None:
         self.tracker = tracker
         self.i = i
         self._request = request
@@ -207,131 +156,72 @@ class Holder:
     """What one client process holds: streams of one kind at a time, and the commands it obeys."""
 
     def __init__(self) -> None:
-        self.tracker = Tracker()
+        self.streams = Streams()
         self.sse: list[SseClient] = []
-        self.calls: list[Any] = []
-        self.tasks: list[asyncio.Task[None]] = []
         self.channels: Channels | None = None
         self.cpu0 = 0.0
 
     async def handle(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
-        op = msg[0]
-        if op == "sse":
-            return await self.open_sse(*msg[1:])
-        if op == "grpc":
-            return await self.open_grpc(*msg[1:])
+        op, t = msg[0], self.streams
+        if op in ("sse", "grpc"):
+            started = time.monotonic()
+            await (self.open_sse if op == "sse" else self.open_grpc)(*msg[1:])
+            await t.opened()
+            return ("opened", t.first, t.failed, t.ended, time.monotonic() - started)
         if op == "arm":
             self.cpu0 = time.process_time()
-            return ("armed", self.tracker.arm())
-        if op == "collect":
-            return await self.collect(*msg[1:])
+            return ("armed", t.arm())
+        if op == "collect":  # every stream has the armed revision: the latencies from ``sent``
+            sent, timeout = msg[1:]
+            target = t.target
+            await t.reach(timeout)
+            got = [a - sent for r, a in zip(t.revision, t.arrival, strict=True) if r >= (target or 0)]
+            return ("collected", got, len(t.revision) - len(got), time.process_time() - self.cpu0)
         if op == "state":
-            t = self.tracker
             return ("state", len(t.revision), t.first, t.failed, t.ended)
         if op == "close":
             await self.close()
             return ("closed",)
         raise ValueError(f"unknown command {op!r}")
 
-    def _expect(self, n: int) -> None:
-        """Set before the first of ``n`` new streams starts: one whose first event came in before the
-        count was raised would otherwise find the count already reached."""
-        t = self.tracker
-        t.expected = len(t.revision) + n
-        t.opened.clear()
-
-    async def _wait_open(self, started: float) -> tuple[Any, ...]:
-        t = self.tracker
-        t.check_open()
-        try:
-            await asyncio.wait_for(t.opened.wait(), OPEN_TIMEOUT)
-        except asyncio.TimeoutError:
-            pass
-        return ("opened", t.first, t.failed, t.ended, time.monotonic() - started)
-
-    async def open_sse(self, host: str, port: int, path: str, n: int) -> tuple[Any, ...]:
+    async def open_sse(self, host: str, port: int, path: str, n: int) -> None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
         request = (
             f"GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\naccept: text/event-stream\r\n"
             "cache-control: no-cache\r\n\r\n"
         ).encode()
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        tracker = self.tracker
-        self._expect(n)
+        streams = self.streams
+        streams.expect(n)
 
         async def one() -> None:
-            i = tracker.add()
+            i = streams.add()
             async with sem:
                 try:
                     _, proto = await loop.create_connection(
-                        lambda: SseClient(tracker, i, request), host, port
+                        lambda: SseClient(streams, i, request), host, port
                     )
                 except OSError:
-                    tracker.failed += 1
+                    streams.failed += 1
                     return
                 self.sse.append(proto)  # type: ignore[arg-type]
 
         await asyncio.gather(*(one() for _ in range(n)))
-        return await self._wait_open(started)
 
-    async def open_grpc(self, target: str, job_id: str, n: int) -> tuple[Any, ...]:
-        started = time.monotonic()
+    async def open_grpc(self, target: str, job_id: str, n: int) -> None:
         self.channels = Channels(target, n)
-        request = job_service_pb2.WatchJobRequest(job_id=job_id)
-        self._expect(n)
-        for k in range(n):
-            call = self.channels.stub(k).WatchJob(request, timeout=3600)
-            self.calls.append(call)
-            self.tasks.append(asyncio.ensure_future(self._read(self.tracker.add(), call)))
-        return await self._wait_open(started)
-
-    async def _read(self, i: int, call: Any) -> None:
-        # call.read() in a loop, not `async for` (one generator layer less per message), as
-        # bench.watch_streams reads. A message split in parts (``more``) counts when its last part is in:
-        # the SSE form gives the revision (the event id) only to the last part too.
-        tracker = self.tracker
-        try:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    break
-                if not msg.more:
-                    tracker.seen(i, msg.revision, time.monotonic())
-        except asyncio.CancelledError:
-            return
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-        tracker.ended += 1
-        tracker.check_open()
-
-    async def collect(self, sent: float, timeout: float) -> tuple[Any, ...]:
-        """Waits until every stream has the armed revision; the latencies from ``sent``."""
-        t = self.tracker
-        try:
-            await asyncio.wait_for(t.done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        target = t.target
-        t.target = None
-        assert target is not None
-        got = [a - sent for r, a in zip(t.revision, t.arrival, strict=True) if r >= target]
-        return ("collected", got, len(t.revision) - len(got), time.process_time() - self.cpu0)
+        self.streams.watch(self.channels, [job_id] * n)
 
     async def close(self) -> None:
         for proto in self.sse:
             proto.closing = True
             if proto.transport is not None:
                 proto.transport.close()
-        for call in self.calls:
-            call.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.streams.close()
         if self.channels is not None:
             await self.channels.close()
         await asyncio.sleep(0.1)  # the closes go out
-        self.sse, self.calls, self.tasks, self.channels = [], [], [], None
-        self.tracker = Tracker()
+        self.sse, self.channels, self.streams = [], None, Streams()
 
 
 def _client_main(conn: Connection) -> None:

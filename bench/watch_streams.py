@@ -41,7 +41,6 @@ from jobpulse.v1 import (
     worker_service_pb2_grpc,
 )
 
-CHANGE = job_service_pb2.WATCH_EVENT_TYPE_CHANGE
 STREAMS_PER_CHANNEL = 250
 TIMEOUT = 60.0
 LEASE = duration_pb2.Duration(seconds=3600)
@@ -189,88 +188,117 @@ class Channels:
 
 
 class Streams:
-    """N open WatchJob streams; records, per stream, the revision and arrival time of each CHANGE."""
+    """Streams of one kind, each with the newest revision it got and when (``time.monotonic``: one clock
+    across processes); counts of the streams that opened, were refused or ended on their own; one
+    countdown over all streams to an armed revision (not an event and a task per stream: at 5,000 streams
+    those cost the client more than the messages); and waits on one stream's revision."""
 
-    def __init__(self, channels: Channels, keys: list[str]) -> None:
-        self.keys = keys
-        self.revision = [0] * len(keys)
-        self.arrival = [0.0] * len(keys)
-        self.first = 0
-        self._first_done = asyncio.Event()
-        self._all_target: int | None = None
-        self._remaining = 0
-        self._all_done = asyncio.Event()
-        self._waiting: dict[int, asyncio.Event] = {}  # stream index -> set when it passes _target[i]
-        self._target: dict[int, int] = {}
-        self.calls = [
-            channels.stub(i).WatchJob(job_service_pb2.WatchJobRequest(job_id=key), timeout=3600)
-            for i, key in enumerate(keys)
-        ]
-        self.tasks = [asyncio.ensure_future(self._read(i, call)) for i, call in enumerate(self.calls)]
+    def __init__(self) -> None:
+        self.revision: list[int] = []
+        self.arrival: list[float] = []
+        self.first = self.failed = self.ended = self.expected = 0
+        self._opened = asyncio.Event()
+        self.target: int | None = None
+        self.remaining = 0
+        self.done = asyncio.Event()
+        self._waits: dict[int, tuple[int, asyncio.Event]] = {}
+        self.calls: list[Any] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
-    async def _read(self, i: int, call: Any) -> None:
-        # call.read() in a loop, not `async for`: one generator layer less per message. The client
-        # shares the 2 cores with the server under test, so what it spends per message is taken
-        # from the server (the same for both servers).
+    def add(self) -> int:
+        self.revision.append(0)
+        self.arrival.append(0.0)
+        return len(self.revision) - 1
+
+    def seen(self, i: int, revision: int, now: float) -> None:
+        old = self.revision[i]
+        if revision <= old:
+            return
+        self.revision[i], self.arrival[i] = revision, now
+        if old == 0:
+            self.first += 1
+            self.check_open()
+        if self.target is not None and old < self.target <= revision:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done.set()
+        if (wait := self._waits.get(i)) is not None and revision >= wait[0]:
+            del self._waits[i]
+            wait[1].set()
+
+    def check_open(self) -> None:
+        if self.first + self.failed + self.ended >= self.expected:
+            self._opened.set()
+
+    def expect(self, n: int) -> None:
+        """``n`` more streams to open; said before the first starts, or one whose first event came in
+        before the count was raised would find the count already reached."""
+        self.expected = len(self.revision) + n
+        self._opened.clear()
+
+    async def opened(self, timeout: float = OPEN_TIMEOUT) -> bool:
+        """Waits until every stream expected got its first message (or failed); False if some had not."""
+        self.check_open()
         try:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    return
-                now = time.perf_counter()
-                previous = self.revision[i]
-                if previous == 0:
-                    self.first += 1
-                    if self.first == len(self.keys):
-                        self._first_done.set()
-                elif msg.type != CHANGE:
-                    continue
-                self.revision[i] = msg.revision
-                self.arrival[i] = now
-                if self._all_target is not None and previous < self._all_target <= msg.revision:
-                    self._remaining -= 1
-                    if self._remaining == 0:
-                        self._all_done.set()
-                target = self._target.get(i)
-                if target is not None and msg.revision >= target:
-                    del self._target[i]
-                    self._waiting.pop(i).set()
-        except asyncio.CancelledError:
+            await asyncio.wait_for(self._opened.wait(), timeout)
+        except asyncio.TimeoutError:
             pass
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                raise
+        return self.first == self.expected
 
-    async def all_reach(self, revision: int, timeout: float = TIMEOUT) -> None:
-        """Waits until every stream got a CHANGE of ``revision`` or newer: one countdown, not an event
-        and a task per stream (at 5,000 streams those cost the client more than the messages)."""
-        self._all_target = revision
-        self._remaining = sum(1 for r in self.revision if r < revision)
-        self._all_done = asyncio.Event()
-        if self._remaining == 0:
-            self._all_done.set()
-        try:
-            await asyncio.wait_for(self._all_done.wait(), timeout)
-        finally:
-            self._all_target = None
+    def arm(self, ahead: int = 1) -> int:
+        """Counts down to ``ahead`` past the newest revision any stream has; returns that newest."""
+        base = max(self.revision, default=0)
+        self.target = base + ahead
+        self.remaining = sum(1 for r in self.revision if r < self.target)
+        self.done = asyncio.Event()
+        if self.remaining == 0:
+            self.done.set()
+        return base
 
-    async def opened(self, timeout: float = TIMEOUT) -> bool:
-        """Waits until every stream got its first message; False if some had not after ``timeout``."""
+    async def reach(self, timeout: float = TIMEOUT) -> bool:
+        """Waits until every stream has the armed revision (False if not within ``timeout``); disarms."""
         try:
-            await asyncio.wait_for(self._first_done.wait(), timeout)
+            await asyncio.wait_for(self.done.wait(), timeout)
         except asyncio.TimeoutError:
             return False
+        finally:
+            self.target = None
         return True
 
-    def expect(self, i: int, revision: int) -> asyncio.Event:
-        """An event set once stream ``i`` got a CHANGE of ``revision`` or newer."""
+    def wait_for(self, i: int, revision: int) -> asyncio.Event:
+        """An event set once stream ``i`` has ``revision`` or newer."""
         ev = asyncio.Event()
         if self.revision[i] >= revision:
             ev.set()
         else:
-            self._waiting[i] = ev
-            self._target[i] = revision
+            self._waits[i] = (revision, ev)
         return ev
+
+    def watch(self, channels: Channels, keys: list[str]) -> Streams:
+        """Opens a WatchJob stream on each job of ``keys``."""
+        self.expect(len(keys))
+        for key in keys:
+            i = self.add()
+            call = channels.stub(i).WatchJob(job_service_pb2.WatchJobRequest(job_id=key), timeout=3600)
+            self.calls.append(call)
+            self.tasks.append(asyncio.ensure_future(self._read(i, call)))
+        return self
+
+    async def _read(self, i: int, call: Any) -> None:
+        # call.read() in a loop, not `async for`: one generator layer less per message (the client shares
+        # the cores with the server under test). A message split in parts (``more``) counts when its last
+        # part is in: the SSE form gives the revision (the event id) only to the last part too.
+        try:
+            while (msg := await call.read()) is not grpc.aio.EOF:
+                if not msg.more:
+                    self.seen(i, msg.revision, time.monotonic())
+        except asyncio.CancelledError:
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+        self.ended += 1
+        self.check_open()
 
     async def close(self) -> None:
         for call in self.calls:
@@ -378,6 +406,11 @@ async def capture_templates(server: Jobpulse, chunks: int) -> tuple[bytes, bytes
         await channels.close()
 
 
+async def _reach(streams: Streams) -> None:
+    if not await streams.reach():
+        raise TimeoutError(f"{streams.remaining:,} streams did not get the change within {TIMEOUT:g} s")
+
+
 async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
     """N streams on one job: memory per idle stream, then ``rounds`` timed changes."""
     channels = Channels(side.server.address, streams_n)
@@ -385,18 +418,18 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         [key] = await side.make_jobs(channels, 1, chunks)
         poke = side.poke(channels, key)
         # Warm up: a few streams and a change, so lazy set-up is not counted as per-stream memory.
-        warm = Streams(channels, [key] * 10)
+        warm = Streams().watch(channels, [key] * 10)
         await warm.opened()
-        warmed = [warm.expect(i, warm.revision[i] + 1) for i in range(10)]
+        warm.arm()
         await poke()
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in warmed)), TIMEOUT)
+        await _reach(warm)
         await warm.close()
         await asyncio.sleep(0.5)
         before = status_kib(side.server.proc.pid)
-        t0 = time.perf_counter()
-        streams = Streams(channels, [key] * streams_n)
-        all_open = await streams.opened(OPEN_TIMEOUT)
-        open_seconds = time.perf_counter() - t0
+        t0 = time.monotonic()
+        streams = Streams().watch(channels, [key] * streams_n)
+        all_open = await streams.opened()
+        open_seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)  # idle
         after = status_kib(side.server.proc.pid)
         if not all_open:
@@ -420,11 +453,11 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         spacing = watch_min_interval() + 0.05
         for _ in range(rounds):
             await asyncio.sleep(spacing)
-            base = max(streams.revision)
+            streams.arm()
             cpu0, own0 = pid_cpu_seconds(side.server.proc.pid) or 0.0, time.process_time()
-            sent = time.perf_counter()
+            sent = time.monotonic()
             await poke()
-            await streams.all_reach(base + 1)
+            await _reach(streams)
             server_cpu += (pid_cpu_seconds(side.server.proc.pid) or 0.0) - cpu0
             client_cpu += time.process_time() - own0
             these = [streams.arrival[i] - sent for i in range(streams_n)]
@@ -434,11 +467,11 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         bursts: list[float] = []
         for _ in range(BURSTS):
             await asyncio.sleep(spacing)
-            base = max(streams.revision)
-            sent = time.perf_counter()
+            streams.arm(BURST)
+            sent = time.monotonic()
             for _ in range(BURST):
                 await poke()
-            await streams.all_reach(base + BURST)
+            await _reach(streams)
             bursts.append(max(streams.arrival) - sent)
         await streams.close()
         return {
@@ -507,7 +540,7 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
         t0 = time.perf_counter()
         keys = await side.make_jobs(channels, jobs_n, chunks)
         setup_seconds = time.perf_counter() - t0
-        streams = Streams(channels, keys)
+        streams = Streams().watch(channels, keys)
         await streams.opened()
         await asyncio.sleep(0.5)
         latencies: list[float] = []
@@ -515,8 +548,8 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
 
         async def change(i: int) -> None:
             async with sem:
-                done = streams.expect(i, streams.revision[i] + 1)
-                sent = time.perf_counter()
+                done = streams.wait_for(i, streams.revision[i] + 1)
+                sent = time.monotonic()
                 await side.poke(channels, keys[i])()
                 await asyncio.wait_for(done.wait(), TIMEOUT)
                 latencies.append(streams.arrival[i] - sent)
