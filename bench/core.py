@@ -18,7 +18,7 @@ import gc
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,26 +89,22 @@ FULL = Settings(
     watch_chunks_per_job=10,
 )
 
-QUICK = Settings(
+QUICK = replace(
+    FULL,
     mode="quick",
     list_jobs=300,
-    concurrency=16,
     rate_rounds=2,
     rate_seconds=1.0,
     rate_warmup=0.3,
     latency_calls=60,
     latency_blocks=2,
     latency_warmup=5,
-    list_page_size=20,
-    chunk_workers=4,
     chunk_backlog=20_000,
     chunk_seconds=2.5,
     chunk_rounds=1,
     sensitivity_backlogs=(),
     sensitivity_seconds=0.0,
     watch_jobs=400,
-    watch_in_flight=4,
-    watch_chunks_per_job=10,
 )
 
 # Section 3: the modes in the order of the first round (later rounds alternate it).
@@ -172,25 +168,15 @@ async def _run(
         )
 
         _log("2. latency")
+        basic, full = job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL
+        rows = (
+            ("getjob_basic_1000", jp.get_job(data.big_job_id, basic), BARE_BIG_BASIC, big_basic),
+            ("getjob_full_1000", jp.get_job(data.big_job_id, full), BARE_BIG_FULL, big_full),
+            ("listjobs_20", jp.list_jobs(s.list_page_size), BARE_LIST_PAGE, list_page),
+        )
         cases = [
-            scenarios.LatencyCase(
-                name, call, bt.get_job(key, job_pb2.JOB_VIEW_BASIC), size.ByteSize(), reader, bare
-            )
-            for name, call, key, size in (
-                (
-                    "getjob_basic_1000",
-                    jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
-                    BARE_BIG_BASIC,
-                    big_basic,
-                ),
-                (
-                    "getjob_full_1000",
-                    jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
-                    BARE_BIG_FULL,
-                    big_full,
-                ),
-                ("listjobs_20", jp.list_jobs(s.list_page_size), BARE_LIST_PAGE, list_page),
-            )
+            scenarios.LatencyCase(name, call, bt.get_job(key, basic), size.ByteSize(), reader, bare)
+            for name, call, key, size in rows
         ]
         results["latency"] = await scenarios.latencies(
             cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup

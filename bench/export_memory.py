@@ -1,26 +1,18 @@
-"""Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite.
+"""Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite
+(JOBPULSE_BENCH_EXPORT_JOBS and _BASELINE change the sizes).
 
-    python -m bench export                                  # 200,000 jobs; baseline 2,000
-    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench export
-
-For each size, baseline first: a fresh SQLite file migrated by the server's Alembic migrations, the
-jobs bulk-loaded straight into it (``bench.listing_scale``'s synthetic jobs: varied states, kinds,
-owners, labels, metadata; about 10 s for 200,000), then a jobpulse server in a process of its own
-(open mode: it exports every owner's jobs) and ``jobpulse export --format csv`` of every job in a
-second process. The export's output goes to a pipe this process reads in 1 MiB blocks and throws
-away, counting the rows on the way, so the figure is checked; the CLI sees what /dev/null would be.
-
-Reported per size: the server's peak RSS (VmHWM, /proc/<pid>/status) once it serves and before the
-export, and after it; the CLI's peak RSS (ru_maxrss of its own wait4); rows and time. Flat memory
-means the ratios of the large export to the baseline stay near 1 (a server that kept every job, or
-a CLI that built the document in memory, would grow by hundreds of MB at 200,000 jobs).
+Per size, baseline first: a fresh migrated SQLite file bulk-loaded with ``bench.listing_scale``'s
+synthetic jobs, a jobpulse server (open mode: every owner's jobs) and ``jobpulse export --format csv``
+in a second process, whose output this process reads and counts (the CLI sees what /dev/null would).
+Reported: the server's peak RSS (VmHWM) before and after the export, the CLI's own VmHWM, rows and time.
+Flat memory means the ratios to the baseline stay near 1 (a server keeping every job, or a CLI building
+the document in memory, would grow by hundreds of MB).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,8 +22,8 @@ from dataclasses import dataclass
 from bench import procs, report
 from bench.listing_scale import Backend, load_sqlite
 
-JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
-BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
+JOBS = report.env_size("JOBPULSE_BENCH_EXPORT_JOBS", 200_000)
+BASELINE = report.env_size("JOBPULSE_BENCH_EXPORT_BASELINE", 2000)
 EXPORT_TIMEOUT = 900.0
 
 

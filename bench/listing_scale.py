@@ -90,6 +90,11 @@ def table_row(table: Any, values: dict[str, Any], i: int = 0) -> tuple[Any, ...]
     )
 
 
+def insert_sql(table: str, columns: list[str]) -> str:
+    """The INSERT of a row of ``columns`` into ``table``, with ``?`` placeholders (sqlite3)."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
 def _ulid(ms: int, rng: random.Random) -> str:
     """A ULID like jobpulse_server.domain.ids makes: 48-bit milliseconds then 80 random bits."""
     head = []
@@ -258,10 +263,9 @@ def load_sqlite(b: Backend, now_us: int) -> None:
         ).fetchall()
         for name, _ in indexes:
             con.execute(f'DROP INDEX "{name}"')
-        sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
         con.execute("BEGIN")
         for rows in job_rows(b.n_jobs, now_us):
-            con.executemany(sql, rows)
+            con.executemany(insert_sql("jobs", JOB_COLUMNS), rows)
         con.execute("COMMIT")
         t_rows = time.perf_counter() - t0
         t1 = time.perf_counter()

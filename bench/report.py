@@ -222,32 +222,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def goals(results: dict[str, Any]) -> list[Goal]:
     """The targets bench.core measures (SQLite)."""
-    out: list[Goal] = []
-    r = results["getjob_rate"]
-    out.append(Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8))
-    lat = results["latency"]
-    out.append(Goal("ListJobs (20 BASIC) p50 / bare", lat["listjobs_20"]["ratio_p50"], False, 2.0, 1.3, "x"))
+    r, lat = results["getjob_rate"], results["latency"]
     rev = lat.get("getjob_full_1000_new_revision")
-    out.append(
-        Goal(
-            "GetJob FULL 1,000 chunks p50 / bare, new revision each call",
-            rev["ratio_p50"] if rev else None,
-            False,
-            4.0,
-            2.0,
-            "x",
-        )
-    )
-    out.append(
-        Goal(
-            "GetJob FULL 1,000 chunks p50 / bare, same revision",
-            lat["getjob_full_1000"]["ratio_p50"],
-            False,
-            4.0,
-            2.0,
-            "x",
-        )
-    )
+    full = "GetJob FULL 1,000 chunks p50 / bare"
+    out = [
+        Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8),
+        Goal("ListJobs (20 BASIC) p50 / bare", lat["listjobs_20"]["ratio_p50"], False, 2.0, 1.3, "x"),
+        Goal(f"{full}, new revision each call", rev["ratio_p50"] if rev else None, False, 4.0, 2.0, "x"),
+        Goal(f"{full}, same revision", lat["getjob_full_1000"]["ratio_p50"], False, 4.0, 2.0, "x"),
+    ]
     base = r["bare"]["per_second"]
     chunks = results["chunks"]
     # The worker-throughput issue's targets: one by one >= 0.25, complete-and-claim >= 0.4 (moonshot 0.6).
@@ -271,24 +254,13 @@ def goals(results: dict[str, Any]) -> list[Goal]:
         row = chunks.get(key)
         cpu = None if row is None or row.get("unimplemented") else row["server_cpu_us_per_chunk"]
         out.append(Goal(path, cpu, False, 1500, 800, "us", note=_chunk_note(row)))
-    watch = results.get("watch")
-    if watch:
+    if watch := results.get("watch"):
         jp, bare = watch["jobpulse"], watch["bare"]
         n = f"{jp['jobs']:,} jobs x 1 watcher"
-        out.append(
-            Goal(
-                f"watch, {n}: p99 / bare", jp["latency"]["p99"] / bare["latency"]["p99"], False, 3.0, 1.5, "x"
-            )
-        )
-        out.append(
-            Goal(
-                f"watch, {n}: changes/s / bare",
-                jp["changes_per_second"] / bare["changes_per_second"],
-                True,
-                0.3,
-                0.6,
-            )
-        )
+        p99 = jp["latency"]["p99"] / bare["latency"]["p99"]
+        out.append(Goal(f"watch, {n}: p99 / bare", p99, False, 3.0, 1.5, "x"))
+        rate = jp["changes_per_second"] / bare["changes_per_second"]
+        out.append(Goal(f"watch, {n}: changes/s / bare", rate, True, 0.3, 0.6))
     return out
 
 

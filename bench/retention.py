@@ -1,22 +1,13 @@
 """GetJob while the expiry sweep deletes 200,000 expired jobs, against GetJob on the same server when
-nothing is being deleted (SQLite).
+nothing is being deleted (SQLite). Sizes: JOBPULSE_BENCH_RETENTION_JOBS (a smoke run: 2000), _LEAD,
+_CALLS, _BATCH (replaces the server's retention_batch).
 
-    python -m bench retention                               # 200,000 jobs
-    JOBPULSE_BENCH_RETENTION_JOBS=2000 python -m bench retention   # a smoke run
-
-How the two phases are made on one server in one run: before the server starts, the jobs (COMPLETED,
-one chunk each, no ttl of their own, so the server's default applies) are inserted straight into the
-migrated SQLite file with an end_time (and update_time) in the past, but placed so that they expire
-only ``LEAD`` seconds after the server is up (``JOBPULSE_RETENTION_COMPLETED`` is ``RETENTION``
-seconds, the jobs ended ``RETENTION - LEAD`` seconds before the start). Until then the sweeper runs
-every second and finds nothing: that is the quiet phase, measured first. Then every job expires at
-once and the sweeper deletes them in batches; GetJob of one live job is measured the same way until
-the last seeded job is gone (the deletion phase). A seeded job is looked up after the quiet phase to
-make sure nothing had been deleted yet.
-
-Both phases run the same closed loop: one GetJob (FULL view) in flight, timed from this process. The
-figures: p50 / p99 of each phase, the ratio of the p99s (the goal: at most 2x), how long the deletion
-took from the moment the jobs expired, and the jobs deleted per second.
+The jobs (COMPLETED, one chunk each, the server's default ttl) are inserted into the migrated file
+before the server starts, placed to expire ``LEAD`` seconds after it is up: until then the sweeper
+finds nothing (the quiet phase, measured first and checked to have deleted nothing), then it deletes
+them all in batches (the deletion phase, measured until the last is gone), then a second quiet phase.
+Each phase: one GetJob (FULL) in flight, timed from this process. Figures: the p99 while deleting over
+the lower quiet p99 (goal: at most 2x), the deletion's duration from the expiry, and jobs/s.
 """
 
 from __future__ import annotations
@@ -29,13 +20,12 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench import procs
-from bench.listing_scale import table_row
+from bench import procs, report
+from bench.listing_scale import insert_sql, table_row
 from bench.load import percentile
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.model import ChunkState, JobState
@@ -45,12 +35,12 @@ KIND = "bench-expired"
 JOB_COLUMNS = [c.name for c in jobs.columns]
 CHUNK_COLUMNS = [c.name for c in chunks.columns]
 
-N_JOBS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_JOBS", "200000"))
+N_JOBS = report.env_size("JOBPULSE_BENCH_RETENTION_JOBS", 200_000)
 # The server's default ttl of COMPLETED jobs, and how long after its start the seeded jobs expire.
 RETENTION = 3600
-LEAD = float(os.environ.get("JOBPULSE_BENCH_RETENTION_LEAD", "25"))
+LEAD = report.env_size("JOBPULSE_BENCH_RETENTION_LEAD", 25.0, float)
 # Timed GetJob calls of the quiet phase (it must end well within LEAD).
-QUIET_CALLS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_CALLS", "3000"))
+QUIET_CALLS = report.env_size("JOBPULSE_BENCH_RETENTION_CALLS", 3000)
 DELETION_TIMEOUT = 1800.0
 
 
@@ -88,10 +78,7 @@ def seed(path: str, n: int, first_end: int) -> list[str]:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        job_sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
-        chunk_sql = (
-            f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}) VALUES ({', '.join('?' * len(CHUNK_COLUMNS))})"
-        )
+        job_sql, chunk_sql = insert_sql("jobs", JOB_COLUMNS), insert_sql("chunks", CHUNK_COLUMNS)
         batch = 20_000
         for start in range(0, n, batch):
             part = ids[start : start + batch]
@@ -112,12 +99,6 @@ def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
             return False
         raise
     return True
-
-
-def _batch_override() -> dict[str, Any]:
-    """JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes)."""
-    raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
-    return {"retention_batch": int(raw)} if raw else {}
 
 
 def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_pb2.GetJobRequest) -> float:
@@ -144,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="jobpulse-retention-"))
-    path = str(tmp / "jobs.db")
+    with tempfile.TemporaryDirectory(prefix="jobpulse-retention-") as tmp:
+        return _run(f"{tmp}/jobs.db")
+
+
+def _run(path: str) -> int:
     url = f"sqlite:///{path}"
 
     asyncio.run(procs.migrate(url))
@@ -169,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-        overrides = _batch_override()
-        srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **overrides).start(120)
+        # JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes).
+        raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
+        batch: dict[str, Any] = {"retention_batch": int(raw)} if raw else {}
+        srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **batch).start(120)
         channel = grpc.insecure_channel(srv.address)
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         live = stub.CreateJob(
@@ -228,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if srv is not None:
             srv.close()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 if __name__ == "__main__":

@@ -1,20 +1,13 @@
 """A soak: a mixed load for a while against a server on default settings, its RSS sampled all along.
 
-    python -m bench soak                      # 10 minutes on SQLite, then 10 on PostgreSQL (make bench-soak)
-    python -m bench soak --seconds 120        # shorter
-    python -m bench soak --databases sqlite   # one of them
+    python -m bench soak [--seconds 600] [--databases sqlite,postgresql]
 
-The server runs as users run it (``python -m jobpulse_server``, default settings, its own process). The
-load, from this process over real channels: jobs created (20 chunks each; the creator waits while
-2,000 chunks are still to be done, so the load is steady rather than a queue growing all along),
-workers completing and claiming (CompleteChunk with claim_next), GetJob FULL and BASIC of recent
-jobs, ListJobs pages in several orders and filters, WatchJob streams that follow recent jobs to their
-end, and BatchGetJobs. The server's
-RSS (VmRSS) is sampled every ``--sample`` seconds and printed as a timeline beside the encoded-job
-cache's own count of its bytes (``jobpulse_encoded_cache_bytes`` from /metrics). At the end, per database: the
-growth of RSS over the last half of the run (the least-squares slope times that half's length, over RSS
-at its start), the peak against start + 1.5 x ``encoded_cache_bytes`` + 32 MiB, and the errors by status
-code; then the verdict line. Targets: growth <= 3%, peak within that bound, no error at all.
+The server runs as users run it (``python -m jobpulse_server``, its own process). The load, over real
+channels: jobs created (20 chunks each, held to a steady 2,000 chunks to do), workers completing with
+claim_next, GetJob FULL and BASIC, ListJobs in several orders and filters, WatchJob streams following
+recent jobs to their end, BatchGetJobs. RSS is sampled every ``--sample`` seconds beside the encoded-job
+cache's own byte count (/metrics). Targets per database: RSS growth over the last half (least-squares
+slope) <= 3%, peak within start + 1.5 x cache bytes + 32 MiB, no error at all.
 """
 
 from __future__ import annotations
