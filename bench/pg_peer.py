@@ -86,8 +86,7 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
         "seconds": seconds,
         "per_second": n / seconds,
         "round_trips": round_trips,
-        **extra,
-    }
+    } | extra
 
 
 # --- jobpulse ----------------------------------------------------------------------------------
@@ -95,11 +94,7 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
 
 # Complete-and-claim as workers are added: key -> (jobs, workers per job). Each job has a kind of its own
 # and each worker claims only its job's kind, so every group of workers works its one job.
-SCALING_ROWS = {
-    "sc1x4": (1, 4),
-    "sc1x16": (1, 16),
-    "sc4x4": (4, 4),
-}
+SCALING_ROWS = {"sc1x4": (1, 4), "sc1x16": (1, 16), "sc4x4": (4, 4)}
 SCALING_MODE = "complete_and_claim"
 # PgQueuer beside them: key -> W QueueManagers (batch_size=1).
 SCALING_PEERS = {"sqm4": 4, "sqm16": 16}
@@ -251,13 +246,8 @@ async def _drain(
     )
 
 
-_SUMMARY_FIELDS = {
-    1: "pending",  # ChunkState's numbers (domain/model.py, the proto's ChunkState)
-    2: "processing",
-    3: "completed",
-    4: "failed",
-    5: "cancelled",
-}
+# ChunkState's numbers (domain/model.py, the proto's ChunkState) -> the summary's fields.
+_SUMMARY_FIELDS = dict(enumerate(("pending", "processing", "completed", "failed", "cancelled"), start=1))
 
 
 async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str, ...], int]]) -> None:
@@ -447,19 +437,14 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
             (GRPC_FLOOR, 10),
         ):
             if key in by:
-                name = (GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]).removeprefix(
-                    "jobpulse, "
-                )
+                name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
+                name = name.removeprefix("jobpulse, ")
                 ratios.append([f"{name} / batch {k}", _ratio(by[key], by.get(f"qm{k}"))])
                 if key != "jp10":
                     by_round.append(f"     {name}: {_by_round(rows, key, f'qm{k}')}")
         if "jpb10d" in by:
-            ratios.append(
-                [
-                    f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}",
-                    _ratio(by["jpb10d"], by.get("qm10d")),
-                ]
-            )
+            deep = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
+            ratios.append([deep, _ratio(by["jpb10d"], by.get("qm10d"))])
         lines += report.table(["ratio jobs/s jobpulse / pgqueuer", "vs QueueManager"], ratios)
         if args.rounds > 1:
             lines += [
@@ -491,9 +476,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
         ratios = [
             [
                 _scaling_name(key).removeprefix("jobpulse complete-and-claim, "),
-                _ratio(by.get(key), by.get(peer_key)),
+                _ratio(by.get(key), by.get(peer)),
             ]
-            for key, peer_key in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
+            for key, peer in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
         ]
         lines += report.table(["ratio jobs/s jobpulse / PgQueuer, same W", "vs QueueManager"], ratios)
     lines += [
@@ -535,6 +520,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _note(row: dict[str, Any]) -> str:
+    if row.get("unimplemented"):
+        return "server: UNIMPLEMENTED"
     counts = row.get("counts")
     if counts is None:
         return ""
@@ -585,13 +572,7 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
 
     def note(key: str, *more: str) -> str:
         row = by.get(key)
-        first = (
-            "not measured"
-            if row is None
-            else "server: UNIMPLEMENTED"
-            if row.get("unimplemented")
-            else _note(row)
-        )
+        first = "not measured" if row is None else _note(row)
         return "; ".join(n for n in (first, *more) if n)
 
     def floor(key: str, peer: str) -> str:
@@ -606,9 +587,9 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
         ):
             what = f"PostgreSQL {what} / PgQueuer batch 1 (QueueManager)"
             out.append(Goal(what, ratio(key, "qm1"), True, line, 1.0, note=note(key, floor_note)))
-        what = "PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 (QueueManager)"
+        what, batched = "PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 (QueueManager)", "jpb10"
         out.append(
-            Goal(what, ratio("jpb10", "qm10"), True, 1.0, 2.0, note=note("jpb10", floor(GRPC_FLOOR, "qm10")))
+            Goal(what, ratio(batched, "qm10"), True, 1.0, 2.0, note=note(batched, floor(GRPC_FLOOR, "qm10")))
         )
         if "jpb10d" in by:
             what = f"same, both on a queue of {by['jpb10d'].get('n', 0):,} (QueueManager)"
@@ -618,17 +599,13 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
             ("jpcc", "complete-and-claim"),
             ("jpb10", "CompleteChunks of 10"),
         ):
-            cpu = by.get(key, {}).get("server_cpu_us")
-            out.append(
-                Goal(f"PostgreSQL server CPU per chunk, {what}", cpu, False, 1000, 500, "us", note=note(key))
-            )
+            cpu, what = by.get(key, {}).get("server_cpu_us"), f"PostgreSQL server CPU per chunk, {what}"
+            out.append(Goal(what, cpu, False, 1000, 500, "us", note=note(key)))
     if set(by) & SCALING_KEYS:
         theirs = ratio("sqm16", "sqm4")
         pgq = f"PgQueuer 16 / 4 QueueManagers: {theirs:.2f}" if theirs is not None else ""
-        what = "PostgreSQL complete-and-claim, 16 workers / 4 workers on one job"
-        out.append(
-            Goal(what, ratio("sc1x16", "sc1x4"), True, 0.9, 1.0, note=note("sc1x16", note("sc1x4"), pgq))
-        )
+        what, more = "PostgreSQL complete-and-claim, 16 workers / 4 workers on one job", note("sc1x4")
+        out.append(Goal(what, ratio("sc1x16", "sc1x4"), True, 0.9, 1.0, note=note("sc1x16", more, pgq)))
     return out
 
 
@@ -697,27 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-floor", action="store_true", help="skip the floors under gRPC")
-    p.add_argument(
-        "--only",
-        choices=("peer", "scaling"),
-        default=None,
-        help="run one set of rows: peer (jobpulse's modes beside PgQueuer, --workers workers), scaling "
-        "(complete-and-claim with 4 and 16 workers on one job, 4 jobs x 4 workers, and PgQueuer with 4 and "
-        "16 QueueManagers); default both",
-    )
-    p.add_argument(
-        "--deep",
-        type=int,
-        default=None,
-        help="the peer rows (not with --quick): the batches of 10 (jobpulse CompleteChunks, PgQueuer "
-        "QueueManagers) once more on a queue this deep (default 50,000; 0 leaves them out)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=None,
-        help=f"rounds per row, median kept (default {FULL_ROUNDS}; --quick 1)",
-    )
+    p.add_argument("--only", choices=("peer", "scaling"), default=None, help="one set of rows (default both)")
+    p.add_argument("--deep", type=int, default=None, help="queue depth of the deep rows (50,000; 0: none)")
+    p.add_argument("--rounds", type=int, default=None, help=f"rounds, median kept ({FULL_ROUNDS}; quick 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
     if args.n is None:
