@@ -1,24 +1,15 @@
 """Two revisions of the server side by side in one run: the worker throughput rows, alternating.
 
-    python -m bench compare --base 94b6182                          # this tree against 94b6182, SQLite
-    python -m bench compare --base HEAD~3 --database postgresql --rounds 6
-    python -m bench compare --base main --head HEAD --modes complete_and_claim --seconds 8
+    python -m bench compare --base REV [--head REV] [--database postgresql] [--rounds 6] [--modes ...]
 
-The 2-core machines this project is measured on drift by a factor of two from one hour to the next, so
-a figure from an earlier run says little about a change; only two revisions measured in the same run,
-round by round, do. This starts three servers at once: jobpulse at ``--base`` (A), jobpulse at
-``--head`` (B, default: this working tree, uncommitted changes included) and the bare grpc.aio server.
-A revision is checked out with ``git worktree add --detach`` into a temporary directory (removed at the
-end) and served with its own code first on PYTHONPATH; the packages of this environment serve both.
-Each server has a database of its own: a SQLite file, or a fresh PostgreSQL database
-(``JOBPULSE_BENCH_PG``, as for every PostgreSQL scenario) dropped at the end.
-
-Each round measures the bare server's calls/s at ``--workers`` in flight, then each mode of
-``--modes`` (bench.work.MODES) on A and on B, for ``--seconds`` each, with the order of A and B
-flipped every round (a fresh job of ``--backlog`` chunks each time, as bench.core's rows). The
-servers sit idle while another is measured. At the end: the medians over the rounds, each
-revision's chunks/s against the bare calls/s, B against A, and the server CPU per chunk. Figures
-from one run only: run it alone (a test suite or another benchmark beside it makes both lie).
+The 2-core machines this is measured on drift by a factor of two from hour to hour, so only two
+revisions measured round by round in one run say anything about a change. Three servers run at once:
+``--base`` (A), ``--head`` (B; default this working tree, changes included), each checked out with
+``git worktree add --detach`` into a temporary directory and served with its own code first on
+PYTHONPATH, each on a database of its own; and the bare grpc.aio server. Each round measures the bare
+calls/s at ``--workers`` in flight, then each mode on A and B (order flipped every round, a fresh job
+each time, as bench.core's rows). Printed: medians over the rounds, chunks/s against bare, B / A, and
+server CPU per chunk. Run it alone on the machine.
 """
 
 from __future__ import annotations

@@ -320,16 +320,8 @@ class ClientPool:
         await self.all("close")
 
     def stop(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("stop",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(15)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        for proc, conn in zip(self.procs, self.conns, strict=True):
+            procs.stop(proc, conn)
 
 
 def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:

@@ -162,15 +162,20 @@ class Child:
         return self._conn.recv()
 
     def close(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self.proc.join(15)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
+        stop(self.proc, self._conn)
+
+
+def stop(proc: Any, conn: Connection) -> None:
+    """Asks a spawned process to stop over its pipe; terminates it if it has not within 15 s."""
+    if proc.is_alive():
+        try:
+            conn.send(("stop",))
+        except OSError:
+            pass
+        proc.join(15)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
 
 
 def pg_dsn(name: str) -> str:
@@ -188,21 +193,20 @@ async def database(kind: str, tag: str) -> AsyncIterator[str]:
         return
     import asyncpg
 
-    name = f"bench_{tag}_{os.getpid()}"
-    for statement in (f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'):
-        admin = await asyncpg.connect(PG_ADMIN)
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
         try:
-            await admin.execute(statement)
+            await conn.execute(statement)
         finally:
-            await admin.close()
+            await conn.close()
+
+    name = f"bench_{tag}_{os.getpid()}"
+    await admin(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin(f'CREATE DATABASE "{name}"')
     try:
         yield pg_dsn(name)
     finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def status_kib(pid: int, field: str = "VmRSS") -> int:

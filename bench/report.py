@@ -196,13 +196,7 @@ class Goal:
 
     def as_dict(self) -> dict[str, Any]:
         path, _, target, moonshot, met = self.cells()
-        return {
-            "path": path,
-            "measured": self.measured,
-            "target": target,
-            "moonshot": moonshot,
-            "met": met,
-        }
+        return {"path": path, "measured": self.measured, "target": target, "moonshot": moonshot, "met": met}
 
 
 def render_goals(goals: list[Goal]) -> list[str]:
@@ -328,13 +322,8 @@ def render(results: dict[str, Any]) -> str:
         f"channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server"
     )
     rows: list[list[Any]] = [
-        [
-            label,
-            f"{r[k]['per_second']:,.0f}",
-            _us(r[k]["server_cpu_us_per_call"]),
-            _us(r[k]["client_cpu_us_per_call"]),
-        ]
-        for k, label in (("bare", "bare grpc.aio (baseline)"), ("jobpulse", "jobpulse (SQLite)"))
+        [label, f"{q['per_second']:,.0f}", _us(q["server_cpu_us_per_call"]), _us(q["client_cpu_us_per_call"])]
+        for q, label in ((r["bare"], "bare grpc.aio (baseline)"), (r["jobpulse"], "jobpulse (SQLite)"))
     ]
     cpu = "n/a" if r["server_cpu_ratio"] is None else _x(r["server_cpu_ratio"])
     rows.append(["ratio jobpulse / bare", _x(r["ratio"]), cpu])
@@ -356,16 +345,10 @@ def render(results: dict[str, Any]) -> str:
         if row is None:
             continue
         jp, bare = row["jobpulse"], row["bare"]
-        rows.append(
-            [
-                label,
-                f"{row['response_bytes']:,}",
-                f"{_ms(jp['p50'])} / {_ms(jp['p99'])}",
-                f"{_ms(bare['p50'])} / {_ms(bare['p99'])}",
-                f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}",
-                f"{_us(jp.get('server_cpu_us_per_call'))} / {_us(bare.get('server_cpu_us_per_call'))}",
-            ]
-        )
+        cells = [f"{_ms(q['p50'])} / {_ms(q['p99'])}" for q in (jp, bare)]
+        cells.append(f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}")
+        cells.append(" / ".join(_us(q.get("server_cpu_us_per_call")) for q in (jp, bare)))
+        rows.append([label, f"{row['response_bytes']:,}", *cells])
     lines += table(["", "bytes", "jobpulse p50/p99", "bare p50/p99", "ratio", "CPU jobpulse/bare"], rows)
     rev = results["latency"].get("getjob_full_1000_new_revision")
     if rev is not None:
@@ -393,18 +376,13 @@ def render(results: dict[str, Any]) -> str:
         if row.get("unimplemented"):
             rows.append([label, "n/a (server: UNIMPLEMENTED)"])
             continue
-        note = _chunk_note(row)
-        rows.append(
-            [
-                label,
-                f"{row['chunks_per_second']:,.0f}",
-                f"{row['rpcs_per_second']:,.0f}",
-                _us(row["server_cpu_us_per_chunk"]),
-                _x(row["chunks_per_second"] / base),
-                _x(row["rpcs_per_second"] / base),
-                f"({note})" if note else "",
-            ]
-        )
+        note, rates = _chunk_note(row), (row["chunks_per_second"], row["rpcs_per_second"])
+        cells = [
+            *(f"{v:,.0f}" for v in rates),
+            _us(row["server_cpu_us_per_chunk"]),
+            *(_x(v / base) for v in rates),
+        ]
+        rows.append([label, *cells, f"({note})" if note else ""])
     lines += table(
         ["", "chunks/s", "RPCs/s", "srv CPU us/chunk", "chunks/s / bare", "RPCs/s / bare", ""], rows
     )
@@ -432,17 +410,13 @@ def render(results: dict[str, Any]) -> str:
             f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher, one change per job, {jp['in_flight']} in flight; "
             "baseline: the bare fan-out of bench.watch_streams"
         )
-        rows = [
-            [
-                label,
-                _ms(w["latency"]["p50"]),
-                _ms(w["latency"]["p99"]),
-                _ms(w["latency"]["max"]),
+        rows = []
+        for label, w in (("jobpulse", jp), ("bare fan-out", bare)):
+            cells = [
+                *(_ms(w["latency"][q]) for q in ("p50", "p99", "max")),
                 f"{w['changes_per_second']:,.0f}",
-                _us(w.get("server_cpu_us_per_change")),
             ]
-            for label, w in (("jobpulse", jp), ("bare fan-out", bare))
-        ]
+            rows.append([label, *cells, _us(w.get("server_cpu_us_per_change"))])
         lines += table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
 
     add("-" * WIDTH)
