@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from bench import procs, report
 from bench.load import closed_loop, summary
 from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
 from bench.report import Goal
-from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, watch_min_interval
+from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, create_job, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -450,14 +449,6 @@ def capture_first(port: int, path: str) -> bytes:
 # --- jobs and changes ------------------------------------------------------------------------------
 
 
-async def create_job(channel: grpc.aio.Channel, chunks: int, kind: str = KIND) -> str:
-    jobs = job_service_pb2_grpc.JobServiceStub(channel)
-    request = job_service_pb2.CreateJobRequest(
-        kind=kind, total_items=chunks * 10, chunk_size=10, request_id=f"hb-{uuid.uuid4().hex}"
-    )
-    return str((await jobs.CreateJob(request, timeout=TIMEOUT)).job.id)
-
-
 class Changer:
     """A worker on the bench job: ReportChunkProgress and CompleteChunk (claiming the next chunk in the
     same transaction) in turn, each one change of the job."""
@@ -571,7 +562,7 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
-            job_id = await create_job(channel, chunks)
+            job_id = await create_job(channel, chunks, KIND)
             changer = Changer(channel)
             await changer.start()
             blocks: list[dict[str, Any]] = []
@@ -645,7 +636,7 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
-            job_id = await create_job(channel, 10)
+            job_id = await create_job(channel, 10, KIND)
         path = f"/v1/jobs/{job_id}/events"
         first = await asyncio.to_thread(capture_first, server.http_port, path)
         out["first_event_bytes"] = len(first)
@@ -687,7 +678,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         calls = {}
         for name, server in servers.items():
             channel = channels[name] = grpc.aio.insecure_channel(server.address)
-            job_id = await create_job(channel, 10)
+            job_id = await create_job(channel, 10, KIND)
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
             calls[name] = lambda stub=stub, request=request: stub.GetJob(request, timeout=TIMEOUT)

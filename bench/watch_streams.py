@@ -306,6 +306,14 @@ class Streams:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+async def create_job(channel: grpc.aio.Channel, chunks: int, kind: str, request_id: str = "") -> str:
+    """A job of ``chunks`` chunks of 10 items; its id."""
+    request = job_service_pb2.CreateJobRequest(kind=kind, total_items=chunks * 10, chunk_size=10)
+    request.request_id = request_id or f"bench-{uuid.uuid4().hex}"
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    return str((await jobs.CreateJob(request, timeout=TIMEOUT)).job.id)
+
+
 class Side:
     """One server under test: how to make its jobs and how to change one."""
 
@@ -328,31 +336,24 @@ class JobpulseSide(Side):
         self._prefix = uuid.uuid4().hex[:8]
 
     async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
-        jobs = job_service_pb2_grpc.JobServiceStub(channels.control)
         workers = worker_service_pb2_grpc.WorkerServiceStub(channels.control)
         ids: list[str] = []
         sem = asyncio.Semaphore(8)
 
         async def create(i: int) -> None:
             async with sem:
-                req = job_service_pb2.CreateJobRequest(
-                    kind="watch-bench",
-                    total_items=chunks * 10,
-                    chunk_size=10,
-                    request_id=f"wb-{self._prefix}-{i}",
+                ids.append(
+                    await create_job(channels.control, chunks, "watch-bench", f"wb-{self._prefix}-{i}")
                 )
-                ids.append((await jobs.CreateJob(req, timeout=TIMEOUT)).job.id)
 
         await asyncio.gather(*(create(i) for i in range(count)))
         # Claim one chunk of every job (highest priority, then oldest: the first chunk of each job in turn
         # is not guaranteed, so claim everything and keep one claim per job).
+        ask = worker_service_pb2.ClaimChunksRequest(
+            worker_id="bench", kinds=["watch-bench"], max_chunks=100, lease_duration=LEASE
+        )
         while len(self._claims) < count:
-            got = await workers.ClaimChunks(
-                worker_service_pb2.ClaimChunksRequest(
-                    worker_id="bench", kinds=["watch-bench"], max_chunks=100, lease_duration=LEASE
-                ),
-                timeout=TIMEOUT,
-            )
+            got = await workers.ClaimChunks(ask, timeout=TIMEOUT)
             if not got.claims:
                 raise RuntimeError("ran out of chunks to claim")
             for claim in got.claims:
@@ -432,21 +433,19 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         open_seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)  # idle
         after = status_kib(side.server.proc.pid)
+        row = {
+            "streams": streams_n,
+            "opened": streams.first,
+            "stalled": not all_open,
+            "open_seconds": open_seconds,
+        }
+        row |= {"rss_before_kib": before, "rss_after_kib": after}
+        row["kib_per_stream"] = (after - before) / max(1, streams.first)
         if not all_open:
             # Seen on grpcio 1.85 here: both servers stop answering new streams at about 3,000 open ones.
             _log(f"{side.name}: only {streams.first:,} of {streams_n:,} streams opened in {OPEN_TIMEOUT:g}s")
             await streams.close()
-            return {
-                "streams": streams_n,
-                "opened": streams.first,
-                "stalled": True,
-                "rounds": 0,
-                "open_seconds": open_seconds,
-                "rss_before_kib": before,
-                "rss_after_kib": after,
-                "kib_per_stream": (after - before) / max(1, streams.first),
-                "latency": None,
-            }
+            return {**row, "rounds": 0, "latency": None}
         latencies: list[float] = []
         round_max: list[float] = []
         server_cpu = client_cpu = 0.0
@@ -475,14 +474,8 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             bursts.append(max(streams.arrival) - sent)
         await streams.close()
         return {
-            "streams": streams_n,
-            "opened": streams_n,
-            "stalled": False,
+            **row,
             "rounds": rounds,
-            "open_seconds": open_seconds,
-            "rss_before_kib": before,
-            "rss_after_kib": after,
-            "kib_per_stream": (after - before) / streams_n,
             "latency": summary(latencies),
             "round_max_p50": percentile(round_max, 50),
             # CPU seconds per change, from the poke to the last delivery (server: all its threads).
@@ -560,17 +553,15 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
         elapsed = time.perf_counter() - t1
         cpu1 = pid_cpu_seconds(side.server.proc.pid)
         await streams.close()
-        return {
+        # Server CPU (all threads) per change, from the first poke to the last delivery.
+        cpu = (cpu1 - cpu0) / jobs_n * 1e6 if cpu0 is not None and cpu1 is not None else None
+        out = {
             "jobs": jobs_n,
             "in_flight": in_flight,
             "setup_seconds": setup_seconds,
-            "changes_per_second": jobs_n / elapsed,
             "latency": summary(latencies),
-            # Server CPU (all threads) per change, from the first poke to the last delivery.
-            "server_cpu_us_per_change": (
-                (cpu1 - cpu0) / jobs_n * 1e6 if cpu0 is not None and cpu1 is not None else None
-            ),
         }
+        return out | {"changes_per_second": jobs_n / elapsed, "server_cpu_us_per_change": cpu}
     finally:
         await channels.close()
 
@@ -681,13 +672,11 @@ def render(results: dict[str, Any]) -> str:
     head = ["N", "", "p50 ms", "p99 ms", "max ms", "KiB/idle stream", "open s", "burst ms", "CPU ms srv/cli"]
     lines += report.table(head, rows)
     floors = []
-    for row in results["one_job"]:
-        if f := row.get("floor"):
-            floors.append(
-                f"{f['kib_per_stream']:.1f} at {f['streams']:,}"
-                + ("" if f["opened"] else " (not all opened)")
-            )
-            floors[-1] += f" ({f['ended']:,} ended early)" if f.get("ended") else ""
+    for f in (row["floor"] for row in results["one_job"] if row.get("floor")):
+        floors.append(
+            f"{f['kib_per_stream']:.1f} at {f['streams']:,}" + ("" if f["opened"] else " (not all opened)")
+        )
+        floors[-1] += f" ({f['ended']:,} ended early)" if f.get("ended") else ""
     lines += report.para(
         "grpc.aio alone (a handler that writes one message, then waits on a future), KiB per idle stream: "
         + ", ".join(floors)
@@ -701,17 +690,12 @@ def render(results: dict[str, Any]) -> str:
     jp, bare = mj["jobpulse"], mj["bare"]
     lines += [
         "-" * report.WIDTH,
-        f"2. {jp['jobs']:,} jobs, one stream each, one change per job ({jp['in_flight']} changes in flight)",
+        f"2. {jp['jobs']:,} jobs, one stream each, one change per job ({jp['in_flight']} in flight)",
     ]
-    rows = [
-        [
-            label,
-            *(ms(r["latency"][q]) for q in ("p50", "p99", "max")),
-            f"{r['changes_per_second']:,.0f}",
-            us(r.get("server_cpu_us_per_change")),
-        ]
-        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out"))
-    ]
+    rows = []
+    for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
+        cells = [*(ms(r["latency"][q]) for q in ("p50", "p99", "max")), f"{r['changes_per_second']:,.0f}"]
+        rows.append([label, *cells, us(r.get("server_cpu_us_per_change"))])
     lat = [x(jp["latency"][q] / bare["latency"][q]) for q in ("p50", "p99", "max")]
     rows.append(["ratio", *lat, x(jp["changes_per_second"] / bare["changes_per_second"])])
     lines += report.table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
