@@ -24,15 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import logging
-import multiprocessing as mp
 import socket
 import statistics
 import sys
 import tempfile
 import time
-import traceback
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -223,59 +219,23 @@ class Holder:
         self.sse, self.channels, self.streams = [], None, Streams()
 
 
-def _client_main(conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
+async def serve_client() -> Serving:
+    """A client process holding streams for this one (a ``bench.procs.Child``): port 0, the Holder's
+    commands."""
     procs.raise_nofile()
     procs.tune_gc()
-    try:
-        asyncio.run(_client_serve(conn))
-    finally:
-        conn.close()
-
-
-async def _client_serve(conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
     holder = Holder()
-    while True:
-        msg = await inbox.get()
-        if msg is None or msg[0] == "stop":
-            break
-        try:
-            reply = await holder.handle(msg)
-        except Exception:
-            reply = ("error", traceback.format_exc())
-        conn.send(reply)
-    await holder.close()
+    return 0, holder.handle, holder.close
 
 
 class ClientPool:
     """The client processes; every command goes to each, with its share of the streams."""
 
     def __init__(self, processes: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: list[Any] = []
-        for k in range(processes):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_main, args=(child,), name=f"http-bench-client-{k}", daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(conn)
-            self.procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        self.children = [Child(serve_client, name=f"http-bench-client-{k}") for k in range(processes)]
+        for child in self.children:
+            child.start()
+        self.conns = [child.conn for child in self.children]
 
     def shares(self, n: int) -> list[int]:
         k = len(self.conns)
@@ -319,8 +279,8 @@ class ClientPool:
         await self.all("close")
 
     def stop(self) -> None:
-        for proc, conn in zip(self.procs, self.conns, strict=True):
-            procs.stop(proc, conn)
+        for child in self.children:
+            child.close()
 
 
 def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:

@@ -11,11 +11,13 @@ which is all a scenario asks of a server (``cpu_seconds``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import multiprocessing as mp
 import os
 import resource
 import tempfile
+import traceback
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -122,17 +124,22 @@ async def _child(conn: Connection, serve: Callable[..., Awaitable[Serving]], arg
             break
         if msg[0] == "stop":
             break
-        conn.send(handle(msg))
+        try:
+            reply = handle(msg)
+            conn.send(await reply if inspect.isawaitable(reply) else reply)
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
     await stop()
 
 
 class Child:
-    """A baseline server in a spawned process: ``serve(*args)`` (a module-level coroutine function, as
-    spawn needs) starts it in the child and returns ``Serving``."""
+    """A baseline server (or a client holding streams) in a spawned process: ``serve(*args)`` (a
+    module-level coroutine function, as spawn needs) starts it in the child and returns ``Serving``; its
+    command handler may be a coroutine function, and what it raises comes back as ``("error", text)``."""
 
     def __init__(self, serve: Callable[..., Awaitable[Serving]], *args: Any, name: str = "baseline") -> None:
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
+        self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_child_main, args=(child, serve, args), name=f"bench-{name}", daemon=True
         )
@@ -142,11 +149,11 @@ class Child:
         self.port = 0
 
     def start(self) -> Child:
-        if not self._conn.poll(_START_TIMEOUT):
+        if not self.conn.poll(_START_TIMEOUT):
             self.close()
             raise RuntimeError(f"{self.name} server did not start within {_START_TIMEOUT:.0f}s")
         try:
-            tag, self.port = self._conn.recv()
+            tag, self.port = self.conn.recv()
         except EOFError as exc:
             raise RuntimeError(f"{self.name} server exited during start-up (see its stderr)") from exc
         assert tag == "port"
@@ -158,11 +165,11 @@ class Child:
 
     def ask(self, *msg: Any) -> Any:
         """Sends a command, returns the child's answer."""
-        self._conn.send(msg)
-        return self._conn.recv()
+        self.conn.send(msg)
+        return self.conn.recv()
 
     def close(self) -> None:
-        stop(self.proc, self._conn)
+        stop(self.proc, self.conn)
 
 
 def stop(proc: Any, conn: Connection) -> None:
