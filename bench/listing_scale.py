@@ -59,15 +59,7 @@ KINDS += (("reindex", 6), ("ocr", 5), ("backup", 4))
 OWNERS = ("anonymous", "svc-ingest", "svc-reports", "alice", "bob")
 TEAMS = ("media", "search", "billing", "data")
 PRIORITY_WEIGHTS = (3, 2, 3, 5, 7, 50, 7, 6, 5, 4, 8)  # priorities 0..10
-# The columns job_rows fills, in its tuple order; other NOT NULL columns get _extra_value.
-_FILLED = (
-    "id owner request_id display_name kind state stage message priority labels job_metadata total_items "
-    "chunk_size max_attempts revision n_pending n_processing n_completed n_failed n_cancelled items_done "
-    "error_reason error_message error_chunk_index cancel_requested cancel_reason cancel_time create_time "
-    "update_time start_time end_time"
-).split()
-_EXTRA = [c for c in jobs_table.columns if c.name not in _FILLED and not c.nullable]
-JOB_COLUMNS = _FILLED + [c.name for c in _EXTRA]
+JOB_COLUMNS = [c.name for c in jobs_table.columns]
 
 
 def _extra_value(column: Any, i: int) -> Any:
@@ -164,42 +156,26 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
                 items_done = min(total, completed * chunk_size)
                 cancel_requested, cancel_reason, cancel_time = True, "cancelled by user", end - 1_000
         team = TEAMS[i % len(TEAMS)]
-        out.append(
-            (
-                _ulid(create // 1000, rng),  # id
-                owner,
-                f"req-{i:08d}" if i % 3 == 0 else None,  # request_id
-                f"{kind} {team} {i:07d}",  # display_name
-                kind,
-                int(state),
-                stage,
-                message,
-                priority,
-                json.dumps({"team": team, "env": "prod" if i % 4 else "staging"}),  # labels
-                json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner}),
-                total,
-                chunk_size,
-                3,  # max_attempts
-                1 + 2 * (completed + failed) + processing + (1 if cancelled else 0),  # revision
-                pending,
-                processing,
-                completed,
-                failed,
-                cancelled,
-                items_done,
-                error_reason,
-                error_message,
-                error_chunk,
-                cancel_requested,
-                cancel_reason,
-                cancel_time,
-                create,
-                update,
-                start,
-                end,
-                *(_extra_value(c, i) for c in _EXTRA),
-            )
-        )
+        row = {"id": _ulid(create // 1000, rng), "owner": owner, "kind": kind, "state": int(state)}
+        row |= {
+            "request_id": f"req-{i:08d}" if i % 3 == 0 else None,
+            "display_name": f"{kind} {team} {i:07d}",
+        }
+        row |= {"stage": stage, "message": message, "priority": priority, "max_attempts": 3}
+        row["labels"] = json.dumps({"team": team, "env": "prod" if i % 4 else "staging"})
+        row["job_metadata"] = json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner})
+        row |= {"total_items": total, "chunk_size": chunk_size, "items_done": items_done}
+        row["revision"] = 1 + 2 * (completed + failed) + processing + (1 if cancelled else 0)
+        row |= {"n_pending": pending, "n_processing": processing, "n_completed": completed}
+        row |= {"n_failed": failed, "n_cancelled": cancelled, "error_chunk_index": error_chunk}
+        row |= {
+            "error_reason": error_reason,
+            "error_message": error_message,
+            "cancel_requested": cancel_requested,
+        }
+        row |= {"cancel_reason": cancel_reason, "cancel_time": cancel_time, "create_time": create}
+        row |= {"update_time": update, "start_time": start, "end_time": end}
+        out.append(table_row(jobs_table, row, i))
         if len(out) >= batch:
             yield out
             out = []
