@@ -650,14 +650,13 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
             await closed_loop(calls[name], concurrency=s.getjob_concurrency, seconds=1.0)
         for _ in range(s.getjob_rounds):
             for name in ("off", "on"):
-                rates[name].append(
-                    await closed_loop(
-                        calls[name],
-                        concurrency=s.getjob_concurrency,
-                        seconds=s.getjob_seconds,
-                        server=servers[name],
-                    )
+                rate = closed_loop(
+                    calls[name],
+                    concurrency=s.getjob_concurrency,
+                    seconds=s.getjob_seconds,
+                    server=servers[name],
                 )
+                rates[name].append(await rate)
         state = await pool.state()
         await pool.close()
     finally:
@@ -709,28 +708,23 @@ def render(results: dict[str, Any]) -> str:
             first="",
         )
         rows: list[list[Any]] = []
-        for kind, label in (("sse", "SSE (raw client)"), ("grpc", "WatchJob (grpc.aio)")):
-            r, q = lat[kind], lat[kind]["latency"]
+        for r, label in ((sse, "SSE (raw client)"), (grpc_, "WatchJob (grpc.aio)")):
             cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
-            rows.append([label, *(ms(q[k]) for k in ("p50", "p99", "max")), f"{r['open_seconds']:.2f}"])
-            rows[-1] += [ms(r["rpc_p50"]), cpu]
+            q = [ms(r["latency"][k]) for k in ("p50", "p99", "max")]
+            rows.append([label, *q, f"{r['open_seconds']:.2f}", ms(r["rpc_p50"]), cpu])
         cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
         max_ratio = ratio(sse["latency"]["max"], grpc_["latency"]["max"])
         rows.append(["ratio SSE / gRPC", x(lat["p50_ratio"]), x(lat["p99_ratio"]), max_ratio, "", "", cpu])
         lines += report.table(
             ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"], rows
         )
-        add(
-            "   p99 by block: "
-            + ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
-            + " ms"
-        )
+        by_block = ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
+        add(f"   p99 by block: {by_block} ms")
         for kind in ("sse", "grpc"):
-            by = lat[kind]["by_change"].items()
-            add(
-                f"   {kind:<5} p50 / p99 by change: "
-                + ", ".join(f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in by)
+            by = ", ".join(
+                f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in lat[kind]["by_change"].items()
             )
+            add(f"   {kind:<5} p50 / p99 by change: {by}")
         lines += report.para(
             "the clients share the cores with the server: a grpc.aio reader costs more per message than the "
             "raw SSE one (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the "
@@ -748,9 +742,8 @@ def render(results: dict[str, Any]) -> str:
             first="",
         )
         labels = {"jobpulse": "jobpulse", "streaming": "bare Starlette StreamingResponse"}
-        labels |= (
-            {"sse-starlette": "bare sse-starlette EventSourceResponse"} if "sse-starlette" in mem else {}
-        )
+        if "sse-starlette" in mem:
+            labels["sse-starlette"] = "bare sse-starlette EventSourceResponse"
         rows = []
         for k, label in labels.items():
             r = mem[k]
@@ -804,14 +797,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
 async def _run(parts: list[str], sizes: Sizes, tmp: str) -> dict[str, Any]:
     pool = ClientPool(sizes.client_procs)
     try:
-        results: dict[str, Any] = {}
-        if "latency" in parts:
-            results["latency"] = await latency(sizes, pool, tmp)
-        if "memory" in parts:
-            results["memory"] = await memory(sizes, pool, tmp)
-        if "grpc" in parts:
-            results["grpc"] = await grpc_unaffected(sizes, pool, tmp)
-        return results
+        steps = {"latency": latency, "memory": memory, "grpc": grpc_unaffected}
+        return {part: await steps[part](sizes, pool, tmp) for part in PARTS if part in parts}
     finally:
         await asyncio.to_thread(pool.stop)
 
