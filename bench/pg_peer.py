@@ -232,18 +232,9 @@ async def _drain(
             if kinds and c.chunks != sum(items for kind, items in jobs if kind in kinds):
                 raise RuntimeError(f"{key}: the workers of {kinds} completed {c.chunks} chunks")
         await _recount(key, dsn, listed.jobs, groups)
-    return _row(
-        name,
-        n,
-        measured.pop("seconds"),
-        counts.rpcs,
-        mode=mode.key,
-        jobs=len(jobs),
-        workers=sum(workers for _, workers in groups),
-        **measured,
-        counts=counts.as_dict(),
-        group_chunks=[c.chunks for c in group_counts],
-    )
+    measured |= {"mode": mode.key, "jobs": len(jobs), "workers": sum(workers for _, workers in groups)}
+    measured |= {"counts": counts.as_dict(), "group_chunks": [c.chunks for c in group_counts]}
+    return _row(name, n, measured.pop("seconds"), counts.rpcs, **measured)
 
 
 # ChunkState's numbers (domain/model.py, the proto's ChunkState) -> the summary's fields.
