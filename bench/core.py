@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import sys
 import tempfile
@@ -121,14 +122,13 @@ def _log(msg: str) -> None:
 
 
 async def _run(
-    settings: Settings,
-    reader: ServerProcess,
-    worker: ServerProcess,
-    bare: BareServer,
-    floor: Child,
-) -> dict[str, Any]:
-    s = settings
+    s: Settings, reader: ServerProcess, worker: ServerProcess, bare: BareServer, floor: Child
+) -> Any:
     results: dict[str, Any] = {}
+    timed = functools.partial(
+        scenarios.latencies, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+    )
+    chunks = functools.partial(scenarios.chunk_throughput, workers=s.chunk_workers)
     jp = scenarios.Target.open(reader)
     bt = scenarios.Target.open(bare)
     try:
@@ -178,9 +178,7 @@ async def _run(
             scenarios.LatencyCase(name, call, bt.get_job(key, basic), size.ByteSize(), reader, bare)
             for name, call, key, size in rows
         ]
-        results["latency"] = await scenarios.latencies(
-            cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
-        )
+        results["latency"] = await timed(cases)
 
         # After the rows above, which must not see the job change under them.
         _log("2b. GetJob FULL, a new revision before each call")
@@ -188,20 +186,11 @@ async def _run(
         await relabel()
         big_full_rev = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         bare.set_response(BARE_BIG_FULL_NEW_REVISION, big_full_rev.SerializeToString())
+        pair = jp.get_job(data.big_job_id, full), bt.get_job(BARE_BIG_FULL_NEW_REVISION, basic)
         new_revision = scenarios.LatencyCase(
-            "getjob_full_1000_new_revision",
-            jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
-            bt.get_job(BARE_BIG_FULL_NEW_REVISION, job_pb2.JOB_VIEW_BASIC),
-            big_full_rev.ByteSize(),
-            reader,
-            bare,
-            prepare=relabel,
+            "getjob_full_1000_new_revision", *pair, big_full_rev.ByteSize(), reader, bare, prepare=relabel
         )
-        results["latency"].update(
-            await scenarios.latencies(
-                [new_revision], calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
-            )
-        )
+        results["latency"].update(await timed([new_revision]))
         last = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         # The size may move by a byte or two: timestamps are varints.
         if (
@@ -227,29 +216,19 @@ async def _run(
         # Every other round the floor goes first and the modes run backwards, so drift hits both alike.
         for target, keys, into in servers if r % 2 == 0 else reversed(servers):
             for key in keys if r % 2 == 0 else reversed(keys):
-                into[key].append(
-                    await scenarios.chunk_throughput(
-                        target,
-                        mode=work.MODES[key],
-                        workers=s.chunk_workers,
-                        backlog=s.chunk_backlog,
-                        seconds=s.chunk_seconds,
-                    )
+                row = await chunks(
+                    target, mode=work.MODES[key], backlog=s.chunk_backlog, seconds=s.chunk_seconds
                 )
+                into[key].append(row)
     results["chunks"] = {key: _merge_chunk_runs(rows) for key, rows in runs.items()}
     results["chunk_floors"] = {key: _merge_chunk_runs(rows) for key, rows in floors.items()}
     results["backlog_sensitivity"] = []
     for backlog in s.sensitivity_backlogs:
         _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
-        results["backlog_sensitivity"].append(
-            await scenarios.chunk_throughput(
-                worker,
-                mode=work.MODES["one_by_one"],
-                workers=s.chunk_workers,
-                backlog=backlog,
-                seconds=s.sensitivity_seconds,
-            )
+        row = await chunks(
+            worker, mode=work.MODES["one_by_one"], backlog=backlog, seconds=s.sensitivity_seconds
         )
+        results["backlog_sensitivity"].append(row)
     return results
 
 
@@ -261,14 +240,10 @@ def _relabel(target: scenarios.Target, job_id: str) -> Call:
     async def call() -> Any:
         nonlocal counter
         counter += 1
-        return await stub.UpdateJob(
-            job_service_pb2.UpdateJobRequest(
-                job_id=job_id,
-                labels={"team": "bench", "tier": "gold", "rev": str(counter)},
-                update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
-            ),
-            timeout=scenarios.TIMEOUT,
-        )
+        labels = {"team": "bench", "tier": "gold", "rev": str(counter)}
+        mask = field_mask_pb2.FieldMask(paths=["labels"])
+        request = job_service_pb2.UpdateJobRequest(job_id=job_id, labels=labels, update_mask=mask)
+        return await stub.UpdateJob(request, timeout=scenarios.TIMEOUT)
 
     return call
 
