@@ -118,10 +118,7 @@ def _ask(request: worker_service_pb2.ClaimChunksRequest) -> ClaimRequest:
 
 
 class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
-    """SQLite: ClaimChunks, CompleteChunk and CompleteChunks straight to ``WorkerService``, with the answer
-    built as the servicer builds it; no checks of the request (the bench's are well formed). A
-    completion refused fails the call (CompleteChunk) or comes back not ok (CompleteChunks), as from
-    jobpulse."""
+    """SQLite: the worker RPCs straight to ``WorkerService``, answered as the servicer answers them."""
 
     def __init__(self, work: WorkerService) -> None:
         self.work = work
@@ -163,9 +160,7 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
 
 
 class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
-    """SQLite: what bench.scenarios.chunk_throughput asks of JobService besides the workers' calls (the
-    row's job made, its counts read, what is left of it cancelled), through ``JobService``; each answers
-    with the job in BASIC view."""
+    """SQLite: what bench.scenarios.chunk_throughput asks of JobService, through ``JobService``."""
 
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs

@@ -296,11 +296,8 @@ GRPC_FLOORS = {
 
 
 async def grpc_floor(n: int, workers: int, key: str) -> dict[str, Any]:
-    """The floor of a worker row under gRPC: the jobpulse row's workers (``key``: one by one, or
-    CompleteChunks of 10 with claim_next of 10) against ``bench.grpc_floor``, whose handlers hand each
-    call straight to the store's group-committed path with nothing of jobpulse's own around it. The jobs
-    are made by a jobpulse server (which migrates the database), stopped before the clock starts;
-    afterwards every chunk must be completed once."""
+    """The jobpulse row's workers against ``bench.grpc_floor``; the jobs are made by a jobpulse server
+    (which migrates the database) stopped before the clock starts; every chunk must be completed once."""
     name, mode_key = GRPC_FLOORS[key]
     async with procs.database("postgresql", key) as dsn:
         server = procs.Jobpulse(dsn)

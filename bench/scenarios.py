@@ -196,13 +196,9 @@ async def chunk_throughput(
     backlog: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """``workers`` asyncio workers claim and complete chunks as ``mode`` says, for ``seconds``.
-
-    A fresh job of ``backlog`` one-item chunks is the only pending work; what is left of it when
-    time is up is cancelled so it does not weigh on the next measurement. Workers started before the
-    deadline finish what they hold (without claiming more), and the clock runs until the last one has.
-    The job's COMPLETED count is checked against the completions counted.
-    """
+    """``workers`` claim and complete chunks of a fresh job of ``backlog`` as ``mode`` says for ``seconds``
+    (the clock runs until the last has finished what it holds); what is left is cancelled so it does not
+    weigh on the next row, and the job's COMPLETED count must equal the completions counted."""
     async with grpc.aio.insecure_channel(target.address) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
