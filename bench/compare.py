@@ -1,24 +1,15 @@
 """Two revisions of the server side by side in one run: the worker throughput rows, alternating.
 
-    python -m bench compare --base 94b6182                          # this tree against 94b6182, SQLite
-    python -m bench compare --base HEAD~3 --database postgresql --rounds 6
-    python -m bench compare --base main --head HEAD --modes complete_and_claim --seconds 8
+    python -m bench compare --base REV [--head REV] [--database postgresql] [--rounds 6] [--modes ...]
 
-The 2-core machines this project is measured on drift by a factor of two from one hour to the next, so
-a figure from an earlier run says little about a change; only two revisions measured in the same run,
-round by round, do. This starts three servers at once: jobpulse at ``--base`` (A), jobpulse at
-``--head`` (B, default: this working tree, uncommitted changes included) and the bare grpc.aio server.
-A revision is checked out with ``git worktree add --detach`` into a temporary directory (removed at the
-end) and served with its own code first on PYTHONPATH; the packages of this environment serve both.
-Each server has a database of its own: a SQLite file, or a fresh PostgreSQL database
-(``JOBPULSE_BENCH_PG``, as for every PostgreSQL scenario) dropped at the end.
-
-Each round measures the bare server's calls/s at ``--workers`` in flight, then each mode of
-``--modes`` (bench.work.MODES) on A and on B, for ``--seconds`` each, with the order of A and B
-flipped every round (a fresh job of ``--backlog`` chunks each time, as bench.core's rows). The
-servers sit idle while another is measured. At the end: the medians over the rounds, each
-revision's chunks/s against the bare calls/s, B against A, and the server CPU per chunk. Figures
-from one run only: run it alone (a test suite or another benchmark beside it makes both lie).
+The 2-core machines this is measured on drift by a factor of two from hour to hour, so only two
+revisions measured round by round in one run say anything about a change. Three servers run at once:
+``--base`` (A), ``--head`` (B; default this working tree, changes included), each checked out with
+``git worktree add --detach`` into a temporary directory and served with its own code first on
+PYTHONPATH, each on a database of its own; and the bare grpc.aio server. Each round measures the bare
+calls/s at ``--workers`` in flight, then each mode on A and B (order flipped every round, a fresh job
+each time, as bench.core's rows). Printed: medians over the rounds, chunks/s against bare, B / A, and
+server CPU per chunk. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -29,14 +20,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from support.servers import ServerProcess
 
-from bench import procs, scenarios, work
+from bench import procs, report, scenarios, work
 from bench.bare import BareServer, padded_get_job_response
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,40 +116,25 @@ def render(
     args: argparse.Namespace,
 ) -> str:
     bare = statistics.median(bare_rates)
-    out = [
-        f"A: {names['A']}",
-        f"B: {names['B']}",
-        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
-        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight",
-        f"{'mode':<26}{'A chunks/s':>12}{'B chunks/s':>12}{'B / A':>8}{'A / bare':>10}{'B / bare':>10}"
-        f"{'A CPU/chunk':>13}{'B CPU/chunk':>13}",
-    ]
-    for mode in args.modes:
-        a = statistics.median(r["chunks_per_second"] for r in rows[("A", mode)])
-        b = statistics.median(r["chunks_per_second"] for r in rows[("B", mode)])
-        cpu = {
-            side: statistics.median(
-                r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]
-            )
-            if any(r["server_cpu_us_per_chunk"] for r in rows[(side, mode)])
-            else None
-            for side in "AB"
-        }
-        out.append(
-            f"{mode:<26}{a:>12,.0f}{b:>12,.0f}{b / a:>8.3f}{a / bare:>10.3f}{b / bare:>10.3f}"
-            f"{_us(cpu['A']):>13}{_us(cpu['B']):>13}"
-        )
-    spread = {
-        mode: [
-            rb["chunks_per_second"] / ra["chunks_per_second"]
-            for ra, rb in zip(rows[("A", mode)], rows[("B", mode)], strict=True)
-        ]
-        for mode in args.modes
-    }
+    out = [f"A: {names['A']}", f"B: {names['B']}"]
     out.append(
-        "B / A round by round (how far apart the rounds are is the noise): "
-        + "; ".join(f"{m} " + " ".join(f"{x:.2f}" for x in xs) for m, xs in spread.items())
+        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
+        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight"
     )
+    cells, spread = [], []
+    for mode in args.modes:
+        a, b = ([r["chunks_per_second"] for r in rows[(side, mode)]] for side in "AB")
+        cpu = [
+            [r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]]
+            for side in "AB"
+        ]
+        ma, mb = statistics.median(a), statistics.median(b)
+        ratios = [f"{ma:,.0f}", f"{mb:,.0f}", f"{mb / ma:.3f}", f"{ma / bare:.3f}", f"{mb / bare:.3f}"]
+        cells.append([mode, *ratios, *(_us(statistics.median(c) if c else None) for c in cpu)])
+        spread.append(f"{mode} " + " ".join(f"{y / x:.2f}" for x, y in zip(a, b, strict=True)))
+    head = ["mode", "A chunks/s", "B chunks/s", "B / A", "A / bare", "B / bare", "A CPU/chunk", "B CPU/chunk"]
+    out += report.table(head, cells, indent="")
+    out.append("B / A round by round (how far apart the rounds are is the noise): " + "; ".join(spread))
     return "\n".join(out)
 
 
@@ -178,8 +154,8 @@ async def served(
             async with AsyncExitStack() as stack:
                 url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
                 url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
-                a = procs.jobpulse(url_a, pythonpath=pythonpath(tree_a))
-                b = procs.jobpulse(url_b, pythonpath=pythonpath(tree_b))
+                a = procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a))
+                b = procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b))
                 bare = BareServer()
                 try:
                     for server in (a, b, bare):
@@ -196,46 +172,37 @@ async def run(args: argparse.Namespace) -> str:
     return render(names, bare_rates, rows, args)
 
 
-def revision_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """The command line of a comparison of two revisions: --base, --head and --database."""
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--base", required=True, help="revision A (any git revision: a commit, a branch, HEAD~2)")
     p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
     p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    return p
-
-
-def print_report(prog: str, report: Coroutine[Any, Any, str]) -> int:
-    """Runs a comparison and prints its report; a revision git does not know is a one-line error (2)."""
-    try:
-        print(asyncio.run(report), flush=True)
-    except GitError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = revision_parser("python -m bench compare", __doc__)
+    modes = ", ".join(work.MODES)
     p.add_argument(
         "--modes",
         type=lambda s: s.split(","),
         default=["complete_and_claim", "one_by_one"],
-        help=f"comma-separated, of: {', '.join(work.MODES)} (default complete_and_claim,one_by_one)",
+        help=f"comma-separated, of: {modes} (default complete_and_claim,one_by_one)",
     )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0, help="per row and round (default 5)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--backlog", type=int, default=50_000, help="chunks of each row's fresh job")
     args = p.parse_args(argv)
-    unknown = [m for m in args.modes if m not in work.MODES]
-    if unknown:
-        p.error(f"unknown mode {', '.join(unknown)}; one of {', '.join(work.MODES)}")
+    if unknown := [m for m in args.modes if m not in work.MODES]:
+        p.error(f"unknown mode {', '.join(unknown)}; one of {modes}")
     if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:
         p.error("--rounds and --workers must be at least 1, --seconds more than 0")
-    return print_report("bench.compare", run(args))
+    try:
+        print(asyncio.run(run(args)), flush=True)
+    except GitError as exc:  # a revision git does not know
+        print(f"bench.compare: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

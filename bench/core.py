@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import field_mask_pb2
 from support.servers import ServerProcess
 
@@ -30,10 +30,8 @@ from bench import figures, procs, report, scenarios, seed, watch_streams, work
 from bench.bare import BareServer, padded_get_job_response
 from bench.grpc_floor import floor_server
 from bench.load import Call
-from bench.procs import Child, Served
-from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
-from jobpulse_server.platform import gc_tuning
-from jobpulse_server.platform.config import Config
+from bench.procs import Child
+from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2_grpc
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -92,26 +90,22 @@ FULL = Settings(
     watch_chunks_per_job=10,
 )
 
-QUICK = Settings(
+QUICK = replace(
+    FULL,
     mode="quick",
     list_jobs=300,
-    concurrency=16,
     rate_rounds=2,
     rate_seconds=1.0,
     rate_warmup=0.3,
     latency_calls=60,
     latency_blocks=2,
     latency_warmup=5,
-    list_page_size=20,
-    chunk_workers=4,
     chunk_backlog=20_000,
     chunk_seconds=2.5,
     chunk_rounds=1,
     sensitivity_backlogs=(),
     sensitivity_seconds=0.0,
     watch_jobs=400,
-    watch_in_flight=4,
-    watch_chunks_per_job=10,
 )
 
 # Section 3: the modes in the order of the first round (later rounds alternate it).
@@ -124,18 +118,17 @@ FIRST_REVISION_LABEL = 100_000
 
 
 def _log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    report.log(msg)
 
 
 async def _run(
-    settings: Settings,
-    reader: ServerProcess,
-    worker: ServerProcess,
-    bare: BareServer,
-    floor: Child,
-) -> dict[str, Any]:
-    s = settings
+    s: Settings, reader: ServerProcess, worker: ServerProcess, bare: BareServer, floor: Child
+) -> Any:
     results: dict[str, Any] = {}
+    timed = functools.partial(
+        scenarios.latencies, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+    )
+    chunks = functools.partial(scenarios.chunk_throughput, workers=s.chunk_workers)
     jp = scenarios.Target.open(reader)
     bt = scenarios.Target.open(bare)
     try:
@@ -175,35 +168,17 @@ async def _run(
         )
 
         _log("2. latency")
-        cases = [
-            scenarios.LatencyCase(
-                "getjob_basic_1000",
-                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_BASIC),
-                bt.get_job(BARE_BIG_BASIC, job_pb2.JOB_VIEW_BASIC),
-                big_basic.ByteSize(),
-                reader,
-                bare,
-            ),
-            scenarios.LatencyCase(
-                "getjob_full_1000",
-                jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
-                bt.get_job(BARE_BIG_FULL, job_pb2.JOB_VIEW_BASIC),
-                big_full.ByteSize(),
-                reader,
-                bare,
-            ),
-            scenarios.LatencyCase(
-                "listjobs_20",
-                jp.list_jobs(s.list_page_size),
-                bt.get_job(BARE_LIST_PAGE, job_pb2.JOB_VIEW_BASIC),
-                list_page.ByteSize(),
-                reader,
-                bare,
-            ),
-        ]
-        results["latency"] = await scenarios.latencies(
-            cases, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
+        basic, full = job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL
+        rows = (
+            ("getjob_basic_1000", jp.get_job(data.big_job_id, basic), BARE_BIG_BASIC, big_basic),
+            ("getjob_full_1000", jp.get_job(data.big_job_id, full), BARE_BIG_FULL, big_full),
+            ("listjobs_20", jp.list_jobs(s.list_page_size), BARE_LIST_PAGE, list_page),
         )
+        cases = [
+            scenarios.LatencyCase(name, call, bt.get_job(key, basic), size.ByteSize(), reader, bare)
+            for name, call, key, size in rows
+        ]
+        results["latency"] = await timed(cases)
 
         # After the rows above, which must not see the job change under them.
         _log("2b. GetJob FULL, a new revision before each call")
@@ -211,20 +186,11 @@ async def _run(
         await relabel()
         big_full_rev = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         bare.set_response(BARE_BIG_FULL_NEW_REVISION, big_full_rev.SerializeToString())
+        pair = jp.get_job(data.big_job_id, full), bt.get_job(BARE_BIG_FULL_NEW_REVISION, basic)
         new_revision = scenarios.LatencyCase(
-            "getjob_full_1000_new_revision",
-            jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL),
-            bt.get_job(BARE_BIG_FULL_NEW_REVISION, job_pb2.JOB_VIEW_BASIC),
-            big_full_rev.ByteSize(),
-            reader,
-            bare,
-            prepare=relabel,
+            "getjob_full_1000_new_revision", *pair, big_full_rev.ByteSize(), reader, bare, prepare=relabel
         )
-        results["latency"].update(
-            await scenarios.latencies(
-                [new_revision], calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
-            )
-        )
+        results["latency"].update(await timed([new_revision]))
         last = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         # The size may move by a byte or two: timestamps are varints.
         if (
@@ -250,29 +216,19 @@ async def _run(
         # Every other round the floor goes first and the modes run backwards, so drift hits both alike.
         for target, keys, into in servers if r % 2 == 0 else reversed(servers):
             for key in keys if r % 2 == 0 else reversed(keys):
-                into[key].append(
-                    await scenarios.chunk_throughput(
-                        target,
-                        mode=work.MODES[key],
-                        workers=s.chunk_workers,
-                        backlog=s.chunk_backlog,
-                        seconds=s.chunk_seconds,
-                    )
+                row = await chunks(
+                    target, mode=work.MODES[key], backlog=s.chunk_backlog, seconds=s.chunk_seconds
                 )
+                into[key].append(row)
     results["chunks"] = {key: _merge_chunk_runs(rows) for key, rows in runs.items()}
     results["chunk_floors"] = {key: _merge_chunk_runs(rows) for key, rows in floors.items()}
     results["backlog_sensitivity"] = []
     for backlog in s.sensitivity_backlogs:
         _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
-        results["backlog_sensitivity"].append(
-            await scenarios.chunk_throughput(
-                worker,
-                mode=work.MODES["one_by_one"],
-                workers=s.chunk_workers,
-                backlog=backlog,
-                seconds=s.sensitivity_seconds,
-            )
+        row = await chunks(
+            worker, mode=work.MODES["one_by_one"], backlog=backlog, seconds=s.sensitivity_seconds
         )
+        results["backlog_sensitivity"].append(row)
     return results
 
 
@@ -284,14 +240,10 @@ def _relabel(target: scenarios.Target, job_id: str) -> Call:
     async def call() -> Any:
         nonlocal counter
         counter += 1
-        return await stub.UpdateJob(
-            job_service_pb2.UpdateJobRequest(
-                job_id=job_id,
-                labels={"team": "bench", "tier": "gold", "rev": str(counter)},
-                update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
-            ),
-            timeout=scenarios.TIMEOUT,
-        )
+        labels = {"team": "bench", "tier": "gold", "rev": str(counter)}
+        mask = field_mask_pb2.FieldMask(paths=["labels"])
+        request = job_service_pb2.UpdateJobRequest(job_id=job_id, labels=labels, update_mask=mask)
+        return await stub.UpdateJob(request, timeout=scenarios.TIMEOUT)
 
     return call
 
@@ -321,28 +273,18 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
-    """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there."""
+    """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there (put
+    back afterwards)."""
     s = settings
     _log(f"4. watch: {s.watch_jobs:,} jobs, one watcher and one change each")
-    watch_streams._raise_nofile()
-    # As bench.watch_streams does: the client holding the streams gets the server's collector settings,
-    # so its pauses do not land in either server's latency. Put back afterwards.
+    procs.raise_nofile()
     threshold = gc.get_threshold()
-    gc_tuning.tune(Config.gc_threshold)
+    procs.tune_gc()
     try:
         return watch_streams.run_many_jobs(tmp, s.watch_jobs, s.watch_in_flight, s.watch_chunks_per_job)
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
-
-
-async def _check_ready(server: Served) -> None:
-    """Waits for the server to answer (the port is bound before the first call is served)."""
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        if isinstance(server, ServerProcess):
-            stub = job_service_pb2_grpc.JobServiceStub(channel)
-            await stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=1), timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,36 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
 
-    started = time.perf_counter()
-    load_before = report.load_average()
+    run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
         _log(f"{settings.mode} run; starting servers (databases under {tmp})")
-        reader = procs.jobpulse(f"sqlite:///{tmp}/read.db")
-        worker = procs.jobpulse(f"sqlite:///{tmp}/work.db")
+        reader = procs.Jobpulse(f"sqlite:///{tmp}/read.db")
+        worker = procs.Jobpulse(f"sqlite:///{tmp}/work.db")
         bare = BareServer()
         floor: Child | None = None
         try:
-            for server in (reader, worker):
-                server.start(timeout=60)
-            bare.start()
+            for server in (reader, worker, bare):
+                server.start()
             floor = floor_server(f"sqlite:///{tmp}/floor.db")
-
-            async def go(floor: Child) -> dict[str, Any]:
-                await asyncio.gather(*(_check_ready(server) for server in (reader, worker, bare, floor)))
-                return await _run(settings, reader, worker, bare, floor)
-
-            results = asyncio.run(go(floor))
+            results = asyncio.run(_run(settings, reader, worker, bare, floor))
         finally:
             for stop in (reader.close, worker.close, bare.close, *([floor.close] if floor else [])):
                 stop()
         results["watch"] = _watch(settings, tmp)
 
+    run.stamp(results)
     results["settings"] = asdict(settings)
-    results["machine"] = report.machine_facts()
-    results["load_before"] = load_before
-    results["load_after"] = report.load_average()
-    results["elapsed_seconds"] = time.perf_counter() - started
-    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["targets"] = [goal.as_dict() for goal in report.goals(results)]
     print(report.render(results), flush=True)
     report.write_json(results, args.json)

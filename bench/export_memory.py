@@ -1,27 +1,18 @@
-"""Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite.
+"""Memory of an export: ExportJobs and ``jobpulse export`` at 200,000 jobs beside 2,000, on SQLite
+(JOBPULSE_BENCH_EXPORT_JOBS and _BASELINE change the sizes).
 
-    python -m bench export                                  # 200,000 jobs; baseline 2,000
-    JOBPULSE_BENCH_EXPORT_JOBS=3000 JOBPULSE_BENCH_EXPORT_BASELINE=300 python -m bench export
-
-For each size, baseline first: a fresh SQLite file migrated by the server's Alembic migrations, the
-jobs bulk-loaded straight into it (``bench.listing_scale``'s synthetic jobs: varied states, kinds,
-owners, labels, metadata; about 10 s for 200,000), then a jobpulse server in a process of its own
-(open mode: it exports every owner's jobs) and ``jobpulse export --format csv`` of every job in a
-second process. The export's output goes to a pipe this process reads in 1 MiB blocks and throws
-away, counting the rows on the way, so the figure is checked; the CLI sees what /dev/null would be.
-
-Reported per size: the server's peak RSS (VmHWM, /proc/<pid>/status) once it serves and before the
-export, and after it; the CLI's peak RSS (ru_maxrss of its own wait4); rows and time. Flat memory
-means the ratios of the large export to the baseline stay near 1 (a server that kept every job, or
-a CLI that built the document in memory, would grow by hundreds of MB at 200,000 jobs).
+Per size, baseline first: a fresh migrated SQLite file bulk-loaded with ``bench.listing_scale``'s
+synthetic jobs, a jobpulse server (open mode: every owner's jobs) and ``jobpulse export --format csv``
+in a second process, whose output this process reads and counts (the CLI sees what /dev/null would).
+Reported: the server's peak RSS (VmHWM) before and after the export, the CLI's own VmHWM, rows and time.
+Flat memory means the ratios to the baseline stay near 1 (a server keeping every job, or a CLI building
+the document in memory, would grow by hundreds of MB).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,10 +20,10 @@ import time
 from dataclasses import dataclass
 
 from bench import procs, report
-from bench.listing_scale import Backend, load_sqlite, migrate
+from bench.listing_scale import Backend, load_sqlite
 
-JOBS = int(os.environ.get("JOBPULSE_BENCH_EXPORT_JOBS", "200000"))
-BASELINE = int(os.environ.get("JOBPULSE_BENCH_EXPORT_BASELINE", "2000"))
+JOBS = report.env_size("JOBPULSE_BENCH_EXPORT_JOBS", 200_000)
+BASELINE = report.env_size("JOBPULSE_BENCH_EXPORT_BASELINE", 2000)
 EXPORT_TIMEOUT = 900.0
 
 
@@ -89,23 +80,19 @@ def _export(target: str) -> tuple[int, int, float]:
 
 def measure(n_jobs: int) -> Run:
     run = Run(n_jobs)
-    tmp = tempfile.mkdtemp(prefix="jobpulse-export-")
-    backend = Backend("sqlite", f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
-    try:
+    with tempfile.TemporaryDirectory(prefix="jobpulse-export-") as tmp:
+        backend = Backend("sqlite", f"sqlite:///{tmp}/jobs.db", n_jobs)
         t0 = time.perf_counter()
-        asyncio.run(migrate(backend))
+        asyncio.run(procs.migrate(backend.url))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
-        server = procs.jobpulse(backend.url).start(timeout=60)
+        server = procs.Jobpulse(backend.url).start()
         try:
-            assert server.proc is not None
-            run.server_start_kib = procs.status_kib(server.proc.pid, "VmHWM")
+            run.server_start_kib = procs.status_kib(server.pid, "VmHWM")
             run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
-            run.server_peak_kib = procs.status_kib(server.proc.pid, "VmHWM")
+            run.server_peak_kib = procs.status_kib(server.pid, "VmHWM")
         finally:
             server.close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if run.rows != n_jobs:
         raise RuntimeError(f"exported {run.rows} rows of {n_jobs} jobs")
     return run
@@ -116,53 +103,30 @@ def _mib(kib: int) -> str:
 
 
 def render(base: Run, big: Run) -> str:
-    def row(name: str, a: str, b: str, ratio: str) -> str:
-        return f"| {name} | {a} | {b} | {ratio} |"
-
     def ratio(a: float, b: float) -> str:
         return f"{b / a:.2f}" if a else "n/a"
 
-    lines = [
-        f"ExportJobs memory on SQLite: {big.jobs:,} jobs beside a baseline of {base.jobs:,} (same run)",
-        "",
-        row("", f"baseline, {base.jobs:,} jobs", f"{big.jobs:,} jobs", "ratio"),
-        "| --- | --- | --- | --- |",
-        row(
-            "server peak RSS before the export",
-            _mib(base.server_start_kib),
-            _mib(big.server_start_kib),
-            ratio(base.server_start_kib, big.server_start_kib),
-        ),
-        row(
-            "server peak RSS after the export",
-            _mib(base.server_peak_kib),
-            _mib(big.server_peak_kib),
-            ratio(base.server_peak_kib, big.server_peak_kib),
-        ),
-        row(
-            "server growth during the export",
-            _mib(base.server_peak_kib - base.server_start_kib),
-            _mib(big.server_peak_kib - big.server_start_kib),
-            "",
-        ),
-        row(
-            "CLI peak RSS (jobpulse export --format csv)",
-            _mib(base.cli_peak_kib),
-            _mib(big.cli_peak_kib),
-            ratio(base.cli_peak_kib, big.cli_peak_kib),
-        ),
-        row("rows exported", f"{base.rows:,}", f"{big.rows:,}", ""),
-        row(
+    rows = [["", f"baseline, {base.jobs:,} jobs", f"{big.jobs:,} jobs", "ratio"], ["---"] * 4]
+    for name, kib in (
+        ("server peak RSS before the export", lambda r: r.server_start_kib),
+        ("server peak RSS after the export", lambda r: r.server_peak_kib),
+        ("server growth during the export", lambda r: r.server_peak_kib - r.server_start_kib),
+        ("CLI peak RSS (jobpulse export --format csv)", lambda r: r.cli_peak_kib),
+    ):
+        growth = name.startswith("server growth")
+        rows.append([name, _mib(kib(base)), _mib(kib(big)), "" if growth else ratio(kib(base), kib(big))])
+    rows.append(["rows exported", f"{base.rows:,}", f"{big.rows:,}", ""])
+    rows.append(
+        [
             "export time, jobs/s",
-            f"{base.export_s:.2f} s, {base.rows / base.export_s:,.0f}/s",
-            f"{big.export_s:.2f} s, {big.rows / big.export_s:,.0f}/s",
+            *(f"{r.export_s:.2f} s, {r.rows / r.export_s:,.0f}/s" for r in (base, big)),
             "",
-        ),
-        row("seeding (migrate + bulk insert)", f"{base.seed_s:.1f} s", f"{big.seed_s:.1f} s", ""),
-        "",
-        "Flat memory: the peak ratios stay near 1.",
-    ]
-    return "\n".join(lines)
+        ]
+    )
+    rows.append(["seeding (migrate + bulk insert)", f"{base.seed_s:.1f} s", f"{big.seed_s:.1f} s", ""])
+    title = f"ExportJobs memory on SQLite: {big.jobs:,} jobs beside a baseline of {base.jobs:,} (same run)"
+    table = ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([title, "", *table, "", "Flat memory: the peak ratios stay near 1."])
 
 
 def main(argv: list[str] | None = None) -> int:

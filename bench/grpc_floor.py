@@ -1,26 +1,13 @@
-"""The floor of the worker path under gRPC: a grpc.aio server that does nothing but the store's work
-behind ClaimChunks, CompleteChunk and CompleteChunks. On PostgreSQL that is the store's group-committed
-path (store/batch/); on SQLite, which has no path below the service (a write there is the service's
-transaction on the loop), ``WorkerService`` itself, called as the servicer calls it.
+"""The floor of the worker path under gRPC: a grpc.aio server doing nothing but the store's work behind
+ClaimChunks, CompleteChunk and CompleteChunks, with no service layer, call guard, request checks, change
+hub or HTTP side, and the collector tuned as jobpulse tunes it. Answers use the server's own claim
+encoding (``api/workers._add_claims``), so the wire messages are jobpulse's: the rows driven against it
+show what jobpulse's could reach if everything of its own around the store and gRPC cost nothing.
 
-No service layer, no call guard (keys, rate limits, metrics, tracing, logs), no request checks, no
-change hub, no HTTP side; the collector tuned as jobpulse tunes it (platform/gc_tuning.py). Each call's
-completions and claim go to ``SqlStore.batch`` as they come, and the answer is built with the server's
-own encoding of a claim (``api/workers._add_claims``), so the messages on the wire are the ones
-jobpulse sends. bench.pg_peer drives it with the same workers as the jobpulse rows (one by one, and
-CompleteChunks of 10 with claim_next): what those rows could reach on this machine if everything of
-jobpulse's own around the store and gRPC cost nothing.
-A completion the store declines (none should: the bench's jobs have no webhooks and its leases are
-current) is answered not ok, and the row's check then fails.
-
-On SQLite the floor also answers CreateJob, GetJob (BASIC view) and CancelJob through
-``JobService``, so that bench.core's worker rows (bench.scenarios.chunk_throughput) run against it as
-they run against jobpulse: what those rows could reach if the call guard (keys, rate limits, RPC metrics,
-access log), the request checks and the HTTP side cost nothing. ``floor_server`` runs it in a process of
-its own.
-
-Only for the benchmark: a PostgreSQL database must be migrated already (bench.pg_peer makes its jobs with a
-jobpulse server first); a SQLite file is migrated at start.
+On PostgreSQL it is the store's group-committed path (store/batch/; the database must be migrated
+already). On SQLite, which has no path below the service, it is ``WorkerService`` itself, plus CreateJob,
+GetJob and CancelJob through ``JobService`` so that bench.scenarios.chunk_throughput runs against it as
+against jobpulse (the file is migrated at start). A declined completion fails its row's check.
 """
 
 from __future__ import annotations
@@ -131,10 +118,7 @@ def _ask(request: worker_service_pb2.ClaimChunksRequest) -> ClaimRequest:
 
 
 class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
-    """SQLite: ClaimChunks, CompleteChunk and CompleteChunks straight to ``WorkerService``, with the answer
-    built as the servicer builds it; no checks of the request (the bench's are well formed). A
-    completion refused fails the call (CompleteChunk) or comes back not ok (CompleteChunks), as from
-    jobpulse."""
+    """SQLite: the worker RPCs straight to ``WorkerService``, answered as the servicer answers them."""
 
     def __init__(self, work: WorkerService) -> None:
         self.work = work
@@ -176,9 +160,7 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
 
 
 class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
-    """SQLite: what bench.scenarios.chunk_throughput asks of JobService besides the workers' calls (the
-    row's job made, its counts read, what is left of it cancelled), through ``JobService``; each answers
-    with the job in BASIC view."""
+    """SQLite: what bench.scenarios.chunk_throughput asks of JobService, through ``JobService``."""
 
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs

@@ -1,49 +1,22 @@
-"""The HTTP side's Server-Sent Events (``GET /v1/jobs/{id}/events``) against baselines measured in the
-same run: WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and the gRPC side with
-the HTTP side off.
+"""The HTTP side's Server-Sent Events (``GET /v1/jobs/{id}/events``) against baselines of the same run:
+WatchJob on the same server, a bare Starlette + uvicorn SSE endpoint, and gRPC with the HTTP side off.
 
-    python -m bench http                  # full run (1,000 / 2,000 / 200 streams), a few minutes
-    python -m bench http --quick          # smoke run: small sizes, about a minute
-    python -m bench http --only memory    # one part: latency, memory, grpc (comma-separated)
+    python -m bench http [--quick] [--only latency,memory,grpc]
 
-Sizes (environment; ``--quick`` only changes the defaults):
-    JOBPULSE_BENCH_HTTP_CLIENTS          streams on one job for the delivery latency (1000)
-    JOBPULSE_BENCH_HTTP_ROUNDS           timed changes per block (20)
-    JOBPULSE_BENCH_HTTP_BLOCKS           blocks of each kind, run SSE, gRPC, gRPC, SSE, ... (2)
-    JOBPULSE_BENCH_HTTP_IDLE             idle SSE streams for the memory figure (2000)
-    JOBPULSE_BENCH_HTTP_SETTLE           seconds the streams stay idle before RSS is read (2)
-    JOBPULSE_BENCH_HTTP_LOAD_STREAMS     idle SSE streams open while GetJob is measured (200)
-    JOBPULSE_BENCH_HTTP_GETJOB_SECONDS   seconds per GetJob round (5)
-    JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS    GetJob rounds per server, alternating off / on (4)
-    JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY  GetJob calls in flight (16)
-    JOBPULSE_BENCH_HTTP_CLIENT_PROCS     client processes holding the streams (1)
+Sizes: the JOBPULSE_BENCH_HTTP_* variables read in ``Sizes`` (``--quick`` only changes the defaults).
+Servers and stream-holding clients run in processes of their own; all read CLOCK_MONOTONIC, so a
+client's arrival time minus this process's sending time is a latency.
 
-Processes: jobpulse runs as users run it (``python -m jobpulse_server``, JOBPULSE_* variables, SQLite in
-a temporary directory, logging at INFO to /dev/null as ``bench.procs`` runs it; the HTTP side on a free
-``JOBPULSE_HTTP_PORT``); the bare SSE servers run in processes of their own (``BareSseProcess``); the
-streams are held by client processes (``ClientPool``), never by a server's loop. This process makes the
-changes and the GetJob load. Every process here reads the same clock (CLOCK_MONOTONIC, system-wide on
-Linux), so a client's arrival time minus this process's sending time is a latency.
-
-1. Delivery latency: N SSE streams (raw asyncio connections: the client looks for ``id: N`` lines and
-   nothing else, so it costs far less than the server) and N WatchJob streams (grpc.aio) on one job of
-   one server, in blocks of one kind at a time, alternating (SSE, gRPC, gRPC, SSE: a drift of the machine
-   weighs on both alike). A change is a worker's RPC on a chunk of the job, ReportChunkProgress and
-   CompleteChunk (with claim_next, so the next chunk is claimed in the same transaction) in turn; its
-   latency on a stream is from just before the RPC is sent to the stream's receiving the event that
-   carries the new revision (so it includes the RPC's own way to the commit, the same for both kinds).
-   Changes are ``watch_min_interval`` + 50 ms apart, so the pacing never holds one back.
-2. Memory per idle SSE stream: server RSS (/proc/<pid>/status VmRSS) with N streams open and idle
-   (heartbeat interval an hour), minus RSS before, over N; each server fresh, warmed with 10 streams
-   first. Baselines, each in a fresh process, both sending jobpulse's own first event (its snapshot of
-   the same job) and then waiting for ever: Starlette's StreamingResponse of an async generator, and
-   sse-starlette's EventSourceResponse (if installed). They run on uvicorn with httptools (jobpulse's
-   HTTP side is uvicorn's httptools protocol with limits) and the collector settings jobpulse applies.
-3. gRPC unaffected: GetJob (BASIC, a 10-chunk job) calls/s at a fixed number in flight from this
-   process, on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``) and on another with it on and
-   idle SSE streams open; both servers up throughout, rounds alternating off, on, off, on; medians.
-
-No figure is asserted: the run prints each beside its baseline and the targets (2 noisy cores).
+1. Delivery latency: N raw SSE streams (the client reads only ``id:`` lines, so it costs far less than
+   the server) and N WatchJob streams on one job, in blocks alternating SSE, gRPC, gRPC, SSE so drift
+   weighs on both alike. A change is a worker's ReportChunkProgress or CompleteChunk(claim_next), timed
+   from just before the RPC to the event carrying its revision; changes are spaced past
+   ``watch_min_interval`` so pacing never holds one back.
+2. Memory per idle SSE stream: server RSS growth over N idle streams (heartbeat an hour), each server
+   fresh and warmed; baselines send jobpulse's own first event then wait, on uvicorn with httptools as
+   jobpulse's HTTP side runs: Starlette StreamingResponse and sse-starlette (if installed).
+3. gRPC unaffected: GetJob (BASIC) calls/s on a server with the HTTP side off (``JOBPULSE_HTTP_PORT=-1``)
+   and one with it on and idle SSE streams open; rounds alternate off, on; medians.
 """
 
 from __future__ import annotations
@@ -51,29 +24,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import logging
-import multiprocessing as mp
-import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
-import traceback
-import urllib.request
-import uuid
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import free_port
 
 from bench import procs, report
-from bench.load import closed_loop, percentile
-from bench.procs import Child, Serving, cpu_seconds
-from bench.watch_streams import Channels, _raise_nofile, rss_kib, watch_min_interval
+from bench.load import closed_loop, summary
+from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
+from bench.report import Goal
+from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, create_job, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -81,11 +47,8 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from jobpulse_server.platform import gc_tuning
-from jobpulse_server.platform.config import Config
 
 TIMEOUT = 60.0
-OPEN_TIMEOUT = 60.0
 # Seconds a client process may take to answer a command (opening thousands of streams included).
 REPLY_TIMEOUT = OPEN_TIMEOUT + 30.0
 # TCP connections a client process has in the making at once (a burst of thousands of SYNs
@@ -103,96 +66,33 @@ PARTS = ("latency", "memory", "grpc")
 
 
 def _log(msg: str) -> None:
-    print(f"[http-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _env(name: str, default: float, kind: type = int) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return kind(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SystemExit(
-            f"{name}={raw!r}: expected {'a whole number' if kind is int else 'a number'}"
-        ) from None
-    if value <= 0:
-        raise SystemExit(f"{name}={raw!r}: must be above 0")
-    return value
+    report.log(msg, "http-bench")
 
 
 class Sizes:
-    """The run's sizes: the defaults (full or quick), each replaced by its variable when set."""
+    """The run's sizes: the defaults (full or quick), each replaced by its JOBPULSE_BENCH_HTTP_* variable."""
 
     def __init__(self, quick: bool) -> None:
-        q = quick
+        q, env = quick, report.env_size
         self.mode = "quick" if q else "full"
-        self.clients: int = _env("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)
-        self.rounds: int = _env("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)
-        self.blocks: int = _env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)
-        self.idle: int = _env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)
-        self.settle: float = _env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)
-        self.load_streams: int = _env("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)
-        self.getjob_seconds: float = _env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
-        self.getjob_rounds: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)
-        self.getjob_concurrency: int = _env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)
-        self.client_procs: int = _env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)
+        self.clients: int = env("JOBPULSE_BENCH_HTTP_CLIENTS", 50 if q else 1000)  # streams on one job
+        self.rounds: int = env("JOBPULSE_BENCH_HTTP_ROUNDS", 5 if q else 20)  # timed changes per block
+        self.blocks: int = env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)  # blocks of each kind
+        self.idle: int = env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)  # streams for the memory figure
+        self.settle: float = env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)  # idle seconds before RSS
+        self.load_streams: int = env(
+            "JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200
+        )  # open during GetJob
+        self.getjob_seconds: float = env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
+        self.getjob_rounds: int = env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)  # per server
+        self.getjob_concurrency: int = env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)  # calls in flight
+        self.client_procs: int = env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)  # processes holding streams
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
 # --- the client processes: streams held away from the servers' loops ---------------------------------
-
-
-class Tracker:
-    """Per stream: the newest revision seen and when it arrived; a countdown to a target revision."""
-
-    def __init__(self) -> None:
-        self.revision: list[int] = []
-        self.arrival: list[float] = []
-        self.first = 0  # streams that got their first revision
-        self.failed = 0  # streams refused (an HTTP status other than 200, a connection refused)
-        self.ended = 0  # streams that ended on their own (not closed by this process)
-        self.expected = 0
-        self.opened = asyncio.Event()
-        self.target: int | None = None
-        self.remaining = 0
-        self.done = asyncio.Event()
-
-    def add(self) -> int:
-        self.revision.append(0)
-        self.arrival.append(0.0)
-        return len(self.revision) - 1
-
-    def seen(self, i: int, revision: int, now: float) -> None:
-        old = self.revision[i]
-        if revision <= old:
-            return
-        self.revision[i] = revision
-        self.arrival[i] = now
-        if old == 0:
-            self.first += 1
-            self.check_open()
-        target = self.target
-        if target is not None and old < target <= revision:
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.done.set()
-
-    def check_open(self) -> None:
-        if self.expected and self.first + self.failed + self.ended >= self.expected:
-            self.opened.set()
-
-    def arm(self) -> int:
-        """Counts down to the next revision after the newest any stream has; returns that newest."""
-        base = max(self.revision, default=0)
-        self.target = base + 1
-        self.remaining = len(self.revision)
-        self.done = asyncio.Event()
-        if self.remaining == 0:
-            self.done.set()
-        return base
 
 
 class SseClient(asyncio.Protocol):
@@ -202,7 +102,7 @@ class SseClient(asyncio.Protocol):
 
     __slots__ = ("_buf", "_request", "_status", "closing", "i", "tracker", "transport")
 
-    def __init__(self, tracker: Tracker, i: int, request: bytes) -> None:
+    def __init__(self, tracker: Streams, i: int, request: bytes) -> None:
         self.tracker = tracker
         self.i = i
         self._request = request
@@ -251,188 +151,91 @@ class Holder:
     """What one client process holds: streams of one kind at a time, and the commands it obeys."""
 
     def __init__(self) -> None:
-        self.tracker = Tracker()
+        self.streams = Streams()
         self.sse: list[SseClient] = []
-        self.calls: list[Any] = []
-        self.tasks: list[asyncio.Task[None]] = []
         self.channels: Channels | None = None
         self.cpu0 = 0.0
 
     async def handle(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
-        op = msg[0]
-        if op == "sse":
-            return await self.open_sse(*msg[1:])
-        if op == "grpc":
-            return await self.open_grpc(*msg[1:])
+        op, t = msg[0], self.streams
+        if op in ("sse", "grpc"):
+            started = time.monotonic()
+            await (self.open_sse if op == "sse" else self.open_grpc)(*msg[1:])
+            await t.opened()
+            return ("opened", t.first, t.failed, t.ended, time.monotonic() - started)
         if op == "arm":
             self.cpu0 = time.process_time()
-            return ("armed", self.tracker.arm())
-        if op == "collect":
-            return await self.collect(*msg[1:])
+            return ("armed", t.arm())
+        if op == "collect":  # every stream has the armed revision: the latencies from ``sent``
+            sent, timeout = msg[1:]
+            target = t.target
+            await t.reach(timeout)
+            got = [a - sent for r, a in zip(t.revision, t.arrival, strict=True) if r >= (target or 0)]
+            return ("collected", got, len(t.revision) - len(got), time.process_time() - self.cpu0)
         if op == "state":
-            t = self.tracker
             return ("state", len(t.revision), t.first, t.failed, t.ended)
         if op == "close":
             await self.close()
             return ("closed",)
         raise ValueError(f"unknown command {op!r}")
 
-    def _expect(self, n: int) -> None:
-        """Set before the first of ``n`` new streams starts: one whose first event came in before the
-        count was raised would otherwise find the count already reached."""
-        t = self.tracker
-        t.expected = len(t.revision) + n
-        t.opened.clear()
-
-    async def _wait_open(self, started: float) -> tuple[Any, ...]:
-        t = self.tracker
-        t.check_open()
-        try:
-            await asyncio.wait_for(t.opened.wait(), OPEN_TIMEOUT)
-        except asyncio.TimeoutError:
-            pass
-        return ("opened", t.first, t.failed, t.ended, time.monotonic() - started)
-
-    async def open_sse(self, host: str, port: int, path: str, n: int) -> tuple[Any, ...]:
+    async def open_sse(self, host: str, port: int, path: str, n: int) -> None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
         request = (
             f"GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\naccept: text/event-stream\r\n"
             "cache-control: no-cache\r\n\r\n"
         ).encode()
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        tracker = self.tracker
-        self._expect(n)
+        streams = self.streams
+        streams.expect(n)
 
         async def one() -> None:
-            i = tracker.add()
+            i = streams.add()
             async with sem:
                 try:
                     _, proto = await loop.create_connection(
-                        lambda: SseClient(tracker, i, request), host, port
+                        lambda: SseClient(streams, i, request), host, port
                     )
                 except OSError:
-                    tracker.failed += 1
+                    streams.failed += 1
                     return
                 self.sse.append(proto)  # type: ignore[arg-type]
 
         await asyncio.gather(*(one() for _ in range(n)))
-        return await self._wait_open(started)
 
-    async def open_grpc(self, target: str, job_id: str, n: int) -> tuple[Any, ...]:
-        started = time.monotonic()
+    async def open_grpc(self, target: str, job_id: str, n: int) -> None:
         self.channels = Channels(target, n)
-        request = job_service_pb2.WatchJobRequest(job_id=job_id)
-        self._expect(n)
-        for k in range(n):
-            call = self.channels.stub(k).WatchJob(request, timeout=3600)
-            self.calls.append(call)
-            self.tasks.append(asyncio.ensure_future(self._read(self.tracker.add(), call)))
-        return await self._wait_open(started)
-
-    async def _read(self, i: int, call: Any) -> None:
-        # call.read() in a loop, not `async for` (one generator layer less per message), as
-        # bench.watch_streams reads. A message split in parts (``more``) counts when its last part is in:
-        # the SSE form gives the revision (the event id) only to the last part too.
-        tracker = self.tracker
-        try:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    break
-                if not msg.more:
-                    tracker.seen(i, msg.revision, time.monotonic())
-        except asyncio.CancelledError:
-            return
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-        tracker.ended += 1
-        tracker.check_open()
-
-    async def collect(self, sent: float, timeout: float) -> tuple[Any, ...]:
-        """Waits until every stream has the armed revision; the latencies from ``sent``."""
-        t = self.tracker
-        try:
-            await asyncio.wait_for(t.done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        target = t.target
-        t.target = None
-        assert target is not None
-        got = [a - sent for r, a in zip(t.revision, t.arrival, strict=True) if r >= target]
-        return ("collected", got, len(t.revision) - len(got), time.process_time() - self.cpu0)
+        self.streams.watch(self.channels, [job_id] * n)
 
     async def close(self) -> None:
         for proto in self.sse:
             proto.closing = True
             if proto.transport is not None:
                 proto.transport.close()
-        for call in self.calls:
-            call.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.streams.close()
         if self.channels is not None:
             await self.channels.close()
         await asyncio.sleep(0.1)  # the closes go out
-        self.sse, self.calls, self.tasks, self.channels = [], [], [], None
-        self.tracker = Tracker()
+        self.sse, self.channels, self.streams = [], None, Streams()
 
 
-def _client_main(conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    _raise_nofile()
-    # The settings jobpulse's server applies to its collector (as bench.watch_streams' client does): a
-    # pause of this process would otherwise land in the latency of whichever kind was being measured.
-    gc_tuning.tune(Config.gc_threshold)
-    try:
-        asyncio.run(_client_serve(conn))
-    finally:
-        conn.close()
-
-
-async def _client_serve(conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
+async def serve_client() -> Serving:
+    """A client process holding streams for this one (a ``bench.procs.Child``): port 0, the Holder's
+    commands."""
+    procs.raise_nofile()
+    procs.tune_gc()
     holder = Holder()
-    while True:
-        msg = await inbox.get()
-        if msg is None or msg[0] == "stop":
-            break
-        try:
-            reply = await holder.handle(msg)
-        except Exception:
-            reply = ("error", traceback.format_exc())
-        conn.send(reply)
-    await holder.close()
+    return 0, holder.handle, holder.close
 
 
 class ClientPool:
     """The client processes; every command goes to each, with its share of the streams."""
 
     def __init__(self, processes: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: list[Any] = []
-        for k in range(processes):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_main, args=(child,), name=f"http-bench-client-{k}", daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(conn)
-            self.procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        self.children = [Child(serve_client, name=f"http-bench-client-{k}") for k in range(processes)]
+        for child in self.children:
+            child.start()
+        self.conns = [child.conn for child in self.children]
 
     def shares(self, n: int) -> list[int]:
         k = len(self.conns)
@@ -476,16 +279,8 @@ class ClientPool:
         await self.all("close")
 
     def stop(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("stop",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(15)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        for child in self.children:
+            child.close()
 
 
 def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
@@ -505,31 +300,6 @@ def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
 
 
 # --- the servers under test --------------------------------------------------------------------------
-
-
-class Jobpulse:
-    """A jobpulse server on SQLite (``bench.procs.jobpulse``), its HTTP side on a free port (or off)."""
-
-    def __init__(self, database_url: str, *, http: bool, **settings: Any) -> None:
-        self.http_port = free_port() if http else -1
-        self.server = procs.jobpulse(database_url, http_port=self.http_port, **settings)
-        self.address = self.server.address
-
-    def start(self) -> Jobpulse:
-        self.server.start(timeout=60.0)
-        if self.http_port >= 0:
-            # The HTTP side starts before gRPC health says SERVING; make sure of it anyway.
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"/healthz answered {r.status}")
-        return self
-
-    @property
-    def proc(self) -> Any:
-        return self.server.proc
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def _bare_app(style: str, first: bytes) -> Any:
@@ -577,7 +347,7 @@ async def serve_bare_sse(style: str, first: bytes) -> Serving:
     ``bench.procs.Child``; no commands."""
     import uvicorn
 
-    _raise_nofile()
+    procs.raise_nofile()
     config = uvicorn.Config(
         _bare_app(style, first),
         http="httptools",
@@ -597,7 +367,7 @@ async def serve_bare_sse(style: str, first: bytes) -> Serving:
         if serving.done():
             serving.result()
         await asyncio.sleep(0.02)
-    gc_tuning.tune(Config.gc_threshold)  # as jobpulse's server does once it serves
+    procs.tune_gc()  # as jobpulse's server does once it serves
 
     async def stop() -> None:
         server.should_exit = True
@@ -637,14 +407,6 @@ def capture_first(port: int, path: str) -> bytes:
 
 
 # --- jobs and changes ------------------------------------------------------------------------------
-
-
-async def create_job(channel: grpc.aio.Channel, chunks: int, kind: str = KIND) -> str:
-    jobs = job_service_pb2_grpc.JobServiceStub(channel)
-    request = job_service_pb2.CreateJobRequest(
-        kind=kind, total_items=chunks * 10, chunk_size=10, request_id=f"hb-{uuid.uuid4().hex}"
-    )
-    return str((await jobs.CreateJob(request, timeout=TIMEOUT)).job.id)
 
 
 class Changer:
@@ -694,15 +456,6 @@ class Changer:
 # --- 1. delivery latency -----------------------------------------------------------------------------
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "samples": len(samples),
-        "p50": percentile(samples, 50),
-        "p99": percentile(samples, 99),
-        "max": max(samples),
-    }
-
-
 async def _timed_change(pool: ClientPool, server: Jobpulse, changer: Changer) -> dict[str, Any]:
     await pool.all("arm")
     cpu0 = cpu_seconds(server) or 0.0
@@ -749,7 +502,7 @@ async def _latency_block(
         "open_seconds": opened["seconds"],
         "rounds": rounds,
         "spacing_seconds": spacing,
-        "latency": _stats(samples["progress"] + samples["complete"]),
+        "latency": summary(samples["progress"] + samples["complete"]),
         "samples": samples,
         "rpc": [r["rpc"] for r in rows],
         "server_cpu": [r["server_cpu"] for r in rows],
@@ -765,11 +518,11 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         order += ["sse", "grpc"] if b % 2 == 0 else ["grpc", "sse"]
     changes = len(order) * (sizes.rounds + 1)
     chunks = changes // 2 + 3
-    server = Jobpulse(f"sqlite:///{tmp}/latency.db", http=True)
+    server = Jobpulse(f"sqlite:///{tmp}/latency.db")
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
-            job_id = await create_job(channel, chunks)
+            job_id = await create_job(channel, chunks, KIND)
             changer = Changer(channel)
             await changer.start()
             blocks: list[dict[str, Any]] = []
@@ -785,8 +538,8 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         rounds = sum(b["rounds"] for b in mine)
         by_change = {c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "complete")}
         out[kind] = {
-            "latency": _stats(by_change["progress"] + by_change["complete"]),
-            "by_change": {c: _stats(v) for c, v in by_change.items() if v},
+            "latency": summary(by_change["progress"] + by_change["complete"]),
+            "by_change": {c: summary(v) for c, v in by_change.items() if v},
             "open_seconds": statistics.median(b["open_seconds"] for b in mine),
             "rpc_p50": statistics.median(x for b in mine for x in b["rpc"]),
             "server_cpu_per_change": sum(sum(b["server_cpu"]) for b in mine) / rounds,
@@ -811,10 +564,10 @@ async def _idle_memory(
     await pool.open_sse("127.0.0.1", port, path, 10)
     await pool.close()
     await asyncio.sleep(0.5)
-    before = rss_kib(pid)
+    before = status_kib(pid)
     opened = await pool.open_sse("127.0.0.1", port, path, n)
     await asyncio.sleep(settle)
-    after = rss_kib(pid)
+    after = status_kib(pid)
     state = await pool.state()  # every stream must still be open: the figure is one of idle streams
     await pool.close()
     return {
@@ -839,15 +592,15 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     n = sizes.idle
     out: dict[str, Any] = {"streams": n, "settle_seconds": sizes.settle}
     _log(f"2. memory: {n:,} idle SSE streams, jobpulse")
-    server = Jobpulse(f"sqlite:///{tmp}/memory.db", http=True, heartbeat_interval=IDLE_HEARTBEAT)
+    server = Jobpulse(f"sqlite:///{tmp}/memory.db", heartbeat_interval=IDLE_HEARTBEAT)
     try:
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
-            job_id = await create_job(channel, 10)
+            job_id = await create_job(channel, 10, KIND)
         path = f"/v1/jobs/{job_id}/events"
         first = await asyncio.to_thread(capture_first, server.http_port, path)
         out["first_event_bytes"] = len(first)
-        out["jobpulse"] = await _idle_memory(pool, server.proc.pid, server.http_port, path, n, sizes.settle)
+        out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
     finally:
         server.close()
     styles = ["streaming"] + (["sse-starlette"] if _have_sse_starlette() else [])
@@ -876,7 +629,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
     )
     servers = {
         "off": Jobpulse(f"sqlite:///{tmp}/grpc-off.db", http=False),
-        "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db", http=True),
+        "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db"),
     }
     channels: dict[str, grpc.aio.Channel] = {}
     try:
@@ -885,7 +638,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         calls = {}
         for name, server in servers.items():
             channel = channels[name] = grpc.aio.insecure_channel(server.address)
-            job_id = await create_job(channel, 10)
+            job_id = await create_job(channel, 10, KIND)
             stub = job_service_pb2_grpc.JobServiceStub(channel)
             request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
             calls[name] = lambda stub=stub, request=request: stub.GetJob(request, timeout=TIMEOUT)
@@ -897,14 +650,13 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
             await closed_loop(calls[name], concurrency=s.getjob_concurrency, seconds=1.0)
         for _ in range(s.getjob_rounds):
             for name in ("off", "on"):
-                rates[name].append(
-                    await closed_loop(
-                        calls[name],
-                        concurrency=s.getjob_concurrency,
-                        seconds=s.getjob_seconds,
-                        server=servers[name],  # type: ignore[arg-type]
-                    )
+                rate = closed_loop(
+                    calls[name],
+                    concurrency=s.getjob_concurrency,
+                    seconds=s.getjob_seconds,
+                    server=servers[name],
                 )
+                rates[name].append(await rate)
         state = await pool.state()
         await pool.close()
     finally:
@@ -933,195 +685,120 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
 # --- running and reporting ---------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
-    return report._ms(seconds)
-
-
-def _ratio(a: float, b: float) -> str:
-    """a / b, or n/a when b is 0 (CPU figures under /proc's 10 ms tick at small sizes)."""
-    return report._x(a / b) if b > 0 else "n/a"
-
-
 def render(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    s = results["sizes"]
-    lines: list[str] = []
+    s, ms, x, ratio = results["sizes"], report._ms, report._x, report.ratio_cell
+    lines = report.header(
+        f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)",
+        [
+            "every figure beside a baseline measured in the same run; servers in processes of their own "
+            f"(jobpulse on SQLite), every stream held by {s['client_procs']} client process(es), changes "
+            "and GetJob from another"
+        ],
+        results,
+    )
     add = lines.append
-    add("=" * 104)
-    add(f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)")
-    add(
-        "every figure beside a baseline measured in the same run; servers in processes of their own (jobpulse"
-    )
-    add(
-        f"on SQLite), every stream held by {s['client_procs']} client process(es), changes and GetJob "
-        "from another"
-    )
-    add(
-        f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | grpcio {m['grpcio']} | "
-        f"protobuf {m['protobuf']} ({m['protobuf_backend']})"
-    )
-    add(f"         load average before {results['load_before']} after {results['load_after']}")
-    lat = results.get("latency")
-    if lat:
-        add("-" * 104)
-        b0 = lat["blocks"][0]
-        add(
+    if lat := results.get("latency"):
+        sse, grpc_, b0 = lat["sse"], lat["grpc"], lat["blocks"][0]
+        add("-" * report.WIDTH)
+        lines += report.para(
             f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress / "
-            "CompleteChunk"
+            f"CompleteChunk with claim_next, in turn) to the event of its revision on every stream; blocks "
+            f"{', '.join(lat['order'])}, {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; "
+            "CPU per change from the RPC to the last arrival",
+            first="",
         )
-        add(
-            f"   with claim_next, in turn) to the event of its revision on every stream; blocks "
-            f"{', '.join(lat['order'])},"
+        rows: list[list[Any]] = []
+        for r, label in ((sse, "SSE (raw client)"), (grpc_, "WatchJob (grpc.aio)")):
+            cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
+            q = [ms(r["latency"][k]) for k in ("p50", "p99", "max")]
+            rows.append([label, *q, f"{r['open_seconds']:.2f}", ms(r["rpc_p50"]), cpu])
+        cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
+        max_ratio = ratio(sse["latency"]["max"], grpc_["latency"]["max"])
+        rows.append(["ratio SSE / gRPC", x(lat["p50_ratio"]), x(lat["p99_ratio"]), max_ratio, "", "", cpu])
+        lines += report.table(
+            ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"], rows
         )
-        add(
-            f"   {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; CPU per change from the "
-            "RPC to the last arrival"
-        )
-        add(
-            f"   {'':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'open s':>8}{'RPC p50 ms':>12}"
-            f"{'CPU ms srv / cli':>18}"
-        )
-        for kind, label in (("sse", "SSE (raw client)"), ("grpc", "WatchJob (grpc.aio)")):
-            r = lat[kind]
-            q = r["latency"]
-            add(
-                f"   {label:<22}{_ms(q['p50']):>9}{_ms(q['p99']):>9}{_ms(q['max']):>9}"
-                f"{r['open_seconds']:>8.2f}"
-                f"{_ms(r['rpc_p50']):>12}"
-                f"{_ms(r['server_cpu_per_change']) + ' / ' + _ms(r['client_cpu_per_change']):>18}"
-            )
-        sse, grpc_ = lat["sse"], lat["grpc"]
-        add(
-            f"   {'ratio SSE / gRPC':<22}{report._x(lat['p50_ratio']):>9}{report._x(lat['p99_ratio']):>9}"
-            f"{_ratio(sse['latency']['max'], grpc_['latency']['max']):>9}{'':>20}"
-            f"{_ratio(sse['server_cpu_per_change'], grpc_['server_cpu_per_change']):>18}"
-        )
-        add(
-            "   p99 by block: "
-            + ", ".join(f"{b['kind']} {_ms(b['latency']['p99'])}" for b in lat["blocks"])
-            + " ms"
-        )
+        by_block = ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
+        add(f"   p99 by block: {by_block} ms")
         for kind in ("sse", "grpc"):
-            by = lat[kind]["by_change"]
-            add(
-                f"   {kind:<5} p50 / p99 by change: "
-                + ", ".join(f"{c} {_ms(v['p50'])} / {_ms(v['p99'])} ms" for c, v in by.items())
+            by = ", ".join(
+                f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in lat[kind]["by_change"].items()
             )
-        add(
-            "   the clients share the cores with the server: a grpc.aio reader costs more per message "
-            "than the raw SSE one"
+            add(f"   {kind:<5} p50 / p99 by change: {by}")
+        lines += report.para(
+            "the clients share the cores with the server: a grpc.aio reader costs more per message than the "
+            "raw SSE one (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the "
+            "streams over two processes"
         )
-        add(
-            "   (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the streams "
-            "over two processes"
-        )
-        ended = sse["ended_early"] + grpc_["ended_early"]
-        if ended:
+        if ended := sse["ended_early"] + grpc_["ended_early"]:
             add(f"   ! {ended:,} streams ended on their own during the rounds")
-    mem = results.get("memory")
-    if mem:
-        add("-" * 104)
-        add(
+    if mem := results.get("memory"):
+        add("-" * report.WIDTH)
+        lines += report.para(
             f"2. memory per idle SSE stream: server RSS growth over {mem['streams']:,} streams on one job, "
-            f"read {mem['settle_seconds']:g} s after they opened"
+            f"read {mem['settle_seconds']:g} s after they opened (heartbeat / ping every "
+            f"{IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
+            f"{mem['first_event_bytes']:,} B, then wait)",
+            first="",
         )
-        add(
-            f"   (heartbeat / ping every {IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
-            f"{mem['first_event_bytes']:,} B, then wait)"
-        )
-        add(f"   {'':<40}{'KiB/stream':>11}{'RSS before MiB':>16}{'after MiB':>11}{'open s':>8}{'ratio':>8}")
-        rows = [("jobpulse", "jobpulse")]
-        rows.append(("streaming", "bare Starlette StreamingResponse"))
+        labels = {"jobpulse": "jobpulse", "streaming": "bare Starlette StreamingResponse"}
         if "sse-starlette" in mem:
-            rows.append(("sse-starlette", "bare sse-starlette EventSourceResponse"))
-        for key, label in rows:
-            r = mem[key]
-            ratio = r.get("ratio")
-            cell = "" if key == "jobpulse" else ("n/a" if ratio is None else report._x(ratio))
-            add(
-                f"   {label:<40}{r['kib_per_stream']:>11.1f}{r['rss_before_kib'] / 1024:>16.1f}"
-                f"{r['rss_after_kib'] / 1024:>11.1f}{r['open_seconds']:>8.2f}{cell:>8}"
-            )
+            labels["sse-starlette"] = "bare sse-starlette EventSourceResponse"
+        rows = []
+        for k, label in labels.items():
+            r = mem[k]
+            mib = [f"{r[f'rss_{w}_kib'] / 1024:.1f}" for w in ("before", "after")]
+            cell = "" if k == "jobpulse" else ("n/a" if r["ratio"] is None else x(r["ratio"]))
+            rows.append([label, f"{r['kib_per_stream']:.1f}", *mib, f"{r['open_seconds']:.2f}", cell])
+        lines += report.table(["", "KiB/stream", "RSS before MiB", "after MiB", "open s", "ratio"], rows)
         add("   ratio: jobpulse / that baseline")
         if "sse-starlette" not in mem:
             add("   (sse-starlette not installed: make bench-http installs it with the bench extra)")
-        ended = [key for key, _ in rows if mem[key]["ended_early"]]
-        if ended:
-            add(f"   ! streams ended before RSS was read: {', '.join(ended)}")
-    g = results.get("grpc")
-    if g:
-        add("-" * 104)
-        s_ = results["sizes"]
+        if ended_early := [k for k in labels if mem[k]["ended_early"]]:
+            add(f"   ! streams ended before RSS was read: {', '.join(ended_early)}")
+    if g := results.get("grpc"):
+        add("-" * report.WIDTH)
         add(
-            f"3. GetJob BASIC (10-chunk job), {s_['getjob_concurrency']} in flight on one channel, "
-            f"{s_['getjob_rounds']} x {s_['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
+            f"3. GetJob BASIC (10-chunk job), {s['getjob_concurrency']} in flight on one channel, "
+            f"{s['getjob_rounds']} x {s['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
         )
-        add(f"   {'':<44}{'median calls/s':>15}{'srv CPU us/call':>17}   per round")
-        for key, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", "HTTP side on")):
-            r = g[key]
-            if key == "on":
-                label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
-            add(
-                f"   {label:<44}{r['median']:>15,.0f}{report._us(r['server_cpu_us_per_call']):>17}   "
-                + ", ".join(f"{x:,.0f}" for x in r["per_round"])
+        on_label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
+        rows = []
+        for k, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", on_label)):
+            per_round = ", ".join(f"{v:,.0f}" for v in g[k]["per_round"])
+            rows.append(
+                [label, f"{g[k]['median']:,.0f}", report._us(g[k]["server_cpu_us_per_call"]), per_round]
             )
-        add(
-            f"   {'ratio on / off (medians)':<44}{report._x(g['ratio']):>15}"
-            f"{_ratio(g['on']['server_cpu_us_per_call'], g['off']['server_cpu_us_per_call']):>17}   by pair: "
-            + ", ".join(f"{x:.3f}" for x in g["pair_ratios"])
-        )
+        cpu = ratio(g["on"]["server_cpu_us_per_call"], g["off"]["server_cpu_us_per_call"])
+        pairs = "by pair: " + ", ".join(f"{v:.3f}" for v in g["pair_ratios"])
+        rows.append(["ratio on / off (medians)", x(g["ratio"]), cpu, pairs])
+        lines += report.table(["", "median calls/s", "srv CPU us/call", "per round"], rows)
         if g["idle_ended_early"]:
             add(f"   ! {g['idle_ended_early']:,} idle SSE streams ended during the rounds")
-    add("-" * 104)
-    add("targets")
-    for line in targets(results):
-        add(f"   {line}")
-    add("=" * 104)
+    lines += ["-" * report.WIDTH, "targets", *report.render_goals(goals(results)), "=" * report.WIDTH]
     return "\n".join(lines)
 
 
-def _verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    lat = results.get("latency")
-    if lat:
-        r = lat["p99_ratio"]
-        out.append(
-            f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams <= {TARGET_P99_RATIO}: {r:.3f} -> "
-            f"{_verdict(r <= TARGET_P99_RATIO)}"
-        )
-    mem = results.get("memory")
-    if mem:
-        for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
-            ratio = mem.get(key, {}).get("ratio")
-            if ratio is not None:
-                out.append(
-                    f"memory per idle SSE stream, jobpulse / bare {label} <= {TARGET_MEMORY_RATIO}: "
-                    f"{ratio:.3f} -> {_verdict(ratio <= TARGET_MEMORY_RATIO)}"
-                )
-    g = results.get("grpc")
-    if g:
-        out.append(
-            f"GetJob calls/s, HTTP side on ({g['idle_streams']:,} idle SSE streams) / off "
-            f">= {TARGET_GRPC_RATIO}: {g['ratio']:.3f} -> {_verdict(g['ratio'] >= TARGET_GRPC_RATIO)}"
-        )
+def goals(results: dict[str, Any]) -> list[Goal]:
+    out: list[Goal] = []
+    if lat := results.get("latency"):
+        what = f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams"
+        out.append(Goal(what, lat["p99_ratio"], False, TARGET_P99_RATIO, None, "x"))
+    for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
+        if (ratio := results.get("memory", {}).get(key, {}).get("ratio")) is not None:
+            what = f"memory per idle SSE stream, jobpulse / bare {label}"
+            out.append(Goal(what, ratio, False, TARGET_MEMORY_RATIO, None, "x"))
+    if g := results.get("grpc"):
+        what = f"GetJob calls/s, HTTP side on ({g['idle_streams']:,} idle SSE streams) / off"
+        out.append(Goal(what, g["ratio"], True, TARGET_GRPC_RATIO, None))
     return out
 
 
 async def _run(parts: list[str], sizes: Sizes, tmp: str) -> dict[str, Any]:
     pool = ClientPool(sizes.client_procs)
     try:
-        results: dict[str, Any] = {}
-        if "latency" in parts:
-            results["latency"] = await latency(sizes, pool, tmp)
-        if "memory" in parts:
-            results["memory"] = await memory(sizes, pool, tmp)
-        if "grpc" in parts:
-            results["grpc"] = await grpc_unaffected(sizes, pool, tmp)
-        return results
+        steps = {"latency": latency, "memory": memory, "grpc": grpc_unaffected}
+        return {part: await steps[part](sizes, pool, tmp) for part in PARTS if part in parts}
     finally:
         await asyncio.to_thread(pool.stop)
 
@@ -1137,17 +814,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not parts:
         parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     sizes = Sizes(args.quick)
-    # Thousands of sockets here, in the client processes and in the servers (all inherit the limit).
-    _raise_nofile()
-    started = time.perf_counter()
-    load_before = report.load_average()
+    procs.raise_nofile()
+    run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-http-bench-") as tmp:
-        results = asyncio.run(_run(parts, sizes, tmp))
+        results = run.stamp(asyncio.run(_run(parts, sizes, tmp)))
     results["sizes"] = sizes.as_dict()
-    results["machine"] = report.machine_facts()
-    results["load_before"] = load_before
-    results["load_after"] = report.load_average()
-    results["elapsed_seconds"] = time.perf_counter() - started
     print(render(results), flush=True)
     if args.json is not None:
         report.write_json(results, args.json)

@@ -1,23 +1,12 @@
 """ListJobs at scale: first page vs a page ~90% deep, on PostgreSQL and on SQLite.
 
-    python -m bench scale                 # 1,000,000 jobs on PostgreSQL, 200,000 on SQLite
-    python -m bench scale --quick         # 100,000 / 50,000
-    python -m bench scale --pg-jobs 0     # SQLite only (0 skips a backend)
+    python -m bench scale [--quick] [--pg-jobs 0]   # 1,000,000 / 200,000 jobs (quick 100,000 / 50,000)
 
-Jobs are bulk-loaded straight into the schema the migrations create (COPY on PostgreSQL,
-executemany on SQLite; secondary indexes dropped during the load and re-created from their own
-definitions afterwards). A jobpulse server then runs in a process of its own and this process
-pages through ListJobs over gRPC, in every order (each field both ways), unfiltered and for state
-COMPLETED: the deep page is reached by following next_page_token from the
-first page (page_size 100), never by making a token. Each timed call is repeated and the p50 kept.
-
-Then, with the statements the server runs (store/statements.py: the text the drivers send, with their
-parameters), it times the page query and the COUNT behind total_size, first and deep, and writes their
-EXPLAIN (ANALYZE, BUFFERS) plans (SQLite: EXPLAIN QUERY PLAN) to the file ``--plans`` names, if any.
-The claim's plans are held by tests/integration/test_worker_plans.py.
-
-PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG); a database of
-its own is created for the run and dropped afterwards.
+Jobs are bulk-loaded into the migrated schema (COPY / executemany, secondary indexes re-created after).
+A jobpulse server in its own process is paged through ListJobs in every order, unfiltered and for
+COMPLETED; the deep page is reached by following next_page_token, never by making a token. Then the
+server's own statements (store/statements.py) are timed in SQL (page and COUNT, first and deep) and
+their plans written to ``--plans``. PostgreSQL: JOBPULSE_BENCH_PG, a database of its own per run.
 """
 
 from __future__ import annotations
@@ -29,11 +18,9 @@ import json
 import math
 import os
 import random
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +36,6 @@ from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.store import statements
-from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import jobs as jobs_table
 
 ORDERS = tuple(ORDER_COLUMNS)  # every order ListJobs takes, each direction of each field
@@ -73,15 +59,7 @@ KINDS += (("reindex", 6), ("ocr", 5), ("backup", 4))
 OWNERS = ("anonymous", "svc-ingest", "svc-reports", "alice", "bob")
 TEAMS = ("media", "search", "billing", "data")
 PRIORITY_WEIGHTS = (3, 2, 3, 5, 7, 50, 7, 6, 5, 4, 8)  # priorities 0..10
-# The columns job_rows fills, in its tuple order; other NOT NULL columns get _extra_value.
-_FILLED = (
-    "id owner request_id display_name kind state stage message priority labels job_metadata total_items "
-    "chunk_size max_attempts revision n_pending n_processing n_completed n_failed n_cancelled items_done "
-    "error_reason error_message error_chunk_index cancel_requested cancel_reason cancel_time create_time "
-    "update_time start_time end_time"
-).split()
-_EXTRA = [c for c in jobs_table.columns if c.name not in _FILLED and not c.nullable]
-JOB_COLUMNS = _FILLED + [c.name for c in _EXTRA]
+JOB_COLUMNS = [c.name for c in jobs_table.columns]
 
 
 def _extra_value(column: Any, i: int) -> Any:
@@ -93,6 +71,20 @@ def _extra_value(column: Any, i: int) -> Any:
         return default
     python_type = column.type.python_type
     return python_type() if python_type in (str, bool, int, float) else 0
+
+
+def table_row(table: Any, values: dict[str, Any], i: int = 0) -> tuple[Any, ...]:
+    """A row of ``table`` in its column order: ``values``, and for every other column None where it may be
+    NULL, else its default or the empty value of its type."""
+    return tuple(
+        values[c.name] if c.name in values else None if c.nullable else _extra_value(c, i)
+        for c in table.columns
+    )
+
+
+def insert_sql(table: str, columns: list[str]) -> str:
+    """The INSERT of a row of ``columns`` into ``table``, with ``?`` placeholders (sqlite3)."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _ulid(ms: int, rng: random.Random) -> str:
@@ -164,42 +156,26 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
                 items_done = min(total, completed * chunk_size)
                 cancel_requested, cancel_reason, cancel_time = True, "cancelled by user", end - 1_000
         team = TEAMS[i % len(TEAMS)]
-        out.append(
-            (
-                _ulid(create // 1000, rng),  # id
-                owner,
-                f"req-{i:08d}" if i % 3 == 0 else None,  # request_id
-                f"{kind} {team} {i:07d}",  # display_name
-                kind,
-                int(state),
-                stage,
-                message,
-                priority,
-                json.dumps({"team": team, "env": "prod" if i % 4 else "staging"}),  # labels
-                json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner}),
-                total,
-                chunk_size,
-                3,  # max_attempts
-                1 + 2 * (completed + failed) + processing + (1 if cancelled else 0),  # revision
-                pending,
-                processing,
-                completed,
-                failed,
-                cancelled,
-                items_done,
-                error_reason,
-                error_message,
-                error_chunk,
-                cancel_requested,
-                cancel_reason,
-                cancel_time,
-                create,
-                update,
-                start,
-                end,
-                *(_extra_value(c, i) for c in _EXTRA),
-            )
-        )
+        row = {"id": _ulid(create // 1000, rng), "owner": owner, "kind": kind, "state": int(state)}
+        row |= {
+            "request_id": f"req-{i:08d}" if i % 3 == 0 else None,
+            "display_name": f"{kind} {team} {i:07d}",
+        }
+        row |= {"stage": stage, "message": message, "priority": priority, "max_attempts": 3}
+        row["labels"] = json.dumps({"team": team, "env": "prod" if i % 4 else "staging"})
+        row["job_metadata"] = json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner})
+        row |= {"total_items": total, "chunk_size": chunk_size, "items_done": items_done}
+        row["revision"] = 1 + 2 * (completed + failed) + processing + (1 if cancelled else 0)
+        row |= {"n_pending": pending, "n_processing": processing, "n_completed": completed}
+        row |= {"n_failed": failed, "n_cancelled": cancelled, "error_chunk_index": error_chunk}
+        row |= {
+            "error_reason": error_reason,
+            "error_message": error_message,
+            "cancel_requested": cancel_requested,
+        }
+        row |= {"cancel_reason": cancel_reason, "cancel_time": cancel_time, "create_time": create}
+        row |= {"update_time": update, "start_time": start, "end_time": end}
+        out.append(table_row(jobs_table, row, i))
         if len(out) >= batch:
             yield out
             out = []
@@ -210,47 +186,14 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
 @dataclass
 class Backend:
     name: str  # "postgresql" | "sqlite"
-    url: str  # for the server and SQLAlchemy
+    url: str  # for the server, SQLAlchemy and asyncpg
     n_jobs: int
-    tmpdir: str = ""
-    pg_db: str = ""
     load: dict[str, float] = field(default_factory=dict)
-
-
-async def create_backend(name: str, n_jobs: int) -> Backend:
-    if name == "postgresql":
-        db = f"jobpulse_listing_{os.getpid()}"
-        admin = await asyncpg.connect(procs.PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
-            await admin.execute(f'CREATE DATABASE "{db}"')
-        finally:
-            await admin.close()
-        return Backend(name, procs.pg_dsn(db), n_jobs, pg_db=db)
-    tmp = tempfile.mkdtemp(prefix="jobpulse-listing-")
-    return Backend(name, f"sqlite:///{tmp}/jobs.db", n_jobs, tmpdir=tmp)
-
-
-async def drop_backend(b: Backend) -> None:
-    if b.pg_db:
-        admin = await asyncpg.connect(procs.PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{b.pg_db}" WITH (FORCE)')
-        finally:
-            await admin.close()
-    if b.tmpdir:
-        shutil.rmtree(b.tmpdir, ignore_errors=True)
-
-
-async def migrate(b: Backend) -> None:
-    db = SqlStore(b.url)
-    await db.start()  # runs the Alembic migrations
-    await db.close()
 
 
 async def load_pg(b: Backend, now_us: int) -> None:
     """COPYs the jobs, the secondary indexes dropped meanwhile and made again afterwards."""
-    conn = await asyncpg.connect(procs.pg_dsn(b.pg_db))
+    conn = await asyncpg.connect(b.url)
     try:
         t0 = time.perf_counter()
         indexes = await conn.fetch(
@@ -296,10 +239,9 @@ def load_sqlite(b: Backend, now_us: int) -> None:
         ).fetchall()
         for name, _ in indexes:
             con.execute(f'DROP INDEX "{name}"')
-        sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
         con.execute("BEGIN")
         for rows in job_rows(b.n_jobs, now_us):
-            con.executemany(sql, rows)
+            con.executemany(insert_sql("jobs", JOB_COLUMNS), rows)
         con.execute("COMMIT")
         t_rows = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -402,7 +344,7 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
 
 
 async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
-    server = procs.jobpulse(b.url).start(timeout=60)
+    server = procs.Jobpulse(b.url).start()
     try:
         async with grpc.aio.insecure_channel(
             server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
@@ -430,7 +372,7 @@ class Raw:
 
     async def open(self) -> Raw:
         if self.b.name == "postgresql":
-            self.pg = await asyncpg.connect(procs.pg_dsn(self.b.pg_db))
+            self.pg = await asyncpg.connect(self.b.url)
         else:
             self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
         return self
@@ -538,28 +480,26 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
 
 
 async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: list[str]) -> dict[str, Any]:
-    b = await create_backend(name, n_jobs)
-    listings = [Listing(o, fname, states) for o in ORDERS for fname, states in FILTERS.items()]
-    res: dict[str, Any] = {"backend": b, "listings": listings}
-    try:
-        await migrate(b)
+    async with procs.database(name, "listing") as url:
+        b = Backend(name, url, n_jobs)
+        listings = [Listing(o, fname, states) for o in ORDERS for fname, states in FILTERS.items()]
+        res: dict[str, Any] = {"backend": b, "listings": listings}
+        await procs.migrate(b.url)
         now = time.time_ns() // 1000
-        print(f"[{name}] loading {n_jobs:,} jobs ...", file=sys.stderr, flush=True)
+        report.log(f"loading {n_jobs:,} jobs ...", name)
         if name == "postgresql":
             await load_pg(b, now)
         else:
             await asyncio.to_thread(load_sqlite, b, now)
-        print(f"[{name}] loaded in {b.load['total_s']:.1f} s; walking ...", file=sys.stderr, flush=True)
+        report.log(f"loaded in {b.load['total_s']:.1f} s; walking ...", name)
         t0 = time.perf_counter()
         walk_s = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
         await grpc_phase(b, listings, walk_s, args.repeats)
         res["grpc_s"] = time.perf_counter() - t0
-        print(f"[{name}] gRPC phase {res['grpc_s']:.1f} s; SQL ...", file=sys.stderr, flush=True)
+        report.log(f"gRPC phase {res['grpc_s']:.1f} s; SQL ...", name)
         t1 = time.perf_counter()
         res.update(await sql_phase(b, listings, args.sql_repeats, plans))
         res["sql_s"] = time.perf_counter() - t1
-    finally:
-        await drop_backend(b)
     return res
 
 

@@ -95,3 +95,13 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))
     return ordered[int(rank) - 1]
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    """Count, p50, p99 and max of a non-empty sample."""
+    return {
+        "samples": len(samples),
+        "p50": percentile(samples, 50),
+        "p99": percentile(samples, 99),
+        "max": max(samples),
+    }

@@ -1,52 +1,21 @@
 """Chunk claim + complete throughput on PostgreSQL: jobpulse next to PgQueuer, same run, same server.
 
-    python -m bench pg                           # 5,000 units of work per row, every row, 3 rounds
-    python -m bench pg --quick                   # 1,000, one round
-    python -m bench pg --only scaling [--quick]  # the scaling rows alone (--only peer: the others)
-    python -m bench pg --only batch --n 50000    # batches of 10 alone, long enough to time well
+    python -m bench pg [--quick] [--only scaling|peer]   # 5,000 units per row, 3 rounds (quick 1,000, 1)
 
-A full run measures the batches of 10 (jobpulse's CompleteChunks, PgQueuer's QueueManagers) on a second,
-deeper queue too (``--deep``, default 50,000): PgQueuer's cost per job grows with the length of its queue,
-jobpulse's does not, so the two depths bracket the comparison.
+Every row gets a fresh database (``JOBPULSE_BENCH_PG``), a clock from the first claim to the last
+completion, and CPU per unit from /proc (jobpulse's server and all PostgreSQL processes); full runs keep
+each row's median of 3 rounds.
 
-jobpulse: a server in a process of its own on a fresh PostgreSQL database; N one-item chunks
-(spread over 10 jobs made with CreateJob, not timed) are drained by W asyncio workers on one
-channel until a claim comes back empty, each worker in one of the ways of ``bench.work``:
-  * one-by-one: ClaimChunks(max_chunks=1), then CompleteChunk;
-  * complete-and-claim: CompleteChunk with claim_next (max_chunks=1), which returns the next claim;
-  * ClaimChunks(max_chunks=10), then CompleteChunk for each;
-  * batched: ClaimChunks(max_chunks=10) once, then CompleteChunks of the 10 with claim_next
-    (max_chunks=10), which returns the next 10.
-PgQueuer (the version installed; asyncpg, no CLI): a fresh database of its own,
-``Queries.install()``, N jobs enqueued in one batch (not timed), then drained with a no-op
-entrypoint by W QueueManagers, each on its own asyncpg connection, ``run(mode=drain, batch_size=k)``
-(PgQueuer as shipped: completions are buffered and written in batches).
-Scaling rows (complete-and-claim, as workers are added): the same drain with CompleteChunk + claim_next
-(max_chunks=1), N chunks on
-  * 1 job, 4 workers; 1 job, 16 workers;
-  * 4 jobs x 4 workers (16 workers): each job of a kind of its own, each group of 4 workers claiming
-    its job's kind only, so each group works its one job;
-beside PgQueuer with 4 and with 16 QueueManagers (batch_size=1, as above), which have no jobs to share
-and show what the machine gives one queue as connections are added. Target: 16 workers on one job at
-least 0.9 of the chunks/s of 4 workers on one job. ``--workers`` does not change these rows. The
-server keeps its default pool (10 PostgreSQL connections), so 16 workers share 10 connections.
-After every jobpulse row: each chunk was completed once, by the workers' count and by the jobs'
-summaries (ListJobs); each job's summary equals its chunk rows counted by state in the database; each
-group of workers completed exactly its jobs' chunks, and every chunk row names a worker of the group
-that claims its kind.
-Every row uses a fresh database; the clock runs from the first claim to the last completion.
-Ratios: jobpulse one by one against PgQueuer batch 1, jobpulse batched against PgQueuer batch 10.
-Beside them, the floors under gRPC (``bench.grpc_floor``) of one by one and of the batch row: the
-same workers and calls as those jobpulse rows against a grpc.aio server whose handlers
-hand each call straight to the store's group-committed path (store/batch/), with nothing else of
-jobpulse's around it: the most those rows
-could reach on this stack (gRPC, the store and PostgreSQL sharing this machine's cores) if jobpulse's own
-code cost nothing.
-CPU per unit of work: the jobpulse server process (all threads), and, for every row, the PostgreSQL
-processes of this machine (all of them, background ones included), from /proc.
-The printout ends with the targets and whether each is met; the rows go to a JSON file too.
-
-PostgreSQL: postgresql://postgres@127.0.0.1:5432 (override with JOBPULSE_BENCH_PG).
+* jobpulse: N one-item chunks over 10 jobs drained by W workers in each way of ``bench.work``; after,
+  each chunk was completed once by the workers' count, ListJobs' summaries and the chunk rows.
+* PgQueuer: N jobs drained with a no-op entrypoint by W QueueManagers, ``run(mode=drain, batch_size=k)``
+  as shipped. Ratios: one by one and complete-and-claim against batch 1, CompleteChunks against batch 10;
+  a full run repeats the batches of 10 on a 50,000 queue (``--deep``), where PgQueuer's cost per job grows.
+* floors (``bench.grpc_floor``) of one by one and CompleteChunks: the same workers against the store's
+  group commit alone.
+* scaling: complete-and-claim on 1 job with 4 and 16 workers and on 4 jobs x 4 workers (a kind each),
+  beside 4 and 16 QueueManagers. Target: 16 workers on one job at least 0.9 of the chunks/s of 4 (the
+  server keeps its default pool of 10 connections).
 """
 
 from __future__ import annotations
@@ -56,20 +25,19 @@ import asyncio
 import functools
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
-from support.servers import free_port
 
 from bench import figures, procs, report, work
 from bench.grpc_floor import floor_server
 from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
+from bench.report import Goal
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 TIMEOUT = 60.0
@@ -118,8 +86,7 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
         "seconds": seconds,
         "per_second": n / seconds,
         "round_trips": round_trips,
-        **extra,
-    }
+    } | extra
 
 
 # --- jobpulse ----------------------------------------------------------------------------------
@@ -127,11 +94,7 @@ def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> d
 
 # Complete-and-claim as workers are added: key -> (jobs, workers per job). Each job has a kind of its own
 # and each worker claims only its job's kind, so every group of workers works its one job.
-SCALING_ROWS = {
-    "sc1x4": (1, 4),
-    "sc1x16": (1, 16),
-    "sc4x4": (4, 4),
-}
+SCALING_ROWS = {"sc1x4": (1, 4), "sc1x16": (1, 16), "sc4x4": (4, 4)}
 SCALING_MODE = "complete_and_claim"
 # PgQueuer beside them: key -> W QueueManagers (batch_size=1).
 SCALING_PEERS = {"sqm4": 4, "sqm16": 16}
@@ -175,6 +138,59 @@ async def scaling_drain(n: int, key: str) -> dict[str, Any]:
     )
 
 
+async def _workers(
+    server: procs.Served, mode: work.Mode, groups: list[tuple[tuple[str, ...], int]], prefix: str
+) -> tuple[list[work.Counts], dict[str, Any]]:
+    """The groups of workers (the kinds a group claims, empty for any; how many workers) drain the server
+    until every worker's claim comes back empty: their counts by group, and the row's seconds, server and
+    PostgreSQL CPU, and (from a jobpulse server's /metrics) the group-commit flusher's share of it."""
+    http_port = getattr(server, "http_port", -1)
+    counts = [work.Counts() for _ in groups]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        flusher0 = await asyncio.to_thread(flusher_counts, http_port) if http_port > 0 else None
+        cpu0, db0, t0 = cpu_seconds(server), postgres_cpu_seconds(), time.perf_counter()
+        one = functools.partial(
+            work.worker, stub, mode, lease=LEASE, keep_going=lambda: True, timeout=TIMEOUT
+        )
+        try:
+            await asyncio.gather(
+                *(
+                    one(worker_id=f"{prefix}-{g}-{w}", counts=counts[g], kinds=kinds)
+                    for g, (kinds, workers) in enumerate(groups)
+                    for w in range(workers)
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            # The server logs to /dev/null: say at least whether it is gone, and how it ended.
+            proc = server.proc
+            code = proc.poll() if hasattr(proc, "poll") else proc.exitcode
+            if code is not None:
+                raise RuntimeError(f"{prefix}: the server exited mid-row ({code})") from exc
+            raise
+        elapsed = time.perf_counter() - t0
+        cpu1, db1 = cpu_seconds(server), postgres_cpu_seconds()
+        flusher1 = await asyncio.to_thread(flusher_counts, http_port) if http_port > 0 else None
+    total = sum(c.chunks for c in counts)
+    return counts, {
+        "seconds": elapsed,
+        "server_cpu_us": _per_unit_us(cpu0, cpu1, total),
+        "db_cpu_us": _per_unit_us(db0, db1, total),
+        **_flusher(flusher0, flusher1, elapsed),
+    }
+
+
+async def _create_jobs(address: str, jobs: list[tuple[str, int]]) -> None:
+    """The jobs (kind, one-item chunks), each of its own CreateJob (not timed)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        for j, (kind, items) in enumerate(jobs):
+            request = job_service_pb2.CreateJobRequest(
+                display_name=f"peer {j}", kind=kind, total_items=items, chunk_size=1
+            )
+            await stub.CreateJob(request, timeout=TIMEOUT)
+
+
 async def _drain(
     key: str,
     name: str,
@@ -182,63 +198,24 @@ async def _drain(
     jobs: list[tuple[str, int]],
     groups: list[tuple[tuple[str, ...], int]],
 ) -> dict[str, Any]:
-    """Makes the jobs (kind, one-item chunks), each of its own CreateJob (not timed), then drains them
-    with the groups of workers (the kinds a group claims, empty for any; how many workers) until every
-    worker's claim comes back empty. Then checks what was done: every chunk completed once, by the
-    workers' counts and by the jobs' summaries; each group completed exactly the chunks of its kinds;
-    each job's summary equals a recount of its chunk rows; every chunk was completed by a worker of a
-    group that claims its kind."""
+    """Makes the jobs, then drains them with the groups of workers. Then checks what was done: every
+    chunk completed once, by the workers' counts and by the jobs' summaries; each group completed exactly
+    the chunks of its kinds; each job's summary equals a recount of its chunk rows; every chunk was
+    completed by a worker of a group that claims its kind."""
     n = sum(items for _, items in jobs)
     async with procs.database("postgresql", key) as dsn:
-        http_port = free_port()
-        server = procs.jobpulse(dsn, http_port=http_port)
+        server = procs.Jobpulse(dsn)
         try:
-            server.start(timeout=60)
+            server.start()
             async with grpc.aio.insecure_channel(server.address) as channel:
-                jobs_stub = job_service_pb2_grpc.JobServiceStub(channel)
-                stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-                if not await work.supported(stub, mode, TIMEOUT):
+                if not await work.supported(
+                    worker_service_pb2_grpc.WorkerServiceStub(channel), mode, TIMEOUT
+                ):
                     return {"name": name, "n": n, "unimplemented": True}
-                for j, (kind, items) in enumerate(jobs):
-                    await jobs_stub.CreateJob(
-                        job_service_pb2.CreateJobRequest(
-                            display_name=f"peer {j}", kind=kind, total_items=items, chunk_size=1
-                        ),
-                        timeout=TIMEOUT,
-                    )
-                group_counts = [work.Counts() for _ in groups]
-                flusher0 = await asyncio.to_thread(flusher_counts, http_port)
-                cpu0, db0 = cpu_seconds(server), postgres_cpu_seconds()
-                t0 = time.perf_counter()
-                try:
-                    await asyncio.gather(
-                        *(
-                            work.worker(
-                                stub,
-                                mode,
-                                worker_id=f"peer-{g}-{w}",
-                                lease=LEASE,
-                                keep_going=lambda: True,
-                                counts=group_counts[g],
-                                timeout=TIMEOUT,
-                                kinds=kinds,
-                            )
-                            for g, (kinds, workers) in enumerate(groups)
-                            for w in range(workers)
-                        )
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    # The server logs to /dev/null: say at least whether it is gone, and how it ended.
-                    code = None if server.proc is None else server.proc.poll()
-                    if code is not None:
-                        raise RuntimeError(f"{key}: the jobpulse server exited mid-row ({code})") from exc
-                    raise
-                elapsed = time.perf_counter() - t0
-                cpu1, db1 = cpu_seconds(server), postgres_cpu_seconds()
-                flusher1 = await asyncio.to_thread(flusher_counts, http_port)
-                listed = await jobs_stub.ListJobs(
-                    job_service_pb2.ListJobsRequest(page_size=100), timeout=TIMEOUT
-                )
+                await _create_jobs(server.address, jobs)
+                group_counts, measured = await _workers(server, mode, groups, "peer")
+                request = job_service_pb2.ListJobsRequest(page_size=100)
+                listed = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(request, timeout=TIMEOUT)
         finally:
             server.close()
         counts = work.Counts()
@@ -255,29 +232,13 @@ async def _drain(
             if kinds and c.chunks != sum(items for kind, items in jobs if kind in kinds):
                 raise RuntimeError(f"{key}: the workers of {kinds} completed {c.chunks} chunks")
         await _recount(key, dsn, listed.jobs, groups)
-    return _row(
-        name,
-        n,
-        elapsed,
-        counts.rpcs,
-        mode=mode.key,
-        jobs=len(jobs),
-        workers=sum(workers for _, workers in groups),
-        server_cpu_us=_per_unit_us(cpu0, cpu1, n),
-        db_cpu_us=_per_unit_us(db0, db1, n),
-        **_flusher(flusher0, flusher1, elapsed),
-        counts=counts.as_dict(),
-        group_chunks=[c.chunks for c in group_counts],
-    )
+    measured |= {"mode": mode.key, "jobs": len(jobs), "workers": sum(workers for _, workers in groups)}
+    measured |= {"counts": counts.as_dict(), "group_chunks": [c.chunks for c in group_counts]}
+    return _row(name, n, measured.pop("seconds"), counts.rpcs, **measured)
 
 
-_SUMMARY_FIELDS = {
-    1: "pending",  # ChunkState's numbers (domain/model.py, the proto's ChunkState)
-    2: "processing",
-    3: "completed",
-    4: "failed",
-    5: "cancelled",
-}
+# ChunkState's numbers (domain/model.py, the proto's ChunkState) -> the summary's fields.
+_SUMMARY_FIELDS = dict(enumerate(("pending", "processing", "completed", "failed", "cancelled"), start=1))
 
 
 async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str, ...], int]]) -> None:
@@ -308,25 +269,6 @@ async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str
             raise RuntimeError(f"{key}: {r['worker_id']} completed {r['n']} chunks of kind {r['kind']}")
 
 
-async def _floor_jobs(dsn: str, n: int) -> None:
-    """The floor rows' jobs: N one-item chunks over JOBS_PER_RUN jobs of one kind, made by a jobpulse
-    server on ``dsn`` (which migrates the database), stopped before the clock starts."""
-    server = procs.jobpulse(dsn)
-    try:
-        server.start(timeout=60)
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            jobs = job_service_pb2_grpc.JobServiceStub(channel)
-            for j, items in enumerate(_shares(n, JOBS_PER_RUN)):
-                await jobs.CreateJob(
-                    job_service_pb2.CreateJobRequest(
-                        display_name=f"floor {j}", kind="bench-work", total_items=items, chunk_size=1
-                    ),
-                    timeout=TIMEOUT,
-                )
-    finally:
-        server.close()
-
-
 async def _completed_chunks(dsn: str) -> tuple[int, int]:
     """(chunks completed, chunks in any other state) in the database."""
     from jobpulse_server.domain.model import ChunkState
@@ -353,41 +295,19 @@ GRPC_FLOORS = {
 }
 
 
-async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, Any]:
-    """The floor of a worker row under gRPC: the jobpulse row's workers (``key``: one by one, a
-    ClaimChunks(1) then a CompleteChunk; or CompleteChunks of 10 with claim_next of 10) against
-    ``bench.grpc_floor``, a grpc.aio server whose handlers hand each call straight to the store's
-    group-committed path, with nothing of jobpulse's own around it (no service layer, call guard, checks,
-    metrics or change hub). What the row could reach if the server's own code cost nothing; the gap to
-    the jobpulse row is that code, the gap to PgQueuer the rest (gRPC, the store, and the three sharing
-    two cores). The jobs as for statements_floor; afterwards every chunk must be completed once."""
+async def grpc_floor(n: int, workers: int, key: str) -> dict[str, Any]:
+    """The jobpulse row's workers against ``bench.grpc_floor``; the jobs are made by a jobpulse server
+    (which migrates the database) stopped before the clock starts; every chunk must be completed once."""
     name, mode_key = GRPC_FLOORS[key]
-    mode = work.MODES[mode_key]
     async with procs.database("postgresql", key) as dsn:
-        await _floor_jobs(dsn, n)
+        server = procs.Jobpulse(dsn)
+        try:
+            await _create_jobs(server.start().address, [("bench-work", k) for k in _shares(n, JOBS_PER_RUN)])
+        finally:
+            server.close()
         floor = await asyncio.to_thread(floor_server, dsn)
         try:
-            counts = work.Counts()
-            async with grpc.aio.insecure_channel(floor.address) as channel:
-                stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-                cpu0, db0 = cpu_seconds(floor), postgres_cpu_seconds()
-                t0 = time.perf_counter()
-                await asyncio.gather(
-                    *(
-                        work.worker(
-                            stub,
-                            mode,
-                            worker_id=f"grpc-floor-{w}",
-                            lease=LEASE,
-                            keep_going=lambda: True,
-                            counts=counts,
-                            timeout=TIMEOUT,
-                        )
-                        for w in range(workers)
-                    )
-                )
-                elapsed = time.perf_counter() - t0
-                cpu1, db1 = cpu_seconds(floor), postgres_cpu_seconds()
+            [counts], measured = await _workers(floor, work.MODES[mode_key], [((), workers)], "grpc-floor")
         finally:
             await asyncio.to_thread(floor.close)
         completed, left = await _completed_chunks(dsn)
@@ -396,14 +316,7 @@ async def grpc_floor(n: int, workers: int, key: str = GRPC_FLOOR) -> dict[str, A
             f"gRPC floor drained {counts.chunks}/{n} ({completed} completed, {left} not, "
             f"{counts.not_ok} declined)"
         )
-    return _row(
-        name,
-        n,
-        elapsed,
-        counts.rpcs,
-        server_cpu_us=_per_unit_us(cpu0, cpu1, n),
-        db_cpu_us=_per_unit_us(db0, db1, n),
-    )
+    return _row(name, n, measured.pop("seconds"), counts.rpcs, **measured)
 
 
 # --- PgQueuer ----------------------------------------------------------------------------------
@@ -486,97 +399,98 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
 # --- run and print -----------------------------------------------------------------------------
 
 
-def render(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float, pg: str) -> str:
-    m = report.machine_facts()
-    lines: list[str] = []
+def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[str, Any]) -> str:
+    notes = [
+        f"N = {args.n:,} per row, no-op work, a fresh database per row; median of {args.rounds} round(s)"
+    ]
+    notes.append(f"{results['postgres']} | pgqueuer {results['pgqueuer']}")
+    mode = results["settings"]["mode"]
+    title = f"Chunk claim + complete on PostgreSQL: jobpulse next to PgQueuer ({mode} run, "
+    lines = report.header(f"{title}{results['elapsed_seconds']:.0f} s)", notes, results)
     add = lines.append
-    width = 110
-    add("=" * width)
-    add(
-        f"Chunk claim + complete on PostgreSQL: jobpulse next to PgQueuer "
-        f"({'quick' if args.quick else 'full'} run, {elapsed:.0f} s)"
-    )
-    add(f"N = {args.n:,} per row, no-op work, a fresh database per row; median of {args.rounds} round(s)")
-    add(f"machine: nproc {m['nproc']} | Python {m['python']} | {pg} | pgqueuer {_pgq_version()}")
-    add(f"         {m['cpu_model']}; load average {report.load_average()}")
     peer = [r for r in rows if r["key"] not in SCALING_KEYS]
     scaling = [r for r in rows if r["key"] in SCALING_KEYS]
     by = {r["key"]: r.get("per_second") for r in rows}
     if peer:
-        add("-" * width)
-        add(
-            f"Against PgQueuer: W = {args.workers} asyncio workers; jobpulse's chunks spread over "
-            f"{JOBS_PER_RUN} jobs of one kind"
-        )
-        _table(lines, peer)
-        add("-" * width)
-        add(f"   {'ratio jobs/s jobpulse / pgqueuer':<52}{'vs QueueManager':>18}")
-        keys = [("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10)]
-        for key, k in keys:
-            if key not in by:
-                continue
-            name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
-            label = f"{name.removeprefix('jobpulse, ')} / batch {k}"
-            add(f"   {label:<52}{_ratio(by[key], by.get(f'qm{k}')):>18}")
-        if "jpb10d" in by:
-            label = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
-            add(f"   {label:<52}{_ratio(by['jpb10d'], by.get('qm10d')):>18}")
-        if args.rounds > 1:
-            add("   round by round, vs QueueManager (the ratios above are of each row's median):")
-            for key, k in (("jp1", 1), (GRPC_FLOOR_1, 1), ("jpcc", 1), ("jpb10", 10), (GRPC_FLOOR, 10)):
-                if key in by:
-                    name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
-                    add(f"     {name.removeprefix('jobpulse, ')}: {_by_round(rows, key, f'qm{k}')}")
-    if scaling:
-        add("-" * width)
-        add("Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a")
-        add(
-            "kind of its own, each worker claiming its job's kind only; beside them PgQueuer QueueManagers, "
-            "batch_size=1"
-        )
-        _table(lines, scaling)
-        add("-" * width)
-        add(f"   {'ratio jobs/s':<52}{'jobpulse':>18}{'pgqueuer QueueManager':>28}")
-        for label, (a, b), (c, d) in (
-            ("16 workers / 4 workers, one job", ("sc1x16", "sc1x4"), ("sqm16", "sqm4")),
-            ("4 jobs x 4 workers / 4 workers on one job", ("sc4x4", "sc1x4"), ("", "")),
-            ("4 jobs x 4 workers / 16 workers on one job", ("sc4x4", "sc1x16"), ("", "")),
+        add("-" * report.WIDTH)
+        add(f"Against PgQueuer: W = {args.workers} workers; jobpulse's chunks over {JOBS_PER_RUN} jobs")
+        lines += _table(peer)
+        ratios, by_round = [], []
+        for key, k in (
+            ("jp1", 1),
+            ("jpcc", 1),
+            (GRPC_FLOOR_1, 1),
+            ("jp10", 10),
+            ("jpb10", 10),
+            (GRPC_FLOOR, 10),
         ):
-            theirs = f"{_ratio(by.get(c), by.get(d)):>28}" if c else ""
-            add(f"   {label:<52}{_ratio(by.get(a), by.get(b)):>18}{theirs}")
+            if key in by:
+                name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
+                name = name.removeprefix("jobpulse, ")
+                ratios.append([f"{name} / batch {k}", _ratio(by[key], by.get(f"qm{k}"))])
+                if key != "jp10":
+                    by_round.append(f"     {name}: {_by_round(rows, key, f'qm{k}')}")
+        if "jpb10d" in by:
+            deep = f"same, N = {args.deep:,} / batch 10, N = {args.deep:,}"
+            ratios.append([deep, _ratio(by["jpb10d"], by.get("qm10d"))])
+        lines += report.table(["ratio jobs/s jobpulse / pgqueuer", "vs QueueManager"], ratios)
+        if args.rounds > 1:
+            lines += [
+                "   round by round, vs QueueManager (the ratios above are of each row's median):",
+                *by_round,
+            ]
+    if scaling:
+        add("-" * report.WIDTH)
+        lines += report.para(
+            "Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a "
+            "kind of its own, each worker claiming its job's kind only; beside them PgQueuer QueueManagers, "
+            "batch_size=1",
+            first="",
+        )
+        lines += _table(scaling)
+        ratios = [
+            [label, _ratio(by.get(a), by.get(b)), _ratio(by.get(c), by.get(d)) if c else ""]
+            for label, (a, b), (c, d) in (
+                ("16 workers / 4 workers, one job", ("sc1x16", "sc1x4"), ("sqm16", "sqm4")),
+                ("4 jobs x 4 workers / 4 workers on one job", ("sc4x4", "sc1x4"), ("", "")),
+                ("4 jobs x 4 workers / 16 workers on one job", ("sc4x4", "sc1x16"), ("", "")),
+            )
+        ]
+        lines += report.table(["ratio jobs/s", "jobpulse", "pgqueuer QueueManager"], ratios)
         if args.rounds > 1:
             ours, theirs = _by_round(rows, "sc1x16", "sc1x4"), _by_round(rows, "sqm16", "sqm4")
             add(f"   16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs}")
             add("   (the ratios above are of each row's median)")
-        add(f"   {'ratio jobs/s jobpulse / PgQueuer, same W':<52}{'vs QueueManager':>18}")
-        for key, peer_key in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16")):
-            label = _scaling_name(key).removeprefix("jobpulse complete-and-claim, ")
-            add(f"   {label:<52}{_ratio(by.get(key), by.get(peer_key)):>18}")
-    add("-" * width)
-    add("Targets (PostgreSQL)")
-    lines.extend(report.render_goals(goals(rows)))
-    add("=" * width)
+        ratios = [
+            [
+                _scaling_name(key).removeprefix("jobpulse complete-and-claim, "),
+                _ratio(by.get(key), by.get(peer)),
+            ]
+            for key, peer in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
+        ]
+        lines += report.table(["ratio jobs/s jobpulse / PgQueuer, same W", "vs QueueManager"], ratios)
+    lines += [
+        "-" * report.WIDTH,
+        "Targets (PostgreSQL)",
+        *report.render_goals(goals(rows)),
+        "=" * report.WIDTH,
+    ]
     return "\n".join(lines)
 
 
-def _table(lines: list[str], rows: list[dict[str, Any]]) -> None:
-    add = lines.append
-    add(
-        f"   {'':<52}{'jobs/s':>9}{'seconds':>9}{'round trips':>13}"
-        f"{'srv CPU us/job':>16}{'db CPU us/job':>15}"
-    )
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    cells: list[list[Any]] = []
     for r in rows:
         if r.get("unimplemented"):
-            add(f"   {r['name']:<52}{'n/a (server: UNIMPLEMENTED)':>31}")
+            cells.append([r["name"], "n/a (server: UNIMPLEMENTED)"])
             continue
         trips = f"{r['round_trips']:,}" if r["round_trips"] else "-"
-        note = _note(r)
-        add(
-            f"   {r['name']:<52}{r['per_second']:>9,.0f}{r['seconds']:>9.2f}{trips:>13}"
-            f"{_us(r.get('server_cpu_us')):>16}{_us(r.get('db_cpu_us')):>15}"
-            + (f"  ({note})" if note else "")
-        )
-    add("   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine")
+        note = f"({n})" if (n := _note(r)) else ""
+        cpu = [_us(r.get("server_cpu_us")), _us(r.get("db_cpu_us"))]
+        cells.append([r["name"], f"{r['per_second']:,.0f}", f"{r['seconds']:.2f}", trips, *cpu, note])
+    head = ["", "jobs/s", "seconds", "round trips", "srv CPU us/job", "db CPU us/job", ""]
+    note = "   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine"
+    return [*report.table(head, cells), note]
 
 
 def _by_round(rows: list[dict[str, Any]], a: str, b: str) -> str:
@@ -594,6 +508,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _note(row: dict[str, Any]) -> str:
+    if row.get("unimplemented"):
+        return "server: UNIMPLEMENTED"
     counts = row.get("counts")
     if counts is None:
         return ""
@@ -632,126 +548,53 @@ def _flusher(
     }
 
 
-def goals(rows: list[dict[str, Any]]) -> list[report.Goal]:
+def goals(rows: list[dict[str, Any]]) -> list[Goal]:
+    """The worker-throughput targets: one by one >= 0.55 of PgQueuer batch 1, complete-and-claim >= 0.65
+    (both moonshot 1.0), batches of 10 >= 1.0 (moonshot 2.0), server CPU per chunk <= 1.0 ms; 16 workers
+    on one job >= 0.9 of 4."""
     by = {r["key"]: r for r in rows}
 
     def ratio(a: str, b: str) -> float | None:
         x, y = by.get(a, {}).get("per_second"), by.get(b, {}).get("per_second")
         return x / y if x is not None and y else None
 
-    def note(key: str) -> str:
+    def note(key: str, *more: str) -> str:
         row = by.get(key)
-        if row is None:
-            return "not measured"
-        return "server: UNIMPLEMENTED" if row.get("unimplemented") else _note(row)
+        first = "not measured" if row is None else _note(row)
+        return "; ".join(n for n in (first, *more) if n)
 
-    out: list[report.Goal] = []
+    def floor(key: str, peer: str) -> str:
+        r = ratio(key, peer)
+        return "" if r is None else f"the store alone under gRPC: {r:.2f}"
+
+    out: list[Goal] = []
     if set(by) - SCALING_KEYS:
-        out.extend(_peer_goals(ratio, note, by))
+        for key, what, floor_note, line in (
+            ("jp1", "one by one", floor(GRPC_FLOOR_1, "qm1"), 0.55),
+            ("jpcc", "complete-and-claim", "", 0.65),
+        ):
+            what = f"PostgreSQL {what} / PgQueuer batch 1 (QueueManager)"
+            out.append(Goal(what, ratio(key, "qm1"), True, line, 1.0, note=note(key, floor_note)))
+        what, batched = "PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 (QueueManager)", "jpb10"
+        out.append(
+            Goal(what, ratio(batched, "qm10"), True, 1.0, 2.0, note=note(batched, floor(GRPC_FLOOR, "qm10")))
+        )
+        if "jpb10d" in by:
+            what = f"same, both on a queue of {by['jpb10d'].get('n', 0):,} (QueueManager)"
+            out.append(Goal(what, ratio("jpb10d", "qm10d"), True, 1.0, 2.0, note=note("jpb10d")))
+        for key, what in (
+            ("jp1", "one by one"),
+            ("jpcc", "complete-and-claim"),
+            ("jpb10", "CompleteChunks of 10"),
+        ):
+            cpu, what = by.get(key, {}).get("server_cpu_us"), f"PostgreSQL server CPU per chunk, {what}"
+            out.append(Goal(what, cpu, False, 1000, 500, "us", note=note(key)))
     if set(by) & SCALING_KEYS:
         theirs = ratio("sqm16", "sqm4")
-        out.append(
-            report.Goal(
-                "PostgreSQL complete-and-claim, 16 workers / 4 workers on one job",
-                ratio("sc1x16", "sc1x4"),
-                True,
-                0.9,
-                1.0,
-                note="; ".join(
-                    n
-                    for n in (
-                        note("sc1x16"),
-                        note("sc1x4"),
-                        f"PgQueuer 16 / 4 QueueManagers: {theirs:.2f}" if theirs is not None else "",
-                    )
-                    if n
-                ),
-            )
-        )
+        pgq = f"PgQueuer 16 / 4 QueueManagers: {theirs:.2f}" if theirs is not None else ""
+        what, more = "PostgreSQL complete-and-claim, 16 workers / 4 workers on one job", note("sc1x4")
+        out.append(Goal(what, ratio("sc1x16", "sc1x4"), True, 0.9, 1.0, note=note("sc1x16", more, pgq)))
     return out
-
-
-def _peer_goals(
-    ratio: Callable[[str, str], float | None], note: Callable[[str], str], by: dict[str, dict[str, Any]]
-) -> list[report.Goal]:
-    """The targets against PgQueuer (the rows of the W workers, over JOBS_PER_RUN jobs)."""
-    out: list[report.Goal] = []
-    peers = (("qm", "QueueManager"),)
-    # The worker-throughput issue's targets: one by one >= 0.55, complete-and-claim >= 0.65 (both
-    # moonshot 1.0), batches of 10 >= 1.0 (moonshot 2.0), server CPU per chunk <= 1.0 ms.
-    for key, what, floor_keys, target in (
-        ("jp1", "one by one", (GRPC_FLOOR_1,), 0.55),
-        ("jpcc", "complete-and-claim", (), 0.65),
-    ):
-        for peer, peer_name in peers:
-            floor_note = _floor_note(ratio, floor_keys, f"{peer}1")
-            out.append(
-                report.Goal(
-                    f"PostgreSQL {what} / PgQueuer batch 1 ({peer_name})",
-                    ratio(key, f"{peer}1"),
-                    True,
-                    target,
-                    1.0,
-                    note="; ".join(n for n in (note(key), floor_note) if n),
-                )
-            )
-    for peer, peer_name in peers:
-        floor_note = _floor_note(ratio, (GRPC_FLOOR,), f"{peer}10")
-        out.append(
-            report.Goal(
-                f"PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 ({peer_name})",
-                ratio("jpb10", f"{peer}10"),
-                True,
-                1.0,
-                2.0,
-                note="; ".join(n for n in (note("jpb10"), floor_note) if n),
-            )
-        )
-    if "jpb10d" in by:
-        n = by["jpb10d"].get("n", 0)
-        out.append(
-            report.Goal(
-                f"same, both on a queue of {n:,} (QueueManager)",
-                ratio("jpb10d", "qm10d"),
-                True,
-                1.0,
-                2.0,
-                note=note("jpb10d"),
-            )
-        )
-    for key, what in (
-        ("jp1", "one by one"),
-        ("jpcc", "complete-and-claim"),
-        ("jpb10", "CompleteChunks of 10"),
-    ):
-        out.append(
-            report.Goal(
-                f"PostgreSQL server CPU per chunk, {what}",
-                by.get(key, {}).get("server_cpu_us"),
-                False,
-                1000,
-                500,
-                "us",
-                note=note(key),
-            )
-        )
-    return out
-
-
-_FLOOR_NOTES = {GRPC_FLOOR_1: "the store alone under gRPC", GRPC_FLOOR: "the store alone under gRPC"}
-
-
-def _floor_note(ratio: Callable[[str, str], float | None], keys: Sequence[str], peer_key: str) -> str:
-    """A target's floors against the same PgQueuer row, those that were measured: "what: ratio; ..."."""
-    floors = [(ratio(k, peer_key), _FLOOR_NOTES[k]) for k in keys]
-    return "; ".join(f"{label}: {r:.2f}" for r, label in floors if r is not None)
-
-
-def _pgq_version() -> str:
-    try:
-        return metadata.version("pgqueuer")
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 async def _pg_version() -> str:
@@ -780,12 +623,6 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         cases += [
             ("jpb10d", functools.partial(_deep, functools.partial(jobpulse_drain, args.deep, w, "jpb10"))),
             ("qm10d", functools.partial(_deep, functools.partial(pgqueuer_managers, args.deep, w, 10))),
-        ]
-    if args.only == "batch":  # the batches of 10 alone, e.g. with a larger --n than a full run can afford
-        cases += [
-            ("jpb10", functools.partial(jobpulse_drain, n, w, "jpb10")),
-            (GRPC_FLOOR, functools.partial(grpc_floor, n, w)),
-            ("qm10", functools.partial(pgqueuer_managers, n, w, 10)),
         ]
     if args.only in (None, "scaling"):
         for key in SCALING_ORDER:
@@ -825,28 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-floor", action="store_true", help="skip the floors under gRPC")
-    p.add_argument(
-        "--only",
-        choices=("peer", "scaling", "batch"),
-        default=None,
-        help="run one set of rows: peer (jobpulse's modes beside PgQueuer, --workers workers), scaling "
-        "(complete-and-claim with 4 and 16 workers on one job, 4 jobs x 4 workers, and PgQueuer with 4 and "
-        "16 QueueManagers) or batch (CompleteChunks of 10 beside PgQueuer's batches of 10 alone); default "
-        "peer and scaling",
-    )
-    p.add_argument(
-        "--deep",
-        type=int,
-        default=None,
-        help="the peer rows (not with --quick): the batches of 10 (jobpulse CompleteChunks, PgQueuer "
-        "QueueManagers) once more on a queue this deep (default 50,000; 0 leaves them out)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=None,
-        help=f"rounds per row, median kept (default {FULL_ROUNDS}; --quick 1)",
-    )
+    p.add_argument("--only", choices=("peer", "scaling"), default=None, help="one set of rows (default both)")
+    p.add_argument("--deep", type=int, default=None, help="queue depth of the deep rows (50,000; 0: none)")
+    p.add_argument("--rounds", type=int, default=None, help=f"rounds, median kept ({FULL_ROUNDS}; quick 1)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
     if args.n is None:
@@ -855,33 +673,14 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 1 if args.quick else FULL_ROUNDS
     if args.deep is None:
         args.deep = 0 if args.quick else 50_000
-    t0 = time.perf_counter()
-    load_before = report.load_average()
-    pg = asyncio.run(_pg_version())
+    run_ = report.Run()
+    settings = {"mode": "quick" if args.quick else "full", "n": args.n, "workers": args.workers}
+    results: dict[str, Any] = {"settings": {**settings, "rounds": args.rounds, "only": args.only}}
+    results |= {"postgres": asyncio.run(_pg_version()), "pgqueuer": report._version("pgqueuer")}
     rows = asyncio.run(run(args))
-    elapsed = time.perf_counter() - t0
-    print(render(rows, args, elapsed, pg), flush=True)
-    report.write_json(
-        {
-            "settings": {
-                "mode": "quick" if args.quick else "full",
-                "n": args.n,
-                "workers": args.workers,
-                "rounds": args.rounds,
-                "only": args.only,
-            },
-            "postgres": pg,
-            "pgqueuer": _pgq_version(),
-            "machine": report.machine_facts(),
-            "load_before": load_before,
-            "load_after": report.load_average(),
-            "elapsed_seconds": elapsed,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "rows": rows,
-            "targets": [goal.as_dict() for goal in goals(rows)],
-        },
-        args.json,
-    )
+    results = run_.stamp({**results, "rows": rows, "targets": [goal.as_dict() for goal in goals(rows)]})
+    print(render(rows, args, results), flush=True)
+    report.write_json(results, args.json)
     print(f"results written to {args.json}", file=sys.stderr, flush=True)
     if not args.quick and args.only is None:  # a full run: its figures are the table's current ones
         figures.record("pg", goals(rows))

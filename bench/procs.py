@@ -1,7 +1,7 @@
 """The servers a benchmark measures, each in a process of its own.
 
 jobpulse runs as users run it, ``python -m jobpulse_server``, through the test suite's own
-``support.servers.ServerProcess`` (``jobpulse()`` below gives it the bench's settings). Every baseline
+``support.servers.ServerProcess`` (``Jobpulse`` below gives it the bench's settings). Every baseline
 (the bare grpc.aio server, the watch fan-out, the bare SSE server, the floor under gRPC) is a ``Child``:
 a spawned process that serves, sends its port back over a pipe and then answers commands; if the
 parent goes away the pipe reads EOF and the child stops too. Both have ``address`` and ``proc.pid``,
@@ -11,10 +11,13 @@ which is all a scenario asks of a server (``cpu_seconds``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import multiprocessing as mp
 import os
+import resource
 import tempfile
+import traceback
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +25,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from support.servers import ServerProcess
+from support.servers import ServerProcess, free_port
+
+from jobpulse_server.platform import gc_tuning
+from jobpulse_server.platform.config import Config
+from jobpulse_server.store.database import SqlStore
 
 _START_TIMEOUT = 60.0
 # Where the PostgreSQL scenarios create (and drop) a database per row.
@@ -43,30 +50,59 @@ class Served(Protocol):
     def proc(self) -> Any: ...  # subprocess.Popen or multiprocessing.Process: both have .pid
 
 
-def jobpulse(
-    database_url: str, *, http_port: int = 0, pythonpath: str | None = None, **settings: Any
-) -> ServerProcess:
+class Jobpulse(ServerProcess):
     """A jobpulse server as the benchmarks run it (not started yet): logging at INFO as ``jobpulse serve``
     does, to /dev/null; expiry off (bench data is synthetic and often dated in the past); the HTTP side
-    on any free port unless one is given. ``pythonpath`` goes first on the server's PYTHONPATH, to serve
-    another checkout's code (bench.compare)."""
-    server = ServerProcess(
-        database_url,
-        Path(os.devnull),
-        **{
-            "log_level": "INFO",
-            "http_port": http_port,
-            "drain_seconds": 0,
-            "retention_completed": 0,
-            "retention_failed": 0,
-            "retention_cancelled": 0,
-            **settings,
-        },
-    )
-    if pythonpath:
-        inherited = server.env.get("PYTHONPATH")
-        server.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
-    return server
+    on a free port (``http_port``), or off with ``http=False``. ``pythonpath`` goes first on the server's
+    PYTHONPATH, to serve another checkout's code (bench.compare)."""
+
+    def __init__(
+        self, database_url: str, *, http: bool = True, pythonpath: str | None = None, **settings: Any
+    ):
+        self.http_port = free_port() if http else -1
+        defaults = {"log_level": "INFO", "drain_seconds": 0, "retention_completed": 0}
+        defaults |= {"retention_failed": 0, "retention_cancelled": 0}
+        super().__init__(
+            database_url, Path(os.devnull), **{**defaults, "http_port": self.http_port, **settings}
+        )
+        if pythonpath:
+            inherited = self.env.get("PYTHONPATH")
+            self.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
+
+    def start(self, timeout: float = _START_TIMEOUT) -> Jobpulse:
+        super().start(timeout)  # returns once gRPC health says SERVING
+        if self.http_port >= 0:  # the HTTP side starts before that; make sure of it anyway
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/healthz answered {r.status}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+def raise_nofile() -> None:
+    """The open-files limit up to the hard one: thousands of sockets here and in the servers, which
+    inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def tune_gc() -> None:
+    """The collector settings jobpulse's server applies to itself: a client process holding streams gets
+    them too, so its pauses do not land in the latency of whichever server is being measured."""
+    gc_tuning.tune(Config.gc_threshold)
+
+
+async def migrate(database_url: str) -> None:
+    """Runs the server's migrations on a database (before bulk-loading into it)."""
+    store = SqlStore(database_url)
+    await store.start()
+    await store.close()
 
 
 def _child_main(conn: Connection, serve: Callable[..., Awaitable[Serving]], args: tuple[Any, ...]) -> None:
@@ -88,17 +124,22 @@ async def _child(conn: Connection, serve: Callable[..., Awaitable[Serving]], arg
             break
         if msg[0] == "stop":
             break
-        conn.send(handle(msg))
+        try:
+            reply = handle(msg)
+            conn.send(await reply if inspect.isawaitable(reply) else reply)
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
     await stop()
 
 
 class Child:
-    """A baseline server in a spawned process: ``serve(*args)`` (a module-level coroutine function, as
-    spawn needs) starts it in the child and returns ``Serving``."""
+    """A baseline server (or a client holding streams) in a spawned process: ``serve(*args)`` (a
+    module-level coroutine function, as spawn needs) starts it in the child and returns ``Serving``; its
+    command handler may be a coroutine function, and what it raises comes back as ``("error", text)``."""
 
     def __init__(self, serve: Callable[..., Awaitable[Serving]], *args: Any, name: str = "baseline") -> None:
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
+        self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_child_main, args=(child, serve, args), name=f"bench-{name}", daemon=True
         )
@@ -108,11 +149,11 @@ class Child:
         self.port = 0
 
     def start(self) -> Child:
-        if not self._conn.poll(_START_TIMEOUT):
+        if not self.conn.poll(_START_TIMEOUT):
             self.close()
             raise RuntimeError(f"{self.name} server did not start within {_START_TIMEOUT:.0f}s")
         try:
-            tag, self.port = self._conn.recv()
+            tag, self.port = self.conn.recv()
         except EOFError as exc:
             raise RuntimeError(f"{self.name} server exited during start-up (see its stderr)") from exc
         assert tag == "port"
@@ -124,19 +165,24 @@ class Child:
 
     def ask(self, *msg: Any) -> Any:
         """Sends a command, returns the child's answer."""
-        self._conn.send(msg)
-        return self._conn.recv()
+        self.conn.send(msg)
+        return self.conn.recv()
 
     def close(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self.proc.join(15)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
+        stop(self.proc, self.conn)
+
+
+def stop(proc: Any, conn: Connection) -> None:
+    """Asks a spawned process to stop over its pipe; terminates it if it has not within 15 s."""
+    if proc.is_alive():
+        try:
+            conn.send(("stop",))
+        except OSError:
+            pass
+        proc.join(15)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
 
 
 def pg_dsn(name: str) -> str:
@@ -154,21 +200,20 @@ async def database(kind: str, tag: str) -> AsyncIterator[str]:
         return
     import asyncpg
 
-    name = f"bench_{tag}_{os.getpid()}"
-    for statement in (f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'):
-        admin = await asyncpg.connect(PG_ADMIN)
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
         try:
-            await admin.execute(statement)
+            await conn.execute(statement)
         finally:
-            await admin.close()
+            await conn.close()
+
+    name = f"bench_{tag}_{os.getpid()}"
+    await admin(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin(f'CREATE DATABASE "{name}"')
     try:
         yield pg_dsn(name)
     finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def status_kib(pid: int, field: str = "VmRSS") -> int:

@@ -1,4 +1,6 @@
-"""Machine facts, the printed table and the JSON file."""
+"""What every scenario's report shares: the run's frame (machine facts, load, elapsed time), the sizes
+taken from the environment, the log line, the targets (``Goal``), tables, and the JSON file; and the
+core scenario's own printout and targets."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import json
 import os
 import platform
 import sqlite3
-from dataclasses import dataclass
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,63 @@ def machine_facts() -> dict[str, Any]:
 WIDTH = 122
 
 
+def log(msg: str, tag: str = "bench") -> None:
+    print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def env_size(name: str, default: float, kind: type = int) -> Any:
+    """A size from the variable ``name`` (a number above 0), else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(
+            f"{name}={raw!r}: expected {'a whole number' if kind is int else 'a number'}"
+        ) from None
+    if value <= 0:
+        raise SystemExit(f"{name}={raw!r}: must be above 0")
+    return value
+
+
+@dataclass
+class Run:
+    """The frame of one scenario's run: when it began and the machine's load then; ``stamp`` adds the
+    machine's facts, its load now and the time taken to a results dict."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    load_before: list[float] | None = field(default_factory=load_average)
+
+    def stamp(self, results: dict[str, Any]) -> dict[str, Any]:
+        results["machine"] = machine_facts()
+        results["load_before"] = self.load_before
+        results["load_after"] = load_average()
+        results["elapsed_seconds"] = time.perf_counter() - self.t0
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return results
+
+
+def header(title: str, notes: list[str], results: dict[str, Any], width: int = WIDTH) -> list[str]:
+    """A printout's head: its title, what it compares, the machine and its load."""
+    return [
+        "=" * width,
+        title,
+        *(line for note in notes for line in textwrap.wrap(note, width)),
+        *machine_lines(results),
+    ]
+
+
+def para(text: str, first: str = "   ") -> list[str]:
+    """A paragraph of a printout, wrapped to its width (a heading's first line starts with ``first=""``)."""
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent="   ")
+
+
+def ratio_cell(a: float | None, b: float | None) -> str:
+    """a / b as a table shows it, or n/a when either is unknown or b is 0 (e.g. CPU under /proc's tick)."""
+    return _x(a / b) if a is not None and b else "n/a"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
@@ -102,7 +164,7 @@ class Goal:
     measured: float | None
     at_least: bool
     target: float
-    moonshot: float
+    moonshot: float | None  # None: no stretch goal
     unit: str = ""
     note: str = ""
 
@@ -123,23 +185,18 @@ class Goal:
                 # 0.898 against >= 0.9 would print as 0.90, "NO": one more digit shows which side it is on.
                 measured = f"{self.measured:.3f}" + ("x" if self.unit == "x" else "")
             met = "NO"
-            if self._meets(self.moonshot):
+            if self.moonshot is not None and self._meets(self.moonshot):
                 met = "yes, moonshot too"
             elif self._meets(self.target):
                 met = "yes"
             if self.note:
                 met += f" ({self.note})"
-        return self.path, measured, f"{sign} {self._fmt(self.target)}", self._fmt(self.moonshot), met
+        moonshot = "-" if self.moonshot is None else self._fmt(self.moonshot)
+        return self.path, measured, f"{sign} {self._fmt(self.target)}", moonshot, met
 
     def as_dict(self) -> dict[str, Any]:
         path, _, target, moonshot, met = self.cells()
-        return {
-            "path": path,
-            "measured": self.measured,
-            "target": target,
-            "moonshot": moonshot,
-            "met": met,
-        }
+        return {"path": path, "measured": self.measured, "target": target, "moonshot": moonshot, "met": met}
 
 
 def render_goals(goals: list[Goal]) -> list[str]:
@@ -159,32 +216,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def goals(results: dict[str, Any]) -> list[Goal]:
     """The targets bench.core measures (SQLite)."""
-    out: list[Goal] = []
-    r = results["getjob_rate"]
-    out.append(Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8))
-    lat = results["latency"]
-    out.append(Goal("ListJobs (20 BASIC) p50 / bare", lat["listjobs_20"]["ratio_p50"], False, 2.0, 1.3, "x"))
+    r, lat = results["getjob_rate"], results["latency"]
     rev = lat.get("getjob_full_1000_new_revision")
-    out.append(
-        Goal(
-            "GetJob FULL 1,000 chunks p50 / bare, new revision each call",
-            rev["ratio_p50"] if rev else None,
-            False,
-            4.0,
-            2.0,
-            "x",
-        )
-    )
-    out.append(
-        Goal(
-            "GetJob FULL 1,000 chunks p50 / bare, same revision",
-            lat["getjob_full_1000"]["ratio_p50"],
-            False,
-            4.0,
-            2.0,
-            "x",
-        )
-    )
+    full = "GetJob FULL 1,000 chunks p50 / bare"
+    out = [
+        Goal("GetJob BASIC calls/s / bare grpc.aio", r["ratio"], True, 0.6, 0.8),
+        Goal("ListJobs (20 BASIC) p50 / bare", lat["listjobs_20"]["ratio_p50"], False, 2.0, 1.3, "x"),
+        Goal(f"{full}, new revision each call", rev["ratio_p50"] if rev else None, False, 4.0, 2.0, "x"),
+        Goal(f"{full}, same revision", lat["getjob_full_1000"]["ratio_p50"], False, 4.0, 2.0, "x"),
+    ]
     base = r["bare"]["per_second"]
     chunks = results["chunks"]
     # The worker-throughput issue's targets: one by one >= 0.25, complete-and-claim >= 0.4 (moonshot 0.6).
@@ -208,24 +248,13 @@ def goals(results: dict[str, Any]) -> list[Goal]:
         row = chunks.get(key)
         cpu = None if row is None or row.get("unimplemented") else row["server_cpu_us_per_chunk"]
         out.append(Goal(path, cpu, False, 1500, 800, "us", note=_chunk_note(row)))
-    watch = results.get("watch")
-    if watch:
+    if watch := results.get("watch"):
         jp, bare = watch["jobpulse"], watch["bare"]
         n = f"{jp['jobs']:,} jobs x 1 watcher"
-        out.append(
-            Goal(
-                f"watch, {n}: p99 / bare", jp["latency"]["p99"] / bare["latency"]["p99"], False, 3.0, 1.5, "x"
-            )
-        )
-        out.append(
-            Goal(
-                f"watch, {n}: changes/s / bare",
-                jp["changes_per_second"] / bare["changes_per_second"],
-                True,
-                0.3,
-                0.6,
-            )
-        )
+        p99 = jp["latency"]["p99"] / bare["latency"]["p99"]
+        out.append(Goal(f"watch, {n}: p99 / bare", p99, False, 3.0, 1.5, "x"))
+        rate = jp["changes_per_second"] / bare["changes_per_second"]
+        out.append(Goal(f"watch, {n}: changes/s / bare", rate, True, 0.3, 0.6))
     return out
 
 
@@ -293,13 +322,8 @@ def render(results: dict[str, Any]) -> str:
         f"channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server"
     )
     rows: list[list[Any]] = [
-        [
-            label,
-            f"{r[k]['per_second']:,.0f}",
-            _us(r[k]["server_cpu_us_per_call"]),
-            _us(r[k]["client_cpu_us_per_call"]),
-        ]
-        for k, label in (("bare", "bare grpc.aio (baseline)"), ("jobpulse", "jobpulse (SQLite)"))
+        [label, f"{q['per_second']:,.0f}", _us(q["server_cpu_us_per_call"]), _us(q["client_cpu_us_per_call"])]
+        for q, label in ((r["bare"], "bare grpc.aio (baseline)"), (r["jobpulse"], "jobpulse (SQLite)"))
     ]
     cpu = "n/a" if r["server_cpu_ratio"] is None else _x(r["server_cpu_ratio"])
     rows.append(["ratio jobpulse / bare", _x(r["ratio"]), cpu])
@@ -321,16 +345,10 @@ def render(results: dict[str, Any]) -> str:
         if row is None:
             continue
         jp, bare = row["jobpulse"], row["bare"]
-        rows.append(
-            [
-                label,
-                f"{row['response_bytes']:,}",
-                f"{_ms(jp['p50'])} / {_ms(jp['p99'])}",
-                f"{_ms(bare['p50'])} / {_ms(bare['p99'])}",
-                f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}",
-                f"{_us(jp.get('server_cpu_us_per_call'))} / {_us(bare.get('server_cpu_us_per_call'))}",
-            ]
-        )
+        cells = [f"{_ms(q['p50'])} / {_ms(q['p99'])}" for q in (jp, bare)]
+        cells.append(f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}")
+        cells.append(" / ".join(_us(q.get("server_cpu_us_per_call")) for q in (jp, bare)))
+        rows.append([label, f"{row['response_bytes']:,}", *cells])
     lines += table(["", "bytes", "jobpulse p50/p99", "bare p50/p99", "ratio", "CPU jobpulse/bare"], rows)
     rev = results["latency"].get("getjob_full_1000_new_revision")
     if rev is not None:
@@ -358,18 +376,13 @@ def render(results: dict[str, Any]) -> str:
         if row.get("unimplemented"):
             rows.append([label, "n/a (server: UNIMPLEMENTED)"])
             continue
-        note = _chunk_note(row)
-        rows.append(
-            [
-                label,
-                f"{row['chunks_per_second']:,.0f}",
-                f"{row['rpcs_per_second']:,.0f}",
-                _us(row["server_cpu_us_per_chunk"]),
-                _x(row["chunks_per_second"] / base),
-                _x(row["rpcs_per_second"] / base),
-                f"({note})" if note else "",
-            ]
-        )
+        note, rates = _chunk_note(row), (row["chunks_per_second"], row["rpcs_per_second"])
+        cells = [
+            *(f"{v:,.0f}" for v in rates),
+            _us(row["server_cpu_us_per_chunk"]),
+            *(_x(v / base) for v in rates),
+        ]
+        rows.append([label, *cells, f"({note})" if note else ""])
     lines += table(
         ["", "chunks/s", "RPCs/s", "srv CPU us/chunk", "chunks/s / bare", "RPCs/s / bare", ""], rows
     )
@@ -397,17 +410,13 @@ def render(results: dict[str, Any]) -> str:
             f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher, one change per job, {jp['in_flight']} in flight; "
             "baseline: the bare fan-out of bench.watch_streams"
         )
-        rows = [
-            [
-                label,
-                _ms(w["latency"]["p50"]),
-                _ms(w["latency"]["p99"]),
-                _ms(w["latency"]["max"]),
+        rows = []
+        for label, w in (("jobpulse", jp), ("bare fan-out", bare)):
+            cells = [
+                *(_ms(w["latency"][q]) for q in ("p50", "p99", "max")),
                 f"{w['changes_per_second']:,.0f}",
-                _us(w.get("server_cpu_us_per_change")),
             ]
-            for label, w in (("jobpulse", jp), ("bare fan-out", bare))
-        ]
+            rows.append([label, *cells, _us(w.get("server_cpu_us_per_change"))])
         lines += table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
 
     add("-" * WIDTH)

@@ -1,22 +1,13 @@
 """GetJob while the expiry sweep deletes 200,000 expired jobs, against GetJob on the same server when
-nothing is being deleted (SQLite).
+nothing is being deleted (SQLite). Sizes: JOBPULSE_BENCH_RETENTION_JOBS (a smoke run: 2000), _LEAD,
+_CALLS, _BATCH (replaces the server's retention_batch).
 
-    python -m bench retention                               # 200,000 jobs
-    JOBPULSE_BENCH_RETENTION_JOBS=2000 python -m bench retention   # a smoke run
-
-How the two phases are made on one server in one run: before the server starts, the jobs (COMPLETED,
-one chunk each, no ttl of their own, so the server's default applies) are inserted straight into the
-migrated SQLite file with an end_time (and update_time) in the past, but placed so that they expire
-only ``LEAD`` seconds after the server is up (``JOBPULSE_RETENTION_COMPLETED`` is ``RETENTION``
-seconds, the jobs ended ``RETENTION - LEAD`` seconds before the start). Until then the sweeper runs
-every second and finds nothing: that is the quiet phase, measured first. Then every job expires at
-once and the sweeper deletes them in batches; GetJob of one live job is measured the same way until
-the last seeded job is gone (the deletion phase). A seeded job is looked up after the quiet phase to
-make sure nothing had been deleted yet.
-
-Both phases run the same closed loop: one GetJob (FULL view) in flight, timed from this process. The
-figures: p50 / p99 of each phase, the ratio of the p99s (the goal: at most 2x), how long the deletion
-took from the moment the jobs expired, and the jobs deleted per second.
+The jobs (COMPLETED, one chunk each, the server's default ttl) are inserted into the migrated file
+before the server starts, placed to expire ``LEAD`` seconds after it is up: until then the sweeper
+finds nothing (the quiet phase, measured first and checked to have deleted nothing), then it deletes
+them all in batches (the deletion phase, measured until the last is gone), then a second quiet phase.
+Each phase: one GetJob (FULL) in flight, timed from this process. Figures: the p99 while deleting over
+the lower quiet p99 (goal: at most 2x), the deletion's duration from the expiry, and jobs/s.
 """
 
 from __future__ import annotations
@@ -29,99 +20,55 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
-from support.servers import ServerProcess
 
+from bench import procs, report
+from bench.listing_scale import insert_sql, table_row
+from bench.load import percentile
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.model import ChunkState, JobState
-from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.tables import chunks, jobs
 
+KIND = "bench-expired"
 JOB_COLUMNS = [c.name for c in jobs.columns]
 CHUNK_COLUMNS = [c.name for c in chunks.columns]
 
-N_JOBS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_JOBS", "200000"))
+N_JOBS = report.env_size("JOBPULSE_BENCH_RETENTION_JOBS", 200_000)
 # The server's default ttl of COMPLETED jobs, and how long after its start the seeded jobs expire.
 RETENTION = 3600
-LEAD = float(os.environ.get("JOBPULSE_BENCH_RETENTION_LEAD", "25"))
+LEAD = report.env_size("JOBPULSE_BENCH_RETENTION_LEAD", 25.0, float)
 # Timed GetJob calls of the quiet phase (it must end well within LEAD).
-QUIET_CALLS = int(os.environ.get("JOBPULSE_BENCH_RETENTION_CALLS", "3000"))
+QUIET_CALLS = report.env_size("JOBPULSE_BENCH_RETENTION_CALLS", 3000)
 DELETION_TIMEOUT = 1800.0
 
 
 def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
-    values: dict[str, Any] = {
-        "id": job_id,
-        "owner": "anonymous",
-        "request_id": None,
-        "display_name": f"expired {job_id}",
-        "kind": "bench-expired",
-        "state": int(JobState.COMPLETED),
-        "stage": "done",
-        "message": "",
-        "priority": 5,
-        "labels": json.dumps({"team": "bench"}),
-        "job_metadata": "{}",
-        "total_items": 100,
-        "chunk_size": 100,
-        "max_attempts": 3,
-        "revision": 3,
-        "n_pending": 0,
-        "n_processing": 0,
-        "n_completed": 1,
-        "n_failed": 0,
-        "n_cancelled": 0,
-        "items_done": 100,
-        "error_reason": "",
-        "error_message": "",
-        "error_chunk_index": None,
-        "cancel_requested": 0,
-        "cancel_reason": "",
-        "cancel_time": None,
+    done = {"state": int(JobState.COMPLETED), "stage": "done", "labels": json.dumps({"team": "bench"})}
+    size = {"total_items": 100, "chunk_size": 100, "max_attempts": 3, "n_completed": 1, "items_done": 100}
+    times = {
         "create_time": end - 60_000_000,
-        "update_time": end,
         "start_time": end - 30_000_000,
+        "update_time": end,
         "end_time": end,
-        "change_seq": 0,
-        "webhook_url": "",
-        "webhook_progress": 0,
-        "last_progress_event": None,
-        "ttl": None,
-        "trace_parent": None,
     }
-    return tuple(values[c] for c in JOB_COLUMNS)
+    rest = {"priority": 5, "revision": 3, "job_metadata": "{}", "change_seq": 0}
+    named = {"id": job_id, "owner": "anonymous", "display_name": f"expired {job_id}", "kind": KIND}
+    return table_row(jobs, {**named, **done, **size, **times, **rest})
 
 
 def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
-    values: dict[str, Any] = {
-        "id": f"{job_id}-0",
-        "job_id": job_id,
-        "idx": 0,
+    done = {
         "state": int(ChunkState.COMPLETED),
-        "item_start": 0,
         "item_count": 100,
         "items_done": 100,
         "attempt": 1,
         "max_attempts": 3,
-        "worker_id": "bench-worker",
-        "external_task_id": "",
-        "error_reason": "",
-        "error_message": "",
-        "lease_token": None,
-        "lease_expire_time": None,
-        "lease_duration": None,
-        "next_attempt_time": None,
-        "retry_at": None,
-        "revision": 3,
-        "priority": 5,
-        "kind": "bench-expired",
-        "start_time": end - 30_000_000,
-        "end_time": end,
     }
-    return tuple(values[c] for c in CHUNK_COLUMNS)
+    named = {"id": f"{job_id}-0", "job_id": job_id, "worker_id": "bench-worker", "kind": KIND}
+    times = {"start_time": end - 30_000_000, "end_time": end}
+    return table_row(chunks, {**named, **done, **times, "revision": 3, "priority": 5})
 
 
 def seed(path: str, n: int, first_end: int) -> list[str]:
@@ -131,10 +78,7 @@ def seed(path: str, n: int, first_end: int) -> list[str]:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        job_sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
-        chunk_sql = (
-            f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}) VALUES ({', '.join('?' * len(CHUNK_COLUMNS))})"
-        )
+        job_sql, chunk_sql = insert_sql("jobs", JOB_COLUMNS), insert_sql("chunks", CHUNK_COLUMNS)
         batch = 20_000
         for start in range(0, n, batch):
             part = ids[start : start + batch]
@@ -157,12 +101,6 @@ def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
     return True
 
 
-def _batch_override() -> dict[str, int]:
-    """JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes)."""
-    raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
-    return {"retention_batch": int(raw)} if raw else {}
-
-
 def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_pb2.GetJobRequest) -> float:
     t = time.perf_counter()
     stub.GetJob(request, timeout=30)
@@ -170,8 +108,7 @@ def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_p
 
 
 def _p(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
+    return percentile(samples, q * 100)
 
 
 def _line(name: str, samples: list[float]) -> str:
@@ -188,19 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="jobpulse-retention-"))
-    path = str(tmp / "jobs.db")
+    with tempfile.TemporaryDirectory(prefix="jobpulse-retention-") as tmp:
+        return _run(f"{tmp}/jobs.db")
+
+
+def _run(path: str) -> int:
     url = f"sqlite:///{path}"
 
-    async def migrate() -> None:
-        db = SqlStore(url)
-        await db.start()
-        await db.close()
-
-    asyncio.run(migrate())
+    asyncio.run(procs.migrate(url))
     print(f"seeding {N_JOBS:,} jobs to expire (one chunk each) into {path} ...", flush=True)
     ids: list[str] = []
-    srv: ServerProcess | None = None
+    srv: procs.Jobpulse | None = None
     try:
         t0 = time.perf_counter()
         ids = seed(path, N_JOBS, 0)
@@ -218,15 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-        srv = ServerProcess(
-            url,
-            tmp,
-            retention_completed=RETENTION,
-            sweep_interval=1.0,
-            **_batch_override(),
-            drain_seconds=0,
-            log_level="INFO",
-        ).start(timeout=120)
+        # JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes).
+        raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
+        batch: dict[str, Any] = {"retention_batch": int(raw)} if raw else {}
+        srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **batch).start(120)
         channel = grpc.insecure_channel(srv.address)
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         live = stub.CreateJob(
@@ -284,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if srv is not None:
             srv.close()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 if __name__ == "__main__":

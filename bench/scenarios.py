@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -106,13 +107,8 @@ def _cpu_ratio(a: Rate, b: Rate) -> float | None:
 
 
 def _rate_dict(rate: Rate) -> dict[str, Any]:
-    return {
-        "calls": rate.calls,
-        "seconds": rate.seconds,
-        "per_second": rate.per_second,
-        "server_cpu_us_per_call": rate.server_cpu_us_per_call,
-        "client_cpu_us_per_call": rate.client_cpu_us_per_call,
-    }
+    keys = ("calls", "seconds", "per_second", "server_cpu_us_per_call", "client_cpu_us_per_call")
+    return {k: getattr(rate, k) for k in keys}
 
 
 # --- 2. latency ----------------------------------------------------------------------
@@ -200,13 +196,9 @@ async def chunk_throughput(
     backlog: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """``workers`` asyncio workers claim and complete chunks as ``mode`` says, for ``seconds``.
-
-    A fresh job of ``backlog`` one-item chunks is the only pending work; what is left of it when
-    time is up is cancelled so it does not weigh on the next measurement. Workers started before the
-    deadline finish what they hold (without claiming more), and the clock runs until the last one has.
-    The job's COMPLETED count is checked against the completions counted.
-    """
+    """``workers`` claim and complete chunks of a fresh job of ``backlog`` as ``mode`` says for ``seconds``
+    (the clock runs until the last has finished what it holds); what is left is cancelled so it does not
+    weigh on the next row, and the job's COMPLETED count must equal the completions counted."""
     async with grpc.aio.insecure_channel(target.address) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
@@ -218,17 +210,10 @@ async def chunk_throughput(
         }
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
-        job = (
-            await jobs.CreateJob(
-                job_service_pb2.CreateJobRequest(
-                    display_name=f"bench work {mode.key}",
-                    kind="bench-work",
-                    total_items=backlog,
-                    chunk_size=1,
-                ),
-                timeout=TIMEOUT,
-            )
-        ).job
+        new = job_service_pb2.CreateJobRequest(
+            display_name=f"bench work {mode.key}", kind="bench-work", total_items=backlog, chunk_size=1
+        )
+        job = (await jobs.CreateJob(new, timeout=TIMEOUT)).job
         counts = work.Counts()
         deadline = 0.0
 
@@ -238,20 +223,10 @@ async def chunk_throughput(
         cpu0 = cpu_seconds(target)
         start = time.perf_counter()
         deadline = start + seconds
-        await asyncio.gather(
-            *(
-                work.worker(
-                    stub,
-                    mode,
-                    worker_id=f"bench-worker-{n}",
-                    lease=WORK_LEASE,
-                    keep_going=keep_going,
-                    counts=counts,
-                    timeout=TIMEOUT,
-                )
-                for n in range(workers)
-            )
+        one = functools.partial(
+            work.worker, stub, mode, lease=WORK_LEASE, keep_going=keep_going, timeout=TIMEOUT
         )
+        await asyncio.gather(*(one(worker_id=f"bench-worker-{n}", counts=counts) for n in range(workers)))
         elapsed = time.perf_counter() - start
         cpu1 = cpu_seconds(target)
         after = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id), timeout=TIMEOUT)

@@ -42,29 +42,17 @@ async def seed_read_data(
     list_jobs: int,
 ) -> ReadData:
     """A 10-chunk job, a 1,000-chunk job part-way through, and ``list_jobs`` small jobs to list."""
-    small = await jobs.CreateJob(
-        job_service_pb2.CreateJobRequest(
-            display_name="bench small job",
-            kind="thumbnails",
-            labels={"team": "bench", "tier": "gold"},
-            metadata=_metadata(source="bench", bucket="s3://bench-in"),
-            total_items=5_000,
-            chunk_size=500,
-        ),
-        timeout=TIMEOUT,
+    small_job = job_service_pb2.CreateJobRequest(
+        display_name="bench small job", kind="thumbnails", total_items=5_000, chunk_size=500
     )
-    big = await jobs.CreateJob(
-        job_service_pb2.CreateJobRequest(
-            display_name="bench big job",
-            kind="transcribe",
-            priority=10,
-            labels={"team": "bench", "tier": "gold"},
-            metadata=_metadata(source="bench", bucket="s3://bench-in"),
-            total_items=100_000,
-            chunk_size=100,
-        ),
-        timeout=TIMEOUT,
+    big_job = job_service_pb2.CreateJobRequest(
+        display_name="bench big job", kind="transcribe", priority=10, total_items=100_000, chunk_size=100
     )
+    for request in (small_job, big_job):
+        request.labels.update({"team": "bench", "tier": "gold"})
+        request.metadata.CopyFrom(_metadata(source="bench", bucket="s3://bench-in"))
+    small = await jobs.CreateJob(small_job, timeout=TIMEOUT)
+    big = await jobs.CreateJob(big_job, timeout=TIMEOUT)
     await _advance_big_job(workers, big.job.id)
     await _create_list_jobs(jobs, list_jobs)
     return ReadData(small.job.id, big.job.id, list_jobs)
@@ -73,34 +61,27 @@ async def seed_read_data(
 async def _advance_big_job(workers: worker_service_pb2_grpc.WorkerServiceStub, job_id: str) -> None:
     """Claims 400 chunks of the big job (it has the top priority) and completes 300 of them."""
     claimed: list[worker_service_pb2.ChunkClaim] = []
+    ask = worker_service_pb2.ClaimChunksRequest(
+        worker_id="bench-seed-worker", kinds=["transcribe"], max_chunks=100, lease_duration=SEED_LEASE
+    )
     for _ in range(4):
-        resp = await workers.ClaimChunks(
-            worker_service_pb2.ClaimChunksRequest(
-                worker_id="bench-seed-worker", kinds=["transcribe"], max_chunks=100, lease_duration=SEED_LEASE
-            ),
-            timeout=TIMEOUT,
-        )
-        claimed.extend(resp.claims)
+        claimed.extend((await workers.ClaimChunks(ask, timeout=TIMEOUT)).claims)
     if len(claimed) != 400 or any(c.job_id != job_id for c in claimed):
         raise RuntimeError(f"seeding: expected 400 claims on job {job_id}, got {len(claimed)}")
     for claim in claimed[:300]:
         index = claim.chunk.index
-        await workers.CompleteChunk(
-            worker_service_pb2.CompleteChunkRequest(
-                chunk_id=claim.chunk.id,
-                lease_token=claim.lease_token,
-                external_task_id=f"gpu-task-{index:06d}",
-                artifacts=[
-                    job_pb2.Artifact(
-                        name=f"part-{index:05d}.json",
-                        uri=f"s3://bench-out/{job_id}/part-{index:05d}.json",
-                        media_type="application/json",
-                        size_bytes=4096 + index,
-                    )
-                ],
-            ),
-            timeout=TIMEOUT,
+        name = f"part-{index:05d}.json"
+        artifact = job_pb2.Artifact(
+            name=name,
+            uri=f"s3://bench-out/{job_id}/{name}",
+            media_type="application/json",
+            size_bytes=4096 + index,
         )
+        done = worker_service_pb2.CompleteChunkRequest(
+            chunk_id=claim.chunk.id, lease_token=claim.lease_token, external_task_id=f"gpu-task-{index:06d}"
+        )
+        done.artifacts.append(artifact)
+        await workers.CompleteChunk(done, timeout=TIMEOUT)
 
 
 async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: int) -> None:
@@ -109,16 +90,14 @@ async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: in
 
     async def lane() -> None:
         for i in queue:
-            await jobs.CreateJob(
-                job_service_pb2.CreateJobRequest(
-                    display_name=f"bench list job {i:05d}",
-                    kind=KINDS[i % len(KINDS)],
-                    labels={"team": "bench", "batch": str(i // 100)},
-                    metadata=_metadata(source="bench", n=i),
-                    total_items=1_000,
-                    chunk_size=500,
-                ),
-                timeout=TIMEOUT,
+            request = job_service_pb2.CreateJobRequest(
+                display_name=f"bench list job {i:05d}",
+                kind=KINDS[i % len(KINDS)],
+                total_items=1_000,
+                chunk_size=500,
             )
+            request.labels.update({"team": "bench", "batch": str(i // 100)})
+            request.metadata.CopyFrom(_metadata(source="bench", n=i))
+            await jobs.CreateJob(request, timeout=TIMEOUT)
 
     await asyncio.gather(*(lane() for _ in range(8)))

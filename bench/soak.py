@@ -1,20 +1,13 @@
 """A soak: a mixed load for a while against a server on default settings, its RSS sampled all along.
 
-    python -m bench soak                      # 10 minutes on SQLite, then 10 on PostgreSQL (make bench-soak)
-    python -m bench soak --seconds 120        # shorter
-    python -m bench soak --databases sqlite   # one of them
+    python -m bench soak [--seconds 600] [--databases sqlite,postgresql]
 
-The server runs as users run it (``python -m jobpulse_server``, default settings, its own process). The
-load, from this process over real channels: jobs created (20 chunks each; the creator waits while
-2,000 chunks are still to be done, so the load is steady rather than a queue growing all along),
-workers completing and claiming (CompleteChunk with claim_next), GetJob FULL and BASIC of recent
-jobs, ListJobs pages in several orders and filters, WatchJob streams that follow recent jobs to their
-end, and BatchGetJobs. The server's
-RSS (VmRSS) is sampled every ``--sample`` seconds and printed as a timeline beside the encoded-job
-cache's own count of its bytes (``jobpulse_encoded_cache_bytes`` from /metrics). At the end, per database: the
-growth of RSS over the last half of the run (the least-squares slope times that half's length, over RSS
-at its start), the peak against start + 1.5 x ``encoded_cache_bytes`` + 32 MiB, and the errors by status
-code; then the verdict line. Targets: growth <= 3%, peak within that bound, no error at all.
+The server runs as users run it (``python -m jobpulse_server``, its own process). The load, over real
+channels: jobs created (20 chunks each, held to a steady 2,000 chunks to do), workers completing with
+claim_next, GetJob FULL and BASIC, ListJobs in several orders and filters, WatchJob streams following
+recent jobs to their end, BatchGetJobs. RSS is sampled every ``--sample`` seconds beside the encoded-job
+cache's own byte count (/metrics). Targets per database: RSS growth over the last half (least-squares
+slope) <= 3%, peak within start + 1.5 x cache bytes + 32 MiB, no error at all.
 """
 
 from __future__ import annotations
@@ -30,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from support.servers import free_port
 
 from bench import figures, procs, report
 from bench.procs import metric_values
@@ -147,9 +139,8 @@ async def _reader(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: ra
             listing.page_token = page.next_page_token
             await load.call("ListJobs", jobs.ListJobs(listing, timeout=30))
         ids = [j for j in (load.some_job(rng) for _ in range(10)) if j]
-        await load.call(
-            "BatchGetJobs", jobs.BatchGetJobs(job_service_pb2.BatchGetJobsRequest(job_ids=ids), timeout=30)
-        )
+        batch = job_service_pb2.BatchGetJobsRequest(job_ids=ids)
+        await load.call("BatchGetJobs", jobs.BatchGetJobs(batch, timeout=30))
 
 
 async def _watcher(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: random.Random) -> None:
@@ -205,24 +196,18 @@ def _growth(samples: list[tuple[float, int]]) -> float:
 async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
     rng = random.Random(7)
     async with procs.database(database, "soak") as url:
-        http_port = free_port()
-        server = procs.jobpulse(url, http_port=http_port).start(timeout=60)
-        assert server.proc is not None
-        pid = server.proc.pid
+        server = procs.Jobpulse(url).start()
+        http_port, pid = server.http_port, server.pid
         try:
             start = rss_bytes(pid)
             load = Load()
             async with grpc.aio.insecure_channel(server.address) as channel:
                 jobs = job_service_pb2_grpc.JobServiceStub(channel)
                 workers = worker_grpc.WorkerServiceStub(channel)
-                tasks = [asyncio.create_task(_creator(load, jobs, random.Random(rng.random())))]
-                tasks += [asyncio.create_task(_worker(load, workers, f"w{i}")) for i in range(4)]
-                tasks += [
-                    asyncio.create_task(_reader(load, jobs, random.Random(rng.random()))) for _ in range(2)
-                ]
-                tasks += [
-                    asyncio.create_task(_watcher(load, jobs, random.Random(rng.random()))) for _ in range(20)
-                ]
+                loads = [_worker(load, workers, f"w{i}") for i in range(4)]
+                for role, n in ((_creator, 1), (_reader, 2), (_watcher, 20)):
+                    loads += [role(load, jobs, random.Random(rng.random())) for _ in range(n)]
+                tasks = [asyncio.create_task(coro) for coro in loads]
                 t0 = time.monotonic()
                 samples = [(0.0, start)]
                 besides: list[tuple[float, int]] | None = [(0.0, start)]
@@ -249,18 +234,10 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             server.close()
-    peak_limit = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB
+    limit, peak = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB, max(r for _, r in samples)
+    rest = _growth(besides) if besides is not None else None
     return Result(
-        database,
-        seconds,
-        samples,
-        load.ops,
-        load.errors,
-        start,
-        max(r for _, r in samples),
-        _growth(samples),
-        peak_limit,
-        _growth(besides) if besides is not None else None,
+        database, seconds, samples, load.ops, load.errors, start, peak, _growth(samples), limit, rest
     )
 
 
@@ -284,36 +261,31 @@ def main(argv: list[str] | None = None) -> int:
         ok = r.growth <= GROWTH_LIMIT and r.peak <= r.peak_limit and not r.errors
         verdicts.append(ok)
         rate = sum(r.ops.values()) / r.seconds
+        rest = (
+            ""
+            if r.growth_besides_cache is None
+            else f"; RSS less the encoded-job cache: {r.growth_besides_cache:+.1%}"
+        )
         say(
             f"{r.database}: {rate:,.0f} ops/s ({', '.join(f'{k} {v:,}' for k, v in r.ops.most_common())}); "
             f"RSS {r.start / MIB:.1f} -> peak {r.peak / MIB:.1f} MiB (limit {r.peak_limit / MIB:.1f}); "
-            f"growth over the last half {r.growth:+.1%} (limit {GROWTH_LIMIT:.0%}"
-            + (
-                f"; RSS less the encoded-job cache: {r.growth_besides_cache:+.1%})"
-                if r.growth_besides_cache is not None
-                else ")"
-            )
-            + f"; errors: {dict(r.errors) or 'none'}"
+            f"growth over the last half {r.growth:+.1%} (limit {GROWTH_LIMIT:.0%}{rest}); "
+            f"errors: {dict(r.errors) or 'none'}"
         )
-    say(
-        "verdict: "
-        + ("PASS" if all(verdicts) else "FAIL")
-        + " ("
-        + "; ".join(f"{r.database} {'ok' if ok else 'over'}" for r, ok in zip(results, verdicts, strict=True))
-        + ")"
+    each = "; ".join(
+        f"{r.database} {'ok' if ok else 'over'}" for r, ok in zip(results, verdicts, strict=True)
     )
+    say(f"verdict: {'PASS' if all(verdicts) else 'FAIL'} ({each})")
     if args.seconds >= 600 and args.sample <= 10:  # a full soak: its figures are the table's current ones
         figures.record("soak", [soak_goal(r) for r in results])
     return 0 if all(verdicts) else 1
 
 
 def soak_goal(r: Result) -> report.Goal:
-    note = f"peak {r.peak / MIB:.0f} MiB, limit {r.peak_limit / MIB:.0f}" + (
-        f"; errors {sum(r.errors.values())}" if r.errors else ""
-    )
-    return report.Goal(
-        f"{r.database}: RSS growth over the last half", r.growth, False, GROWTH_LIMIT, 0.0, "%", note=note
-    )
+    note = f"peak {r.peak / MIB:.0f} MiB, limit {r.peak_limit / MIB:.0f}"
+    note += f"; errors {sum(r.errors.values())}" if r.errors else ""
+    what = f"{r.database}: RSS growth over the last half"
+    return report.Goal(what, r.growth, False, GROWTH_LIMIT, 0.0, "%", note=note)
 
 
 if __name__ == "__main__":

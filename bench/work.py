@@ -16,7 +16,7 @@ more) or when a claim comes back empty (``ran_dry``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import grpc
 from google.protobuf import duration_pb2
@@ -34,6 +34,7 @@ class Mode:
     claim_next: bool  # the completion call also claims the next chunks
 
 
+_CLAIM_NEXT_10 = "batched, CompleteChunks + claim_next (10)"
 MODES = {
     m.key: m
     for m in (
@@ -42,14 +43,7 @@ MODES = {
             "complete_and_claim", "complete-and-claim (claim_next, 1)", "complete-and-claim", 1, False, True
         ),
         Mode("batched", "batched (max_chunks=10)", "batched", 10, False, False),
-        Mode(
-            "batched_complete_chunks",
-            "batched, CompleteChunks + claim_next (10)",
-            "CompleteChunks",
-            10,
-            True,
-            True,
-        ),
+        Mode("batched_complete_chunks", _CLAIM_NEXT_10, "CompleteChunks", 10, True, True),
     )
 }
 
@@ -65,24 +59,12 @@ class Counts:
     ran_dry: bool = False
 
     def add(self, other: Counts) -> None:
-        self.chunks += other.chunks
-        self.rpcs += other.rpcs
-        self.claim_calls += other.claim_calls
-        self.claimed_next += other.claimed_next
-        self.claim_next_empty += other.claim_next_empty
-        self.not_ok += other.not_ok
-        self.ran_dry = self.ran_dry or other.ran_dry
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, (mine or theirs) if isinstance(mine, bool) else mine + theirs)
 
     def as_dict(self) -> dict[str, int | bool]:
-        return {
-            "chunks": self.chunks,
-            "rpcs": self.rpcs,
-            "claim_calls": self.claim_calls,
-            "claimed_next": self.claimed_next,
-            "claim_next_empty": self.claim_next_empty,
-            "not_ok": self.not_ok,
-            "ran_dry": self.ran_dry,
-        }
+        return asdict(self)
 
 
 async def supported(stub: worker_service_pb2_grpc.WorkerServiceStub, mode: Mode, timeout: float) -> bool:
@@ -127,16 +109,12 @@ async def worker(
         # Past the end: complete what is held without asking for more, so nothing is left claimed.
         claim_next = claim if mode.claim_next and keep_going() else None
         if mode.complete_chunks:
-            batch = await stub.CompleteChunks(
-                worker_service_pb2.CompleteChunksRequest(
-                    completions=[
-                        worker_service_pb2.ChunkCompletion(chunk_id=c.chunk.id, lease_token=c.lease_token)
-                        for c in held
-                    ],
-                    claim_next=claim_next,
-                ),
-                timeout=timeout,
-            )
+            done = [
+                worker_service_pb2.ChunkCompletion(chunk_id=c.chunk.id, lease_token=c.lease_token)
+                for c in held
+            ]
+            request = worker_service_pb2.CompleteChunksRequest(completions=done, claim_next=claim_next)
+            batch = await stub.CompleteChunks(request, timeout=timeout)
             counts.rpcs += 1
             ok = sum(1 for r in batch.results if r.ok)
             counts.chunks += ok
@@ -145,14 +123,11 @@ async def worker(
         else:
             got = None
             for i, c in enumerate(held):
-                one = await stub.CompleteChunk(
-                    worker_service_pb2.CompleteChunkRequest(
-                        chunk_id=c.chunk.id,
-                        lease_token=c.lease_token,
-                        claim_next=claim_next if i == len(held) - 1 else None,
-                    ),
-                    timeout=timeout,
+                last = claim_next if i == len(held) - 1 else None
+                one_request = worker_service_pb2.CompleteChunkRequest(
+                    chunk_id=c.chunk.id, lease_token=c.lease_token, claim_next=last
                 )
+                one = await stub.CompleteChunk(one_request, timeout=timeout)
                 counts.rpcs += 1
                 counts.chunks += 1
                 got = one.claims

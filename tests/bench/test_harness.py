@@ -49,7 +49,7 @@ def test_a_scenario_replaces_its_own_rows_and_the_readme_table_follows(tmp_path:
 async def test_a_worker_row_runs_against_jobpulse_and_its_floor_beside_the_bare_server(
     tmp_path: Path,
 ) -> None:
-    server = procs.jobpulse(f"sqlite:///{tmp_path}/work.db")
+    server = procs.Jobpulse(f"sqlite:///{tmp_path}/work.db")
     bare = BareServer()
     floor = None
     try:
