@@ -24,7 +24,7 @@ JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen unasync check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
+.PHONY: install gen unasync check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test test-slow bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -105,6 +105,10 @@ breaking: $(NODE_DEPS)
 # The Node packages too where npm exists (tests/clients/test_node.py skips only where node is absent).
 test: install $(if $(shell command -v npm),$(NODE_DEPS))
 	$(PY) -m pytest
+
+# The tests make test leaves out (marked slow: long kill-and-restart runs).
+test-slow: install
+	$(PY) -m pytest -m slow
 
 # The benchmarks: one runner, `python -m bench NAME` (bench/README.md; `python -m bench list` names them).
 # make bench runs the default set, each target below one scenario. Run them alone on the machine.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,6 +22,7 @@ from support.postgres import POSTGRES_URL
 
 from jobpulse_server.app.wiring import App, create_server
 from jobpulse_server.platform.config import Config
+from jobpulse_server.store.database import SqlStore
 
 T = TypeVar("T")
 
@@ -86,7 +88,8 @@ class ServerThread:
 DATABASES = [
     d.strip() for d in os.environ.get("JOBPULSE_TEST_DATABASES", "sqlite,postgresql").split(",") if d
 ]
-# The PostgreSQL server tests make their databases on (trust auth; a fresh database per test).
+# The PostgreSQL server tests make their databases on (trust auth; a fresh database per test, copied from
+# a template migrated once per session).
 # Set (as .ci/run does) to fail instead of skip when PostgreSQL does not answer.
 REQUIRE_POSTGRES = os.environ.get("JOBPULSE_REQUIRE_POSTGRES") == "1"
 
@@ -122,11 +125,74 @@ def _postgres_problem() -> str | None:
     return None
 
 
+def _pg_url(name: str) -> str:
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def migrated_template() -> Iterator[Callable[[], str]]:
+    """A PostgreSQL database migrated once for the session, which each test's database is copied from
+    (CREATE DATABASE ... TEMPLATE: about 0.07 s, where migrating a new database took 0.55-0.9 s, for
+    some 450 PostgreSQL tests a run). Made on first use; returns its name."""
+    made: list[str] = []
+
+    def name() -> str:
+        if not made:
+            template = f"jobpulse_template_{uuid.uuid4().hex[:12]}"
+            _pg_admin(f'CREATE DATABASE "{template}"')
+            made.append(template)
+
+            async def migrate() -> None:
+                store = SqlStore(_pg_url(template))
+                await store.start()  # runs the migrations, then closes every connection
+                await store.close()
+
+            asyncio.run(migrate())
+        return made[0]
+
+    yield name
+    for template in made:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Path]:
+    """A SQLite file migrated once for the session, which each test's file is copied from (a fresh file
+    took 0.12-0.33 s to migrate, a copy a millisecond). Made on first use; returns its path."""
+    made: list[Path] = []
+
+    def path() -> Path:
+        if not made:
+            template = tmp_path_factory.mktemp("template") / "jobpulse.db"
+
+            async def migrate() -> None:
+                store = SqlStore(f"sqlite:///{template}")
+                await store.start()
+                await store.close()  # checkpoints: the file holds everything, no -wal beside it
+
+            asyncio.run(migrate())
+            made.append(template)
+        return made[0]
+
+    return path
+
+
 @pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    migrated_template: Callable[[], str],
+    migrated_sqlite_file: Callable[[], Path],
+) -> Iterator[str]:
+    """A fresh database, already migrated unless the test is marked ``empty_database``: a SQLite file
+    (copied from ``migrated_sqlite_file``; not yet made when empty), or a new PostgreSQL database
+    (copied from ``migrated_template``), dropped afterwards."""
+    empty = request.node.get_closest_marker("empty_database") is not None
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobpulse.db'}"
+        path = tmp_path / "jobpulse.db"
+        if not empty:
+            shutil.copyfile(migrated_sqlite_file(), path)
+        yield f"sqlite:///{path}"
         return
     problem = _postgres_problem()
     if problem is not None:
@@ -138,9 +204,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             pytest.fail(message)
         pytest.skip(message)
     name = f"jobpulse_test_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
+    if empty:
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    else:
+        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template()}"')
     try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        yield _pg_url(name)
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -167,6 +167,7 @@ def served(image_venv: Path, database_url: str, tmp_path: Path) -> Iterator[dict
             proc.wait(10)
 
 
+@pytest.mark.empty_database  # the migration Job's command migrates it
 def test_the_image_commands_migrate_serve_and_answer_the_probes_then_stop_on_sigterm(
     served: dict[str, Any],
 ) -> None:
@@ -197,6 +198,7 @@ def _image_env(image_venv: Path, database_url: str) -> tuple[dict[str, str], int
     return env, grpc_port, http_port
 
 
+@pytest.mark.empty_database  # compose's migrate service migrates it
 def test_compose_migrates_then_a_replica_serves_and_its_sample_worker_works_a_job(
     image_venv: Path, database_url: str, tmp_path: Path
 ) -> None:

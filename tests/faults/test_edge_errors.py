@@ -248,6 +248,7 @@ def test_a_postgres_database_that_disappears_makes_every_call_unavailable(
             pg_admin(f'DROP DATABASE IF EXISTS "{renamed}" WITH (FORCE)')
 
 
+@pytest.mark.empty_database  # the role, owning the database, runs the migrations: it owns the tables
 @pytest.mark.parametrize("how", ["login_refused", "connect_revoked", "connection_limit"])
 def test_a_postgres_role_refused_makes_every_call_unavailable(
     make_server: Callable[..., Any], database_url: str, how: str

@@ -14,6 +14,9 @@ from jobpulse_server.store import schema
 from jobpulse_server.store.schema import current_schema_version, head_schema_version
 from jobpulse_server.store.tables import POSTGRES_ONLY_INDEXES, chunks, jobs, metadata
 
+# Each test migrates a database itself, from nothing.
+pytestmark = pytest.mark.empty_database
+
 
 async def _migrated(database_url: str) -> str:
     url = schema.normalize_url(database_url)

@@ -8,7 +8,8 @@ and another page_size it continues the listing (AIP-158: page_size may change be
 
 Every request that makes a token matches all the seeded jobs, so a token is always made; the
 replays need not match anything: the binding is to the filter values, not to what they select.
-test_store_parity pages through each listing with its own tokens; this test is about the others.
+tests/conformance/test_store_listings.py pages through each listing with its own tokens; this test is about
+the others.
 """
 
 from __future__ import annotations

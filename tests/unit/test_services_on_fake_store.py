@@ -2,7 +2,7 @@
 
 Every service reads and writes through the one ``FakeStore``, as through ``SqlStore``. Time is a
 fake clock the tests move; nothing sleeps. The SQL itself (store/statements.py, store/tx.py) is left
-to the tests that run on a database (tests/integration/test_store_parity.py holds this fake to them).
+to the tests that run on a database (tests/conformance/ holds this fake to them, topic by topic).
 """
 
 from __future__ import annotations

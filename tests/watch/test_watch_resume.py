@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from support.polling import eventually
 from support.servers import ServerProcess
 from support.watch import (
@@ -133,6 +134,9 @@ def test_watch_resumes_across_server_stop_and_restart(make_server: Callable[...,
     _run(address, srv.restart)
 
 
+# 17-25 s a database (four server processes started): the same bounces as the test above, whose server
+# stops in-process, with a kill; make test-slow runs it.
+@pytest.mark.slow
 def test_watch_resumes_across_sigkill_and_restart(database_url: str, tmp_path: Path) -> None:
     server = ServerProcess(database_url, tmp_path, heartbeat_interval=HEARTBEAT_INTERVAL, drain_seconds=0)
     server.start()
