@@ -91,7 +91,7 @@ jobs = Table(
 )
 
 # Jobs with pending chunks, in claim order (migration 0013), on PostgreSQL: a claim takes its candidate
-# jobs from here and descends ix_chunks_claim to each one's own entries (store/statements.py pg_candidate_jobs),
+# jobs from here and descends ix_chunks_claim to each one's own entries (statements.pg_candidate_jobs),
 # instead of reading ix_chunks_claim from its start past the dead entries of older jobs' claimed chunks
 # until a vacuum. SQLite drops an index entry when its row changes (no dead entries to walk), claims
 # there scan ix_chunks_claim as before, and there this index would only cost each save that moves
