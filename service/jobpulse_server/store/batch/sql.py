@@ -1,10 +1,12 @@
 """The statements of PostgreSQL's group commit (flushes.py writes them): one statement per kind of flush,
 each an implicit transaction, its parameters given as arrays (``unnest``) with one entry per queued item.
 
-They repeat rules of the domain in SQL (``Job.move_chunk``, ``derive_state``, the lease fence ``leased``
-and ``backoff_seconds`` of services/worker_path.py, the outbox's rule of which change makes a webhook event,
-to decline those); each block names the function it mirrors, and tests/integration/test_fast_paths.py
-holds them to the domain on random job states and groups.
+They repeat rules of the domain in SQL: ``Job.move_chunk`` and ``derive_state`` (domain/model.py); the
+lease fence ``fence``, the rules ``take``, ``reported``, ``completed`` and ``settle``, and
+``backoff_seconds`` (services/worker_path.py); the outbox's rule of which change makes a webhook event, to
+decline those (services/outbox.py). Each block names the function it mirrors, and
+tests/integration/test_fast_paths.py holds them to the domain on random job states and groups. Why the
+rules are not run in Python over a flush instead: ARCHITECTURE.md, "Where the worker rules live".
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def _completing(now: str) -> str:
     chunks and the counts they move per job); ``now`` is the placeholder of the flush's clock."""
     return (
         _fenced(now, "c.idx, i.ext") + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
-        # Job.move_chunk: COMPLETED with every item done, or CANCELLED (items kept) when a cancel was
-        # asked; the lease ends.
+        # TransactionPath.completed (Job.move_chunk): COMPLETED with every item done, or CANCELLED (items
+        # kept) when a cancel was asked; the lease ends.
         "c1 AS (UPDATE chunks AS c SET "
         f"state = CASE WHEN j0.cancel_requested THEN {_CANCELLED} ELSE {_DONE} END, "
         "items_done = CASE WHEN j0.cancel_requested THEN c.items_done ELSE c.item_count END, "
@@ -212,8 +214,8 @@ def _progress_group() -> Statement:
         # The fence, and items_done within the chunk.
         + _fenced(now, "i.items, i.stage, i.message, i.ext, i.lease", " AND i.items <= c.item_count")
         + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
-        # Job.move_chunk to PROCESSING with the items (never fewer than before); the lease is extended from
-        # now by the duration given, else the chunk's own (60 s when it has none).
+        # TransactionPath.reported (Job.move_chunk to PROCESSING) with the items (never fewer than before);
+        # the lease is extended from now by the duration given, else the chunk's own (60 s when it has none).
         "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
         "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
         "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
@@ -287,8 +289,9 @@ def _fail_group() -> Statement:
         "(SELECT x.ceiling / 2 + c0.jitter * x.ceiling / 2 AS delay_s FROM (SELECT least(c0.cap, c0.base "
         "* power(2::float8, greatest(0, c0.attempt - (c0.budget - c0.job_budget) - 1)::float8)) AS ceiling) "
         "AS x) AS w), "
-        # Job.move_chunk to PENDING with no items done, at the job's priority, the lease ended; the next
-        # attempt time, and retry_at (store/waiting.py: out of the claim index until it comes due).
+        # TransactionPath.settle (Job.move_chunk to PENDING) with no items done, at the job's priority, the
+        # lease ended; the next attempt time, and retry_at (store/waiting.py: out of the claim index until
+        # it comes due).
         f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
         "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
         f"lease_expire_time = NULL, next_attempt_time = {now} + r.delay, retry_at = {now} + r.delay, "
@@ -345,7 +348,7 @@ def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
 
 def _claiming(name: str, steps: str, now: str, revision: str, joined: str) -> str:
     """CTE ``name``: Job.move_chunk to PROCESSING of the slotted chunks ``steps``, as
-    services/worker_path.py ``TransactionPath.claim_in`` does it: attempt + 1, this worker, started now,
+    services/worker_path.py ``TransactionPath.take`` does it: attempt + 1, this worker, started now,
     items reset, a fresh unguessable lease token (two random UUIDs, 244 bits) and its expiry; the
     chunk's revision is ``revision``, ``joined`` the FROM and WHERE that bring it. Returns the chunk, the
     items of its previous attempt, its caller, step and due time."""
