@@ -696,51 +696,40 @@ def render(results: dict[str, Any]) -> str:
         ],
         results,
     )
-    add = lines.append
     if lat := results.get("latency"):
         sse, grpc_, b0 = lat["sse"], lat["grpc"], lat["blocks"][0]
-        add("-" * report.WIDTH)
-        lines += report.para(
+        rows: list[list[Any]] = []
+        for r, label in ((sse, "SSE (raw client)"), (grpc_, "WatchJob (grpc.aio)")):
+            cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
+            rows.append(
+                [label, *report.spread(r["latency"]), f"{r['open_seconds']:.2f}", ms(r["rpc_p50"]), cpu]
+            )
+        cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
+        rows.append(["ratio SSE / gRPC", *report.spread_ratio(sse["latency"], grpc_["latency"]), "", "", cpu])
+        by_change = {
+            kind: ", ".join(
+                f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in lat[kind]["by_change"].items()
+            )
+            for kind in ("sse", "grpc")
+        }
+        ended = sse["ended_early"] + grpc_["ended_early"]
+        lines += report.section(
             f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress / "
             f"CompleteChunk with claim_next, in turn) to the event of its revision on every stream; blocks "
             f"{', '.join(lat['order'])}, {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; "
             "CPU per change from the RPC to the last arrival",
-            first="",
-        )
-        rows: list[list[Any]] = []
-        for r, label in ((sse, "SSE (raw client)"), (grpc_, "WatchJob (grpc.aio)")):
-            cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
-            q = [ms(r["latency"][k]) for k in ("p50", "p99", "max")]
-            rows.append([label, *q, f"{r['open_seconds']:.2f}", ms(r["rpc_p50"]), cpu])
-        cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
-        max_ratio = ratio(sse["latency"]["max"], grpc_["latency"]["max"])
-        rows.append(["ratio SSE / gRPC", x(lat["p50_ratio"]), x(lat["p99_ratio"]), max_ratio, "", "", cpu])
-        lines += report.table(
-            ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"], rows
-        )
-        by_block = ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
-        add(f"   p99 by block: {by_block} ms")
-        for kind in ("sse", "grpc"):
-            by = ", ".join(
-                f"{c} {ms(v['p50'])} / {ms(v['p99'])} ms" for c, v in lat[kind]["by_change"].items()
-            )
-            add(f"   {kind:<5} p50 / p99 by change: {by}")
-        lines += report.para(
+            ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"],
+            rows,
+            "p99 by block: "
+            + ", ".join(f"{b['kind']} {ms(b['latency']['p99'])}" for b in lat["blocks"])
+            + " ms",
+            f"p50 / p99 by change: SSE {by_change['sse']}; gRPC {by_change['grpc']}",
             "the clients share the cores with the server: a grpc.aio reader costs more per message than the "
             "raw SSE one (cli column); if it nears the p99, JOBPULSE_BENCH_HTTP_CLIENT_PROCS=2 spreads the "
-            "streams over two processes"
+            "streams over two processes",
+            *[f"! {ended:,} streams ended on their own during the rounds"] * bool(ended),
         )
-        if ended := sse["ended_early"] + grpc_["ended_early"]:
-            add(f"   ! {ended:,} streams ended on their own during the rounds")
     if mem := results.get("memory"):
-        add("-" * report.WIDTH)
-        lines += report.para(
-            f"2. memory per idle SSE stream: server RSS growth over {mem['streams']:,} streams on one job, "
-            f"read {mem['settle_seconds']:g} s after they opened (heartbeat / ping every "
-            f"{IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
-            f"{mem['first_event_bytes']:,} B, then wait)",
-            first="",
-        )
         labels = {"jobpulse": "jobpulse", "streaming": "bare Starlette StreamingResponse"}
         if "sse-starlette" in mem:
             labels["sse-starlette"] = "bare sse-starlette EventSourceResponse"
@@ -750,18 +739,20 @@ def render(results: dict[str, Any]) -> str:
             mib = [f"{r[f'rss_{w}_kib'] / 1024:.1f}" for w in ("before", "after")]
             cell = "" if k == "jobpulse" else ("n/a" if r["ratio"] is None else x(r["ratio"]))
             rows.append([label, f"{r['kib_per_stream']:.1f}", *mib, f"{r['open_seconds']:.2f}", cell])
-        lines += report.table(["", "KiB/stream", "RSS before MiB", "after MiB", "open s", "ratio"], rows)
-        add("   ratio: jobpulse / that baseline")
-        if "sse-starlette" not in mem:
-            add("   (sse-starlette not installed: make bench-http installs it with the bench extra)")
-        if ended_early := [k for k in labels if mem[k]["ended_early"]]:
-            add(f"   ! streams ended before RSS was read: {', '.join(ended_early)}")
-    if g := results.get("grpc"):
-        add("-" * report.WIDTH)
-        add(
-            f"3. GetJob BASIC (10-chunk job), {s['getjob_concurrency']} in flight on one channel, "
-            f"{s['getjob_rounds']} x {s['getjob_seconds']:g} s per server, rounds off, on, off, on, ..."
+        ended_early = ", ".join(k for k in labels if mem[k]["ended_early"])
+        lines += report.section(
+            f"2. memory per idle SSE stream: server RSS growth over {mem['streams']:,} streams on one job, "
+            f"read {mem['settle_seconds']:g} s after they opened (heartbeat / ping every "
+            f"{IDLE_HEARTBEAT:g} s; the bare servers send jobpulse's first event, "
+            f"{mem['first_event_bytes']:,} B, then wait)",
+            ["", "KiB/stream", "RSS before MiB", "after MiB", "open s", "ratio"],
+            rows,
+            "ratio: jobpulse / that baseline",
+            *["(sse-starlette not installed: make bench-http installs it with the bench extra)"]
+            * ("sse-starlette" not in mem),
+            *[f"! streams ended before RSS was read: {ended_early}"] * bool(ended_early),
         )
+    if g := results.get("grpc"):
         on_label = f"HTTP side on, {g['idle_streams']:,} idle SSE streams"
         rows = []
         for k, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", on_label)):
@@ -772,10 +763,15 @@ def render(results: dict[str, Any]) -> str:
         cpu = ratio(g["on"]["server_cpu_us_per_call"], g["off"]["server_cpu_us_per_call"])
         pairs = "by pair: " + ", ".join(f"{v:.3f}" for v in g["pair_ratios"])
         rows.append(["ratio on / off (medians)", x(g["ratio"]), cpu, pairs])
-        lines += report.table(["", "median calls/s", "srv CPU us/call", "per round"], rows)
-        if g["idle_ended_early"]:
-            add(f"   ! {g['idle_ended_early']:,} idle SSE streams ended during the rounds")
-    lines += ["-" * report.WIDTH, "targets", *report.render_goals(goals(results)), "=" * report.WIDTH]
+        lines += report.section(
+            f"3. GetJob BASIC (10-chunk job), {s['getjob_concurrency']} in flight on one channel, "
+            f"{s['getjob_rounds']} x {s['getjob_seconds']:g} s per server, rounds off, on, off, on, ...",
+            ["", "median calls/s", "srv CPU us/call", "per round"],
+            rows,
+            *[f"! {g['idle_ended_early']:,} idle SSE streams ended during the rounds"]
+            * bool(g["idle_ended_early"]),
+        )
+    lines += report.targets("targets", goals(results))
     return "\n".join(lines)
 
 

@@ -295,6 +295,30 @@ def table(headers: list[str], rows: list[list[Any]], indent: str = "   ") -> lis
     return [indent + line(r).rstrip() for r in cells]
 
 
+RULE = "-" * WIDTH
+QUANTILES = ("p50", "p99", "max")
+
+
+def section(title: str, headers: list[str], rows: list[list[Any]], *notes: str) -> list[str]:
+    """A printout's section: a rule, its title (wrapped), its table, then each note as a paragraph."""
+    return [RULE, *para(title, first=""), *table(headers, rows), *(x for note in notes for x in para(note))]
+
+
+def spread(summary: dict[str, float]) -> list[str]:
+    """A latency summary's p50, p99 and max in ms, as table cells."""
+    return [_ms(summary[q]) for q in QUANTILES]
+
+
+def spread_ratio(a: dict[str, float], b: dict[str, float]) -> list[str]:
+    """a / b of two latency summaries' p50, p99 and max, as table cells."""
+    return [ratio_cell(a[q], b[q]) for q in QUANTILES]
+
+
+def targets(title: str, goals: list[Goal]) -> list[str]:
+    """A printout's last section: its targets table, and the closing rule."""
+    return [RULE, title, *render_goals(goals), "=" * WIDTH]
+
+
 def machine_lines(results: dict[str, Any]) -> list[str]:
     """The machine and its load, as the printouts show them."""
     m = results["machine"]

@@ -629,82 +629,71 @@ def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[st
 
 
 def render(results: dict[str, Any]) -> str:
-    s, mb, ms, x, us = results["settings"], results["message_bytes"], report._ms, report._x, report._us
+    s, mb, ms, ratio = results["settings"], results["message_bytes"], report._ms, report.ratio_cell
     notes = [
-        "baseline: a bare grpc.aio server-streaming fan-out (no database), measured the same way in the same",
+        "baseline: a bare grpc.aio server-streaming fan-out (no database), measured the same way in the same "
         "run; each server in a process of its own (jobpulse on SQLite); all streams in this client process",
         f"messages: snapshot {mb['snapshot']:,} B ({s['chunks_per_job']} chunks), change {mb['change']:,} B",
     ]
-    lines = report.header(
-        f"jobpulse WatchJob fan-out, {s['mode']} run ({results['elapsed_seconds']:.0f} s)", notes, results
+    title = f"jobpulse WatchJob fan-out, {s['mode']} run ({results['elapsed_seconds']:.0f} s)"
+    lines = report.header(title, notes, results)
+    rows: list[list[Any]] = []
+    for row in results["one_job"]:
+        jp, bare = row["jobpulse"], row["bare"]
+        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
+            q = r["latency"]  # None: the server stopped opening streams
+            lat = [f"only {r['opened']:,} opened*", "", ""] if q is None else report.spread(q)
+            kib, opened = f"{r['kib_per_stream']:.1f}", f"{r['open_seconds']:.2f}"
+            more = [
+                ms(r["burst_settle_p50"]),
+                f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}",
+            ]
+            rows.append([f"{r['streams']:,}", label, *lat, kib, opened, *(more if q else [])])
+        mem = ratio(jp["kib_per_stream"], bare["kib_per_stream"])
+        if jp["latency"] is None or bare["latency"] is None:
+            rows.append(["", "ratio", "", "", "", mem])
+        else:
+            srv = ratio(jp["server_cpu_per_change"], bare["server_cpu_per_change"])
+            rows.append(["", "ratio", *report.spread_ratio(jp["latency"], bare["latency"]), mem, "", "", srv])
+    floors = [row["floor"] for row in results["one_job"] if row.get("floor")]
+    stalled = any(row[k]["latency"] is None for row in results["one_job"] for k in ("jobpulse", "bare"))
+    star = (
+        f"* not every stream got its first message in {OPEN_TIMEOUT:g} s: no latency; memory per opened one"
     )
-    lines += ["-" * report.WIDTH]
-    lines += report.para(
+    lines += report.section(
         "1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream; CPU: "
         "server (all threads) / this client process, per change, from the poke to the last arrival; rounds "
         f"{results['one_job'][0]['jobpulse'].get('spacing_seconds', 0):.2f} s apart. burst: {BURST} changes "
         f"back to back until every stream has the last (p50 of {BURSTS})",
-        first="",
-    )
-    rows: list[list[Any]] = []
-    stalled = False
-    for row in results["one_job"]:
-        jp, bare = row["jobpulse"], row["bare"]
-        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
-            cells = [f"{r['streams']:,}", label]
-            if r["latency"] is None:  # the server stopped opening streams
-                stalled = True
-                cells += [f"only {r['opened']:,} opened*", "", ""]
-            else:
-                cells += [ms(r["latency"][q]) for q in ("p50", "p99", "max")]
-            cells += [f"{r['kib_per_stream']:.1f}", f"{r['open_seconds']:.2f}"]
-            if r["latency"] is not None:
-                cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
-                cells += [ms(r["burst_settle_p50"]), cpu]
-            rows.append(cells)
-        mem = report.ratio_cell(jp["kib_per_stream"], bare["kib_per_stream"])
-        if jp["latency"] is None or bare["latency"] is None:
-            rows.append(["", "ratio", "", "", "", mem])
-            continue
-        lat = [report.ratio_cell(jp["latency"][q], bare["latency"][q]) for q in ("p50", "p99", "max")]
-        cpu = report.ratio_cell(jp["server_cpu_per_change"], bare["server_cpu_per_change"])
-        rows.append(["", "ratio", *lat, mem, "", "", cpu])
-    head = ["N", "", "p50 ms", "p99 ms", "max ms", "KiB/idle stream", "open s", "burst ms", "CPU ms srv/cli"]
-    lines += report.table(head, rows)
-    floors = []
-    for f in (row["floor"] for row in results["one_job"] if row.get("floor")):
-        floors.append(
-            f"{f['kib_per_stream']:.1f} at {f['streams']:,}" + ("" if f["opened"] else " (not all opened)")
-        )
-        floors[-1] += f" ({f['ended']:,} ended early)" if f.get("ended") else ""
-    lines += report.para(
+        ["N", "", "p50 ms", "p99 ms", "max ms", "KiB/idle stream", "open s", "burst ms", "CPU ms srv/cli"],
+        rows,
         "grpc.aio alone (a handler that writes one message, then waits on a future), KiB per idle stream: "
-        + ", ".join(floors)
+        + ", ".join(
+            f"{f['kib_per_stream']:.1f} at {f['streams']:,}"
+            + ("" if f["opened"] else " (not all opened)")
+            + (f" ({f['ended']:,} ended early)" if f.get("ended") else "")
+            for f in floors
+        ),
+        *[star] * stalled,
     )
-    if stalled:
-        lines += report.para(
-            f"* not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is per "
-            "opened stream"
-        )
-    mj = results["many_jobs"]
-    jp, bare = mj["jobpulse"], mj["bare"]
-    lines += [
-        "-" * report.WIDTH,
+    jp, bare = results["many_jobs"]["jobpulse"], results["many_jobs"]["bare"]
+    rows = [
+        [
+            label,
+            *report.spread(r["latency"]),
+            f"{r['changes_per_second']:,.0f}",
+            report._us(r["server_cpu_us_per_change"]),
+        ]
+        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out"))
+    ]
+    rate = ratio(jp["changes_per_second"], bare["changes_per_second"])
+    lines += report.section(
         f"2. {jp['jobs']:,} jobs, one stream each, one change per job ({jp['in_flight']} in flight)",
-    ]
-    rows = []
-    for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
-        cells = [*(ms(r["latency"][q]) for q in ("p50", "p99", "max")), f"{r['changes_per_second']:,.0f}"]
-        rows.append([label, *cells, us(r.get("server_cpu_us_per_change"))])
-    lat = [x(jp["latency"][q] / bare["latency"][q]) for q in ("p50", "p99", "max")]
-    rows.append(["ratio", *lat, x(jp["changes_per_second"] / bare["changes_per_second"])])
-    lines += report.table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
-    lines += [
-        "-" * report.WIDTH,
-        "targets (WatchJob that never loses an event)",
-        *report.render_goals(goals(results)),
-    ]
-    return "\n".join([*lines, "=" * report.WIDTH])
+        ["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"],
+        [*rows, ["ratio", *report.spread_ratio(jp["latency"], bare["latency"]), rate]],
+    )
+    lines += report.targets("targets (WatchJob that never loses an event)", goals(results))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
