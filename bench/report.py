@@ -332,31 +332,22 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """The core scenario's results as plain text."""
-    s = results["settings"]
-    lines = ["=" * WIDTH, f"jobpulse benchmarks, {s['mode']} run ({results['elapsed_seconds']:.0f} s)"]
-    add = lines.append
-    add("every figure beside a bare grpc.aio baseline measured in the same run, each server in a process")
-    add("of its own, the client (load generator) in another")
-    lines += machine_lines(results)
-
-    r = results["getjob_rate"]
-    add("-" * WIDTH)
-    add(
-        f"1. GetJob BASIC, 10-chunk job ({r['response_bytes']} B), {r['concurrency']} in flight on one "
-        f"channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server"
-    )
+    s, r = results["settings"], results["getjob_rate"]
+    title = f"jobpulse benchmarks, {s['mode']} run ({results['elapsed_seconds']:.0f} s)"
+    note = "every figure beside a bare grpc.aio baseline measured in the same run, each server in a process"
+    lines = header(title, [note + " of its own, the client (load generator) in another"], results)
     rows: list[list[Any]] = [
         [label, f"{q['per_second']:,.0f}", _us(q["server_cpu_us_per_call"]), _us(q["client_cpu_us_per_call"])]
         for q, label in ((r["bare"], "bare grpc.aio (baseline)"), (r["jobpulse"], "jobpulse (SQLite)"))
     ]
-    cpu = "n/a" if r["server_cpu_ratio"] is None else _x(r["server_cpu_ratio"])
-    rows.append(["ratio jobpulse / bare", _x(r["ratio"]), cpu])
-    lines += table(["", "calls/s", "server CPU us/call", "client CPU us/call"], rows)
-    add(f"   (calls/s ratio per round: {', '.join(f'{x:.3f}' for x in r['round_ratios'])})")
-
-    add("-" * WIDTH)
-    add(f"2. Latency, sequential calls ({s['latency_calls']} per row and server); baseline: a bare GetJob")
-    add("   answering a response of the same size; ms, and server CPU us a call")
+    rows.append(["ratio jobpulse / bare", _x(r["ratio"]), ratio_cell(r["server_cpu_ratio"], 1)])
+    lines += section(
+        f"1. GetJob BASIC, 10-chunk job ({r['response_bytes']} B), {r['concurrency']} in flight on one "
+        f"channel, {r['rounds']} x {r['seconds_per_round']:.1f} s per server",
+        ["", "calls/s", "server CPU us/call", "client CPU us/call"],
+        rows,
+        f"(calls/s ratio per round: {', '.join(f'{x:.3f}' for x in r['round_ratios'])})",
+    )
     labels = {
         "getjob_basic_1000": "GetJob BASIC, 1,000-chunk job",
         "getjob_full_1000": "GetJob FULL, 1,000-chunk job",
@@ -365,33 +356,29 @@ def render(results: dict[str, Any]) -> str:
     }
     rows = []
     for key, label in labels.items():
-        row = results["latency"].get(key)
-        if row is None:
-            continue
-        jp, bare = row["jobpulse"], row["bare"]
-        cells = [f"{_ms(q['p50'])} / {_ms(q['p99'])}" for q in (jp, bare)]
-        cells.append(f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}")
-        cells.append(" / ".join(_us(q.get("server_cpu_us_per_call")) for q in (jp, bare)))
-        rows.append([label, f"{row['response_bytes']:,}", *cells])
-    lines += table(["", "bytes", "jobpulse p50/p99", "bare p50/p99", "ratio", "CPU jobpulse/bare"], rows)
+        if (row := results["latency"].get(key)) is not None:
+            jp, bare = row["jobpulse"], row["bare"]
+            cells = [f"{_ms(q['p50'])} / {_ms(q['p99'])}" for q in (jp, bare)]
+            cells.append(f"{_x(row['ratio_p50'])} / {_x(row['ratio_p99'])}")
+            cells.append(" / ".join(_us(q.get("server_cpu_us_per_call")) for q in (jp, bare)))
+            rows.append([label, f"{row['response_bytes']:,}", *cells])
     rev = results["latency"].get("getjob_full_1000_new_revision")
-    if rev is not None:
-        prep = _us(rev.get("prepare_server_cpu_us_per_call"))
-        revisions = rev.get("revisions", 0)
-        add(f"   new revision each call: an untimed UpdateJob before each GetJob ({revisions:,} revisions);")
-        add(f"   its own server CPU, {prep} us a call, is taken off the row's")
-
-    base = r["bare"]["per_second"]
-    bare4 = results["bare_rate_4"]["per_second"]
-    add("-" * WIDTH)
-    add(
-        f"3. Chunks claimed + completed on SQLite, {s['chunk_workers']} asyncio workers on one channel, "
-        f"{s['chunk_rounds']} x {s['chunk_seconds']:.1f} s per mode,"
+    lines += section(
+        f"2. Latency, sequential calls ({s['latency_calls']} per row and server); baseline: a bare GetJob "
+        "answering a response of the same size; ms, and server CPU us a call",
+        ["", "bytes", "jobpulse p50/p99", "bare p50/p99", "ratio", "CPU jobpulse/bare"],
+        rows,
+        *[
+            f"new revision each call: an untimed UpdateJob before each GetJob ({rev.get('revisions', 0):,} "
+            f"revisions); its own server CPU, {_us(rev.get('prepare_server_cpu_us_per_call'))} us a call, "
+            "is taken off the row's"
+        ]
+        * (rev is not None),
     )
-    add(f"   a fresh job of {s['chunk_backlog']:,} chunks each; baseline: bare GetJob calls/s")
-    floors = results.get("chunk_floors") or {}
+    base, bare4 = r["bare"]["per_second"], results["bare_rate_4"]["per_second"]
+    floors, chunks = results.get("chunk_floors") or {}, results["chunks"]
     labelled = (
-        [(MODES[key].label, row) for key, row in results["chunks"].items()]
+        [(MODES[key].label, row) for key, row in chunks.items()]
         + [(f"one-by-one, backlog {x['backlog']:,}", x) for x in results.get("backlog_sensitivity") or []]
         + [(f"floor under gRPC: {MODES[key].short}", row) for key, row in floors.items()]
     )
@@ -401,52 +388,48 @@ def render(results: dict[str, Any]) -> str:
             rows.append([label, "n/a (server: UNIMPLEMENTED)"])
             continue
         note, rates = _chunk_note(row), (row["chunks_per_second"], row["rpcs_per_second"])
-        cells = [
-            *(f"{v:,.0f}" for v in rates),
-            _us(row["server_cpu_us_per_chunk"]),
-            *(_x(v / base) for v in rates),
-        ]
-        rows.append([label, *cells, f"({note})" if note else ""])
-    lines += table(
-        ["", "chunks/s", "RPCs/s", "srv CPU us/chunk", "chunks/s / bare", "RPCs/s / bare", ""], rows
-    )
-    add(
-        f"   bare GetJob calls/s: {base:,.0f} at {r['concurrency']} in flight (the ratios above), "
-        f"{bare4:,.0f} at {s['chunk_workers']} in flight"
-    )
-    if floors:
-        add("   floor under gRPC: the same workers against bench.grpc_floor, WorkerService and the store")
-        add("   alone behind bare grpc.aio handlers (no call guard, request checks, access log or HTTP side)")
-        chunks = results["chunks"]
-        of_floor = [
-            f"{MODES[key].short} {_x(chunks[key]['chunks_per_second'] / row['chunks_per_second'])}"
-            for key, row in floors.items()
-            if not row.get("unimplemented")
-            and not chunks.get(key, {"unimplemented": True}).get("unimplemented")
-        ]
-        add("   jobpulse / its floor: " + ", ".join(of_floor))
-
-    watch = results.get("watch")
-    if watch:
-        jp, bare = watch["jobpulse"], watch["bare"]
-        add("-" * WIDTH)
-        add(
-            f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher, one change per job, {jp['in_flight']} in flight; "
-            "baseline: the bare fan-out of bench.watch_streams"
+        cpu = _us(row["server_cpu_us_per_chunk"])
+        rows.append(
+            [label, *(f"{v:,.0f}" for v in rates), cpu, *(_x(v / base) for v in rates), note and f"({note})"]
         )
-        rows = []
-        for label, w in (("jobpulse", jp), ("bare fan-out", bare)):
-            cells = [
-                *(_ms(w["latency"][q]) for q in ("p50", "p99", "max")),
+    of_floor = [
+        f"{MODES[key].short} {_x(chunks[key]['chunks_per_second'] / row['chunks_per_second'])}"
+        for key, row in floors.items()
+        if not row.get("unimplemented") and not chunks.get(key, {"unimplemented": True}).get("unimplemented")
+    ]
+    lines += section(
+        f"3. Chunks claimed + completed on SQLite, {s['chunk_workers']} asyncio workers on one channel, "
+        f"{s['chunk_rounds']} x {s['chunk_seconds']:.1f} s per mode, a fresh job of {s['chunk_backlog']:,} "
+        "chunks each; baseline: bare GetJob calls/s",
+        ["", "chunks/s", "RPCs/s", "srv CPU us/chunk", "chunks/s / bare", "RPCs/s / bare", ""],
+        rows,
+        f"bare GetJob calls/s: {base:,.0f} at {r['concurrency']} in flight (the ratios above), "
+        f"{bare4:,.0f} at {s['chunk_workers']} in flight",
+        *[
+            "floor under gRPC: the same workers against bench.grpc_floor, WorkerService and the store alone "
+            "behind bare grpc.aio handlers (no call guard, request checks, access log or HTTP side)",
+            "jobpulse / its floor: " + ", ".join(of_floor),
+        ]
+        * bool(floors),
+    )
+    if watch := results.get("watch"):
+        jp, bare = watch["jobpulse"], watch["bare"]
+        rows = [
+            [
+                label,
+                *spread(w["latency"]),
                 f"{w['changes_per_second']:,.0f}",
+                _us(w["server_cpu_us_per_change"]),
             ]
-            rows.append([label, *cells, _us(w.get("server_cpu_us_per_change"))])
-        lines += table(["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"], rows)
-
-    add("-" * WIDTH)
-    add("Targets (SQLite; the PostgreSQL ones: make bench-pg)")
-    lines.extend(render_goals(goals(results)))
-    add("=" * WIDTH)
+            for label, w in (("jobpulse", jp), ("bare fan-out", bare))
+        ]
+        lines += section(
+            f"4. WatchJob, {jp['jobs']:,} jobs x 1 watcher, one change per job, {jp['in_flight']} in flight; "
+            "baseline: the bare fan-out of bench.watch_streams",
+            ["", "p50 ms", "p99 ms", "max ms", "changes/s", "srv CPU us/change"],
+            rows,
+        )
+    lines += targets("Targets (SQLite; the PostgreSQL ones: make bench-pg)", goals(results))
     return "\n".join(lines)
 
 
