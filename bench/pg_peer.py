@@ -407,23 +407,16 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
     mode = results["settings"]["mode"]
     title = f"Chunk claim + complete on PostgreSQL: jobpulse next to PgQueuer ({mode} run, "
     lines = report.header(f"{title}{results['elapsed_seconds']:.0f} s)", notes, results)
-    add = lines.append
     peer = [r for r in rows if r["key"] not in SCALING_KEYS]
     scaling = [r for r in rows if r["key"] in SCALING_KEYS]
     by = {r["key"]: r.get("per_second") for r in rows}
     if peer:
-        add("-" * report.WIDTH)
-        add(f"Against PgQueuer: W = {args.workers} workers; jobpulse's chunks over {JOBS_PER_RUN} jobs")
-        lines += _table(peer)
+        lines += _table(
+            f"Against PgQueuer: W = {args.workers} workers, jobpulse's chunks over {JOBS_PER_RUN} jobs", peer
+        )
         ratios, by_round = [], []
-        for key, k in (
-            ("jp1", 1),
-            ("jpcc", 1),
-            (GRPC_FLOOR_1, 1),
-            ("jp10", 10),
-            ("jpb10", 10),
-            (GRPC_FLOOR, 10),
-        ):
+        pairs = (("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10))
+        for key, k in pairs:
             if key in by:
                 name = GRPC_FLOORS[key][0] if key in GRPC_FLOORS else JOBPULSE_ROWS[key][1]
                 name = name.removeprefix("jobpulse, ")
@@ -440,14 +433,12 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
                 *by_round,
             ]
     if scaling:
-        add("-" * report.WIDTH)
-        lines += report.para(
+        lines += _table(
             "Scaling: complete-and-claim (CompleteChunk + claim_next(1)) as workers are added; each job of a "
             "kind of its own, each worker claiming its job's kind only; beside them PgQueuer QueueManagers, "
             "batch_size=1",
-            first="",
+            scaling,
         )
-        lines += _table(scaling)
         ratios = [
             [label, _ratio(by.get(a), by.get(b)), _ratio(by.get(c), by.get(d)) if c else ""]
             for label, (a, b), (c, d) in (
@@ -459,8 +450,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
         lines += report.table(["ratio jobs/s", "jobpulse", "pgqueuer QueueManager"], ratios)
         if args.rounds > 1:
             ours, theirs = _by_round(rows, "sc1x16", "sc1x4"), _by_round(rows, "sqm16", "sqm4")
-            add(f"   16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs}")
-            add("   (the ratios above are of each row's median)")
+            lines += report.para(
+                f"16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs} "
+                "(the ratios above are of each row's median)"
+            )
         ratios = [
             [
                 _scaling_name(key).removeprefix("jobpulse complete-and-claim, "),
@@ -469,16 +462,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
             for key, peer in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
         ]
         lines += report.table(["ratio jobs/s jobpulse / PgQueuer, same W", "vs QueueManager"], ratios)
-    lines += [
-        "-" * report.WIDTH,
-        "Targets (PostgreSQL)",
-        *report.render_goals(goals(rows)),
-        "=" * report.WIDTH,
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + report.targets("Targets (PostgreSQL)", goals(rows)))
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
+def _table(title: str, rows: list[dict[str, Any]]) -> list[str]:
     cells: list[list[Any]] = []
     for r in rows:
         if r.get("unimplemented"):
@@ -489,8 +476,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         cpu = [_us(r.get("server_cpu_us")), _us(r.get("db_cpu_us"))]
         cells.append([r["name"], f"{r['per_second']:,.0f}", f"{r['seconds']:.2f}", trips, *cpu, note])
     head = ["", "jobs/s", "seconds", "round trips", "srv CPU us/job", "db CPU us/job", ""]
-    note = "   srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine"
-    return [*report.table(head, cells), note]
+    note = "srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine"
+    return report.section(title, head, cells, note)
 
 
 def _by_round(rows: list[dict[str, Any]], a: str, b: str) -> str:
