@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tempfile
 import time
@@ -314,23 +315,12 @@ async def create_job(channel: grpc.aio.Channel, chunks: int, kind: str, request_
     return str((await jobs.CreateJob(request, timeout=TIMEOUT)).job.id)
 
 
-class Side:
-    """One server under test: how to make its jobs and how to change one."""
+class JobpulseSide:
+    """jobpulse under test: jobs made by CreateJob, one chunk of each claimed; a change is its progress."""
 
-    name: str
-    server: Any
-
-    async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
-        raise NotImplementedError
-
-    def poke(self, channels: Channels, key: str) -> Callable[[], Awaitable[Any]]:
-        raise NotImplementedError
-
-
-class JobpulseSide(Side):
     def __init__(self, server: Jobpulse) -> None:
         self.name = "jobpulse"
-        self.server = server
+        self.server: Any = server
         self._claims: dict[str, Any] = {}
         self._items: dict[str, int] = {}
         self._prefix = uuid.uuid4().hex[:8]
@@ -377,10 +367,12 @@ class JobpulseSide(Side):
         return call
 
 
-class FanoutSide(Side):
+class FanoutSide:
+    """The fan-out under test: any key is a job; a change is UpdateJob(job_id=key)."""
+
     def __init__(self, server: FanoutProcess) -> None:
         self.name = "bare fan-out"
-        self.server = server
+        self.server: Any = server
 
     async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
         return [f"job-{i}" for i in range(count)]
@@ -407,9 +399,20 @@ async def capture_templates(server: Jobpulse, chunks: int) -> tuple[bytes, bytes
         await channels.close()
 
 
-async def _reach(streams: Streams) -> None:
+async def _change(
+    streams: Streams, poke: Callable[[], Awaitable[Any]], pid: int, count: int = 1
+) -> tuple[list[float], float, float]:
+    """``count`` changes back to back, waited for on every stream: each stream's seconds from the first
+    poke to the last change, and the CPU seconds the server (all its threads) and this process used."""
+    streams.arm(count)
+    cpu0, own0 = pid_cpu_seconds(pid) or 0.0, time.process_time()
+    sent = time.monotonic()
+    for _ in range(count):
+        await poke()
     if not await streams.reach():
         raise TimeoutError(f"{streams.remaining:,} streams did not get the change within {TIMEOUT:g} s")
+    cpu = (pid_cpu_seconds(pid) or 0.0) - cpu0
+    return [a - sent for a in streams.arrival], cpu, time.process_time() - own0
 
 
 async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
@@ -417,22 +420,20 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
     channels = Channels(side.server.address, streams_n)
     try:
         [key] = await side.make_jobs(channels, 1, chunks)
-        poke = side.poke(channels, key)
+        poke, pid = side.poke(channels, key), side.server.proc.pid
         # Warm up: a few streams and a change, so lazy set-up is not counted as per-stream memory.
         warm = Streams().watch(channels, [key] * 10)
         await warm.opened()
-        warm.arm()
-        await poke()
-        await _reach(warm)
+        await _change(warm, poke, pid)
         await warm.close()
         await asyncio.sleep(0.5)
-        before = status_kib(side.server.proc.pid)
+        before = status_kib(pid)
         t0 = time.monotonic()
         streams = Streams().watch(channels, [key] * streams_n)
         all_open = await streams.opened()
         open_seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)  # idle
-        after = status_kib(side.server.proc.pid)
+        after = status_kib(pid)
         row = {
             "streams": streams_n,
             "opened": streams.first,
@@ -452,26 +453,15 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         spacing = watch_min_interval() + 0.05
         for _ in range(rounds):
             await asyncio.sleep(spacing)
-            streams.arm()
-            cpu0, own0 = pid_cpu_seconds(side.server.proc.pid) or 0.0, time.process_time()
-            sent = time.monotonic()
-            await poke()
-            await _reach(streams)
-            server_cpu += (pid_cpu_seconds(side.server.proc.pid) or 0.0) - cpu0
-            client_cpu += time.process_time() - own0
-            these = [streams.arrival[i] - sent for i in range(streams_n)]
+            these, server, client = await _change(streams, poke, pid)
             latencies += these
             round_max.append(max(these))
+            server_cpu, client_cpu = server_cpu + server, client_cpu + client
         # Bursts: BURST changes back to back; time until every stream shows the last one.
         bursts: list[float] = []
         for _ in range(BURSTS):
             await asyncio.sleep(spacing)
-            streams.arm(BURST)
-            sent = time.monotonic()
-            for _ in range(BURST):
-                await poke()
-            await _reach(streams)
-            bursts.append(max(streams.arrival) - sent)
+            bursts.append(max((await _change(streams, poke, pid, BURST))[0]))
         await streams.close()
         return {
             **row,
@@ -568,12 +558,12 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
 
 # --- running and reporting ---------------------------------------------------------------------------
 
-Measure = Callable[[Side, Side], Awaitable[dict[str, Any]]]
+Side = JobpulseSide | FanoutSide  # one server under test: how to make its jobs and how to change one
 
 
-def _with_pair(tmp: str, tag: str, chunks: int, measure: Measure) -> dict[str, Any]:
+def _with_pair(tmp: str, tag: str, chunks: int, measure: Callable[[Side], Awaitable[Any]]) -> dict[str, Any]:
     """A fresh jobpulse and a fresh fan-out, whose messages are the sizes of jobpulse's (a real snapshot of
-    a job of ``chunks`` chunks and a real change), measured by ``measure`` and stopped after."""
+    a job of ``chunks`` chunks and a real change), each measured by ``measure`` and stopped after."""
     jp, bare = Jobpulse(f"sqlite:///{tmp}/{tag}.db"), FanoutProcess()
     try:
         jp.start()
@@ -582,7 +572,7 @@ def _with_pair(tmp: str, tag: str, chunks: int, measure: Measure) -> dict[str, A
         async def go() -> dict[str, Any]:
             templates = await capture_templates(jp, chunks)
             bare.set_templates(*templates)
-            out = await measure(JobpulseSide(jp), FanoutSide(bare))
+            out = {"jobpulse": await measure(JobpulseSide(jp)), "bare": await measure(FanoutSide(bare))}
             return {**out, "message_bytes": {"snapshot": len(templates[0]), "change": len(templates[1])}}
 
         return asyncio.run(go())
@@ -596,14 +586,8 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
     rows = []
     for n, rounds in zip(s.stream_counts, s.rounds, strict=True):
         _log(f"one job, {n:,} streams, {rounds} changes")
-
-        async def both(jp: Side, bare: Side, n: int = n, rounds: int = rounds) -> dict[str, Any]:
-            return {
-                name: await one_job(side, n, rounds, s.chunks_per_job)
-                for name, side in (("jobpulse", jp), ("bare", bare))
-            }
-
-        row = _with_pair(tmp, f"one-{n}", s.chunks_per_job, both)
+        one = functools.partial(one_job, streams_n=n, rounds=rounds, chunks=s.chunks_per_job)
+        row = _with_pair(tmp, f"one-{n}", s.chunks_per_job, one)
         floor = FanoutProcess()
         try:
             floor.start()
@@ -618,14 +602,8 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
 
 def run_many_jobs(tmp: str, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
     """The many-jobs scenario on its own: jobpulse first, then the bare fan-out."""
-
-    async def both(jp: Side, bare: Side) -> dict[str, Any]:
-        return {
-            name: await many_jobs(side, jobs_n, in_flight, chunks)
-            for name, side in (("jobpulse", jp), ("bare", bare))
-        }
-
-    return _with_pair(tmp, "many", chunks, both)
+    measure = functools.partial(many_jobs, jobs_n=jobs_n, in_flight=in_flight, chunks=chunks)
+    return _with_pair(tmp, "many", chunks, measure)
 
 
 def render(results: dict[str, Any]) -> str:
