@@ -12,7 +12,6 @@ The printout ends with the targets and whether each is met.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import gc
@@ -26,7 +25,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 from support.servers import ServerProcess
 
-from bench import figures, procs, report, scenarios, seed, watch_streams, work
+from bench import procs, report, scenarios, seed, watch_streams, work
 from bench.bare import BareServer, padded_get_job_response
 from bench.grpc_floor import floor_server
 from bench.load import Call
@@ -288,14 +287,9 @@ def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench core", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 40 s), e.g. for CI")
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
-    )
-    args = parser.parse_args(argv)
+    quick = "short smoke run (about 40 s), e.g. for CI"
+    args = report.arguments("core", __doc__, quick, DEFAULT_JSON).parse_args(argv)
     settings = QUICK if args.quick else FULL
-
     run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
         _log(f"{settings.mode} run; starting servers (databases under {tmp})")
@@ -315,13 +309,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run.stamp(results)
     results["settings"] = asdict(settings)
-    results["targets"] = [goal.as_dict() for goal in report.goals(results)]
-    print(report.render(results), flush=True)
-    report.write_json(results, args.json)
-    _log(f"results written to {args.json}")
-    if not args.quick:  # a full run: its figures are the table's current ones
-        figures.record("core", report.goals(results))
-    return 0
+    goals = report.goals(results)
+    results["targets"] = [goal.as_dict() for goal in goals]
+    return report.publish(results, report.render(results), args.json, "" if args.quick else "core", goals)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ client's arrival time minus this process's sending time is a latency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.client
 import socket
@@ -29,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -800,25 +798,19 @@ async def _run(parts: list[str], sizes: Sizes, tmp: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); variables still win")
+    parser = report.arguments("http", __doc__, "small sizes (a smoke run); variables still win")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    if [p for p in parts if p not in PARTS] or not parts:
+        parser.error(f"--only: unknown part(s) in {args.only!r}; choose from {', '.join(PARTS)}")
     sizes = Sizes(args.quick)
     procs.raise_nofile()
     run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-http-bench-") as tmp:
         results = run.stamp(asyncio.run(_run(parts, sizes, tmp)))
     results["sizes"] = sizes.as_dict()
-    print(render(results), flush=True)
-    if args.json is not None:
-        report.write_json(results, args.json)
-    return 0
+    return report.publish(results, render(results), args.json)
 
 
 if __name__ == "__main__":

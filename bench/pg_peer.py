@@ -34,7 +34,7 @@ import asyncpg
 import grpc
 from google.protobuf import duration_pb2
 
-from bench import figures, procs, report, work
+from bench import procs, report, work
 from bench.grpc_floor import floor_server
 from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
 from bench.report import Goal
@@ -642,17 +642,13 @@ async def _deep(row: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench pg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="1,000 units of work per row, one round")
+    p = report.arguments("pg", __doc__, "1,000 units of work per row, one round", DEFAULT_JSON)
     p.add_argument("--n", type=int, default=None, help="units of work per row (default 5,000; quick 1,000)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-floor", action="store_true", help="skip the floors under gRPC")
     p.add_argument("--only", choices=("peer", "scaling"), default=None, help="one set of rows (default both)")
     p.add_argument("--deep", type=int, default=None, help="queue depth of the deep rows (50,000; 0: none)")
     p.add_argument("--rounds", type=int, default=None, help=f"rounds, median kept ({FULL_ROUNDS}; quick 1)")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
     if args.n is None:
         args.n = 1_000 if args.quick else 5_000
@@ -666,12 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     results |= {"postgres": asyncio.run(_pg_version()), "pgqueuer": report._version("pgqueuer")}
     rows = asyncio.run(run(args))
     results = run_.stamp({**results, "rows": rows, "targets": [goal.as_dict() for goal in goals(rows)]})
-    print(render(rows, args, results), flush=True)
-    report.write_json(results, args.json)
-    print(f"results written to {args.json}", file=sys.stderr, flush=True)
-    if not args.quick and args.only is None:  # a full run: its figures are the table's current ones
-        figures.record("pg", goals(rows))
-    return 0
+    full = not args.quick and args.only is None  # a full run: its figures are the table's current ones
+    return report.publish(results, render(rows, args, results), args.json, "pg" if full else "", goals(rows))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ core scenario's own printout and targets."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -431,6 +432,32 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += targets("Targets (SQLite; the PostgreSQL ones: make bench-pg)", goals(results))
     return "\n".join(lines)
+
+
+def arguments(name: str, doc: str | None, quick: str, json: Path | None = None) -> argparse.ArgumentParser:
+    """A scenario's options so far: --quick (``quick`` says what it runs) and --json (the results file)."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m bench {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--json", type=Path, default=json, help=f"write the results to this file (default {json})")
+    return p
+
+
+def publish(
+    results: dict[str, Any], text: str, path: Path | None, scenario: str = "", goals: Any = ()
+) -> int:
+    """Prints a scenario's printout, writes its results to ``path`` (if set) and, given ``scenario`` (a
+    full run), records its ``goals`` as the current figures."""
+    print(text, flush=True)
+    if path is not None:
+        write_json(results, path)
+        log(f"results written to {path}")
+    if scenario:
+        from bench import figures  # figures imports this module
+
+        figures.record(scenario, goals)
+    return 0
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

@@ -15,7 +15,6 @@ times come from one clock.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import sys
@@ -24,13 +23,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 
-from bench import figures, procs, report
+from bench import procs, report
 from bench.bare import SERVER_OPTIONS
 from bench.load import percentile, summary
 from bench.procs import Child, Jobpulse, Serving, pid_cpu_seconds, status_kib
@@ -675,10 +673,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench watch", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
+    args = report.arguments("watch", __doc__, "short smoke run (about 30 s)").parse_args(argv)
     settings = QUICK if args.quick else FULL
     procs.raise_nofile()
     procs.tune_gc()  # this process holds every stream
@@ -686,12 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="jobpulse-watch-bench-") as tmp:
         results = run_.stamp(run(settings, tmp))
     results["settings"] = asdict(settings)
-    print(render(results), flush=True)
-    if args.json is not None:
-        report.write_json(results, args.json)
-    if not args.quick:  # a full run: its figures are the table's current ones
-        figures.record("watch", goals(results))
-    return 0
+    # A full run's figures are the table's current ones.
+    return report.publish(results, render(results), args.json, "" if args.quick else "watch", goals(results))
 
 
 def goals(results: dict[str, Any]) -> list[Goal]:
