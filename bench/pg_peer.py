@@ -115,9 +115,7 @@ def _shares(n: int, parts: int) -> list[int]:
 
 def _scaling_name(key: str) -> str:
     jobs, per_job = SCALING_ROWS[key]
-    if jobs == 1:
-        return f"jobpulse complete-and-claim, 1 job x {per_job} workers"
-    return f"jobpulse complete-and-claim, {jobs} jobs x {per_job} workers"
+    return f"jobpulse complete-and-claim, {jobs} job{'s' * (jobs > 1)} x {per_job} workers"
 
 
 async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
@@ -139,7 +137,7 @@ async def scaling_drain(n: int, key: str) -> dict[str, Any]:
 
 
 async def _workers(
-    server: procs.Served, mode: work.Mode, groups: list[tuple[tuple[str, ...], int]], prefix: str
+    server: procs.Served, mode: work.Mode, groups: Groups, prefix: str
 ) -> tuple[list[work.Counts], dict[str, Any]]:
     """The groups of workers (the kinds a group claims, empty for any; how many workers) drain the server
     until every worker's claim comes back empty: their counts by group, and the row's seconds, server and
@@ -153,14 +151,13 @@ async def _workers(
         one = functools.partial(
             work.worker, stub, mode, lease=LEASE, keep_going=lambda: True, timeout=TIMEOUT
         )
+        ids = [
+            (f"{prefix}-{g}-{w}", g, kinds)
+            for g, (kinds, workers) in enumerate(groups)
+            for w in range(workers)
+        ]
         try:
-            await asyncio.gather(
-                *(
-                    one(worker_id=f"{prefix}-{g}-{w}", counts=counts[g], kinds=kinds)
-                    for g, (kinds, workers) in enumerate(groups)
-                    for w in range(workers)
-                )
-            )
+            await asyncio.gather(*(one(worker_id=i, counts=counts[g], kinds=kinds) for i, g, kinds in ids))
         except grpc.aio.AioRpcError as exc:
             # The server logs to /dev/null: say at least whether it is gone, and how it ended.
             proc = server.proc
@@ -191,12 +188,11 @@ async def _create_jobs(address: str, jobs: list[tuple[str, int]]) -> None:
             await stub.CreateJob(request, timeout=TIMEOUT)
 
 
+Groups = list[tuple[tuple[str, ...], int]]  # groups of workers: the kinds a group claims, its workers
+
+
 async def _drain(
-    key: str,
-    name: str,
-    mode: work.Mode,
-    jobs: list[tuple[str, int]],
-    groups: list[tuple[tuple[str, ...], int]],
+    key: str, name: str, mode: work.Mode, jobs: list[tuple[str, int]], groups: Groups
 ) -> dict[str, Any]:
     """Makes the jobs, then drains them with the groups of workers. Then checks what was done: every
     chunk completed once, by the workers' counts and by the jobs' summaries; each group completed exactly
@@ -241,24 +237,20 @@ async def _drain(
 _SUMMARY_FIELDS = dict(enumerate(("pending", "processing", "completed", "failed", "cancelled"), start=1))
 
 
-async def _recount(key: str, dsn: str, listed: Any, groups: list[tuple[tuple[str, ...], int]]) -> None:
+async def _recount(key: str, dsn: str, listed: Any, groups: Groups) -> None:
     """Each job's summary (as ListJobs gave it) against its chunk rows counted by state, and each chunk's
     worker against the kinds that worker's group claims (worker ids ``peer-<group>-<n>``)."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with procs.connect(dsn) as conn:
         by_state = await conn.fetch("SELECT job_id, state, count(*) AS n FROM chunks GROUP BY 1, 2")
         by_worker = await conn.fetch("SELECT kind, worker_id, count(*) AS n FROM chunks GROUP BY 1, 2")
-    finally:
-        await conn.close()
     recount: dict[str, dict[str, int]] = {}
     for r in by_state:
         recount.setdefault(r["job_id"], {})[_SUMMARY_FIELDS[r["state"]]] = r["n"]
     for job in listed:
         counted = recount.pop(job.id, {})
         summary = {f: getattr(job.chunks_summary, f) for f in _SUMMARY_FIELDS.values()}
-        if any(summary[f] != counted.get(f, 0) for f in summary) or job.chunks_summary.total != sum(
-            counted.values()
-        ):
+        total = job.chunks_summary.total
+        if any(summary[f] != counted.get(f, 0) for f in summary) or total != sum(counted.values()):
             raise RuntimeError(f"{key}: job {job.id}'s summary {summary} but its chunks recount {counted}")
     if recount:
         raise RuntimeError(f"{key}: chunks of jobs ListJobs did not list: {sorted(recount)}")
@@ -273,14 +265,9 @@ async def _completed_chunks(dsn: str) -> tuple[int, int]:
     """(chunks completed, chunks in any other state) in the database."""
     from jobpulse_server.domain.model import ChunkState
 
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE state = $1), count(*) FILTER (WHERE state <> $1) FROM chunks",
-            int(ChunkState.COMPLETED),
-        )
-    finally:
-        await conn.close()
+    sql = "SELECT count(*) FILTER (WHERE state = $1), count(*) FILTER (WHERE state <> $1) FROM chunks"
+    async with procs.connect(dsn) as conn:
+        row = await conn.fetchrow(sql, int(ChunkState.COMPLETED))
     return int(row[0]), int(row[1])
 
 
@@ -325,24 +312,18 @@ async def grpc_floor(n: int, workers: int, key: str) -> dict[str, Any]:
 async def _pgq_setup(dsn: str, n: int) -> None:
     from pgqueuer import AsyncpgDriver, Queries
 
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with procs.connect(dsn) as conn:
         q = Queries(AsyncpgDriver(conn))
         await q.install()
         for start in range(0, n, 5_000):
             k = min(5_000, n - start)
             await q.enqueue([ENTRYPOINT] * k, [f"{start + i}".encode() for i in range(k)], [0] * k)
-    finally:
-        await conn.close()
 
 
 async def _pgq_check(dsn: str, n: int) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with procs.connect(dsn) as conn:
         left = await conn.fetchval("SELECT count(*) FROM pgqueuer")
         ok = await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
-    finally:
-        await conn.close()
     if left or ok != n:
         raise RuntimeError(f"pgqueuer left {left} jobs in the queue, logged {ok}/{n} successful")
 
@@ -369,15 +350,9 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
                 managers.append(qm)
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
+            wait, drain = timedelta(seconds=0.2), QueueExecutionMode.drain
             await asyncio.gather(
-                *(
-                    qm.run(
-                        dequeue_timeout=timedelta(seconds=0.2),
-                        batch_size=batch_size,
-                        mode=QueueExecutionMode.drain,
-                    )
-                    for qm in managers
-                )
+                *(qm.run(dequeue_timeout=wait, batch_size=batch_size, mode=drain) for qm in managers)
             )
             elapsed = time.perf_counter() - t0
             db1 = postgres_cpu_seconds()
@@ -387,13 +362,8 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
         await _pgq_check(dsn, n)
     if handled != n:
         raise RuntimeError(f"pgqueuer handled {handled}/{n}")
-    return _row(
-        f"pgqueuer, {workers} QueueManager drain, batch_size={batch_size}",
-        n,
-        elapsed,
-        0,
-        db_cpu_us=_per_unit_us(db0, db1, n),
-    )
+    name = f"pgqueuer, {workers} QueueManager drain, batch_size={batch_size}"
+    return _row(name, n, elapsed, 0, db_cpu_us=_per_unit_us(db0, db1, n))
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -585,11 +555,8 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
 
 
 async def _pg_version() -> str:
-    conn = await asyncpg.connect(procs.PG_ADMIN)
-    try:
+    async with procs.connect(procs.PG_ADMIN) as conn:
         return "PostgreSQL " + str(await conn.fetchval("SHOW server_version")).split()[0]
-    finally:
-        await conn.close()
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:

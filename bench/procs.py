@@ -198,14 +198,10 @@ async def database(kind: str, tag: str) -> AsyncIterator[str]:
         with tempfile.TemporaryDirectory(prefix=f"jobpulse-{tag}-") as tmp:
             yield f"sqlite:///{tmp}/{tag}.db"
         return
-    import asyncpg
 
     async def admin(statement: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
+        async with connect(PG_ADMIN) as conn:
             await conn.execute(statement)
-        finally:
-            await conn.close()
 
     name = f"bench_{tag}_{os.getpid()}"
     await admin(f'DROP DATABASE IF EXISTS "{name}"')
@@ -214,6 +210,18 @@ async def database(kind: str, tag: str) -> AsyncIterator[str]:
         yield pg_dsn(name)
     finally:
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[Any]:
+    """An asyncpg connection to ``dsn``, closed when the block ends."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def status_kib(pid: int, field: str = "VmRSS") -> int:
