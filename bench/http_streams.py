@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import importlib.util
 import socket
 import statistics
 import sys
@@ -78,9 +79,7 @@ class Sizes:
         self.blocks: int = env("JOBPULSE_BENCH_HTTP_BLOCKS", 1 if q else 2)  # blocks of each kind
         self.idle: int = env("JOBPULSE_BENCH_HTTP_IDLE", 100 if q else 2000)  # streams for the memory figure
         self.settle: float = env("JOBPULSE_BENCH_HTTP_SETTLE", 2.0, float)  # idle seconds before RSS
-        self.load_streams: int = env(
-            "JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200
-        )  # open during GetJob
+        self.load_streams: int = env("JOBPULSE_BENCH_HTTP_LOAD_STREAMS", 20 if q else 200)  # during GetJob
         self.getjob_seconds: float = env("JOBPULSE_BENCH_HTTP_GETJOB_SECONDS", 1.0 if q else 5.0, float)
         self.getjob_rounds: int = env("JOBPULSE_BENCH_HTTP_GETJOB_ROUNDS", 2 if q else 4)  # per server
         self.getjob_concurrency: int = env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)  # calls in flight
@@ -258,13 +257,17 @@ class ClientPool:
     async def all(self, *msg: Any) -> list[tuple[Any, ...]]:
         return await self.ask([msg] * len(self.conns))
 
-    async def open_sse(self, host: str, port: int, path: str, n: int) -> dict[str, Any]:
-        replies = await self.ask([("sse", host, port, path, share) for share in self.shares(n)])
-        return _opened(replies, n)
-
-    async def open_grpc(self, target: str, job_id: str, n: int) -> dict[str, Any]:
-        replies = await self.ask([("grpc", target, job_id, share) for share in self.shares(n)])
-        return _opened(replies, n)
+    async def open(self, n: int, kind: str, *where: Any) -> dict[str, Any]:
+        """``n`` streams over the processes: ``kind`` "sse" at (host, port, path), "grpc" at (target, job)."""
+        replies = await self.ask([(kind, *where, share) for share in self.shares(n)])
+        out = {key: sum(r[k + 1] for r in replies) for k, key in enumerate(("opened", "failed", "ended"))}
+        out |= {"streams": n, "seconds": max(r[4] for r in replies)}
+        if out["opened"] != n:
+            raise RuntimeError(
+                f"only {out['opened']:,} of {n:,} streams opened within {OPEN_TIMEOUT:g} s "
+                f"({out['failed']:,} refused, {out['ended']:,} ended)"
+            )
+        return out
 
     async def state(self) -> dict[str, int]:
         replies = await self.all("state")
@@ -279,22 +282,6 @@ class ClientPool:
     def stop(self) -> None:
         for child in self.children:
             child.close()
-
-
-def _opened(replies: list[tuple[Any, ...]], n: int) -> dict[str, Any]:
-    out = {
-        "streams": n,
-        "opened": sum(r[1] for r in replies),
-        "failed": sum(r[2] for r in replies),
-        "ended": sum(r[3] for r in replies),
-        "seconds": max(r[4] for r in replies),
-    }
-    if out["opened"] != n:
-        raise RuntimeError(
-            f"only {out['opened']:,} of {n:,} streams opened within {OPEN_TIMEOUT:g} s "
-            f"({out['failed']:,} refused, {out['ended']:,} ended)"
-        )
-    return out
 
 
 # --- the servers under test --------------------------------------------------------------------------
@@ -478,9 +465,9 @@ async def _latency_block(
     pool: ClientPool, server: Jobpulse, changer: Changer, job_id: str, kind: str, n: int, rounds: int
 ) -> dict[str, Any]:
     if kind == "sse":
-        opened = await pool.open_sse("127.0.0.1", server.http_port, f"/v1/jobs/{job_id}/events", n)
+        opened = await pool.open(n, "sse", "127.0.0.1", server.http_port, f"/v1/jobs/{job_id}/events")
     else:
-        opened = await pool.open_grpc(server.address, job_id, n)
+        opened = await pool.open(n, "grpc", server.address, job_id)
     spacing = watch_min_interval() + 0.05
     try:
         await asyncio.sleep(0.5)
@@ -559,31 +546,17 @@ async def _idle_memory(
     pool: ClientPool, pid: int, port: int, path: str, n: int, settle: float
 ) -> dict[str, Any]:
     """Server RSS growth over ``n`` idle SSE streams, after 10 streams opened and closed (warm-up)."""
-    await pool.open_sse("127.0.0.1", port, path, 10)
+    await pool.open(10, "sse", "127.0.0.1", port, path)
     await pool.close()
     await asyncio.sleep(0.5)
     before = status_kib(pid)
-    opened = await pool.open_sse("127.0.0.1", port, path, n)
+    opened = await pool.open(n, "sse", "127.0.0.1", port, path)
     await asyncio.sleep(settle)
     after = status_kib(pid)
     state = await pool.state()  # every stream must still be open: the figure is one of idle streams
     await pool.close()
-    return {
-        "streams": n,
-        "open_seconds": opened["seconds"],
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "kib_per_stream": (after - before) / n,
-        "ended_early": state["ended"],
-    }
-
-
-def _have_sse_starlette() -> bool:
-    try:
-        import sse_starlette  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    out = {"streams": n, "open_seconds": opened["seconds"], "rss_before_kib": before, "rss_after_kib": after}
+    return out | {"kib_per_stream": (after - before) / n, "ended_early": state["ended"]}
 
 
 async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
@@ -601,7 +574,7 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
     finally:
         server.close()
-    styles = ["streaming"] + (["sse-starlette"] if _have_sse_starlette() else [])
+    styles = ["streaming"] + (["sse-starlette"] if importlib.util.find_spec("sse_starlette") else [])
     for style in styles:
         _log(f"2. memory: {n:,} idle SSE streams, bare {style}")
         bare = Child(serve_bare_sse, style, first, name=f"bare-{style}").start()
@@ -642,17 +615,15 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
             calls[name] = lambda stub=stub, request=request: stub.GetJob(request, timeout=TIMEOUT)
         on = servers["on"]
         idle_job = await create_job(channels["on"], 10, kind="http-bench-idle")
-        opened = await pool.open_sse("127.0.0.1", on.http_port, f"/v1/jobs/{idle_job}/events", s.load_streams)
+        idle_path = f"/v1/jobs/{idle_job}/events"
+        opened = await pool.open(s.load_streams, "sse", "127.0.0.1", on.http_port, idle_path)
         rates: dict[str, list[Any]] = {"off": [], "on": []}
         for name in ("off", "on"):  # warm-up
             await closed_loop(calls[name], concurrency=s.getjob_concurrency, seconds=1.0)
         for _ in range(s.getjob_rounds):
-            for name in ("off", "on"):
+            for name, server in servers.items():
                 rate = closed_loop(
-                    calls[name],
-                    concurrency=s.getjob_concurrency,
-                    seconds=s.getjob_seconds,
-                    server=servers[name],
+                    calls[name], concurrency=s.getjob_concurrency, seconds=s.getjob_seconds, server=server
                 )
                 rates[name].append(await rate)
         state = await pool.state()
@@ -662,11 +633,8 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
             await channel.close()
         for server in servers.values():
             server.close()
-    out: dict[str, Any] = {
-        "idle_streams": s.load_streams,
-        "idle_open_seconds": opened["seconds"],
-        "idle_ended_early": state["ended"],
-    }
+    out: dict[str, Any] = {"idle_streams": s.load_streams, "idle_open_seconds": opened["seconds"]}
+    out["idle_ended_early"] = state["ended"]
     for name, rows in rates.items():
         out[name] = {
             "per_round": [r.per_second for r in rows],
