@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import sys
 import time
@@ -80,14 +81,9 @@ class Load:
 
 async def _creator(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: random.Random) -> None:
     while not load.stop.is_set():
-        req = job_service_pb2.CreateJobRequest(
-            kind=KIND,
-            total_items=CHUNKS_PER_JOB,
-            chunk_size=1,
-            display_name=f"soak job {rng.randrange(10**6)}",
-            labels={"team": rng.choice(["a", "b", "c"])},
-            priority=rng.randrange(11),
-        )
+        name, team = f"soak job {rng.randrange(10**6)}", rng.choice(["a", "b", "c"])
+        req = job_service_pb2.CreateJobRequest(kind=KIND, total_items=CHUNKS_PER_JOB, display_name=name)
+        req.chunk_size, req.labels["team"], req.priority = 1, team, rng.randrange(11)
         while load.backlog >= BACKLOG and not load.stop.is_set():
             load.room.clear()
             await load.room.wait()
@@ -128,9 +124,8 @@ async def _reader(load: Load, jobs: job_service_pb2_grpc.JobServiceStub, rng: ra
             await asyncio.sleep(0.05)
             continue
         view = rng.choice([job_pb2.JOB_VIEW_FULL, job_pb2.JOB_VIEW_BASIC])
-        await load.call(
-            "GetJob", jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id, view=view), timeout=30)
-        )
+        get = job_service_pb2.GetJobRequest(job_id=job_id, view=view)
+        await load.call("GetJob", jobs.GetJob(get, timeout=30))
         listing = job_service_pb2.ListJobsRequest(page_size=20, order_by=rng.choice(orders))
         if rng.random() < 0.3:
             listing.labels["team"] = rng.choice(["a", "b", "c"])
@@ -248,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--databases", default="sqlite,postgresql", help="which, comma-separated")
     args = p.parse_args(argv)
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-
+    say = functools.partial(print, flush=True)
     say(f"soak: {args.seconds:.0f} s per database, RSS every {args.sample:.0f} s; {report.machine_facts()}")
     results = []
     for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
@@ -261,11 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = r.growth <= GROWTH_LIMIT and r.peak <= r.peak_limit and not r.errors
         verdicts.append(ok)
         rate = sum(r.ops.values()) / r.seconds
-        rest = (
-            ""
-            if r.growth_besides_cache is None
-            else f"; RSS less the encoded-job cache: {r.growth_besides_cache:+.1%}"
-        )
+        besides = r.growth_besides_cache
+        rest = "" if besides is None else f"; RSS less the encoded-job cache: {besides:+.1%}"
         say(
             f"{r.database}: {rate:,.0f} ops/s ({', '.join(f'{k} {v:,}' for k, v in r.ops.most_common())}); "
             f"RSS {r.start / MIB:.1f} -> peak {r.peak / MIB:.1f} MiB (limit {r.peak_limit / MIB:.1f}); "
