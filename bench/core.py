@@ -150,16 +150,8 @@ async def _run(
         bare.set_response(BARE_LIST_PAGE, padded_get_job_response(list_page.ByteSize(), BARE_LIST_PAGE))
 
         _log("1. GetJob BASIC rate")
-        rate = await scenarios.getjob_rate(
-            jp,
-            bt,
-            job_id=data.small_job_id,
-            bare_key=BARE_SMALL_BASIC,
-            concurrency=s.concurrency,
-            rounds=s.rate_rounds,
-            seconds=s.rate_seconds,
-            warmup=s.rate_warmup,
-        )
+        small, timing = (data.small_job_id, BARE_SMALL_BASIC), (s.rate_rounds, s.rate_seconds, s.rate_warmup)
+        rate = await scenarios.getjob_rate(jp, bt, small, s.concurrency, *timing)
         rate["response_bytes"] = small_basic.ByteSize()
         results["getjob_rate"] = rate
         results["bare_rate_4"] = await scenarios.bare_rate(
@@ -257,18 +249,16 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = [
         r["server_cpu_us_per_chunk"] * r["chunks"] for r in rows if r["server_cpu_us_per_chunk"] is not None
     ]
-    return {
+    out = {
         **head,
         "seconds": seconds,
         "chunks": chunks,
         "rpcs": rpcs,
-        **{k: sum(r[k] for r in rows) for k in ("claim_calls", "claimed_next", "claim_next_empty", "not_ok")},
-        "chunks_per_second": chunks / seconds,
-        "rpcs_per_second": rpcs / seconds,
-        "server_cpu_us_per_chunk": sum(cpu) / chunks if len(cpu) == len(rows) and chunks else None,
         "ran_dry": any(r["ran_dry"] for r in rows),
-        "rounds": rows,
     }
+    out |= {k: sum(r[k] for r in rows) for k in ("claim_calls", "claimed_next", "claim_next_empty", "not_ok")}
+    out |= {"chunks_per_second": chunks / seconds, "rpcs_per_second": rpcs / seconds, "rounds": rows}
+    return out | {"server_cpu_us_per_chunk": sum(cpu) / chunks if len(cpu) == len(rows) and chunks else None}
 
 
 def _watch(settings: Settings, tmp: str) -> dict[str, Any]:

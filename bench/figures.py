@@ -26,12 +26,8 @@ END = "<!-- figures:end -->"
 
 
 def _commit() -> str:
-    done = subprocess.run(
-        ["git", "-C", str(HERE), "describe", "--always", "--dirty", "--abbrev=7"],
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip() or "?"
+    describe = ["git", "-C", str(HERE), "describe", "--always", "--dirty", "--abbrev=7"]
+    return subprocess.run(describe, capture_output=True, text=True).stdout.strip() or "?"
 
 
 def load(path: Path = DATA) -> list[dict[str, Any]]:
@@ -47,18 +43,15 @@ def record(scenario: str, goals: list[Goal], path: Path = DATA, readme: Path = R
         if goal.measured is None:
             continue
         cells = goal.as_dict()
-        rows.append(
-            {
-                "scenario": scenario,
-                "target": cells["path"],
-                "measured": round(goal.measured, 4),
-                "unit": goal.unit,
-                "line": cells["target"],
-                "met": cells["met"],
-                "date": when,
-                "commit": commit,
-            }
-        )
+        row = {"scenario": scenario, "target": cells["path"], "measured": round(goal.measured, 4)}
+        row |= {
+            "unit": goal.unit,
+            "line": cells["target"],
+            "met": cells["met"],
+            "date": when,
+            "commit": commit,
+        }
+        rows.append(row)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     render(path, readme)
 

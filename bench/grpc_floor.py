@@ -168,17 +168,10 @@ class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
     async def CreateJob(
         self, request: job_service_pb2.CreateJobRequest, context: Any
     ) -> job_service_pb2.CreateJobResponse:
-        page = await self.jobs.create_job(
-            ANONYMOUS,
-            NewJob(
-                kind=request.kind or DEFAULT_KIND,
-                total_items=request.total_items,
-                chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
-                max_attempts=request.max_attempts or DEFAULT_MAX_ATTEMPTS,
-                priority=DEFAULT_PRIORITY,
-                display_name=request.display_name,
-            ),
-        )
+        r = request
+        size, attempts = r.chunk_size or DEFAULT_CHUNK_SIZE, r.max_attempts or DEFAULT_MAX_ATTEMPTS
+        new = NewJob(r.kind or DEFAULT_KIND, r.total_items, size, attempts, DEFAULT_PRIORITY, r.display_name)
+        page = await self.jobs.create_job(ANONYMOUS, new)
         return job_service_pb2.CreateJobResponse(job=job_pb(page.job, None))
 
     async def GetJob(

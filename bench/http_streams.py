@@ -333,18 +333,10 @@ async def serve_bare_sse(style: str, first: bytes) -> Serving:
     import uvicorn
 
     procs.raise_nofile()
-    config = uvicorn.Config(
-        _bare_app(style, first),
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
+    options: dict[str, Any] = {"http": "httptools", "ws": "none", "lifespan": "off", "access_log": False}
+    options |= {"log_config": None, "server_header": False, "timeout_keep_alive": 5}
+    options["timeout_graceful_shutdown"] = 1
+    server = uvicorn.Server(uvicorn.Config(_bare_app(style, first), **options))
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -415,23 +407,14 @@ class Changer:
     async def change(self) -> str:
         self.count += 1
         claim = self.claim
+        held = {"chunk_id": claim.chunk.id, "lease_token": claim.lease_token}
         if self.count % 2:
-            await self.workers.ReportChunkProgress(
-                worker_service_pb2.ReportChunkProgressRequest(
-                    chunk_id=claim.chunk.id,
-                    lease_token=claim.lease_token,
-                    items_done=min(5, claim.chunk.item_count),
-                    stage=f"round-{self.count}",
-                ),
-                timeout=TIMEOUT,
-            )
+            items, stage = min(5, claim.chunk.item_count), f"round-{self.count}"
+            progress = worker_service_pb2.ReportChunkProgressRequest(**held, items_done=items, stage=stage)
+            await self.workers.ReportChunkProgress(progress, timeout=TIMEOUT)
             return "progress"
-        done = await self.workers.CompleteChunk(
-            worker_service_pb2.CompleteChunkRequest(
-                chunk_id=claim.chunk.id, lease_token=claim.lease_token, claim_next=self.claim_request
-            ),
-            timeout=TIMEOUT,
-        )
+        complete = worker_service_pb2.CompleteChunkRequest(**held, claim_next=self.claim_request)
+        done = await self.workers.CompleteChunk(complete, timeout=TIMEOUT)
         if not done.claims:
             raise RuntimeError("the bench job ran out of chunks")
         self.claim = done.claims[0]
@@ -452,13 +435,8 @@ async def _timed_change(pool: ClientPool, server: Jobpulse, changer: Changer) ->
     missing = sum(r[2] for r in replies)
     if missing:
         raise RuntimeError(f"{missing:,} streams did not get the change within {TIMEOUT:g} s")
-    return {
-        "kind": kind,
-        "latencies": [x for r in replies for x in r[1]],
-        "rpc": returned - sent,
-        "server_cpu": server_cpu,
-        "client_cpu": sum(r[3] for r in replies),
-    }
+    out = {"kind": kind, "latencies": [x for r in replies for x in r[1]], "rpc": returned - sent}
+    return out | {"server_cpu": server_cpu, "client_cpu": sum(r[3] for r in replies)}
 
 
 async def _latency_block(
@@ -482,18 +460,10 @@ async def _latency_block(
     samples: dict[str, list[float]] = {"progress": [], "complete": []}
     for r in rows:
         samples[r["kind"]] += r["latencies"]
-    return {
-        "kind": kind,
-        "open_seconds": opened["seconds"],
-        "rounds": rounds,
-        "spacing_seconds": spacing,
-        "latency": summary(samples["progress"] + samples["complete"]),
-        "samples": samples,
-        "rpc": [r["rpc"] for r in rows],
-        "server_cpu": [r["server_cpu"] for r in rows],
-        "client_cpu": [r["client_cpu"] for r in rows],
-        "ended_early": state["ended"],
-    }
+    out = {"kind": kind, "open_seconds": opened["seconds"], "rounds": rounds, "spacing_seconds": spacing}
+    out |= {"latency": summary(samples["progress"] + samples["complete"]), "samples": samples}
+    out |= {key: [r[key] for r in rows] for key in ("rpc", "server_cpu", "client_cpu")}
+    return out | {"ended_early": state["ended"]}
 
 
 async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
@@ -636,12 +606,14 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
     out: dict[str, Any] = {"idle_streams": s.load_streams, "idle_open_seconds": opened["seconds"]}
     out["idle_ended_early"] = state["ended"]
     for name, rows in rates.items():
+        cpu = statistics.median(
+            r.server_cpu_us_per_call for r in rows if r.server_cpu_us_per_call is not None
+        )
+        per_round = [r.per_second for r in rows]
         out[name] = {
-            "per_round": [r.per_second for r in rows],
-            "median": statistics.median(r.per_second for r in rows),
-            "server_cpu_us_per_call": statistics.median(
-                r.server_cpu_us_per_call for r in rows if r.server_cpu_us_per_call is not None
-            ),
+            "per_round": per_round,
+            "median": statistics.median(per_round),
+            "server_cpu_us_per_call": cpu,
         }
     out["pair_ratios"] = [a / b for a, b in zip(out["on"]["per_round"], out["off"]["per_round"], strict=True)]
     out["ratio"] = out["on"]["median"] / out["off"]["median"]

@@ -298,13 +298,10 @@ class Listing:
 
 
 def _request(lst: Listing, token: str = "") -> job_service_pb2.ListJobsRequest:
-    return job_service_pb2.ListJobsRequest(
-        page_size=PAGE,
-        page_token=token,
-        order_by=lst.order,
-        states=[int(s) for s in lst.states],  # type: ignore[misc]
-        view=job_pb2.JOB_VIEW_BASIC,
-    )
+    request = job_service_pb2.ListJobsRequest(page_size=PAGE, page_token=token, order_by=lst.order)
+    request.states.extend(int(s) for s in lst.states)  # type: ignore[misc]
+    request.view = job_pb2.JOB_VIEW_BASIC
+    return request
 
 
 async def walk(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, deadline: float) -> None:

@@ -37,15 +37,10 @@ class Rate:
         return self.client_cpu_seconds / self.calls * 1e6 if self.calls else None
 
     def __add__(self, other: Rate) -> Rate:
-        cpu = None
-        if self.server_cpu_seconds is not None and other.server_cpu_seconds is not None:
-            cpu = self.server_cpu_seconds + other.server_cpu_seconds
-        return Rate(
-            self.calls + other.calls,
-            self.seconds + other.seconds,
-            cpu,
-            self.client_cpu_seconds + other.client_cpu_seconds,
-        )
+        a, b = self.server_cpu_seconds, other.server_cpu_seconds
+        cpu = a + b if a is not None and b is not None else None
+        client = self.client_cpu_seconds + other.client_cpu_seconds
+        return Rate(self.calls + other.calls, self.seconds + other.seconds, cpu, client)
 
 
 async def closed_loop(call: Call, *, concurrency: int, seconds: float, server: Served | None = None) -> Rate:

@@ -57,18 +57,17 @@ class Target:
 async def getjob_rate(
     jobpulse: Target,
     bare: Target,
-    *,
-    job_id: str,
-    bare_key: str,
+    keys: tuple[str, str],
     concurrency: int,
     rounds: int,
     seconds: float,
     warmup: float,
 ) -> dict[str, Any]:
-    """Closed-loop GetJob(BASIC) at ``concurrency`` in flight, alternating servers round by round."""
+    """Closed-loop GetJob(BASIC) of ``keys`` (jobpulse's job, the bare server's key) at ``concurrency`` in
+    flight, alternating servers round by round."""
     calls = {
-        "jobpulse": (jobpulse, jobpulse.get_job(job_id, job_pb2.JOB_VIEW_BASIC)),
-        "bare": (bare, bare.get_job(bare_key, job_pb2.JOB_VIEW_BASIC)),
+        "jobpulse": (jobpulse, jobpulse.get_job(keys[0], job_pb2.JOB_VIEW_BASIC)),
+        "bare": (bare, bare.get_job(keys[1], job_pb2.JOB_VIEW_BASIC)),
     }
     for _target, call in calls.values():
         await closed_loop(call, concurrency=concurrency, seconds=warmup)
@@ -84,16 +83,15 @@ async def getjob_rate(
             )
             totals[name] = totals[name] + this[name] if name in totals else this[name]
         round_ratios.append(this["jobpulse"].per_second / this["bare"].per_second)
-    return {
+    jp, bt = totals["jobpulse"], totals["bare"]
+    out = {
         "concurrency": concurrency,
         "rounds": rounds,
         "seconds_per_round": seconds,
-        "jobpulse": _rate_dict(totals["jobpulse"]),
-        "bare": _rate_dict(totals["bare"]),
-        "ratio": totals["jobpulse"].per_second / totals["bare"].per_second,
-        "server_cpu_ratio": _cpu_ratio(totals["jobpulse"], totals["bare"]),
         "round_ratios": round_ratios,
     }
+    out |= {"jobpulse": _rate_dict(jp), "bare": _rate_dict(bt), "ratio": jp.per_second / bt.per_second}
+    return out | {"server_cpu_ratio": _cpu_ratio(jp, bt)}
 
 
 async def bare_rate(bare: Target, *, bare_key: str, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -173,12 +171,8 @@ async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup
         for name in ("jobpulse", "bare"):
             s = samples[case.name][name]
             used = cpu[case.name][name]
-            row[name] = {
-                "calls": len(s),
-                "p50": percentile(s, 50),
-                "p99": percentile(s, 99),
-                "server_cpu_us_per_call": used / len(s) * 1e6 if used is not None else None,
-            }
+            row[name] = {"calls": len(s), "p50": percentile(s, 50), "p99": percentile(s, 99)}
+            row[name]["server_cpu_us_per_call"] = used / len(s) * 1e6 if used is not None else None
         row["ratio_p50"] = row["jobpulse"]["p50"] / row["bare"]["p50"]
         row["ratio_p99"] = row["jobpulse"]["p99"] / row["bare"]["p99"]
         out[case.name] = row
@@ -242,11 +236,6 @@ async def chunk_throughput(
         )
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     chunks = counts.chunks
-    return {
-        **row,
-        **counts.as_dict(),
-        "seconds": elapsed,
-        "chunks_per_second": chunks / elapsed,
-        "rpcs_per_second": counts.rpcs / elapsed,
-        "server_cpu_us_per_chunk": cpu / chunks * 1e6 if cpu is not None and chunks else None,
-    }
+    row |= {**counts.as_dict(), "seconds": elapsed, "chunks_per_second": chunks / elapsed}
+    row["rpcs_per_second"] = counts.rpcs / elapsed
+    return row | {"server_cpu_us_per_chunk": cpu / chunks * 1e6 if cpu is not None and chunks else None}
