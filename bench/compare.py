@@ -77,28 +77,19 @@ async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, 
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {(s, m): [] for s in "AB" for m in args.modes}
     try:
         for r in range(args.rounds):
-            rate = await scenarios.bare_rate(
-                target, bare_key=BARE_KEY, concurrency=args.workers, seconds=args.seconds
-            )
+            rate = await scenarios.bare_rate(target, BARE_KEY, args.workers, args.seconds)
             bare_rates.append(rate["per_second"])
             order = (("A", a), ("B", b)) if r % 2 == 0 else (("B", b), ("A", a))
             line = [f"round {r + 1}/{args.rounds}: bare {rate['per_second']:,.0f} calls/s"]
             for mode in args.modes:
                 for side, server in order:
-                    row = await scenarios.chunk_throughput(
-                        server,
-                        mode=work.MODES[mode],
-                        workers=args.workers,
-                        backlog=args.backlog,
-                        seconds=args.seconds,
-                    )
+                    size = {"workers": args.workers, "backlog": args.backlog, "seconds": args.seconds}
+                    row = await scenarios.chunk_throughput(server, mode=work.MODES[mode], **size)
                     if row.get("unimplemented"):
                         raise SystemExit(f"{side} does not implement {mode}")
                     rows[(side, mode)].append(row)
-                    line.append(
-                        f"{mode} {side} {row['chunks_per_second']:,.0f}/s "
-                        f"{_us(row['server_cpu_us_per_chunk'])}"
-                    )
+                    rate, cpu = row["chunks_per_second"], _us(row["server_cpu_us_per_chunk"])
+                    line.append(f"{mode} {side} {rate:,.0f}/s {cpu}")
             print("; ".join(line), flush=True)
     finally:
         await target.channel.close()

@@ -155,7 +155,7 @@ async def _run(
         rate["response_bytes"] = small_basic.ByteSize()
         results["getjob_rate"] = rate
         results["bare_rate_4"] = await scenarios.bare_rate(
-            bt, bare_key=BARE_SMALL_BASIC, concurrency=s.chunk_workers, seconds=s.rate_seconds
+            bt, BARE_SMALL_BASIC, s.chunk_workers, s.rate_seconds
         )
 
         _log("2. latency")

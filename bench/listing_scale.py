@@ -447,10 +447,9 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
             lst.deep90_key = await _nth_key(raw, d, f, lst.order, lst.target_rows)
             deep90 = statements.list_jobs(d, f, lst.order, lst.deep90_key, PAGE + 1)
             lst.sql = {
-                "count": await raw.timed(count, repeats),
-                "first": await raw.timed(first, repeats),
-                "deep90": await raw.timed(deep90, repeats),
+                name: await raw.timed(stmt, repeats) for name, stmt in [("count", count), ("first", first)]
             }
+            lst.sql["deep90"] = await raw.timed(deep90, repeats)
             if lst.deep_key is not None:
                 walked = statements.list_jobs(d, f, lst.order, lst.deep_key, PAGE + 1)
                 lst.sql["walked"] = await raw.timed(walked, repeats)
@@ -463,11 +462,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
                 title = "capped at COUNT_EXACT_UP_TO + 1" if d.postgres else "exact"
                 sections.append((f"ListJobs total_size COUNT ({title}) [{lst.filter_name}]", count))
             for title, stmt in sections:
-                add("")
-                add(f"=== {title}")
-                add(_fmt_stmt(stmt))
-                add("--- plan")
-                add(await raw.explain(*stmt))
+                plans.extend(["", f"=== {title}", _fmt_stmt(stmt), "--- plan", await raw.explain(*stmt)])
     finally:
         await raw.close()
     return out

@@ -169,12 +169,8 @@ async def _workers(
         cpu1, db1 = cpu_seconds(server), postgres_cpu_seconds()
         flusher1 = await asyncio.to_thread(flusher_counts, http_port) if http_port > 0 else None
     total = sum(c.chunks for c in counts)
-    return counts, {
-        "seconds": elapsed,
-        "server_cpu_us": _per_unit_us(cpu0, cpu1, total),
-        "db_cpu_us": _per_unit_us(db0, db1, total),
-        **_flusher(flusher0, flusher1, elapsed),
-    }
+    cpu = {"server_cpu_us": _per_unit_us(cpu0, cpu1, total), "db_cpu_us": _per_unit_us(db0, db1, total)}
+    return counts, {"seconds": elapsed, **cpu, **_flusher(flusher0, flusher1, elapsed)}
 
 
 async def _create_jobs(address: str, jobs: list[tuple[str, int]]) -> None:

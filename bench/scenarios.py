@@ -94,7 +94,7 @@ async def getjob_rate(
     return out | {"server_cpu_ratio": _cpu_ratio(jp, bt)}
 
 
-async def bare_rate(bare: Target, *, bare_key: str, concurrency: int, seconds: float) -> dict[str, Any]:
+async def bare_rate(bare: Target, bare_key: str, concurrency: int, seconds: float) -> dict[str, Any]:
     call = bare.get_job(bare_key, job_pb2.JOB_VIEW_BASIC)
     return _rate_dict(await closed_loop(call, concurrency=concurrency, seconds=seconds, server=bare.server))
 

@@ -7,13 +7,7 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2
 
-from jobpulse.v1 import (
-    job_pb2,
-    job_service_pb2,
-    job_service_pb2_grpc,
-    worker_service_pb2,
-    worker_service_pb2_grpc,
-)
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
 TIMEOUT = 60.0
 KINDS = ("thumbnails", "transcribe", "export", "index")
@@ -71,16 +65,11 @@ async def _advance_big_job(workers: worker_service_pb2_grpc.WorkerServiceStub, j
     for claim in claimed[:300]:
         index = claim.chunk.index
         name = f"part-{index:05d}.json"
-        artifact = job_pb2.Artifact(
-            name=name,
-            uri=f"s3://bench-out/{job_id}/{name}",
-            media_type="application/json",
-            size_bytes=4096 + index,
-        )
         done = worker_service_pb2.CompleteChunkRequest(
             chunk_id=claim.chunk.id, lease_token=claim.lease_token, external_task_id=f"gpu-task-{index:06d}"
         )
-        done.artifacts.append(artifact)
+        uri = f"s3://bench-out/{job_id}/{name}"
+        done.artifacts.add(name=name, uri=uri, media_type="application/json", size_bytes=4096 + index)
         await workers.CompleteChunk(done, timeout=TIMEOUT)
 
 
@@ -91,11 +80,9 @@ async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: in
     async def lane() -> None:
         for i in queue:
             request = job_service_pb2.CreateJobRequest(
-                display_name=f"bench list job {i:05d}",
-                kind=KINDS[i % len(KINDS)],
-                total_items=1_000,
-                chunk_size=500,
+                kind=KINDS[i % len(KINDS)], total_items=1_000, chunk_size=500
             )
+            request.display_name = f"bench list job {i:05d}"
             request.labels.update({"team": "bench", "batch": str(i // 100)})
             request.metadata.CopyFrom(_metadata(source="bench", n=i))
             await jobs.CreateJob(request, timeout=TIMEOUT)

@@ -34,14 +34,15 @@ class Mode:
     claim_next: bool  # the completion call also claims the next chunks
 
 
-_CLAIM_NEXT_10 = "batched, CompleteChunks + claim_next (10)"
+_CLAIM_NEXT_1, _CLAIM_NEXT_10 = (
+    "complete-and-claim (claim_next, 1)",
+    "batched, CompleteChunks + claim_next (10)",
+)
 MODES = {
     m.key: m
     for m in (
         Mode("one_by_one", "one-by-one (max_chunks=1)", "one-by-one", 1, False, False),
-        Mode(
-            "complete_and_claim", "complete-and-claim (claim_next, 1)", "complete-and-claim", 1, False, True
-        ),
+        Mode("complete_and_claim", _CLAIM_NEXT_1, "complete-and-claim", 1, False, True),
         Mode("batched", "batched (max_chunks=10)", "batched", 10, False, False),
         Mode("batched_complete_chunks", _CLAIM_NEXT_10, "CompleteChunks", 10, True, True),
     )
