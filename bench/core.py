@@ -44,68 +44,37 @@ BARE_LIST_PAGE = "bare-list-page"
 
 @dataclass
 class Settings:
-    mode: str
-    list_jobs: int
-    concurrency: int
-    rate_rounds: int
-    rate_seconds: float
-    rate_warmup: float
-    latency_calls: int
-    latency_blocks: int
-    latency_warmup: int
-    list_page_size: int
-    chunk_workers: int
-    chunk_backlog: int
-    chunk_seconds: float
-    chunk_rounds: int
-    sensitivity_backlogs: tuple[int, ...]
-    sensitivity_seconds: float
-    watch_jobs: int
-    watch_in_flight: int
-    watch_chunks_per_job: int
+    """A run's sizes; the defaults are a full run's."""
 
-
-FULL = Settings(
-    mode="full",
-    list_jobs=2_000,
-    concurrency=16,
-    rate_rounds=4,
-    rate_seconds=3.0,
-    rate_warmup=0.5,
-    latency_calls=300,
-    latency_blocks=6,
-    latency_warmup=10,
-    list_page_size=20,
-    chunk_workers=4,
+    mode: str = "full"
+    list_jobs: int = 2_000
+    concurrency: int = 16
+    rate_rounds: int = 4
+    rate_seconds: float = 3.0
+    rate_warmup: float = 0.5
+    latency_calls: int = 300
+    latency_blocks: int = 6
+    latency_warmup: int = 10
+    list_page_size: int = 20
+    chunk_workers: int = 4
     # Enough that the fastest mode (CompleteChunks of 10, some 5,000 chunks/s here) does not run dry;
     # the rows at other backlogs (sensitivity_backlogs) show whether the size matters.
-    chunk_backlog=50_000,
-    chunk_seconds=8.0,
-    chunk_rounds=2,
-    sensitivity_backlogs=(500, 5_000),
-    sensitivity_seconds=3.0,
-    watch_jobs=1_000,
-    watch_in_flight=4,
-    watch_chunks_per_job=10,
-)
+    chunk_backlog: int = 50_000
+    chunk_seconds: float = 8.0
+    chunk_rounds: int = 2
+    sensitivity_backlogs: tuple[int, ...] = (500, 5_000)
+    sensitivity_seconds: float = 3.0
+    watch_jobs: int = 1_000
+    watch_in_flight: int = 4
+    watch_chunks_per_job: int = 10
 
-QUICK = replace(
-    FULL,
-    mode="quick",
-    list_jobs=300,
-    rate_rounds=2,
-    rate_seconds=1.0,
-    rate_warmup=0.3,
-    latency_calls=60,
-    latency_blocks=2,
-    latency_warmup=5,
-    chunk_backlog=20_000,
-    chunk_seconds=2.5,
-    chunk_rounds=1,
-    sensitivity_backlogs=(),
-    sensitivity_seconds=0.0,
-    watch_jobs=400,
-)
+
+FULL = Settings()
+# A quick run: the sizes that differ from a full run's.
+QUICK = replace(FULL, mode="quick", list_jobs=300, rate_rounds=2, rate_seconds=1.0, rate_warmup=0.3)
+QUICK = replace(QUICK, latency_calls=60, latency_blocks=2, latency_warmup=5, chunk_backlog=20_000)
+QUICK = replace(QUICK, chunk_seconds=2.5, chunk_rounds=1, sensitivity_backlogs=(), sensitivity_seconds=0.0)
+QUICK = replace(QUICK, watch_jobs=400)
 
 # Section 3: the modes in the order of the first round (later rounds alternate it).
 CHUNK_MODES = ("one_by_one", "complete_and_claim", "batched", "batched_complete_chunks")

@@ -18,12 +18,7 @@ import grpc
 
 from bench.bare import SERVER_OPTIONS
 from bench.procs import Child, Serving
-from jobpulse.v1 import (
-    job_service_pb2,
-    job_service_pb2_grpc,
-    worker_service_pb2,
-    worker_service_pb2_grpc,
-)
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 from jobpulse_server.api.workers import _add_claims
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.model import (
@@ -73,16 +68,12 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
                 return _claims(got)
             # None: other workers took the work of the jobs this claim locked; look again.
 
-    async def ClaimChunks(
-        self, request: worker_service_pb2.ClaimChunksRequest, context: Any
-    ) -> worker_service_pb2.ClaimChunksResponse:
+    async def ClaimChunks(self, request: Any, context: Any) -> Any:
         out = worker_service_pb2.ClaimChunksResponse()
         _add_claims(out.claims, await self._claim(request))
         return out
 
-    async def CompleteChunk(
-        self, request: worker_service_pb2.CompleteChunkRequest, context: Any
-    ) -> worker_service_pb2.CompleteChunkResponse:
+    async def CompleteChunk(self, request: Any, context: Any) -> Any:
         if request.HasField("claim_next"):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no claim_next on the floor's CompleteChunk")
         one = await self.batch.complete(Completion(request.chunk_id, request.lease_token, []), now_us())
@@ -92,9 +83,7 @@ class FloorWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
             raise AssertionError("abort raises")
         return worker_service_pb2.CompleteChunkResponse(job_state=int(one.job_state))  # type: ignore[arg-type]
 
-    async def CompleteChunks(
-        self, request: worker_service_pb2.CompleteChunksRequest, context: Any
-    ) -> worker_service_pb2.CompleteChunksResponse:
+    async def CompleteChunks(self, request: Any, context: Any) -> Any:
         items = [Completion(c.chunk_id, c.lease_token, [], c.external_task_id) for c in request.completions]
         nxt = request.claim_next if request.HasField("claim_next") else None
         ask = None if nxt is None else _ask(nxt)
@@ -123,16 +112,12 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
     def __init__(self, work: WorkerService) -> None:
         self.work = work
 
-    async def ClaimChunks(
-        self, request: worker_service_pb2.ClaimChunksRequest, context: Any
-    ) -> worker_service_pb2.ClaimChunksResponse:
+    async def ClaimChunks(self, request: Any, context: Any) -> Any:
         out = worker_service_pb2.ClaimChunksResponse()
         _add_claims(out.claims, await self.work.claim(_ask(request)))
         return out
 
-    async def CompleteChunk(
-        self, request: worker_service_pb2.CompleteChunkRequest, context: Any
-    ) -> worker_service_pb2.CompleteChunkResponse:
+    async def CompleteChunk(self, request: Any, context: Any) -> Any:
         ask = _ask(request.claim_next) if request.HasField("claim_next") else None
         state, claims = await self.work.complete(
             Completion(request.chunk_id, request.lease_token, [], request.external_task_id), ask
@@ -141,9 +126,7 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
         _add_claims(out.claims, claims)
         return out
 
-    async def CompleteChunks(
-        self, request: worker_service_pb2.CompleteChunksRequest, context: Any
-    ) -> worker_service_pb2.CompleteChunksResponse:
+    async def CompleteChunks(self, request: Any, context: Any) -> Any:
         items = [Completion(c.chunk_id, c.lease_token, [], c.external_task_id) for c in request.completions]
         ask = _ask(request.claim_next) if request.HasField("claim_next") else None
         out = worker_service_pb2.CompleteChunksResponse()
@@ -165,24 +148,18 @@ class ServiceJobs(job_service_pb2_grpc.JobServiceServicer):
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
 
-    async def CreateJob(
-        self, request: job_service_pb2.CreateJobRequest, context: Any
-    ) -> job_service_pb2.CreateJobResponse:
+    async def CreateJob(self, request: Any, context: Any) -> Any:
         r = request
         size, attempts = r.chunk_size or DEFAULT_CHUNK_SIZE, r.max_attempts or DEFAULT_MAX_ATTEMPTS
         new = NewJob(r.kind or DEFAULT_KIND, r.total_items, size, attempts, DEFAULT_PRIORITY, r.display_name)
         page = await self.jobs.create_job(ANONYMOUS, new)
         return job_service_pb2.CreateJobResponse(job=job_pb(page.job, None))
 
-    async def GetJob(
-        self, request: job_service_pb2.GetJobRequest, context: Any
-    ) -> job_service_pb2.GetJobResponse:
+    async def GetJob(self, request: Any, context: Any) -> Any:
         page = await self.jobs.get_job(ANONYMOUS, request.job_id, full=False)
         return job_service_pb2.GetJobResponse(job=job_pb(page.job, None))
 
-    async def CancelJob(
-        self, request: job_service_pb2.CancelJobRequest, context: Any
-    ) -> job_service_pb2.CancelJobResponse:
+    async def CancelJob(self, request: Any, context: Any) -> Any:
         page = await self.jobs.cancel_job(ANONYMOUS, request.job_id, request.reason)
         return job_service_pb2.CancelJobResponse(job=job_pb(page.job, None))
 

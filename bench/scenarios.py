@@ -14,12 +14,7 @@ from google.protobuf import duration_pb2
 from bench import work
 from bench.load import Call, Rate, closed_loop, percentile, sequential_latencies
 from bench.procs import Served, cpu_seconds
-from jobpulse.v1 import (
-    job_pb2,
-    job_service_pb2,
-    job_service_pb2_grpc,
-    worker_service_pb2_grpc,
-)
+from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 
 TIMEOUT = 30.0
 WORK_LEASE = duration_pb2.Duration(seconds=600)

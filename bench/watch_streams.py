@@ -33,12 +33,7 @@ from bench.bare import SERVER_OPTIONS
 from bench.load import percentile, summary
 from bench.procs import Child, Jobpulse, Serving, pid_cpu_seconds, status_kib
 from bench.report import Goal
-from jobpulse.v1 import (
-    job_service_pb2,
-    job_service_pb2_grpc,
-    worker_service_pb2,
-    worker_service_pb2_grpc,
-)
+from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
 STREAMS_PER_CHANNEL = 250
 TIMEOUT = 60.0
