@@ -164,11 +164,7 @@ async def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = report.parser("compare", __doc__)
     p.add_argument("--base", required=True, help="revision A (any git revision: a commit, a branch, HEAD~2)")
     p.add_argument("--head", default=None, help="revision B (default: this working tree, as it is)")
     p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")

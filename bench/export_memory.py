@@ -11,7 +11,6 @@ the document in memory, would grow by hundreds of MB).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import sys
@@ -126,12 +125,7 @@ def render(base: Run, big: Run) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # No options (the sizes are variables, above); --help says so rather than start a run.
-    argparse.ArgumentParser(
-        prog="python -m bench export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    report.parser("export", __doc__).parse_args(argv)  # no options, sizes are variables: --help says so
     if not sys.platform.startswith("linux"):
         print("python -m bench export reads /proc: Linux only", file=sys.stderr)
         return 1

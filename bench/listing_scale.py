@@ -571,7 +571,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = report.parser("scale", __doc__)
     p.add_argument("--quick", action="store_true", help="100k jobs on PostgreSQL, 50k on SQLite")
     p.add_argument("--pg-jobs", type=int, default=None, help="jobs on PostgreSQL (0: skip)")
     p.add_argument("--sqlite-jobs", type=int, default=None, help="jobs on SQLite (0: skip)")

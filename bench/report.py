@@ -434,11 +434,15 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options of ``python -m bench NAME``, its module's docstring as their help."""
+    raw = argparse.RawDescriptionHelpFormatter
+    return argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc, formatter_class=raw)
+
+
 def arguments(name: str, doc: str | None, quick: str, json: Path | None = None) -> argparse.ArgumentParser:
     """A scenario's options so far: --quick (``quick`` says what it runs) and --json (the results file)."""
-    p = argparse.ArgumentParser(
-        prog=f"python -m bench {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(name, doc)
     p.add_argument("--quick", action="store_true", help=quick)
     p.add_argument("--json", type=Path, default=json, help=f"write the results to this file (default {json})")
     return p

@@ -12,7 +12,6 @@ the lower quiet p99 (goal: at most 2x), the deletion's duration from the expiry,
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -47,28 +46,18 @@ DELETION_TIMEOUT = 1800.0
 def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
     done = {"state": int(JobState.COMPLETED), "stage": "done", "labels": json.dumps({"team": "bench"})}
     size = {"total_items": 100, "chunk_size": 100, "max_attempts": 3, "n_completed": 1, "items_done": 100}
-    times = {
-        "create_time": end - 60_000_000,
-        "start_time": end - 30_000_000,
-        "update_time": end,
-        "end_time": end,
-    }
+    times = {"create_time": end - 60_000_000, "start_time": end - 30_000_000, "update_time": end}
+    times["end_time"] = end
     rest = {"priority": 5, "revision": 3, "job_metadata": "{}", "change_seq": 0}
     named = {"id": job_id, "owner": "anonymous", "display_name": f"expired {job_id}", "kind": KIND}
     return table_row(jobs, {**named, **done, **size, **times, **rest})
 
 
 def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
-    done = {
-        "state": int(ChunkState.COMPLETED),
-        "item_count": 100,
-        "items_done": 100,
-        "attempt": 1,
-        "max_attempts": 3,
-    }
+    done = {"state": int(ChunkState.COMPLETED), "item_count": 100, "items_done": 100, "attempt": 1}
     named = {"id": f"{job_id}-0", "job_id": job_id, "worker_id": "bench-worker", "kind": KIND}
     times = {"start_time": end - 30_000_000, "end_time": end}
-    return table_row(chunks, {**named, **done, **times, "revision": 3, "priority": 5})
+    return table_row(chunks, {**named, **done, **times, "max_attempts": 3, "revision": 3, "priority": 5})
 
 
 def seed(path: str, n: int, first_end: int) -> list[str]:
@@ -107,24 +96,17 @@ def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_p
     return time.perf_counter() - t
 
 
-def _p(samples: list[float], q: float) -> float:
-    return percentile(samples, q * 100)
-
-
 def _line(name: str, samples: list[float]) -> str:
+    p50, p99, mean = (
+        x * 1e3 for x in (percentile(samples, 50), percentile(samples, 99), statistics.fmean(samples))
+    )
     return (
-        f"{name:<28} calls {len(samples):>7,}   p50 {_p(samples, 0.5) * 1e3:7.3f} ms   "
-        f"p99 {_p(samples, 0.99) * 1e3:7.3f} ms   mean {statistics.fmean(samples) * 1e3:7.3f} ms"
+        f"{name:<28} calls {len(samples):>7,}   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   mean {mean:7.3f} ms"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    # No options (the sizes are variables, above); --help says so rather than start a run.
-    argparse.ArgumentParser(
-        prog="python -m bench retention",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    report.parser("retention", __doc__).parse_args(argv)  # no options, sizes are variables: --help says so
     with tempfile.TemporaryDirectory(prefix="jobpulse-retention-") as tmp:
         return _run(f"{tmp}/jobs.db")
 
@@ -159,10 +141,8 @@ def _run(path: str) -> int:
         srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **batch).start(120)
         channel = grpc.insecure_channel(srv.address)
         stub = job_service_pb2_grpc.JobServiceStub(channel)
-        live = stub.CreateJob(
-            job_service_pb2.CreateJobRequest(kind="bench-live", total_items=1000, chunk_size=100), timeout=30
-        ).job
-        request = job_service_pb2.GetJobRequest(job_id=live.id)
+        live = job_service_pb2.CreateJobRequest(kind="bench-live", total_items=1000, chunk_size=100)
+        request = job_service_pb2.GetJobRequest(job_id=stub.CreateJob(live, timeout=30).job.id)
         for _ in range(200):  # warm-up
             _timed_get(stub, request)
 
@@ -199,12 +179,9 @@ def _run(path: str) -> int:
         channel.close()
         print(_line("GetJob, while deleting", during), flush=True)
         print(_line("GetJob, after the deletion", after), flush=True)
-        base = min(_p(quiet, 0.99), _p(after, 0.99))
-        ratio = _p(during, 0.99) / base
-        print(
-            f"GetJob p99 while deleting / the lower p99 with nothing deleted (before, after): {ratio:.2f}x "
-            "(goal: at most 2x)"
-        )
+        ratio = percentile(during, 99) / min(percentile(quiet, 99), percentile(after, 99))
+        what = "GetJob p99 while deleting / the lower p99 with nothing deleted (before, after)"
+        print(f"{what}: {ratio:.2f}x (goal: at most 2x)")
         print(
             f"deleted {N_JOBS:,} expired jobs (and their chunks) in {deletion_s:.1f} s after they expired "
             f"({N_JOBS / deletion_s:,.0f} jobs/s; first gone {((first_gone or expire_at) - expire_at):.1f} s "

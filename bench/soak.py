@@ -12,7 +12,6 @@ slope) <= 3%, peak within start + 1.5 x cache bytes + 32 MiB, no error at all.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import random
@@ -237,7 +236,7 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = report.parser("soak", __doc__)
     p.add_argument("--seconds", type=float, default=600.0, help="how long each database is soaked (600)")
     p.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (10)")
     p.add_argument("--databases", default="sqlite,postgresql", help="which, comma-separated")
