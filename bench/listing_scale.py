@@ -500,74 +500,61 @@ def _est90(lst: Listing) -> float:
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
-    m = report.machine_facts()
-    lines: list[str] = []
-    add = lines.append
-    add("=" * 110)
-    add(
-        f"ListJobs at scale ({'quick' if args.quick else 'full'} run, {elapsed:.0f} s); "
-        f"page_size {PAGE}, BASIC view"
-    )
-    add(f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | {m['cpu_model']}")
+    m, mode = report.machine_facts(), "quick" if args.quick else "full"
+    machine = f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | {m['cpu_model']}"
+    title = f"ListJobs at scale ({mode} run, {elapsed:.0f} s); page_size {PAGE}, BASIC view"
+    lines = ["=" * report.WIDTH, title, machine]
     for res in results:
-        b: Backend = res["backend"]
-        add("-" * 110)
+        b, listings = res["backend"], res["listings"]
+        short = [w for w in listings if not w.reached]
+        grpc_rows, sql_rows = [], []
+        for w in listings:
+            ratio, q = w.deep_ms / w.first_ms, w.sql
+            depth, walk = f"{w.deep_rows:,}" + "*" * (not w.reached), f"{w.pages_walked:,}/{w.walk_s:.0f}s"
+            ms = [f"{w.first_ms:.1f}", f"{w.deep_ms:.1f}", f"{ratio:.2f}", "yes" if ratio <= 1.5 else "NO"]
+            grpc_rows.append([w.label, f"{w.total:,}", depth, walk, *ms])
+            cells = [f"{q[k]:.1f}" if k in q else "-" for k in ("count", "first", "walked", "deep90")]
+            sql_rows.append([w.label, *cells, f"{q['deep90'] / q['first']:.1f}"])
+        # The pace of a walk that fell short, carried on linearly (optimistic).
+        pace = [
+            f"{w.label}, {w.target_rows:,} rows: ~{w.walk_s * w.target_rows / max(1, w.deep_rows):,.0f} s "
+            f"({w.walk_s:.0f} s for {w.deep_rows:,})"
+            for w in short
+        ]
+        est = [
+            f"{w.label} ~{_est90(w):,.0f} ms = {_est90(w) / w.first_ms:.1f}x the first page" for w in short
+        ]
         load = ", ".join(f"{k} {v:,.1f}" for k, v in b.load.items())
-        add(f"{b.name}: {b.n_jobs:,} jobs ({load})")
-        add(
-            f"  gRPC ListJobs, server in its own process; p50 of {args.repeats} calls (ms); deep page "
-            f"reached by following next_page_token ({len(res['listings'])} walks side by side, "
-            f"budget {res['walk_budget']})"
+        lines += report.section(
+            f"{b.name}: {b.n_jobs:,} jobs ({load}); gRPC ListJobs, server in its own process; p50 of "
+            f"{args.repeats} calls (ms); deep page reached by following next_page_token ({len(listings)} "
+            f"walks side by side, budget {res['walk_budget']})",
+            [
+                "order, filter",
+                "total",
+                "deep at row",
+                "pages/s walked",
+                *("first deep deep/first <=1.5".split()),
+            ],
+            grpc_rows,
+            *[f"* walk budget spent before {DEPTH:.0%} depth; at the pace seen, it takes: " + "; ".join(pace)]
+            * bool(short),
         )
-        add(
-            f"  {'order, filter':<30}{'total':>10}{'deep at row':>13}{'pages/s walked':>16}"
-            f"{'first':>9}{'deep':>9}{'deep/first':>12}{'<=1.5':>7}"
+        shares = ", ".join(f"{w.label} {w.sql['count'] / w.first_ms:.0%}" for w in listings)
+        lines += report.section(
+            f"SQL alone (the server's statements, store/statements.py), p50 of {args.sql_repeats} (ms); "
+            f"'90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; 'walked' = the page the "
+            "walk reached",
+            ["order, filter", "COUNT", "first", "walked", "90%", "90%/first"],
+            sql_rows,
+            *[
+                "gRPC page 90% deep where the walk fell short (gRPC deep - SQL walked + SQL 90%): "
+                + "; ".join(est)
+            ]
+            * bool(short),
+            f"COUNT(*) share of a gRPC first page: {shares}",
         )
-        for lst in res["listings"]:
-            depth = f"{lst.deep_rows:,}" + ("" if lst.reached else "*")
-            walk = f"{lst.pages_walked:,}/{lst.walk_s:.0f}s"
-            ratio = lst.deep_ms / lst.first_ms
-            add(
-                f"  {lst.label:<30}{lst.total:>10,}{depth:>13}{walk:>16}"
-                f"{lst.first_ms:>9.1f}{lst.deep_ms:>9.1f}{ratio:>12.2f}{'yes' if ratio <= 1.5 else 'NO':>7}"
-            )
-        short = [lst for lst in res["listings"] if not lst.reached]
-        if short:
-            add(f"  * walk budget spent before {DEPTH:.0%} depth; at the pace seen, reaching it would take:")
-            for lst in short:
-                est = lst.walk_s * lst.target_rows / max(1, lst.deep_rows)  # linear: optimistic
-                add(
-                    f"      {lst.label:<30} {lst.target_rows:,} rows: ~{est:,.0f} s "
-                    f"({lst.walk_s:.0f} s for {lst.deep_rows:,})"
-                )
-        add(f"  SQL alone (the server's statements, store/statements.py), p50 of {args.sql_repeats} (ms);")
-        add(
-            f"  '90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; "
-            "'walked' = the page the gRPC walk reached"
-        )
-        add(f"  {'order, filter':<30}{'COUNT':>9}{'first':>8}{'walked':>9}{'90%':>9}{'90%/first':>11}")
-        for lst in res["listings"]:
-            s = lst.sql
-            walked = f"{s['walked']:.1f}" if "walked" in s else "-"
-            add(
-                f"  {lst.label:<30}{s['count']:>9.1f}{s['first']:>8.1f}{walked:>9}{s['deep90']:>9.1f}"
-                f"{s['deep90'] / s['first']:>11.1f}"
-            )
-        if short:
-            add(
-                "  estimated gRPC page 90% deep where the walk fell short (gRPC deep - SQL walked + SQL 90%):"
-            )
-            for lst in short:
-                add(
-                    f"      {lst.label:<30} ~{_est90(lst):,.0f} ms = "
-                    f"{_est90(lst) / lst.first_ms:.1f}x the first page"
-                )
-        add(
-            "  COUNT(*) share of a gRPC first page: "
-            + ", ".join(f"{lst.label} {lst.sql['count'] / lst.first_ms:.0%}" for lst in res["listings"])
-        )
-    add("=" * 110)
-    return "\n".join(lines)
+    return "\n".join([*lines, "=" * report.WIDTH])
 
 
 def main(argv: list[str] | None = None) -> int:
