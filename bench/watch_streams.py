@@ -348,13 +348,11 @@ class JobpulseSide:
         claim = self._claims[key]
 
         async def call() -> Any:
-            self._items[key] = self._items.get(key, 0) + 1
+            n = self._items[key] = self._items.get(key, 0) + 1
             req = worker_service_pb2.ReportChunkProgressRequest(
-                chunk_id=claim.chunk.id,
-                lease_token=claim.lease_token,
-                items_done=min(self._items[key], claim.chunk.item_count),
-                stage=f"round-{self._items[key]}",
+                chunk_id=claim.chunk.id, lease_token=claim.lease_token
             )
+            req.items_done, req.stage = min(n, claim.chunk.item_count), f"round-{n}"
             return await workers.ReportChunkProgress(req, timeout=TIMEOUT)
 
         return call
