@@ -610,14 +610,15 @@ def render(results: dict[str, Any]) -> str:
     for row in results["one_job"]:
         jp, bare = row["jobpulse"], row["bare"]
         for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
-            q = r["latency"]  # None: the server stopped opening streams
-            lat = [f"only {r['opened']:,} opened*", "", ""] if q is None else report.spread(q)
             kib, opened = f"{r['kib_per_stream']:.1f}", f"{r['open_seconds']:.2f}"
-            more = [
-                ms(r["burst_settle_p50"]),
-                f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}",
-            ]
-            rows.append([f"{r['streams']:,}", label, *lat, kib, opened, *(more if q else [])])
+            if r["latency"] is None:  # the server stopped opening streams
+                rows.append(
+                    [f"{r['streams']:,}", label, f"only {r['opened']:,} opened*", "", "", kib, opened]
+                )
+                continue
+            cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
+            more = [*report.spread(r["latency"]), kib, opened, ms(r["burst_settle_p50"]), cpu]
+            rows.append([f"{r['streams']:,}", label, *more])
         mem = ratio(jp["kib_per_stream"], bare["kib_per_stream"])
         if jp["latency"] is None or bare["latency"] is None:
             rows.append(["", "ratio", "", "", "", mem])
