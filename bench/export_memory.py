@@ -23,7 +23,6 @@ from bench.listing_scale import Backend, load_sqlite
 
 JOBS = report.env_size("JOBPULSE_BENCH_EXPORT_JOBS", 200_000)
 BASELINE = report.env_size("JOBPULSE_BENCH_EXPORT_BASELINE", 2000)
-EXPORT_TIMEOUT = 900.0
 
 
 @dataclass

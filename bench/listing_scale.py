@@ -415,7 +415,7 @@ async def _nth_key(raw: Raw, d: statements.Dialect, f: JobFilter, order: str, n:
     return list((await raw.fetch(sql, [*w.params, n - 1]))[0])
 
 
-_ALL_JOB_COLUMNS = ", ".join(c.name for c in jobs_table.columns)
+_ALL_JOB_COLUMNS = ", ".join(JOB_COLUMNS)
 
 
 def _fmt_stmt(stmt: tuple[str, list[Any]]) -> str:
@@ -423,20 +423,14 @@ def _fmt_stmt(stmt: tuple[str, list[Any]]) -> str:
     return f"{sql.strip()}\n-- parameters: {list(stmt[1])}"
 
 
-async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> dict[str, Any]:
+async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> None:
     """Times count / first / deep (as walked and at 90%) with the server's statements; EXPLAINs them."""
     d = statements.POSTGRES if b.name == "postgresql" else statements.SQLITE
     raw = await Raw(b).open()
-    out: dict[str, Any] = {}
-    add = plans.append
-    add("#" * 110)
-    add(
-        f"# {b.name}: {b.n_jobs:,} jobs; "
-        + ("EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN")
-        + " of the statements in service/jobpulse_server/store/statements.py, as the server"
-        " sends them; SELECT <all jobs columns> stands for the column list"
-    )
-    add("#" * 110)
+    explain = "EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN"
+    what = f"{explain} of the statements in service/jobpulse_server/store/statements.py, as sent"
+    head = f"# {b.name}: {b.n_jobs:,} jobs; {what}; SELECT <all jobs columns> stands for the column list"
+    plans.extend(["#" * 110, head, "#" * 110])
     try:
         counted: set[str] = set()
         for lst in listings:
@@ -465,7 +459,6 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
                 plans.extend(["", f"=== {title}", _fmt_stmt(stmt), "--- plan", await raw.explain(*stmt)])
     finally:
         await raw.close()
-    return out
 
 
 # --- run and print -----------------------------------------------------------------------------
@@ -490,7 +483,7 @@ async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: l
         res["grpc_s"] = time.perf_counter() - t0
         report.log(f"gRPC phase {res['grpc_s']:.1f} s; SQL ...", name)
         t1 = time.perf_counter()
-        res.update(await sql_phase(b, listings, args.sql_repeats, plans))
+        await sql_phase(b, listings, args.sql_repeats, plans)
         res["sql_s"] = time.perf_counter() - t1
     return res
 
