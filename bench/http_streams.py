@@ -35,7 +35,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from bench import procs, report
-from bench.load import closed_loop, summary
+from bench.load import closed_loop, shares, summary
 from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
 from bench.report import Goal
 from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, create_job, watch_min_interval
@@ -234,10 +234,6 @@ class ClientPool:
             child.start()
         self.conns = [child.conn for child in self.children]
 
-    def shares(self, n: int) -> list[int]:
-        k = len(self.conns)
-        return [n // k + (1 if i < n % k else 0) for i in range(k)]
-
     def _ask(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         for conn, msg in zip(self.conns, msgs, strict=True):
             conn.send(msg)
@@ -259,7 +255,7 @@ class ClientPool:
 
     async def open(self, n: int, kind: str, *where: Any) -> dict[str, Any]:
         """``n`` streams over the processes: ``kind`` "sse" at (host, port, path), "grpc" at (target, job)."""
-        replies = await self.ask([(kind, *where, share) for share in self.shares(n)])
+        replies = await self.ask([(kind, *where, share) for share in shares(n, len(self.conns))])
         out = {key: sum(r[k + 1] for r in replies) for k, key in enumerate(("opened", "failed", "ended"))}
         out |= {"streams": n, "seconds": max(r[4] for r in replies)}
         if out["opened"] != n:

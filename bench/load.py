@@ -83,6 +83,11 @@ async def sequential_latencies(call: Call, count: int, prepare: Call | None = No
     return out
 
 
+def shares(n: int, parts: int) -> list[int]:
+    """n split into ``parts`` shares as even as can be."""
+    return [n // parts + (1 if j < n % parts else 0) for j in range(parts)]
+
+
 def percentile(samples: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
     if not samples:

@@ -36,6 +36,7 @@ from google.protobuf import duration_pb2
 
 from bench import procs, report, work
 from bench.grpc_floor import floor_server
+from bench.load import shares
 from bench.procs import cpu_seconds, metric_values, pid_cpu_seconds
 from bench.report import Goal
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
@@ -108,11 +109,6 @@ SCALING_ORDER = ("sc1x4", "sqm4", "sc1x16", "sqm16", "sc4x4")
 SCALING_KEYS = frozenset(SCALING_ORDER)
 
 
-def _shares(n: int, parts: int) -> list[int]:
-    """n split into ``parts`` shares as even as can be."""
-    return [n // parts + (1 if j < n % parts else 0) for j in range(parts)]
-
-
 def _scaling_name(key: str) -> str:
     jobs, per_job = SCALING_ROWS[key]
     return f"jobpulse complete-and-claim, {jobs} job{'s' * (jobs > 1)} x {per_job} workers"
@@ -121,7 +117,7 @@ def _scaling_name(key: str) -> str:
 async def jobpulse_drain(n: int, workers: int, key: str) -> dict[str, Any]:
     """A row against PgQueuer: N chunks over JOBS_PER_RUN jobs of one kind, W workers claiming any kind."""
     mode_key, name = JOBPULSE_ROWS[key]
-    jobs = [("bench-work", share) for share in _shares(n, JOBS_PER_RUN)]
+    jobs = [("bench-work", share) for share in shares(n, JOBS_PER_RUN)]
     return await _drain(key, name, work.MODES[mode_key], jobs, [((), workers)])
 
 
@@ -130,7 +126,7 @@ async def scaling_drain(n: int, key: str) -> dict[str, Any]:
     kind only."""
     n_jobs, per_job = SCALING_ROWS[key]
     kinds = [f"bench-scale-{j}" for j in range(n_jobs)]
-    jobs = list(zip(kinds, _shares(n, n_jobs), strict=True))
+    jobs = list(zip(kinds, shares(n, n_jobs), strict=True))
     return await _drain(
         key, _scaling_name(key), work.MODES[SCALING_MODE], jobs, [((kind,), per_job) for kind in kinds]
     )
@@ -285,7 +281,7 @@ async def grpc_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     async with procs.database("postgresql", key) as dsn:
         server = procs.Jobpulse(dsn)
         try:
-            await _create_jobs(server.start().address, [("bench-work", k) for k in _shares(n, JOBS_PER_RUN)])
+            await _create_jobs(server.start().address, [("bench-work", k) for k in shares(n, JOBS_PER_RUN)])
         finally:
             server.close()
         floor = await asyncio.to_thread(floor_server, dsn)
