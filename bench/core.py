@@ -96,7 +96,7 @@ async def _run(
     timed = functools.partial(
         scenarios.latencies, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
     )
-    chunks = functools.partial(scenarios.chunk_throughput, workers=s.chunk_workers)
+    chunks = functools.partial(scenarios.chunk_throughput, workers=s.chunk_workers, backlog=s.chunk_backlog)
     jp = scenarios.Target.open(reader)
     bt = scenarios.Target.open(bare)
     try:
@@ -113,9 +113,12 @@ async def _run(
         list_page = await jp.list_jobs(s.list_page_size)()
         if len(big_full.job.chunks) != 1000 or len(list_page.jobs) != s.list_page_size:
             raise RuntimeError("seeded data does not look as expected")
-        bare.set_response(BARE_SMALL_BASIC, small_basic.SerializeToString())
-        bare.set_response(BARE_BIG_BASIC, big_basic.SerializeToString())
-        bare.set_response(BARE_BIG_FULL, big_full.SerializeToString())
+        for key, got in (
+            (BARE_SMALL_BASIC, small_basic),
+            (BARE_BIG_BASIC, big_basic),
+            (BARE_BIG_FULL, big_full),
+        ):
+            bare.set_response(key, got.SerializeToString())
         bare.set_response(BARE_LIST_PAGE, padded_get_job_response(list_page.ByteSize(), BARE_LIST_PAGE))
 
         _log("1. GetJob BASIC rate")
@@ -123,9 +126,8 @@ async def _run(
         rate = await scenarios.getjob_rate(jp, bt, small, s.concurrency, *timing)
         rate["response_bytes"] = small_basic.ByteSize()
         results["getjob_rate"] = rate
-        results["bare_rate_4"] = await scenarios.bare_rate(
-            bt, BARE_SMALL_BASIC, s.chunk_workers, s.rate_seconds
-        )
+        bare_4 = await scenarios.bare_rate(bt, BARE_SMALL_BASIC, s.chunk_workers, s.rate_seconds)
+        results["bare_rate_4"] = bare_4
 
         _log("2. latency")
         basic, full = job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL
@@ -147,23 +149,19 @@ async def _run(
         big_full_rev = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         bare.set_response(BARE_BIG_FULL_NEW_REVISION, big_full_rev.SerializeToString())
         pair = jp.get_job(data.big_job_id, full), bt.get_job(BARE_BIG_FULL_NEW_REVISION, basic)
-        new_revision = scenarios.LatencyCase(
-            "getjob_full_1000_new_revision", *pair, big_full_rev.ByteSize(), reader, bare, prepare=relabel
+        name, size = "getjob_full_1000_new_revision", big_full_rev.ByteSize()
+        results["latency"].update(
+            await timed([scenarios.LatencyCase(name, *pair, size, reader, bare, relabel)])
         )
-        results["latency"].update(await timed([new_revision]))
         last = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
+        first_rev, last_rev = big_full_rev.job.revision, last.job.revision
         # The size may move by a byte or two: timestamps are varints.
-        if (
-            abs(last.ByteSize() - big_full_rev.ByteSize()) > 16
-            or last.job.revision <= big_full_rev.job.revision
-        ):
+        if abs(last.ByteSize() - size) > 16 or last_rev <= first_rev:
             raise RuntimeError(
-                f"GetJob FULL after the relabelling: {last.ByteSize():,} B at revision {last.job.revision}, "
-                f"before {big_full_rev.ByteSize():,} B at revision {big_full_rev.job.revision}"
+                f"GetJob FULL after the relabelling: {last.ByteSize():,} B at revision {last_rev}, "
+                f"before {size:,} B at revision {first_rev}"
             )
-        results["latency"]["getjob_full_1000_new_revision"]["revisions"] = (
-            last.job.revision - big_full_rev.job.revision
-        )
+        results["latency"][name]["revisions"] = last_rev - first_rev
     finally:
         await jp.channel.close()
         await bt.channel.close()
@@ -176,10 +174,7 @@ async def _run(
         # Every other round the floor goes first and the modes run backwards, so drift hits both alike.
         for target, keys, into in servers if r % 2 == 0 else reversed(servers):
             for key in keys if r % 2 == 0 else reversed(keys):
-                row = await chunks(
-                    target, mode=work.MODES[key], backlog=s.chunk_backlog, seconds=s.chunk_seconds
-                )
-                into[key].append(row)
+                into[key].append(await chunks(target, mode=work.MODES[key], seconds=s.chunk_seconds))
     results["chunks"] = {key: _merge_chunk_runs(rows) for key, rows in runs.items()}
     results["chunk_floors"] = {key: _merge_chunk_runs(rows) for key, rows in floors.items()}
     results["backlog_sensitivity"] = []
