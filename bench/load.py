@@ -99,9 +99,5 @@ def percentile(samples: list[float], q: float) -> float:
 
 def summary(samples: list[float]) -> dict[str, Any]:
     """Count, p50, p99 and max of a non-empty sample."""
-    return {
-        "samples": len(samples),
-        "p50": percentile(samples, 50),
-        "p99": percentile(samples, 99),
-        "max": max(samples),
-    }
+    q = {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "max": max(samples)}
+    return {"samples": len(samples), **q}

@@ -81,13 +81,8 @@ def _per_unit_us(before: float | None, after: float | None, n: int) -> float | N
 
 
 def _row(name: str, n: int, seconds: float, round_trips: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "n": n,
-        "seconds": seconds,
-        "per_second": n / seconds,
-        "round_trips": round_trips,
-    } | extra
+    row = {"name": name, "n": n, "seconds": seconds, "per_second": n / seconds, "round_trips": round_trips}
+    return row | extra
 
 
 # --- jobpulse ----------------------------------------------------------------------------------

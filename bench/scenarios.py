@@ -79,12 +79,8 @@ async def getjob_rate(
             totals[name] = totals[name] + this[name] if name in totals else this[name]
         round_ratios.append(this["jobpulse"].per_second / this["bare"].per_second)
     jp, bt = totals["jobpulse"], totals["bare"]
-    out = {
-        "concurrency": concurrency,
-        "rounds": rounds,
-        "seconds_per_round": seconds,
-        "round_ratios": round_ratios,
-    }
+    out: dict[str, Any] = {"concurrency": concurrency, "rounds": rounds, "seconds_per_round": seconds}
+    out["round_ratios"] = round_ratios
     out |= {"jobpulse": _rate_dict(jp), "bare": _rate_dict(bt), "ratio": jp.per_second / bt.per_second}
     return out | {"server_cpu_ratio": _cpu_ratio(jp, bt)}
 
@@ -191,12 +187,8 @@ async def chunk_throughput(
     async with grpc.aio.insecure_channel(target.address) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        row: dict[str, Any] = {
-            "mode": mode.key,
-            "max_chunks": mode.max_chunks,
-            "workers": workers,
-            "backlog": backlog,
-        }
+        row: dict[str, Any] = {"mode": mode.key, "max_chunks": mode.max_chunks, "workers": workers}
+        row["backlog"] = backlog
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
         new = job_service_pb2.CreateJobRequest(

@@ -425,13 +425,8 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         open_seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)  # idle
         after = status_kib(pid)
-        row = {
-            "streams": streams_n,
-            "opened": streams.first,
-            "stalled": not all_open,
-            "open_seconds": open_seconds,
-        }
-        row |= {"rss_before_kib": before, "rss_after_kib": after}
+        row: dict[str, Any] = {"streams": streams_n, "opened": streams.first, "stalled": not all_open}
+        row |= {"open_seconds": open_seconds, "rss_before_kib": before, "rss_after_kib": after}
         row["kib_per_stream"] = (after - before) / max(1, streams.first)
         if not all_open:
             # Seen on grpcio 1.85 here: both servers stop answering new streams at about 3,000 open ones.
@@ -454,17 +449,10 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
             await asyncio.sleep(spacing)
             bursts.append(max((await _change(streams, poke, pid, BURST))[0]))
         await streams.close()
-        return {
-            **row,
-            "rounds": rounds,
-            "latency": summary(latencies),
-            "round_max_p50": percentile(round_max, 50),
-            # CPU seconds per change, from the poke to the last delivery (server: all its threads).
-            "server_cpu_per_change": server_cpu / rounds,
-            "client_cpu_per_change": client_cpu / rounds,
-            "spacing_seconds": spacing,
-            "burst_settle_p50": percentile(bursts, 50),
-        }
+        row |= {"rounds": rounds, "latency": summary(latencies), "round_max_p50": percentile(round_max, 50)}
+        # CPU seconds per change, from the poke to the last delivery (server: all its threads).
+        row |= {"server_cpu_per_change": server_cpu / rounds, "client_cpu_per_change": client_cpu / rounds}
+        return row | {"spacing_seconds": spacing, "burst_settle_p50": percentile(bursts, 50)}
     finally:
         await channels.close()
 
@@ -497,12 +485,8 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
         ended = sum(1 for call in calls if call.done())
         for call in calls:
             call.cancel()
-        return {
-            "streams": streams_n,
-            "opened": all_open,
-            "ended": ended,
-            "kib_per_stream": (after - before) / streams_n,
-        }
+        out = {"streams": streams_n, "opened": all_open, "ended": ended}
+        return out | {"kib_per_stream": (after - before) / streams_n}
     finally:
         await channels.close()
 

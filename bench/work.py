@@ -34,10 +34,8 @@ class Mode:
     claim_next: bool  # the completion call also claims the next chunks
 
 
-_CLAIM_NEXT_1, _CLAIM_NEXT_10 = (
-    "complete-and-claim (claim_next, 1)",
-    "batched, CompleteChunks + claim_next (10)",
-)
+_CLAIM_NEXT_1 = "complete-and-claim (claim_next, 1)"
+_CLAIM_NEXT_10 = "batched, CompleteChunks + claim_next (10)"
 MODES = {
     m.key: m
     for m in (
