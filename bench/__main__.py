@@ -21,15 +21,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.core",
         "GetJob, ListJobs, the SQLite worker rows beside their floor under gRPC, watch of 1,000 jobs",
     ),
-    "pg": (
-        "bench.pg_peer",
-        "claim + complete on PostgreSQL beside PgQueuer; more workers on one job",
-    ),
+    "pg": ("bench.pg_peer", "claim + complete on PostgreSQL beside PgQueuer; more workers on one job"),
     "watch": ("bench.watch_streams", "WatchJob delivery latency and memory per stream, 100 / 1,000 / 5,000"),
-    "http": (
-        "bench.http_streams",
-        "SSE beside WatchJob; memory per idle SSE stream; HTTP side on/off",
-    ),
+    "http": ("bench.http_streams", "SSE beside WatchJob; memory per idle SSE stream; HTTP side on/off"),
     "scale": ("bench.listing_scale", "ListJobs first vs deep pages at 1,000,000 jobs; --plans writes plans"),
     "soak": ("bench.soak", "RSS under a steady mixed load, 10 minutes per database"),
     "export": ("bench.export_memory", "server and CLI peak RSS exporting 200,000 jobs beside 2,000"),

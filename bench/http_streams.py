@@ -488,15 +488,14 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         mine = [b for b in blocks if b["kind"] == kind]
         rounds = sum(b["rounds"] for b in mine)
         by_change = {c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "complete")}
-        out[kind] = {
-            "latency": summary(by_change["progress"] + by_change["complete"]),
-            "by_change": {c: summary(v) for c, v in by_change.items() if v},
-            "open_seconds": statistics.median(b["open_seconds"] for b in mine),
-            "rpc_p50": statistics.median(x for b in mine for x in b["rpc"]),
-            "server_cpu_per_change": sum(sum(b["server_cpu"]) for b in mine) / rounds,
-            "client_cpu_per_change": sum(sum(b["client_cpu"]) for b in mine) / rounds,
-            "ended_early": sum(b["ended_early"] for b in mine),
+        got = out[kind] = {"latency": summary(by_change["progress"] + by_change["complete"])}
+        got["by_change"] = {c: summary(v) for c, v in by_change.items() if v}
+        got["open_seconds"] = statistics.median(b["open_seconds"] for b in mine)
+        got["rpc_p50"] = statistics.median(x for b in mine for x in b["rpc"])
+        got |= {
+            f"{k}_per_change": sum(sum(b[k]) for b in mine) / rounds for k in ("server_cpu", "client_cpu")
         }
+        got["ended_early"] = sum(b["ended_early"] for b in mine)
     for block in blocks:
         del block["samples"]
     out["blocks"] = blocks
@@ -560,10 +559,8 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
 
 async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     s = sizes
-    _log(
-        f"3. GetJob: HTTP side off vs on with {s.load_streams:,} idle SSE streams, "
-        f"{s.getjob_rounds} x {s.getjob_seconds:g} s each"
-    )
+    each = f"{s.getjob_rounds} x {s.getjob_seconds:g} s each"
+    _log(f"3. GetJob: HTTP side off vs on with {s.load_streams:,} idle SSE streams, {each}")
     servers = {
         "off": Jobpulse(f"sqlite:///{tmp}/grpc-off.db", http=False),
         "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db"),

@@ -486,10 +486,8 @@ def _flusher(
     if before is None or after is None or seconds <= 0 or after["flushes"] <= before["flushes"]:
         return {}
     flushes = after["flushes"] - before["flushes"]
-    return {
-        "flusher_busy": (after["busy"] - before["busy"]) / seconds,
-        "per_flush": (after["written"] - before["written"]) / flushes,
-    }
+    busy, written = after["busy"] - before["busy"], after["written"] - before["written"]
+    return {"flusher_busy": busy / seconds, "per_flush": written / flushes}
 
 
 def goals(rows: list[dict[str, Any]]) -> list[Goal]:
