@@ -52,20 +52,16 @@ def machine_facts() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 0
-    return {
+    facts = {
         "nproc": usable,
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        # The servers run on this interpreter, so they use this sqlite3 module too.
-        "sqlite": sqlite3.sqlite_version,
-        "grpcio": _version("grpcio"),
-        "protobuf": _version("protobuf"),
-        "protobuf_backend": api_implementation.Type(),
-        "sqlalchemy": _version("sqlalchemy"),
     }
+    facts |= {"python": platform.python_version(), "python_implementation": platform.python_implementation()}
+    # The servers run on this interpreter, so they use this sqlite3 module too.
+    facts |= {"sqlite": sqlite3.sqlite_version, "protobuf_backend": api_implementation.Type()}
+    return facts | {dist: _version(dist) for dist in ("grpcio", "protobuf", "sqlalchemy")}
 
 
 WIDTH = 122
