@@ -618,15 +618,15 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
 
 def render(results: dict[str, Any]) -> str:
     s, ms, x, ratio = results["sizes"], report._ms, report._x, report.ratio_cell
-    lines = report.header(
-        f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)",
-        [
-            "every figure beside a baseline measured in the same run; servers in processes of their own "
-            f"(jobpulse on SQLite), every stream held by {s['client_procs']} client process(es), changes "
-            "and GetJob from another"
-        ],
-        results,
+    title = f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)"
+    note = (
+        "every figure beside a baseline measured in the same run; servers in processes of their own (jobpulse"
     )
+    note += (
+        f" on SQLite), every stream held by {s['client_procs']} client process(es), changes and GetJob from"
+    )
+    note += " another"
+    lines = report.header(title, [note], results)
     if lat := results.get("latency"):
         sse, grpc_, b0 = lat["sse"], lat["grpc"], lat["blocks"][0]
         rows: list[list[Any]] = []

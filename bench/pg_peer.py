@@ -368,9 +368,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
     scaling = [r for r in rows if r["key"] in SCALING_KEYS]
     by = {r["key"]: r.get("per_second") for r in rows}
     if peer:
-        lines += _table(
-            f"Against PgQueuer: W = {args.workers} workers, jobpulse's chunks over {JOBS_PER_RUN} jobs", peer
-        )
+        what = f"Against PgQueuer: W = {args.workers} workers, jobpulse's chunks over {JOBS_PER_RUN} jobs"
+        lines += _table(what, peer)
         ratios, by_round = [], []
         pairs = (("jp1", 1), ("jpcc", 1), (GRPC_FLOOR_1, 1), ("jp10", 10), ("jpb10", 10), (GRPC_FLOOR, 10))
         for key, k in pairs:
