@@ -56,10 +56,8 @@ async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
     if tracing_requested(os.environ):
         from jobpulse_server.api.tracing import RpcSpans
 
-        tracing = tracing_from_environment()
-        interceptors.append(
-            RpcSpans(tracing.tracer, [job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name])
-        )
+        service = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+        interceptors.append(RpcSpans(tracing_from_environment().tracer, [service]))
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # The generated stubs mark every RPC abstract; the ones not overridden answer UNIMPLEMENTED.
     servicer = BareJobServicer()  # type: ignore[abstract]

@@ -70,11 +70,14 @@ def pythonpath(tree: Path) -> str:
     return f"{tree / 'service'}:{tree / 'client'}"
 
 
+Rows = dict[tuple[str, str], list[dict[str, Any]]]  # (side, mode) -> the row of each round
+
+
 async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: BareServer) -> Any:
     target = scenarios.Target.open(bare)
     bare.set_response(BARE_KEY, padded_get_job_response(BARE_RESPONSE_BYTES, BARE_KEY))
     bare_rates: list[float] = []
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {(s, m): [] for s in "AB" for m in args.modes}
+    rows: Rows = {(s, m): [] for s in "AB" for m in args.modes}
     try:
         for r in range(args.rounds):
             rate = await scenarios.bare_rate(target, BARE_KEY, args.workers, args.seconds)
@@ -100,25 +103,15 @@ def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} us"
 
 
-def render(
-    names: dict[str, str],
-    bare_rates: list[float],
-    rows: dict[tuple[str, str], list[dict[str, Any]]],
-    args: argparse.Namespace,
-) -> str:
+def render(names: dict[str, str], bare_rates: list[float], rows: Rows, args: argparse.Namespace) -> str:
     bare = statistics.median(bare_rates)
     out = [f"A: {names['A']}", f"B: {names['B']}"]
-    out.append(
-        f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row; "
-        f"medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight"
-    )
+    sizes = f"{args.database}, {args.workers} workers, {args.rounds} rounds of {args.seconds:g} s per row"
+    out.append(f"{sizes}; medians; bare grpc.aio {bare:,.0f} calls/s at {args.workers} in flight")
     cells, spread = [], []
     for mode in args.modes:
         a, b = ([r["chunks_per_second"] for r in rows[(side, mode)]] for side in "AB")
-        cpu = [
-            [r["server_cpu_us_per_chunk"] for r in rows[(side, mode)] if r["server_cpu_us_per_chunk"]]
-            for side in "AB"
-        ]
+        cpu = [[x for r in rows[(side, mode)] if (x := r["server_cpu_us_per_chunk"])] for side in "AB"]
         ma, mb = statistics.median(a), statistics.median(b)
         ratios = [f"{ma:,.0f}", f"{mb:,.0f}", f"{mb / ma:.3f}", f"{ma / bare:.3f}", f"{mb / bare:.3f}"]
         cells.append([mode, *ratios, *(_us(statistics.median(c) if c else None) for c in cpu)])

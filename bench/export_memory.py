@@ -55,11 +55,8 @@ sys.exit(code)
 def _export(target: str) -> tuple[int, int, float]:
     """Runs ``jobpulse export`` of every job; returns (CSV rows, CLI peak RSS in KiB, seconds)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CLI, "--target", target, "export", "--format", "csv"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-c", _CLI, "--target", target, "export", "--format", "csv"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     lines = 0
     while block := proc.stdout.read(1 << 20):
