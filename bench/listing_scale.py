@@ -157,10 +157,8 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
                 cancel_requested, cancel_reason, cancel_time = True, "cancelled by user", end - 1_000
         team = TEAMS[i % len(TEAMS)]
         row = {"id": _ulid(create // 1000, rng), "owner": owner, "kind": kind, "state": int(state)}
-        row |= {
-            "request_id": f"req-{i:08d}" if i % 3 == 0 else None,
-            "display_name": f"{kind} {team} {i:07d}",
-        }
+        row["request_id"] = f"req-{i:08d}" if i % 3 == 0 else None
+        row["display_name"] = f"{kind} {team} {i:07d}"
         row |= {"stage": stage, "message": message, "priority": priority, "max_attempts": 3}
         row["labels"] = json.dumps({"team": team, "env": "prod" if i % 4 else "staging"})
         row["job_metadata"] = json.dumps({"source": f"s3://{team}-inputs/{i:08d}.csv", "requested_by": owner})
@@ -168,12 +166,8 @@ def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterato
         row["revision"] = 1 + 2 * (completed + failed) + processing + (1 if cancelled else 0)
         row |= {"n_pending": pending, "n_processing": processing, "n_completed": completed}
         row |= {"n_failed": failed, "n_cancelled": cancelled, "error_chunk_index": error_chunk}
-        row |= {
-            "error_reason": error_reason,
-            "error_message": error_message,
-            "cancel_requested": cancel_requested,
-        }
-        row |= {"cancel_reason": cancel_reason, "cancel_time": cancel_time, "create_time": create}
+        row |= {"error_reason": error_reason, "error_message": error_message, "cancel_reason": cancel_reason}
+        row |= {"cancel_requested": cancel_requested, "cancel_time": cancel_time, "create_time": create}
         row |= {"update_time": update, "start_time": start, "end_time": end}
         out.append(table_row(jobs_table, row, i))
         if len(out) >= batch:
