@@ -517,9 +517,8 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
             what = f"PostgreSQL {what} / PgQueuer batch 1 (QueueManager)"
             out.append(Goal(what, ratio(key, "qm1"), True, line, 1.0, note=note(key, floor_note)))
         what, batched = "PostgreSQL batched (CompleteChunks) / PgQueuer batch 10 (QueueManager)", "jpb10"
-        out.append(
-            Goal(what, ratio(batched, "qm10"), True, 1.0, 2.0, note=note(batched, floor(GRPC_FLOOR, "qm10")))
-        )
+        batched_note = note(batched, floor(GRPC_FLOOR, "qm10"))
+        out.append(Goal(what, ratio(batched, "qm10"), True, 1.0, 2.0, note=batched_note))
         if "jpb10d" in by:
             what = f"same, both on a queue of {by['jpb10d'].get('n', 0):,} (QueueManager)"
             out.append(Goal(what, ratio("jpb10d", "qm10d"), True, 1.0, 2.0, note=note("jpb10d")))
@@ -579,9 +578,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for key, _ in cases:
         rs = sorted(results[key], key=lambda r: r.get("per_second", 0.0))
-        median = dict(rs[len(rs) // 2])
-        median["per_second_by_round"] = [r.get("per_second") for r in results[key]]
-        out.append(median)
+        out.append({**rs[len(rs) // 2], "per_second_by_round": [r.get("per_second") for r in results[key]]})
     return out
 
 
