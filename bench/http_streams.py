@@ -289,36 +289,27 @@ def _bare_app(style: str, first: bytes) -> Any:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    async def forever() -> None:
+    async def body(event: Any) -> Any:
+        yield event
         # A future of its own per stream (one shared future would be cancelled with the first stream).
         await asyncio.get_running_loop().create_future()
 
     if style == "streaming":
+        headers = {"cache-control": "no-cache, no-store"}
 
         async def endpoint(request: Any) -> Any:
-            async def body() -> Any:
-                yield first
-                await forever()
-
-            return StreamingResponse(
-                body(), media_type="text/event-stream", headers={"cache-control": "no-cache, no-store"}
-            )
+            return StreamingResponse(body(first), media_type="text/event-stream", headers=headers)
 
     else:
         from sse_starlette import EventSourceResponse, ServerSentEvent
 
-        fields = _event_fields(first)
+        f = _event_fields(first)
+        event = ServerSentEvent(data=f["data"], event=f["event"], id=f["id"], retry=2000, sep="\n")
 
         async def endpoint(request: Any) -> Any:
-            async def body() -> Any:
-                yield ServerSentEvent(
-                    data=fields["data"], event=fields["event"], id=fields["id"], retry=2000, sep="\n"
-                )
-                await forever()
-
             # Its ping (a comment per interval) as long as jobpulse's heartbeat here; "\n" line ends,
             # as jobpulse writes them (the client looks for "\n\n").
-            return EventSourceResponse(body(), ping=int(IDLE_HEARTBEAT), sep="\n")
+            return EventSourceResponse(body(event), ping=int(IDLE_HEARTBEAT), sep="\n")
 
     return Starlette(routes=[Route("/v1/jobs/{job_id}/events", endpoint, methods=["GET"])])
 
