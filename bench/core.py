@@ -150,9 +150,8 @@ async def _run(
         bare.set_response(BARE_BIG_FULL_NEW_REVISION, big_full_rev.SerializeToString())
         pair = jp.get_job(data.big_job_id, full), bt.get_job(BARE_BIG_FULL_NEW_REVISION, basic)
         name, size = "getjob_full_1000_new_revision", big_full_rev.ByteSize()
-        results["latency"].update(
-            await timed([scenarios.LatencyCase(name, *pair, size, reader, bare, relabel)])
-        )
+        case = scenarios.LatencyCase(name, *pair, size, reader, bare, relabel)
+        results["latency"].update(await timed([case]))
         last = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
         first_rev, last_rev = big_full_rev.job.revision, last.job.revision
         # The size may move by a byte or two: timestamps are varints.
@@ -180,9 +179,8 @@ async def _run(
     results["backlog_sensitivity"] = []
     for backlog in s.sensitivity_backlogs:
         _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
-        row = await chunks(
-            worker, mode=work.MODES["one_by_one"], backlog=backlog, seconds=s.sensitivity_seconds
-        )
+        one_by_one, seconds = work.MODES["one_by_one"], s.sensitivity_seconds
+        row = await chunks(worker, mode=one_by_one, backlog=backlog, seconds=seconds)
         results["backlog_sensitivity"].append(row)
     return results
 
@@ -210,9 +208,7 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = sum(r["seconds"] for r in rows)
     chunks = sum(r["chunks"] for r in rows)
     rpcs = sum(r["rpcs"] for r in rows)
-    cpu = [
-        r["server_cpu_us_per_chunk"] * r["chunks"] for r in rows if r["server_cpu_us_per_chunk"] is not None
-    ]
+    cpu = [x * r["chunks"] for r in rows if (x := r["server_cpu_us_per_chunk"]) is not None]
     out = {
         **head,
         "seconds": seconds,

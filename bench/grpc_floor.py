@@ -119,9 +119,8 @@ class ServiceWorkers(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def CompleteChunk(self, request: Any, context: Any) -> Any:
         ask = _ask(request.claim_next) if request.HasField("claim_next") else None
-        state, claims = await self.work.complete(
-            Completion(request.chunk_id, request.lease_token, [], request.external_task_id), ask
-        )
+        done = Completion(request.chunk_id, request.lease_token, [], request.external_task_id)
+        state, claims = await self.work.complete(done, ask)
         out = worker_service_pb2.CompleteChunkResponse(job_state=int(state))  # type: ignore[arg-type]
         _add_claims(out.claims, claims)
         return out

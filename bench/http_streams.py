@@ -22,6 +22,7 @@ client's arrival time minus this process's sending time is a latency.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import importlib.util
 import socket
@@ -483,9 +484,8 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         got["by_change"] = {c: summary(v) for c, v in by_change.items() if v}
         got["open_seconds"] = statistics.median(b["open_seconds"] for b in mine)
         got["rpc_p50"] = statistics.median(x for b in mine for x in b["rpc"])
-        got |= {
-            f"{k}_per_change": sum(sum(b[k]) for b in mine) / rounds for k in ("server_cpu", "client_cpu")
-        }
+        for k in ("server_cpu", "client_cpu"):
+            got[f"{k}_per_change"] = sum(sum(b[k]) for b in mine) / rounds
         got["ended_early"] = sum(b["ended_early"] for b in mine)
     for block in blocks:
         del block["samples"]
@@ -572,14 +572,12 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         idle_path = f"/v1/jobs/{idle_job}/events"
         opened = await pool.open(s.load_streams, "sse", "127.0.0.1", on.http_port, idle_path)
         rates: dict[str, list[Any]] = {"off": [], "on": []}
+        run = functools.partial(closed_loop, concurrency=s.getjob_concurrency)
         for name in ("off", "on"):  # warm-up
-            await closed_loop(calls[name], concurrency=s.getjob_concurrency, seconds=1.0)
+            await run(calls[name], seconds=1.0)
         for _ in range(s.getjob_rounds):
             for name, server in servers.items():
-                rate = closed_loop(
-                    calls[name], concurrency=s.getjob_concurrency, seconds=s.getjob_seconds, server=server
-                )
-                rates[name].append(await rate)
+                rates[name].append(await run(calls[name], seconds=s.getjob_seconds, server=server))
         state = await pool.state()
         await pool.close()
     finally:
@@ -590,9 +588,7 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
     out: dict[str, Any] = {"idle_streams": s.load_streams, "idle_open_seconds": opened["seconds"]}
     out["idle_ended_early"] = state["ended"]
     for name, rows in rates.items():
-        cpu = statistics.median(
-            r.server_cpu_us_per_call for r in rows if r.server_cpu_us_per_call is not None
-        )
+        cpu = statistics.median(x for r in rows if (x := r.server_cpu_us_per_call) is not None)
         per_round = [r.per_second for r in rows]
         out[name] = {
             "per_round": per_round,
@@ -610,22 +606,17 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
 def render(results: dict[str, Any]) -> str:
     s, ms, x, ratio = results["sizes"], report._ms, report._x, report.ratio_cell
     title = f"jobpulse HTTP side (Server-Sent Events), {s['mode']} run ({results['elapsed_seconds']:.0f} s)"
-    note = (
-        "every figure beside a baseline measured in the same run; servers in processes of their own (jobpulse"
-    )
-    note += (
-        f" on SQLite), every stream held by {s['client_procs']} client process(es), changes and GetJob from"
-    )
-    note += " another"
+    note = "every figure beside a baseline measured in the same run; servers in processes of their own"
+    note += f" (jobpulse on SQLite), every stream held by {s['client_procs']} client process(es), changes"
+    note += " and GetJob from another"
     lines = report.header(title, [note], results)
     if lat := results.get("latency"):
         sse, grpc_, b0 = lat["sse"], lat["grpc"], lat["blocks"][0]
         rows: list[list[Any]] = []
         for r, label in ((sse, "SSE (raw client)"), (grpc_, "WatchJob (grpc.aio)")):
             cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
-            rows.append(
-                [label, *report.spread(r["latency"]), f"{r['open_seconds']:.2f}", ms(r["rpc_p50"]), cpu]
-            )
+            opened = f"{r['open_seconds']:.2f}"
+            rows.append([label, *report.spread(r["latency"]), opened, ms(r["rpc_p50"]), cpu])
         cpu = ratio(sse["server_cpu_per_change"], grpc_["server_cpu_per_change"])
         rows.append(["ratio SSE / gRPC", *report.spread_ratio(sse["latency"], grpc_["latency"]), "", "", cpu])
         by_change = {
@@ -679,9 +670,8 @@ def render(results: dict[str, Any]) -> str:
         rows = []
         for k, label in (("off", "HTTP side off (JOBPULSE_HTTP_PORT=-1)"), ("on", on_label)):
             per_round = ", ".join(f"{v:,.0f}" for v in g[k]["per_round"])
-            rows.append(
-                [label, f"{g[k]['median']:,.0f}", report._us(g[k]["server_cpu_us_per_call"]), per_round]
-            )
+            cpu = report._us(g[k]["server_cpu_us_per_call"])
+            rows.append([label, f"{g[k]['median']:,.0f}", cpu, per_round])
         cpu = ratio(g["on"]["server_cpu_us_per_call"], g["off"]["server_cpu_us_per_call"])
         pairs = "by pair: " + ", ".join(f"{v:.3f}" for v in g["pair_ratios"])
         rows.append(["ratio on / off (medians)", x(g["ratio"]), cpu, pairs])
