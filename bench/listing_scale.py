@@ -426,9 +426,7 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
             count = (count_sql, count_params)
             lst.deep90_key = await _nth_key(raw, d, f, lst.order, lst.target_rows)
             deep90 = statements.list_jobs(d, f, lst.order, lst.deep90_key, PAGE + 1)
-            lst.sql = {
-                name: await raw.timed(stmt, repeats) for name, stmt in [("count", count), ("first", first)]
-            }
+            lst.sql = {"count": await raw.timed(count, repeats), "first": await raw.timed(first, repeats)}
             lst.sql["deep90"] = await raw.timed(deep90, repeats)
             if lst.deep_key is not None:
                 walked = statements.list_jobs(d, f, lst.order, lst.deep_key, PAGE + 1)

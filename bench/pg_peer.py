@@ -122,9 +122,8 @@ async def scaling_drain(n: int, key: str) -> dict[str, Any]:
     n_jobs, per_job = SCALING_ROWS[key]
     kinds = [f"bench-scale-{j}" for j in range(n_jobs)]
     jobs = list(zip(kinds, shares(n, n_jobs), strict=True))
-    return await _drain(
-        key, _scaling_name(key), work.MODES[SCALING_MODE], jobs, [((kind,), per_job) for kind in kinds]
-    )
+    groups: Groups = [((kind,), per_job) for kind in kinds]
+    return await _drain(key, _scaling_name(key), work.MODES[SCALING_MODE], jobs, groups)
 
 
 async def _workers(
@@ -169,9 +168,8 @@ async def _create_jobs(address: str, jobs: list[tuple[str, int]]) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         for j, (kind, items) in enumerate(jobs):
-            request = job_service_pb2.CreateJobRequest(
-                display_name=f"peer {j}", kind=kind, total_items=items, chunk_size=1
-            )
+            request = job_service_pb2.CreateJobRequest(display_name=f"peer {j}", kind=kind, total_items=items)
+            request.chunk_size = 1
             await stub.CreateJob(request, timeout=TIMEOUT)
 
 
@@ -338,9 +336,8 @@ async def pgqueuer_managers(n: int, workers: int, batch_size: int) -> dict[str, 
             db0 = postgres_cpu_seconds()
             t0 = time.perf_counter()
             wait, drain = timedelta(seconds=0.2), QueueExecutionMode.drain
-            await asyncio.gather(
-                *(qm.run(dequeue_timeout=wait, batch_size=batch_size, mode=drain) for qm in managers)
-            )
+            runs = [qm.run(dequeue_timeout=wait, batch_size=batch_size, mode=drain) for qm in managers]
+            await asyncio.gather(*runs)
             elapsed = time.perf_counter() - t0
             db1 = postgres_cpu_seconds()
         finally:

@@ -62,9 +62,8 @@ class Jobpulse(ServerProcess):
         self.http_port = free_port() if http else -1
         defaults = {"log_level": "INFO", "drain_seconds": 0, "retention_completed": 0}
         defaults |= {"retention_failed": 0, "retention_cancelled": 0}
-        super().__init__(
-            database_url, Path(os.devnull), **{**defaults, "http_port": self.http_port, **settings}
-        )
+        defaults["http_port"] = self.http_port
+        super().__init__(database_url, Path(os.devnull), **{**defaults, **settings})
         if pythonpath:
             inherited = self.env.get("PYTHONPATH")
             self.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath

@@ -386,9 +386,8 @@ def render(results: dict[str, Any]) -> str:
             continue
         note, rates = _chunk_note(row), (row["chunks_per_second"], row["rpcs_per_second"])
         cpu = _us(row["server_cpu_us_per_chunk"])
-        rows.append(
-            [label, *(f"{v:,.0f}" for v in rates), cpu, *(_x(v / base) for v in rates), note and f"({note})"]
-        )
+        cells = [*(f"{v:,.0f}" for v in rates), cpu, *(_x(v / base) for v in rates)]
+        rows.append([label, *cells, note and f"({note})"])
     of_floor = [
         f"{MODES[key].short} {_x(chunks[key]['chunks_per_second'] / row['chunks_per_second'])}"
         for key, row in floors.items()

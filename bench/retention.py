@@ -97,12 +97,10 @@ def _timed_get(stub: job_service_pb2_grpc.JobServiceStub, request: job_service_p
 
 
 def _line(name: str, samples: list[float]) -> str:
-    p50, p99, mean = (
-        x * 1e3 for x in (percentile(samples, 50), percentile(samples, 99), statistics.fmean(samples))
-    )
-    return (
-        f"{name:<28} calls {len(samples):>7,}   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   mean {mean:7.3f} ms"
-    )
+    q = [percentile(samples, 50), percentile(samples, 99), statistics.fmean(samples)]
+    p50, p99, mean = (x * 1e3 for x in q)
+    calls = f"{name:<28} calls {len(samples):>7,}"
+    return f"{calls}   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   mean {mean:7.3f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,9 +30,8 @@ class Target:
 
     @classmethod
     def open(cls, server: Served) -> Target:
-        channel = grpc.aio.insecure_channel(
-            server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
-        )
+        options = [("grpc.max_receive_message_length", 32 * 1024 * 1024)]
+        channel = grpc.aio.insecure_channel(server.address, options=options)
         return cls(server, channel, job_service_pb2_grpc.JobServiceStub(channel))
 
     def get_job(self, job_id: str, view: int) -> Call:
@@ -191,9 +190,8 @@ async def chunk_throughput(
         row["backlog"] = backlog
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
-        new = job_service_pb2.CreateJobRequest(
-            display_name=f"bench work {mode.key}", kind="bench-work", total_items=backlog, chunk_size=1
-        )
+        new = job_service_pb2.CreateJobRequest(kind="bench-work", total_items=backlog, chunk_size=1)
+        new.display_name = f"bench work {mode.key}"
         job = (await jobs.CreateJob(new, timeout=TIMEOUT)).job
         counts = work.Counts()
         deadline = 0.0
@@ -212,9 +210,8 @@ async def chunk_throughput(
         cpu1 = cpu_seconds(target)
         after = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id), timeout=TIMEOUT)
         if not counts.ran_dry:  # a job whose chunks are all done is COMPLETED and cannot be cancelled
-            await jobs.CancelJob(
-                job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done"), timeout=TIMEOUT
-            )
+            cancel = job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done")
+            await jobs.CancelJob(cancel, timeout=TIMEOUT)
     summary = after.job.chunks_summary
     if summary.completed != counts.chunks or summary.processing:
         raise RuntimeError(
