@@ -65,9 +65,8 @@ async def _advance_big_job(workers: worker_service_pb2_grpc.WorkerServiceStub, j
     for claim in claimed[:300]:
         index = claim.chunk.index
         name = f"part-{index:05d}.json"
-        done = worker_service_pb2.CompleteChunkRequest(
-            chunk_id=claim.chunk.id, lease_token=claim.lease_token, external_task_id=f"gpu-task-{index:06d}"
-        )
+        done = worker_service_pb2.CompleteChunkRequest(chunk_id=claim.chunk.id, lease_token=claim.lease_token)
+        done.external_task_id = f"gpu-task-{index:06d}"
         uri = f"s3://bench-out/{job_id}/{name}"
         done.artifacts.add(name=name, uri=uri, media_type="application/json", size_bytes=4096 + index)
         await workers.CompleteChunk(done, timeout=TIMEOUT)

@@ -104,9 +104,8 @@ async def _worker(load: Load, workers: worker_grpc.WorkerServiceStub, name: str)
                 await asyncio.sleep(0.05)
                 continue
         claim = claims.pop()
-        req = worker_service_pb2.CompleteChunkRequest(
-            chunk_id=claim.chunk.id, lease_token=claim.lease_token, claim_next=ask
-        )
+        req = worker_service_pb2.CompleteChunkRequest(chunk_id=claim.chunk.id, lease_token=claim.lease_token)
+        req.claim_next.CopyFrom(ask)
         done = await load.call("CompleteChunk", workers.CompleteChunk(req, timeout=30))
         if done is not None:
             claims.extend(done.claims)
@@ -205,9 +204,8 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
                 t0 = time.monotonic()
                 samples = [(0.0, start)]
                 besides: list[tuple[float, int]] | None = [(0.0, start)]
-                say(
-                    f"  {'t (s)':>6} {'RSS MiB':>9} {'anon MiB':>9} {'cache MiB':>9} {'ops':>9} {'errors':>7}"
-                )
+                head = ["t (s)", "RSS MiB", "anon MiB", "cache MiB", "ops", "errors"]
+                say("  " + " ".join(h.rjust(w) for h, w in zip(head, (6, 9, 9, 9, 9, 7), strict=True)))
                 anon = rss_bytes(pid, "RssAnon")
                 say(f"  {0:>6.0f} {start / MIB:>9.1f} {anon / MIB:>9.1f} {0:>9.1f} {0:>9,} {0:>7}")
                 while (elapsed := time.monotonic() - t0) < seconds:
@@ -230,9 +228,8 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
             server.close()
     limit, peak = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB, max(r for _, r in samples)
     rest = _growth(besides) if besides is not None else None
-    return Result(
-        database, seconds, samples, load.ops, load.errors, start, peak, _growth(samples), limit, rest
-    )
+    growth = _growth(samples)
+    return Result(database, seconds, samples, load.ops, load.errors, start, peak, growth, limit, rest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,16 +325,14 @@ class JobpulseSide:
 
         async def create(i: int) -> None:
             async with sem:
-                ids.append(
-                    await create_job(channels.control, chunks, "watch-bench", f"wb-{self._prefix}-{i}")
-                )
+                name = f"wb-{self._prefix}-{i}"
+                ids.append(await create_job(channels.control, chunks, "watch-bench", name))
 
         await asyncio.gather(*(create(i) for i in range(count)))
         # Claim one chunk of every job (highest priority, then oldest: the first chunk of each job in turn
         # is not guaranteed, so claim everything and keep one claim per job).
-        ask = worker_service_pb2.ClaimChunksRequest(
-            worker_id="bench", kinds=["watch-bench"], max_chunks=100, lease_duration=LEASE
-        )
+        ask = worker_service_pb2.ClaimChunksRequest(worker_id="bench", kinds=["watch-bench"], max_chunks=100)
+        ask.lease_duration.CopyFrom(LEASE)
         while len(self._claims) < count:
             got = await workers.ClaimChunks(ask, timeout=TIMEOUT)
             if not got.claims:
@@ -463,9 +461,8 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
     channels = Channels(server.address, streams_n)
 
     async def open_streams(n: int) -> tuple[list[Any], bool]:
-        calls = [
-            channels.stub(i).WatchJobs(job_service_pb2.WatchJobsRequest(), timeout=3600) for i in range(n)
-        ]
+        request = job_service_pb2.WatchJobsRequest()
+        calls = [channels.stub(i).WatchJobs(request, timeout=3600) for i in range(n)]
         try:
             await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), OPEN_TIMEOUT)
             return calls, True
@@ -596,9 +593,8 @@ def render(results: dict[str, Any]) -> str:
         for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
             kib, opened = f"{r['kib_per_stream']:.1f}", f"{r['open_seconds']:.2f}"
             if r["latency"] is None:  # the server stopped opening streams
-                rows.append(
-                    [f"{r['streams']:,}", label, f"only {r['opened']:,} opened*", "", "", kib, opened]
-                )
+                opened_only = f"only {r['opened']:,} opened*"
+                rows.append([f"{r['streams']:,}", label, opened_only, "", "", kib, opened])
                 continue
             cpu = f"{ms(r['server_cpu_per_change'])} / {ms(r['client_cpu_per_change'])}"
             more = [*report.spread(r["latency"]), kib, opened, ms(r["burst_settle_p50"]), cpu]
@@ -611,9 +607,7 @@ def render(results: dict[str, Any]) -> str:
             rows.append(["", "ratio", *report.spread_ratio(jp["latency"], bare["latency"]), mem, "", "", srv])
     floors = [row["floor"] for row in results["one_job"] if row.get("floor")]
     stalled = any(row[k]["latency"] is None for row in results["one_job"] for k in ("jobpulse", "bare"))
-    star = (
-        f"* not every stream got its first message in {OPEN_TIMEOUT:g} s: no latency; memory per opened one"
-    )
+    star = f"* not every stream got its first message in {OPEN_TIMEOUT:g} s: no latency; memory per opened"
     lines += report.section(
         "1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream; CPU: "
         "server (all threads) / this client process, per change, from the poke to the last arrival; rounds "
