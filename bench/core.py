@@ -123,7 +123,7 @@ async def _run(
 
         _log("1. GetJob BASIC rate")
         small, timing = (data.small_job_id, BARE_SMALL_BASIC), (s.rate_rounds, s.rate_seconds, s.rate_warmup)
-        rate = await scenarios.getjob_rate(jp, bt, small, s.concurrency, *timing)
+        rate = await scenarios.getjob_rate(jp, bt, small, s.concurrency, timing)
         rate["response_bytes"] = small_basic.ByteSize()
         results["getjob_rate"] = rate
         bare_4 = await scenarios.bare_rate(bt, BARE_SMALL_BASIC, s.chunk_workers, s.rate_seconds)

@@ -49,16 +49,11 @@ class Target:
 
 
 async def getjob_rate(
-    jobpulse: Target,
-    bare: Target,
-    keys: tuple[str, str],
-    concurrency: int,
-    rounds: int,
-    seconds: float,
-    warmup: float,
+    jobpulse: Target, bare: Target, keys: tuple[str, str], concurrency: int, timing: tuple[int, float, float]
 ) -> dict[str, Any]:
     """Closed-loop GetJob(BASIC) of ``keys`` (jobpulse's job, the bare server's key) at ``concurrency`` in
-    flight, alternating servers round by round."""
+    flight, alternating servers round by round; ``timing``: rounds, seconds a round, seconds of warm-up."""
+    rounds, seconds, warmup = timing
     calls = {
         "jobpulse": (jobpulse, jobpulse.get_job(keys[0], job_pb2.JOB_VIEW_BASIC)),
         "bare": (bare, bare.get_job(keys[1], job_pb2.JOB_VIEW_BASIC)),
@@ -173,12 +168,7 @@ async def latencies(cases: list[LatencyCase], *, calls: int, blocks: int, warmup
 
 
 async def chunk_throughput(
-    target: Served,
-    *,
-    mode: work.Mode,
-    workers: int,
-    backlog: int,
-    seconds: float,
+    target: Served, *, mode: work.Mode, workers: int, backlog: int, seconds: float
 ) -> dict[str, Any]:
     """``workers`` claim and complete chunks of a fresh job of ``backlog`` as ``mode`` says for ``seconds``
     (the clock runs until the last has finished what it holds); what is left is cancelled so it does not
