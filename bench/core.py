@@ -85,10 +85,6 @@ FLOOR_MODES = ("one_by_one", "complete_and_claim")
 FIRST_REVISION_LABEL = 100_000
 
 
-def _log(msg: str) -> None:
-    report.log(msg)
-
-
 async def _run(
     s: Settings, reader: ServerProcess, worker: ServerProcess, bare: BareServer, floor: Child
 ) -> Any:
@@ -100,7 +96,7 @@ async def _run(
     jp = scenarios.Target.open(reader)
     bt = scenarios.Target.open(bare)
     try:
-        _log(f"seeding: a 10-chunk job, a 1,000-chunk job part-way through, {s.list_jobs:,} jobs to list")
+        report.log(f"seeding: a 10-chunk job, a 1,000-chunk job part-way done, {s.list_jobs:,} jobs to list")
         t0 = time.perf_counter()
         workers_stub = worker_service_pb2_grpc.WorkerServiceStub(jp.channel)
         data = await seed.seed_read_data(jp.jobs, workers_stub, s.list_jobs)
@@ -121,7 +117,7 @@ async def _run(
             bare.set_response(key, got.SerializeToString())
         bare.set_response(BARE_LIST_PAGE, padded_get_job_response(list_page.ByteSize(), BARE_LIST_PAGE))
 
-        _log("1. GetJob BASIC rate")
+        report.log("1. GetJob BASIC rate")
         small, timing = (data.small_job_id, BARE_SMALL_BASIC), (s.rate_rounds, s.rate_seconds, s.rate_warmup)
         rate = await scenarios.getjob_rate(jp, bt, small, s.concurrency, timing)
         rate["response_bytes"] = small_basic.ByteSize()
@@ -129,7 +125,7 @@ async def _run(
         bare_4 = await scenarios.bare_rate(bt, BARE_SMALL_BASIC, s.chunk_workers, s.rate_seconds)
         results["bare_rate_4"] = bare_4
 
-        _log("2. latency")
+        report.log("2. latency")
         basic, full = job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL
         rows = (
             ("getjob_basic_1000", jp.get_job(data.big_job_id, basic), BARE_BIG_BASIC, big_basic),
@@ -143,7 +139,7 @@ async def _run(
         results["latency"] = await timed(cases)
 
         # After the rows above, which must not see the job change under them.
-        _log("2b. GetJob FULL, a new revision before each call")
+        report.log("2b. GetJob FULL, a new revision before each call")
         relabel = _relabel(jp, data.big_job_id)
         await relabel()
         big_full_rev = await jp.get_job(data.big_job_id, job_pb2.JOB_VIEW_FULL)()
@@ -165,7 +161,7 @@ async def _run(
         await jp.channel.close()
         await bt.channel.close()
 
-    _log("3. chunk throughput")
+    report.log("3. chunk throughput")
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in CHUNK_MODES}
     floors: dict[str, list[dict[str, Any]]] = {key: [] for key in FLOOR_MODES}
     servers = ((worker, CHUNK_MODES, runs), (floor, FLOOR_MODES, floors))
@@ -178,7 +174,7 @@ async def _run(
     results["chunk_floors"] = {key: _merge_chunk_runs(rows) for key, rows in floors.items()}
     results["backlog_sensitivity"] = []
     for backlog in s.sensitivity_backlogs:
-        _log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
+        report.log(f"3b. one-by-one with a backlog of {backlog:,} chunks")
         one_by_one, seconds = work.MODES["one_by_one"], s.sensitivity_seconds
         row = await chunks(worker, mode=one_by_one, backlog=backlog, seconds=seconds)
         results["backlog_sensitivity"].append(row)
@@ -225,7 +221,7 @@ def _watch(settings: Settings, tmp: str) -> dict[str, Any]:
     """The many-jobs watch scenario of bench.watch_streams, with the client settings it uses there (put
     back afterwards)."""
     s = settings
-    _log(f"4. watch: {s.watch_jobs:,} jobs, one watcher and one change each")
+    report.log(f"4. watch: {s.watch_jobs:,} jobs, one watcher and one change each")
     procs.raise_nofile()
     threshold = gc.get_threshold()
     procs.tune_gc()
@@ -242,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
-        _log(f"{settings.mode} run; starting servers (databases under {tmp})")
+        report.log(f"{settings.mode} run; starting servers (databases under {tmp})")
         reader = procs.Jobpulse(f"sqlite:///{tmp}/read.db")
         worker = procs.Jobpulse(f"sqlite:///{tmp}/work.db")
         bare = BareServer()

@@ -65,8 +65,7 @@ TARGET_GRPC_RATIO = 0.95
 PARTS = ("latency", "memory", "grpc")
 
 
-def _log(msg: str) -> None:
-    report.log(msg, "http-bench")
+_log = functools.partial(report.log, tag="http-bench")
 
 
 class Sizes:

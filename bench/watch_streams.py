@@ -69,8 +69,7 @@ FULL = Settings("full", (100, 1000, 5000), (30, 20, 8), 1000, 4, 10)
 QUICK = Settings("quick", (100, 1000), (10, 6), 200, 4, 10)
 
 
-def _log(msg: str) -> None:
-    report.log(msg, "watch-bench")
+_log = functools.partial(report.log, tag="watch-bench")
 
 
 # --- the baseline: a bare grpc.aio fan-out -----------------------------------------------------------
