@@ -100,12 +100,8 @@ class SseClient(asyncio.Protocol):
     __slots__ = ("_buf", "_request", "_status", "closing", "i", "tracker", "transport")
 
     def __init__(self, tracker: Streams, i: int, request: bytes) -> None:
-        self.tracker = tracker
-        self.i = i
-        self._request = request
-        self._buf = b""
-        self._status = 0
-        self.closing = False
+        self.tracker, self.i, self._request = tracker, i, request
+        self._buf, self._status, self.closing = b"", 0, False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,10 +144,9 @@ class Holder:
     """What one client process holds: streams of one kind at a time, and the commands it obeys."""
 
     def __init__(self) -> None:
-        self.streams = Streams()
+        self.streams, self.cpu0 = Streams(), 0.0
         self.sse: list[SseClient] = []
         self.channels: Channels | None = None
-        self.cpu0 = 0.0
 
     async def handle(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
         op, t = msg[0], self.streams

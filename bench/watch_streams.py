@@ -189,11 +189,9 @@ class Streams:
     def __init__(self) -> None:
         self.revision: list[int] = []
         self.arrival: list[float] = []
-        self.first = self.failed = self.ended = self.expected = 0
-        self._opened = asyncio.Event()
+        self.first = self.failed = self.ended = self.expected = self.remaining = 0
+        self._opened, self.done = asyncio.Event(), asyncio.Event()
         self.target: int | None = None
-        self.remaining = 0
-        self.done = asyncio.Event()
         self._waits: dict[int, tuple[int, asyncio.Event]] = {}
         self.calls: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -311,11 +309,10 @@ class JobpulseSide:
     """jobpulse under test: jobs made by CreateJob, one chunk of each claimed; a change is its progress."""
 
     def __init__(self, server: Jobpulse) -> None:
-        self.name = "jobpulse"
+        self.name, self._prefix = "jobpulse", uuid.uuid4().hex[:8]
         self.server: Any = server
         self._claims: dict[str, Any] = {}
         self._items: dict[str, int] = {}
-        self._prefix = uuid.uuid4().hex[:8]
 
     async def make_jobs(self, channels: Channels, count: int, chunks: int) -> list[str]:
         workers = worker_service_pb2_grpc.WorkerServiceStub(channels.control)
