@@ -184,11 +184,6 @@ def stop(proc: Any, conn: Connection) -> None:
         proc.join(5)
 
 
-def pg_dsn(name: str) -> str:
-    """The DSN of database ``name`` on PG_ADMIN's server."""
-    return f"{PG_ADMIN.rpartition('/')[0]}/{name}"
-
-
 @asynccontextmanager
 async def database(kind: str, tag: str) -> AsyncIterator[str]:
     """A database of its own for one row, removed afterwards: a fresh PostgreSQL database ("postgresql")
@@ -206,7 +201,7 @@ async def database(kind: str, tag: str) -> AsyncIterator[str]:
     await admin(f'DROP DATABASE IF EXISTS "{name}"')
     await admin(f'CREATE DATABASE "{name}"')
     try:
-        yield pg_dsn(name)
+        yield f"{PG_ADMIN.rpartition('/')[0]}/{name}"  # on PG_ADMIN's server
     finally:
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
