@@ -81,8 +81,7 @@ class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
     stream: the same shape as jobpulse's hub, minus the database read."""
 
     def __init__(self) -> None:
-        self.snapshot = job_service_pb2.WatchJobResponse()
-        self.change = job_service_pb2.WatchJobResponse()
+        self.snapshot = self.change = job_service_pb2.WatchJobResponse()  # until set_templates
         self._latest: dict[str, job_service_pb2.WatchJobResponse] = {}
         self._subs: dict[str, set[asyncio.Event]] = {}
 
@@ -116,9 +115,8 @@ class FanoutServicer(job_service_pb2_grpc.JobServiceServicer):
         message, then waits on a future of its own, the least an idle stream can wait on. (Not one
         future shared by all: a cancelled stream cancels the future its task waits on, which would
         end every other stream.)"""
-        await context.write(
-            job_service_pb2.WatchJobsResponse(type=job_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT)
-        )
+        heartbeat = job_service_pb2.WatchJobsResponse(type=job_service_pb2.WATCH_EVENT_TYPE_HEARTBEAT)
+        await context.write(heartbeat)
         await asyncio.get_running_loop().create_future()
 
     async def UpdateJob(self, request: Any, context: Any) -> Any:
