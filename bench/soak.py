@@ -245,10 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
         say(f"{database}:")
         results.append(asyncio.run(soak(database, args.seconds, args.sample, say)))
-    verdicts = []
+    verdicts = [r.growth <= GROWTH_LIMIT and r.peak <= r.peak_limit and not r.errors for r in results]
     for r in results:
-        ok = r.growth <= GROWTH_LIMIT and r.peak <= r.peak_limit and not r.errors
-        verdicts.append(ok)
         rate = sum(r.ops.values()) / r.seconds
         besides = r.growth_besides_cache
         rest = "" if besides is None else f"; RSS less the encoded-job cache: {besides:+.1%}"
