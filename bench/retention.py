@@ -125,11 +125,8 @@ def _run(path: str) -> int:
         expire_at = time.time() + LEAD
         shift = int((expire_at - RETENTION) * 1e6)
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute(
-            "UPDATE jobs SET update_time = update_time + ?, end_time = end_time + ?, "
-            "start_time = start_time + ?, create_time = create_time + ? WHERE kind = 'bench-expired'",
-            (shift, shift, shift, shift),
-        )
+        times = ", ".join(f"{c} = {c} + ?" for c in ("update_time", "end_time", "start_time", "create_time"))
+        conn.execute(f"UPDATE jobs SET {times} WHERE kind = '{KIND}'", (shift,) * 4)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
