@@ -35,15 +35,13 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
-from bench import procs, report
+from bench import procs, report, scenarios
 from bench.load import closed_loop, shares, summary
 from bench.procs import Child, Jobpulse, Serving, cpu_seconds, status_kib
 from bench.report import Goal
 from bench.watch_streams import OPEN_TIMEOUT, Channels, Streams, create_job, watch_min_interval
 from jobpulse.v1 import (
     job_pb2,
-    job_service_pb2,
-    job_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -550,19 +548,14 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         "off": Jobpulse(f"sqlite:///{tmp}/grpc-off.db", http=False),
         "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db"),
     }
-    channels: dict[str, grpc.aio.Channel] = {}
+    targets: dict[str, scenarios.Target] = {}
     try:
-        for server in servers.values():
-            server.start()
         calls = {}
         for name, server in servers.items():
-            channel = channels[name] = grpc.aio.insecure_channel(server.address)
-            job_id = await create_job(channel, 10, KIND)
-            stub = job_service_pb2_grpc.JobServiceStub(channel)
-            request = job_service_pb2.GetJobRequest(job_id=job_id, view=job_pb2.JOB_VIEW_BASIC)
-            calls[name] = lambda stub=stub, request=request: stub.GetJob(request, timeout=TIMEOUT)
+            target = targets[name] = scenarios.Target.open(server.start())
+            calls[name] = target.get_job(await create_job(target.channel, 10, KIND), job_pb2.JOB_VIEW_BASIC)
         on = servers["on"]
-        idle_job = await create_job(channels["on"], 10, kind="http-bench-idle")
+        idle_job = await create_job(targets["on"].channel, 10, kind="http-bench-idle")
         idle_path = f"/v1/jobs/{idle_job}/events"
         opened = await pool.open(s.load_streams, "sse", "127.0.0.1", on.http_port, idle_path)
         rates: dict[str, list[Any]] = {"off": [], "on": []}
@@ -575,8 +568,8 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         state = await pool.state()
         await pool.close()
     finally:
-        for channel in channels.values():
-            await channel.close()
+        for target in targets.values():
+            await target.channel.close()
         for server in servers.values():
             server.close()
     out: dict[str, Any] = {"idle_streams": s.load_streams, "idle_open_seconds": opened["seconds"]}
@@ -584,11 +577,8 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
     for name, rows in rates.items():
         cpu = statistics.median(x for r in rows if (x := r.server_cpu_us_per_call) is not None)
         per_round = [r.per_second for r in rows]
-        out[name] = {
-            "per_round": per_round,
-            "median": statistics.median(per_round),
-            "server_cpu_us_per_call": cpu,
-        }
+        out[name] = {"per_round": per_round, "median": statistics.median(per_round)}
+        out[name]["server_cpu_us_per_call"] = cpu
     out["pair_ratios"] = [a / b for a, b in zip(out["on"]["per_round"], out["off"]["per_round"], strict=True)]
     out["ratio"] = out["on"]["median"] / out["off"]["median"]
     return out
