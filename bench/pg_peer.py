@@ -59,21 +59,16 @@ JOBPULSE_ROWS = {
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds used so far by the PostgreSQL processes of this machine that are alive now
     (None if there are none to see, e.g. PostgreSQL runs elsewhere)."""
-    total = 0.0
-    seen = False
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "comm").read_text().strip() != "postgres":
-                continue
-        except OSError:
-            continue
-        cpu = pid_cpu_seconds(int(proc.name))
-        if cpu is not None:
-            total += cpu
-            seen = True
-    return total if seen else None
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == "postgres"]
+    cpus = [cpu for pid in pids if (cpu := pid_cpu_seconds(pid)) is not None]
+    return sum(cpus) if cpus else None
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:  # gone meanwhile, or not ours to read
+        return ""
 
 
 def _per_unit_us(before: float | None, after: float | None, n: int) -> float | None:
