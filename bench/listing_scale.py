@@ -187,8 +187,7 @@ class Backend:
 
 async def load_pg(b: Backend, now_us: int) -> None:
     """COPYs the jobs, the secondary indexes dropped meanwhile and made again afterwards."""
-    conn = await asyncpg.connect(b.url)
-    try:
+    async with procs.connect(b.url) as conn:
         t0 = time.perf_counter()
         indexes = await conn.fetch(
             "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
@@ -211,10 +210,7 @@ async def load_pg(b: Backend, now_us: int) -> None:
         await conn.execute("VACUUM ANALYZE jobs")
         b.load = {"copy_jobs_s": t_jobs, "python_generate_s": gen, "indexes_s": t_idx}
         b.load |= {"vacuum_analyze_s": time.perf_counter() - t2, "total_s": time.perf_counter() - t0}
-        size = await conn.fetchval("SELECT pg_total_relation_size('jobs')")
-        b.load["jobs_mb"] = size / 1e6
-    finally:
-        await conn.close()
+        b.load["jobs_mb"] = await conn.fetchval("SELECT pg_total_relation_size('jobs')") / 1e6
 
 
 def load_sqlite(b: Backend, now_us: int) -> None:
