@@ -472,6 +472,9 @@ def _est90(lst: Listing) -> float:
     return lst.deep_ms - lst.sql.get("walked", 0.0) + lst.sql["deep90"]
 
 
+GRPC_HEAD = "order, filter|total|deep at row|pages/s walked|first|deep|deep/first|<=1.5".split("|")
+
+
 def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
     m, mode = report.machine_facts(), "quick" if args.quick else "full"
     machine = f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | {m['cpu_model']}"
@@ -502,13 +505,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
             f"{b.name}: {b.n_jobs:,} jobs ({load}); gRPC ListJobs, server in its own process; p50 of "
             f"{args.repeats} calls (ms); deep page reached by following next_page_token ({len(listings)} "
             f"walks side by side, budget {res['walk_budget']})",
-            [
-                "order, filter",
-                "total",
-                "deep at row",
-                "pages/s walked",
-                *("first deep deep/first <=1.5".split()),
-            ],
+            GRPC_HEAD,
             grpc_rows,
             *[f"* walk budget spent before {DEPTH:.0%} depth; at the pace seen, it takes: " + "; ".join(pace)]
             * bool(short),

@@ -136,11 +136,7 @@ async def _workers(
         one = functools.partial(
             work.worker, stub, mode, lease=LEASE, keep_going=lambda: True, timeout=TIMEOUT
         )
-        ids = [
-            (f"{prefix}-{g}-{w}", g, kinds)
-            for g, (kinds, workers) in enumerate(groups)
-            for w in range(workers)
-        ]
+        ids = [(f"{prefix}-{g}-{w}", g, kinds) for g, (kinds, n) in enumerate(groups) for w in range(n)]
         try:
             await asyncio.gather(*(one(worker_id=i, counts=counts[g], kinds=kinds) for i, g, kinds in ids))
         except grpc.aio.AioRpcError as exc:
@@ -402,13 +398,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, results: dict[s
                 f"16 / 4 workers on one job, round by round: jobpulse {ours}; PgQueuer {theirs} "
                 "(the ratios above are of each row's median)"
             )
-        ratios = [
-            [
-                _scaling_name(key).removeprefix("jobpulse complete-and-claim, "),
-                _ratio(by.get(key), by.get(peer)),
-            ]
-            for key, peer in (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
-        ]
+        same_w = (("sc1x4", "sqm4"), ("sc1x16", "sqm16"), ("sc4x4", "sqm16"))
+        shown = {key: _scaling_name(key).removeprefix("jobpulse complete-and-claim, ") for key, _ in same_w}
+        ratios = [[shown[key], _ratio(by.get(key), by.get(peer))] for key, peer in same_w]
         lines += report.table(["ratio jobs/s jobpulse / PgQueuer, same W", "vs QueueManager"], ratios)
     return "\n".join(lines + report.targets("Targets (PostgreSQL)", goals(rows)))
 

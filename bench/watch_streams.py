@@ -601,7 +601,8 @@ def render(results: dict[str, Any]) -> str:
             rows.append(["", "ratio", *report.spread_ratio(jp["latency"], bare["latency"]), mem, "", "", srv])
     floors = [row["floor"] for row in results["one_job"] if row.get("floor")]
     stalled = any(row[k]["latency"] is None for row in results["one_job"] for k in ("jobpulse", "bare"))
-    star = f"* not every stream got its first message in {OPEN_TIMEOUT:g} s: no latency; memory per opened"
+    star = f"* not every stream got its first message within {OPEN_TIMEOUT:g} s: no latency; memory is"
+    star += " per opened stream"
     lines += report.section(
         "1. one job, N streams: change (ReportChunkProgress / bare poke) to arrival on every stream; CPU: "
         "server (all threads) / this client process, per change, from the poke to the last arrival; rounds "
@@ -619,15 +620,10 @@ def render(results: dict[str, Any]) -> str:
         *[star] * stalled,
     )
     jp, bare = results["many_jobs"]["jobpulse"], results["many_jobs"]["bare"]
-    rows = [
-        [
-            label,
-            *report.spread(r["latency"]),
-            f"{r['changes_per_second']:,.0f}",
-            report._us(r["server_cpu_us_per_change"]),
-        ]
-        for r, label in ((jp, "jobpulse"), (bare, "bare fan-out"))
-    ]
+    rows = []
+    for r, label in ((jp, "jobpulse"), (bare, "bare fan-out")):
+        rate, cpu = f"{r['changes_per_second']:,.0f}", report._us(r["server_cpu_us_per_change"])
+        rows.append([label, *report.spread(r["latency"]), rate, cpu])
     rate = ratio(jp["changes_per_second"], bare["changes_per_second"])
     lines += report.section(
         f"2. {jp['jobs']:,} jobs, one stream each, one change per job ({jp['in_flight']} in flight)",
