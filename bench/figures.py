@@ -65,10 +65,7 @@ def _cell(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    out = [
-        "| scenario | target | measured | line | met? | measured on |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    out = ["| scenario | target | measured | line | met? | measured on |", "| --- " * 6 + "|"]
     for r in rows:
         met = r["met"].replace("|", "/")
         when = f"{r['date']}, {r['commit']}"
@@ -89,10 +86,8 @@ def render(path: Path = DATA, readme: Path = README) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv:
-        print(
-            "usage: python -m bench figures   (renders bench/figures.json into bench/README.md)",
-            file=sys.stderr,
-        )
+        usage = "usage: python -m bench figures   (renders bench/figures.json into bench/README.md)"
+        print(usage, file=sys.stderr)
         return 2
     render()
     print(f"{README} rendered from {DATA}")

@@ -260,10 +260,8 @@ class ClientPool:
 
     async def state(self) -> dict[str, int]:
         replies = await self.all("state")
-        return {
-            key: sum(r[k + 1] for r in replies)
-            for k, key in enumerate(("streams", "opened", "failed", "ended"))
-        }
+        keys = ("streams", "opened", "failed", "ended")
+        return {key: sum(r[k + 1] for r in replies) for k, key in enumerate(keys)}
 
     async def close(self) -> None:
         await self.all("close")

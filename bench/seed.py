@@ -36,12 +36,10 @@ async def seed_read_data(
     list_jobs: int,
 ) -> ReadData:
     """A 10-chunk job, a 1,000-chunk job part-way through, and ``list_jobs`` small jobs to list."""
-    small_job = job_service_pb2.CreateJobRequest(
-        display_name="bench small job", kind="thumbnails", total_items=5_000, chunk_size=500
-    )
-    big_job = job_service_pb2.CreateJobRequest(
-        display_name="bench big job", kind="transcribe", priority=10, total_items=100_000, chunk_size=100
-    )
+    small_job = job_service_pb2.CreateJobRequest(kind="thumbnails", total_items=5_000, chunk_size=500)
+    small_job.display_name = "bench small job"
+    big_job = job_service_pb2.CreateJobRequest(kind="transcribe", priority=10, total_items=100_000)
+    big_job.chunk_size, big_job.display_name = 100, "bench big job"
     for request in (small_job, big_job):
         request.labels.update({"team": "bench", "tier": "gold"})
         request.metadata.CopyFrom(_metadata(source="bench", bucket="s3://bench-in"))
@@ -55,9 +53,9 @@ async def seed_read_data(
 async def _advance_big_job(workers: worker_service_pb2_grpc.WorkerServiceStub, job_id: str) -> None:
     """Claims 400 chunks of the big job (it has the top priority) and completes 300 of them."""
     claimed: list[worker_service_pb2.ChunkClaim] = []
-    ask = worker_service_pb2.ClaimChunksRequest(
-        worker_id="bench-seed-worker", kinds=["transcribe"], max_chunks=100, lease_duration=SEED_LEASE
-    )
+    ask = worker_service_pb2.ClaimChunksRequest(worker_id="bench-seed-worker", kinds=["transcribe"])
+    ask.max_chunks = 100
+    ask.lease_duration.CopyFrom(SEED_LEASE)
     for _ in range(4):
         claimed.extend((await workers.ClaimChunks(ask, timeout=TIMEOUT)).claims)
     if len(claimed) != 400 or any(c.job_id != job_id for c in claimed):
@@ -78,9 +76,8 @@ async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: in
 
     async def lane() -> None:
         for i in queue:
-            request = job_service_pb2.CreateJobRequest(
-                kind=KINDS[i % len(KINDS)], total_items=1_000, chunk_size=500
-            )
+            kind = KINDS[i % len(KINDS)]
+            request = job_service_pb2.CreateJobRequest(kind=kind, total_items=1_000, chunk_size=500)
             request.display_name = f"bench list job {i:05d}"
             request.labels.update({"team": "bench", "batch": str(i // 100)})
             request.metadata.CopyFrom(_metadata(source="bench", n=i))
