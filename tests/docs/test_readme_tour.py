@@ -398,9 +398,10 @@ def test_the_readme_sdk_block_runs_as_written(server: Any) -> None:
     assert re.fullmatch(name, event), event
     watched = out[2:-1]
     assert watched and all(re.fullmatch(name, line) for line in watched), out
-    # By name, not number: the first message is the snapshot of the pending job, the watch ends on the
-    # message that brings the job to COMPLETED.
-    assert watched[0].startswith("SNAPSHOT ") and " PENDING " in watched[0], watched
+    # By name, not number: the first message is the snapshot of the job (pending, or processing when the
+    # worker's thread claimed before the watch began), the watch ends on the message that brings the job
+    # to COMPLETED.
+    assert re.fullmatch(r"SNAPSHOT \d+ (PENDING|PROCESSING) [\d.]+", watched[0]), watched
     assert re.fullmatch(r"CHANGE \d+ COMPLETED 100.0", watched[-1]), watched
 
     # The README's own Worker did the work: its handler's stage and artifacts, one per chunk.

@@ -260,12 +260,15 @@ def test_the_docs_async_worker_runs_as_written(server: Any, client: jobpulse.Cli
     code = docs_async_worker()
     assert "127.0.0.1:50051" in code
     job = client.create_job("thumbnails", 40, chunk_size=10)
-    # The only change: the page's address becomes this test's server.
+    # The only change: the page's address becomes this test's server. SIGINT as a terminal delivers it
+    # (a child of a shell running in the background inherits SIGINT ignored, and asyncio.run then
+    # installs no handler for it).
     worker = subprocess.Popen(
         [sys.executable, "-c", code.replace("127.0.0.1:50051", server.address)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         final = client.wait(job.id, timeout=30, view="full")
