@@ -106,9 +106,10 @@ breaking: $(NODE_DEPS)
 test: install $(if $(shell command -v npm),$(NODE_DEPS))
 	$(PY) -m pytest
 
-# The tests make test leaves out (marked slow: long kill-and-restart runs).
+# The tests make test leaves out: marked slow (long kill-and-restart runs) or full_matrix (the PostgreSQL
+# runs of the dashboard, docs, SDK and foreign-client tests).
 test-slow: install
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m "slow or full_matrix"
 
 # The benchmarks: one runner, `python -m bench NAME` (bench/README.md; `python -m bench list` names them).
 # make bench runs the default set, each target below one scenario. Run them alone on the machine.
@@ -177,29 +178,29 @@ check-sdk:
 	@echo "SDK alone installs: $$(tr '\n' ' ' < .sdk-check/installed.txt)"
 	rm -rf .sdk-check
 
-# The SDK at the oldest versions it allows (tests/deploy/sdk-oldest.txt) and at the newest, each in a fresh
-# venv that holds the SDK alone: its stubs import with warnings as errors, then its tests run there (tests/sdk
-# but test_sdk_tracing.py, which reads the server's own spans; tests/e2e/test_async.py), their servers run
-# by the dev venv as processes of their own (tests/deploy/sdk_pins_plugin.py).
+# The SDK at the oldest versions it allows (tests/deploy/sdk-oldest.txt), in a fresh venv that holds the SDK
+# alone: its stubs import with warnings as errors, then its tests run there (tests/sdk but
+# test_sdk_tracing.py, which reads the server's own spans; tests/e2e/test_async.py), their servers run by the
+# dev venv as processes of their own (tests/deploy/sdk_pins_plugin.py). The newest versions are the dev
+# venv's own (it installs the SDK's dependencies unpinned): its stubs are imported there with warnings as
+# errors, and make test runs these tests there (a second fresh venv at them added 60 s to CI).
 SDK_PIN_TEST_DEPS := pytest pytest-asyncio pytest-timeout grpcio-testing grpcio-health-checking
 SDK_PIN_IMPORTS := import jobpulse, jobpulse.cli; from jobpulse import Client, AsyncClient, Worker, AsyncWorker; \
   from jobpulse.v1 import admin_service_pb2_grpc, job_service_pb2_grpc, worker_service_pb2_grpc
 check-sdk-pins: install
 	rm -rf .sdk-pins
-	@for pins in oldest newest; do \
-	  venv=.sdk-pins/$$pins; echo "== the SDK at the $$pins versions"; \
-	  python3 -m venv $$venv || exit 1; \
-	  $$venv/bin/python -m pip install -q --upgrade pip || exit 1; \
-	  if [ $$pins = oldest ]; then constraints="-c tests/deploy/sdk-oldest.txt"; else constraints=""; fi; \
-	  $$venv/bin/python -m pip install -q $$constraints ./client $(SDK_PIN_TEST_DEPS) || exit 1; \
-	  $$venv/bin/python -m pip list --format=freeze | grep -iE '^(grpcio|grpcio-status|protobuf|googleapis-common-protos|opentelemetry-api)==' | tr '\n' ' '; echo; \
-	  (cd $$venv && bin/python -W error -c "$(SDK_PIN_IMPORTS)") || exit 1; \
-	  export JOBPULSE_SERVER_PYTHON=$(CURDIR)/$(PY) PYTHONPATH=tests:tests/deploy; \
-	  $$venv/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/sdk \
-	    tests/sdk --ignore=tests/sdk/test_sdk_tracing.py || exit 1; \
-	  $$venv/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/e2e \
-	    tests/e2e/test_async.py || exit 1; \
-	done
+	python3 -m venv .sdk-pins
+	.sdk-pins/bin/python -m pip install -q --upgrade pip
+	.sdk-pins/bin/python -m pip install -q -c tests/deploy/sdk-oldest.txt ./client $(SDK_PIN_TEST_DEPS)
+	@.sdk-pins/bin/python -m pip list --format=freeze | grep -iE '^(grpcio|grpcio-status|protobuf|googleapis-common-protos|opentelemetry-api)==' | tr '\n' ' '; echo
+	cd .sdk-pins && bin/python -W error -c "$(SDK_PIN_IMPORTS)"
+	export JOBPULSE_SERVER_PYTHON=$(CURDIR)/$(PY) PYTHONPATH=tests:tests/deploy; \
+	  .sdk-pins/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/sdk \
+	    tests/sdk --ignore=tests/sdk/test_sdk_tracing.py && \
+	  .sdk-pins/bin/python -m pytest -q -p no:cacheprovider -p sdk_pins_plugin --confcutdir=tests/e2e \
+	    tests/e2e/test_async.py
+	@echo "== the SDK's stubs at the newest versions (the dev venv's), imported with warnings as errors"
+	cd client && ../$(PY) -W error -c "$(SDK_PIN_IMPORTS)"
 	rm -rf .sdk-pins
 
 # Both distributions built (sdist and wheel, into dist/), their metadata and readmes checked by twine.

@@ -94,6 +94,22 @@ DATABASES = [
 REQUIRE_POSTGRES = os.environ.get("JOBPULSE_REQUIRE_POSTGRES") == "1"
 
 
+# Test folders above the store: the dashboard in a browser, the docs' samples, the SDK, the foreign clients.
+# What they hold does not depend on the database, and the layers below them are tested on both (conformance,
+# integration, e2e, faults, replicas...), so ``make test`` runs them on SQLite only: their PostgreSQL runs
+# are marked ``full_matrix``, and ``make test-slow`` runs those too.
+ABOVE_THE_STORE = ("browser", "docs", "sdk", "clients")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    folders = tuple(str(config.rootpath / "tests" / name) + os.sep for name in ABOVE_THE_STORE)
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("database_url") == "postgresql"
+        if on_postgres and str(item.path).startswith(folders):
+            item.add_marker(pytest.mark.full_matrix)
+
+
 def _pg_admin(sql: str) -> None:
     import asyncpg
 
