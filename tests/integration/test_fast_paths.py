@@ -663,7 +663,7 @@ def _fail_declines(job: Job, chunk: Chunk) -> bool:
 
 async def _retry_at(store: SqlStore, chunk_id: str) -> Any:
     async with store.read() as tx:
-        return (await tx.conn.fetchrow("SELECT retry_at FROM chunks WHERE id = ?", [chunk_id]))[0]
+        return (await tx.conn.fetchrow("SELECT retry_at FROM chunks WHERE id = :id", {"id": chunk_id}))[0]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -89,16 +89,15 @@ async def _postgresql_problems(database_url: str) -> list[str]:
                 f = JobFilter(owner=owner)
                 where = sql.job_filter(sql.POSTGRES, f)
                 direction = " DESC" if desc else ""
-                keys = await conn.fetch(
-                    sql.numbered(
-                        f"SELECT {', '.join(cols)} FROM jobs{where.sql()} "
-                        f"ORDER BY {', '.join(c + direction for c in cols)}"
-                    ),
-                    *where.params,
+                keys_sql = sql.for_postgres(
+                    f"SELECT {', '.join(cols)} FROM jobs{where.sql()} "
+                    f"ORDER BY {', '.join(c + direction for c in cols)}"
                 )
+                keys = await conn.fetch(keys_sql.sql, *keys_sql.values(where.params))
                 for after in (None, _key_at(keys)):
-                    q, params = sql.list_jobs(sql.POSTGRES, f, order, after, 101)
-                    raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql.numbered(q), *params)
+                    text, params = sql.list_jobs(sql.POSTGRES, f, order, after, 101)
+                    q = sql.for_postgres(text)
+                    raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q.sql, *q.values(params))
                     nodes = _nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
                     if "Sort" in nodes or "Seq Scan" in nodes or not any("Index" in n for n in nodes):
                         problems.append(f"{order!r} owner={owner} after={after}: {nodes}")
@@ -121,7 +120,11 @@ def _sqlite_problems(database_url: str) -> list[str]:
             )
             for after in (None, _key_at(keys.fetchall())):
                 q, params = sql.list_jobs(sql.SQLITE, f, order, after, 101)
-                details = [row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + q, params)]
+                rendered = sql.for_sqlite(q)
+                details = [
+                    row[-1]
+                    for row in con.execute("EXPLAIN QUERY PLAN " + rendered.sql, rendered.values(params))
+                ]
                 if any("TEMP B-TREE" in d for d in details) or not any("INDEX" in d for d in details):
                     problems.append(f"{order!r} after={after}: {details}")
         return problems

@@ -71,7 +71,7 @@ async def _claim(r: Replica, kind: str) -> list[int]:
 async def _retry_at(r: Replica, job_id: str) -> dict[int, Any]:
     async with r.db.read() as tx:
         rows = await tx.conn.fetch(
-            "SELECT idx, retry_at FROM chunks WHERE job_id = ? ORDER BY idx", (job_id,)
+            "SELECT idx, retry_at FROM chunks WHERE job_id = :job_id ORDER BY idx", {"job_id": job_id}
         )
     return {int(row[0]): row[1] for row in rows}
 

@@ -85,8 +85,9 @@ def _sqlite_problems(database_url: str) -> list[str]:
         }
         problems = []
         for name, (index, statement) in statements.items():
-            params = [1] * statement.count("?")
-            plan = " | ".join(row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + statement, params))
+            rendered = sql.for_sqlite(statement)
+            params = [1] * len(rendered.names)
+            plan = " | ".join(row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + rendered.sql, params))
             # The claim reads the index in its order: no temporary B-tree to sort the pending chunks.
             if index not in plan or "TEMP B-TREE FOR ORDER BY" in plan:
                 problems.append(f"{name}: {plan}")
@@ -114,22 +115,29 @@ async def _postgresql_problems(database_url: str) -> list[str]:
         await conn.execute("ANALYZE chunks")
         # Parameters: the kind when one is named, the limit; the claims take them twice.
         claim_group = group.claim_group_statement(1, 1)
-        claim_group_values = claim_group.values(
-            {"kinds": ["plan"], "now": 1, "interval": 5_000_000, "channel": "ch", "replica": "r"}
-            | group.slots_given([("w", 1_000, 1)])
-        )
-        statements = {
-            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False).sql, [1]),
-            "claim, one kind": ("ix_chunks_claim", sql.pg_claim(1, skip_locked=True).sql, [["plan"], 1]),
-            "group-committed claim": ("ix_chunks_claim", claim_group.sql, claim_group_values),
-            "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), [1, 10]),
-            "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, []),
-            "due retries": ("ix_chunks_retry", sql.PG_PROMOTE, [1, 1000]),
+        claim_group_values = {
+            "kinds": ["plan"],
+            "now": 1,
+            "interval": 5_000_000,
+            "channel": "ch",
+            "replica": "r",
+        } | group.slots_given([("w", 1_000, 1)])
+        statements: dict[str, tuple[str, str, dict[str, Any]]] = {
+            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), {"limit": 1}),
+            "claim, one kind": (
+                "ix_chunks_claim",
+                sql.pg_claim(1, skip_locked=True),
+                {"kinds": ["plan"], "limit": 1},
+            ),
+            "group-committed claim": ("ix_chunks_claim", claim_group, claim_group_values),
+            "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), {"now": 1, "limit": 10}),
+            "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, {}),
+            "due retries": ("ix_chunks_retry", sql.PG_PROMOTE, {"now": 1, "limit": 1000}),
         }
         problems = []
         for name, (index, statement, params) in statements.items():
-            text = statement if statement.count("$1") else sql.numbered(statement)
-            raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + text, *params)
+            rendered = sql.for_postgres(statement)
+            raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + rendered.sql, *rendered.values(params))
             nodes = _nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
             # Every read of chunks goes through an index: no scan of the whole table.
             if not any(index in n for n in nodes) or "Seq Scan chunks" in nodes:
@@ -211,21 +219,22 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         await conn.execute(f"UPDATE chunks SET state = {RUNNING}, lease_expire_time = idx WHERE idx % 3 = 1")
         await conn.execute(FLUSHER_SETTINGS)  # as the flusher's connection plans
         statements = {
-            "completions": group.COMPLETE_GROUP.sql,
-            "progress reports": group.PROGRESS_GROUP.sql,
-            "retryable failures": group.FAIL_GROUP.sql,
+            "completions": group.COMPLETE_GROUP,
+            "progress reports": group.PROGRESS_GROUP,
+            "retryable failures": group.FAIL_GROUP,
             "due retries": sql.PG_PROMOTE,
         }
         for limit in (1, 10, 256):
             for n_kinds in (0, 1):
                 statements[f"claims of {limit}, {n_kinds} kinds"] = group.claim_group_statement(
                     n_kinds, limit
-                ).sql
+                )
                 statements[f"completions and claims of {limit}, {n_kinds} kinds"] = group.complete_then_claim(
                     bool(n_kinds), limit
-                ).sql
+                )
         problems = []
-        for n, (name, text) in enumerate(statements.items()):
+        for n, (name, named) in enumerate(statements.items()):
+            text = sql.for_postgres(named).sql
             types = [t.name for t in (await conn.prepare(text)).get_parameters()]
             await conn.execute(f"PREPARE s{n} AS {text}")
             args = ", ".join(_literal(t) for t in types)

@@ -10,7 +10,11 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from jobpulse_server.store.statements import numbered
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as asyncpg's ``$1, $2, ...`` (these statements have no literal ``?``)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
 def fetch(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -29,7 +33,7 @@ def fetch(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple
 
         conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
         try:
-            return [tuple(r) for r in await conn.fetch(numbered(sql), *params)]
+            return [tuple(r) for r in await conn.fetch(_numbered(sql), *params)]
         finally:
             await conn.close()
 

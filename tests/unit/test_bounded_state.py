@@ -59,8 +59,8 @@ async def _write_page(store: SqlStore, n: int) -> None:
     """One write transaction of a row about a page long (a page or more of the log each)."""
     async with store.driver.write() as conn:
         await conn.execute(
-            "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
-            (f"k{n}" + "x" * 3000, 1.0, n, 0),
+            "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (:k, 1.0, :n, 0)",
+            {"k": f"k{n}" + "x" * 3000, "n": n},
         )
 
 
@@ -98,8 +98,9 @@ async def test_a_log_written_all_the_time_starts_over_at_its_limit(
             n += 1
             async with store.driver.write() as conn:
                 await conn.execute(
-                    "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) VALUES (?, ?, ?, ?)",
-                    (f"k{n}", 1.0, n, 0),
+                    "INSERT INTO rate_buckets (key_name, tokens, refill_time, granted) "
+                    "VALUES (:k, 1.0, :n, 0)",
+                    {"k": f"k{n}", "n": n},
                 )
             async with store.driver.read() as conn:  # readers all along, as under load
                 await conn.fetch("SELECT count(*) FROM rate_buckets")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -35,10 +35,10 @@ class FailingStore:
         self.waiting = Waiting()
         self.waiting.due = NEVER
 
-    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")
 
-    async def statement_rows(self, sql: str, params: Sequence[Any], lane: int = 0) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
         self.statements.append(sql)
         raise Refused("the database went away")
 
@@ -137,7 +137,7 @@ class BrokenOnce:
 class AnsweringStore(FailingStore):
     """Answers every statement with no rows changed (a claim finds nothing ready)."""
 
-    async def statement_rows(self, sql: str, params: Sequence[Any], lane: int = 0) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
         self.statements.append(sql)
         return [(0, None, None, None, None, None)]
 

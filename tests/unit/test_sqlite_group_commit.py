@@ -42,7 +42,7 @@ async def insert(
     d: SqliteDriver, n: int, then: Callable[[], object] | None = None, *, fail: bool = False
 ) -> None:
     async with d.write(then=then) as conn:
-        await conn.execute("INSERT INTO t (n) VALUES (?)", (n,))
+        await conn.execute("INSERT INTO t (n) VALUES (:n)", {"n": n})
         if fail:
             raise LookupError(f"write {n} refused")
 

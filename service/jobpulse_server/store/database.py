@@ -153,13 +153,13 @@ class SqlStore:
 
         return await self._retrying(run)
 
-    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """PostgreSQL: one statement, its own transaction, under the retry policy; its first row."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver
         return await self._retrying(lambda: driver.statement(sql, params))
 
-    async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
         flusher's connection (store/batch/flushes.py: it alone calls this, one flush at a time); all its
         rows."""

@@ -27,9 +27,8 @@ JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl",
 # migrated schema). SQLite rewrites the entry of every index a column in an UPDATE's SET list belongs to,
 # changed or not, so its save leaves out those of these whose value did not change (``tx.SqlTx.save``).
 JOB_INDEXED = ("owner", "request_id", "kind", "state", "priority", "create_time", "update_time", "end_time")
-# Their positions in a JOB_COLUMNS row and in JOB_SAVED values.
+# Their positions in a JOB_COLUMNS row.
 JOB_INDEXED_IN_ROW = tuple(JOB_COLUMNS.index(c) for c in JOB_INDEXED)
-JOB_INDEXED_IN_SAVED = tuple(JOB_SAVED.index(c) for c in JOB_INDEXED)
 
 # Every column but retry_at, which is storage only (store/waiting.py): a chunk's fields, in this order.
 CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns if c.name != "retry_at")
@@ -154,46 +153,46 @@ def _json_text(value: dict[str, Any]) -> str:
     return json.dumps(value) if value else "{}"
 
 
-def job_saved_values(job: Job, *, json_text: bool = True) -> tuple[Any, ...]:
-    """The JOB_SAVED values of a job, in order; JSON columns as text, or as the objects themselves
-    for a driver layer that encodes them (SQLAlchemy's JSON type)."""
+def job_saved(job: Job) -> dict[str, Any]:
+    """A job's id and JOB_SAVED values by column (a save's parameters, each named as its column); JSON
+    columns as text."""
     s = job.summary
-    encode = _json_text if json_text else (lambda v: v)
-    return (
-        job.owner,
-        job.request_id,
-        job.display_name,
-        job.kind,
-        int(job.state),
-        job.stage,
-        job.message,
-        job.priority,
-        encode(job.labels),
-        encode(job.metadata),
-        job.total_items,
-        job.chunk_size,
-        job.max_attempts,
-        job.revision,
-        s.pending,
-        s.processing,
-        s.completed,
-        s.failed,
-        s.cancelled,
-        job.items_done,
-        job.error_reason,
-        job.error_message,
-        job.error_chunk_index,
-        job.cancel_requested,
-        job.cancel_reason,
-        job.cancel_time,
-        job.create_time,
-        job.update_time,
-        job.start_time,
-        job.end_time,
-        job.webhook_url,
-        job.webhook_progress,
-        job.last_progress_event,
-    )
+    return {
+        "id": job.id,
+        "owner": job.owner,
+        "request_id": job.request_id,
+        "display_name": job.display_name,
+        "kind": job.kind,
+        "state": int(job.state),
+        "stage": job.stage,
+        "message": job.message,
+        "priority": job.priority,
+        "labels": _json_text(job.labels),
+        "job_metadata": _json_text(job.metadata),
+        "total_items": job.total_items,
+        "chunk_size": job.chunk_size,
+        "max_attempts": job.max_attempts,
+        "revision": job.revision,
+        "n_pending": s.pending,
+        "n_processing": s.processing,
+        "n_completed": s.completed,
+        "n_failed": s.failed,
+        "n_cancelled": s.cancelled,
+        "items_done": job.items_done,
+        "error_reason": job.error_reason,
+        "error_message": job.error_message,
+        "error_chunk_index": job.error_chunk_index,
+        "cancel_requested": job.cancel_requested,
+        "cancel_reason": job.cancel_reason,
+        "cancel_time": job.cancel_time,
+        "create_time": job.create_time,
+        "update_time": job.update_time,
+        "start_time": job.start_time,
+        "end_time": job.end_time,
+        "webhook_url": job.webhook_url,
+        "webhook_progress": job.webhook_progress,
+        "last_progress_event": job.last_progress_event,
+    }
 
 
 def chunk_from_row(r: Sequence[Any]) -> Chunk:
@@ -201,27 +200,28 @@ def chunk_from_row(r: Sequence[Any]) -> Chunk:
     return Chunk(r[0], r[1], r[2], ChunkState(r[3]), *r[4:22])
 
 
-def chunk_saved_values(c: Chunk) -> tuple[Any, ...]:
-    """The CHUNK_SAVED values of a chunk, in order."""
-    return (
-        int(c.state),
-        c.items_done,
-        c.attempt,
-        c.worker_id,
-        c.external_task_id,
-        c.error_reason,
-        c.error_message,
-        c.lease_token,
-        c.lease_expire_time,
-        c.lease_duration,
-        c.next_attempt_time,
-        c.revision,
-        c.priority,
-        c.start_time,
-        c.end_time,
+def chunk_saved(c: Chunk) -> dict[str, Any]:
+    """A chunk's id and CHUNK_SAVED values by column (a save's parameters, each named as its column)."""
+    return {
+        "id": c.id,
+        "state": int(c.state),
+        "items_done": c.items_done,
+        "attempt": c.attempt,
+        "worker_id": c.worker_id,
+        "external_task_id": c.external_task_id,
+        "error_reason": c.error_reason,
+        "error_message": c.error_message,
+        "lease_token": c.lease_token,
+        "lease_expire_time": c.lease_expire_time,
+        "lease_duration": c.lease_duration,
+        "next_attempt_time": c.next_attempt_time,
+        "revision": c.revision,
+        "priority": c.priority,
+        "start_time": c.start_time,
+        "end_time": c.end_time,
         # Waiting out a retry backoff until next_attempt_time (store/waiting.py); only a pending chunk.
-        c.next_attempt_time if c.state == ChunkState.PENDING else None,
-    )
+        "retry_at": c.next_attempt_time if c.state == ChunkState.PENDING else None,
+    }
 
 
 def artifact_from_row(r: Sequence[Any]) -> Artifact:

@@ -1,21 +1,27 @@
-"""Every statement the server runs, each written once, with ``?`` placeholders (the asyncpg driver numbers
-them ``$1, $2, ...``); what differs between SQLite and PostgreSQL is a ``Dialect`` value.
+"""Every statement the server runs, each written once, its parameters named (``:now``, ``:job_id``) and
+given as a mapping; what differs between SQLite and PostgreSQL is a ``Dialect`` value. The drivers send
+a text as ``for_postgres`` or ``for_sqlite`` renders it: numbered placeholders (``$1`` on PostgreSQL,
+``?1`` on SQLite; a name used twice is one number) and the function that picks their values, in that
+order, out of the mapping; rendered once per text.
 
 The few real differences: where the next change_seq and the change horizon come from, row locks (SQLite
 has one writer at a time and needs none), list parameters (one array on PostgreSQL, one placeholder per
-value on SQLite), a label lookup in JSON, and whether several rows go as arrays in one statement
-(``unnest``) or as one statement per row. PostgreSQL's group-committed claim and completion, which
-repeat domain rules in SQL, are in ``batch/sql.py``; their shared pieces are here: the claim's reads
-(``pg_candidate_jobs``, ``pg_ready_of_jobs``, one text for every PostgreSQL claim) and ``derive_state_sql``.
+value on SQLite: ``Dialect.any_of`` and ``Dialect.values``), a label lookup in JSON, and whether several
+rows go as arrays in one statement (``unnest``) or as one statement per row. PostgreSQL's group-committed
+claim and completion, which repeat domain rules in SQL, are in ``batch/sql.py``; their shared pieces are
+here: the claim's reads (``pg_candidate_jobs``, ``pg_ready_of_jobs``, one text for every PostgreSQL
+claim) and ``derive_state_sql``.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from sqlalchemy.dialects import postgresql
 
@@ -28,7 +34,7 @@ from jobpulse_server.store.rows import (
     CHUNK_COLUMNS,
     CHUNK_SAVED,
     CHUNK_SELECT,
-    JOB_INDEXED_IN_SAVED,
+    JOB_INDEXED,
     JOB_SAVED,
     JOB_SELECT,
 )
@@ -37,50 +43,58 @@ from jobpulse_server.store.rows import (
 # call: a 35-column UPDATE cost more to format than to run on SQLite). Bounded: list lengths vary.
 _built = functools.lru_cache(maxsize=4096)
 
+# --- parameters ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Statement:
-    """A PostgreSQL statement with its parameters named: ``values`` lists the values for them in the
-    order of the text's ``$n``. The claim and the group commit's statements (store/batch/sql.py), which
-    use a value in several places, bind this way; the rest use ``?`` (numbered by the driver)."""
+NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
+
+# A parameter: a colon and a name, the colon after neither a word nor a colon (PostgreSQL's ``x::type``
+# casts are no parameters). No statement has a colon in a string literal.
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class Rendered(NamedTuple):
+    """A statement as a driver sends it: ``sql`` with numbered placeholders, ``names`` the name of each
+    number in order, and ``values`` the function that picks their values out of a mapping."""
 
     sql: str
     names: tuple[str, ...]
-
-    def values(self, given: Mapping[str, Any]) -> list[Any]:
-        return [given[name] for name in self.names]
+    values: Callable[[Mapping[str, Any]], Sequence[Any]]
 
 
-class Binds:
-    """Numbers a statement's parameters by name, in the order they first appear: ``p("now")`` is the
-    same ``$n`` wherever it is used."""
+def _render(sql: str, mark: str) -> Rendered:
+    names: list[str] = []
 
-    def __init__(self) -> None:
-        self.names: list[str] = []
+    def number(m: re.Match[str]) -> str:
+        if m[1] not in names:
+            names.append(m[1])
+        return f"{mark}{names.index(m[1]) + 1}"
 
-    def __call__(self, name: str) -> str:
-        if name not in self.names:
-            self.names.append(name)
-        return f"${self.names.index(name) + 1}"
-
-    def statement(self, sql: str) -> Statement:
-        return Statement(sql, tuple(self.names))
-
-
-def marks(n: int) -> str:
-    """``?, ?, ...`` for n values."""
-    return ", ".join("?" * n)
+    text = _PARAM.sub(number, sql)
+    if not names:
+        return Rendered(text, (), lambda given: ())
+    if len(names) == 1:
+        only = names[0]
+        return Rendered(text, (only,), lambda given: (given[only],))
+    # itemgetter: 35 values picked in 0.15 us (a comprehension took 0.6; sqlite3's own named binding,
+    # which makes a string of every name on every call, 3.2).
+    return Rendered(text, tuple(names), operator.itemgetter(*names))
 
 
 @functools.lru_cache(maxsize=2048)
-def numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (no statement has a literal ``?``). Bounded:
-    listing statements vary with the filters asked for."""
-    parts = sql.split("?")
-    out = [parts[0]]
-    for n, part in enumerate(parts[1:], 1):
-        out.append(f"${n}{part}")
-    return "".join(out)
+def for_postgres(sql: str) -> Rendered:
+    """``sql`` with PostgreSQL's ``$1, $2, ...``. Bounded: listing statements vary with the filters."""
+    return _render(sql, "$")
+
+
+@functools.lru_cache(maxsize=2048)
+def for_sqlite(sql: str) -> Rendered:
+    """``sql`` with SQLite's ``?1, ?2, ...``."""
+    return _render(sql, "?")
+
+
+def named(columns: Iterable[str], prefix: str = "") -> str:
+    """``:a, :b, ...``: a parameter per column, named as the column (after ``prefix``)."""
+    return ", ".join(f":{prefix}{c}" for c in columns)
 
 
 @dataclass(frozen=True)
@@ -104,24 +118,34 @@ class Dialect:
     def postgres(self) -> bool:
         return self.name == "postgresql"
 
-    def any_of(self, column: str, n: int) -> str:
-        """``column`` is one of n values; parameters from ``values``. One value is a plain equality: an
-        array of one would keep PostgreSQL from seeking a composite index on it in order (a deep page of
-        ListJobs for one state walked ix_jobs_priority_id and filtered, not ix_jobs_state_priority_id)."""
+    def any_of(self, column: str, n: int, name: str = "") -> str:
+        """``column`` is one of n values, the parameter ``name`` (the column's name unless given): one
+        array, or on SQLite ``name_0, name_1, ...``; their values from ``values``. One value is a plain
+        equality: an array of one would keep PostgreSQL from seeking a composite index on it in order (a
+        deep page of ListJobs for one state walked ix_jobs_priority_id and filtered, not
+        ix_jobs_state_priority_id)."""
+        name = name or column
         if n == 1:
-            return f"{column} = ?"
-        return f"{column} = ANY(?)" if self.arrays else f"{column} IN ({marks(n)})"
+            return f"{column} = :{name}"
+        if self.arrays:
+            return f"{column} = ANY(:{name})"
+        return f"{column} IN ({', '.join(f':{name}_{i}' for i in range(n))})"
 
-    def values(self, items: Iterable[Any]) -> list[Any]:
-        """The parameters of ``any_of`` (as many items as it was told)."""
+    def values(self, name: str, items: Iterable[Any]) -> dict[str, Any]:
+        """The parameters of ``any_of`` named ``name`` (as many items as it was told)."""
         found = list(items)
-        return [found] if self.arrays and len(found) != 1 else found
+        if len(found) == 1:
+            return {name: found[0]}
+        if self.arrays:
+            return {name: found}
+        return {f"{name}_{i}": v for i, v in enumerate(found)}
 
-    def label(self, key: str) -> tuple[str, Any]:
-        """A clause comparing the JSON label ``key`` with a ``?`` value, and its first parameter."""
+    def label(self, key: str, value: Any, name: str) -> tuple[str, dict[str, Any]]:
+        """A clause: the JSON label ``key`` is ``value``; its parameters named ``name`` and ``name_key``."""
         if self.postgres:
-            return "(labels ->> ?) = ?", key
-        return "json_extract(labels, ?) = ?", '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return f"(labels ->> :{name}_key) = :{name}", {f"{name}_key": key, name: value}
+        path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"json_extract(labels, :{name}_key) = :{name}", {f"{name}_key": path, name: value}
 
 
 _SQLITE_LARGEST_SEQ = (
@@ -147,15 +171,18 @@ POSTGRES = Dialect(
 
 
 class Where:
-    """WHERE clauses and their parameters, built in order."""
+    """WHERE clauses and their parameters, by name (each name once)."""
 
     def __init__(self) -> None:
         self.clauses: list[str] = []
-        self.params: list[Any] = []
+        self.params: dict[str, Any] = {}
 
-    def add(self, clause: str, *params: Any) -> None:
+    def add(self, clause: str, params: Mapping[str, Any] = NO_PARAMS, /, **named: Any) -> None:
+        given = {**params, **named}
+        if given.keys() & self.params.keys():
+            raise ValueError(f"parameters named twice: {sorted(given.keys() & self.params.keys())}")
         self.clauses.append(clause)
-        self.params.extend(params)
+        self.params.update(given)
 
     def sql(self) -> str:
         return " WHERE " + " AND ".join(self.clauses) if self.clauses else ""
@@ -163,54 +190,50 @@ class Where:
 
 # --- jobs -------------------------------------------------------------------------------------------
 
-GET_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = ?"
-GET_OWNED_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = ? AND owner = ?"
-FIND_JOB_BY_REQUEST = f"SELECT {JOB_SELECT} FROM jobs WHERE owner = ? AND request_id = ?"
+GET_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = :id"
+GET_OWNED_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = :id AND owner = :owner"
+FIND_JOB_BY_REQUEST = f"SELECT {JOB_SELECT} FROM jobs WHERE owner = :owner AND request_id = :request_id"
 
 
 @_built
 def get_jobs(d: Dialect, n: int, owned: bool, *, lock: str = "") -> str:
-    """Jobs by id (``d.values(ids)``, then the owner if ``owned``), in id order; ``lock`` a lock clause."""
-    owner = " AND owner = ?" if owned else ""
+    """Jobs by id (``d.values("id", ids)``, and ``owner`` if ``owned``), in id order; ``lock`` a lock
+    clause."""
+    owner = " AND owner = :owner" if owned else ""
     return f"SELECT {JOB_SELECT} FROM jobs WHERE {d.any_of('id', n)}{owner} ORDER BY id{lock}"
 
 
 @_built
 def insert_job(d: Dialect) -> str:
-    """A new job: JOB_SAVED values, its id, its ttl, its trace_parent; the change_seq comes from the
-    database."""
-    cols = ", ".join(JOB_SAVED)
-    return (
-        f"INSERT INTO jobs ({cols}, id, ttl, trace_parent, change_seq) "
-        f"VALUES ({marks(len(JOB_SAVED) + 3)}, {d.next_seq})"
-    )
+    """A new job: its JOB_SAVED columns, id, ttl and trace_parent, each a parameter named as the column;
+    the change_seq comes from the database."""
+    cols = (*JOB_SAVED, "id", "ttl", "trace_parent")
+    return f"INSERT INTO jobs ({', '.join(cols)}, change_seq) VALUES ({named(cols)}, {d.next_seq})"
 
 
 @_built
 def save_job(d: Dialect) -> str:
-    """Writes a job's JOB_SAVED columns (then its id) with a new change_seq."""
-    return save_job_changed(d, tuple(range(len(JOB_INDEXED_IN_SAVED))))[0]
+    """Writes a job's JOB_SAVED columns (parameters named as the columns; the row's ``id``) with a new
+    change_seq."""
+    return save_job_changed(d, tuple(range(len(JOB_INDEXED))))
 
 
 @functools.lru_cache(maxsize=512)
-def save_job_changed(
-    d: Dialect, changed: tuple[int, ...]
-) -> tuple[str, Callable[[Sequence[Any]], tuple[Any, ...]]]:
+def save_job_changed(d: Dialect, changed: tuple[int, ...]) -> str:
     """Writes a job's JOB_SAVED columns that no index holds, and of those an index holds only the ones
-    at the positions ``changed`` (indexes of JOB_INDEXED_IN_SAVED), then its id, with a new change_seq;
-    and the function that picks those columns' values, in order, out of JOB_SAVED values. At most 2^8
-    shapes. (A job's row is rewritten on every chunk change: on SQLite setting all 33 columns rewrote
-    all 11 index entries of the row, 10 pages written to the WAL at each commit instead of 4.)"""
-    left_out = {p for i, p in enumerate(JOB_INDEXED_IN_SAVED) if i not in changed}
-    kept = [p for p in range(len(JOB_SAVED)) if p not in left_out]
-    sets = ", ".join(f"{JOB_SAVED[p]} = ?" for p in kept)
-    return f"UPDATE jobs SET {sets}, change_seq = {d.next_seq} WHERE id = ?", operator.itemgetter(*kept)
+    at the positions ``changed`` (indexes of JOB_INDEXED), with a new change_seq; parameters as
+    ``save_job``'s. At most 2^8 shapes. (A job's row is rewritten on every chunk change: on SQLite
+    setting all 33 columns rewrote all 11 index entries of the row, 10 pages written to the WAL at each
+    commit instead of 4.)"""
+    left_out = {c for i, c in enumerate(JOB_INDEXED) if i not in changed}
+    sets = ", ".join(f"{c} = :{c}" for c in JOB_SAVED if c not in left_out)
+    return f"UPDATE jobs SET {sets}, change_seq = {d.next_seq} WHERE id = :id"
 
 
-INSERT_FINGERPRINT = "INSERT INTO job_requests (job_id, fingerprint) VALUES (?, ?)"
-GET_FINGERPRINT = "SELECT fingerprint FROM job_requests WHERE job_id = ?"
+INSERT_FINGERPRINT = "INSERT INTO job_requests (job_id, fingerprint) VALUES (:job_id, :fingerprint)"
+GET_FINGERPRINT = "SELECT fingerprint FROM job_requests WHERE job_id = :job_id"
 
-OVERDUE_CANCELS = "SELECT id FROM jobs WHERE state = ? AND cancel_time < ? LIMIT ?"
+OVERDUE_CANCELS = "SELECT id FROM jobs WHERE state = :state AND cancel_time < :before LIMIT :limit"
 
 COUNT_BY_STATE = "SELECT state, count(*) FROM jobs GROUP BY state"
 
@@ -219,24 +242,24 @@ _TOMBSTONE_COLUMNS = "id, owner, display_name, kind, state, priority, labels, cr
 
 @_built
 def delete_jobs(d: Dialect, n: int) -> tuple[str, ...]:
-    """Deletes n jobs (parameters: ``d.values(ids)`` each, the first also led by the delete time) with
-    their chunks, artifacts and request fingerprints, leaving a tombstone each for WatchJobs. The
-    tombstones take their change_seq before the jobs' rows go (on SQLite the next one is one more than
-    the largest in either table, the jobs' own included)."""
+    """Deletes n jobs (parameters, the same for each statement: ``d.values("id", ids)`` and the delete
+    time ``now``) with their chunks, artifacts and request fingerprints, leaving a tombstone each for
+    WatchJobs. The tombstones take their change_seq before the jobs' rows go (on SQLite the next one is
+    one more than the largest in either table, the jobs' own included)."""
     ids = d.any_of("id", n)
     return (
         f"INSERT INTO job_tombstones ({_TOMBSTONE_COLUMNS}, delete_time, change_seq) "
-        f"SELECT {_TOMBSTONE_COLUMNS}, ?, {d.next_seq} FROM jobs WHERE {ids}",
-        f"DELETE FROM artifacts WHERE {d.any_of('job_id', n)}",
-        f"DELETE FROM job_requests WHERE {d.any_of('job_id', n)}",
-        f"DELETE FROM chunks WHERE {d.any_of('job_id', n)}",
+        f"SELECT {_TOMBSTONE_COLUMNS}, :now, {d.next_seq} FROM jobs WHERE {ids}",
+        f"DELETE FROM artifacts WHERE {d.any_of('job_id', n, 'id')}",
+        f"DELETE FROM job_requests WHERE {d.any_of('job_id', n, 'id')}",
+        f"DELETE FROM chunks WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM jobs WHERE {ids}",
     )
 
 
 # --- chunks -----------------------------------------------------------------------------------------
 
-GET_CHUNK = f"SELECT {CHUNK_SELECT} FROM chunks WHERE id = ?"
+GET_CHUNK = f"SELECT {CHUNK_SELECT} FROM chunks WHERE id = :id"
 
 
 @_built
@@ -246,14 +269,16 @@ def get_chunks(d: Dialect, n: int, *, lock: str = "") -> str:
 
 @_built
 def insert_chunks(d: Dialect) -> str:
-    """New chunks: one row per statement (SQLite), or every row from arrays, one per column (PostgreSQL)."""
+    """New chunks: one row per statement (SQLite), or every row from arrays, one per column (PostgreSQL);
+    each parameter named as its column."""
     cols = ", ".join(CHUNK_COLUMNS)
     if not d.arrays:
-        return f"INSERT INTO chunks ({cols}) VALUES ({marks(len(CHUNK_COLUMNS))})"
+        return f"INSERT INTO chunks ({cols}) VALUES ({named(CHUNK_COLUMNS)})"
     return f"INSERT INTO chunks ({cols}) SELECT * FROM unnest({_arrays(CHUNK_COLUMNS, 'chunks')})"
 
 
-SAVE_CHUNK = "UPDATE chunks SET " + ", ".join(f"{c} = ?" for c in CHUNK_SAVED) + " WHERE id = ?"
+# A chunk's CHUNK_SAVED columns, parameters named as the columns; the row's ``id``.
+SAVE_CHUNK = "UPDATE chunks SET " + ", ".join(f"{c} = :{c}" for c in CHUNK_SAVED) + " WHERE id = :id"
 
 
 # Pending and not waiting out a retry backoff (store/waiting.py: a due one has been promoted): the
@@ -267,39 +292,40 @@ def ready(d: Dialect, n_kinds: int) -> str:
     return READY + (f" AND {d.any_of('kind', n_kinds)}" if n_kinds else "")
 
 
-def ready_params(d: Dialect, kinds: Sequence[str]) -> list[Any]:
-    return d.values(kinds) if kinds else []
+def ready_params(d: Dialect, kinds: Sequence[str]) -> dict[str, Any]:
+    return d.values("kind", kinds) if kinds else {}
 
 
 # --- chunks waiting out a retry backoff (store/waiting.py) -----------------------------------------
 
 _WAITING = f"state = {tables.PENDING} AND retry_at IS NOT NULL"
-# SQLite, in the claim's transaction (one writer): the due ones back into the claim order (at most ``?``,
-# the earliest first), then when the next one comes due.
+# SQLite, in the claim's transaction (one writer): the due ones at ``now`` back into the claim order (at
+# most ``limit``, the earliest first), then when the next one comes due.
 SQLITE_PROMOTE = (
     f"UPDATE chunks SET retry_at = NULL WHERE id IN (SELECT id FROM chunks WHERE {_WAITING} "
-    "AND retry_at <= ? ORDER BY retry_at LIMIT ?)"
+    "AND retry_at <= :now ORDER BY retry_at LIMIT :limit)"
 )
 NEXT_RETRY = f"SELECT min(retry_at) FROM chunks WHERE {_WAITING}"
 # PostgreSQL, a statement that is its own transaction (never inside one that goes on to lock jobs:
 # CancelJob locks a job, then its pending chunks). Chunks another transaction holds are skipped (a
 # cancel or a retry of their job is changing them). Returns how many moved and when the next one that
-# was not due comes due. Parameters: now, the limit.
+# was not due comes due. Parameters: now, limit.
 PG_PROMOTE = (
-    "WITH p AS (UPDATE chunks SET retry_at = NULL WHERE id IN (SELECT id FROM chunks "
-    f"WHERE {_WAITING} AND retry_at <= $1 ORDER BY retry_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING 1) "
-    f"SELECT (SELECT count(*) FROM p), (SELECT min(retry_at) FROM chunks WHERE {_WAITING} AND retry_at > $1)"
+    "WITH p AS (UPDATE chunks SET retry_at = NULL WHERE id IN (SELECT id FROM chunks WHERE "
+    f"{_WAITING} AND retry_at <= :now ORDER BY retry_at LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING 1) "
+    "SELECT (SELECT count(*) FROM p), "
+    f"(SELECT min(retry_at) FROM chunks WHERE {_WAITING} AND retry_at > :now)"
 )
 
 
 # Highest priority first, then the oldest job (ids sort by creation), then the chunk's index: the order
 # of ix_chunks_claim, so a claim reads the first rows of the index and sorts nothing.
-CLAIM_ORDER = " ORDER BY priority DESC, job_id, idx LIMIT ?"
+CLAIM_ORDER = " ORDER BY priority DESC, job_id, idx LIMIT :limit"
 
 
 @_built
 def pick_ready(d: Dialect, n_kinds: int) -> str:
-    """The first ``?`` ready chunks in claim order (SQLite's claim: one writer, nothing to lock)."""
+    """The first ``limit`` ready chunks in claim order (SQLite's claim: one writer, nothing to lock)."""
     return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {ready(d, n_kinds)}{CLAIM_ORDER}"
 
 
@@ -344,16 +370,15 @@ def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str) -> str:
 
 
 @functools.cache
-def pg_claim(n_kinds: int, *, skip_locked: bool) -> Statement:
+def pg_claim(n_kinds: int, *, skip_locked: bool) -> str:
     """PostgreSQL's claim in a transaction: locks the jobs of the first ready chunks (jobs before chunks,
     the lock order of every writer that waits; with ``skip_locked``, jobs another transaction holds are
     passed over), then takes those jobs' ready chunks (SKIP LOCKED), in one round trip, as two arrays of
     rows. The candidates and their chunks are read as the group commit's claim reads them. Parameters:
-    kinds (when named), limit."""
-    p = Binds()
-    kinds = p("kinds") if n_kinds else ""
+    kinds (an array, when named), limit."""
+    kinds = ":kinds" if n_kinds else ""
     ready = pg_ready(kinds)
-    limit = p("limit")
+    limit = ":limit"
     lock = POSTGRES.skip_locked if skip_locked else POSTGRES.for_update
     jobs = (
         f"SELECT {JOB_SELECT} FROM jobs WHERE id IN ({pg_candidate_jobs(ready, limit, kinds)}) "
@@ -361,7 +386,7 @@ def pg_claim(n_kinds: int, *, skip_locked: bool) -> Statement:
     )
     columns = ", ".join(f"ch.{c}" for c in CHUNK_COLUMNS)
     picked = pg_ready_of_jobs(ready, "j", limit, columns)
-    return p.statement(
+    return (
         f"WITH j AS ({jobs}), c AS ({picked}) SELECT (SELECT array_agg(j) FROM j), "
         "(SELECT array_agg(c ORDER BY c.priority DESC, c.job_id, c.idx) FROM c)"
     )
@@ -369,8 +394,8 @@ def pg_claim(n_kinds: int, *, skip_locked: bool) -> Statement:
 
 # PostgreSQL: jobs, then the chunks of those jobs, locked in one round trip (a leased call's reads).
 PG_LOCK_LEASED = (
-    f"WITH j AS (SELECT {JOB_SELECT} FROM jobs WHERE id = ANY(?) ORDER BY id FOR UPDATE), "
-    f"c AS (SELECT {CHUNK_SELECT} FROM chunks WHERE id = ANY(?) AND job_id IN (SELECT id FROM j) "
+    f"WITH j AS (SELECT {JOB_SELECT} FROM jobs WHERE id = ANY(:job_ids) ORDER BY id FOR UPDATE), "
+    f"c AS (SELECT {CHUNK_SELECT} FROM chunks WHERE id = ANY(:chunk_ids) AND job_id IN (SELECT id FROM j) "
     "ORDER BY id FOR UPDATE) SELECT (SELECT array_agg(j) FROM j), (SELECT array_agg(c) FROM c)"
 )
 
@@ -379,8 +404,8 @@ PG_LOCK_LEASED = (
 def expired_leases(d: Dialect) -> str:
     """Leases that ran out, oldest first (PostgreSQL skips chunks a worker is completing right now)."""
     return (
-        f"SELECT {CHUNK_SELECT} FROM chunks WHERE state = {tables.RUNNING} AND lease_expire_time < ? "
-        f"ORDER BY lease_expire_time LIMIT ?{d.skip_locked}"
+        f"SELECT {CHUNK_SELECT} FROM chunks WHERE state = {tables.RUNNING} AND lease_expire_time < :now "
+        f"ORDER BY lease_expire_time LIMIT :limit{d.skip_locked}"
     )
 
 
@@ -391,22 +416,22 @@ def chunk_list(
     limit: int | None,
     states: Iterable[ChunkState],
     after_revision: int | None,
-) -> tuple[str, list[Any]]:
+) -> tuple[str, dict[str, Any]]:
     """A job's chunks after an index, in index order, optionally of some states / changed after a
     revision."""
     st = [int(s) for s in states]
-    sql = f"SELECT {CHUNK_SELECT} FROM chunks WHERE job_id = ? AND idx > ?"
-    params: list[Any] = [job_id, after_index]
+    sql = f"SELECT {CHUNK_SELECT} FROM chunks WHERE job_id = :job_id AND idx > :after_index"
+    params: dict[str, Any] = {"job_id": job_id, "after_index": after_index}
     if st:
         sql += f" AND {d.any_of('state', len(st))}"
-        params += d.values(st)
+        params.update(d.values("state", st))
     if after_revision is not None:
-        sql += " AND revision > ?"
-        params.append(after_revision)
+        sql += " AND revision > :after_revision"
+        params["after_revision"] = after_revision
     sql += " ORDER BY idx"
     if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
+        sql += " LIMIT :limit"
+        params["limit"] = limit
     return sql, params
 
 
@@ -415,28 +440,29 @@ def chunk_states(d: Dialect) -> str:
     """Every chunk's state of a job in index order, for the dashboard's grid: one text value on
     PostgreSQL (one row to send instead of one per chunk), one small row per chunk on SQLite."""
     if d.postgres:
-        return "SELECT string_agg(state::text, '' ORDER BY idx) FROM chunks WHERE job_id = ?"
-    return "SELECT state FROM chunks WHERE job_id = ? ORDER BY idx"
+        return "SELECT string_agg(state::text, '' ORDER BY idx) FROM chunks WHERE job_id = :job_id"
+    return "SELECT state FROM chunks WHERE job_id = :job_id ORDER BY idx"
 
 
 CANCEL_PENDING_CHUNKS = (
-    "UPDATE chunks SET state = ?, revision = ?, end_time = ?, next_attempt_time = NULL, retry_at = NULL "
-    "WHERE job_id = ? AND state = ?"
+    "UPDATE chunks SET state = :cancelled, revision = :revision, end_time = :now, next_attempt_time = NULL, "
+    "retry_at = NULL WHERE job_id = :job_id AND state = :pending"
 )
 
-SET_PENDING_PRIORITY = "UPDATE chunks SET priority = ? WHERE job_id = ? AND state = ?"
+SET_PENDING_PRIORITY = "UPDATE chunks SET priority = :priority WHERE job_id = :job_id AND state = :pending"
 
 
 @_built
 def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
     """(how many FAILED and CANCELLED chunks by state and their items done, the UPDATE that puts them
-    back to PENDING); parameters: job id, the two states (``d.values``), then the chunk id if ``one``.
-    The UPDATE's own parameters come first: revision, priority, attempts."""
-    where = f"job_id = ? AND {d.any_of('state', 2)}" + (" AND id = ?" if one else "")
+    back to PENDING); parameters: job_id, the two states (``d.values("state", ...)``), then chunk_id if
+    ``one``; the UPDATE's also revision, priority, attempts."""
+    where = f"job_id = :job_id AND {d.any_of('state', 2)}" + (" AND id = :chunk_id" if one else "")
     count = f"SELECT state, count(*), coalesce(sum(items_done), 0) FROM chunks WHERE {where} GROUP BY state"
     update = (
-        f"UPDATE chunks SET state = {int(ChunkState.PENDING)}, revision = ?, priority = ?, "
-        "max_attempts = attempt + ?, items_done = 0, error_reason = '', error_message = '', worker_id = '', "
+        f"UPDATE chunks SET state = {int(ChunkState.PENDING)}, revision = :revision, priority = :priority, "
+        "max_attempts = attempt + :attempts, items_done = 0, error_reason = '', error_message = '', "
+        "worker_id = '', "
         "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, retry_at = NULL, "
         f"start_time = NULL, end_time = NULL WHERE {where}"
     )
@@ -445,35 +471,38 @@ def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
 
 # --- artifacts --------------------------------------------------------------------------------------
 
-_ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size_bytes")
+ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size_bytes")
 
 
 @_built
 def insert_artifacts(d: Dialect) -> str:
-    cols = ", ".join(_ARTIFACT_INSERTED)
+    cols = ", ".join(ARTIFACT_INSERTED)
     if not d.arrays:
-        return f"INSERT INTO artifacts ({cols}) VALUES ({marks(len(_ARTIFACT_INSERTED))})"
-    return f"INSERT INTO artifacts ({cols}) SELECT * FROM unnest({_arrays(_ARTIFACT_INSERTED, 'artifacts')})"
+        return f"INSERT INTO artifacts ({cols}) VALUES ({named(ARTIFACT_INSERTED)})"
+    return f"INSERT INTO artifacts ({cols}) SELECT * FROM unnest({_arrays(ARTIFACT_INSERTED, 'artifacts')})"
 
 
 ARTIFACTS_BETWEEN = (
-    f"SELECT {ARTIFACT_SELECT} FROM artifacts WHERE job_id = ? AND chunk_index BETWEEN ? AND ? "
+    f"SELECT {ARTIFACT_SELECT} FROM artifacts WHERE job_id = :job_id "
+    "AND chunk_index BETWEEN :first AND :last "
     "ORDER BY chunk_index, id"
 )
-# One job's first ``?`` artifacts: the plain index range, cheaper than numbering rows (GetJob's case).
+# One job's first ``limit`` artifacts: the plain index range, cheaper than numbering rows (GetJob's case).
 JOB_ARTIFACTS = (
-    f"SELECT {ARTIFACT_SELECT}, job_id FROM artifacts WHERE job_id = ? ORDER BY chunk_index, id LIMIT ?"
+    f"SELECT {ARTIFACT_SELECT}, job_id FROM artifacts WHERE job_id = :job_id "
+    "ORDER BY chunk_index, id LIMIT :limit"
 )
 
 
 @_built
 def jobs_artifacts(d: Dialect, n: int) -> str:
-    """The first ``?`` (a limit, after ``d.values(ids)``) artifacts of each of n jobs, in chunk order,
+    """The first ``limit`` artifacts of each of n jobs (``d.values("job_id", ids)``), in chunk order,
     numbered per job on the (job_id, chunk_index) index; rows are ARTIFACT_COLUMNS then job_id."""
     return (
         f"SELECT {ARTIFACT_SELECT}, job_id FROM (SELECT {ARTIFACT_SELECT}, job_id, id, row_number() "
         "OVER (PARTITION BY job_id ORDER BY chunk_index, id) AS n "
-        f"FROM artifacts WHERE {d.any_of('job_id', n)}) AS a WHERE n <= ? ORDER BY job_id, chunk_index, id"
+        f"FROM artifacts WHERE {d.any_of('job_id', n)}) AS a WHERE n <= :limit "
+        "ORDER BY job_id, chunk_index, id"
     )
 
 
@@ -482,25 +511,25 @@ def jobs_artifacts(d: Dialect, n: int) -> str:
 OUTBOX_COLUMNS = tuple(c.name for c in tables.webhook_deliveries.columns)
 _OUTBOX_SELECT = ", ".join(f"d.{c}" for c in OUTBOX_COLUMNS)
 INSERT_OUTBOX = (
-    f"INSERT INTO webhook_deliveries ({', '.join(OUTBOX_COLUMNS)}) VALUES ({marks(len(OUTBOX_COLUMNS))})"
+    f"INSERT INTO webhook_deliveries ({', '.join(OUTBOX_COLUMNS)}) VALUES ({named(OUTBOX_COLUMNS)})"
 )
 
 
 @_built
 def due_deliveries(d: Dialect) -> str:
-    """Up to ``?`` deliveries due at ``?``, oldest first, each with its owner's webhook secret (NULL for
+    """Up to ``limit`` deliveries due at ``now``, oldest first, each with its owner's webhook secret (NULL for
     owners without a key); PostgreSQL skips rows another replica holds."""
     lock = " FOR UPDATE OF d SKIP LOCKED" if d.postgres else ""
     return (
         f"SELECT {_OUTBOX_SELECT}, k.webhook_secret FROM webhook_deliveries d "
-        f"LEFT JOIN api_keys k ON k.name = d.owner WHERE d.state = {PENDING} AND d.next_attempt_time <= ? "
-        f"ORDER BY d.next_attempt_time LIMIT ?{lock}"
+        f"LEFT JOIN api_keys k ON k.name = d.owner WHERE d.state = {PENDING} AND d.next_attempt_time <= :now "
+        f"ORDER BY d.next_attempt_time LIMIT :limit{lock}"
     )
 
 
 @_built
 def hold_deliveries(d: Dialect, n: int) -> str:
-    return f"UPDATE webhook_deliveries SET next_attempt_time = ? WHERE {d.any_of('id', n)}"
+    return f"UPDATE webhook_deliveries SET next_attempt_time = :until WHERE {d.any_of('id', n)}"
 
 
 # The columns an attempt's outcome may set (services/webhooks.py): checked, since they name columns.
@@ -511,25 +540,28 @@ DELIVERY_OUTCOME = ("state", "attempts", "last_status", "last_error", "delivered
 def record_delivery(columns: tuple[str, ...]) -> str:
     if not set(columns) <= set(DELIVERY_OUTCOME):
         raise ValueError(f"not an outcome column: {sorted(set(columns) - set(DELIVERY_OUTCOME))}")
-    return "UPDATE webhook_deliveries SET " + ", ".join(f"{c} = ?" for c in columns) + " WHERE id = ?"
+    """Sets ``columns`` (parameters named as the columns) of the delivery ``id``."""
+    return "UPDATE webhook_deliveries SET " + ", ".join(f"{c} = :{c}" for c in columns) + " WHERE id = :id"
 
 
 JOB_DELIVERIES = (
-    f"SELECT {_OUTBOX_SELECT} FROM webhook_deliveries d WHERE d.job_id = ? "
-    "ORDER BY d.create_time DESC, d.id DESC LIMIT ?"
+    f"SELECT {_OUTBOX_SELECT} FROM webhook_deliveries d WHERE d.job_id = :job_id "
+    "ORDER BY d.create_time DESC, d.id DESC LIMIT :limit"
 )
-GET_DELIVERY = f"SELECT {_OUTBOX_SELECT} FROM webhook_deliveries d WHERE d.id = ?"
-GET_OWNED_DELIVERY = GET_DELIVERY + " AND d.owner = ?"
-REQUEUE_DELIVERY = "UPDATE webhook_deliveries SET state = ?, next_attempt_time = ? WHERE id = ?"
-JOB_EXISTS = "SELECT id FROM jobs WHERE id = ?"
-OWNED_JOB_EXISTS = "SELECT id FROM jobs WHERE id = ? AND owner = ?"
-OUTBOX_PENDING = "SELECT count(*) FROM webhook_deliveries WHERE state = ?"
+GET_DELIVERY = f"SELECT {_OUTBOX_SELECT} FROM webhook_deliveries d WHERE d.id = :id"
+GET_OWNED_DELIVERY = GET_DELIVERY + " AND d.owner = :owner"
+REQUEUE_DELIVERY = "UPDATE webhook_deliveries SET state = :state, next_attempt_time = :now WHERE id = :id"
+JOB_EXISTS = "SELECT id FROM jobs WHERE id = :id"
+OWNED_JOB_EXISTS = "SELECT id FROM jobs WHERE id = :id AND owner = :owner"
+OUTBOX_PENDING = "SELECT count(*) FROM webhook_deliveries WHERE state = :state"
 OUTBOX_OLDEST_DUE = (
-    "SELECT min(create_time) FROM webhook_deliveries WHERE state = ? AND next_attempt_time <= ?"
+    "SELECT min(create_time) FROM webhook_deliveries WHERE state = :state AND next_attempt_time <= :now"
 )
-# Done deliveries (delivered or dead) whose last attempt was before ``?``: a done delivery's
+# Done deliveries (delivered or dead) whose last attempt was before ``before``: a done delivery's
 # next_attempt_time is when its last attempt was made; read from the (state, next_attempt_time) index.
-DONE_DELIVERIES = "SELECT id FROM webhook_deliveries WHERE state = ? AND next_attempt_time < ? LIMIT ?"
+DONE_DELIVERIES = (
+    "SELECT id FROM webhook_deliveries WHERE state = :state AND next_attempt_time < :before LIMIT :limit"
+)
 
 
 @_built
@@ -544,26 +576,25 @@ def job_filter(d: Dialect, f: JobFilter) -> Where:
     """ListJobs' filters, on ``jobs`` or on ``job_tombstones`` (which has the same filtered columns)."""
     w = Where()
     if f.owner is not None:
-        w.add("owner = ?", f.owner)
+        w.add("owner = :owner", owner=f.owner)
     if f.states:
         states = [int(JobState(s)) for s in f.states]
-        w.add(d.any_of("state", len(states)), *d.values(states))
+        w.add(d.any_of("state", len(states)), d.values("state", states))
     if f.kind:
-        w.add("kind = ?", f.kind)
+        w.add("kind = :kind", kind=f.kind)
     if f.min_priority is not None:
-        w.add("priority >= ?", f.min_priority)
+        w.add("priority >= :min_priority", min_priority=f.min_priority)
     if f.max_priority is not None:
-        w.add("priority <= ?", f.max_priority)
+        w.add("priority <= :max_priority", max_priority=f.max_priority)
     if f.created_after is not None:
-        w.add("create_time >= ?", f.created_after)
+        w.add("create_time >= :created_after", created_after=f.created_after)
     if f.created_before is not None:
-        w.add("create_time < ?", f.created_before)
+        w.add("create_time < :created_before", created_before=f.created_before)
     if f.search:
         pattern = "%" + f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        w.add("lower(display_name) LIKE ? ESCAPE '\\'", pattern)
-    for key, value in sorted(f.labels.items()):
-        clause, path = d.label(key)
-        w.add(clause, path, value)
+        w.add("lower(display_name) LIKE :search ESCAPE '\\'", search=pattern)
+    for i, (key, value) in enumerate(sorted(f.labels.items())):
+        w.add(*d.label(key, value, f"label_{i}"))
     return w
 
 
@@ -574,16 +605,17 @@ def list_jobs(
     after: list[Any] | None,
     limit: int,
     columns: str = JOB_SELECT,
-) -> tuple[str, list[Any]]:
+) -> tuple[str, dict[str, Any]]:
     """One page of jobs (``columns`` of them) in ``order_by`` order after the sort key ``after``
     (keyset). The key is one row-value comparison, which both databases seek an index on (an OR of ANDs
     made PostgreSQL filter every earlier row instead: 885 ms against 0.14 ms, 900,000 deep)."""
     cols, desc = ORDERS[order_by]
     w = job_filter(d, f)
     if after is not None:
-        w.add(f"({', '.join(cols)}) {'<' if desc else '>'} ({marks(len(cols))})", *after)
+        keys = {f"after_{i}": v for i, v in enumerate(after)}
+        w.add(f"({', '.join(cols)}) {'<' if desc else '>'} ({named(keys)})", keys)
     order = ", ".join(c + (" DESC" if desc else "") for c in cols)
-    return f"SELECT {columns} FROM jobs{w.sql()} ORDER BY {order} LIMIT ?", [*w.params, limit]
+    return f"SELECT {columns} FROM jobs{w.sql()} ORDER BY {order} LIMIT :limit", {**w.params, "limit": limit}
 
 
 # PostgreSQL counts matching jobs exactly up to this many; beyond, total_size is the planner's estimate
@@ -591,7 +623,7 @@ def list_jobs(
 COUNT_EXACT_UP_TO = 10_000
 
 
-def count_jobs(d: Dialect, f: JobFilter) -> tuple[str, str | None, list[Any]]:
+def count_jobs(d: Dialect, f: JobFilter) -> tuple[str, str | None, dict[str, Any]]:
     """(the count, capped on PostgreSQL at COUNT_EXACT_UP_TO + 1; the planner's estimate as JSON on
     PostgreSQL, else None; the parameters of both)."""
     w = job_filter(d, f)
@@ -604,29 +636,32 @@ def count_jobs(d: Dialect, f: JobFilter) -> tuple[str, str | None, list[Any]]:
 
 def changed(
     d: Dialect, table: str, f: JobFilter, after: tuple[int, str], horizon: int, limit: int
-) -> tuple[str, list[Any]]:
+) -> tuple[str, dict[str, Any]]:
     """Rows of ``jobs`` (every column) or ``job_tombstones`` (change_seq, id) matching ``f`` changed after
     ``after`` (change_seq, id) and below ``horizon``, in change order."""
     w = job_filter(d, f)
-    w.add("(change_seq, id) > (?, ?)", after[0], after[1])
-    w.add("change_seq < ?", horizon)
+    w.add("(change_seq, id) > (:after_seq, :after_id)", after_seq=after[0], after_id=after[1])
+    w.add("change_seq < :horizon", horizon=horizon)
     cols = JOB_SELECT if table == "jobs" else "change_seq, id"
-    return f"SELECT {cols} FROM {table}{w.sql()} ORDER BY change_seq, id LIMIT ?", [*w.params, limit]
+    return f"SELECT {cols} FROM {table}{w.sql()} ORDER BY change_seq, id LIMIT :limit", {
+        **w.params,
+        "limit": limit,
+    }
 
 
 # PostgreSQL: whether changes at or beyond the horizon exist (committed but not yet safe to hand out).
 # (On SQLite the horizon is one past the largest change_seq in the same snapshot: there are none.)
 BEYOND_HORIZON = (
-    "SELECT EXISTS (SELECT 1 FROM jobs WHERE change_seq >= ?) "
-    "OR EXISTS (SELECT 1 FROM job_tombstones WHERE change_seq >= ?)"
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE change_seq >= :horizon) "
+    "OR EXISTS (SELECT 1 FROM job_tombstones WHERE change_seq >= :horizon)"
 )
 
 FEED_FLOOR = "SELECT change_seq FROM feed_floor WHERE id = 1"
-# The oldest tombstones deleted before ``?``, but never the newest: on SQLite the next change_seq is one
+# The oldest tombstones deleted before ``before``, but never the newest: on SQLite the next change_seq is one
 # more than the largest in jobs and tombstones and must never go back to one handed out before.
 OLD_TOMBSTONES = (
-    "SELECT id, change_seq FROM job_tombstones WHERE delete_time < ? "
-    "AND change_seq < (SELECT max(change_seq) FROM job_tombstones) ORDER BY delete_time LIMIT ?"
+    "SELECT id, change_seq FROM job_tombstones WHERE delete_time < :before "
+    "AND change_seq < (SELECT max(change_seq) FROM job_tombstones) ORDER BY delete_time LIMIT :limit"
 )
 
 
@@ -636,7 +671,8 @@ def delete_tombstones(d: Dialect, n: int) -> str:
 
 
 RAISE_FEED_FLOOR = (
-    "INSERT INTO feed_floor (id, change_seq) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET change_seq = "
+    "INSERT INTO feed_floor (id, change_seq) VALUES (1, :change_seq) "
+    "ON CONFLICT (id) DO UPDATE SET change_seq = "
     "CASE WHEN excluded.change_seq > feed_floor.change_seq THEN excluded.change_seq "
     "ELSE feed_floor.change_seq END"
 )
@@ -648,26 +684,30 @@ _CHUNK_TOTAL = "n_pending + n_processing + n_completed + n_failed + n_cancelled"
 # Jobs in a state, (update_time, id) after a position, update_time before a cutoff, from the
 # (state, update_time, id) index: those on the default ttl are expired when the cutoff is now minus it.
 EXPIRY_CANDIDATES = (
-    f"SELECT id, update_time, ttl, {_CHUNK_TOTAL} FROM jobs WHERE state = ? AND (update_time, id) > (?, ?) "
-    "AND update_time < ? ORDER BY update_time, id LIMIT ?"
+    f"SELECT id, update_time, ttl, {_CHUNK_TOTAL} FROM jobs WHERE state = :state "
+    "AND (update_time, id) > (:after_time, :after_id) AND update_time < :before ORDER BY update_time, id "
+    "LIMIT :limit"
 )
 # Jobs with a ttl of their own whose end_time + ttl is past, soonest expired first. Spelled as
 # ix_jobs_own_expiry's expression, so both databases read that index.
 OWN_TTL_EXPIRED = (
-    f"SELECT id, update_time, ttl, {_CHUNK_TOTAL} FROM jobs WHERE ttl > 0 AND end_time + ttl < ? "
-    "ORDER BY end_time + ttl LIMIT ?"
+    f"SELECT id, update_time, ttl, {_CHUNK_TOTAL} FROM jobs WHERE ttl > 0 AND end_time + ttl < :now "
+    "ORDER BY end_time + ttl LIMIT :limit"
 )
 
 
 @_built
 def still_expired(d: Dialect, n: int, n_defaults: int) -> str:
     """Those of n jobs whose expire_time has passed, in id order (locked on PostgreSQL, the lock order
-    of every writer of several jobs). Parameters: ``d.values(ids)``, now (own ttl), then a (state,
-    cutoff) pair per default ttl."""
-    by_default = "".join(" OR (ttl IS NULL AND state = ? AND update_time < ?)" for _ in range(n_defaults))
+    of every writer of several jobs). Parameters: ``d.values("id", ids)``, now (own ttl), then
+    ``default_state_i`` and ``default_cutoff_i`` for each default ttl i."""
+    by_default = "".join(
+        f" OR (ttl IS NULL AND state = :default_state_{i} AND update_time < :default_cutoff_{i})"
+        for i in range(n_defaults)
+    )
     return (
         f"SELECT id FROM jobs WHERE {d.any_of('id', n)} AND end_time IS NOT NULL "
-        f"AND ((ttl > 0 AND end_time + ttl < ?){by_default}) ORDER BY id{d.for_update}"
+        f"AND ((ttl > 0 AND end_time + ttl < :now){by_default}) ORDER BY id{d.for_update}"
     )
 
 
@@ -690,9 +730,9 @@ def finished_count(w: Where) -> str:
 
 
 def duration_at(w: Where) -> str:
-    """The duration (create to end) of the finished job at a rank: ``?`` rows skipped."""
+    """The duration (create to end) of the finished job at a rank: ``skip`` rows skipped."""
     cond = f"{' AND' if w.clauses else ' WHERE'} end_time IS NOT NULL"
-    return f"SELECT end_time - create_time AS d FROM jobs{w.sql()}{cond} ORDER BY d LIMIT 1 OFFSET ?"
+    return f"SELECT end_time - create_time AS d FROM jobs{w.sql()}{cond} ORDER BY d LIMIT 1 OFFSET :skip"
 
 
 LEASES_IN_FLIGHT = f"SELECT count(*), count(DISTINCT worker_id) FROM chunks WHERE state = {tables.RUNNING}"
@@ -708,31 +748,32 @@ SCHEMA_PROBE = "SELECT " + ", ".join(
 
 # --- API keys and the events-token secrets -----------------------------------------------------------
 
-KEY_NAMED = "SELECT id FROM api_keys WHERE name = ?"
-INSERT_KEY = (
-    "INSERT INTO api_keys (name, role, key_hash, key_prefix, create_time, webhook_url, webhook_secret) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+KEY_NAMED = "SELECT id FROM api_keys WHERE name = :name"
+_KEY_COLUMNS = ("name", "role", "key_hash", "key_prefix", "create_time", "webhook_url", "webhook_secret")
+INSERT_KEY = f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) VALUES ({named(_KEY_COLUMNS)})"
 LIST_KEYS = "SELECT name, role, key_prefix, create_time, revoke_time FROM api_keys ORDER BY name"
-REVOKE_KEY = "UPDATE api_keys SET revoke_time = ? WHERE name = ? AND revoke_time IS NULL"
+REVOKE_KEY = "UPDATE api_keys SET revoke_time = :now WHERE name = :name AND revoke_time IS NULL"
 ACTIVE_KEYS = (
     "SELECT key_hash, name, role, key_prefix, create_time, webhook_url FROM api_keys "
     "WHERE revoke_time IS NULL"
 )
-KEY_WEBHOOK_SECRET = "SELECT webhook_secret FROM api_keys WHERE name = ?"
+KEY_WEBHOOK_SECRET = "SELECT webhook_secret FROM api_keys WHERE name = :name"
 
 EVENTS_SECRETS = "SELECT id, secret, retire_time FROM events_token_secrets"
 SIGNING_SECRET = "SELECT id FROM events_token_secrets WHERE retire_time IS NULL LIMIT 1"
-INSERT_EVENTS_SECRET = "INSERT INTO events_token_secrets (secret, create_time) VALUES (?, ?) RETURNING id"
-DROP_OLD_SECRETS = "DELETE FROM events_token_secrets WHERE retire_time < ?"
-RETIRE_SECRETS = "UPDATE events_token_secrets SET retire_time = ? WHERE retire_time IS NULL"
+INSERT_EVENTS_SECRET = (
+    "INSERT INTO events_token_secrets (secret, create_time) VALUES (:secret, :create_time) RETURNING id"
+)
+DROP_OLD_SECRETS = "DELETE FROM events_token_secrets WHERE retire_time < :before"
+RETIRE_SECRETS = "UPDATE events_token_secrets SET retire_time = :now WHERE retire_time IS NULL"
 
 
 # --- usage per key, throughput per minute -------------------------------------------------------------
 
 # Adds a key's counts to its stored totals (a replica adds what it counted since its last flush).
 ADD_USAGE = (
-    "INSERT INTO key_usage (key_name, role, calls, rejected, update_time) VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO key_usage (key_name, role, calls, rejected, update_time) "
+    "VALUES (:key_name, :role, :calls, :rejected, :update_time) "
     "ON CONFLICT (key_name) DO UPDATE SET role = excluded.role, calls = key_usage.calls + excluded.calls, "
     "rejected = key_usage.rejected + excluded.rejected, update_time = excluded.update_time"
 )
@@ -741,14 +782,14 @@ USAGE = "SELECT key_name, role, calls, rejected FROM key_usage"
 # Adds a (minute, kind)'s completed chunks and items: adding, not overwriting, lets every replica flush
 # into the same minute.
 ADD_THROUGHPUT = (
-    "INSERT INTO throughput_minutes (minute, kind, chunks, items) VALUES (?, ?, ?, ?) "
+    "INSERT INTO throughput_minutes (minute, kind, chunks, items) VALUES (:minute, :kind, :chunks, :items) "
     "ON CONFLICT (minute, kind) DO UPDATE SET chunks = throughput_minutes.chunks + excluded.chunks, "
     "items = throughput_minutes.items + excluded.items"
 )
 THROUGHPUT_SINCE = (
-    "SELECT minute, kind, chunks, items FROM throughput_minutes WHERE minute >= ? ORDER BY minute, kind"
+    "SELECT minute, kind, chunks, items FROM throughput_minutes WHERE minute >= :minute ORDER BY minute, kind"
 )
-PRUNE_THROUGHPUT = "DELETE FROM throughput_minutes WHERE minute < ?"
+PRUNE_THROUGHPUT = "DELETE FROM throughput_minutes WHERE minute < :minute"
 
 
 # --- PostgreSQL: several rows in one statement -------------------------------------------------------
@@ -763,12 +804,14 @@ def pg_type(table: str, column: str) -> str:
     return "text" if kind == "JSON" else kind.lower()
 
 
-def _arrays(columns: Sequence[str], table: str) -> str:
-    return ", ".join(f"?::{pg_type(table, c)}[]" for c in columns)
+def _arrays(columns: Sequence[str], table: str, prefix: str = "") -> str:
+    """An array parameter per column, named as the column after ``prefix``."""
+    return ", ".join(f":{prefix}{c}::{pg_type(table, c)}[]" for c in columns)
 
 
-def _unnest_update(table: str, columns: Sequence[str], extra: str = "") -> str:
-    """UPDATE ``table`` from arrays (id first, then ``columns``), one row per element."""
+def _unnest_update(table: str, columns: Sequence[str], prefix: str, extra: str = "") -> str:
+    """UPDATE ``table`` from arrays (id first, then ``columns``; named as the columns after ``prefix``),
+    one row per element."""
     names = ("id", *columns)
     json_cols = {
         c.name for c in tables.metadata.tables[table].columns if c.type.compile(dialect=_PG) == "JSON"
@@ -776,20 +819,21 @@ def _unnest_update(table: str, columns: Sequence[str], extra: str = "") -> str:
     sets = ", ".join(f"{c} = v.{c}::json" if c in json_cols else f"{c} = v.{c}" for c in columns)
     return (
         f"UPDATE {table} AS t SET {sets}{extra} "
-        f"FROM unnest({_arrays(names, table)}) AS v({', '.join(names)}) "
+        f"FROM unnest({_arrays(names, table, prefix)}) AS v({', '.join(names)}) "
         "WHERE t.id = v.id RETURNING 1"
     )
 
 
 # PostgreSQL: a write transaction's chunks and jobs (each job a new change_seq) and its NOTIFY for the
-# other replicas, in one round trip. Parameters: the chunks' columns (id, then CHUNK_SAVED), the jobs'
-# (id, then JOB_SAVED), as arrays; the channel and the payload.
+# other replicas, in one round trip. Parameters: the chunks' columns (id, then CHUNK_SAVED) as arrays
+# named ``c_`` and the column, the jobs' (id, then JOB_SAVED) named ``j_`` and the column; the channel
+# and the payload.
 PG_SAVE = (
-    f"WITH c AS ({_unnest_update('chunks', CHUNK_SAVED)}), "
-    f"j AS ({_unnest_update('jobs', JOB_SAVED, f', change_seq = {POSTGRES.next_seq}')}) "
-    "SELECT pg_notify(?, ?)"
+    f"WITH c AS ({_unnest_update('chunks', CHUNK_SAVED, 'c_')}), "
+    f"j AS ({_unnest_update('jobs', JOB_SAVED, 'j_', f', change_seq = {POSTGRES.next_seq}')}) "
+    "SELECT pg_notify(:channel, :payload)"
 )
-NOTIFY = "SELECT pg_notify(?, ?)"
+NOTIFY = "SELECT pg_notify(:channel, :payload)"
 
 
 def derive_state_sql(pending: str, processing: str, completed: str, failed: str, cancelled: str) -> str:

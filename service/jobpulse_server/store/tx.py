@@ -29,19 +29,19 @@ from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
 from jobpulse_server.store.rows import (
     JOB_HEAD_SELECT,
+    JOB_INDEXED,
     JOB_INDEXED_IN_ROW,
-    JOB_INDEXED_IN_SAVED,
     artifact_from_row,
     chunk_from_row,
-    chunk_saved_values,
+    chunk_saved,
     head_from_row,
     job_from_row,
-    job_saved_values,
+    job_saved,
 )
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
 _INDEXED_IN_ROW = operator.itemgetter(*JOB_INDEXED_IN_ROW)
-_INDEXED_IN_SAVED = operator.itemgetter(*JOB_INDEXED_IN_SAVED)
+_INDEXED_IN_SAVED = operator.itemgetter(*JOB_INDEXED)
 
 # New chunks per INSERT: a 100,000-chunk job is written in 20 statements.
 _INSERT_BATCH = 5_000
@@ -55,9 +55,12 @@ class RequestIdTaken(Exception):
     """A job with this request_id (for this owner) was inserted by a transaction that committed first."""
 
 
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as one list per column (PostgreSQL's arrays for ``unnest``)."""
-    return [[r[i] for r in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+def _columns(
+    rows: Sequence[Mapping[str, Any]], columns: Iterable[str], prefix: str = ""
+) -> dict[str, list[Any]]:
+    """Rows as one list per column, named as the column after ``prefix`` (PostgreSQL's arrays for
+    ``unnest``)."""
+    return {prefix + c: [r[c] for r in rows] for c in columns}
 
 
 def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]:
@@ -85,8 +88,8 @@ class SqlTx:
         self.replica = replica
         # The store's record of chunks waiting out a retry backoff (write transactions only).
         self.waiting = waiting
-        self._artifacts: list[tuple[Any, ...]] = []
-        self._outbox: list[tuple[Any, ...]] = []
+        self._artifacts: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
         self._notified: tuple[Any, ...] | None = None
         # SQLite: job id -> the values its row holds now in the columns an index holds (JOB_INDEXED), as
         # read or written in this transaction, so that ``save`` sets only those that changed. (SQLite has
@@ -109,12 +112,12 @@ class SqlTx:
             sql = (q.GET_JOB if owner is None else q.GET_OWNED_JOB) + self.d.for_update
         else:
             sql = q.GET_JOB if owner is None else q.GET_OWNED_JOB
-        row = await self.conn.fetchrow(sql, (job_id,) if owner is None else (job_id, owner))
+        row = await self.conn.fetchrow(sql, {"id": job_id, "owner": owner})
         return self._job(row) if row else None
 
     async def get_jobs(self, job_ids: Sequence[str], owner: str | None) -> dict[str, Job]:
         ids = sorted(set(job_ids))
-        params = [*self.d.values(ids), *([owner] if owner is not None else [])]
+        params = {**self.d.values("id", ids), "owner": owner}
         rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), owner is not None), params)
         return {j.id: j for j in map(self._job, rows)}
 
@@ -125,24 +128,26 @@ class SqlTx:
             return {}
         ids = sorted(set(job_ids))
         lock = self.d.skip_locked if skip_locked else self.d.for_update
-        rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), False, lock=lock), self.d.values(ids))
+        rows = await self.conn.fetch(q.get_jobs(self.d, len(ids), False, lock=lock), self.d.values("id", ids))
         return {j.id: j for j in map(self._job, rows)}
 
     async def find_job_by_request(self, owner: str, request_id: str) -> Job | None:
-        row = await self.conn.fetchrow(q.FIND_JOB_BY_REQUEST, (owner, request_id))
+        row = await self.conn.fetchrow(q.FIND_JOB_BY_REQUEST, {"owner": owner, "request_id": request_id})
         return self._job(row) if row else None
 
     async def request_fingerprint(self, job_id: str) -> str | None:
         """The fingerprint stored with the job; None for jobs made without (or before fingerprints)."""
-        value = await self.conn.fetchval(q.GET_FINGERPRINT, (job_id,))
+        value = await self.conn.fetchval(q.GET_FINGERPRINT, {"job_id": job_id})
         return str(value) if value is not None else None
 
     async def insert_job(self, job: Job, chunks: Sequence[Chunk], request_fingerprint: str = "") -> None:
         """Inserts a new job, its chunks and the fingerprint of the request that made it (if it has a
         request_id); RequestIdTaken if its request_id is taken."""
-        values = job_saved_values(job)
+        values = job_saved(job)
         try:
-            await self.conn.execute(q.insert_job(self.d), (*values, job.id, job.ttl, job.trace_parent))
+            await self.conn.execute(
+                q.insert_job(self.d), {**values, "ttl": job.ttl, "trace_parent": job.trace_parent}
+            )
         except Conflict as exc:
             if job.request_id:
                 raise RequestIdTaken(job.request_id) from exc
@@ -150,21 +155,27 @@ class SqlTx:
         if not self.d.arrays:
             self._indexed[job.id] = _INDEXED_IN_SAVED(values)
         rows = [
-            (c.id, c.job_id, c.index, int(c.state), c.item_start, c.item_count, c.items_done, c.attempt,
-             c.max_attempts, c.worker_id, c.external_task_id, c.error_reason, c.error_message, c.lease_token,
-             c.lease_expire_time, c.lease_duration, c.next_attempt_time, c.revision, c.priority, c.kind,
-             c.start_time, c.end_time)
+            {"id": c.id, "job_id": c.job_id, "idx": c.index, "state": int(c.state),
+             "item_start": c.item_start, "item_count": c.item_count, "items_done": c.items_done,
+             "attempt": c.attempt, "max_attempts": c.max_attempts, "worker_id": c.worker_id,
+             "external_task_id": c.external_task_id, "error_reason": c.error_reason,
+             "error_message": c.error_message, "lease_token": c.lease_token,
+             "lease_expire_time": c.lease_expire_time, "lease_duration": c.lease_duration,
+             "next_attempt_time": c.next_attempt_time, "revision": c.revision, "priority": c.priority,
+             "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time}
             for c in chunks
         ]  # fmt: skip
         sql = q.insert_chunks(self.d)
         for start in range(0, len(rows), _INSERT_BATCH):
             batch = rows[start : start + _INSERT_BATCH]
             if self.d.arrays:
-                await self.conn.execute(sql, _columns(batch, len(q.CHUNK_COLUMNS)))
+                await self.conn.execute(sql, _columns(batch, q.CHUNK_COLUMNS))
             else:
                 await self.conn.executemany(sql, batch)
         if request_fingerprint:
-            await self.conn.execute(q.INSERT_FINGERPRINT, (job.id, request_fingerprint))
+            await self.conn.execute(
+                q.INSERT_FINGERPRINT, {"job_id": job.id, "fingerprint": request_fingerprint}
+            )
         self.changed(job.id, job.revision)
 
     async def delete_job(self, job_id: str, now: int) -> None:
@@ -174,15 +185,15 @@ class SqlTx:
     async def _delete_jobs(self, ids: Sequence[str], now: int) -> None:
         if not ids:
             return
-        tombstones, *deletes = q.delete_jobs(self.d, len(ids))
-        await self.conn.execute(tombstones, [now, *self.d.values(ids)])
-        for sql in deletes:
-            await self.conn.execute(sql, self.d.values(ids))
+        params = {**self.d.values("id", ids), "now": now}
+        for sql in q.delete_jobs(self.d, len(ids)):
+            await self.conn.execute(sql, params)
         self.changes.deleted.update(ids)
 
     async def overdue_cancels(self, cancel_before: int, limit: int = 100) -> list[str]:
         """Jobs still CANCELLING whose cancel was asked before ``cancel_before``."""
-        rows = await self.conn.fetch(q.OVERDUE_CANCELS, (int(JobState.CANCELLING), cancel_before, limit))
+        params = {"state": int(JobState.CANCELLING), "before": cancel_before, "limit": limit}
+        rows = await self.conn.fetch(q.OVERDUE_CANCELS, params)
         return [r[0] for r in rows]
 
     # --- chunks -----------------------------------------------------------------------------------
@@ -201,7 +212,8 @@ class SqlTx:
         found = list(map(chunk_from_row, await self.conn.fetch(sql, params)))
         done = [c for c in found if c.state == ChunkState.COMPLETED]
         if done:
-            rows = await self.conn.fetch(q.ARTIFACTS_BETWEEN, (job_id, done[0].index, done[-1].index))
+            between = {"job_id": job_id, "first": done[0].index, "last": done[-1].index}
+            rows = await self.conn.fetch(q.ARTIFACTS_BETWEEN, between)
             by_index: dict[int, list[Artifact]] = {}
             for r in rows:
                 by_index.setdefault(r[0], []).append(artifact_from_row(r))
@@ -211,7 +223,7 @@ class SqlTx:
 
     async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
         """One chunk of the job (without its artifacts)."""
-        row = await self.conn.fetchrow(q.GET_CHUNK, (chunk_id,))
+        row = await self.conn.fetchrow(q.GET_CHUNK, {"id": chunk_id})
         chunk = chunk_from_row(row) if row else None
         return chunk if chunk is not None and chunk.job_id == job_id else None
 
@@ -221,8 +233,8 @@ class SqlTx:
     async def chunk_states(self, job_id: str) -> str:
         """Every chunk's state of the job in index order, one digit each (ChunkState's numbers)."""
         if self.d.postgres:
-            return str(await self.conn.fetchval(q.chunk_states(self.d), (job_id,)) or "")
-        return "".join(str(r[0]) for r in await self.conn.fetch(q.chunk_states(self.d), (job_id,)))
+            return str(await self.conn.fetchval(q.chunk_states(self.d), {"job_id": job_id}) or "")
+        return "".join(str(r[0]) for r in await self.conn.fetch(q.chunk_states(self.d), {"job_id": job_id}))
 
     async def claim(
         self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool, held: Collection[str] = ()
@@ -237,16 +249,16 @@ class SqlTx:
         PostgreSQL locks every job it claims from, so it reads them all)."""
         if self.d.postgres:
             claim = q.pg_claim(len(kinds), skip_locked=skip_locked)
-            row = await self.conn.fetchrow(claim.sql, claim.values({"kinds": list(kinds), "limit": limit}))
+            row = await self.conn.fetchrow(claim, {"kinds": list(kinds), "limit": limit})
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
         waiting = self.waiting
         if waiting is not None and waiting.is_due(now):
             # One writer: the due retries join the claim order in this transaction (store/waiting.py).
             waiting.begin(now)
-            promoted = await self.conn.execute(q.SQLITE_PROMOTE, (now, PROMOTE_LIMIT))
-            waiting.settle(promoted, await self.conn.fetchval(q.NEXT_RETRY, ()), now)
-        params = [*q.ready_params(self.d, kinds), limit]
+            promoted = await self.conn.execute(q.SQLITE_PROMOTE, {"now": now, "limit": PROMOTE_LIMIT})
+            waiting.settle(promoted, await self.conn.fetchval(q.NEXT_RETRY), now)
+        params = {**q.ready_params(self.d, kinds), "limit": limit}
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
         wanted = [c.job_id for c in picked if c.job_id not in held]
         return (await self.get_jobs(wanted, None) if wanted else {}), picked
@@ -257,7 +269,8 @@ class SqlTx:
         """Locks and reads the jobs, then those of the chunks that belong to them (one round trip on
         PostgreSQL)."""
         if self.d.postgres:
-            row = await self.conn.fetchrow(q.PG_LOCK_LEASED, (sorted(set(job_ids)), sorted(set(chunk_ids))))
+            ids = {"job_ids": sorted(set(job_ids)), "chunk_ids": sorted(set(chunk_ids))}
+            row = await self.conn.fetchrow(q.PG_LOCK_LEASED, ids)
             jobs, chunks = row if row else (None, None)
             return (
                 {j.id: j for j in map(job_from_row, jobs or ())},
@@ -266,17 +279,25 @@ class SqlTx:
         found = await self.lock_jobs(job_ids)
         wanted = sorted({c for c in chunk_ids if chunk_job_id(c) in found})
         rows = (
-            await self.conn.fetch(q.get_chunks(self.d, len(wanted)), self.d.values(wanted)) if wanted else []
+            await self.conn.fetch(q.get_chunks(self.d, len(wanted)), self.d.values("id", wanted))
+            if wanted
+            else []
         )
         return found, {c.id: c for c in map(chunk_from_row, rows)}
 
     async def expired_leases(self, now: int, limit: int) -> list[Chunk]:
-        rows = await self.conn.fetch(q.expired_leases(self.d), (now, limit))
+        rows = await self.conn.fetch(q.expired_leases(self.d), {"now": now, "limit": limit})
         return list(map(chunk_from_row, rows))
 
     async def cancel_pending_chunks(self, job_id: str, revision: int, now: int) -> int:
         """Every PENDING chunk of the job to CANCELLED; returns how many."""
-        params = (int(ChunkState.CANCELLED), revision, now, job_id, int(ChunkState.PENDING))
+        params = {
+            "cancelled": int(ChunkState.CANCELLED),
+            "revision": revision,
+            "now": now,
+            "job_id": job_id,
+            "pending": int(ChunkState.PENDING),
+        }
         return await self.conn.execute(q.CANCEL_PENDING_CHUNKS, params)
 
     async def reset_for_retry(
@@ -286,11 +307,16 @@ class SqlTx:
         allowed ``attempts`` claims more than it has had (``attempt`` keeps counting); (failed moved,
         cancelled moved, their items done)."""
         count, update = q.retryable_chunks(self.d, chunk_id is not None)
-        where = [job_id, *self.d.values([int(ChunkState.FAILED), int(ChunkState.CANCELLED)])]
-        if chunk_id is not None:
-            where.append(chunk_id)
-        counts = {int(r[0]): (int(r[1]), int(r[2])) for r in await self.conn.fetch(count, where)}
-        await self.conn.execute(update, [revision, priority, attempts, *where])
+        params = {
+            **self.d.values("state", [int(ChunkState.FAILED), int(ChunkState.CANCELLED)]),
+            "job_id": job_id,
+            "chunk_id": chunk_id,
+            "revision": revision,
+            "priority": priority,
+            "attempts": attempts,
+        }
+        counts = {int(r[0]): (int(r[1]), int(r[2])) for r in await self.conn.fetch(count, params)}
+        await self.conn.execute(update, params)
         failed = counts.get(int(ChunkState.FAILED), (0, 0))
         cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
         return failed[0], cancelled[0], failed[1] + cancelled[1]
@@ -298,7 +324,8 @@ class SqlTx:
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         # Only pending chunks: running ones are locked by their workers, and a chunk that goes back to
         # PENDING takes its job's priority then (Job.move_chunk).
-        await self.conn.execute(q.SET_PENDING_PRIORITY, (priority, job_id, int(ChunkState.PENDING)))
+        params = {"priority": priority, "job_id": job_id, "pending": int(ChunkState.PENDING)}
+        await self.conn.execute(q.SET_PENDING_PRIORITY, params)
 
     # --- artifacts, outbox, save -------------------------------------------------------------------
 
@@ -306,20 +333,28 @@ class SqlTx:
         """The first ``limit`` artifacts of each job, in chunk order (jobs without any are left out;
         artifacts added in this transaction are not written yet)."""
         if len(job_ids) == 1:
-            rows = await self.conn.fetch(q.JOB_ARTIFACTS, (job_ids[0], limit))
+            rows = await self.conn.fetch(q.JOB_ARTIFACTS, {"job_id": job_ids[0], "limit": limit})
         else:
             rows = await self.conn.fetch(
-                q.jobs_artifacts(self.d, len(job_ids)), [*self.d.values(job_ids), limit]
+                q.jobs_artifacts(self.d, len(job_ids)), {**self.d.values("job_id", job_ids), "limit": limit}
             )
         return artifacts_by_job(rows)
 
     def add_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
         self._artifacts += [
-            (job_id, a.chunk_index, a.name, a.uri, a.media_type, a.size_bytes) for a in artifacts
+            {
+                "job_id": job_id,
+                "chunk_index": a.chunk_index,
+                "name": a.name,
+                "uri": a.uri,
+                "media_type": a.media_type,
+                "size_bytes": a.size_bytes,
+            }
+            for a in artifacts
         ]
 
     def add_outbox(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._outbox += [tuple(r[c] for c in q.OUTBOX_COLUMNS) for r in rows]
+        self._outbox += [{c: r[c] for c in q.OUTBOX_COLUMNS} for r in rows]
 
     async def save(self, jobs: Iterable[Job], chunks: Sequence[Chunk]) -> None:
         """Writes the chunks, the jobs (a new change_seq each) and the artifacts and webhook events added
@@ -334,38 +369,38 @@ class SqlTx:
                     self.waiting.note(c.next_attempt_time)
         if self.d.arrays:
             payloads = encode(self.changes, self.replica)
-            chunk_rows = [(c.id, *chunk_saved_values(c)) for c in chunks]
-            job_rows = [(j.id, *job_saved_values(j)) for j in jobs]
+            chunk_rows = [chunk_saved(c) for c in chunks]
+            job_rows = [job_saved(j) for j in jobs]
             await self.conn.fetchval(
                 q.PG_SAVE,
-                [
-                    *_columns(chunk_rows, 1 + len(q.CHUNK_SAVED)),
-                    *_columns(job_rows, 1 + len(q.JOB_SAVED)),
-                    CHANNEL,
-                    payloads[0],
-                ],
+                {
+                    **_columns(chunk_rows, ("id", *q.CHUNK_SAVED), "c_"),
+                    **_columns(job_rows, ("id", *q.JOB_SAVED), "j_"),
+                    "channel": CHANNEL,
+                    "payload": payloads[0],
+                },
             )
             for payload in payloads[1:]:
-                await self.conn.execute(q.NOTIFY, (CHANNEL, payload))
+                await self.conn.execute(q.NOTIFY, {"channel": CHANNEL, "payload": payload})
             self._notified = self._said()
         else:
-            await self.conn.executemany(q.SAVE_CHUNK, [(*chunk_saved_values(c), c.id) for c in chunks])
+            await self.conn.executemany(q.SAVE_CHUNK, [chunk_saved(c) for c in chunks])
             for job in jobs:
-                values = job_saved_values(job)
+                values = job_saved(job)
                 now = _INDEXED_IN_SAVED(values)
                 was = self._indexed.get(job.id)
                 if was is None:  # not read in this transaction: every column
-                    await self.conn.execute(q.save_job(self.d), (*values, job.id))
+                    await self.conn.execute(q.save_job(self.d), values)
                 else:
-                    sql, pick = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
-                    await self.conn.execute(sql, (*pick(values), job.id))
+                    sql = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
+                    await self.conn.execute(sql, values)
                 self._indexed[job.id] = now  # once written: a failed statement changed nothing
         for job in jobs:
             job.bumped = False
         if self._artifacts:
             sql = q.insert_artifacts(self.d)
             if self.d.arrays:
-                await self.conn.execute(sql, _columns(self._artifacts, 6))
+                await self.conn.execute(sql, _columns(self._artifacts, q.ARTIFACT_INSERTED))
             else:
                 await self.conn.executemany(sql, self._artifacts)
             self._artifacts = []
@@ -387,7 +422,7 @@ class SqlTx:
         if not self.d.postgres or not (c.jobs or c.deleted or c.new_work) or self._notified == self._said():
             return
         for payload in encode(c, self.replica):
-            await self.conn.execute(q.NOTIFY, (CHANNEL, payload))
+            await self.conn.execute(q.NOTIFY, {"channel": CHANNEL, "payload": payload})
         self._notified = self._said()
 
     # --- listing, the feed, stats ------------------------------------------------------------------
@@ -431,7 +466,9 @@ class SqlTx:
         sql, params = q.changed(self.d, "job_tombstones", f, after, horizon, limit)
         found += [FeedEntry(int(r[0]), r[1], None) for r in await self.conn.fetch(sql, params)]
         beyond = (
-            bool(await self.conn.fetchval(q.BEYOND_HORIZON, (horizon, horizon))) if self.d.postgres else False
+            bool(await self.conn.fetchval(q.BEYOND_HORIZON, {"horizon": horizon}))
+            if self.d.postgres
+            else False
         )
         found.sort(key=lambda e: (e.change_seq, e.job_id))
         return found[:limit], beyond
@@ -445,12 +482,12 @@ class SqlTx:
     async def trim_tombstones(self, before: int, limit: int) -> int:
         """Deletes up to ``limit`` tombstones of jobs deleted before ``before`` (never the newest) and
         raises the feed's floor to the largest change_seq among them; returns how many."""
-        rows = await self.conn.fetch(q.OLD_TOMBSTONES, (before, limit))
+        rows = await self.conn.fetch(q.OLD_TOMBSTONES, {"before": before, "limit": limit})
         if not rows:
             return 0
         ids = [r[0] for r in rows]
-        await self.conn.execute(q.delete_tombstones(self.d, len(ids)), self.d.values(ids))
-        await self.conn.execute(q.RAISE_FEED_FLOOR, (max(int(r[1]) for r in rows),))
+        await self.conn.execute(q.delete_tombstones(self.d, len(ids)), self.d.values("id", ids))
+        await self.conn.execute(q.RAISE_FEED_FLOOR, {"change_seq": max(int(r[1]) for r in rows)})
         return len(rows)
 
     async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
@@ -474,7 +511,7 @@ class SqlTx:
         overall.durations = await self._durations(w)
         for kind, row in per_kind.items():
             wk = q.job_filter(self.d, f)
-            wk.add("kind = ?", kind)
+            wk.add("kind = :group_kind", group_kind=kind)
             row.durations = await self._durations(wk)
         return overall, [per_kind[k] for k in sorted(per_kind)]
 
@@ -486,7 +523,7 @@ class SqlTx:
             return out
         for name, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
             rank = min(n, max(1, math.ceil(share * n)))
-            out[name] = int(await self.conn.fetchval(q.duration_at(w), [*w.params, rank - 1]))
+            out[name] = int(await self.conn.fetchval(q.duration_at(w), {**w.params, "skip": rank - 1}))
         return out
 
     async def count_by_state(self) -> dict[JobState, int]:
@@ -513,12 +550,19 @@ class SqlTx:
         """Up to ``limit`` jobs in ``state`` with (update_time, id) after ``after`` and update_time before
         ``before``, in that order (the expiry sweep of jobs on the default ttl: a terminal job's
         update_time is at least its end_time, and a change after it ended only postpones its deletion)."""
-        rows = await self.conn.fetch(q.EXPIRY_CANDIDATES, (int(state), after[0], after[1], before, limit))
+        params = {
+            "state": int(state),
+            "after_time": after[0],
+            "after_id": after[1],
+            "before": before,
+            "limit": limit,
+        }
+        rows = await self.conn.fetch(q.EXPIRY_CANDIDATES, params)
         return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
 
     async def own_ttl_expired(self, now: int, limit: int) -> list[ExpiryCandidate]:
         """Up to ``limit`` jobs with a ttl of their own (> 0) whose end_time + ttl is before ``now``."""
-        rows = await self.conn.fetch(q.OWN_TTL_EXPIRED, (now, limit))
+        rows = await self.conn.fetch(q.OWN_TTL_EXPIRED, {"now": now, "limit": limit})
         return [ExpiryCandidate(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
 
     async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
@@ -527,9 +571,9 @@ class SqlTx:
         if not job_ids:
             return []
         defaults = list(retention.defaults())
-        params = [*self.d.values(job_ids), now]
-        for state, ttl in defaults:
-            params += [int(state), now - ttl]
+        params = {**self.d.values("id", job_ids), "now": now}
+        for i, (state, ttl) in enumerate(defaults):
+            params[f"default_state_{i}"], params[f"default_cutoff_{i}"] = int(state), now - ttl
         rows = await self.conn.fetch(q.still_expired(self.d, len(job_ids), len(defaults)), params)
         gone = [r[0] for r in rows]
         await self._delete_jobs(gone, now)
@@ -548,11 +592,18 @@ class SqlTx:
         webhook_secret: str,
     ) -> bool:
         """Stores a key; False when the name is taken (revoked keys keep theirs)."""
-        if await self.conn.fetchval(q.KEY_NAMED, (name,)) is not None:
+        if await self.conn.fetchval(q.KEY_NAMED, {"name": name}) is not None:
             return False
-        await self.conn.execute(
-            q.INSERT_KEY, (name, role, key_hash, prefix, now, webhook_url, webhook_secret)
-        )
+        key = {
+            "name": name,
+            "role": role,
+            "key_hash": key_hash,
+            "key_prefix": prefix,
+            "create_time": now,
+            "webhook_url": webhook_url,
+            "webhook_secret": webhook_secret,
+        }
+        await self.conn.execute(q.INSERT_KEY, key)
         return True
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -560,7 +611,7 @@ class SqlTx:
 
     async def revoke_key(self, name: str, now: int) -> bool:
         """Revokes a key by name; False if there is no such active key."""
-        return await self.conn.execute(q.REVOKE_KEY, (now, name)) > 0
+        return await self.conn.execute(q.REVOKE_KEY, {"now": now, "name": name}) > 0
 
     async def active_keys(self) -> dict[str, KeyInfo]:
         """Keys not revoked, by the hash of the key."""
@@ -569,7 +620,7 @@ class SqlTx:
 
     async def webhook_secret(self, name: str) -> str | None:
         """The secret a key's webhooks are signed with."""
-        value = await self.conn.fetchval(q.KEY_WEBHOOK_SECRET, (name,))
+        value = await self.conn.fetchval(q.KEY_WEBHOOK_SECRET, {"name": name})
         return str(value) if value is not None else None
 
     async def events_secrets(self) -> dict[int, tuple[str, bool]]:
@@ -579,32 +630,37 @@ class SqlTx:
     async def ensure_events_secret(self, now: int) -> None:
         """Makes a signing secret if there is none (a server's first start on a new database)."""
         if await self.conn.fetchval(q.SIGNING_SECRET) is None:
-            await self.conn.fetchval(q.INSERT_EVENTS_SECRET, (secrets.token_hex(32), now))
+            await self.conn.fetchval(
+                q.INSERT_EVENTS_SECRET, {"secret": secrets.token_hex(32), "create_time": now}
+            )
 
     async def rotate_events_secret(self, now: int) -> int:
         """Retires the signing secret(s) for a new one (the old ones verify until their tokens expire) and
         drops secrets retired long enough ago that no token they signed is still valid; the new id."""
-        await self.conn.execute(q.DROP_OLD_SECRETS, (now - RETIRED_SECRET_KEPT_US,))
-        await self.conn.execute(q.RETIRE_SECRETS, (now,))
-        return int(await self.conn.fetchval(q.INSERT_EVENTS_SECRET, (secrets.token_hex(32), now)))
+        await self.conn.execute(q.DROP_OLD_SECRETS, {"before": now - RETIRED_SECRET_KEPT_US})
+        await self.conn.execute(q.RETIRE_SECRETS, {"now": now})
+        secret = {"secret": secrets.token_hex(32), "create_time": now}
+        return int(await self.conn.fetchval(q.INSERT_EVENTS_SECRET, secret))
 
     # --- the webhook outbox ------------------------------------------------------------------------
 
     async def deliveries_for_job(self, job_id: str, owner: str | None, limit: int) -> list[Delivery] | None:
         """The job's deliveries, newest first; None when there is no such job (of ``owner``'s)."""
         exists = q.JOB_EXISTS if owner is None else q.OWNED_JOB_EXISTS
-        if await self.conn.fetchrow(exists, (job_id,) if owner is None else (job_id, owner)) is None:
+        if await self.conn.fetchrow(exists, {"id": job_id, "owner": owner}) is None:
             return None
-        return [Delivery(*r) for r in await self.conn.fetch(q.JOB_DELIVERIES, (job_id, limit))]
+        return [
+            Delivery(*r) for r in await self.conn.fetch(q.JOB_DELIVERIES, {"job_id": job_id, "limit": limit})
+        ]
 
     async def requeue_delivery(self, delivery_id: str, owner: str | None, now: int) -> Delivery | None:
         """Makes a delivery due at ``now``, whatever its state; None when there is no such delivery (of
         ``owner``'s)."""
         sql = q.GET_DELIVERY if owner is None else q.GET_OWNED_DELIVERY
-        row = await self.conn.fetchrow(sql, (delivery_id,) if owner is None else (delivery_id, owner))
+        row = await self.conn.fetchrow(sql, {"id": delivery_id, "owner": owner})
         if row is None:
             return None
-        await self.conn.execute(q.REQUEUE_DELIVERY, (PENDING, now, delivery_id))
+        await self.conn.execute(q.REQUEUE_DELIVERY, {"state": PENDING, "now": now, "id": delivery_id})
         delivery = Delivery(*row)
         delivery.state, delivery.next_attempt_time = PENDING, now
         self.changes.webhooks = True
@@ -615,32 +671,33 @@ class SqlTx:
     ) -> list[tuple[Delivery, str | None]]:
         """Up to ``limit`` due deliveries with their owner's webhook secret, held for ``hold_us`` so no
         other replica sends them meanwhile."""
-        rows = await self.conn.fetch(q.due_deliveries(self.d), (now, limit))
+        rows = await self.conn.fetch(q.due_deliveries(self.d), {"now": now, "limit": limit})
         due = [(Delivery(*r[:-1]), r[-1]) for r in rows]
         if due:
             ids = [d.id for d, _ in due]
-            await self.conn.execute(q.hold_deliveries(self.d, len(ids)), [now + hold_us, *self.d.values(ids)])
+            held = {**self.d.values("id", ids), "until": now + hold_us}
+            await self.conn.execute(q.hold_deliveries(self.d, len(ids)), held)
         return due
 
     async def record_deliveries(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Writes the outcome of each attempt: (delivery id, the columns to set)."""
         for delivery_id, values in outcomes:
-            cols = tuple(sorted(values))
-            await self.conn.execute(q.record_delivery(cols), [*(values[c] for c in cols), delivery_id])
+            await self.conn.execute(q.record_delivery(tuple(sorted(values))), {**values, "id": delivery_id})
 
     async def outbox_backlog(self, now: int) -> tuple[int, int | None]:
         """(deliveries pending, create time of the oldest one that is due)."""
-        pending = int(await self.conn.fetchval(q.OUTBOX_PENDING, (PENDING,)))
-        oldest = await self.conn.fetchval(q.OUTBOX_OLDEST_DUE, (PENDING, now))
+        pending = int(await self.conn.fetchval(q.OUTBOX_PENDING, {"state": PENDING}))
+        oldest = await self.conn.fetchval(q.OUTBOX_OLDEST_DUE, {"state": PENDING, "now": now})
         return pending, int(oldest) if oldest is not None else None
 
     async def trim_deliveries(self, before: int, limit: int) -> int:
         """Deletes up to ``limit`` delivered or dead deliveries last tried before ``before``."""
         found = 0
         for state in (DELIVERED, DEAD):
-            ids = [r[0] for r in await self.conn.fetch(q.DONE_DELIVERIES, (state, before, limit - found))]
+            done = {"state": state, "before": before, "limit": limit - found}
+            ids = [r[0] for r in await self.conn.fetch(q.DONE_DELIVERIES, done)]
             if ids:
-                await self.conn.execute(q.delete_deliveries(self.d, len(ids)), self.d.values(ids))
+                await self.conn.execute(q.delete_deliveries(self.d, len(ids)), self.d.values("id", ids))
             found += len(ids)
             if found >= limit:
                 break
@@ -651,7 +708,10 @@ class SqlTx:
     async def add_usage(self, counts: Mapping[str, KeyUsage], now: int) -> None:
         """Adds each key's counts to its stored totals. Keys in name order: two replicas flushing the same
         keys lock their rows in the same order, so they wait for each other instead of deadlocking."""
-        rows = [(n, counts[n].role, counts[n].calls, counts[n].rejected, now) for n in sorted(counts)]
+        rows = [
+            {"key_name": n, "role": c.role, "calls": c.calls, "rejected": c.rejected, "update_time": now}
+            for n, c in sorted(counts.items())
+        ]
         await self.conn.executemany(q.ADD_USAGE, rows)
 
     async def usage(self) -> dict[str, KeyUsage]:
@@ -660,13 +720,17 @@ class SqlTx:
 
     async def add_throughput(self, counts: Mapping[tuple[int, str], tuple[int, int]]) -> None:
         """Adds each (minute, kind)'s (chunks, items), in key order (as ``add_usage``, for the locks)."""
-        await self.conn.executemany(q.ADD_THROUGHPUT, [(m, k, *counts[m, k]) for m, k in sorted(counts)])
+        rows = [
+            {"minute": m, "kind": k, "chunks": chunks, "items": items}
+            for (m, k), (chunks, items) in sorted(counts.items())
+        ]
+        await self.conn.executemany(q.ADD_THROUGHPUT, rows)
 
     async def throughput_since(self, minute: int) -> list[tuple[int, str, int, int]]:
         """Every stored (minute, kind, chunks, items) from ``minute`` on, by minute then kind."""
-        rows = await self.conn.fetch(q.THROUGHPUT_SINCE, (minute,))
+        rows = await self.conn.fetch(q.THROUGHPUT_SINCE, {"minute": minute})
         return [(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def prune_throughput(self, before_minute: int) -> int:
         """Deletes the rows of the minutes before ``before_minute``; returns how many."""
-        return await self.conn.execute(q.PRUNE_THROUGHPUT, (before_minute,))
+        return await self.conn.execute(q.PRUNE_THROUGHPUT, {"minute": before_minute})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import jobpulse_server.store.statements as q
@@ -41,7 +41,6 @@ from jobpulse_server.store.batch.sql import (
     COMPLETE_GROUP,
     FAIL_GROUP,
     PROGRESS_GROUP,
-    Statement,
     claim_group_statement,
     complete_then_claim,
     slots_given,
@@ -56,9 +55,9 @@ class _Runs(Protocol):
     replica_id: str
     waiting: Waiting
 
-    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None: ...
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
-    async def statement_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]: ...
+    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]: ...
 
     def publish(self, changes: Changes) -> None: ...
 
@@ -128,7 +127,7 @@ class GroupCommit(BatchQueue):
             return
         waiting.begin(now)
         try:
-            rows = await self.store.statement_rows(q.PG_PROMOTE, [now, PROMOTE_LIMIT])
+            rows = await self.store.statement_rows(q.PG_PROMOTE, {"now": now, "limit": PROMOTE_LIMIT})
         except Exception as exc:  # the claims' own statement meets the same trouble and reports it
             log.info("could not move due retries back to the claim order: %s", exc)
             return
@@ -145,8 +144,8 @@ class GroupCommit(BatchQueue):
             "interval": self.progress_interval_us,
         }
 
-    async def _run_statement(self, statement: Statement, given: dict[str, Any]) -> list[Sequence[Any]]:
-        rows = await self.store.statement_rows(statement.sql, statement.values(given))
+    async def _run_statement(self, statement: str, given: dict[str, Any]) -> list[Sequence[Any]]:
+        rows = await self.store.statement_rows(statement, given)
         self.flushes += 1
         return rows
 

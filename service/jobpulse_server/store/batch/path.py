@@ -10,7 +10,7 @@ not as required: the transaction path (services/worker_path.py) then decides, an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from jobpulse_server.domain.changes import Changes
@@ -34,7 +34,6 @@ from jobpulse_server.store.batch.queue import (
     QueuedFailure,
     QueuedReport,
 )
-from jobpulse_server.store.batch.sql import Binds, Statement
 from jobpulse_server.store.waiting import Waiting
 
 
@@ -44,27 +43,26 @@ class _Runs(Protocol):
     replica_id: str
     waiting: Waiting
 
-    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None: ...
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
     def publish(self, changes: Changes) -> None: ...
 
 
-def _lease_tokens() -> Statement:
+def _lease_tokens() -> str:
     """A key's shared rate-limit bucket (services/ratelimit.py): takes ``want`` tokens, all or none, after
     refilling the bucket for the time since its last lease at ``rate`` tokens a second (capped at
     ``burst``), on the database's clock, in one statement that is its own transaction. A key seen for the
     first time starts full. The row lock orders replicas leasing the same key; RETURNING gives the grant
     and what is left. All or none: with partial grants, replicas competing for a key at its limit took
     its trickle a token or two per statement."""
-    p = Binds()
-    key, burst, want, rate = p("key"), p("burst"), p("want"), p("rate")
+    key, burst, want, rate = ":key", ":burst", ":want", ":rate"
     now_us = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
     available = (
         f"LEAST({burst}::double precision, b.tokens + GREATEST(0, excluded.refill_time - b.refill_time)"
         f" * {rate}::double precision / 1000000.0)"
     )
     grant = f"CASE WHEN {available} >= {want}::bigint THEN {want}::bigint ELSE 0 END"
-    return p.statement(
+    return (
         "INSERT INTO rate_buckets AS b (key_name, tokens, refill_time, granted) "
         f"SELECT {key}, {burst}::double precision - n.g, n.t, n.g FROM (SELECT {now_us} AS t, "
         f"CASE WHEN {burst}::double precision >= {want}::bigint THEN {want}::bigint ELSE 0 END AS g) AS n "
@@ -184,8 +182,7 @@ class Batch:
         is until the bucket holds ``want``, so replicas competing for a key over its limit take blocks,
         not a statement per token."""
         row = await self.store.statement(
-            LEASE_TOKENS.sql,
-            LEASE_TOKENS.values({"key": key_name, "burst": burst, "want": want, "rate": rate}),
+            LEASE_TOKENS, {"key": key_name, "burst": burst, "want": want, "rate": rate}
         )
         assert row is not None
         granted, left = int(row[0]), float(row[1])

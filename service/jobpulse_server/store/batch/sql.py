@@ -18,7 +18,6 @@ from typing import Any
 import jobpulse_server.store.statements as q
 from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
-from jobpulse_server.store.statements import Binds, Statement
 
 _RUNNING = int(ChunkState.PROCESSING)
 _DONE = int(ChunkState.COMPLETED)
@@ -26,11 +25,11 @@ _CANCELLED = int(ChunkState.CANCELLED)
 _TERMINAL = f"({int(JobState.COMPLETED)}, {int(JobState.FAILED)}, {int(JobState.CANCELLED)})"
 
 
-def _input(p: Binds, columns: str) -> str:
+def _input(columns: str) -> str:
     """CTE i: a flush's items, one row each with its position from 1 (``pos``), from one array per column;
     ``columns``: "name type" pairs, each column bound by its name."""
     pairs = [c.split() for c in columns.split(", ")]
-    arrays = ", ".join(f"{p(name)}::{kind}[]" for name, kind in pairs)
+    arrays = ", ".join(f":{name}::{kind}[]" for name, kind in pairs)
     names = ", ".join(n for n, _ in pairs)
     return f"WITH i AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS i({names}, pos)), "
 
@@ -157,17 +156,16 @@ def _notify(channel: str, replica: str) -> str:
 _COMPLETIONS = "chunk_id text, job_id text, token text, ext text"
 
 
-def _complete_group() -> Statement:
-    p = Binds()
-    now = p("now")
-    return p.statement(
-        _input(p, _COMPLETIONS)
+def _complete_group() -> str:
+    now = ":now"
+    return (
+        _input(_COMPLETIONS)
         +
         # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
         # event (its end, a progress event due) declines: its outbox rows are built in Python.
         _locked_jobs(
             "cancel_requested",
-            _no_event(now, p("interval"), "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)"),
+            _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)"),
         )
         + _completing(now)
         +
@@ -180,8 +178,8 @@ def _complete_group() -> Statement:
         f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, {now}) ELSE NULL END, "
         f"change_seq = {q.POSTGRES.next_seq} "
         "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
-        + _artifacts(p("a_pos"), p("a_name"), p("a_uri"), p("a_media"), p("a_size"))
-        + f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
+        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size")
+        + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
         "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
         "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
         "CROSS JOIN n"
@@ -199,18 +197,16 @@ COMPLETE_GROUP = _complete_group()
 # chunk's item_count, or its job's save would make a job.progress event (``_quiet``; a report never ends
 # a job). One row per report that went through: its position, the job's revision after the flush, whether
 # a cancel was asked, the chunk's new lease end.
-def _progress_group() -> Statement:
-    p = Binds()
-    now = p("now")
-    return p.statement(
+def _progress_group() -> str:
+    now = ":now"
+    return (
         _input(
-            p,
             "chunk_id text, job_id text, token text, items bigint, stage text, message text, ext text, "
             "lease bigint",
         )
         +
         # The jobs first, by id (every writer's lock order).
-        _locked_jobs("webhook_url", f"(webhook_url = '' OR {_quiet(now, p('interval'))})")
+        _locked_jobs("webhook_url", f"(webhook_url = '' OR {_quiet(now, ':interval')})")
         # The fence, and items_done within the chunk.
         + _fenced(now, "i.items, i.stage, i.message, i.ext, i.lease", " AND i.items <= c.item_count")
         + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
@@ -234,7 +230,7 @@ def _progress_group() -> Statement:
         f"message = coalesce(g.message, j.message), start_time = coalesce(j.start_time, {now}), "
         f"change_seq = {q.POSTGRES.next_seq} "
         "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.cancel_requested), "
-        f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
+        f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
         "SELECT c1.pos, j1.revision, j1.cancel_requested, c1.lease_expire_time FROM c1 "
         "JOIN j1 ON j1.id = c1.job_id CROSS JOIN n"
     )
@@ -259,12 +255,10 @@ _AGAIN_STATE = q.derive_state_sql(
 # never ends a job). One row per failure that went through: its position, the chunk's next attempt time
 # and its backoff (seconds, as computed: the change hub's and the notice's wake-up), the job's revision
 # after the flush, the chunk's kind, start time, attempt and index, and the job's trace_parent.
-def _fail_group() -> Statement:
-    p = Binds()
-    now = p("now")
-    return p.statement(
+def _fail_group() -> str:
+    now = ":now"
+    return (
         _input(
-            p,
             "chunk_id text, job_id text, token text, reason text, message text, jitter float8, "
             "base float8, cap float8",
         )
@@ -272,7 +266,7 @@ def _fail_group() -> Statement:
         # The jobs first, by id (every writer's lock order).
         _locked_jobs(
             "priority, max_attempts",
-            f"NOT cancel_requested AND (webhook_url = '' OR {_quiet(now, p('interval'))})",
+            f"NOT cancel_requested AND (webhook_url = '' OR {_quiet(now, ':interval')})",
         )
         # The fence; only a chunk with an attempt left is retried here.
         + _fenced(
@@ -308,7 +302,7 @@ def _fail_group() -> Statement:
         "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.trace_parent), "
         # The notice carries when the retries come due ('l', seconds from now, as domain/changes.py encode
         # writes them), so a claim waiting on another replica wakes then.
-        f"n AS (SELECT pg_notify({p('channel')}, json_build_object('r', {p('replica')}::text, "
+        f"n AS (SELECT pg_notify(:channel, json_build_object('r', :replica::text, "
         "'j', json_object_agg(j1.id, j1.revision), "
         "'d', json_build_array(), 'l', (SELECT json_agg(x ORDER BY x) FROM (SELECT DISTINCT "
         "round(c1.delay_s::numeric, 3) AS x FROM c1 ORDER BY x LIMIT 20) AS l))::text) "
@@ -370,7 +364,7 @@ def _claim_counts(name: str, claimed: str) -> str:
     )
 
 
-def claim_group_statement(n_kinds: int, limit: int) -> Statement:
+def claim_group_statement(n_kinds: int, limit: int) -> str:
     """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
     webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
     then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
@@ -389,21 +383,20 @@ def claim_group_statement(n_kinds: int, limit: int) -> Statement:
 
 
 @functools.cache
-def _claim_group_statement(kinds: bool, limit: int) -> Statement:
-    p = Binds()
-    ready = q.pg_ready(p("kinds") if kinds else "")
-    now = p("now")
+def _claim_group_statement(kinds: bool, limit: int) -> str:
+    ready = q.pg_ready(":kinds" if kinds else "")
+    now = ":now"
     state = (
         f"CASE WHEN jj.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
     order = "c1.priority DESC, c1.job_id, c1.idx"
-    return p.statement(
+    return (
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
         f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event "
-        f"FROM jobs WHERE id IN ({q.pg_candidate_jobs(ready, str(int(limit)), p('kinds') if kinds else '')}) "
+        f"FROM jobs WHERE id IN ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '')}) "
         "ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", str(int(limit)), now, p("interval"))
-        + _slotted("r", p("workers"), p("leases"), p("callers"))
+        + _picked(ready, "j", str(int(limit)), now, ":interval")
+        + _slotted("r", ":workers", ":leases", ":callers")
         + _claiming(
             "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
         )
@@ -421,7 +414,7 @@ def _claim_group_statement(kinds: bool, limit: int) -> Statement:
         f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'c1')}) ORDER BY {order}) FROM c1) AS chunk_rows, "
         f"(SELECT array_agg(c1.caller ORDER BY {order}) FROM c1) AS callers, "
         "(SELECT array_agg(j1) FROM j1) AS job_rows, "
-        f"(SELECT {_notify(p('channel'), p('replica'))} FROM j1 HAVING count(*) > 0) AS notified, "
+        f"(SELECT {_notify(':channel', ':replica')} FROM j1 HAVING count(*) > 0) AS notified, "
         f"(SELECT array_agg(c1.due ORDER BY {order}) FROM c1) AS dues"
     )
 
@@ -433,7 +426,7 @@ def slots_given(slots: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
 
 
 @functools.cache
-def complete_then_claim(kinds: bool, limit: int) -> Statement:
+def complete_then_claim(kinds: bool, limit: int) -> str:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
     COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
@@ -448,9 +441,7 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
     after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
     written in as claim_group_statement writes it."""
-    p = Binds()
-    # A placeholder is named only where the statement uses it (an unused one has no type).
-    ready = q.pg_ready(p("kinds") if kinds else "")
+    ready = q.pg_ready(":kinds" if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
         "(j.n_processing - g.n)",
@@ -469,11 +460,11 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
         f"CASE WHEN j.cancel_requested THEN {int(JobState.CANCELLING)} ELSE {int(JobState.PROCESSING)} END"
     )
     order = "k1.priority DESC, k1.job_id, k1.idx"
-    now_c = p("now_c")
-    return p.statement(
-        _input(p, _COMPLETIONS) +
+    now_c = ":now_c"
+    return (
+        _input(_COMPLETIONS) +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
-        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), p('kinds') if kinds else '')}), "
+        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '')}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
@@ -485,19 +476,19 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
         # The completions: COMPLETE_GROUP's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
-        f"{_no_event(now_c, p('interval'), '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')}), "
+        f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')}), "
         + _completing(now_c)
         +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
         "jk AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event FROM jl "
-        f"WHERE cand AND (SELECT count(*) FROM c1) = {p('n')}), "
-        + _picked(ready, "jk", str(int(limit)), p("now_k"), p("interval"))
-        + _slotted("rk", p("workers"), p("leases"), p("callers"))
+        "WHERE cand AND (SELECT count(*) FROM c1) = :n), "
+        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval")
+        + _slotted("rk", ":workers", ":leases", ":callers")
         + _claiming(
             "k1",
             "rk",
-            p("now_k"),
+            ":now_k",
             "jk.revision + coalesce(g.n, 0) + rk.step",
             "FROM rk JOIN jk ON jk.id = rk.job_id LEFT JOIN g ON g.job_id = rk.job_id WHERE ch.id = rk.id",
         )
@@ -511,24 +502,24 @@ def complete_then_claim(kinds: bool, limit: int) -> Statement:
         "FROM g FULL JOIN gk ON gk.job_id = g.job_id), "
         "j1 AS (UPDATE jobs AS j SET revision = j.revision + d.cn + d.steps, "
         f"update_time = greatest(j.update_time, CASE WHEN d.cn > 0 THEN {now_c} END, "
-        f"CASE WHEN d.kn > 0 THEN {p('now_k')} END), "
+        f"CASE WHEN d.kn > 0 THEN :now_k END), "
         "n_pending = j.n_pending - d.kn, n_processing = j.n_processing - d.cn + d.kn, "
         "n_completed = j.n_completed + d.done, n_cancelled = j.n_cancelled + d.cancelled, "
         "items_done = j.items_done + d.gained - d.lost, "
-        f"start_time = CASE WHEN d.kn > 0 THEN coalesce(j.start_time, {p('now_k')}) ELSE j.start_time END, "
+        f"start_time = CASE WHEN d.kn > 0 THEN coalesce(j.start_time, :now_k) ELSE j.start_time END, "
         f"state = CASE WHEN d.kn > 0 THEN {claimed_state} ELSE {after_done} END, "
         f"end_time = CASE WHEN d.kn > 0 THEN NULL WHEN {after_done} IN {_TERMINAL} "
         f"THEN coalesce(j.end_time, {now_c}) ELSE NULL END, "
         f"change_seq = {q.POSTGRES.next_seq} "
         f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
-        + _artifacts(p("a_pos"), p("a_name"), p("a_uri"), p("a_media"), p("a_size"))
-        + f"n AS (SELECT {_notify(p('channel'), p('replica'))} AS sent FROM j1 HAVING count(*) > 0) "
+        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size")
+        + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
         # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
         # completions), whether the claims were tried, and the claim statement's answer.
         f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, c1.items, "
         "c1.start_time, c1.attempt, j.create_time, c1.idx, j.trace_parent)) "
         "FROM c1 JOIN jl AS j ON j.id = c1.job_id JOIN g ON g.job_id = c1.job_id) AS done_rows, "
-        f"(SELECT count(*) FROM c1) = {p('n')} AS tried, "
+        f"(SELECT count(*) FROM c1) = :n AS tried, "
         "(SELECT count(*) FROM jk) AS n_jobs, "
         f"(SELECT array_agg(ROW({_prefixed(CHUNK_COLUMNS, 'k1')}) ORDER BY {order}) FROM k1) AS chunk_rows, "
         f"(SELECT array_agg(k1.caller ORDER BY {order}) FROM k1) AS callers, "

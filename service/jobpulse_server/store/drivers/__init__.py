@@ -5,26 +5,31 @@ driver-neutral terms below what an error means for the caller; every statement i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from jobpulse_server.store.statements import NO_PARAMS
 
 
 class Conn(Protocol):
     """One connection inside a transaction (or, for reads that asked for none, outside one).
 
-    Statements use ``?`` placeholders; parameters are positional; rows are positional sequences."""
+    Statements name their parameters (``:name``, store/statements.py) and take them as a mapping (names a
+    statement does not use are left alone); rows are positional sequences."""
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+    async def fetch(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> list[Sequence[Any]]: ...
 
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None: ...
+    async def fetchrow(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Sequence[Any] | None: ...
 
-    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    async def fetchval(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Any: ...
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> int:
         """Runs a statement; the number of rows it changed."""
         ...
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    async def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Runs a statement once per mapping of parameters."""
+        ...
 
 
 class Conflict(Exception):

@@ -7,14 +7,14 @@ With the change listener's own connection (events/pg_listener.py) a replica hold
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
 from jobpulse_server.store.drivers import Aborted, Conflict
-from jobpulse_server.store.statements import numbered
+from jobpulse_server.store.statements import NO_PARAMS, for_postgres
 
 # Deadlock and serialization failure: the transaction was rolled back and may run again.
 _ABORTED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -46,38 +46,43 @@ class PgConn:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+    async def fetch(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> list[Sequence[Any]]:
+        r = for_postgres(sql)
         try:
-            return await self.conn.fetch(numbered(sql), *params)  # type: ignore[no-any-return]
+            return await self.conn.fetch(r.sql, *r.values(params))  # type: ignore[no-any-return]
         except (*_ABORTED, *_CONFLICT) as exc:
             raise _translated(exc) from exc
 
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+    async def fetchrow(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Sequence[Any] | None:
+        r = for_postgres(sql)
         try:
-            return await self.conn.fetchrow(numbered(sql), *params)  # type: ignore[no-any-return]
+            return await self.conn.fetchrow(r.sql, *r.values(params))  # type: ignore[no-any-return]
         except (*_ABORTED, *_CONFLICT) as exc:
             raise _translated(exc) from exc
 
-    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def fetchval(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Any:
+        r = for_postgres(sql)
         try:
-            return await self.conn.fetchval(numbered(sql), *params)
+            return await self.conn.fetchval(r.sql, *r.values(params))
         except (*_ABORTED, *_CONFLICT) as exc:
             raise _translated(exc) from exc
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> int:
+        r = for_postgres(sql)
         try:
-            status = await self.conn.execute(numbered(sql), *params)
+            status = await self.conn.execute(r.sql, *r.values(params))
         except (*_ABORTED, *_CONFLICT) as exc:
             raise _translated(exc) from exc
         # A command tag such as "UPDATE 3" or "INSERT 0 1": the last word is the row count.
         last = str(status).rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
+        r = for_postgres(sql)
         try:
-            await self.conn.executemany(numbered(sql), rows)
+            await self.conn.executemany(r.sql, list(map(r.values, rows)))
         except (*_ABORTED, *_CONFLICT) as exc:
             raise _translated(exc) from exc
 
@@ -174,12 +179,12 @@ class PgDriver:
             found = await conn.fetchval("SELECT reltuples::bigint FROM pg_class WHERE relname = $1", table)
         return int(found or 0)
 
-    async def statement(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """One statement, its own transaction (no BEGIN and COMMIT round trips); its first row."""
         async with self.pool.acquire() as conn:
             return await PgConn(conn).fetchrow(sql, params)
 
-    async def pinned_rows(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+    async def pinned_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """One statement, its own transaction, on the flusher's connection (generic plans); all its
         rows. A connection that failed is given back, and the next flush takes another."""
         if self._pinned_stale:

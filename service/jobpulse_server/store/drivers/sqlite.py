@@ -28,13 +28,14 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from jobpulse_server.store.drivers import Conflict
+from jobpulse_server.store.statements import NO_PARAMS, for_sqlite
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -108,38 +109,42 @@ class SqliteConn:
     # On the loop each call goes straight to SQLite (no closure, no extra await): they are on every
     # call's path.
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+    async def fetch(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> list[Sequence[Any]]:
+        text, _, values = for_sqlite(sql)
         if self._run is None:
-            return self.conn.execute(sql, params).fetchall()
-        return await self._call(lambda: self.conn.execute(sql, params).fetchall())
+            return self.conn.execute(text, values(params)).fetchall()
+        return await self._call(lambda: self.conn.execute(text, values(params)).fetchall())
 
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+    async def fetchrow(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Sequence[Any] | None:
+        text, _, values = for_sqlite(sql)
         if self._run is None:
-            return self.conn.execute(sql, params).fetchone()  # type: ignore[no-any-return]
-        return await self._call(lambda: self.conn.execute(sql, params).fetchone())
+            return self.conn.execute(text, values(params)).fetchone()  # type: ignore[no-any-return]
+        return await self._call(lambda: self.conn.execute(text, values(params)).fetchone())
 
-    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def fetchval(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> Any:
         row = await self.fetchrow(sql, params)
         return row[0] if row is not None else None
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Mapping[str, Any] = NO_PARAMS) -> int:
+        text, _, values = for_sqlite(sql)
         if self._run is None:
             try:
-                return self.conn.execute(sql, params).rowcount
+                return self.conn.execute(text, values(params)).rowcount
             except sqlite3.IntegrityError as exc:
                 raise Conflict(str(exc)) from exc
-        return await self._call(lambda: self.conn.execute(sql, params).rowcount)
+        return await self._call(lambda: self.conn.execute(text, values(params)).rowcount)
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
+        text, _, values = for_sqlite(sql)
         if self._run is None:
             try:
-                self.conn.executemany(sql, rows)
+                self.conn.executemany(text, map(values, rows))
             except sqlite3.IntegrityError as exc:
                 raise Conflict(str(exc)) from exc
             return
-        await self._call(lambda: self.conn.executemany(sql, rows))
+        await self._call(lambda: self.conn.executemany(text, map(values, rows)))
 
 
 def _restart_wal(path: str) -> None:
