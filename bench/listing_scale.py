@@ -22,7 +22,7 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,7 +342,7 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
 
 class Raw:
     """A plain connection of the bench's own (asyncpg or sqlite3) that runs the server's statements, with
-    their ``?`` placeholders, as the store's drivers send them."""
+    their named parameters rendered as the store's drivers send them."""
 
     def __init__(self, b: Backend) -> None:
         self.b = b
@@ -362,20 +362,22 @@ class Raw:
         if self.lite is not None:
             self.lite.close()
 
-    async def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
         if self.pg is not None:
-            return list(await self.pg.fetch(statements.numbered(sql), *params))
+            r = statements.for_postgres(sql)
+            return list(await self.pg.fetch(r.sql, *r.values(params)))
         assert self.lite is not None
-        return self.lite.execute(sql, params).fetchall()
+        r = statements.for_sqlite(sql)
+        return self.lite.execute(r.sql, r.values(params)).fetchall()
 
-    async def explain(self, sql: str, params: list[Any]) -> str:
+    async def explain(self, sql: str, params: Mapping[str, Any]) -> str:
         if self.pg is not None:
             rows = await self.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
             return "\n".join(r[0] for r in rows)
         rows = await self.fetch("EXPLAIN QUERY PLAN " + sql, params)
         return "\n".join(f"{r[0]:>3} {r[1]:>3}  {r[-1]}" for r in rows)
 
-    async def timed(self, stmt: tuple[str, list[Any]], repeats: int) -> float:
+    async def timed(self, stmt: tuple[str, Mapping[str, Any]], repeats: int) -> float:
         await self.fetch(*stmt)
         times = []
         for _ in range(repeats):
@@ -392,17 +394,17 @@ async def _nth_key(raw: Raw, d: statements.Dialect, f: JobFilter, order: str, n:
     direction = " DESC" if desc else ""
     sql = (
         f"SELECT {', '.join(cols)} FROM jobs{w.sql()} ORDER BY {', '.join(c + direction for c in cols)} "
-        "LIMIT 1 OFFSET ?"
+        "LIMIT 1 OFFSET :skip"
     )
-    return list((await raw.fetch(sql, [*w.params, n - 1]))[0])
+    return list((await raw.fetch(sql, {**w.params, "skip": n - 1}))[0])
 
 
 _ALL_JOB_COLUMNS = ", ".join(JOB_COLUMNS)
 
 
-def _fmt_stmt(stmt: tuple[str, list[Any]]) -> str:
+def _fmt_stmt(stmt: tuple[str, Mapping[str, Any]]) -> str:
     sql = stmt[0].replace(_ALL_JOB_COLUMNS, "<all jobs columns>")
-    return f"{sql.strip()}\n-- parameters: {list(stmt[1])}"
+    return f"{sql.strip()}\n-- parameters: {dict(stmt[1])}"
 
 
 async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> None:
