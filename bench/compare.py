@@ -74,11 +74,10 @@ Rows = dict[tuple[str, str], list[dict[str, Any]]]  # (side, mode) -> the row of
 
 
 async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, bare: BareServer) -> Any:
-    target = scenarios.Target.open(bare)
     bare.set_response(BARE_KEY, padded_get_job_response(BARE_RESPONSE_BYTES, BARE_KEY))
     bare_rates: list[float] = []
     rows: Rows = {(s, m): [] for s in "AB" for m in args.modes}
-    try:
+    async with scenarios.Target.open(bare) as target:
         for r in range(args.rounds):
             rate = await scenarios.bare_rate(target, BARE_KEY, args.workers, args.seconds)
             bare_rates.append(rate["per_second"])
@@ -94,8 +93,6 @@ async def measure(args: argparse.Namespace, a: ServerProcess, b: ServerProcess, 
                     rate, cpu = row["chunks_per_second"], _us(row["server_cpu_us_per_chunk"])
                     line.append(f"{mode} {side} {rate:,.0f}/s {cpu}")
             print("; ".join(line), flush=True)
-    finally:
-        await target.channel.close()
     return bare_rates, rows
 
 
@@ -138,16 +135,9 @@ async def served(
             async with AsyncExitStack() as stack:
                 url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
                 url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
-                a = procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a))
-                b = procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b))
-                bare = BareServer()
-                try:
-                    for server in (a, b, bare):
-                        await asyncio.to_thread(server.start)
-                    yield {"A": name_a, "B": name_b}, a, b, bare
-                finally:
-                    for server in (a, b, bare):
-                        server.close()
+                a = stack.enter_context(procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a)))
+                b = stack.enter_context(procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b)))
+                yield {"A": name_a, "B": name_b}, a, b, stack.enter_context(BareServer())
 
 
 async def run(args: argparse.Namespace) -> str:

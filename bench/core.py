@@ -93,9 +93,7 @@ async def _run(
         scenarios.latencies, calls=s.latency_calls, blocks=s.latency_blocks, warmup=s.latency_warmup
     )
     chunks = functools.partial(scenarios.chunk_throughput, workers=s.chunk_workers, backlog=s.chunk_backlog)
-    jp = scenarios.Target.open(reader)
-    bt = scenarios.Target.open(bare)
-    try:
+    async with scenarios.Target.open(reader) as jp, scenarios.Target.open(bare) as bt:
         report.log(f"seeding: a 10-chunk job, a 1,000-chunk job part-way done, {s.list_jobs:,} jobs to list")
         t0 = time.perf_counter()
         workers_stub = worker_service_pb2_grpc.WorkerServiceStub(jp.channel)
@@ -157,9 +155,6 @@ async def _run(
                 f"before {size:,} B at revision {first_rev}"
             )
         results["latency"][name]["revisions"] = last_rev - first_rev
-    finally:
-        await jp.channel.close()
-        await bt.channel.close()
 
     report.log("3. chunk throughput")
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in CHUNK_MODES}
@@ -239,18 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as tmp:
         report.log(f"{settings.mode} run; starting servers (databases under {tmp})")
-        reader = procs.Jobpulse(f"sqlite:///{tmp}/read.db")
-        worker = procs.Jobpulse(f"sqlite:///{tmp}/work.db")
-        bare = BareServer()
-        floor: Child | None = None
-        try:
-            for server in (reader, worker, bare):
-                server.start()
-            floor = floor_server(f"sqlite:///{tmp}/floor.db")
+        with (
+            procs.Jobpulse(f"sqlite:///{tmp}/read.db") as reader,
+            procs.Jobpulse(f"sqlite:///{tmp}/work.db") as worker,
+            BareServer() as bare,
+            floor_server(f"sqlite:///{tmp}/floor.db") as floor,
+        ):
             results = asyncio.run(_run(settings, reader, worker, bare, floor))
-        finally:
-            for stop in (reader.close, worker.close, bare.close, *([floor.close] if floor else [])):
-                stop()
         results["watch"] = _watch(settings, tmp)
 
     run.stamp(results)

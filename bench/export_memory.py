@@ -81,13 +81,10 @@ def measure(n_jobs: int) -> Run:
         asyncio.run(procs.migrate(backend.url))
         load_sqlite(backend, time.time_ns() // 1000)
         run.seed_s = time.perf_counter() - t0
-        server = procs.Jobpulse(backend.url).start()
-        try:
+        with procs.Jobpulse(backend.url) as server:
             run.server_start_kib = procs.status_kib(server.pid, "VmHWM")
             run.rows, run.cli_peak_kib, run.export_s = _export(server.address)
             run.server_peak_kib = procs.status_kib(server.pid, "VmHWM")
-        finally:
-            server.close()
     if run.rows != n_jobs:
         raise RuntimeError(f"exported {run.rows} rows of {n_jobs} jobs")
     return run

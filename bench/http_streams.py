@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
@@ -451,9 +452,7 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
         order += ["sse", "grpc"] if b % 2 == 0 else ["grpc", "sse"]
     changes = len(order) * (sizes.rounds + 1)
     chunks = changes // 2 + 3
-    server = Jobpulse(f"sqlite:///{tmp}/latency.db")
-    try:
-        server.start()
+    with Jobpulse(f"sqlite:///{tmp}/latency.db") as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             job_id = await create_job(channel, chunks, KIND)
             changer = Changer(channel)
@@ -463,8 +462,6 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
                 _log(f"1. latency: {n:,} {kind} streams, {sizes.rounds} changes")
                 blocks.append(await _latency_block(pool, server, changer, job_id, kind, n, sizes.rounds))
                 await asyncio.sleep(1.0)  # the closed streams go away on the server
-    finally:
-        server.close()
     out: dict[str, Any] = {"streams": n, "order": order, "chunks": chunks}
     for kind in ("sse", "grpc"):
         mine = [b for b in blocks if b["kind"] == kind]
@@ -509,25 +506,18 @@ async def memory(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     n = sizes.idle
     out: dict[str, Any] = {"streams": n, "settle_seconds": sizes.settle}
     _log(f"2. memory: {n:,} idle SSE streams, jobpulse")
-    server = Jobpulse(f"sqlite:///{tmp}/memory.db", heartbeat_interval=IDLE_HEARTBEAT)
-    try:
-        server.start()
+    with Jobpulse(f"sqlite:///{tmp}/memory.db", heartbeat_interval=IDLE_HEARTBEAT) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             job_id = await create_job(channel, 10, KIND)
         path = f"/v1/jobs/{job_id}/events"
         first = await asyncio.to_thread(capture_first, server.http_port, path)
         out["first_event_bytes"] = len(first)
         out["jobpulse"] = await _idle_memory(pool, server.pid, server.http_port, path, n, sizes.settle)
-    finally:
-        server.close()
     styles = ["streaming"] + (["sse-starlette"] if importlib.util.find_spec("sse_starlette") else [])
     for style in styles:
         _log(f"2. memory: {n:,} idle SSE streams, bare {style}")
-        bare = Child(serve_bare_sse, style, first, name=f"bare-{style}").start()
-        try:
+        with Child(serve_bare_sse, style, first, name=f"bare-{style}") as bare:
             out[style] = await _idle_memory(pool, bare.proc.pid or 0, bare.port, path, n, sizes.settle)
-        finally:
-            bare.close()
     jp = out["jobpulse"]["kib_per_stream"]
     for style in styles:
         base = out[style]["kib_per_stream"]
@@ -547,10 +537,11 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
         "on": Jobpulse(f"sqlite:///{tmp}/grpc-on.db"),
     }
     targets: dict[str, scenarios.Target] = {}
-    try:
+    async with AsyncExitStack() as stack:  # each server started, then its channel; closed in reverse
         calls = {}
         for name, server in servers.items():
-            target = targets[name] = scenarios.Target.open(server.start())
+            target = scenarios.Target.open(stack.enter_context(server))
+            targets[name] = await stack.enter_async_context(target)
             calls[name] = target.get_job(await create_job(target.channel, 10, KIND), job_pb2.JOB_VIEW_BASIC)
         on = servers["on"]
         idle_job = await create_job(targets["on"].channel, 10, kind="http-bench-idle")
@@ -565,11 +556,6 @@ async def grpc_unaffected(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str,
                 rates[name].append(await run(calls[name], seconds=s.getjob_seconds, server=server))
         state = await pool.state()
         await pool.close()
-    finally:
-        for target in targets.values():
-            await target.channel.close()
-        for server in servers.values():
-            server.close()
     out: dict[str, Any] = {"idle_streams": s.load_streams, "idle_open_seconds": opened["seconds"]}
     out["idle_ended_early"] = state["ended"]
     for name, rows in rates.items():

@@ -323,8 +323,7 @@ async def time_pages(stub: job_service_pb2_grpc.JobServiceStub, lst: Listing, re
 
 
 async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, repeats: int) -> None:
-    server = procs.Jobpulse(b.url).start()
-    try:
+    with procs.Jobpulse(b.url) as server:
         async with grpc.aio.insecure_channel(
             server.address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)]
         ) as channel:
@@ -333,8 +332,6 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
             await asyncio.gather(*(walk(stub, lst, deadline) for lst in listings))
             for lst in listings:
                 await time_pages(stub, lst, repeats)
-    finally:
-        server.close()
 
 
 # --- SQL: the statements the server runs (store/statements.py) --------------------------------------

@@ -176,9 +176,7 @@ async def _drain(
     completed by a worker of a group that claims its kind."""
     n = sum(items for _, items in jobs)
     async with procs.database("postgresql", key) as dsn:
-        server = procs.Jobpulse(dsn)
-        try:
-            server.start()
+        with procs.Jobpulse(dsn) as server:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 if not await work.supported(
                     worker_service_pb2_grpc.WorkerServiceStub(channel), mode, TIMEOUT
@@ -188,8 +186,6 @@ async def _drain(
                 group_counts, measured = await _workers(server, mode, groups, "peer")
                 request = job_service_pb2.ListJobsRequest(page_size=100)
                 listed = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(request, timeout=TIMEOUT)
-        finally:
-            server.close()
         counts = work.Counts()
         for c in group_counts:
             counts.add(c)
@@ -263,16 +259,10 @@ async def grpc_floor(n: int, workers: int, key: str) -> dict[str, Any]:
     (which migrates the database) stopped before the clock starts; every chunk must be completed once."""
     name, mode_key = GRPC_FLOORS[key]
     async with procs.database("postgresql", key) as dsn:
-        server = procs.Jobpulse(dsn)
-        try:
-            await _create_jobs(server.start().address, [("bench-work", k) for k in shares(n, JOBS_PER_RUN)])
-        finally:
-            server.close()
-        floor = await asyncio.to_thread(floor_server, dsn)
-        try:
+        with procs.Jobpulse(dsn) as server:
+            await _create_jobs(server.address, [("bench-work", k) for k in shares(n, JOBS_PER_RUN)])
+        with await asyncio.to_thread(floor_server, dsn) as floor:
             [counts], measured = await _workers(floor, work.MODES[mode_key], [((), workers)], "grpc-floor")
-        finally:
-            await asyncio.to_thread(floor.close)
         completed, left = await _completed_chunks(dsn)
     if counts.chunks != n or completed != n or left or counts.not_ok:
         raise RuntimeError(

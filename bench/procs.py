@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from support.servers import ServerProcess, free_port
 
@@ -68,13 +68,26 @@ class Jobpulse(ServerProcess):
             inherited = self.env.get("PYTHONPATH")
             self.env["PYTHONPATH"] = f"{pythonpath}:{inherited}" if inherited else pythonpath
 
-    def start(self, timeout: float = _START_TIMEOUT) -> Jobpulse:
-        super().start(timeout)  # returns once gRPC health says SERVING
-        if self.http_port >= 0:  # the HTTP side starts before that; make sure of it anyway
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"/healthz answered {r.status}")
+    def start(self, timeout: float = _START_TIMEOUT) -> Self:
+        """Starts the server, once (stopped again if it does not come up); ``with Jobpulse(...) as
+        server`` starts it too (if ``start`` has not), and stops it when the block ends."""
+        if self.proc is not None:
+            return self
+        try:
+            super().start(timeout)  # returns once gRPC health says SERVING
+            if self.http_port >= 0:  # the HTTP side starts before that; make sure of it anyway
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"/healthz answered {r.status}")
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    __enter__ = start
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def pid(self) -> int:
@@ -134,7 +147,8 @@ async def _child(conn: Connection, serve: Callable[..., Awaitable[Serving]], arg
 class Child:
     """A baseline server (or a client holding streams) in a spawned process: ``serve(*args)`` (a
     module-level coroutine function, as spawn needs) starts it in the child and returns ``Serving``; its
-    command handler may be a coroutine function, and what it raises comes back as ``("error", text)``."""
+    command handler may be a coroutine function, and what it raises comes back as ``("error", text)``.
+    ``with Child(...) as child`` waits until it serves (if ``start`` has not), and stops it afterwards."""
 
     def __init__(self, serve: Callable[..., Awaitable[Serving]], *args: Any, name: str = "baseline") -> None:
         ctx = mp.get_context("spawn")
@@ -145,9 +159,11 @@ class Child:
         self.proc.start()
         child.close()
         self.name = name
-        self.port = 0
+        self.port, self.started = 0, False
 
-    def start(self) -> Child:
+    def start(self) -> Self:
+        if self.started:
+            return self
         if not self.conn.poll(_START_TIMEOUT):
             self.close()
             raise RuntimeError(f"{self.name} server did not start within {_START_TIMEOUT:.0f}s")
@@ -156,7 +172,13 @@ class Child:
         except EOFError as exc:
             raise RuntimeError(f"{self.name} server exited during start-up (see its stderr)") from exc
         assert tag == "port"
+        self.started = True
         return self
+
+    __enter__ = start
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def address(self) -> str:
@@ -168,20 +190,16 @@ class Child:
         return self.conn.recv()
 
     def close(self) -> None:
-        stop(self.proc, self.conn)
-
-
-def stop(proc: Any, conn: Connection) -> None:
-    """Asks a spawned process to stop over its pipe; terminates it if it has not within 15 s."""
-    if proc.is_alive():
-        try:
-            conn.send(("stop",))
-        except OSError:
-            pass
-        proc.join(15)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(5)
+        """Asks the process to stop over its pipe; terminates it if it has not within 15 s."""
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("stop",))
+            except OSError:
+                pass
+            self.proc.join(15)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
 
 
 @asynccontextmanager

@@ -114,27 +114,24 @@ def _run(path: str) -> int:
 
     asyncio.run(procs.migrate(url))
     print(f"seeding {N_JOBS:,} jobs to expire (one chunk each) into {path} ...", flush=True)
-    ids: list[str] = []
-    srv: procs.Jobpulse | None = None
-    try:
-        t0 = time.perf_counter()
-        ids = seed(path, N_JOBS, 0)
-        print(f"seeded in {time.perf_counter() - t0:.1f} s", flush=True)
-        # Place the jobs so that the first expires LEAD seconds from now (one UPDATE, before the
-        # server starts): the quiet phase is free of deletions however long the seeding took.
-        expire_at = time.time() + LEAD
-        shift = int((expire_at - RETENTION) * 1e6)
-        conn = sqlite3.connect(path, isolation_level=None)
-        times = ", ".join(f"{c} = {c} + ?" for c in ("update_time", "end_time", "start_time", "create_time"))
-        conn.execute(f"UPDATE jobs SET {times} WHERE kind = '{KIND}'", (shift,) * 4)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
+    t0 = time.perf_counter()
+    ids = seed(path, N_JOBS, 0)
+    print(f"seeded in {time.perf_counter() - t0:.1f} s", flush=True)
+    # Place the jobs so that the first expires LEAD seconds from now (one UPDATE, before the
+    # server starts): the quiet phase is free of deletions however long the seeding took.
+    expire_at = time.time() + LEAD
+    shift = int((expire_at - RETENTION) * 1e6)
+    conn = sqlite3.connect(path, isolation_level=None)
+    times = ", ".join(f"{c} = {c} + ?" for c in ("update_time", "end_time", "start_time", "create_time"))
+    conn.execute(f"UPDATE jobs SET {times} WHERE kind = '{KIND}'", (shift,) * 4)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
-        # JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes).
-        raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
-        batch: dict[str, Any] = {"retention_batch": int(raw)} if raw else {}
-        srv = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **batch).start(120)
-        channel = grpc.insecure_channel(srv.address)
+    # JOBPULSE_BENCH_RETENTION_BATCH, if set, replaces the server's retention_batch (to compare sizes).
+    raw = os.environ.get("JOBPULSE_BENCH_RETENTION_BATCH")
+    batch: dict[str, Any] = {"retention_batch": int(raw)} if raw else {}
+    server = procs.Jobpulse(url, retention_completed=RETENTION, sweep_interval=1.0, **batch)
+    with server.start(120), grpc.insecure_channel(server.address) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         live = job_service_pb2.CreateJobRequest(kind="bench-live", total_items=1000, chunk_size=100)
         request = job_service_pb2.GetJobRequest(job_id=stub.CreateJob(live, timeout=30).job.id)
@@ -171,7 +168,6 @@ def _run(path: str) -> int:
         # A second quiet phase once everything is gone: one short phase alone is at the mercy of a
         # noisy moment, so the ratio is taken against the lower (stricter) of the two.
         after = [_timed_get(stub, request) for _ in range(QUIET_CALLS)]
-        channel.close()
         print(_line("GetJob, while deleting", during), flush=True)
         print(_line("GetJob, after the deletion", after), flush=True)
         ratio = percentile(during, 99) / min(percentile(quiet, 99), percentile(after, 99))
@@ -183,9 +179,6 @@ def _run(path: str) -> int:
             "after expiry, at the sweeper's next tick)"
         )
         return 0
-    finally:
-        if srv is not None:
-            srv.close()
 
 
 if __name__ == "__main__":

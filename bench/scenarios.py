@@ -22,7 +22,7 @@ WORK_LEASE = duration_pb2.Duration(seconds=600)
 
 @dataclass
 class Target:
-    """A server under test and a JobService stub on a channel of its own."""
+    """A server under test and a JobService stub on a channel of its own (closed by ``async with``)."""
 
     server: Served
     channel: grpc.aio.Channel
@@ -33,6 +33,12 @@ class Target:
         options = [("grpc.max_receive_message_length", 32 * 1024 * 1024)]
         channel = grpc.aio.insecure_channel(server.address, options=options)
         return cls(server, channel, job_service_pb2_grpc.JobServiceStub(channel))
+
+    async def __aenter__(self) -> Target:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
 
     def get_job(self, job_id: str, view: int) -> Call:
         request = job_service_pb2.GetJobRequest(job_id=job_id, view=view)  # type: ignore[arg-type]

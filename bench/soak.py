@@ -189,9 +189,8 @@ def _growth(samples: list[tuple[float, int]]) -> float:
 async def soak(database: str, seconds: float, sample: float, say: Callable[[str], None]) -> Result:
     rng = random.Random(7)
     async with procs.database(database, "soak") as url:
-        server = procs.Jobpulse(url).start()
-        http_port, pid = server.http_port, server.pid
-        try:
+        with procs.Jobpulse(url) as server:
+            http_port, pid = server.http_port, server.pid
             start = rss_bytes(pid)
             load = Load()
             async with grpc.aio.insecure_channel(server.address) as channel:
@@ -224,8 +223,6 @@ async def soak(database: str, seconds: float, sample: float, say: Callable[[str]
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            server.close()
     limit, peak = start + int(1.5 * Config().encoded_cache_bytes) + 32 * MIB, max(r for _, r in samples)
     rest = _growth(besides) if besides is not None else None
     growth = _growth(samples)

@@ -160,7 +160,7 @@ class FanoutProcess(Child):
 
 
 class Channels:
-    """Enough channels (each its own TCP connection) for ``streams`` streams."""
+    """Enough channels (each its own TCP connection) for ``streams`` streams; ``async with`` closes them."""
 
     def __init__(self, target: str, streams: int) -> None:
         count = max(1, -(-streams // STREAMS_PER_CHANNEL))
@@ -176,6 +176,12 @@ class Channels:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.channels))
+
+    async def __aenter__(self) -> Channels:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class Streams:
@@ -369,8 +375,7 @@ class FanoutSide:
 async def capture_templates(server: Jobpulse, chunks: int) -> tuple[bytes, bytes]:
     """A real snapshot and a real one-chunk CHANGE, for the baseline to send (same sizes)."""
     side = JobpulseSide(server)
-    channels = Channels(server.address, 1)
-    try:
+    async with Channels(server.address, 1) as channels:
         [job_id] = await side.make_jobs(channels, 1, chunks)
         call = channels.stub(0).WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=TIMEOUT)
         snapshot = await call.read()
@@ -378,8 +383,6 @@ async def capture_templates(server: Jobpulse, chunks: int) -> tuple[bytes, bytes
         change = await call.read()
         call.cancel()
         return snapshot.SerializeToString(), change.SerializeToString()
-    finally:
-        await channels.close()
 
 
 async def _change(
@@ -400,8 +403,7 @@ async def _change(
 
 async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[str, Any]:
     """N streams on one job: memory per idle stream, then ``rounds`` timed changes."""
-    channels = Channels(side.server.address, streams_n)
-    try:
+    async with Channels(side.server.address, streams_n) as channels:
         [key] = await side.make_jobs(channels, 1, chunks)
         poke, pid = side.poke(channels, key), side.server.proc.pid
         # Warm up: a few streams and a change, so lazy set-up is not counted as per-stream memory.
@@ -445,14 +447,11 @@ async def one_job(side: Side, streams_n: int, rounds: int, chunks: int) -> dict[
         # CPU seconds per change, from the poke to the last delivery (server: all its threads).
         row |= {"server_cpu_per_change": server_cpu / rounds, "client_cpu_per_change": client_cpu / rounds}
         return row | {"spacing_seconds": spacing, "burst_settle_p50": percentile(bursts, 50)}
-    finally:
-        await channels.close()
 
 
 async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
     """Server memory per idle stream of the minimal grpc.aio handler (``FanoutServicer.WatchJobs``),
     measured as ``one_job`` measures it, in a server process of its own."""
-    channels = Channels(server.address, streams_n)
 
     async def open_streams(n: int) -> tuple[list[Any], bool]:
         request = job_service_pb2.WatchJobsRequest()
@@ -463,7 +462,7 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
         except asyncio.TimeoutError:
             return calls, False
 
-    try:
+    async with Channels(server.address, streams_n) as channels:
         warm, _ = await open_streams(10)
         for call in warm:
             call.cancel()
@@ -478,14 +477,11 @@ async def floor_memory(server: FanoutProcess, streams_n: int) -> dict[str, Any]:
             call.cancel()
         out = {"streams": streams_n, "opened": all_open, "ended": ended}
         return out | {"kib_per_stream": (after - before) / streams_n}
-    finally:
-        await channels.close()
 
 
 async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dict[str, Any]:
     """One stream per job, one change per job; up to ``in_flight`` changes under way at once."""
-    channels = Channels(side.server.address, jobs_n)
-    try:
+    async with Channels(side.server.address, jobs_n) as channels:
         t0 = time.perf_counter()
         keys = await side.make_jobs(channels, jobs_n, chunks)
         setup_seconds = time.perf_counter() - t0
@@ -518,8 +514,6 @@ async def many_jobs(side: Side, jobs_n: int, in_flight: int, chunks: int) -> dic
             "latency": summary(latencies),
         }
         return out | {"changes_per_second": jobs_n / elapsed, "server_cpu_us_per_change": cpu}
-    finally:
-        await channels.close()
 
 
 # --- running and reporting ---------------------------------------------------------------------------
@@ -530,10 +524,7 @@ Side = JobpulseSide | FanoutSide  # one server under test: how to make its jobs 
 def _with_pair(tmp: str, tag: str, chunks: int, measure: Callable[[Side], Awaitable[Any]]) -> dict[str, Any]:
     """A fresh jobpulse and a fresh fan-out, whose messages are the sizes of jobpulse's (a real snapshot of
     a job of ``chunks`` chunks and a real change), each measured by ``measure`` and stopped after."""
-    jp, bare = Jobpulse(f"sqlite:///{tmp}/{tag}.db"), FanoutProcess()
-    try:
-        jp.start()
-        bare.start()
+    with Jobpulse(f"sqlite:///{tmp}/{tag}.db") as jp, FanoutProcess() as bare:
 
         async def go() -> dict[str, Any]:
             templates = await capture_templates(jp, chunks)
@@ -542,9 +533,6 @@ def _with_pair(tmp: str, tag: str, chunks: int, measure: Callable[[Side], Awaita
             return {**out, "message_bytes": {"snapshot": len(templates[0]), "change": len(templates[1])}}
 
         return asyncio.run(go())
-    finally:
-        jp.close()
-        bare.close()
 
 
 def run(settings: Settings, tmp: str) -> dict[str, Any]:
@@ -554,12 +542,8 @@ def run(settings: Settings, tmp: str) -> dict[str, Any]:
         _log(f"one job, {n:,} streams, {rounds} changes")
         one = functools.partial(one_job, streams_n=n, rounds=rounds, chunks=s.chunks_per_job)
         row = _with_pair(tmp, f"one-{n}", s.chunks_per_job, one)
-        floor = FanoutProcess()
-        try:
-            floor.start()
+        with FanoutProcess() as floor:
             row["floor"] = asyncio.run(floor_memory(floor, n))
-        finally:
-            floor.close()
         rows.append(row)
     _log(f"{s.many_jobs:,} jobs, one stream and one change each")
     many = run_many_jobs(tmp, s.many_jobs, s.many_in_flight, s.chunks_per_job)
