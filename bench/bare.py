@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bench.procs import Child
+from bench.procs import Child, Serving
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.platform.tracing import tracing_from_environment, tracing_requested
 
@@ -48,10 +48,11 @@ class BareJobServicer(job_service_pb2_grpc.JobServiceServicer):
         return response
 
 
-async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
-    """Starts the bare server on 127.0.0.1, any free port. Where the ``OTEL_*`` variables turn tracing on
-    (as they do for jobpulse: jobpulse_server/tracing.py), every call gets jobpulse's own server span
-    (``RpcSpans``) exported the same way, and nothing else: the floor of what a traced call costs."""
+async def serve_bare() -> Serving:
+    """The bare server in a ``bench.procs.Child``, on 127.0.0.1, any free port: ``("set", job_id,
+    payload)`` registers a response. Where the ``OTEL_*`` variables turn tracing on (as they do for
+    jobpulse: jobpulse_server/tracing.py), every call gets jobpulse's own server span (``RpcSpans``)
+    exported the same way, and nothing else: the floor of what a traced call costs."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if tracing_requested(os.environ):
         from jobpulse_server.api.tracing import RpcSpans
@@ -64,12 +65,6 @@ async def start_bare_server() -> tuple[grpc.aio.Server, int, BareJobServicer]:
     job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    return server, port, servicer
-
-
-async def serve_bare() -> tuple[int, Any, Any]:
-    """The bare server in a ``bench.procs.Child``: ``("set", job_id, payload)`` registers a response."""
-    server, port, servicer = await start_bare_server()
 
     def handle(msg: tuple[Any, ...]) -> tuple[Any, ...]:
         if msg[0] != "set":

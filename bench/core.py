@@ -107,12 +107,9 @@ async def _run(
         list_page = await jp.list_jobs(s.list_page_size)()
         if len(big_full.job.chunks) != 1000 or len(list_page.jobs) != s.list_page_size:
             raise RuntimeError("seeded data does not look as expected")
-        for key, got in (
-            (BARE_SMALL_BASIC, small_basic),
-            (BARE_BIG_BASIC, big_basic),
-            (BARE_BIG_FULL, big_full),
-        ):
-            bare.set_response(key, got.SerializeToString())
+        bare.set_response(BARE_SMALL_BASIC, small_basic.SerializeToString())
+        bare.set_response(BARE_BIG_BASIC, big_basic.SerializeToString())
+        bare.set_response(BARE_BIG_FULL, big_full.SerializeToString())
         bare.set_response(BARE_LIST_PAGE, padded_get_job_response(list_page.ByteSize(), BARE_LIST_PAGE))
 
         report.log("1. GetJob BASIC rate")
@@ -196,19 +193,11 @@ def _merge_chunk_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
     head = {k: rows[0][k] for k in ("mode", "max_chunks", "workers", "backlog")}
     if any(r.get("unimplemented") for r in rows):
         return {**head, "unimplemented": True, "rounds": rows}
-    seconds = sum(r["seconds"] for r in rows)
-    chunks = sum(r["chunks"] for r in rows)
-    rpcs = sum(r["rpcs"] for r in rows)
+    summed = ("seconds", "chunks", "rpcs", "claim_calls", "claimed_next", "claim_next_empty", "not_ok")
+    out = {**head, **{k: sum(r[k] for r in rows) for k in summed}, "ran_dry": any(r["ran_dry"] for r in rows)}
+    seconds, chunks = out["seconds"], out["chunks"]
     cpu = [x * r["chunks"] for r in rows if (x := r["server_cpu_us_per_chunk"]) is not None]
-    out = {
-        **head,
-        "seconds": seconds,
-        "chunks": chunks,
-        "rpcs": rpcs,
-        "ran_dry": any(r["ran_dry"] for r in rows),
-    }
-    out |= {k: sum(r[k] for r in rows) for k in ("claim_calls", "claimed_next", "claim_next_empty", "not_ok")}
-    out |= {"chunks_per_second": chunks / seconds, "rpcs_per_second": rpcs / seconds, "rounds": rows}
+    out |= {"chunks_per_second": chunks / seconds, "rpcs_per_second": out["rpcs"] / seconds, "rounds": rows}
     return out | {"server_cpu_us_per_chunk": sum(cpu) / chunks if len(cpu) == len(rows) and chunks else None}
 
 

@@ -84,9 +84,6 @@ class Sizes:
         self.getjob_concurrency: int = env("JOBPULSE_BENCH_HTTP_GETJOB_CONCURRENCY", 16)  # calls in flight
         self.client_procs: int = env("JOBPULSE_BENCH_HTTP_CLIENT_PROCS", 1)  # processes holding streams
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
 
 # --- the client processes: streams held away from the servers' loops ---------------------------------
 
@@ -691,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     run = report.Run()
     with tempfile.TemporaryDirectory(prefix="jobpulse-http-bench-") as tmp:
         results = run.stamp(asyncio.run(_run(parts, sizes, tmp)))
-    results["sizes"] = sizes.as_dict()
+    results["sizes"] = dict(vars(sizes))
     return report.publish(results, render(results), args.json)
 
 

@@ -207,10 +207,6 @@ def render_goals(goals: list[Goal]) -> list[str]:
     return lines
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def goals(results: dict[str, Any]) -> list[Goal]:
     """The targets bench.core measures (SQLite)."""
     r, lat = results["getjob_rate"], results["latency"]
@@ -445,15 +441,11 @@ def publish(
     full run), records its ``goals`` as the current figures."""
     print(text, flush=True)
     if path is not None:
-        write_json(results, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         log(f"results written to {path}")
     if scenario:
         from bench import figures  # figures imports this module
 
         figures.record(scenario, goals)
     return 0
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
