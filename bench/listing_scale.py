@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import os
@@ -47,7 +46,6 @@ TIMEOUT = 120.0
 # --- synthetic jobs ----------------------------------------------------------------------------
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_B32_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 KINDS: tuple[tuple[str, int], ...] = (
     ("ingest", 30),
     ("transcode", 20),
@@ -89,12 +87,8 @@ def insert_sql(table: str, columns: list[str]) -> str:
 
 def _ulid(ms: int, rng: random.Random) -> str:
     """A ULID like jobpulse_server.domain.ids makes: 48-bit milliseconds then 80 random bits."""
-    head = []
-    for _ in range(10):
-        head.append(_CROCKFORD[ms & 31])
-        ms >>= 5
-    tail = base64.b32encode(rng.randbytes(10)).decode().translate(_B32_TO_CROCKFORD)
-    return "".join(reversed(head)) + tail
+    value = ms << 80 | int.from_bytes(rng.randbytes(10), "big")
+    return "".join(_CROCKFORD[value >> shift & 31] for shift in range(125, -1, -5))
 
 
 def job_rows(n: int, now_us: int, seed: int = 7, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
@@ -272,7 +266,6 @@ class Listing:
     first_ms: float = 0.0
     deep_ms: float = 0.0
     sql: dict[str, float] = field(default_factory=dict)  # p50 ms per query
-    deep90_key: list[Any] | None = None
 
     @property
     def label(self) -> str:
@@ -339,21 +332,21 @@ async def grpc_phase(b: Backend, listings: list[Listing], walk_seconds: float, r
 
 class Raw:
     """A plain connection of the bench's own (asyncpg or sqlite3) that runs the server's statements, with
-    their named parameters rendered as the store's drivers send them."""
+    their named parameters rendered as the store's drivers send them; ``async with`` opens and closes it."""
 
     def __init__(self, b: Backend) -> None:
         self.b = b
         self.pg: asyncpg.Connection | None = None
         self.lite: sqlite3.Connection | None = None
 
-    async def open(self) -> Raw:
+    async def __aenter__(self) -> Raw:
         if self.b.name == "postgresql":
             self.pg = await asyncpg.connect(self.b.url)
         else:
             self.lite = sqlite3.connect(self.b.url.removeprefix("sqlite:///"))
         return self
 
-    async def close(self) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self.pg is not None:
             await self.pg.close()
         if self.lite is not None:
@@ -407,20 +400,19 @@ def _fmt_stmt(stmt: tuple[str, Mapping[str, Any]]) -> str:
 async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: list[str]) -> None:
     """Times count / first / deep (as walked and at 90%) with the server's statements; EXPLAINs them."""
     d = statements.POSTGRES if b.name == "postgresql" else statements.SQLITE
-    raw = await Raw(b).open()
     explain = "EXPLAIN (ANALYZE, BUFFERS)" if d.postgres else "EXPLAIN QUERY PLAN"
     what = f"{explain} of the statements in service/jobpulse_server/store/statements.py, as sent"
     head = f"# {b.name}: {b.n_jobs:,} jobs; {what}; SELECT <all jobs columns> stands for the column list"
     plans.extend(["#" * 110, head, "#" * 110])
-    try:
+    async with Raw(b) as raw:
         counted: set[str] = set()
         for lst in listings:
             f = JobFilter(states=list(lst.states))
             first = statements.list_jobs(d, f, lst.order, None, PAGE + 1)
             count_sql, _, count_params = statements.count_jobs(d, f)
             count = (count_sql, count_params)
-            lst.deep90_key = await _nth_key(raw, d, f, lst.order, lst.target_rows)
-            deep90 = statements.list_jobs(d, f, lst.order, lst.deep90_key, PAGE + 1)
+            deep90_key = await _nth_key(raw, d, f, lst.order, lst.target_rows)
+            deep90 = statements.list_jobs(d, f, lst.order, deep90_key, PAGE + 1)
             lst.sql = {"count": await raw.timed(count, repeats), "first": await raw.timed(first, repeats)}
             lst.sql["deep90"] = await raw.timed(deep90, repeats)
             if lst.deep_key is not None:
@@ -436,8 +428,6 @@ async def sql_phase(b: Backend, listings: list[Listing], repeats: int, plans: li
                 sections.append((f"ListJobs total_size COUNT ({title}) [{lst.filter_name}]", count))
             for title, stmt in sections:
                 plans.extend(["", f"=== {title}", _fmt_stmt(stmt), "--- plan", await raw.explain(*stmt)])
-    finally:
-        await raw.close()
 
 
 # --- run and print -----------------------------------------------------------------------------

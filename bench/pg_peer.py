@@ -243,14 +243,12 @@ async def _completed_chunks(dsn: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-GRPC_FLOOR = "grpcfloorb10"
-GRPC_FLOOR_NAME = "floor: CompleteChunks(10) + claim_next(10) under gRPC, the store alone behind it"
-GRPC_FLOOR_1 = "grpcfloor1"
-GRPC_FLOOR_1_NAME = "floor: ClaimChunks(1) + CompleteChunk under gRPC, the store alone behind it"
+GRPC_FLOOR_1, GRPC_FLOOR = "grpcfloor1", "grpcfloorb10"
 # The floors under gRPC: key -> (name, the worker mode of bench.work).
+_ALONE = " under gRPC, the store alone behind it"
 GRPC_FLOORS = {
-    GRPC_FLOOR_1: (GRPC_FLOOR_1_NAME, "one_by_one"),
-    GRPC_FLOOR: (GRPC_FLOOR_NAME, "batched_complete_chunks"),
+    GRPC_FLOOR_1: ("floor: ClaimChunks(1) + CompleteChunk" + _ALONE, "one_by_one"),
+    GRPC_FLOOR: ("floor: CompleteChunks(10) + claim_next(10)" + _ALONE, "batched_complete_chunks"),
 }
 
 
@@ -403,7 +401,7 @@ def _table(title: str, rows: list[dict[str, Any]]) -> list[str]:
             continue
         trips = f"{r['round_trips']:,}" if r["round_trips"] else "-"
         note = f"({n})" if (n := _note(r)) else ""
-        cpu = [_us(r.get("server_cpu_us")), _us(r.get("db_cpu_us"))]
+        cpu = [report._us(r.get(k), "-") for k in ("server_cpu_us", "db_cpu_us")]
         cells.append([r["name"], f"{r['per_second']:,.0f}", f"{r['seconds']:.2f}", trips, *cpu, note])
     head = ["", "jobs/s", "seconds", "round trips", "srv CPU us/job", "db CPU us/job", ""]
     note = "srv CPU: the jobpulse server process; db CPU: every PostgreSQL process on this machine"
@@ -414,10 +412,6 @@ def _by_round(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """The ratio of two rows' jobs/s in each round, e.g. "0.93, 0.88, 0.88"."""
     by = {r["key"]: r.get("per_second_by_round") or [] for r in rows}
     return ", ".join(_ratio(x, y) for x, y in zip(by.get(a, []), by.get(b, []), strict=False)) or "n/a"
-
-
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -128,8 +128,8 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
-def _us(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+def _us(value: float | None, unknown: str = "n/a") -> str:
+    return unknown if value is None else f"{value:,.0f}"
 
 
 def _x(ratio: float) -> str:
