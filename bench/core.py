@@ -30,7 +30,7 @@ from bench.bare import BareServer, padded_get_job_response
 from bench.grpc_floor import floor_server
 from bench.load import Call
 from bench.procs import Child
-from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2_grpc
+from jobpulse.v1 import job_pb2, job_service_pb2
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -96,8 +96,7 @@ async def _run(
     async with scenarios.Target.open(reader) as jp, scenarios.Target.open(bare) as bt:
         report.log(f"seeding: a 10-chunk job, a 1,000-chunk job part-way done, {s.list_jobs:,} jobs to list")
         t0 = time.perf_counter()
-        workers_stub = worker_service_pb2_grpc.WorkerServiceStub(jp.channel)
-        data = await seed.seed_read_data(jp.jobs, workers_stub, s.list_jobs)
+        data = await seed.seed_read_data(jp.channel, s.list_jobs)
         results["seed_seconds"] = time.perf_counter() - t0
 
         # The baselines answer with responses of exactly the size jobpulse sends.

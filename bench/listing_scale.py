@@ -30,6 +30,7 @@ import asyncpg
 import grpc
 
 from bench import procs, report
+from bench.load import sequential_latencies
 from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.filters import ORDERS as ORDER_COLUMNS
 from jobpulse_server.domain.filters import JobFilter
@@ -369,12 +370,7 @@ class Raw:
 
     async def timed(self, stmt: tuple[str, Mapping[str, Any]], repeats: int) -> float:
         await self.fetch(*stmt)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            await self.fetch(*stmt)
-            times.append(time.perf_counter() - t)
-        return _p50(times) * 1e3
+        return _p50(await sequential_latencies(lambda: self.fetch(*stmt), repeats)) * 1e3
 
 
 async def _nth_key(raw: Raw, d: statements.Dialect, f: JobFilter, order: str, n: int) -> list[Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, struct_pb2
+import grpc
+from google.protobuf import duration_pb2
 
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
@@ -24,28 +25,19 @@ class ReadData:
     list_jobs: int  # jobs in the table besides the two above
 
 
-def _metadata(**values: str | int) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(values)
-    return s
-
-
-async def seed_read_data(
-    jobs: job_service_pb2_grpc.JobServiceStub,
-    workers: worker_service_pb2_grpc.WorkerServiceStub,
-    list_jobs: int,
-) -> ReadData:
+async def seed_read_data(channel: grpc.aio.Channel, list_jobs: int) -> ReadData:
     """A 10-chunk job, a 1,000-chunk job part-way through, and ``list_jobs`` small jobs to list."""
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
     small_job = job_service_pb2.CreateJobRequest(kind="thumbnails", total_items=5_000, chunk_size=500)
     small_job.display_name = "bench small job"
     big_job = job_service_pb2.CreateJobRequest(kind="transcribe", priority=10, total_items=100_000)
     big_job.chunk_size, big_job.display_name = 100, "bench big job"
     for request in (small_job, big_job):
         request.labels.update({"team": "bench", "tier": "gold"})
-        request.metadata.CopyFrom(_metadata(source="bench", bucket="s3://bench-in"))
+        request.metadata.update({"source": "bench", "bucket": "s3://bench-in"})
     small = await jobs.CreateJob(small_job, timeout=TIMEOUT)
     big = await jobs.CreateJob(big_job, timeout=TIMEOUT)
-    await _advance_big_job(workers, big.job.id)
+    await _advance_big_job(worker_service_pb2_grpc.WorkerServiceStub(channel), big.job.id)
     await _create_list_jobs(jobs, list_jobs)
     return ReadData(small.job.id, big.job.id, list_jobs)
 
@@ -80,7 +72,7 @@ async def _create_list_jobs(jobs: job_service_pb2_grpc.JobServiceStub, count: in
             request = job_service_pb2.CreateJobRequest(kind=kind, total_items=1_000, chunk_size=500)
             request.display_name = f"bench list job {i:05d}"
             request.labels.update({"team": "bench", "batch": str(i // 100)})
-            request.metadata.CopyFrom(_metadata(source="bench", n=i))
+            request.metadata.update({"source": "bench", "n": i})
             await jobs.CreateJob(request, timeout=TIMEOUT)
 
     await asyncio.gather(*(lane() for _ in range(8)))
