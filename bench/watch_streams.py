@@ -16,6 +16,7 @@ times come from one clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sys
 import tempfile
@@ -234,10 +235,8 @@ class Streams:
     async def opened(self, timeout: float = OPEN_TIMEOUT) -> bool:
         """Waits until every stream expected got its first message (or failed); False if some had not."""
         self.check_open()
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._opened.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         return self.first == self.expected
 
     def arm(self, ahead: int = 1) -> int:
