@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from support.e2e import assert_summary_matches
+from support.e2e import assert_summary_matches, popen_interruptible
 from support.readme_blocks import find_block
 
 import jobpulse
@@ -260,15 +260,11 @@ def test_the_docs_async_worker_runs_as_written(server: Any, client: jobpulse.Cli
     code = docs_async_worker()
     assert "127.0.0.1:50051" in code
     job = client.create_job("thumbnails", 40, chunk_size=10)
-    # The only change: the page's address becomes this test's server. SIGINT as a terminal delivers it
-    # (a child of a shell running in the background inherits SIGINT ignored, and asyncio.run then
-    # installs no handler for it).
-    worker = subprocess.Popen(
+    # The only change: the page's address becomes this test's server.
+    worker = popen_interruptible(
         [sys.executable, "-c", code.replace("127.0.0.1:50051", server.address)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         final = client.wait(job.id, timeout=30, view="full")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support.e2e import popen_interruptible
 from support.polling import eventually
 
 import jobpulse
@@ -66,13 +67,8 @@ def _env(server: Any) -> dict[str, str]:
 def _interruptible_worker(server: Any, *args: str) -> subprocess.Popen[str]:
     """``jobpulse worker`` as a terminal runs it: SIGINT raises KeyboardInterrupt (a child of a shell
     running in the background inherits SIGINT ignored, and Python then leaves it ignored)."""
-    return subprocess.Popen(
-        [JOBPULSE, "worker", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(server),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    return popen_interruptible(
+        [JOBPULSE, "worker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(server)
     )
 
 

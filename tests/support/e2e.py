@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -97,3 +99,18 @@ class BackgroundThread:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def popen_interruptible(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """Starts ``argv`` as a terminal would: SIGINT raises KeyboardInterrupt in it.
+
+    A child of a shell running in the background inherits SIGINT ignored, and Python then leaves it
+    ignored. ``preexec_fn`` could reset it, but it makes subprocess fork() this process, whose gRPC threads
+    may hold locks at that moment (the child then hangs or prints poller errors before its exec). A caught
+    signal is reset to its default by exec, so the test process catches SIGINT while it starts the child.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(argv, text=True, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
