@@ -30,6 +30,7 @@ def create_job(
     webhook_url: str = "",
     webhook_progress: bool = False,
     ttl: float | timedelta | None = None,
+    schedule_time: _convert.TimeLike | None = None,
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -48,6 +49,9 @@ def create_job(
     keep = _convert.to_duration(ttl)
     if keep is not None:
         request.ttl.CopyFrom(keep)
+    at = _convert.to_timestamp(schedule_time)
+    if at is not None:
+        request.schedule_time.CopyFrom(at)
     struct = _convert.to_struct(metadata)
     if struct is not None:
         request.metadata.CopyFrom(struct)

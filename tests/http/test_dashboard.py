@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,19 @@ def test_a_page_over_the_keys_rate_limit_reloads_itself(make_server) -> None:
         assert 1 <= wait <= 2
         assert f'data-reload-after="{wait}"' in page.text  # the page's script reloads it then
         assert "loads again by itself" in page.text and "Traceback" not in page.text
+
+
+def test_a_scheduled_job_says_when_it_starts_on_its_page_and_in_the_list(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        year = datetime.now(timezone.utc).year + 1
+        at = f"{year}-01-01T00:00:00Z"
+        later = sdk.create_job("dash-later", 1, schedule_time=at, display_name="later")
+        now = sdk.create_job("dash-later", 1, display_name="now")
+
+        page = client.get(f"/jobs/{later.id}").text
+        note = re.search(r'<p class="note" data-testid="scheduled">(.*?)</p>', page, re.S)
+        assert note and f"{year}-01-01" in note.group(1), page
+        assert 'data-testid="scheduled"' not in client.get(f"/jobs/{now.id}").text
+        listing = client.get("/", params={"kind": "dash-later"}).text
+        rows = dict(re.findall(r'data-job-id="([^"]+)".*?<td class="state"[^>]*>(.*?)</td>', listing, re.S))
+        assert "scheduled" in rows[later.id] and "scheduled" not in rows[now.id]

@@ -302,6 +302,7 @@ class FakeRead:
                 j.total_items,
                 j.update_time,
                 j.priority,
+                j.schedule_time,
             )
             for j in await self.list_jobs(f, order_by, after, limit)
         ]

@@ -121,6 +121,7 @@ def _head(job: Job) -> JobHead:
         job.total_items,
         job.update_time,
         job.priority,
+        job.schedule_time,
     )
 
 

@@ -210,6 +210,7 @@ class AsyncClient:
         webhook_url: str = "",
         webhook_progress: bool = False,
         ttl: float | timedelta | None = None,
+        schedule_time: TimeLike | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -229,6 +230,8 @@ class AsyncClient:
             webhook_progress: Also send throttled ``job.progress`` events.
             ttl: How long the server keeps the job once it is terminal (seconds or a timedelta), then
                 deletes it; ``None``: the server's default for the state it ends in; 0: for ever.
+            schedule_time: When the job may start (a datetime, naive meaning UTC, an ISO 8601 string
+                or a Timestamp): none of its chunks is claimed before; ``None``: at once.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -247,6 +250,7 @@ class AsyncClient:
             webhook_url=webhook_url,
             webhook_progress=webhook_progress,
             ttl=ttl,
+            schedule_time=schedule_time,
         )
         response = await self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

@@ -207,6 +207,7 @@ class Client:
         webhook_url: str = "",
         webhook_progress: bool = False,
         ttl: float | timedelta | None = None,
+        schedule_time: TimeLike | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -226,6 +227,8 @@ class Client:
             webhook_progress: Also send throttled ``job.progress`` events.
             ttl: How long the server keeps the job once it is terminal (seconds or a timedelta), then
                 deletes it; ``None``: the server's default for the state it ends in; 0: for ever.
+            schedule_time: When the job may start (a datetime, naive meaning UTC, an ISO 8601 string
+                or a Timestamp): none of its chunks is claimed before; ``None``: at once.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -244,6 +247,7 @@ class Client:
             webhook_url=webhook_url,
             webhook_progress=webhook_progress,
             ttl=ttl,
+            schedule_time=schedule_time,
         )
         response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +45,16 @@ def _time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"expected an ISO 8601 time like 2024-05-01T12:00:00Z, got {text!r}"
         ) from None
+
+
+def _start_time(text: str) -> datetime:
+    """When a job may start: an ISO 8601 time, or ``+SECONDS`` from now."""
+    if text.startswith("+"):
+        seconds = _seconds(text[1:])
+        if not 0 <= seconds <= MAX_TTL_SECONDS:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_TTL_SECONDS} seconds (3650 days) ahead")
+        return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return _time(text)
 
 
 def _non_empty(text: str) -> str:

@@ -37,6 +37,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
             webhook_url=args.webhook_url or "",
             webhook_progress=args.webhook_progress,
             ttl=args.ttl,
+            schedule_time=args.schedule_time,
         )
     if args.json:
         _print_json(job)

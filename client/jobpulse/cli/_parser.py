@@ -29,6 +29,7 @@ from jobpulse.cli._argtypes import (
     _non_empty,
     _positive_int,
     _priority,
+    _start_time,
     _time,
     _token_ttl,
     _ttl,
@@ -196,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long the server keeps the job once it has ended, then deletes it; 0: for ever "
         "(default: the server's, by the state it ends in)",
+    )
+    p.add_argument(
+        "--schedule-time",
+        type=_start_time,
+        default=None,
+        metavar="TIME",
+        help="when the job may start: ISO 8601 (2024-05-01T12:00:00Z) or +SECONDS from now; "
+        "no chunk is claimed before (default: at once)",
     )
 
     p = command("get", jobs._cmd_get, "show a job and its chunks")

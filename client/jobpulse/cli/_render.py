@@ -111,7 +111,7 @@ def jobs_table(jobs: Iterable[job_pb2.Job]) -> str:
             job.id,
             job.display_name,
             job.kind,
-            job_state_name(job.state),
+            job_state_name(job.state) + (" (scheduled)" if job.blocked else ""),
             job.priority,
             f"{job.progress.percent:5.1f}%",
             f"{job.chunks_summary.completed}/{job.chunks_summary.total}",
@@ -131,6 +131,7 @@ def job_details(job: job_pb2.Job) -> str:
         ("kind", job.kind),
         ("owner", job.owner),
         ("state", job_state_name(job.state)),
+        ("starts", _starts(job)),
         ("priority", str(job.priority)),
         ("progress", f"{progress.percent:.1f}% ({progress.items_done}/{progress.items_total} items)"),
         ("chunks", summary_text(job.chunks_summary)),
@@ -312,6 +313,13 @@ def event_line(event: job_service_pb2.WatchJobResponse, changed_chunks: int | No
     if changed:
         text += f" changed_chunks={changed}"
     return text
+
+
+def _starts(job: job_pb2.Job) -> str:
+    """When a job scheduled to start later does (empty for one that started at once)."""
+    if not job.HasField("schedule_time"):
+        return ""
+    return format_timestamp(job.schedule_time) + (" (waiting for it)" if job.blocked else "")
 
 
 def job_status(job: job_pb2.Job) -> str:

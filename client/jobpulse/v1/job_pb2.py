@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15jobpulse/v1/job.proto\x12\x0bjobpulse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x07\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.jobpulse.v1.JobState\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12,\n\x06labels\x18\t \x03(\x0b\x32\x1c.jobpulse.v1.Job.LabelsEntry\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08progress\x18\x0b \x01(\x0b\x32\x18.jobpulse.v1.JobProgress\x12\x32\n\x0e\x63hunks_summary\x18\x0c \x01(\x0b\x32\x1a.jobpulse.v1.ChunksSummary\x12\"\n\x06\x63hunks\x18\r \x03(\x0b\x32\x12.jobpulse.v1.Chunk\x12\x1e\n\x16\x63hunks_next_page_token\x18\x0e \x01(\t\x12(\n\tartifacts\x18\x0f \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12$\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x15.jobpulse.v1.JobError\x12\x10\n\x08revision\x18\x11 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcancel_reason\x18\x16 \x01(\t\x12\x13\n\x0btotal_items\x18\x17 \x01(\x03\x12\x12\n\nchunk_size\x18\x18 \x01(\x03\x12\x14\n\x0cmax_attempts\x18\x19 \x01(\x05\x12\x13\n\x0bwebhook_url\x18\x1a \x01(\t\x12/\n\x0b\x65xpire_time\x18\x1b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x03\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x03\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.jobpulse.v1.ChunkState\x12\x12\n\nitem_start\x18\x05 \x01(\x03\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x12\x12\n\nitems_done\x18\x07 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x18\n\x10\x65xternal_task_id\x18\x0b \x01(\t\x12&\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x17.jobpulse.v1.ChunkError\x12(\n\tartifacts\x18\r \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x10 \x01(\x03\x12\x35\n\x11next_attempt_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\rChunksSummary\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x12\n\nprocessing\x18\x03 \x01(\x03\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tcancelled\x18\x06 \x01(\x03\"o\n\x0bJobProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x13\n\x0bitems_total\x18\x02 \x01(\x03\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"b\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\x03\"@\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\"-\n\nChunkError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"E\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\tartifacts\x18\x02 \x03(\x0b\x32\x15.jobpulse.v1.Artifact*\xb8\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x18\n\x14JOB_STATE_PROCESSING\x10\x02\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*\xac\x01\n\nChunkState\x12\x1b\n\x17\x43HUNK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HUNK_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43HUNK_STATE_PROCESSING\x10\x02\x12\x19\n\x15\x43HUNK_STATE_COMPLETED\x10\x03\x12\x16\n\x12\x43HUNK_STATE_FAILED\x10\x04\x12\x19\n\x15\x43HUNK_STATE_CANCELLED\x10\x05*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15jobpulse/v1/job.proto\x12\x0bjobpulse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x07\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.jobpulse.v1.JobState\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12,\n\x06labels\x18\t \x03(\x0b\x32\x1c.jobpulse.v1.Job.LabelsEntry\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08progress\x18\x0b \x01(\x0b\x32\x18.jobpulse.v1.JobProgress\x12\x32\n\x0e\x63hunks_summary\x18\x0c \x01(\x0b\x32\x1a.jobpulse.v1.ChunksSummary\x12\"\n\x06\x63hunks\x18\r \x03(\x0b\x32\x12.jobpulse.v1.Chunk\x12\x1e\n\x16\x63hunks_next_page_token\x18\x0e \x01(\t\x12(\n\tartifacts\x18\x0f \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12$\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x15.jobpulse.v1.JobError\x12\x10\n\x08revision\x18\x11 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcancel_reason\x18\x16 \x01(\t\x12\x13\n\x0btotal_items\x18\x17 \x01(\x03\x12\x12\n\nchunk_size\x18\x18 \x01(\x03\x12\x14\n\x0cmax_attempts\x18\x19 \x01(\x05\x12\x13\n\x0bwebhook_url\x18\x1a \x01(\t\x12/\n\x0b\x65xpire_time\x18\x1b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rschedule_time\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62locked\x18\x1d \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x03\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x03\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.jobpulse.v1.ChunkState\x12\x12\n\nitem_start\x18\x05 \x01(\x03\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x12\x12\n\nitems_done\x18\x07 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x18\n\x10\x65xternal_task_id\x18\x0b \x01(\t\x12&\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x17.jobpulse.v1.ChunkError\x12(\n\tartifacts\x18\r \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x10 \x01(\x03\x12\x35\n\x11next_attempt_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\rChunksSummary\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x12\n\nprocessing\x18\x03 \x01(\x03\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tcancelled\x18\x06 \x01(\x03\"o\n\x0bJobProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x13\n\x0bitems_total\x18\x02 \x01(\x03\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12&\n\x03\x65ta\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"b\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x13\n\x0b\x63hunk_index\x18\x05 \x01(\x03\"@\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\"-\n\nChunkError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"E\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\tartifacts\x18\x02 \x03(\x0b\x32\x15.jobpulse.v1.Artifact*\xb8\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x18\n\x14JOB_STATE_PROCESSING\x10\x02\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*\xac\x01\n\nChunkState\x12\x1b\n\x17\x43HUNK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HUNK_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43HUNK_STATE_PROCESSING\x10\x02\x12\x19\n\x15\x43HUNK_STATE_COMPLETED\x10\x03\x12\x16\n\x12\x43HUNK_STATE_FAILED\x10\x04\x12\x19\n\x15\x43HUNK_STATE_CANCELLED\x10\x05*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2045
-  _globals['_JOBSTATE']._serialized_end=2229
-  _globals['_CHUNKSTATE']._serialized_start=2232
-  _globals['_CHUNKSTATE']._serialized_end=2404
-  _globals['_JOBVIEW']._serialized_start=2406
-  _globals['_JOBVIEW']._serialized_end=2480
+  _globals['_JOBSTATE']._serialized_start=2113
+  _globals['_JOBSTATE']._serialized_end=2297
+  _globals['_CHUNKSTATE']._serialized_start=2300
+  _globals['_CHUNKSTATE']._serialized_end=2472
+  _globals['_JOBVIEW']._serialized_start=2474
+  _globals['_JOBVIEW']._serialized_end=2548
   _globals['_JOB']._serialized_start=134
-  _globals['_JOB']._serialized_end=1036
-  _globals['_JOB_LABELSENTRY']._serialized_start=991
-  _globals['_JOB_LABELSENTRY']._serialized_end=1036
-  _globals['_CHUNK']._serialized_start=1039
-  _globals['_CHUNK']._serialized_end=1522
-  _globals['_CHUNKSSUMMARY']._serialized_start=1524
-  _globals['_CHUNKSSUMMARY']._serialized_end=1645
-  _globals['_JOBPROGRESS']._serialized_start=1647
-  _globals['_JOBPROGRESS']._serialized_end=1758
-  _globals['_ARTIFACT']._serialized_start=1760
-  _globals['_ARTIFACT']._serialized_end=1858
-  _globals['_JOBERROR']._serialized_start=1860
-  _globals['_JOBERROR']._serialized_end=1924
-  _globals['_CHUNKERROR']._serialized_start=1926
-  _globals['_CHUNKERROR']._serialized_end=1971
-  _globals['_JOBRESULT']._serialized_start=1973
-  _globals['_JOBRESULT']._serialized_end=2042
+  _globals['_JOB']._serialized_end=1104
+  _globals['_JOB_LABELSENTRY']._serialized_start=1059
+  _globals['_JOB_LABELSENTRY']._serialized_end=1104
+  _globals['_CHUNK']._serialized_start=1107
+  _globals['_CHUNK']._serialized_end=1590
+  _globals['_CHUNKSSUMMARY']._serialized_start=1592
+  _globals['_CHUNKSSUMMARY']._serialized_end=1713
+  _globals['_JOBPROGRESS']._serialized_start=1715
+  _globals['_JOBPROGRESS']._serialized_end=1826
+  _globals['_ARTIFACT']._serialized_start=1828
+  _globals['_ARTIFACT']._serialized_end=1926
+  _globals['_JOBERROR']._serialized_start=1928
+  _globals['_JOBERROR']._serialized_end=1992
+  _globals['_CHUNKERROR']._serialized_start=1994
+  _globals['_CHUNKERROR']._serialized_end=2039
+  _globals['_JOBRESULT']._serialized_start=2041
+  _globals['_JOBRESULT']._serialized_end=2110
 # @@protoc_insertion_point(module_scope)

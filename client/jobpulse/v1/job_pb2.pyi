@@ -185,6 +185,8 @@ class Job(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -217,6 +219,10 @@ class Job(_message.Message):
     """How many times each chunk may be claimed before it fails for good."""
     webhook_url: _builtins.str
     """Where the job's webhook events are sent (empty: none)."""
+    blocked: _builtins.bool
+    """Output only: the job waits for something other than a worker (its
+    schedule_time has not come yet), so none of its chunks can be claimed.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels, usable as ListJobs filters."""
@@ -270,6 +276,12 @@ class Job(_message.Message):
         is kept for ever. A retried job loses it until it ends again.
         """
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job may start, as CreateJob asked (unset: at once). No chunk is
+        claimed before it.
+        """
+
     def __init__(
         self,
         *,
@@ -300,10 +312,12 @@ class Job(_message.Message):
         max_attempts: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        blocked: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "message", b"message", "metadata", b"metadata", "owner", b"owner", "priority", b"priority", "progress", b"progress", "revision", b"revision", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "message", b"message", "metadata", b"metadata", "owner", b"owner", "priority", b"priority", "progress", b"progress", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,7 +393,9 @@ class Chunk(_message.Message):
 
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
-        """Earliest time a PENDING chunk will be handed out again after a failure."""
+        """Earliest time a PENDING chunk will be handed out: after a failure, its
+        retry's backoff; before its job's schedule_time, that time.
+        """
 
     def __init__(
         self,

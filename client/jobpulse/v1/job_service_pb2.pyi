@@ -118,6 +118,7 @@ class CreateJobRequest(_message.Message):
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     WEBHOOK_PROGRESS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -161,6 +162,14 @@ class CreateJobRequest(_message.Message):
         At most 3650 days; never negative.
         """
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job may start: no chunk of it is claimed before this time (the
+        job is PENDING and blocked until then). A claimer waiting for work gets it
+        at that time, not at its next poll. Unset or in the past: at once. At most
+        3650 days ahead.
+        """
+
     def __init__(
         self,
         *,
@@ -176,10 +185,11 @@ class CreateJobRequest(_message.Message):
         webhook_url: _builtins.str = ...,
         webhook_progress: _builtins.bool = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015

@@ -52,6 +52,7 @@ from jobpulse_server.wire.validation import (
     MAX_DISPLAY_NAME,
     MAX_ID,
     Checker,
+    timestamp_us,
 )
 from jobpulse_server.wire.watch import feed_encoder
 
@@ -136,6 +137,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 c.fail("metadata", "numbers must be finite (no NaN or infinity)")
         c.metadata(metadata)
         ttl = _ttl_us(request, c)
+        schedule_time = _schedule_us(request, c, self.clock())
         c.done()
         page = await self.jobs.create_job(
             caller(),
@@ -152,6 +154,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 webhook_url=request.webhook_url,
                 webhook_progress=request.webhook_progress,
                 ttl=ttl,
+                schedule_time=schedule_time,
             ),
         )
         return job_service_pb2.CreateJobResponse(job=self._job(page))
@@ -459,6 +462,16 @@ def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None
         c.fail("ttl", f"must be at most 3650 days (got {d.seconds}s)")
         return None
     return us
+
+
+def _schedule_us(request: job_service_pb2.CreateJobRequest, c: Checker, now: int) -> int | None:
+    """CreateJobRequest.schedule_time in microseconds since the epoch; None when unset."""
+    if not request.HasField("schedule_time"):
+        return None
+    at = timestamp_us(request.schedule_time, "schedule_time", c)
+    if at > now + MAX_TTL_US:
+        c.fail("schedule_time", "must be at most 3650 days ahead")
+    return at
 
 
 def _check_watch(request: job_service_pb2.WatchJobRequest) -> None:

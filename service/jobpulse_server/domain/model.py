@@ -196,6 +196,9 @@ class Job:
     # The trace context of the request that created the job: a W3C traceparent, then a space and its
     # tracestate if it had one; None when the server did not trace. Never changes after the job is made.
     trace_parent: str | None = None
+    # When CreateJob said the job may start (its chunks wait until then); None: at once. Never changes
+    # after the job is made.
+    schedule_time: int | None = None
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.
@@ -251,6 +254,10 @@ class Job:
         else:
             self.end_time = None
 
+    def blocked(self, now: int) -> bool:
+        """Whether the job waits for something other than a worker at ``now``: its schedule_time."""
+        return blocked(self.state, self.schedule_time, now)
+
     # --- progress ----------------------------------------------------
     @property
     def percent(self) -> float:
@@ -277,6 +284,12 @@ def eta_seconds(
     return max(0.0, (total_items - items_done) / rate)
 
 
+def blocked(state: JobState, schedule_time: int | None, now: int) -> bool:
+    """A job that is not over and whose schedule_time is still to come: none of its chunks may be claimed
+    (they wait until then, as a retry waits out its backoff)."""
+    return schedule_time is not None and now < schedule_time and not state.terminal
+
+
 @dataclass(slots=True)
 class JobHead:
     """The few fields of a job that ListJobs reads first: its id and revision (to find the job's kept
@@ -291,6 +304,10 @@ class JobHead:
     total_items: int
     update_time: int
     priority: int
+    schedule_time: int | None
 
     def eta_seconds(self, now: int) -> float | None:
         return eta_seconds(self.state, self.start_time, self.items_done, self.total_items, now)
+
+    def blocked(self, now: int) -> bool:
+        return blocked(self.state, self.schedule_time, now)

@@ -69,6 +69,8 @@ class NewJob:
     webhook_progress: bool = False
     # Microseconds the finished job is kept; 0 for ever; None: the server's default (AIP-214).
     ttl: int | None = None
+    # When the job may start (microseconds since the epoch); None: at once.
+    schedule_time: int | None = None
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -88,6 +90,8 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
     if req.ttl is not None:
         # Only when set, so requests without a ttl keep the fingerprints stored before it existed.
         asked["ttl"] = req.ttl
+    if req.schedule_time is not None:
+        asked["schedule_time"] = req.schedule_time
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -183,6 +187,8 @@ class JobService:
             if found is not None:
                 return found
         now = self.clock()
+        # A time already passed starts the job at once, as if none was given.
+        later = req.schedule_time if req.schedule_time is not None and req.schedule_time > now else None
         job = Job(
             id=ids.new_job_id(),
             owner=who.name,
@@ -202,6 +208,7 @@ class JobService:
             create_time=now,
             update_time=now,
             trace_parent=job_trace.current_trace_parent() if self._traced else None,
+            schedule_time=req.schedule_time,
         )
         new_chunks = [
             Chunk(
@@ -215,6 +222,8 @@ class JobService:
                 revision=1,
                 priority=req.priority,
                 kind=req.kind,
+                # Not claimed before the job's time: they wait as a retry waits out its backoff.
+                next_attempt_time=later,
             )
             for i, (start, count) in enumerate(split_items(req.total_items, req.chunk_size))
         ]
@@ -223,7 +232,10 @@ class JobService:
 
         async def insert(tx: Tx) -> None:
             await tx.insert_job(job, new_chunks, fingerprint)
-            tx.changes.new_work = True
+            if later is None:
+                tx.changes.new_work = True
+            else:  # waiting claimers are woken when its chunks come due
+                tx.changes.work_later.append((later - now) / 1e6)
 
         try:
             await self.store.write(insert)

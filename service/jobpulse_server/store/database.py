@@ -74,7 +74,7 @@ class SqlStore:
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
-        self.waiting = Waiting()
+        self.waiting = Waiting(self._wake_claimers)
         self.driver: SqliteDriver | PgDriver
         self.batch: Batch | None
         if self.dialect.postgres:
@@ -196,9 +196,13 @@ class SqlStore:
     def publish(self, changes: Changes) -> None:
         """Hands what a committed write changed to the change hub."""
         if self.on_commit is not None and (
-            changes.jobs or changes.deleted or changes.new_work or changes.webhooks
+            changes.jobs or changes.deleted or changes.new_work or changes.webhooks or changes.work_later
         ):
             self.on_commit(changes)
+
+    def _wake_claimers(self, seconds: float) -> None:
+        """Wakes the claims waiting in this process in ``seconds`` (store/waiting.py)."""
+        self.publish(Changes(work_later=[seconds]))
 
     # --- single-operation conveniences (each its own transaction) ----------------------------------
 

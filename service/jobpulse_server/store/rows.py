@@ -19,9 +19,11 @@ from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHe
 # In the tables' own column order (tables.py), which the positional mappings below follow.
 JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
 
+# Columns only CreateJob writes (so the hot paths' UPDATEs are as they were before they existed).
+JOB_CREATED_ONLY = ("ttl", "trace_parent", "schedule_time")
 # What a save writes: all but the id, which selects the row, change_seq, which the database sets, and
-# ttl and trace_parent, which only CreateJob writes (so the hot paths' UPDATEs are as they were before).
-JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", "ttl", "trace_parent"))
+# JOB_CREATED_ONLY.
+JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", *JOB_CREATED_ONLY))
 
 # The JOB_SAVED columns that some index of ``jobs`` holds (migrations; a test checks this list against the
 # migrated schema). SQLite rewrites the entry of every index a column in an UPDATE's SET list belongs to,
@@ -32,6 +34,8 @@ JOB_INDEXED_IN_ROW = tuple(JOB_COLUMNS.index(c) for c in JOB_INDEXED)
 
 # Every column but retry_at, which is storage only (store/waiting.py): a chunk's fields, in this order.
 CHUNK_COLUMNS = tuple(c.name for c in tables.chunks.columns if c.name != "retry_at")
+# What a new chunk's row is written with: a chunk of a job scheduled to start later waits out that time.
+CHUNK_INSERTED = (*CHUNK_COLUMNS, "retry_at")
 
 # The columns a chunk's change may touch.
 CHUNK_SAVED = (
@@ -97,7 +101,8 @@ _JOB_FIELDS = (
     "total_items", "chunk_size", "max_attempts", "request_id", "revision", "summary", "items_done",
     "error_reason", "error_message", "error_chunk_index", "cancel_requested", "cancel_reason",
     "cancel_time", "create_time", "update_time", "start_time", "end_time", "artifacts", "change_seq",
-    "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "loaded_state",
+    "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "schedule_time",
+    "loaded_state",
     "bumped",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
@@ -143,6 +148,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
         r[34],  # last_progress_event
         r[35],  # ttl
         r[36],  # trace_parent
+        r[37],  # schedule_time
         state,  # loaded_state
         False,  # bumped
     )
@@ -231,4 +237,4 @@ def artifact_from_row(r: Sequence[Any]) -> Artifact:
 
 def head_from_row(r: Sequence[Any]) -> JobHead:
     """A JobHead from a row in JOB_HEAD_SELECT order."""
-    return JobHead(r[0], r[1], _JOB_STATES[r[2]], r[3], r[4], r[5], r[6], r[7])
+    return JobHead(r[0], r[1], _JOB_STATES[r[2]], r[3], r[4], r[5], r[6], r[7], r[8])

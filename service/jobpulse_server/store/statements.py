@@ -32,8 +32,10 @@ from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.store.rows import (
     ARTIFACT_SELECT,
     CHUNK_COLUMNS,
+    CHUNK_INSERTED,
     CHUNK_SAVED,
     CHUNK_SELECT,
+    JOB_CREATED_ONLY,
     JOB_INDEXED,
     JOB_SAVED,
     JOB_SELECT,
@@ -205,9 +207,9 @@ def get_jobs(d: Dialect, n: int, owned: bool, *, lock: str = "") -> str:
 
 @_built
 def insert_job(d: Dialect) -> str:
-    """A new job: its JOB_SAVED columns, id, ttl and trace_parent, each a parameter named as the column;
+    """A new job: its JOB_SAVED and JOB_CREATED_ONLY columns and id, each a parameter named as the column;
     the change_seq comes from the database."""
-    cols = (*JOB_SAVED, "id", "ttl", "trace_parent")
+    cols = (*JOB_SAVED, "id", *JOB_CREATED_ONLY)
     return f"INSERT INTO jobs ({', '.join(cols)}, change_seq) VALUES ({named(cols)}, {d.next_seq})"
 
 
@@ -271,10 +273,10 @@ def get_chunks(d: Dialect, n: int, *, lock: str = "") -> str:
 def insert_chunks(d: Dialect) -> str:
     """New chunks: one row per statement (SQLite), or every row from arrays, one per column (PostgreSQL);
     each parameter named as its column."""
-    cols = ", ".join(CHUNK_COLUMNS)
+    cols = ", ".join(CHUNK_INSERTED)
     if not d.arrays:
-        return f"INSERT INTO chunks ({cols}) VALUES ({named(CHUNK_COLUMNS)})"
-    return f"INSERT INTO chunks ({cols}) SELECT * FROM unnest({_arrays(CHUNK_COLUMNS, 'chunks')})"
+        return f"INSERT INTO chunks ({cols}) VALUES ({named(CHUNK_INSERTED)})"
+    return f"INSERT INTO chunks ({cols}) SELECT * FROM unnest({_arrays(CHUNK_INSERTED, 'chunks')})"
 
 
 # A chunk's CHUNK_SAVED columns, parameters named as the columns; the row's ``id``.

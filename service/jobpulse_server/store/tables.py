@@ -78,6 +78,9 @@ jobs = Table(
     # The W3C traceparent of the span CreateJob ran in (then a space and its tracestate, if any); NULL when
     # the server did not trace. Written once, by CreateJob; the chunks' spans link to it.
     Column("trace_parent", Text, nullable=True),
+    # When CreateJob said the job may start (schedule_time); NULL: at once. Written once, by CreateJob:
+    # until then its chunks wait as a retry waits out its backoff (chunks.retry_at).
+    Column("schedule_time", BigInteger, nullable=True),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),

@@ -146,7 +146,13 @@ class SqlTx:
         values = job_saved(job)
         try:
             await self.conn.execute(
-                q.insert_job(self.d), {**values, "ttl": job.ttl, "trace_parent": job.trace_parent}
+                q.insert_job(self.d),
+                {
+                    **values,
+                    "ttl": job.ttl,
+                    "trace_parent": job.trace_parent,
+                    "schedule_time": job.schedule_time,
+                },
             )
         except Conflict as exc:
             if job.request_id:
@@ -162,20 +168,23 @@ class SqlTx:
              "error_message": c.error_message, "lease_token": c.lease_token,
              "lease_expire_time": c.lease_expire_time, "lease_duration": c.lease_duration,
              "next_attempt_time": c.next_attempt_time, "revision": c.revision, "priority": c.priority,
-             "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time}
+             "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time,
+             "retry_at": c.next_attempt_time}
             for c in chunks
         ]  # fmt: skip
         sql = q.insert_chunks(self.d)
         for start in range(0, len(rows), _INSERT_BATCH):
             batch = rows[start : start + _INSERT_BATCH]
             if self.d.arrays:
-                await self.conn.execute(sql, _columns(batch, q.CHUNK_COLUMNS))
+                await self.conn.execute(sql, _columns(batch, q.CHUNK_INSERTED))
             else:
                 await self.conn.executemany(sql, batch)
         if request_fingerprint:
             await self.conn.execute(
                 q.INSERT_FINGERPRINT, {"job_id": job.id, "fingerprint": request_fingerprint}
             )
+        if job.schedule_time is not None and self.waiting is not None:
+            self.waiting.note(job.schedule_time)  # its chunks wait until then (store/waiting.py)
         self.changed(job.id, job.revision)
 
     async def delete_job(self, job_id: str, now: int) -> None:

@@ -16,6 +16,8 @@ that long past their time, as does anything a rolled-back transaction left unpro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # Nothing is waiting, as far as this process knows.
 NEVER = 1 << 62
 # The longest a claim goes without looking for due chunks itself (us).
@@ -27,12 +29,17 @@ PROMOTE_LIMIT = 1_000
 class Waiting:
     """When the earliest chunk waiting out a backoff comes due (microseconds, the services' clock)."""
 
-    __slots__ = ("_looked", "_noted", "due")
+    __slots__ = ("_arranged", "_looked", "_noted", "due", "wake")
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[float], None] | None = None) -> None:
         self.due = 0  # unknown at start-up: the first claim looks
         self._looked = 0
         self._noted = NEVER
+        # Wakes this process's waiting claimers in so many seconds: called when a promotion finds the next
+        # chunk due at a time no save in this process announced (one saved before a restart, or by another
+        # replica), so they claim it then rather than at the end of their wait.
+        self.wake = wake
+        self._arranged = NEVER
 
     def note(self, at: int) -> None:
         """A chunk was saved waiting until ``at``."""
@@ -55,3 +62,6 @@ class Waiting:
         (None: none waits). At its limit some due ones may be left: the next claim promotes again."""
         found = now if promoted >= PROMOTE_LIMIT else (NEVER if next_due is None else next_due)
         self.due = min(found, self._noted)
+        if self.wake is not None and now < self.due < NEVER and self.due != self._arranged:
+            self._arranged = self.due
+            self.wake((self.due - now) / 1e6)

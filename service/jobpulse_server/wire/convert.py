@@ -89,7 +89,7 @@ def job_pb(
     *,
     retention: Retention | None = None,
 ) -> job_pb2.Job:
-    """The Job message; ``now`` None leaves progress.eta out (for encodings kept across time).
+    """The Job message; ``now`` None leaves progress.eta and blocked out (for encodings kept across time).
     ``retention``: the server's default ttls, for expire_time (None leaves expire_time out)."""
     s = job.summary
     metadata = struct_pb2.Struct()
@@ -129,6 +129,8 @@ def job_pb(
         max_attempts=job.max_attempts,
         webhook_url=job.webhook_url,
         expire_time=timestamp(retention.expire_time(job)) if retention is not None else None,
+        schedule_time=timestamp(job.schedule_time),
+        blocked=now is not None and job.blocked(now),
     )
     add = msg.chunks.add
     for c in chunks or ():
