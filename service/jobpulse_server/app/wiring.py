@@ -215,6 +215,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     db = SqlStore(
         config.database_url,
         on_commit=hub.publish,
+        on_wake=hub.notify_work_later,
         sqlite_on_loop=config.sqlite_on_loop,
         on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc(),
         progress_interval_us=progress_us,

@@ -167,10 +167,12 @@ class ChangeHub:
         if changes.webhooks:
             self.webhooks.set()
         for delay in changes.work_later:
-            self._notify_work_later(delay)
+            self.notify_work_later(delay)
 
-    def _notify_work_later(self, delay: float) -> None:
-        # Retried chunks become claimable after their backoff: wake claimers then.
+    def notify_work_later(self, delay: float) -> None:
+        """Wakes every claim waiting for work ``delay`` seconds from now (a retry's backoff or a job's
+        scheduled start runs out then)."""
+
         def fire() -> None:
             self._timers.discard(handle)
             self.notify_work()

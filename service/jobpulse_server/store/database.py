@@ -61,16 +61,19 @@ class SqlStore:
         *,
         sqlite_on_loop: bool = True,
         on_retry: Callable[[str], None] | None = None,
+        on_wake: Callable[[float], None] | None = None,
         pool_size: int = 10,
         progress_interval_us: int = 5_000_000,
     ) -> None:
         """``progress_interval_us``: the least time between a job's job.progress webhook events (the
         server's webhook_progress_interval, as the outbox has it): PostgreSQL's group-committed worker
-        path writes the changes of a job with webhooks when they make no event (``store/batch/``)."""
+        path writes the changes of a job with webhooks when they make no event (``store/batch/``).
+        ``on_wake(seconds)``: wakes this process's waiting claims that much later (store/waiting.py)."""
         self.url = schema.normalize_url(url)
         self.dialect = q.SQLITE if self.url.startswith("sqlite") else q.POSTGRES
         self.on_commit = on_commit
         self.on_retry = on_retry
+        self.on_wake = on_wake
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
@@ -196,13 +199,15 @@ class SqlStore:
     def publish(self, changes: Changes) -> None:
         """Hands what a committed write changed to the change hub."""
         if self.on_commit is not None and (
-            changes.jobs or changes.deleted or changes.new_work or changes.webhooks or changes.work_later
+            changes.jobs or changes.deleted or changes.new_work or changes.webhooks
         ):
             self.on_commit(changes)
 
     def _wake_claimers(self, seconds: float) -> None:
-        """Wakes the claims waiting in this process in ``seconds`` (store/waiting.py)."""
-        self.publish(Changes(work_later=[seconds]))
+        """Wakes the claims waiting in this process in ``seconds`` (store/waiting.py): no change was
+        committed, so nothing is published."""
+        if self.on_wake is not None:
+            self.on_wake(seconds)
 
     # --- single-operation conveniences (each its own transaction) ----------------------------------
 
