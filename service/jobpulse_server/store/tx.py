@@ -169,7 +169,7 @@ class SqlTx:
              "lease_expire_time": c.lease_expire_time, "lease_duration": c.lease_duration,
              "next_attempt_time": c.next_attempt_time, "revision": c.revision, "priority": c.priority,
              "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time,
-             "retry_at": c.next_attempt_time}
+             "retry_at": c.next_attempt_time if c.state == ChunkState.PENDING else None}
             for c in chunks
         ]  # fmt: skip
         sql = q.insert_chunks(self.d)
@@ -183,8 +183,10 @@ class SqlTx:
             await self.conn.execute(
                 q.INSERT_FINGERPRINT, {"job_id": job.id, "fingerprint": request_fingerprint}
             )
-        if job.schedule_time is not None and self.waiting is not None:
-            self.waiting.note(job.schedule_time)  # its chunks wait until then (store/waiting.py)
+        if self.waiting is not None:
+            for c in chunks:  # waiting until then (a job scheduled to start later), as in save
+                if c.next_attempt_time is not None and c.state == ChunkState.PENDING:
+                    self.waiting.note(c.next_attempt_time)
         self.changed(job.id, job.revision)
 
     async def delete_job(self, job_id: str, now: int) -> None:
