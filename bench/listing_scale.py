@@ -19,7 +19,6 @@ import os
 import random
 import sqlite3
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -538,7 +537,3 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     print(f"all done in {elapsed:.0f} s" + (f"; plans written to {args.plans}" if args.plans else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -578,7 +578,3 @@ def main(argv: list[str] | None = None) -> int:
     results = run_.stamp({**results, "rows": rows, "targets": [goal.as_dict() for goal in goals(rows)]})
     full = not args.quick and args.only is None  # a full run: its figures are the table's current ones
     return report.publish(results, render(rows, args, results), args.json, "pg" if full else "", goals(rows))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -159,7 +159,3 @@ def _run(path: str) -> int:
             "after expiry, at the sweeper's next tick)"
         )
         return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

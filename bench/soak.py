@@ -16,7 +16,6 @@ import asyncio
 import functools
 import random
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -264,7 +263,3 @@ def soak_goal(r: Result) -> report.Goal:
     note += f"; errors {sum(r.errors.values())}" if r.errors else ""
     what = f"{r.database}: RSS growth over the last half"
     return report.Goal(what, r.growth, False, GROWTH_LIMIT, 0.0, "%", note=note)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
