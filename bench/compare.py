@@ -173,7 +173,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.compare: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

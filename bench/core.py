@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -236,7 +235,3 @@ def main(argv: list[str] | None = None) -> int:
     goals = report.goals(results)
     results["targets"] = [goal.as_dict() for goal in goals]
     return report.publish(results, report.render(results), args.json, "" if args.quick else "core", goals)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -129,7 +129,3 @@ def main(argv: list[str] | None = None) -> int:
     print(render(base, big))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load after: {report.load_average()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

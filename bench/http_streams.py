@@ -27,7 +27,6 @@ import http.client
 import importlib.util
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -690,7 +689,3 @@ def main(argv: list[str] | None = None) -> int:
         results = run.stamp(asyncio.run(_run(parts, sizes, tmp)))
     results["sizes"] = dict(vars(sizes))
     return report.publish(results, render(results), args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

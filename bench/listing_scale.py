@@ -19,7 +19,6 @@ import os
 import random
 import sqlite3
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,11 +78,6 @@ def table_row(table: Any, values: dict[str, Any], i: int = 0) -> tuple[Any, ...]
         values[c.name] if c.name in values else None if c.nullable else _extra_value(c, i)
         for c in table.columns
     )
-
-
-def insert_sql(table: str, columns: list[str]) -> str:
-    """The INSERT of a row of ``columns`` into ``table``, with ``?`` placeholders (sqlite3)."""
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _ulid(ms: int, rng: random.Random) -> str:
@@ -220,8 +214,9 @@ def load_sqlite(b: Backend, now_us: int) -> None:
         for name, _ in indexes:
             con.execute(f'DROP INDEX "{name}"')
         con.execute("BEGIN")
+        insert = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
         for rows in job_rows(b.n_jobs, now_us):
-            con.executemany(insert_sql("jobs", JOB_COLUMNS), rows)
+            con.executemany(insert, rows)
         con.execute("COMMIT")
         t_rows = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -444,6 +439,7 @@ async def run_backend(name: str, n_jobs: int, args: argparse.Namespace, plans: l
         report.log(f"loaded in {b.load['total_s']:.1f} s; walking ...", name)
         t0 = time.perf_counter()
         walk_s = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
+        res["walk_budget"] = f"{walk_s:.0f} s" if walk_s > 0 else "none"
         await grpc_phase(b, listings, walk_s, args.repeats)
         res["grpc_s"] = time.perf_counter() - t0
         report.log(f"gRPC phase {res['grpc_s']:.1f} s; SQL ...", name)
@@ -460,55 +456,52 @@ def _est90(lst: Listing) -> float:
 GRPC_HEAD = "order, filter|total|deep at row|pages/s walked|first|deep|deep/first|<=1.5".split("|")
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
+def render(res: dict[str, Any], args: argparse.Namespace, elapsed: float) -> str:
     m, mode = report.machine_facts(), "quick" if args.quick else "full"
     machine = f"machine: nproc {m['nproc']} | Python {m['python']} | SQLite {m['sqlite']} | {m['cpu_model']}"
     title = f"ListJobs at scale ({mode} run, {elapsed:.0f} s); page_size {PAGE}, BASIC view"
     lines = ["=" * report.WIDTH, title, machine]
-    for res in results:
-        b, listings = res["backend"], res["listings"]
-        short = [w for w in listings if not w.reached]
-        grpc_rows, sql_rows = [], []
-        for w in listings:
-            ratio, q = w.deep_ms / w.first_ms, w.sql
-            depth, walk = f"{w.deep_rows:,}" + "*" * (not w.reached), f"{w.pages_walked:,}/{w.walk_s:.0f}s"
-            ms = [f"{w.first_ms:.1f}", f"{w.deep_ms:.1f}", f"{ratio:.2f}", "yes" if ratio <= 1.5 else "NO"]
-            grpc_rows.append([w.label, f"{w.total:,}", depth, walk, *ms])
-            cells = [f"{q[k]:.1f}" if k in q else "-" for k in ("count", "first", "walked", "deep90")]
-            sql_rows.append([w.label, *cells, f"{q['deep90'] / q['first']:.1f}"])
-        # The pace of a walk that fell short, carried on linearly (optimistic).
-        pace = [
-            f"{w.label}, {w.target_rows:,} rows: ~{w.walk_s * w.target_rows / max(1, w.deep_rows):,.0f} s "
-            f"({w.walk_s:.0f} s for {w.deep_rows:,})"
-            for w in short
+    b, listings = res["backend"], res["listings"]
+    short = [w for w in listings if not w.reached]
+    grpc_rows, sql_rows = [], []
+    for w in listings:
+        ratio, q = w.deep_ms / w.first_ms, w.sql
+        depth, walk = f"{w.deep_rows:,}" + "*" * (not w.reached), f"{w.pages_walked:,}/{w.walk_s:.0f}s"
+        ms = [f"{w.first_ms:.1f}", f"{w.deep_ms:.1f}", f"{ratio:.2f}", "yes" if ratio <= 1.5 else "NO"]
+        grpc_rows.append([w.label, f"{w.total:,}", depth, walk, *ms])
+        cells = [f"{q[k]:.1f}" if k in q else "-" for k in ("count", "first", "walked", "deep90")]
+        sql_rows.append([w.label, *cells, f"{q['deep90'] / q['first']:.1f}"])
+    # The pace of a walk that fell short, carried on linearly (optimistic).
+    pace = [
+        f"{w.label}, {w.target_rows:,} rows: ~{w.walk_s * w.target_rows / max(1, w.deep_rows):,.0f} s "
+        f"({w.walk_s:.0f} s for {w.deep_rows:,})"
+        for w in short
+    ]
+    est = [f"{w.label} ~{_est90(w):,.0f} ms = {_est90(w) / w.first_ms:.1f}x the first page" for w in short]
+    load = ", ".join(f"{k} {v:,.1f}" for k, v in b.load.items())
+    lines += report.section(
+        f"{b.name}: {b.n_jobs:,} jobs ({load}); gRPC ListJobs, server in its own process; p50 of "
+        f"{args.repeats} calls (ms); deep page reached by following next_page_token ({len(listings)} "
+        f"walks side by side, budget {res['walk_budget']})",
+        GRPC_HEAD,
+        grpc_rows,
+        *[f"* walk budget spent before {DEPTH:.0%} depth; at the pace seen, it takes: " + "; ".join(pace)]
+        * bool(short),
+    )
+    shares = ", ".join(f"{w.label} {w.sql['count'] / w.first_ms:.0%}" for w in listings)
+    lines += report.section(
+        f"SQL alone (the server's statements, store/statements.py), p50 of {args.sql_repeats} (ms); "
+        f"'90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; 'walked' = the page the "
+        "walk reached",
+        ["order, filter", "COUNT", "first", "walked", "90%", "90%/first"],
+        sql_rows,
+        *[
+            "gRPC page 90% deep where the walk fell short (gRPC deep - SQL walked + SQL 90%): "
+            + "; ".join(est)
         ]
-        est = [
-            f"{w.label} ~{_est90(w):,.0f} ms = {_est90(w) / w.first_ms:.1f}x the first page" for w in short
-        ]
-        load = ", ".join(f"{k} {v:,.1f}" for k, v in b.load.items())
-        lines += report.section(
-            f"{b.name}: {b.n_jobs:,} jobs ({load}); gRPC ListJobs, server in its own process; p50 of "
-            f"{args.repeats} calls (ms); deep page reached by following next_page_token ({len(listings)} "
-            f"walks side by side, budget {res['walk_budget']})",
-            GRPC_HEAD,
-            grpc_rows,
-            *[f"* walk budget spent before {DEPTH:.0%} depth; at the pace seen, it takes: " + "; ".join(pace)]
-            * bool(short),
-        )
-        shares = ", ".join(f"{w.label} {w.sql['count'] / w.first_ms:.0%}" for w in listings)
-        lines += report.section(
-            f"SQL alone (the server's statements, store/statements.py), p50 of {args.sql_repeats} (ms); "
-            f"'90%' = the page {DEPTH:.0%} deep, its key found by OFFSET in SQL; 'walked' = the page the "
-            "walk reached",
-            ["order, filter", "COUNT", "first", "walked", "90%", "90%/first"],
-            sql_rows,
-            *[
-                "gRPC page 90% deep where the walk fell short (gRPC deep - SQL walked + SQL 90%): "
-                + "; ".join(est)
-            ]
-            * bool(short),
-            f"COUNT(*) share of a gRPC first page: {shares}",
-        )
+        * bool(short),
+        f"COUNT(*) share of a gRPC first page: {shares}",
+    )
     return "\n".join([*lines, "=" * report.WIDTH])
 
 
@@ -534,21 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sqlite_walk_seconds is None:
         args.sqlite_walk_seconds = (20.0 if args.quick else 15.0) * len(ORDERS)
     plans: list[str] = []
-    results = []
     t0 = time.perf_counter()
     for name, n in (("postgresql", args.pg_jobs), ("sqlite", args.sqlite_jobs)):
         if n > 0:
             res = asyncio.run(run_backend(name, n, args, plans))
-            budget = args.pg_walk_seconds if name == "postgresql" else args.sqlite_walk_seconds
-            res["walk_budget"] = f"{budget:.0f} s" if budget > 0 else "none"
-            results.append(res)
             if args.plans is not None:
                 args.plans.write_text("\n".join(plans) + "\n")
-            print(render([res], args, time.perf_counter() - t0), flush=True)
+            print(render(res, args, time.perf_counter() - t0), flush=True)
     elapsed = time.perf_counter() - t0
     print(f"all done in {elapsed:.0f} s" + (f"; plans written to {args.plans}" if args.plans else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2
+from support.e2e import SUMMARY_FIELDS
 
 from bench import procs, report, work
 from bench.grpc_floor import floor_server
@@ -205,22 +206,19 @@ async def _drain(
     return _row(name, n, measured.pop("seconds"), counts.rpcs, **measured)
 
 
-# ChunkState's numbers (domain/model.py, the proto's ChunkState) -> the summary's fields.
-_SUMMARY_FIELDS = dict(enumerate(("pending", "processing", "completed", "failed", "cancelled"), start=1))
-
-
 async def _recount(key: str, dsn: str, listed: Any, groups: Groups) -> None:
-    """Each job's summary (as ListJobs gave it) against its chunk rows counted by state, and each chunk's
-    worker against the kinds that worker's group claims (worker ids ``peer-<group>-<n>``)."""
+    """Each job's summary (as ListJobs gave it) against its chunk rows counted by state (numbered as the
+    proto's ChunkState: ``SUMMARY_FIELDS`` names them), and each chunk's worker against the kinds that
+    worker's group claims (worker ids ``peer-<group>-<n>``)."""
     async with procs.connect(dsn) as conn:
         by_state = await conn.fetch("SELECT job_id, state, count(*) AS n FROM chunks GROUP BY 1, 2")
         by_worker = await conn.fetch("SELECT kind, worker_id, count(*) AS n FROM chunks GROUP BY 1, 2")
     recount: dict[str, dict[str, int]] = {}
     for r in by_state:
-        recount.setdefault(r["job_id"], {})[_SUMMARY_FIELDS[r["state"]]] = r["n"]
+        recount.setdefault(r["job_id"], {})[SUMMARY_FIELDS[r["state"]]] = r["n"]
     for job in listed:
         counted = recount.pop(job.id, {})
-        summary = {f: getattr(job.chunks_summary, f) for f in _SUMMARY_FIELDS.values()}
+        summary = {f: getattr(job.chunks_summary, f) for f in SUMMARY_FIELDS.values()}
         total = job.chunks_summary.total
         if any(summary[f] != counted.get(f, 0) for f in summary) or total != sum(counted.values()):
             raise RuntimeError(f"{key}: job {job.id}'s summary {summary} but its chunks recount {counted}")
@@ -580,7 +578,3 @@ def main(argv: list[str] | None = None) -> int:
     results = run_.stamp({**results, "rows": rows, "targets": [goal.as_dict() for goal in goals(rows)]})
     full = not args.quick and args.only is None  # a full run: its figures are the table's current ones
     return report.publish(results, render(rows, args, results), args.json, "pg" if full else "", goals(rows))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

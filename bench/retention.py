@@ -13,7 +13,7 @@ the lower quiet p99 (goal: at most 2x), the deletion's duration from the expiry,
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import sqlite3
 import statistics
@@ -22,17 +22,15 @@ import time
 from typing import Any
 
 import grpc
+from support import sql
 
 from bench import procs, report
-from bench.listing_scale import insert_sql, table_row
 from bench.load import percentile
 from jobpulse.v1 import job_service_pb2, job_service_pb2_grpc
 from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.store.tables import chunks, jobs
 
 KIND = "bench-expired"
-JOB_COLUMNS = [c.name for c in jobs.columns]
-CHUNK_COLUMNS = [c.name for c in chunks.columns]
 
 N_JOBS = report.env_size("JOBPULSE_BENCH_RETENTION_JOBS", 200_000)
 # The server's default ttl of COMPLETED jobs, and how long after its start the seeded jobs expire.
@@ -43,41 +41,23 @@ QUIET_CALLS = report.env_size("JOBPULSE_BENCH_RETENTION_CALLS", 3000)
 DELETION_TIMEOUT = 1800.0
 
 
-def _job_row(job_id: str, end: int) -> tuple[Any, ...]:
-    done = {"state": int(JobState.COMPLETED), "stage": "done", "labels": json.dumps({"team": "bench"})}
-    size = {"total_items": 100, "chunk_size": 100, "max_attempts": 3, "n_completed": 1, "items_done": 100}
-    times = {"create_time": end - 60_000_000, "start_time": end - 30_000_000, "update_time": end}
-    times["end_time"] = end
-    rest = {"priority": 5, "revision": 3, "job_metadata": "{}", "change_seq": 0}
-    named = {"id": job_id, "owner": "anonymous", "display_name": f"expired {job_id}", "kind": KIND}
-    return table_row(jobs, {**named, **done, **size, **times, **rest})
-
-
-def _chunk_row(job_id: str, end: int) -> tuple[Any, ...]:
-    done = {"state": int(ChunkState.COMPLETED), "item_count": 100, "items_done": 100, "attempt": 1}
-    named = {"id": f"{job_id}-0", "job_id": job_id, "worker_id": "bench-worker", "kind": KIND}
-    times = {"start_time": end - 30_000_000, "end_time": end}
-    return table_row(chunks, {**named, **done, **times, "max_attempts": 3, "revision": 3, "priority": 5})
-
-
 def seed(path: str, n: int, first_end: int) -> list[str]:
     """Inserts ``n`` COMPLETED jobs (one chunk each) that ended from ``first_end`` on, a microsecond
-    apart; returns their ids in end order."""
-    ids = [f"BENCHEXP{i:018d}" for i in range(n)]
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        job_sql, chunk_sql = insert_sql("jobs", JOB_COLUMNS), insert_sql("chunks", CHUNK_COLUMNS)
-        batch = 20_000
-        for start in range(0, n, batch):
-            part = ids[start : start + batch]
-            conn.executemany(job_sql, [_job_row(j, first_end + start + i) for i, j in enumerate(part)])
-            conn.executemany(chunk_sql, [_chunk_row(j, first_end + start + i) for i, j in enumerate(part)])
-        conn.execute("COMMIT")
+    apart; returns their ids in end order. The rows are made in SQL, a job for each ``g`` of a series."""
+    job_id, end = "'BENCHEXP' || printf('%018d', g)", f"({first_end} + g)"
+    both = {"kind": f"'{KIND}'", "max_attempts": "3", "revision": "3", "priority": "5", "items_done": "100"}
+    both |= {"start_time": f"{end} - 30000000", "end_time": end}
+    job = {"id": job_id, "owner": "'anonymous'", "display_name": f"'expired ' || {job_id}", "stage": "'done'"}
+    job |= {"state": str(int(JobState.COMPLETED)), "labels": """'{"team": "bench"}'""", "n_completed": "1"}
+    job |= {"total_items": "100", "chunk_size": "100", "job_metadata": "'{}'"}
+    job |= {"create_time": f"{end} - 60000000", "update_time": end}
+    chunk = {"id": f"{job_id} || '-0'", "job_id": job_id, "worker_id": "'bench-worker'", "attempt": "1"}
+    chunk |= {"state": str(int(ChunkState.COMPLETED)), "item_count": "100"}
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for table, given in ((jobs, job), (chunks, chunk)):
+            conn.execute(sql.insert_generated(table, {**both, **given}, sql.series(False, 0, n - 1)))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-    return ids
+    return [f"BENCHEXP{i:018d}" for i in range(n)]
 
 
 def _exists(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> bool:
@@ -179,7 +159,3 @@ def _run(path: str) -> int:
             "after expiry, at the sweeper's next tick)"
         )
         return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-import sys
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -178,11 +178,7 @@ def _growth(samples: list[tuple[float, int]]) -> float:
     half = [s for s in samples if s[0] >= samples[-1][0] / 2]
     if len(half) < 2:
         return 0.0
-    n = len(half)
-    mt = sum(t for t, _ in half) / n
-    mr = sum(r for _, r in half) / n
-    var = sum((t - mt) ** 2 for t, _ in half)
-    slope = sum((t - mt) * (r - mr) for t, r in half) / var if var else 0.0
+    slope = statistics.linear_regression([t for t, _ in half], [r for _, r in half]).slope
     return slope * (half[-1][0] - half[0][0]) / half[0][1]
 
 
@@ -267,7 +263,3 @@ def soak_goal(r: Result) -> report.Goal:
     note += f"; errors {sum(r.errors.values())}" if r.errors else ""
     what = f"{r.database}: RSS growth over the last half"
     return report.Goal(what, r.growth, False, GROWTH_LIMIT, 0.0, "%", note=note)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

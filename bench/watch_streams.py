@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 import tempfile
 import time
 import uuid
@@ -650,7 +649,3 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     what = f"p99 at {many['jobs']:,} watchers of {many['jobs']:,} jobs"
     out.append(Goal(what, many["latency"]["p99"] * 1e3, False, TARGET_P99_MS, 50.0, "ms"))
     return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())
