@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,10 @@ from jobpulse.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_s
 
 TIMEOUT = 30.0
 WORK_LEASE = duration_pb2.Duration(seconds=600)
+# The throughput rows' job asks for at most this many chunks running at once (0: no limit). Set above
+# the workers in flight (JOBPULSE_BENCH_MAX_RUNNING_CHUNKS=1000000), the claim's control is in use and
+# never binds: what a bench.compare against a revision without it measures is its cost.
+WORK_MAX_RUNNING = int(os.environ.get("JOBPULSE_BENCH_MAX_RUNNING_CHUNKS", "0"))
 
 
 @dataclass
@@ -187,6 +192,7 @@ async def chunk_throughput(
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
         new = job_service_pb2.CreateJobRequest(kind="bench-work", total_items=backlog, chunk_size=1)
+        new.max_running_chunks = WORK_MAX_RUNNING  # a server from before the field ignores it
         new.display_name = f"bench work {mode.key}"
         job = (await jobs.CreateJob(new, timeout=TIMEOUT)).job
         counts = work.Counts()

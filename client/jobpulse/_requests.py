@@ -31,6 +31,7 @@ def create_job(
     webhook_progress: bool = False,
     ttl: float | timedelta | None = None,
     schedule_time: _convert.TimeLike | None = None,
+    max_running_chunks: int = 0,
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -43,6 +44,7 @@ def create_job(
         request_id=request_id,
         webhook_url=webhook_url,
         webhook_progress=webhook_progress,
+        max_running_chunks=max_running_chunks,
     )
     if priority is not None:
         request.priority = priority
@@ -179,6 +181,7 @@ def update_job(
     priority: int | None,
     labels: Mapping[str, str] | None,
     display_name: str | None,
+    max_running_chunks: int | None = None,
 ) -> job_service_pb2.UpdateJobRequest:
     """Builds an UpdateJobRequest whose update_mask names exactly the arguments that are not None.
 
@@ -196,8 +199,13 @@ def update_job(
     if display_name is not None:
         request.display_name = display_name
         paths.append("display_name")
+    if max_running_chunks is not None:
+        request.max_running_chunks = max_running_chunks
+        paths.append("max_running_chunks")
     if not paths:
-        raise ValueError("update_job needs at least one of priority, labels or display_name")
+        raise ValueError(
+            "update_job needs at least one of priority, labels, display_name or max_running_chunks"
+        )
     request.update_mask.CopyFrom(FieldMask(paths=paths))
     return request
 

@@ -402,3 +402,24 @@ def test_a_scheduled_job_says_when_it_starts_on_its_page_and_in_the_list(server)
         listing = client.get("/", params={"kind": "dash-later"}).text
         rows = dict(re.findall(r'data-job-id="([^"]+)".*?<td class="state"[^>]*>(.*?)</td>', listing, re.S))
         assert "scheduled" in rows[later.id] and "scheduled" not in rows[now.id]
+
+
+def test_pause_and_resume_from_the_job_page(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        job = sdk.create_job("dash-pause", 3, chunk_size=1, max_running_chunks=2)
+        page = client.get(f"/jobs/{job.id}").text
+        assert 'data-testid="pause-job"' in page and 'data-testid="resume-job"' not in page
+        assert re.search(r'data-testid="max-running">At most 2 of its chunks run at once', page)
+
+        done = _post(client, f"/jobs/{job.id}/pause", {})
+        assert done.status_code == 303 and sdk.get_job(job.id).paused
+        page = client.get(f"/jobs/{job.id}").text
+        assert "Paused: no chunk of the job is claimed" in page  # the action's message, once
+        assert 'data-testid="paused"' in page and 'data-testid="resume-job"' in page
+        listing = client.get("/", params={"kind": "dash-pause"}).text
+        assert re.search(r'<td class="state"[^>]*>.*?data-testid="paused"', listing, re.S)
+        assert sdk.claim_chunks("w1", ["dash-pause"], max_chunks=3) == []
+
+        assert _post(client, f"/jobs/{job.id}/resume", {}).status_code == 303
+        assert not sdk.get_job(job.id).paused
+        assert len(sdk.claim_chunks("w1", ["dash-pause"], max_chunks=3)) == 2

@@ -46,9 +46,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from jobpulse_server.domain import ids
@@ -72,6 +73,8 @@ from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.store import RequestIdTaken
 from jobpulse_server.store.rows import CHUNK_SAVED
 from jobpulse_server.store.statements import OUTBOX_COLUMNS
+
+NO_JOBS: Mapping[str, Job] = MappingProxyType({})
 
 T = TypeVar("T")
 
@@ -422,7 +425,13 @@ class FakeWrite(FakeRead):
         self._fault = fault
 
     async def claim(
-        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool, held: Collection[str] = ()
+        self,
+        kinds: Sequence[str],
+        now: int,
+        limit: int,
+        *,
+        skip_locked: bool,
+        held: Mapping[str, Job] = NO_JOBS,
     ) -> tuple[dict[str, Job], list[Chunk]]:
         ready = [
             c
@@ -432,7 +441,17 @@ class FakeWrite(FakeRead):
             and (not kinds or c.kind in kinds)
         ]
         ready.sort(key=lambda c: (-c.priority, c.job_id, c.index))
-        picked = [_chunk_row(c) for c in ready[:limit]]
+        picked: list[Chunk] = []
+        room: dict[str, int | None] = {}  # each job's Job.claimable, as SqlTx keeps it
+        for c in ready:
+            if len(picked) == limit:
+                break
+            left = room.get(c.job_id, (held.get(c.job_id) or self.tables.jobs[c.job_id]).claimable())
+            if left is not None and left <= 0:
+                room[c.job_id] = 0
+                continue
+            picked.append(_chunk_row(c))
+            room[c.job_id] = None if left is None else left - 1
         wanted = [c.job_id for c in picked if c.job_id not in held]  # as SqlTx on SQLite
         return (await self.get_jobs(wanted, None) if wanted else {}), picked
 

@@ -58,13 +58,14 @@ def series(postgres: bool, first: int, last: int) -> str:
 
 def insert_generated(table: Any, given: dict[str, str], source: str) -> str:
     """INSERT ... SELECT of ``given`` column expressions (in terms of ``g``) FROM ``source`` (``series``);
-    every other non-null column of ``table`` gets false, 0 or ''."""
+    every other non-null column of ``table`` gets false, 0 or '', but those with a server default, which
+    the database fills (and which a schema migrated to an earlier revision may not have yet)."""
     names, exprs = [], []
     for column in table.columns:
         if column.name in given:
             names.append(column.name)
             exprs.append(given[column.name])
-        elif not column.nullable:
+        elif not column.nullable and column.server_default is None:
             names.append(column.name)
             py = column.type.python_type
             exprs.append("false" if py is bool else "0" if py is int else "''")

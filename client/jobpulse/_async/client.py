@@ -211,6 +211,7 @@ class AsyncClient:
         webhook_progress: bool = False,
         ttl: float | timedelta | None = None,
         schedule_time: TimeLike | None = None,
+        max_running_chunks: int = 0,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -232,6 +233,8 @@ class AsyncClient:
                 deletes it; ``None``: the server's default for the state it ends in; 0: for ever.
             schedule_time: When the job may start (a datetime, naive meaning UTC, an ISO 8601 string
                 or a Timestamp): none of its chunks is claimed before; ``None``: at once.
+            max_running_chunks: At most this many of the job's chunks processing at once, across
+                every server and worker; 0: no limit.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -251,6 +254,7 @@ class AsyncClient:
             webhook_progress=webhook_progress,
             ttl=ttl,
             schedule_time=schedule_time,
+            max_running_chunks=max_running_chunks,
         )
         response = await self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job
@@ -491,6 +495,29 @@ class AsyncClient:
         response = await self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True)
         return response.job
 
+    async def pause_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
+        """Holds a job: none of its chunks is claimed until :meth:`resume_job`; running ones finish.
+
+        Returns:
+            The job, with ``paused`` set; its state does not change.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
+        """
+        request = job_service_pb2.PauseJobRequest(job_id=job_id)
+        response = await self._call(self._jobs.PauseJob, request, timeout=timeout, retry=True)
+        return response.job
+
+    async def resume_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
+        """Lets a paused job's chunks be claimed again.
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
+        """
+        request = job_service_pb2.ResumeJobRequest(job_id=job_id)
+        response = await self._call(self._jobs.ResumeJob, request, timeout=timeout, retry=True)
+        return response.job
+
     async def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
         """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to PENDING, each with
         the job's max_attempts more claims (their ``attempt`` keeps counting).
@@ -523,6 +550,7 @@ class AsyncClient:
         priority: int | None = None,
         labels: Mapping[str, str] | None = None,
         display_name: str | None = None,
+        max_running_chunks: int | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Changes the given fields of a job; ``update_mask`` lists exactly the arguments passed.
@@ -532,12 +560,19 @@ class AsyncClient:
             priority: New priority 0..10.
             labels: New labels, replacing all existing ones (``{}`` clears them).
             display_name: New display name.
+            max_running_chunks: New limit on the job's chunks processing at once (0: none).
             timeout: Deadline in seconds; defaults to the client's.
 
         Raises:
-            ValueError: If none of ``priority``, ``labels`` and ``display_name`` is given.
+            ValueError: If none of the fields is given.
         """
-        request = _requests.update_job(job_id, priority=priority, labels=labels, display_name=display_name)
+        request = _requests.update_job(
+            job_id,
+            priority=priority,
+            labels=labels,
+            display_name=display_name,
+            max_running_chunks=max_running_chunks,
+        )
         response = await self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)
         return response.job
 

@@ -128,6 +128,7 @@ def _whole_number_between(low: int, high: int) -> Any:
 
 
 _priority = _whole_number_between(*PRIORITY_RANGE)
+_max_running = _whole_number_between(0, 1_000_000)
 _max_attempts = _whole_number_between(*MAX_ATTEMPTS_RANGE)
 
 

@@ -10,7 +10,8 @@ from jobpulse._convert import chunk_state_name, job_state_name
 from jobpulse._sync.client import Client
 from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
-from jobpulse.cli._output import _print_json
+from jobpulse.cli._errors import EXIT_USAGE, _document
+from jobpulse.cli._output import _print_json, _report
 from jobpulse.v1 import job_pb2
 
 
@@ -38,6 +39,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
             webhook_progress=args.webhook_progress,
             ttl=args.ttl,
             schedule_time=args.schedule_time,
+            max_running_chunks=args.max_running_chunks,
         )
     if args.json:
         _print_json(job)
@@ -148,6 +150,46 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         _print_json(job)
     else:
         print(f"job {job.id} {job_state_name(job.state)}")
+    return 0
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    with _connection._client(args) as client:
+        job = client.pause_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job_state_name(job.state)}, paused: no chunk of it is claimed until resumed")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    with _connection._client(args) as client:
+        job = client.resume_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} {job_state_name(job.state)}, resumed")
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    changes = {
+        "priority": args.priority,
+        "display_name": args.name,
+        "labels": dict(args.label) if args.label is not None else None,
+        "max_running_chunks": args.max_running_chunks,
+    }
+    if all(v is None for v in changes.values()):
+        said = "nothing to change: give --priority, --name, --label or --max-running-chunks"
+        _report(args, None, f"jobpulse update: error: {said}", _document(said, "USAGE"))
+        return EXIT_USAGE
+    with _connection._client(args) as client:
+        job = client.update_job(args.job_id, **changes)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job.id} updated")
     return 0
 
 

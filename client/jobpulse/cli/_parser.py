@@ -26,6 +26,7 @@ from jobpulse.cli._argtypes import (
     _json_object,
     _label,
     _max_attempts,
+    _max_running,
     _non_empty,
     _positive_int,
     _priority,
@@ -199,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the server's, by the state it ends in)",
     )
     p.add_argument(
+        "--max-running-chunks",
+        type=_max_running,
+        default=0,
+        metavar="N",
+        help="at most N of its chunks processing at once, across every worker (default 0: no limit)",
+    )
+    p.add_argument(
         "--schedule-time",
         type=_start_time,
         default=None,
@@ -252,6 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cancel", jobs._cmd_cancel, "cancel a job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--reason", default="")
+
+    p = command("pause", jobs._cmd_pause, "hold a job: none of its chunks is claimed until resume")
+    p.add_argument("job_id", metavar="ID")
+    p = command("resume", jobs._cmd_resume, "let a paused job's chunks be claimed again")
+    p.add_argument("job_id", metavar="ID")
+
+    p = command("update", jobs._cmd_update, "change a job's priority, name, labels or max running chunks")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--priority", type=_priority, default=None, help="0..10")
+    p.add_argument("--name", default=None, help="display name")
+    p.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="repeatable; replaces every label",
+    )
+    p.add_argument(
+        "--max-running-chunks",
+        type=_max_running,
+        default=None,
+        metavar="N",
+        help="at most N of its chunks processing at once; 0: no limit",
+    )
 
     p = command(
         "retry", jobs._cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk"

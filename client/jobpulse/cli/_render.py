@@ -111,7 +111,9 @@ def jobs_table(jobs: Iterable[job_pb2.Job]) -> str:
             job.id,
             job.display_name,
             job.kind,
-            job_state_name(job.state) + (" (scheduled)" if job.blocked else ""),
+            job_state_name(job.state)
+            + (" (scheduled)" if job.blocked else "")
+            + (" (paused)" if job.paused else ""),
             job.priority,
             f"{job.progress.percent:5.1f}%",
             f"{job.chunks_summary.completed}/{job.chunks_summary.total}",
@@ -132,6 +134,8 @@ def job_details(job: job_pb2.Job) -> str:
         ("owner", job.owner),
         ("state", job_state_name(job.state)),
         ("starts", _starts(job)),
+        ("paused", "yes: no chunk is claimed until it is resumed" if job.paused else ""),
+        ("running at most", str(job.max_running_chunks) if job.max_running_chunks else ""),
         ("priority", str(job.priority)),
         ("progress", f"{progress.percent:.1f}% ({progress.items_done}/{progress.items_total} items)"),
         ("chunks", summary_text(job.chunks_summary)),

@@ -187,6 +187,8 @@ class Job(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     BLOCKED_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -223,6 +225,10 @@ class Job(_message.Message):
     """Output only: the job waits for something other than a worker (its
     schedule_time has not come yet), so none of its chunks can be claimed.
     """
+    paused: _builtins.bool
+    """PauseJob holds the job: none of its chunks is claimed until ResumeJob."""
+    max_running_chunks: _builtins.int
+    """At most this many of the job's chunks PROCESSING at once (0: no limit)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels, usable as ListJobs filters."""
@@ -314,10 +320,12 @@ class Job(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         blocked: _builtins.bool = ...,
+        paused: _builtins.bool = ...,
+        max_running_chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "message", b"message", "metadata", b"metadata", "owner", b"owner", "priority", b"priority", "progress", b"progress", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,7 @@ class CreateJobRequest(_message.Message):
     WEBHOOK_PROGRESS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -144,6 +145,10 @@ class CreateJobRequest(_message.Message):
     webhook_progress: _builtins.bool
     """Also send job.progress events while the job runs (at most one per
     webhook_progress_interval seconds of the server).
+    """
+    max_running_chunks: _builtins.int
+    """At most this many of the job's chunks PROCESSING at once, across every
+    replica (a provider's quota, say); 0 means no limit. 0 to 1000000.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -186,10 +191,11 @@ class CreateJobRequest(_message.Message):
         webhook_progress: _builtins.bool = ...,
         ttl: _duration_pb2.Duration | None = ...,
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        max_running_chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -588,6 +594,98 @@ class CancelJobResponse(_message.Message):
 Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
 
 @_typing.final
+class PauseJobRequest(_message.Message):
+    """PauseJobRequest names the job to hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobRequest: _TypeAlias = PauseJobRequest  # noqa: Y015
+
+@_typing.final
+class PauseJobResponse(_message.Message):
+    """PauseJobResponse carries the job after the pause."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job, paused, in BASIC view."""
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobResponse: _TypeAlias = PauseJobResponse  # noqa: Y015
+
+@_typing.final
+class ResumeJobRequest(_message.Message):
+    """ResumeJobRequest names the paused job to let go on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobRequest: _TypeAlias = ResumeJobRequest  # noqa: Y015
+
+@_typing.final
+class ResumeJobResponse(_message.Message):
+    """ResumeJobResponse carries the job after the resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job, not paused, in BASIC view."""
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobResponse: _TypeAlias = ResumeJobResponse  # noqa: Y015
+
+@_typing.final
 class ExportJobsRequest(_message.Message):
     """ExportJobsRequest chooses the jobs to export: the filters and orders of ListJobsRequest."""
 
@@ -827,20 +925,26 @@ class UpdateJobRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     priority: _builtins.int
     """New priority, 0..10."""
     display_name: _builtins.str
     """New display name."""
+    max_running_chunks: _builtins.int
+    """New limit on the job's chunks PROCESSING at once (0: none). Lowering it
+    below what runs now stops no chunk: claims wait until fewer run.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """New labels (replace all labels)."""
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Which of "priority", "labels", "display_name" to change. Empty: every
-        field that is set (priority present, labels or display_name non-empty).
+        """Which of "priority", "labels", "display_name", "max_running_chunks" to
+        change. Empty: every field that is set (priority or max_running_chunks
+        present, labels or display_name non-empty).
         """
 
     def __init__(
@@ -851,13 +955,19 @@ class UpdateJobRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         display_name: _builtins.str = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        max_running_chunks: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "priority", b"priority", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_running_chunks", b"_max_running_chunks", "_priority", b"_priority", "max_running_chunks", b"max_running_chunks", "priority", b"priority", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "display_name", b"display_name", "job_id", b"job_id", "labels", b"labels", "priority", b"priority", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_running_chunks", b"_max_running_chunks", "_priority", b"_priority", "display_name", b"display_name", "job_id", b"job_id", "labels", b"labels", "max_running_chunks", b"max_running_chunks", "priority", b"priority", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_running_chunks: _TypeAlias = _typing.Literal["max_running_chunks"]  # noqa: Y015
+    _WhichOneofArgType__max_running_chunks: _TypeAlias = _typing.Literal["_max_running_chunks", b"_max_running_chunks"]  # noqa: Y015
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_running_chunks) -> _WhichOneofReturnType__max_running_chunks | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___UpdateJobRequest: _TypeAlias = UpdateJobRequest  # noqa: Y015

@@ -68,6 +68,16 @@ class JobServiceStub(object):
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 )
+        self.PauseJob = channel.unary_unary(
+                '/jobpulse.v1.JobService/PauseJob',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.PauseJobResponse.FromString,
+                )
+        self.ResumeJob = channel.unary_unary(
+                '/jobpulse.v1.JobService/ResumeJob',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ResumeJobResponse.FromString,
+                )
         self.RetryJob = channel.unary_unary(
                 '/jobpulse.v1.JobService/RetryJob',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
@@ -198,6 +208,25 @@ class JobServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Holds a job: none of its chunks is claimed until ResumeJob; chunks running
+        now finish as usual. Its state does not change; Job.paused says it. Pausing
+        a paused job is OK; a finished one is FAILED_PRECONDITION with reason
+        JOB_ALREADY_TERMINAL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Lets a paused job's chunks be claimed again (waiting claimers are woken).
+        Resuming a job that is not paused is OK; a finished one is
+        FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryJob(self, request, context):
         """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
         PENDING, each with max_attempts more claims (attempt keeps counting).
@@ -218,7 +247,8 @@ class JobServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def UpdateJob(self, request, context):
-        """Changes priority, labels or display name. A new priority reorders the job's pending chunks.
+        """Changes priority, labels, display name or max_running_chunks. A new
+        priority reorders the job's pending chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -329,6 +359,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.PauseJobRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.PauseJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ResumeJobRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ResumeJobResponse.SerializeToString,
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
@@ -525,6 +565,40 @@ class JobService(object):
         return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/CancelJob',
             jobpulse_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/PauseJob',
+            jobpulse_dot_v1_dot_job__service__pb2.PauseJobRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.PauseJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/ResumeJob',
+            jobpulse_dot_v1_dot_job__service__pb2.ResumeJobRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.ResumeJobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

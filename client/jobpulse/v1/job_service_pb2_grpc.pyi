@@ -76,6 +76,17 @@ class JobServiceStub:
     Cancelling a cancelled or cancelling job is OK; a completed or failed one is
     FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
     """
+    PauseJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PauseJobRequest, _job_service_pb2.PauseJobResponse]
+    """Holds a job: none of its chunks is claimed until ResumeJob; chunks running
+    now finish as usual. Its state does not change; Job.paused says it. Pausing
+    a paused job is OK; a finished one is FAILED_PRECONDITION with reason
+    JOB_ALREADY_TERMINAL.
+    """
+    ResumeJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _job_service_pb2.ResumeJobResponse]
+    """Lets a paused job's chunks be claimed again (waiting claimers are woken).
+    Resuming a job that is not paused is OK; a finished one is
+    FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
+    """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
     """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
     PENDING, each with max_attempts more claims (attempt keeps counting).
@@ -88,7 +99,9 @@ class JobServiceStub:
     CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
     UpdateJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]
-    """Changes priority, labels or display name. A new priority reorders the job's pending chunks."""
+    """Changes priority, labels, display name or max_running_chunks. A new
+    priority reorders the job's pending chunks.
+    """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]
     """Deletes a terminal job, or with force any job at once (its workers' next calls
     get CHUNK_NOT_FOUND, its watchers NOT_FOUND). A job that is not terminal,
@@ -175,6 +188,17 @@ class JobServiceAsyncStub(JobServiceStub):
     Cancelling a cancelled or cancelling job is OK; a completed or failed one is
     FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
     """
+    PauseJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PauseJobRequest, _job_service_pb2.PauseJobResponse]  # type: ignore[assignment]
+    """Holds a job: none of its chunks is claimed until ResumeJob; chunks running
+    now finish as usual. Its state does not change; Job.paused says it. Pausing
+    a paused job is OK; a finished one is FAILED_PRECONDITION with reason
+    JOB_ALREADY_TERMINAL.
+    """
+    ResumeJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ResumeJobRequest, _job_service_pb2.ResumeJobResponse]  # type: ignore[assignment]
+    """Lets a paused job's chunks be claimed again (waiting claimers are woken).
+    Resuming a job that is not paused is OK; a finished one is
+    FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
+    """
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Puts the failed and cancelled chunks of a FAILED or CANCELLED job back to
     PENDING, each with max_attempts more claims (attempt keeps counting).
@@ -187,7 +211,9 @@ class JobServiceAsyncStub(JobServiceStub):
     CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
     UpdateJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]  # type: ignore[assignment]
-    """Changes priority, labels or display name. A new priority reorders the job's pending chunks."""
+    """Changes priority, labels, display name or max_running_chunks. A new
+    priority reorders the job's pending chunks.
+    """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]  # type: ignore[assignment]
     """Deletes a terminal job, or with force any job at once (its workers' next calls
     get CHUNK_NOT_FOUND, its watchers NOT_FOUND). A job that is not terminal,
@@ -315,6 +341,29 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def PauseJob(
+        self,
+        request: _job_service_pb2.PauseJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.PauseJobResponse, _abc.Awaitable[_job_service_pb2.PauseJobResponse]]:
+        """Holds a job: none of its chunks is claimed until ResumeJob; chunks running
+        now finish as usual. Its state does not change; Job.paused says it. Pausing
+        a paused job is OK; a finished one is FAILED_PRECONDITION with reason
+        JOB_ALREADY_TERMINAL.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeJob(
+        self,
+        request: _job_service_pb2.ResumeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ResumeJobResponse, _abc.Awaitable[_job_service_pb2.ResumeJobResponse]]:
+        """Lets a paused job's chunks be claimed again (waiting claimers are woken).
+        Resuming a job that is not paused is OK; a finished one is
+        FAILED_PRECONDITION with reason JOB_ALREADY_TERMINAL.
+        """
+
+    @_abc_1.abstractmethod
     def RetryJob(
         self,
         request: _job_service_pb2.RetryJobRequest,
@@ -343,7 +392,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.UpdateJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.UpdateJobResponse, _abc.Awaitable[_job_service_pb2.UpdateJobResponse]]:
-        """Changes priority, labels or display name. A new priority reorders the job's pending chunks."""
+        """Changes priority, labels, display name or max_running_chunks. A new
+        priority reorders the job's pending chunks.
+        """
 
     @_abc_1.abstractmethod
     def DeleteJob(

@@ -138,6 +138,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.metadata(metadata)
         ttl = _ttl_us(request, c)
         schedule_time = _schedule_us(request, c, self.clock())
+        _check_max_running(request.max_running_chunks, c)
         c.done()
         page = await self.jobs.create_job(
             caller(),
@@ -155,6 +156,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 webhook_progress=request.webhook_progress,
                 ttl=ttl,
                 schedule_time=schedule_time,
+                max_running_chunks=request.max_running_chunks,
             ),
         )
         return job_service_pb2.CreateJobResponse(job=self._job(page))
@@ -312,6 +314,24 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page = await self.jobs.cancel_job(caller(), request.job_id, request.reason)
         return job_service_pb2.CancelJobResponse(job=self._job(page))
 
+    async def PauseJob(
+        self, request: job_service_pb2.PauseJobRequest, context: Ctx
+    ) -> job_service_pb2.PauseJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.done()
+        page = await self.jobs.pause_job(caller(), request.job_id, paused=True)
+        return job_service_pb2.PauseJobResponse(job=self._job(page))
+
+    async def ResumeJob(
+        self, request: job_service_pb2.ResumeJobRequest, context: Ctx
+    ) -> job_service_pb2.ResumeJobResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.done()
+        page = await self.jobs.pause_job(caller(), request.job_id, paused=False)
+        return job_service_pb2.ResumeJobResponse(job=self._job(page))
+
     async def RetryJob(
         self, request: job_service_pb2.RetryJobRequest, context: Ctx
     ) -> job_service_pb2.RetryJobResponse:
@@ -337,9 +357,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = Checker()
         c.text(request.job_id, "job_id", MAX_ID, required=True)
         paths = set(request.update_mask.paths)
-        allowed = {"priority", "labels", "display_name"}
+        allowed = {"priority", "labels", "display_name", "max_running_chunks"}
         for p in paths - allowed:
-            c.fail("update_mask", f"unknown path {p!r}; allowed: display_name, labels, priority")
+            c.fail(
+                "update_mask",
+                f"unknown path {p!r}; allowed: display_name, labels, max_running_chunks, priority",
+            )
         if not paths:
             paths = {
                 name
@@ -347,13 +370,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     ("priority", request.HasField("priority")),
                     ("labels", bool(request.labels)),
                     ("display_name", bool(request.display_name)),
+                    ("max_running_chunks", request.HasField("max_running_chunks")),
                 )
                 if present
             }
-            c.check(bool(paths), "update_mask", "nothing to update: set priority, labels or display_name")
+            c.check(
+                bool(paths),
+                "update_mask",
+                "nothing to update: set priority, labels, display_name or max_running_chunks",
+            )
         if "priority" in paths:
             c.check(request.HasField("priority"), "priority", "is in update_mask but not set")
             c.priority(request.priority, "priority")
+        if "max_running_chunks" in paths:
+            _check_max_running(request.max_running_chunks, c)
         c.labels(dict(request.labels))
         c.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
         c.done()
@@ -363,6 +393,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             priority=request.priority if "priority" in paths else None,
             labels=dict(request.labels) if "labels" in paths else None,
             display_name=request.display_name if "display_name" in paths else None,
+            max_running_chunks=request.max_running_chunks if "max_running_chunks" in paths else None,
         )
         return job_service_pb2.UpdateJobResponse(job=self._job(page))
 
@@ -445,6 +476,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
 
 
+# The largest max_running_chunks a job may ask for (the contract's range).
+MAX_RUNNING_CHUNKS = 1_000_000
+
+
 def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None:
     """CreateJobRequest.ttl in microseconds: None when unset (the server's default applies), 0 to
     keep the job for ever; a positive ttl below a microsecond counts as one."""
@@ -462,6 +497,14 @@ def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None
         c.fail("ttl", f"must be at most 3650 days (got {d.seconds}s)")
         return None
     return us
+
+
+def _check_max_running(value: int, c: Checker) -> None:
+    c.check(
+        0 <= value <= MAX_RUNNING_CHUNKS,
+        "max_running_chunks",
+        f"must be between 0 (no limit) and {MAX_RUNNING_CHUNKS} (got {value})",
+    )
 
 
 def _schedule_us(request: job_service_pb2.CreateJobRequest, c: Checker, now: int) -> int | None:

@@ -199,6 +199,10 @@ class Job:
     # When CreateJob said the job may start (its chunks wait until then); None: at once. Never changes
     # after the job is made.
     schedule_time: int | None = None
+    # PauseJob holds the job (no claim takes its chunks) until ResumeJob.
+    paused: bool = False
+    # At most this many of the job's chunks PROCESSING at once; 0: no limit.
+    max_running_chunks: int = 0
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.
@@ -257,6 +261,16 @@ class Job:
     def blocked(self, now: int) -> bool:
         """Whether the job waits for something other than a worker at ``now``: its schedule_time."""
         return blocked(self.state, self.schedule_time, now)
+
+    def claimable(self) -> int | None:
+        """The claim rule of the job's own controls: how many more of its ready chunks a claim may take
+        now; None for no limit. None while paused; at max_running_chunks, none until one ends. (The
+        PostgreSQL claim writes this rule in SQL: statements.pg_candidate_jobs and pg_ready_of_jobs.)"""
+        if self.paused:
+            return 0
+        if self.max_running_chunks:
+            return max(0, self.max_running_chunks - self.summary.processing)
+        return None
 
     # --- progress ----------------------------------------------------
     @property

@@ -149,6 +149,8 @@ class Dashboard:
             Route("/jobs/{job_id}/chunks/{index:int}", self.chunk_detail, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/jobs/{job_id}/retry", self.retry, methods=["POST"]),
+            Route("/jobs/{job_id}/pause", self.pause, methods=["POST"]),
+            Route("/jobs/{job_id}/resume", self.resume, methods=["POST"]),
             Route("/jobs/{job_id}/delete", self.delete, methods=["POST"]),
             Route("/jobs/{job_id}/priority", self.priority, methods=["POST"]),
             Route("/jobs/{job_id}/chunks/{chunk_id}/retry", self.retry_chunk, methods=["POST"]),
@@ -354,6 +356,24 @@ class Dashboard:
             c.done()
             await self.jobs.cancel_job(who, job_id, reason or "cancelled from the dashboard")
             return "Cancel requested: pending chunks are cancelled, running ones stop at their next report."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def pause(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            await self.jobs.pause_job(who, job_id, paused=True)
+            return "Paused: no chunk of the job is claimed until it is resumed; running ones finish."
+
+        return await self._act(request, act, f"/jobs/{job_id}")
+
+    async def resume(self, request: Request) -> Response:
+        job_id = _job_id(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            await self.jobs.pause_job(who, job_id, paused=False)
+            return "Resumed: its chunks are claimed again."
 
         return await self._act(request, act, f"/jobs/{job_id}")
 

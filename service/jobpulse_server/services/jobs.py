@@ -71,6 +71,8 @@ class NewJob:
     ttl: int | None = None
     # When the job may start (microseconds since the epoch); None: at once.
     schedule_time: int | None = None
+    # At most this many chunks PROCESSING at once; 0: no limit.
+    max_running_chunks: int = 0
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -92,6 +94,8 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
         asked["ttl"] = req.ttl
     if req.schedule_time is not None:
         asked["schedule_time"] = req.schedule_time
+    if req.max_running_chunks:
+        asked["max_running_chunks"] = req.max_running_chunks
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -209,6 +213,7 @@ class JobService:
             update_time=now,
             trace_parent=job_trace.current_trace_parent() if self._traced else None,
             schedule_time=req.schedule_time,
+            max_running_chunks=req.max_running_chunks,
         )
         new_chunks = [
             Chunk(
@@ -551,6 +556,31 @@ class JobService:
             self.latency.record(ends)
         return JobPage(job)
 
+    async def pause_job(self, who: Principal, job_id: str, *, paused: bool) -> JobPage:
+        """PauseJob (``paused``) / ResumeJob: holds the job's chunks from claims, or lets them go again.
+        The claims judge it with the job row they lock (``Job.claimable``), so a claim that commits after
+        this one takes none of its chunks, on any replica."""
+
+        async def body(tx: Tx) -> Job:
+            job = await self._load(tx, who, job_id, for_update=True)
+            if job.state.terminal:
+                verb = "paused" if paused else "resumed"
+                raise JobAlreadyTerminal(
+                    f"job {job_id} is already {job.state.name}; only a job that has not ended can be {verb}",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
+            if job.paused != paused:
+                now = self.clock()
+                job.touch(now)
+                job.paused = paused
+                tx.changes.new_work = not paused
+                await self._save(tx, job, now)
+            await load_artifacts(tx, [job])
+            return job
+
+        return JobPage(await self.store.write(body))
+
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
         async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
@@ -629,6 +659,7 @@ class JobService:
         priority: int | None,
         labels: dict[str, str] | None,
         display_name: str | None,
+        max_running_chunks: int | None = None,
     ) -> JobPage:
         async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
@@ -645,6 +676,10 @@ class JobService:
             if display_name is not None and display_name != job.display_name:
                 job.display_name = display_name
                 changed = True
+            if max_running_chunks is not None and max_running_chunks != job.max_running_chunks:
+                job.max_running_chunks = max_running_chunks
+                changed = True
+                tx.changes.new_work = True
             if changed:
                 job.touch(now)
                 await self._save(tx, job, now)

@@ -237,7 +237,7 @@ class TransactionPath:
         skipped rather than waited for, so two such transactions cannot deadlock.
         """
         found, picked = await tx.claim(
-            list(ask.kinds), now, ask.limit, skip_locked=not wait_for_jobs, held=jobs.keys()
+            list(ask.kinds), now, ask.limit, skip_locked=not wait_for_jobs, held=jobs
         )
         for job_id, job in found.items():
             jobs.setdefault(job_id, job)  # a job this transaction changed already keeps its changes

@@ -102,7 +102,7 @@ _JOB_FIELDS = (
     "error_reason", "error_message", "error_chunk_index", "cancel_requested", "cancel_reason",
     "cancel_time", "create_time", "update_time", "start_time", "end_time", "artifacts", "change_seq",
     "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "schedule_time",
-    "loaded_state",
+    "paused", "max_running_chunks", "loaded_state",
     "bumped",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
@@ -149,6 +149,8 @@ def job_from_row(r: Sequence[Any]) -> Job:
         r[35],  # ttl
         r[36],  # trace_parent
         r[37],  # schedule_time
+        bool(r[38]),  # paused
+        r[39],  # max_running_chunks
         state,  # loaded_state
         False,  # bumped
     )
@@ -198,6 +200,8 @@ def job_saved(job: Job) -> dict[str, Any]:
         "webhook_url": job.webhook_url,
         "webhook_progress": job.webhook_progress,
         "last_progress_event": job.last_progress_event,
+        "paused": job.paused,
+        "max_running_chunks": job.max_running_chunks,
     }
 
 

@@ -331,6 +331,39 @@ def pick_ready(d: Dialect, n_kinds: int) -> str:
     return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {ready(d, n_kinds)}{CLAIM_ORDER}"
 
 
+# SQLite: where ``ready_after`` reads on from a position (priority p, job j, index i) of the claim order,
+# each a range of ix_chunks_claim: the same job's later chunks, the later jobs of the same priority, the
+# lower priorities.
+AFTER_INDEX, AFTER_JOB, AFTER_PRIORITY = (
+    "priority = :p AND job_id = :j AND idx > :i",
+    "priority = :p AND job_id > :j",
+    "priority < :p",
+)
+
+
+@_built
+def ready_after(d: Dialect, n_kinds: int, after: str) -> str:
+    """SQLite: the first ``limit`` ready chunks in claim order within one of the ranges above: a claim
+    that passes over a paused job or one at its max_running_chunks seeks past the job's chunks instead of
+    reading them (store/tx.py ``SqlTx.claim``)."""
+    return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {ready(d, n_kinds)} AND {after}{CLAIM_ORDER}"
+
+
+def may_claim(alias: str) -> str:
+    """PostgreSQL: a job whose chunks a claim may take now, as ``Job.claimable`` says (not paused, fewer
+    than max_running_chunks running); ``alias`` the job row's, with its dot."""
+    a = alias
+    return f"NOT {a}paused AND ({a}max_running_chunks = 0 OR {a}n_processing < {a}max_running_chunks)"
+
+
+def room(alias: str, limit: str) -> str:
+    """PostgreSQL: how many of a job's ready chunks one claim may take, ``Job.claimable`` capped by
+    ``limit``: what max_running_chunks leaves, or ``limit`` when the job has none."""
+    a = alias
+    left = f"greatest(0, {a}max_running_chunks - {a}n_processing)"
+    return f"least({limit}, CASE WHEN {a}max_running_chunks = 0 THEN {limit} ELSE {left} END)"
+
+
 def pg_ready(kinds: str) -> str:
     """PostgreSQL: chunks ready to run; ``kinds``: the placeholder of the wanted kinds as one array, empty
     for any kind."""
@@ -353,20 +386,22 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "") -> str:
     job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
     return (
         f"SELECT pj.id AS job_id FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
-        f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {limit}) AS r "
-        f"WHERE pj.n_pending > 0{job_kinds} ORDER BY pj.priority DESC, pj.id LIMIT {limit}"
+        f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {room('pj.', limit)}) AS r "
+        f"WHERE pj.n_pending > 0{job_kinds} AND {may_claim('pj.')} ORDER BY pj.priority DESC, pj.id "
+        f"LIMIT {limit}"
     )
 
 
 def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str) -> str:
     """PostgreSQL: the first ``limit`` ``ready`` chunks of the locked candidate jobs ``jobs`` (a relation
-    with id and priority) in claim order, locked (SKIP LOCKED), each job's read from its own entries of
-    ix_chunks_claim as in pg_candidate_jobs; ``columns`` of ``ch``. Each job's read locks what it returns:
-    every ready chunk of the candidates before the last is in the first ``limit``, so at most ``limit`` - 1
-    of the last one's are locked and left (until the commit)."""
+    with id, priority, max_running_chunks and n_processing, each job as locked) in claim order, locked
+    (SKIP LOCKED), each job's read from its own entries of ix_chunks_claim as in pg_candidate_jobs, and no
+    more of a job's than its ``room``; ``columns`` of ``ch``. Each job's read locks what it returns: every
+    ready chunk of the candidates before the last is in the first ``limit``, so at most ``limit`` - 1 of
+    the last one's are locked and left (until the commit)."""
     return (
         f"SELECT r.* FROM {jobs} AS pj CROSS JOIN LATERAL (SELECT {columns} FROM chunks ch WHERE {ready} "
-        f"AND ch.priority = pj.priority AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {limit} "
+        f"AND ch.priority = pj.priority AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {room('pj.', limit)} "
         f"FOR UPDATE OF ch SKIP LOCKED) AS r ORDER BY r.priority DESC, r.job_id, r.idx LIMIT {limit}"
     )
 
@@ -382,9 +417,10 @@ def pg_claim(n_kinds: int, *, skip_locked: bool) -> str:
     ready = pg_ready(kinds)
     limit = ":limit"
     lock = POSTGRES.skip_locked if skip_locked else POSTGRES.for_update
+    # may_claim again: a job locked after another claim's commit is judged as that commit left it.
     jobs = (
         f"SELECT {JOB_SELECT} FROM jobs WHERE id IN ({pg_candidate_jobs(ready, limit, kinds)}) "
-        f"ORDER BY id{lock}"
+        f"AND {may_claim('')} ORDER BY id{lock}"
     )
     columns = ", ".join(f"ch.{c}" for c in CHUNK_COLUMNS)
     picked = pg_ready_of_jobs(ready, "j", limit, columns)

@@ -81,6 +81,10 @@ jobs = Table(
     # When CreateJob said the job may start (schedule_time); NULL: at once. Written once, by CreateJob:
     # until then its chunks wait as a retry waits out its backoff (chunks.retry_at).
     Column("schedule_time", BigInteger, nullable=True),
+    # PauseJob / ResumeJob; the claims pass over a paused job (statements.pg_candidate_jobs, tx.claim).
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    # At most this many chunks PROCESSING at once (0: no limit); checked by the claims as paused is.
+    Column("max_running_chunks", Integer, nullable=False, server_default=text("0")),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),

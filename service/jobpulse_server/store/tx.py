@@ -13,7 +13,8 @@ import json
 import math
 import operator
 import secrets
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jobpulse_server.store.statements as q
@@ -39,6 +40,9 @@ from jobpulse_server.store.rows import (
     job_saved,
 )
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
+
+# No jobs held (SqlTx.claim's default).
+NO_JOBS: Mapping[str, Job] = MappingProxyType({})
 
 _INDEXED_IN_ROW = operator.itemgetter(*JOB_INDEXED_IN_ROW)
 _INDEXED_IN_SAVED = operator.itemgetter(*JOB_INDEXED)
@@ -248,7 +252,13 @@ class SqlTx:
         return "".join(str(r[0]) for r in await self.conn.fetch(q.chunk_states(self.d), {"job_id": job_id}))
 
     async def claim(
-        self, kinds: Sequence[str], now: int, limit: int, *, skip_locked: bool, held: Collection[str] = ()
+        self,
+        kinds: Sequence[str],
+        now: int,
+        limit: int,
+        *,
+        skip_locked: bool,
+        held: Mapping[str, Job] = NO_JOBS,
     ) -> tuple[dict[str, Job], list[Chunk]]:
         """The first ``limit`` chunks ready to run (claim order) and their jobs, locked. On PostgreSQL the
         jobs of the first ready chunks are locked first, then those jobs' ready chunks are taken: jobs
@@ -256,8 +266,12 @@ class SqlTx:
         transaction holds are left out instead of waited for. SQLite has one writer at a time: the
         chunks come straight off the claim index (restricting them to jobs found first made SQLite sort
         every pending chunk of those jobs, 68% of the server's time at 20,000 pending chunks). ``held``: jobs
-        this transaction has read already, which SQLite does not read again (left out of the jobs returned;
-        PostgreSQL locks every job it claims from, so it reads them all)."""
+        this transaction has read already (with its changes), which SQLite does not read again (left out of
+        the jobs returned; PostgreSQL locks every job it claims from, so it reads them all).
+
+        A job's own controls (``Job.claimable``: paused, max_running_chunks) hold on both: PostgreSQL's
+        statement judges each candidate job as it locks it; SQLite takes the first chunks as before and,
+        only when one of their jobs has a control, takes them again within those (``_within_controls``)."""
         if self.d.postgres:
             claim = q.pg_claim(len(kinds), skip_locked=skip_locked)
             row = await self.conn.fetchrow(claim, {"kinds": list(kinds), "limit": limit})
@@ -271,8 +285,69 @@ class SqlTx:
             waiting.settle(promoted, await self.conn.fetchval(q.NEXT_RETRY), now)
         params = {**q.ready_params(self.d, kinds), "limit": limit}
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
-        wanted = [c.job_id for c in picked if c.job_id not in held]
-        return (await self.get_jobs(wanted, None) if wanted else {}), picked
+        found = await self._jobs_of(picked, held, {})
+        if any((held.get(c.job_id) or found[c.job_id]).claimable() is not None for c in picked):
+            picked = await self._within_controls(kinds, limit, picked, found, held)
+            found = {c.job_id: found[c.job_id] for c in picked if c.job_id in found}
+        return found, picked
+
+    async def _jobs_of(
+        self, chunks: Sequence[Chunk], held: Mapping[str, Job], found: dict[str, Job]
+    ) -> dict[str, Job]:
+        """``found`` with the jobs of ``chunks`` that neither it nor ``held`` has, read."""
+        wanted = sorted({c.job_id for c in chunks if c.job_id not in held and c.job_id not in found})
+        if wanted:
+            found.update(await self.get_jobs(wanted, None))
+        return found
+
+    async def _within_controls(
+        self,
+        kinds: Sequence[str],
+        limit: int,
+        first: list[Chunk],
+        found: dict[str, Job],
+        held: Mapping[str, Job],
+    ) -> list[Chunk]:
+        """SQLite: the first ``limit`` ready chunks in claim order whose jobs have room for them
+        (``Job.claimable``), from ``first`` (the first ``limit`` ready ones) on. Past a job with no room
+        the read seeks to the next job (statements.ready_after), so a paused job's pending chunks are
+        passed over by one index seek, not read one by one. ``found`` gets the jobs read."""
+        taken: list[Chunk] = []
+        room: dict[str, int | None] = {}
+        rows = first
+        while True:
+            for chunk in rows:
+                job_id = chunk.job_id
+                left = room[job_id] if job_id in room else (held.get(job_id) or found[job_id]).claimable()
+                if left is not None and left <= 0:
+                    room[job_id] = 0
+                    continue
+                taken.append(chunk)
+                room[job_id] = None if left is None else left - 1
+                if len(taken) == limit:
+                    return taken
+            if len(rows) < limit:  # every ready chunk has been looked at
+                return taken
+            last = rows[-1]
+            rows = await self._ready_after(kinds, last, limit, next_job=room.get(last.job_id) == 0)
+            await self._jobs_of(rows, held, found)
+
+    async def _ready_after(
+        self, kinds: Sequence[str], last: Chunk, limit: int, *, next_job: bool
+    ) -> list[Chunk]:
+        """SQLite: up to ``limit`` ready chunks after ``last`` in claim order (``next_job``: after its job),
+        read range by range (statements.ready_after); fewer only when none is left."""
+        params = {**q.ready_params(self.d, kinds), "p": last.priority, "j": last.job_id, "i": last.index}
+        ranges = (
+            (q.AFTER_JOB, q.AFTER_PRIORITY) if next_job else (q.AFTER_INDEX, q.AFTER_JOB, q.AFTER_PRIORITY)
+        )
+        out: list[Chunk] = []
+        for after in ranges:
+            sql = q.ready_after(self.d, len(kinds), after)
+            out += map(chunk_from_row, await self.conn.fetch(sql, {**params, "limit": limit - len(out)}))
+            if len(out) == limit:
+                break
+        return out
 
     async def lock_leased(
         self, job_ids: Sequence[str], chunk_ids: Sequence[str]

@@ -131,6 +131,8 @@ def job_pb(
         expire_time=timestamp(retention.expire_time(job)) if retention is not None else None,
         schedule_time=timestamp(job.schedule_time),
         blocked=now is not None and job.blocked(now),
+        paused=job.paused,
+        max_running_chunks=job.max_running_chunks,
     )
     add = msg.chunks.add
     for c in chunks or ():

@@ -321,7 +321,9 @@ def _picked(ready: str, jobs: str, limit: str, now: str, interval: str) -> str:
     webhook event (a progress event due: a claim never ends a job), and then the general path claims,
     keeping the claim order."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
-    candidates = f"(SELECT id, priority FROM {jobs} WHERE NOT EXISTS {quiet})"
+    candidates = (
+        f"(SELECT id, priority, max_running_chunks, n_processing FROM {jobs} WHERE NOT EXISTS {quiet})"
+    )
     columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
     return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns)}), "
 
@@ -392,9 +394,11 @@ def _claim_group_statement(kinds: bool, limit: int) -> str:
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return (
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event "
+        f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event, "
+        "max_running_chunks, n_processing "
         f"FROM jobs WHERE id IN ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '')}) "
-        "ORDER BY id FOR UPDATE), "
+        # may_claim again: a job locked after another claim's commit is judged as that commit left it.
+        f"AND {q.may_claim('')} ORDER BY id FOR UPDATE), "
         + _picked(ready, "j", str(int(limit)), now, ":interval")
         + _slotted("r", ":workers", ":leases", ":callers")
         + _claiming(
@@ -470,7 +474,7 @@ def complete_then_claim(kinds: bool, limit: int) -> str:
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
         "jl AS (SELECT id, priority, revision, cancel_requested, webhook_url, webhook_progress, "
-        "last_progress_event, "
+        "last_progress_event, paused, max_running_chunks, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
@@ -481,8 +485,11 @@ def complete_then_claim(kinds: bool, limit: int) -> str:
         +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
-        "jk AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event FROM jl "
-        "WHERE cand AND (SELECT count(*) FROM c1) = :n), "
+        # The candidates as locked, each judged by may_claim as it is before this flush's completions
+        # (which only leave more room).
+        "jk AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event, "
+        "max_running_chunks, n_processing FROM jl "
+        f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
         + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval")
         + _slotted("rk", ":workers", ":leases", ":callers")
         + _claiming(
