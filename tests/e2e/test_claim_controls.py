@@ -187,7 +187,7 @@ def test_the_cli_pauses_resumes_and_caps_a_job(
     capsys.readouterr()
     assert cli.main([*target, "get", job_id, "--basic"]) == 0
     assert [
-        line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("running")
+        line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("max running")
     ] == ["3"]
     assert len(_claimed(client, "cli-cap")) == 1
     assert cli.main([*target, "update", job_id]) == 2

@@ -35,6 +35,8 @@ def _distinct_job_row() -> tuple[list[Any], dict[str, Any]]:
             value, expected = 1, True
         elif column == "webhook_progress":  # the other flag the opposite way: a swap of the two shows
             value, expected = 0, False
+        elif column == "paused":  # a third flag, as cancel_requested (a swap of those two is not seen)
+            value, expected = 1, True
         else:
             value = expected = 1000 + n if n % 2 else f"text-{n}"
         row.append(value)

@@ -135,7 +135,7 @@ def job_details(job: job_pb2.Job) -> str:
         ("state", job_state_name(job.state)),
         ("starts", _starts(job)),
         ("paused", "yes: no chunk is claimed until it is resumed" if job.paused else ""),
-        ("running at most", str(job.max_running_chunks) if job.max_running_chunks else ""),
+        ("max running", str(job.max_running_chunks) if job.max_running_chunks else ""),
         ("priority", str(job.priority)),
         ("progress", f"{progress.percent:.1f}% ({progress.items_done}/{progress.items_total} items)"),
         ("chunks", summary_text(job.chunks_summary)),
@@ -159,8 +159,9 @@ def job_details(job: job_pb2.Job) -> str:
     ]
     if job.artifacts:
         fields.append(("artifacts", str(len(job.artifacts))))
-    width = max(text_width(k) for k, _ in fields)
-    return "\n".join(f"{pad(k, width)}  {v}".rstrip() for k, v in fields if v != "")
+    shown = [(k, v) for k, v in fields if v != ""]
+    width = max(text_width(k) for k, _ in shown)
+    return "\n".join(f"{pad(k, width)}  {v}".rstrip() for k, v in shown)
 
 
 def chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
