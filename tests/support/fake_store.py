@@ -135,14 +135,16 @@ class _Tables:
         return self.seq
 
     def save_job(self, job: Job) -> None:
-        """An UPDATE of every job column but id, change_seq, which takes the next change_seq, and
-        trace_parent (only ``insert_job`` writes it, as ``rows.JOB_SAVED`` leaves it out); a job that does
-        not exist is left alone (and takes none)."""
+        """An UPDATE of every job column but id, change_seq, which takes the next change_seq, and the
+        ones ``rows.JOB_SAVED`` leaves out (trace_parent, schedule_time: only ``insert_job`` writes them;
+        paused, max_running_chunks: ``set_controls``); a job that does not exist is left alone (and
+        takes none)."""
         stored = self.jobs.get(job.id)
         if stored is not None:
             row = _job_row(job)
             row.change_seq = self.next_seq()
-            row.trace_parent = stored.trace_parent
+            row.trace_parent, row.schedule_time = stored.trace_parent, stored.schedule_time
+            row.paused, row.max_running_chunks = stored.paused, stored.max_running_chunks
             self.jobs[job.id] = row
         job.bumped = False
 
@@ -568,6 +570,11 @@ class FakeWrite(FakeRead):
             priority=priority,
         )
         return moved.get(ChunkState.FAILED, 0), moved.get(ChunkState.CANCELLED, 0), items
+
+    async def set_controls(self, job: Job) -> None:
+        stored = self.tables.jobs.get(job.id)
+        if stored is not None:
+            stored.paused, stored.max_running_chunks = job.paused, job.max_running_chunks
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         self.tables.update_chunks(job_id, [ChunkState.PENDING], priority=priority)

@@ -575,6 +575,7 @@ class JobService:
                 job.touch(now)
                 job.paused = paused
                 tx.changes.new_work = not paused
+                await tx.set_controls(job)
                 await self._save(tx, job, now)
             await load_artifacts(tx, [job])
             return job
@@ -678,6 +679,7 @@ class JobService:
                 changed = True
             if max_running_chunks is not None and max_running_chunks != job.max_running_chunks:
                 job.max_running_chunks = max_running_chunks
+                await tx.set_controls(job)
                 changed = True
                 tx.changes.new_work = True
             if changed:

@@ -35,6 +35,7 @@ from jobpulse_server.store.rows import (
     CHUNK_INSERTED,
     CHUNK_SAVED,
     CHUNK_SELECT,
+    JOB_CONTROLS,
     JOB_CREATED_ONLY,
     JOB_INDEXED,
     JOB_SAVED,
@@ -207,9 +208,10 @@ def get_jobs(d: Dialect, n: int, owned: bool, *, lock: str = "") -> str:
 
 @_built
 def insert_job(d: Dialect) -> str:
-    """A new job: its JOB_SAVED and JOB_CREATED_ONLY columns and id, each a parameter named as the column;
+    """A new job: its JOB_SAVED, JOB_CREATED_ONLY and JOB_CONTROLS columns and id, each a parameter named
+    as the column;
     the change_seq comes from the database."""
-    cols = (*JOB_SAVED, "id", *JOB_CREATED_ONLY)
+    cols = (*JOB_SAVED, "id", *JOB_CREATED_ONLY, *JOB_CONTROLS)
     return f"INSERT INTO jobs ({', '.join(cols)}, change_seq) VALUES ({named(cols)}, {d.next_seq})"
 
 
@@ -488,6 +490,8 @@ CANCEL_PENDING_CHUNKS = (
 )
 
 SET_PENDING_PRIORITY = "UPDATE chunks SET priority = :priority WHERE job_id = :job_id AND state = :pending"
+# PauseJob / ResumeJob / UpdateJob: a job's controls on the claim (rows.JOB_CONTROLS).
+SET_JOB_CONTROLS = "UPDATE jobs SET paused = :paused, max_running_chunks = :max_running_chunks WHERE id = :id"
 
 
 @_built

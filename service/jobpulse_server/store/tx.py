@@ -156,6 +156,8 @@ class SqlTx:
                     "ttl": job.ttl,
                     "trace_parent": job.trace_parent,
                     "schedule_time": job.schedule_time,
+                    "paused": job.paused,
+                    "max_running_chunks": job.max_running_chunks,
                 },
             )
         except Conflict as exc:
@@ -406,6 +408,11 @@ class SqlTx:
         failed = counts.get(int(ChunkState.FAILED), (0, 0))
         cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
         return failed[0], cancelled[0], failed[1] + cancelled[1]
+
+    async def set_controls(self, job: Job) -> None:
+        """Writes the job's controls on the claim (rows.JOB_CONTROLS), which a save leaves out."""
+        params = {"id": job.id, "paused": job.paused, "max_running_chunks": job.max_running_chunks}
+        await self.conn.execute(q.SET_JOB_CONTROLS, params)
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         # Only pending chunks: running ones are locked by their workers, and a chunk that goes back to
