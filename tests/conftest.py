@@ -94,19 +94,30 @@ DATABASES = [
 REQUIRE_POSTGRES = os.environ.get("JOBPULSE_REQUIRE_POSTGRES") == "1"
 
 
-# Test folders above the store: the dashboard in a browser, the docs' samples, the SDK, the foreign clients.
-# What they hold does not depend on the database, and the layers below them are tested on both (conformance,
-# integration, e2e, faults, replicas...), so ``make test`` runs them on SQLite only: their PostgreSQL runs
-# are marked ``full_matrix``, and ``make test-slow`` runs those too.
-ABOVE_THE_STORE = ("browser", "docs", "sdk", "clients")
+# Tests above the store: the dashboard in a browser, the docs' samples, the SDK, the foreign clients, the
+# HTTP side (SSE and the dashboard over the services' iterators), tracing, the RPC fuzzer (its PostgreSQL
+# run found nothing the SQLite run did not), and the e2e files whose subject is the SDK's or the CLI's own
+# behaviour (batching, signals, the AsyncWorker of the docs, channels). What they hold does not depend on
+# the database, and the layers below them are tested on both (conformance, integration, e2e, faults,
+# replicas...), so ``make test`` runs them on SQLite only: their PostgreSQL runs are marked
+# ``full_matrix``, and ``make test-slow`` runs those too. (This keeps CI within its 20 minutes.)
+ABOVE_THE_STORE = ("browser", "docs", "sdk", "clients", "http", "tracing", "fuzz")
+CLIENT_SIDE = (
+    "e2e/test_worker_batches.py",
+    "e2e/test_cli_worker_signals.py",
+    "e2e/test_async_worker.py",
+    "e2e/test_connections.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    folders = tuple(str(config.rootpath / "tests" / name) + os.sep for name in ABOVE_THE_STORE)
+    tests = config.rootpath / "tests"
+    folders = tuple(str(tests / name) + os.sep for name in ABOVE_THE_STORE)
+    files = {str(tests / name) for name in CLIENT_SIDE}
     for item in items:
         params = getattr(item, "callspec", None)
         on_postgres = params is not None and params.params.get("database_url") == "postgresql"
-        if on_postgres and str(item.path).startswith(folders):
+        if on_postgres and (str(item.path).startswith(folders) or str(item.path) in files):
             item.add_marker(pytest.mark.full_matrix)
 
 
