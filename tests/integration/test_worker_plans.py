@@ -78,6 +78,12 @@ def _sqlite_problems(database_url: str) -> list[str]:
         statements = {
             "claim, any kind": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 0)),
             "claim, two kinds": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 2)),
+            # Fair share: an owner's chunks, its jobs off ix_jobs_fair and each one's off ix_chunks_claim.
+            "an owner's claim": ("ix_chunks_claim", sql.owner_ready(sql.SQLITE, 0, sql.OWNER_FROM_START)),
+            "an owner's claim, on": ("ix_jobs_fair", sql.owner_ready(sql.SQLITE, 2, sql.OWNER_AFTER_JOB)),
+            "another owner": ("ix_jobs_fair", sql.OTHER_OWNER),
+            "the next owner": ("ix_jobs_fair", sql.NEXT_OWNER),
+            "running by owner": ("ix_chunks_lease", sql.SQLITE_RUNNING_BY_OWNER),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.SQLITE)),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT),
             "due retries": ("ix_chunks_retry", sql.SQLITE_PROMOTE),
@@ -130,6 +136,17 @@ async def _postgresql_problems(database_url: str) -> list[str]:
                 {"kinds": ["plan"], "limit": 1},
             ),
             "group-committed claim": ("ix_chunks_claim", claim_group, claim_group_values),
+            "fair claim": ("ix_jobs_fair", sql.pg_claim(0, skip_locked=False, fair=True), {"limit": 1}),
+            "fair claim, chunks": (
+                "ix_chunks_claim",
+                sql.pg_claim(0, skip_locked=False, fair=True),
+                {"limit": 1},
+            ),
+            "fair group-committed claim": (
+                "ix_jobs_fair",
+                group.claim_group_statement(1, 1, fair=True),
+                claim_group_values,
+            ),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.POSTGRES), {"now": 1, "limit": 10}),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT, {}),
             "due retries": ("ix_chunks_retry", sql.PG_PROMOTE, {"now": 1, "limit": 1000}),
@@ -168,7 +185,8 @@ def _scale_problems(plan: dict[str, Any], under_sort: bool = False) -> list[str]
     # ix_jobs_claimable holds only the jobs with pending chunks, walked in claim order until the claim
     # has its chunks.
     keyless = "Index" in plan["Node Type"] and "Index Cond" not in plan
-    if relation == "jobs" and keyless and plan.get("Index Name") != "ix_jobs_claimable":
+    # So does ix_jobs_fair, walked owner by owner (fair share).
+    if relation == "jobs" and keyless and plan.get("Index Name") not in ("ix_jobs_claimable", "ix_jobs_fair"):
         found.append(f"{node} (no key)")
     # ix_chunks_claim is read job by job (its entries of one job, from the job's key): walked from its
     # start, a claim read past the dead entries of every older job's claimed chunks until a vacuum.
@@ -226,12 +244,12 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         }
         for limit in (1, 10, 256):
             for n_kinds in (0, 1):
-                statements[f"claims of {limit}, {n_kinds} kinds"] = group.claim_group_statement(
-                    n_kinds, limit
-                )
-                statements[f"completions and claims of {limit}, {n_kinds} kinds"] = group.complete_then_claim(
-                    bool(n_kinds), limit
-                )
+                for fair in (False, True):
+                    form = f"{limit}, {n_kinds} kinds{', fair' if fair else ''}"
+                    statements[f"claims of {form}"] = group.claim_group_statement(n_kinds, limit, fair)
+                    statements[f"completions and claims of {form}"] = group.complete_then_claim(
+                        bool(n_kinds), limit, fair
+                    )
         problems = []
         for n, (name, named) in enumerate(statements.items()):
             text = sql.for_postgres(named).sql

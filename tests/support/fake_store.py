@@ -7,7 +7,8 @@ What it mirrors (``store/tx.py``, ``store/statements.py``, ``store/rows.py``, ``
   ``loaded_state`` = its state, no artifacts, ``bumped`` false; COMPLETED chunks from
   ``list_chunks`` carry their artifacts (``chunk_index``, then insertion order).
 * ``claim`` picks the first ``limit`` ready chunks (PENDING, past ``next_attempt_time``, of the
-  wanted kinds) in claim order ``priority DESC, job_id, idx`` and reads their jobs; locks just read
+  wanted kinds) in claim order ``priority DESC, job_id, idx``, each job's within its room, then in
+  ``fair_order`` (fair share on, as the server's default) and reads their jobs; locks just read
   (one writer at a time, as on SQLite); ``lock_leased`` reads the jobs, then the chunks of those jobs.
 * ``save`` writes only the chunk columns of ``rows.CHUNK_SAVED`` and every job column but ``id``,
   ``change_seq`` and ``trace_parent`` (which only ``insert_job`` writes); each saved job gets the
@@ -66,6 +67,7 @@ from jobpulse_server.domain.model import (
     JobHead,
     JobState,
     Summary,
+    fair_order,
     split_items,
 )
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
@@ -425,6 +427,7 @@ class FakeWrite(FakeRead):
         self._artifacts: list[tuple[str, Artifact]] = []
         self._outbox: list[dict[str, Any]] = []
         self._fault = fault
+        self.fair = True
 
     async def claim(
         self,
@@ -443,17 +446,23 @@ class FakeWrite(FakeRead):
             and (not kinds or c.kind in kinds)
         ]
         ready.sort(key=lambda c: (-c.priority, c.job_id, c.index))
-        picked: list[Chunk] = []
+        allowed: list[Chunk] = []
         room: dict[str, int | None] = {}  # each job's Job.claimable, as SqlTx keeps it
         for c in ready:
-            if len(picked) == limit:
-                break
             left = room.get(c.job_id, (held.get(c.job_id) or self.tables.jobs[c.job_id]).claimable())
             if left is not None and left <= 0:
                 room[c.job_id] = 0
                 continue
-            picked.append(_chunk_row(c))
+            allowed.append(c)
             room[c.job_id] = None if left is None else left - 1
+        # Fair share, as the server's default (fair_order: the owner with the fewest running first).
+        owner_of = {job_id: job.owner for job_id, job in self.tables.jobs.items()}
+        running: dict[str, int] = {}
+        for c in self.tables.chunks.values():
+            if c.state == ChunkState.PROCESSING:
+                running[owner_of[c.job_id]] = running.get(owner_of[c.job_id], 0) + 1
+        ordered = fair_order(allowed, owner_of, running) if self.fair else allowed
+        picked = [_chunk_row(c) for c in ordered[:limit]]
         wanted = [c.job_id for c in picked if c.job_id not in held]  # as SqlTx on SQLite
         return (await self.get_jobs(wanted, None) if wanted else {}), picked
 
@@ -688,6 +697,8 @@ class FakeStore:
         self.rollbacks = 0
         # Raised by the next save (then cleared): a write failing mid-transaction.
         self.fail_next_save: BaseException | None = None
+        # Claims in fair_order (the server's default); False: priority, then the oldest job.
+        self.fair_share = True
 
     # --- lifecycle: nothing to open ---------------------------------------------
     async def start(self) -> None:
@@ -710,6 +721,7 @@ class FakeStore:
     async def write(self, body: Callable[[Any], Awaitable[T]], *, bulk: bool = False) -> T:
         async with self._transaction() as (work, changes):
             tx = FakeWrite(work, changes, self._take_fault)
+            tx.fair = self.fair_share
             result = await body(tx)
             await tx.finish()
         return result

@@ -219,6 +219,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         sqlite_on_loop=config.sqlite_on_loop,
         on_retry=lambda sqlstate: metrics.db_retries.labels(sqlstate).inc(),
         progress_interval_us=progress_us,
+        fair_share=config.fair_share == "owner",
     )
     try:
         await db.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 from jobpulse_server.app.wiring import run as run_server
 from jobpulse_server.cli.keys import run_keys_command
-from jobpulse_server.platform.config import LOG_LEVELS, Config
+from jobpulse_server.platform.config import FAIR_SHARE, LOG_LEVELS, Config
 from jobpulse_server.store import schema
 from jobpulse_server.store.schema import current_schema_version, head_schema_version
 
@@ -27,6 +27,7 @@ SERVE_FLAGS = tuple(f.name for f in Config.settings() if f.metadata.get("flag"))
 SERVE_FLAG_EXTRAS: dict[str, dict[str, Any]] = {
     "log_level": {"type": str.upper, "choices": LOG_LEVELS},
     "log_format": {"choices": ("text", "json")},
+    "fair_share": {"choices": FAIR_SHARE},
     "tls_cert": {"metavar": "PEM"},
     "tls_key": {"metavar": "PEM"},
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +283,27 @@ class Job:
     def eta_seconds(self, now: int) -> float | None:
         """Time left at the average rate since the first claim; None without enough data."""
         return eta_seconds(self.state, self.start_time, self.items_done, self.total_items, now)
+
+
+def fair_order(
+    ready: Iterable[Chunk], owner_of: Mapping[str, str], running: Mapping[str, int]
+) -> list[Chunk]:
+    """Fair share's claim order (setting ``fair_share`` = owner): ``ready`` are the chunks a claim may
+    take (each job's within its ``Job.claimable``), given in today's claim order (priority DESC, job,
+    index). Among chunks of one priority, an owner's n-th chunk has the turn ``running[owner] + n``
+    (``running``: the chunks of that owner's jobs PROCESSING now); lower turns are claimed first, then
+    today's order. So the owner with the fewest running chunks goes first, and a claim of several chunks
+    deals them out as if claimed one by one. The claim writes this rule in SQL on PostgreSQL
+    (statements.pg_candidate_jobs, pg_ready_of_jobs) and walks it owner by owner on SQLite (store/tx.py
+    ``SqlTx._fair``); tests/integration/test_fair_share.py holds both to it."""
+    turns: dict[tuple[int, str], int] = {}
+
+    def key(c: Chunk) -> tuple[int, int, str, int]:
+        owner = owner_of[c.job_id]
+        turn = turns[c.priority, owner] = turns.get((c.priority, owner), running.get(owner, 0)) + 1
+        return -c.priority, turn, c.job_id, c.index
+
+    return sorted(ready, key=key)
 
 
 def eta_seconds(

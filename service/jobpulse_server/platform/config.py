@@ -8,6 +8,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FAIR_SHARE = ("owner", "off")
 ENV_PREFIX = "JOBPULSE_"
 
 
@@ -95,6 +96,11 @@ class Config:
         5.0, "seconds given to calls in flight and open streams on SIGTERM before they are ended"
     )
     max_chunks_per_job: int = _setting(100_000, "most chunks one job may have")
+    fair_share: str = _flag(
+        "owner",
+        "claim order between owners: owner (within a priority, the owner with the fewest running chunks "
+        "first) or off (the highest priority, then the oldest job)",
+    )
     insecure: bool = _flag(False, "serve a non-loopback address even with no API keys (refused otherwise)")
     # PEM files for TLS; both or neither.
     tls_cert: str = _flag("", "PEM file of the server's TLS certificate (with --tls-key)")
@@ -210,6 +216,7 @@ class Config:
         self.log_level = self.log_level.upper()
         _one_of("log_level", self.log_level, LOG_LEVELS)
         _one_of("log_format", self.log_format, ("text", "json"))
+        _one_of("fair_share", self.fair_share, FAIR_SHARE)
         if not 0 <= self.port <= 65535:
             raise ValueError(
                 f"JOBPULSE_PORT / --port: {self.port} is not a port (0 to 65535; 0: any free port)"

@@ -64,16 +64,20 @@ class SqlStore:
         on_wake: Callable[[float], None] | None = None,
         pool_size: int = 10,
         progress_interval_us: int = 5_000_000,
+        fair_share: bool = True,
     ) -> None:
         """``progress_interval_us``: the least time between a job's job.progress webhook events (the
         server's webhook_progress_interval, as the outbox has it): PostgreSQL's group-committed worker
         path writes the changes of a job with webhooks when they make no event (``store/batch/``).
-        ``on_wake(seconds)``: wakes this process's waiting claims that much later (store/waiting.py)."""
+        ``on_wake(seconds)``: wakes this process's waiting claims that much later (store/waiting.py).
+        ``fair_share``: claims rotate across owners (domain/model.py ``fair_order``); off: priority, then
+        the oldest job."""
         self.url = schema.normalize_url(url)
         self.dialect = q.SQLITE if self.url.startswith("sqlite") else q.POSTGRES
         self.on_commit = on_commit
         self.on_retry = on_retry
         self.on_wake = on_wake
+        self.fair_share = fair_share
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
@@ -82,7 +86,7 @@ class SqlStore:
         self.batch: Batch | None
         if self.dialect.postgres:
             self.driver = PgDriver(schema.asyncpg_dsn(self.url), pool_size=pool_size)
-            self.batch = Batch(self, progress_interval_us)
+            self.batch = Batch(self, progress_interval_us, fair_share)
         else:
             self.driver = SqliteDriver(schema.sqlite_path(self.url), on_loop=sqlite_on_loop)
             self.batch = None
@@ -149,7 +153,7 @@ class SqlStore:
             # share one COMMIT), and what was committed is published all the same.
             changes = Changes()
             async with self.driver.write(bulk=bulk, then=lambda: self.publish(changes)) as conn:
-                tx = SqlTx(conn, self.dialect, changes, self.replica_id, self.waiting)
+                tx = SqlTx(conn, self.dialect, changes, self.replica_id, self.waiting, fair=self.fair_share)
                 result = await body(tx)
                 await tx.finish()
             return result

@@ -32,7 +32,17 @@ JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", *JOB_C
 # The JOB_SAVED columns that some index of ``jobs`` holds (migrations; a test checks this list against the
 # migrated schema). SQLite rewrites the entry of every index a column in an UPDATE's SET list belongs to,
 # changed or not, so its save leaves out those of these whose value did not change (``tx.SqlTx.save``).
-JOB_INDEXED = ("owner", "request_id", "kind", "state", "priority", "create_time", "update_time", "end_time")
+JOB_INDEXED = (
+    "owner",
+    "request_id",
+    "kind",
+    "state",
+    "priority",
+    "create_time",
+    "update_time",
+    "end_time",
+    "n_pending",
+)
 # Their positions in a JOB_COLUMNS row.
 JOB_INDEXED_IN_ROW = tuple(JOB_COLUMNS.index(c) for c in JOB_INDEXED)
 

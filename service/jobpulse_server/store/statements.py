@@ -351,6 +351,46 @@ def ready_after(d: Dialect, n_kinds: int, after: str) -> str:
     return f"SELECT {CHUNK_SELECT} FROM chunks WHERE {ready(d, n_kinds)} AND {after}{CLAIM_ORDER}"
 
 
+# --- fair share on SQLite (store/tx.py SqlTx._fair; domain/model.py fair_order) ------------------------
+
+# Whether an owner other than :o has a job with pending chunks (ix_jobs_fair, a probe each side).
+OTHER_OWNER = (
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE n_pending > 0 AND owner < :o) "
+    "OR EXISTS (SELECT 1 FROM jobs WHERE n_pending > 0 AND owner > :o)"
+)
+# The owners with pending chunks, one probe each: the first, then the next after :o.
+FIRST_OWNER = "SELECT owner FROM jobs WHERE n_pending > 0 ORDER BY owner LIMIT 1"
+NEXT_OWNER = "SELECT owner FROM jobs WHERE n_pending > 0 AND owner > :o ORDER BY owner LIMIT 1"
+# Each owner's running chunks, counted from the running chunks (ix_chunks_lease).
+SQLITE_RUNNING_BY_OWNER = (
+    "SELECT j.owner, count(*) FROM chunks AS c JOIN jobs AS j ON j.id = c.job_id "
+    f"WHERE c.state = {tables.RUNNING} GROUP BY j.owner"
+)
+# Where ``owner_ready`` reads: from the start, or on from a position (priority p, job j, index i) of the
+# owner's claim order, as AFTER_INDEX, AFTER_JOB and AFTER_PRIORITY do.
+OWNER_FROM_START = "1 = 1"
+OWNER_AFTER_INDEX, OWNER_AFTER_JOB, OWNER_AFTER_PRIORITY = (
+    "j.id = :j AND c.idx > :i",
+    "j.priority = :p AND j.id > :j",
+    "j.priority < :p",
+)
+_OWNER_CHUNK = ", ".join(f"c.{c}" for c in CHUNK_COLUMNS)
+
+
+@_built
+def owner_ready(d: Dialect, n_kinds: int, after: str) -> str:
+    """SQLite: the first ``limit`` ready chunks of owner :o's jobs that may be claimed (may_claim; room
+    within a job is the caller's to count), in claim order within ``after`` (above): the owner's jobs
+    in claim order off ix_jobs_fair, each one's chunks off ix_chunks_claim, no sort."""
+    kinds = f" AND {d.any_of('c.kind', n_kinds, 'kind')}" if n_kinds else ""
+    return (
+        f"SELECT {_OWNER_CHUNK} FROM jobs AS j CROSS JOIN chunks AS c WHERE j.owner = :o AND j.n_pending > 0 "
+        f"AND {may_claim('j.')} AND c.priority = j.priority AND c.job_id = j.id "
+        f"AND c.state = {tables.PENDING} AND c.retry_at IS NULL{kinds} AND {after} "
+        "ORDER BY j.priority DESC, j.id, c.idx LIMIT :limit"
+    )
+
+
 def may_claim(alias: str) -> str:
     """PostgreSQL: a job whose chunks a claim may take now, as ``Job.claimable`` says (not paused, fewer
     than max_running_chunks running); ``alias`` the job row's, with its dot."""
@@ -372,7 +412,38 @@ def pg_ready(kinds: str) -> str:
     return READY + (f" AND kind = ANY({kinds})" if kinds else "")
 
 
-def pg_candidate_jobs(ready: str, limit: str, kinds: str = "") -> str:
+def owner_running(owner: str) -> str:
+    """PostgreSQL: the chunks of ``owner``'s jobs PROCESSING now, as a relation of one row (``n``), from
+    the jobs with running chunks (ix_jobs_running): fair share's count (domain/model.py fair_order)."""
+    return (
+        "SELECT coalesce(sum(rj.n_processing), 0) AS n FROM jobs AS rj "
+        f"WHERE rj.owner = {owner} AND rj.n_processing > 0"
+    )
+
+
+# PostgreSQL: the owners of jobs with pending chunks, one index probe each (a loose scan of ix_jobs_fair;
+# the last row is NULL).
+PG_OWNERS = (
+    "WITH RECURSIVE o(owner) AS ((SELECT owner FROM jobs WHERE n_pending > 0 ORDER BY owner LIMIT 1) "
+    "UNION ALL SELECT (SELECT oj.owner FROM jobs AS oj WHERE oj.n_pending > 0 AND oj.owner > o.owner "
+    "ORDER BY oj.owner LIMIT 1) FROM o WHERE o.owner IS NOT NULL) "
+)
+
+# The order of fair_order over rows with priority, job_id, idx and turn (``fair_turn``).
+FAIR_ORDER = "priority DESC, turn, job_id, idx"
+
+
+def fair_turn(row: str, owner: str, running: str) -> str:
+    """PostgreSQL: fair_order's turn of a row ``row`` (its alias, with the dot; columns priority, job_id,
+    idx) of ``owner``, whose running chunks are ``running``."""
+    r = row
+    return (
+        f"row_number() OVER (PARTITION BY {r}priority, {owner} ORDER BY {r}job_id, {r}idx) "
+        f"+ {running} AS turn"
+    )
+
+
+def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = False) -> str:
     """PostgreSQL: the jobs of the first ``limit`` ``ready`` chunks in claim order (a claim's candidates,
     locked before their chunks); ``kinds``: the kinds' placeholder when the claim names kinds. ``limit``
     is a number written in (the group commit's generic plans guess a bound LIMIT takes a tenth of the
@@ -384,48 +455,85 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "") -> str:
     by creation, so a scan of that index from its start read past the dead entries of every older job of
     the priority (719 buffers, 0.87 ms behind two drained jobs of 50,000 chunks; 6 buffers this way).
     Ordered by job alone: the first ``limit`` rows hold the same jobs whatever their order within a job,
-    and the jobs' index gives that order with no sort."""
+    and the jobs' index gives that order with no sort.
+
+    ``fair`` (domain/model.py fair_order): the same walk owner by owner (PG_OWNERS, then each owner's
+    first ``limit`` rows through ix_jobs_fair), the rows of all owners ordered by their turns."""
     job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
-    return (
-        f"SELECT pj.id AS job_id FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
+    walk = (
+        f"FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
         f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {room('pj.', limit)}) AS r "
-        f"WHERE pj.n_pending > 0{job_kinds} AND {may_claim('pj.')} ORDER BY pj.priority DESC, pj.id "
-        f"LIMIT {limit}"
+        f"WHERE pj.n_pending > 0{job_kinds} AND {may_claim('pj.')}"
+    )
+    if not fair:
+        return f"SELECT pj.id AS job_id {walk} ORDER BY pj.priority DESC, pj.id LIMIT {limit}"
+    rows = (
+        f"SELECT pj.id AS job_id, pj.priority, r.idx {walk} AND pj.owner = o.owner "
+        f"ORDER BY pj.priority DESC, pj.id LIMIT {limit}"
+    )
+    return (
+        f"SELECT f.job_id FROM ({PG_OWNERS}SELECT f.*, {fair_turn('f.', 'o.owner', 'run.n')} FROM o "
+        f"CROSS JOIN LATERAL ({rows}) AS f CROSS JOIN LATERAL ({owner_running('o.owner')}) AS run "
+        f"WHERE o.owner IS NOT NULL) AS f ORDER BY {FAIR_ORDER} LIMIT {limit}"
     )
 
 
-def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str) -> str:
+def is_candidate(ready: str, limit: str, kinds: str = "", *, fair: bool = False) -> str:
+    """PostgreSQL: a job row (unaliased) is one of pg_candidate_jobs'. Fair's as an array, each job found
+    by its key: as an IN of its ordered subquery, a generic plan of 256 slots hashed it against a scan
+    of every job."""
+    found = pg_candidate_jobs(ready, limit, kinds, fair=fair)
+    return f"id = ANY(ARRAY({found}))" if fair else f"id IN ({found})"
+
+
+def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str, *, fair: bool = False) -> str:
     """PostgreSQL: the first ``limit`` ``ready`` chunks of the locked candidate jobs ``jobs`` (a relation
-    with id, priority, max_running_chunks and n_processing, each job as locked) in claim order, locked
-    (SKIP LOCKED), each job's read from its own entries of ix_chunks_claim as in pg_candidate_jobs, and no
-    more of a job's than its ``room``; ``columns`` of ``ch``. Each job's read locks what it returns: every
-    ready chunk of the candidates before the last is in the first ``limit``, so at most ``limit`` - 1 of
-    the last one's are locked and left (until the commit)."""
+    with id, priority, max_running_chunks and n_processing, each job as locked; and owner when ``fair``)
+    in claim order, locked (SKIP LOCKED), each job's read from its own entries of ix_chunks_claim as in
+    pg_candidate_jobs, and no more of a job's than its ``room``; ``columns`` of ``ch``. Each job's read
+    locks what it returns: every ready chunk of the candidates before the last is in the first
+    ``limit``, so at most ``limit`` - 1 of the last one's are locked and left (until the commit).
+
+    ``fair``: the jobs' rows ordered by fair_order's turns first, and only the first ``limit`` locked
+    (a candidate's rows are not all among them in this order)."""
+    each = (
+        f"FROM {jobs} AS pj CROSS JOIN LATERAL (SELECT {{}} FROM chunks ch WHERE {ready} "
+        f"AND ch.priority = pj.priority AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {room('pj.', limit)}"
+    )
+    if not fair:
+        return (
+            f"SELECT r.* {each.format(columns)} FOR UPDATE OF ch SKIP LOCKED) AS r "
+            f"ORDER BY r.priority DESC, r.job_id, r.idx LIMIT {limit}"
+        )
+    turns = (
+        f"SELECT r.*, {fair_turn('r.', 'pj.owner', 'run.n')} "
+        f"{each.format('ch.id, ch.priority, ch.job_id, ch.idx')}) AS r "
+        f"CROSS JOIN LATERAL ({owner_running('pj.owner')}) AS run"
+    )
     return (
-        f"SELECT r.* FROM {jobs} AS pj CROSS JOIN LATERAL (SELECT {columns} FROM chunks ch WHERE {ready} "
-        f"AND ch.priority = pj.priority AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {room('pj.', limit)} "
-        f"FOR UPDATE OF ch SKIP LOCKED) AS r ORDER BY r.priority DESC, r.job_id, r.idx LIMIT {limit}"
+        f"SELECT {columns} FROM chunks ch WHERE ch.id = ANY(ARRAY(SELECT f.id FROM ({turns}) AS f "
+        f"ORDER BY {FAIR_ORDER} LIMIT {limit})) AND {ready} FOR UPDATE OF ch SKIP LOCKED"
     )
 
 
 @functools.cache
-def pg_claim(n_kinds: int, *, skip_locked: bool) -> str:
+def pg_claim(n_kinds: int, *, skip_locked: bool, fair: bool = False) -> str:
     """PostgreSQL's claim in a transaction: locks the jobs of the first ready chunks (jobs before chunks,
     the lock order of every writer that waits; with ``skip_locked``, jobs another transaction holds are
     passed over), then takes those jobs' ready chunks (SKIP LOCKED), in one round trip, as two arrays of
-    rows. The candidates and their chunks are read as the group commit's claim reads them. Parameters:
-    kinds (an array, when named), limit."""
+    rows. The candidates and their chunks are read as the group commit's claim reads them; ``fair``: in
+    fair_order. Parameters: kinds (an array, when named), limit."""
     kinds = ":kinds" if n_kinds else ""
     ready = pg_ready(kinds)
     limit = ":limit"
     lock = POSTGRES.skip_locked if skip_locked else POSTGRES.for_update
     # may_claim again: a job locked after another claim's commit is judged as that commit left it.
     jobs = (
-        f"SELECT {JOB_SELECT} FROM jobs WHERE id IN ({pg_candidate_jobs(ready, limit, kinds)}) "
+        f"SELECT {JOB_SELECT} FROM jobs WHERE {is_candidate(ready, limit, kinds, fair=fair)} "
         f"AND {may_claim('')} ORDER BY id{lock}"
     )
     columns = ", ".join(f"ch.{c}" for c in CHUNK_COLUMNS)
-    picked = pg_ready_of_jobs(ready, "j", limit, columns)
+    picked = pg_ready_of_jobs(ready, "j", limit, columns, fair=fair)
     return (
         f"WITH j AS ({jobs}), c AS ({picked}) SELECT (SELECT array_agg(j) FROM j), "
         "(SELECT array_agg(c ORDER BY c.priority DESC, c.job_id, c.idx) FROM c)"

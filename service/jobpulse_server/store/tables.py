@@ -109,7 +109,23 @@ Index(
     jobs.c.id,
     postgresql_where=jobs.c.n_pending > 0,
 ).ddl_if(dialect="postgresql")
-POSTGRES_ONLY_INDEXES = frozenset({"ix_jobs_claimable"})
+
+# Fair share (migration 0017; domain/model.py fair_order). The owners with pending chunks, each one's
+# jobs in claim order: a claim walks the owners one index probe each (statements.PG_OWNERS; SQLite,
+# tx.SqlTx.claim, first asks whether any owner but the one of its chunks has any).
+Index(
+    "ix_jobs_fair",
+    jobs.c.owner,
+    jobs.c.priority.desc(),
+    jobs.c.id,
+    sqlite_where=jobs.c.n_pending > 0,
+    postgresql_where=jobs.c.n_pending > 0,
+)
+# PostgreSQL: the jobs with running chunks by owner, to sum each owner's (statements.owner_running).
+# SQLite counts them from the running chunks instead (at most one per lease: fewer rows than an index
+# write on every save that moves n_processing would cost).
+Index("ix_jobs_running", jobs.c.owner, postgresql_where=jobs.c.n_processing > 0).ddl_if(dialect="postgresql")
+POSTGRES_ONLY_INDEXES = frozenset({"ix_jobs_claimable", "ix_jobs_running"})
 
 # Jobs with a ttl of their own, by when they expire (end_time is NULL until the job is terminal).
 # Partial: jobs on the server's default (ttl NULL) have no entry, so the hot paths' saves of those

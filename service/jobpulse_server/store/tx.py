@@ -85,8 +85,12 @@ class SqlTx:
         changes: Changes,
         replica: str = "",
         waiting: Waiting | None = None,
+        *,
+        fair: bool = True,
     ) -> None:
         self.conn = conn
+        # Claims rotate across owners (domain/model.py fair_order); False: priority, then the oldest job.
+        self.fair = fair
         self.d = dialect
         self.changes = changes
         self.replica = replica
@@ -273,9 +277,13 @@ class SqlTx:
 
         A job's own controls (``Job.claimable``: paused, max_running_chunks) hold on both: PostgreSQL's
         statement judges each candidate job as it locks it; SQLite takes the first chunks as before and,
-        only when one of their jobs has a control, takes them again within those (``_within_controls``)."""
+        only when one of their jobs has a control, takes them again within those (``_within_controls``).
+
+        Fair share (``self.fair``; domain/model.py fair_order): PostgreSQL's statement orders its rows by
+        turn; SQLite keeps the first chunks when they and every job with pending chunks have one owner,
+        and otherwise deals the owners' chunks by turn (``_fair``)."""
         if self.d.postgres:
-            claim = q.pg_claim(len(kinds), skip_locked=skip_locked)
+            claim = q.pg_claim(len(kinds), skip_locked=skip_locked, fair=self.fair)
             row = await self.conn.fetchrow(claim, {"kinds": list(kinds), "limit": limit})
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
@@ -288,6 +296,9 @@ class SqlTx:
         params = {**q.ready_params(self.d, kinds), "limit": limit}
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
         found = await self._jobs_of(picked, held, {})
+        if self.fair and picked and await self._other_owners(picked, held, found):
+            picked = await self._fair(kinds, limit, held, found)
+            return {c.job_id: found[c.job_id] for c in picked if c.job_id in found}, picked
         if any((held.get(c.job_id) or found[c.job_id]).claimable() is not None for c in picked):
             picked = await self._within_controls(kinds, limit, picked, found, held)
             found = {c.job_id: found[c.job_id] for c in picked if c.job_id in found}
@@ -333,6 +344,80 @@ class SqlTx:
             last = rows[-1]
             rows = await self._ready_after(kinds, last, limit, next_job=room.get(last.job_id) == 0)
             await self._jobs_of(rows, held, found)
+
+    async def _other_owners(
+        self, picked: Sequence[Chunk], held: Mapping[str, Job], found: Mapping[str, Job]
+    ) -> bool:
+        """SQLite: whether the chunks ``picked`` are of several owners, or another owner has pending
+        chunks: whether fair share may order this claim otherwise than the claim order."""
+        owners = {(held.get(c.job_id) or found[c.job_id]).owner for c in picked}
+        if len(owners) > 1:
+            return True
+        return bool(await self.conn.fetchval(q.OTHER_OWNER, {"o": owners.pop()}))
+
+    async def _fair(
+        self, kinds: Sequence[str], limit: int, held: Mapping[str, Job], found: dict[str, Job]
+    ) -> list[Chunk]:
+        """SQLite: the first ``limit`` chunks of fair_order. Each owner's chunks that may be claimed come
+        in claim order, a page at a time (statements.owner_ready), each job's within its room
+        (``Job.claimable``); the owners' next chunks are dealt by turn, lowest first, ties in claim order.
+        ``found`` gets the jobs read. Costs a probe per owner with pending chunks, and a page of each."""
+        running: dict[str, int] = {o: int(n) for o, n in await self.conn.fetch(q.SQLITE_RUNNING_BY_OWNER)}
+        owners: list[str] = []
+        owner = await self.conn.fetchval(q.FIRST_OWNER)
+        while owner is not None:
+            owners.append(owner)
+            owner = await self.conn.fetchval(q.NEXT_OWNER, {"o": owner})
+        rows = {o: await self._owner_page(kinds, o, None, limit, next_job=False) for o in owners}
+        more = {o: len(r) == limit for o, r in rows.items()}
+        turns: dict[tuple[int, str], int] = {}
+        room: dict[str, int | None] = {}
+        taken: list[Chunk] = []
+        while len(taken) < limit:
+            heads = [o for o in owners if rows[o]]
+            if not heads:
+                return taken
+
+            def key(o: str) -> tuple[int, int, str, int]:
+                c = rows[o][0]
+                return -c.priority, turns.get((c.priority, o), running.get(o, 0)) + 1, c.job_id, c.index
+
+            owner = min(heads, key=key)
+            chunk = rows[owner].pop(0)
+            await self._jobs_of([chunk], held, found)
+            job_id = chunk.job_id
+            left = room[job_id] if job_id in room else (held.get(job_id) or found[job_id]).claimable()
+            if left is not None and left <= 0:  # no room: the rest of this job's chunks are passed over
+                room[job_id] = 0
+                rows[owner] = [c for c in rows[owner] if c.job_id != job_id]
+            else:
+                taken.append(chunk)
+                room[job_id] = None if left is None else left - 1
+                turns[chunk.priority, owner] = turns.get((chunk.priority, owner), running.get(owner, 0)) + 1
+            if not rows[owner] and more[owner]:
+                rows[owner] = await self._owner_page(kinds, owner, chunk, limit, next_job=room[job_id] == 0)
+                more[owner] = len(rows[owner]) == limit
+        return taken
+
+    async def _owner_page(
+        self, kinds: Sequence[str], owner: str, last: Chunk | None, limit: int, *, next_job: bool
+    ) -> list[Chunk]:
+        """SQLite: up to ``limit`` of ``owner``'s ready chunks of jobs that may be claimed, in claim order,
+        from the start or after ``last`` (``next_job``: after its job), range by range as
+        ``_ready_after``; fewer only when none is left."""
+        params: dict[str, Any] = {**q.ready_params(self.d, kinds), "o": owner}
+        ranges: tuple[str, ...] = (q.OWNER_FROM_START,)
+        if last is not None:
+            params.update(p=last.priority, j=last.job_id, i=last.index)
+            after_job = (q.OWNER_AFTER_JOB, q.OWNER_AFTER_PRIORITY)
+            ranges = after_job if next_job else (q.OWNER_AFTER_INDEX, *after_job)
+        out: list[Chunk] = []
+        for after in ranges:
+            sql = q.owner_ready(self.d, len(kinds), after)
+            out += map(chunk_from_row, await self.conn.fetch(sql, {**params, "limit": limit - len(out)}))
+            if len(out) == limit:
+                break
+        return out
 
     async def _ready_after(
         self, kinds: Sequence[str], last: Chunk, limit: int, *, next_job: bool

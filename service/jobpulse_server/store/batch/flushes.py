@@ -66,9 +66,11 @@ class GroupCommit(BatchQueue):
     """The flusher of the worker path on PostgreSQL: each flush's items written by as few statements as
     they fit in."""
 
-    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
+    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000, fair: bool = True) -> None:
         super().__init__()
         self.store = store
+        # Fair share between owners in the claims' order (domain/model.py fair_order).
+        self.fair = fair
         # The least time between a job's job.progress webhook events (the outbox's, from the server's
         # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
         self.progress_interval_us = progress_interval_us
@@ -281,7 +283,7 @@ class GroupCommit(BatchQueue):
             :MAX_GROUP
         ]
         rows = await self._run_statement(
-            claim_group_statement(len(kinds), len(slots)),
+            claim_group_statement(len(kinds), len(slots), self.fair),
             {**self._common(now), "kinds": list(kinds), **slots_given(slots)},
         )
         row = rows[0]
@@ -335,7 +337,7 @@ class GroupCommit(BatchQueue):
             "now_c": now_c,
             "n": len(items),
         }
-        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots)), given)
+        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots), self.fair), given)
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
         self._completed(items, done_rows or (), now_c)
         if tried:

@@ -102,9 +102,9 @@ class Batch:
     flusher per process, one statement per flush), and the rate-limit lease (a statement of its own).
     Every answer is committed and published when it returns."""
 
-    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000) -> None:
+    def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000, fair: bool = True) -> None:
         self.store = store
-        self.group = GroupCommit(store, progress_interval_us)  # type: ignore[arg-type]
+        self.group = GroupCommit(store, progress_interval_us, fair)  # type: ignore[arg-type]
 
     async def complete(self, item: Completion, now: int) -> Completed | Declined:
         """Completes one chunk."""

@@ -315,17 +315,17 @@ def _fail_group() -> str:
 FAIL_GROUP = _fail_group()
 
 
-def _picked(ready: str, jobs: str, limit: str, now: str, interval: str) -> str:
+def _picked(ready: str, jobs: str, limit: str, now: str, interval: str, fair: bool) -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs`` (id, priority, webhook columns), in
     claim order, locked (statements.pg_ready_of_jobs); none when a claim would make a candidate job's
     webhook event (a progress event due: a claim never ends a job), and then the general path claims,
-    keeping the claim order."""
+    keeping the claim order. ``fair``: in fair_order (``jobs`` has owner)."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
     candidates = (
-        f"(SELECT id, priority, max_running_chunks, n_processing FROM {jobs} WHERE NOT EXISTS {quiet})"
+        f"(SELECT id, owner, priority, max_running_chunks, n_processing FROM {jobs} WHERE NOT EXISTS {quiet})"
     )
     columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
-    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns)}), "
+    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair)}), "
 
 
 def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
@@ -366,7 +366,7 @@ def _claim_counts(name: str, claimed: str) -> str:
     )
 
 
-def claim_group_statement(n_kinds: int, limit: int) -> str:
+def claim_group_statement(n_kinds: int, limit: int, fair: bool = False) -> str:
     """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
     webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
     then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
@@ -381,11 +381,11 @@ def claim_group_statement(n_kinds: int, limit: int) -> str:
     workers, leases (us) and callers (from 1) of the slots, channel, replica."""
     # Built once for each form and limit: building it is a few dozen joins and formats (19 us), on every
     # claim flush's path.
-    return _claim_group_statement(bool(n_kinds), limit)
+    return _claim_group_statement(bool(n_kinds), limit, fair)
 
 
 @functools.cache
-def _claim_group_statement(kinds: bool, limit: int) -> str:
+def _claim_group_statement(kinds: bool, limit: int, fair: bool) -> str:
     ready = q.pg_ready(":kinds" if kinds else "")
     now = ":now"
     state = (
@@ -394,12 +394,12 @@ def _claim_group_statement(kinds: bool, limit: int) -> str:
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return (
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        f"WITH j AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event, "
-        "max_running_chunks, n_processing "
-        f"FROM jobs WHERE id IN ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '')}) "
+        "WITH j AS (SELECT id, owner, priority, revision, webhook_url, webhook_progress, "
+        "last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
+        f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
         f"AND {q.may_claim('')} ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", str(int(limit)), now, ":interval")
+        + _picked(ready, "j", str(int(limit)), now, ":interval", fair)
         + _slotted("r", ":workers", ":leases", ":callers")
         + _claiming(
             "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
@@ -430,7 +430,7 @@ def slots_given(slots: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
 
 
 @functools.cache
-def complete_then_claim(kinds: bool, limit: int) -> str:
+def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
     COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
@@ -468,12 +468,12 @@ def complete_then_claim(kinds: bool, limit: int) -> str:
     return (
         _input(_COMPLETIONS) +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
-        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '')}), "
+        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
-        "jl AS (SELECT id, priority, revision, cancel_requested, webhook_url, webhook_progress, "
+        "jl AS (SELECT id, owner, priority, revision, cancel_requested, webhook_url, webhook_progress, "
         "last_progress_event, paused, max_running_chunks, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
@@ -487,10 +487,10 @@ def complete_then_claim(kinds: bool, limit: int) -> str:
         # rows, each claimed chunk's revision above the flush's completions of its job.
         # The candidates as locked, each judged by may_claim as it is before this flush's completions
         # (which only leave more room).
-        "jk AS (SELECT id, priority, revision, webhook_url, webhook_progress, last_progress_event, "
+        "jk AS (SELECT id, owner, priority, revision, webhook_url, webhook_progress, last_progress_event, "
         "max_running_chunks, n_processing FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
-        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval")
+        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval", fair)
         + _slotted("rk", ":workers", ":leases", ":callers")
         + _claiming(
             "k1",

@@ -1,0 +1,214 @@
+"""Fair share between owners (setting fair_share; domain/model.py ``fair_order`` is the rule) on the real
+databases: on random worlds of several owners' jobs (priorities, chunks pending, running or done, paused
+jobs and max_running_chunks), a claim takes exactly the first chunks of fair_order, on SQLite
+(``SqlTx._fair``) and on PostgreSQL both in a transaction (``statements.pg_claim``) and in the group
+commit (``store/batch/sql.py``); with fair_share off, the claim order is today's. Then the rule itself: a
+one-chunk job of a second owner is claimed next, ahead of a big job created before it.
+
+Each example's jobs have owners and a kind of their own, so claims see only them and each owner's running
+count is the example's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobpulse_server.domain import ids
+from jobpulse_server.domain.model import Chunk, ChunkState, Job, Summary, derive_state, fair_order
+from jobpulse_server.domain.work import DECLINED, ClaimRequest
+from jobpulse_server.store.database import SqlStore
+
+NOW = 1_800_000_000_000_000
+LEASE = 60_000_000
+WORKER = "fair-worker"
+
+World = list[tuple[Job, list[Chunk]]]
+
+
+@pytest.fixture(params=[True, False], ids=["fair", "off"])
+def stores(
+    request: pytest.FixtureRequest, database_url: str
+) -> Iterator[tuple[asyncio.AbstractEventLoop, SqlStore]]:
+    loop = asyncio.new_event_loop()
+    store = SqlStore(database_url, fair_share=request.param)
+    loop.run_until_complete(store.start())
+    try:
+        yield loop, store
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[str, World]:
+    """Jobs of two or three owners, one kind, each job in a consistent state; (the kind, the jobs)."""
+    tag = uuid.uuid4().hex[:10]
+    kind = f"fair-{tag}"
+    owners = [f"{tag}-{o}" for o in "abc"[: draw(st.integers(2, 3))]]
+    world: World = []
+    for n in range(draw(st.integers(2, 6))):
+        owner = draw(st.sampled_from(owners))
+        job_id = ids.new_job_id()
+        priority = draw(st.sampled_from([3, 5]))
+        states = draw(
+            st.lists(
+                st.sampled_from(
+                    [ChunkState.PENDING, ChunkState.PENDING, ChunkState.PROCESSING, ChunkState.COMPLETED]
+                ),
+                min_size=1,
+                max_size=6,
+            )
+        )
+        chunks = [
+            Chunk(
+                id=ids.chunk_id(job_id, i),
+                job_id=job_id,
+                index=i,
+                state=state,
+                item_start=i,
+                item_count=1,
+                items_done=1 if state == ChunkState.COMPLETED else 0,
+                attempt=0 if state == ChunkState.PENDING else 1,
+                worker_id=WORKER if state == ChunkState.PROCESSING else "",
+                lease_token=f"tok-{job_id}-{i}" if state == ChunkState.PROCESSING else None,
+                lease_expire_time=NOW + LEASE if state == ChunkState.PROCESSING else None,
+                lease_duration=LEASE if state == ChunkState.PROCESSING else None,
+                priority=priority,
+                kind=kind,
+                start_time=None if state == ChunkState.PENDING else NOW - 10,
+                end_time=NOW - 5 if state.terminal else None,
+            )
+            for i, state in enumerate(states)
+        ]
+        summary = Summary.recount(states)
+        started = summary.pending < len(states)
+        job = Job(
+            id=job_id,
+            owner=owner,
+            kind=kind,
+            priority=priority,
+            total_items=len(states),
+            chunk_size=1,
+            max_attempts=3,
+            revision=1,
+            summary=summary,
+            items_done=summary.completed,
+            state=derive_state(summary, cancel_requested=False, started=started),
+            create_time=NOW - 100 + n,
+            update_time=NOW - 1,
+            start_time=NOW - 50 if started else None,
+            paused=draw(st.sampled_from([False, False, False, True])),
+            max_running_chunks=draw(st.sampled_from([0, 0, 1, 2, 3])),
+        )
+        world.append((job, chunks))
+    return kind, world
+
+
+def _expected(world: World, limit: int, fair: bool) -> list[str]:
+    """The ids of the chunks the domain says a claim of ``limit`` takes."""
+    ready: list[Chunk] = []
+    for job, chunks in world:
+        room = job.claimable()
+        pending = [c for c in chunks if c.state == ChunkState.PENDING]
+        ready += pending if room is None else pending[:room]
+    ready.sort(key=lambda c: (-c.priority, c.job_id, c.index))
+    if fair:
+        owner_of = {job.id: job.owner for job, _ in world}
+        running: dict[str, int] = {}
+        for job, _ in world:
+            running[job.owner] = running.get(job.owner, 0) + job.summary.processing
+        ready = fair_order(ready, owner_of, running)
+    return sorted(c.id for c in ready[:limit])
+
+
+def _seed(loop: asyncio.AbstractEventLoop, store: SqlStore, world: World) -> None:
+    async def insert(tx: Any) -> None:
+        for job, chunks in world:
+            await tx.insert_job(job, chunks)
+
+    loop.run_until_complete(store.write(insert))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=worlds(), limit=st.integers(1, 5))
+def test_a_claim_takes_the_first_chunks_of_fair_order(
+    stores: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[str, World], limit: int
+) -> None:
+    loop, store = stores
+    kind, world = case
+    _seed(loop, store, world)
+    expected = _expected(world, limit, store.fair_share)
+
+    async def in_a_transaction(tx: Any) -> list[str]:
+        _, chunks = await tx.claim([kind], NOW, limit, skip_locked=False)
+        return sorted(c.id for c in chunks)
+
+    # A transaction's claim reads and locks, and writes nothing: the group commit's then sees the same.
+    assert loop.run_until_complete(store.write(in_a_transaction)) == expected
+    if store.batch is not None:
+        got = loop.run_until_complete(store.batch.claim(ClaimRequest(WORKER, [kind], limit, LEASE), NOW))
+        assert got is not DECLINED
+        assert sorted(c.id for _, c in got) == expected
+
+
+def _job(owner: str, kind: str, n: int, create_time: int) -> tuple[Job, list[Chunk]]:
+    job_id = ids.new_job_id()
+    chunks = [
+        Chunk(
+            id=ids.chunk_id(job_id, i),
+            job_id=job_id,
+            index=i,
+            state=ChunkState.PENDING,
+            item_start=i,
+            item_count=1,
+            kind=kind,
+        )
+        for i in range(n)
+    ]
+    summary = Summary.recount([c.state for c in chunks])
+    job = Job(
+        id=job_id,
+        owner=owner,
+        kind=kind,
+        total_items=n,
+        chunk_size=1,
+        max_attempts=3,
+        revision=1,
+        summary=summary,
+        state=derive_state(summary, cancel_requested=False, started=False),
+        create_time=create_time,
+        update_time=create_time,
+    )
+    return job, chunks
+
+
+def test_a_small_job_of_another_owner_goes_ahead_of_a_big_one_and_claims_alternate(
+    stores: tuple[asyncio.AbstractEventLoop, SqlStore],
+) -> None:
+    """Owner A's 200-chunk job, then owner B's 1-chunk and 3-chunk jobs: with fair share, chunks claimed
+    one by one alternate between the owners (a tie of running counts goes to the older job: A's); off,
+    A's job drains first."""
+    loop, store = stores
+    kind = f"fair-{uuid.uuid4().hex[:10]}"
+    big = _job("team-a", kind, 200, NOW - 100)
+    small = _job("team-b", kind, 1, NOW - 50)
+    later = _job("team-b", kind, 3, NOW - 40)
+    _seed(loop, store, [big, small, later])
+    owner = {big[0].id: "a", small[0].id: "b", later[0].id: "b"}
+
+    async def one(tx: Any) -> str:
+        _, chunks = await tx.claim([kind], NOW, 1, skip_locked=False)
+        (chunk,) = chunks
+        job = await tx.get_job(chunk.job_id, None)
+        job.move_chunk(chunk, ChunkState.PROCESSING, NOW)
+        await tx.save([job], [chunk])
+        return owner[chunk.job_id]
+
+    got = "".join(loop.run_until_complete(store.write(one)) for _ in range(6))
+    assert got == ("ababab" if store.fair_share else "aaaaaa")
