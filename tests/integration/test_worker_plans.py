@@ -83,7 +83,7 @@ def _sqlite_problems(database_url: str) -> list[str]:
             "an owner's claim, on": ("ix_jobs_fair", sql.owner_ready(sql.SQLITE, 2, sql.OWNER_AFTER_JOB)),
             "another owner": ("ix_jobs_fair", sql.OTHER_OWNER),
             "the next owner": ("ix_jobs_fair", sql.NEXT_OWNER),
-            "running by owner": ("ix_chunks_lease", sql.SQLITE_RUNNING_BY_OWNER),
+            "running by job": ("ix_chunks_lease", sql.SQLITE_RUNNING_BY_JOB),
             "expired leases": ("ix_chunks_lease", sql.expired_leases(sql.SQLITE)),
             "leases in flight": ("ix_chunks_lease", sql.LEASES_IN_FLIGHT),
             "due retries": ("ix_chunks_retry", sql.SQLITE_PROMOTE),
@@ -128,6 +128,8 @@ async def _postgresql_problems(database_url: str) -> list[str]:
             "channel": "ch",
             "replica": "r",
         } | group.slots_given([("w", 1_000, 1)])
+        # A transaction's claim with fair share: the running counts of one job it holds.
+        fair = {"limit": 1, "held_ids": ["PLAN1"], "held_n": [0]}
         statements: dict[str, tuple[str, str, dict[str, Any]]] = {
             "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), {"limit": 1}),
             "claim, one kind": (
@@ -136,12 +138,8 @@ async def _postgresql_problems(database_url: str) -> list[str]:
                 {"kinds": ["plan"], "limit": 1},
             ),
             "group-committed claim": ("ix_chunks_claim", claim_group, claim_group_values),
-            "fair claim": ("ix_jobs_fair", sql.pg_claim(0, skip_locked=False, fair=True), {"limit": 1}),
-            "fair claim, chunks": (
-                "ix_chunks_claim",
-                sql.pg_claim(0, skip_locked=False, fair=True),
-                {"limit": 1},
-            ),
+            "fair claim": ("ix_jobs_fair", sql.pg_claim(0, skip_locked=False, fair=True), fair),
+            "fair claim, chunks": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False, fair=True), fair),
             "fair group-committed claim": (
                 "ix_jobs_fair",
                 group.claim_group_statement(1, 1, fair=True),

@@ -457,10 +457,14 @@ class FakeWrite(FakeRead):
             room[c.job_id] = None if left is None else left - 1
         # Fair share, as the server's default (fair_order: the owner with the fewest running first).
         owner_of = {job_id: job.owner for job_id, job in self.tables.jobs.items()}
-        running: dict[str, int] = {}
+        by_job: dict[str, int] = {}
         for c in self.tables.chunks.values():
             if c.state == ChunkState.PROCESSING:
-                running[owner_of[c.job_id]] = running.get(owner_of[c.job_id], 0) + 1
+                by_job[c.job_id] = by_job.get(c.job_id, 0) + 1
+        by_job.update((job_id, job.summary.processing) for job_id, job in held.items())  # as SqlTx
+        running: dict[str, int] = {}
+        for job_id, n in by_job.items():
+            running[owner_of[job_id]] = running.get(owner_of[job_id], 0) + n
         ordered = fair_order(allowed, owner_of, running) if self.fair else allowed
         picked = [_chunk_row(c) for c in ordered[:limit]]
         wanted = [c.job_id for c in picked if c.job_id not in held]  # as SqlTx on SQLite

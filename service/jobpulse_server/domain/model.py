@@ -295,7 +295,7 @@ def fair_order(
     today's order. So the owner with the fewest running chunks goes first, and a claim of several chunks
     deals them out as if claimed one by one. The claim writes this rule in SQL on PostgreSQL
     (statements.pg_candidate_jobs, pg_ready_of_jobs) and walks it owner by owner on SQLite (store/tx.py
-    ``SqlTx._fair``); tests/integration/test_fair_share.py holds both to it."""
+    ``SqlTx._fair``); tests/integration/test_fair_order.py holds both to it."""
     turns: dict[tuple[int, str], int] = {}
 
     def key(c: Chunk) -> tuple[int, int, str, int]:

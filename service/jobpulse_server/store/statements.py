@@ -361,10 +361,12 @@ OTHER_OWNER = (
 # The owners with pending chunks, one probe each: the first, then the next after :o.
 FIRST_OWNER = "SELECT owner FROM jobs WHERE n_pending > 0 ORDER BY owner LIMIT 1"
 NEXT_OWNER = "SELECT owner FROM jobs WHERE n_pending > 0 AND owner > :o ORDER BY owner LIMIT 1"
-# Each owner's running chunks, counted from the running chunks (ix_chunks_lease).
-SQLITE_RUNNING_BY_OWNER = (
-    "SELECT j.owner, count(*) FROM chunks AS c JOIN jobs AS j ON j.id = c.job_id "
-    f"WHERE c.state = {tables.RUNNING} GROUP BY j.owner"
+# Each job's running chunks with its owner, counted from the running chunks (named: without statistics
+# the planner walked every chunk in job order to group them).
+SQLITE_RUNNING_BY_JOB = (
+    "SELECT c.job_id, j.owner, count(*) FROM chunks AS c INDEXED BY ix_chunks_lease "
+    "JOIN jobs AS j ON j.id = c.job_id "
+    f"WHERE c.state = {tables.RUNNING} GROUP BY c.job_id, j.owner"
 )
 # Where ``owner_ready`` reads: from the start, or on from a position (priority p, job j, index i) of the
 # owner's claim order, as AFTER_INDEX, AFTER_JOB and AFTER_PRIORITY do.
@@ -412,13 +414,24 @@ def pg_ready(kinds: str) -> str:
     return READY + (f" AND kind = ANY({kinds})" if kinds else "")
 
 
-def owner_running(owner: str) -> str:
+def owner_running(owner: str, held: str = "") -> str:
     """PostgreSQL: the chunks of ``owner``'s jobs PROCESSING now, as a relation of one row (``n``), from
-    the jobs with running chunks (ix_jobs_running): fair share's count (domain/model.py fair_order)."""
+    the jobs with running chunks (ix_jobs_running): fair share's count (domain/model.py fair_order).
+    ``held``: a relation (id, n) of jobs whose count this statement knows better than their rows say
+    (the completions of its own transaction or flush, not yet written): n counts for those."""
+    if not held:
+        return (
+            "SELECT coalesce(sum(rj.n_processing), 0) AS n FROM jobs AS rj "
+            f"WHERE rj.owner = {owner} AND rj.n_processing > 0"
+        )
     return (
-        "SELECT coalesce(sum(rj.n_processing), 0) AS n FROM jobs AS rj "
-        f"WHERE rj.owner = {owner} AND rj.n_processing > 0"
+        "SELECT coalesce(sum(coalesce(h.n, rj.n_processing)), 0) AS n FROM jobs AS rj "
+        f"LEFT JOIN {held} AS h(id, n) ON h.id = rj.id WHERE rj.owner = {owner} AND rj.n_processing > 0"
     )
+
+
+# PostgreSQL, a transaction's claim: the jobs it has changed already, and their running counts now.
+HELD_RUNNING = "unnest(:held_ids::text[], :held_n::bigint[])"
 
 
 # PostgreSQL: the owners of jobs with pending chunks, one index probe each (a loose scan of ix_jobs_fair;
@@ -443,7 +456,7 @@ def fair_turn(row: str, owner: str, running: str) -> str:
     )
 
 
-def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = False) -> str:
+def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "") -> str:
     """PostgreSQL: the jobs of the first ``limit`` ``ready`` chunks in claim order (a claim's candidates,
     locked before their chunks); ``kinds``: the kinds' placeholder when the claim names kinds. ``limit``
     is a number written in (the group commit's generic plans guess a bound LIMIT takes a tenth of the
@@ -458,7 +471,8 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = F
     and the jobs' index gives that order with no sort.
 
     ``fair`` (domain/model.py fair_order): the same walk owner by owner (PG_OWNERS, then each owner's
-    first ``limit`` rows through ix_jobs_fair), the rows of all owners ordered by their turns."""
+    first ``limit`` rows through ix_jobs_fair), the rows of all owners ordered by their turns; ``held``
+    as owner_running's."""
     job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
     walk = (
         f"FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
@@ -473,20 +487,22 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = F
     )
     return (
         f"SELECT f.job_id FROM ({PG_OWNERS}SELECT f.*, {fair_turn('f.', 'o.owner', 'run.n')} FROM o "
-        f"CROSS JOIN LATERAL ({rows}) AS f CROSS JOIN LATERAL ({owner_running('o.owner')}) AS run "
+        f"CROSS JOIN LATERAL ({rows}) AS f CROSS JOIN LATERAL ({owner_running('o.owner', held)}) AS run "
         f"WHERE o.owner IS NOT NULL) AS f ORDER BY {FAIR_ORDER} LIMIT {limit}"
     )
 
 
-def is_candidate(ready: str, limit: str, kinds: str = "", *, fair: bool = False) -> str:
+def is_candidate(ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "") -> str:
     """PostgreSQL: a job row (unaliased) is one of pg_candidate_jobs'. Fair's as an array, each job found
     by its key: as an IN of its ordered subquery, a generic plan of 256 slots hashed it against a scan
     of every job."""
-    found = pg_candidate_jobs(ready, limit, kinds, fair=fair)
+    found = pg_candidate_jobs(ready, limit, kinds, fair=fair, held=held)
     return f"id = ANY(ARRAY({found}))" if fair else f"id IN ({found})"
 
 
-def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str, *, fair: bool = False) -> str:
+def pg_ready_of_jobs(
+    ready: str, jobs: str, limit: str, columns: str, *, fair: bool = False, held: str = ""
+) -> str:
     """PostgreSQL: the first ``limit`` ``ready`` chunks of the locked candidate jobs ``jobs`` (a relation
     with id, priority, max_running_chunks and n_processing, each job as locked; and owner when ``fair``)
     in claim order, locked (SKIP LOCKED), each job's read from its own entries of ix_chunks_claim as in
@@ -495,7 +511,7 @@ def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str, *, fair: b
     ``limit``, so at most ``limit`` - 1 of the last one's are locked and left (until the commit).
 
     ``fair``: the jobs' rows ordered by fair_order's turns first, and only the first ``limit`` locked
-    (a candidate's rows are not all among them in this order)."""
+    (a candidate's rows are not all among them in this order); ``held`` as owner_running's."""
     each = (
         f"FROM {jobs} AS pj CROSS JOIN LATERAL (SELECT {{}} FROM chunks ch WHERE {ready} "
         f"AND ch.priority = pj.priority AND ch.job_id = pj.id ORDER BY ch.idx LIMIT {room('pj.', limit)}"
@@ -508,7 +524,7 @@ def pg_ready_of_jobs(ready: str, jobs: str, limit: str, columns: str, *, fair: b
     turns = (
         f"SELECT r.*, {fair_turn('r.', 'pj.owner', 'run.n')} "
         f"{each.format('ch.id, ch.priority, ch.job_id, ch.idx')}) AS r "
-        f"CROSS JOIN LATERAL ({owner_running('pj.owner')}) AS run"
+        f"CROSS JOIN LATERAL ({owner_running('pj.owner', held)}) AS run"
     )
     return (
         f"SELECT {columns} FROM chunks ch WHERE ch.id = ANY(ARRAY(SELECT f.id FROM ({turns}) AS f "
@@ -522,18 +538,20 @@ def pg_claim(n_kinds: int, *, skip_locked: bool, fair: bool = False) -> str:
     the lock order of every writer that waits; with ``skip_locked``, jobs another transaction holds are
     passed over), then takes those jobs' ready chunks (SKIP LOCKED), in one round trip, as two arrays of
     rows. The candidates and their chunks are read as the group commit's claim reads them; ``fair``: in
-    fair_order. Parameters: kinds (an array, when named), limit."""
+    fair_order, the running counts of the jobs the transaction changed already as it has them (held_ids,
+    held_n). Parameters: kinds (an array, when named), limit; held_ids, held_n when ``fair``."""
     kinds = ":kinds" if n_kinds else ""
     ready = pg_ready(kinds)
     limit = ":limit"
     lock = POSTGRES.skip_locked if skip_locked else POSTGRES.for_update
+    held = HELD_RUNNING if fair else ""
     # may_claim again: a job locked after another claim's commit is judged as that commit left it.
     jobs = (
-        f"SELECT {JOB_SELECT} FROM jobs WHERE {is_candidate(ready, limit, kinds, fair=fair)} "
+        f"SELECT {JOB_SELECT} FROM jobs WHERE {is_candidate(ready, limit, kinds, fair=fair, held=held)} "
         f"AND {may_claim('')} ORDER BY id{lock}"
     )
     columns = ", ".join(f"ch.{c}" for c in CHUNK_COLUMNS)
-    picked = pg_ready_of_jobs(ready, "j", limit, columns, fair=fair)
+    picked = pg_ready_of_jobs(ready, "j", limit, columns, fair=fair, held=held)
     return (
         f"WITH j AS ({jobs}), c AS ({picked}) SELECT (SELECT array_agg(j) FROM j), "
         "(SELECT array_agg(c ORDER BY c.priority DESC, c.job_id, c.idx) FROM c)"

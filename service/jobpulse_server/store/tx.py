@@ -284,7 +284,10 @@ class SqlTx:
         and otherwise deals the owners' chunks by turn (``_fair``)."""
         if self.d.postgres:
             claim = q.pg_claim(len(kinds), skip_locked=skip_locked, fair=self.fair)
-            row = await self.conn.fetchrow(claim, {"kinds": list(kinds), "limit": limit})
+            params: dict[str, Any] = {"kinds": list(kinds), "limit": limit}
+            if self.fair:  # fair share counts the running chunks of the jobs held as they are now
+                params.update(held_ids=list(held), held_n=[j.summary.processing for j in held.values()])
+            row = await self.conn.fetchrow(claim, params)
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
         waiting = self.waiting
@@ -362,7 +365,12 @@ class SqlTx:
         in claim order, a page at a time (statements.owner_ready), each job's within its room
         (``Job.claimable``); the owners' next chunks are dealt by turn, lowest first, ties in claim order.
         ``found`` gets the jobs read. Costs a probe per owner with pending chunks, and a page of each."""
-        running: dict[str, int] = {o: int(n) for o, n in await self.conn.fetch(q.SQLITE_RUNNING_BY_OWNER)}
+        # Each owner's running chunks; the jobs this transaction changed already count as they are now.
+        by_job = {r[0]: (r[1], int(r[2])) for r in await self.conn.fetch(q.SQLITE_RUNNING_BY_JOB)}
+        by_job.update((j.id, (j.owner, j.summary.processing)) for j in held.values())
+        running: dict[str, int] = {}
+        for owner, n in by_job.values():
+            running[owner] = running.get(owner, 0) + n
         owners: list[str] = []
         owner = await self.conn.fetchval(q.FIRST_OWNER)
         while owner is not None:

@@ -315,17 +315,18 @@ def _fail_group() -> str:
 FAIL_GROUP = _fail_group()
 
 
-def _picked(ready: str, jobs: str, limit: str, now: str, interval: str, fair: bool) -> str:
+def _picked(ready: str, jobs: str, limit: str, now: str, interval: str, fair: bool, held: str = "") -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs`` (id, priority, webhook columns), in
     claim order, locked (statements.pg_ready_of_jobs); none when a claim would make a candidate job's
     webhook event (a progress event due: a claim never ends a job), and then the general path claims,
-    keeping the claim order. ``fair``: in fair_order (``jobs`` has owner)."""
+    keeping the claim order. ``fair``: in fair_order (``jobs`` has owner), ``held`` as
+    statements.owner_running's."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
     candidates = (
         f"(SELECT id, owner, priority, max_running_chunks, n_processing FROM {jobs} WHERE NOT EXISTS {quiet})"
     )
     columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
-    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair)}), "
+    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair, held=held)}), "
 
 
 def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
@@ -465,10 +466,17 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
     )
     order = "k1.priority DESC, k1.job_id, k1.idx"
     now_c = ":now_c"
+    # Fair share's running counts of the jobs of the completions: less the chunks they end.
+    ended = (
+        "(SELECT i.job_id AS id, max(ej.n_processing) - count(*) AS n FROM i JOIN jobs AS ej "
+        "ON ej.id = i.job_id GROUP BY i.job_id)"
+    )
+    held = ended if fair else ""
+    candidates = q.pg_candidate_jobs(ready, str(int(limit)), ":kinds" if kinds else "", fair=fair, held=held)
     return (
         _input(_COMPLETIONS) +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
-        f"f AS ({q.pg_candidate_jobs(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)}), "
+        f"f AS ({candidates}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
@@ -490,7 +498,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         "jk AS (SELECT id, owner, priority, revision, webhook_url, webhook_progress, last_progress_event, "
         "max_running_chunks, n_processing FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
-        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval", fair)
+        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval", fair, held)
         + _slotted("rk", ":workers", ":leases", ":callers")
         + _claiming(
             "k1",
