@@ -1,6 +1,7 @@
 """Two revisions of the server side by side in one run: the worker throughput rows, alternating.
 
     python -m bench compare --base REV [--head REV] [--database postgresql] [--rounds 6] [--modes ...]
+        [--base-setting NAME=VALUE ...] [--head-setting NAME=VALUE ...]
 
 The 2-core machines this is measured on drift by a factor of two from hour to hour, so only two
 revisions measured round by round in one run say anything about a change. Three servers run at once:
@@ -10,6 +11,9 @@ PYTHONPATH, each on a database of its own; and the bare grpc.aio server. Each ro
 calls/s at ``--workers`` in flight, then each mode on A and B (order flipped every round, a fresh job
 each time, as bench.core's rows). Printed: medians over the rounds, chunks/s against bare, B / A, and
 server CPU per chunk. Run it alone on the machine.
+
+A setting of one side (``--base-setting fair_share=off``) compares one revision with itself under two
+settings: ``--base HEAD`` with a clean working tree.
 """
 
 from __future__ import annotations
@@ -132,11 +136,17 @@ async def served(
             checkout(args.base, tmp, "a") as (tree_a, name_a),
             checkout(args.head, tmp, "b") as (tree_b, name_b),
         ):
+            name_a += "".join(f", {k}={v}" for k, v in args.base_setting.items())
+            name_b += "".join(f", {k}={v}" for k, v in args.head_setting.items())
             async with AsyncExitStack() as stack:
                 url_a = await stack.enter_async_context(procs.database(args.database, "compare_a"))
                 url_b = await stack.enter_async_context(procs.database(args.database, "compare_b"))
-                a = stack.enter_context(procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a)))
-                b = stack.enter_context(procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b)))
+                a = stack.enter_context(
+                    procs.Jobpulse(url_a, pythonpath=pythonpath(tree_a), **args.base_setting)
+                )
+                b = stack.enter_context(
+                    procs.Jobpulse(url_b, pythonpath=pythonpath(tree_b), **args.head_setting)
+                )
                 yield {"A": name_a, "B": name_b}, a, b, stack.enter_context(BareServer())
 
 
@@ -144,6 +154,13 @@ async def run(args: argparse.Namespace) -> str:
     async with served(args, "jobpulse-compare-") as (names, a, b, bare):
         bare_rates, rows = await measure(args, a, b, bare)
     return render(names, bare_rates, rows, args)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,11 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         default=["complete_and_claim", "one_by_one"],
         help=f"comma-separated, of: {modes} (default complete_and_claim,one_by_one)",
     )
+    for side in ("base", "head"):
+        p.add_argument(
+            f"--{side}-setting",
+            type=_setting,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"a server setting of the {side} side (a Config field, e.g. fair_share=off); repeatable",
+        )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0, help="per row and round (default 5)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--backlog", type=int, default=50_000, help="chunks of each row's fresh job")
     args = p.parse_args(argv)
+    args.base_setting, args.head_setting = dict(args.base_setting), dict(args.head_setting)
     if unknown := [m for m in args.modes if m not in work.MODES]:
         p.error(f"unknown mode {', '.join(unknown)}; one of {modes}")
     if args.rounds < 1 or args.seconds <= 0 or args.workers < 1:

@@ -127,9 +127,10 @@ async def _postgresql_problems(database_url: str) -> list[str]:
             "interval": 5_000_000,
             "channel": "ch",
             "replica": "r",
+            "spin": "1",
         } | group.slots_given([("w", 1_000, 1)])
         # A transaction's claim with fair share: the running counts of one job it holds.
-        fair = {"limit": 1, "held_ids": ["PLAN1"], "held_n": [0]}
+        fair = {"limit": 1, "held_ids": ["PLAN1"], "held_n": [0], "spin": "1"}
         statements: dict[str, tuple[str, str, dict[str, Any]]] = {
             "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), {"limit": 1}),
             "claim, one kind": (

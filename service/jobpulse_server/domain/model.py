@@ -9,6 +9,7 @@ state in terms of those counts.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -286,24 +287,34 @@ class Job:
 
 
 def fair_order(
-    ready: Iterable[Chunk], owner_of: Mapping[str, str], running: Mapping[str, int]
+    ready: Iterable[Chunk], owner_of: Mapping[str, str], running: Mapping[str, int], spin: int = 0
 ) -> list[Chunk]:
     """Fair share's claim order (setting ``fair_share`` = owner): ``ready`` are the chunks a claim may
     take (each job's within its ``Job.claimable``), given in today's claim order (priority DESC, job,
     index). Among chunks of one priority, an owner's n-th chunk has the turn ``running[owner] + n``
-    (``running``: the chunks of that owner's jobs PROCESSING now); lower turns are claimed first, then
-    today's order. So the owner with the fewest running chunks goes first, and a claim of several chunks
-    deals them out as if claimed one by one. The claim writes this rule in SQL on PostgreSQL
-    (statements.pg_candidate_jobs, pg_ready_of_jobs) and walks it owner by owner on SQLite (store/tx.py
-    ``SqlTx._fair``); tests/integration/test_fair_order.py holds both to it."""
+    (``running``: the chunks of that owner's jobs PROCESSING now); lower turns are claimed first. So the
+    owner with the fewest running chunks goes first, and a claim of several chunks deals them out as if
+    claimed one by one. Owners whose turns tie are ordered by ``fair_tie`` of this claim's ``spin`` (a
+    number each claim draws anew), so over many claims each goes first as often (one worker alone:
+    its owners take turns, where the oldest job would otherwise win every tie); then today's order.
+    The claim writes this rule in SQL on PostgreSQL (statements.pg_candidate_jobs, pg_ready_of_jobs)
+    and walks it owner by owner on SQLite (store/tx.py ``SqlTx._fair``);
+    tests/integration/test_fair_order.py holds both to it."""
     turns: dict[tuple[int, str], int] = {}
 
-    def key(c: Chunk) -> tuple[int, int, str, int]:
+    def key(c: Chunk) -> tuple[int, int, bytes, str, int]:
         owner = owner_of[c.job_id]
         turn = turns[c.priority, owner] = turns.get((c.priority, owner), running.get(owner, 0)) + 1
-        return -c.priority, turn, c.job_id, c.index
+        return -c.priority, turn, fair_tie(owner, spin), c.job_id, c.index
 
     return sorted(ready, key=key)
+
+
+def fair_tie(owner: str, spin: int) -> bytes:
+    """Where ``owner`` goes among owners whose turns tie, in the claim of ``spin``: the MD5 of
+    "spin:owner" (PostgreSQL's ``decode(md5(...), 'hex')``, statements.fair_turn), as good as a shuffle
+    of the owners that changes with every claim."""
+    return hashlib.md5(f"{spin}:{owner}".encode()).digest()
 
 
 def eta_seconds(

@@ -11,6 +11,7 @@ once and must not act outside the transaction.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import secrets
@@ -78,6 +79,8 @@ class SqlStore:
         self.on_retry = on_retry
         self.on_wake = on_wake
         self.fair_share = fair_share
+        # Each write transaction's spin, for its claim's ties between owners (domain/model.py fair_tie).
+        self.spins = itertools.count()
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
@@ -153,7 +156,15 @@ class SqlStore:
             # share one COMMIT), and what was committed is published all the same.
             changes = Changes()
             async with self.driver.write(bulk=bulk, then=lambda: self.publish(changes)) as conn:
-                tx = SqlTx(conn, self.dialect, changes, self.replica_id, self.waiting, fair=self.fair_share)
+                tx = SqlTx(
+                    conn,
+                    self.dialect,
+                    changes,
+                    self.replica_id,
+                    self.waiting,
+                    fair=self.fair_share,
+                    spin=next(self.spins),
+                )
                 result = await body(tx)
                 await tx.finish()
             return result

@@ -442,17 +442,18 @@ PG_OWNERS = (
     "ORDER BY oj.owner LIMIT 1) FROM o WHERE o.owner IS NOT NULL) "
 )
 
-# The order of fair_order over rows with priority, job_id, idx and turn (``fair_turn``).
-FAIR_ORDER = "priority DESC, turn, job_id, idx"
+# The order of fair_order over rows with priority, job_id, idx, turn and tie (``fair_turn``).
+FAIR_ORDER = "priority DESC, turn, tie, job_id, idx"
 
 
 def fair_turn(row: str, owner: str, running: str) -> str:
     """PostgreSQL: fair_order's turn of a row ``row`` (its alias, with the dot; columns priority, job_id,
-    idx) of ``owner``, whose running chunks are ``running``."""
+    idx) of ``owner``, whose running chunks are ``running``, and its tie (domain/model.py fair_tie; the
+    claim's spin is the parameter ``spin``, as text)."""
     r = row
     return (
         f"row_number() OVER (PARTITION BY {r}priority, {owner} ORDER BY {r}job_id, {r}idx) "
-        f"+ {running} AS turn"
+        f"+ {running} AS turn, decode(md5(:spin || ':' || {owner}), 'hex') AS tie"
     )
 
 
@@ -539,7 +540,7 @@ def pg_claim(n_kinds: int, *, skip_locked: bool, fair: bool = False) -> str:
     passed over), then takes those jobs' ready chunks (SKIP LOCKED), in one round trip, as two arrays of
     rows. The candidates and their chunks are read as the group commit's claim reads them; ``fair``: in
     fair_order, the running counts of the jobs the transaction changed already as it has them (held_ids,
-    held_n). Parameters: kinds (an array, when named), limit; held_ids, held_n when ``fair``."""
+    held_n). Parameters: kinds (an array, when named), limit; held_ids, held_n, spin when ``fair``."""
     kinds = ":kinds" if n_kinds else ""
     ready = pg_ready(kinds)
     limit = ":limit"

@@ -21,7 +21,7 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, fair_tie
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
@@ -87,10 +87,13 @@ class SqlTx:
         waiting: Waiting | None = None,
         *,
         fair: bool = True,
+        spin: int = 0,
     ) -> None:
         self.conn = conn
         # Claims rotate across owners (domain/model.py fair_order); False: priority, then the oldest job.
+        # ``spin``: this transaction's claim's, for the owners whose turns tie (fair_tie).
         self.fair = fair
+        self.spin = spin
         self.d = dialect
         self.changes = changes
         self.replica = replica
@@ -287,6 +290,7 @@ class SqlTx:
             params: dict[str, Any] = {"kinds": list(kinds), "limit": limit}
             if self.fair:  # fair share counts the running chunks of the jobs held as they are now
                 params.update(held_ids=list(held), held_n=[j.summary.processing for j in held.values()])
+                params["spin"] = str(self.spin)
             row = await self.conn.fetchrow(claim, params)
             jobs, chunks = row if row else (None, None)
             return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
@@ -377,6 +381,7 @@ class SqlTx:
             owners.append(owner)
             owner = await self.conn.fetchval(q.NEXT_OWNER, {"o": owner})
         rows = {o: await self._owner_page(kinds, o, None, limit, next_job=False) for o in owners}
+        ties = {o: fair_tie(o, self.spin) for o in owners}
         more = {o: len(r) == limit for o, r in rows.items()}
         turns: dict[tuple[int, str], int] = {}
         room: dict[str, int | None] = {}
@@ -386,9 +391,10 @@ class SqlTx:
             if not heads:
                 return taken
 
-            def key(o: str) -> tuple[int, int, str, int]:
+            def key(o: str) -> tuple[int, int, bytes, str, int]:
                 c = rows[o][0]
-                return -c.priority, turns.get((c.priority, o), running.get(o, 0)) + 1, c.job_id, c.index
+                turn = turns.get((c.priority, o), running.get(o, 0)) + 1
+                return -c.priority, turn, ties[o], c.job_id, c.index
 
             owner = min(heads, key=key)
             chunk = rows[owner].pop(0)
