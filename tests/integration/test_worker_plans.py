@@ -15,6 +15,7 @@ server never runs ANALYZE).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from typing import Any
 
@@ -80,7 +81,18 @@ def _sqlite_problems(database_url: str) -> list[str]:
             "claim, two kinds": ("ix_chunks_claim", sql.pick_ready(sql.SQLITE, 2)),
             # Fair share: an owner's chunks, its jobs off ix_jobs_fair and each one's off ix_chunks_claim.
             "an owner's claim": ("ix_chunks_claim", sql.owner_ready(sql.SQLITE, 0, sql.OWNER_FROM_START)),
-            "an owner's claim, on": ("ix_jobs_fair", sql.owner_ready(sql.SQLITE, 2, sql.OWNER_AFTER_JOB)),
+            "an owner's claim, next job": (
+                "ix_jobs_fair",
+                sql.owner_ready(sql.SQLITE, 2, sql.OWNER_AFTER_JOB),
+            ),
+            "an owner's claim, same job": (
+                "ix_chunks_claim",
+                sql.owner_ready(sql.SQLITE, 1, sql.OWNER_AFTER_INDEX),
+            ),
+            "an owner's claim, lower": (
+                "ix_chunks_claim",
+                sql.owner_ready(sql.SQLITE, 1, sql.OWNER_AFTER_PRIORITY),
+            ),
             "another owner": ("ix_jobs_fair", sql.OTHER_OWNER),
             "the next owner": ("ix_jobs_fair", sql.NEXT_OWNER),
             "running by job": ("ix_chunks_lease", sql.SQLITE_RUNNING_BY_JOB),
@@ -94,8 +106,9 @@ def _sqlite_problems(database_url: str) -> list[str]:
             rendered = sql.for_sqlite(statement)
             params = [1] * len(rendered.names)
             plan = " | ".join(row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + rendered.sql, params))
-            # The claim reads the index in its order: no temporary B-tree to sort the pending chunks.
-            if index not in plan or "TEMP B-TREE FOR ORDER BY" in plan:
+            # The claim reads the index in its order: no temporary B-tree to sort the pending chunks (nor
+            # the chunks of each job: "FOR RIGHT PART OF ORDER BY").
+            if index not in plan or re.search("TEMP B-TREE FOR (RIGHT PART OF )?ORDER BY", plan):
                 problems.append(f"{name}: {plan}")
         return problems
     finally:

@@ -369,11 +369,12 @@ SQLITE_RUNNING_BY_JOB = (
     f"WHERE c.state = {tables.RUNNING} GROUP BY c.job_id, j.owner"
 )
 # Where ``owner_ready`` reads: from the start, or on from a position (priority p, job j, index i) of the
-# owner's claim order, as AFTER_INDEX, AFTER_JOB and AFTER_PRIORITY do.
+# owner's claim order, as AFTER_INDEX, AFTER_JOB and AFTER_PRIORITY do. (``+j.id``: a plain j.id > :j
+# was carried over to c.job_id, and SQLite then read the chunks of every later job and sorted them.)
 OWNER_FROM_START = "1 = 1"
 OWNER_AFTER_INDEX, OWNER_AFTER_JOB, OWNER_AFTER_PRIORITY = (
     "j.id = :j AND c.idx > :i",
-    "j.priority = :p AND j.id > :j",
+    "j.priority = :p AND +j.id > :j",
     "j.priority < :p",
 )
 _OWNER_CHUNK = ", ".join(f"c.{c}" for c in CHUNK_COLUMNS)

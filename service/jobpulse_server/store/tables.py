@@ -118,6 +118,9 @@ Index(
     jobs.c.owner,
     jobs.c.priority.desc(),
     jobs.c.id,
+    # Unique (it holds the key): SQLite then knows a walk of it gives each job once, and reads each job's
+    # chunks off ix_chunks_claim in order instead of sorting all of them (statements.owner_ready).
+    unique=True,
     sqlite_where=jobs.c.n_pending > 0,
     postgresql_where=jobs.c.n_pending > 0,
 )

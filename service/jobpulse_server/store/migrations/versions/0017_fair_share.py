@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("CREATE INDEX ix_jobs_fair ON jobs (owner, priority DESC, id) WHERE n_pending > 0")
+    op.execute("CREATE UNIQUE INDEX ix_jobs_fair ON jobs (owner, priority DESC, id) WHERE n_pending > 0")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("CREATE INDEX ix_jobs_running ON jobs (owner) WHERE n_processing > 0")
 
