@@ -171,7 +171,7 @@ def goals(results: dict[str, Any]) -> list[report.Goal]:
             f"cycle {r['cycle_ms']:.2f} ms)"
         )
         out.append(report.Goal(what, r["over_idle_in_cycles"], False, 1.0, 0.5, "x"))
-        share = f"{kind}: two busy owners, |A's share - 50%| of {r['claims']:,} claims"
+        share = f"{kind}: two busy owners, how far A's share of {r['claims']:,} claims is from 50%"
         out.append(report.Goal(share, abs(r["share_a"] - 0.5), False, SHARE_TOLERANCE, 0.01, ""))
     return out
 
