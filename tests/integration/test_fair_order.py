@@ -11,6 +11,7 @@ count is the example's."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from jobpulse_server.domain import ids
 from jobpulse_server.domain.model import Chunk, ChunkState, Job, Summary, derive_state, fair_order
 from jobpulse_server.domain.work import DECLINED, ClaimRequest
 from jobpulse_server.store.database import SqlStore
+from jobpulse_server.store.owners import REFRESH_S, Owners
 
 NOW = 1_800_000_000_000_000
 LEASE = 60_000_000
@@ -217,3 +219,57 @@ def test_claims_one_by_one_keep_the_owners_running_counts_within_one(
         return
     # Every claim goes to the team with fewer running (a tie either way): never more than one apart.
     assert all(abs(got[:n].count("a") - got[:n].count("b")) <= 1 for n in range(1, 7)), got
+
+
+def test_a_second_owner_made_on_another_replica_gets_its_turn_soon(database_url: str) -> None:
+    """PostgreSQL runs the fair statements only while several owners have pending chunks, as each process
+    last looked (store/owners.py): a second owner's job made through another replica is dealt its turn
+    once this one looks again (REFRESH_S), and one made through this replica at once."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite asks on every claim; replicas share only a PostgreSQL database")
+    loop = asyncio.new_event_loop()
+    here, there = SqlStore(database_url), SqlStore(database_url)
+    kind = f"fair-{uuid.uuid4().hex[:10]}"
+    try:
+        loop.run_until_complete(here.start())
+        loop.run_until_complete(there.start())
+        big = _job("team-a", kind, 5_000, NOW - 100)  # more than the claims of REFRESH_S take
+        _seed(loop, here, [big])
+
+        async def one(tx: Any) -> str:
+            _, chunks = await tx.claim([kind], NOW, 1, skip_locked=False)
+            (chunk,) = chunks
+            job = await tx.get_job(chunk.job_id, None)
+            job.move_chunk(chunk, ChunkState.PROCESSING, NOW)
+            await tx.save([job], [chunk])
+            return str(job.owner)
+
+        assert loop.run_until_complete(here.write(one)) == "team-a"
+        assert not here.owners.several  # one owner: the claim order's statements
+        _seed(loop, there, [_job("team-b", kind, 1, NOW - 50)])
+        # Team A has a chunk running, team B none: B's chunk is next once this replica has looked again.
+        deadline = time.monotonic() + 10 * REFRESH_S + 5
+        got = loop.run_until_complete(here.write(one))
+        while got == "team-a" and time.monotonic() < deadline:
+            got = loop.run_until_complete(here.write(one))
+
+        assert got == "team-b" and here.owners.several
+        _seed(loop, here, [_job("team-c", kind, 1, NOW - 40)])
+        assert here.owners.several
+    finally:
+        loop.run_until_complete(here.close())
+        loop.run_until_complete(there.close())
+        loop.close()
+
+
+def test_the_record_of_owners_sees_a_second_owner_at_once() -> None:
+    owners = Owners()
+    assert owners.several and owners.stale()  # nothing looked at yet: the fair statements
+    owners.settle(None, several=False)
+    assert not owners.several and not owners.stale()
+    owners.saw("team-a")
+    assert not owners.several  # the first owner with pending chunks
+    owners.saw("team-a")
+    assert not owners.several
+    owners.saw("team-b")
+    assert owners.several

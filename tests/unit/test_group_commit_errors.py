@@ -16,11 +16,17 @@ import pytest
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.store.batch.flushes import GroupCommit
 from jobpulse_server.store.batch.queue import QueuedClaim, QueuedCompletion
+from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.waiting import NEVER, Waiting
 
 
 class Refused(Exception):
     pass
+
+
+class _OneOwner(Owners):
+    def stale(self) -> bool:
+        return False
 
 
 class FailingStore:
@@ -34,6 +40,9 @@ class FailingStore:
         # is tested on PostgreSQL, tests/integration/test_waiting_chunks.py).
         self.waiting = Waiting()
         self.waiting.due = NEVER
+        # One owner, known: the flusher looks nothing up before its claims (store/owners.py).
+        self.owners = _OneOwner()
+        self.owners.settle("anyone", several=False)
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")

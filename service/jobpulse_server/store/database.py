@@ -27,6 +27,7 @@ from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
 from jobpulse_server.store.errors import translated
+from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.tx import SqlTx
 from jobpulse_server.store.waiting import Waiting
 
@@ -85,6 +86,8 @@ class SqlStore:
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
         self.waiting = Waiting(self._wake_claimers)
+        # PostgreSQL: whether several owners have pending chunks, as last seen (fair share's statements).
+        self.owners = Owners()
         self.driver: SqliteDriver | PgDriver
         self.batch: Batch | None
         if self.dialect.postgres:
@@ -164,6 +167,7 @@ class SqlStore:
                     self.waiting,
                     fair=self.fair_share,
                     spin=next(self.spins),
+                    owners=self.owners if self.dialect.postgres else None,
                 )
                 result = await body(tx)
                 await tx.finish()

@@ -443,6 +443,13 @@ PG_OWNERS = (
     "ORDER BY oj.owner LIMIT 1) FROM o WHERE o.owner IS NOT NULL) "
 )
 
+# PostgreSQL: the first owner with pending chunks, and whether there is another (store/owners.py).
+OWNERS_NOW = (
+    "WITH m AS (SELECT owner FROM jobs WHERE n_pending > 0 ORDER BY owner LIMIT 1) "
+    "SELECT (SELECT owner FROM m), "
+    "EXISTS (SELECT 1 FROM jobs WHERE n_pending > 0 AND owner > (SELECT owner FROM m))"
+)
+
 # The order of fair_order over rows with priority, job_id, idx, turn and tie (``fair_turn``).
 FAIR_ORDER = "priority DESC, turn, tie, job_id, idx"
 

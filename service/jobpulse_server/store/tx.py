@@ -28,6 +28,7 @@ from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
+from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import (
     JOB_HEAD_SELECT,
     JOB_INDEXED,
@@ -88,12 +89,15 @@ class SqlTx:
         *,
         fair: bool = True,
         spin: int = 0,
+        owners: Owners | None = None,
     ) -> None:
         self.conn = conn
         # Claims rotate across owners (domain/model.py fair_order); False: priority, then the oldest job.
         # ``spin``: this transaction's claim's, for the owners whose turns tie (fair_tie).
         self.fair = fair
         self.spin = spin
+        # PostgreSQL: whether several owners have pending chunks, as last seen (store/owners.py).
+        self.owners = owners
         self.d = dialect
         self.changes = changes
         self.replica = replica
@@ -173,6 +177,8 @@ class SqlTx:
             raise
         if not self.d.arrays:
             self._indexed[job.id] = _INDEXED_IN_SAVED(values)
+        if self.owners is not None and job.summary.pending:
+            self.owners.saw(job.owner)
         rows = [
             {"id": c.id, "job_id": c.job_id, "idx": c.index, "state": int(c.state),
              "item_start": c.item_start, "item_count": c.item_count, "items_done": c.items_done,
@@ -286,9 +292,10 @@ class SqlTx:
         turn; SQLite keeps the first chunks when they and every job with pending chunks have one owner,
         and otherwise deals the owners' chunks by turn (``_fair``)."""
         if self.d.postgres:
-            claim = q.pg_claim(len(kinds), skip_locked=skip_locked, fair=self.fair)
+            fair = self.fair and await self._several_owners()
+            claim = q.pg_claim(len(kinds), skip_locked=skip_locked, fair=fair)
             params: dict[str, Any] = {"kinds": list(kinds), "limit": limit}
-            if self.fair:  # fair share counts the running chunks of the jobs held as they are now
+            if fair:  # fair share counts the running chunks of the jobs held as they are now
                 params.update(held_ids=list(held), held_n=[j.summary.processing for j in held.values()])
                 params["spin"] = str(self.spin)
             row = await self.conn.fetchrow(claim, params)
@@ -351,6 +358,17 @@ class SqlTx:
             last = rows[-1]
             rows = await self._ready_after(kinds, last, limit, next_job=room.get(last.job_id) == 0)
             await self._jobs_of(rows, held, found)
+
+    async def _several_owners(self) -> bool:
+        """PostgreSQL: whether several owners have pending chunks, looked up when the last look is stale
+        (store/owners.py); True when this transaction has no record to go by."""
+        owners = self.owners
+        if owners is None:
+            return True
+        if owners.stale():
+            sole, several = await self.conn.fetchrow(q.OWNERS_NOW) or (None, False)
+            owners.settle(sole, bool(several))
+        return owners.several
 
     async def _other_owners(
         self, picked: Sequence[Chunk], held: Mapping[str, Job], found: Mapping[str, Job]

@@ -45,6 +45,7 @@ from jobpulse_server.store.batch.sql import (
     complete_then_claim,
     slots_given,
 )
+from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import chunk_from_row, job_from_row
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
@@ -54,6 +55,7 @@ log = logging.getLogger("jobpulse.store")
 class _Runs(Protocol):
     replica_id: str
     waiting: Waiting
+    owners: Owners
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
@@ -72,6 +74,7 @@ class GroupCommit(BatchQueue):
         # Fair share between owners in the claims' order (domain/model.py fair_order), and the spin of
         # the last claim statement (its ties).
         self.fair = fair
+        self.fair_now = fair  # this flush's: fair, and several owners have pending chunks
         self.spin = 0
         # The least time between a job's job.progress webhook events (the outbox's, from the server's
         # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
@@ -104,6 +107,7 @@ class GroupCommit(BatchQueue):
         # for completions of this flush only (or none).
         if claims:
             await self._promote(max(c.now for c in claims))
+            await self._look_at_owners()
         kinds = claims[0].kinds if completions and claims else None
         both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
         if both:
@@ -123,6 +127,20 @@ class GroupCommit(BatchQueue):
         for kinds, group in by_kinds.items():
             await self._settle(group, self._write_claims(kinds, group))
 
+    async def _look_at_owners(self) -> None:
+        """Before a flush's claims, with fair share on: whether several owners have pending chunks, looked
+        up again when the last look is stale (store/owners.py); the claims use the fair statements only
+        then (``self.fair_now``)."""
+        owners = self.store.owners
+        if self.fair and owners.stale():
+            try:
+                ((sole, several),) = await self.store.statement_rows(q.OWNERS_NOW, {})
+            except Exception as exc:  # the claims' own statement meets the same trouble and reports it
+                log.info("could not look at the owners with pending chunks: %s", exc)
+                return
+            owners.settle(sole, bool(several))
+        self.fair_now = self.fair and owners.several
+
     async def _promote(self, now: int) -> None:
         """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
         (store/waiting.py), in a statement of its own, when one is due or the last look is old."""
@@ -140,7 +158,7 @@ class GroupCommit(BatchQueue):
 
     def _spun(self) -> dict[str, Any]:
         """A claim statement's spin (domain/model.py fair_tie): a new one each, with fair share on."""
-        if not self.fair:
+        if not self.fair_now:
             return {}
         self.spin += 1
         return {"spin": str(self.spin)}
@@ -292,7 +310,7 @@ class GroupCommit(BatchQueue):
             :MAX_GROUP
         ]
         rows = await self._run_statement(
-            claim_group_statement(len(kinds), len(slots), self.fair),
+            claim_group_statement(len(kinds), len(slots), self.fair_now),
             {**self._common(now), "kinds": list(kinds), **slots_given(slots), **self._spun()},
         )
         row = rows[0]
@@ -347,7 +365,7 @@ class GroupCommit(BatchQueue):
             "now_c": now_c,
             "n": len(items),
         }
-        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots), self.fair), given)
+        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots), self.fair_now), given)
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
         self._completed(items, done_rows or (), now_c)
         if tried:
