@@ -298,6 +298,37 @@ def eta_seconds(
     return max(0.0, (total_items - items_done) / rate)
 
 
+# The largest max_running_chunks a job or a kind may have (the contract's range); 0 is no limit.
+MAX_RUNNING_CHUNKS = 1_000_000
+
+
+@dataclass
+class Kind:
+    """One kind of work: the controls UpdateKind set on the claim for every job of the kind, whoever
+    owns it, and (as ListKinds reads it) its chunks PENDING and PROCESSING now. A kind never updated has
+    the defaults (not paused, no cap) and no stored row."""
+
+    kind: str
+    # No chunk of the kind is claimed while set; running ones finish.
+    paused: bool = False
+    # At most this many of the kind's chunks PROCESSING at once, across replicas; 0: no limit.
+    max_running_chunks: int = 0
+    pending_chunks: int = 0
+    running_chunks: int = 0
+    # When UpdateKind last wrote the kind's controls; None: never.
+    update_time: int | None = None
+
+    def claimable(self, running: int) -> int | None:
+        """The claim rule of the kind's controls, as ``Job.claimable`` for a job's: how many more of the
+        kind's ready chunks a claim may take while ``running`` of them are PROCESSING; None for no limit.
+        None of them while paused; at max_running_chunks, none until one ends."""
+        if self.paused:
+            return 0
+        if self.max_running_chunks:
+            return max(0, self.max_running_chunks - running)
+        return None
+
+
 def blocked(state: JobState, schedule_time: int | None, now: int) -> bool:
     """A job that is not over and whose schedule_time is still to come: none of its chunks may be claimed
     (they wait until then, as a retry waits out its backoff)."""

@@ -810,6 +810,76 @@ DROP_OLD_SECRETS = "DELETE FROM events_token_secrets WHERE retire_time < :before
 RETIRE_SECRETS = "UPDATE events_token_secrets SET retire_time = :now WHERE retire_time IS NULL"
 
 
+# --- kinds: their controls on the claim (UpdateKind) and their chunks now (ListKinds) ------------------
+
+KIND_SELECT = "kind, paused, max_running_chunks, update_time"
+
+# UpdateKind, in one statement: the kind's row made or changed. A NULL parameter keeps the stored value
+# (a new row's default), so two updates of a kind without a row yet, or of different fields, cannot lose
+# each other's field; the row lock it takes orders it with any claim that locks the row (FOR SHARE).
+# Parameters: kind, paused, max_running_chunks (each NULL to keep), update_time.
+UPDATE_KIND = (
+    "INSERT INTO kinds (kind, paused, max_running_chunks, update_time) "
+    "VALUES (:kind, COALESCE(:paused, false), COALESCE(:max_running_chunks, 0), :update_time) "
+    "ON CONFLICT (kind) DO UPDATE SET paused = COALESCE(:paused, kinds.paused), "
+    "max_running_chunks = COALESCE(:max_running_chunks, kinds.max_running_chunks), "
+    f"update_time = :update_time RETURNING {KIND_SELECT}"
+)
+GET_KIND = f"SELECT {KIND_SELECT} FROM kinds WHERE kind = :kind"
+
+# Jobs that may have chunks PENDING or PROCESSING (a terminal job has neither), read through
+# ix_jobs_state_id; their n_pending and n_processing are the chunks' counts.
+_LIVE_JOBS = (
+    f"state IN ({int(JobState.PENDING)}, {int(JobState.PROCESSING)}, {int(JobState.CANCELLING)}) "
+    "AND (n_pending > 0 OR n_processing > 0)"
+)
+
+
+@_built
+def kind_controls(d: Dialect, n_kinds: int) -> str:
+    """The controls in force (paused, or a max_running_chunks) of the kinds a claim asks for, with the
+    parameters of ``ready_params`` (``n_kinds`` 0: of every kind): what ``domain.model.Kind.claimable``
+    needs beside ``kind_running``. A kind without a row, or whose row is back at the defaults, has none."""
+    kinds = f" AND {d.any_of('kind', n_kinds)}" if n_kinds else ""
+    return f"SELECT {KIND_SELECT} FROM kinds WHERE (paused OR max_running_chunks > 0){kinds}"
+
+
+@_built
+def kind_running(d: Dialect, n_kinds: int) -> str:
+    """How many chunks of each of the kinds (the parameters of ``ready_params``) are PROCESSING now,
+    summed from their live jobs' counts: (kind, running) for each kind with any."""
+    return (
+        f"SELECT kind, CAST(SUM(n_processing) AS BIGINT) FROM jobs WHERE {_LIVE_JOBS} "
+        f"AND n_processing > 0 AND {d.any_of('kind', n_kinds)} GROUP BY kind"
+    )
+
+
+@_built
+def kind_chunks(owned: bool) -> str:
+    """The chunks PENDING and PROCESSING of the kind ``kind`` (``owned``: of the jobs of ``owner``)."""
+    owner = " AND owner = :owner" if owned else ""
+    return (
+        "SELECT CAST(COALESCE(SUM(n_pending), 0) AS BIGINT), CAST(COALESCE(SUM(n_processing), 0) AS BIGINT) "
+        f"FROM jobs WHERE {_LIVE_JOBS} AND kind = :kind{owner}"
+    )
+
+
+@_built
+def list_kinds(owned: bool) -> str:
+    """ListKinds: the first ``limit`` kinds after ``after`` in kind order, of those with a row in kinds
+    and those with chunks PENDING or PROCESSING (``owned``: of the jobs of ``owner``), each as KIND_SELECT
+    (NULLs for a kind without a row) then its pending and running chunks."""
+    owner = " AND owner = :owner" if owned else ""
+    return (
+        "SELECT u.kind, k.paused, k.max_running_chunks, k.update_time, u.pending, u.running FROM ("
+        "SELECT kind, CAST(SUM(pending) AS BIGINT) AS pending, CAST(SUM(running) AS BIGINT) AS running "
+        "FROM (SELECT kind, 0 AS pending, 0 AS running FROM kinds WHERE kind > :after UNION ALL "
+        f"SELECT kind, n_pending, n_processing FROM jobs WHERE {_LIVE_JOBS} AND kind > :after{owner}) AS a "
+        "GROUP BY kind ORDER BY kind LIMIT :limit) AS u "
+        "LEFT JOIN kinds AS k ON k.kind = u.kind ORDER BY u.kind"
+    )
+
+
 # --- usage per key, throughput per minute -------------------------------------------------------------
 
 # Adds a key's counts to its stored totals (a replica adds what it counted since its last flush).

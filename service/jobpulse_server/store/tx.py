@@ -21,7 +21,7 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, Kind
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
@@ -38,6 +38,7 @@ from jobpulse_server.store.rows import (
     head_from_row,
     job_from_row,
     job_saved,
+    kind_from_row,
 )
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
@@ -795,6 +796,49 @@ class SqlTx:
             if found >= limit:
                 break
         return found
+
+    # --- kinds ------------------------------------------------------------------------------------
+
+    async def update_kind(
+        self, kind: str, *, paused: bool | None, max_running_chunks: int | None, now: int
+    ) -> Kind:
+        """Sets the kind's controls given (None: keep), making its row if it has none; the kind's
+        controls as stored after it (statements.UPDATE_KIND: one statement, so concurrent updates of
+        different fields both hold)."""
+        params = {"kind": kind, "paused": paused, "max_running_chunks": max_running_chunks}
+        row = await self.conn.fetchrow(q.UPDATE_KIND, {**params, "update_time": now})
+        assert row is not None  # RETURNING gives the row written
+        return kind_from_row(row)
+
+    async def get_kind(self, kind: str) -> Kind | None:
+        """The kind's stored controls (no counts); None for a kind never updated."""
+        row = await self.conn.fetchrow(q.GET_KIND, {"kind": kind})
+        return kind_from_row(row) if row else None
+
+    async def list_kinds(self, after: str, limit: int, owner: str | None) -> list[Kind]:
+        """ListKinds: up to ``limit`` kinds after ``after`` in kind order, those with stored controls and
+        those with chunks PENDING or PROCESSING, with those counts (``owner``: of that owner's jobs)."""
+        params = {"after": after, "limit": limit, "owner": owner}
+        rows = await self.conn.fetch(q.list_kinds(owner is not None), params)
+        return [kind_from_row(r) for r in rows]
+
+    async def kind_chunks(self, kind: str, owner: str | None) -> tuple[int, int]:
+        """The kind's chunks (PENDING, PROCESSING) now (``owner``: of that owner's jobs)."""
+        row = await self.conn.fetchrow(q.kind_chunks(owner is not None), {"kind": kind, "owner": owner})
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def kind_controls(self, kinds: Sequence[str]) -> dict[str, Kind]:
+        """The kinds among ``kinds`` (empty: any) that have a control in force (paused, or a
+        max_running_chunks), by kind: a claim's view of ``Kind.claimable`` with ``kind_running``."""
+        rows = await self.conn.fetch(q.kind_controls(self.d, len(kinds)), q.ready_params(self.d, kinds))
+        return {r[0]: kind_from_row(r) for r in rows}
+
+    async def kind_running(self, kinds: Sequence[str]) -> dict[str, int]:
+        """How many chunks of each of ``kinds`` are PROCESSING now (kinds with none are left out)."""
+        if not kinds:
+            return {}
+        rows = await self.conn.fetch(q.kind_running(self.d, len(kinds)), q.ready_params(self.d, kinds))
+        return {r[0]: int(r[1]) for r in rows}
 
     # --- usage per key, throughput per minute -------------------------------------------------------
 
