@@ -5,6 +5,7 @@ and read back."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 import jobpulse
-from jobpulse import errors
+from jobpulse import cli, errors
 from jobpulse.v1 import job_service_pb2
 from jobpulse_server.services import keys
 
@@ -213,3 +214,61 @@ def test_only_an_admin_updates_a_kind_and_a_client_counts_its_own_chunks(
         assert _kinds(alice) == {"shared": (False, 2, 4, 0)}
         assert _kinds(bob) == {"bobs-only": (False, 0, 1, 0), "shared": (False, 2, 2, 0)}
         assert _kinds(root) == {"bobs-only": (False, 0, 1, 0), "shared": (False, 2, 6, 0)}
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_the_cli_lists_pauses_resumes_and_caps_kinds(
+    server: Any, client: jobpulse.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", server.address]
+    assert cli.main([*target, "kinds"]) == 0
+    assert capsys.readouterr().out.startswith("no kinds")
+    client.create_job("cli-kind", 3, chunk_size=1)
+    client.claim_chunks("w1", kinds=["cli-kind"], max_chunks=1)
+
+    assert cli.main([*target, "kinds", "pause", "cli-kind"]) == 0
+    assert capsys.readouterr().out == (
+        "kind cli-kind paused: none of its chunks is claimed until it is resumed; running ones finish "
+        "(2 pending, 1 running)\n"
+    )
+    assert cli.main([*target, "kinds", "cap", "cli-kind", "5"]) == 0
+    assert "capped: at most 5" in capsys.readouterr().out
+    assert cli.main([*target, "kinds"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["KIND", "PAUSED", "CAP", "PENDING", "RUNNING"],
+        ["cli-kind", "yes", "5", "2", "1"],
+    ]
+
+    assert cli.main([*target, "kinds", "resume", "cli-kind"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert cli.main([*target, "--json", "kinds", "cap", "cli-kind", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["maxRunningChunks"] == 0
+    assert cli.main([*target, "kinds", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["kinds"]
+    assert listed == {
+        "name": "kinds/cli-kind",
+        "kind": "cli-kind",
+        "paused": False,
+        "maxRunningChunks": 0,
+        "pendingChunks": "2",
+        "runningChunks": "1",
+    }
+
+    with pytest.raises(SystemExit) as usage:
+        cli.main([*target, "kinds", "cap", "cli-kind", "-1"])
+    assert usage.value.code == 2
+    assert "between 0 and 1000000" in capsys.readouterr().err
+
+
+def test_the_cli_says_a_client_key_may_not_pause_a_kind(
+    keyed: tuple[Any, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv, made = keyed
+    argv = ["--target", srv.address, "--api-key", made["alice"], "kinds", "pause", "shared"]
+    assert cli.main(argv) != 0
+    assert "may not" in capsys.readouterr().err
+    with jobpulse.Client(srv.address, api_key=made["root"]) as root:
+        assert _kinds(root) == {}
