@@ -351,6 +351,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             sessions,
             Extras(server_health.report, server_health.leases, workers.workers_seen, started),
             clock,
+            kinds,
             throughput,
         )
         side = HttpSide(
