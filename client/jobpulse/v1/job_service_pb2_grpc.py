@@ -335,9 +335,10 @@ class JobServiceServicer(object):
     def ListKinds(self, request, context):
         """Lists the kinds of work, in kind order: every kind with a control set by
         UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
-        controls and those counts. A key that sees only its own jobs gets the
-        counts of its own jobs' chunks (and the kinds of those, and every kind with
-        a control, since a control holds for every owner).
+        controls and those counts. Any key may call it, a worker key too. A key
+        that sees only its own jobs gets the counts of its own jobs' chunks (and
+        the kinds of those, and every kind with a control, since a control holds
+        for every owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

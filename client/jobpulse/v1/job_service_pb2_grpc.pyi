@@ -142,9 +142,10 @@ class JobServiceStub:
     ListKinds: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListKindsRequest, _job_service_pb2.ListKindsResponse]
     """Lists the kinds of work, in kind order: every kind with a control set by
     UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
-    controls and those counts. A key that sees only its own jobs gets the
-    counts of its own jobs' chunks (and the kinds of those, and every kind with
-    a control, since a control holds for every owner).
+    controls and those counts. Any key may call it, a worker key too. A key
+    that sees only its own jobs gets the counts of its own jobs' chunks (and
+    the kinds of those, and every kind with a control, since a control holds
+    for every owner).
     """
     UpdateKind: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.UpdateKindRequest, _job_service_pb2.UpdateKindResponse]
     """Sets a kind's controls on the claim (admin keys only): paused (none of the
@@ -269,9 +270,10 @@ class JobServiceAsyncStub(JobServiceStub):
     ListKinds: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListKindsRequest, _job_service_pb2.ListKindsResponse]  # type: ignore[assignment]
     """Lists the kinds of work, in kind order: every kind with a control set by
     UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
-    controls and those counts. A key that sees only its own jobs gets the
-    counts of its own jobs' chunks (and the kinds of those, and every kind with
-    a control, since a control holds for every owner).
+    controls and those counts. Any key may call it, a worker key too. A key
+    that sees only its own jobs gets the counts of its own jobs' chunks (and
+    the kinds of those, and every kind with a control, since a control holds
+    for every owner).
     """
     UpdateKind: _aio.UnaryUnaryMultiCallable[_job_service_pb2.UpdateKindRequest, _job_service_pb2.UpdateKindResponse]  # type: ignore[assignment]
     """Sets a kind's controls on the claim (admin keys only): paused (none of the
@@ -513,9 +515,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.ListKindsResponse, _abc.Awaitable[_job_service_pb2.ListKindsResponse]]:
         """Lists the kinds of work, in kind order: every kind with a control set by
         UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
-        controls and those counts. A key that sees only its own jobs gets the
-        counts of its own jobs' chunks (and the kinds of those, and every kind with
-        a control, since a control holds for every owner).
+        controls and those counts. Any key may call it, a worker key too. A key
+        that sees only its own jobs gets the counts of its own jobs' chunks (and
+        the kinds of those, and every kind with a control, since a control holds
+        for every owner).
         """
 
     @_abc_1.abstractmethod

@@ -86,6 +86,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ROLES = auth.CLIENT_ROLES
     # The methods only an admin key may call (a kind's controls hold for every owner's jobs).
     ADMIN_METHODS = ("UpdateKind",)
+    # ListKinds: any key, a worker's too (it says why a kind gets no work: paused, or at its cap).
+    KINDS_ROLES = auth.CLIENT_ROLES | auth.WORKER_ROLES
 
     def __init__(
         self,

@@ -274,6 +274,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         SERVICE_NAMES[2]: AdminServicer.ROLES,
         f"{SERVICE_NAMES[2]}/GetUsage": AdminServicer.USAGE_ROLES,
         **{f"{SERVICE_NAMES[0]}/{m}": auth.ADMIN_ROLES for m in JobServicer.ADMIN_METHODS},
+        f"{SERVICE_NAMES[0]}/ListKinds": JobServicer.KINDS_ROLES,
         # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
         OPERATIONS_SERVICE: OperationsServicer.ROLES,
     }
