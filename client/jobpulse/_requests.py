@@ -210,6 +210,32 @@ def update_job(
     return request
 
 
+def update_kind(
+    kind: str, *, paused: bool | None, max_running_chunks: int | None
+) -> job_service_pb2.UpdateKindRequest:
+    """Builds an UpdateKindRequest whose update_mask names exactly the arguments that are not None.
+
+    Args:
+        kind: The kind, or its resource name ``kinds/{kind}``.
+
+    Raises:
+        ValueError: If ``kind`` is empty or no control to change was given.
+    """
+    if not kind:
+        raise ValueError("update_kind needs a kind")
+    named = job_service_pb2.Kind(name=kind if kind.startswith("kinds/") else f"kinds/{kind}")
+    paths: list[str] = []
+    if paused is not None:
+        named.paused = paused
+        paths.append("paused")
+    if max_running_chunks is not None:
+        named.max_running_chunks = max_running_chunks
+        paths.append("max_running_chunks")
+    if not paths:
+        raise ValueError("update_kind needs paused or max_running_chunks")
+    return job_service_pb2.UpdateKindRequest(kind=named, update_mask=FieldMask(paths=paths))
+
+
 def get_job_stats(
     created_after: TimeLike | None, created_before: TimeLike | None, kind: str
 ) -> job_service_pb2.GetJobStatsRequest:

@@ -1,7 +1,8 @@
 """axe-core (from its npm package, node_modules/axe-core) on every dashboard page, in light and in dark
 mode (prefers-color-scheme emulated through the DevTools protocol): no violation of impact serious or
 critical. The pages hold what a real server shows: jobs in every state, a job still running with a chunk
-that failed for good, an open chunk panel, usage by key, a not-found page and a login form."""
+that failed for good, an open chunk panel, usage by key, the kinds with one paused, a not-found page and a
+login form."""
 
 from __future__ import annotations
 
@@ -135,6 +136,11 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     check("stats", lambda: browser.find_element(By.CSS_SELECTOR, ".chart-note").text)
     browser.get(base + "/health")
     check("health")
+    browser.get(base + "/kinds")
+    check("kinds")
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="pause-kind"]').click()
+    paused = lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="resume-kind"]')  # noqa: E731
+    check("kinds, one paused", paused)
     browser.get(base + "/jobs/no-such-job")
     check("error")
     browser.get(base + "/?kind=none")

@@ -423,3 +423,78 @@ def test_pause_and_resume_from_the_job_page(server) -> None:
         assert _post(client, f"/jobs/{job.id}/resume", {}).status_code == 303
         assert not sdk.get_job(job.id).paused
         assert len(sdk.claim_chunks("w1", ["dash-pause"], max_chunks=3)) == 2
+
+
+KIND_ROW = re.compile(r'<tr data-testid="kind-row" data-kind="([^"]+)">(.*?)</tr>', re.S)
+
+
+def _kind_rows(page: str) -> dict[str, str]:
+    return dict(KIND_ROW.findall(page))
+
+
+def _cell(row: str, field: str) -> str:
+    found = re.search(rf'data-field="{field}">(.*?)</td>', row, re.S)
+    assert found, field
+    return re.sub(r"<[^>]+>", "", found.group(1)).strip()
+
+
+def test_the_kinds_page_lists_kinds_and_pauses_and_resumes_them(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        empty = client.get("/kinds")
+        assert empty.status_code == 200 and 'data-testid="no-kinds"' in empty.text
+        assert '<a href="/kinds" aria-current="page">Kinds</a>' in empty.text
+        assert '<a href="/kinds"' in client.get("/").text, "the nav links to it from every page"
+        sdk.create_job("dash-kind", 3, chunk_size=1)
+        sdk.claim_chunks("w1", ["dash-kind"], max_chunks=1)
+        sdk.update_kind("dash-capped", max_running_chunks=4)
+
+        rows = _kind_rows(client.get("/kinds").text)
+        assert set(rows) == {"dash-kind", "dash-capped"}
+        row = rows["dash-kind"]
+        cells = [_cell(row, f) for f in ("paused", "cap", "pending", "running")]
+        assert cells == ["claimed", "none", "2", "1"]
+        assert _cell(rows["dash-capped"], "cap") == "4"
+        assert 'data-testid="pause-kind" aria-label="Pause dash-kind"' in row
+
+        done = _post(client, "/kinds/pause", {"kind": "dash-kind", "back": "/kinds"})
+        assert done.status_code == 303 and done.headers["location"] == "/kinds"
+        [listed] = [k for k in sdk.list_kinds() if k.kind == "dash-kind"]
+        assert listed.paused and listed.max_running_chunks == 0
+        page = client.get("/kinds").text
+        assert "Paused dash-kind: no chunk of it is claimed" in page  # the action's message, once
+        row = _kind_rows(page)["dash-kind"]
+        assert 'data-testid="paused"' in row and 'data-testid="resume-kind"' in row
+
+        assert _post(client, "/kinds/resume", {"kind": "dash-kind"}).status_code == 303
+        assert not next(k for k in sdk.list_kinds() if k.kind == "dash-kind").paused
+        # A kind with no chunks may be paused ahead of time from the page's form.
+        assert _post(client, "/kinds/pause", {"kind": "dash-later"}).status_code == 303
+        assert 'data-testid="paused"' in _kind_rows(client.get("/kinds").text)["dash-later"]
+        bad = _post(client, "/kinds/pause", {"kind": ""})
+        assert bad.status_code == 400 and "kind" in bad.text and "Traceback" not in bad.text
+        # The page posts back only to itself.
+        assert (
+            _post(client, "/kinds/resume", {"kind": "dash-later", "back": "//evil.example"}).headers[
+                "location"
+            ]
+            == "/kinds"
+        )
+
+
+def test_only_an_admin_pauses_a_kind_from_the_page(keyed: Any) -> None:
+    srv, made, _, _ = keyed
+    with _login(srv, made["alice"]) as alice:
+        page = alice.get("/kinds")
+        # alice's own chunks of the kind, and no buttons: her key may not change a kind.
+        assert _cell(_kind_rows(page.text)["k"], "pending") == "5"
+        assert 'data-testid="pause-kind"' not in page.text and "Only an admin key" in page.text
+        refused = _post(alice, "/kinds/pause", {"kind": "k"})
+        assert refused.status_code == 403 and "may not" in refused.text
+    with jobpulse.Client(srv.address, api_key=made["root"]) as root:
+        assert not next(k for k in root.list_kinds() if k.kind == "k").paused
+    with _login(srv, made["root"]) as root_page:
+        page = root_page.get("/kinds").text
+        assert _cell(_kind_rows(page)["k"], "pending") == "6"
+        assert 'aria-label="Pause k"' in page
+        assert _post(root_page, "/kinds/pause", {"kind": "k"}).status_code == 303
+        assert 'data-testid="resume-kind"' in root_page.get("/kinds").text

@@ -40,7 +40,17 @@ def _inserts(dialect: sql.Dialect) -> list[str]:
     lease) or completed."""
     job_rows = insert_generated(
         jobs,
-        {"id": "'PLAN' || g", "kind": "'plan'", "state": "2", "labels": "'{}'", "job_metadata": "'{}'"},
+        # Three owners, each job with pending chunks (as its chunks below have): fair share's walk.
+        {
+            "id": "'PLAN' || g",
+            "owner": "'owner-' || (g % 3)",
+            "kind": "'plan'",
+            "state": "2",
+            "labels": "'{}'",
+            "job_metadata": "'{}'",
+            "n_pending": "50",
+            "n_processing": "100",
+        },
         series(dialect == sql.POSTGRES, 0, 99),
     )
     state = f"CASE g % 3 WHEN 0 THEN {PENDING} WHEN 1 THEN {RUNNING} ELSE {COMPLETED} END"
@@ -143,13 +153,17 @@ async def _postgresql_problems(database_url: str) -> list[str]:
             "spin": "1",
         } | group.slots_given([("w", 1_000, 1)])
         # A transaction's claim with fair share: the running counts of one job it holds.
-        fair = {"limit": 1, "held_ids": ["PLAN1"], "held_n": [0], "spin": "1"}
+        fair = {"limit": 1, "held_ids": ["PLAN1"], "held_n": [0], "spin": "1", "full": []}
         statements: dict[str, tuple[str, str, dict[str, Any]]] = {
-            "claim, any kind": ("ix_chunks_claim", sql.pg_claim(0, skip_locked=False), {"limit": 1}),
+            "claim, any kind": (
+                "ix_chunks_claim",
+                sql.pg_claim(0, skip_locked=False),
+                {"limit": 1, "full": []},
+            ),
             "claim, one kind": (
                 "ix_chunks_claim",
                 sql.pg_claim(1, skip_locked=True),
-                {"kinds": ["plan"], "limit": 1},
+                {"kinds": ["plan"], "limit": 1, "full": ["capped"]},
             ),
             "group-committed claim": ("ix_chunks_claim", claim_group, claim_group_values),
             "fair claim": ("ix_jobs_fair", sql.pg_claim(0, skip_locked=False, fair=True), fair),

@@ -41,20 +41,21 @@ def _work(address: str, worker_id: str, kind: str, stop: threading.Event, max_ch
 
 
 class _Sampler:
-    """Counts a job's chunks PROCESSING in the database every 10 ms, in a thread of its own."""
+    """Counts a job's chunks PROCESSING in the database every 10 ms (``column``: or a kind's), in a
+    thread of its own."""
 
-    def __init__(self, database_url: str, job_id: str) -> None:
+    def __init__(self, database_url: str, value: str, column: str = "job_id") -> None:
         self.counts: list[int] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._run(database_url, job_id),))
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(database_url, value, column),))
         self._thread.start()
 
-    async def _run(self, url: str, job_id: str) -> None:
+    async def _run(self, url: str, value: str, column: str) -> None:
         conn = await asyncpg.connect(url)
         try:
             while not self._stop.is_set():
-                query = "SELECT count(*) FROM chunks WHERE job_id = $1 AND state = $2"
-                self.counts.append(await conn.fetchval(query, job_id, RUNNING))
+                query = f"SELECT count(*) FROM chunks WHERE {column} = $1 AND state = $2"
+                self.counts.append(await conn.fetchval(query, value, RUNNING))
                 await asyncio.sleep(0.01)
         finally:
             await conn.close()

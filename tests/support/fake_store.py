@@ -66,6 +66,7 @@ from jobpulse_server.domain.model import (
     Job,
     JobHead,
     JobState,
+    Kind,
     Summary,
     fair_order,
     split_items,
@@ -117,6 +118,8 @@ class _Tables:
     seq: int = 0
     # The largest change_seq of a trimmed tombstone (feed_floor).
     floor: int = 0
+    # kind -> its stored controls (the kinds table; no counts).
+    kinds: dict[str, Kind] = field(default_factory=dict)
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
@@ -129,6 +132,7 @@ class _Tables:
             requests=dict(self.requests),
             seq=self.seq,
             floor=self.floor,
+            kinds=dict(self.kinds),
         )
 
     def next_seq(self) -> int:
@@ -369,6 +373,38 @@ class FakeRead:
     async def processing_chunks(self, job_id: str) -> list[Chunk]:
         return await self.list_chunks(job_id, states=[ChunkState.PROCESSING])
 
+    async def get_kind(self, kind: str) -> Kind | None:
+        found = self.tables.kinds.get(kind)
+        return dataclasses.replace(found) if found is not None else None
+
+    async def list_kinds(self, after: str, limit: int, owner: str | None) -> list[Kind]:
+        counts: dict[str, list[int]] = {}
+        for job in self.tables.jobs.values():
+            s = job.summary
+            if job.state.terminal or not (s.pending or s.processing) or (owner and job.owner != owner):
+                continue
+            n = counts.setdefault(job.kind, [0, 0])
+            n[0] += s.pending
+            n[1] += s.processing
+        names = sorted(k for k in set(counts) | set(self.tables.kinds) if k > after)[:limit]
+        out = []
+        for name in names:
+            stored = self.tables.kinds.get(name) or Kind(name)
+            pending, running = counts.get(name, (0, 0))
+            out.append(dataclasses.replace(stored, pending_chunks=pending, running_chunks=running))
+        return out
+
+    async def kind_chunks(self, kind: str, owner: str | None) -> tuple[int, int]:
+        found = await self.list_kinds("", 1 << 30, owner)
+        return next(((k.pending_chunks, k.running_chunks) for k in found if k.kind == kind), (0, 0))
+
+    async def kind_controls(self, kinds: Sequence[str]) -> dict[str, Kind]:
+        return {
+            k.kind: dataclasses.replace(k)
+            for k in self.tables.kinds.values()
+            if (k.paused or k.max_running_chunks) and (not kinds or k.kind in kinds)
+        }
+
     async def job_stats(self, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
         """``repository.job_stats``: per (kind, state) group the count, items done, the earliest
         start and the latest update, summed into one row per kind and one overall (a group's latest
@@ -448,6 +484,12 @@ class FakeWrite(FakeRead):
         ready.sort(key=lambda c: (-c.priority, c.job_id, c.index))
         allowed: list[Chunk] = []
         room: dict[str, int | None] = {}  # each job's Job.claimable, as SqlTx keeps it
+        kind_room: dict[str, int] = {}  # each controlled kind's Kind.claimable
+        for kind, controls in (await self.kind_controls(kinds)).items():
+            running = sum(
+                1 for c in self.tables.chunks.values() if c.kind == kind and c.state == ChunkState.PROCESSING
+            )
+            kind_room[kind] = controls.claimable(running) or 0
         for c in ready:
             left = room.get(c.job_id, (held.get(c.job_id) or self.tables.jobs[c.job_id]).claimable())
             if left is not None and left <= 0:
@@ -465,8 +507,19 @@ class FakeWrite(FakeRead):
         running: dict[str, int] = {}
         for job_id, n in by_job.items():
             running[owner_of[job_id]] = running.get(owner_of[job_id], 0) + n
-        ordered = fair_order(allowed, owner_of, running) if self.fair else allowed
-        picked = [_chunk_row(c) for c in ordered[:limit]]
+        ordered = fair_order(allowed, owner_of, running, now) if self.fair else allowed
+        # Then each controlled kind's room, in that order (as PostgreSQL's claim; SQLite's deals the
+        # owners' chunks within it, which can differ only while a kind's cap binds in a claim of several).
+        picked = []
+        for c in ordered:
+            if len(picked) == limit:
+                break
+            if kind_room.get(c.kind, 1) <= 0:
+                continue
+            if c.kind in kind_room:
+                kind_room[c.kind] -= 1
+            picked.append(_chunk_row(c))
+        picked.sort(key=lambda c: (-c.priority, c.job_id, c.index))  # returned in claim order, as SqlTx
         wanted = [c.job_id for c in picked if c.job_id not in held]  # as SqlTx on SQLite
         return (await self.get_jobs(wanted, None) if wanted else {}), picked
 
@@ -588,6 +641,18 @@ class FakeWrite(FakeRead):
         stored = self.tables.jobs.get(job.id)
         if stored is not None:
             stored.paused, stored.max_running_chunks = job.paused, job.max_running_chunks
+
+    async def update_kind(
+        self, kind: str, *, paused: bool | None, max_running_chunks: int | None, now: int
+    ) -> Kind:
+        stored = self.tables.kinds.get(kind) or Kind(kind)
+        row = dataclasses.replace(stored, update_time=now)
+        if paused is not None:
+            row.paused = paused
+        if max_running_chunks is not None:
+            row.max_running_chunks = max_running_chunks
+        self.tables.kinds[kind] = row  # replaced, never mutated: committed versions share it
+        return dataclasses.replace(row)
 
     async def set_pending_priority(self, job_id: str, priority: int) -> None:
         self.tables.update_chunks(job_id, [ChunkState.PENDING], priority=priority)

@@ -576,6 +576,47 @@ class AsyncClient:
         response = await self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)
         return response.job
 
+    def list_kinds(self, *, page_size: int = 0) -> AsyncIterator[job_service_pb2.Kind]:
+        """Iterates over the kinds of work in name order, fetching pages lazily: every kind with a
+        control (paused, a cap) and every kind with chunks pending or running, with those counts (of
+        the caller's own jobs for a key that sees only its own).
+
+        Args:
+            page_size: Kinds per page (server default 100, at most 1000).
+        """
+        request = job_service_pb2.ListKindsRequest(page_size=page_size)
+        return self._pages(self._jobs.ListKinds, request, lambda r: r.kinds)
+
+    async def update_kind(
+        self,
+        kind: str,
+        *,
+        paused: bool | None = None,
+        max_running_chunks: int | None = None,
+        timeout: float | None = None,
+    ) -> job_service_pb2.Kind:
+        """Sets a kind's controls on the claim (an admin key); ``update_mask`` lists exactly the
+        arguments passed. They hold for every job of the kind, whoever owns it, on every server, from
+        the moment this returns. A kind with no jobs yet may be paused ahead of time.
+
+        Args:
+            kind: The kind (``"resize"``) or its resource name (``"kinds/resize"``).
+            paused: True: none of the kind's chunks is claimed (running ones finish); False: claimed
+                again.
+            max_running_chunks: At most this many of the kind's chunks processing at once; 0: no limit.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The kind, with its chunks pending and running now.
+
+        Raises:
+            ValueError: If neither ``paused`` nor ``max_running_chunks`` is given.
+            jobpulse.errors.PermissionDenied: The key is not an admin key.
+        """
+        request = _requests.update_kind(kind, paused=paused, max_running_chunks=max_running_chunks)
+        response = await self._call(self._jobs.UpdateKind, request, timeout=timeout, retry=True)
+        return response.kind
+
     async def delete_job(self, job_id: str, force: bool = False, *, timeout: float | None = None) -> None:
         """Deletes a terminal job; with ``force``, cancels a running job first.
 

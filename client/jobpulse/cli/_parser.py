@@ -14,6 +14,7 @@ from typing import NoReturn
 import jobpulse.cli._events_url as events_url
 import jobpulse.cli._export as export
 import jobpulse.cli._jobs as jobs
+import jobpulse.cli._kinds as kinds
 import jobpulse.cli._reports as reports
 import jobpulse.cli._server as server
 import jobpulse.cli._watch as watch
@@ -291,6 +292,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
+
+    p = command(
+        "kinds",
+        kinds._cmd_list,
+        "list the kinds of work with their controls and chunks pending and running; "
+        "`kinds pause|resume|cap` change a kind's controls (an admin key)",
+    )
+    actions = p.add_subparsers(dest="kinds_action", metavar="[ACTION]")
+
+    def kind_action(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        a = actions.add_parser(
+            name, parents=[common], help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        a.set_defaults(func=func)
+        a.add_argument("kind", metavar="KIND")
+        return a
+
+    kind_action(
+        "pause", kinds._cmd_pause, "hold a kind: none of its chunks is claimed, whoever owns the job (admin)"
+    )
+    kind_action("resume", kinds._cmd_resume, "let a paused kind's chunks be claimed again (admin)")
+    a = kind_action(
+        "cap", kinds._cmd_cap, "at most N of a kind's chunks processing at once; 0 removes the cap (admin)"
+    )
+    a.add_argument("max_running_chunks", type=_max_running, metavar="N")
 
     p = command("delete", jobs._cmd_delete, "delete a finished job")
     p.add_argument("job_id", metavar="ID")

@@ -124,6 +124,21 @@ def jobs_table(jobs: Iterable[job_pb2.Job]) -> str:
     return table(("ID", "NAME", "KIND", "STATE", "PRI", "PROGRESS", "CHUNKS", "CREATED"), rows)
 
 
+def kinds_table(kinds: Iterable[job_service_pb2.Kind]) -> str:
+    """Returns the table printed by ``jobpulse kinds``."""
+    rows = (
+        (
+            k.kind,
+            "yes" if k.paused else "no",
+            k.max_running_chunks or "-",
+            k.pending_chunks,
+            k.running_chunks,
+        )
+        for k in kinds
+    )
+    return table(("KIND", "PAUSED", "CAP", "PENDING", "RUNNING"), rows)
+
+
 def job_details(job: job_pb2.Job) -> str:
     """Returns the key/value block printed by ``jobpulse get``."""
     progress = job.progress

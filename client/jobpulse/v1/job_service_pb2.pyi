@@ -1649,3 +1649,169 @@ class CreateEventsTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateEventsTokenResponse: _TypeAlias = CreateEventsTokenResponse  # noqa: Y015
+
+@_typing.final
+class Kind(_message.Message):
+    """Kind is one kind of work (CreateJobRequest.kind) with the controls on the
+    claim that hold for every job of that kind, whoever owns it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
+    PENDING_CHUNKS_FIELD_NUMBER: _builtins.int
+    RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name: "kinds/{kind}"."""
+    kind: _builtins.str
+    """The kind, as jobs and workers name it ("default" for jobs created without one)."""
+    paused: _builtins.bool
+    """While true no chunk of the kind is claimed; chunks running when it was
+    paused finish, fail and retry as usual (a retried one waits too).
+    """
+    max_running_chunks: _builtins.int
+    """At most this many of the kind's chunks PROCESSING at once, across every
+    replica; 0 means no limit. 0 to 1000000.
+    """
+    pending_chunks: _builtins.int
+    """Output only: the kind's chunks PENDING now (for a key that sees only its
+    own jobs, of those jobs).
+    """
+    running_chunks: _builtins.int
+    """Output only: the kind's chunks PROCESSING now (as pending_chunks, of the
+    caller's own jobs for such a key).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        max_running_chunks: _builtins.int = ...,
+        pending_chunks: _builtins.int = ...,
+        running_chunks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "max_running_chunks", b"max_running_chunks", "name", b"name", "paused", b"paused", "pending_chunks", b"pending_chunks", "running_chunks", b"running_chunks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Kind: _TypeAlias = Kind  # noqa: Y015
+
+@_typing.final
+class ListKindsRequest(_message.Message):
+    """ListKindsRequest pages through the kinds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Kinds per page: default 100, values above 1000 are lowered to 1000."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKindsRequest: _TypeAlias = ListKindsRequest  # noqa: Y015
+
+@_typing.final
+class ListKindsResponse(_message.Message):
+    """ListKindsResponse is one page of kinds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KINDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Kind]:
+        """The kinds of this page, in kind order."""
+
+    def __init__(
+        self,
+        *,
+        kinds: _abc.Iterable[Global___Kind] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKindsResponse: _TypeAlias = ListKindsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateKindRequest(_message.Message):
+    """UpdateKindRequest changes a kind's controls (AIP-134)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def kind(self) -> Global___Kind:
+        """The kind to change, named by name ("kinds/{kind}") or kind (if both are
+        set they must agree), with the new values of the fields in update_mask.
+        The output only fields are ignored.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which of "paused", "max_running_chunks" to change. Empty: every one of
+        them that is set to other than its default (paused true,
+        max_running_chunks not 0); so resuming or removing a cap names its path.
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___Kind | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKindRequest: _TypeAlias = UpdateKindRequest  # noqa: Y015
+
+@_typing.final
+class UpdateKindResponse(_message.Message):
+    """UpdateKindResponse carries the kind after the update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def kind(self) -> Global___Kind:
+        """The kind, with its counts now."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___Kind | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKindResponse: _TypeAlias = UpdateKindResponse  # noqa: Y015

@@ -128,6 +128,16 @@ class JobServiceStub(object):
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.FromString,
                 )
+        self.ListKinds = channel.unary_unary(
+                '/jobpulse.v1.JobService/ListKinds',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListKindsRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListKindsResponse.FromString,
+                )
+        self.UpdateKind = channel.unary_unary(
+                '/jobpulse.v1.JobService/UpdateKind',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateKindRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateKindResponse.FromString,
+                )
 
 
 class JobServiceServicer(object):
@@ -322,6 +332,30 @@ class JobServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKinds(self, request, context):
+        """Lists the kinds of work, in kind order: every kind with a control set by
+        UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
+        controls and those counts. Any key may call it, a worker key too. A key
+        that sees only its own jobs gets the counts of its own jobs' chunks (and
+        the kinds of those, and every kind with a control, since a control holds
+        for every owner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKind(self, request, context):
+        """Sets a kind's controls on the claim (admin keys only): paused (none of the
+        kind's chunks is claimed, whoever owns the job; running ones finish) and
+        max_running_chunks (at most that many of the kind's chunks PROCESSING at
+        once). Both hold across every replica from the moment the call returns. A
+        kind with no chunks yet may be updated (paused ahead of time). A bad name,
+        mask path or cap is INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +453,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CreateEventsToken,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.SerializeToString,
+            ),
+            'ListKinds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKinds,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListKindsRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListKindsResponse.SerializeToString,
+            ),
+            'UpdateKind': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKind,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateKindRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateKindResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -769,5 +813,39 @@ class JobService(object):
         return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/CreateEventsToken',
             jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.CreateEventsTokenResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListKinds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/ListKinds',
+            jobpulse_dot_v1_dot_job__service__pb2.ListKindsRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.ListKindsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UpdateKind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/UpdateKind',
+            jobpulse_dot_v1_dot_job__service__pb2.UpdateKindRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.UpdateKindResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -139,6 +139,22 @@ class JobServiceStub:
     unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
     1 s .. 24 h is INVALID_ARGUMENT.
     """
+    ListKinds: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListKindsRequest, _job_service_pb2.ListKindsResponse]
+    """Lists the kinds of work, in kind order: every kind with a control set by
+    UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
+    controls and those counts. Any key may call it, a worker key too. A key
+    that sees only its own jobs gets the counts of its own jobs' chunks (and
+    the kinds of those, and every kind with a control, since a control holds
+    for every owner).
+    """
+    UpdateKind: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.UpdateKindRequest, _job_service_pb2.UpdateKindResponse]
+    """Sets a kind's controls on the claim (admin keys only): paused (none of the
+    kind's chunks is claimed, whoever owns the job; running ones finish) and
+    max_running_chunks (at most that many of the kind's chunks PROCESSING at
+    once). Both hold across every replica from the moment the call returns. A
+    kind with no chunks yet may be updated (paused ahead of time). A bad name,
+    mask path or cap is INVALID_ARGUMENT naming the field.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -250,6 +266,22 @@ class JobServiceAsyncStub(JobServiceStub):
     else (no RPC, no other job), until expire_time. Every replica accepts it. An
     unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
     1 s .. 24 h is INVALID_ARGUMENT.
+    """
+    ListKinds: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListKindsRequest, _job_service_pb2.ListKindsResponse]  # type: ignore[assignment]
+    """Lists the kinds of work, in kind order: every kind with a control set by
+    UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
+    controls and those counts. Any key may call it, a worker key too. A key
+    that sees only its own jobs gets the counts of its own jobs' chunks (and
+    the kinds of those, and every kind with a control, since a control holds
+    for every owner).
+    """
+    UpdateKind: _aio.UnaryUnaryMultiCallable[_job_service_pb2.UpdateKindRequest, _job_service_pb2.UpdateKindResponse]  # type: ignore[assignment]
+    """Sets a kind's controls on the claim (admin keys only): paused (none of the
+    kind's chunks is claimed, whoever owns the job; running ones finish) and
+    max_running_chunks (at most that many of the kind's chunks PROCESSING at
+    once). Both hold across every replica from the moment the call returns. A
+    kind with no chunks yet may be updated (paused ahead of time). A bad name,
+    mask path or cap is INVALID_ARGUMENT naming the field.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -473,6 +505,34 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         else (no RPC, no other job), until expire_time. Every replica accepts it. An
         unknown job, or another owner's, is NOT_FOUND (JOB_NOT_FOUND); a ttl outside
         1 s .. 24 h is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def ListKinds(
+        self,
+        request: _job_service_pb2.ListKindsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListKindsResponse, _abc.Awaitable[_job_service_pb2.ListKindsResponse]]:
+        """Lists the kinds of work, in kind order: every kind with a control set by
+        UpdateKind and every kind with chunks PENDING or PROCESSING, each with its
+        controls and those counts. Any key may call it, a worker key too. A key
+        that sees only its own jobs gets the counts of its own jobs' chunks (and
+        the kinds of those, and every kind with a control, since a control holds
+        for every owner).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateKind(
+        self,
+        request: _job_service_pb2.UpdateKindRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.UpdateKindResponse, _abc.Awaitable[_job_service_pb2.UpdateKindResponse]]:
+        """Sets a kind's controls on the claim (admin keys only): paused (none of the
+        kind's chunks is claimed, whoever owns the job; running ones finish) and
+        max_running_chunks (at most that many of the kind's chunks PROCESSING at
+        once). Both hold across every replica from the moment the call returns. A
+        kind with no chunks yet may be updated (paused ahead of time). A bad name,
+        mask path or cap is INVALID_ARGUMENT naming the field.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,8 +19,10 @@ from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import (
     DEFAULT_PAGE_CHUNKS,
     DEFAULT_PAGE_JOBS,
+    DEFAULT_PAGE_KINDS,
     MAX_PAGE_CHUNKS,
     MAX_PAGE_JOBS,
+    MAX_PAGE_KINDS,
     Ctx,
     full_view,
 )
@@ -31,6 +33,7 @@ from jobpulse_server.domain.model import (
     DEFAULT_KIND,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
+    MAX_RUNNING_CHUNKS,
     ChunkState,
     JobHead,
     JobState,
@@ -43,9 +46,18 @@ from jobpulse_server.services.events_tokens import DEFAULT_TTL_US, MIN_TTL_US, E
 from jobpulse_server.services.events_tokens import MAX_TTL_US as MAX_EVENTS_TTL_US
 from jobpulse_server.services.export import export_jobs
 from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
+from jobpulse_server.services.kinds import KindService
 from jobpulse_server.services.watch import FeedService, WatchService, horizon_cursor
 from jobpulse_server.services.webhooks import WebhookService
-from jobpulse_server.wire.convert import chunk_pb, duration, duration_from_us, job_pb, timestamp
+from jobpulse_server.wire.convert import (
+    KIND_NAME_PREFIX,
+    chunk_pb,
+    duration,
+    duration_from_us,
+    job_pb,
+    kind_pb,
+    timestamp,
+)
 from jobpulse_server.wire.filters import job_filter, time_range
 from jobpulse_server.wire.validation import (
     MAX_BATCH,
@@ -72,6 +84,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     """jobpulse.v1.JobService."""
 
     ROLES = auth.CLIENT_ROLES
+    # The methods only an admin key may call (a kind's controls hold for every owner's jobs).
+    ADMIN_METHODS = ("UpdateKind",)
+    # ListKinds: any key, a worker's too (it says why a kind gets no work: paused, or at its cap).
+    KINDS_ROLES = auth.CLIENT_ROLES | auth.WORKER_ROLES
 
     def __init__(
         self,
@@ -82,9 +98,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         clock: Clock,
         encoded: EncodedJobs,
         tokens: EventsTokens,
+        kinds: KindService,
         retention: Retention | None = None,
     ) -> None:
         self.jobs = jobs
+        self.kinds = kinds
         self.tokens = tokens
         # The server's default ttls, for Job.expire_time (None: never shown).
         self.retention = retention
@@ -463,6 +481,45 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         token, expire = self.tokens.mint(who, request.job_id, ttl_us)
         return job_service_pb2.CreateEventsTokenResponse(token=token, expire_time=timestamp(expire))
 
+    async def ListKinds(
+        self, request: job_service_pb2.ListKindsRequest, context: Ctx
+    ) -> job_service_pb2.ListKindsResponse:
+        c = Checker()
+        c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
+        c.done()
+        page_size = min(request.page_size or DEFAULT_PAGE_KINDS, MAX_PAGE_KINDS)
+        found, token = await self.kinds.list_kinds(caller(), page_size, request.page_token)
+        return job_service_pb2.ListKindsResponse(kinds=[kind_pb(k) for k in found], next_page_token=token)
+
+    async def UpdateKind(
+        self, request: job_service_pb2.UpdateKindRequest, context: Ctx
+    ) -> job_service_pb2.UpdateKindResponse:
+        c = Checker()
+        given = request.kind
+        kind = _kind_named(given, c)
+        paths = set(request.update_mask.paths)
+        for p in sorted(paths - {"paused", "max_running_chunks"}):
+            c.fail("update_mask", f"unknown path {p!r}; allowed: max_running_chunks, paused")
+        if not paths:
+            set_fields = (("paused", given.paused), ("max_running_chunks", given.max_running_chunks))
+            paths = {name for name, value in set_fields if value}
+            c.check(
+                bool(paths),
+                "update_mask",
+                "nothing to update: set paused or max_running_chunks, and name them in update_mask to "
+                "set them back (resume, no limit)",
+            )
+        if "max_running_chunks" in paths:
+            _check_max_running(given.max_running_chunks, c, "kind.max_running_chunks")
+        c.done()
+        found = await self.kinds.update_kind(
+            caller(),
+            kind,
+            paused=given.paused if "paused" in paths else None,
+            max_running_chunks=given.max_running_chunks if "max_running_chunks" in paths else None,
+        )
+        return job_service_pb2.UpdateKindResponse(kind=kind_pb(found))
+
     async def GetJobStats(
         self, request: job_service_pb2.GetJobStatsRequest, context: Ctx
     ) -> job_service_pb2.GetJobStatsResponse:
@@ -474,10 +531,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.GetJobStatsResponse(
             stats=_stats_pb(overall), kinds=[_stats_pb(k) for k in kinds]
         )
-
-
-# The largest max_running_chunks a job may ask for (the contract's range).
-MAX_RUNNING_CHUNKS = 1_000_000
 
 
 def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None:
@@ -499,12 +552,30 @@ def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None
     return us
 
 
-def _check_max_running(value: int, c: Checker) -> None:
+def _check_max_running(value: int, c: Checker, field: str = "max_running_chunks") -> None:
     c.check(
         0 <= value <= MAX_RUNNING_CHUNKS,
-        "max_running_chunks",
+        field,
         f"must be between 0 (no limit) and {MAX_RUNNING_CHUNKS} (got {value})",
     )
+
+
+def _kind_named(given: job_service_pb2.Kind, c: Checker) -> str:
+    """The kind an UpdateKindRequest names: by ``name`` ("kinds/{kind}") or ``kind``; both must agree."""
+    by_name = ""
+    if given.name:
+        if not given.name.startswith(KIND_NAME_PREFIX) or given.name == KIND_NAME_PREFIX:
+            c.fail("kind.name", f"must be {KIND_NAME_PREFIX}{{kind}} (got {given.name[:MAX_ID]!r})")
+            return ""
+        by_name = given.name[len(KIND_NAME_PREFIX) :]
+        c.text(by_name, "kind.name", MAX_ID)
+    if given.kind:
+        c.text(given.kind, "kind.kind", MAX_ID)
+        if by_name and by_name != given.kind:
+            c.fail("kind.kind", f"names another kind than kind.name ({given.kind[:MAX_ID]!r})")
+    if not by_name and not given.kind:
+        c.fail("kind.name", f"is required: {KIND_NAME_PREFIX}{{kind}} (or set kind.kind)")
+    return by_name or given.kind
 
 
 def _schedule_us(request: job_service_pb2.CreateJobRequest, c: Checker, now: int) -> int | None:

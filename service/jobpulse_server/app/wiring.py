@@ -51,9 +51,11 @@ from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.logs import Observer, stamp_trace_ids
 from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.platform.tracing import OFF, StoreSpans, Tracing, tracing_for, tracing_from_environment
+from jobpulse_server.services import auth
 from jobpulse_server.services.auth import Authenticator, is_loopback
 from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
+from jobpulse_server.services.kinds import KindService
 from jobpulse_server.services.latency import Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
@@ -237,6 +239,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     outbox = Outbox(functools.partial(webhook_job, retention=retention), progress_us)
     latency = Latency(metrics)
     jobs = JobService(db, outbox, config, clock, latency, tracer=tracing.tracer)
+    kinds = KindService(db, clock)
     observer = Observer(metrics)
     throughput = Throughput(db, clock)
     workers = WorkerService(
@@ -271,6 +274,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         SERVICE_NAMES[1]: WorkerServicer.ROLES,
         SERVICE_NAMES[2]: AdminServicer.ROLES,
         f"{SERVICE_NAMES[2]}/GetUsage": AdminServicer.USAGE_ROLES,
+        **{f"{SERVICE_NAMES[0]}/{m}": auth.ADMIN_ROLES for m in JobServicer.ADMIN_METHODS},
+        f"{SERVICE_NAMES[0]}/ListKinds": JobServicer.KINDS_ROLES,
         # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
         OPERATIONS_SERVICE: OperationsServicer.ROLES,
     }
@@ -313,6 +318,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             clock,
             encoded,
             tokens,
+            kinds,
             retention,
         ),
         guarded,
@@ -347,6 +353,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             sessions,
             Extras(server_health.report, server_health.leases, workers.workers_seen, started),
             clock,
+            kinds,
             throughput,
         )
         side = HttpSide(

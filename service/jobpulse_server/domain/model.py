@@ -294,9 +294,9 @@ def fair_order(
     index). Among chunks of one priority, an owner's n-th chunk has the turn ``running[owner] + n``
     (``running``: the chunks of that owner's jobs PROCESSING now); lower turns are claimed first. So the
     owner with the fewest running chunks goes first, and a claim of several chunks deals them out as if
-    claimed one by one. Owners whose turns tie are ordered by ``fair_tie`` of this claim's ``spin`` (a
-    number each claim draws anew), so over many claims each goes first as often (one worker alone:
-    its owners take turns, where the oldest job would otherwise win every tie); then today's order.
+    claimed one by one. Owners whose turns tie are ordered by ``fair_tie`` of this claim's ``spin`` (its
+    time in microseconds: a new one each claim), so over many claims each goes first as often (one
+    worker alone: its owners take turns, where the oldest job would win every tie); then today's order.
     The claim writes this rule in SQL on PostgreSQL (statements.pg_candidate_jobs, pg_ready_of_jobs)
     and walks it owner by owner on SQLite (store/tx.py ``SqlTx._fair``);
     tests/integration/test_fair_order.py holds both to it."""
@@ -329,6 +329,37 @@ def eta_seconds(
         return None
     rate = items_done / elapsed
     return max(0.0, (total_items - items_done) / rate)
+
+
+# The largest max_running_chunks a job or a kind may have (the contract's range); 0 is no limit.
+MAX_RUNNING_CHUNKS = 1_000_000
+
+
+@dataclass
+class Kind:
+    """One kind of work: the controls UpdateKind set on the claim for every job of the kind, whoever
+    owns it, and (as ListKinds reads it) its chunks PENDING and PROCESSING now. A kind never updated has
+    the defaults (not paused, no cap) and no stored row."""
+
+    kind: str
+    # No chunk of the kind is claimed while set; running ones finish.
+    paused: bool = False
+    # At most this many of the kind's chunks PROCESSING at once, across replicas; 0: no limit.
+    max_running_chunks: int = 0
+    pending_chunks: int = 0
+    running_chunks: int = 0
+    # When UpdateKind last wrote the kind's controls; None: never.
+    update_time: int | None = None
+
+    def claimable(self, running: int) -> int | None:
+        """The claim rule of the kind's controls, as ``Job.claimable`` for a job's: how many more of the
+        kind's ready chunks a claim may take while ``running`` of them are PROCESSING; None for no limit.
+        None of them while paused; at max_running_chunks, none until one ends."""
+        if self.paused:
+            return 0
+        if self.max_running_chunks:
+            return max(0, self.max_running_chunks - running)
+        return None
 
 
 def blocked(state: JobState, schedule_time: int | None, now: int) -> bool:

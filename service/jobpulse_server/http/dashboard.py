@@ -44,7 +44,9 @@ from jobpulse_server.http import present
 from jobpulse_server.http.errors import error_response, response_for
 from jobpulse_server.http.query import filter_request, job_state, parse
 from jobpulse_server.http.session import CrossSite, Sessions, same_origin
+from jobpulse_server.services import auth
 from jobpulse_server.services.jobs import JobListing, JobService
+from jobpulse_server.services.kinds import KindService
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.webhooks import WebhookService
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZES = (10, 20, 50, 100)
 DEFAULT_PAGE_SIZE = 20
 CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
+KINDS_SHOWN = 100  # kinds per page of the Kinds page
 FLASH = "jobpulse_flash"
 _MAX_FORM = 64 * 1024
 _ORDER_NAMES = {
@@ -107,9 +110,11 @@ class Dashboard:
         sessions: Sessions,
         extras: Extras,
         clock: Callable[[], int],
+        kinds: KindService,
         throughput: Throughput | None = None,
     ) -> None:
         self.jobs = jobs
+        self.kinds = kinds
         self.webhooks = webhooks
         self.usage = usage
         self.sessions = sessions
@@ -155,6 +160,9 @@ class Dashboard:
             Route("/jobs/{job_id}/priority", self.priority, methods=["POST"]),
             Route("/jobs/{job_id}/chunks/{chunk_id}/retry", self.retry_chunk, methods=["POST"]),
             Route("/actions/bulk", self.bulk, methods=["POST"]),
+            Route("/kinds", self.kinds_page, methods=["GET"]),
+            Route("/kinds/pause", self.pause_kind, methods=["POST"]),
+            Route("/kinds/resume", self.resume_kind, methods=["POST"]),
             Route("/stats", self.stats_page, methods=["GET"]),
             Route("/stats/throughput", self.throughput_json, methods=["GET"]),
             Route("/health", self.health_page, methods=["GET"]),
@@ -460,6 +468,54 @@ class Dashboard:
             if problems:
                 text += f" {len(problems)} not: " + "; ".join(problems[:3])
             return text
+
+        return await self._act(request, act, back)
+
+    # --- kinds ------------------------------------------------------------------------------
+
+    async def kinds_page(self, request: Request) -> Response:
+        async def build(who: Principal) -> Response:
+            token = dict(parse(request.url.query)).get("page_token", "")
+            kinds, next_token = await self.kinds.list_kinds(who, KINDS_SHOWN, token)
+            return self._render(
+                request,
+                "kinds.html",
+                who=who,
+                kinds=kinds,
+                next_token=next_token,
+                here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+                # The buttons are shown to those who may use them; the service checks it again.
+                admin=who.role in auth.ADMIN_ROLES,
+                title="Kinds",
+            )
+
+        return await self._page(request, build)
+
+    async def pause_kind(self, request: Request) -> Response:
+        return await self._kind_action(request, paused=True)
+
+    async def resume_kind(self, request: Request) -> Response:
+        return await self._kind_action(request, paused=False)
+
+    async def _kind_action(self, request: Request, *, paused: bool) -> Response:
+        """UpdateKind's pause or resume from the Kinds page: the same service call, and so the same
+        permission (admin), as the RPC; back to the page it was posted from."""
+        try:
+            fields = dict(await _form(request))
+        except DomainError as exc:
+            return self._error_page(request, exc)
+        back = fields.get("back", "")
+        back = back if back.startswith("/kinds") and _next(back) == back else "/kinds"
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            kind = form.get("kind", "").strip()
+            c = Checker()
+            c.text(kind, "kind", MAX_ID, required=True)
+            c.done()
+            await self.kinds.update_kind(who, kind, paused=paused)
+            if paused:
+                return f"Paused {kind}: no chunk of it is claimed until it is resumed; running ones finish."
+            return f"Resumed {kind}: its chunks are claimed again."
 
         return await self._act(request, act, back)
 

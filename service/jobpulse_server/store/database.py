@@ -11,7 +11,6 @@ once and must not act outside the transaction.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import secrets
@@ -80,8 +79,6 @@ class SqlStore:
         self.on_retry = on_retry
         self.on_wake = on_wake
         self.fair_share = fair_share
-        # Each write transaction's spin, for its claim's ties between owners (domain/model.py fair_tie).
-        self.spins = itertools.count()
         # Names this server in change notifications (several replicas may share a database).
         self.replica_id = secrets.token_hex(6)
         # When the first chunk waiting out a retry backoff comes due (store/waiting.py).
@@ -166,7 +163,6 @@ class SqlStore:
                     self.replica_id,
                     self.waiting,
                     fair=self.fair_share,
-                    spin=next(self.spins),
                     owners=self.owners if self.dialect.postgres else None,
                 )
                 result = await body(tx)

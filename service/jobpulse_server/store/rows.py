@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import jobpulse_server.store.tables as tables
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, Summary
+from jobpulse_server.domain.model import (
+    Artifact,
+    Chunk,
+    ChunkState,
+    Job,
+    JobHead,
+    JobState,
+    Kind,
+    Summary,
+)
 
 # In the tables' own column order (tables.py), which the positional mappings below follow.
 JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
@@ -254,3 +263,16 @@ def artifact_from_row(r: Sequence[Any]) -> Artifact:
 def head_from_row(r: Sequence[Any]) -> JobHead:
     """A JobHead from a row in JOB_HEAD_SELECT order."""
     return JobHead(r[0], r[1], _JOB_STATES[r[2]], r[3], r[4], r[5], r[6], r[7], r[8])
+
+
+def kind_from_row(r: Sequence[Any]) -> Kind:
+    """A row of statements.KIND_SELECT (the kind's controls; NULLs for a kind without a row), then its
+    pending and running chunks if the row has them."""
+    return Kind(
+        kind=r[0],
+        paused=bool(r[1]),
+        max_running_chunks=int(r[2] or 0),
+        update_time=None if r[3] is None else int(r[3]),
+        pending_chunks=int(r[4]) if len(r) > 4 else 0,
+        running_chunks=int(r[5]) if len(r) > 5 else 0,
+    )

@@ -401,6 +401,47 @@ def may_claim(alias: str) -> str:
     return f"NOT {a}paused AND ({a}max_running_chunks = 0 OR {a}n_processing < {a}max_running_chunks)"
 
 
+def kind_open(alias: str) -> str:
+    """PostgreSQL: a job whose kind is not paused (UpdateKind; ``Kind.claimable``), a probe of the kinds
+    table's key; ``alias`` the job row's, with its dot. Every claim statement reads the kinds table, so
+    UpdateKind's lock on it (SqlTx.update_kind) waits for the claims under way and orders the later
+    ones after its change. (A chunk has its job's kind.)"""
+    return f"NOT EXISTS (SELECT 1 FROM kinds AS kk WHERE kk.kind = {alias}kind AND kk.paused)"
+
+
+def kind_capped(jobs: str) -> str:
+    """PostgreSQL: whether a job of the relation ``jobs`` (with kind) is of a kind with a
+    max_running_chunks: the group commit's claims leave those to the general path, which counts the
+    kind's running chunks under the kind's lock (SqlTx.claim)."""
+    return (
+        f"EXISTS (SELECT 1 FROM {jobs} AS cj JOIN kinds AS ck ON ck.kind = cj.kind "
+        "WHERE ck.max_running_chunks > 0)"
+    )
+
+
+@_built
+def running_of_kinds(d: Dialect, n_kinds: int) -> str:
+    """The chunks of each of ``n_kinds`` kinds (parameters ``kind``, as ``Dialect.values``) PROCESSING
+    now, from the running chunks (at most one per lease)."""
+    index = "" if d.postgres else " INDEXED BY ix_chunks_lease"
+    return (
+        f"SELECT kind, count(*) FROM chunks{index} WHERE state = {tables.RUNNING} "
+        f"AND {d.any_of('kind', n_kinds)} GROUP BY kind"
+    )
+
+
+@functools.cache
+def capped_kinds(n_kinds: int, *, lock: bool) -> str:
+    """PostgreSQL: the kinds with a max_running_chunks (not paused), among :kinds when ``n_kinds``, in
+    kind order and, with ``lock``, locked (the order every claim that counts them locks them in)."""
+    kinds = " AND kind = ANY(:kinds)" if n_kinds else ""
+    locked = " FOR UPDATE" if lock else ""
+    return (
+        f"SELECT kind, max_running_chunks FROM kinds WHERE max_running_chunks > 0 AND NOT paused{kinds} "
+        f"ORDER BY kind{locked}"
+    )
+
+
 def room(alias: str, limit: str) -> str:
     """PostgreSQL: how many of a job's ready chunks one claim may take, ``Job.claimable`` capped by
     ``limit``: what max_running_chunks leaves, or ``limit`` when the job has none."""
@@ -465,7 +506,9 @@ def fair_turn(row: str, owner: str, running: str) -> str:
     )
 
 
-def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "") -> str:
+def pg_candidate_jobs(
+    ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "", full: str = ""
+) -> str:
     """PostgreSQL: the jobs of the first ``limit`` ``ready`` chunks in claim order (a claim's candidates,
     locked before their chunks); ``kinds``: the kinds' placeholder when the claim names kinds. ``limit``
     is a number written in (the group commit's generic plans guess a bound LIMIT takes a tenth of the
@@ -481,8 +524,11 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = F
 
     ``fair`` (domain/model.py fair_order): the same walk owner by owner (PG_OWNERS, then each owner's
     first ``limit`` rows through ix_jobs_fair), the rows of all owners ordered by their turns; ``held``
-    as owner_running's."""
+    as owner_running's. Jobs of a paused kind are passed over (kind_open); ``full``: the placeholder of
+    the kinds at their max_running_chunks, passed over too."""
     job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
+    job_kinds += f" AND NOT (pj.kind = ANY({full}))" if full else ""
+    job_kinds += f" AND {kind_open('pj.')}"
     walk = (
         f"FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
         f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {room('pj.', limit)}) AS r "
@@ -501,12 +547,14 @@ def pg_candidate_jobs(ready: str, limit: str, kinds: str = "", *, fair: bool = F
     )
 
 
-def is_candidate(ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "") -> str:
-    """PostgreSQL: a job row (unaliased) is one of pg_candidate_jobs'. Fair's as an array, each job found
-    by its key: as an IN of its ordered subquery, a generic plan of 256 slots hashed it against a scan
-    of every job."""
-    found = pg_candidate_jobs(ready, limit, kinds, fair=fair, held=held)
-    return f"id = ANY(ARRAY({found}))" if fair else f"id IN ({found})"
+def is_candidate(
+    ready: str, limit: str, kinds: str = "", *, fair: bool = False, held: str = "", full: str = ""
+) -> str:
+    """PostgreSQL: a job row (unaliased) is one of pg_candidate_jobs', as an array, each job found by
+    its key: as an IN of the subquery, a generic plan of 256 slots hashed it against a scan of every job
+    once a hundred jobs had pending chunks (test_worker_plans)."""
+    found = pg_candidate_jobs(ready, limit, kinds, fair=fair, held=held, full=full)
+    return f"id = ANY(ARRAY({found}))"
 
 
 def pg_ready_of_jobs(
@@ -548,7 +596,9 @@ def pg_claim(n_kinds: int, *, skip_locked: bool, fair: bool = False) -> str:
     passed over), then takes those jobs' ready chunks (SKIP LOCKED), in one round trip, as two arrays of
     rows. The candidates and their chunks are read as the group commit's claim reads them; ``fair``: in
     fair_order, the running counts of the jobs the transaction changed already as it has them (held_ids,
-    held_n). Parameters: kinds (an array, when named), limit; held_ids, held_n, spin when ``fair``."""
+    held_n). Jobs of paused kinds and of the kinds ``full`` (at their max_running_chunks) are passed over.
+    Parameters: kinds (an array, when named), limit, full (an array); held_ids, held_n, spin when
+    ``fair``."""
     kinds = ":kinds" if n_kinds else ""
     ready = pg_ready(kinds)
     limit = ":limit"
@@ -556,7 +606,8 @@ def pg_claim(n_kinds: int, *, skip_locked: bool, fair: bool = False) -> str:
     held = HELD_RUNNING if fair else ""
     # may_claim again: a job locked after another claim's commit is judged as that commit left it.
     jobs = (
-        f"SELECT {JOB_SELECT} FROM jobs WHERE {is_candidate(ready, limit, kinds, fair=fair, held=held)} "
+        f"SELECT {JOB_SELECT} FROM jobs WHERE "
+        f"{is_candidate(ready, limit, kinds, fair=fair, held=held, full=':full')} "
         f"AND {may_claim('')} ORDER BY id{lock}"
     )
     columns = ", ".join(f"ch.{c}" for c in CHUNK_COLUMNS)
@@ -943,6 +994,69 @@ INSERT_EVENTS_SECRET = (
 )
 DROP_OLD_SECRETS = "DELETE FROM events_token_secrets WHERE retire_time < :before"
 RETIRE_SECRETS = "UPDATE events_token_secrets SET retire_time = :now WHERE retire_time IS NULL"
+
+
+# --- kinds: their controls on the claim (UpdateKind) and their chunks now (ListKinds) ------------------
+
+KIND_SELECT = "kind, paused, max_running_chunks, update_time"
+
+# UpdateKind, in one statement: the kind's row made or changed. A NULL parameter keeps the stored value
+# (a new row's default), so two updates of a kind without a row yet, or of different fields, cannot lose
+# each other's field; the row lock it takes orders it with any claim that locks the row (FOR SHARE).
+# Parameters: kind, paused, max_running_chunks (each NULL to keep), update_time.
+UPDATE_KIND = (
+    "INSERT INTO kinds (kind, paused, max_running_chunks, update_time) "
+    "VALUES (:kind, COALESCE(:paused, false), COALESCE(:max_running_chunks, 0), :update_time) "
+    "ON CONFLICT (kind) DO UPDATE SET paused = COALESCE(:paused, kinds.paused), "
+    "max_running_chunks = COALESCE(:max_running_chunks, kinds.max_running_chunks), "
+    f"update_time = :update_time RETURNING {KIND_SELECT}"
+)
+# PostgreSQL, UpdateKind's transaction first (SqlTx.update_kind): the claims' reads of the table wait.
+LOCK_KINDS = "LOCK TABLE kinds IN ACCESS EXCLUSIVE MODE"
+GET_KIND = f"SELECT {KIND_SELECT} FROM kinds WHERE kind = :kind"
+
+# Jobs that may have chunks PENDING or PROCESSING (a terminal job has neither), read through
+# ix_jobs_state_id; their n_pending and n_processing are the chunks' counts.
+_LIVE_JOBS = (
+    f"state IN ({int(JobState.PENDING)}, {int(JobState.PROCESSING)}, {int(JobState.CANCELLING)}) "
+    "AND (n_pending > 0 OR n_processing > 0)"
+)
+
+
+@_built
+def kind_controls(d: Dialect, n_kinds: int) -> str:
+    """The controls in force (paused, or a max_running_chunks) of the kinds a claim asks for, with the
+    parameters of ``ready_params`` (``n_kinds`` 0: of every kind): what ``domain.model.Kind.claimable``
+    needs beside the kinds' running chunks (``running_of_kinds``). A kind without a row, or whose row is
+    back at the defaults, has none."""
+    kinds = f" AND {d.any_of('kind', n_kinds)}" if n_kinds else ""
+    return f"SELECT {KIND_SELECT} FROM kinds WHERE (paused OR max_running_chunks > 0){kinds}"
+
+
+@_built
+def kind_chunks(owned: bool) -> str:
+    """The chunks PENDING and PROCESSING of the kind ``kind`` (``owned``: of the jobs of ``owner``)."""
+    owner = " AND owner = :owner" if owned else ""
+    return (
+        "SELECT CAST(COALESCE(SUM(n_pending), 0) AS BIGINT), CAST(COALESCE(SUM(n_processing), 0) AS BIGINT) "
+        f"FROM jobs WHERE {_LIVE_JOBS} AND kind = :kind{owner}"
+    )
+
+
+@_built
+def list_kinds(owned: bool) -> str:
+    """ListKinds: the first ``limit`` kinds after ``after`` in kind order, of those with a row in kinds
+    and those with chunks PENDING or PROCESSING (``owned``: of the jobs of ``owner``), each as KIND_SELECT
+    (NULLs for a kind without a row) then its pending and running chunks."""
+    owner = " AND owner = :owner" if owned else ""
+    return (
+        "SELECT u.kind, k.paused, k.max_running_chunks, k.update_time, u.pending, u.running FROM ("
+        "SELECT kind, CAST(SUM(pending) AS BIGINT) AS pending, CAST(SUM(running) AS BIGINT) AS running "
+        "FROM (SELECT kind, 0 AS pending, 0 AS running FROM kinds WHERE kind > :after UNION ALL "
+        f"SELECT kind, n_pending, n_processing FROM jobs WHERE {_LIVE_JOBS} AND kind > :after{owner}) AS a "
+        "GROUP BY kind ORDER BY kind LIMIT :limit) AS u "
+        "LEFT JOIN kinds AS k ON k.kind = u.kind ORDER BY u.kind"
+    )
 
 
 # --- usage per key, throughput per minute -------------------------------------------------------------

@@ -341,3 +341,19 @@ throughput_minutes = Table(
     Column("chunks", BigInteger, nullable=False),
     Column("items", BigInteger, nullable=False),
 )
+
+# A kind's controls on the claim (UpdateKind): one row per kind ever updated, kept when its controls
+# return to the defaults (a kind without a row has the defaults: not paused, no cap). ListKinds reads
+# them beside the kinds' pending and running chunks (statements.list_kinds); the claims read the
+# controls in force (statements.KIND_CONTROLS).
+kinds = Table(
+    "kinds",
+    metadata,
+    Column("kind", String(128), primary_key=True),
+    # No chunk of the kind is claimed while true; running ones finish.
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    # At most this many of the kind's chunks PROCESSING at once (0: no limit).
+    Column("max_running_chunks", Integer, nullable=False, server_default=text("0")),
+    # When UpdateKind last wrote the row.
+    Column("update_time", BigInteger, nullable=False),
+)

@@ -13,7 +13,7 @@ import json
 import math
 import operator
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -21,7 +21,7 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, fair_tie
+from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, Kind, fair_tie
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
@@ -39,6 +39,7 @@ from jobpulse_server.store.rows import (
     head_from_row,
     job_from_row,
     job_saved,
+    kind_from_row,
 )
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
 
@@ -88,14 +89,11 @@ class SqlTx:
         waiting: Waiting | None = None,
         *,
         fair: bool = True,
-        spin: int = 0,
         owners: Owners | None = None,
     ) -> None:
         self.conn = conn
         # Claims rotate across owners (domain/model.py fair_order); False: priority, then the oldest job.
-        # ``spin``: this transaction's claim's, for the owners whose turns tie (fair_tie).
         self.fair = fair
-        self.spin = spin
         # PostgreSQL: whether several owners have pending chunks, as last seen (store/owners.py).
         self.owners = owners
         self.d = dialect
@@ -292,15 +290,21 @@ class SqlTx:
         turn; SQLite keeps the first chunks when they and every job with pending chunks have one owner,
         and otherwise deals the owners' chunks by turn (``_fair``)."""
         if self.d.postgres:
+            rooms = await self._capped_rooms(kinds, holding=skip_locked)
             fair = self.fair and await self._several_owners()
             claim = q.pg_claim(len(kinds), skip_locked=skip_locked, fair=fair)
-            params: dict[str, Any] = {"kinds": list(kinds), "limit": limit}
+            full = [k for k, left in rooms.items() if left <= 0]
+            params: dict[str, Any] = {"kinds": list(kinds), "limit": limit, "full": full}
             if fair:  # fair share counts the running chunks of the jobs held as they are now
                 params.update(held_ids=list(held), held_n=[j.summary.processing for j in held.values()])
-                params["spin"] = str(self.spin)
+                params["spin"] = str(now)  # the ties' (domain/model.py fair_tie)
             row = await self.conn.fetchrow(claim, params)
             jobs, chunks = row if row else (None, None)
-            return {j.id: j for j in map(job_from_row, jobs or ())}, list(map(chunk_from_row, chunks or ()))
+            picked = list(map(chunk_from_row, chunks or ()))
+            if rooms:  # no more of a capped kind's chunks than its room
+                room = _Room(lambda job_id: None, rooms)
+                picked = [c for c in picked if not room.full(c) and room.take(c)]
+            return {j.id: j for j in map(job_from_row, jobs or ())}, picked
         waiting = self.waiting
         if waiting is not None and waiting.is_due(now):
             # One writer: the due retries join the claim order in this transaction (store/waiting.py).
@@ -310,13 +314,48 @@ class SqlTx:
         params = {**q.ready_params(self.d, kinds), "limit": limit}
         picked = list(map(chunk_from_row, await self.conn.fetch(q.pick_ready(self.d, len(kinds)), params)))
         found = await self._jobs_of(picked, held, {})
+        room = _Room(
+            lambda job_id: (held.get(job_id) or found[job_id]).claimable(), await self._kind_rooms(kinds)
+        )
         if self.fair and picked and await self._other_owners(picked, held, found):
-            picked = await self._fair(kinds, limit, held, found)
-            return {c.job_id: found[c.job_id] for c in picked if c.job_id in found}, picked
-        if any((held.get(c.job_id) or found[c.job_id]).claimable() is not None for c in picked):
-            picked = await self._within_controls(kinds, limit, picked, found, held)
+            # The chunks fair_order chose, returned as every claim returns them: in claim order, their
+            # jobs in id order (the order the jobs are saved in, and so their change_seq).
+            picked = sorted(await self._fair(kinds, now, limit, held, found, room), key=_claim_order)
+            return {j: found[j] for j in sorted({c.job_id for c in picked}) if j in found}, picked
+        if any(room.limits(c) for c in picked):
+            picked = await self._within_controls(kinds, limit, picked, found, held, room)
             found = {c.job_id: found[c.job_id] for c in picked if c.job_id in found}
         return found, picked
+
+    async def _kind_rooms(self, kinds: Sequence[str]) -> dict[str, int]:
+        """SQLite (one writer): how many more chunks a claim may take of each kind with a control in
+        force (``Kind.claimable``: 0 while paused; what max_running_chunks leaves), among ``kinds`` (empty:
+        any); kinds without a control are left out."""
+        controls = await self.kind_controls(kinds)
+        if not controls:
+            return {}
+        capped = sorted(k for k, c in controls.items() if c.max_running_chunks and not c.paused)
+        running = await self._running_of_kinds(capped) if capped else {}
+        return {k: c.claimable(running.get(k, 0)) or 0 for k, c in controls.items()}
+
+    async def _running_of_kinds(self, kinds: Sequence[str]) -> dict[str, int]:
+        """The chunks of each of ``kinds`` PROCESSING now, counted from the running chunks (a fresh read:
+        on PostgreSQL after the kinds' rows are locked)."""
+        rows = await self.conn.fetch(q.running_of_kinds(self.d, len(kinds)), self.d.values("kind", kinds))
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def _capped_rooms(self, kinds: Sequence[str], *, holding: bool) -> dict[str, int]:
+        """PostgreSQL: the room of each kind with a max_running_chunks (among ``kinds``; empty: any), its
+        row locked first so that claims of the kind on every replica count its running chunks one after
+        the other, then those counted in a statement of their own (its snapshot after the lock). A
+        transaction ``holding`` jobs already (a completion's next claim) takes none of a capped kind
+        (room 0) rather than lock a kind after jobs; its caller claims again on its own."""
+        rows = await self.conn.fetch(q.capped_kinds(len(kinds), lock=not holding), {"kinds": list(kinds)})
+        caps = {r[0]: int(r[1]) for r in rows}
+        if not caps or holding:
+            return dict.fromkeys(caps, 0)
+        running = await self._running_of_kinds(sorted(caps))
+        return {k: cap - running.get(k, 0) for k, cap in caps.items()}
 
     async def _jobs_of(
         self, chunks: Sequence[Chunk], held: Mapping[str, Job], found: dict[str, Job]
@@ -334,29 +373,25 @@ class SqlTx:
         first: list[Chunk],
         found: dict[str, Job],
         held: Mapping[str, Job],
+        room: _Room,
     ) -> list[Chunk]:
-        """SQLite: the first ``limit`` ready chunks in claim order whose jobs have room for them
-        (``Job.claimable``), from ``first`` (the first ``limit`` ready ones) on. Past a job with no room
-        the read seeks to the next job (statements.ready_after), so a paused job's pending chunks are
-        passed over by one index seek, not read one by one. ``found`` gets the jobs read."""
+        """SQLite: the first ``limit`` ready chunks in claim order that ``room`` allows (their jobs' and
+        kinds' controls), from ``first`` (the first ``limit`` ready ones) on. Past a job with no room the
+        read seeks to the next job (statements.ready_after), so a paused job's pending chunks are passed
+        over by one index seek, not read one by one. ``found`` gets the jobs read."""
         taken: list[Chunk] = []
-        room: dict[str, int | None] = {}
         rows = first
         while True:
             for chunk in rows:
-                job_id = chunk.job_id
-                left = room[job_id] if job_id in room else (held.get(job_id) or found[job_id]).claimable()
-                if left is not None and left <= 0:
-                    room[job_id] = 0
-                    continue
-                taken.append(chunk)
-                room[job_id] = None if left is None else left - 1
-                if len(taken) == limit:
-                    return taken
+                if not room.full(chunk):
+                    room.take(chunk)
+                    taken.append(chunk)
+                    if len(taken) == limit:
+                        return taken
             if len(rows) < limit:  # every ready chunk has been looked at
                 return taken
             last = rows[-1]
-            rows = await self._ready_after(kinds, last, limit, next_job=room.get(last.job_id) == 0)
+            rows = await self._ready_after(kinds, last, limit, next_job=room.full(last))
             await self._jobs_of(rows, held, found)
 
     async def _several_owners(self) -> bool:
@@ -381,11 +416,18 @@ class SqlTx:
         return bool(await self.conn.fetchval(q.OTHER_OWNER, {"o": owners.pop()}))
 
     async def _fair(
-        self, kinds: Sequence[str], limit: int, held: Mapping[str, Job], found: dict[str, Job]
+        self,
+        kinds: Sequence[str],
+        now: int,
+        limit: int,
+        held: Mapping[str, Job],
+        found: dict[str, Job],
+        room: _Room,
     ) -> list[Chunk]:
         """SQLite: the first ``limit`` chunks of fair_order. Each owner's chunks that may be claimed come
-        in claim order, a page at a time (statements.owner_ready), each job's within its room
-        (``Job.claimable``); the owners' next chunks are dealt by turn, lowest first, ties in claim order.
+        in claim order, a page at a time (statements.owner_ready), within ``room`` (their jobs' and
+        kinds' controls); the owners' next chunks are dealt by turn, lowest first, ties by fair_tie of
+        the claim's time ``now``.
         ``found`` gets the jobs read. Costs a probe per owner with pending chunks, and a page of each."""
         # Each owner's running chunks; the jobs this transaction changed already count as they are now.
         by_job = {r[0]: (r[1], int(r[2])) for r in await self.conn.fetch(q.SQLITE_RUNNING_BY_JOB)}
@@ -399,10 +441,9 @@ class SqlTx:
             owners.append(owner)
             owner = await self.conn.fetchval(q.NEXT_OWNER, {"o": owner})
         rows = {o: await self._owner_page(kinds, o, None, limit, next_job=False) for o in owners}
-        ties = {o: fair_tie(o, self.spin) for o in owners}
+        ties = {o: fair_tie(o, now) for o in owners}
         more = {o: len(r) == limit for o, r in rows.items()}
         turns: dict[tuple[int, str], int] = {}
-        room: dict[str, int | None] = {}
         taken: list[Chunk] = []
         while len(taken) < limit:
             heads = [o for o in owners if rows[o]]
@@ -417,17 +458,15 @@ class SqlTx:
             owner = min(heads, key=key)
             chunk = rows[owner].pop(0)
             await self._jobs_of([chunk], held, found)
-            job_id = chunk.job_id
-            left = room[job_id] if job_id in room else (held.get(job_id) or found[job_id]).claimable()
-            if left is not None and left <= 0:  # no room: the rest of this job's chunks are passed over
-                room[job_id] = 0
-                rows[owner] = [c for c in rows[owner] if c.job_id != job_id]
+            full = room.full(chunk)
+            if full:  # no room: the rest of this job's chunks are passed over
+                rows[owner] = [c for c in rows[owner] if c.job_id != chunk.job_id]
             else:
+                room.take(chunk)
                 taken.append(chunk)
-                room[job_id] = None if left is None else left - 1
                 turns[chunk.priority, owner] = turns.get((chunk.priority, owner), running.get(owner, 0)) + 1
             if not rows[owner] and more[owner]:
-                rows[owner] = await self._owner_page(kinds, owner, chunk, limit, next_job=room[job_id] == 0)
+                rows[owner] = await self._owner_page(kinds, owner, chunk, limit, next_job=full)
                 more[owner] = len(rows[owner]) == limit
         return taken
 
@@ -913,7 +952,47 @@ class SqlTx:
                 break
         return found
 
-    # --- usage per key, throughput per minute -------------------------------------------------------
+    # --- kinds ------------------------------------------------------------------------------------
+
+    async def update_kind(
+        self, kind: str, *, paused: bool | None, max_running_chunks: int | None, now: int
+    ) -> Kind:
+        """Sets the kind's controls given (None: keep), making its row if it has none; the kind's
+        controls as stored after it (statements.UPDATE_KIND: one statement, so concurrent updates of
+        different fields both hold)."""
+        if self.d.postgres:
+            # Every claim statement reads the kinds table (statements.kind_open): this waits for the
+            # claims under way on every replica to commit, and a claim that starts meanwhile waits for
+            # this commit and sees the change. So no claim of a kind paused (or over a cap) commits after
+            # UpdateKind returns. (SQLite has one writer.)
+            await self.conn.execute(q.LOCK_KINDS)
+        params = {"kind": kind, "paused": paused, "max_running_chunks": max_running_chunks}
+        row = await self.conn.fetchrow(q.UPDATE_KIND, {**params, "update_time": now})
+        assert row is not None  # RETURNING gives the row written
+        return kind_from_row(row)
+
+    async def get_kind(self, kind: str) -> Kind | None:
+        """The kind's stored controls (no counts); None for a kind never updated."""
+        row = await self.conn.fetchrow(q.GET_KIND, {"kind": kind})
+        return kind_from_row(row) if row else None
+
+    async def list_kinds(self, after: str, limit: int, owner: str | None) -> list[Kind]:
+        """ListKinds: up to ``limit`` kinds after ``after`` in kind order, those with stored controls and
+        those with chunks PENDING or PROCESSING, with those counts (``owner``: of that owner's jobs)."""
+        params = {"after": after, "limit": limit, "owner": owner}
+        rows = await self.conn.fetch(q.list_kinds(owner is not None), params)
+        return [kind_from_row(r) for r in rows]
+
+    async def kind_chunks(self, kind: str, owner: str | None) -> tuple[int, int]:
+        """The kind's chunks (PENDING, PROCESSING) now (``owner``: of that owner's jobs)."""
+        row = await self.conn.fetchrow(q.kind_chunks(owner is not None), {"kind": kind, "owner": owner})
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def kind_controls(self, kinds: Sequence[str]) -> dict[str, Kind]:
+        """The kinds among ``kinds`` (empty: any) that have a control in force (paused, or a
+        max_running_chunks), by kind: a claim's view of ``Kind.claimable`` with the kinds' running chunks."""
+        rows = await self.conn.fetch(q.kind_controls(self.d, len(kinds)), q.ready_params(self.d, kinds))
+        return {r[0]: kind_from_row(r) for r in rows}
 
     async def add_usage(self, counts: Mapping[str, KeyUsage], now: int) -> None:
         """Adds each key's counts to its stored totals. Keys in name order: two replicas flushing the same
@@ -944,3 +1023,43 @@ class SqlTx:
     async def prune_throughput(self, before_minute: int) -> int:
         """Deletes the rows of the minutes before ``before_minute``; returns how many."""
         return await self.conn.execute(q.PRUNE_THROUGHPUT, {"minute": before_minute})
+
+
+class _Room:
+    """What a claim may still take, counted down as it takes: of each job (``job_room``: its
+    ``Job.claimable``, None for no limit) and of each kind in ``kinds`` (``Kind.claimable``: 0 while
+    paused, else what its max_running_chunks leaves; kinds left out have no limit)."""
+
+    __slots__ = ("_job_room", "_jobs", "_kinds")
+
+    def __init__(self, job_room: Callable[[str], int | None], kinds: Mapping[str, int]) -> None:
+        self._job_room = job_room
+        self._jobs: dict[str, int | None] = {}
+        self._kinds = dict(kinds)
+
+    def limits(self, chunk: Chunk) -> bool:
+        """Whether a control limits what may be taken of the chunk's job or kind."""
+        return chunk.kind in self._kinds or self._left(chunk.job_id) is not None
+
+    def _left(self, job_id: str) -> int | None:
+        if job_id not in self._jobs:
+            self._jobs[job_id] = self._job_room(job_id)
+        return self._jobs[job_id]
+
+    def full(self, chunk: Chunk) -> bool:
+        """Whether the chunk's job or kind has no room left."""
+        left = self._left(chunk.job_id)
+        return (left is not None and left <= 0) or self._kinds.get(chunk.kind, 1) <= 0
+
+    def take(self, chunk: Chunk) -> bool:
+        """Counts the chunk taken (True)."""
+        left = self._left(chunk.job_id)
+        if left is not None:
+            self._jobs[chunk.job_id] = left - 1
+        if chunk.kind in self._kinds:
+            self._kinds[chunk.kind] -= 1
+        return True
+
+
+def _claim_order(chunk: Chunk) -> tuple[int, str, int]:
+    return -chunk.priority, chunk.job_id, chunk.index

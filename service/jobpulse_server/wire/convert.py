@@ -6,8 +6,8 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from jobpulse.v1 import job_pb2
-from jobpulse_server.domain.model import Artifact, Chunk, Job
+from jobpulse.v1 import job_pb2, job_service_pb2
+from jobpulse_server.domain.model import Artifact, Chunk, Job, Kind
 from jobpulse_server.domain.retention import Retention
 
 
@@ -33,6 +33,21 @@ def artifact_pb(a: Artifact) -> job_pb2.Artifact:
     return job_pb2.Artifact(
         name=a.name, uri=a.uri, media_type=a.media_type, size_bytes=a.size_bytes, chunk_index=a.chunk_index
     )
+
+
+def kind_pb(kind: Kind) -> job_service_pb2.Kind:
+    return job_service_pb2.Kind(
+        name=KIND_NAME_PREFIX + kind.kind,
+        kind=kind.kind,
+        paused=kind.paused,
+        max_running_chunks=kind.max_running_chunks,
+        pending_chunks=kind.pending_chunks,
+        running_chunks=kind.running_chunks,
+    )
+
+
+# A Kind's resource name is this and the kind.
+KIND_NAME_PREFIX = "kinds/"
 
 
 def timestamp_kwargs(us: int | None) -> dict[str, int] | None:

@@ -71,11 +71,9 @@ class GroupCommit(BatchQueue):
     def __init__(self, store: _Runs, progress_interval_us: int = 5_000_000, fair: bool = True) -> None:
         super().__init__()
         self.store = store
-        # Fair share between owners in the claims' order (domain/model.py fair_order), and the spin of
-        # the last claim statement (its ties).
+        # Fair share between owners in the claims' order (domain/model.py fair_order).
         self.fair = fair
         self.fair_now = fair  # this flush's: fair, and several owners have pending chunks
-        self.spin = 0
         # The least time between a job's job.progress webhook events (the outbox's, from the server's
         # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
         self.progress_interval_us = progress_interval_us
@@ -155,13 +153,6 @@ class GroupCommit(BatchQueue):
             return
         promoted, next_due = rows[0]
         waiting.settle(promoted, next_due, now)
-
-    def _spun(self) -> dict[str, Any]:
-        """A claim statement's spin (domain/model.py fair_tie): a new one each, with fair share on."""
-        if not self.fair_now:
-            return {}
-        self.spin += 1
-        return {"spin": str(self.spin)}
 
     def _common(self, now: int) -> dict[str, Any]:
         """The binds every flush statement shares: its clock, the NOTIFY channel, this replica, and the
@@ -311,7 +302,7 @@ class GroupCommit(BatchQueue):
         ]
         rows = await self._run_statement(
             claim_group_statement(len(kinds), len(slots), self.fair_now),
-            {**self._common(now), "kinds": list(kinds), **slots_given(slots), **self._spun()},
+            {**self._common(now), "kinds": list(kinds), **slots_given(slots), "spin": str(now)},
         )
         row = rows[0]
         self._claimed(asks, row[0], row[1], row[2], row[3], row[5])
@@ -359,7 +350,7 @@ class GroupCommit(BatchQueue):
             **self._common(now_c),
             **self._completions_given(items),
             **slots_given(slots),
-            **self._spun(),
+            "spin": str(now_k),
             "kinds": list(kinds),
             "now_k": now_k,
             "now_c": now_c,

@@ -319,11 +319,13 @@ def _picked(ready: str, jobs: str, limit: str, now: str, interval: str, fair: bo
     """CTE c: the ready chunks of the locked candidate jobs ``jobs`` (id, priority, webhook columns), in
     claim order, locked (statements.pg_ready_of_jobs); none when a claim would make a candidate job's
     webhook event (a progress event due: a claim never ends a job), and then the general path claims,
-    keeping the claim order. ``fair``: in fair_order (``jobs`` has owner), ``held`` as
-    statements.owner_running's."""
+    keeping the claim order; none either when a candidate job's kind has a max_running_chunks (the
+    general path counts the kind's running chunks under its lock: statements.kind_capped). ``fair``: in
+    fair_order (``jobs`` has owner), ``held`` as statements.owner_running's."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
     candidates = (
-        f"(SELECT id, owner, priority, max_running_chunks, n_processing FROM {jobs} WHERE NOT EXISTS {quiet})"
+        f"(SELECT id, owner, priority, max_running_chunks, n_processing FROM {jobs} "
+        f"WHERE NOT EXISTS {quiet} AND NOT {q.kind_capped(jobs)})"
     )
     columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
     return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair, held=held)}), "
@@ -395,7 +397,7 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool) -> str:
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return (
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        "WITH j AS (SELECT id, owner, priority, revision, webhook_url, webhook_progress, "
+        "WITH j AS (SELECT id, owner, kind, priority, revision, webhook_url, webhook_progress, "
         "last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
         f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
@@ -481,7 +483,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
-        "jl AS (SELECT id, owner, priority, revision, cancel_requested, webhook_url, webhook_progress, "
+        "jl AS (SELECT id, owner, kind, priority, revision, cancel_requested, webhook_url, webhook_progress, "
         "last_progress_event, paused, max_running_chunks, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
@@ -495,7 +497,8 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         # rows, each claimed chunk's revision above the flush's completions of its job.
         # The candidates as locked, each judged by may_claim as it is before this flush's completions
         # (which only leave more room).
-        "jk AS (SELECT id, owner, priority, revision, webhook_url, webhook_progress, last_progress_event, "
+        "jk AS (SELECT id, owner, kind, priority, revision, webhook_url, webhook_progress, "
+        "last_progress_event, "
         "max_running_chunks, n_processing FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
         + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval", fair, held)
