@@ -99,8 +99,10 @@ class Caller:
             return True
         if self.mode == "bogus":
             return False
-        if method == "GetUsage":  # any key, for its own usage
+        if method in ("GetUsage", "ListKinds"):  # any key: its own usage; the kinds, its own jobs' counts
             return True
+        if method == "UpdateKind":  # a kind's controls hold for every owner: admin keys only
+            return False
         return ROLE_OF_SERVICE[METHODS[method].containing_service.name] == self.mode
 
     def refusal(self) -> grpc.StatusCode:
