@@ -23,6 +23,27 @@ WORK_LEASE = duration_pb2.Duration(seconds=600)
 # the workers in flight (JOBPULSE_BENCH_MAX_RUNNING_CHUNKS=1000000), the claim's control is in use and
 # never binds: what a bench.compare against a revision without it measures is its cost.
 WORK_MAX_RUNNING = int(os.environ.get("JOBPULSE_BENCH_MAX_RUNNING_CHUNKS", "0"))
+# Kinds' controls in use (UpdateKind, before each row): "other": another kind paused and a third capped,
+# neither the rows' own; "work": the rows' own kind capped far above the workers in flight. Unset: none.
+WORK_KIND_CONTROLS = os.environ.get("JOBPULSE_BENCH_KIND_CONTROLS", "")
+KIND_CONTROLS = {
+    "": [],
+    "other": [("bench-paused", True, 0), ("bench-capped", False, 5)],
+    "work": [("bench-work", False, 1_000_000)],
+}
+
+
+async def _kind_controls(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
+    """Sets WORK_KIND_CONTROLS' controls; a server from before UpdateKind is left as it is."""
+    for kind, paused, cap in KIND_CONTROLS[WORK_KIND_CONTROLS]:
+        ask = job_service_pb2.UpdateKindRequest(
+            kind=job_service_pb2.Kind(kind=kind, paused=paused, max_running_chunks=cap)
+        )
+        try:
+            await jobs.UpdateKind(ask, timeout=TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
 
 
 @dataclass
@@ -191,6 +212,7 @@ async def chunk_throughput(
         row["backlog"] = backlog
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
+        await _kind_controls(jobs)
         new = job_service_pb2.CreateJobRequest(kind="bench-work", total_items=backlog, chunk_size=1)
         new.max_running_chunks = WORK_MAX_RUNNING  # a server from before the field ignores it
         new.display_name = f"bench work {mode.key}"
