@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -99,17 +100,27 @@ def test_max_running_chunks_holds_across_replicas(replicas: tuple[Any, Any], dat
 def test_no_claim_of_a_paused_job_after_the_pause_returns(
     replicas: tuple[Any, Any], database_url: str
 ) -> None:
+    no_claims_once_paused(
+        replicas, database_url, "pause-replicas", lambda client, job: client.pause_job(job.id)
+    )
+
+
+def no_claims_once_paused(
+    replicas: tuple[Any, Any], database_url: str, kind: str, pause: Callable[[jobpulse.Client, Any], Any]
+) -> None:
+    """Workers on both replicas work a job of ``kind`` until 50 chunks are done, then ``pause`` (client,
+    job) returns: from then on no chunk of the job is claimed on either, while they keep asking for 1 s."""
     a, _ = replicas
     with jobpulse.Client(a.address) as client:
-        job = client.create_job("pause-replicas", 5000, chunk_size=1)
+        job = client.create_job(kind, 5000, chunk_size=1)
         stop = threading.Event()
-        threads = _workers(replicas, "pause-replicas", 4, stop)
+        threads = _workers(replicas, kind, 4, stop)
         try:
             deadline = time.monotonic() + 30
             while client.get_job(job.id, view="basic").chunks_summary.completed < 50:
                 assert time.monotonic() < deadline, "the workers did not start"
                 time.sleep(0.01)
-            client.pause_job(job.id)
+            pause(client, job)
             claimed = asyncio.run(_claimed(_plain(database_url), job.id))
             time.sleep(1.0)  # the workers on both replicas keep asking meanwhile
             again = asyncio.run(_claimed(_plain(database_url), job.id))

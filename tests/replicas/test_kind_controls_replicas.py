@@ -5,12 +5,10 @@ has paused it."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from typing import Any
 
-from replicas.test_claim_controls_replicas import _claimed, _plain, _Sampler, _workers, replicas
+from replicas.test_claim_controls_replicas import _plain, _Sampler, _workers, no_claims_once_paused, replicas
 
 import jobpulse
 from jobpulse.v1 import job_pb2
@@ -43,23 +41,9 @@ def test_a_kinds_max_running_chunks_holds_across_replicas(
 def test_no_claim_of_a_paused_kind_after_update_kind_returns(
     replicas: tuple[Any, Any], database_url: str
 ) -> None:
-    a, _ = replicas
-    with jobpulse.Client(a.address) as client:
-        job = client.create_job("kind-pause-replicas", 5000, chunk_size=1)
-        stop = threading.Event()
-        threads = _workers(replicas, "kind-pause-replicas", 4, stop)
-        try:
-            deadline = time.monotonic() + 30
-            while client.get_job(job.id, view="basic").chunks_summary.completed < 50:
-                assert time.monotonic() < deadline, "the workers did not start"
-                time.sleep(0.01)
-            client.update_kind("kind-pause-replicas", paused=True)
-            claimed = asyncio.run(_claimed(_plain(database_url), job.id))
-            time.sleep(1.0)  # the workers on both replicas keep asking meanwhile
-            again = asyncio.run(_claimed(_plain(database_url), job.id))
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(30)
-
-    assert claimed == again and 50 <= claimed < 5000
+    no_claims_once_paused(
+        replicas,
+        database_url,
+        "kind-pause-replicas",
+        lambda client, job: client.update_kind("kind-pause-replicas", paused=True),
+    )
