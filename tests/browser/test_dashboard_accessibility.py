@@ -1,11 +1,12 @@
 """axe-core (from its npm package, node_modules/axe-core) on every dashboard page, in light and in dark
 mode (prefers-color-scheme emulated through the DevTools protocol): no violation of impact serious or
 critical. The pages hold what a real server shows: jobs in every state, a job still running with a chunk
-that failed for good, an open chunk panel, usage by key, the kinds with one paused, a not-found page and a
-login form."""
+that failed for good, a paused, capped and scheduled job, an open chunk panel, usage by key, the kinds
+with one paused, a not-found page and a login form."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import urllib.parse
 from pathlib import Path
@@ -51,7 +52,18 @@ def _seed(srv: Any, alice: str, worker_key: str) -> dict[str, str]:
         cancelled = sdk.create_job(kind="idle", total_items=2, display_name="Not needed")
         sdk.cancel_job(cancelled.id, reason="wrong input")
         sdk.create_job(kind="idle", total_items=2, display_name="Waiting")
-    return {"running": running.id, "failed": failed.id}
+        # Paused, capped and scheduled: the job page's notes and the list's tags for each.
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        held = sdk.create_job(
+            kind="idle",
+            total_items=6,
+            chunk_size=2,
+            display_name="Held",
+            schedule_time=later,
+            max_running_chunks=2,
+        )
+        sdk.pause_job(held.id)
+    return {"running": running.id, "failed": failed.id, "held": held.id}
 
 
 def _axe(browser: Any) -> list[dict[str, Any]]:
@@ -130,6 +142,8 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     browser.find_element(By.CSS_SELECTOR, '[data-testid="confirm-no"]').click()
     browser.get(f"{base}/jobs/{ids['failed']}")
     check("failed job", grid)
+    browser.get(f"{base}/jobs/{ids['held']}")
+    check("paused, capped and scheduled job", grid)
     browser.get(f"{base}/jobs/{ids['running']}/chunks/1")
     check("chunk")
     browser.get(base + "/stats")
