@@ -32,6 +32,9 @@ def create_job(
     ttl: float | timedelta | None = None,
     schedule_time: _convert.TimeLike | None = None,
     max_running_chunks: int = 0,
+    after: Iterable[str] = (),
+    after_mode: str | int = 0,
+    finalize_kind: str = "",
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -45,6 +48,9 @@ def create_job(
         webhook_url=webhook_url,
         webhook_progress=webhook_progress,
         max_running_chunks=max_running_chunks,
+        after=list(after),
+        after_mode=_dependency_mode(after_mode),  # type: ignore[arg-type]
+        finalize_kind=finalize_kind,
     )
     if priority is not None:
         request.priority = priority
@@ -58,6 +64,24 @@ def create_job(
     if struct is not None:
         request.metadata.CopyFrom(struct)
     return request
+
+
+_DEPENDENCY_MODES = {
+    "": job_pb2.DEPENDENCY_MODE_UNSPECIFIED,
+    "all": job_pb2.DEPENDENCY_MODE_ALL,
+    "per_chunk": job_pb2.DEPENDENCY_MODE_PER_CHUNK,
+    "per-chunk": job_pb2.DEPENDENCY_MODE_PER_CHUNK,
+}
+
+
+def _dependency_mode(mode: str | int) -> int:
+    """``"all"``, ``"per_chunk"`` (or ``"per-chunk"``) or a DependencyMode number."""
+    if isinstance(mode, int):
+        return mode
+    key = mode.lower().removeprefix("dependency_mode_")
+    if key not in _DEPENDENCY_MODES:
+        raise ValueError(f"after_mode must be 'all' or 'per_chunk', not {mode!r}")
+    return _DEPENDENCY_MODES[key]
 
 
 def get_job(job_id: str, view: JobViewLike) -> job_service_pb2.GetJobRequest:

@@ -404,6 +404,32 @@ def test_a_scheduled_job_says_when_it_starts_on_its_page_and_in_the_list(server)
         assert "scheduled" in rows[later.id] and "scheduled" not in rows[now.id]
 
 
+def test_a_pipeline_shows_its_chain_what_it_waits_for_and_its_result(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        first = sdk.create_job("dash-stage1", 1)
+        second = sdk.create_job("dash-stage2", 1, after=[first.id], finalize_kind="dash-final")
+
+        page = client.get(f"/jobs/{second.id}").text
+        note = re.search(r'<p class="note" data-testid="after">(.*?)</p>', page, re.S)
+        assert (
+            note
+            and note.group(1).startswith("Waiting: runs after")
+            and f'href="/jobs/{first.id}"' in note.group(1)
+        )
+        assert 'data-testid="finalize"' in page and "<code>dash-final</code>" in page
+        assert 'data-testid="scheduled"' not in page
+        listing = client.get("/", params={"kind": "dash-stage2"}).text
+        assert re.search(r'<td class="state"[^>]*>.*?data-testid="waiting"', listing, re.S)
+
+        for kind in ("dash-stage1", "dash-stage2", "dash-final"):
+            [c] = sdk.claim_chunks("w1", kinds=[kind])
+            result = [{"name": "out", "uri": "https://example.com/out.mp4", "role": "ARTIFACT_ROLE_RESULT"}]
+            sdk.complete_chunk(c.chunk.id, c.lease_token, result if kind == "dash-final" else None)
+        page = client.get(f"/jobs/{second.id}").text
+        assert "Waiting:" not in page
+        assert re.search(r'data-testid="result">Result: <a href="https://example.com/out.mp4"', page)
+
+
 def test_pause_and_resume_from_the_job_page(server) -> None:
     with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
         job = sdk.create_job("dash-pause", 3, chunk_size=1, max_running_chunks=2)

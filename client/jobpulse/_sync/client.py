@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -209,6 +209,9 @@ class Client:
         ttl: float | timedelta | None = None,
         schedule_time: TimeLike | None = None,
         max_running_chunks: int = 0,
+        after: Sequence[str] = (),
+        after_mode: str | int = "all",
+        finalize_kind: str = "",
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -232,6 +235,12 @@ class Client:
                 or a Timestamp): none of its chunks is claimed before; ``None``: at once.
             max_running_chunks: At most this many of the job's chunks processing at once, across
                 every server and worker; 0: no limit.
+            after: Ids of jobs (at most 20) this one waits for; when one of them ends failed or
+                cancelled, this job is cancelled (error reason ``DEPENDENCY_FAILED``).
+            after_mode: ``"all"``: no chunk runs until every job in ``after`` has completed;
+                ``"per_chunk"``: chunk i runs once chunk i of the one job in ``after`` has completed.
+            finalize_kind: Adds a last chunk of this kind (``chunk.finalize``, no items), claimed once
+                every other chunk has completed; the job completes when it does.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -252,6 +261,9 @@ class Client:
             ttl=ttl,
             schedule_time=schedule_time,
             max_running_chunks=max_running_chunks,
+            after=after,
+            after_mode=after_mode,
+            finalize_kind=finalize_kind,
         )
         response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

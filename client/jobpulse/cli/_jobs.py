@@ -40,6 +40,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             schedule_time=args.schedule_time,
             max_running_chunks=args.max_running_chunks,
+            after=args.after,
+            after_mode=args.after_mode,
+            finalize_kind=args.finalize_kind,
         )
     if args.json:
         _print_json(job)

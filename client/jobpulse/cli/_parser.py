@@ -215,6 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the job may start: ISO 8601 (2024-05-01T12:00:00Z) or +SECONDS from now; "
         "no chunk is claimed before (default: at once)",
     )
+    p.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="JOB_ID",
+        help="a job this one waits for (repeat for several, at most 20); if it fails or is cancelled, "
+        "this job is cancelled",
+    )
+    p.add_argument(
+        "--after-mode",
+        choices=("all", "per-chunk"),
+        default="all",
+        help="all: start once every --after job has completed (default); per-chunk: chunk i starts once "
+        "chunk i of the one --after job has completed",
+    )
+    p.add_argument(
+        "--finalize-kind",
+        default="",
+        metavar="KIND",
+        help="end the job with one more chunk of this kind, claimed once every other chunk has completed",
+    )
 
     p = command("get", jobs._cmd_get, "show a job and its chunks")
     p.add_argument("job_id", metavar="ID")

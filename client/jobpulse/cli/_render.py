@@ -112,7 +112,7 @@ def jobs_table(jobs: Iterable[job_pb2.Job]) -> str:
             job.display_name,
             job.kind,
             job_state_name(job.state)
-            + (" (scheduled)" if job.blocked else "")
+            + (f" ({_blocked_by(job)})" if job.blocked else "")
             + (" (paused)" if job.paused else ""),
             job.priority,
             f"{job.progress.percent:5.1f}%",
@@ -151,6 +151,8 @@ def job_details(job: job_pb2.Job) -> str:
         ("starts", _starts(job)),
         ("paused", "yes: no chunk is claimed until it is resumed" if job.paused else ""),
         ("max running", str(job.max_running_chunks) if job.max_running_chunks else ""),
+        ("after", _after(job)),
+        ("finalize", f"a last chunk of kind {job.finalize_kind}" if job.finalize_kind else ""),
         ("priority", str(job.priority)),
         ("progress", f"{progress.percent:.1f}% ({progress.items_done}/{progress.items_total} items)"),
         ("chunks", summary_text(job.chunks_summary)),
@@ -163,7 +165,8 @@ def job_details(job: job_pb2.Job) -> str:
     if job.metadata.fields:
         fields.append(("metadata", json.dumps(json_format.MessageToDict(job.metadata), sort_keys=True)))
     if job.error.reason or job.error.message:
-        fields.append(("error", f"{job.error.reason}: {job.error.message} (chunk {job.error.chunk_index})"))
+        where = f" (chunk {job.error.chunk_index})" if job.error.reason != "DEPENDENCY_FAILED" else ""
+        fields.append(("error", f"{job.error.reason}: {job.error.message}{where}"))
     if job.cancel_reason:
         fields.append(("cancel reason", job.cancel_reason))
     fields += [
@@ -174,6 +177,8 @@ def job_details(job: job_pb2.Job) -> str:
     ]
     if job.artifacts:
         fields.append(("artifacts", str(len(job.artifacts))))
+    if job.result_uri:
+        fields.append(("result", job.result_uri))
     shown = [(k, v) for k, v in fields if v != ""]
     width = max(text_width(k) for k, _ in shown)
     return "\n".join(f"{pad(k, width)}  {v}".rstrip() for k, v in shown)
@@ -333,6 +338,19 @@ def event_line(event: job_service_pb2.WatchJobResponse, changed_chunks: int | No
     if changed:
         text += f" changed_chunks={changed}"
     return text
+
+
+def _blocked_by(job: job_pb2.Job) -> str:
+    """What a blocked job waits for, in a word."""
+    return "waiting for its jobs" if job.after and not job.HasField("schedule_time") else "scheduled"
+
+
+def _after(job: job_pb2.Job) -> str:
+    """The jobs a job waits for, and how."""
+    if not job.after:
+        return ""
+    how = "chunk by chunk" if job.after_mode == job_pb2.DEPENDENCY_MODE_PER_CHUNK else "all of them"
+    return f"{', '.join(job.after)} ({how}){' - waiting' if job.blocked else ''}"
 
 
 def _starts(job: job_pb2.Job) -> str:

@@ -132,6 +132,66 @@ continues in ListJobChunks).
 """
 Global___JobView: _TypeAlias = JobView  # noqa: Y015
 
+class _DependencyMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DependencyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DependencyMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEPENDENCY_MODE_UNSPECIFIED: _DependencyMode.ValueType  # 0
+    """The default: as DEPENDENCY_MODE_ALL."""
+    DEPENDENCY_MODE_ALL: _DependencyMode.ValueType  # 1
+    """No chunk is claimable until every job in `after` is COMPLETED."""
+    DEPENDENCY_MODE_PER_CHUNK: _DependencyMode.ValueType  # 2
+    """Chunk i is claimable once chunk i of the one job in `after` is COMPLETED."""
+
+class DependencyMode(_DependencyMode, metaclass=_DependencyModeEnumTypeWrapper):
+    """DependencyMode says how a job waits for the jobs in its `after`."""
+
+DEPENDENCY_MODE_UNSPECIFIED: DependencyMode.ValueType  # 0
+"""The default: as DEPENDENCY_MODE_ALL."""
+DEPENDENCY_MODE_ALL: DependencyMode.ValueType  # 1
+"""No chunk is claimable until every job in `after` is COMPLETED."""
+DEPENDENCY_MODE_PER_CHUNK: DependencyMode.ValueType  # 2
+"""Chunk i is claimable once chunk i of the one job in `after` is COMPLETED."""
+Global___DependencyMode: _TypeAlias = DependencyMode  # noqa: Y015
+
+class _ArtifactRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArtifactRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArtifactRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARTIFACT_ROLE_UNSPECIFIED: _ArtifactRole.ValueType  # 0
+    """An output (as ARTIFACT_ROLE_OUTPUT)."""
+    ARTIFACT_ROLE_OUTPUT: _ArtifactRole.ValueType  # 1
+    """Something the chunk produced."""
+    ARTIFACT_ROLE_PREVIEW: _ArtifactRole.ValueType  # 2
+    """A look at work still running."""
+    ARTIFACT_ROLE_THUMBNAIL: _ArtifactRole.ValueType  # 3
+    """A small image standing for the output."""
+    ARTIFACT_ROLE_LOG: _ArtifactRole.ValueType  # 4
+    """A log of the work."""
+    ARTIFACT_ROLE_RESULT: _ArtifactRole.ValueType  # 5
+    """The job's result: its uri becomes Job.result_uri."""
+
+class ArtifactRole(_ArtifactRole, metaclass=_ArtifactRoleEnumTypeWrapper):
+    """ArtifactRole says what an artifact is for."""
+
+ARTIFACT_ROLE_UNSPECIFIED: ArtifactRole.ValueType  # 0
+"""An output (as ARTIFACT_ROLE_OUTPUT)."""
+ARTIFACT_ROLE_OUTPUT: ArtifactRole.ValueType  # 1
+"""Something the chunk produced."""
+ARTIFACT_ROLE_PREVIEW: ArtifactRole.ValueType  # 2
+"""A look at work still running."""
+ARTIFACT_ROLE_THUMBNAIL: ArtifactRole.ValueType  # 3
+"""A small image standing for the output."""
+ARTIFACT_ROLE_LOG: ArtifactRole.ValueType  # 4
+"""A log of the work."""
+ARTIFACT_ROLE_RESULT: ArtifactRole.ValueType  # 5
+"""The job's result: its uri becomes Job.result_uri."""
+Global___ArtifactRole: _TypeAlias = ArtifactRole  # noqa: Y015
+
 @_typing.final
 class Job(_message.Message):
     """Job is a long-running piece of work split into chunks."""
@@ -189,6 +249,10 @@ class Job(_message.Message):
     BLOCKED_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AFTER_MODE_FIELD_NUMBER: _builtins.int
+    FINALIZE_KIND_FIELD_NUMBER: _builtins.int
+    RESULT_URI_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -223,12 +287,21 @@ class Job(_message.Message):
     """Where the job's webhook events are sent (empty: none)."""
     blocked: _builtins.bool
     """Output only: the job waits for something other than a worker (its
-    schedule_time has not come yet), so none of its chunks can be claimed.
+    schedule_time has not come yet, or a job in `after` holds every chunk
+    not yet ended), so none of its chunks can be claimed.
     """
     paused: _builtins.bool
     """PauseJob holds the job: none of its chunks is claimed until ResumeJob."""
     max_running_chunks: _builtins.int
     """At most this many of the job's chunks PROCESSING at once (0: no limit)."""
+    after_mode: Global___DependencyMode.ValueType
+    """How it waits for them (CreateJobRequest.after_mode)."""
+    finalize_kind: _builtins.str
+    """The kind of the job's finalize chunk (empty: it has none)."""
+    result_uri: _builtins.str
+    """Output only: the uri of the job's first ARTIFACT_ROLE_RESULT artifact,
+    set when the job completes.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels, usable as ListJobs filters."""
@@ -288,6 +361,10 @@ class Job(_message.Message):
         claimed before it.
         """
 
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The jobs this one waits for, as CreateJob asked."""
+
     def __init__(
         self,
         *,
@@ -322,10 +399,14 @@ class Job(_message.Message):
         blocked: _builtins.bool = ...,
         paused: _builtins.bool = ...,
         max_running_chunks: _builtins.int = ...,
+        after: _abc.Iterable[_builtins.str] | None = ...,
+        after_mode: Global___DependencyMode.ValueType = ...,
+        finalize_kind: _builtins.str = ...,
+        result_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "after_mode", b"after_mode", "artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "finalize_kind", b"finalize_kind", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "result_uri", b"result_uri", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -354,6 +435,7 @@ class Chunk(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    FINALIZE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, unique across jobs."""
     job_id: _builtins.str
@@ -383,6 +465,11 @@ class Chunk(_message.Message):
     """The id the worker got from an outside system (e.g. a GPU provider's job id)."""
     revision: _builtins.int
     """The job revision of this chunk's last change."""
+    finalize: _builtins.bool
+    """The job's finalize chunk (CreateJobRequest.finalize_kind): its kind is
+    the finalize kind, it has no items, and it is held until every other
+    chunk has COMPLETED.
+    """
     @_builtins.property
     def error(self) -> Global___ChunkError:
         """The last failure of this chunk, if any."""
@@ -425,10 +512,11 @@ class Chunk(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        finalize: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "end_time", b"end_time", "error", b"error", "external_task_id", b"external_task_id", "id", b"id", "index", b"index", "item_count", b"item_count", "item_start", b"item_start", "items_done", b"items_done", "job_id", b"job_id", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "revision", b"revision", "start_time", b"start_time", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "end_time", b"end_time", "error", b"error", "external_task_id", b"external_task_id", "finalize", b"finalize", "id", b"id", "index", b"index", "item_count", b"item_count", "item_start", b"item_start", "items_done", b"items_done", "job_id", b"job_id", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "revision", b"revision", "start_time", b"start_time", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,6 +613,7 @@ class Artifact(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the artifact, e.g. "thumbnails.zip"."""
     uri: _builtins.str
@@ -535,6 +624,8 @@ class Artifact(_message.Message):
     """Its size in bytes, if known."""
     chunk_index: _builtins.int
     """The chunk that produced it."""
+    role: Global___ArtifactRole.ValueType
+    """What it is for (unset: an output)."""
     def __init__(
         self,
         *,
@@ -543,10 +634,11 @@ class Artifact(_message.Message):
         media_type: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         chunk_index: _builtins.int = ...,
+        role: Global___ArtifactRole.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "media_type", b"media_type", "name", b"name", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "media_type", b"media_type", "name", b"name", "role", b"role", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -626,8 +718,11 @@ class JobResult(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    RESULT_URI_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job that produced these artifacts."""
+    result_uri: _builtins.str
+    """As Job.result_uri."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """Everything the job's chunks produced, in chunk order (as Job.artifacts)."""
@@ -637,10 +732,11 @@ class JobResult(_message.Message):
         *,
         job_id: _builtins.str = ...,
         artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+        result_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "job_id", b"job_id", "result_uri", b"result_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,9 @@ class CreateJobRequest(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     MAX_RUNNING_CHUNKS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AFTER_MODE_FIELD_NUMBER: _builtins.int
+    FINALIZE_KIND_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -150,6 +153,18 @@ class CreateJobRequest(_message.Message):
     """At most this many of the job's chunks PROCESSING at once, across every
     replica (a provider's quota, say); 0 means no limit. 0 to 1000000.
     """
+    after_mode: _job_pb2.DependencyMode.ValueType
+    """How this job waits for `after`: DEPENDENCY_MODE_ALL (the default) holds
+    every chunk until each job in `after` is COMPLETED;
+    DEPENDENCY_MODE_PER_CHUNK (one job in `after`, with as many chunks as this
+    one) holds chunk i until that job's chunk i is COMPLETED.
+    """
+    finalize_kind: _builtins.str
+    """Non-empty: the job ends with one more chunk of this kind (Chunk.finalize,
+    no items, the last index), claimable once every other chunk has
+    COMPLETED, in the same transaction as the last of them; the job is
+    COMPLETED when it completes. Cancelled if another chunk ends otherwise.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels."""
@@ -175,6 +190,13 @@ class CreateJobRequest(_message.Message):
         3650 days ahead.
         """
 
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs this one waits for (at most 20, each one the caller may see, none
+        FAILED or CANCELLED). See after_mode. When one of them ends FAILED or
+        CANCELLED this job is cancelled (error reason DEPENDENCY_FAILED).
+        """
+
     def __init__(
         self,
         *,
@@ -192,10 +214,13 @@ class CreateJobRequest(_message.Message):
         ttl: _duration_pb2.Duration | None = ...,
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         max_running_chunks: _builtins.int = ...,
+        after: _abc.Iterable[_builtins.str] | None = ...,
+        after_mode: _job_pb2.DependencyMode.ValueType = ...,
+        finalize_kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "chunk_size", b"chunk_size", "display_name", b"display_name", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "after", b"after", "after_mode", b"after_mode", "chunk_size", b"chunk_size", "display_name", b"display_name", "finalize_kind", b"finalize_kind", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015

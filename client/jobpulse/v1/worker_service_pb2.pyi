@@ -82,7 +82,9 @@ class ChunkClaim(_message.Message):
     job_id: _builtins.str
     """The chunk's job."""
     job_kind: _builtins.str
-    """The job's kind."""
+    """The kind of the work: the job's kind, or its finalize_kind for the
+    job's finalize chunk (Chunk.finalize).
+    """
     lease_token: _builtins.str
     """The fencing token to pass with every call about this chunk."""
     job_traceparent: _builtins.str

@@ -33,6 +33,7 @@ from jobpulse_server.domain.model import (
     DEFAULT_KIND,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
+    MAX_AFTER,
     MAX_RUNNING_CHUNKS,
     ChunkState,
     JobHead,
@@ -157,6 +158,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         ttl = _ttl_us(request, c)
         schedule_time = _schedule_us(request, c, self.clock())
         _check_max_running(request.max_running_chunks, c)
+        after = _check_after(request, c)
         c.done()
         page = await self.jobs.create_job(
             caller(),
@@ -175,6 +177,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 ttl=ttl,
                 schedule_time=schedule_time,
                 max_running_chunks=request.max_running_chunks,
+                after=after,
+                after_mode=request.after_mode,
+                finalize_kind=request.finalize_kind,
             ),
         )
         return job_service_pb2.CreateJobResponse(job=self._job(page))
@@ -576,6 +581,28 @@ def _kind_named(given: job_service_pb2.Kind, c: Checker) -> str:
     if not by_name and not given.kind:
         c.fail("kind.name", f"is required: {KIND_NAME_PREFIX}{{kind}} (or set kind.kind)")
     return by_name or given.kind
+
+
+_AFTER_MODES = [
+    job_pb2.DEPENDENCY_MODE_UNSPECIFIED,
+    job_pb2.DEPENDENCY_MODE_ALL,
+    job_pb2.DEPENDENCY_MODE_PER_CHUNK,
+]
+
+
+def _check_after(request: job_service_pb2.CreateJobRequest, c: Checker) -> list[str]:
+    """CreateJobRequest.after (at most MAX_AFTER job ids, each once), after_mode and finalize_kind, as
+    far as their shape goes; the jobs themselves are looked at by the service."""
+    after = list(request.after)
+    c.check(len(after) <= MAX_AFTER, "after", f"must name at most {MAX_AFTER} jobs (got {len(after)})")
+    for i, job_id in enumerate(after[:MAX_AFTER]):
+        c.text(job_id, f"after[{i}]", MAX_ID, required=True)
+    c.check(len(set(after)) == len(after), "after", "must not name a job twice")
+    c.enums([request.after_mode], _AFTER_MODES, "after_mode")
+    if request.after_mode == job_pb2.DEPENDENCY_MODE_PER_CHUNK:
+        c.check(len(after) == 1, "after_mode", "DEPENDENCY_MODE_PER_CHUNK needs exactly one job in after")
+    c.text(request.finalize_kind, "finalize_kind", MAX_ID)
+    return after
 
 
 def _schedule_us(request: job_service_pb2.CreateJobRequest, c: Checker, now: int) -> int | None:

@@ -168,7 +168,11 @@ def operation_pb(
     op = operations_proto_pb2.Operation(name=PREFIX + job.id, done=job.state.terminal)
     op.metadata.Pack(job_pb(job, now, retention=retention))
     if job.state == JobState.COMPLETED:
-        op.response.Pack(job_pb2.JobResult(job_id=job.id, artifacts=[artifact_pb(a) for a in job.artifacts]))
+        op.response.Pack(
+            job_pb2.JobResult(
+                job_id=job.id, artifacts=[artifact_pb(a) for a in job.artifacts], result_uri=job.result_uri
+            )
+        )
     elif job.state == JobState.FAILED:
         op.error.CopyFrom(_failure(job))
     elif job.state == JobState.CANCELLED:

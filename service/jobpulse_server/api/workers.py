@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from jobpulse.v1 import (
+    job_pb2,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -181,10 +182,11 @@ def _completion(
         c.text(a.uri, f"{prefix}artifacts[{i}].uri", 2048, required=True)
         c.text(a.media_type, f"{prefix}artifacts[{i}].media_type", 128)
         c.check(a.size_bytes >= 0, f"{prefix}artifacts[{i}].size_bytes", "must not be negative")
+        c.enums([a.role], job_pb2.ArtifactRole.values(), f"{prefix}artifacts[{i}].role")
     return Completion(
         request.chunk_id,
         request.lease_token,
-        [Artifact(a.name, a.uri, a.media_type, a.size_bytes) for a in request.artifacts],
+        [Artifact(a.name, a.uri, a.media_type, a.size_bytes, role=a.role) for a in request.artifacts],
         request.external_task_id,
     )
 
@@ -196,7 +198,7 @@ def _add_claims(out: Any, claims: list[Claim]) -> None:
         job = cl.job
         claim = out.add(
             job_id=job.id,
-            job_kind=job.kind,
+            job_kind=cl.chunk.kind,  # the job's, or its finalize_kind for the finalize chunk
             chunk=chunk_kwargs(cl.chunk),
             lease_token=cl.lease_token,
             lease_expire_time=timestamp_kwargs(cl.lease_expire_time),

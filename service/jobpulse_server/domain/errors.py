@@ -87,6 +87,12 @@ class ChunkNotRetryable(DomainError):
     reason = "CHUNK_NOT_RETRYABLE"
 
 
+class DependencyFailed(DomainError):
+    """CreateJob after a job that has ended FAILED or CANCELLED: the new job could never run."""
+
+    reason = "DEPENDENCY_FAILED"
+
+
 class JobNotTerminal(DomainError):
     """DeleteJob without force on a job that is still running."""
 

@@ -55,6 +55,18 @@ FULL_VIEW_CHUNK_LIMIT = 1000
 # Job-level artifacts a Job message carries (the rest are on the chunks, in ListJobChunks).
 JOB_ARTIFACT_LIMIT = 1000
 
+# A chunk held by a dependency (or a finalize chunk held by its job's other chunks) has this
+# next_attempt_time: it waits as a retry waits out its backoff, at a time that never comes, until the
+# completion that lets it go clears it in the same transaction (services/pipeline.py). Never shown.
+HELD = 1 << 62  # store/waiting.py NEVER: noting it wakes nobody
+# DependencyMode's numbers (job.proto).
+AFTER_ALL = 1
+AFTER_PER_CHUNK = 2
+# ArtifactRole.ARTIFACT_ROLE_RESULT: the artifact whose uri is Job.result_uri.
+RESULT_ROLE = 5
+# Most jobs one job may wait for (CreateJobRequest.after).
+MAX_AFTER = 20
+
 
 @dataclass
 class Summary:
@@ -138,6 +150,8 @@ class Chunk:
     kind: str = ""
     start_time: int | None = None
     end_time: int | None = None
+    # The job's finalize chunk (CreateJobRequest.finalize_kind): held until every other chunk completed.
+    finalize: bool = False
     artifacts: list[Artifact] = field(default_factory=list)
     # A chunk just claimed: the next_attempt_time it had until then, when its retry was due (claims only,
     # never stored; services/latency.py measures queue waits from it).
@@ -153,6 +167,8 @@ class Artifact:
     media_type: str = ""
     size_bytes: int = 0
     chunk_index: int = 0
+    # ArtifactRole's number (0: unspecified, an output; RESULT_ROLE: the job's result).
+    role: int = 0
 
 
 @dataclass
@@ -205,6 +221,17 @@ class Job:
     paused: bool = False
     # At most this many of the job's chunks PROCESSING at once; 0: no limit.
     max_running_chunks: int = 0
+    # The jobs this one waits for and how (DependencyMode's number: ALL or PER_CHUNK); never change.
+    after: list[str] = field(default_factory=list)
+    after_mode: int = 0
+    # The kind of the job's finalize chunk; empty: none. Never changes.
+    finalize_kind: str = ""
+    # Pending chunks held until a dependency (or, for the finalize chunk, the job's other chunks) lets
+    # them go (their next_attempt_time is HELD). Written by the statements that hold and release them.
+    n_held: int = 0
+    # Whether the job's completions release or cancel other chunks (it has dependants or a finalize
+    # chunk): PostgreSQL's batch declines its completions, which the transaction path writes.
+    pipeline: bool = False
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.
@@ -261,8 +288,10 @@ class Job:
             self.end_time = None
 
     def blocked(self, now: int) -> bool:
-        """Whether the job waits for something other than a worker at ``now``: its schedule_time."""
-        return blocked(self.state, self.schedule_time, now)
+        """Whether the job waits for something other than a worker at ``now``: its schedule_time, or a
+        dependency holding every chunk of it not yet ended."""
+        s = self.summary
+        return blocked(self.state, self.schedule_time, now, self.n_held, s.pending, s.processing)
 
     def claimable(self) -> int | None:
         """The claim rule of the job's own controls: how many more of its ready chunks a claim may take
@@ -273,6 +302,13 @@ class Job:
         if self.max_running_chunks:
             return max(0, self.max_running_chunks - self.summary.processing)
         return None
+
+    @property
+    def result_uri(self) -> str:
+        """The uri of the job's first RESULT artifact once it has COMPLETED (its artifacts as read)."""
+        if self.state != JobState.COMPLETED:
+            return ""
+        return next((a.uri for a in self.artifacts if a.role == RESULT_ROLE), "")
 
     # --- progress ----------------------------------------------------
     @property
@@ -362,10 +398,16 @@ class Kind:
         return None
 
 
-def blocked(state: JobState, schedule_time: int | None, now: int) -> bool:
-    """A job that is not over and whose schedule_time is still to come: none of its chunks may be claimed
-    (they wait until then, as a retry waits out its backoff)."""
-    return schedule_time is not None and now < schedule_time and not state.terminal
+def blocked(
+    state: JobState, schedule_time: int | None, now: int, held: int = 0, pending: int = 0, running: int = 0
+) -> bool:
+    """A job that is not over and none of whose chunks may be claimed for a reason other than workers:
+    its schedule_time is still to come (its chunks wait until then, as a retry waits out its backoff),
+    or every pending chunk is ``held`` (by a dependency, or the finalize chunk by its job's others) and
+    none runs."""
+    if state.terminal:
+        return False
+    return (schedule_time is not None and now < schedule_time) or (0 < held == pending and not running)
 
 
 @dataclass(slots=True)
@@ -383,9 +425,12 @@ class JobHead:
     update_time: int
     priority: int
     schedule_time: int | None
+    n_held: int
+    n_pending: int
+    n_processing: int
 
     def eta_seconds(self, now: int) -> float | None:
         return eta_seconds(self.state, self.start_time, self.items_done, self.total_items, now)
 
     def blocked(self, now: int) -> bool:
-        return blocked(self.state, self.schedule_time, now)
+        return blocked(self.state, self.schedule_time, now, self.n_held, self.n_pending, self.n_processing)

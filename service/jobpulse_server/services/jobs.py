@@ -19,6 +19,7 @@ from jobpulse_server.domain.clock import Clock, now_us
 from jobpulse_server.domain.errors import (
     ChunkNotFound,
     ChunkNotRetryable,
+    DependencyFailed,
     FieldViolation,
     InvalidArgument,
     InvalidPageToken,
@@ -30,7 +31,10 @@ from jobpulse_server.domain.errors import (
 )
 from jobpulse_server.domain.filters import ORDERS, JobFilter, job_sort_key
 from jobpulse_server.domain.model import (
+    AFTER_ALL,
+    AFTER_PER_CHUNK,
     FULL_VIEW_CHUNK_LIMIT,
+    HELD,
     Chunk,
     ChunkState,
     Job,
@@ -41,7 +45,7 @@ from jobpulse_server.domain.model import (
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
 from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.platform.config import Config
-from jobpulse_server.services import job_trace, pagination
+from jobpulse_server.services import job_trace, pagination, pipeline
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.latency import Ends, Latency
 from jobpulse_server.services.outbox import Outbox
@@ -73,6 +77,11 @@ class NewJob:
     schedule_time: int | None = None
     # At most this many chunks PROCESSING at once; 0: no limit.
     max_running_chunks: int = 0
+    # The jobs this one waits for (distinct ids) and how (DependencyMode's number; 0: ALL).
+    after: list[str] | None = None
+    after_mode: int = 0
+    # The finalize chunk's kind; empty: none.
+    finalize_kind: str = ""
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -96,6 +105,11 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
         asked["schedule_time"] = req.schedule_time
     if req.max_running_chunks:
         asked["max_running_chunks"] = req.max_running_chunks
+    if req.after:
+        asked["after"] = req.after
+        asked["after_mode"] = req.after_mode or AFTER_ALL
+    if req.finalize_kind:
+        asked["finalize_kind"] = req.finalize_kind
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -168,7 +182,7 @@ class JobService:
 
     # --- create --------------------------------------------------------
     async def create_job(self, who: Principal, req: NewJob) -> JobPage:
-        n_chunks = -(-req.total_items // req.chunk_size)
+        n_chunks = -(-req.total_items // req.chunk_size) + (1 if req.finalize_kind else 0)
         if n_chunks > self.config.max_chunks_per_job:
             raise InvalidArgument(
                 [
@@ -232,14 +246,41 @@ class JobService:
             )
             for i, (start, count) in enumerate(split_items(req.total_items, req.chunk_size))
         ]
+        if req.finalize_kind:
+            # The finalize chunk: no items, the last index, held until every other chunk has completed.
+            new_chunks.append(
+                Chunk(
+                    id=ids.chunk_id(job.id, len(new_chunks)),
+                    job_id=job.id,
+                    index=len(new_chunks),
+                    state=ChunkState.PENDING,
+                    item_start=req.total_items,
+                    item_count=0,
+                    max_attempts=req.max_attempts,
+                    revision=1,
+                    priority=req.priority,
+                    kind=req.finalize_kind,
+                    next_attempt_time=HELD,
+                    finalize=True,
+                )
+            )
+            job.finalize_kind = req.finalize_kind
+            job.pipeline = True
+        job.after = list(req.after or [])
+        job.after_mode = (req.after_mode or AFTER_ALL) if job.after else 0
         job.summary.pending = len(new_chunks)
         job.refresh_state(now)
 
         async def insert(tx: Tx) -> None:
+            if job.after:
+                await self._wait_for(tx, who, job, new_chunks)
+            job.n_held = sum(1 for c in new_chunks if c.next_attempt_time == HELD)
             await tx.insert_job(job, new_chunks, fingerprint)
-            if later is None:
+            if job.after:
+                await tx.link_dependencies(job.id, job.after, job.after_mode)
+            if any(c.next_attempt_time is None for c in new_chunks):
                 tx.changes.new_work = True
-            else:  # waiting claimers are woken when its chunks come due
+            elif later is not None:  # waiting claimers are woken when its chunks come due
                 tx.changes.work_later.append((later - now) / 1e6)
 
         try:
@@ -255,6 +296,43 @@ class JobService:
             # The call's span names the job it made, so a trace search by job id finds its creation.
             trace.get_current_span().set_attribute("jobpulse.job_id", job.id)
         return JobPage(job, new_chunks[:FULL_VIEW_CHUNK_LIMIT], self._chunks_token(job))
+
+    async def _wait_for(self, tx: Tx, who: Principal, job: Job, chunks: list[Chunk]) -> None:
+        """Locks the jobs ``job`` waits for (so none ends between this look and the commit: the one that
+        ends after it sees the new dependant) and holds the chunks they hold: every chunk until all have
+        COMPLETED (ALL), or chunk i until the one's chunk i has (PER_CHUNK)."""
+        found = await tx.lock_jobs(job.after)
+        for i, after_id in enumerate(job.after):
+            dep = found.get(after_id)
+            if dep is None or (who.owner_filter is not None and dep.owner != who.owner_filter):
+                raise InvalidArgument([FieldViolation(f"after[{i}]", f"job {after_id} was not found")])
+            if dep.state in (JobState.FAILED, JobState.CANCELLED) or dep.cancel_requested:
+                raise DependencyFailed(
+                    f"job {after_id} has ended {dep.state.name}; a job after it could never run",
+                    job_id=after_id,
+                    state=dep.state.name,
+                )
+        regular = [c for c in chunks if not c.finalize]
+        if job.after_mode == AFTER_PER_CHUNK:
+            dep = found[job.after[0]]
+            dep_chunks = dep.summary.total - (1 if dep.finalize_kind else 0)
+            if dep_chunks != len(regular):
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            "after_mode",
+                            f"DEPENDENCY_MODE_PER_CHUNK needs as many chunks as job {dep.id} has "
+                            f"({dep_chunks}); this job has {len(regular)}",
+                        )
+                    ]
+                )
+            done = await tx.completed_indexes(dep.id)
+            for c in regular:
+                if c.index not in done:
+                    c.next_attempt_time = HELD
+        elif any(found[a].state != JobState.COMPLETED for a in job.after):
+            for c in regular:
+                c.next_attempt_time = HELD
 
     async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:
         """The job an earlier CreateJob made with this request_id, if any. The same request_id with a
@@ -545,6 +623,7 @@ class JobService:
                 moved = await tx.cancel_pending_chunks(job.id, rev, now)
                 job.summary.pending -= moved
                 job.summary.cancelled += moved
+                await tx.clear_held(job)
                 job.refresh_state(now)
                 ends.add([job], [], now, None)
                 await self._save(tx, job, now)
@@ -591,6 +670,13 @@ class JobService:
                     job_id=job_id,
                     state=job.state.name,
                 )
+            if job.after and await tx.unfinished_dependencies(job.id):
+                raise JobNotRetryable(
+                    f"job {job_id} waits for jobs that have not all COMPLETED ({', '.join(job.after)}); "
+                    "retry those first",
+                    job_id=job_id,
+                    state=job.state.name,
+                )
             now = self.clock()
             rev = job.touch(now)
             failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts)
@@ -604,7 +690,7 @@ class JobService:
             job.error_reason = job.error_message = ""
             job.error_chunk_index = None
             job.refresh_state(now)
-            await self._save(tx, job, now)
+            await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
             tx.changes.new_work = True
             await load_artifacts(tx, [job])
             return job
@@ -645,7 +731,7 @@ class JobService:
                 job.error_reason = job.error_message = ""
                 job.error_chunk_index = None
             job.refresh_state(now)
-            await self._save(tx, job, now)
+            await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
             tx.changes.new_work = True
             await load_artifacts(tx, [job])
             return job
@@ -699,7 +785,15 @@ class JobService:
                     job_id=job_id,
                     state=job.state.name,
                 )
-            await tx.delete_job(job.id, self.clock())
+            now = self.clock()
+            if job.pipeline and job.state != JobState.COMPLETED:
+                # Its dependants could never run: they are cancelled, and theirs in turn.
+                jobs = {job.id: job}
+                await pipeline.dependency_gone(tx, jobs, job, now)
+                del jobs[job.id]
+                for dependant in jobs.values():
+                    await self._save(tx, dependant, now)
+            await tx.delete_job(job.id, now)
 
         await self.store.write(body)
 

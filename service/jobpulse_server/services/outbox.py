@@ -16,6 +16,7 @@ from typing import Any
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.model import Chunk, Job, JobState
 from jobpulse_server.domain.webhooks import PENDING
+from jobpulse_server.services import pipeline
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.store import Tx
 
@@ -100,8 +101,14 @@ class Outbox:
         """Writes the job (and ``chunks`` of it) with its webhook events, and marks it changed for
         watchers. A terminal event carries the job's artifacts, so its receiver needs no second call to
         find the results."""
-        if ends(job):
-            await load_artifacts(tx, [job])
-        tx.add_outbox(self.rows_for(job, now))
-        await tx.save([job], chunks)
-        job.loaded_state = job.state
+        jobs = {job.id: job}
+        # What the change frees or cancels in pipelines (dependants, a finalize chunk), in this transaction.
+        chunks = [*chunks, *await pipeline.follow(tx, jobs, chunks, now)]
+        ending = [j for j in jobs.values() if ends(j)]
+        if ending:
+            await load_artifacts(tx, ending)
+        for j in jobs.values():
+            tx.add_outbox(self.rows_for(j, now))
+        await tx.save(list(jobs.values()), chunks)
+        for j in jobs.values():
+            j.loaded_state = j.state

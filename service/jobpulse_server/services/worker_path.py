@@ -45,7 +45,7 @@ from jobpulse_server.domain.work import (
 )
 from jobpulse_server.platform.config import Config
 from jobpulse_server.platform.metrics import Metrics
-from jobpulse_server.services import job_trace
+from jobpulse_server.services import job_trace, pipeline
 from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.job_trace import ChunkMove
 from jobpulse_server.services.latency import COMPLETED, FAILED, Ends, Latency
@@ -267,7 +267,10 @@ class TransactionPath:
     ) -> None:
         """Saves the chunks and their jobs with the webhook events the jobs' changes make. A job's
         terminal event carries its artifacts: those written before and ``unsaved`` (this transaction's)."""
-        jobs = list(jobs)
+        # What the changes free or cancel in pipelines (dependants, a finalize chunk), in this transaction.
+        held = {job.id: job for job in jobs}
+        changed = [*changed, *await pipeline.follow(tx, held, changed, now)]
+        jobs = list(held.values())
         ending = [job for job in jobs if outbox_ends(job)]
         if ending:
             await load_artifacts(tx, ending, unsaved)

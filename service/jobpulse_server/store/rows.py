@@ -34,9 +34,14 @@ JOB_CREATED_ONLY = ("ttl", "trace_parent", "schedule_time")
 # (statements.SET_JOB_CONTROLS), so the hot paths' UPDATEs leave them out too (each column of a SQLite
 # UPDATE costs its share: 4-7% more CPU per chunk with them in, by bench.compare).
 JOB_CONTROLS = ("paused", "max_running_chunks")
+# Dependencies and the finalize step: CreateJob writes them; afterwards only the statements that hold,
+# release and link chunks and jobs (services/pipeline.py) move n_held and pipeline, never a save.
+JOB_PIPELINE = ("after_ids", "after_mode", "finalize_kind", "n_held", "pipeline")
 # What a save writes: all but the id, which selects the row, change_seq, which the database sets,
-# JOB_CREATED_ONLY and JOB_CONTROLS.
-JOB_SAVED = tuple(c for c in JOB_COLUMNS if c not in ("id", "change_seq", *JOB_CREATED_ONLY, *JOB_CONTROLS))
+# JOB_CREATED_ONLY, JOB_CONTROLS and JOB_PIPELINE.
+JOB_SAVED = tuple(
+    c for c in JOB_COLUMNS if c not in ("id", "change_seq", *JOB_CREATED_ONLY, *JOB_CONTROLS, *JOB_PIPELINE)
+)
 
 # The JOB_SAVED columns that some index of ``jobs`` holds (migrations; a test checks this list against the
 # migrated schema). SQLite rewrites the entry of every index a column in an UPDATE's SET list belongs to,
@@ -80,7 +85,7 @@ CHUNK_SAVED = (
     "retry_at",
 )
 
-ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes")
+ARTIFACT_COLUMNS = ("chunk_index", "name", "uri", "media_type", "size_bytes", "role")
 
 JOB_SELECT = ", ".join(JOB_COLUMNS)
 # A JobHead's fields, which are the jobs table's column names too (checked here, at import).
@@ -125,7 +130,8 @@ _JOB_FIELDS = (
     "error_reason", "error_message", "error_chunk_index", "cancel_requested", "cancel_reason",
     "cancel_time", "create_time", "update_time", "start_time", "end_time", "artifacts", "change_seq",
     "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "schedule_time",
-    "paused", "max_running_chunks", "loaded_state",
+    "paused", "max_running_chunks", "after", "after_mode", "finalize_kind", "n_held", "pipeline",
+    "loaded_state",
     "bumped",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
@@ -174,9 +180,23 @@ def job_from_row(r: Sequence[Any]) -> Job:
         r[37],  # schedule_time
         bool(r[38]),  # paused
         r[39],  # max_running_chunks
+        _ids(r[40]),  # after_ids
+        r[41],  # after_mode
+        r[42],  # finalize_kind
+        r[43],  # n_held
+        bool(r[44]),  # pipeline
         state,  # loaded_state
         False,  # bumped
     )
+
+
+def _ids(value: Any) -> list[str]:
+    """A JSON list column (after_ids) as a list; NULL: empty."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return list(value)
 
 
 def _json_text(value: dict[str, Any]) -> str:
@@ -228,7 +248,8 @@ def job_saved(job: Job) -> dict[str, Any]:
 
 def chunk_from_row(r: Sequence[Any]) -> Chunk:
     """A chunk from a row in CHUNK_COLUMNS order (Chunk's fields are in that order too)."""
-    return Chunk(r[0], r[1], r[2], ChunkState(r[3]), *r[4:22])
+    # mypy cannot count a slice: r[4:22] is the 18 fields from item_start to end_time.
+    return Chunk(r[0], r[1], r[2], ChunkState(r[3]), *r[4:22], finalize=bool(r[22]))  # type: ignore[misc]
 
 
 def chunk_saved(c: Chunk) -> dict[str, Any]:
@@ -257,12 +278,12 @@ def chunk_saved(c: Chunk) -> dict[str, Any]:
 
 def artifact_from_row(r: Sequence[Any]) -> Artifact:
     """An artifact from a row in ARTIFACT_COLUMNS order."""
-    return Artifact(name=r[1], uri=r[2], media_type=r[3], size_bytes=r[4], chunk_index=r[0])
+    return Artifact(name=r[1], uri=r[2], media_type=r[3], size_bytes=r[4], chunk_index=r[0], role=r[5])
 
 
 def head_from_row(r: Sequence[Any]) -> JobHead:
     """A JobHead from a row in JOB_HEAD_SELECT order."""
-    return JobHead(r[0], r[1], _JOB_STATES[r[2]], r[3], r[4], r[5], r[6], r[7], r[8])
+    return JobHead(r[0], r[1], _JOB_STATES[r[2]], *r[3:12])
 
 
 def kind_from_row(r: Sequence[Any]) -> Kind:

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.filters import ORDERS, JobFilter
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import HELD, ChunkState, JobState
 from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.store.rows import (
     ARTIFACT_SELECT,
@@ -38,6 +38,7 @@ from jobpulse_server.store.rows import (
     JOB_CONTROLS,
     JOB_CREATED_ONLY,
     JOB_INDEXED,
+    JOB_PIPELINE,
     JOB_SAVED,
     JOB_SELECT,
 )
@@ -211,7 +212,7 @@ def insert_job(d: Dialect) -> str:
     """A new job: its JOB_SAVED, JOB_CREATED_ONLY and JOB_CONTROLS columns and id, each a parameter named
     as the column;
     the change_seq comes from the database."""
-    cols = (*JOB_SAVED, "id", *JOB_CREATED_ONLY, *JOB_CONTROLS)
+    cols = (*JOB_SAVED, "id", *JOB_CREATED_ONLY, *JOB_CONTROLS, *JOB_PIPELINE)
     return f"INSERT INTO jobs ({', '.join(cols)}, change_seq) VALUES ({named(cols)}, {d.next_seq})"
 
 
@@ -405,7 +406,7 @@ def kind_open(alias: str) -> str:
     """PostgreSQL: a job whose kind is not paused (UpdateKind; ``Kind.claimable``), a probe of the kinds
     table's key; ``alias`` the job row's, with its dot. Every claim statement reads the kinds table, so
     UpdateKind's lock on it (SqlTx.update_kind) waits for the claims under way and orders the later
-    ones after its change. (A chunk has its job's kind.)"""
+    ones after its change. (A chunk has its job's kind; a finalize chunk, its job's finalize_kind.)"""
     return f"NOT EXISTS (SELECT 1 FROM kinds AS kk WHERE kk.kind = {alias}kind AND kk.paused)"
 
 
@@ -526,11 +527,14 @@ def pg_candidate_jobs(
     first ``limit`` rows through ix_jobs_fair), the rows of all owners ordered by their turns; ``held``
     as owner_running's. Jobs of a paused kind are passed over (kind_open); ``full``: the placeholder of
     the kinds at their max_running_chunks, passed over too."""
-    job_kinds = f" AND pj.kind = ANY({kinds})" if kinds else ""
+    # A job's finalize chunk has the job's finalize_kind (services/pipeline.py): a claim of that kind
+    # finds the job by it, and passes over the chunk while that kind is paused.
+    job_kinds = f" AND (pj.kind = ANY({kinds}) OR pj.finalize_kind = ANY({kinds}))" if kinds else ""
     job_kinds += f" AND NOT (pj.kind = ANY({full}))" if full else ""
     job_kinds += f" AND {kind_open('pj.')}"
     walk = (
         f"FROM jobs AS pj CROSS JOIN LATERAL (SELECT idx FROM chunks WHERE {ready} "
+        f"AND (NOT chunks.finalize OR {kind_open('chunks.')}) "
         f"AND priority = pj.priority AND job_id = pj.id ORDER BY idx LIMIT {room('pj.', limit)}) AS r "
         f"WHERE pj.n_pending > 0{job_kinds} AND {may_claim('pj.')}"
     )
@@ -675,6 +679,45 @@ CANCEL_PENDING_CHUNKS = (
     "retry_at = NULL WHERE job_id = :job_id AND state = :pending"
 )
 
+# --- pipelines: dependencies and the finalize step (services/pipeline.py) ---------------------------
+
+# A held chunk waits at this next_attempt_time (domain.model.HELD), out of the claim index.
+_HELD = str(HELD)
+LINK_DEPENDENCY = (
+    "INSERT INTO job_dependencies (after_id, job_id, after_mode) VALUES (:after_id, :job_id, :mode)"
+)
+# A dependency's completions free or cancel its dependants' chunks: written by the transaction path.
+MARK_PIPELINE = "UPDATE jobs SET pipeline = TRUE WHERE id = :id AND NOT pipeline"
+DEPENDANTS = "SELECT job_id, after_mode FROM job_dependencies WHERE after_id = :id ORDER BY job_id"
+# The dependencies of a job not COMPLETED (each row read after the dependant's lock: see pipeline.py).
+UNFINISHED_DEPENDENCIES = (
+    "SELECT d.after_id FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.after_id "
+    f"WHERE d.job_id = :id AND j.state <> {int(JobState.COMPLETED)}"
+)
+COMPLETED_INDEXES = f"SELECT idx FROM chunks WHERE job_id = :job_id AND state = {int(ChunkState.COMPLETED)}"
+MOVE_HELD = "UPDATE jobs SET n_held = n_held + :n WHERE id = :id"
+CLEAR_HELD = "UPDATE jobs SET n_held = 0 WHERE id = :id"
+
+
+def release_held(d: Dialect, n: int) -> str:
+    """The held pending chunks of a job (those at ``n`` indexes, parameters ``idx``; 0: all) let go: due
+    at :due (NULL: ready now, in the claim index), at revision :revision."""
+    where = f"job_id = :job_id AND state = {tables.PENDING} AND retry_at = {_HELD}"
+    if n:
+        where += f" AND {d.any_of('idx', n)}"
+    return f"UPDATE chunks SET next_attempt_time = :due, retry_at = :due, revision = :revision WHERE {where}"
+
+
+def hold_pending(d: Dialect, n: int) -> str:
+    """Pending chunks of a job at ``n`` indexes (parameters ``idx``) held (a finalize chunk a retry put
+    back while its job's other chunks run again)."""
+    return (
+        f"UPDATE chunks SET next_attempt_time = {_HELD}, retry_at = {_HELD}, revision = :revision "
+        f"WHERE job_id = :job_id AND state = {tables.PENDING} AND (retry_at IS NULL OR retry_at <> {_HELD}) "
+        f"AND {d.any_of('idx', n)}"
+    )
+
+
 SET_PENDING_PRIORITY = "UPDATE chunks SET priority = :priority WHERE job_id = :job_id AND state = :pending"
 # PauseJob / ResumeJob / UpdateJob: a job's controls on the claim (rows.JOB_CONTROLS).
 SET_JOB_CONTROLS = "UPDATE jobs SET paused = :paused, max_running_chunks = :max_running_chunks WHERE id = :id"
@@ -699,7 +742,7 @@ def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
 
 # --- artifacts --------------------------------------------------------------------------------------
 
-ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size_bytes")
+ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size_bytes", "role")
 
 
 @_built

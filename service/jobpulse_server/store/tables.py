@@ -85,6 +85,18 @@ jobs = Table(
     Column("paused", Boolean, nullable=False, server_default=false()),
     # At most this many chunks PROCESSING at once (0: no limit); checked by the claims as paused is.
     Column("max_running_chunks", Integer, nullable=False, server_default=text("0")),
+    # Dependencies and the finalize step (migration 0019), written by CreateJob: the jobs this one waits
+    # for (a JSON list of ids; their rows in job_dependencies), DependencyMode's number, the finalize
+    # chunk's kind.
+    Column("after_ids", JSON, nullable=True),
+    Column("after_mode", SmallInteger, nullable=False, server_default=text("0")),
+    Column("finalize_kind", String(128), nullable=False, server_default=""),
+    # Pending chunks held (next_attempt_time domain.model.HELD) until a dependency or the job's other
+    # chunks let them go; moved only by the statements that hold and release them, never by a save.
+    Column("n_held", BigInteger, nullable=False, server_default=text("0")),
+    # The job has dependants or a finalize chunk: its completions release or cancel other chunks, which
+    # the transaction path does (PostgreSQL's batch declines them: store/batch/sql.py).
+    Column("pipeline", Boolean, nullable=False, server_default=false()),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),
@@ -206,6 +218,8 @@ chunks = Table(
     # claim found it due (store/waiting.py). Storage only, never read into a Chunk: the claim index holds
     # the chunks without it, so a claim does not read past every chunk still waiting (migration 0014).
     Column("retry_at", BigInteger, nullable=True),
+    # The job's finalize chunk (its last, of the job's finalize_kind; migration 0019).
+    Column("finalize", Boolean, nullable=False, server_default=false()),
     Index("ux_chunks_job_idx", "job_id", "idx", unique=True),
     Index("ix_chunks_job_revision", "job_id", "revision"),
     # Running chunks only, by lease end: the sweep's expired leases (migration 0012).
@@ -247,7 +261,20 @@ artifacts = Table(
     Column("uri", Text, nullable=False),
     Column("media_type", String(128), nullable=False, default=""),
     Column("size_bytes", BigInteger, nullable=False, default=0),
+    # ArtifactRole's number (0: an output; 5: the job's result, Job.result_uri); migration 0019.
+    Column("role", SmallInteger, nullable=False, server_default=text("0")),
     Index("ix_artifacts_job_chunk", "job_id", "chunk_index"),
+)
+
+# A job's dependencies (CreateJobRequest.after), one row each, found from the dependency's side when it
+# completes a chunk or ends (services/pipeline.py). Deleted with either job.
+job_dependencies = Table(
+    "job_dependencies",
+    metadata,
+    Column("after_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("after_mode", SmallInteger, nullable=False),
+    Index("ix_job_dependencies_job", "job_id"),
 )
 
 api_keys = Table(

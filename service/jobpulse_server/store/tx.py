@@ -73,7 +73,7 @@ def artifacts_by_job(rows: Iterable[Sequence[Any]]) -> dict[str, list[Artifact]]
     """Rows of ARTIFACT_COLUMNS then job_id, grouped by job."""
     out: dict[str, list[Artifact]] = {}
     for r in rows:
-        out.setdefault(r[5], []).append(artifact_from_row(r))
+        out.setdefault(r[6], []).append(artifact_from_row(r))
     return out
 
 
@@ -167,6 +167,11 @@ class SqlTx:
                     "schedule_time": job.schedule_time,
                     "paused": job.paused,
                     "max_running_chunks": job.max_running_chunks,
+                    "after_ids": json.dumps(job.after) if job.after else None,
+                    "after_mode": job.after_mode,
+                    "finalize_kind": job.finalize_kind,
+                    "n_held": job.n_held,
+                    "pipeline": job.pipeline,
                 },
             )
         except Conflict as exc:
@@ -185,7 +190,7 @@ class SqlTx:
              "error_message": c.error_message, "lease_token": c.lease_token,
              "lease_expire_time": c.lease_expire_time, "lease_duration": c.lease_duration,
              "next_attempt_time": c.next_attempt_time, "revision": c.revision, "priority": c.priority,
-             "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time,
+             "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time, "finalize": c.finalize,
              "retry_at": c.next_attempt_time if c.state == ChunkState.PENDING else None}
             for c in chunks
         ]  # fmt: skip
@@ -565,6 +570,64 @@ class SqlTx:
         cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
         return failed[0], cancelled[0], failed[1] + cancelled[1]
 
+    # --- pipelines: dependencies and the finalize step (services/pipeline.py) ----------------------
+
+    async def link_dependencies(self, job_id: str, after: Sequence[str], mode: int) -> None:
+        """Records ``job_id``'s dependencies and marks each as a pipeline job (its completions then take
+        the transaction path, which frees and cancels dependants)."""
+        for after_id in after:
+            await self.conn.execute(q.LINK_DEPENDENCY, {"after_id": after_id, "job_id": job_id, "mode": mode})
+            await self.conn.execute(q.MARK_PIPELINE, {"id": after_id})
+
+    async def dependants(self, job_id: str) -> list[tuple[str, int]]:
+        """(job id, after_mode) of each job waiting for ``job_id``, in id order."""
+        return [(r[0], int(r[1])) for r in await self.conn.fetch(q.DEPENDANTS, {"id": job_id})]
+
+    async def unfinished_dependencies(self, job_id: str) -> list[str]:
+        """The jobs ``job_id`` waits for that are not COMPLETED, as stored."""
+        return [r[0] for r in await self.conn.fetch(q.UNFINISHED_DEPENDENCIES, {"id": job_id})]
+
+    async def completed_indexes(self, job_id: str) -> set[int]:
+        return {int(r[0]) for r in await self.conn.fetch(q.COMPLETED_INDEXES, {"job_id": job_id})}
+
+    async def release_held(self, job: Job, indexes: Sequence[int] | None, now: int) -> int:
+        """Lets the job's held chunks go (those at ``indexes``; None: all), as a change of the job: ready
+        now, or at its schedule_time if that is still to come. Returns how many; the caller saves ``job``."""
+        idx = sorted(set(indexes)) if indexes is not None else []
+        if indexes is not None and not idx:
+            return 0
+        later = job.schedule_time if job.schedule_time is not None and job.schedule_time > now else None
+        params = {"job_id": job.id, "due": later, "revision": job.touch(now), **self.d.values("idx", idx)}
+        n = await self.conn.execute(q.release_held(self.d, len(idx)), params)
+        if n:
+            await self.move_held(job, -n)
+            if later is None:
+                self.changes.new_work = True
+            else:
+                self.changes.work_later.append((later - now) / 1e6)
+                if self.waiting is not None:
+                    self.waiting.note(later)
+        return n
+
+    async def hold_pending(self, job: Job, indexes: Sequence[int], now: int) -> int:
+        """Holds the job's pending chunks at ``indexes`` that are not held; returns how many."""
+        params = {"job_id": job.id, "revision": job.touch(now), **self.d.values("idx", list(indexes))}
+        n = await self.conn.execute(q.hold_pending(self.d, len(indexes)), params)
+        await self.move_held(job, n)
+        return n
+
+    async def move_held(self, job: Job, n: int) -> None:
+        """The job holds ``n`` more chunks (fewer, when negative)."""
+        if n:
+            await self.conn.execute(q.MOVE_HELD, {"id": job.id, "n": n})
+            job.n_held += n
+
+    async def clear_held(self, job: Job) -> None:
+        """The job holds no chunk any more (its pending ones were cancelled)."""
+        if job.n_held:
+            await self.conn.execute(q.CLEAR_HELD, {"id": job.id})
+            job.n_held = 0
+
     async def set_controls(self, job: Job) -> None:
         """Writes the job's controls on the claim (rows.JOB_CONTROLS), which a save leaves out."""
         params = {"id": job.id, "paused": job.paused, "max_running_chunks": job.max_running_chunks}
@@ -598,6 +661,7 @@ class SqlTx:
                 "uri": a.uri,
                 "media_type": a.media_type,
                 "size_bytes": a.size_bytes,
+                "role": a.role,
             }
             for a in artifacts
         ]

@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jobpulse.v1 import job_pb2, job_service_pb2
-from jobpulse_server.domain.model import Artifact, Chunk, Job, Kind
+from jobpulse_server.domain.model import HELD, Artifact, Chunk, Job, Kind
 from jobpulse_server.domain.retention import Retention
 
 
@@ -31,7 +31,12 @@ def duration_from_us(us: int) -> duration_pb2.Duration:
 
 def artifact_pb(a: Artifact) -> job_pb2.Artifact:
     return job_pb2.Artifact(
-        name=a.name, uri=a.uri, media_type=a.media_type, size_bytes=a.size_bytes, chunk_index=a.chunk_index
+        name=a.name,
+        uri=a.uri,
+        media_type=a.media_type,
+        size_bytes=a.size_bytes,
+        chunk_index=a.chunk_index,
+        role=a.role,  # type: ignore[arg-type]
     )
 
 
@@ -79,13 +84,16 @@ def chunk_kwargs(c: Chunk) -> dict[str, Any]:
                 "media_type": a.media_type,
                 "size_bytes": a.size_bytes,
                 "chunk_index": a.chunk_index,
+                "role": a.role,
             }
             for a in c.artifacts
         ],
         "revision": c.revision,
         "start_time": timestamp_kwargs(c.start_time),
         "end_time": timestamp_kwargs(c.end_time),
-        "next_attempt_time": timestamp_kwargs(c.next_attempt_time),
+        # A held chunk's (domain.model.HELD) is no time: it waits for another chunk or job.
+        "next_attempt_time": timestamp_kwargs(c.next_attempt_time if c.next_attempt_time != HELD else None),
+        "finalize": c.finalize,
         "error": {"reason": c.error_reason, "message": c.error_message}
         if c.error_reason or c.error_message
         else None,
@@ -148,6 +156,10 @@ def job_pb(
         blocked=now is not None and job.blocked(now),
         paused=job.paused,
         max_running_chunks=job.max_running_chunks,
+        after=job.after,
+        after_mode=job.after_mode,  # type: ignore[arg-type]
+        finalize_kind=job.finalize_kind,
+        result_uri=job.result_uri,
     )
     add = msg.chunks.add
     for c in chunks or ():
@@ -155,10 +167,11 @@ def job_pb(
     eta = job.eta_seconds(now) if now is not None else None
     if eta is not None:
         msg.progress.eta.CopyFrom(duration(eta))
-    if job.error_chunk_index is not None:
+    if job.error_reason:
         msg.error.reason = job.error_reason
         msg.error.message = job.error_message
-        msg.error.chunk_index = job.error_chunk_index
+        if job.error_chunk_index is not None:  # none for a job cancelled for its dependency
+            msg.error.chunk_index = job.error_chunk_index
     return msg
 
 

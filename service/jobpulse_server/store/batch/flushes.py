@@ -227,12 +227,12 @@ class GroupCommit(BatchQueue):
     @staticmethod
     def _completions_given(items: list[QueuedCompletion]) -> dict[str, Any]:
         """The completions' binds: one entry each, and their artifacts as five arrays (the completion's
-        position from 1, name, uri, media type, size)."""
-        artifacts: list[list[Any]] = [[], [], [], [], []]
+        position from 1, name, uri, media type, size, role)."""
+        artifacts: list[list[Any]] = [[], [], [], [], [], []]
         for pos, item in enumerate(items, 1):
             for a in item.artifacts:
                 for column, value in zip(
-                    artifacts, (pos, a.name, a.uri, a.media_type, a.size_bytes), strict=True
+                    artifacts, (pos, a.name, a.uri, a.media_type, a.size_bytes, a.role), strict=True
                 ):
                     column.append(value)
         return {
@@ -240,7 +240,7 @@ class GroupCommit(BatchQueue):
             "job_id": [i.job_id for i in items],
             "token": [i.token for i in items],
             "ext": [i.external_task_id for i in items],
-            **dict(zip(("a_pos", "a_name", "a_uri", "a_media", "a_size"), artifacts, strict=True)),
+            **dict(zip(("a_pos", "a_name", "a_uri", "a_media", "a_size", "a_role"), artifacts, strict=True)),
         }
 
     async def _write_completions(self, items: list[QueuedCompletion]) -> None:

@@ -100,14 +100,15 @@ def _completing(now: str) -> str:
     )
 
 
-def _artifacts(pos: str, name: str, uri: str, media: str, size: str) -> str:
+def _artifacts(pos: str, name: str, uri: str, media: str, size: str, role: str) -> str:
     """CTE a: a completed chunk's artifacts (a cancelled one's are dropped, as in complete_many), from
-    five arrays (the completion's position from 1, name, uri, media type, size)."""
+    six arrays (the completion's position from 1, name, uri, media type, size, role)."""
     return (
-        "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes) "
-        "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes FROM c1 JOIN "
-        f"unnest({pos}::bigint[], {name}::text[], {uri}::text[], {media}::text[], {size}::bigint[]) "
-        f"AS u(pos, name, uri, media_type, size_bytes) ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
+        "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes, role) "
+        "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes, u.role FROM c1 JOIN "
+        f"unnest({pos}::bigint[], {name}::text[], {uri}::text[], {media}::text[], {size}::bigint[], "
+        f"{role}::smallint[]) AS u(pos, name, uri, media_type, size_bytes, role) "
+        f"ON u.pos = c1.pos WHERE c1.state = {_DONE}), "
     )
 
 
@@ -127,7 +128,11 @@ def _no_event(now: str, interval: str, asked: str) -> str:
     or one that cannot end in this flush (more chunks pending or running than ``asked``, the flush's
     completions of it, can move on) and has no progress event due (``_quiet``). The general path writes
     the events of the others (services/outbox.py: in Python, in the same transaction)."""
-    return f"(webhook_url = '' OR (n_pending + n_processing > ({asked}) AND {_quiet(now, interval)}))"
+    # A pipeline job's (services/pipeline.py) completions free or cancel other chunks: Python writes them.
+    return (
+        f"(NOT pipeline AND (webhook_url = '' OR (n_pending + n_processing > ({asked}) "
+        f"AND {_quiet(now, interval)})))"
+    )
 
 
 def _touched(now: str) -> str:
@@ -178,7 +183,7 @@ def _complete_group() -> str:
         f"end_time = CASE WHEN {_NEW_STATE} IN {_TERMINAL} THEN coalesce(j.end_time, {now}) ELSE NULL END, "
         f"change_seq = {q.POSTGRES.next_seq} "
         "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
-        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size")
+        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size", ":a_role")
         + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
         "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
         "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
@@ -484,7 +489,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
         "jl AS (SELECT id, owner, kind, priority, revision, cancel_requested, webhook_url, webhook_progress, "
-        "last_progress_event, paused, max_running_chunks, "
+        "last_progress_event, paused, max_running_chunks, pipeline, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
@@ -530,7 +535,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         f"THEN coalesce(j.end_time, {now_c}) ELSE NULL END, "
         f"change_seq = {q.POSTGRES.next_seq} "
         f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
-        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size")
+        + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size", ":a_role")
         + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
         # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
         # completions), whether the claims were tried, and the claim statement's answer.
