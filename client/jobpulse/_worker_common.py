@@ -246,7 +246,9 @@ class TaskState:
             self._external_task_id = external_task_id
         self._notify()
 
-    def add_artifact(self, name: str, uri: str, media_type: str = "", size_bytes: int = 0) -> None:
+    def add_artifact(
+        self, name: str, uri: str, media_type: str = "", size_bytes: int = 0, role: str | int = 0
+    ) -> None:
         """Adds an artifact (a reference, never content) to send when the chunk completes.
 
         Args:
@@ -254,6 +256,9 @@ class TaskState:
             uri: Where it is, e.g. ``"s3://bucket/key"``.
             media_type: Its media type, if known.
             size_bytes: Its size, if known.
+            role: What it is for: ``"output"`` (the default), ``"preview"``, ``"thumbnail"``, ``"log"``
+                or ``"result"`` (its uri becomes the job's ``result_uri`` once the job completes), or
+                an ``ArtifactRole`` number.
         """
         with self._lock:
             self.artifacts.append(
@@ -263,9 +268,21 @@ class TaskState:
                     media_type=media_type,
                     size_bytes=size_bytes,
                     chunk_index=self.chunk.index,
+                    role=artifact_role(role),  # type: ignore[arg-type]
                 )
             )
 
     def _snapshot(self) -> tuple[int, str, str, str]:
         with self._lock:
             return self._items_done, self._stage, self._message, self._external_task_id
+
+
+def artifact_role(role: str | int) -> int:
+    """An ArtifactRole number from a number or a name (``"result"``, ``"ARTIFACT_ROLE_RESULT"``)."""
+    if isinstance(role, int):
+        return role
+    name = role.upper()
+    name = name if name.startswith("ARTIFACT_ROLE_") else "ARTIFACT_ROLE_" + name
+    if name not in job_pb2.ArtifactRole.keys():
+        raise ValueError(f"role must be output, preview, thumbnail, log or result, not {role!r}")
+    return job_pb2.ArtifactRole.Value(name)

@@ -166,3 +166,18 @@ def test_complete_and_claim_frees_and_takes_the_next_stage(client: jobpulse.Clie
     ask = worker_service_pb2.ClaimChunksRequest(worker_id="w1", kinds=["pl-c1", "pl-c2"], max_chunks=1)
     answer = client.complete_chunk(c.chunk.id, c.lease_token, claim_next=ask)
     assert [n.job_id for n in answer.claims] == [stage2.id]
+
+
+def test_a_finalize_chunk_obeys_its_own_kinds_pause_and_cap(client: jobpulse.Client) -> None:
+    job = client.create_job("pl-k", 1, finalize_kind="pl-kf")
+    client.update_kind("pl-kf", paused=True)
+    _finish(client, _claim(client, "pl-k"))
+    assert _claim(client, "pl-kf") == []
+    client.update_kind("pl-kf", paused=False, max_running_chunks=1)
+    [fin] = _claim(client, "pl-kf")
+    assert fin.chunk.finalize and fin.job_id == job.id
+    other = client.create_job("pl-k", 1, finalize_kind="pl-kf")
+    _finish(client, _claim(client, "pl-k"))
+    assert _claim(client, "pl-kf") == []  # the kind's one running chunk is the first job's
+    _finish(client, [fin])
+    assert [c.job_id for c in _claim(client, "pl-kf")] == [other.id]

@@ -60,6 +60,7 @@ from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
+    HELD,
     Artifact,
     Chunk,
     ChunkState,
@@ -120,6 +121,8 @@ class _Tables:
     floor: int = 0
     # kind -> its stored controls (the kinds table; no counts).
     kinds: dict[str, Kind] = field(default_factory=dict)
+    # (after_id, job_id) -> after_mode (job_dependencies).
+    dependencies: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
@@ -133,6 +136,7 @@ class _Tables:
             seq=self.seq,
             floor=self.floor,
             kinds=dict(self.kinds),
+            dependencies=dict(self.dependencies),
         )
 
     def next_seq(self) -> int:
@@ -151,6 +155,8 @@ class _Tables:
             row.change_seq = self.next_seq()
             row.trace_parent, row.schedule_time = stored.trace_parent, stored.schedule_time
             row.paused, row.max_running_chunks = stored.paused, stored.max_running_chunks
+            # rows.JOB_PIPELINE: only the statements that hold, release and link move these.
+            row.n_held, row.pipeline = stored.n_held, stored.pipeline
             self.jobs[job.id] = row
         job.bumped = False
 
@@ -314,6 +320,9 @@ class FakeRead:
                 j.update_time,
                 j.priority,
                 j.schedule_time,
+                j.n_held,
+                j.summary.pending,
+                j.summary.processing,
             )
             for j in await self.list_jobs(f, order_by, after, limit)
         ]
@@ -637,6 +646,78 @@ class FakeWrite(FakeRead):
         )
         return moved.get(ChunkState.FAILED, 0), moved.get(ChunkState.CANCELLED, 0), items
 
+    # --- pipelines (as SqlTx's, services/pipeline.py) ---
+
+    async def link_dependencies(self, job_id: str, after: Sequence[str], mode: int) -> None:
+        for after_id in after:
+            self.tables.dependencies[(after_id, job_id)] = mode
+            stored = self.tables.jobs.get(after_id)
+            if stored is not None and not stored.pipeline:
+                self.tables.jobs[after_id] = dataclasses.replace(stored, pipeline=True)
+
+    async def dependants(self, job_id: str) -> list[tuple[str, int]]:
+        return sorted((j, m) for (a, j), m in self.tables.dependencies.items() if a == job_id)
+
+    async def unfinished_dependencies(self, job_id: str) -> list[str]:
+        t = self.tables
+        return [
+            a
+            for (a, j) in t.dependencies
+            if j == job_id and a in t.jobs and t.jobs[a].state != JobState.COMPLETED
+        ]
+
+    async def completed_indexes(self, job_id: str) -> set[int]:
+        return {
+            c.index
+            for c in self.tables.chunks.values()
+            if c.job_id == job_id and c.state == ChunkState.COMPLETED
+        }
+
+    def _held(self, job_id: str, indexes: Sequence[int] | None, held: bool) -> list[Chunk]:
+        return [
+            c
+            for c in self.tables.chunks.values()
+            if c.job_id == job_id
+            and c.state == ChunkState.PENDING
+            and (c.next_attempt_time == HELD) == held
+            and (indexes is None or c.index in indexes)
+        ]
+
+    async def release_held(self, job: Job, indexes: Sequence[int] | None, now: int) -> int:
+        if indexes is not None and not indexes:
+            return 0
+        later = job.schedule_time if job.schedule_time is not None and job.schedule_time > now else None
+        rev = job.touch(now)
+        found = self._held(job.id, indexes, True)
+        for c in found:
+            self.tables.chunks[c.id] = dataclasses.replace(c, next_attempt_time=later, revision=rev)
+        await self.move_held(job, -len(found))
+        if found:
+            if later is None:
+                self.changes.new_work = True
+            else:
+                self.changes.work_later.append((later - now) / 1e6)
+        return len(found)
+
+    async def hold_pending(self, job: Job, indexes: Sequence[int], now: int) -> int:
+        rev = job.touch(now)
+        found = self._held(job.id, indexes, False)
+        for c in found:
+            self.tables.chunks[c.id] = dataclasses.replace(c, next_attempt_time=HELD, revision=rev)
+        await self.move_held(job, len(found))
+        return len(found)
+
+    async def move_held(self, job: Job, n: int) -> None:
+        if n:
+            stored = self.tables.jobs.get(job.id)
+            if stored is not None:
+                self.tables.jobs[job.id] = dataclasses.replace(stored, n_held=stored.n_held + n)
+            job.n_held += n
+
+    async def clear_held(self, job: Job) -> None:
+        if job.n_held:
+            await self.move_held(job, -job.n_held)
+
     async def set_controls(self, job: Job) -> None:
         stored = self.tables.jobs.get(job.id)
         if stored is not None:
@@ -904,6 +985,8 @@ def _delete_job(t: _Tables, job_id: str, now: int, seq: int) -> None:
     t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
     t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
     t.requests.pop(job_id, None)
+    # job_dependencies' foreign keys cascade from either side.
+    t.dependencies = {k: m for k, m in t.dependencies.items() if job_id not in k}
     del t.jobs[job_id]
 
 

@@ -122,6 +122,9 @@ def _head(job: Job) -> JobHead:
         job.update_time,
         job.priority,
         job.schedule_time,
+        job.n_held,
+        job.summary.pending,
+        job.summary.processing,
     )
 
 

@@ -10,7 +10,7 @@ from jobpulse_server.domain.model import ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS, chunk_from_row, job_from_row
 
 # Columns whose field has another name, or lives in the job's summary.
-_JOB_FIELD = {"job_metadata": "metadata"}
+_JOB_FIELD = {"job_metadata": "metadata", "after_ids": "after"}
 _SUMMARY = {
     "n_pending": "pending",
     "n_processing": "processing",
@@ -37,6 +37,11 @@ def _distinct_job_row() -> tuple[list[Any], dict[str, Any]]:
             value, expected = 0, False
         elif column == "paused":  # a third flag, as cancel_requested (a swap of those two is not seen)
             value, expected = 1, True
+        elif column == "pipeline":  # a fourth, as webhook_progress
+            value, expected = 0, False
+        elif column == "after_ids":
+            expected = [f"job-{n}"]
+            value = json.dumps(expected)
         else:
             value = expected = 1000 + n if n % 2 else f"text-{n}"
         row.append(value)
@@ -59,7 +64,8 @@ def test_each_column_of_a_job_row_lands_in_the_field_of_its_name() -> None:
 
 def test_each_column_of_a_chunk_row_lands_in_the_field_of_its_name() -> None:
     row: list[Any] = [
-        int(ChunkState.FAILED) if c == "state" else f"v{n}" for n, c in enumerate(CHUNK_COLUMNS)
+        int(ChunkState.FAILED) if c == "state" else True if c == "finalize" else f"v{n}"
+        for n, c in enumerate(CHUNK_COLUMNS)
     ]
     chunk = chunk_from_row(row)
     fields = {"idx": "index"}

@@ -411,11 +411,11 @@ def kind_open(alias: str) -> str:
 
 
 def kind_capped(jobs: str) -> str:
-    """PostgreSQL: whether a job of the relation ``jobs`` (with kind) is of a kind with a
-    max_running_chunks: the group commit's claims leave those to the general path, which counts the
-    kind's running chunks under the kind's lock (SqlTx.claim)."""
+    """PostgreSQL: whether a job of the relation ``jobs`` (with kind and finalize_kind) is of a kind, or has
+    a finalize chunk of a kind, with a max_running_chunks: the group commit's claims leave those to the
+    general path, which counts the kind's running chunks under the kind's lock (SqlTx.claim)."""
     return (
-        f"EXISTS (SELECT 1 FROM {jobs} AS cj JOIN kinds AS ck ON ck.kind = cj.kind "
+        f"EXISTS (SELECT 1 FROM {jobs} AS cj JOIN kinds AS ck ON ck.kind IN (cj.kind, cj.finalize_kind) "
         "WHERE ck.max_running_chunks > 0)"
     )
 

@@ -402,8 +402,8 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool) -> str:
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return (
         # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        "WITH j AS (SELECT id, owner, kind, priority, revision, webhook_url, webhook_progress, "
-        "last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
+        "WITH j AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, "
+        "webhook_progress, last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
         f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
         f"AND {q.may_claim('')} ORDER BY id FOR UPDATE), "
@@ -488,7 +488,8 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         # array, each job found by its key: an OR of the two IN lists could only be tested row by row,
         # and the plan walked every job in the table (with 50,000 finished jobs, all of them each flush);
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
-        "jl AS (SELECT id, owner, kind, priority, revision, cancel_requested, webhook_url, webhook_progress, "
+        "jl AS (SELECT id, owner, kind, finalize_kind, priority, revision, cancel_requested, webhook_url, "
+        "webhook_progress, "
         "last_progress_event, paused, max_running_chunks, pipeline, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
@@ -502,7 +503,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         # rows, each claimed chunk's revision above the flush's completions of its job.
         # The candidates as locked, each judged by may_claim as it is before this flush's completions
         # (which only leave more room).
-        "jk AS (SELECT id, owner, kind, priority, revision, webhook_url, webhook_progress, "
+        "jk AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, webhook_progress, "
         "last_progress_event, "
         "max_running_chunks, n_processing FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
