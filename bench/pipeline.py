@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from bench import procs, report
+from bench.load import percentile
 from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
@@ -46,6 +47,7 @@ class _Run:
         self.completed: list[float] = []
         self.final_claimed: float | None = None
         self.claim_rtts: list[float] = []
+        self.complete_rtts: list[float] = []
         self.stop = asyncio.Event()
 
 
@@ -66,7 +68,9 @@ async def _worker(channel: grpc.aio.Channel, name: str, kind: str, handler_s: fl
             done = worker_service_pb2.CompleteChunkRequest(
                 chunk_id=claim.chunk.id, lease_token=claim.lease_token
             )
+            sent = time.monotonic()
             await stub.CompleteChunk(done, timeout=TIMEOUT)
+            run.complete_rtts.append(time.monotonic() - sent)
             if not claim.chunk.finalize:
                 run.completed.append(time.monotonic())
 
@@ -160,6 +164,9 @@ async def _measure(address: str, chunks: int, workers: int, handler_s: float) ->
         "limit_ms": (1.1 * stage_s + 2 * handler_s) * 1e3,
         "finalize_after_ms": (run.final_claimed - max(run.completed)) * 1e3,
         "claim_cycle_ms": cycle_s * 1e3,
+        # CompleteChunk round trips, p50 and p99, of the three stages at once and of the pipeline.
+        "complete_together_ms": [percentile(together.complete_rtts, p) * 1e3 for p in (50, 99)],
+        "complete_pipeline_ms": [percentile(run.complete_rtts, p) * 1e3 for p in (50, 99)],
     }
 
 

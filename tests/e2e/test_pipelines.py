@@ -4,8 +4,10 @@ a held chunk waits for, what frees it, what a failure cancels, and what Job.bloc
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from support.e2e import assert_summary_matches
+from support.e2e import BackgroundThread, assert_summary_matches
 
 import jobpulse
 from jobpulse.v1 import job_pb2, worker_service_pb2
@@ -181,3 +183,18 @@ def test_a_finalize_chunk_obeys_its_own_kinds_pause_and_cap(client: jobpulse.Cli
     assert _claim(client, "pl-kf") == []  # the kind's one running chunk is the first job's
     _finish(client, [fin])
     assert [c.job_id for c in _claim(client, "pl-kf")] == [other.id]
+
+
+def test_a_claimer_waiting_for_the_next_stage_gets_the_freed_chunk(client: jobpulse.Client) -> None:
+    """A claimer that waits (ClaimChunks ``wait``) is woken by the completion that frees a chunk, as by
+    new work: on PostgreSQL that completion is group-committed with the release in SQL."""
+    stage1 = client.create_job("pl-w1", 3, chunk_size=1)
+    stage2 = client.create_job("pl-w2", 3, chunk_size=1, after=[stage1.id], after_mode="per_chunk")
+    first, *_ = _claim(client, "pl-w1")
+    got: list[worker_service_pb2.ChunkClaim] = []
+    started = time.monotonic()
+    waiting = BackgroundThread(lambda: got.extend(client.claim_chunks("w2", kinds=["pl-w2"], wait=30)))
+    _finish(client, [first])
+    waiting.join(30)
+    assert [(c.job_id, c.chunk.index) for c in got] == [(stage2.id, first.chunk.index)]
+    assert time.monotonic() - started < 20

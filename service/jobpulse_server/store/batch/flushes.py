@@ -19,6 +19,7 @@ backoff.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -248,10 +249,14 @@ class GroupCommit(BatchQueue):
         rows = await self._run_statement(
             COMPLETE_GROUP, {**self._common(now), **self._completions_given(items)}
         )
-        self._completed(items, rows, now)
+        self._completed(items, [r[:11] for r in rows], now, rows[0][11] if rows else None)
 
-    def _completed(self, items: list[QueuedCompletion], rows: Sequence[Sequence[Any]], now: int) -> None:
-        """Answers the completions from their statement's rows (one per completion that went through)."""
+    def _completed(
+        self, items: list[QueuedCompletion], rows: Sequence[Sequence[Any]], now: int, released: Any = None
+    ) -> None:
+        """Answers the completions from their statement's rows (one per completion that went through).
+        ``released``: the dependants whose chunks the completions freed (services/pipeline.py), as JSON
+        of id -> revision, or None."""
         self.items += len(rows)
         revisions: dict[str, int] = {}
         results: dict[int, Completed] = {}
@@ -291,8 +296,10 @@ class GroupCommit(BatchQueue):
                 ended.setdefault(job_id, one)
         for one in ended.values():
             one.ends_job = True
-        if revisions:
-            self.store.publish(Changes(jobs=revisions))
+        freed = _revisions(released)
+        if revisions or freed:
+            # Freed chunks are new work for this process's waiting claimers (NOTIFY told the others).
+            self.store.publish(Changes(jobs={**revisions, **freed}, new_work=bool(freed)))
         _answer(items, results)
 
     async def _write_claims(self, kinds: tuple[str, ...], asks: list[QueuedClaim]) -> None:
@@ -358,6 +365,14 @@ class GroupCommit(BatchQueue):
         }
         rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots), self.fair_now), given)
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
-        self._completed(items, done_rows or (), now_c)
+        self._completed(items, done_rows or (), now_c, rows[0][8])
         if tried:
             self._claimed(asks, n_jobs, chunk_rows, claim_callers, job_rows, dues)
+
+
+def _revisions(released: Any) -> dict[str, int]:
+    """A completion statement's freed dependants (JSON text of id -> revision, or None) as a dict."""
+    if released is None:
+        return {}
+    found = json.loads(released) if isinstance(released, (str, bytes)) else released
+    return {str(k): int(v) for k, v in found.items()}

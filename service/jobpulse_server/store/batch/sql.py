@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jobpulse_server.store.statements as q
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
 
 _RUNNING = int(ChunkState.PROCESSING)
@@ -128,11 +128,70 @@ def _no_event(now: str, interval: str, asked: str) -> str:
     or one that cannot end in this flush (more chunks pending or running than ``asked``, the flush's
     completions of it, can move on) and has no progress event due (``_quiet``). The general path writes
     the events of the others (services/outbox.py: in Python, in the same transaction)."""
-    # A pipeline job's (services/pipeline.py) completions free or cancel other chunks: Python writes them.
+    # (The pipeline rule, _pipeline_may, is the other reason a completion declines.)
+    return f"(webhook_url = '' OR (n_pending + n_processing > ({asked}) AND {_quiet(now, interval)}))"
+
+
+# A held chunk (services/pipeline.py) and DependencyMode.PER_CHUNK.
+_HELD = str(HELD)
+_PER_CHUNK = str(AFTER_PER_CHUNK)
+
+
+def _pipeline_may(alias: str, asked: str, last_id: str) -> str:
+    """Whether the completions of a flush to a locked job (``alias``: its row's, with the dot) may be
+    written here although it is a pipeline job (services/pipeline.py ``follow``): they can neither end
+    it nor bring it to its finalize chunk's turn (more chunks pending or running than ``asked``, plus the
+    finalize chunk), so all they can do in pipelines is free chunk i of each PER_CHUNK dependant
+    (``_released``); and every job waiting for it sorts after ``last_id``, the last of the statement's
+    own jobs, which it locks first: the dependants it locks next keep the id order of every writer's
+    locks (one before it would deadlock with a transaction holding it and waiting for one of these), and
+    none is a row the statement writes already. The others decline: Python writes them."""
+    a = alias
     return (
-        f"(NOT pipeline AND (webhook_url = '' OR (n_pending + n_processing > ({asked}) "
-        f"AND {_quiet(now, interval)})))"
+        f"(NOT {a}pipeline OR ({a}n_pending + {a}n_processing > ({asked}) + "
+        f"CASE WHEN {a}finalize_kind = '' THEN 0 ELSE 1 END AND NOT EXISTS (SELECT 1 FROM job_dependencies "
+        f"AS dd WHERE dd.after_id = {a}id AND dd.job_id <= {last_id})))"
     )
+
+
+def _released(now: str) -> str:
+    """CTEs dl, rl and rj: services/pipeline.py ``follow`` for the completions ``c1`` that went through
+    (TransactionPath writes the rest): each COMPLETED chunk i frees chunk i of each PER_CHUNK dependant
+    not ended nor being cancelled (SqlTx.release_held: due at once, or at the dependant's schedule_time
+    still to come), the dependants locked first (after the flush's own jobs: the pipeline lock order),
+    each one change (a revision, a change_seq) with its held count lowered. rj: (id, revision) of each
+    dependant changed."""
+    return (
+        "dl AS (SELECT dj.id, dj.revision, "
+        f"CASE WHEN dj.schedule_time > {now} THEN dj.schedule_time END AS due FROM jobs AS dj "
+        "WHERE dj.id IN (SELECT d.job_id FROM job_dependencies AS d JOIN c1 ON d.after_id = c1.job_id "
+        f"WHERE d.after_mode = {_PER_CHUNK} AND c1.state = {_DONE}) "
+        f"AND NOT dj.cancel_requested AND dj.state NOT IN {_TERMINAL} ORDER BY dj.id FOR UPDATE), "
+        "rl AS (UPDATE chunks AS hc SET next_attempt_time = dl.due, retry_at = dl.due, "
+        "revision = dl.revision + 1 FROM c1 JOIN job_dependencies AS d ON d.after_id = c1.job_id "
+        f"AND d.after_mode = {_PER_CHUNK} JOIN dl ON dl.id = d.job_id WHERE c1.state = {_DONE} "
+        f"AND hc.job_id = d.job_id AND hc.idx = c1.idx AND hc.state = {int(ChunkState.PENDING)} "
+        f"AND hc.retry_at = {_HELD} RETURNING hc.job_id), "
+        "rj AS (UPDATE jobs AS rjj SET n_held = rjj.n_held - x.n, revision = dl.revision + 1, "
+        f"update_time = greatest(rjj.update_time, {now}), change_seq = {q.POSTGRES.next_seq} "
+        "FROM (SELECT job_id, count(*) AS n FROM rl GROUP BY job_id) AS x JOIN dl ON dl.id = x.job_id "
+        "WHERE rjj.id = x.job_id RETURNING rjj.id, rjj.revision), "
+    )
+
+
+def _notify_with_released(channel: str, replica: str) -> str:
+    """CTE n of a completion statement: ``_notify``'s NOTIFY of the jobs of ``j1`` and of the dependants
+    ``rj`` freed chunks of, which is new work (``w``) for the other replicas' waiting claimers."""
+    return (
+        f"n AS (SELECT pg_notify({channel}, json_build_object('r', {replica}::text, "
+        "'j', json_object_agg(x.id, x.revision), 'd', json_build_array(), "
+        "'w', (SELECT count(*) > 0 FROM rj))::text) AS sent "
+        "FROM (SELECT id, revision FROM j1 UNION ALL SELECT id, revision FROM rj) AS x HAVING count(*) > 0) "
+    )
+
+
+# The dependants a completion statement freed chunks of, as a JSON object of id -> revision (NULL: none).
+_RELEASED = "(SELECT json_object_agg(id, revision) FROM rj)"
 
 
 def _touched(now: str) -> str:
@@ -170,9 +229,14 @@ def _complete_group() -> str:
         # event (its end, a progress event due) declines: its outbox rows are built in Python.
         _locked_jobs(
             "cancel_requested",
-            _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)"),
+            _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)")
+            + " AND "
+            + _pipeline_may(
+                "jobs.", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)", "(SELECT max(job_id) FROM i)"
+            ),
         )
         + _completing(now)
+        + _released(now)
         +
         # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new
         # change_seq.
@@ -184,9 +248,9 @@ def _complete_group() -> str:
         f"change_seq = {q.POSTGRES.next_seq} "
         "FROM g WHERE j.id = g.job_id RETURNING j.id, j.revision, j.state, j.create_time, j.trace_parent), "
         + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size", ":a_role")
-        + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
-        "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
-        "j1.create_time, c1.idx, j1.trace_parent FROM c1 JOIN j1 ON j1.id = c1.job_id "
+        + _notify_with_released(":channel", ":replica")
+        + "SELECT c1.pos, j1.state, j1.revision, c1.state, c1.kind, c1.items, c1.start_time, c1.attempt, "
+        f"j1.create_time, c1.idx, j1.trace_parent, {_RELEASED} FROM c1 JOIN j1 ON j1.id = c1.job_id "
         "CROSS JOIN n"
     )
 
@@ -437,6 +501,10 @@ def slots_given(slots: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
     return {"workers": workers, "leases": leases, "callers": callers}
 
 
+# The completions of a flush to the job of jl's row.
+_ASKED_JL = "(SELECT count(*) FROM i WHERE i.job_id = jl.id)"
+
+
 @functools.cache
 def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
@@ -496,8 +564,10 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
         # The completions: COMPLETE_GROUP's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
-        f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')}), "
+        f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')} AND "
+        f"{_pipeline_may('jl.', _ASKED_JL, '(SELECT max(id) FROM jl)')}), "
         + _completing(now_c)
+        + _released(now_c)
         +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
@@ -537,11 +607,11 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         f"change_seq = {q.POSTGRES.next_seq} "
         f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
         + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size", ":a_role")
-        + f"n AS (SELECT {_notify(':channel', ':replica')} AS sent FROM j1 HAVING count(*) > 0) "
+        + _notify_with_released(":channel", ":replica")
         # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
         # completions), whether the claims were tried, and the claim statement's answer.
-        f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, c1.items, "
-        "c1.start_time, c1.attempt, j.create_time, c1.idx, j.trace_parent)) "
+        + f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, "
+        "c1.items, c1.start_time, c1.attempt, j.create_time, c1.idx, j.trace_parent)) "
         "FROM c1 JOIN jl AS j ON j.id = c1.job_id JOIN g ON g.job_id = c1.job_id) AS done_rows, "
         f"(SELECT count(*) FROM c1) = :n AS tried, "
         "(SELECT count(*) FROM jk) AS n_jobs, "
@@ -549,5 +619,5 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         f"(SELECT array_agg(k1.caller ORDER BY {order}) FROM k1) AS callers, "
         "(SELECT array_agg(j1) FROM j1) AS job_rows, "
         f"(SELECT array_agg(k1.due ORDER BY {order}) FROM k1) AS dues, "
-        "(SELECT count(*) FROM n) AS notified"
+        f"(SELECT count(*) FROM n) AS notified, {_RELEASED} AS released"
     )
