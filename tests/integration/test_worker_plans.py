@@ -263,7 +263,8 @@ async def test_the_flushers_generic_plans_stay_small_on_large_tables(database_ur
         await conn.execute(f"UPDATE chunks SET state = {RUNNING}, lease_expire_time = idx WHERE idx % 3 = 1")
         await conn.execute(FLUSHER_SETTINGS)  # as the flusher's connection plans
         statements = {
-            "completions": group.COMPLETE_GROUP,
+            "completions": group.complete_group(True),
+            "completions, none held": group.complete_group(False),
             "progress reports": group.PROGRESS_GROUP,
             "retryable failures": group.FAIL_GROUP,
             "due retries": sql.PG_PROMOTE,

@@ -16,6 +16,7 @@ import pytest
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.store.batch.flushes import GroupCommit
 from jobpulse_server.store.batch.queue import QueuedClaim, QueuedCompletion
+from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.waiting import NEVER, Waiting
 
@@ -25,6 +26,11 @@ class Refused(Exception):
 
 
 class _OneOwner(Owners):
+    def stale(self) -> bool:
+        return False
+
+
+class _NoneHeld(Holds):
     def stale(self) -> bool:
         return False
 
@@ -43,6 +49,9 @@ class FailingStore:
         # One owner, known: the flusher looks nothing up before its claims (store/owners.py).
         self.owners = _OneOwner()
         self.owners.settle("anyone", several=False)
+        # No PER_CHUNK dependant holds chunks, known: nothing looked up before its completions either.
+        self.holds = _NoneHeld()
+        self.holds.settle(False)
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")

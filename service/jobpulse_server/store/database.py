@@ -26,6 +26,7 @@ from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
 from jobpulse_server.store.errors import translated
+from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.tx import SqlTx
 from jobpulse_server.store.waiting import Waiting
@@ -85,6 +86,8 @@ class SqlStore:
         self.waiting = Waiting(self._wake_claimers)
         # PostgreSQL: whether several owners have pending chunks, as last seen (fair share's statements).
         self.owners = Owners()
+        # PostgreSQL: whether a PER_CHUNK dependant holds chunks, as last seen (the completions' statements).
+        self.holds = Holds()
         self.driver: SqliteDriver | PgDriver
         self.batch: Batch | None
         if self.dialect.postgres:
@@ -164,6 +167,7 @@ class SqlStore:
                     self.waiting,
                     fair=self.fair_share,
                     owners=self.owners if self.dialect.postgres else None,
+                    holds=self.holds if self.dialect.postgres else None,
                 )
                 result = await body(tx)
                 await tx.finish()

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.filters import ORDERS, JobFilter
-from jobpulse_server.domain.model import HELD, ChunkState, JobState
+from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, ChunkState, JobState
 from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.store.rows import (
     ARTIFACT_SELECT,
@@ -695,6 +695,8 @@ UNFINISHED_DEPENDENCIES = (
     f"WHERE d.job_id = :id AND j.state <> {int(JobState.COMPLETED)}"
 )
 COMPLETED_INDEXES = f"SELECT idx FROM chunks WHERE job_id = :job_id AND state = {int(ChunkState.COMPLETED)}"
+# PostgreSQL: whether a PER_CHUNK dependant holds chunks (store/holds.py), off ix_jobs_per_chunk_held.
+PER_CHUNK_HOLDS = f"SELECT EXISTS (SELECT 1 FROM jobs WHERE n_held > 0 AND after_mode = {AFTER_PER_CHUNK})"
 MOVE_HELD = "UPDATE jobs SET n_held = n_held + :n WHERE id = :id"
 CLEAR_HELD = "UPDATE jobs SET n_held = 0 WHERE id = :id"
 

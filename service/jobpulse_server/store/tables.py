@@ -140,7 +140,14 @@ Index(
 # SQLite counts them from the running chunks instead (at most one per lease: fewer rows than an index
 # write on every save that moves n_processing would cost).
 Index("ix_jobs_running", jobs.c.owner, postgresql_where=jobs.c.n_processing > 0).ddl_if(dialect="postgresql")
-POSTGRES_ONLY_INDEXES = frozenset({"ix_jobs_claimable", "ix_jobs_running"})
+# PostgreSQL: the PER_CHUNK dependants still holding chunks (migration 0019; store/holds.py): whether the
+# completions' statements carry the freeing of their chunks. Few entries, moved only by those statements.
+Index(
+    "ix_jobs_per_chunk_held",
+    jobs.c.id,
+    postgresql_where=text("n_held > 0 AND after_mode = 2"),
+).ddl_if(dialect="postgresql")
+POSTGRES_ONLY_INDEXES = frozenset({"ix_jobs_claimable", "ix_jobs_running", "ix_jobs_per_chunk_held"})
 
 # Jobs with a ttl of their own, by when they expire (end_time is NULL until the job is terminal).
 # Partial: jobs on the server's default (ttl NULL) have no entry, so the hot paths' saves of those

@@ -21,13 +21,24 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobHead, JobState, Kind, fair_tie
+from jobpulse_server.domain.model import (
+    AFTER_PER_CHUNK,
+    Artifact,
+    Chunk,
+    ChunkState,
+    Job,
+    JobHead,
+    JobState,
+    Kind,
+    fair_tie,
+)
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
+from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import (
     JOB_HEAD_SELECT,
@@ -90,12 +101,15 @@ class SqlTx:
         *,
         fair: bool = True,
         owners: Owners | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.conn = conn
         # Claims rotate across owners (domain/model.py fair_order); False: priority, then the oldest job.
         self.fair = fair
         # PostgreSQL: whether several owners have pending chunks, as last seen (store/owners.py).
         self.owners = owners
+        # PostgreSQL: whether a PER_CHUNK dependant holds chunks, as last seen (store/holds.py).
+        self.holds = holds
         self.d = dialect
         self.changes = changes
         self.replica = replica
@@ -578,6 +592,8 @@ class SqlTx:
         for after_id in after:
             await self.conn.execute(q.LINK_DEPENDENCY, {"after_id": after_id, "job_id": job_id, "mode": mode})
             await self.conn.execute(q.MARK_PIPELINE, {"id": after_id})
+        if mode == AFTER_PER_CHUNK and self.holds is not None:
+            self.holds.saw()
 
     async def dependants(self, job_id: str) -> list[tuple[str, int]]:
         """(job id, after_mode) of each job waiting for ``job_id``, in id order."""

@@ -39,13 +39,14 @@ from jobpulse_server.store.batch.queue import (
     _once_each,
 )
 from jobpulse_server.store.batch.sql import (
-    COMPLETE_GROUP,
     FAIL_GROUP,
     PROGRESS_GROUP,
     claim_group_statement,
+    complete_group,
     complete_then_claim,
     slots_given,
 )
+from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import chunk_from_row, job_from_row
 from jobpulse_server.store.waiting import PROMOTE_LIMIT, Waiting
@@ -57,6 +58,7 @@ class _Runs(Protocol):
     replica_id: str
     waiting: Waiting
     owners: Owners
+    holds: Holds
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
@@ -75,6 +77,7 @@ class GroupCommit(BatchQueue):
         # Fair share between owners in the claims' order (domain/model.py fair_order).
         self.fair = fair
         self.fair_now = fair  # this flush's: fair, and several owners have pending chunks
+        self.releases_now = True  # this flush's: a PER_CHUNK dependant holds chunks (store/holds.py)
         # The least time between a job's job.progress webhook events (the outbox's, from the server's
         # webhook_progress_interval): a job with webhooks takes this path when a flush makes no event.
         self.progress_interval_us = progress_interval_us
@@ -107,6 +110,8 @@ class GroupCommit(BatchQueue):
         if claims:
             await self._promote(max(c.now for c in claims))
             await self._look_at_owners()
+        if completions:
+            await self._look_at_holds()
         kinds = claims[0].kinds if completions and claims else None
         both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
         if both:
@@ -139,6 +144,20 @@ class GroupCommit(BatchQueue):
                 return
             owners.settle(sole, bool(several))
         self.fair_now = self.fair and owners.several
+
+    async def _look_at_holds(self) -> None:
+        """Before a flush's completions: whether a PER_CHUNK dependant holds chunks, looked up again when
+        the last look is stale (store/holds.py); the completions' statements free such chunks only then
+        (``self.releases_now``), and otherwise leave pipeline jobs to the transaction path."""
+        holds = self.store.holds
+        if holds.stale():
+            try:
+                ((found,),) = await self.store.statement_rows(q.PER_CHUNK_HOLDS, {})
+            except Exception as exc:  # the completions' own statement meets the same trouble and reports it
+                log.info("could not look for held chunks: %s", exc)
+                return
+            holds.settle(bool(found))
+        self.releases_now = holds.any
 
     async def _promote(self, now: int) -> None:
         """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
@@ -247,7 +266,7 @@ class GroupCommit(BatchQueue):
     async def _write_completions(self, items: list[QueuedCompletion]) -> None:
         now = max(i.now for i in items)  # each caller's clock when it asked; the flush's is the latest
         rows = await self._run_statement(
-            COMPLETE_GROUP, {**self._common(now), **self._completions_given(items)}
+            complete_group(self.releases_now), {**self._common(now), **self._completions_given(items)}
         )
         self._completed(items, [r[:11] for r in rows], now, rows[0][11] if rows else None)
 
@@ -363,7 +382,9 @@ class GroupCommit(BatchQueue):
             "now_c": now_c,
             "n": len(items),
         }
-        rows = await self._run_statement(complete_then_claim(bool(kinds), len(slots), self.fair_now), given)
+        rows = await self._run_statement(
+            complete_then_claim(bool(kinds), len(slots), self.fair_now, self.releases_now), given
+        )
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
         self._completed(items, done_rows or (), now_c, rows[0][8])
         if tried:

@@ -137,7 +137,7 @@ _HELD = str(HELD)
 _PER_CHUNK = str(AFTER_PER_CHUNK)
 
 
-def _pipeline_may(alias: str, asked: str, last_id: str) -> str:
+def _pipeline_may(alias: str, asked: str, last_id: str, released: bool) -> str:
     """Whether the completions of a flush to a locked job (``alias``: its row's, with the dot) may be
     written here although it is a pipeline job (services/pipeline.py ``follow``): they can neither end
     it nor bring it to its finalize chunk's turn (more chunks pending or running than ``asked``, plus the
@@ -145,8 +145,13 @@ def _pipeline_may(alias: str, asked: str, last_id: str) -> str:
     (``_released``); and every job waiting for it sorts after ``last_id``, the last of the statement's
     own jobs, which it locks first: the dependants it locks next keep the id order of every writer's
     locks (one before it would deadlock with a transaction holding it and waiting for one of these), and
-    none is a row the statement writes already. The others decline: Python writes them."""
+    none is a row the statement writes already. The others decline: Python writes them.
+
+    Without ``released`` (no PER_CHUNK dependant holds chunks anywhere, as last seen: store/holds.py),
+    every pipeline job's completions decline, and the statement leaves the dependants alone."""
     a = alias
+    if not released:
+        return f"NOT {a}pipeline"
     return (
         f"(NOT {a}pipeline OR ({a}n_pending + {a}n_processing > ({asked}) + "
         f"CASE WHEN {a}finalize_kind = '' THEN 0 ELSE 1 END AND NOT EXISTS (SELECT 1 FROM job_dependencies "
@@ -190,6 +195,9 @@ def _notify_with_released(channel: str, replica: str) -> str:
     )
 
 
+# ``_released``'s CTE rj when a statement frees nothing (store/holds.py: no PER_CHUNK dependant holds).
+_NO_RELEASE = "rj AS (SELECT NULL::text AS id, NULL::bigint AS revision WHERE false), "
+
 # The dependants a completion statement freed chunks of, as a JSON object of id -> revision (NULL: none).
 _RELEASED = "(SELECT json_object_agg(id, revision) FROM rj)"
 
@@ -220,7 +228,9 @@ def _notify(channel: str, replica: str) -> str:
 _COMPLETIONS = "chunk_id text, job_id text, token text, ext text"
 
 
-def _complete_group() -> str:
+@functools.cache
+def complete_group(released: bool) -> str:
+    """COMPLETE_GROUP; ``released``: with the freeing of PER_CHUNK dependants' chunks (``_released``)."""
     now = ":now"
     return (
         _input(_COMPLETIONS)
@@ -232,11 +242,14 @@ def _complete_group() -> str:
             _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)")
             + " AND "
             + _pipeline_may(
-                "jobs.", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)", "(SELECT max(job_id) FROM i)"
+                "jobs.",
+                "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)",
+                "(SELECT max(job_id) FROM i)",
+                released,
             ),
         )
         + _completing(now)
-        + _released(now)
+        + (_released(now) if released else _NO_RELEASE)
         +
         # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new
         # change_seq.
@@ -253,9 +266,6 @@ def _complete_group() -> str:
         f"j1.create_time, c1.idx, j1.trace_parent, {_RELEASED} FROM c1 JOIN j1 ON j1.id = c1.job_id "
         "CROSS JOIN n"
     )
-
-
-COMPLETE_GROUP = _complete_group()
 
 
 # The progress reports (heartbeats) of a flush as one statement: TransactionPath.report for each,
@@ -506,19 +516,19 @@ _ASKED_JL = "(SELECT count(*) FROM i WHERE i.job_id = jl.id)"
 
 
 @functools.cache
-def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
+def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: bool = True) -> str:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
-    COMPLETE_GROUP and then claim_group_statement would write, in one round trip and one commit, with
+    complete_group and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
     otherwise the completions alone are written and the flusher claims as before.
 
     How it keeps the two statements' meaning: every job either part touches is locked first, in id
     order (every writer's lock order); the completed chunks take revisions above the job's as in
-    COMPLETE_GROUP, the claimed chunks above those (the job's revision plus the flush's completions
+    complete_group, the claimed chunks above those (the job's revision plus the flush's completions
     of that job plus the caller's step, as the claim statement would have found it); the job row gets
     the counts of both parts, the claim's state when it claimed (a claimed chunk is running) and
     derive_state of the completions otherwise. Each completion's answer (the job's state and revision
-    after the completions) is computed from the locked row, as COMPLETE_GROUP's update would have left
+    after the completions) is computed from the locked row, as complete_group's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
     written in as claim_group_statement writes it."""
     ready = q.pg_ready(":kinds" if kinds else "")
@@ -562,12 +572,12 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
         "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
-        # The completions: COMPLETE_GROUP's, over the locked rows.
+        # The completions: complete_group's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
         f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')} AND "
-        f"{_pipeline_may('jl.', _ASKED_JL, '(SELECT max(id) FROM jl)')}), "
+        f"{_pipeline_may('jl.', _ASKED_JL, '(SELECT max(id) FROM jl)', released)}), "
         + _completing(now_c)
-        + _released(now_c)
+        + (_released(now_c) if released else _NO_RELEASE)
         +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
@@ -608,7 +618,7 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False) -> str:
         f"FROM d WHERE j.id = d.job_id RETURNING {_prefixed(JOB_COLUMNS, 'j')}), "
         + _artifacts(":a_pos", ":a_name", ":a_uri", ":a_media", ":a_size", ":a_role")
         + _notify_with_released(":channel", ":replica")
-        # One row: the completions as COMPLETE_GROUP answers them (the job's state and revision after the
+        # One row: the completions as complete_group answers them (the job's state and revision after the
         # completions), whether the claims were tried, and the claim statement's answer.
         + f"SELECT (SELECT array_agg(ROW(c1.pos, {done_state}, j.revision + g.n, c1.state, c1.kind, "
         "c1.items, c1.start_time, c1.attempt, j.create_time, c1.idx, j.trace_parent)) "

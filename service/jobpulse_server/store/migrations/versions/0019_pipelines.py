@@ -5,7 +5,8 @@ A held chunk is a pending chunk with next_attempt_time (and retry_at) at domain.
 of the claim index as a retry does, at a time that never comes, until the completion that frees it.
 ``jobs.n_held`` counts a job's held chunks (for Job.blocked); ``jobs.pipeline`` marks a job whose
 completions free or cancel other chunks. ``job_dependencies`` finds a job's dependants by its primary
-key (after_id first), and a dependant's dependencies by ``ix_job_dependencies_job``.
+key (after_id first), and a dependant's dependencies by ``ix_job_dependencies_job``. PostgreSQL's
+``ix_jobs_per_chunk_held`` holds the PER_CHUNK dependants still holding chunks (store/holds.py).
 
 Revision ID: 0019
 Revises: 0018
@@ -38,9 +39,13 @@ def upgrade() -> None:
         sa.Column("after_mode", sa.SmallInteger, nullable=False),
     )
     op.create_index("ix_job_dependencies_job", "job_dependencies", ["job_id"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE INDEX ix_jobs_per_chunk_held ON jobs (id) WHERE n_held > 0 AND after_mode = 2")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_jobs_per_chunk_held", table_name="jobs")
     op.drop_index("ix_job_dependencies_job", "job_dependencies")
     op.drop_table("job_dependencies")
     op.drop_column("artifacts", "role")
