@@ -5,8 +5,12 @@ only then do PostgreSQL's completion statements carry the CTEs that free them (s
 ``_released``: 3-5% of complete-and-claim's rate when they find nothing, by bench.compare). Without them
 a pipeline job's completions decline to the transaction path, which frees what they free; so a stale
 answer costs time, never a held chunk. Looked up again at most every ``REFRESH_S`` by the next
-completion flush (an index probe of ix_jobs_per_chunk_held); a PER_CHUNK dependant made in this process
-sets it at once.
+completion flush (off ix_jobs_per_chunk_held); a PER_CHUNK dependant made in this process counts at once.
+
+The look also finds the jobs those dependants wait for (``dependencies``): the flusher writes each one's
+completions in a statement of its own, where its dependants sort after every job of the statement and
+its completions may free their chunks (sql.py ``_pipeline_may``), instead of declining whenever a later
+stage's completions share the flush.
 """
 
 from __future__ import annotations
@@ -17,21 +21,24 @@ REFRESH_S = 0.2
 
 
 class Holds:
-    """What the last look found: ``any`` (assumed until the first look)."""
+    """What the last look found: ``any`` (assumed until the first look), and the jobs waited for."""
 
-    __slots__ = ("_looked", "any")
+    __slots__ = ("_looked", "any", "dependencies")
 
     def __init__(self) -> None:
         self.any = True
+        self.dependencies: frozenset[str] = frozenset()
         self._looked = -REFRESH_S
 
     def stale(self) -> bool:
         return time.monotonic() - self._looked >= REFRESH_S
 
-    def settle(self, found: bool) -> None:
+    def settle(self, dependencies: frozenset[str]) -> None:
         self._looked = time.monotonic()
-        self.any = found
+        self.dependencies = dependencies
+        self.any = bool(dependencies)
 
-    def saw(self) -> None:
-        """A PER_CHUNK dependant holding chunks is being made in this process."""
+    def saw(self, after_id: str) -> None:
+        """A PER_CHUNK dependant of ``after_id`` holding chunks is being made in this process."""
         self.any = True
+        self.dependencies = self.dependencies | {after_id}

@@ -110,10 +110,19 @@ class GroupCommit(BatchQueue):
         if claims:
             await self._promote(max(c.now for c in claims))
             await self._look_at_owners()
+        staged: set[int] = set()
         if completions:
             await self._look_at_holds()
+            completions, written = await self._write_stages(completions)
+            # A claim after one of those completions goes on its own (below): it is made only if that
+            # completion went through.
+            staged = {id(c) for c in written}
         kinds = claims[0].kinds if completions and claims else None
-        both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
+        both = [
+            c
+            for c in claims
+            if c.kinds == kinds and all(id(a) in taken and id(a) not in staged for a in c.after)
+        ]
         if both:
             await self._settle([*completions, *both], self._write_both(completions, kinds or (), both))
             # Answered (claimed, or the statement failed and each caller has its error): done.
@@ -152,12 +161,30 @@ class GroupCommit(BatchQueue):
         holds = self.store.holds
         if holds.stale():
             try:
-                ((found,),) = await self.store.statement_rows(q.PER_CHUNK_HOLDS, {})
+                rows = await self.store.statement_rows(q.PER_CHUNK_HOLDS, {})
             except Exception as exc:  # the completions' own statement meets the same trouble and reports it
                 log.info("could not look for held chunks: %s", exc)
                 return
-            holds.settle(bool(found))
+            holds.settle(frozenset(r[0] for r in rows))
         self.releases_now = holds.any
+
+    async def _write_stages(
+        self, completions: list[QueuedCompletion]
+    ) -> tuple[list[QueuedCompletion], list[QueuedCompletion]]:
+        """While PER_CHUNK dependants hold chunks: the completions of each job they wait for, written in a
+        statement of its own first (store/holds.py), so that its dependants sort after every job of the
+        statement and its completions free their chunks there. Returns the other completions, and those
+        written."""
+        waited_for = self.store.holds.dependencies if self.releases_now else frozenset()
+        staged = [c for c in completions if c.job_id in waited_for]
+        if not staged:
+            return completions, []
+        by_job: dict[str, list[QueuedCompletion]] = {}
+        for c in staged:
+            by_job.setdefault(c.job_id, []).append(c)
+        for items in by_job.values():
+            await self._settle(items, self._write_completions(items))
+        return [c for c in completions if c.job_id not in waited_for], staged
 
     async def _promote(self, now: int) -> None:
         """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
