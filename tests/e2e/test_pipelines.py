@@ -4,6 +4,7 @@ a held chunk waits for, what frees it, what a failure cancels, and what Job.bloc
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -198,3 +199,37 @@ def test_a_claimer_waiting_for_the_next_stage_gets_the_freed_chunk(client: jobpu
     waiting.join(30)
     assert [(c.job_id, c.chunk.index) for c in got] == [(stage2.id, first.chunk.index)]
     assert time.monotonic() - started < 20
+
+
+def test_the_sdk_workers_run_a_pipeline_to_its_result(client: jobpulse.Client) -> None:
+    """Two SDK Workers, one per stage kind, and one of the finalize kind: the finalize handler sees
+    ``task.chunk.finalize`` and marks the result, which the job's result_uri then gives."""
+    stage1 = client.create_job("pl-sdk1", 6, chunk_size=1)
+    stage2 = client.create_job(
+        "pl-sdk2", 6, chunk_size=1, after=[stage1.id], after_mode="per_chunk", finalize_kind="pl-sdkf"
+    )
+    seen: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def handle(task: jobpulse.Task) -> None:
+        with lock:
+            seen.append((task.job_id, task.chunk.finalize))
+        if task.chunk.finalize:
+            task.add_artifact("final", f"s3://out/{task.job_id}.mp4", role="result")
+
+    stop = threading.Event()
+    workers = [
+        jobpulse.Worker(client, kinds=[kind], concurrency=2, poll_wait=0.2)
+        for kind in ("pl-sdk1", "pl-sdk2", "pl-sdkf")
+    ]
+    pools = [BackgroundThread(lambda w=w: w.run(handle, stop_event=stop)) for w in workers]
+    try:
+        final = client.wait(stage2.id, timeout=60)
+    finally:
+        stop.set()
+    for pool in pools:
+        pool.join(30)
+
+    assert final.state == DONE and final.result_uri == f"s3://out/{stage2.id}.mp4"
+    assert seen.count((stage2.id, True)) == 1 and seen[-1] == (stage2.id, True)
+    assert client.get_job(stage1.id).state == DONE
