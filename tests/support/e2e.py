@@ -114,3 +114,49 @@ def popen_interruptible(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]
         return subprocess.Popen(argv, text=True, **kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class PipelineOrder:
+    """Watches a PER_CHUNK pipeline (``stage2`` after ``stage1``) while it runs, every 20 ms from a thread
+    of its own: a chunk of stage 2 that has started (not PENDING) while its stage-1 chunk has not
+    COMPLETED, or a finalize chunk started before every other chunk of its job COMPLETED, is a breach.
+    Stage 2 is read first, stage 1 after: a chunk started at the first read had, if the rule holds, its
+    stage-1 chunk completed before it, so the second read sees it completed. Calls that fail (a server
+    being killed) are passed over."""
+
+    def __init__(self, address: str, stage1: str, stage2: str) -> None:
+        self.address, self.stage1, self.stage2 = address, stage1, stage2
+        self.breaches: list[str] = []
+        self.looks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                with jobpulse.Client(self.address, timeout=5) as client:
+                    while not self._stop.wait(0.02):
+                        self._look(client)
+            except jobpulse.errors.JobpulseError:
+                continue
+
+    def _look(self, client: jobpulse.Client) -> None:
+        second = list(client.get_job(self.stage2).chunks)
+        done1 = {
+            c.index for c in client.get_job(self.stage1).chunks if c.state == job_pb2.CHUNK_STATE_COMPLETED
+        }
+        started = [c for c in second if c.state != job_pb2.CHUNK_STATE_PENDING]
+        early = [c.index for c in started if not c.finalize and c.index not in done1]
+        if early:
+            self.breaches.append(f"stage-2 chunks {early} started before their stage-1 chunks completed")
+        if any(c.finalize for c in started) and any(
+            c.state != job_pb2.CHUNK_STATE_COMPLETED for c in second if not c.finalize
+        ):
+            self.breaches.append("the finalize chunk started before the others completed")
+        self.looks += 1
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.breaches
