@@ -33,6 +33,27 @@ KIND_CONTROLS = {
 }
 
 
+# A pipeline in use (JOBPULSE_BENCH_PIPELINE=other): before each row, a job of another kind and a
+# PER_CHUNK dependant of it, which holds its chunk for the whole row; both kinds are paused, since the
+# rows' workers claim any kind (and a server from before dependencies, which ignores the fields, would
+# hand out the dependant's chunk). Then the server's completion statements carry the freeing of held
+# chunks (store/holds.py) and its claims pass over held ones, none of them the rows' own.
+WORK_PIPELINE = os.environ.get("JOBPULSE_BENCH_PIPELINE", "")
+
+
+async def _pipeline(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
+    if WORK_PIPELINE != "other":
+        return
+    for kind in ("bench-stage1", "bench-stage2"):
+        ask = job_service_pb2.UpdateKindRequest(kind=job_service_pb2.Kind(kind=kind, paused=True))
+        await jobs.UpdateKind(ask, timeout=TIMEOUT)
+    first = job_service_pb2.CreateJobRequest(kind="bench-stage1", total_items=1)
+    first_id = (await jobs.CreateJob(first, timeout=TIMEOUT)).job.id
+    then = job_service_pb2.CreateJobRequest(kind="bench-stage2", total_items=1, after=[first_id])
+    then.after_mode = job_pb2.DEPENDENCY_MODE_PER_CHUNK
+    await jobs.CreateJob(then, timeout=TIMEOUT)
+
+
 async def _kind_controls(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
     """Sets WORK_KIND_CONTROLS' controls; a server from before UpdateKind is left as it is."""
     for kind, paused, cap in KIND_CONTROLS[WORK_KIND_CONTROLS]:
@@ -213,6 +234,7 @@ async def chunk_throughput(
         if not await work.supported(stub, mode, TIMEOUT):
             return {**row, "unimplemented": True}
         await _kind_controls(jobs)
+        await _pipeline(jobs)
         new = job_service_pb2.CreateJobRequest(kind="bench-work", total_items=backlog, chunk_size=1)
         new.max_running_chunks = WORK_MAX_RUNNING  # a server from before the field ignores it
         new.display_name = f"bench work {mode.key}"
