@@ -420,6 +420,8 @@ def test_a_pipeline_shows_its_chain_what_it_waits_for_and_its_result(server) -> 
         assert 'data-testid="scheduled"' not in page
         listing = client.get("/", params={"kind": "dash-stage2"}).text
         assert re.search(r'<td class="state"[^>]*>.*?data-testid="waiting"', listing, re.S)
+        upstream = client.get(f"/jobs/{first.id}").text
+        assert re.search(rf'data-testid="dependants">Runs before <a href="/jobs/{second.id}"', upstream)
 
         for kind in ("dash-stage1", "dash-stage2", "dash-final"):
             [c] = sdk.claim_chunks("w1", kinds=[kind])

@@ -307,6 +307,7 @@ class Dashboard:
             chunks, next_token, _ = await self.jobs.list_chunks(who, job_id, [], CHUNKS_SHOWN, "")
             deliveries = await self.webhooks.list_deliveries(who, job_id) if page.job.webhook_url else []
             job = page.job
+            dependants = await self.jobs.dependants(who, job)
             error_chunk = None
             if job.error_chunk_index is not None:
                 error_chunk = next((c for c in chunks if c.index == job.error_chunk_index), None)
@@ -319,6 +320,7 @@ class Dashboard:
                 more_chunks=bool(next_token),
                 deliveries=deliveries[:50],
                 error_chunk=error_chunk,
+                dependants=dependants,
                 title=job.display_name or job.id,
             )
 

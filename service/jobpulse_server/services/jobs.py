@@ -601,6 +601,15 @@ class JobService:
                 raise JobNotFound(job_id)
             return job, await tx.chunk_states(job_id)
 
+    async def dependants(self, who: Principal, job: Job) -> list[Job]:
+        """The jobs waiting for ``job`` that ``who`` may see, in id order (the dashboard's chain)."""
+        if not job.pipeline:
+            return []
+        async with self.store.read() as tx:
+            ids = [job_id for job_id, _ in await tx.dependants(job.id)]
+            found = await tx.get_jobs(ids, who.owner_filter) if ids else {}
+        return [found[i] for i in ids if i in found]
+
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
         ends = Ends()
