@@ -51,7 +51,7 @@ class FailingStore:
         self.owners.settle("anyone", several=False)
         # No PER_CHUNK dependant holds chunks, known: nothing looked up before its completions either.
         self.holds = _NoneHeld()
-        self.holds.settle(frozenset())
+        self.holds.settle(False)
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")

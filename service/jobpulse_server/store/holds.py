@@ -6,11 +6,6 @@ only then do PostgreSQL's completion statements carry the CTEs that free them (s
 a pipeline job's completions decline to the transaction path, which frees what they free; so a stale
 answer costs time, never a held chunk. Looked up again at most every ``REFRESH_S`` by the next
 completion flush (off ix_jobs_per_chunk_held); a PER_CHUNK dependant made in this process counts at once.
-
-The look also finds the jobs those dependants wait for (``dependencies``): the flusher writes each one's
-completions in a statement of its own, where its dependants sort after every job of the statement and
-its completions may free their chunks (sql.py ``_pipeline_may``), instead of declining whenever a later
-stage's completions share the flush.
 """
 
 from __future__ import annotations
@@ -21,24 +16,21 @@ REFRESH_S = 0.2
 
 
 class Holds:
-    """What the last look found: ``any`` (assumed until the first look), and the jobs waited for."""
+    """What the last look found: ``any`` (assumed until the first look)."""
 
-    __slots__ = ("_looked", "any", "dependencies")
+    __slots__ = ("_looked", "any")
 
     def __init__(self) -> None:
         self.any = True
-        self.dependencies: frozenset[str] = frozenset()
         self._looked = -REFRESH_S
 
     def stale(self) -> bool:
         return time.monotonic() - self._looked >= REFRESH_S
 
-    def settle(self, dependencies: frozenset[str]) -> None:
+    def settle(self, found: bool) -> None:
         self._looked = time.monotonic()
-        self.dependencies = dependencies
-        self.any = bool(dependencies)
+        self.any = found
 
-    def saw(self, after_id: str) -> None:
-        """A PER_CHUNK dependant of ``after_id`` holding chunks is being made in this process."""
+    def saw(self) -> None:
+        """A PER_CHUNK dependant holding chunks is being made in this process."""
         self.any = True
-        self.dependencies = self.dependencies | {after_id}

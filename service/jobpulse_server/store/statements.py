@@ -695,12 +695,8 @@ UNFINISHED_DEPENDENCIES = (
     f"WHERE d.job_id = :id AND j.state <> {int(JobState.COMPLETED)}"
 )
 COMPLETED_INDEXES = f"SELECT idx FROM chunks WHERE job_id = :job_id AND state = {int(ChunkState.COMPLETED)}"
-# PostgreSQL: the jobs PER_CHUNK dependants holding chunks wait for (store/holds.py), the dependants found
-# off ix_jobs_per_chunk_held.
-PER_CHUNK_HOLDS = (
-    "SELECT DISTINCT d.after_id FROM jobs AS j JOIN job_dependencies AS d ON d.job_id = j.id "
-    f"WHERE j.n_held > 0 AND j.after_mode = {AFTER_PER_CHUNK}"
-)
+# PostgreSQL: whether a PER_CHUNK dependant holds chunks (store/holds.py), off ix_jobs_per_chunk_held.
+PER_CHUNK_HOLDS = f"SELECT EXISTS (SELECT 1 FROM jobs WHERE n_held > 0 AND after_mode = {AFTER_PER_CHUNK})"
 MOVE_HELD = "UPDATE jobs SET n_held = n_held + :n WHERE id = :id"
 CLEAR_HELD = "UPDATE jobs SET n_held = 0 WHERE id = :id"
 

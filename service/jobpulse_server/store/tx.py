@@ -593,7 +593,7 @@ class SqlTx:
             await self.conn.execute(q.LINK_DEPENDENCY, {"after_id": after_id, "job_id": job_id, "mode": mode})
             await self.conn.execute(q.MARK_PIPELINE, {"id": after_id})
         if mode == AFTER_PER_CHUNK and self.holds is not None:
-            self.holds.saw(after[0])
+            self.holds.saw()
 
     async def dependants(self, job_id: str) -> list[tuple[str, int]]:
         """(job id, after_mode) of each job waiting for ``job_id``, in id order."""

@@ -110,19 +110,10 @@ class GroupCommit(BatchQueue):
         if claims:
             await self._promote(max(c.now for c in claims))
             await self._look_at_owners()
-        staged: set[int] = set()
         if completions:
             await self._look_at_holds()
-            completions, written = await self._write_stages(completions)
-            # A claim after one of those completions goes on its own (below): it is made only if that
-            # completion went through.
-            staged = {id(c) for c in written}
         kinds = claims[0].kinds if completions and claims else None
-        both = [
-            c
-            for c in claims
-            if c.kinds == kinds and all(id(a) in taken and id(a) not in staged for a in c.after)
-        ]
+        both = [c for c in claims if c.kinds == kinds and all(id(a) in taken for a in c.after)]
         if both:
             await self._settle([*completions, *both], self._write_both(completions, kinds or (), both))
             # Answered (claimed, or the statement failed and each caller has its error): done.
@@ -161,30 +152,12 @@ class GroupCommit(BatchQueue):
         holds = self.store.holds
         if holds.stale():
             try:
-                rows = await self.store.statement_rows(q.PER_CHUNK_HOLDS, {})
+                ((found,),) = await self.store.statement_rows(q.PER_CHUNK_HOLDS, {})
             except Exception as exc:  # the completions' own statement meets the same trouble and reports it
                 log.info("could not look for held chunks: %s", exc)
                 return
-            holds.settle(frozenset(r[0] for r in rows))
+            holds.settle(bool(found))
         self.releases_now = holds.any
-
-    async def _write_stages(
-        self, completions: list[QueuedCompletion]
-    ) -> tuple[list[QueuedCompletion], list[QueuedCompletion]]:
-        """While PER_CHUNK dependants hold chunks: the completions of each job they wait for, written in a
-        statement of its own first (store/holds.py), so that its dependants sort after every job of the
-        statement and its completions free their chunks there. Returns the other completions, and those
-        written."""
-        waited_for = self.store.holds.dependencies if self.releases_now else frozenset()
-        staged = [c for c in completions if c.job_id in waited_for]
-        if not staged:
-            return completions, []
-        by_job: dict[str, list[QueuedCompletion]] = {}
-        for c in staged:
-            by_job.setdefault(c.job_id, []).append(c)
-        for items in by_job.values():
-            await self._settle(items, self._write_completions(items))
-        return [c for c in completions if c.job_id not in waited_for], staged
 
     async def _promote(self, now: int) -> None:
         """Before a flush's claims: the chunks whose retry backoff has run out back into the claim order
@@ -342,10 +315,10 @@ class GroupCommit(BatchQueue):
                 ended.setdefault(job_id, one)
         for one in ended.values():
             one.ends_job = True
-        freed = _revisions(released)
-        if revisions or freed:
+        changed, freed = _released(released)
+        if revisions or changed:
             # Freed chunks are new work for this process's waiting claimers (NOTIFY told the others).
-            self.store.publish(Changes(jobs={**revisions, **freed}, new_work=bool(freed)))
+            self.store.publish(Changes(jobs={**revisions, **changed}, new_work=freed > 0))
         _answer(items, results)
 
     async def _write_claims(self, kinds: tuple[str, ...], asks: list[QueuedClaim]) -> None:
@@ -418,9 +391,10 @@ class GroupCommit(BatchQueue):
             self._claimed(asks, n_jobs, chunk_rows, claim_callers, job_rows, dues)
 
 
-def _revisions(released: Any) -> dict[str, int]:
-    """A completion statement's freed dependants (JSON text of id -> revision, or None) as a dict."""
+def _released(released: Any) -> tuple[dict[str, int], int]:
+    """What a completion statement freed (sql.py ``_RELEASED``, JSON or None): the dependants it changed
+    on their own, id -> revision, and how many chunks."""
     if released is None:
-        return {}
+        return {}, 0
     found = json.loads(released) if isinstance(released, (str, bytes)) else released
-    return {str(k): int(v) for k, v in found.items()}
+    return {str(k): int(v) for k, v in (found.get("j") or {}).items()}, int(found.get("n") or 0)

@@ -137,15 +137,12 @@ _HELD = str(HELD)
 _PER_CHUNK = str(AFTER_PER_CHUNK)
 
 
-def _pipeline_may(alias: str, asked: str, last_id: str, released: bool) -> str:
+def _pipeline_may(alias: str, asked: str, released: bool) -> str:
     """Whether the completions of a flush to a locked job (``alias``: its row's, with the dot) may be
     written here although it is a pipeline job (services/pipeline.py ``follow``): they can neither end
     it nor bring it to its finalize chunk's turn (more chunks pending or running than ``asked``, plus the
     finalize chunk), so all they can do in pipelines is free chunk i of each PER_CHUNK dependant
-    (``_released``); and every job waiting for it sorts after ``last_id``, the last of the statement's
-    own jobs, which it locks first: the dependants it locks next keep the id order of every writer's
-    locks (one before it would deadlock with a transaction holding it and waiting for one of these), and
-    none is a row the statement writes already. The others decline: Python writes them.
+    (``_released``). The others decline: Python writes them.
 
     Without ``released`` (no PER_CHUNK dependant holds chunks anywhere, as last seen: store/holds.py),
     every pipeline job's completions decline, and the statement leaves the dependants alone."""
@@ -153,53 +150,79 @@ def _pipeline_may(alias: str, asked: str, last_id: str, released: bool) -> str:
     if not released:
         return f"NOT {a}pipeline"
     return (
-        f"(NOT {a}pipeline OR ({a}n_pending + {a}n_processing > ({asked}) + "
-        f"CASE WHEN {a}finalize_kind = '' THEN 0 ELSE 1 END AND NOT EXISTS (SELECT 1 FROM job_dependencies "
-        f"AS dd WHERE dd.after_id = {a}id AND dd.job_id <= {last_id})))"
+        f"(NOT {a}pipeline OR {a}n_pending + {a}n_processing > ({asked}) + "
+        f"CASE WHEN {a}finalize_kind = '' THEN 0 ELSE 1 END)"
     )
 
 
-def _released(now: str) -> str:
-    """CTEs dl, rl and rj: services/pipeline.py ``follow`` for the completions ``c1`` that went through
+def _locking(ids: str, released: bool) -> str:
+    """The ids of the jobs a completion statement locks (in id order, first): its own, ``ids`` (a query
+    of them), and with ``released`` the PER_CHUNK dependants of those, whose chunks it may free. One
+    lock set in id order, taken at once: the order of every writer's locks."""
+    if not released:
+        return f"ARRAY({ids})"
+    return (
+        f"ARRAY({ids} UNION SELECT d.job_id FROM job_dependencies AS d WHERE d.after_id IN ({ids}) "
+        f"AND d.after_mode = {_PER_CHUNK})"
+    )
+
+
+def _released(now: str, locked: str, counts: str, steps: str) -> str:
+    """CTEs rl, hx and rj: services/pipeline.py ``follow`` for the completions ``c1`` that went through
     (TransactionPath writes the rest): each COMPLETED chunk i frees chunk i of each PER_CHUNK dependant
     not ended nor being cancelled (SqlTx.release_held: due at once, or at the dependant's schedule_time
-    still to come), the dependants locked first (after the flush's own jobs: the pipeline lock order),
-    each one change (a revision, a change_seq) with its held count lowered. rj: (id, revision) of each
-    dependant changed."""
+    still to come). The dependants are rows of ``locked`` (``_locking``). A dependant the statement
+    changes anyway (its row in ``counts``, with ``steps`` the revisions the statement gives it) takes the
+    freeing into that change (the caller's update of it subtracts hx's count from n_held); any other is
+    a change of its own (rj: a revision, a change_seq, its held count lowered). rj: (id, revision)."""
     return (
-        "dl AS (SELECT dj.id, dj.revision, "
-        f"CASE WHEN dj.schedule_time > {now} THEN dj.schedule_time END AS due FROM jobs AS dj "
-        "WHERE dj.id IN (SELECT d.job_id FROM job_dependencies AS d JOIN c1 ON d.after_id = c1.job_id "
-        f"WHERE d.after_mode = {_PER_CHUNK} AND c1.state = {_DONE}) "
-        f"AND NOT dj.cancel_requested AND dj.state NOT IN {_TERMINAL} ORDER BY dj.id FOR UPDATE), "
-        "rl AS (UPDATE chunks AS hc SET next_attempt_time = dl.due, retry_at = dl.due, "
-        "revision = dl.revision + 1 FROM c1 JOIN job_dependencies AS d ON d.after_id = c1.job_id "
-        f"AND d.after_mode = {_PER_CHUNK} JOIN dl ON dl.id = d.job_id WHERE c1.state = {_DONE} "
+        "rl AS (UPDATE chunks AS hc SET "
+        f"next_attempt_time = CASE WHEN dl.schedule_time > {now} THEN dl.schedule_time END, "
+        f"retry_at = CASE WHEN dl.schedule_time > {now} THEN dl.schedule_time END, "
+        f"revision = dl.revision + coalesce({steps}, 1) "
+        f"FROM c1 JOIN job_dependencies AS d ON d.after_id = c1.job_id AND d.after_mode = {_PER_CHUNK} "
+        f"JOIN {locked} AS dl ON dl.id = d.job_id LEFT JOIN {counts} AS gd ON gd.job_id = dl.id "
+        f"WHERE c1.state = {_DONE} AND NOT dl.cancel_requested AND dl.state NOT IN {_TERMINAL} "
         f"AND hc.job_id = d.job_id AND hc.idx = c1.idx AND hc.state = {int(ChunkState.PENDING)} "
         f"AND hc.retry_at = {_HELD} RETURNING hc.job_id), "
-        "rj AS (UPDATE jobs AS rjj SET n_held = rjj.n_held - x.n, revision = dl.revision + 1, "
+        "hx AS (SELECT job_id, count(*) AS n FROM rl GROUP BY job_id), "
+        "rj AS (UPDATE jobs AS rjj SET n_held = rjj.n_held - hx.n, revision = dl.revision + 1, "
         f"update_time = greatest(rjj.update_time, {now}), change_seq = {q.POSTGRES.next_seq} "
-        "FROM (SELECT job_id, count(*) AS n FROM rl GROUP BY job_id) AS x JOIN dl ON dl.id = x.job_id "
-        "WHERE rjj.id = x.job_id RETURNING rjj.id, rjj.revision), "
+        f"FROM hx JOIN {locked} AS dl ON dl.id = hx.job_id WHERE rjj.id = hx.job_id "
+        f"AND hx.job_id NOT IN (SELECT job_id FROM {counts}) RETURNING rjj.id, rjj.revision), "
+    )
+
+
+def _held_less(released: bool) -> str:
+    """A completion statement's update of its own jobs ``j``: n_held less what ``_released`` freed of
+    them (nothing without ``released``)."""
+    return (
+        "n_held = j.n_held - coalesce((SELECT hx.n FROM hx WHERE hx.job_id = j.id), 0), " if released else ""
     )
 
 
 def _notify_with_released(channel: str, replica: str) -> str:
     """CTE n of a completion statement: ``_notify``'s NOTIFY of the jobs of ``j1`` and of the dependants
-    ``rj`` freed chunks of, which is new work (``w``) for the other replicas' waiting claimers."""
+    ``rj`` freed chunks of; chunks freed (rl) are new work (``w``) for the other replicas' claimers."""
     return (
         f"n AS (SELECT pg_notify({channel}, json_build_object('r', {replica}::text, "
         "'j', json_object_agg(x.id, x.revision), 'd', json_build_array(), "
-        "'w', (SELECT count(*) > 0 FROM rj))::text) AS sent "
+        "'w', (SELECT count(*) > 0 FROM rl))::text) AS sent "
         "FROM (SELECT id, revision FROM j1 UNION ALL SELECT id, revision FROM rj) AS x HAVING count(*) > 0) "
     )
 
 
-# ``_released``'s CTE rj when a statement frees nothing (store/holds.py: no PER_CHUNK dependant holds).
-_NO_RELEASE = "rj AS (SELECT NULL::text AS id, NULL::bigint AS revision WHERE false), "
+# ``_released``'s CTEs when a statement frees nothing (store/holds.py: no PER_CHUNK dependant holds).
+_NO_RELEASE = (
+    "rl AS (SELECT NULL::text AS job_id WHERE false), "
+    "rj AS (SELECT NULL::text AS id, NULL::bigint AS revision WHERE false), "
+)
 
-# The dependants a completion statement freed chunks of, as a JSON object of id -> revision (NULL: none).
-_RELEASED = "(SELECT json_object_agg(id, revision) FROM rj)"
+# What a completion statement freed: {"j": the dependants changed on their own, id -> revision (or
+# null), "n": the chunks freed}.
+_RELEASED = (
+    "json_build_object('j', (SELECT json_object_agg(id, revision) FROM rj), 'n', (SELECT count(*) FROM rl))"
+)
 
 
 def _touched(now: str) -> str:
@@ -232,28 +255,34 @@ _COMPLETIONS = "chunk_id text, job_id text, token text, ext text"
 def complete_group(released: bool) -> str:
     """COMPLETE_GROUP; ``released``: with the freeing of PER_CHUNK dependants' chunks (``_released``)."""
     now = ":now"
+    asked = "(SELECT count(*) FROM i WHERE i.job_id = jx.id)"
     return (
         _input(_COMPLETIONS)
         +
-        # The jobs first, by id (every writer's lock order). A job whose completions here make a webhook
-        # event (its end, a progress event due) declines: its outbox rows are built in Python.
-        _locked_jobs(
-            "cancel_requested",
-            _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)")
-            + " AND "
-            + _pipeline_may(
-                "jobs.",
-                "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)",
-                "(SELECT max(job_id) FROM i)",
-                released,
-            ),
+        # The jobs first, by id (every writer's lock order), with the dependants whose chunks their
+        # completions may free. A job whose completions here make a webhook event (its end, a progress
+        # event due) declines: its outbox rows are built in Python.
+        (
+            "jx AS (SELECT id, revision, cancel_requested, state, schedule_time, webhook_url, "
+            "webhook_progress, last_progress_event, n_pending, n_processing, pipeline, finalize_kind, "
+            "id IN (SELECT job_id FROM i) AS comp FROM jobs "
+            f"WHERE id = ANY({_locking('SELECT job_id FROM i', released)}) ORDER BY id FOR UPDATE), "
+            "j0 AS (SELECT id, revision, cancel_requested FROM jx WHERE comp AND "
+            f"{_no_event(now, ':interval', asked)} AND {_pipeline_may('jx.', asked, released)}), "
+            if released
+            # None held anywhere: the jobs that meet the conditions only, as before pipelines.
+            else _locked_jobs(
+                "cancel_requested",
+                _no_event(now, ":interval", "(SELECT count(*) FROM i WHERE i.job_id = jobs.id)")
+                + " AND NOT jobs.pipeline",
+            )
         )
         + _completing(now)
-        + (_released(now) if released else _NO_RELEASE)
+        + (_released(now, "jx", "g", "gd.n") if released else _NO_RELEASE)
         +
         # Job.touch + the counts move with the chunks + derive_state; end_time once terminal; a new
         # change_seq.
-        f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
+        f"j1 AS (UPDATE jobs AS j SET {_touched(now)}{_held_less(released)}"
         "n_processing = j.n_processing - g.n, n_completed = j.n_completed + g.done, "
         "n_cancelled = j.n_cancelled + g.cancelled, items_done = j.items_done + g.gained, "
         f"state = {_NEW_STATE}, "
@@ -568,17 +597,15 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: b
         # an IN of their UNION still read the whole table once the claims' first chunks were many.
         "jl AS (SELECT id, owner, kind, finalize_kind, priority, revision, cancel_requested, webhook_url, "
         "webhook_progress, "
-        "last_progress_event, paused, max_running_chunks, pipeline, "
+        "last_progress_event, paused, max_running_chunks, pipeline, state, schedule_time, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
-        "WHERE id = ANY(ARRAY(SELECT job_id FROM i UNION SELECT job_id FROM f)) ORDER BY id FOR UPDATE), "
+        f"WHERE id = ANY({_locking('SELECT job_id FROM i UNION SELECT job_id FROM f', released)}) "
+        "ORDER BY id FOR UPDATE), "
         # The completions: complete_group's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
         f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')} AND "
-        f"{_pipeline_may('jl.', _ASKED_JL, '(SELECT max(id) FROM jl)', released)}), "
-        + _completing(now_c)
-        + (_released(now_c) if released else _NO_RELEASE)
-        +
+        f"{_pipeline_may('jl.', _ASKED_JL, released)}), " + _completing(now_c) +
         # The claims, only when every completion went through: the claim statement's, over the locked
         # rows, each claimed chunk's revision above the flush's completions of its job.
         # The candidates as locked, each judged by may_claim as it is before this flush's completions
@@ -604,8 +631,10 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: b
         "coalesce(g.gained, 0) AS gained, "
         "coalesce(gk.n, 0) AS kn, coalesce(gk.lost, 0) AS lost, coalesce(gk.steps, 0) AS steps "
         "FROM g FULL JOIN gk ON gk.job_id = g.job_id), "
-        "j1 AS (UPDATE jobs AS j SET revision = j.revision + d.cn + d.steps, "
-        f"update_time = greatest(j.update_time, CASE WHEN d.cn > 0 THEN {now_c} END, "
+        + (_released(now_c, "jl", "d", "gd.cn + gd.steps") if released else _NO_RELEASE)
+        + "j1 AS (UPDATE jobs AS j SET revision = j.revision + d.cn + d.steps, "
+        + _held_less(released)
+        + f"update_time = greatest(j.update_time, CASE WHEN d.cn > 0 THEN {now_c} END, "
         f"CASE WHEN d.kn > 0 THEN :now_k END), "
         "n_pending = j.n_pending - d.kn, n_processing = j.n_processing - d.cn + d.kn, "
         "n_completed = j.n_completed + d.done, n_cancelled = j.n_cancelled + d.cancelled, "
