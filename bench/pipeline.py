@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -99,58 +100,55 @@ async def _until_done(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) ->
         await asyncio.sleep(0.02)
 
 
+def _jobs(kinds: Sequence[str], chunks: int, pipeline: bool) -> list[job_service_pb2.CreateJobRequest]:
+    """A job of ``chunks`` chunks of each kind; with ``pipeline``, each after the one before it chunk by
+    chunk, the last ending with a finalize chunk."""
+    asks = [job_service_pb2.CreateJobRequest(kind=k, total_items=chunks, chunk_size=1) for k in kinds]
+    if pipeline:
+        asks[-1].finalize_kind = FINAL
+    return asks
+
+
+async def _timed(
+    channel: grpc.aio.Channel,
+    kinds: Sequence[str],
+    asks: list[job_service_pb2.CreateJobRequest],
+    n: int,
+    handler_s: float,
+) -> tuple[_Run, float]:
+    """``n`` workers of each of ``kinds`` (and one of the finalize kind) work the jobs ``asks`` make (a
+    job in ``after`` is each one's predecessor when its after_mode is set); the run and its seconds from
+    the first CreateJob to the last regular chunk's completion."""
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    run = _Run()
+    tasks = await _workers(channel, list(kinds), n, handler_s, run)
+    tasks += await _workers(channel, [FINAL], 1, handler_s, run)
+    started = time.monotonic()
+    made: list[str] = []
+    for ask in asks:
+        if ask.after_mode and made:
+            ask.after.append(made[-1])
+        made.append((await stub.CreateJob(ask, timeout=TIMEOUT)).job.id)
+    for job_id in made:
+        await _until_done(stub, job_id)
+    took = max(run.completed) - started
+    run.stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return run, took
+
+
 async def _measure(address: str, chunks: int, workers: int, handler_s: float) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
         # Baseline: one stage alone.
-        base = _Run()
-        tasks = await _workers(channel, [STAGES[0]], workers, handler_s, base)
-        started = time.monotonic()
-        job = (
-            await stub.CreateJob(
-                job_service_pb2.CreateJobRequest(kind=STAGES[0], total_items=chunks, chunk_size=1)
-            )
-        ).job
-        await _until_done(stub, job.id)
-        stage_s = max(base.completed) - started
-        base.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
+        base, stage_s = await _timed(
+            channel, STAGES[:1], _jobs(STAGES[:1], chunks, False), workers, handler_s
+        )
         # The machine's floor: the three stages' jobs at once with no dependency, the same workers busy.
-        together = _Run()
-        tasks = await _workers(channel, list(STAGES), workers, handler_s, together)
-        started = time.monotonic()
-        made = [
-            (
-                await stub.CreateJob(
-                    job_service_pb2.CreateJobRequest(kind=k, total_items=chunks, chunk_size=1)
-                )
-            ).job
-            for k in STAGES
-        ]
-        for job in made:
-            await _until_done(stub, job.id)
-        together_s = max(together.completed) - started
-        together.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-        run = _Run()
-        tasks = await _workers(channel, list(STAGES), workers, handler_s, run)
-        tasks += await _workers(channel, [FINAL], 1, handler_s, run)
-        started = time.monotonic()
-        previous = ""
-        for i, kind in enumerate(STAGES):
-            new = job_service_pb2.CreateJobRequest(kind=kind, total_items=chunks, chunk_size=1)
-            if previous:
-                new.after.append(previous)
-                new.after_mode = job_pb2.DEPENDENCY_MODE_PER_CHUNK
-            if i == len(STAGES) - 1:
-                new.finalize_kind = FINAL
-            previous = (await stub.CreateJob(new, timeout=TIMEOUT)).job.id
-        await _until_done(stub, previous)
-        wall_s = max(run.completed) - started
-        run.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        together, together_s = await _timed(channel, STAGES, _jobs(STAGES, chunks, False), workers, handler_s)
+        asks = _jobs(STAGES, chunks, True)
+        for ask in asks[1:]:
+            ask.after_mode = job_pb2.DEPENDENCY_MODE_PER_CHUNK
+        run, wall_s = await _timed(channel, STAGES, asks, workers, handler_s)
     if run.final_claimed is None:
         raise RuntimeError("the finalize chunk was never claimed")
     cycle_s = statistics.median(base.claim_rtts)
