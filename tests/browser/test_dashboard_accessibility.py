@@ -63,7 +63,26 @@ def _seed(srv: Any, alice: str, worker_key: str) -> dict[str, str]:
             max_running_chunks=2,
         )
         sdk.pause_job(held.id)
-    return {"running": running.id, "failed": failed.id, "held": held.id}
+        # A pipeline: a stage waiting for another (a long name, links both ways) with a finalize chunk.
+        stage1 = sdk.create_job(
+            kind="idle", total_items=3, chunk_size=1, display_name="Stage one of the scene"
+        )
+        stage2 = sdk.create_job(
+            kind="idle",
+            total_items=3,
+            chunk_size=1,
+            display_name="Stage two: colour grading of every scene of the long trailer cut " * 2,
+            after=[stage1.id],
+            after_mode="per_chunk",
+            finalize_kind="compose",
+        )
+    return {
+        "running": running.id,
+        "failed": failed.id,
+        "held": held.id,
+        "stage1": stage1.id,
+        "stage2": stage2.id,
+    }
 
 
 def _axe(browser: Any) -> list[dict[str, Any]]:
@@ -144,6 +163,10 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     check("failed job", grid)
     browser.get(f"{base}/jobs/{ids['held']}")
     check("paused, capped and scheduled job", grid)
+    browser.get(f"{base}/jobs/{ids['stage2']}")
+    check("job waiting for another", grid)
+    browser.get(f"{base}/jobs/{ids['stage1']}")
+    check("job others wait for", grid)
     browser.get(f"{base}/jobs/{ids['running']}/chunks/1")
     check("chunk")
     browser.get(base + "/stats")
@@ -164,6 +187,8 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     check("jobs on a phone", live)
     browser.get(f"{base}/jobs/{ids['running']}")
     check("job on a phone", grid)
+    browser.get(f"{base}/jobs/{ids['stage2']}")
+    check("job waiting for another, on a phone", grid)
 
     bad = {name: _say(v) for name, v in found.items() if v}
     assert not bad, "axe-core found serious or critical violations:\n" + "\n".join(

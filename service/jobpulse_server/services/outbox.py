@@ -103,7 +103,7 @@ class Outbox:
         find the results."""
         jobs = {job.id: job}
         # What the change frees or cancels in pipelines (dependants, a finalize chunk), in this transaction.
-        chunks = [*chunks, *await pipeline.follow(tx, jobs, chunks, now)]
+        await pipeline.follow(tx, jobs, chunks, now)
         ending = [j for j in jobs.values() if ends(j)]
         if ending:
             await load_artifacts(tx, ending)

@@ -29,21 +29,22 @@ from jobpulse_server.store import Tx
 DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
 
 
-async def follow(tx: Tx, jobs: MutableMapping[str, Job], changed: Sequence[Chunk], now: int) -> list[Chunk]:
+async def follow(tx: Tx, jobs: MutableMapping[str, Job], changed: Sequence[Chunk], now: int) -> None:
     """What the changes about to be saved (``jobs``, with their ``changed`` chunks) free or cancel,
-    written in ``tx``: dependants changed are added to ``jobs`` (the caller saves every job in it), and
-    the chunks changed here that the caller must save are returned. Nothing is read unless a job in
-    ``jobs`` is a pipeline job."""
+    written in ``tx``: dependants changed are added to ``jobs``, which the caller saves. Nothing is read
+    unless a job in ``jobs`` is a pipeline job; each one's dependants are read once."""
     if not any(j.pipeline for j in jobs.values()):
-        return []
-    more: list[Chunk] = []
-    done = [c for c in changed if c.state == ChunkState.COMPLETED and jobs[c.job_id].pipeline]
+        return
+    done: dict[str, list[int]] = {}  # pipeline job -> the indexes of its regular chunks completed here
+    for c in changed:
+        if c.state == ChunkState.COMPLETED and not c.finalize and jobs[c.job_id].pipeline:
+            done.setdefault(c.job_id, []).append(c.index)
     seen: set[str] = set()
     todo = [j for j in list(jobs.values()) if j.pipeline]
     while todo:
         job = todo.pop(0)
         if job.finalize_kind:
-            more += await settle_finalize(tx, job, now)
+            await settle_finalize(tx, job, now)
         if (
             job.id in seen
             or not job.state.terminal
@@ -52,17 +53,13 @@ async def follow(tx: Tx, jobs: MutableMapping[str, Job], changed: Sequence[Chunk
             continue
         seen.add(job.id)
         todo += await _ended(tx, jobs, job, now)
-    for chunk in done:
-        job = jobs[chunk.job_id]
-        if chunk.finalize:
-            continue
-        for dep_id, mode in await tx.dependants(job.id):
+    for job_id, indexes in done.items():
+        for dep_id, mode in await tx.dependants(job_id):
             if mode != AFTER_PER_CHUNK:
                 continue
             dependant = await _locked(tx, jobs, dep_id)
             if dependant is not None and not dependant.state.terminal and not dependant.cancel_requested:
-                await tx.release_held(dependant, [chunk.index], now)
-    return more
+                await tx.release_held(dependant, indexes, now)
 
 
 async def _ended(tx: Tx, jobs: MutableMapping[str, Job], job: Job, now: int) -> list[Job]:
@@ -96,6 +93,11 @@ async def cancel_for(tx: Tx, job: Job, after_id: str, how: str, now: int) -> Non
     job.cancel_time = now
     job.error_reason = DEPENDENCY_FAILED
     job.error_message = job.cancel_reason
+    await _cancel_pending(tx, job, rev, now)
+
+
+async def _cancel_pending(tx: Tx, job: Job, rev: int, now: int) -> None:
+    """The job's pending chunks (held ones too) CANCELLED at ``rev``, its counts and state moved."""
     moved = await tx.cancel_pending_chunks(job.id, rev, now)
     job.summary.pending -= moved
     job.summary.cancelled += moved
@@ -122,23 +124,17 @@ async def _locked(tx: Tx, jobs: MutableMapping[str, Job], job_id: str) -> Job | 
     return found
 
 
-async def settle_finalize(tx: Tx, job: Job, now: int) -> list[Chunk]:
-    """Keeps a job's finalize chunk held while any other chunk has not ended; once all have, frees it
-    when every one COMPLETED, else cancels it. Returns the chunks to save."""
+async def settle_finalize(tx: Tx, job: Job, now: int) -> None:
+    """Once every other chunk of a job has ended, frees its finalize chunk when all COMPLETED, else
+    cancels it (both by statement: nothing for the caller to save but the job)."""
     s = job.summary
     if job.n_held == 1 and s.pending + s.processing == 1:
         # Every other chunk has ended (a held chunk is the finalize one once the others are done: a
         # dependency's hold on chunk i goes with chunk i).
         if s.failed or s.cancelled or job.cancel_requested:
-            rev = job.touch(now)
-            moved = await tx.cancel_pending_chunks(job.id, rev, now)
-            s.pending -= moved
-            s.cancelled += moved
-            await tx.clear_held(job)
-            job.refresh_state(now)
+            await _cancel_pending(tx, job, job.touch(now), now)
         else:
             await tx.release_held(job, [s.total - 1], now)
-    return []
 
 
 async def rehold_finalize(tx: Tx, job: Job, now: int) -> list[Chunk]:

@@ -269,7 +269,7 @@ class TransactionPath:
         terminal event carries its artifacts: those written before and ``unsaved`` (this transaction's)."""
         # What the changes free or cancel in pipelines (dependants, a finalize chunk), in this transaction.
         held = {job.id: job for job in jobs}
-        changed = [*changed, *await pipeline.follow(tx, held, changed, now)]
+        await pipeline.follow(tx, held, changed, now)
         jobs = list(held.values())
         ending = [job for job in jobs if outbox_ends(job)]
         if ending:
