@@ -39,6 +39,7 @@ from jobpulse_server.domain.work import (
 from jobpulse_server.services.outbox import events_for
 from jobpulse_server.services.worker_path import backoff_seconds
 from jobpulse_server.store import Batch
+from jobpulse_server.store.caps import Caps
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.waiting import NEVER
 
@@ -408,6 +409,54 @@ def test_claims_in_one_flush_are_each_in_turn(
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
     _no_event(before_job)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    case=jobs(need=ChunkState.PENDING, hooked=False),
+    cap=st.integers(1, 6),
+    limits=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+)
+def test_claims_of_a_capped_kind_in_one_flush_take_no_more_than_its_room(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore], case: tuple[Job, list[Chunk]], cap: int, limits: list[int]
+) -> None:
+    """The job's kind has a max_running_chunks: the flush locks the kind's row first (store/caps.py) and
+    hands out, in turn, no more of its ready chunks than the cap less the kind's running ones; with no
+    room left, it leaves the claims to the general path."""
+    run, fast, job, (before_job, before_chunks) = _seeded(pg, case)
+    _, store = pg
+    run(store.write(lambda tx: tx.update_kind(job.kind, paused=None, max_running_chunks=cap, now=NOW)))
+    store.caps = Caps()  # looked up afresh by this flush (the kind is new)
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                fast.claim(ClaimRequest(f"{WORKER}-{n}", [job.kind], limit, LEASE), NOW)
+                for n, limit in enumerate(limits)
+            )
+        )
+
+    got = run(all_at_once())
+    after_job, after_chunks = run(_read(fast.store, job.id))
+    ready = [c for c in before_chunks if c.state == ChunkState.PENDING and (c.next_attempt_time or 0) <= NOW]
+    room = cap - before_job.summary.processing
+    if (job.webhook_url and _due(before_job)) or (ready and room <= 0):
+        assert got == [DECLINED] * len(limits), "declined, every one: the general path claims"
+        assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
+        return
+    beyond = {c.id for c in ready[max(room, 0) :]}
+    allowed = [c for c in before_chunks if c.id not in beyond]
+    for n, limit in enumerate(limits):
+        expected = _claim_in_domain(before_job, allowed, limit, NOW)
+        for c in expected:
+            c.worker_id = f"{WORKER}-{n}"
+        before_job.bumped = False
+        assert got[n] is not DECLINED and [c.id for _, c in got[n]] == [c.id for c in expected]
+    assert sum(c.state == ChunkState.PROCESSING for c in after_chunks) <= max(
+        cap, before_job.summary.processing
+    )
+    assert _job(after_job) == _job(before_job)
+    assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

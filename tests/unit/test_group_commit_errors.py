@@ -16,6 +16,7 @@ import pytest
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.store.batch.flushes import GroupCommit
 from jobpulse_server.store.batch.queue import QueuedClaim, QueuedCompletion
+from jobpulse_server.store.caps import Caps
 from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.waiting import NEVER, Waiting
@@ -31,6 +32,11 @@ class _OneOwner(Owners):
 
 
 class _NoneHeld(Holds):
+    def stale(self) -> bool:
+        return False
+
+
+class _NoneCapped(Caps):
     def stale(self) -> bool:
         return False
 
@@ -52,11 +58,16 @@ class FailingStore:
         # No PER_CHUNK dependant holds chunks, known: nothing looked up before its completions either.
         self.holds = _NoneHeld()
         self.holds.settle(False)
+        # No kind capped, known: nor before its claims.
+        self.caps = _NoneCapped()
+        self.caps.settle([])
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")
 
-    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
+    async def statement_rows(
+        self, sql: str, params: Mapping[str, Any], first: Any = None
+    ) -> list[Sequence[Any]]:
         self.statements.append(sql)
         raise Refused("the database went away")
 
@@ -155,7 +166,9 @@ class BrokenOnce:
 class AnsweringStore(FailingStore):
     """Answers every statement with no rows changed (a claim finds nothing ready)."""
 
-    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
+    async def statement_rows(
+        self, sql: str, params: Mapping[str, Any], first: Any = None
+    ) -> list[Sequence[Any]]:
         self.statements.append(sql)
         return [(0, None, None, None, None, None)]
 

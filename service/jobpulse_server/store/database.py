@@ -22,6 +22,7 @@ import jobpulse_server.store.statements as q
 from jobpulse_server.domain.changes import Changes
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.store.batch import Batch
+from jobpulse_server.store.caps import Caps
 from jobpulse_server.store.drivers import Aborted
 from jobpulse_server.store.drivers.asyncpg import PgDriver
 from jobpulse_server.store.drivers.sqlite import SqliteDriver
@@ -88,6 +89,8 @@ class SqlStore:
         self.owners = Owners()
         # PostgreSQL: whether a PER_CHUNK dependant holds chunks, as last seen (the completions' statements).
         self.holds = Holds()
+        # PostgreSQL: which kinds have a max_running_chunks, as last seen (the claims' statements).
+        self.caps = Caps()
         self.driver: SqliteDriver | PgDriver
         self.batch: Batch | None
         if self.dialect.postgres:
@@ -181,13 +184,15 @@ class SqlStore:
         driver = self.driver
         return await self._retrying(lambda: driver.statement(sql, params))
 
-    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+    async def statement_rows(
+        self, sql: str, params: Mapping[str, Any], first: tuple[str, Mapping[str, Any], str] | None = None
+    ) -> list[Sequence[Any]]:
         """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
         flusher's connection (store/batch/flushes.py: it alone calls this, one flush at a time); all its
-        rows."""
+        rows. ``first``: a statement run before it in one transaction (PgDriver.pinned_rows)."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver
-        return await self._retrying(lambda: driver.pinned_rows(sql, params))
+        return await self._retrying(lambda: driver.pinned_rows(sql, params, first))
 
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         """Runs ``run`` under the retry policy; a driver error that means the database is away (or the

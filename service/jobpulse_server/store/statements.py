@@ -410,13 +410,40 @@ def kind_open(alias: str) -> str:
     return f"NOT EXISTS (SELECT 1 FROM kinds AS kk WHERE kk.kind = {alias}kind AND kk.paused)"
 
 
-def kind_capped(jobs: str) -> str:
+def kind_capped(jobs: str, kinds: str = "", locked: str = "") -> str:
     """PostgreSQL: whether a job of the relation ``jobs`` (with kind and finalize_kind) is of a kind, or has
-    a finalize chunk of a kind, with a max_running_chunks: the group commit's claims leave those to the
-    general path, which counts the kind's running chunks under the kind's lock (SqlTx.claim)."""
+    a finalize chunk of a kind, with a max_running_chunks that the claim may take (``kinds``: the
+    placeholder of the claim's kinds, when it names them) and whose row it did not lock first
+    (``locked``: the placeholder of those it did, store/caps.py): the group commit's claims leave those
+    to the general path, which counts the kind's running chunks under the kind's lock (SqlTx.claim)."""
+    among = f" AND ck.kind = ANY({kinds})" if kinds else ""
+    among += f" AND ck.kind <> ALL({locked})" if locked else ""
     return (
         f"EXISTS (SELECT 1 FROM {jobs} AS cj JOIN kinds AS ck ON ck.kind IN (cj.kind, cj.finalize_kind) "
-        "WHERE ck.max_running_chunks > 0)"
+        f"WHERE ck.max_running_chunks > 0{among})"
+    )
+
+
+# PostgreSQL: the capped kinds of a claim flush (:capped, store/caps.py) locked, in kind order (as
+# capped_kinds locks them), before its statement; their names.
+LOCK_CAPPED = (
+    "SELECT kind FROM kinds WHERE kind = ANY(:capped) AND max_running_chunks > 0 ORDER BY kind FOR UPDATE"
+)
+# PostgreSQL: the kinds with a max_running_chunks now (store/caps.py).
+CAPPED_NOW = "SELECT coalesce(array_agg(kind), '{}') FROM kinds WHERE max_running_chunks > 0"
+
+
+def kind_rooms(locked: str, ending: str = "") -> str:
+    """PostgreSQL: CTE kr, how many more chunks of each kind of ``locked`` (the placeholder of the kinds
+    whose rows this transaction locked before the statement began) may run: its max_running_chunks less
+    its running chunks, counted in the statement's snapshot, which holds every claim of the kind
+    committed before the lock was given (each counts under that lock). ``ending``: a relation of chunks
+    (with kind) this statement ends, counted as running in its snapshot; their places are free."""
+    freed = f" + (SELECT count(*) FROM {ending} AS fe WHERE fe.kind = kk.kind)" if ending else ""
+    return (
+        "kr AS (SELECT kk.kind, kk.max_running_chunks - (SELECT count(*) FROM chunks AS rc "
+        f"WHERE rc.state = {tables.RUNNING} AND rc.kind = kk.kind){freed} AS room FROM kinds AS kk "
+        f"WHERE kk.kind = ANY({locked}) AND kk.max_running_chunks > 0), "
     )
 
 

@@ -46,6 +46,7 @@ from jobpulse_server.store.batch.sql import (
     complete_then_claim,
     slots_given,
 )
+from jobpulse_server.store.caps import Caps
 from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import chunk_from_row, job_from_row
@@ -59,10 +60,13 @@ class _Runs(Protocol):
     waiting: Waiting
     owners: Owners
     holds: Holds
+    caps: Caps
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
-    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]: ...
+    async def statement_rows(
+        self, sql: str, params: Mapping[str, Any], first: tuple[str, Mapping[str, Any], str] | None = None
+    ) -> list[Sequence[Any]]: ...
 
     def publish(self, changes: Changes) -> None: ...
 
@@ -110,6 +114,7 @@ class GroupCommit(BatchQueue):
         if claims:
             await self._promote(max(c.now for c in claims))
             await self._look_at_owners()
+            await self._look_at_caps()
         if completions:
             await self._look_at_holds()
         kinds = claims[0].kinds if completions and claims else None
@@ -144,6 +149,24 @@ class GroupCommit(BatchQueue):
                 return
             owners.settle(sole, bool(several))
         self.fair_now = self.fair and owners.several
+
+    async def _look_at_caps(self) -> None:
+        """Before a flush's claims: which kinds have a max_running_chunks, looked up again when the last
+        look is stale (store/caps.py); a claim that may take chunks of one locks their rows first."""
+        caps = self.store.caps
+        if caps.stale():
+            try:
+                ((kinds,),) = await self.store.statement_rows(q.CAPPED_NOW, {})
+            except Exception as exc:  # the claims' own statement meets the same trouble and reports it
+                log.info("could not look at the capped kinds: %s", exc)
+                return
+            caps.settle(kinds)
+
+    def _capped_first(self, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any], str] | None:
+        """The statement that locks the rows of the capped kinds a claim of ``kinds`` may take, run before
+        the claim's in one transaction (store/caps.py); None when there are none."""
+        capped = self.store.caps.among(kinds)
+        return (q.LOCK_CAPPED, {"capped": capped}, "locked") if capped else None
 
     async def _look_at_holds(self) -> None:
         """Before a flush's completions: whether a PER_CHUNK dependant holds chunks, looked up again when
@@ -184,8 +207,10 @@ class GroupCommit(BatchQueue):
             "interval": self.progress_interval_us,
         }
 
-    async def _run_statement(self, statement: str, given: dict[str, Any]) -> list[Sequence[Any]]:
-        rows = await self.store.statement_rows(statement, given)
+    async def _run_statement(
+        self, statement: str, given: dict[str, Any], first: tuple[str, dict[str, Any], str] | None = None
+    ) -> list[Sequence[Any]]:
+        rows = await self.store.statement_rows(statement, given, first)
         self.flushes += 1
         return rows
 
@@ -326,9 +351,11 @@ class GroupCommit(BatchQueue):
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
+        first = self._capped_first(kinds)
         rows = await self._run_statement(
-            claim_group_statement(len(kinds), len(slots), self.fair_now),
+            claim_group_statement(len(kinds), len(slots), self.fair_now, first is not None),
             {**self._common(now), "kinds": list(kinds), **slots_given(slots), "spin": str(now)},
+            first,
         )
         row = rows[0]
         self._claimed(asks, row[0], row[1], row[2], row[3], row[5])
@@ -382,8 +409,11 @@ class GroupCommit(BatchQueue):
             "now_c": now_c,
             "n": len(items),
         }
+        first = self._capped_first(kinds)
         rows = await self._run_statement(
-            complete_then_claim(bool(kinds), len(slots), self.fair_now, self.releases_now), given
+            complete_then_claim(bool(kinds), len(slots), self.fair_now, self.releases_now, first is not None),
+            given,
+            first,
         )
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
         self._completed(items, done_rows or (), now_c, rows[0][8])

@@ -423,20 +423,45 @@ def _fail_group() -> str:
 FAIL_GROUP = _fail_group()
 
 
-def _picked(ready: str, jobs: str, limit: str, now: str, interval: str, fair: bool, held: str = "") -> str:
+def _picked(
+    ready: str,
+    jobs: str,
+    limit: str,
+    now: str,
+    interval: str,
+    fair: bool,
+    held: str = "",
+    *,
+    kinds: str = "",
+    capped: bool = False,
+    ending: str = "",
+) -> str:
     """CTE c: the ready chunks of the locked candidate jobs ``jobs`` (id, priority, webhook columns), in
     claim order, locked (statements.pg_ready_of_jobs); none when a claim would make a candidate job's
     webhook event (a progress event due: a claim never ends a job), and then the general path claims,
-    keeping the claim order; none either when a candidate job's kind has a max_running_chunks (the
-    general path counts the kind's running chunks under its lock: statements.kind_capped). ``fair``: in
-    fair_order (``jobs`` has owner), ``held`` as statements.owner_running's."""
+    keeping the claim order; none either when a candidate job's kind (or finalize kind), among the
+    claim's ``kinds``, has a max_running_chunks and its row was not locked before the statement (the
+    general path counts the kind's running chunks under its lock: statements.kind_capped). ``capped``:
+    the flush locked the rows of the kinds :locked first (store/caps.py), and takes no more of each
+    kind's chunks than its room (statements.kind_rooms; ``ending`` as there). ``fair``: in fair_order
+    (``jobs`` has owner), ``held`` as statements.owner_running's."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
+    locked = ":locked" if capped else ""
     candidates = (
         f"(SELECT id, owner, priority, max_running_chunks, n_processing FROM {jobs} "
-        f"WHERE NOT EXISTS {quiet} AND NOT {q.kind_capped(jobs)})"
+        f"WHERE NOT EXISTS {quiet} AND NOT {q.kind_capped(jobs, kinds, locked)})"
     )
     columns = "ch.id, ch.job_id, ch.priority, ch.idx, ch.items_done, ch.next_attempt_time AS due"
-    return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair, held=held)}), "
+    if not capped:
+        return f"c AS ({q.pg_ready_of_jobs(ready, candidates, limit, columns, fair=fair, held=held)}), "
+    # Each capped kind's chunks in claim order, as many as its room.
+    picked = q.pg_ready_of_jobs(ready, candidates, limit, f"{columns}, ch.kind", fair=fair, held=held)
+    return (
+        q.kind_rooms(locked, ending) + f"cr AS ({picked}), "
+        "c AS (SELECT cr.id, cr.job_id, cr.priority, cr.idx, cr.items_done, cr.due FROM (SELECT cr.*, "
+        "row_number() OVER (PARTITION BY cr.kind ORDER BY cr.priority DESC, cr.job_id, cr.idx) AS kn "
+        "FROM cr) AS cr LEFT JOIN kr ON kr.kind = cr.kind WHERE kr.kind IS NULL OR cr.kn <= kr.room), "
+    )
 
 
 def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
@@ -477,7 +502,7 @@ def _claim_counts(name: str, claimed: str) -> str:
     )
 
 
-def claim_group_statement(n_kinds: int, limit: int, fair: bool = False) -> str:
+def claim_group_statement(n_kinds: int, limit: int, fair: bool = False, capped: bool = False) -> str:
     """The claims of a flush (of workers naming the same kinds) as one statement, for jobs without
     webhooks. The claimed chunks go to the callers in turn: the first caller's ``limit`` slots first,
     then the next caller's. Returns one row: how many candidate jobs were locked, the claimed chunks and
@@ -489,14 +514,15 @@ def claim_group_statement(n_kinds: int, limit: int, fair: bool = False) -> str:
     jobs (with 30,000 pending chunks over 100 jobs, 12 ms a claim) where the first few rows of
     ix_chunks_claim were all it needed. One statement per limit and form (at most MAX_GROUP of each).
     Parameters: kinds (when named), now, interval (the least time between job.progress events, us),
-    workers, leases (us) and callers (from 1) of the slots, channel, replica."""
+    workers, leases (us) and callers (from 1) of the slots, channel, replica; with ``capped``, locked
+    (the capped kinds whose rows the flush's transaction locked first: store/caps.py)."""
     # Built once for each form and limit: building it is a few dozen joins and formats (19 us), on every
     # claim flush's path.
-    return _claim_group_statement(bool(n_kinds), limit, fair)
+    return _claim_group_statement(bool(n_kinds), limit, fair, capped)
 
 
 @functools.cache
-def _claim_group_statement(kinds: bool, limit: int, fair: bool) -> str:
+def _claim_group_statement(kinds: bool, limit: int, fair: bool, capped: bool) -> str:
     ready = q.pg_ready(":kinds" if kinds else "")
     now = ":now"
     state = (
@@ -510,7 +536,16 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool) -> str:
         f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
         f"AND {q.may_claim('')} ORDER BY id FOR UPDATE), "
-        + _picked(ready, "j", str(int(limit)), now, ":interval", fair)
+        + _picked(
+            ready,
+            "j",
+            str(int(limit)),
+            now,
+            ":interval",
+            fair,
+            kinds=":kinds" if kinds else "",
+            capped=capped,
+        )
         + _slotted("r", ":workers", ":leases", ":callers")
         + _claiming(
             "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
@@ -545,7 +580,9 @@ _ASKED_JL = "(SELECT count(*) FROM i WHERE i.job_id = jl.id)"
 
 
 @functools.cache
-def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: bool = True) -> str:
+def complete_then_claim(
+    kinds: bool, limit: int, fair: bool = False, released: bool = True, capped: bool = False
+) -> str:
     """A flush's completions and then the claims of one set of kinds, written by one statement: what
     complete_group and then claim_group_statement would write, in one round trip and one commit, with
     each job row updated once. The claims are made only if every completion went through (``tried``);
@@ -559,7 +596,8 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: b
     derive_state of the completions otherwise. Each completion's answer (the job's state and revision
     after the completions) is computed from the locked row, as complete_group's update would have left
     it. One change_seq and one NOTIFY with the job revisions after both. ``limit``: the claims' slots,
-    written in as claim_group_statement writes it."""
+    written in as claim_group_statement writes it; ``capped`` as there (a capped kind's chunks that
+    this statement completes leave their places to its claims)."""
     ready = q.pg_ready(":kinds" if kinds else "")
     done_state = q.derive_state_sql(
         "j.n_pending",
@@ -614,7 +652,18 @@ def complete_then_claim(kinds: bool, limit: int, fair: bool = False, released: b
         "last_progress_event, "
         "max_running_chunks, n_processing FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
-        + _picked(ready, "jk", str(int(limit)), ":now_k", ":interval", fair, held)
+        + _picked(
+            ready,
+            "jk",
+            str(int(limit)),
+            ":now_k",
+            ":interval",
+            fair,
+            held,
+            kinds=":kinds" if kinds else "",
+            capped=capped,
+            ending="c1",
+        )
         + _slotted("rk", ":workers", ":leases", ":callers")
         + _claiming(
             "k1",
