@@ -17,6 +17,7 @@ a claim cycle being the median ClaimChunks round trip of the baseline's workers 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -49,6 +50,9 @@ class _Run:
         self.final_claimed: float | None = None
         self.claim_rtts: list[float] = []
         self.complete_rtts: list[float] = []
+        # (kind, chunk index) -> when its claim came back, and when its completion came back.
+        self.claimed_at: dict[tuple[str, int], float] = {}
+        self.done_at: dict[tuple[str, int], float] = {}
         self.stop = asyncio.Event()
 
 
@@ -61,6 +65,7 @@ async def _worker(channel: grpc.aio.Channel, name: str, kind: str, handler_s: fl
         sent = time.monotonic()
         claims = (await stub.ClaimChunks(ask, timeout=TIMEOUT)).claims
         for claim in claims:
+            run.claimed_at[(kind, claim.chunk.index)] = time.monotonic()
             if claim.chunk.finalize:
                 run.final_claimed = time.monotonic()
             elif time.monotonic() - sent < 0.1:  # work was ready: a claim cycle
@@ -74,6 +79,7 @@ async def _worker(channel: grpc.aio.Channel, name: str, kind: str, handler_s: fl
             run.complete_rtts.append(time.monotonic() - sent)
             if not claim.chunk.finalize:
                 run.completed.append(time.monotonic())
+                run.done_at[(kind, claim.chunk.index)] = run.completed[-1]
 
 
 async def _workers(
@@ -152,6 +158,14 @@ async def _measure(address: str, chunks: int, workers: int, handler_s: float) ->
     if run.final_claimed is None:
         raise RuntimeError("the finalize chunk was never claimed")
     cycle_s = statistics.median(base.claim_rtts)
+    # Each dependant chunk's claim after its predecessor's completion came back (the hop a dependency
+    # adds), over stages 2 and 3.
+    hops = [
+        run.claimed_at[(kind, i)] - run.done_at[(before, i)]
+        for before, kind in itertools.pairwise(STAGES)
+        for i in range(chunks)
+        if (kind, i) in run.claimed_at and (before, i) in run.done_at
+    ]
     return {
         "chunks": chunks,
         "workers_per_stage": workers,
@@ -165,6 +179,7 @@ async def _measure(address: str, chunks: int, workers: int, handler_s: float) ->
         # CompleteChunk round trips, p50 and p99, of the three stages at once and of the pipeline.
         "complete_together_ms": [percentile(together.complete_rtts, p) * 1e3 for p in (50, 99)],
         "complete_pipeline_ms": [percentile(run.complete_rtts, p) * 1e3 for p in (50, 99)],
+        "hop_ms": [percentile(hops, p) * 1e3 for p in (10, 50, 90, 99)],
     }
 
 
@@ -203,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{kind}: one stage {r['stage_ms']:.0f} ms; the three stages at once, no dependency "
         f"{r['together_ms']:.0f} ms; pipeline {r['pipeline_ms']:.0f} ms (limit "
         f"{r['limit_ms']:.0f} ms); finalize claimed {r['finalize_after_ms']:.1f} ms after the last chunk "
-        f"(claim cycle {r['claim_cycle_ms']:.1f} ms)"
+        f"(claim cycle {r['claim_cycle_ms']:.1f} ms); a dependant chunk claimed after its predecessor "
+        f"completed: p10/p50/p90/p99 {' / '.join(f'{x:.1f}' for x in r['hop_ms'])} ms"
         for kind, r in results.items()
     ]
     text = "\n".join(lines + report.targets("targets", goals(results)))
