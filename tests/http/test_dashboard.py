@@ -406,7 +406,7 @@ def test_a_scheduled_job_says_when_it_starts_on_its_page_and_in_the_list(server)
 
 def test_a_pipeline_shows_its_chain_what_it_waits_for_and_its_result(server) -> None:
     with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
-        first = sdk.create_job("dash-stage1", 1)
+        first = sdk.create_job("dash-stage1", 1, display_name="stage one")
         second = sdk.create_job("dash-stage2", 1, after=[first.id], finalize_kind="dash-final")
 
         page = client.get(f"/jobs/{second.id}").text
@@ -414,7 +414,7 @@ def test_a_pipeline_shows_its_chain_what_it_waits_for_and_its_result(server) -> 
         assert (
             note
             and note.group(1).startswith("Waiting: runs after")
-            and f'href="/jobs/{first.id}"' in note.group(1)
+            and f'href="/jobs/{first.id}" class="id">stage one</a>' in note.group(1)
         )
         assert 'data-testid="finalize"' in page and "<code>dash-final</code>" in page
         assert 'data-testid="scheduled"' not in page

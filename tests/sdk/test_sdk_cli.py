@@ -196,6 +196,16 @@ def test_the_plain_display_prints_a_line_only_when_the_job_changes():
     ]
 
 
+def test_the_chunk_table_marks_the_finalize_chunk():
+    chunks = [
+        job_pb2.Chunk(index=0, item_count=1, state=job_pb2.CHUNK_STATE_COMPLETED),
+        job_pb2.Chunk(index=1, item_count=1, state=job_pb2.CHUNK_STATE_PENDING, finalize=True),
+    ]
+    _, first, last = _render.chunks_table(chunks).splitlines()
+    assert first.split()[0] == "0" and "finalize" not in first
+    assert last.startswith("1 (finalize)"), last
+
+
 def test_jobs_table_aligns_wide_names_by_their_width_on_screen():
     names = ["月次レポート", "🚀 launch", "plain", "e\u0301clair"]  # CJK, emoji, ASCII, a combining accent
     jobs = [_job(id=f"j{n}", display_name=name, kind=f"kind{n}") for n, name in enumerate(names)]

@@ -185,10 +185,10 @@ def job_details(job: job_pb2.Job) -> str:
 
 
 def chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
-    """Returns the chunk table printed by ``jobpulse get``."""
+    """Returns the chunk table printed by ``jobpulse get``; the finalize chunk's number says so."""
     rows = (
         (
-            chunk.index,
+            f"{chunk.index} (finalize)" if chunk.finalize else chunk.index,
             chunk_state_name(chunk.state),
             f"{chunk.item_start}+{chunk.item_count}",
             f"{chunk.items_done}/{chunk.item_count}",

@@ -308,6 +308,7 @@ class Dashboard:
             deliveries = await self.webhooks.list_deliveries(who, job_id) if page.job.webhook_url else []
             job = page.job
             dependants = await self.jobs.dependants(who, job)
+            dependencies = await self.jobs.dependencies(who, job)
             error_chunk = None
             if job.error_chunk_index is not None:
                 error_chunk = next((c for c in chunks if c.index == job.error_chunk_index), None)
@@ -321,6 +322,7 @@ class Dashboard:
                 deliveries=deliveries[:50],
                 error_chunk=error_chunk,
                 dependants=dependants,
+                dependencies=dependencies,
                 title=job.display_name or job.id,
             )
 

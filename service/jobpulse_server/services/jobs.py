@@ -610,6 +610,15 @@ class JobService:
             found = await tx.get_jobs(ids, who.owner_filter) if ids else {}
         return [found[i] for i in ids if i in found]
 
+    async def dependencies(self, who: Principal, job: Job) -> list[Job]:
+        """The jobs ``job`` runs after that ``who`` may see, in its ``after`` order (the dashboard's
+        chain)."""
+        if not job.after:
+            return []
+        async with self.store.read() as tx:
+            found = await tx.get_jobs(list(job.after), who.owner_filter)
+        return [found[i] for i in job.after if i in found]
+
     # --- steer ---------------------------------------------------------
     async def cancel_job(self, who: Principal, job_id: str, reason: str) -> JobPage:
         ends = Ends()
