@@ -459,6 +459,93 @@ def test_claims_of_a_capped_kind_in_one_flush_take_no_more_than_its_room(
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
 
 
+def test_a_capped_claim_counts_the_claims_committed_while_it_waited_for_the_kind(
+    pg: tuple[asyncio.AbstractEventLoop, SqlStore],
+) -> None:
+    """Another replica's claim holds the kind's row and takes the kind's whole room; the flush's claim
+    statement begins meanwhile, waits for that row, and must count the chunks the other claim committed
+    (its own snapshot began before that commit, so only a count taken after the lock sees them)."""
+    loop, store = pg
+    job_id = ids.new_job_id()
+    kind = "capped-" + job_id
+    chunks = [
+        Chunk(
+            id=ids.chunk_id(job_id, i),
+            job_id=job_id,
+            index=i,
+            state=ChunkState.PENDING,
+            item_start=i,
+            item_count=1,
+            kind=kind,
+        )
+        for i in range(5)
+    ]
+    job = Job(
+        id=job_id,
+        owner="prop",
+        kind=kind,
+        total_items=5,
+        chunk_size=1,
+        revision=1,
+        create_time=NOW,
+        update_time=NOW,
+        summary=Summary.recount([c.state for c in chunks]),
+    )
+    loop.run_until_complete(store.write(lambda tx: tx.insert_job(job, chunks)))
+    loop.run_until_complete(
+        store.write(lambda tx: tx.update_kind(kind, paused=None, max_running_chunks=2, now=NOW))
+    )
+    store.caps = Caps()  # looked up afresh by the flush (the kind is new)
+    url = make_url(store.url)
+    assert store.batch is not None
+    batch = store.batch
+
+    async def interleaved() -> Any:
+        other = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, database=url.database, timeout=10
+        )
+        watch = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, database=url.database, timeout=10
+        )
+        try:
+            # The other replica: the kind's row, then its room's worth of chunks, not yet committed.
+            tx = other.transaction()
+            await tx.start()
+            await other.execute("SELECT 1 FROM kinds WHERE kind = $1 FOR UPDATE", kind)
+            await other.execute(
+                "UPDATE chunks SET state = $1, attempt = 1, worker_id = 'other', lease_token = 'x' || idx "
+                "WHERE job_id = $2 AND idx < 2",
+                int(ChunkState.PROCESSING),
+                job_id,
+            )
+            await other.execute(
+                "UPDATE jobs SET n_pending = n_pending - 2, n_processing = n_processing + 2 WHERE id = $1",
+                job_id,
+            )
+            claim = asyncio.ensure_future(batch.claim(ClaimRequest(WORKER, [kind], 3, LEASE), NOW))
+            # The flush's statement has begun and waits for a lock the other claim holds.
+            deadline = loop.time() + 10
+            while not await watch.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%jobpulse_kind_rooms%'"
+            ):
+                assert loop.time() < deadline, "the claim never waited for the kind's row"
+                await asyncio.sleep(0.005)
+            await tx.commit()
+            got = await claim
+            running = await watch.fetchval(
+                "SELECT count(*) FROM chunks WHERE kind = $1 AND state = $2", kind, int(ChunkState.PROCESSING)
+            )
+            return got, running
+        finally:
+            await other.close()
+            await watch.close()
+
+    got, running = loop.run_until_complete(interleaved())
+    assert running == 2, f"{running} chunks of a kind capped at 2 running"
+    assert got is DECLINED, "no room left: the general path claims (and finds none)"
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     case=jobs(need=ChunkState.PROCESSING),

@@ -65,9 +65,7 @@ class FailingStore:
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         raise AssertionError("the flusher runs statement_rows only")
 
-    async def statement_rows(
-        self, sql: str, params: Mapping[str, Any], first: Any = None
-    ) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
         self.statements.append(sql)
         raise Refused("the database went away")
 
@@ -166,9 +164,7 @@ class BrokenOnce:
 class AnsweringStore(FailingStore):
     """Answers every statement with no rows changed (a claim finds nothing ready)."""
 
-    async def statement_rows(
-        self, sql: str, params: Mapping[str, Any], first: Any = None
-    ) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any], lane: int = 0) -> list[Sequence[Any]]:
         self.statements.append(sql)
         return [(0, None, None, None, None, None)]
 

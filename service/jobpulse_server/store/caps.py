@@ -1,12 +1,12 @@
 """Which kinds have a max_running_chunks, as this process last saw (PostgreSQL).
 
-A group-committed claim that may take chunks of such a kind runs in a transaction of its own that locks
-those kinds' rows first (the lock every claim counting a kind's running chunks takes: store/tx.py
-``SqlTx._capped_rooms``), so that its statement, started after the lock, counts them as the last claim
-of the kind on any replica left them (store/batch/sql.py ``_rooms``). Every other claim flush stays one
-statement with no BEGIN and COMMIT round trips. A stale answer costs time, never a cap: a claim
-statement passes over the jobs of every capped kind it did not lock (statements.kind_capped), and those
-take the transaction path. Looked up again at most every ``REFRESH_S`` by the next claim flush.
+A group-committed claim that may take chunks of such a kind names them to its statement, which locks
+their rows before any job and counts their running chunks after the lock (jobpulse_kind_rooms, migration
+0020; store/batch/sql.py), then takes no more of each kind's chunks than its room: the lock every claim
+counting a kind's running chunks takes (store/tx.py ``SqlTx._capped_rooms``), so claims of a capped kind
+on every replica count one after the other. A stale answer costs time, never a cap: a claim statement
+passes over the jobs of every capped kind it did not name (statements.kind_capped), and those take the
+transaction path. Looked up again at most every ``REFRESH_S`` by the next claim flush.
 """
 
 from __future__ import annotations

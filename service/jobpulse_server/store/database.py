@@ -184,15 +184,13 @@ class SqlStore:
         driver = self.driver
         return await self._retrying(lambda: driver.statement(sql, params))
 
-    async def statement_rows(
-        self, sql: str, params: Mapping[str, Any], first: tuple[str, Mapping[str, Any], str] | None = None
-    ) -> list[Sequence[Any]]:
+    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """PostgreSQL: one statement, its own transaction, under the retry policy, on the group-commit
         flusher's connection (store/batch/flushes.py: it alone calls this, one flush at a time); all its
-        rows. ``first``: a statement run before it in one transaction (PgDriver.pinned_rows)."""
+        rows."""
         assert isinstance(self.driver, PgDriver)
         driver = self.driver
-        return await self._retrying(lambda: driver.pinned_rows(sql, params, first))
+        return await self._retrying(lambda: driver.pinned_rows(sql, params))
 
     async def _retrying(self, run: Callable[[], Awaitable[T]]) -> T:
         """Runs ``run`` under the retry policy; a driver error that means the database is away (or the

@@ -424,27 +424,23 @@ def kind_capped(jobs: str, kinds: str = "", locked: str = "") -> str:
     )
 
 
-# PostgreSQL: the capped kinds of a claim flush (:capped, store/caps.py) locked, in kind order (as
-# capped_kinds locks them), before its statement; their names.
-LOCK_CAPPED = (
-    "SELECT kind FROM kinds WHERE kind = ANY(:capped) AND max_running_chunks > 0 ORDER BY kind FOR UPDATE"
-)
 # PostgreSQL: the kinds with a max_running_chunks now (store/caps.py).
 CAPPED_NOW = "SELECT coalesce(array_agg(kind), '{}') FROM kinds WHERE max_running_chunks > 0"
+# PostgreSQL: CTE kr0, the room of each capped kind of :locked (store/caps.py), its row locked and its
+# running chunks counted by jobpulse_kind_rooms (migration 0020) in a snapshot taken after the lock, so
+# the count holds every claim of the kind committed before. A claim statement calls it before it locks
+# any job (KIND_ROOMS_BEFORE in the condition of the CTE that locks them: an InitPlan, run when that
+# CTE's first row is tested, before the row is locked): kinds, then jobs, as SqlTx.claim locks them.
+KIND_ROOMS_FIRST = "kr0 AS (SELECT kind_name AS kind, room FROM jobpulse_kind_rooms(:locked)), "
+KIND_ROOMS_BEFORE = "(SELECT count(*) FROM kr0) >= 0"
 
 
-def kind_rooms(locked: str, ending: str = "") -> str:
-    """PostgreSQL: CTE kr, how many more chunks of each kind of ``locked`` (the placeholder of the kinds
-    whose rows this transaction locked before the statement began) may run: its max_running_chunks less
-    its running chunks, counted in the statement's snapshot, which holds every claim of the kind
-    committed before the lock was given (each counts under that lock). ``ending``: a relation of chunks
-    (with kind) this statement ends, counted as running in its snapshot; their places are free."""
-    freed = f" + (SELECT count(*) FROM {ending} AS fe WHERE fe.kind = kk.kind)" if ending else ""
-    return (
-        "kr AS (SELECT kk.kind, kk.max_running_chunks - (SELECT count(*) FROM chunks AS rc "
-        f"WHERE rc.state = {tables.RUNNING} AND rc.kind = kk.kind){freed} AS room FROM kinds AS kk "
-        f"WHERE kk.kind = ANY({locked}) AND kk.max_running_chunks > 0), "
-    )
+def kind_rooms(ending: str = "") -> str:
+    """PostgreSQL: CTE kr, how many more chunks of each locked capped kind may run (kr0's room);
+    ``ending``: a relation of chunks (with kind) this statement ends, counted as running by kr0; their
+    places are free."""
+    freed = f" + (SELECT count(*) FROM {ending} AS fe WHERE fe.kind = kr0.kind)" if ending else ""
+    return f"kr AS (SELECT kr0.kind, kr0.room{freed} AS room FROM kr0), "
 
 
 @_built

@@ -64,9 +64,7 @@ class _Runs(Protocol):
 
     async def statement(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None: ...
 
-    async def statement_rows(
-        self, sql: str, params: Mapping[str, Any], first: tuple[str, Mapping[str, Any], str] | None = None
-    ) -> list[Sequence[Any]]: ...
+    async def statement_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]: ...
 
     def publish(self, changes: Changes) -> None: ...
 
@@ -162,12 +160,6 @@ class GroupCommit(BatchQueue):
                 return
             caps.settle(kinds)
 
-    def _capped_first(self, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any], str] | None:
-        """The statement that locks the rows of the capped kinds a claim of ``kinds`` may take, run before
-        the claim's in one transaction (store/caps.py); None when there are none."""
-        capped = self.store.caps.among(kinds)
-        return (q.LOCK_CAPPED, {"capped": capped}, "locked") if capped else None
-
     async def _look_at_holds(self) -> None:
         """Before a flush's completions: whether a PER_CHUNK dependant holds chunks, looked up again when
         the last look is stale (store/holds.py); the completions' statements free such chunks only then
@@ -207,10 +199,8 @@ class GroupCommit(BatchQueue):
             "interval": self.progress_interval_us,
         }
 
-    async def _run_statement(
-        self, statement: str, given: dict[str, Any], first: tuple[str, dict[str, Any], str] | None = None
-    ) -> list[Sequence[Any]]:
-        rows = await self.store.statement_rows(statement, given, first)
+    async def _run_statement(self, statement: str, given: dict[str, Any]) -> list[Sequence[Any]]:
+        rows = await self.store.statement_rows(statement, given)
         self.flushes += 1
         return rows
 
@@ -351,11 +341,13 @@ class GroupCommit(BatchQueue):
         slots = [(a.worker_id, a.lease_us, n) for n, a in enumerate(asks, 1) for _ in range(a.limit)][
             :MAX_GROUP
         ]
-        first = self._capped_first(kinds)
+        # The capped kinds it may take chunks of: their rows locked and running chunks counted first.
+        locked = self.store.caps.among(kinds)
+        given = {**self._common(now), "kinds": list(kinds), **slots_given(slots), "spin": str(now)}
+        if locked:
+            given["locked"] = locked
         rows = await self._run_statement(
-            claim_group_statement(len(kinds), len(slots), self.fair_now, first is not None),
-            {**self._common(now), "kinds": list(kinds), **slots_given(slots), "spin": str(now)},
-            first,
+            claim_group_statement(len(kinds), len(slots), self.fair_now, bool(locked)), given
         )
         row = rows[0]
         self._claimed(asks, row[0], row[1], row[2], row[3], row[5])
@@ -409,11 +401,13 @@ class GroupCommit(BatchQueue):
             "now_c": now_c,
             "n": len(items),
         }
-        first = self._capped_first(kinds)
+        # The capped kinds its claims may take chunks of: their rows locked and running chunks counted first.
+        locked = self.store.caps.among(kinds)
+        if locked:
+            given["locked"] = locked
         rows = await self._run_statement(
-            complete_then_claim(bool(kinds), len(slots), self.fair_now, self.releases_now, first is not None),
+            complete_then_claim(bool(kinds), len(slots), self.fair_now, self.releases_now, bool(locked)),
             given,
-            first,
         )
         done_rows, tried, n_jobs, chunk_rows, claim_callers, job_rows, dues = rows[0][:7]
         self._completed(items, done_rows or (), now_c, rows[0][8])

@@ -442,9 +442,9 @@ def _picked(
     keeping the claim order; none either when a candidate job's kind (or finalize kind), among the
     claim's ``kinds``, has a max_running_chunks and its row was not locked before the statement (the
     general path counts the kind's running chunks under its lock: statements.kind_capped). ``capped``:
-    the flush locked the rows of the kinds :locked first (store/caps.py), and takes no more of each
-    kind's chunks than its room (statements.kind_rooms; ``ending`` as there). ``fair``: in fair_order
-    (``jobs`` has owner), ``held`` as statements.owner_running's."""
+    the statement locked the rows of the kinds :locked first (statements.KIND_ROOMS_FIRST), and takes no
+    more of each kind's chunks than its room (statements.kind_rooms; ``ending`` as there). ``fair``: in
+    fair_order (``jobs`` has owner), ``held`` as statements.owner_running's."""
     quiet = f"(SELECT 1 FROM {jobs} WHERE webhook_url <> '' AND NOT {_quiet(now, interval)})"
     locked = ":locked" if capped else ""
     candidates = (
@@ -457,11 +457,17 @@ def _picked(
     # Each capped kind's chunks in claim order, as many as its room.
     picked = q.pg_ready_of_jobs(ready, candidates, limit, f"{columns}, ch.kind", fair=fair, held=held)
     return (
-        q.kind_rooms(locked, ending) + f"cr AS ({picked}), "
+        q.kind_rooms(ending) + f"cr AS ({picked}), "
         "c AS (SELECT cr.id, cr.job_id, cr.priority, cr.idx, cr.items_done, cr.due FROM (SELECT cr.*, "
         "row_number() OVER (PARTITION BY cr.kind ORDER BY cr.priority DESC, cr.job_id, cr.idx) AS kn "
         "FROM cr) AS cr LEFT JOIN kr ON kr.kind = cr.kind WHERE kr.kind IS NULL OR cr.kn <= kr.room), "
     )
+
+
+def _rooms_first(capped: bool) -> str:
+    """The condition that makes the CTE locking a claim's jobs call jobpulse_kind_rooms (CTE kr0) before
+    it locks the first of them (statements.KIND_ROOMS_BEFORE), when the claim may take capped kinds."""
+    return f" AND {q.KIND_ROOMS_BEFORE}" if capped else ""
 
 
 def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
@@ -530,12 +536,15 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool, capped: bool) ->
     )
     order = "c1.priority DESC, c1.job_id, c1.idx"
     return (
-        # Lock order: the jobs of the first ready chunks in claim order, then their chunks (SKIP LOCKED).
-        "WITH j AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, "
+        # Lock order: the capped kinds (when any), the jobs of the first ready chunks in claim order, then
+        # their chunks (SKIP LOCKED).
+        "WITH "
+        + (q.KIND_ROOMS_FIRST if capped else "")
+        + "j AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, "
         "webhook_progress, last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
         f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
-        f"AND {q.may_claim('')} ORDER BY id FOR UPDATE), "
+        f"AND {q.may_claim('')}{_rooms_first(capped)} ORDER BY id FOR UPDATE), "
         + _picked(
             ready,
             "j",
@@ -626,7 +635,7 @@ def complete_then_claim(
     held = ended if fair else ""
     candidates = q.pg_candidate_jobs(ready, str(int(limit)), ":kinds" if kinds else "", fair=fair, held=held)
     return (
-        _input(_COMPLETIONS) +
+        _input(_COMPLETIONS) + (q.KIND_ROOMS_FIRST if capped else "") +
         # The jobs of the first ready chunks, in claim order (the claim's candidates).
         f"f AS ({candidates}), "
         # Every job of either part, locked in id order, as each part's rows are now. The ids as one
@@ -638,8 +647,8 @@ def complete_then_claim(
         "last_progress_event, paused, max_running_chunks, pipeline, state, schedule_time, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
         "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
-        f"WHERE id = ANY({_locking('SELECT job_id FROM i UNION SELECT job_id FROM f', released)}) "
-        "ORDER BY id FOR UPDATE), "
+        f"WHERE id = ANY({_locking('SELECT job_id FROM i UNION SELECT job_id FROM f', released)})"
+        f"{_rooms_first(capped)} ORDER BY id FOR UPDATE), "
         # The completions: complete_group's, over the locked rows.
         "j0 AS (SELECT id, revision, cancel_requested FROM jl WHERE comp AND "
         f"{_no_event(now_c, ':interval', '(SELECT count(*) FROM i WHERE i.job_id = jl.id)')} AND "

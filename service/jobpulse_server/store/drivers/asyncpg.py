@@ -184,42 +184,9 @@ class PgDriver:
         async with self.pool.acquire() as conn:
             return await PgConn(conn).fetchrow(sql, params)
 
-    async def pinned_rows(
-        self, sql: str, params: Mapping[str, Any], first: tuple[str, Mapping[str, Any], str] | None = None
-    ) -> list[Sequence[Any]]:
+    async def pinned_rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """One statement, its own transaction, on the flusher's connection (generic plans); all its
-        rows. A connection that failed is given back, and the next flush takes another.
-
-        ``first`` (a statement, its parameters, a name): run that statement first, in one transaction
-        with this one, and bind the first column of its rows to ``params`` as that name (a claim flush
-        that locks its capped kinds' rows first: store/caps.py). This statement then starts after the
-        first's locks are held, and so sees every commit made before they were given to it."""
-        conn = await self._flusher()
-        try:
-            if first is None:
-                return await PgConn(conn).fetch(sql, params)
-            lock_sql, lock_params, name = first
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                locked = [r[0] for r in await PgConn(conn).fetch(lock_sql, lock_params)]
-                rows = await PgConn(conn).fetch(sql, {**params, name: locked})
-            except BaseException:
-                await tx.rollback()
-                raise
-            try:
-                await tx.commit()
-            except _ABORTED as exc:
-                raise _translated(exc) from exc
-            return rows
-        except (Aborted, Conflict):
-            raise
-        except BaseException:
-            await self._unpin()
-            raise
-
-    async def _flusher(self) -> asyncpg.Connection:
-        """The flusher's connection, taken from the pool (with its settings) when it has none."""
+        rows. A connection that failed is given back, and the next flush takes another."""
         if self._pinned_stale:
             self._pinned_stale = False
             await self._unpin()
@@ -231,7 +198,13 @@ class PgDriver:
                 await self.pool.release(conn)
                 raise
             self._pinned = conn
-        return self._pinned
+        try:
+            return await PgConn(self._pinned).fetch(sql, params)
+        except (Aborted, Conflict):
+            raise
+        except BaseException:
+            await self._unpin()
+            raise
 
 
 class _Writing:
