@@ -750,11 +750,32 @@ def test_retry_chunk_of_a_job_with_another_failed_chunk_keeps_the_job_error(clie
     chunks = chunks_by_index(client, job.id)
     retried = client.retry_chunk(job.id, chunks[0].id)
     assert retried.state == job_pb2.JOB_STATE_PROCESSING
-    assert retried.error.chunk_index == 0 and retried.chunks_summary.failed == 1
+    # Running again: its other failed chunk shows in the summary and in that chunk, not as Job.error.
+    assert not retried.HasField("error") and retried.chunks_summary.failed == 1
     run_all(client, "retry-two")
     ended = client.get_job(job.id)
     assert ended.state == job_pb2.JOB_STATE_FAILED, "chunk 2 still failed for good"
     assert ended.HasField("error")
+
+
+def test_a_running_job_with_a_chunk_failed_for_good_shows_no_error_until_it_fails(
+    client: jobpulse.Client,
+) -> None:
+    job = client.create_job("error-late", 2, chunk_size=1)
+    first, second = client.claim_chunks("w1", kinds=["error-late"], max_chunks=2)
+    client.fail_chunk(first.chunk.id, first.lease_token, "CORRUPT", "bad frame", retryable=False)
+    running = client.get_job(job.id, view="full")
+    assert running.state == job_pb2.JOB_STATE_PROCESSING
+    assert not running.HasField("error"), "Job.error is set only once the job has FAILED"
+    assert running.chunks_summary.failed == 1
+    assert running.chunks[first.chunk.index].error.reason == "CORRUPT"
+    listed = [j for j in client.list_jobs(kind="error-late") if j.id == job.id]
+    assert listed and not listed[0].HasField("error")
+
+    client.complete_chunk(second.chunk.id, second.lease_token)
+    ended = client.get_job(job.id)
+    assert ended.state == job_pb2.JOB_STATE_FAILED
+    assert ended.error.reason == "CORRUPT" and ended.error.chunk_index == first.chunk.index
 
 
 def test_retry_chunk_refuses_what_cannot_be_retried(client: jobpulse.Client) -> None:

@@ -49,6 +49,8 @@ DEFAULT_CHUNK_SIZE = 500
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_PRIORITY = 5
 DEFAULT_KIND = "default"
+# Job.error's reason for a job its dependency's failure or cancel cancelled (services/pipeline.py).
+DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
 # A claim's lease when the worker asks for none.
 DEFAULT_LEASE_US = 60_000_000
 FULL_VIEW_CHUNK_LIMIT = 1000
@@ -286,6 +288,17 @@ class Job:
                 self.end_time = now
         else:
             self.end_time = None
+
+    def error_shown(self) -> bool:
+        """Whether callers see the job's error (Job.error): only once the job has FAILED, or when a
+        dependency's failure cancelled it (DEPENDENCY_FAILED). A running job's first chunk failed for
+        good is kept (it becomes the error if the job fails), but shows only in its chunk and the
+        summary's failed count until then."""
+        if not self.error_reason:
+            return False
+        return self.state == JobState.FAILED or (
+            self.state == JobState.CANCELLED and self.error_reason == DEPENDENCY_FAILED
+        )
 
     def blocked(self, now: int) -> bool:
         """Whether the job waits for something other than a worker at ``now``: its schedule_time, or a

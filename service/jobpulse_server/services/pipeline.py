@@ -23,10 +23,16 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 
 from jobpulse_server.domain import ids
-from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, Chunk, ChunkState, Job, JobState
+from jobpulse_server.domain.model import (
+    AFTER_PER_CHUNK,
+    DEPENDENCY_FAILED,
+    HELD,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+)
 from jobpulse_server.store import Tx
-
-DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
 
 
 async def follow(tx: Tx, jobs: MutableMapping[str, Job], changed: Sequence[Chunk], now: int) -> None:

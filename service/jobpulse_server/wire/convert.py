@@ -167,7 +167,7 @@ def job_pb(
     eta = job.eta_seconds(now) if now is not None else None
     if eta is not None:
         msg.progress.eta.CopyFrom(duration(eta))
-    if job.error_reason:
+    if job.error_shown():
         msg.error.reason = job.error_reason
         msg.error.message = job.error_message
         if job.error_chunk_index is not None:  # none for a job cancelled for its dependency
