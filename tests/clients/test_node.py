@@ -130,7 +130,7 @@ def test_node_creates_watches_to_completion_and_reads_a_job(
                 for step in range(ITEMS):
                     claim = client.claim_chunks("py-worker", kinds=[KIND], max_chunks=1)[0]
                     idx = claim.chunk.index
-                    artifact = {"name": f"out-{idx}.txt", "uri": f"mem://{idx}", "media_type": "text/plain"}
+                    artifact = {"name": f"out-{idx}.txt", "uri": f"s3://o/{idx}", "media_type": "text/plain"}
                     client.complete_chunk(claim.chunk.id, claim.lease_token, artifacts=[artifact])
                     with completed_seen:
                         assert completed_seen.wait_for(lambda s=step: seen[0] >= s + 1, 30), (
@@ -160,7 +160,7 @@ def test_node_creates_watches_to_completion_and_reads_a_job(
     }  # fmt: skip
     assert [c["state"] for c in result["chunks"]] == ["CHUNK_STATE_COMPLETED"] * ITEMS
     assert [(a["uri"], int(a["chunk_index"])) for a in result["artifacts"]] == [
-        (f"mem://{i}", i) for i in range(ITEMS)
+        (f"s3://o/{i}", i) for i in range(ITEMS)
     ]
     assert result["labels"] == {"client": "node"}
     # int64 revisions arrive as strings (no rounding), growing with every step (heartbeats and the

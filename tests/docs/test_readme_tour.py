@@ -435,5 +435,5 @@ def test_the_google_api_core_block_runs_as_written(server: Any, capsys: pytest.C
             _stop(worker)
         done = client.get_job(job.id)
     uris = [a.uri for a in done.artifacts]
-    assert uris == [f"memory://jobpulse-demo/{job.id}/{i}" for i in range(3)]
+    assert uris == [f"s3://jobpulse-demo/{job.id}/{i}" for i in range(3)]
     assert capsys.readouterr().out == f"{uris} {job_pb2.JOB_STATE_COMPLETED}\n"

@@ -82,7 +82,7 @@ async def _async_worker(aclient: jobpulse.AsyncClient, kind: str, n: int, go: as
         await aclient.complete_chunk(
             claim.chunk.id,
             claim.lease_token,
-            artifacts=[{"name": f"out-{claim.chunk.index}", "uri": f"mem://{claim.chunk.index}"}],
+            artifacts=[{"name": f"out-{claim.chunk.index}", "uri": f"s3://out/{claim.chunk.index}"}],
         )
 
 

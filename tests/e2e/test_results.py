@@ -169,3 +169,61 @@ def test_the_completion_webhook_carries_the_artifacts(make_server: Any, receiver
     body = dict(Webhook(SECRET).verify(post["body"], post["headers"]))
     assert body["type"] == "job.completed" and body["job"]["id"] == job.id
     assert [a["uri"] for a in body["job"]["artifacts"]] == [f"s3://out/{i}/0.png" for i in range(3)]
+
+
+# --- the artifact URI rule ---------------------------------------------------------------------------
+
+NOT_URIS = [
+    "/tmp/render/0.png",  # a path on the worker's disk
+    "C:\\out\\0.png",  # a Windows path: "C" is a drive, not a scheme
+    "file:///tmp/render/0.png",  # a scheme the default setting leaves out
+    "render/0.png",
+    "https://",  # no host
+    "s3:///key-without-bucket",
+    "https://cdn.example.com/a b.png",  # a space: percent-encode it
+]
+
+
+@pytest.mark.parametrize("uri", NOT_URIS)
+def test_an_artifact_uri_must_be_absolute_and_of_an_allowed_scheme(client: jobpulse.Client, uri: str) -> None:
+    job = client.create_job("uri-rule", 1)
+    [claim] = client.claim_chunks("w", kinds=["uri-rule"])
+    artifacts = [{"name": "ok.png", "uri": "s3://out/ok.png"}, {"name": "bad.png", "uri": uri}]
+    with pytest.raises(jobpulse.errors.InvalidArgument) as info:
+        client.complete_chunk(claim.chunk.id, claim.lease_token, artifacts=artifacts)
+    [(field, _)] = info.value.field_violations
+    assert field == "artifacts[1].uri"
+    assert uri not in str(info.value), "the refusal repeats no path of the worker's disk"
+    with pytest.raises(jobpulse.errors.InvalidArgument) as info:
+        client.complete_chunks(
+            [{"chunk_id": claim.chunk.id, "lease_token": claim.lease_token, "artifacts": artifacts}]
+        )
+    assert [f for f, _ in info.value.field_violations] == ["completions[0].artifacts[1].uri"]
+    # Nothing was written: the chunk still runs under its lease, and completes with good artifacts.
+    done = client.complete_chunk(claim.chunk.id, claim.lease_token, artifacts=artifacts[:1])
+    assert done.job_state == job_pb2.JOB_STATE_COMPLETED
+    assert _uris(client.get_job(job.id)) == ["s3://out/ok.png"]
+
+
+def test_the_allowed_schemes_are_a_setting(make_server: Any) -> None:
+    srv = make_server(artifact_uri_schemes="s3, Mem")
+    with jobpulse.Client(srv.address, timeout=20) as client:
+        client.create_job("uri-schemes", 2, chunk_size=1)
+        first, second = client.claim_chunks("w", kinds=["uri-schemes"], max_chunks=2)
+        client.complete_chunk(
+            first.chunk.id, first.lease_token, artifacts=[{"name": "a", "uri": "mem:scratch/0"}]
+        )
+        with pytest.raises(jobpulse.errors.InvalidArgument) as info:
+            client.complete_chunk(
+                second.chunk.id,
+                second.lease_token,
+                artifacts=[{"name": "b", "uri": "https://cdn.example.com/b"}],
+            )
+        assert "'https' is not allowed" in str(info.value) and "mem, s3" in str(info.value)
+
+
+def test_a_bad_scheme_in_the_setting_stops_the_server_at_start() -> None:
+    from jobpulse_server.platform.config import Config
+
+    with pytest.raises(ValueError, match="JOBPULSE_ARTIFACT_URI_SCHEMES: '3d' is not a URI scheme"):
+        Config(artifact_uri_schemes="https,3d")

@@ -39,7 +39,7 @@ def sample_handler(item_delay: float, fail_rate: float = 0.0, *, seed: int | Non
             task.progress(done, stage="processing")
         task.add_artifact(
             name=f"chunk-{task.chunk.index:05d}.txt",
-            uri=f"memory://jobpulse-demo/{task.job_id}/{task.chunk.index}",
+            uri=f"s3://jobpulse-demo/{task.job_id}/{task.chunk.index}",
             media_type="text/plain",
             size_bytes=len(task.items),
         )

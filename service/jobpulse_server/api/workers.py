@@ -20,6 +20,7 @@ from jobpulse_server.domain.model import (
     Artifact,
 )
 from jobpulse_server.domain.work import Claim, ClaimRequest, Completion, Failure, ProgressReport
+from jobpulse_server.platform.artifact_uris import DEFAULT_SCHEMES, uri_problem
 from jobpulse_server.services import auth
 from jobpulse_server.services.job_trace import traceparent
 from jobpulse_server.services.workers import WorkerService
@@ -39,9 +40,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     ROLES = auth.WORKER_ROLES
 
-    def __init__(self, work: WorkerService, clock: Clock) -> None:
+    def __init__(
+        self, work: WorkerService, clock: Clock, artifact_schemes: frozenset[str] = frozenset(DEFAULT_SCHEMES)
+    ) -> None:
         self.work = work
         self.clock = clock
+        # The schemes an artifact's uri may have (platform/artifact_uris.py; setting artifact_uri_schemes).
+        self.artifact_schemes = artifact_schemes
 
     async def ClaimChunks(
         self, request: worker_service_pb2.ClaimChunksRequest, context: Ctx
@@ -86,7 +91,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.CompleteChunkRequest, context: Ctx
     ) -> worker_service_pb2.CompleteChunkResponse:
         c = Checker()
-        item = _completion(request, c, "")
+        item = _completion(request, c, "", self.artifact_schemes)
         ask = _claim_request(request.claim_next, c, "claim_next.") if request.HasField("claim_next") else None
         c.done()
         state, claims = await self.work.complete(item, ask)
@@ -105,7 +110,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             "completions",
             "must not be empty (unless claim_next is set)",
         )
-        items = [_completion(item, c, f"completions[{i}].") for i, item in enumerate(request.completions)]
+        items = [
+            _completion(item, c, f"completions[{i}].", self.artifact_schemes)
+            for i, item in enumerate(request.completions)
+        ]
         seen: set[str] = set()
         for i, item in enumerate(items):
             if item.chunk_id in seen:
@@ -171,8 +179,9 @@ def _completion(
     request: worker_service_pb2.CompleteChunkRequest | worker_service_pb2.ChunkCompletion,
     c: Checker,
     prefix: str,
+    schemes: frozenset[str],
 ) -> Completion:
-    """One completion, checked."""
+    """One completion, checked (an artifact's uri by the artifact URI rule, of ``schemes``)."""
     c.text(request.chunk_id, prefix + "chunk_id", MAX_ID, required=True)
     c.text(request.lease_token, prefix + "lease_token", MAX_ID, required=True)
     c.text(request.external_task_id, prefix + "external_task_id", 256)
@@ -180,6 +189,9 @@ def _completion(
     for i, a in enumerate(request.artifacts):
         c.text(a.name, f"{prefix}artifacts[{i}].name", 256, required=True)
         c.text(a.uri, f"{prefix}artifacts[{i}].uri", 2048, required=True)
+        problem = uri_problem(a.uri, schemes) if a.uri and len(a.uri) <= 2048 else None
+        if problem:
+            c.check(False, f"{prefix}artifacts[{i}].uri", problem)
         c.text(a.media_type, f"{prefix}artifacts[{i}].media_type", 128)
         c.check(a.size_bytes >= 0, f"{prefix}artifacts[{i}].size_bytes", "must not be negative")
         c.enums([a.role], job_pb2.ArtifactRole.values(), f"{prefix}artifacts[{i}].role")

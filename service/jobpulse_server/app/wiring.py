@@ -326,7 +326,9 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     operations_pb2_grpc.add_OperationsServicer_to_server(
         OperationsServicer(jobs, JobWaiter(jobs, hub), clock, retention), guarded
     )
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(workers, clock), guarded)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServicer(workers, clock, config.artifact_schemes), guarded
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
     stop_background = asyncio.Event()

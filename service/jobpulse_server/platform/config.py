@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
+from jobpulse_server.platform.artifact_uris import DEFAULT_SCHEMES, schemes_of
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FAIR_SHARE = ("owner", "off")
 ENV_PREFIX = "JOBPULSE_"
@@ -164,6 +166,11 @@ class Config:
         "connection is dropped; also the TCP user timeout for peers that vanished without a close",
     )
     log_format: str = _flag("text", "log lines as text or json (one JSON object per line)")
+    artifact_uri_schemes: str = _setting(
+        ",".join(DEFAULT_SCHEMES),
+        "comma-separated URI schemes an artifact's uri may have; anything else (a local path, file:) "
+        "is refused with INVALID_ARGUMENT",
+    )
     webhook_secret: str = _setting(
         "",
         "whsec_ secret (whsec_ + base64, checked at start) that signs webhooks of jobs whose owner has "
@@ -226,12 +233,21 @@ class Config:
                 f"JOBPULSE_HTTP_PORT / --http-port: {self.http_port} is not a port "
                 "(0 to 65535; 0: any free port, -1: off)"
             )
+        try:
+            schemes_of(self.artifact_uri_schemes)
+        except ValueError as exc:
+            raise ValueError(f"JOBPULSE_ARTIFACT_URI_SCHEMES: {exc}") from None
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(
                     f"JOBPULSE_HTTP_CORS_ORIGINS / --http-cors-origins: {origin!r} is not an origin "
                     "(scheme://host[:port], e.g. https://app.example.com)"
                 )
+
+    @property
+    def artifact_schemes(self) -> frozenset[str]:
+        """``artifact_uri_schemes`` as a set of lower-case schemes."""
+        return schemes_of(self.artifact_uri_schemes)
 
     @property
     def cors_origins(self) -> list[str]:
