@@ -385,12 +385,12 @@ def complete_chunks(
 
 
 def fail_chunk(
-    chunk_id: str, lease_token: str, reason: str, message: str, retryable: bool
+    chunk_id: str, lease_token: str, reason: str, message: str, retryable: bool, details: str = ""
 ) -> worker_service_pb2.FailChunkRequest:
     """Builds a FailChunkRequest."""
     return worker_service_pb2.FailChunkRequest(
         chunk_id=chunk_id,
         lease_token=lease_token,
-        error=job_pb2.ChunkError(reason=reason, message=message),
+        error=job_pb2.ChunkError(reason=reason, message=message, details=details),
         retryable=retryable,
     )

@@ -12,15 +12,24 @@ import logging
 import os
 import socket
 import threading
+import traceback
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from opentelemetry import trace
 
 from jobpulse import _requests
 from jobpulse._convert import struct_to_dict
-from jobpulse.errors import DeadlineExceeded, JobpulseError, LeaseLost, NotFound, PermanentError, Unavailable
+from jobpulse.errors import (
+    ChunkFailure,
+    DeadlineExceeded,
+    JobpulseError,
+    LeaseLost,
+    NotFound,
+    PermanentError,
+    Unavailable,
+)
 from jobpulse.v1 import job_pb2, worker_service_pb2
 
 log = logging.getLogger("jobpulse.worker")
@@ -46,9 +55,31 @@ def heartbeat_period(lease_duration: float) -> float:
     return max(0.05, lease_duration / 3)
 
 
-def failure_report(error: BaseException) -> tuple[str, str, bool]:
-    """(reason, message, retryable) of the FailChunk sent for a handler that raised ``error``."""
-    return type(error).__name__, str(error), not isinstance(error, PermanentError)
+# The most of ChunkError.details the server keeps (8 KiB of UTF-8); longer ones are cut in the middle.
+MAX_DETAILS = 8192
+
+
+def trimmed_details(text: str, limit: int = MAX_DETAILS) -> str:
+    """``text`` in at most ``limit`` bytes of UTF-8: when longer, its start and its end (a traceback's
+    outer frames and the exception itself) around a line saying how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    marker = f"\n[... {len(data) - limit:,}+ bytes cut ...]\n"
+    room = limit - len(marker.encode())
+    head = data[: room // 2].decode(errors="ignore")
+    tail = data[len(data) - (room - room // 2) :].decode(errors="ignore")
+    return head + marker + tail
+
+
+def failure_report(error: BaseException) -> tuple[str, str, bool, str]:
+    """(reason, message, retryable, details) of the FailChunk sent for a handler that raised ``error``:
+    what ``task.fail`` said, or the exception's type, text and formatted traceback (cut in the middle
+    when longer than the server keeps)."""
+    if isinstance(error, ChunkFailure):
+        return error.reason, error.message, error.retryable, trimmed_details(error.details)
+    details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return type(error).__name__, str(error), not isinstance(error, PermanentError), trimmed_details(details)
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -271,6 +302,13 @@ class TaskState:
                     role=artifact_role(role),  # type: ignore[arg-type]
                 )
             )
+
+    def fail(self, reason: str, message: str = "", *, details: str = "", retryable: bool = True) -> NoReturn:
+        """Ends the handler here with a failure in your own words: the Worker reports ``reason``,
+        ``message`` and ``details`` (anything that explains it, up to 8 KiB; longer is cut in the
+        middle) as given, with no traceback, and the chunk is tried again while attempts remain unless
+        ``retryable`` is false. Raises :class:`jobpulse.errors.ChunkFailure` (do not catch it)."""
+        raise ChunkFailure(reason, message, details, retryable)
 
     def _snapshot(self) -> tuple[int, str, str, str]:
         with self._lock:

@@ -260,6 +260,18 @@ class PermanentError(Exception):
     """
 
 
+class ChunkFailure(Exception):
+    """What ``task.fail(...)`` raises to end a handler with a failure of its own words: the Worker reports
+    exactly this ``reason``, ``message``, ``details`` and ``retryable`` (no traceback)."""
+
+    def __init__(self, reason: str, message: str = "", details: str = "", retryable: bool = True) -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.retryable = retryable
+
+
 _BY_CODE: dict[grpc.StatusCode, type[JobpulseError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNKNOWN: Unknown,

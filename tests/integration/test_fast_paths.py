@@ -781,11 +781,20 @@ _JITTER = st.integers(0, 2**53 - 1).map(lambda k: k / 2**53)
 
 
 def _fail_in_domain(
-    job: Job, chunk: Chunk, now: int, reason: str, message: str, jitter: float, base: float, cap: float
+    job: Job,
+    chunk: Chunk,
+    now: int,
+    reason: str,
+    message: str,
+    jitter: float,
+    base: float,
+    cap: float,
+    details: str = "",
 ) -> None:
     """What WorkerService.fail does on the general path to a leased chunk with an attempt left, retried."""
     chunk.error_reason = reason
     chunk.error_message = message
+    chunk.error_details = details
     attempt = chunk.attempt - (chunk.max_attempts - job.max_attempts)
     chunk.next_attempt_time = now + int(backoff_seconds(attempt, base, cap, jitter) * 1e6)
     job.move_chunk(chunk, ChunkState.PENDING, now, items_done=0)
@@ -809,6 +818,7 @@ async def _retry_at(store: SqlStore, chunk_id: str) -> Any:
     jitter=_JITTER,
     backoff=st.sampled_from([(0.0, 0.0), (2.0, 60.0), (0.25, 1.0), (1.5, 3.7), (0.001, 600.0)]),
     message=st.sampled_from(["", "decoder crashed"]),
+    details=st.sampled_from(["", "Traceback (most recent call last):\n  ...\nValueError: ünïcode"]),
 )
 def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
     pg: tuple[asyncio.AbstractEventLoop, SqlStore],
@@ -817,6 +827,7 @@ def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
     jitter: float,
     backoff: tuple[float, float],
     message: str,
+    details: str,
 ) -> None:
     """A retry as WorkerService.fail makes it: the chunk back to PENDING with no items done, its error, a
     revision, and its next attempt after the backoff of its attempt (counted from the job's last manual
@@ -829,14 +840,16 @@ def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
     base, cap = backoff
     fast.store.waiting.due = NEVER  # as if nothing waited: the retry must say when the next one is due
     got = run(
-        fast.fail(Failure(target.id, token, "DECODE_ERROR", message, True), NOW, Backoff(base, cap, jitter))
+        fast.fail(
+            Failure(target.id, token, "DECODE_ERROR", message, True, details), NOW, Backoff(base, cap, jitter)
+        )
     )
     after_job, after_chunks = run(_read(fast.store, job.id))
     if stale or _fail_declines(before_job, target):
         assert got is DECLINED, "declined: nothing may change"
         assert (_job(after_job), after_chunks) == (_job(before_job), before_chunks)
         return
-    _fail_in_domain(before_job, before_chunks[0], NOW, "DECODE_ERROR", message, jitter, base, cap)
+    _fail_in_domain(before_job, before_chunks[0], NOW, "DECODE_ERROR", message, jitter, base, cap, details)
     assert got is not DECLINED
     assert (got.next_attempt_time, got.revision) == (before_chunks[0].next_attempt_time, before_job.revision)
     assert (got.index, got.attempt, got.kind) == (target.index, target.attempt, job.kind)

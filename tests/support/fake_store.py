@@ -635,6 +635,7 @@ class FakeWrite(FakeRead):
             items_done=0,
             error_reason="",
             error_message="",
+            error_details="",
             worker_id="",
             lease_token=None,
             lease_expire_time=None,

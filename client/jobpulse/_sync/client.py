@@ -1065,12 +1065,15 @@ class Client:
         message: str = "",
         retryable: bool = True,
         *,
+        details: str = "",
         timeout: float | None = None,
     ) -> worker_service_pb2.FailChunkResponse:
         """Marks a chunk attempt failed; it is retried later if ``retryable`` and attempts remain.
+        ``details``: anything that explains it, such as a traceback (the server keeps 8 KiB, cutting a
+        longer one in the middle).
 
         Raises:
             jobpulse.errors.LeaseLost: The lease token is no longer current.
         """
-        request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable)
+        request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable, details)
         return self._call(self._workers.FailChunk, request, timeout=timeout, retry=False)

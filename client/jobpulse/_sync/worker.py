@@ -536,7 +536,7 @@ class Worker:
                 return False
             if error is None:
                 return True
-            reason, message, retryable = failure_report(error)
+            reason, message, retryable, details = failure_report(error)
             log.warning(
                 "chunk %s failed: %s: %s (retryable=%s)",
                 task.chunk_id,
@@ -547,7 +547,9 @@ class Worker:
             )
             self._finish(
                 f"chunk {task.chunk_id}",
-                lambda: self.client.fail_chunk(task.chunk_id, task.lease_token, reason, message, retryable),
+                lambda: self.client.fail_chunk(
+                    task.chunk_id, task.lease_token, reason, message, retryable, details=details
+                ),
             )
             return False
 

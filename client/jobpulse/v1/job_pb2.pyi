@@ -682,6 +682,7 @@ class ChunkError(_message.Message):
 
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """A stable machine-readable reason given by the worker ("WORKER_ERROR" if it
     gave none), or "LEASE_EXPIRED" (the lease ran out) or "CANCEL_DEADLINE" (the
@@ -689,15 +690,21 @@ class ChunkError(_message.Message):
     """
     message: _builtins.str
     """A human-readable message."""
+    details: _builtins.str
+    """What else the worker sent to explain it, such as the handler's traceback
+    (the SDK's Worker sends the formatted exception). At most 8 KiB: a longer
+    one is kept as its start and its end, with a line saying how much was cut.
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        details: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.model import (
     DEFAULT_LEASE_US,
     Artifact,
+    trimmed_details,
 )
 from jobpulse_server.domain.work import Claim, ClaimRequest, Completion, Failure, ProgressReport
 from jobpulse_server.platform.artifact_uris import DEFAULT_SCHEMES, uri_problem
@@ -147,6 +148,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 request.error.reason,
                 request.error.message,
                 request.retryable,
+                trimmed_details(request.error.details),
             )
         )
         return worker_service_pb2.FailChunkResponse(

@@ -49,6 +49,8 @@ DEFAULT_CHUNK_SIZE = 500
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_PRIORITY = 5
 DEFAULT_KIND = "default"
+# The most of ChunkError.details a chunk keeps, in bytes of UTF-8 (trimmed_details).
+MAX_ERROR_DETAILS = 8192
 # Job.error's reason for a job its dependency's failure or cancel cancelled (services/pipeline.py).
 DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
 # A claim's lease when the worker asks for none.
@@ -154,6 +156,8 @@ class Chunk:
     end_time: int | None = None
     # The job's finalize chunk (CreateJobRequest.finalize_kind): held until every other chunk completed.
     finalize: bool = False
+    # ChunkError.details of its last failure (a worker's traceback), at most MAX_ERROR_DETAILS.
+    error_details: str = ""
     artifacts: list[Artifact] = field(default_factory=list)
     # A chunk just claimed: the next_attempt_time it had until then, when its retry was due (claims only,
     # never stored; services/latency.py measures queue waits from it).
@@ -447,3 +451,16 @@ class JobHead:
 
     def blocked(self, now: int) -> bool:
         return blocked(self.state, self.schedule_time, now, self.n_held, self.n_pending, self.n_processing)
+
+
+def trimmed_details(text: str, limit: int = MAX_ERROR_DETAILS) -> str:
+    """``text`` (ChunkError.details) in at most ``limit`` bytes of UTF-8: when longer, its start and its
+    end (a traceback's first frames and the exception itself) around a line saying how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    marker = f"\n[... {len(data) - limit:,}+ bytes cut ...]\n"
+    room = limit - len(marker.encode())
+    head = data[: room // 2].decode(errors="ignore")
+    tail = data[len(data) - (room - room // 2) :].decode(errors="ignore")
+    return head + marker + tail

@@ -86,6 +86,8 @@ class Failure:
     reason: str
     message: str
     retryable: bool
+    # ChunkError.details (a traceback), trimmed to MAX_ERROR_DETAILS (domain/model.py trimmed_details).
+    details: str = ""
 
     @property
     def job_id(self) -> str:

@@ -472,6 +472,7 @@ class TransactionPath:
             job, chunk, now = await self.leased_one(tx, item.chunk_id, item.lease_token)
             chunk.error_reason = reason
             chunk.error_message = item.message
+            chunk.error_details = item.details
             outcome = self.settle(tx.changes, job, chunk, now, retryable=item.retryable)
             ends.clear()
             ends.add([job], [chunk], now, FAILED)
@@ -593,7 +594,9 @@ class BatchedPath(TransactionPath):
             reason = item.reason or "WORKER_ERROR"
             backoff = Backoff(self.config.retry_backoff, self.config.retry_backoff_max, _jitter.random())
             retried = await self.batch.fail(
-                Failure(item.chunk_id, item.lease_token, reason, item.message, True), now, backoff
+                Failure(item.chunk_id, item.lease_token, reason, item.message, True, item.details),
+                now,
+                backoff,
             )
             if retried is not DECLINED:
                 self.record.retried_one(item.job_id, retried, reason, now, started)

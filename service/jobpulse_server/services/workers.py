@@ -160,6 +160,7 @@ class WorkerService:
             for chunk in expired:
                 chunk.error_reason = LEASE_EXPIRED
                 chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
+                chunk.error_details = ""
                 self.path.settle(tx.changes, jobs[chunk.job_id], chunk, now, retryable=True)
             ends.add(jobs.values(), expired, now, None)
             await self.path.save(tx, jobs.values(), expired, now)
@@ -184,6 +185,7 @@ class WorkerService:
                 for chunk in running:
                     chunk.error_reason = CANCEL_DEADLINE
                     chunk.error_message = "the worker did not stop within the cancel deadline"
+                    chunk.error_details = ""
                     job.move_chunk(chunk, ChunkState.CANCELLED, now)
                 ends.add([job], running, now, None)
                 await self.outbox.save_job(tx, job, now, running)

@@ -74,6 +74,7 @@ CHUNK_SAVED = (
     "external_task_id",
     "error_reason",
     "error_message",
+    "error_details",
     "lease_token",
     "lease_expire_time",
     "lease_duration",
@@ -249,7 +250,9 @@ def job_saved(job: Job) -> dict[str, Any]:
 def chunk_from_row(r: Sequence[Any]) -> Chunk:
     """A chunk from a row in CHUNK_COLUMNS order (Chunk's fields are in that order too)."""
     # mypy cannot count a slice: r[4:22] is the 18 fields from item_start to end_time.
-    return Chunk(r[0], r[1], r[2], ChunkState(r[3]), *r[4:22], finalize=bool(r[22]))  # type: ignore[misc]
+    return Chunk(
+        r[0], r[1], r[2], ChunkState(r[3]), *r[4:22], finalize=bool(r[22]), error_details=r[23] or ""
+    )  # type: ignore[misc]
 
 
 def chunk_saved(c: Chunk) -> dict[str, Any]:
@@ -263,6 +266,7 @@ def chunk_saved(c: Chunk) -> dict[str, Any]:
         "external_task_id": c.external_task_id,
         "error_reason": c.error_reason,
         "error_message": c.error_message,
+        "error_details": c.error_details,
         "lease_token": c.lease_token,
         "lease_expire_time": c.lease_expire_time,
         "lease_duration": c.lease_duration,

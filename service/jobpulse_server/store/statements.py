@@ -758,6 +758,7 @@ def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
     update = (
         f"UPDATE chunks SET state = {int(ChunkState.PENDING)}, revision = :revision, priority = :priority, "
         "max_attempts = attempt + :attempts, items_done = 0, error_reason = '', error_message = '', "
+        "error_details = '', "
         "worker_id = '', "
         "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, retry_at = NULL, "
         f"start_time = NULL, end_time = NULL WHERE {where}"

@@ -227,6 +227,8 @@ chunks = Table(
     Column("retry_at", BigInteger, nullable=True),
     # The job's finalize chunk (its last, of the job's finalize_kind; migration 0019).
     Column("finalize", Boolean, nullable=False, server_default=false()),
+    # ChunkError.details of its last failure (a traceback; at most 8 KiB; migration 0021).
+    Column("error_details", Text, nullable=False, server_default=""),
     Index("ux_chunks_job_idx", "job_id", "idx", unique=True),
     Index("ix_chunks_job_revision", "job_id", "revision"),
     # Running chunks only, by lease end: the sweep's expired leases (migration 0012).

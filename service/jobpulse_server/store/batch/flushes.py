@@ -239,6 +239,7 @@ class GroupCommit(BatchQueue):
                 "token": [i.token for i in items],
                 "reason": [i.reason for i in items],
                 "message": [i.message for i in items],
+                "details": [i.details for i in items],
                 "jitter": [i.jitter for i in items],
                 "base": [i.backoff_s for i in items],
                 "cap": [i.backoff_max_s for i in items],

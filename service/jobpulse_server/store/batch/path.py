@@ -173,6 +173,7 @@ class Batch:
                     backoff.base_s,
                     backoff.cap_s,
                     now,
+                    item.details,
                 )
             )
         )

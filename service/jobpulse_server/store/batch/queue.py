@@ -126,6 +126,7 @@ class QueuedFailure:
     backoff_s: float
     backoff_max_s: float
     now: int
+    details: str = ""
     done: asyncio.Future[Retried | None] = field(repr=False, default_factory=_future)
 
 

@@ -367,8 +367,8 @@ def _fail_group() -> str:
     now = ":now"
     return (
         _input(
-            "chunk_id text, job_id text, token text, reason text, message text, jitter float8, "
-            "base float8, cap float8",
+            "chunk_id text, job_id text, token text, reason text, message text, details text, "
+            "jitter float8, base float8, cap float8",
         )
         +
         # The jobs first, by id (every writer's lock order).
@@ -380,7 +380,7 @@ def _fail_group() -> str:
         + _fenced(
             now,
             "c.attempt, c.max_attempts AS budget, j0.max_attempts AS job_budget, i.reason, i.message, "
-            "i.jitter, i.base, i.cap",
+            "i.details, i.jitter, i.base, i.cap",
             " AND c.attempt < c.max_attempts",
         )
         # Each chunk a revision of its own above the job's, in the order asked; its backoff as
@@ -395,7 +395,8 @@ def _fail_group() -> str:
         # lease ended; the next attempt time, and retry_at (store/waiting.py: out of the claim index until
         # it comes due).
         f"c1 AS (UPDATE chunks AS c SET state = {_PENDING}, items_done = 0, error_reason = r.reason, "
-        "error_message = r.message, priority = j0.priority, end_time = NULL, lease_token = NULL, "
+        "error_message = r.message, error_details = r.details, priority = j0.priority, end_time = NULL, "
+        "lease_token = NULL, "
         f"lease_expire_time = NULL, next_attempt_time = {now} + r.delay, retry_at = {now} + r.delay, "
         "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
         "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, r.delay_s, c.kind, "
