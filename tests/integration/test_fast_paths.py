@@ -26,7 +26,17 @@ from sqlalchemy.engine import make_url
 
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
-from jobpulse_server.domain.model import Artifact, Chunk, ChunkState, Job, JobState, Summary, derive_state
+from jobpulse_server.domain.model import (
+    Artifact,
+    Attempt,
+    AttemptOutcome,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    Summary,
+    derive_state,
+)
 from jobpulse_server.domain.work import (
     DECLINED,
     Backoff,
@@ -173,10 +183,24 @@ def _job(job: Job) -> dict[str, Any]:
 
 
 def _chunk(chunk: Chunk, *, token: bool = True) -> dict[str, Any]:
-    out = {k: v for k, v in dataclasses.asdict(chunk).items() if k != "artifacts"}
+    out = {k: v for k, v in dataclasses.asdict(chunk).items() if k not in ("artifacts", "ended")}
     if not token:
         out["lease_token"] = bool(out["lease_token"])
     return out
+
+
+def _ended_attempts(
+    run: Callable[[Awaitable[Any]], Any], store: Any, job_id: str, domain: list[Chunk]
+) -> None:
+    """The attempts the fast path wrote are the ones Job.move_chunk noted on the domain's chunks."""
+
+    async def read() -> list[Attempt]:
+        async with store.read() as tx:
+            found: list[Attempt] = await tx.list_attempts(job_id, None, (-1, 0), 10_000)
+        return [a for a in found if a.outcome != AttemptOutcome.RUNNING]
+
+    expected = sorted((c.ended for c in domain if c.ended is not None), key=lambda a: a.chunk_index)
+    assert run(read()) == expected
 
 
 def _complete_in_domain(job: Job, chunk: Chunk, now: int) -> None:
@@ -263,6 +287,7 @@ def _check_completion(
     )
     assert _job(after_job) == _job(expected_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in expected_chunks]
+    _ended_attempts(run, fast.store, job.id, expected_chunks)
     _no_event(expected_job)
     if expected_chunks[0].state == ChunkState.COMPLETED:
         assert [a.uri for a in after_chunks[0].artifacts] == [art[0].uri]
@@ -335,6 +360,7 @@ def test_a_completion_with_the_next_claim_is_the_two_in_turn(
     assert done.revision == before_job.revision - (1 if expected else 0)
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c, token=False) for c in after_chunks] == [_chunk(c, token=False) for c in before_chunks]
+    _ended_attempts(run, fast.store, job.id, before_chunks)
     _no_event(before_job)
 
 
@@ -855,6 +881,7 @@ def test_a_retryable_failure_is_move_chunk_to_pending_with_its_backoff(
     assert (got.index, got.attempt, got.kind) == (target.index, target.attempt, job.kind)
     assert _job(after_job) == _job(before_job)
     assert [_chunk(c) for c in after_chunks] == [_chunk(c) for c in before_chunks]
+    _ended_attempts(run, fast.store, job.id, before_chunks)
     assert run(_retry_at(fast.store, target.id)) == before_chunks[0].next_attempt_time
     assert fast.store.waiting.due == before_chunks[0].next_attempt_time  # the next claims look then
     _no_event(before_job)

@@ -59,7 +59,15 @@ def test_each_method_takes_the_same_parameters(sync: type, asynchronous: type) -
 
 # The methods that return an iterator at once (checking their arguments there), whose pages or messages are
 # awaited as they are read.
-_ITERATORS = ("list_jobs", "list_job_chunks", "list_kinds", "export_jobs", "watch_job", "watch_jobs")
+_ITERATORS = (
+    "list_jobs",
+    "list_job_chunks",
+    "list_chunk_attempts",
+    "list_kinds",
+    "export_jobs",
+    "watch_job",
+    "watch_jobs",
+)
 
 
 def test_the_async_client_never_blocks_the_loop() -> None:

@@ -62,6 +62,8 @@ from jobpulse_server.domain.model import (
     DEFAULT_PRIORITY,
     HELD,
     Artifact,
+    Attempt,
+    AttemptOutcome,
     Chunk,
     ChunkState,
     Job,
@@ -123,6 +125,8 @@ class _Tables:
     kinds: dict[str, Kind] = field(default_factory=dict)
     # (after_id, job_id) -> after_mode (job_dependencies).
     dependencies: dict[tuple[str, str], int] = field(default_factory=dict)
+    # The ended attempts (chunk_attempts), in insertion order.
+    attempts: list[Attempt] = field(default_factory=list)
 
     def fork(self) -> _Tables:
         # Shallow copies suffice: rows are replaced on write, never mutated.
@@ -137,6 +141,7 @@ class _Tables:
             floor=self.floor,
             kinds=dict(self.kinds),
             dependencies=dict(self.dependencies),
+            attempts=list(self.attempts),
         )
 
     def next_seq(self) -> int:
@@ -251,6 +256,32 @@ class FakeRead:
             if job is not None:
                 found[job_id] = job
         return found
+
+    async def list_attempts(
+        self, job_id: str, index: int | None, after: tuple[int, int], limit: int
+    ) -> list[Attempt]:
+        """SqlTx.list_attempts: the ended attempts, then each running chunk's current one."""
+        found = [copy.copy(a) for a in self.tables.attempts if a.job_id == job_id]
+        found += [
+            Attempt(
+                job_id,
+                c.index,
+                c.attempt,
+                c.worker_id,
+                c.start_time,
+                None,
+                AttemptOutcome.RUNNING,
+                c.items_done,
+            )
+            for c in self.tables.chunks.values()
+            if c.job_id == job_id and c.state == ChunkState.PROCESSING
+        ]
+        found = [
+            a
+            for a in found
+            if (index is None or a.chunk_index == index) and (a.chunk_index, a.attempt) > after
+        ]
+        return sorted(found, key=lambda a: (a.chunk_index, a.attempt))[:limit]
 
     async def list_chunks(
         self,
@@ -566,6 +597,10 @@ class FakeWrite(FakeRead):
         if fault is not None:
             raise fault
         t = self.tables
+        # The attempts these moves ended (Job.move_chunk), as SqlTx.save writes them.
+        t.attempts += [copy.copy(c.ended) for c in chunks if c.ended is not None]
+        for c in chunks:
+            c.ended = None
         t.save_chunks(chunks)
         for job in jobs:
             t.save_job(job)
@@ -984,6 +1019,7 @@ def _delete_job(t: _Tables, job_id: str, now: int, seq: int) -> None:
         change_seq=seq,
     )
     t.artifacts = [(j, a) for j, a in t.artifacts if j != job_id]
+    t.attempts = [a for a in t.attempts if a.job_id != job_id]
     t.chunks = {k: c for k, c in t.chunks.items() if c.job_id != job_id}
     t.requests.pop(job_id, None)
     # job_dependencies' foreign keys cascade from either side.

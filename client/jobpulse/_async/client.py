@@ -481,6 +481,25 @@ class AsyncClient:
         request = _requests.list_job_chunks(job_id, states, page_size, page_token)
         return self._pages(self._jobs.ListJobChunks, request, lambda r: r.chunks)
 
+    def list_chunk_attempts(
+        self, job_id: str, chunk_id: str = "", page_size: int = 0, *, page_token: str = ""
+    ) -> AsyncIterator[job_pb2.ChunkAttempt]:
+        """Iterates over the attempts of a job's chunks (or of one chunk) by chunk index, then attempt:
+        who claimed each, when, how it ended (``outcome``: ``ATTEMPT_OUTCOME_COMPLETED``,
+        ``_FAILED``, ``_LEASE_EXPIRED``, ``_CANCELLED``, ``_TIMED_OUT``, or ``_RUNNING``) and its
+        ``error`` (with ``details``, e.g. the handler's traceback), fetching pages lazily.
+
+        Args:
+            job_id: The job's id.
+            chunk_id: One chunk's id; empty for every chunk of the job.
+            page_size: Attempts per page (server default 100, at most 1000).
+            page_token: Where to start (a ``next_page_token``).
+        """
+        request = job_service_pb2.ListChunkAttemptsRequest(
+            job_id=job_id, chunk_id=chunk_id, page_size=page_size, page_token=page_token
+        )
+        return self._pages(self._jobs.ListChunkAttempts, request, lambda r: r.attempts)
+
     async def batch_get_jobs(
         self, job_ids: Iterable[str], *, view: JobViewLike = "full", timeout: float | None = None
     ) -> list[job_pb2.Job]:

@@ -192,6 +192,46 @@ ARTIFACT_ROLE_RESULT: ArtifactRole.ValueType  # 5
 """The job's result: its uri becomes Job.result_uri."""
 Global___ArtifactRole: _TypeAlias = ArtifactRole  # noqa: Y015
 
+class _AttemptOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    """Not used."""
+    ATTEMPT_OUTCOME_RUNNING: _AttemptOutcome.ValueType  # 1
+    """It is still running (under its lease)."""
+    ATTEMPT_OUTCOME_COMPLETED: _AttemptOutcome.ValueType  # 2
+    """Its worker completed the chunk."""
+    ATTEMPT_OUTCOME_FAILED: _AttemptOutcome.ValueType  # 3
+    """Its worker failed the chunk (retried or failed for good: the chunk says)."""
+    ATTEMPT_OUTCOME_LEASE_EXPIRED: _AttemptOutcome.ValueType  # 4
+    """Its worker stopped renewing the lease, and the server took the chunk back."""
+    ATTEMPT_OUTCOME_CANCELLED: _AttemptOutcome.ValueType  # 5
+    """Its job was cancelled: the worker stopped, or did not within the cancel deadline."""
+    ATTEMPT_OUTCOME_TIMED_OUT: _AttemptOutcome.ValueType  # 6
+    """It ran longer than its job's attempt_timeout."""
+
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
+    """AttemptOutcome is how one attempt of a chunk (one claim of it) ended."""
+
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+"""Not used."""
+ATTEMPT_OUTCOME_RUNNING: AttemptOutcome.ValueType  # 1
+"""It is still running (under its lease)."""
+ATTEMPT_OUTCOME_COMPLETED: AttemptOutcome.ValueType  # 2
+"""Its worker completed the chunk."""
+ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 3
+"""Its worker failed the chunk (retried or failed for good: the chunk says)."""
+ATTEMPT_OUTCOME_LEASE_EXPIRED: AttemptOutcome.ValueType  # 4
+"""Its worker stopped renewing the lease, and the server took the chunk back."""
+ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 5
+"""Its job was cancelled: the worker stopped, or did not within the cancel deadline."""
+ATTEMPT_OUTCOME_TIMED_OUT: AttemptOutcome.ValueType  # 6
+"""It ran longer than its job's attempt_timeout."""
+Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
+
 @_typing.final
 class Job(_message.Message):
     """Job is a long-running piece of work split into chunks."""
@@ -709,6 +749,72 @@ class ChunkError(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChunkError: _TypeAlias = ChunkError  # noqa: Y015
+
+@_typing.final
+class ChunkAttempt(_message.Message):
+    """ChunkAttempt is one attempt of a chunk: one claim of it, from the claim to
+    its end. Kept as long as the job.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ITEMS_DONE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The chunk's job."""
+    chunk_id: _builtins.str
+    """The chunk's id."""
+    chunk_index: _builtins.int
+    """The chunk's index in its job."""
+    attempt: _builtins.int
+    """Which attempt of the chunk this was, from 1 (Chunk.attempt when it was claimed)."""
+    worker_id: _builtins.str
+    """The worker that claimed it."""
+    outcome: Global___AttemptOutcome.ValueType
+    """How it ended."""
+    items_done: _builtins.int
+    """Items done when it ended (or as last reported, while it runs)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was claimed."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it runs."""
+
+    @_builtins.property
+    def error(self) -> Global___ChunkError:
+        """Its error, for an attempt that did not complete."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        chunk_id: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        outcome: Global___AttemptOutcome.ValueType = ...,
+        error: Global___ChunkError | None = ...,
+        items_done: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chunk_id", b"chunk_id", "chunk_index", b"chunk_index", "end_time", b"end_time", "error", b"error", "items_done", b"items_done", "job_id", b"job_id", "outcome", b"outcome", "start_time", b"start_time", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkAttempt: _TypeAlias = ChunkAttempt  # noqa: Y015
 
 @_typing.final
 class JobResult(_message.Message):

@@ -517,6 +517,68 @@ class ListJobChunksResponse(_message.Message):
 Global___ListJobChunksResponse: _TypeAlias = ListJobChunksResponse  # noqa: Y015
 
 @_typing.final
+class ListChunkAttemptsRequest(_message.Message):
+    """ListChunkAttemptsRequest names a job, and optionally one of its chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    chunk_id: _builtins.str
+    """One chunk's id; empty: every chunk of the job."""
+    page_size: _builtins.int
+    """Attempts per page: default 100, values above 1000 are lowered to 1000."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same job and chunk."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        chunk_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChunkAttemptsRequest: _TypeAlias = ListChunkAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class ListChunkAttemptsResponse(_message.Message):
+    """ListChunkAttemptsResponse is one page of attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.ChunkAttempt]:
+        """The attempts of this page, by chunk index, then attempt."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[_job_pb2.ChunkAttempt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChunkAttemptsResponse: _TypeAlias = ListChunkAttemptsResponse  # noqa: Y015
+
+@_typing.final
 class BatchGetJobsRequest(_message.Message):
     """BatchGetJobsRequest names up to 100 jobs."""
 

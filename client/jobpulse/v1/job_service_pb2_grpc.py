@@ -58,6 +58,11 @@ class JobServiceStub(object):
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksResponse.FromString,
                 )
+        self.ListChunkAttempts = channel.unary_unary(
+                '/jobpulse.v1.JobService/ListChunkAttempts',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.FromString,
+                )
         self.BatchGetJobs = channel.unary_unary(
                 '/jobpulse.v1.JobService/BatchGetJobs',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.BatchGetJobsRequest.SerializeToString,
@@ -197,6 +202,15 @@ class JobServiceServicer(object):
 
     def ListJobChunks(self, request, context):
         """Lists a job's chunks in index order, optionally filtered by state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChunkAttempts(self, request, context):
+        """Lists the attempts of a job's chunks (or of one chunk) in chunk index
+        order, then attempt order: each claim, who held it, when and how it ended,
+        with its error. A running attempt is listed with outcome RUNNING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -383,6 +397,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobChunks,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksResponse.SerializeToString,
+            ),
+            'ListChunkAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChunkAttempts,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.SerializeToString,
             ),
             'BatchGetJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGetJobs,
@@ -575,6 +594,23 @@ class JobService(object):
         return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/ListJobChunks',
             jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.ListJobChunksResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListChunkAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/ListChunkAttempts',
+            jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -69,6 +69,11 @@ class JobServiceStub:
     """
     ListJobChunks: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]
     """Lists a job's chunks in index order, optionally filtered by state."""
+    ListChunkAttempts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListChunkAttemptsRequest, _job_service_pb2.ListChunkAttemptsResponse]
+    """Lists the attempts of a job's chunks (or of one chunk) in chunk index
+    order, then attempt order: each claim, who held it, when and how it ended,
+    with its error. A running attempt is listed with outcome RUNNING.
+    """
     BatchGetJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]
     """Returns up to 100 jobs in request order. Fails with NOT_FOUND if any is missing."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
@@ -197,6 +202,11 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     ListJobChunks: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]  # type: ignore[assignment]
     """Lists a job's chunks in index order, optionally filtered by state."""
+    ListChunkAttempts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListChunkAttemptsRequest, _job_service_pb2.ListChunkAttemptsResponse]  # type: ignore[assignment]
+    """Lists the attempts of a job's chunks (or of one chunk) in chunk index
+    order, then attempt order: each claim, who held it, when and how it ended,
+    with its error. A running attempt is listed with outcome RUNNING.
+    """
     BatchGetJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]  # type: ignore[assignment]
     """Returns up to 100 jobs in request order. Fails with NOT_FOUND if any is missing."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
@@ -352,6 +362,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobChunksResponse, _abc.Awaitable[_job_service_pb2.ListJobChunksResponse]]:
         """Lists a job's chunks in index order, optionally filtered by state."""
+
+    @_abc_1.abstractmethod
+    def ListChunkAttempts(
+        self,
+        request: _job_service_pb2.ListChunkAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListChunkAttemptsResponse, _abc.Awaitable[_job_service_pb2.ListChunkAttemptsResponse]]:
+        """Lists the attempts of a job's chunks (or of one chunk) in chunk index
+        order, then attempt order: each claim, who held it, when and how it ended,
+        with its error. A running attempt is listed with outcome RUNNING.
+        """
 
     @_abc_1.abstractmethod
     def BatchGetJobs(

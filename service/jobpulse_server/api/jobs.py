@@ -52,6 +52,7 @@ from jobpulse_server.services.watch import FeedService, WatchService, horizon_cu
 from jobpulse_server.services.webhooks import WebhookService
 from jobpulse_server.wire.convert import (
     KIND_NAME_PREFIX,
+    attempt_pb,
     chunk_pb,
     duration,
     duration_from_us,
@@ -297,6 +298,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return job_service_pb2.ListJobChunksResponse(
             chunks=[chunk_pb(ch) for ch in found], next_page_token=token, total_size=total
+        )
+
+    async def ListChunkAttempts(
+        self, request: job_service_pb2.ListChunkAttemptsRequest, context: Ctx
+    ) -> job_service_pb2.ListChunkAttemptsResponse:
+        c = Checker()
+        c.text(request.job_id, "job_id", MAX_ID, required=True)
+        c.text(request.chunk_id, "chunk_id", MAX_ID)
+        c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
+        c.done()
+        page_size = min(request.page_size or DEFAULT_PAGE_CHUNKS, MAX_PAGE_CHUNKS)
+        found, token = await self.jobs.list_attempts(
+            caller(), request.job_id, request.chunk_id, page_size, request.page_token
+        )
+        return job_service_pb2.ListChunkAttemptsResponse(
+            attempts=[attempt_pb(a) for a in found], next_page_token=token
         )
 
     async def BatchGetJobs(

@@ -158,10 +158,78 @@ class Chunk:
     finalize: bool = False
     # ChunkError.details of its last failure (a worker's traceback), at most MAX_ERROR_DETAILS.
     error_details: str = ""
+    # The attempt a move out of PROCESSING ended (Job.move_chunk), until the save writes it (never read
+    # from the database: chunk_attempts holds it).
+    ended: Attempt | None = field(default=None, repr=False, compare=False)
     artifacts: list[Artifact] = field(default_factory=list)
     # A chunk just claimed: the next_attempt_time it had until then, when its retry was due (claims only,
     # never stored; services/latency.py measures queue waits from it).
     due_time: int | None = field(default=None, repr=False, compare=False)
+
+
+class AttemptOutcome(enum.IntEnum):
+    """Mirrors jobpulse.v1.AttemptOutcome (same numbers): how one attempt of a chunk ended."""
+
+    RUNNING = 1
+    COMPLETED = 2
+    FAILED = 3
+    LEASE_EXPIRED = 4
+    CANCELLED = 5
+    TIMED_OUT = 6
+
+
+@dataclass
+class Attempt:
+    """One attempt of a chunk (one claim of it): a row of chunk_attempts once it ended, or a running
+    chunk seen as its current attempt (outcome RUNNING, no end_time)."""
+
+    job_id: str
+    chunk_index: int
+    attempt: int
+    worker_id: str
+    start_time: int | None
+    end_time: int | None
+    outcome: AttemptOutcome
+    items_done: int
+    error_reason: str = ""
+    error_message: str = ""
+    error_details: str = ""
+
+
+# The chunk errors that say how an attempt ended other than by its worker's failure.
+_OUTCOME_OF_REASON = {
+    "LEASE_EXPIRED": AttemptOutcome.LEASE_EXPIRED,
+    "ATTEMPT_TIMEOUT": AttemptOutcome.TIMED_OUT,
+}
+
+
+def ended_attempt(job_id: str, chunk: Chunk, new_state: ChunkState, now: int, items_done: int) -> Attempt:
+    """The attempt a running ``chunk`` ends by moving to ``new_state`` at ``now`` with ``items_done``: its
+    outcome from the new state (and from the error the move was given: a lease that ran out, a timeout),
+    with that error unless the attempt completed or was cancelled by its job's cancel. (The group
+    commit's statements write the same rows: store/batch/sql.py ``_attempts_of``.)"""
+    if new_state == ChunkState.COMPLETED:
+        outcome = AttemptOutcome.COMPLETED
+    elif new_state == ChunkState.CANCELLED:
+        outcome = AttemptOutcome.CANCELLED
+    else:
+        outcome = _OUTCOME_OF_REASON.get(chunk.error_reason, AttemptOutcome.FAILED)
+    with_error = outcome not in (AttemptOutcome.COMPLETED, AttemptOutcome.CANCELLED) or (
+        chunk.error_reason == "CANCEL_DEADLINE"
+    )
+    return Attempt(
+        job_id,
+        chunk.index,
+        chunk.attempt,
+        chunk.worker_id,
+        chunk.start_time,
+        now,
+        outcome,
+        items_done,
+        chunk.error_reason if with_error else "",
+        chunk.error_message if with_error else "",
+        chunk.error_details if with_error else "",
+    )
 
 
 @dataclass
@@ -257,6 +325,13 @@ class Job:
     ) -> None:
         """Moves one chunk to ``new_state`` keeping counts, items and state consistent."""
         rev = self.touch(now)
+        if chunk.state == ChunkState.PROCESSING and new_state != ChunkState.PROCESSING:
+            kept = (
+                items_done
+                if new_state == ChunkState.COMPLETED and items_done is not None
+                else chunk.items_done
+            )
+            chunk.ended = ended_attempt(self.id, chunk, new_state, now, kept)
         if new_state != chunk.state:
             self.summary.add(chunk.state, -1)
             self.summary.add(new_state, 1)

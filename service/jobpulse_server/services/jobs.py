@@ -35,6 +35,7 @@ from jobpulse_server.domain.model import (
     AFTER_PER_CHUNK,
     FULL_VIEW_CHUNK_LIMIT,
     HELD,
+    Attempt,
     Chunk,
     ChunkState,
     Job,
@@ -580,6 +581,37 @@ class JobService:
             found = found[:page_size]
             token = pagination.encode("chunks", filters, [found[-1].index])
         return found, token, total
+
+    async def list_attempts(
+        self, who: Principal, job_id: str, chunk_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Attempt], str]:
+        """ListChunkAttempts: the attempts of the job's chunks (of ``chunk_id`` only, unless empty) by chunk
+        index then attempt, a page at a time; ChunkNotFound for a chunk id not of this job."""
+        index: int | None = None
+        if chunk_id:
+            head, sep, tail = chunk_id.rpartition("-")
+            if head != job_id or not sep or not tail.isdigit():
+                raise ChunkNotFound(chunk_id)
+            index = int(tail)
+        filters = pagination.fingerprint({"job": job_id, "chunk": chunk_id})
+        after = (-1, 0)
+        if page_token:
+            key = pagination.decode(page_token, "attempts", filters)
+            if len(key) != 2 or not all(isinstance(k, int) for k in key):
+                raise InvalidPageToken("page_token is malformed")
+            after = (key[0], key[1])
+        async with self.store.read() as tx:
+            job = await tx.get_job(job_id, who.owner_filter)
+            if job is None:
+                raise JobNotFound(job_id)
+            if index is not None and index >= job.summary.total:
+                raise ChunkNotFound(chunk_id)
+            found = await tx.list_attempts(job_id, index, after, page_size + 1)
+        token = ""
+        if len(found) > page_size:
+            found = found[:page_size]
+            token = pagination.encode("attempts", filters, [found[-1].chunk_index, found[-1].attempt])
+        return found, token
 
     async def chunk_at(self, who: Principal, job_id: str, index: int) -> tuple[Job, Chunk]:
         """The job and its chunk at ``index``, with its artifacts (the dashboard's chunk panel)."""

@@ -16,6 +16,7 @@ from typing import Any
 import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.model import (
     Artifact,
+    Attempt,
     Chunk,
     ChunkState,
     Job,
@@ -301,3 +302,20 @@ def kind_from_row(r: Sequence[Any]) -> Kind:
         pending_chunks=int(r[4]) if len(r) > 4 else 0,
         running_chunks=int(r[5]) if len(r) > 5 else 0,
     )
+
+
+def attempt_row(a: Attempt) -> dict[str, Any]:
+    """An ended attempt's chunk_attempts row by column (an insert's parameters)."""
+    return {
+        "job_id": a.job_id,
+        "chunk_index": a.chunk_index,
+        "attempt": a.attempt,
+        "worker_id": a.worker_id,
+        "start_time": a.start_time,
+        "end_time": a.end_time,
+        "outcome": int(a.outcome),
+        "items_done": a.items_done,
+        "error_reason": a.error_reason,
+        "error_message": a.error_message,
+        "error_details": a.error_details,
+    }

@@ -256,6 +256,7 @@ def delete_jobs(d: Dialect, n: int) -> tuple[str, ...]:
         f"INSERT INTO job_tombstones ({_TOMBSTONE_COLUMNS}, delete_time, change_seq) "
         f"SELECT {_TOMBSTONE_COLUMNS}, :now, {d.next_seq} FROM jobs WHERE {ids}",
         f"DELETE FROM artifacts WHERE {d.any_of('job_id', n, 'id')}",
+        f"DELETE FROM chunk_attempts WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM job_requests WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM chunks WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM jobs WHERE {ids}",
@@ -777,6 +778,33 @@ def insert_artifacts(d: Dialect) -> str:
     if not d.arrays:
         return f"INSERT INTO artifacts ({cols}) VALUES ({named(ARTIFACT_INSERTED)})"
     return f"INSERT INTO artifacts ({cols}) SELECT * FROM unnest({_arrays(ARTIFACT_INSERTED, 'artifacts')})"
+
+
+# --- attempts (ListChunkAttempts; migration 0022) ---------------------------------------------------
+
+ATTEMPT_COLUMNS = tuple(c.name for c in tables.chunk_attempts.columns)
+
+
+def insert_attempts(d: Dialect) -> str:
+    cols = ", ".join(ATTEMPT_COLUMNS)
+    if not d.arrays:
+        return f"INSERT INTO chunk_attempts ({cols}) VALUES ({named(ATTEMPT_COLUMNS)})"
+    arrays = _arrays(ATTEMPT_COLUMNS, "chunk_attempts")
+    return f"INSERT INTO chunk_attempts ({cols}) SELECT * FROM unnest({arrays})"
+
+
+# A job's ended attempts after (chunk_index, attempt) = (:after_index, :after_attempt), in that order, of
+# one chunk when :one (its index :index), at most :limit.
+LIST_ATTEMPTS = (
+    f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM chunk_attempts WHERE job_id = :job_id "
+    "AND (chunk_index > :after_index OR (chunk_index = :after_index AND attempt > :after_attempt)) "
+    "AND (NOT :one OR chunk_index = :index) ORDER BY chunk_index, attempt LIMIT :limit"
+)
+# A job's running chunks from index :after_index on (their current attempts), of one chunk when :one.
+RUNNING_OF_JOB = (
+    f"SELECT {CHUNK_SELECT} FROM chunks WHERE job_id = :job_id AND state = {tables.RUNNING} "
+    "AND idx >= :after_index AND (NOT :one OR idx = :index) ORDER BY idx"
+)
 
 
 ARTIFACTS_BETWEEN = (

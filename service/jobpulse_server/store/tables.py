@@ -275,6 +275,25 @@ artifacts = Table(
     Index("ix_artifacts_job_chunk", "job_id", "chunk_index"),
 )
 
+# Attempt history (ListChunkAttempts): one row per ended attempt of a chunk, written in the transaction
+# that ends it; a running attempt is the chunk itself (migration 0022). Deleted with the job.
+chunk_attempts = Table(
+    "chunk_attempts",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("chunk_index", BigInteger, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("worker_id", String(128), nullable=False),
+    Column("start_time", BigInteger, nullable=True),
+    Column("end_time", BigInteger, nullable=False),
+    # AttemptOutcome's number (domain.model.AttemptOutcome).
+    Column("outcome", SmallInteger, nullable=False),
+    Column("items_done", BigInteger, nullable=False),
+    Column("error_reason", String(128), nullable=False, server_default=""),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("error_details", Text, nullable=False, server_default=""),
+)
+
 # A job's dependencies (CreateJobRequest.after), one row each, found from the dependency's side when it
 # completes a chunk or ends (services/pipeline.py). Deleted with either job.
 job_dependencies = Table(

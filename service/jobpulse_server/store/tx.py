@@ -24,6 +24,8 @@ from jobpulse_server.domain.ids import chunk_job_id
 from jobpulse_server.domain.model import (
     AFTER_PER_CHUNK,
     Artifact,
+    Attempt,
+    AttemptOutcome,
     Chunk,
     ChunkState,
     Job,
@@ -45,6 +47,7 @@ from jobpulse_server.store.rows import (
     JOB_INDEXED,
     JOB_INDEXED_IN_ROW,
     artifact_from_row,
+    attempt_row,
     chunk_from_row,
     chunk_saved,
     head_from_row,
@@ -268,6 +271,40 @@ class SqlTx:
             for c in done:
                 c.artifacts = by_index.get(c.index, [])
         return found
+
+    async def list_attempts(
+        self, job_id: str, index: int | None, after: tuple[int, int], limit: int
+    ) -> list[Attempt]:
+        """Up to ``limit`` attempts of the job's chunks (of chunk ``index`` only, unless None) after
+        (chunk index, attempt) ``after``, in that order: the ended ones (chunk_attempts) and each
+        running chunk's current one (outcome RUNNING, from the chunk)."""
+        one = index is not None
+        params = {"job_id": job_id, "one": one, "index": index if one else 0}
+        rows = await self.conn.fetch(
+            q.LIST_ATTEMPTS, {**params, "after_index": after[0], "after_attempt": after[1], "limit": limit}
+        )
+        found = [
+            Attempt(r[0], r[1], r[2], r[3], r[4], r[5], AttemptOutcome(r[6]), r[7], r[8], r[9], r[10])
+            for r in rows
+        ]
+        for c in map(
+            chunk_from_row, await self.conn.fetch(q.RUNNING_OF_JOB, {**params, "after_index": after[0]})
+        ):
+            if (c.index, c.attempt) > after:
+                found.append(
+                    Attempt(
+                        job_id,
+                        c.index,
+                        c.attempt,
+                        c.worker_id,
+                        c.start_time,
+                        None,
+                        AttemptOutcome.RUNNING,
+                        c.items_done,
+                    )
+                )
+        found.sort(key=lambda a: (a.chunk_index, a.attempt))
+        return found[:limit]
 
     async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
         """One chunk of the job (without its artifacts)."""
@@ -727,6 +764,15 @@ class SqlTx:
                 self._indexed[job.id] = now  # once written: a failed statement changed nothing
         for job in jobs:
             job.bumped = False
+        ended = [c.ended for c in chunks if c.ended is not None]
+        if ended:  # the attempts these moves ended (Job.move_chunk), in the same transaction
+            rows = [attempt_row(a) for a in ended]
+            if self.d.arrays:
+                await self.conn.execute(q.insert_attempts(self.d), _columns(rows, q.ATTEMPT_COLUMNS))
+            else:
+                await self.conn.executemany(q.insert_attempts(self.d), rows)
+            for c in chunks:
+                c.ended = None
         if self._artifacts:
             sql = q.insert_artifacts(self.d)
             if self.d.arrays:

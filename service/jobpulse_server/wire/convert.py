@@ -7,7 +7,8 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jobpulse.v1 import job_pb2, job_service_pb2
-from jobpulse_server.domain.model import HELD, Artifact, Chunk, Job, Kind
+from jobpulse_server.domain.ids import chunk_id
+from jobpulse_server.domain.model import HELD, Artifact, Attempt, Chunk, Job, Kind
 from jobpulse_server.domain.retention import Retention
 
 
@@ -102,6 +103,25 @@ def chunk_kwargs(c: Chunk) -> dict[str, Any]:
 
 def chunk_pb(c: Chunk) -> job_pb2.Chunk:
     return job_pb2.Chunk(**chunk_kwargs(c))
+
+
+def attempt_pb(a: Attempt) -> job_pb2.ChunkAttempt:
+    """A ChunkAttempt message (its chunk's id from the job's and the index)."""
+    error = None
+    if a.error_reason or a.error_message or a.error_details:
+        error = job_pb2.ChunkError(reason=a.error_reason, message=a.error_message, details=a.error_details)
+    return job_pb2.ChunkAttempt(
+        job_id=a.job_id,
+        chunk_id=chunk_id(a.job_id, a.chunk_index),
+        chunk_index=a.chunk_index,
+        attempt=a.attempt,
+        worker_id=a.worker_id,
+        start_time=timestamp(a.start_time),
+        end_time=timestamp(a.end_time),
+        outcome=int(a.outcome),  # type: ignore[arg-type]
+        error=error,
+        items_done=a.items_done,
+    )
 
 
 def job_pb(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jobpulse_server.store.statements as q
-from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, ChunkState, JobState
+from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, AttemptOutcome, ChunkState, JobState
 from jobpulse_server.store.rows import CHUNK_COLUMNS, JOB_COLUMNS
 
 _RUNNING = int(ChunkState.PROCESSING)
@@ -92,11 +92,29 @@ def _completing(now: str) -> str:
         f"revision = j0.revision + r.step, end_time = {now}, lease_token = NULL, lease_expire_time = NULL "
         "FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
         "RETURNING c.job_id, c.state, c.items_done - r.old_done AS gained, r.idx, r.pos, c.kind, "
-        "c.item_count AS items, c.start_time, c.attempt), "
+        "c.item_count AS items, c.start_time, c.attempt, c.worker_id, c.items_done AS done_items), "
         "g AS (SELECT job_id, count(*) AS n, "
         f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
         f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
         "FROM c1 GROUP BY job_id), "
+        # The attempts they end (domain.model.ended_attempt): COMPLETED, or CANCELLED, with no error.
+        + _attempts_of(
+            now,
+            f"CASE WHEN c1.state = {_DONE} THEN {int(AttemptOutcome.COMPLETED)} "
+            f"ELSE {int(AttemptOutcome.CANCELLED)} END",
+            "c1.done_items",
+        )
+    )
+
+
+def _attempts_of(now: str, outcome: str, items: str, error: str = "'', '', ''") -> str:
+    """CTE a1: a row of chunk_attempts for each chunk of c1 (job_id, idx, attempt, worker_id,
+    start_time) whose attempt this statement ends at ``now``: its ``outcome``, ``items`` done and
+    ``error`` (reason, message, details), as Job.move_chunk notes them (domain.model.ended_attempt)."""
+    return (
+        "a1 AS (INSERT INTO chunk_attempts (job_id, chunk_index, attempt, worker_id, start_time, end_time, "
+        "outcome, items_done, error_reason, error_message, error_details) SELECT c1.job_id, c1.idx, "
+        f"c1.attempt, c1.worker_id, c1.start_time, {now}, {outcome}, {items}, {error} FROM c1), "
     )
 
 
@@ -400,8 +418,18 @@ def _fail_group() -> str:
         f"lease_expire_time = NULL, next_attempt_time = {now} + r.delay, retry_at = {now} + r.delay, "
         "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
         "RETURNING c.job_id, r.old_done AS lost, r.pos, c.next_attempt_time, r.delay_s, c.kind, "
-        "c.start_time, c.attempt, c.idx), "
-        "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
+        "c.start_time, c.attempt, c.idx, c.worker_id, c.error_reason, c.error_message, c.error_details), "
+        # The attempts they end (domain.model.ended_attempt): FAILED (or as its reason says), the items
+        # of the attempt, its error.
+        + _attempts_of(
+            now,
+            f"CASE c1.error_reason WHEN 'LEASE_EXPIRED' THEN {int(AttemptOutcome.LEASE_EXPIRED)} "
+            f"WHEN 'ATTEMPT_TIMEOUT' THEN {int(AttemptOutcome.TIMED_OUT)} "
+            f"ELSE {int(AttemptOutcome.FAILED)} END",
+            "c1.lost",
+            "c1.error_reason, c1.error_message, c1.error_details",
+        )
+        + "g AS (SELECT job_id, count(*) AS n, sum(lost) AS lost FROM c1 GROUP BY job_id), "
         # Job.touch + the counts move (processing -> pending), the items of the failed attempts are taken
         # back, derive_state (never terminal: a chunk is pending); a new change_seq.
         f"j1 AS (UPDATE jobs AS j SET {_touched(now)}"
