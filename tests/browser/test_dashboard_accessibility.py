@@ -47,7 +47,12 @@ def _seed(srv: Any, alice: str, worker_key: str) -> dict[str, str]:
         claims = worker.claim_chunks("w1", ["render"], max_chunks=4)
         worker.complete_chunk(claims[0].chunk.id, claims[0].lease_token)
         worker.fail_chunk(
-            claims[1].chunk.id, claims[1].lease_token, reason="OOM", message="out of memory", retryable=False
+            claims[1].chunk.id,
+            claims[1].lease_token,
+            reason="OOM",
+            message="out of memory",
+            retryable=False,
+            details='Traceback (most recent call last):\n  File "render.py", line 40\nMemoryError',
         )
         cancelled = sdk.create_job(kind="idle", total_items=2, display_name="Not needed")
         sdk.cancel_job(cancelled.id, reason="wrong input")

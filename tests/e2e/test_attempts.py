@@ -5,6 +5,7 @@ chunk or job the caller cannot name."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -111,3 +112,29 @@ def test_a_chunk_or_job_the_caller_cannot_name_is_not_found(client: jobpulse.Cli
         _attempts(client, "no-such-job")
     assert info.value.reason == "JOB_NOT_FOUND"
     assert _attempts(client, job.id) == [], "no claim yet: no attempt"
+
+
+def test_the_cli_lists_attempts_and_prints_details_when_asked(
+    server: Any, client: jobpulse.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobpulse import cli
+
+    job = client.create_job("attempt-cli", 1, max_attempts=2)
+    claim = _claim(client, "attempt-cli", "w-cli")
+    client.fail_chunk(claim.chunk.id, claim.lease_token, "DECODE", "bad frame", details="Traceback: line 7")
+    again = _claim(client, "attempt-cli", "w-cli-2")
+    target = ["--target", server.address]
+    assert cli.main([*target, "attempts", job.id]) == 0
+    out = capsys.readouterr().out
+    header, first, second, hint = out.splitlines()
+    assert header.split() == ["CHUNK", "ATTEMPT", "OUTCOME", "WORKER", "STARTED", "TOOK", "ITEMS", "ERROR"]
+    assert first.split()[:4] == ["0", "1", "failed", "w-cli"] and first.endswith("DECODE: bad frame")
+    assert second.split()[:4] == ["0", "2", "running", "w-cli-2"]
+    assert "--details" in hint
+    assert cli.main([*target, "attempts", job.id, "0", "--details"]) == 0
+    assert "chunk 0, attempt 1 (DECODE):\nTraceback: line 7" in capsys.readouterr().out
+    assert cli.main([*target, "--json", "attempts", job.id, again.chunk.id]) == 0
+    listed = json.loads(capsys.readouterr().out)["attempts"]
+    assert [a["outcome"] for a in listed] == ["ATTEMPT_OUTCOME_FAILED", "ATTEMPT_OUTCOME_RUNNING"]
+    assert cli.main([*target, "attempts", job.id, "9"]) != 0
+    assert "not found" in capsys.readouterr().err

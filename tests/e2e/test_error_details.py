@@ -82,3 +82,18 @@ def test_the_chunk_page_shows_the_details_folded(server: Any, client: jobpulse.C
     page = httpx.get(f"{server.app.http_url}/jobs/{job.id}/chunks/0", timeout=20).text
     assert '<details class="error-details" data-testid="error-details">' in page
     assert "line 1\n&lt;b&gt;line 2&lt;/b&gt;" in page, "shown as text, escaped"
+
+
+def test_the_chunk_page_lists_its_attempts_newest_first(server: Any, client: jobpulse.Client) -> None:
+    job = client.create_job("details-history", 1, max_attempts=3)
+    for n in (1, 2):
+        [claim] = client.claim_chunks(f"w{n}", kinds=["details-history"], wait=10)
+        client.fail_chunk(claim.chunk.id, claim.lease_token, f"E{n}", "bad", details=f"trace {n}")
+    [claim] = client.claim_chunks("w3", kinds=["details-history"], wait=10)
+    client.complete_chunk(claim.chunk.id, claim.lease_token)
+    page = httpx.get(f"{server.app.http_url}/jobs/{job.id}/chunks/0", timeout=20).text
+    table = page[page.index('data-testid="attempt-history"') :]
+    rows = table[: table.index("</table>")].split('<tr data-attempt="')[1:]
+    assert [r.split('"', 1)[0] for r in rows] == ["3", "2", "1"], "newest first"
+    assert "completed" in rows[0] and "<code>w3</code>" in rows[0] and "E2" not in rows[0]
+    assert "<strong>E1</strong>" in rows[2] and "trace 1" in rows[2]

@@ -12,7 +12,7 @@ from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
 from jobpulse.cli._errors import EXIT_USAGE, _document
 from jobpulse.cli._output import _print_json, _report
-from jobpulse.v1 import job_pb2
+from jobpulse.v1 import job_pb2, job_service_pb2
 
 
 def _all_chunks(client: Client, job: job_pb2.Job) -> job_pb2.Job:
@@ -84,6 +84,33 @@ def _cmd_get(args: argparse.Namespace) -> int:
             f"({len(chunks)} of {matching}{which} chunks shown, {matching - len(chunks)} left out: "
             "--chunks N shows more, --chunk-state STATE picks a state)"
         )
+    return 0
+
+
+def _cmd_attempts(args: argparse.Namespace) -> int:
+    """Every attempt of a job's chunks (or of one chunk: its id, or its index), by chunk then attempt."""
+    chunk = args.chunk
+    if chunk.isdigit():
+        chunk = f"{args.job_id}-{chunk}"
+    with _connection._client(args) as client:
+        attempts = list(client.list_chunk_attempts(args.job_id, chunk, page_size=1000))
+    if args.json:
+        _print_json(job_service_pb2.ListChunkAttemptsResponse(attempts=attempts))
+        return 0
+    if not attempts:
+        print(
+            "no attempts yet: no chunk of it has been claimed"
+            if not chunk
+            else "no attempts of that chunk yet"
+        )
+        return 0
+    print(_render.attempts_table(attempts))
+    shown = [a for a in attempts if a.error.details] if args.details else []
+    for a in shown:
+        print(f"\nchunk {a.chunk_index}, attempt {a.attempt} ({a.error.reason}):")
+        print(a.error.details.rstrip())
+    if not args.details and any(a.error.details for a in attempts):
+        print("(--details prints the tracebacks and other details the workers sent)")
     return 0
 
 

@@ -257,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--json prints every chunk)",
     )
 
+    p = command(
+        "attempts",
+        jobs._cmd_attempts,
+        "every attempt of a job's chunks: who ran it, when, how it ended and why it failed",
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("chunk", nargs="?", default="", metavar="CHUNK", help="one chunk: its id or its index")
+    p.add_argument(
+        "--details",
+        action="store_true",
+        help="also print each failure's details (e.g. the handler's traceback)",
+    )
+
     p = command("list", jobs._cmd_list, "list jobs, newest first")
     _filter_options(p)
     p.add_argument(

@@ -201,6 +201,30 @@ def chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
     return table(("#", "STATE", "ITEMS", "DONE", "ATTEMPT", "WORKER", "ERROR"), rows)
 
 
+def attempts_table(attempts: Iterable[job_pb2.ChunkAttempt]) -> str:
+    """Returns the table printed by ``jobpulse attempts``: one row per attempt, by chunk then attempt."""
+    rows = []
+    for a in attempts:
+        outcome = job_pb2.AttemptOutcome.Name(a.outcome).removeprefix("ATTEMPT_OUTCOME_").lower()
+        took = ""
+        if a.HasField("end_time") and a.HasField("start_time"):
+            took = format_seconds((a.end_time.ToMicroseconds() - a.start_time.ToMicroseconds()) / 1e6)
+        error = f"{a.error.reason}: {a.error.message}" if a.error.message else a.error.reason
+        rows.append(
+            (
+                a.chunk_index,
+                a.attempt,
+                outcome,
+                a.worker_id,
+                format_timestamp(a.start_time),
+                took,
+                a.items_done,
+                error,
+            )
+        )
+    return table(("CHUNK", "ATTEMPT", "OUTCOME", "WORKER", "STARTED", "TOOK", "ITEMS", "ERROR"), rows)
+
+
 def stats_text(response: job_service_pb2.GetJobStatsResponse) -> str:
     """Returns the report printed by ``jobpulse stats``: overall numbers, then one row per kind."""
     stats = response.stats

@@ -56,6 +56,8 @@ from jobpulse_server.wire.validation import MAX_ID, Checker
 
 log = logging.getLogger(__name__)
 
+# The attempts a chunk panel lists (ListChunkAttempts, the CLI's `jobpulse attempts`, has them all).
+ATTEMPTS_SHOWN = 50
 PAGE_SIZES = (10, 20, 50, 100)
 DEFAULT_PAGE_SIZE = 20
 CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
@@ -350,9 +352,20 @@ class Dashboard:
             job_id = _job_id(request)
             index = int(request.path_params["index"])
             job, chunk = await self.jobs.chunk_at(who, job_id, index)
+            # Its attempts, the newest first (the first ATTEMPTS_SHOWN of the chunk's).
+            attempts, more = await self.jobs.list_attempts(who, job_id, chunk.id, ATTEMPTS_SHOWN, "")
             # The grid's panel asks for the fragment; a link opened on its own gets a whole page.
             template = "chunk.html" if request.headers.get("x-fragment") else "chunk_page.html"
-            return self._render(request, template, who=who, job=job, chunk=chunk, title=f"Chunk {index}")
+            return self._render(
+                request,
+                template,
+                who=who,
+                job=job,
+                chunk=chunk,
+                attempts=attempts[::-1],
+                more_attempts=bool(more),
+                title=f"Chunk {index}",
+            )
 
         return await self._page(request, build)
 
