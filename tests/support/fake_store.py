@@ -63,7 +63,6 @@ from jobpulse_server.domain.model import (
     HELD,
     Artifact,
     Attempt,
-    AttemptOutcome,
     Chunk,
     ChunkState,
     Job,
@@ -71,6 +70,7 @@ from jobpulse_server.domain.model import (
     JobState,
     Kind,
     Summary,
+    current_attempt,
     fair_order,
     split_items,
 )
@@ -260,21 +260,13 @@ class FakeRead:
     async def list_attempts(
         self, job_id: str, index: int | None, after: tuple[int, int], limit: int
     ) -> list[Attempt]:
-        """SqlTx.list_attempts: the ended attempts, then each running chunk's current one."""
+        """SqlTx.list_attempts: the ended attempts not completed, then each running or completed chunk's
+        current or last one."""
         found = [copy.copy(a) for a in self.tables.attempts if a.job_id == job_id]
         found += [
-            Attempt(
-                job_id,
-                c.index,
-                c.attempt,
-                c.worker_id,
-                c.start_time,
-                None,
-                AttemptOutcome.RUNNING,
-                c.items_done,
-            )
+            current_attempt(c)
             for c in self.tables.chunks.values()
-            if c.job_id == job_id and c.state == ChunkState.PROCESSING
+            if c.job_id == job_id and c.state in (ChunkState.PROCESSING, ChunkState.COMPLETED)
         ]
         found = [
             a

@@ -206,8 +206,10 @@ _OUTCOME_OF_REASON = {
 def ended_attempt(job_id: str, chunk: Chunk, new_state: ChunkState, now: int, items_done: int) -> Attempt:
     """The attempt a running ``chunk`` ends by moving to ``new_state`` at ``now`` with ``items_done``: its
     outcome from the new state (and from the error the move was given: a lease that ran out, a timeout),
-    with that error unless the attempt completed or was cancelled by its job's cancel. (The group
-    commit's statements write the same rows: store/batch/sql.py ``_attempts_of``.)"""
+    with that error unless the attempt completed or was cancelled by its job's cancel. Job.move_chunk
+    notes it for every end but a completion (a chunk's completed attempt is its last, and the chunk row
+    is it: store/tx.py ``list_attempts``). (The group commit's statements write the same rows:
+    store/batch/sql.py ``_attempts_of``.)"""
     if new_state == ChunkState.COMPLETED:
         outcome = AttemptOutcome.COMPLETED
     elif new_state == ChunkState.CANCELLED:
@@ -229,6 +231,22 @@ def ended_attempt(job_id: str, chunk: Chunk, new_state: ChunkState, now: int, it
         chunk.error_reason if with_error else "",
         chunk.error_message if with_error else "",
         chunk.error_details if with_error else "",
+    )
+
+
+def current_attempt(chunk: Chunk) -> Attempt:
+    """A running chunk's attempt (RUNNING), or a completed chunk's last (COMPLETED, which no row holds:
+    the chunk is it)."""
+    done = chunk.state == ChunkState.COMPLETED
+    return Attempt(
+        chunk.job_id,
+        chunk.index,
+        chunk.attempt,
+        chunk.worker_id,
+        chunk.start_time,
+        chunk.end_time if done else None,
+        AttemptOutcome.COMPLETED if done else AttemptOutcome.RUNNING,
+        chunk.items_done,
     )
 
 
@@ -325,13 +343,12 @@ class Job:
     ) -> None:
         """Moves one chunk to ``new_state`` keeping counts, items and state consistent."""
         rev = self.touch(now)
-        if chunk.state == ChunkState.PROCESSING and new_state != ChunkState.PROCESSING:
-            kept = (
-                items_done
-                if new_state == ChunkState.COMPLETED and items_done is not None
-                else chunk.items_done
-            )
-            chunk.ended = ended_attempt(self.id, chunk, new_state, now, kept)
+        if chunk.state == ChunkState.PROCESSING and new_state not in (
+            ChunkState.PROCESSING,
+            ChunkState.COMPLETED,
+        ):
+            # A completed attempt is the chunk's last, and the chunk keeps it (SqlTx.list_attempts).
+            chunk.ended = ended_attempt(self.id, chunk, new_state, now, chunk.items_done)
         if new_state != chunk.state:
             self.summary.add(chunk.state, -1)
             self.summary.add(new_state, 1)

@@ -800,10 +800,13 @@ LIST_ATTEMPTS = (
     "AND (chunk_index > :after_index OR (chunk_index = :after_index AND attempt > :after_attempt)) "
     "AND (NOT :one OR chunk_index = :index) ORDER BY chunk_index, attempt LIMIT :limit"
 )
-# A job's running chunks from index :after_index on (their current attempts), of one chunk when :one.
-RUNNING_OF_JOB = (
-    f"SELECT {CHUNK_SELECT} FROM chunks WHERE job_id = :job_id AND state = {tables.RUNNING} "
-    "AND idx >= :after_index AND (NOT :one OR idx = :index) ORDER BY idx"
+# A job's running and completed chunks after (idx, attempt) = (:after_index, :after_attempt) (each one's
+# current or last attempt), of one chunk when :one, at most :limit.
+CURRENT_ATTEMPTS = (
+    f"SELECT {CHUNK_SELECT} FROM chunks WHERE job_id = :job_id "
+    f"AND state IN ({tables.RUNNING}, {int(ChunkState.COMPLETED)}) "
+    "AND (idx > :after_index OR (idx = :after_index AND attempt > :after_attempt)) "
+    "AND (NOT :one OR idx = :index) ORDER BY idx LIMIT :limit"
 )
 
 

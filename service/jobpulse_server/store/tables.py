@@ -276,7 +276,8 @@ artifacts = Table(
 )
 
 # Attempt history (ListChunkAttempts): one row per ended attempt of a chunk, written in the transaction
-# that ends it; a running attempt is the chunk itself (migration 0022). Deleted with the job.
+# that ends it, except a completed one: that, and a running one, are the chunk itself (migration 0022).
+# Deleted with the job.
 chunk_attempts = Table(
     "chunk_attempts",
     metadata,

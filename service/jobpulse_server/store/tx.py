@@ -32,6 +32,7 @@ from jobpulse_server.domain.model import (
     JobHead,
     JobState,
     Kind,
+    current_attempt,
     fair_tie,
 )
 from jobpulse_server.domain.principal import KeyInfo
@@ -276,33 +277,24 @@ class SqlTx:
         self, job_id: str, index: int | None, after: tuple[int, int], limit: int
     ) -> list[Attempt]:
         """Up to ``limit`` attempts of the job's chunks (of chunk ``index`` only, unless None) after
-        (chunk index, attempt) ``after``, in that order: the ended ones (chunk_attempts) and each
-        running chunk's current one (outcome RUNNING, from the chunk)."""
+        (chunk index, attempt) ``after``, in that order: the ended ones not completed (chunk_attempts),
+        and each running or completed chunk's current or last one, which the chunk row is."""
         one = index is not None
-        params = {"job_id": job_id, "one": one, "index": index if one else 0}
-        rows = await self.conn.fetch(
-            q.LIST_ATTEMPTS, {**params, "after_index": after[0], "after_attempt": after[1], "limit": limit}
-        )
+        params = {
+            "job_id": job_id,
+            "one": one,
+            "index": index if one else 0,
+            "after_index": after[0],
+            "after_attempt": after[1],
+            "limit": limit,
+        }
+        rows = await self.conn.fetch(q.LIST_ATTEMPTS, params)
         found = [
             Attempt(r[0], r[1], r[2], r[3], r[4], r[5], AttemptOutcome(r[6]), r[7], r[8], r[9], r[10])
             for r in rows
         ]
-        for c in map(
-            chunk_from_row, await self.conn.fetch(q.RUNNING_OF_JOB, {**params, "after_index": after[0]})
-        ):
-            if (c.index, c.attempt) > after:
-                found.append(
-                    Attempt(
-                        job_id,
-                        c.index,
-                        c.attempt,
-                        c.worker_id,
-                        c.start_time,
-                        None,
-                        AttemptOutcome.RUNNING,
-                        c.items_done,
-                    )
-                )
+        current = await self.conn.fetch(q.CURRENT_ATTEMPTS, params)
+        found += [current_attempt(chunk_from_row(r)) for r in current]
         found.sort(key=lambda a: (a.chunk_index, a.attempt))
         return found[:limit]
 

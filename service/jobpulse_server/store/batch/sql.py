@@ -97,24 +97,22 @@ def _completing(now: str) -> str:
         f"count(*) FILTER (WHERE state = {_DONE}) AS done, "
         f"count(*) FILTER (WHERE state = {_CANCELLED}) AS cancelled, sum(gained) AS gained "
         "FROM c1 GROUP BY job_id), "
-        # The attempts they end (domain.model.ended_attempt): COMPLETED, or CANCELLED, with no error.
-        + _attempts_of(
-            now,
-            f"CASE WHEN c1.state = {_DONE} THEN {int(AttemptOutcome.COMPLETED)} "
-            f"ELSE {int(AttemptOutcome.CANCELLED)} END",
-            "c1.done_items",
-        )
+        # The attempts they end but do not complete (domain.model.ended_attempt): CANCELLED, with no
+        # error. (A completed attempt is its chunk's last, and the chunk row is it.)
+        + _attempts_of(now, str(int(AttemptOutcome.CANCELLED)), "c1.done_items", where=f"c1.state <> {_DONE}")
     )
 
 
-def _attempts_of(now: str, outcome: str, items: str, error: str = "'', '', ''") -> str:
+def _attempts_of(now: str, outcome: str, items: str, error: str = "'', '', ''", where: str = "TRUE") -> str:
     """CTE a1: a row of chunk_attempts for each chunk of c1 (job_id, idx, attempt, worker_id,
-    start_time) whose attempt this statement ends at ``now``: its ``outcome``, ``items`` done and
-    ``error`` (reason, message, details), as Job.move_chunk notes them (domain.model.ended_attempt)."""
+    start_time) meeting ``where`` whose attempt this statement ends at ``now``: its ``outcome``,
+    ``items`` done and ``error`` (reason, message, details), as Job.move_chunk notes them
+    (domain.model.ended_attempt)."""
     return (
         "a1 AS (INSERT INTO chunk_attempts (job_id, chunk_index, attempt, worker_id, start_time, end_time, "
         "outcome, items_done, error_reason, error_message, error_details) SELECT c1.job_id, c1.idx, "
-        f"c1.attempt, c1.worker_id, c1.start_time, {now}, {outcome}, {items}, {error} FROM c1), "
+        f"c1.attempt, c1.worker_id, c1.start_time, {now}, {outcome}, {items}, {error} "
+        f"FROM c1 WHERE {where}), "
     )
 
 

@@ -1,7 +1,8 @@
 """Attempt history: one row per ended attempt of a chunk (ListChunkAttempts), written in the
 transaction that ends it (domain.model.Job.move_chunk notes it; store/tx.py and the group commit's
-statements write it). A running attempt is the chunk itself (its attempt, worker and start), so a claim
-writes nothing here. Kept as long as the job: deleted with it.
+statements write it). A running attempt, and the completed one that ends a chunk, are the chunk itself
+(its attempt, worker, start and end), so claims and completions write nothing here: only the attempts
+that fail, lose their lease or are cancelled leave rows. Kept as long as the job: deleted with it.
 
 Revision ID: 0022
 Revises: 0021
