@@ -97,3 +97,18 @@ def test_the_chunk_page_lists_its_attempts_newest_first(server: Any, client: job
     assert [r.split('"', 1)[0] for r in rows] == ["3", "2", "1"], "newest first"
     assert "completed" in rows[0] and "<code>w3</code>" in rows[0] and "E2" not in rows[0]
     assert "<strong>E1</strong>" in rows[2] and "trace 1" in rows[2]
+
+
+def test_a_chunk_keeps_its_own_stage_and_message(server: Any, client: jobpulse.Client) -> None:
+    job = client.create_job("chunk-stage", 2, chunk_size=1)
+    first, second = client.claim_chunks("w", kinds=["chunk-stage"], max_chunks=2)
+    client.report_chunk_progress(first.chunk.id, first.lease_token, 0, stage="decode", message="frame 3")
+    client.report_chunk_progress(second.chunk.id, second.lease_token, 0, stage="encode")
+    client.report_chunk_progress(first.chunk.id, first.lease_token, 1)  # no stage: the chunk keeps its own
+    got = client.get_job(job.id, view="full")
+    by_index = {c.index: c for c in got.chunks}
+    assert (by_index[first.chunk.index].stage, by_index[first.chunk.index].message) == ("decode", "frame 3")
+    assert (by_index[second.chunk.index].stage, by_index[second.chunk.index].message) == ("encode", "")
+    assert got.stage == "encode", "the job's stage is the last report of any of its chunks"
+    page = httpx.get(f"{server.app.http_url}/jobs/{job.id}/chunks/{first.chunk.index}", timeout=20).text
+    assert 'data-testid="chunk-stage">decode: frame 3<' in page

@@ -647,9 +647,9 @@ def _report_in_domain(
     if ext:
         chunk.external_task_id = ext
     if stage:
-        job.stage = stage
+        job.stage = chunk.stage = stage
     if message:
-        job.message = message
+        job.message = chunk.message = message
     job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=max(items, chunk.items_done))
 
 

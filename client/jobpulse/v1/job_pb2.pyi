@@ -476,6 +476,8 @@ class Chunk(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     FINALIZE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, unique across jobs."""
     job_id: _builtins.str
@@ -510,6 +512,12 @@ class Chunk(_message.Message):
     the finalize kind, it has no items, and it is held until every other
     chunk has COMPLETED.
     """
+    stage: _builtins.str
+    """What this chunk's worker said it is doing, by its last ReportChunkProgress
+    (the job's stage and message are the last report of any of its chunks).
+    """
+    message: _builtins.str
+    """The message of this chunk's last ReportChunkProgress that gave one."""
     @_builtins.property
     def error(self) -> Global___ChunkError:
         """The last failure of this chunk, if any."""
@@ -553,10 +561,12 @@ class Chunk(_message.Message):
         revision: _builtins.int = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         finalize: _builtins.bool = ...,
+        stage: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "end_time", b"end_time", "error", b"error", "external_task_id", b"external_task_id", "finalize", b"finalize", "id", b"id", "index", b"index", "item_count", b"item_count", "item_start", b"item_start", "items_done", b"items_done", "job_id", b"job_id", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "revision", b"revision", "start_time", b"start_time", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "end_time", b"end_time", "error", b"error", "external_task_id", b"external_task_id", "finalize", b"finalize", "id", b"id", "index", b"index", "item_count", b"item_count", "item_start", b"item_start", "items_done", b"items_done", "job_id", b"job_id", "max_attempts", b"max_attempts", "message", b"message", "next_attempt_time", b"next_attempt_time", "revision", b"revision", "stage", b"stage", "start_time", b"start_time", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -158,6 +158,9 @@ class Chunk:
     finalize: bool = False
     # ChunkError.details of its last failure (a worker's traceback), at most MAX_ERROR_DETAILS.
     error_details: str = ""
+    # What its worker last said it is doing (ReportChunkProgress stage and message).
+    stage: str = ""
+    message: str = ""
     # The attempt a move out of PROCESSING ended (Job.move_chunk), until the save writes it (never read
     # from the database: chunk_attempts holds it).
     ended: Attempt | None = field(default=None, repr=False, compare=False)

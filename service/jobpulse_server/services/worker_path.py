@@ -331,9 +331,9 @@ class TransactionPath:
         if item.external_task_id:
             chunk.external_task_id = item.external_task_id
         if item.stage:
-            job.stage = item.stage
+            job.stage = chunk.stage = item.stage
         if item.message:
-            job.message = item.message
+            job.message = chunk.message = item.message
         job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=max(item.items_done, chunk.items_done))
         return job.cancel_requested, chunk.lease_expire_time
 

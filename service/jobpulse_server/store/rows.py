@@ -76,6 +76,8 @@ CHUNK_SAVED = (
     "error_reason",
     "error_message",
     "error_details",
+    "stage",
+    "message",
     "lease_token",
     "lease_expire_time",
     "lease_duration",
@@ -252,7 +254,15 @@ def chunk_from_row(r: Sequence[Any]) -> Chunk:
     """A chunk from a row in CHUNK_COLUMNS order (Chunk's fields are in that order too)."""
     # mypy cannot count a slice: r[4:22] is the 18 fields from item_start to end_time.
     return Chunk(
-        r[0], r[1], r[2], ChunkState(r[3]), *r[4:22], finalize=bool(r[22]), error_details=r[23] or ""
+        r[0],
+        r[1],
+        r[2],
+        ChunkState(r[3]),
+        *r[4:22],
+        finalize=bool(r[22]),
+        error_details=r[23] or "",
+        stage=r[24] or "",
+        message=r[25] or "",
     )  # type: ignore[misc]
 
 
@@ -268,6 +278,8 @@ def chunk_saved(c: Chunk) -> dict[str, Any]:
         "error_reason": c.error_reason,
         "error_message": c.error_message,
         "error_details": c.error_details,
+        "stage": c.stage,
+        "message": c.message,
         "lease_token": c.lease_token,
         "lease_expire_time": c.lease_expire_time,
         "lease_duration": c.lease_duration,

@@ -229,6 +229,9 @@ chunks = Table(
     Column("finalize", Boolean, nullable=False, server_default=false()),
     # ChunkError.details of its last failure (a traceback; at most 8 KiB; migration 0021).
     Column("error_details", Text, nullable=False, server_default=""),
+    # Its own stage and message, from its last ReportChunkProgress giving them (migration 0023).
+    Column("stage", String(256), nullable=False, server_default=""),
+    Column("message", Text, nullable=False, server_default=""),
     Index("ux_chunks_job_idx", "job_id", "idx", unique=True),
     Index("ix_chunks_job_revision", "job_id", "revision"),
     # Running chunks only, by lease end: the sweep's expired leases (migration 0012).

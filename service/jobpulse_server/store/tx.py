@@ -209,7 +209,7 @@ class SqlTx:
              "lease_expire_time": c.lease_expire_time, "lease_duration": c.lease_duration,
              "next_attempt_time": c.next_attempt_time, "revision": c.revision, "priority": c.priority,
              "kind": c.kind, "start_time": c.start_time, "end_time": c.end_time, "finalize": c.finalize,
-             "error_details": c.error_details,
+             "error_details": c.error_details, "stage": c.stage, "message": c.message,
              "retry_at": c.next_attempt_time if c.state == ChunkState.PENDING else None}
             for c in chunks
         ]  # fmt: skip

@@ -95,6 +95,8 @@ def chunk_kwargs(c: Chunk) -> dict[str, Any]:
         # A held chunk's (domain.model.HELD) is no time: it waits for another chunk or job.
         "next_attempt_time": timestamp_kwargs(c.next_attempt_time if c.next_attempt_time != HELD else None),
         "finalize": c.finalize,
+        "stage": c.stage,
+        "message": c.message,
         "error": {"reason": c.error_reason, "message": c.error_message, "details": c.error_details}
         if c.error_reason or c.error_message
         else None,

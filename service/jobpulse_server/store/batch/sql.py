@@ -338,6 +338,8 @@ def _progress_group() -> str:
         # the lease is extended from now by the duration given, else the chunk's own (60 s when it has none).
         "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
         "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
+        "stage = CASE WHEN r.stage = '' THEN c.stage ELSE r.stage END, "
+        "message = CASE WHEN r.message = '' THEN c.message ELSE r.message END, "
         "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
         f"lease_expire_time = {now} + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease "
         "ELSE c.lease_duration END, "
