@@ -35,6 +35,9 @@ def create_job(
     after: Iterable[str] = (),
     after_mode: str | int = 0,
     finalize_kind: str = "",
+    max_failed_chunks: int = 0,
+    attempt_timeout: float | timedelta | None = None,
+    job_timeout: float | timedelta | None = None,
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -51,9 +54,14 @@ def create_job(
         after=list(after),
         after_mode=_dependency_mode(after_mode),  # type: ignore[arg-type]
         finalize_kind=finalize_kind,
+        max_failed_chunks=max_failed_chunks,
     )
     if priority is not None:
         request.priority = priority
+    for field, value in (("attempt_timeout", attempt_timeout), ("timeout", job_timeout)):
+        limit = _convert.to_duration(value)
+        if limit is not None:
+            getattr(request, field).CopyFrom(limit)
     keep = _convert.to_duration(ttl)
     if keep is not None:
         request.ttl.CopyFrom(keep)

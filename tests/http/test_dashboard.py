@@ -432,6 +432,19 @@ def test_a_pipeline_shows_its_chain_what_it_waits_for_and_its_result(server) -> 
         assert re.search(r'data-testid="result">Result: <a href="https://example.com/out.mp4"', page)
 
 
+def test_the_job_page_states_the_job_s_failure_policy_and_timeouts(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        job = sdk.create_job("dash-limits", 3, max_failed_chunks=1, attempt_timeout=90, job_timeout=3600)
+        page = client.get(f"/jobs/{job.id}").text
+        note = re.search(r'data-testid="limits">(.*?)</p>', page, re.S)
+        assert note is not None
+        text = re.sub(r"<[^>]+>", "", note.group(1))
+        assert "Fails at once when 1 chunk has failed for good." in text
+        assert "An attempt may run at most 90 s." in text and "Fails if not ended by" in text
+        plain = sdk.create_job("dash-limits", 3)
+        assert 'data-testid="limits"' not in client.get(f"/jobs/{plain.id}").text
+
+
 def test_pause_and_resume_from_the_job_page(server) -> None:
     with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
         job = sdk.create_job("dash-pause", 3, chunk_size=1, max_running_chunks=2)

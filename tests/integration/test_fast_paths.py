@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.changes import CHANNEL, decode, own_prefixes
 from jobpulse_server.domain.model import (
+    TOO_MANY_FAILED_CHUNKS,
     Artifact,
     Attempt,
     AttemptOutcome,
@@ -120,7 +121,10 @@ def jobs(draw: st.DrawFn, *, need: ChunkState, hooked: bool = False) -> tuple[Jo
         start += count
     summary = Summary.recount([c.state for c in chunks])
     started = any(c.state != ChunkState.PENDING for c in chunks) or draw(st.booleans())
-    state = derive_state(summary, cancel_requested=cancel, started=started)
+    # A cancel may be a job failed at once (Job.fail_now: FAILED with chunks still running, none pending).
+    at_once = cancel and not summary.pending
+    error_reason = draw(st.sampled_from(["", TOO_MANY_FAILED_CHUNKS])) if at_once else ""
+    state = derive_state(summary, cancel_requested=cancel, started=started, failed_at_once=bool(error_reason))
     job = Job(
         id=job_id,
         owner="prop",
@@ -135,6 +139,9 @@ def jobs(draw: st.DrawFn, *, need: ChunkState, hooked: bool = False) -> tuple[Jo
         state=state,
         cancel_requested=cancel,
         cancel_time=NOW - 20 if cancel else None,
+        error_reason=error_reason,
+        # No limit, one that binds before the lease asked for ends, one that does not.
+        attempt_timeout=draw(st.sampled_from([0, 0, LEASE // 2, 5, LEASE * 2])),
         create_time=NOW - 100,
         update_time=NOW - 1,
         start_time=NOW - 50 if started else None,
@@ -227,7 +234,7 @@ def _claim_in_domain(job: Job, chunks: list[Chunk], limit: int, now: int) -> lis
         c.next_attempt_time = None
         job.move_chunk(c, ChunkState.PROCESSING, now, items_done=0)
         c.lease_token = "set"
-        c.lease_expire_time = now + LEASE
+        c.lease_expire_time = job.lease_end(c, now, LEASE)
         c.lease_duration = LEASE
     return ready
 
@@ -643,7 +650,7 @@ def _report_in_domain(
     """What WorkerService.report_progress does on the general path to a leased chunk."""
     if lease_us:
         chunk.lease_duration = lease_us
-    chunk.lease_expire_time = now + (chunk.lease_duration or lease_us or 60_000_000)
+    chunk.lease_expire_time = job.lease_end(chunk, now, chunk.lease_duration or lease_us or 60_000_000)
     if ext:
         chunk.external_task_id = ext
     if stage:

@@ -159,6 +159,8 @@ class _Tables:
             row = _job_row(job)
             row.change_seq = self.next_seq()
             row.trace_parent, row.schedule_time = stored.trace_parent, stored.schedule_time
+            row.max_failed_chunks, row.attempt_timeout = stored.max_failed_chunks, stored.attempt_timeout
+            row.deadline_time = stored.deadline_time
             row.paused, row.max_running_chunks = stored.paused, stored.max_running_chunks
             # rows.JOB_PIPELINE: only the statements that hold, release and link move these.
             row.n_held, row.pipeline = stored.n_held, stored.pipeline
@@ -395,8 +397,28 @@ class FakeRead:
         return sorted(
             j.id
             for j in self.tables.jobs.values()
-            if j.state == JobState.CANCELLING and j.cancel_time is not None and j.cancel_time < cancel_before
+            if j.cancel_requested
+            and j.summary.processing
+            and j.cancel_time is not None
+            and j.cancel_time < cancel_before
         )[:_OVERDUE_LIMIT]
+
+    async def set_deadline(self, job: Job) -> None:
+        stored = self.tables.jobs.get(job.id)
+        if stored is not None:
+            stored.deadline_time = job.deadline_time
+
+    async def past_deadline(self, now: int) -> list[str]:
+        late = [
+            j
+            for j in self.tables.jobs.values()
+            if j.deadline_time is not None
+            and j.deadline_time <= now
+            and j.end_time is None
+            and not j.cancel_requested
+        ]
+        late.sort(key=lambda j: (j.deadline_time or 0, j.id))
+        return [j.id for j in late[:_OVERDUE_LIMIT]]
 
     async def get_chunk(self, job_id: str, chunk_id: str) -> Chunk | None:
         c = self.tables.chunks.get(chunk_id)

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.errors import InvalidPageToken
-from jobpulse_server.domain.model import JobState, Summary, derive_state, split_items
+from jobpulse_server.domain.model import (
+    TOO_MANY_FAILED_CHUNKS,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    Summary,
+    derive_state,
+    split_items,
+)
 from jobpulse_server.services import pagination
 
 
@@ -47,6 +56,49 @@ def test_job_state_follows_its_chunks(
     summary: Summary, cancel: bool, started: bool, expected: JobState
 ) -> None:
     assert derive_state(summary, cancel_requested=cancel, started=started) == expected
+
+
+def _job_of(n: int, **kw: int) -> tuple[Job, list[Chunk]]:
+    job = Job(id="j", owner="o", kind="k", summary=Summary(pending=n), **kw)  # type: ignore[arg-type]
+    chunks = [Chunk(f"c{i}", "j", i, ChunkState.PENDING, i, 1) for i in range(n)]
+    return job, chunks
+
+
+def test_the_nth_chunk_failed_for_good_fails_the_job_at_once() -> None:
+    job, chunks = _job_of(5, max_failed_chunks=2)
+    for c in chunks[:3]:
+        job.move_chunk(c, ChunkState.PROCESSING, 10)
+    chunks[0].error_reason, chunks[0].error_message = "BAD", "frame 3"
+    job.move_chunk(chunks[0], ChunkState.FAILED, 11)
+    assert job.state == JobState.PROCESSING and not job.cancel_requested and not job.stopping
+    job.move_chunk(chunks[1], ChunkState.FAILED, 12)
+    # FAILED with a chunk still running (told to stop: a cancel is asked) and two pending, which the
+    # save is to cancel (stopping).
+    assert job.state == JobState.FAILED and job.end_time == 12 and job.failed_at_once
+    assert job.cancel_requested and job.stopping and job.summary.processing == 1
+    assert job.error_reason == TOO_MANY_FAILED_CHUNKS and "chunk 0: BAD: frame 3" in job.error_message
+    assert job.error_chunk_index == 0 and job.error_shown()
+    # The running chunk ends cancelled; the job stays FAILED.
+    job.move_chunk(chunks[2], ChunkState.CANCELLED, 13)
+    assert job.state == JobState.FAILED and job.end_time == 12
+
+
+def test_without_max_failed_chunks_a_job_fails_once_every_chunk_ended() -> None:
+    job, chunks = _job_of(2)
+    job.move_chunk(chunks[0], ChunkState.PROCESSING, 10)
+    job.move_chunk(chunks[0], ChunkState.FAILED, 11)
+    assert job.state == JobState.PROCESSING and not job.error_shown()
+
+
+def test_a_lease_never_runs_past_the_attempt_s_start_plus_its_timeout() -> None:
+    job, [chunk] = _job_of(1, attempt_timeout=5_000_000)
+    chunk.start_time = 100
+    assert job.lease_end(chunk, 100, 60_000_000) == 5_000_100
+    assert job.lease_end(chunk, 200, 1_000) == 1_200
+    assert job.lease_end(chunk, 4_000_000, 60_000_000) == 5_000_100
+    free, [other] = _job_of(1)
+    other.start_time = 100
+    assert free.lease_end(other, 200, 60_000_000) == 60_000_200
 
 
 def test_page_token_round_trip_and_rejections() -> None:

@@ -47,6 +47,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.leases: list[tuple[str, str]] = []  # (chunk_id, token), possibly stale
         # job id -> (revision, what the job and its chunks looked like at that revision)
         self.seen: dict[str, tuple[int, object]] = {}
+        self.last_sweep = -1  # the clock when the sweeper last ran
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -62,13 +63,33 @@ class JobLifecycle(RuleBasedStateMachine):
         size=st.integers(1, 12),
         attempts=st.integers(1, 3),
         priority=st.integers(0, 10),
+        # The failure policy and timeouts (none, mostly): fail fast, an attempt's longest run, a deadline.
+        max_failed=st.sampled_from([0, 0, 1, 2]),
+        attempt_timeout=st.sampled_from([0, 0, 5_000_000, 30_000_000]),
+        timeout=st.sampled_from([0, 0, 0, 20_000_000, 100_000_000]),
     )
-    def create(self, items: int, size: int, attempts: int, priority: int) -> None:
+    def create(
+        self,
+        items: int,
+        size: int,
+        attempts: int,
+        priority: int,
+        max_failed: int,
+        attempt_timeout: int,
+        timeout: int,
+    ) -> None:
         page = self.run(
             self.jobs.create_job(
                 ANONYMOUS,
                 NewJob(
-                    kind="k", total_items=items, chunk_size=size, max_attempts=attempts, priority=priority
+                    kind="k",
+                    total_items=items,
+                    chunk_size=size,
+                    max_attempts=attempts,
+                    priority=priority,
+                    max_failed_chunks=max_failed,
+                    attempt_timeout=attempt_timeout,
+                    timeout=timeout,
                 ),
             )
         )
@@ -144,6 +165,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def time_passes_and_sweep(self, seconds: int) -> None:
         self.clock.now += seconds * 1_000_000
         self.run(self.workers.sweep())
+        self.last_sweep = self.clock.now
 
     # --- invariants ---------------------------------------------------------
     @invariant()
@@ -158,9 +180,23 @@ class JobLifecycle(RuleBasedStateMachine):
                     assert job.summary == recount
                     assert job.summary.total == len(chunks)
                     expected = derive_state(
-                        recount, cancel_requested=job.cancel_requested, started=job.start_time is not None
+                        recount,
+                        cancel_requested=job.cancel_requested,
+                        started=job.start_time is not None,
+                        failed_at_once=job.failed_at_once,
                     )
                     assert job.state == expected
+                    if job.failed_at_once:  # nothing of it may be claimed again
+                        assert not any(c.state == ChunkState.PENDING for c in chunks)
+                    if job.max_failed_chunks and job.state != JobState.FAILED:
+                        assert job.summary.failed < job.max_failed_chunks
+                    if job.deadline_time is not None and job.deadline_time <= self.last_sweep:
+                        # A sweep ran at or after its deadline: the job has ended, or is ending.
+                        assert job.state.terminal or job.cancel_requested
+                    for c in chunks:
+                        if c.state == ChunkState.PROCESSING and job.attempt_timeout:
+                            assert c.start_time is not None and c.lease_expire_time is not None
+                            assert c.lease_expire_time <= c.start_time + job.attempt_timeout
                     assert job.items_done == sum(c.items_done for c in chunks)
                     assert 0 <= job.items_done <= job.total_items
                     assert all(c.revision <= job.revision for c in chunks)

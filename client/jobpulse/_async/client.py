@@ -215,6 +215,9 @@ class AsyncClient:
         after: Sequence[str] = (),
         after_mode: str | int = "all",
         finalize_kind: str = "",
+        max_failed_chunks: int = 0,
+        attempt_timeout: float | timedelta | None = None,
+        job_timeout: float | timedelta | None = None,
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -244,6 +247,15 @@ class AsyncClient:
                 ``"per_chunk"``: chunk i runs once chunk i of the one job in ``after`` has completed.
             finalize_kind: Adds a last chunk of this kind (``chunk.finalize``, no items), claimed once
                 every other chunk has completed; the job completes when it does.
+            max_failed_chunks: Fail fast: once this many chunks have failed for good, the job fails at
+                once (error reason ``TOO_MANY_FAILED_CHUNKS``), its other chunks cancelled; 0: no limit.
+            attempt_timeout: The longest one attempt of a chunk may run (seconds or a timedelta),
+                heartbeats or not; past it the worker loses its lease and the attempt is retried
+                (reason ``ATTEMPT_TIMEOUT``). ``None``: no limit.
+            job_timeout: How long the job may take from its start (``schedule_time``, else now): not
+                ended by then, it fails (error reason ``JOB_DEADLINE_EXCEEDED``; ``job.deadline_time``).
+                ``None``: no deadline. (The request's field is ``timeout``; the name here keeps
+                ``timeout`` for the call's own deadline, as on every method.)
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -267,6 +279,9 @@ class AsyncClient:
             after=after,
             after_mode=after_mode,
             finalize_kind=finalize_kind,
+            max_failed_chunks=max_failed_chunks,
+            attempt_timeout=attempt_timeout,
+            job_timeout=job_timeout,
         )
         response = await self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job

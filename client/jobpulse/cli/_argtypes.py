@@ -143,6 +143,19 @@ def _ttl(text: str) -> float:
     return value
 
 
+def _time_limit(text: str) -> float:
+    """A job's attempt_timeout or timeout in seconds: 0 for none, else 1 to 3650 days."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value == 0 or 1 <= value <= MAX_TTL_SECONDS):  # also NaN
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no limit) or between 1 and {MAX_TTL_SECONDS} (3650 days)"
+        )
+    return value
+
+
 def _token_ttl(text: str) -> float:
     """An events token's lifetime in seconds: 1 to 86400 (a day)."""
     value = _seconds(text)

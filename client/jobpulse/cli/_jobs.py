@@ -43,6 +43,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
             after=args.after,
             after_mode=args.after_mode,
             finalize_kind=args.finalize_kind,
+            max_failed_chunks=args.max_failed_chunks,
+            attempt_timeout=args.attempt_timeout or None,
+            job_timeout=args.timeout or None,
         )
     if args.json:
         _print_json(job)

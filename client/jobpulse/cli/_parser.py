@@ -33,6 +33,7 @@ from jobpulse.cli._argtypes import (
     _priority,
     _start_time,
     _time,
+    _time_limit,
     _token_ttl,
     _ttl,
     _webhook_url,
@@ -235,6 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="KIND",
         help="end the job with one more chunk of this kind, claimed once every other chunk has completed",
+    )
+    p.add_argument(
+        "--max-failed-chunks",
+        type=_max_running,
+        default=0,
+        metavar="N",
+        help="fail the job at once when N chunks have failed for good, cancelling the rest "
+        "(default 0: no limit)",
+    )
+    p.add_argument(
+        "--attempt-timeout",
+        type=_time_limit,
+        default=0,
+        metavar="SECONDS",
+        help="the longest one attempt of a chunk may run, heartbeats or not; then it is retried "
+        "(default 0: no limit)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_time_limit,
+        default=0,
+        metavar="SECONDS",
+        help="fail the job if it has not ended this long after it may start (default 0: no limit)",
     )
 
     p = command("get", jobs._cmd_get, "show a job and its chunks")

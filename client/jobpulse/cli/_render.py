@@ -153,6 +153,9 @@ def job_details(job: job_pb2.Job) -> str:
         ("max running", str(job.max_running_chunks) if job.max_running_chunks else ""),
         ("after", _after(job)),
         ("finalize", f"a last chunk of kind {job.finalize_kind}" if job.finalize_kind else ""),
+        ("fails fast", _fails_fast(job)),
+        ("attempt timeout", _seconds_of(job.attempt_timeout) if job.HasField("attempt_timeout") else ""),
+        ("deadline", format_timestamp(job.deadline_time) if job.HasField("deadline_time") else ""),
         ("priority", str(job.priority)),
         ("progress", f"{progress.percent:.1f}% ({progress.items_done}/{progress.items_total} items)"),
         ("chunks", summary_text(job.chunks_summary)),
@@ -375,6 +378,19 @@ def _after(job: job_pb2.Job) -> str:
         return ""
     how = "chunk by chunk" if job.after_mode == job_pb2.DEPENDENCY_MODE_PER_CHUNK else "all of them"
     return f"{', '.join(job.after)} ({how}){' - waiting' if job.blocked else ''}"
+
+
+def _fails_fast(job: job_pb2.Job) -> str:
+    """The job's max_failed_chunks, in words (empty when it has none)."""
+    n = job.max_failed_chunks
+    if not n:
+        return ""
+    return f"after {n} chunk{'s' if n != 1 else ''} failed for good"
+
+
+def _seconds_of(d: Any) -> str:
+    """A Duration as seconds, e.g. "90 s"."""
+    return f"{d.seconds + d.nanos / 1e9:g} s"
 
 
 def _starts(job: job_pb2.Job) -> str:

@@ -41,7 +41,10 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_COMPLETED: _JobState.ValueType  # 4
     """Every chunk completed."""
     JOB_STATE_FAILED: _JobState.ValueType  # 5
-    """Every chunk is terminal and at least one failed for good."""
+    """Every chunk is terminal and at least one failed for good; or the job
+    failed at once (max_failed_chunks reached, or its deadline_time passed):
+    then its running chunks are told to stop, and end CANCELLED.
+    """
     JOB_STATE_CANCELLED: _JobState.ValueType  # 6
     """The job was cancelled; chunks that had completed stay COMPLETED."""
 
@@ -63,7 +66,10 @@ their lease and the job becomes CANCELLED once they stop.
 JOB_STATE_COMPLETED: JobState.ValueType  # 4
 """Every chunk completed."""
 JOB_STATE_FAILED: JobState.ValueType  # 5
-"""Every chunk is terminal and at least one failed for good."""
+"""Every chunk is terminal and at least one failed for good; or the job
+failed at once (max_failed_chunks reached, or its deadline_time passed):
+then its running chunks are told to stop, and end CANCELLED.
+"""
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
 """The job was cancelled; chunks that had completed stay COMPLETED."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
@@ -293,6 +299,9 @@ class Job(_message.Message):
     AFTER_MODE_FIELD_NUMBER: _builtins.int
     FINALIZE_KIND_FIELD_NUMBER: _builtins.int
     RESULT_URI_FIELD_NUMBER: _builtins.int
+    MAX_FAILED_CHUNKS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -342,6 +351,11 @@ class Job(_message.Message):
     """Output only: the uri of the job's first ARTIFACT_ROLE_RESULT artifact,
     set when the job completes.
     """
+    max_failed_chunks: _builtins.int
+    """Fail fast: once this many chunks have FAILED for good, the job is FAILED
+    at once (error reason TOO_MANY_FAILED_CHUNKS), as CreateJob asked; 0: no
+    limit.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels, usable as ListJobs filters."""
@@ -370,7 +384,10 @@ class Job(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___JobError:
-        """Why the job failed: the first chunk that failed for good."""
+        """Why the job failed (set only once it is FAILED, or CANCELLED by a failed
+        dependency): the first chunk that failed for good, or the rule that
+        failed it at once.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -404,6 +421,20 @@ class Job(_message.Message):
     @_builtins.property
     def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The jobs this one waits for, as CreateJob asked."""
+
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """The longest one attempt of a chunk may run, heartbeats or not, as
+        CreateJob asked (unset: no limit). An attempt past it ends TIMED_OUT
+        (ChunkError reason ATTEMPT_TIMEOUT) and is retried within max_attempts.
+        """
+
+    @_builtins.property
+    def deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the job fails (error reason JOB_DEADLINE_EXCEEDED) if it
+        has not ended by then: its schedule_time, or else its create_time, plus
+        CreateJobRequest.timeout. Unset: no deadline.
+        """
 
     def __init__(
         self,
@@ -443,10 +474,13 @@ class Job(_message.Message):
         after_mode: Global___DependencyMode.ValueType = ...,
         finalize_kind: _builtins.str = ...,
         result_uri: _builtins.str = ...,
+        max_failed_chunks: _builtins.int = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+        deadline_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunks_summary", b"chunks_summary", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "deadline_time", b"deadline_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "after_mode", b"after_mode", "artifacts", b"artifacts", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "finalize_kind", b"finalize_kind", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "result_uri", b"result_uri", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "after_mode", b"after_mode", "artifacts", b"artifacts", "attempt_timeout", b"attempt_timeout", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "deadline_time", b"deadline_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "finalize_kind", b"finalize_kind", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "result_uri", b"result_uri", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,7 +730,9 @@ Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
 class JobError(_message.Message):
-    """JobError says why a job failed."""
+    """JobError says why a job failed (or, with DEPENDENCY_FAILED, why it was
+    cancelled). Set only once the job is FAILED (or so CANCELLED).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -704,7 +740,12 @@ class JobError(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """A stable machine-readable reason, e.g. "CHUNK_FAILED" or a worker's own code."""
+    """A stable machine-readable reason: the first chunk's own reason when a
+    chunk failed for good ("CHUNK_FAILED" if it gave none, or a worker's own
+    code); TOO_MANY_FAILED_CHUNKS (max_failed_chunks reached: the job failed
+    at once); JOB_DEADLINE_EXCEEDED (not ended by its deadline_time);
+    DEPENDENCY_FAILED (a job in `after` ended FAILED or CANCELLED).
+    """
     message: _builtins.str
     """A human-readable message."""
     chunk_index: _builtins.int
@@ -735,7 +776,8 @@ class ChunkError(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """A stable machine-readable reason given by the worker ("WORKER_ERROR" if it
-    gave none), or "LEASE_EXPIRED" (the lease ran out) or "CANCEL_DEADLINE" (the
+    gave none), or "LEASE_EXPIRED" (the lease ran out), "ATTEMPT_TIMEOUT" (the
+    attempt ran past its job's attempt_timeout) or "CANCEL_DEADLINE" (the
     worker did not stop within the cancel deadline).
     """
     message: _builtins.str

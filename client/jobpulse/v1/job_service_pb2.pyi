@@ -123,6 +123,9 @@ class CreateJobRequest(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     AFTER_MODE_FIELD_NUMBER: _builtins.int
     FINALIZE_KIND_FIELD_NUMBER: _builtins.int
+    MAX_FAILED_CHUNKS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -165,6 +168,13 @@ class CreateJobRequest(_message.Message):
     COMPLETED, in the same transaction as the last of them; the job is
     COMPLETED when it completes. Cancelled if another chunk ends otherwise.
     """
+    max_failed_chunks: _builtins.int
+    """Fail fast: once this many chunks have FAILED for good (their attempts
+    spent), the job is FAILED at once with error reason TOO_MANY_FAILED_CHUNKS:
+    its pending chunks are CANCELLED and its running ones told to stop, as
+    CancelJob tells them. 0 means no limit (the job fails only once every
+    chunk has ended). 0 to 1000000.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels."""
@@ -197,6 +207,25 @@ class CreateJobRequest(_message.Message):
         CANCELLED this job is cancelled (error reason DEPENDENCY_FAILED).
         """
 
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """The longest one attempt of a chunk may run, however often its worker
+        heartbeats: the lease never runs past the attempt's start plus this. Past
+        it the worker's next call gets LEASE_LOST, and the attempt ends TIMED_OUT
+        (ChunkError reason ATTEMPT_TIMEOUT) at the next sweep, retried within
+        max_attempts. Unset or zero: no limit. At least 1 second, at most 3650
+        days.
+        """
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the job may take, from its schedule_time (or its create time):
+        a job not ended by then (Job.deadline_time) is FAILED with error reason
+        JOB_DEADLINE_EXCEEDED, its pending chunks CANCELLED and its running ones
+        told to stop. Unset or zero: no deadline. At least 1 second, at most 3650
+        days.
+        """
+
     def __init__(
         self,
         *,
@@ -217,10 +246,13 @@ class CreateJobRequest(_message.Message):
         after: _abc.Iterable[_builtins.str] | None = ...,
         after_mode: _job_pb2.DependencyMode.ValueType = ...,
         finalize_kind: _builtins.str = ...,
+        max_failed_chunks: _builtins.int = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "attempt_timeout", b"attempt_timeout", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "timeout", b"timeout", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "after", b"after", "after_mode", b"after_mode", "chunk_size", b"chunk_size", "display_name", b"display_name", "finalize_kind", b"finalize_kind", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "after", b"after", "after_mode", b"after_mode", "attempt_timeout", b"attempt_timeout", "chunk_size", b"chunk_size", "display_name", b"display_name", "finalize_kind", b"finalize_kind", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "timeout", b"timeout", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015

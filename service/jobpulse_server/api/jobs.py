@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from google.protobuf import json_format
 
@@ -160,6 +160,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         schedule_time = _schedule_us(request, c, self.clock())
         _check_max_running(request.max_running_chunks, c)
         after = _check_after(request, c)
+        c.check(
+            0 <= request.max_failed_chunks <= MAX_RUNNING_CHUNKS,
+            "max_failed_chunks",
+            f"must be between 0 (no limit) and {MAX_RUNNING_CHUNKS} (got {request.max_failed_chunks})",
+        )
+        attempt_timeout = _limit_us(request, "attempt_timeout", c)
+        timeout = _limit_us(request, "timeout", c)
         c.done()
         page = await self.jobs.create_job(
             caller(),
@@ -181,6 +188,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 after=after,
                 after_mode=request.after_mode,
                 finalize_kind=request.finalize_kind,
+                max_failed_chunks=request.max_failed_chunks,
+                attempt_timeout=attempt_timeout,
+                timeout=timeout,
             ),
         )
         return job_service_pb2.CreateJobResponse(job=self._job(page))
@@ -571,6 +581,25 @@ def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None
     if us > MAX_TTL_US:
         c.fail("ttl", f"must be at most 3650 days (got {d.seconds}s)")
         return None
+    return us
+
+
+def _limit_us(
+    request: job_service_pb2.CreateJobRequest, field: Literal["attempt_timeout", "timeout"], c: Checker
+) -> int:
+    """CreateJobRequest.attempt_timeout or .timeout in microseconds: 0 when unset or zero (no limit),
+    else at least a second (a sweep's own granularity) and at most 3650 days."""
+    if not request.HasField(field):
+        return 0
+    d = getattr(request, field)
+    if d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000:
+        c.fail(field, "must be a positive duration (unset or 0: no limit)")
+        return 0
+    us = d.seconds * 1_000_000 + -(-d.nanos // 1000)
+    if us and us < 1_000_000:
+        c.fail(field, f"must be at least 1 second (got {us / 1e6:g}s; unset or 0: no limit)")
+    elif us > MAX_TTL_US:
+        c.fail(field, f"must be at most 3650 days (got {d.seconds}s)")
     return us
 
 

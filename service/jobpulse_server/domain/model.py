@@ -53,6 +53,13 @@ DEFAULT_KIND = "default"
 MAX_ERROR_DETAILS = 8192
 # Job.error's reason for a job its dependency's failure or cancel cancelled (services/pipeline.py).
 DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
+# Job.error's reasons for a job failed at once (``Job.fail_now``): max_failed_chunks reached, and its
+# deadline_time passed with the job not ended (the sweeper: services/workers.py).
+TOO_MANY_FAILED_CHUNKS = "TOO_MANY_FAILED_CHUNKS"
+JOB_DEADLINE_EXCEEDED = "JOB_DEADLINE_EXCEEDED"
+FAILED_AT_ONCE = (TOO_MANY_FAILED_CHUNKS, JOB_DEADLINE_EXCEEDED)
+# ChunkError's reason for an attempt that ran past its job's attempt_timeout.
+ATTEMPT_TIMEOUT = "ATTEMPT_TIMEOUT"
 # A claim's lease when the worker asks for none.
 DEFAULT_LEASE_US = 60_000_000
 FULL_VIEW_CHUNK_LIMIT = 1000
@@ -98,14 +105,20 @@ class Summary:
         return s
 
 
-def derive_state(summary: Summary, *, cancel_requested: bool, started: bool) -> JobState:
+def derive_state(
+    summary: Summary, *, cancel_requested: bool, started: bool, failed_at_once: bool = False
+) -> JobState:
     """The job state implied by its chunk counts.
 
     Args:
         summary: chunk counts by state.
         cancel_requested: CancelJob was called (and not undone by RetryJob).
         started: at least one chunk has ever been claimed.
+        failed_at_once: the job was failed at once (``Job.fail_now``, which asks a cancel too): FAILED
+            whatever its chunks, the running ones told to stop.
     """
+    if failed_at_once:
+        return JobState.FAILED
     active = summary.pending + summary.processing
     if active:
         if cancel_requested:
@@ -327,10 +340,19 @@ class Job:
     # Whether the job's completions release or cancel other chunks (it has dependants or a finalize
     # chunk): PostgreSQL's batch declines its completions, which the transaction path writes.
     pipeline: bool = False
+    # Fail fast: FAILED at once when this many chunks have FAILED for good; 0: no limit. Never changes.
+    max_failed_chunks: int = 0
+    # The longest one attempt may run, in microseconds (0: no limit): no lease runs past the attempt's
+    # start plus this (``lease_end``). Never changes.
+    attempt_timeout: int = 0
+    # When the job fails (JOB_DEADLINE_EXCEEDED) if it has not ended; None: never. Never changes.
+    deadline_time: int | None = None
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.
     bumped: bool = field(default=False, repr=False, compare=False)
+    # Set by ``fail_now``: the save is to cancel the job's pending chunks (never stored).
+    stopping: bool = field(default=False, repr=False, compare=False)
 
     # --- transitions -------------------------------------------------
     def touch(self, now: int) -> int:
@@ -375,12 +397,56 @@ class Job:
             self.error_chunk_index = chunk.index
             self.error_reason = chunk.error_reason or "CHUNK_FAILED"
             self.error_message = chunk.error_message
+        if (
+            new_state == ChunkState.FAILED
+            and self.max_failed_chunks
+            and self.summary.failed >= self.max_failed_chunks
+            and not self.cancel_requested
+        ):
+            first = f"; the first, chunk {self.error_chunk_index}: {self.error_reason}"
+            if self.error_message:
+                first += f": {self.error_message}"
+            self.fail_now(
+                now,
+                TOO_MANY_FAILED_CHUNKS,
+                f"{self.summary.failed} chunks failed for good, the job's max_failed_chunks{first}",
+            )
         self.refresh_state(now)
+
+    def fail_now(self, now: int, reason: str, message: str) -> None:
+        """Fails the job at once (``reason`` one of FAILED_AT_ONCE): FAILED whatever its chunks, with its
+        running chunks told to stop as CancelJob tells them (a cancel is asked: they end CANCELLED) and its
+        pending ones to be CANCELLED by the save (``stopping``: a statement moves them, as CancelJob's)."""
+        self.touch(now)
+        self.cancel_requested = True
+        self.cancel_reason = message
+        self.cancel_time = now
+        self.error_reason = reason
+        self.error_message = message
+        self.stopping = True
+        self.refresh_state(now)
+
+    @property
+    def failed_at_once(self) -> bool:
+        """Whether ``fail_now`` failed the job (until RetryJob clears its cancel and error)."""
+        return self.cancel_requested and self.error_reason in FAILED_AT_ONCE
+
+    def lease_end(self, chunk: Chunk, now: int, lease_us: int) -> int:
+        """When a lease of ``lease_us`` given at ``now`` on ``chunk`` (its attempt started at its
+        start_time) ends: never past the attempt's start plus the job's attempt_timeout. (The batch's
+        claim and progress statements write this rule in SQL: store/batch/sql.py.)"""
+        end = now + lease_us
+        if self.attempt_timeout and chunk.start_time is not None:
+            end = min(end, chunk.start_time + self.attempt_timeout)
+        return end
 
     def refresh_state(self, now: int) -> None:
         """Recomputes the job state from the counts; stamps end_time on terminal."""
         self.state = derive_state(
-            self.summary, cancel_requested=self.cancel_requested, started=self.start_time is not None
+            self.summary,
+            cancel_requested=self.cancel_requested,
+            started=self.start_time is not None,
+            failed_at_once=self.failed_at_once,
         )
         if self.state.terminal:
             if self.end_time is None:

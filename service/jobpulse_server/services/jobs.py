@@ -83,6 +83,12 @@ class NewJob:
     after_mode: int = 0
     # The finalize chunk's kind; empty: none.
     finalize_kind: str = ""
+    # Fail fast after this many chunks FAILED for good; 0: no limit.
+    max_failed_chunks: int = 0
+    # The longest one attempt may run, and the job as a whole from its start or schedule_time (us); 0: no
+    # limit.
+    attempt_timeout: int = 0
+    timeout: int = 0
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -111,6 +117,9 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
         asked["after_mode"] = req.after_mode or AFTER_ALL
     if req.finalize_kind:
         asked["finalize_kind"] = req.finalize_kind
+    for name in ("max_failed_chunks", "attempt_timeout", "timeout"):
+        if getattr(req, name):
+            asked[name] = getattr(req, name)
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -229,6 +238,12 @@ class JobService:
             trace_parent=job_trace.current_trace_parent() if self._traced else None,
             schedule_time=req.schedule_time,
             max_running_chunks=req.max_running_chunks,
+            max_failed_chunks=req.max_failed_chunks,
+            attempt_timeout=req.attempt_timeout,
+            # From the time the job may start: its schedule_time, else now.
+            deadline_time=(req.schedule_time if req.schedule_time is not None else now) + req.timeout
+            if req.timeout
+            else None,
         )
         new_chunks = [
             Chunk(
@@ -739,6 +754,11 @@ class JobService:
             job.cancel_time = None
             job.error_reason = job.error_message = ""
             job.error_chunk_index = None
+            if job.deadline_time is not None:
+                # The job's timeout starts again: from now, as long as it was from its start.
+                start = job.schedule_time if job.schedule_time is not None else job.create_time
+                job.deadline_time = now + (job.deadline_time - start)
+                await tx.set_deadline(job)
             job.refresh_state(now)
             await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
             tx.changes.new_work = True
@@ -764,8 +784,9 @@ class JobService:
                     state=chunk.state.name,
                 )
             if job.cancel_requested:
+                how = f"failed ({job.error_reason})" if job.failed_at_once else "was cancelled"
                 raise JobNotRetryable(
-                    f"job {job_id} was cancelled; RetryJob retries all of a cancelled job",
+                    f"job {job_id} {how}; RetryJob retries all of it",
                     job_id=job_id,
                     state=job.state.name,
                 )

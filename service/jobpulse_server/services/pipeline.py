@@ -111,6 +111,18 @@ async def _cancel_pending(tx: Tx, job: Job, rev: int, now: int) -> None:
     job.refresh_state(now)
 
 
+async def stop_pending(tx: Tx, job: Job, changed: Sequence[Chunk], now: int) -> None:
+    """``job`` was failed at once (Job.fail_now): its pending chunks CANCELLED, as CancelJob's are, both
+    those stored and those this transaction put back to PENDING (``changed``, not saved yet: a retry, in
+    the sweep that failed it)."""
+    for chunk in changed:
+        if chunk.job_id == job.id and chunk.state == ChunkState.PENDING:
+            chunk.next_attempt_time = None
+            job.move_chunk(chunk, ChunkState.CANCELLED, now)
+    await _cancel_pending(tx, job, job.touch(now), now)
+    job.stopping = False
+
+
 async def dependency_gone(tx: Tx, jobs: MutableMapping[str, Job], job: Job, now: int) -> None:
     """``job`` is being deleted before it COMPLETED: its dependants are cancelled (added to ``jobs``;
     the saves of those cancel theirs in turn)."""

@@ -253,7 +253,7 @@ class TransactionPath:
         chunk.due_time, chunk.next_attempt_time = chunk.next_attempt_time, None
         job.move_chunk(chunk, ChunkState.PROCESSING, now, items_done=0)
         chunk.lease_token = ids.new_lease_token()
-        chunk.lease_expire_time = now + ask.lease_us
+        chunk.lease_expire_time = job.lease_end(chunk, now, ask.lease_us)
         chunk.lease_duration = ask.lease_us
         return Claim(job, chunk, chunk.lease_token, chunk.lease_expire_time)
 
@@ -267,8 +267,11 @@ class TransactionPath:
     ) -> None:
         """Saves the chunks and their jobs with the webhook events the jobs' changes make. A job's
         terminal event carries its artifacts: those written before and ``unsaved`` (this transaction's)."""
-        # What the changes free or cancel in pipelines (dependants, a finalize chunk), in this transaction.
         held = {job.id: job for job in jobs}
+        for job in held.values():
+            if job.stopping:  # failed at once (Job.fail_now): its pending chunks are cancelled
+                await pipeline.stop_pending(tx, job, changed, now)
+        # What the changes free or cancel in pipelines (dependants, a finalize chunk), in this transaction.
         await pipeline.follow(tx, held, changed, now)
         jobs = list(held.values())
         ending = [job for job in jobs if outbox_ends(job)]
@@ -327,7 +330,9 @@ class TransactionPath:
             )
         if item.lease_us:
             chunk.lease_duration = item.lease_us
-        chunk.lease_expire_time = now + (chunk.lease_duration or item.lease_us or 60_000_000)
+        chunk.lease_expire_time = job.lease_end(
+            chunk, now, chunk.lease_duration or item.lease_us or 60_000_000
+        )
         if item.external_task_id:
             chunk.external_task_id = item.external_task_id
         if item.stage:

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from jobpulse_server.domain.clock import Clock, now_us
-from jobpulse_server.domain.model import ChunkState, JobState
+from jobpulse_server.domain.model import (
+    ATTEMPT_TIMEOUT,
+    JOB_DEADLINE_EXCEEDED,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+)
 from jobpulse_server.domain.work import (
     Claim,
     ClaimRequest,
@@ -38,6 +45,27 @@ log = logging.getLogger(__name__)
 
 LEASE_EXPIRED = "LEASE_EXPIRED"
 CANCEL_DEADLINE = "CANCEL_DEADLINE"
+
+
+def timed_out(job: Job, chunk: Chunk) -> bool:
+    """Whether a running chunk's lease ran out because its attempt reached the job's attempt_timeout
+    (``Job.lease_end`` ends no lease later), rather than because its worker stopped renewing it."""
+    return bool(
+        job.attempt_timeout
+        and chunk.start_time is not None
+        and chunk.lease_expire_time is not None
+        and chunk.lease_expire_time >= chunk.start_time + job.attempt_timeout
+    )
+
+
+def past_its_deadline(job: Job, now: int) -> bool:
+    """A job to fail for its deadline_time at ``now``: not ended, not ending (no cancel asked), late."""
+    return (
+        job.deadline_time is not None
+        and now >= job.deadline_time
+        and not job.state.terminal
+        and not job.cancel_requested
+    )
 
 
 class WorkerService:
@@ -158,8 +186,15 @@ class WorkerService:
             jobs = await tx.lock_jobs([c.job_id for c in expired], skip_locked=True)
             expired = [c for c in expired if c.job_id in jobs]
             for chunk in expired:
-                chunk.error_reason = LEASE_EXPIRED
-                chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
+                job = jobs[chunk.job_id]
+                if timed_out(job, chunk):
+                    chunk.error_reason = ATTEMPT_TIMEOUT
+                    chunk.error_message = (
+                        f"the attempt ran past the job's attempt_timeout ({job.attempt_timeout / 1e6:g} s)"
+                    )
+                else:
+                    chunk.error_reason = LEASE_EXPIRED
+                    chunk.error_message = f"worker {chunk.worker_id!r} stopped renewing its lease"
                 chunk.error_details = ""
                 self.path.settle(tx.changes, jobs[chunk.job_id], chunk, now, retryable=True)
             ends.add(jobs.values(), expired, now, None)
@@ -179,7 +214,10 @@ class WorkerService:
             stopped = 0
             for job_id in await tx.overdue_cancels(cancel_before):
                 job = await tx.get_job(job_id, None, for_update=True)
-                if job is None or job.state != JobState.CANCELLING:
+                # CANCELLING, or failed at once (Job.fail_now) with chunks still running.
+                if job is None or not job.cancel_requested or job.cancel_time is None:
+                    continue
+                if job.cancel_time >= cancel_before:
                     continue
                 running = await tx.processing_chunks(job_id)
                 for chunk in running:
@@ -194,7 +232,31 @@ class WorkerService:
 
         stopped = await self.store.write(overdue)
         self.record.latency.record(ends)
-        return moved + stopped
+
+        # Jobs past their deadline_time, failed at once: a transaction of its own, jobs locked first.
+        async def past_deadline(tx: Tx) -> int:
+            ends.clear()
+            now = self.clock()
+            failed = 0
+            for job_id in await tx.past_deadline(now):
+                job = await tx.get_job(job_id, None, for_update=True)
+                if job is None or not past_its_deadline(job, now):
+                    continue
+                assert job.deadline_time is not None
+                late = (now - job.deadline_time) / 1e6
+                job.fail_now(
+                    now,
+                    JOB_DEADLINE_EXCEEDED,
+                    f"the job had not ended by its deadline_time (failed {late:.1f} s after it)",
+                )
+                ends.add([job], [], now, None)
+                await self.path.save(tx, [job], [], now)
+                failed += 1
+            return failed
+
+        failed = await self.store.write(past_deadline)
+        self.record.latency.record(ends)
+        return moved + stopped + failed
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweeps every ``sweep_interval`` seconds until ``stop`` is set."""

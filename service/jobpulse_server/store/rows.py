@@ -30,7 +30,14 @@ from jobpulse_server.domain.model import (
 JOB_COLUMNS = tuple(c.name for c in tables.jobs.columns)
 
 # Columns only CreateJob writes (so the hot paths' UPDATEs are as they were before they existed).
-JOB_CREATED_ONLY = ("ttl", "trace_parent", "schedule_time")
+JOB_CREATED_ONLY = (
+    "ttl",
+    "trace_parent",
+    "schedule_time",
+    "max_failed_chunks",
+    "attempt_timeout",
+    "deadline_time",
+)
 # A job's controls on the claim: CreateJob writes them, then only PauseJob/ResumeJob and UpdateJob
 # (statements.SET_JOB_CONTROLS), so the hot paths' UPDATEs leave them out too (each column of a SQLite
 # UPDATE costs its share: 4-7% more CPU per chunk with them in, by bench.compare).
@@ -135,8 +142,8 @@ _JOB_FIELDS = (
     "cancel_time", "create_time", "update_time", "start_time", "end_time", "artifacts", "change_seq",
     "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "schedule_time",
     "paused", "max_running_chunks", "after", "after_mode", "finalize_kind", "n_held", "pipeline",
-    "loaded_state",
-    "bumped",
+    "max_failed_chunks", "attempt_timeout", "deadline_time", "loaded_state",
+    "bumped", "stopping",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
     raise ImportError("domain.model.Job's fields changed: update job_from_row and _JOB_FIELDS")
@@ -189,8 +196,12 @@ def job_from_row(r: Sequence[Any]) -> Job:
         r[42],  # finalize_kind
         r[43],  # n_held
         bool(r[44]),  # pipeline
+        r[45],  # max_failed_chunks
+        r[46],  # attempt_timeout
+        r[47],  # deadline_time
         state,  # loaded_state
         False,  # bumped
+        False,  # stopping
     )
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 import jobpulse_server.store.tables as tables
 from jobpulse_server.domain.filters import ORDERS, JobFilter
-from jobpulse_server.domain.model import AFTER_PER_CHUNK, HELD, ChunkState, JobState
+from jobpulse_server.domain.model import AFTER_PER_CHUNK, FAILED_AT_ONCE, HELD, ChunkState, JobState
 from jobpulse_server.domain.webhooks import PENDING
 from jobpulse_server.store.rows import (
     ARTIFACT_SELECT,
@@ -238,7 +238,19 @@ def save_job_changed(d: Dialect, changed: tuple[int, ...]) -> str:
 INSERT_FINGERPRINT = "INSERT INTO job_requests (job_id, fingerprint) VALUES (:job_id, :fingerprint)"
 GET_FINGERPRINT = "SELECT fingerprint FROM job_requests WHERE job_id = :job_id"
 
-OVERDUE_CANCELS = "SELECT id FROM jobs WHERE state = :state AND cancel_time < :before LIMIT :limit"
+# Jobs with a cancel asked before :before and chunks still running (CANCELLING, or failed at once:
+# Job.fail_now), found from the running chunks (the partial ix_chunks_lease): a FAILED job's row does not
+# say whether chunks of it still run without reading every FAILED job.
+OVERDUE_CANCELS = (
+    "SELECT DISTINCT j.id FROM chunks AS c JOIN jobs AS j ON j.id = c.job_id "
+    f"WHERE c.state = {tables.RUNNING} AND j.cancel_requested AND j.cancel_time < :before LIMIT :limit"
+)
+SET_DEADLINE = "UPDATE jobs SET deadline_time = :deadline_time WHERE id = :id"
+# Jobs not ended (nor ending: no cancel asked) whose deadline_time has passed (ix_jobs_deadline).
+PAST_DEADLINE = (
+    "SELECT id FROM jobs WHERE deadline_time <= :now AND end_time IS NULL AND NOT cancel_requested "
+    "ORDER BY deadline_time LIMIT :limit"
+)
 
 COUNT_BY_STATE = "SELECT state, count(*) FROM jobs GROUP BY state"
 
@@ -1228,12 +1240,15 @@ NOTIFY = "SELECT pg_notify(:channel, :payload)"
 
 
 def derive_state_sql(pending: str, processing: str, completed: str, failed: str, cancelled: str) -> str:
-    """``domain.model.derive_state`` in SQL, over the job row ``j`` and its new counts: chunks still to
-    run -> CANCELLING if a cancel was asked, PROCESSING once started (or anything finished), else
-    PENDING; none left -> CANCELLED if asked, FAILED if any failed, CANCELLED if any was cancelled,
+    """``domain.model.derive_state`` in SQL, over the job row ``j`` and its new counts: a job failed at
+    once (``Job.failed_at_once``: a cancel asked with one of the reasons FAILED_AT_ONCE) -> FAILED; chunks
+    still to run -> CANCELLING if a cancel was asked, PROCESSING once started (or anything finished),
+    else PENDING; none left -> CANCELLED if asked, FAILED if any failed, CANCELLED if any was cancelled,
     else COMPLETED."""
+    at_once = ", ".join(f"'{r}'" for r in FAILED_AT_ONCE)
     return (
-        f"CASE WHEN {pending} + {processing} > 0 THEN "
+        f"CASE WHEN j.cancel_requested AND j.error_reason IN ({at_once}) THEN {int(JobState.FAILED)} "
+        f"WHEN {pending} + {processing} > 0 THEN "
         f"CASE WHEN j.cancel_requested THEN {int(JobState.CANCELLING)} "
         f"WHEN j.start_time IS NOT NULL OR {completed} > 0 OR {failed} > 0 THEN {int(JobState.PROCESSING)} "
         f"ELSE {int(JobState.PENDING)} END "

@@ -97,6 +97,12 @@ jobs = Table(
     # The job has dependants or a finalize chunk: its completions release or cancel other chunks, which
     # the transaction path does (PostgreSQL's batch declines them: store/batch/sql.py).
     Column("pipeline", Boolean, nullable=False, server_default=false()),
+    # The failure policy and timeouts (migration 0024), written by CreateJob: fail fast once this many
+    # chunks FAILED for good (0: no limit); the longest one attempt may run (us, 0: no limit); when the job
+    # fails if it has not ended (NULL: never).
+    Column("max_failed_chunks", Integer, nullable=False, server_default=text("0")),
+    Column("attempt_timeout", BigInteger, nullable=False, server_default=text("0")),
+    Column("deadline_time", BigInteger, nullable=True),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),
@@ -107,6 +113,13 @@ jobs = Table(
     Index("ix_jobs_state_update_time_id", "state", "update_time", "id"),
     Index("ix_jobs_create_time", "create_time"),
     Index("ix_jobs_change_seq", "change_seq", "id"),
+    # Jobs with a deadline not ended yet, by deadline: the sweep's statements.PAST_DEADLINE (migration 0024).
+    Index(
+        "ix_jobs_deadline",
+        "deadline_time",
+        sqlite_where=text("deadline_time IS NOT NULL AND end_time IS NULL"),
+        postgresql_where=text("deadline_time IS NOT NULL AND end_time IS NULL"),
+    ),
 )
 
 # Jobs with pending chunks, in claim order (migration 0013), on PostgreSQL: a claim takes its candidate

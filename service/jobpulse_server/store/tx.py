@@ -190,6 +190,9 @@ class SqlTx:
                     "finalize_kind": job.finalize_kind,
                     "n_held": job.n_held,
                     "pipeline": job.pipeline,
+                    "max_failed_chunks": job.max_failed_chunks,
+                    "attempt_timeout": job.attempt_timeout,
+                    "deadline_time": job.deadline_time,
                 },
             )
         except Conflict as exc:
@@ -243,9 +246,14 @@ class SqlTx:
         self.changes.deleted.update(ids)
 
     async def overdue_cancels(self, cancel_before: int, limit: int = 100) -> list[str]:
-        """Jobs still CANCELLING whose cancel was asked before ``cancel_before``."""
-        params = {"state": int(JobState.CANCELLING), "before": cancel_before, "limit": limit}
-        rows = await self.conn.fetch(q.OVERDUE_CANCELS, params)
+        """Jobs with chunks still running whose cancel was asked before ``cancel_before`` (CANCELLING, or
+        failed at once)."""
+        rows = await self.conn.fetch(q.OVERDUE_CANCELS, {"before": cancel_before, "limit": limit})
+        return [r[0] for r in rows]
+
+    async def past_deadline(self, now: int, limit: int = 100) -> list[str]:
+        """Jobs not ended, with no cancel asked, whose deadline_time is ``now`` or earlier."""
+        rows = await self.conn.fetch(q.PAST_DEADLINE, {"now": now, "limit": limit})
         return [r[0] for r in rows]
 
     # --- chunks -----------------------------------------------------------------------------------
@@ -673,6 +681,11 @@ class SqlTx:
         if job.n_held:
             await self.conn.execute(q.CLEAR_HELD, {"id": job.id})
             job.n_held = 0
+
+    async def set_deadline(self, job: Job) -> None:
+        """Writes the job's deadline_time (rows.JOB_CREATED_ONLY: a save leaves it out), as RetryJob
+        moves it."""
+        await self.conn.execute(q.SET_DEADLINE, {"id": job.id, "deadline_time": job.deadline_time})
 
     async def set_controls(self, job: Job) -> None:
         """Writes the job's controls on the claim (rows.JOB_CONTROLS), which a save leaves out."""

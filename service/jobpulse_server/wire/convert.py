@@ -182,7 +182,11 @@ def job_pb(
         after_mode=job.after_mode,  # type: ignore[arg-type]
         finalize_kind=job.finalize_kind,
         result_uri=job.result_uri,
+        max_failed_chunks=job.max_failed_chunks,
+        deadline_time=timestamp(job.deadline_time),
     )
+    if job.attempt_timeout:
+        msg.attempt_timeout.CopyFrom(duration_from_us(job.attempt_timeout))
     add = msg.chunks.add
     for c in chunks or ():
         add(**chunk_kwargs(c))

@@ -330,20 +330,22 @@ def _progress_group() -> str:
         )
         +
         # The jobs first, by id (every writer's lock order).
-        _locked_jobs("webhook_url", f"(webhook_url = '' OR {_quiet(now, ':interval')})")
+        _locked_jobs("webhook_url, attempt_timeout", f"(webhook_url = '' OR {_quiet(now, ':interval')})")
         # The fence, and items_done within the chunk.
         + _fenced(now, "i.items, i.stage, i.message, i.ext, i.lease", " AND i.items <= c.item_count")
         + f"r AS (SELECT c0.*, {_STEP} FROM c0), "
         # TransactionPath.reported (Job.move_chunk to PROCESSING) with the items (never fewer than before);
-        # the lease is extended from now by the duration given, else the chunk's own (60 s when it has none).
+        # the lease is extended from now by the duration given, else the chunk's own (60 s when it has none),
+        # never past the attempt's start plus the job's attempt_timeout (Job.lease_end).
         "c1 AS (UPDATE chunks AS c SET items_done = greatest(r.items, c.items_done), "
         "external_task_id = CASE WHEN r.ext = '' THEN c.external_task_id ELSE r.ext END, "
         "stage = CASE WHEN r.stage = '' THEN c.stage ELSE r.stage END, "
         "message = CASE WHEN r.message = '' THEN c.message ELSE r.message END, "
         "lease_duration = CASE WHEN r.lease > 0 THEN r.lease ELSE c.lease_duration END, "
-        f"lease_expire_time = {now} + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease "
+        f"lease_expire_time = least({now} + coalesce(nullif(CASE WHEN r.lease > 0 THEN r.lease "
         "ELSE c.lease_duration END, "
-        "0), 60000000), revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
+        "0), 60000000), CASE WHEN j0.attempt_timeout > 0 THEN c.start_time + j0.attempt_timeout END), "
+        "revision = j0.revision + r.step FROM r JOIN j0 ON j0.id = r.job_id WHERE c.id = r.id "
         "RETURNING c.job_id, c.items_done - r.old_done AS gained, r.pos, r.stage, r.message, "
         "c.lease_expire_time), "
         # The job: a revision per report, the items gained, the last stage and message given.
@@ -513,17 +515,22 @@ def _slotted(steps: str, workers: str, leases: str, callers: str) -> str:
     )
 
 
-def _claiming(name: str, steps: str, now: str, revision: str, joined: str) -> str:
+def _claiming(name: str, steps: str, now: str, revision: str, joined: str, job: str) -> str:
     """CTE ``name``: Job.move_chunk to PROCESSING of the slotted chunks ``steps``, as
     services/worker_path.py ``TransactionPath.take`` does it: attempt + 1, this worker, started now,
-    items reset, a fresh unguessable lease token (two random UUIDs, 244 bits) and its expiry; the
-    chunk's revision is ``revision``, ``joined`` the FROM and WHERE that bring it. Returns the chunk, the
-    items of its previous attempt, its caller, step and due time."""
+    items reset, a fresh unguessable lease token (two random UUIDs, 244 bits) and its expiry, no later
+    than the job's attempt_timeout allows (``Job.lease_end``: the attempt starts now); the chunk's
+    revision is ``revision``, ``joined`` the FROM and WHERE that bring it and the row ``job`` of its job.
+    Returns the chunk, the items of its previous attempt, its caller, step and due time."""
+    lease = (
+        f"CASE WHEN {job}.attempt_timeout > 0 THEN least({steps}.lease, {job}.attempt_timeout) "
+        f"ELSE {steps}.lease END"
+    )
     return (
         f"{name} AS (UPDATE chunks AS ch SET state = {_RUNNING}, attempt = ch.attempt + 1, "
         f"worker_id = {steps}.worker, start_time = {now}, end_time = NULL, next_attempt_time = NULL, "
         "items_done = 0, lease_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), "
-        f"lease_expire_time = {now}::bigint + {steps}.lease, lease_duration = {steps}.lease, "
+        f"lease_expire_time = {now}::bigint + {lease}, lease_duration = {steps}.lease, "
         f"revision = {revision} {joined} RETURNING {_prefixed(CHUNK_COLUMNS, 'ch')}, "
         f"{steps}.items_done AS old_done, {steps}.caller, {steps}.step, {steps}.due), "
     )
@@ -570,7 +577,8 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool, capped: bool) ->
         "WITH "
         + (q.KIND_ROOMS_FIRST if capped else "")
         + "j AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, "
-        "webhook_progress, last_progress_event, max_running_chunks, n_processing FROM jobs WHERE "
+        "webhook_progress, last_progress_event, max_running_chunks, n_processing, attempt_timeout "
+        "FROM jobs WHERE "
         f"{q.is_candidate(ready, str(int(limit)), ':kinds' if kinds else '', fair=fair)} "
         # may_claim again: a job locked after another claim's commit is judged as that commit left it.
         f"AND {q.may_claim('')}{_rooms_first(capped)} ORDER BY id FOR UPDATE), "
@@ -586,7 +594,7 @@ def _claim_group_statement(kinds: bool, limit: int, fair: bool, capped: bool) ->
         )
         + _slotted("r", ":workers", ":leases", ":callers")
         + _claiming(
-            "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id"
+            "c1", "r", now, "j.revision + r.step", "FROM r, j WHERE ch.id = r.id AND j.id = ch.job_id", "j"
         )
         +
         # The counts move (pending -> processing), items of a previous attempt are taken back, the job
@@ -675,7 +683,8 @@ def complete_then_claim(
         "webhook_progress, "
         "last_progress_event, paused, max_running_chunks, pipeline, state, schedule_time, "
         "n_pending, n_processing, n_completed, n_failed, n_cancelled, start_time, create_time, trace_parent, "
-        "id IN (SELECT job_id FROM f) AS cand, id IN (SELECT job_id FROM i) AS comp FROM jobs "
+        "error_reason, attempt_timeout, id IN (SELECT job_id FROM f) AS cand, "
+        "id IN (SELECT job_id FROM i) AS comp FROM jobs "
         f"WHERE id = ANY({_locking('SELECT job_id FROM i UNION SELECT job_id FROM f', released)})"
         f"{_rooms_first(capped)} ORDER BY id FOR UPDATE), "
         # The completions: complete_group's, over the locked rows.
@@ -688,7 +697,7 @@ def complete_then_claim(
         # (which only leave more room).
         "jk AS (SELECT id, owner, kind, finalize_kind, priority, revision, webhook_url, webhook_progress, "
         "last_progress_event, "
-        "max_running_chunks, n_processing FROM jl "
+        "max_running_chunks, n_processing, attempt_timeout FROM jl "
         f"WHERE cand AND {q.may_claim('')} AND (SELECT count(*) FROM c1) = :n), "
         + _picked(
             ready,
@@ -709,6 +718,7 @@ def complete_then_claim(
             ":now_k",
             "jk.revision + coalesce(g.n, 0) + rk.step",
             "FROM rk JOIN jk ON jk.id = rk.job_id LEFT JOIN g ON g.job_id = rk.job_id WHERE ch.id = rk.id",
+            "jk",
         )
         + _claim_counts("gk", "k1")
         +
