@@ -30,6 +30,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "retention": ("bench.retention", "GetJob p99 while the expiry sweep deletes 200,000 jobs"),
     "scheduled": ("bench.scheduled", "how soon after its schedule_time a waiting claimer gets a job"),
     "pipeline": ("bench.pipeline", "a 3-stage PER_CHUNK pipeline and its finalize chunk beside one stage"),
+    "failures": ("bench.failures", "SummarizeFailures over 1,000,000 failed chunks on PostgreSQL"),
     "fairness": ("bench.fairness", "fair share: a small job behind a big one, two busy owners' shares"),
     "compare": ("bench.compare", "the worker rows of two revisions, round by round in one run"),
     "figures": ("bench.figures", "renders bench/figures.json into bench/README.md's table"),

@@ -194,12 +194,36 @@ def _with_filters(
 
 
 def list_job_chunks(
-    job_id: str, states: Iterable[ChunkStateLike] | None, page_size: int, page_token: str
+    job_id: str,
+    states: Iterable[ChunkStateLike] | None,
+    page_size: int,
+    page_token: str,
+    kind: str = "",
+    error_reasons: Iterable[str] = (),
 ) -> job_service_pb2.ListJobChunksRequest:
     """Builds a ListJobChunksRequest."""
     return job_service_pb2.ListJobChunksRequest(
-        job_id=job_id, states=_convert.chunk_states(states), page_size=page_size, page_token=page_token
+        job_id=job_id,
+        states=_convert.chunk_states(states),
+        page_size=page_size,
+        page_token=page_token,
+        kind=kind,
+        error_reasons=list(error_reasons),
     )
+
+
+def summarize_failures(
+    kind: str, created_after: TimeLike | None, created_before: TimeLike | None
+) -> job_service_pb2.SummarizeFailuresRequest:
+    """Builds a SummarizeFailuresRequest."""
+    request = job_service_pb2.SummarizeFailuresRequest(kind=kind)
+    after = _convert.to_timestamp(created_after)
+    if after is not None:
+        request.created_after.CopyFrom(after)
+    before = _convert.to_timestamp(created_before)
+    if before is not None:
+        request.created_before.CopyFrom(before)
+    return request
 
 
 def batch_get_jobs(job_ids: Iterable[str], view: JobViewLike) -> job_service_pb2.BatchGetJobsRequest:

@@ -176,6 +176,13 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     check("chunk")
     browser.get(base + "/stats")
     check("stats", lambda: browser.find_element(By.CSS_SELECTOR, ".chart-note").text)
+    browser.get(base + "/failures")
+    check("failures")
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="failure-group"] th a').click()
+    check(
+        "failures of one reason",
+        lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="affected-jobs"]'),
+    )
     browser.get(base + "/health")
     check("health")
     browser.get(base + "/kinds")

@@ -479,6 +479,35 @@ def _cell(row: str, field: str) -> str:
     return re.sub(r"<[^>]+>", "", found.group(1)).strip()
 
 
+def test_the_failures_page_groups_failures_by_reason_and_retries_one(server) -> None:
+    with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
+        first = sdk.create_job("dash-fail", 3, chunk_size=1, max_attempts=1)
+        second = sdk.create_job("dash-fail", 2, chunk_size=1, max_attempts=1)
+        for claim in sdk.claim_chunks("w", kinds=["dash-fail"], max_chunks=5):
+            reason = "DECODE" if claim.chunk.index < 2 else "<OOM>"
+            sdk.fail_chunk(claim.chunk.id, claim.lease_token, reason, "bad <frame>", retryable=False)
+        page = client.get("/failures", params={"kind": "dash-fail"}).text
+        rows = re.findall(r'data-testid="failure-group" data-reason="([^"]*)"', page)
+        assert sorted(rows) == ["&lt;OOM&gt;", "DECODE"]  # escaped, never markup
+        assert "bad &lt;frame&gt;" in page and "<frame>" not in page
+        decode = re.search(
+            r'data-reason="DECODE".*?data-field="chunks">(\d+)<.*?data-field="jobs">(\d+)<', page, re.S
+        )
+        assert decode is not None and decode.groups() == ("4", "2")
+
+        one = client.get("/failures", params={"kind": "dash-fail", "reason": "DECODE"}).text
+        jobs = re.findall(r'data-testid="affected-job" data-job="([^"]+)"', one)
+        assert jobs == [second.id, first.id]  # newest first
+
+        done = _post(client, "/failures/retry", {"reason": "DECODE", "kind": "dash-fail"})
+        assert done.status_code == 303 and done.headers["location"] == "/failures?kind=dash-fail"
+        assert sdk.get_job(first.id).chunks_summary.pending == 2
+        left = client.get("/failures", params={"kind": "dash-fail"}).text
+        assert "Retried 4 chunks that failed with DECODE." in left  # the action's message, once
+        assert re.findall(r'data-testid="failure-group" data-reason="([^"]*)"', left) == ["&lt;OOM&gt;"]
+        assert 'data-testid="no-failures"' in client.get("/failures", params={"kind": "nothing-here"}).text
+
+
 def test_the_kinds_page_lists_kinds_and_pauses_and_resumes_them(server) -> None:
     with jobpulse.Client(server.address) as sdk, httpx.Client(base_url=_base(server), timeout=20) as client:
         empty = client.get("/kinds")

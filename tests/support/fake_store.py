@@ -74,7 +74,7 @@ from jobpulse_server.domain.model import (
     fair_order,
     split_items,
 )
-from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.reports import FailureGroup, FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.store import RequestIdTaken
 from jobpulse_server.store.rows import CHUNK_SAVED
@@ -285,29 +285,96 @@ class FakeRead:
         limit: int | None = None,
         states: Iterable[ChunkState] = (),
         after_revision: int | None = None,
+        kind: str = "",
+        error_reasons: Sequence[str] = (),
     ) -> list[Chunk]:
-        wanted = set(states)
         found = sorted(
             (
                 c
-                for c in self.tables.chunks.values()
+                for c in self._filtered(states, kind, error_reasons)
                 if c.job_id == job_id
                 and c.index > after_index
-                and (not wanted or c.state in wanted)
                 and (after_revision is None or c.revision > after_revision)
             ),
             key=lambda c: c.index,
         )
         if limit is not None:
             found = found[:limit]
-        out = [_chunk_row(c) for c in found]
-        by_index: dict[int, list[Artifact]] = {}
-        for a in (await self.jobs_artifacts([job_id], 1 << 62)).get(job_id, []):
-            by_index.setdefault(a.chunk_index, []).append(a)
+        return await self._with_artifacts([_chunk_row(c) for c in found])
+
+    def _filtered(self, states: Iterable[ChunkState], kind: str, error_reasons: Sequence[str]) -> list[Chunk]:
+        wanted = set(states)
+        return [
+            c
+            for c in self.tables.chunks.values()
+            if (not wanted or c.state in wanted)
+            and (not kind or c.kind == kind)
+            and (not error_reasons or c.error_reason in error_reasons)
+        ]
+
+    async def _with_artifacts(self, out: list[Chunk]) -> list[Chunk]:
+        arts = await self.jobs_artifacts(sorted({c.job_id for c in out}), 1 << 62)
         for c in out:
             if c.state == ChunkState.COMPLETED:
-                c.artifacts = by_index.get(c.index, [])
+                c.artifacts = [a for a in arts.get(c.job_id, []) if a.chunk_index == c.index]
         return out
+
+    async def count_chunks(
+        self, job_id: str, states: Iterable[ChunkState], kind: str, error_reasons: Sequence[str]
+    ) -> int:
+        return sum(1 for c in self._filtered(states, kind, error_reasons) if c.job_id == job_id)
+
+    async def list_chunks_across(
+        self,
+        owner: str | None,
+        states: Iterable[ChunkState],
+        kind: str,
+        error_reasons: Sequence[str],
+        after: tuple[str, int] | None,
+        limit: int,
+    ) -> list[Chunk]:
+        jobs = self.tables.jobs
+        found = sorted(
+            (
+                c
+                for c in self._filtered(states, kind, error_reasons)
+                if (owner is None or jobs[c.job_id].owner == owner)
+                and (after is None or (c.job_id, c.index) < after)
+            ),
+            key=lambda c: (c.job_id, c.index),
+            reverse=True,
+        )
+        return await self._with_artifacts([_chunk_row(c) for c in found[:limit]])
+
+    async def failure_groups(
+        self,
+        owner: str | None,
+        kind: str,
+        created_after: int | None,
+        created_before: int | None,
+        limit: int,
+    ) -> list[FailureGroup]:
+        jobs = self.tables.jobs
+        by_reason: dict[str, list[Chunk]] = {}
+        for c in self._filtered([ChunkState.FAILED], kind, ()):
+            j = jobs[c.job_id]
+            if owner is not None and j.owner != owner:
+                continue
+            if (created_after is not None and j.create_time < created_after) or (
+                created_before is not None and j.create_time >= created_before
+            ):
+                continue
+            by_reason.setdefault(c.error_reason, []).append(c)
+        groups = []
+        for reason, chunks in by_reason.items():
+            last = max(chunks, key=lambda c: (c.end_time or 0, c.job_id))
+            groups.append(
+                FailureGroup(
+                    reason, len(chunks), len({c.job_id for c in chunks}), last.end_time, last.error_message
+                )
+            )
+        groups.sort(key=lambda g: (-(g.last_time or 0), g.reason))
+        return groups[:limit]
 
     async def jobs_artifacts(self, job_ids: Sequence[str], limit: int) -> dict[str, list[Artifact]]:
         out: dict[str, list[Artifact]] = {}

@@ -484,17 +484,50 @@ class AsyncClient:
         page_size: int = 0,
         *,
         page_token: str = "",
+        kind: str = "",
+        error_reasons: Iterable[str] = (),
     ) -> AsyncIterator[job_pb2.Chunk]:
         """Iterates over a job's chunks in index order, fetching pages lazily.
 
+        Example, every chunk that failed for good with one reason, across jobs::
+
+            async for chunk in client.list_job_chunks("-", ["failed"], error_reasons=["DECODE"]):
+                print(chunk.job_id, chunk.index, chunk.error.message)
+
         Args:
-            job_id: The job's id.
+            job_id: The job's id; ``"-"``: every job the caller may see, newest job first (each job's
+                chunks from its last).
             states: Only chunks in one of these states (``"failed"``, ``CHUNK_STATE_FAILED``, ...).
             page_size: Chunks per page (server default 100, at most 1000).
             page_token: Where to start, e.g. a job's ``chunks_next_page_token``.
+            kind: Only chunks of this kind.
+            error_reasons: Only chunks whose last failure had one of these reasons (at most 20).
         """
-        request = _requests.list_job_chunks(job_id, states, page_size, page_token)
+        request = _requests.list_job_chunks(job_id, states, page_size, page_token, kind, error_reasons)
         return self._pages(self._jobs.ListJobChunks, request, lambda r: r.chunks)
+
+    async def summarize_failures(
+        self,
+        kind: str = "",
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[job_service_pb2.FailureGroup]:
+        """Counts the chunks failed for good across the jobs the caller may see, by error reason: each
+        group's ``reason``, ``chunks``, ``jobs``, ``last_time`` and ``sample_message``, the reason that
+        failed most lately first (at most 100). List one reason's chunks with
+        ``list_job_chunks("-", ["failed"], error_reasons=[reason])``.
+
+        Args:
+            kind: Only chunks of this kind.
+            created_after: Only chunks of jobs created at or after this time.
+            created_before: Only chunks of jobs created before this time.
+            timeout: Deadline in seconds; defaults to the client's.
+        """
+        request = _requests.summarize_failures(kind, created_after, created_before)
+        response = await self._call(self._jobs.SummarizeFailures, request, timeout=timeout, retry=True)
+        return list(response.groups)
 
     def list_chunk_attempts(
         self, job_id: str, chunk_id: str = "", page_size: int = 0, *, page_token: str = ""

@@ -387,6 +387,30 @@ def build_parser() -> argparse.ArgumentParser:
     _created_options(p)
 
     p = command(
+        "failures",
+        reports._cmd_failures,
+        "chunks failed for good across jobs, by reason; with --reason, those chunks "
+        "(and --retry retries them)",
+    )
+    p.add_argument("--kind", default="", help="only chunks of this kind")
+    p.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        metavar="REASON",
+        help="list the chunks failed for good with this error reason (repeatable), newest job first",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N", help="with --reason: at most N chunks (100)"
+    )
+    p.add_argument(
+        "--retry",
+        action="store_true",
+        help="with --reason: retry each chunk listed (RetryChunk); chunks of cancelled jobs are skipped",
+    )
+    _created_options(p)
+
+    p = command(
         "export",
         export._cmd_export,
         "write every matching job as CSV, one JSON array or JSON lines, streamed by one ExportJobs call",

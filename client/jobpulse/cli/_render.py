@@ -139,6 +139,30 @@ def kinds_table(kinds: Iterable[job_service_pb2.Kind]) -> str:
     return table(("KIND", "PAUSED", "CAP", "PENDING", "RUNNING"), rows)
 
 
+def failures_table(groups: Iterable[job_service_pb2.FailureGroup]) -> str:
+    """Returns the table printed by ``jobpulse failures``."""
+    rows = (
+        (g.reason, g.chunks, g.jobs, format_timestamp(g.last_time), _clip(g.sample_message, 60))
+        for g in groups
+    )
+    return table(("REASON", "CHUNKS", "JOBS", "LAST", "LAST MESSAGE"), rows)
+
+
+def failed_chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
+    """Returns the table printed by ``jobpulse failures --reason``."""
+    rows = (
+        (c.job_id, c.index, c.error.reason, format_timestamp(c.end_time), _clip(c.error.message, 60))
+        for c in chunks
+    )
+    return table(("JOB", "CHUNK", "REASON", "FAILED", "MESSAGE"), rows)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters (an ellipsis where it was cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def job_details(job: job_pb2.Job) -> str:
     """Returns the key/value block printed by ``jobpulse get``."""
     progress = job.progress

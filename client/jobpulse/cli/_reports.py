@@ -1,4 +1,5 @@
-"""The commands that print what a server counts: ``health``, ``usage`` (calls per key), ``stats`` (jobs)."""
+"""The commands that print what a server counts: ``health``, ``usage`` (calls per key), ``stats`` (jobs),
+``failures`` (chunks failed for good, by reason)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from typing import Any
 
 import jobpulse.cli._connection as _connection
+from jobpulse import errors
 from jobpulse.cli import _render
 from jobpulse.cli._output import _print_json
 
@@ -58,3 +60,42 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     else:
         print(_render.stats_text(stats))
     return 0
+
+
+def _cmd_failures(args: argparse.Namespace) -> int:
+    """Without --reason: the chunks failed for good by reason (SummarizeFailures). With --reason: those
+    chunks, newest job first (ListJobChunks over "-"); with --retry too, each one retried (RetryChunk)."""
+    with _connection._client(args) as client:
+        if not args.reason:
+            groups = client.summarize_failures(args.kind, args.created_after, args.created_before)
+            if args.json:
+                _print_json({"groups": [_render.to_dict(g) for g in groups]})
+            elif not groups:
+                print("no chunk has failed for good")
+            else:
+                print(_render.failures_table(groups))
+            return 0
+        chunks = client.list_job_chunks("-", ["failed"], kind=args.kind, error_reasons=args.reason)
+        shown = [c for _, c in zip(range(args.limit), chunks, strict=False)]
+        if not args.retry:
+            if args.json:
+                _print_json({"chunks": [_render.to_dict(c) for c in shown]})
+            elif not shown:
+                print("no chunk failed for good with " + " or ".join(args.reason))
+            else:
+                print(_render.failed_chunks_table(shown))
+            return 0
+        retried = skipped = 0
+        for c in shown:
+            try:
+                client.retry_chunk(c.job_id, c.id)
+                retried += 1
+            except errors.FailedPrecondition as exc:  # its job was cancelled or failed at once, or retried
+                skipped += 1
+                if not args.json:
+                    print(f"skipped chunk {c.id}: {exc.message}")
+        if args.json:
+            _print_json({"retried": retried, "skipped": skipped})
+        else:
+            print(f"retried {retried} chunk{'s' if retried != 1 else ''}, skipped {skipped}")
+        return 0

@@ -490,15 +490,26 @@ class ListJobChunksRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ERROR_REASONS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """The job's id."""
+    """The job's id; "-" for every job the caller may see (AIP-159)."""
     page_size: _builtins.int
     """Chunks per page: default 100, values above 1000 are lowered to 1000."""
     page_token: _builtins.str
     """The next_page_token of the previous page, with the same filters."""
+    kind: _builtins.str
+    """Only chunks of this kind (a finalize chunk has its job's finalize_kind)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.ChunkState.ValueType]:
         """Only chunks in one of these states."""
+
+    @_builtins.property
+    def error_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only chunks whose error reason (ChunkError.reason, of their last failure)
+        is one of these: with states [CHUNK_STATE_FAILED], the chunks that failed
+        for good that way. At most 20.
+        """
 
     def __init__(
         self,
@@ -507,10 +518,12 @@ class ListJobChunksRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         states: _abc.Iterable[_job_pb2.ChunkState.ValueType] | None = ...,
+        kind: _builtins.str = ...,
+        error_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_reasons", b"error_reasons", "job_id", b"job_id", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,10 +541,14 @@ class ListJobChunksResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """Number of chunks matching the filters."""
+    """Number of chunks matching the filters (of one job; over "-" not counted:
+    0, SummarizeFailures counts the failed ones).
+    """
     @_builtins.property
     def chunks(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Chunk]:
-        """The chunks of this page, in index order."""
+        """The chunks of this page, in index order (over "-": newest job first, each
+        job's chunks from the last).
+        """
 
     def __init__(
         self,
@@ -609,6 +626,106 @@ class ListChunkAttemptsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListChunkAttemptsResponse: _TypeAlias = ListChunkAttemptsResponse  # noqa: Y015
+
+@_typing.final
+class SummarizeFailuresRequest(_message.Message):
+    """SummarizeFailuresRequest chooses the jobs whose failed chunks are counted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only chunks of this kind."""
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only chunks of jobs created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only chunks of jobs created before this time."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummarizeFailuresRequest: _TypeAlias = SummarizeFailuresRequest  # noqa: Y015
+
+@_typing.final
+class SummarizeFailuresResponse(_message.Message):
+    """SummarizeFailuresResponse has one group per error reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureGroup]:
+        """The reasons, the one whose last chunk failed most lately first; at most
+        100 (the most recent).
+        """
+
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___FailureGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummarizeFailuresResponse: _TypeAlias = SummarizeFailuresResponse  # noqa: Y015
+
+@_typing.final
+class FailureGroup(_message.Message):
+    """FailureGroup counts the chunks FAILED for good with one error reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    LAST_TIME_FIELD_NUMBER: _builtins.int
+    SAMPLE_MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """The chunks' ChunkError.reason."""
+    chunks: _builtins.int
+    """How many chunks are FAILED with it."""
+    jobs: _builtins.int
+    """How many jobs they belong to."""
+    sample_message: _builtins.str
+    """The message of the last of them."""
+    @_builtins.property
+    def last_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last of them failed."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        chunks: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        last_time: _timestamp_pb2.Timestamp | None = ...,
+        sample_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_time", b"last_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "jobs", b"jobs", "last_time", b"last_time", "reason", b"reason", "sample_message", b"sample_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureGroup: _TypeAlias = FailureGroup  # noqa: Y015
 
 @_typing.final
 class BatchGetJobsRequest(_message.Message):

@@ -63,6 +63,11 @@ class JobServiceStub(object):
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.FromString,
                 )
+        self.SummarizeFailures = channel.unary_unary(
+                '/jobpulse.v1.JobService/SummarizeFailures',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresRequest.SerializeToString,
+                response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresResponse.FromString,
+                )
         self.BatchGetJobs = channel.unary_unary(
                 '/jobpulse.v1.JobService/BatchGetJobs',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.BatchGetJobsRequest.SerializeToString,
@@ -201,7 +206,10 @@ class JobServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListJobChunks(self, request, context):
-        """Lists a job's chunks in index order, optionally filtered by state.
+        """Lists a job's chunks in index order, optionally filtered by state, kind
+        and error reason; with job_id "-", the chunks of every job the caller may
+        see, newest job first (each job's chunks from the last), e.g. every
+        chunk FAILED with one reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +219,15 @@ class JobServiceServicer(object):
         """Lists the attempts of a job's chunks (or of one chunk) in chunk index
         order, then attempt order: each claim, who held it, when and how it ended,
         with its error. A running attempt is listed with outcome RUNNING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SummarizeFailures(self, request, context):
+        """Counts the chunks FAILED for good across every job the caller may see, by
+        error reason, the reason failed most lately first: how many chunks and
+        jobs, when the last failed and its message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -402,6 +419,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListChunkAttempts,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.SerializeToString,
+            ),
+            'SummarizeFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeFailures,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresRequest.FromString,
+                    response_serializer=jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresResponse.SerializeToString,
             ),
             'BatchGetJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGetJobs,
@@ -611,6 +633,23 @@ class JobService(object):
         return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/ListChunkAttempts',
             jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.ListChunkAttemptsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SummarizeFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/SummarizeFailures',
+            jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresRequest.SerializeToString,
+            jobpulse_dot_v1_dot_job__service__pb2.SummarizeFailuresResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

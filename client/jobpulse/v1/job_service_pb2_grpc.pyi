@@ -68,11 +68,20 @@ class JobServiceStub:
     client that cancels the stream stops the server's reads.
     """
     ListJobChunks: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]
-    """Lists a job's chunks in index order, optionally filtered by state."""
+    """Lists a job's chunks in index order, optionally filtered by state, kind
+    and error reason; with job_id "-", the chunks of every job the caller may
+    see, newest job first (each job's chunks from the last), e.g. every
+    chunk FAILED with one reason.
+    """
     ListChunkAttempts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListChunkAttemptsRequest, _job_service_pb2.ListChunkAttemptsResponse]
     """Lists the attempts of a job's chunks (or of one chunk) in chunk index
     order, then attempt order: each claim, who held it, when and how it ended,
     with its error. A running attempt is listed with outcome RUNNING.
+    """
+    SummarizeFailures: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SummarizeFailuresRequest, _job_service_pb2.SummarizeFailuresResponse]
+    """Counts the chunks FAILED for good across every job the caller may see, by
+    error reason, the reason failed most lately first: how many chunks and
+    jobs, when the last failed and its message.
     """
     BatchGetJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]
     """Returns up to 100 jobs in request order. Fails with NOT_FOUND if any is missing."""
@@ -201,11 +210,20 @@ class JobServiceAsyncStub(JobServiceStub):
     client that cancels the stream stops the server's reads.
     """
     ListJobChunks: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobChunksRequest, _job_service_pb2.ListJobChunksResponse]  # type: ignore[assignment]
-    """Lists a job's chunks in index order, optionally filtered by state."""
+    """Lists a job's chunks in index order, optionally filtered by state, kind
+    and error reason; with job_id "-", the chunks of every job the caller may
+    see, newest job first (each job's chunks from the last), e.g. every
+    chunk FAILED with one reason.
+    """
     ListChunkAttempts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListChunkAttemptsRequest, _job_service_pb2.ListChunkAttemptsResponse]  # type: ignore[assignment]
     """Lists the attempts of a job's chunks (or of one chunk) in chunk index
     order, then attempt order: each claim, who held it, when and how it ended,
     with its error. A running attempt is listed with outcome RUNNING.
+    """
+    SummarizeFailures: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SummarizeFailuresRequest, _job_service_pb2.SummarizeFailuresResponse]  # type: ignore[assignment]
+    """Counts the chunks FAILED for good across every job the caller may see, by
+    error reason, the reason failed most lately first: how many chunks and
+    jobs, when the last failed and its message.
     """
     BatchGetJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.BatchGetJobsRequest, _job_service_pb2.BatchGetJobsResponse]  # type: ignore[assignment]
     """Returns up to 100 jobs in request order. Fails with NOT_FOUND if any is missing."""
@@ -361,7 +379,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobChunksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobChunksResponse, _abc.Awaitable[_job_service_pb2.ListJobChunksResponse]]:
-        """Lists a job's chunks in index order, optionally filtered by state."""
+        """Lists a job's chunks in index order, optionally filtered by state, kind
+        and error reason; with job_id "-", the chunks of every job the caller may
+        see, newest job first (each job's chunks from the last), e.g. every
+        chunk FAILED with one reason.
+        """
 
     @_abc_1.abstractmethod
     def ListChunkAttempts(
@@ -372,6 +394,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the attempts of a job's chunks (or of one chunk) in chunk index
         order, then attempt order: each claim, who held it, when and how it ended,
         with its error. A running attempt is listed with outcome RUNNING.
+        """
+
+    @_abc_1.abstractmethod
+    def SummarizeFailures(
+        self,
+        request: _job_service_pb2.SummarizeFailuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.SummarizeFailuresResponse, _abc.Awaitable[_job_service_pb2.SummarizeFailuresResponse]]:
+        """Counts the chunks FAILED for good across every job the caller may see, by
+        error reason, the reason failed most lately first: how many chunks and
+        jobs, when the last failed and its message.
         """
 
     @_abc_1.abstractmethod

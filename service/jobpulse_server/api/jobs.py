@@ -20,6 +20,7 @@ from jobpulse_server.api.messages import (
     DEFAULT_PAGE_CHUNKS,
     DEFAULT_PAGE_JOBS,
     DEFAULT_PAGE_KINDS,
+    MAX_ERROR_REASONS,
     MAX_PAGE_CHUNKS,
     MAX_PAGE_JOBS,
     MAX_PAGE_KINDS,
@@ -56,6 +57,7 @@ from jobpulse_server.wire.convert import (
     chunk_pb,
     duration,
     duration_from_us,
+    failure_group_pb,
     job_pb,
     kind_pb,
     timestamp,
@@ -297,6 +299,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.text(request.job_id, "job_id", MAX_ID, required=True)
         c.check(request.page_size >= 0, "page_size", f"must not be negative (got {request.page_size})")
         c.enums(request.states, _CHUNK_STATES, "states")
+        c.text(request.kind, "kind", MAX_ID)
+        reasons = list(request.error_reasons)
+        c.check(
+            len(reasons) <= MAX_ERROR_REASONS,
+            "error_reasons",
+            f"must name at most {MAX_ERROR_REASONS} reasons (got {len(reasons)})",
+        )
+        for i, reason in enumerate(reasons[:MAX_ERROR_REASONS]):
+            c.text(reason, f"error_reasons[{i}]", MAX_ID, required=True)
         c.done()
         page_size = min(request.page_size or DEFAULT_PAGE_CHUNKS, MAX_PAGE_CHUNKS)
         found, token, total = await self.jobs.list_chunks(
@@ -305,6 +316,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             [ChunkState(s) for s in request.states],
             page_size,
             request.page_token,
+            request.kind,
+            reasons,
         )
         return job_service_pb2.ListJobChunksResponse(
             chunks=[chunk_pb(ch) for ch in found], next_page_token=token, total_size=total
@@ -325,6 +338,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.ListChunkAttemptsResponse(
             attempts=[attempt_pb(a) for a in found], next_page_token=token
         )
+
+    async def SummarizeFailures(
+        self, request: job_service_pb2.SummarizeFailuresRequest, context: Ctx
+    ) -> job_service_pb2.SummarizeFailuresResponse:
+        c = Checker()
+        c.text(request.kind, "kind", MAX_ID)
+        f = JobFilter(kind=request.kind)
+        time_range(request, c, f)
+        c.done()
+        groups = await self.jobs.summarize_failures(caller(), request.kind, f.created_after, f.created_before)
+        return job_service_pb2.SummarizeFailuresResponse(groups=[failure_group_pb(g) for g in groups])
 
     async def BatchGetJobs(
         self, request: job_service_pb2.BatchGetJobsRequest, context: Ctx

@@ -17,6 +17,18 @@ class FeedEntry:
 
 
 @dataclass
+class FailureGroup:
+    """SummarizeFailures' count of the chunks FAILED for good with one error reason."""
+
+    reason: str
+    chunks: int
+    jobs: int
+    # When the last of them failed (us), and its message.
+    last_time: int | None
+    sample_message: str = ""
+
+
+@dataclass
 class StatsRow:
     kind: str
     total: int

@@ -45,7 +45,7 @@ from jobpulse_server.http.errors import error_response, response_for
 from jobpulse_server.http.query import filter_request, job_state, parse
 from jobpulse_server.http.session import CrossSite, Sessions, same_origin
 from jobpulse_server.services import auth
-from jobpulse_server.services.jobs import JobListing, JobService
+from jobpulse_server.services.jobs import EVERY_JOB, RETRY_FAILURES_LIMIT, JobListing, JobService
 from jobpulse_server.services.kinds import KindService
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
@@ -62,6 +62,8 @@ PAGE_SIZES = (10, 20, 50, 100)
 DEFAULT_PAGE_SIZE = 20
 CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
 KINDS_SHOWN = 100  # kinds per page of the Kinds page
+# Failed chunks of one reason the Failures page reads to list the jobs it broke (the newest jobs).
+FAILED_CHUNKS_SHOWN = 500
 FLASH = "jobpulse_flash"
 _MAX_FORM = 64 * 1024
 _ORDER_NAMES = {
@@ -165,6 +167,8 @@ class Dashboard:
             Route("/kinds", self.kinds_page, methods=["GET"]),
             Route("/kinds/pause", self.pause_kind, methods=["POST"]),
             Route("/kinds/resume", self.resume_kind, methods=["POST"]),
+            Route("/failures", self.failures_page, methods=["GET"]),
+            Route("/failures/retry", self.retry_failures, methods=["POST"]),
             Route("/stats", self.stats_page, methods=["GET"]),
             Route("/stats/throughput", self.throughput_json, methods=["GET"]),
             Route("/health", self.health_page, methods=["GET"]),
@@ -533,6 +537,81 @@ class Dashboard:
             if paused:
                 return f"Paused {kind}: no chunk of it is claimed until it is resumed; running ones finish."
             return f"Resumed {kind}: its chunks are claimed again."
+
+        return await self._act(request, act, back)
+
+    # --- failures across jobs -------------------------------------------------------------------
+
+    async def failures_page(self, request: Request) -> Response:
+        """The chunks failed for good by reason (SummarizeFailures), the reason failed most lately first;
+        with ``reason``, the jobs it broke, newest first (ListJobChunks over "-")."""
+
+        async def build(who: Principal) -> Response:
+            params = dict(parse(request.url.query))
+            kind = params.get("kind", "").strip()
+            reason = params.get("reason", "").strip()
+            c = Checker()
+            c.text(kind, "kind", MAX_ID)
+            c.text(reason, "reason", MAX_ID)
+            c.done()
+            groups = await self.jobs.summarize_failures(who, kind, None, None)
+            affected: list[dict[str, Any]] = []
+            shown = 0
+            if reason:
+                chunks, _, _ = await self.jobs.list_chunks(
+                    who, EVERY_JOB, [ChunkState.FAILED], FAILED_CHUNKS_SHOWN, "", kind, [reason]
+                )
+                shown = len(chunks)
+                by_job: dict[str, dict[str, Any]] = {}
+                for ch in chunks:
+                    row = by_job.get(ch.job_id)
+                    if row is None:
+                        row = by_job[ch.job_id] = {"job_id": ch.job_id, "chunks": [], "last": ch}
+                        affected.append(row)
+                    row["chunks"].append(ch.index)
+                    if (ch.end_time or 0) > (row["last"].end_time or 0):
+                        row["last"] = ch
+            return self._render(
+                request,
+                "failures.html",
+                who=who,
+                groups=groups,
+                kind=kind,
+                reason=reason,
+                group=next((g for g in groups if g.reason == reason), None),
+                affected=affected,
+                shown=shown,
+                shown_limit=FAILED_CHUNKS_SHOWN,
+                title="Failures",
+            )
+
+        return await self._page(request, build)
+
+    async def retry_failures(self, request: Request) -> Response:
+        """ "Retry all failed chunks with this reason": RetryChunk on each of them (JobService.retry_failures,
+        the same permission and checks as the RPC), back to the Failures page."""
+        try:
+            fields = dict(await _form(request))
+        except DomainError as exc:
+            return self._error_page(request, exc)
+        kind = fields.get("kind", "").strip()
+        back = "/failures" + (f"?{urlencode({'kind': kind})}" if kind else "")
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            reason = form.get("reason", "").strip()
+            c = Checker()
+            c.text(reason, "reason", MAX_ID, required=True)
+            c.text(kind, "kind", MAX_ID)
+            c.done()
+            retried, skipped, more = await self.jobs.retry_failures(who, reason, kind)
+            said = f"Retried {retried:,} chunk{'s' if retried != 1 else ''} that failed with {reason}"
+            if skipped:
+                said += (
+                    f"; skipped {skipped:,} (their jobs were cancelled or failed at once: retry those jobs)"
+                )
+            if more:
+                said += f". More are left: retry again for the next {RETRY_FAILURES_LIMIT:,}"
+            return said + "."
 
         return await self._act(request, act, back)
 

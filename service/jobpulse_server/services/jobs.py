@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -44,7 +44,7 @@ from jobpulse_server.domain.model import (
     split_items,
 )
 from jobpulse_server.domain.principal import ANONYMOUS, Principal
-from jobpulse_server.domain.reports import StatsRow
+from jobpulse_server.domain.reports import FailureGroup, StatsRow
 from jobpulse_server.platform.config import Config
 from jobpulse_server.services import job_trace, pagination, pipeline
 from jobpulse_server.services.artifacts import load_artifacts
@@ -161,8 +161,21 @@ class JobListing(Generic[P]):
 Known = Callable[[Job | JobHead], int | None] | None
 
 
-def chunk_filters(job_id: str, states: list[ChunkState]) -> str:
-    return pagination.fingerprint({"job": job_id, "states": sorted(int(s) for s in states)})
+# ListJobChunks' job id for every job the caller may see (AIP-159).
+EVERY_JOB = "-"
+# The most reasons SummarizeFailures answers with (the most recent).
+FAILURE_GROUPS = 100
+# The most chunks one "retry all failed chunks with this reason" retries (the dashboard's Failures page).
+RETRY_FAILURES_LIMIT = 1000
+
+
+def chunk_filters(
+    job_id: str, states: list[ChunkState], kind: str = "", error_reasons: Sequence[str] = ()
+) -> str:
+    asked: dict[str, Any] = {"job": job_id, "states": sorted(int(s) for s in states)}
+    if kind or error_reasons:  # only when given, so tokens made before these filters stay good
+        asked.update(kind=kind, reasons=sorted(set(error_reasons)))
+    return pagination.fingerprint(asked)
 
 
 class JobService:
@@ -574,9 +587,20 @@ class JobService:
         return JobListing(made, next_token, prev_token, total, horizon)
 
     async def list_chunks(
-        self, who: Principal, job_id: str, states: list[ChunkState], page_size: int, page_token: str
+        self,
+        who: Principal,
+        job_id: str,
+        states: list[ChunkState],
+        page_size: int,
+        page_token: str,
+        kind: str = "",
+        error_reasons: Sequence[str] = (),
     ) -> tuple[list[Chunk], str, int]:
-        filters = chunk_filters(job_id, states)
+        """ListJobChunks: a page of the job's chunks, the filters' token to the next and how many match;
+        over EVERY_JOB, of every job the caller may see (``list_chunks_across``)."""
+        filters = chunk_filters(job_id, states, kind, error_reasons)
+        if job_id == EVERY_JOB:
+            return await self._chunks_across(who, filters, states, kind, error_reasons, page_size, page_token)
         after = -1
         if page_token:
             key = pagination.decode(page_token, "chunks", filters)
@@ -587,15 +611,96 @@ class JobService:
             job = await tx.get_job(job_id, who.owner_filter)
             if job is None:
                 raise JobNotFound(job_id)
-            found = await tx.list_chunks(job_id, after_index=after, limit=page_size + 1, states=states)
-        # The job's counts are its chunks by state, read in the same snapshot: no COUNT(*) needed.
-        s = job.summary
-        total = sum(getattr(s, st.name.lower()) for st in set(states)) if states else s.total
+            found = await tx.list_chunks(
+                job_id,
+                after_index=after,
+                limit=page_size + 1,
+                states=states,
+                kind=kind,
+                error_reasons=error_reasons,
+            )
+            if kind or error_reasons:
+                total = await tx.count_chunks(job_id, states, kind, error_reasons)
+            else:
+                # The job's counts are its chunks by state, read in the same snapshot: no COUNT(*) needed.
+                s = job.summary
+                total = sum(getattr(s, st.name.lower()) for st in set(states)) if states else s.total
         token = ""
         if len(found) > page_size:
             found = found[:page_size]
             token = pagination.encode("chunks", filters, [found[-1].index])
         return found, token, total
+
+    async def _chunks_across(
+        self,
+        who: Principal,
+        filters: str,
+        states: list[ChunkState],
+        kind: str,
+        error_reasons: Sequence[str],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Chunk], str, int]:
+        """ListJobChunks over EVERY_JOB: newest job first, each job's chunks from its last; not counted."""
+        after: tuple[str, int] | None = None
+        if page_token:
+            key = pagination.decode(page_token, "chunks-", filters)
+            if len(key) != 2 or not isinstance(key[0], str) or not isinstance(key[1], int):
+                raise InvalidPageToken("page_token is malformed")
+            after = (key[0], key[1])
+        async with self.store.read() as tx:
+            found = await tx.list_chunks_across(
+                who.owner_filter, states, kind, error_reasons, after, page_size + 1
+            )
+        token = ""
+        if len(found) > page_size:
+            found = found[:page_size]
+            token = pagination.encode("chunks-", filters, [found[-1].job_id, found[-1].index])
+        return found, token, 0
+
+    async def summarize_failures(
+        self, who: Principal, kind: str, created_after: int | None, created_before: int | None
+    ) -> list[FailureGroup]:
+        """SummarizeFailures: the chunks FAILED for good of the jobs the caller may see, by error reason."""
+        async with self.store.read() as tx:
+            return await tx.failure_groups(
+                who.owner_filter, kind, created_after, created_before, FAILURE_GROUPS
+            )
+
+    async def retry_failures(
+        self, who: Principal, reason: str, kind: str = "", limit: int = RETRY_FAILURES_LIMIT
+    ) -> tuple[int, int, bool]:
+        """ "Retry all failed chunks with this reason": RetryChunk on each chunk FAILED for good with
+        ``reason`` (and of ``kind``) of the jobs the caller may see, newest job first, at most ``limit``
+        of them, each in its own transaction (so a retry never waits on all the others). Chunks of a job
+        cancelled or failed at once (RetryJob's to retry) and chunks retried meanwhile are skipped.
+        Returns (retried, skipped, whether more are left)."""
+        retried = skipped = 0
+        after: tuple[str, int] | None = None
+        while retried + skipped < limit:
+            async with self.store.read() as tx:
+                page = await tx.list_chunks_across(
+                    who.owner_filter,
+                    [ChunkState.FAILED],
+                    kind,
+                    [reason],
+                    after,
+                    min(200, limit - retried - skipped),
+                )
+            if not page:
+                return retried, skipped, False
+            for chunk in page:
+                try:
+                    await self.retry_chunk(who, chunk.job_id, chunk.id)
+                    retried += 1
+                except (JobNotRetryable, ChunkNotRetryable, JobNotFound, ChunkNotFound):
+                    skipped += 1
+            after = (page[-1].job_id, page[-1].index)
+        async with self.store.read() as tx:
+            more = await tx.list_chunks_across(
+                who.owner_filter, [ChunkState.FAILED], kind, [reason], after, 1
+            )
+        return retried, skipped, bool(more)
 
     async def list_attempts(
         self, who: Principal, job_id: str, chunk_id: str, page_size: int, page_token: str

@@ -275,6 +275,29 @@ Index(
 # and the time of the next (store/waiting.py).
 _WAITING = f"state = {PENDING} AND retry_at IS NOT NULL"
 Index("ix_chunks_retry", chunks.c.retry_at, sqlite_where=text(_WAITING), postgresql_where=text(_WAITING))
+# The chunks FAILED for good, by error reason and job (migration 0025): SummarizeFailures counts them
+# from this index alone (statements.failure_groups), and ListJobChunks over "-" with error_reasons pages
+# through one reason's in its order. Only a chunk entering or leaving FAILED writes an entry.
+_FAILED = f"state = {int(ChunkState.FAILED)}"
+Index(
+    "ix_chunks_failed",
+    chunks.c.error_reason,
+    chunks.c.job_id,
+    chunks.c.idx,
+    chunks.c.end_time,
+    chunks.c.kind,
+    sqlite_where=text(_FAILED),
+    postgresql_where=text(_FAILED),
+)
+# Each reason's failed chunks by when they failed: the last one's message is SummarizeFailures' sample
+# (statements.last_failure), one probe a reason.
+Index(
+    "ix_chunks_failed_last",
+    chunks.c.error_reason,
+    chunks.c.end_time,
+    sqlite_where=text(_FAILED),
+    postgresql_where=text(_FAILED),
+)
 
 artifacts = Table(
     "artifacts",

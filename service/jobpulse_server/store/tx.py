@@ -36,7 +36,7 @@ from jobpulse_server.domain.model import (
     fair_tie,
 )
 from jobpulse_server.domain.principal import KeyInfo
-from jobpulse_server.domain.reports import FeedEntry, StatsRow
+from jobpulse_server.domain.reports import FailureGroup, FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
@@ -266,20 +266,74 @@ class SqlTx:
         limit: int | None = None,
         states: Iterable[ChunkState] = (),
         after_revision: int | None = None,
+        kind: str = "",
+        error_reasons: Sequence[str] = (),
     ) -> list[Chunk]:
         """A job's chunks in index order, COMPLETED ones with their artifacts."""
-        sql, params = q.chunk_list(self.d, job_id, after_index, limit, states, after_revision)
+        sql, params = q.chunk_list(
+            self.d, job_id, after_index, limit, states, after_revision, kind, tuple(error_reasons)
+        )
         found = list(map(chunk_from_row, await self.conn.fetch(sql, params)))
-        done = [c for c in found if c.state == ChunkState.COMPLETED]
-        if done:
-            between = {"job_id": job_id, "first": done[0].index, "last": done[-1].index}
-            rows = await self.conn.fetch(q.ARTIFACTS_BETWEEN, between)
-            by_index: dict[int, list[Artifact]] = {}
-            for r in rows:
-                by_index.setdefault(r[0], []).append(artifact_from_row(r))
-            for c in done:
-                c.artifacts = by_index.get(c.index, [])
+        await self._artifacts_of(job_id, found)
         return found
+
+    async def _artifacts_of(self, job_id: str, chunks: list[Chunk]) -> None:
+        """Reads the artifacts of the COMPLETED ones of ``chunks`` (of one job, in index order either way)."""
+        done = [c for c in chunks if c.state == ChunkState.COMPLETED]
+        if not done:
+            return
+        first, last = min(done[0].index, done[-1].index), max(done[0].index, done[-1].index)
+        rows = await self.conn.fetch(q.ARTIFACTS_BETWEEN, {"job_id": job_id, "first": first, "last": last})
+        by_index: dict[int, list[Artifact]] = {}
+        for r in rows:
+            by_index.setdefault(r[0], []).append(artifact_from_row(r))
+        for c in done:
+            c.artifacts = by_index.get(c.index, [])
+
+    async def count_chunks(
+        self, job_id: str, states: Iterable[ChunkState], kind: str, error_reasons: Sequence[str]
+    ) -> int:
+        """How many of the job's chunks are of ``states`` (any when empty), ``kind`` and ``error_reasons``."""
+        sql, params = q.chunk_count(self.d, job_id, states, kind, tuple(error_reasons))
+        return int(await self.conn.fetchval(sql, params) or 0)
+
+    async def list_chunks_across(
+        self,
+        owner: str | None,
+        states: Iterable[ChunkState],
+        kind: str,
+        error_reasons: Sequence[str],
+        after: tuple[str, int] | None,
+        limit: int,
+    ) -> list[Chunk]:
+        """ListJobChunks over "-": chunks of every job (``owner``'s only, unless None), newest job first
+        and each job's from its last, after (job id, index) ``after``; COMPLETED ones with their artifacts."""
+        sql, params = q.chunks_across(self.d, owner, states, kind, tuple(error_reasons), after, limit)
+        found = list(map(chunk_from_row, await self.conn.fetch(sql, params)))
+        by_job: dict[str, list[Chunk]] = {}
+        for c in found:
+            by_job.setdefault(c.job_id, []).append(c)
+        for job_id, chunks in by_job.items():
+            await self._artifacts_of(job_id, chunks)
+        return found
+
+    async def failure_groups(
+        self,
+        owner: str | None,
+        kind: str,
+        created_after: int | None,
+        created_before: int | None,
+        limit: int,
+    ) -> list[FailureGroup]:
+        """SummarizeFailures: the chunks FAILED for good by error reason, the reason failed most lately
+        first, with the message of its last failure."""
+        sql, params = q.failure_groups(owner, kind, created_after, created_before, limit)
+        last_sql, last_params = q.last_failure(owner, kind, created_after, created_before)
+        groups = []
+        for reason, n, jobs, last in await self.conn.fetch(sql, params):
+            sample = await self.conn.fetchval(last_sql, {**last_params, "reason": reason})
+            groups.append(FailureGroup(reason, int(n), int(jobs), last, sample or ""))
+        return groups
 
     async def list_attempts(
         self, job_id: str, index: int | None, after: tuple[int, int], limit: int

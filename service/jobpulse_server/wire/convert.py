@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from jobpulse.v1 import job_pb2, job_service_pb2
 from jobpulse_server.domain.ids import chunk_id
 from jobpulse_server.domain.model import HELD, Artifact, Attempt, Chunk, Job, Kind
+from jobpulse_server.domain.reports import FailureGroup
 from jobpulse_server.domain.retention import Retention
 
 
@@ -123,6 +124,16 @@ def attempt_pb(a: Attempt) -> job_pb2.ChunkAttempt:
         outcome=int(a.outcome),  # type: ignore[arg-type]
         error=error,
         items_done=a.items_done,
+    )
+
+
+def failure_group_pb(g: FailureGroup) -> job_service_pb2.FailureGroup:
+    return job_service_pb2.FailureGroup(
+        reason=g.reason,
+        chunks=g.chunks,
+        jobs=g.jobs,
+        last_time=timestamp(g.last_time),
+        sample_message=g.sample_message,
     )
 
 

@@ -41,7 +41,8 @@ def time_range(
     request: job_service_pb2.ListJobsRequest
     | job_service_pb2.ExportJobsRequest
     | job_service_pb2.WatchJobsRequest
-    | job_service_pb2.GetJobStatsRequest,
+    | job_service_pb2.GetJobStatsRequest
+    | job_service_pb2.SummarizeFailuresRequest,
     c: Checker,
     f: JobFilter,
 ) -> None:
