@@ -84,6 +84,9 @@ def test_a_pipeline_survives_a_kill_with_nothing_run_early_twice_or_left_held(
         ).job
         stubs.close()
         order = PipelineOrder(first.address, stage1.id, stage2.id)
+        # The watcher looks before the workers start, so it is known to work (a count of looks at the end
+        # depended on how fast the machine ran the pipeline: 6-10 on a slow hour, against a line of 10).
+        eventually(lambda: order.looks >= 3, 30, "the watcher looking")
         threads = _pool(first.address, stop, completed)
 
         def stage2_under_way() -> bool:
@@ -122,7 +125,7 @@ def test_a_pipeline_survives_a_kill_with_nothing_run_early_twice_or_left_held(
         for t in threads:
             t.join(20)
         breaches = order.stop()
-        assert order.looks > 10 and breaches == []
+        assert order.looks > 3 and breaches == []
         assert max(completed.values()) == 1, "a completion was accepted twice"
     finally:
         stop.set()
