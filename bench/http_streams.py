@@ -57,6 +57,8 @@ KIND = "http-bench"
 IDLE_HEARTBEAT = 3600.0
 
 TARGET_P99_RATIO = 1.2
+# A preview a worker reports reaches 1,000 SSE watchers of its job within this, p99 (issue 54).
+TARGET_PREVIEW_P99_MS = 250.0
 TARGET_MEMORY_RATIO = 1.2
 TARGET_GRPC_RATIO = 0.95
 
@@ -362,7 +364,8 @@ def capture_first(port: int, path: str) -> bytes:
 
 
 class Changer:
-    """A worker on the bench job: ReportChunkProgress and CompleteChunk (claiming the next chunk in the
+    """A worker on the bench job: ReportChunkProgress, ReportChunkProgress with a preview (an image
+    artifact of the running chunk, replacing the last) and CompleteChunk (claiming the next chunk in the
     same transaction) in turn, each one change of the job."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
@@ -383,11 +386,21 @@ class Changer:
         self.count += 1
         claim = self.claim
         held = {"chunk_id": claim.chunk.id, "lease_token": claim.lease_token}
-        if self.count % 2:
+        if self.count % 3 == 1:
             items, stage = min(5, claim.chunk.item_count), f"round-{self.count}"
             progress = worker_service_pb2.ReportChunkProgressRequest(**held, items_done=items, stage=stage)
             await self.workers.ReportChunkProgress(progress, timeout=TIMEOUT)
             return "progress"
+        if self.count % 3 == 2:
+            progress = worker_service_pb2.ReportChunkProgressRequest(**held)
+            progress.artifacts.add(
+                name="frame",
+                uri=f"https://cdn.example/bench/frame-{self.count}.jpg",
+                media_type="image/jpeg",
+                role=job_pb2.ARTIFACT_ROLE_PREVIEW,
+            )
+            await self.workers.ReportChunkProgress(progress, timeout=TIMEOUT)
+            return "preview"
         complete = worker_service_pb2.CompleteChunkRequest(**held, claim_next=self.claim_request)
         done = await self.workers.CompleteChunk(complete, timeout=TIMEOUT)
         if not done.claims:
@@ -432,7 +445,7 @@ async def _latency_block(
         state = await pool.state()
     finally:
         await pool.close()
-    samples: dict[str, list[float]] = {"progress": [], "complete": []}
+    samples: dict[str, list[float]] = {"progress": [], "preview": [], "complete": []}
     for r in rows:
         samples[r["kind"]] += r["latencies"]
     out = {"kind": kind, "open_seconds": opened["seconds"], "rounds": rounds, "spacing_seconds": spacing}
@@ -462,8 +475,10 @@ async def latency(sizes: Sizes, pool: ClientPool, tmp: str) -> dict[str, Any]:
     for kind in ("sse", "grpc"):
         mine = [b for b in blocks if b["kind"] == kind]
         rounds = sum(b["rounds"] for b in mine)
-        by_change = {c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "complete")}
-        got = out[kind] = {"latency": summary(by_change["progress"] + by_change["complete"])}
+        by_change = {
+            c: [x for b in mine for x in b["samples"][c]] for c in ("progress", "preview", "complete")
+        }
+        got = out[kind] = {"latency": summary([x for v in by_change.values() for x in v])}
         got["by_change"] = {c: summary(v) for c, v in by_change.items() if v}
         got["open_seconds"] = statistics.median(b["open_seconds"] for b in mine)
         got["rpc_p50"] = statistics.median(x for b in mine for x in b["rpc"])
@@ -656,6 +671,9 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     if lat := results.get("latency"):
         what = f"SSE p99 / WatchJob p99 at {lat['streams']:,} streams"
         out.append(Goal(what, lat["p99_ratio"], False, TARGET_P99_RATIO, None, "x"))
+        if preview := lat["sse"]["by_change"].get("preview"):
+            what = f"a preview reaching {lat['streams']:,} SSE watchers of its job, p99"
+            out.append(Goal(what, preview["p99"] * 1e3, False, TARGET_PREVIEW_P99_MS, None, "ms"))
     for key, label in (("streaming", "StreamingResponse"), ("sse-starlette", "sse-starlette")):
         if (ratio := results.get("memory", {}).get(key, {}).get("ratio")) is not None:
             what = f"memory per idle SSE stream, jobpulse / bare {label}"

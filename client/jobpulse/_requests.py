@@ -347,6 +347,7 @@ def report_chunk_progress(
     message: str,
     external_task_id: str,
     lease_duration: float | timedelta | None,
+    artifacts: Iterable[ArtifactLike] | None = None,
 ) -> worker_service_pb2.ReportChunkProgressRequest:
     """Builds a ReportChunkProgressRequest."""
     request = worker_service_pb2.ReportChunkProgressRequest(
@@ -356,6 +357,7 @@ def report_chunk_progress(
         stage=stage,
         message=message,
         external_task_id=external_task_id,
+        artifacts=[artifact(a) for a in artifacts or ()],
     )
     lease = _convert.to_duration(lease_duration)
     if lease is not None:

@@ -235,6 +235,8 @@ class TaskState:
         self._stage = ""
         self._message = ""
         self._external_task_id = ""
+        # Previews (``preview``) not sent yet, by name: the next heartbeat sends them.
+        self._previews: dict[str, job_pb2.Artifact] = {}
         self.lease_lost = False
 
     @property
@@ -309,6 +311,45 @@ class TaskState:
         middle) as given, with no traceback, and the chunk is tried again while attempts remain unless
         ``retryable`` is false. Raises :class:`jobpulse.errors.ChunkFailure` (do not catch it)."""
         raise ChunkFailure(reason, message, details, retryable)
+
+    def preview(self, name: str, uri: str, media_type: str = "", role: str | int = "preview") -> None:
+        """Shows something while the chunk runs (a frame, a first scene, a partial result): sent with the
+        next heartbeat, soon after, it replaces the chunk's earlier artifact of the same name, and watchers
+        and the dashboard see it at once. A later preview of the same name before that heartbeat
+        replaces this one.
+
+        Args:
+            name: Name of the preview, e.g. ``"frame"``; the same name again replaces it.
+            uri: Where it is: an absolute URI of a scheme the server allows (``https``, ``s3`` ...).
+            media_type: Its media type, e.g. ``"image/jpeg"`` (the dashboard shows http(s) images).
+            role: ``"preview"`` (the default) or ``"thumbnail"``, or another ``ArtifactRole``.
+        """
+        shown = job_pb2.Artifact(
+            name=name,
+            uri=uri,
+            media_type=media_type,
+            chunk_index=self.chunk.index,
+            role=artifact_role(role),  # type: ignore[arg-type]
+        )
+        with self._lock:
+            self._previews[name] = shown
+        self._notify()
+
+    def _take_previews(self) -> list[job_pb2.Artifact]:
+        """The previews not sent yet, taken to be sent."""
+        with self._lock:
+            taken, self._previews = list(self._previews.values()), {}
+        return taken
+
+    def _return_previews(self, previews: list[job_pb2.Artifact]) -> None:
+        """Previews a report failed to send, kept for the next (unless newer ones of their names came)."""
+        with self._lock:
+            for p in previews:
+                self._previews.setdefault(p.name, p)
+
+    def _has_previews(self) -> bool:
+        with self._lock:
+            return bool(self._previews)
 
     def _snapshot(self) -> tuple[int, str, str, str]:
         with self._lock:

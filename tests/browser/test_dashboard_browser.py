@@ -399,3 +399,35 @@ def test_phone_width_dark_mode_long_names(make_server: Any, browser: Any, screen
     eventually(lambda: _attr(browser, "chunk-grid", "data-draw-ms"), timeout=10, what="the grid")
     browser.save_screenshot(str(screenshots / "dark-job.png"))
     _clean(browser)
+
+
+def test_a_running_chunk_s_preview_appears_on_the_job_page_and_the_newer_replaces_it(
+    make_server: Any, browser: Any
+) -> None:
+    srv = make_server(watch_min_interval=0.05)
+    base = str(srv.app.http_url)
+    with jobpulse.Client(srv.address) as sdk:
+        job = sdk.create_job(kind="scenes", total_items=3, chunk_size=1, display_name="Trailer scenes")
+        [claim] = sdk.claim_chunks("w-scenes", ["scenes"])
+        browser.get(f"{base}/jobs/{job.id}")
+        eventually(lambda: _attr(browser, "live-status", "data-state") == "on", timeout=10, what="live")
+
+        def figures() -> list[tuple[str, str]]:
+            found = browser.find_elements(By.CSS_SELECTOR, "[data-field=artifacts] figure.artifact")
+            return [(f.get_attribute("data-key"), f.get_attribute("data-uri")) for f in found]
+
+        for n in (1, 2):
+            frame = {
+                "name": "frame",
+                "uri": f"https://cdn.example/scene-{n}.jpg",
+                "role": "ARTIFACT_ROLE_PREVIEW",
+            }
+            sdk.report_chunk_progress(claim.chunk.id, claim.lease_token, artifacts=[frame])
+            key = f"{claim.chunk.index}/frame"
+            eventually(
+                lambda n=n, key=key: figures() == [(key, f"https://cdn.example/scene-{n}.jpg")],
+                timeout=10,
+                what=f"preview {n} on the page, alone",
+            )
+        caption = browser.find_element(By.CSS_SELECTOR, "[data-field=artifacts] figcaption").text
+        assert "preview" in caption

@@ -315,7 +315,7 @@ class FakeRead:
     async def _with_artifacts(self, out: list[Chunk]) -> list[Chunk]:
         arts = await self.jobs_artifacts(sorted({c.job_id for c in out}), 1 << 62)
         for c in out:
-            if c.state == ChunkState.COMPLETED:
+            if c.state in (ChunkState.COMPLETED, ChunkState.PROCESSING):
                 c.artifacts = [a for a in arts.get(c.job_id, []) if a.chunk_index == c.index]
         return out
 
@@ -687,6 +687,9 @@ class FakeWrite(FakeRead):
             t.save_job(job)
             self.changes.jobs[job.id] = max(job.revision, self.changes.jobs.get(job.id, 0))
         if self._artifacts:
+            # A chunk's artifact replaces its earlier one of the same name, as SqlTx.save does.
+            new = {(job_id, a.chunk_index, a.name) for job_id, a in self._artifacts}
+            t.artifacts[:] = [(j, a) for j, a in t.artifacts if (j, a.chunk_index, a.name) not in new]
             t.artifacts += self._artifacts
             self._artifacts = []
         if self._outbox:

@@ -1063,9 +1063,14 @@ class AsyncClient:
         external_task_id: str = "",
         lease_duration: float | timedelta | None = None,
         *,
+        artifacts: Iterable[ArtifactLike] | None = None,
         timeout: float | None = None,
     ) -> worker_service_pb2.ReportChunkProgressResponse:
         """Reports a chunk's progress and extends its lease (a heartbeat).
+
+        ``artifacts`` are what the chunk has to show while it runs (give them ``role="preview"`` or
+        ``"thumbnail"``): each replaces the chunk's earlier artifact of the same name, and watchers see it
+        at once.
 
         Returns:
             The response; ``cancel_requested`` tells the worker to stop.
@@ -1081,6 +1086,7 @@ class AsyncClient:
             message=message,
             external_task_id=external_task_id,
             lease_duration=lease_duration,
+            artifacts=artifacts,
         )
         return await self._call(self._workers.ReportChunkProgress, request, timeout=timeout, retry=True)
 

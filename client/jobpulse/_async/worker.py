@@ -56,8 +56,8 @@ class AsyncTask(TaskState):
 
     Its ``cancel_event`` is of type :class:`asyncio.Event`, so a handler can wait on it:
     ``await task.cancel_event.wait()``.
-    ``progress``, ``set_external_task_id`` and ``add_artifact`` are plain methods that may be called from
-    any thread, e.g. one the handler started.
+    ``progress``, ``preview``, ``set_external_task_id`` and ``add_artifact`` are plain methods that may be
+    called from any thread, e.g. one the handler started.
 
     Attributes:
         job_id: The chunk's job.
@@ -133,7 +133,8 @@ class _Heartbeat:
         # A stage or message set right before the handler returned would otherwise never be reported
         # (completion reports items, not the stage).
         _, stage, message, external_task_id = self._task._snapshot()
-        if (stage, message, external_task_id) != self._sent and not self._task.lease_lost:
+        changed = (stage, message, external_task_id) != self._sent or self._task._has_previews()
+        if changed and not self._task.lease_lost:
             await self._beat()
 
     async def _run(self) -> None:
@@ -163,6 +164,7 @@ async def _beat(
     """Reports a task's progress once, extending its lease; marks the lease lost or the job cancelled on the
     task as the server answers. Returns the (stage, message, external_task_id) sent."""
     items_done, stage, message, external_task_id = task._snapshot()
+    previews = task._take_previews()
     try:
         response = await client.report_chunk_progress(
             task.chunk_id,
@@ -172,9 +174,11 @@ async def _beat(
             message=message,
             external_task_id=external_task_id,
             lease_duration=lease_duration,
+            artifacts=previews,
             timeout=timeout,
         )
     except JobpulseError as exc:
+        task._return_previews(previews)  # sent with the next report
         heartbeat_answered(task, None, exc)
     else:
         heartbeat_answered(task, response, None)

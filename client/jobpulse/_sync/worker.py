@@ -57,8 +57,8 @@ class Task(TaskState):
 
     Its ``cancel_event`` is of type :class:`threading.Event`, so a handler can wait on it:
     ``task.cancel_event.wait(timeout)``.
-    ``progress``, ``set_external_task_id`` and ``add_artifact`` are plain methods that may be called from
-    any thread, e.g. one the handler started.
+    ``progress``, ``preview``, ``set_external_task_id`` and ``add_artifact`` are plain methods that may be
+    called from any thread, e.g. one the handler started.
 
     Attributes:
         job_id: The chunk's job.
@@ -132,7 +132,8 @@ class _Heartbeat:
         # A stage or message set right before the handler returned would otherwise never be reported
         # (completion reports items, not the stage).
         _, stage, message, external_task_id = self._task._snapshot()
-        if (stage, message, external_task_id) != self._sent and not self._task.lease_lost:
+        changed = (stage, message, external_task_id) != self._sent or self._task._has_previews()
+        if changed and not self._task.lease_lost:
             self._beat()
 
     def _run(self) -> None:
@@ -160,6 +161,7 @@ def _beat(client: Client, task: Task, lease_duration: float, timeout: float) -> 
     """Reports a task's progress once, extending its lease; marks the lease lost or the job cancelled on the
     task as the server answers. Returns the (stage, message, external_task_id) sent."""
     items_done, stage, message, external_task_id = task._snapshot()
+    previews = task._take_previews()
     try:
         response = client.report_chunk_progress(
             task.chunk_id,
@@ -169,9 +171,11 @@ def _beat(client: Client, task: Task, lease_duration: float, timeout: float) -> 
             message=message,
             external_task_id=external_task_id,
             lease_duration=lease_duration,
+            artifacts=previews,
             timeout=timeout,
         )
     except JobpulseError as exc:
+        task._return_previews(previews)  # sent with the next report
         heartbeat_answered(task, None, exc)
     else:
         heartbeat_answered(task, response, None)

@@ -221,11 +221,12 @@ def chunks_table(chunks: Iterable[job_pb2.Chunk]) -> str:
             f"{chunk.items_done}/{chunk.item_count}",
             f"{chunk.attempt}/{chunk.max_attempts}",
             chunk.worker_id,
+            chunk.stage,
             f"{chunk.error.reason}: {chunk.error.message}" if chunk.error.reason else "",
         )
         for chunk in chunks
     )
-    return table(("#", "STATE", "ITEMS", "DONE", "ATTEMPT", "WORKER", "ERROR"), rows)
+    return table(("#", "STATE", "ITEMS", "DONE", "ATTEMPT", "WORKER", "STAGE", "ERROR"), rows)
 
 
 def attempts_table(attempts: Iterable[job_pb2.ChunkAttempt]) -> str:

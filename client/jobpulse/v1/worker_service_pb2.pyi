@@ -161,6 +161,7 @@ class ReportChunkProgressRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     EXTERNAL_TASK_ID_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
     chunk_id: _builtins.str
     """The chunk's id."""
     lease_token: _builtins.str
@@ -168,14 +169,23 @@ class ReportChunkProgressRequest(_message.Message):
     items_done: _builtins.int
     """Items of this chunk done so far (0..item_count; never goes back)."""
     stage: _builtins.str
-    """Becomes the job's stage, if not empty."""
+    """Becomes the chunk's stage and the job's, if not empty."""
     message: _builtins.str
-    """Becomes the job's message, if not empty."""
+    """Becomes the chunk's message and the job's, if not empty."""
     external_task_id: _builtins.str
     """The id of the work in an outside system, if not empty."""
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
         """Extend the lease by this much from now; default: the claim's duration."""
+
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]:
+        """What the chunk has to show while it runs, typically with role
+        ARTIFACT_ROLE_PREVIEW or ARTIFACT_ROLE_THUMBNAIL (at most 100): each
+        replaces the chunk's earlier artifact of the same name, and watchers
+        (WatchJob, SSE) and the dashboard see it at once. Each uri as for
+        CompleteChunk (an absolute URI of an allowed scheme).
+        """
 
     def __init__(
         self,
@@ -187,10 +197,11 @@ class ReportChunkProgressRequest(_message.Message):
         message: _builtins.str = ...,
         external_task_id: _builtins.str = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
+        artifacts: _abc.Iterable[_job_pb2.Artifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "external_task_id", b"external_task_id", "items_done", b"items_done", "lease_duration", b"lease_duration", "lease_token", b"lease_token", "message", b"message", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "chunk_id", b"chunk_id", "external_task_id", b"external_task_id", "items_done", b"items_done", "lease_duration", b"lease_duration", "lease_token", b"lease_token", "message", b"message", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from jobpulse.v1 import (
@@ -72,6 +73,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         lease_us = None
         if request.HasField("lease_duration"):
             lease_us = duration_us(request.lease_duration, "lease_duration", c, lo_s=0.001, hi_s=24 * 3600)
+        shown = _artifacts(request.artifacts, c, "", self.artifact_schemes) if request.artifacts else []
         c.done()
         cancel, expire = await self.work.report_progress(
             ProgressReport(
@@ -82,6 +84,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 message=request.message,
                 external_task_id=request.external_task_id,
                 lease_us=lease_us or 0,
+                artifacts=shown,
             )
         )
         return worker_service_pb2.ReportChunkProgressResponse(
@@ -187,8 +190,21 @@ def _completion(
     c.text(request.chunk_id, prefix + "chunk_id", MAX_ID, required=True)
     c.text(request.lease_token, prefix + "lease_token", MAX_ID, required=True)
     c.text(request.external_task_id, prefix + "external_task_id", 256)
-    c.check(len(request.artifacts) <= 100, prefix + "artifacts", "at most 100 artifacts per chunk")
-    for i, a in enumerate(request.artifacts):
+    return Completion(
+        request.chunk_id,
+        request.lease_token,
+        _artifacts(request.artifacts, c, prefix, schemes),
+        request.external_task_id,
+    )
+
+
+def _artifacts(
+    given: Sequence[job_pb2.Artifact], c: Checker, prefix: str, schemes: frozenset[str]
+) -> list[Artifact]:
+    """A completion's or a progress report's artifacts, checked (each uri by the artifact URI rule, of
+    ``schemes``): at most 100."""
+    c.check(len(given) <= 100, prefix + "artifacts", "at most 100 artifacts per chunk")
+    for i, a in enumerate(given):
         c.text(a.name, f"{prefix}artifacts[{i}].name", 256, required=True)
         c.text(a.uri, f"{prefix}artifacts[{i}].uri", 2048, required=True)
         problem = uri_problem(a.uri, schemes) if a.uri and len(a.uri) <= 2048 else None
@@ -197,12 +213,7 @@ def _completion(
         c.text(a.media_type, f"{prefix}artifacts[{i}].media_type", 128)
         c.check(a.size_bytes >= 0, f"{prefix}artifacts[{i}].size_bytes", "must not be negative")
         c.enums([a.role], job_pb2.ArtifactRole.values(), f"{prefix}artifacts[{i}].role")
-    return Completion(
-        request.chunk_id,
-        request.lease_token,
-        [Artifact(a.name, a.uri, a.media_type, a.size_bytes, role=a.role) for a in request.artifacts],
-        request.external_task_id,
-    )
+    return [Artifact(a.name, a.uri, a.media_type, a.size_bytes, role=a.role) for a in given]
 
 
 def _add_claims(out: Any, claims: list[Claim]) -> None:

@@ -71,6 +71,8 @@ class ProgressReport:
     message: str = ""
     external_task_id: str = ""
     lease_us: int = 0
+    # What the chunk shows while it runs (previews): each replaces its earlier artifact of the same name.
+    artifacts: list[Artifact] = field(default_factory=list)
 
     @property
     def job_id(self) -> str:

@@ -18,10 +18,10 @@ async def load_artifacts(
     tx: ReadsArtifacts, jobs: Iterable[Job], unsaved: dict[str, list[Artifact]] | None = None
 ) -> None:
     """Sets each job's artifacts: the first JOB_ARTIFACT_LIMIT in chunk order, with ``unsaved`` (those
-    of chunks completed in the transaction at hand, not yet written) among them. Only a completed chunk
-    has artifacts, so a job with none costs no read."""
+    of chunks completed in the transaction at hand, not yet written) among them. Only a completed chunk,
+    or a running one (its previews), has artifacts, so a job with neither costs no read."""
     jobs = list(jobs)
-    want = [job.id for job in jobs if job.summary.completed]
+    want = [job.id for job in jobs if job.summary.completed or job.summary.processing]
     found = await tx.jobs_artifacts(want, JOB_ARTIFACT_LIMIT) if want else {}
     for job in jobs:
         mine = found.get(job.id, [])

@@ -13,6 +13,7 @@ throughput, spans) what they did once it has committed.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -316,6 +317,9 @@ class TransactionPath:
         async def body(tx: Tx) -> tuple[bool, int]:
             job, chunk, now = await self.leased_one(tx, item.chunk_id, item.lease_token)
             answer = self.reported(job, chunk, item, now)
+            if item.artifacts:  # previews: each replaces the chunk's earlier artifact of its name
+                shown = [dataclasses.replace(a, chunk_index=chunk.index) for a in item.artifacts]
+                tx.add_artifacts(job.id, shown)
             await self.save(tx, [job], [chunk], now)
             return answer
 
@@ -529,7 +533,8 @@ class BatchedPath(TransactionPath):
         return self.record.claimed(got, started)
 
     async def report(self, item: ProgressReport) -> tuple[bool, int]:
-        if item.job_id and item.lease_token:
+        # A report with artifacts (previews) takes the transaction path: they are few beside heartbeats.
+        if item.job_id and item.lease_token and not item.artifacts:
             got = await self.batch.report(item, self.clock())
             if got is not DECLINED:
                 return got

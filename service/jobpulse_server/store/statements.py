@@ -897,6 +897,18 @@ ARTIFACT_INSERTED = ("job_id", "chunk_index", "name", "uri", "media_type", "size
 
 
 @_built
+def delete_named_artifacts(d: Dialect) -> str:
+    """The artifacts of a chunk with the names about to be written (a later one of a name replaces the
+    earlier): one row of (job_id, chunk_index, name) each."""
+    if not d.arrays:
+        return "DELETE FROM artifacts WHERE job_id = :job_id AND chunk_index = :chunk_index AND name = :name"
+    return (
+        "DELETE FROM artifacts AS x USING unnest(:job_id::text[], :chunk_index::bigint[], :name::text[]) "
+        "AS u(job_id, chunk_index, name) WHERE x.job_id = u.job_id AND x.chunk_index = u.chunk_index "
+        "AND x.name = u.name"
+    )
+
+
 def insert_artifacts(d: Dialect) -> str:
     cols = ", ".join(ARTIFACT_INSERTED)
     if not d.arrays:

@@ -76,6 +76,10 @@ class RequestIdTaken(Exception):
     """A job with this request_id (for this owner) was inserted by a transaction that committed first."""
 
 
+# The chunks whose artifacts are read with them: completed ones, and running ones (their previews).
+_WITH_ARTIFACTS = (ChunkState.COMPLETED, ChunkState.PROCESSING)
+
+
 def _columns(
     rows: Sequence[Mapping[str, Any]], columns: Iterable[str], prefix: str = ""
 ) -> dict[str, list[Any]]:
@@ -278,8 +282,9 @@ class SqlTx:
         return found
 
     async def _artifacts_of(self, job_id: str, chunks: list[Chunk]) -> None:
-        """Reads the artifacts of the COMPLETED ones of ``chunks`` (of one job, in index order either way)."""
-        done = [c for c in chunks if c.state == ChunkState.COMPLETED]
+        """Reads the artifacts of the COMPLETED and PROCESSING ones of ``chunks`` (of one job, in index order
+        either way): a running chunk's are the previews its progress reported."""
+        done = [c for c in chunks if c.state in _WITH_ARTIFACTS]
         if not done:
             return
         first, last = min(done[0].index, done[-1].index), max(done[0].index, done[-1].index)
@@ -833,10 +838,15 @@ class SqlTx:
             for c in chunks:
                 c.ended = None
         if self._artifacts:
+            # A chunk's artifact replaces its earlier one of the same name (a preview reported before).
+            gone = q.delete_named_artifacts(self.d)
             sql = q.insert_artifacts(self.d)
             if self.d.arrays:
+                await self.conn.execute(gone, _columns(self._artifacts, ("job_id", "chunk_index", "name")))
                 await self.conn.execute(sql, _columns(self._artifacts, q.ARTIFACT_INSERTED))
             else:
+                keys = [{k: a[k] for k in ("job_id", "chunk_index", "name")} for a in self._artifacts]
+                await self.conn.executemany(gone, keys)
                 await self.conn.executemany(sql, self._artifacts)
             self._artifacts = []
         if self._outbox:

@@ -461,7 +461,10 @@
     return i >= 0 && i < this.states.length ? i : -1;
   };
 
-  // A result a chunk reported, added to the page as it completes (previews for http(s) media).
+  // The roles an artifact's caption names (an output's is not named).
+  const ROLES = { ARTIFACT_ROLE_PREVIEW: "preview", ARTIFACT_ROLE_THUMBNAIL: "thumbnail", ARTIFACT_ROLE_LOG: "log", ARTIFACT_ROLE_RESULT: "result" };
+  // A result a chunk reported, added to the page as it completes, or a preview while it runs (shown for
+  // http(s) media): one per chunk and name, a later one of the name replacing the earlier.
   function addArtifact(a) {
     const list = document.querySelector(".artifact-list") || (() => {
       const ul = document.createElement("ul");
@@ -472,11 +475,13 @@
       section.append(ul);
       return ul;
     })();
-    const key = (a.chunkIndex || "0") + "/" + a.name + "/" + a.uri;
-    if (list.querySelector('[data-key="' + CSS.escape(key) + '"]')) return;
+    const key = (a.chunkIndex || "0") + "/" + a.name;
+    const old = list.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (old && old.dataset.uri === a.uri) return;
     const li = document.createElement("li");
     const fig = document.createElement("figure");
-    fig.className = "artifact"; fig.dataset.key = key; fig.dataset.chunk = a.chunkIndex || "0";
+    fig.className = "artifact"; fig.dataset.key = key; fig.dataset.uri = a.uri || "";
+    fig.dataset.chunk = a.chunkIndex || "0";
     const web = /^https?:\/\//i.test(a.uri || "");
     const top = (a.mediaType || "").split("/")[0].toLowerCase();
     if (web && top === "image") {
@@ -499,9 +504,12 @@
       cap.append(name, " ", code);
     }
     const meta = document.createElement("span");
-    meta.className = "muted"; meta.textContent = " " + (a.mediaType || "") + " \u00b7 chunk " + (a.chunkIndex || "0");
+    const role = ROLES[a.role] || "";
+    meta.className = "muted";
+    meta.textContent = " " + (a.mediaType || "") + " \u00b7 chunk " + (a.chunkIndex || "0") + (role ? " \u00b7 " + role : "");
     cap.append(meta);
-    fig.append(cap); li.append(fig); list.append(li);
+    fig.append(cap); li.append(fig);
+    if (old) old.closest("li").replaceWith(li); else list.append(li);
   }
 
   async function showChunk(jobId, index) {

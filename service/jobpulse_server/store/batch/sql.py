@@ -118,8 +118,13 @@ def _attempts_of(now: str, outcome: str, items: str, error: str = "'', '', ''", 
 
 def _artifacts(pos: str, name: str, uri: str, media: str, size: str, role: str) -> str:
     """CTE a: a completed chunk's artifacts (a cancelled one's are dropped, as in complete_many), from
-    six arrays (the completion's position from 1, name, uri, media type, size, role)."""
+    six arrays (the completion's position from 1, name, uri, media type, size, role); CTE ad first deletes
+    the chunk's earlier artifacts of those names (a preview its progress reported: SqlTx.save does the
+    same)."""
     return (
+        "ad AS (DELETE FROM artifacts AS x USING c1, "
+        f"unnest({pos}::bigint[], {name}::text[]) AS u(pos, name) WHERE u.pos = c1.pos "
+        f"AND c1.state = {_DONE} AND x.job_id = c1.job_id AND x.chunk_index = c1.idx AND x.name = u.name), "
         "a AS (INSERT INTO artifacts (job_id, chunk_index, name, uri, media_type, size_bytes, role) "
         "SELECT c1.job_id, c1.idx, u.name, u.uri, u.media_type, u.size_bytes, u.role FROM c1 JOIN "
         f"unnest({pos}::bigint[], {name}::text[], {uri}::text[], {media}::text[], {size}::bigint[], "
