@@ -9,7 +9,8 @@ client's arrival time minus this process's sending time is a latency.
 
 1. Delivery latency: N raw SSE streams (the client reads only ``id:`` lines, so it costs far less than
    the server) and N WatchJob streams on one job, in blocks alternating SSE, gRPC, gRPC, SSE so drift
-   weighs on both alike. A change is a worker's ReportChunkProgress or CompleteChunk(claim_next), timed
+   weighs on both alike. A change is a worker's ReportChunkProgress, one with a preview (an artifact of
+   the running chunk) or CompleteChunk(claim_next), in turn, timed
    from just before the RPC to the event carrying its revision; changes are spaced past
    ``watch_min_interval`` so pacing never holds one back.
 2. Memory per idle SSE stream: server RSS growth over N idle streams (heartbeat an hour), each server
@@ -606,8 +607,9 @@ def render(results: dict[str, Any]) -> str:
         }
         ended = sse["ended_early"] + grpc_["ended_early"]
         lines += report.section(
-            f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress / "
-            f"CompleteChunk with claim_next, in turn) to the event of its revision on every stream; blocks "
+            f"1. delivery, {lat['streams']:,} streams on one job: a worker's RPC (ReportChunkProgress, one "
+            f"with a preview, CompleteChunk with claim_next, in turn) to the event of its revision on every "
+            "stream; blocks "
             f"{', '.join(lat['order'])}, {b0['rounds']} changes each, {b0['spacing_seconds']:.2f} s apart; "
             "CPU per change from the RPC to the last arrival",
             ["", "p50 ms", "p99 ms", "max ms", "open s", "RPC p50 ms", "CPU ms srv / cli"],
