@@ -255,7 +255,9 @@ async def chunk_throughput(
         elapsed = time.perf_counter() - start
         cpu1 = cpu_seconds(target)
         after = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id), timeout=TIMEOUT)
-        if not counts.ran_dry:  # a job whose chunks are all done is COMPLETED and cannot be cancelled
+        # A job whose chunks are all done is COMPLETED and cannot be cancelled: its state says so, where
+        # ran_dry missed the one whose last chunk completed just as the time ran out.
+        if after.job.state not in (job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED):
             cancel = job_service_pb2.CancelJobRequest(job_id=job.id, reason="bench done")
             await jobs.CancelJob(cancel, timeout=TIMEOUT)
     summary = after.job.chunks_summary
