@@ -8,10 +8,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench import report, watch_streams
 from bench.watch_streams import FanoutProcess, Side, floor_memory, many_jobs, one_job
 
 
+@pytest.mark.slow  # 14 s; the worker rows' smoke run (tests/bench/test_harness.py) stays
 def test_the_watch_rows_run_and_print_beside_their_baselines(tmp_path: Path) -> None:
     async def measure(side: Side) -> dict[str, Any]:
         return {"one": await one_job(side, 5, 2, 2), "many": await many_jobs(side, 4, 2, 2)}

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import jobpulse
 
 WORKERS = 8
@@ -37,6 +39,7 @@ def _lines(log: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # a long kill-and-restart run (8-10 s a database); tests/faults/test_kill9.py stays
 def test_every_chunk_completes_once_despite_kill_9(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = make_server(sweep_interval=0.1)
     rng = random.Random(20261123)

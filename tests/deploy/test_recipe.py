@@ -168,6 +168,7 @@ def served(image_venv: Path, database_url: str, tmp_path: Path) -> Iterator[dict
 
 
 @pytest.mark.empty_database  # the migration Job's command migrates it
+@pytest.mark.slow  # 36 s to set up its image venv: make test-slow (hadolint and the compose test stay)
 def test_the_image_commands_migrate_serve_and_answer_the_probes_then_stop_on_sigterm(
     served: dict[str, Any],
 ) -> None:

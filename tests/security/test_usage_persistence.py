@@ -55,6 +55,7 @@ def server_process(database_url: str, tmp_path: Path) -> ServerProcess:
     srv.close()
 
 
+@pytest.mark.slow  # a long kill-and-restart run (8-9 s a database)
 def test_usage_survives_a_graceful_restart_and_a_kill(
     server_process: ServerProcess, database_url: str
 ) -> None:
