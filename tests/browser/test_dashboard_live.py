@@ -12,6 +12,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from support.polling import eventually
@@ -70,6 +71,7 @@ def _cells(row: Any) -> dict[str, str]:
     return found
 
 
+@pytest.mark.slow  # 11 s: make test-slow
 def test_a_burst_of_1000_jobs_costs_the_jobs_page_no_request(make_server: Any, browser: Any) -> None:
     """The viewer logs in with a client key at the default rate limit (50 calls/s, bursts of 100). The
     jobs are created on the server's own loop, all at once, for the same owner (through the services,

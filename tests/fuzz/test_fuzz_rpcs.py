@@ -171,9 +171,9 @@ def _timeout(method: str, request: Any) -> float:
     return 5.0
 
 
-# worker and admin keys' runs (19 and 23 s, the longest of the default run with open mode) are left to
-# `make test-slow`: open mode sends every RPC its deep examples, client and bogus keys keep the door.
-_SLOW_MODES = ("worker", "admin")
+# The worker, admin and client keys' runs (19, 23 and 8 s) are left to `make test-slow`: open mode
+# sends every RPC its deep examples, and a bogus key keeps the door.
+_SLOW_MODES = ("worker", "admin", "client")
 
 
 @pytest.mark.parametrize(
