@@ -217,13 +217,18 @@ def summarize_failures(
 ) -> job_service_pb2.SummarizeFailuresRequest:
     """Builds a SummarizeFailuresRequest."""
     request = job_service_pb2.SummarizeFailuresRequest(kind=kind)
+    _created_range(request, created_after, created_before)
+    return request
+
+
+def _created_range(request: Any, created_after: TimeLike | None, created_before: TimeLike | None) -> None:
+    """Sets a request's created_after and created_before, where given."""
     after = _convert.to_timestamp(created_after)
     if after is not None:
         request.created_after.CopyFrom(after)
     before = _convert.to_timestamp(created_before)
     if before is not None:
         request.created_before.CopyFrom(before)
-    return request
 
 
 def batch_get_jobs(job_ids: Iterable[str], view: JobViewLike) -> job_service_pb2.BatchGetJobsRequest:
@@ -297,12 +302,7 @@ def get_job_stats(
 ) -> job_service_pb2.GetJobStatsRequest:
     """Builds a GetJobStatsRequest."""
     request = job_service_pb2.GetJobStatsRequest(kind=kind)
-    after = _convert.to_timestamp(created_after)
-    if after is not None:
-        request.created_after.CopyFrom(after)
-    before = _convert.to_timestamp(created_before)
-    if before is not None:
-        request.created_before.CopyFrom(before)
+    _created_range(request, created_after, created_before)
     return request
 
 
