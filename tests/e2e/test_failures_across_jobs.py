@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
@@ -50,6 +50,41 @@ def test_failures_are_counted_by_reason_the_latest_first(client: jobpulse.Client
     assert [(g.reason, g.chunks, g.jobs) for g in client.summarize_failures(kind="fx-decode")] == [
         ("DECODE", 5, 1)
     ]
+
+
+def test_the_counts_follow_every_move_out_of_failed(client: jobpulse.Client) -> None:
+    """The counts are kept beside the chunks (job_failures): a chunk retried takes its reason's last
+    failure with it, RetryJob takes the job's, a delete the rest."""
+    job = client.create_job("fz-count", 3, chunk_size=1, max_attempts=1)
+
+    def groups() -> list[tuple[str, int, int, str]]:
+        found = client.summarize_failures(kind="fz-count")
+        # Asked for a range of creation, the count is made from the jobs' rows: the same.
+        ranged = client.summarize_failures(
+            kind="fz-count", created_after=datetime(2000, 1, 1, tzinfo=timezone.utc)
+        )
+        assert ranged == found
+        return [(g.reason, g.chunks, g.jobs, g.sample_message) for g in found]
+
+    def ended(index: int) -> int:
+        return int(client.get_job(job.id, view="full").chunks[index].end_time.ToMicroseconds())
+
+    first = _fail(client, "fz-count", "DECODE", "first")[0].chunk
+    second = _fail(client, "fz-count", "DECODE", "second")[0].chunk
+    _fail(client, "fz-count", "NETWORK", "third")
+    assert groups() == [("NETWORK", 1, 1, "third"), ("DECODE", 2, 1, "second")]
+    client.retry_chunk(job.id, second.id)  # DECODE's last failure goes: the one before is its last
+    decode = next(g for g in client.summarize_failures(kind="fz-count") if g.reason == "DECODE")
+    assert (decode.chunks, decode.sample_message) == (1, "first")
+    assert decode.last_time.ToMicroseconds() == ended(first.index)
+    _fail(client, "fz-count", "NETWORK", "fourth")  # the retried chunk, for good again: the job FAILED
+    assert groups() == [("NETWORK", 2, 1, "fourth"), ("DECODE", 1, 1, "first")]
+    client.retry_job(job.id)
+    assert groups() == []
+    _fail(client, "fz-count", "BAD", "again", n=3)
+    assert groups() == [("BAD", 3, 1, "again")]
+    client.delete_job(job.id)
+    assert groups() == []
 
 
 def test_failed_chunks_across_jobs_come_by_reason_and_kind_a_page_at_a_time(

@@ -151,3 +151,72 @@ async def test_migration_0014_keeps_chunks_in_a_backoff_waiting(database_url: st
             lambda conn: conn.execute(text("SELECT idx, retry_at FROM chunks ORDER BY idx")).all()
         )
     assert [tuple(r) for r in rows] == [(1, 1001), (2, None), (3, None)]
+
+
+async def test_migration_0026_counts_the_chunks_already_failed(database_url: str) -> None:
+    """SummarizeFailures reads job_failures and failure_counts, not the chunks: the migration that
+    brought them in counts the chunks FAILED for good before it by job, kind and reason (each row the
+    job's owner and creation, the last end_time), then by owner, kind and reason, and no chunk in
+    another state."""
+    url = schema.normalize_url(database_url)
+    if url.startswith("sqlite"):
+        schema.create_sqlite_file(url)
+    postgres = url.startswith("postgresql")
+    job = insert_generated(
+        jobs,
+        {
+            "id": "'J' || g",
+            "owner": "'team-' || g",
+            "kind": "'k'",
+            "state": "4",
+            "create_time": "100 * g",
+            "labels": "'{}'",
+            "job_metadata": "'{}'",
+        },
+        series(postgres, 1, 2),
+    )
+    # J1: chunks 1-3 FAILED (A, A, B), 4 COMPLETED; J2: chunk 1 FAILED (A), of another kind.
+    chunk = insert_generated(
+        chunks,
+        {
+            "id": "'J' || (CASE WHEN g < 5 THEN 1 ELSE 2 END) || '-' || g",
+            "job_id": "'J' || (CASE WHEN g < 5 THEN 1 ELSE 2 END)",
+            "idx": "g",
+            "kind": "CASE WHEN g < 5 THEN 'k' ELSE 'fin' END",
+            "state": "CASE WHEN g = 4 THEN 3 ELSE 4 END",
+            "error_reason": "CASE WHEN g = 3 THEN 'B' WHEN g = 4 THEN '' ELSE 'A' END",
+            "end_time": "1000 + g",
+        },
+        series(postgres, 1, 5),
+    )
+    async with schema.schema_connection(url) as run:
+        await run(upgrade_to("0025"))
+        await run(lambda conn: conn.execute(text(job)))
+        await run(lambda conn: conn.execute(text(chunk)))
+        await run(upgrade_to("head"))
+        rows = await run(
+            lambda conn: conn.execute(
+                text(
+                    "SELECT job_id, kind, error_reason, owner, create_time, chunks, last_time "
+                    "FROM job_failures ORDER BY job_id, error_reason"
+                )
+            ).all()
+        )
+        counts = await run(
+            lambda conn: conn.execute(
+                text(
+                    "SELECT owner, kind, error_reason, chunks, jobs, last_time FROM failure_counts "
+                    "ORDER BY owner, error_reason"
+                )
+            ).all()
+        )
+    assert [tuple(r) for r in rows] == [
+        ("J1", "k", "A", "team-1", 100, 2, 1002),
+        ("J1", "k", "B", "team-1", 100, 1, 1003),
+        ("J2", "fin", "A", "team-2", 200, 1, 1005),
+    ]
+    assert [tuple(r) for r in counts] == [
+        ("team-1", "k", "A", 2, 1, 1002),
+        ("team-1", "k", "B", 1, 1, 1003),
+        ("team-2", "fin", "A", 1, 1, 1005),
+    ]

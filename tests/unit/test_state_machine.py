@@ -1,9 +1,11 @@
 """Properties of the job/chunk state machine, driven through the real services on real SQLite.
 
 For any sequence of creates, claims, progress reports, completions, failures,
-cancels, retries and lease expiries: every job's summary sums to its total and
-equals a recount of its chunks, its state is the one its chunks imply, its
-items_done equals the sum over its chunks, and its revision never goes back.
+cancels, retries (of jobs and of chunks), deletes and lease expiries: every job's
+summary sums to its total and equals a recount of its chunks, its state is the one
+its chunks imply, its items_done equals the sum over its chunks, its revision never
+goes back, and SummarizeFailures' counts (kept beside the chunks) equal a count of
+the FAILED chunks by reason.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from support.clock import FakeClock
 
-from jobpulse_server.domain.errors import InvalidArgument, JobAlreadyTerminal, JobNotRetryable, LeaseLost
-from jobpulse_server.domain.model import ChunkState, JobState, Summary, derive_state
+from jobpulse_server.domain.errors import (
+    InvalidArgument,
+    JobAlreadyTerminal,
+    JobNotRetryable,
+    JobNotTerminal,
+    LeaseLost,
+)
+from jobpulse_server.domain.model import Chunk, ChunkState, JobState, Summary, derive_state
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.domain.work import ClaimRequest, Completion, Failure, ProgressReport
 from jobpulse_server.events.hub import ChangeHub
@@ -48,6 +56,7 @@ class JobLifecycle(RuleBasedStateMachine):
         # job id -> (revision, what the job and its chunks looked like at that revision)
         self.seen: dict[str, tuple[int, object]] = {}
         self.last_sweep = -1  # the clock when the sweeper last ran
+        self.failures = 0  # failures reported (each message a number of its own)
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -134,11 +143,14 @@ class JobLifecycle(RuleBasedStateMachine):
         self.leases.remove(lease)
 
     @precondition(lambda self: self.leases)
-    @rule(data=st.data(), retryable=st.booleans())
-    def fail(self, data: st.DataObject, retryable: bool) -> None:
+    @rule(data=st.data(), retryable=st.booleans(), reason=st.sampled_from(["E", "F"]))
+    def fail(self, data: st.DataObject, retryable: bool, reason: str) -> None:
         lease = data.draw(st.sampled_from(self.leases))
+        self.failures += 1
         try:
-            self.run(self.workers.fail(Failure(lease[0], lease[1], "E", "boom", retryable)))
+            self.run(
+                self.workers.fail(Failure(lease[0], lease[1], reason, f"boom {self.failures}", retryable))
+            )
         except LeaseLost:
             pass
         self.leases.remove(lease)
@@ -161,6 +173,39 @@ class JobLifecycle(RuleBasedStateMachine):
         except JobNotRetryable:
             pass
 
+    @precondition(lambda self: self.job_ids)
+    @rule(data=st.data())
+    def retry_chunk(self, data: st.DataObject) -> None:
+        async def failed():  # type: ignore[no-untyped-def]
+            async with self.store.read() as tx:
+                return [
+                    c
+                    for job_id in self.job_ids
+                    for c in await tx.list_chunks(job_id)
+                    if c.state == ChunkState.FAILED
+                ]
+
+        chunks = self.run(failed())
+        if not chunks:
+            return
+        chunk = data.draw(st.sampled_from(chunks))
+        try:
+            self.run(self.jobs.retry_chunk(ANONYMOUS, chunk.job_id, chunk.id))
+        except JobNotRetryable:  # its job cancelled, or failed at once
+            pass
+
+    @precondition(lambda self: self.job_ids)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self.job_ids))
+        try:
+            self.run(self.jobs.delete_job(ANONYMOUS, job_id, False))
+        except JobNotTerminal:
+            return
+        self.job_ids.remove(job_id)
+        self.seen.pop(job_id, None)
+        self.leases = [lease for lease in self.leases if not lease[0].startswith(f"{job_id}-")]
+
     @rule(seconds=st.sampled_from([1, 11, 61]))
     def time_passes_and_sweep(self, seconds: int) -> None:
         self.clock.now += seconds * 1_000_000
@@ -172,10 +217,12 @@ class JobLifecycle(RuleBasedStateMachine):
     def jobs_agree_with_their_chunks(self) -> None:
         async def check() -> None:
             async with self.store.read() as tx:
+                failed: list[Chunk] = []
                 for job_id in self.job_ids:
                     job = await tx.get_job(job_id, None)
                     assert job is not None
                     chunks = await tx.list_chunks(job_id)
+                    failed += [c for c in chunks if c.state == ChunkState.FAILED]
                     recount = Summary.recount([c.state for c in chunks])
                     assert job.summary == recount
                     assert job.summary.total == len(chunks)
@@ -218,6 +265,22 @@ class JobLifecycle(RuleBasedStateMachine):
                         if seen != before[1]:
                             assert job.revision > before[0], "the job changed but its revision did not grow"
                     self.seen[job_id] = (job.revision, seen)
+                # SummarizeFailures (job_failures, kept by the moves) against a count of the chunks.
+                groups = await tx.failure_groups(None, "", None, None, 100)
+                # With a range of creation (every job in it), from the jobs' rows: the same.
+                assert await tx.failure_groups(None, "", 0, None, 100) == groups
+                by_reason: dict[str, list[Chunk]] = {}
+                for c in failed:
+                    by_reason.setdefault(c.error_reason, []).append(c)
+                expected = []
+                for reason, cs in by_reason.items():
+                    last = max(c.end_time or 0 for c in cs)
+                    expected.append((reason, len(cs), len({c.job_id for c in cs}), last))
+                expected.sort(key=lambda g: (-g[3], g[0]))
+                assert [(g.reason, g.chunks, g.jobs, g.last_time) for g in groups] == expected
+                for g in groups:
+                    lasts = {c.error_message for c in by_reason[g.reason] if c.end_time == g.last_time}
+                    assert g.sample_message in lasts
 
         self.run(check())
 

@@ -859,11 +859,7 @@ class JobService:
             job.cancel_time = None
             job.error_reason = job.error_message = ""
             job.error_chunk_index = None
-            if job.deadline_time is not None:
-                # The job's timeout starts again: from now, as long as it was from its start.
-                start = job.schedule_time if job.schedule_time is not None else job.create_time
-                job.deadline_time = now + (job.deadline_time - start)
-                await tx.set_deadline(job)
+            await _restart_timeout(tx, job, now)
             job.refresh_state(now)
             await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
             tx.changes.new_work = True
@@ -896,6 +892,8 @@ class JobService:
                     state=job.state.name,
                 )
             now = self.clock()
+            if job.state.terminal:  # it runs again: as RetryJob, with its timeout from now
+                await _restart_timeout(tx, job, now)
             rev = job.touch(now)
             failed, _, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts, chunk_id)
             job.summary.failed -= failed
@@ -991,3 +989,12 @@ def _check_key(key: list[Any], order_by: str) -> None:
         isinstance(v, types[c]) and not isinstance(v, bool) for v, c in zip(key, cols, strict=True)
     ):
         raise InvalidPageToken("page_token is malformed")
+
+
+async def _restart_timeout(tx: Tx, job: Job, now: int) -> None:
+    """An ended job run again (RetryJob, RetryChunk): its timeout starts again from now, as long as it
+    was from its start."""
+    if job.deadline_time is not None:
+        start = job.schedule_time if job.schedule_time is not None else job.create_time
+        job.deadline_time = now + (job.deadline_time - start)
+        await tx.set_deadline(job)

@@ -269,6 +269,7 @@ def delete_jobs(d: Dialect, n: int) -> tuple[str, ...]:
         f"SELECT {_TOMBSTONE_COLUMNS}, :now, {d.next_seq} FROM jobs WHERE {ids}",
         f"DELETE FROM artifacts WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM chunk_attempts WHERE {d.any_of('job_id', n, 'id')}",
+        f"DELETE FROM job_failures WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM job_requests WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM chunks WHERE {d.any_of('job_id', n, 'id')}",
         f"DELETE FROM jobs WHERE {ids}",
@@ -757,17 +758,21 @@ def failure_groups(
 ) -> tuple[str, dict[str, Any]]:
     """SummarizeFailures: the chunks FAILED for good (of ``owner``'s jobs, unless None; of a kind; of jobs
     created in a range) by error reason, the reason failed most lately first: chunks, jobs, the last
-    end_time. One pass over ix_chunks_failed in its order (reason, job), an index-only read, counted per
-    (reason, job) and then per reason as the rows stream by: no sort (count(DISTINCT job_id) sorted each
-    reason's million job ids, and spilled to disk: 410 ms of 450 over 1,000,000 failed chunks).
-    ``last_failure`` finds each reason's last chunk."""
+    end_time. Read from failure_counts (a row per owner, kind and reason), or with a range of creation
+    from job_failures (a row per job, kind and reason), never from the chunks: over 1,000,000 failed
+    chunks on PostgreSQL one pass over their index took 274 ms (1,000 jobs) to 696 ms (100,000).
+
+    A reason's rows count each job once summed over kinds: a job's FAILED chunks are all of one kind at
+    any time (only a finalize chunk has another kind, and it runs only once every other chunk COMPLETED,
+    which no RetryChunk undoes). So job_failures' rows of a reason are its jobs (count(DISTINCT job_id)
+    sorted them: 456 ms over 400,000 rows, where count(*) is what the scan costs)."""
     params: dict[str, Any] = {"limit": limit}
-    where = _failed_where(owner, kind, created_after, created_before, params)
+    ranged = created_after is not None or created_before is not None
+    where = _failures_where(owner, kind, created_after, created_before, params)
+    table, jobs = ("job_failures", "count(*)") if ranged else ("failure_counts", "sum(f.jobs)")
     return (
-        "SELECT g.reason, sum(g.n), count(*), max(g.last) FROM (SELECT c.error_reason AS reason, c.job_id, "
-        f"count(*) AS n, max(c.end_time) AS last FROM chunks AS c WHERE {where} "
-        "GROUP BY c.error_reason, c.job_id) AS g GROUP BY g.reason ORDER BY max(g.last) DESC, g.reason "
-        "LIMIT :limit",
+        f"SELECT f.error_reason, sum(f.chunks), {jobs}, max(f.last_time) FROM {table} AS f "
+        f"WHERE {where} GROUP BY f.error_reason ORDER BY max(f.last_time) DESC, f.error_reason LIMIT :limit",
         params,
     )
 
@@ -775,26 +780,11 @@ def failure_groups(
 def last_failure(
     owner: str | None, kind: str, created_after: int | None, created_before: int | None
 ) -> tuple[str, dict[str, Any]]:
-    """The message of the chunk that failed last with the reason :reason among those ``failure_groups``
-    counted (a FailureGroup's sample): ix_chunks_failed_last read backwards from the reason's end."""
+    """The message of a chunk that failed last with the reason :reason among those ``failure_groups``
+    counted (a FailureGroup's sample), given when that was (:last): the chunks of that reason that ended
+    then (ix_chunks_failed_last), the first of them the filters let through."""
     params: dict[str, Any] = {}
-    where = _failed_where(owner, kind, created_after, created_before, params)
-    return (
-        f"SELECT c.error_message FROM chunks AS c WHERE {where} AND c.error_reason = :reason "
-        "ORDER BY c.end_time DESC LIMIT 1",
-        params,
-    )
-
-
-def _failed_where(
-    owner: str | None,
-    kind: str,
-    created_after: int | None,
-    created_before: int | None,
-    params: dict[str, Any],
-) -> str:
-    """The chunks FAILED for good that SummarizeFailures' filters let through, as a condition on ``c``."""
-    where = f"c.state = {int(ChunkState.FAILED)}"
+    where = f"c.state = {int(ChunkState.FAILED)} AND c.error_reason = :reason AND c.end_time = :last"
     if kind:
         where += " AND c.kind = :kind"
         params["kind"] = kind
@@ -810,7 +800,100 @@ def _failed_where(
         params["created_before"] = created_before
     if jobs:
         where += f" AND c.job_id IN (SELECT id FROM jobs WHERE {' AND '.join(jobs)})"
-    return where
+    return f"SELECT c.error_message FROM chunks AS c WHERE {where} LIMIT 1", params
+
+
+def _failures_where(
+    owner: str | None,
+    kind: str,
+    created_after: int | None,
+    created_before: int | None,
+    params: dict[str, Any],
+) -> str:
+    """The job_failures or failure_counts rows (``f``) that SummarizeFailures' filters let through (the
+    range of creation: job_failures only)."""
+    where = ["TRUE"]
+    if owner is not None:
+        where.append("f.owner = :owner")
+        params["owner"] = owner
+    if kind:
+        where.append("f.kind = :kind")
+        params["kind"] = kind
+    if created_after is not None:
+        where.append("f.create_time >= :created_after")
+        params["created_after"] = created_after
+    if created_before is not None:
+        where.append("f.create_time < :created_before")
+        params["created_before"] = created_before
+    return " AND ".join(where)
+
+
+# A chunk's move to FAILED, counted in its job_failures row (SqlTx.save): the row made, or added to;
+# its owner and chunks now (as many as were added: the row is new).
+ADD_JOB_FAILURES = (
+    "INSERT INTO job_failures (job_id, kind, error_reason, owner, create_time, chunks, last_time) "
+    "SELECT j.id, :kind, :error_reason, j.owner, j.create_time, :chunks, :last_time FROM jobs AS j "
+    "WHERE j.id = :job_id ON CONFLICT (job_id, kind, error_reason) DO UPDATE SET "
+    "chunks = job_failures.chunks + excluded.chunks, last_time = CASE WHEN excluded.last_time > "
+    "job_failures.last_time THEN excluded.last_time ELSE job_failures.last_time END "
+    "RETURNING owner, chunks"
+)
+
+
+def count_job_failures(where: str = "") -> str:
+    """Counts job_failures rows from the chunks FAILED for good (those of ``c`` matching ``where`` too)."""
+    return (
+        "INSERT INTO job_failures (job_id, kind, error_reason, owner, create_time, chunks, last_time) "
+        "SELECT c.job_id, c.kind, c.error_reason, j.owner, j.create_time, count(*), "
+        "coalesce(max(c.end_time), 0) "
+        f"FROM chunks AS c JOIN jobs AS j ON j.id = c.job_id WHERE c.state = {int(ChunkState.FAILED)}"
+        + (f" AND {where}" if where else "")
+        + " GROUP BY c.job_id, c.kind, c.error_reason, j.owner, j.create_time"
+    )
+
+
+# failure_counts made from job_failures (what migration 0026 does; bench/failures.py after a bulk load).
+COUNT_FAILURE_COUNTS = (
+    "INSERT INTO failure_counts (owner, kind, error_reason, chunks, jobs, last_time) "
+    "SELECT owner, kind, error_reason, sum(chunks), count(*), max(last_time) FROM job_failures "
+    "GROUP BY owner, kind, error_reason"
+)
+_FAILURE_ROW = "SELECT owner, kind, error_reason, chunks FROM job_failures WHERE "
+
+
+@_built
+def job_failure_rows(d: Dialect, n: int) -> str:
+    """The job_failures rows of n jobs (``d.values("id", ids)``): owner, kind, reason, chunks."""
+    return _FAILURE_ROW + d.any_of("job_id", n, "id")
+
+
+# RetryJob: the job's FAILED chunks are all PENDING again.
+FORGET_JOB_FAILURES = "DELETE FROM job_failures WHERE job_id = :job_id"
+# RetryChunk: the chunk's kind and reason before it moves; its row counted again after.
+FAILED_CHUNK_KEY = (
+    f"SELECT kind, error_reason FROM chunks WHERE id = :chunk_id AND state = {int(ChunkState.FAILED)}"
+)
+_ONE_ROW = "job_id = :job_id AND kind = :kind AND error_reason = :error_reason"
+CHUNK_FAILURE_ROW = _FAILURE_ROW + _ONE_ROW
+FORGET_CHUNK_FAILURES = "DELETE FROM job_failures WHERE " + _ONE_ROW
+RECOUNT_CHUNK_FAILURES = count_job_failures(
+    "c.error_reason = :error_reason AND c.job_id = :job_id AND c.kind = :kind"
+)
+# failure_counts: a key's change in this transaction (store/failure_counts.py); its last_time found again
+# when rows left it; the key gone once it counts no chunk.
+_KEY = "owner = :owner AND kind = :kind AND error_reason = :error_reason"
+ADD_FAILURE_COUNTS = (
+    "INSERT INTO failure_counts (owner, kind, error_reason, chunks, jobs, last_time) VALUES (:owner, "
+    ":kind, :error_reason, :chunks, :jobs, :last_time) ON CONFLICT (owner, kind, error_reason) DO UPDATE "
+    "SET chunks = failure_counts.chunks + excluded.chunks, jobs = failure_counts.jobs + excluded.jobs, "
+    "last_time = CASE WHEN excluded.last_time > failure_counts.last_time THEN excluded.last_time "
+    "ELSE failure_counts.last_time END"
+)
+FIND_FAILURE_LAST = (
+    "UPDATE failure_counts SET last_time = coalesce((SELECT max(f.last_time) FROM job_failures AS f "
+    "WHERE f.owner = :owner AND f.kind = :kind AND f.error_reason = :error_reason), 0) WHERE " + _KEY
+)
+DROP_EMPTY_FAILURES = "DELETE FROM failure_counts WHERE chunks <= 0 AND " + _KEY
 
 
 @_built

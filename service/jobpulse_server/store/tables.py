@@ -275,9 +275,9 @@ Index(
 # and the time of the next (store/waiting.py).
 _WAITING = f"state = {PENDING} AND retry_at IS NOT NULL"
 Index("ix_chunks_retry", chunks.c.retry_at, sqlite_where=text(_WAITING), postgresql_where=text(_WAITING))
-# The chunks FAILED for good, by error reason and job (migration 0025): SummarizeFailures counts them
-# from this index alone (statements.failure_groups), and ListJobChunks over "-" with error_reasons pages
-# through one reason's in its order. Only a chunk entering or leaving FAILED writes an entry.
+# The chunks FAILED for good, by error reason and job (migration 0025): ListJobChunks over "-" with
+# error_reasons pages through one reason's in its order, and RetryChunk counts a job's again for
+# job_failures. Only a chunk entering or leaving FAILED writes an entry.
 _FAILED = f"state = {int(ChunkState.FAILED)}"
 Index(
     "ix_chunks_failed",
@@ -289,8 +289,8 @@ Index(
     sqlite_where=text(_FAILED),
     postgresql_where=text(_FAILED),
 )
-# Each reason's failed chunks by when they failed: the last one's message is SummarizeFailures' sample
-# (statements.last_failure), one probe a reason.
+# Each reason's failed chunks by when they failed: a chunk of a reason's last failure (its time from
+# failure_counts) gives SummarizeFailures' sample (statements.last_failure), one probe a reason.
 Index(
     "ix_chunks_failed_last",
     chunks.c.error_reason,
@@ -332,6 +332,39 @@ chunk_attempts = Table(
     Column("error_reason", String(128), nullable=False, server_default=""),
     Column("error_message", Text, nullable=False, server_default=""),
     Column("error_details", Text, nullable=False, server_default=""),
+)
+
+# The chunks FAILED for good, counted by job, kind and error reason (migration 0026). A chunk's move to
+# FAILED adds to its row in the same transaction (SqlTx.save); RetryJob and RetryChunk count the job's rows
+# again from the chunks (SqlTx.reset_for_retry); they go with the job. owner and create_time are the
+# job's, which never change. SummarizeFailures reads these rows when it is asked for a range of creation.
+job_failures = Table(
+    "job_failures",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(128), primary_key=True),
+    Column("error_reason", String(128), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("chunks", BigInteger, nullable=False),
+    # The last end_time of these chunks: which reason failed most lately, and where its sample is.
+    Column("last_time", BigInteger, nullable=False),
+    # A key's last failure: failure_counts.last_time found again when rows leave the key.
+    Index("ix_job_failures_key", "owner", "kind", "error_reason", "last_time"),
+)
+
+# job_failures summed by owner, kind and reason: chunks, jobs (rows) and the last end_time, kept with it in
+# the same transaction (store/failure_counts.py), applied in a fixed order just before the commit.
+# SummarizeFailures reads these few rows: its cost follows the reasons, not the failed chunks or jobs.
+failure_counts = Table(
+    "failure_counts",
+    metadata,
+    Column("owner", String(128), primary_key=True),
+    Column("kind", String(128), primary_key=True),
+    Column("error_reason", String(128), primary_key=True),
+    Column("chunks", BigInteger, nullable=False),
+    Column("jobs", BigInteger, nullable=False),
+    Column("last_time", BigInteger, nullable=False),
 )
 
 # A job's dependencies (CreateJobRequest.after), one row each, found from the dependency's side when it

@@ -41,6 +41,7 @@ from jobpulse_server.domain.retention import ExpiryCandidate, Retention
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
+from jobpulse_server.store.failure_counts import FailureCounts
 from jobpulse_server.store.holds import Holds
 from jobpulse_server.store.owners import Owners
 from jobpulse_server.store.rows import (
@@ -130,6 +131,8 @@ class SqlTx:
         # read or written in this transaction, so that ``save`` sets only those that changed. (SQLite has
         # one writer: nothing else changes the row while this transaction holds it.)
         self._indexed: dict[str, tuple[Any, ...]] = {}
+        # SummarizeFailures' counts this transaction changed, written by ``finish``.
+        self._failures = FailureCounts()
 
     def _job(self, row: Sequence[Any]) -> Job:
         if not self.d.arrays:
@@ -245,6 +248,7 @@ class SqlTx:
         if not ids:
             return
         params = {**self.d.values("id", ids), "now": now}
+        self._failures.moved(await self.conn.fetch(q.job_failure_rows(self.d, len(ids)), params), [])
         for sql in q.delete_jobs(self.d, len(ids)):
             await self.conn.execute(sql, params)
         self.changes.deleted.update(ids)
@@ -336,7 +340,7 @@ class SqlTx:
         last_sql, last_params = q.last_failure(owner, kind, created_after, created_before)
         groups = []
         for reason, n, jobs, last in await self.conn.fetch(sql, params):
-            sample = await self.conn.fetchval(last_sql, {**last_params, "reason": reason})
+            sample = await self.conn.fetchval(last_sql, {**last_params, "reason": reason, "last": last})
             groups.append(FailureGroup(reason, int(n), int(jobs), last, sample or ""))
         return groups
 
@@ -676,7 +680,21 @@ class SqlTx:
             "attempts": attempts,
         }
         counts = {int(r[0]): (int(r[1]), int(r[2])) for r in await self.conn.fetch(count, params)}
+        key = None
+        if chunk_id is not None:
+            key = await self.conn.fetchrow(q.FAILED_CHUNK_KEY, {"chunk_id": chunk_id})
         await self.conn.execute(update, params)
+        # The job_failures rows of what moved: gone (RetryJob), or counted again (RetryChunk).
+        if chunk_id is None:
+            before = await self.conn.fetch(q.job_failure_rows(self.d, 1), self.d.values("id", [job_id]))
+            await self.conn.execute(q.FORGET_JOB_FAILURES, {"job_id": job_id})
+            self._failures.moved(before, [])
+        elif key is not None:
+            row = {"job_id": job_id, "kind": key[0], "error_reason": key[1]}
+            before = await self.conn.fetch(q.CHUNK_FAILURE_ROW, row)
+            await self.conn.execute(q.FORGET_CHUNK_FAILURES, row)
+            await self.conn.execute(q.RECOUNT_CHUNK_FAILURES, row)
+            self._failures.moved(before, await self.conn.fetch(q.CHUNK_FAILURE_ROW, row))
         failed = counts.get(int(ChunkState.FAILED), (0, 0))
         cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
         return failed[0], cancelled[0], failed[1] + cancelled[1]
@@ -830,6 +848,7 @@ class SqlTx:
             job.bumped = False
         ended = [c.ended for c in chunks if c.ended is not None]
         if ended:  # the attempts these moves ended (Job.move_chunk), in the same transaction
+            await self._count_failures(chunks)
             rows = [attempt_row(a) for a in ended]
             if self.d.arrays:
                 await self.conn.execute(q.insert_attempts(self.d), _columns(rows, q.ATTEMPT_COLUMNS))
@@ -854,6 +873,21 @@ class SqlTx:
             self._outbox = []
             self.changes.webhooks = True
 
+    async def _count_failures(self, chunks: Sequence[Chunk]) -> None:
+        """Adds the chunks that moved to FAILED (Job.move_chunk: only out of PROCESSING, ending an
+        attempt) to their jobs' job_failures rows."""
+        rows: dict[tuple[str, str, str], list[int]] = {}
+        for c in chunks:
+            if c.ended is not None and c.state == ChunkState.FAILED:
+                row = rows.setdefault((c.job_id, c.kind, c.error_reason), [0, 0])
+                row[0] += 1
+                row[1] = max(row[1], c.end_time or 0)
+        for (job_id, kind, reason), (n, last) in rows.items():
+            params = {"job_id": job_id, "kind": kind, "error_reason": reason, "chunks": n, "last_time": last}
+            made = await self.conn.fetchrow(q.ADD_JOB_FAILURES, params)
+            if made is not None:
+                self._failures.added((made[0], kind, reason), n, int(made[1]) == n, last)
+
     def _said(self) -> tuple[Any, ...]:
         """A mark of what ``changes`` holds (it only grows within a transaction: jobs get higher
         revisions, deletions and retries are added, new_work is set)."""
@@ -861,8 +895,10 @@ class SqlTx:
         return (len(c.jobs), sum(c.jobs.values()), len(c.deleted), c.new_work, len(c.work_later))
 
     async def finish(self) -> None:
-        """Before the commit: on PostgreSQL, tells the other replicas what this transaction changed
-        that no ``save`` has told them yet (delivered only if it commits)."""
+        """Before the commit: writes the failure counts this transaction changed (store/failure_counts.py);
+        on PostgreSQL, tells the other replicas what it changed that no ``save`` has told them yet
+        (delivered only if it commits)."""
+        await self._failures.flush(self.conn)
         c = self.changes
         if not self.d.postgres or not (c.jobs or c.deleted or c.new_work) or self._notified == self._said():
             return
