@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from jobpulse_server.store import statements as q
+import jobpulse_server.store.statements as q
 from jobpulse_server.store.drivers import Conn
 
 Key = tuple[str, str, str]  # owner, kind, error_reason
