@@ -14,17 +14,21 @@ PROTO_FILES := $(wildcard protos/jobpulse/v1/*.proto)
 #   (a warning, an error from 1.66) and pass `_registered_method`, which grpcio 1.62 refuses.
 GEN_VENV := .gen-venv
 GEN_PY := $(GEN_VENV)/bin/python
-GEN_PINS := grpcio-tools==1.72.1 grpcio==1.72.1 protobuf==6.33.6 mypy-protobuf==5.1.0 types-protobuf==7.35.1.20260906
+# googleapis-common-protos brings google/api/annotations.proto and http.proto (the google.api.http rules of
+# the JSON face) as files, found on its site-packages directory.
+GEN_PINS := grpcio-tools==1.72.1 grpcio==1.72.1 protobuf==6.33.6 mypy-protobuf==5.1.0 types-protobuf==7.35.1.20260906 \
+  googleapis-common-protos==1.76.0
 GEN_GRPC_PLUGIN_PIN := grpcio-tools==1.62.3
-PROTOC := $(GEN_PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-mypy=$(GEN_VENV)/bin/protoc-gen-mypy \
+GEN_SITE = $$($(GEN_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOC = $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_SITE) --plugin=protoc-gen-mypy=$(GEN_VENV)/bin/protoc-gen-mypy \
   --plugin=protoc-gen-mypy_grpc=$(GEN_VENV)/bin/protoc-gen-mypy_grpc
-PROTOC_GRPC := PYTHONPATH=$(GEN_VENV)/grpc-plugin $(GEN_PY) -m grpc_tools.protoc -Iprotos
+PROTOC_GRPC = PYTHONPATH=$(GEN_VENV)/grpc-plugin $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_SITE)
 JOBPULSE_HOST ?= 127.0.0.1
 JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
 export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL
 
-.PHONY: install gen unasync check-generated check-sdk check-sdk-pins dist check-deploy lint docs check-docs breaking test test-slow bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
+.PHONY: install buf-deps gen unasync check-generated check-sdk check-sdk-pins dist check-deploy lint openapi check-openapi docs check-docs breaking test test-slow bench bench-scale bench-pg bench-watch bench-http bench-export bench-retention bench-soak run buf clean screenshots
 
 install: $(VENV)/.installed
 
@@ -43,7 +47,15 @@ $(NODE_DEPS): package.json
 	touch $@
 
 # buf and the Node client's packages (tests/clients/test_node.py needs them).
-buf: $(NODE_DEPS)
+buf: $(NODE_DEPS) buf-deps
+
+# The googleapis protos the jobpulse protos import, for buf (buf.yaml): copied from the installed
+# googleapis-common-protos, never committed.
+BUF_DEPS := .buf-deps/google/api/annotations.proto .buf-deps/google/api/http.proto
+buf-deps: $(BUF_DEPS)
+.buf-deps/google/api/%.proto: $(VENV)/.installed
+	mkdir -p $(@D)
+	cp "$$($(PY) -c 'import os, google.api.annotations_pb2 as m; print(os.path.dirname(m.__file__))')/$*.proto" $@
 
 $(GEN_VENV)/.installed: Makefile
 	rm -rf $(GEN_VENV) && python3 -m venv $(GEN_VENV)
@@ -76,14 +88,24 @@ check-generated: $(GEN_VENV)/.installed
 	rm -rf .gen-check
 	@echo "generated stubs are current"
 
-lint: install $(NODE_DEPS)
+lint: install $(NODE_DEPS) buf-deps
 	$(BUF) lint
-	$(BUF) format --diff --exit-code
+	$(BUF) format protos --diff --exit-code
 	$(VENV)/bin/ruff check client service tests bench scripts
 	$(VENV)/bin/ruff format --check client service tests bench scripts
 	$(PY) scripts/unasync.py --check
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m jobpulse_server.http.openapi --check
+
+# The JSON face's OpenAPI 3.1 document, protos/openapi.json, made from the protos' google.api.http rules and
+# comments (service/jobpulse_server/http/openapi.py): run after a .proto changes (and `make gen`); commit it.
+openapi: install
+	$(PY) -m jobpulse_server.http.openapi
+
+# The committed protos/openapi.json is what the protos make now (make lint runs this too).
+check-openapi: install
+	$(PY) -m jobpulse_server.http.openapi --check
 
 # The docs site (mkdocs.yml, docs/): the settings reference is written from the settings' declarations
 # first, then the site is built into site/; --strict makes a broken link, anchor or include an error.
@@ -98,9 +120,9 @@ check-docs: install
 
 # The contract is public once landed: compare it with the first commit that published it.
 BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
-breaking: $(NODE_DEPS)
+breaking: $(NODE_DEPS) buf-deps
 	@if [ -z "$(BREAKING_AGAINST)" ]; then echo "no git history: skipping buf breaking"; \
-	else $(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST),subdir=.' && echo "no breaking change since $(BREAKING_AGAINST)"; fi
+	else $(BUF) breaking protos --against '.git#ref=$(BREAKING_AGAINST),subdir=protos' && echo "no breaking change since $(BREAKING_AGAINST)"; fi
 
 # The Node packages too where npm exists (tests/clients/test_node.py skips only where node is absent).
 test: install $(if $(shell command -v npm),$(NODE_DEPS))

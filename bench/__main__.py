@@ -24,6 +24,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "pg": ("bench.pg_peer", "claim + complete on PostgreSQL beside PgQueuer; more workers on one job"),
     "watch": ("bench.watch_streams", "WatchJob delivery latency and memory per stream, 100 / 1,000 / 5,000"),
     "http": ("bench.http_streams", "SSE beside WatchJob; memory per idle SSE stream; HTTP side on/off"),
+    "json": ("bench.json_face", "GetJob and ListJobs as JSON beside gRPC; gRPC with the JSON routes on/off"),
     "scale": ("bench.listing_scale", "ListJobs first vs deep pages at 1,000,000 jobs; --plans writes plans"),
     "soak": ("bench.soak", "RSS under a steady mixed load, 10 minutes per database"),
     "export": ("bench.export_memory", "server and CLI peak RSS exporting 200,000 jobs beside 2,000"),

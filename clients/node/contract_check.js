@@ -3,7 +3,7 @@
 // Exercises the jobpulse contract from Node and prints what it saw as JSON lines on stdout, one object
 // per line with an "event" field, for tests/clients/test_node.py to check.
 //
-//   node clients/node/contract_check.js lifecycle --target HOST:PORT [--kind K] [--items N]
+//   node clients/node/contract_check.js lifecycle --target HOST:PORT --googleapis DIR [--kind K] [--items N]
 //     CreateJob (N items, one per chunk) -> {"event":"created"}; WatchJob from a snapshot ->
 //     {"event":"watching"} once the snapshot arrived, then {"event":"watch"} per message until the
 //     server ends the stream at the terminal state (someone else completes the chunks meanwhile);
@@ -13,6 +13,8 @@
 //     GetJob of a job that does not exist -> {"event":"error"} with the status code and the
 //     google.rpc.Status details decoded from grpc-status-details-bin (ErrorInfo reason JOB_NOT_FOUND).
 //
+// --googleapis DIR: where google/api/annotations.proto (which the contract imports) and
+// google/rpc/status.proto are, e.g. the googleapis-common-protos Python package's directory.
 // JOBPULSE_API_KEY, if set, is sent as a bearer token. Exit code 0 when the calls went as described,
 // 1 otherwise (with {"event":"failed"} saying why).
 
@@ -95,7 +97,8 @@ async function main() {
   if (!values.target || !['lifecycle', 'missing'].includes(command)) {
     throw new Error('usage: contract_check.js lifecycle|missing --target HOST:PORT [options]');
   }
-  const service = jobpulse.jobService(values.target, process.env.JOBPULSE_API_KEY);
+  if (!values.googleapis) throw new Error('--googleapis DIR is needed (where google/api/annotations.proto is)');
+  const service = jobpulse.jobService(values.target, process.env.JOBPULSE_API_KEY, values.googleapis);
   try {
     await (command === 'lifecycle' ? lifecycle(service, values) : missing(service, values));
   } finally {

@@ -17,11 +17,15 @@ const LOAD_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: t
 
 const TERMINAL = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 
-/** The jobpulse.v1 package of job_service.proto (the JobService constructor and its messages). */
-function loadContract() {
+/**
+ * The jobpulse.v1 package of job_service.proto (the JobService constructor and its messages). The
+ * protos import google/api/annotations.proto (the JSON face's HTTP rules), found under googleapisDir
+ * (see loadStatusTypes), as any client of protos written in Google's style finds it.
+ */
+function loadContract(googleapisDir) {
   const definition = protoLoader.loadSync('jobpulse/v1/job_service.proto', {
     ...LOAD_OPTIONS,
-    includeDirs: [PROTOS],
+    includeDirs: [PROTOS, googleapisDir],
   });
   return grpc.loadPackageDefinition(definition).jobpulse.v1;
 }
@@ -38,9 +42,12 @@ function loadStatusTypes(googleapisDir) {
   return root;
 }
 
-/** A client of JobService at target ("host:port"); apiKey, if given, goes as a bearer token. */
-function jobService(target, apiKey) {
-  const v1 = loadContract();
+/**
+ * A client of JobService at target ("host:port"); apiKey, if given, goes as a bearer token;
+ * googleapisDir as for loadContract.
+ */
+function jobService(target, apiKey, googleapisDir) {
+  const v1 = loadContract(googleapisDir);
   const client = new v1.JobService(target, grpc.credentials.createInsecure());
   const metadata = new grpc.Metadata();
   if (apiKey) metadata.set('authorization', `Bearer ${apiKey}`);

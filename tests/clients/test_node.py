@@ -29,8 +29,9 @@ import jobpulse
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "clients" / "node" / "contract_check.js"
 NODE = shutil.which("node")
-# The directory holding google/rpc/status.proto and error_details.proto: the installed
-# googleapis-common-protos package, so the Node side loads the same files the server's stubs came from.
+# The directory holding google/rpc/status.proto, error_details.proto and google/api/annotations.proto
+# (which the contract imports): the installed googleapis-common-protos package, so the Node side loads the
+# same files the server's stubs came from.
 GOOGLEAPIS = Path(status_pb2.__file__).resolve().parents[2]
 ITEMS = 3
 KIND = "node-contract"
@@ -111,7 +112,17 @@ def test_node_creates_watches_to_completion_and_reads_a_job(
     make_server: Any, node_runs: list[NodeRun]
 ) -> None:
     srv = make_server(watch_min_interval=0.0)
-    node = NodeRun("lifecycle", "--target", srv.address, "--kind", KIND, "--items", str(ITEMS))
+    node = NodeRun(
+        "lifecycle",
+        "--target",
+        srv.address,
+        "--googleapis",
+        str(GOOGLEAPIS),
+        "--kind",
+        KIND,
+        "--items",
+        str(ITEMS),
+    )
     node_runs.append(node)
     created = node.next()
     assert created["event"] == "created" and created["state"] == "JOB_STATE_PENDING"

@@ -41,6 +41,7 @@ RUNNERS: dict[tuple[str, str, str, str], str] = {
         "tests/browser/test_readme_progress_page.py"
     ),
     ("docs/http.md", "## From a shell", "console", "$ curl -N "): "tests/docs/test_http_examples.py",
+    ("docs/http.md", "## Every RPC as JSON", "console", "$ curl -s "): "tests/docs/test_json_examples.py",
     ("docs/operations.md", "## Webhooks", "python", "from standardwebhooks import"): (
         "tests/webhooks/test_webhooks.py"
     ),

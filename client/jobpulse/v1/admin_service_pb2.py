@@ -22,26 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobpulse/v1/admin_service.proto\x12\x0bjobpulse.v1\x1a\x1egoogle/protobuf/duration.proto\"\x11\n\x0fGetUsageRequest\"K\n\x08KeyUsage\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x10\n\x08rejected\x18\x04 \x01(\x03\"8\n\x10GetUsageResponse\x12$\n\x05usage\x18\x01 \x03(\x0b\x32\x15.jobpulse.v1.KeyUsage\"\x18\n\x16GetServerHealthRequest\"\xd0\x02\n\x17GetServerHealthResponse\x12\x1a\n\x12\x64\x61tabase_reachable\x18\x01 \x01(\x08\x12\x33\n\x10\x64\x61tabase_latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eschema_version\x18\x03 \x01(\t\x12\x15\n\rdatabase_kind\x18\x04 \x01(\t\x12.\n\x0bsweeper_lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eoutbox_pending\x18\x06 \x01(\x03\x12-\n\noutbox_lag\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0copen_streams\x18\x08 \x01(\x03\x12\x17\n\x0f\x66ree_disk_bytes\x18\t \x01(\x03\x12\x0f\n\x07serving\x18\n \x01(\x08\x32\xb5\x01\n\x0c\x41\x64minService\x12G\n\x08GetUsage\x12\x1c.jobpulse.v1.GetUsageRequest\x1a\x1d.jobpulse.v1.GetUsageResponse\x12\\\n\x0fGetServerHealth\x12#.jobpulse.v1.GetServerHealthRequest\x1a$.jobpulse.v1.GetServerHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobpulse/v1/admin_service.proto\x12\x0bjobpulse.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\x11\n\x0fGetUsageRequest\"K\n\x08KeyUsage\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x10\n\x08rejected\x18\x04 \x01(\x03\"8\n\x10GetUsageResponse\x12$\n\x05usage\x18\x01 \x03(\x0b\x32\x15.jobpulse.v1.KeyUsage\"\x18\n\x16GetServerHealthRequest\"\xd0\x02\n\x17GetServerHealthResponse\x12\x1a\n\x12\x64\x61tabase_reachable\x18\x01 \x01(\x08\x12\x33\n\x10\x64\x61tabase_latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eschema_version\x18\x03 \x01(\t\x12\x15\n\rdatabase_kind\x18\x04 \x01(\t\x12.\n\x0bsweeper_lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eoutbox_pending\x18\x06 \x01(\x03\x12-\n\noutbox_lag\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0copen_streams\x18\x08 \x01(\x03\x12\x17\n\x0f\x66ree_disk_bytes\x18\t \x01(\x03\x12\x0f\n\x07serving\x18\n \x01(\x08\x32\xdc\x01\n\x0c\x41\x64minService\x12Z\n\x08GetUsage\x12\x1c.jobpulse.v1.GetUsageRequest\x1a\x1d.jobpulse.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usage\x12p\n\x0fGetServerHealth\x12#.jobpulse.v1.GetServerHealthRequest\x1a$.jobpulse.v1.GetServerHealthResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/healthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobpulse.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETUSAGEREQUEST']._serialized_start=80
-  _globals['_GETUSAGEREQUEST']._serialized_end=97
-  _globals['_KEYUSAGE']._serialized_start=99
-  _globals['_KEYUSAGE']._serialized_end=174
-  _globals['_GETUSAGERESPONSE']._serialized_start=176
-  _globals['_GETUSAGERESPONSE']._serialized_end=232
-  _globals['_GETSERVERHEALTHREQUEST']._serialized_start=234
-  _globals['_GETSERVERHEALTHREQUEST']._serialized_end=258
-  _globals['_GETSERVERHEALTHRESPONSE']._serialized_start=261
-  _globals['_GETSERVERHEALTHRESPONSE']._serialized_end=597
-  _globals['_ADMINSERVICE']._serialized_start=600
-  _globals['_ADMINSERVICE']._serialized_end=781
+  _globals['_ADMINSERVICE'].methods_by_name['GetUsage']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
+  _globals['_ADMINSERVICE'].methods_by_name['GetServerHealth']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['GetServerHealth']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/health'
+  _globals['_GETUSAGEREQUEST']._serialized_start=110
+  _globals['_GETUSAGEREQUEST']._serialized_end=127
+  _globals['_KEYUSAGE']._serialized_start=129
+  _globals['_KEYUSAGE']._serialized_end=204
+  _globals['_GETUSAGERESPONSE']._serialized_start=206
+  _globals['_GETUSAGERESPONSE']._serialized_end=262
+  _globals['_GETSERVERHEALTHREQUEST']._serialized_start=264
+  _globals['_GETSERVERHEALTHREQUEST']._serialized_end=288
+  _globals['_GETSERVERHEALTHRESPONSE']._serialized_start=291
+  _globals['_GETSERVERHEALTHRESPONSE']._serialized_end=627
+  _globals['_ADMINSERVICE']._serialized_start=630
+  _globals['_ADMINSERVICE']._serialized_end=850
 # @@protoc_insertion_point(module_scope)

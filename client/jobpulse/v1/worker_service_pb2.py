@@ -22,45 +22,56 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from jobpulse.v1 import job_pb2 as jobpulse_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jobpulse/v1/worker_service.proto\x12\x0bjobpulse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobpulse/v1/job.proto\"\xa6\x01\n\x12\x43laimChunksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x12\n\nmax_chunks\x18\x03 \x01(\x05\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe5\x01\n\nChunkClaim\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_kind\x18\x02 \x01(\t\x12-\n\x0cjob_metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x12.jobpulse.v1.Chunk\x12\x13\n\x0blease_token\x18\x05 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fjob_traceparent\x18\x07 \x01(\t\">\n\x13\x43laimChunksResponse\x12\'\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"\xee\x01\n\x1aReportChunkProgressRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x18\n\x10\x65xternal_task_id\x18\x06 \x01(\t\x12\x31\n\x0elease_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\tartifacts\x18\x08 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\"n\n\x1bReportChunkProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x14\x43ompleteChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12\x18\n\x10\x65xternal_task_id\x18\x04 \x01(\t\x12\x33\n\nclaim_next\x18\x05 \x01(\x0b\x32\x1f.jobpulse.v1.ClaimChunksRequest\"j\n\x15\x43ompleteChunkResponse\x12(\n\tjob_state\x18\x01 \x01(\x0e\x32\x15.jobpulse.v1.JobState\x12\'\n\x06\x63laims\x18\x02 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"|\n\x0f\x43hunkCompletion\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12\x18\n\x10\x65xternal_task_id\x18\x04 \x01(\t\"\x7f\n\x15\x43ompleteChunksRequest\x12\x31\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x1c.jobpulse.v1.ChunkCompletion\x12\x33\n\nclaim_next\x18\x02 \x01(\x0b\x32\x1f.jobpulse.v1.ClaimChunksRequest\"\x80\x01\n\x15\x43hunkCompletionResult\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\tjob_state\x18\x05 \x01(\x0e\x32\x15.jobpulse.v1.JobState\"v\n\x16\x43ompleteChunksResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".jobpulse.v1.ChunkCompletionResult\x12\'\n\x06\x63laims\x18\x02 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"t\n\x10\x46\x61ilChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.jobpulse.v1.ChunkError\x12\x11\n\tretryable\x18\x04 \x01(\x08\"^\n\x11\x46\x61ilChunkResponse\x12\x12\n\nwill_retry\x18\x01 \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xca\x03\n\rWorkerService\x12P\n\x0b\x43laimChunks\x12\x1f.jobpulse.v1.ClaimChunksRequest\x1a .jobpulse.v1.ClaimChunksResponse\x12h\n\x13ReportChunkProgress\x12\'.jobpulse.v1.ReportChunkProgressRequest\x1a(.jobpulse.v1.ReportChunkProgressResponse\x12V\n\rCompleteChunk\x12!.jobpulse.v1.CompleteChunkRequest\x1a\".jobpulse.v1.CompleteChunkResponse\x12Y\n\x0e\x43ompleteChunks\x12\".jobpulse.v1.CompleteChunksRequest\x1a#.jobpulse.v1.CompleteChunksResponse\x12J\n\tFailChunk\x12\x1d.jobpulse.v1.FailChunkRequest\x1a\x1e.jobpulse.v1.FailChunkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jobpulse/v1/worker_service.proto\x12\x0bjobpulse.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobpulse/v1/job.proto\"\xa6\x01\n\x12\x43laimChunksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x12\n\nmax_chunks\x18\x03 \x01(\x05\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe5\x01\n\nChunkClaim\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_kind\x18\x02 \x01(\t\x12-\n\x0cjob_metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x12.jobpulse.v1.Chunk\x12\x13\n\x0blease_token\x18\x05 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fjob_traceparent\x18\x07 \x01(\t\">\n\x13\x43laimChunksResponse\x12\'\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"\xee\x01\n\x1aReportChunkProgressRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x18\n\x10\x65xternal_task_id\x18\x06 \x01(\t\x12\x31\n\x0elease_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\tartifacts\x18\x08 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\"n\n\x1bReportChunkProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x14\x43ompleteChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12\x18\n\x10\x65xternal_task_id\x18\x04 \x01(\t\x12\x33\n\nclaim_next\x18\x05 \x01(\x0b\x32\x1f.jobpulse.v1.ClaimChunksRequest\"j\n\x15\x43ompleteChunkResponse\x12(\n\tjob_state\x18\x01 \x01(\x0e\x32\x15.jobpulse.v1.JobState\x12\'\n\x06\x63laims\x18\x02 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"|\n\x0f\x43hunkCompletion\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.jobpulse.v1.Artifact\x12\x18\n\x10\x65xternal_task_id\x18\x04 \x01(\t\"\x7f\n\x15\x43ompleteChunksRequest\x12\x31\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x1c.jobpulse.v1.ChunkCompletion\x12\x33\n\nclaim_next\x18\x02 \x01(\x0b\x32\x1f.jobpulse.v1.ClaimChunksRequest\"\x80\x01\n\x15\x43hunkCompletionResult\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\tjob_state\x18\x05 \x01(\x0e\x32\x15.jobpulse.v1.JobState\"v\n\x16\x43ompleteChunksResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".jobpulse.v1.ChunkCompletionResult\x12\'\n\x06\x63laims\x18\x02 \x03(\x0b\x32\x17.jobpulse.v1.ChunkClaim\"t\n\x10\x46\x61ilChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.jobpulse.v1.ChunkError\x12\x11\n\tretryable\x18\x04 \x01(\x08\"^\n\x11\x46\x61ilChunkResponse\x12\x12\n\nwill_retry\x18\x01 \x01(\x08\x12\x35\n\x11next_attempt_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x91\x05\n\rWorkerService\x12m\n\x0b\x43laimChunks\x12\x1f.jobpulse.v1.ClaimChunksRequest\x1a .jobpulse.v1.ClaimChunksResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/chunks:claim:\x01*\x12\x99\x01\n\x13ReportChunkProgress\x12\'.jobpulse.v1.ReportChunkProgressRequest\x1a(.jobpulse.v1.ReportChunkProgressResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/chunks/{chunk_id}:reportProgress:\x01*\x12\x81\x01\n\rCompleteChunk\x12!.jobpulse.v1.CompleteChunkRequest\x1a\".jobpulse.v1.CompleteChunkResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/chunks/{chunk_id}:complete:\x01*\x12~\n\x0e\x43ompleteChunks\x12\".jobpulse.v1.CompleteChunksRequest\x1a#.jobpulse.v1.CompleteChunksResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/chunks:batchComplete:\x01*\x12q\n\tFailChunk\x12\x1d.jobpulse.v1.FailChunkRequest\x1a\x1e.jobpulse.v1.FailChunkResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/chunks/{chunk_id}:fail:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobpulse.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLAIMCHUNKSREQUEST']._serialized_start=168
-  _globals['_CLAIMCHUNKSREQUEST']._serialized_end=334
-  _globals['_CHUNKCLAIM']._serialized_start=337
-  _globals['_CHUNKCLAIM']._serialized_end=566
-  _globals['_CLAIMCHUNKSRESPONSE']._serialized_start=568
-  _globals['_CLAIMCHUNKSRESPONSE']._serialized_end=630
-  _globals['_REPORTCHUNKPROGRESSREQUEST']._serialized_start=633
-  _globals['_REPORTCHUNKPROGRESSREQUEST']._serialized_end=871
-  _globals['_REPORTCHUNKPROGRESSRESPONSE']._serialized_start=873
-  _globals['_REPORTCHUNKPROGRESSRESPONSE']._serialized_end=983
-  _globals['_COMPLETECHUNKREQUEST']._serialized_start=986
-  _globals['_COMPLETECHUNKREQUEST']._serialized_end=1168
-  _globals['_COMPLETECHUNKRESPONSE']._serialized_start=1170
-  _globals['_COMPLETECHUNKRESPONSE']._serialized_end=1276
-  _globals['_CHUNKCOMPLETION']._serialized_start=1278
-  _globals['_CHUNKCOMPLETION']._serialized_end=1402
-  _globals['_COMPLETECHUNKSREQUEST']._serialized_start=1404
-  _globals['_COMPLETECHUNKSREQUEST']._serialized_end=1531
-  _globals['_CHUNKCOMPLETIONRESULT']._serialized_start=1534
-  _globals['_CHUNKCOMPLETIONRESULT']._serialized_end=1662
-  _globals['_COMPLETECHUNKSRESPONSE']._serialized_start=1664
-  _globals['_COMPLETECHUNKSRESPONSE']._serialized_end=1782
-  _globals['_FAILCHUNKREQUEST']._serialized_start=1784
-  _globals['_FAILCHUNKREQUEST']._serialized_end=1900
-  _globals['_FAILCHUNKRESPONSE']._serialized_start=1902
-  _globals['_FAILCHUNKRESPONSE']._serialized_end=1996
-  _globals['_WORKERSERVICE']._serialized_start=1999
-  _globals['_WORKERSERVICE']._serialized_end=2457
+  _globals['_WORKERSERVICE'].methods_by_name['ClaimChunks']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['ClaimChunks']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/chunks:claim:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['ReportChunkProgress']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['ReportChunkProgress']._serialized_options = b'\202\323\344\223\002)\"$/v1/chunks/{chunk_id}:reportProgress:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteChunk']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteChunk']._serialized_options = b'\202\323\344\223\002#\"\036/v1/chunks/{chunk_id}:complete:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteChunks']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteChunks']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/chunks:batchComplete:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['FailChunk']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['FailChunk']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/chunks/{chunk_id}:fail:\001*'
+  _globals['_CLAIMCHUNKSREQUEST']._serialized_start=198
+  _globals['_CLAIMCHUNKSREQUEST']._serialized_end=364
+  _globals['_CHUNKCLAIM']._serialized_start=367
+  _globals['_CHUNKCLAIM']._serialized_end=596
+  _globals['_CLAIMCHUNKSRESPONSE']._serialized_start=598
+  _globals['_CLAIMCHUNKSRESPONSE']._serialized_end=660
+  _globals['_REPORTCHUNKPROGRESSREQUEST']._serialized_start=663
+  _globals['_REPORTCHUNKPROGRESSREQUEST']._serialized_end=901
+  _globals['_REPORTCHUNKPROGRESSRESPONSE']._serialized_start=903
+  _globals['_REPORTCHUNKPROGRESSRESPONSE']._serialized_end=1013
+  _globals['_COMPLETECHUNKREQUEST']._serialized_start=1016
+  _globals['_COMPLETECHUNKREQUEST']._serialized_end=1198
+  _globals['_COMPLETECHUNKRESPONSE']._serialized_start=1200
+  _globals['_COMPLETECHUNKRESPONSE']._serialized_end=1306
+  _globals['_CHUNKCOMPLETION']._serialized_start=1308
+  _globals['_CHUNKCOMPLETION']._serialized_end=1432
+  _globals['_COMPLETECHUNKSREQUEST']._serialized_start=1434
+  _globals['_COMPLETECHUNKSREQUEST']._serialized_end=1561
+  _globals['_CHUNKCOMPLETIONRESULT']._serialized_start=1564
+  _globals['_CHUNKCOMPLETIONRESULT']._serialized_end=1692
+  _globals['_COMPLETECHUNKSRESPONSE']._serialized_start=1694
+  _globals['_COMPLETECHUNKSRESPONSE']._serialized_end=1812
+  _globals['_FAILCHUNKREQUEST']._serialized_start=1814
+  _globals['_FAILCHUNKREQUEST']._serialized_end=1930
+  _globals['_FAILCHUNKRESPONSE']._serialized_start=1932
+  _globals['_FAILCHUNKRESPONSE']._serialized_end=2026
+  _globals['_WORKERSERVICE']._serialized_start=2029
+  _globals['_WORKERSERVICE']._serialized_end=2686
 # @@protoc_insertion_point(module_scope)

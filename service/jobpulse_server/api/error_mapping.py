@@ -13,22 +13,16 @@ import logging
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from jobpulse_server.domain.errors import (
-    DatabaseUnavailable,
-    DomainError,
-    InvalidArgument,
-    InvalidPageToken,
-    RateLimited,
-)
-from jobpulse_server.wire.status import code_of
+from jobpulse_server.domain.errors import DatabaseUnavailable, DomainError
+from jobpulse_server.wire.status import DOMAIN, code_of, details_of
 
 log = logging.getLogger(__name__)
 
-DOMAIN = "jobpulse"
+__all__ = ["DOMAIN", "status_for", "to_status", "translate"]
 
 
 def _pack(msg: Any) -> any_pb2.Any:
@@ -38,40 +32,10 @@ def _pack(msg: Any) -> any_pb2.Any:
 
 
 def to_status(err: DomainError) -> grpc.Status:
-    """A domain error as a grpc.Status carrying google.rpc details in its trailers."""
+    """A domain error as a grpc.Status carrying google.rpc details (wire.status.details_of) in its
+    trailers."""
     code = grpc.StatusCode[code_of(err)]
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=dict(err.metadata)))
-    ]
-    if isinstance(err, InvalidArgument):
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in err.violations
-                    ]
-                )
-            )
-        )
-    elif isinstance(err, InvalidPageToken):
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field="page_token", description=err.message
-                        )
-                    ]
-                )
-            )
-        )
-    if code == grpc.StatusCode.UNAVAILABLE:
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))))
-    elif isinstance(err, RateLimited):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(max(1_000_000, int(err.retry_after * 1e9)))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    details = [_pack(d) for d in details_of(err)]
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=err.message, details=details)
     return rpc_status.to_status(status)
 

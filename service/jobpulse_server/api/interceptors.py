@@ -87,6 +87,8 @@ class CallGuard:
         # Each guarded method's handler, wrapped once: both forms a servicer is registered in (generic
         # and registered methods) answer through the same one. Only registered methods come here.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        # Each guarded service's generic handler as registered (``handler`` looks methods up in it).
+        self._services: dict[str, grpc.ServiceRpcHandler] = {}
 
     def server(self, server: grpc.aio.Server, registered: Collection[str]) -> GuardedServer:
         """What to pass to a generated ``add_XServicer_to_server`` in place of ``server``: the methods of
@@ -98,8 +100,17 @@ class CallGuard:
     def wrap_generic(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
         """``handler`` with its methods wrapped, when it serves a guarded service; else ``handler``."""
         if isinstance(handler, grpc.ServiceRpcHandler) and handler.service_name() in self.roles:
+            self._services[handler.service_name()] = handler
             return _GuardedService(handler, self)
         return handler
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler | None:
+        """The guarded handler of ``method`` (``/service/Method``) of a service registered through
+        ``server``, as gRPC calls it: what the HTTP side's JSON face calls (http/json_api.py)."""
+        service = method.lstrip("/").partition("/")[0]
+        found = self._services.get(service)
+        registered = None if found is None else found.service(_MethodDetails(method))
+        return None if registered is None else self.wrap(method, registered)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         """The handler of ``method`` (``/service/Method``, as registered) inside the guard; None if its

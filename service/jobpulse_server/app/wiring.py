@@ -41,6 +41,7 @@ from jobpulse_server.events.hub import ChangeHub
 from jobpulse_server.events.pg_listener import Listener
 from jobpulse_server.http.auth import HttpAuth
 from jobpulse_server.http.dashboard import Dashboard, Extras
+from jobpulse_server.http.json_api import SSE_METHODS, JsonApi
 from jobpulse_server.http.routes import HttpSide
 from jobpulse_server.http.server import HttpServer
 from jobpulse_server.http.session import Sessions
@@ -68,6 +69,7 @@ from jobpulse_server.services.webhooks import Deliverer, WebhookService, check_s
 from jobpulse_server.services.workers import WorkerService
 from jobpulse_server.store.database import SqlStore
 from jobpulse_server.store.diagnose import CannotOpenDatabase, startup_problem
+from jobpulse_server.wire import http_rules
 from jobpulse_server.wire.convert import webhook_job
 from jobpulse_server.wire.watch import feed_encoder, watch_encoder
 
@@ -368,6 +370,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             metrics.registry,
             config.cors_origins,
             dashboard,
+            JsonApi(http_rules.served_rules(), guard.handler, skip=SSE_METHODS),
         )
         asgi: Any = side.app()
         if tracing.on:

@@ -13,6 +13,13 @@ from jobpulse_server.domain.errors import FieldViolation, InvalidArgument
 from jobpulse_server.domain.model import JobState
 
 R = TypeVar("R", job_service_pb2.WatchJobsRequest, job_service_pb2.ListJobsRequest)
+_ALIASES = {
+    "states": "state",
+    "minPriority": "min_priority",
+    "maxPriority": "max_priority",
+    "createdAfter": "created_after",
+    "createdBefore": "created_before",
+}
 
 
 def parse(query_string: bytes | str) -> list[tuple[str, str]]:
@@ -48,6 +55,11 @@ def filter_request(params: list[tuple[str, str]], request: R) -> R:
     for name, value in params:
         if not value.strip():
             continue
+        # The JSON face's names for the same filters (its OpenAPI document lists those): the request's
+        # fields by proto or lowerCamel name, a label as labels.<key>=<value>.
+        if name.startswith("labels."):
+            name, value = "label", f"{name[len('labels.') :]}={value}"
+        name = _ALIASES.get(name, name)
         if name == "state":
             state = job_state(value)
             if state is None:

@@ -4,6 +4,7 @@ and /metrics. Every error is a JSON body (errors.py); no request ever gets a tra
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from jobpulse_server.domain.errors import (
 )
 from jobpulse_server.domain.model import JobState
 from jobpulse_server.domain.principal import Principal
+from jobpulse_server.http import openapi
 from jobpulse_server.http.auth import HttpAuth
 from jobpulse_server.http.dashboard import Dashboard
 from jobpulse_server.http.errors import error_response, response_for
@@ -39,6 +41,8 @@ from jobpulse_server.wire.validation import Checker
 _JOB_ID = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
 _MAX_REVISION = 2**63 - 1
 _TERMINAL = {f"JOB_STATE_{s.name}" for s in JobState if s.terminal}
+# The HTTP methods the JSON face's rules use (and HEAD, answered as GET without a body).
+_VERBS = frozenset({"GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"})
 
 
 class _NoContent(Exception):
@@ -96,6 +100,7 @@ class HttpSide:
         registry: CollectorRegistry,
         cors_origins: list[str],
         dashboard: Dashboard | None = None,
+        json_api: Callable[[Any, Any, Any], Any] | None = None,
     ) -> None:
         self.watches = watches
         self.feeds = feeds
@@ -106,20 +111,26 @@ class HttpSide:
         self.registry = registry
         self.cors_origins = cors_origins
         self.dashboard = dashboard
+        # The JSON face (json_api.py): every other path under /v1.
+        self.json_api = json_api
+        self._openapi: bytes | None = None
 
     def app(self) -> Starlette:
         v1 = [
             Route("/jobs/{job_id}/events", _Asgi(self.job_events), methods=["GET"]),
             Route("/events", _Asgi(self.feed_events), methods=["GET"]),
         ]
+        if self.json_api is not None:
+            v1.append(Route("/openapi.json", self.openapi, methods=["GET"]))
+            v1.append(Route("/{rest:path}", _Asgi(self.json_api), methods=list(_VERBS)))
         cors = []
         if self.cors_origins:
             cors = [
                 Middleware(
                     CORSMiddleware,
                     allow_origins=self.cors_origins,
-                    allow_methods=["GET"],
-                    allow_headers=["authorization", "last-event-id", "cache-control"],
+                    allow_methods=list(_VERBS - {"HEAD"}) if self.json_api is not None else ["GET"],
+                    allow_headers=["authorization", "content-type", "last-event-id", "cache-control"],
                     max_age=600,
                 )
             ]
@@ -150,6 +161,13 @@ class HttpSide:
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         body = await asyncio.to_thread(encode, self.registry)
         return Response(body, headers={"content-type": content_type})
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /v1/openapi.json``: the JSON face's OpenAPI document (what protos/openapi.json holds),
+        made from the descriptors on the first request and kept."""
+        if self._openapi is None:
+            self._openapi = json.dumps(openapi.document(), indent=2, sort_keys=True).encode() + b"\n"
+        return Response(self._openapi, media_type="application/json")
 
     # --- events -----------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ tracing is on; docs/operations.md, "Tracing").
 headers to its last byte, so an SSE stream (``/v1/jobs/{id}/events``, ``/v1/events``) is one span for
 its whole life. An incoming ``traceparent`` (and ``tracestate``, ``baggage``) makes it a child of the
 caller's span. The span is named by method and route template (``GET /v1/jobs/{job_id}/events``), never
-by the concrete path, so traces group by endpoint. The probes and ``/metrics`` are not traced: they
+by the concrete path, so traces group by endpoint; a JSON-face call is named by its rule's template and
+carries the RPC it called (``rpc.service``, ``rpc.method``). The probes and ``/metrics`` are not traced: they
 are asked every few seconds and say nothing about jobs.
 """
 
@@ -19,6 +20,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+# What the JSON face (json_api.py) leaves in the scope of a call it served: the rule's path template (the
+# span's route) and (service, method) of the RPC.
+RULE_TEMPLATE = "jobpulse.rule_template"
+RPC_NAME = "jobpulse.rpc"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 
@@ -82,7 +87,11 @@ class TracedHttp:
             span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
             raise
         finally:
-            route = _route_of(scope, root_path)
+            route = scope.get(RULE_TEMPLATE) or _route_of(scope, root_path)
+            rpc = scope.get(RPC_NAME)
+            if rpc is not None:  # a call of the JSON face (json_api.py): the RPC it is
+                span.set_attribute("rpc.service", rpc[0])
+                span.set_attribute("rpc.method", rpc[1])
             if route:
                 span.set_attribute("http.route", route)
                 span.update_name(f"{known} {route}")
