@@ -5,6 +5,8 @@ with Google's details; metrics that name the RPC; NDJSON for the export."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from jobpulse import export_csv
 from jobpulse_server.services import keys
 from jobpulse_server.wire import http_rules
 
@@ -54,6 +57,10 @@ def test_every_rpc_has_a_rule_and_answers_over_http(server: Any) -> None:
     methods = _served_methods(server.address)
     rules = http_rules.served_rules()
     assert methods == {r.full_method for r in rules}
+    # And each is in the OpenAPI document the server serves.
+    document = httpx.get(_url(server) + "/v1/openapi.json").json()
+    operations = {op["operationId"] for item in document["paths"].values() for op in item.values()}
+    assert {"{}_{}".format(*m.lstrip("/").rsplit(".", 1)[1].split("/")) for m in methods} <= operations
     for rule in rules:
         path = rule.path_of({v.field: "kinds/x" if v.field == "kind.name" else "operations/x"
                              if v.field == "name" else "x" for v in rule.variables})  # fmt: skip
@@ -220,9 +227,17 @@ def test_metrics_name_the_rpc_and_the_export_is_ndjson(server: Any) -> None:
     assert exported.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in exported.text.splitlines()]
     assert sorted(j["displayName"] for line in lines for j in line["jobs"]) == ["j0", "j1", "j2"]
+    # CSV: the columns `jobpulse export --format csv` writes, a job a row.
+    as_csv = httpx.get(base + "/jobs:export", params={"kind": "export-me", "format": "csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(as_csv.text)))
+    assert tuple(rows[0]) == export_csv.COLUMNS
+    assert sorted(r[export_csv.COLUMNS.index("display_name")] for r in rows[1:]) == ["j0", "j1", "j2"]
+    bad = httpx.get(base + "/jobs:export", params={"format": "xml"})
+    assert bad.status_code == 400 and "format" in json.dumps(_error(bad)["details"])
     metrics = httpx.get(_url(server) + "/metrics").text
     assert 'jobpulse_rpcs_total{code="OK",method="CreateJob"} 3.0' in metrics
-    assert 'jobpulse_rpcs_total{code="OK",method="ExportJobs"} 1.0' in metrics
+    assert 'jobpulse_rpcs_total{code="OK",method="ExportJobs"} 2.0' in metrics
 
 
 def test_update_masks_take_either_spelling(server: Any) -> None:
@@ -242,6 +257,7 @@ def test_the_feed_reads_the_json_face_s_names_of_its_filters() -> None:
     """/v1/events (Server-Sent Events, routes.py) reads its filters as the OpenAPI document lists them
     (WatchJobsRequest's fields, a label as labels.<key>) as well as by the names it had before."""
     from jobpulse.v1 import job_service_pb2
+    from jobpulse_server.domain.errors import InvalidArgument
     from jobpulse_server.http.query import filter_request
 
     as_documented = filter_request(
@@ -254,3 +270,17 @@ def test_the_feed_reads_the_json_face_s_names_of_its_filters() -> None:
     )
     assert as_documented == as_before
     assert list(as_documented.states) == [2] and dict(as_documented.labels) == {"team": "ml"}
+    # A digit that is not ASCII (what schemathesis sent): refused by name, not a 500.
+    for bad in ("²", "1²", "123456", "-"):
+        with pytest.raises(InvalidArgument) as caught:
+            filter_request([("max_priority", bad)], job_service_pb2.WatchJobsRequest())
+        assert caught.value.violations[0].field == "max_priority"
+
+
+def test_options_and_trace_name_the_path_s_own_verbs(server: Any) -> None:
+    base = _url(server) + "/v1"
+    for verb in ("OPTIONS", "TRACE"):
+        response = httpx.request(verb, base + "/jobs/some-id")
+        assert response.status_code == 405
+        assert set(response.headers["allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+        assert _error(response)["reason"] == "METHOD_NOT_ALLOWED"

@@ -272,9 +272,10 @@ def test_streams_are_sse_and_ndjson(doc: dict[str, Any]) -> None:
         assert {"eventsToken": []} in operation["security"]
     assert "204" in operations["JobService_WatchJob"][2]["responses"]
     _, _, export = operations["JobService_ExportJobs"]
-    assert export["responses"]["200"]["content"] == {
-        "application/x-ndjson": {"schema": {"$ref": SCHEMAS + "jobpulse.v1.ExportJobsResponse"}}
-    }
+    content = export["responses"]["200"]["content"]
+    assert content["application/x-ndjson"] == {"schema": {"$ref": SCHEMAS + "jobpulse.v1.ExportJobsResponse"}}
+    assert list(content) == ["application/x-ndjson", "text/csv"]
+    assert _param(export, "format")["schema"]["enum"] == ["ndjson", "csv"]
     _, _, get_job = operations["JobService_GetJob"]
     assert list(get_job["responses"]["200"]["content"]) == ["application/json"]
 

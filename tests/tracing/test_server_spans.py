@@ -212,6 +212,35 @@ def test_http_requests_and_a_whole_sse_stream_get_server_spans(traced: Traced) -
     assert not [s for s in traced.spans() if s.attributes and s.attributes.get("url.path") == "/healthz"]
 
 
+def test_a_json_face_call_is_named_by_its_rule_and_carries_its_rpc(traced: Traced) -> None:
+    channel, jobs, _ = _stubs(traced.address)
+    with channel:
+        job_id = _create(jobs)
+    base = str(traced.app.http_url)
+    got = httpx.get(f"{base}/v1/jobs/{job_id}", headers={"traceparent": TRACEPARENT})
+    assert got.status_code == 200 and got.json()["job"]["id"] == job_id
+    assert httpx.get(f"{base}/v1/no/such/rule").status_code == 404
+
+    span = eventually(lambda: traced.named("GET /v1/jobs/{job_id}"), what="the JSON call's span")[0]
+    assert span.kind == SpanKind.SERVER and span.attributes is not None
+    assert span.attributes["http.route"] == "/v1/jobs/{job_id}"
+    assert (span.attributes["rpc.service"], span.attributes["rpc.method"]) == (
+        "jobpulse.v1.JobService",
+        "GetJob",
+    )
+    assert span.attributes["http.response.status_code"] == 200
+    assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert any(s.name == "jobpulse.store read" for s in traced.children(span))
+    # A path no rule has: the span names no route (not the face's catch-all).
+    missing = eventually(
+        lambda: [
+            s for s in traced.spans() if s.attributes and s.attributes.get("url.path") == "/v1/no/such/rule"
+        ],
+        what="the 404's span",
+    )[0]
+    assert missing.name == "GET" and "http.route" not in (missing.attributes or {})
+
+
 def test_log_records_carry_the_trace_and_span_ids(traced: Traced) -> None:
     records: list[logging.LogRecord] = []
 

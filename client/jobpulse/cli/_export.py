@@ -13,6 +13,7 @@ import sys
 from typing import TextIO
 
 import jobpulse.cli._connection as _connection
+from jobpulse import export_csv
 from jobpulse.cli import _render
 from jobpulse.cli._argtypes import _filters
 from jobpulse.v1 import job_pb2
@@ -67,13 +68,13 @@ class _ExportWriter:
         self.count = 0
         self._csv = csv.writer(out) if fmt == "csv" else None
         if self._csv is not None:
-            self._csv.writerow(_render.EXPORT_COLUMNS)
+            self._csv.writerow(export_csv.COLUMNS)
         elif fmt == "json":
             out.write("[")
 
     def write(self, job: job_pb2.Job) -> None:
         if self._csv is not None:
-            self._csv.writerow(_render.export_row(job))
+            self._csv.writerow(export_csv.row(job))
         else:
             text = json.dumps(_render.to_dict(job), separators=(",", ":"), ensure_ascii=False)
             if self.format == "json":

@@ -13,11 +13,13 @@ routes.py) answers NDJSON, a message a line.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import grpc
 from google.protobuf import any_pb2, json_format, message_factory
@@ -25,6 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from jobpulse.export_csv import COLUMNS, row
 from jobpulse_server.domain.errors import DomainError, FieldViolation, InvalidArgument, MalformedRequest
 from jobpulse_server.http.errors import error_response
 from jobpulse_server.http.query import parse
@@ -38,7 +41,8 @@ log = logging.getLogger(__name__)
 # The largest JSON body read (gRPC's own limit on a request message).
 MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
-_NDJSON = "application/x-ndjson"
+_NDJSON = b"application/x-ndjson"
+_CSV = b"text/csv; charset=utf-8"
 # Request headers passed to the handler as gRPC metadata (what the guard and the logs read).
 _METADATA_HEADERS = frozenset(
     {b"authorization", b"x-request-id", b"traceparent", b"tracestate", b"user-agent"}
@@ -46,6 +50,8 @@ _METADATA_HEADERS = frozenset(
 _TRUE = {"true": True, "1": True, "false": False, "0": False}
 # The watches, whose rules' paths routes.py serves as Server-Sent Events.
 SSE_METHODS = frozenset({"/jobpulse.v1.JobService/WatchJob", "/jobpulse.v1.JobService/WatchJobs"})
+# The export: NDJSON, or CSV with ?format=csv.
+EXPORT_METHOD = "/jobpulse.v1.JobService/ExportJobs"
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -116,8 +122,12 @@ class JsonApi:
     ) -> None:
         skipped = set(skip)
         self.routes: list[Route] = []
+        # The rules served elsewhere (the watches, as Server-Sent Events): their paths exist, so another
+        # verb on one is 405 naming theirs, not 404.
+        self.elsewhere: list[HttpRule] = []
         for rule in rules:
             if rule.full_method in skipped:
+                self.elsewhere.append(rule)
                 continue
             found = handler(rule.full_method)
             if found is None:
@@ -136,6 +146,7 @@ class JsonApi:
             if route.rule.verb == verb:
                 return route, values
             allowed.append(route.rule.verb)
+        allowed += [r.verb for r in self.elsewhere if r.verb != verb and r.match(path) is not None]
         return allowed
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -145,6 +156,7 @@ class JsonApi:
         verb = scope["method"]
         found = self.find("GET" if verb == "HEAD" else verb, path)
         if isinstance(found, list):
+            scope[RULE_TEMPLATE] = ""  # no rule: no route to name the span by
             if found:
                 response = error_response(
                     405, "INVALID_ARGUMENT", "METHOD_NOT_ALLOWED", f"{verb} is not allowed here",
@@ -160,7 +172,10 @@ class JsonApi:
         context = _Context(_metadata(scope["headers"]))
         try:
             body = await _body(receive) if route.rule.body else b""
-            request = _request(route, values, scope.get("query_string", b""), body)
+            query, csv_rows = scope.get("query_string", b""), False
+            if route.rule.full_method == EXPORT_METHOD:
+                csv_rows, query = _export_format(query)
+            request = _request(route, values, query, body)
         except Exception as exc:  # a request that is not one: answered as the guard answers gRPC's
             await _failed(exc, route.name, scope, receive, send)
             return
@@ -173,41 +188,65 @@ class JsonApi:
                 return
             await _send(scope, send, 200, _JSON, _to_json(reply, route.rule.response_body).encode())
             return
-        await self._stream(handler, request, context, route, scope, receive, send)
+        await self._stream(handler, request, context, route, scope, receive, send, csv_rows)
 
     async def _stream(
         self, handler: grpc.RpcMethodHandler, request: Message, context: _Context, route: Route,
-        scope: Any, receive: Any, send: Any,
+        scope: Any, receive: Any, send: Any, csv_rows: bool,
     ) -> None:  # fmt: skip
-        """NDJSON: the headers with the first message (or the error, if the call fails before one)."""
+        """NDJSON, a message a line (or CSV, a job a row, for the export): the headers go with the first
+        message, so an error before it is a JSON error response; one after it ends NDJSON with a line
+        holding the error (and CSV just ends)."""
         items: AsyncIterator[Any] = handler.unary_stream(request, context)
+        content_type = _CSV if csv_rows else _NDJSON
         started = False
+
+        async def start() -> None:
+            nonlocal started
+            started = True
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
+            )
+            if csv_rows:
+                await send({"type": "http.response.body", "body": _csv_lines([COLUMNS]), "more_body": True})
+
         try:
             async for item in items:
-                line = (_to_json(item, route.rule.response_body) + "\n").encode()
+                if csv_rows:
+                    body = _csv_lines(row(job) for job in item.jobs)
+                else:
+                    body = (_to_json(item, route.rule.response_body) + "\n").encode()
                 if not started:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [(b"content-type", _NDJSON.encode())],
-                        }
-                    )
-                    started = True
-                await send({"type": "http.response.body", "body": line, "more_body": True})
+                    await start()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         except _Aborted as aborted:
             if not started:
                 await _aborted(aborted, scope, receive, send)
                 return
+            if not csv_rows:
+                line = json.dumps({"error": {"status": aborted.code.name, "message": aborted.details}})
+                await send({"type": "http.response.body", "body": line.encode() + b"\n", "more_body": True})
         if not started:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", _NDJSON.encode())],
-                }
-            )
+            await start()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _csv_lines(rows: Iterable[Sequence[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode()
+
+
+def _export_format(query_string: bytes) -> tuple[bool, bytes]:
+    """(CSV asked for, the query without ``format``): ExportJobs' ``format=ndjson`` (the default) or
+    ``format=csv`` (the columns of ``jobpulse export --format csv``)."""
+    params = parse(query_string)
+    formats = [v for k, v in params if k == "format"]
+    if not formats:
+        return False, query_string
+    if formats[-1] not in ("ndjson", "csv"):
+        raise InvalidArgument([FieldViolation("format", f"must be ndjson or csv (got {formats[-1][:40]!r})")])
+    return formats[-1] == "csv", urlencode([(k, v) for k, v in params if k != "format"]).encode()
 
 
 def _metadata(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:

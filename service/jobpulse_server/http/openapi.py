@@ -30,7 +30,8 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.rpc import code_pb2, error_details_pb2
 
 import jobpulse_server
-from jobpulse_server.http.json_api import SSE_METHODS
+from jobpulse.export_csv import COLUMNS
+from jobpulse_server.http.json_api import EXPORT_METHOD, SSE_METHODS
 from jobpulse_server.wire.http_rules import HttpRule, Variable, served_rules
 
 OPENAPI_VERSION = "3.1.0"
@@ -48,7 +49,10 @@ _FILE_MESSAGE, _FILE_ENUM, _FILE_SERVICE = 4, 5, 6
 _MESSAGE_FIELD, _MESSAGE_NESTED, _MESSAGE_ENUM = 2, 3, 4
 _ENUM_VALUE, _SERVICE_METHOD = 2, 2
 
-_INT64 = {"type": "string", "format": "int64"}
+# 64-bit integers are decimal strings: the pattern says so (a "format" alone constrains nothing, so "" or
+# "many" would be valid by the schema, where the server refuses them).
+_INT64 = {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}
+_UINT64 = {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}
 # The scalar types in the proto3 JSON mapping: 64-bit integers are strings (JavaScript numbers cannot
 # hold them), 32-bit ones numbers, bytes base64.
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -57,8 +61,8 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_INT64: _INT64,
     FieldDescriptor.TYPE_SINT64: _INT64,
     FieldDescriptor.TYPE_SFIXED64: _INT64,
-    FieldDescriptor.TYPE_UINT64: _INT64,
-    FieldDescriptor.TYPE_FIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
@@ -101,7 +105,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.DoubleValue": {"type": "number", "format": "double"},
     "google.protobuf.FloatValue": {"type": "number", "format": "float"},
     "google.protobuf.Int64Value": _INT64,
-    "google.protobuf.UInt64Value": _INT64,
+    "google.protobuf.UInt64Value": _UINT64,
     "google.protobuf.Int32Value": {"type": "integer", "format": "int32"},
     "google.protobuf.UInt32Value": {"type": "integer", "minimum": 0, "maximum": 4294967295},
     "google.protobuf.BoolValue": {"type": "boolean"},
@@ -135,7 +139,9 @@ one field takes that field as the body and the others as query parameters. Witho
 the path does not set is a query parameter: by its proto name or its lowerCamel JSON name, a field of a
 message field by its dotted path (`a.b`), a repeated field by repeating the parameter, a map field as
 `field.key=value` (e.g. `labels.team=ml`), booleans as `true`/`false`, enums by name, timestamps in
-RFC 3339, durations like `1.5s`, field masks comma-separated.
+RFC 3339, durations like `1.5s`, field masks comma-separated. An unknown field, in the body or the query,
+is refused (400): a request message's schema allows no other properties (its fields go by their
+lowerCamel names here; the proto names are accepted too).
 
 **Responses** are the response message in the proto3 JSON mapping: lowerCamel names, 64-bit integers as
 strings, enums by name, timestamps, durations and field masks as strings, fields with default values left
@@ -260,9 +266,13 @@ class Schemas:
     """The components' schemas: every message and enum reached from the operations, named by full name,
     in the proto3 JSON mapping. A message is added before its fields are, so recursion ends in a $ref."""
 
-    def __init__(self, comments: SourceComments) -> None:
+    def __init__(self, comments: SourceComments, closed: Iterable[str] = ()) -> None:
         self.comments = comments
         self.schemas: dict[str, dict[str, Any]] = {}
+        # The messages whose objects take no property but their fields' (the RPCs' requests: the JSON
+        # face refuses an unknown field with 400). Responses stay open, so that a field added later is no
+        # error to a client that validates what it reads.
+        self.closed = frozenset(closed)
 
     def ref(self, descriptor: Descriptor | EnumDescriptor) -> dict[str, Any]:
         """A $ref to the schema of a message or an enum (made on first use), or a well-known type's
@@ -294,6 +304,8 @@ class Schemas:
             schema["description"] = description
         if fields:
             schema["properties"] = {f.json_name: self.field(f) for f in fields}
+        if descriptor.full_name in self.closed:
+            schema["additionalProperties"] = False
         return schema
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
@@ -407,7 +419,7 @@ class _Operations:
 
     def __init__(self) -> None:
         self.comments = source_comments()
-        self.schemas = Schemas(self.comments)
+        self.schemas = Schemas(self.comments, closed={r.request.full_name for r in served_rules()})
 
     def operation(self, rule: HttpRule, operation_id: str) -> tuple[str, dict[str, Any]]:
         """The OpenAPI path of ``rule`` and its operation."""
@@ -432,6 +444,17 @@ class _Operations:
                     "required": False,
                     "description": _LAST_EVENT_ID,
                     "schema": {"type": "string"},
+                }
+            )
+        if rule.full_method == EXPORT_METHOD:
+            parameters.append(
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "description": "`ndjson` (the default): one message a line; `csv`: a job a row, under a "
+                    "header, the columns of `jobpulse export --format csv`.",
+                    "schema": {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"},
                 }
             )
         notes.append(f"gRPC: `{rule.full_method}`.")
@@ -588,10 +611,14 @@ class _Operations:
                 "content": {"text/event-stream": {"schema": _sse_event(schema, what)}},
             }
         elif rule.streaming:
-            ok = {
-                "description": f"NDJSON: one JSON object a line, each {what}.",
-                "content": {"application/x-ndjson": {"schema": schema}},
-            }
+            described = f"NDJSON: one JSON object a line, each {what}."
+            content: dict[str, Any] = {"application/x-ndjson": {"schema": schema}}
+            if rule.full_method == EXPORT_METHOD:
+                described += " With `format=csv`, CSV: a header, then a job a row."
+                content["text/csv"] = {
+                    "schema": {"type": "string", "description": "Columns: " + ", ".join(COLUMNS) + "."}
+                }
+            ok = {"description": described, "content": content}
         else:
             ok = {"description": said, "content": {"application/json": {"schema": schema}}}
         responses: dict[str, Any] = {"200": ok}

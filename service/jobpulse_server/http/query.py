@@ -5,6 +5,7 @@ both as it checks the RPCs'. Empty values (what a form sends for a field left bl
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
@@ -13,6 +14,7 @@ from jobpulse_server.domain.errors import FieldViolation, InvalidArgument
 from jobpulse_server.domain.model import JobState
 
 R = TypeVar("R", job_service_pb2.WatchJobsRequest, job_service_pb2.ListJobsRequest)
+_WHOLE = re.compile(r"-?[0-9]{1,5}")
 _ALIASES = {
     "states": "state",
     "minPriority": "min_priority",
@@ -79,7 +81,7 @@ def filter_request(params: list[tuple[str, str]], request: R) -> R:
         elif name == "cursor" and isinstance(request, job_service_pb2.WatchJobsRequest):
             request.cursor = value
         elif name in ("min_priority", "max_priority"):
-            if value.strip().lstrip("-").isdigit() and len(value) < 6:
+            if _WHOLE.fullmatch(value.strip()):  # ASCII digits: str.isdigit() takes "²", int() does not
                 setattr(request, name, int(value))
             else:
                 bad.append(FieldViolation(name, f"must be a whole number from 0 to 10 (got {value[:40]!r})"))

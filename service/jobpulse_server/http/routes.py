@@ -122,7 +122,9 @@ class HttpSide:
         ]
         if self.json_api is not None:
             v1.append(Route("/openapi.json", self.openapi, methods=["GET"]))
-            v1.append(Route("/{rest:path}", _Asgi(self.json_api), methods=list(_VERBS)))
+            # OPTIONS and TRACE too, so that they get the JSON face's 405 naming the path's own verbs (a
+            # CORS preflight is answered before routing, by the middleware).
+            v1.append(Route("/{rest:path}", _Asgi(self.json_api), methods=[*_VERBS, "OPTIONS", "TRACE"]))
         cors = []
         if self.cors_origins:
             cors = [

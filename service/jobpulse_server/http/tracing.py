@@ -87,7 +87,8 @@ class TracedHttp:
             span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
             raise
         finally:
-            route = scope.get(RULE_TEMPLATE) or _route_of(scope, root_path)
+            # The JSON face leaves its rule's template, or "" for a path none of its rules has.
+            route = scope[RULE_TEMPLATE] if RULE_TEMPLATE in scope else _route_of(scope, root_path)
             rpc = scope.get(RPC_NAME)
             if rpc is not None:  # a call of the JSON face (json_api.py): the RPC it is
                 span.set_attribute("rpc.service", rpc[0])
