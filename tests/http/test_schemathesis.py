@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ MAX_EXAMPLES = 25
 # bugs so far are fixed, and tested on their own); JOBPULSE_SCHEMATHESIS_SEED=random (or another number)
 # explores further.
 SEED = "20261129"
+_AST_BUG = "SystemError: AST constructor recursion depth mismatch"
 NO_SUCH_JOB = "00000000000000000000000000"
 WEBHOOK_SECRET = "whsec_" + "c2NoZW1hdGhlc2lzIHdlYmhvb2sgc2VjcmV0IGtleSE="  # 32 bytes, base64
 
@@ -191,15 +193,22 @@ def test_schemathesis_finds_nothing(
     caplog.set_level(logging.ERROR, logger="jobpulse_server")
     before = _ok_counts(base)
     seed = os.environ.get("JOBPULSE_SCHEMATHESIS_SEED", SEED)
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config),
-            "run", base + "/v1/openapi.json", "--checks", ",".join(CHECKS),
-            "--report", "json", "--report-dir", str(reports), "--no-color",
-            *(["--seed", seed] if seed != "random" else []),
-        ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    for _ in range(2):
+        shutil.rmtree(reports, ignore_errors=True)
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "schemathesis.cli", "--config-file", str(config),
+                "run", base + "/v1/openapi.json", "--checks", ",".join(CHECKS),
+                "--report", "json", "--report-dir", str(reports), "--no-color",
+                *(["--seed", seed] if seed != "random" else []),
+            ],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        # CPython 3.11.7's ast.parse can fail with "AST constructor recursion depth mismatch" when
+        # hypothesis describes one of its strategies deep in a stack (a CPython bug, fixed in later
+        # releases; seen once in CI): that run says nothing of the server, so it is made again, once.
+        if done.returncode == 0 or _AST_BUG not in done.stdout:
+            break
     said = done.stdout[-20000:] + done.stderr[-5000:]
     report = json.loads(next(reports.glob("json-*.json")).read_text(encoding="utf-8"))
     assert done.returncode == 0 and report["exit_code"] == 0, said
