@@ -22,6 +22,7 @@ from support.postgres import POSTGRES_URL
 
 from jobpulse_server.app.wiring import App, create_server
 from jobpulse_server.platform.config import Config
+from jobpulse_server.services import keys
 from jobpulse_server.store.database import SqlStore
 
 T = TypeVar("T")
@@ -269,3 +270,22 @@ def make_server(database_url: str) -> Iterator[Callable[..., ServerThread]]:
 def server(make_server: Callable[..., ServerThread]) -> ServerThread:
     """A running server with default settings on a fresh SQLite file."""
     return make_server()
+
+
+@pytest.fixture
+def make_keyed(
+    make_server: Callable[..., ServerThread],
+) -> Callable[..., tuple[ServerThread, dict[str, str]]]:
+    """Starts a server (config overrides as ``make_server``) with API keys alice and bob (client), root
+    (admin) and w (worker), in force once it returns: (server, the key of each name)."""
+
+    def make(**overrides: Any) -> tuple[ServerThread, dict[str, str]]:
+        srv = make_server(**overrides)
+        made = {
+            name: srv.call(keys.create_key(srv.app.db, name, role))
+            for name, role in (("alice", "client"), ("bob", "client"), ("root", "admin"), ("w", "worker"))
+        }
+        srv.call(srv.app.auth.refresh())
+        return srv, made
+
+    return make

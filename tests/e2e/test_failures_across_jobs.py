@@ -16,7 +16,6 @@ import pytest
 import jobpulse
 from jobpulse import cli
 from jobpulse.v1 import job_pb2, job_service_pb2
-from jobpulse_server.services import keys
 
 
 def _fail(client: jobpulse.Client, kind: str, reason: str, message: str, n: int = 1) -> list[Any]:
@@ -135,14 +134,8 @@ def test_too_many_reasons_are_refused_naming_the_field(job_stub: Any) -> None:
 
 
 @pytest.fixture
-def keyed(make_server: Callable[..., Any]) -> tuple[Any, dict[str, str]]:
-    srv = make_server()
-    made = {
-        name: srv.call(keys.create_key(srv.app.db, name, role))
-        for name, role in (("alice", "client"), ("bob", "client"), ("root", "admin"), ("w", "worker"))
-    }
-    srv.call(srv.app.auth.refresh())
-    return srv, made
+def keyed(make_keyed: Callable[..., tuple[Any, dict[str, str]]]) -> tuple[Any, dict[str, str]]:
+    return make_keyed()
 
 
 def test_a_client_sees_its_own_failures_and_an_admin_everyone_s(keyed: tuple[Any, dict[str, str]]) -> None:

@@ -17,7 +17,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 import jobpulse
 from jobpulse import cli, errors
 from jobpulse.v1 import job_service_pb2
-from jobpulse_server.services import keys
 
 
 def _kinds(client: jobpulse.Client) -> dict[str, tuple[bool, int, int, int]]:
@@ -178,14 +177,8 @@ def test_concurrent_updates_of_different_controls_both_hold(client: jobpulse.Cli
 
 
 @pytest.fixture
-def keyed(make_server: Callable[..., Any]) -> tuple[Any, dict[str, str]]:
-    srv = make_server()
-    made = {
-        name: srv.call(keys.create_key(srv.app.db, name, role))
-        for name, role in (("alice", "client"), ("bob", "client"), ("root", "admin"), ("w", "worker"))
-    }
-    srv.call(srv.app.auth.refresh())
-    return srv, made
+def keyed(make_keyed: Callable[..., tuple[Any, dict[str, str]]]) -> tuple[Any, dict[str, str]]:
+    return make_keyed()
 
 
 def test_only_an_admin_updates_a_kind_and_a_client_counts_its_own_chunks(

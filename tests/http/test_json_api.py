@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,7 +17,6 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from jobpulse import export_csv
-from jobpulse_server.services import keys
 from jobpulse_server.wire import http_rules
 
 
@@ -173,14 +173,8 @@ def test_bad_requests_are_400_naming_what_is_wrong(server: Any) -> None:
 
 
 @pytest.fixture
-def keyed(make_server: Any) -> tuple[Any, dict[str, str]]:
-    srv = make_server(rate_limit_client=2.0)
-    made = {
-        name: srv.call(keys.create_key(srv.app.db, name, role))
-        for name, role in (("alice", "client"), ("bob", "client"), ("w", "worker"), ("root", "admin"))
-    }
-    srv.call(srv.app.auth.refresh())
-    return srv, made
+def keyed(make_keyed: Callable[..., tuple[Any, dict[str, str]]]) -> tuple[Any, dict[str, str]]:
+    return make_keyed(rate_limit_client=2.0)
 
 
 def test_keys_roles_and_owners_as_over_grpc(keyed: tuple[Any, dict[str, str]]) -> None:
