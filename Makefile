@@ -20,9 +20,9 @@ GEN_PINS := grpcio-tools==1.72.1 grpcio==1.72.1 protobuf==6.33.6 mypy-protobuf==
   googleapis-common-protos==1.76.0
 GEN_GRPC_PLUGIN_PIN := grpcio-tools==1.62.3
 GEN_SITE = $$($(GEN_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-PROTOC = $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_SITE) --plugin=protoc-gen-mypy=$(GEN_VENV)/bin/protoc-gen-mypy \
+PROTOC = $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_VENV)/protos -I$(GEN_SITE) --plugin=protoc-gen-mypy=$(GEN_VENV)/bin/protoc-gen-mypy \
   --plugin=protoc-gen-mypy_grpc=$(GEN_VENV)/bin/protoc-gen-mypy_grpc
-PROTOC_GRPC = PYTHONPATH=$(GEN_VENV)/grpc-plugin $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_SITE)
+PROTOC_GRPC = PYTHONPATH=$(GEN_VENV)/grpc-plugin $(GEN_PY) -m grpc_tools.protoc -Iprotos -I$(GEN_VENV)/protos -I$(GEN_SITE)
 JOBPULSE_HOST ?= 127.0.0.1
 JOBPULSE_PORT ?= 50051
 JOBPULSE_DATABASE_URL ?= sqlite:///jobpulse.db
@@ -51,16 +51,25 @@ buf: $(NODE_DEPS) buf-deps
 
 # The googleapis protos the jobpulse protos import, for buf (buf.yaml): copied from the installed
 # googleapis-common-protos, never committed.
-BUF_DEPS := .buf-deps/google/api/annotations.proto .buf-deps/google/api/http.proto
+BUF_DEPS := .buf-deps/google/api/annotations.proto .buf-deps/google/api/http.proto .buf-deps/google/api/client.proto \
+  .buf-deps/google/api/field_behavior.proto .buf-deps/google/api/launch_stage.proto .buf-deps/google/rpc/status.proto \
+  .buf-deps/google/longrunning/operations.proto
 buf-deps: $(BUF_DEPS)
-.buf-deps/google/api/%.proto: $(VENV)/.installed
+# googleapis-common-protos ships google.longrunning's file as operations_proto.proto, while its Python
+# module registers (and so the jobpulse protos import) the name google/longrunning/operations.proto.
+.buf-deps/google/longrunning/operations.proto: $(VENV)/.installed
 	mkdir -p $(@D)
-	cp "$$($(PY) -c 'import os, google.api.annotations_pb2 as m; print(os.path.dirname(m.__file__))')/$*.proto" $@
+	cp "$$($(PY) -c 'import os, google.longrunning.operations_proto_pb2 as m; print(os.path.dirname(m.__file__))')/operations_proto.proto" $@
+.buf-deps/google/%.proto: $(VENV)/.installed
+	mkdir -p $(@D)
+	cp "$$($(PY) -c 'import os, google.api.annotations_pb2 as m; print(os.path.dirname(os.path.dirname(m.__file__)))')/$*.proto" $@
 
 $(GEN_VENV)/.installed: Makefile
 	rm -rf $(GEN_VENV) && python3 -m venv $(GEN_VENV)
 	$(GEN_PY) -m pip install -q $(GEN_PINS)
 	$(GEN_PY) -m pip install -q --no-deps --target $(GEN_VENV)/grpc-plugin $(GEN_GRPC_PLUGIN_PIN)
+	mkdir -p $(GEN_VENV)/protos/google/longrunning
+	cp "$(GEN_SITE)/google/longrunning/operations_proto.proto" $(GEN_VENV)/protos/google/longrunning/operations.proto
 	touch $@
 
 # Writes every generated file of client/jobpulse/v1/ into $(1).

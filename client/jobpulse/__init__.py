@@ -8,6 +8,8 @@ The names users need are re-exported here:
   :class:`AsyncTask`.
 * :class:`ReconnectInfo` / :class:`ResumeInfo` are what ``watch_job``'s ``on_reconnect`` and
   ``on_resume`` callbacks receive.
+* :class:`BulkOperation` is what ``cancel_jobs``, ``retry_jobs`` and ``purge_jobs`` return: how far
+  a bulk operation over a filter has got.
 * :class:`EventsToken` is what ``create_events_token`` returns: a browser's short-lived token for the
   server's HTTP events paths.
 * :func:`job_state_name`, :func:`chunk_state_name` and :func:`event_type_name` give an enum value's short
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from jobpulse import errors
     from jobpulse._async.client import AsyncClient
     from jobpulse._async.worker import AsyncTask, AsyncWorker
+    from jobpulse._bulk import BulkOperation
     from jobpulse._convert import (
         chunk_state,
         chunk_state_name,
@@ -53,6 +56,7 @@ _EXPORTS = {
     "AsyncClient": "jobpulse._async.client",
     "AsyncTask": "jobpulse._async.worker",
     "AsyncWorker": "jobpulse._async.worker",
+    "BulkOperation": "jobpulse._bulk",
     "Chunk": "jobpulse.v1.job_pb2",
     "ChunkState": "jobpulse.v1.job_pb2",
     "Client": "jobpulse._sync.client",
@@ -88,6 +92,7 @@ __all__ = [
     "AsyncClient",
     "AsyncTask",
     "AsyncWorker",
+    "BulkOperation",
     "Chunk",
     "ChunkState",
     "Client",

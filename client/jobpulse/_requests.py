@@ -38,6 +38,7 @@ def create_job(
     max_failed_chunks: int = 0,
     attempt_timeout: float | timedelta | None = None,
     job_timeout: float | timedelta | None = None,
+    unique_key: str = "",
 ) -> job_service_pb2.CreateJobRequest:
     """Builds a CreateJobRequest."""
     request = job_service_pb2.CreateJobRequest(
@@ -55,6 +56,7 @@ def create_job(
         after_mode=_dependency_mode(after_mode),  # type: ignore[arg-type]
         finalize_kind=finalize_kind,
         max_failed_chunks=max_failed_chunks,
+        unique_key=unique_key,
     )
     if priority is not None:
         request.priority = priority
@@ -116,7 +118,7 @@ def list_jobs(
     request = job_service_pb2.ListJobsRequest(
         page_size=page_size, page_token=page_token, order_by=order_by, view=_convert.job_view(view)
     )
-    return _with_filters(
+    return with_filters(
         request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
     )
 
@@ -135,7 +137,7 @@ def export_jobs(
 ) -> job_service_pb2.ExportJobsRequest:
     """Builds an ExportJobsRequest (the filters and orders of ListJobs)."""
     request = job_service_pb2.ExportJobsRequest(order_by=order_by)
-    return _with_filters(
+    return with_filters(
         request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
     )
 
@@ -154,7 +156,7 @@ def watch_jobs(
 ) -> job_service_pb2.WatchJobsRequest:
     """Builds a WatchJobsRequest (the same filters as ListJobs, plus a cursor)."""
     request = job_service_pb2.WatchJobsRequest(cursor=cursor)
-    return _with_filters(
+    return with_filters(
         request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
     )
 
@@ -164,7 +166,7 @@ _R = TypeVar(
 )
 
 
-def _with_filters(
+def with_filters(
     request: _R,
     states: Iterable[JobStateLike] | None,
     kind: str,

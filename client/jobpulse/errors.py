@@ -248,7 +248,8 @@ class WaitTimeout(DeadlineExceeded):
             timeout: The timeout that elapsed, in seconds.
             last_job: The last ``Job`` message seen, if any.
         """
-        super().__init__(f"job {job_id} did not finish within {timeout:g}s", reason="WAIT_TIMEOUT")
+        what = job_id if job_id.startswith("operations/") else f"job {job_id}"  # wait_bulk_operation's
+        super().__init__(f"{what} did not finish within {timeout:g}s", reason="WAIT_TIMEOUT")
         self.job_id = job_id
         self.last_job = last_job
 

@@ -3,6 +3,8 @@
 // over @grpc/grpc-js. It exists to prove the contract from outside Python; contract_check.js drives it
 // and tests/clients/test_node.py checks what it prints.
 
+const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -25,9 +27,27 @@ const TERMINAL = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_
 function loadContract(googleapisDir) {
   const definition = protoLoader.loadSync('jobpulse/v1/job_service.proto', {
     ...LOAD_OPTIONS,
-    includeDirs: [PROTOS, googleapisDir],
+    includeDirs: [PROTOS, ...longrunningAlias(googleapisDir), googleapisDir],
   });
   return grpc.loadPackageDefinition(definition).jobpulse.v1;
+}
+
+/**
+ * The contract imports google/longrunning/operations.proto (CancelJobs and its kin return a
+ * google.longrunning.Operation), the name googleapis gives that file; the googleapis-common-protos
+ * Python package ships it as operations_proto.proto. For such a directory: a temporary one holding the
+ * file under the imported name (removed at exit); else none.
+ */
+function longrunningAlias(googleapisDir) {
+  const shipped = path.join(googleapisDir, 'google', 'longrunning', 'operations_proto.proto');
+  if (fs.existsSync(path.join(googleapisDir, 'google', 'longrunning', 'operations.proto')) || !fs.existsSync(shipped)) {
+    return [];
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobpulse-protos-'));
+  fs.mkdirSync(path.join(dir, 'google', 'longrunning'), { recursive: true });
+  fs.copyFileSync(shipped, path.join(dir, 'google', 'longrunning', 'operations.proto'));
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  return [dir];
 }
 
 /**

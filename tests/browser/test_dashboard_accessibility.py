@@ -81,6 +81,15 @@ def _seed(srv: Any, alice: str, worker_key: str) -> dict[str, str]:
             after_mode="per_chunk",
             finalize_kind="compose",
         )
+        # Schedules: one with a job made (triggered), one paused.
+        nightly = sdk.create_schedule(
+            "0 3 * * *",
+            {"kind": "report", "total_items": 1},
+            display_name="Nightly report",
+            time_zone="Europe/Berlin",
+        )
+        sdk.trigger_schedule(nightly.name)
+        sdk.create_schedule("*/5 * * * *", {"kind": "poll", "total_items": 1}, paused=True)
     return {
         "running": running.id,
         "failed": failed.id,
@@ -191,10 +200,21 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     browser.find_element(By.CSS_SELECTOR, '[data-testid="pause-kind"]').click()
     paused = lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="resume-kind"]')  # noqa: E731
     check("kinds, one paused", paused)
+    browser.get(base + "/schedules")
+    check("schedules", lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="schedule-job"]'))
     browser.get(base + "/jobs/no-such-job")
     check("error")
     browser.get(base + "/?kind=none")
     check("jobs, none match")
+    # Every job matching a filter, retried: the count and the question, then the operation's progress.
+    browser.get(base + "/?state=FAILED")
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="bulk-filter-retry"]').click()
+    check(
+        "bulk by filter, the question",
+        lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="bulk-confirm"]'),
+    )
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="bulk-confirm"]').click()
+    check("bulk operation", lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="bulk-progress"]'))
     browser.set_window_size(390, 844)  # a phone: the jobs as cards, the filters folded
     browser.get(base + "/")
     check("jobs on a phone", live)

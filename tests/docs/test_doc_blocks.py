@@ -33,6 +33,9 @@ RUNNERS: dict[tuple[str, str, str, str], str] = {
     ("README.md", "### SDK", "python", "import threading\n\nimport jobpulse\n"): TOUR,
     ("docs/cli.md", "## Errors", "console", "$ jobpulse create --kind k"): TOUR,
     ("docs/sdk.md", "## AsyncWorker", "python", "import asyncio\n"): "tests/e2e/test_async_worker.py",
+    ("docs/sdk.md", "## Unique jobs and bulk operations", "python", "import jobpulse\n"): (
+        "tests/e2e/test_bulk_actions.py"
+    ),
     ("docs/grpcurl.md", "## grpcurl", "console", "$ grpcurl "): "tests/clients/test_grpcurl.py",
     # buf curl: run as written by the tour's test, and over reflection v1 by test_grpcurl.py.
     ("docs/grpcurl.md", "## buf curl", "console", "$ buf curl "): TOUR,

@@ -46,7 +46,12 @@ DENIED_EXAMPLES = 4  # per RPC, when the caller is refused at the door
 # owner bound in the same statements: fuzzed on SQLite, and keys and usage on PostgreSQL are in
 # tests/security/. The four modes took 83 s of PostgreSQL a run (--durations, 586da25).
 POSTGRESQL_MODES = ["open"]
-ROLE_OF_SERVICE = {"JobService": "client", "WorkerService": "worker", "AdminService": "admin"}
+ROLE_OF_SERVICE = {
+    "JobService": "client",
+    "WorkerService": "worker",
+    "AdminService": "admin",
+    "ScheduleService": "client",
+}
 Metadata = tuple[tuple[str, str], ...]
 
 

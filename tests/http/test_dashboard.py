@@ -568,3 +568,46 @@ def test_only_an_admin_pauses_a_kind_from_the_page(keyed: Any) -> None:
         assert 'aria-label="Pause k"' in page
         assert _post(root_page, "/kinds/pause", {"kind": "k"}).status_code == 303
         assert 'data-testid="resume-kind"' in root_page.get("/kinds").text
+
+
+def test_all_jobs_matching_a_filter_are_cancelled_with_a_count_a_question_and_a_progress_page(
+    make_server,
+) -> None:
+    srv = make_server(bulk_batch_size=2)
+    with jobpulse.Client(srv.address) as sdk, httpx.Client(base_url=_base(srv), timeout=20) as client:
+        hit = [sdk.create_job(kind="filter-me", total_items=1, labels={"batch": "9"}) for _ in range(5)]
+        spared = sdk.create_job(kind="filter-me", total_items=1, labels={"batch": "1"})
+        query = "kind=filter-me&label=batch%3D9&state=PENDING"
+        page = client.get(f"/?{query}")
+        assert 'data-testid="bulk-filter"' in page.text and "All 5 matching" in page.text
+        # Unfiltered, the page offers no "all" action.
+        assert 'data-testid="bulk-filter"' not in client.get("/").text
+
+        asked = _post(client, "/actions/bulk-filter", {"action": "cancel", "query": query})
+        assert asked.status_code == 200 and 'data-testid="bulk-confirm"' in asked.text
+        assert "5 jobs match" in asked.text
+        assert {_state(j) for j in sdk.batch_get_jobs([j.id for j in hit])} == {"PENDING"}
+
+        started = _post(
+            client, "/actions/bulk-filter", {"action": "cancel", "query": query, "confirm": "yes"}
+        )
+        assert started.status_code == 303 and started.headers["location"].startswith("/operations/bulk-")
+        where = started.headers["location"]
+        done = eventually(
+            lambda: (
+                (p := client.get(where)).status_code == 200
+                and 'data-testid="bulk-state">Done' in p.text
+                and p
+            ),
+            20,
+            "the operation's page to say it is done",
+        )
+        assert 'data-testid="bulk-done">5<' in done.text and "<progress" in done.text
+        assert {_state(j) for j in sdk.batch_get_jobs([j.id for j in hit])} == {"CANCELLED"}
+        assert _state(sdk.get_job(spared.id)) == "PENDING"
+        # Nothing left to stop; a bad action or name is a page that says so.
+        assert _post(client, f"{where}/stop", {}).status_code == 303
+        bad = _post(client, "/actions/bulk-filter", {"action": "explode", "query": query})
+        assert bad.status_code == 400 and "must be cancel, retry or purge" in bad.text
+        assert client.get("/operations/bulk-nothing").status_code == 404
+        assert client.get("/operations/other-thing").status_code == 400

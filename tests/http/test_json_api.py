@@ -62,8 +62,8 @@ def test_every_rpc_has_a_rule_and_answers_over_http(server: Any) -> None:
     operations = {op["operationId"] for item in document["paths"].values() for op in item.values()}
     assert {"{}_{}".format(*m.lstrip("/").rsplit(".", 1)[1].split("/")) for m in methods} <= operations
     for rule in rules:
-        path = rule.path_of({v.field: "kinds/x" if v.field == "kind.name" else "operations/x"
-                             if v.field == "name" else "x" for v in rule.variables})  # fmt: skip
+        path = rule.path_of({v.field: v.pattern.replace("**", "x").replace("*", "x")
+                             for v in rule.variables})  # fmt: skip
         if rule.full_method.endswith(("/WatchJob", "/WatchJobs")):
             continue  # Server-Sent Events (tests/http/test_http_side.py)
         response = httpx.request(rule.verb, _url(server) + path, json={} if rule.body else None, timeout=10)

@@ -64,6 +64,7 @@ _ITERATORS = (
     "list_job_chunks",
     "list_chunk_attempts",
     "list_kinds",
+    "list_schedules",
     "export_jobs",
     "watch_job",
     "watch_jobs",

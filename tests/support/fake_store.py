@@ -733,6 +733,12 @@ class FakeWrite(FakeRead):
         )
         return sum(moved.values())
 
+    def snapshot(self, jobs: Any) -> None:
+        """The store's narrowed PostgreSQL save; nothing to note here."""
+
+    async def cancel_pending_chunks_many(self, revisions: dict[str, int], now: int) -> dict[str, int]:
+        return {job: await self.cancel_pending_chunks(job, rev, now) for job, rev in revisions.items()}
+
     async def reset_for_retry(
         self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
     ) -> tuple[int, int, int]:

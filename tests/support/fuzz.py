@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import strategies as st
 
-from jobpulse.v1 import admin_service_pb2, job_pb2, job_service_pb2, worker_service_pb2
+from jobpulse.v1 import admin_service_pb2, job_pb2, job_service_pb2, schedule_service_pb2, worker_service_pb2
 
 FD = _descriptor.FieldDescriptor
 
@@ -33,6 +33,7 @@ SERVICES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
 ]
 METHODS: dict[str, _descriptor.MethodDescriptor] = {m.name: m for s in SERVICES for m in s.methods}
 # Reads first, destructive RPCs last, so the read paths see the seeded jobs first. RPCs added to the
@@ -41,7 +42,7 @@ _FIRST = [
     "GetUsage", "CreateJob", "GetJob", "ListJobs", "ListJobChunks", "BatchGetJobs", "GetJobStats",
     "WatchJob", "WatchJobs", "ClaimChunks", "ReportChunkProgress", "FailChunk", "CompleteChunk",
 ]  # fmt: skip
-_LAST = ["UpdateJob", "CancelJob", "RetryJob", "DeleteJob"]
+_LAST = ["UpdateJob", "CancelJob", "RetryJob", "DeleteJob", "CancelJobs", "RetryJobs", "PurgeJobs"]
 ORDER = [
     *[m for m in _FIRST if m in METHODS],
     *sorted(set(METHODS) - set(_FIRST) - set(_LAST)),

@@ -11,9 +11,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.longrunning import operations_pb2_grpc as operations_proto_pb2_grpc
+from google.longrunning import operations_proto_pb2
 from google.protobuf.struct_pb2 import Struct
 
-from jobpulse import _requests, _retry
+from jobpulse import _requests, _retry, _schedule_requests
+from jobpulse._bulk import BulkOperation, bulk_request
 from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
 from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._events_token import EventsToken, events_token
@@ -38,6 +41,8 @@ from jobpulse.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -99,12 +104,12 @@ class Client:
         self._metadata = call_metadata(connection.api_key)
         self._owns_channel = channel is None
         self._channel: grpc.Channel | None = channel
-        self._stubs: tuple[Any, Any, Any] | None = None
+        self._stubs: tuple[Any, Any, Any, Any, Any] | None = None
         # The channel is opened on first use (one for an event loop binds to the loop running when it is
         # made); the lock keeps threads that share a blocking client from opening two.
         self._opening = threading.Lock()
 
-    def _stub_set(self) -> tuple[Any, Any, Any]:
+    def _stub_set(self) -> tuple[Any, Any, Any, Any, Any]:
         stubs = self._stubs
         if stubs is not None:
             return stubs
@@ -120,6 +125,8 @@ class Client:
                     job_service_pb2_grpc.JobServiceStub(self._channel),
                     worker_service_pb2_grpc.WorkerServiceStub(self._channel),
                     admin_service_pb2_grpc.AdminServiceStub(self._channel),
+                    schedule_service_pb2_grpc.ScheduleServiceStub(self._channel),
+                    operations_proto_pb2_grpc.OperationsStub(self._channel),
                 )
             return self._stubs
 
@@ -134,6 +141,14 @@ class Client:
     @property
     def _admin(self) -> Any:
         return self._stub_set()[2]
+
+    @property
+    def _operations(self) -> Any:
+        return self._stub_set()[4]
+
+    @property
+    def _schedules(self) -> Any:
+        return self._stub_set()[3]
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -215,6 +230,7 @@ class Client:
         max_failed_chunks: int = 0,
         attempt_timeout: float | timedelta | None = None,
         job_timeout: float | timedelta | None = None,
+        unique_key: str = "",
         timeout: float | None = None,
     ) -> job_pb2.Job:
         """Creates a job split into ``ceil(total_items / chunk_size)`` chunks.
@@ -253,6 +269,9 @@ class Client:
                 ended by then, it fails (error reason ``JOB_DEADLINE_EXCEEDED``; ``job.deadline_time``).
                 ``None``: no deadline. (The request's field is ``timeout``; the name here keeps
                 ``timeout`` for the call's own deadline, as on every method.)
+            unique_key: At most one job of yours with this kind and key that has not ended: while
+                one exists, the call raises ``AlreadyExists`` (reason ``JOB_ALREADY_EXISTS``, the
+                live job's id in ``metadata["job_id"]``). Empty: no key.
             timeout: Deadline in seconds; defaults to the client's.
 
         Returns:
@@ -279,6 +298,7 @@ class Client:
             max_failed_chunks=max_failed_chunks,
             attempt_timeout=attempt_timeout,
             job_timeout=job_timeout,
+            unique_key=unique_key,
         )
         response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
         return response.job
@@ -699,6 +719,238 @@ class Client:
         request = job_service_pb2.DeleteJobRequest(job_id=job_id, force=force)
         self._call(self._jobs.DeleteJob, request, timeout=timeout, retry=False)
 
+    def cancel_jobs(
+        self,
+        *,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        reason: str = "",
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> BulkOperation:
+        """Cancels every job matching the filters (those of :meth:`list_jobs`) that has not ended, as
+        :meth:`cancel_job` does each, in the background on the server.
+
+        Returns at once with the operation: follow it with :meth:`wait_bulk_operation` (or
+        :meth:`get_bulk_operation`); stop it with :meth:`cancel_operation`. Only jobs created before
+        the call are matched, each acted on at most once, and the server goes on where it stopped after
+        a restart. Not retried (each call starts an operation).
+
+        Args:
+            states: Only jobs in one of these states.
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time.
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            reason: Kept as each job's ``cancel_reason``.
+            validate_only: Only count the matching jobs (``matched``); nothing changes.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The operation as it began (``finished`` and unnamed with ``validate_only``).
+        """
+        request = bulk_request(
+            job_service_pb2.CancelJobsRequest,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            validate_only=validate_only,
+            reason=reason,
+        )
+        op = self._call(self._jobs.CancelJobs, request, timeout=timeout, retry=validate_only)
+        return BulkOperation.from_operation(op)
+
+    def retry_jobs(
+        self,
+        *,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> BulkOperation:
+        """Retries every FAILED or CANCELLED job matching the filters, as :meth:`retry_job` does each (a
+        job that cannot be retried now is skipped), in the background like :meth:`cancel_jobs`.
+
+        Args:
+            states: Only jobs in one of these states (e.g. ``["failed"]``).
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time.
+            created_before: Only jobs created before this time.
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            validate_only: Only count the matching jobs; nothing changes.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The operation as it began.
+        """
+        request = bulk_request(
+            job_service_pb2.RetryJobsRequest,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            validate_only=validate_only,
+        )
+        op = self._call(self._jobs.RetryJobs, request, timeout=timeout, retry=validate_only)
+        return BulkOperation.from_operation(op)
+
+    def purge_jobs(
+        self,
+        *,
+        states: Iterable[JobStateLike] | None = None,
+        kind: str = "",
+        min_priority: int | None = None,
+        max_priority: int | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        search: str = "",
+        labels: Mapping[str, str] | None = None,
+        force: bool = False,
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> BulkOperation:
+        """Deletes every ended job matching the filters (with ``force``, every matching job, as
+        :meth:`delete_job` with ``force``), in the background like :meth:`cancel_jobs`.
+
+        Args:
+            states: Only jobs in one of these states.
+            kind: Only jobs of this kind.
+            min_priority: Only jobs with at least this priority.
+            max_priority: Only jobs with at most this priority.
+            created_after: Only jobs created at or after this time.
+            created_before: Only jobs created before this time (e.g. a month ago).
+            search: Case-insensitive substring of the display name.
+            labels: Only jobs carrying all of these labels.
+            force: Delete jobs that have not ended too; without it they are skipped.
+            validate_only: Only count the matching jobs; nothing changes.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The operation as it began.
+        """
+        request = bulk_request(
+            job_service_pb2.PurgeJobsRequest,
+            states=states,
+            kind=kind,
+            min_priority=min_priority,
+            max_priority=max_priority,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            labels=labels,
+            validate_only=validate_only,
+            force=force,
+        )
+        op = self._call(self._jobs.PurgeJobs, request, timeout=timeout, retry=validate_only)
+        return BulkOperation.from_operation(op)
+
+    def get_operation(self, name: str, *, timeout: float | None = None) -> operations_proto_pb2.Operation:
+        """Returns a long-running operation as it stands: ``operations/<job id>`` (a job) or
+        ``operations/bulk-<id>`` (a bulk operation).
+
+        Raises:
+            jobpulse.errors.NotFound: No such operation, or another owner's.
+        """
+        request = operations_proto_pb2.GetOperationRequest(name=name)
+        return self._call(self._operations.GetOperation, request, timeout=timeout, retry=True)
+
+    def wait_operation(
+        self, name: str, wait: float = 60.0, *, timeout: float | None = None
+    ) -> operations_proto_pb2.Operation:
+        """Waits up to ``wait`` seconds (at most 300) for the operation to be done, then returns it as it
+        stands, done or not (one WaitOperation call).
+
+        Args:
+            name: The operation's name.
+            wait: Seconds to wait for it on the server.
+            timeout: Deadline of the call; by default ``wait`` plus ten seconds.
+        """
+        request = operations_proto_pb2.WaitOperationRequest(name=name)
+        request.timeout.FromNanoseconds(int(max(0.0, wait) * 1e9))
+        deadline = timeout if timeout is not None else wait + 10.0
+        return self._call(self._operations.WaitOperation, request, timeout=deadline, retry=True)
+
+    def cancel_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Cancels a long-running operation: a job's (as :meth:`cancel_job`; one that is done is left as
+        it is) or a bulk operation's (stopped where it is; what it did stays done)."""
+        request = operations_proto_pb2.CancelOperationRequest(name=name)
+        self._call(self._operations.CancelOperation, request, timeout=timeout, retry=True)
+
+    def delete_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes an operation that is done: a job's (as :meth:`delete_job`) or a bulk operation's
+        record (the jobs it acted on stay as they are).
+
+        Raises:
+            jobpulse.errors.FailedPrecondition: It is not done yet (cancel it first).
+        """
+        request = operations_proto_pb2.DeleteOperationRequest(name=name)
+        self._call(self._operations.DeleteOperation, request, timeout=timeout, retry=True)
+
+    def get_bulk_operation(self, name: str, *, timeout: float | None = None) -> BulkOperation:
+        """Returns how far a bulk operation (``operations/bulk-<id>``) has got.
+
+        Raises:
+            jobpulse.errors.NotFound: No such operation, or another owner's.
+        """
+        return BulkOperation.from_operation(self.get_operation(name, timeout=timeout))
+
+    def wait_bulk_operation(
+        self,
+        name: str,
+        timeout: float | None = None,
+        *,
+        on_progress: Callable[[BulkOperation], None] | None = None,
+    ) -> BulkOperation:
+        """Waits until a bulk operation has ended and returns it.
+
+        Args:
+            name: ``operations/bulk-<id>``.
+            timeout: Seconds to wait in all; ``None``: as long as it takes.
+            on_progress: Called with the operation each time the server answers (about every
+                ten seconds while it runs, and once at its end), e.g. to draw a progress bar.
+
+        Raises:
+            jobpulse.errors.WaitTimeout: It had not ended within ``timeout``.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else end - time.monotonic()
+            wait = 10.0 if left is None else max(0.0, min(10.0, left))
+            op = BulkOperation.from_operation(self.wait_operation(name, wait))
+            if on_progress is not None:
+                on_progress(op)
+            if op.finished:
+                return op
+            if left is not None and left <= wait:
+                raise WaitTimeout(name, timeout or 0.0, op)
+
     def list_webhook_deliveries(
         self, job_id: str, *, timeout: float | None = None
     ) -> list[job_service_pb2.WebhookDelivery]:
@@ -1008,6 +1260,170 @@ class Client:
         if job_view(view) == job_pb2.JOB_VIEW_FULL:
             return self.get_job(job_id, view="full")
         return cursor_job
+
+    # -- ScheduleService -------------------------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        cron: str,
+        job: _schedule_requests.JobTemplate,
+        *,
+        display_name: str = "",
+        time_zone: str = "",
+        paused: bool = False,
+        misfire_policy: _schedule_requests.PolicyLike = "run_once",
+        overlap_policy: _schedule_requests.PolicyLike = "allow",
+        timeout: float | None = None,
+    ) -> schedule_service_pb2.Schedule:
+        """Creates a schedule: at every tick of ``cron`` the server creates a job from ``job``, owned by
+        the caller. Exactly one job per tick, however many servers run (the tick is the job's
+        ``request_id``: ``schedules/<id>/<tick, RFC 3339>``). Not retried (a repeat makes a second
+        schedule).
+
+        Example::
+
+            schedule = client.create_schedule(
+                "0 3 * * mon-fri", {"kind": "report", "total_items": 1}, time_zone="Europe/Berlin"
+            )
+
+        Args:
+            cron: A 5-field cron expression (minute hour day-of-month month day-of-week), e.g.
+                ``"*/5 * * * *"``.
+            job: The job each tick creates: a ``CreateJobRequest`` or a mapping of
+                :meth:`create_job`'s arguments (``kind`` and ``total_items`` at least; no
+                ``request_id`` or ``schedule_time``). Checked now as CreateJob checks it.
+            display_name: Human-readable name.
+            time_zone: The IANA time zone ``cron`` is read in (``"Europe/Berlin"``); ``""``: UTC.
+            paused: Create it paused (no ticks until resumed).
+            misfire_policy: What to do with ticks missed while no server ran: ``"run_once"`` (one job
+                for any number of them) or ``"skip"``.
+            overlap_policy: ``"allow"`` (every tick makes a job) or ``"skip"`` (no job while the
+                schedule's last job has not ended).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The schedule, with its name (``schedules/<id>``) and next run time.
+
+        Raises:
+            jobpulse.errors.InvalidArgument: A bad cron expression (``schedule.cron``), time zone
+                (``schedule.time_zone``) or template (``schedule.job.<field>``).
+        """
+        request = _schedule_requests.create_schedule(
+            cron,
+            job,
+            display_name=display_name,
+            time_zone=time_zone,
+            paused=paused,
+            misfire=misfire_policy,
+            overlap=overlap_policy,
+        )
+        response = self._call(self._schedules.CreateSchedule, request, timeout=timeout, retry=False)
+        return response.schedule
+
+    def get_schedule(self, schedule: str, *, timeout: float | None = None) -> schedule_service_pb2.Schedule:
+        """Returns one schedule.
+
+        Args:
+            schedule: Its id or name (``schedules/<id>``).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
+        """
+        request = schedule_service_pb2.GetScheduleRequest(name=_schedule_requests.schedule_name(schedule))
+        response = self._call(self._schedules.GetSchedule, request, timeout=timeout, retry=True)
+        return response.schedule
+
+    def list_schedules(self, *, page_size: int = 0) -> Iterator[schedule_service_pb2.Schedule]:
+        """Iterates over the caller's schedules (every owner's for a key that sees them all), oldest
+        first, fetching pages lazily.
+
+        Args:
+            page_size: Schedules per page (server default 50, at most 500).
+        """
+        request = schedule_service_pb2.ListSchedulesRequest(page_size=page_size)
+        return self._pages(self._schedules.ListSchedules, request, lambda r: r.schedules)
+
+    def update_schedule(
+        self,
+        schedule: str,
+        *,
+        display_name: str | None = None,
+        cron: str | None = None,
+        time_zone: str | None = None,
+        job: _schedule_requests.JobTemplate | None = None,
+        paused: bool | None = None,
+        misfire_policy: _schedule_requests.PolicyLike | None = None,
+        overlap_policy: _schedule_requests.PolicyLike | None = None,
+        timeout: float | None = None,
+    ) -> schedule_service_pb2.Schedule:
+        """Changes a schedule; ``update_mask`` lists exactly the arguments passed (not None). A new
+        ``cron`` or ``time_zone``, or ``paused=False`` on a paused schedule, counts its next tick from
+        now; ``paused=True`` stops its ticks.
+
+        Args:
+            schedule: Its id or name (``schedules/<id>``).
+            display_name: The new name.
+            cron: The new 5-field cron expression.
+            time_zone: The new IANA time zone (``""``: UTC).
+            job: The new job template (as for :meth:`create_schedule`).
+            paused: Pause (True) or resume (False).
+            misfire_policy: ``"run_once"`` or ``"skip"``.
+            overlap_policy: ``"allow"`` or ``"skip"``.
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The schedule after the change.
+
+        Raises:
+            ValueError: Nothing to change was given.
+            jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
+            jobpulse.errors.InvalidArgument: A bad value, naming the field.
+        """
+        request = _schedule_requests.update_schedule(
+            schedule,
+            display_name=display_name,
+            cron=cron,
+            time_zone=time_zone,
+            job=job,
+            paused=paused,
+            misfire=misfire_policy,
+            overlap=overlap_policy,
+        )
+        response = self._call(self._schedules.UpdateSchedule, request, timeout=timeout, retry=True)
+        return response.schedule
+
+    def delete_schedule(self, schedule: str, *, timeout: float | None = None) -> None:
+        """Deletes a schedule; the jobs it made are kept.
+
+        Args:
+            schedule: Its id or name (``schedules/<id>``).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Raises:
+            jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
+        """
+        request = schedule_service_pb2.DeleteScheduleRequest(name=_schedule_requests.schedule_name(schedule))
+        self._call(self._schedules.DeleteSchedule, request, timeout=timeout, retry=False)
+
+    def trigger_schedule(
+        self, schedule: str, *, timeout: float | None = None
+    ) -> schedule_service_pb2.TriggerScheduleResponse:
+        """Creates one job from the schedule's template now, paused or not, outside its ticks (which
+        do not move); the overlap policy does not apply. Not retried (a repeat makes another job).
+
+        Args:
+            schedule: Its id or name (``schedules/<id>``).
+            timeout: Deadline in seconds; defaults to the client's.
+
+        Returns:
+            The new job (``.job``, FULL view) and the schedule with it as its last job (``.schedule``).
+
+        Raises:
+            jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
+        """
+        request = schedule_service_pb2.TriggerScheduleRequest(name=_schedule_requests.schedule_name(schedule))
+        return self._call(self._schedules.TriggerSchedule, request, timeout=timeout, retry=False)
 
     # -- WorkerService ---------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
+import jobpulse.cli._bulk as _bulk
 import jobpulse.cli._connection as _connection
 from jobpulse._convert import chunk_state_name, job_state_name
 from jobpulse._sync.client import Client
@@ -46,6 +47,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
             max_failed_chunks=args.max_failed_chunks,
             attempt_timeout=args.attempt_timeout or None,
             job_timeout=args.timeout or None,
+            unique_key=args.unique_key,
         )
     if args.json:
         _print_json(job)
@@ -176,7 +178,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_or_all(args: argparse.Namespace, action: str) -> int | None:
+    """For cancel and retry: None to act on the one job ID; else the exit of the bulk operation (--all),
+    or of the usage error of giving both or neither."""
+    if args.all and args.job_id:
+        line = "give a job ID or --all with filters, not both"
+        _report(args, None, line, _document(line, "USAGE"))
+        return EXIT_USAGE
+    if args.all:
+        return _bulk.run_bulk(args, action)
+    if not args.job_id:
+        line = "give a job ID, or --all with filters"
+        _report(args, None, line, _document(line, "USAGE"))
+        return EXIT_USAGE
+    return None
+
+
 def _cmd_cancel(args: argparse.Namespace) -> int:
+    bulk = _one_or_all(args, "cancel")
+    if bulk is not None:
+        return bulk
     with _connection._client(args) as client:
         job = client.cancel_job(args.job_id, args.reason)
     if args.json:
@@ -227,6 +248,9 @@ def _cmd_update(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
+    bulk = _one_or_all(args, "retry")
+    if bulk is not None:
+        return bulk
     with _connection._client(args) as client:
         job = client.retry_chunk(args.job_id, args.chunk) if args.chunk else client.retry_job(args.job_id)
     if args.json:

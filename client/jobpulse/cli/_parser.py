@@ -11,11 +11,13 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import NoReturn
 
+import jobpulse.cli._bulk as bulk
 import jobpulse.cli._events_url as events_url
 import jobpulse.cli._export as export
 import jobpulse.cli._jobs as jobs
 import jobpulse.cli._kinds as kinds
 import jobpulse.cli._reports as reports
+import jobpulse.cli._schedules as schedules
 import jobpulse.cli._server as server
 import jobpulse.cli._watch as watch
 import jobpulse.cli._worker as worker
@@ -260,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fail the job if it has not ended this long after it may start (default 0: no limit)",
     )
+    p.add_argument(
+        "--unique-key",
+        default="",
+        metavar="KEY",
+        help="refuse to create the job while one of yours with the same kind and key has not ended "
+        "(exit 1, naming that job)",
+    )
 
     p = command("get", jobs._cmd_get, "show a job and its chunks")
     p.add_argument("job_id", metavar="ID")
@@ -316,9 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job_id", metavar="ID")
 
-    p = command("cancel", jobs._cmd_cancel, "cancel a job")
-    p.add_argument("job_id", metavar="ID")
+    p = command(
+        "cancel",
+        jobs._cmd_cancel,
+        "cancel a job, or with --all every job matching the filters (counted and confirmed first)",
+    )
+    p.add_argument("job_id", metavar="ID", nargs="?")
     p.add_argument("--reason", default="")
+    _bulk_options(p)
 
     p = command("pause", jobs._cmd_pause, "hold a job: none of its chunks is claimed until resume")
     p.add_argument("job_id", metavar="ID")
@@ -348,8 +362,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "retry", jobs._cmd_retry, "retry the failed and cancelled chunks of a job, or one failed chunk"
     )
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", nargs="?")
     p.add_argument("--chunk", default="", metavar="CHUNK_ID", help="retry only this FAILED chunk")
+    _bulk_options(p)
+
+    p = command(
+        "purge",
+        bulk._cmd_purge,
+        "delete every ended job matching the filters (--force: running ones too), counted and confirmed "
+        "first",
+    )
+    _filter_options(p)
+    p.add_argument("--force", action="store_true", help="delete jobs that have not ended too")
+    _bulk_flags(p)
+
+    p = command(
+        "wait-operation",
+        bulk._cmd_wait_operation,
+        "wait for a long-running operation (operations/<job id> or operations/bulk-<id>) and print it; "
+        "exit 1 if it is not done in time",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait, at most 300 (default 60)",
+    )
 
     p = command(
         "kinds",
@@ -377,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cap", kinds._cmd_cap, "at most N of a kind's chunks processing at once; 0 removes the cap (admin)"
     )
     a.add_argument("max_running_chunks", type=_max_running, metavar="N")
+
+    _schedule_commands(command, common)
 
     p = command("delete", jobs._cmd_delete, "delete a finished job")
     p.add_argument("job_id", metavar="ID")
@@ -476,6 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bulk_options(p: argparse.ArgumentParser) -> None:
+    """``--all`` and the filters of a command that acts on one job by default (cancel, retry)."""
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="act on every job matching the filters below instead of one ID (a bulk operation)",
+    )
+    _filter_options(p)
+    _bulk_flags(p)
+
+
+def _bulk_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yes", action="store_true", help="do not ask before acting on the matching jobs")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="start the operation and print its name instead of following it",
+    )
+
+
 def _filter_options(p: argparse.ArgumentParser) -> None:
     """The job filters of ListJobs, for every command that selects jobs by them (list, export)."""
     p.add_argument(
@@ -516,6 +578,81 @@ def _created_options(p: argparse.ArgumentParser) -> None:
         metavar="TIME",
         help="only jobs created before (ISO 8601)",
     )
+
+
+def _schedule_commands(
+    command: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """``jobpulse schedules`` (the list) and its actions: create, list, get, update, pause, resume,
+    delete, trigger."""
+    p = command(
+        "schedules",
+        schedules._cmd_list,
+        "list the schedules that make jobs on a cron schedule; "
+        "`schedules create|get|update|pause|resume|delete|trigger` manage them",
+    )
+    actions = p.add_subparsers(dest="schedules_action", metavar="[ACTION]")
+
+    def action(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        a = actions.add_parser(
+            name, parents=[common], help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        a.set_defaults(func=func)
+        if name not in ("create", "list"):
+            a.add_argument("schedule", metavar="ID", help="the schedule's id (or name, schedules/ID)")
+        return a
+
+    def options(a: argparse.ArgumentParser, *, create: bool) -> None:
+        a.add_argument(
+            "--cron",
+            type=_non_empty,
+            required=create,
+            default=None,
+            help="5-field cron expression (minute hour day-of-month month day-of-week): '0 3 * * mon-fri'",
+        )
+        a.add_argument(
+            "--time-zone", default="" if create else None, metavar="ZONE", help="IANA time zone (default UTC)"
+        )
+        a.add_argument("--name", default="" if create else None, help="the schedule's display name")
+        a.add_argument(
+            "--misfire",
+            choices=("run_once", "skip"),
+            default="run_once" if create else None,
+            help="ticks missed while no server ran: one job for all of them, or none",
+        )
+        a.add_argument(
+            "--overlap",
+            choices=("allow", "skip"),
+            default="allow" if create else None,
+            help="skip: no job at a tick while the schedule's last job has not ended",
+        )
+        job = "each tick's job: " if create else "change each tick's job: "
+        a.add_argument("--kind", type=_non_empty, required=create, default=None, help=job + "its kind")
+        a.add_argument("--items", type=_positive_int, required=create, default=None, help=job + "its items")
+        a.add_argument("--chunk-size", type=_positive_int, default=None, help=job + "items per chunk")
+        a.add_argument("--priority", type=_priority, default=None, help=job + "priority 0..10")
+        a.add_argument(
+            "--label", type=_label, action="append", default=None, metavar="KEY=VALUE", help=job + "a label"
+        )
+        a.add_argument("--metadata", type=_json_object, default=None, metavar="JSON", help=job + "metadata")
+        a.add_argument("--max-attempts", type=_max_attempts, default=None, help=job + "claims per chunk")
+        a.add_argument("--job-name", default=None, metavar="NAME", help=job + "display name")
+        a.add_argument("--unique-key", default=None, metavar="KEY", help=job + "unique key")
+
+    created = action("create", schedules._cmd_create, "create a schedule: a job at every tick of a cron")
+    options(created, create=True)
+    created.add_argument("--paused", action="store_true", help="create it paused")
+    action("list", schedules._cmd_list, "list the schedules (oldest first)")
+    action("get", schedules._cmd_get, "show a schedule: its cron, next and last run, policies and job")
+    updated = action("update", schedules._cmd_update, "change a schedule (a new cron counts from now)")
+    options(updated, create=False)
+    action("pause", schedules._cmd_pause, "pause a schedule: no jobs until it is resumed")
+    action("resume", schedules._cmd_resume, "resume a schedule: its next tick counts from now")
+    action("delete", schedules._cmd_delete, "delete a schedule (the jobs it made are kept)")
+    action("trigger", schedules._cmd_trigger, "make one job from a schedule's template now")
 
 
 def sdk_version() -> str:

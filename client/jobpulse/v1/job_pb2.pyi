@@ -302,6 +302,7 @@ class Job(_message.Message):
     MAX_FAILED_CHUNKS_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
     DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier. Identifiers sort in creation order."""
     display_name: _builtins.str
@@ -355,6 +356,10 @@ class Job(_message.Message):
     """Fail fast: once this many chunks have FAILED for good, the job is FAILED
     at once (error reason TOO_MANY_FAILED_CHUNKS), as CreateJob asked; 0: no
     limit.
+    """
+    unique_key: _builtins.str
+    """The unique key CreateJob was given (empty: none). While this job has not
+    ended, no other job of the same owner and kind may have the same key.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -477,10 +482,11 @@ class Job(_message.Message):
         max_failed_chunks: _builtins.int = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
         deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        unique_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "deadline_time", b"deadline_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "metadata", b"metadata", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "after_mode", b"after_mode", "artifacts", b"artifacts", "attempt_timeout", b"attempt_timeout", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "deadline_time", b"deadline_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "finalize_kind", b"finalize_kind", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "result_uri", b"result_uri", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "after_mode", b"after_mode", "artifacts", b"artifacts", "attempt_timeout", b"attempt_timeout", "blocked", b"blocked", "cancel_reason", b"cancel_reason", "chunk_size", b"chunk_size", "chunks", b"chunks", "chunks_next_page_token", b"chunks_next_page_token", "chunks_summary", b"chunks_summary", "create_time", b"create_time", "deadline_time", b"deadline_time", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "finalize_kind", b"finalize_kind", "id", b"id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "message", b"message", "metadata", b"metadata", "owner", b"owner", "paused", b"paused", "priority", b"priority", "progress", b"progress", "result_uri", b"result_uri", "revision", b"revision", "schedule_time", b"schedule_time", "stage", b"stage", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "unique_key", b"unique_key", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,6 +80,34 @@ WEBHOOK_DELIVERY_STATE_DEAD: WebhookDeliveryState.ValueType  # 3
 """Retries ran out (webhook_retry_period); RedeliverWebhook sends it again."""
 Global___WebhookDeliveryState: _TypeAlias = WebhookDeliveryState  # noqa: Y015
 
+class _BulkAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BulkActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BulkAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BULK_ACTION_UNSPECIFIED: _BulkAction.ValueType  # 0
+    """Not an action; never returned."""
+    BULK_ACTION_CANCEL: _BulkAction.ValueType  # 1
+    """CancelJobs."""
+    BULK_ACTION_RETRY: _BulkAction.ValueType  # 2
+    """RetryJobs."""
+    BULK_ACTION_PURGE: _BulkAction.ValueType  # 3
+    """PurgeJobs."""
+
+class BulkAction(_BulkAction, metaclass=_BulkActionEnumTypeWrapper):
+    """BulkAction is what a bulk operation does to each job it matches."""
+
+BULK_ACTION_UNSPECIFIED: BulkAction.ValueType  # 0
+"""Not an action; never returned."""
+BULK_ACTION_CANCEL: BulkAction.ValueType  # 1
+"""CancelJobs."""
+BULK_ACTION_RETRY: BulkAction.ValueType  # 2
+"""RetryJobs."""
+BULK_ACTION_PURGE: BulkAction.ValueType  # 3
+"""PurgeJobs."""
+Global___BulkAction: _TypeAlias = BulkAction  # noqa: Y015
+
 @_typing.final
 class CreateJobRequest(_message.Message):
     """CreateJobRequest describes a new job."""
@@ -126,6 +154,7 @@ class CreateJobRequest(_message.Message):
     MAX_FAILED_CHUNKS_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Human-readable name, at most 256 characters."""
     kind: _builtins.str
@@ -174,6 +203,13 @@ class CreateJobRequest(_message.Message):
     its pending chunks are CANCELLED and its running ones told to stop, as
     CancelJob tells them. 0 means no limit (the job fails only once every
     chunk has ended). 0 to 1000000.
+    """
+    unique_key: _builtins.str
+    """At most one job of the caller with this kind and key that has not ended:
+    while one exists, CreateJob is ALREADY_EXISTS (reason JOB_ALREADY_EXISTS,
+    ErrorInfo metadata job_id naming that job). The database holds the rule,
+    so two replicas racing cannot both create. Once the job ends the key is
+    free again. Empty: no key. At most 128 characters, no control characters.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -249,10 +285,11 @@ class CreateJobRequest(_message.Message):
         max_failed_chunks: _builtins.int = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        unique_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "attempt_timeout", b"attempt_timeout", "metadata", b"metadata", "priority", b"priority", "schedule_time", b"schedule_time", "timeout", b"timeout", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "after", b"after", "after_mode", b"after_mode", "attempt_timeout", b"attempt_timeout", "chunk_size", b"chunk_size", "display_name", b"display_name", "finalize_kind", b"finalize_kind", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "timeout", b"timeout", "total_items", b"total_items", "ttl", b"ttl", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "after", b"after", "after_mode", b"after_mode", "attempt_timeout", b"attempt_timeout", "chunk_size", b"chunk_size", "display_name", b"display_name", "finalize_kind", b"finalize_kind", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "max_failed_chunks", b"max_failed_chunks", "max_running_chunks", b"max_running_chunks", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "schedule_time", b"schedule_time", "timeout", b"timeout", "total_items", b"total_items", "ttl", b"ttl", "unique_key", b"unique_key", "webhook_progress", b"webhook_progress", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -2051,3 +2088,357 @@ class UpdateKindResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateKindResponse: _TypeAlias = UpdateKindResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobsRequest(_message.Message):
+    """CancelJobsRequest selects the jobs to cancel with the filters of ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_PRIORITY_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only jobs of this kind."""
+    min_priority: _builtins.int
+    """Only jobs with at least this priority."""
+    max_priority: _builtins.int
+    """Only jobs with at most this priority."""
+    search: _builtins.str
+    """Only jobs whose display name contains this text (case-insensitive)."""
+    validate_only: _builtins.bool
+    """Count the matching jobs and change nothing."""
+    reason: _builtins.str
+    """Why, kept as each job's cancel_reason."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
+        """Only jobs in one of these states; empty: any state."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created before this time."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels with these values."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
+        kind: _builtins.str = ...,
+        min_priority: _builtins.int | None = ...,
+        max_priority: _builtins.int | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        search: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "max_priority", b"max_priority", "min_priority", b"min_priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "kind", b"kind", "labels", b"labels", "max_priority", b"max_priority", "min_priority", b"min_priority", "reason", b"reason", "search", b"search", "states", b"states", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_priority: _TypeAlias = _typing.Literal["max_priority"]  # noqa: Y015
+    _WhichOneofArgType__max_priority: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority"]  # noqa: Y015
+    _WhichOneofReturnType__min_priority: _TypeAlias = _typing.Literal["min_priority"]  # noqa: Y015
+    _WhichOneofArgType__min_priority: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_priority) -> _WhichOneofReturnType__max_priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_priority) -> _WhichOneofReturnType__min_priority | None: ...
+
+Global___CancelJobsRequest: _TypeAlias = CancelJobsRequest  # noqa: Y015
+
+@_typing.final
+class RetryJobsRequest(_message.Message):
+    """RetryJobsRequest selects the jobs to retry with the filters of ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_PRIORITY_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only jobs of this kind."""
+    min_priority: _builtins.int
+    """Only jobs with at least this priority."""
+    max_priority: _builtins.int
+    """Only jobs with at most this priority."""
+    search: _builtins.str
+    """Only jobs whose display name contains this text (case-insensitive)."""
+    validate_only: _builtins.bool
+    """Count the matching jobs and change nothing."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
+        """Only jobs in one of these states; empty: any state."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created before this time."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels with these values."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
+        kind: _builtins.str = ...,
+        min_priority: _builtins.int | None = ...,
+        max_priority: _builtins.int | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        search: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "max_priority", b"max_priority", "min_priority", b"min_priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "kind", b"kind", "labels", b"labels", "max_priority", b"max_priority", "min_priority", b"min_priority", "search", b"search", "states", b"states", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_priority: _TypeAlias = _typing.Literal["max_priority"]  # noqa: Y015
+    _WhichOneofArgType__max_priority: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority"]  # noqa: Y015
+    _WhichOneofReturnType__min_priority: _TypeAlias = _typing.Literal["min_priority"]  # noqa: Y015
+    _WhichOneofArgType__min_priority: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_priority) -> _WhichOneofReturnType__max_priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_priority) -> _WhichOneofReturnType__min_priority | None: ...
+
+Global___RetryJobsRequest: _TypeAlias = RetryJobsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeJobsRequest(_message.Message):
+    """PurgeJobsRequest selects the jobs to delete with the filters of ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_PRIORITY_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only jobs of this kind."""
+    min_priority: _builtins.int
+    """Only jobs with at least this priority."""
+    max_priority: _builtins.int
+    """Only jobs with at most this priority."""
+    search: _builtins.str
+    """Only jobs whose display name contains this text (case-insensitive)."""
+    validate_only: _builtins.bool
+    """Count the matching jobs and change nothing."""
+    force: _builtins.bool
+    """Delete jobs that have not ended too (as DeleteJob with force);
+    without it they are skipped.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
+        """Only jobs in one of these states; empty: any state."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs created before this time."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels with these values."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
+        kind: _builtins.str = ...,
+        min_priority: _builtins.int | None = ...,
+        max_priority: _builtins.int | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        search: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "max_priority", b"max_priority", "min_priority", b"min_priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority", "_min_priority", b"_min_priority", "created_after", b"created_after", "created_before", b"created_before", "force", b"force", "kind", b"kind", "labels", b"labels", "max_priority", b"max_priority", "min_priority", b"min_priority", "search", b"search", "states", b"states", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_priority: _TypeAlias = _typing.Literal["max_priority"]  # noqa: Y015
+    _WhichOneofArgType__max_priority: _TypeAlias = _typing.Literal["_max_priority", b"_max_priority"]  # noqa: Y015
+    _WhichOneofReturnType__min_priority: _TypeAlias = _typing.Literal["min_priority"]  # noqa: Y015
+    _WhichOneofArgType__min_priority: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_priority) -> _WhichOneofReturnType__max_priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_priority) -> _WhichOneofReturnType__min_priority | None: ...
+
+Global___PurgeJobsRequest: _TypeAlias = PurgeJobsRequest  # noqa: Y015
+
+@_typing.final
+class BulkJobsMetadata(_message.Message):
+    """BulkJobsMetadata is the progress of a CancelJobs, RetryJobs or PurgeJobs
+    operation, in its metadata.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    action: Global___BulkAction.ValueType
+    """What the operation does."""
+    matched: _builtins.int
+    """How many jobs matched the filters when the operation began."""
+    done: _builtins.int
+    """How many jobs it has acted on so far."""
+    skipped: _builtins.int
+    """How many matching jobs it passed over, since the action did not apply
+    to them by the time it reached them (e.g. a job that ended before its
+    cancel).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the operation began."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it runs."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___BulkAction.ValueType = ...,
+        matched: _builtins.int = ...,
+        done: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "done", b"done", "end_time", b"end_time", "matched", b"matched", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkJobsMetadata: _TypeAlias = BulkJobsMetadata  # noqa: Y015
+
+@_typing.final
+class BulkJobsResult(_message.Message):
+    """BulkJobsResult is the response of a bulk operation once done."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    """How many jobs it acted on."""
+    skipped: _builtins.int
+    """How many matching jobs it passed over."""
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkJobsResult: _TypeAlias = BulkJobsResult  # noqa: Y015

@@ -2,6 +2,7 @@
 """Client and server classes corresponding to protobuf-defined services."""
 import grpc
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from jobpulse.v1 import job_service_pb2 as jobpulse_dot_v1_dot_job__service__pb2
 
 
@@ -14,10 +15,14 @@ class JobServiceStub(object):
     them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-    CHUNK_NOT_FOUND (RetryChunk);
+    CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+    google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+    with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
     CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+    OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -98,6 +103,21 @@ class JobServiceStub(object):
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.SerializeToString,
                 response_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.FromString,
                 )
+        self.CancelJobs = channel.unary_unary(
+                '/jobpulse.v1.JobService/CancelJobs',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                )
+        self.RetryJobs = channel.unary_unary(
+                '/jobpulse.v1.JobService/RetryJobs',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                )
+        self.PurgeJobs = channel.unary_unary(
+                '/jobpulse.v1.JobService/PurgeJobs',
+                request_serializer=jobpulse_dot_v1_dot_job__service__pb2.PurgeJobsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                )
         self.UpdateJob = channel.unary_unary(
                 '/jobpulse.v1.JobService/UpdateJob',
                 request_serializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateJobRequest.SerializeToString,
@@ -159,10 +179,14 @@ class JobServiceServicer(object):
     them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-    CHUNK_NOT_FOUND (RetryChunk);
+    CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+    google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+    with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
     CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+    OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -282,6 +306,44 @@ class JobServiceServicer(object):
         keeps counting); its job goes back to PROCESSING (a cancelled job is not
         resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
         CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobs(self, request, context):
+        """Cancels every job matching the filters (those of ListJobs) that has not
+        ended, each as CancelJob does, in batches in the background. Returns the
+        long-running operation "operations/bulk-<id>" (metadata BulkJobsMetadata,
+        response BulkJobsResult) at once; GetOperation and WaitOperation follow
+        it. Only jobs created before the call are matched; each is acted on at
+        most once, and the work goes on where it stopped after a restart (on any
+        replica). With validate_only nothing changes: the operation comes back
+        done, unnamed, with the count of matching jobs in its metadata.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJobs(self, request, context):
+        """Retries every FAILED or CANCELLED job matching the filters, each as
+        RetryJob does (one that cannot be retried now is skipped), as a
+        long-running operation like CancelJobs.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeJobs(self, request, context):
+        """Deletes every ended job matching the filters (with force, every matching
+        job, as DeleteJob with force), as a long-running operation like
+        CancelJobs.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -455,6 +517,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.FromString,
                     response_serializer=jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.SerializeToString,
             ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.RetryJobsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'PurgeJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeJobs,
+                    request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.PurgeJobsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
             'UpdateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateJob,
                     request_deserializer=jobpulse_dot_v1_dot_job__service__pb2.UpdateJobRequest.FromString,
@@ -521,10 +598,14 @@ class JobService(object):
     them when the request's bytes are not a valid message at all) and
     INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-    CHUNK_NOT_FOUND (RetryChunk);
+    CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+    google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+    with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
     CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+    WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+    OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
     may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -752,6 +833,57 @@ class JobService(object):
         return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/RetryChunk',
             jobpulse_dot_v1_dot_job__service__pb2.RetryChunkRequest.SerializeToString,
             jobpulse_dot_v1_dot_job__service__pb2.RetryChunkResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/CancelJobs',
+            jobpulse_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/RetryJobs',
+            jobpulse_dot_v1_dot_job__service__pb2.RetryJobsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def PurgeJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jobpulse.v1.JobService/PurgeJobs',
+            jobpulse_dot_v1_dot_job__service__pb2.PurgeJobsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

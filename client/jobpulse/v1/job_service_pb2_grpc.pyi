@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 from jobpulse.v1 import job_service_pb2 as _job_service_pb2
 import abc as _abc_1
@@ -35,10 +36,14 @@ class JobServiceStub:
       them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-      CHUNK_NOT_FOUND (RetryChunk);
+      CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+      google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+      with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
       CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+      OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -112,6 +117,32 @@ class JobServiceStub:
     resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
     CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _operations_pb2.Operation]
+    """Cancels every job matching the filters (those of ListJobs) that has not
+    ended, each as CancelJob does, in batches in the background. Returns the
+    long-running operation "operations/bulk-<id>" (metadata BulkJobsMetadata,
+    response BulkJobsResult) at once; GetOperation and WaitOperation follow
+    it. Only jobs created before the call are matched; each is acted on at
+    most once, and the work goes on where it stopped after a restart (on any
+    replica). With validate_only nothing changes: the operation comes back
+    done, unnamed, with the count of matching jobs in its metadata.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobsRequest, _operations_pb2.Operation]
+    """Retries every FAILED or CANCELLED job matching the filters, each as
+    RetryJob does (one that cannot be retried now is skipped), as a
+    long-running operation like CancelJobs.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    PurgeJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _operations_pb2.Operation]
+    """Deletes every ended job matching the filters (with force, every matching
+    job, as DeleteJob with force), as a long-running operation like
+    CancelJobs.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     UpdateJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]
     """Changes priority, labels, display name or max_running_chunks. A new
     priority reorders the job's pending chunks.
@@ -180,10 +211,14 @@ class JobServiceAsyncStub(JobServiceStub):
       them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-      CHUNK_NOT_FOUND (RetryChunk);
+      CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+      google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+      with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
       CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+      OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -254,6 +289,32 @@ class JobServiceAsyncStub(JobServiceStub):
     resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
     CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
     """
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Cancels every job matching the filters (those of ListJobs) that has not
+    ended, each as CancelJob does, in batches in the background. Returns the
+    long-running operation "operations/bulk-<id>" (metadata BulkJobsMetadata,
+    response BulkJobsResult) at once; GetOperation and WaitOperation follow
+    it. Only jobs created before the call are matched; each is acted on at
+    most once, and the work goes on where it stopped after a restart (on any
+    replica). With validate_only nothing changes: the operation comes back
+    done, unnamed, with the count of matching jobs in its metadata.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Retries every FAILED or CANCELLED job matching the filters, each as
+    RetryJob does (one that cannot be retried now is skipped), as a
+    long-running operation like CancelJobs.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    PurgeJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Deletes every ended job matching the filters (with force, every matching
+    job, as DeleteJob with force), as a long-running operation like
+    CancelJobs.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     UpdateJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.UpdateJobRequest, _job_service_pb2.UpdateJobResponse]  # type: ignore[assignment]
     """Changes priority, labels, display name or max_running_chunks. A new
     priority reorders the job's pending chunks.
@@ -321,10 +382,14 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
       them when the request's bytes are not a valid message at all) and
       INVALID_PAGE_TOKEN (malformed, or made under other filters or another order);
     - NOT_FOUND: JOB_NOT_FOUND (also for another owner's job), DELIVERY_NOT_FOUND,
-      CHUNK_NOT_FOUND (RetryChunk);
+      CHUNK_NOT_FOUND (RetryChunk), OPERATION_NOT_FOUND (a bulk operation's
+      google.longrunning.Operations calls: unknown, or another owner's);
+    - ALREADY_EXISTS: JOB_ALREADY_EXISTS (CreateJob, RetryJob, RetryChunk: a job
+      with the same owner, kind and unique_key has not ended; metadata job_id);
     - FAILED_PRECONDITION: JOB_ALREADY_TERMINAL, JOB_NOT_RETRYABLE, JOB_NOT_TERMINAL,
       CHUNK_NOT_RETRYABLE (RetryChunk on a chunk that is not FAILED),
-      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with);
+      WEBHOOK_SECRET_MISSING (a webhook asked of a server with nothing to sign it with),
+      OPERATION_NOT_DONE (DeleteOperation of a bulk operation still running);
     - OUT_OF_RANGE: REVISION_AHEAD (WatchJob after a revision the job has not reached);
     - UNAUTHENTICATED (no or an unknown API key), PERMISSION_DENIED (the key's role
       may not call the method), RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo);
@@ -470,6 +535,50 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         keeps counting); its job goes back to PROCESSING (a cancelled job is not
         resumed: FAILED_PRECONDITION, JOB_NOT_RETRYABLE). Unknown chunk: NOT_FOUND,
         CHUNK_NOT_FOUND; a chunk that is not FAILED: FAILED_PRECONDITION, CHUNK_NOT_RETRYABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _job_service_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Cancels every job matching the filters (those of ListJobs) that has not
+        ended, each as CancelJob does, in batches in the background. Returns the
+        long-running operation "operations/bulk-<id>" (metadata BulkJobsMetadata,
+        response BulkJobsResult) at once; GetOperation and WaitOperation follow
+        it. Only jobs created before the call are matched; each is acted on at
+        most once, and the work goes on where it stopped after a restart (on any
+        replica). With validate_only nothing changes: the operation comes back
+        done, unnamed, with the count of matching jobs in its metadata.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _job_service_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Retries every FAILED or CANCELLED job matching the filters, each as
+        RetryJob does (one that cannot be retried now is skipped), as a
+        long-running operation like CancelJobs.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeJobs(
+        self,
+        request: _job_service_pb2.PurgeJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Deletes every ended job matching the filters (with force, every matching
+        job, as DeleteJob with force), as a long-running operation like
+        CancelJobs.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod

@@ -11,7 +11,7 @@ import shutil
 
 from grpc_health.v1 import health, health_pb2
 
-from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
+from jobpulse.v1 import admin_service_pb2, job_service_pb2, schedule_service_pb2, worker_service_pb2
 from jobpulse_server.domain.clock import now_us
 from jobpulse_server.domain.errors import UNAVAILABLE_MESSAGE, DatabaseUnavailable
 from jobpulse_server.domain.model import JobState
@@ -28,6 +28,7 @@ SERVICE_NAMES = (
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 )
 # Every service health answers for (google.longrunning.Operations is served over the same jobs).
 HEALTH_NAMES = (*SERVICE_NAMES, "google.longrunning.Operations")

@@ -7,6 +7,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+from google.longrunning import operations_proto_pb2
 from google.protobuf import json_format
 
 from jobpulse.v1 import (
@@ -27,6 +28,7 @@ from jobpulse_server.api.messages import (
     Ctx,
     full_view,
 )
+from jobpulse_server.domain.bulk import BulkAction
 from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import (
@@ -44,6 +46,7 @@ from jobpulse_server.domain.reports import StatsRow
 from jobpulse_server.domain.retention import MAX_TTL_US, Retention
 from jobpulse_server.domain.webhooks import Delivery
 from jobpulse_server.services import auth
+from jobpulse_server.services.bulk import BulkService
 from jobpulse_server.services.events_tokens import DEFAULT_TTL_US, MIN_TTL_US, EventsTokens
 from jobpulse_server.services.events_tokens import MAX_TTL_US as MAX_EVENTS_TTL_US
 from jobpulse_server.services.export import export_jobs
@@ -51,6 +54,7 @@ from jobpulse_server.services.jobs import JobPage, JobService, Known, NewJob
 from jobpulse_server.services.kinds import KindService
 from jobpulse_server.services.watch import FeedService, WatchService, horizon_cursor
 from jobpulse_server.services.webhooks import WebhookService
+from jobpulse_server.wire.bulk import bulk_operation_pb
 from jobpulse_server.wire.convert import (
     KIND_NAME_PREFIX,
     attempt_pb,
@@ -81,6 +85,9 @@ _LIST_JOBS_FIELD = job_service_pb2.ListJobsResponse.DESCRIPTOR.fields_by_name["j
 _BATCH_JOBS_FIELD = job_service_pb2.BatchGetJobsResponse.DESCRIPTOR.fields_by_name["jobs"].number
 _JOB_STATES = [int(s) for s in JobState]
 _CHUNK_STATES = [int(s) for s in ChunkState]
+# Unknown update_mask paths named in the error, each cut to 80 characters: an error echoes no request
+# whole (its details ride in the response's trailers, which gRPC bounds at 16 KiB).
+MAX_NAMED_PATHS = 5
 _VIEWS = [job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL]
 
 
@@ -103,10 +110,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         encoded: EncodedJobs,
         tokens: EventsTokens,
         kinds: KindService,
+        bulk: BulkService,
         retention: Retention | None = None,
     ) -> None:
         self.jobs = jobs
         self.kinds = kinds
+        self.bulk = bulk
         self.tokens = tokens
         # The server's default ttls, for Job.expire_time (None: never shown).
         self.retention = retention
@@ -136,65 +145,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CreateJob(
         self, request: job_service_pb2.CreateJobRequest, context: Ctx
     ) -> job_service_pb2.CreateJobResponse:
-        c = Checker()
-        c.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
-        c.text(request.kind, "kind", MAX_ID)
-        c.text(request.request_id, "request_id", MAX_ID)
-        c.text(request.webhook_url, "webhook_url", 2048)
-        c.check(request.total_items > 0, "total_items", f"must be at least 1 (got {request.total_items})")
-        c.check(request.chunk_size >= 0, "chunk_size", f"must be 0 (default {DEFAULT_CHUNK_SIZE}) or more")
-        c.check(
-            0 <= request.max_attempts <= 100,
-            "max_attempts",
-            f"must be between 0 (default {DEFAULT_MAX_ATTEMPTS}) and 100 (got {request.max_attempts})",
-        )
-        if request.HasField("priority"):
-            c.priority(request.priority, "priority")
-        c.labels(dict(request.labels))
-        metadata: dict[str, Any] = {}
-        if request.HasField("metadata"):
-            try:
-                metadata = json_format.MessageToDict(request.metadata)
-            except ValueError:  # NaN or infinity: not representable in JSON
-                c.fail("metadata", "numbers must be finite (no NaN or infinity)")
-        c.metadata(metadata)
-        ttl = _ttl_us(request, c)
-        schedule_time = _schedule_us(request, c, self.clock())
-        _check_max_running(request.max_running_chunks, c)
-        after = _check_after(request, c)
-        c.check(
-            0 <= request.max_failed_chunks <= MAX_RUNNING_CHUNKS,
-            "max_failed_chunks",
-            f"must be between 0 (no limit) and {MAX_RUNNING_CHUNKS} (got {request.max_failed_chunks})",
-        )
-        attempt_timeout = _limit_us(request, "attempt_timeout", c)
-        timeout = _limit_us(request, "timeout", c)
-        c.done()
-        page = await self.jobs.create_job(
-            caller(),
-            NewJob(
-                kind=request.kind or DEFAULT_KIND,
-                total_items=request.total_items,
-                chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
-                max_attempts=request.max_attempts or DEFAULT_MAX_ATTEMPTS,
-                priority=request.priority if request.HasField("priority") else DEFAULT_PRIORITY,
-                display_name=request.display_name,
-                labels=dict(request.labels),
-                metadata=metadata,
-                request_id=request.request_id,
-                webhook_url=request.webhook_url,
-                webhook_progress=request.webhook_progress,
-                ttl=ttl,
-                schedule_time=schedule_time,
-                max_running_chunks=request.max_running_chunks,
-                after=after,
-                after_mode=request.after_mode,
-                finalize_kind=request.finalize_kind,
-                max_failed_chunks=request.max_failed_chunks,
-                attempt_timeout=attempt_timeout,
-                timeout=timeout,
-            ),
-        )
+        page = await self.jobs.create_job(caller(), new_job(request, self.clock()))
         return job_service_pb2.CreateJobResponse(job=self._job(page))
 
     async def GetJob(
@@ -425,6 +376,41 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page = await self.jobs.retry_chunk(caller(), request.job_id, request.chunk_id)
         return job_service_pb2.RetryChunkResponse(job=self._job(page))
 
+    async def CancelJobs(
+        self, request: job_service_pb2.CancelJobsRequest, context: Ctx
+    ) -> operations_proto_pb2.Operation:
+        return await self._bulk(BulkAction.CANCEL, request, context, reason=request.reason)
+
+    async def RetryJobs(
+        self, request: job_service_pb2.RetryJobsRequest, context: Ctx
+    ) -> operations_proto_pb2.Operation:
+        return await self._bulk(BulkAction.RETRY, request, context)
+
+    async def PurgeJobs(
+        self, request: job_service_pb2.PurgeJobsRequest, context: Ctx
+    ) -> operations_proto_pb2.Operation:
+        return await self._bulk(BulkAction.PURGE, request, context, force=request.force)
+
+    async def _bulk(
+        self,
+        action: BulkAction,
+        request: job_service_pb2.CancelJobsRequest
+        | job_service_pb2.RetryJobsRequest
+        | job_service_pb2.PurgeJobsRequest,
+        context: Ctx,
+        *,
+        reason: str = "",
+        force: bool = False,
+    ) -> operations_proto_pb2.Operation:
+        c = Checker()
+        f = job_filter(request, c)
+        c.text(reason, "reason", MAX_DISPLAY_NAME)
+        c.done()
+        op = await self.bulk.start(
+            caller(), action, f, reason=reason, force=force, validate_only=request.validate_only
+        )
+        return bulk_operation_pb(op)
+
     async def UpdateJob(
         self, request: job_service_pb2.UpdateJobRequest, context: Ctx
     ) -> job_service_pb2.UpdateJobResponse:
@@ -432,10 +418,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c.text(request.job_id, "job_id", MAX_ID, required=True)
         paths = set(request.update_mask.paths)
         allowed = {"priority", "labels", "display_name", "max_running_chunks"}
-        for p in paths - allowed:
+        for p in sorted(paths - allowed)[:MAX_NAMED_PATHS]:
             c.fail(
                 "update_mask",
-                f"unknown path {p!r}; allowed: display_name, labels, max_running_chunks, priority",
+                f"unknown path {p[:80]!r}; allowed: display_name, labels, max_running_chunks, priority",
             )
         if not paths:
             paths = {
@@ -554,8 +540,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         given = request.kind
         kind = _kind_named(given, c)
         paths = set(request.update_mask.paths)
-        for p in sorted(paths - {"paused", "max_running_chunks"}):
-            c.fail("update_mask", f"unknown path {p!r}; allowed: max_running_chunks, paused")
+        for p in sorted(paths - {"paused", "max_running_chunks"})[:MAX_NAMED_PATHS]:
+            c.fail("update_mask", f"unknown path {p[:80]!r}; allowed: max_running_chunks, paused")
         if not paths:
             set_fields = (("paused", given.paused), ("max_running_chunks", given.max_running_chunks))
             paths = {name for name, value in set_fields if value}
@@ -587,6 +573,74 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.GetJobStatsResponse(
             stats=_stats_pb(overall), kinds=[_stats_pb(k) for k in kinds]
         )
+
+
+def new_job(request: job_service_pb2.CreateJobRequest, now: int) -> NewJob:
+    """A CreateJob request, checked (InvalidArgument naming every bad field), as the services take it;
+    ScheduleService checks its templates with it too."""
+    c = Checker()
+    c.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
+    c.text(request.kind, "kind", MAX_ID)
+    c.text(request.request_id, "request_id", MAX_ID)
+    c.text(request.unique_key, "unique_key", MAX_ID)
+    c.check(
+        "\x00" in request.unique_key or request.unique_key.isprintable(),  # NUL: said above
+        "unique_key",
+        "must not contain control characters",
+    )
+    c.text(request.webhook_url, "webhook_url", 2048)
+    c.check(request.total_items > 0, "total_items", f"must be at least 1 (got {request.total_items})")
+    c.check(request.chunk_size >= 0, "chunk_size", f"must be 0 (default {DEFAULT_CHUNK_SIZE}) or more")
+    c.check(
+        0 <= request.max_attempts <= 100,
+        "max_attempts",
+        f"must be between 0 (default {DEFAULT_MAX_ATTEMPTS}) and 100 (got {request.max_attempts})",
+    )
+    if request.HasField("priority"):
+        c.priority(request.priority, "priority")
+    c.labels(dict(request.labels))
+    metadata: dict[str, Any] = {}
+    if request.HasField("metadata"):
+        try:
+            metadata = json_format.MessageToDict(request.metadata)
+        except ValueError:  # NaN or infinity: not representable in JSON
+            c.fail("metadata", "numbers must be finite (no NaN or infinity)")
+    c.metadata(metadata)
+    ttl = _ttl_us(request, c)
+    schedule_time = _schedule_us(request, c, now)
+    _check_max_running(request.max_running_chunks, c)
+    after = _check_after(request, c)
+    c.check(
+        0 <= request.max_failed_chunks <= MAX_RUNNING_CHUNKS,
+        "max_failed_chunks",
+        f"must be between 0 (no limit) and {MAX_RUNNING_CHUNKS} (got {request.max_failed_chunks})",
+    )
+    attempt_timeout = _limit_us(request, "attempt_timeout", c)
+    timeout = _limit_us(request, "timeout", c)
+    c.done()
+    return NewJob(
+        kind=request.kind or DEFAULT_KIND,
+        total_items=request.total_items,
+        chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
+        max_attempts=request.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        priority=request.priority if request.HasField("priority") else DEFAULT_PRIORITY,
+        display_name=request.display_name,
+        labels=dict(request.labels),
+        metadata=metadata,
+        request_id=request.request_id,
+        webhook_url=request.webhook_url,
+        webhook_progress=request.webhook_progress,
+        ttl=ttl,
+        schedule_time=schedule_time,
+        max_running_chunks=request.max_running_chunks,
+        after=after,
+        after_mode=request.after_mode,
+        finalize_kind=request.finalize_kind,
+        max_failed_chunks=request.max_failed_chunks,
+        attempt_timeout=attempt_timeout,
+        timeout=timeout,
+        unique_key=request.unique_key,
+    )
 
 
 def _ttl_us(request: job_service_pb2.CreateJobRequest, c: Checker) -> int | None:

@@ -25,6 +25,11 @@ INVALID_ARGUMENT naming that field. Decisions where google.longrunning leaves ro
 - WaitOperation waits up to ``timeout`` (unset: DEFAULT_WAIT_SECONDS, at most MAX_WAIT_SECONDS) and
   never past the call's deadline (it answers with a tenth of the time left, at most a second, to
   spare), then returns the operation as it stands, done or not.
+- Bulk operations (CancelJobs, RetryJobs, PurgeJobs) are ``operations/bulk-<id>`` (wire/bulk.py):
+  GetOperation and WaitOperation follow them, CancelOperation stops one where it is (``error`` CANCELLED
+  then; what it did stays done), DeleteOperation forgets one that has ended (one still running is
+  FAILED_PRECONDITION, OPERATION_NOT_DONE); an unknown one, or another owner's, is NOT_FOUND
+  (OPERATION_NOT_FOUND). ListOperations lists the jobs only.
 - ListOperations: ``name`` is "operations" or empty; ``filter`` is the grammar of operation_filter.py;
   newest first; ``page_size`` 0 means 20, at most 100; page tokens are ListJobs' keyset tokens, bound
   to the filter they were made under.
@@ -41,14 +46,17 @@ from jobpulse_server.api.error_mapping import DOMAIN
 from jobpulse_server.api.interceptors import caller
 from jobpulse_server.api.messages import DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS, Ctx
 from jobpulse_server.api.operation_filter import parse_filter
+from jobpulse_server.domain.bulk import NAME_PREFIX
 from jobpulse_server.domain.clock import Clock
 from jobpulse_server.domain.errors import JobAlreadyTerminal, JobNotTerminal
 from jobpulse_server.domain.filters import DEFAULT_ORDER, JobFilter
 from jobpulse_server.domain.model import Job, JobState
 from jobpulse_server.domain.retention import Retention
 from jobpulse_server.services import auth
+from jobpulse_server.services.bulk import BulkService
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.waiting import JobWaiter
+from jobpulse_server.wire.bulk import bulk_operation_pb
 from jobpulse_server.wire.convert import artifact_pb, job_pb
 from jobpulse_server.wire.validation import MAX_ID, Checker
 
@@ -70,9 +78,15 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
     ROLES = auth.CLIENT_ROLES
 
     def __init__(
-        self, jobs: JobService, waiter: JobWaiter, clock: Clock, retention: Retention | None = None
+        self,
+        jobs: JobService,
+        waiter: JobWaiter,
+        clock: Clock,
+        bulk: BulkService,
+        retention: Retention | None = None,
     ) -> None:
         self.jobs = jobs
+        self.bulk = bulk
         self.waiter = waiter
         self.clock = clock
         # The server's default ttls, for the metadata Job's expire_time (None: never shown).
@@ -87,6 +101,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         c = Checker()
         job_id = _job_id(request.name, c)
         c.done()
+        if job_id.startswith(NAME_PREFIX):
+            return bulk_operation_pb(await self.bulk.get(caller(), job_id))
         page = await self.jobs.get_job(caller(), job_id, full=False)
         return self._operation(page.job)
 
@@ -124,6 +140,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         c = Checker()
         job_id = _job_id(request.name, c)
         c.done()
+        if job_id.startswith(NAME_PREFIX):
+            await self.bulk.cancel(caller(), job_id)
+            return empty_pb2.Empty()
         try:
             await self.jobs.cancel_job(caller(), job_id, "")
         except JobAlreadyTerminal:
@@ -136,6 +155,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         c = Checker()
         job_id = _job_id(request.name, c)
         c.done()
+        if job_id.startswith(NAME_PREFIX):
+            await self.bulk.delete(caller(), job_id)
+            return empty_pb2.Empty()
         try:
             await self.jobs.delete_job(caller(), job_id, force=False)
         except JobNotTerminal as exc:
@@ -157,6 +179,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         left = context.time_remaining()
         if left is not None:
             timeout = min(timeout, max(0.0, left - min(_SPARE_MAX, left * _SPARE_SHARE)))
+        if job_id.startswith(NAME_PREFIX):
+            return bulk_operation_pb(await self.bulk.wait(caller(), job_id, timeout))
         page = await self.waiter.wait(caller(), job_id, timeout)
         return self._operation(page.job)
 

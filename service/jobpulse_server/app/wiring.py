@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from jobpulse.v1 import (
     admin_service_pb2_grpc,
     job_service_pb2_grpc,
+    schedule_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
 from jobpulse_server.api.admin import AdminServicer
@@ -33,6 +34,7 @@ from jobpulse_server.api.jobs import JobServicer
 from jobpulse_server.api.operations import SERVICE_NAME as OPERATIONS_SERVICE
 from jobpulse_server.api.operations import OperationsServicer
 from jobpulse_server.api.reflection import add_reflection, record_services
+from jobpulse_server.api.schedules import ScheduleServicer
 from jobpulse_server.api.tracing import RpcSpans
 from jobpulse_server.api.workers import WorkerServicer
 from jobpulse_server.app.startup import configure_logging, open_mode_problem, safe_url, tls_credentials
@@ -54,6 +56,7 @@ from jobpulse_server.platform.metrics import Metrics
 from jobpulse_server.platform.tracing import OFF, StoreSpans, Tracing, tracing_for, tracing_from_environment
 from jobpulse_server.services import auth
 from jobpulse_server.services.auth import Authenticator, is_loopback
+from jobpulse_server.services.bulk import BulkService
 from jobpulse_server.services.events_tokens import EventsTokens
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.kinds import KindService
@@ -61,6 +64,7 @@ from jobpulse_server.services.latency import Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from jobpulse_server.services.retention import RetentionService, retention_of
+from jobpulse_server.services.schedules import ScheduleService
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.waiting import JobWaiter
@@ -119,6 +123,9 @@ class App:
     listener: Listener | None = None
     deliverer: Deliverer | None = None
     throughput: Throughput | None = None
+    # The schedules and their ticker (tests call its one pass, ``tick(now)``, with a time of their own).
+    schedules: ScheduleService | None = None
+    bulk: BulkService | None = None
     tracing: Tracing = OFF
     # The gRPC server's interceptors: RpcSpans when tracing is on, else none (the CallGuard wraps the
     # handlers themselves).
@@ -242,6 +249,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     latency = Latency(metrics)
     jobs = JobService(db, outbox, config, clock, latency, tracer=tracing.tracer)
     kinds = KindService(db, clock)
+    bulk = BulkService(db, jobs, clock, batch_size=config.bulk_batch_size)
+    schedules = ScheduleService(db, jobs, config, clock)
     observer = Observer(metrics)
     throughput = Throughput(db, clock)
     workers = WorkerService(
@@ -278,6 +287,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         f"{SERVICE_NAMES[2]}/GetUsage": AdminServicer.USAGE_ROLES,
         **{f"{SERVICE_NAMES[0]}/{m}": auth.ADMIN_ROLES for m in JobServicer.ADMIN_METHODS},
         f"{SERVICE_NAMES[0]}/ListKinds": JobServicer.KINDS_ROLES,
+        SERVICE_NAMES[3]: ScheduleServicer.ROLES,
         # google.longrunning over the same jobs: authenticated, owner-scoped and mapped the same way.
         OPERATIONS_SERVICE: OperationsServicer.ROLES,
     }
@@ -321,15 +331,19 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             encoded,
             tokens,
             kinds,
+            bulk,
             retention,
         ),
         guarded,
     )
     operations_pb2_grpc.add_OperationsServicer_to_server(
-        OperationsServicer(jobs, JobWaiter(jobs, hub), clock, retention), guarded
+        OperationsServicer(jobs, JobWaiter(jobs, hub), clock, bulk, retention), guarded
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(workers, clock, config.artifact_schemes), guarded
+    )
+    schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+        ScheduleServicer(schedules, clock, retention), guarded
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
@@ -359,6 +373,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
             clock,
             kinds,
             throughput,
+            schedules,
+            bulk,
         )
         side = HttpSide(
             watches,
@@ -419,6 +435,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         listener=listener,
         deliverer=deliverer,
         throughput=throughput,
+        schedules=schedules,
+        bulk=bulk,
         tracing=tracing,
         interceptors=interceptors,
         _stop_background=stop_background,
@@ -433,6 +451,8 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         (usage.run(stop_background, config.usage_flush_interval), "jobpulse-usage"),
         (throughput.run(stop_background, config.usage_flush_interval), "jobpulse-throughput"),
         (tokens.run(stop_background, config.key_refresh_interval), "jobpulse-events-secrets"),
+        (schedules.run(stop_background), "jobpulse-schedules"),
+        (bulk.run(stop_background), "jobpulse-bulk"),
     ]
     if metrics_port is not None:
         background.append((job_gauges(db, metrics, stop_background), "jobpulse-job-gauges"))

@@ -60,6 +60,15 @@ class JobNotFound(DomainError):
         super().__init__(f"job {job_id!r} not found", job_id=job_id)
 
 
+class ScheduleNotFound(DomainError):
+    """No such schedule, or not the caller's."""
+
+    reason = "SCHEDULE_NOT_FOUND"
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id!r} not found", schedule_id=schedule_id)
+
+
 class ChunkNotFound(DomainError):
     """No such chunk."""
 
@@ -73,6 +82,24 @@ class JobAlreadyTerminal(DomainError):
     """The job already completed or failed."""
 
     reason = "JOB_ALREADY_TERMINAL"
+
+
+class OperationNotFound(DomainError):
+    """No such bulk operation, or not the caller's (metadata ``name``)."""
+
+    reason = "OPERATION_NOT_FOUND"
+
+
+class OperationNotDone(DomainError):
+    """DeleteOperation on a bulk operation still running (metadata ``name``)."""
+
+    reason = "OPERATION_NOT_DONE"
+
+
+class JobAlreadyExists(DomainError):
+    """A job of the caller with the same kind and unique key has not ended (metadata ``job_id``)."""
+
+    reason = "JOB_ALREADY_EXISTS"
 
 
 class JobNotRetryable(DomainError):

@@ -347,6 +347,9 @@ class Job:
     attempt_timeout: int = 0
     # When the job fails (JOB_DEADLINE_EXCEEDED) if it has not ended; None: never. Never changes.
     deadline_time: int | None = None
+    # CreateJob's unique key (empty: none): no other job of the owner and kind with it may be live while
+    # this one is. The database holds it (the store's ux_jobs_unique_key). Never changes.
+    unique_key: str = ""
     # The state when this copy was read, to tell which transition a save makes.
     loaded_state: JobState | None = None
     # True once this in-memory copy has had its revision bumped for the current change.

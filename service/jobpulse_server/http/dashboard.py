@@ -28,11 +28,13 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from jobpulse.v1 import admin_service_pb2, job_service_pb2
+from jobpulse_server.domain.bulk import NAME_PREFIX, BulkAction
 from jobpulse_server.domain.errors import (
     DatabaseUnavailable,
     DomainError,
     FieldViolation,
     InvalidArgument,
+    OperationNotFound,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
@@ -45,8 +47,10 @@ from jobpulse_server.http.errors import error_response, response_for
 from jobpulse_server.http.query import filter_request, job_state, parse
 from jobpulse_server.http.session import CrossSite, Sessions, same_origin
 from jobpulse_server.services import auth
+from jobpulse_server.services.bulk import BulkService
 from jobpulse_server.services.jobs import EVERY_JOB, RETRY_FAILURES_LIMIT, JobListing, JobService
 from jobpulse_server.services.kinds import KindService
+from jobpulse_server.services.schedules import ScheduleService
 from jobpulse_server.services.throughput import Throughput
 from jobpulse_server.services.usage import UsageLedger
 from jobpulse_server.services.webhooks import WebhookService
@@ -62,6 +66,7 @@ PAGE_SIZES = (10, 20, 50, 100)
 DEFAULT_PAGE_SIZE = 20
 CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
 KINDS_SHOWN = 100  # kinds per page of the Kinds page
+SCHEDULES_SHOWN = 50  # schedules per page of the Schedules page (each with its last jobs)
 # Failed chunks of one reason the Failures page reads to list the jobs it broke (the newest jobs).
 FAILED_CHUNKS_SHOWN = 500
 FLASH = "jobpulse_flash"
@@ -116,9 +121,13 @@ class Dashboard:
         clock: Callable[[], int],
         kinds: KindService,
         throughput: Throughput | None = None,
+        schedules: ScheduleService | None = None,
+        bulk: BulkService | None = None,
     ) -> None:
         self.jobs = jobs
+        self.bulk = bulk
         self.kinds = kinds
+        self.schedules = schedules
         self.webhooks = webhooks
         self.usage = usage
         self.sessions = sessions
@@ -163,10 +172,14 @@ class Dashboard:
             Route("/jobs/{job_id}/delete", self.delete, methods=["POST"]),
             Route("/jobs/{job_id}/priority", self.priority, methods=["POST"]),
             Route("/jobs/{job_id}/chunks/{chunk_id}/retry", self.retry_chunk, methods=["POST"]),
-            Route("/actions/bulk", self.bulk, methods=["POST"]),
+            Route("/actions/bulk", self.bulk_selected, methods=["POST"]),
+            Route("/actions/bulk-filter", self.bulk_filter, methods=["POST"]),
+            Route("/operations/{name}", self.operation_page, methods=["GET"]),
+            Route("/operations/{name}/stop", self.stop_operation, methods=["POST"]),
             Route("/kinds", self.kinds_page, methods=["GET"]),
             Route("/kinds/pause", self.pause_kind, methods=["POST"]),
             Route("/kinds/resume", self.resume_kind, methods=["POST"]),
+            Route("/schedules", self.schedules_page, methods=["GET"]),
             Route("/failures", self.failures_page, methods=["GET"]),
             Route("/failures/retry", self.retry_failures, methods=["POST"]),
             Route("/stats", self.stats_page, methods=["GET"]),
@@ -454,7 +467,7 @@ class Dashboard:
 
         return await self._act(request, act, f"/jobs/{job_id}")
 
-    async def bulk(self, request: Request) -> Response:
+    async def bulk_selected(self, request: Request) -> Response:
         """Cancel, retry or delete the jobs selected on the jobs page, each as its own RPC would be: one
         that cannot be (already finished, still running) is reported, the others are done."""
         try:
@@ -491,6 +504,80 @@ class Dashboard:
             return text
 
         return await self._act(request, act, back)
+
+    async def bulk_filter(self, request: Request) -> Response:
+        """Cancel, retry or delete every job matching the jobs page's filters (``query``: the page's
+        query string), as CancelJobs, RetryJobs and PurgeJobs: first a page that counts them and asks,
+        then (``confirm``) the operation, whose page follows its progress."""
+        try:
+            same_origin(request)
+            who = await self._who(request)
+            fields = dict(await _form(request))
+            action = fields.get("action", "")
+            c = Checker()
+            c.check(action in _BULK_ACTIONS, "action", "must be cancel, retry or purge")
+            c.done()
+            query = fields.get("query", "")[:4000]
+            view = _JobsView.read(parse(query))
+            f = view.filter()
+            if self.bulk is None:
+                raise InvalidArgument([FieldViolation("action", "bulk operations are not served here")])
+            verb, noun = _BULK_ACTIONS[action]
+            if fields.get("confirm") != "yes":
+                counted = await self.bulk.start(who, BulkAction[action.upper()], f, validate_only=True)
+                return self._render(
+                    request,
+                    "bulk_confirm.html",
+                    who=who,
+                    title=f"{verb} {counted.matched} jobs?",
+                    action=action,
+                    verb=verb,
+                    noun=noun,
+                    matched=counted.matched,
+                    query=query,
+                    back="/?" + query if query else "/",
+                )
+            op = await self.bulk.start(
+                who, BulkAction[action.upper()], f, reason="cancelled from the dashboard (by filter)"
+            )
+        except _LogIn:
+            return RedirectResponse("/login?next=/", status_code=303)
+        except Exception as exc:
+            return self._error_page(request, exc)
+        return RedirectResponse(f"/operations/{op.name}", status_code=303)
+
+    async def operation_page(self, request: Request) -> Response:
+        """A bulk operation's progress: a bar, the counts, a way to stop it; it loads itself again
+        every two seconds while the operation runs (with JavaScript; without, a link does)."""
+
+        async def build(who: Principal) -> Response:
+            if self.bulk is None:
+                raise OperationNotFound("no bulk operations here", name=str(request.path_params["name"]))
+            op = await self.bulk.get(who, _operation_name(request))
+            return self._render(
+                request,
+                "operation.html",
+                who=who,
+                op=op,
+                verb=_BULK_VERBS[op.action],
+                title=f"{_BULK_VERBS[op.action]} jobs: {op.done + op.skipped} of {op.matched}",
+                reload_after=0 if op.finished else 2,
+            )
+
+        return await self._page(request, build)
+
+    async def stop_operation(self, request: Request) -> Response:
+        name = _operation_name(request)
+
+        async def act(who: Principal, form: dict[str, str]) -> str:
+            if self.bulk is None:
+                raise OperationNotFound("no bulk operations here", name=name)
+            op = await self.bulk.cancel(who, name)
+            if not op.cancelled:
+                return "It had already ended."
+            return f"Stopped after {op.done} of {op.matched} jobs."
+
+        return await self._act(request, act, f"/operations/{name}")
 
     # --- kinds ------------------------------------------------------------------------------
 
@@ -539,6 +626,25 @@ class Dashboard:
             return f"Resumed {kind}: its chunks are claimed again."
 
         return await self._act(request, act, back)
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def schedules_page(self, request: Request) -> Response:
+        """The schedules the session's key may see (ListSchedules), oldest first, each with its cron,
+        zone, next run and its last jobs (newest first)."""
+
+        async def build(who: Principal) -> Response:
+            token = dict(parse(request.url.query)).get("page_token", "")
+            found: list[Any] = []
+            next_token = ""
+            if self.schedules is not None:
+                listed, next_token = await self.schedules.list_schedules(who, SCHEDULES_SHOWN, token)
+                found = [(s, await self.schedules.recent_jobs(s)) for s in listed]
+            return self._render(
+                request, "schedules.html", who=who, schedules=found, next_token=next_token, title="Schedules"
+            )
+
+        return await self._page(request, build)
 
     # --- failures across jobs -------------------------------------------------------------------
 
@@ -817,6 +923,12 @@ class _JobsView:
         return urlencode(keep)
 
     @property
+    def query(self) -> str:
+        """The filters and order of this view as a query string, without the page (what a bulk
+        operation by filter is handed)."""
+        return urlencode(self.params)
+
+    @property
     def here(self) -> str:
         extra = (
             [("before", self.token)] if self.backward else [("page_token", self.token)] if self.token else []
@@ -834,6 +946,25 @@ async def _form(request: Request) -> list[tuple[str, str]]:
     if body and kind != "application/x-www-form-urlencoded":
         raise InvalidArgument([FieldViolation("form", "must be application/x-www-form-urlencoded")])
     return parse(body.decode("utf-8", "replace"))
+
+
+# The dashboard's bulk actions by filter: the form's action -> (the verb, what it does to each job).
+_BULK_ACTIONS = {
+    "cancel": ("Cancel", "cancelled (those that have not ended)"),
+    "retry": ("Retry", "run again (those FAILED or CANCELLED)"),
+    "purge": ("Delete", "deleted (those that have ended; this cannot be undone)"),
+}
+_BULK_VERBS = {BulkAction.CANCEL: "Cancel", BulkAction.RETRY: "Retry", BulkAction.PURGE: "Delete"}
+
+
+def _operation_name(request: Request) -> str:
+    """The ``bulk-<id>`` of a /operations/ path."""
+    name = str(request.path_params["name"])
+    c = Checker()
+    c.text(name, "name", MAX_ID, required=True)
+    c.check(name.startswith(NAME_PREFIX), "name", "must be bulk-<id>")
+    c.done()
+    return name
 
 
 def _job_id(request: Request) -> str:

@@ -75,6 +75,16 @@ class Config:
     sweep_interval: float = _setting(
         1.0, "seconds between scans for expired leases and overdue cancels (and the expiry sweep)"
     )
+    schedule_misfire_grace: float = _setting(
+        60.0,
+        "seconds a schedule's tick may be late (no server ran at its time) and still make its job as any "
+        "tick does; a later tick, or several missed ones, follow the schedule's misfire_policy",
+    )
+    bulk_batch_size: int = _setting(
+        500,
+        "jobs a bulk operation (CancelJobs, RetryJobs, PurgeJobs) acts on per transaction; between two "
+        "batches other calls and workers get the database",
+    )
     cancel_deadline: float = _setting(
         60.0, "seconds a cancelled job's running chunks get to stop before the server cancels them itself"
     )
@@ -232,6 +242,10 @@ class Config:
             raise ValueError(
                 f"JOBPULSE_HTTP_PORT / --http-port: {self.http_port} is not a port "
                 "(0 to 65535; 0: any free port, -1: off)"
+            )
+        if not 1 <= self.bulk_batch_size <= 10_000:
+            raise ValueError(
+                f"JOBPULSE_BULK_BATCH_SIZE: {self.bulk_batch_size} is out of range (1 to 10000 jobs)"
             )
         try:
             schemes_of(self.artifact_uri_schemes)

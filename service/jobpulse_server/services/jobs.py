@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from opentelemetry import trace
 
@@ -23,6 +23,7 @@ from jobpulse_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     InvalidPageToken,
+    JobAlreadyExists,
     JobAlreadyTerminal,
     JobNotFound,
     JobNotRetryable,
@@ -51,7 +52,7 @@ from jobpulse_server.services.artifacts import load_artifacts
 from jobpulse_server.services.latency import Ends, Latency
 from jobpulse_server.services.outbox import Outbox
 from jobpulse_server.services.webhooks import check_url
-from jobpulse_server.store import RequestIdTaken, Store, Tx
+from jobpulse_server.store import RequestIdTaken, Store, Tx, UniqueKeyTaken
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -89,6 +90,8 @@ class NewJob:
     # limit.
     attempt_timeout: int = 0
     timeout: int = 0
+    # At most one live job of the owner with this kind and key; empty: no key.
+    unique_key: str = ""
 
 
 def request_fingerprint(req: NewJob, who: Principal) -> str:
@@ -117,7 +120,7 @@ def request_fingerprint(req: NewJob, who: Principal) -> str:
         asked["after_mode"] = req.after_mode or AFTER_ALL
     if req.finalize_kind:
         asked["finalize_kind"] = req.finalize_kind
-    for name in ("max_failed_chunks", "attempt_timeout", "timeout"):
+    for name in ("max_failed_chunks", "attempt_timeout", "timeout", "unique_key"):
         if getattr(req, name):
             asked[name] = getattr(req, name)
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
@@ -205,6 +208,17 @@ class JobService:
 
     # --- create --------------------------------------------------------
     async def create_job(self, who: Principal, req: NewJob) -> JobPage:
+        self.check_new_job(who, req)
+        fingerprint = request_fingerprint(req, who) if req.request_id else ""
+        if req.request_id:
+            found = await self._earlier(who, req.request_id, fingerprint)
+            if found is not None:
+                return found
+        return await self._create(who, req, fingerprint)
+
+    def check_new_job(self, who: Principal, req: NewJob) -> None:
+        """The checks of a CreateJob request that need the server's settings (the chunks it makes, the
+        webhook URL); ScheduleService runs them on a template before any tick does."""
         n_chunks = -(-req.total_items // req.chunk_size) + (1 if req.finalize_kind else 0)
         if n_chunks > self.config.max_chunks_per_job:
             raise InvalidArgument(
@@ -222,11 +236,8 @@ class JobService:
             raise WebhookSecretMissing(
                 "webhooks need a signing secret: set JOBPULSE_WEBHOOK_SECRET on the server, or use API keys"
             )
-        fingerprint = request_fingerprint(req, who) if req.request_id else ""
-        if req.request_id:
-            found = await self._earlier(who, req.request_id, fingerprint)
-            if found is not None:
-                return found
+
+    async def _create(self, who: Principal, req: NewJob, fingerprint: str) -> JobPage:
         now = self.clock()
         # A time already passed starts the job at once, as if none was given.
         later = req.schedule_time if req.schedule_time is not None and req.schedule_time > now else None
@@ -257,6 +268,7 @@ class JobService:
             deadline_time=(req.schedule_time if req.schedule_time is not None else now) + req.timeout
             if req.timeout
             else None,
+            unique_key=req.unique_key,
         )
         new_chunks = [
             Chunk(
@@ -314,6 +326,10 @@ class JobService:
 
         try:
             await self.store.write(insert)
+        except UniqueKeyTaken:
+            # Lost to a live job with the key (made before, or by a create that committed first). A
+            # retried create with the same request_id finds its own job above, before the key matters.
+            await self._key_taken(who.name, req.kind, req.unique_key)
         except RequestIdTaken:
             # Lost a race with the same request_id: the first one wins (if it was the same request).
             found = await self._earlier(who, req.request_id, fingerprint)
@@ -362,6 +378,40 @@ class JobService:
         elif any(found[a].state != JobState.COMPLETED for a in job.after):
             for c in regular:
                 c.next_attempt_time = HELD
+
+    async def _key_taken(self, owner: str, kind: str, unique_key: str, tx: Tx | None = None) -> NoReturn:
+        """JobAlreadyExists naming the live job that holds the key (if it has just ended, its id all the
+        same: the caller may try again)."""
+        if tx is None:
+            async with self.store.read() as read:
+                holder = await read.live_job_with_key(owner, kind, unique_key)
+        else:
+            holder = await tx.live_job_with_key(owner, kind, unique_key)
+        raise JobAlreadyExists(
+            f"job {holder or '(just ended)'} of kind {kind!r} with unique_key {unique_key!r} has not ended; "
+            "a second one is made once it has",
+            **({"job_id": holder} if holder else {}),
+            unique_key=unique_key,
+        )
+
+    async def _run_again(self, body: Callable[[Tx], Awaitable[Job]]) -> JobPage:
+        """Writes a RetryJob or RetryChunk; one that lost a race for its unique key to a create or another
+        retry is JobAlreadyExists, as the check in the transaction says when there is no race."""
+        try:
+            return JobPage(await self.store.write(body))
+        except UniqueKeyTaken as exc:
+            raise JobAlreadyExists(
+                f"another job holds unique_key {exc.args[0]!r}; this one can run again once it has ended",
+                unique_key=str(exc.args[0]),
+            ) from None
+
+    async def _check_key_free(self, tx: Tx, job: Job) -> None:
+        """Before an ended job runs again (RetryJob, RetryChunk): JobAlreadyExists while another job holds
+        its unique key. (Two such moves racing meet the database's index: store.UniqueKeyTaken.)"""
+        if job.unique_key and job.state.terminal:
+            holder = await tx.live_job_with_key(job.owner, job.kind, job.unique_key)
+            if holder is not None and holder != job.id:
+                await self._key_taken(job.owner, job.kind, job.unique_key, tx)
 
     async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:
         """The job an earlier CreateJob made with this request_id, if any. The same request_id with a
@@ -778,25 +828,7 @@ class JobService:
         async def body(tx: Tx) -> Job:
             ends.clear()
             job = await self._load(tx, who, job_id, for_update=True)
-            if job.state in (JobState.COMPLETED, JobState.FAILED):
-                raise JobAlreadyTerminal(
-                    f"job {job_id} is already {job.state.name}; only running jobs can be cancelled",
-                    job_id=job_id,
-                    state=job.state.name,
-                )
-            if not job.cancel_requested and job.state != JobState.CANCELLED:
-                now = self.clock()
-                rev = job.touch(now)
-                job.cancel_requested = True
-                job.cancel_reason = reason
-                job.cancel_time = now
-                moved = await tx.cancel_pending_chunks(job.id, rev, now)
-                job.summary.pending -= moved
-                job.summary.cancelled += moved
-                await tx.clear_held(job)
-                job.refresh_state(now)
-                ends.add([job], [], now, None)
-                await self._save(tx, job, now)
+            await self.cancel_locked(tx, job, reason, self.clock(), ends)
             await load_artifacts(tx, [job])
             return job
 
@@ -804,6 +836,42 @@ class JobService:
         if self.latency is not None:
             self.latency.record(ends)
         return JobPage(job)
+
+    async def cancel_locked(self, tx: Tx, job: Job, reason: str, now: int, ends: Ends) -> bool:
+        """CancelJob's change to a job this transaction has locked: whether it changed it (False: it was
+        cancelled already). JobAlreadyTerminal for a COMPLETED or FAILED job. CancelJobs too."""
+        if job.state in (JobState.COMPLETED, JobState.FAILED):
+            raise JobAlreadyTerminal(
+                f"job {job.id} is already {job.state.name}; only running jobs can be cancelled",
+                job_id=job.id,
+                state=job.state.name,
+            )
+        return bool(await self.cancel_many(tx, [job], reason, now, ends))
+
+    async def cancel_many(self, tx: Tx, jobs: Sequence[Job], reason: str, now: int, ends: Ends) -> list[Job]:
+        """CancelJob's change to jobs this transaction has locked, in one write; those it changed (not
+        the jobs that have ended, nor those cancelled already). CancelJobs' batches; CancelJob too."""
+        acted = [
+            j
+            for j in jobs
+            if not j.state.terminal and not j.cancel_requested and j.state != JobState.CANCELLED
+        ]
+        if not acted:
+            return []
+        tx.snapshot(acted)  # PostgreSQL saves only the columns a cancel changes
+        revisions = {j.id: j.touch(now) for j in acted}
+        moved = await tx.cancel_pending_chunks_many(revisions, now)
+        for job in acted:
+            job.cancel_requested = True
+            job.cancel_reason = reason
+            job.cancel_time = now
+            job.summary.pending -= moved[job.id]
+            job.summary.cancelled += moved[job.id]
+            await tx.clear_held(job)
+            job.refresh_state(now)
+        ends.add(acted, [], now, None)
+        await self.outbox.save_jobs(tx, acted, now)
+        return acted
 
     async def pause_job(self, who: Principal, job_id: str, *, paused: bool) -> JobPage:
         """PauseJob (``paused``) / ResumeJob: holds the job's chunks from claims, or lets them go again.
@@ -834,39 +902,45 @@ class JobService:
     async def retry_job(self, who: Principal, job_id: str) -> JobPage:
         async def body(tx: Tx) -> Job:
             job = await self._load(tx, who, job_id, for_update=True)
-            if job.state not in (JobState.FAILED, JobState.CANCELLED):
-                raise JobNotRetryable(
-                    f"job {job_id} is {job.state.name}; only FAILED or CANCELLED jobs can be retried",
-                    job_id=job_id,
-                    state=job.state.name,
-                )
-            if job.after and await tx.unfinished_dependencies(job.id):
-                raise JobNotRetryable(
-                    f"job {job_id} waits for jobs that have not all COMPLETED ({', '.join(job.after)}); "
-                    "retry those first",
-                    job_id=job_id,
-                    state=job.state.name,
-                )
-            now = self.clock()
-            rev = job.touch(now)
-            failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts)
-            job.summary.failed -= failed
-            job.summary.cancelled -= cancelled
-            job.summary.pending += failed + cancelled
-            job.items_done -= items
-            job.cancel_requested = False
-            job.cancel_reason = ""
-            job.cancel_time = None
-            job.error_reason = job.error_message = ""
-            job.error_chunk_index = None
-            await _restart_timeout(tx, job, now)
-            job.refresh_state(now)
-            await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
-            tx.changes.new_work = True
+            await self.retry_locked(tx, job, self.clock())
             await load_artifacts(tx, [job])
             return job
 
-        return JobPage(await self.store.write(body))
+        return await self._run_again(body)
+
+    async def retry_locked(self, tx: Tx, job: Job, now: int) -> None:
+        """RetryJob's change to a job this transaction has locked; JobNotRetryable (or JobAlreadyExists)
+        when it cannot run again now. RetryJobs too."""
+        job_id = job.id
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise JobNotRetryable(
+                f"job {job_id} is {job.state.name}; only FAILED or CANCELLED jobs can be retried",
+                job_id=job_id,
+                state=job.state.name,
+            )
+        if job.after and await tx.unfinished_dependencies(job.id):
+            raise JobNotRetryable(
+                f"job {job_id} waits for jobs that have not all COMPLETED ({', '.join(job.after)}); "
+                "retry those first",
+                job_id=job_id,
+                state=job.state.name,
+            )
+        await self._check_key_free(tx, job)
+        rev = job.touch(now)
+        failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts)
+        job.summary.failed -= failed
+        job.summary.cancelled -= cancelled
+        job.summary.pending += failed + cancelled
+        job.items_done -= items
+        job.cancel_requested = False
+        job.cancel_reason = ""
+        job.cancel_time = None
+        job.error_reason = job.error_message = ""
+        job.error_chunk_index = None
+        await _restart_timeout(tx, job, now)
+        job.refresh_state(now)
+        await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
+        tx.changes.new_work = True
 
     async def retry_chunk(self, who: Principal, job_id: str, chunk_id: str) -> JobPage:
         """One FAILED chunk back to PENDING with max_attempts more claims; the job runs again."""
@@ -893,6 +967,7 @@ class JobService:
                 )
             now = self.clock()
             if job.state.terminal:  # it runs again: as RetryJob, with its timeout from now
+                await self._check_key_free(tx, job)
                 await _restart_timeout(tx, job, now)
             rev = job.touch(now)
             failed, _, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts, chunk_id)
@@ -910,7 +985,7 @@ class JobService:
             await load_artifacts(tx, [job])
             return job
 
-        return JobPage(await self.store.write(body))
+        return await self._run_again(body)
 
     async def update_job(
         self,
@@ -953,23 +1028,27 @@ class JobService:
     async def delete_job(self, who: Principal, job_id: str, force: bool) -> None:
         async def body(tx: Tx) -> None:
             job = await self._load(tx, who, job_id, for_update=True)
-            if not job.state.terminal and not force:
-                raise JobNotTerminal(
-                    f"job {job_id} is {job.state.name}; cancel it first or pass force",
-                    job_id=job_id,
-                    state=job.state.name,
-                )
-            now = self.clock()
-            if job.pipeline and job.state != JobState.COMPLETED:
-                # Its dependants could never run: they are cancelled, and theirs in turn.
-                jobs = {job.id: job}
-                await pipeline.dependency_gone(tx, jobs, job, now)
-                del jobs[job.id]
-                for dependant in jobs.values():
-                    await self._save(tx, dependant, now)
-            await tx.delete_job(job.id, now)
+            await self.delete_locked(tx, job, force, self.clock())
 
         await self.store.write(body)
+
+    async def delete_locked(self, tx: Tx, job: Job, force: bool, now: int) -> None:
+        """DeleteJob on a job this transaction has locked; JobNotTerminal for one that has not ended,
+        without ``force``. PurgeJobs too."""
+        if not job.state.terminal and not force:
+            raise JobNotTerminal(
+                f"job {job.id} is {job.state.name}; cancel it first or pass force",
+                job_id=job.id,
+                state=job.state.name,
+            )
+        if job.pipeline and job.state != JobState.COMPLETED:
+            # Its dependants could never run: they are cancelled, and theirs in turn.
+            jobs = {job.id: job}
+            await pipeline.dependency_gone(tx, jobs, job, now)
+            del jobs[job.id]
+            for dependant in jobs.values():
+                await self._save(tx, dependant, now)
+        await tx.delete_job(job.id, now)
 
     async def stats(self, who: Principal, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
         f.owner = who.owner_filter

@@ -101,7 +101,11 @@ class Outbox:
         """Writes the job (and ``chunks`` of it) with its webhook events, and marks it changed for
         watchers. A terminal event carries the job's artifacts, so its receiver needs no second call to
         find the results."""
-        jobs = {job.id: job}
+        await self.save_jobs(tx, [job], now, chunks)
+
+    async def save_jobs(self, tx: Tx, saved: Sequence[Job], now: int, chunks: Sequence[Chunk] = ()) -> None:
+        """``save_job`` of several jobs, in one write (CancelJobs' batches)."""
+        jobs = {job.id: job for job in saved}
         # What the change frees or cancels in pipelines (dependants, a finalize chunk), in this transaction.
         await pipeline.follow(tx, jobs, chunks, now)
         ending = [j for j in jobs.values() if ends(j)]

@@ -19,14 +19,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
 from jobpulse_server.store.batch import Batch
-from jobpulse_server.store.tx import RequestIdTaken, SqlTx
+from jobpulse_server.store.tx import RequestIdTaken, SqlTx, UniqueKeyTaken
 
 T = TypeVar("T")
 
 # The operations a transaction offers the services (the in-memory fake of the tests has the same).
 Tx = SqlTx
 
-__all__ = ["Batch", "RequestIdTaken", "Store", "Tx"]
+__all__ = ["Batch", "RequestIdTaken", "Store", "Tx", "UniqueKeyTaken"]
 
 
 class Store(Protocol):

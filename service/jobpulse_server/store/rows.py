@@ -37,6 +37,7 @@ JOB_CREATED_ONLY = (
     "max_failed_chunks",
     "attempt_timeout",
     "deadline_time",
+    "unique_key",
 )
 # A job's controls on the claim: CreateJob writes them, then only PauseJob/ResumeJob and UpdateJob
 # (statements.SET_JOB_CONTROLS), so the hot paths' UPDATEs leave them out too (each column of a SQLite
@@ -142,7 +143,7 @@ _JOB_FIELDS = (
     "cancel_time", "create_time", "update_time", "start_time", "end_time", "artifacts", "change_seq",
     "webhook_url", "webhook_progress", "last_progress_event", "ttl", "trace_parent", "schedule_time",
     "paused", "max_running_chunks", "after", "after_mode", "finalize_kind", "n_held", "pipeline",
-    "max_failed_chunks", "attempt_timeout", "deadline_time", "loaded_state",
+    "max_failed_chunks", "attempt_timeout", "deadline_time", "unique_key", "loaded_state",
     "bumped", "stopping",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
@@ -199,6 +200,7 @@ def job_from_row(r: Sequence[Any]) -> Job:
         r[45],  # max_failed_chunks
         r[46],  # attempt_timeout
         r[47],  # deadline_time
+        r[48] or "",  # unique_key
         state,  # loaded_state
         False,  # bumped
         False,  # stopping

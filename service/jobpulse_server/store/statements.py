@@ -197,6 +197,11 @@ class Where:
 GET_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = :id"
 GET_OWNED_JOB = f"SELECT {JOB_SELECT} FROM jobs WHERE id = :id AND owner = :owner"
 FIND_JOB_BY_REQUEST = f"SELECT {JOB_SELECT} FROM jobs WHERE owner = :owner AND request_id = :request_id"
+# The live job holding a unique key (ux_jobs_unique_key: its WHERE, written out so the planner uses it).
+LIVE_JOB_WITH_KEY = (
+    "SELECT id FROM jobs WHERE owner = :owner AND kind = :kind AND unique_key = :unique_key "
+    "AND unique_key IS NOT NULL AND state < 4"
+)
 
 
 @_built
@@ -909,6 +914,13 @@ CANCEL_PENDING_CHUNKS = (
     "UPDATE chunks SET state = :cancelled, revision = :revision, end_time = :now, next_attempt_time = NULL, "
     "retry_at = NULL WHERE job_id = :job_id AND state = :pending"
 )
+# CANCEL_PENDING_CHUNKS for many jobs at once (PostgreSQL), each at its own new revision: the job of
+# each chunk moved, a row per chunk (CancelJobs' batches).
+PG_CANCEL_PENDING_MANY = (
+    "UPDATE chunks AS c SET state = :cancelled, revision = v.rev, end_time = :now, next_attempt_time = NULL, "
+    "retry_at = NULL FROM unnest(:job_ids::text[], :revs::bigint[]) AS v(job_id, rev) "
+    "WHERE c.job_id = v.job_id AND c.state = :pending RETURNING c.job_id"
+)
 
 # --- pipelines: dependencies and the finalize step (services/pipeline.py) ---------------------------
 
@@ -1446,6 +1458,16 @@ PG_SAVE = (
 NOTIFY = "SELECT pg_notify(:channel, :payload)"
 
 
+@functools.cache
+def pg_save_jobs_some(columns: tuple[str, ...]) -> str:
+    """PG_SAVE without chunks, writing only ``columns`` of the jobs (those a save changed since the
+    transaction's snapshot of them: ``SqlTx.snapshot``), with a new change_seq each, and the NOTIFY."""
+    return (
+        f"WITH j AS ({_unnest_update('jobs', columns, 'j_', f', change_seq = {POSTGRES.next_seq}')}) "
+        "SELECT pg_notify(:channel, :payload)"
+    )
+
+
 def derive_state_sql(pending: str, processing: str, completed: str, failed: str, cancelled: str) -> str:
     """``domain.model.derive_state`` in SQL, over the job row ``j`` and its new counts: a job failed at
     once (``Job.failed_at_once``: a cancel asked with one of the reasons FAILED_AT_ONCE) -> FAILED; chunks
@@ -1464,3 +1486,113 @@ def derive_state_sql(pending: str, processing: str, completed: str, failed: str,
         f"WHEN {cancelled} > 0 THEN {int(JobState.CANCELLED)} "
         f"ELSE {int(JobState.COMPLETED)} END"
     )
+
+
+# --- bulk operations over a filter (services/bulk.py) -----------------------------------------------------
+
+BULK_COLUMNS = (
+    "id", "owner", "sees_all", "action", "job_filter", "reason", "force", "matched", "done", "skipped",
+    "cursor", "create_time", "update_time", "end_time", "cancelled",
+)  # fmt: skip
+BULK_SELECT = ", ".join(BULK_COLUMNS)
+INSERT_BULK = f"INSERT INTO bulk_operations ({BULK_SELECT}) VALUES ({named(BULK_COLUMNS)})"
+GET_BULK = f"SELECT {BULK_SELECT} FROM bulk_operations WHERE id = :id"
+# The operation's progress, written in the same transaction as the batch it counts.
+SAVE_BULK = (
+    "UPDATE bulk_operations SET done = :done, skipped = :skipped, cursor = :cursor, "
+    "update_time = :update_time, end_time = :end_time, cancelled = :cancelled WHERE id = :id"
+)
+DELETE_BULK = "DELETE FROM bulk_operations WHERE id = :id"
+# Operations not finished, oldest first (ix_bulk_operations_running): what a runner takes up.
+RUNNING_BULK = "SELECT id FROM bulk_operations WHERE end_time IS NULL ORDER BY create_time, id"
+
+
+def bulk_batch(d: Dialect, f: JobFilter, cursor: str, limit: int) -> tuple[str, dict[str, Any]]:
+    """The next ``limit`` jobs matching ``f`` after the id ``cursor``, in id order (ListJobs'
+    "create_time" order, its keyset on the id), locked (PostgreSQL)."""
+    sql, params = list_jobs(d, f, "create_time", [cursor] if cursor else None, limit)
+    return sql + d.for_update, params
+
+
+def count_all_jobs(d: Dialect, f: JobFilter) -> tuple[str, dict[str, Any]]:
+    """The exact number of jobs matching ``f`` (a bulk operation's ``matched``)."""
+    w = job_filter(d, f)
+    return f"SELECT count(*) FROM jobs{w.sql()}", w.params
+
+
+# --- schedules (ScheduleService; services/schedules.py) -------------------------------------------------
+
+SCHEDULE_COLUMNS = (
+    "id",
+    "owner",
+    "display_name",
+    "cron",
+    "time_zone",
+    "job_template",
+    "paused",
+    "misfire_policy",
+    "overlap_policy",
+    "next_run_time",
+    "last_run_time",
+    "last_job_id",
+    "create_time",
+    "update_time",
+)
+SCHEDULE_SELECT = ", ".join(SCHEDULE_COLUMNS)
+INSERT_SCHEDULE = f"INSERT INTO schedules ({SCHEDULE_SELECT}) VALUES ({named(SCHEDULE_COLUMNS)})"
+
+
+def get_schedule(d: Dialect, owned: bool, *, lock: bool = False) -> str:
+    """One schedule by ``id`` (and ``owner`` if ``owned``); ``lock``: its row locked (PostgreSQL)."""
+    owner = " AND owner = :owner" if owned else ""
+    return f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE id = :id{owner}{d.for_update if lock else ''}"
+
+
+def list_schedules(owned: bool) -> str:
+    """ListSchedules: the first ``limit`` schedules after the id ``after``, oldest first (ids sort by
+    creation), of ``owner`` if ``owned`` (ix_schedules_owner_id)."""
+    owner = " AND owner = :owner" if owned else ""
+    return f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE id > :after{owner} ORDER BY id LIMIT :limit"
+
+
+# UpdateSchedule: every field a caller may change, and the next run it makes.
+UPDATE_SCHEDULE = (
+    "UPDATE schedules SET display_name = :display_name, cron = :cron, time_zone = :time_zone, "
+    "job_template = :job_template, paused = :paused, misfire_policy = :misfire_policy, "
+    "overlap_policy = :overlap_policy, next_run_time = :next_run_time, update_time = :update_time "
+    "WHERE id = :id"
+)
+
+
+def delete_schedule(owned: bool) -> str:
+    owner = " AND owner = :owner" if owned else ""
+    return f"DELETE FROM schedules WHERE id = :id{owner}"
+
+
+# The schedules due at :now, the earliest first (ix_schedules_due; a paused one has no next_run_time).
+DUE_SCHEDULES = (
+    f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE next_run_time IS NOT NULL AND next_run_time <= :now "
+    "ORDER BY next_run_time LIMIT :limit"
+)
+# The earliest next run of any schedule (ix_schedules_due): how long the ticker may sleep.
+NEXT_SCHEDULE_RUN = "SELECT min(next_run_time) FROM schedules WHERE next_run_time IS NOT NULL"
+# A tick served: next_run_time moved on, and the job it made recorded (NULLs: keep the last ones), only
+# if next_run_time is still the tick this pass read (compare-and-set: of two replicas serving the same
+# tick, one moves it on; an UpdateSchedule that set another next run meanwhile wins).
+ADVANCE_SCHEDULE = (
+    "UPDATE schedules SET next_run_time = :next_run_time, "
+    "last_run_time = COALESCE(:last_run_time, last_run_time), "
+    "last_job_id = COALESCE(:last_job_id, last_job_id), update_time = :update_time "
+    "WHERE id = :id AND next_run_time = :expected"
+)
+# TriggerSchedule's job recorded (next_run_time untouched).
+RECORD_SCHEDULE_RUN = (
+    "UPDATE schedules SET last_run_time = :last_run_time, last_job_id = :last_job_id, "
+    f"update_time = :update_time WHERE id = :id RETURNING {SCHEDULE_SELECT}"
+)
+# The jobs a schedule made (their request_id starts with :low, "schedules/<id>/"; :high is the same with
+# its last "/" raised to "0", so the range is an index range of ux_jobs_owner_request_id), newest first.
+SCHEDULE_JOBS = (
+    f"SELECT {JOB_SELECT} FROM jobs WHERE owner = :owner AND request_id >= :low AND request_id < :high "
+    "ORDER BY id DESC LIMIT :limit"
+)

@@ -103,7 +103,21 @@ jobs = Table(
     Column("max_failed_chunks", Integer, nullable=False, server_default=text("0")),
     Column("attempt_timeout", BigInteger, nullable=False, server_default=text("0")),
     Column("deadline_time", BigInteger, nullable=True),
+    # CreateJobRequest.unique_key (migration 0027), written once by CreateJob; NULL: none.
+    Column("unique_key", String(128), nullable=True),
     Index("ux_jobs_owner_request_id", "owner", "request_id", unique=True),
+    # At most one job per owner, kind and unique key that has not ended (states below COMPLETED): the
+    # database holds the rule, so two replicas' creates cannot both commit; a job's key is free once
+    # it ends, and RetryJob, which makes it live again, meets this index too.
+    Index(
+        "ux_jobs_unique_key",
+        "owner",
+        "kind",
+        "unique_key",
+        unique=True,
+        sqlite_where=text("unique_key IS NOT NULL AND state < 4"),
+        postgresql_where=text("unique_key IS NOT NULL AND state < 4"),
+    ),
     Index("ix_jobs_state_id", "state", "id"),
     Index("ix_jobs_kind_id", "kind", "id"),
     Index("ix_jobs_priority_id", "priority", "id"),
@@ -484,4 +498,68 @@ kinds = Table(
     Column("max_running_chunks", Integer, nullable=False, server_default=text("0")),
     # When UpdateKind last wrote the row.
     Column("update_time", BigInteger, nullable=False),
+)
+
+# Bulk operations over a filter (CancelJobs, RetryJobs, PurgeJobs; migration 0027;
+# services/bulk.py): what each acts on (the caller's name and whether it sees every owner, the
+# action, the ListJobs filter, the cancel reason or purge's force), its progress, and its cursor,
+# the id of the last job it has acted on or passed: each batch moves the cursor in the same
+# transaction as its actions, so a job is acted on at most once and a restart goes on from there.
+bulk_operations = Table(
+    "bulk_operations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("sees_all", Boolean, nullable=False),
+    # jobpulse.v1.BulkAction's number.
+    Column("action", SmallInteger, nullable=False),
+    Column("job_filter", JSON, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("force", Boolean, nullable=False, server_default=false()),
+    Column("matched", BigInteger, nullable=False),
+    Column("done", BigInteger, nullable=False, server_default=text("0")),
+    Column("skipped", BigInteger, nullable=False, server_default=text("0")),
+    Column("cursor", String(32), nullable=False, server_default=""),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    # NULL while it runs: the runners of every replica look for these.
+    Column("end_time", BigInteger, nullable=True),
+    # CancelOperation stopped it (end_time set then) before it reached its last job.
+    Column("cancelled", Boolean, nullable=False, server_default=false()),
+    Index(
+        "ix_bulk_operations_running",
+        "create_time",
+        sqlite_where=text("end_time IS NULL"),
+        postgresql_where=text("end_time IS NULL"),
+    ),
+)
+
+# Schedules (ScheduleService; migration 0027; services/schedules.py): a cron expression read in a
+# time zone, the CreateJob template each tick makes a job from, and the next tick (NULL while
+# paused), found by ix_schedules_due.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("display_name", String(256), nullable=False, server_default=""),
+    Column("cron", String(256), nullable=False),
+    Column("time_zone", String(64), nullable=False, server_default=""),
+    Column("job_template", JSON, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    # jobpulse.v1.MisfirePolicy's and OverlapPolicy's numbers (1: RUN_ONCE, ALLOW).
+    Column("misfire_policy", SmallInteger, nullable=False, server_default=text("1")),
+    Column("overlap_policy", SmallInteger, nullable=False, server_default=text("1")),
+    Column("next_run_time", BigInteger, nullable=True),
+    Column("last_run_time", BigInteger, nullable=True),
+    Column("last_job_id", String(32), nullable=True),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Index("ix_schedules_owner_id", "owner", "id"),
+    Index(
+        "ix_schedules_due",
+        "next_run_time",
+        sqlite_where=text("next_run_time IS NOT NULL"),
+        postgresql_where=text("next_run_time IS NOT NULL"),
+    ),
 )

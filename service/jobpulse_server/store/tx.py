@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 import jobpulse_server.store.statements as q
+from jobpulse_server.domain.bulk import BulkAction, BulkOperation
 from jobpulse_server.domain.changes import CHANNEL, Changes, encode
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.ids import chunk_job_id
@@ -38,6 +39,7 @@ from jobpulse_server.domain.model import (
 from jobpulse_server.domain.principal import KeyInfo
 from jobpulse_server.domain.reports import FailureGroup, FeedEntry, StatsRow
 from jobpulse_server.domain.retention import ExpiryCandidate, Retention
+from jobpulse_server.domain.schedules import Schedule
 from jobpulse_server.domain.usage import KeyUsage
 from jobpulse_server.domain.webhooks import DEAD, DELIVERED, PENDING, Delivery
 from jobpulse_server.store.drivers import Conflict, Conn
@@ -71,6 +73,10 @@ _INSERT_BATCH = 5_000
 # at most a day, and a replica that has not yet seen the rotation may still sign with it for a few
 # seconds; two days cover both with room.
 RETIRED_SECRET_KEPT_US = 2 * 86_400 * 1_000_000
+
+
+class UniqueKeyTaken(Exception):
+    """A live job of the same owner and kind holds the unique key (ux_jobs_unique_key)."""
 
 
 class RequestIdTaken(Exception):
@@ -127,6 +133,11 @@ class SqlTx:
         self._artifacts: list[dict[str, Any]] = []
         self._outbox: list[dict[str, Any]] = []
         self._notified: tuple[Any, ...] | None = None
+        # What this transaction's NOTIFYs have carried so far (``_unsent``).
+        self._sent_jobs: dict[str, int] = {}
+        self._sent_deleted: set[str] = set()
+        # Jobs' saved values before this transaction changed them (``snapshot``), by id.
+        self._before: dict[str, Mapping[str, Any]] = {}
         # SQLite: job id -> the values its row holds now in the columns an index holds (JOB_INDEXED), as
         # read or written in this transaction, so that ``save`` sets only those that changed. (SQLite has
         # one writer: nothing else changes the row while this transaction holds it.)
@@ -173,6 +184,50 @@ class SqlTx:
         row = await self.conn.fetchrow(q.FIND_JOB_BY_REQUEST, {"owner": owner, "request_id": request_id})
         return self._job(row) if row else None
 
+    async def live_job_with_key(self, owner: str, kind: str, unique_key: str) -> str | None:
+        """The id of the job of this owner and kind holding the unique key that has not ended, if any."""
+        value = await self.conn.fetchval(
+            q.LIVE_JOB_WITH_KEY, {"owner": owner, "kind": kind, "unique_key": unique_key}
+        )
+        return str(value) if value is not None else None
+
+    # --- bulk operations over a filter (services/bulk.py) ---------------------------------------------
+
+    async def insert_bulk(self, op: BulkOperation) -> None:
+        await self.conn.execute(q.INSERT_BULK, _bulk_row(op))
+
+    async def get_bulk(self, op_id: str, *, lock: bool = False) -> BulkOperation | None:
+        """The operation; ``lock``: its row locked until this transaction ends (PostgreSQL), so the
+        batches of one operation run one after another whichever replicas run them."""
+        sql = q.GET_BULK + (self.d.for_update if lock else "")
+        row = await self.conn.fetchrow(sql, {"id": op_id})
+        return _bulk_from_row(row) if row is not None else None
+
+    async def save_bulk(self, op: BulkOperation) -> None:
+        await self.conn.execute(
+            q.SAVE_BULK,
+            {"id": op.id, "done": op.done, "skipped": op.skipped, "cursor": op.cursor,
+             "update_time": op.update_time, "end_time": op.end_time, "cancelled": op.cancelled},
+        )  # fmt: skip
+
+    async def delete_bulk(self, op_id: str) -> None:
+        await self.conn.execute(q.DELETE_BULK, {"id": op_id})
+
+    async def running_bulk(self) -> list[str]:
+        """The ids of the operations not finished, oldest first."""
+        return [str(r[0]) for r in await self.conn.fetch(q.RUNNING_BULK)]
+
+    async def bulk_batch(self, f: JobFilter, cursor: str, limit: int) -> list[Job]:
+        """The next ``limit`` jobs matching ``f`` after the id ``cursor``, in id order, locked until the
+        transaction ends (a job locked meanwhile by another is waited for, then read as it is)."""
+        sql, params = q.bulk_batch(self.d, f, cursor, limit)
+        return [self._job(row) for row in await self.conn.fetch(sql, params)]
+
+    async def count_all_jobs(self, f: JobFilter) -> int:
+        """The exact number of jobs matching ``f``."""
+        sql, params = q.count_all_jobs(self.d, f)
+        return int(await self.conn.fetchval(sql, params))
+
     async def request_fingerprint(self, job_id: str) -> str | None:
         """The fingerprint stored with the job; None for jobs made without (or before fingerprints)."""
         value = await self.conn.fetchval(q.GET_FINGERPRINT, {"job_id": job_id})
@@ -200,9 +255,12 @@ class SqlTx:
                     "max_failed_chunks": job.max_failed_chunks,
                     "attempt_timeout": job.attempt_timeout,
                     "deadline_time": job.deadline_time,
+                    "unique_key": job.unique_key or None,
                 },
             )
         except Conflict as exc:
+            if job.unique_key and "unique_key" in str(exc):
+                raise UniqueKeyTaken(job.unique_key) from exc
             if job.request_id:
                 raise RequestIdTaken(job.request_id) from exc
             raise
@@ -664,6 +722,25 @@ class SqlTx:
         }
         return await self.conn.execute(q.CANCEL_PENDING_CHUNKS, params)
 
+    async def cancel_pending_chunks_many(self, revisions: Mapping[str, int], now: int) -> dict[str, int]:
+        """``cancel_pending_chunks`` of many jobs (job id -> its new revision); how many moved of each."""
+        if not self.d.arrays:
+            return {
+                job_id: await self.cancel_pending_chunks(job_id, revision, now)
+                for job_id, revision in revisions.items()
+            }
+        params = {
+            "cancelled": int(ChunkState.CANCELLED),
+            "pending": int(ChunkState.PENDING),
+            "now": now,
+            "job_ids": list(revisions),
+            "revs": list(revisions.values()),
+        }
+        moved = dict.fromkeys(revisions, 0)
+        for row in await self.conn.fetch(q.PG_CANCEL_PENDING_MANY, params):
+            moved[row[0]] += 1
+        return moved
+
     async def reset_for_retry(
         self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
     ) -> tuple[int, int, int]:
@@ -817,18 +894,27 @@ class SqlTx:
                 if c.next_attempt_time is not None and c.state == ChunkState.PENDING:
                     self.waiting.note(c.next_attempt_time)
         if self.d.arrays:
-            payloads = encode(self.changes, self.replica)
+            payloads = encode(self._unsent(), self.replica)
             chunk_rows = [chunk_saved(c) for c in chunks]
             job_rows = [job_saved(j) for j in jobs]
-            await self.conn.fetchval(
-                q.PG_SAVE,
-                {
+            changed = self._changed_columns(job_rows) if not chunks else None
+            if changed is not None:
+                sql = q.pg_save_jobs_some(changed)
+                params = {**_columns(job_rows, ("id", *changed), "j_"), "channel": CHANNEL}
+            else:
+                sql = q.PG_SAVE
+                params = {
                     **_columns(chunk_rows, ("id", *q.CHUNK_SAVED), "c_"),
                     **_columns(job_rows, ("id", *q.JOB_SAVED), "j_"),
                     "channel": CHANNEL,
-                    "payload": payloads[0],
-                },
-            )
+                }
+            try:
+                await self.conn.fetchval(sql, {**params, "payload": payloads[0]})
+            except Conflict as exc:  # an ended job made live again while another holds its key
+                keyed = [j.unique_key for j in jobs if j.unique_key]
+                if keyed and "unique_key" in str(exc):
+                    raise UniqueKeyTaken(keyed[0]) from exc
+                raise
             for payload in payloads[1:]:
                 await self.conn.execute(q.NOTIFY, {"channel": CHANNEL, "payload": payload})
             self._notified = self._said()
@@ -838,11 +924,16 @@ class SqlTx:
                 values = job_saved(job)
                 now = _INDEXED_IN_SAVED(values)
                 was = self._indexed.get(job.id)
-                if was is None:  # not read in this transaction: every column
-                    await self.conn.execute(q.save_job(self.d), values)
-                else:
-                    sql = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
-                    await self.conn.execute(sql, values)
+                try:
+                    if was is None:  # not read in this transaction: every column
+                        await self.conn.execute(q.save_job(self.d), values)
+                    else:
+                        sql = q.save_job_changed(self.d, tuple(i for i, v in enumerate(now) if v != was[i]))
+                        await self.conn.execute(sql, values)
+                except Conflict as exc:  # an ended job made live again while another holds its key
+                    if job.unique_key and "unique_key" in str(exc):
+                        raise UniqueKeyTaken(job.unique_key) from exc
+                    raise
                 self._indexed[job.id] = now  # once written: a failed statement changed nothing
         for job in jobs:
             job.bumped = False
@@ -888,6 +979,44 @@ class SqlTx:
             if made is not None:
                 self._failures.added((made[0], kind, reason), n, int(made[1]) == n, last)
 
+    def snapshot(self, jobs: Iterable[Job]) -> None:
+        """Notes the jobs' saved values as they are now, before a change: on PostgreSQL a save of jobs
+        that all have a snapshot (and no chunks) writes only the columns that changed since (a bulk
+        cancel's batch: 9 columns of the 40)."""
+        if self.d.arrays:
+            for job in jobs:
+                self._before[job.id] = job_saved(job)
+
+    def _changed_columns(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...] | None:
+        """The JOB_SAVED columns of ``rows`` that differ from their snapshots (the snapshots then move
+        on to them); None when a row has none."""
+        befores = [self._before.get(row["id"]) for row in rows]
+        known = [b for b in befores if b is not None]
+        if not rows or len(known) != len(rows):
+            return None
+        names = {
+            name
+            for row, before in zip(rows, known, strict=True)
+            for name in q.JOB_SAVED
+            if row[name] != before[name]
+        }
+        for row in rows:
+            self._before[row["id"]] = row
+        # At least the revision (a save makes a new one), in JOB_SAVED order: one statement a set.
+        names.add("revision")
+        return tuple(name for name in q.JOB_SAVED if name in names)
+
+    def _unsent(self) -> Changes:
+        """What ``changes`` holds that no NOTIFY of this transaction has carried yet (the jobs at their
+        latest revision, the deletions; the flags every time), marked as carried: a transaction that
+        saves in several steps (a bulk batch) tells each change once, not its whole list at each step."""
+        c = self.changes
+        jobs = {job_id: rev for job_id, rev in c.jobs.items() if self._sent_jobs.get(job_id) != rev}
+        deleted = c.deleted - self._sent_deleted
+        self._sent_jobs.update(jobs)
+        self._sent_deleted |= deleted
+        return Changes(jobs=jobs, deleted=deleted, new_work=c.new_work, work_later=c.work_later)
+
     def _said(self) -> tuple[Any, ...]:
         """A mark of what ``changes`` holds (it only grows within a transaction: jobs get higher
         revisions, deletions and retries are added, new_work is set)."""
@@ -902,7 +1031,7 @@ class SqlTx:
         c = self.changes
         if not self.d.postgres or not (c.jobs or c.deleted or c.new_work) or self._notified == self._said():
             return
-        for payload in encode(c, self.replica):
+        for payload in encode(self._unsent(), self.replica):
             await self.conn.execute(q.NOTIFY, {"channel": CHANNEL, "payload": payload})
         self._notified = self._said()
 
@@ -1256,6 +1385,123 @@ class SqlTx:
         """Deletes the rows of the minutes before ``before_minute``; returns how many."""
         return await self.conn.execute(q.PRUNE_THROUGHPUT, {"minute": before_minute})
 
+    # --- schedules (ScheduleService; services/schedules.py) ----------------------------------------
+
+    @staticmethod
+    def _schedule(r: Sequence[Any]) -> Schedule:
+        """A row of statements.SCHEDULE_SELECT."""
+        template = r[5]
+        if isinstance(template, str):
+            template = json.loads(template)
+        return Schedule(
+            id=r[0],
+            owner=r[1],
+            display_name=r[2],
+            cron=r[3],
+            time_zone=r[4],
+            job_template=dict(template or {}),
+            paused=bool(r[6]),
+            misfire_policy=int(r[7]),
+            overlap_policy=int(r[8]),
+            next_run_time=r[9],
+            last_run_time=r[10],
+            last_job_id=r[11],
+            create_time=r[12],
+            update_time=r[13],
+        )
+
+    @staticmethod
+    def _schedule_row(s: Schedule) -> dict[str, Any]:
+        return {
+            "id": s.id,
+            "owner": s.owner,
+            "display_name": s.display_name,
+            "cron": s.cron,
+            "time_zone": s.time_zone,
+            "job_template": json.dumps(s.job_template, sort_keys=True),
+            "paused": s.paused,
+            "misfire_policy": s.misfire_policy,
+            "overlap_policy": s.overlap_policy,
+            "next_run_time": s.next_run_time,
+            "last_run_time": s.last_run_time,
+            "last_job_id": s.last_job_id,
+            "create_time": s.create_time,
+            "update_time": s.update_time,
+        }
+
+    async def insert_schedule(self, s: Schedule) -> None:
+        await self.conn.execute(q.INSERT_SCHEDULE, self._schedule_row(s))
+
+    async def get_schedule(
+        self, schedule_id: str, owner: str | None, *, for_update: bool = False
+    ) -> Schedule | None:
+        """The schedule (of ``owner`` unless None); ``for_update``: its row locked until the commit."""
+        sql = q.get_schedule(self.d, owner is not None, lock=for_update)
+        row = await self.conn.fetchrow(sql, {"id": schedule_id, "owner": owner})
+        return self._schedule(row) if row else None
+
+    async def list_schedules(self, after: str, limit: int, owner: str | None) -> list[Schedule]:
+        """Up to ``limit`` schedules after the id ``after``, oldest first (of ``owner`` unless None)."""
+        params = {"after": after, "limit": limit, "owner": owner}
+        return [self._schedule(r) for r in await self.conn.fetch(q.list_schedules(owner is not None), params)]
+
+    async def update_schedule(self, s: Schedule) -> None:
+        """Writes the fields UpdateSchedule may change, ``next_run_time`` and ``update_time``."""
+        row = self._schedule_row(s)
+        del row["owner"], row["last_run_time"], row["last_job_id"], row["create_time"]
+        await self.conn.execute(q.UPDATE_SCHEDULE, row)
+
+    async def delete_schedule(self, schedule_id: str, owner: str | None) -> bool:
+        """Deletes the schedule (of ``owner`` unless None); whether there was one."""
+        sql = q.delete_schedule(owner is not None)
+        return await self.conn.execute(sql, {"id": schedule_id, "owner": owner}) > 0
+
+    async def due_schedules(self, now: int, limit: int) -> list[Schedule]:
+        """Up to ``limit`` schedules whose next run is at or before ``now``, the earliest first."""
+        rows = await self.conn.fetch(q.DUE_SCHEDULES, {"now": now, "limit": limit})
+        return [self._schedule(r) for r in rows]
+
+    async def next_schedule_run(self) -> int | None:
+        """The earliest next run of any schedule (None: none is due ever, or every one is paused)."""
+        found = await self.conn.fetchval(q.NEXT_SCHEDULE_RUN)
+        return int(found) if found is not None else None
+
+    async def advance_schedule(
+        self,
+        schedule_id: str,
+        expected: int,
+        next_run_time: int | None,
+        last_run_time: int | None,
+        last_job_id: str | None,
+        now: int,
+    ) -> bool:
+        """Moves the schedule's next run from ``expected`` to ``next_run_time`` (None: none, a schedule
+        parked) and records the job a tick made, if any, only if its next run is still ``expected``;
+        whether it did."""
+        params = {
+            "id": schedule_id,
+            "expected": expected,
+            "next_run_time": next_run_time,
+            "last_run_time": last_run_time,
+            "last_job_id": last_job_id,
+            "update_time": now,
+        }
+        return await self.conn.execute(q.ADVANCE_SCHEDULE, params) > 0
+
+    async def record_schedule_run(
+        self, schedule_id: str, last_run_time: int, last_job_id: str, now: int
+    ) -> Schedule | None:
+        """Records the job TriggerSchedule made; the schedule after it (None: it is gone)."""
+        params = {"id": schedule_id, "last_run_time": last_run_time, "last_job_id": last_job_id}
+        row = await self.conn.fetchrow(q.RECORD_SCHEDULE_RUN, {**params, "update_time": now})
+        return self._schedule(row) if row else None
+
+    async def schedule_jobs(self, owner: str, prefix: str, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs of ``owner`` whose request_id starts with ``prefix`` (ending in "/"),
+        newest first."""
+        params = {"owner": owner, "low": prefix, "high": prefix[:-1] + "0", "limit": limit}
+        return [job_from_row(r) for r in await self.conn.fetch(q.SCHEDULE_JOBS, params)]
+
 
 class _Room:
     """What a claim may still take, counted down as it takes: of each job (``job_room``: its
@@ -1295,3 +1541,39 @@ class _Room:
 
 def _claim_order(chunk: Chunk) -> tuple[int, str, int]:
     return -chunk.priority, chunk.job_id, chunk.index
+
+
+def _bulk_row(op: BulkOperation) -> dict[str, Any]:
+    f = op.filter
+    job_filter = {
+        "states": [int(s) for s in f.states], "kind": f.kind, "min_priority": f.min_priority,
+        "max_priority": f.max_priority, "created_after": f.created_after, "created_before": f.created_before,
+        "search": f.search, "labels": f.labels,
+    }  # fmt: skip
+    return {
+        "id": op.id, "owner": op.owner, "sees_all": op.sees_all, "action": int(op.action),
+        "job_filter": json.dumps(job_filter), "reason": op.reason, "force": op.force, "matched": op.matched,
+        "done": op.done, "skipped": op.skipped, "cursor": op.cursor, "create_time": op.create_time,
+        "update_time": op.update_time, "end_time": op.end_time, "cancelled": op.cancelled,
+    }  # fmt: skip
+
+
+def _bulk_from_row(r: Sequence[Any]) -> BulkOperation:
+    raw = r[4]
+    stored = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
+    f = JobFilter(
+        owner=None if r[2] else r[1],
+        states=[JobState(s) for s in stored.get("states", [])],
+        kind=stored.get("kind", ""),
+        min_priority=stored.get("min_priority"),
+        max_priority=stored.get("max_priority"),
+        created_after=stored.get("created_after"),
+        created_before=stored.get("created_before"),
+        search=stored.get("search", ""),
+        labels=dict(stored.get("labels") or {}),
+    )
+    return BulkOperation(
+        id=r[0], owner=r[1], sees_all=bool(r[2]), action=BulkAction(r[3]), filter=f, reason=r[5],
+        force=bool(r[6]), matched=r[7], done=r[8], skipped=r[9], cursor=r[10], create_time=r[11],
+        update_time=r[12], end_time=r[13], cancelled=bool(r[14]),
+    )  # fmt: skip

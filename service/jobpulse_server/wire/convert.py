@@ -195,6 +195,7 @@ def job_pb(
         result_uri=job.result_uri,
         max_failed_chunks=job.max_failed_chunks,
         deadline_time=timestamp(job.deadline_time),
+        unique_key=job.unique_key,
     )
     if job.attempt_timeout:
         msg.attempt_timeout.CopyFrom(duration_from_us(job.attempt_timeout))

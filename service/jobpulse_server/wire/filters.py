@@ -14,7 +14,10 @@ _JOB_STATES = [int(s) for s in JobState]
 def job_filter(
     request: job_service_pb2.ListJobsRequest
     | job_service_pb2.ExportJobsRequest
-    | job_service_pb2.WatchJobsRequest,
+    | job_service_pb2.WatchJobsRequest
+    | job_service_pb2.CancelJobsRequest
+    | job_service_pb2.RetryJobsRequest
+    | job_service_pb2.PurgeJobsRequest,
     c: Checker,
 ) -> JobFilter:
     """The ListJobs-style filters of a request, checked."""
@@ -41,6 +44,9 @@ def time_range(
     request: job_service_pb2.ListJobsRequest
     | job_service_pb2.ExportJobsRequest
     | job_service_pb2.WatchJobsRequest
+    | job_service_pb2.CancelJobsRequest
+    | job_service_pb2.RetryJobsRequest
+    | job_service_pb2.PurgeJobsRequest
     | job_service_pb2.GetJobStatsRequest
     | job_service_pb2.SummarizeFailuresRequest,
     c: Checker,

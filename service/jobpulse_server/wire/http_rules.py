@@ -23,7 +23,7 @@ from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_proto_pb2
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 
-from jobpulse.v1 import admin_service_pb2, job_service_pb2, worker_service_pb2
+from jobpulse.v1 import admin_service_pb2, job_service_pb2, schedule_service_pb2, worker_service_pb2
 
 # One path segment of a variable or a "*": no "/" and no ":" (a custom method's verb follows a ":"; no
 # id jobpulse makes holds one). "**": any number of segments, still without ":".
@@ -240,6 +240,7 @@ SERVICES = (
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
     operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
 )
 

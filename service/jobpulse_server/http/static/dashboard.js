@@ -703,7 +703,7 @@
     // Over the key's rate limit: load the page again once a call will be admitted (a script, not a
     // <meta refresh>, which assistive technology users cannot stop).
     const reload = document.querySelector("[data-reload-after]");
-    if (page === "error" && reload) setTimeout(() => location.reload(), Number(reload.dataset.reloadAfter) * 1000);
+    if ((page === "error" || page === "operation") && reload) setTimeout(() => location.reload(), Number(reload.dataset.reloadAfter) * 1000);
     refreshTimes();
     setInterval(refreshTimes, 5000);
   });
