@@ -32,6 +32,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "scheduled": ("bench.scheduled", "how soon after its schedule_time a waiting claimer gets a job"),
     "pipeline": ("bench.pipeline", "a 3-stage PER_CHUNK pipeline and its finalize chunk beside one stage"),
     "failures": ("bench.failures", "SummarizeFailures over 1,000,000 failed chunks on PostgreSQL"),
+    "operator": (
+        "bench.operator",
+        "bulk cancel of 100,000 jobs (and killed half-way), unique jobs on 2 replicas",
+    ),
+    "schedules": (
+        "bench.schedules",
+        "100 schedules every minute for 5 minutes on 2 replicas: one job a tick",
+    ),
     "fairness": ("bench.fairness", "fair share: a small job behind a big one, two busy owners' shares"),
     "compare": ("bench.compare", "the worker rows of two revisions, round by round in one run"),
     "figures": ("bench.figures", "renders bench/figures.json into bench/README.md's table"),
