@@ -379,20 +379,12 @@ class JobService:
             for c in regular:
                 c.next_attempt_time = HELD
 
-    async def _key_taken(self, owner: str, kind: str, unique_key: str, tx: Tx | None = None) -> NoReturn:
+    async def _key_taken(self, owner: str, kind: str, unique_key: str) -> NoReturn:
         """JobAlreadyExists naming the live job that holds the key (if it has just ended, its id all the
         same: the caller may try again)."""
-        if tx is None:
-            async with self.store.read() as read:
-                holder = await read.live_job_with_key(owner, kind, unique_key)
-        else:
-            holder = await tx.live_job_with_key(owner, kind, unique_key)
-        raise JobAlreadyExists(
-            f"job {holder or '(just ended)'} of kind {kind!r} with unique_key {unique_key!r} has not ended; "
-            "a second one is made once it has",
-            **({"job_id": holder} if holder else {}),
-            unique_key=unique_key,
-        )
+        async with self.store.read() as read:
+            holder = await read.live_job_with_key(owner, kind, unique_key)
+        raise _already_exists(holder, kind, unique_key)
 
     async def _run_again(self, body: Callable[[Tx], Awaitable[Job]]) -> JobPage:
         """Writes a RetryJob or RetryChunk; one that lost a race for its unique key to a create or another
@@ -411,7 +403,7 @@ class JobService:
         if job.unique_key and job.state.terminal:
             holder = await tx.live_job_with_key(job.owner, job.kind, job.unique_key)
             if holder is not None and holder != job.id:
-                await self._key_taken(job.owner, job.kind, job.unique_key, tx)
+                raise _already_exists(holder, job.kind, job.unique_key)
 
     async def _earlier(self, who: Principal, request_id: str, fingerprint: str) -> JobPage | None:
         """The job an earlier CreateJob made with this request_id, if any. The same request_id with a
@@ -1054,6 +1046,16 @@ class JobService:
         f.owner = who.owner_filter
         async with self.store.read() as tx:
             return await tx.job_stats(f)
+
+
+def _already_exists(holder: str | None, kind: str, unique_key: str) -> JobAlreadyExists:
+    """The error of a create or retry refused for ``unique_key``, naming the job ``holder`` holding it."""
+    return JobAlreadyExists(
+        f"job {holder or '(just ended)'} of kind {kind!r} with unique_key {unique_key!r} has not ended; "
+        "a second one is made once it has",
+        **({"job_id": holder} if holder else {}),
+        unique_key=unique_key,
+    )
 
 
 def _reversed(order_by: str) -> str:
