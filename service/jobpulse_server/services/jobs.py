@@ -6,6 +6,7 @@ here. Reads go through ``Store.read()``; every change is one ``Store.write(body)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -862,6 +863,8 @@ class JobService:
             await tx.clear_held(job)
             job.refresh_state(now)
         ends.add(acted, [], now, None)
+        if len(acted) > 1:  # a bulk batch's: the event loop serves calls between the two halves
+            await asyncio.sleep(0)
         await self.outbox.save_jobs(tx, acted, now)
         return acted
 
