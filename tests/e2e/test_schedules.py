@@ -27,6 +27,7 @@ from jobpulse import cli, errors
 from jobpulse.v1 import job_pb2, job_service_pb2, schedule_service_pb2, schedule_service_pb2_grpc
 from jobpulse_server.domain.principal import ANONYMOUS
 from jobpulse_server.domain.schedules import rfc3339
+from jobpulse_server.services import keys
 
 MINUTE = 60_000_000
 REPORT = {"kind": "report", "total_items": 2, "chunk_size": 1}
@@ -271,6 +272,23 @@ def test_another_owners_schedule_is_not_found(make_keyed: Callable[..., Any]) ->
             list(worker.list_schedules())
 
 
+def test_a_ticks_job_takes_its_owners_default_webhook(make_server: Callable[..., Any]) -> None:
+    # The key's default webhook URL as of the tick, as a CreateJob with that key would take it; the
+    # template's own URL wins. (Nothing is delivered here: the URL only has to be kept.)
+    srv = make_server()
+    key = srv.call(keys.create_key(srv.app.db, "team-a", "client", "http://127.0.0.1:9/hooks"))
+    srv.call(srv.app.auth.refresh())
+    with jobpulse.Client(srv.address, api_key=key) as client:
+        plain = client.create_schedule("0 * * * *", REPORT)
+        own = client.create_schedule("0 * * * *", {**REPORT, "webhook_url": "http://127.0.0.1:9/own"})
+        triggered = client.trigger_schedule(plain.name).job
+        assert _tick(srv, _us(plain.next_run_time)) == 2
+        ticked = client.get_job(client.get_schedule(plain.name).last_job_id)
+        kept = client.get_job(client.get_schedule(own.name).last_job_id)
+    assert triggered.webhook_url == ticked.webhook_url == "http://127.0.0.1:9/hooks"
+    assert kept.webhook_url == "http://127.0.0.1:9/own"
+
+
 # --- the ticks -----------------------------------------------------------------------------------
 
 
@@ -362,6 +380,30 @@ def test_overlap_skip_makes_no_job_while_the_last_one_runs(server: Any, client: 
     client.update_schedule(made.name, overlap_policy="allow")
     assert _tick(server, tick + 15 * MINUTE) == 1
     assert len(_made(server, made)) == 3
+
+
+def test_overlap_skip_on_one_pass_and_a_job_on_another_keeps_the_newest_job(
+    server: Any, client: jobpulse.Client
+) -> None:
+    # Two replicas serve one tick: the first sees the last job running and skips (moving the schedule
+    # on), the second read it after it ended and makes a job, then loses the move. That job is the
+    # schedule's last all the same, so the next tick's overlap check looks at it.
+    made = client.create_schedule("*/5 * * * *", REPORT, overlap_policy="skip")
+    tick = _us(made.next_run_time)
+    assert _tick(server, tick) == 1
+    first = client.get_schedule(made.name).last_job_id
+    service = server.app.schedules
+    stale = server.call(service.get_schedule(ANONYMOUS, _id(made)))
+    second = tick + 5 * MINUTE
+    assert server.call(service.serve(stale, second)) == 0  # the first pass: skipped
+    client.cancel_job(first)
+    assert server.call(service.serve(stale, second)) == 1  # the second: a job, the move lost
+    after = client.get_schedule(made.name)
+    assert after.last_job_id != first
+    assert _made(server, made)[0] == f"{made.name}/{rfc3339(second)}"
+    assert _us(after.last_run_time) == second and _us(after.next_run_time) == tick + 10 * MINUTE
+    # It is still pending: the next tick makes none.
+    assert _tick(server, tick + 10 * MINUTE) == 0
 
 
 def test_a_unique_key_held_skips_the_tick(server: Any, client: jobpulse.Client) -> None:

@@ -250,7 +250,6 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
     jobs = JobService(db, outbox, config, clock, latency, tracer=tracing.tracer)
     kinds = KindService(db, clock)
     bulk = BulkService(db, jobs, clock, batch_size=config.bulk_batch_size)
-    schedules = ScheduleService(db, jobs, config, clock)
     observer = Observer(metrics)
     throughput = Throughput(db, clock)
     workers = WorkerService(
@@ -274,6 +273,7 @@ async def create_server(config: Config, *, clock: Clock = now_us, tracer_provide
         limiter = RateLimiter(rates, usage)
     authenticator = Authenticator(db, limiter, refresh_seconds=config.key_refresh_interval)
     await authenticator.refresh()
+    schedules = ScheduleService(db, jobs, config, clock, key_named=authenticator.principal_named)
     tokens = EventsTokens(db, authenticator, clock)
     await tokens.start()
     problem = open_mode_problem(config, not authenticator.open)

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,9 +112,11 @@ def job_of(template: dict[str, Any], request_id: str = "") -> NewJob:
     return NewJob(**known, request_id=request_id)
 
 
-def owner_of(schedule: Schedule) -> Principal:
-    """Who a schedule's jobs are made for: its owner, seeing only its own jobs."""
-    return Principal(name=schedule.owner, sees_all=False, role="client")
+def owner_of(schedule: Schedule, key: Principal | None = None) -> Principal:
+    """Who a schedule's jobs are made for: its owner, seeing only its own jobs, with the default webhook
+    URL of ``key`` (the owner's active API key, if it has one) as a CreateJob of that key would have."""
+    webhook_url = key.webhook_url if key is not None else ""
+    return Principal(name=schedule.owner, sees_all=False, role="client", webhook_url=webhook_url)
 
 
 def in_template(exc: InvalidArgument) -> InvalidArgument:
@@ -124,11 +127,22 @@ def in_template(exc: InvalidArgument) -> InvalidArgument:
 class ScheduleService:
     """The schedules use cases and the ticker, over the store's units of work."""
 
-    def __init__(self, store: Store, jobs: JobService, config: Config, clock: Clock = now_us) -> None:
+    def __init__(
+        self,
+        store: Store,
+        jobs: JobService,
+        config: Config,
+        clock: Clock = now_us,
+        *,
+        key_named: Callable[[str], Principal | None] = lambda name: None,
+    ) -> None:
         self.store = store
         self.jobs = jobs
         self.config = config
         self.clock = clock
+        # The active API key of a name (the authenticator's): a tick's job takes its owner's default
+        # webhook URL from it, as of the tick.
+        self.key_named = key_named
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -242,7 +256,8 @@ class ScheduleService:
         overlap policy not asked; the job and the schedule with it as its last job."""
         s = await self.get_schedule(who, schedule_id)
         request_id = trigger_request_id(s.id, ids.new_job_id())
-        page = await self.jobs.create_job(owner_of(s), job_of(s.job_template, request_id))
+        who_for = owner_of(s, self.key_named(s.owner))
+        page = await self.jobs.create_job(who_for, job_of(s.job_template, request_id))
         now = self.clock()
         recorded = await self.store.write(lambda tx: tx.record_schedule_run(s.id, now, page.job.id, now))
         if recorded is None:  # deleted meanwhile: the job stays, as a deleted schedule's jobs do
@@ -318,13 +333,19 @@ class ScheduleService:
         )
         if not moved:
             log.debug("schedule %s: tick %s was moved on by another pass", s.id, rfc3339(expected))
+            if job_id is not None and ran is not None:
+                # The other pass may have skipped the tick (it saw the last job still running under
+                # OVERLAP_POLICY_SKIP): the job this one made is still the schedule's newest.
+                made_at = ran
+                await self.store.write(lambda tx: tx.record_tick_job(s.id, made_at, job_id, now))
         return 1 if job_id is not None else 0
 
     async def _make(self, s: Schedule, tick: int) -> str | None:
         """The job of ``tick`` (the one an earlier pass made, if any); None when CreateJob refuses it."""
         request_id = tick_request_id(s.id, tick)
         try:
-            page = await self.jobs.create_job(owner_of(s), job_of(s.job_template, request_id))
+            who = owner_of(s, self.key_named(s.owner))
+            page = await self.jobs.create_job(who, job_of(s.job_template, request_id))
         except DatabaseUnavailable:
             raise  # the pass fails and is tried again, the tick still due
         except DomainError as exc:

@@ -1585,6 +1585,12 @@ ADVANCE_SCHEDULE = (
     "last_job_id = COALESCE(:last_job_id, last_job_id), update_time = :update_time "
     "WHERE id = :id AND next_run_time = :expected"
 )
+# A tick's job recorded by a pass that lost the move to another (next_run_time untouched), unless a later
+# job is recorded already.
+RECORD_TICK_JOB = (
+    "UPDATE schedules SET last_run_time = :last_run_time, last_job_id = :last_job_id, "
+    "update_time = :update_time WHERE id = :id AND (last_run_time IS NULL OR last_run_time <= :last_run_time)"
+)
 # TriggerSchedule's job recorded (next_run_time untouched).
 RECORD_SCHEDULE_RUN = (
     "UPDATE schedules SET last_run_time = :last_run_time, last_job_id = :last_job_id, "

@@ -1497,6 +1497,12 @@ class SqlTx:
         }
         return await self.conn.execute(q.ADVANCE_SCHEDULE, params) > 0
 
+    async def record_tick_job(self, schedule_id: str, tick: int, job_id: str, now: int) -> None:
+        """Records the job of ``tick`` as the schedule's last, unless it has a later one (another
+        pass moved the schedule on past this tick, making no job or an earlier one)."""
+        params = {"id": schedule_id, "last_run_time": tick, "last_job_id": job_id, "update_time": now}
+        await self.conn.execute(q.RECORD_TICK_JOB, params)
+
     async def record_schedule_run(
         self, schedule_id: str, last_run_time: int, last_job_id: str, now: int
     ) -> Schedule | None:
