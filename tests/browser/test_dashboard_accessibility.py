@@ -215,6 +215,8 @@ def test_no_serious_or_critical_axe_violation_on_any_page(
     )
     browser.find_element(By.CSS_SELECTOR, '[data-testid="bulk-confirm"]').click()
     check("bulk operation", lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="bulk-progress"]'))
+    browser.get(base + "/operations")
+    check("bulk operations", lambda: browser.find_elements(By.CSS_SELECTOR, '[data-testid="operation-row"]'))
     browser.set_window_size(390, 844)  # a phone: the jobs as cards, the filters folded
     browser.get(base + "/")
     check("jobs on a phone", live)

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import httpx
 import pytest
-from google.longrunning import operations_proto_pb2
+from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 from support.e2e import assert_summary_matches
 from support.readme_blocks import find_block
 
@@ -198,6 +200,103 @@ def test_owners_see_and_touch_only_their_own(make_keyed: Callable[..., Any]) -> 
             jobpulse.Client(srv.address, api_key=keys["w"]).cancel_jobs(kind="shared-kind")
 
 
+def test_list_operations_lists_bulk_operations_newest_first(make_keyed: Callable[..., Any]) -> None:
+    srv, keys = make_keyed()
+    with (
+        jobpulse.Client(srv.address, api_key=keys["alice"], timeout=20) as alice,
+        jobpulse.Client(srv.address, api_key=keys["bob"], timeout=20) as bob,
+        jobpulse.Client(srv.address, api_key=keys["root"], timeout=20) as root,
+    ):
+        alice.create_job("listed", 1)
+        first = alice.wait_bulk_operation(alice.cancel_jobs(kind="listed").name, timeout=30)
+        second = alice.wait_bulk_operation(alice.purge_jobs(kind="listed").name, timeout=30)
+        theirs = bob.wait_bulk_operation(bob.retry_jobs(kind="listed").name, timeout=30)
+
+        # Each owner its own, newest first; a key that sees every owner, all of them.
+        assert [op.name for op in alice.list_bulk_operations()] == [second.name, first.name]
+        assert [(op.action, op.done) for op in alice.list_bulk_operations()] == [("purge", 1), ("cancel", 1)]
+        assert [op.name for op in bob.list_bulk_operations()] == [theirs.name]
+        assert [op.name for op in root.list_bulk_operations(page_size=1)] == [
+            theirs.name,
+            second.name,
+            first.name,
+        ]
+        assert list(root.list_bulk_operations(running=True)) == []
+        assert len(list(root.list_bulk_operations(running=False))) == 3
+
+    # The raw call: the jobs are still what ListOperations lists by default; pages of one, each token
+    # bound to its filter; state and kind are a job's, refused beside type = bulk, as an unknown type is.
+    as_root = (("authorization", f"Bearer {keys['root']}"),)
+    with grpc.insecure_channel(srv.address) as channel:
+        stub = operations_pb2_grpc.OperationsStub(channel)
+
+        def listed(**fields: Any) -> operations_proto_pb2.ListOperationsResponse:
+            request = operations_proto_pb2.ListOperationsRequest(name="operations", **fields)
+            return stub.ListOperations(request, metadata=as_root, timeout=10)
+
+        assert not any(op.name.startswith("operations/bulk-") for op in listed().operations)
+        page = listed(filter="type = bulk", page_size=1)
+        assert [op.name for op in page.operations] == [theirs.name] and page.next_page_token
+        assert [
+            op.name for op in listed(filter="type = bulk", page_token=page.next_page_token).operations
+        ] == [
+            second.name,
+            first.name,
+        ]
+        for bad in (
+            {"filter": "type = bulk AND done = true", "page_token": page.next_page_token},
+            {"filter": "type = bulk AND kind = listed"},
+            {"filter": "state = FAILED AND type = bulk"},
+            {"filter": "type = batch"},
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                listed(**bad)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert listed(filter="type = bulk AND type = job").operations == []
+
+
+def test_the_cli_and_the_dashboard_list_bulk_operations(
+    server: Any, client: jobpulse.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", server.address]
+    with httpx.Client(base_url=str(server.app.http_url), timeout=20) as page:
+        empty = page.get("/operations")
+        assert empty.status_code == 200 and 'data-testid="no-operations"' in empty.text
+        assert '<a href="/operations" aria-current="page">Operations</a>' in empty.text
+        assert cli.main([*target, "operations"]) == 0
+        assert "no bulk operations" in capsys.readouterr().out
+
+        for _ in range(3):
+            client.create_job("listed-cli", 1)
+        cancelled = client.wait_bulk_operation(client.cancel_jobs(kind="listed-cli").name, timeout=30)
+        purged = client.wait_bulk_operation(client.purge_jobs(kind="listed-cli").name, timeout=30)
+
+        text = page.get("/operations").text
+        rows = re.findall(r'data-testid="operation-row" data-operation="([^"]+)"', text)
+        assert rows == [purged.name.removeprefix("operations/"), cancelled.name.removeprefix("operations/")]
+        newest, older = text.split('data-testid="operation-row"')[1:]
+        assert "Delete" in newest and "Done" in newest and "3 of 3" in newest
+        assert "Cancel" in older and f'href="/{cancelled.name}"' in older
+        assert page.get(f"/{cancelled.name}").status_code == 200
+
+    assert cli.main([*target, "operations"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "ACTION", "STATE", "HANDLED", "DONE", "SKIPPED", "STARTED"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [purged.name, "purge", "done", "3/3"],
+        [cancelled.name, "cancel", "done", "3/3"],
+    ]
+    assert cli.main([*target, "--json", "operations", "--ended", "--limit", "1"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [op["name"] for op in document["operations"]] == [purged.name]
+    assert document["operations"][0]["metadata"]["done"] == "3"
+    assert cli.main([*target, "operations", "--running"]) == 0
+    assert "no bulk operations" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as parse_error:
+        cli.main([*target, "operations", "--running", "--ended"])
+    assert parse_error.value.code == 2
+
+
 def test_bad_filters_name_the_field(client: jobpulse.Client) -> None:
     with pytest.raises(errors.InvalidArgument) as info:
         client.cancel_jobs(min_priority=7, max_priority=2)
@@ -268,6 +367,8 @@ def test_async_client_bulk_calls(server: Any) -> None:
                 op.name, timeout=30, on_progress=lambda o: seen.append(o.progress)
             )
             assert seen and seen[-1] == 1.0
+            listed = [o.name async for o in client.list_bulk_operations(running=False)]
+            assert listed == [op.name]
             return final
 
     final = asyncio.run(run())

@@ -65,6 +65,7 @@ _ITERATORS = (
     "list_chunk_attempts",
     "list_kinds",
     "list_schedules",
+    "list_bulk_operations",
     "export_jobs",
     "watch_job",
     "watch_jobs",

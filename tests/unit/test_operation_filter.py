@@ -41,7 +41,40 @@ def _parse(text: str) -> OperationFilter:
     ],
 )
 def test_accepted(text: str, expected: OperationFilter) -> None:
-    assert _parse(text) == expected
+    found = _parse(text)
+    assert (found.states, found.kind, found.matches_nothing, found.type) == (
+        expected.states,
+        expected.kind,
+        expected.matches_nothing,
+        "job",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "done", "nothing"),
+    [
+        ("type = job", "job", None, False),
+        ("type = bulk", "bulk", None, False),
+        ("type = bulk AND done = false", "bulk", False, False),
+        ("done = true AND type = bulk", "bulk", True, False),
+        ("type = bulk AND done = true AND done = false", "bulk", False, True),
+        ("type = bulk AND type = job", "job", None, True),
+        ("type = job AND state = FAILED", "job", None, False),
+    ],
+)
+def test_type_picks_jobs_or_bulk_operations(text: str, kind: str, done: bool | None, nothing: bool) -> None:
+    found = _parse(text)
+    assert (found.type, found.done, found.matches_nothing) == (kind, done, nothing)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["type = bulk AND kind = a", "state = FAILED AND type = bulk", "type = batch", 'type = "bulk"', "type ="],
+)
+def test_type_refusals(text: str) -> None:
+    c = Checker()
+    parse_filter(text, c)
+    assert [v.field for v in c.violations] == ["filter"]
 
 
 @pytest.mark.parametrize(

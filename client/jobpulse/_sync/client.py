@@ -951,6 +951,29 @@ class Client:
             if left is not None and left <= wait:
                 raise WaitTimeout(name, timeout or 0.0, op)
 
+    def list_bulk_operations(
+        self, *, running: bool | None = None, page_size: int = 0
+    ) -> Iterator[BulkOperation]:
+        """Iterates over the bulk operations the caller may see (its own; every owner's for a key that
+        sees them all), newest first, fetching pages lazily (ListOperations with ``type = bulk``).
+
+        Args:
+            running: ``True``: only those still running; ``False``: only those that have ended;
+                ``None``: all.
+            page_size: Operations per page (server default 20, at most 100).
+        """
+        wanted = "type = bulk"
+        if running is not None:
+            wanted += f" AND done = {'false' if running else 'true'}"
+        request = operations_proto_pb2.ListOperationsRequest(
+            name="operations", filter=wanted, page_size=page_size
+        )
+        return self._pages(
+            self._operations.ListOperations,
+            request,
+            lambda r: [BulkOperation.from_operation(op) for op in r.operations],
+        )
+
     def list_webhook_deliveries(
         self, job_id: str, *, timeout: float | None = None
     ) -> list[job_service_pb2.WebhookDelivery]:

@@ -1,10 +1,11 @@
 """The bulk commands: ``cancel --all``, ``retry --all`` and ``purge`` (a bulk operation over the list
 filters: the matching jobs counted, a confirmation asked, then the server's progress followed), and
-``wait-operation``."""
+``wait-operation`` and ``operations`` (the bulk operations, newest first)."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ from jobpulse._sync.client import Client
 from jobpulse.cli._argtypes import _filters
 from jobpulse.cli._errors import EXIT_ERROR, EXIT_OK
 from jobpulse.cli._output import _print_json
+from jobpulse.cli._render import table, to_dict
 
 # How each action reads in the summary line.
 _DONE_WORDS = {"cancel": "cancelled", "retry": "retried", "purge": "deleted"}
@@ -108,3 +110,37 @@ def _cmd_wait_operation(args: argparse.Namespace) -> int:
         return EXIT_OK if op.done else EXIT_ERROR
     print(f"{bulk.action}: {bulk.done} done, {bulk.skipped} skipped of {bulk.matched} matched")
     return EXIT_OK if op.done else EXIT_ERROR
+
+
+def _state(op: BulkOperation) -> str:
+    if not op.finished:
+        return "running"
+    return "stopped" if op.cancelled else "done"
+
+
+def _cmd_operations(args: argparse.Namespace) -> int:
+    """Lists the bulk operations (``cancel --all``, ``retry --all``, ``purge``), newest first."""
+    running = True if args.running else False if args.ended else None
+    with _connection._client(args) as client:
+        ops = list(itertools.islice(client.list_bulk_operations(running=running), args.limit))
+    if args.json:
+        # As ListOperationsResponse reads in JSON (what `wait-operation --json` prints, one each).
+        _print_json({"operations": [to_dict(op.raw) for op in ops]})
+        return EXIT_OK
+    if not ops:
+        print("no bulk operations: `jobpulse cancel --all`, `retry --all` and `purge` start them")
+        return EXIT_OK
+    rows = [
+        (
+            op.name,
+            op.action,
+            _state(op),
+            f"{op.done + op.skipped}/{op.matched}",
+            op.done,
+            op.skipped,
+            op.create_time.isoformat(timespec="seconds") if op.create_time else "",
+        )
+        for op in ops
+    ]
+    print(table(("NAME", "ACTION", "STATE", "HANDLED", "DONE", "SKIPPED", "STARTED"), rows))
+    return EXIT_OK

@@ -392,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command(
+        "operations",
+        bulk._cmd_operations,
+        "list the bulk operations (cancel --all, retry --all, purge), newest first, with how far each got",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--running", action="store_true", help="only those still running")
+    which.add_argument("--ended", action="store_true", help="only those that have ended")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N (default 20)")
+
+    p = command(
         "kinds",
         kinds._cmd_list,
         "list the kinds of work with their controls and chunks pending and running; "

@@ -29,10 +29,11 @@ INVALID_ARGUMENT naming that field. Decisions where google.longrunning leaves ro
   GetOperation and WaitOperation follow them, CancelOperation stops one where it is (``error`` CANCELLED
   then; what it did stays done), DeleteOperation forgets one that has ended (one still running is
   FAILED_PRECONDITION, OPERATION_NOT_DONE); an unknown one, or another owner's, is NOT_FOUND
-  (OPERATION_NOT_FOUND). ListOperations lists the jobs only.
+  (OPERATION_NOT_FOUND). ListOperations lists them with the filter ``type = bulk`` (the jobs
+  otherwise).
 - ListOperations: ``name`` is "operations" or empty; ``filter`` is the grammar of operation_filter.py;
-  newest first; ``page_size`` 0 means 20, at most 100; page tokens are ListJobs' keyset tokens, bound
-  to the filter they were made under.
+  newest first; ``page_size`` 0 means 20, at most 100; page tokens are keyset tokens (ListJobs' for the
+  jobs), bound to the filter they were made under.
 """
 
 from __future__ import annotations
@@ -120,12 +121,20 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         c.done()
         if wanted.matches_nothing:
             return operations_proto_pb2.ListOperationsResponse()
+        page_size = min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS)
+        if wanted.type == "bulk":
+            found, token = await self.bulk.list_operations(
+                caller(), page_size, request.page_token, wanted.done
+            )
+            return operations_proto_pb2.ListOperationsResponse(
+                operations=[bulk_operation_pb(op) for op in found], next_page_token=token
+            )
         f = JobFilter(states=sorted(wanted.states or ()), kind=wanted.kind or "")
         pages, token, _, _ = await self.jobs.list_jobs(
             caller(),
             f,
             order_by=DEFAULT_ORDER,
-            page_size=min(request.page_size or DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS),
+            page_size=page_size,
             page_token=request.page_token,
             full=False,
             count=False,  # ListOperationsResponse has no total

@@ -67,6 +67,7 @@ DEFAULT_PAGE_SIZE = 20
 CHUNKS_SHOWN = 50  # the server-rendered chunk list of a job page (the grid shows them all)
 KINDS_SHOWN = 100  # kinds per page of the Kinds page
 SCHEDULES_SHOWN = 50  # schedules per page of the Schedules page (each with its last jobs)
+OPERATIONS_SHOWN = 50  # bulk operations per page of the Bulk operations page
 # Failed chunks of one reason the Failures page reads to list the jobs it broke (the newest jobs).
 FAILED_CHUNKS_SHOWN = 500
 FLASH = "jobpulse_flash"
@@ -174,6 +175,7 @@ class Dashboard:
             Route("/jobs/{job_id}/chunks/{chunk_id}/retry", self.retry_chunk, methods=["POST"]),
             Route("/actions/bulk", self.bulk_selected, methods=["POST"]),
             Route("/actions/bulk-filter", self.bulk_filter, methods=["POST"]),
+            Route("/operations", self.operations_page, methods=["GET"]),
             Route("/operations/{name}", self.operation_page, methods=["GET"]),
             Route("/operations/{name}/stop", self.stop_operation, methods=["POST"]),
             Route("/kinds", self.kinds_page, methods=["GET"]),
@@ -545,6 +547,26 @@ class Dashboard:
         except Exception as exc:
             return self._error_page(request, exc)
         return RedirectResponse(f"/operations/{op.name}", status_code=303)
+
+    async def operations_page(self, request: Request) -> Response:
+        """The bulk operations the session's key may see, newest first, each with its progress."""
+
+        async def build(who: Principal) -> Response:
+            token = dict(parse(request.url.query)).get("page_token", "")
+            found: list[Any] = []
+            next_token = ""
+            if self.bulk is not None:
+                found, next_token = await self.bulk.list_operations(who, OPERATIONS_SHOWN, token)
+            return self._render(
+                request,
+                "operations.html",
+                who=who,
+                operations=[(op, _BULK_VERBS[op.action]) for op in found],
+                next_token=next_token,
+                title="Bulk operations",
+            )
+
+        return await self._page(request, build)
 
     async def operation_page(self, request: Request) -> Response:
         """A bulk operation's progress: a bar, the counts, a way to stop it; it loads itself again

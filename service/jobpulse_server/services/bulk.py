@@ -24,10 +24,11 @@ from collections.abc import Callable
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.bulk import NAME_PREFIX, BulkAction, BulkOperation
 from jobpulse_server.domain.clock import Clock
-from jobpulse_server.domain.errors import DomainError, OperationNotDone, OperationNotFound
+from jobpulse_server.domain.errors import DomainError, InvalidPageToken, OperationNotDone, OperationNotFound
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Job
 from jobpulse_server.domain.principal import Principal
+from jobpulse_server.services import pagination
 from jobpulse_server.services.background import FailingPasses
 from jobpulse_server.services.jobs import JobService
 from jobpulse_server.services.latency import Ends
@@ -125,6 +126,27 @@ class BulkService:
         if op is None or (who.owner_filter is not None and op.owner != who.owner_filter):
             raise OperationNotFound(f"operation operations/{name} not found", name=f"operations/{name}")
         return op
+
+    async def list_operations(
+        self, who: Principal, page_size: int, page_token: str, done: bool | None = None
+    ) -> tuple[list[BulkOperation], str]:
+        """The operations ``who`` may see (its own, or every owner's for a key that sees them all),
+        newest first, only those ended (``done``) or running (not ``done``) unless None: one page and
+        the token of the next ('' after the last)."""
+        filters = pagination.fingerprint({"done": done})
+        after = ""
+        if page_token:
+            key = pagination.decode(page_token, "bulk_operations", filters)
+            if len(key) != 1 or not isinstance(key[0], str) or not 0 < len(key[0]) <= 32 or "\x00" in key[0]:
+                raise InvalidPageToken("page_token is malformed")
+            after = key[0]
+        async with self.store.read() as tx:
+            found = await tx.list_bulk(after, page_size + 1, who.owner_filter, done)
+        token = ""
+        if len(found) > page_size:
+            found = found[:page_size]
+            token = pagination.encode("bulk_operations", filters, [found[-1].id])
+        return found, token
 
     async def cancel(self, who: Principal, name: str) -> BulkOperation:
         """Stops the operation where it is (CancelOperation): what its batches did stays done. Stopping

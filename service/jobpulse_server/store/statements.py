@@ -1503,6 +1503,20 @@ SAVE_BULK = (
     "update_time = :update_time, end_time = :end_time, cancelled = :cancelled WHERE id = :id"
 )
 DELETE_BULK = "DELETE FROM bulk_operations WHERE id = :id"
+
+
+def list_bulk(after: bool, owned: bool, done: bool | None) -> str:
+    """A page of operations, newest first (ids grow with time): after the id ``:after`` if ``after``;
+    only ``:owner``'s if ``owned``; only those ended (``done``) or running (not ``done``)."""
+    where = ["id < :after"] if after else ["TRUE"]
+    if owned:
+        where.append("owner = :owner")
+    if done is not None:
+        where.append("end_time IS NOT NULL" if done else "end_time IS NULL")
+    conditions = " AND ".join(where)
+    return f"SELECT {BULK_SELECT} FROM bulk_operations WHERE {conditions} ORDER BY id DESC LIMIT :limit"
+
+
 # Operations not finished, oldest first (ix_bulk_operations_running): what a runner takes up.
 RUNNING_BULK = "SELECT id FROM bulk_operations WHERE end_time IS NULL ORDER BY create_time, id"
 

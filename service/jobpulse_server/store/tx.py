@@ -216,6 +216,19 @@ class SqlTx:
     async def delete_bulk(self, op_id: str) -> None:
         await self.conn.execute(q.DELETE_BULK, {"id": op_id})
 
+    async def list_bulk(
+        self, after: str, limit: int, owner: str | None, done: bool | None = None
+    ) -> list[BulkOperation]:
+        """Up to ``limit`` operations, newest first, after the id ``after`` ('' from the newest): only
+        ``owner``'s unless None; only those ended (``done``) or running (not ``done``) unless None."""
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        if owner is not None:
+            params["owner"] = owner
+        rows = await self.conn.fetch(q.list_bulk(bool(after), owner is not None, done), params)
+        return [_bulk_from_row(row) for row in rows]
+
     async def running_bulk(self) -> list[str]:
         """The ids of the operations not finished, oldest first."""
         return [str(r[0]) for r in await self.conn.fetch(q.RUNNING_BULK)]
