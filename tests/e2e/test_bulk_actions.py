@@ -297,6 +297,19 @@ def test_the_cli_and_the_dashboard_list_bulk_operations(
     assert parse_error.value.code == 2
 
 
+def test_the_operations_page_pages_through_them(server: Any, client: jobpulse.Client) -> None:
+    started = {client.cancel_jobs(kind="nothing-here").name.removeprefix("operations/") for _ in range(51)}
+    row = re.compile(r'data-testid="operation-row" data-operation="([^"]+)"')
+    with httpx.Client(base_url=str(server.app.http_url), timeout=20) as page:
+        first = page.get("/operations").text
+        link = re.search(r'href="([^"]+)" data-testid="next-page"', first)
+        assert link is not None
+        second = page.get(link.group(1).replace("&amp;", "&")).text
+    assert len(row.findall(first)) == 50 and len(row.findall(second)) == 1
+    assert set(row.findall(first) + row.findall(second)) == started
+    assert 'data-testid="next-page"' not in second
+
+
 def test_bad_filters_name_the_field(client: jobpulse.Client) -> None:
     with pytest.raises(errors.InvalidArgument) as info:
         client.cancel_jobs(min_priority=7, max_priority=2)

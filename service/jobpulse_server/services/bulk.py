@@ -24,7 +24,7 @@ from collections.abc import Callable
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.bulk import NAME_PREFIX, BulkAction, BulkOperation
 from jobpulse_server.domain.clock import Clock
-from jobpulse_server.domain.errors import DomainError, InvalidPageToken, OperationNotDone, OperationNotFound
+from jobpulse_server.domain.errors import DomainError, OperationNotDone, OperationNotFound
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Job
 from jobpulse_server.domain.principal import Principal
@@ -134,12 +134,7 @@ class BulkService:
         newest first, only those ended (``done``) or running (not ``done``) unless None: one page and
         the token of the next ('' after the last)."""
         filters = pagination.fingerprint({"done": done})
-        after = ""
-        if page_token:
-            key = pagination.decode(page_token, "bulk_operations", filters)
-            if len(key) != 1 or not isinstance(key[0], str) or not 0 < len(key[0]) <= 32 or "\x00" in key[0]:
-                raise InvalidPageToken("page_token is malformed")
-            after = key[0]
+        after = pagination.decode_text(page_token, "bulk_operations", filters, 32)
         async with self.store.read() as tx:
             found = await tx.list_bulk(after, page_size + 1, who.owner_filter, done)
         token = ""

@@ -9,7 +9,7 @@ module only stores them and wakes waiting claims.
 from __future__ import annotations
 
 from jobpulse_server.domain.clock import Clock, now_us
-from jobpulse_server.domain.errors import FieldViolation, InvalidArgument, InvalidPageToken, PermissionDenied
+from jobpulse_server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied
 from jobpulse_server.domain.model import MAX_RUNNING_CHUNKS, Kind
 from jobpulse_server.domain.principal import Principal
 from jobpulse_server.services import auth, pagination
@@ -30,13 +30,7 @@ class KindService:
         """One page of kinds in kind order and the token of the next ('' after the last): every kind
         with stored controls and every kind with chunks PENDING or PROCESSING, with those counts (of
         the caller's own jobs for a key that sees only its own)."""
-        after = ""
-        if page_token:
-            key = pagination.decode(page_token, "kinds", _FILTERS)
-            # A kind as stored: a forged one (a NUL, which PostgreSQL text refuses) is no token of ours.
-            if len(key) != 1 or not isinstance(key[0], str) or not 0 < len(key[0]) <= 128 or "\x00" in key[0]:
-                raise InvalidPageToken("page_token is malformed")
-            after = key[0]
+        after = pagination.decode_text(page_token, "kinds", _FILTERS, 128)
         async with self.store.read() as tx:
             found = await tx.list_kinds(after, page_size + 1, who.owner_filter)
         token = ""

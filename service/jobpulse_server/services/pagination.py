@@ -45,3 +45,15 @@ def decode(token: str, kind: str, filters: str) -> list[Any]:
     if any(isinstance(v, int) and not _INT64[0] <= v <= _INT64[1] for v in key):
         raise InvalidPageToken("page_token is malformed")
     return key
+
+
+def decode_text(token: str, kind: str, filters: str, longest: int) -> str:
+    """The one text a token of a listing keyed by a name or an id continues after ('' for no token);
+    InvalidPageToken unless it is a text of 1 to ``longest`` characters without NUL (a forged one,
+    which PostgreSQL text refuses, is no token of ours)."""
+    if not token:
+        return ""
+    key = decode(token, kind, filters)
+    if len(key) != 1 or not isinstance(key[0], str) or not 0 < len(key[0]) <= longest or "\x00" in key[0]:
+        raise InvalidPageToken("page_token is malformed")
+    return key[0]

@@ -30,7 +30,6 @@ from jobpulse_server.domain.errors import (
     DomainError,
     FieldViolation,
     InvalidArgument,
-    InvalidPageToken,
     ScheduleNotFound,
 )
 from jobpulse_server.domain.model import Job
@@ -191,12 +190,7 @@ class ScheduleService:
         self, who: Principal, page_size: int, page_token: str
     ) -> tuple[list[Schedule], str]:
         """ListSchedules: one page, oldest first, and the token of the next ('' after the last)."""
-        after = ""
-        if page_token:
-            key = pagination.decode(page_token, "schedules", _FILTERS)
-            if len(key) != 1 or not isinstance(key[0], str) or not 0 < len(key[0]) <= 32 or "\x00" in key[0]:
-                raise InvalidPageToken("page_token is malformed")
-            after = key[0]
+        after = pagination.decode_text(page_token, "schedules", _FILTERS, 32)
         async with self.store.read() as tx:
             found = await tx.list_schedules(after, page_size + 1, who.owner_filter)
         token = ""
