@@ -94,6 +94,15 @@ def _pg_dropped(srv: Any, database_url: str) -> None:
     pg_admin(f'DROP DATABASE "{make_url(database_url).database}" WITH (FORCE)')
 
 
+@pytest.fixture(autouse=True)
+def _no_renamed_database_left(database_url: str) -> Iterator[None]:
+    """A database renamed away by ``_pg_renamed`` and not renamed back is dropped after the test (the
+    database fixture drops the original name only)."""
+    yield
+    if database_url.startswith("postgresql"):
+        pg_admin(f'DROP DATABASE IF EXISTS "{make_url(database_url).database}_gone" WITH (FORCE)')
+
+
 def _pg_renamed(srv: Any, database_url: str) -> Undo:
     name = make_url(database_url).database
     renamed = f"{name}_gone"
