@@ -41,9 +41,13 @@ def _attr(browser: Any, name: str, attribute: str = "") -> str:
 
 
 def _rows(browser: Any) -> list[str]:
+    """The listed jobs' ids, read in one script (a live redraw between reads leaves stale handles)."""
     return [
-        r.get_attribute("data-job-id")
-        for r in browser.find_elements(By.CSS_SELECTOR, '[data-testid="job-row"]')
+        str(job_id)
+        for job_id in browser.execute_script(
+            "return Array.from(document.querySelectorAll('[data-testid=\"job-row\"]'))"
+            ".map(r => r.dataset.jobId)"
+        )
     ]
 
 
@@ -413,8 +417,14 @@ def test_a_running_chunk_s_preview_appears_on_the_job_page_and_the_newer_replace
         eventually(lambda: _attr(browser, "live-status", "data-state") == "on", timeout=10, what="live")
 
         def figures() -> list[tuple[str, str]]:
-            found = browser.find_elements(By.CSS_SELECTOR, "[data-field=artifacts] figure.artifact")
-            return [(f.get_attribute("data-key"), f.get_attribute("data-uri")) for f in found]
+            # One script reads them all: the live page redraws the list, so element handles taken
+            # in one call may be stale by the next.
+            found = browser.execute_script(
+                "return Array.from(document.querySelectorAll("
+                "'[data-field=artifacts] figure.artifact'))"
+                ".map(f => [f.dataset.key, f.dataset.uri])"
+            )
+            return [(str(k), str(u)) for k, u in found]
 
         for n in (1, 2):
             frame = {
@@ -429,5 +439,7 @@ def test_a_running_chunk_s_preview_appears_on_the_job_page_and_the_newer_replace
                 timeout=10,
                 what=f"preview {n} on the page, alone",
             )
-        caption = browser.find_element(By.CSS_SELECTOR, "[data-field=artifacts] figcaption").text
+        caption = browser.execute_script(
+            "return document.querySelector('[data-field=artifacts] figcaption').textContent"
+        )
         assert "preview" in caption
