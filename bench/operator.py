@@ -15,6 +15,8 @@ unique jobs on two replicas.
   with SIGKILL once the operation has done half of them, started again on the same database, and the
   operation must end with every job cancelled once: ``done`` = matched, nothing skipped, and in SQL every
   one of the jobs CANCELLED at revision 2 (created at 1, one cancel).
+- **Retry and purge**: the bulk cancel's jobs, run again by one RetryJobs and then deleted by one
+  PurgeJobs with force, each timed as the cancel (figures, no target).
 - **Unique jobs**: 100 CreateJob calls at once with one unique_key, half on each of two replicas of one
   database: exactly one job, 99 refusals naming it.
 """
@@ -45,6 +47,7 @@ P99_TARGET = 2.0
 QUIET_CALLS = 2000
 DONE_TIMEOUT = 600.0
 UNIQUE_CALLS = 100
+BULK_KIND = "bench-bulk"
 _CANCELLED_STATE = int(JobState.CANCELLED)
 _OPERATIONS = "google.longrunning.Operations"
 
@@ -101,7 +104,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def _bulk_cancel(url: str, n: int) -> dict[str, Any]:
-    kind = "bench-bulk"
+    kind = BULK_KIND
     report.log(f"seeding {n:,} pending jobs ...")
     seed(url, n, kind, "BULKA")
     with procs.Jobpulse(url, http=False, rate_limit_client=0, **_batch()).start(120) as server:
@@ -139,6 +142,38 @@ def _bulk_cancel(url: str, n: int) -> dict[str, Any]:
         "getjob_after": _stats(after),
         "p99_ratio": percentile(during, 99) / quiet,
     }
+
+
+def _retry_and_purge(url: str, kind: str, n: int) -> dict[str, Any]:
+    """RetryJobs of the ``n`` jobs of ``kind`` the bulk cancel left CANCELLED (each PENDING again), then
+    PurgeJobs with force of the same (each deleted): each timed from the call to its ``done``."""
+    out: dict[str, Any] = {}
+    with procs.Jobpulse(url, http=False, rate_limit_client=0, **_batch()).start(120) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            retry = job_service_pb2.RetryJobsRequest(kind=kind)
+            purge = job_service_pb2.PurgeJobsRequest(kind=kind, force=True)
+            calls = (
+                ("retry", lambda: stub.RetryJobs(retry, timeout=60)),
+                ("purge", lambda: stub.PurgeJobs(purge, timeout=60)),
+            )
+            for action, call in calls:
+                report.log(f"bulk {action} of {n:,} jobs ...")
+                t0 = time.perf_counter()
+                op = call()
+                while True:
+                    done, meta = _operation(channel, op.name)
+                    if done:
+                        break
+                    if time.perf_counter() - t0 > DONE_TIMEOUT:
+                        raise RuntimeError(f"the bulk {action} did not end within {DONE_TIMEOUT:.0f} s")
+                    time.sleep(0.05)
+                total_s = time.perf_counter() - t0
+                out[action] = {"done": meta.done, "skipped": meta.skipped, "total_s": total_s}
+                out[action]["jobs_per_s"] = meta.done / total_s
+    left = int(sql.value(url, "SELECT count(*) FROM jobs WHERE kind = $1", (kind,)))
+    out["ok"] = out["retry"]["done"] == n and out["purge"]["done"] == n and left == 0
+    return out
 
 
 def _floor_cancel(dsn: str, kind: str, batch: int, done: Any) -> None:
@@ -381,6 +416,16 @@ def render(results: dict[str, Any]) -> str:
         f"{killed['done']:,}, skipped {killed['skipped']}, cancelled once (SQL) {killed['cancelled_once']:,} "
         f"in {killed['restart_to_done_s']:.1f} s from the restart: {'OK' if killed['ok'] else 'WRONG'}"
     )
+    rp = results["retry_purge"]
+    lines.append(
+        "   then the same jobs: "
+        + "; ".join(
+            f"bulk {a} {rp[a]['done']:,} done, {rp[a]['skipped']} skipped in {rp[a]['total_s']:.1f} s, "
+            f"{rp[a]['jobs_per_s']:,.0f} jobs/s"
+            for a in ("retry", "purge")
+        )
+        + ("" if rp["ok"] else ": WRONG")
+    )
     lines.append(
         f"   unique: {unique['calls']} creates with one key on 2 replicas: {unique['in_db']} job in the "
         f"database, {unique['made']} made, the others refused ({', '.join(unique['refused'])})"
@@ -397,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         async with procs.database("postgresql", "operator") as url:
             await procs.migrate(url)
             out["bulk"] = await asyncio.to_thread(_bulk_cancel, url, n)
+            out["retry_purge"] = await asyncio.to_thread(_retry_and_purge, url, BULK_KIND, n)
             out["floor"] = await asyncio.to_thread(_floor, url, n)
             out["killed"] = await asyncio.to_thread(_killed_half_way, url, n)
             out["unique"] = await asyncio.to_thread(_unique, url)
@@ -405,4 +451,5 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run())
     scenario = "" if args.quick else "operator"
     status = report.publish(results, render(results), args.json, scenario, goals(results))
-    return status or (0 if results["killed"]["ok"] and results["unique"]["in_db"] == 1 else 1)
+    ok = results["killed"]["ok"] and results["unique"]["in_db"] == 1 and results["retry_purge"]["ok"]
+    return status or (0 if ok else 1)

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
 import httpx
 import pytest
 from google.longrunning import operations_pb2_grpc, operations_proto_pb2
-from support.e2e import assert_summary_matches
+from support.e2e import assert_summary_matches, run_all
 from support.readme_blocks import find_block
 
 import jobpulse
@@ -108,6 +109,97 @@ def test_retry_jobs_runs_failed_jobs_again_and_skips_the_others(client: jobpulse
     assert len(client.claim_chunks("w1", kinds=["flaky"], max_chunks=10)) == 5
 
 
+def _ended_every_way(client: jobpulse.Client, twin: str) -> list[str]:
+    """Jobs labelled ``twin`` ended every way a retry meets, made the same way on each call (their kinds
+    end in ``twin``): failed after some chunks completed, cancelled half-way, cancelled before any work,
+    failed holding a unique key another job holds now (and that job, pending), failed with a timeout,
+    failed with a finalize step. The ids in that order."""
+    labels = {"twin": twin}
+    made = []
+    plain = [
+        client.create_job(f"plain-{twin}", 2, chunk_size=1, max_attempts=1, labels=labels) for _ in range(3)
+    ]
+    for claim in client.claim_chunks("w1", kinds=[f"plain-{twin}"], max_chunks=10):
+        if claim.chunk.index == 0:
+            client.complete_chunk(claim.chunk.id, claim.lease_token)
+        else:
+            client.fail_chunk(claim.chunk.id, claim.lease_token, reason="BROKEN", retryable=False)
+    made += [j.id for j in plain]
+    halted = client.create_job(f"halted-{twin}", 3, chunk_size=1, labels=labels)
+    [first] = client.claim_chunks("w1", kinds=[f"halted-{twin}"], max_chunks=1)
+    client.complete_chunk(first.chunk.id, first.lease_token)
+    client.cancel_job(halted.id)
+    untouched = client.create_job(f"halted-{twin}", 2, chunk_size=1, labels=labels)
+    client.cancel_job(untouched.id)
+    made += [halted.id, untouched.id]
+    key = client.create_job(f"keyed-{twin}", 1, max_attempts=1, unique_key="k", labels=labels)
+    _fail(client, f"keyed-{twin}")
+    holder = client.create_job(f"keyed-{twin}", 1, unique_key="k", labels=labels)
+    timed = client.create_job(f"timed-{twin}", 1, max_attempts=1, job_timeout=3600, labels=labels)
+    _fail(client, f"timed-{twin}")
+    final = client.create_job(
+        f"steps-{twin}", 2, chunk_size=1, max_attempts=1, finalize_kind=f"fin-{twin}", labels=labels
+    )
+    _fail(client, f"steps-{twin}")
+    made += [key.id, holder.id, timed.id, final.id]
+    return made
+
+
+def _as_retried(client: jobpulse.Client, job_id: str) -> tuple[Any, ...]:
+    """What a retry decides of a job and its chunks (no ids, kinds or times)."""
+    job = assert_summary_matches(client, job_id)
+    chunks = tuple(
+        (c.index, c.state, c.items_done, c.attempt, c.max_attempts, c.error.reason, c.revision)
+        for c in client.list_job_chunks(job_id, page_size=100)
+    )
+    summary = job.chunks_summary
+    return (
+        job.state,
+        (summary.pending, summary.processing, summary.completed, summary.failed, summary.cancelled),
+        job.progress.items_done,
+        job.revision,
+        job.error.reason,
+        job.cancel_reason,
+        job.HasField("deadline_time"),
+        chunks,
+    )
+
+
+def test_retry_jobs_leaves_each_job_as_retry_job_does(client: jobpulse.Client) -> None:
+    # One twin retried by RetryJobs, in one batch (its plain jobs in one write); the other job by job.
+    bulk, one_by_one = _ended_every_way(client, "a"), _ended_every_way(client, "b")
+    ended = [_as_retried(client, job_id) for job_id in bulk]
+    assert ended == [_as_retried(client, job_id) for job_id in one_by_one]
+    assert {g.reason: (g.chunks, g.jobs) for g in client.summarize_failures("plain-a")} == {"BROKEN": (3, 3)}
+
+    final = client.wait_bulk_operation(client.retry_jobs(labels={"twin": "a"}).name, timeout=30)
+    refused = []
+    for job_id in one_by_one:
+        try:
+            client.retry_job(job_id)
+        except (errors.AlreadyExists, errors.FailedPrecondition) as exc:
+            refused.append(type(exc).__name__)
+
+    # The unique key's job (its key taken) and the pending job holding it are passed over.
+    assert (final.matched, final.done, final.skipped) == (9, 7, 2)
+    assert refused == ["AlreadyExists", "FailedPrecondition"]
+    retried = [_as_retried(client, job_id) for job_id in bulk]
+    assert retried == [_as_retried(client, job_id) for job_id in one_by_one]
+    assert retried != ended
+    for twin in ("a", "b"):  # the failures retried are no longer counted (by kind, nor by job's rows)
+        for since in (None, datetime(2000, 1, 1, tzinfo=timezone.utc)):
+            assert client.summarize_failures(f"plain-{twin}", created_after=since) == []
+            assert [g.jobs for g in client.summarize_failures(f"keyed-{twin}", created_after=since)] == [1]
+    # Every retried job runs to the end again.
+    for kind in ("plain-a", "halted-a", "timed-a", "steps-a", "fin-a"):
+        run_all(client, kind)
+    states = _states(client, bulk)
+    assert states == [COMPLETED] * 5 + [FAILED, PENDING, COMPLETED, COMPLETED]
+    purged = client.wait_bulk_operation(client.purge_jobs(labels={"twin": "a"}, force=True).name, timeout=30)
+    assert (purged.done, purged.skipped) == (9, 0)
+    assert client.summarize_failures("keyed-a") == []
+
+
 def test_purge_jobs_deletes_ended_jobs_and_with_force_the_rest(client: jobpulse.Client) -> None:
     done = [client.create_job("old", 1) for _ in range(3)]
     for claim in client.claim_chunks("w1", kinds=["old"], max_chunks=10):
@@ -125,6 +217,25 @@ def test_purge_jobs_deletes_ended_jobs_and_with_force_the_rest(client: jobpulse.
     assert (forced.matched, forced.done) == (1, 1)
     with pytest.raises(errors.NotFound):
         client.get_job(live.id)
+
+
+def test_purge_jobs_cancels_the_dependants_of_what_it_deletes(client: jobpulse.Client) -> None:
+    # Two pipelines' first jobs and two plain ones, purged in one batch: the firsts go one at a time
+    # (their dependants are cancelled, as DeleteJob does), the plain ones together.
+    firsts = [client.create_job("pq-first", 1) for _ in range(2)]
+    seconds = [client.create_job("pq-second", 1, after=[f.id]) for f in firsts]
+    plain = [client.create_job("pq-first", 1) for _ in range(2)]
+
+    final = client.wait_bulk_operation(client.purge_jobs(kind="pq-first", force=True).name, timeout=30)
+
+    assert (final.matched, final.done, final.skipped) == (4, 4, 0)
+    for job in firsts + plain:
+        with pytest.raises(errors.NotFound):
+            client.get_job(job.id)
+    for job in seconds:
+        got = client.get_job(job.id, view="basic")
+        assert (got.state, got.error.reason) == (CANCELLED, "DEPENDENCY_FAILED")
+        assert_summary_matches(client, job.id)
 
 
 def test_operations_follow_stop_and_forget_a_bulk_operation(make_server: Callable[..., Any]) -> None:

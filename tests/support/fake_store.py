@@ -739,6 +739,11 @@ class FakeWrite(FakeRead):
     async def cancel_pending_chunks_many(self, revisions: dict[str, int], now: int) -> dict[str, int]:
         return {job: await self.cancel_pending_chunks(job, rev, now) for job, rev in revisions.items()}
 
+    async def reset_for_retry_many(
+        self, jobs: Sequence[tuple[str, int, int, int]]
+    ) -> dict[str, tuple[int, int, int]]:
+        return {job[0]: await self.reset_for_retry(*job) for job in jobs}
+
     async def reset_for_retry(
         self, job_id: str, revision: int, priority: int, attempts: int, chunk_id: str | None = None
     ) -> tuple[int, int, int]:
@@ -865,10 +870,17 @@ class FakeWrite(FakeRead):
         self.tables.update_chunks(job_id, [ChunkState.PENDING], priority=priority)
 
     async def delete_job(self, job_id: str, now: int) -> None:
+        await self.delete_jobs([job_id], now)
+
+    async def delete_jobs(self, job_ids: Sequence[str], now: int) -> None:
+        """As the SQL: one change_seq for all their tombstones."""
         t = self.tables
-        if job_id in t.jobs:
-            _delete_job(t, job_id, now, t.next_seq())
-        self.changes.deleted.add(job_id)
+        gone = [j for j in job_ids if j in t.jobs]
+        if gone:
+            seq = t.next_seq()
+            for job_id in gone:
+                _delete_job(t, job_id, now, seq)
+        self.changes.deleted.update(job_ids)
 
     async def delete_expired(self, job_ids: Sequence[str], now: int, retention: Retention) -> list[str]:
         """As the SQL: the jobs still expired (ttl of their own: end_time + ttl; default: update_time

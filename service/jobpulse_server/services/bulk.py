@@ -24,7 +24,7 @@ from collections.abc import Callable
 from jobpulse_server.domain import ids
 from jobpulse_server.domain.bulk import NAME_PREFIX, BulkAction, BulkOperation
 from jobpulse_server.domain.clock import Clock
-from jobpulse_server.domain.errors import DomainError, OperationNotDone, OperationNotFound
+from jobpulse_server.domain.errors import OperationNotDone, OperationNotFound
 from jobpulse_server.domain.filters import JobFilter
 from jobpulse_server.domain.model import Job
 from jobpulse_server.domain.principal import Principal
@@ -39,7 +39,7 @@ log = logging.getLogger("jobpulse.bulk")
 # Jobs per batch (one transaction): large enough that the per-transaction cost is spread thin, small
 # enough that one batch holds the writer for tens of milliseconds, not seconds.
 BATCH_SIZE = 500
-# Jobs a cancel writes at once within a batch (see ``step``).
+# Jobs an action writes at once within a batch (see ``step``).
 WRITE_SIZE = 100
 # Seconds the runner waits between two batches, for others' transactions to get in.
 PAUSE_SECONDS = 0.002
@@ -250,22 +250,15 @@ class BulkService:
             # The batch's jobs, read and locked by one statement (the filter holds at the lock: a job
             # changed meanwhile by another transaction is read as that one left it).
             batch = await tx.bulk_batch(op.filter, op.cursor, self.batch_size)
-            if op.action == BulkAction.CANCEL:
-                # A few writes for the batch, each of up to WRITE_SIZE jobs: their chunks cancelled by
-                # one statement, the jobs saved (their webhook events and change notices made)
-                # together; between two, the event loop serves others (each write's Python work is a
-                # few milliseconds, not tens).
-                for start in range(0, len(batch), WRITE_SIZE):
-                    some = batch[start : start + WRITE_SIZE]
-                    acted = await self.jobs.cancel_many(tx, some, op.reason, now, ends)
-                    op.done += len(acted)
-                    op.skipped += len(some) - len(acted)
-            else:
-                for job in batch:
-                    if await self._act(tx, op, job, now, ends):
-                        op.done += 1
-                    else:
-                        op.skipped += 1
+            # A few writes for the batch, each of up to WRITE_SIZE jobs (a cancel's chunks moved by one
+            # statement, the jobs saved with their webhook events and change notices together);
+            # between two, the event loop serves others (each write's Python work is a few
+            # milliseconds, not tens).
+            for start in range(0, len(batch), WRITE_SIZE):
+                some = batch[start : start + WRITE_SIZE]
+                acted = await self._act(tx, op, some, now, ends)
+                op.done += acted
+                op.skipped += len(some) - acted
             if batch:
                 op.cursor = batch[-1].id
             if len(batch) < self.batch_size:
@@ -289,15 +282,11 @@ class BulkService:
             self._notify(op)
         return op
 
-    async def _act(self, tx: Tx, op: BulkOperation, job: Job, now: int, ends: Ends) -> bool:
-        """The operation's action on one job it matched: whether it changed the job (False: the action
-        does not apply to it, e.g. cancelling a job that has ended)."""
-        try:
-            if op.action == BulkAction.RETRY:
-                await self.jobs.retry_locked(tx, job, now)
-                return True
-            await self.jobs.delete_locked(tx, job, op.force, now)
-            return True
-        except DomainError:
-            # Raised before the action wrote anything (each checks first): the job is passed over.
-            return False
+    async def _act(self, tx: Tx, op: BulkOperation, jobs: list[Job], now: int, ends: Ends) -> int:
+        """The operation's action on jobs it matched: how many it changed (the others: the action does
+        not apply to them now, e.g. cancelling a job that has ended)."""
+        if op.action == BulkAction.CANCEL:
+            return len(await self.jobs.cancel_many(tx, jobs, op.reason, now, ends))
+        if op.action == BulkAction.RETRY:
+            return len(await self.jobs.retry_many(tx, jobs, now))
+        return len(await self.jobs.delete_many(tx, jobs, op.force, now))

@@ -21,6 +21,7 @@ from jobpulse_server.domain.errors import (
     ChunkNotFound,
     ChunkNotRetryable,
     DependencyFailed,
+    DomainError,
     FieldViolation,
     InvalidArgument,
     InvalidPageToken,
@@ -922,20 +923,41 @@ class JobService:
             )
         await self._check_key_free(tx, job)
         rev = job.touch(now)
-        failed, cancelled, items = await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts)
-        job.summary.failed -= failed
-        job.summary.cancelled -= cancelled
-        job.summary.pending += failed + cancelled
-        job.items_done -= items
-        job.cancel_requested = False
-        job.cancel_reason = ""
-        job.cancel_time = None
-        job.error_reason = job.error_message = ""
-        job.error_chunk_index = None
+        _run_again(job, await tx.reset_for_retry(job.id, rev, job.priority, job.max_attempts))
         await _restart_timeout(tx, job, now)
         job.refresh_state(now)
         await self.outbox.save_job(tx, job, now, await pipeline.rehold_finalize(tx, job, now))
         tx.changes.new_work = True
+
+    async def retry_many(self, tx: Tx, jobs: Sequence[Job], now: int) -> list[Job]:
+        """RetryJob's change to jobs this transaction has locked (RetryJobs' batches): those it changed;
+        one that cannot run again now is passed over. A job that waits for others, holds a unique key,
+        has a timeout or a finalize step goes alone (``retry_locked``); the rest in one write."""
+        acted: list[Job] = []
+        plain: list[Job] = []
+        for job in jobs:
+            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+                continue
+            if not (job.after or job.unique_key or job.deadline_time is not None or job.finalize_kind):
+                plain.append(job)
+                continue
+            try:
+                await self.retry_locked(tx, job, now)
+            except DomainError:  # raised before it wrote anything
+                continue
+            acted.append(job)
+        if plain:
+            moved = await tx.reset_for_retry_many(
+                [(job.id, job.touch(now), job.priority, job.max_attempts) for job in plain]
+            )
+            for job in plain:
+                _run_again(job, moved[job.id])
+                job.refresh_state(now)
+            if len(plain) > 1:  # as cancel_many: the event loop serves calls between the two halves
+                await asyncio.sleep(0)
+            await self.outbox.save_jobs(tx, plain, now)
+            tx.changes.new_work = True
+        return acted + plain
 
     async def retry_chunk(self, who: Principal, job_id: str, chunk_id: str) -> JobPage:
         """One FAILED chunk back to PENDING with max_attempts more claims; the job runs again."""
@@ -1045,6 +1067,20 @@ class JobService:
                 await self._save(tx, dependant, now)
         await tx.delete_job(job.id, now)
 
+    async def delete_many(self, tx: Tx, jobs: Sequence[Job], force: bool, now: int) -> list[Job]:
+        """DeleteJob on jobs this transaction has locked (PurgeJobs' batches): those it deleted; one that
+        has not ended is passed over without ``force``. A pipeline's job that did not complete goes alone
+        (``delete_locked``: its dependants change with it); the rest in one write."""
+        acted = [job for job in jobs if job.state.terminal or force]
+        together = []
+        for job in acted:
+            if job.pipeline and job.state != JobState.COMPLETED:
+                await self.delete_locked(tx, job, force, now)
+            else:
+                together.append(job.id)
+        await tx.delete_jobs(together, now)
+        return acted
+
     async def stats(self, who: Principal, f: JobFilter) -> tuple[StatsRow, list[StatsRow]]:
         f.owner = who.owner_filter
         async with self.store.read() as tx:
@@ -1073,6 +1109,21 @@ def _check_key(key: list[Any], order_by: str) -> None:
         isinstance(v, types[c]) and not isinstance(v, bool) for v, c in zip(key, cols, strict=True)
     ):
         raise InvalidPageToken("page_token is malformed")
+
+
+def _run_again(job: Job, moved: tuple[int, int, int]) -> None:
+    """A retried job's own fields after its chunks went back to PENDING (``moved``: failed and cancelled
+    chunks moved, their items done)."""
+    failed, cancelled, items = moved
+    job.summary.failed -= failed
+    job.summary.cancelled -= cancelled
+    job.summary.pending += failed + cancelled
+    job.items_done -= items
+    job.cancel_requested = False
+    job.cancel_reason = ""
+    job.cancel_time = None
+    job.error_reason = job.error_message = ""
+    job.error_chunk_index = None
 
 
 async def _restart_timeout(tx: Tx, job: Job, now: int) -> None:

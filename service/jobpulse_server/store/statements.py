@@ -874,6 +874,14 @@ def job_failure_rows(d: Dialect, n: int) -> str:
 
 # RetryJob: the job's FAILED chunks are all PENDING again.
 FORGET_JOB_FAILURES = "DELETE FROM job_failures WHERE job_id = :job_id"
+
+
+@_built
+def forget_failures_of(d: Dialect, n: int) -> str:
+    """FORGET_JOB_FAILURES of n jobs (``d.values("id", ids)``): RetryJobs' batches."""
+    return f"DELETE FROM job_failures WHERE {d.any_of('job_id', n, 'id')}"
+
+
 # RetryChunk: the chunk's kind and reason before it moves; its row counted again after.
 FAILED_CHUNK_KEY = (
     f"SELECT kind, error_reason FROM chunks WHERE id = :chunk_id AND state = {int(ChunkState.FAILED)}"
@@ -969,21 +977,42 @@ SET_JOB_CONTROLS = "UPDATE jobs SET paused = :paused, max_running_chunks = :max_
 
 
 @_built
+def _retry_set(revision: str, priority: str, attempts: str) -> str:
+    """The SET of chunks put back to PENDING by a retry, with these expressions for the new revision, the
+    job's priority and the claims allowed more than the chunk has had."""
+    return (
+        f"SET state = {int(ChunkState.PENDING)}, revision = {revision}, priority = {priority}, "
+        f"max_attempts = attempt + {attempts}, items_done = 0, error_reason = '', error_message = '', "
+        "error_details = '', worker_id = '', "
+        "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, retry_at = NULL, "
+        "start_time = NULL, end_time = NULL"
+    )
+
+
 def retryable_chunks(d: Dialect, one: bool) -> tuple[str, str]:
     """(how many FAILED and CANCELLED chunks by state and their items done, the UPDATE that puts them
     back to PENDING); parameters: job_id, the two states (``d.values("state", ...)``), then chunk_id if
     ``one``; the UPDATE's also revision, priority, attempts."""
     where = f"job_id = :job_id AND {d.any_of('state', 2)}" + (" AND id = :chunk_id" if one else "")
     count = f"SELECT state, count(*), coalesce(sum(items_done), 0) FROM chunks WHERE {where} GROUP BY state"
-    update = (
-        f"UPDATE chunks SET state = {int(ChunkState.PENDING)}, revision = :revision, priority = :priority, "
-        "max_attempts = attempt + :attempts, items_done = 0, error_reason = '', error_message = '', "
-        "error_details = '', "
-        "worker_id = '', "
-        "lease_token = NULL, lease_expire_time = NULL, next_attempt_time = NULL, retry_at = NULL, "
-        f"start_time = NULL, end_time = NULL WHERE {where}"
-    )
+    update = f"UPDATE chunks {_retry_set(':revision', ':priority', ':attempts')} WHERE {where}"
     return count, update
+
+
+# RetryJobs' batches on PostgreSQL: retryable_chunks of many whole jobs (job_ids; the UPDATE's also revs,
+# priorities and attempts, one of each a job).
+_RETRYABLE_MANY = (
+    f"c.job_id = ANY(:job_ids) AND c.state IN ({int(ChunkState.FAILED)}, {int(ChunkState.CANCELLED)})"
+)
+PG_RETRYABLE_MANY = (
+    "SELECT c.job_id, c.state, count(*), coalesce(sum(c.items_done), 0) FROM chunks AS c "
+    f"WHERE {_RETRYABLE_MANY} GROUP BY c.job_id, c.state"
+)
+PG_RESET_FOR_RETRY_MANY = (
+    f"UPDATE chunks AS c {_retry_set('v.rev', 'v.priority', 'v.attempts')} "
+    "FROM unnest(:job_ids::text[], :revs::bigint[], :priorities::bigint[], :attempts::bigint[]) "
+    f"AS v(job_id, rev, priority, attempts) WHERE c.job_id = v.job_id AND {_RETRYABLE_MANY}"
+)
 
 
 # --- artifacts --------------------------------------------------------------------------------------

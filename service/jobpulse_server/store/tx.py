@@ -322,9 +322,10 @@ class SqlTx:
 
     async def delete_job(self, job_id: str, now: int) -> None:
         """Deletes the job, its chunks and artifacts, leaving a tombstone for the feed."""
-        await self._delete_jobs([job_id], now)
+        await self.delete_jobs([job_id], now)
 
-    async def _delete_jobs(self, ids: Sequence[str], now: int) -> None:
+    async def delete_jobs(self, ids: Sequence[str], now: int) -> None:
+        """``delete_job`` of many jobs, in one statement of each kind (PurgeJobs' batches, retention)."""
         if not ids:
             return
         params = {**self.d.values("id", ids), "now": now}
@@ -794,9 +795,32 @@ class SqlTx:
             await self.conn.execute(q.FORGET_CHUNK_FAILURES, row)
             await self.conn.execute(q.RECOUNT_CHUNK_FAILURES, row)
             self._failures.moved(before, await self.conn.fetch(q.CHUNK_FAILURE_ROW, row))
-        failed = counts.get(int(ChunkState.FAILED), (0, 0))
-        cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
-        return failed[0], cancelled[0], failed[1] + cancelled[1]
+        return _moved_for_retry(counts)
+
+    async def reset_for_retry_many(
+        self, jobs: Sequence[tuple[str, int, int, int]]
+    ) -> dict[str, tuple[int, int, int]]:
+        """``reset_for_retry`` of whole jobs (job id, new revision, priority, attempts each), in one
+        statement of each kind on PostgreSQL (RetryJobs' batches): (failed moved, cancelled moved, their
+        items done) of each job."""
+        if not self.d.arrays or len(jobs) < 2:
+            return {job[0]: await self.reset_for_retry(*job) for job in jobs}
+        ids = [job[0] for job in jobs]
+        counts: dict[str, dict[int, tuple[int, int]]] = {job_id: {} for job_id in ids}
+        for job_id, state, n, items in await self.conn.fetch(q.PG_RETRYABLE_MANY, {"job_ids": ids}):
+            counts[job_id][int(state)] = (int(n), int(items))
+        params = {
+            "job_ids": ids,
+            "revs": [job[1] for job in jobs],
+            "priorities": [job[2] for job in jobs],
+            "attempts": [job[3] for job in jobs],
+        }
+        await self.conn.execute(q.PG_RESET_FOR_RETRY_MANY, params)
+        named = self.d.values("id", ids)
+        before = await self.conn.fetch(q.job_failure_rows(self.d, len(ids)), named)
+        await self.conn.execute(q.forget_failures_of(self.d, len(ids)), named)
+        self._failures.moved(before, [])
+        return {job_id: _moved_for_retry(of) for job_id, of in counts.items()}
 
     # --- pipelines: dependencies and the finalize step (services/pipeline.py) ----------------------
 
@@ -1208,7 +1232,7 @@ class SqlTx:
             params[f"default_state_{i}"], params[f"default_cutoff_{i}"] = int(state), now - ttl
         rows = await self.conn.fetch(q.still_expired(self.d, len(job_ids), len(defaults)), params)
         gone = [r[0] for r in rows]
-        await self._delete_jobs(gone, now)
+        await self.delete_jobs(gone, now)
         return gone
 
     # --- API keys, events-token secrets ------------------------------------------------------------
@@ -1605,3 +1629,10 @@ def _bulk_from_row(r: Sequence[Any]) -> BulkOperation:
         force=bool(r[6]), matched=r[7], done=r[8], skipped=r[9], cursor=r[10], create_time=r[11],
         update_time=r[12], end_time=r[13], cancelled=bool(r[14]),
     )  # fmt: skip
+
+
+def _moved_for_retry(counts: Mapping[int, tuple[int, int]]) -> tuple[int, int, int]:
+    """(failed moved, cancelled moved, their items done) from a job's (count, items done) by state."""
+    failed = counts.get(int(ChunkState.FAILED), (0, 0))
+    cancelled = counts.get(int(ChunkState.CANCELLED), (0, 0))
+    return failed[0], cancelled[0], failed[1] + cancelled[1]
