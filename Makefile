@@ -134,8 +134,12 @@ breaking: $(NODE_DEPS) buf-deps
 	else $(BUF) breaking protos --against '.git#ref=$(BREAKING_AGAINST),subdir=protos' && echo "no breaking change since $(BREAKING_AGAINST)"; fi
 
 # The Node packages too where npm exists (tests/clients/test_node.py skips only where node is absent).
+# Two pytest-xdist workers share the suite file by file (most tests wait on a server, not the CPU); then
+# tests/faults runs alone: its kill -9 and outage tests time restarts and lock waits that a second busy
+# worker would stretch.
 test: install $(if $(shell command -v npm),$(NODE_DEPS))
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --ignore=tests/faults
+	$(PY) -m pytest tests/faults
 
 # The tests make test leaves out: marked slow (long kill-and-restart runs) or full_matrix (the PostgreSQL
 # runs of the dashboard, docs, SDK and foreign-client tests).

@@ -117,7 +117,13 @@ def test_the_setup_commands_say_what_the_makefile_does() -> None:
     # make run serves with nothing but those variables (exported) and the defaults of the rest.
     assert "export JOBPULSE_HOST JOBPULSE_PORT JOBPULSE_DATABASE_URL" in makefile
     assert re.search(r"^run: install\n\t\$\(VENV\)/bin/jobpulse-server serve\n", makefile, flags=re.M)
-    assert re.search(r"^test: install.*\n\t\$\(PY\) -m pytest\n", makefile, flags=re.M)
+    # The suite in two workers, then tests/faults alone: every test directory in one of the two.
+    assert re.search(
+        r"^test: install.*\n\t\$\(PY\) -m pytest -n 2 --dist loadfile --ignore=tests/faults\n"
+        r"\t\$\(PY\) -m pytest tests/faults\n",
+        makefile,
+        flags=re.M,
+    )
     assert "creates .venv if missing" in run and "creates .venv if missing" in test
     assert re.search(
         r"^\$\(VENV\)/\.installed:.*\n\ttest -x \$\(PY\) \|\| python3 -m venv", makefile, flags=re.M

@@ -91,6 +91,7 @@ def test_a_request_id_holds_the_schedule_time_it_was_sent_with(client: jobpulse.
 @pytest.mark.parametrize(
     ("seconds", "why"),
     [(-1, "is not a valid timestamp"), (int(time.time()) + 3651 * 86400, "at most 3650 days ahead")],
+    ids=["before-1970", "past-3650-days"],  # ids of their own: the second value moves with the clock
 )
 def test_a_schedule_time_out_of_range_names_the_field(
     client: jobpulse.Client, seconds: int, why: str
