@@ -10,6 +10,8 @@ The names users need are re-exported here:
   ``on_resume`` callbacks receive.
 * :class:`BulkOperation` is what ``cancel_jobs``, ``retry_jobs`` and ``purge_jobs`` return: how far
   a bulk operation over a filter has got.
+* :class:`JobFilter` is which jobs ``list_jobs``, ``export_jobs``, ``watch_jobs`` and the bulk calls
+  mean: its keys are their filter keywords, so one filter can be built once and given to several.
 * :class:`EventsToken` is what ``create_events_token`` returns: a browser's short-lived token for the
   server's HTTP events paths.
 * :func:`job_state_name`, :func:`chunk_state_name` and :func:`event_type_name` give an enum value's short
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         job_view,
     )
     from jobpulse._events_token import EventsToken
+    from jobpulse._filters import JobFilter
     from jobpulse._sync.client import Client
     from jobpulse._watch import ReconnectInfo, ResumeInfo
     from jobpulse.errors import JobpulseError, LeaseLost, PermanentError, WaitTimeout
@@ -62,6 +65,7 @@ _EXPORTS = {
     "Client": "jobpulse._sync.client",
     "EventsToken": "jobpulse._events_token",
     "Job": "jobpulse.v1.job_pb2",
+    "JobFilter": "jobpulse._filters",
     "JobState": "jobpulse.v1.job_pb2",
     "JobView": "jobpulse.v1.job_pb2",
     "JobpulseError": "jobpulse.errors",
@@ -98,6 +102,7 @@ __all__ = [
     "Client",
     "EventsToken",
     "Job",
+    "JobFilter",
     "JobState",
     "JobView",
     "JobpulseError",

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from google.longrunning import operations_proto_pb2
 
-from jobpulse import _requests
-from jobpulse._convert import JobStateLike, TimeLike
+from jobpulse._filters import with_filters
 from jobpulse.v1 import job_service_pb2
 
 _ACTIONS = {
@@ -91,22 +90,8 @@ def _time(
 
 
 def bulk_request(
-    message: type[Any],
-    *,
-    states: Iterable[JobStateLike] | None,
-    kind: str,
-    min_priority: int | None,
-    max_priority: int | None,
-    created_after: TimeLike | None,
-    created_before: TimeLike | None,
-    search: str,
-    labels: Mapping[str, str] | None,
-    validate_only: bool,
-    **extra: Any,
+    message: type[Any], filters: Mapping[str, Any], call: str, *, validate_only: bool, **extra: Any
 ) -> Any:
-    """A CancelJobsRequest, RetryJobsRequest or PurgeJobsRequest (``message``) with the ListJobs-style
-    filters and the action's own fields (``extra``)."""
-    request = message(validate_only=validate_only, **extra)
-    return _requests.with_filters(
-        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
-    )
+    """A CancelJobsRequest, RetryJobsRequest or PurgeJobsRequest (``message``) with a JobFilter's keys
+    (given to ``call``) and the action's own fields (``extra``)."""
+    return with_filters(message(validate_only=validate_only, **extra), filters, call)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
 
 from jobpulse import _convert
-from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike
+from jobpulse._convert import ChunkStateLike, JobViewLike, TimeLike
+from jobpulse._filters import with_filters
 from jobpulse.v1 import job_pb2, job_service_pb2, worker_service_pb2
 
 ArtifactLike = job_pb2.Artifact | Mapping[str, Any]
@@ -100,99 +101,33 @@ def get_job(job_id: str, view: JobViewLike) -> job_service_pb2.GetJobRequest:
 
 
 def list_jobs(
+    filters: Mapping[str, Any],
+    call: str,
     *,
-    states: Iterable[JobStateLike] | None = None,
-    kind: str = "",
-    min_priority: int | None = None,
-    max_priority: int | None = None,
-    created_after: TimeLike | None = None,
-    created_before: TimeLike | None = None,
-    search: str = "",
-    labels: Mapping[str, str] | None = None,
     order_by: str = "",
     view: JobViewLike = 0,
     page_size: int = 0,
     page_token: str = "",
 ) -> job_service_pb2.ListJobsRequest:
-    """Builds a ListJobsRequest from keyword filters."""
+    """Builds a ListJobsRequest from a JobFilter's keys (``call``: the method they were given to)."""
     request = job_service_pb2.ListJobsRequest(
         page_size=page_size, page_token=page_token, order_by=order_by, view=_convert.job_view(view)
     )
-    return with_filters(
-        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
-    )
+    return with_filters(request, filters, call)
 
 
 def export_jobs(
-    *,
-    states: Iterable[JobStateLike] | None = None,
-    kind: str = "",
-    min_priority: int | None = None,
-    max_priority: int | None = None,
-    created_after: TimeLike | None = None,
-    created_before: TimeLike | None = None,
-    search: str = "",
-    labels: Mapping[str, str] | None = None,
-    order_by: str = "",
+    filters: Mapping[str, Any], call: str, *, order_by: str = ""
 ) -> job_service_pb2.ExportJobsRequest:
     """Builds an ExportJobsRequest (the filters and orders of ListJobs)."""
-    request = job_service_pb2.ExportJobsRequest(order_by=order_by)
-    return with_filters(
-        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
-    )
+    return with_filters(job_service_pb2.ExportJobsRequest(order_by=order_by), filters, call)
 
 
 def watch_jobs(
-    *,
-    cursor: str = "",
-    states: Iterable[JobStateLike] | None = None,
-    kind: str = "",
-    min_priority: int | None = None,
-    max_priority: int | None = None,
-    created_after: TimeLike | None = None,
-    created_before: TimeLike | None = None,
-    search: str = "",
-    labels: Mapping[str, str] | None = None,
+    filters: Mapping[str, Any], call: str, *, cursor: str = ""
 ) -> job_service_pb2.WatchJobsRequest:
     """Builds a WatchJobsRequest (the same filters as ListJobs, plus a cursor)."""
-    request = job_service_pb2.WatchJobsRequest(cursor=cursor)
-    return with_filters(
-        request, states, kind, min_priority, max_priority, created_after, created_before, search, labels
-    )
-
-
-_R = TypeVar(
-    "_R", job_service_pb2.ListJobsRequest, job_service_pb2.ExportJobsRequest, job_service_pb2.WatchJobsRequest
-)
-
-
-def with_filters(
-    request: _R,
-    states: Iterable[JobStateLike] | None,
-    kind: str,
-    min_priority: int | None,
-    max_priority: int | None,
-    created_after: TimeLike | None,
-    created_before: TimeLike | None,
-    search: str,
-    labels: Mapping[str, str] | None,
-) -> _R:
-    """Sets the ListJobs-style filter fields shared by ListJobs, ExportJobs and WatchJobs."""
-    request.states.extend(_convert.job_states(states))
-    request.kind = kind
-    request.search = search
-    request.labels.update(dict(labels or {}))
-    if min_priority is not None:
-        request.min_priority = min_priority
-    if max_priority is not None:
-        request.max_priority = max_priority
-    after = _convert.to_timestamp(created_after)
-    if after is not None:
-        request.created_after.CopyFrom(after)
-    before = _convert.to_timestamp(created_before)
-    if before is not None:
-        request.created_before.CopyFrom(before)
-    return request
+    return with_filters(job_service_pb2.WatchJobsRequest(cursor=cursor), filters, call)
 
 
 def list_job_chunks(

@@ -480,12 +480,37 @@ def test_the_json_face_starts_and_follows_a_bulk_operation(server: Any, client: 
     assert counted.json()["metadata"]["matched"] == "2" and counted.json()["done"] is True
 
 
+def test_one_job_filter_serves_the_listings_the_count_and_the_action(client: jobpulse.Client) -> None:
+    hit = sorted(client.create_job("jf-thumbs", 1, labels={"batch": "9"}).id for _ in range(3))
+    client.create_job("jf-thumbs", 1, labels={"batch": "8"})
+    batch9 = jobpulse.JobFilter(kind="jf-thumbs", labels={"batch": "9"}, states=["pending"])
+
+    assert sorted(j.id for j in client.list_jobs(**batch9)) == hit
+    assert client.list_jobs_page(**batch9, page_size=1).total_size == 3
+    assert sorted(j.id for j in client.export_jobs(**batch9)) == hit
+    assert client.cancel_jobs(**batch9, validate_only=True).matched == 3
+    assert client.wait_bulk_operation(client.cancel_jobs(**batch9).name, timeout=30).done == 3
+    assert list(client.list_jobs(**batch9)) == []
+    # A key the filter does not have is refused before any call, as Python refuses a keyword.
+    for call in (client.list_jobs_page, client.export_jobs, client.retry_jobs, client.watch_jobs):
+        with pytest.raises(
+            TypeError, match=rf"^{call.__name__}\(\) got an unexpected keyword argument 'kinds'"
+        ):
+            call(kinds=["jf-thumbs"])  # type: ignore[call-arg]
+
+
 def test_async_client_bulk_calls(server: Any) -> None:
     async def run() -> jobpulse.BulkOperation:
         async with jobpulse.AsyncClient(server.address, timeout=20) as client:
             for _ in range(2):
                 await client.create_job("async-bulk", 1)
-            op = await client.cancel_jobs(kind="async-bulk")
+            mine = jobpulse.JobFilter(kind="async-bulk")
+            assert (await client.cancel_jobs(**mine, validate_only=True)).matched == 2
+            with pytest.raises(
+                TypeError, match=r"^cancel_jobs\(\) got an unexpected keyword argument 'kinds'"
+            ):
+                await client.cancel_jobs(kinds=["async-bulk"])  # type: ignore[call-arg]
+            op = await client.cancel_jobs(**mine)
             seen: list[float] = []
             final = await client.wait_bulk_operation(
                 op.name, timeout=30, on_progress=lambda o: seen.append(o.progress)

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -19,8 +19,9 @@ from jobpulse import _requests, _retry, _schedule_requests
 from jobpulse._async._shim import StreamReader, sleep
 from jobpulse._bulk import BulkOperation, bulk_request
 from jobpulse._channel import CHANNEL_OPTIONS, call_metadata
-from jobpulse._convert import ChunkStateLike, JobStateLike, JobViewLike, TimeLike, is_terminal, job_view
+from jobpulse._convert import ChunkStateLike, JobViewLike, TimeLike, is_terminal, job_view
 from jobpulse._events_token import EventsToken, events_token
+from jobpulse._filters import JobFilter
 from jobpulse._requests import ArtifactLike
 from jobpulse._settings import resolve_connection
 from jobpulse._tracing import with_trace_context
@@ -46,6 +47,9 @@ from jobpulse.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _T = TypeVar("_T")
 
@@ -329,31 +333,18 @@ class AsyncClient:
         *,
         page_size: int = 0,
         page_token: str = "",
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         order_by: str = "",
         view: JobViewLike = 0,
         timeout: float | None = None,
+        **filters: Unpack[JobFilter],
     ) -> job_service_pb2.ListJobsResponse:
         """Returns one page of jobs with ``next_page_token`` and ``total_size``.
 
         Args:
             page_size: Jobs per page (server default 20, at most 100).
             page_token: ``next_page_token`` of the previous page; the filters must be the same.
-            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time (datetime; naive means UTC).
-            created_before: Only jobs created before this time.
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all of these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             order_by: ``"create_time"``, ``"update_time"`` or ``"priority"``, each optionally
                 followed by ``" desc"``; default ``"create_time desc"``. Ties break by id in the
                 same direction.
@@ -361,16 +352,10 @@ class AsyncClient:
             timeout: Deadline in seconds; defaults to the client's.
         """
         request = _requests.list_jobs(
+            filters,
+            "list_jobs_page",
             page_size=page_size,
             page_token=page_token,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
             order_by=order_by,
             view=view,
         )
@@ -380,31 +365,18 @@ class AsyncClient:
         self,
         *,
         page_size: int = 0,
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         order_by: str = "",
         view: JobViewLike = 0,
+        **filters: Unpack[JobFilter],
     ) -> AsyncIterator[job_pb2.Job]:
         """Iterates over every matching job, fetching pages lazily as the iteration proceeds.
 
         Takes the same filters as :meth:`list_jobs_page`; one page is held in memory at a time.
         """
         request = _requests.list_jobs(
+            filters,
+            "list_jobs",
             page_size=page_size,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
             order_by=order_by,
             view=view,
         )
@@ -413,16 +385,9 @@ class AsyncClient:
     def export_jobs(
         self,
         *,
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         order_by: str = "",
         timeout: float | None = None,
+        **filters: Unpack[JobFilter],
     ) -> AsyncIterator[job_pb2.Job]:
         """Iterates over every matching job, streamed by one ExportJobs call.
 
@@ -438,14 +403,8 @@ class AsyncClient:
         yielded.
 
         Args:
-            states: Only jobs in one of these states (``"completed"``, ``JOB_STATE_COMPLETED``, ...).
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time (datetime; naive means UTC).
-            created_before: Only jobs created before this time.
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all of these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             order_by: As in :meth:`list_jobs_page`; ``""`` means ``"create_time desc"``.
             timeout: Deadline of the whole export in seconds (``None``: none; the client's default
                 deadline for unary calls does not apply to a stream of any length).
@@ -455,14 +414,8 @@ class AsyncClient:
                 name the field.
         """
         request = _requests.export_jobs(
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
+            filters,
+            "export_jobs",
             order_by=order_by,
         )
         return self._export(request, timeout)
@@ -728,17 +681,10 @@ class AsyncClient:
     async def cancel_jobs(
         self,
         *,
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         reason: str = "",
         validate_only: bool = False,
         timeout: float | None = None,
+        **filters: Unpack[JobFilter],
     ) -> BulkOperation:
         """Cancels every job matching the filters (those of :meth:`list_jobs`) that has not ended, as
         :meth:`cancel_job` does each, in the background on the server.
@@ -749,14 +695,8 @@ class AsyncClient:
         a restart. Not retried (each call starts an operation).
 
         Args:
-            states: Only jobs in one of these states.
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time.
-            created_before: Only jobs created before this time.
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all of these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             reason: Kept as each job's ``cancel_reason``.
             validate_only: Only count the matching jobs (``matched``); nothing changes.
             timeout: Deadline in seconds; defaults to the client's.
@@ -766,14 +706,8 @@ class AsyncClient:
         """
         request = bulk_request(
             job_service_pb2.CancelJobsRequest,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
+            filters,
+            "cancel_jobs",
             validate_only=validate_only,
             reason=reason,
         )
@@ -783,29 +717,16 @@ class AsyncClient:
     async def retry_jobs(
         self,
         *,
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         validate_only: bool = False,
         timeout: float | None = None,
+        **filters: Unpack[JobFilter],
     ) -> BulkOperation:
         """Retries every FAILED or CANCELLED job matching the filters, as :meth:`retry_job` does each (a
         job that cannot be retried now is skipped), in the background like :meth:`cancel_jobs`.
 
         Args:
-            states: Only jobs in one of these states (e.g. ``["failed"]``).
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time.
-            created_before: Only jobs created before this time.
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all of these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             validate_only: Only count the matching jobs; nothing changes.
             timeout: Deadline in seconds; defaults to the client's.
 
@@ -814,14 +735,8 @@ class AsyncClient:
         """
         request = bulk_request(
             job_service_pb2.RetryJobsRequest,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
+            filters,
+            "retry_jobs",
             validate_only=validate_only,
         )
         op = await self._call(self._jobs.RetryJobs, request, timeout=timeout, retry=validate_only)
@@ -830,30 +745,17 @@ class AsyncClient:
     async def purge_jobs(
         self,
         *,
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         force: bool = False,
         validate_only: bool = False,
         timeout: float | None = None,
+        **filters: Unpack[JobFilter],
     ) -> BulkOperation:
         """Deletes every ended job matching the filters (with ``force``, every matching job, as
         :meth:`delete_job` with ``force``), in the background like :meth:`cancel_jobs`.
 
         Args:
-            states: Only jobs in one of these states.
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time.
-            created_before: Only jobs created before this time (e.g. a month ago).
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all of these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             force: Delete jobs that have not ended too; without it they are skipped.
             validate_only: Only count the matching jobs; nothing changes.
             timeout: Deadline in seconds; defaults to the client's.
@@ -863,14 +765,8 @@ class AsyncClient:
         """
         request = bulk_request(
             job_service_pb2.PurgeJobsRequest,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
+            filters,
+            "purge_jobs",
             validate_only=validate_only,
             force=force,
         )
@@ -1131,20 +1027,13 @@ class AsyncClient:
         self,
         *,
         cursor: str = "",
-        states: Iterable[JobStateLike] | None = None,
-        kind: str = "",
-        min_priority: int | None = None,
-        max_priority: int | None = None,
-        created_after: TimeLike | None = None,
-        created_before: TimeLike | None = None,
-        search: str = "",
-        labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_reconnect: OnReconnect | None = None,
         on_resume: OnResume | None = None,
+        **filters: Unpack[JobFilter],
     ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
         """Streams job-level changes of every job matching the filters (a dashboard feed).
 
@@ -1155,14 +1044,8 @@ class AsyncClient:
 
         Args:
             cursor: Resume after this cursor; empty starts from now.
-            states: Only jobs now in one of these states.
-            kind: Only jobs of this kind.
-            min_priority: Only jobs with at least this priority.
-            max_priority: Only jobs with at most this priority.
-            created_after: Only jobs created at or after this time.
-            created_before: Only jobs created before this time.
-            search: Case-insensitive substring of the display name.
-            labels: Only jobs carrying all these labels.
+            **filters: Which jobs: the keys of :class:`jobpulse.JobFilter` (``states``, ``kind``,
+                ``labels``, ...).
             timeout: Overall deadline of the whole feed in seconds (``None``: none).
             idle_timeout: Seconds without any message after which the stream is presumed dead.
             reconnect_timeout: Give up after failing to reconnect for this many seconds.
@@ -1174,15 +1057,9 @@ class AsyncClient:
                 :meth:`watch_job`.
         """
         request = _requests.watch_jobs(
+            filters,
+            "watch_jobs",
             cursor=cursor,
-            states=states,
-            kind=kind,
-            min_priority=min_priority,
-            max_priority=max_priority,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            labels=labels,
         )
 
         def observe(event: job_service_pb2.WatchJobsResponse) -> bool:
