@@ -177,12 +177,13 @@ class AsyncClient:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    async def _call(
-        self, method: Callable[..., Awaitable[_T]], request: Any, *, timeout: float | None, retry: bool
-    ) -> _T:
+    async def _call(self, method: Callable[..., Awaitable[_T]], request: Any, *, timeout: float | None) -> _T:
+        """One unary call within ``timeout`` (the client's by default), sent again after a retryable
+        failure when its request may be (``_retry.RESENT``)."""
         budget = self.timeout if timeout is None else timeout
         deadline = None if budget is None else time.monotonic() + budget
         backoff = _retry.Backoff()
+        retry = _retry.may_resend(request)
         attempt = 0
         while True:
             attempt += 1
@@ -202,7 +203,7 @@ class AsyncClient:
         self, method: Callable[..., Awaitable[Any]], request: Any, items: Callable[[Any], Iterable[_T]]
     ) -> AsyncIterator[_T]:
         while True:
-            response = await self._call(method, request, timeout=None, retry=True)
+            response = await self._call(method, request, timeout=None)
             for item in items(response):
                 yield item
             if not response.next_page_token:
@@ -307,7 +308,7 @@ class AsyncClient:
             job_timeout=job_timeout,
             unique_key=unique_key,
         )
-        response = await self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
+        response = await self._call(self._jobs.CreateJob, request, timeout=timeout)
         return response.job
 
     async def get_job(
@@ -323,9 +324,7 @@ class AsyncClient:
         Raises:
             jobpulse.errors.NotFound: The job does not exist or belongs to another owner.
         """
-        response = await self._call(
-            self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout, retry=True
-        )
+        response = await self._call(self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout)
         return response.job
 
     async def list_jobs_page(
@@ -359,7 +358,7 @@ class AsyncClient:
             order_by=order_by,
             view=view,
         )
-        return await self._call(self._jobs.ListJobs, request, timeout=timeout, retry=True)
+        return await self._call(self._jobs.ListJobs, request, timeout=timeout)
 
     def list_jobs(
         self,
@@ -499,7 +498,7 @@ class AsyncClient:
             timeout: Deadline in seconds; defaults to the client's.
         """
         request = _requests.summarize_failures(kind, created_after, created_before)
-        response = await self._call(self._jobs.SummarizeFailures, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.SummarizeFailures, request, timeout=timeout)
         return list(response.groups)
 
     def list_chunk_attempts(
@@ -530,7 +529,7 @@ class AsyncClient:
             jobpulse.errors.NotFound: If any of the jobs is missing.
         """
         request = _requests.batch_get_jobs(job_ids, view)
-        response = await self._call(self._jobs.BatchGetJobs, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.BatchGetJobs, request, timeout=timeout)
         return list(response.jobs)
 
     async def cancel_job(self, job_id: str, reason: str = "", *, timeout: float | None = None) -> job_pb2.Job:
@@ -544,7 +543,7 @@ class AsyncClient:
                 (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
-        response = await self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.CancelJob, request, timeout=timeout)
         return response.job
 
     async def pause_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -557,7 +556,7 @@ class AsyncClient:
             jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.PauseJobRequest(job_id=job_id)
-        response = await self._call(self._jobs.PauseJob, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.PauseJob, request, timeout=timeout)
         return response.job
 
     async def resume_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -567,7 +566,7 @@ class AsyncClient:
             jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.ResumeJobRequest(job_id=job_id)
-        response = await self._call(self._jobs.ResumeJob, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.ResumeJob, request, timeout=timeout)
         return response.job
 
     async def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -578,7 +577,7 @@ class AsyncClient:
             jobpulse.errors.FailedPrecondition: The job is not FAILED or CANCELLED (``JOB_NOT_RETRYABLE``).
         """
         request = job_service_pb2.RetryJobRequest(job_id=job_id)
-        response = await self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False)
+        response = await self._call(self._jobs.RetryJob, request, timeout=timeout)
         return response.job
 
     async def retry_chunk(self, job_id: str, chunk_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -592,7 +591,7 @@ class AsyncClient:
                 the job was cancelled (``JOB_NOT_RETRYABLE``: use :meth:`retry_job`).
         """
         request = job_service_pb2.RetryChunkRequest(job_id=job_id, chunk_id=chunk_id)
-        response = await self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False)
+        response = await self._call(self._jobs.RetryChunk, request, timeout=timeout)
         return response.job
 
     async def update_job(
@@ -625,7 +624,7 @@ class AsyncClient:
             display_name=display_name,
             max_running_chunks=max_running_chunks,
         )
-        response = await self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.UpdateJob, request, timeout=timeout)
         return response.job
 
     def list_kinds(self, *, page_size: int = 0) -> AsyncIterator[job_service_pb2.Kind]:
@@ -666,7 +665,7 @@ class AsyncClient:
             jobpulse.errors.PermissionDenied: The key is not an admin key.
         """
         request = _requests.update_kind(kind, paused=paused, max_running_chunks=max_running_chunks)
-        response = await self._call(self._jobs.UpdateKind, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.UpdateKind, request, timeout=timeout)
         return response.kind
 
     async def delete_job(self, job_id: str, force: bool = False, *, timeout: float | None = None) -> None:
@@ -676,7 +675,7 @@ class AsyncClient:
             jobpulse.errors.FailedPrecondition: The job is not terminal and ``force`` is false.
         """
         request = job_service_pb2.DeleteJobRequest(job_id=job_id, force=force)
-        await self._call(self._jobs.DeleteJob, request, timeout=timeout, retry=False)
+        await self._call(self._jobs.DeleteJob, request, timeout=timeout)
 
     async def cancel_jobs(
         self,
@@ -711,7 +710,7 @@ class AsyncClient:
             validate_only=validate_only,
             reason=reason,
         )
-        op = await self._call(self._jobs.CancelJobs, request, timeout=timeout, retry=validate_only)
+        op = await self._call(self._jobs.CancelJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     async def retry_jobs(
@@ -739,7 +738,7 @@ class AsyncClient:
             "retry_jobs",
             validate_only=validate_only,
         )
-        op = await self._call(self._jobs.RetryJobs, request, timeout=timeout, retry=validate_only)
+        op = await self._call(self._jobs.RetryJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     async def purge_jobs(
@@ -770,7 +769,7 @@ class AsyncClient:
             validate_only=validate_only,
             force=force,
         )
-        op = await self._call(self._jobs.PurgeJobs, request, timeout=timeout, retry=validate_only)
+        op = await self._call(self._jobs.PurgeJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     async def get_operation(
@@ -783,7 +782,7 @@ class AsyncClient:
             jobpulse.errors.NotFound: No such operation, or another owner's.
         """
         request = operations_proto_pb2.GetOperationRequest(name=name)
-        return await self._call(self._operations.GetOperation, request, timeout=timeout, retry=True)
+        return await self._call(self._operations.GetOperation, request, timeout=timeout)
 
     async def wait_operation(
         self, name: str, wait: float = 60.0, *, timeout: float | None = None
@@ -799,13 +798,13 @@ class AsyncClient:
         request = operations_proto_pb2.WaitOperationRequest(name=name)
         request.timeout.FromNanoseconds(int(max(0.0, wait) * 1e9))
         deadline = timeout if timeout is not None else wait + 10.0
-        return await self._call(self._operations.WaitOperation, request, timeout=deadline, retry=True)
+        return await self._call(self._operations.WaitOperation, request, timeout=deadline)
 
     async def cancel_operation(self, name: str, *, timeout: float | None = None) -> None:
         """Cancels a long-running operation: a job's (as :meth:`cancel_job`; one that is done is left as
         it is) or a bulk operation's (stopped where it is; what it did stays done)."""
         request = operations_proto_pb2.CancelOperationRequest(name=name)
-        await self._call(self._operations.CancelOperation, request, timeout=timeout, retry=True)
+        await self._call(self._operations.CancelOperation, request, timeout=timeout)
 
     async def delete_operation(self, name: str, *, timeout: float | None = None) -> None:
         """Deletes an operation that is done: a job's (as :meth:`delete_job`) or a bulk operation's
@@ -815,7 +814,7 @@ class AsyncClient:
             jobpulse.errors.FailedPrecondition: It is not done yet (cancel it first).
         """
         request = operations_proto_pb2.DeleteOperationRequest(name=name)
-        await self._call(self._operations.DeleteOperation, request, timeout=timeout, retry=True)
+        await self._call(self._operations.DeleteOperation, request, timeout=timeout)
 
     async def get_bulk_operation(self, name: str, *, timeout: float | None = None) -> BulkOperation:
         """Returns how far a bulk operation (``operations/bulk-<id>``) has got.
@@ -883,7 +882,7 @@ class AsyncClient:
     ) -> list[job_service_pb2.WebhookDelivery]:
         """The webhook deliveries of a job, newest first."""
         request = job_service_pb2.ListWebhookDeliveriesRequest(job_id=job_id)
-        response = await self._call(self._jobs.ListWebhookDeliveries, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.ListWebhookDeliveries, request, timeout=timeout)
         return list(response.deliveries)
 
     async def redeliver_webhook(
@@ -891,7 +890,7 @@ class AsyncClient:
     ) -> job_service_pb2.WebhookDelivery:
         """Sends a webhook delivery again as soon as possible (dead or delivered ones too)."""
         request = job_service_pb2.RedeliverWebhookRequest(delivery_id=delivery_id)
-        response = await self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.RedeliverWebhook, request, timeout=timeout)
         return response.delivery
 
     async def get_server_health(
@@ -899,13 +898,11 @@ class AsyncClient:
     ) -> admin_service_pb2.GetServerHealthResponse:
         """Database reachability and latency, schema, sweeper and outbox lag, streams, disk (admin key)."""
         request = admin_service_pb2.GetServerHealthRequest()
-        return await self._call(self._admin.GetServerHealth, request, timeout=timeout, retry=True)
+        return await self._call(self._admin.GetServerHealth, request, timeout=timeout)
 
     async def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
         """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
-        return await self._call(
-            self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout, retry=True
-        )
+        return await self._call(self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout)
 
     async def get_job_stats(
         self,
@@ -917,7 +914,7 @@ class AsyncClient:
     ) -> job_service_pb2.GetJobStatsResponse:
         """Returns job counts by state, success rate and duration percentiles, overall and per kind."""
         request = _requests.get_job_stats(created_after, created_before, kind)
-        return await self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
+        return await self._call(self._jobs.GetJobStats, request, timeout=timeout)
 
     async def create_events_token(
         self, job_id: str = "", *, ttl: float | timedelta | None = None, timeout: float | None = None
@@ -950,7 +947,7 @@ class AsyncClient:
             jobpulse.errors.InvalidArgument: ``ttl`` is outside 1 s .. 24 h.
         """
         request = _requests.create_events_token(job_id, ttl)
-        response = await self._call(self._jobs.CreateEventsToken, request, timeout=timeout, retry=True)
+        response = await self._call(self._jobs.CreateEventsToken, request, timeout=timeout)
         return events_token(job_id, response)
 
     def watch_job(
@@ -1229,7 +1226,7 @@ class AsyncClient:
             misfire=misfire_policy,
             overlap=overlap_policy,
         )
-        response = await self._call(self._schedules.CreateSchedule, request, timeout=timeout, retry=False)
+        response = await self._call(self._schedules.CreateSchedule, request, timeout=timeout)
         return response.schedule
 
     async def get_schedule(
@@ -1245,7 +1242,7 @@ class AsyncClient:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.GetScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        response = await self._call(self._schedules.GetSchedule, request, timeout=timeout, retry=True)
+        response = await self._call(self._schedules.GetSchedule, request, timeout=timeout)
         return response.schedule
 
     def list_schedules(self, *, page_size: int = 0) -> AsyncIterator[schedule_service_pb2.Schedule]:
@@ -1304,7 +1301,7 @@ class AsyncClient:
             misfire=misfire_policy,
             overlap=overlap_policy,
         )
-        response = await self._call(self._schedules.UpdateSchedule, request, timeout=timeout, retry=True)
+        response = await self._call(self._schedules.UpdateSchedule, request, timeout=timeout)
         return response.schedule
 
     async def delete_schedule(self, schedule: str, *, timeout: float | None = None) -> None:
@@ -1318,7 +1315,7 @@ class AsyncClient:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.DeleteScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        await self._call(self._schedules.DeleteSchedule, request, timeout=timeout, retry=False)
+        await self._call(self._schedules.DeleteSchedule, request, timeout=timeout)
 
     async def trigger_schedule(
         self, schedule: str, *, timeout: float | None = None
@@ -1337,7 +1334,7 @@ class AsyncClient:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.TriggerScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        return await self._call(self._schedules.TriggerSchedule, request, timeout=timeout, retry=False)
+        return await self._call(self._schedules.TriggerSchedule, request, timeout=timeout)
 
     # -- WorkerService ---------------------------------------------------------------------------------
 
@@ -1370,7 +1367,7 @@ class AsyncClient:
         if timeout is None and self.timeout is not None:
             waited = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
             timeout = self.timeout + waited
-        response = await self._call(self._workers.ClaimChunks, request, timeout=timeout, retry=False)
+        response = await self._call(self._workers.ClaimChunks, request, timeout=timeout)
         return list(response.claims)
 
     async def report_chunk_progress(
@@ -1408,7 +1405,7 @@ class AsyncClient:
             lease_duration=lease_duration,
             artifacts=artifacts,
         )
-        return await self._call(self._workers.ReportChunkProgress, request, timeout=timeout, retry=True)
+        return await self._call(self._workers.ReportChunkProgress, request, timeout=timeout)
 
     async def complete_chunk(
         self,
@@ -1435,7 +1432,7 @@ class AsyncClient:
             jobpulse.errors.LeaseLost: The lease token is no longer current (nothing is claimed then).
         """
         request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id, claim_next)
-        return await self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
+        return await self._call(self._workers.CompleteChunk, request, timeout=timeout)
 
     async def complete_chunks(
         self,
@@ -1458,7 +1455,7 @@ class AsyncClient:
             ``LEASE_LOST``) and ``claims``.
         """
         request = _requests.complete_chunks(completions, claim_next)
-        return await self._call(self._workers.CompleteChunks, request, timeout=timeout, retry=False)
+        return await self._call(self._workers.CompleteChunks, request, timeout=timeout)
 
     async def fail_chunk(
         self,
@@ -1479,4 +1476,4 @@ class AsyncClient:
             jobpulse.errors.LeaseLost: The lease token is no longer current.
         """
         request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable, details)
-        return await self._call(self._workers.FailChunk, request, timeout=timeout, retry=False)
+        return await self._call(self._workers.FailChunk, request, timeout=timeout)

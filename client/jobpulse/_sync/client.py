@@ -177,10 +177,13 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., _T], request: Any, *, timeout: float | None, retry: bool) -> _T:
+    def _call(self, method: Callable[..., _T], request: Any, *, timeout: float | None) -> _T:
+        """One unary call within ``timeout`` (the client's by default), sent again after a retryable
+        failure when its request may be (``_retry.RESENT``)."""
         budget = self.timeout if timeout is None else timeout
         deadline = None if budget is None else time.monotonic() + budget
         backoff = _retry.Backoff()
+        retry = _retry.may_resend(request)
         attempt = 0
         while True:
             attempt += 1
@@ -200,7 +203,7 @@ class Client:
         self, method: Callable[..., Any], request: Any, items: Callable[[Any], Iterable[_T]]
     ) -> Iterator[_T]:
         while True:
-            response = self._call(method, request, timeout=None, retry=True)
+            response = self._call(method, request, timeout=None)
             yield from items(response)
             if not response.next_page_token:
                 return
@@ -304,7 +307,7 @@ class Client:
             job_timeout=job_timeout,
             unique_key=unique_key,
         )
-        response = self._call(self._jobs.CreateJob, request, timeout=timeout, retry=bool(request_id))
+        response = self._call(self._jobs.CreateJob, request, timeout=timeout)
         return response.job
 
     def get_job(
@@ -320,7 +323,7 @@ class Client:
         Raises:
             jobpulse.errors.NotFound: The job does not exist or belongs to another owner.
         """
-        response = self._call(self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout, retry=True)
+        response = self._call(self._jobs.GetJob, _requests.get_job(job_id, view), timeout=timeout)
         return response.job
 
     def list_jobs_page(
@@ -354,7 +357,7 @@ class Client:
             order_by=order_by,
             view=view,
         )
-        return self._call(self._jobs.ListJobs, request, timeout=timeout, retry=True)
+        return self._call(self._jobs.ListJobs, request, timeout=timeout)
 
     def list_jobs(
         self,
@@ -493,7 +496,7 @@ class Client:
             timeout: Deadline in seconds; defaults to the client's.
         """
         request = _requests.summarize_failures(kind, created_after, created_before)
-        response = self._call(self._jobs.SummarizeFailures, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.SummarizeFailures, request, timeout=timeout)
         return list(response.groups)
 
     def list_chunk_attempts(
@@ -524,7 +527,7 @@ class Client:
             jobpulse.errors.NotFound: If any of the jobs is missing.
         """
         request = _requests.batch_get_jobs(job_ids, view)
-        response = self._call(self._jobs.BatchGetJobs, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.BatchGetJobs, request, timeout=timeout)
         return list(response.jobs)
 
     def cancel_job(self, job_id: str, reason: str = "", *, timeout: float | None = None) -> job_pb2.Job:
@@ -538,7 +541,7 @@ class Client:
                 (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
-        response = self._call(self._jobs.CancelJob, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.CancelJob, request, timeout=timeout)
         return response.job
 
     def pause_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -551,7 +554,7 @@ class Client:
             jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.PauseJobRequest(job_id=job_id)
-        response = self._call(self._jobs.PauseJob, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.PauseJob, request, timeout=timeout)
         return response.job
 
     def resume_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -561,7 +564,7 @@ class Client:
             jobpulse.errors.FailedPrecondition: The job has ended (``JOB_ALREADY_TERMINAL``).
         """
         request = job_service_pb2.ResumeJobRequest(job_id=job_id)
-        response = self._call(self._jobs.ResumeJob, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.ResumeJob, request, timeout=timeout)
         return response.job
 
     def retry_job(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -572,7 +575,7 @@ class Client:
             jobpulse.errors.FailedPrecondition: The job is not FAILED or CANCELLED (``JOB_NOT_RETRYABLE``).
         """
         request = job_service_pb2.RetryJobRequest(job_id=job_id)
-        response = self._call(self._jobs.RetryJob, request, timeout=timeout, retry=False)
+        response = self._call(self._jobs.RetryJob, request, timeout=timeout)
         return response.job
 
     def retry_chunk(self, job_id: str, chunk_id: str, *, timeout: float | None = None) -> job_pb2.Job:
@@ -586,7 +589,7 @@ class Client:
                 the job was cancelled (``JOB_NOT_RETRYABLE``: use :meth:`retry_job`).
         """
         request = job_service_pb2.RetryChunkRequest(job_id=job_id, chunk_id=chunk_id)
-        response = self._call(self._jobs.RetryChunk, request, timeout=timeout, retry=False)
+        response = self._call(self._jobs.RetryChunk, request, timeout=timeout)
         return response.job
 
     def update_job(
@@ -619,7 +622,7 @@ class Client:
             display_name=display_name,
             max_running_chunks=max_running_chunks,
         )
-        response = self._call(self._jobs.UpdateJob, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.UpdateJob, request, timeout=timeout)
         return response.job
 
     def list_kinds(self, *, page_size: int = 0) -> Iterator[job_service_pb2.Kind]:
@@ -660,7 +663,7 @@ class Client:
             jobpulse.errors.PermissionDenied: The key is not an admin key.
         """
         request = _requests.update_kind(kind, paused=paused, max_running_chunks=max_running_chunks)
-        response = self._call(self._jobs.UpdateKind, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.UpdateKind, request, timeout=timeout)
         return response.kind
 
     def delete_job(self, job_id: str, force: bool = False, *, timeout: float | None = None) -> None:
@@ -670,7 +673,7 @@ class Client:
             jobpulse.errors.FailedPrecondition: The job is not terminal and ``force`` is false.
         """
         request = job_service_pb2.DeleteJobRequest(job_id=job_id, force=force)
-        self._call(self._jobs.DeleteJob, request, timeout=timeout, retry=False)
+        self._call(self._jobs.DeleteJob, request, timeout=timeout)
 
     def cancel_jobs(
         self,
@@ -705,7 +708,7 @@ class Client:
             validate_only=validate_only,
             reason=reason,
         )
-        op = self._call(self._jobs.CancelJobs, request, timeout=timeout, retry=validate_only)
+        op = self._call(self._jobs.CancelJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     def retry_jobs(
@@ -733,7 +736,7 @@ class Client:
             "retry_jobs",
             validate_only=validate_only,
         )
-        op = self._call(self._jobs.RetryJobs, request, timeout=timeout, retry=validate_only)
+        op = self._call(self._jobs.RetryJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     def purge_jobs(
@@ -764,7 +767,7 @@ class Client:
             validate_only=validate_only,
             force=force,
         )
-        op = self._call(self._jobs.PurgeJobs, request, timeout=timeout, retry=validate_only)
+        op = self._call(self._jobs.PurgeJobs, request, timeout=timeout)
         return BulkOperation.from_operation(op)
 
     def get_operation(self, name: str, *, timeout: float | None = None) -> operations_proto_pb2.Operation:
@@ -775,7 +778,7 @@ class Client:
             jobpulse.errors.NotFound: No such operation, or another owner's.
         """
         request = operations_proto_pb2.GetOperationRequest(name=name)
-        return self._call(self._operations.GetOperation, request, timeout=timeout, retry=True)
+        return self._call(self._operations.GetOperation, request, timeout=timeout)
 
     def wait_operation(
         self, name: str, wait: float = 60.0, *, timeout: float | None = None
@@ -791,13 +794,13 @@ class Client:
         request = operations_proto_pb2.WaitOperationRequest(name=name)
         request.timeout.FromNanoseconds(int(max(0.0, wait) * 1e9))
         deadline = timeout if timeout is not None else wait + 10.0
-        return self._call(self._operations.WaitOperation, request, timeout=deadline, retry=True)
+        return self._call(self._operations.WaitOperation, request, timeout=deadline)
 
     def cancel_operation(self, name: str, *, timeout: float | None = None) -> None:
         """Cancels a long-running operation: a job's (as :meth:`cancel_job`; one that is done is left as
         it is) or a bulk operation's (stopped where it is; what it did stays done)."""
         request = operations_proto_pb2.CancelOperationRequest(name=name)
-        self._call(self._operations.CancelOperation, request, timeout=timeout, retry=True)
+        self._call(self._operations.CancelOperation, request, timeout=timeout)
 
     def delete_operation(self, name: str, *, timeout: float | None = None) -> None:
         """Deletes an operation that is done: a job's (as :meth:`delete_job`) or a bulk operation's
@@ -807,7 +810,7 @@ class Client:
             jobpulse.errors.FailedPrecondition: It is not done yet (cancel it first).
         """
         request = operations_proto_pb2.DeleteOperationRequest(name=name)
-        self._call(self._operations.DeleteOperation, request, timeout=timeout, retry=True)
+        self._call(self._operations.DeleteOperation, request, timeout=timeout)
 
     def get_bulk_operation(self, name: str, *, timeout: float | None = None) -> BulkOperation:
         """Returns how far a bulk operation (``operations/bulk-<id>``) has got.
@@ -875,7 +878,7 @@ class Client:
     ) -> list[job_service_pb2.WebhookDelivery]:
         """The webhook deliveries of a job, newest first."""
         request = job_service_pb2.ListWebhookDeliveriesRequest(job_id=job_id)
-        response = self._call(self._jobs.ListWebhookDeliveries, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.ListWebhookDeliveries, request, timeout=timeout)
         return list(response.deliveries)
 
     def redeliver_webhook(
@@ -883,19 +886,17 @@ class Client:
     ) -> job_service_pb2.WebhookDelivery:
         """Sends a webhook delivery again as soon as possible (dead or delivered ones too)."""
         request = job_service_pb2.RedeliverWebhookRequest(delivery_id=delivery_id)
-        response = self._call(self._jobs.RedeliverWebhook, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.RedeliverWebhook, request, timeout=timeout)
         return response.delivery
 
     def get_server_health(self, *, timeout: float | None = None) -> admin_service_pb2.GetServerHealthResponse:
         """Database reachability and latency, schema, sweeper and outbox lag, streams, disk (admin key)."""
         request = admin_service_pb2.GetServerHealthRequest()
-        return self._call(self._admin.GetServerHealth, request, timeout=timeout, retry=True)
+        return self._call(self._admin.GetServerHealth, request, timeout=timeout)
 
     def get_usage(self, *, timeout: float | None = None) -> admin_service_pb2.GetUsageResponse:
         """Calls admitted and rejected per API key: every key's with an admin key, else the caller's own."""
-        return self._call(
-            self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout, retry=True
-        )
+        return self._call(self._admin.GetUsage, admin_service_pb2.GetUsageRequest(), timeout=timeout)
 
     def get_job_stats(
         self,
@@ -907,7 +908,7 @@ class Client:
     ) -> job_service_pb2.GetJobStatsResponse:
         """Returns job counts by state, success rate and duration percentiles, overall and per kind."""
         request = _requests.get_job_stats(created_after, created_before, kind)
-        return self._call(self._jobs.GetJobStats, request, timeout=timeout, retry=True)
+        return self._call(self._jobs.GetJobStats, request, timeout=timeout)
 
     def create_events_token(
         self, job_id: str = "", *, ttl: float | timedelta | None = None, timeout: float | None = None
@@ -940,7 +941,7 @@ class Client:
             jobpulse.errors.InvalidArgument: ``ttl`` is outside 1 s .. 24 h.
         """
         request = _requests.create_events_token(job_id, ttl)
-        response = self._call(self._jobs.CreateEventsToken, request, timeout=timeout, retry=True)
+        response = self._call(self._jobs.CreateEventsToken, request, timeout=timeout)
         return events_token(job_id, response)
 
     def watch_job(
@@ -1217,7 +1218,7 @@ class Client:
             misfire=misfire_policy,
             overlap=overlap_policy,
         )
-        response = self._call(self._schedules.CreateSchedule, request, timeout=timeout, retry=False)
+        response = self._call(self._schedules.CreateSchedule, request, timeout=timeout)
         return response.schedule
 
     def get_schedule(self, schedule: str, *, timeout: float | None = None) -> schedule_service_pb2.Schedule:
@@ -1231,7 +1232,7 @@ class Client:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.GetScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        response = self._call(self._schedules.GetSchedule, request, timeout=timeout, retry=True)
+        response = self._call(self._schedules.GetSchedule, request, timeout=timeout)
         return response.schedule
 
     def list_schedules(self, *, page_size: int = 0) -> Iterator[schedule_service_pb2.Schedule]:
@@ -1290,7 +1291,7 @@ class Client:
             misfire=misfire_policy,
             overlap=overlap_policy,
         )
-        response = self._call(self._schedules.UpdateSchedule, request, timeout=timeout, retry=True)
+        response = self._call(self._schedules.UpdateSchedule, request, timeout=timeout)
         return response.schedule
 
     def delete_schedule(self, schedule: str, *, timeout: float | None = None) -> None:
@@ -1304,7 +1305,7 @@ class Client:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.DeleteScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        self._call(self._schedules.DeleteSchedule, request, timeout=timeout, retry=False)
+        self._call(self._schedules.DeleteSchedule, request, timeout=timeout)
 
     def trigger_schedule(
         self, schedule: str, *, timeout: float | None = None
@@ -1323,7 +1324,7 @@ class Client:
             jobpulse.errors.NotFound: No such schedule, or another owner's (``SCHEDULE_NOT_FOUND``).
         """
         request = schedule_service_pb2.TriggerScheduleRequest(name=_schedule_requests.schedule_name(schedule))
-        return self._call(self._schedules.TriggerSchedule, request, timeout=timeout, retry=False)
+        return self._call(self._schedules.TriggerSchedule, request, timeout=timeout)
 
     # -- WorkerService ---------------------------------------------------------------------------------
 
@@ -1356,7 +1357,7 @@ class Client:
         if timeout is None and self.timeout is not None:
             waited = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
             timeout = self.timeout + waited
-        response = self._call(self._workers.ClaimChunks, request, timeout=timeout, retry=False)
+        response = self._call(self._workers.ClaimChunks, request, timeout=timeout)
         return list(response.claims)
 
     def report_chunk_progress(
@@ -1394,7 +1395,7 @@ class Client:
             lease_duration=lease_duration,
             artifacts=artifacts,
         )
-        return self._call(self._workers.ReportChunkProgress, request, timeout=timeout, retry=True)
+        return self._call(self._workers.ReportChunkProgress, request, timeout=timeout)
 
     def complete_chunk(
         self,
@@ -1421,7 +1422,7 @@ class Client:
             jobpulse.errors.LeaseLost: The lease token is no longer current (nothing is claimed then).
         """
         request = _requests.complete_chunk(chunk_id, lease_token, artifacts, external_task_id, claim_next)
-        return self._call(self._workers.CompleteChunk, request, timeout=timeout, retry=False)
+        return self._call(self._workers.CompleteChunk, request, timeout=timeout)
 
     def complete_chunks(
         self,
@@ -1444,7 +1445,7 @@ class Client:
             ``LEASE_LOST``) and ``claims``.
         """
         request = _requests.complete_chunks(completions, claim_next)
-        return self._call(self._workers.CompleteChunks, request, timeout=timeout, retry=False)
+        return self._call(self._workers.CompleteChunks, request, timeout=timeout)
 
     def fail_chunk(
         self,
@@ -1465,4 +1466,4 @@ class Client:
             jobpulse.errors.LeaseLost: The lease token is no longer current.
         """
         request = _requests.fail_chunk(chunk_id, lease_token, reason, message, retryable, details)
-        return self._call(self._workers.FailChunk, request, timeout=timeout, retry=False)
+        return self._call(self._workers.FailChunk, request, timeout=timeout)
