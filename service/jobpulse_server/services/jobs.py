@@ -908,7 +908,7 @@ class JobService:
         """RetryJob's change to a job this transaction has locked; JobNotRetryable (or JobAlreadyExists)
         when it cannot run again now. RetryJobs too."""
         job_id = job.id
-        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        if job.state not in _RETRYABLE:
             raise JobNotRetryable(
                 f"job {job_id} is {job.state.name}; only FAILED or CANCELLED jobs can be retried",
                 job_id=job_id,
@@ -936,7 +936,7 @@ class JobService:
         acted: list[Job] = []
         plain: list[Job] = []
         for job in jobs:
-            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            if job.state not in _RETRYABLE:
                 continue
             if not (job.after or job.unique_key or job.deadline_time is not None or job.finalize_kind):
                 plain.append(job)
@@ -1058,7 +1058,7 @@ class JobService:
                 job_id=job.id,
                 state=job.state.name,
             )
-        if job.pipeline and job.state != JobState.COMPLETED:
+        if _cancels_dependants(job):
             # Its dependants could never run: they are cancelled, and theirs in turn.
             jobs = {job.id: job}
             await pipeline.dependency_gone(tx, jobs, job, now)
@@ -1074,7 +1074,7 @@ class JobService:
         acted = [job for job in jobs if job.state.terminal or force]
         together = []
         for job in acted:
-            if job.pipeline and job.state != JobState.COMPLETED:
+            if _cancels_dependants(job):
                 await self.delete_locked(tx, job, force, now)
             else:
                 together.append(job.id)
@@ -1109,6 +1109,15 @@ def _check_key(key: list[Any], order_by: str) -> None:
         isinstance(v, types[c]) and not isinstance(v, bool) for v, c in zip(key, cols, strict=True)
     ):
         raise InvalidPageToken("page_token is malformed")
+
+
+# The states RetryJob (and RetryJobs) runs a job again from.
+_RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
+
+
+def _cancels_dependants(job: Job) -> bool:
+    """Whether deleting the job cancels jobs waiting for it (a pipeline's job that did not complete)."""
+    return job.pipeline and job.state != JobState.COMPLETED
 
 
 def _run_again(job: Job, moved: tuple[int, int, int]) -> None:
